@@ -1,0 +1,3 @@
+from cdpd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,133 @@
+"""Assembly: open the outbox, start the background tasks, serve HTTP, and undo it all in order.
+
+Shutdown is an ordered drain: stop accepting connections, let in-flight requests finish (their
+messages are committed), let the writer commit what is pending, stop the background tasks, and
+close the outbox last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+import uvloop
+from aiohttp import web
+
+from cdpd import web as cdpd_web
+from cdpd.config import Config
+from cdpd.ingest.routes import Ingest
+from cdpd.outbox import schema
+from cdpd.outbox.space import watch_free_space
+from cdpd.outbox.writer import OutboxWriter
+from cdpd.systemd import Notifier
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class Running:
+    """A serving cdpd: where it listens and its stages, for the CLI and for tests."""
+
+    url: str
+    app: web.Application
+    writer: OutboxWriter
+
+    @property
+    def ingest(self) -> Ingest:
+        return self.app[cdpd_web.INGEST]
+
+
+@asynccontextmanager
+async def running(config: Config) -> AsyncIterator[Running]:
+    storage = config.storage
+    data_dir = Path(storage.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    async with schema.connect(
+        storage.outbox_path, synchronous=storage.synchronous, max_bytes=storage.max_outbox_bytes
+    ) as conn:
+        writer = OutboxWriter(
+            conn,
+            commit_max_rows=storage.commit_max_rows,
+            dedup_window_s=storage.dedup_window_s,
+            full_retry_after_s=storage.full_retry_after_s,
+            clock_s=time.monotonic,
+        )
+        await writer.start()
+        async with asyncio.TaskGroup() as tasks:
+            writer_task = tasks.create_task(writer.run(), name="outbox-writer")
+            space_task = tasks.create_task(
+                watch_free_space(
+                    writer,
+                    data_dir,
+                    min_free_bytes=storage.min_free_disk_bytes,
+                    retry_after_s=storage.full_retry_after_s,
+                ),
+                name="free-space-watch",
+            )
+            app = cdpd_web.build(config, writer)
+            runner = web.AppRunner(
+                app,
+                access_log=None,
+                handle_signals=False,
+                shutdown_timeout=config.server.shutdown_timeout_s,
+            )
+            await runner.setup()
+            try:
+                site = web.TCPSite(runner, config.server.host, config.server.port)
+                await site.start()
+                yield Running(url=_url(runner), app=app, writer=writer)
+            finally:
+                await runner.cleanup()
+                writer.close()
+                await writer_task
+                space_task.cancel()
+
+
+def _url(runner: web.AppRunner) -> str:
+    host, port = runner.addresses[0][:2]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+async def serve(config: Config) -> int:
+    """Run until SIGTERM or SIGINT; returns the process exit code."""
+    notifier = Notifier()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with running(config) as server:
+        log.info("listening", url=server.url, outbox=str(config.storage.outbox_path))
+        notifier.ready()
+        async with asyncio.TaskGroup() as tasks:
+            if notifier.watchdog_interval_s:
+                tasks.create_task(
+                    _feed_watchdog(notifier, notifier.watchdog_interval_s, stop), name="watchdog"
+                )
+            await stop.wait()
+        log.info("stopping")
+        notifier.stopping()
+    log.info("stopped")
+    return 0
+
+
+async def _feed_watchdog(notifier: Notifier, interval_s: float, stop: asyncio.Event) -> None:
+    """Ping systemd from the event loop, so a stuck loop gets the service restarted."""
+    while not stop.is_set():
+        notifier.watchdog()
+        try:
+            await asyncio.wait_for(stop.wait(), interval_s)
+        except TimeoutError:
+            pass
+
+
+def run(config: Config) -> int:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(serve(config))

@@ -1,0 +1,197 @@
+"""The configuration file: frozen msgspec Structs and `load(path)` with errors that name the key."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+
+DEFAULT_CONFIG_PATH = "/etc/cdpd/cdpd.toml"
+
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message says which key and why."""
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerConfig(_Section):
+    listen: str = "127.0.0.1:8088"
+    # Base URL that browsers reach this daemon at; the analytics.js settings document points there.
+    public_url: str | None = None
+    max_request_bytes: PositiveInt = 512_000
+    max_event_bytes: PositiveInt = 32 * 1024
+    max_batch_events: PositiveInt = 2500
+    # Take the client address for context.ip from X-Forwarded-For (only behind a trusted proxy).
+    trust_forwarded_for: bool = False
+    shutdown_timeout_s: PositiveFloat = 30.0
+    cors_max_age_s: NonNegativeInt = 900
+
+    @property
+    def host(self) -> str:
+        return _split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return _split_listen(self.listen)[1]
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = self.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+
+class StorageConfig(_Section):
+    data_dir: str = "./var"
+    # "normal": an acknowledged message survives a crash of the process (kill -9).
+    # "full": it also survives power loss, at the cost of one fsync per group commit.
+    synchronous: Literal["normal", "full"] = "normal"
+    # 0 means the outbox may grow until the disk's free-space floor is reached.
+    max_outbox_bytes: NonNegativeInt = 0
+    min_free_disk_bytes: NonNegativeInt = 256 * 1024 * 1024
+    dedup_window_s: NonNegativeInt = 24 * 3600
+    commit_max_rows: PositiveInt = 1000
+    # How long to answer 503 after the outbox was found full before trying to write again.
+    full_retry_after_s: PositiveInt = 5
+
+    @property
+    def outbox_path(self) -> Path:
+        return Path(self.data_dir) / "outbox.sqlite3"
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = True
+
+
+class Source(_Section):
+    name: Name
+    write_key: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    enabled: bool = True
+
+
+class _Destination(_Section, tag_field="type", kw_only=True):
+    name: Name
+    enabled: bool = True
+    # Sources whose messages this destination receives; None means every source.
+    sources: list[str] | None = None
+
+
+class WebhookDestination(_Destination, tag="webhook", kw_only=True):
+    url: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+Destination = WebhookDestination
+
+
+class Config(_Section):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    sources: list[Source] = msgspec.field(default_factory=list)
+    destinations: list[Destination] = msgspec.field(default_factory=list)
+
+
+def default_path() -> str:
+    return os.environ.get("CDPD_CONFIG") or DEFAULT_CONFIG_PATH
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a TOML file; a relative data_dir is resolved against the working directory."""
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from exc
+    config = parse(text, origin=str(path))
+    return _resolve_paths(config, Path.cwd())
+
+
+def parse(text: bytes | str, *, origin: str = "<config>") -> Config:
+    try:
+        config = msgspec.toml.decode(text, type=Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{origin}: {_explain(str(exc))}") from exc
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{origin}: not valid TOML: {exc}") from exc
+    problems = _cross_check(config)
+    if problems:
+        raise ConfigError(f"{origin}: " + "; ".join(problems))
+    return config
+
+
+def _explain(message: str) -> str:
+    """Turn msgspec's `... - at `$.server.listen`` into `server.listen: ...`."""
+    text, sep, where = message.rpartition(" - at `$")
+    if not sep:
+        return message
+    return f"{where.rstrip('`').lstrip('.')}: {text}"
+
+
+def _cross_check(config: Config) -> list[str]:
+    problems: list[str] = []
+    try:
+        _split_listen(config.server.listen)
+    except ValueError as exc:
+        problems.append(f"server.listen: {exc}")
+    if config.server.public_url is not None and not config.server.public_url.startswith(
+        ("http://", "https://")
+    ):
+        problems.append("server.public_url: expected a URL starting with http:// or https://")
+    problems += _duplicates("sources", "name", [s.name for s in config.sources])
+    problems += _duplicates("sources", "write_key", [s.write_key for s in config.sources])
+    problems += _duplicates("destinations", "name", [d.name for d in config.destinations])
+    source_names = {s.name for s in config.sources}
+    for index, dest in enumerate(config.destinations):
+        for name in dest.sources or ():
+            if name not in source_names:
+                problems.append(
+                    f"destinations[{index}].sources: no source is named {name!r} "
+                    f"(known: {', '.join(sorted(source_names)) or 'none'})"
+                )
+    return problems
+
+
+def _duplicates(section: str, key: str, values: list[str]) -> list[str]:
+    seen: set[str] = set()
+    problems = []
+    for index, value in enumerate(values):
+        if value in seen:
+            shown = value if key != "write_key" else value[:4] + "..."
+            problems.append(f"{section}[{index}].{key}: {shown!r} is used twice")
+        seen.add(value)
+    return problems
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {listen!r}")
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range")
+    return host.strip("[]"), port
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    data_dir = Path(config.storage.data_dir)
+    if data_dir.is_absolute():
+        return config
+    storage = msgspec.structs.replace(config.storage, data_dir=str((base / data_dir).resolve()))
+    return msgspec.structs.replace(config, storage=storage)

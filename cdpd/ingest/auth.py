@@ -1,0 +1,57 @@
+"""Write keys: which source a request comes from.
+
+Segment accepts the key as HTTP Basic (the key is the user name; the colon may be missing), as the
+batch envelope's `writeKey`, or as the message's own `writeKey`. Basic wins when both are given.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from cdpd.config import Source
+from cdpd.ingest.errors import ApiError
+
+
+class WriteKeys:
+    def __init__(self, sources: list[Source]) -> None:
+        self._by_key = {source.write_key: source for source in sources}
+
+    def source_for(self, authorization: str | None, body_key: object) -> Source:
+        """The source a request belongs to, or a 401/403 ApiError that says why not."""
+        key = key_from_basic(authorization) if authorization else None
+        if key is None:
+            key = body_key if isinstance(body_key, str) and body_key else None
+        if key is None:
+            raise ApiError(
+                401,
+                "missing_write_key",
+                "no write key: send it as HTTP Basic auth (the key as the user name) "
+                "or as writeKey in the body",
+            )
+        source = self._by_key.get(key)
+        if source is None:
+            raise ApiError(401, "invalid_write_key", "the write key is not known to this cdpd")
+        if not source.enabled:
+            raise ApiError(403, "source_disabled", f"the source {source.name!r} is disabled")
+        return source
+
+    def enabled_source(self, key: str) -> Source | None:
+        source = self._by_key.get(key)
+        return source if source is not None and source.enabled else None
+
+
+def key_from_basic(authorization: str) -> str | None:
+    """The user name of a Basic credential; None for other schemes (e.g. an OAuth Bearer token,
+    which Segment pairs with a writeKey in the body)."""
+    scheme, _, credential = authorization.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(credential.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise ApiError(
+            401, "invalid_authorization", "the Basic credential is not valid base64 UTF-8"
+        ) from None
+    key = decoded.partition(":")[0]
+    return key or None

@@ -1,0 +1,42 @@
+"""Reading a request body with a hard limit on its uncompressed size.
+
+aiohttp inflates `Content-Encoding: gzip`/`deflate` bodies chunk by chunk as they are read, so
+stopping at the limit means a compressed bomb is never inflated past it.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.http_exceptions import PayloadEncodingError
+
+from cdpd.ingest.errors import ApiError
+
+
+async def read_limited(request: web.Request, limit_bytes: int) -> bytes:
+    declared = request.content_length
+    if declared is not None and declared > limit_bytes and "Content-Encoding" not in request.headers:
+        raise _too_large(limit_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while chunk := await request.content.readany():
+            size += len(chunk)
+            if size > limit_bytes:
+                raise _too_large(limit_bytes)
+            chunks.append(chunk)
+    except PayloadEncodingError as exc:
+        raise ApiError(
+            400,
+            "invalid_body_encoding",
+            f"the body could not be decoded ({request.headers.get('Content-Encoding', 'none')}): "
+            f"{exc.message}",
+        ) from None
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _too_large(limit_bytes: int) -> ApiError:
+    return ApiError(
+        400,
+        "request_too_large",
+        f"the request body is over {limit_bytes} bytes uncompressed; split it into smaller batches",
+    )

@@ -1,0 +1,16 @@
+"""Errors a request can end with; each carries its HTTP status and a reason code."""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    """Answered as `{"code": ..., "message": ...}`: analytics-python needs both keys."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}

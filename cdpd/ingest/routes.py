@@ -1,0 +1,246 @@
+"""The Tracking API's routes: every path Segment's official libraries post to.
+
+A request is read with a size limit, authenticated by write key, split into messages, each
+message checked and normalised, and everything handed to the outbox writer in one append. The
+200 goes out only after the writer has committed.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from cdpd.config import Config, Source
+from cdpd.ingest import cors
+from cdpd.ingest.auth import WriteKeys
+from cdpd.ingest.body import read_limited
+from cdpd.ingest.errors import ApiError
+from cdpd.ingest.normalize import OutboxRow, Rejection, RequestFacts, normalize_raw
+from cdpd.ingest.settings import settings_document
+from cdpd.model.spec import BatchEnvelope, SingleEnvelope
+from cdpd.model.timestamps import format_ms, now_ms, to_epoch_ms
+from cdpd.outbox.writer import OutboxWriter, RejectRow
+
+SUCCESS_BODY = b'{"success": true}'
+LOG_FIELDS = web.RequestKey("cdpd_log_fields", dict[str, Any])
+
+# Long paths as documented; one-letter paths are what analytics.js and the mobile SDKs post to.
+SINGLE_PATHS = {
+    "identify": "identify",
+    "track": "track",
+    "page": "page",
+    "screen": "screen",
+    "group": "group",
+    "alias": "alias",
+}
+SHORT_PATHS = {"i": "identify", "t": "track", "p": "page", "s": "screen", "g": "group", "a": "alias"}
+
+_single_decoder = msgspec.json.Decoder(SingleEnvelope)
+_batch_decoder = msgspec.json.Decoder(BatchEnvelope)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Ingest:
+    """Request handlers for the Tracking API, bound to one config and one outbox writer."""
+
+    def __init__(self, config: Config, writer: OutboxWriter) -> None:
+        self._server = config.server
+        self._writer = writer
+        self._keys = WriteKeys(config.sources)
+        self.accepted = 0
+        self.duplicates = 0
+        self.rejected: dict[str, int] = {}
+
+    def routes(self) -> list[web.RouteDef]:
+        routes = []
+        for path, kind in SINGLE_PATHS.items():
+            routes.append(web.post(f"/v1/{path}", self._single_handler(kind, browser=False)))
+        for path, kind in SHORT_PATHS.items():
+            routes.append(web.post(f"/v1/{path}", self._single_handler(kind, browser=True)))
+        for path in ("batch", "import"):
+            routes.append(web.post(f"/v1/{path}", self._batch_handler(browser=False)))
+        routes += [
+            web.post("/v1/b", self._batch_handler(browser=True)),
+            web.post("/v1/m", self.telemetry),
+            web.get("/v1/projects/{write_key}/settings", self.settings, allow_head=False),
+            web.route("OPTIONS", "/v1/{tail:.*}", self.preflight),
+        ]
+        return routes
+
+    def _single_handler(self, kind: str, *, browser: bool) -> Handler:
+        return functools.partial(self.single, kind=kind, browser=browser)
+
+    def _batch_handler(self, *, browser: bool) -> Handler:
+        return functools.partial(self.batch, browser=browser)
+
+    # -- handlers --------------------------------------------------------------------------------
+
+    async def single(self, request: web.Request, *, kind: str, browser: bool) -> web.Response:
+        self._writer.check_accepting()
+        body = await read_limited(request, self._server.max_request_bytes)
+        received_ms = now_ms()
+        envelope = _decode(_single_decoder, body)
+        source = self._keys.source_for(request.headers.get("Authorization"), envelope.writeKey)
+        facts = self._facts(request, source, received_ms, browser=browser)
+        result = normalize_raw(body, facts, path_type=kind, max_bytes=self._server.max_event_bytes)
+        return await self._store(request, facts, [result])
+
+    async def batch(self, request: web.Request, *, browser: bool) -> web.Response:
+        self._writer.check_accepting()
+        body = await read_limited(request, self._server.max_request_bytes)
+        received_ms = now_ms()
+        envelope = _decode(_batch_decoder, body)
+        body_key = envelope.writeKey or _first_item_write_key(envelope.batch)
+        source = self._keys.source_for(request.headers.get("Authorization"), body_key)
+        facts = self._facts(
+            request,
+            source,
+            received_ms,
+            browser=browser,
+            sent_at_ms=to_epoch_ms(envelope.sentAt) if envelope.sentAt else None,
+            context=envelope.context,
+            integrations=envelope.integrations,
+        )
+        limit = self._server.max_batch_events
+        max_bytes = self._server.max_event_bytes
+        results: list[OutboxRow | Rejection] = [
+            normalize_raw(raw, facts, path_type=None, max_bytes=max_bytes)
+            for raw in envelope.batch[:limit]
+        ]
+        results += [_over_batch_limit(raw, limit) for raw in envelope.batch[limit:]]
+        return await self._store(request, facts, results)
+
+    async def telemetry(self, request: web.Request) -> web.Response:
+        """analytics.js metrics (`/v1/m`): read and dropped, as they describe the library itself."""
+        await read_limited(request, self._server.max_request_bytes)
+        return self._success(request)
+
+    async def settings(self, request: web.Request) -> web.Response:
+        write_key = request.match_info["write_key"]
+        source = self._keys.enabled_source(write_key)
+        if source is None:
+            raise ApiError(404, "unknown_write_key", "no enabled source has this write key")
+        fields = request.get(LOG_FIELDS)
+        if fields is not None:
+            fields["source"] = source.name
+        allow = cors.response_headers(request.headers.get("Origin"))
+        return web.json_response(
+            settings_document(write_key, self._server.base_url),
+            headers={"Cache-Control": "max-age=60", **(allow or {"Access-Control-Allow-Origin": "*"})},
+        )
+
+    async def preflight(self, request: web.Request) -> web.Response:
+        headers = cors.preflight_headers(request.headers, self._server.cors_max_age_s)
+        return web.Response(status=204, headers=headers)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _facts(
+        self,
+        request: web.Request,
+        source: Source,
+        received_ms: int,
+        *,
+        browser: bool,
+        sent_at_ms: int | None = None,
+        context: dict[str, Any] | None = None,
+        integrations: dict[str, Any] | None = None,
+    ) -> RequestFacts:
+        return RequestFacts(
+            source=source.name,
+            request_id=request.get(LOG_FIELDS, {}).get("request_id", ""),
+            received_at_ms=received_ms,
+            received_at=format_ms(received_ms),
+            sent_at_ms=sent_at_ms,
+            context=context,
+            integrations=integrations,
+            client_ip=self._client_ip(request),
+            fill_ip=browser,
+        )
+
+    def _client_ip(self, request: web.Request) -> str | None:
+        if self._server.trust_forwarded_for:
+            forwarded = request.headers.get("X-Forwarded-For")
+            if forwarded:
+                return forwarded.split(",")[0].strip() or None
+        return request.remote
+
+    async def _store(
+        self, request: web.Request, facts: RequestFacts, results: Sequence[OutboxRow | Rejection]
+    ) -> web.Response:
+        rows = [r for r in results if type(r) is OutboxRow]
+        rejects = [_reject_row(r, facts) for r in results if type(r) is Rejection]
+        stored = duplicates = 0
+        if rows or rejects:
+            outcome = await self._writer.append(rows, rejects, facts.received_at_ms)
+            stored, duplicates = outcome.stored, outcome.duplicates
+        self._count(stored, duplicates, rejects)
+        fields = request.get(LOG_FIELDS)
+        if fields is not None:
+            fields.update(
+                source=facts.source, accepted=stored, duplicates=duplicates, rejected=len(rejects)
+            )
+            if rejects:
+                fields["reject_reasons"] = sorted({r.reason_code for r in rejects})
+        return self._success(request)
+
+    def _count(self, stored: int, duplicates: int, rejects: list[RejectRow]) -> None:
+        self.accepted += stored
+        self.duplicates += duplicates
+        for reject in rejects:
+            self.rejected[reject.reason_code] = self.rejected.get(reject.reason_code, 0) + 1
+
+    @staticmethod
+    def _success(request: web.Request) -> web.Response:
+        origin = request.headers.get("Origin")
+        return web.Response(
+            body=SUCCESS_BODY,
+            content_type="application/json",
+            headers=cors.response_headers(origin) if origin else None,
+        )
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise ApiError(400, "invalid_request", f"the request body is not usable: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
+
+
+def _first_item_write_key(batch: list[msgspec.Raw]) -> str | None:
+    """analytics.js (up to 1.81) puts the write key only inside each event."""
+    if not batch:
+        return None
+    try:
+        key = _single_decoder.decode(batch[0]).writeKey
+    except msgspec.MsgspecError:
+        return None
+    return key
+
+
+def _over_batch_limit(raw: msgspec.Raw, limit: int) -> Rejection:
+    return Rejection(
+        code="too_many_events",
+        reason=f"a batch may hold at most {limit} messages; this one is past that",
+        message_id=None,
+        payload=bytes(raw).decode("utf-8", errors="replace"),
+    )
+
+
+def _reject_row(rejection: Rejection, facts: RequestFacts) -> RejectRow:
+    return RejectRow(
+        received_at=facts.received_at,
+        source=facts.source,
+        request_id=facts.request_id,
+        reason_code=rejection.code,
+        reason=rejection.reason,
+        message_id=rejection.message_id,
+        payload=rejection.payload,
+    )

@@ -1,0 +1,84 @@
+"""Read-only queries over the outbox for the CLI: counts, sizes and the most recent messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from cdpd.outbox import schema
+from cdpd.outbox.space import outbox_bytes
+
+
+class TypeCount(msgspec.Struct, frozen=True):
+    source: str
+    type: str
+    messages: int
+
+
+class RejectCount(msgspec.Struct, frozen=True):
+    source: str | None
+    reason_code: str
+    rejects: int
+
+
+class OutboxStats(msgspec.Struct, frozen=True):
+    path: str
+    file_bytes: int
+    messages: int
+    first_received_at: str | None
+    last_received_at: str | None
+    by_type: list[TypeCount]
+    rejects: list[RejectCount]
+
+
+class StoredMessage(msgspec.Struct, frozen=True):
+    seq: int
+    message_id: str
+    source: str
+    type: str
+    event: str | None
+    user_id: str | None
+    anonymous_id: str | None
+    received_at: str
+    payload: Any
+
+
+COUNT_BY_TYPE = """
+SELECT source, type, count(*) FROM messages GROUP BY source, type ORDER BY source, type
+"""
+COUNT_REJECTS = """
+SELECT source, reason_code, count(*) FROM rejects GROUP BY source, reason_code
+ORDER BY source, reason_code
+"""
+TIME_RANGE = "SELECT count(*), min(received_at), max(received_at) FROM messages"
+TAIL = """
+SELECT seq, message_id, source, type, event, user_id, anonymous_id, received_at, payload
+FROM messages ORDER BY seq DESC LIMIT ?
+"""
+
+
+async def stats(path: Path) -> OutboxStats:
+    async with schema.connect(path, readonly=True) as conn:
+        by_type = [TypeCount(*row) for row in await conn.execute_fetchall(COUNT_BY_TYPE)]
+        rejects = [RejectCount(*row) for row in await conn.execute_fetchall(COUNT_REJECTS)]
+        ((count, first, last),) = await conn.execute_fetchall(TIME_RANGE)
+    return OutboxStats(
+        path=str(path),
+        file_bytes=outbox_bytes(path),
+        messages=count,
+        first_received_at=first,
+        last_received_at=last,
+        by_type=by_type,
+        rejects=rejects,
+    )
+
+
+async def tail(path: Path, limit: int) -> list[StoredMessage]:
+    """The `limit` most recent messages, oldest first."""
+    async with schema.connect(path, readonly=True) as conn:
+        rows = await conn.execute_fetchall(TAIL, (limit,))
+    return [
+        StoredMessage(*row[:-1], payload=msgspec.json.decode(row[-1])) for row in reversed(list(rows))
+    ]

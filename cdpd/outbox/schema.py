@@ -1,0 +1,120 @@
+"""The outbox file: opening it with the right pragmas and migrating its schema.
+
+The tables are a public interface (people read them with the sqlite3 shell), so every column is
+plain text or integer with a name that says what it holds; README.md documents them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiosqlite
+
+# Each entry moves the schema from version N to N + 1 (PRAGMA user_version).
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE messages (
+        seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+        message_id   TEXT NOT NULL,
+        source       TEXT NOT NULL,
+        type         TEXT NOT NULL,
+        event        TEXT,
+        user_id      TEXT,
+        anonymous_id TEXT,
+        received_at  TEXT NOT NULL,
+        payload      TEXT NOT NULL
+    );
+    CREATE INDEX messages_message_id ON messages (message_id);
+    CREATE TABLE rejects (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        received_at TEXT NOT NULL,
+        source      TEXT,
+        request_id  TEXT NOT NULL,
+        reason_code TEXT NOT NULL,
+        reason      TEXT NOT NULL,
+        message_id  TEXT,
+        payload     TEXT NOT NULL
+    );
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+JOURNAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
+
+
+class SchemaTooNew(Exception):
+    """The outbox was written by a newer cdpd than this one."""
+
+
+@asynccontextmanager
+async def connect(
+    path: Path, *, synchronous: str = "normal", max_bytes: int = 0, readonly: bool = False
+) -> AsyncIterator[aiosqlite.Connection]:
+    """Open the outbox, create or migrate it, and close it on exit."""
+    if readonly:
+        conn = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The default isolation level opens a transaction before the first INSERT, so a group
+        # commit is two thread hops: executemany, then commit.
+        conn = await aiosqlite.connect(path)
+    try:
+        await conn.execute("PRAGMA busy_timeout = 5000")
+        if not readonly:
+            await _configure_writer(conn, synchronous=synchronous, max_bytes=max_bytes)
+            await migrate(conn)
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def _configure_writer(conn: aiosqlite.Connection, *, synchronous: str, max_bytes: int) -> None:
+    await conn.execute("PRAGMA journal_mode = WAL")
+    await conn.execute(f"PRAGMA synchronous = {_synchronous_pragma(synchronous)}")
+    await conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT_BYTES}")
+    if max_bytes:
+        page_size = await _pragma_int(conn, "page_size")
+        await conn.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page_size)}")
+
+
+def _synchronous_pragma(level: str) -> str:
+    levels = {"normal": "NORMAL", "full": "FULL"}
+    return levels[level]
+
+
+async def migrate(conn: aiosqlite.Connection) -> None:
+    version = await _pragma_int(conn, "user_version")
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"the outbox has schema version {version}; this cdpd knows up to {SCHEMA_VERSION}"
+        )
+    for number in range(version, SCHEMA_VERSION):
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(MIGRATIONS[number]):
+                await conn.execute(statement)
+            await conn.execute(f"PRAGMA user_version = {number + 1}")
+            await conn.commit()
+        except BaseException:
+            await conn.rollback()
+            raise
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements (sqlite3.complete_statement knows where each ends)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return [s for s in statements if s]
+
+
+async def _pragma_int(conn: aiosqlite.Connection, name: str) -> int:
+    async with conn.execute(f"PRAGMA {name}") as cursor:
+        row = await cursor.fetchone()
+    return int(row[0]) if row else 0

@@ -1,0 +1,254 @@
+"""The only writer to the outbox: eager group commit, so a 200 always follows a COMMIT.
+
+Requests hand their rows to `append` and wait. Whenever the writer is free it takes everything
+that has arrived (up to `commit_max_rows`, never splitting a request), writes it in one
+transaction and wakes the waiting requests. Under load, groups grow by themselves while the
+previous commit runs; when idle, a lone request is committed at once, with no timer to wait on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import aiosqlite
+import structlog
+
+from cdpd.ingest.normalize import OutboxRow
+from cdpd.model.timestamps import format_ms
+
+log = structlog.get_logger("cdpd.outbox")
+
+# A message is a duplicate when the same messageId was stored at or after the cutoff.
+INSERT_MESSAGE = """
+INSERT INTO messages (message_id, source, type, event, user_id, anonymous_id, received_at, payload)
+SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
+WHERE NOT EXISTS (SELECT 1 FROM messages WHERE message_id = ?1 AND received_at >= ?9)
+"""
+INSERT_REJECT = """
+INSERT INTO rejects (received_at, source, request_id, reason_code, reason, message_id, payload)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+"""
+SELECT_IDS_AFTER = "SELECT message_id FROM messages WHERE seq > ?"
+SELECT_LAST_SEQ = "SELECT seq FROM sqlite_sequence WHERE name = 'messages'"
+NO_DEDUP_CUTOFF = "9999"  # sorts after every timestamp: nothing counts as a duplicate
+
+
+class RejectRow(NamedTuple):
+    received_at: str
+    source: str | None
+    request_id: str
+    reason_code: str
+    reason: str
+    message_id: str | None
+    payload: str
+
+
+class AppendResult(NamedTuple):
+    stored: int
+    duplicates: int
+
+
+class OutboxUnavailable(Exception):
+    """The outbox cannot take writes now (disk or size limit, or a closed writer)."""
+
+    def __init__(self, code: str, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+class _Pending(NamedTuple):
+    rows: Sequence[OutboxRow]
+    rejects: Sequence[RejectRow]
+    dedup_cutoff: str
+    done: asyncio.Future[AppendResult]
+
+
+class OutboxWriter:
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        *,
+        commit_max_rows: int,
+        dedup_window_s: int,
+        full_retry_after_s: int,
+        clock_s: Callable[[], float],
+    ) -> None:
+        self._conn = conn
+        self._commit_max_rows = commit_max_rows
+        self._dedup_window_ms = dedup_window_s * 1000
+        self._full_retry_after_s = full_retry_after_s
+        self._clock_s = clock_s
+        self._pending: deque[_Pending] = deque()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._refusal: OutboxUnavailable | None = None
+        self._full_until_s = 0.0
+        self._last_seq = 0
+        self.commits = 0
+        self.committed_rows = 0
+
+    async def start(self) -> None:
+        """Read where the outbox ends; call once before `run`."""
+        async with self._conn.execute(SELECT_LAST_SEQ) as cursor:
+            row = await cursor.fetchone()
+        self._last_seq = int(row[0]) if row else 0
+
+    # -- what request handlers call -------------------------------------------------------------
+
+    def check_accepting(self) -> None:
+        """Raise OutboxUnavailable when a write would be refused right now."""
+        if self._closing:
+            raise OutboxUnavailable("shutting_down", "cdpd is shutting down", 1)
+        if self._refusal is not None:
+            raise self._refusal
+        if self._full_until_s > self._clock_s():
+            raise OutboxUnavailable(
+                "outbox_full",
+                "the outbox is full (disk space or max_outbox_bytes); nothing was stored",
+                self._full_retry_after_s,
+            )
+
+    async def append(
+        self, rows: Sequence[OutboxRow], rejects: Sequence[RejectRow], received_at_ms: int
+    ) -> AppendResult:
+        """Store the rows durably; returns once they are committed."""
+        self.check_accepting()
+        done: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(rows, rejects, self._dedup_cutoff(received_at_ms), done))
+        self._wakeup.set()
+        return await done
+
+    # -- what the space monitor calls -----------------------------------------------------------
+
+    def refuse(self, reason: OutboxUnavailable | None) -> None:
+        """Refuse (or, with None, accept again) new writes, e.g. while the disk is nearly full."""
+        self._refusal = reason
+
+    # -- the writer task ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Commit groups until `close()` is called and everything pending is written."""
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                while self._pending:
+                    await self._commit(self._take_group())
+                if self._closing:
+                    return
+        finally:
+            self._closing = True
+            self._abandon_pending()
+
+    def close(self) -> None:
+        """Refuse new writes; `run` returns after committing what is already pending."""
+        self._closing = True
+        self._wakeup.set()
+
+    def _abandon_pending(self) -> None:
+        """Only reached when the writer task is cancelled: tell waiters nothing was stored."""
+        error = OutboxUnavailable("shutting_down", "cdpd is shutting down; nothing was stored", 1)
+        while self._pending:
+            item = self._pending.popleft()
+            if not item.done.done():
+                item.done.set_exception(error)
+
+    def _take_group(self) -> list[_Pending]:
+        group = [self._pending.popleft()]
+        rows = len(group[0].rows)
+        while self._pending and rows + len(self._pending[0].rows) <= self._commit_max_rows:
+            item = self._pending.popleft()
+            group.append(item)
+            rows += len(item.rows)
+        return group
+
+    async def _commit(self, group: list[_Pending]) -> None:
+        rows = [(*row, item.dedup_cutoff) for item in group for row in item.rows]
+        rejects = [reject for item in group for reject in item.rejects]
+        try:
+            inserted = await self._write(rows, rejects)
+        except sqlite3.Error as exc:
+            await self._fail(group, exc)
+            return
+        seq_before, self._last_seq = self._last_seq, self._last_seq + inserted
+        self.commits += 1
+        self.committed_rows += inserted
+        duplicates = await self._duplicates_per_request(group, inserted, seq_before)
+        for item, dup_count in zip(group, duplicates, strict=True):
+            if not item.done.done():
+                item.done.set_result(AppendResult(len(item.rows) - dup_count, dup_count))
+
+    async def _write(self, rows: list[tuple[object, ...]], rejects: list[RejectRow]) -> int:
+        """Insert in one transaction; returns how many message rows were new."""
+        inserted = 0
+        if rows:
+            cursor = await self._conn.executemany(INSERT_MESSAGE, rows)
+            inserted = cursor.rowcount
+        if rejects:
+            await self._conn.executemany(INSERT_REJECT, rejects)
+        await self._conn.commit()
+        return inserted
+
+    async def _duplicates_per_request(
+        self, group: list[_Pending], inserted: int, seq_before: int
+    ) -> list[int]:
+        """How many rows of each request were duplicates. With one writer and AUTOINCREMENT the
+        group's new rows hold the seqs just after `seq_before`, so only a group that had
+        duplicates needs a query to tell which rows were stored."""
+        total = sum(len(item.rows) for item in group)
+        if inserted == total:
+            return [0] * len(group)
+        try:
+            async with self._conn.execute(SELECT_IDS_AFTER, (seq_before,)) as cursor:
+                stored_ids = {row[0] for row in await cursor.fetchall()}
+        except sqlite3.Error:
+            # The rows are committed: acknowledge them even if the counts cannot be split.
+            log.exception("outbox_duplicate_count_failed")
+            return [0] * len(group)
+        counts = []
+        for item in group:
+            dup_count = 0
+            for row in item.rows:
+                if row.message_id in stored_ids:
+                    stored_ids.discard(row.message_id)
+                else:
+                    dup_count += 1
+            counts.append(dup_count)
+        return counts
+
+    async def _fail(self, group: list[_Pending], exc: sqlite3.Error) -> None:
+        try:
+            await self._conn.rollback()
+        except sqlite3.Error:
+            log.exception("outbox_rollback_failed")
+        if _is_full(exc):
+            self._full_until_s = self._clock_s() + self._full_retry_after_s
+            error = OutboxUnavailable(
+                "outbox_full",
+                "the outbox is full (disk space or max_outbox_bytes); nothing was stored",
+                self._full_retry_after_s,
+            )
+        else:
+            error = OutboxUnavailable(
+                "outbox_error", f"the outbox could not be written: {exc}", self._full_retry_after_s
+            )
+        log.error("outbox_write_failed", error=str(exc), code=error.code, requests=len(group))
+        for item in group:
+            if not item.done.done():
+                item.done.set_exception(error)
+
+    def _dedup_cutoff(self, received_at_ms: int) -> str:
+        if self._dedup_window_ms == 0:
+            return NO_DEDUP_CUTOFF
+        return format_ms(max(0, received_at_ms - self._dedup_window_ms))
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code == sqlite3.SQLITE_FULL or "full" in str(exc)
