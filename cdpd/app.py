@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +19,11 @@ import structlog
 import uvloop
 from aiohttp import web
 
+from cdpd import logs
 from cdpd import web as cdpd_web
 from cdpd.config import Config
 from cdpd.ingest.routes import Ingest
+from cdpd.logs import LineWriter
 from cdpd.outbox import schema
 from cdpd.outbox.space import watch_free_space
 from cdpd.outbox.writer import OutboxWriter
@@ -47,7 +49,6 @@ class Running:
 async def running(config: Config) -> AsyncIterator[Running]:
     storage = config.storage
     data_dir = Path(storage.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
     async with schema.connect(
         storage.outbox_path, synchronous=storage.synchronous, max_bytes=storage.max_outbox_bytes
     ) as conn:
@@ -96,7 +97,7 @@ def _url(runner: web.AppRunner) -> str:
     return f"http://{host}:{port}"
 
 
-async def serve(config: Config) -> int:
+async def serve(config: Config, log_writer: LineWriter | None = None) -> int:
     """Run until SIGTERM or SIGINT; returns the process exit code."""
     notifier = Notifier()
     stop = asyncio.Event()
@@ -108,26 +109,31 @@ async def serve(config: Config) -> int:
         notifier.ready()
         async with asyncio.TaskGroup() as tasks:
             if notifier.watchdog_interval_s:
+                # Pinged from the event loop, so a stuck loop gets the service restarted.
                 tasks.create_task(
-                    _feed_watchdog(notifier, notifier.watchdog_interval_s, stop), name="watchdog"
+                    _every(notifier.watchdog_interval_s, notifier.watchdog, stop), name="watchdog"
+                )
+            if log_writer is not None:
+                tasks.create_task(
+                    _every(logs.FLUSH_INTERVAL_S, log_writer.flush, stop), name="log-flush"
                 )
             await stop.wait()
         log.info("stopping")
         notifier.stopping()
     log.info("stopped")
+    if log_writer is not None:
+        log_writer.flush()
     return 0
 
 
-async def _feed_watchdog(notifier: Notifier, interval_s: float, stop: asyncio.Event) -> None:
-    """Ping systemd from the event loop, so a stuck loop gets the service restarted."""
+async def _every(interval_s: float, action: Callable[[], None], stop: asyncio.Event) -> None:
+    """Call `action` now and every `interval_s` until `stop` is set."""
     while not stop.is_set():
-        notifier.watchdog()
-        try:
+        action()
+        with suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
-        except TimeoutError:
-            pass
 
 
-def run(config: Config) -> int:
+def run(config: Config, log_writer: LineWriter | None = None) -> int:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(serve(config))
+        return runner.run(serve(config, log_writer))

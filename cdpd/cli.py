@@ -9,7 +9,6 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import msgspec
 
@@ -60,8 +59,8 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(cfg: config.Config) -> int:
     from cdpd import app  # imported here so that the inspection commands start fast
 
-    logs.configure(cfg.logging.level)
-    return app.run(cfg)
+    log_writer = logs.configure(cfg.logging.level)
+    return app.run(cfg, log_writer)
 
 
 def _check_config(cfg: config.Config, path: str) -> int:

@@ -24,7 +24,7 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     pass
 
 
-class ServerConfig(_Section):
+class ServerConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     listen: str = "127.0.0.1:8088"
     # Base URL that browsers reach this daemon at; the analytics.js settings document points there.
     public_url: str | None = None
@@ -56,7 +56,7 @@ class ServerConfig(_Section):
         return f"http://{host}:{self.port}"
 
 
-class StorageConfig(_Section):
+class StorageConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     data_dir: str = "./var"
     # "normal": an acknowledged message survives a crash of the process (kill -9).
     # "full": it also survives power loss, at the cost of one fsync per group commit.
@@ -74,25 +74,29 @@ class StorageConfig(_Section):
         return Path(self.data_dir) / "outbox.sqlite3"
 
 
-class LoggingConfig(_Section):
+class LoggingConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
 
 
-class Source(_Section):
+class Source(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     name: Name
     write_key: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     enabled: bool = True
 
 
-class _Destination(_Section, tag_field="type", kw_only=True):
+class _Destination(
+    _Section, tag_field="type", frozen=True, forbid_unknown_fields=True, kw_only=True
+):
     name: Name
     enabled: bool = True
     # Sources whose messages this destination receives; None means every source.
     sources: list[str] | None = None
 
 
-class WebhookDestination(_Destination, tag="webhook", kw_only=True):
+class WebhookDestination(
+    _Destination, tag="webhook", frozen=True, forbid_unknown_fields=True, kw_only=True
+):
     url: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
     headers: dict[str, str] = msgspec.field(default_factory=dict)
 
@@ -100,7 +104,7 @@ class WebhookDestination(_Destination, tag="webhook", kw_only=True):
 Destination = WebhookDestination
 
 
-class Config(_Section):
+class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
@@ -113,7 +117,7 @@ def default_path() -> str:
 
 
 def load(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a TOML file; a relative data_dir is resolved against the working directory."""
+    """Read and validate a TOML file; a relative data_dir is taken from the working directory."""
     path = Path(path)
     try:
         text = path.read_bytes()

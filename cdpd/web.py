@@ -1,8 +1,13 @@
-"""The aiohttp application: routes, and the middleware that gives every request an id, turns
-errors into JSON bodies and writes one log line per request."""
+"""The aiohttp application: routes, each wrapped so that every request gets an id, errors become
+JSON bodies and one log line is written per request.
+
+The wrapping is a plain function around each handler rather than an aiohttp middleware: it does
+the same work with one coroutine frame less on every request.
+"""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import time
@@ -28,14 +33,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def build(config: Config, writer: OutboxWriter) -> web.Application:
     ingest = Ingest(config, writer)
-    app = web.Application(
-        middlewares=[_request_middleware(access_log=config.logging.access_log)],
-        client_max_size=config.server.max_request_bytes,
-    )
+    app = web.Application(client_max_size=config.server.max_request_bytes)
     app[INGEST] = ingest
     app[WRITER] = writer
-    app.add_routes(ingest.routes())
-    app.router.add_get("/health", health, allow_head=True)
+    wrap = _RequestWrapper(access_log=config.logging.access_log)
+    routes = [*ingest.routes(), web.get("/health", health)]
+    app.add_routes(web.RouteDef(r.method, r.path, wrap(r.handler), r.kwargs) for r in routes)
+    app.router.add_route("*", "/{tail:.*}", wrap(_Unrouted(routes)))
     return app
 
 
@@ -47,48 +51,69 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+class _Unrouted:
+    """The last route: 404 for unknown paths, 405 (with Allow) for a known path's other methods."""
+
+    def __init__(self, routes: list[web.RouteDef]) -> None:
+        self._methods: dict[str, set[str]] = {}
+        for route in routes:
+            if "{" not in route.path:
+                self._methods.setdefault(route.path, set()).add(route.method)
+
+    async def __call__(self, request: web.Request) -> web.Response:
+        allowed = self._methods.get(request.path)
+        if allowed is None or request.path.startswith("/v1/projects/"):
+            raise ApiError(404, "not_found", f"there is nothing at {request.path}")
+        raise ApiError(
+            405,
+            "method_not_allowed",
+            f"{request.method} is not allowed on {request.path}",
+            {"Allow": ", ".join(sorted(allowed))},
+        )
 
 
-def _request_middleware(*, access_log: bool) -> Middleware:
-    prefix = os.urandom(4).hex()
-    counter = itertools.count(1)
+class _RequestWrapper:
+    def __init__(self, *, access_log: bool) -> None:
+        self._access_log = access_log
+        self._prefix = os.urandom(4).hex()
+        self._counter = itertools.count(1)
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        started = time.perf_counter()
-        request_id = _client_request_id(request) or f"{prefix}-{next(counter):x}"
-        fields = {"request_id": request_id}
-        request[LOG_FIELDS] = fields
-        try:
-            response = await handler(request)
-        except ApiError as exc:
-            response = _error_response(request, exc.status, exc.code, exc.message, exc.headers)
-        except OutboxUnavailable as exc:
-            headers = {"Retry-After": str(exc.retry_after_s)}
-            response = _error_response(request, 503, exc.code, exc.message, headers)
-        except web.HTTPException as exc:
-            code = exc.reason.lower().replace(" ", "_")
-            kept = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-            response = _error_response(request, exc.status, code, exc.text or exc.reason, kept)
-        except Exception:
-            log.exception("request_failed", **fields, method=request.method, path=request.path)
-            response = _error_response(
-                request, 500, "internal_error", "cdpd failed on this request; it has been logged", {}
-            )
-        response.headers["X-Request-Id"] = request_id
-        if access_log:
-            log.info(
-                "request",
-                **fields,
-                method=request.method,
-                path=request.path,
-                status=response.status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
-            )
-        return response
+    def __call__(self, handler: Handler) -> Handler:
+        access_log = self._access_log
+        prefix = self._prefix
+        counter = self._counter
 
-    return middleware
+        @functools.wraps(handler)
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            started = time.perf_counter()
+            request_id = _client_request_id(request) or f"{prefix}-{next(counter):x}"
+            fields = {"request_id": request_id}
+            request[LOG_FIELDS] = fields
+            try:
+                response = await handler(request)
+            except ApiError as exc:
+                response = _error_response(request, exc.status, exc.code, exc.message, exc.headers)
+            except OutboxUnavailable as exc:
+                headers = {"Retry-After": str(exc.retry_after_s)}
+                response = _error_response(request, 503, exc.code, exc.message, headers)
+            except Exception:
+                log.exception("request_failed", **fields, method=request.method, path=request.path)
+                response = _error_response(
+                    request, 500, "internal_error", "cdpd failed on this request; see its log", {}
+                )
+            response.headers["X-Request-Id"] = request_id
+            if access_log:
+                log.info(
+                    "request",
+                    **fields,
+                    method=request.method,
+                    path=request.path,
+                    status=response.status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                )
+            return response
+
+        return wrapped
 
 
 def _client_request_id(request: web.Request) -> str | None:

@@ -14,7 +14,11 @@ from cdpd.ingest.errors import ApiError
 
 async def read_limited(request: web.Request, limit_bytes: int) -> bytes:
     declared = request.content_length
-    if declared is not None and declared > limit_bytes and "Content-Encoding" not in request.headers:
+    if (
+        declared is not None
+        and declared > limit_bytes
+        and "Content-Encoding" not in request.headers
+    ):
         raise _too_large(limit_bytes)
     chunks: list[bytes] = []
     size = 0

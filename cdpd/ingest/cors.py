@@ -20,7 +20,9 @@ def response_headers(origin: str | None) -> dict[str, str]:
 
 def preflight_headers(request_headers: Mapping[str, str], max_age_s: int) -> dict[str, str]:
     asked = request_headers.get("Access-Control-Request-Headers", "")
-    headers = response_headers(request_headers.get("Origin")) or {"Access-Control-Allow-Origin": "*"}
+    headers = response_headers(request_headers.get("Origin")) or {
+        "Access-Control-Allow-Origin": "*"
+    }
     headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
     headers["Access-Control-Allow-Headers"] = _merge_header_lists(DEFAULT_ALLOWED_HEADERS, asked)
     headers["Access-Control-Max-Age"] = str(max_age_s)

@@ -1,7 +1,8 @@
 """Checking and normalising one message as Segment's Tracking API does. Pure functions, no I/O.
 
 A message that fails a check becomes a `Rejection` with a reason code; one that passes becomes an
-`OutboxRow` holding the normalised JSON text and the plain columns the outbox indexes.
+`OutboxRow` holding the normalised JSON text and the plain columns the outbox indexes. Values
+cdpd does not change are copied as the raw bytes that arrived, never re-encoded.
 """
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from cdpd.model.spec import MESSAGE_TYPES, MessageFields
+from cdpd.model.spec import MESSAGE_TYPES, MessageFields, RawObject
 from cdpd.model.timestamps import format_ms, to_epoch_ms
 
 MAX_MESSAGE_ID_CHARS = 100
+NULL = msgspec.Raw(b"null")
+TRUE = msgspec.Raw(b"true")
 # Keys removed from every stored message: the write key is a credential, not data.
 _DROPPED_KEYS = frozenset({"writeKey"})
 
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder()
+_top_level_decoder = msgspec.json.Decoder(RawObject)
+_fields_decoder = msgspec.json.Decoder(MessageFields)
 
 
 class RequestFacts(NamedTuple):
@@ -29,9 +33,10 @@ class RequestFacts(NamedTuple):
     request_id: str
     received_at_ms: int
     received_at: str
-    sent_at_ms: int | None
-    context: dict[str, Any] | None
-    integrations: dict[str, Any] | None
+    sent_at_ms: int | None  # the batch envelope's sentAt; a message's own sentAt wins
+    sent_at: str | None
+    context: RawObject | None  # the batch envelope's; merged under each message's own
+    integrations: RawObject | None
     client_ip: str | None
     fill_ip: bool  # browser and mobile paths: Segment fills context.ip for every message
 
@@ -63,55 +68,38 @@ class Invalid(Exception):
         self.reason = reason
 
 
-def normalize_raw(
+def normalize(
     raw: bytes | msgspec.Raw, facts: RequestFacts, *, path_type: str | None, max_bytes: int
 ) -> OutboxRow | Rejection:
-    """Check and normalise one message given as JSON bytes."""
+    """Check and normalise one message given as JSON bytes; `path_type` is the type the URL
+    names (single-message paths), None for batch items, which must name their own."""
     if len(raw) > max_bytes:
         return _reject(
             "event_too_large", f"the message is {len(raw)} bytes; the limit is {max_bytes}", raw
         )
     try:
-        message = _decoder.decode(raw)
+        top = _top_level_decoder.decode(raw)
+        fields = _fields_decoder.decode(raw)
+        return _normalized_row(top, fields, facts, path_type)
+    except msgspec.ValidationError as exc:
+        where, reason = _field_error(exc)
+        return _reject("invalid_field" if where else "invalid_message", reason, raw)
     except msgspec.DecodeError as exc:
         return _reject("invalid_json", f"the message is not valid JSON: {exc}", raw)
-    return normalize(message, facts, path_type=path_type, raw=raw)
-
-
-def normalize(
-    message: Any,
-    facts: RequestFacts,
-    *,
-    path_type: str | None,
-    raw: bytes | msgspec.Raw | None = None,
-) -> OutboxRow | Rejection:
-    """Check and normalise one decoded message; `raw` is what gets stored if it is rejected."""
-    if not isinstance(message, dict):
-        return _reject(
-            "invalid_message", f"expected a JSON object, got {_json_kind(message)}", raw, message
-        )
-    try:
-        return _normalize_object(message, facts, path_type)
     except Invalid as exc:
-        message_id = message.get("messageId")
-        return _reject(
-            exc.code,
-            exc.reason,
-            raw,
-            message,
-            message_id if isinstance(message_id, str) else None,
-        )
+        return _reject(exc.code, exc.reason, raw, _text(fields.messageId))
 
 
-def _normalize_object(
-    message: dict[str, Any], facts: RequestFacts, path_type: str | None
+def _normalized_row(
+    top: RawObject, fields: MessageFields, facts: RequestFacts, path_type: str | None
 ) -> OutboxRow:
-    fields = _typed_fields(message)
     kind = path_type or fields.type
     if kind is None:
-        raise Invalid("missing_type", f"a batch item needs a type, one of {', '.join(MESSAGE_TYPES)}")
-    user_id = _id_text(fields.userId)
-    anonymous_id = _id_text(fields.anonymousId)
+        raise Invalid(
+            "missing_type", f"a batch item needs a type, one of {', '.join(MESSAGE_TYPES)}"
+        )
+    user_id = _text(fields.userId)
+    anonymous_id = _text(fields.anonymousId)
     _check_required(kind, fields, user_id, anonymous_id)
     message_id = fields.messageId or str(uuid.uuid4())
     if len(message_id) > MAX_MESSAGE_ID_CHARS:
@@ -120,12 +108,12 @@ def _normalize_object(
             f"messageId is {len(message_id)} characters; the limit is {MAX_MESSAGE_ID_CHARS}",
         )
 
-    out = {k: v for k, v in message.items() if v is not None and k not in _DROPPED_KEYS}
+    out: dict[str, Any] = {k: v for k, v in top.items() if v != NULL and k not in _DROPPED_KEYS}
     out["type"] = kind
     out["messageId"] = message_id
-    _set_ids(out, fields, user_id, anonymous_id)
+    _ids_as_text(out, fields)
     _set_timestamps(out, fields, facts)
-    _merge_request_objects(out, facts)
+    _merge_request_objects(out, fields, facts)
 
     return OutboxRow(
         message_id=message_id,
@@ -139,16 +127,19 @@ def _normalize_object(
     )
 
 
-def _typed_fields(message: dict[str, Any]) -> MessageFields:
-    try:
-        return msgspec.convert(message, MessageFields)
-    except msgspec.ValidationError as exc:
-        text, _, where = str(exc).rpartition(" - at `$")
-        field = where.rstrip("`").lstrip(".") or "message"
-        raise Invalid("invalid_field", f"{field}: {text or exc}") from None
+def _field_error(exc: msgspec.ValidationError) -> tuple[str, str]:
+    """The field at fault and a reason naming it: `Expected `str`, got `int` - at `$.userId``
+    becomes `userId: expected `str`, got `int``; an error about the whole message names none."""
+    text, sep, where = str(exc).rpartition(" - at `$")
+    if not sep:
+        text = str(exc)
+        return "", f"the message must be a JSON object: {text[:1].lower()}{text[1:]}"
+    field = where.rstrip("`").lstrip(".")
+    return field, f"{field}: {text[:1].lower()}{text[1:]}"
 
 
-def _id_text(value: str | int | None) -> str | None:
+def _text(value: str | int | None) -> str | None:
+    """Ids as text; an empty id counts as absent."""
     if value is None:
         return None
     text = value if isinstance(value, str) else str(value)
@@ -162,84 +153,79 @@ def _check_required(
         raise Invalid("no_user_anon_id", "the message needs a userId or an anonymousId")
     if kind == "track" and not fields.event:
         raise Invalid("missing_event", "a track message needs an event name")
-    if kind == "group" and _id_text(fields.groupId) is None:
+    if kind == "group" and _text(fields.groupId) is None:
         raise Invalid("missing_group_id", "a group message needs a groupId")
-    if kind == "alias" and _id_text(fields.previousId) is None:
+    if kind == "alias" and _text(fields.previousId) is None:
         raise Invalid("missing_previous_id", "an alias message needs a previousId")
 
 
-def _set_ids(
-    out: dict[str, Any], fields: MessageFields, user_id: str | None, anonymous_id: str | None
-) -> None:
-    """Store every id as text; an empty id counts as absent."""
-    for key, text in (
-        ("userId", user_id),
-        ("anonymousId", anonymous_id),
-        ("groupId", _id_text(fields.groupId)),
-        ("previousId", _id_text(fields.previousId)),
+def _ids_as_text(out: dict[str, Any], fields: MessageFields) -> None:
+    """Numeric ids become strings and empty ones are dropped; string ids stay as received."""
+    for key, value in (
+        ("userId", fields.userId),
+        ("anonymousId", fields.anonymousId),
+        ("groupId", fields.groupId),
+        ("previousId", fields.previousId),
     ):
-        if text is None:
-            out.pop(key, None)
-        else:
-            out[key] = text
+        if value == "":
+            del out[key]
+        elif isinstance(value, int):
+            out[key] = str(value)
 
 
 def _set_timestamps(out: dict[str, Any], fields: MessageFields, facts: RequestFacts) -> None:
-    """Segment's clock-skew correction: timestamp = receivedAt - (sentAt - originalTimestamp)."""
-    original = fields.timestamp or fields.originalTimestamp
-    sent_ms = to_epoch_ms(fields.sentAt) if fields.sentAt is not None else facts.sent_at_ms
+    """Segment's clock-skew correction: timestamp = receivedAt - (sentAt - originalTimestamp).
+
+    `originalTimestamp` and `sentAt` keep the sender's text; `receivedAt` and the corrected
+    `timestamp` are written by cdpd in one fixed UTC format."""
     out["receivedAt"] = facts.received_at
-    out.pop("timestamp", None)
-    if sent_ms is not None:
-        out["sentAt"] = _format(sent_ms, "sentAt")
+    if fields.sentAt is not None:
+        sent_ms: int | None = to_epoch_ms(fields.sentAt)
+    else:
+        sent_ms = facts.sent_at_ms
+        if facts.sent_at is not None:
+            out["sentAt"] = facts.sent_at
+    original = fields.timestamp or fields.originalTimestamp
     if original is None:
-        out.pop("originalTimestamp", None)
         out["timestamp"] = facts.received_at
         return
+    if fields.timestamp is not None:
+        out["originalTimestamp"] = out["timestamp"]
     original_ms = to_epoch_ms(original)
-    out["originalTimestamp"] = _format(original_ms, "timestamp")
-    if sent_ms is None:
-        out["timestamp"] = out["originalTimestamp"]
-    else:
-        out["timestamp"] = _format(facts.received_at_ms - (sent_ms - original_ms), "timestamp")
-
-
-def _format(epoch_ms: int, field: str) -> str:
+    corrected_ms = (
+        original_ms if sent_ms is None else facts.received_at_ms - (sent_ms - original_ms)
+    )
     try:
-        return format_ms(epoch_ms)
+        out["timestamp"] = format_ms(corrected_ms)
     except ValueError as exc:
-        raise Invalid("invalid_field", f"{field}: {exc}") from None
+        raise Invalid("invalid_field", f"timestamp: {exc}") from None
 
 
-def _merge_request_objects(out: dict[str, Any], facts: RequestFacts) -> None:
-    """Merge the batch envelope's context and integrations (the message's own keys win) and fill
-    context.ip where Segment does: browser paths, or when context.direct is true."""
-    context = out.get("context")
+def _merge_request_objects(out: dict[str, Any], fields: MessageFields, facts: RequestFacts) -> None:
+    """Merge the batch envelope's context and integrations under the message's own keys, and
+    fill context.ip where Segment does: browser paths, or when context.direct is true."""
+    context: dict[str, Any] | None = fields.context
     if facts.context:
         context = {**facts.context, **(context or {})}
-    if facts.client_ip and (facts.fill_ip or (context or {}).get("direct") is True):
-        if not (context or {}).get("ip"):
-            context = {**(context or {}), "ip": facts.client_ip}
-    if context is not None:
+    if _should_fill_ip(facts, context):
+        context = {**(context or {}), "ip": facts.client_ip}
+    if context is not fields.context:
         out["context"] = context
     if facts.integrations:
-        out["integrations"] = {**facts.integrations, **(out.get("integrations") or {})}
+        out["integrations"] = {**facts.integrations, **(fields.integrations or {})}
+
+
+def _should_fill_ip(facts: RequestFacts, context: dict[str, Any] | None) -> bool:
+    if not facts.client_ip:
+        return False
+    if context is None:
+        return facts.fill_ip
+    wanted = facts.fill_ip or context.get("direct") == TRUE
+    return wanted and context.get("ip", NULL) == NULL
 
 
 def _reject(
-    code: str,
-    reason: str,
-    raw: bytes | msgspec.Raw | None,
-    message: Any = None,
-    message_id: str | None = None,
+    code: str, reason: str, raw: bytes | msgspec.Raw, message_id: str | None = None
 ) -> Rejection:
-    if raw is not None:
-        payload = bytes(raw).decode("utf-8", errors="replace")
-    else:
-        payload = _encoder.encode(message).decode()
+    payload = bytes(raw).decode("utf-8", errors="replace")
     return Rejection(code=code, reason=reason, message_id=message_id, payload=payload)
-
-
-def _json_kind(value: Any) -> str:
-    kinds = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
-    return "null" if value is None else kinds.get(type(value), type(value).__name__)

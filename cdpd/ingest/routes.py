@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -19,9 +20,9 @@ from cdpd.ingest import cors
 from cdpd.ingest.auth import WriteKeys
 from cdpd.ingest.body import read_limited
 from cdpd.ingest.errors import ApiError
-from cdpd.ingest.normalize import OutboxRow, Rejection, RequestFacts, normalize_raw
+from cdpd.ingest.normalize import OutboxRow, Rejection, RequestFacts, normalize
 from cdpd.ingest.settings import settings_document
-from cdpd.model.spec import BatchEnvelope, SingleEnvelope
+from cdpd.model.spec import BatchEnvelope, RawObject, SingleEnvelope
 from cdpd.model.timestamps import format_ms, now_ms, to_epoch_ms
 from cdpd.outbox.writer import OutboxWriter, RejectRow
 
@@ -37,7 +38,14 @@ SINGLE_PATHS = {
     "group": "group",
     "alias": "alias",
 }
-SHORT_PATHS = {"i": "identify", "t": "track", "p": "page", "s": "screen", "g": "group", "a": "alias"}
+SHORT_PATHS = {
+    "i": "identify",
+    "t": "track",
+    "p": "page",
+    "s": "screen",
+    "g": "group",
+    "a": "alias",
+}
 
 _single_decoder = msgspec.json.Decoder(SingleEnvelope)
 _batch_decoder = msgspec.json.Decoder(BatchEnvelope)
@@ -87,7 +95,7 @@ class Ingest:
         envelope = _decode(_single_decoder, body)
         source = self._keys.source_for(request.headers.get("Authorization"), envelope.writeKey)
         facts = self._facts(request, source, received_ms, browser=browser)
-        result = normalize_raw(body, facts, path_type=kind, max_bytes=self._server.max_event_bytes)
+        result = normalize(body, facts, path_type=kind, max_bytes=self._server.max_event_bytes)
         return await self._store(request, facts, [result])
 
     async def batch(self, request: web.Request, *, browser: bool) -> web.Response:
@@ -102,14 +110,14 @@ class Ingest:
             source,
             received_ms,
             browser=browser,
-            sent_at_ms=to_epoch_ms(envelope.sentAt) if envelope.sentAt else None,
+            sent_at=envelope.sentAt,
             context=envelope.context,
             integrations=envelope.integrations,
         )
         limit = self._server.max_batch_events
         max_bytes = self._server.max_event_bytes
         results: list[OutboxRow | Rejection] = [
-            normalize_raw(raw, facts, path_type=None, max_bytes=max_bytes)
+            normalize(raw, facts, path_type=None, max_bytes=max_bytes)
             for raw in envelope.batch[:limit]
         ]
         results += [_over_batch_limit(raw, limit) for raw in envelope.batch[limit:]]
@@ -131,7 +139,10 @@ class Ingest:
         allow = cors.response_headers(request.headers.get("Origin"))
         return web.json_response(
             settings_document(write_key, self._server.base_url),
-            headers={"Cache-Control": "max-age=60", **(allow or {"Access-Control-Allow-Origin": "*"})},
+            headers={
+                "Cache-Control": "max-age=60",
+                **(allow or {"Access-Control-Allow-Origin": "*"}),
+            },
         )
 
     async def preflight(self, request: web.Request) -> web.Response:
@@ -147,16 +158,18 @@ class Ingest:
         received_ms: int,
         *,
         browser: bool,
-        sent_at_ms: int | None = None,
-        context: dict[str, Any] | None = None,
-        integrations: dict[str, Any] | None = None,
+        sent_at: datetime | None = None,
+        context: RawObject | None = None,
+        integrations: RawObject | None = None,
     ) -> RequestFacts:
+        sent_at_ms = to_epoch_ms(sent_at) if sent_at is not None else None
         return RequestFacts(
             source=source.name,
             request_id=request.get(LOG_FIELDS, {}).get("request_id", ""),
             received_at_ms=received_ms,
             received_at=format_ms(received_ms),
             sent_at_ms=sent_at_ms,
+            sent_at=_format_sent_at(sent_at_ms),
             context=context,
             integrations=integrations,
             client_ip=self._client_ip(request),
@@ -212,6 +225,15 @@ def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
         raise ApiError(400, "invalid_request", f"the request body is not usable: {exc}") from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
+
+
+def _format_sent_at(sent_at_ms: int | None) -> str | None:
+    if sent_at_ms is None:
+        return None
+    try:
+        return format_ms(sent_at_ms)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_request", f"sentAt: {exc}") from None
 
 
 def _first_item_write_key(batch: list[msgspec.Raw]) -> str | None:

@@ -1,14 +1,16 @@
 """Segment Spec messages as they arrive: the typed view used to validate them.
 
-Messages are kept as JSON objects so that fields the Spec does not name pass through untouched;
-`MessageFields` is the typed view of the fields cdpd reads, and decoding into it is the check
-that each of those fields has the right type.
+A message is decoded twice, both cheaply: as a mapping of top-level keys to raw JSON values, so
+that fields the Spec does not name pass through byte for byte, and as `MessageFields`, the typed
+view of the fields cdpd reads. Decoding into `MessageFields` is the check that each of those
+fields has the right type. Nested objects stay raw (`dict[str, Raw]`): their shape is checked,
+their contents are the sender's business.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 
@@ -18,6 +20,8 @@ MESSAGE_TYPES: tuple[str, ...] = ("identify", "track", "page", "screen", "group"
 # Clients may send numeric ids (analytics-python stringifies them, others do not); cdpd stores
 # every id as a string.
 Id = str | int
+# A JSON object whose values are kept as the raw bytes that were received.
+RawObject = dict[str, msgspec.Raw]
 
 
 class MessageFields(msgspec.Struct, kw_only=True):
@@ -33,10 +37,10 @@ class MessageFields(msgspec.Struct, kw_only=True):
     timestamp: datetime | None = None
     originalTimestamp: datetime | None = None
     sentAt: datetime | None = None
-    properties: dict[str, Any] | None = None
-    traits: dict[str, Any] | None = None
-    context: dict[str, Any] | None = None
-    integrations: dict[str, Any] | None = None
+    properties: RawObject | None = None
+    traits: RawObject | None = None
+    context: RawObject | None = None
+    integrations: RawObject | None = None
 
 
 class BatchEnvelope(msgspec.Struct, kw_only=True):
@@ -45,8 +49,8 @@ class BatchEnvelope(msgspec.Struct, kw_only=True):
     batch: list[msgspec.Raw]
     writeKey: str | None = None
     sentAt: datetime | None = None
-    context: dict[str, Any] | None = None
-    integrations: dict[str, Any] | None = None
+    context: RawObject | None = None
+    integrations: RawObject | None = None
 
 
 class SingleEnvelope(msgspec.Struct, kw_only=True):

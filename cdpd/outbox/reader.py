@@ -79,6 +79,19 @@ async def tail(path: Path, limit: int) -> list[StoredMessage]:
     """The `limit` most recent messages, oldest first."""
     async with schema.connect(path, readonly=True) as conn:
         rows = await conn.execute_fetchall(TAIL, (limit,))
-    return [
-        StoredMessage(*row[:-1], payload=msgspec.json.decode(row[-1])) for row in reversed(list(rows))
-    ]
+    return [_stored_message(row) for row in reversed(list(rows))]
+
+
+def _stored_message(row: Any) -> StoredMessage:
+    seq, message_id, source, kind, event, user_id, anonymous_id, received_at, payload = row
+    return StoredMessage(
+        seq=seq,
+        message_id=message_id,
+        source=source,
+        type=kind,
+        event=event,
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        received_at=received_at,
+        payload=msgspec.json.decode(payload),
+    )

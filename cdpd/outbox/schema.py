@@ -71,7 +71,9 @@ async def connect(
         await conn.close()
 
 
-async def _configure_writer(conn: aiosqlite.Connection, *, synchronous: str, max_bytes: int) -> None:
+async def _configure_writer(
+    conn: aiosqlite.Connection, *, synchronous: str, max_bytes: int
+) -> None:
     await conn.execute("PRAGMA journal_mode = WAL")
     await conn.execute(f"PRAGMA synchronous = {_synchronous_pragma(synchronous)}")
     await conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT_BYTES}")

@@ -6,6 +6,7 @@ The check runs on a timer, never on the request path; when space returns, writes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 
@@ -27,10 +28,8 @@ def outbox_bytes(path: Path) -> int:
     """The database file and its write-ahead log."""
     total = 0
     for name in (path, path.with_name(path.name + "-wal")):
-        try:
+        with contextlib.suppress(FileNotFoundError):
             total += name.stat().st_size
-        except FileNotFoundError:
-            pass
     return total
 
 

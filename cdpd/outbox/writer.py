@@ -184,7 +184,7 @@ class OutboxWriter:
             if not item.done.done():
                 item.done.set_result(AppendResult(len(item.rows) - dup_count, dup_count))
 
-    async def _write(self, rows: list[tuple[object, ...]], rejects: list[RejectRow]) -> int:
+    async def _write(self, rows: Sequence[tuple[object, ...]], rejects: list[RejectRow]) -> int:
         """Insert in one transaction; returns how many message rows were new."""
         inserted = 0
         if rows:

@@ -1,0 +1,238 @@
+"""Ingest benchmark: cdpd's durable ack against a bare aiohttp server, same client, same run.
+
+Starts each server pinned to core 0 and loads it with wrk (64 connections, 2 threads, on core 1):
+single-event `POST /v1/track` and 100-event `POST /v1/batch` with ~800-byte track events, each
+with its own messageId. Prints events/s, p50/p99 acknowledgement latency, peak RSS (VmHWM) and
+cdpd's throughput as a ratio of the bare server's, then checks that cdpd stored every event it
+acknowledged.
+
+    python bench/ingest.py [--duration 10] [--reps 1] [--connections 64]
+
+Needs wrk (`apt-get install wrk`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+WRITE_KEY = "wk_bench"
+SERVER_CPU = "0"
+CLIENT_CPU = "1"
+
+
+@dataclass
+class Result:
+    server: str
+    mode: str
+    requests_per_s: float
+    events_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    rss_mb: float
+    stored_ok: str = "-"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measured run")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of discarded load first")
+    parser.add_argument("--reps", type=int, default=1, help="repetitions, interleaved")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--synchronous", choices=["normal", "full"], default="normal")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: apt-get install wrk", file=sys.stderr)
+        return 2
+    runs: dict[tuple[str, str], list[Result]] = {}
+    for _ in range(args.reps):
+        for mode, batch in (("single", 1), ("batch100", 100)):
+            for server in ("bare", "cdpd"):
+                result = measure(server, mode, batch, args)
+                runs.setdefault((server, mode), []).append(result)
+    print_table(runs)
+    return 0
+
+
+def measure(server: str, mode: str, batch: int, args: argparse.Namespace) -> Result:
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="cdpd-bench-") as tmp:
+        proc = start_server(server, port, Path(tmp), args.synchronous)
+        try:
+            path = "/v1/track" if batch == 1 else "/v1/batch"
+            run_wrk(port, path, batch, args.warmup, args.connections)
+            before = stored_events(Path(tmp)) if server == "cdpd" else 0
+            output = run_wrk(port, path, batch, args.duration, args.connections)
+            rss_mb = peak_rss_mb(proc.pid)
+        finally:
+            stop(proc)
+        result = parse_wrk(output, server, mode, batch, rss_mb)
+        if server == "cdpd":
+            stored = stored_events(Path(tmp)) - before
+            acked = acknowledged_requests(output) * batch
+            result.stored_ok = "yes" if stored >= acked else f"NO ({stored} < {acked})"
+    print(
+        f"{server:>5} {mode:<9} {result.events_per_s:>10,.0f} events/s  "
+        f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  rss {rss_mb:5.1f} MB",
+        file=sys.stderr,
+    )
+    return result
+
+
+def start_server(server: str, port: int, tmp: Path, synchronous: str) -> subprocess.Popen[bytes]:
+    if server == "bare":
+        command = [sys.executable, str(HERE / "bare_server.py"), "--port", str(port)]
+    else:
+        config = tmp / "cdpd.toml"
+        config.write_text(
+            f'[server]\nlisten = "127.0.0.1:{port}"\n'
+            f'[storage]\ndata_dir = "{tmp / "var"}"\nsynchronous = "{synchronous}"\n'
+            f"min_free_disk_bytes = 0\n"
+            f'[[sources]]\nname = "bench"\nwrite_key = "{WRITE_KEY}"\n'
+        )
+        command = [sys.executable, "-m", "cdpd", "serve", "--config", str(config)]
+    proc = subprocess.Popen(
+        ["taskset", "-c", SERVER_CPU, *command],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=HERE.parent,
+    )
+    wait_for_port(port, proc)
+    return proc
+
+
+def run_wrk(port: int, path: str, batch: int, duration_s: int, connections: int) -> str:
+    env = {**os.environ, "CDPD_PATH": path, "CDPD_BATCH": str(batch)}
+    command = [
+        "taskset",
+        "-c",
+        CLIENT_CPU,
+        "wrk",
+        "-t2",
+        f"-c{connections}",
+        f"-d{duration_s}s",
+        "--latency",
+        "-s",
+        str(HERE / "post.lua"),
+        f"http://127.0.0.1:{port}",
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def parse_wrk(output: str, server: str, mode: str, batch: int, rss_mb: float) -> Result:
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    errors_match = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    errors = int(errors_match.group(1)) if errors_match else 0
+    if socket_errors:
+        errors += sum(int(g) for g in socket_errors.groups())
+    return Result(
+        server=server,
+        mode=mode,
+        requests_per_s=rps,
+        events_per_s=rps * batch,
+        p50_ms=latency_ms(output, "50%"),
+        p99_ms=latency_ms(output, "99%"),
+        errors=errors,
+        rss_mb=rss_mb,
+    )
+
+
+def latency_ms(output: str, percentile: str) -> float:
+    match = re.search(rf"^\s+{re.escape(percentile)}\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
+    if not match:
+        return float("nan")
+    value, unit = float(match.group(1)), match.group(2)
+    return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def acknowledged_requests(output: str) -> int:
+    total = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    errors_match = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return total - (int(errors_match.group(1)) if errors_match else 0)
+
+
+def stored_events(tmp: Path) -> int:
+    with sqlite3.connect(tmp / "var" / "outbox.sqlite3") as conn:
+        return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
+
+
+def peak_rss_mb(pid: int) -> float:
+    # taskset execs the server, so the pid is the server's own.
+    status = Path(f"/proc/{pid}/status").read_text()
+    kb = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
+    return kb / 1024
+
+
+def print_table(runs: dict[tuple[str, str], list[Result]]) -> None:
+    print()
+    print(
+        "| server | load | events/s | req/s | p50 ms | p99 ms | peak RSS MB | errors "
+        "| cdpd/bare | all acked stored |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for mode in ("single", "batch100"):
+        bare = statistics.median(r.events_per_s for r in runs[("bare", mode)])
+        for server in ("bare", "cdpd"):
+            results = runs[(server, mode)]
+            eps = statistics.median(r.events_per_s for r in results)
+            print(
+                f"| {server} | {mode} | {eps:,.0f} "
+                f"| {statistics.median(r.requests_per_s for r in results):,.0f} "
+                f"| {statistics.median(r.p50_ms for r in results):.2f} "
+                f"| {statistics.median(r.p99_ms for r in results):.2f} "
+                f"| {max(r.rss_mb for r in results):.0f} "
+                f"| {sum(r.errors for r in results)} "
+                f"| {eps / bare:.2f} "
+                f"| {', '.join(sorted({r.stored_ok for r in results}))} |"
+            )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"server exited: {proc.stderr.read().decode() if proc.stderr else ''}"
+            )
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server did not listen on {port}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
