@@ -25,7 +25,7 @@ from cdpd.config import Config
 from cdpd.ingest.routes import Ingest
 from cdpd.logs import LineWriter
 from cdpd.outbox import schema
-from cdpd.outbox.space import watch_free_space
+from cdpd.outbox.space import SpaceWatch
 from cdpd.outbox.writer import OutboxWriter
 from cdpd.systemd import Notifier
 
@@ -46,7 +46,10 @@ class Running:
 
 
 @asynccontextmanager
-async def running(config: Config) -> AsyncIterator[Running]:
+async def running(
+    config: Config, *, clock_s: Callable[[], float] = time.monotonic
+) -> AsyncIterator[Running]:
+    """Serve `config` until the block exits; `clock_s` is replaceable so tests control time."""
     storage = config.storage
     data_dir = Path(storage.data_dir)
     async with schema.connect(
@@ -57,20 +60,19 @@ async def running(config: Config) -> AsyncIterator[Running]:
             commit_max_rows=storage.commit_max_rows,
             dedup_window_s=storage.dedup_window_s,
             full_retry_after_s=storage.full_retry_after_s,
-            clock_s=time.monotonic,
+            clock_s=clock_s,
         )
         await writer.start()
+        space = SpaceWatch(
+            writer,
+            data_dir,
+            min_free_bytes=storage.min_free_disk_bytes,
+            retry_after_s=storage.full_retry_after_s,
+        )
+        await space.check()
         async with asyncio.TaskGroup() as tasks:
             writer_task = tasks.create_task(writer.run(), name="outbox-writer")
-            space_task = tasks.create_task(
-                watch_free_space(
-                    writer,
-                    data_dir,
-                    min_free_bytes=storage.min_free_disk_bytes,
-                    retry_after_s=storage.full_retry_after_s,
-                ),
-                name="free-space-watch",
-            )
+            space_task = tasks.create_task(space.run(), name="free-space-watch")
             app = cdpd_web.build(config, writer)
             runner = web.AppRunner(
                 app,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
+import msgspec.inspect
 
 DEFAULT_CONFIG_PATH = "/etc/cdpd/cdpd.toml"
 
@@ -141,11 +143,59 @@ def parse(text: bytes | str, *, origin: str = "<config>") -> Config:
 
 
 def _explain(message: str) -> str:
-    """Turn msgspec's `... - at `$.server.listen`` into `server.listen: ...`."""
+    """Turn msgspec's `... - at `$.server.listen`` into `server.listen: ...`, and say which
+    values a key accepts when it was given one it does not."""
     text, sep, where = message.rpartition(" - at `$")
     if not sep:
         return message
-    return f"{where.rstrip('`').lstrip('.')}: {text}"
+    where = where.rstrip("`").lstrip(".")
+    if text.startswith(("Invalid enum value", "Invalid value")):
+        allowed = _allowed_values(where)
+        if allowed:
+            text += f" (expected one of: {', '.join(allowed)})"
+    return f"{where}: {text}"
+
+
+def _allowed_values(where: str) -> list[str]:
+    """The literal values (or destination types) the config accepts at a key path."""
+    info: msgspec.inspect.Type = msgspec.inspect.type_info(Config)
+    for part in re.split(r"\.|\[\d+\]", where):
+        if not part:
+            continue
+        info = _unwrap(info)
+        if isinstance(info, msgspec.inspect.UnionType):
+            structs = [t for t in info.types if isinstance(t, msgspec.inspect.StructType)]
+            if structs and part == structs[0].tag_field:
+                return [str(t.tag) for t in structs]
+            return []
+        if not isinstance(info, msgspec.inspect.StructType):
+            return []
+        if part == info.tag_field:
+            return [str(info.tag)]
+        fields = {f.encode_name: f.type for f in info.fields}
+        if part not in fields:
+            return []
+        info = fields[part]
+    info = _unwrap(info)
+    if isinstance(info, msgspec.inspect.LiteralType):
+        return sorted(str(value) for value in info.values)
+    return []
+
+
+def _unwrap(info: msgspec.inspect.Type) -> msgspec.inspect.Type:
+    """Look through lists and optional values to the type of one value."""
+    while True:
+        if isinstance(info, msgspec.inspect.ListType):
+            info = info.item_type
+        elif isinstance(info, msgspec.inspect.UnionType) and any(
+            isinstance(t, msgspec.inspect.NoneType) for t in info.types
+        ):
+            rest = [t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)]
+            if len(rest) != 1:
+                return info
+            info = rest[0]
+        else:
+            return info
 
 
 def _cross_check(config: Config) -> list[str]:

@@ -62,8 +62,10 @@ class _Unrouted:
 
     async def __call__(self, request: web.Request) -> web.Response:
         allowed = self._methods.get(request.path)
-        if allowed is None or request.path.startswith("/v1/projects/"):
+        if allowed is None:
             raise ApiError(404, "not_found", f"there is nothing at {request.path}")
+        if request.path.startswith("/v1/"):
+            allowed = allowed | {"OPTIONS"}  # the CORS preflight route answers every /v1 path
         raise ApiError(
             405,
             "method_not_allowed",

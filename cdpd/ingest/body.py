@@ -28,12 +28,13 @@ async def read_limited(request: web.Request, limit_bytes: int) -> bytes:
             if size > limit_bytes:
                 raise _too_large(limit_bytes)
             chunks.append(chunk)
-    except PayloadEncodingError as exc:
+    except (PayloadEncodingError, web.RequestPayloadError) as exc:
+        encoding = request.headers.get("Content-Encoding", "none")
+        detail = str(exc).replace("\n", " ").strip()
         raise ApiError(
             400,
             "invalid_body_encoding",
-            f"the body could not be decoded ({request.headers.get('Content-Encoding', 'none')}): "
-            f"{exc.message}",
+            f"the body could not be read (Content-Encoding: {encoding}): {detail}",
         ) from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 

@@ -92,7 +92,7 @@ class Ingest:
         self._writer.check_accepting()
         body = await read_limited(request, self._server.max_request_bytes)
         received_ms = now_ms()
-        envelope = _decode(_single_decoder, body)
+        envelope = _decode(_single_decoder, body, request)
         source = self._keys.source_for(request.headers.get("Authorization"), envelope.writeKey)
         facts = self._facts(request, source, received_ms, browser=browser)
         result = normalize(body, facts, path_type=kind, max_bytes=self._server.max_event_bytes)
@@ -102,7 +102,7 @@ class Ingest:
         self._writer.check_accepting()
         body = await read_limited(request, self._server.max_request_bytes)
         received_ms = now_ms()
-        envelope = _decode(_batch_decoder, body)
+        envelope = _decode(_batch_decoder, body, request)
         body_key = envelope.writeKey or _first_item_write_key(envelope.batch)
         source = self._keys.source_for(request.headers.get("Authorization"), body_key)
         facts = self._facts(
@@ -138,12 +138,18 @@ class Ingest:
             fields["source"] = source.name
         allow = cors.response_headers(request.headers.get("Origin"))
         return web.json_response(
-            settings_document(write_key, self._server.base_url),
+            settings_document(write_key, self._public_url(request)),
             headers={
                 "Cache-Control": "max-age=60",
                 **(allow or {"Access-Control-Allow-Origin": "*"}),
             },
         )
+
+    def _public_url(self, request: web.Request) -> str:
+        """The configured public URL, else the scheme and host the client used to get here."""
+        if self._server.public_url:
+            return self._server.public_url
+        return f"{request.scheme}://{request.host}"
 
     async def preflight(self, request: web.Request) -> web.Response:
         headers = cors.preflight_headers(request.headers, self._server.cors_max_age_s)
@@ -218,13 +224,17 @@ class Ingest:
         )
 
 
-def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+def _decode(decoder: msgspec.json.Decoder[Any], body: bytes, request: web.Request) -> Any:
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise ApiError(400, "invalid_request", f"the request body is not usable: {exc}") from None
     except msgspec.DecodeError as exc:
-        raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
+        encoding = request.headers.get("Content-Encoding")
+        decoded = f" once {encoding}-decoded" if encoding else ""
+        raise ApiError(
+            400, "invalid_json", f"the request body is not valid JSON{decoded}: {exc}"
+        ) from None
 
 
 def _format_sent_at(sent_at_ms: int | None) -> str | None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 
 from cdpd.outbox.writer import OutboxUnavailable, OutboxWriter
 
-log = structlog.get_logger("cdpd.outbox")
+log = structlog.get_logger()
 
 CHECK_INTERVAL_S = 1.0
 
@@ -33,32 +34,47 @@ def outbox_bytes(path: Path) -> int:
     return total
 
 
-async def watch_free_space(
-    writer: OutboxWriter,
-    data_dir: Path,
-    *,
-    min_free_bytes: int,
-    retry_after_s: int,
-    interval_s: float = CHECK_INTERVAL_S,
-) -> None:
-    """Refuse writes while the free space under `data_dir` is below `min_free_bytes`."""
-    refusing = False
-    while True:
-        free = await asyncio.to_thread(free_bytes, data_dir)
-        low = free < min_free_bytes
-        if low != refusing:
-            refusing = low
-            if low:
-                log.error("disk_space_low", free_bytes=free, min_free_bytes=min_free_bytes)
-                writer.refuse(
-                    OutboxUnavailable(
-                        "disk_full",
-                        f"the disk holding the outbox has {free} bytes free, below the "
-                        f"configured floor of {min_free_bytes}; nothing was stored",
-                        retry_after_s,
-                    )
+class SpaceWatch:
+    """Refuses writes while the free space under `data_dir` is below `min_free_bytes`."""
+
+    def __init__(
+        self,
+        writer: OutboxWriter,
+        data_dir: Path,
+        *,
+        min_free_bytes: int,
+        retry_after_s: int,
+        measure: Callable[[Path], int] = free_bytes,
+    ) -> None:
+        self._writer = writer
+        self._data_dir = data_dir
+        self._min_free_bytes = min_free_bytes
+        self._retry_after_s = retry_after_s
+        self._measure = measure
+        self.refusing = False
+
+    async def check(self) -> None:
+        free = await asyncio.to_thread(self._measure, self._data_dir)
+        low = free < self._min_free_bytes
+        if low == self.refusing:
+            return
+        self.refusing = low
+        if low:
+            log.error("disk_space_low", free_bytes=free, min_free_bytes=self._min_free_bytes)
+            self._writer.refuse(
+                OutboxUnavailable(
+                    "disk_full",
+                    f"the disk holding the outbox has {free} bytes free, below the configured "
+                    f"floor of {self._min_free_bytes} (storage.min_free_disk_bytes); "
+                    "nothing was stored",
+                    self._retry_after_s,
                 )
-            else:
-                log.info("disk_space_recovered", free_bytes=free)
-                writer.refuse(None)
-        await asyncio.sleep(interval_s)
+            )
+        else:
+            log.info("disk_space_recovered", free_bytes=free)
+            self._writer.refuse(None)
+
+    async def run(self, interval_s: float = CHECK_INTERVAL_S) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.check()

@@ -1,0 +1,127 @@
+"""When the outbox cannot take more, cdpd answers 503 with Retry-After, keeps what it accepted,
+and takes messages again once there is room."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from cdpd.app import running
+from cdpd.config import Config
+from cdpd.outbox import schema
+from cdpd.outbox.space import SpaceWatch
+from cdpd.outbox.writer import OutboxUnavailable, OutboxWriter
+from tests.helpers import WRITE_KEY, basic_auth, outbox_path, query
+
+AUTH = {"Authorization": basic_auth(WRITE_KEY)}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def batch_of(start: int, count: int) -> bytes:
+    items = [
+        {
+            "type": "track",
+            "userId": "u",
+            "event": "E",
+            "messageId": f"m-{n}",
+            "properties": {"pad": "x" * 400},
+        }
+        for n in range(start, start + count)
+    ]
+    return msgspec.json.encode({"batch": items})
+
+
+async def test_full_outbox_answers_503_keeps_data_and_recovers(
+    make_config: Callable[..., Config], http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    config = make_config("")
+    storage = msgspec.structs.replace(
+        config.storage, max_outbox_bytes=256 * 1024, full_retry_after_s=7
+    )
+    clock = FakeClock()
+    acked = 0
+    async with running(msgspec.structs.replace(config, storage=storage), clock_s=clock) as server:
+        url = f"{server.url}/v1/batch"
+        for start in range(0, 100_000, 50):
+            async with http.post(url, data=batch_of(start, 50), headers=AUTH) as resp:
+                if resp.status != 200:
+                    assert resp.status == 503
+                    assert resp.headers["Retry-After"] == "7"
+                    assert (await resp.json())["code"] == "outbox_full"
+                    break
+                acked += 50
+        else:
+            raise AssertionError("the outbox never filled up")
+        assert acked > 0
+        assert query(data_dir, "SELECT count(*) FROM messages") == [(acked,)]
+
+        # Until Retry-After has passed, cdpd answers 503 at once, without touching SQLite.
+        async with http.post(url, data=batch_of(10**6, 1), headers=AUTH) as resp:
+            assert resp.status == 503
+        async with http.get(f"{server.url}/health") as resp:
+            assert resp.status == 503
+            assert (await resp.json())["status"] == "outbox_full"
+
+        # Room returns (as pruning would make it) and time passes: writes resume.
+        with sqlite3.connect(outbox_path(data_dir)) as conn:
+            conn.execute("DELETE FROM messages WHERE seq <= ?", (acked // 2,))
+        clock.now_s += 8
+        async with http.post(url, data=batch_of(10**6, 10), headers=AUTH) as resp:
+            assert resp.status == 200
+        async with http.get(f"{server.url}/health") as resp:
+            assert resp.status == 200
+    remaining = acked - acked // 2 + 10
+    assert query(data_dir, "SELECT count(*) FROM messages") == [(remaining,)]
+
+
+async def test_disk_floor_refuses_before_the_disk_is_full(
+    make_config: Callable[..., Config], http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    config = make_config("")
+    storage = msgspec.structs.replace(config.storage, min_free_disk_bytes=2**62)
+    async with running(msgspec.structs.replace(config, storage=storage)) as server:
+        async with http.post(f"{server.url}/v1/batch", data=batch_of(0, 5), headers=AUTH) as resp:
+            assert resp.status == 503
+            assert "Retry-After" in resp.headers
+            body = await resp.json()
+    assert body["code"] == "disk_full"
+    assert "storage.min_free_disk_bytes" in body["message"]
+    assert query(data_dir, "SELECT count(*) FROM messages") == [(0,)]
+
+
+async def test_space_watch_refuses_and_recovers(tmp_path: Path) -> None:
+    free = {"bytes": 10}
+
+    def measure(_: Path) -> int:
+        return free["bytes"]
+
+    async with schema.connect(tmp_path / "outbox.sqlite3") as conn:
+        writer = OutboxWriter(
+            conn, commit_max_rows=10, dedup_window_s=0, full_retry_after_s=3, clock_s=lambda: 0.0
+        )
+        watch = SpaceWatch(writer, tmp_path, min_free_bytes=100, retry_after_s=3, measure=measure)
+        await watch.check()
+        assert _refusal(writer) == "disk_full"
+        free["bytes"] = 1000
+        await watch.check()
+        assert _refusal(writer) is None
+
+
+def _refusal(writer: OutboxWriter) -> Any:
+    try:
+        writer.check_accepting()
+    except OutboxUnavailable as exc:
+        return exc.code
+    return None
