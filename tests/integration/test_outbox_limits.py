@@ -91,11 +91,13 @@ async def test_disk_floor_refuses_before_the_disk_is_full(
 ) -> None:
     config = make_config("")
     storage = msgspec.structs.replace(config.storage, min_free_disk_bytes=2**62)
-    async with running(msgspec.structs.replace(config, storage=storage)) as server:
-        async with http.post(f"{server.url}/v1/batch", data=batch_of(0, 5), headers=AUTH) as resp:
-            assert resp.status == 503
-            assert "Retry-After" in resp.headers
-            body = await resp.json()
+    async with (
+        running(msgspec.structs.replace(config, storage=storage)) as server,
+        http.post(f"{server.url}/v1/batch", data=batch_of(0, 5), headers=AUTH) as resp,
+    ):
+        assert resp.status == 503
+        assert "Retry-After" in resp.headers
+        body = await resp.json()
     assert body["code"] == "disk_full"
     assert "storage.min_free_disk_bytes" in body["message"]
     assert query(data_dir, "SELECT count(*) FROM messages") == [(0,)]
