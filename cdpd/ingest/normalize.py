@@ -86,6 +86,8 @@ def normalize(
         return _reject("invalid_field" if where else "invalid_message", reason, raw)
     except msgspec.DecodeError as exc:
         return _reject("invalid_json", f"the message is not valid JSON: {exc}", raw)
+    except RecursionError:
+        return _reject("invalid_json", "the message is nested too deeply", raw)
     except Invalid as exc:
         return _reject(exc.code, exc.reason, raw, _text(fields.messageId))
 

@@ -229,6 +229,8 @@ def _decode(decoder: msgspec.json.Decoder[Any], body: bytes, request: web.Reques
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise ApiError(400, "invalid_request", f"the request body is not usable: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the request body is nested too deeply") from None
     except msgspec.DecodeError as exc:
         encoding = request.headers.get("Content-Encoding")
         decoded = f" once {encoding}-decoded" if encoding else ""
