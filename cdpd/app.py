@@ -73,7 +73,8 @@ async def running(
         async with asyncio.TaskGroup() as tasks:
             writer_task = tasks.create_task(writer.run(), name="outbox-writer")
             space_task = tasks.create_task(space.run(), name="free-space-watch")
-            app = cdpd_web.build(config, writer)
+            drain = cdpd_web.Drain()
+            app = cdpd_web.build(config, writer, drain)
             runner = web.AppRunner(
                 app,
                 access_log=None,
@@ -84,10 +85,14 @@ async def running(
             try:
                 site = web.TCPSite(runner, config.server.host, config.server.port)
                 await site.start()
-                yield Running(url=_url(runner), app=app, writer=writer)
+                try:
+                    yield Running(url=_url(runner), app=app, writer=writer)
+                finally:
+                    await site.stop()  # no new connections
+                    await drain.finish(config.server.shutdown_timeout_s)
             finally:
-                await runner.cleanup()
-                writer.close()
+                await runner.cleanup()  # closes the now idle connections
+                writer.close()  # commits what is still pending, then its task ends
                 await writer_task
                 space_task.cancel()
 

@@ -7,6 +7,7 @@ the same work with one coroutine frame less on every request.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import os
@@ -31,12 +32,46 @@ MAX_CLIENT_REQUEST_ID_CHARS = 200
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def build(config: Config, writer: OutboxWriter) -> web.Application:
+class Drain:
+    """Counts the requests being handled, so that shutdown can let them finish before any
+    connection is closed (aiohttp drops the bytes a closing connection receives, which would
+    leave a request whose body is still arriving unanswered)."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.closing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.active += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.active -= 1
+        if self.active == 0:
+            self._idle.set()
+
+    async def finish(self, timeout_s: float) -> None:
+        """Wait, at most `timeout_s`, for the requests being handled; from now on each answer
+        closes its connection."""
+        self.closing = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            log.warning("drain_timeout", requests_unfinished=self.active, timeout_s=timeout_s)
+
+
+DRAIN = web.AppKey("drain", Drain)
+
+
+def build(config: Config, writer: OutboxWriter, drain: Drain) -> web.Application:
     ingest = Ingest(config, writer)
     app = web.Application(client_max_size=config.server.max_request_bytes)
     app[INGEST] = ingest
     app[WRITER] = writer
-    wrap = _RequestWrapper(access_log=config.logging.access_log)
+    app[DRAIN] = drain
+    wrap = _RequestWrapper(drain, access_log=config.logging.access_log)
     routes = [*ingest.routes(), web.get("/health", health)]
     app.add_routes(web.RouteDef(r.method, r.path, wrap(r.handler), r.kwargs) for r in routes)
     app.router.add_route("*", "/{tail:.*}", wrap(_Unrouted(routes)))
@@ -44,6 +79,8 @@ def build(config: Config, writer: OutboxWriter) -> web.Application:
 
 
 async def health(request: web.Request) -> web.Response:
+    if request.app[DRAIN].closing:
+        return web.json_response({"status": "shutting_down"}, status=503)
     try:
         request.app[WRITER].check_accepting()
     except OutboxUnavailable as exc:
@@ -75,7 +112,8 @@ class _Unrouted:
 
 
 class _RequestWrapper:
-    def __init__(self, *, access_log: bool) -> None:
+    def __init__(self, drain: Drain, *, access_log: bool) -> None:
+        self._drain = drain
         self._access_log = access_log
         self._prefix = os.urandom(4).hex()
         self._counter = itertools.count(1)
@@ -84,6 +122,7 @@ class _RequestWrapper:
         access_log = self._access_log
         prefix = self._prefix
         counter = self._counter
+        drain = self._drain
 
         @functools.wraps(handler)
         async def wrapped(request: web.Request) -> web.StreamResponse:
@@ -91,6 +130,7 @@ class _RequestWrapper:
             request_id = _client_request_id(request) or f"{prefix}-{next(counter):x}"
             fields = {"request_id": request_id}
             request[LOG_FIELDS] = fields
+            drain.enter()
             try:
                 response = await handler(request)
             except ApiError as exc:
@@ -103,6 +143,10 @@ class _RequestWrapper:
                 response = _error_response(
                     request, 500, "internal_error", "cdpd failed on this request; see its log", {}
                 )
+            finally:
+                drain.leave()
+            if drain.closing:
+                response.force_close()  # one last answer per kept-alive connection
             response.headers["X-Request-Id"] = request_id
             if access_log:
                 log.info(

@@ -28,6 +28,10 @@ async def read_limited(request: web.Request, limit_bytes: int) -> bytes:
             if size > limit_bytes:
                 raise _too_large(limit_bytes)
             chunks.append(chunk)
+    except ConnectionResetError:
+        raise ApiError(
+            400, "client_disconnected", "the client closed the connection before sending the body"
+        ) from None
     except (PayloadEncodingError, web.RequestPayloadError) as exc:
         encoding = request.headers.get("Content-Encoding", "none")
         detail = str(exc).replace("\n", " ").strip()
