@@ -93,7 +93,10 @@ def normalize(
 
 
 def _normalized_row(
-    top: RawObject, fields: MessageFields, facts: RequestFacts, path_type: str | None
+    top: RawObject,
+    fields: MessageFields,
+    facts: RequestFacts,
+    path_type: str | None,
 ) -> OutboxRow:
     kind = path_type or fields.type
     if kind is None:
@@ -110,7 +113,12 @@ def _normalized_row(
             f"messageId is {len(message_id)} characters; the limit is {MAX_MESSAGE_ID_CHARS}",
         )
 
-    out: dict[str, Any] = {k: v for k, v in top.items() if v != NULL and k not in _DROPPED_KEYS}
+    if NULL in top.values():
+        out: dict[str, Any] = {k: v for k, v in top.items() if v != NULL}
+    else:
+        out = dict(top)
+    for key in _DROPPED_KEYS.intersection(out):
+        del out[key]
     out["type"] = kind
     out["messageId"] = message_id
     _ids_as_text(out, fields)
@@ -163,6 +171,15 @@ def _check_required(
 
 def _ids_as_text(out: dict[str, Any], fields: MessageFields) -> None:
     """Numeric ids become strings and empty ones are dropped; string ids stay as received."""
+    if (
+        fields.userId != ""
+        and fields.anonymousId != ""
+        and type(fields.userId) is not int
+        and type(fields.anonymousId) is not int
+        and fields.groupId is None
+        and fields.previousId is None
+    ):
+        return  # the common case: string ids (or none), no group or alias ids
     for key, value in (
         ("userId", fields.userId),
         ("anonymousId", fields.anonymousId),

@@ -43,6 +43,7 @@ MIGRATIONS: tuple[str, ...] = (
 
 SCHEMA_VERSION = len(MIGRATIONS)
 JOURNAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
+STATEMENT_CACHE_SIZE = 600
 
 
 class SchemaTooNew(Exception):
@@ -60,7 +61,8 @@ async def connect(
         path.parent.mkdir(parents=True, exist_ok=True)
         # The default isolation level opens a transaction before the first INSERT, so a group
         # commit is two thread hops: executemany, then commit.
-        conn = await aiosqlite.connect(path)
+        # Room for the writer's multi-row INSERT of every size up to its chunk (writer.py).
+        conn = await aiosqlite.connect(path, cached_statements=STATEMENT_CACHE_SIZE)
     try:
         await conn.execute("PRAGMA busy_timeout = 5000")
         if not readonly:

@@ -9,6 +9,7 @@ previous commit runs; when idle, a lone request is committed at once, with no ti
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -22,12 +23,19 @@ from cdpd.model.timestamps import format_ms
 
 log = structlog.get_logger("cdpd.outbox")
 
-# A message is a duplicate when the same messageId was stored at or after the cutoff.
-INSERT_MESSAGE = """
+# Rows go in as one multi-row statement per chunk rather than one statement per row: the
+# sqlite3 module releases and retakes the GIL around every statement step, and under load each
+# retake waits for the event loop thread to yield it. A message is a duplicate when the same
+# messageId was stored at or after its row's cutoff (column9).
+INSERT_MESSAGES = """
 INSERT INTO messages (message_id, source, type, event, user_id, anonymous_id, received_at, payload)
-SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
-WHERE NOT EXISTS (SELECT 1 FROM messages WHERE message_id = ?1 AND received_at >= ?9)
+SELECT column1, column2, column3, column4, column5, column6, column7, column8
+FROM (VALUES {values})
+WHERE NOT EXISTS (
+    SELECT 1 FROM messages AS m WHERE m.message_id = column1 AND m.received_at >= column9
+)
 """
+ROWS_PER_STATEMENT = 500
 INSERT_REJECT = """
 INSERT INTO rejects (received_at, source, request_id, reason_code, reason, message_id, payload)
 VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -169,7 +177,7 @@ class OutboxWriter:
         return group
 
     async def _commit(self, group: list[_Pending]) -> None:
-        rows = [(*row, item.dedup_cutoff) for item in group for row in item.rows]
+        rows = _first_of_each_id(group)
         rejects = [reject for item in group for reject in item.rejects]
         try:
             inserted = await self._write(rows, rejects)
@@ -184,12 +192,15 @@ class OutboxWriter:
             if not item.done.done():
                 item.done.set_result(AppendResult(len(item.rows) - dup_count, dup_count))
 
-    async def _write(self, rows: Sequence[tuple[object, ...]], rejects: list[RejectRow]) -> int:
-        """Insert in one transaction; returns how many message rows were new."""
+    async def _write(self, rows: list[object], rejects: list[RejectRow]) -> int:
+        """Insert in one transaction; `rows` is flat, nine values per row. Returns how many
+        message rows were new."""
         inserted = 0
-        if rows:
-            cursor = await self._conn.executemany(INSERT_MESSAGE, rows)
-            inserted = cursor.rowcount
+        chunk = ROWS_PER_STATEMENT * ROW_VALUES
+        for start in range(0, len(rows), chunk):
+            params = rows[start : start + chunk]
+            cursor = await self._conn.execute(_insert_sql(len(params) // ROW_VALUES), params)
+            inserted += cursor.rowcount
         if rejects:
             await self._conn.executemany(INSERT_REJECT, rejects)
         await self._conn.commit()
@@ -247,6 +258,29 @@ class OutboxWriter:
         if self._dedup_window_ms == 0:
             return NO_DEDUP_CUTOFF
         return format_ms(max(0, received_at_ms - self._dedup_window_ms))
+
+
+ROW_VALUES = 9  # the eight columns and the dedup cutoff
+
+
+def _first_of_each_id(group: list[_Pending]) -> list[object]:
+    """The group's rows as flat statement parameters, keeping only the first row of each
+    messageId (later ones in the same group are duplicates of it)."""
+    seen: set[str] = set()
+    params: list[object] = []
+    for item in group:
+        for row in item.rows:
+            if row.message_id not in seen:
+                seen.add(row.message_id)
+                params += row
+                params.append(item.dedup_cutoff)
+    return params
+
+
+@functools.lru_cache(maxsize=ROWS_PER_STATEMENT)
+def _insert_sql(row_count: int) -> str:
+    values = ",".join(["(?,?,?,?,?,?,?,?,?)"] * row_count)
+    return INSERT_MESSAGES.format(values=values)
 
 
 def _is_full(exc: sqlite3.Error) -> bool:
