@@ -29,7 +29,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 WRITE_KEY = "wk_bench"
-SERVER_CPU = "0"
 CLIENT_CPU = "1"
 
 
@@ -53,6 +52,10 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=1, help="repetitions, interleaved")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--synchronous", choices=["normal", "full"], default="normal")
+    parser.add_argument("--only", choices=["single", "batch100"], help="run one load only")
+    parser.add_argument(
+        "--server-cpus", default="0", help="cores the servers may use (taskset list; wrk uses 1)"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed: apt-get install wrk", file=sys.stderr)
@@ -60,6 +63,8 @@ def main() -> int:
     runs: dict[tuple[str, str], list[Result]] = {}
     for _ in range(args.reps):
         for mode, batch in (("single", 1), ("batch100", 100)):
+            if args.only and mode != args.only:
+                continue
             for server in ("bare", "cdpd"):
                 result = measure(server, mode, batch, args)
                 runs.setdefault((server, mode), []).append(result)
@@ -70,7 +75,7 @@ def main() -> int:
 def measure(server: str, mode: str, batch: int, args: argparse.Namespace) -> Result:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="cdpd-bench-") as tmp:
-        proc = start_server(server, port, Path(tmp), args.synchronous)
+        proc = start_server(server, port, Path(tmp), args.synchronous, args.server_cpus)
         try:
             path = "/v1/track" if batch == 1 else "/v1/batch"
             run_wrk(port, path, batch, args.warmup, args.connections)
@@ -92,7 +97,9 @@ def measure(server: str, mode: str, batch: int, args: argparse.Namespace) -> Res
     return result
 
 
-def start_server(server: str, port: int, tmp: Path, synchronous: str) -> subprocess.Popen[bytes]:
+def start_server(
+    server: str, port: int, tmp: Path, synchronous: str, cpus: str
+) -> subprocess.Popen[bytes]:
     if server == "bare":
         command = [sys.executable, str(HERE / "bare_server.py"), "--port", str(port)]
     else:
@@ -105,7 +112,7 @@ def start_server(server: str, port: int, tmp: Path, synchronous: str) -> subproc
         )
         command = [sys.executable, "-m", "cdpd", "serve", "--config", str(config)]
     proc = subprocess.Popen(
-        ["taskset", "-c", SERVER_CPU, *command],
+        ["taskset", "-c", cpus, *command],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         cwd=HERE.parent,
@@ -188,6 +195,8 @@ def print_table(runs: dict[tuple[str, str], list[Result]]) -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for mode in ("single", "batch100"):
+        if ("bare", mode) not in runs:
+            continue
         bare = statistics.median(r.events_per_s for r in runs[("bare", mode)])
         for server in ("bare", "cdpd"):
             results = runs[(server, mode)]

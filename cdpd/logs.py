@@ -47,26 +47,24 @@ class LineWriter:
     warning = error = critical = exception = _write_now
 
 
-def _timestamp(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def _render(logger: Any, method: str, event: MutableMapping[str, Any]) -> bytes:
+    """The whole processor chain in one step: level, time, traceback as data, JSON."""
+    event["level"] = _LEVEL_NAMES.get(method, method)
     event["timestamp"] = format_ms(now_ms())
-    return event
-
-
-def _serialize(event: Any, **_: Any) -> bytes:
+    if "exc_info" in event:
+        event = _tracebacks(logger, method, event)
     return _encoder.encode(event)
+
+
+_tracebacks = structlog.processors.dict_tracebacks
+_LEVEL_NAMES = {"exception": "error", "warn": "warning", "msg": "info"}
 
 
 def configure(level: str = "info", stream: BinaryIO | None = None) -> LineWriter:
     """Called once by the CLI; library code only asks structlog for loggers."""
     writer = LineWriter(stream or sys.stdout.buffer)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            _timestamp,
-            structlog.processors.dict_tracebacks,
-            structlog.processors.JSONRenderer(serializer=_serialize),
-        ],
+        processors=[structlog.contextvars.merge_contextvars, _render],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=lambda *_: writer,
         cache_logger_on_first_use=True,

@@ -12,14 +12,19 @@ import binascii
 from cdpd.config import Source
 from cdpd.ingest.errors import ApiError
 
+MAX_REMEMBERED_HEADERS = 1024
+
 
 class WriteKeys:
     def __init__(self, sources: list[Source]) -> None:
         self._by_key = {source.write_key: source for source in sources}
+        # Clients send the same Authorization header on every request: remember its key.
+        # (A malformed header raises before it is remembered.)
+        self._key_by_header: dict[str, str | None] = {}
 
     def source_for(self, authorization: str | None, body_key: object) -> Source:
         """The source a request belongs to, or a 401/403 ApiError that says why not."""
-        key = key_from_basic(authorization) if authorization else None
+        key = self._key_from_header(authorization) if authorization else None
         if key is None:
             key = body_key if isinstance(body_key, str) and body_key else None
         if key is None:
@@ -35,6 +40,17 @@ class WriteKeys:
         if not source.enabled:
             raise ApiError(403, "source_disabled", f"the source {source.name!r} is disabled")
         return source
+
+    def _key_from_header(self, authorization: str) -> str | None:
+        try:
+            return self._key_by_header[authorization]
+        except KeyError:
+            pass
+        key = key_from_basic(authorization)
+        if len(self._key_by_header) >= MAX_REMEMBERED_HEADERS:
+            self._key_by_header.clear()
+        self._key_by_header[authorization] = key
+        return key
 
     def enabled_source(self, key: str) -> Source | None:
         source = self._by_key.get(key)

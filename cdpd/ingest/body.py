@@ -6,6 +6,8 @@ stopping at the limit means a compressed bomb is never inflated past it.
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 from aiohttp.http_exceptions import PayloadEncodingError
 
@@ -14,12 +16,14 @@ from cdpd.ingest.errors import ApiError
 
 async def read_limited(request: web.Request, limit_bytes: int) -> bytes:
     declared = request.content_length
-    if (
-        declared is not None
-        and declared > limit_bytes
-        and "Content-Encoding" not in request.headers
-    ):
-        raise _too_large(limit_bytes)
+    plain = "Content-Encoding" not in request.headers
+    if plain and declared is not None:
+        if declared > limit_bytes:
+            raise _too_large(limit_bytes)
+        try:
+            return await request.content.readexactly(declared)
+        except (asyncio.IncompleteReadError, ConnectionResetError):
+            raise _disconnected() from None
     chunks: list[bytes] = []
     size = 0
     try:
@@ -29,9 +33,7 @@ async def read_limited(request: web.Request, limit_bytes: int) -> bytes:
                 raise _too_large(limit_bytes)
             chunks.append(chunk)
     except ConnectionResetError:
-        raise ApiError(
-            400, "client_disconnected", "the client closed the connection before sending the body"
-        ) from None
+        raise _disconnected() from None
     except (PayloadEncodingError, web.RequestPayloadError) as exc:
         encoding = request.headers.get("Content-Encoding", "none")
         detail = str(exc).replace("\n", " ").strip()
@@ -41,6 +43,12 @@ async def read_limited(request: web.Request, limit_bytes: int) -> bytes:
             f"the body could not be read (Content-Encoding: {encoding}): {detail}",
         ) from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _disconnected() -> ApiError:
+    return ApiError(
+        400, "client_disconnected", "the client closed the connection before sending the body"
+    )
 
 
 def _too_large(limit_bytes: int) -> ApiError:

@@ -8,10 +8,11 @@ cdpd does not change are copied as the raw bytes that arrived, never re-encoded.
 from __future__ import annotations
 
 import uuid
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 
+from cdpd.model.rows import OutboxRow
 from cdpd.model.spec import MESSAGE_TYPES, MessageFields, RawObject
 from cdpd.model.timestamps import format_ms, to_epoch_ms
 
@@ -26,7 +27,7 @@ _top_level_decoder = msgspec.json.Decoder(RawObject)
 _fields_decoder = msgspec.json.Decoder(MessageFields)
 
 
-class RequestFacts(NamedTuple):
+class RequestFacts(msgspec.Struct, frozen=True, gc=False):
     """What the request tells about every message in it."""
 
     source: str
@@ -41,18 +42,7 @@ class RequestFacts(NamedTuple):
     fill_ip: bool  # browser and mobile paths: Segment fills context.ip for every message
 
 
-class OutboxRow(NamedTuple):
-    message_id: str
-    source: str
-    type: str
-    event: str | None
-    user_id: str | None
-    anonymous_id: str | None
-    received_at: str
-    payload: str
-
-
-class Rejection(NamedTuple):
+class Rejection(msgspec.Struct, frozen=True, gc=False):
     code: str
     reason: str
     message_id: str | None

@@ -20,11 +20,12 @@ from cdpd.ingest import cors
 from cdpd.ingest.auth import WriteKeys
 from cdpd.ingest.body import read_limited
 from cdpd.ingest.errors import ApiError
-from cdpd.ingest.normalize import OutboxRow, Rejection, RequestFacts, normalize
+from cdpd.ingest.normalize import Rejection, RequestFacts, normalize
 from cdpd.ingest.settings import settings_document
+from cdpd.model.rows import OutboxRow, RejectRow
 from cdpd.model.spec import BatchEnvelope, RawObject, SingleEnvelope
 from cdpd.model.timestamps import format_ms, now_ms, to_epoch_ms
-from cdpd.outbox.writer import OutboxWriter, RejectRow
+from cdpd.outbox.writer import OutboxWriter
 
 SUCCESS_BODY = b'{"success": true}'
 LOG_FIELDS = web.RequestKey("cdpd_log_fields", dict[str, Any])
@@ -94,7 +95,7 @@ class Ingest:
         received_ms = now_ms()
         envelope = _decode(_single_decoder, body, request)
         source = self._keys.source_for(request.headers.get("Authorization"), envelope.writeKey)
-        facts = self._facts(request, source, received_ms, browser=browser)
+        facts = self._facts(request, body, source, received_ms, browser=browser)
         result = normalize(body, facts, path_type=kind, max_bytes=self._server.max_event_bytes)
         return await self._store(request, facts, [result])
 
@@ -107,6 +108,7 @@ class Ingest:
         source = self._keys.source_for(request.headers.get("Authorization"), body_key)
         facts = self._facts(
             request,
+            body,
             source,
             received_ms,
             browser=browser,
@@ -160,6 +162,7 @@ class Ingest:
     def _facts(
         self,
         request: web.Request,
+        body: bytes,
         source: Source,
         received_ms: int,
         *,
@@ -178,7 +181,8 @@ class Ingest:
             sent_at=_format_sent_at(sent_at_ms),
             context=context,
             integrations=integrations,
-            client_ip=self._client_ip(request),
+            # The address is only needed where it may be filled in (context.direct is rare).
+            client_ip=self._client_ip(request) if browser or b'"direct"' in body else None,
             fill_ip=browser,
         )
 

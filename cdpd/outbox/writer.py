@@ -13,12 +13,12 @@ import functools
 import sqlite3
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 import aiosqlite
+import msgspec
 import structlog
 
-from cdpd.ingest.normalize import OutboxRow
+from cdpd.model.rows import OutboxRow, RejectRow
 from cdpd.model.timestamps import format_ms
 
 log = structlog.get_logger("cdpd.outbox")
@@ -45,17 +45,7 @@ SELECT_LAST_SEQ = "SELECT seq FROM sqlite_sequence WHERE name = 'messages'"
 NO_DEDUP_CUTOFF = "9999"  # sorts after every timestamp: nothing counts as a duplicate
 
 
-class RejectRow(NamedTuple):
-    received_at: str
-    source: str | None
-    request_id: str
-    reason_code: str
-    reason: str
-    message_id: str | None
-    payload: str
-
-
-class AppendResult(NamedTuple):
+class AppendResult(msgspec.Struct, frozen=True, gc=False):
     stored: int
     duplicates: int
 
@@ -70,7 +60,7 @@ class OutboxUnavailable(Exception):
         self.retry_after_s = retry_after_s
 
 
-class _Pending(NamedTuple):
+class _Pending(msgspec.Struct, frozen=True):
     rows: Sequence[OutboxRow]
     rejects: Sequence[RejectRow]
     dedup_cutoff: str
@@ -202,7 +192,7 @@ class OutboxWriter:
             cursor = await self._conn.execute(_insert_sql(len(params) // ROW_VALUES), params)
             inserted += cursor.rowcount
         if rejects:
-            await self._conn.executemany(INSERT_REJECT, rejects)
+            await self._conn.executemany(INSERT_REJECT, [astuple(r) for r in rejects])
         await self._conn.commit()
         return inserted
 
@@ -261,6 +251,7 @@ class OutboxWriter:
 
 
 ROW_VALUES = 9  # the eight columns and the dedup cutoff
+astuple = msgspec.structs.astuple
 
 
 def _first_of_each_id(group: list[_Pending]) -> list[object]:
@@ -272,7 +263,7 @@ def _first_of_each_id(group: list[_Pending]) -> list[object]:
         for row in item.rows:
             if row.message_id not in seen:
                 seen.add(row.message_id)
-                params += row
+                params += astuple(row)
                 params.append(item.dedup_cutoff)
     return params
 

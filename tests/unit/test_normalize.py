@@ -3,7 +3,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from cdpd.ingest.normalize import OutboxRow, Rejection, RequestFacts, normalize
+from cdpd.ingest.normalize import Rejection, RequestFacts, normalize
+from cdpd.model.rows import OutboxRow
 from cdpd.model.timestamps import format_ms
 
 RECEIVED_MS = 1_764_325_600_000  # 2025-11-28T10:26:40.000Z
@@ -23,7 +24,7 @@ def facts(**changes: Any) -> RequestFacts:
         client_ip="203.0.113.9",
         fill_ip=False,
     )
-    return base._replace(**changes)
+    return msgspec.structs.replace(base, **changes)
 
 
 def run(

@@ -1,0 +1,30 @@
+"""The rows the outbox stores, as ingest hands them to the writer (README: "The outbox file")."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class OutboxRow(msgspec.Struct, frozen=True, gc=False):
+    """One accepted message: the columns of `messages`, in their order."""
+
+    message_id: str
+    source: str
+    type: str
+    event: str | None
+    user_id: str | None
+    anonymous_id: str | None
+    received_at: str
+    payload: str
+
+
+class RejectRow(msgspec.Struct, frozen=True, gc=False):
+    """One rejected message: the columns of `rejects`, in their order."""
+
+    received_at: str
+    source: str | None
+    request_id: str
+    reason_code: str
+    reason: str
+    message_id: str | None
+    payload: str
