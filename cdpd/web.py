@@ -123,6 +123,7 @@ class _RequestWrapper:
         prefix = self._prefix
         counter = self._counter
         drain = self._drain
+        access = structlog.get_logger().bind()
 
         @functools.wraps(handler)
         async def wrapped(request: web.Request) -> web.StreamResponse:
@@ -149,7 +150,7 @@ class _RequestWrapper:
                 response.force_close()  # one last answer per kept-alive connection
             response.headers["X-Request-Id"] = request_id
             if access_log:
-                log.info(
+                access.info(
                     "request",
                     **fields,
                     method=request.method,

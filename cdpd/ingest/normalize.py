@@ -19,8 +19,6 @@ from cdpd.model.timestamps import format_ms, to_epoch_ms
 MAX_MESSAGE_ID_CHARS = 100
 NULL = msgspec.Raw(b"null")
 TRUE = msgspec.Raw(b"true")
-# Keys removed from every stored message: the write key is a credential, not data.
-_DROPPED_KEYS = frozenset({"writeKey"})
 
 _encoder = msgspec.json.Encoder()
 _top_level_decoder = msgspec.json.Decoder(RawObject)
@@ -107,8 +105,7 @@ def _normalized_row(
         out: dict[str, Any] = {k: v for k, v in top.items() if v != NULL}
     else:
         out = dict(top)
-    for key in _DROPPED_KEYS.intersection(out):
-        del out[key]
+    out.pop("writeKey", None)  # a credential, not data
     out["type"] = kind
     out["messageId"] = message_id
     _ids_as_text(out, fields)

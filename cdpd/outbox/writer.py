@@ -88,6 +88,8 @@ class OutboxWriter:
         self._refusal: OutboxUnavailable | None = None
         self._full_until_s = 0.0
         self._last_seq = 0
+        self._cutoff_second = -1
+        self._cutoff = NO_DEDUP_CUTOFF
         self.commits = 0
         self.committed_rows = 0
 
@@ -105,7 +107,7 @@ class OutboxWriter:
             raise OutboxUnavailable("shutting_down", "cdpd is shutting down", 1)
         if self._refusal is not None:
             raise self._refusal
-        if self._full_until_s > self._clock_s():
+        if self._full_until_s and self._full_until_s > self._clock_s():
             raise OutboxUnavailable(
                 "outbox_full",
                 "the outbox is full (disk space or max_outbox_bytes); nothing was stored",
@@ -245,9 +247,14 @@ class OutboxWriter:
                 item.done.set_exception(error)
 
     def _dedup_cutoff(self, received_at_ms: int) -> str:
+        """The window's start, to the second (formatted once a second, not once a request)."""
         if self._dedup_window_ms == 0:
             return NO_DEDUP_CUTOFF
-        return format_ms(max(0, received_at_ms - self._dedup_window_ms))
+        second = received_at_ms // 1000
+        if second != self._cutoff_second:
+            self._cutoff_second = second
+            self._cutoff = format_ms(max(0, second * 1000 - self._dedup_window_ms))
+        return self._cutoff
 
 
 ROW_VALUES = 9  # the eight columns and the dedup cutoff
