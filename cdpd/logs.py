@@ -60,6 +60,27 @@ _tracebacks = structlog.processors.dict_tracebacks
 _LEVEL_NAMES = {"exception": "error", "warn": "warning", "msg": "info"}
 
 
+class AccessLog(structlog.BoundLoggerBase):
+    """Writes the per-request line: the request's fields go to the processor chain as the dict
+    they already are, not unpacked into keyword arguments and packed again (this is the hottest
+    log call, one per request)."""
+
+    def request(self, fields: dict[str, Any]) -> None:
+        try:
+            args, kw = self._process_event("info", "request", fields)
+        except structlog.DropEvent:
+            return
+        self._logger.info(*args, **kw)
+
+
+def access_log(level: str) -> AccessLog | None:
+    """The access logger, or None when the configured level hides info lines."""
+    if _LEVELS[level] > logging.INFO:
+        return None
+    logger: AccessLog = structlog.wrap_logger(None, wrapper_class=AccessLog).bind()
+    return logger
+
+
 def configure(level: str = "info", stream: BinaryIO | None = None) -> LineWriter:
     """Called once by the CLI; library code only asks structlog for loggers."""
     writer = LineWriter(stream or sys.stdout.buffer)

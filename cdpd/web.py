@@ -13,10 +13,12 @@ import itertools
 import os
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from aiohttp import web
 
+from cdpd import logs
 from cdpd.config import Config
 from cdpd.ingest import cors
 from cdpd.ingest.errors import ApiError
@@ -71,7 +73,8 @@ def build(config: Config, writer: OutboxWriter, drain: Drain) -> web.Application
     app[INGEST] = ingest
     app[WRITER] = writer
     app[DRAIN] = drain
-    wrap = _RequestWrapper(drain, access_log=config.logging.access_log)
+    access = logs.access_log(config.logging.level) if config.logging.access_log else None
+    wrap = _RequestWrapper(drain, access)
     routes = [*ingest.routes(), web.get("/health", health)]
     app.add_routes(web.RouteDef(r.method, r.path, wrap(r.handler), r.kwargs) for r in routes)
     app.router.add_route("*", "/{tail:.*}", wrap(_Unrouted(routes)))
@@ -112,24 +115,23 @@ class _Unrouted:
 
 
 class _RequestWrapper:
-    def __init__(self, drain: Drain, *, access_log: bool) -> None:
+    def __init__(self, drain: Drain, access: logs.AccessLog | None) -> None:
         self._drain = drain
-        self._access_log = access_log
+        self._access = access
         self._prefix = os.urandom(4).hex()
         self._counter = itertools.count(1)
 
     def __call__(self, handler: Handler) -> Handler:
-        access_log = self._access_log
+        access = self._access
         prefix = self._prefix
         counter = self._counter
         drain = self._drain
-        access = structlog.get_logger().bind()
 
         @functools.wraps(handler)
         async def wrapped(request: web.Request) -> web.StreamResponse:
             started = time.perf_counter()
             request_id = _client_request_id(request) or f"{prefix}-{next(counter):x}"
-            fields = {"request_id": request_id}
+            fields: dict[str, Any] = {"request_id": request_id}
             request[LOG_FIELDS] = fields
             drain.enter()
             try:
@@ -149,15 +151,12 @@ class _RequestWrapper:
             if drain.closing:
                 response.force_close()  # one last answer per kept-alive connection
             response.headers["X-Request-Id"] = request_id
-            if access_log:
-                access.info(
-                    "request",
-                    **fields,
-                    method=request.method,
-                    path=request.path,
-                    status=response.status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                )
+            if access is not None:
+                fields["method"] = request.method
+                fields["path"] = request.path
+                fields["status"] = response.status
+                fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+                access.request(fields)
             return response
 
         return wrapped
