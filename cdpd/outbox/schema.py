@@ -59,10 +59,12 @@ async def connect(
         conn = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # The default isolation level opens a transaction before the first INSERT, so a group
-        # commit is two thread hops: executemany, then commit.
-        # Room for the writer's multi-row INSERT of every size up to its chunk (writer.py).
-        conn = await aiosqlite.connect(path, cached_statements=STATEMENT_CACHE_SIZE)
+        # Autocommit: the writer opens transactions itself, and a group that fits in one
+        # statement is committed by that statement alone, in a single thread hop.
+        # The cache has room for the writer's multi-row INSERT of every size up to its chunk.
+        conn = await aiosqlite.connect(
+            path, isolation_level=None, cached_statements=STATEMENT_CACHE_SIZE
+        )
     try:
         await conn.execute("PRAGMA busy_timeout = 5000")
         if not readonly:
@@ -101,9 +103,9 @@ async def migrate(conn: aiosqlite.Connection) -> None:
             for statement in _statements(MIGRATIONS[number]):
                 await conn.execute(statement)
             await conn.execute(f"PRAGMA user_version = {number + 1}")
-            await conn.commit()
+            await conn.execute("COMMIT")
         except BaseException:
-            await conn.rollback()
+            await conn.execute("ROLLBACK")
             raise
 
 
