@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
 MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+# Formatting runs for every message, so its two halves are looked up rather than built: the
+# milliseconds from a table, the date and time from a memo of recent seconds.
+_MILLIS = tuple(f".{n:03d}Z" for n in range(1000))
+_SECOND_MEMO_SIZE = 4096
+_second_memo: dict[int, str] = {}
 
 
 def now_ms() -> int:
@@ -22,28 +27,36 @@ def to_epoch_ms(moment: datetime) -> int:
     """Milliseconds since the epoch; a datetime without an offset is taken as UTC."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return round(moment.timestamp() * 1000)
+    return (moment - EPOCH) // _ONE_MS
 
 
 def format_ms(epoch_ms: int) -> str:
     """`2026-11-28T19:27:13.123Z`; raises ValueError outside the years 1-9999."""
-    if not 0 <= epoch_ms <= MAX_EPOCH_MS:
-        return _format_before_1970(epoch_ms)
     seconds, millis = divmod(epoch_ms, 1000)
-    return f"{_second_prefix(seconds)}.{millis:03d}Z"
+    prefix = _second_memo.get(seconds)
+    if prefix is None:
+        prefix = _second_prefix(seconds)
+    return prefix + _MILLIS[millis]
 
 
-def _format_before_1970(epoch_ms: int) -> str:
-    try:
-        moment = EPOCH + timedelta(milliseconds=epoch_ms)
-    except OverflowError:
-        raise ValueError(f"timestamp {epoch_ms} ms is outside the years 1-9999") from None
-    return (
-        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:"
-        f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond // 1000:03d}Z"
-    )
-
-
-@lru_cache(maxsize=4096)
 def _second_prefix(seconds: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    if 0 <= seconds * 1000 <= MAX_EPOCH_MS:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    else:
+        prefix = _prefix_outside_fast_range(seconds)
+    if len(_second_memo) >= _SECOND_MEMO_SIZE:
+        _second_memo.clear()
+    _second_memo[seconds] = prefix
+    return prefix
+
+
+def _prefix_outside_fast_range(seconds: int) -> str:
+    """Before 1970 (and past 9999, which is refused); time.gmtime is not portable there."""
+    try:
+        moment = EPOCH + timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"timestamp {seconds * 1000} ms is outside the years 1-9999") from None
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
+        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}"
+    )
