@@ -135,9 +135,7 @@ class Ingest:
         source = self._keys.enabled_source(write_key)
         if source is None:
             raise ApiError(404, "unknown_write_key", "no enabled source has this write key")
-        fields = request.get(LOG_FIELDS)
-        if fields is not None:
-            fields["source"] = source.name
+        request[LOG_FIELDS]["source"] = source.name
         allow = cors.response_headers(request.headers.get("Origin"))
         return web.json_response(
             settings_document(write_key, self._public_url(request)),
@@ -174,7 +172,7 @@ class Ingest:
         sent_at_ms = to_epoch_ms(sent_at) if sent_at is not None else None
         return RequestFacts(
             source=source.name,
-            request_id=request.get(LOG_FIELDS, {}).get("request_id", ""),
+            request_id=request[LOG_FIELDS]["request_id"],
             received_at_ms=received_ms,
             received_at=format_ms(received_ms),
             sent_at_ms=sent_at_ms,
@@ -203,13 +201,13 @@ class Ingest:
             outcome = await self._writer.append(rows, rejects, facts.received_at_ms)
             stored, duplicates = outcome.stored, outcome.duplicates
         self._count(stored, duplicates, rejects)
-        fields = request.get(LOG_FIELDS)
-        if fields is not None:
-            fields.update(
-                source=facts.source, accepted=stored, duplicates=duplicates, rejected=len(rejects)
-            )
-            if rejects:
-                fields["reject_reasons"] = sorted({r.reason_code for r in rejects})
+        fields = request[LOG_FIELDS]
+        fields["source"] = facts.source
+        fields["accepted"] = stored
+        fields["duplicates"] = duplicates
+        fields["rejected"] = len(rejects)
+        if rejects:
+            fields["reject_reasons"] = sorted({r.reason_code for r in rejects})
         return self._success(request)
 
     def _count(self, stored: int, duplicates: int, rejects: list[RejectRow]) -> None:
