@@ -15,13 +15,16 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import structlog
 import uvloop
 from aiohttp import web
 
 from cdpd import logs
 from cdpd import web as cdpd_web
+from cdpd.clock import Clock, SystemClock
 from cdpd.config import Config
+from cdpd.delivery.service import Delivery
 from cdpd.ingest.routes import Ingest
 from cdpd.logs import LineWriter
 from cdpd.outbox import schema
@@ -39,6 +42,7 @@ class Running:
     url: str
     app: web.Application
     writer: OutboxWriter
+    delivery: Delivery
 
     @property
     def ingest(self) -> Ingest:
@@ -47,11 +51,14 @@ class Running:
 
 @asynccontextmanager
 async def running(
-    config: Config, *, clock_s: Callable[[], float] = time.monotonic
+    config: Config,
+    *,
+    clock_s: Callable[[], float] = time.monotonic,
+    clock: Clock | None = None,
 ) -> AsyncIterator[Running]:
-    """Serve `config` until the block exits; `clock_s` is replaceable so tests control time."""
+    """Serve `config` until the block exits. The clocks are replaceable so tests control time:
+    `clock_s` for the outbox's refusal timer, `clock` for delivery (backoffs, retention)."""
     storage = config.storage
-    data_dir = Path(storage.data_dir)
     async with schema.connect(
         storage.outbox_path, synchronous=storage.synchronous, max_bytes=storage.max_outbox_bytes
     ) as conn:
@@ -65,36 +72,58 @@ async def running(
         await writer.start()
         space = SpaceWatch(
             writer,
-            data_dir,
+            Path(storage.data_dir),
             min_free_bytes=storage.min_free_disk_bytes,
             retry_after_s=storage.full_retry_after_s,
         )
         await space.check()
-        async with asyncio.TaskGroup() as tasks:
+        async with asyncio.TaskGroup() as tasks, _outbound_session(config) as session:
             writer_task = tasks.create_task(writer.run(), name="outbox-writer")
             space_task = tasks.create_task(space.run(), name="free-space-watch")
-            drain = cdpd_web.Drain()
-            app = cdpd_web.build(config, writer, drain)
-            runner = web.AppRunner(
-                app,
-                access_log=None,
-                handle_signals=False,
-                shutdown_timeout=config.server.shutdown_timeout_s,
-            )
-            await runner.setup()
+            delivery = Delivery(config, writer, session, clock or SystemClock())
+            delivery_task = tasks.create_task(delivery.run(), name="delivery")
             try:
-                site = web.TCPSite(runner, config.server.host, config.server.port)
-                await site.start()
-                try:
-                    yield Running(url=_url(runner), app=app, writer=writer)
-                finally:
-                    await site.stop()  # no new connections
-                    await drain.finish(config.server.shutdown_timeout_s)
+                async with _serving_http(config, writer, delivery) as (url, app):
+                    yield Running(url=url, app=app, writer=writer, delivery=delivery)
             finally:
-                await runner.cleanup()  # closes the now idle connections
+                delivery.stop()  # lanes finish their attempts, unfinished claims go back
+                await delivery_task
                 writer.close()  # commits what is still pending, then its task ends
                 await writer_task
                 space_task.cancel()
+
+
+@asynccontextmanager
+async def _outbound_session(config: Config) -> AsyncIterator[aiohttp.ClientSession]:
+    """One HTTP client for every destination; each lane caps its own concurrency."""
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        yield session
+
+
+@asynccontextmanager
+async def _serving_http(
+    config: Config, writer: OutboxWriter, delivery: Delivery
+) -> AsyncIterator[tuple[str, web.Application]]:
+    drain = cdpd_web.Drain()
+    app = cdpd_web.build(config, writer, drain, delivery)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=config.server.shutdown_timeout_s,
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.server.host, config.server.port)
+        await site.start()
+        try:
+            yield _url(runner), app
+        finally:
+            await site.stop()  # no new connections
+            await drain.finish(config.server.shutdown_timeout_s)
+    finally:
+        await runner.cleanup()  # closes the now idle connections
 
 
 def _url(runner: web.AppRunner) -> str:

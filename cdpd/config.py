@@ -15,6 +15,7 @@ DEFAULT_CONFIG_PATH = "/etc/cdpd/cdpd.toml"
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+MessageType = Literal["identify", "track", "page", "screen", "group", "alias"]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
@@ -87,6 +88,45 @@ class Source(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     enabled: bool = True
 
 
+class RetryConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """When to try a failed delivery again, and when to give up (see delivery/policy.py)."""
+
+    retry_window_s: PositiveFloat = 4 * 3600.0
+    min_attempts: PositiveInt = 3
+    backoff_min_s: PositiveFloat = 10.0
+    backoff_max_s: PositiveFloat = 300.0
+    backoff_factor: Annotated[float, msgspec.Meta(ge=1.0)] = 2.0
+
+
+class DeliveryConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
+    # How long SIGTERM lets attempts in flight finish; the rest go back to pending.
+    drain_timeout_s: PositiveFloat = 10.0
+    # How often a lane looks for due work when nothing has woken it (deliveries re-queued by
+    # `cdpd replay` from another process are found this way).
+    poll_interval_s: PositiveFloat = 1.0
+    # Delivered deliveries and their attempts are kept this long, then pruned.
+    delivered_retention_s: NonNegativeInt = 3600
+    # Messages (the archive that replay reads) and dead deliveries are kept this long.
+    archive_retention_s: PositiveInt = 30 * 24 * 3600
+    prune_interval_s: PositiveFloat = 60.0
+
+
+class AdminConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The bearer token for /admin endpoints: given here or named by an environment variable.
+    With neither, the admin endpoints refuse every request."""
+
+    token: str | None = None
+    token_env: str | None = None
+
+    def resolved_token(self) -> str | None:
+        if self.token:
+            return self.token
+        if self.token_env:
+            return os.environ.get(self.token_env) or None
+        return None
+
+
 class _Destination(
     _Section, tag_field="type", frozen=True, forbid_unknown_fields=True, kw_only=True
 ):
@@ -94,6 +134,18 @@ class _Destination(
     enabled: bool = True
     # Sources whose messages this destination receives; None means every source.
     sources: list[str] | None = None
+    # Message types it receives (None: all); track event names it receives or skips.
+    types: list[MessageType] | None = None
+    events: list[str] | None = None
+    exclude_events: list[str] = msgspec.field(default_factory=list)
+    # "user": a user's later messages wait while an earlier one is undelivered.
+    ordering: Literal["none", "user"] = "none"
+    concurrency: PositiveInt = 8
+    rate_limit_per_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0  # requests; 0 = unlimited
+    batch_size: PositiveInt = 1
+    timeout_s: PositiveFloat = 10.0
+    # Overrides [delivery.retry] for this destination.
+    retry: RetryConfig | None = None
 
 
 class WebhookDestination(
@@ -101,6 +153,10 @@ class WebhookDestination(
 ):
     url: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
     headers: dict[str, str] = msgspec.field(default_factory=dict)
+    # Shared secret for the HMAC-SHA256 signature, or the environment variable holding it.
+    secret: str | None = None
+    secret_env: str | None = None
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
 
 
 Destination = WebhookDestination
@@ -110,6 +166,8 @@ class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
+    admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
     sources: list[Source] = msgspec.field(default_factory=list)
     destinations: list[Destination] = msgspec.field(default_factory=list)
 

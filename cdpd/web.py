@@ -20,6 +20,7 @@ from aiohttp import web
 
 from cdpd import logs
 from cdpd.config import Config
+from cdpd.delivery.service import Delivery
 from cdpd.ingest import cors
 from cdpd.ingest.errors import ApiError
 from cdpd.ingest.routes import LOG_FIELDS, Ingest
@@ -67,7 +68,9 @@ class Drain:
 DRAIN = web.AppKey("drain", Drain)
 
 
-def build(config: Config, writer: OutboxWriter, drain: Drain) -> web.Application:
+def build(
+    config: Config, writer: OutboxWriter, drain: Drain, delivery: Delivery
+) -> web.Application:
     ingest = Ingest(config, writer)
     app = web.Application(client_max_size=config.server.max_request_bytes)
     app[INGEST] = ingest

@@ -30,6 +30,11 @@ def to_epoch_ms(moment: datetime) -> int:
     return (moment - EPOCH) // _ONE_MS
 
 
+def parse_ms(text: str) -> int:
+    """Milliseconds since the epoch of an ISO-8601 time (UTC when it has no offset)."""
+    return to_epoch_ms(datetime.fromisoformat(text))
+
+
 def format_ms(epoch_ms: int) -> str:
     """`2026-11-28T19:27:13.123Z`; raises ValueError outside the years 1-9999."""
     seconds, millis = divmod(epoch_ms, 1000)

@@ -39,6 +39,49 @@ MIGRATIONS: tuple[str, ...] = (
         payload     TEXT NOT NULL
     );
     """,
+    """
+    CREATE TABLE delivery_routing (
+        destination TEXT PRIMARY KEY,
+        routed_seq  INTEGER NOT NULL
+    );
+    CREATE TABLE deliveries (
+        id               INTEGER PRIMARY KEY AUTOINCREMENT,
+        destination      TEXT NOT NULL,
+        seq              INTEGER NOT NULL,
+        message_id       TEXT NOT NULL,
+        order_key        TEXT,
+        state            TEXT NOT NULL,
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        created_at       TEXT NOT NULL,
+        next_attempt_at  TEXT NOT NULL,
+        first_attempt_at TEXT,
+        last_attempt_at  TEXT,
+        last_status      INTEGER,
+        last_error       TEXT,
+        finished_at      TEXT,
+        UNIQUE (destination, seq)
+    );
+    CREATE INDEX deliveries_due ON deliveries (destination, next_attempt_at)
+        WHERE state IN ('pending', 'retrying');
+    CREATE INDEX deliveries_unfinished_by_key ON deliveries (destination, order_key, id)
+        WHERE state IN ('pending', 'retrying', 'in_flight');
+    CREATE INDEX deliveries_finished ON deliveries (state, finished_at)
+        WHERE state IN ('delivered', 'dead');
+    CREATE TABLE attempts (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        delivery_id INTEGER NOT NULL,
+        destination TEXT NOT NULL,
+        message_id  TEXT NOT NULL,
+        attempt     INTEGER NOT NULL,
+        started_at  TEXT NOT NULL,
+        duration_ms REAL NOT NULL,
+        status      INTEGER,
+        error       TEXT,
+        outcome     TEXT NOT NULL
+    );
+    CREATE INDEX attempts_delivery ON attempts (delivery_id);
+    CREATE INDEX attempts_recent ON attempts (destination, started_at);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -4,6 +4,9 @@ Requests hand their rows to `append` and wait. Whenever the writer is free it ta
 that has arrived (up to `commit_max_rows`, never splitting a request), writes it in one
 transaction and wakes the waiting requests. Under load, groups grow by themselves while the
 previous commit runs; when idle, a lone request is committed at once, with no timer to wait on.
+
+Later stages change the outbox through `transact`: their operations run in the same cycle and
+transaction as the ingest group, so every write goes through this one connection, in order.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import asyncio
 import functools
 import sqlite3
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import aiosqlite
 import msgspec
@@ -21,7 +25,10 @@ import structlog
 from cdpd.model.rows import OutboxRow, RejectRow
 from cdpd.model.timestamps import format_ms
 
-log = structlog.get_logger("cdpd.outbox")
+log = structlog.get_logger()
+
+T = TypeVar("T")
+Operation = Callable[[aiosqlite.Connection], Awaitable[T]]
 
 # Rows go in as one multi-row statement per chunk rather than one statement per row: the
 # sqlite3 module releases and retakes the GIL around every statement step, and under load each
@@ -36,6 +43,7 @@ WHERE NOT EXISTS (
 )
 """
 ROWS_PER_STATEMENT = 500
+ROW_VALUES = 9  # the eight columns and the dedup cutoff
 INSERT_REJECT = """
 INSERT INTO rejects (received_at, source, request_id, reason_code, reason, message_id, payload)
 VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -43,6 +51,7 @@ VALUES (?, ?, ?, ?, ?, ?, ?)
 SELECT_IDS_AFTER = "SELECT message_id FROM messages WHERE seq > ?"
 SELECT_LAST_SEQ = "SELECT seq FROM sqlite_sequence WHERE name = 'messages'"
 NO_DEDUP_CUTOFF = "9999"  # sorts after every timestamp: nothing counts as a duplicate
+astuple = msgspec.structs.astuple
 
 
 class AppendResult(msgspec.Struct, frozen=True, gc=False):
@@ -67,6 +76,11 @@ class _Pending(msgspec.Struct, frozen=True):
     done: asyncio.Future[AppendResult]
 
 
+class _Op(msgspec.Struct, frozen=True):
+    run: Operation[Any]
+    done: asyncio.Future[Any]
+
+
 class OutboxWriter:
     def __init__(
         self,
@@ -83,13 +97,16 @@ class OutboxWriter:
         self._full_retry_after_s = full_retry_after_s
         self._clock_s = clock_s
         self._pending: deque[_Pending] = deque()
+        self._ops: deque[_Op] = deque()
         self._wakeup = asyncio.Event()
         self._closing = False
+        self._stopped = False
         self._refusal: OutboxUnavailable | None = None
         self._full_until_s = 0.0
         self._last_seq = 0
         self._cutoff_second = -1
         self._cutoff = NO_DEDUP_CUTOFF
+        self._listeners: list[asyncio.Event] = []
         self.commits = 0
         self.committed_rows = 0
 
@@ -98,6 +115,15 @@ class OutboxWriter:
         async with self._conn.execute(SELECT_LAST_SEQ) as cursor:
             row = await cursor.fetchone()
         self._last_seq = int(row[0]) if row else 0
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the newest committed message."""
+        return self._last_seq
+
+    def on_messages(self, event: asyncio.Event) -> None:
+        """Set `event` after every commit that stored new messages."""
+        self._listeners.append(event)
 
     # -- what request handlers call -------------------------------------------------------------
 
@@ -124,6 +150,18 @@ class OutboxWriter:
         self._wakeup.set()
         return await done
 
+    # -- what later stages call -----------------------------------------------------------------
+
+    async def transact(self, operation: Operation[T]) -> T:
+        """Run `operation(connection)` inside the next commit; returns its result once
+        committed. It must only execute statements: the writer owns BEGIN and COMMIT."""
+        if self._stopped:
+            raise OutboxUnavailable("shutting_down", "the outbox writer has stopped", 1)
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._ops.append(_Op(operation, done))
+        self._wakeup.set()
+        return await done
+
     # -- what the space monitor calls -----------------------------------------------------------
 
     def refuse(self, reason: OutboxUnavailable | None) -> None:
@@ -133,17 +171,18 @@ class OutboxWriter:
     # -- the writer task ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Commit groups until `close()` is called and everything pending is written."""
+        """Commit cycles until `close()` is called and everything pending is written."""
         try:
             while True:
                 await self._wakeup.wait()
                 self._wakeup.clear()
-                while self._pending:
-                    await self._commit(self._take_group())
+                while self._pending or self._ops:
+                    await self._cycle()
                 if self._closing:
                     return
         finally:
             self._closing = True
+            self._stopped = True
             self._abandon_pending()
 
     def close(self) -> None:
@@ -152,14 +191,18 @@ class OutboxWriter:
         self._wakeup.set()
 
     def _abandon_pending(self) -> None:
-        """Only reached when the writer task is cancelled: tell waiters nothing was stored."""
+        """Only reached when the writer task ends: tell waiters nothing was stored."""
         error = OutboxUnavailable("shutting_down", "cdpd is shutting down; nothing was stored", 1)
-        while self._pending:
-            item = self._pending.popleft()
-            if not item.done.done():
-                item.done.set_exception(error)
+        waiters = [item.done for item in self._pending] + [op.done for op in self._ops]
+        self._pending.clear()
+        self._ops.clear()
+        for done in waiters:
+            if not done.done():
+                done.set_exception(error)
 
     def _take_group(self) -> list[_Pending]:
+        if not self._pending:
+            return []
         group = [self._pending.popleft()]
         rows = len(group[0].rows)
         while self._pending and rows + len(self._pending[0].rows) <= self._commit_max_rows:
@@ -168,13 +211,19 @@ class OutboxWriter:
             rows += len(item.rows)
         return group
 
-    async def _commit(self, group: list[_Pending]) -> None:
+    def _take_ops(self) -> list[_Op]:
+        ops = list(self._ops)
+        self._ops.clear()
+        return ops
+
+    async def _cycle(self) -> None:
+        group, ops = self._take_group(), self._take_ops()
         rows = _first_of_each_id(group)
         rejects = [reject for item in group for reject in item.rejects]
         try:
-            inserted = await self._write(rows, rejects)
-        except sqlite3.Error as exc:
-            await self._fail(group, exc)
+            inserted, results = await self._write(rows, rejects, ops)
+        except Exception as exc:  # SQLite errors, and any bug in an operation: nothing committed
+            await self._fail(group, ops, exc)
             return
         seq_before, self._last_seq = self._last_seq, self._last_seq + inserted
         self.commits += 1
@@ -183,19 +232,27 @@ class OutboxWriter:
         for item, dup_count in zip(group, duplicates, strict=True):
             if not item.done.done():
                 item.done.set_result(AppendResult(len(item.rows) - dup_count, dup_count))
+        for op, result in zip(ops, results, strict=True):
+            if not op.done.done():
+                op.done.set_result(result)
+        if inserted:
+            for listener in self._listeners:
+                listener.set()
 
-    async def _write(self, rows: list[object], rejects: list[RejectRow]) -> int:
-        """Insert in one transaction; `rows` is flat, nine values per row. Returns how many
-        message rows were new. A group that fits one statement needs no BEGIN and COMMIT (the
-        connection is in autocommit mode), so it costs a single hop to the SQLite thread."""
+    async def _write(
+        self, rows: list[object], rejects: list[RejectRow], ops: list[_Op]
+    ) -> tuple[int, list[Any]]:
+        """One transaction: `rows` is flat, nine values per row. Returns how many message rows
+        were new and each operation's result. A cycle that is a single statement needs no BEGIN
+        and COMMIT (the connection is in autocommit mode): one hop to the SQLite thread."""
         chunk = ROWS_PER_STATEMENT * ROW_VALUES
         statements = [
             (_insert_sql(len(params) // ROW_VALUES), params)
             for params in (rows[start : start + chunk] for start in range(0, len(rows), chunk))
         ]
-        if len(statements) == 1 and not rejects:
+        if len(statements) == 1 and not rejects and not ops:
             cursor = await self._conn.execute(*statements[0])
-            return int(cursor.rowcount)
+            return int(cursor.rowcount), []
         await self._conn.execute("BEGIN IMMEDIATE")
         inserted = 0
         for sql, params in statements:
@@ -203,8 +260,9 @@ class OutboxWriter:
             inserted += cursor.rowcount
         if rejects:
             await self._conn.executemany(INSERT_REJECT, [astuple(r) for r in rejects])
+        results = [await op.run(self._conn) for op in ops]
         await self._conn.execute("COMMIT")
-        return inserted
+        return inserted, results
 
     async def _duplicates_per_request(
         self, group: list[_Pending], inserted: int, seq_before: int
@@ -233,27 +291,39 @@ class OutboxWriter:
             counts.append(dup_count)
         return counts
 
-    async def _fail(self, group: list[_Pending], exc: sqlite3.Error) -> None:
+    async def _fail(self, group: list[_Pending], ops: list[_Op], exc: Exception) -> None:
         if self._conn.in_transaction:
             try:
                 await self._conn.execute("ROLLBACK")
             except sqlite3.Error:
                 log.exception("outbox_rollback_failed")
-        if _is_full(exc):
+        error = self._unavailable(exc)
+        log.error(
+            "outbox_write_failed",
+            error=str(exc),
+            code=error.code,
+            requests=len(group),
+            operations=len(ops),
+            exc_info=not isinstance(exc, sqlite3.Error),
+        )
+        for item in group:
+            if not item.done.done():
+                item.done.set_exception(error)
+        for op in ops:
+            if not op.done.done():
+                op.done.set_exception(exc)
+
+    def _unavailable(self, exc: Exception) -> OutboxUnavailable:
+        if isinstance(exc, sqlite3.Error) and _is_full(exc):
             self._full_until_s = self._clock_s() + self._full_retry_after_s
-            error = OutboxUnavailable(
+            return OutboxUnavailable(
                 "outbox_full",
                 "the outbox is full (disk space or max_outbox_bytes); nothing was stored",
                 self._full_retry_after_s,
             )
-        else:
-            error = OutboxUnavailable(
-                "outbox_error", f"the outbox could not be written: {exc}", self._full_retry_after_s
-            )
-        log.error("outbox_write_failed", error=str(exc), code=error.code, requests=len(group))
-        for item in group:
-            if not item.done.done():
-                item.done.set_exception(error)
+        return OutboxUnavailable(
+            "outbox_error", f"the outbox could not be written: {exc}", self._full_retry_after_s
+        )
 
     def _dedup_cutoff(self, received_at_ms: int) -> str:
         """The window's start, to the second (formatted once a second, not once a request)."""
@@ -264,10 +334,6 @@ class OutboxWriter:
             self._cutoff_second = second
             self._cutoff = format_ms(max(0, second * 1000 - self._dedup_window_ms))
         return self._cutoff
-
-
-ROW_VALUES = 9  # the eight columns and the dedup cutoff
-astuple = msgspec.structs.astuple
 
 
 def _first_of_each_id(group: list[_Pending]) -> list[object]:

@@ -1,0 +1,271 @@
+"""One destination's lane: claims its due deliveries, sends them, records every attempt.
+
+Each lane has its own concurrency cap, rate limit, batch size and timeout, and its own tasks, so
+a slow or dead destination only ever fills its own lane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import random
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+
+import aiohttp
+import structlog
+
+from cdpd.clock import Clock
+from cdpd.config import Destination, RetryConfig
+from cdpd.delivery import policy, store
+from cdpd.delivery.store import Claimed, Outcome
+from cdpd.destinations.base import Destination as Sender
+from cdpd.destinations.base import Result
+from cdpd.model.timestamps import format_ms, parse_ms
+from cdpd.outbox.writer import OutboxWriter
+
+log = structlog.get_logger()
+
+LATENCY_SAMPLES = 2048
+RECORD_TRIES = 5
+
+
+class LaneStats:
+    """What the lane has seen since the daemon started (the outbox holds the durable counts)."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.attempts = 0
+        self.delivered = 0
+        self.retried = 0
+        self.dead = 0
+        self.errors_by_status: Counter[str] = Counter()
+        self.latencies_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self.last_error: str | None = None
+        self.last_error_message_id: str | None = None
+        self.last_error_at: str | None = None
+        self.unhealthy = False
+
+    def percentile_ms(self, fraction: float) -> float | None:
+        if not self.latencies_ms:
+            return None
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+class RateLimit:
+    """A token bucket of `per_s` requests a second (0: no limit), on the lane's clock."""
+
+    def __init__(self, per_s: float, clock: Clock) -> None:
+        self._per_s = per_s
+        self._clock = clock
+        self._tokens = max(1.0, per_s)
+        self._updated_ms = clock.now_ms()
+        self._never = asyncio.Event()
+
+    async def acquire(self) -> None:
+        if self._per_s <= 0:
+            return
+        while True:
+            now = self._clock.now_ms()
+            self._tokens = min(
+                max(1.0, self._per_s), self._tokens + (now - self._updated_ms) / 1000 * self._per_s
+            )
+            self._updated_ms = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return
+            await self._clock.wait(self._never, (1 - self._tokens) / self._per_s)
+
+
+class Lane:
+    def __init__(
+        self,
+        config: Destination,
+        sender: Sender,
+        *,
+        writer: OutboxWriter,
+        session: aiohttp.ClientSession,
+        clock: Clock,
+        retry: RetryConfig,
+        poll_interval_s: float,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.name = config.name
+        self.stats = LaneStats()
+        self._config = config
+        self._sender = sender
+        self._writer = writer
+        self._session = session
+        self._clock = clock
+        self._retry = retry
+        self._poll_interval_s = poll_interval_s
+        self._rand = rand
+        self._limit = RateLimit(config.rate_limit_per_s, clock)
+        self._requests = 0
+        self._work = asyncio.Event()
+        self._slot = asyncio.Event()
+        self._stopping = False
+
+    def wake(self) -> None:
+        """New deliveries may be due (the router made some, or replay re-queued some)."""
+        self._work.set()
+
+    def stop(self) -> None:
+        """Claim nothing more; attempts in flight finish."""
+        self._stopping = True
+        self._work.set()
+        self._slot.set()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as attempts:
+            while not self._stopping:
+                free = self._config.concurrency - self._requests
+                if free <= 0:
+                    await self._slot.wait()
+                    self._slot.clear()
+                    continue
+                claimed = await self._claim(free * self._config.batch_size)
+                if not claimed:
+                    await self._wait_for_work()
+                    continue
+                await self._dispatch(claimed, attempts)
+
+    async def _claim(self, limit: int) -> list[Claimed]:
+        claim = functools.partial(
+            store.claim,
+            destination=self.name,
+            now_at=format_ms(self._clock.now_ms()),
+            limit=limit,
+            ordered=self._config.ordering == "user",
+        )
+        return await self._writer.transact(claim)
+
+    async def _wait_for_work(self) -> None:
+        due_at = await self._writer.transact(
+            functools.partial(store.next_due_at, destination=self.name)
+        )
+        timeout_s = self._poll_interval_s
+        if due_at is not None:
+            timeout_s = min(timeout_s, max(0.0, (parse_ms(due_at) - self._clock.now_ms()) / 1000))
+        await self._clock.wait(self._work, timeout_s)
+        self._work.clear()
+
+    async def _dispatch(self, claimed: list[Claimed], attempts: asyncio.TaskGroup) -> None:
+        size = self._config.batch_size
+        batches = [claimed[start : start + size] for start in range(0, len(claimed), size)]
+        for index, batch in enumerate(batches):
+            await self._limit.acquire()
+            if self._stopping:
+                unsent = [item.id for rest in batches[index:] for item in rest]
+                await self._writer.transact(functools.partial(store.release, ids=unsent))
+                return
+            self._requests += 1
+            self.stats.in_flight += len(batch)
+            attempts.create_task(self._attempt(batch))
+
+    async def _attempt(self, batch: list[Claimed]) -> None:
+        try:
+            started_ms = self._clock.now_ms()
+            began = time.perf_counter()
+            results = await self._sender.send(self._session, batch)
+            duration_ms = (time.perf_counter() - began) * 1000
+            outcomes = self._outcomes(batch, results, started_ms, duration_ms)
+            await self._record(outcomes)
+            self._count(outcomes, duration_ms)
+        finally:
+            self._requests -= 1
+            self.stats.in_flight -= len(batch)
+            self._slot.set()
+
+    def _outcomes(
+        self,
+        batch: Sequence[Claimed],
+        results: Sequence[Result],
+        started_ms: int,
+        duration_ms: float,
+    ) -> list[Outcome]:
+        now_ms = self._clock.now_ms()
+        started_at = format_ms(started_ms)
+        outcomes = []
+        for item, result in zip(batch, results, strict=True):
+            first_at = item.first_attempt_at or started_at
+            decision = policy.decide(
+                self._retry,
+                status=result.status,
+                attempt=item.attempts + 1,
+                first_attempt_ms=parse_ms(first_at),
+                now_ms=now_ms,
+                retry_after_s=result.retry_after_s,
+                rand=self._rand,
+            )
+            finished = decision.verdict != "retrying"
+            error = None if decision.verdict == "delivered" else _error(result, decision)
+            outcomes.append(
+                Outcome(
+                    delivery_id=item.id,
+                    destination=self.name,
+                    message_id=item.message_id,
+                    attempt=item.attempts + 1,
+                    started_at=started_at,
+                    duration_ms=round(duration_ms, 3),
+                    status=result.status,
+                    error=error,
+                    state=decision.verdict,
+                    first_attempt_at=first_at,
+                    next_attempt_at=format_ms(decision.next_attempt_ms or now_ms),
+                    finished_at=format_ms(now_ms) if finished else None,
+                )
+            )
+        return outcomes
+
+    async def _record(self, outcomes: list[Outcome]) -> None:
+        """Store the outcomes; a failing outbox (say, a full disk) is retried, since the
+        deliveries stay in flight until their outcome is stored (or the daemon restarts)."""
+        for attempt in range(1, RECORD_TRIES + 1):
+            try:
+                await self._writer.transact(functools.partial(store.record, outcomes=outcomes))
+                return
+            except Exception:
+                if attempt == RECORD_TRIES:
+                    log.exception("delivery_record_failed", destination=self.name)
+                    return
+                await self._clock.wait(asyncio.Event(), 0.5 * attempt)
+
+    def _count(self, outcomes: list[Outcome], duration_ms: float) -> None:
+        stats = self.stats
+        stats.attempts += 1
+        stats.latencies_ms.append(duration_ms)
+        for outcome in outcomes:
+            if outcome.state == "delivered":
+                stats.delivered += 1
+                stats.unhealthy = False
+                continue
+            stats.errors_by_status[str(outcome.status or "network")] += 1
+            stats.last_error = outcome.error
+            stats.last_error_message_id = outcome.message_id
+            stats.last_error_at = outcome.started_at
+            if policy.marks_unhealthy(outcome.status):
+                stats.unhealthy = True
+            if outcome.state == "dead":
+                stats.dead += 1
+            else:
+                stats.retried += 1
+        failed = [outcome for outcome in outcomes if outcome.state != "delivered"]
+        if failed:
+            log.warning(
+                "delivery_failed",
+                destination=self.name,
+                status=failed[0].status,
+                error=failed[0].error,
+                outcome=failed[0].state,
+                message_id=failed[0].message_id,
+                failed=len(failed),
+                batch=len(outcomes),
+            )
+
+
+def _error(result: Result, decision: policy.Decision) -> str:
+    text = result.error or f"HTTP {result.status}"
+    return text if decision.verdict == "retrying" else f"{text} ({decision.reason})"

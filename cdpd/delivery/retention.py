@@ -1,0 +1,79 @@
+"""Keeping the outbox's size bounded: delivered deliveries after `delivered_retention_s`,
+messages (the archive replay reads), dead deliveries and rejects after `archive_retention_s`.
+
+Deletes go in chunks of store.PRUNE_CHUNK rows, each its own short writer operation, so ingest
+keeps committing in between. A message is kept while any unfinished or dead delivery needs it,
+or a destination has not routed it yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+
+import aiosqlite
+import structlog
+
+from cdpd.clock import Clock
+from cdpd.config import DeliveryConfig
+from cdpd.delivery import store
+from cdpd.model.timestamps import format_ms
+from cdpd.outbox.writer import OutboxWriter
+
+log = structlog.get_logger()
+
+
+class Pruner:
+    def __init__(
+        self, writer: OutboxWriter, config: DeliveryConfig, clock: Clock, *, dedup_window_s: int
+    ) -> None:
+        self._writer = writer
+        self._config = config
+        self._clock = clock
+        # Messages are also the deduplication window's memory: keep them at least that long.
+        self._message_retention_s = max(config.archive_retention_s, dedup_window_s)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.prune_once()
+            await self._clock.wait(stop, self._config.prune_interval_s)
+
+    async def prune_once(self) -> dict[str, int]:
+        """One pass over everything past its retention; returns rows deleted, per kind."""
+        now_ms = self._clock.now_ms()
+        delivered_before = format_ms(now_ms - self._config.delivered_retention_s * 1000)
+        archive_before = format_ms(now_ms - self._config.archive_retention_s * 1000)
+        messages_before = format_ms(now_ms - self._message_retention_s * 1000)
+        deleted = {
+            "delivered": await self._drain(
+                functools.partial(
+                    store.prune_finished, state="delivered", before_at=delivered_before
+                )
+            ),
+            "dead": await self._drain(
+                functools.partial(store.prune_finished, state="dead", before_at=archive_before)
+            ),
+            "messages": await self._drain(
+                functools.partial(self._prune_messages, before_at=messages_before)
+            ),
+            "rejects": await self._drain(
+                functools.partial(store.prune_rejects, before_at=archive_before)
+            ),
+        }
+        if any(deleted.values()):
+            log.info("outbox_pruned", **deleted)
+        return deleted
+
+    async def _drain(self, chunk: Callable[[aiosqlite.Connection], Awaitable[int]]) -> int:
+        total = 0
+        while True:
+            count = await self._writer.transact(chunk)
+            total += count
+            if count < store.PRUNE_CHUNK:
+                return total
+
+    async def _prune_messages(self, conn: aiosqlite.Connection, before_at: str) -> int:
+        needed = await store.oldest_needed_seq(conn)
+        below = self._writer.last_seq + 1 if needed is None else needed
+        return await store.prune_messages(conn, below, before_at)

@@ -1,0 +1,109 @@
+"""Delivery as a whole: the router, a lane per destination and the pruner, built from the
+config, run as one group of tasks and stopped in order."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import suppress
+
+import aiohttp
+import structlog
+
+from cdpd.clock import Clock
+from cdpd.config import Config, Destination
+from cdpd.delivery import store
+from cdpd.delivery.lane import Lane
+from cdpd.delivery.retention import Pruner
+from cdpd.delivery.router import Router
+from cdpd.delivery.store import RoutingRule
+from cdpd.destinations import registry
+from cdpd.outbox.writer import OutboxWriter
+
+log = structlog.get_logger()
+
+
+class Delivery:
+    def __init__(
+        self,
+        config: Config,
+        writer: OutboxWriter,
+        session: aiohttp.ClientSession,
+        clock: Clock,
+    ) -> None:
+        self._config = config.delivery
+        self._writer = writer
+        enabled = [d for d in config.destinations if d.enabled]
+        self.lanes = {
+            d.name: Lane(
+                d,
+                registry.build(d),
+                writer=writer,
+                session=session,
+                clock=clock,
+                retry=d.retry or config.delivery.retry,
+                poll_interval_s=config.delivery.poll_interval_s,
+            )
+            for d in enabled
+        }
+        self.router = Router(
+            writer,
+            [routing_rule(d) for d in enabled],
+            [d.name for d in config.destinations if not d.enabled],
+            self.lanes,
+            clock=clock,
+            poll_interval_s=config.delivery.poll_interval_s,
+        )
+        self.pruner = Pruner(
+            writer, config.delivery, clock, dedup_window_s=config.storage.dedup_window_s
+        )
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        """Route, deliver and prune until `stop()`; then let attempts in flight finish (up to
+        the drain timeout) and put whatever is still claimed back to pending."""
+        await self.router.start()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self.router.run(self._stop), name="router")
+                tasks.create_task(self.pruner.run(self._stop), name="pruner")
+                lanes = [
+                    tasks.create_task(lane.run(), name=f"lane-{lane.name}")
+                    for lane in self.lanes.values()
+                ]
+                await self._stop.wait()
+                for lane in self.lanes.values():
+                    lane.stop()
+                await self._drain(lanes)
+        finally:
+            with suppress(Exception):
+                released = await self._writer.transact(store.release_all)
+                if released:
+                    log.info("deliveries_released", count=released, reason="shutdown")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.router.wake()
+
+    async def _drain(self, lanes: list[asyncio.Task[None]]) -> None:
+        if not lanes:
+            return
+        _, unfinished = await asyncio.wait(lanes, timeout=self._config.drain_timeout_s)
+        if unfinished:
+            log.warning(
+                "delivery_drain_timeout",
+                lanes=len(unfinished),
+                timeout_s=self._config.drain_timeout_s,
+            )
+            for task in unfinished:
+                task.cancel()
+
+
+def routing_rule(destination: Destination) -> RoutingRule:
+    return RoutingRule(
+        destination=destination.name,
+        catalog_name=registry.catalog_name(destination),
+        sources=tuple(destination.sources) if destination.sources is not None else None,
+        types=tuple(destination.types) if destination.types is not None else None,
+        events=tuple(destination.events) if destination.events is not None else None,
+        exclude_events=tuple(destination.exclude_events),
+    )
