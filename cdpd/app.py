@@ -27,6 +27,7 @@ from cdpd.config import Config
 from cdpd.delivery.service import Delivery
 from cdpd.ingest.routes import Ingest
 from cdpd.logs import LineWriter
+from cdpd.metrics import Metrics
 from cdpd.outbox import schema
 from cdpd.outbox.space import SpaceWatch
 from cdpd.outbox.writer import OutboxWriter
@@ -77,24 +78,32 @@ async def running(
             retry_after_s=storage.full_retry_after_s,
         )
         await space.check()
-        async with asyncio.TaskGroup() as tasks, _outbound_session(config) as session:
-            writer_task = tasks.create_task(writer.run(), name="outbox-writer")
-            space_task = tasks.create_task(space.run(), name="free-space-watch")
-            delivery = Delivery(config, writer, session, clock or SystemClock())
-            delivery_task = tasks.create_task(delivery.run(), name="delivery")
-            try:
-                async with _serving_http(config, writer, delivery) as (url, app):
-                    yield Running(url=url, app=app, writer=writer, delivery=delivery)
-            finally:
-                delivery.stop()  # lanes finish their attempts, unfinished claims go back
-                await delivery_task
-                writer.close()  # commits what is still pending, then its task ends
-                await writer_task
-                space_task.cancel()
+        metrics = Metrics()
+        async with (
+            schema.connect(storage.outbox_path, readonly=True) as reader,
+            _outbound_session() as session,
+        ):
+            delivery = Delivery(
+                config, writer, session, clock or SystemClock(), observe=metrics.observe_delivery
+            )
+            stages = cdpd_web.Stages(writer, reader, delivery, metrics)
+            async with asyncio.TaskGroup() as tasks:
+                writer_task = tasks.create_task(writer.run(), name="outbox-writer")
+                space_task = tasks.create_task(space.run(), name="free-space-watch")
+                delivery_task = tasks.create_task(delivery.run(), name="delivery")
+                try:
+                    async with _serving_http(config, stages) as (url, app):
+                        yield Running(url=url, app=app, writer=writer, delivery=delivery)
+                finally:
+                    delivery.stop()  # lanes finish their attempts, unfinished claims go back
+                    await delivery_task
+                    writer.close()  # commits what is still pending, then its task ends
+                    await writer_task
+                    space_task.cancel()
 
 
 @asynccontextmanager
-async def _outbound_session(config: Config) -> AsyncIterator[aiohttp.ClientSession]:
+async def _outbound_session() -> AsyncIterator[aiohttp.ClientSession]:
     """One HTTP client for every destination; each lane caps its own concurrency."""
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -103,10 +112,10 @@ async def _outbound_session(config: Config) -> AsyncIterator[aiohttp.ClientSessi
 
 @asynccontextmanager
 async def _serving_http(
-    config: Config, writer: OutboxWriter, delivery: Delivery
+    config: Config, stages: cdpd_web.Stages
 ) -> AsyncIterator[tuple[str, web.Application]]:
     drain = cdpd_web.Drain()
-    app = cdpd_web.build(config, writer, drain, delivery)
+    app = cdpd_web.build(config, stages, drain)
     runner = web.AppRunner(
         app,
         access_log=None,

@@ -8,14 +8,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
+import aiosqlite
 import msgspec
 
 from cdpd import __version__, config, logs
-from cdpd.outbox import reader
+from cdpd.delivery import replay, report
+from cdpd.model.timestamps import format_ms, now_ms, parse_ms
+from cdpd.outbox import reader, schema
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+T = TypeVar("T")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,6 +38,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(cfg, args.config)
     if command == "outbox":
         return _outbox(cfg, args)
+    if command == "deliveries":
+        return _deliveries(cfg, args)
+    if command == "replay":
+        return _replay(cfg, args)
     raise AssertionError(f"unhandled command {command}")
 
 
@@ -53,6 +63,22 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     tail = outbox_commands.add_parser("tail", parents=[common], help="the most recent messages")
     tail.add_argument("-n", type=int, default=10, help="how many messages (default 10)")
+    deliveries = commands.add_parser("deliveries", help="where deliveries stand")
+    deliveries_commands = deliveries.add_subparsers(dest="deliveries_command", required=True)
+    d_stats = deliveries_commands.add_parser("stats", parents=[common], help="per destination")
+    d_stats.add_argument("--json", action="store_true", help="print one JSON object")
+    d_dead = deliveries_commands.add_parser("dead", parents=[common], help="dead deliveries")
+    d_dead.add_argument("--destination", help="only this destination")
+    d_dead.add_argument("-n", type=int, default=50, help="how many (default 50)")
+    replay = commands.add_parser(
+        "replay", parents=[common], help="deliver dead deliveries or archived messages again"
+    )
+    replay.add_argument("--destination", required=True)
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("--dead", action="store_true", help="re-queue its dead deliveries")
+    which.add_argument("--since", help="re-deliver messages received from this time (ISO-8601)")
+    replay.add_argument("--until", help="... up to this time (default: now)")
+    replay.add_argument("--source", help="only messages from this source")
     return parser
 
 
@@ -60,10 +86,22 @@ def _serve(cfg: config.Config) -> int:
     from cdpd import app  # imported here so that the inspection commands start fast
 
     log_writer = logs.configure(cfg.logging.level)
-    return app.run(cfg, log_writer)
+    try:
+        return app.run(cfg, log_writer)
+    except config.ConfigError as exc:
+        print(f"cdpd: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _check_config(cfg: config.Config, path: str) -> int:
+    from cdpd.destinations import registry
+
+    try:
+        for destination in cfg.destinations:
+            registry.build(destination)
+    except config.ConfigError as exc:
+        print(f"cdpd: config error: {path}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     print(
         f"{path}: ok ({len(cfg.sources)} sources, {len(cfg.destinations)} destinations, "
         f"outbox {cfg.storage.outbox_path}, listening on {cfg.server.listen})"
@@ -86,6 +124,85 @@ def _outbox(cfg: config.Config, args: argparse.Namespace) -> int:
     for message in asyncio.run(reader.tail(path, args.n)):
         print(msgspec.json.encode(message).decode())
     return EXIT_OK
+
+
+def _deliveries(cfg: config.Config, args: argparse.Namespace) -> int:
+    path = cfg.storage.outbox_path
+    if not path.exists():
+        print(f"cdpd: there is no outbox at {path} yet", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.deliveries_command == "stats":
+        names = [d.name for d in cfg.destinations]
+        reports = asyncio.run(_read(path, lambda conn: report.destinations(conn, names)))
+        print(msgspec.json.encode(reports).decode() if args.json else _format_reports(reports))
+        return EXIT_OK
+    dead = asyncio.run(_read(path, lambda conn: report.dead(conn, args.destination, args.n)))
+    for entry in dead:
+        print(msgspec.json.encode(entry).decode())
+    if not dead:
+        print("(no dead deliveries)", file=sys.stderr)
+    return EXIT_OK
+
+
+def _replay(cfg: config.Config, args: argparse.Namespace) -> int:
+    destination = next((d for d in cfg.destinations if d.name == args.destination), None)
+    if destination is None:
+        print(f"cdpd: no destination is named {args.destination!r}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        since = format_ms(parse_ms(args.since)) if args.since else None
+        until = format_ms(parse_ms(args.until)) if args.until else format_ms(now_ms())
+    except ValueError as exc:
+        print(f"cdpd: --since/--until: expected an ISO-8601 time ({exc})", file=sys.stderr)
+        return EXIT_USAGE
+    count = asyncio.run(_replay_in_outbox(cfg.storage.outbox_path, destination, since, until, args))
+    what = "dead deliveries" if args.dead else "messages"
+    print(f"{count} {what} queued for {destination.name}")
+    return EXIT_OK
+
+
+async def _replay_in_outbox(
+    path: Path,
+    destination: config.Destination,
+    since: str | None,
+    until: str,
+    args: argparse.Namespace,
+) -> int:
+    async with schema.connect(path) as conn:
+
+        async def transact(operation: Any) -> int:
+            return await replay.in_transaction(conn, operation)
+
+        if since is None:
+            return await replay.replay_dead(transact, destination)
+        return await replay.replay_range(transact, destination, since, until, args.source)
+
+
+async def _read(path: Path, query: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+    async with schema.connect(path, readonly=True) as conn:
+        return await query(conn)
+
+
+def _format_reports(reports: list[report.DestinationReport]) -> str:
+    lines = [
+        f"{'destination':<20} {'delivered':>9} {'pending':>8} {'in flight':>9} {'retrying':>8}"
+        f" {'dead':>6} {'p50 ms':>8} {'p95 ms':>8}  errors (24 h)"
+    ]
+    for r in reports:
+        errors = ", ".join(f"{status}: {count}" for status, count in r.errors_by_status.items())
+        lines.append(
+            f"{r.destination:<20} {r.delivered:>9} {r.pending:>8} {r.in_flight:>9}"
+            f" {r.retrying:>8} {r.dead:>6} {_ms(r.latency_p50_ms):>8} {_ms(r.latency_p95_ms):>8}"
+            f"  {errors or '-'}{'  UNHEALTHY (401/403)' if r.unhealthy else ''}"
+        )
+        if r.last_error is not None:
+            e = r.last_error
+            lines.append(f"{'':<20} last error {e.at} on {e.message_id}: {e.error}")
+    return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _format_stats(stats: reader.OutboxStats) -> str:

@@ -13,17 +13,20 @@ import itertools
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
+import aiosqlite
 import structlog
 from aiohttp import web
 
 from cdpd import logs
+from cdpd.admin import Admin
 from cdpd.config import Config
 from cdpd.delivery.service import Delivery
 from cdpd.ingest import cors
 from cdpd.ingest.errors import ApiError
 from cdpd.ingest.routes import LOG_FIELDS, Ingest
+from cdpd.metrics import Metrics
 from cdpd.outbox.writer import OutboxUnavailable, OutboxWriter
 
 log = structlog.get_logger()
@@ -68,17 +71,26 @@ class Drain:
 DRAIN = web.AppKey("drain", Drain)
 
 
-def build(
-    config: Config, writer: OutboxWriter, drain: Drain, delivery: Delivery
-) -> web.Application:
-    ingest = Ingest(config, writer)
+class Stages(NamedTuple):
+    """What the HTTP side reaches: the outbox writer and reader, delivery, metrics."""
+
+    writer: OutboxWriter
+    reader: aiosqlite.Connection
+    delivery: Delivery
+    metrics: Metrics
+
+
+def build(config: Config, stages: Stages, drain: Drain) -> web.Application:
+    ingest = Ingest(config, stages.writer)
+    admin = Admin(config, stages.writer, stages.reader, stages.delivery, stages.metrics)
+    stages.metrics.attach(ingest, stages.delivery)
     app = web.Application(client_max_size=config.server.max_request_bytes)
     app[INGEST] = ingest
-    app[WRITER] = writer
+    app[WRITER] = stages.writer
     app[DRAIN] = drain
     access = logs.access_log(config.logging.level) if config.logging.access_log else None
     wrap = _RequestWrapper(drain, access)
-    routes = [*ingest.routes(), web.get("/health", health)]
+    routes = [*ingest.routes(), *admin.routes(), web.get("/health", health)]
     app.add_routes(web.RouteDef(r.method, r.path, wrap(r.handler), r.kwargs) for r in routes)
     app.router.add_route("*", "/{tail:.*}", wrap(_Unrouted(routes)))
     return app

@@ -90,6 +90,7 @@ class Lane:
         clock: Clock,
         retry: RetryConfig,
         poll_interval_s: float,
+        observe: Callable[[str, float], None] | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.name = config.name
@@ -102,6 +103,7 @@ class Lane:
         self._retry = retry
         self._poll_interval_s = poll_interval_s
         self._rand = rand
+        self._observe = observe  # request durations, in seconds, for /metrics
         self._limit = RateLimit(config.rate_limit_per_s, clock)
         self._requests = 0
         self._work = asyncio.Event()
@@ -171,6 +173,8 @@ class Lane:
             began = time.perf_counter()
             results = await self._sender.send(self._session, batch)
             duration_ms = (time.perf_counter() - began) * 1000
+            if self._observe is not None:
+                self._observe(self.name, duration_ms / 1000)
             outcomes = self._outcomes(batch, results, started_ms, duration_ms)
             await self._record(outcomes)
             self._count(outcomes, duration_ms)

@@ -4,6 +4,7 @@ config, run as one group of tasks and stopped in order."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from contextlib import suppress
 
 import aiohttp
@@ -29,6 +30,7 @@ class Delivery:
         writer: OutboxWriter,
         session: aiohttp.ClientSession,
         clock: Clock,
+        observe: Callable[[str, float], None] | None = None,
     ) -> None:
         self._config = config.delivery
         self._writer = writer
@@ -42,6 +44,7 @@ class Delivery:
                 clock=clock,
                 retry=d.retry or config.delivery.retry,
                 poll_interval_s=config.delivery.poll_interval_s,
+                observe=observe,
             )
             for d in enabled
         }

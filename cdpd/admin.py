@@ -1,0 +1,136 @@
+"""Admin HTTP endpoints (bearer token) and /metrics: where deliveries stand, and replay."""
+
+from __future__ import annotations
+
+import hmac
+
+import aiosqlite
+import msgspec
+from aiohttp import web
+
+from cdpd.config import Config, Destination
+from cdpd.delivery import replay, report
+from cdpd.delivery.service import Delivery
+from cdpd.ingest.errors import ApiError
+from cdpd.metrics import CONTENT_TYPE, Metrics
+from cdpd.model.timestamps import format_ms, parse_ms
+from cdpd.outbox.writer import OutboxWriter
+
+
+class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    destination: str
+    dead: bool = False
+    since: str | None = None
+    until: str | None = None
+    source: str | None = None
+
+
+class Admin:
+    def __init__(
+        self,
+        config: Config,
+        writer: OutboxWriter,
+        reader: aiosqlite.Connection,
+        delivery: Delivery,
+        metrics: Metrics,
+    ) -> None:
+        self._token = config.admin.resolved_token()
+        self._destinations = {d.name: d for d in config.destinations}
+        self._writer = writer
+        self._reader = reader
+        self._delivery = delivery
+        self._metrics = metrics
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/admin/deliveries", self.deliveries),
+            web.get("/admin/deliveries/dead", self.dead),
+            web.post("/admin/replay", self.replay),
+            web.get("/metrics", self.metrics),
+        ]
+
+    async def deliveries(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        return _json({"destinations": await self._reports()})
+
+    async def dead(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        destination = request.query.get("destination")
+        limit = _int(request.query.get("limit", "100"), "limit")
+        return _json({"dead": await report.dead(self._reader, destination, limit)})
+
+    async def replay(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        try:
+            asked = msgspec.json.decode(await request.read(), type=ReplayRequest)
+        except msgspec.MsgspecError as exc:
+            raise ApiError(400, "invalid_request", f"not a replay request: {exc}") from None
+        destination = self._destination(asked.destination)
+        if asked.dead:
+            count = await replay.replay_dead(self._writer.transact, destination)
+        elif asked.since:
+            since, until = _time(asked.since, "since"), _time(asked.until, "until", default=True)
+            count = await replay.replay_range(
+                self._writer.transact, destination, since, until, asked.source
+            )
+        else:
+            raise ApiError(400, "invalid_request", "say what to replay: dead = true, or since")
+        if destination.name in self._delivery.lanes:
+            self._delivery.lanes[destination.name].wake()
+        return _json({"destination": destination.name, "queued": count})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = self._metrics.render(await self._reports())
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    async def _reports(self) -> list[report.DestinationReport]:
+        reports = await report.destinations(self._reader, list(self._destinations))
+        for entry in reports:
+            lane = self._delivery.lanes.get(entry.destination)
+            if lane is not None:  # live figures beat what the outbox last recorded
+                entry.in_flight = lane.stats.in_flight
+        return reports
+
+    def _authorize(self, request: web.Request) -> None:
+        if self._token is None:
+            raise ApiError(
+                401, "admin_disabled", "admin endpoints are off: set [admin] token or token_env"
+            )
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), self._token):
+            raise ApiError(
+                401,
+                "invalid_admin_token",
+                "send the admin token as Authorization: Bearer <token>",
+                {"WWW-Authenticate": "Bearer"},
+            )
+
+    def _destination(self, name: str) -> Destination:
+        try:
+            return self._destinations[name]
+        except KeyError:
+            raise ApiError(
+                404, "unknown_destination", f"no destination is named {name!r}"
+            ) from None
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def _json(body: object) -> web.Response:
+    return web.Response(body=_encoder.encode(body), content_type="application/json")
+
+
+def _int(text: str, name: str) -> int:
+    if not text.isdigit():
+        raise ApiError(400, "invalid_request", f"{name} must be a whole number")
+    return int(text)
+
+
+def _time(text: str | None, name: str, *, default: bool = False) -> str:
+    if text is None and default:
+        return "9999-12-31T23:59:59.999Z"
+    try:
+        return format_ms(parse_ms(text or ""))
+    except ValueError:
+        raise ApiError(400, "invalid_request", f"{name}: expected an ISO-8601 time") from None

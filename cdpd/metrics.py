@@ -1,0 +1,115 @@
+"""Prometheus metrics: ingest counters and delivery state, one registry per application."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from cdpd.delivery.report import DestinationReport
+from cdpd.delivery.store import STATES
+
+if TYPE_CHECKING:
+    from cdpd.delivery.service import Delivery
+    from cdpd.ingest.routes import Ingest
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._latency = Histogram(
+            "cdpd_delivery_request_seconds",
+            "Duration of requests to destinations",
+            ["destination"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self._collector = _Collector()
+        self.registry.register(self._collector)
+
+    def observe_delivery(self, destination: str, seconds: float) -> None:
+        self._latency.labels(destination).observe(seconds)
+
+    def attach(self, ingest: Ingest, delivery: Delivery) -> None:
+        self._collector.ingest = ingest
+        self._collector.delivery = delivery
+
+    def render(self, reports: list[DestinationReport]) -> bytes:
+        """The text exposition, with outbox counts read just before."""
+        self._collector.reports = reports
+        return generate_latest(self.registry)
+
+
+class _Collector(Collector):
+    def __init__(self) -> None:
+        self.ingest: Ingest | None = None
+        self.delivery: Delivery | None = None
+        self.reports: list[DestinationReport] = []
+
+    def collect(self) -> Iterator[Metric]:
+        if self.ingest is not None:
+            yield from _ingest_metrics(self.ingest)
+        if self.delivery is not None:
+            yield from _lane_metrics(self.delivery)
+        yield from _outbox_metrics(self.reports)
+
+
+def _ingest_metrics(ingest: Ingest) -> Iterator[Metric]:
+    messages = CounterMetricFamily(
+        "cdpd_ingest_messages", "Messages accepted or dropped as duplicates", labels=["outcome"]
+    )
+    messages.add_metric(["accepted"], ingest.accepted)
+    messages.add_metric(["duplicate"], ingest.duplicates)
+    yield messages
+    rejected = CounterMetricFamily(
+        "cdpd_ingest_rejected", "Messages rejected, by reason", labels=["reason"]
+    )
+    for reason, count in sorted(ingest.rejected.items()):
+        rejected.add_metric([reason], count)
+    yield rejected
+
+
+def _lane_metrics(delivery: Delivery) -> Iterator[Metric]:
+    outcomes = CounterMetricFamily(
+        "cdpd_delivery_outcomes",
+        "Attempt outcomes per delivered message since start",
+        labels=["destination", "outcome"],
+    )
+    errors = CounterMetricFamily(
+        "cdpd_delivery_errors", "Failed attempts by status", labels=["destination", "status"]
+    )
+    in_flight = GaugeMetricFamily(
+        "cdpd_delivery_in_flight", "Deliveries being attempted", labels=["destination"]
+    )
+    unhealthy = GaugeMetricFamily(
+        "cdpd_delivery_unhealthy", "1 after a 401 or 403 until a success", labels=["destination"]
+    )
+    for name, lane in delivery.lanes.items():
+        stats = lane.stats
+        for outcome, count in (
+            ("delivered", stats.delivered),
+            ("retrying", stats.retried),
+            ("dead", stats.dead),
+        ):
+            outcomes.add_metric([name, outcome], count)
+        for status, count in sorted(stats.errors_by_status.items()):
+            errors.add_metric([name, status], count)
+        in_flight.add_metric([name], stats.in_flight)
+        unhealthy.add_metric([name], int(stats.unhealthy))
+    yield from (outcomes, errors, in_flight, unhealthy)
+
+
+def _outbox_metrics(reports: list[DestinationReport]) -> Iterator[Metric]:
+    deliveries = GaugeMetricFamily(
+        "cdpd_deliveries", "Deliveries in the outbox, by state", labels=["destination", "state"]
+    )
+    for report in reports:
+        for state in STATES:
+            deliveries.add_metric([report.destination, state], getattr(report, state))
+    yield deliveries
