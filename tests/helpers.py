@@ -106,3 +106,38 @@ async def _collect_lines(proc: asyncio.subprocess.Process, lines: list[dict[str,
     assert proc.stdout is not None
     async for raw in proc.stdout:
         lines.append(msgspec.json.decode(raw))
+
+
+class FakeClock:
+    """Delivery's clock under the test's control: time moves only when `advance` is called."""
+
+    def __init__(self, start_ms: int = 1_800_000_000_000) -> None:
+        self._now_ms = start_ms
+        self._timers: list[tuple[int, asyncio.Future[None]]] = []
+
+    def now_ms(self) -> int:
+        return self._now_ms
+
+    async def wait(self, event: asyncio.Event, timeout_s: float) -> bool:
+        if event.is_set():
+            return True
+        timer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._timers.append((self._now_ms + round(timeout_s * 1000), timer))
+        self._fire()
+        waiting = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait({waiting, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+            timer.cancel()
+            self._timers = [(at, t) for at, t in self._timers if t is not timer]
+        return event.is_set()
+
+    def advance(self, seconds: float) -> None:
+        self._now_ms += round(seconds * 1000)
+        self._fire()
+
+    def _fire(self) -> None:
+        for at, timer in self._timers:
+            if at <= self._now_ms and not timer.done():
+                timer.set_result(None)

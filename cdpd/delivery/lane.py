@@ -29,6 +29,7 @@ log = structlog.get_logger()
 
 LATENCY_SAMPLES = 2048
 RECORD_TRIES = 5
+FAILURE_LOG_EVERY_S = 10.0
 
 
 class LaneStats:
@@ -46,6 +47,8 @@ class LaneStats:
         self.last_error_message_id: str | None = None
         self.last_error_at: str | None = None
         self.unhealthy = False
+        # Notified after every recorded attempt, for whoever watches the lane (tests do).
+        self.recorded = asyncio.Condition()
 
     def percentile_ms(self, fraction: float) -> float | None:
         if not self.latencies_ms:
@@ -109,6 +112,9 @@ class Lane:
         self._work = asyncio.Event()
         self._slot = asyncio.Event()
         self._stopping = False
+        self._logged_error: str | None = None
+        self._logged_at = 0.0
+        self._unlogged = 0
 
     def wake(self) -> None:
         """New deliveries may be due (the router made some, or replay re-queued some)."""
@@ -178,6 +184,8 @@ class Lane:
             outcomes = self._outcomes(batch, results, started_ms, duration_ms)
             await self._record(outcomes)
             self._count(outcomes, duration_ms)
+            async with self.stats.recorded:
+                self.stats.recorded.notify_all()
         finally:
             self._requests -= 1
             self.stats.in_flight -= len(batch)
@@ -258,16 +266,27 @@ class Lane:
                 stats.retried += 1
         failed = [outcome for outcome in outcomes if outcome.state != "delivered"]
         if failed:
-            log.warning(
-                "delivery_failed",
-                destination=self.name,
-                status=failed[0].status,
-                error=failed[0].error,
-                outcome=failed[0].state,
-                message_id=failed[0].message_id,
-                failed=len(failed),
-                batch=len(outcomes),
-            )
+            self._log_failure(failed[0], len(failed))
+
+    def _log_failure(self, outcome: Outcome, count: int) -> None:
+        """One line per failure, but at most one per FAILURE_LOG_EVERY_S per lane while the
+        error stays the same (a dead destination would otherwise flood the log)."""
+        now = time.monotonic()
+        same = outcome.error == self._logged_error
+        if same and now - self._logged_at < FAILURE_LOG_EVERY_S:
+            self._unlogged += count
+            return
+        log.warning(
+            "delivery_failed",
+            destination=self.name,
+            status=outcome.status,
+            error=outcome.error,
+            outcome=outcome.state,
+            message_id=outcome.message_id,
+            failed=count,
+            similar_since_last_line=self._unlogged,
+        )
+        self._logged_error, self._logged_at, self._unlogged = outcome.error, now, 0
 
 
 def _error(result: Result, decision: policy.Decision) -> str:
