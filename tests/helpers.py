@@ -15,6 +15,8 @@ from typing import Any
 
 import msgspec
 
+from cdpd.model.timestamps import now_ms
+
 WRITE_KEY = "wk_test"
 OTHER_WRITE_KEY = "wk_other"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -111,8 +113,8 @@ async def _collect_lines(proc: asyncio.subprocess.Process, lines: list[dict[str,
 class FakeClock:
     """Delivery's clock under the test's control: time moves only when `advance` is called."""
 
-    def __init__(self, start_ms: int = 1_800_000_000_000) -> None:
-        self._now_ms = start_ms
+    def __init__(self, start_ms: int | None = None) -> None:
+        self._now_ms = now_ms() if start_ms is None else start_ms
         self._timers: list[tuple[int, asyncio.Future[None]]] = []
 
     def now_ms(self) -> int:

@@ -45,7 +45,8 @@ class Sink:
     """Answers from `script` in order (then `default`); `by_message` answers per messageId."""
 
     def __init__(self, default: Answer | None = None) -> None:
-        self.received: list[Received] = []
+        self.received: list[Received] = []  # answered requests
+        self.arrived = 0  # requests that reached the sink, answered or not
         self.script: deque[Answer] = deque()
         self.by_message: dict[str, deque[Answer]] = {}
         self.default = default or status(200)
@@ -81,13 +82,17 @@ class Sink:
             await self._changed.wait_for(lambda: predicate(self))
 
     async def wait_for_requests(self, count: int, timeout_s: float = 10) -> None:
-        await self.wait_for(lambda sink: len(sink.received) >= count, timeout_s)
+        """Until `count` requests have arrived (whether answered yet or not)."""
+        await self.wait_for(lambda sink: sink.arrived >= count, timeout_s)
 
     async def wait_for_delivered(self, count: int, timeout_s: float = 10) -> None:
         await self.wait_for(lambda sink: len(sink.messages) >= count, timeout_s)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        async with self._changed:
+            self.arrived += 1
+            self._changed.notify_all()
         answer = self._answer_for(body)
         response = await answer(request, body)
         async with self._changed:
