@@ -84,7 +84,7 @@ async def running(
             _outbound_session() as session,
         ):
             delivery = Delivery(
-                config, writer, session, clock or SystemClock(), observe=metrics.observe_delivery
+                config, writer, session, clock or SystemClock(), observer=metrics.delivery_observer
             )
             stages = cdpd_web.Stages(writer, reader, delivery, metrics)
             async with asyncio.TaskGroup() as tasks:

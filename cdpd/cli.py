@@ -46,24 +46,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    config_help = "TOML config file (default: $CDPD_CONFIG, then /etc/cdpd/cdpd.toml)"
+    # --config may come before or after the subcommand; after it, it wins.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--config",
-        default=config.default_path(),
-        help="TOML config file (default: $CDPD_CONFIG, then /etc/cdpd/cdpd.toml)",
-    )
+    common.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
     parser = argparse.ArgumentParser(prog="cdpd", description="customer data platform daemon")
+    parser.add_argument("--config", default=config.default_path(), help=config_help)
     parser.add_argument("--version", action="version", version=f"cdpd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", parents=[common], help="run the daemon")
     commands.add_parser("check-config", parents=[common], help="validate the config and exit")
-    outbox = commands.add_parser("outbox", help="inspect the outbox")
+    outbox = commands.add_parser("outbox", parents=[common], help="inspect the outbox")
     outbox_commands = outbox.add_subparsers(dest="outbox_command", required=True)
     stats = outbox_commands.add_parser("stats", parents=[common], help="counts and file size")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     tail = outbox_commands.add_parser("tail", parents=[common], help="the most recent messages")
     tail.add_argument("-n", type=int, default=10, help="how many messages (default 10)")
-    deliveries = commands.add_parser("deliveries", help="where deliveries stand")
+    deliveries = commands.add_parser("deliveries", parents=[common], help="where deliveries stand")
     deliveries_commands = deliveries.add_subparsers(dest="deliveries_command", required=True)
     d_stats = deliveries_commands.add_parser("stats", parents=[common], help="per destination")
     d_stats.add_argument("--json", action="store_true", help="print one JSON object")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -33,8 +33,9 @@ class Metrics:
         self._collector = _Collector()
         self.registry.register(self._collector)
 
-    def observe_delivery(self, destination: str, seconds: float) -> None:
-        self._latency.labels(destination).observe(seconds)
+    def delivery_observer(self, destination: str) -> Callable[[float], None]:
+        """Where a lane reports each request's duration, in seconds."""
+        return self._latency.labels(destination).observe
 
     def attach(self, ingest: Ingest, delivery: Delivery) -> None:
         self._collector.ingest = ingest

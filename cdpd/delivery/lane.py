@@ -14,6 +14,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 
 import aiohttp
+import msgspec
 import structlog
 
 from cdpd.clock import Clock
@@ -29,6 +30,7 @@ log = structlog.get_logger()
 
 LATENCY_SAMPLES = 2048
 RECORD_TRIES = 5
+PREFETCH_MIN = 100
 FAILURE_LOG_EVERY_S = 10.0
 
 
@@ -65,9 +67,9 @@ class RateLimit:
         self._clock = clock
         self._tokens = max(1.0, per_s)
         self._updated_ms = clock.now_ms()
-        self._never = asyncio.Event()
 
-    async def acquire(self) -> None:
+    async def acquire(self, interrupt: asyncio.Event) -> None:
+        """Wait for a token, or until `interrupt` is set."""
         if self._per_s <= 0:
             return
         while True:
@@ -79,7 +81,8 @@ class RateLimit:
             if self._tokens >= 1:
                 self._tokens -= 1
                 return
-            await self._clock.wait(self._never, (1 - self._tokens) / self._per_s)
+            if await self._clock.wait(interrupt, (1 - self._tokens) / self._per_s):
+                return
 
 
 class Lane:
@@ -93,7 +96,7 @@ class Lane:
         clock: Clock,
         retry: RetryConfig,
         poll_interval_s: float,
-        observe: Callable[[str, float], None] | None = None,
+        observe: Callable[[float], None] | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.name = config.name
@@ -108,10 +111,16 @@ class Lane:
         self._rand = rand
         self._observe = observe  # request durations, in seconds, for /metrics
         self._limit = RateLimit(config.rate_limit_per_s, clock)
-        self._requests = 0
+        self._recorder = _Recorder(writer, clock, config.name)
+        self._batch = config.batch_size
+        self._prefetch = max(PREFETCH_MIN, 2 * config.concurrency * config.batch_size)
+        self._queue: deque[Claimed] = deque()
+        self._items = asyncio.Event()  # the queue has deliveries to send
+        self._low = asyncio.Event()  # the queue is below half: claim more
+        self._low.set()
         self._work = asyncio.Event()
-        self._slot = asyncio.Event()
         self._stopping = False
+        self._stopped = asyncio.Event()
         self._logged_error: str | None = None
         self._logged_at = 0.0
         self._unlogged = 0
@@ -123,22 +132,57 @@ class Lane:
     def stop(self) -> None:
         """Claim nothing more; attempts in flight finish."""
         self._stopping = True
-        self._work.set()
-        self._slot.set()
+        for event in (self._stopped, self._work, self._items, self._low):
+            event.set()
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as attempts:
-            while not self._stopping:
-                free = self._config.concurrency - self._requests
-                if free <= 0:
-                    await self._slot.wait()
-                    self._slot.clear()
-                    continue
-                claimed = await self._claim(free * self._config.batch_size)
-                if not claimed:
-                    await self._wait_for_work()
-                    continue
-                await self._dispatch(claimed, attempts)
+        """`concurrency` workers send what a filler claims ahead of them (a few rounds'
+        worth, topped up below half), and a recorder stores their outcomes."""
+        async with asyncio.TaskGroup() as recording:
+            recording.create_task(self._recorder.run(), name=f"record-{self.name}")
+            try:
+                async with asyncio.TaskGroup() as workers:
+                    for number in range(self._config.concurrency):
+                        workers.create_task(self._send_loop(), name=f"{self.name}-{number}")
+                    await self._fill_until_stopped()
+            finally:
+                self._recorder.close()  # after the last attempt has handed in its outcome
+        unsent = [item.id for item in self._queue]
+        self._queue.clear()
+        if unsent:
+            await self._writer.transact(functools.partial(store.release, ids=unsent))
+
+    async def _fill_until_stopped(self) -> None:
+        while not self._stopping:
+            await self._low.wait()
+            if self._stopping:
+                return
+            claimed = await self._claim(self._prefetch - len(self._queue))
+            if claimed:
+                self._queue.extend(claimed)
+                self._items.set()
+                if len(self._queue) >= self._prefetch // 2:
+                    self._low.clear()
+            elif not self._queue:
+                await self._wait_for_work()
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._items.wait()
+            if self._stopping:
+                return
+            batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._batch))]
+            if not self._queue:
+                self._items.clear()
+            if len(self._queue) < self._prefetch // 2:
+                self._low.set()
+            if not batch:
+                continue
+            await self._limit.acquire(self._stopped)
+            if self._stopping:
+                self._queue.extendleft(reversed(batch))  # released with the rest
+                return
+            await self._attempt(batch)
 
     async def _claim(self, limit: int) -> list[Claimed]:
         claim = functools.partial(
@@ -160,36 +204,22 @@ class Lane:
         await self._clock.wait(self._work, timeout_s)
         self._work.clear()
 
-    async def _dispatch(self, claimed: list[Claimed], attempts: asyncio.TaskGroup) -> None:
-        size = self._config.batch_size
-        batches = [claimed[start : start + size] for start in range(0, len(claimed), size)]
-        for index, batch in enumerate(batches):
-            await self._limit.acquire()
-            if self._stopping:
-                unsent = [item.id for rest in batches[index:] for item in rest]
-                await self._writer.transact(functools.partial(store.release, ids=unsent))
-                return
-            self._requests += 1
-            self.stats.in_flight += len(batch)
-            attempts.create_task(self._attempt(batch))
-
     async def _attempt(self, batch: list[Claimed]) -> None:
+        self.stats.in_flight += len(batch)
         try:
             started_ms = self._clock.now_ms()
             began = time.perf_counter()
             results = await self._sender.send(self._session, batch)
             duration_ms = (time.perf_counter() - began) * 1000
             if self._observe is not None:
-                self._observe(self.name, duration_ms / 1000)
+                self._observe(duration_ms / 1000)
             outcomes = self._outcomes(batch, results, started_ms, duration_ms)
-            await self._record(outcomes)
+            await self._recorder.record(outcomes)
             self._count(outcomes, duration_ms)
             async with self.stats.recorded:
                 self.stats.recorded.notify_all()
         finally:
-            self._requests -= 1
             self.stats.in_flight -= len(batch)
-            self._slot.set()
 
     def _outcomes(
         self,
@@ -198,22 +228,18 @@ class Lane:
         started_ms: int,
         duration_ms: float,
     ) -> list[Outcome]:
+        """One outcome per delivery. Items of a batch that share their history and result
+        share the verdict too (and so retry together), so it is decided once."""
         now_ms = self._clock.now_ms()
         started_at = format_ms(started_ms)
+        duration_ms = round(duration_ms, 3)
+        verdicts: dict[tuple[int, str | None, int], _Verdict] = {}
         outcomes = []
         for item, result in zip(batch, results, strict=True):
-            first_at = item.first_attempt_at or started_at
-            decision = policy.decide(
-                self._retry,
-                status=result.status,
-                attempt=item.attempts + 1,
-                first_attempt_ms=parse_ms(first_at),
-                now_ms=now_ms,
-                retry_after_s=result.retry_after_s,
-                rand=self._rand,
-            )
-            finished = decision.verdict != "retrying"
-            error = None if decision.verdict == "delivered" else _error(result, decision)
+            key = (item.attempts, item.first_attempt_at, id(result))
+            verdict = verdicts.get(key)
+            if verdict is None:
+                verdict = verdicts[key] = self._verdict(item, result, started_at, now_ms)
             outcomes.append(
                 Outcome(
                     delivery_id=item.id,
@@ -221,29 +247,36 @@ class Lane:
                     message_id=item.message_id,
                     attempt=item.attempts + 1,
                     started_at=started_at,
-                    duration_ms=round(duration_ms, 3),
+                    duration_ms=duration_ms,
                     status=result.status,
-                    error=error,
-                    state=decision.verdict,
-                    first_attempt_at=first_at,
-                    next_attempt_at=format_ms(decision.next_attempt_ms or now_ms),
-                    finished_at=format_ms(now_ms) if finished else None,
+                    error=verdict.error,
+                    state=verdict.state,
+                    first_attempt_at=verdict.first_attempt_at,
+                    next_attempt_at=verdict.next_attempt_at,
+                    finished_at=verdict.finished_at,
                 )
             )
         return outcomes
 
-    async def _record(self, outcomes: list[Outcome]) -> None:
-        """Store the outcomes; a failing outbox (say, a full disk) is retried, since the
-        deliveries stay in flight until their outcome is stored (or the daemon restarts)."""
-        for attempt in range(1, RECORD_TRIES + 1):
-            try:
-                await self._writer.transact(functools.partial(store.record, outcomes=outcomes))
-                return
-            except Exception:
-                if attempt == RECORD_TRIES:
-                    log.exception("delivery_record_failed", destination=self.name)
-                    return
-                await self._clock.wait(asyncio.Event(), 0.5 * attempt)
+    def _verdict(self, item: Claimed, result: Result, started_at: str, now_ms: int) -> _Verdict:
+        first_at = item.first_attempt_at or started_at
+        decision = policy.decide(
+            self._retry,
+            status=result.status,
+            attempt=item.attempts + 1,
+            first_attempt_ms=parse_ms(first_at),
+            now_ms=now_ms,
+            retry_after_s=result.retry_after_s,
+            rand=self._rand,
+        )
+        now_at = format_ms(now_ms)
+        return _Verdict(
+            state=decision.verdict,
+            error=None if decision.verdict == "delivered" else _error(result, decision),
+            first_attempt_at=first_at,
+            next_attempt_at=format_ms(decision.next_attempt_ms or now_ms),
+            finished_at=None if decision.verdict == "retrying" else now_at,
+        )
 
     def _count(self, outcomes: list[Outcome], duration_ms: float) -> None:
         stats = self.stats
@@ -287,6 +320,71 @@ class Lane:
             similar_since_last_line=self._unlogged,
         )
         self._logged_error, self._logged_at, self._unlogged = outcome.error, now, 0
+
+
+class _Verdict(msgspec.Struct, frozen=True, gc=False):
+    state: str
+    error: str | None
+    first_attempt_at: str
+    next_attempt_at: str
+    finished_at: str | None
+
+
+class _Recorder:
+    """Stores outcomes for a lane's attempts, all that have finished meanwhile in one
+    operation. An outcome is stored before its attempt frees its concurrency slot, so a
+    delivery is never attempted again before its last attempt is on disk."""
+
+    def __init__(self, writer: OutboxWriter, clock: Clock, destination: str) -> None:
+        self._writer = writer
+        self._clock = clock
+        self._destination = destination
+        self._pending: list[tuple[list[Outcome], asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._closed = False
+
+    async def record(self, outcomes: list[Outcome]) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((outcomes, done))
+        self._wake.set()
+        await done
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._pending:
+                await self._flush()
+            elif self._closed:
+                return
+
+    async def _flush(self) -> None:
+        group, self._pending = self._pending, []
+        outcomes = [outcome for batch, _ in group for outcome in batch]
+        error: Exception | None = None
+        for attempt in range(1, RECORD_TRIES + 1):
+            try:
+                await self._writer.transact(functools.partial(store.record, outcomes=outcomes))
+                error = None
+                break
+            except Exception as exc:  # e.g. a full disk: the deliveries stay in flight meanwhile
+                error = exc
+                await self._clock.wait(asyncio.Event(), 0.5 * attempt)
+        if error is not None:
+            log.error(
+                "delivery_record_failed",
+                destination=self._destination,
+                error=str(error),
+                outcomes=len(outcomes),
+            )
+        for _, done in group:
+            if not done.done():
+                done.set_result(None)
+        self._wake.set()  # look again: more may have arrived during the write
 
 
 def _error(result: Result, decision: policy.Decision) -> str:

@@ -30,7 +30,7 @@ class Delivery:
         writer: OutboxWriter,
         session: aiohttp.ClientSession,
         clock: Clock,
-        observe: Callable[[str, float], None] | None = None,
+        observer: Callable[[str], Callable[[float], None]] | None = None,
     ) -> None:
         self._config = config.delivery
         self._writer = writer
@@ -44,7 +44,7 @@ class Delivery:
                 clock=clock,
                 retry=d.retry or config.delivery.retry,
                 poll_interval_s=config.delivery.poll_interval_s,
-                observe=observe,
+                observe=observer(d.name) if observer else None,
             )
             for d in enabled
         }
@@ -105,6 +105,7 @@ def routing_rule(destination: Destination) -> RoutingRule:
     return RoutingRule(
         destination=destination.name,
         catalog_name=registry.catalog_name(destination),
+        ordered=destination.ordering == "user",
         sources=tuple(destination.sources) if destination.sources is not None else None,
         types=tuple(destination.types) if destination.types is not None else None,
         events=tuple(destination.events) if destination.events is not None else None,

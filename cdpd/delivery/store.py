@@ -35,6 +35,7 @@ class RoutingRule(msgspec.Struct, frozen=True):
 
     destination: str
     catalog_name: str
+    ordered: bool = False  # per-user ordering: only then do deliveries carry an order key
     sources: tuple[str, ...] | None = None
     types: tuple[str, ...] | None = None
     events: tuple[str, ...] | None = None
@@ -64,6 +65,9 @@ class RoutingRule(msgspec.Struct, frozen=True):
             clauses.append(f"(type != 'track' OR event NOT IN ({_marks(self.exclude_events)}))")
             params += self.exclude_events
         return " AND ".join(clauses), params
+
+    def order_key(self) -> str:
+        return "coalesce(user_id, anonymous_id)" if self.ordered else "NULL"
 
 
 class Claimed(msgspec.Struct, frozen=True, gc=False):
@@ -118,7 +122,7 @@ async def route(
     cursor = await conn.execute(
         "INSERT INTO deliveries (destination, seq, message_id, order_key, state, created_at,"
         " next_attempt_at)"
-        " SELECT ?, seq, message_id, coalesce(user_id, anonymous_id), 'pending', ?, ?"
+        f" SELECT ?, seq, message_id, {rule.order_key()}, 'pending', ?, ?"
         f" FROM messages WHERE seq > ? AND seq <= ? AND {condition}"
         " ON CONFLICT (destination, seq) DO NOTHING",
         [rule.destination, now_at, now_at, after_seq, up_to_seq, *params],
@@ -149,11 +153,11 @@ LIMIT ?
 """
 # Only the oldest unfinished delivery of each user (order key) may go out.
 _ORDERED = """
-AND NOT EXISTS (
+AND (d.order_key IS NULL OR NOT EXISTS (
     SELECT 1 FROM deliveries AS e
     WHERE e.destination = d.destination AND e.order_key = d.order_key AND e.id < d.id
-      AND e.state IN ('pending', 'retrying', 'in_flight')
-)
+      AND e.state IN ('pending', 'retrying', 'in_flight') AND e.order_key IS NOT NULL
+))
 """
 
 
@@ -321,7 +325,7 @@ async def replay_range(
     cursor = await conn.execute(
         "INSERT INTO deliveries (destination, seq, message_id, order_key, state, created_at,"
         " next_attempt_at)"
-        " SELECT ?, seq, message_id, coalesce(user_id, anonymous_id), 'pending', ?, ?"
+        f" SELECT ?, seq, message_id, {rule.order_key()}, 'pending', ?, ?"
         " FROM messages WHERE seq >= ? AND seq <= ? AND received_at >= ? AND received_at < ?"
         f" AND {condition}"
         " ON CONFLICT (destination, seq) DO UPDATE SET state = 'pending',"

@@ -65,7 +65,7 @@ def key_from_basic(authorization: str) -> str | None:
         return None
     try:
         decoded = base64.b64decode(credential.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, ValueError):  # not base64 (or not ASCII), or not UTF-8 inside
         raise ApiError(
             401, "invalid_authorization", "the Basic credential is not valid base64 UTF-8"
         ) from None

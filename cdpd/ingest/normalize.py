@@ -13,11 +13,10 @@ from typing import Any
 import msgspec
 
 from cdpd.model.rows import OutboxRow
-from cdpd.model.spec import MESSAGE_TYPES, MessageFields, RawObject
+from cdpd.model.spec import MESSAGE_TYPES, NULL, MessageFields, RawObject
 from cdpd.model.timestamps import format_ms, to_epoch_ms
 
 MAX_MESSAGE_ID_CHARS = 100
-NULL = msgspec.Raw(b"null")
 TRUE = msgspec.Raw(b"true")
 
 _encoder = msgspec.json.Encoder()
@@ -74,6 +73,8 @@ def normalize(
         return _reject("invalid_field" if where else "invalid_message", reason, raw)
     except msgspec.DecodeError as exc:
         return _reject("invalid_json", f"the message is not valid JSON: {exc}", raw)
+    except UnicodeDecodeError as exc:
+        return _reject("invalid_json", f"the message is not valid UTF-8: {exc.reason}", raw)
     except RecursionError:
         return _reject("invalid_json", "the message is nested too deeply", raw)
     except Invalid as exc:

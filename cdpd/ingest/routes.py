@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -23,7 +23,7 @@ from cdpd.ingest.errors import ApiError
 from cdpd.ingest.normalize import Rejection, RequestFacts, normalize
 from cdpd.ingest.settings import settings_document
 from cdpd.model.rows import OutboxRow, RejectRow
-from cdpd.model.spec import BatchEnvelope, RawObject, SingleEnvelope
+from cdpd.model.spec import NULL, BatchEnvelope, RawObject, SingleEnvelope
 from cdpd.model.timestamps import format_ms, now_ms, to_epoch_ms
 from cdpd.outbox.writer import OutboxWriter
 
@@ -50,7 +50,11 @@ SHORT_PATHS = {
 
 _single_decoder = msgspec.json.Decoder(SingleEnvelope)
 _batch_decoder = msgspec.json.Decoder(BatchEnvelope)
+_text_decoder = msgspec.json.Decoder(str)
+_time_decoder = msgspec.json.Decoder(datetime)
+_object_decoder = msgspec.json.Decoder(RawObject)
 
+T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -94,7 +98,8 @@ class Ingest:
         body = await read_limited(request, self._server.max_request_bytes)
         received_ms = now_ms()
         envelope = _decode(_single_decoder, body, request)
-        source = self._keys.source_for(request.headers.get("Authorization"), envelope.writeKey)
+        body_key = _lenient(envelope.writeKey, _text_decoder, "writeKey", [])
+        source = self._keys.source_for(request.headers.get("Authorization"), body_key)
         facts = self._facts(request, body, source, received_ms, browser=browser)
         result = normalize(body, facts, path_type=kind, max_bytes=self._server.max_event_bytes)
         return await self._store(request, facts, [result])
@@ -104,18 +109,23 @@ class Ingest:
         body = await read_limited(request, self._server.max_request_bytes)
         received_ms = now_ms()
         envelope = _decode(_batch_decoder, body, request)
-        body_key = envelope.writeKey or _first_item_write_key(envelope.batch)
-        source = self._keys.source_for(request.headers.get("Authorization"), body_key)
+        ignored: list[str] = []  # envelope fields of the wrong type: each message is kept
+        body_key = _lenient(envelope.writeKey, _text_decoder, "writeKey", ignored)
+        source = self._keys.source_for(
+            request.headers.get("Authorization"), body_key or _item_write_key(envelope.batch)
+        )
         facts = self._facts(
             request,
             body,
             source,
             received_ms,
             browser=browser,
-            sent_at=envelope.sentAt,
-            context=envelope.context,
-            integrations=envelope.integrations,
+            sent_at=_lenient(envelope.sentAt, _time_decoder, "sentAt", ignored),
+            context=_lenient(envelope.context, _object_decoder, "context", ignored),
+            integrations=_lenient(envelope.integrations, _object_decoder, "integrations", ignored),
         )
+        if ignored:
+            request[LOG_FIELDS]["envelope_ignored"] = ignored
         limit = self._server.max_batch_events
         max_bytes = self._server.max_event_bytes
         results: list[OutboxRow | Rejection] = [
@@ -170,13 +180,16 @@ class Ingest:
         integrations: RawObject | None = None,
     ) -> RequestFacts:
         sent_at_ms = to_epoch_ms(sent_at) if sent_at is not None else None
+        sent_at_text = _format_or_none(sent_at_ms)
+        if sent_at_text is None:
+            sent_at_ms = None
         return RequestFacts(
             source=source.name,
             request_id=request[LOG_FIELDS]["request_id"],
             received_at_ms=received_ms,
             received_at=format_ms(received_ms),
             sent_at_ms=sent_at_ms,
-            sent_at=_format_sent_at(sent_at_ms),
+            sent_at=sent_at_text,
             context=context,
             integrations=integrations,
             # The address is only needed where it may be filled in (context.direct is rare).
@@ -233,6 +246,10 @@ def _decode(decoder: msgspec.json.Decoder[Any], body: bytes, request: web.Reques
         raise ApiError(400, "invalid_request", f"the request body is not usable: {exc}") from None
     except RecursionError:
         raise ApiError(400, "invalid_json", "the request body is nested too deeply") from None
+    except UnicodeDecodeError as exc:
+        raise ApiError(
+            400, "invalid_json", f"the request body is not valid UTF-8: {exc.reason}"
+        ) from None
     except msgspec.DecodeError as exc:
         encoding = request.headers.get("Content-Encoding")
         decoded = f" once {encoding}-decoded" if encoding else ""
@@ -241,24 +258,39 @@ def _decode(decoder: msgspec.json.Decoder[Any], body: bytes, request: web.Reques
         ) from None
 
 
-def _format_sent_at(sent_at_ms: int | None) -> str | None:
-    if sent_at_ms is None:
+def _format_or_none(epoch_ms: int | None) -> str | None:
+    """A time in cdpd's format, or None for none or one outside the years 1-9999."""
+    if epoch_ms is None:
         return None
     try:
-        return format_ms(sent_at_ms)
-    except ValueError as exc:
-        raise ApiError(400, "invalid_request", f"sentAt: {exc}") from None
+        return format_ms(epoch_ms)
+    except ValueError:
+        return None
 
 
-def _first_item_write_key(batch: list[msgspec.Raw]) -> str | None:
-    """analytics.js (up to 1.81) puts the write key only inside each event."""
-    if not batch:
+def _lenient(
+    raw: msgspec.Raw, decoder: msgspec.json.Decoder[T], name: str, ignored: list[str]
+) -> T | None:
+    """An optional envelope field, or None when absent or not of the type it must have."""
+    if raw == NULL:
         return None
     try:
-        key = _single_decoder.decode(batch[0]).writeKey
-    except msgspec.MsgspecError:
+        return decoder.decode(raw)
+    except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
+        ignored.append(name)
         return None
-    return key
+
+
+def _item_write_key(batch: list[msgspec.Raw]) -> str | None:
+    """analytics.js (up to 1.81) puts the write key only inside each event: the first one."""
+    for raw in batch:
+        try:
+            key = _lenient(_single_decoder.decode(raw).writeKey, _text_decoder, "writeKey", [])
+        except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
+            continue
+        if key:
+            return key
+    return None
 
 
 def _over_batch_limit(raw: msgspec.Raw, limit: int) -> Rejection:

@@ -22,6 +22,7 @@ MESSAGE_TYPES: tuple[str, ...] = ("identify", "track", "page", "screen", "group"
 Id = str | int
 # A JSON object whose values are kept as the raw bytes that were received.
 RawObject = dict[str, msgspec.Raw]
+NULL = msgspec.Raw(b"null")
 
 
 class MessageFields(msgspec.Struct, kw_only=True):
@@ -44,17 +45,20 @@ class MessageFields(msgspec.Struct, kw_only=True):
 
 
 class BatchEnvelope(msgspec.Struct, kw_only=True):
-    """The body of /v1/batch, /v1/import and /v1/b; items stay raw until each is checked."""
+    """The body of /v1/batch, /v1/import and /v1/b; items stay raw until each is checked.
+
+    Only `batch` must have the right shape: the other envelope fields are checked one by one
+    (ingest/routes.py), and one of the wrong type is ignored rather than failing every
+    message in the request."""
 
     batch: list[msgspec.Raw]
-    writeKey: str | None = None
-    sentAt: datetime | None = None
-    context: RawObject | None = None
-    integrations: RawObject | None = None
+    writeKey: msgspec.Raw = NULL
+    sentAt: msgspec.Raw = NULL
+    context: msgspec.Raw = NULL
+    integrations: msgspec.Raw = NULL
 
 
 class SingleEnvelope(msgspec.Struct, kw_only=True):
-    """The fields of a single-message body that apply to the request as a whole."""
+    """The write key of a single-message body (the rest is the message, checked as one)."""
 
-    writeKey: str | None = None
-    sentAt: datetime | None = None
+    writeKey: msgspec.Raw = NULL

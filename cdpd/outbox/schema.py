@@ -64,7 +64,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_due ON deliveries (destination, next_attempt_at)
         WHERE state IN ('pending', 'retrying');
     CREATE INDEX deliveries_unfinished_by_key ON deliveries (destination, order_key, id)
-        WHERE state IN ('pending', 'retrying', 'in_flight');
+        WHERE state IN ('pending', 'retrying', 'in_flight') AND order_key IS NOT NULL;
     CREATE INDEX deliveries_finished ON deliveries (state, finished_at)
         WHERE state IN ('delivered', 'dead');
     CREATE TABLE attempts (

@@ -338,15 +338,18 @@ class OutboxWriter:
 
 def _first_of_each_id(group: list[_Pending]) -> list[object]:
     """The group's rows as flat statement parameters, keeping only the first row of each
-    messageId (later ones in the same group are duplicates of it)."""
+    messageId (later ones in the same group are duplicates of it), unless deduplication is
+    off."""
     seen: set[str] = set()
     params: list[object] = []
     for item in group:
+        dedup = item.dedup_cutoff != NO_DEDUP_CUTOFF
         for row in item.rows:
-            if row.message_id not in seen:
-                seen.add(row.message_id)
-                params += astuple(row)
-                params.append(item.dedup_cutoff)
+            if dedup and row.message_id in seen:
+                continue
+            seen.add(row.message_id)
+            params += astuple(row)
+            params.append(item.dedup_cutoff)
     return params
 
 

@@ -62,6 +62,20 @@ async def test_arbitrary_messages(cdpd: Running, message: dict[str, Any], envelo
     assert await _post(f"{cdpd.url}/v1/batch", batch) in ALLOWED
 
 
+@_settings
+@given(message=messages, where=st.integers(min_value=0), junk=st.binary(min_size=1, max_size=3))
+async def test_messages_with_stray_bytes(
+    cdpd: Running, message: dict[str, Any], where: int, junk: bytes
+) -> None:
+    """Valid JSON with bytes spliced in (often invalid UTF-8 inside a string)."""
+    item = msgspec.json.encode({"type": "track", "userId": "u", "event": "E", **message})
+    spot = where % (len(item) + 1)
+    spliced = item[:spot] + junk + item[spot:]
+    batch = b'{"batch": [' + spliced + b', {"type": "identify", "userId": "u2"}]}'
+    assert await _post(f"{cdpd.url}/v1/batch", batch) in ALLOWED
+    assert await _post(f"{cdpd.url}/v1/track", spliced) in ALLOWED
+
+
 async def test_deeply_nested_json(cdpd: Running) -> None:
     deep = b'{"userId": "u", "event": "E", "properties": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     assert await _post(f"{cdpd.url}/v1/track", deep) == 400

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from segment.analytics import Client
+from segment.analytics import request as segment_request
 
 from cdpd.app import Running
+from cdpd.model.timestamps import parse_ms
 from tests.helpers import WRITE_KEY, query, rejects
 
 EVENTS = 5000
@@ -70,17 +72,28 @@ async def test_every_message_is_stored_exactly_once(
     }
 
 
-async def test_client_timestamp_is_skew_corrected(cdpd: Running, data_dir: Path) -> None:
+class _ClockAnHourAhead(datetime):
+    """The client device's clock: an hour fast."""
+
+    @classmethod
+    def now(cls, tz: Any = None) -> Any:
+        return datetime.now(tz) + timedelta(hours=1)
+
+
+async def test_a_skewed_client_clock_is_corrected(
+    cdpd: Running, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The library stamps sentAt with its own clock when it sends; the event happened 5 s
+    # before that by the same (fast) clock.
+    monkeypatch.setattr(segment_request, "datetime", _ClockAnHourAhead)
     client = Client(WRITE_KEY, host=cdpd.url, sync_mode=True)
-    await asyncio.to_thread(
-        client.track, "user-1", "Signed Up", timestamp=datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
-    )
+    happened = _ClockAnHourAhead.now(UTC) - timedelta(seconds=5)
+    await asyncio.to_thread(client.track, "user-1", "Signed Up", timestamp=happened)
     ((original, timestamp, received),) = query(
         data_dir,
         "SELECT json_extract(payload, '$.originalTimestamp'), json_extract(payload, '$.timestamp'),"
         " received_at FROM messages",
     )
-    assert original.startswith("2026-11-01T12:00:00")
-    # Sent long after the call, so the corrected timestamp lies well before receipt.
-    assert timestamp < received
-    assert timestamp.startswith("2026-11-01")
+    assert parse_ms(original) - parse_ms(received) > 3500_000  # as the device saw it
+    # Corrected onto the server's clock: about 5 s before it was received.
+    assert 4_000 <= parse_ms(received) - parse_ms(timestamp) <= 7_000
