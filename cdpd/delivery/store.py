@@ -80,7 +80,8 @@ class Claimed(msgspec.Struct, frozen=True, gc=False):
 
 
 class Outcome(msgspec.Struct, frozen=True, gc=False):
-    """The result of one attempt at one delivery, as it is recorded."""
+    """The result of one attempt at one delivery, as it is recorded (the field order is the
+    order of the placeholders in _RECORD_DELIVERY and _RECORD_ATTEMPT)."""
 
     delivery_id: int
     destination: str
@@ -90,7 +91,7 @@ class Outcome(msgspec.Struct, frozen=True, gc=False):
     duration_ms: float
     status: int | None
     error: str | None
-    state: str  # delivered, retrying or dead
+    state: str  # delivered, retrying or dead; the attempt's outcome
     first_attempt_at: str
     next_attempt_at: str
     finished_at: str | None
@@ -176,45 +177,24 @@ async def claim(
     return claimed
 
 
+# Both statements take an Outcome's fields in their order (numbered placeholders), so the
+# parameters are its tuple as it is: the first nine make an attempts row.
+_RECORD_DELIVERY = (
+    "UPDATE deliveries SET state = ?9, attempts = ?4, first_attempt_at = ?10,"
+    " last_attempt_at = ?5, next_attempt_at = ?11, last_status = ?7, last_error = ?8,"
+    " finished_at = ?12 WHERE id = ?1"
+)
+_RECORD_ATTEMPT = (
+    "INSERT INTO attempts (delivery_id, destination, message_id, attempt, started_at,"
+    " duration_ms, status, error, outcome) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+)
+
+
 async def record(conn: aiosqlite.Connection, outcomes: Sequence[Outcome]) -> None:
     """Store the outcome of attempts: the delivery's new state and one attempts row each."""
-    await conn.executemany(
-        "UPDATE deliveries SET state = ?, attempts = ?, first_attempt_at = ?,"
-        " last_attempt_at = ?, next_attempt_at = ?, last_status = ?, last_error = ?,"
-        " finished_at = ? WHERE id = ?",
-        [
-            (
-                o.state,
-                o.attempt,
-                o.first_attempt_at,
-                o.started_at,
-                o.next_attempt_at,
-                o.status,
-                o.error,
-                o.finished_at,
-                o.delivery_id,
-            )
-            for o in outcomes
-        ],
-    )
-    await conn.executemany(
-        "INSERT INTO attempts (delivery_id, destination, message_id, attempt, started_at,"
-        " duration_ms, status, error, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (
-                o.delivery_id,
-                o.destination,
-                o.message_id,
-                o.attempt,
-                o.started_at,
-                o.duration_ms,
-                o.status,
-                o.error,
-                o.state,
-            )
-            for o in outcomes
-        ],
-    )
+    rows = [msgspec.structs.astuple(outcome) for outcome in outcomes]
+    await conn.executemany(_RECORD_DELIVERY, rows)
+    await conn.executemany(_RECORD_ATTEMPT, [row[:9] for row in rows])
 
 
 _RELEASE = (
