@@ -28,6 +28,7 @@ from cdpd.outbox import schema
 from cdpd.outbox.space import SpaceWatch
 from cdpd.outbox.writer import OutboxWriter
 from cdpd.systemd import Notifier
+from cdpd.warehouse.scheduler import Scheduler
 
 log = structlog.get_logger()
 
@@ -39,6 +40,7 @@ class Running:
     url: str
     app: web.Application
     writer: OutboxWriter
+    warehouses: Scheduler
 
     @property
     def ingest(self) -> Ingest:
@@ -73,6 +75,9 @@ async def running(
         async with asyncio.TaskGroup() as tasks:
             writer_task = tasks.create_task(writer.run(), name="outbox-writer")
             space_task = tasks.create_task(space.run(), name="free-space-watch")
+            warehouses = Scheduler(config)
+            for warehouse in warehouses.warehouses:
+                tasks.create_task(warehouses.run(warehouse), name=f"warehouse-{warehouse.name}")
             drain = cdpd_web.Drain()
             app = cdpd_web.build(config, writer, drain)
             runner = web.AppRunner(
@@ -86,11 +91,12 @@ async def running(
                 site = web.TCPSite(runner, config.server.host, config.server.port)
                 await site.start()
                 try:
-                    yield Running(url=_url(runner), app=app, writer=writer)
+                    yield Running(url=_url(runner), app=app, writer=writer, warehouses=warehouses)
                 finally:
                     await site.stop()  # no new connections
                     await drain.finish(config.server.shutdown_timeout_s)
             finally:
+                warehouses.stop()  # a sync commits the batch it is in; the TaskGroup waits
                 await runner.cleanup()  # closes the now idle connections
                 writer.close()  # commits what is still pending, then its task ends
                 await writer_task

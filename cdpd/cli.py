@@ -14,6 +14,7 @@ import msgspec
 
 from cdpd import __version__, config, logs
 from cdpd.outbox import reader
+from cdpd.warehouse import commands as warehouse_commands
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -32,6 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(cfg, args.config)
     if command == "outbox":
         return _outbox(cfg, args)
+    if command == "warehouse":
+        if argv is None:  # the real program: warnings and errors as JSON lines on stderr
+            logs.configure("warning", sys.stderr.buffer)
+        return warehouse_commands.run(cfg, args)
     raise AssertionError(f"unhandled command {command}")
 
 
@@ -53,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     tail = outbox_commands.add_parser("tail", parents=[common], help="the most recent messages")
     tail.add_argument("-n", type=int, default=10, help="how many messages (default 10)")
+    warehouse_commands.add_parser(commands, common)
     return parser
 
 
