@@ -21,6 +21,22 @@ from cdpd.warehouse import naming
 Row = dict[str, Any]
 TableKey = tuple[str, str]  # (schema, table)
 UPSERT_TABLES = frozenset({"users", "accounts"})
+_COMMON = frozenset(
+    {"id", "anonymous_id", "user_id", "received_at", "sent_at", "timestamp"}
+    | {"original_timestamp", "uuid_ts", "loaded_at"}
+)
+_OBJECT = frozenset({"id", "received_at", "uuid_ts", "loaded_at"})
+# The standard columns of each table: a property or trait with one of these names is dropped.
+RESERVED_COLUMNS = {
+    "identifies": _COMMON,
+    "groups": frozenset({*_COMMON, "group_id"}),
+    "pages": frozenset({*_COMMON, "name"}),
+    "screens": frozenset({*_COMMON, "name"}),
+    "aliases": frozenset({*_COMMON, "previous_id"}),
+    "users": _OBJECT,
+    "accounts": _OBJECT,
+}
+EVENT_RESERVED_COLUMNS = frozenset({*_COMMON, "event", "event_text"})  # tracks and event tables
 # Objects nested deeper than this are stored as JSON text rather than flattened further.
 MAX_FLATTEN_DEPTH = 10
 
@@ -79,7 +95,7 @@ class Mapper:
         if not schema or not isinstance(row_id, str):
             return
         standard = self._standard_columns(message, row_id)
-        self._flatten_into(standard, message.get("context"), "context_", (schema, ""))
+        self._flatten_into(standard, message.get("context"), "context_", (schema, "tracks"))
         kind = message.get("type")
         if kind == "track":
             self._track(schema, message, standard)
@@ -158,9 +174,11 @@ class Mapper:
     def _flatten_into(
         self, row: Row, obj: Any, prefix: str, where: TableKey, depth: int = 0
     ) -> None:
-        """Add `obj`'s leaves to `row` as columns; a column `row` already has is not replaced."""
+        """Add `obj`'s leaves to `row` as columns; a column `row` already has, or one reserved
+        for the table, is not replaced."""
         if type(obj) is not dict:
             return
+        reserved = RESERVED_COLUMNS.get(where[1], EVENT_RESERVED_COLUMNS)
         for key, value in obj.items():
             if value is None:
                 continue
@@ -171,7 +189,7 @@ class Mapper:
             column = _column(raw_path)
             if not column:
                 self._discard(where[0], where[1], row, raw_path, value, "no_column_name")
-            elif column in row:
+            elif column in row or column in reserved:
                 self._batch.dropped[(where[0], where[1], column)] += 1
             else:
                 if type(value) in (list, dict):
