@@ -27,6 +27,7 @@ from typing import Any, Final
 import msgspec
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+TIMESTAMP_MEMO_SIZE = 50_000
 _TIMESTAMP_SHAPE = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:?\d{2})?"
 )
@@ -74,11 +75,20 @@ def infer_type(value: Any) -> ColumnType:
 
 
 def converters(encode_timestamp: Callable[[datetime], Any]) -> dict[ColumnType, Converter]:
-    """One converter per column type; `encode_timestamp` gives a sink's form of a timestamp."""
+    """One converter per column type; `encode_timestamp` gives a sink's form of a timestamp.
+    Timestamps are memoised: a batch repeats them (one `uuid_ts`, one `received_at` per request)."""
+    memo: dict[str, Any] = {}
 
     def to_timestamp(value: Any) -> Any:
-        moment = parse_timestamp(value) if type(value) is str else None
-        return UNLOADABLE if moment is None else encode_timestamp(moment)
+        if type(value) is not str:
+            return UNLOADABLE
+        encoded = memo.get(value)
+        if encoded is None:
+            moment = parse_timestamp(value)
+            encoded = UNLOADABLE if moment is None else encode_timestamp(moment)
+            if len(memo) < TIMESTAMP_MEMO_SIZE:
+                memo[value] = encoded
+        return encoded
 
     return {
         ColumnType.STRING: to_string,
