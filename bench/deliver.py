@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import statistics
 import subprocess
@@ -252,21 +253,15 @@ def _config(tmp: Path, port: int, destination: tuple[int, int, int] | None) -> P
 
 
 async def _start_cdpd(config: Path, port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [
-            "taskset",
-            "-c",
-            SERVER_CPU,
-            sys.executable,
-            "-m",
-            "cdpd",
-            "serve",
-            "--config",
-            str(config),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=HERE.parent,
+    command = ["taskset", "-c", SERVER_CPU, sys.executable, "-m", "cdpd", "serve"]
+    proc = await asyncio.to_thread(
+        functools.partial(
+            subprocess.Popen,
+            [*command, "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=HERE.parent,
+        )
     )
     await asyncio.to_thread(wait_for_port, port, proc)  # the sink in this loop keeps serving
     return proc

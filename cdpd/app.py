@@ -8,6 +8,7 @@ close the outbox last.
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -32,6 +33,8 @@ from cdpd.outbox import schema
 from cdpd.outbox.space import SpaceWatch
 from cdpd.outbox.writer import OutboxWriter
 from cdpd.systemd import Notifier
+from cdpd.warehouse.position import prunable_seq
+from cdpd.warehouse.scheduler import Scheduler
 
 log = structlog.get_logger()
 
@@ -44,6 +47,7 @@ class Running:
     app: web.Application
     writer: OutboxWriter
     delivery: Delivery
+    warehouses: Scheduler
 
     @property
     def ingest(self) -> Ingest:
@@ -79,22 +83,37 @@ async def running(
         )
         await space.check()
         metrics = Metrics()
+        warehouses = Scheduler(config)
         async with (
             schema.connect(storage.outbox_path, readonly=True) as reader,
             _outbound_session() as session,
         ):
             delivery = Delivery(
-                config, writer, session, clock or SystemClock(), observer=metrics.delivery_observer
+                config,
+                writer,
+                session,
+                clock or SystemClock(),
+                observer=metrics.delivery_observer,
+                warehouse_position=functools.partial(prunable_seq, config),
             )
             stages = cdpd_web.Stages(writer, reader, delivery, metrics)
             async with asyncio.TaskGroup() as tasks:
                 writer_task = tasks.create_task(writer.run(), name="outbox-writer")
                 space_task = tasks.create_task(space.run(), name="free-space-watch")
                 delivery_task = tasks.create_task(delivery.run(), name="delivery")
+                for warehouse in warehouses.warehouses:
+                    tasks.create_task(warehouses.run(warehouse), name=f"warehouse-{warehouse.name}")
                 try:
                     async with _serving_http(config, stages) as (url, app):
-                        yield Running(url=url, app=app, writer=writer, delivery=delivery)
+                        yield Running(
+                            url=url,
+                            app=app,
+                            writer=writer,
+                            delivery=delivery,
+                            warehouses=warehouses,
+                        )
                 finally:
+                    warehouses.stop()  # a sync commits the batch it is in; the TaskGroup waits
                     delivery.stop()  # lanes finish their attempts, unfinished claims go back
                     await delivery_task
                     writer.close()  # commits what is still pending, then its task ends

@@ -19,6 +19,7 @@ from cdpd import __version__, config, logs
 from cdpd.delivery import replay, report
 from cdpd.model.timestamps import format_ms, now_ms, parse_ms
 from cdpd.outbox import reader, schema
+from cdpd.warehouse import commands as warehouse_commands
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 T = TypeVar("T")
@@ -42,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _deliveries(cfg, args)
     if command == "replay":
         return _replay(cfg, args)
+    if command == "warehouse":
+        if argv is None:  # the real program: warnings and errors as JSON lines on stderr
+            logs.configure("warning", sys.stderr.buffer)
+        return warehouse_commands.run(cfg, args)
     raise AssertionError(f"unhandled command {command}")
 
 
@@ -78,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--since", help="re-deliver messages received from this time (ISO-8601)")
     replay.add_argument("--until", help="... up to this time (default: now)")
     replay.add_argument("--source", help="only messages from this source")
+    warehouse_commands.add_parser(commands, common)
     return parser
 
 

@@ -162,6 +162,30 @@ class WebhookDestination(
 Destination = WebhookDestination
 
 
+class _Warehouse(_Section, tag_field="type", frozen=True, forbid_unknown_fields=True, kw_only=True):
+    name: Name
+    interval_s: PositiveFloat = 900.0
+    # Columns per table; the values of columns past it go to the discards table. PostgreSQL's
+    # own limit is 1600.
+    max_columns: Annotated[int, msgspec.Meta(ge=20, le=1600)] = 1600
+
+
+class SqliteWarehouse(
+    _Warehouse, tag="sqlite", frozen=True, forbid_unknown_fields=True, kw_only=True
+):
+    # A separate SQLite file; default <data_dir>/warehouse.sqlite3 (see `warehouse_path`).
+    path: str | None = None
+
+
+class PostgresWarehouse(
+    _Warehouse, tag="postgres", frozen=True, forbid_unknown_fields=True, kw_only=True
+):
+    dsn: Annotated[str, msgspec.Meta(pattern=r"^postgres(ql)?://")]
+
+
+Warehouse = SqliteWarehouse | PostgresWarehouse
+
+
 class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
@@ -170,6 +194,7 @@ class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
     sources: list[Source] = msgspec.field(default_factory=list)
     destinations: list[Destination] = msgspec.field(default_factory=list)
+    warehouses: list[Warehouse] = msgspec.field(default_factory=list)
 
 
 def default_path() -> str:
@@ -277,6 +302,41 @@ def _cross_check(config: Config) -> list[str]:
                     f"destinations[{index}].sources: no source is named {name!r} "
                     f"(known: {', '.join(sorted(source_names)) or 'none'})"
                 )
+    return problems + _check_warehouses(config)
+
+
+def warehouse_path(config: Config, warehouse: SqliteWarehouse) -> Path:
+    """Where a SQLite warehouse lives: its `path`, else `<data_dir>/warehouse.sqlite3`."""
+    if warehouse.path is not None:
+        return Path(warehouse.path)
+    return Path(config.storage.data_dir) / "warehouse.sqlite3"
+
+
+def _check_warehouses(config: Config) -> list[str]:
+    from cdpd.warehouse.naming import schema_name  # pure; imported late to keep config a leaf
+
+    problems = _duplicates("warehouses", "name", [w.name for w in config.warehouses])
+    seen_paths: set[Path] = {config.storage.outbox_path.resolve()}
+    for index, warehouse in enumerate(config.warehouses):
+        if isinstance(warehouse, SqliteWarehouse):
+            path = warehouse_path(config, warehouse).resolve()
+            if path in seen_paths:
+                problems.append(
+                    f"warehouses[{index}].path: {str(path)!r} is the outbox or another warehouse"
+                )
+            seen_paths.add(path)
+    if config.warehouses:
+        schemas: dict[str, str] = {}
+        for index, source in enumerate(config.sources):
+            schema = schema_name(source.name)
+            if not schema:
+                problems.append(f"sources[{index}].name: {source.name!r} gives no schema name")
+            elif schema in schemas:
+                problems.append(
+                    f"sources[{index}].name: {source.name!r} has the same warehouse schema "
+                    f"({schema!r}) as {schemas[schema]!r}"
+                )
+            schemas.setdefault(schema, source.name)
     return problems
 
 
@@ -302,8 +362,19 @@ def _split_listen(listen: str) -> tuple[str, int]:
 
 
 def _resolve_paths(config: Config, base: Path) -> Config:
+    warehouses = [_resolve_warehouse_path(w, base) for w in config.warehouses]
+    if warehouses != config.warehouses:
+        config = msgspec.structs.replace(config, warehouses=warehouses)
     data_dir = Path(config.storage.data_dir)
     if data_dir.is_absolute():
         return config
     storage = msgspec.structs.replace(config.storage, data_dir=str((base / data_dir).resolve()))
     return msgspec.structs.replace(config, storage=storage)
+
+
+def _resolve_warehouse_path(warehouse: Warehouse, base: Path) -> Warehouse:
+    if not isinstance(warehouse, SqliteWarehouse) or warehouse.path is None:
+        return warehouse
+    if Path(warehouse.path).is_absolute():
+        return warehouse
+    return msgspec.structs.replace(warehouse, path=str((base / warehouse.path).resolve()))

@@ -1,14 +1,19 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import pytest
 
 from cdpd import config as cdpd_config
 from cdpd.app import Running, running
-from tests.helpers import config_text
+from tests.helpers import POSTGRES_ADMIN_DSN, WarehouseProbe, config_text
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -41,3 +46,64 @@ async def cdpd(make_config: Callable[..., cdpd_config.Config]) -> AsyncIterator[
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+# -- warehouses --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_test_dsn() -> Iterator[str]:
+    """A throwaway database on the local PostgreSQL for this test run, dropped afterwards.
+    Without a server the PostgreSQL tests skip, except under CI=true, where they fail."""
+    name = f"cdpd_test_{secrets.token_hex(4)}"
+    try:
+        _in_own_loop(f'CREATE DATABASE "{name}"')
+    except (OSError, asyncpg.PostgresError) as exc:
+        reason = f"PostgreSQL is not reachable at {POSTGRES_ADMIN_DSN}: {exc}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + " (CI=true: the warehouse tests need it)")
+        pytest.skip(reason)
+    yield POSTGRES_ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
+    _in_own_loop(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _in_own_loop(sql: str) -> None:
+    """Run admin SQL on a thread with its own event loop (this fixture may be set up from
+    inside a test's loop)."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(lambda: asyncio.run(_postgres_admin(sql))).result()
+
+
+async def _postgres_admin(sql: str) -> None:
+    conn = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _empty_postgres(dsn: str) -> None:
+    """Drop every schema a previous test made, so each test starts from an empty warehouse."""
+    conn = await asyncpg.connect(dsn, timeout=5)
+    try:
+        schemas = await conn.fetch(
+            "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
+            "AND nspname NOT IN ('information_schema', 'public')"
+        )
+        for (schema,) in schemas:
+            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> WarehouseProbe:
+    """The same warehouse tests against each kind; the config entry is named "wh"."""
+    if request.param == "sqlite":
+        path = tmp_path / "warehouse.sqlite3"
+        toml = f'[[warehouses]]\nname = "wh"\ntype = "sqlite"\npath = "{path}"\ninterval_s = 3600\n'
+        return WarehouseProbe(kind="sqlite", toml=toml, sqlite_path=path)
+    dsn = request.getfixturevalue("postgres_test_dsn")
+    await _empty_postgres(dsn)
+    toml = f'[[warehouses]]\nname = "wh"\ntype = "postgres"\ndsn = "{dsn}"\ninterval_s = 3600\n'
+    return WarehouseProbe(kind="postgres", toml=toml, dsn=dsn)

@@ -143,3 +143,88 @@ class FakeClock:
         for at, timer in self._timers:
             if at <= self._now_ms and not timer.done():
                 timer.set_result(None)
+
+
+# -- warehouses --------------------------------------------------------------------------------
+
+POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@dataclass
+class WarehouseProbe:
+    """Reads a warehouse the way a person would: plain sqlite3, or asyncpg with plain SQL.
+    Tables are named (schema, table); the SQLite file names them `<schema>__<table>`."""
+
+    kind: str
+    toml: str  # the [[warehouses]] entry, named "wh"
+    sqlite_path: Path | None = None
+    dsn: str | None = None
+
+    async def fetch(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        if self.sqlite_path is not None:
+            with sqlite3.connect(self.sqlite_path) as conn:
+                return conn.execute(sql.replace("$", "?"), params).fetchall()
+        import asyncpg
+
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            return [tuple(row) for row in await conn.fetch(sql, *params)]
+        finally:
+            await conn.close()
+
+    def name(self, schema: str, table: str) -> str:
+        quoted = [part.replace('"', '""') for part in (schema, table)]
+        if self.sqlite_path is not None:
+            return f'"{quoted[0]}__{quoted[1]}"'
+        return f'"{quoted[0]}"."{quoted[1]}"'
+
+    async def tables(self, schema: str) -> set[str]:
+        if self.sqlite_path is not None:
+            rows = await self.fetch("SELECT name FROM sqlite_master WHERE type = 'table'")
+            prefix = schema + "__"
+            return {r[0][len(prefix) :] for r in rows if r[0].startswith(prefix)}
+        rows = await self.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", schema
+        )
+        return {r[0] for r in rows}
+
+    async def columns(self, schema: str, table: str) -> dict[str, str]:
+        """Column name -> declared type, lowercased."""
+        if self.sqlite_path is not None:
+            rows = await self.fetch(
+                "SELECT name, type FROM pragma_table_info($1)", f"{schema}__{table}"
+            )
+        else:
+            rows = await self.fetch(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_schema = $1 AND table_name = $2",
+                schema,
+                table,
+            )
+        return {name: kind.lower() for name, kind in rows}
+
+    async def rows(self, schema: str, table: str, columns: str = "*") -> list[dict[str, Any]]:
+        """Rows as dicts, ordered by id."""
+        names = list((await self.columns(schema, table)).keys()) if columns == "*" else None
+        sql = f"SELECT {columns} FROM {self.name(schema, table)} ORDER BY id"
+        result = await self.fetch(sql)
+        keys = names or [c.strip().strip('"') for c in columns.split(",")]
+        return [dict(zip(keys, row, strict=True)) for row in result]
+
+    async def count(self, schema: str, table: str) -> int:
+        ((n,),) = await self.fetch(f"SELECT count(*) FROM {self.name(schema, table)}")
+        return int(n)
+
+    async def execute(self, sql: str) -> None:
+        """Run DDL on the warehouse (a test's trigger, for instance)."""
+        if self.sqlite_path is not None:
+            with sqlite3.connect(self.sqlite_path) as conn:
+                conn.executescript(sql)
+            return
+        import asyncpg
+
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()

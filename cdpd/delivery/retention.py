@@ -3,7 +3,7 @@ messages (the archive replay reads), dead deliveries and rejects after `archive_
 
 Deletes go in chunks of store.PRUNE_CHUNK rows, each its own short writer operation, so ingest
 keeps committing in between. A message is kept while any unfinished or dead delivery needs it,
-or a destination has not routed it yet.
+a destination has not routed it yet, or a warehouse has not loaded it yet.
 """
 
 from __future__ import annotations
@@ -26,11 +26,19 @@ log = structlog.get_logger()
 
 class Pruner:
     def __init__(
-        self, writer: OutboxWriter, config: DeliveryConfig, clock: Clock, *, dedup_window_s: int
+        self,
+        writer: OutboxWriter,
+        config: DeliveryConfig,
+        clock: Clock,
+        *,
+        dedup_window_s: int,
+        warehouse_position: Callable[[], Awaitable[int | None]] | None = None,
     ) -> None:
         self._writer = writer
         self._config = config
         self._clock = clock
+        # The highest seq every warehouse has loaded (None: no warehouse): nothing above goes.
+        self._warehouse_position = warehouse_position
         # Messages are also the deduplication window's memory: keep them at least that long.
         self._message_retention_s = max(config.archive_retention_s, dedup_window_s)
 
@@ -55,7 +63,11 @@ class Pruner:
                 functools.partial(store.prune_finished, state="dead", before_at=archive_before)
             ),
             "messages": await self._drain(
-                functools.partial(self._prune_messages, before_at=messages_before)
+                functools.partial(
+                    self._prune_messages,
+                    before_at=messages_before,
+                    loaded_seq=await self._loaded_everywhere(),
+                )
             ),
             "rejects": await self._drain(
                 functools.partial(store.prune_rejects, before_at=archive_before)
@@ -73,7 +85,16 @@ class Pruner:
             if count < store.PRUNE_CHUNK:
                 return total
 
-    async def _prune_messages(self, conn: aiosqlite.Connection, before_at: str) -> int:
+    async def _loaded_everywhere(self) -> int | None:
+        if self._warehouse_position is None:
+            return None
+        return await self._warehouse_position()
+
+    async def _prune_messages(
+        self, conn: aiosqlite.Connection, before_at: str, loaded_seq: int | None
+    ) -> int:
         needed = await store.oldest_needed_seq(conn)
         below = self._writer.last_seq + 1 if needed is None else needed
+        if loaded_seq is not None:
+            below = min(below, loaded_seq + 1)
         return await store.prune_messages(conn, below, before_at)

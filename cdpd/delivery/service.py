@@ -4,7 +4,7 @@ config, run as one group of tasks and stopped in order."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
 import aiohttp
@@ -31,6 +31,7 @@ class Delivery:
         session: aiohttp.ClientSession,
         clock: Clock,
         observer: Callable[[str], Callable[[float], None]] | None = None,
+        warehouse_position: Callable[[], Awaitable[int | None]] | None = None,
     ) -> None:
         self._config = config.delivery
         self._writer = writer
@@ -57,7 +58,11 @@ class Delivery:
             poll_interval_s=config.delivery.poll_interval_s,
         )
         self.pruner = Pruner(
-            writer, config.delivery, clock, dedup_window_s=config.storage.dedup_window_s
+            writer,
+            config.delivery,
+            clock,
+            dedup_window_s=config.storage.dedup_window_s,
+            warehouse_position=warehouse_position,
         )
         self._stop = asyncio.Event()
 

@@ -79,3 +79,54 @@ def test_config_path_from_the_environment(
     monkeypatch.setenv("CDPD_CONFIG", str(EXAMPLE))
     assert cli.main(["check-config"]) == 0
     assert str(EXAMPLE) in capsys.readouterr().out
+
+
+def test_warehouses() -> None:
+    config = parse(
+        '[[sources]]\nname = "web"\nwrite_key = "k"\n'
+        '[[warehouses]]\nname = "local"\ntype = "sqlite"\n'
+        '[[warehouses]]\nname = "pg"\ntype = "postgres"\ndsn = "postgresql://127.0.0.1/cdpd"\n'
+    )
+    local, pg = config.warehouses
+    assert local.interval_s == 900
+    assert pg.max_columns == 1600
+    assert load(EXAMPLE).warehouses[0].name == "local"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[[warehouses]]\nname = "w"\ntype = "bigquery"\n',
+            "warehouses[0].type: Invalid value 'bigquery' (expected one of: sqlite, postgres)",
+        ),
+        (
+            '[[warehouses]]\nname = "w"\ntype = "postgres"\ndsn = "mysql://x"\n',
+            "warehouses[0].dsn: Expected `str` matching regex",
+        ),
+        (
+            '[[warehouses]]\nname = "w"\ntype = "sqlite"\ninterval_s = 0\n',
+            "warehouses[0].interval_s: Expected `float` > 0",
+        ),
+        (
+            '[[warehouses]]\nname = "w"\ntype = "sqlite"\n'
+            '[[warehouses]]\nname = "w"\ntype = "sqlite"\n',
+            "warehouses[1].name: 'w' is used twice",
+        ),
+        (
+            '[storage]\ndata_dir = "/x"\n[[warehouses]]\nname = "w"\ntype = "sqlite"\n'
+            'path = "/x/outbox.sqlite3"\n',
+            "warehouses[0].path: '/x/outbox.sqlite3' is the outbox or another warehouse",
+        ),
+        (
+            '[[sources]]\nname = "web-site"\nwrite_key = "a"\n'
+            '[[sources]]\nname = "web_site"\nwrite_key = "b"\n'
+            '[[warehouses]]\nname = "w"\ntype = "sqlite"\n',
+            "sources[1].name: 'web_site' has the same warehouse schema ('web_site') as 'web-site'",
+        ),
+    ],
+)
+def test_warehouse_errors_name_the_key(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse(text, origin="cdpd.toml")
+    assert message in str(caught.value)

@@ -1,0 +1,217 @@
+"""Warehouse load rate against its ceiling, SQLite and PostgreSQL, in one run.
+
+100,000 mixed messages (tracks of 20 event names whose properties grow from 4 to 24 over the
+run, plus identifies and pages) are written straight into an outbox-shaped SQLite file. Then:
+
+- cdpd: `warehouse.loader.sync` loads them into a new SQLite file, and into a new PostgreSQL
+  database (batches of 10,000, COPY into staging tables, then INSERT ... ON CONFLICT);
+- ceiling: the same rows (every row cdpd wrote, already mapped, typed and padded to the union
+  of columns) into one plain table with one `executemany` (SQLite) or one COPY (PostgreSQL).
+
+Rates are warehouse rows per second (a track writes two rows: `tracks` and its event table).
+Usage: python bench/warehouse.py [--messages N] [--dsn postgresql://postgres@127.0.0.1/postgres]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import secrets
+import sqlite3
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from cdpd import config as cdpd_config
+from cdpd.outbox import schema
+from cdpd.warehouse import loader
+from cdpd.warehouse.mapping import Mapper
+from cdpd.warehouse.plan import plan_load
+from cdpd.warehouse.sinks.postgres import SQL_TYPES as PG_TYPES
+from cdpd.warehouse.values import ColumnType, utc_text
+
+EVENTS = [f"Event Number {n}" for n in range(20)]
+
+
+def message(n: int, total: int) -> dict[str, Any]:
+    received = f"2026-11-28T12:{(n // 6000) % 60:02d}:{(n // 100) % 60:02d}.{n % 1000:03d}Z"
+    base = {
+        "messageId": str(uuid.UUID(int=n)),
+        "userId": f"user-{n % 5000}",
+        "receivedAt": received,
+        "timestamp": received,
+        "sentAt": received,
+        "context": {"library": {"name": "analytics-python", "version": "2.3.4"}, "ip": "10.0.0.1"},
+    }
+    kind = n % 10
+    if kind == 0:
+        traits = {
+            "email": f"u{n % 5000}@example.com",
+            "plan": random.choice(["a", "b"]),
+            "age": n % 90,
+        }
+        return {**base, "type": "identify", "traits": traits}
+    if kind == 1:
+        props = {"path": "/p", "url": "https://example.com/p", "title": "Page"}
+        return {**base, "type": "page", "name": "Home", "properties": props}
+    width = 4 + 20 * n // total
+    props = {f"prop_{k}": (k * n if k % 3 else f"value {k}") for k in range(width)}
+    props["price"] = n / 7
+    return {**base, "type": "track", "event": EVENTS[n % 20], "properties": props}
+
+
+def write_outbox(path: Path, total: int) -> None:
+    asyncio.run(_create(path))
+    encode = msgspec.json.encode
+    rows = []
+    for n in range(total):
+        m = message(n, total)
+        rows.append(
+            (
+                m["messageId"],
+                "website",
+                m["type"],
+                m.get("event"),
+                m["userId"],
+                None,
+                m["receivedAt"],
+                encode(m).decode(),
+            )
+        )
+    with sqlite3.connect(path) as conn:
+        conn.executemany(
+            "INSERT INTO messages (message_id, source, type, event, user_id, anonymous_id, "
+            "received_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+
+async def _create(path: Path) -> None:
+    async with schema.connect(path):
+        pass
+
+
+def ceiling_rows(
+    outbox: Path, encode_timestamp: Any
+) -> tuple[list[str], list[ColumnType], list[tuple[Any, ...]]]:
+    """Every row cdpd writes, mapped and typed, padded to one set of columns."""
+    with sqlite3.connect(outbox) as conn:
+        payloads = conn.execute("SELECT source, payload FROM messages ORDER BY seq").fetchall()
+    mapper = Mapper(
+        loaded_at=utc_text(__import__("datetime").datetime.now(__import__("datetime").UTC))
+    )
+    for source, payload in payloads:
+        mapper.add(source, msgspec.json.decode(payload))
+    plan = plan_load(mapper.batch(), {}, max_columns=1600, encode_timestamp=encode_timestamp)
+    types: dict[str, ColumnType] = {}
+    for table in plan.tables:
+        for column, column_type in zip(table.columns, table.types, strict=True):
+            types.setdefault(column, column_type)
+    columns = list(types)
+    rows = []
+    for table in plan.tables:
+        index = [table.columns.index(c) if c in table.columns else None for c in columns]
+        for row in table.rows:
+            rows.append(tuple(None if i is None else row[i] for i in index))
+    return columns, [types[c] for c in columns], rows
+
+
+def sqlite_ceiling(directory: Path, outbox: Path) -> tuple[int, float]:
+    columns, _, rows = ceiling_rows(outbox, utc_text)
+    with sqlite3.connect(directory / "ceiling.sqlite3", isolation_level=None) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        quoted = ", ".join(f'"{c}"' for c in columns)
+        conn.execute(f"CREATE TABLE plain ({quoted})")
+        sql = f"INSERT INTO plain ({quoted}) VALUES ({', '.join('?' * len(columns))})"
+        started = time.perf_counter()
+        conn.execute("BEGIN")
+        conn.executemany(sql, rows)
+        conn.execute("COMMIT")
+        return len(rows), time.perf_counter() - started
+
+
+async def postgres_ceiling(dsn: str, outbox: Path) -> tuple[int, float]:
+    columns, types, rows = ceiling_rows(outbox, lambda moment: moment)
+    conn = await asyncpg.connect(dsn)
+    try:
+        definitions = ", ".join(f'"{c}" {PG_TYPES[t]}' for c, t in zip(columns, types, strict=True))
+        await conn.execute(f"CREATE TABLE plain ({definitions})")
+        started = time.perf_counter()
+        await conn.copy_records_to_table("plain", records=rows, columns=columns)
+        return len(rows), time.perf_counter() - started
+    finally:
+        await conn.close()
+
+
+def cdpd_load(config_text: str, directory: Path) -> tuple[int, int, float]:
+    path = directory / "cdpd.toml"
+    path.write_text(config_text)
+    config = cdpd_config.load(path)
+    (warehouse,) = config.warehouses
+    started = time.perf_counter()
+    report = asyncio.run(loader.sync(config, warehouse))
+    elapsed = time.perf_counter() - started
+    assert report.status == "success", report.error
+    return report.messages, sum(report.rows.values()), elapsed
+
+
+async def _admin(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    args = parser.parse_args()
+    random.seed(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        outbox = directory / "var" / "outbox.sqlite3"
+        outbox.parent.mkdir()
+        write_outbox(outbox, args.messages)
+        base = f'[storage]\ndata_dir = "{outbox.parent}"\n'
+        base += '[[sources]]\nname = "website"\nwrite_key = "k"\n'
+        results = []
+        sqlite_toml = (
+            base + f'[[warehouses]]\nname = "b"\ntype = "sqlite"\npath = "{directory}/wh.sqlite3"\n'
+        )
+        messages, rows, seconds = cdpd_load(sqlite_toml, directory)
+        ceiling_count, ceiling_seconds = sqlite_ceiling(directory, outbox)
+        results.append(("sqlite", messages, rows, seconds, ceiling_count, ceiling_seconds))
+
+        database = f"cdpd_bench_{secrets.token_hex(4)}"
+        asyncio.run(_admin(args.dsn, f'CREATE DATABASE "{database}"'))
+        dsn = args.dsn.rsplit("/", 1)[0] + "/" + database
+        try:
+            pg_toml = base + f'[[warehouses]]\nname = "b"\ntype = "postgres"\ndsn = "{dsn}"\n'
+            messages, rows, seconds = cdpd_load(pg_toml, directory)
+            ceiling_count, ceiling_seconds = asyncio.run(postgres_ceiling(dsn, outbox))
+            results.append(("postgres", messages, rows, seconds, ceiling_count, ceiling_seconds))
+        finally:
+            asyncio.run(_admin(args.dsn, f'DROP DATABASE "{database}" WITH (FORCE)'))
+
+    header = ["warehouse", "messages", "rows", "cdpd s", "cdpd rows/s", "ceiling rows"]
+    print("| " + " | ".join([*header, "ceiling rows/s", "ceiling/cdpd"]) + " |")
+    print("|---|---|---|---|---|---|---|---|")
+    for kind, messages, rows, seconds, ceiling_count, ceiling_seconds in results:
+        ours, ceiling = rows / seconds, ceiling_count / ceiling_seconds
+        print(
+            f"| {kind} | {messages:,} | {rows:,} | {seconds:.2f} | {ours:,.0f} | "
+            f"{ceiling_count:,} | {ceiling:,.0f} | {ceiling / ours:.2f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()

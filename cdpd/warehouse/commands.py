@@ -1,0 +1,118 @@
+"""`cdpd warehouse sync NAME` and `cdpd warehouse status`: their arguments and their output.
+
+cli.py hands these over; the work happens in loader and the sinks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import msgspec
+
+from cdpd.config import Config, Warehouse
+from cdpd.warehouse import loader
+from cdpd.warehouse.report import SyncReport, WarehouseStatus
+from cdpd.warehouse.sinks import open_sink, target
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+RECENT_SYNCS = 5
+
+
+def add_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    parser = commands.add_parser("warehouse", help="load the outbox into warehouses")
+    warehouse_commands = parser.add_subparsers(dest="warehouse_command", required=True)
+    sync = warehouse_commands.add_parser("sync", parents=[common], help="sync one warehouse now")
+    sync.add_argument("name", help="the warehouse's name in the config")
+    status = warehouse_commands.add_parser(
+        "status", parents=[common], help="last syncs, rows per table, errors"
+    )
+    status.add_argument("--json", action="store_true", help="print one JSON object per warehouse")
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    if args.warehouse_command == "sync":
+        return _sync(cfg, args.name)
+    return _status(cfg, json=args.json)
+
+
+def _sync(cfg: Config, name: str) -> int:
+    warehouse = _find(cfg, name)
+    if warehouse is None:
+        known = ", ".join(w.name for w in cfg.warehouses) or "none"
+        print(f"cdpd: no warehouse is named {name!r} (known: {known})", file=sys.stderr)
+        return EXIT_USAGE
+    report = asyncio.run(loader.sync(cfg, warehouse))
+    print(_format_report(report, target(cfg, warehouse)))
+    return EXIT_OK if report.status == "success" else EXIT_FAILURE
+
+
+def _status(cfg: Config, *, json: bool) -> int:
+    if not cfg.warehouses:
+        print("cdpd: no warehouses are configured", file=sys.stderr)
+        return EXIT_FAILURE
+    statuses = asyncio.run(_statuses(cfg))
+    for status in statuses:
+        print(msgspec.json.encode(status).decode() if json else _format_status(status))
+    return EXIT_OK if all(s.error is None for s in statuses) else EXIT_FAILURE
+
+
+async def _statuses(cfg: Config) -> list[WarehouseStatus]:
+    last_seq = await loader.outbox_last_seq(cfg.storage.outbox_path)
+    return [await _read_status(cfg, w, last_seq) for w in cfg.warehouses]
+
+
+async def _read_status(cfg: Config, warehouse: Warehouse, last_seq: int | None) -> WarehouseStatus:
+    status = WarehouseStatus(
+        warehouse=warehouse.name,
+        type=warehouse.__struct_config__.tag or "",  # type: ignore[arg-type]
+        target=target(cfg, warehouse),
+        outbox_last_seq=last_seq,
+    )
+    try:
+        async with open_sink(cfg, warehouse) as sink:
+            status.position = await sink.position()
+            status.recent_syncs = await sink.recent_syncs(RECENT_SYNCS)
+            status.tables = await sink.table_rows()
+    except loader.SYNC_ERRORS as exc:
+        status.error = f"{type(exc).__name__}: {exc}"
+    return status
+
+
+def _find(cfg: Config, name: str) -> Warehouse | None:
+    return next((w for w in cfg.warehouses if w.name == name), None)
+
+
+def _format_report(report: SyncReport, where: str) -> str:
+    lines = [
+        f"warehouse {report.warehouse} ({where}): {report.status}, "
+        f"{report.messages} messages loaded, position {report.position}",
+    ]
+    if report.first_seq is not None:
+        lines.append(f"outbox seq {report.first_seq}..{report.position}")
+    lines += [f"  {table:<48} {rows:>10}" for table, rows in sorted(report.rows.items())]
+    lines.append(f"discards {report.discards}")
+    if report.error:
+        lines.append(f"error: {report.error}")
+    return "\n".join(lines)
+
+
+def _format_status(status: WarehouseStatus) -> str:
+    pending = "-" if status.outbox_last_seq is None else status.outbox_last_seq - status.position
+    lines = [
+        f"warehouse {status.warehouse} ({status.type}, {status.target})",
+        f"position  {status.position} (outbox last seq {status.outbox_last_seq or '-'}; "
+        f"{pending} to load)",
+    ]
+    if status.error:
+        lines.append(f"error     {status.error}")
+    for sync in status.recent_syncs:
+        line = f"sync      {sync.started_at} {sync.status:<8} {sync.messages:>8} messages"
+        lines.append(line + (f"  error: {sync.error}" if sync.error else ""))
+    if not status.recent_syncs and not status.error:
+        lines.append("sync      (none yet)")
+    lines += [f"  {t.schema}.{t.table:<44} {t.rows:>10} rows" for t in status.tables]
+    return "\n".join(lines) + "\n"

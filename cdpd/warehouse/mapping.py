@@ -1,0 +1,222 @@
+"""Segment's warehouse layout for messages: which tables each lands in, and its row there. Pure.
+
+A message becomes rows of plain JSON scalars keyed by column name: the standard columns, then
+`context` flattened as `context_*`, then properties or traits flattened unprefixed (nested
+objects joined with `_`, the whole path snake-cased); arrays become JSON text and nulls make no
+column. A property or trait whose column is already taken by a standard or context column is
+dropped, as Segment does, and counted. `users` and `accounts` rows are merged per id (a later
+message's non-null values win); every other table keeps the first row per id.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from typing import Any
+
+import msgspec
+
+from cdpd.warehouse import naming
+
+Row = dict[str, Any]
+TableKey = tuple[str, str]  # (schema, table)
+UPSERT_TABLES = frozenset({"users", "accounts"})
+_COMMON = frozenset(
+    {"id", "anonymous_id", "user_id", "received_at", "sent_at", "timestamp"}
+    | {"original_timestamp", "uuid_ts", "loaded_at"}
+)
+_OBJECT = frozenset({"id", "received_at", "uuid_ts", "loaded_at"})
+# The standard columns of each table: a property or trait with one of these names is dropped.
+RESERVED_COLUMNS = {
+    "identifies": _COMMON,
+    "groups": frozenset({*_COMMON, "group_id"}),
+    "pages": frozenset({*_COMMON, "name"}),
+    "screens": frozenset({*_COMMON, "name"}),
+    "aliases": frozenset({*_COMMON, "previous_id"}),
+    "users": _OBJECT,
+    "accounts": _OBJECT,
+}
+EVENT_RESERVED_COLUMNS = frozenset({*_COMMON, "event", "event_text"})  # tracks and event tables
+# Objects nested deeper than this are stored as JSON text rather than flattened further.
+MAX_FLATTEN_DEPTH = 10
+
+_encoder = msgspec.json.Encoder()
+
+
+class Discard(msgspec.Struct, frozen=True, gc=False):
+    """A value that could not be loaded into its column; kept in the discards table."""
+
+    schema: str
+    table: str
+    row_id: str
+    column: str
+    value: str  # JSON text
+    reason: str
+    received_at: str | None
+
+
+class MappedBatch(msgspec.Struct):
+    """Messages turned into rows: `rows[(schema, table)][id]` is the row for that id."""
+
+    rows: dict[TableKey, dict[str, Row]]
+    discards: list[Discard]
+    dropped: Counter[tuple[str, str, str]]  # (schema, table, column) -> reserved-name drops
+    long_names: dict[str, str]  # a snake-cased name over the length limit -> what it became
+
+
+@functools.lru_cache(maxsize=65536)
+def _column(raw_path: str) -> str:
+    return naming.column_name(raw_path)
+
+
+@functools.lru_cache(maxsize=4096)
+def _event_table(event: str) -> str:
+    return naming.event_table_name(event)
+
+
+@functools.lru_cache(maxsize=1024)
+def _schema(source: str) -> str:
+    return naming.schema_name(source)
+
+
+class Mapper:
+    """Collects the rows of a batch of messages, in outbox order."""
+
+    def __init__(self, *, loaded_at: str) -> None:
+        self._loaded_at = loaded_at
+        self._batch = MappedBatch(rows={}, discards=[], dropped=Counter(), long_names={})
+
+    def batch(self) -> MappedBatch:
+        return self._batch
+
+    def add(self, source: str, message: dict[str, Any]) -> None:
+        schema = _schema(source)
+        row_id = message.get("messageId")
+        if not schema or not isinstance(row_id, str):
+            return
+        standard = self._standard_columns(message, row_id)
+        self._flatten_into(standard, message.get("context"), "context_", (schema, "tracks"))
+        kind = message.get("type")
+        if kind == "track":
+            self._track(schema, message, standard)
+        elif kind == "identify":
+            self._with_object(schema, "identifies", "users", message, standard, "userId")
+        elif kind == "group":
+            standard["group_id"] = message.get("groupId")
+            self._with_object(schema, "groups", "accounts", message, standard, "groupId")
+        elif kind in ("page", "screen"):
+            _set(standard, "name", message.get("name"))
+            self._event_row(schema, kind + "s", standard, message.get("properties"))
+        elif kind == "alias":
+            standard["previous_id"] = message.get("previousId")
+            self._insert(schema, "aliases", standard)
+
+    def _standard_columns(self, message: dict[str, Any], row_id: str) -> Row:
+        row: Row = {"id": row_id}
+        _set(row, "anonymous_id", message.get("anonymousId"))
+        _set(row, "user_id", message.get("userId"))
+        _set(row, "received_at", message.get("receivedAt"))
+        _set(row, "sent_at", message.get("sentAt"))
+        _set(row, "timestamp", message.get("timestamp"))
+        _set(row, "original_timestamp", message.get("originalTimestamp"))
+        row["uuid_ts"] = row["loaded_at"] = self._loaded_at
+        return row
+
+    def _track(self, schema: str, message: dict[str, Any], standard: Row) -> None:
+        event = str(message.get("event") or "")
+        table = _event_table(event)
+        self._note_length(naming.snakecase(event), table)
+        standard["event"] = table
+        standard["event_text"] = event
+        self._insert(schema, "tracks", standard)
+        properties = message.get("properties")
+        if table:
+            self._event_row(schema, table, dict(standard), properties)
+        elif properties:
+            self._discard(schema, "tracks", standard, "properties", properties, "no_table_name")
+
+    def _with_object(
+        self,
+        schema: str,
+        event_table: str,
+        object_table: str,
+        message: dict[str, Any],
+        standard: Row,
+        object_id_field: str,
+    ) -> None:
+        traits = message.get("traits")
+        self._event_row(schema, event_table, dict(standard), traits)
+        object_id = message.get(object_id_field)
+        if object_id is None:
+            return
+        row: Row = {"id": str(object_id)}
+        _set(row, "received_at", standard.get("received_at"))
+        row["uuid_ts"] = row["loaded_at"] = self._loaded_at
+        self._flatten_into(row, traits, "", (schema, object_table))
+        self._merge(schema, object_table, row)
+
+    def _event_row(self, schema: str, table: str, row: Row, properties: Any) -> None:
+        self._flatten_into(row, properties, "", (schema, table))
+        self._insert(schema, table, row)
+
+    def _insert(self, schema: str, table: str, row: Row) -> None:
+        rows = self._batch.rows.setdefault((schema, table), {})
+        rows.setdefault(row["id"], row)  # a messageId seen before: the first copy stays
+
+    def _merge(self, schema: str, table: str, row: Row) -> None:
+        rows = self._batch.rows.setdefault((schema, table), {})
+        existing = rows.get(row["id"])
+        if existing is None:
+            rows[row["id"]] = row
+        else:
+            existing.update(row)
+
+    def _flatten_into(
+        self, row: Row, obj: Any, prefix: str, where: TableKey, depth: int = 0
+    ) -> None:
+        """Add `obj`'s leaves to `row` as columns; a column `row` already has, or one reserved
+        for the table, is not replaced."""
+        if type(obj) is not dict:
+            return
+        reserved = RESERVED_COLUMNS.get(where[1], EVENT_RESERVED_COLUMNS)
+        for key, value in obj.items():
+            if value is None:
+                continue
+            raw_path = prefix + key
+            if type(value) is dict and depth < MAX_FLATTEN_DEPTH:
+                self._flatten_into(row, value, raw_path + "_", where, depth + 1)
+                continue
+            column = _column(raw_path)
+            if not column:
+                self._discard(where[0], where[1], row, raw_path, value, "no_column_name")
+            elif column in row or column in reserved:
+                self._batch.dropped[(where[0], where[1], column)] += 1
+            else:
+                if type(value) in (list, dict):
+                    value = _encoder.encode(value).decode()
+                row[column] = value
+                self._note_length(raw_path, column)
+
+    def _note_length(self, raw_name: str, name: str) -> None:
+        if len(name) == naming.MAX_NAME_BYTES and len(naming.snakecase(raw_name)) > len(name):
+            self._batch.long_names[naming.snakecase(raw_name)] = name
+
+    def _discard(
+        self, schema: str, table: str, row: Row, column: str, value: Any, reason: str
+    ) -> None:
+        self._batch.discards.append(
+            Discard(
+                schema=schema,
+                table=table,
+                row_id=row["id"],
+                column=column,
+                value=_encoder.encode(value).decode(),
+                reason=reason,
+                received_at=row.get("received_at"),
+            )
+        )
+
+
+def _set(row: Row, column: str, value: Any) -> None:
+    if value is not None:
+        row[column] = value

@@ -1,0 +1,233 @@
+"""The PostgreSQL warehouse: a schema per source, as in Segment; bookkeeping in schema `_cdpd`.
+
+All SQL of this warehouse kind is in this module. Every load is one transaction that first
+takes a transaction-level advisory lock, so loads (and the bootstrap DDL) from any number of
+processes take turns, and the load position (`_cdpd.positions`) commits with the rows it covers.
+Rows go in through COPY into a temporary staging table, then one
+`INSERT ... SELECT ... ON CONFLICT (id)` per table. Identifiers are always quoted; values are
+always parameters or COPY data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from cdpd.warehouse.mapping import Discard, TableKey
+from cdpd.warehouse.naming import DISCARDS_TABLE, quote
+from cdpd.warehouse.plan import Catalog, LoadPlan, TablePlan
+from cdpd.warehouse.report import SyncReport, TableRows
+from cdpd.warehouse.values import ColumnType
+
+LOAD_LOCK_KEY = 0x63647064_77680001  # "cdpdwh" + 1: one lock for every cdpd load in a database
+CONNECT_TIMEOUT_S = 10.0
+
+SQL_TYPES = {
+    ColumnType.STRING: "text",
+    ColumnType.INTEGER: "bigint",
+    ColumnType.FLOAT: "double precision",
+    ColumnType.BOOLEAN: "boolean",
+    ColumnType.TIMESTAMP: "timestamp with time zone",
+}
+COLUMN_TYPES = {sql: column_type for column_type, sql in SQL_TYPES.items()}
+
+LOCK = "SELECT pg_advisory_xact_lock($1)"
+BOOTSTRAP = (
+    "CREATE SCHEMA IF NOT EXISTS _cdpd",
+    """CREATE TABLE IF NOT EXISTS _cdpd.positions (
+        warehouse text PRIMARY KEY, seq bigint NOT NULL, updated_at timestamptz NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS _cdpd.syncs (
+        id bigserial PRIMARY KEY, warehouse text NOT NULL, report jsonb NOT NULL)""",
+)
+DISCARDS_COLUMNS = """(
+    table_name text NOT NULL, row_id text NOT NULL, column_name text NOT NULL,
+    column_value text NOT NULL, reason text NOT NULL, received_at text, uuid_ts timestamptz,
+    PRIMARY KEY (table_name, row_id, column_name))"""
+INSERT_DISCARD = """INSERT INTO {table} (table_name, row_id, column_name, column_value, reason,
+    received_at, uuid_ts) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING"""
+SELECT_POSITION = "SELECT seq FROM _cdpd.positions WHERE warehouse = $1"
+UPSERT_POSITION = """INSERT INTO _cdpd.positions (warehouse, seq, updated_at)
+    VALUES ($1, $2, now())
+    ON CONFLICT (warehouse) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at"""
+SELECT_COLUMNS = """SELECT n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod)
+    FROM pg_attribute AS a
+    JOIN pg_class AS c ON c.oid = a.attrelid
+    JOIN pg_namespace AS n ON n.oid = c.relnamespace
+    WHERE n.nspname = ANY($1::text[]) AND c.relkind IN ('r', 'p')
+      AND a.attnum > 0 AND NOT a.attisdropped
+    ORDER BY n.nspname, c.relname, a.attnum"""
+SELECT_TABLES = """SELECT table_schema, table_name FROM information_schema.tables
+    WHERE table_type = 'BASE TABLE'
+      AND table_schema NOT IN ('pg_catalog', 'information_schema', '_cdpd')
+      AND table_schema NOT LIKE 'pg\\_%'
+    ORDER BY 1, 2"""
+INSERT_SYNC = "INSERT INTO _cdpd.syncs (warehouse, report) VALUES ($1, $2::jsonb)"
+SELECT_SYNCS = "SELECT report::text FROM _cdpd.syncs WHERE warehouse = $1 ORDER BY id DESC LIMIT $2"
+STAGE = "CREATE TEMPORARY TABLE {stage} ({columns}) ON COMMIT DROP"
+INSERT_FROM_STAGE = (
+    "INSERT INTO {table} AS t ({columns}) SELECT {columns} FROM {stage} ON CONFLICT (id) {action}"
+)
+
+
+def redacted(dsn: str) -> str:
+    """The DSN without its password, for logs and status output."""
+    return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", dsn)
+
+
+@asynccontextmanager
+async def open_sink(dsn: str, warehouse: str) -> AsyncIterator[PostgresSink]:
+    conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
+    try:
+        sink = PostgresSink(conn, warehouse)
+        async with sink.load():
+            for statement in BOOTSTRAP:
+                await conn.execute(statement)
+        yield sink
+    finally:
+        await _close(conn)
+
+
+async def _close(conn: asyncpg.Connection) -> None:
+    if conn.is_closed():
+        return
+    try:
+        await asyncio.wait_for(conn.close(), CONNECT_TIMEOUT_S)
+    except (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError):
+        conn.terminate()
+
+
+class PostgresSink:
+    def __init__(self, conn: asyncpg.Connection, warehouse: str) -> None:
+        self._conn = conn
+        self._warehouse = warehouse
+
+    def encode_timestamp(self, moment: datetime) -> Any:
+        return moment
+
+    @asynccontextmanager
+    async def load(self) -> AsyncIterator[PostgresLoad]:
+        try:
+            async with self._conn.transaction():
+                await self._conn.execute(LOCK, LOAD_LOCK_KEY)
+                yield PostgresLoad(self._conn, self._warehouse)
+        except asyncio.CancelledError:
+            # The connection may be mid-statement; closing it is the sure way to roll back.
+            self._conn.terminate()
+            raise
+
+    async def position(self) -> int:
+        seq = await self._conn.fetchval(SELECT_POSITION, self._warehouse)
+        return int(seq or 0)
+
+    async def record_sync(self, report: SyncReport) -> None:
+        text = msgspec.json.encode(report).decode()
+        await self._conn.execute(INSERT_SYNC, self._warehouse, text)
+
+    async def recent_syncs(self, limit: int) -> list[SyncReport]:
+        rows = await self._conn.fetch(SELECT_SYNCS, self._warehouse, limit)
+        return [msgspec.json.decode(row[0], type=SyncReport) for row in rows]
+
+    async def table_rows(self) -> list[TableRows]:
+        counts = []
+        for schema, table in await self._conn.fetch(SELECT_TABLES):
+            rows = await self._conn.fetchval(f"SELECT count(*) FROM {_name(schema, table)}")
+            counts.append(TableRows(schema=schema, table=table, rows=rows))
+        return counts
+
+
+def _name(schema: str, table: str) -> str:
+    return f"{quote(schema)}.{quote(table)}"
+
+
+class PostgresLoad:
+    def __init__(self, conn: asyncpg.Connection, warehouse: str) -> None:
+        self._conn = conn
+        self._warehouse = warehouse
+
+    async def position(self) -> int:
+        seq = await self._conn.fetchval(SELECT_POSITION, self._warehouse)
+        return int(seq or 0)
+
+    async def set_position(self, seq: int) -> None:
+        await self._conn.execute(UPSERT_POSITION, self._warehouse, seq)
+
+    async def catalog(self, schemas: Iterable[str]) -> Catalog:
+        catalog: Catalog = {}
+        for schema, table, column, sql_type in await self._conn.fetch(
+            SELECT_COLUMNS, sorted(set(schemas))
+        ):
+            if table != DISCARDS_TABLE:
+                column_type = COLUMN_TYPES.get(sql_type, ColumnType.STRING)
+                catalog.setdefault((schema, table), {})[column] = column_type
+        return catalog
+
+    async def apply(self, plan: LoadPlan) -> dict[TableKey, int]:
+        for schema in sorted({t.schema for t in plan.tables if t.new_table}):
+            await self._conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
+        written = {}
+        for number, table in enumerate(plan.tables):
+            await self._evolve(table)
+            written[(table.schema, table.table)] = await self._write(table, f"_cdpd_stage_{number}")
+        await self._discards(plan.discards)
+        return written
+
+    async def _evolve(self, table: TablePlan) -> None:
+        name = _name(table.schema, table.table)
+        if table.new_table:
+            columns = ", ".join(
+                f"{quote(c)} {SQL_TYPES[t]}{' PRIMARY KEY' if c == 'id' else ''}"
+                for c, t in table.new_columns
+            )
+            await self._conn.execute(f"CREATE TABLE {name} ({columns})")
+        elif table.new_columns:
+            additions = ", ".join(
+                f"ADD COLUMN IF NOT EXISTS {quote(c)} {SQL_TYPES[t]}" for c, t in table.new_columns
+            )
+            await self._conn.execute(f"ALTER TABLE {name} {additions}")
+
+    async def _write(self, table: TablePlan, stage: str) -> int:
+        if not table.rows:
+            return 0
+        definitions = ", ".join(
+            f"{quote(c)} {SQL_TYPES[t]}" for c, t in zip(table.columns, table.types, strict=True)
+        )
+        await self._conn.execute(STAGE.format(stage=quote(stage), columns=definitions))
+        await self._conn.copy_records_to_table(stage, records=table.rows, columns=table.columns)
+        columns = ", ".join(quote(c) for c in table.columns)
+        if table.upsert and len(table.columns) > 1:
+            merges = ", ".join(
+                f"{quote(c)} = coalesce(excluded.{quote(c)}, t.{quote(c)})"
+                for c in table.columns[1:]
+            )
+            action = f"DO UPDATE SET {merges}"
+        else:
+            action = "DO NOTHING"
+        status = await self._conn.execute(
+            INSERT_FROM_STAGE.format(
+                table=_name(table.schema, table.table),
+                columns=columns,
+                stage=quote(stage),
+                action=action,
+            )
+        )
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def _discards(self, discards: list[Discard]) -> None:
+        now = datetime.now(UTC)
+        for schema in sorted({d.schema for d in discards}):
+            await self._conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
+            name = _name(schema, DISCARDS_TABLE)
+            await self._conn.execute(f"CREATE TABLE IF NOT EXISTS {name} {DISCARDS_COLUMNS}")
+            rows = [
+                (d.table, d.row_id, d.column, d.value, d.reason, d.received_at, now)
+                for d in discards
+                if d.schema == schema
+            ]
+            await self._conn.executemany(INSERT_DISCARD.format(table=name), rows)

@@ -1,0 +1,193 @@
+"""The SQLite warehouse: one file, one table per (source schema, table) named `<schema>__<table>`.
+
+All SQL of this warehouse kind is in this module. Every load is one `BEGIN IMMEDIATE`
+transaction, so loads from two processes take turns, and the load position (table
+`_cdpd_positions`) commits with the rows it covers. Identifiers are always quoted; values are
+always parameters. Declared column types: TEXT, BIGINT, DOUBLE, BOOLEAN (0/1) and TIMESTAMP
+(text, `YYYY-MM-DDTHH:MM:SS.ffffffZ`, UTC, so text order is time order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import msgspec
+
+from cdpd.warehouse.mapping import Discard, TableKey
+from cdpd.warehouse.naming import DISCARDS_TABLE, quote
+from cdpd.warehouse.plan import Catalog, LoadPlan, TablePlan
+from cdpd.warehouse.report import SyncReport, TableRows
+from cdpd.warehouse.values import ColumnType, utc_text
+
+SCHEMA_SEPARATOR = "__"  # snake-cased schema names never contain it, so the first one splits
+BUSY_TIMEOUT_MS = 120_000  # a racing load waits this long for the other to commit
+
+SQL_TYPES = {
+    ColumnType.STRING: "TEXT",
+    ColumnType.INTEGER: "BIGINT",
+    ColumnType.FLOAT: "DOUBLE",
+    ColumnType.BOOLEAN: "BOOLEAN",
+    ColumnType.TIMESTAMP: "TIMESTAMP",
+}
+COLUMN_TYPES = {sql: column_type for column_type, sql in SQL_TYPES.items()}
+
+BOOTSTRAP = (
+    """CREATE TABLE IF NOT EXISTS _cdpd_positions (
+        warehouse TEXT PRIMARY KEY, seq INTEGER NOT NULL, updated_at TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS _cdpd_syncs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, warehouse TEXT NOT NULL, report TEXT NOT NULL)""",
+)
+DISCARDS_COLUMNS = """(
+    table_name TEXT NOT NULL, row_id TEXT NOT NULL, column_name TEXT NOT NULL,
+    column_value TEXT NOT NULL, reason TEXT NOT NULL, received_at TEXT, uuid_ts TIMESTAMP,
+    PRIMARY KEY (table_name, row_id, column_name))"""
+INSERT_DISCARD = """INSERT INTO {table} (table_name, row_id, column_name, column_value, reason,
+    received_at, uuid_ts) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"""
+SELECT_POSITION = "SELECT seq FROM _cdpd_positions WHERE warehouse = ?"
+UPSERT_POSITION = """INSERT INTO _cdpd_positions (warehouse, seq, updated_at) VALUES (?, ?, ?)
+    ON CONFLICT (warehouse) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at"""
+SELECT_COLUMNS = """SELECT m.name, p.name, p.type FROM sqlite_master AS m
+    JOIN pragma_table_info(m.name) AS p WHERE m.type = 'table'"""
+SELECT_TABLES = "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+INSERT_SYNC = "INSERT INTO _cdpd_syncs (warehouse, report) VALUES (?, ?)"
+SELECT_SYNCS = "SELECT report FROM _cdpd_syncs WHERE warehouse = ? ORDER BY id DESC LIMIT ?"
+
+
+def table_name(schema: str, table: str) -> str:
+    return f"{schema}{SCHEMA_SEPARATOR}{table}"
+
+
+@asynccontextmanager
+async def open_sink(path: Path, warehouse: str) -> AsyncIterator[SqliteSink]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        await conn.execute("PRAGMA journal_mode = WAL")
+        await conn.execute("PRAGMA synchronous = NORMAL")
+        sink = SqliteSink(conn, warehouse)
+        async with sink.load():
+            for statement in BOOTSTRAP:
+                await conn.execute(statement)
+        yield sink
+    finally:
+        await conn.close()
+
+
+class SqliteSink:
+    def __init__(self, conn: aiosqlite.Connection, warehouse: str) -> None:
+        self._conn = conn
+        self._warehouse = warehouse
+
+    def encode_timestamp(self, moment: datetime) -> Any:
+        return utc_text(moment)
+
+    @asynccontextmanager
+    async def load(self) -> AsyncIterator[SqliteLoad]:
+        await self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield SqliteLoad(self._conn, self._warehouse)
+        except BaseException:
+            await self._conn.execute("ROLLBACK")
+            raise
+        await self._conn.execute("COMMIT")
+
+    async def position(self) -> int:
+        rows = list(await self._conn.execute_fetchall(SELECT_POSITION, (self._warehouse,)))
+        return int(rows[0][0]) if rows else 0
+
+    async def record_sync(self, report: SyncReport) -> None:
+        text = msgspec.json.encode(report).decode()
+        await self._conn.execute(INSERT_SYNC, (self._warehouse, text))
+
+    async def recent_syncs(self, limit: int) -> list[SyncReport]:
+        rows = await self._conn.execute_fetchall(SELECT_SYNCS, (self._warehouse, limit))
+        return [msgspec.json.decode(row[0], type=SyncReport) for row in rows]
+
+    async def table_rows(self) -> list[TableRows]:
+        counts = []
+        for (name,) in await self._conn.execute_fetchall(SELECT_TABLES):
+            schema, sep, table = name.partition(SCHEMA_SEPARATOR)
+            if not sep or name.startswith("_cdpd"):
+                continue
+            ((rows,),) = await self._conn.execute_fetchall(f"SELECT count(*) FROM {quote(name)}")
+            counts.append(TableRows(schema=schema, table=table, rows=rows))
+        return counts
+
+
+class SqliteLoad:
+    def __init__(self, conn: aiosqlite.Connection, warehouse: str) -> None:
+        self._conn = conn
+        self._warehouse = warehouse
+
+    async def position(self) -> int:
+        rows = list(await self._conn.execute_fetchall(SELECT_POSITION, (self._warehouse,)))
+        return int(rows[0][0]) if rows else 0
+
+    async def set_position(self, seq: int) -> None:
+        now = utc_text(datetime.now(UTC))
+        await self._conn.execute(UPSERT_POSITION, (self._warehouse, seq, now))
+
+    async def catalog(self, schemas: Iterable[str]) -> Catalog:
+        wanted = set(schemas)
+        catalog: Catalog = {}
+        for name, column, declared in await self._conn.execute_fetchall(SELECT_COLUMNS):
+            schema, sep, table = name.partition(SCHEMA_SEPARATOR)
+            if sep and schema in wanted and table != DISCARDS_TABLE:
+                column_type = COLUMN_TYPES.get(declared.upper(), ColumnType.STRING)
+                catalog.setdefault((schema, table), {})[column] = column_type
+        return catalog
+
+    async def apply(self, plan: LoadPlan) -> dict[TableKey, int]:
+        written = {}
+        for table in plan.tables:
+            await self._evolve(table)
+            written[(table.schema, table.table)] = await self._write(table)
+        await self._discards(plan.discards)
+        return written
+
+    async def _evolve(self, table: TablePlan) -> None:
+        name = quote(table_name(table.schema, table.table))
+        if table.new_table:
+            columns = ", ".join(
+                f"{quote(c)} {SQL_TYPES[t]}{' PRIMARY KEY NOT NULL' if c == 'id' else ''}"
+                for c, t in table.new_columns
+            )
+            await self._conn.execute(f"CREATE TABLE {name} ({columns})")
+            return
+        for column, column_type in table.new_columns:
+            await self._conn.execute(
+                f"ALTER TABLE {name} ADD COLUMN {quote(column)} {SQL_TYPES[column_type]}"
+            )
+
+    async def _write(self, table: TablePlan) -> int:
+        name = quote(table_name(table.schema, table.table))
+        columns = ", ".join(quote(c) for c in table.columns)
+        marks = ", ".join("?" * len(table.columns))
+        if table.upsert and len(table.columns) > 1:
+            merges = ", ".join(
+                f"{quote(c)} = coalesce(excluded.{quote(c)}, {quote(c)})" for c in table.columns[1:]
+            )
+            conflict = f"DO UPDATE SET {merges}"
+        else:
+            conflict = "DO NOTHING"
+        sql = f"INSERT INTO {name} ({columns}) VALUES ({marks}) ON CONFLICT (id) {conflict}"
+        cursor = await self._conn.executemany(sql, table.rows)
+        return max(cursor.rowcount, 0)
+
+    async def _discards(self, discards: list[Discard]) -> None:
+        now = utc_text(datetime.now(UTC))
+        for schema in sorted({d.schema for d in discards}):
+            name = quote(table_name(schema, DISCARDS_TABLE))
+            await self._conn.execute(f"CREATE TABLE IF NOT EXISTS {name} {DISCARDS_COLUMNS}")
+            rows = [
+                (d.table, d.row_id, d.column, d.value, d.reason, d.received_at, now)
+                for d in discards
+                if d.schema == schema
+            ]
+            await self._conn.executemany(INSERT_DISCARD.format(table=name), rows)

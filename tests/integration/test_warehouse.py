@@ -1,0 +1,329 @@
+"""The warehouse sync end to end: a real cdpd fills the outbox over HTTP, then syncs load it into
+a real SQLite file or the local PostgreSQL (every test runs against both)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from structlog.testing import capture_logs
+
+from cdpd import cli
+from cdpd import config as cdpd_config
+from cdpd.app import Running, running
+from cdpd.warehouse import loader
+from cdpd.warehouse.loader import BatchResult
+from cdpd.warehouse.position import prunable_seq
+from cdpd.warehouse.report import SyncReport
+from tests.helpers import OTHER_WRITE_KEY, WRITE_KEY, WarehouseProbe, basic_auth, query
+
+S = "website"  # the schema of the test source "website"
+
+
+@pytest.fixture
+def config(
+    make_config: Callable[..., cdpd_config.Config], warehouse: WarehouseProbe
+) -> cdpd_config.Config:
+    return make_config(warehouse.toml)
+
+
+@pytest.fixture
+async def daemon(config: cdpd_config.Config) -> AsyncIterator[Running]:
+    async with running(config) as server:
+        await server.warehouses.wait_for_syncs("wh", 1)  # the start-up sync (nothing to load)
+        yield server
+
+
+async def send(server: Running, *messages: dict[str, Any], key: str = WRITE_KEY) -> None:
+    headers = {"Authorization": basic_auth(key)}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{server.url}/v1/batch", json={"batch": list(messages)}, headers=headers) as r,
+    ):
+        assert r.status == 200
+
+
+async def sync(server: Running) -> SyncReport:
+    report = await server.warehouses.sync_now("wh")
+    assert report.status == "success", report.error
+    return report
+
+
+def track(message_id: str, event: str = "Order Completed", **extra: Any) -> dict[str, Any]:
+    return {"type": "track", "messageId": message_id, "userId": "u1", "event": event, **extra}
+
+
+async def test_segment_layout(daemon: Running, warehouse: WarehouseProbe) -> None:
+    await send(
+        daemon,
+        {"type": "identify", "messageId": "i1", "userId": "u1", "traits": {"email": "a@x"}},
+        track("t1", properties={"total": 10, "address": {"city": "Oslo"}, "tags": ["a", "b"]}),
+        track("t2", "order_completed"),
+        track("t3", "orderCompleted", context={"app": {"version": "1.2"}}),
+        {"type": "page", "messageId": "p1", "anonymousId": "a1", "name": "Home"},
+        {"type": "screen", "messageId": "s1", "userId": "u1", "name": "Settings"},
+        {"type": "group", "messageId": "g1", "userId": "u1", "groupId": "acme", "traits": {"n": 1}},
+        {"type": "alias", "messageId": "a1", "userId": "u1", "previousId": "a1"},
+        {"type": "track", "messageId": "t4", "userId": "u2", "event": "Signed Up"},
+    )
+    report = await sync(daemon)
+    assert report.messages == 9
+    assert await warehouse.tables(S) == {
+        "identifies",
+        "users",
+        "groups",
+        "accounts",
+        "pages",
+        "screens",
+        "tracks",
+        "aliases",
+        "order_completed",
+        "signed_up",
+    }
+    columns = await warehouse.columns(S, "order_completed")
+    for standard in ("id", "user_id", "received_at", "sent_at", "timestamp", "uuid_ts"):
+        assert standard in columns or standard == "sent_at"
+    assert {"event", "event_text", "total", "address_city", "tags", "context_app_version"} <= set(
+        columns
+    )
+    rows = await warehouse.rows(S, "order_completed", "id, event, event_text, tags")
+    assert [(r["id"], r["event"], r["event_text"]) for r in rows] == [
+        ("t1", "order_completed", "Order Completed"),
+        ("t2", "order_completed", "order_completed"),
+        ("t3", "order_completed", "orderCompleted"),
+    ]
+    assert rows[0]["tags"] == '["a","b"]'
+    assert "total" not in await warehouse.columns(S, "tracks")
+    assert "anonymous_id" not in await warehouse.columns(S, "users")
+    assert await warehouse.rows(S, "users", "id, email") == [{"id": "u1", "email": "a@x"}]
+    assert await warehouse.rows(S, "accounts", "id, n") == [{"id": "acme", "n": 1}]
+
+
+async def test_each_source_has_its_own_schema(daemon: Running, warehouse: WarehouseProbe) -> None:
+    await send(daemon, track("w1"))
+    await send(daemon, track("b1", "Refunded"), key=OTHER_WRITE_KEY)
+    await sync(daemon)
+    assert "order_completed" in await warehouse.tables("website")
+    assert await warehouse.tables("backend") == {"tracks", "refunded"}
+
+
+async def test_new_properties_add_columns(daemon: Running, warehouse: WarehouseProbe) -> None:
+    await send(daemon, track("m1", properties={"a": 1}))
+    await sync(daemon)
+    await send(daemon, track("m2", properties={"a": 2, "b": "x", "when": "2026-01-01T10:00:00Z"}))
+    await sync(daemon)
+    columns = await warehouse.columns(S, "order_completed")
+    assert columns["b"] == "text"
+    assert columns["_when"] in ("timestamp", "timestamp with time zone")  # a reserved word
+    assert [r["b"] for r in await warehouse.rows(S, "order_completed", "id, b")] == [None, "x"]
+
+
+async def test_type_conflicts_widen_or_go_to_discards(
+    daemon: Running, warehouse: WarehouseProbe
+) -> None:
+    await send(daemon, track("m1", properties={"n": 1, "s": "x", "f": 1.5, "ok": True}))
+    await sync(daemon)
+    await send(
+        daemon,
+        track("m2", properties={"n": 2.0, "s": 5, "f": 3, "ok": False}),  # all widen losslessly
+        track("m3", properties={"n": "many", "s": True, "f": "x", "ok": "yes"}),
+    )
+    await sync(daemon)
+    rows = {r["id"]: r for r in await warehouse.rows(S, "order_completed", "id, n, s, f, ok")}
+    assert rows["m2"]["n"] == 2
+    assert rows["m2"]["s"] == "5"
+    assert rows["m2"]["f"] == 3.0
+    assert rows["m2"]["ok"] in (False, 0)
+    assert rows["m3"] == {"id": "m3", "n": None, "s": "true", "f": None, "ok": None}
+    discards = await warehouse.fetch(
+        f"SELECT table_name, row_id, column_name, column_value, reason "
+        f"FROM {warehouse.name(S, 'cdpd_discards')} ORDER BY column_name"
+    )
+    assert discards == [
+        ("order_completed", "m3", "f", '"x"', "type_conflict: column is float"),
+        ("order_completed", "m3", "n", '"many"', "type_conflict: column is integer"),
+        ("order_completed", "m3", "ok", '"yes"', "type_conflict: column is boolean"),
+    ]
+    assert (await warehouse.columns(S, "order_completed"))["n"] in ("bigint",)
+
+
+async def test_users_keep_the_latest_non_null_traits(
+    daemon: Running, warehouse: WarehouseProbe
+) -> None:
+    identify = {"type": "identify", "userId": "u1"}
+    await send(daemon, {**identify, "messageId": "i1", "traits": {"plan": "pro", "email": "a@x"}})
+    await sync(daemon)
+    await send(daemon, {**identify, "messageId": "i2", "traits": {"plan": "team", "email": None}})
+    await send(daemon, {**identify, "messageId": "i3", "traits": {"seats": 3}})
+    await sync(daemon)
+    assert await warehouse.rows(S, "users", "id, plan, email, seats") == [
+        {"id": "u1", "plan": "team", "email": "a@x", "seats": 3}
+    ]
+    assert await warehouse.count(S, "identifies") == 3
+
+
+async def test_resync_and_duplicates_load_nothing_twice(
+    daemon: Running, warehouse: WarehouseProbe, data_dir: Path
+) -> None:
+    await send(daemon, *[track(f"m{n}") for n in range(20)])
+    first = await sync(daemon)
+    again = await sync(daemon)
+    assert (first.messages, again.messages) == (20, 0)
+    # The same messageId again after the dedup window is stored twice in the outbox; the
+    # warehouse keeps one row.
+    query(data_dir, "UPDATE messages SET received_at = '2000-01-01T00:00:00.000Z'")
+    await send(daemon, track("m1"))
+    assert (await sync(daemon)).messages == 1
+    assert await warehouse.count(S, "tracks") == 20
+    assert await warehouse.count(S, "order_completed") == 20
+
+
+def _trigger(warehouse: WarehouseProbe, table: str) -> tuple[str, str]:
+    if warehouse.kind == "sqlite":
+        create = (
+            f'CREATE TRIGGER boom BEFORE INSERT ON "{S}__{table}" '
+            "BEGIN SELECT RAISE(ABORT, 'boom'); END;"
+        )
+        return create, "DROP TRIGGER boom;"
+    create = (
+        f"CREATE FUNCTION {S}.boom() RETURNS trigger LANGUAGE plpgsql "
+        "AS $$BEGIN RAISE EXCEPTION 'boom'; END$$; "
+        f"CREATE TRIGGER boom BEFORE INSERT ON {S}.{table} "
+        f"FOR EACH ROW EXECUTE FUNCTION {S}.boom();"
+    )
+    return create, f"DROP TRIGGER boom ON {S}.{table};"
+
+
+async def test_a_load_that_fails_midway_rolls_back_and_reruns_exactly_once(
+    daemon: Running, warehouse: WarehouseProbe, config: cdpd_config.Config
+) -> None:
+    (wh,) = config.warehouses
+    await send(daemon, track("m0", "Refunded"))
+    await sync(daemon)
+    create, drop = _trigger(warehouse, "refunded")
+    await warehouse.execute(create)
+    messages = [track(f"m{n}", "Order Completed" if n % 2 else "Refunded") for n in range(1, 41)]
+    await send(daemon, *messages)
+    failed = await loader.sync(config, wh, batch_messages=10)
+    # The first batch fails after it created `order_completed` and wrote `tracks` rows: all of
+    # it is rolled back.
+    assert failed.status == "failure"
+    assert "boom" in (failed.error or "")
+    assert failed.position == 1
+    assert await warehouse.count(S, "tracks") == 1
+    assert "order_completed" not in await warehouse.tables(S)
+    await warehouse.execute(drop)
+    rerun = await loader.sync(config, wh, batch_messages=10)
+    assert (rerun.status, rerun.messages, rerun.position) == ("success", 40, 41)
+    assert await warehouse.count(S, "tracks") == 41
+    assert await warehouse.count(S, "refunded") == 21
+    assert await warehouse.count(S, "order_completed") == 20
+
+
+async def test_a_cancelled_sync_rolls_back_its_batch(
+    daemon: Running, warehouse: WarehouseProbe, config: cdpd_config.Config
+) -> None:
+    (wh,) = config.warehouses
+    await send(daemon, *[track(f"m{n}") for n in range(50)])
+    batches: list[BatchResult] = []
+
+    async def cancel_after_first(batch: BatchResult) -> None:
+        batches.append(batch)
+        task.cancel()  # delivered at the next await: inside the second batch's transaction
+
+    task = asyncio.create_task(
+        loader.sync(config, wh, batch_messages=10, on_batch=cancel_after_first)
+    )
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(batches) == 1
+    assert await warehouse.count(S, "tracks") == 10
+    report = await loader.sync(config, wh, batch_messages=10)
+    assert (report.messages, report.position) == (40, 50)
+    assert await warehouse.count(S, "tracks") == 50
+
+
+async def test_racing_syncs_load_each_message_once(
+    daemon: Running, warehouse: WarehouseProbe, config: cdpd_config.Config
+) -> None:
+    (wh,) = config.warehouses
+    await send(daemon, *[track(f"m{n}", f"Event {n % 3}") for n in range(120)])
+    reports = await asyncio.gather(
+        loader.sync(config, wh, batch_messages=15), loader.sync(config, wh, batch_messages=15)
+    )
+    assert [r.status for r in reports] == ["success", "success"]
+    assert sum(r.messages for r in reports) == 120
+    assert await warehouse.count(S, "tracks") == 120
+    assert sum([await warehouse.count(S, f"event_{n}") for n in range(3)]) == 120
+
+
+async def test_hostile_names_are_only_names(daemon: Running, warehouse: WarehouseProbe) -> None:
+    hostile = 'x"; DROP TABLE users; --'
+    await send(
+        daemon,
+        {"type": "identify", "messageId": "i1", "userId": "u1", "traits": {"plan": "pro"}},
+        track("m1", hostile, properties={'a"b': 1, "c'); DROP TABLE tracks; --": 2, "é": 3}),
+        track("m2", "select", properties={"from": 1, "2fa": True, "x" * 100: "long"}),
+        track("m3", "Tracks"),
+    )
+    await sync(daemon)
+    tables = await warehouse.tables(S)
+    assert {"users", "tracks", "x_drop_table_users", "_select", "_tracks"} <= tables
+    assert set(await warehouse.columns(S, "x_drop_table_users")) >= {"a_b", "c_drop_table_tracks"}
+    columns = await warehouse.columns(S, "_select")
+    assert {"_from", "_2fa"} <= set(columns)
+    assert max(len(c) for c in columns) == 63
+    assert await warehouse.count(S, "users") == 1
+    assert await warehouse.count(S, "tracks") == 3
+
+
+async def test_the_column_limit_is_kept_and_logged(
+    make_config: Callable[..., cdpd_config.Config], warehouse: WarehouseProbe
+) -> None:
+    toml = warehouse.toml.replace("interval_s = 3600", "interval_s = 3600\nmax_columns = 20")
+    async with running(make_config(toml)) as server:
+        await server.warehouses.wait_for_syncs("wh", 1)
+        await send(server, track("m1", properties={f"p{n:02d}": n for n in range(30)}))
+        with capture_logs() as logs:
+            report = await sync(server)
+    columns = await warehouse.columns(S, "order_completed")
+    assert len(columns) == 20
+    assert "received_at" in columns  # standard columns come first
+    assert report.discards == 30 - len([c for c in columns if c.startswith("p")])
+    (limit,) = [line for line in logs if line["event"] == "warehouse_column_limit"]
+    assert limit["table"] == "order_completed"
+
+
+async def test_cli_sync_and_status(
+    daemon: Running,
+    warehouse: WarehouseProbe,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    await send(daemon, track("m1"), track("m2", "Signed Up"))
+    config = str(tmp_path / "cdpd.toml")
+    assert await asyncio.to_thread(cli.main, ["warehouse", "sync", "wh", "--config", config]) == 0
+    out = capsys.readouterr().out
+    assert "success, 2 messages loaded, position 2" in out
+    assert "website.signed_up" in out
+    assert await asyncio.to_thread(cli.main, ["warehouse", "status", "--config", config]) == 0
+    out = capsys.readouterr().out
+    assert "position  2 (outbox last seq 2; 0 to load)" in out
+    assert "website.tracks" in out
+    assert await asyncio.to_thread(cli.main, ["warehouse", "sync", "nope", "--config", config]) == 2
+
+
+async def test_periodic_sync_and_load_position(
+    make_config: Callable[..., cdpd_config.Config], warehouse: WarehouseProbe
+) -> None:
+    config = make_config(warehouse.toml.replace("interval_s = 3600", "interval_s = 0.05"))
+    assert await prunable_seq(config) == 0
+    async with running(config) as server:
+        await send(server, track("m1"), track("m2"))
+        reports = await server.warehouses.wait_for_syncs("wh", 3)
+    assert sum(r.messages for r in reports) == 2
+    assert await prunable_seq(config) == 2

@@ -1,0 +1,188 @@
+"""Messages to rows (mapping), values to columns (values) and the plan that joins them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from cdpd.warehouse.mapping import MappedBatch, Mapper
+from cdpd.warehouse.plan import plan_load
+from cdpd.warehouse.values import (
+    UNLOADABLE,
+    ColumnType,
+    infer_type,
+    to_boolean,
+    to_float,
+    to_integer,
+    to_string,
+    utc_text,
+)
+
+LOADED_AT = "2026-01-02T00:00:00.000000Z"
+
+
+def mapped(*messages: dict[str, Any], source: str = "website") -> MappedBatch:
+    mapper = Mapper(loaded_at=LOADED_AT)
+    for message in messages:
+        mapper.add(source, {"receivedAt": "2026-01-01T00:00:00.000Z", **message})
+    return mapper.batch()
+
+
+def track(message_id: str, event: str = "Order Completed", **extra: Any) -> dict[str, Any]:
+    return {"type": "track", "messageId": message_id, "userId": "u1", "event": event, **extra}
+
+
+def test_a_track_lands_in_tracks_and_its_event_table() -> None:
+    batch = mapped(track("m1", properties={"total": 5}, context={"library": {"name": "py"}}))
+    tracks = batch.rows[("website", "tracks")]["m1"]
+    event = batch.rows[("website", "order_completed")]["m1"]
+    assert tracks == {
+        "id": "m1",
+        "user_id": "u1",
+        "received_at": "2026-01-01T00:00:00.000Z",
+        "uuid_ts": LOADED_AT,
+        "loaded_at": LOADED_AT,
+        "context_library_name": "py",
+        "event": "order_completed",
+        "event_text": "Order Completed",
+    }
+    assert event == {**tracks, "total": 5}
+
+
+def test_three_spellings_share_one_table_and_keep_their_text() -> None:
+    batch = mapped(track("m1"), track("m2", "order_completed"), track("m3", "orderCompleted"))
+    rows = batch.rows[("website", "order_completed")]
+    assert [r["event_text"] for r in rows.values()] == [
+        "Order Completed",
+        "order_completed",
+        "orderCompleted",
+    ]
+
+
+def test_flattening_arrays_and_nulls() -> None:
+    properties = {
+        "product": {"sku": "a1", "price": {"amountUSD": 3}},
+        "tags": ["x", "y"],
+        "empty": None,
+        "items": [{"id": 1}],
+    }
+    row = mapped(track("m1", properties=properties)).rows[("website", "order_completed")]["m1"]
+    assert row["product_sku"] == "a1"
+    assert row["product_price_amount_usd"] == 3
+    assert row["tags"] == '["x","y"]'
+    assert row["items"] == '[{"id":1}]'
+    assert "empty" not in row
+
+
+def test_reserved_names_are_dropped_and_counted() -> None:
+    properties = {"user_id": "other", "event": "x", "timestamp": "y", "fine": 1}
+    batch = mapped(track("m1", properties=properties))
+    row = batch.rows[("website", "order_completed")]["m1"]
+    assert row["user_id"] == "u1"
+    assert row["event"] == "order_completed"
+    assert "timestamp" not in row
+    assert row["fine"] == 1
+    assert batch.dropped[("website", "order_completed", "user_id")] == 1
+
+
+def test_identify_fills_identifies_and_merges_users() -> None:
+    batch = mapped(
+        {"type": "identify", "messageId": "m1", "userId": "u1", "traits": {"plan": "pro", "a": 1}},
+        {"type": "identify", "messageId": "m2", "userId": "u1", "traits": {"plan": "team"}},
+        {"type": "identify", "messageId": "m3", "anonymousId": "a1", "traits": {"plan": "free"}},
+    )
+    assert set(batch.rows[("website", "identifies")]) == {"m1", "m2", "m3"}
+    users = batch.rows[("website", "users")]
+    assert list(users) == ["u1"]  # an anonymous identify makes no users row
+    assert users["u1"]["plan"] == "team"
+    assert users["u1"]["a"] == 1
+    assert "anonymous_id" not in users["u1"]
+
+
+def test_group_page_screen_alias() -> None:
+    batch = mapped(
+        {"type": "group", "messageId": "g", "userId": "u", "groupId": "g1", "traits": {"n": 2}},
+        {"type": "page", "messageId": "p", "userId": "u", "name": "Home", "properties": {"a": 1}},
+        {"type": "screen", "messageId": "s", "userId": "u", "name": "Settings"},
+        {"type": "alias", "messageId": "a", "userId": "u", "previousId": "anon"},
+    )
+    assert batch.rows[("website", "groups")]["g"]["group_id"] == "g1"
+    assert batch.rows[("website", "accounts")]["g1"]["n"] == 2
+    assert batch.rows[("website", "pages")]["p"]["name"] == "Home"
+    assert batch.rows[("website", "screens")]["s"]["name"] == "Settings"
+    assert batch.rows[("website", "aliases")]["a"]["previous_id"] == "anon"
+
+
+def test_a_duplicate_message_id_keeps_the_first_copy() -> None:
+    batch = mapped(track("m1", properties={"v": 1}), track("m1", properties={"v": 2}))
+    assert batch.rows[("website", "order_completed")]["m1"]["v"] == 1
+
+
+def test_unnamed_events_and_columns_go_to_discards() -> None:
+    batch = mapped(track("m1", "!!!", properties={"a": 1}), track("m2", properties={"$$": 1}))
+    assert ("website", "") not in batch.rows
+    assert [(d.table, d.column, d.reason) for d in batch.discards] == [
+        ("tracks", "properties", "no_table_name"),
+        ("order_completed", "$$", "no_column_name"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "column_type"),
+    [
+        (True, ColumnType.BOOLEAN),
+        (3, ColumnType.INTEGER),
+        (2**70, ColumnType.STRING),
+        (3.0, ColumnType.FLOAT),
+        ("2026-01-01T00:00:00Z", ColumnType.TIMESTAMP),
+        ("2026-01-01T10:00:00.5+05:30", ColumnType.TIMESTAMP),
+        ("2026-13-01T00:00:00Z", ColumnType.STRING),
+        ("2026-01-01", ColumnType.STRING),
+        ("hello", ColumnType.STRING),
+    ],
+)
+def test_infer_type(value: Any, column_type: ColumnType) -> None:
+    assert infer_type(value) == column_type
+
+
+def test_lossless_widening_only() -> None:
+    assert to_string(True) == "true"
+    assert to_string(42) == "42"
+    assert to_string(1.5) == "1.5"
+    assert to_float(3) == 3.0
+    assert to_float(2**60 + 1) is UNLOADABLE  # a double cannot hold it exactly
+    assert to_integer(4.0) == 4
+    assert to_integer(4.5) is UNLOADABLE
+    assert to_integer(True) is UNLOADABLE
+    assert to_boolean(1) is UNLOADABLE
+
+
+def test_timestamps_as_utc_text() -> None:
+    moment = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
+    assert utc_text(moment) == "2026-01-01T10:00:00.000000Z"
+
+
+def test_plan_new_columns_conflicts_and_the_column_limit() -> None:
+    batch = mapped(
+        track("m1", properties={"total": 1, "flag": True}),
+        track("m2", properties={"total": 2.5, "flag": "yes"}),
+        track("m3", properties={f"p{n}": n for n in range(30)}),
+    )
+    catalog = {
+        ("website", "order_completed"): {"id": ColumnType.STRING, "flag": ColumnType.BOOLEAN}
+    }
+    plan = plan_load(batch, catalog, max_columns=20, encode_timestamp=utc_text)
+    table = next(t for t in plan.tables if t.table == "order_completed")
+    new = dict(table.new_columns)
+    assert new["total"] == ColumnType.FLOAT  # the last value in the batch decides
+    assert new["received_at"] == ColumnType.TIMESTAMP
+    assert len(new) + 2 == 20
+    rows = {row[0]: dict(zip(table.columns, row, strict=True)) for row in table.rows}
+    assert rows["m1"]["total"] == 1.0
+    assert rows["m2"]["flag"] is None
+    reasons = {(d.row_id, d.column): d.reason for d in plan.discards}
+    assert reasons[("m2", "flag")] == "type_conflict: column is boolean"
+    assert sum(r == "column_limit" for r in reasons.values()) > 0
+    assert plan.refused_columns[("website", "order_completed")]
