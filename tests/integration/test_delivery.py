@@ -360,3 +360,38 @@ def _with_url(config: Config, url: str) -> Config:
 
 def _plus_seconds(at: str, seconds: float) -> str:
     return format_ms(parse_ms(at) + round(seconds * 1000))
+
+
+async def test_concurrency_cap(make_config: MakeConfig, http: aiohttp.ClientSession) -> None:
+    release = asyncio.Event()
+    async with (
+        Sink(default=hold(release)) as sink,
+        running(make_config(hook("hook", sink.url, concurrency=3))) as server,
+    ):
+        await send(http, server, [track(n, user=f"u{n}") for n in range(10)])
+        await sink.wait_for_requests(3)
+        # Every worker is busy: nothing more goes out until one is answered.
+        await server.delivery.router.route_once()
+        assert sink.arrived == 3
+        assert server.delivery.lanes["hook"].stats.in_flight == 3
+        release.set()
+        await delivered(server.delivery.lanes["hook"], 10)
+
+
+async def test_rate_limit(make_config: MakeConfig, http: aiohttp.ClientSession) -> None:
+    clock = FakeClock()
+    async with Sink() as sink:
+        config = make_config(hook("hook", sink.url, rate_limit_per_s=2, concurrency=4))
+        async with running(config, clock=clock) as server:
+            lane = server.delivery.lanes["hook"]
+            await send(http, server, [track(n, user=f"u{n}") for n in range(6)])
+            await delivered(lane, 2)  # the bucket starts full: two requests at once
+            await server.delivery.router.route_once()
+            assert lane.stats.delivered == 2
+            clock.advance(0.5)  # one more token
+            await delivered(lane, 3)
+            clock.advance(1.5)  # three seconds' worth, but the bucket holds two
+            await delivered(lane, 5)
+            clock.advance(0.5)
+            await delivered(lane, 6)
+    assert len(sink.received) == 6
