@@ -1,0 +1,96 @@
+import sqlite3
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cdpd.mapping.fql import FqlError, matches, parse, to_sql
+
+ORDER = {
+    "type": "track",
+    "event": "Order Completed",
+    "userId": "u1",
+    "properties": {"total": 120.5, "currency": "USD", "coupon": None, "gift": True, "n": 3},
+    "context": {"page": {"path": "/checkout/pay"}},
+}
+PAGE = {"type": "page", "anonymousId": "a1", "name": "Home", "properties": {"total": "12"}}
+
+
+@pytest.mark.parametrize(
+    ("condition", "order", "page"),
+    [
+        ('type = "track"', True, False),
+        ('type = "track" and event = "Order Completed"', True, False),
+        ('type = "track" and event != "Order Completed"', False, False),
+        ('type = "track" or type = "page"', True, True),
+        ("properties.total > 100", True, False),  # "12" is a string: not a number
+        ("properties.total <= 120.5", True, False),
+        ("properties.n = 3", True, False),
+        ('properties.n = "3"', False, False),
+        ("properties.gift = true", True, False),
+        ("properties.coupon = null", True, True),
+        ("userId != null", True, False),
+        ("anonymousId != null", False, True),
+        ('contains(event, "Order")', True, False),
+        ('match(context.page.path, "/checkout*")', True, False),
+        ('!match(context.page.path, "/checkout*")', False, True),
+        ('not (type = "track" and properties.total > 200)', True, True),
+        ('match(name, "H?me")', False, False),  # only * is a wildcard
+        ('(type = "page") and (name = "Home" or name = "About")', False, True),
+    ],
+)
+def test_matches(condition: str, order: bool, page: bool) -> None:
+    node = parse(condition)
+    assert matches(node, ORDER) is order
+    assert matches(node, PAGE) is page
+    assert _sql_matches(condition, ORDER) is order
+    assert _sql_matches(condition, PAGE) is page
+
+
+@pytest.mark.parametrize(
+    ("condition", "says"),
+    [
+        ('type = "track" and', "at the end"),
+        ('type == "track"', "column 7"),
+        ('event = "Order" or (type = "track"', "expected ')'"),
+        ("contains(event, 3)", "takes a string"),
+        ("type = track", "expected a value"),
+        ('type = "track" #', "unexpected character '#' at column 16"),
+        ('and = "x"', "expected a field name at column 1"),
+    ],
+)
+def test_errors_say_where(condition: str, says: str) -> None:
+    with pytest.raises(FqlError, match=says.replace("(", r"\(").replace(")", r"\)")):
+        parse(condition)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.sampled_from(["a", "ab", "b*", "A"]),
+    lambda inner: st.dictionaries(st.sampled_from(["x", "y"]), inner, max_size=2),
+    max_leaves=4,
+)
+conditions = st.sampled_from(
+    [
+        'x = "a"', "x = 1", "x != 1", "x > 0", "x <= -1", "x = null", "x != null", "x = true",
+        'contains(x, "a")', 'match(x, "a*")', 'match(x, "b*")', "x.y = 2", 'x.y != "ab"',
+        'not (x = "a" or y > 2)', 'x = "a" and y = null', "x.x.y >= 0",
+    ]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(message=st.dictionaries(st.sampled_from(["x", "y"]), json_values), condition=conditions)
+def test_python_and_sql_agree(message: dict[str, Any], condition: str) -> None:
+    assert matches(parse(condition), message) == _sql_matches(condition, message)
+
+
+def _sql_matches(condition: str, message: dict[str, Any]) -> bool:
+    sql, params = to_sql(parse(condition))
+    with sqlite3.connect(":memory:") as conn:
+        ((result,),) = conn.execute(
+            f"SELECT {sql} FROM (SELECT ? AS payload)",
+            [*params, msgspec.json.encode(message).decode()],
+        ).fetchall()
+    return bool(result)

@@ -1,0 +1,120 @@
+from typing import Any
+
+import pytest
+
+from cdpd.mapping.kit import ABSENT, evaluate, lookup, validate
+
+ORDER: dict[str, Any] = {
+    "type": "track",
+    "event": "Order Completed",
+    "userId": "u1",
+    "messageId": "m1",
+    "properties": {
+        "order_id": "o-1",
+        "total": 27.5,
+        "coupon": None,
+        "products": [
+            {"product_id": "p1", "sku": "45790-32", "price": 19, "quantity": 1},
+            {"product_id": "p2", "sku": "46493-32", "price": 3, "quantity": 2},
+        ],
+    },
+    "traits": {"first_name": "Ada"},
+    "context": {"page": {"path": "/checkout"}},
+}
+
+
+@pytest.mark.parametrize(
+    ("mapping", "expected"),
+    [
+        ({"@path": "$.properties.total"}, 27.5),
+        ({"@path": "properties.products[1].sku"}, "46493-32"),
+        ({"@path": "$.properties.nope"}, ABSENT),
+        ({"@path": "$."}, ORDER),
+        (
+            {"@template": "{{event}} by {{traits.first_name}}{{traits.last}}"},
+            "Order Completed by Ada",
+        ),
+        ({"@literal": {"@path": "x"}}, {"@path": "x"}),
+        ({"@if": {"exists": {"@path": "$.userId"}, "then": "known", "else": "anonymous"}}, "known"),
+        ({"@if": {"blank": {"@path": "$.properties.coupon"}, "then": "none"}}, "none"),
+        ({"@if": {"exists": {"@path": "$.properties.coupon"}, "then": 1}}, ABSENT),
+        ({"@case": {"operator": "upper", "value": {"@path": "$.type"}}}, "TRACK"),
+        (
+            {"@replace": {"value": {"@path": "$.event"}, "pattern": " ", "replacement": "_"}},
+            "Order_Completed",
+        ),
+        (
+            {"@replace": {"value": "a.a.a", "pattern": ".", "replacement": "-", "global": False}},
+            "a-a.a",
+        ),
+        (
+            {
+                "@arrayPath": [
+                    "$.properties.products",
+                    {"id": {"@path": "$.product_id"}, "n": {"@path": "quantity"}},
+                ]
+            },
+            [{"id": "p1", "n": 1}, {"id": "p2", "n": 2}],
+        ),
+        ({"@json": {"mode": "encode", "value": {"@path": "$.traits"}}}, '{"first_name":"Ada"}'),
+        ({"@json": {"mode": "decode", "value": '{"a": [1]}'}}, {"a": [1]}),
+        (
+            {"@merge": {"objects": [{"a": 1, "b": 1}, {"b": 2}], "direction": "right"}},
+            {"a": 1, "b": 2},
+        ),
+        (
+            {"@merge": {"objects": [{"a": 1, "b": 1}, {"b": 2}], "direction": "left"}},
+            {"a": 1, "b": 1},
+        ),
+        (
+            {"@flatten": {"value": {"@path": "$.context"}, "separator": "_"}},
+            {"page_path": "/checkout"},
+        ),
+        ({"@excludeWhenNull": {"@path": "$.properties.coupon"}}, ABSENT),
+        (
+            {
+                "id": {"@path": "$.messageId"},
+                "gone": {"@path": "$.nope"},
+                "kept": None,
+                "n": [1, {"@path": "$.nope"}],
+            },
+            {"id": "m1", "kept": None, "n": [1]},
+        ),
+    ],
+)
+def test_evaluate(mapping: Any, expected: Any) -> None:
+    assert (
+        evaluate(mapping, ORDER) == expected
+        if expected is not ABSENT
+        else evaluate(mapping, ORDER) is ABSENT
+    )
+    assert validate(mapping) == []
+
+
+def test_lookup_stops_at_anything_that_is_not_a_container() -> None:
+    assert lookup(ORDER, "$.event.length") is ABSENT
+    assert lookup(ORDER, "$.properties.products[5]") is ABSENT
+
+
+@pytest.mark.parametrize(
+    ("mapping", "problem"),
+    [
+        ({"@pth": "$.x"}, "mapping: unknown directive @pth"),
+        ({"@path": "$.x", "extra": 1}, "mapping: a directive (@path) must be the only key"),
+        ({"a": {"@path": 3}}, "mapping.a.@path: expected a path"),
+        (
+            {"@case": {"operator": "title", "value": "x"}},
+            "mapping.@case.operator: expected one of lower, upper",
+        ),
+        ({"@if": {"then": 1}}, "mapping.@if: expected an object with exists or blank"),
+        ({"@replace": {"value": "x"}}, "mapping.@replace: missing pattern"),
+        ({"@arrayPath": ["$.p"]}, "mapping.@arrayPath: expected [path, shape]"),
+        (
+            {"@json": {"mode": "encode", "value": {"@nope": 1}}},
+            "mapping.@json.value: unknown directive @nope",
+        ),
+        ({"list": [{"@template": 1}]}, "mapping.list[0].@template: expected a text"),
+    ],
+)
+def test_validate_names_the_place(mapping: Any, problem: str) -> None:
+    assert any(p.startswith(problem) for p in validate(mapping)), validate(mapping)
