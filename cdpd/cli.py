@@ -27,6 +27,8 @@ T = TypeVar("T")
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "destinations":  # the catalog needs no config file
+        return _destinations(args)
     try:
         cfg = config.load(args.config)
     except config.ConfigError as exc:
@@ -83,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--since", help="re-deliver messages received from this time (ISO-8601)")
     replay.add_argument("--until", help="... up to this time (default: now)")
     replay.add_argument("--source", help="only messages from this source")
+    catalog = commands.add_parser(
+        "destinations", parents=[common], help="the destination catalog: settings, actions"
+    )
+    catalog.add_argument("--json", action="store_true", help="print one JSON document")
     warehouse_commands.add_parser(commands, common)
     return parser
 
@@ -128,6 +134,16 @@ def _outbox(cfg: config.Config, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     for message in asyncio.run(reader.tail(path, args.n)):
         print(msgspec.json.encode(message).decode())
+    return EXIT_OK
+
+
+def _destinations(args: argparse.Namespace) -> int:
+    from cdpd.destinations import describe
+
+    if args.json:
+        print(msgspec.json.encode(describe.describe()).decode())
+    else:
+        print(describe.text())
     return EXIT_OK
 
 

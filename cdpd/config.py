@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import msgspec.inspect
@@ -127,6 +127,17 @@ class AdminConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
         return None
 
 
+class ActionConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One action of a destination: which messages it takes (an FQL subscription) and the
+    fields it sends (a mapping over the action kind's defaults)."""
+
+    name: Name
+    kind: str | None = None  # needed when the destination type has more than one kind
+    subscribe: str
+    mapping: dict[str, Any] = msgspec.field(default_factory=dict)
+    enabled: bool = True
+
+
 class _Destination(
     _Section, tag_field="type", frozen=True, forbid_unknown_fields=True, kw_only=True
 ):
@@ -146,6 +157,8 @@ class _Destination(
     timeout_s: PositiveFloat = 10.0
     # Overrides [delivery.retry] for this destination.
     retry: RetryConfig | None = None
+    # None: the destination type's presets, which behave like Segment's defaults.
+    actions: list[ActionConfig] | None = None
 
 
 class WebhookDestination(

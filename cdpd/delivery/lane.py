@@ -21,6 +21,8 @@ from cdpd.clock import Clock
 from cdpd.config import Destination, RetryConfig
 from cdpd.delivery import policy, store
 from cdpd.delivery.store import Claimed, Outcome
+from cdpd.destinations import actions
+from cdpd.destinations.actions import Action
 from cdpd.destinations.base import Destination as Sender
 from cdpd.destinations.base import Result
 from cdpd.model.timestamps import format_ms, parse_ms
@@ -91,6 +93,7 @@ class Lane:
         config: Destination,
         sender: Sender,
         *,
+        actions: list[Action],
         writer: OutboxWriter,
         session: aiohttp.ClientSession,
         clock: Clock,
@@ -103,6 +106,7 @@ class Lane:
         self.stats = LaneStats()
         self._config = config
         self._sender = sender
+        self._actions = actions
         self._writer = writer
         self._session = session
         self._clock = clock
@@ -209,7 +213,7 @@ class Lane:
         try:
             started_ms = self._clock.now_ms()
             began = time.perf_counter()
-            results = await self._sender.send(self._session, batch)
+            results = await self._send(batch)
             duration_ms = (time.perf_counter() - began) * 1000
             if self._observe is not None:
                 self._observe(duration_ms / 1000)
@@ -220,6 +224,17 @@ class Lane:
                 self.stats.recorded.notify_all()
         finally:
             self.stats.in_flight -= len(batch)
+
+    async def _send(self, batch: list[Claimed]) -> list[Result]:
+        """Prepare each delivery for its actions, send, and make one result per delivery."""
+        prepared = actions.prepare(self._actions, batch)
+        ready = [item for item in prepared if item.problem is None]
+        sent = iter(await self._sender.send(self._session, ready) if ready else [])
+        results = [
+            next(sent) if item.problem is None else Result(None, item.problem, invalid=True)
+            for item in prepared
+        ]
+        return actions.combine(batch, prepared, results)
 
     def _outcomes(
         self,
@@ -260,19 +275,24 @@ class Lane:
 
     def _verdict(self, item: Claimed, result: Result, started_at: str, now_ms: int) -> _Verdict:
         first_at = item.first_attempt_at or started_at
-        decision = policy.decide(
-            self._retry,
-            status=result.status,
-            attempt=item.attempts + 1,
-            first_attempt_ms=parse_ms(first_at),
-            now_ms=now_ms,
-            retry_after_s=result.retry_after_s,
-            rand=self._rand,
-        )
+        if result.skipped:
+            decision = policy.Decision("delivered", None, "nothing to send")
+        elif result.invalid:
+            decision = policy.Decision("dead", None, "the destination cannot take it as it is")
+        else:
+            decision = policy.decide(
+                self._retry,
+                status=result.status,
+                attempt=item.attempts + 1,
+                first_attempt_ms=parse_ms(first_at),
+                now_ms=now_ms,
+                retry_after_s=result.retry_after_s,
+                rand=self._rand,
+            )
         now_at = format_ms(now_ms)
         return _Verdict(
             state=decision.verdict,
-            error=None if decision.verdict == "delivered" else _error(result, decision),
+            error=result.error if result.skipped else _error(result, decision),
             first_attempt_at=first_at,
             next_attempt_at=format_ms(decision.next_attempt_ms or now_ms),
             finished_at=None if decision.verdict == "retrying" else now_at,
@@ -387,6 +407,8 @@ class _Recorder:
         self._wake.set()  # look again: more may have arrived during the write
 
 
-def _error(result: Result, decision: policy.Decision) -> str:
+def _error(result: Result, decision: policy.Decision) -> str | None:
+    if decision.verdict == "delivered":
+        return None
     text = result.error or f"HTTP {result.status}"
     return text if decision.verdict == "retrying" else f"{text} ({decision.reason})"

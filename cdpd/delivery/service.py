@@ -17,7 +17,8 @@ from cdpd.delivery.lane import Lane
 from cdpd.delivery.retention import Pruner
 from cdpd.delivery.router import Router
 from cdpd.delivery.store import RoutingRule
-from cdpd.destinations import registry
+from cdpd.destinations import actions, registry
+from cdpd.destinations.actions import Action
 from cdpd.outbox.writer import OutboxWriter
 
 log = structlog.get_logger()
@@ -36,10 +37,12 @@ class Delivery:
         self._config = config.delivery
         self._writer = writer
         enabled = [d for d in config.destinations if d.enabled]
+        senders = {d.name: registry.build(d) for d in enabled}
         self.lanes = {
             d.name: Lane(
                 d,
-                registry.build(d),
+                senders[d.name],
+                actions=senders[d.name].actions,
                 writer=writer,
                 session=session,
                 clock=clock,
@@ -51,7 +54,7 @@ class Delivery:
         }
         self.router = Router(
             writer,
-            [routing_rule(d) for d in enabled],
+            [routing_rule(d, senders[d.name].actions) for d in enabled],
             [d.name for d in config.destinations if not d.enabled],
             self.lanes,
             clock=clock,
@@ -106,9 +109,14 @@ class Delivery:
                 task.cancel()
 
 
-def routing_rule(destination: Destination) -> RoutingRule:
+def routing_rule(destination: Destination, subscribed: list[Action] | None = None) -> RoutingRule:
+    """Which messages the destination is owed: its filters, the integrations object, and at
+    least one of its actions' subscriptions."""
+    if subscribed is None:
+        subscribed = registry.actions_of(destination)
     return RoutingRule(
         destination=destination.name,
+        subscription=actions.subscription_sql(subscribed),
         catalog_name=registry.catalog_name(destination),
         ordered=destination.ordering == "user",
         sources=tuple(destination.sources) if destination.sources is not None else None,

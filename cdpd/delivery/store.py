@@ -35,6 +35,7 @@ class RoutingRule(msgspec.Struct, frozen=True):
 
     destination: str
     catalog_name: str
+    subscription: tuple[str, list[Any]] = ("1", [])  # SQL: some action subscribes to it
     ordered: bool = False  # per-user ordering: only then do deliveries carry an order key
     sources: tuple[str, ...] | None = None
     types: tuple[str, ...] | None = None
@@ -48,11 +49,13 @@ class RoutingRule(msgspec.Struct, frozen=True):
         else for its catalog name, else `All`, else true; only an explicit `false` disables
         (an object means enabled, with options)."""
         clauses = [
-            "coalesce(payload ->> ?, payload ->> ?, payload ->> '$.integrations.All', 1) != 0"
+            "coalesce(payload ->> ?, payload ->> ?, payload ->> '$.integrations.All', 1) != 0",
+            self.subscription[0],
         ]
         params: list[Any] = [
             _integration_path(self.destination),
             _integration_path(self.catalog_name),
+            *self.subscription[1],
         ]
         for column, values in (("source", self.sources), ("type", self.types)):
             if values is not None:

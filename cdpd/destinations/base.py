@@ -3,35 +3,42 @@
 from __future__ import annotations
 
 import email.utils
+import os
 import time
 from collections.abc import Sequence
 from datetime import UTC
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
 import msgspec
 
-from cdpd.delivery.store import Claimed
+from cdpd.config import ConfigError
+
+if TYPE_CHECKING:
+    from cdpd.destinations.actions import Action, Prepared
 
 MAX_ERROR_CHARS = 500
 
 
 class Result(msgspec.Struct, frozen=True, gc=False):
-    """What happened to one delivery in an attempt. `status` is None for a timeout or a
-    connection error; `retry_after_s` is the destination's Retry-After, if any."""
+    """What happened to one item in an attempt. `status` is None for a timeout or a
+    connection error; `retry_after_s` is the destination's Retry-After, if any. `invalid`: the
+    destination can never take it as it is (never retried); `skipped`: nothing had to be sent."""
 
     status: int | None
     error: str | None = None
     retry_after_s: float | None = None
+    invalid: bool = False
+    skipped: bool = False
 
 
 class Destination(Protocol):
     name: str
-    catalog_name: str  # the name Segment's integrations object uses for this kind of tool
+    actions: list[Action]
 
-    async def send(self, session: aiohttp.ClientSession, batch: Sequence[Claimed]) -> list[Result]:
-        """Attempt the batch (one request, or more when the API needs it); one Result per item,
-        in order. Network failures are returned as results, never raised."""
+    async def send(self, session: aiohttp.ClientSession, items: Sequence[Prepared]) -> list[Result]:
+        """Send the prepared items (one request, or as many as the API needs); one Result
+        per item, in order. Network failures are returned as results, never raised."""
         ...
 
 
@@ -56,3 +63,17 @@ def retry_after_s(header: str | None) -> float | None:
 def error_text(status: int, body: bytes) -> str:
     text = body[:MAX_ERROR_CHARS].decode("utf-8", errors="replace").strip()
     return f"HTTP {status}: {text}" if text else f"HTTP {status}"
+
+
+def secret(destination: str, value: str | None, env: str | None, what: str) -> str | None:
+    """A credential given in the config or, better, named by an environment variable."""
+    if value:
+        return value
+    if env:
+        found = os.environ.get(env)
+        if not found:
+            raise ConfigError(
+                f"destination {destination!r}: {what}_env names {env}, which is not set"
+            )
+        return found
+    return None

@@ -1,36 +1,63 @@
-"""From a config entry's `type` to the destination that serves it."""
+"""From a config entry's `type` to the destination that serves it: its catalog name, action
+kinds and presets, and how to build it."""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
 
 from cdpd.config import ConfigError, Destination, WebhookDestination
+from cdpd.destinations import actions, webhook
 from cdpd.destinations.base import Destination as Sender
-from cdpd.destinations.webhook import Webhook
+
+
+class DestinationType(msgspec.Struct, frozen=True):
+    name: str  # the config's `type`
+    catalog_name: str  # the name Segment's integrations object uses for this kind of tool
+    description: str
+    settings: type[Destination]
+    kinds: dict[str, actions.ActionKind]
+    presets: tuple[actions.Preset, ...]
+    make: Callable[[Any, list[actions.Action]], Sender]
+
+
+TYPES: tuple[DestinationType, ...] = (
+    DestinationType(
+        name="webhook",
+        catalog_name="Webhooks",
+        description="POST each message (or mapped fields) as JSON to a URL, optionally signed",
+        settings=WebhookDestination,
+        kinds=webhook.KINDS,
+        presets=webhook.PRESETS,
+        make=webhook.Webhook,
+    ),
+)
+_BY_SETTINGS = {t.settings: t for t in TYPES}
+
+
+def type_of(config: Destination) -> DestinationType:
+    try:
+        return _BY_SETTINGS[type(config)]
+    except KeyError:
+        raise ConfigError(f"destination {config.name!r}: no implementation for its type") from None
+
+
+def actions_of(config: Destination) -> list[actions.Action]:
+    """Its configured actions (or presets), checked; ConfigError says which and where."""
+    kind = type_of(config)
+    return actions.build(config, kind.kinds, kind.presets)
 
 
 def build(config: Destination) -> Sender:
-    if isinstance(config, WebhookDestination):
-        return Webhook(config, secret=_secret(config))
-    raise ConfigError(f"destination {config.name!r}: no implementation for its type")
+    """The destination, ready to send (credentials resolved)."""
+    return type_of(config).make(config, actions_of(config))
 
 
 def catalog_name(config: Destination) -> str:
-    """The name Segment's integrations object uses for this kind of destination."""
-    if isinstance(config, WebhookDestination):
-        return Webhook.catalog_name
-    raise ConfigError(f"destination {config.name!r}: no implementation for its type")
+    return type_of(config).catalog_name
 
 
-def _secret(config: WebhookDestination) -> str | None:
-    if config.secret:
-        return config.secret
-    if config.secret_env:
-        value = os.environ.get(config.secret_env)
-        if not value:
-            raise ConfigError(
-                f"destination {config.name!r}: secret_env names {config.secret_env}, "
-                "which is not set in the environment"
-            )
-        return value
-    return None
+def catalog() -> Sequence[DestinationType]:
+    return TYPES

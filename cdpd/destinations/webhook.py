@@ -1,5 +1,5 @@
-"""The webhook destination: the normalised Segment message as JSON, one per request, or up to
-`batch_size` per request as `{"batch": [...]}`, optionally signed.
+"""The webhook destination: each message (or the fields an action maps) as JSON, one per
+request, or up to `batch_size` per request as `{"batch": [...]}`, optionally signed.
 
 Headers: `Content-Type: application/json`, `User-Agent: cdpd/<version>`, the configured
 headers, and for single messages `X-Cdpd-Message-Id` and `Idempotency-Key` (the messageId). With
@@ -9,57 +9,73 @@ HMAC-SHA256 of `"<timestamp>." + body` (the exact bytes sent) with the secret as
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
 from collections.abc import Sequence
 
 import aiohttp
+import msgspec
 
 from cdpd import __version__
 from cdpd.config import WebhookDestination
-from cdpd.delivery.store import Claimed
-from cdpd.destinations.base import MAX_ERROR_CHARS, Result, error_text, retry_after_s
+from cdpd.destinations.actions import (
+    EVERY_TYPE,
+    WHOLE_MESSAGE,
+    Action,
+    ActionKind,
+    Field,
+    Prepared,
+    Preset,
+)
+from cdpd.destinations.base import MAX_ERROR_CHARS, Result, error_text, retry_after_s, secret
+
+KINDS = {
+    "send": ActionKind(
+        "send",
+        "POST the `data` field as the JSON body (by default the whole message, as stored)",
+        {"data": Field("the JSON body", default=WHOLE_MESSAGE, required=True)},
+    )
+}
+PRESETS = (Preset("Send every message", "send", EVERY_TYPE),)
+_encoder = msgspec.json.Encoder()
 
 
 class Webhook:
-    catalog_name = "Webhooks"
-
-    def __init__(self, config: WebhookDestination, secret: str | None) -> None:
+    def __init__(self, config: WebhookDestination, actions: list[Action]) -> None:
         self.name = config.name
+        self.actions = actions
         self._url = config.url
         self._batched = config.batch_size > 1
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
-        self._secret = secret.encode() if secret else None
+        key = secret(config.name, config.secret, config.secret_env, "secret")
+        self._secret = key.encode() if key else None
         self._headers = {
             "Content-Type": "application/json",
             "User-Agent": f"cdpd/{__version__}",
             **config.headers,
         }
 
-    async def send(self, session: aiohttp.ClientSession, batch: Sequence[Claimed]) -> list[Result]:
-        body, headers = self._request(batch)
-        result = await self._post(session, body, headers)
-        return [result] * len(batch)
-
-    def _request(self, batch: Sequence[Claimed]) -> tuple[bytes, dict[str, str]]:
-        headers = dict(self._headers)
+    async def send(self, session: aiohttp.ClientSession, items: Sequence[Prepared]) -> list[Result]:
         if self._batched:
-            body = ('{"batch":[' + ",".join(item.payload for item in batch) + "]}").encode()
-        else:
-            (item,) = batch
-            body = item.payload.encode()
-            headers["X-Cdpd-Message-Id"] = item.message_id
-            headers["Idempotency-Key"] = item.message_id
-        if self._secret is not None:
-            timestamp = str(int(time.time()))
-            headers["X-Cdpd-Timestamp"] = timestamp
-            headers["X-Cdpd-Signature"] = "v1=" + sign(self._secret, timestamp, body)
-        return body, headers
+            body = ('{"batch":[' + ",".join(_json(item) for item in items) + "]}").encode()
+            result = await self._post(session, body, dict(self._headers))
+            return [result] * len(items)
+        return list(await asyncio.gather(*(self._send_one(session, item) for item in items)))
+
+    async def _send_one(self, session: aiohttp.ClientSession, item: Prepared) -> Result:
+        headers = dict(self._headers)
+        headers["X-Cdpd-Message-Id"] = headers["Idempotency-Key"] = item.delivery.message_id
+        return await self._post(session, _json(item).encode(), headers)
 
     async def _post(
         self, session: aiohttp.ClientSession, body: bytes, headers: dict[str, str]
     ) -> Result:
+        if self._secret is not None:
+            timestamp = str(int(time.time()))
+            headers["X-Cdpd-Timestamp"] = timestamp
+            headers["X-Cdpd-Signature"] = "v1=" + sign(self._secret, timestamp, body)
         try:
             async with session.post(
                 self._url, data=body, headers=headers, timeout=self._timeout
@@ -74,10 +90,15 @@ class Webhook:
                 )
         except TimeoutError:
             return Result(None, f"no answer within {self._timeout.total} s")
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             return Result(None, f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
-        except OSError as exc:
-            return Result(None, f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
+
+
+def _json(item: Prepared) -> str:
+    """The stored message itself when the action sends it whole, else the mapped data."""
+    if item.message is None:
+        return item.delivery.payload
+    return _encoder.encode(item.fields.get("data")).decode()
 
 
 def sign(secret: bytes, timestamp: str, body: bytes) -> str:
