@@ -149,7 +149,8 @@ async def _serving_http(
             yield _url(runner), app
         finally:
             await site.stop()  # no new connections
-            await drain.finish(config.server.shutdown_timeout_s)
+            open_connections = len(runner.server.connections) if runner.server else 0
+            await drain.finish(config.server.shutdown_timeout_s, open_connections)
     finally:
         await runner.cleanup()  # closes the now idle connections
 

@@ -34,6 +34,7 @@ log = structlog.get_logger()
 INGEST = web.AppKey("ingest", Ingest)
 WRITER = web.AppKey("writer", OutboxWriter)
 MAX_CLIENT_REQUEST_ID_CHARS = 200
+START_GRACE_S = 0.2
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -58,10 +59,14 @@ class Drain:
         if self.active == 0:
             self._idle.set()
 
-    async def finish(self, timeout_s: float) -> None:
+    async def finish(self, timeout_s: float, open_connections: int) -> None:
         """Wait, at most `timeout_s`, for the requests being handled; from now on each answer
         closes its connection."""
         self.closing = True
+        if open_connections:
+            # A request that had reached an open connection but not been read yet gets a
+            # moment to start, so that it is waited for too rather than cut off.
+            await asyncio.sleep(min(START_GRACE_S, timeout_s))
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
         except TimeoutError:
