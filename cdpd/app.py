@@ -100,6 +100,7 @@ async def running(
             async with asyncio.TaskGroup() as tasks:
                 writer_task = tasks.create_task(writer.run(), name="outbox-writer")
                 space_task = tasks.create_task(space.run(), name="free-space-watch")
+                await delivery.start()
                 delivery_task = tasks.create_task(delivery.run(), name="delivery")
                 for warehouse in warehouses.warehouses:
                     tasks.create_task(warehouses.run(warehouse), name=f"warehouse-{warehouse.name}")

@@ -55,7 +55,11 @@ class Router:
         released = await store.release_all(conn)
         if released:
             log.info("deliveries_released", count=released, reason="in flight at the last stop")
-        for name in [rule.destination for rule in self._rules] + self._disabled:
+        configured = [rule.destination for rule in self._rules] + self._disabled
+        abandoned = await store.forget_others(conn, configured, format_ms(self._clock.now_ms()))
+        if abandoned:
+            log.warning("deliveries_abandoned", count=abandoned, reason="destination removed")
+        for name in configured:
             await store.start_routing(conn, name, self._writer.last_seq)
         return await store.routing_positions(conn)
 

@@ -69,10 +69,14 @@ class Delivery:
         )
         self._stop = asyncio.Event()
 
+    async def start(self) -> None:
+        """Recover from the last stop and set routing positions; before `run`, once the outbox
+        writer runs, and before ingest opens (a new destination starts from that point)."""
+        await self.router.start()
+
     async def run(self) -> None:
         """Route, deliver and prune until `stop()`; then let attempts in flight finish (up to
         the drain timeout) and put whatever is still claimed back to pending."""
-        await self.router.start()
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.router.run(self._stop), name="router")

@@ -117,6 +117,21 @@ async def start_routing(conn: aiosqlite.Connection, destination: str, from_seq: 
     )
 
 
+async def forget_others(conn: aiosqlite.Connection, configured: Sequence[str], now_at: str) -> int:
+    """Destinations no longer in the config: their routing position goes (one added again
+    starts from then) and their unfinished deliveries become dead, so they neither hold back
+    retention nor vanish without a trace. Returns how many deliveries were given up."""
+    others = f"destination NOT IN ({_marks(configured)})" if configured else "1"
+    await conn.execute(f"DELETE FROM delivery_routing WHERE {others}", list(configured))
+    cursor = await conn.execute(
+        "UPDATE deliveries SET state = 'dead', finished_at = ?,"
+        " last_error = 'the destination is no longer configured'"
+        f" WHERE state IN ('pending', 'retrying', 'in_flight') AND {others}",
+        [now_at, *configured],
+    )
+    return int(cursor.rowcount)
+
+
 async def route(
     conn: aiosqlite.Connection, rule: RoutingRule, after_seq: int, up_to_seq: int, now_at: str
 ) -> int:
