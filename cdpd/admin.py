@@ -10,6 +10,7 @@ from aiohttp import web
 
 from cdpd.config import Config, Destination
 from cdpd.delivery import replay, report
+from cdpd.delivery.lane import LaneStats
 from cdpd.delivery.service import Delivery
 from cdpd.ingest.errors import ApiError
 from cdpd.metrics import CONTENT_TYPE, Metrics
@@ -36,6 +37,7 @@ class Admin:
     ) -> None:
         self._token = config.admin.resolved_token()
         self._destinations = {d.name: d for d in config.destinations}
+        self._names = list(self._destinations)
         self._writer = writer
         self._reader = reader
         self._delivery = delivery
@@ -66,6 +68,8 @@ class Admin:
         except msgspec.MsgspecError as exc:
             raise ApiError(400, "invalid_request", f"not a replay request: {exc}") from None
         destination = self._destination(asked.destination)
+        if not destination.enabled:
+            raise ApiError(409, "destination_disabled", f"{destination.name} is disabled")
         if asked.dead:
             count = await replay.replay_dead(self._writer.transact, destination)
         elif asked.since:
@@ -80,15 +84,18 @@ class Admin:
         return _json({"destination": destination.name, "queued": count})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        body = self._metrics.render(await self._reports())
+        body = self._metrics.render(await report.states(self._reader, self._names, delivered=False))
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def _reports(self) -> list[report.DestinationReport]:
-        reports = await report.destinations(self._reader, list(self._destinations))
+        """Counts from the outbox; the rest from the lanes' live figures since start, so the
+        endpoint never reads through the attempts table. Lanes that do not run (disabled or
+        removed destinations) have no live figures: `cdpd deliveries` reads their history."""
+        reports = await report.states(self._reader, self._names, delivered=True)
         for entry in reports:
             lane = self._delivery.lanes.get(entry.destination)
-            if lane is not None:  # live figures beat what the outbox last recorded
-                entry.in_flight = lane.stats.in_flight
+            if lane is not None:
+                _live(entry, lane.stats)
         return reports
 
     def _authorize(self, request: web.Request) -> None:
@@ -97,7 +104,8 @@ class Admin:
                 401, "admin_disabled", "admin endpoints are off: set [admin] token or token_env"
             )
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), self._token):
+        token = given.strip().encode("utf-8", errors="replace")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token, self._token.encode()):
             raise ApiError(
                 401,
                 "invalid_admin_token",
@@ -112,6 +120,21 @@ class Admin:
             raise ApiError(
                 404, "unknown_destination", f"no destination is named {name!r}"
             ) from None
+
+
+def _live(entry: report.DestinationReport, stats: LaneStats) -> None:
+    entry.sending = stats.in_flight
+    entry.latency_p50_ms = stats.percentile_ms(0.50)
+    entry.latency_p95_ms = stats.percentile_ms(0.95)
+    entry.errors_by_status = dict(stats.errors_by_status)
+    entry.unhealthy = stats.unhealthy
+    if stats.last_error_at is not None and stats.last_error_message_id is not None:
+        entry.last_error = report.LastError(
+            stats.last_error_at,
+            stats.last_error_status,
+            stats.last_error,
+            stats.last_error_message_id,
+        )
 
 
 _encoder = msgspec.json.Encoder()

@@ -176,7 +176,13 @@ def _replay(cfg: config.Config, args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"cdpd: --since/--until: expected an ISO-8601 time ({exc})", file=sys.stderr)
         return EXIT_USAGE
-    count = asyncio.run(_replay_in_outbox(cfg.storage.outbox_path, destination, since, until, args))
+    try:
+        count = asyncio.run(
+            _replay_in_outbox(cfg.storage.outbox_path, destination, since, until, args)
+        )
+    except config.ConfigError as exc:
+        print(f"cdpd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     what = "dead deliveries" if args.dead else "messages"
     print(f"{count} {what} queued for {destination.name}")
     return EXIT_OK
@@ -191,8 +197,8 @@ async def _replay_in_outbox(
 ) -> int:
     async with schema.connect(path) as conn:
 
-        async def transact(operation: Any) -> int:
-            return await replay.in_transaction(conn, operation)
+        def transact(operation: Any) -> Any:
+            return replay.in_transaction(conn, operation)
 
         if since is None:
             return await replay.replay_dead(transact, destination)

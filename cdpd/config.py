@@ -309,6 +309,12 @@ def _cross_check(config: Config) -> list[str]:
     problems += _duplicates("destinations", "name", [d.name for d in config.destinations])
     source_names = {s.name for s in config.sources}
     for index, dest in enumerate(config.destinations):
+        for header, value in getattr(dest, "headers", {}).items():
+            if _HEADER_BREAK.search(header + value) or not _HEADER_NAME.fullmatch(header):
+                problems.append(
+                    f"destinations[{index}].headers.{header}: not a valid HTTP header"
+                    " (a token for the name; no line breaks in the value)"
+                )
         for name in dest.sources or ():
             if name not in source_names:
                 problems.append(
@@ -351,6 +357,10 @@ def _check_warehouses(config: Config) -> list[str]:
                 )
             schemas.setdefault(schema, source.name)
     return problems
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_BREAK = re.compile(r"[\r\n\x00]")
 
 
 def _duplicates(section: str, key: str, values: list[str]) -> list[str]:

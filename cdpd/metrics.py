@@ -108,9 +108,13 @@ def _lane_metrics(delivery: Delivery) -> Iterator[Metric]:
 
 def _outbox_metrics(reports: list[DestinationReport]) -> Iterator[Metric]:
     deliveries = GaugeMetricFamily(
-        "cdpd_deliveries", "Deliveries in the outbox, by state", labels=["destination", "state"]
+        "cdpd_deliveries",
+        "Unfinished and dead deliveries in the outbox, by state",
+        labels=["destination", "state"],
     )
     for report in reports:
         for state in STATES:
+            if state == "delivered":  # cdpd_delivery_outcomes_total counts those
+                continue
             deliveries.add_metric([report.destination, state], getattr(report, state))
     yield deliveries

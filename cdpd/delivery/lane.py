@@ -31,8 +31,9 @@ from cdpd.outbox.writer import OutboxWriter
 log = structlog.get_logger()
 
 LATENCY_SAMPLES = 2048
-RECORD_TRIES = 5
 PREFETCH_MIN = 100
+PREFETCH_MAX = 2000
+RECORD_BACKOFF_MAX_S = 30.0
 FAILURE_LOG_EVERY_S = 10.0
 
 
@@ -48,6 +49,7 @@ class LaneStats:
         self.errors_by_status: Counter[str] = Counter()
         self.latencies_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.last_error: str | None = None
+        self.last_error_status: int | None = None
         self.last_error_message_id: str | None = None
         self.last_error_at: str | None = None
         self.unhealthy = False
@@ -115,19 +117,28 @@ class Lane:
         self._rand = rand
         self._observe = observe  # request durations, in seconds, for /metrics
         self._limit = RateLimit(config.rate_limit_per_s, clock)
-        self._recorder = _Recorder(writer, clock, config.name)
         self._batch = config.batch_size
-        self._prefetch = max(PREFETCH_MIN, 2 * config.concurrency * config.batch_size)
+        self._prefetch = min(
+            PREFETCH_MAX, max(PREFETCH_MIN, 2 * config.concurrency * config.batch_size)
+        )
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._work = asyncio.Event()
+        self._fresh_run_state()
+        self._logged_error: str | None = None
+        self._logged_at = 0.0
+        self._unlogged = 0
+
+    def _fresh_run_state(self) -> None:
+        self._recorder = _Recorder(self._writer, self._clock, self.name)
         self._queue: deque[Claimed] = deque()
         self._items = asyncio.Event()  # the queue has deliveries to send
         self._low = asyncio.Event()  # the queue is below half: claim more
         self._low.set()
-        self._work = asyncio.Event()
-        self._stopping = False
-        self._stopped = asyncio.Event()
-        self._logged_error: str | None = None
-        self._logged_at = 0.0
-        self._unlogged = 0
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     def wake(self) -> None:
         """New deliveries may be due (the router made some, or replay re-queued some)."""
@@ -141,7 +152,9 @@ class Lane:
 
     async def run(self) -> None:
         """`concurrency` workers send what a filler claims ahead of them (a few rounds'
-        worth, topped up below half), and a recorder stores their outcomes."""
+        worth, topped up below half), and a recorder stores their outcomes. May be run again
+        after it failed."""
+        self._fresh_run_state()
         async with asyncio.TaskGroup() as recording:
             recording.create_task(self._recorder.run(), name=f"record-{self.name}")
             try:
@@ -154,20 +167,27 @@ class Lane:
         unsent = [item.id for item in self._queue]
         self._queue.clear()
         if unsent:
-            await self._writer.transact(functools.partial(store.release, ids=unsent))
+            try:
+                await self._writer.transact(functools.partial(store.release, ids=unsent))
+            except Exception:  # they go back at the next start instead
+                log.exception("delivery_release_failed", destination=self.name)
 
     async def _fill_until_stopped(self) -> None:
         while not self._stopping:
             await self._low.wait()
             if self._stopping:
                 return
-            claimed = await self._claim(self._prefetch - len(self._queue))
+            try:
+                claimed = await self._claim(self._prefetch - len(self._queue))
+            except Exception:  # the outbox failed this time (say, locked or full): later
+                log.exception("delivery_claim_failed", destination=self.name)
+                claimed = []
             if claimed:
                 self._queue.extend(claimed)
                 self._items.set()
                 if len(self._queue) >= self._prefetch // 2:
                     self._low.clear()
-            elif not self._queue:
+            else:
                 await self._wait_for_work()
 
     async def _send_loop(self) -> None:
@@ -199,9 +219,18 @@ class Lane:
         return await self._writer.transact(claim)
 
     async def _wait_for_work(self) -> None:
-        due_at = await self._writer.transact(
-            functools.partial(store.next_due_at, destination=self.name)
-        )
+        """Until woken, the next delivery is due, or the poll interval has passed."""
+        try:
+            due_at = await self._writer.transact(
+                functools.partial(
+                    store.next_due_at,
+                    destination=self.name,
+                    ordered=self._config.ordering == "user",
+                )
+            )
+        except Exception:
+            log.exception("delivery_claim_failed", destination=self.name)
+            due_at = None
         timeout_s = self._poll_interval_s
         if due_at is not None:
             timeout_s = min(timeout_s, max(0.0, (parse_ms(due_at) - self._clock.now_ms()) / 1000))
@@ -226,7 +255,17 @@ class Lane:
             self.stats.in_flight -= len(batch)
 
     async def _send(self, batch: list[Claimed]) -> list[Result]:
-        """Prepare each delivery for its actions, send, and make one result per delivery."""
+        """Prepare each delivery for its actions, send, and make one result per delivery. A
+        failure of cdpd's own (a bug in a mapping, say) is retried like a network error."""
+        try:
+            return await self._prepare_and_send(batch)
+        except Exception as exc:
+            log.exception("delivery_send_failed", destination=self.name)
+            return [Result(None, f"cdpd failed to send it: {type(exc).__name__}: {exc}")] * len(
+                batch
+            )
+
+    async def _prepare_and_send(self, batch: list[Claimed]) -> list[Result]:
         prepared = actions.prepare(self._actions, batch)
         ready = [item for item in prepared if item.problem is None]
         sent = iter(await self._sender.send(self._session, ready) if ready else [])
@@ -309,6 +348,7 @@ class Lane:
                 continue
             stats.errors_by_status[str(outcome.status or "network")] += 1
             stats.last_error = outcome.error
+            stats.last_error_status = outcome.status
             stats.last_error_message_id = outcome.message_id
             stats.last_error_at = outcome.started_at
             if policy.marks_unhealthy(outcome.status):
@@ -361,6 +401,7 @@ class _Recorder:
         self._destination = destination
         self._pending: list[tuple[list[Outcome], asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
         self._closed = False
 
     async def record(self, outcomes: list[Outcome]) -> None:
@@ -371,6 +412,7 @@ class _Recorder:
 
     def close(self) -> None:
         self._closed = True
+        self._stop.set()
         self._wake.set()
 
     async def run(self) -> None:
@@ -383,24 +425,27 @@ class _Recorder:
                 return
 
     async def _flush(self) -> None:
+        """Store the pending outcomes, trying again (with a growing pause) for as long as the
+        outbox refuses: the attempts wait, so nothing is sent twice meanwhile. Only a stop
+        gives up; the deliveries are then still in flight and go back at the next start."""
         group, self._pending = self._pending, []
         outcomes = [outcome for batch, _ in group for outcome in batch]
-        error: Exception | None = None
-        for attempt in range(1, RECORD_TRIES + 1):
+        pause_s = 0.5
+        while True:
             try:
                 await self._writer.transact(functools.partial(store.record, outcomes=outcomes))
-                error = None
                 break
-            except Exception as exc:  # e.g. a full disk: the deliveries stay in flight meanwhile
-                error = exc
-                await self._clock.wait(asyncio.Event(), 0.5 * attempt)
-        if error is not None:
-            log.error(
-                "delivery_record_failed",
-                destination=self._destination,
-                error=str(error),
-                outcomes=len(outcomes),
-            )
+            except Exception as exc:  # e.g. a full or locked disk
+                log.error(
+                    "delivery_record_failed",
+                    destination=self._destination,
+                    error=str(exc),
+                    outcomes=len(outcomes),
+                )
+                if self._closed:
+                    break
+                await self._clock.wait(self._stop, pause_s)
+                pause_s = min(RECORD_BACKOFF_MAX_S, pause_s * 2)
         for _, done in group:
             if not done.done():
                 done.set_result(None)

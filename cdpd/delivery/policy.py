@@ -4,7 +4,7 @@ Status classes (Segment's and RudderStack's rules, made explicit):
 
 - 2xx: delivered.
 - 408, 429, 5xx except 501 and 505, a timeout or a connection error: retryable.
-- any other status (other 4xx, 501, 505, anything unexpected): permanent, the delivery is dead
+- any other status (3xx, other 4xx, 501, 505, anything outside 100-599): permanent, dead
   at once. 401 and 403 are permanent too, and also mark the destination unhealthy.
 
 A retryable failure of attempt n (1-based) waits, with full jitter,
@@ -47,7 +47,7 @@ def is_retryable(status: int | None) -> bool:
     """None stands for a timeout or a connection error."""
     if status is None:
         return True
-    if status >= 500:
+    if 500 <= status <= 599:
         return status not in NOT_RETRIED_5XX
     return status in RETRIED_4XX
 

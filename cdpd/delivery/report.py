@@ -3,14 +3,12 @@ endpoint and /metrics."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import aiosqlite
 import msgspec
 
 from cdpd.delivery import policy
-from cdpd.delivery.store import STATES
 from cdpd.model.timestamps import format_ms, now_ms
 
 LATENCY_WINDOW_S = 3600
@@ -31,9 +29,10 @@ class DestinationReport(msgspec.Struct):
     in_flight: int = 0
     retrying: int = 0
     dead: int = 0
-    latency_p50_ms: float | None = None  # attempts of the last hour
+    sending: int = 0  # being attempted right now (admin only: the lane's live figure)
+    latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None
-    errors_by_status: dict[str, int] = msgspec.field(default_factory=dict)  # last 24 hours
+    errors_by_status: dict[str, int] = msgspec.field(default_factory=dict)
     last_error: LastError | None = None
     unhealthy: bool = False  # the latest attempt was refused with 401 or 403
 
@@ -48,58 +47,64 @@ class DeadDelivery(msgspec.Struct, frozen=True):
     finished_at: str | None
 
 
+_COUNT_UNFINISHED = (
+    "SELECT destination, state, count(*) FROM deliveries"
+    " WHERE state IN ('pending', 'in_flight', 'retrying', 'dead') GROUP BY destination, state"
+)
+_COUNT_ALL = "SELECT destination, state, count(*) FROM deliveries GROUP BY destination, state"
+
+
 async def destinations(
     conn: aiosqlite.Connection, names: list[str], at_ms: int | None = None
 ) -> list[DestinationReport]:
-    """A report for each configured destination (and any other the outbox still knows)."""
-    at_ms = now_ms() if at_ms is None else at_ms
+    """The full report for each configured destination (and any other the outbox still
+    knows), history from the attempts table included: for `cdpd deliveries`."""
+    reports = await states(conn, names, delivered=True)
+    await history(conn, reports, now_ms() if at_ms is None else at_ms)
+    return reports
+
+
+async def states(
+    conn: aiosqlite.Connection, names: list[str], *, delivered: bool
+) -> list[DestinationReport]:
+    """How many deliveries each destination has in each state. Unfinished and dead ones are
+    few and indexed; `delivered` (up to the retention's worth) is counted only when asked."""
     reports = {name: DestinationReport(name) for name in names}
-
-    def report(name: str) -> DestinationReport:
-        return reports.setdefault(name, DestinationReport(name))
-
-    for name, state, count in await _rows(
-        conn, "SELECT destination, state, count(*) FROM deliveries GROUP BY destination, state"
-    ):
-        if state in STATES:
-            setattr(report(name), state, count)
-    await _latencies(conn, report, format_ms(at_ms - LATENCY_WINDOW_S * 1000))
-    for name, status, count in await _rows(
-        conn,
-        "SELECT destination, coalesce(status, 'network'), count(*) FROM attempts"
-        " WHERE started_at >= ? AND outcome != 'delivered' GROUP BY 1, 2",
-        (format_ms(at_ms - ERROR_WINDOW_S * 1000),),
-    ):
-        report(name).errors_by_status[str(status)] = count
-    for name, at, status, error, message_id in await _rows(
-        conn,
-        "SELECT destination, started_at, status, error, message_id FROM attempts WHERE id IN"
-        " (SELECT max(id) FROM attempts WHERE outcome != 'delivered' GROUP BY destination)",
-    ):
-        report(name).last_error = LastError(at, status, error, message_id)
-    for name, status in await _rows(
-        conn,
-        "SELECT destination, status FROM attempts"
-        " WHERE id IN (SELECT max(id) FROM attempts GROUP BY destination)",
-    ):
-        report(name).unhealthy = policy.marks_unhealthy(status)
+    sql = _COUNT_ALL if delivered else _COUNT_UNFINISHED
+    for name, state, count in await _rows(conn, sql):
+        setattr(reports.setdefault(name, DestinationReport(name)), state, count)
     return list(reports.values())
 
 
-async def _latencies(
-    conn: aiosqlite.Connection, report: Callable[[str], DestinationReport], since_at: str
-) -> None:
-    durations: dict[str, list[float]] = {}
-    for name, duration in await _rows(
-        conn,
-        "SELECT destination, duration_ms FROM attempts WHERE started_at >= ? ORDER BY 1, 2",
-        (since_at,),
-    ):
-        durations.setdefault(name, []).append(duration)
-    for name, values in durations.items():
-        entry = report(name)
-        entry.latency_p50_ms = percentile(values, 0.50)
-        entry.latency_p95_ms = percentile(values, 0.95)
+async def history(conn: aiosqlite.Connection, reports: list[DestinationReport], at_ms: int) -> None:
+    """Latency (last hour), errors by status (last 24 hours), the last error and health, from
+    each destination's recent attempts (read through the attempts' (destination, time) index)."""
+    latency_since = format_ms(at_ms - LATENCY_WINDOW_S * 1000)
+    errors_since = format_ms(at_ms - ERROR_WINDOW_S * 1000)
+    for entry in reports:
+        name = entry.destination
+        durations = [
+            duration
+            for (duration,) in await _rows(
+                conn,
+                "SELECT duration_ms FROM attempts WHERE destination = ? AND started_at >= ?"
+                " ORDER BY 1",
+                (name, latency_since),
+            )
+        ]
+        entry.latency_p50_ms = percentile(durations, 0.50)
+        entry.latency_p95_ms = percentile(durations, 0.95)
+        for at, status, error, message_id, outcome in await _rows(
+            conn,
+            "SELECT started_at, status, error, message_id, outcome FROM attempts"
+            " WHERE destination = ? AND started_at >= ? ORDER BY started_at",
+            (name, errors_since),
+        ):
+            entry.unhealthy = policy.marks_unhealthy(status)  # the latest attempt decides
+            if outcome != "delivered":
+                key = str(status or "network")
+                entry.errors_by_status[key] = entry.errors_by_status.get(key, 0) + 1
+                entry.last_error = LastError(at, status, error, message_id)
 
 
 def percentile(ordered: list[float], fraction: float) -> float | None:

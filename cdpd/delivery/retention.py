@@ -44,7 +44,10 @@ class Pruner:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            await self.prune_once()
+            try:
+                await self.prune_once()
+            except Exception:  # the outbox refused this time: the next pass catches up
+                log.exception("prune_failed")
             await self._clock.wait(stop, self._config.prune_interval_s)
 
     async def prune_once(self) -> dict[str, int]:
@@ -64,9 +67,9 @@ class Pruner:
             ),
             "messages": await self._drain(
                 functools.partial(
-                    self._prune_messages,
+                    store.prune_messages,
+                    below_seq=await self._prunable_below(),
                     before_at=messages_before,
-                    loaded_seq=await self._loaded_everywhere(),
                 )
             ),
             "rejects": await self._drain(
@@ -85,16 +88,12 @@ class Pruner:
             if count < store.PRUNE_CHUNK:
                 return total
 
-    async def _loaded_everywhere(self) -> int | None:
-        if self._warehouse_position is None:
-            return None
-        return await self._warehouse_position()
-
-    async def _prune_messages(
-        self, conn: aiosqlite.Connection, before_at: str, loaded_seq: int | None
-    ) -> int:
-        needed = await store.oldest_needed_seq(conn)
+    async def _prunable_below(self) -> int:
+        """Messages below this seq are needed by no delivery, routing position or warehouse."""
+        needed = await self._writer.transact(store.oldest_needed_seq)
         below = self._writer.last_seq + 1 if needed is None else needed
-        if loaded_seq is not None:
-            below = min(below, loaded_seq + 1)
-        return await store.prune_messages(conn, below, before_at)
+        if self._warehouse_position is not None:
+            loaded = await self._warehouse_position()
+            if loaded is not None:
+                below = min(below, loaded + 1)
+        return below

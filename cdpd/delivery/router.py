@@ -55,11 +55,12 @@ class Router:
         released = await store.release_all(conn)
         if released:
             log.info("deliveries_released", count=released, reason="in flight at the last stop")
-        configured = [rule.destination for rule in self._rules] + self._disabled
-        abandoned = await store.forget_others(conn, configured, format_ms(self._clock.now_ms()))
+        enabled = [rule.destination for rule in self._rules]
+        now_at = format_ms(self._clock.now_ms())
+        abandoned = await store.forget_others(conn, enabled, self._disabled, now_at)
         if abandoned:
-            log.warning("deliveries_abandoned", count=abandoned, reason="destination removed")
-        for name in configured:
+            log.warning("deliveries_abandoned", count=abandoned, reason="destination gone")
+        for name in enabled + self._disabled:
             await store.start_routing(conn, name, self._writer.last_seq)
         return await store.routing_positions(conn)
 
@@ -68,7 +69,10 @@ class Router:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            await self.route_once()
+            try:
+                await self.route_once()
+            except Exception:  # the outbox refused this time (locked, full): next round
+                log.exception("routing_failed")
             await self._clock.wait(self._new_messages, self._poll_interval_s)
             self._new_messages.clear()
 

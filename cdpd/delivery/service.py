@@ -4,6 +4,7 @@ config, run as one group of tasks and stopped in order."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
@@ -23,6 +24,8 @@ from cdpd.outbox.writer import OutboxWriter
 
 log = structlog.get_logger()
 
+LANE_RESTART_DELAY_S = 1.0
+
 
 class Delivery:
     def __init__(
@@ -36,6 +39,7 @@ class Delivery:
     ) -> None:
         self._config = config.delivery
         self._writer = writer
+        self._clock = clock
         enabled = [d for d in config.destinations if d.enabled]
         senders = {d.name: registry.build(d) for d in enabled}
         self.lanes = {
@@ -82,7 +86,7 @@ class Delivery:
                 tasks.create_task(self.router.run(self._stop), name="router")
                 tasks.create_task(self.pruner.run(self._stop), name="pruner")
                 lanes = [
-                    tasks.create_task(lane.run(), name=f"lane-{lane.name}")
+                    tasks.create_task(self._keep_running(lane), name=f"lane-{lane.name}")
                     for lane in self.lanes.values()
                 ]
                 await self._stop.wait()
@@ -94,6 +98,25 @@ class Delivery:
                 released = await self._writer.transact(store.release_all)
                 if released:
                     log.info("deliveries_released", count=released, reason="shutdown")
+
+    async def _keep_running(self, lane: Lane) -> None:
+        """Run the lane; should it fail (a bug, not a destination's error, which the lane
+        records), put its claimed deliveries back and start it again, so one lane's fault
+        neither stops the others nor leaves its deliveries stuck in flight."""
+        while True:
+            try:
+                await lane.run()
+                return
+            except Exception:
+                log.exception("delivery_lane_failed", destination=lane.name)
+            if lane.stopping:
+                return
+            with suppress(Exception):
+                await self._writer.transact(
+                    functools.partial(store.release_destination, destination=lane.name)
+                )
+            if await self._clock.wait(self._stop, LANE_RESTART_DELAY_S):
+                return
 
     def stop(self) -> None:
         self._stop.set()

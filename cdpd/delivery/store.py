@@ -28,6 +28,8 @@ PENDING, IN_FLIGHT, RETRYING, DELIVERED, DEAD = (
 )
 STATES = (PENDING, IN_FLIGHT, RETRYING, DELIVERED, DEAD)
 PRUNE_CHUNK = 1000
+IDS_PER_STATEMENT = 500  # well under SQLite's limit of bound parameters
+REPLAY_CHUNK = 10_000  # messages or deliveries per replay transaction
 
 
 class RoutingRule(msgspec.Struct, frozen=True):
@@ -117,19 +119,29 @@ async def start_routing(conn: aiosqlite.Connection, destination: str, from_seq: 
     )
 
 
-async def forget_others(conn: aiosqlite.Connection, configured: Sequence[str], now_at: str) -> int:
-    """Destinations no longer in the config: their routing position goes (one added again
-    starts from then) and their unfinished deliveries become dead, so they neither hold back
-    retention nor vanish without a trace. Returns how many deliveries were given up."""
+async def forget_others(
+    conn: aiosqlite.Connection, enabled: Sequence[str], disabled: Sequence[str], now_at: str
+) -> int:
+    """Destinations no longer in the config lose their routing position (one added again
+    starts from then). Unfinished deliveries of destinations removed or disabled become dead,
+    so they neither hold back retention nor vanish without a trace (replay them once the
+    destination is back). Returns how many deliveries were given up."""
+    configured = [*enabled, *disabled]
     others = f"destination NOT IN ({_marks(configured)})" if configured else "1"
-    await conn.execute(f"DELETE FROM delivery_routing WHERE {others}", list(configured))
-    cursor = await conn.execute(
-        "UPDATE deliveries SET state = 'dead', finished_at = ?,"
-        " last_error = 'the destination is no longer configured'"
-        f" WHERE state IN ('pending', 'retrying', 'in_flight') AND {others}",
-        [now_at, *configured],
-    )
-    return int(cursor.rowcount)
+    await conn.execute(f"DELETE FROM delivery_routing WHERE {others}", configured)
+    given_up = 0
+    for why, condition, params in (
+        ("the destination is no longer configured", others, configured),
+        ("the destination is disabled", f"destination IN ({_marks(disabled)})", list(disabled)),
+    ):
+        if params or why.endswith("configured"):
+            cursor = await conn.execute(
+                "UPDATE deliveries SET state = 'dead', finished_at = ?, last_error = ?"
+                f" WHERE state IN ('pending', 'retrying', 'in_flight') AND {condition}",
+                [now_at, why, *params],
+            )
+            given_up += int(cursor.rowcount)
+    return given_up
 
 
 async def route(
@@ -187,10 +199,10 @@ async def claim(
     sql = _CLAIM.format(ordered=_ORDERED if ordered else "")
     rows = await _rows(conn, sql, (destination, now_at, limit))
     claimed = [Claimed(*row) for row in rows]
-    if claimed:
+    for start in range(0, len(claimed), IDS_PER_STATEMENT):
+        ids = [c.id for c in claimed[start : start + IDS_PER_STATEMENT]]
         await conn.execute(
-            f"UPDATE deliveries SET state = 'in_flight' WHERE id IN ({_marks(claimed)})",
-            [c.id for c in claimed],
+            f"UPDATE deliveries SET state = 'in_flight' WHERE id IN ({_marks(ids)})", ids
         )
     return claimed
 
@@ -223,8 +235,15 @@ _RELEASE = (
 
 async def release(conn: aiosqlite.Connection, ids: Sequence[int]) -> None:
     """Claimed deliveries that were not attempted go back, without counting an attempt."""
-    if ids:
-        await conn.execute(f"{_RELEASE} AND id IN ({_marks(ids)})", list(ids))
+    for start in range(0, len(ids), IDS_PER_STATEMENT):
+        chunk = list(ids[start : start + IDS_PER_STATEMENT])
+        await conn.execute(f"{_RELEASE} AND id IN ({_marks(chunk)})", chunk)
+
+
+async def release_destination(conn: aiosqlite.Connection, destination: str) -> int:
+    """Everything a lane had claimed goes back (the lane has stopped attempting)."""
+    cursor = await conn.execute(f"{_RELEASE} AND destination = ?", (destination,))
+    return int(cursor.rowcount)
 
 
 async def release_all(conn: aiosqlite.Connection) -> int:
@@ -233,11 +252,16 @@ async def release_all(conn: aiosqlite.Connection) -> int:
     return int(cursor.rowcount)
 
 
-async def next_due_at(conn: aiosqlite.Connection, destination: str) -> str | None:
+async def next_due_at(
+    conn: aiosqlite.Connection, destination: str, *, ordered: bool = False
+) -> str | None:
+    """When the next delivery the lane could claim is due (with ordering, only the oldest of
+    each user's counts: the others wait for it, not for their own time)."""
     rows = await _rows(
         conn,
-        "SELECT min(next_attempt_at) FROM deliveries"
-        " WHERE destination = ? AND state IN ('pending', 'retrying')",
+        "SELECT min(d.next_attempt_at) FROM deliveries AS d"
+        " WHERE d.destination = ? AND d.state IN ('pending', 'retrying')"
+        + (_ORDERED if ordered else ""),
         (destination,),
     )
     return rows[0][0] if rows else None
@@ -262,7 +286,8 @@ async def prune_finished(conn: aiosqlite.Connection, state: str, before_at: str)
 
 
 async def oldest_needed_seq(conn: aiosqlite.Connection) -> int | None:
-    """The lowest seq some delivery or routing position still needs (None: none does)."""
+    """The lowest seq some delivery or routing position still needs (None: none does); the
+    partial index deliveries_needed_seq answers it without a scan."""
     rows = await _rows(
         conn,
         "SELECT min(seq) FROM (SELECT min(seq) AS seq FROM deliveries"
@@ -296,12 +321,13 @@ async def prune_rejects(conn: aiosqlite.Connection, before_at: str) -> int:
 
 
 async def replay_dead(conn: aiosqlite.Connection, destination: str, now_at: str) -> int:
-    """Put dead deliveries back to pending; the retry window starts again at their next
-    attempt (attempt numbers carry on)."""
+    """Put up to REPLAY_CHUNK dead deliveries back to pending; the retry window starts again
+    at their next attempt (attempt numbers carry on)."""
     cursor = await conn.execute(
         "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, first_attempt_at = NULL,"
-        " finished_at = NULL WHERE destination = ? AND state = 'dead'",
-        (now_at, destination),
+        " finished_at = NULL WHERE id IN (SELECT id FROM deliveries"
+        " WHERE destination = ? AND state = 'dead' LIMIT ?)",
+        (now_at, destination, REPLAY_CHUNK),
     )
     return int(cursor.rowcount)
 
@@ -337,15 +363,16 @@ async def replay_range(
 async def seq_bounds(conn: aiosqlite.Connection, since_at: str, until_at: str) -> tuple[int, int]:
     """A seq range that holds every message received in [since_at, until_at).
 
-    received_at grows with seq except across commits that overlapped by a few milliseconds, so
-    the range is found by bisection on seq and widened by a minute; callers still filter on
-    received_at exactly."""
+    received_at grows with seq except across commits that overlapped by a few milliseconds (or
+    a clock stepped back), so the range is found by bisection on seq and widened by an hour;
+    callers still filter on received_at exactly."""
     rows = await _rows(conn, "SELECT min(seq), max(seq) FROM messages")
     low, high = rows[0] if rows else (None, None)
     if low is None or high is None:
         return (0, -1)
-    start = await _first_seq_at_or_after(conn, low, high, _shift_minutes(since_at, -1))
-    end = await _first_seq_at_or_after(conn, low, high, _shift_minutes(until_at, +1))
+    margin = REPLAY_MARGIN_MINUTES
+    start = await _first_seq_at_or_after(conn, low, high, _shift_minutes(since_at, -margin))
+    end = await _first_seq_at_or_after(conn, low, high, _shift_minutes(until_at, +margin))
     return (start, end)
 
 
@@ -360,6 +387,9 @@ async def _first_seq_at_or_after(conn: aiosqlite.Connection, low: int, high: int
         else:
             high = middle
     return high
+
+
+REPLAY_MARGIN_MINUTES = 60
 
 
 def _shift_minutes(at: str, minutes: int) -> str:

@@ -2,7 +2,9 @@
 request, or up to `batch_size` per request as `{"batch": [...]}`, optionally signed.
 
 Headers: `Content-Type: application/json`, `User-Agent: cdpd/<version>`, the configured
-headers, and for single messages `X-Cdpd-Message-Id` and `Idempotency-Key` (the messageId). With
+headers, `Idempotency-Key` (for a single message its messageId, also sent as `X-Cdpd-Message-Id`;
+for a batch the SHA-256 of its messageIds, so a resent batch has the same key, and the header
+stays short however large the batch). Redirects are not followed. With
 a shared secret: `X-Cdpd-Timestamp` (Unix seconds) and `X-Cdpd-Signature: v1=<hex>`, the
 HMAC-SHA256 of `"<timestamp>." + body` (the exact bytes sent) with the secret as key.
 """
@@ -60,7 +62,9 @@ class Webhook:
     async def send(self, session: aiohttp.ClientSession, items: Sequence[Prepared]) -> list[Result]:
         if self._batched:
             body = ('{"batch":[' + ",".join(_json(item) for item in items) + "]}").encode()
-            result = await self._post(session, body, dict(self._headers))
+            headers = dict(self._headers)
+            headers["Idempotency-Key"] = batch_key([i.delivery.message_id for i in items])
+            result = await self._post(session, body, headers)
             return [result] * len(items)
         return list(await asyncio.gather(*(self._send_one(session, item) for item in items)))
 
@@ -77,8 +81,14 @@ class Webhook:
             headers["X-Cdpd-Timestamp"] = timestamp
             headers["X-Cdpd-Signature"] = "v1=" + sign(self._secret, timestamp, body)
         try:
+            # A redirect is an answer, not a place to go: following a 302 would resend the POST
+            # as a GET without its body, and count that as delivered.
             async with session.post(
-                self._url, data=body, headers=headers, timeout=self._timeout
+                self._url,
+                data=body,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
             ) as response:
                 if 200 <= response.status < 300:
                     return Result(response.status)
@@ -99,6 +109,10 @@ def _json(item: Prepared) -> str:
     if item.message is None:
         return item.delivery.payload
     return _encoder.encode(item.fields.get("data")).decode()
+
+
+def batch_key(message_ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(message_ids).encode()).hexdigest()
 
 
 def sign(secret: bytes, timestamp: str, body: bytes) -> str:

@@ -67,6 +67,8 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE state IN ('pending', 'retrying', 'in_flight') AND order_key IS NOT NULL;
     CREATE INDEX deliveries_finished ON deliveries (state, finished_at)
         WHERE state IN ('delivered', 'dead');
+    CREATE INDEX deliveries_needed_seq ON deliveries (seq)
+        WHERE state IN ('pending', 'in_flight', 'retrying', 'dead');
     CREATE TABLE attempts (
         id          INTEGER PRIMARY KEY AUTOINCREMENT,
         delivery_id INTEGER NOT NULL,

@@ -159,7 +159,8 @@ async def test_metrics(make_config: MakeConfig, http: aiohttp.ClientSession) -> 
     assert 'cdpd_ingest_messages_total{outcome="accepted"} 1.0' in text
     assert 'cdpd_ingest_rejected_total{reason="missing_event"} 1.0' in text
     assert 'cdpd_delivery_outcomes_total{destination="hook",outcome="delivered"} 1.0' in text
-    assert 'cdpd_deliveries{destination="hook",state="delivered"} 1.0' in text
+    assert 'cdpd_deliveries{destination="hook",state="pending"} 0.0' in text
+    assert 'state="delivered"' not in text  # the outcomes counter has those
     assert 'cdpd_delivery_request_seconds_count{destination="hook"} 1.0' in text
 
 

@@ -29,7 +29,9 @@ def test_retryable(status: int | None) -> None:
     assert decision.verdict == "retrying"
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 413, 422, 501, 505, 302])
+@pytest.mark.parametrize(
+    "status", [301, 302, 307, 400, 401, 403, 404, 410, 413, 422, 501, 505, 600, 999]
+)
 def test_permanent_failures_are_dead_at_once(status: int) -> None:
     decision = decide(POLICY, status=status, attempt=1, first_attempt_ms=T0, now_ms=T0)
     assert decision.verdict == "dead"
