@@ -392,8 +392,11 @@ async def _first_seq_at_or_after(conn: aiosqlite.Connection, low: int, high: int
 REPLAY_MARGIN_MINUTES = 60
 
 
+LATEST_MS = parse_ms("9999-12-31T23:59:59.999Z")
+
+
 def _shift_minutes(at: str, minutes: int) -> str:
-    return format_ms(max(0, parse_ms(at) + minutes * 60_000))
+    return format_ms(min(LATEST_MS, max(0, parse_ms(at) + minutes * 60_000)))
 
 
 # -- what people ask -----------------------------------------------------------------------------

@@ -142,6 +142,10 @@ async def test_admin_replay(make_config: MakeConfig, http: aiohttp.ClientSession
         ) as resp:
             assert (await resp.json()) == {"destination": "hook", "queued": 1}
         await delivered(lane, 1)
+        since_only = {"destination": "hook", "since": "2000-01-01T00:00:00Z"}  # until: now
+        async with http.post(url, json=since_only, headers=BEARER) as resp:
+            assert (await resp.json()) == {"destination": "hook", "queued": 1}
+        await delivered(lane, 2)
         async with http.post(
             url, json={"destination": "nope", "dead": True}, headers=BEARER
         ) as resp:
