@@ -5,29 +5,27 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
 import msgspec.inspect
 
+from cdpd.destinations.settings import Destination, RetryConfig
+from cdpd.settings import (
+    ConfigError,
+    Name,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Section,
+)
+
 DEFAULT_CONFIG_PATH = "/etc/cdpd/cdpd.toml"
 
-PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
-NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
-PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
-MessageType = Literal["identify", "track", "page", "screen", "group", "alias"]
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
+__all__ = ["ConfigError", "Destination"]  # what most readers of a config need
 
 
-class ConfigError(Exception):
-    """A configuration file that cannot be used; the message says which key and why."""
-
-
-class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    pass
-
-
-class ServerConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class ServerConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     listen: str = "127.0.0.1:8088"
     # Base URL that browsers reach this daemon at; the analytics.js settings document points there.
     public_url: str | None = None
@@ -59,7 +57,7 @@ class ServerConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
         return f"http://{host}:{self.port}"
 
 
-class StorageConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class StorageConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     data_dir: str = "./var"
     # "normal": an acknowledged message survives a crash of the process (kill -9).
     # "full": it also survives power loss, at the cost of one fsync per group commit.
@@ -77,28 +75,18 @@ class StorageConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
         return Path(self.data_dir) / "outbox.sqlite3"
 
 
-class LoggingConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class LoggingConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
 
 
-class Source(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class Source(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     name: Name
     write_key: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     enabled: bool = True
 
 
-class RetryConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """When to try a failed delivery again, and when to give up (see delivery/policy.py)."""
-
-    retry_window_s: PositiveFloat = 4 * 3600.0
-    min_attempts: PositiveInt = 3
-    backoff_min_s: PositiveFloat = 10.0
-    backoff_max_s: PositiveFloat = 300.0
-    backoff_factor: Annotated[float, msgspec.Meta(ge=1.0)] = 2.0
-
-
-class DeliveryConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class DeliveryConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
     # How long SIGTERM lets attempts in flight finish; the rest go back to pending.
     drain_timeout_s: PositiveFloat = 10.0
@@ -112,7 +100,7 @@ class DeliveryConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=
     prune_interval_s: PositiveFloat = 60.0
 
 
-class AdminConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class AdminConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The bearer token for /admin endpoints: given here or named by an environment variable.
     With neither, the admin endpoints refuse every request."""
 
@@ -127,55 +115,7 @@ class AdminConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
         return None
 
 
-class ActionConfig(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """One action of a destination: which messages it takes (an FQL subscription) and the
-    fields it sends (a mapping over the action kind's defaults)."""
-
-    name: Name
-    kind: str | None = None  # needed when the destination type has more than one kind
-    subscribe: str
-    mapping: dict[str, Any] = msgspec.field(default_factory=dict)
-    enabled: bool = True
-
-
-class _Destination(
-    _Section, tag_field="type", frozen=True, forbid_unknown_fields=True, kw_only=True
-):
-    name: Name
-    enabled: bool = True
-    # Sources whose messages this destination receives; None means every source.
-    sources: list[str] | None = None
-    # Message types it receives (None: all); track event names it receives or skips.
-    types: list[MessageType] | None = None
-    events: list[str] | None = None
-    exclude_events: list[str] = msgspec.field(default_factory=list)
-    # "user": a user's later messages wait while an earlier one is undelivered.
-    ordering: Literal["none", "user"] = "none"
-    concurrency: PositiveInt = 8
-    rate_limit_per_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0  # requests; 0 = unlimited
-    batch_size: PositiveInt = 1
-    timeout_s: PositiveFloat = 10.0
-    # Overrides [delivery.retry] for this destination.
-    retry: RetryConfig | None = None
-    # None: the destination type's presets, which behave like Segment's defaults.
-    actions: list[ActionConfig] | None = None
-
-
-class WebhookDestination(
-    _Destination, tag="webhook", frozen=True, forbid_unknown_fields=True, kw_only=True
-):
-    url: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
-    headers: dict[str, str] = msgspec.field(default_factory=dict)
-    # Shared secret for the HMAC-SHA256 signature, or the environment variable holding it.
-    secret: str | None = None
-    secret_env: str | None = None
-    batch_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
-
-
-Destination = WebhookDestination
-
-
-class _Warehouse(_Section, tag_field="type", frozen=True, forbid_unknown_fields=True, kw_only=True):
+class _Warehouse(Section, tag_field="type", frozen=True, forbid_unknown_fields=True, kw_only=True):
     name: Name
     interval_s: PositiveFloat = 900.0
     # Columns per table; the values of columns past it go to the discards table. PostgreSQL's
@@ -199,7 +139,7 @@ class PostgresWarehouse(
 Warehouse = SqliteWarehouse | PostgresWarehouse
 
 
-class Config(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class Config(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)

@@ -18,13 +18,13 @@ import msgspec
 import structlog
 
 from cdpd.clock import Clock
-from cdpd.config import Destination, RetryConfig
 from cdpd.delivery import policy, store
 from cdpd.delivery.store import Claimed, Outcome
 from cdpd.destinations import actions
 from cdpd.destinations.actions import Action
 from cdpd.destinations.base import Destination as Sender
 from cdpd.destinations.base import Result
+from cdpd.destinations.settings import Destination, RetryConfig
 from cdpd.model.timestamps import format_ms, parse_ms
 from cdpd.outbox.writer import OutboxWriter
 
@@ -248,6 +248,10 @@ class Lane:
                 self._observe(duration_ms / 1000)
             outcomes = self._outcomes(batch, results, started_ms, duration_ms)
             await self._recorder.record(outcomes)
+            if self._config.ordering == "user":
+                # A user's later messages wait while this batch is in flight, and the filler
+                # found nothing due meanwhile: now that it is recorded, they may be.
+                self._work.set()
             self._count(outcomes, duration_ms)
             async with self.stats.recorded:
                 self.stats.recorded.notify_all()

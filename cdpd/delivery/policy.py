@@ -25,7 +25,7 @@ from typing import Literal
 
 import msgspec
 
-from cdpd.config import RetryConfig
+from cdpd.destinations.settings import RetryConfig
 
 Verdict = Literal["delivered", "retrying", "dead"]
 NOT_RETRIED_5XX = frozenset({501, 505})

@@ -7,6 +7,7 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from typing import cast
 
 import aiohttp
 import structlog
@@ -20,6 +21,8 @@ from cdpd.delivery.router import Router
 from cdpd.delivery.store import RoutingRule
 from cdpd.destinations import actions, registry
 from cdpd.destinations.actions import Action
+from cdpd.destinations.base import Background, Closable
+from cdpd.destinations.base import Destination as Sender
 from cdpd.outbox.writer import OutboxWriter
 
 log = structlog.get_logger()
@@ -42,6 +45,7 @@ class Delivery:
         self._clock = clock
         enabled = [d for d in config.destinations if d.enabled]
         senders = {d.name: registry.build(d) for d in enabled}
+        self._senders = list(senders.values())
         self.lanes = {
             d.name: Lane(
                 d,
@@ -85,6 +89,11 @@ class Delivery:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.router.run(self._stop), name="router")
                 tasks.create_task(self.pruner.run(self._stop), name="pruner")
+                for sender in self._senders:
+                    if hasattr(sender, "run"):
+                        tasks.create_task(
+                            _background(sender, self._stop), name=f"background-{sender.name}"
+                        )
                 lanes = [
                     tasks.create_task(self._keep_running(lane), name=f"lane-{lane.name}")
                     for lane in self.lanes.values()
@@ -94,6 +103,7 @@ class Delivery:
                     lane.stop()
                 await self._drain(lanes)
         finally:
+            await self._close_senders()
             with suppress(Exception):
                 released = await self._writer.transact(store.release_all)
                 if released:
@@ -118,6 +128,14 @@ class Delivery:
             if await self._clock.wait(self._stop, LANE_RESTART_DELAY_S):
                 return
 
+    async def _close_senders(self) -> None:
+        for sender in self._senders:
+            if hasattr(sender, "close"):
+                try:
+                    await cast(Closable, sender).close()
+                except Exception:
+                    log.exception("destination_close_failed", destination=sender.name)
+
     def stop(self) -> None:
         self._stop.set()
         self.router.wake()
@@ -134,6 +152,14 @@ class Delivery:
             )
             for task in unfinished:
                 task.cancel()
+
+
+async def _background(sender: Sender, stop: asyncio.Event) -> None:
+    """A destination's work between sends; its failure is logged, and stops nothing else."""
+    try:
+        await cast(Background, sender).run(stop)
+    except Exception:
+        log.exception("destination_background_failed", destination=sender.name)
 
 
 def routing_rule(destination: Destination, subscribed: list[Action] | None = None) -> RoutingRule:

@@ -16,12 +16,13 @@ from typing import Any
 
 import msgspec
 
-from cdpd.config import ActionConfig, ConfigError
-from cdpd.config import Destination as DestinationConfig
 from cdpd.delivery import policy
 from cdpd.delivery.store import Claimed
 from cdpd.destinations.base import Result
+from cdpd.destinations.settings import ActionConfig
+from cdpd.destinations.settings import Destination as DestinationConfig
 from cdpd.mapping import fql, kit
+from cdpd.settings import ConfigError
 
 WHOLE_MESSAGE: dict[str, Any] = {"@path": "$."}
 EVERY_TYPE = " or ".join(

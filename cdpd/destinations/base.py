@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import os
 import time
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 import aiohttp
 import msgspec
 
-from cdpd.config import ConfigError
+from cdpd.settings import ConfigError
 
 if TYPE_CHECKING:
     from cdpd.destinations.actions import Action, Prepared
@@ -40,6 +41,20 @@ class Destination(Protocol):
         """Send the prepared items (one request, or as many as the API needs); one Result
         per item, in order. Network failures are returned as results, never raised."""
         ...
+
+
+class Background(Protocol):
+    """A destination that works between sends (a file destination rotating an idle file, say)
+    implements `run`: delivery runs it as a task of its own until `stop` is set."""
+
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+class Closable(Protocol):
+    """A destination that holds connections of its own (a broker client) implements `close`:
+    delivery calls it once, after its lane has stopped and its last attempt has finished."""
+
+    async def close(self) -> None: ...
 
 
 def retry_after_s(header: str | None) -> float | None:

@@ -8,9 +8,10 @@ from typing import Any
 
 import msgspec
 
-from cdpd.config import ConfigError, Destination, WebhookDestination
 from cdpd.destinations import actions, webhook
 from cdpd.destinations.base import Destination as Sender
+from cdpd.destinations.settings import Destination, WebhookDestination
+from cdpd.settings import ConfigError
 
 
 class DestinationType(msgspec.Struct, frozen=True):

@@ -21,7 +21,6 @@ import aiohttp
 import msgspec
 
 from cdpd import __version__
-from cdpd.config import WebhookDestination
 from cdpd.destinations.actions import (
     EVERY_TYPE,
     WHOLE_MESSAGE,
@@ -32,6 +31,7 @@ from cdpd.destinations.actions import (
     Preset,
 )
 from cdpd.destinations.base import MAX_ERROR_CHARS, Result, error_text, retry_after_s, secret
+from cdpd.destinations.settings import WebhookDestination
 
 KINDS = {
     "send": ActionKind(

@@ -2,8 +2,8 @@ from collections.abc import Callable
 
 import pytest
 
-from cdpd.config import RetryConfig
 from cdpd.delivery.policy import backoff_s, decide, is_retryable, marks_unhealthy
+from cdpd.destinations.settings import RetryConfig
 
 POLICY = RetryConfig(
     retry_window_s=3600, min_attempts=3, backoff_min_s=10, backoff_max_s=300, backoff_factor=2
