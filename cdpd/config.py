@@ -203,7 +203,9 @@ def _allowed_values(where: str) -> list[str]:
             structs = [t for t in info.types if isinstance(t, msgspec.inspect.StructType)]
             if structs and part == structs[0].tag_field:
                 return [str(t.tag) for t in structs]
-            return []
+            # A field of one member of a tagged union (a destination's `ordering`, say):
+            # the members that have it agree on its type, as they share a base.
+            info = next((s for s in structs if part in {f.encode_name for f in s.fields}), info)
         if not isinstance(info, msgspec.inspect.StructType):
             return []
         if part == info.tag_field:
