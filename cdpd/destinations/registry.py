@@ -8,9 +8,9 @@ from typing import Any
 
 import msgspec
 
-from cdpd.destinations import actions, webhook
+from cdpd.destinations import actions, mixpanel, webhook
 from cdpd.destinations.base import Destination as Sender
-from cdpd.destinations.settings import Destination, WebhookDestination
+from cdpd.destinations.settings import Destination, MixpanelDestination, WebhookDestination
 from cdpd.settings import ConfigError
 
 
@@ -33,6 +33,16 @@ TYPES: tuple[DestinationType, ...] = (
         kinds=webhook.KINDS,
         presets=webhook.PRESETS,
         make=webhook.Webhook,
+    ),
+    DestinationType(
+        name="mixpanel",
+        catalog_name="Mixpanel",
+        description="Events to Mixpanel's /import (strict), profiles to /engage, groups to "
+        "/groups, as Segment's Mixpanel (Actions) presets send them",
+        settings=MixpanelDestination,
+        kinds=mixpanel.KINDS,
+        presets=mixpanel.PRESETS,
+        make=mixpanel.Mixpanel,
     ),
 )
 _BY_SETTINGS = {t.settings: t for t in TYPES}
