@@ -4,13 +4,14 @@ network), batches cut to an API's count and byte limits, and the worst of severa
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import msgspec
 
 from cdpd.delivery import policy
 from cdpd.destinations.base import MAX_ERROR_CHARS, Result, error_text, retry_after_s
+from cdpd.model.timestamps import now_ms, parse_ms
 
 T = TypeVar("T")
 MAX_ANSWER_BYTES = 1 << 20  # an error body naming failed records can be long; read this much
@@ -92,3 +93,15 @@ def worst(results: Sequence[Result]) -> Result:
 
 def json_array(records: Sequence[bytes]) -> bytes:
     return b"[" + b",".join(records) + b"]"
+
+
+def time_ms(value: Any) -> int:
+    """Epoch milliseconds of a mapped time (ISO text or a number); now when there is none."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return parse_ms(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"time {value[:40]!r} is not a date") from None
+    return now_ms()

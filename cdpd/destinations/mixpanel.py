@@ -34,7 +34,6 @@ from cdpd.destinations.actions import Action, Prepared
 from cdpd.destinations.base import Result, secret
 from cdpd.destinations.mixpanel_actions import KINDS, PRESETS
 from cdpd.destinations.settings import MixpanelDestination
-from cdpd.model.timestamps import now_ms, parse_ms
 from cdpd.settings import ConfigError
 
 __all__ = ["KINDS", "PRESETS", "Mixpanel"]
@@ -249,7 +248,7 @@ def event_properties(fields: dict[str, Any]) -> dict[str, Any]:
     utm = fields.get("utm_properties") or {}
     library = fields.get("library_name")
     properties = {
-        "time": time_ms(fields.get("time")),
+        "time": http.time_ms(fields.get("time")),
         "ip": fields.get("ip"),
         "id": distinct_id,
         "$anon_id": fields.get("anonymous_id"),
@@ -323,17 +322,6 @@ def profile_traits(traits: dict[str, Any]) -> dict[str, Any]:
         if traits.get(trait) is not None:
             kept[reserved] = traits[trait]
     return kept
-
-
-def time_ms(value: Any) -> int:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return int(value)
-    if isinstance(value, str):
-        try:
-            return parse_ms(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise ValueError(f"time {value[:40]!r} is not a date") from None
-    return now_ms()
 
 
 def insert_id(value: Any) -> str:

@@ -8,9 +8,14 @@ from typing import Any
 
 import msgspec
 
-from cdpd.destinations import actions, mixpanel, webhook
+from cdpd.destinations import actions, amplitude, mixpanel, webhook
 from cdpd.destinations.base import Destination as Sender
-from cdpd.destinations.settings import Destination, MixpanelDestination, WebhookDestination
+from cdpd.destinations.settings import (
+    AmplitudeDestination,
+    Destination,
+    MixpanelDestination,
+    WebhookDestination,
+)
 from cdpd.settings import ConfigError
 
 
@@ -43,6 +48,16 @@ TYPES: tuple[DestinationType, ...] = (
         kinds=mixpanel.KINDS,
         presets=mixpanel.PRESETS,
         make=mixpanel.Mixpanel,
+    ),
+    DestinationType(
+        name="amplitude",
+        catalog_name="Amplitude",
+        description="Events to Amplitude's HTTP V2 API and identifications to its Identify API, "
+        "as Segment's Amplitude (Actions) presets send them",
+        settings=AmplitudeDestination,
+        kinds=amplitude.KINDS,
+        presets=amplitude.PRESETS,
+        make=amplitude.Amplitude,
     ),
 )
 _BY_SETTINGS = {t.settings: t for t in TYPES}

@@ -106,4 +106,4 @@ class AmplitudeDestination(
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=2000)] = 500
 
 
-Destination = WebhookDestination | MixpanelDestination
+Destination = WebhookDestination | MixpanelDestination | AmplitudeDestination
