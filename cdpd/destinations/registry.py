@@ -8,9 +8,14 @@ from typing import Any
 
 import msgspec
 
-from cdpd.destinations import actions, webhook
+from cdpd.destinations import actions, amplitude, mixpanel, webhook
 from cdpd.destinations.base import Destination as Sender
-from cdpd.destinations.settings import Destination, WebhookDestination
+from cdpd.destinations.settings import (
+    AmplitudeDestination,
+    Destination,
+    MixpanelDestination,
+    WebhookDestination,
+)
 from cdpd.settings import ConfigError
 
 
@@ -33,6 +38,26 @@ TYPES: tuple[DestinationType, ...] = (
         kinds=webhook.KINDS,
         presets=webhook.PRESETS,
         make=webhook.Webhook,
+    ),
+    DestinationType(
+        name="mixpanel",
+        catalog_name="Mixpanel",
+        description="Events to Mixpanel's /import (strict), profiles to /engage, groups to "
+        "/groups, as Segment's Mixpanel (Actions) presets send them",
+        settings=MixpanelDestination,
+        kinds=mixpanel.KINDS,
+        presets=mixpanel.PRESETS,
+        make=mixpanel.Mixpanel,
+    ),
+    DestinationType(
+        name="amplitude",
+        catalog_name="Amplitude",
+        description="Events to Amplitude's HTTP V2 API and identifications to its Identify API, "
+        "as Segment's Amplitude (Actions) presets send them",
+        settings=AmplitudeDestination,
+        kinds=amplitude.KINDS,
+        presets=amplitude.PRESETS,
+        make=amplitude.Amplitude,
     ),
 )
 _BY_SETTINGS = {t.settings: t for t in TYPES}

@@ -65,4 +65,45 @@ class WebhookDestination(
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
 
 
-Destination = WebhookDestination
+class MixpanelDestination(
+    _Destination, tag="mixpanel", frozen=True, forbid_unknown_fields=True, kw_only=True
+):
+    """Mixpanel's ingestion API. Events go to `/import` (Basic auth: a service account with
+    `project_id`, else the project secret, else the project token); profiles to `/engage`,
+    groups to `/groups`, `$identify` and `$create_alias` to `/track`, with the token."""
+
+    project_token: str | None = None
+    project_token_env: str | None = None
+    api_secret: str | None = None
+    api_secret_env: str | None = None
+    service_account_username: str | None = None
+    service_account_secret: str | None = None
+    service_account_secret_env: str | None = None
+    project_id: str | None = None
+    # https://api-eu.mixpanel.com (EU residency), https://api-in.mixpanel.com (India).
+    api_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")] = "https://api.mixpanel.com"
+    # /import?strict=1: Mixpanel validates each event and names the ones it rejects.
+    strict: bool = True
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=2000)] = 500
+
+
+class AmplitudeDestination(
+    _Destination, tag="amplitude", frozen=True, forbid_unknown_fields=True, kw_only=True
+):
+    """Amplitude's HTTP V2 API for events, its Identify API for user properties."""
+
+    api_key: str | None = None
+    api_key_env: str | None = None
+    # EU residency: https://api.eu.amplitude.com/2/httpapi and .../identify.
+    api_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")] = (
+        "https://api2.amplitude.com/2/httpapi"
+    )
+    identify_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")] = (
+        "https://api2.amplitude.com/identify"
+    )
+    # Amplitude rejects user and device ids shorter than this (its default: 5).
+    min_id_length: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=2000)] = 500
+
+
+Destination = WebhookDestination | MixpanelDestination | AmplitudeDestination

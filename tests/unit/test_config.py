@@ -42,7 +42,8 @@ def test_defaults() -> None:
         ),
         (
             '[[destinations]]\nname = "d"\ntype = "kafka"\n',
-            "destinations[0].type: Invalid value 'kafka' (expected one of: webhook)",
+            "destinations[0].type: Invalid value 'kafka' "
+            "(expected one of: webhook, mixpanel, amplitude)",
         ),
         ('[[destinations]]\nname = "d"\ntype = "webhook"\n', "missing required field `url`"),
         (
