@@ -8,9 +8,9 @@ from typing import Any
 
 import msgspec
 
-from cdpd.destinations import actions, webhook
+from cdpd.destinations import actions, slack, webhook
 from cdpd.destinations.base import Destination as Sender
-from cdpd.destinations.settings import Destination, WebhookDestination
+from cdpd.destinations.settings import Destination, SlackDestination, WebhookDestination
 from cdpd.settings import ConfigError
 
 
@@ -33,6 +33,15 @@ TYPES: tuple[DestinationType, ...] = (
         kinds=webhook.KINDS,
         presets=webhook.PRESETS,
         make=webhook.Webhook,
+    ),
+    DestinationType(
+        name="slack",
+        catalog_name="Slack",
+        description="Post a message per event to a Slack incoming webhook",
+        settings=SlackDestination,
+        kinds=slack.KINDS,
+        presets=slack.PRESETS,
+        make=slack.Slack,
     ),
 )
 _BY_SETTINGS = {t.settings: t for t in TYPES}

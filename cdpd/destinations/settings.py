@@ -65,4 +65,19 @@ class WebhookDestination(
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
 
 
-Destination = WebhookDestination
+_HTTP_URL = msgspec.Meta(pattern=r"^https?://")
+
+
+class SlackDestination(
+    _Destination, tag="slack", frozen=True, forbid_unknown_fields=True, kw_only=True
+):
+    # The incoming webhook's URL is its credential: give it here or name the variable holding it.
+    webhook_url: Annotated[str, _HTTP_URL] | None = None
+    webhook_url_env: str | None = None
+    # Slack takes about one message a second per webhook; one at a time keeps their order.
+    rate_limit_per_s: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    concurrency: PositiveInt = 1
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=1)] = 1
+
+
+Destination = WebhookDestination | SlackDestination
