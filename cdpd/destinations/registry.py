@@ -8,9 +8,14 @@ from typing import Any
 
 import msgspec
 
-from cdpd.destinations import actions, slack, webhook
+from cdpd.destinations import actions, customerio, slack, webhook
 from cdpd.destinations.base import Destination as Sender
-from cdpd.destinations.settings import Destination, SlackDestination, WebhookDestination
+from cdpd.destinations.settings import (
+    CustomerIoDestination,
+    Destination,
+    SlackDestination,
+    WebhookDestination,
+)
 from cdpd.settings import ConfigError
 
 
@@ -42,6 +47,15 @@ TYPES: tuple[DestinationType, ...] = (
         kinds=slack.KINDS,
         presets=slack.PRESETS,
         make=slack.Slack,
+    ),
+    DestinationType(
+        name="customerio",
+        catalog_name="Customer.io",
+        description="People, events, page and screen views and objects to Customer.io's Track API",
+        settings=CustomerIoDestination,
+        kinds=customerio.KINDS,
+        presets=customerio.PRESETS,
+        make=customerio.CustomerIo,
     ),
 )
 _BY_SETTINGS = {t.settings: t for t in TYPES}

@@ -80,4 +80,17 @@ class SlackDestination(
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=1)] = 1
 
 
-Destination = WebhookDestination | SlackDestination
+class CustomerIoDestination(
+    _Destination, tag="customerio", frozen=True, forbid_unknown_fields=True, kw_only=True
+):
+    site_id: str | None = None
+    site_id_env: str | None = None
+    api_key: str | None = None
+    api_key_env: str | None = None
+    # EU workspaces: https://track-eu.customer.io
+    api_url: Annotated[str, _HTTP_URL] = "https://track.customer.io"
+    # One request per message; a batch of deliveries goes out as parallel requests.
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=100)] = 1
+
+
+Destination = WebhookDestination | SlackDestination | CustomerIoDestination
