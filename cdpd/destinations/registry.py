@@ -8,12 +8,14 @@ from typing import Any
 
 import msgspec
 
-from cdpd.destinations import actions, amplitude, mixpanel, webhook
+from cdpd.destinations import actions, amplitude, customerio, mixpanel, slack, webhook
 from cdpd.destinations.base import Destination as Sender
 from cdpd.destinations.settings import (
     AmplitudeDestination,
+    CustomerIoDestination,
     Destination,
     MixpanelDestination,
+    SlackDestination,
     WebhookDestination,
 )
 from cdpd.settings import ConfigError
@@ -58,6 +60,24 @@ TYPES: tuple[DestinationType, ...] = (
         kinds=amplitude.KINDS,
         presets=amplitude.PRESETS,
         make=amplitude.Amplitude,
+    ),
+    DestinationType(
+        name="slack",
+        catalog_name="Slack",
+        description="Post a message per event to a Slack incoming webhook",
+        settings=SlackDestination,
+        kinds=slack.KINDS,
+        presets=slack.PRESETS,
+        make=slack.Slack,
+    ),
+    DestinationType(
+        name="customerio",
+        catalog_name="Customer.io",
+        description="People, events, page and screen views and objects to Customer.io's Track API",
+        settings=CustomerIoDestination,
+        kinds=customerio.KINDS,
+        presets=customerio.PRESETS,
+        make=customerio.CustomerIo,
     ),
 )
 _BY_SETTINGS = {t.settings: t for t in TYPES}

@@ -106,4 +106,38 @@ class AmplitudeDestination(
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=2000)] = 500
 
 
-Destination = WebhookDestination | MixpanelDestination | AmplitudeDestination
+_HTTP_URL = msgspec.Meta(pattern=r"^https?://")
+
+
+class SlackDestination(
+    _Destination, tag="slack", frozen=True, forbid_unknown_fields=True, kw_only=True
+):
+    # The incoming webhook's URL is its credential: give it here or name the variable holding it.
+    webhook_url: Annotated[str, _HTTP_URL] | None = None
+    webhook_url_env: str | None = None
+    # Slack takes about one message a second per webhook; one at a time keeps their order.
+    rate_limit_per_s: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    concurrency: PositiveInt = 1
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=1)] = 1
+
+
+class CustomerIoDestination(
+    _Destination, tag="customerio", frozen=True, forbid_unknown_fields=True, kw_only=True
+):
+    site_id: str | None = None
+    site_id_env: str | None = None
+    api_key: str | None = None
+    api_key_env: str | None = None
+    # EU workspaces: https://track-eu.customer.io
+    api_url: Annotated[str, _HTTP_URL] = "https://track.customer.io"
+    # One request per message; a batch of deliveries goes out as parallel requests.
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=100)] = 1
+
+
+Destination = (
+    WebhookDestination
+    | MixpanelDestination
+    | AmplitudeDestination
+    | SlackDestination
+    | CustomerIoDestination
+)

@@ -1,0 +1,101 @@
+"""What every contract server shares: a real aiohttp server on 127.0.0.1, the requests it
+accepted, the ones it refused (and why), and scripted answers that stand in for the vendor's
+own trouble (a 429 with Retry-After, a 500)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Self
+
+import msgspec
+from aiohttp import web
+
+
+class Call(msgspec.Struct, frozen=True):
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+    status: int
+    answer: bytes
+
+    @property
+    def json(self) -> Any:
+        return msgspec.json.decode(self.body)
+
+
+class Scripted(msgspec.Struct, frozen=True):
+    status: int
+    body: str = ""
+    headers: dict[str, str] = {}
+    content_type: str = "application/json"
+
+
+class ContractServer:
+    """Subclasses implement `handle(request, body) -> web.Response`."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self.script: deque[Scripted] = deque()
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+        self._changed = asyncio.Condition()
+
+    async def __aenter__(self) -> Self:
+        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._serve)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    @property
+    def accepted(self) -> list[Call]:
+        return [call for call in self.calls if 200 <= call.status < 300]
+
+    async def wait_for(self, predicate: Callable[[Self], bool], timeout_s: float = 10) -> None:
+        async with asyncio.timeout(timeout_s), self._changed:
+            await self._changed.wait_for(lambda: predicate(self))
+
+    async def wait_for_calls(self, count: int, timeout_s: float = 10) -> None:
+        await self.wait_for(lambda server: len(server.calls) >= count, timeout_s)
+
+    async def handle(self, request: web.Request, body: bytes) -> web.Response:
+        raise NotImplementedError
+
+    async def _serve(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if self.script:
+            forced = self.script.popleft()
+            response = web.Response(
+                status=forced.status,
+                text=forced.body,
+                headers=forced.headers,
+                content_type=forced.content_type,
+            )
+        else:
+            response = await self.handle(request, body)
+        assert isinstance(response.body, bytes | None)
+        call = Call(
+            method=request.method,
+            path=request.path,
+            query=dict(request.query),
+            headers=dict(request.headers),
+            body=body,
+            status=response.status,
+            answer=response.body or b"",
+        )
+        async with self._changed:
+            self.calls.append(call)
+            self._changed.notify_all()
+        return response

@@ -1,0 +1,233 @@
+"""The Customer.io destination against a local Track API that keeps Customer.io's contract:
+the Segment spec examples become the exact requests Segment's Customer.io (Actions) presets
+make, alias is not routed unless an action takes it, and Customer.io's refusals land in the
+outbox with its own words."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from cdpd import cli
+from cdpd.app import running
+from tests import spec_examples as spec
+from tests.contracts.base import Scripted
+from tests.contracts.customerio import API_KEY, SITE_ID, CustomerIoTrack
+from tests.helpers import FakeClock, config_text, query
+from tests.integration.test_delivery import MakeConfig, delivered, deliveries, recorded, send
+
+USER = "97980cfea0067"
+ANONYMOUS = "507f191e810c19729de860ea"
+
+
+def customerio(url: str, extra: str = "", *, api_key: str = API_KEY) -> str:
+    return (
+        f'[[destinations]]\nname = "cio"\ntype = "customerio"\napi_url = "{url}"\n'
+        f'site_id = "{SITE_ID}"\napi_key = "{api_key}"\n{extra}'
+    )
+
+
+def unix_s(iso: str) -> int:
+    return int(datetime.fromisoformat(iso).timestamp())
+
+
+def requests_made(server: CustomerIoTrack) -> list[tuple[str, str, Any]]:
+    return sorted(
+        ((c.method, c.path, c.json) for c in server.accepted),
+        key=lambda call: (call[1], str(call[2])),
+    )
+
+
+async def test_spec_examples_become_track_api_requests(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    async with CustomerIoTrack() as api, running(make_config(customerio(api.url))) as server:
+        await send(http, server, list(spec.ALL.values()))
+        await delivered(server.delivery.lanes["cio"], 5)
+    order = spec.ORDER_COMPLETED
+    assert requests_made(api) == [
+        (
+            "PUT",
+            f"/api/v1/customers/{USER}",
+            {
+                "name": "Peter Gibbons",
+                "email": "peter@example.com",
+                "plan": "premium",
+                "logins": 5,
+                "address": {"street": "6th St", "city": "San Francisco", "state": "CA"},
+                "created_at": 1422748800,
+                "anonymous_id": ANONYMOUS,
+            },
+        ),
+        (
+            "POST",
+            f"/api/v1/customers/{USER}/events",
+            {
+                "name": "Home",
+                "type": "screen",
+                "data": {"variation": "blue signup button"},
+                "timestamp": unix_s(spec.SCREEN["timestamp"]),
+                "id": spec.SCREEN["messageId"],
+            },
+        ),
+        (
+            "POST",
+            f"/api/v1/customers/{USER}/events",
+            {
+                "name": "Order Completed",
+                "data": order["properties"],
+                "timestamp": unix_s(order["timestamp"]),
+                "id": order["messageId"],
+            },
+        ),
+        (
+            "POST",
+            f"/api/v1/customers/{USER}/events",
+            {
+                "name": "https://www.example.com/home",
+                "type": "page",
+                "data": spec.PAGE["properties"],
+                "timestamp": unix_s(spec.PAGE["timestamp"]),
+                "id": spec.PAGE["messageId"],
+            },
+        ),
+        (
+            "POST",
+            "/api/v2/entity",
+            {
+                "type": "object",
+                "action": "identify",
+                "identifiers": {"object_type_id": "1", "object_id": "0e8c78ea9d97a7b8185e8632"},
+                "attributes": spec.GROUP["traits"],
+                "cio_relationships": [{"identifiers": {"id": USER}}],
+            },
+        ),
+    ]
+    basic = "Basic " + base64.b64encode(f"{SITE_ID}:{API_KEY}".encode()).decode()
+    assert {call.headers["Authorization"] for call in api.calls} == {basic}
+    # Segment's presets give alias no action: it is not routed at all.
+    routed = {message_id for message_id, *_ in deliveries(data_dir, "cio")}
+    assert spec.ALIAS["messageId"] not in routed
+    assert len(routed) == 5
+
+
+async def test_anonymous_events_and_merging_on_alias(
+    make_config: MakeConfig, http: aiohttp.ClientSession
+) -> None:
+    merge = """
+[[destinations.actions]]
+name = "events"
+kind = "track_event"
+subscribe = 'type = "track"'
+[[destinations.actions]]
+name = "merge"
+kind = "merge_people"
+subscribe = 'type = "alias"'
+"""
+    anonymous = {**spec.ORDER_COMPLETED, "messageId": "anon-order"}
+    del anonymous["userId"]
+    async with CustomerIoTrack() as api, running(make_config(customerio(api.url, merge))) as server:
+        await send(http, server, [anonymous, spec.ALIAS])
+        await delivered(server.delivery.lanes["cio"], 2)
+    assert requests_made(api) == [
+        (
+            "POST",
+            "/api/v1/events",
+            {
+                "name": "Order Completed",
+                "data": anonymous["properties"],
+                "timestamp": unix_s(anonymous["timestamp"]),
+                "id": "anon-order",
+                "anonymous_id": ANONYMOUS,
+            },
+        ),
+        (
+            "POST",
+            "/api/v1/merge_customers",
+            {"primary": {"id": USER}, "secondary": {"id": ANONYMOUS}},
+        ),
+    ]
+
+
+async def test_bad_credentials_are_dead_at_once_and_mark_the_destination(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    async with CustomerIoTrack() as api:
+        config = make_config(customerio(api.url, api_key="wrong-key"))
+        async with running(config) as server:
+            lane = server.delivery.lanes["cio"]
+            await send(http, server, [spec.IDENTIFY])
+            await recorded(lane, 1)
+            assert lane.stats.unhealthy
+    assert deliveries(data_dir, "cio") == [(spec.IDENTIFY["messageId"], "dead", 1, 401)]
+    ((error,),) = query(data_dir, "SELECT last_error FROM deliveries")
+    assert error == "HTTP 401: Unauthorized request (status 401 is not retried)"
+    assert "wrong-key" not in error
+
+
+async def test_a_refused_event_is_dead_with_customerios_reason(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    long_name = {**spec.ORDER_COMPLETED, "event": "x" * 101}
+    async with CustomerIoTrack() as api, running(make_config(customerio(api.url))) as server:
+        await send(http, server, [long_name, spec.IDENTIFY])
+        await recorded(server.delivery.lanes["cio"], 2)
+    assert sorted(deliveries(data_dir, "cio")) == sorted(
+        [
+            (spec.ORDER_COMPLETED["messageId"], "dead", 1, 400),
+            (spec.IDENTIFY["messageId"], "delivered", 1, 200),
+        ]
+    )
+    errors = query(data_dir, "SELECT last_error FROM deliveries WHERE state = 'dead'")
+    assert errors == [
+        ("HTTP 400: event name cannot be longer than 100 bytes (status 400 is not retried)",)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("first", "error"),
+    [
+        (
+            Scripted(429, '{"meta":{"error":"rate limited"}}', {"Retry-After": "20"}),
+            "HTTP 429: rate limited",
+        ),
+        (
+            Scripted(503, "upstream unavailable", content_type="text/plain"),
+            "HTTP 503: upstream unavailable",
+        ),
+    ],
+)
+async def test_throttling_and_outages_are_retried(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    data_dir: Path,
+    first: Scripted,
+    error: str,
+) -> None:
+    clock = FakeClock()
+    async with CustomerIoTrack() as api:
+        api.script.append(first)
+        async with running(make_config(customerio(api.url)), clock=clock) as server:
+            lane = server.delivery.lanes["cio"]
+            await send(http, server, [spec.ORDER_COMPLETED])
+            await recorded(lane, 1)
+            clock.advance(301)
+            await recorded(lane, 2)
+    attempts = query(data_dir, "SELECT status, error, outcome FROM attempts ORDER BY id")
+    assert attempts == [(first.status, error, "retrying"), (200, None, "delivered")]
+    assert len(api.accepted) == 1
+
+
+def test_check_config_wants_both_credentials(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "cdpd.toml"
+    entry = '[[destinations]]\nname = "cio"\ntype = "customerio"\nsite_id = "s"\n'
+    path.write_text(config_text(tmp_path / "var", entry))
+    assert cli.main(["check-config", "--config", str(path)]) == 2
+    assert "needs site_id (or site_id_env) and api_key (or api_key_env)" in capsys.readouterr().err
