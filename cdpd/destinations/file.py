@@ -167,6 +167,9 @@ class File:
         except OSError as exc:
             log.warning("file_upkeep_failed", destination=self.name, error=self._error(exc))
             return UPKEEP_RETRY_S
+        except Exception:  # a fault of its own never ends the upkeep
+            log.exception("file_upkeep_failed", destination=self.name)
+            return UPKEEP_RETRY_S
         started_ms = self._file.started_ms
         if not self._interval_ms or started_ms is None:
             return IDLE_CHECK_S

@@ -44,7 +44,12 @@ class LogFile:
     # -- the current file ----------------------------------------------------------------------
 
     def look(self) -> None:
-        """Learn the size and age of a file already at `path` (it is appended to)."""
+        """Learn the size and age of a file already at `path` (it is appended to). A file
+        moved away or deleted by someone else is let go: the next line starts a new one."""
+        if self._fd is not None and not self._same_file():
+            self.close()
+            self.size = 0
+            self.started_ms = None
         if self._fd is None and self.path.exists():
             self._open()
 
@@ -98,6 +103,15 @@ class LogFile:
                 except OSError:
                     pass
             os.close(fd)
+
+    def _same_file(self) -> bool:
+        assert self._fd is not None
+        try:
+            there = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        ours = os.fstat(self._fd)
+        return (there.st_dev, there.st_ino) == (ours.st_dev, ours.st_ino)
 
     def _open(self) -> None:
         if self._fd is not None:
