@@ -17,6 +17,10 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
+import structlog
+
+log = structlog.get_logger()
+
 GZIP_TEMP_SUFFIX = ".tmp"
 _COPY_CHUNK_BYTES = 1024 * 1024
 
@@ -125,12 +129,12 @@ class LogFile:
             ) from exc
         existed = self.path.exists()
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise OSError(exc.errno, f"cannot open {self.path}: {exc.strerror}") from exc
         self._fd = fd
         stat = os.fstat(fd)
-        self.size = stat.st_size
+        self.size = _cut_torn_tail(fd, stat.st_size, self.path)
         self._torn = False
         if self.size and self.started_ms is None:
             self.started_ms = stat.st_mtime_ns // 1_000_000
@@ -198,6 +202,24 @@ class LogFile:
             target = self.path.with_name(name)
             if not target.exists() and not target.with_name(name + ".gz").exists():
                 return target
+
+
+def _cut_torn_tail(fd: int, size: int, path: Path) -> int:
+    """The size of the file up to its last newline, cut there: bytes after it are a write cut
+    short by a crash (never recorded as delivered, so written again)."""
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return size
+    end = size
+    while end > 0:
+        start = max(0, end - _COPY_CHUNK_BYTES)
+        newline = os.pread(fd, end - start, start).rfind(b"\n")
+        if newline >= 0:
+            end = start + newline + 1
+            break
+        end = start
+    os.ftruncate(fd, end)
+    log.warning("file_torn_tail_cut", file=str(path), bytes=size - end)
+    return end
 
 
 def fsync_directory(directory: Path) -> None:

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from cdpd.destinations.filelog import LogFile
 from cdpd.model.timestamps import parse_ms
@@ -55,6 +56,21 @@ def test_an_existing_file_is_appended_to_and_aged_by_its_mtime(tmp_path: Path) -
     log.append(b'{"n":1}\n', NOW_MS)
     log.close()
     assert path.read_bytes() == b'{"n":0}\n{"n":1}\n'
+
+
+def test_a_last_line_cut_short_by_a_crash_is_cut_off(tmp_path: Path) -> None:
+    path = tmp_path / "events.ndjson"
+    path.write_bytes(b'{"n":0}\n{"n":1}\n{"n":2,"pa')
+    log = LogFile(path, fsync=True)
+    with capture_logs() as logs:
+        log.look()
+    assert log.size == 16
+    assert logs == [
+        {"event": "file_torn_tail_cut", "file": str(path), "bytes": 10, "log_level": "warning"}
+    ]
+    log.append(b'{"n":2}\n', NOW_MS)
+    log.close()
+    assert path.read_bytes() == b'{"n":0}\n{"n":1}\n{"n":2}\n'
 
 
 def test_a_file_moved_away_is_let_go(tmp_path: Path) -> None:
