@@ -4,16 +4,17 @@ kinds and presets, and how to build it."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import msgspec
 
-from cdpd.destinations import actions, amplitude, customerio, mixpanel, slack, webhook
+from cdpd.clock import Clock, SystemClock
+from cdpd.destinations import actions, amplitude, customerio, file, mixpanel, slack, webhook
 from cdpd.destinations.base import Destination as Sender
 from cdpd.destinations.settings import (
     AmplitudeDestination,
     CustomerIoDestination,
     Destination,
+    FileDestination,
     MixpanelDestination,
     SlackDestination,
     WebhookDestination,
@@ -28,7 +29,10 @@ class DestinationType(msgspec.Struct, frozen=True):
     settings: type[Destination]
     kinds: dict[str, actions.ActionKind]
     presets: tuple[actions.Preset, ...]
-    make: Callable[[Any, list[actions.Action]], Sender]
+    # Called as make(config, actions), or make(config, actions, clock) when `clocked` (the
+    # delivery clock, for a destination that keeps time of its own, so tests can move it).
+    make: Callable[..., Sender]
+    clocked: bool = False
 
 
 TYPES: tuple[DestinationType, ...] = (
@@ -79,6 +83,17 @@ TYPES: tuple[DestinationType, ...] = (
         presets=customerio.PRESETS,
         make=customerio.CustomerIo,
     ),
+    DestinationType(
+        name="file",
+        catalog_name="File",
+        description="Write each message (or mapped fields) as a line of JSON to a local file, "
+        "rotated by size and age and gzipped",
+        settings=FileDestination,
+        kinds=file.KINDS,
+        presets=file.PRESETS,
+        make=file.File,
+        clocked=True,
+    ),
 )
 _BY_SETTINGS = {t.settings: t for t in TYPES}
 
@@ -96,9 +111,12 @@ def actions_of(config: Destination) -> list[actions.Action]:
     return actions.build(config, kind.kinds, kind.presets)
 
 
-def build(config: Destination) -> Sender:
+def build(config: Destination, clock: Clock | None = None) -> Sender:
     """The destination, ready to send (credentials resolved)."""
-    return type_of(config).make(config, actions_of(config))
+    kind = type_of(config)
+    if kind.clocked:
+        return kind.make(config, actions_of(config), clock or SystemClock())
+    return kind.make(config, actions_of(config))
 
 
 def catalog_name(config: Destination) -> str:

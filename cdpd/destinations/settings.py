@@ -7,7 +7,14 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from cdpd.settings import MessageType, Name, PositiveFloat, PositiveInt, Section
+from cdpd.settings import (
+    MessageType,
+    Name,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Section,
+)
 
 
 class RetryConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -134,10 +141,30 @@ class CustomerIoDestination(
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=100)] = 1
 
 
+class FileDestination(
+    _Destination, tag="file", frozen=True, forbid_unknown_fields=True, kw_only=True
+):
+    """Newline-delimited JSON in a local file, rotated by size and age, gzipped on rotation."""
+
+    # The file written to; its directory is made if missing. A relative path is taken from
+    # the working directory, as data_dir is.
+    path: Annotated[str, msgspec.Meta(min_length=1)]
+    max_bytes: NonNegativeInt = 100 * 1024 * 1024  # rotate before it grows past; 0: never
+    rotate_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 3600.0  # 0: never by age
+    keep: PositiveInt | None = None  # rotated files kept (the newest); None: all
+    # "batch": fsync before a batch counts as delivered (it survives power loss); "none": the
+    # kernel writes it back when it likes (it survives cdpd's crash, not the machine's).
+    fsync: Literal["batch", "none"] = "batch"
+    # One writer: lines follow the outbox's order.
+    concurrency: PositiveInt = 1
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
+
+
 Destination = (
     WebhookDestination
     | MixpanelDestination
     | AmplitudeDestination
     | SlackDestination
     | CustomerIoDestination
+    | FileDestination
 )
