@@ -56,7 +56,9 @@ def text() -> str:
             lines.append(f"    {kind.name}: {kind.description}")
             for name, field in kind.fields.items():
                 default = (
-                    msgspec.json.encode(field["default"]).decode() if field["default"] else "-"
+                    msgspec.json.encode(field["default"]).decode()
+                    if field["default"] is not None
+                    else "-"
                 )
                 marker = " (required)" if field["required"] else ""
                 lines.append(f"      {name}{marker}: {field['description']}; default {default}")

@@ -127,6 +127,9 @@ class Mixpanel:
     def records(self, item: Prepared) -> list[Record]:
         """What one item sends, where (ValueError: it cannot be sent)."""
         fields = item.fields
+        if item.kind in ("track", "purchase") and fields.get("insert_id") in (None, ""):
+            # Mixpanel deduplicates by $insert_id: never one shared by unrelated events.
+            fields = {**fields, "insert_id": item.delivery.message_id}
         if item.kind == "track":
             return [("import", {"event": fields["event"], "properties": event_properties(fields)})]
         if item.kind == "purchase":

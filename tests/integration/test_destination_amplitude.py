@@ -19,8 +19,10 @@ from cdpd.delivery.lane import Lane
 from cdpd.model.timestamps import parse_ms
 from tests import spec_examples as spec
 from tests.contracts.amplitude import AmplitudeContract
+from tests.contracts.mixpanel import MixpanelContract
 from tests.helpers import FakeClock, config_text, query
 from tests.integration.test_delivery import MakeConfig, recorded, send, track
+from tests.integration.test_destination_mixpanel import mixpanel
 
 KEY = "amp_key"
 
@@ -318,3 +320,24 @@ def test_the_catalog_lists_amplitude_with_segments_presets(
         "Screen Calls",
         "Identify Calls",
     }
+
+
+async def test_the_integrations_object_names_them_by_catalog_name(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    async with AmplitudeContract() as amp, MixpanelContract() as mp:
+        config = make_config(amplitude(amp.url) + mixpanel(mp.url))
+        async with running(config) as server:
+            await send(
+                http,
+                server,
+                [
+                    track(1, user="user-00001", integrations={"Mixpanel": False}),
+                    track(2, user="user-00002", integrations={"All": False, "Mixpanel": True}),
+                    track(3, user="user-00003", integrations={"Amplitude": {"session_id": 1}}),
+                ],
+            )
+            await settled(server.delivery.lanes["amp"], 2)
+            await settled(server.delivery.lanes["mp"], 2)
+    assert set(amp.events) == {"m1", "m3"}
+    assert set(mp.events) == {"m2", "m3"}
