@@ -8,9 +8,14 @@ from typing import Any
 
 import msgspec
 
-from cdpd.destinations import actions, webhook
+from cdpd.destinations import actions, nats_jetstream, redis_streams, webhook
 from cdpd.destinations.base import Destination as Sender
-from cdpd.destinations.settings import Destination, WebhookDestination
+from cdpd.destinations.settings import (
+    Destination,
+    NatsDestination,
+    RedisDestination,
+    WebhookDestination,
+)
 from cdpd.settings import ConfigError
 
 
@@ -33,6 +38,25 @@ TYPES: tuple[DestinationType, ...] = (
         kinds=webhook.KINDS,
         presets=webhook.PRESETS,
         make=webhook.Webhook,
+    ),
+    DestinationType(
+        name="redis",
+        catalog_name="Redis",
+        description="XADD each message (or mapped fields) to a Redis stream, pipelined per batch",
+        settings=RedisDestination,
+        kinds=redis_streams.KINDS,
+        presets=redis_streams.PRESETS,
+        make=redis_streams.RedisStreams,
+    ),
+    DestinationType(
+        name="nats",
+        catalog_name="NATS",
+        description="Publish each message (or mapped fields) to NATS JetStream, deduplicated by"
+        " messageId, confirmed by PubAck",
+        settings=NatsDestination,
+        kinds=nats_jetstream.KINDS,
+        presets=nats_jetstream.PRESETS,
+        make=nats_jetstream.NatsJetStream,
     ),
 )
 _BY_SETTINGS = {t.settings: t for t in TYPES}
