@@ -8,11 +8,18 @@ from typing import Any
 
 import msgspec
 
-from cdpd.destinations import actions, nats_jetstream, redis_streams, webhook
+from cdpd.destinations import (
+    actions,
+    nats_jetstream,
+    rabbitmq,
+    redis_streams,
+    webhook,
+)
 from cdpd.destinations.base import Destination as Sender
 from cdpd.destinations.settings import (
     Destination,
     NatsDestination,
+    RabbitMQDestination,
     RedisDestination,
     WebhookDestination,
 )
@@ -57,6 +64,16 @@ TYPES: tuple[DestinationType, ...] = (
         kinds=nats_jetstream.KINDS,
         presets=nats_jetstream.PRESETS,
         make=nats_jetstream.NatsJetStream,
+    ),
+    DestinationType(
+        name="rabbitmq",
+        catalog_name="RabbitMQ",
+        description="Publish each message (or mapped fields) to a RabbitMQ exchange as a"
+        " persistent message, with publisher confirms",
+        settings=RabbitMQDestination,
+        kinds=rabbitmq.KINDS,
+        presets=rabbitmq.PRESETS,
+        make=rabbitmq.RabbitMQ,
     ),
 )
 _BY_SETTINGS = {t.settings: t for t in TYPES}
