@@ -45,26 +45,35 @@ def decode(data: bytes | str) -> Any:
 
 
 class Proxy:
-    """A TCP proxy in front of a broker on an ephemeral port. While `down`, it accepts and
-    drops every connection, as a broker that is not there would; `cut()` drops the open ones."""
+    """A TCP proxy in front of a broker, on a port of its own. `stop()` closes the port, as a
+    broker that is down would be (connections are refused), and `start()` opens it again;
+    `cut()` drops the connections that are open."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self._target = target
-        self.down = False
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.StreamWriter] = set()
         self.port = 0
 
     async def __aenter__(self) -> Self:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+        await self.start()
         return self
 
     async def __aexit__(self, *_: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._accept, "127.0.0.1", self.port, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
         self.cut()
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
 
     def cut(self) -> None:
         for writer in list(self._open):
@@ -72,9 +81,6 @@ class Proxy:
         self._open.clear()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.down:
-            writer.transport.abort()
-            return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._target)
         except OSError:

@@ -21,6 +21,7 @@ import aiohttp
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as Nats
+from yarl import URL
 
 from cdpd.destinations import brokers
 from cdpd.destinations.actions import Action, Prepared
@@ -44,6 +45,7 @@ class NatsJetStream:
         self.name = config.name
         self.actions = actions
         self._servers = config.servers
+        self._where = [str(URL(server).with_user(None)) for server in config.servers]  # no secrets
         self._user = config.user
         self._password = secret(config.name, config.password, config.password_env, "password")
         self._token = secret(config.name, config.token, config.token_env, "token")
@@ -59,13 +61,21 @@ class NatsJetStream:
                 " name is letters, digits and _"
             )
         self._connection = brokers.Connection(self._open, _close, alive=_alive)
+        self._last_error: Exception | None = None
 
     async def _open(self) -> Nats:
         client = Nats()
+        self._last_error = None
         try:
-            await self._connect(client)
-        except BaseException:
+            async with asyncio.timeout(self._timeout_s):
+                await self._connect(client)
+        except nats.errors.NoServersError:
             await client.close()  # what a failed connect leaves open
+            last = brokers.problem(self._last_error) if self._last_error else "no answer"
+            where = ", ".join(self._where)
+            raise ConnectionError(f"no server of {where} took a connection ({last})") from None
+        except BaseException:
+            await client.close()
             raise
         return client
 
@@ -78,7 +88,10 @@ class NatsJetStream:
             user_credentials=self._creds_file,
             connect_timeout=max(1, round(self._timeout_s)),
             allow_reconnect=False,
-            error_cb=_ignore,
+            # Each server is tried twice, at once; then delivery's backoff takes over.
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0,
+            error_cb=self._error,
             name=f"cdpd-{self.name}",
         )
         if self._create_stream is not None:
@@ -90,6 +103,10 @@ class NatsJetStream:
             await js.stream_info(stream)
         except nats.js.errors.NotFoundError:
             await js.add_stream(name=stream, subjects=self._stream_subjects)
+
+    async def _error(self, error: Exception) -> None:
+        """nats-py would log its errors itself; the last is kept for the attempt's error."""
+        self._last_error = error
 
     async def send(self, session: aiohttp.ClientSession, items: Sequence[Prepared]) -> list[Result]:
         client = None
@@ -137,7 +154,3 @@ def _alive(client: Nats) -> bool:
 
 async def _close(client: Nats) -> None:
     await client.close()
-
-
-async def _ignore(_: Exception) -> None:
-    """nats-py would log its errors itself; each failed publish is recorded instead."""

@@ -10,6 +10,7 @@ import msgspec
 
 from cdpd.destinations import (
     actions,
+    mqtt,
     nats_jetstream,
     rabbitmq,
     redis_streams,
@@ -18,6 +19,7 @@ from cdpd.destinations import (
 from cdpd.destinations.base import Destination as Sender
 from cdpd.destinations.settings import (
     Destination,
+    MqttDestination,
     NatsDestination,
     RabbitMQDestination,
     RedisDestination,
@@ -74,6 +76,16 @@ TYPES: tuple[DestinationType, ...] = (
         kinds=rabbitmq.KINDS,
         presets=rabbitmq.PRESETS,
         make=rabbitmq.RabbitMQ,
+    ),
+    DestinationType(
+        name="mqtt",
+        catalog_name="MQTT",
+        description="Publish each message (or mapped fields) to an MQTT broker at QoS 1,"
+        " confirmed by PUBACK",
+        settings=MqttDestination,
+        kinds=mqtt.KINDS,
+        presets=mqtt.PRESETS,
+        make=mqtt.Mqtt,
     ),
 )
 _BY_SETTINGS = {t.settings: t for t in TYPES}

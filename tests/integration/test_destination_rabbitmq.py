@@ -188,14 +188,14 @@ async def test_a_broker_that_is_down_is_retried_then_delivered(
     exchange, queue = bound
     clock = FakeClock()
     async with Proxy(rabbitmq_server) as proxy:
-        proxy.down = True
+        await proxy.stop()
         config = make_config(destination(url_of(("127.0.0.1", proxy.port)), exchange))
         async with running(config, clock=clock) as server:
             lane = server.delivery.lanes["rabbit"]
             await send(http, server, [track(1)])
             await recorded(lane, 1)
             assert deliveries(data_dir, "rabbit") == [("m1", "retrying", 1, None)]
-            proxy.down = False
+            await proxy.start()
             clock.advance(300)
             await delivered(lane, 1)
             proxy.cut()  # the held connection dies: the next send opens another

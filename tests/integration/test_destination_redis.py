@@ -141,14 +141,14 @@ async def test_a_redis_that_is_down_is_retried_then_delivered(
     key = unique("cdpd-test-")
     clock = FakeClock()
     async with Proxy(redis_server) as proxy:
-        proxy.down = True
+        await proxy.stop()
         config = make_config(destination(f"redis://127.0.0.1:{proxy.port}/0", key))
         async with running(config, clock=clock) as server:
             lane = server.delivery.lanes["redis"]
             await send(http, server, [track(1)])
             await recorded(lane, 1)
             assert deliveries(data_dir, "redis") == [("m1", "retrying", 1, None)]
-            proxy.down = False
+            await proxy.start()
             clock.advance(300)
             await delivered(lane, 1)
             # A connection cut under a held client: the next send opens a new one.
