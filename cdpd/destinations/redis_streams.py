@@ -57,6 +57,7 @@ class RedisStreams:
             socket_timeout=self._timeout_s,
             socket_connect_timeout=self._timeout_s,
             retry=Retry(NoBackoff(), 0),
+            client_name=f"cdpd-{self.name}",
         )
 
     async def send(self, session: aiohttp.ClientSession, items: Sequence[Prepared]) -> list[Result]:

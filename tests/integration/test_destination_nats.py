@@ -136,6 +136,30 @@ async def test_a_missing_stream_is_retried_with_a_clear_error_until_it_exists(
     await js.delete_stream(name)
 
 
+async def test_a_message_the_stream_refuses_is_dead_with_jetstreams_reason(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    data_dir: Path,
+    client: Nats,
+    url: str,
+) -> None:
+    name, prefix = unique("CDPD_TEST_"), unique("cdpd-test-")
+    js = client.jetstream()
+    await js.add_stream(name=name, subjects=[f"{prefix}.>"], max_msg_size=1000)
+    config = make_config(destination(url, prefix + ".{{type}}", "concurrency = 1\n"))
+    try:
+        async with running(config) as server:
+            small = {"type": "alias", "userId": "u", "previousId": "p", "messageId": "s"}
+            await send(http, server, [track(1, properties={"big": "x" * 2000}), small])
+            await settled(server.delivery.lanes["nats"], 2)
+        assert deliveries(data_dir, "nats") == [("m1", "dead", 1, 400), ("s", "delivered", 1, 200)]
+        assert attempts(data_dir)[0][2].startswith(
+            "NATS: JetStream error 400 (10054): message size exceeds maximum allowed"
+        )
+    finally:
+        await js.delete_stream(name)
+
+
 async def test_create_stream_makes_the_stream_on_connecting(
     make_config: MakeConfig, http: aiohttp.ClientSession, client: Nats, url: str
 ) -> None:

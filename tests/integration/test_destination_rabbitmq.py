@@ -130,6 +130,39 @@ async def test_an_unroutable_message_is_dead_with_the_reason(
     await channel.exchange_delete(exchange)
 
 
+async def test_a_nack_is_retried_until_the_queue_takes_it(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    data_dir: Path,
+    rabbitmq_server: tuple[str, int],
+    channel: aio_pika.abc.AbstractChannel,
+) -> None:
+    name = unique("cdpd-test-")
+    exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
+    # A queue that holds one message and refuses (nacks) any more.
+    full = {"x-max-length": 1, "x-overflow": "reject-publish"}
+    queue = await channel.declare_queue(exclusive=True, arguments=full)
+    await queue.bind(exchange, "#")
+    clock = FakeClock()
+    config = make_config(destination(url_of(rabbitmq_server), name, "concurrency = 1\n"))
+    async with running(config, clock=clock) as server:
+        lane = server.delivery.lanes["rabbit"]
+        await send(http, server, [track(1)])
+        await delivered(lane, 1)
+        await send(http, server, [track(2)])
+        await recorded(lane, 2)
+        assert deliveries(data_dir, "rabbit")[1] == ("m2", "retrying", 1, 503)
+        assert [m.message_id for m in await drain(queue)] == ["m1"]
+        clock.advance(300)
+        await delivered(lane, 2)
+    assert attempts(data_dir)[1][2] == (
+        f"RabbitMQ: the broker nacked the message (exchange {name!r}, routing key 'track'):"
+        " a queue refused it or the broker failed to store it"
+    )
+    assert [m.message_id for m in await drain(queue)] == ["m2"]
+    await exchange.delete()
+
+
 async def test_a_passive_exchange_that_is_missing_is_retried_until_it_exists(
     make_config: MakeConfig,
     http: aiohttp.ClientSession,

@@ -191,3 +191,56 @@ def test_check_config_reports_bad_settings(
     path.write_text(config_text(tmp_path / "var", entry))
     assert cli.main(["check-config", "--config", str(path)]) == 2
     assert says in capsys.readouterr().err
+
+
+async def test_a_password_from_the_environment_and_the_connection_closed_at_shutdown(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    client: aioredis.Redis,
+    url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    user, key = unique("cdpd-test-"), unique("cdpd-test-")
+    await client.acl_setuser(
+        user, enabled=True, passwords=["+s3cret-pw"], keys=[key], commands=["+xadd", "+client"]
+    )
+    monkeypatch.setenv("CDPD_TEST_REDIS_PASSWORD", "s3cret-pw")
+    authed = url.replace("redis://", f"redis://{user}@")
+    extra = 'password_env = "CDPD_TEST_REDIS_PASSWORD"\n'
+    try:
+        async with running(make_config(destination(authed, key, extra))) as server:
+            await send(http, server, [track(1)])
+            await delivered(server.delivery.lanes["redis"], 1)
+            names = [c["name"] for c in await client.client_list()]
+            assert "cdpd-redis" in names
+        assert "cdpd-redis" not in [c["name"] for c in await client.client_list()]
+        assert len(await entries(client, key)) == 1
+    finally:
+        await client.acl_deluser(user)
+        await client.delete(key)
+
+
+async def test_a_wrong_password_is_retried_and_never_shown(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    data_dir: Path,
+    client: aioredis.Redis,
+    url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    user = unique("cdpd-test-")
+    await client.acl_setuser(user, enabled=True, passwords=["+right-pw"], commands=["+xadd"])
+    monkeypatch.setenv("CDPD_TEST_REDIS_PASSWORD", "wrong-pw")
+    authed = url.replace("redis://", f"redis://{user}@")
+    extra = 'password_env = "CDPD_TEST_REDIS_PASSWORD"\n'
+    try:
+        async with running(make_config(destination(authed, unique("cdpd-test-"), extra))) as s:
+            await send(http, s, [track(1)])
+            await recorded(s.delivery.lanes["redis"], 1)
+    finally:
+        await client.acl_deluser(user)
+    ((_, status, error, outcome),) = attempts(data_dir)
+    assert (status, outcome) == (None, "retrying")
+    assert error.startswith("Redis: AuthenticationError: ")
+    assert "wrong-pw" not in error
+    assert "right-pw" not in error

@@ -3,8 +3,10 @@ refuse wildcards, spaces and empty levels."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
+from cdpd import cli
 from cdpd.destinations import brokers, mqtt, nats_jetstream, rabbitmq, redis_streams
 from cdpd.mapping import kit
 
@@ -63,3 +65,18 @@ def test_render_fills_each_slot_with_its_token() -> None:
 def test_each_broker_checks_its_names(check: object, name: str, problem: str | None) -> None:
     assert callable(check)
     assert check(name) == problem
+
+
+def test_the_catalog_lists_the_brokers(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["destinations", "--json"]) == 0
+    catalog = {entry["type"]: entry for entry in msgspec.json.decode(capsys.readouterr().out)}
+    names = {"redis": "stream", "nats": "subject", "rabbitmq": "routing_key", "mqtt": "topic"}
+    for kind, field in names.items():
+        entry = catalog[kind]
+        publish = entry["actions"][0]
+        assert publish["name"] == "publish"
+        assert publish["fields"]["payload"]["default"] == {"@path": "$."}
+        assert field in publish["fields"]
+        assert field in {s["name"] for s in entry["settings"]}
+        assert entry["presets"][0]["name"] == "Publish every message"
+    assert [catalog[k]["catalog_name"] for k in names] == ["Redis", "NATS", "RabbitMQ", "MQTT"]
