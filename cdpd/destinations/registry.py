@@ -8,7 +8,19 @@ from collections.abc import Callable, Sequence
 import msgspec
 
 from cdpd.clock import Clock, SystemClock
-from cdpd.destinations import actions, amplitude, customerio, file, mixpanel, slack, webhook
+from cdpd.destinations import (
+    actions,
+    amplitude,
+    customerio,
+    file,
+    mixpanel,
+    mqtt,
+    nats_jetstream,
+    rabbitmq,
+    redis_streams,
+    slack,
+    webhook,
+)
 from cdpd.destinations.base import Destination as Sender
 from cdpd.destinations.settings import (
     AmplitudeDestination,
@@ -16,6 +28,10 @@ from cdpd.destinations.settings import (
     Destination,
     FileDestination,
     MixpanelDestination,
+    MqttDestination,
+    NatsDestination,
+    RabbitMQDestination,
+    RedisDestination,
     SlackDestination,
     WebhookDestination,
 )
@@ -93,6 +109,45 @@ TYPES: tuple[DestinationType, ...] = (
         presets=file.PRESETS,
         make=file.File,
         clocked=True,
+    ),
+    DestinationType(
+        name="redis",
+        catalog_name="Redis",
+        description="XADD each message (or mapped fields) to a Redis stream, pipelined per batch",
+        settings=RedisDestination,
+        kinds=redis_streams.KINDS,
+        presets=redis_streams.PRESETS,
+        make=redis_streams.RedisStreams,
+    ),
+    DestinationType(
+        name="nats",
+        catalog_name="NATS",
+        description="Publish each message (or mapped fields) to NATS JetStream, deduplicated by"
+        " messageId, confirmed by PubAck",
+        settings=NatsDestination,
+        kinds=nats_jetstream.KINDS,
+        presets=nats_jetstream.PRESETS,
+        make=nats_jetstream.NatsJetStream,
+    ),
+    DestinationType(
+        name="rabbitmq",
+        catalog_name="RabbitMQ",
+        description="Publish each message (or mapped fields) to a RabbitMQ exchange as a"
+        " persistent message, with publisher confirms",
+        settings=RabbitMQDestination,
+        kinds=rabbitmq.KINDS,
+        presets=rabbitmq.PRESETS,
+        make=rabbitmq.RabbitMQ,
+    ),
+    DestinationType(
+        name="mqtt",
+        catalog_name="MQTT",
+        description="Publish each message (or mapped fields) to an MQTT broker at QoS 1,"
+        " confirmed by PUBACK",
+        settings=MqttDestination,
+        kinds=mqtt.KINDS,
+        presets=mqtt.PRESETS,
+        make=mqtt.Mqtt,
     ),
 )
 _BY_SETTINGS = {t.settings: t for t in TYPES}

@@ -160,6 +160,79 @@ class FileDestination(
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
 
 
+class RedisDestination(
+    _Destination, tag="redis", frozen=True, forbid_unknown_fields=True, kw_only=True
+):
+    """XADD to a Redis stream; see docs/destinations/redis.md."""
+
+    # redis://[user@]host:port/db or rediss:// (TLS); or url_env naming a variable holding it
+    # (a password in the URL then stays out of the config file). Neither: redis://127.0.0.1:6379/0
+    url: Annotated[str, msgspec.Meta(pattern=r"^(redis|rediss|unix)://")] | None = None
+    url_env: str | None = None
+    password: str | None = None
+    password_env: str | None = None
+    stream: str = "cdpd"  # a {{path}} template, e.g. "cdpd:{{type}}"
+    maxlen: PositiveInt | None = None  # XADD MAXLEN ~ maxlen
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+
+
+class NatsDestination(
+    _Destination, tag="nats", frozen=True, forbid_unknown_fields=True, kw_only=True
+):
+    """Publish to NATS JetStream; see docs/destinations/nats.md."""
+
+    servers: list[Annotated[str, msgspec.Meta(pattern=r"^(nats|tls)://")]] = msgspec.field(
+        default_factory=lambda: ["nats://127.0.0.1:4222"]
+    )
+    user: str | None = None
+    password: str | None = None
+    password_env: str | None = None
+    token: str | None = None
+    token_env: str | None = None
+    creds_file: str | None = None  # a .creds file (JWT and NKey seed)
+    subject: str = "cdpd.{{type}}"  # a {{path}} template
+    create_stream: str | None = None  # a stream to create when missing (off by default)
+    stream_subjects: list[str] = msgspec.field(default_factory=list)  # its subjects
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+
+
+class RabbitMQDestination(
+    _Destination, tag="rabbitmq", frozen=True, forbid_unknown_fields=True, kw_only=True
+):
+    """Publish to a RabbitMQ exchange with publisher confirms; see docs/destinations/rabbitmq.md."""
+
+    url: Annotated[str, msgspec.Meta(pattern=r"^amqps?://")] = "amqp://guest@127.0.0.1:5672/"
+    password: str | None = None
+    password_env: str | None = None
+    exchange: str = "cdpd"  # "" is the default exchange (the routing key names a queue)
+    exchange_type: Literal["topic", "direct", "fanout", "headers"] = "topic"
+    # "declare": declare it durable (an error if it exists with other options); "passive": it
+    # must exist already.
+    exchange_declare: Literal["declare", "passive"] = "declare"
+    routing_key: str = "{{type}}"  # a {{path}} template
+    mandatory: bool = True  # a message no queue takes is returned: a failure
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+
+
+class MqttDestination(
+    _Destination, tag="mqtt", frozen=True, forbid_unknown_fields=True, kw_only=True
+):
+    """Publish to an MQTT broker at QoS 1; see docs/destinations/mqtt.md."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 1883
+    username: str | None = None
+    password: str | None = None
+    password_env: str | None = None
+    tls: bool = False
+    tls_ca_file: str | None = None  # the CA bundle to trust (default: the system's)
+    client_id: str | None = None  # default: "cdpd-<destination name>"
+    topic: str = "cdpd/{{type}}"  # a {{path}} template
+    qos: Literal[1, 2] = 1
+    retain: bool = False
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+
+
 Destination = (
     WebhookDestination
     | MixpanelDestination
@@ -167,4 +240,8 @@ Destination = (
     | SlackDestination
     | CustomerIoDestination
     | FileDestination
+    | RedisDestination
+    | NatsDestination
+    | RabbitMQDestination
+    | MqttDestination
 )
