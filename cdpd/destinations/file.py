@@ -15,9 +15,12 @@ stops receiving is still rotated on time.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import aiohttp
 import msgspec
@@ -53,6 +56,8 @@ WRITTEN = 200  # the status an attempt records for lines on disk
 IDLE_CHECK_S = 3600.0  # no file to age: `run` is woken when one starts
 UPKEEP_RETRY_S = 10.0  # after a failed rotation or compression
 _encoder = msgspec.json.Encoder()
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class File:
@@ -82,7 +87,7 @@ class File:
             if self._closed:
                 return [Result(None, "the file destination is closed")] * len(items)
             started_ms = self._file.started_ms
-            results, rotated = await asyncio.to_thread(self._write, groups, self._clock.now_ms())
+            results, rotated = await _in_thread(self._write, groups, self._clock.now_ms())
             if rotated or (started_ms is None and self._file.started_ms is not None):
                 self._wake.set()
         return results
@@ -162,7 +167,7 @@ class File:
                 if self._closed:
                     return IDLE_CHECK_S
                 now_ms = self._clock.now_ms()
-                await asyncio.to_thread(self._rotate_if_due, now_ms)
+                await _in_thread(self._rotate_if_due, now_ms)
             await self._compress()
         except OSError as exc:
             log.warning("file_upkeep_failed", destination=self.name, error=self._error(exc))
@@ -182,11 +187,11 @@ class File:
 
     async def _compress(self) -> None:
         async with self._packing:
-            for plain in await asyncio.to_thread(self._file.uncompressed):
-                packed = await asyncio.to_thread(self._file.compress, plain)
+            for plain in await _in_thread(self._file.uncompressed):
+                packed = await _in_thread(self._file.compress, plain)
                 log.info("file_rotated", destination=self.name, file=str(packed))
             if self._keep is not None:
-                for path in await asyncio.to_thread(self._file.prune, self._keep):
+                for path in await _in_thread(self._file.prune, self._keep):
                     log.info("file_pruned", destination=self.name, file=str(path))
 
     async def close(self) -> None:
@@ -195,11 +200,23 @@ class File:
             if self._closed:
                 return
             self._closed = True
-            await asyncio.to_thread(self._file.close)
+            await _in_thread(self._file.close)
         try:
             await self._compress()
         except OSError as exc:  # the next start compresses them
             log.warning("file_upkeep_failed", destination=self.name, error=self._error(exc))
+
+
+async def _in_thread(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """`fn` in a worker thread. A thread cannot be stopped: cancelled meanwhile, this still
+    waits for it to end, so the lock held around it is never let go while the file is in use."""
+    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+    work = asyncio.get_running_loop().run_in_executor(None, call)
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait([work])
+        raise
 
 
 def _by_delivery(items: Sequence[Prepared]) -> list[list[Prepared]]:

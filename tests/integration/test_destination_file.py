@@ -64,11 +64,13 @@ def attempts(data_dir: Path) -> list[tuple[Any, ...]]:
 # -- what is written ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("fsync", ["batch", "none"])
 async def test_the_spec_examples_are_written_one_line_each(
-    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path, tmp_path: Path
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path, tmp_path: Path, fsync: str
 ) -> None:
     path = tmp_path / "out" / "events.ndjson"  # its directory is made
-    async with running(make_config(file_destination(path))) as server:
+    config = make_config(file_destination(path, f'fsync = "{fsync}"'))
+    async with running(config) as server:
         await send(http, server, EXAMPLES)
         await delivered(server.delivery.lanes["events"], len(EXAMPLES))
     assert lines_of(path) == stored(data_dir)  # each message exactly as stored, in order

@@ -1,12 +1,15 @@
 """The file destination's blocking side: appends that fail leave no partial line, a file moved
-away is let go, rotated names keep counting, compression never leaves a .gz half written."""
+away is let go, rotated names keep counting, compression never leaves a .gz half written, and
+a cancelled call waits for its thread."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import gzip
 import resource
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +17,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from cdpd.destinations.file import _in_thread
 from cdpd.destinations.filelog import LogFile
 from cdpd.model.timestamps import parse_ms
 
@@ -134,3 +138,23 @@ def test_prune_keeps_the_newest(tmp_path: Path) -> None:
         "events-20261205T231503Z-0003.ndjson.gz",
         "events-20261205T231504Z-0004.ndjson.gz",
     ]
+
+
+async def test_a_cancelled_call_still_waits_for_its_thread() -> None:
+    started, release = threading.Event(), threading.Event()
+    finished: list[str] = []
+
+    def blocking() -> None:
+        started.set()
+        release.wait(10)
+        finished.append("thread")
+
+    call = asyncio.ensure_future(_in_thread(blocking))
+    await asyncio.to_thread(started.wait, 10)
+    call.cancel()
+    await asyncio.sleep(0.05)  # the cancellation has arrived; the thread is still in the call
+    assert not call.done()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert finished == ["thread"]
