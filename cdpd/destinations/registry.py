@@ -8,11 +8,12 @@ from typing import Any
 
 import msgspec
 
-from cdpd.destinations import actions, customerio, slack, webhook
+from cdpd.destinations import actions, customerio, ga4, slack, webhook
 from cdpd.destinations.base import Destination as Sender
 from cdpd.destinations.settings import (
     CustomerIoDestination,
     Destination,
+    Ga4Destination,
     SlackDestination,
     WebhookDestination,
 )
@@ -56,6 +57,15 @@ TYPES: tuple[DestinationType, ...] = (
         kinds=customerio.KINDS,
         presets=customerio.PRESETS,
         make=customerio.CustomerIo,
+    ),
+    DestinationType(
+        name="ga4",
+        catalog_name="Google Analytics 4",
+        description="Events to GA4's Measurement Protocol, checked against its rules first",
+        settings=Ga4Destination,
+        kinds=ga4.KINDS,
+        presets=ga4.PRESETS,
+        make=ga4.Ga4,
     ),
 )
 _BY_SETTINGS = {t.settings: t for t in TYPES}

@@ -93,4 +93,17 @@ class CustomerIoDestination(
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=100)] = 1
 
 
-Destination = WebhookDestination | SlackDestination | CustomerIoDestination
+class Ga4Destination(
+    _Destination, tag="ga4", frozen=True, forbid_unknown_fields=True, kw_only=True
+):
+    measurement_id: Annotated[str, msgspec.Meta(min_length=1)]
+    api_secret: str | None = None
+    api_secret_env: str | None = None
+    api_url: Annotated[str, _HTTP_URL] = "https://www.google-analytics.com/mp/collect"
+    # Check each request with the validation server first and send only what it accepts.
+    validate: bool = False
+    # Deliveries per attempt; a request holds one client's events, at most 25 of them.
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=500)] = 25
+
+
+Destination = WebhookDestination | SlackDestination | CustomerIoDestination | Ga4Destination
