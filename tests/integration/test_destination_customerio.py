@@ -246,3 +246,21 @@ def test_check_config_wants_both_credentials(
     path.write_text(config_text(tmp_path / "var", entry))
     assert cli.main(["check-config", "--config", str(path)]) == 2
     assert "needs site_id (or site_id_env) and api_key (or api_key_env)" in capsys.readouterr().err
+
+
+async def test_a_message_without_a_person_is_dead_and_never_sent(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    nobody = {**spec.IDENTIFY, "messageId": "nobody", "traits": {"plan": "free"}}
+    del nobody["userId"]
+    async with CustomerIoTrack() as api, running(make_config(customerio(api.url))) as server:
+        await send(http, server, [nobody])
+        await recorded(server.delivery.lanes["cio"], 1)
+    assert api.calls == []
+    assert query(data_dir, "SELECT state, last_error FROM deliveries") == [
+        (
+            "dead",
+            "Create or Update Person: no value for required field id"
+            " (the destination cannot take it as it is)",
+        )
+    ]
