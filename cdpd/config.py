@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 import msgspec
 import msgspec.inspect
 
-from cdpd.destinations.settings import Destination, RetryConfig
+from cdpd.destinations.settings import Destination, FileDestination, RetryConfig
 from cdpd.settings import (
     ConfigError,
     Name,
@@ -203,7 +203,13 @@ def _allowed_values(where: str) -> list[str]:
             structs = [t for t in info.types if isinstance(t, msgspec.inspect.StructType)]
             if structs and part == structs[0].tag_field:
                 return [str(t.tag) for t in structs]
-            return []
+            # A key of tagged Structs (destination types): its type, if every type that has
+            # the key agrees on it.
+            found = [f.type for t in structs for f in t.fields if f.encode_name == part]
+            if not found or any(kind != found[0] for kind in found):
+                return []
+            info = found[0]
+            continue
         if not isinstance(info, msgspec.inspect.StructType):
             return []
         if part == info.tag_field:
@@ -247,6 +253,14 @@ def _cross_check(config: Config) -> list[str]:
     problems += _duplicates("sources", "name", [s.name for s in config.sources])
     problems += _duplicates("sources", "write_key", [s.write_key for s in config.sources])
     problems += _duplicates("destinations", "name", [d.name for d in config.destinations])
+    problems += _duplicates(
+        "destinations",
+        "path",
+        [
+            os.path.normpath(d.path) if isinstance(d, FileDestination) else f"\0{index}"
+            for index, d in enumerate(config.destinations)
+        ],
+    )
     source_names = {s.name for s in config.sources}
     for index, dest in enumerate(config.destinations):
         for header, value in getattr(dest, "headers", {}).items():
@@ -328,11 +342,20 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     warehouses = [_resolve_warehouse_path(w, base) for w in config.warehouses]
     if warehouses != config.warehouses:
         config = msgspec.structs.replace(config, warehouses=warehouses)
+    destinations = [_resolve_file_path(d, base) for d in config.destinations]
+    if destinations != config.destinations:
+        config = msgspec.structs.replace(config, destinations=destinations)
     data_dir = Path(config.storage.data_dir)
     if data_dir.is_absolute():
         return config
     storage = msgspec.structs.replace(config.storage, data_dir=str((base / data_dir).resolve()))
     return msgspec.structs.replace(config, storage=storage)
+
+
+def _resolve_file_path(destination: Destination, base: Path) -> Destination:
+    if not isinstance(destination, FileDestination) or Path(destination.path).is_absolute():
+        return destination
+    return msgspec.structs.replace(destination, path=str((base / destination.path).resolve()))
 
 
 def _resolve_warehouse_path(warehouse: Warehouse, base: Path) -> Warehouse:

@@ -13,7 +13,7 @@ import pytest
 
 from cdpd import config as cdpd_config
 from cdpd.app import Running, running
-from tests.helpers import POSTGRES_ADMIN_DSN, WarehouseProbe, config_text
+from tests.helpers import POSTGRES_ADMIN_DSN, WarehouseProbe, config_text, require_broker
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -107,3 +107,26 @@ async def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Warehouse
     await _empty_postgres(dsn)
     toml = f'[[warehouses]]\nname = "wh"\ntype = "postgres"\ndsn = "{dsn}"\ninterval_s = 3600\n'
     return WarehouseProbe(kind="postgres", toml=toml, dsn=dsn)
+
+
+# -- message brokers: skipped when down on a user's machine, failed under CI=true --------------
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> tuple[str, int]:
+    return require_broker("Redis", ("127.0.0.1", 6379))
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> tuple[str, int]:
+    return require_broker("NATS", ("127.0.0.1", 4222))
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server() -> tuple[str, int]:
+    return require_broker("RabbitMQ", ("127.0.0.1", 5672))
+
+
+@pytest.fixture(scope="session")
+def mqtt_server() -> tuple[str, int]:
+    return require_broker("Mosquitto", ("127.0.0.1", 1883))

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import os
 import signal
+import socket
 import sqlite3
 import sys
 from collections.abc import Mapping
@@ -14,12 +15,25 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 
 from cdpd.model.timestamps import now_ms
 
 WRITE_KEY = "wk_test"
 OTHER_WRITE_KEY = "wk_other"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def require_broker(name: str, address: tuple[str, int]) -> tuple[str, int]:
+    """Skip when a broker is not listening on a user's machine; under CI=true, fail."""
+    try:
+        socket.create_connection(address, timeout=2).close()
+    except OSError as exc:
+        reason = f"{name} is not reachable at {address[0]}:{address[1]}: {exc}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + " (CI=true: .ci/run starts it; the broker tests need it)")
+        pytest.skip(reason)
+    return address
 
 
 def basic_auth(key: str, *, colon: bool = True) -> str:

@@ -44,8 +44,8 @@ class Delivery:
         self._writer = writer
         self._clock = clock
         enabled = [d for d in config.destinations if d.enabled]
-        senders = {d.name: registry.build(d) for d in enabled}
-        self._senders = list(senders.values())
+        senders = {d.name: registry.build(d, clock) for d in enabled}
+        self.senders = senders
         self.lanes = {
             d.name: Lane(
                 d,
@@ -89,7 +89,7 @@ class Delivery:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.router.run(self._stop), name="router")
                 tasks.create_task(self.pruner.run(self._stop), name="pruner")
-                for sender in self._senders:
+                for sender in self.senders.values():
                     if hasattr(sender, "run"):
                         tasks.create_task(
                             _background(sender, self._stop), name=f"background-{sender.name}"
@@ -129,7 +129,7 @@ class Delivery:
                 return
 
     async def _close_senders(self) -> None:
-        for sender in self._senders:
+        for sender in self.senders.values():
             if hasattr(sender, "close"):
                 try:
                     await cast(Closable, sender).close()

@@ -47,6 +47,7 @@ class Preset(msgspec.Struct, frozen=True):
     name: str
     kind: str
     subscribe: str
+    mapping: dict[str, Any] = {}  # over the kind's defaults (Segment's "Viewed {{name}}", say)
 
 
 class Action(msgspec.Struct, frozen=True):
@@ -79,7 +80,10 @@ def build(
     action and key at fault."""
     where = f"destination {config.name!r}"
     if config.actions is None:
-        chosen = [ActionConfig(name=p.name, kind=p.kind, subscribe=p.subscribe) for p in presets]
+        chosen = [
+            ActionConfig(name=p.name, kind=p.kind, subscribe=p.subscribe, mapping=p.mapping)
+            for p in presets
+        ]
     else:
         chosen = [action for action in config.actions if action.enabled]
     problems: list[str] = []

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import msgspec.inspect
 
-from cdpd.destinations.actions import Field
+from cdpd.destinations.actions import Field, Preset
 from cdpd.destinations.registry import DestinationType, catalog
 
 _COMMON = {
@@ -36,7 +36,7 @@ class TypeInfo(msgspec.Struct):
     description: str
     settings: list[SettingInfo]
     actions: list[KindInfo]
-    presets: list[dict[str, str]]
+    presets: list[dict[str, Any]]
 
 
 def describe() -> list[TypeInfo]:
@@ -56,12 +56,17 @@ def text() -> str:
             lines.append(f"    {kind.name}: {kind.description}")
             for name, field in kind.fields.items():
                 default = (
-                    msgspec.json.encode(field["default"]).decode() if field["default"] else "-"
+                    msgspec.json.encode(field["default"]).decode()
+                    if field["default"] is not None
+                    else "-"
                 )
                 marker = " (required)" if field["required"] else ""
                 lines.append(f"      {name}{marker}: {field['description']}; default {default}")
         lines.append("  presets (used when no actions are configured):")
-        lines += [f"    {p['name']} [{p['kind']}]: {p['subscribe']}" for p in info.presets]
+        for p in info.presets:
+            lines.append(f"    {p['name']} [{p['kind']}]: {p['subscribe']}")
+            if "mapping" in p:
+                lines.append(f"      mapping {msgspec.json.encode(p['mapping']).decode()}")
         lines.append("  every destination also takes: " + ", ".join(sorted(_COMMON - {"name"})))
         lines.append("")
     return "\n".join(lines)
@@ -95,8 +100,19 @@ def _describe(kind: DestinationType) -> TypeInfo:
             )
             for k in kind.kinds.values()
         ],
-        presets=[{"name": p.name, "kind": p.kind, "subscribe": p.subscribe} for p in kind.presets],
+        presets=[_preset(p) for p in kind.presets],
     )
+
+
+def _preset(preset: Preset) -> dict[str, Any]:
+    described: dict[str, Any] = {
+        "name": preset.name,
+        "kind": preset.kind,
+        "subscribe": preset.subscribe,
+    }
+    if preset.mapping:
+        described["mapping"] = preset.mapping
+    return described
 
 
 def _field(field: Field) -> dict[str, Any]:

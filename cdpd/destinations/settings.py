@@ -7,7 +7,14 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from cdpd.settings import MessageType, Name, PositiveFloat, PositiveInt, Section
+from cdpd.settings import (
+    MessageType,
+    Name,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Section,
+)
 
 
 class RetryConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -65,6 +72,47 @@ class WebhookDestination(
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
 
 
+class MixpanelDestination(
+    _Destination, tag="mixpanel", frozen=True, forbid_unknown_fields=True, kw_only=True
+):
+    """Mixpanel's ingestion API. Events go to `/import` (Basic auth: a service account with
+    `project_id`, else the project secret, else the project token); profiles to `/engage`,
+    groups to `/groups`, `$identify` and `$create_alias` to `/track`, with the token."""
+
+    project_token: str | None = None
+    project_token_env: str | None = None
+    api_secret: str | None = None
+    api_secret_env: str | None = None
+    service_account_username: str | None = None
+    service_account_secret: str | None = None
+    service_account_secret_env: str | None = None
+    project_id: str | None = None
+    # https://api-eu.mixpanel.com (EU residency), https://api-in.mixpanel.com (India).
+    api_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")] = "https://api.mixpanel.com"
+    # /import?strict=1: Mixpanel validates each event and names the ones it rejects.
+    strict: bool = True
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=2000)] = 500
+
+
+class AmplitudeDestination(
+    _Destination, tag="amplitude", frozen=True, forbid_unknown_fields=True, kw_only=True
+):
+    """Amplitude's HTTP V2 API for events, its Identify API for user properties."""
+
+    api_key: str | None = None
+    api_key_env: str | None = None
+    # EU residency: https://api.eu.amplitude.com/2/httpapi and .../identify.
+    api_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")] = (
+        "https://api2.amplitude.com/2/httpapi"
+    )
+    identify_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")] = (
+        "https://api2.amplitude.com/identify"
+    )
+    # Amplitude rejects user and device ids shorter than this (its default: 5).
+    min_id_length: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=2000)] = 500
+
+
 _HTTP_URL = msgspec.Meta(pattern=r"^https?://")
 
 
@@ -93,6 +141,98 @@ class CustomerIoDestination(
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=100)] = 1
 
 
+class FileDestination(
+    _Destination, tag="file", frozen=True, forbid_unknown_fields=True, kw_only=True
+):
+    """Newline-delimited JSON in a local file, rotated by size and age, gzipped on rotation."""
+
+    # The file written to; its directory is made if missing. A relative path is taken from
+    # the working directory, as data_dir is.
+    path: Annotated[str, msgspec.Meta(min_length=1)]
+    max_bytes: NonNegativeInt = 100 * 1024 * 1024  # rotate before it grows past; 0: never
+    rotate_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 3600.0  # 0: never by age
+    keep: PositiveInt | None = None  # rotated files kept (the newest); None: all
+    # "batch": fsync before a batch counts as delivered (it survives power loss); "none": the
+    # kernel writes it back when it likes (it survives cdpd's crash, not the machine's).
+    fsync: Literal["batch", "none"] = "batch"
+    # One writer: lines follow the outbox's order.
+    concurrency: PositiveInt = 1
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
+
+
+class RedisDestination(
+    _Destination, tag="redis", frozen=True, forbid_unknown_fields=True, kw_only=True
+):
+    """XADD to a Redis stream; see docs/destinations/redis.md."""
+
+    # redis://[user@]host:port/db or rediss:// (TLS); or url_env naming a variable holding it
+    # (a password in the URL then stays out of the config file). Neither: redis://127.0.0.1:6379/0
+    url: Annotated[str, msgspec.Meta(pattern=r"^(redis|rediss|unix)://")] | None = None
+    url_env: str | None = None
+    password: str | None = None
+    password_env: str | None = None
+    stream: str = "cdpd"  # a {{path}} template, e.g. "cdpd:{{type}}"
+    maxlen: PositiveInt | None = None  # XADD MAXLEN ~ maxlen
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+
+
+class NatsDestination(
+    _Destination, tag="nats", frozen=True, forbid_unknown_fields=True, kw_only=True
+):
+    """Publish to NATS JetStream; see docs/destinations/nats.md."""
+
+    servers: list[Annotated[str, msgspec.Meta(pattern=r"^(nats|tls)://")]] = msgspec.field(
+        default_factory=lambda: ["nats://127.0.0.1:4222"]
+    )
+    user: str | None = None
+    password: str | None = None
+    password_env: str | None = None
+    token: str | None = None
+    token_env: str | None = None
+    creds_file: str | None = None  # a .creds file (JWT and NKey seed)
+    subject: str = "cdpd.{{type}}"  # a {{path}} template
+    create_stream: str | None = None  # a stream to create when missing (off by default)
+    stream_subjects: list[str] = msgspec.field(default_factory=list)  # its subjects
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+
+
+class RabbitMQDestination(
+    _Destination, tag="rabbitmq", frozen=True, forbid_unknown_fields=True, kw_only=True
+):
+    """Publish to a RabbitMQ exchange with publisher confirms; see docs/destinations/rabbitmq.md."""
+
+    url: Annotated[str, msgspec.Meta(pattern=r"^amqps?://")] = "amqp://guest@127.0.0.1:5672/"
+    password: str | None = None
+    password_env: str | None = None
+    exchange: str = "cdpd"  # "" is the default exchange (the routing key names a queue)
+    exchange_type: Literal["topic", "direct", "fanout", "headers"] = "topic"
+    # "declare": declare it durable (an error if it exists with other options); "passive": it
+    # must exist already.
+    exchange_declare: Literal["declare", "passive"] = "declare"
+    routing_key: str = "{{type}}"  # a {{path}} template
+    mandatory: bool = True  # a message no queue takes is returned: a failure
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+
+
+class MqttDestination(
+    _Destination, tag="mqtt", frozen=True, forbid_unknown_fields=True, kw_only=True
+):
+    """Publish to an MQTT broker at QoS 1; see docs/destinations/mqtt.md."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 1883
+    username: str | None = None
+    password: str | None = None
+    password_env: str | None = None
+    tls: bool = False
+    tls_ca_file: str | None = None  # the CA bundle to trust (default: the system's)
+    client_id: str | None = None  # default: "cdpd-<destination name>"
+    topic: str = "cdpd/{{type}}"  # a {{path}} template
+    qos: Literal[1, 2] = 1
+    retain: bool = False
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+
+
 class Ga4Destination(
     _Destination, tag="ga4", frozen=True, forbid_unknown_fields=True, kw_only=True
 ):
@@ -106,4 +246,16 @@ class Ga4Destination(
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=500)] = 25
 
 
-Destination = WebhookDestination | SlackDestination | CustomerIoDestination | Ga4Destination
+Destination = (
+    WebhookDestination
+    | MixpanelDestination
+    | AmplitudeDestination
+    | SlackDestination
+    | CustomerIoDestination
+    | FileDestination
+    | RedisDestination
+    | NatsDestination
+    | RabbitMQDestination
+    | MqttDestination
+    | Ga4Destination
+)

@@ -46,6 +46,10 @@ def test_defaults() -> None:
         ),
         ('[[destinations]]\nname = "d"\ntype = "webhook"\n', "missing required field `url`"),
         (
+            '[[destinations]]\nname = "d"\ntype = "webhook"\nurl = "http://x"\nordering = "x"\n',
+            "destinations[0].ordering: Invalid enum value 'x' (expected one of: none, user)",
+        ),
+        (
             '[[destinations]]\nname = "d"\ntype = "webhook"\nurl = "http://x"\nsources = ["s"]\n',
             "destinations[0].sources: no source is named 's'",
         ),

@@ -1,0 +1,343 @@
+"""The Amplitude destination against a local server that keeps Amplitude's contract: Segment's
+spec examples through a real cdpd, the exact requests its presets make, and Amplitude's answers
+(a 400 naming bad events, which drops the whole request; 413; 429; a bad API key)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import aiohttp
+import msgspec
+import pytest
+
+from cdpd import cli
+from cdpd.app import running
+from cdpd.delivery.lane import Lane
+from cdpd.model.timestamps import parse_ms
+from tests import spec_examples as spec
+from tests.contracts.amplitude import AmplitudeContract
+from tests.contracts.mixpanel import MixpanelContract
+from tests.helpers import FakeClock, config_text, query
+from tests.integration.test_delivery import MakeConfig, recorded, send, track
+from tests.integration.test_destination_mixpanel import mixpanel
+
+KEY = "amp_key"
+
+
+def amplitude(url: str, name: str = "amp", **options: Any) -> str:
+    settings = {
+        "api_key": KEY,
+        "api_url": f"{url}/2/httpapi",
+        "identify_url": f"{url}/identify",
+        **options,
+    }
+    lines = [f'[[destinations]]\nname = "{name}"\ntype = "amplitude"']
+    lines += [f"{key} = {msgspec.json.encode(value).decode()}" for key, value in settings.items()]
+    return "\n".join(lines) + "\n"
+
+
+async def settled(lane: Lane, count: int) -> None:
+    """Until `count` deliveries are delivered or dead."""
+    async with asyncio.timeout(10), lane.stats.recorded:
+        await lane.stats.recorded.wait_for(lambda: lane.stats.delivered + lane.stats.dead >= count)
+
+
+def states(data_dir: Path) -> dict[str, tuple[Any, ...]]:
+    rows = query(data_dir, "SELECT message_id, state, last_status, last_error FROM deliveries")
+    return {row[0]: row[1:] for row in rows}
+
+
+def uploads(contract: AmplitudeContract) -> list[tuple[int, dict[str, Any]]]:
+    return [(r.status, msgspec.json.decode(r.body)) for r in contract.on("/2/httpapi")]
+
+
+def sent_events(contract: AmplitudeContract) -> list[dict[str, Any]]:
+    return [
+        event for status, body in uploads(contract) if status == 200 for event in body["events"]
+    ]
+
+
+WEB = {"platform": "Web", "language": "en-US", "ip": "203.0.113.7", "library": "analytics.js"}
+USER = {"user_id": "97980cfea0067", "device_id": "507f191e810c19729de860ea"}
+
+
+async def test_spec_examples_make_segments_requests(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    async with (
+        AmplitudeContract() as contract,
+        running(make_config(amplitude(contract.url))) as server,
+    ):
+        await send(http, server, list(spec.ALL.values()))
+        await settled(server.delivery.lanes["amp"], 4)
+    # Segment's Amplitude (Actions) has no group or alias preset: those are not routed.
+    assert states(data_dir) == {
+        spec.IDENTIFY["messageId"]: ("delivered", 200, None),
+        spec.ORDER_COMPLETED["messageId"]: ("delivered", 200, None),
+        spec.PAGE["messageId"]: ("delivered", 200, None),
+        spec.SCREEN["messageId"]: ("delivered", 200, None),
+    }
+    for status, body in uploads(contract):
+        assert status == 200
+        assert set(body) == {"api_key", "events"}
+        assert body["api_key"] == KEY
+    order_id = spec.ORDER_COMPLETED["messageId"]
+    order = {
+        **USER,
+        "event_type": "Order Completed",
+        "time": parse_ms("2015-02-23T22:29:10.000Z"),
+        "event_properties": spec.ORDER_COMPLETED["properties"],
+        **WEB,
+        "insert_id": order_id,
+    }
+    page_ms = parse_ms("2015-02-23T22:28:55.111Z")
+    first, second = spec.ORDER_COMPLETED["properties"]["products"]
+    expected = [
+        order | {"revenue": 25.0, "revenueType": "Purchase"},
+        order
+        | {
+            "event_type": "Product Purchased",
+            "event_properties": {"price": first["price"], "quantity": first["quantity"]},
+            "insert_id": f"{order_id}-2",
+        },
+        order
+        | {
+            "event_type": "Product Purchased",
+            "event_properties": {"price": second["price"], "quantity": second["quantity"]},
+            "insert_id": f"{order_id}-3",
+        },
+        {
+            **USER,
+            "event_type": "Viewed Home",
+            "time": page_ms,
+            "event_properties": spec.PAGE["properties"],
+            **WEB,
+            "insert_id": spec.PAGE["messageId"],
+        },
+        {
+            "user_id": "97980cfea0067",
+            "event_type": "Viewed Home",
+            "time": page_ms,
+            "event_properties": {"variation": "blue signup button"},
+            "app_version": "545",
+            "os_name": "iOS",
+            "insert_id": spec.SCREEN["messageId"],
+        },
+    ]
+    assert sorted(sent_events(contract), key=str) == sorted(expected, key=str)
+
+    (identify,) = contract.on("/identify")
+    form = parse_qs(identify.body.decode())
+    assert identify.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    assert form["api_key"] == [KEY]
+    assert msgspec.json.decode(form["identification"][0]) == [
+        {**USER, "user_properties": spec.IDENTIFY["traits"], "language": "en-US"}
+    ]
+
+
+async def test_a_400_kills_only_the_events_it_names_and_the_rest_are_sent_again(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    messages = [track(1, user="user-12345"), track(2, user="u2"), track(3, user="user-67890")]
+    async with AmplitudeContract() as contract:
+        config = make_config(amplitude(contract.url, concurrency=1))
+        async with running(config) as server:
+            await send(http, server, messages)
+            await settled(server.delivery.lanes["amp"], 3)
+    assert states(data_dir) == {
+        "m1": ("delivered", 200, None),
+        "m2": (
+            "dead",
+            400,
+            "HTTP 400: Invalid field values on some events: invalid user_id "
+            "(the destination cannot take it as it is)",
+        ),
+        "m3": ("delivered", 200, None),
+    }
+    assert set(contract.events) == {"m1", "m3"}
+    # Amplitude kept nothing of a request it answered 400: its other events went again at once.
+    answered = uploads(contract)
+    for position, (status, body) in enumerate(answered):
+        if status == 400:
+            others = {e["insert_id"] for e in body["events"]} - {"m2"}
+            resent = {
+                e["insert_id"] for _, later in answered[position + 1 :] for e in later["events"]
+            }
+            assert others <= resent
+    assert any(status == 400 and len(body["events"]) > 1 for status, body in answered)
+
+
+async def test_min_id_length_is_sent_as_amplitudes_option(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    async with (
+        AmplitudeContract() as contract,
+        running(make_config(amplitude(contract.url, min_id_length=2))) as server,
+    ):
+        await send(http, server, [track(1, user="u2")])
+        await settled(server.delivery.lanes["amp"], 1)
+    ((status, body),) = uploads(contract)
+    assert (status, body["options"]) == (200, {"min_id_length": 2})
+    assert states(data_dir) == {"m1": ("delivered", 200, None)}
+
+
+async def test_a_silenced_device_is_dead_with_its_reason(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    silenced = {"type": "track", "event": "Signed Up", "anonymousId": "device-silenced"}
+    async with AmplitudeContract() as contract:
+        contract.silenced_devices.add("device-silenced")
+        async with running(make_config(amplitude(contract.url, concurrency=1))) as server:
+            await send(http, server, [track(1, user="user-12345"), silenced | {"messageId": "m2"}])
+            await settled(server.delivery.lanes["amp"], 2)
+    found = states(data_dir)
+    assert found["m1"] == ("delivered", 200, None)
+    assert found["m2"][:2] == ("dead", 400)
+    assert "silenced" in found["m2"][2]
+
+
+async def test_a_bad_api_key_is_dead_and_never_shown(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    async with AmplitudeContract() as contract:
+        config = make_config(amplitude(contract.url, api_key="wrong-key-123"))
+        async with running(config) as server:
+            await send(http, server, [track(1, user="user-12345"), spec.IDENTIFY])
+            await settled(server.delivery.lanes["amp"], 2)
+    found = states(data_dir)
+    assert found["m1"][:2] == ("dead", 400)
+    assert found["m1"][2].startswith('HTTP 400: {"code":400,"error":"Invalid API key: ***"}')
+    assert found[spec.IDENTIFY["messageId"]][:2] == ("dead", 400)
+    assert all("wrong-key-123" not in error for _, _, error in found.values())
+
+
+async def test_throttled_users_are_retried_after_amplitudes_window(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    clock = FakeClock()
+    async with AmplitudeContract() as contract:
+        contract.throttled_users.add("97980cfea0067")
+        async with running(make_config(amplitude(contract.url)), clock=clock) as server:
+            lane = server.delivery.lanes["amp"]
+            await send(http, server, [spec.ORDER_COMPLETED])
+            await recorded(lane, 1)
+            ((state, last, upcoming),) = query(
+                data_dir, "SELECT state, last_attempt_at, next_attempt_at FROM deliveries"
+            )
+            assert state == "retrying"
+            assert parse_ms(upcoming) - parse_ms(last) >= 30_000
+            contract.throttled_users.clear()
+            clock.advance(31)
+            await settled(lane, 1)
+    assert [status for status, _ in uploads(contract)] == [429, 200]
+    assert len(contract.events) == 3  # the order and its two products
+
+
+async def test_413_splits_the_batch_and_only_an_event_too_large_alone_fails(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    messages = [track(n, user=f"user-{n:05}", properties={"note": "x" * 900}) for n in range(1, 6)]
+    messages.append(track(6, user="user-00006", properties={"note": "x" * 5000}))
+    async with (
+        AmplitudeContract(max_bytes=4000) as contract,
+        running(make_config(amplitude(contract.url, concurrency=1))) as server,
+    ):
+        await send(http, server, messages)
+        await settled(server.delivery.lanes["amp"], 6)
+    found = states(data_dir)
+    assert {m: found[m][:2] for m in found} == {
+        f"m{n}": ("delivered", 200) for n in range(1, 6)
+    } | {"m6": ("dead", 413)}
+    assert set(contract.events) == {f"m{n}" for n in range(1, 6)}
+
+
+NO_IDS = """
+[[destinations.actions]]
+name = "events"
+kind = "event"
+subscribe = 'type = "track"'
+[destinations.actions.mapping]
+user_id = { "@path" = "$.context.nothing" }
+device_id = { "@path" = "$.context.nothing" }
+"""
+
+
+async def test_an_event_without_ids_is_dead_without_being_sent(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    async with (
+        AmplitudeContract() as contract,
+        running(make_config(amplitude(contract.url) + NO_IDS)) as server,
+    ):
+        await send(http, server, [track(1, user="user-12345")])
+        await settled(server.delivery.lanes["amp"], 1)
+    assert states(data_dir) == {
+        "m1": (
+            "dead",
+            None,
+            "events: Amplitude needs a user_id or a device_id "
+            "(the destination cannot take it as it is)",
+        )
+    }
+    assert contract.requests == []
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ("", "destination 'amp': api_key"),
+        ('api_key_env = "CDPD_TEST_UNSET_AMPLITUDE_KEY"\n', "CDPD_TEST_UNSET_AMPLITUDE_KEY"),
+        ('api_key = "k"\nmin_id_length = 0\n', "min_id_length"),
+    ],
+)
+def test_check_config_reports_bad_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], settings: str, says: str
+) -> None:
+    path = tmp_path / "cdpd.toml"
+    entry = '[[destinations]]\nname = "amp"\ntype = "amplitude"\n' + settings
+    path.write_text(config_text(tmp_path / "var", entry))
+    assert cli.main(["check-config", "--config", str(path)]) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_the_catalog_lists_amplitude_with_segments_presets(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["destinations", "--json"]) == 0
+    catalog = {entry["type"]: entry for entry in msgspec.json.decode(capsys.readouterr().out)}
+    entry = catalog["amplitude"]
+    assert entry["catalog_name"] == "Amplitude"
+    assert [a["name"] for a in entry["actions"]] == ["event", "purchase", "identify"]
+    presets = {p["name"]: p for p in entry["presets"]}
+    assert presets["Screen Calls"]["mapping"] == {"event_type": {"@template": "Viewed {{name}}"}}
+    assert set(presets) == {
+        "Track Calls",
+        "Order Completed Calls",
+        "Page Calls",
+        "Screen Calls",
+        "Identify Calls",
+    }
+
+
+async def test_the_integrations_object_names_them_by_catalog_name(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    async with AmplitudeContract() as amp, MixpanelContract() as mp:
+        config = make_config(amplitude(amp.url) + mixpanel(mp.url))
+        async with running(config) as server:
+            await send(
+                http,
+                server,
+                [
+                    track(1, user="user-00001", integrations={"Mixpanel": False}),
+                    track(2, user="user-00002", integrations={"All": False, "Mixpanel": True}),
+                    track(3, user="user-00003", integrations={"Amplitude": {"session_id": 1}}),
+                ],
+            )
+            await settled(server.delivery.lanes["amp"], 2)
+            await settled(server.delivery.lanes["mp"], 2)
+    assert set(amp.events) == {"m1", "m3"}
+    assert set(mp.events) == {"m2", "m3"}

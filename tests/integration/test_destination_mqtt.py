@@ -1,0 +1,145 @@
+"""The MQTT destination against the local Mosquitto: what a subscribed client receives for each
+Segment spec example (topic, payload, QoS, retain), mapped topics made safe, and a broker that
+is down and then back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import aiomqtt
+import pytest
+
+from cdpd import cli
+from cdpd.app import running
+from tests import spec_examples
+from tests.brokers import Proxy, attempts, post_examples, settled, stored, unique
+from tests.helpers import FakeClock, config_text
+from tests.integration.test_delivery import MakeConfig, delivered, deliveries, recorded, send, track
+
+
+def destination(port: int, topic: str, extra: str = "") -> str:
+    return (
+        f'[[destinations]]\nname = "mqtt"\ntype = "mqtt"\nhost = "127.0.0.1"\nport = {port}\n'
+        f'topic = "{topic}"\n{extra}'
+    )
+
+
+@pytest.fixture
+async def subscriber(
+    mqtt_server: tuple[str, int],
+) -> AsyncIterator[tuple[str, aiomqtt.Client]]:
+    """A client subscribed at QoS 1 to every topic under a prefix of the test's own."""
+    prefix = unique("cdpd-test-")
+    async with aiomqtt.Client(*mqtt_server, identifier=unique("cdpd-test-sub-")) as client:
+        await client.subscribe(f"{prefix}/#", qos=1)
+        yield prefix, client
+
+
+async def receive(client: aiomqtt.Client, count: int) -> list[aiomqtt.Message]:
+    received: list[aiomqtt.Message] = []
+    async with asyncio.timeout(10):
+        async for message in client.messages:
+            received.append(message)
+            if len(received) == count:
+                return received
+    return received
+
+
+async def test_each_spec_example_reaches_a_subscriber_at_qos_1(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    data_dir: Path,
+    mqtt_server: tuple[str, int],
+    subscriber: tuple[str, aiomqtt.Client],
+) -> None:
+    prefix, client = subscriber
+    config = make_config(destination(mqtt_server[1], prefix + "/{{type}}/{{event}}"))
+    async with running(config) as server:
+        await post_examples(http, server, "mqtt")
+    payloads = stored(data_dir)
+    by_topic = {m.topic.value: m for m in await receive(client, 6)}
+    for kind, example in spec_examples.ALL.items():
+        event = "Order_Completed" if kind == "track" else "_"
+        message = by_topic.pop(f"{prefix}/{kind}/{event}")
+        assert message.payload == payloads[example["messageId"]].encode()
+        assert (message.qos, message.retain) == (1, False)
+    assert by_topic == {}
+    assert {(status, error) for _, status, error, _ in attempts(data_dir)} == {(200, None)}
+
+
+async def test_an_action_maps_the_payload_and_the_topic(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    mqtt_server: tuple[str, int],
+    subscriber: tuple[str, aiomqtt.Client],
+) -> None:
+    prefix, client = subscriber
+    action = f"""
+[[destinations.actions]]
+name = "orders"
+subscribe = 'type = "track"'
+[destinations.actions.mapping]
+payload = {{ order = {{ "@path" = "$.properties.order_id" }} }}
+topic = {{ "@template" = "{prefix}/users/{{{{userId}}}}" }}
+"""
+    async with running(make_config(destination(mqtt_server[1], "unused", action))) as server:
+        await send(http, server, [track(1, user="a/+/#", properties={"order_id": "o-1"})])
+        await delivered(server.delivery.lanes["mqtt"], 1)
+    (message,) = await receive(client, 1)
+    assert message.topic.value == f"{prefix}/users/a____"
+    assert message.payload == b'{"order":"o-1"}'
+
+
+async def test_a_broker_that_is_down_is_retried_then_delivered(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    data_dir: Path,
+    mqtt_server: tuple[str, int],
+    subscriber: tuple[str, aiomqtt.Client],
+) -> None:
+    prefix, client = subscriber
+    clock = FakeClock()
+    async with Proxy(mqtt_server) as proxy:
+        await proxy.stop()
+        config = make_config(destination(proxy.port, prefix + "/{{type}}", "timeout_s = 5\n"))
+        async with running(config, clock=clock) as server:
+            lane = server.delivery.lanes["mqtt"]
+            await send(http, server, [track(1)])
+            await recorded(lane, 1)
+            assert deliveries(data_dir, "mqtt") == [("m1", "retrying", 1, None)]
+            await proxy.start()
+            clock.advance(300)
+            await delivered(lane, 1)
+            proxy.cut()  # the held connection dies: the next send connects again
+            await send(http, server, [track(2)])
+            await settled(lane, 3)
+            if lane.stats.delivered < 2:
+                clock.advance(300)
+            await delivered(lane, 2)
+    assert attempts(data_dir)[0][2].startswith(f"MQTT at 127.0.0.1:{proxy.port}: ")
+    assert [m.payload for m in await receive(client, 2)] == [
+        payload.encode() for _, payload in sorted(stored(data_dir).items())
+    ]
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ('topic = "cdpd/+/x"\n', "topic 'cdpd/+/x': has a wildcard (+)"),
+        ('topic = "cdpd/#"\n', "has a wildcard (#)"),
+        ('topic = "cdpd//{{type}}"\n', "has an empty level"),
+        ('topic = "$SYS/cdpd"\n', "starts with $"),
+        ("qos = 0\n", "destinations[0].qos"),
+    ],
+)
+def test_check_config_reports_bad_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], settings: str, says: str
+) -> None:
+    entry = f'[[destinations]]\nname = "mqtt"\ntype = "mqtt"\n{settings}'
+    path = tmp_path / "cdpd.toml"
+    path.write_text(config_text(tmp_path / "var", entry))
+    assert cli.main(["check-config", "--config", str(path)]) == 2
+    assert says in capsys.readouterr().err

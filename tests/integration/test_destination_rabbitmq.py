@@ -1,0 +1,259 @@
+"""The RabbitMQ destination against the local RabbitMQ: what a bound queue receives for each
+Segment spec example (body, properties, routing key), mapped routing keys, an unroutable
+message with `mandatory`, a passive exchange that is missing, wrong credentials, and a broker
+that is down and then back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aio_pika
+import aio_pika.abc
+import aiohttp
+import pytest
+
+from cdpd import cli
+from cdpd.app import running
+from tests import spec_examples
+from tests.brokers import Proxy, attempts, post_examples, settled, stored, unique
+from tests.helpers import FakeClock, config_text
+from tests.integration.test_delivery import MakeConfig, delivered, deliveries, recorded, send, track
+
+
+def destination(url: str, exchange: str, extra: str = "") -> str:
+    return (
+        f'[[destinations]]\nname = "rabbit"\ntype = "rabbitmq"\nurl = "{url}"\n'
+        f'exchange = "{exchange}"\n{extra}'
+    )
+
+
+def url_of(address: tuple[str, int]) -> str:
+    return f"amqp://guest@{address[0]}:{address[1]}/"
+
+
+@pytest.fixture
+async def channel(
+    rabbitmq_server: tuple[str, int],
+) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
+    connection = await aio_pika.connect(url_of(rabbitmq_server), password="guest")
+    async with connection:
+        yield await connection.channel()
+
+
+@pytest.fixture
+async def bound(
+    channel: aio_pika.abc.AbstractChannel,
+) -> AsyncIterator[tuple[str, aio_pika.abc.AbstractQueue]]:
+    """An exchange of the test's own, as cdpd declares it, with a queue bound for every key."""
+    name = unique("cdpd-test-")
+    exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
+    queue = await channel.declare_queue(exclusive=True)
+    await queue.bind(exchange, "#")
+    yield name, queue
+    await exchange.delete()
+
+
+async def drain(queue: aio_pika.abc.AbstractQueue) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    messages = []
+    while (message := await queue.get(fail=False, no_ack=True)) is not None:
+        messages.append(message)
+    return messages
+
+
+async def test_each_spec_example_reaches_the_bound_queue_as_a_persistent_json_message(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    data_dir: Path,
+    rabbitmq_server: tuple[str, int],
+    bound: tuple[str, aio_pika.abc.AbstractQueue],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    exchange, queue = bound
+    monkeypatch.setenv("CDPD_TEST_RABBIT_PASSWORD", "guest")
+    extra = 'routing_key = "{{type}}.{{event}}"\npassword_env = "CDPD_TEST_RABBIT_PASSWORD"\n'
+    async with running(make_config(destination(url_of(rabbitmq_server), exchange, extra))) as s:
+        await post_examples(http, s, "rabbit")
+    payloads = stored(data_dir)
+    received = {m.message_id: m for m in await drain(queue)}
+    assert sorted(received) == sorted(e["messageId"] for e in spec_examples.ALL.values())
+    for kind, example in spec_examples.ALL.items():
+        message = received[example["messageId"]]
+        event = "Order_Completed" if kind == "track" else "_"
+        assert (message.exchange, message.routing_key) == (exchange, f"{kind}.{event}")
+        assert message.body.decode() == payloads[example["messageId"]]
+        assert message.content_type == "application/json"
+        assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert {(status, error) for _, status, error, _ in attempts(data_dir)} == {(200, None)}
+
+
+async def test_an_action_maps_the_payload_and_the_routing_key(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    rabbitmq_server: tuple[str, int],
+    bound: tuple[str, aio_pika.abc.AbstractQueue],
+) -> None:
+    exchange, queue = bound
+    action = """
+[[destinations.actions]]
+name = "orders"
+subscribe = 'type = "track"'
+[destinations.actions.mapping]
+payload = { order = { "@path" = "$.properties.order_id" } }
+routing_key = { "@template" = "orders.{{userId}}.{{properties.order_id}}" }
+"""
+    async with running(make_config(destination(url_of(rabbitmq_server), exchange, action))) as s:
+        await send(http, s, [track(1, user="a.b#*", properties={"order_id": "o 1"})])
+        await delivered(s.delivery.lanes["rabbit"], 1)
+    (message,) = await drain(queue)
+    assert message.routing_key == "orders.a_b__.o_1"
+    assert message.body == b'{"order":"o 1"}'
+    assert message.message_id == "m1"
+
+
+async def test_an_unroutable_message_is_dead_with_the_reason(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    data_dir: Path,
+    rabbitmq_server: tuple[str, int],
+    channel: aio_pika.abc.AbstractChannel,
+) -> None:
+    exchange = unique("cdpd-test-")  # cdpd declares it; nothing is bound to it
+    async with running(make_config(destination(url_of(rabbitmq_server), exchange))) as server:
+        await send(http, server, [track(1)])
+        await settled(server.delivery.lanes["rabbit"], 1)
+    assert deliveries(data_dir, "rabbit") == [("m1", "dead", 1, 400)]
+    assert attempts(data_dir)[0][2] == (
+        f"RabbitMQ: unroutable: exchange {exchange!r} has no queue bound for routing key"
+        " 'track' (NO_ROUTE) (status 400 is not retried)"
+    )
+    await channel.exchange_delete(exchange)
+
+
+async def test_a_nack_is_retried_until_the_queue_takes_it(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    data_dir: Path,
+    rabbitmq_server: tuple[str, int],
+    channel: aio_pika.abc.AbstractChannel,
+) -> None:
+    name = unique("cdpd-test-")
+    exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
+    # A queue that holds one message and refuses (nacks) any more.
+    full = {"x-max-length": 1, "x-overflow": "reject-publish"}
+    queue = await channel.declare_queue(exclusive=True, arguments=full)
+    await queue.bind(exchange, "#")
+    clock = FakeClock()
+    config = make_config(destination(url_of(rabbitmq_server), name, "concurrency = 1\n"))
+    async with running(config, clock=clock) as server:
+        lane = server.delivery.lanes["rabbit"]
+        await send(http, server, [track(1)])
+        await delivered(lane, 1)
+        await send(http, server, [track(2)])
+        await recorded(lane, 2)
+        assert deliveries(data_dir, "rabbit")[1] == ("m2", "retrying", 1, 503)
+        assert [m.message_id for m in await drain(queue)] == ["m1"]
+        clock.advance(300)
+        await delivered(lane, 2)
+    assert attempts(data_dir)[1][2] == (
+        f"RabbitMQ: the broker nacked the message (exchange {name!r}, routing key 'track'):"
+        " a queue refused it or the broker failed to store it"
+    )
+    assert [m.message_id for m in await drain(queue)] == ["m2"]
+    await exchange.delete()
+
+
+async def test_a_passive_exchange_that_is_missing_is_retried_until_it_exists(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    data_dir: Path,
+    rabbitmq_server: tuple[str, int],
+    channel: aio_pika.abc.AbstractChannel,
+) -> None:
+    name = unique("cdpd-test-")
+    clock = FakeClock()
+    config = make_config(
+        destination(url_of(rabbitmq_server), name, 'exchange_declare = "passive"\n')
+    )
+    async with running(config, clock=clock) as server:
+        lane = server.delivery.lanes["rabbit"]
+        await send(http, server, [track(1)])
+        await recorded(lane, 1)
+        assert deliveries(data_dir, "rabbit") == [("m1", "retrying", 1, None)]
+        exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(exchange, "#")
+        clock.advance(300)
+        await delivered(lane, 1)
+    error = attempts(data_dir)[0][2]
+    assert error.startswith("RabbitMQ at amqp://127.0.0.1:5672/: ChannelNotFoundEntity: ")
+    assert f"no exchange '{name}'" in error
+    assert [m.message_id for m in await drain(queue)] == ["m1"]
+    await exchange.delete()
+
+
+async def test_wrong_credentials_are_retried_and_never_shown(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    data_dir: Path,
+    rabbitmq_server: tuple[str, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CDPD_TEST_RABBIT_PASSWORD", "not-the-password")
+    extra = 'password_env = "CDPD_TEST_RABBIT_PASSWORD"\n'
+    config = make_config(destination(url_of(rabbitmq_server), unique("cdpd-test-"), extra))
+    async with running(config) as server:
+        await send(http, server, [track(1)])
+        await recorded(server.delivery.lanes["rabbit"], 1)
+    ((_, status, error, outcome),) = attempts(data_dir)
+    assert (status, outcome) == (None, "retrying")
+    assert "ACCESS_REFUSED" in error or "authentication" in error.lower()
+    assert "not-the-password" not in error
+
+
+async def test_a_broker_that_is_down_is_retried_then_delivered(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    data_dir: Path,
+    rabbitmq_server: tuple[str, int],
+    bound: tuple[str, aio_pika.abc.AbstractQueue],
+) -> None:
+    exchange, queue = bound
+    clock = FakeClock()
+    async with Proxy(rabbitmq_server) as proxy:
+        await proxy.stop()
+        config = make_config(destination(url_of(("127.0.0.1", proxy.port)), exchange))
+        async with running(config, clock=clock) as server:
+            lane = server.delivery.lanes["rabbit"]
+            await send(http, server, [track(1)])
+            await recorded(lane, 1)
+            assert deliveries(data_dir, "rabbit") == [("m1", "retrying", 1, None)]
+            await proxy.start()
+            clock.advance(300)
+            await delivered(lane, 1)
+            proxy.cut()  # the held connection dies: the next send opens another
+            await send(http, server, [track(2)])
+            await settled(lane, 3)
+            if lane.stats.delivered < 2:
+                clock.advance(300)
+            await delivered(lane, 2)
+    assert attempts(data_dir)[0][2].startswith(f"RabbitMQ at amqp://127.0.0.1:{proxy.port}/: ")
+    assert sorted(m.message_id for m in await drain(queue)) == ["m1", "m2"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ('routing_key = "a.#"\n', "routing_key 'a.#': has a wildcard (#)"),
+        ('routing_key = "a..{{type}}"\n', "has an empty level"),
+        ('url = "http://example.com"\n', "destinations[0].url"),
+    ],
+)
+def test_check_config_reports_bad_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], settings: str, says: str
+) -> None:
+    entry = f'[[destinations]]\nname = "rabbit"\ntype = "rabbitmq"\n{settings}'
+    path = tmp_path / "cdpd.toml"
+    path.write_text(config_text(tmp_path / "var", entry))
+    assert cli.main(["check-config", "--config", str(path)]) == 2
+    assert says in capsys.readouterr().err

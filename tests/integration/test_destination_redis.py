@@ -1,0 +1,246 @@
+"""The Redis Streams destination against the local Redis: what XRANGE reads back for each
+Segment spec example, mapped payloads and safe stream names, trimming, a wrong-type key, and a
+Redis that is down and then back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from cdpd import cli
+from cdpd.app import running
+from tests import spec_examples
+from tests.brokers import Proxy, attempts, post_examples, settled, stored, unique
+from tests.helpers import FakeClock, config_text, query
+from tests.integration.test_delivery import MakeConfig, delivered, deliveries, recorded, send, track
+
+
+def destination(url: str, stream: str, extra: str = "") -> str:
+    return (
+        f'[[destinations]]\nname = "redis"\ntype = "redis"\nurl = "{url}"\n'
+        f'stream = "{stream}"\n{extra}'
+    )
+
+
+@pytest.fixture
+async def client(redis_server: tuple[str, int]) -> AsyncIterator[aioredis.Redis]:
+    host, port = redis_server
+    async with aioredis.Redis(host=host, port=port, decode_responses=True) as redis:
+        yield redis
+
+
+@pytest.fixture
+def url(redis_server: tuple[str, int]) -> str:
+    return f"redis://{redis_server[0]}:{redis_server[1]}/0"
+
+
+async def entries(redis: aioredis.Redis, key: str) -> list[dict[str, str]]:
+    return [fields for _, fields in await redis.xrange(key)]
+
+
+async def test_each_spec_example_is_an_entry_of_its_types_stream(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    data_dir: Path,
+    client: aioredis.Redis,
+    url: str,
+) -> None:
+    prefix = unique("cdpd-test-")
+    config = make_config(destination(url, prefix + ":{{type}}", "maxlen = 1000\n"))
+    async with running(config) as server:
+        await post_examples(http, server, "redis")
+    payloads = stored(data_dir)
+    for kind, example in spec_examples.ALL.items():
+        message_id = example["messageId"]
+        assert await entries(client, f"{prefix}:{kind}") == [
+            {"message": payloads[message_id], "messageId": message_id, "type": kind}
+        ]
+    assert {state for _, state, _, _ in deliveries(data_dir, "redis")} == {"delivered"}
+    assert {(status, error) for _, status, error, _ in attempts(data_dir)} == {(200, None)}
+    await client.delete(*(f"{prefix}:{kind}" for kind in spec_examples.ALL))
+
+
+async def test_a_mapping_reshapes_the_payload_and_slots_become_safe_tokens(
+    make_config: MakeConfig, http: aiohttp.ClientSession, client: aioredis.Redis, url: str
+) -> None:
+    prefix = unique("cdpd-test-")
+    action = f"""
+[[destinations.actions]]
+name = "orders"
+subscribe = 'type = "track"'
+[destinations.actions.mapping]
+payload = {{ order = {{ "@path" = "$.properties.order_id" }}, id = {{ "@path" = "$.messageId" }} }}
+stream = {{ "@template" = "{prefix}:{{{{event}}}}:{{{{properties.missing}}}}" }}
+"""
+    async with running(make_config(destination(url, "unused", action))) as server:
+        await send(
+            http,
+            server,
+            [
+                track(1, event="Order Completed", properties={"order_id": "o-1"}),
+                track(2, event="a:b *> [x]", properties={"order_id": "o-2"}),
+            ],
+        )
+        await delivered(server.delivery.lanes["redis"], 2)
+    assert await entries(client, f"{prefix}:Order_Completed:_") == [
+        {"message": '{"order":"o-1","id":"m1"}', "messageId": "m1", "type": "track"}
+    ]
+    assert await entries(client, f"{prefix}:a_b_____x_:_") == [
+        {"message": '{"order":"o-2","id":"m2"}', "messageId": "m2", "type": "track"}
+    ]
+    await client.delete(f"{prefix}:Order_Completed:_", f"{prefix}:a_b_____x_:_")
+
+
+async def test_maxlen_trims_the_stream_approximately(
+    make_config: MakeConfig, http: aiohttp.ClientSession, client: aioredis.Redis, url: str
+) -> None:
+    key = unique("cdpd-test-")
+    config = make_config(destination(url, key, "maxlen = 1\n"))
+    async with running(config) as server:
+        for start in range(0, 300, 100):
+            await send(http, server, [track(n) for n in range(start, start + 100)])
+        await delivered(server.delivery.lanes["redis"], 300)
+    # MAXLEN ~ drops whole nodes of the stream (100 entries each by default), never all of it.
+    assert 1 <= await client.xlen(key) < 300
+    await client.delete(key)
+
+
+async def test_a_key_of_another_type_is_refused_and_the_rest_delivered(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    data_dir: Path,
+    client: aioredis.Redis,
+    url: str,
+) -> None:
+    prefix = unique("cdpd-test-")
+    await client.set(f"{prefix}:Taken", "a string, not a stream")
+    config = make_config(
+        destination(url, prefix + ":{{event}}", "concurrency = 1\nbatch_size = 2\n")
+    )
+    async with running(config) as server:
+        await send(http, server, [track(1, event="Taken"), track(2, event="Free")])
+        await settled(server.delivery.lanes["redis"], 2)
+    assert deliveries(data_dir, "redis") == [("m1", "dead", 1, 400), ("m2", "delivered", 1, 200)]
+    ((error,),) = _errors(data_dir, "m1")
+    assert error.startswith("Redis: ResponseError: WRONGTYPE")
+    assert len(await entries(client, f"{prefix}:Free")) == 1
+    await client.delete(f"{prefix}:Taken", f"{prefix}:Free")
+
+
+async def test_a_redis_that_is_down_is_retried_then_delivered(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    data_dir: Path,
+    client: aioredis.Redis,
+    redis_server: tuple[str, int],
+) -> None:
+    key = unique("cdpd-test-")
+    clock = FakeClock()
+    async with Proxy(redis_server) as proxy:
+        await proxy.stop()
+        config = make_config(destination(f"redis://127.0.0.1:{proxy.port}/0", key))
+        async with running(config, clock=clock) as server:
+            lane = server.delivery.lanes["redis"]
+            await send(http, server, [track(1)])
+            await recorded(lane, 1)
+            assert deliveries(data_dir, "redis") == [("m1", "retrying", 1, None)]
+            await proxy.start()
+            clock.advance(300)
+            await delivered(lane, 1)
+            # A connection cut under a held client: the next send opens a new one.
+            proxy.cut()
+            await send(http, server, [track(2)])
+            await recorded(lane, 3)
+            if lane.stats.delivered < 2:  # the cut was found by the send, not before it
+                clock.advance(300)
+            await delivered(lane, 2)
+    ((error,),) = _errors(data_dir, "m1")[:1]
+    assert error.startswith("Redis: ConnectionError: ")
+    assert [fields["messageId"] for fields in await entries(client, key)] == ["m1", "m2"]
+    await client.delete(key)
+
+
+def _errors(data_dir: Path, message_id: str) -> list[tuple[str]]:
+    return query(
+        data_dir,
+        "SELECT error FROM attempts WHERE message_id = ? AND error IS NOT NULL ORDER BY id",
+        (message_id,),
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ('stream = "cdpd events"\n', "stream 'cdpd events': has a space"),
+        ('stream = "cdpd:*"\n', "stream 'cdpd:*': has a wildcard (*)"),
+        ('stream = "cdpd::{{type}}"\n', "has an empty level"),
+        ('url_env = "CDPD_TEST_UNSET_REDIS_URL"\n', "url_env names CDPD_TEST_UNSET_REDIS_URL"),
+    ],
+)
+def test_check_config_reports_bad_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], settings: str, says: str
+) -> None:
+    entry = f'[[destinations]]\nname = "redis"\ntype = "redis"\n{settings}'
+    if "url_env" not in settings:
+        entry += 'url = "redis://127.0.0.1:6379/0"\n'
+    path = tmp_path / "cdpd.toml"
+    path.write_text(config_text(tmp_path / "var", entry))
+    assert cli.main(["check-config", "--config", str(path)]) == 2
+    assert says in capsys.readouterr().err
+
+
+async def test_a_password_from_the_environment_and_the_connection_closed_at_shutdown(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    client: aioredis.Redis,
+    url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    user, key = unique("cdpd-test-"), unique("cdpd-test-")
+    await client.acl_setuser(
+        user, enabled=True, passwords=["+s3cret-pw"], keys=[key], commands=["+xadd", "+client"]
+    )
+    monkeypatch.setenv("CDPD_TEST_REDIS_PASSWORD", "s3cret-pw")
+    authed = url.replace("redis://", f"redis://{user}@")
+    extra = 'password_env = "CDPD_TEST_REDIS_PASSWORD"\n'
+    try:
+        async with running(make_config(destination(authed, key, extra))) as server:
+            await send(http, server, [track(1)])
+            await delivered(server.delivery.lanes["redis"], 1)
+            names = [c["name"] for c in await client.client_list()]
+            assert "cdpd-redis" in names
+        assert "cdpd-redis" not in [c["name"] for c in await client.client_list()]
+        assert len(await entries(client, key)) == 1
+    finally:
+        await client.acl_deluser(user)
+        await client.delete(key)
+
+
+async def test_a_wrong_password_is_retried_and_never_shown(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    data_dir: Path,
+    client: aioredis.Redis,
+    url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    user = unique("cdpd-test-")
+    await client.acl_setuser(user, enabled=True, passwords=["+right-pw"], commands=["+xadd"])
+    monkeypatch.setenv("CDPD_TEST_REDIS_PASSWORD", "wrong-pw")
+    authed = url.replace("redis://", f"redis://{user}@")
+    extra = 'password_env = "CDPD_TEST_REDIS_PASSWORD"\n'
+    try:
+        async with running(make_config(destination(authed, unique("cdpd-test-"), extra))) as s:
+            await send(http, s, [track(1)])
+            await recorded(s.delivery.lanes["redis"], 1)
+    finally:
+        await client.acl_deluser(user)
+    ((_, status, error, outcome),) = attempts(data_dir)
+    assert (status, outcome) == (None, "retrying")
+    assert error.startswith("Redis: AuthenticationError: ")
+    assert "wrong-pw" not in error
+    assert "right-pw" not in error
