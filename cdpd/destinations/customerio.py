@@ -10,7 +10,8 @@
     merge_people       POST /api/v1/merge_customers         (no preset; subscribe alias to it)
 
 Timestamps become Unix seconds (ISO-8601 attribute values too, unless `convert_timestamp` is
-false); the event `id` is the messageId, Customer.io's key for dropping a resent event. 401 is
+false); the event `id`, Customer.io's key for dropping a resent event, is a ULID made from the
+messageId (customerio_values.event_ulid). 401 is
 dead at once (and marks the destination unhealthy); 400 is dead with Customer.io's reason;
 429 (Retry-After honoured) and 5xx are retried.
 """
@@ -19,9 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -29,6 +28,7 @@ import aiohttp
 import msgspec
 
 from cdpd import __version__
+from cdpd.destinations import customerio_values as values
 from cdpd.destinations import posting
 from cdpd.destinations.actions import Action, ActionKind, Field, Prepared, Preset
 from cdpd.destinations.base import MAX_ERROR_CHARS, Result, secret
@@ -157,12 +157,7 @@ PRESETS = (
 )
 _EVENT_TYPES = {"track_event": None, "track_page_view": "page", "track_screen_view": "screen"}
 _OWN_KEYS = ("created_at", "createdAt", "object_type_id", "objectTypeId", "relationshipAttributes")
-_ISO_DATE = re.compile(
-    r"^\d{4}-\d{2}-\d{2}((T\d{2}:\d{2}(:\d{2})?)(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})?)?$"
-)
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder()
 
 
 class Request(msgspec.Struct, frozen=True):
@@ -210,7 +205,7 @@ class CustomerIo:
         )
         result = answer.result
         if result.status is not None and result.status >= 400:
-            reason = reason_of(answer.body)
+            reason = values.reason_of(answer.body)
             if reason:
                 error = f"HTTP {result.status}: {reason}"[:MAX_ERROR_CHARS]
                 return Result(
@@ -239,9 +234,9 @@ def _identify_person(fields: dict[str, Any]) -> Request | str:
         if fields.get(key) not in (None, ""):
             attributes[key] = fields[key]
     if fields.get("convert_timestamp", True) is not False:
-        attributes = convert_timestamps(attributes)
+        attributes = values.convert_timestamps(attributes)
     elif "created_at" in attributes:
-        attributes["created_at"] = unix_s(attributes["created_at"])
+        attributes["created_at"] = values.unix_s(attributes["created_at"])
     return Request("PUT", f"/api/v1/customers/{quote(person, safe='')}", attributes)
 
 
@@ -253,12 +248,15 @@ def _event(fields: dict[str, Any], event_type: str | None) -> Request | str:
     data = fields.get("data")
     if isinstance(data, dict):
         body["data"] = (
-            convert_timestamps(data) if fields.get("convert_timestamp", True) is not False else data
+            values.convert_timestamps(data)
+            if fields.get("convert_timestamp", True) is not False
+            else data
         )
     if fields.get("timestamp") is not None:
-        body["timestamp"] = unix_s(fields["timestamp"])
-    if _text(fields.get("event_id")):
-        body["id"] = fields["event_id"]
+        body["timestamp"] = values.unix_s(fields["timestamp"])
+    event_id = _text(fields.get("event_id"))
+    if event_id:
+        body["id"] = values.event_ulid(event_id, fields.get("timestamp"))
     person = _text(fields.get("id"))
     if person is not None:
         return Request("POST", f"/api/v1/customers/{quote(person, safe='')}/events", body)
@@ -284,11 +282,15 @@ def _identify_object(fields: dict[str, Any]) -> Request | str:
             "object_type_id": str(fields.get("object_type_id") or "1"),
             "object_id": object_id,
         },
-        "attributes": convert_timestamps(attributes) if convert else attributes,
+        "attributes": values.convert_timestamps(attributes) if convert else attributes,
     }
     user_id, anonymous = _text(fields.get("user_id")), _text(fields.get("anonymous_id"))
     related = (
-        identifiers(user_id) if user_id else {"anonymous_id": anonymous} if anonymous else None
+        values.identifiers(user_id)
+        if user_id
+        else {"anonymous_id": anonymous}
+        if anonymous
+        else None
     )
     if related is not None:
         if user_id is None:
@@ -297,7 +299,7 @@ def _identify_object(fields: dict[str, Any]) -> Request | str:
         extra = fields.get("relationship_attributes")
         if isinstance(extra, dict) and extra:
             relationship["relationship_attributes"] = (
-                convert_timestamps(extra) if convert else extra
+                values.convert_timestamps(extra) if convert else extra
             )
         body["cio_relationships"] = [relationship]
     return Request("POST", "/api/v2/entity", body)
@@ -309,17 +311,8 @@ def _merge(fields: dict[str, Any]) -> Request | str:
         return "merging needs a primary and a secondary person"
     if primary == secondary:
         return "the primary and secondary person are the same"
-    body = {"primary": identifiers(primary), "secondary": identifiers(secondary)}
+    body = {"primary": values.identifiers(primary), "secondary": values.identifiers(secondary)}
     return Request("POST", "/api/v1/merge_customers", body)
-
-
-def identifiers(person: str) -> dict[str, str]:
-    """How Customer.io finds a person: `cio_<id>`, an email, or an id."""
-    if person.startswith("cio_"):
-        return {"cio_id": person.removeprefix("cio_")}
-    if _EMAIL.match(person):
-        return {"email": person}
-    return {"id": person}
 
 
 def _attributes(value: Any) -> dict[str, Any]:
@@ -332,42 +325,3 @@ def _text(value: Any) -> str | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         value = str(value)
     return value if isinstance(value, str) and value else None
-
-
-def unix_s(value: Any) -> Any:
-    """An ISO-8601 time as Unix seconds; anything else as it is."""
-    if isinstance(value, str) and _ISO_DATE.match(value):
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            return value
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return int(moment.timestamp())
-    return value
-
-
-def convert_timestamps(value: dict[str, Any]) -> dict[str, Any]:
-    """ISO-8601 strings, in nested objects too, as Unix seconds (Segment's convert_timestamp)."""
-    return {
-        key: convert_timestamps(item) if isinstance(item, dict) else unix_s(item)
-        for key, item in value.items()
-    }
-
-
-def reason_of(body: bytes) -> str | None:
-    """Customer.io's own words in an error answer: v1's `meta.error`, v2's `errors[]`."""
-    try:
-        decoded = _decoder.decode(body)
-    except msgspec.DecodeError:
-        return None
-    if not isinstance(decoded, dict):
-        return None
-    meta = decoded.get("meta")
-    if isinstance(meta, dict) and isinstance(meta.get("error"), str):
-        return str(meta["error"])
-    errors = decoded.get("errors")
-    if isinstance(errors, list) and errors:
-        texts = [str(e.get("message") or e.get("reason")) for e in errors if isinstance(e, dict)]
-        return "; ".join(texts) or None
-    return None

@@ -11,20 +11,18 @@ from collections.abc import Mapping, Sequence
 from urllib.parse import quote, quote_plus
 
 import aiohttp
+import msgspec
 
 from cdpd.destinations.base import MAX_ERROR_CHARS, Result, retry_after_s
 
 MAX_BODY_BYTES = 64 * 1024
 
 
-class Answer:
+class Answer(msgspec.Struct, frozen=True, gc=False):
     """A request's Result and the body the API answered with (empty on a network error)."""
 
-    __slots__ = ("body", "result")
-
-    def __init__(self, result: Result, body: bytes = b"") -> None:
-        self.result = result
-        self.body = body
+    result: Result
+    body: bytes = b""
 
 
 def redact(text: str, secrets: Sequence[str]) -> str:

@@ -13,6 +13,7 @@ from cdpd.destinations import (
     amplitude,
     customerio,
     file,
+    ga4,
     mixpanel,
     mqtt,
     nats_jetstream,
@@ -27,6 +28,7 @@ from cdpd.destinations.settings import (
     CustomerIoDestination,
     Destination,
     FileDestination,
+    Ga4Destination,
     MixpanelDestination,
     MqttDestination,
     NatsDestination,
@@ -148,6 +150,15 @@ TYPES: tuple[DestinationType, ...] = (
         kinds=mqtt.KINDS,
         presets=mqtt.PRESETS,
         make=mqtt.Mqtt,
+    ),
+    DestinationType(
+        name="ga4",
+        catalog_name="Google Analytics 4",
+        description="Events to GA4's Measurement Protocol, checked against its rules first",
+        settings=Ga4Destination,
+        kinds=ga4.KINDS,
+        presets=ga4.PRESETS,
+        make=ga4.Ga4,
     ),
 )
 _BY_SETTINGS = {t.settings: t for t in TYPES}

@@ -233,6 +233,19 @@ class MqttDestination(
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
 
 
+class Ga4Destination(
+    _Destination, tag="ga4", frozen=True, forbid_unknown_fields=True, kw_only=True
+):
+    measurement_id: Annotated[str, msgspec.Meta(min_length=1)]
+    api_secret: str | None = None
+    api_secret_env: str | None = None
+    api_url: Annotated[str, _HTTP_URL] = "https://www.google-analytics.com/mp/collect"
+    # Check each request with the validation server first and send only what it accepts.
+    validate: bool = False
+    # Deliveries per attempt; a request holds one client's events, at most 25 of them.
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=500)] = 25
+
+
 Destination = (
     WebhookDestination
     | MixpanelDestination
@@ -244,4 +257,5 @@ Destination = (
     | NatsDestination
     | RabbitMQDestination
     | MqttDestination
+    | Ga4Destination
 )

@@ -2,12 +2,14 @@
 auth with site id and API key, else `401 {"meta":{"error":"Unauthorized request"}}`; v1
 errors as `400 {"meta":{"error": ...}}` with the documented messages and limits (identifier
 and attribute names up to 150 bytes, at most 300 attributes, values up to 1,000 bytes, event
-names up to 100 bytes, event data an object up to 100,000 bytes, timestamps in Unix seconds);
+names up to 100 bytes, event data an object up to 100,000 bytes, timestamps in Unix seconds,
+event ids (for deduplication) that are ULIDs);
 v2 errors as `400 {"errors":[{"reason", "field", "message"}]}`; 200 `{}` on success."""
 
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any
 from urllib.parse import unquote
 
@@ -19,6 +21,7 @@ from tests.contracts.base import ContractServer
 SITE_ID = "site-0123"
 API_KEY = "key-secret-4567"
 _MAX_ID_BYTES = 150
+_ULID = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$")
 
 
 def _ok() -> web.Response:
@@ -92,6 +95,11 @@ class CustomerIoTrack(ContractServer):
         timestamp = event.get("timestamp")
         if timestamp is not None and (not isinstance(timestamp, int) or timestamp > 10**11):
             return _v1_error("timestamp must be a valid unix timestamp")
+        event_id = event.get("id")
+        if event_id is not None and not (
+            isinstance(event_id, str) and _ULID.match(event_id.upper())
+        ):
+            return _v1_error("id must be a valid ULID")
         anonymous = event.get("anonymous_id")
         if anonymous is not None and not isinstance(anonymous, str):
             return _v1_error("anonymous_id must be a string")

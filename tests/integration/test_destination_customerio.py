@@ -6,6 +6,7 @@ outbox with its own words."""
 from __future__ import annotations
 
 import base64
+import hashlib
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,16 @@ def customerio(url: str, extra: str = "", *, api_key: str = API_KEY) -> str:
 
 def unix_s(iso: str) -> int:
     return int(datetime.fromisoformat(iso).timestamp())
+
+
+def ulid(message_id: str, iso: str) -> str:
+    """The event id cdpd makes from a messageId that is not a ULID: the event's time in
+    milliseconds, then the first 80 bits of the messageId's SHA-256, in Crockford's base 32."""
+    millis = round(datetime.fromisoformat(iso).timestamp() * 1000)
+    number = (millis << 80) | int.from_bytes(hashlib.sha256(message_id.encode()).digest()[:10])
+    return "".join(
+        "0123456789ABCDEFGHJKMNPQRSTVWXYZ"[(number >> 5 * i) & 31] for i in range(25, -1, -1)
+    )
 
 
 def requests_made(server: CustomerIoTrack) -> list[tuple[str, str, Any]]:
@@ -72,7 +83,7 @@ async def test_spec_examples_become_track_api_requests(
                 "type": "screen",
                 "data": {"variation": "blue signup button"},
                 "timestamp": unix_s(spec.SCREEN["timestamp"]),
-                "id": spec.SCREEN["messageId"],
+                "id": ulid(spec.SCREEN["messageId"], spec.SCREEN["timestamp"]),
             },
         ),
         (
@@ -82,7 +93,7 @@ async def test_spec_examples_become_track_api_requests(
                 "name": "Order Completed",
                 "data": order["properties"],
                 "timestamp": unix_s(order["timestamp"]),
-                "id": order["messageId"],
+                "id": ulid(order["messageId"], order["timestamp"]),
             },
         ),
         (
@@ -93,7 +104,7 @@ async def test_spec_examples_become_track_api_requests(
                 "type": "page",
                 "data": spec.PAGE["properties"],
                 "timestamp": unix_s(spec.PAGE["timestamp"]),
-                "id": spec.PAGE["messageId"],
+                "id": ulid(spec.PAGE["messageId"], spec.PAGE["timestamp"]),
             },
         ),
         (
@@ -129,7 +140,8 @@ name = "merge"
 kind = "merge_people"
 subscribe = 'type = "alias"'
 """
-    anonymous = {**spec.ORDER_COMPLETED, "messageId": "anon-order"}
+    # A messageId that is a ULID already is Customer.io's event id as it is.
+    anonymous = {**spec.ORDER_COMPLETED, "messageId": "01JEB3ZK8Q4V6W1N2P3R5T7X9Y"}
     del anonymous["userId"]
     async with CustomerIoTrack() as api, running(make_config(customerio(api.url, merge))) as server:
         await send(http, server, [anonymous, spec.ALIAS])
@@ -142,7 +154,7 @@ subscribe = 'type = "alias"'
                 "name": "Order Completed",
                 "data": anonymous["properties"],
                 "timestamp": unix_s(anonymous["timestamp"]),
-                "id": "anon-order",
+                "id": "01JEB3ZK8Q4V6W1N2P3R5T7X9Y",
                 "anonymous_id": ANONYMOUS,
             },
         ),
@@ -221,6 +233,9 @@ async def test_throttling_and_outages_are_retried(
     attempts = query(data_dir, "SELECT status, error, outcome FROM attempts ORDER BY id")
     assert attempts == [(first.status, error, "retrying"), (200, None, "delivered")]
     assert len(api.accepted) == 1
+    # The retry carries the same event id, so Customer.io can drop a second copy.
+    assert len(api.calls) == 2
+    assert len({call.json["id"] for call in api.calls}) == 1
 
 
 def test_check_config_wants_both_credentials(
@@ -231,3 +246,21 @@ def test_check_config_wants_both_credentials(
     path.write_text(config_text(tmp_path / "var", entry))
     assert cli.main(["check-config", "--config", str(path)]) == 2
     assert "needs site_id (or site_id_env) and api_key (or api_key_env)" in capsys.readouterr().err
+
+
+async def test_a_message_without_a_person_is_dead_and_never_sent(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    nobody = {**spec.IDENTIFY, "messageId": "nobody", "traits": {"plan": "free"}}
+    del nobody["userId"]
+    async with CustomerIoTrack() as api, running(make_config(customerio(api.url))) as server:
+        await send(http, server, [nobody])
+        await recorded(server.delivery.lanes["cio"], 1)
+    assert api.calls == []
+    assert query(data_dir, "SELECT state, last_error FROM deliveries") == [
+        (
+            "dead",
+            "Create or Update Person: no value for required field id"
+            " (the destination cannot take it as it is)",
+        )
+    ]
