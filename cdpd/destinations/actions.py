@@ -129,10 +129,12 @@ def combine(
     by_delivery: dict[int, list[Result]] = {}
     for item, result in zip(prepared, results, strict=True):
         by_delivery.setdefault(item.delivery.id, []).append(result)
-    return [_worst(by_delivery.get(item.id, [])) for item in batch]
+    return [worst(by_delivery.get(item.id, [])) for item in batch]
 
 
-def _worst(results: list[Result]) -> Result:
+def worst(results: Sequence[Result]) -> Result:
+    """One result from several for one delivery (its actions, or the requests one action
+    needed): a retryable failure first (it is tried again), else a permanent one, else success."""
     if not results:
         return Result(None, "skipped: none of its actions subscribes to it", skipped=True)
     failures = [r for r in results if not policy.is_success(r.status) or r.invalid]

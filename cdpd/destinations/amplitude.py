@@ -28,7 +28,7 @@ import msgspec
 
 from cdpd import __version__
 from cdpd.destinations import http
-from cdpd.destinations.actions import Action, Prepared
+from cdpd.destinations.actions import Action, Prepared, worst
 from cdpd.destinations.amplitude_actions import KINDS, PRESETS
 from cdpd.destinations.base import Result, secret
 from cdpd.destinations.settings import AmplitudeDestination
@@ -94,7 +94,7 @@ class Amplitude:
         for outcome in await asyncio.gather(*requests):
             for index, result in outcome:
                 per_item[index].append(result)
-        return [http.worst(results) for results in per_item]
+        return [worst(results) for results in per_item]
 
     def _envelope(self, events: bytes) -> bytes:
         head = b'{"api_key":' + _encoder.encode(self._key) + b',"events":'
@@ -114,10 +114,16 @@ class Amplitude:
         while pending:
             body = self._envelope(http.json_array([record for _, record in pending]))
             headers = {"Content-Type": "application/json", "User-Agent": self._agent}
-            answer = await http.post(
-                session, self._url, data=body, headers=headers, client_timeout=self._timeout
+            answer = await http.request(
+                session,
+                "POST",
+                self._url,
+                body=body,
+                headers=headers,
+                limit=self._timeout,
+                secrets=(self._key,),
             )
-            if answer.status is not None and 200 <= answer.status < 300:
+            if answer.ok:
                 return outcome + [(index, Result(answer.status)) for index, _ in pending]
             if answer.status == 413 and len(pending) > 1:
                 half = len(pending) // 2
@@ -145,19 +151,21 @@ class Amplitude:
             f"api_key={quote(self._key, safe='')}&identification={quote(identifications, safe='')}"
         )
         headers = {"Content-Type": "application/x-www-form-urlencoded", "User-Agent": self._agent}
-        answer = await http.post(
+        answer = await http.request(
             session,
+            "POST",
             self._identify_url,
-            data=body.encode(),
+            body=body.encode(),
             headers=headers,
-            client_timeout=self._timeout,
+            limit=self._timeout,
+            secrets=(self._key,),
         )
-        if answer.status is not None and 200 <= answer.status < 300:
+        if answer.ok:
             return [(index, Result(answer.status)) for index, _ in run]
         return [(index, self._failure(answer)) for index, _ in run]
 
     def _failure(self, answer: http.Answer) -> Result:
-        failure = answer.failure(redact=self._key)
+        failure = answer.failure()
         if answer.status == 429 and failure.retry_after_s is None:
             return Result(429, failure.error, THROTTLED_WAIT_S)
         if answer.status == 413:  # an event too large on its own

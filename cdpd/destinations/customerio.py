@@ -29,7 +29,7 @@ import msgspec
 
 from cdpd import __version__
 from cdpd.destinations import customerio_values as values
-from cdpd.destinations import posting
+from cdpd.destinations import http
 from cdpd.destinations.actions import Action, ActionKind, Field, Prepared, Preset
 from cdpd.destinations.base import MAX_ERROR_CHARS, Result, secret
 from cdpd.destinations.settings import CustomerIoDestination
@@ -194,7 +194,7 @@ class CustomerIo:
         made = request_for(item.kind, item.fields)
         if isinstance(made, str):
             return Result(None, f"{item.action}: {made}", invalid=True)
-        answer = await posting.request(
+        answer = await http.request(
             session,
             made.method,
             self._base + made.path,
@@ -209,7 +209,7 @@ class CustomerIo:
             if reason:
                 error = f"HTTP {result.status}: {reason}"[:MAX_ERROR_CHARS]
                 return Result(
-                    result.status, posting.redact(error, self._secrets), result.retry_after_s
+                    result.status, http.redact(error, self._secrets), result.retry_after_s
                 )
         return result
 

@@ -29,7 +29,7 @@ import msgspec
 
 from cdpd import __version__
 from cdpd.destinations import ga4_rules as rules
-from cdpd.destinations import posting
+from cdpd.destinations import http
 from cdpd.destinations.actions import Action, ActionKind, Field, Prepared, Preset
 from cdpd.destinations.base import Result, secret
 from cdpd.destinations.settings import Ga4Destination
@@ -245,8 +245,8 @@ class Ga4:
 
     async def _post(
         self, session: aiohttp.ClientSession, url: str, chunk: list[tuple[int, Event]]
-    ) -> posting.Answer:
-        return await posting.request(
+    ) -> http.Answer:
+        return await http.request(
             session,
             "POST",
             url,

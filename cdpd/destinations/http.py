@@ -1,15 +1,16 @@
-"""What the API destinations share: one POST with its answer read (never raising for the
-network), batches cut to an API's count and byte limits, and the worst of several results."""
+"""What the API destinations share: one request with its answer read (never raising for the
+network, redirects not followed, credentials scrubbed from every error text), and batches cut to
+an API's count and byte limits."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeVar
+from urllib.parse import quote, quote_plus
 
 import aiohttp
 import msgspec
 
-from cdpd.delivery import policy
 from cdpd.destinations.base import MAX_ERROR_CHARS, Result, error_text, retry_after_s
 from cdpd.model.timestamps import now_ms, parse_ms
 
@@ -18,20 +19,29 @@ MAX_ANSWER_BYTES = 1 << 20  # an error body naming failed records can be long; r
 
 
 class Answer(msgspec.Struct, frozen=True, gc=False):
-    """An API's answer, or (status None) why there was none."""
+    """An API's answer, or (status None) why there was none. `secrets` are scrubbed from the
+    error texts it gives (an API may quote the key it was sent, or the URL that holds it)."""
 
     status: int | None
     body: bytes = b""
     retry_after_s: float | None = None
     error: str | None = None  # the network error, when status is None
+    secrets: tuple[str, ...] = ()
 
-    def failure(self, redact: str | None = None) -> Result:
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    @property
+    def result(self) -> Result:
+        """Success for a 2xx answer, else `failure()`."""
+        return Result(self.status) if self.ok else self.failure()
+
+    def failure(self) -> Result:
         """This answer as a failing Result for every item the request carried."""
         if self.status is None:
-            return Result(None, self.error)
-        text = error_text(self.status, self.body)
-        if redact:
-            text = text.replace(redact, "***")
+            return Result(None, redact(self.error or "no answer", self.secrets))
+        text = redact(error_text(self.status, self.body), self.secrets)
         return Result(self.status, text, self.retry_after_s)
 
     def json(self) -> object:
@@ -41,25 +51,47 @@ class Answer(msgspec.Struct, frozen=True, gc=False):
             return None
 
 
-async def post(
+async def request(
     session: aiohttp.ClientSession,
+    method: str,
     url: str,
     *,
-    data: bytes,
-    headers: dict[str, str],
-    client_timeout: aiohttp.ClientTimeout,
+    body: bytes,
+    headers: Mapping[str, str],
+    limit: aiohttp.ClientTimeout,
+    params: Mapping[str, str] | None = None,
+    secrets: Sequence[str] = (),
 ) -> Answer:
+    kept = tuple(s for s in secrets if s)
     try:
         # A redirect is an answer, not a place to go (a 302 would turn the POST into a GET).
-        async with session.post(
-            url, data=data, headers=headers, timeout=client_timeout, allow_redirects=False
+        async with session.request(
+            method,
+            url,
+            data=body,
+            headers=headers,
+            params=params,
+            timeout=limit,
+            allow_redirects=False,
         ) as response:
-            body = await response.content.read(MAX_ANSWER_BYTES)
-            return Answer(response.status, body, retry_after_s(response.headers.get("Retry-After")))
+            answered = await response.content.read(MAX_ANSWER_BYTES)
+            after = retry_after_s(response.headers.get("Retry-After"))
+            return Answer(response.status, answered, after, secrets=kept)
     except TimeoutError:
-        return Answer(None, error=f"no answer within {client_timeout.total} s")
-    except (aiohttp.ClientError, OSError) as exc:
-        return Answer(None, error=f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
+        return Answer(None, error=f"no answer within {limit.total} s", secrets=kept)
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        # Connection errors name the host and sometimes the whole URL: scrubbed by `failure`.
+        text = f"{type(exc).__name__}: {exc}"[: 4 * MAX_ERROR_CHARS]
+        return Answer(None, error=text, secrets=kept)
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    """`text` with every secret (and its URL-quoted forms) replaced by `***`, then capped."""
+    for value in secrets:
+        for form in (value, quote(value, safe=""), quote_plus(value, safe="")):
+            if form:
+                text = text.replace(form, "***")
+    return text[:MAX_ERROR_CHARS]
 
 
 def chunks(
@@ -79,16 +111,6 @@ def chunks(
         size = grown
     if run:
         yield run
-
-
-def worst(results: Sequence[Result]) -> Result:
-    """One result for several requests made for one item: a retryable failure first (the
-    item is tried again), else a permanent one, else success."""
-    failures = [r for r in results if not policy.is_success(r.status) or r.invalid]
-    retryable = [r for r in failures if not r.invalid and policy.is_retryable(r.status)]
-    return (
-        retryable or failures or list(results) or [Result(None, "nothing to send", skipped=True)]
-    )[0]
 
 
 def json_array(records: Sequence[bytes]) -> bytes:

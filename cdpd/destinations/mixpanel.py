@@ -30,7 +30,7 @@ import msgspec
 
 from cdpd import __version__
 from cdpd.destinations import http
-from cdpd.destinations.actions import Action, Prepared
+from cdpd.destinations.actions import Action, Prepared, worst
 from cdpd.destinations.base import Result, secret
 from cdpd.destinations.mixpanel_actions import KINDS, PRESETS
 from cdpd.destinations.settings import MixpanelDestination
@@ -90,6 +90,8 @@ class Mixpanel:
             query += f"&project_id={quote(config.project_id)}"
         self._import_url = f"{self._base}/import{query}"
         auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+        # What error texts never show (the service account's name is no secret).
+        self._secrets = (token, password or user, auth)
         self._import_headers = {
             "Content-Type": "application/json",
             "Authorization": f"Basic {auth}",
@@ -122,7 +124,7 @@ class Mixpanel:
         for run_results in await asyncio.gather(*requests):
             for index, result in run_results:
                 per_item[index].append(result)
-        return [http.worst(results) for results in per_item]
+        return [worst(results) for results in per_item]
 
     def records(self, item: Prepared) -> list[Record]:
         """What one item sends, where (ValueError: it cannot be sent)."""
@@ -183,14 +185,16 @@ class Mixpanel:
         self, session: aiohttp.ClientSession, run: list[tuple[int, bytes]]
     ) -> list[tuple[int, Result]]:
         body = http.json_array([record for _, record in run])
-        answer = await http.post(
+        answer = await http.request(
             session,
+            "POST",
             self._import_url,
-            data=body,
+            body=body,
             headers=self._import_headers,
-            client_timeout=self._timeout,
+            limit=self._timeout,
+            secrets=self._secrets,
         )
-        if answer.status is not None and 200 <= answer.status < 300:
+        if answer.ok:
             return [(index, Result(answer.status)) for index, _ in run]
         if answer.status == 413 and len(run) > 1:
             # Too large for Mixpanel: each half on its own.
@@ -206,7 +210,7 @@ class Mixpanel:
                     (index, failed.get(position) or Result(200))
                     for position, (index, _) in enumerate(run)
                 ]
-        failure = answer.failure(redact=None)
+        failure = answer.failure()
         if answer.status == 413:
             failure = Result(413, failure.error, invalid=True)
         return [(index, failure) for index, _ in run]
@@ -217,12 +221,18 @@ class Mixpanel:
         data = http.json_array([record for _, record in run]).decode()
         body = ("data=" + quote(data, safe="")).encode()
         url = f"{self._base}/{endpoint}?verbose=1"
-        answer = await http.post(
-            session, url, data=body, headers=self._form_headers, client_timeout=self._timeout
+        answer = await http.request(
+            session,
+            "POST",
+            url,
+            body=body,
+            headers=self._form_headers,
+            limit=self._timeout,
+            secrets=self._secrets,
         )
         result = Result(answer.status)
-        if answer.status is None or not 200 <= answer.status < 300:
-            result = answer.failure(redact=self._token)
+        if not answer.ok:
+            result = answer.failure()
         else:
             verdict = answer.json()
             if isinstance(verdict, dict) and verdict.get("status") != 1:

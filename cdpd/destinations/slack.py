@@ -20,7 +20,7 @@ import aiohttp
 import msgspec
 
 from cdpd import __version__
-from cdpd.destinations import posting
+from cdpd.destinations import http
 from cdpd.destinations.actions import Action, ActionKind, Field, Prepared, Preset
 from cdpd.destinations.base import Result, secret
 from cdpd.destinations.settings import SlackDestination
@@ -90,7 +90,7 @@ class Slack:
         text = body.get("text")
         if not isinstance(text, str) or not text.strip():
             return Result(None, f"{item.action}: the message text is empty", invalid=True)
-        answer = await posting.request(
+        answer = await http.request(
             session,
             "POST",
             self._url,

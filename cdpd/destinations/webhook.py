@@ -21,6 +21,7 @@ import aiohttp
 import msgspec
 
 from cdpd import __version__
+from cdpd.destinations import http
 from cdpd.destinations.actions import (
     EVERY_TYPE,
     WHOLE_MESSAGE,
@@ -30,7 +31,7 @@ from cdpd.destinations.actions import (
     Prepared,
     Preset,
 )
-from cdpd.destinations.base import MAX_ERROR_CHARS, Result, error_text, retry_after_s, secret
+from cdpd.destinations.base import Result, secret
 from cdpd.destinations.settings import WebhookDestination
 
 KINDS = {
@@ -80,28 +81,10 @@ class Webhook:
             timestamp = str(int(time.time()))
             headers["X-Cdpd-Timestamp"] = timestamp
             headers["X-Cdpd-Signature"] = "v1=" + sign(self._secret, timestamp, body)
-        try:
-            # A redirect is an answer, not a place to go: following a 302 would resend the POST
-            # as a GET without its body, and count that as delivered.
-            async with session.post(
-                self._url,
-                data=body,
-                headers=headers,
-                timeout=self._timeout,
-                allow_redirects=False,
-            ) as response:
-                if 200 <= response.status < 300:
-                    return Result(response.status)
-                text = await response.content.read(MAX_ERROR_CHARS)
-                return Result(
-                    response.status,
-                    error_text(response.status, text),
-                    retry_after_s(response.headers.get("Retry-After")),
-                )
-        except TimeoutError:
-            return Result(None, f"no answer within {self._timeout.total} s")
-        except (aiohttp.ClientError, OSError) as exc:
-            return Result(None, f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
+        answer = await http.request(
+            session, "POST", self._url, body=body, headers=headers, limit=self._timeout
+        )
+        return answer.result
 
 
 def _json(item: Prepared) -> str:

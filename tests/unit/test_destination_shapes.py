@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from cdpd.destinations import amplitude, http, mixpanel
+from cdpd.destinations import actions, amplitude, http, mixpanel
 from cdpd.destinations.base import Result
 
 
@@ -26,10 +26,10 @@ def test_a_record_larger_than_the_limit_goes_alone() -> None:
 
 def test_worst_prefers_retryable_then_permanent_then_success() -> None:
     ok, dead, retry = Result(200), Result(400, "bad", invalid=True), Result(503, "down")
-    assert http.worst([ok, dead, retry]) is retry
-    assert http.worst([ok, dead]) is dead
-    assert http.worst([ok, ok]) is ok
-    assert http.worst([]).skipped
+    assert actions.worst([ok, dead, retry]) is retry
+    assert actions.worst([ok, dead]) is dead
+    assert actions.worst([ok, ok]) is ok
+    assert actions.worst([]).skipped
 
 
 @pytest.mark.parametrize(
