@@ -88,7 +88,13 @@ async def request(
 def redact(text: str, secrets: Sequence[str]) -> str:
     """`text` with every secret (and its URL-quoted forms) replaced by `***`, then capped."""
     for value in secrets:
-        for form in (value, quote(value, safe=""), quote_plus(value, safe="")):
+        quoted = (
+            quote(value, safe=""),
+            quote(value),
+            quote_plus(value, safe=""),
+            quote_plus(value),
+        )
+        for form in (value, *quoted):
             if form:
                 text = text.replace(form, "***")
     return text[:MAX_ERROR_CHARS]
