@@ -34,6 +34,7 @@ from ingest import HERE, WRITE_KEY, free_port, peak_rss_mb, stop
 
 Count = Callable[[], Awaitable[int]]
 POLL_S = 0.005
+MQTT_PORT = 1883
 
 
 def main() -> int:
@@ -41,8 +42,13 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=10000)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--only", choices=["redis", "nats", "rabbitmq", "mqtt"])
+    # Mosquitto delays its PUBACKs by Nagle's algorithm unless `set_tcp_nodelay true` is set:
+    # point this at one so configured to see the difference.
+    parser.add_argument("--mqtt-port", type=int, default=1883)
     args = parser.parse_args()
     os.sched_setaffinity(0, {int(CLIENT_CPU)})
+    global MQTT_PORT
+    MQTT_PORT = args.mqtt_port
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(run(args))
 
@@ -173,10 +179,10 @@ async def mqtt_target() -> AsyncIterator[tuple[str, Count]]:
     async def count() -> int:
         return received
 
-    async with aiomqtt.Client("127.0.0.1", 1883, max_queued_incoming_messages=0) as client:
+    async with aiomqtt.Client("127.0.0.1", MQTT_PORT) as client:
         await client.subscribe(topic, qos=1)
         listener = asyncio.create_task(listen(client))
-        yield _entry("mqtt", f'topic = "{topic}"\n'), count
+        yield _entry("mqtt", f'topic = "{topic}"\nport = {MQTT_PORT}\n'), count
         listener.cancel()
 
 
