@@ -104,7 +104,9 @@ class Names:
         """(name, None), or (None, why the item cannot be published)."""
         template = self._templates.get(item.action, self._default)
         if template is not None:
-            return render(template, message), None
+            name = render(template, message)
+            problem = self._check(name)  # only its length can fail: the slots are safe
+            return (None, f"{item.action}: {self._field}: {problem}") if problem else (name, None)
         value = item.fields.get(self._field)
         if not isinstance(value, str):
             return None, f"{item.action}: {self._field} must be a text, got {value!r}"[:200]

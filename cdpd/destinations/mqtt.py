@@ -8,6 +8,7 @@ connects a new one. The password is never logged nor put in an error.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import Sequence
 
@@ -23,6 +24,10 @@ from cdpd.destinations.settings import MqttDestination
 KINDS = brokers.publish_kind("topic", "topic")
 PRESETS = brokers.PRESETS
 MAX_TOPIC_BYTES = 65535
+# aiomqtt warns at every publish beyond its tenth in flight, which a batch always is; the
+# outcome of each publish is recorded anyway, so only its errors are let through.
+_CLIENT_LOG = logging.getLogger("cdpd.destinations.mqtt.client")
+_CLIENT_LOG.setLevel(logging.ERROR)
 
 
 def check_topic(topic: str) -> str | None:
@@ -59,6 +64,7 @@ class Mqtt:
             identifier=self._client_id,
             tls_context=self._tls,
             timeout=self._timeout_s,
+            logger=_CLIENT_LOG,
         )
         await client.__aenter__()
         return client

@@ -55,11 +55,8 @@ class NatsJetStream:
         self._whole = brokers.whole_payload(actions)
         self._create_stream = config.create_stream
         self._stream_subjects = config.stream_subjects or [brokers.SLOT.sub("*", config.subject)]
-        if config.create_stream is not None and not config.create_stream.isidentifier():
-            raise ConfigError(
-                f"destination {config.name!r}: create_stream {config.create_stream!r}: a stream"
-                " name is letters, digits and _"
-            )
+        if config.create_stream is not None:
+            _check_stream(config.name, config.create_stream, self._stream_subjects)
         self._connection = brokers.Connection(self._open, _close, alive=_alive)
         self._last_error: Exception | None = None
 
@@ -146,6 +143,20 @@ class NatsJetStream:
 
     async def close(self) -> None:
         await self._connection.close()
+
+
+def _check_stream(destination: str, name: str, subjects: list[str]) -> None:
+    where = f"destination {destination!r}: create_stream {name!r}"
+    if not name.isidentifier():
+        raise ConfigError(f"{where}: a stream name is letters, digits and _")
+    for subject in subjects:
+        tokens = subject.split(".")
+        wild = [t for t in tokens if t not in ("*", ">") and ("*" in t or ">" in t)]
+        if wild or "" in tokens or ">" in tokens[:-1] or any(c.isspace() for c in subject):
+            raise ConfigError(
+                f"{where}: its subject {subject!r} is not a valid filter (a slot inside a token"
+                " gives one; set stream_subjects)"
+            )
 
 
 def _alive(client: Nats) -> bool:

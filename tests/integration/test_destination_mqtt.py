@@ -21,9 +21,11 @@ from tests.integration.test_delivery import MakeConfig, delivered, deliveries, r
 
 
 def destination(port: int, topic: str, extra: str = "") -> str:
+    # A client id of its own: a broker drops a connection when another takes its id, and other
+    # test runs may publish to the same Mosquitto meanwhile.
     return (
         f'[[destinations]]\nname = "mqtt"\ntype = "mqtt"\nhost = "127.0.0.1"\nport = {port}\n'
-        f'topic = "{topic}"\n{extra}'
+        f'topic = "{topic}"\nclient_id = "{unique("cdpd-test-")}"\n{extra}'
     )
 
 

@@ -218,6 +218,11 @@ async def test_a_server_that_is_down_is_retried_then_delivered(
         ('subject = "cdpd..{{type}}"\n', "has an empty level"),
         ('subject = "cdpd {{type}}"\n', "has a space"),
         ('password_env = "CDPD_TEST_UNSET_NATS"\n', "password_env names CDPD_TEST_UNSET_NATS"),
+        (
+            'subject = "cdpd.x{{type}}"\ncreate_stream = "CDPD"\n',
+            "create_stream 'CDPD': its subject 'cdpd.x*' is not a valid filter",
+        ),
+        ('create_stream = "cdpd events"\n', "a stream name is letters, digits and _"),
     ],
 )
 def test_check_config_reports_bad_settings(

@@ -95,6 +95,46 @@ stream = {{ "@template" = "{prefix}:{{{{event}}}}:{{{{properties.missing}}}}" }}
     await client.delete(f"{prefix}:Order_Completed:_", f"{prefix}:a_b_____x_:_")
 
 
+async def test_a_stream_mapped_by_path_must_be_safe_as_it_is(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    data_dir: Path,
+    client: aioredis.Redis,
+    url: str,
+) -> None:
+    key = unique("cdpd-test-")
+    action = """
+[[destinations.actions]]
+name = "keyed"
+subscribe = 'type = "track"'
+[destinations.actions.mapping]
+stream = { "@path" = "$.properties.key" }
+"""
+    async with running(make_config(destination(url, "unused", action))) as server:
+        messages = [
+            track(1, properties={"key": key}),
+            track(2, properties={"key": "two words"}),
+            track(3, properties={"key": "cdpd:*"}),
+            track(4),
+        ]
+        await send(http, server, messages)
+        await settled(server.delivery.lanes["redis"], 4)
+    assert [(m, state) for m, state, _, _ in deliveries(data_dir, "redis")] == [
+        ("m1", "delivered"),
+        ("m2", "dead"),
+        ("m3", "dead"),
+        ("m4", "dead"),
+    ]
+    errors = [error for _, _, error, _ in attempts(data_dir) if error]
+    assert sorted(e.split(" (the destination")[0] for e in errors) == [
+        "keyed: stream 'cdpd:*': has a wildcard (*)",
+        "keyed: stream 'two words': has a space or a control character",
+        "keyed: stream must be a text, got None",
+    ]
+    assert [fields["messageId"] for fields in await entries(client, key)] == ["m1"]
+    await client.delete(key)
+
+
 async def test_maxlen_trims_the_stream_approximately(
     make_config: MakeConfig, http: aiohttp.ClientSession, client: aioredis.Redis, url: str
 ) -> None:

@@ -7,8 +7,14 @@ import msgspec
 import pytest
 
 from cdpd import cli
+from cdpd.delivery.store import Claimed
+from cdpd.destinations import actions as actions_module
 from cdpd.destinations import brokers, mqtt, nats_jetstream, rabbitmq, redis_streams
+from cdpd.destinations.actions import Prepared
+from cdpd.destinations.settings import RabbitMQDestination
 from cdpd.mapping import kit
+
+CLAIMED = Claimed(id=1, seq=1, message_id="m1", attempts=0, first_attempt_at=None, payload="{}")
 
 
 @pytest.mark.parametrize(
@@ -80,3 +86,18 @@ def test_the_catalog_lists_the_brokers(capsys: pytest.CaptureFixture[str]) -> No
         assert field in {s["name"] for s in entry["settings"]}
         assert entry["presets"][0]["name"] == "Publish every message"
     assert [catalog[k]["catalog_name"] for k in names] == ["Redis", "NATS", "RabbitMQ", "MQTT"]
+
+
+def test_a_rendered_name_too_long_for_the_broker_is_refused() -> None:
+    actions = actions_module.build(
+        RabbitMQDestination(name="r", routing_key="{{a}}.{{b}}"),
+        rabbitmq.KINDS,
+        rabbitmq.PRESETS,
+    )
+    names = brokers.Names("r", "routing_key", "{{a}}.{{b}}", actions, rabbitmq.check_routing_key)
+    item = Prepared(CLAIMED, actions[0].name, "publish", {}, None)
+    assert names.render(item, {"a": "x", "b": "y z"}) == ("x.y_z", None)
+    assert names.render(item, {"a": "x" * 200, "b": "y" * 200}) == (
+        None,
+        "Publish every message: routing_key: is longer than 255 bytes",
+    )
