@@ -10,11 +10,18 @@ import msgspec.inspect
 
 from cdpd.destinations.actions import Field, Preset
 from cdpd.destinations.registry import DestinationType, catalog
+from cdpd.destinations.settings import _Destination
 
-_COMMON = {
-    "name", "enabled", "sources", "types", "events", "exclude_events", "ordering", "concurrency",
-    "rate_limit_per_s", "batch_size", "timeout_s", "retry", "actions",
-}  # fmt: skip
+
+def _fields(settings: type[Any]) -> dict[str, msgspec.inspect.Field]:
+    info = msgspec.inspect.type_info(settings)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return {f.name: f for f in info.fields}
+
+
+# What every destination takes; a type lists one of these too when it sets its own default
+# or limits (Mixpanel's batch_size, say).
+_COMMON = _fields(_Destination)
 
 
 class SettingInfo(msgspec.Struct):
@@ -67,18 +74,18 @@ def text() -> str:
             lines.append(f"    {p['name']} [{p['kind']}]: {p['subscribe']}")
             if "mapping" in p:
                 lines.append(f"      mapping {msgspec.json.encode(p['mapping']).decode()}")
-        lines.append("  every destination also takes: " + ", ".join(sorted(_COMMON - {"name"})))
+        lines.append(
+            "  every destination also takes: " + ", ".join(sorted(set(_COMMON) - {"name"}))
+        )
         lines.append("")
     return "\n".join(lines)
 
 
 def _describe(kind: DestinationType) -> TypeInfo:
-    info = msgspec.inspect.type_info(kind.settings)
-    assert isinstance(info, msgspec.inspect.StructType)
     settings = [
         SettingInfo(f.name, _type_name(f.type), _default(f), f.required)
-        for f in info.fields
-        if f.name not in _COMMON
+        for f in _fields(kind.settings).values()
+        if f.name not in _COMMON or _own(f, _COMMON[f.name])
     ]
     return TypeInfo(
         type=kind.name,
@@ -119,6 +126,11 @@ def _field(field: Field) -> dict[str, Any]:
     return {"description": field.description, "default": field.default, "required": field.required}
 
 
+def _own(field: msgspec.inspect.Field, common: msgspec.inspect.Field) -> bool:
+    """A common setting the type gives a default or limits of its own."""
+    return _default(field) != _default(common) or field.type != common.type
+
+
 def _default(field: msgspec.inspect.Field) -> Any:
     if field.default is not msgspec.NODEFAULT:
         return field.default
@@ -133,4 +145,12 @@ def _type_name(kind: msgspec.inspect.Type) -> str:
         return " | ".join(_type_name(t) for t in kind.types)
     if isinstance(kind, msgspec.inspect.LiteralType):
         return " | ".join(repr(v) for v in kind.values)
-    return {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}.get(name, name)
+    name = {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}.get(name, name)
+    if isinstance(kind, msgspec.inspect.IntType | msgspec.inspect.FloatType):
+        bounds = [
+            f"{sign} {value}"
+            for sign, value in ((">=", kind.ge), (">", kind.gt), ("<=", kind.le), ("<", kind.lt))
+            if value is not None
+        ]
+        return f"{name} {', '.join(bounds)}" if bounds else name
+    return name

@@ -53,3 +53,12 @@ def test_the_readme_catalog_table_links_every_page() -> None:
         page = f"docs/destinations/{info.type}.md"
         row = f"| `{info.type}` | [{page}]({page}) |"
         assert row in readme, f"README has no catalog row for {info.type}"
+
+
+def test_a_common_setting_is_listed_where_a_type_sets_its_own_default_or_limits() -> None:
+    by_type = {info.type: {s.name: s for s in info.settings} for info in TYPES}
+    assert by_type["mixpanel"]["batch_size"] == describe.SettingInfo(
+        "batch_size", "integer >= 1, <= 2000", 500, False
+    )
+    assert by_type["slack"]["rate_limit_per_s"].default == 1.0
+    assert "concurrency" not in by_type["webhook"]  # the common default: listed once for all
