@@ -282,7 +282,7 @@ async def test_an_event_without_ids_is_dead_without_being_sent(
             "(the destination cannot take it as it is)",
         )
     }
-    assert contract.requests == []
+    assert contract.calls == []
 
 
 @pytest.mark.parametrize(

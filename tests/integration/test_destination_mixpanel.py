@@ -20,8 +20,8 @@ from cdpd.app import running
 from cdpd.delivery.lane import Lane
 from cdpd.destinations.mixpanel import insert_id
 from tests import spec_examples as spec
+from tests.contracts.base import Scripted
 from tests.contracts.mixpanel import MixpanelContract
-from tests.contracts.server import json_response
 from tests.helpers import FakeClock, config_text, query
 from tests.integration.test_delivery import MakeConfig, recorded, send, track
 
@@ -280,8 +280,8 @@ async def test_bad_credentials_are_dead_and_mark_the_destination_unhealthy(
 ) -> None:
     async with MixpanelContract() as contract:
         if status == 403:
-            contract.next_answers.append(
-                json_response(403, {"code": 403, "error": "Forbidden", "status": "Forbidden"})
+            contract.script.append(
+                Scripted(403, '{"code":403,"error":"Forbidden","status":"Forbidden"}')
             )
             url_config = mixpanel(contract.url)
         else:
@@ -303,11 +303,11 @@ async def test_429_waits_for_retry_after_then_delivers(
 ) -> None:
     clock = FakeClock()
     async with MixpanelContract() as contract:
-        contract.next_answers.append(
-            json_response(
+        contract.script.append(
+            Scripted(
                 429,
-                {"code": 429, "error": "Project exceeded rate limits.", "status": "Too Many"},
-                headers={"Retry-After": "120"},
+                '{"code":429,"error":"Project exceeded rate limits.","status":"Too Many"}',
+                {"Retry-After": "120"},
             )
         )
         async with running(make_config(mixpanel(contract.url)), clock=clock) as server:
