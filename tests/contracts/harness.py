@@ -5,6 +5,8 @@ the tests read afterwards, and the check-config and catalog commands."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,22 @@ def destination(kind: str, name: str, **settings: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
+@asynccontextmanager
+async def posting(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    entries: str,
+    messages: list[dict[str, Any]],
+    clock: FakeClock | None = None,
+) -> AsyncIterator[Lane]:
+    """A cdpd with one destination (`entries` may add its actions) that `messages` have been
+    posted to: its lane, while it runs."""
+    async with running(make_config(entries), clock=clock) as server:
+        (lane,) = server.delivery.lanes.values()
+        await send(http, server, messages)
+        yield lane
+
+
 async def deliver(
     make_config: MakeConfig,
     http: aiohttp.ClientSession,
@@ -37,12 +55,9 @@ async def deliver(
     settled: int = 0,
     timeout_s: float = 10,
 ) -> None:
-    """Run a cdpd with one destination (`entries` may add its actions), post `messages`, and
-    stop it once its lane has recorded `recorded` attempts, `delivered` deliveries and
-    `settled` deliveries that are delivered or dead."""
-    async with running(make_config(entries)) as server:
-        (lane,) = server.delivery.lanes.values()
-        await send(http, server, messages)
+    """Post `messages` through a cdpd (see `posting`) and stop it once its lane has recorded
+    `recorded` attempts, `delivered` deliveries and `settled` deliveries delivered or dead."""
+    async with posting(make_config, http, entries, messages) as lane:
         stats = lane.stats
         async with asyncio.timeout(timeout_s), stats.recorded:
             await stats.recorded.wait_for(
@@ -63,9 +78,7 @@ async def deliver_on_retry(
 ) -> None:
     """As `deliver`, on a fake clock: the first attempt, then the second `retry_after_s` later."""
     clock = FakeClock()
-    async with running(make_config(entries), clock=clock) as server:
-        (lane,) = server.delivery.lanes.values()
-        await send(http, server, messages)
+    async with posting(make_config, http, entries, messages, clock) as lane:
         await recorded(lane, 1)
         clock.advance(retry_after_s)
         await recorded(lane, 2)
@@ -88,12 +101,15 @@ def attempts(data_dir: Path) -> list[tuple[Any, ...]]:
     return query(data_dir, "SELECT status, error, outcome FROM attempts ORDER BY id")
 
 
-def check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str], entry: str) -> tuple[int, str]:
-    """`cdpd check-config` on a config holding `entry`: its exit code and its stderr."""
+def check_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], entry: str, *, exit_code: int = 2
+) -> str:
+    """`cdpd check-config` on a config holding `entry`, which must exit with `exit_code`:
+    what it wrote to stderr."""
     path = tmp_path / "cdpd.toml"
     path.write_text(config_text(tmp_path / "var", entry))
-    code = cli.main(["check-config", "--config", str(path)])
-    return code, capsys.readouterr().err
+    assert cli.main(["check-config", "--config", str(path)]) == exit_code
+    return capsys.readouterr().err
 
 
 def catalog_entry(capsys: pytest.CaptureFixture[str], kind: str) -> dict[str, Any]:

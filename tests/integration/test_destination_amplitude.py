@@ -21,6 +21,7 @@ from tests.contracts.harness import (
     check_config,
     deliver,
     destination,
+    posting,
     settled,
     states,
 )
@@ -203,9 +204,8 @@ async def test_throttled_users_are_retried_after_amplitudes_window(
     clock = FakeClock()
     async with AmplitudeContract() as contract:
         contract.throttled_users.add("97980cfea0067")
-        async with running(make_config(amplitude(contract.url)), clock=clock) as server:
-            lane = server.delivery.lanes["amp"]
-            await send(http, server, [spec.ORDER_COMPLETED])
+        entry = amplitude(contract.url)
+        async with posting(make_config, http, entry, [spec.ORDER_COMPLETED], clock) as lane:
             await recorded(lane, 1)
             ((state, last, upcoming),) = query(
                 data_dir, "SELECT state, last_attempt_at, next_attempt_at FROM deliveries"
@@ -273,9 +273,7 @@ async def test_an_event_without_ids_is_dead_without_being_sent(
 def test_check_config_reports_bad_settings(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], settings: str, says: str
 ) -> None:
-    code, err = check_config(tmp_path, capsys, destination("amplitude", "amp") + settings)
-    assert code == 2
-    assert says in err
+    assert says in check_config(tmp_path, capsys, destination("amplitude", "amp") + settings)
 
 
 def test_the_catalog_lists_amplitude_with_segments_presets(

@@ -285,10 +285,7 @@ def test_check_config_wants_an_api_secret_and_a_debug_url(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     entry = destination("ga4", "ga4", measurement_id="G-1")
-    code, err = check_config(tmp_path, capsys, entry)
-    assert code == 2
-    assert "api_secret or api_secret_env" in err
+    assert "api_secret or api_secret_env" in check_config(tmp_path, capsys, entry)
     entry += 'api_secret = "s"\nvalidate = true\napi_url = "https://proxy.example.com/ga"\n'
-    code, err = check_config(tmp_path, capsys, entry)
-    assert code == 2
+    err = check_config(tmp_path, capsys, entry)
     assert "validate needs an api_url ending in /mp/collect" in err

@@ -10,13 +10,12 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from cdpd.app import running
 from tests import spec_examples as spec
 from tests.contracts.base import Scripted
-from tests.contracts.harness import attempts, check_config, deliver, destination
+from tests.contracts.harness import attempts, check_config, deliver, destination, posting
 from tests.contracts.slack import TOKEN_PATH, SlackWebhook
 from tests.helpers import FakeClock, query
-from tests.integration.test_delivery import MakeConfig, deliveries, recorded, send
+from tests.integration.test_delivery import MakeConfig, deliveries, recorded
 
 TOKEN = TOKEN_PATH.rsplit("/", 1)[1]
 
@@ -121,11 +120,9 @@ async def test_429_and_rollup_errors_are_retried_and_the_url_never_shows(
         hook.script.append(Scripted(429, "rate_limited", {"Retry-After": "30"}, "text/html"))
         # An answer that quotes the webhook URL back: the stored error must not repeat it.
         hook.script.append(Scripted(500, f"rollup_error at {TOKEN_PATH}", {}, "text/html"))
-        config = make_config(slack(hook.webhook_url))
+        entry = slack(hook.webhook_url)
         with capture_logs() as logs:
-            async with running(config, clock=clock) as server:
-                lane = server.delivery.lanes["slack"]
-                await send(http, server, [spec.ORDER_COMPLETED])
+            async with posting(make_config, http, entry, [spec.ORDER_COMPLETED], clock) as lane:
                 await recorded(lane, 1)
                 ((last, upcoming),) = query(
                     data_dir, "SELECT last_attempt_at, next_attempt_at FROM deliveries"
@@ -168,8 +165,7 @@ def test_check_config_wants_a_webhook_url(
 ) -> None:
     monkeypatch.delenv("CDPD_TEST_SLACK_URL", raising=False)
     entry = destination("slack", "slack", webhook_url_env="CDPD_TEST_SLACK_URL")
-    code, err = check_config(tmp_path, capsys, entry)
-    assert code == 2
+    err = check_config(tmp_path, capsys, entry)
     assert "webhook_url_env names CDPD_TEST_SLACK_URL, which is not set" in err
     monkeypatch.setenv("CDPD_TEST_SLACK_URL", "https://hooks.slack.com/services/T/B/x")
-    assert check_config(tmp_path, capsys, entry)[0] == 0
+    check_config(tmp_path, capsys, entry, exit_code=0)
