@@ -23,7 +23,7 @@ from urllib.parse import parse_qs
 import msgspec
 from aiohttp import web
 
-from tests.contracts.server import ContractServer, Handler, json_response
+from tests.contracts.base import ContractServer, Handler, json_response
 
 
 class AmplitudeContract(ContractServer):

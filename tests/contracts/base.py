@@ -1,16 +1,19 @@
 """What every contract server shares: a real aiohttp server on 127.0.0.1, the requests it
-accepted, the ones it refused (and why), and scripted answers that stand in for the vendor's
-own trouble (a 429 with Retry-After, a 500)."""
+accepted, the ones it refused (and why), looked up by path, and scripted answers that stand in
+for the vendor's own trouble (a 429 with Retry-After, a 500). A server either answers every
+request in `handle`, or names a handler for each path it serves in `routes`."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Self
 
 import msgspec
 from aiohttp import web
+
+Handler = Callable[[web.Request, bytes], Awaitable[web.Response]]
 
 
 class Call(msgspec.Struct, frozen=True):
@@ -34,8 +37,19 @@ class Scripted(msgspec.Struct, frozen=True):
     content_type: str = "application/json"
 
 
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON answer encoded compactly, as vendors' APIs answer (and as cdpd quotes them)."""
+    return web.Response(
+        status=status,
+        body=msgspec.json.encode(body),
+        headers=headers,
+        content_type="application/json",
+    )
+
+
 class ContractServer:
-    """Subclasses implement `handle(request, body) -> web.Response`."""
+    """Subclasses implement `handle(request, body) -> web.Response`, or `routes()`: the
+    handler for each path that takes a POST."""
 
     def __init__(self) -> None:
         self.calls: list[Call] = []
@@ -45,7 +59,7 @@ class ContractServer:
         self._changed = asyncio.Condition()
 
     async def __aenter__(self) -> Self:
-        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._serve)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -63,6 +77,9 @@ class ContractServer:
     def accepted(self) -> list[Call]:
         return [call for call in self.calls if 200 <= call.status < 300]
 
+    def on(self, path: str) -> list[Call]:
+        return [call for call in self.calls if call.path == path]
+
     async def wait_for(self, predicate: Callable[[Self], bool], timeout_s: float = 10) -> None:
         async with asyncio.timeout(timeout_s), self._changed:
             await self._changed.wait_for(lambda: predicate(self))
@@ -70,8 +87,16 @@ class ContractServer:
     async def wait_for_calls(self, count: int, timeout_s: float = 10) -> None:
         await self.wait_for(lambda server: len(server.calls) >= count, timeout_s)
 
-    async def handle(self, request: web.Request, body: bytes) -> web.Response:
+    def routes(self) -> dict[str, Handler]:
         raise NotImplementedError
+
+    async def handle(self, request: web.Request, body: bytes) -> web.Response:
+        handler = self.routes().get(request.path)
+        if handler is None:
+            return web.Response(status=404)
+        if request.method != "POST":
+            return web.Response(status=405)
+        return await handler(request, body)
 
     async def _serve(self, request: web.Request) -> web.Response:
         body = await request.read()

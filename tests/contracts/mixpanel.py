@@ -24,7 +24,7 @@ from urllib.parse import parse_qs
 import msgspec
 from aiohttp import web
 
-from tests.contracts.server import ContractServer, Handler, json_response
+from tests.contracts.base import ContractServer, Handler, json_response
 
 PLACEHOLDER_IDS = {
     "", "anon", "anonymous", "nil", "none", "null", "n/a", "na", "undefined", "unknown",

@@ -4,7 +4,6 @@ spec examples through a real cdpd, the exact requests its presets make, and Ampl
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -13,14 +12,21 @@ import aiohttp
 import msgspec
 import pytest
 
-from cdpd import cli
 from cdpd.app import running
-from cdpd.delivery.lane import Lane
 from cdpd.model.timestamps import parse_ms
 from tests import spec_examples as spec
 from tests.contracts.amplitude import AmplitudeContract
+from tests.contracts.harness import (
+    catalog_entry,
+    check_config,
+    deliver,
+    destination,
+    posting,
+    settled,
+    states,
+)
 from tests.contracts.mixpanel import MixpanelContract
-from tests.helpers import FakeClock, config_text, query
+from tests.helpers import FakeClock, query
 from tests.integration.test_delivery import MakeConfig, recorded, send, track
 from tests.integration.test_destination_mixpanel import mixpanel
 
@@ -34,20 +40,7 @@ def amplitude(url: str, name: str = "amp", **options: Any) -> str:
         "identify_url": f"{url}/identify",
         **options,
     }
-    lines = [f'[[destinations]]\nname = "{name}"\ntype = "amplitude"']
-    lines += [f"{key} = {msgspec.json.encode(value).decode()}" for key, value in settings.items()]
-    return "\n".join(lines) + "\n"
-
-
-async def settled(lane: Lane, count: int) -> None:
-    """Until `count` deliveries are delivered or dead."""
-    async with asyncio.timeout(10), lane.stats.recorded:
-        await lane.stats.recorded.wait_for(lambda: lane.stats.delivered + lane.stats.dead >= count)
-
-
-def states(data_dir: Path) -> dict[str, tuple[Any, ...]]:
-    rows = query(data_dir, "SELECT message_id, state, last_status, last_error FROM deliveries")
-    return {row[0]: row[1:] for row in rows}
+    return destination("amplitude", name, **settings)
 
 
 def uploads(contract: AmplitudeContract) -> list[tuple[int, dict[str, Any]]]:
@@ -67,12 +60,9 @@ USER = {"user_id": "97980cfea0067", "device_id": "507f191e810c19729de860ea"}
 async def test_spec_examples_make_segments_requests(
     make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
 ) -> None:
-    async with (
-        AmplitudeContract() as contract,
-        running(make_config(amplitude(contract.url))) as server,
-    ):
-        await send(http, server, list(spec.ALL.values()))
-        await settled(server.delivery.lanes["amp"], 4)
+    async with AmplitudeContract() as contract:
+        entry = amplitude(contract.url)
+        await deliver(make_config, http, entry, list(spec.ALL.values()), settled=4)
     # Segment's Amplitude (Actions) has no group or alias preset: those are not routed.
     assert states(data_dir) == {
         spec.IDENTIFY["messageId"]: ("delivered", 200, None),
@@ -143,10 +133,8 @@ async def test_a_400_kills_only_the_events_it_names_and_the_rest_are_sent_again(
 ) -> None:
     messages = [track(1, user="user-12345"), track(2, user="u2"), track(3, user="user-67890")]
     async with AmplitudeContract() as contract:
-        config = make_config(amplitude(contract.url, concurrency=1))
-        async with running(config) as server:
-            await send(http, server, messages)
-            await settled(server.delivery.lanes["amp"], 3)
+        entry = amplitude(contract.url, concurrency=1)
+        await deliver(make_config, http, entry, messages, settled=3)
     assert states(data_dir) == {
         "m1": ("delivered", 200, None),
         "m2": (
@@ -173,12 +161,9 @@ async def test_a_400_kills_only_the_events_it_names_and_the_rest_are_sent_again(
 async def test_min_id_length_is_sent_as_amplitudes_option(
     make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
 ) -> None:
-    async with (
-        AmplitudeContract() as contract,
-        running(make_config(amplitude(contract.url, min_id_length=2))) as server,
-    ):
-        await send(http, server, [track(1, user="u2")])
-        await settled(server.delivery.lanes["amp"], 1)
+    async with AmplitudeContract() as contract:
+        entry = amplitude(contract.url, min_id_length=2)
+        await deliver(make_config, http, entry, [track(1, user="u2")], settled=1)
     ((status, body),) = uploads(contract)
     assert (status, body["options"]) == (200, {"min_id_length": 2})
     assert states(data_dir) == {"m1": ("delivered", 200, None)}
@@ -188,11 +173,11 @@ async def test_a_silenced_device_is_dead_with_its_reason(
     make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
 ) -> None:
     silenced = {"type": "track", "event": "Signed Up", "anonymousId": "device-silenced"}
+    messages = [track(1, user="user-12345"), silenced | {"messageId": "m2"}]
     async with AmplitudeContract() as contract:
         contract.silenced_devices.add("device-silenced")
-        async with running(make_config(amplitude(contract.url, concurrency=1))) as server:
-            await send(http, server, [track(1, user="user-12345"), silenced | {"messageId": "m2"}])
-            await settled(server.delivery.lanes["amp"], 2)
+        entry = amplitude(contract.url, concurrency=1)
+        await deliver(make_config, http, entry, messages, settled=2)
     found = states(data_dir)
     assert found["m1"] == ("delivered", 200, None)
     assert found["m2"][:2] == ("dead", 400)
@@ -202,11 +187,10 @@ async def test_a_silenced_device_is_dead_with_its_reason(
 async def test_a_bad_api_key_is_dead_and_never_shown(
     make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
 ) -> None:
+    messages = [track(1, user="user-12345"), spec.IDENTIFY]
     async with AmplitudeContract() as contract:
-        config = make_config(amplitude(contract.url, api_key="wrong-key-123"))
-        async with running(config) as server:
-            await send(http, server, [track(1, user="user-12345"), spec.IDENTIFY])
-            await settled(server.delivery.lanes["amp"], 2)
+        entry = amplitude(contract.url, api_key="wrong-key-123")
+        await deliver(make_config, http, entry, messages, settled=2)
     found = states(data_dir)
     assert found["m1"][:2] == ("dead", 400)
     assert found["m1"][2].startswith('HTTP 400: {"code":400,"error":"Invalid API key: ***"}')
@@ -220,9 +204,8 @@ async def test_throttled_users_are_retried_after_amplitudes_window(
     clock = FakeClock()
     async with AmplitudeContract() as contract:
         contract.throttled_users.add("97980cfea0067")
-        async with running(make_config(amplitude(contract.url)), clock=clock) as server:
-            lane = server.delivery.lanes["amp"]
-            await send(http, server, [spec.ORDER_COMPLETED])
+        entry = amplitude(contract.url)
+        async with posting(make_config, http, entry, [spec.ORDER_COMPLETED], clock) as lane:
             await recorded(lane, 1)
             ((state, last, upcoming),) = query(
                 data_dir, "SELECT state, last_attempt_at, next_attempt_at FROM deliveries"
@@ -241,12 +224,9 @@ async def test_413_splits_the_batch_and_only_an_event_too_large_alone_fails(
 ) -> None:
     messages = [track(n, user=f"user-{n:05}", properties={"note": "x" * 900}) for n in range(1, 6)]
     messages.append(track(6, user="user-00006", properties={"note": "x" * 5000}))
-    async with (
-        AmplitudeContract(max_bytes=4000) as contract,
-        running(make_config(amplitude(contract.url, concurrency=1))) as server,
-    ):
-        await send(http, server, messages)
-        await settled(server.delivery.lanes["amp"], 6)
+    async with AmplitudeContract(max_bytes=4000) as contract:
+        entry = amplitude(contract.url, concurrency=1)
+        await deliver(make_config, http, entry, messages, settled=6)
     found = states(data_dir)
     assert {m: found[m][:2] for m in found} == {
         f"m{n}": ("delivered", 200) for n in range(1, 6)
@@ -268,12 +248,9 @@ device_id = { "@path" = "$.context.nothing" }
 async def test_an_event_without_ids_is_dead_without_being_sent(
     make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
 ) -> None:
-    async with (
-        AmplitudeContract() as contract,
-        running(make_config(amplitude(contract.url) + NO_IDS)) as server,
-    ):
-        await send(http, server, [track(1, user="user-12345")])
-        await settled(server.delivery.lanes["amp"], 1)
+    async with AmplitudeContract() as contract:
+        entries = amplitude(contract.url) + NO_IDS
+        await deliver(make_config, http, entries, [track(1, user="user-12345")], settled=1)
     assert states(data_dir) == {
         "m1": (
             "dead",
@@ -282,7 +259,7 @@ async def test_an_event_without_ids_is_dead_without_being_sent(
             "(the destination cannot take it as it is)",
         )
     }
-    assert contract.requests == []
+    assert contract.calls == []
 
 
 @pytest.mark.parametrize(
@@ -296,19 +273,13 @@ async def test_an_event_without_ids_is_dead_without_being_sent(
 def test_check_config_reports_bad_settings(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], settings: str, says: str
 ) -> None:
-    path = tmp_path / "cdpd.toml"
-    entry = '[[destinations]]\nname = "amp"\ntype = "amplitude"\n' + settings
-    path.write_text(config_text(tmp_path / "var", entry))
-    assert cli.main(["check-config", "--config", str(path)]) == 2
-    assert says in capsys.readouterr().err
+    assert says in check_config(tmp_path, capsys, destination("amplitude", "amp") + settings)
 
 
 def test_the_catalog_lists_amplitude_with_segments_presets(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert cli.main(["destinations", "--json"]) == 0
-    catalog = {entry["type"]: entry for entry in msgspec.json.decode(capsys.readouterr().out)}
-    entry = catalog["amplitude"]
+    entry = catalog_entry(capsys, "amplitude")
     assert entry["catalog_name"] == "Amplitude"
     assert [a["name"] for a in entry["actions"]] == ["event", "purchase", "identify"]
     presets = {p["name"]: p for p in entry["presets"]}

@@ -14,23 +14,27 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cdpd import cli
-from cdpd.app import running
 from tests import spec_examples as spec
 from tests.contracts.base import Scripted
 from tests.contracts.customerio import API_KEY, SITE_ID, CustomerIoTrack
-from tests.helpers import FakeClock, config_text, query
-from tests.integration.test_delivery import MakeConfig, delivered, deliveries, recorded, send
+from tests.contracts.harness import (
+    attempts,
+    check_config,
+    deliver,
+    deliver_on_retry,
+    destination,
+    posting,
+)
+from tests.helpers import query
+from tests.integration.test_delivery import MakeConfig, deliveries, recorded
 
 USER = "97980cfea0067"
 ANONYMOUS = "507f191e810c19729de860ea"
 
 
 def customerio(url: str, extra: str = "", *, api_key: str = API_KEY) -> str:
-    return (
-        f'[[destinations]]\nname = "cio"\ntype = "customerio"\napi_url = "{url}"\n'
-        f'site_id = "{SITE_ID}"\napi_key = "{api_key}"\n{extra}'
-    )
+    entry = destination("customerio", "cio", api_url=url, site_id=SITE_ID, api_key=api_key)
+    return entry + extra
 
 
 def unix_s(iso: str) -> int:
@@ -57,9 +61,9 @@ def requests_made(server: CustomerIoTrack) -> list[tuple[str, str, Any]]:
 async def test_spec_examples_become_track_api_requests(
     make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
 ) -> None:
-    async with CustomerIoTrack() as api, running(make_config(customerio(api.url))) as server:
-        await send(http, server, list(spec.ALL.values()))
-        await delivered(server.delivery.lanes["cio"], 5)
+    async with CustomerIoTrack() as api:
+        entry = customerio(api.url)
+        await deliver(make_config, http, entry, list(spec.ALL.values()), delivered=5)
     order = spec.ORDER_COMPLETED
     assert requests_made(api) == [
         (
@@ -143,9 +147,9 @@ subscribe = 'type = "alias"'
     # A messageId that is a ULID already is Customer.io's event id as it is.
     anonymous = {**spec.ORDER_COMPLETED, "messageId": "01JEB3ZK8Q4V6W1N2P3R5T7X9Y"}
     del anonymous["userId"]
-    async with CustomerIoTrack() as api, running(make_config(customerio(api.url, merge))) as server:
-        await send(http, server, [anonymous, spec.ALIAS])
-        await delivered(server.delivery.lanes["cio"], 2)
+    async with CustomerIoTrack() as api:
+        entries = customerio(api.url, merge)
+        await deliver(make_config, http, entries, [anonymous, spec.ALIAS], delivered=2)
     assert requests_made(api) == [
         (
             "POST",
@@ -170,10 +174,8 @@ async def test_bad_credentials_are_dead_at_once_and_mark_the_destination(
     make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
 ) -> None:
     async with CustomerIoTrack() as api:
-        config = make_config(customerio(api.url, api_key="wrong-key"))
-        async with running(config) as server:
-            lane = server.delivery.lanes["cio"]
-            await send(http, server, [spec.IDENTIFY])
+        entry = customerio(api.url, api_key="wrong-key")
+        async with posting(make_config, http, entry, [spec.IDENTIFY]) as lane:
             await recorded(lane, 1)
             assert lane.stats.unhealthy
     assert deliveries(data_dir, "cio") == [(spec.IDENTIFY["messageId"], "dead", 1, 401)]
@@ -186,9 +188,9 @@ async def test_a_refused_event_is_dead_with_customerios_reason(
     make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
 ) -> None:
     long_name = {**spec.ORDER_COMPLETED, "event": "x" * 101}
-    async with CustomerIoTrack() as api, running(make_config(customerio(api.url))) as server:
-        await send(http, server, [long_name, spec.IDENTIFY])
-        await recorded(server.delivery.lanes["cio"], 2)
+    async with CustomerIoTrack() as api:
+        entry = customerio(api.url)
+        await deliver(make_config, http, entry, [long_name, spec.IDENTIFY], recorded=2)
     assert sorted(deliveries(data_dir, "cio")) == sorted(
         [
             (spec.ORDER_COMPLETED["messageId"], "dead", 1, 400),
@@ -221,17 +223,11 @@ async def test_throttling_and_outages_are_retried(
     first: Scripted,
     error: str,
 ) -> None:
-    clock = FakeClock()
     async with CustomerIoTrack() as api:
         api.script.append(first)
-        async with running(make_config(customerio(api.url)), clock=clock) as server:
-            lane = server.delivery.lanes["cio"]
-            await send(http, server, [spec.ORDER_COMPLETED])
-            await recorded(lane, 1)
-            clock.advance(301)
-            await recorded(lane, 2)
-    attempts = query(data_dir, "SELECT status, error, outcome FROM attempts ORDER BY id")
-    assert attempts == [(first.status, error, "retrying"), (200, None, "delivered")]
+        entry = customerio(api.url)
+        await deliver_on_retry(make_config, http, entry, [spec.ORDER_COMPLETED], 301)
+    assert attempts(data_dir) == [(first.status, error, "retrying"), (200, None, "delivered")]
     assert len(api.accepted) == 1
     # The retry carries the same event id, so Customer.io can drop a second copy.
     assert len(api.calls) == 2
@@ -241,11 +237,8 @@ async def test_throttling_and_outages_are_retried(
 def test_check_config_wants_both_credentials(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = tmp_path / "cdpd.toml"
-    entry = '[[destinations]]\nname = "cio"\ntype = "customerio"\nsite_id = "s"\n'
-    path.write_text(config_text(tmp_path / "var", entry))
-    assert cli.main(["check-config", "--config", str(path)]) == 2
-    assert "needs site_id (or site_id_env) and api_key (or api_key_env)" in capsys.readouterr().err
+    err = check_config(tmp_path, capsys, destination("customerio", "cio", site_id="s"))
+    assert "needs site_id (or site_id_env) and api_key (or api_key_env)" in err
 
 
 async def test_a_message_without_a_person_is_dead_and_never_sent(
@@ -253,9 +246,8 @@ async def test_a_message_without_a_person_is_dead_and_never_sent(
 ) -> None:
     nobody = {**spec.IDENTIFY, "messageId": "nobody", "traits": {"plan": "free"}}
     del nobody["userId"]
-    async with CustomerIoTrack() as api, running(make_config(customerio(api.url))) as server:
-        await send(http, server, [nobody])
-        await recorded(server.delivery.lanes["cio"], 1)
+    async with CustomerIoTrack() as api:
+        await deliver(make_config, http, customerio(api.url), [nobody], recorded=1)
     assert api.calls == []
     assert query(data_dir, "SELECT state, last_error FROM deliveries") == [
         (

@@ -13,23 +13,27 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cdpd import cli
 from cdpd.app import running
 from tests import spec_examples as spec
 from tests.contracts.base import Scripted
 from tests.contracts.ga4 import API_SECRET, MEASUREMENT_ID, Ga4Collect
-from tests.helpers import FakeClock, config_text, query
-from tests.integration.test_delivery import MakeConfig, delivered, deliveries, recorded, send
+from tests.contracts.harness import attempts, check_config, deliver, deliver_on_retry, destination
+from tests.helpers import query
+from tests.integration.test_delivery import MakeConfig, delivered, deliveries, send
 
 USER = "97980cfea0067"
 ANONYMOUS = "507f191e810c19729de860ea"
 
 
 def ga4(url: str, extra: str = "") -> str:
-    return (
-        f'[[destinations]]\nname = "ga4"\ntype = "ga4"\napi_url = "{url}/mp/collect"\n'
-        f'measurement_id = "{MEASUREMENT_ID}"\napi_secret = "{API_SECRET}"\n{extra}'
+    entry = destination(
+        "ga4",
+        "ga4",
+        api_url=f"{url}/mp/collect",
+        measurement_id=MEASUREMENT_ID,
+        api_secret=API_SECRET,
     )
+    return entry + extra
 
 
 def micros(iso: str) -> int:
@@ -141,9 +145,8 @@ subscribe = 'type = "track"'
 [destinations.actions.mapping.user_properties]
 plan = "premium"
 """
-    async with Ga4Collect() as api, running(make_config(ga4(api.url, actions))) as server:
-        await send(http, server, [reviewed])
-        await delivered(server.delivery.lanes["ga4"], 1)
+    async with Ga4Collect() as api:
+        await deliver(make_config, http, ga4(api.url, actions), [reviewed], delivered=1)
     assert api.collected == [
         {
             "client_id": f"anon-{USER}",
@@ -203,10 +206,9 @@ async def test_events_that_cannot_be_mended_are_dead_with_the_reason(
     message: dict[str, Any],
     reason: str,
 ) -> None:
-    async with Ga4Collect() as api, running(make_config(ga4(api.url))) as server:
-        await send(http, server, [message, track("m2", "Fine Event")])
-        await recorded(server.delivery.lanes["ga4"], 1)
-        await delivered(server.delivery.lanes["ga4"], 1)
+    messages = [message, track("m2", "Fine Event")]
+    async with Ga4Collect() as api:
+        await deliver(make_config, http, ga4(api.url), messages, recorded=1, delivered=1)
     rows = dict(query(data_dir, "SELECT message_id, last_error FROM deliveries"))
     assert rows["m1"].endswith(f": {reason} (the destination cannot take it as it is)")
     assert rows["m2"] is None
@@ -220,10 +222,8 @@ async def test_requests_hold_one_client_and_at_most_25_events(
     messages = [track(f"a{n}", "Clicked", user="alice", n=n) for n in range(30)]
     messages += [track(f"b{n}", "Clicked", user="bob", n=n) for n in range(3)]
     async with Ga4Collect() as api:
-        config = make_config(ga4(api.url, "batch_size = 40\nconcurrency = 1\n"))
-        async with running(config) as server:
-            await send(http, server, messages)
-            await delivered(server.delivery.lanes["ga4"], 33, timeout_s=20)
+        entry = ga4(api.url, "batch_size = 40\nconcurrency = 1\n")
+        await deliver(make_config, http, entry, messages, delivered=33, timeout_s=20)
     bodies = api.collected
     assert all(1 <= len(body["events"]) <= 25 for body in bodies)
     by_client: dict[str, list[int]] = {}
@@ -247,10 +247,9 @@ async def test_validation_server_verdicts_split_a_batch(
     odd = {**spec.ORDER_COMPLETED, "messageId": "odd"}
     odd["properties"] = {**spec.ORDER_COMPLETED["properties"], "currency": "XYZ"}
     config = "validate = true\nbatch_size = 10\nconcurrency = 1\n"
-    async with Ga4Collect() as api, running(make_config(ga4(api.url, config))) as server:
-        await send(http, server, [good, odd])
-        await recorded(server.delivery.lanes["ga4"], 1)
-        await delivered(server.delivery.lanes["ga4"], 1)
+    async with Ga4Collect() as api:
+        entry = ga4(api.url, config)
+        await deliver(make_config, http, entry, [good, odd], recorded=1, delivered=1)
     rows = dict(
         query(
             data_dir, "SELECT message_id, state || ': ' || coalesce(last_error, '') FROM deliveries"
@@ -271,19 +270,12 @@ async def test_validation_server_verdicts_split_a_batch(
 async def test_the_api_secret_never_shows_in_errors(
     make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
 ) -> None:
-    clock = FakeClock()
     async with Ga4Collect() as api:
         api.script.append(
             Scripted(503, f"backend down for api_secret={API_SECRET}", content_type="text/plain")
         )
-        async with running(make_config(ga4(api.url)), clock=clock) as server:
-            lane = server.delivery.lanes["ga4"]
-            await send(http, server, [spec.ORDER_COMPLETED])
-            await recorded(lane, 1)
-            clock.advance(301)
-            await recorded(lane, 2)
-    attempts = query(data_dir, "SELECT status, error, outcome FROM attempts ORDER BY id")
-    assert attempts == [
+        await deliver_on_retry(make_config, http, ga4(api.url), [spec.ORDER_COMPLETED], 301)
+    assert attempts(data_dir) == [
         (503, "HTTP 503: backend down for api_secret=***", "retrying"),
         (204, None, "delivered"),
     ]
@@ -292,12 +284,8 @@ async def test_the_api_secret_never_shows_in_errors(
 def test_check_config_wants_an_api_secret_and_a_debug_url(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = tmp_path / "cdpd.toml"
-    entry = '[[destinations]]\nname = "ga4"\ntype = "ga4"\nmeasurement_id = "G-1"\n'
-    path.write_text(config_text(tmp_path / "var", entry))
-    assert cli.main(["check-config", "--config", str(path)]) == 2
-    assert "api_secret or api_secret_env" in capsys.readouterr().err
+    entry = destination("ga4", "ga4", measurement_id="G-1")
+    assert "api_secret or api_secret_env" in check_config(tmp_path, capsys, entry)
     entry += 'api_secret = "s"\nvalidate = true\napi_url = "https://proxy.example.com/ga"\n'
-    path.write_text(config_text(tmp_path / "var", entry))
-    assert cli.main(["check-config", "--config", str(path)]) == 2
-    assert "validate needs an api_url ending in /mp/collect" in capsys.readouterr().err
+    err = check_config(tmp_path, capsys, entry)
+    assert "validate needs an api_url ending in /mp/collect" in err

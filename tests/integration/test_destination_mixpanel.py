@@ -4,7 +4,6 @@ spec examples through a real cdpd, the exact requests its presets make, and Mixp
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import copy
 from pathlib import Path
@@ -15,15 +14,20 @@ import aiohttp
 import msgspec
 import pytest
 
-from cdpd import cli
-from cdpd.app import running
-from cdpd.delivery.lane import Lane
 from cdpd.destinations.mixpanel import insert_id
 from tests import spec_examples as spec
+from tests.contracts.base import Scripted
+from tests.contracts.harness import (
+    catalog_entry,
+    check_config,
+    deliver,
+    destination,
+    posting,
+    states,
+)
 from tests.contracts.mixpanel import MixpanelContract
-from tests.contracts.server import json_response
-from tests.helpers import FakeClock, config_text, query
-from tests.integration.test_delivery import MakeConfig, recorded, send, track
+from tests.helpers import FakeClock
+from tests.integration.test_delivery import MakeConfig, recorded, track
 
 TOKEN = "mp_token"
 SECRET = "mp_secret"
@@ -31,20 +35,7 @@ SECRET = "mp_secret"
 
 def mixpanel(url: str, name: str = "mp", **options: Any) -> str:
     settings = {"project_token": TOKEN, "api_secret": SECRET, "api_url": url, **options}
-    lines = [f'[[destinations]]\nname = "{name}"\ntype = "mixpanel"']
-    lines += [f"{key} = {msgspec.json.encode(value).decode()}" for key, value in settings.items()]
-    return "\n".join(lines) + "\n"
-
-
-async def settled(lane: Lane, count: int) -> None:
-    """Until `count` deliveries are delivered or dead."""
-    async with asyncio.timeout(10), lane.stats.recorded:
-        await lane.stats.recorded.wait_for(lambda: lane.stats.delivered + lane.stats.dead >= count)
-
-
-def states(data_dir: Path) -> dict[str, tuple[Any, ...]]:
-    rows = query(data_dir, "SELECT message_id, state, last_status, last_error FROM deliveries")
-    return {row[0]: row[1:] for row in rows}
+    return destination("mixpanel", name, **settings)
 
 
 def form_records(contract: MixpanelContract, path: str) -> list[Any]:
@@ -103,12 +94,9 @@ def _ordered(properties: dict[str, Any]) -> dict[str, Any]:
 async def test_spec_examples_make_segments_requests(
     make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
 ) -> None:
-    async with (
-        MixpanelContract() as contract,
-        running(make_config(mixpanel(contract.url))) as server,
-    ):
-        await send(http, server, list(spec.ALL.values()))
-        await settled(server.delivery.lanes["mp"], 5)
+    async with MixpanelContract() as contract:
+        entry = mixpanel(contract.url)
+        await deliver(make_config, http, entry, list(spec.ALL.values()), settled=5)
     # Alias is no preset of Segment's Mixpanel (Actions): not routed at all.
     assert set(states(data_dir)) == {
         spec.IDENTIFY["messageId"],
@@ -227,12 +215,9 @@ subscribe = 'type = "alias"'
 async def test_a_configured_alias_action_creates_the_alias(
     make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
 ) -> None:
-    async with (
-        MixpanelContract() as contract,
-        running(make_config(mixpanel(contract.url) + ALIAS_ACTION)) as server,
-    ):
-        await send(http, server, [spec.ALIAS, spec.IDENTIFY])
-        await recorded(server.delivery.lanes["mp"], 1)
+    async with MixpanelContract() as contract:
+        entries = mixpanel(contract.url) + ALIAS_ACTION
+        await deliver(make_config, http, entries, [spec.ALIAS, spec.IDENTIFY], recorded=1)
     assert form_records(contract, "/track") == [
         {
             "event": "$create_alias",
@@ -249,15 +234,10 @@ async def test_a_configured_alias_action_creates_the_alias(
 async def test_rejected_events_fail_alone_with_mixpanels_reason(
     make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
 ) -> None:
+    messages = [track(1), track(2, user="null"), track(3), spec.ORDER_COMPLETED]
     async with MixpanelContract() as contract:
-        config = make_config(mixpanel(contract.url, concurrency=1))
-        async with running(config) as server:
-            await send(
-                http,
-                server,
-                [track(1), track(2, user="null"), track(3), spec.ORDER_COMPLETED],
-            )
-            await settled(server.delivery.lanes["mp"], 4)
+        entry = mixpanel(contract.url, concurrency=1)
+        await deliver(make_config, http, entry, messages, settled=4)
     assert states(data_dir) == {
         "m1": ("delivered", 200, None),
         "m2": (
@@ -280,15 +260,13 @@ async def test_bad_credentials_are_dead_and_mark_the_destination_unhealthy(
 ) -> None:
     async with MixpanelContract() as contract:
         if status == 403:
-            contract.next_answers.append(
-                json_response(403, {"code": 403, "error": "Forbidden", "status": "Forbidden"})
+            contract.script.append(
+                Scripted(403, '{"code":403,"error":"Forbidden","status":"Forbidden"}')
             )
-            url_config = mixpanel(contract.url)
+            entry = mixpanel(contract.url)
         else:
-            url_config = mixpanel(contract.url, api_secret="wrong")
-        async with running(make_config(url_config)) as server:
-            await send(http, server, [track(1)])
-            lane = server.delivery.lanes["mp"]
+            entry = mixpanel(contract.url, api_secret="wrong")
+        async with posting(make_config, http, entry, [track(1)]) as lane:
             await recorded(lane, 1)
             assert lane.stats.unhealthy
     ((state, last_status, error),) = states(data_dir).values()
@@ -303,16 +281,14 @@ async def test_429_waits_for_retry_after_then_delivers(
 ) -> None:
     clock = FakeClock()
     async with MixpanelContract() as contract:
-        contract.next_answers.append(
-            json_response(
+        contract.script.append(
+            Scripted(
                 429,
-                {"code": 429, "error": "Project exceeded rate limits.", "status": "Too Many"},
-                headers={"Retry-After": "120"},
+                '{"code":429,"error":"Project exceeded rate limits.","status":"Too Many"}',
+                {"Retry-After": "120"},
             )
         )
-        async with running(make_config(mixpanel(contract.url)), clock=clock) as server:
-            lane = server.delivery.lanes["mp"]
-            await send(http, server, [track(1)])
+        async with posting(make_config, http, mixpanel(contract.url), [track(1)], clock) as lane:
             await recorded(lane, 1)
             assert states(data_dir)["m1"][:2] == ("retrying", 429)
             clock.advance(121)
@@ -324,15 +300,11 @@ async def test_429_waits_for_retry_after_then_delivers(
 async def test_413_splits_the_batch_and_only_an_event_too_large_alone_fails(
     make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
 ) -> None:
+    messages = [track(n, properties={"note": "x" * 900}) for n in range(1, 6)]
+    messages.append(track(6, properties={"note": "x" * 5000}))
     async with MixpanelContract(max_import_bytes=4000) as contract:
-        config = make_config(mixpanel(contract.url, concurrency=1))
-        padding = {"note": "x" * 900}
-        huge = {"note": "x" * 5000}
-        messages = [track(n, properties=padding) for n in range(1, 6)]
-        messages.append(track(6, properties=huge))
-        async with running(config) as server:
-            await send(http, server, messages)
-            await settled(server.delivery.lanes["mp"], 6)
+        entry = mixpanel(contract.url, concurrency=1)
+        await deliver(make_config, http, entry, messages, settled=6)
     found = states(data_dir)
     assert {m: found[m][0] for m in found} == {f"m{n}": "delivered" for n in range(1, 6)} | {
         "m6": "dead"
@@ -353,9 +325,7 @@ async def test_service_account_authenticates_import_with_its_project(
             "project_id": "12345",
             "strict": False,
         }
-        async with running(make_config(mixpanel(contract.url, **options))) as server:
-            await send(http, server, [track(1)])
-            await recorded(server.delivery.lanes["mp"], 1)
+        await deliver(make_config, http, mixpanel(contract.url, **options), [track(1)], recorded=1)
     (request,) = contract.on("/import")
     assert request.query == {"strict": "0", "project_id": "12345"}
     assert (
@@ -371,12 +341,8 @@ async def test_an_insert_id_mixpanel_cannot_take_is_replaced_by_a_stable_uuid(
     long_id = "ajs-next-1733430000000-2f1e2d3c4b5a69788a9b0c1d2e3f4a5b"
     message = copy.deepcopy(track(1))
     message["messageId"] = long_id
-    async with (
-        MixpanelContract() as contract,
-        running(make_config(mixpanel(contract.url))) as server,
-    ):
-        await send(http, server, [message])
-        await recorded(server.delivery.lanes["mp"], 1)
+    async with MixpanelContract() as contract:
+        await deliver(make_config, http, mixpanel(contract.url), [message], recorded=1)
     assert list(contract.events) == [insert_id(long_id)]
     assert insert_id(long_id) == insert_id(long_id) != long_id
 
@@ -395,19 +361,13 @@ async def test_an_insert_id_mixpanel_cannot_take_is_replaced_by_a_stable_uuid(
 def test_check_config_reports_bad_settings(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], settings: str, says: str
 ) -> None:
-    path = tmp_path / "cdpd.toml"
-    entry = '[[destinations]]\nname = "mp"\ntype = "mixpanel"\n' + settings
-    path.write_text(config_text(tmp_path / "var", entry))
-    assert cli.main(["check-config", "--config", str(path)]) == 2
-    assert says in capsys.readouterr().err
+    assert says in check_config(tmp_path, capsys, destination("mixpanel", "mp") + settings)
 
 
 def test_the_catalog_lists_mixpanel_with_segments_presets(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert cli.main(["destinations", "--json"]) == 0
-    catalog = {entry["type"]: entry for entry in msgspec.json.decode(capsys.readouterr().out)}
-    entry = catalog["mixpanel"]
+    entry = catalog_entry(capsys, "mixpanel")
     assert entry["catalog_name"] == "Mixpanel"
     assert {a["name"] for a in entry["actions"]} == {
         "track",

@@ -10,27 +10,26 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from cdpd import cli
-from cdpd.app import running
 from tests import spec_examples as spec
 from tests.contracts.base import Scripted
+from tests.contracts.harness import attempts, check_config, deliver, destination, posting
 from tests.contracts.slack import TOKEN_PATH, SlackWebhook
-from tests.helpers import FakeClock, config_text, query
-from tests.integration.test_delivery import MakeConfig, delivered, deliveries, recorded, send
+from tests.helpers import FakeClock, query
+from tests.integration.test_delivery import MakeConfig, deliveries, recorded
 
 TOKEN = TOKEN_PATH.rsplit("/", 1)[1]
 
 
 def slack(url: str, extra: str = "", name: str = "slack") -> str:
-    return f'[[destinations]]\nname = "{name}"\ntype = "slack"\nwebhook_url = "{url}"\n{extra}'
+    return destination("slack", name, webhook_url=url) + extra
 
 
 async def test_spec_examples_become_slack_messages(
     make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
 ) -> None:
-    async with SlackWebhook() as hook, running(make_config(slack(hook.webhook_url))) as server:
-        await send(http, server, list(spec.ALL.values()))
-        await delivered(server.delivery.lanes["slack"], 2)
+    async with SlackWebhook() as hook:
+        entry = slack(hook.webhook_url)
+        await deliver(make_config, http, entry, list(spec.ALL.values()), delivered=2)
     assert hook.messages == [
         {"text": "Identified 97980cfea0067"},
         {"text": "97980cfea0067 did Order Completed"},
@@ -59,11 +58,9 @@ icon_emoji = ":chart_with_upwards_trend:"
 """
     anonymous = {**spec.ORDER_COMPLETED, "messageId": "anon-1", "properties": {"total": 5}}
     del anonymous["userId"]
+    messages = [spec.ORDER_COMPLETED, anonymous, spec.IDENTIFY]
     async with SlackWebhook() as hook:
-        config = make_config(slack(hook.webhook_url, actions))
-        async with running(config) as server:
-            await send(http, server, [spec.ORDER_COMPLETED, anonymous, spec.IDENTIFY])
-            await delivered(server.delivery.lanes["slack"], 1)
+        await deliver(make_config, http, slack(hook.webhook_url, actions), messages, delivered=1)
     assert hook.messages == [
         {
             "text": ":moneybag: 50314b8e9bcf000000000000: 27.5 USD",
@@ -79,9 +76,8 @@ async def test_anonymous_track_names_the_anonymous_id(
 ) -> None:
     anonymous = {**spec.ORDER_COMPLETED}
     del anonymous["userId"]
-    async with SlackWebhook() as hook, running(make_config(slack(hook.webhook_url))) as server:
-        await send(http, server, [anonymous])
-        await delivered(server.delivery.lanes["slack"], 1)
+    async with SlackWebhook() as hook:
+        await deliver(make_config, http, slack(hook.webhook_url), [anonymous], delivered=1)
     assert hook.messages == [{"text": "Anonymous 507f191e810c19729de860ea did Order Completed"}]
 
 
@@ -108,12 +104,9 @@ subscribe = 'type = "track"'
 [destinations.actions.mapping]
 channel = "{channel}"
 """
-    async with (
-        SlackWebhook() as hook,
-        running(make_config(slack(hook.webhook_url, actions))) as server,
-    ):
-        await send(http, server, [spec.ORDER_COMPLETED])
-        await recorded(server.delivery.lanes["slack"], 1)
+    async with SlackWebhook() as hook:
+        entries = slack(hook.webhook_url, actions)
+        await deliver(make_config, http, entries, [spec.ORDER_COMPLETED], recorded=1)
     assert deliveries(data_dir, "slack") == [(spec.ORDER_COMPLETED["messageId"], "dead", 1, status)]
     ((error,),) = query(data_dir, "SELECT last_error FROM deliveries")
     assert error == f"HTTP {status}: {code} (status {status} is not retried)"
@@ -127,11 +120,9 @@ async def test_429_and_rollup_errors_are_retried_and_the_url_never_shows(
         hook.script.append(Scripted(429, "rate_limited", {"Retry-After": "30"}, "text/html"))
         # An answer that quotes the webhook URL back: the stored error must not repeat it.
         hook.script.append(Scripted(500, f"rollup_error at {TOKEN_PATH}", {}, "text/html"))
-        config = make_config(slack(hook.webhook_url))
+        entry = slack(hook.webhook_url)
         with capture_logs() as logs:
-            async with running(config, clock=clock) as server:
-                lane = server.delivery.lanes["slack"]
-                await send(http, server, [spec.ORDER_COMPLETED])
+            async with posting(make_config, http, entry, [spec.ORDER_COMPLETED], clock) as lane:
                 await recorded(lane, 1)
                 ((last, upcoming),) = query(
                     data_dir, "SELECT last_attempt_at, next_attempt_at FROM deliveries"
@@ -141,8 +132,7 @@ async def test_429_and_rollup_errors_are_retried_and_the_url_never_shows(
                 await recorded(lane, 2)
                 clock.advance(300)
                 await recorded(lane, 3)
-    attempts = query(data_dir, "SELECT status, error, outcome FROM attempts ORDER BY id")
-    assert attempts == [
+    assert attempts(data_dir) == [
         (429, "HTTP 429: rate_limited", "retrying"),
         (500, "HTTP 500: rollup_error at /services/T0CDPD/B0CDPD/***", "retrying"),
         (200, None, "delivered"),
@@ -161,12 +151,9 @@ subscribe = 'type = "track"'
 [destinations.actions.mapping]
 text = { "@template" = "{{properties.no_such_thing}}" }
 """
-    async with (
-        SlackWebhook() as hook,
-        running(make_config(slack(hook.webhook_url, actions))) as server,
-    ):
-        await send(http, server, [spec.ORDER_COMPLETED])
-        await recorded(server.delivery.lanes["slack"], 1)
+    async with SlackWebhook() as hook:
+        entries = slack(hook.webhook_url, actions)
+        await deliver(make_config, http, entries, [spec.ORDER_COMPLETED], recorded=1)
     assert hook.calls == []
     assert query(data_dir, "SELECT state, last_error FROM deliveries") == [
         ("dead", "coupons: the message text is empty (the destination cannot take it as it is)")
@@ -177,11 +164,8 @@ def test_check_config_wants_a_webhook_url(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("CDPD_TEST_SLACK_URL", raising=False)
-    path = tmp_path / "cdpd.toml"
-    entry = '[[destinations]]\nname = "slack"\ntype = "slack"\n'
-    entry += 'webhook_url_env = "CDPD_TEST_SLACK_URL"\n'
-    path.write_text(config_text(tmp_path / "var", entry))
-    assert cli.main(["check-config", "--config", str(path)]) == 2
-    assert "webhook_url_env names CDPD_TEST_SLACK_URL, which is not set" in capsys.readouterr().err
+    entry = destination("slack", "slack", webhook_url_env="CDPD_TEST_SLACK_URL")
+    err = check_config(tmp_path, capsys, entry)
+    assert "webhook_url_env names CDPD_TEST_SLACK_URL, which is not set" in err
     monkeypatch.setenv("CDPD_TEST_SLACK_URL", "https://hooks.slack.com/services/T/B/x")
-    assert cli.main(["check-config", "--config", str(path)]) == 0
+    check_config(tmp_path, capsys, entry, exit_code=0)
