@@ -67,6 +67,10 @@ class File:
         path = Path(config.path)
         if not path.name or path.is_dir():
             raise ConfigError(f"destination {config.name!r}: path {str(path)!r} is a directory")
+        if path.exists() and not path.is_file():  # a device or a pipe: never rotated away
+            raise ConfigError(
+                f"destination {config.name!r}: path {str(path)!r} is not a regular file"
+            )
         self._file = LogFile(path, fsync=config.fsync == "batch")
         self._max_bytes = config.max_bytes
         self._interval_ms = round(config.rotate_interval_s * 1000)

@@ -10,12 +10,14 @@ the sequence within a second).
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import re
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
+from stat import S_ISREG
 
 import structlog
 
@@ -132,8 +134,11 @@ class LogFile:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise OSError(exc.errno, f"cannot open {self.path}: {exc.strerror}") from exc
-        self._fd = fd
         stat = os.fstat(fd)
+        if not S_ISREG(stat.st_mode):  # replaced by a device or a pipe since the config check
+            os.close(fd)
+            raise OSError(errno.EINVAL, f"cannot write {self.path}: not a regular file")
+        self._fd = fd
         self.size = _cut_torn_tail(fd, stat.st_size, self.path)
         self._torn = False
         if self.size and self.started_ms is None:

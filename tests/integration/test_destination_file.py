@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import os
-from collections.abc import Callable
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -240,16 +242,36 @@ async def test_an_unwritable_directory_is_retried_until_it_is_fixed(
     assert lines_of(path) == stored(data_dir)
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
-async def test_a_full_disk_is_retried_with_its_error(
-    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+@pytest.fixture
+def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs: a disk that fills up for real (mounting needs root; CI runs as root)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    mount_tool, umount_tool = shutil.which("mount") or "mount", shutil.which("umount") or "umount"
+    done = subprocess.run(
+        [mount_tool, "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run([umount_tool, "-l", str(mount)], check=False)
+
+
+async def test_a_full_disk_is_retried_with_its_error_and_leaves_no_partial_line(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path, tiny_filesystem: Path
 ) -> None:
-    async with running(make_config(file_destination(Path("/dev/full")))) as server:
+    (tiny_filesystem / "filler").write_bytes(b"x" * (64 * 1024 - 100))  # leaves room for 100
+    path = tiny_filesystem / "events.ndjson"
+    async with running(make_config(file_destination(path))) as server:
         await send(http, server, [spec.IDENTIFY])
         await recorded(server.delivery.lanes["events"], 1)
-    assert attempts(data_dir) == [
-        (1, None, "cannot write /dev/full: No space left on device", "retrying")
-    ]
+    first = attempts(data_dir)[0]  # (a retry may follow at once: the backoff has full jitter)
+    assert first == (1, None, f"cannot write {path}: No space left on device", "retrying")
+    assert path.read_bytes() == b""  # the part that fitted was taken back
 
 
 # -- configuration and the catalog -------------------------------------------------------------
@@ -290,6 +312,9 @@ def test_check_config_refuses_a_directory_and_a_shared_path(
     config.write_text(config_text(tmp_path / "var", twice))
     assert cli.main(["check-config", "--config", str(config)]) == 2
     assert "destinations[1].path:" in capsys.readouterr().err
+    config.write_text(config_text(tmp_path / "var", file_destination(Path("/dev/null"))))
+    assert cli.main(["check-config", "--config", str(config)]) == 2
+    assert "path '/dev/null' is not a regular file" in capsys.readouterr().err
 
 
 def test_the_catalog_lists_the_file_destination(capsys: pytest.CaptureFixture[str]) -> None:
