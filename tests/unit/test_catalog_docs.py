@@ -62,3 +62,18 @@ def test_a_common_setting_is_listed_where_a_type_sets_its_own_default_or_limits(
     )
     assert by_type["slack"]["rate_limit_per_s"].default == 1.0
     assert "concurrency" not in by_type["webhook"]  # the common default: listed once for all
+
+
+def test_the_example_configs_commented_destinations_are_accepted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    text = (ROOT / "conf" / "cdpd.toml").read_text()
+    commented = text[text.index("# [[destinations]]") :]
+    blocks = commented[: commented.index("\n\n")].splitlines()
+    toml = "\n".join(line.removeprefix("#").removeprefix(" ") for line in blocks)
+    for name in re.findall(r'_env = "([A-Z0-9_]+)"', toml):
+        monkeypatch.setenv(name, "x" * 32)
+    config = cdpd_config.parse(toml, origin="conf/cdpd.toml")
+    assert [d.name for d in config.destinations] == ["product-analytics", "events-archive"]
+    for destination in config.destinations:
+        registry.build(destination)
