@@ -182,6 +182,39 @@ async def test_resync_and_duplicates_load_nothing_twice(
     assert await warehouse.count(S, "order_completed") == 20
 
 
+async def test_a_batch_of_loaded_and_new_ids_adds_only_the_new_rows(
+    daemon: Running, warehouse: WarehouseProbe, data_dir: Path
+) -> None:
+    identify = {"type": "identify", "userId": "u1"}
+    await send(
+        daemon,
+        *[track(f"m{n}", properties={"n": n}) for n in range(3)],
+        {**identify, "messageId": "i1", "traits": {"plan": "pro"}},
+    )
+    await sync(daemon)
+    # Past the dedup window: m1 and m2 come again, with other values and a new column.
+    query(data_dir, "UPDATE messages SET received_at = '2000-01-01T00:00:00.000Z'")
+    await send(
+        daemon,
+        *[track(f"m{n}", properties={"n": n + 100, "extra": "x"}) for n in range(1, 5)],
+        {**identify, "messageId": "i2", "traits": {"seats": 2}},
+        {"type": "identify", "userId": "u2", "messageId": "i3", "traits": {"plan": "team"}},
+    )
+    report = await sync(daemon)
+    assert report.rows[f"{S}.tracks"] == report.rows[f"{S}.order_completed"] == 2
+    assert await warehouse.rows(S, "order_completed", "id, n, extra") == [
+        {"id": "m0", "n": 0, "extra": None},
+        {"id": "m1", "n": 1, "extra": None},
+        {"id": "m2", "n": 2, "extra": None},
+        {"id": "m3", "n": 103, "extra": "x"},
+        {"id": "m4", "n": 104, "extra": "x"},
+    ]
+    assert await warehouse.rows(S, "users", "id, plan, seats") == [
+        {"id": "u1", "plan": "pro", "seats": 2},
+        {"id": "u2", "plan": "team", "seats": None},
+    ]
+
+
 def _trigger(warehouse: WarehouseProbe, table: str) -> tuple[str, str]:
     if warehouse.kind == "sqlite":
         create = (
