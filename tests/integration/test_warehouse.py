@@ -294,6 +294,49 @@ async def test_racing_syncs_load_each_message_once(
     assert sum([await warehouse.count(S, f"event_{n}") for n in range(3)]) == 120
 
 
+async def test_racing_syncs_plan_against_the_columns_the_other_created(
+    daemon: Running, warehouse: WarehouseProbe, config: cdpd_config.Config
+) -> None:
+    # Each sync reads and plans its next batch while it writes one; the other sync may load
+    # that batch, or add the columns the plan meant to add, before it gets its turn.
+    (wh,) = config.warehouses
+    await send(daemon, *[track(f"m{n:03}", properties={f"p{n // 7}": n}) for n in range(140)])
+    reports = await asyncio.gather(
+        loader.sync(config, wh, batch_messages=10), loader.sync(config, wh, batch_messages=10)
+    )
+    assert [r.status for r in reports] == ["success", "success"]
+    assert sum(r.messages for r in reports) == 140
+    assert {f"p{k}" for k in range(20)} <= (await warehouse.columns(S, "order_completed")).keys()
+    rows = await warehouse.rows(S, "order_completed", "id, p5, p19")
+    assert len(rows) == 140
+    assert rows[35] == {"id": "m035", "p5": 35, "p19": None}
+    assert rows[139] == {"id": "m139", "p5": None, "p19": 139}
+
+
+async def test_a_column_added_between_batches_is_planned_for(
+    daemon: Running, warehouse: WarehouseProbe, config: cdpd_config.Config
+) -> None:
+    # The second batch was planned while the first was written, before someone else added
+    # the column it meant to create: it is planned again against the real columns.
+    (wh,) = config.warehouses
+    await send(
+        daemon, *[track(f"m{n:02}", properties={"a" if n < 10 else "b": n}) for n in range(20)]
+    )
+
+    async def add_column(batch: BatchResult) -> None:
+        if batch.last_seq == 10:
+            await warehouse.execute(
+                f"ALTER TABLE {warehouse.name(S, 'order_completed')} ADD b TEXT"
+            )
+
+    report = await loader.sync(config, wh, batch_messages=10, on_batch=add_column)
+    assert (report.status, report.messages) == ("success", 20)
+    assert (await warehouse.columns(S, "order_completed"))["b"] == "text"
+    rows = await warehouse.rows(S, "order_completed", "id, a, b")
+    assert rows[9] == {"id": "m09", "a": 9, "b": None}
+    assert rows[15] == {"id": "m15", "a": None, "b": "15"}
+
+
 async def test_hostile_names_are_only_names(daemon: Running, warehouse: WarehouseProbe) -> None:
     hostile = 'x"; DROP TABLE users; --'
     await send(
