@@ -9,8 +9,9 @@ that do not fit their column's type (see `values`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from itertools import repeat
 from typing import Any
 
 import msgspec
@@ -66,12 +67,13 @@ def plan_load(
     encode_timestamp: Callable[[datetime], Any],
 ) -> LoadPlan:
     convert = converters(encode_timestamp)
+    stamps: dict[Any, Any] = {None: None}
     plan = LoadPlan(tables=[], discards=list(batch.discards), refused_columns={})
     for key, rows_by_id in batch.rows.items():
         rows = list(rows_by_id.values())
         existing = catalog.get(key, {})
         table_plan, refused = _plan_table(key, rows, existing, max_columns)
-        table_plan.rows = _values(table_plan, rows, convert, plan.discards)
+        table_plan.rows = _values(table_plan, rows, convert, stamps, plan.discards)
         plan.discards.extend(_refused(table_plan, rows, refused))
         plan.tables.append(table_plan)
         if refused:
@@ -122,18 +124,26 @@ def _values(
     plan: TablePlan,
     rows: list[Row],
     convert: dict[ColumnType, Converter],
+    stamps: dict[Any, Any],
     discards: list[Discard],
 ) -> list[tuple[Any, ...]]:
-    """The rows as tuples in `plan.columns` order, built a column at a time: a column whose
-    values all have its type already (the usual case) is taken as it is."""
+    """The rows as tuples in `plan.columns` order. Values are checked a column at a time: a
+    column whose values all have its type already (the usual case) is taken as it is."""
     if not rows:
         return []
-    by_column = []
-    for column, column_type in zip(plan.columns, plan.types, strict=True):
-        values = [row.get(column) for row in rows]
-        if not _fits(values, column_type):
-            values = _converted(plan, column, column_type, rows, values, convert, discards)
-        by_column.append(values)
+    columns = plan.columns
+    tuples = [tuple(map(row.get, columns)) for row in rows]
+    by_column: list[Sequence[Any]] = list(zip(*tuples, strict=True))
+    for index, (column, column_type) in enumerate(zip(columns, plan.types, strict=True)):
+        values = by_column[index]
+        if _fits(values, column_type):
+            continue
+        converted = None
+        if column_type is ColumnType.TIMESTAMP:
+            converted = _timestamps(values, convert[column_type], stamps)
+        if converted is None:
+            converted = _converted(plan, column, column_type, rows, values, convert, discards)
+        by_column[index] = converted
     return list(zip(*by_column, strict=True))
 
 
@@ -145,9 +155,10 @@ _NATIVE = {
     ColumnType.BOOLEAN: frozenset({bool, _NONE}),
     ColumnType.TIMESTAMP: frozenset(),  # always converted: text to the sink's timestamp
 }
+_MISSING = object()
 
 
-def _fits(values: list[Any], column_type: ColumnType) -> bool:
+def _fits(values: Sequence[Any], column_type: ColumnType) -> bool:
     """Whether every value is already what the sink takes for `column_type`."""
     if not set(map(type, values)) <= _NATIVE[column_type]:
         return False
@@ -157,24 +168,34 @@ def _fits(values: list[Any], column_type: ColumnType) -> bool:
     return True
 
 
+def _timestamps(
+    values: Sequence[Any], converter: Converter, stamps: dict[Any, Any]
+) -> list[Any] | None:
+    """A timestamp column's values converted through `stamps` (text -> the sink's form, kept
+    for the whole batch: tables repeat the same times); None if one of them is not a time."""
+    try:
+        encoded = list(map(stamps.get, values, repeat(_MISSING)))
+    except TypeError:  # an unhashable value: not a time
+        return None
+    if _MISSING in encoded:
+        for value in {v for v, e in zip(values, encoded, strict=True) if e is _MISSING}:
+            stamps[value] = converter(value)
+        encoded = list(map(stamps.__getitem__, values))
+    if UNLOADABLE in encoded:
+        return None
+    return encoded
+
+
 def _converted(
     plan: TablePlan,
     column: str,
     column_type: ColumnType,
     rows: list[Row],
-    values: list[Any],
+    values: Sequence[Any],
     convert: dict[ColumnType, Converter],
     discards: list[Discard],
 ) -> list[Any]:
     converter = convert[column_type]
-    if column_type is ColumnType.TIMESTAMP:
-        # Timestamps repeat within a batch: convert each distinct text once.
-        try:
-            distinct = {value: converter(value) for value in set(values) if value is not None}
-        except TypeError:  # an unhashable value: it cannot be a timestamp, see below
-            distinct = {}
-        if distinct and UNLOADABLE not in distinct.values():
-            return [distinct.get(value) for value in values]
     out = []
     for row, value in zip(rows, values, strict=True):
         if value is not None:
