@@ -102,6 +102,8 @@ class Mapper:
     def __init__(self, *, loaded_at: str) -> None:
         self._loaded_at = loaded_at
         self._batch = MappedBatch(rows={}, discards=[], dropped=Counter(), long_names={})
+        # prefix -> key -> (column, long name): the batch's paths, without joining them again
+        self._names: dict[str, dict[str, tuple[str, str | None]]] = {}
 
     def batch(self) -> MappedBatch:
         return self._batch
@@ -196,6 +198,9 @@ class Mapper:
         if type(obj) is not dict:
             return
         reserved = RESERVED_COLUMNS.get(where[1], EVENT_RESERVED_COLUMNS)
+        names = self._names.get(prefix)
+        if names is None:
+            names = self._names[prefix] = {}
         for key, value in obj.items():
             if value is None:
                 continue
@@ -203,7 +208,10 @@ class Mapper:
             if kind is dict and depth < MAX_FLATTEN_DEPTH:
                 self._flatten_into(row, value, prefix + key + "_", where, depth + 1)
                 continue
-            column, long_name = _column(prefix + key)
+            named = names.get(key)
+            if named is None:
+                named = names[key] = _column(prefix + key)
+            column, long_name = named
             if not column:
                 self._discard(where[0], where[1], row, prefix + key, value, "no_column_name")
             elif column in row or column in reserved:
