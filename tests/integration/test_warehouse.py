@@ -297,8 +297,8 @@ async def test_racing_syncs_load_each_message_once(
 async def test_racing_syncs_plan_against_the_columns_the_other_created(
     daemon: Running, warehouse: WarehouseProbe, config: cdpd_config.Config
 ) -> None:
-    # Each sync reads and plans its next batch while it writes one; the other sync may load
-    # that batch, or add the columns the plan meant to add, before it gets its turn.
+    # Between one sync's batches the other may load the next batch, or add the columns it
+    # needs: each batch is planned against the columns its own transaction finds.
     (wh,) = config.warehouses
     await send(daemon, *[track(f"m{n:03}", properties={f"p{n // 7}": n}) for n in range(140)])
     reports = await asyncio.gather(
@@ -316,8 +316,8 @@ async def test_racing_syncs_plan_against_the_columns_the_other_created(
 async def test_a_column_added_between_batches_is_planned_for(
     daemon: Running, warehouse: WarehouseProbe, config: cdpd_config.Config
 ) -> None:
-    # The second batch was planned while the first was written, before someone else added
-    # the column it meant to create: it is planned again against the real columns.
+    # Someone else adds, as text, the column the second batch would create as an integer:
+    # the batch is planned against the column that is there.
     (wh,) = config.warehouses
     await send(
         daemon, *[track(f"m{n:02}", properties={"a" if n < 10 else "b": n}) for n in range(20)]
