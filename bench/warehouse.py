@@ -4,12 +4,15 @@
 run, plus identifies and pages) are written straight into an outbox-shaped SQLite file. Then:
 
 - cdpd: `warehouse.loader.sync` loads them into a new SQLite file, and into a new PostgreSQL
-  database (batches of 10,000, COPY into staging tables, then INSERT ... ON CONFLICT);
+  database (batches of 10,000);
 - ceiling: the same rows (every row cdpd wrote, already mapped, typed and padded to the union
   of columns) into one plain table with one `executemany` (SQLite) or one COPY (PostgreSQL).
 
+Each repetition runs both, cdpd then its ceiling, for each warehouse kind; the table gives the
+medians, and the median of each repetition's own ceiling/cdpd ratio (the host is shared and
+noisy: ratios measured side by side are steadier than absolute rates).
 Rates are warehouse rows per second (a track writes two rows: `tracks` and its event table).
-Usage: python bench/warehouse.py [--messages N] [--dsn postgresql://postgres@127.0.0.1/postgres]
+Usage: python bench/warehouse.py [--messages N] [--repeats N] [--dsn postgresql://...]
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import asyncio
 import random
 import secrets
 import sqlite3
+import statistics
 import tempfile
 import time
 import uuid
@@ -97,9 +101,10 @@ async def _create(path: Path) -> None:
         pass
 
 
-def ceiling_rows(
-    outbox: Path, encode_timestamp: Any
-) -> tuple[list[str], list[ColumnType], list[tuple[Any, ...]]]:
+Ceiling = tuple[list[str], list[ColumnType], list[tuple[Any, ...]]]
+
+
+def ceiling_rows(outbox: Path, encode_timestamp: Any) -> Ceiling:
     """Every row cdpd writes, mapped and typed, padded to one set of columns."""
     with sqlite3.connect(outbox) as conn:
         payloads = conn.execute("SELECT source, payload FROM messages ORDER BY seq").fetchall()
@@ -122,9 +127,9 @@ def ceiling_rows(
     return columns, [types[c] for c in columns], rows
 
 
-def sqlite_ceiling(directory: Path, outbox: Path) -> tuple[int, float]:
-    columns, _, rows = ceiling_rows(outbox, utc_text)
-    with sqlite3.connect(directory / "ceiling.sqlite3", isolation_level=None) as conn:
+def sqlite_ceiling(path: Path, ceiling: Ceiling) -> tuple[int, float]:
+    columns, _, rows = ceiling
+    with sqlite3.connect(path, isolation_level=None) as conn:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         quoted = ", ".join(f'"{c}"' for c in columns)
@@ -137,8 +142,8 @@ def sqlite_ceiling(directory: Path, outbox: Path) -> tuple[int, float]:
         return len(rows), time.perf_counter() - started
 
 
-async def postgres_ceiling(dsn: str, outbox: Path) -> tuple[int, float]:
-    columns, types, rows = ceiling_rows(outbox, lambda moment: moment)
+async def postgres_ceiling(dsn: str, ceiling: Ceiling) -> tuple[int, float]:
+    columns, types, rows = ceiling
     conn = await asyncpg.connect(dsn)
     try:
         definitions = ", ".join(f'"{c}" {PG_TYPES[t]}' for c, t in zip(columns, types, strict=True))
@@ -173,43 +178,55 @@ async def _admin(dsn: str, sql: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
     random.seed(1)
+    runs: dict[str, list[tuple[int, int, float, int, float]]] = {"sqlite": [], "postgres": []}
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         outbox = directory / "var" / "outbox.sqlite3"
         outbox.parent.mkdir()
         write_outbox(outbox, args.messages)
+        sqlite_rows = ceiling_rows(outbox, utc_text)
+        postgres_rows = ceiling_rows(outbox, lambda moment: moment)
         base = f'[storage]\ndata_dir = "{outbox.parent}"\n'
         base += '[[sources]]\nname = "website"\nwrite_key = "k"\n'
-        results = []
-        sqlite_toml = (
-            base + f'[[warehouses]]\nname = "b"\ntype = "sqlite"\npath = "{directory}/wh.sqlite3"\n'
-        )
-        messages, rows, seconds = cdpd_load(sqlite_toml, directory)
-        ceiling_count, ceiling_seconds = sqlite_ceiling(directory, outbox)
-        results.append(("sqlite", messages, rows, seconds, ceiling_count, ceiling_seconds))
+        # Repetitions interleave cdpd and its ceiling, so drift on a shared host hits both.
+        for rep in range(args.repeats):
+            path = directory / f"wh{rep}.sqlite3"
+            sqlite_toml = base + f'[[warehouses]]\nname = "b"\ntype = "sqlite"\npath = "{path}"\n'
+            messages, rows, seconds = cdpd_load(sqlite_toml, directory)
+            ceiling = sqlite_ceiling(directory / f"ceiling{rep}.sqlite3", sqlite_rows)
+            runs["sqlite"].append((messages, rows, seconds, *ceiling))
 
-        database = f"cdpd_bench_{secrets.token_hex(4)}"
-        asyncio.run(_admin(args.dsn, f'CREATE DATABASE "{database}"'))
-        dsn = args.dsn.rsplit("/", 1)[0] + "/" + database
-        try:
-            pg_toml = base + f'[[warehouses]]\nname = "b"\ntype = "postgres"\ndsn = "{dsn}"\n'
-            messages, rows, seconds = cdpd_load(pg_toml, directory)
-            ceiling_count, ceiling_seconds = asyncio.run(postgres_ceiling(dsn, outbox))
-            results.append(("postgres", messages, rows, seconds, ceiling_count, ceiling_seconds))
-        finally:
-            asyncio.run(_admin(args.dsn, f'DROP DATABASE "{database}" WITH (FORCE)'))
+            database = f"cdpd_bench_{secrets.token_hex(4)}"
+            asyncio.run(_admin(args.dsn, f'CREATE DATABASE "{database}"'))
+            dsn = args.dsn.rsplit("/", 1)[0] + "/" + database
+            try:
+                pg_toml = base + f'[[warehouses]]\nname = "b"\ntype = "postgres"\ndsn = "{dsn}"\n'
+                messages, rows, seconds = cdpd_load(pg_toml, directory)
+                ceiling = asyncio.run(postgres_ceiling(dsn, postgres_rows))
+                runs["postgres"].append((messages, rows, seconds, *ceiling))
+            finally:
+                asyncio.run(_admin(args.dsn, f'DROP DATABASE "{database}" WITH (FORCE)'))
+    report(runs)
 
+
+def report(runs: dict[str, list[tuple[int, int, float, int, float]]]) -> None:
+    """Medians over the repetitions; the ratio is the median of each repetition's own ratio."""
     header = ["warehouse", "messages", "rows", "cdpd s", "cdpd rows/s", "ceiling rows"]
-    print("| " + " | ".join([*header, "ceiling rows/s", "ceiling/cdpd"]) + " |")
-    print("|---|---|---|---|---|---|---|---|")
-    for kind, messages, rows, seconds, ceiling_count, ceiling_seconds in results:
-        ours, ceiling = rows / seconds, ceiling_count / ceiling_seconds
+    print("| " + " | ".join([*header, "ceiling rows/s", "ceiling/cdpd", "per run"]) + " |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for kind, reps in runs.items():
+        messages, rows, _, ceiling_count, _ = reps[0]
+        seconds = statistics.median(r[2] for r in reps)
+        ceiling_seconds = statistics.median(r[4] for r in reps)
+        ratios = [(r[3] / r[4]) / (r[1] / r[2]) for r in reps]
         print(
-            f"| {kind} | {messages:,} | {rows:,} | {seconds:.2f} | {ours:,.0f} | "
-            f"{ceiling_count:,} | {ceiling:,.0f} | {ceiling / ours:.2f}x |"
+            f"| {kind} | {messages:,} | {rows:,} | {seconds:.2f} | {rows / seconds:,.0f} | "
+            f"{ceiling_count:,} | {ceiling_count / ceiling_seconds:,.0f} | "
+            f"{statistics.median(ratios):.2f}x | {' '.join(f'{r:.2f}' for r in ratios)} |"
         )
 
 

@@ -126,7 +126,7 @@ async def _load_batch(
         )
         if not messages:
             return None
-        catalog = await load.catalog({schema_name(source) for _, source, _ in messages})
+        catalog = await load.catalog(map(schema_name, {source for _, source, _ in messages}))
         batch, plan = await asyncio.to_thread(
             _map_and_plan, messages, catalog, warehouse.max_columns, sink.encode_timestamp
         )

@@ -37,6 +37,14 @@ RESERVED_COLUMNS = {
     "accounts": _OBJECT,
 }
 EVENT_RESERVED_COLUMNS = frozenset({*_COMMON, "event", "event_text"})  # tracks and event tables
+_STANDARD_FIELDS = (
+    ("anonymous_id", "anonymousId"),
+    ("user_id", "userId"),
+    ("received_at", "receivedAt"),
+    ("sent_at", "sentAt"),
+    ("timestamp", "timestamp"),
+    ("original_timestamp", "originalTimestamp"),
+)
 # Objects nested deeper than this are stored as JSON text rather than flattened further.
 MAX_FLATTEN_DEPTH = 10
 
@@ -65,8 +73,17 @@ class MappedBatch(msgspec.Struct):
 
 
 @functools.lru_cache(maxsize=65536)
-def _column(raw_path: str) -> str:
-    return naming.column_name(raw_path)
+def _column(raw_path: str) -> tuple[str, str | None]:
+    """A path's column, and its snake-cased full name when the column had to be cut short."""
+    column = naming.column_name(raw_path)
+    return column, _long_name(raw_path, column)
+
+
+@functools.lru_cache(maxsize=4096)
+def _long_name(raw_name: str, name: str) -> str | None:
+    if len(name) == naming.MAX_NAME_BYTES and len(naming.snakecase(raw_name)) > len(name):
+        return naming.snakecase(raw_name)
+    return None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -85,6 +102,8 @@ class Mapper:
     def __init__(self, *, loaded_at: str) -> None:
         self._loaded_at = loaded_at
         self._batch = MappedBatch(rows={}, discards=[], dropped=Counter(), long_names={})
+        # prefix -> key -> (column, long name): the batch's paths, without joining them again
+        self._names: dict[str, dict[str, tuple[str, str | None]]] = {}
 
     def batch(self) -> MappedBatch:
         return self._batch
@@ -113,19 +132,19 @@ class Mapper:
 
     def _standard_columns(self, message: dict[str, Any], row_id: str) -> Row:
         row: Row = {"id": row_id}
-        _set(row, "anonymous_id", message.get("anonymousId"))
-        _set(row, "user_id", message.get("userId"))
-        _set(row, "received_at", message.get("receivedAt"))
-        _set(row, "sent_at", message.get("sentAt"))
-        _set(row, "timestamp", message.get("timestamp"))
-        _set(row, "original_timestamp", message.get("originalTimestamp"))
+        for column, field in _STANDARD_FIELDS:
+            value = message.get(field)
+            if value is not None:
+                row[column] = value
         row["uuid_ts"] = row["loaded_at"] = self._loaded_at
         return row
 
     def _track(self, schema: str, message: dict[str, Any], standard: Row) -> None:
         event = str(message.get("event") or "")
         table = _event_table(event)
-        self._note_length(naming.snakecase(event), table)
+        long_name = _long_name(event, table)
+        if long_name is not None:
+            self._batch.long_names[long_name] = table
         standard["event"] = table
         standard["event_text"] = event
         self._insert(schema, "tracks", standard)
@@ -179,27 +198,30 @@ class Mapper:
         if type(obj) is not dict:
             return
         reserved = RESERVED_COLUMNS.get(where[1], EVENT_RESERVED_COLUMNS)
+        names = self._names.get(prefix)
+        if names is None:
+            names = self._names[prefix] = {}
         for key, value in obj.items():
             if value is None:
                 continue
-            raw_path = prefix + key
-            if type(value) is dict and depth < MAX_FLATTEN_DEPTH:
-                self._flatten_into(row, value, raw_path + "_", where, depth + 1)
+            kind = type(value)
+            if kind is dict and depth < MAX_FLATTEN_DEPTH:
+                self._flatten_into(row, value, prefix + key + "_", where, depth + 1)
                 continue
-            column = _column(raw_path)
+            named = names.get(key)
+            if named is None:
+                named = names[key] = _column(prefix + key)
+            column, long_name = named
             if not column:
-                self._discard(where[0], where[1], row, raw_path, value, "no_column_name")
+                self._discard(where[0], where[1], row, prefix + key, value, "no_column_name")
             elif column in row or column in reserved:
                 self._batch.dropped[(where[0], where[1], column)] += 1
             else:
-                if type(value) in (list, dict):
+                if kind is list or kind is dict:
                     value = _encoder.encode(value).decode()
                 row[column] = value
-                self._note_length(raw_path, column)
-
-    def _note_length(self, raw_name: str, name: str) -> None:
-        if len(name) == naming.MAX_NAME_BYTES and len(naming.snakecase(raw_name)) > len(name):
-            self._batch.long_names[naming.snakecase(raw_name)] = name
+                if long_name is not None:
+                    self._batch.long_names[long_name] = column
 
     def _discard(
         self, schema: str, table: str, row: Row, column: str, value: Any, reason: str

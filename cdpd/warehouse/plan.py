@@ -9,14 +9,23 @@ that do not fit their column's type (see `values`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from itertools import repeat
 from typing import Any
 
 import msgspec
 
 from cdpd.warehouse.mapping import UPSERT_TABLES, Discard, MappedBatch, Row, TableKey
-from cdpd.warehouse.values import UNLOADABLE, ColumnType, Converter, converters, infer_type
+from cdpd.warehouse.values import (
+    INT64_MAX,
+    INT64_MIN,
+    UNLOADABLE,
+    ColumnType,
+    Converter,
+    converters,
+    infer_type,
+)
 
 Catalog = dict[TableKey, dict[str, ColumnType]]
 
@@ -58,11 +67,14 @@ def plan_load(
     encode_timestamp: Callable[[datetime], Any],
 ) -> LoadPlan:
     convert = converters(encode_timestamp)
+    stamps: dict[Any, Any] = {None: None}
     plan = LoadPlan(tables=[], discards=list(batch.discards), refused_columns={})
-    for key, rows in batch.rows.items():
+    for key, rows_by_id in batch.rows.items():
+        rows = list(rows_by_id.values())
         existing = catalog.get(key, {})
-        table_plan, refused = _plan_table(key, list(rows.values()), existing, max_columns)
-        table_plan.rows = _values(table_plan, rows.values(), refused, convert, plan.discards)
+        table_plan, refused = _plan_table(key, rows, existing, max_columns)
+        table_plan.rows = _values(table_plan, rows, convert, stamps, plan.discards)
+        plan.discards.extend(_refused(table_plan, rows, refused))
         plan.tables.append(table_plan)
         if refused:
             plan.refused_columns[key] = sorted(refused)
@@ -77,13 +89,19 @@ def _plan_table(
     for row in rows:
         if seen.keys() >= row.keys():
             continue
-        for column, value in row.items():
+        for column in row:
             seen.setdefault(column)
             if column not in existing:
-                new_types[column] = FIXED_TYPES.get(column) or infer_type(value)
-    for row in rows:  # the last occurrence in the batch decides a new column's type
-        for column in new_types.keys() & row.keys():
-            new_types[column] = FIXED_TYPES.get(column) or infer_type(row[column])
+                new_types[column] = FIXED_TYPES.get(column) or ColumnType.STRING
+    # The last occurrence in the batch decides a new column's type.
+    undecided = new_types.keys() - FIXED_TYPES.keys()
+    for row in reversed(rows):
+        if not undecided:
+            break
+        found = undecided.intersection(row)
+        for column in found:
+            new_types[column] = infer_type(row[column])
+        undecided -= found
     room = max(0, max_columns - len(existing))
     accepted = list(new_types)[:room]
     refused = set(list(new_types)[room:])
@@ -104,27 +122,99 @@ def _plan_table(
 
 def _values(
     plan: TablePlan,
-    rows: Iterable[Row],
-    refused: set[str],
+    rows: list[Row],
     convert: dict[ColumnType, Converter],
+    stamps: dict[Any, Any],
     discards: list[Discard],
 ) -> list[tuple[Any, ...]]:
-    steps = list(zip(plan.columns, [convert[t] for t in plan.types], plan.types, strict=True))
+    """The rows as tuples in `plan.columns` order. Values are checked a column at a time: a
+    column whose values all have its type already (the usual case) is taken as it is."""
+    if not rows:
+        return []
+    columns = plan.columns
+    tuples = [tuple(map(row.get, columns)) for row in rows]
+    by_column: list[Sequence[Any]] = list(zip(*tuples, strict=True))
+    for index, (column, column_type) in enumerate(zip(columns, plan.types, strict=True)):
+        values = by_column[index]
+        if _fits(values, column_type):
+            continue
+        converted = None
+        if column_type is ColumnType.TIMESTAMP:
+            converted = _timestamps(values, convert[column_type], stamps)
+        if converted is None:
+            converted = _converted(plan, column, column_type, rows, values, convert, discards)
+        by_column[index] = converted
+    return list(zip(*by_column, strict=True))
+
+
+_NONE = type(None)
+_NATIVE = {
+    ColumnType.STRING: frozenset({str, _NONE}),
+    ColumnType.INTEGER: frozenset({int, _NONE}),
+    ColumnType.FLOAT: frozenset({float, _NONE}),
+    ColumnType.BOOLEAN: frozenset({bool, _NONE}),
+    ColumnType.TIMESTAMP: frozenset(),  # always converted: text to the sink's timestamp
+}
+_MISSING = object()
+
+
+def _fits(values: Sequence[Any], column_type: ColumnType) -> bool:
+    """Whether every value is already what the sink takes for `column_type`."""
+    if not set(map(type, values)) <= _NATIVE[column_type]:
+        return False
+    if column_type is ColumnType.INTEGER:
+        present = [v for v in values if v is not None]
+        return not present or (min(present) >= INT64_MIN and max(present) <= INT64_MAX)
+    return True
+
+
+def _timestamps(
+    values: Sequence[Any], converter: Converter, stamps: dict[Any, Any]
+) -> list[Any] | None:
+    """A timestamp column's values converted through `stamps` (text -> the sink's form, kept
+    for the whole batch: tables repeat the same times); None if one of them is not a time."""
+    try:
+        encoded = list(map(stamps.get, values, repeat(_MISSING)))
+    except TypeError:  # an unhashable value: not a time
+        return None
+    if _MISSING in encoded:
+        for value in {v for v, e in zip(values, encoded, strict=True) if e is _MISSING}:
+            stamps[value] = converter(value)
+        encoded = list(map(stamps.__getitem__, values))
+    if UNLOADABLE in encoded:
+        return None
+    return encoded
+
+
+def _converted(
+    plan: TablePlan,
+    column: str,
+    column_type: ColumnType,
+    rows: list[Row],
+    values: Sequence[Any],
+    convert: dict[ColumnType, Converter],
+    discards: list[Discard],
+) -> list[Any]:
+    converter = convert[column_type]
     out = []
-    for row in rows:
-        values = []
-        for column, converter, column_type in steps:
-            value = row.get(column)
-            if value is not None:
-                value = converter(value)
-                if value is UNLOADABLE:
-                    discards.append(_discard(plan, row, column, "type_conflict", column_type))
-                    value = None
-            values.append(value)
-        out.append(tuple(values))
-        for column in refused.intersection(row):
-            discards.append(_discard(plan, row, column, "column_limit", None))
+    for row, value in zip(rows, values, strict=True):
+        if value is not None:
+            value = converter(value)
+            if value is UNLOADABLE:
+                discards.append(_discard(plan, row, column, "type_conflict", column_type))
+                value = None
+        out.append(value)
     return out
+
+
+def _refused(plan: TablePlan, rows: list[Row], refused: set[str]) -> list[Discard]:
+    if not refused:
+        return []
+    return [
+        _discard(plan, row, column, "column_limit", None)
+        for row in rows
+        for column in sorted(refused.intersection(row))
+    ]
 
 
 def _discard(

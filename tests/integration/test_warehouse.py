@@ -182,6 +182,39 @@ async def test_resync_and_duplicates_load_nothing_twice(
     assert await warehouse.count(S, "order_completed") == 20
 
 
+async def test_a_batch_of_loaded_and_new_ids_adds_only_the_new_rows(
+    daemon: Running, warehouse: WarehouseProbe, data_dir: Path
+) -> None:
+    identify = {"type": "identify", "userId": "u1"}
+    await send(
+        daemon,
+        *[track(f"m{n}", properties={"n": n}) for n in range(3)],
+        {**identify, "messageId": "i1", "traits": {"plan": "pro"}},
+    )
+    await sync(daemon)
+    # Past the dedup window: m1 and m2 come again, with other values and a new column.
+    query(data_dir, "UPDATE messages SET received_at = '2000-01-01T00:00:00.000Z'")
+    await send(
+        daemon,
+        *[track(f"m{n}", properties={"n": n + 100, "extra": "x"}) for n in range(1, 5)],
+        {**identify, "messageId": "i2", "traits": {"seats": 2}},
+        {"type": "identify", "userId": "u2", "messageId": "i3", "traits": {"plan": "team"}},
+    )
+    report = await sync(daemon)
+    assert report.rows[f"{S}.tracks"] == report.rows[f"{S}.order_completed"] == 2
+    assert await warehouse.rows(S, "order_completed", "id, n, extra") == [
+        {"id": "m0", "n": 0, "extra": None},
+        {"id": "m1", "n": 1, "extra": None},
+        {"id": "m2", "n": 2, "extra": None},
+        {"id": "m3", "n": 103, "extra": "x"},
+        {"id": "m4", "n": 104, "extra": "x"},
+    ]
+    assert await warehouse.rows(S, "users", "id, plan, seats") == [
+        {"id": "u1", "plan": "pro", "seats": 2},
+        {"id": "u2", "plan": "team", "seats": None},
+    ]
+
+
 def _trigger(warehouse: WarehouseProbe, table: str) -> tuple[str, str]:
     if warehouse.kind == "sqlite":
         create = (
@@ -259,6 +292,49 @@ async def test_racing_syncs_load_each_message_once(
     assert sum(r.messages for r in reports) == 120
     assert await warehouse.count(S, "tracks") == 120
     assert sum([await warehouse.count(S, f"event_{n}") for n in range(3)]) == 120
+
+
+async def test_racing_syncs_plan_against_the_columns_the_other_created(
+    daemon: Running, warehouse: WarehouseProbe, config: cdpd_config.Config
+) -> None:
+    # Between one sync's batches the other may load the next batch, or add the columns it
+    # needs: each batch is planned against the columns its own transaction finds.
+    (wh,) = config.warehouses
+    await send(daemon, *[track(f"m{n:03}", properties={f"p{n // 7}": n}) for n in range(140)])
+    reports = await asyncio.gather(
+        loader.sync(config, wh, batch_messages=10), loader.sync(config, wh, batch_messages=10)
+    )
+    assert [r.status for r in reports] == ["success", "success"]
+    assert sum(r.messages for r in reports) == 140
+    assert {f"p{k}" for k in range(20)} <= (await warehouse.columns(S, "order_completed")).keys()
+    rows = await warehouse.rows(S, "order_completed", "id, p5, p19")
+    assert len(rows) == 140
+    assert rows[35] == {"id": "m035", "p5": 35, "p19": None}
+    assert rows[139] == {"id": "m139", "p5": None, "p19": 139}
+
+
+async def test_a_column_added_between_batches_is_planned_for(
+    daemon: Running, warehouse: WarehouseProbe, config: cdpd_config.Config
+) -> None:
+    # Someone else adds, as text, the column the second batch would create as an integer:
+    # the batch is planned against the column that is there.
+    (wh,) = config.warehouses
+    await send(
+        daemon, *[track(f"m{n:02}", properties={"a" if n < 10 else "b": n}) for n in range(20)]
+    )
+
+    async def add_column(batch: BatchResult) -> None:
+        if batch.last_seq == 10:
+            await warehouse.execute(
+                f"ALTER TABLE {warehouse.name(S, 'order_completed')} ADD b TEXT"
+            )
+
+    report = await loader.sync(config, wh, batch_messages=10, on_batch=add_column)
+    assert (report.status, report.messages) == ("success", 20)
+    assert (await warehouse.columns(S, "order_completed"))["b"] == "text"
+    rows = await warehouse.rows(S, "order_completed", "id, a, b")
+    assert rows[9] == {"id": "m09", "a": 9, "b": None}
+    assert rows[15] == {"id": "m15", "a": None, "b": "15"}
 
 
 async def test_hostile_names_are_only_names(daemon: Running, warehouse: WarehouseProbe) -> None:

@@ -186,3 +186,35 @@ def test_plan_new_columns_conflicts_and_the_column_limit() -> None:
     assert reasons[("m2", "flag")] == "type_conflict: column is boolean"
     assert sum(r == "column_limit" for r in reasons.values()) > 0
     assert plan.refused_columns[("website", "order_completed")]
+
+
+def test_plan_converts_a_column_only_where_its_values_need_it() -> None:
+    batch = mapped(
+        track("m1", properties={"count": 1, "label": "a", "at": "2026-01-01T10:00:00Z"}),
+        track("m2", properties={"count": 2**70, "label": 7, "at": "later"}),
+        track("m3", receivedAt={"not": "a time"}, properties={"count": 3.0, "label": None}),
+    )
+    catalog = {
+        ("website", "order_completed"): {
+            "id": ColumnType.STRING,
+            "count": ColumnType.INTEGER,
+            "label": ColumnType.STRING,
+            "at": ColumnType.TIMESTAMP,
+            "received_at": ColumnType.TIMESTAMP,
+        }
+    }
+    plan = plan_load(batch, catalog, max_columns=100, encode_timestamp=utc_text)
+    table = next(t for t in plan.tables if t.table == "order_completed")
+    rows = {row[0]: dict(zip(table.columns, row, strict=True)) for row in table.rows}
+    assert [rows[m]["count"] for m in ("m1", "m2", "m3")] == [1, None, 3]
+    assert [rows[m]["label"] for m in ("m1", "m2", "m3")] == ["a", "7", None]
+    assert rows["m1"]["at"] == "2026-01-01T10:00:00.000000Z"
+    assert rows["m2"]["at"] is None
+    assert rows["m1"]["received_at"] == "2026-01-01T00:00:00.000000Z"
+    assert rows["m3"]["received_at"] is None
+    discarded = {(d.table, d.row_id, d.column) for d in plan.discards}
+    assert discarded >= {
+        ("order_completed", "m2", "count"),
+        ("order_completed", "m2", "at"),
+        ("order_completed", "m3", "received_at"),
+    }

@@ -3,9 +3,11 @@
 All SQL of this warehouse kind is in this module. Every load is one transaction that first
 takes a transaction-level advisory lock, so loads (and the bootstrap DDL) from any number of
 processes take turns, and the load position (`_cdpd.positions`) commits with the rows it covers.
-Rows go in through COPY into a temporary staging table, then one
-`INSERT ... SELECT ... ON CONFLICT (id)` per table. Identifiers are always quoted; values are
-always parameters or COPY data.
+Rows of a table that keeps the first row per id go in by COPY straight into the table, less the
+ids it already has (looked up first; the load lock keeps other cdpd loads out between the look-up
+and the COPY). Rows of `users` and `accounts` go by COPY into a temporary staging table, then
+one `INSERT ... SELECT ... ON CONFLICT (id) DO UPDATE` merges them. Identifiers are always
+quoted; values are always parameters or COPY data.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ STAGE = "CREATE TEMPORARY TABLE {stage} ({columns}) ON COMMIT DROP"
 INSERT_FROM_STAGE = (
     "INSERT INTO {table} AS t ({columns}) SELECT {columns} FROM {stage} ON CONFLICT (id) {action}"
 )
+SELECT_EXISTING_IDS = "SELECT id FROM {table} WHERE id = ANY($1::text[])"
 
 
 def redacted(dsn: str) -> str:
@@ -195,13 +198,36 @@ class PostgresLoad:
     async def _write(self, table: TablePlan, stage: str) -> int:
         if not table.rows:
             return 0
+        if table.upsert:
+            return await self._merge(table, stage)
+        return await self._append(table)
+
+    async def _append(self, table: TablePlan) -> int:
+        """Rows with an id the table does not have yet; a new table has none."""
+        rows = table.rows
+        if not table.new_table:
+            name = _name(table.schema, table.table)
+            found = await self._conn.fetch(
+                SELECT_EXISTING_IDS.format(table=name), [row[0] for row in rows]
+            )
+            if found:
+                existing = {record[0] for record in found}
+                rows = [row for row in rows if row[0] not in existing]
+        if rows:
+            await self._conn.copy_records_to_table(
+                table.table, schema_name=table.schema, records=rows, columns=table.columns
+            )
+        return len(rows)
+
+    async def _merge(self, table: TablePlan, stage: str) -> int:
+        """Rows merged into the rows with their id: a non-null value replaces the stored one."""
         definitions = ", ".join(
             f"{quote(c)} {SQL_TYPES[t]}" for c, t in zip(table.columns, table.types, strict=True)
         )
         await self._conn.execute(STAGE.format(stage=quote(stage), columns=definitions))
         await self._conn.copy_records_to_table(stage, records=table.rows, columns=table.columns)
         columns = ", ".join(quote(c) for c in table.columns)
-        if table.upsert and len(table.columns) > 1:
+        if len(table.columns) > 1:
             merges = ", ".join(
                 f"{quote(c)} = coalesce(excluded.{quote(c)}, t.{quote(c)})"
                 for c in table.columns[1:]
