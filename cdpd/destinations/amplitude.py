@@ -8,7 +8,9 @@ limits, with Amplitude's per-event verdicts kept per item.
   `identification` (a JSON array, at most 100 a request).
 
 Amplitude drops a whole request it answers 400, naming the events at fault in
-`events_with_invalid_fields`, `events_with_missing_fields` and `silenced_events`. Those are
+`events_with_invalid_fields`, `events_with_missing_fields`, `events_with_invalid_id_lengths`
+(a user_id or device_id shorter than min_id_length; not in Amplitude's reference, but read by
+its own SDKs) and `silenced_events`. Those are
 dead, each with its reason, and the rest are sent again at once without them, until Amplitude
 takes them or answers otherwise; so one bad event never holds back or kills its batch. A 400
 that names no event (a bad API key) fails the request's events. A 413 is split in halves and
@@ -181,6 +183,7 @@ def _rejected(answer: object) -> dict[int, str]:
     for key, what in (
         ("events_with_invalid_fields", "invalid"),
         ("events_with_missing_fields", "missing"),
+        ("events_with_invalid_id_lengths", "too short:"),
     ):
         fields = answer.get(key)
         if isinstance(fields, dict):

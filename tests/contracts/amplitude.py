@@ -5,8 +5,10 @@ HTTP V2 API, Batch and retry HTTP V2 API requests, Identify API, common API erro
   413; a missing or wrong api_key a 400 naming no event; each event needs `event_type` and a
   `user_id` or `device_id` of at least `options.min_id_length` (5) characters, and a `time`
   that is a number. Any bad event makes the request a 400 naming it in
-  `events_with_invalid_fields` / `events_with_missing_fields` / `silenced_events`, and nothing
-  of that request is kept. An event of a throttled user makes it a 429 with `throttled_users`
+  `events_with_invalid_fields` / `events_with_missing_fields` /
+  `events_with_invalid_id_lengths` (an id too short: a field Amplitude's own SDKs read,
+  though its reference leaves it out) / `silenced_events`, and nothing of that request is
+  kept. An event of a throttled user makes it a 429 with `throttled_users`
   and `throttled_events`, nothing kept. Otherwise 200 with `events_ingested`.
 - `POST /identify`, form `api_key` and `identification` (an object or an array, each with a
   `user_id` or `device_id`): 200 `success`, or a 400 with a text reason.
@@ -60,22 +62,28 @@ class AmplitudeContract(ContractServer):
         min_id_length = (upload.get("options") or {}).get("min_id_length", 5)
         invalid: dict[str, list[int]] = {}
         missing: dict[str, list[int]] = {}
+        short: dict[str, list[int]] = {}
         silenced: list[int] = []
         throttled: list[int] = []
         for index, event in enumerate(events):
             for kind, field in _problems(event, min_id_length):
-                (invalid if kind == "invalid" else missing).setdefault(field, []).append(index)
+                found = {"invalid": invalid, "missing": missing, "short": short}[kind]
+                found.setdefault(field, []).append(index)
             if isinstance(event, dict) and event.get("device_id") in self.silenced_devices:
                 silenced.append(index)
             if isinstance(event, dict) and event.get("user_id") in self.throttled_users:
                 throttled.append(index)
-        if invalid or missing or silenced:
+        if invalid or missing or short or silenced:
             answer: dict[str, Any] = {"code": 400}
             answer["error"] = (
                 "Request missing required field"
                 if missing
                 else "Invalid field values on some events"
+                if invalid
+                else "Invalid id length for user_id or device_id"
             )
+            if short:
+                answer["events_with_invalid_id_lengths"] = short
             if invalid:
                 answer["events_with_invalid_fields"] = invalid
             if missing:
@@ -142,8 +150,10 @@ def _problems(event: Any, min_id_length: int) -> list[tuple[str, str]]:
     if not ids:
         problems.append(("missing", "user_id"))
     for key in ids:
-        if not isinstance(event[key], str) or len(event[key]) < min_id_length:
+        if not isinstance(event[key], str):
             problems.append(("invalid", key))
+        elif len(event[key]) < min_id_length:
+            problems.append(("short", key))
     if "time" in event and (not isinstance(event["time"], int) or isinstance(event["time"], bool)):
         problems.append(("invalid", "time"))
     return problems

@@ -140,7 +140,7 @@ async def test_a_400_kills_only_the_events_it_names_and_the_rest_are_sent_again(
         "m2": (
             "dead",
             400,
-            "HTTP 400: Invalid field values on some events: invalid user_id "
+            "HTTP 400: Invalid id length for user_id or device_id: too short: user_id "
             "(the destination cannot take it as it is)",
         ),
         "m3": ("delivered", 200, None),
