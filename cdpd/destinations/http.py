@@ -74,7 +74,7 @@ async def request(
             timeout=limit,
             allow_redirects=False,
         ) as response:
-            answered = await response.content.read(MAX_ANSWER_BYTES)
+            answered = await read_capped(response.content, MAX_ANSWER_BYTES)
             after = retry_after_s(response.headers.get("Retry-After"))
             return Answer(response.status, answered, after, secrets=kept)
     except TimeoutError:
@@ -83,6 +83,20 @@ async def request(
         # Connection errors name the host and sometimes the whole URL: scrubbed by `failure`.
         text = f"{type(exc).__name__}: {exc}"[: 4 * MAX_ERROR_CHARS]
         return Answer(None, error=text, secrets=kept)
+
+
+async def read_capped(content: aiohttp.StreamReader, limit_bytes: int) -> bytes:
+    """The body, to its end or its first `limit_bytes`. One `read(n)` gives only what has
+    arrived so far, and a long answer (a 400 naming failed records) comes in several pieces."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit_bytes:
+        part = await content.read(limit_bytes - size)
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts)
 
 
 def redact(text: str, secrets: Sequence[str]) -> str:

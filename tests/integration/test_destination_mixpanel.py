@@ -254,6 +254,20 @@ async def test_rejected_events_fail_alone_with_mixpanels_reason(
     assert "m2" not in contract.events
 
 
+async def test_an_answer_that_arrives_in_pieces_is_read_to_its_end(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    messages = [track(1), track(2, user="null"), track(3)]
+    async with MixpanelContract() as contract:
+        contract.answer_piece_bytes = 64
+        entry = mixpanel(contract.url, concurrency=1)
+        await deliver(make_config, http, entry, messages, settled=3)
+    found = states(data_dir)
+    assert (found["m1"], found["m3"]) == (("delivered", 200, None), ("delivered", 200, None))
+    assert found["m2"][:2] == ("dead", 400)
+    assert "'properties.distinct_id' is invalid: 'null'" in found["m2"][2]
+
+
 @pytest.mark.parametrize("status", [401, 403])
 async def test_bad_credentials_are_dead_and_mark_the_destination_unhealthy(
     make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path, status: int
