@@ -1,15 +1,15 @@
 """Amplitude's HTTP V2 and Identify APIs as their documentation gives them (amplitude.com/docs:
 HTTP V2 API, Batch and retry HTTP V2 API requests, Identify API, common API error codes).
 
-- `POST /2/httpapi`, JSON `{"api_key", "events", "options"}`: over 1 MB or 2,000 events is a
-  413; a missing or wrong api_key a 400 naming no event; each event needs `event_type` and a
-  `user_id` or `device_id` of at least `options.min_id_length` (5) characters, and a `time`
-  that is a number. Any bad event makes the request a 400 naming it in
-  `events_with_invalid_fields` / `events_with_missing_fields` /
+- `POST /2/httpapi`, `Content-Type: application/json` (else a 400), JSON `{"api_key",
+  "events", "options"}`: over 1 MB or 2,000 events is a 413; a missing or wrong api_key a 400
+  naming no event; each event needs `event_type` and a `user_id` or `device_id` of at least
+  `options.min_id_length` (5) characters, and a `time` that is a number. Any bad event makes
+  the request a 400 naming it in `events_with_invalid_fields` / `events_with_missing_fields` /
   `events_with_invalid_id_lengths` (an id too short: a field Amplitude's own SDKs read,
   though its reference leaves it out) / `silenced_events`, and nothing of that request is
-  kept. An event of a throttled user makes it a 429 with `throttled_users`
-  and `throttled_events`, nothing kept. Otherwise 200 with `events_ingested`.
+  kept. An event of a throttled user makes it a 429 with `throttled_users` and
+  `throttled_events`, nothing kept. Otherwise 200 with `events_ingested`.
 - `POST /identify`, form `api_key` and `identification` (an object or an array, each with a
   `user_id` or `device_id`): 200 `success`, or a 400 with a text reason.
 
@@ -42,6 +42,8 @@ class AmplitudeContract(ContractServer):
         return {"/2/httpapi": self._events, "/identify": self._identify}
 
     async def _events(self, request: web.Request, body: bytes) -> web.Response:
+        if request.content_type != "application/json":
+            return json_response(400, {"code": 400, "error": "Invalid Content-Type header"})
         if len(body) > self.max_bytes:
             return json_response(413, {"code": 413, "error": "Payload too large"})
         try:
