@@ -41,7 +41,9 @@ class Answer(msgspec.Struct, frozen=True, gc=False):
         """This answer as a failing Result for every item the request carried."""
         if self.status is None:
             return Result(None, redact(self.error or "no answer", self.secrets))
-        text = redact(error_text(self.status, self.body), self.secrets)
+        # The whole answer is scrubbed before it is cut, so no part of a secret survives a cut.
+        answered = redact(self.body.decode("utf-8", errors="replace"), self.secrets)
+        text = error_text(self.status, answered.encode())[:MAX_ERROR_CHARS]
         return Result(self.status, text, self.retry_after_s)
 
     def json(self) -> object:
@@ -80,9 +82,9 @@ async def request(
     except TimeoutError:
         return Answer(None, error=f"no answer within {limit.total} s", secrets=kept)
     except (aiohttp.ClientError, OSError, ValueError) as exc:
-        # Connection errors name the host and sometimes the whole URL: scrubbed by `failure`.
-        text = f"{type(exc).__name__}: {exc}"[: 4 * MAX_ERROR_CHARS]
-        return Answer(None, error=text, secrets=kept)
+        # Connection errors name the host and sometimes the whole URL: scrubbed by `failure`
+        # (which cuts the text only then).
+        return Answer(None, error=f"{type(exc).__name__}: {exc}", secrets=kept)
 
 
 async def read_capped(content: aiohttp.StreamReader, limit_bytes: int) -> bytes:
@@ -100,7 +102,8 @@ async def read_capped(content: aiohttp.StreamReader, limit_bytes: int) -> bytes:
 
 
 def redact(text: str, secrets: Sequence[str]) -> str:
-    """`text` with every secret (and its URL-quoted forms) replaced by `***`, then capped."""
+    """`text` with every secret (and its URL-quoted forms) replaced by `***`, then capped (cut
+    a text only after this: a cut could leave the start of a secret that no longer matches)."""
     for value in secrets:
         quoted = (
             quote(value, safe=""),
