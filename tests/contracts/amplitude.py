@@ -11,7 +11,8 @@ HTTP V2 API, Batch and retry HTTP V2 API requests, Identify API, common API erro
   kept. An event of a throttled user makes it a 429 with `throttled_users` and
   `throttled_events`, nothing kept. Otherwise 200 with `events_ingested`.
 - `POST /identify`, form `api_key` and `identification` (an object or an array, each with a
-  `user_id` or `device_id`): 200 `success`, or a 400 with a text reason.
+  `user_id` or `device_id`): 200 `success`, or a 400 with a text reason; a 413 over
+  `max_identify_bytes` (Amplitude documents no limit: a test sets one).
 
 Events are kept once per insert_id, as Amplitude deduplicates them.
 """
@@ -29,10 +30,17 @@ from tests.contracts.base import ContractServer, Handler, json_response
 
 
 class AmplitudeContract(ContractServer):
-    def __init__(self, *, api_key: str = "amp_key", max_bytes: int = 1_000_000) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: str = "amp_key",
+        max_bytes: int = 1_000_000,
+        max_identify_bytes: int = 1_000_000,
+    ) -> None:
         super().__init__()
         self.api_key = api_key
         self.max_bytes = max_bytes
+        self.max_identify_bytes = max_identify_bytes
         self.silenced_devices: set[str] = set()
         self.throttled_users: set[str] = set()
         self.events: dict[str, dict[str, Any]] = {}  # by insert_id
@@ -124,6 +132,8 @@ class AmplitudeContract(ContractServer):
     async def _identify(self, request: web.Request, body: bytes) -> web.Response:
         if request.headers.get("Content-Type") != "application/x-www-form-urlencoded":
             return web.Response(status=400, text="expected a form")
+        if len(body) > self.max_identify_bytes:
+            return web.Response(status=413, text="Payload too large")
         form = parse_qs(body.decode())
         if form.get("api_key") != [self.api_key]:
             return web.Response(status=400, text="invalid api_key")
