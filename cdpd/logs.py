@@ -56,7 +56,11 @@ def _render(logger: Any, method: str, event: MutableMapping[str, Any]) -> bytes:
     return _encoder.encode(event)
 
 
-_tracebacks = structlog.processors.dict_tracebacks
+# Frames without their variables: a destination's frames hold credentials (headers, keys,
+# webhook URLs) and the messages' personal data, which a log line must not carry.
+_tracebacks = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+)
 _LEVEL_NAMES = {"exception": "error", "warn": "warning", "msg": "info"}
 
 

@@ -8,12 +8,14 @@ limits, with Amplitude's per-event verdicts kept per item.
   `identification` (a JSON array, at most 100 a request).
 
 Amplitude drops a whole request it answers 400, naming the events at fault in
-`events_with_invalid_fields`, `events_with_missing_fields` and `silenced_events`. Those are
-dead, each with its reason, and the rest are sent again at once without them, until Amplitude
-takes them or answers otherwise; so one bad event never holds back or kills its batch. A 400
-that names no event (a bad API key) fails the request's events. A 413 is split in halves and
-sent again; 429 (throttled users or devices, a daily quota) and 5xx are retried, after
-`Retry-After` or, for a 429 without it, 30 seconds (Amplitude measures rates over 30 s).
+`events_with_invalid_fields`, `events_with_missing_fields`, `events_with_invalid_id_lengths`
+(a user_id or device_id shorter than min_id_length; not in Amplitude's reference, but read by
+its own SDKs) and `silenced_events`. Those are dead, each with its reason, and the rest are
+sent again at once without them, until Amplitude takes them or answers otherwise; so one bad
+event never holds back or kills its batch. A 400 that names no event (a bad API key) fails the
+request's events. A 413 (of either API) is split in halves and sent again; 429 (throttled
+users or devices, a daily quota) and 5xx are retried, after `Retry-After` or, for a 429
+without it, 30 seconds (Amplitude measures rates over 30 s).
 """
 
 from __future__ import annotations
@@ -162,6 +164,13 @@ class Amplitude:
         )
         if answer.ok:
             return [(index, Result(answer.status)) for index, _ in run]
+        if answer.status == 413 and len(run) > 1:
+            # Too large for Amplitude: each half on its own (as for events).
+            half = len(run) // 2
+            first, second = await asyncio.gather(
+                self._identify(session, run[:half]), self._identify(session, run[half:])
+            )
+            return first + second
         return [(index, self._failure(answer)) for index, _ in run]
 
     def _failure(self, answer: http.Answer) -> Result:
@@ -181,6 +190,7 @@ def _rejected(answer: object) -> dict[int, str]:
     for key, what in (
         ("events_with_invalid_fields", "invalid"),
         ("events_with_missing_fields", "missing"),
+        ("events_with_invalid_id_lengths", "too short:"),
     ):
         fields = answer.get(key)
         if isinstance(fields, dict):

@@ -31,7 +31,7 @@ from cdpd import __version__
 from cdpd.destinations import customerio_values as values
 from cdpd.destinations import http
 from cdpd.destinations.actions import Action, ActionKind, Field, Prepared, Preset
-from cdpd.destinations.base import MAX_ERROR_CHARS, Result, secret
+from cdpd.destinations.base import Result, secret
 from cdpd.destinations.settings import CustomerIoDestination
 from cdpd.settings import ConfigError
 
@@ -207,10 +207,8 @@ class CustomerIo:
         if result.status is not None and result.status >= 400:
             reason = values.reason_of(answer.body)
             if reason:
-                error = f"HTTP {result.status}: {reason}"[:MAX_ERROR_CHARS]
-                return Result(
-                    result.status, http.redact(error, self._secrets), result.retry_after_s
-                )
+                error = http.redact(f"HTTP {result.status}: {reason}", self._secrets)
+                return Result(result.status, error, result.retry_after_s)
         return result
 
 

@@ -286,10 +286,18 @@ def event_of(kind: str, fields: dict[str, Any]) -> Event:
     properties = fields.get("user_properties")
     made = rules.user_properties(properties) if isinstance(properties, dict) else {}
     client = (str(client_id), user_id, _encoder.encode(made).decode())
-    size = len(_encoder.encode(event))
-    if size + len(client[2]) + 200 > rules.MAX_BODY_BYTES:
-        raise rules.Invalid(f"the event takes {size} bytes (GA4 takes 130 kB a request)")
-    return Event(client, made, event, size)
+    made_event = Event(client, made, event, len(_encoder.encode(event)))
+    if envelope_bytes(made_event) + made_event.size_bytes >= rules.MAX_BODY_BYTES:
+        raise rules.Invalid(
+            f"the event takes {made_event.size_bytes} bytes (GA4 takes 130 kB a request)"
+        )
+    return made_event
+
+
+def envelope_bytes(event: Event) -> int:
+    """The bytes of a request for `event`'s client around its events: the client and user
+    ids and user properties count towards GA4's 130 kB too."""
+    return len(_encoder.encode(request_body([event]))) - event.size_bytes
 
 
 def timestamp_micros(value: Any) -> int | None:
@@ -326,20 +334,21 @@ def _by_client(made: list[tuple[int, Event]]) -> list[list[tuple[int, Event]]]:
 
 
 def _chunks(group: list[tuple[int, Event]]) -> list[list[tuple[int, Event]]]:
-    """At most 25 events and 130 kB a request."""
+    """At most 25 events a request, and bodies under 130 kB (one client's events: the bytes
+    around them are the same for each request)."""
     chunks: list[list[tuple[int, Event]]] = []
     current: list[tuple[int, Event]] = []
-    size = 0
+    envelope = envelope_bytes(group[0][1]) if group else 0
+    size = envelope
     for pair in group:
-        extra = pair[1].size_bytes + 1
+        grown = size + pair[1].size_bytes + (1 if current else 0)
         if current and (
-            len(current) >= rules.MAX_EVENTS_PER_REQUEST
-            or size + extra + len(pair[1].client[2]) + 200 > rules.MAX_BODY_BYTES
+            len(current) >= rules.MAX_EVENTS_PER_REQUEST or grown >= rules.MAX_BODY_BYTES
         ):
             chunks.append(current)
-            current, size = [], 0
+            current, grown = [], envelope + pair[1].size_bytes
         current.append(pair)
-        size += extra
+        size = grown
     if current:
         chunks.append(current)
     return chunks

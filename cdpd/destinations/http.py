@@ -41,7 +41,9 @@ class Answer(msgspec.Struct, frozen=True, gc=False):
         """This answer as a failing Result for every item the request carried."""
         if self.status is None:
             return Result(None, redact(self.error or "no answer", self.secrets))
-        text = redact(error_text(self.status, self.body), self.secrets)
+        # The whole answer is scrubbed before it is cut, so no part of a secret survives a cut.
+        answered = redact(self.body.decode("utf-8", errors="replace"), self.secrets)
+        text = error_text(self.status, answered.encode())[:MAX_ERROR_CHARS]
         return Result(self.status, text, self.retry_after_s)
 
     def json(self) -> object:
@@ -74,19 +76,34 @@ async def request(
             timeout=limit,
             allow_redirects=False,
         ) as response:
-            answered = await response.content.read(MAX_ANSWER_BYTES)
+            answered = await read_capped(response.content, MAX_ANSWER_BYTES)
             after = retry_after_s(response.headers.get("Retry-After"))
             return Answer(response.status, answered, after, secrets=kept)
     except TimeoutError:
         return Answer(None, error=f"no answer within {limit.total} s", secrets=kept)
     except (aiohttp.ClientError, OSError, ValueError) as exc:
-        # Connection errors name the host and sometimes the whole URL: scrubbed by `failure`.
-        text = f"{type(exc).__name__}: {exc}"[: 4 * MAX_ERROR_CHARS]
-        return Answer(None, error=text, secrets=kept)
+        # Connection errors name the host and sometimes the whole URL: scrubbed by `failure`
+        # (which cuts the text only then).
+        return Answer(None, error=f"{type(exc).__name__}: {exc}", secrets=kept)
+
+
+async def read_capped(content: aiohttp.StreamReader, limit_bytes: int) -> bytes:
+    """The body, to its end or its first `limit_bytes`. One `read(n)` gives only what has
+    arrived so far, and a long answer (a 400 naming failed records) comes in several pieces."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit_bytes:
+        part = await content.read(limit_bytes - size)
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts)
 
 
 def redact(text: str, secrets: Sequence[str]) -> str:
-    """`text` with every secret (and its URL-quoted forms) replaced by `***`, then capped."""
+    """`text` with every secret (and its URL-quoted forms) replaced by `***`, then capped (cut
+    a text only after this: a cut could leave the start of a secret that no longer matches)."""
     for value in secrets:
         quoted = (
             quote(value, safe=""),

@@ -236,8 +236,9 @@ class Mixpanel:
         else:
             verdict = answer.json()
             if isinstance(verdict, dict) and verdict.get("status") != 1:
-                error = str(verdict.get("error") or "rejected")[:300].replace(self._token, "***")
-                result = Result(answer.status, f"Mixpanel /{endpoint}: {error}", invalid=True)
+                said = f"Mixpanel /{endpoint}: {verdict.get('error') or 'rejected'}"
+                error = http.redact(said, self._secrets)  # scrubbed, then cut
+                result = Result(answer.status, error, invalid=True)
         return [(index, result) for index, _ in run]
 
 

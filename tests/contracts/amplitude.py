@@ -1,15 +1,18 @@
 """Amplitude's HTTP V2 and Identify APIs as their documentation gives them (amplitude.com/docs:
 HTTP V2 API, Batch and retry HTTP V2 API requests, Identify API, common API error codes).
 
-- `POST /2/httpapi`, JSON `{"api_key", "events", "options"}`: over 1 MB or 2,000 events is a
-  413; a missing or wrong api_key a 400 naming no event; each event needs `event_type` and a
-  `user_id` or `device_id` of at least `options.min_id_length` (5) characters, and a `time`
-  that is a number. Any bad event makes the request a 400 naming it in
-  `events_with_invalid_fields` / `events_with_missing_fields` / `silenced_events`, and nothing
-  of that request is kept. An event of a throttled user makes it a 429 with `throttled_users`
-  and `throttled_events`, nothing kept. Otherwise 200 with `events_ingested`.
+- `POST /2/httpapi`, `Content-Type: application/json` (else a 400), JSON `{"api_key",
+  "events", "options"}`: over 1 MB or 2,000 events is a 413; a missing or wrong api_key a 400
+  naming no event; each event needs `event_type` and a `user_id` or `device_id` of at least
+  `options.min_id_length` (5) characters, and a `time` that is a number. Any bad event makes
+  the request a 400 naming it in `events_with_invalid_fields` / `events_with_missing_fields` /
+  `events_with_invalid_id_lengths` (an id too short: a field Amplitude's own SDKs read,
+  though its reference leaves it out) / `silenced_events`, and nothing of that request is
+  kept. An event of a throttled user makes it a 429 with `throttled_users` and
+  `throttled_events`, nothing kept. Otherwise 200 with `events_ingested`.
 - `POST /identify`, form `api_key` and `identification` (an object or an array, each with a
-  `user_id` or `device_id`): 200 `success`, or a 400 with a text reason.
+  `user_id` or `device_id`): 200 `success`, or a 400 with a text reason; a 413 over
+  `max_identify_bytes` (Amplitude documents no limit: a test sets one).
 
 Events are kept once per insert_id, as Amplitude deduplicates them.
 """
@@ -27,10 +30,17 @@ from tests.contracts.base import ContractServer, Handler, json_response
 
 
 class AmplitudeContract(ContractServer):
-    def __init__(self, *, api_key: str = "amp_key", max_bytes: int = 1_000_000) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: str = "amp_key",
+        max_bytes: int = 1_000_000,
+        max_identify_bytes: int = 1_000_000,
+    ) -> None:
         super().__init__()
         self.api_key = api_key
         self.max_bytes = max_bytes
+        self.max_identify_bytes = max_identify_bytes
         self.silenced_devices: set[str] = set()
         self.throttled_users: set[str] = set()
         self.events: dict[str, dict[str, Any]] = {}  # by insert_id
@@ -40,6 +50,8 @@ class AmplitudeContract(ContractServer):
         return {"/2/httpapi": self._events, "/identify": self._identify}
 
     async def _events(self, request: web.Request, body: bytes) -> web.Response:
+        if request.content_type != "application/json":
+            return json_response(400, {"code": 400, "error": "Invalid Content-Type header"})
         if len(body) > self.max_bytes:
             return json_response(413, {"code": 413, "error": "Payload too large"})
         try:
@@ -60,22 +72,28 @@ class AmplitudeContract(ContractServer):
         min_id_length = (upload.get("options") or {}).get("min_id_length", 5)
         invalid: dict[str, list[int]] = {}
         missing: dict[str, list[int]] = {}
+        short: dict[str, list[int]] = {}
         silenced: list[int] = []
         throttled: list[int] = []
         for index, event in enumerate(events):
             for kind, field in _problems(event, min_id_length):
-                (invalid if kind == "invalid" else missing).setdefault(field, []).append(index)
+                found = {"invalid": invalid, "missing": missing, "short": short}[kind]
+                found.setdefault(field, []).append(index)
             if isinstance(event, dict) and event.get("device_id") in self.silenced_devices:
                 silenced.append(index)
             if isinstance(event, dict) and event.get("user_id") in self.throttled_users:
                 throttled.append(index)
-        if invalid or missing or silenced:
+        if invalid or missing or short or silenced:
             answer: dict[str, Any] = {"code": 400}
             answer["error"] = (
                 "Request missing required field"
                 if missing
                 else "Invalid field values on some events"
+                if invalid
+                else "Invalid id length for user_id or device_id"
             )
+            if short:
+                answer["events_with_invalid_id_lengths"] = short
             if invalid:
                 answer["events_with_invalid_fields"] = invalid
             if missing:
@@ -114,6 +132,8 @@ class AmplitudeContract(ContractServer):
     async def _identify(self, request: web.Request, body: bytes) -> web.Response:
         if request.headers.get("Content-Type") != "application/x-www-form-urlencoded":
             return web.Response(status=400, text="expected a form")
+        if len(body) > self.max_identify_bytes:
+            return web.Response(status=413, text="Payload too large")
         form = parse_qs(body.decode())
         if form.get("api_key") != [self.api_key]:
             return web.Response(status=400, text="invalid api_key")
@@ -142,8 +162,10 @@ def _problems(event: Any, min_id_length: int) -> list[tuple[str, str]]:
     if not ids:
         problems.append(("missing", "user_id"))
     for key in ids:
-        if not isinstance(event[key], str) or len(event[key]) < min_id_length:
+        if not isinstance(event[key], str):
             problems.append(("invalid", key))
+        elif len(event[key]) < min_id_length:
+            problems.append(("short", key))
     if "time" in event and (not isinstance(event["time"], int) or isinstance(event["time"], bool)):
         problems.append(("invalid", "time"))
     return problems

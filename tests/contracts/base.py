@@ -54,6 +54,9 @@ class ContractServer:
     def __init__(self) -> None:
         self.calls: list[Call] = []
         self.script: deque[Scripted] = deque()
+        # Answer bodies sent in pieces of this many bytes, a moment apart, as a long answer
+        # crosses the internet (the client must read on to the end); None: in one piece.
+        self.answer_piece_bytes: int | None = None
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._changed = asyncio.Condition()
@@ -123,4 +126,18 @@ class ContractServer:
         async with self._changed:
             self.calls.append(call)
             self._changed.notify_all()
+        if self.answer_piece_bytes and response.body:
+            return await self._in_pieces(request, response, self.answer_piece_bytes)
         return response
+
+    async def _in_pieces(
+        self, request: web.Request, response: web.Response, piece_bytes: int
+    ) -> web.StreamResponse:
+        assert isinstance(response.body, bytes)
+        streamed = web.StreamResponse(status=response.status, headers=response.headers)
+        await streamed.prepare(request)
+        for start in range(0, len(response.body), piece_bytes):
+            await streamed.write(response.body[start : start + piece_bytes])
+            await asyncio.sleep(0.005)
+        await streamed.write_eof()
+        return streamed

@@ -30,10 +30,14 @@ API_SECRET = "mp-secret-Zq9"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
 _PREFIXES = ("ga_", "google_", "firebase_")
 _RESERVED = {
-    "ad_activeview", "ad_click", "ad_exposure", "ad_impression", "ad_query", "adunit_exposure",
-    "app_clear_data", "app_install", "app_update", "app_remove", "error", "first_open",
-    "first_visit", "in_app_purchase", "notification_dismiss", "notification_foreground",
-    "notification_open", "notification_receive", "os_update", "screen_view", "session_start",
+    "ad_activeview", "ad_click", "ad_exposure", "ad_impression", "ad_query", "ad_reward",
+    "adunit_exposure", "app_background", "app_clear_data", "app_exception", "app_install",
+    "app_remove", "app_store_refund", "app_update", "app_upgrade", "dynamic_link_app_open",
+    "dynamic_link_app_update", "dynamic_link_first_open", "error", "firebase_campaign",
+    "firebase_in_app_message_action", "firebase_in_app_message_dismiss",
+    "firebase_in_app_message_impression", "first_open", "first_visit", "in_app_purchase",
+    "notification_dismiss", "notification_foreground", "notification_open",
+    "notification_receive", "notification_send", "os_update", "screen_view", "session_start",
     "user_engagement",
 }  # fmt: skip
 _LONG = {"page_location": 1000, "page_referrer": 420, "page_title": 300}

@@ -66,6 +66,8 @@ class MixpanelContract(ContractServer):
             return json_response(
                 401, {"code": 401, "error": "Invalid credentials", "status": "Unauthorized"}
             )
+        if request.content_type not in ("application/json", "application/x-ndjson"):
+            return _bad_request("Content-Type must be application/json or application/x-ndjson")
         if len(body) > self.max_import_bytes:
             return json_response(
                 413,

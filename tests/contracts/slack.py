@@ -54,6 +54,8 @@ class SlackWebhook(ContractServer):
             return _text(404, "no_service")
         if not self._take():
             return _text(429, "rate_limited", {"Retry-After": "1"})
+        if request.content_type != "application/json":  # else Slack reads a `payload=` form
+            return _text(400, "invalid_payload")
         try:
             payload = msgspec.json.decode(body)
         except msgspec.DecodeError:

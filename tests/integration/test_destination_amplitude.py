@@ -140,7 +140,7 @@ async def test_a_400_kills_only_the_events_it_names_and_the_rest_are_sent_again(
         "m2": (
             "dead",
             400,
-            "HTTP 400: Invalid field values on some events: invalid user_id "
+            "HTTP 400: Invalid id length for user_id or device_id: too short: user_id "
             "(the destination cannot take it as it is)",
         ),
         "m3": ("delivered", 200, None),
@@ -232,6 +232,31 @@ async def test_413_splits_the_batch_and_only_an_event_too_large_alone_fails(
         f"m{n}": ("delivered", 200) for n in range(1, 6)
     } | {"m6": ("dead", 413)}
     assert set(contract.events) == {f"m{n}" for n in range(1, 6)}
+
+
+async def test_413_splits_identifications_and_only_one_too_large_alone_fails(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    def identify(n: int, note_bytes: int) -> dict[str, Any]:
+        traits = {"note": "x" * note_bytes}
+        return {
+            "type": "identify",
+            "userId": f"user-{n:05}",
+            "traits": traits,
+            "messageId": f"i{n}",
+        }
+
+    messages = [identify(n, 900) for n in range(1, 6)] + [identify(6, 5000)]
+    async with AmplitudeContract(max_identify_bytes=4000) as contract:
+        entry = amplitude(contract.url, concurrency=1)
+        await deliver(make_config, http, entry, messages, settled=6)
+    found = states(data_dir)
+    assert {m: found[m][:2] for m in found} == {
+        f"i{n}": ("delivered", 200) for n in range(1, 6)
+    } | {"i6": ("dead", 413)}
+    assert sorted(i["user_id"] for i in contract.identifications) == [
+        f"user-{n:05}" for n in range(1, 6)
+    ]
 
 
 NO_IDS = """

@@ -203,6 +203,19 @@ async def test_a_refused_event_is_dead_with_customerios_reason(
     ]
 
 
+async def test_no_part_of_the_api_key_shows_where_customerios_reason_is_cut(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    # Customer.io's reason quotes the key across the point where the error text is cut.
+    reason = "x" * 474 + f"key {API_KEY} " + "y" * 100
+    async with CustomerIoTrack() as api:
+        api.script.append(Scripted(400, '{"meta":{"error":"' + reason + '"}}'))
+        await deliver(make_config, http, customerio(api.url), [spec.IDENTIFY], settled=1)
+    ((error,),) = query(data_dir, "SELECT last_error FROM deliveries")
+    assert error.startswith("HTTP 400: xxx")
+    assert API_KEY[:6] not in error
+
+
 @pytest.mark.parametrize(
     ("first", "error"),
     [

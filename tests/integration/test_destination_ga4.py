@@ -281,6 +281,19 @@ async def test_the_api_secret_never_shows_in_errors(
     ]
 
 
+async def test_no_part_of_the_api_secret_shows_where_an_error_is_cut(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    # The secret straddles the point where the error text is cut: its start must not show.
+    answer = "x" * 477 + f"api_secret={API_SECRET} " + "y" * 100
+    async with Ga4Collect() as api:
+        api.script.append(Scripted(400, answer, content_type="text/plain"))
+        await deliver(make_config, http, ga4(api.url), [spec.ORDER_COMPLETED], settled=1)
+    ((status, error, outcome),) = attempts(data_dir)
+    assert (status, outcome) == (400, "dead")
+    assert f"api_secret={API_SECRET[:2]}" not in error
+
+
 def test_check_config_wants_an_api_secret_and_a_debug_url(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

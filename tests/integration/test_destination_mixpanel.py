@@ -254,6 +254,34 @@ async def test_rejected_events_fail_alone_with_mixpanels_reason(
     assert "m2" not in contract.events
 
 
+async def test_an_answer_that_arrives_in_pieces_is_read_to_its_end(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    messages = [track(1), track(2, user="null"), track(3)]
+    async with MixpanelContract() as contract:
+        contract.answer_piece_bytes = 64
+        entry = mixpanel(contract.url, concurrency=1)
+        await deliver(make_config, http, entry, messages, settled=3)
+    found = states(data_dir)
+    assert (found["m1"], found["m3"]) == (("delivered", 200, None), ("delivered", 200, None))
+    assert found["m2"][:2] == ("dead", 400)
+    assert "'properties.distinct_id' is invalid: 'null'" in found["m2"][2]
+
+
+async def test_no_part_of_the_token_shows_where_a_verbose_error_is_cut(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    # Mixpanel's verbose error quotes the token across the point where the error is cut.
+    said = "x" * 295 + f" {TOKEN} " + "y" * 300
+    async with MixpanelContract() as contract:
+        contract.script.append(Scripted(200, '{"status":0,"error":"' + said + '"}'))
+        entry = mixpanel(contract.url)
+        await deliver(make_config, http, entry, [spec.IDENTIFY], settled=1)
+    ((state, _, error),) = states(data_dir).values()
+    assert state == "dead"
+    assert f" {TOKEN[:3]}" not in error
+
+
 @pytest.mark.parametrize("status", [401, 403])
 async def test_bad_credentials_are_dead_and_mark_the_destination_unhealthy(
     make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path, status: int

@@ -104,6 +104,22 @@ def test_requests_are_cut_at_25_events_and_130_kb() -> None:
     assert len(chunks) > 1
 
 
+def test_long_ids_count_towards_the_130_kb() -> None:
+    """The client and user ids are part of the body GA4 measures (it drops a larger one)."""
+    fields: dict[str, Any] = {
+        "client_id": "c" * 300,
+        "user_id": "u" * 256,
+        "name": "Big",
+        "engagement_time_msec": 1,
+    }
+    for count in range(100, 200):
+        items = [{"item_id": f"{n:05d}", "item_name": "n" * 90} for n in range(count)]
+        event = ga4.event_of("custom_event", {**fields, "params": {"items": items}})
+        for chunk in ga4._chunks([(n, event) for n in range(25)]):
+            body = ga4.request_body([e for _, e in chunk])
+            assert rules.body_bytes(body) < rules.MAX_BODY_BYTES, count
+
+
 def test_validation_messages_name_events_or_all() -> None:
     body = (
         b'{"validationMessages": [{"fieldPath": "events[1].params.currency",'
