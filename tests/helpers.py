@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import msgspec
 import pytest
 
@@ -116,6 +117,21 @@ async def spawn_cdpd(config_path: Path, env: Mapping[str, str] | None = None) ->
     daemon = Daemon(proc=proc, url=line["url"], log_lines=lines)
     daemon._reader = asyncio.create_task(_collect_lines(proc, lines))
     return daemon
+
+
+async def post_tracks(url: str, count: int, per_request: int = 500) -> None:
+    """Post track messages m0, m1, ... (user u<n>, event "E") to the cdpd at `url`, in batches
+    of `per_request`; each batch must be acknowledged."""
+    headers = {"Authorization": basic_auth(WRITE_KEY)}
+    async with aiohttp.ClientSession() as http:
+        for start in range(0, count, per_request):
+            batch = [
+                {"type": "track", "userId": f"u{n}", "event": "E", "messageId": f"m{n}"}
+                for n in range(start, min(start + per_request, count))
+            ]
+            body = msgspec.json.encode({"batch": batch})
+            async with http.post(f"{url}/v1/batch", data=body, headers=headers) as resp:
+                assert resp.status == 200
 
 
 async def _collect_lines(proc: asyncio.subprocess.Process, lines: list[dict[str, Any]]) -> None:
