@@ -18,6 +18,7 @@ import aiohttp
 import msgspec
 import pytest
 
+from cdpd import cli
 from cdpd.model.timestamps import now_ms
 
 WRITE_KEY = "wk_test"
@@ -52,6 +53,20 @@ def config_text(data_dir: Path, extra: str = "", *, listen: str = "127.0.0.1:0")
         f'[[sources]]\nname = "retired"\nwrite_key = "wk_retired"\nenabled = false\n'
         f"{extra}"
     )
+
+
+def config_file(tmp_path: Path, data_dir: Path, extra: str = "") -> Path:
+    """Write a complete config (see `config_text`) to tmp_path/cdpd.toml and return its path."""
+    path = tmp_path / "cdpd.toml"
+    path.write_text(config_text(data_dir, extra))
+    return path
+
+
+def check_config_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str) -> str:
+    """Run `cdpd check-config` on a config with `extra`: it must exit 2. Returns what it said."""
+    path = config_file(tmp_path, tmp_path / "var", extra)
+    assert cli.main(["check-config", "--config", str(path)]) == 2
+    return capsys.readouterr().err
 
 
 def outbox_path(data_dir: Path) -> Path:

@@ -11,10 +11,9 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from cdpd import cli
 from tests import spec_examples
 from tests.brokers import EXAMPLES, Deliver, attempts, down_then_back, stored, unique
-from tests.helpers import config_text
+from tests.helpers import check_config_fails
 from tests.integration.test_delivery import track
 
 
@@ -25,6 +24,11 @@ def destination(port: int, topic: str, extra: str = "") -> str:
         f'[[destinations]]\nname = "mqtt"\ntype = "mqtt"\nhost = "127.0.0.1"\nport = {port}\n'
         f'topic = "{topic}"\nclient_id = "{unique("cdpd-test-")}"\n{extra}'
     )
+
+
+@pytest.fixture
+def port(mqtt_server: tuple[str, int]) -> int:
+    return mqtt_server[1]
 
 
 @pytest.fixture
@@ -49,13 +53,10 @@ async def receive(client: aiomqtt.Client, count: int) -> list[aiomqtt.Message]:
 
 
 async def test_each_spec_example_reaches_a_subscriber_at_qos_1(
-    deliver: Deliver,
-    data_dir: Path,
-    mqtt_server: tuple[str, int],
-    subscriber: tuple[str, aiomqtt.Client],
+    deliver: Deliver, data_dir: Path, port: int, subscriber: tuple[str, aiomqtt.Client]
 ) -> None:
     prefix, client = subscriber
-    await deliver(destination(mqtt_server[1], prefix + "/{{type}}/{{event}}"), "mqtt", EXAMPLES)
+    await deliver(destination(port, prefix + "/{{type}}/{{event}}"), "mqtt", EXAMPLES)
     payloads = stored(data_dir)
     by_topic = {m.topic.value: m for m in await receive(client, 6)}
     for kind, example in spec_examples.ALL.items():
@@ -68,9 +69,7 @@ async def test_each_spec_example_reaches_a_subscriber_at_qos_1(
 
 
 async def test_an_action_maps_the_payload_and_the_topic(
-    deliver: Deliver,
-    mqtt_server: tuple[str, int],
-    subscriber: tuple[str, aiomqtt.Client],
+    deliver: Deliver, port: int, subscriber: tuple[str, aiomqtt.Client]
 ) -> None:
     prefix, client = subscriber
     action = f"""
@@ -82,7 +81,7 @@ payload = {{ order = {{ "@path" = "$.properties.order_id" }} }}
 topic = {{ "@template" = "{prefix}/users/{{{{userId}}}}" }}
 """
     message = track(1, user="a/+/#", properties={"order_id": "o-1"})
-    await deliver(destination(mqtt_server[1], "unused", action), "mqtt", [message])
+    await deliver(destination(port, "unused", action), "mqtt", [message])
     (message,) = await receive(client, 1)
     assert message.topic.value == f"{prefix}/users/a____"
     assert message.payload == b'{"order":"o-1"}'
@@ -121,7 +120,4 @@ def test_check_config_reports_bad_settings(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], settings: str, says: str
 ) -> None:
     entry = f'[[destinations]]\nname = "mqtt"\ntype = "mqtt"\n{settings}'
-    path = tmp_path / "cdpd.toml"
-    path.write_text(config_text(tmp_path / "var", entry))
-    assert cli.main(["check-config", "--config", str(path)]) == 2
-    assert says in capsys.readouterr().err
+    assert says in check_config_fails(tmp_path, capsys, entry)

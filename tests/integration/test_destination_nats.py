@@ -14,10 +14,9 @@ import pytest
 from nats.aio.client import Client as Nats
 from nats.js import JetStreamContext
 
-from cdpd import cli
 from tests import spec_examples
 from tests.brokers import EXAMPLES, Deliver, attempts, down_then_back, settled, stored, unique
-from tests.helpers import FakeClock, config_text
+from tests.helpers import FakeClock, check_config_fails
 from tests.integration.test_delivery import delivered, deliveries, recorded, send, track
 from tests.integration.test_delivery_operations import ADMIN, BEARER
 
@@ -194,7 +193,4 @@ def test_check_config_reports_bad_settings(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], settings: str, says: str
 ) -> None:
     entry = f'[[destinations]]\nname = "nats"\ntype = "nats"\n{settings}'
-    path = tmp_path / "cdpd.toml"
-    path.write_text(config_text(tmp_path / "var", entry))
-    assert cli.main(["check-config", "--config", str(path)]) == 2
-    assert says in capsys.readouterr().err
+    assert says in check_config_fails(tmp_path, capsys, entry)

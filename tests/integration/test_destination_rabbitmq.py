@@ -12,10 +12,9 @@ import aio_pika
 import aio_pika.abc
 import pytest
 
-from cdpd import cli
 from tests import spec_examples
 from tests.brokers import EXAMPLES, Deliver, attempts, down_then_back, settled, stored, unique
-from tests.helpers import FakeClock, config_text
+from tests.helpers import FakeClock, check_config_fails
 from tests.integration.test_delivery import delivered, deliveries, recorded, send, track
 
 
@@ -28,6 +27,11 @@ def destination(url: str, exchange: str, extra: str = "") -> str:
 
 def url_of(address: tuple[str, int]) -> str:
     return f"amqp://guest@{address[0]}:{address[1]}/"
+
+
+@pytest.fixture
+def url(rabbitmq_server: tuple[str, int]) -> str:
+    return url_of(rabbitmq_server)
 
 
 @pytest.fixture
@@ -71,14 +75,14 @@ async def drain(queue: aio_pika.abc.AbstractQueue) -> list[aio_pika.abc.Abstract
 async def test_each_spec_example_reaches_the_bound_queue_as_a_persistent_json_message(
     deliver: Deliver,
     data_dir: Path,
-    rabbitmq_server: tuple[str, int],
+    url: str,
     bound: tuple[str, aio_pika.abc.AbstractQueue],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     exchange, queue = bound
     monkeypatch.setenv("CDPD_TEST_RABBIT_PASSWORD", "guest")
     extra = 'routing_key = "{{type}}.{{event}}"\npassword_env = "CDPD_TEST_RABBIT_PASSWORD"\n'
-    await deliver(destination(url_of(rabbitmq_server), exchange, extra), "rabbit", EXAMPLES)
+    await deliver(destination(url, exchange, extra), "rabbit", EXAMPLES)
     payloads = stored(data_dir)
     received = {m.message_id: m for m in await drain(queue)}
     assert sorted(received) == sorted(e["messageId"] for e in spec_examples.ALL.values())
@@ -93,9 +97,7 @@ async def test_each_spec_example_reaches_the_bound_queue_as_a_persistent_json_me
 
 
 async def test_an_action_maps_the_payload_and_the_routing_key(
-    deliver: Deliver,
-    rabbitmq_server: tuple[str, int],
-    bound: tuple[str, aio_pika.abc.AbstractQueue],
+    deliver: Deliver, url: str, bound: tuple[str, aio_pika.abc.AbstractQueue]
 ) -> None:
     exchange, queue = bound
     action = """
@@ -107,7 +109,7 @@ payload = { order = { "@path" = "$.properties.order_id" } }
 routing_key = { "@template" = "orders.{{userId}}.{{properties.order_id}}" }
 """
     message = track(1, user="a.b#*", properties={"order_id": "o 1"})
-    await deliver(destination(url_of(rabbitmq_server), exchange, action), "rabbit", [message])
+    await deliver(destination(url, exchange, action), "rabbit", [message])
     (message,) = await drain(queue)
     assert message.routing_key == "orders.a_b__.o_1"
     assert message.body == b'{"order":"o 1"}'
@@ -115,13 +117,10 @@ routing_key = { "@template" = "orders.{{userId}}.{{properties.order_id}}" }
 
 
 async def test_an_unroutable_message_is_dead_with_the_reason(
-    deliver: Deliver,
-    data_dir: Path,
-    rabbitmq_server: tuple[str, int],
-    channel: aio_pika.abc.AbstractChannel,
+    deliver: Deliver, data_dir: Path, url: str, channel: aio_pika.abc.AbstractChannel
 ) -> None:
     exchange = unique("cdpd-test-")  # cdpd declares it; nothing is bound to it
-    entry = destination(url_of(rabbitmq_server), exchange)
+    entry = destination(url, exchange)
     await deliver(entry, "rabbit", [track(1)], wait=settled)
     assert deliveries(data_dir, "rabbit") == [("m1", "dead", 1, 400)]
     assert attempts(data_dir)[0][2] == (
@@ -132,17 +131,14 @@ async def test_an_unroutable_message_is_dead_with_the_reason(
 
 
 async def test_a_nack_is_retried_until_the_queue_takes_it(
-    deliver: Deliver,
-    data_dir: Path,
-    rabbitmq_server: tuple[str, int],
-    channel: aio_pika.abc.AbstractChannel,
+    deliver: Deliver, data_dir: Path, url: str, channel: aio_pika.abc.AbstractChannel
 ) -> None:
     name = unique("cdpd-test-")
     # A queue that holds one message and refuses (nacks) any more.
     full: dict[str, int | str] = {"x-max-length": 1, "x-overflow": "reject-publish"}
     exchange, queue = await bind_all(channel, name, full)
     clock = FakeClock()
-    entry = destination(url_of(rabbitmq_server), name, "concurrency = 1\n")
+    entry = destination(url, name, "concurrency = 1\n")
     async with deliver.running(entry, clock) as server:
         lane = server.delivery.lanes["rabbit"]
         await send(deliver.http, server, [track(1)])
@@ -162,14 +158,11 @@ async def test_a_nack_is_retried_until_the_queue_takes_it(
 
 
 async def test_a_passive_exchange_that_is_missing_is_retried_until_it_exists(
-    deliver: Deliver,
-    data_dir: Path,
-    rabbitmq_server: tuple[str, int],
-    channel: aio_pika.abc.AbstractChannel,
+    deliver: Deliver, data_dir: Path, url: str, channel: aio_pika.abc.AbstractChannel
 ) -> None:
     name = unique("cdpd-test-")
     clock = FakeClock()
-    entry = destination(url_of(rabbitmq_server), name, 'exchange_declare = "passive"\n')
+    entry = destination(url, name, 'exchange_declare = "passive"\n')
     async with deliver.running(entry, clock) as server:
         lane = server.delivery.lanes["rabbit"]
         await send(deliver.http, server, [track(1)])
@@ -186,14 +179,11 @@ async def test_a_passive_exchange_that_is_missing_is_retried_until_it_exists(
 
 
 async def test_wrong_credentials_are_retried_and_never_shown(
-    deliver: Deliver,
-    data_dir: Path,
-    rabbitmq_server: tuple[str, int],
-    monkeypatch: pytest.MonkeyPatch,
+    deliver: Deliver, data_dir: Path, url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CDPD_TEST_RABBIT_PASSWORD", "not-the-password")
     extra = 'password_env = "CDPD_TEST_RABBIT_PASSWORD"\n'
-    entry = destination(url_of(rabbitmq_server), unique("cdpd-test-"), extra)
+    entry = destination(url, unique("cdpd-test-"), extra)
     await deliver(entry, "rabbit", [track(1)], wait=recorded)
     ((_, status, error, outcome),) = attempts(data_dir)
     assert (status, outcome) == (None, "retrying")
@@ -230,7 +220,4 @@ def test_check_config_reports_bad_settings(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], settings: str, says: str
 ) -> None:
     entry = f'[[destinations]]\nname = "rabbit"\ntype = "rabbitmq"\n{settings}'
-    path = tmp_path / "cdpd.toml"
-    path.write_text(config_text(tmp_path / "var", entry))
-    assert cli.main(["check-config", "--config", str(path)]) == 2
-    assert says in capsys.readouterr().err
+    assert says in check_config_fails(tmp_path, capsys, entry)

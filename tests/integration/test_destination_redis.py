@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from cdpd import cli
 from tests import spec_examples
 from tests.brokers import EXAMPLES, Deliver, attempts, down_then_back, settled, stored, unique
-from tests.helpers import config_text, query
+from tests.helpers import check_config_fails, query
 from tests.integration.test_delivery import delivered, deliveries, recorded, send, track
 
 
@@ -180,10 +179,7 @@ def test_check_config_reports_bad_settings(
     entry = f'[[destinations]]\nname = "redis"\ntype = "redis"\n{settings}'
     if "url_env" not in settings:
         entry += 'url = "redis://127.0.0.1:6379/0"\n'
-    path = tmp_path / "cdpd.toml"
-    path.write_text(config_text(tmp_path / "var", entry))
-    assert cli.main(["check-config", "--config", str(path)]) == 2
-    assert says in capsys.readouterr().err
+    assert says in check_config_fails(tmp_path, capsys, entry)
 
 
 async def test_a_password_from_the_environment_and_the_connection_closed_at_shutdown(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import config_text, post_tracks, spawn_cdpd
+from tests.helpers import config_file, post_tracks, spawn_cdpd
 from tests.sink import Sink, hold, status
 
 pytestmark = pytest.mark.system
@@ -22,12 +22,8 @@ KILL_AFTER = 500
 async def test_kill_9_during_delivery_loses_nothing(tmp_path: Path, data_dir: Path) -> None:
     release = asyncio.Event()
     async with Sink() as sink:
-        config = tmp_path / "cdpd.toml"
-        config.write_text(
-            config_text(data_dir)
-            + f'[[destinations]]\nname = "hook"\ntype = "webhook"\nurl = "{sink.url}"\n'
-            + f"concurrency = {CONCURRENCY}\n"
-        )
+        hook = f'[[destinations]]\nname = "hook"\ntype = "webhook"\nurl = "{sink.url}"\n'
+        config = config_file(tmp_path, data_dir, hook + f"concurrency = {CONCURRENCY}\n")
         daemon = await spawn_cdpd(config)
         await post_tracks(daemon.url, MESSAGES)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from tests.helpers import config_text, post_tracks, query, spawn_cdpd
+from tests.helpers import config_file, post_tracks, query, spawn_cdpd
 
 pytestmark = pytest.mark.system
 
@@ -47,13 +47,10 @@ def line_count(path: Path) -> int:
 
 async def test_kill_9_while_writing_loses_nothing(tmp_path: Path, data_dir: Path) -> None:
     out = tmp_path / "out"
-    config = tmp_path / "cdpd.toml"
-    config.write_text(
-        config_text(data_dir)
-        + f'[[destinations]]\nname = "file"\ntype = "file"\npath = "{out / "events.ndjson"}"\n'
-        # Slow enough to be killed in the middle; rotations on the way.
-        + f"batch_size = {BATCH_SIZE}\nrate_limit_per_s = 20\nmax_bytes = 200000\n"
-    )
+    entry = f'[[destinations]]\nname = "file"\ntype = "file"\npath = "{out / "events.ndjson"}"\n'
+    # Slow enough to be killed in the middle; rotations on the way.
+    entry += f"batch_size = {BATCH_SIZE}\nrate_limit_per_s = 20\nmax_bytes = 200000\n"
+    config = config_file(tmp_path, data_dir, entry)
     daemon = await spawn_cdpd(config)
     await post_tracks(daemon.url, MESSAGES)
 
