@@ -1,34 +1,65 @@
-"""Helpers for the broker destination tests: where the local brokers are, names no other test
-uses, a TCP proxy that can play a broker that is down, and the Segment examples posted and
-read back."""
+"""Helpers for the broker and file destination tests: a cdpd run with one destination until
+its messages are delivered, names no other test uses, a TCP proxy that can play a broker that
+is down (and the run that takes a destination through it), and the outbox read back."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import secrets
+from collections.abc import Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
 import aiohttp
 import msgspec
 
-from cdpd.app import Running
+from cdpd.app import Running, running
 from cdpd.delivery.lane import Lane
 from tests import spec_examples
-from tests.helpers import query
-from tests.integration.test_delivery import delivered, send
+from tests.helpers import FakeClock, query
+from tests.integration.test_delivery import MakeConfig, delivered, deliveries, recorded, send, track
+
+Wait = Callable[[Lane, int], Coroutine[Any, Any, None]]
+
+# Every Segment spec example, one of each type.
+EXAMPLES = list(spec_examples.ALL.values())
 
 
 def unique(prefix: str) -> str:
     return f"{prefix}{secrets.token_hex(4)}"
 
 
-async def post_examples(http: aiohttp.ClientSession, server: Running, destination: str) -> None:
-    """Post every Segment spec example and wait until all are delivered."""
-    examples = list(spec_examples.ALL.values())
-    await send(http, server, examples)
-    await delivered(server.delivery.lanes[destination], len(examples))
+@dataclass
+class Deliver:
+    """Runs a cdpd with a destination (a `[[destinations]]` entry) and posts to it."""
+
+    make_config: MakeConfig
+    http: aiohttp.ClientSession
+    data_dir: Path
+
+    def running(
+        self, destination: str, clock: FakeClock | None = None
+    ) -> AbstractAsyncContextManager[Running]:
+        return running(self.make_config(destination), clock=clock)
+
+    async def __call__(
+        self,
+        destination: str,
+        lane: str,
+        messages: list[dict[str, Any]],
+        *,
+        count: int | None = None,
+        wait: Wait = delivered,
+        clock: FakeClock | None = None,
+    ) -> None:
+        """Post `messages` and stop the cdpd once the lane has delivered `count` of them (all,
+        unless told), or with `wait=settled`, once it has recorded that many outcomes."""
+        async with self.running(destination, clock) as server:
+            await send(self.http, server, messages)
+            await wait(server.delivery.lanes[lane], len(messages) if count is None else count)
 
 
 def stored(data_dir: Path) -> dict[str, str]:
@@ -104,3 +135,30 @@ async def settled(lane: Lane, count: int) -> None:
     stats = lane.stats
     async with asyncio.timeout(10), stats.recorded:
         await stats.recorded.wait_for(lambda: stats.delivered + stats.dead + stats.retried >= count)
+
+
+async def down_then_back(
+    deliver: Deliver, broker: tuple[str, int], lane_name: str, destination: Callable[[int], str]
+) -> int:
+    """Take a destination through a proxy in front of `broker` (`destination(port)` is its entry)
+    and return the proxy's port: track m1 is sent while the broker is down (one attempt,
+    retrying), delivered once it is up and the backoff has passed; then the held connection is
+    cut and m2 is delivered on a new one."""
+    clock = FakeClock()
+    async with Proxy(broker) as proxy:
+        await proxy.stop()
+        async with deliver.running(destination(proxy.port), clock) as server:
+            lane = server.delivery.lanes[lane_name]
+            await send(deliver.http, server, [track(1)])
+            await recorded(lane, 1)
+            assert deliveries(deliver.data_dir, lane_name) == [("m1", "retrying", 1, None)]
+            await proxy.start()
+            clock.advance(300)
+            await delivered(lane, 1)
+            proxy.cut()  # the held connection dies: the next send opens another
+            await send(deliver.http, server, [track(2)])
+            await settled(lane, 3)
+            if lane.stats.delivered < 2:  # the cut was found by the send, not before it
+                clock.advance(300)
+            await delivered(lane, 2)
+    return proxy.port

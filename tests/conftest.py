@@ -6,6 +6,7 @@ import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -112,21 +113,17 @@ async def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Warehouse
 # -- message brokers: skipped when down on a user's machine, failed under CI=true --------------
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> tuple[str, int]:
-    return require_broker("Redis", ("127.0.0.1", 6379))
+def _broker(name: str, port: int) -> Any:
+    """A session fixture: the local broker's address, once it is found listening."""
+
+    @pytest.fixture(scope="session")
+    def address() -> tuple[str, int]:
+        return require_broker(name, ("127.0.0.1", port))
+
+    return address
 
 
-@pytest.fixture(scope="session")
-def nats_server() -> tuple[str, int]:
-    return require_broker("NATS", ("127.0.0.1", 4222))
-
-
-@pytest.fixture(scope="session")
-def rabbitmq_server() -> tuple[str, int]:
-    return require_broker("RabbitMQ", ("127.0.0.1", 5672))
-
-
-@pytest.fixture(scope="session")
-def mqtt_server() -> tuple[str, int]:
-    return require_broker("Mosquitto", ("127.0.0.1", 1883))
+redis_server = _broker("Redis", 6379)
+nats_server = _broker("NATS", 4222)
+rabbitmq_server = _broker("RabbitMQ", 5672)
+mqtt_server = _broker("Mosquitto", 1883)

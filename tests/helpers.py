@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import msgspec
 import pytest
 
+from cdpd import cli
 from cdpd.model.timestamps import now_ms
 
 WRITE_KEY = "wk_test"
@@ -51,6 +53,20 @@ def config_text(data_dir: Path, extra: str = "", *, listen: str = "127.0.0.1:0")
         f'[[sources]]\nname = "retired"\nwrite_key = "wk_retired"\nenabled = false\n'
         f"{extra}"
     )
+
+
+def config_file(tmp_path: Path, data_dir: Path, extra: str = "") -> Path:
+    """Write a complete config (see `config_text`) to tmp_path/cdpd.toml and return its path."""
+    path = tmp_path / "cdpd.toml"
+    path.write_text(config_text(data_dir, extra))
+    return path
+
+
+def check_config_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str) -> str:
+    """Run `cdpd check-config` on a config with `extra`: it must exit 2. Returns what it said."""
+    path = config_file(tmp_path, tmp_path / "var", extra)
+    assert cli.main(["check-config", "--config", str(path)]) == 2
+    return capsys.readouterr().err
 
 
 def outbox_path(data_dir: Path) -> Path:
@@ -116,6 +132,21 @@ async def spawn_cdpd(config_path: Path, env: Mapping[str, str] | None = None) ->
     daemon = Daemon(proc=proc, url=line["url"], log_lines=lines)
     daemon._reader = asyncio.create_task(_collect_lines(proc, lines))
     return daemon
+
+
+async def post_tracks(url: str, count: int, per_request: int = 500) -> None:
+    """Post track messages m0, m1, ... (user u<n>, event "E") to the cdpd at `url`, in batches
+    of `per_request`; each batch must be acknowledged."""
+    headers = {"Authorization": basic_auth(WRITE_KEY)}
+    async with aiohttp.ClientSession() as http:
+        for start in range(0, count, per_request):
+            batch = [
+                {"type": "track", "userId": f"u{n}", "event": "E", "messageId": f"m{n}"}
+                for n in range(start, min(start + per_request, count))
+            ]
+            body = msgspec.json.encode({"batch": batch})
+            async with http.post(f"{url}/v1/batch", data=body, headers=headers) as resp:
+                assert resp.status == 200
 
 
 async def _collect_lines(proc: asyncio.subprocess.Process, lines: list[dict[str, Any]]) -> None:

@@ -13,17 +13,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import msgspec
 import pytest
 
 from cdpd import cli
-from cdpd.app import Running, running
+from cdpd.app import Running
 from cdpd.destinations.file import File
 from cdpd.model.timestamps import parse_ms
 from tests import spec_examples as spec
-from tests.helpers import FakeClock, config_text, query
-from tests.integration.test_delivery import MakeConfig, delivered, recorded, send
+from tests.brokers import Deliver, attempts
+from tests.helpers import FakeClock, check_config_fails, query
+from tests.integration.test_delivery import delivered, recorded, send
 
 EXAMPLES = [spec.IDENTIFY, spec.ORDER_COMPLETED, spec.PAGE, spec.SCREEN, spec.GROUP, spec.ALIAS]
 START_MS = parse_ms("2026-12-05T23:15:00.000Z")
@@ -59,22 +59,15 @@ async def upkept(server: Running, condition: Callable[[], bool], timeout_s: floa
         await sender.upkept.wait_for(condition)
 
 
-def attempts(data_dir: Path) -> list[tuple[Any, ...]]:
-    return query(data_dir, "SELECT attempt, status, error, outcome FROM attempts ORDER BY id")
-
-
 # -- what is written ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("fsync", ["batch", "none"])
 async def test_the_spec_examples_are_written_one_line_each(
-    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path, tmp_path: Path, fsync: str
+    deliver: Deliver, data_dir: Path, tmp_path: Path, fsync: str
 ) -> None:
     path = tmp_path / "out" / "events.ndjson"  # its directory is made
-    config = make_config(file_destination(path, f'fsync = "{fsync}"'))
-    async with running(config) as server:
-        await send(http, server, EXAMPLES)
-        await delivered(server.delivery.lanes["events"], len(EXAMPLES))
+    await deliver(file_destination(path, f'fsync = "{fsync}"'), "events", EXAMPLES)
     assert lines_of(path) == stored(data_dir)  # each message exactly as stored, in order
     written = [msgspec.json.decode(line) for line in lines_of(path)]
     for line, example in zip(written, EXAMPLES, strict=True):
@@ -85,9 +78,7 @@ async def test_the_spec_examples_are_written_one_line_each(
     assert names(path.parent) == ["events.ndjson"]
 
 
-async def test_a_mapping_writes_its_data_field(
-    make_config: MakeConfig, http: aiohttp.ClientSession, tmp_path: Path
-) -> None:
+async def test_a_mapping_writes_its_data_field(deliver: Deliver, tmp_path: Path) -> None:
     orders = """
 [[destinations.actions]]
 name = "orders"
@@ -97,9 +88,7 @@ data = { id = { "@path" = "$.messageId" }, order = { "@path" = "$.properties.ord
 skus = { "@arrayPath" = ["$.properties.products", { sku = { "@path" = "$.sku" } }] } }
 """
     path = tmp_path / "orders.ndjson"
-    async with running(make_config(file_destination(path) + orders)) as server:
-        await send(http, server, EXAMPLES)
-        await delivered(server.delivery.lanes["events"], 1)
+    await deliver(file_destination(path) + orders, "events", EXAMPLES, count=1)
     assert path.read_text() == (
         '{"id":"4a7f6e2d-0b2c-4b5e-9a8f-1c2d3e4f5a6b","order":"50314b8e9bcf000000000000",'
         '"skus":[{"sku":"45790-32"},{"sku":"46493-32"}]}\n'
@@ -107,16 +96,15 @@ skus = { "@arrayPath" = ["$.properties.products", { sku = { "@path" = "$.sku" } 
 
 
 async def test_an_existing_file_is_appended_to_and_aged_from_its_mtime(
-    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path, tmp_path: Path
+    deliver: Deliver, data_dir: Path, tmp_path: Path
 ) -> None:
     clock = FakeClock(START_MS)
     path = tmp_path / "events.ndjson"
     path.write_text('{"earlier":true}\n')
     mtime_s = (START_MS - 120_000) / 1000  # written two minutes before the start
     os.utime(path, (mtime_s, mtime_s))
-    config = make_config(file_destination(path, "rotate_interval_s = 3600"))
-    async with running(config, clock=clock) as server:
-        await send(http, server, [spec.IDENTIFY])
+    async with deliver.running(file_destination(path, "rotate_interval_s = 3600"), clock) as server:
+        await send(deliver.http, server, [spec.IDENTIFY])
         await delivered(server.delivery.lanes["events"], 1)
         assert lines_of(path) == ['{"earlier":true}', *stored(data_dir)]
         # Due an hour after the mtime, not an hour after cdpd's first line.
@@ -141,14 +129,13 @@ def padded(n: int) -> dict[str, Any]:
 
 
 async def test_rotation_by_size_keeps_every_line_once_in_order(
-    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path, tmp_path: Path
+    deliver: Deliver, data_dir: Path, tmp_path: Path
 ) -> None:
-    clock = FakeClock(START_MS)
     path = tmp_path / "events.ndjson"
-    config = make_config(file_destination(path, "max_bytes = 2500"))
-    async with running(config, clock=clock) as server:
-        await send(http, server, [padded(n) for n in range(1, 7)])
-        await delivered(server.delivery.lanes["events"], 6)
+    messages = [padded(n) for n in range(1, 7)]
+    await deliver(
+        file_destination(path, "max_bytes = 2500"), "events", messages, clock=FakeClock(START_MS)
+    )
     lines = stored(data_dir)
     assert all(1000 < len(line) < 1240 for line in lines)  # two lines fit, three do not
     first = tmp_path / "events-20261205T231500Z-0001.ndjson.gz"
@@ -162,12 +149,12 @@ async def test_rotation_by_size_keeps_every_line_once_in_order(
 
 
 async def test_rotation_by_time_also_when_idle(
-    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path, tmp_path: Path
+    deliver: Deliver, data_dir: Path, tmp_path: Path
 ) -> None:
     clock = FakeClock(START_MS)
     path = tmp_path / "out" / "events.ndjson"
-    config = make_config(file_destination(path, "rotate_interval_s = 60"))
-    async with running(config, clock=clock) as server:
+    http = deliver.http
+    async with deliver.running(file_destination(path, "rotate_interval_s = 60"), clock) as server:
         lane = server.delivery.lanes["events"]
         await send(http, server, [spec.IDENTIFY])
         await delivered(lane, 1)
@@ -190,13 +177,13 @@ async def test_rotation_by_time_also_when_idle(
 
 
 async def test_keep_prunes_the_oldest_rotated_files(
-    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path, tmp_path: Path
+    deliver: Deliver, data_dir: Path, tmp_path: Path
 ) -> None:
     clock = FakeClock(START_MS)
     path = tmp_path / "out" / "events.ndjson"
-    config = make_config(file_destination(path, "max_bytes = 1", "keep = 2"))
-    async with running(config, clock=clock) as server:
-        await send(http, server, [padded(n) for n in range(1, 6)])
+    entry = file_destination(path, "max_bytes = 1", "keep = 2")
+    async with deliver.running(entry, clock) as server:
+        await send(deliver.http, server, [padded(n) for n in range(1, 6)])
         await delivered(server.delivery.lanes["events"], 5)
         kept = [f"events-20261205T231500Z-000{n}.ndjson.gz" for n in (3, 4)]
         await upkept(server, lambda: names(path.parent) == [*kept, "events.ndjson"])
@@ -206,13 +193,13 @@ async def test_keep_prunes_the_oldest_rotated_files(
 
 
 async def test_a_rotation_cut_short_by_a_crash_is_finished_at_the_next_start(
-    make_config: MakeConfig, tmp_path: Path
+    deliver: Deliver, tmp_path: Path
 ) -> None:
     path = tmp_path / "events.ndjson"
     plain = tmp_path / "events-20261205T231500Z-0007.ndjson"
     plain.write_text('{"a":1}\n{"a":2}\n')
     (tmp_path / (plain.name + ".gz.tmp")).write_bytes(b"\x1f\x8b half")  # a gzip cut short
-    async with running(make_config(file_destination(path))) as server:
+    async with deliver.running(file_destination(path)) as server:
         packed = tmp_path / (plain.name + ".gz")
         await upkept(server, lambda: packed.exists() and not plain.exists())
         assert lines_of(packed) == ['{"a":1}', '{"a":2}']
@@ -223,15 +210,15 @@ async def test_a_rotation_cut_short_by_a_crash_is_finished_at_the_next_start(
 
 
 async def test_an_unwritable_directory_is_retried_until_it_is_fixed(
-    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path, tmp_path: Path
+    deliver: Deliver, data_dir: Path, tmp_path: Path
 ) -> None:
     clock = FakeClock(START_MS)
     blocker = tmp_path / "logs"
     blocker.write_text("a file where the directory should be")
     path = blocker / "events.ndjson"
-    async with running(make_config(file_destination(path)), clock=clock) as server:
+    async with deliver.running(file_destination(path), clock) as server:
         lane = server.delivery.lanes["events"]
-        await send(http, server, [spec.IDENTIFY])
+        await send(deliver.http, server, [spec.IDENTIFY])
         await recorded(lane, 1)
         assert query(data_dir, "SELECT state, attempts FROM deliveries") == [("retrying", 1)]
         blocker.unlink()
@@ -262,13 +249,11 @@ def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
 
 
 async def test_a_full_disk_is_retried_with_its_error_and_leaves_no_partial_line(
-    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path, tiny_filesystem: Path
+    deliver: Deliver, data_dir: Path, tiny_filesystem: Path
 ) -> None:
     (tiny_filesystem / "filler").write_bytes(b"x" * (64 * 1024 - 100))  # leaves room for 100
     path = tiny_filesystem / "events.ndjson"
-    async with running(make_config(file_destination(path))) as server:
-        await send(http, server, [spec.IDENTIFY])
-        await recorded(server.delivery.lanes["events"], 1)
+    await deliver(file_destination(path), "events", [spec.IDENTIFY], wait=recorded)
     first = attempts(data_dir)[0]  # (a retry may follow at once: the backoff has full jitter)
     assert first == (1, None, f"cannot write {path}: No space left on device", "retrying")
     assert path.read_bytes() == b""  # the part that fitted was taken back
@@ -292,29 +277,21 @@ async def test_a_full_disk_is_retried_with_its_error_and_leaves_no_partial_line(
 def test_check_config_points_at_a_bad_setting(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], says: str
 ) -> None:
-    config = tmp_path / "cdpd.toml"
     destination = file_destination(tmp_path / "events.ndjson", *options)
-    config.write_text(config_text(tmp_path / "var", destination))
-    assert cli.main(["check-config", "--config", str(config)]) == 2
-    assert says in capsys.readouterr().err
+    assert says in check_config_fails(tmp_path, capsys, destination)
 
 
 def test_check_config_refuses_a_directory_and_a_shared_path(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = tmp_path / "cdpd.toml"
-    config.write_text(config_text(tmp_path / "var", file_destination(tmp_path)))
-    assert cli.main(["check-config", "--config", str(config)]) == 2
-    assert f"destination 'events': path {str(tmp_path)!r} is a directory" in capsys.readouterr().err
+    said = check_config_fails(tmp_path, capsys, file_destination(tmp_path))
+    assert f"destination 'events': path {str(tmp_path)!r} is a directory" in said
     twice = file_destination(tmp_path / "a.ndjson") + file_destination(
         tmp_path / "a.ndjson", name="again"
     )
-    config.write_text(config_text(tmp_path / "var", twice))
-    assert cli.main(["check-config", "--config", str(config)]) == 2
-    assert "destinations[1].path:" in capsys.readouterr().err
-    config.write_text(config_text(tmp_path / "var", file_destination(Path("/dev/null"))))
-    assert cli.main(["check-config", "--config", str(config)]) == 2
-    assert "path '/dev/null' is not a regular file" in capsys.readouterr().err
+    assert "destinations[1].path:" in check_config_fails(tmp_path, capsys, twice)
+    said = check_config_fails(tmp_path, capsys, file_destination(Path("/dev/null")))
+    assert "path '/dev/null' is not a regular file" in said
 
 
 def test_the_catalog_lists_the_file_destination(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,16 +8,13 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import aiomqtt
 import pytest
 
-from cdpd import cli
-from cdpd.app import running
 from tests import spec_examples
-from tests.brokers import Proxy, attempts, post_examples, settled, stored, unique
-from tests.helpers import FakeClock, config_text
-from tests.integration.test_delivery import MakeConfig, delivered, deliveries, recorded, send, track
+from tests.brokers import EXAMPLES, Deliver, attempts, down_then_back, stored, unique
+from tests.helpers import check_config_fails
+from tests.integration.test_delivery import track
 
 
 def destination(port: int, topic: str, extra: str = "") -> str:
@@ -27,6 +24,11 @@ def destination(port: int, topic: str, extra: str = "") -> str:
         f'[[destinations]]\nname = "mqtt"\ntype = "mqtt"\nhost = "127.0.0.1"\nport = {port}\n'
         f'topic = "{topic}"\nclient_id = "{unique("cdpd-test-")}"\n{extra}'
     )
+
+
+@pytest.fixture
+def port(mqtt_server: tuple[str, int]) -> int:
+    return mqtt_server[1]
 
 
 @pytest.fixture
@@ -51,16 +53,10 @@ async def receive(client: aiomqtt.Client, count: int) -> list[aiomqtt.Message]:
 
 
 async def test_each_spec_example_reaches_a_subscriber_at_qos_1(
-    make_config: MakeConfig,
-    http: aiohttp.ClientSession,
-    data_dir: Path,
-    mqtt_server: tuple[str, int],
-    subscriber: tuple[str, aiomqtt.Client],
+    deliver: Deliver, data_dir: Path, port: int, subscriber: tuple[str, aiomqtt.Client]
 ) -> None:
     prefix, client = subscriber
-    config = make_config(destination(mqtt_server[1], prefix + "/{{type}}/{{event}}"))
-    async with running(config) as server:
-        await post_examples(http, server, "mqtt")
+    await deliver(destination(port, prefix + "/{{type}}/{{event}}"), "mqtt", EXAMPLES)
     payloads = stored(data_dir)
     by_topic = {m.topic.value: m for m in await receive(client, 6)}
     for kind, example in spec_examples.ALL.items():
@@ -73,10 +69,7 @@ async def test_each_spec_example_reaches_a_subscriber_at_qos_1(
 
 
 async def test_an_action_maps_the_payload_and_the_topic(
-    make_config: MakeConfig,
-    http: aiohttp.ClientSession,
-    mqtt_server: tuple[str, int],
-    subscriber: tuple[str, aiomqtt.Client],
+    deliver: Deliver, port: int, subscriber: tuple[str, aiomqtt.Client]
 ) -> None:
     prefix, client = subscriber
     action = f"""
@@ -87,41 +80,27 @@ subscribe = 'type = "track"'
 payload = {{ order = {{ "@path" = "$.properties.order_id" }} }}
 topic = {{ "@template" = "{prefix}/users/{{{{userId}}}}" }}
 """
-    async with running(make_config(destination(mqtt_server[1], "unused", action))) as server:
-        await send(http, server, [track(1, user="a/+/#", properties={"order_id": "o-1"})])
-        await delivered(server.delivery.lanes["mqtt"], 1)
+    message = track(1, user="a/+/#", properties={"order_id": "o-1"})
+    await deliver(destination(port, "unused", action), "mqtt", [message])
     (message,) = await receive(client, 1)
     assert message.topic.value == f"{prefix}/users/a____"
     assert message.payload == b'{"order":"o-1"}'
 
 
 async def test_a_broker_that_is_down_is_retried_then_delivered(
-    make_config: MakeConfig,
-    http: aiohttp.ClientSession,
+    deliver: Deliver,
     data_dir: Path,
     mqtt_server: tuple[str, int],
     subscriber: tuple[str, aiomqtt.Client],
 ) -> None:
     prefix, client = subscriber
-    clock = FakeClock()
-    async with Proxy(mqtt_server) as proxy:
-        await proxy.stop()
-        config = make_config(destination(proxy.port, prefix + "/{{type}}", "timeout_s = 5\n"))
-        async with running(config, clock=clock) as server:
-            lane = server.delivery.lanes["mqtt"]
-            await send(http, server, [track(1)])
-            await recorded(lane, 1)
-            assert deliveries(data_dir, "mqtt") == [("m1", "retrying", 1, None)]
-            await proxy.start()
-            clock.advance(300)
-            await delivered(lane, 1)
-            proxy.cut()  # the held connection dies: the next send connects again
-            await send(http, server, [track(2)])
-            await settled(lane, 3)
-            if lane.stats.delivered < 2:
-                clock.advance(300)
-            await delivered(lane, 2)
-    assert attempts(data_dir)[0][2].startswith(f"MQTT at 127.0.0.1:{proxy.port}: ")
+    port = await down_then_back(
+        deliver,
+        mqtt_server,
+        "mqtt",
+        lambda port: destination(port, prefix + "/{{type}}", "timeout_s = 5\n"),
+    )
+    assert attempts(data_dir)[0][2].startswith(f"MQTT at 127.0.0.1:{port}: ")
     assert [m.payload for m in await receive(client, 2)] == [
         payload.encode() for _, payload in sorted(stored(data_dir).items())
     ]
@@ -141,7 +120,4 @@ def test_check_config_reports_bad_settings(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], settings: str, says: str
 ) -> None:
     entry = f'[[destinations]]\nname = "mqtt"\ntype = "mqtt"\n{settings}'
-    path = tmp_path / "cdpd.toml"
-    path.write_text(config_text(tmp_path / "var", entry))
-    assert cli.main(["check-config", "--config", str(path)]) == 2
-    assert says in capsys.readouterr().err
+    assert says in check_config_fails(tmp_path, capsys, entry)

@@ -8,19 +8,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import nats
 import nats.js.errors
 import pytest
 from nats.aio.client import Client as Nats
 from nats.js import JetStreamContext
 
-from cdpd import cli
-from cdpd.app import running
 from tests import spec_examples
-from tests.brokers import Proxy, attempts, post_examples, settled, stored, unique
-from tests.helpers import FakeClock, config_text
-from tests.integration.test_delivery import MakeConfig, delivered, deliveries, recorded, send, track
+from tests.brokers import EXAMPLES, Deliver, attempts, down_then_back, settled, stored, unique
+from tests.helpers import FakeClock, check_config_fails
+from tests.integration.test_delivery import delivered, deliveries, recorded, send, track
 from tests.integration.test_delivery_operations import ADMIN, BEARER
 
 
@@ -62,16 +59,10 @@ async def consume(js: JetStreamContext, name: str, subject: str, count: int) -> 
 
 
 async def test_each_spec_example_is_published_once_and_acknowledged(
-    make_config: MakeConfig,
-    http: aiohttp.ClientSession,
-    data_dir: Path,
-    client: Nats,
-    url: str,
-    stream: tuple[str, str],
+    deliver: Deliver, data_dir: Path, client: Nats, url: str, stream: tuple[str, str]
 ) -> None:
     name, prefix = stream
-    async with running(make_config(destination(url, prefix + ".{{type}}"))) as server:
-        await post_examples(http, server, "nats")
+    await deliver(destination(url, prefix + ".{{type}}"), "nats", EXAMPLES)
     js = client.jetstream()
     received = await consume(js, name, f"{prefix}.>", 6)
     payloads = stored(data_dir)
@@ -86,15 +77,11 @@ async def test_each_spec_example_is_published_once_and_acknowledged(
 
 
 async def test_a_replayed_message_is_dropped_by_the_streams_duplicate_window(
-    make_config: MakeConfig,
-    http: aiohttp.ClientSession,
-    data_dir: Path,
-    client: Nats,
-    url: str,
-    stream: tuple[str, str],
+    deliver: Deliver, data_dir: Path, client: Nats, url: str, stream: tuple[str, str]
 ) -> None:
     name, prefix = stream
-    async with running(make_config(ADMIN + destination(url, prefix + ".{{event}}"))) as server:
+    http = deliver.http
+    async with deliver.running(ADMIN + destination(url, prefix + ".{{event}}")) as server:
         lane = server.delivery.lanes["nats"]
         await send(http, server, [track(1)])
         await delivered(lane, 1)
@@ -108,17 +95,13 @@ async def test_a_replayed_message_is_dropped_by_the_streams_duplicate_window(
 
 
 async def test_a_missing_stream_is_retried_with_a_clear_error_until_it_exists(
-    make_config: MakeConfig,
-    http: aiohttp.ClientSession,
-    data_dir: Path,
-    client: Nats,
-    url: str,
+    deliver: Deliver, data_dir: Path, client: Nats, url: str
 ) -> None:
     name, prefix = unique("CDPD_TEST_"), unique("cdpd-test-")
     clock = FakeClock()
-    async with running(make_config(destination(url, prefix + ".x")), clock=clock) as server:
+    async with deliver.running(destination(url, prefix + ".x"), clock) as server:
         lane = server.delivery.lanes["nats"]
-        await send(http, server, [track(1)])
+        await send(deliver.http, server, [track(1)])
         await recorded(lane, 1)
         assert deliveries(data_dir, "nats") == [("m1", "retrying", 1, 503)]
         js = client.jetstream()
@@ -137,21 +120,16 @@ async def test_a_missing_stream_is_retried_with_a_clear_error_until_it_exists(
 
 
 async def test_a_message_the_stream_refuses_is_dead_with_jetstreams_reason(
-    make_config: MakeConfig,
-    http: aiohttp.ClientSession,
-    data_dir: Path,
-    client: Nats,
-    url: str,
+    deliver: Deliver, data_dir: Path, client: Nats, url: str
 ) -> None:
     name, prefix = unique("CDPD_TEST_"), unique("cdpd-test-")
     js = client.jetstream()
     await js.add_stream(name=name, subjects=[f"{prefix}.>"], max_msg_size=1000)
-    config = make_config(destination(url, prefix + ".{{type}}", "concurrency = 1\n"))
+    entry = destination(url, prefix + ".{{type}}", "concurrency = 1\n")
     try:
-        async with running(config) as server:
-            small = {"type": "alias", "userId": "u", "previousId": "p", "messageId": "s"}
-            await send(http, server, [track(1, properties={"big": "x" * 2000}), small])
-            await settled(server.delivery.lanes["nats"], 2)
+        small = {"type": "alias", "userId": "u", "previousId": "p", "messageId": "s"}
+        messages = [track(1, properties={"big": "x" * 2000}), small]
+        await deliver(entry, "nats", messages, wait=settled)
         assert deliveries(data_dir, "nats") == [("m1", "dead", 1, 400), ("s", "delivered", 1, 200)]
         assert attempts(data_dir)[0][2].startswith(
             "NATS: JetStream error 400 (10054): message size exceeds maximum allowed"
@@ -161,13 +139,12 @@ async def test_a_message_the_stream_refuses_is_dead_with_jetstreams_reason(
 
 
 async def test_create_stream_makes_the_stream_on_connecting(
-    make_config: MakeConfig, http: aiohttp.ClientSession, client: Nats, url: str
+    deliver: Deliver, client: Nats, url: str
 ) -> None:
     name, prefix = unique("CDPD_TEST_"), unique("cdpd-test-")
     extra = f'create_stream = "{name}"\n'
-    async with running(make_config(destination(url, prefix + ".{{type}}", extra))) as server:
-        await send(http, server, [track(1), {"type": "identify", "userId": "u", "messageId": "i"}])
-        await delivered(server.delivery.lanes["nats"], 2)
+    messages = [track(1), {"type": "identify", "userId": "u", "messageId": "i"}]
+    await deliver(destination(url, prefix + ".{{type}}", extra), "nats", messages)
     js = client.jetstream()
     info = await js.stream_info(name)
     assert info.config.subjects == [f"{prefix}.*"]
@@ -176,35 +153,22 @@ async def test_create_stream_makes_the_stream_on_connecting(
 
 
 async def test_a_server_that_is_down_is_retried_then_delivered(
-    make_config: MakeConfig,
-    http: aiohttp.ClientSession,
+    deliver: Deliver,
     data_dir: Path,
     client: Nats,
     nats_server: tuple[str, int],
     stream: tuple[str, str],
 ) -> None:
     name, prefix = stream
-    clock = FakeClock()
-    async with Proxy(nats_server) as proxy:
-        await proxy.stop()
-        config = make_config(destination(f"nats://127.0.0.1:{proxy.port}", prefix + ".e"))
-        async with running(config, clock=clock) as server:
-            lane = server.delivery.lanes["nats"]
-            await send(http, server, [track(1)])
-            await recorded(lane, 1)
-            assert deliveries(data_dir, "nats") == [("m1", "retrying", 1, None)]
-            await proxy.start()
-            clock.advance(300)
-            await delivered(lane, 1)
-            proxy.cut()  # the held connection dies: the next send opens another
-            await send(http, server, [track(2)])
-            await settled(lane, 3)
-            if lane.stats.delivered < 2:
-                clock.advance(300)
-            await delivered(lane, 2)
+    port = await down_then_back(
+        deliver,
+        nats_server,
+        "nats",
+        lambda port: destination(f"nats://127.0.0.1:{port}", prefix + ".e"),
+    )
     error = attempts(data_dir)[0][2]
     assert error.startswith(
-        f"NATS: ConnectionError: no server of nats://127.0.0.1:{proxy.port} took a connection"
+        f"NATS: ConnectionError: no server of nats://127.0.0.1:{port} took a connection"
         " (ConnectionRefusedError: "
     )
     assert (await client.jetstream().stream_info(name)).state.messages == 2
@@ -229,7 +193,4 @@ def test_check_config_reports_bad_settings(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], settings: str, says: str
 ) -> None:
     entry = f'[[destinations]]\nname = "nats"\ntype = "nats"\n{settings}'
-    path = tmp_path / "cdpd.toml"
-    path.write_text(config_text(tmp_path / "var", entry))
-    assert cli.main(["check-config", "--config", str(path)]) == 2
-    assert says in capsys.readouterr().err
+    assert says in check_config_fails(tmp_path, capsys, entry)

@@ -10,15 +10,12 @@ from pathlib import Path
 
 import aio_pika
 import aio_pika.abc
-import aiohttp
 import pytest
 
-from cdpd import cli
-from cdpd.app import running
 from tests import spec_examples
-from tests.brokers import Proxy, attempts, post_examples, settled, stored, unique
-from tests.helpers import FakeClock, config_text
-from tests.integration.test_delivery import MakeConfig, delivered, deliveries, recorded, send, track
+from tests.brokers import EXAMPLES, Deliver, attempts, down_then_back, settled, stored, unique
+from tests.helpers import FakeClock, check_config_fails
+from tests.integration.test_delivery import delivered, deliveries, recorded, send, track
 
 
 def destination(url: str, exchange: str, extra: str = "") -> str:
@@ -33,6 +30,11 @@ def url_of(address: tuple[str, int]) -> str:
 
 
 @pytest.fixture
+def url(rabbitmq_server: tuple[str, int]) -> str:
+    return url_of(rabbitmq_server)
+
+
+@pytest.fixture
 async def channel(
     rabbitmq_server: tuple[str, int],
 ) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
@@ -41,15 +43,24 @@ async def channel(
         yield await connection.channel()
 
 
+async def bind_all(
+    channel: aio_pika.abc.AbstractChannel, name: str, arguments: dict[str, int | str] | None = None
+) -> tuple[aio_pika.abc.AbstractExchange, aio_pika.abc.AbstractQueue]:
+    """Exchange `name`, as cdpd declares it, with a queue of the test's own bound for every
+    key (declared with `arguments`)."""
+    exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
+    queue = await channel.declare_queue(exclusive=True, arguments=arguments)
+    await queue.bind(exchange, "#")
+    return exchange, queue
+
+
 @pytest.fixture
 async def bound(
     channel: aio_pika.abc.AbstractChannel,
 ) -> AsyncIterator[tuple[str, aio_pika.abc.AbstractQueue]]:
-    """An exchange of the test's own, as cdpd declares it, with a queue bound for every key."""
+    """An exchange of the test's own with a queue bound for every key."""
     name = unique("cdpd-test-")
-    exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
-    queue = await channel.declare_queue(exclusive=True)
-    await queue.bind(exchange, "#")
+    exchange, queue = await bind_all(channel, name)
     yield name, queue
     await exchange.delete()
 
@@ -62,18 +73,16 @@ async def drain(queue: aio_pika.abc.AbstractQueue) -> list[aio_pika.abc.Abstract
 
 
 async def test_each_spec_example_reaches_the_bound_queue_as_a_persistent_json_message(
-    make_config: MakeConfig,
-    http: aiohttp.ClientSession,
+    deliver: Deliver,
     data_dir: Path,
-    rabbitmq_server: tuple[str, int],
+    url: str,
     bound: tuple[str, aio_pika.abc.AbstractQueue],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     exchange, queue = bound
     monkeypatch.setenv("CDPD_TEST_RABBIT_PASSWORD", "guest")
     extra = 'routing_key = "{{type}}.{{event}}"\npassword_env = "CDPD_TEST_RABBIT_PASSWORD"\n'
-    async with running(make_config(destination(url_of(rabbitmq_server), exchange, extra))) as s:
-        await post_examples(http, s, "rabbit")
+    await deliver(destination(url, exchange, extra), "rabbit", EXAMPLES)
     payloads = stored(data_dir)
     received = {m.message_id: m for m in await drain(queue)}
     assert sorted(received) == sorted(e["messageId"] for e in spec_examples.ALL.values())
@@ -88,10 +97,7 @@ async def test_each_spec_example_reaches_the_bound_queue_as_a_persistent_json_me
 
 
 async def test_an_action_maps_the_payload_and_the_routing_key(
-    make_config: MakeConfig,
-    http: aiohttp.ClientSession,
-    rabbitmq_server: tuple[str, int],
-    bound: tuple[str, aio_pika.abc.AbstractQueue],
+    deliver: Deliver, url: str, bound: tuple[str, aio_pika.abc.AbstractQueue]
 ) -> None:
     exchange, queue = bound
     action = """
@@ -102,9 +108,8 @@ subscribe = 'type = "track"'
 payload = { order = { "@path" = "$.properties.order_id" } }
 routing_key = { "@template" = "orders.{{userId}}.{{properties.order_id}}" }
 """
-    async with running(make_config(destination(url_of(rabbitmq_server), exchange, action))) as s:
-        await send(http, s, [track(1, user="a.b#*", properties={"order_id": "o 1"})])
-        await delivered(s.delivery.lanes["rabbit"], 1)
+    message = track(1, user="a.b#*", properties={"order_id": "o 1"})
+    await deliver(destination(url, exchange, action), "rabbit", [message])
     (message,) = await drain(queue)
     assert message.routing_key == "orders.a_b__.o_1"
     assert message.body == b'{"order":"o 1"}'
@@ -112,16 +117,11 @@ routing_key = { "@template" = "orders.{{userId}}.{{properties.order_id}}" }
 
 
 async def test_an_unroutable_message_is_dead_with_the_reason(
-    make_config: MakeConfig,
-    http: aiohttp.ClientSession,
-    data_dir: Path,
-    rabbitmq_server: tuple[str, int],
-    channel: aio_pika.abc.AbstractChannel,
+    deliver: Deliver, data_dir: Path, url: str, channel: aio_pika.abc.AbstractChannel
 ) -> None:
     exchange = unique("cdpd-test-")  # cdpd declares it; nothing is bound to it
-    async with running(make_config(destination(url_of(rabbitmq_server), exchange))) as server:
-        await send(http, server, [track(1)])
-        await settled(server.delivery.lanes["rabbit"], 1)
+    entry = destination(url, exchange)
+    await deliver(entry, "rabbit", [track(1)], wait=settled)
     assert deliveries(data_dir, "rabbit") == [("m1", "dead", 1, 400)]
     assert attempts(data_dir)[0][2] == (
         f"RabbitMQ: unroutable: exchange {exchange!r} has no queue bound for routing key"
@@ -131,25 +131,19 @@ async def test_an_unroutable_message_is_dead_with_the_reason(
 
 
 async def test_a_nack_is_retried_until_the_queue_takes_it(
-    make_config: MakeConfig,
-    http: aiohttp.ClientSession,
-    data_dir: Path,
-    rabbitmq_server: tuple[str, int],
-    channel: aio_pika.abc.AbstractChannel,
+    deliver: Deliver, data_dir: Path, url: str, channel: aio_pika.abc.AbstractChannel
 ) -> None:
     name = unique("cdpd-test-")
-    exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
     # A queue that holds one message and refuses (nacks) any more.
-    full = {"x-max-length": 1, "x-overflow": "reject-publish"}
-    queue = await channel.declare_queue(exclusive=True, arguments=full)
-    await queue.bind(exchange, "#")
+    full: dict[str, int | str] = {"x-max-length": 1, "x-overflow": "reject-publish"}
+    exchange, queue = await bind_all(channel, name, full)
     clock = FakeClock()
-    config = make_config(destination(url_of(rabbitmq_server), name, "concurrency = 1\n"))
-    async with running(config, clock=clock) as server:
+    entry = destination(url, name, "concurrency = 1\n")
+    async with deliver.running(entry, clock) as server:
         lane = server.delivery.lanes["rabbit"]
-        await send(http, server, [track(1)])
+        await send(deliver.http, server, [track(1)])
         await delivered(lane, 1)
-        await send(http, server, [track(2)])
+        await send(deliver.http, server, [track(2)])
         await recorded(lane, 2)
         assert deliveries(data_dir, "rabbit")[1] == ("m2", "retrying", 1, 503)
         assert [m.message_id for m in await drain(queue)] == ["m1"]
@@ -164,25 +158,17 @@ async def test_a_nack_is_retried_until_the_queue_takes_it(
 
 
 async def test_a_passive_exchange_that_is_missing_is_retried_until_it_exists(
-    make_config: MakeConfig,
-    http: aiohttp.ClientSession,
-    data_dir: Path,
-    rabbitmq_server: tuple[str, int],
-    channel: aio_pika.abc.AbstractChannel,
+    deliver: Deliver, data_dir: Path, url: str, channel: aio_pika.abc.AbstractChannel
 ) -> None:
     name = unique("cdpd-test-")
     clock = FakeClock()
-    config = make_config(
-        destination(url_of(rabbitmq_server), name, 'exchange_declare = "passive"\n')
-    )
-    async with running(config, clock=clock) as server:
+    entry = destination(url, name, 'exchange_declare = "passive"\n')
+    async with deliver.running(entry, clock) as server:
         lane = server.delivery.lanes["rabbit"]
-        await send(http, server, [track(1)])
+        await send(deliver.http, server, [track(1)])
         await recorded(lane, 1)
         assert deliveries(data_dir, "rabbit") == [("m1", "retrying", 1, None)]
-        exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
-        queue = await channel.declare_queue(exclusive=True)
-        await queue.bind(exchange, "#")
+        exchange, queue = await bind_all(channel, name)
         clock.advance(300)
         await delivered(lane, 1)
     error = attempts(data_dir)[0][2]
@@ -193,18 +179,12 @@ async def test_a_passive_exchange_that_is_missing_is_retried_until_it_exists(
 
 
 async def test_wrong_credentials_are_retried_and_never_shown(
-    make_config: MakeConfig,
-    http: aiohttp.ClientSession,
-    data_dir: Path,
-    rabbitmq_server: tuple[str, int],
-    monkeypatch: pytest.MonkeyPatch,
+    deliver: Deliver, data_dir: Path, url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CDPD_TEST_RABBIT_PASSWORD", "not-the-password")
     extra = 'password_env = "CDPD_TEST_RABBIT_PASSWORD"\n'
-    config = make_config(destination(url_of(rabbitmq_server), unique("cdpd-test-"), extra))
-    async with running(config) as server:
-        await send(http, server, [track(1)])
-        await recorded(server.delivery.lanes["rabbit"], 1)
+    entry = destination(url, unique("cdpd-test-"), extra)
+    await deliver(entry, "rabbit", [track(1)], wait=recorded)
     ((_, status, error, outcome),) = attempts(data_dir)
     assert (status, outcome) == (None, "retrying")
     assert "ACCESS_REFUSED" in error or "authentication" in error.lower()
@@ -212,32 +192,19 @@ async def test_wrong_credentials_are_retried_and_never_shown(
 
 
 async def test_a_broker_that_is_down_is_retried_then_delivered(
-    make_config: MakeConfig,
-    http: aiohttp.ClientSession,
+    deliver: Deliver,
     data_dir: Path,
     rabbitmq_server: tuple[str, int],
     bound: tuple[str, aio_pika.abc.AbstractQueue],
 ) -> None:
     exchange, queue = bound
-    clock = FakeClock()
-    async with Proxy(rabbitmq_server) as proxy:
-        await proxy.stop()
-        config = make_config(destination(url_of(("127.0.0.1", proxy.port)), exchange))
-        async with running(config, clock=clock) as server:
-            lane = server.delivery.lanes["rabbit"]
-            await send(http, server, [track(1)])
-            await recorded(lane, 1)
-            assert deliveries(data_dir, "rabbit") == [("m1", "retrying", 1, None)]
-            await proxy.start()
-            clock.advance(300)
-            await delivered(lane, 1)
-            proxy.cut()  # the held connection dies: the next send opens another
-            await send(http, server, [track(2)])
-            await settled(lane, 3)
-            if lane.stats.delivered < 2:
-                clock.advance(300)
-            await delivered(lane, 2)
-    assert attempts(data_dir)[0][2].startswith(f"RabbitMQ at amqp://127.0.0.1:{proxy.port}/: ")
+    port = await down_then_back(
+        deliver,
+        rabbitmq_server,
+        "rabbit",
+        lambda port: destination(url_of(("127.0.0.1", port)), exchange),
+    )
+    assert attempts(data_dir)[0][2].startswith(f"RabbitMQ at amqp://127.0.0.1:{port}/: ")
     assert sorted(m.message_id for m in await drain(queue)) == ["m1", "m2"]
 
 
@@ -253,7 +220,4 @@ def test_check_config_reports_bad_settings(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], settings: str, says: str
 ) -> None:
     entry = f'[[destinations]]\nname = "rabbit"\ntype = "rabbitmq"\n{settings}'
-    path = tmp_path / "cdpd.toml"
-    path.write_text(config_text(tmp_path / "var", entry))
-    assert cli.main(["check-config", "--config", str(path)]) == 2
-    assert says in capsys.readouterr().err
+    assert says in check_config_fails(tmp_path, capsys, entry)

@@ -7,16 +7,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from cdpd import cli
-from cdpd.app import running
 from tests import spec_examples
-from tests.brokers import Proxy, attempts, post_examples, settled, stored, unique
-from tests.helpers import FakeClock, config_text, query
-from tests.integration.test_delivery import MakeConfig, delivered, deliveries, recorded, send, track
+from tests.brokers import EXAMPLES, Deliver, attempts, down_then_back, settled, stored, unique
+from tests.helpers import check_config_fails, query
+from tests.integration.test_delivery import delivered, deliveries, recorded, send, track
 
 
 def destination(url: str, stream: str, extra: str = "") -> str:
@@ -43,16 +40,10 @@ async def entries(redis: aioredis.Redis, key: str) -> list[dict[str, str]]:
 
 
 async def test_each_spec_example_is_an_entry_of_its_types_stream(
-    make_config: MakeConfig,
-    http: aiohttp.ClientSession,
-    data_dir: Path,
-    client: aioredis.Redis,
-    url: str,
+    deliver: Deliver, data_dir: Path, client: aioredis.Redis, url: str
 ) -> None:
     prefix = unique("cdpd-test-")
-    config = make_config(destination(url, prefix + ":{{type}}", "maxlen = 1000\n"))
-    async with running(config) as server:
-        await post_examples(http, server, "redis")
+    await deliver(destination(url, prefix + ":{{type}}", "maxlen = 1000\n"), "redis", EXAMPLES)
     payloads = stored(data_dir)
     for kind, example in spec_examples.ALL.items():
         message_id = example["messageId"]
@@ -65,7 +56,7 @@ async def test_each_spec_example_is_an_entry_of_its_types_stream(
 
 
 async def test_a_mapping_reshapes_the_payload_and_slots_become_safe_tokens(
-    make_config: MakeConfig, http: aiohttp.ClientSession, client: aioredis.Redis, url: str
+    deliver: Deliver, client: aioredis.Redis, url: str
 ) -> None:
     prefix = unique("cdpd-test-")
     action = f"""
@@ -76,16 +67,11 @@ subscribe = 'type = "track"'
 payload = {{ order = {{ "@path" = "$.properties.order_id" }}, id = {{ "@path" = "$.messageId" }} }}
 stream = {{ "@template" = "{prefix}:{{{{event}}}}:{{{{properties.missing}}}}" }}
 """
-    async with running(make_config(destination(url, "unused", action))) as server:
-        await send(
-            http,
-            server,
-            [
-                track(1, event="Order Completed", properties={"order_id": "o-1"}),
-                track(2, event="a:b *> [x]", properties={"order_id": "o-2"}),
-            ],
-        )
-        await delivered(server.delivery.lanes["redis"], 2)
+    messages = [
+        track(1, event="Order Completed", properties={"order_id": "o-1"}),
+        track(2, event="a:b *> [x]", properties={"order_id": "o-2"}),
+    ]
+    await deliver(destination(url, "unused", action), "redis", messages)
     assert await entries(client, f"{prefix}:Order_Completed:_") == [
         {"message": '{"order":"o-1","id":"m1"}', "messageId": "m1", "type": "track"}
     ]
@@ -96,11 +82,7 @@ stream = {{ "@template" = "{prefix}:{{{{event}}}}:{{{{properties.missing}}}}" }}
 
 
 async def test_a_stream_mapped_by_path_must_be_safe_as_it_is(
-    make_config: MakeConfig,
-    http: aiohttp.ClientSession,
-    data_dir: Path,
-    client: aioredis.Redis,
-    url: str,
+    deliver: Deliver, data_dir: Path, client: aioredis.Redis, url: str
 ) -> None:
     key = unique("cdpd-test-")
     action = """
@@ -110,15 +92,13 @@ subscribe = 'type = "track"'
 [destinations.actions.mapping]
 stream = { "@path" = "$.properties.key" }
 """
-    async with running(make_config(destination(url, "unused", action))) as server:
-        messages = [
-            track(1, properties={"key": key}),
-            track(2, properties={"key": "two words"}),
-            track(3, properties={"key": "cdpd:*"}),
-            track(4),
-        ]
-        await send(http, server, messages)
-        await settled(server.delivery.lanes["redis"], 4)
+    messages = [
+        track(1, properties={"key": key}),
+        track(2, properties={"key": "two words"}),
+        track(3, properties={"key": "cdpd:*"}),
+        track(4),
+    ]
+    await deliver(destination(url, "unused", action), "redis", messages, wait=settled)
     assert [(m, state) for m, state, _, _ in deliveries(data_dir, "redis")] == [
         ("m1", "delivered"),
         ("m2", "dead"),
@@ -136,13 +116,12 @@ stream = { "@path" = "$.properties.key" }
 
 
 async def test_maxlen_trims_the_stream_approximately(
-    make_config: MakeConfig, http: aiohttp.ClientSession, client: aioredis.Redis, url: str
+    deliver: Deliver, client: aioredis.Redis, url: str
 ) -> None:
     key = unique("cdpd-test-")
-    config = make_config(destination(url, key, "maxlen = 1\n"))
-    async with running(config) as server:
+    async with deliver.running(destination(url, key, "maxlen = 1\n")) as server:
         for start in range(0, 300, 100):
-            await send(http, server, [track(n) for n in range(start, start + 100)])
+            await send(deliver.http, server, [track(n) for n in range(start, start + 100)])
         await delivered(server.delivery.lanes["redis"], 300)
     # MAXLEN ~ drops whole nodes of the stream (100 entries each by default), never all of it.
     assert 1 <= await client.xlen(key) < 300
@@ -150,20 +129,13 @@ async def test_maxlen_trims_the_stream_approximately(
 
 
 async def test_a_key_of_another_type_is_refused_and_the_rest_delivered(
-    make_config: MakeConfig,
-    http: aiohttp.ClientSession,
-    data_dir: Path,
-    client: aioredis.Redis,
-    url: str,
+    deliver: Deliver, data_dir: Path, client: aioredis.Redis, url: str
 ) -> None:
     prefix = unique("cdpd-test-")
     await client.set(f"{prefix}:Taken", "a string, not a stream")
-    config = make_config(
-        destination(url, prefix + ":{{event}}", "concurrency = 1\nbatch_size = 2\n")
-    )
-    async with running(config) as server:
-        await send(http, server, [track(1, event="Taken"), track(2, event="Free")])
-        await settled(server.delivery.lanes["redis"], 2)
+    entry = destination(url, prefix + ":{{event}}", "concurrency = 1\nbatch_size = 2\n")
+    messages = [track(1, event="Taken"), track(2, event="Free")]
+    await deliver(entry, "redis", messages, wait=settled)
     assert deliveries(data_dir, "redis") == [("m1", "dead", 1, 400), ("m2", "delivered", 1, 200)]
     ((error,),) = _errors(data_dir, "m1")
     assert error.startswith("Redis: ResponseError: WRONGTYPE")
@@ -172,32 +144,12 @@ async def test_a_key_of_another_type_is_refused_and_the_rest_delivered(
 
 
 async def test_a_redis_that_is_down_is_retried_then_delivered(
-    make_config: MakeConfig,
-    http: aiohttp.ClientSession,
-    data_dir: Path,
-    client: aioredis.Redis,
-    redis_server: tuple[str, int],
+    deliver: Deliver, data_dir: Path, client: aioredis.Redis, redis_server: tuple[str, int]
 ) -> None:
     key = unique("cdpd-test-")
-    clock = FakeClock()
-    async with Proxy(redis_server) as proxy:
-        await proxy.stop()
-        config = make_config(destination(f"redis://127.0.0.1:{proxy.port}/0", key))
-        async with running(config, clock=clock) as server:
-            lane = server.delivery.lanes["redis"]
-            await send(http, server, [track(1)])
-            await recorded(lane, 1)
-            assert deliveries(data_dir, "redis") == [("m1", "retrying", 1, None)]
-            await proxy.start()
-            clock.advance(300)
-            await delivered(lane, 1)
-            # A connection cut under a held client: the next send opens a new one.
-            proxy.cut()
-            await send(http, server, [track(2)])
-            await recorded(lane, 3)
-            if lane.stats.delivered < 2:  # the cut was found by the send, not before it
-                clock.advance(300)
-            await delivered(lane, 2)
+    await down_then_back(
+        deliver, redis_server, "redis", lambda port: destination(f"redis://127.0.0.1:{port}/0", key)
+    )
     ((error,),) = _errors(data_dir, "m1")[:1]
     assert error.startswith("Redis: ConnectionError: ")
     assert [fields["messageId"] for fields in await entries(client, key)] == ["m1", "m2"]
@@ -227,18 +179,11 @@ def test_check_config_reports_bad_settings(
     entry = f'[[destinations]]\nname = "redis"\ntype = "redis"\n{settings}'
     if "url_env" not in settings:
         entry += 'url = "redis://127.0.0.1:6379/0"\n'
-    path = tmp_path / "cdpd.toml"
-    path.write_text(config_text(tmp_path / "var", entry))
-    assert cli.main(["check-config", "--config", str(path)]) == 2
-    assert says in capsys.readouterr().err
+    assert says in check_config_fails(tmp_path, capsys, entry)
 
 
 async def test_a_password_from_the_environment_and_the_connection_closed_at_shutdown(
-    make_config: MakeConfig,
-    http: aiohttp.ClientSession,
-    client: aioredis.Redis,
-    url: str,
-    monkeypatch: pytest.MonkeyPatch,
+    deliver: Deliver, client: aioredis.Redis, url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     user, key = unique("cdpd-test-"), unique("cdpd-test-")
     await client.acl_setuser(
@@ -248,8 +193,8 @@ async def test_a_password_from_the_environment_and_the_connection_closed_at_shut
     authed = url.replace("redis://", f"redis://{user}@")
     extra = 'password_env = "CDPD_TEST_REDIS_PASSWORD"\n'
     try:
-        async with running(make_config(destination(authed, key, extra))) as server:
-            await send(http, server, [track(1)])
+        async with deliver.running(destination(authed, key, extra)) as server:
+            await send(deliver.http, server, [track(1)])
             await delivered(server.delivery.lanes["redis"], 1)
             assert "cdpd-redis" in await client_names(client, user)
         assert await client_names(client, user) == []
@@ -260,8 +205,7 @@ async def test_a_password_from_the_environment_and_the_connection_closed_at_shut
 
 
 async def test_a_wrong_password_is_retried_and_never_shown(
-    make_config: MakeConfig,
-    http: aiohttp.ClientSession,
+    deliver: Deliver,
     data_dir: Path,
     client: aioredis.Redis,
     url: str,
@@ -273,9 +217,8 @@ async def test_a_wrong_password_is_retried_and_never_shown(
     authed = url.replace("redis://", f"redis://{user}@")
     extra = 'password_env = "CDPD_TEST_REDIS_PASSWORD"\n'
     try:
-        async with running(make_config(destination(authed, unique("cdpd-test-"), extra))) as s:
-            await send(http, s, [track(1)])
-            await recorded(s.delivery.lanes["redis"], 1)
+        entry = destination(authed, unique("cdpd-test-"), extra)
+        await deliver(entry, "redis", [track(1)], wait=recorded)
     finally:
         await client.acl_deluser(user)
     ((_, status, error, outcome),) = attempts(data_dir)

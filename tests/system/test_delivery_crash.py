@@ -7,11 +7,9 @@ import asyncio
 from collections import Counter
 from pathlib import Path
 
-import aiohttp
-import msgspec
 import pytest
 
-from tests.helpers import WRITE_KEY, basic_auth, config_text, spawn_cdpd
+from tests.helpers import config_file, post_tracks, spawn_cdpd
 from tests.sink import Sink, hold, status
 
 pytestmark = pytest.mark.system
@@ -24,23 +22,10 @@ KILL_AFTER = 500
 async def test_kill_9_during_delivery_loses_nothing(tmp_path: Path, data_dir: Path) -> None:
     release = asyncio.Event()
     async with Sink() as sink:
-        config = tmp_path / "cdpd.toml"
-        config.write_text(
-            config_text(data_dir)
-            + f'[[destinations]]\nname = "hook"\ntype = "webhook"\nurl = "{sink.url}"\n'
-            + f"concurrency = {CONCURRENCY}\n"
-        )
+        hook = f'[[destinations]]\nname = "hook"\ntype = "webhook"\nurl = "{sink.url}"\n'
+        config = config_file(tmp_path, data_dir, hook + f"concurrency = {CONCURRENCY}\n")
         daemon = await spawn_cdpd(config)
-        async with aiohttp.ClientSession() as http:
-            for start in range(0, MESSAGES, 500):
-                batch = [
-                    {"type": "track", "userId": f"u{n}", "event": "E", "messageId": f"m{n}"}
-                    for n in range(start, start + 500)
-                ]
-                headers = {"Authorization": basic_auth(WRITE_KEY)}
-                body = msgspec.json.encode({"batch": batch})
-                async with http.post(f"{daemon.url}/v1/batch", data=body, headers=headers) as resp:
-                    assert resp.status == 200
+        await post_tracks(daemon.url, MESSAGES)
 
         await sink.wait_for_requests(KILL_AFTER, timeout_s=30)
         sink.default = hold(release)  # from now on attempts hang: some are in flight

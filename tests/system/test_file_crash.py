@@ -9,11 +9,10 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-import aiohttp
 import msgspec
 import pytest
 
-from tests.helpers import WRITE_KEY, basic_auth, config_text, query, spawn_cdpd
+from tests.helpers import config_file, post_tracks, query, spawn_cdpd
 
 pytestmark = pytest.mark.system
 
@@ -48,24 +47,12 @@ def line_count(path: Path) -> int:
 
 async def test_kill_9_while_writing_loses_nothing(tmp_path: Path, data_dir: Path) -> None:
     out = tmp_path / "out"
-    config = tmp_path / "cdpd.toml"
-    config.write_text(
-        config_text(data_dir)
-        + f'[[destinations]]\nname = "file"\ntype = "file"\npath = "{out / "events.ndjson"}"\n'
-        # Slow enough to be killed in the middle; rotations on the way.
-        + f"batch_size = {BATCH_SIZE}\nrate_limit_per_s = 20\nmax_bytes = 200000\n"
-    )
+    entry = f'[[destinations]]\nname = "file"\ntype = "file"\npath = "{out / "events.ndjson"}"\n'
+    # Slow enough to be killed in the middle; rotations on the way.
+    entry += f"batch_size = {BATCH_SIZE}\nrate_limit_per_s = 20\nmax_bytes = 200000\n"
+    config = config_file(tmp_path, data_dir, entry)
     daemon = await spawn_cdpd(config)
-    async with aiohttp.ClientSession() as http:
-        for start in range(0, MESSAGES, 500):
-            batch = [
-                {"type": "track", "userId": f"u{n}", "event": "E", "messageId": f"m{n}"}
-                for n in range(start, start + 500)
-            ]
-            headers = {"Authorization": basic_auth(WRITE_KEY)}
-            body = msgspec.json.encode({"batch": batch})
-            async with http.post(f"{daemon.url}/v1/batch", data=body, headers=headers) as resp:
-                assert resp.status == 200
+    await post_tracks(daemon.url, MESSAGES)
 
     await poll(lambda: line_count(out / "events.ndjson") >= KILL_AFTER_LINES)
     daemon.proc.kill()

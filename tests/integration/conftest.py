@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from cdpd import config as cdpd_config
+from tests.brokers import Deliver
+
+
+@pytest.fixture
+def deliver(
+    make_config: Callable[..., cdpd_config.Config], http: aiohttp.ClientSession, data_dir: Path
+) -> Deliver:
+    return Deliver(make_config, http, data_dir)
