@@ -10,9 +10,10 @@ limits, with Mixpanel's per-event verdicts kept per item.
   the project token inside each record, and `verbose=1` so that Mixpanel says what failed.
 
 Answers: /import's 400 with `failed_records` fails only the events it names (each with its
-field and message; the rest were ingested); a 413 is split in halves and sent again; 429 and
-5xx are retried (Retry-After honoured); other statuses (401 and 403: bad credentials) fail
-every event of the request. A verbose answer `{"status": 0, "error": ...}` fails its request.
+field and message; the rest were ingested); a 413 (of any endpoint) is split in halves and
+sent again; 429 and 5xx are retried (Retry-After honoured); other statuses (401 and 403: bad
+credentials) fail every event of the request. A verbose answer `{"status": 0, "error": ...}`
+fails its request.
 """
 
 from __future__ import annotations
@@ -230,6 +231,14 @@ class Mixpanel:
             limit=self._timeout,
             secrets=self._secrets,
         )
+        if answer.status == 413 and len(run) > 1:
+            # Too large for Mixpanel: each half on its own (as for /import).
+            half = len(run) // 2
+            first, second = await asyncio.gather(
+                self._form(session, endpoint, run[:half]),
+                self._form(session, endpoint, run[half:]),
+            )
+            return first + second
         result = Result(answer.status)
         if not answer.ok:
             result = answer.failure()

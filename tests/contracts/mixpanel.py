@@ -8,7 +8,8 @@ Track Events, Profile Set, Group Set, the troubleshooting pages for 400/401/413/
   placeholder such as "null") and `properties.$insert_id` (1-36 letters, digits, dashes).
   A batch with invalid events is a 400 naming them in `failed_records`; the others are kept.
 - `POST /track`, `/engage`, `/groups` `?verbose=1`: form `data=<JSON object or array>`, at most
-  50 records, each carrying the project token; `{"status": 1, "error": null}` or status 0.
+  50 records, each carrying the project token; `{"status": 1, "error": null}` or status 0;
+  a 413 over `max_form_bytes`.
 
 Events are kept once per $insert_id, as Mixpanel deduplicates them.
 """
@@ -42,12 +43,14 @@ class MixpanelContract(ContractServer):
         api_secret: str = "mp_secret",
         service_account: tuple[str, str, str] | None = None,  # (username, secret, project_id)
         max_import_bytes: int = 2 * 1024 * 1024,
+        max_form_bytes: int = 1024 * 1024,
     ) -> None:
         super().__init__()
         self.token = token
         self.api_secret = api_secret
         self.service_account = service_account
         self.max_import_bytes = max_import_bytes
+        self.max_form_bytes = max_form_bytes
         self.events: dict[str, dict[str, Any]] = {}  # by $insert_id
         self.profile_updates: list[dict[str, Any]] = []
         self.group_updates: list[dict[str, Any]] = []
@@ -122,6 +125,8 @@ class MixpanelContract(ContractServer):
             form = parse_qs(body.decode())
             if request.headers.get("Content-Type") != "application/x-www-form-urlencoded":
                 return _verbose(400, "expected application/x-www-form-urlencoded")
+            if len(body) > self.max_form_bytes:
+                return _verbose(413, "request body too large")
             try:
                 records = msgspec.json.decode(form["data"][0])
             except (KeyError, msgspec.DecodeError):

@@ -342,6 +342,26 @@ async def test_413_splits_the_batch_and_only_an_event_too_large_alone_fails(
     assert set(contract.events) == {f"m{n}" for n in range(1, 6)}
 
 
+async def test_413_splits_profile_updates_and_only_one_too_large_alone_fails(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    def identify(n: int, note_bytes: int) -> dict[str, Any]:
+        traits = {"note": "x" * note_bytes}
+        return {"type": "identify", "userId": f"u{n}", "traits": traits, "messageId": f"i{n}"}
+
+    messages = [identify(n, 900) for n in range(1, 6)] + [identify(6, 5000)]
+    async with MixpanelContract(max_form_bytes=4000) as contract:
+        entry = mixpanel(contract.url, concurrency=1)
+        await deliver(make_config, http, entry, messages, settled=6)
+    found = states(data_dir)
+    assert {m: found[m][:2] for m in found} == {
+        f"i{n}": ("delivered", 200) for n in range(1, 6)
+    } | {"i6": ("dead", 413)}
+    assert sorted(u["$distinct_id"] for u in contract.profile_updates) == [
+        f"u{n}" for n in range(1, 6)
+    ]
+
+
 async def test_service_account_authenticates_import_with_its_project(
     make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
 ) -> None:
