@@ -32,9 +32,8 @@ from cdpd import __version__
 from cdpd.destinations import http
 from cdpd.destinations.actions import Action, Prepared, worst
 from cdpd.destinations.amplitude_actions import KINDS, PRESETS
-from cdpd.destinations.base import Result, secret
+from cdpd.destinations.base import Result, required_secret
 from cdpd.destinations.settings import AmplitudeDestination
-from cdpd.settings import ConfigError
 
 __all__ = ["KINDS", "PRESETS", "Amplitude"]
 
@@ -57,9 +56,7 @@ class Amplitude:
     def __init__(self, config: AmplitudeDestination, actions: list[Action]) -> None:
         self.name = config.name
         self.actions = actions
-        key = secret(config.name, config.api_key, config.api_key_env, "api_key")
-        if not key:
-            raise ConfigError(f"destination {config.name!r}: api_key or api_key_env")
+        key = required_secret(config.name, config.api_key, config.api_key_env, "api_key")
         self._key = key
         self._url = config.api_url
         self._identify_url = config.identify_url

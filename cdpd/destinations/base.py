@@ -92,3 +92,14 @@ def secret(destination: str, value: str | None, env: str | None, what: str) -> s
             )
         return found
     return None
+
+
+def required_secret(destination: str, value: str | None, env: str | None, what: str) -> str:
+    """`secret()` for a credential the destination cannot work without."""
+    found = secret(destination, value, env, what)
+    if not found:
+        raise ConfigError(
+            f"destination {destination!r}: needs {what}, or {what}_env naming the environment"
+            " variable that holds it"
+        )
+    return found

@@ -31,7 +31,7 @@ from cdpd import __version__
 from cdpd.destinations import ga4_rules as rules
 from cdpd.destinations import http
 from cdpd.destinations.actions import Action, ActionKind, Field, Prepared, Preset
-from cdpd.destinations.base import Result, secret
+from cdpd.destinations.base import Result, required_secret
 from cdpd.destinations.settings import Ga4Destination
 from cdpd.model.timestamps import parse_ms
 from cdpd.settings import ConfigError
@@ -199,9 +199,9 @@ class Ga4:
     def __init__(self, config: Ga4Destination, actions: list[Action]) -> None:
         self.name = config.name
         self.actions = actions
-        api_secret = secret(config.name, config.api_secret, config.api_secret_env, "api_secret")
-        if not api_secret:
-            raise ConfigError(f"destination {config.name!r}: api_secret or api_secret_env")
+        api_secret = required_secret(
+            config.name, config.api_secret, config.api_secret_env, "api_secret"
+        )
         self._query = {"measurement_id": config.measurement_id, "api_secret": api_secret}
         self._secrets = [api_secret]
         self._url = config.api_url

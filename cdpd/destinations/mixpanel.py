@@ -32,7 +32,7 @@ import msgspec
 from cdpd import __version__
 from cdpd.destinations import http
 from cdpd.destinations.actions import Action, Prepared, worst
-from cdpd.destinations.base import Result, secret
+from cdpd.destinations.base import Result, required_secret, secret
 from cdpd.destinations.mixpanel_actions import KINDS, PRESETS
 from cdpd.destinations.settings import MixpanelDestination
 from cdpd.settings import ConfigError
@@ -66,9 +66,9 @@ class Mixpanel:
     def __init__(self, config: MixpanelDestination, actions: list[Action]) -> None:
         self.name = config.name
         self.actions = actions
-        token = secret(config.name, config.project_token, config.project_token_env, "project_token")
-        if not token:
-            raise ConfigError(f"destination {config.name!r}: project_token or project_token_env")
+        token = required_secret(
+            config.name, config.project_token, config.project_token_env, "project_token"
+        )
         self._token = token
         self._base = config.api_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)

@@ -22,7 +22,7 @@ import msgspec
 from cdpd import __version__
 from cdpd.destinations import http
 from cdpd.destinations.actions import Action, ActionKind, Field, Prepared, Preset
-from cdpd.destinations.base import Result, secret
+from cdpd.destinations.base import Result, required_secret
 from cdpd.destinations.settings import SlackDestination
 from cdpd.settings import ConfigError
 
@@ -70,9 +70,9 @@ class Slack:
     def __init__(self, config: SlackDestination, actions: list[Action]) -> None:
         self.name = config.name
         self.actions = actions
-        url = secret(config.name, config.webhook_url, config.webhook_url_env, "webhook_url")
-        if not url:
-            raise ConfigError(f"destination {config.name!r}: webhook_url or webhook_url_env")
+        url = required_secret(
+            config.name, config.webhook_url, config.webhook_url_env, "webhook_url"
+        )
         if not url.startswith(("https://", "http://")):
             raise ConfigError(f"destination {config.name!r}: the webhook URL must be http(s)")
         self._url = url

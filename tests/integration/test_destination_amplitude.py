@@ -290,7 +290,7 @@ async def test_an_event_without_ids_is_dead_without_being_sent(
 @pytest.mark.parametrize(
     ("settings", "says"),
     [
-        ("", "destination 'amp': api_key"),
+        ("", "destination 'amp': needs api_key, or api_key_env"),
         ('api_key_env = "CDPD_TEST_UNSET_AMPLITUDE_KEY"\n', "CDPD_TEST_UNSET_AMPLITUDE_KEY"),
         ('api_key = "k"\nmin_id_length = 0\n', "min_id_length"),
     ],

@@ -298,7 +298,9 @@ def test_check_config_wants_an_api_secret_and_a_debug_url(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     entry = destination("ga4", "ga4", measurement_id="G-1")
-    assert "api_secret or api_secret_env" in check_config(tmp_path, capsys, entry)
+    assert "needs api_secret, or api_secret_env naming the environment variable" in check_config(
+        tmp_path, capsys, entry
+    )
     entry += 'api_secret = "s"\nvalidate = true\napi_url = "https://proxy.example.com/ga"\n'
     err = check_config(tmp_path, capsys, entry)
     assert "validate needs an api_url ending in /mp/collect" in err

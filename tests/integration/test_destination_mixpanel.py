@@ -398,7 +398,10 @@ async def test_an_insert_id_mixpanel_cannot_take_is_replaced_by_a_stable_uuid(
 @pytest.mark.parametrize(
     ("settings", "says"),
     [
-        ('api_url = "http://127.0.0.1:9"\n', "destination 'mp': project_token"),
+        (
+            'api_url = "http://127.0.0.1:9"\n',
+            "destination 'mp': needs project_token, or project_token_env",
+        ),
         (
             'project_token = "t"\nservice_account_username = "u"\n',
             "a service account needs service_account_secret",
