@@ -48,18 +48,18 @@ class Deliver:
     async def __call__(
         self,
         destination: str,
-        lane: str,
         messages: list[dict[str, Any]],
         *,
         count: int | None = None,
         wait: Wait = delivered,
         clock: FakeClock | None = None,
     ) -> None:
-        """Post `messages` and stop the cdpd once the lane has delivered `count` of them (all,
+        """Post `messages` and stop the cdpd once its lane has delivered `count` of them (all,
         unless told), or with `wait=settled`, once it has recorded that many outcomes."""
         async with self.running(destination, clock) as server:
+            (lane,) = server.delivery.lanes.values()
             await send(self.http, server, messages)
-            await wait(server.delivery.lanes[lane], len(messages) if count is None else count)
+            await wait(lane, len(messages) if count is None else count)
 
 
 def stored(data_dir: Path) -> dict[str, str]:
@@ -138,7 +138,7 @@ async def settled(lane: Lane, count: int) -> None:
 
 
 async def down_then_back(
-    deliver: Deliver, broker: tuple[str, int], lane_name: str, destination: Callable[[int], str]
+    deliver: Deliver, broker: tuple[str, int], destination: Callable[[int], str]
 ) -> int:
     """Take a destination through a proxy in front of `broker` (`destination(port)` is its entry)
     and return the proxy's port: track m1 is sent while the broker is down (one attempt,
@@ -148,10 +148,10 @@ async def down_then_back(
     async with Proxy(broker) as proxy:
         await proxy.stop()
         async with deliver.running(destination(proxy.port), clock) as server:
-            lane = server.delivery.lanes[lane_name]
+            ((name, lane),) = server.delivery.lanes.items()
             await send(deliver.http, server, [track(1)])
             await recorded(lane, 1)
-            assert deliveries(deliver.data_dir, lane_name) == [("m1", "retrying", 1, None)]
+            assert deliveries(deliver.data_dir, name) == [("m1", "retrying", 1, None)]
             await proxy.start()
             clock.advance(300)
             await delivered(lane, 1)

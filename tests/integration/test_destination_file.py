@@ -22,7 +22,8 @@ from cdpd.destinations.file import File
 from cdpd.model.timestamps import parse_ms
 from tests import spec_examples as spec
 from tests.brokers import Deliver, attempts
-from tests.helpers import FakeClock, check_config_fails, query
+from tests.contracts import harness
+from tests.helpers import FakeClock, query
 from tests.integration.test_delivery import delivered, recorded, send
 
 EXAMPLES = [spec.IDENTIFY, spec.ORDER_COMPLETED, spec.PAGE, spec.SCREEN, spec.GROUP, spec.ALIAS]
@@ -30,8 +31,7 @@ START_MS = parse_ms("2026-12-05T23:15:00.000Z")
 
 
 def file_destination(path: Path, *options: str, name: str = "events") -> str:
-    lines = [f'[[destinations]]\nname = "{name}"\ntype = "file"\npath = "{path}"', *options]
-    return "\n".join(lines) + "\n"
+    return harness.destination("file", name, path=str(path)) + "".join(f"{o}\n" for o in options)
 
 
 def stored(data_dir: Path) -> list[str]:
@@ -67,7 +67,7 @@ async def test_the_spec_examples_are_written_one_line_each(
     deliver: Deliver, data_dir: Path, tmp_path: Path, fsync: str
 ) -> None:
     path = tmp_path / "out" / "events.ndjson"  # its directory is made
-    await deliver(file_destination(path, f'fsync = "{fsync}"'), "events", EXAMPLES)
+    await deliver(file_destination(path, f'fsync = "{fsync}"'), EXAMPLES)
     assert lines_of(path) == stored(data_dir)  # each message exactly as stored, in order
     written = [msgspec.json.decode(line) for line in lines_of(path)]
     for line, example in zip(written, EXAMPLES, strict=True):
@@ -88,7 +88,7 @@ data = { id = { "@path" = "$.messageId" }, order = { "@path" = "$.properties.ord
 skus = { "@arrayPath" = ["$.properties.products", { sku = { "@path" = "$.sku" } }] } }
 """
     path = tmp_path / "orders.ndjson"
-    await deliver(file_destination(path) + orders, "events", EXAMPLES, count=1)
+    await deliver(file_destination(path) + orders, EXAMPLES, count=1)
     assert path.read_text() == (
         '{"id":"4a7f6e2d-0b2c-4b5e-9a8f-1c2d3e4f5a6b","order":"50314b8e9bcf000000000000",'
         '"skus":[{"sku":"45790-32"},{"sku":"46493-32"}]}\n'
@@ -133,9 +133,7 @@ async def test_rotation_by_size_keeps_every_line_once_in_order(
 ) -> None:
     path = tmp_path / "events.ndjson"
     messages = [padded(n) for n in range(1, 7)]
-    await deliver(
-        file_destination(path, "max_bytes = 2500"), "events", messages, clock=FakeClock(START_MS)
-    )
+    await deliver(file_destination(path, "max_bytes = 2500"), messages, clock=FakeClock(START_MS))
     lines = stored(data_dir)
     assert all(1000 < len(line) < 1240 for line in lines)  # two lines fit, three do not
     first = tmp_path / "events-20261205T231500Z-0001.ndjson.gz"
@@ -253,7 +251,7 @@ async def test_a_full_disk_is_retried_with_its_error_and_leaves_no_partial_line(
 ) -> None:
     (tiny_filesystem / "filler").write_bytes(b"x" * (64 * 1024 - 100))  # leaves room for 100
     path = tiny_filesystem / "events.ndjson"
-    await deliver(file_destination(path), "events", [spec.IDENTIFY], wait=recorded)
+    await deliver(file_destination(path), [spec.IDENTIFY], wait=recorded)
     first = attempts(data_dir)[0]  # (a retry may follow at once: the backoff has full jitter)
     assert first == (1, None, f"cannot write {path}: No space left on device", "retrying")
     assert path.read_bytes() == b""  # the part that fitted was taken back
@@ -278,19 +276,19 @@ def test_check_config_points_at_a_bad_setting(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], says: str
 ) -> None:
     destination = file_destination(tmp_path / "events.ndjson", *options)
-    assert says in check_config_fails(tmp_path, capsys, destination)
+    assert says in harness.check_config(tmp_path, capsys, destination)
 
 
 def test_check_config_refuses_a_directory_and_a_shared_path(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    said = check_config_fails(tmp_path, capsys, file_destination(tmp_path))
+    said = harness.check_config(tmp_path, capsys, file_destination(tmp_path))
     assert f"destination 'events': path {str(tmp_path)!r} is a directory" in said
     twice = file_destination(tmp_path / "a.ndjson") + file_destination(
         tmp_path / "a.ndjson", name="again"
     )
-    assert "destinations[1].path:" in check_config_fails(tmp_path, capsys, twice)
-    said = check_config_fails(tmp_path, capsys, file_destination(Path("/dev/null")))
+    assert "destinations[1].path:" in harness.check_config(tmp_path, capsys, twice)
+    said = harness.check_config(tmp_path, capsys, file_destination(Path("/dev/null")))
     assert "path '/dev/null' is not a regular file" in said
 
 

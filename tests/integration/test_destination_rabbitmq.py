@@ -14,15 +14,13 @@ import pytest
 
 from tests import spec_examples
 from tests.brokers import EXAMPLES, Deliver, attempts, down_then_back, settled, stored, unique
-from tests.helpers import FakeClock, check_config_fails
+from tests.contracts import harness
+from tests.helpers import FakeClock
 from tests.integration.test_delivery import delivered, deliveries, recorded, send, track
 
 
 def destination(url: str, exchange: str, extra: str = "") -> str:
-    return (
-        f'[[destinations]]\nname = "rabbit"\ntype = "rabbitmq"\nurl = "{url}"\n'
-        f'exchange = "{exchange}"\n{extra}'
-    )
+    return harness.destination("rabbitmq", "rabbit", url=url, exchange=exchange) + extra
 
 
 def url_of(address: tuple[str, int]) -> str:
@@ -82,7 +80,7 @@ async def test_each_spec_example_reaches_the_bound_queue_as_a_persistent_json_me
     exchange, queue = bound
     monkeypatch.setenv("CDPD_TEST_RABBIT_PASSWORD", "guest")
     extra = 'routing_key = "{{type}}.{{event}}"\npassword_env = "CDPD_TEST_RABBIT_PASSWORD"\n'
-    await deliver(destination(url, exchange, extra), "rabbit", EXAMPLES)
+    await deliver(destination(url, exchange, extra), EXAMPLES)
     payloads = stored(data_dir)
     received = {m.message_id: m for m in await drain(queue)}
     assert sorted(received) == sorted(e["messageId"] for e in spec_examples.ALL.values())
@@ -109,7 +107,7 @@ payload = { order = { "@path" = "$.properties.order_id" } }
 routing_key = { "@template" = "orders.{{userId}}.{{properties.order_id}}" }
 """
     message = track(1, user="a.b#*", properties={"order_id": "o 1"})
-    await deliver(destination(url, exchange, action), "rabbit", [message])
+    await deliver(destination(url, exchange, action), [message])
     (message,) = await drain(queue)
     assert message.routing_key == "orders.a_b__.o_1"
     assert message.body == b'{"order":"o 1"}'
@@ -121,7 +119,7 @@ async def test_an_unroutable_message_is_dead_with_the_reason(
 ) -> None:
     exchange = unique("cdpd-test-")  # cdpd declares it; nothing is bound to it
     entry = destination(url, exchange)
-    await deliver(entry, "rabbit", [track(1)], wait=settled)
+    await deliver(entry, [track(1)], wait=settled)
     assert deliveries(data_dir, "rabbit") == [("m1", "dead", 1, 400)]
     assert attempts(data_dir)[0][2] == (
         f"RabbitMQ: unroutable: exchange {exchange!r} has no queue bound for routing key"
@@ -184,7 +182,7 @@ async def test_wrong_credentials_are_retried_and_never_shown(
     monkeypatch.setenv("CDPD_TEST_RABBIT_PASSWORD", "not-the-password")
     extra = 'password_env = "CDPD_TEST_RABBIT_PASSWORD"\n'
     entry = destination(url, unique("cdpd-test-"), extra)
-    await deliver(entry, "rabbit", [track(1)], wait=recorded)
+    await deliver(entry, [track(1)], wait=recorded)
     ((_, status, error, outcome),) = attempts(data_dir)
     assert (status, outcome) == (None, "retrying")
     assert "ACCESS_REFUSED" in error or "authentication" in error.lower()
@@ -201,7 +199,6 @@ async def test_a_broker_that_is_down_is_retried_then_delivered(
     port = await down_then_back(
         deliver,
         rabbitmq_server,
-        "rabbit",
         lambda port: destination(url_of(("127.0.0.1", port)), exchange),
     )
     assert attempts(data_dir)[0][2].startswith(f"RabbitMQ at amqp://127.0.0.1:{port}/: ")
@@ -219,5 +216,5 @@ async def test_a_broker_that_is_down_is_retried_then_delivered(
 def test_check_config_reports_bad_settings(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], settings: str, says: str
 ) -> None:
-    entry = f'[[destinations]]\nname = "rabbit"\ntype = "rabbitmq"\n{settings}'
-    assert says in check_config_fails(tmp_path, capsys, entry)
+    entry = harness.destination("rabbitmq", "rabbit") + settings
+    assert says in harness.check_config(tmp_path, capsys, entry)
