@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import Callable, Coroutine
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -45,6 +45,17 @@ class Deliver:
     ) -> AbstractAsyncContextManager[Running]:
         return running(self.make_config(destination), clock=clock)
 
+    @asynccontextmanager
+    async def posting(
+        self, destination: str, messages: list[dict[str, Any]], clock: FakeClock | None = None
+    ) -> AsyncIterator[tuple[Running, Lane]]:
+        """A cdpd with `destination` that `messages` have been posted to: the server and the
+        destination's lane, while it runs."""
+        async with self.running(destination, clock) as server:
+            (lane,) = server.delivery.lanes.values()
+            await send(self.http, server, messages)
+            yield server, lane
+
     async def __call__(
         self,
         destination: str,
@@ -56,9 +67,7 @@ class Deliver:
     ) -> None:
         """Post `messages` and stop the cdpd once its lane has delivered `count` of them (all,
         unless told), or with `wait=settled`, once it has recorded that many outcomes."""
-        async with self.running(destination, clock) as server:
-            (lane,) = server.delivery.lanes.values()
-            await send(self.http, server, messages)
+        async with self.posting(destination, messages, clock) as (_, lane):
             await wait(lane, len(messages) if count is None else count)
 
 
@@ -147,11 +156,9 @@ async def down_then_back(
     clock = FakeClock()
     async with Proxy(broker) as proxy:
         await proxy.stop()
-        async with deliver.running(destination(proxy.port), clock) as server:
-            ((name, lane),) = server.delivery.lanes.items()
-            await send(deliver.http, server, [track(1)])
+        async with deliver.posting(destination(proxy.port), [track(1)], clock) as (server, lane):
             await recorded(lane, 1)
-            assert deliveries(deliver.data_dir, name) == [("m1", "retrying", 1, None)]
+            assert deliveries(deliver.data_dir, lane.name) == [("m1", "retrying", 1, None)]
             await proxy.start()
             clock.advance(300)
             await delivered(lane, 1)

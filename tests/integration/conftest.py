@@ -8,6 +8,7 @@ import pytest
 
 from cdpd import config as cdpd_config
 from tests.brokers import Deliver
+from tests.helpers import FakeClock
 
 
 @pytest.fixture
@@ -15,3 +16,9 @@ def deliver(
     make_config: Callable[..., cdpd_config.Config], http: aiohttp.ClientSession, data_dir: Path
 ) -> Deliver:
     return Deliver(make_config, http, data_dir)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A clock for delivery that moves only when the test advances it."""
+    return FakeClock()

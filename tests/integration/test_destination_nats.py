@@ -18,7 +18,7 @@ from tests import spec_examples
 from tests.brokers import EXAMPLES, Deliver, attempts, down_then_back, settled, stored, unique
 from tests.contracts import harness
 from tests.helpers import FakeClock
-from tests.integration.test_delivery import delivered, deliveries, recorded, send, track
+from tests.integration.test_delivery import delivered, deliveries, recorded, track
 from tests.integration.test_delivery_operations import ADMIN, BEARER
 
 
@@ -79,9 +79,8 @@ async def test_a_replayed_message_is_dropped_by_the_streams_duplicate_window(
 ) -> None:
     name, prefix = stream
     http = deliver.http
-    async with deliver.running(ADMIN + destination(url, prefix + ".{{event}}")) as server:
-        lane = server.delivery.lanes["nats"]
-        await send(http, server, [track(1)])
+    entry = ADMIN + destination(url, prefix + ".{{event}}")
+    async with deliver.posting(entry, [track(1)]) as (server, lane):
         await delivered(lane, 1)
         replay = {"destination": "nats", "since": "2000-01-01T00:00:00Z"}
         async with http.post(f"{server.url}/admin/replay", json=replay, headers=BEARER) as resp:
@@ -93,13 +92,10 @@ async def test_a_replayed_message_is_dropped_by_the_streams_duplicate_window(
 
 
 async def test_a_missing_stream_is_retried_with_a_clear_error_until_it_exists(
-    deliver: Deliver, data_dir: Path, client: Nats, url: str
+    deliver: Deliver, data_dir: Path, client: Nats, url: str, clock: FakeClock
 ) -> None:
     name, prefix = unique("CDPD_TEST_"), unique("cdpd-test-")
-    clock = FakeClock()
-    async with deliver.running(destination(url, prefix + ".x"), clock) as server:
-        lane = server.delivery.lanes["nats"]
-        await send(deliver.http, server, [track(1)])
+    async with deliver.posting(destination(url, prefix + ".x"), [track(1)], clock) as (_, lane):
         await recorded(lane, 1)
         assert deliveries(data_dir, "nats") == [("m1", "retrying", 1, 503)]
         js = client.jetstream()

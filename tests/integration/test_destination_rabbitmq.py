@@ -137,9 +137,7 @@ async def test_a_nack_is_retried_until_the_queue_takes_it(
     exchange, queue = await bind_all(channel, name, full)
     clock = FakeClock()
     entry = destination(url, name, "concurrency = 1\n")
-    async with deliver.running(entry, clock) as server:
-        lane = server.delivery.lanes["rabbit"]
-        await send(deliver.http, server, [track(1)])
+    async with deliver.posting(entry, [track(1)], clock) as (server, lane):
         await delivered(lane, 1)
         await send(deliver.http, server, [track(2)])
         await recorded(lane, 2)
@@ -161,9 +159,7 @@ async def test_a_passive_exchange_that_is_missing_is_retried_until_it_exists(
     name = unique("cdpd-test-")
     clock = FakeClock()
     entry = destination(url, name, 'exchange_declare = "passive"\n')
-    async with deliver.running(entry, clock) as server:
-        lane = server.delivery.lanes["rabbit"]
-        await send(deliver.http, server, [track(1)])
+    async with deliver.posting(entry, [track(1)], clock) as (_, lane):
         await recorded(lane, 1)
         assert deliveries(data_dir, "rabbit") == [("m1", "retrying", 1, None)]
         exchange, queue = await bind_all(channel, name)

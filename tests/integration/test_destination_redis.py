@@ -191,9 +191,8 @@ async def test_a_password_from_the_environment_and_the_connection_closed_at_shut
     authed = url.replace("redis://", f"redis://{user}@")
     extra = 'password_env = "CDPD_TEST_REDIS_PASSWORD"\n'
     try:
-        async with deliver.running(destination(authed, key, extra)) as server:
-            await send(deliver.http, server, [track(1)])
-            await delivered(server.delivery.lanes["redis"], 1)
+        async with deliver.posting(destination(authed, key, extra), [track(1)]) as (_, lane):
+            await delivered(lane, 1)
             assert "cdpd-redis" in await client_names(client, user)
         assert await client_names(client, user) == []
         assert len(await entries(client, key)) == 1
