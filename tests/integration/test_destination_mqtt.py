@@ -83,8 +83,8 @@ subscribe = 'type = "track"'
 payload = {{ order = {{ "@path" = "$.properties.order_id" }} }}
 topic = {{ "@template" = "{prefix}/users/{{{{userId}}}}" }}
 """
-    message = track(1, user="a/+/#", properties={"order_id": "o-1"})
-    await deliver(destination(port, "unused", action), [message])
+    order = track(1, user="a/+/#", properties={"order_id": "o-1"})
+    await deliver(destination(port, "unused", action), [order])
     (message,) = await receive(client, 1)
     assert message.topic.value == f"{prefix}/users/a____"
     assert message.payload == b'{"order":"o-1"}'

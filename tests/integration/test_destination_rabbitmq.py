@@ -106,8 +106,8 @@ subscribe = 'type = "track"'
 payload = { order = { "@path" = "$.properties.order_id" } }
 routing_key = { "@template" = "orders.{{userId}}.{{properties.order_id}}" }
 """
-    message = track(1, user="a.b#*", properties={"order_id": "o 1"})
-    await deliver(destination(url, exchange, action), [message])
+    order = track(1, user="a.b#*", properties={"order_id": "o 1"})
+    await deliver(destination(url, exchange, action), [order])
     (message,) = await drain(queue)
     assert message.routing_key == "orders.a_b__.o_1"
     assert message.body == b'{"order":"o 1"}'
