@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import Callable, Coroutine
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -45,21 +45,30 @@ class Deliver:
     ) -> AbstractAsyncContextManager[Running]:
         return running(self.make_config(destination), clock=clock)
 
+    @asynccontextmanager
+    async def posting(
+        self, destination: str, messages: list[dict[str, Any]], clock: FakeClock | None = None
+    ) -> AsyncIterator[tuple[Running, Lane]]:
+        """A cdpd with `destination` that `messages` have been posted to: the server and the
+        destination's lane, while it runs."""
+        async with self.running(destination, clock) as server:
+            (lane,) = server.delivery.lanes.values()
+            await send(self.http, server, messages)
+            yield server, lane
+
     async def __call__(
         self,
         destination: str,
-        lane: str,
         messages: list[dict[str, Any]],
         *,
         count: int | None = None,
         wait: Wait = delivered,
         clock: FakeClock | None = None,
     ) -> None:
-        """Post `messages` and stop the cdpd once the lane has delivered `count` of them (all,
+        """Post `messages` and stop the cdpd once its lane has delivered `count` of them (all,
         unless told), or with `wait=settled`, once it has recorded that many outcomes."""
-        async with self.running(destination, clock) as server:
-            await send(self.http, server, messages)
-            await wait(server.delivery.lanes[lane], len(messages) if count is None else count)
+        async with self.posting(destination, messages, clock) as (_, lane):
+            await wait(lane, len(messages) if count is None else count)
 
 
 def stored(data_dir: Path) -> dict[str, str]:
@@ -138,7 +147,7 @@ async def settled(lane: Lane, count: int) -> None:
 
 
 async def down_then_back(
-    deliver: Deliver, broker: tuple[str, int], lane_name: str, destination: Callable[[int], str]
+    deliver: Deliver, broker: tuple[str, int], destination: Callable[[int], str]
 ) -> int:
     """Take a destination through a proxy in front of `broker` (`destination(port)` is its entry)
     and return the proxy's port: track m1 is sent while the broker is down (one attempt,
@@ -147,11 +156,9 @@ async def down_then_back(
     clock = FakeClock()
     async with Proxy(broker) as proxy:
         await proxy.stop()
-        async with deliver.running(destination(proxy.port), clock) as server:
-            lane = server.delivery.lanes[lane_name]
-            await send(deliver.http, server, [track(1)])
+        async with deliver.posting(destination(proxy.port), [track(1)], clock) as (server, lane):
             await recorded(lane, 1)
-            assert deliveries(deliver.data_dir, lane_name) == [("m1", "retrying", 1, None)]
+            assert deliveries(deliver.data_dir, lane.name) == [("m1", "retrying", 1, None)]
             await proxy.start()
             clock.advance(300)
             await delivered(lane, 1)

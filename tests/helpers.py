@@ -18,7 +18,6 @@ import aiohttp
 import msgspec
 import pytest
 
-from cdpd import cli
 from cdpd.model.timestamps import now_ms
 
 WRITE_KEY = "wk_test"
@@ -60,13 +59,6 @@ def config_file(tmp_path: Path, data_dir: Path, extra: str = "") -> Path:
     path = tmp_path / "cdpd.toml"
     path.write_text(config_text(data_dir, extra))
     return path
-
-
-def check_config_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str) -> str:
-    """Run `cdpd check-config` on a config with `extra`: it must exit 2. Returns what it said."""
-    path = config_file(tmp_path, tmp_path / "var", extra)
-    assert cli.main(["check-config", "--config", str(path)]) == 2
-    return capsys.readouterr().err
 
 
 def outbox_path(data_dir: Path) -> Path:

@@ -22,16 +22,22 @@ from cdpd.destinations.file import File
 from cdpd.model.timestamps import parse_ms
 from tests import spec_examples as spec
 from tests.brokers import Deliver, attempts
-from tests.helpers import FakeClock, check_config_fails, query
+from tests.contracts import harness
+from tests.helpers import FakeClock, query
 from tests.integration.test_delivery import delivered, recorded, send
 
 EXAMPLES = [spec.IDENTIFY, spec.ORDER_COMPLETED, spec.PAGE, spec.SCREEN, spec.GROUP, spec.ALIAS]
 START_MS = parse_ms("2026-12-05T23:15:00.000Z")
 
 
+@pytest.fixture
+def clock() -> FakeClock:
+    """Delivery's clock, at START_MS: the names of the rotated files tell its time."""
+    return FakeClock(START_MS)
+
+
 def file_destination(path: Path, *options: str, name: str = "events") -> str:
-    lines = [f'[[destinations]]\nname = "{name}"\ntype = "file"\npath = "{path}"', *options]
-    return "\n".join(lines) + "\n"
+    return harness.destination("file", name, path=str(path)) + "".join(f"{o}\n" for o in options)
 
 
 def stored(data_dir: Path) -> list[str]:
@@ -67,7 +73,7 @@ async def test_the_spec_examples_are_written_one_line_each(
     deliver: Deliver, data_dir: Path, tmp_path: Path, fsync: str
 ) -> None:
     path = tmp_path / "out" / "events.ndjson"  # its directory is made
-    await deliver(file_destination(path, f'fsync = "{fsync}"'), "events", EXAMPLES)
+    await deliver(file_destination(path, f'fsync = "{fsync}"'), EXAMPLES)
     assert lines_of(path) == stored(data_dir)  # each message exactly as stored, in order
     written = [msgspec.json.decode(line) for line in lines_of(path)]
     for line, example in zip(written, EXAMPLES, strict=True):
@@ -88,7 +94,7 @@ data = { id = { "@path" = "$.messageId" }, order = { "@path" = "$.properties.ord
 skus = { "@arrayPath" = ["$.properties.products", { sku = { "@path" = "$.sku" } }] } }
 """
     path = tmp_path / "orders.ndjson"
-    await deliver(file_destination(path) + orders, "events", EXAMPLES, count=1)
+    await deliver(file_destination(path) + orders, EXAMPLES, count=1)
     assert path.read_text() == (
         '{"id":"4a7f6e2d-0b2c-4b5e-9a8f-1c2d3e4f5a6b","order":"50314b8e9bcf000000000000",'
         '"skus":[{"sku":"45790-32"},{"sku":"46493-32"}]}\n'
@@ -96,16 +102,15 @@ skus = { "@arrayPath" = ["$.properties.products", { sku = { "@path" = "$.sku" } 
 
 
 async def test_an_existing_file_is_appended_to_and_aged_from_its_mtime(
-    deliver: Deliver, data_dir: Path, tmp_path: Path
+    deliver: Deliver, data_dir: Path, tmp_path: Path, clock: FakeClock
 ) -> None:
-    clock = FakeClock(START_MS)
     path = tmp_path / "events.ndjson"
     path.write_text('{"earlier":true}\n')
     mtime_s = (START_MS - 120_000) / 1000  # written two minutes before the start
     os.utime(path, (mtime_s, mtime_s))
-    async with deliver.running(file_destination(path, "rotate_interval_s = 3600"), clock) as server:
-        await send(deliver.http, server, [spec.IDENTIFY])
-        await delivered(server.delivery.lanes["events"], 1)
+    entry = file_destination(path, "rotate_interval_s = 3600")
+    async with deliver.posting(entry, [spec.IDENTIFY], clock) as (server, lane):
+        await delivered(lane, 1)
         assert lines_of(path) == ['{"earlier":true}', *stored(data_dir)]
         # Due an hour after the mtime, not an hour after cdpd's first line.
         clock.advance(3600 - 120)
@@ -129,13 +134,11 @@ def padded(n: int) -> dict[str, Any]:
 
 
 async def test_rotation_by_size_keeps_every_line_once_in_order(
-    deliver: Deliver, data_dir: Path, tmp_path: Path
+    deliver: Deliver, data_dir: Path, tmp_path: Path, clock: FakeClock
 ) -> None:
     path = tmp_path / "events.ndjson"
     messages = [padded(n) for n in range(1, 7)]
-    await deliver(
-        file_destination(path, "max_bytes = 2500"), "events", messages, clock=FakeClock(START_MS)
-    )
+    await deliver(file_destination(path, "max_bytes = 2500"), messages, clock=clock)
     lines = stored(data_dir)
     assert all(1000 < len(line) < 1240 for line in lines)  # two lines fit, three do not
     first = tmp_path / "events-20261205T231500Z-0001.ndjson.gz"
@@ -149,14 +152,12 @@ async def test_rotation_by_size_keeps_every_line_once_in_order(
 
 
 async def test_rotation_by_time_also_when_idle(
-    deliver: Deliver, data_dir: Path, tmp_path: Path
+    deliver: Deliver, data_dir: Path, tmp_path: Path, clock: FakeClock
 ) -> None:
-    clock = FakeClock(START_MS)
     path = tmp_path / "out" / "events.ndjson"
     http = deliver.http
-    async with deliver.running(file_destination(path, "rotate_interval_s = 60"), clock) as server:
-        lane = server.delivery.lanes["events"]
-        await send(http, server, [spec.IDENTIFY])
+    entry = file_destination(path, "rotate_interval_s = 60")
+    async with deliver.posting(entry, [spec.IDENTIFY], clock) as (server, lane):
         await delivered(lane, 1)
         clock.advance(60)  # nothing more arrives: the file is rotated all the same
         first = path.parent / "events-20261205T231600Z-0001.ndjson.gz"
@@ -177,14 +178,12 @@ async def test_rotation_by_time_also_when_idle(
 
 
 async def test_keep_prunes_the_oldest_rotated_files(
-    deliver: Deliver, data_dir: Path, tmp_path: Path
+    deliver: Deliver, data_dir: Path, tmp_path: Path, clock: FakeClock
 ) -> None:
-    clock = FakeClock(START_MS)
     path = tmp_path / "out" / "events.ndjson"
     entry = file_destination(path, "max_bytes = 1", "keep = 2")
-    async with deliver.running(entry, clock) as server:
-        await send(deliver.http, server, [padded(n) for n in range(1, 6)])
-        await delivered(server.delivery.lanes["events"], 5)
+    async with deliver.posting(entry, [padded(n) for n in range(1, 6)], clock) as (server, lane):
+        await delivered(lane, 5)
         kept = [f"events-20261205T231500Z-000{n}.ndjson.gz" for n in (3, 4)]
         await upkept(server, lambda: names(path.parent) == [*kept, "events.ndjson"])
     lines = stored(data_dir)
@@ -210,15 +209,12 @@ async def test_a_rotation_cut_short_by_a_crash_is_finished_at_the_next_start(
 
 
 async def test_an_unwritable_directory_is_retried_until_it_is_fixed(
-    deliver: Deliver, data_dir: Path, tmp_path: Path
+    deliver: Deliver, data_dir: Path, tmp_path: Path, clock: FakeClock
 ) -> None:
-    clock = FakeClock(START_MS)
     blocker = tmp_path / "logs"
     blocker.write_text("a file where the directory should be")
     path = blocker / "events.ndjson"
-    async with deliver.running(file_destination(path), clock) as server:
-        lane = server.delivery.lanes["events"]
-        await send(deliver.http, server, [spec.IDENTIFY])
+    async with deliver.posting(file_destination(path), [spec.IDENTIFY], clock) as (_, lane):
         await recorded(lane, 1)
         assert query(data_dir, "SELECT state, attempts FROM deliveries") == [("retrying", 1)]
         blocker.unlink()
@@ -253,7 +249,7 @@ async def test_a_full_disk_is_retried_with_its_error_and_leaves_no_partial_line(
 ) -> None:
     (tiny_filesystem / "filler").write_bytes(b"x" * (64 * 1024 - 100))  # leaves room for 100
     path = tiny_filesystem / "events.ndjson"
-    await deliver(file_destination(path), "events", [spec.IDENTIFY], wait=recorded)
+    await deliver(file_destination(path), [spec.IDENTIFY], wait=recorded)
     first = attempts(data_dir)[0]  # (a retry may follow at once: the backoff has full jitter)
     assert first == (1, None, f"cannot write {path}: No space left on device", "retrying")
     assert path.read_bytes() == b""  # the part that fitted was taken back
@@ -278,19 +274,19 @@ def test_check_config_points_at_a_bad_setting(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], says: str
 ) -> None:
     destination = file_destination(tmp_path / "events.ndjson", *options)
-    assert says in check_config_fails(tmp_path, capsys, destination)
+    assert says in harness.check_config(tmp_path, capsys, destination)
 
 
 def test_check_config_refuses_a_directory_and_a_shared_path(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    said = check_config_fails(tmp_path, capsys, file_destination(tmp_path))
+    said = harness.check_config(tmp_path, capsys, file_destination(tmp_path))
     assert f"destination 'events': path {str(tmp_path)!r} is a directory" in said
     twice = file_destination(tmp_path / "a.ndjson") + file_destination(
         tmp_path / "a.ndjson", name="again"
     )
-    assert "destinations[1].path:" in check_config_fails(tmp_path, capsys, twice)
-    said = check_config_fails(tmp_path, capsys, file_destination(Path("/dev/null")))
+    assert "destinations[1].path:" in harness.check_config(tmp_path, capsys, twice)
+    said = harness.check_config(tmp_path, capsys, file_destination(Path("/dev/null")))
     assert "path '/dev/null' is not a regular file" in said
 
 

@@ -13,17 +13,20 @@ import pytest
 
 from tests import spec_examples
 from tests.brokers import EXAMPLES, Deliver, attempts, down_then_back, stored, unique
-from tests.helpers import check_config_fails
+from tests.contracts import harness
 from tests.integration.test_delivery import track
 
 
 def destination(port: int, topic: str, extra: str = "") -> str:
     # A client id of its own: a broker drops a connection when another takes its id, and other
     # test runs may publish to the same Mosquitto meanwhile.
-    return (
-        f'[[destinations]]\nname = "mqtt"\ntype = "mqtt"\nhost = "127.0.0.1"\nport = {port}\n'
-        f'topic = "{topic}"\nclient_id = "{unique("cdpd-test-")}"\n{extra}'
-    )
+    settings = {
+        "host": "127.0.0.1",
+        "port": port,
+        "topic": topic,
+        "client_id": unique("cdpd-test-"),
+    }
+    return harness.destination("mqtt", "mqtt", **settings) + extra
 
 
 @pytest.fixture
@@ -56,7 +59,7 @@ async def test_each_spec_example_reaches_a_subscriber_at_qos_1(
     deliver: Deliver, data_dir: Path, port: int, subscriber: tuple[str, aiomqtt.Client]
 ) -> None:
     prefix, client = subscriber
-    await deliver(destination(port, prefix + "/{{type}}/{{event}}"), "mqtt", EXAMPLES)
+    await deliver(destination(port, prefix + "/{{type}}/{{event}}"), EXAMPLES)
     payloads = stored(data_dir)
     by_topic = {m.topic.value: m for m in await receive(client, 6)}
     for kind, example in spec_examples.ALL.items():
@@ -80,8 +83,8 @@ subscribe = 'type = "track"'
 payload = {{ order = {{ "@path" = "$.properties.order_id" }} }}
 topic = {{ "@template" = "{prefix}/users/{{{{userId}}}}" }}
 """
-    message = track(1, user="a/+/#", properties={"order_id": "o-1"})
-    await deliver(destination(port, "unused", action), "mqtt", [message])
+    order = track(1, user="a/+/#", properties={"order_id": "o-1"})
+    await deliver(destination(port, "unused", action), [order])
     (message,) = await receive(client, 1)
     assert message.topic.value == f"{prefix}/users/a____"
     assert message.payload == b'{"order":"o-1"}'
@@ -97,7 +100,6 @@ async def test_a_broker_that_is_down_is_retried_then_delivered(
     port = await down_then_back(
         deliver,
         mqtt_server,
-        "mqtt",
         lambda port: destination(port, prefix + "/{{type}}", "timeout_s = 5\n"),
     )
     assert attempts(data_dir)[0][2].startswith(f"MQTT at 127.0.0.1:{port}: ")
@@ -119,5 +121,5 @@ async def test_a_broker_that_is_down_is_retried_then_delivered(
 def test_check_config_reports_bad_settings(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], settings: str, says: str
 ) -> None:
-    entry = f'[[destinations]]\nname = "mqtt"\ntype = "mqtt"\n{settings}'
-    assert says in check_config_fails(tmp_path, capsys, entry)
+    entry = harness.destination("mqtt", "mqtt") + settings
+    assert says in harness.check_config(tmp_path, capsys, entry)

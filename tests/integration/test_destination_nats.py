@@ -16,16 +16,14 @@ from nats.js import JetStreamContext
 
 from tests import spec_examples
 from tests.brokers import EXAMPLES, Deliver, attempts, down_then_back, settled, stored, unique
-from tests.helpers import FakeClock, check_config_fails
-from tests.integration.test_delivery import delivered, deliveries, recorded, send, track
+from tests.contracts import harness
+from tests.helpers import FakeClock
+from tests.integration.test_delivery import delivered, deliveries, recorded, track
 from tests.integration.test_delivery_operations import ADMIN, BEARER
 
 
 def destination(servers: str, subject: str, extra: str = "") -> str:
-    return (
-        f'[[destinations]]\nname = "nats"\ntype = "nats"\nservers = ["{servers}"]\n'
-        f'subject = "{subject}"\n{extra}'
-    )
+    return harness.destination("nats", "nats", servers=[servers], subject=subject) + extra
 
 
 @pytest.fixture
@@ -62,7 +60,7 @@ async def test_each_spec_example_is_published_once_and_acknowledged(
     deliver: Deliver, data_dir: Path, client: Nats, url: str, stream: tuple[str, str]
 ) -> None:
     name, prefix = stream
-    await deliver(destination(url, prefix + ".{{type}}"), "nats", EXAMPLES)
+    await deliver(destination(url, prefix + ".{{type}}"), EXAMPLES)
     js = client.jetstream()
     received = await consume(js, name, f"{prefix}.>", 6)
     payloads = stored(data_dir)
@@ -81,9 +79,8 @@ async def test_a_replayed_message_is_dropped_by_the_streams_duplicate_window(
 ) -> None:
     name, prefix = stream
     http = deliver.http
-    async with deliver.running(ADMIN + destination(url, prefix + ".{{event}}")) as server:
-        lane = server.delivery.lanes["nats"]
-        await send(http, server, [track(1)])
+    entry = ADMIN + destination(url, prefix + ".{{event}}")
+    async with deliver.posting(entry, [track(1)]) as (server, lane):
         await delivered(lane, 1)
         replay = {"destination": "nats", "since": "2000-01-01T00:00:00Z"}
         async with http.post(f"{server.url}/admin/replay", json=replay, headers=BEARER) as resp:
@@ -95,13 +92,10 @@ async def test_a_replayed_message_is_dropped_by_the_streams_duplicate_window(
 
 
 async def test_a_missing_stream_is_retried_with_a_clear_error_until_it_exists(
-    deliver: Deliver, data_dir: Path, client: Nats, url: str
+    deliver: Deliver, data_dir: Path, client: Nats, url: str, clock: FakeClock
 ) -> None:
     name, prefix = unique("CDPD_TEST_"), unique("cdpd-test-")
-    clock = FakeClock()
-    async with deliver.running(destination(url, prefix + ".x"), clock) as server:
-        lane = server.delivery.lanes["nats"]
-        await send(deliver.http, server, [track(1)])
+    async with deliver.posting(destination(url, prefix + ".x"), [track(1)], clock) as (_, lane):
         await recorded(lane, 1)
         assert deliveries(data_dir, "nats") == [("m1", "retrying", 1, 503)]
         js = client.jetstream()
@@ -129,7 +123,7 @@ async def test_a_message_the_stream_refuses_is_dead_with_jetstreams_reason(
     try:
         small = {"type": "alias", "userId": "u", "previousId": "p", "messageId": "s"}
         messages = [track(1, properties={"big": "x" * 2000}), small]
-        await deliver(entry, "nats", messages, wait=settled)
+        await deliver(entry, messages, wait=settled)
         assert deliveries(data_dir, "nats") == [("m1", "dead", 1, 400), ("s", "delivered", 1, 200)]
         assert attempts(data_dir)[0][2].startswith(
             "NATS: JetStream error 400 (10054): message size exceeds maximum allowed"
@@ -144,7 +138,7 @@ async def test_create_stream_makes_the_stream_on_connecting(
     name, prefix = unique("CDPD_TEST_"), unique("cdpd-test-")
     extra = f'create_stream = "{name}"\n'
     messages = [track(1), {"type": "identify", "userId": "u", "messageId": "i"}]
-    await deliver(destination(url, prefix + ".{{type}}", extra), "nats", messages)
+    await deliver(destination(url, prefix + ".{{type}}", extra), messages)
     js = client.jetstream()
     info = await js.stream_info(name)
     assert info.config.subjects == [f"{prefix}.*"]
@@ -163,7 +157,6 @@ async def test_a_server_that_is_down_is_retried_then_delivered(
     port = await down_then_back(
         deliver,
         nats_server,
-        "nats",
         lambda port: destination(f"nats://127.0.0.1:{port}", prefix + ".e"),
     )
     error = attempts(data_dir)[0][2]
@@ -192,5 +185,5 @@ async def test_a_server_that_is_down_is_retried_then_delivered(
 def test_check_config_reports_bad_settings(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], settings: str, says: str
 ) -> None:
-    entry = f'[[destinations]]\nname = "nats"\ntype = "nats"\n{settings}'
-    assert says in check_config_fails(tmp_path, capsys, entry)
+    entry = harness.destination("nats", "nats") + settings
+    assert says in harness.check_config(tmp_path, capsys, entry)

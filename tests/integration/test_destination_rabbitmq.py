@@ -14,15 +14,13 @@ import pytest
 
 from tests import spec_examples
 from tests.brokers import EXAMPLES, Deliver, attempts, down_then_back, settled, stored, unique
-from tests.helpers import FakeClock, check_config_fails
+from tests.contracts import harness
+from tests.helpers import FakeClock
 from tests.integration.test_delivery import delivered, deliveries, recorded, send, track
 
 
 def destination(url: str, exchange: str, extra: str = "") -> str:
-    return (
-        f'[[destinations]]\nname = "rabbit"\ntype = "rabbitmq"\nurl = "{url}"\n'
-        f'exchange = "{exchange}"\n{extra}'
-    )
+    return harness.destination("rabbitmq", "rabbit", url=url, exchange=exchange) + extra
 
 
 def url_of(address: tuple[str, int]) -> str:
@@ -82,7 +80,7 @@ async def test_each_spec_example_reaches_the_bound_queue_as_a_persistent_json_me
     exchange, queue = bound
     monkeypatch.setenv("CDPD_TEST_RABBIT_PASSWORD", "guest")
     extra = 'routing_key = "{{type}}.{{event}}"\npassword_env = "CDPD_TEST_RABBIT_PASSWORD"\n'
-    await deliver(destination(url, exchange, extra), "rabbit", EXAMPLES)
+    await deliver(destination(url, exchange, extra), EXAMPLES)
     payloads = stored(data_dir)
     received = {m.message_id: m for m in await drain(queue)}
     assert sorted(received) == sorted(e["messageId"] for e in spec_examples.ALL.values())
@@ -108,8 +106,8 @@ subscribe = 'type = "track"'
 payload = { order = { "@path" = "$.properties.order_id" } }
 routing_key = { "@template" = "orders.{{userId}}.{{properties.order_id}}" }
 """
-    message = track(1, user="a.b#*", properties={"order_id": "o 1"})
-    await deliver(destination(url, exchange, action), "rabbit", [message])
+    order = track(1, user="a.b#*", properties={"order_id": "o 1"})
+    await deliver(destination(url, exchange, action), [order])
     (message,) = await drain(queue)
     assert message.routing_key == "orders.a_b__.o_1"
     assert message.body == b'{"order":"o 1"}'
@@ -121,7 +119,7 @@ async def test_an_unroutable_message_is_dead_with_the_reason(
 ) -> None:
     exchange = unique("cdpd-test-")  # cdpd declares it; nothing is bound to it
     entry = destination(url, exchange)
-    await deliver(entry, "rabbit", [track(1)], wait=settled)
+    await deliver(entry, [track(1)], wait=settled)
     assert deliveries(data_dir, "rabbit") == [("m1", "dead", 1, 400)]
     assert attempts(data_dir)[0][2] == (
         f"RabbitMQ: unroutable: exchange {exchange!r} has no queue bound for routing key"
@@ -139,9 +137,7 @@ async def test_a_nack_is_retried_until_the_queue_takes_it(
     exchange, queue = await bind_all(channel, name, full)
     clock = FakeClock()
     entry = destination(url, name, "concurrency = 1\n")
-    async with deliver.running(entry, clock) as server:
-        lane = server.delivery.lanes["rabbit"]
-        await send(deliver.http, server, [track(1)])
+    async with deliver.posting(entry, [track(1)], clock) as (server, lane):
         await delivered(lane, 1)
         await send(deliver.http, server, [track(2)])
         await recorded(lane, 2)
@@ -163,9 +159,7 @@ async def test_a_passive_exchange_that_is_missing_is_retried_until_it_exists(
     name = unique("cdpd-test-")
     clock = FakeClock()
     entry = destination(url, name, 'exchange_declare = "passive"\n')
-    async with deliver.running(entry, clock) as server:
-        lane = server.delivery.lanes["rabbit"]
-        await send(deliver.http, server, [track(1)])
+    async with deliver.posting(entry, [track(1)], clock) as (_, lane):
         await recorded(lane, 1)
         assert deliveries(data_dir, "rabbit") == [("m1", "retrying", 1, None)]
         exchange, queue = await bind_all(channel, name)
@@ -184,7 +178,7 @@ async def test_wrong_credentials_are_retried_and_never_shown(
     monkeypatch.setenv("CDPD_TEST_RABBIT_PASSWORD", "not-the-password")
     extra = 'password_env = "CDPD_TEST_RABBIT_PASSWORD"\n'
     entry = destination(url, unique("cdpd-test-"), extra)
-    await deliver(entry, "rabbit", [track(1)], wait=recorded)
+    await deliver(entry, [track(1)], wait=recorded)
     ((_, status, error, outcome),) = attempts(data_dir)
     assert (status, outcome) == (None, "retrying")
     assert "ACCESS_REFUSED" in error or "authentication" in error.lower()
@@ -201,7 +195,6 @@ async def test_a_broker_that_is_down_is_retried_then_delivered(
     port = await down_then_back(
         deliver,
         rabbitmq_server,
-        "rabbit",
         lambda port: destination(url_of(("127.0.0.1", port)), exchange),
     )
     assert attempts(data_dir)[0][2].startswith(f"RabbitMQ at amqp://127.0.0.1:{port}/: ")
@@ -219,5 +212,5 @@ async def test_a_broker_that_is_down_is_retried_then_delivered(
 def test_check_config_reports_bad_settings(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], settings: str, says: str
 ) -> None:
-    entry = f'[[destinations]]\nname = "rabbit"\ntype = "rabbitmq"\n{settings}'
-    assert says in check_config_fails(tmp_path, capsys, entry)
+    entry = harness.destination("rabbitmq", "rabbit") + settings
+    assert says in harness.check_config(tmp_path, capsys, entry)

@@ -12,15 +12,13 @@ import redis.asyncio as aioredis
 
 from tests import spec_examples
 from tests.brokers import EXAMPLES, Deliver, attempts, down_then_back, settled, stored, unique
-from tests.helpers import check_config_fails, query
+from tests.contracts import harness
+from tests.helpers import query
 from tests.integration.test_delivery import delivered, deliveries, recorded, send, track
 
 
 def destination(url: str, stream: str, extra: str = "") -> str:
-    return (
-        f'[[destinations]]\nname = "redis"\ntype = "redis"\nurl = "{url}"\n'
-        f'stream = "{stream}"\n{extra}'
-    )
+    return harness.destination("redis", "redis", url=url, stream=stream) + extra
 
 
 @pytest.fixture
@@ -43,7 +41,7 @@ async def test_each_spec_example_is_an_entry_of_its_types_stream(
     deliver: Deliver, data_dir: Path, client: aioredis.Redis, url: str
 ) -> None:
     prefix = unique("cdpd-test-")
-    await deliver(destination(url, prefix + ":{{type}}", "maxlen = 1000\n"), "redis", EXAMPLES)
+    await deliver(destination(url, prefix + ":{{type}}", "maxlen = 1000\n"), EXAMPLES)
     payloads = stored(data_dir)
     for kind, example in spec_examples.ALL.items():
         message_id = example["messageId"]
@@ -71,7 +69,7 @@ stream = {{ "@template" = "{prefix}:{{{{event}}}}:{{{{properties.missing}}}}" }}
         track(1, event="Order Completed", properties={"order_id": "o-1"}),
         track(2, event="a:b *> [x]", properties={"order_id": "o-2"}),
     ]
-    await deliver(destination(url, "unused", action), "redis", messages)
+    await deliver(destination(url, "unused", action), messages)
     assert await entries(client, f"{prefix}:Order_Completed:_") == [
         {"message": '{"order":"o-1","id":"m1"}', "messageId": "m1", "type": "track"}
     ]
@@ -98,7 +96,7 @@ stream = { "@path" = "$.properties.key" }
         track(3, properties={"key": "cdpd:*"}),
         track(4),
     ]
-    await deliver(destination(url, "unused", action), "redis", messages, wait=settled)
+    await deliver(destination(url, "unused", action), messages, wait=settled)
     assert [(m, state) for m, state, _, _ in deliveries(data_dir, "redis")] == [
         ("m1", "delivered"),
         ("m2", "dead"),
@@ -135,7 +133,7 @@ async def test_a_key_of_another_type_is_refused_and_the_rest_delivered(
     await client.set(f"{prefix}:Taken", "a string, not a stream")
     entry = destination(url, prefix + ":{{event}}", "concurrency = 1\nbatch_size = 2\n")
     messages = [track(1, event="Taken"), track(2, event="Free")]
-    await deliver(entry, "redis", messages, wait=settled)
+    await deliver(entry, messages, wait=settled)
     assert deliveries(data_dir, "redis") == [("m1", "dead", 1, 400), ("m2", "delivered", 1, 200)]
     ((error,),) = _errors(data_dir, "m1")
     assert error.startswith("Redis: ResponseError: WRONGTYPE")
@@ -148,7 +146,7 @@ async def test_a_redis_that_is_down_is_retried_then_delivered(
 ) -> None:
     key = unique("cdpd-test-")
     await down_then_back(
-        deliver, redis_server, "redis", lambda port: destination(f"redis://127.0.0.1:{port}/0", key)
+        deliver, redis_server, lambda port: destination(f"redis://127.0.0.1:{port}/0", key)
     )
     ((error,),) = _errors(data_dir, "m1")[:1]
     assert error.startswith("Redis: ConnectionError: ")
@@ -176,10 +174,10 @@ def _errors(data_dir: Path, message_id: str) -> list[tuple[str]]:
 def test_check_config_reports_bad_settings(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], settings: str, says: str
 ) -> None:
-    entry = f'[[destinations]]\nname = "redis"\ntype = "redis"\n{settings}'
+    redis = harness.destination("redis", "redis") + settings
     if "url_env" not in settings:
-        entry += 'url = "redis://127.0.0.1:6379/0"\n'
-    assert says in check_config_fails(tmp_path, capsys, entry)
+        redis += 'url = "redis://127.0.0.1:6379/0"\n'
+    assert says in harness.check_config(tmp_path, capsys, redis)
 
 
 async def test_a_password_from_the_environment_and_the_connection_closed_at_shutdown(
@@ -193,9 +191,8 @@ async def test_a_password_from_the_environment_and_the_connection_closed_at_shut
     authed = url.replace("redis://", f"redis://{user}@")
     extra = 'password_env = "CDPD_TEST_REDIS_PASSWORD"\n'
     try:
-        async with deliver.running(destination(authed, key, extra)) as server:
-            await send(deliver.http, server, [track(1)])
-            await delivered(server.delivery.lanes["redis"], 1)
+        async with deliver.posting(destination(authed, key, extra), [track(1)]) as (_, lane):
+            await delivered(lane, 1)
             assert "cdpd-redis" in await client_names(client, user)
         assert await client_names(client, user) == []
         assert len(await entries(client, key)) == 1
@@ -218,7 +215,7 @@ async def test_a_wrong_password_is_retried_and_never_shown(
     extra = 'password_env = "CDPD_TEST_REDIS_PASSWORD"\n'
     try:
         entry = destination(authed, unique("cdpd-test-"), extra)
-        await deliver(entry, "redis", [track(1)], wait=recorded)
+        await deliver(entry, [track(1)], wait=recorded)
     finally:
         await client.acl_deluser(user)
     ((_, status, error, outcome),) = attempts(data_dir)
