@@ -29,6 +29,7 @@ EVERY_TYPE = " or ".join(
     f'type = "{kind}"' for kind in ("identify", "track", "page", "screen", "group", "alias")
 )
 _decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
 
 
 class Field(msgspec.Struct, frozen=True):
@@ -60,6 +61,7 @@ class Action(msgspec.Struct, frozen=True):
     mapping: dict[str, Any]
     required: tuple[str, ...]
     whole_message: bool  # every field maps the whole message: send the stored JSON as it is
+    whole_fields: frozenset[str] = frozenset()  # the fields that map the whole message
 
 
 class Prepared(msgspec.Struct, frozen=True, gc=False):
@@ -71,6 +73,7 @@ class Prepared(msgspec.Struct, frozen=True, gc=False):
     fields: dict[str, Any]
     message: dict[str, Any] | None  # the decoded message (None when whole_message skipped it)
     problem: str | None = None  # a required field has no value: never sent, never retried
+    whole_fields: frozenset[str] = frozenset()  # the action's fields that map the whole message
 
 
 def build(
@@ -112,13 +115,24 @@ def prepare(actions: Sequence[Action], batch: Sequence[Claimed]) -> list[Prepare
     for item in batch:
         if len(actions) == 1 and actions[0].whole_message:
             # Routing already picked the messages this single action subscribes to.
-            prepared.append(Prepared(item, actions[0].name, actions[0].kind, {}, None))
+            only = actions[0]
+            prepared.append(
+                Prepared(item, only.name, only.kind, {}, None, whole_fields=only.whole_fields)
+            )
             continue
         message = _decoder.decode(item.payload)
         for action in actions:
             if fql.matches(action.subscription, message):
                 prepared.append(_prepare_one(action, item, message))
     return prepared
+
+
+def mapped_json(item: Prepared, field: str) -> bytes:
+    """A field's value as JSON: for a field that maps the whole message, the stored message
+    byte for byte (never decoded and encoded again)."""
+    if field in item.whole_fields:
+        return item.delivery.payload.encode()
+    return _encoder.encode(item.fields.get(field))
 
 
 def combine(
@@ -148,7 +162,7 @@ def _prepare_one(action: Action, item: Claimed, message: dict[str, Any]) -> Prep
     problem = (
         f"{action.name}: no value for required field {', '.join(missing)}" if missing else None
     )
-    return Prepared(item, action.name, action.kind, fields, message, problem)
+    return Prepared(item, action.name, action.kind, fields, message, problem, action.whole_fields)
 
 
 def _build_one(
@@ -180,4 +194,5 @@ def _build_one(
         mapping=mapping,
         required=tuple(name for name, f in kind.fields.items() if f.required),
         whole_message=bool(mapping) and all(value == WHOLE_MESSAGE for value in mapping.values()),
+        whole_fields=frozenset(name for name, value in mapping.items() if value == WHOLE_MESSAGE),
     )

@@ -167,18 +167,6 @@ def message_of(item: Prepared) -> dict[str, Any]:
     return decoded if isinstance(decoded, dict) else {}
 
 
-def payload(item: Prepared, whole: bool) -> bytes:
-    """The JSON published: the stored message itself when the action sends it whole."""
-    if whole or item.message is None:
-        return item.delivery.payload.encode()
-    return _encoder.encode(item.fields.get("payload"))
-
-
-def whole_payload(actions: Sequence[Action]) -> set[str]:
-    """The actions whose payload is the whole message, sent as stored."""
-    return {a.name for a in actions if a.mapping.get("payload") == WHOLE_MESSAGE}
-
-
 def failed(exc: BaseException, what: str = "") -> Result:
     """A connection failure or a timeout: retried."""
     return Result(None, problem(exc, what))

@@ -35,6 +35,7 @@ from cdpd.destinations.actions import (
     Field,
     Prepared,
     Preset,
+    mapped_json,
 )
 from cdpd.destinations.base import MAX_ERROR_CHARS, Result
 from cdpd.destinations.filelog import LogFile
@@ -230,9 +231,7 @@ def _by_delivery(items: Sequence[Prepared]) -> list[list[Prepared]]:
 
 def _line(item: Prepared) -> bytes:
     """The stored message itself when the action writes it whole, else the mapped data."""
-    if item.message is None:
-        text = item.delivery.payload
-        if "\n" in text or "\r" in text:  # stored compact; kept to one line whatever happens
-            text = msgspec.json.format(text, indent=0)
-        return text.encode() + b"\n"
-    return _encoder.encode(item.fields.get("data")) + b"\n"
+    data = mapped_json(item, "data")
+    if "data" in item.whole_fields and (b"\n" in data or b"\r" in data):
+        data = msgspec.json.format(data, indent=0)  # stored compact; kept to one line anyway
+    return data + b"\n"

@@ -16,7 +16,7 @@ import aiohttp
 import aiomqtt
 
 from cdpd.destinations import brokers
-from cdpd.destinations.actions import Action, Prepared
+from cdpd.destinations.actions import Action, Prepared, mapped_json
 from cdpd.destinations.base import Result, secret
 from cdpd.destinations.brokers import ACCEPTED
 from cdpd.destinations.settings import MqttDestination
@@ -51,7 +51,6 @@ class Mqtt:
         self._retain = config.retain
         self._timeout_s = config.timeout_s
         self._names = brokers.Names(config.name, "topic", config.topic, actions, check_topic)
-        self._whole = brokers.whole_payload(actions)
         self._where = f"MQTT at {config.host}:{config.port}"
         self._connection = brokers.Connection(self._open, _close, alive=_alive)
 
@@ -84,7 +83,7 @@ class Mqtt:
         topic, problem = self._names.render(item, brokers.message_of(item))
         if topic is None:
             return Result(None, problem, invalid=True)
-        body = brokers.payload(item, item.action in self._whole)
+        body = mapped_json(item, "payload")
         try:
             await client.publish(topic, body, qos=self._qos, retain=self._retain)
         except (aiomqtt.MqttError, OSError, TimeoutError) as exc:

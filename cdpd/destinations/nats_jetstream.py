@@ -24,7 +24,7 @@ from nats.aio.client import Client as Nats
 from yarl import URL
 
 from cdpd.destinations import brokers
-from cdpd.destinations.actions import Action, Prepared
+from cdpd.destinations.actions import Action, Prepared, mapped_json
 from cdpd.destinations.base import MAX_ERROR_CHARS, Result, secret
 from cdpd.destinations.brokers import ACCEPTED, REFUSED, UNAVAILABLE
 from cdpd.destinations.settings import NatsDestination
@@ -52,7 +52,6 @@ class NatsJetStream:
         self._creds_file = config.creds_file
         self._timeout_s = config.timeout_s
         self._names = brokers.Names(config.name, "subject", config.subject, actions, check_subject)
-        self._whole = brokers.whole_payload(actions)
         self._create_stream = config.create_stream
         self._stream_subjects = config.stream_subjects or [brokers.SLOT.sub("*", config.subject)]
         if config.create_stream is not None:
@@ -121,7 +120,7 @@ class NatsJetStream:
         subject, problem = self._names.render(item, brokers.message_of(item))
         if subject is None:
             return Result(None, problem, invalid=True)
-        body = brokers.payload(item, item.action in self._whole)
+        body = mapped_json(item, "payload")
         headers = {"Nats-Msg-Id": item.delivery.message_id}
         try:
             await js.publish(subject, body, headers=headers)

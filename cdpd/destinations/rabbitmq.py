@@ -22,7 +22,7 @@ import aiormq.exceptions
 from yarl import URL
 
 from cdpd.destinations import brokers
-from cdpd.destinations.actions import Action, Prepared
+from cdpd.destinations.actions import Action, Prepared, mapped_json
 from cdpd.destinations.base import Result, secret
 from cdpd.destinations.brokers import ACCEPTED, REFUSED, UNAVAILABLE
 from cdpd.destinations.settings import RabbitMQDestination
@@ -60,7 +60,6 @@ class RabbitMQ:
         self._names = brokers.Names(
             config.name, "routing_key", config.routing_key, actions, check_routing_key
         )
-        self._whole = brokers.whole_payload(actions)
         self._connection = brokers.Connection(self._open, _close, alive=_alive)
 
     async def _open(self) -> _Link:
@@ -98,7 +97,7 @@ class RabbitMQ:
         if key is None:
             return Result(None, problem, invalid=True)
         message = aio_pika.Message(
-            brokers.payload(item, item.action in self._whole),
+            mapped_json(item, "payload"),
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=item.delivery.message_id,

@@ -19,7 +19,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from cdpd.destinations import brokers
-from cdpd.destinations.actions import Action, Prepared
+from cdpd.destinations.actions import Action, Prepared, mapped_json
 from cdpd.destinations.base import Result, secret
 from cdpd.destinations.brokers import ACCEPTED, REFUSED, UNAVAILABLE
 from cdpd.destinations.settings import RedisDestination
@@ -47,7 +47,6 @@ class RedisStreams:
         self._timeout_s = config.timeout_s
         self._maxlen = config.maxlen
         self._names = brokers.Names(config.name, "stream", config.stream, actions, check_key)
-        self._whole = brokers.whole_payload(actions)
         self._connection = brokers.Connection(self._open, _close)
 
     async def _open(self) -> aioredis.Redis:
@@ -70,7 +69,7 @@ class RedisStreams:
                 results[index] = Result(None, problem, invalid=True)
                 continue
             fields: dict[str, bytes | str] = {
-                "message": brokers.payload(item, item.action in self._whole),
+                "message": mapped_json(item, "payload"),
                 "messageId": item.delivery.message_id,
                 "type": str(message.get("type", "")),
             }

@@ -18,7 +18,6 @@ import time
 from collections.abc import Sequence
 
 import aiohttp
-import msgspec
 
 from cdpd import __version__
 from cdpd.destinations import http
@@ -30,6 +29,7 @@ from cdpd.destinations.actions import (
     Field,
     Prepared,
     Preset,
+    mapped_json,
 )
 from cdpd.destinations.base import Result, secret
 from cdpd.destinations.settings import WebhookDestination
@@ -42,7 +42,6 @@ KINDS = {
     )
 }
 PRESETS = (Preset("Send every message", "send", EVERY_TYPE),)
-_encoder = msgspec.json.Encoder()
 
 
 class Webhook:
@@ -62,7 +61,7 @@ class Webhook:
 
     async def send(self, session: aiohttp.ClientSession, items: Sequence[Prepared]) -> list[Result]:
         if self._batched:
-            body = ('{"batch":[' + ",".join(_json(item) for item in items) + "]}").encode()
+            body = b'{"batch":[' + b",".join(mapped_json(i, "data") for i in items) + b"]}"
             headers = dict(self._headers)
             headers["Idempotency-Key"] = batch_key([i.delivery.message_id for i in items])
             result = await self._post(session, body, headers)
@@ -72,7 +71,7 @@ class Webhook:
     async def _send_one(self, session: aiohttp.ClientSession, item: Prepared) -> Result:
         headers = dict(self._headers)
         headers["X-Cdpd-Message-Id"] = headers["Idempotency-Key"] = item.delivery.message_id
-        return await self._post(session, _json(item).encode(), headers)
+        return await self._post(session, mapped_json(item, "data"), headers)
 
     async def _post(
         self, session: aiohttp.ClientSession, body: bytes, headers: dict[str, str]
@@ -85,13 +84,6 @@ class Webhook:
             session, "POST", self._url, body=body, headers=headers, limit=self._timeout
         )
         return answer.result
-
-
-def _json(item: Prepared) -> str:
-    """The stored message itself when the action sends it whole, else the mapped data."""
-    if item.message is None:
-        return item.delivery.payload
-    return _encoder.encode(item.fields.get("data")).decode()
 
 
 def batch_key(message_ids: list[str]) -> str:
