@@ -83,20 +83,6 @@ async def _postgres_admin(sql: str) -> None:
         await conn.close()
 
 
-async def _empty_postgres(dsn: str) -> None:
-    """Drop every schema a previous test made, so each test starts from an empty warehouse."""
-    conn = await asyncpg.connect(dsn, timeout=5)
-    try:
-        schemas = await conn.fetch(
-            "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
-            "AND nspname NOT IN ('information_schema', 'public')"
-        )
-        for (schema,) in schemas:
-            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 async def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> WarehouseProbe:
     """The same warehouse tests against each kind; the config entry is named "wh"."""
@@ -105,9 +91,10 @@ async def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Warehouse
         toml = f'[[warehouses]]\nname = "wh"\ntype = "sqlite"\npath = "{path}"\ninterval_s = 3600\n'
         return WarehouseProbe(kind="sqlite", toml=toml, sqlite_path=path)
     dsn = request.getfixturevalue("postgres_test_dsn")
-    await _empty_postgres(dsn)
     toml = f'[[warehouses]]\nname = "wh"\ntype = "postgres"\ndsn = "{dsn}"\ninterval_s = 3600\n'
-    return WarehouseProbe(kind="postgres", toml=toml, dsn=dsn)
+    probe = WarehouseProbe(kind="postgres", toml=toml, dsn=dsn)
+    await probe.empty()  # what a previous test loaded
+    return probe
 
 
 # -- message brokers: skipped when down on a user's machine, failed under CI=true --------------

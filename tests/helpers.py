@@ -184,6 +184,12 @@ class FakeClock:
 
 # -- warehouses --------------------------------------------------------------------------------
 
+
+def _remove_database(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
 POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
@@ -251,6 +257,19 @@ class WarehouseProbe:
     async def count(self, schema: str, table: str) -> int:
         ((n,),) = await self.fetch(f"SELECT count(*) FROM {self.name(schema, table)}")
         return int(n)
+
+    async def empty(self) -> None:
+        """Drop everything loaded so far: a SQLite file goes, a PostgreSQL database keeps only
+        `public`, so that the next sync starts from an empty warehouse."""
+        if self.sqlite_path is not None:
+            await asyncio.to_thread(_remove_database, self.sqlite_path)
+            return
+        schemas = await self.fetch(
+            "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
+            "AND nspname NOT IN ('information_schema', 'public')"
+        )
+        for (schema,) in schemas:
+            await self.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
     async def execute(self, sql: str) -> None:
         """Run DDL on the warehouse (a test's trigger, for instance)."""

@@ -1,11 +1,12 @@
 """One sync: read the outbox in order, in batches, and load each batch in one transaction.
 
 Each batch runs inside the sink's load transaction, which holds the warehouse's load lock:
-read the position stored in the warehouse, read the next outbox messages after it (read-only,
-ordered by seq), map and plan them, write tables, columns, rows and discards, advance the
-position, commit. A crash anywhere before the commit leaves the warehouse as it was, and the
-next sync loads the same messages again; two syncs take turns, and the second finds the
-position already advanced. A sync loads up to the outbox's last message when it started.
+read the position stored in the warehouse, take the outbox messages after it (read-only,
+ordered by seq; `batches` reads the next one ahead while this one is written), plan them for
+the warehouse's catalog, write tables, columns, rows and discards, advance the position,
+commit. A crash anywhere before the commit leaves the warehouse as it was, and the next sync
+loads the same messages again; two syncs take turns, and the second finds the position already
+advanced. A sync loads up to the outbox's last message when it started.
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ import structlog
 
 from cdpd.config import Config, Warehouse
 from cdpd.outbox import schema as outbox_schema
-from cdpd.warehouse.mapping import MappedBatch, Mapper
-from cdpd.warehouse.naming import schema_name
-from cdpd.warehouse.plan import Catalog, LoadPlan, plan_load
+from cdpd.warehouse.batches import Batch, BatchReader, worker_pool
+from cdpd.warehouse.plan import catalog_after
 from cdpd.warehouse.report import SyncReport
 from cdpd.warehouse.sinks import Sink, open_sink
 from cdpd.warehouse.values import utc_text
@@ -34,12 +34,7 @@ from cdpd.warehouse.values import utc_text
 log = structlog.get_logger("cdpd.warehouse")
 
 BATCH_MESSAGES = 10_000
-READ_BATCH = """
-SELECT seq, source, payload FROM messages WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?
-"""
 LAST_SEQ = "SELECT coalesce(max(seq), 0) FROM messages"
-
-_decoder = msgspec.json.Decoder()
 
 
 class BatchResult(msgspec.Struct, frozen=True):
@@ -68,13 +63,17 @@ async def sync(
     batch_messages: int = BATCH_MESSAGES,
     should_stop: Callable[[], bool] = lambda: False,
     on_batch: BatchHook | None = None,
+    worker: bool | None = None,
 ) -> SyncReport:
-    """Load everything the outbox holds now; errors end up in the report, not raised."""
+    """Load everything the outbox holds now; errors end up in the report, not raised.
+    `worker` says whether batches are prepared in a worker process; None: when it pays."""
     report = SyncReport(warehouse=warehouse.name, started_at=_now_text())
     bound = log.bind(warehouse=warehouse.name)
     try:
         async with open_sink(config, warehouse) as sink:
-            await _load_all(config, warehouse, sink, report, batch_messages, should_stop, on_batch)
+            await _load_all(
+                config, warehouse, sink, report, batch_messages, should_stop, on_batch, worker
+            )
             await _record(sink, report, bound)
     except SYNC_ERRORS as exc:
         _fail(report, exc, bound)
@@ -89,6 +88,7 @@ async def _load_all(
     batch_messages: int,
     should_stop: Callable[[], bool],
     on_batch: BatchHook | None,
+    worker: bool | None,
 ) -> None:
     report.position = await sink.position()
     try:
@@ -97,83 +97,58 @@ async def _load_all(
             raise NoOutbox(f"there is no outbox at {path} yet")
         async with outbox_schema.connect(path, readonly=True) as outbox:
             end_seq = await _last_seq(outbox)
+        pool = worker_pool(end_seq - report.position, batch_messages, worker)
+        reader = BatchReader(
+            path,
+            end_seq=end_seq,
+            size=batch_messages,
+            max_columns=warehouse.max_columns,
+            encode_timestamp=sink.encode_timestamp,
+            executor=pool,
+        )
+        try:
             while not should_stop():
-                batch = await _load_batch(sink, outbox, warehouse, end_seq, batch_messages)
+                batch = await _load_batch(sink, reader, warehouse.name)
                 if batch is None:
                     break
                 _add(report, batch)
                 if on_batch is not None:
                     await on_batch(batch)
+        finally:
+            await reader.close()
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
     except SYNC_ERRORS as exc:
         _fail(report, exc, log.bind(warehouse=warehouse.name))
     report.finished_at = _now_text()
 
 
-async def _load_batch(
-    sink: Sink,
-    outbox: aiosqlite.Connection,
-    warehouse: Warehouse,
-    end_seq: int,
-    batch_messages: int,
-) -> BatchResult | None:
+async def _load_batch(sink: Sink, reader: BatchReader, warehouse: str) -> BatchResult | None:
     started_s = time.perf_counter()
     async with sink.load() as load:
-        position = await load.position()
-        if position >= end_seq:
+        taken = await reader.take(await load.position(), load.catalog)
+        if taken is None:
             return None
-        messages = list(
-            await outbox.execute_fetchall(READ_BATCH, (position, end_seq, batch_messages))
-        )
-        if not messages:
-            return None
-        catalog = await load.catalog(map(schema_name, {source for _, source, _ in messages}))
-        batch, plan = await asyncio.to_thread(
-            _map_and_plan, messages, catalog, warehouse.max_columns, sink.encode_timestamp
-        )
-        written = await load.apply(plan)
-        last_seq = messages[-1][0]
-        await load.set_position(last_seq)
+        batch, catalog = taken
+        reader.read_ahead(batch.last_seq, catalog_after(catalog, batch.plan))
+        written = await load.apply(batch.plan)
+        await load.set_position(batch.last_seq)
     result = BatchResult(
-        first_seq=messages[0][0],
-        last_seq=last_seq,
-        messages=len(messages),
+        first_seq=batch.first_seq,
+        last_seq=batch.last_seq,
+        messages=batch.messages,
         rows={f"{schema}.{table}": n for (schema, table), n in written.items()},
-        discards=len(plan.discards),
+        discards=len(batch.plan.discards),
     )
-    _log_batch(warehouse.name, result, batch, plan, time.perf_counter() - started_s)
+    _log_batch(warehouse, result, batch, time.perf_counter() - started_s)
     return result
 
 
-def _map_and_plan(
-    messages: list[Any],
-    catalog: Catalog,
-    max_columns: int,
-    encode_timestamp: Callable[[datetime], Any],
-) -> tuple[MappedBatch, LoadPlan]:
-    """The CPU part of a batch; it runs in a thread so the daemon's event loop keeps serving."""
-    mapper = Mapper(loaded_at=_now_text())
-    for seq, source, payload in messages:
-        try:
-            message = _decoder.decode(payload)
-        except msgspec.DecodeError:
-            log.error("warehouse_unreadable_message", seq=seq)
-            continue
-        if type(message) is dict:
-            mapper.add(source, message)
-    batch = mapper.batch()
-    plan = plan_load(batch, catalog, max_columns=max_columns, encode_timestamp=encode_timestamp)
-    return batch, plan
-
-
-def _log_batch(
-    warehouse: str,
-    result: BatchResult,
-    batch: MappedBatch,
-    plan: LoadPlan,
-    duration_s: float,
-) -> None:
+def _log_batch(warehouse: str, result: BatchResult, batch: Batch, duration_s: float) -> None:
     bound = log.bind(warehouse=warehouse)
-    for (schema, table), columns in plan.refused_columns.items():
+    for seq in batch.unreadable:
+        bound.error("warehouse_unreadable_message", seq=seq)
+    for (schema, table), columns in batch.plan.refused_columns.items():
         bound.warning("warehouse_column_limit", schema=schema, table=table, columns=columns)
     for name, truncated in batch.long_names.items():
         bound.info("warehouse_name_truncated", name=name, truncated_to=truncated)

@@ -9,7 +9,7 @@ that do not fit their column's type (see `values`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from itertools import repeat
 from typing import Any
@@ -25,6 +25,7 @@ from cdpd.warehouse.values import (
     Converter,
     converters,
     infer_type,
+    parse_timestamps,
 )
 
 Catalog = dict[TableKey, dict[str, ColumnType]]
@@ -47,10 +48,19 @@ class TablePlan(msgspec.Struct):
     table: str
     new_table: bool
     new_columns: list[tuple[str, ColumnType]]  # to create, in order; "id" first in a new table
-    columns: list[str]  # the columns `rows` fill, in order; "id" first
+    columns: list[str]  # the columns the rows fill, in order; "id" first
     types: list[ColumnType]  # the type of each of `columns`
-    rows: list[tuple[Any, ...]]
+    # The rows a column at a time: values[i][r] is row r's value of columns[i]. Rows as tuples
+    # are made only while they are written, so a batch never holds them all at once.
+    values: list[list[Any]]
     upsert: bool  # merge into the row with the same id, rather than skip it
+
+    def ids(self) -> list[Any]:
+        return self.values[0] if self.values else []
+
+    def rows(self) -> Iterator[tuple[Any, ...]]:
+        """The rows as tuples in `columns` order, made one at a time."""
+        return zip(*self.values, strict=True)
 
 
 class LoadPlan(msgspec.Struct):
@@ -67,18 +77,26 @@ def plan_load(
     encode_timestamp: Callable[[datetime], Any],
 ) -> LoadPlan:
     convert = converters(encode_timestamp)
-    stamps: dict[Any, Any] = {None: None}
+    stamps = _Timestamps(encode_timestamp)
     plan = LoadPlan(tables=[], discards=list(batch.discards), refused_columns={})
     for key, rows_by_id in batch.rows.items():
         rows = list(rows_by_id.values())
         existing = catalog.get(key, {})
         table_plan, refused = _plan_table(key, rows, existing, max_columns)
-        table_plan.rows = _values(table_plan, rows, convert, stamps, plan.discards)
+        table_plan.values = _values(table_plan, rows, convert, stamps, plan.discards)
         plan.discards.extend(_refused(table_plan, rows, refused))
         plan.tables.append(table_plan)
         if refused:
             plan.refused_columns[key] = sorted(refused)
     return plan
+
+
+def catalog_after(catalog: Catalog, plan: LoadPlan) -> Catalog:
+    """The tables and columns a warehouse with `catalog` has once `plan` is applied."""
+    after = {key: dict(columns) for key, columns in catalog.items()}
+    for table in plan.tables:
+        after.setdefault((table.schema, table.table), {}).update(table.new_columns)
+    return after
 
 
 def _plan_table(
@@ -114,7 +132,7 @@ def _plan_table(
         new_columns=[(c, new_types[c]) for c in accepted],
         columns=columns,
         types=[types[c] for c in columns],
-        rows=[],
+        values=[],
         upsert=key[1] in UPSERT_TABLES,
     )
     return plan, refused
@@ -124,27 +142,24 @@ def _values(
     plan: TablePlan,
     rows: list[Row],
     convert: dict[ColumnType, Converter],
-    stamps: dict[Any, Any],
+    stamps: _Timestamps,
     discards: list[Discard],
-) -> list[tuple[Any, ...]]:
-    """The rows as tuples in `plan.columns` order. Values are checked a column at a time: a
-    column whose values all have its type already (the usual case) is taken as it is."""
-    if not rows:
-        return []
-    columns = plan.columns
-    tuples = [tuple(map(row.get, columns)) for row in rows]
-    by_column: list[Sequence[Any]] = list(zip(*tuples, strict=True))
-    for index, (column, column_type) in enumerate(zip(columns, plan.types, strict=True)):
-        values = by_column[index]
-        if _fits(values, column_type):
-            continue
-        converted = None
-        if column_type is ColumnType.TIMESTAMP:
-            converted = _timestamps(values, convert[column_type], stamps)
-        if converted is None:
-            converted = _converted(plan, column, column_type, rows, values, convert, discards)
-        by_column[index] = converted
-    return list(zip(*by_column, strict=True))
+) -> list[list[Any]]:
+    """The rows' values a column at a time, in `plan.columns` order. A column whose values all
+    have its type already (the usual case) is taken as it is."""
+    get = dict.get
+    by_column = []
+    for column, column_type in zip(plan.columns, plan.types, strict=True):
+        values = list(map(get, rows, repeat(column)))
+        if not _fits(values, column_type):
+            converted = None
+            if column_type is ColumnType.TIMESTAMP:
+                converted = stamps.column(values)
+            if converted is None:
+                converted = _converted(plan, column, column_type, rows, values, convert, discards)
+            values = converted
+        by_column.append(values)
+    return by_column
 
 
 _NONE = type(None)
@@ -158,7 +173,7 @@ _NATIVE = {
 _MISSING = object()
 
 
-def _fits(values: Sequence[Any], column_type: ColumnType) -> bool:
+def _fits(values: list[Any], column_type: ColumnType) -> bool:
     """Whether every value is already what the sink takes for `column_type`."""
     if not set(map(type, values)) <= _NATIVE[column_type]:
         return False
@@ -168,22 +183,31 @@ def _fits(values: Sequence[Any], column_type: ColumnType) -> bool:
     return True
 
 
-def _timestamps(
-    values: Sequence[Any], converter: Converter, stamps: dict[Any, Any]
-) -> list[Any] | None:
-    """A timestamp column's values converted through `stamps` (text -> the sink's form, kept
-    for the whole batch: tables repeat the same times); None if one of them is not a time."""
-    try:
-        encoded = list(map(stamps.get, values, repeat(_MISSING)))
-    except TypeError:  # an unhashable value: not a time
-        return None
-    if _MISSING in encoded:
-        for value in {v for v, e in zip(values, encoded, strict=True) if e is _MISSING}:
-            stamps[value] = converter(value)
-        encoded = list(map(stamps.__getitem__, values))
-    if UNLOADABLE in encoded:
-        return None
-    return encoded
+class _Timestamps:
+    """Timestamp text -> the sink's form, kept for a whole batch: tables repeat the same times."""
+
+    def __init__(self, encode_timestamp: Callable[[datetime], Any]) -> None:
+        self._encode = encode_timestamp
+        self._known: dict[Any, Any] = {None: None}
+
+    def column(self, values: list[Any]) -> list[Any] | None:
+        """A timestamp column's values converted; None if one of them is not a time."""
+        known = self._known
+        try:
+            encoded = list(map(known.get, values, repeat(_MISSING)))
+        except TypeError:  # an unhashable value: not a time
+            return None
+        if _MISSING in encoded:
+            new = list({v for v, e in zip(values, encoded, strict=True) if e is _MISSING})
+            known.update(zip(new, self._converted(new), strict=True))
+            encoded = list(map(known.__getitem__, values))
+        if UNLOADABLE in encoded:
+            return None
+        return encoded
+
+    def _converted(self, values: list[Any]) -> list[Any]:
+        encode = self._encode
+        return [UNLOADABLE if m is None else encode(m) for m in parse_timestamps(values)]
 
 
 def _converted(
@@ -191,7 +215,7 @@ def _converted(
     column: str,
     column_type: ColumnType,
     rows: list[Row],
-    values: Sequence[Any],
+    values: list[Any],
     convert: dict[ColumnType, Converter],
     discards: list[Discard],
 ) -> list[Any]:

@@ -27,7 +27,6 @@ from typing import Any, Final
 import msgspec
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-TIMESTAMP_MEMO_SIZE = 50_000
 _TIMESTAMP_SHAPE = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:?\d{2})?"
 )
@@ -61,6 +60,19 @@ def parse_timestamp(text: str) -> datetime | None:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+def parse_timestamps(values: list[Any]) -> list[datetime | None]:
+    """`parse_timestamp` of each value (None for one that is not text): the same answers, in
+    one conversion for the whole list when every value has the shape of a date-time."""
+    if all(type(v) is str for v in values) and all(map(_TIMESTAMP_SHAPE.fullmatch, values)):
+        try:
+            moments = msgspec.convert(values, list[datetime])
+        except msgspec.ValidationError:
+            pass
+        else:
+            return [m if m.tzinfo is not None else m.replace(tzinfo=UTC) for m in moments]
+    return [parse_timestamp(v) if type(v) is str else None for v in values]
+
+
 def infer_type(value: Any) -> ColumnType:
     kind = type(value)
     if kind is str:
@@ -75,20 +87,11 @@ def infer_type(value: Any) -> ColumnType:
 
 
 def converters(encode_timestamp: Callable[[datetime], Any]) -> dict[ColumnType, Converter]:
-    """One converter per column type; `encode_timestamp` gives a sink's form of a timestamp.
-    Timestamps are memoised: a batch repeats them (one `uuid_ts`, one `received_at` per request)."""
-    memo: dict[str, Any] = {}
+    """One converter per column type; `encode_timestamp` gives a sink's form of a timestamp."""
 
     def to_timestamp(value: Any) -> Any:
-        if type(value) is not str:
-            return UNLOADABLE
-        encoded = memo.get(value)
-        if encoded is None:
-            moment = parse_timestamp(value)
-            encoded = UNLOADABLE if moment is None else encode_timestamp(moment)
-            if len(memo) < TIMESTAMP_MEMO_SIZE:
-                memo[value] = encoded
-        return encoded
+        moment = parse_timestamp(value) if type(value) is str else None
+        return UNLOADABLE if moment is None else encode_timestamp(moment)
 
     return {
         ColumnType.STRING: to_string,

@@ -4,7 +4,10 @@ a real SQLite file or the local PostgreSQL (every test runs against both)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import multiprocessing
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from cdpd import config as cdpd_config
 from cdpd.app import Running, running
 from cdpd.warehouse import loader
 from cdpd.warehouse.loader import BatchResult
+from cdpd.warehouse.naming import DISCARDS_TABLE
 from cdpd.warehouse.position import prunable_seq
 from cdpd.warehouse.report import SyncReport
 from tests.helpers import OTHER_WRITE_KEY, WRITE_KEY, WarehouseProbe, basic_auth, query
@@ -120,6 +124,21 @@ async def test_new_properties_add_columns(daemon: Running, warehouse: WarehouseP
     assert columns["b"] == "text"
     assert columns["_when"] in ("timestamp", "timestamp with time zone")  # a reserved word
     assert [r["b"] for r in await warehouse.rows(S, "order_completed", "id, b")] == [None, "x"]
+
+
+async def test_timestamps_keep_their_instant(daemon: Running, warehouse: WarehouseProbe) -> None:
+    when = {"when": "2026-03-01T12:30:45.123+02:00", "then": "1999-12-31T23:59:59.5Z"}
+    await send(daemon, track("m1", properties=when))
+    await sync(daemon)
+    table = warehouse.name(S, "order_completed")
+    if warehouse.kind == "postgres":
+        utc = "to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+        sql = f"SELECT {utc.format('_when')}, {utc.format('_then')} FROM {table}"
+    else:
+        sql = f"SELECT _when, _then FROM {table}"
+    assert await warehouse.fetch(sql) == [
+        ("2026-03-01T10:30:45.123000Z", "1999-12-31T23:59:59.500000Z")
+    ]
 
 
 async def test_type_conflicts_widen_or_go_to_discards(
@@ -335,6 +354,111 @@ async def test_a_column_added_between_batches_is_planned_for(
     rows = await warehouse.rows(S, "order_completed", "id, a, b")
     assert rows[9] == {"id": "m09", "a": 9, "b": None}
     assert rows[15] == {"id": "m15", "a": None, "b": "15"}
+
+
+def _varied_messages() -> list[dict[str, Any]]:
+    """Every kind of message, over several batches: columns that grow, nested objects, arrays,
+    type conflicts, reserved names, traits merged across batches."""
+    messages: list[dict[str, Any]] = []
+    for n in range(60):
+        properties = {f"p{k}": k * n for k in range(n // 10 + 1)}
+        properties |= {"nested": {"deep": {"x": n}}, "tags": [n, "t"], "event": "dropped"}
+        properties["amount"] = n if n % 7 else f"n/a {n}"  # an integer column, then text
+        messages.append(track(f"t{n:02}", f"Event {n % 3}", properties=properties))
+        if n % 5 == 0:
+            traits = {"plan": f"plan {n}", "seats": n} if n % 10 else {"email": f"{n}@x"}
+            messages.append(
+                {"type": "identify", "messageId": f"i{n}", "userId": "u1", "traits": traits}
+            )
+        if n % 12 == 0:
+            messages.append({"type": "page", "messageId": f"p{n}", "userId": "u1", "name": "Home"})
+            messages.append(
+                {
+                    "type": "group",
+                    "messageId": f"g{n}",
+                    "userId": "u1",
+                    "groupId": "acme",
+                    "traits": {"size": n},
+                }
+            )
+    return messages
+
+
+async def _contents(warehouse: WarehouseProbe) -> dict[str, list[dict[str, Any]]]:
+    """Every table of the schema, rows by id, without the columns that hold the load's time."""
+    contents = {}
+    for table in sorted(await warehouse.tables(S) - {DISCARDS_TABLE}):
+        rows = await warehouse.rows(S, table)
+        for row in rows:
+            for column in ("uuid_ts", "loaded_at", "received_at"):
+                row.pop(column, None)
+        contents[table] = rows
+    discards = (
+        "SELECT table_name, row_id, column_name, column_value, reason FROM {} ORDER BY 1, 2, 3"
+    )
+    contents[DISCARDS_TABLE] = await warehouse.fetch(
+        discards.format(warehouse.name(S, DISCARDS_TABLE))
+    )
+    return contents
+
+
+def _note_children(children: set[int]) -> Callable[[BatchResult], Awaitable[None]]:
+    """A batch hook that notes this process's child processes: a sync's worker is one."""
+
+    async def note(batch: BatchResult) -> None:
+        children.update(child.pid for child in multiprocessing.active_children() if child.pid)
+
+    return note
+
+
+async def test_a_worker_process_loads_what_a_thread_loads(
+    daemon: Running, warehouse: WarehouseProbe, config: cdpd_config.Config
+) -> None:
+    (wh,) = config.warehouses
+    await send(daemon, *_varied_messages())
+    loaded = []
+    for worker in (False, True):
+        await warehouse.empty()
+        children: set[int] = set()
+        report = await loader.sync(
+            config, wh, batch_messages=9, worker=worker, on_batch=_note_children(children)
+        )
+        assert (report.status, report.messages, report.discards) == ("success", 82, 9)
+        assert bool(children) is worker
+        loaded.append(await _contents(warehouse))
+    assert loaded[0] == loaded[1]
+    users = loaded[1]["users"]
+    assert [(u["id"], u["email"], u["plan"], u["seats"]) for u in users] == [
+        ("u1", "50@x", "plan 55", 55)
+    ]
+    assert len(loaded[1]["event_0"]) == 20
+    assert {"p0", "p5", "nested_deep_x", "tags", "amount"} <= loaded[1]["event_2"][-1].keys()
+
+
+async def test_a_lost_worker_process_leaves_the_rest_to_a_thread(
+    daemon: Running, warehouse: WarehouseProbe, config: cdpd_config.Config
+) -> None:
+    (wh,) = config.warehouses
+    await send(daemon, *[track(f"m{n:02}", properties={f"p{n // 10}": n}) for n in range(60)])
+
+    async def kill_the_worker(batch: BatchResult) -> None:
+        if batch.first_seq == 1:
+            for child in multiprocessing.active_children():
+                if child.pid:
+                    os.kill(child.pid, signal.SIGKILL)
+
+    with capture_logs() as logs:
+        report = await loader.sync(
+            config, wh, batch_messages=10, worker=True, on_batch=kill_the_worker
+        )
+    assert (report.status, report.messages) == ("success", 60)
+    assert "warehouse_worker_lost" in {entry["event"] for entry in logs}
+    assert await warehouse.count(S, "order_completed") == 60
+    rows = await warehouse.rows(S, "order_completed", "id, p0, p5")
+    assert (rows[0], rows[59]) == (
+        {"id": "m00", "p0": 0, "p5": None},
+        {"id": "m59", "p0": None, "p5": 59},
+    )
 
 
 async def test_hostile_names_are_only_names(daemon: Running, warehouse: WarehouseProbe) -> None:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
 from cdpd.warehouse.mapping import MappedBatch, Mapper
-from cdpd.warehouse.plan import plan_load
+from cdpd.warehouse.plan import catalog_after, plan_load
+from cdpd.warehouse.sinks.postgres import encode_timestamp as postgres_timestamp
 from cdpd.warehouse.values import (
     UNLOADABLE,
     ColumnType,
     infer_type,
+    parse_timestamp,
+    parse_timestamps,
     to_boolean,
     to_float,
     to_integer,
@@ -164,6 +167,34 @@ def test_timestamps_as_utc_text() -> None:
     assert utc_text(moment) == "2026-01-01T10:00:00.000000Z"
 
 
+def test_timestamps_as_postgres_microseconds() -> None:
+    assert postgres_timestamp(datetime(2000, 1, 1, tzinfo=UTC)) == 0
+    assert postgres_timestamp(datetime(2000, 1, 1, 1, tzinfo=timezone(timedelta(hours=1)))) == 0
+    assert postgres_timestamp(datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)) == -1
+    # PostgreSQL: extract(epoch from 2026-01-01 - 2000-01-01) = 820540800
+    assert postgres_timestamp(datetime(2026, 1, 1, tzinfo=UTC)) == 820_540_800_000_000
+
+
+TIMES = [
+    "2026-01-01T00:00:00Z",
+    "2026-01-01t10:00:00.5+05:30",
+    "2026-01-01 10:00:00.123456789-0800",
+    "2026-01-01T10:00:00",  # no offset: UTC
+    "2026-02-30T00:00:00Z",  # the right shape, not a date
+    "2026-01-01T24:00:00Z",
+    "2026-01-01",
+    "later",
+    "",
+]
+
+
+@pytest.mark.parametrize("values", [TIMES, TIMES[:4], [TIMES[0], 7, None, ["x"]], []])
+def test_many_timestamps_parse_as_each_would(values: list[Any]) -> None:
+    expected = [parse_timestamp(v) if type(v) is str else None for v in values]
+    assert parse_timestamps(values) == expected
+    assert all(m is None or m.tzinfo is not None for m in parse_timestamps(values))
+
+
 def test_plan_new_columns_conflicts_and_the_column_limit() -> None:
     batch = mapped(
         track("m1", properties={"total": 1, "flag": True}),
@@ -179,7 +210,7 @@ def test_plan_new_columns_conflicts_and_the_column_limit() -> None:
     assert new["total"] == ColumnType.FLOAT  # the last value in the batch decides
     assert new["received_at"] == ColumnType.TIMESTAMP
     assert len(new) + 2 == 20
-    rows = {row[0]: dict(zip(table.columns, row, strict=True)) for row in table.rows}
+    rows = {row[0]: dict(zip(table.columns, row, strict=True)) for row in table.rows()}
     assert rows["m1"]["total"] == 1.0
     assert rows["m2"]["flag"] is None
     reasons = {(d.row_id, d.column): d.reason for d in plan.discards}
@@ -205,7 +236,7 @@ def test_plan_converts_a_column_only_where_its_values_need_it() -> None:
     }
     plan = plan_load(batch, catalog, max_columns=100, encode_timestamp=utc_text)
     table = next(t for t in plan.tables if t.table == "order_completed")
-    rows = {row[0]: dict(zip(table.columns, row, strict=True)) for row in table.rows}
+    rows = {row[0]: dict(zip(table.columns, row, strict=True)) for row in table.rows()}
     assert [rows[m]["count"] for m in ("m1", "m2", "m3")] == [1, None, 3]
     assert [rows[m]["label"] for m in ("m1", "m2", "m3")] == ["a", "7", None]
     assert rows["m1"]["at"] == "2026-01-01T10:00:00.000000Z"
@@ -218,3 +249,19 @@ def test_plan_converts_a_column_only_where_its_values_need_it() -> None:
         ("order_completed", "m2", "at"),
         ("order_completed", "m3", "received_at"),
     }
+
+
+def test_the_catalog_after_a_plan_has_its_new_tables_and_columns() -> None:
+    batch = mapped(track("m1", properties={"total": 1}), track("m2", "Refunded"))
+    catalog = {
+        ("website", "order_completed"): {"id": ColumnType.STRING},
+        ("website", "untouched"): {"id": ColumnType.STRING},
+    }
+    plan = plan_load(batch, catalog, max_columns=100, encode_timestamp=utc_text)
+    after = catalog_after(catalog, plan)
+    assert after[("website", "order_completed")]["total"] == ColumnType.INTEGER
+    assert after[("website", "refunded")]["id"] == ColumnType.STRING
+    assert after[("website", "untouched")] == {"id": ColumnType.STRING}
+    assert catalog[("website", "order_completed")] == {"id": ColumnType.STRING}  # not changed
+    again = plan_load(batch, after, max_columns=100, encode_timestamp=utc_text)
+    assert all(not table.new_columns for table in again.tables)

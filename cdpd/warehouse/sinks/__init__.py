@@ -26,7 +26,10 @@ class Load(Protocol):
 
 
 class Sink(Protocol):
-    def encode_timestamp(self, moment: datetime) -> Any: ...
+    @staticmethod
+    def encode_timestamp(moment: datetime) -> Any:
+        """A sink's form of a timestamp; a module-level function, so that it pickles."""
+        ...
 
     def load(self) -> AbstractAsyncContextManager[Load]:
         """A transaction holding the warehouse's load lock: committed when the block ends,

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import aiosqlite
 import msgspec
@@ -84,7 +83,8 @@ class SqliteSink:
         self._conn = conn
         self._warehouse = warehouse
 
-    def encode_timestamp(self, moment: datetime) -> Any:
+    @staticmethod
+    def encode_timestamp(moment: datetime) -> str:
         return utc_text(moment)
 
     @asynccontextmanager
@@ -177,7 +177,7 @@ class SqliteLoad:
         else:
             conflict = "DO NOTHING"
         sql = f"INSERT INTO {name} ({columns}) VALUES ({marks}) ON CONFLICT (id) {conflict}"
-        cursor = await self._conn.executemany(sql, table.rows)
+        cursor = await self._conn.executemany(sql, table.rows())
         return max(cursor.rowcount, 0)
 
     async def _discards(self, discards: list[Discard]) -> None:

@@ -1,0 +1,246 @@
+"""Outbox batches for a sync: read in seq order, decoded, mapped and planned, one read ahead.
+
+`prepare` is the CPU part of a sync: it reads one batch from the outbox file (read-only), decodes,
+maps and plans it for a given catalog. It runs in a thread, or, when a sync has more than one
+batch to load on a machine with a second core, in a worker process of that sync, which can map
+one batch while the daemon writes the one before. The worker sends back only the plan.
+
+While one batch is written to the warehouse, the next is prepared for the catalog the current
+batch leaves behind. The loader uses it only if, inside its load transaction, the position is
+where the read started and the catalog is the one the plan assumed; otherwise the batch is
+prepared again. So reading ahead changes the speed of a sync, never what it writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import sqlite3
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+
+from cdpd.warehouse.mapping import Mapper
+from cdpd.warehouse.naming import schema_name
+from cdpd.warehouse.plan import Catalog, LoadPlan, plan_load
+from cdpd.warehouse.values import utc_text
+
+log = structlog.get_logger("cdpd.warehouse")
+
+READ_BATCH = """
+SELECT seq, source, payload FROM messages WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?
+"""
+READ_SOURCES = """
+SELECT DISTINCT source FROM (
+    SELECT source FROM messages WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?)
+"""
+BUSY_TIMEOUT_S = 5.0
+
+_decoder = msgspec.json.Decoder()
+
+
+class Job(msgspec.Struct, frozen=True):
+    """One batch to prepare: up to `size` outbox messages after `after_seq`, up to `end_seq`."""
+
+    outbox: Path
+    after_seq: int
+    end_seq: int
+    size: int
+    catalog: Catalog
+    max_columns: int
+    encode_timestamp: Callable[[datetime], Any]  # a module-level function: it goes to a worker
+
+
+class Batch(msgspec.Struct):
+    """Outbox messages `first_seq`..`last_seq`, planned for `planned_for` (their schemas' part
+    of the catalog the job gave)."""
+
+    after_seq: int
+    first_seq: int
+    last_seq: int
+    messages: int
+    schemas: frozenset[str]
+    planned_for: Catalog
+    plan: LoadPlan
+    unreadable: list[int]  # seqs whose payload is not JSON
+    dropped: Counter[tuple[str, str, str]]  # see MappedBatch
+    long_names: dict[str, str]
+
+
+def prepare(job: Job) -> Batch | None:
+    """Read, decode, map and plan one batch; None when the outbox has nothing after the job's
+    position. Pure but for reading the outbox, so that it can run in a worker process."""
+    with _outbox(job.outbox) as outbox:
+        rows = outbox.execute(READ_BATCH, (job.after_seq, job.end_seq, job.size)).fetchall()
+    if not rows:
+        return None
+    mapper = Mapper(loaded_at=utc_text(datetime.now(UTC)))
+    unreadable = []
+    for seq, source, payload in rows:
+        try:
+            message = _decoder.decode(payload)
+        except msgspec.DecodeError:
+            unreadable.append(seq)
+            continue
+        if type(message) is dict:
+            mapper.add(source, message)
+    mapped = mapper.batch()
+    schemas = frozenset(map(schema_name, {source for _, source, _ in rows}))
+    catalog = {key: columns for key, columns in job.catalog.items() if key[0] in schemas}
+    plan = plan_load(
+        mapped, catalog, max_columns=job.max_columns, encode_timestamp=job.encode_timestamp
+    )
+    return Batch(
+        after_seq=job.after_seq,
+        first_seq=rows[0][0],
+        last_seq=rows[-1][0],
+        messages=len(rows),
+        schemas=schemas,
+        planned_for=catalog,
+        plan=plan,
+        unreadable=unreadable,
+        dropped=mapped.dropped,
+        long_names=mapped.long_names,
+    )
+
+
+def next_schemas(outbox_path: Path, after_seq: int, end_seq: int, size: int) -> frozenset[str]:
+    """The schemas of the batch after `after_seq`: the catalog a plan needs is theirs."""
+    with _outbox(outbox_path) as outbox:
+        sources = outbox.execute(READ_SOURCES, (after_seq, end_seq, size)).fetchall()
+    return frozenset(schema_name(source) for (source,) in sources)
+
+
+class _outbox:
+    """A read-only connection to the outbox, closed on exit (sqlite3's own `with` commits)."""
+
+    def __init__(self, path: Path) -> None:
+        self._conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False
+        )
+
+    def __enter__(self) -> sqlite3.Connection:
+        return self._conn
+
+    def __exit__(self, *_: object) -> None:
+        self._conn.close()
+
+
+def worker_pool(backlog: int, size: int, wanted: bool | None) -> ProcessPoolExecutor | None:
+    """A worker process for a sync, if `wanted`; if None, when the sync has more than one batch
+    to load on a machine with a second core. It starts now, and is ready by the time the first
+    batch has been prepared in a thread."""
+    if wanted is None:
+        wanted = backlog > size and len(os.sched_getaffinity(0)) > 1
+    if not wanted:
+        return None
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    pool.submit(_ready)
+    return pool
+
+
+def _ready() -> None:
+    """Nothing: unpickling it makes a new worker import this module and what it needs."""
+
+
+CatalogOf = Callable[[frozenset[str]], Awaitable[Catalog]]
+
+
+class BatchReader:
+    """Prepares the batches of one sync: read-aheads in `executor` (None: a thread), and a
+    batch the loader waits for with nothing else to do in a thread."""
+
+    def __init__(
+        self,
+        outbox: Path,
+        *,
+        end_seq: int,
+        size: int,
+        max_columns: int,
+        encode_timestamp: Callable[[datetime], Any],
+        executor: Executor | None,
+    ) -> None:
+        self._outbox = outbox
+        self._end_seq = end_seq
+        self._size = size
+        self._max_columns = max_columns
+        self._encode_timestamp = encode_timestamp
+        self._executor = executor
+        self._ahead: asyncio.Future[Batch | None] | None = None
+        self._ahead_after = -1
+
+    async def take(self, position: int, catalog_of: CatalogOf) -> tuple[Batch, Catalog] | None:
+        """The batch after `position`, planned for the catalog `catalog_of` gives for its
+        schemas, and that catalog; None when there is nothing after `position`."""
+        if position >= self._end_seq:
+            await self.close()
+            return None
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and self._ahead_after == position:
+            try:
+                batch = await ahead
+            except BrokenProcessPool as exc:
+                log.warning("warehouse_worker_lost", error=str(exc), fallback="thread")
+                self._executor = None
+                return await self.take(position, catalog_of)
+            if batch is None:
+                return None
+        else:
+            if ahead is not None:
+                await _cancelled(ahead)
+            schemas = await asyncio.to_thread(
+                next_schemas, self._outbox, position, self._end_seq, self._size
+            )
+            batch = await self._prepare(position, await catalog_of(schemas), None)
+            if batch is None:
+                return None
+        catalog = await catalog_of(batch.schemas)
+        if catalog != batch.planned_for:
+            batch = await self._prepare(position, catalog, None)
+            if batch is None:
+                return None
+        return batch, catalog
+
+    def read_ahead(self, position: int, catalog: Catalog) -> None:
+        """Start preparing the batch after `position`, for `catalog`."""
+        if self._ahead is not None:
+            self._ahead.cancel()
+        self._ahead_after = position
+        self._ahead = asyncio.ensure_future(self._prepare(position, catalog, self._executor))
+
+    async def close(self) -> None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            await _cancelled(ahead)
+
+    async def _prepare(
+        self, position: int, catalog: Catalog, executor: Executor | None
+    ) -> Batch | None:
+        job = Job(
+            outbox=self._outbox,
+            after_seq=position,
+            end_seq=self._end_seq,
+            size=self._size,
+            catalog=catalog,
+            max_columns=self._max_columns,
+            encode_timestamp=self._encode_timestamp,
+        )
+        loop = asyncio.get_running_loop()
+        batch: Batch | None = await loop.run_in_executor(executor, prepare, job)
+        return batch
+
+
+async def _cancelled(future: asyncio.Future[Any]) -> None:
+    """Cancel a read-ahead nobody wants and wait for it; its outcome does not matter."""
+    future.cancel()
+    await asyncio.wait([future])
+    if not future.cancelled():
+        future.exception()
