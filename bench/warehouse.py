@@ -99,12 +99,18 @@ def write_outbox(path: Path, total: int) -> None:
                 encode(m).decode(),
             )
         )
-    with sqlite3.connect(path) as conn:
-        conn.executemany(
-            "INSERT INTO messages (message_id, source, type, event, user_id, anonymous_id, "
-            "received_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            conn.executemany(
+                "INSERT INTO messages (message_id, source, type, event, user_id, anonymous_id, "
+                "received_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        # As the daemon's outbox stays: its WAL checkpointed and cut to size as it goes.
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
 
 
 async def _create(path: Path) -> None:

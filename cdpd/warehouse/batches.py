@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import signal
 import sqlite3
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -139,12 +140,28 @@ def worker_pool(backlog: int, size: int, wanted: bool | None) -> ProcessPoolExec
     to load on a machine with a second core. It starts now, and is ready by the time the first
     batch has been prepared in a thread."""
     if wanted is None:
-        wanted = backlog > size and len(os.sched_getaffinity(0)) > 1
+        wanted = backlog > size and _cores() > 1
     if not wanted:
         return None
-    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_ignore_interrupts,
+    )
     pool.submit(_ready)
     return pool
+
+
+def _cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _ignore_interrupts() -> None:
+    """A worker leaves Ctrl-C to the daemon, which stops the sync (and so the worker) itself:
+    a KeyboardInterrupt raised in the worker would come back as the result of its batch."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _ready() -> None:

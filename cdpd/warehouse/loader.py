@@ -115,9 +115,11 @@ async def _load_all(
                 if on_batch is not None:
                     await on_batch(batch)
         finally:
-            await reader.close()
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
+            try:
+                await reader.close()
+            finally:
+                if pool is not None:
+                    pool.shutdown(wait=False, cancel_futures=True)
     except SYNC_ERRORS as exc:
         _fail(report, exc, log.bind(warehouse=warehouse.name))
     report.finished_at = _now_text()

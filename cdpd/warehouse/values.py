@@ -57,7 +57,19 @@ def parse_timestamp(text: str) -> datetime | None:
         moment = msgspec.convert(text, datetime)
     except msgspec.ValidationError:
         return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return _in_utc_range(moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC))
+
+
+def _in_utc_range(moment: datetime) -> datetime | None:
+    """`moment`, if it has a UTC date in years 1 to 9999 (`0001-01-01T00:30+01:00` has none):
+    the warehouses store UTC, and Python reads no other years back."""
+    if 1 < moment.year < 9999:
+        return moment
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        return None
+    return moment
 
 
 def parse_timestamps(values: list[Any]) -> list[datetime | None]:
@@ -69,7 +81,9 @@ def parse_timestamps(values: list[Any]) -> list[datetime | None]:
         except msgspec.ValidationError:
             pass
         else:
-            return [m if m.tzinfo is not None else m.replace(tzinfo=UTC) for m in moments]
+            return [
+                _in_utc_range(m if m.tzinfo is not None else m.replace(tzinfo=UTC)) for m in moments
+            ]
     return [parse_timestamp(v) if type(v) is str else None for v in values]
 
 

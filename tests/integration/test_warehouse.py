@@ -7,6 +7,7 @@ import asyncio
 import multiprocessing
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from cdpd import cli
 from cdpd import config as cdpd_config
 from cdpd.app import Running, running
 from cdpd.warehouse import loader
+from cdpd.warehouse.batches import worker_pool
 from cdpd.warehouse.loader import BatchResult
 from cdpd.warehouse.naming import DISCARDS_TABLE
 from cdpd.warehouse.position import prunable_seq
@@ -138,6 +140,14 @@ async def test_timestamps_keep_their_instant(daemon: Running, warehouse: Warehou
         sql = f"SELECT _when, _then FROM {table}"
     assert await warehouse.fetch(sql) == [
         ("2026-03-01T10:30:45.123000Z", "1999-12-31T23:59:59.500000Z")
+    ]
+    # A time whose UTC date has no year from 1 to 9999 is kept in the discards table.
+    await send(daemon, track("m2", properties={"when": "9999-12-31T23:30:00-01:00"}))
+    report = await sync(daemon)
+    assert report.discards == 1
+    discards = f"SELECT row_id, column_name, reason FROM {warehouse.name(S, DISCARDS_TABLE)}"
+    assert await warehouse.fetch(discards) == [
+        ("m2", "_when", "type_conflict: column is timestamp")
     ]
 
 
@@ -433,6 +443,21 @@ async def test_a_worker_process_loads_what_a_thread_loads(
     ]
     assert len(loaded[1]["event_0"]) == 20
     assert {"p0", "p5", "nested_deep_x", "tags", "amount"} <= loaded[1]["event_2"][-1].keys()
+
+
+def test_a_sync_worker_leaves_ctrl_c_to_the_daemon() -> None:
+    # A KeyboardInterrupt in the worker would come back as its batch's result, out of the
+    # daemon's event loop; the daemon handles SIGINT itself and stops the sync.
+    pool = worker_pool(2, 1, True)
+    assert pool is not None
+    try:
+        pid = pool.submit(os.getpid).result(timeout=30)
+        slow = pool.submit(time.sleep, 1.0)
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGINT)
+        assert slow.result(timeout=30) is None
+    finally:
+        pool.shutdown()
 
 
 async def test_a_lost_worker_process_leaves_the_rest_to_a_thread(

@@ -180,6 +180,9 @@ TIMES = [
     "2026-01-01t10:00:00.5+05:30",
     "2026-01-01 10:00:00.123456789-0800",
     "2026-01-01T10:00:00",  # no offset: UTC
+    "9999-12-31T23:00:00Z",
+    "9999-12-31T23:30:00-01:00",  # in UTC, the year 10000
+    "0001-01-01T00:30:00+01:00",  # in UTC, the year 0
     "2026-02-30T00:00:00Z",  # the right shape, not a date
     "2026-01-01T24:00:00Z",
     "2026-01-01",
@@ -188,7 +191,14 @@ TIMES = [
 ]
 
 
-@pytest.mark.parametrize("values", [TIMES, TIMES[:4], [TIMES[0], 7, None, ["x"]], []])
+def test_times_outside_the_utc_years_1_to_9999_are_not_timestamps() -> None:
+    assert parse_timestamp("9999-12-31T23:00:00Z") is not None
+    assert parse_timestamp("9999-12-31T23:30:00-01:00") is None
+    assert parse_timestamp("0001-01-01T00:30:00+01:00") is None
+    assert infer_type("0001-01-01T00:30:00+01:00") == ColumnType.STRING
+
+
+@pytest.mark.parametrize("values", [TIMES, TIMES[:5], TIMES[5:7], [TIMES[0], 7, None, ["x"]], []])
 def test_many_timestamps_parse_as_each_would(values: list[Any]) -> None:
     expected = [parse_timestamp(v) if type(v) is str else None for v in values]
     assert parse_timestamps(values) == expected
