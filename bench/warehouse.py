@@ -9,8 +9,10 @@ run, plus identifies and pages) are written straight into an outbox-shaped SQLit
   of columns) into one plain table with one `executemany` (SQLite) or one COPY (PostgreSQL).
   The PostgreSQL ceiling is COPY as asyncpg does it by default, timestamps as `datetime`; a
   second row measures against a faster ceiling, timestamps as integers through the tuple codec
-  that cdpd's sink uses itself. Each ceiling's rows are built just before it runs and dropped
-  after, so that cdpd never runs beside them (holding them made cdpd's load 30 % slower).
+  that cdpd's sink uses itself, and a third times cdpd's writes alone (the batches prepared
+  first, then only their load transactions) against that faster ceiling. Each ceiling's rows
+  are built just before it runs and dropped after, so that cdpd never runs beside them
+  (holding them made cdpd's load 30 % slower).
 
 Each repetition runs both, cdpd then its ceiling, for each warehouse kind; the table gives the
 medians, and the median of each repetition's own ceiling/cdpd ratio (the host is shared and
@@ -40,14 +42,17 @@ import msgspec
 from cdpd import config as cdpd_config
 from cdpd.outbox import schema
 from cdpd.warehouse import loader
+from cdpd.warehouse.batches import Batch, Job, prepare
 from cdpd.warehouse.mapping import Mapper
-from cdpd.warehouse.plan import plan_load
+from cdpd.warehouse.plan import Catalog, catalog_after, plan_load
+from cdpd.warehouse.sinks import open_sink
 from cdpd.warehouse.sinks.postgres import SQL_TYPES as PG_TYPES
 from cdpd.warehouse.sinks.postgres import encode_timestamp as pg_timestamp
 from cdpd.warehouse.values import ColumnType, utc_text
 
 EVENTS = [f"Event Number {n}" for n in range(20)]
 INTEGER_CEILING = "postgres, integer-timestamp ceiling"
+WRITES_ALONE = "postgres, cdpd's writes alone, integer-timestamp ceiling"
 
 
 def _moment(moment: datetime) -> datetime:
@@ -182,6 +187,41 @@ async def postgres_ceiling(
         await conn.close()
 
 
+async def writes_alone(config_text: str, directory: Path, outbox: Path) -> tuple[int, float]:
+    """cdpd's writes alone: every batch prepared first, as a sync would (each planned for the
+    tables the one before leaves), then only the load transactions timed, through the sink."""
+    path = directory / "cdpd.toml"
+    path.write_text(config_text)
+    config = cdpd_config.load(path)
+    (warehouse,) = config.warehouses
+    prepared: list[Batch] = []
+    catalog: Catalog = {}
+    while True:
+        job = Job(
+            outbox=outbox,
+            after_seq=prepared[-1].last_seq if prepared else 0,
+            end_seq=2**62,
+            size=loader.BATCH_MESSAGES,
+            catalog=catalog,
+            max_columns=warehouse.max_columns,
+            encode_timestamp=pg_timestamp,
+        )
+        batch = prepare(job)
+        if batch is None:
+            break
+        prepared.append(batch)
+        catalog = catalog_after(catalog, batch.plan)
+    async with open_sink(config, warehouse) as sink:
+        rows = 0
+        started = time.perf_counter()
+        for batch in prepared:
+            async with sink.load() as load:
+                written = await load.apply(batch.plan)
+                await load.set_position(batch.last_seq)
+            rows += sum(written.values())
+        return rows, time.perf_counter() - started
+
+
 def cdpd_load(config_text: str, directory: Path) -> tuple[int, int, float]:
     path = directory / "cdpd.toml"
     path.write_text(config_text)
@@ -213,6 +253,7 @@ def main() -> None:
         "sqlite": [],
         "postgres": [],
         INTEGER_CEILING: [],
+        WRITES_ALONE: [],
     }
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
@@ -243,6 +284,9 @@ def main() -> None:
                     postgres_ceiling(dsn, integer_rows, "integers", integers=True)
                 )
                 runs[INTEGER_CEILING].append((messages, rows, seconds, *ceiling))
+                asyncio.run(_admin(dsn, "DROP SCHEMA website CASCADE; DROP SCHEMA _cdpd CASCADE"))
+                rows, seconds = asyncio.run(writes_alone(pg_toml, directory, outbox))
+                runs[WRITES_ALONE].append((messages, rows, seconds, *ceiling))
             finally:
                 asyncio.run(_admin(args.dsn, f'DROP DATABASE "{database}" WITH (FORCE)'))
     report(runs)
