@@ -143,12 +143,21 @@ def worker_pool(backlog: int, size: int, wanted: bool | None) -> ProcessPoolExec
         wanted = backlog > size and _cores() > 1
     if not wanted:
         return None
-    pool = ProcessPoolExecutor(
-        max_workers=1,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_ignore_interrupts,
-    )
-    pool.submit(_ready)
+    try:
+        pool = ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_leave_signals_to_the_daemon,
+        )
+    except OSError as exc:  # no POSIX semaphores here, for instance
+        log.warning("warehouse_worker_unavailable", error=str(exc), fallback="thread")
+        return None
+    try:
+        pool.submit(_ready)
+    except OSError as exc:  # no process could be started
+        pool.shutdown(wait=False, cancel_futures=True)
+        log.warning("warehouse_worker_unavailable", error=str(exc), fallback="thread")
+        return None
     return pool
 
 
@@ -158,10 +167,12 @@ def _cores() -> int:
     return os.cpu_count() or 1
 
 
-def _ignore_interrupts() -> None:
-    """A worker leaves Ctrl-C to the daemon, which stops the sync (and so the worker) itself:
-    a KeyboardInterrupt raised in the worker would come back as the result of its batch."""
+def _leave_signals_to_the_daemon() -> None:
+    """A worker ignores Ctrl-C and SIGTERM (systemd sends it to the whole service): the daemon
+    handles them and ends the sync, and with it the worker. A KeyboardInterrupt raised in the
+    worker would come back as the result of its batch."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _ready() -> None:

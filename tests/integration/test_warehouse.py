@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 from cdpd import cli
 from cdpd import config as cdpd_config
 from cdpd.app import Running, running
-from cdpd.warehouse import loader
+from cdpd.warehouse import batches, loader
 from cdpd.warehouse.batches import worker_pool
 from cdpd.warehouse.loader import BatchResult
 from cdpd.warehouse.naming import DISCARDS_TABLE
@@ -445,19 +445,40 @@ async def test_a_worker_process_loads_what_a_thread_loads(
     assert {"p0", "p5", "nested_deep_x", "tags", "amount"} <= loaded[1]["event_2"][-1].keys()
 
 
-def test_a_sync_worker_leaves_ctrl_c_to_the_daemon() -> None:
-    # A KeyboardInterrupt in the worker would come back as its batch's result, out of the
-    # daemon's event loop; the daemon handles SIGINT itself and stops the sync.
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_sync_worker_leaves_signals_to_the_daemon(sig: signal.Signals) -> None:
+    # Ctrl-C reaches the whole process group and systemd's SIGTERM the whole service: the
+    # daemon handles them. A KeyboardInterrupt in the worker would come back as its batch's
+    # result, out of the daemon's event loop.
     pool = worker_pool(2, 1, True)
     assert pool is not None
     try:
         pid = pool.submit(os.getpid).result(timeout=30)
         slow = pool.submit(time.sleep, 1.0)
         time.sleep(0.3)
-        os.kill(pid, signal.SIGINT)
+        os.kill(pid, sig)
         assert slow.result(timeout=30) is None
     finally:
         pool.shutdown()
+
+
+async def test_without_a_worker_process_a_sync_prepares_in_a_thread(
+    daemon: Running,
+    warehouse: WarehouseProbe,
+    config: cdpd_config.Config,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_semaphores(*args: Any, **kwargs: Any) -> None:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(batches, "ProcessPoolExecutor", no_semaphores)
+    (wh,) = config.warehouses
+    await send(daemon, *[track(f"m{n:02}") for n in range(30)])
+    with capture_logs() as logs:
+        report = await loader.sync(config, wh, batch_messages=10, worker=True)
+    assert (report.status, report.messages) == ("success", 30)
+    assert "warehouse_worker_unavailable" in {entry["event"] for entry in logs}
+    assert await warehouse.count(S, "order_completed") == 30
 
 
 async def test_a_lost_worker_process_leaves_the_rest_to_a_thread(
