@@ -42,7 +42,7 @@ import msgspec
 from cdpd import config as cdpd_config
 from cdpd.outbox import schema
 from cdpd.warehouse import loader
-from cdpd.warehouse.batches import Batch, Job, prepare
+from cdpd.warehouse.batches import Batch, Job, Reading, prepare
 from cdpd.warehouse.mapping import Mapper
 from cdpd.warehouse.plan import Catalog, catalog_after, plan_load
 from cdpd.warehouse.sinks import open_sink
@@ -194,19 +194,18 @@ async def writes_alone(config_text: str, directory: Path, outbox: Path) -> tuple
     path.write_text(config_text)
     config = cdpd_config.load(path)
     (warehouse,) = config.warehouses
+    reading = Reading(
+        outbox=outbox,
+        end_seq=2**62,
+        size=loader.BATCH_MESSAGES,
+        max_columns=warehouse.max_columns,
+        encode_timestamp=pg_timestamp,
+    )
     prepared: list[Batch] = []
     catalog: Catalog = {}
     while True:
-        job = Job(
-            outbox=outbox,
-            after_seq=prepared[-1].last_seq if prepared else 0,
-            end_seq=2**62,
-            size=loader.BATCH_MESSAGES,
-            catalog=catalog,
-            max_columns=warehouse.max_columns,
-            encode_timestamp=pg_timestamp,
-        )
-        batch = prepare(job)
+        after_seq = prepared[-1].last_seq if prepared else 0
+        batch = prepare(Job(reading=reading, after_seq=after_seq, catalog=catalog))
         if batch is None:
             break
         prepared.append(batch)

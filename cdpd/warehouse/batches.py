@@ -48,16 +48,22 @@ BUSY_TIMEOUT_S = 5.0
 _decoder = msgspec.json.Decoder()
 
 
-class Job(msgspec.Struct, frozen=True):
-    """One batch to prepare: up to `size` outbox messages after `after_seq`, up to `end_seq`."""
+class Reading(msgspec.Struct, frozen=True):
+    """What the batches of one sync share: up to `size` outbox messages each, up to `end_seq`."""
 
     outbox: Path
-    after_seq: int
     end_seq: int
     size: int
-    catalog: Catalog
     max_columns: int
     encode_timestamp: Callable[[datetime], Any]  # a module-level function: it goes to a worker
+
+
+class Job(msgspec.Struct, frozen=True):
+    """One batch to prepare: the messages after `after_seq`, planned for `catalog`."""
+
+    reading: Reading
+    after_seq: int
+    catalog: Catalog
 
 
 class Batch(msgspec.Struct):
@@ -79,8 +85,9 @@ class Batch(msgspec.Struct):
 def prepare(job: Job) -> Batch | None:
     """Read, decode, map and plan one batch; None when the outbox has nothing after the job's
     position. Pure but for reading the outbox, so that it can run in a worker process."""
-    with _outbox(job.outbox) as outbox:
-        rows = outbox.execute(READ_BATCH, (job.after_seq, job.end_seq, job.size)).fetchall()
+    reading = job.reading
+    with _outbox(reading.outbox) as outbox:
+        rows = outbox.execute(READ_BATCH, (job.after_seq, reading.end_seq, reading.size)).fetchall()
     if not rows:
         return None
     mapper = Mapper(loaded_at=utc_text(datetime.now(UTC)))
@@ -97,7 +104,10 @@ def prepare(job: Job) -> Batch | None:
     schemas = frozenset(map(schema_name, {source for _, source, _ in rows}))
     catalog = {key: columns for key, columns in job.catalog.items() if key[0] in schemas}
     plan = plan_load(
-        mapped, catalog, max_columns=job.max_columns, encode_timestamp=job.encode_timestamp
+        mapped,
+        catalog,
+        max_columns=reading.max_columns,
+        encode_timestamp=reading.encode_timestamp,
     )
     return Batch(
         after_seq=job.after_seq,
@@ -113,10 +123,12 @@ def prepare(job: Job) -> Batch | None:
     )
 
 
-def next_schemas(outbox_path: Path, after_seq: int, end_seq: int, size: int) -> frozenset[str]:
+def next_schemas(reading: Reading, after_seq: int) -> frozenset[str]:
     """The schemas of the batch after `after_seq`: the catalog a plan needs is theirs."""
-    with _outbox(outbox_path) as outbox:
-        sources = outbox.execute(READ_SOURCES, (after_seq, end_seq, size)).fetchall()
+    with _outbox(reading.outbox) as outbox:
+        sources = outbox.execute(
+            READ_SOURCES, (after_seq, reading.end_seq, reading.size)
+        ).fetchall()
     return frozenset(schema_name(source) for (source,) in sources)
 
 
@@ -186,21 +198,8 @@ class BatchReader:
     """Prepares the batches of one sync: read-aheads in `executor` (None: a thread), and a
     batch the loader waits for with nothing else to do in a thread."""
 
-    def __init__(
-        self,
-        outbox: Path,
-        *,
-        end_seq: int,
-        size: int,
-        max_columns: int,
-        encode_timestamp: Callable[[datetime], Any],
-        executor: Executor | None,
-    ) -> None:
-        self._outbox = outbox
-        self._end_seq = end_seq
-        self._size = size
-        self._max_columns = max_columns
-        self._encode_timestamp = encode_timestamp
+    def __init__(self, reading: Reading, executor: Executor | None) -> None:
+        self._reading = reading
         self._executor = executor
         self._ahead: asyncio.Future[Batch | None] | None = None
         self._ahead_after = -1
@@ -208,7 +207,7 @@ class BatchReader:
     async def take(self, position: int, catalog_of: CatalogOf) -> tuple[Batch, Catalog] | None:
         """The batch after `position`, planned for the catalog `catalog_of` gives for its
         schemas, and that catalog; None when there is nothing after `position`."""
-        if position >= self._end_seq:
+        if position >= self._reading.end_seq:
             await self.close()
             return None
         ahead, self._ahead = self._ahead, None
@@ -224,9 +223,7 @@ class BatchReader:
         else:
             if ahead is not None:
                 await _cancelled(ahead)
-            schemas = await asyncio.to_thread(
-                next_schemas, self._outbox, position, self._end_seq, self._size
-            )
+            schemas = await asyncio.to_thread(next_schemas, self._reading, position)
             batch = await self._prepare(position, await catalog_of(schemas), None)
             if batch is None:
                 return None
@@ -252,15 +249,7 @@ class BatchReader:
     async def _prepare(
         self, position: int, catalog: Catalog, executor: Executor | None
     ) -> Batch | None:
-        job = Job(
-            outbox=self._outbox,
-            after_seq=position,
-            end_seq=self._end_seq,
-            size=self._size,
-            catalog=catalog,
-            max_columns=self._max_columns,
-            encode_timestamp=self._encode_timestamp,
-        )
+        job = Job(reading=self._reading, after_seq=position, catalog=catalog)
         loop = asyncio.get_running_loop()
         batch: Batch | None = await loop.run_in_executor(executor, prepare, job)
         return batch

@@ -25,7 +25,7 @@ import structlog
 
 from cdpd.config import Config, Warehouse
 from cdpd.outbox import schema as outbox_schema
-from cdpd.warehouse.batches import Batch, BatchReader, worker_pool
+from cdpd.warehouse.batches import Batch, BatchReader, Reading, worker_pool
 from cdpd.warehouse.plan import catalog_after
 from cdpd.warehouse.report import SyncReport
 from cdpd.warehouse.sinks import Sink, open_sink
@@ -98,14 +98,14 @@ async def _load_all(
         async with outbox_schema.connect(path, readonly=True) as outbox:
             end_seq = await _last_seq(outbox)
         pool = worker_pool(end_seq - report.position, batch_messages, worker)
-        reader = BatchReader(
-            path,
+        reading = Reading(
+            outbox=path,
             end_seq=end_seq,
             size=batch_messages,
             max_columns=warehouse.max_columns,
             encode_timestamp=sink.encode_timestamp,
-            executor=pool,
         )
+        reader = BatchReader(reading, pool)
         try:
             while not should_stop():
                 batch = await _load_batch(sink, reader, warehouse.name)
