@@ -413,10 +413,13 @@ async def _contents(warehouse: WarehouseProbe) -> dict[str, list[dict[str, Any]]
 
 
 def _note_children(children: set[int]) -> Callable[[BatchResult], Awaitable[None]]:
-    """A batch hook that notes this process's child processes: a sync's worker is one."""
+    """A batch hook that notes the child processes started since it was made: a sync's worker
+    is one (a worker of an earlier sync may still be finishing its last batch)."""
+    earlier = {child.pid for child in multiprocessing.active_children()}
 
     async def note(batch: BatchResult) -> None:
-        children.update(child.pid for child in multiprocessing.active_children() if child.pid)
+        alive = {child.pid for child in multiprocessing.active_children()}
+        children.update(pid for pid in alive - earlier if pid)
 
     return note
 
