@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -132,19 +133,13 @@ def next_schemas(reading: Reading, after_seq: int) -> frozenset[str]:
     return frozenset(schema_name(source) for (source,) in sources)
 
 
-class _outbox:
-    """A read-only connection to the outbox, closed on exit (sqlite3's own `with` commits)."""
-
-    def __init__(self, path: Path) -> None:
-        self._conn = sqlite3.connect(
+def _outbox(path: Path) -> closing[sqlite3.Connection]:
+    """A read-only connection to the outbox, closed at the end of a `with` block."""
+    return closing(
+        sqlite3.connect(
             f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False
         )
-
-    def __enter__(self) -> sqlite3.Connection:
-        return self._conn
-
-    def __exit__(self, *_: object) -> None:
-        self._conn.close()
+    )
 
 
 def worker_pool(backlog: int, size: int, wanted: bool | None) -> ProcessPoolExecutor | None:
