@@ -2,7 +2,8 @@
 
 Lines are written to a buffer that is flushed at once for warnings and errors, and otherwise
 every FLUSH_INTERVAL_S by a task the daemon owns, so the per-request access line costs no
-syscall of its own.
+syscall of its own. Warnings and errors that libraries log through the standard `logging`
+module (asyncio, aiohttp, aiormq ...) become lines of the same kind, with their `logger`.
 """
 
 from __future__ import annotations
@@ -85,6 +86,20 @@ def access_log(level: str) -> AccessLog | None:
     return logger
 
 
+class FromLogging(logging.Handler):
+    """Passes a `logging` record on to structlog, as a line with the record's level, its
+    message as the event and its logger's name."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields: dict[str, Any] = {"logger": record.name}
+            if record.exc_info:
+                fields["exc_info"] = record.exc_info
+            structlog.get_logger().log(record.levelno, record.getMessage(), **fields)
+        except Exception:
+            self.handleError(record)
+
+
 def configure(level: str = "info", stream: BinaryIO | None = None) -> LineWriter:
     """Called once by the CLI; library code only asks structlog for loggers."""
     writer = LineWriter(stream or sys.stdout.buffer)
@@ -94,4 +109,6 @@ def configure(level: str = "info", stream: BinaryIO | None = None) -> LineWriter
         logger_factory=lambda *_: writer,
         cache_logger_on_first_use=True,
     )
+    # Libraries' own info lines are chatter; their warnings and errors are worth a line.
+    logging.basicConfig(level=logging.WARNING, handlers=[FromLogging()], force=True)
     return writer

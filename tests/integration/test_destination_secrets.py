@@ -6,6 +6,7 @@ given, nor their URL-quoted or Basic-auth forms."""
 from __future__ import annotations
 
 import base64
+import logging
 from pathlib import Path
 from urllib.parse import quote
 
@@ -14,6 +15,7 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
+from cdpd import logs
 from cdpd.app import running
 from tests.helpers import query
 from tests.integration.test_delivery import MakeConfig, recorded, send, track
@@ -167,11 +169,16 @@ async def test_no_destination_shows_its_credentials(
     redis_url = f"redis://:{SECRETS['CDPD_T_REDIS_PW']}@127.0.0.1:9/0"
     monkeypatch.setenv("CDPD_T_REDIS_URL", redis_url)
     messages = [track(1, properties={"total": 10}), *ALL.values()]
-    with capture_logs() as logged:
-        async with running(make_config(destinations(base))) as server:
-            await send(http, server, messages)
-            for lane in server.delivery.lanes.values():
-                await recorded(lane, 1)
+    libraries = logs.FromLogging()  # what the libraries log reaches the daemon's log too
+    logging.getLogger().addHandler(libraries)
+    try:
+        with capture_logs() as logged:
+            async with running(make_config(destinations(base))) as server:
+                await send(http, server, messages)
+                for lane in server.delivery.lanes.values():
+                    await recorded(lane, 1)
+    finally:
+        logging.getLogger().removeHandler(libraries)
     rows = query(data_dir, "SELECT destination, status, error FROM attempts")
     failed = {destination for destination, _, error in rows if error}
     assert failed == set(server.delivery.lanes)  # every destination failed, and said why

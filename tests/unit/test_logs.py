@@ -3,9 +3,14 @@ variables of its frames (a destination's frames hold credentials and people's da
 
 from __future__ import annotations
 
+import io
+import logging
 import sys
+from collections.abc import Iterator
 
 import msgspec
+import pytest
+import structlog
 
 from cdpd import logs
 
@@ -26,3 +31,36 @@ def test_a_logged_exception_shows_its_frames_but_not_their_values() -> None:
     (exception,) = msgspec.json.decode(line)["exception"]
     assert exception["exc_value"] == "cannot send 45 bytes"
     assert [frame["name"] for frame in exception["frames"]][-1] == "_fail_holding"
+
+
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """`logs.configure` sets up structlog and the root logger for the process: put them back."""
+    structlog_config = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.configure(**structlog_config)
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("restored_logging")
+def test_libraries_warnings_become_json_lines_and_their_chatter_does_not() -> None:
+    stream = io.BytesIO()
+    writer = logs.configure("info", stream)
+    remote = "amqp://guest:******@127.0.0.1:5672/"
+    logging.getLogger("aiormq.connection").warning("Connection lost from %s", remote)
+    logging.getLogger("aiohttp.access").info("GET / 200")
+    try:
+        _fail_holding(SECRET)
+    except ValueError:
+        logging.getLogger("asyncio").exception("Task exception was never retrieved")
+    writer.flush()
+    lines = [msgspec.json.decode(line) for line in stream.getvalue().splitlines()]
+    assert [(line["logger"], line["level"], line["event"]) for line in lines] == [
+        ("aiormq.connection", "warning", f"Connection lost from {remote}"),
+        ("asyncio", "error", "Task exception was never retrieved"),
+    ]
+    assert lines[1]["exception"][0]["exc_value"] == "cannot send 45 bytes"
+    assert SECRET not in stream.getvalue().decode()
