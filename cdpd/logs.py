@@ -25,6 +25,7 @@ _LEVELS = {
     "error": logging.ERROR,
 }
 FLUSH_INTERVAL_S = 0.2
+LIBRARY_EVENT_MAX = 8192
 _encoder = msgspec.json.Encoder(enc_hook=str)
 
 
@@ -87,15 +88,18 @@ def access_log(level: str) -> AccessLog | None:
 
 
 class FromLogging(logging.Handler):
-    """Passes a `logging` record on to structlog, as a line with the record's level, its
-    message as the event and its logger's name."""
+    """Passes a `logging` record on to structlog, as a line with the record's level (a custom
+    level counts as the standard one below it), its message as the event (at most
+    LIBRARY_EVENT_MAX characters, well under journald's line limit) and its logger's name."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             fields: dict[str, Any] = {"logger": record.name}
             if record.exc_info:
                 fields["exc_info"] = record.exc_info
-            structlog.get_logger().log(record.levelno, record.getMessage(), **fields)
+            level = min(logging.CRITICAL, max(logging.DEBUG, record.levelno // 10 * 10))
+            event = record.getMessage()[:LIBRARY_EVENT_MAX]
+            structlog.get_logger().log(level, event, **fields)
         except Exception:
             self.handleError(record)
 
@@ -110,5 +114,6 @@ def configure(level: str = "info", stream: BinaryIO | None = None) -> LineWriter
         cache_logger_on_first_use=True,
     )
     # Libraries' own info lines are chatter; their warnings and errors are worth a line.
-    logging.basicConfig(level=logging.WARNING, handlers=[FromLogging()], force=True)
+    libraries = FromLogging(level=logging.WARNING)  # even where a library lowers its level
+    logging.basicConfig(level=logging.WARNING, handlers=[libraries], force=True)
     return writer
