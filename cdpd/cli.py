@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +18,7 @@ import msgspec
 
 from cdpd import __version__, config, logs
 from cdpd.delivery import replay, report
+from cdpd.delivery.store import DeliveryStatus, SqliteDeliveryStore
 from cdpd.model.timestamps import format_ms, now_ms, parse_ms
 from cdpd.outbox import reader, schema
 from cdpd.warehouse import commands as warehouse_commands
@@ -76,6 +78,15 @@ def _parser() -> argparse.ArgumentParser:
     d_dead = deliveries_commands.add_parser("dead", parents=[common], help="dead deliveries")
     d_dead.add_argument("--destination", help="only this destination")
     d_dead.add_argument("-n", type=int, default=50, help="how many (default 50)")
+    d_show = deliveries_commands.add_parser(
+        "show", parents=[common], help="where one message stands with each destination"
+    )
+    d_show.add_argument("message_id", help="the message's messageId")
+    d_show.add_argument("--json", action="store_true", help="print JSON lines")
+    d_retry = deliveries_commands.add_parser(
+        "retry", parents=[common], help="make every waiting retry of a destination due now"
+    )
+    d_retry.add_argument("--destination", required=True)
     replay = commands.add_parser(
         "replay", parents=[common], help="deliver dead deliveries or archived messages again"
     )
@@ -157,6 +168,10 @@ def _deliveries(cfg: config.Config, args: argparse.Namespace) -> int:
         reports = asyncio.run(_read(path, lambda conn: report.destinations(conn, names)))
         print(msgspec.json.encode(reports).decode() if args.json else _format_reports(reports))
         return EXIT_OK
+    if args.deliveries_command == "show":
+        return _show(cfg, args)
+    if args.deliveries_command == "retry":
+        return _retry(cfg, args)
     dead = asyncio.run(_read(path, lambda conn: report.dead(conn, args.destination, args.n)))
     for entry in dead:
         print(msgspec.json.encode(entry).decode())
@@ -195,14 +210,63 @@ async def _replay_in_outbox(
     until: str,
     args: argparse.Namespace,
 ) -> int:
+    async with _store(path) as store:
+        if since is None:
+            return await replay.replay_dead(store, destination)
+        return await replay.replay_range(store, destination, since, until, args.source)
+
+
+@contextlib.asynccontextmanager
+async def _store(path: Path) -> AsyncIterator[SqliteDeliveryStore]:
+    """The delivery store on the outbox file, writing through a connection of the CLI's own."""
     async with schema.connect(path) as conn:
 
         def transact(operation: Any) -> Any:
             return replay.in_transaction(conn, operation)
 
-        if since is None:
-            return await replay.replay_dead(transact, destination)
-        return await replay.replay_range(transact, destination, since, until, args.source)
+        yield SqliteDeliveryStore(transact, path)
+
+
+def _show(cfg: config.Config, args: argparse.Namespace) -> int:
+    from cdpd.delivery.service import routing_rule
+
+    rules = [routing_rule(d) for d in cfg.destinations]
+
+    async def show() -> list[DeliveryStatus]:
+        async with _store(cfg.storage.outbox_path) as store:
+            return await store.show(args.message_id, rules)
+
+    found = asyncio.run(show())
+    if not found:
+        print(f"cdpd: no message {args.message_id!r} in the outbox", file=sys.stderr)
+        return EXIT_FAILURE
+    for status in found:
+        if args.json:
+            print(msgspec.json.encode(status).decode())
+            continue
+        line = f"{status.destination:<20} seq {status.seq:<8} {status.state}"
+        if status.attempts:
+            line += f", {status.attempts} attempts"
+        if status.next_attempt_at:
+            line += f", next at {status.next_attempt_at}"
+        if status.last_error:
+            line += f", last error: {status.last_error}"
+        print(line)
+    return EXIT_OK
+
+
+def _retry(cfg: config.Config, args: argparse.Namespace) -> int:
+    if not any(d.name == args.destination for d in cfg.destinations):
+        print(f"cdpd: no destination is named {args.destination!r}", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def retry() -> int:
+        async with _store(cfg.storage.outbox_path) as store:
+            return await store.retry_now(args.destination, format_ms(now_ms()))
+
+    count = asyncio.run(retry())
+    print(f"{count} waiting deliveries of {args.destination} are due now")
+    return EXIT_OK
 
 
 async def _read(path: Path, query: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
@@ -246,6 +310,14 @@ def _format_stats(stats: reader.OutboxStats) -> str:
     lines += [f"{r.source or '-':<24} {r.reason_code:<24} {r.rejects:>10}" for r in stats.rejects]
     if not stats.rejects:
         lines.append("(no rejected messages)")
+    lines += ["", f"{'consumer':<32} {'position':>10} {'behind':>10} {'seconds':>10}"]
+    lines += [
+        f"{c.name:<32} {c.seq:>10} {c.messages_behind:>10} {c.seconds_behind:>10.1f}"
+        + ("  (paused)" if c.paused else "")
+        for c in stats.consumers
+    ]
+    if not stats.consumers:
+        lines.append("(no consumers)")
     return "\n".join(lines)
 
 

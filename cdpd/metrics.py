@@ -91,8 +91,14 @@ def _lane_metrics(delivery: Delivery) -> Iterator[Metric]:
     unhealthy = GaugeMetricFamily(
         "cdpd_delivery_unhealthy", "1 after a 401 or 403 until a success", labels=["destination"]
     )
+    circuit = GaugeMetricFamily(
+        "cdpd_delivery_circuit_open",
+        "1 while the lane's circuit is open or probing (the destination keeps failing)",
+        labels=["destination"],
+    )
     for name, lane in delivery.lanes.items():
         stats = lane.stats
+        circuit.add_metric([name], int(lane.circuit.state != "closed"))
         for outcome, count in (
             ("delivered", stats.delivered),
             ("retrying", stats.retried),
@@ -103,7 +109,7 @@ def _lane_metrics(delivery: Delivery) -> Iterator[Metric]:
             errors.add_metric([name, status], count)
         in_flight.add_metric([name], stats.in_flight)
         unhealthy.add_metric([name], int(stats.unhealthy))
-    yield from (outcomes, errors, in_flight, unhealthy)
+    yield from (outcomes, errors, in_flight, unhealthy, circuit)
 
 
 def _outbox_metrics(reports: list[DestinationReport]) -> Iterator[Metric]:
@@ -118,3 +124,11 @@ def _outbox_metrics(reports: list[DestinationReport]) -> Iterator[Metric]:
                 continue
             deliveries.add_metric([report.destination, state], getattr(report, state))
     yield deliveries
+    backlog = GaugeMetricFamily(
+        "cdpd_delivery_backlog",
+        "Messages past the destination lane's position (not reached yet)",
+        labels=["destination"],
+    )
+    for report in reports:
+        backlog.add_metric([report.destination], report.backlog)
+    yield backlog

@@ -17,11 +17,11 @@ from typing import Any
 import msgspec
 
 from cdpd.delivery import policy
-from cdpd.delivery.store import Claimed
 from cdpd.destinations.base import Result
 from cdpd.destinations.settings import ActionConfig
 from cdpd.destinations.settings import Destination as DestinationConfig
 from cdpd.mapping import fql, kit
+from cdpd.model.rows import MessageView
 from cdpd.settings import ConfigError
 
 WHOLE_MESSAGE: dict[str, Any] = {"@path": "$."}
@@ -67,7 +67,7 @@ class Action(msgspec.Struct, frozen=True):
 class Prepared(msgspec.Struct, frozen=True, gc=False):
     """One action's part of one delivery: the fields to send, or why they cannot be sent."""
 
-    delivery: Claimed
+    delivery: MessageView
     action: str
     kind: str
     fields: dict[str, Any]
@@ -109,7 +109,7 @@ def subscription_sql(actions: Sequence[Action]) -> tuple[str, list[Any]]:
     return "(" + " OR ".join(sql for sql, _ in parts) + ")", [p for _, ps in parts for p in ps]
 
 
-def prepare(actions: Sequence[Action], batch: Sequence[Claimed]) -> list[Prepared]:
+def prepare(actions: Sequence[Action], batch: Sequence[MessageView]) -> list[Prepared]:
     """What each delivery's matching actions send (decoding each message once)."""
     prepared: list[Prepared] = []
     for item in batch:
@@ -136,7 +136,7 @@ def mapped_json(item: Prepared, field: str) -> bytes:
 
 
 def combine(
-    batch: Sequence[Claimed], prepared: Sequence[Prepared], results: Sequence[Result]
+    batch: Sequence[MessageView], prepared: Sequence[Prepared], results: Sequence[Result]
 ) -> list[Result]:
     """One result per delivery: a retryable failure of any of its actions retries the whole
     delivery; otherwise a permanent failure makes it dead; otherwise it is delivered."""
@@ -156,7 +156,7 @@ def worst(results: Sequence[Result]) -> Result:
     return (retryable or failures or results)[0]
 
 
-def _prepare_one(action: Action, item: Claimed, message: dict[str, Any]) -> Prepared:
+def _prepare_one(action: Action, item: MessageView, message: dict[str, Any]) -> Prepared:
     fields = kit.evaluate(action.mapping, message)
     missing = [name for name in action.required if name not in fields]
     problem = (
