@@ -120,6 +120,9 @@ async def running(
                     supervised("space-watch", space_watch.run, space_stop), name="space-watch"
                 )
                 await delivery.start()
+                # Not under `supervise` here: `Delivery.run` closes its destinations' clients
+                # when it ends, so running it again would not be a restart. Its parts are
+                # restarted inside `cdpd.delivery`.
                 delivery_task = tasks.create_task(delivery.run(), name="delivery")
                 for schedule in warehouses.schedules():
                     tasks.create_task(
@@ -206,16 +209,15 @@ async def serve(config: Config, log_writer: LineWriter | None = None) -> int:
     async with running(config) as server:
         log.info("listening", url=server.url, outbox=str(config.storage.outbox_path))
         notifier.ready()
+        supervised = functools.partial(supervise, clock=SystemClock(), restarts=server.restarts)
         async with asyncio.TaskGroup() as tasks:
             if notifier.watchdog_interval_s:
                 # Pinged from the event loop, so a stuck loop gets the service restarted.
-                tasks.create_task(
-                    _every(notifier.watchdog_interval_s, notifier.watchdog, stop), name="watchdog"
-                )
+                ping = functools.partial(_every, notifier.watchdog_interval_s, notifier.watchdog)
+                tasks.create_task(supervised("watchdog", ping, stop), name="watchdog")
             if log_writer is not None:
-                tasks.create_task(
-                    _every(logs.FLUSH_INTERVAL_S, log_writer.flush, stop), name="log-flush"
-                )
+                flush = functools.partial(_every, logs.FLUSH_INTERVAL_S, log_writer.flush)
+                tasks.create_task(supervised("log-flush", flush, stop), name="log-flush")
             await stop.wait()
         log.info("stopping")
         notifier.stopping()

@@ -48,7 +48,7 @@ async def track(http: aiohttp.ClientSession, url: str, message_id: str) -> int:
 async def test_a_failing_space_watch_restarts_while_ingest_keeps_answering(
     make_config: Callable[..., Config], http: aiohttp.ClientSession, data_dir: Path
 ) -> None:
-    config = make_config("")
+    config = make_config('[admin]\ntoken = "adm1n"\n')
     storage = msgspec.structs.replace(config.storage, min_free_disk_bytes=1000)
     config = msgspec.structs.replace(config, storage=storage)
     # The start-up check passes; the watch's first two checks fail, then the disk is fine.
@@ -65,10 +65,15 @@ async def test_a_failing_space_watch_restarts_while_ingest_keeps_answering(
                 assert resp.status == 200
             async with http.get(f"{server.url}/metrics") as resp:
                 metrics = await resp.text()
+            bearer = {"Authorization": "Bearer adm1n"}
+            async with http.get(f"{server.url}/admin/services", headers=bearer) as resp:
+                services = (await resp.json())["services"]
             clock.advance(1.0)  # the second pause doubles; the third run finds the disk fine
     assert [p["messageId"] for p in stored_payloads(data_dir)] == ["m1", "m2"]
     assert 'cdpd_service_restarts_total{service="space-watch"} 2.0' in metrics
     assert 'cdpd_service_restarts_total{service="outbox-writer"} 0.0' in metrics
+    assert {"name": "space-watch", "restarts": 2} in services
+    assert {"name": "outbox-writer", "restarts": 0} in services
     failed = [e for e in logs if e["event"] == "service_failed"]
     assert [(e["service"], e["restart_in_s"], e["restarts"]) for e in failed] == [
         ("space-watch", 0.5, 1),
