@@ -4,6 +4,7 @@ keeps serving."""
 from __future__ import annotations
 
 import errno
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -80,3 +81,29 @@ async def test_a_failing_space_watch_restarts_while_ingest_keeps_answering(
         ("space-watch", 1.0, 2),
     ]
     assert all(e["exc_info"] is True and e["log_level"] == "error" for e in failed)
+
+
+async def test_a_failing_warehouse_schedule_restarts_and_syncs_once_repaired(
+    make_config: Callable[..., Config], http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    path = tmp_path / "warehouse.sqlite3"
+    config = make_config(
+        f'[[warehouses]]\nname = "wh"\ntype = "sqlite"\npath = "{path}"\ninterval_s = 3600\n'
+    )
+    async with running(config) as server:
+        await server.warehouses.wait_for_syncs("wh", 1)
+    with sqlite3.connect(path) as conn:  # a sync report that no longer decodes
+        conn.execute("UPDATE _cdpd_syncs SET report = '{\"warehouse\": 1}'")
+    clock = FakeClock()
+    with capture_logs() as logs:
+        async with running(config, clock=clock) as server:
+            await server.restarts.wait_for("warehouse-wh", 1)
+            assert await track(http, server.url, "m1") == 200
+            with sqlite3.connect(path) as conn:
+                conn.execute("DELETE FROM _cdpd_syncs")
+            clock.advance(0.5)  # the restarted schedule finds no sync and syncs at once
+            (report,) = await server.warehouses.wait_for_syncs("wh", 1)
+    assert report.status == "success"
+    assert report.messages == 1
+    (failed,) = [e for e in logs if e["event"] == "service_failed"]
+    assert failed["service"] == "warehouse-wh"
