@@ -1,4 +1,5 @@
-"""Admin HTTP endpoints (bearer token) and /metrics: where deliveries stand, and replay."""
+"""Admin HTTP endpoints (bearer token) and /metrics: where deliveries stand, replay, and the
+restarts of background services."""
 
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ class Admin:
         return [
             web.get("/admin/deliveries", self.deliveries),
             web.get("/admin/deliveries/dead", self.dead),
+            web.get("/admin/services", self.services),
             web.post("/admin/replay", self.replay),
             web.post("/admin/deliveries/retry", self.retry),
             web.get("/admin/deliveries/messages/{message_id}", self.show),
@@ -66,6 +68,12 @@ class Admin:
         destination = request.query.get("destination")
         limit = _int(request.query.get("limit", "100"), "limit")
         return _json({"dead": await report.dead(self._reader, destination, limit)})
+
+    async def services(self, request: web.Request) -> web.Response:
+        """Each supervised background service and how often it has been restarted."""
+        self._authorize(request)
+        counts = sorted(self._metrics.restarts.counts.items())
+        return _json({"services": [{"name": name, "restarts": n} for name, n in counts]})
 
     async def replay(self, request: web.Request) -> web.Response:
         self._authorize(request)

@@ -37,6 +37,7 @@ class Delivery:
         clock: Clock,
         observer: Callable[[str], Callable[[float], None]] | None = None,
         warehouse_position: Callable[[], Awaitable[int | None]] | None = None,
+        restarts: Restarts | None = None,
     ) -> None:
         self._config = config.delivery
         self._writer = writer
@@ -74,7 +75,7 @@ class Delivery:
             dedup_window_s=config.storage.dedup_window_s,
             warehouse_position=warehouse_position,
         )
-        self.restarts = Restarts()
+        self.restarts = restarts or Restarts()
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
