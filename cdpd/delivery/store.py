@@ -606,11 +606,11 @@ async def _give_up(
                 f" WHERE state IN ('pending', 'retrying', 'in_flight') AND {condition}",
                 [at, why, *params],
             )
+    # Replay jobs of destinations no longer configured, or disabled, end too.
     await conn.execute(
-        f"UPDATE replays SET finished_at = ? WHERE finished_at IS NULL AND NOT ({others})"
-        if configured
-        else "UPDATE replays SET finished_at = ? WHERE finished_at IS NULL",
-        [at, *configured],
+        f"UPDATE replays SET finished_at = ? WHERE finished_at IS NULL AND ({others}"
+        f" OR destination IN ({_marks(disabled)}))",
+        [at, *configured, *disabled],
     )
     await conn.execute(
         "DELETE FROM consumers WHERE kind = 'replay' AND substr(name, 8) IN"
