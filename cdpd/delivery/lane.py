@@ -163,6 +163,7 @@ class _Run:
         self.keys_waiting: Counter[str] = Counter()  # users with unfinished ledger rows
         self.probe: asyncio.Event = asyncio.Event()
         self.retry_all = False  # the destination is back: make every waiting retry due
+        self.expire_due = False  # a probe failed: give up what waited its whole retry window
 
     def wake_all(self) -> None:
         for event in (self.items, self.room, self.probe):
@@ -370,6 +371,10 @@ class _Run:
         now = lane._clock.now_ms()
         if circuit.may_send(now) or circuit.may_probe(now):
             return True
+        if self.expire_due:
+            self.expire_due = False
+            await self._expire()
+            return False
         if circuit.state == "probing":  # another worker probes: wait for its verdict
             self.probe.clear()
             await lane._clock.wait(self.probe, lane._poll_interval_s)
@@ -377,6 +382,82 @@ class _Run:
         lane.stats.circuit = circuit.state
         await lane._clock.wait(lane._stop, circuit.wait_ms(now) / 1000)
         return False
+
+    async def _expire(self) -> None:
+        """While the circuit stays open, the retry window still runs: what has waited all of
+        it is given up (dead, with the reason), so nothing is held forever. Waiting retries
+        count from their first attempt, messages never attempted from their arrival."""
+        lane = self.lane
+        now = lane._clock.now_ms()
+        cutoff = format_ms(now - round(lane._retry.retry_window_s * 1000))
+        try:
+            expired = await lane._store.expire(lane.name, lane._rule, cutoff, format_ms(now))
+        except Exception:
+            log.exception("delivery_expire_failed", destination=lane.name)
+            return
+        kept: deque[Batch] = deque()
+        given_up = 0
+        while self.queue:
+            batch = self.queue.popleft()
+            if batch.consumer is None and all(
+                (o.view.first_attempt_at or "") < cutoff for o in batch.items
+            ):  # their ledger rows were just given up
+                self.ledger_busy.difference_update(o.view.seq for o in batch.items)
+                self._release_keys(batch)
+                self.queued_items -= len(batch.items)
+            elif batch.consumer is not None and all(o.received_at < cutoff for o in batch.items):
+                await self._give_up(batch, now)
+                given_up += len(batch.items)
+            else:
+                kept.append(batch)
+        self.queue = kept
+        lane.stats.dead += expired
+        if expired or given_up:
+            log.warning(
+                "delivery_expired",
+                destination=lane.name,
+                retries=expired,
+                unsent=given_up,
+                reason="the destination stayed unreachable for the whole retry window",
+            )
+            self.room.set()
+
+    async def _give_up(self, batch: Batch, now_ms: int) -> None:
+        at = format_ms(now_ms)
+        error = "never sent: the destination stayed unreachable for the whole retry window"
+        outcomes = [
+            Outcome(
+                seq=o.view.seq,
+                message_id=o.view.message_id,
+                order_key=o.order_key,
+                attempt=0,
+                started_at=at,
+                duration_ms=0.0,
+                status=None,
+                error=error,
+                state="dead",
+                first_attempt_at=o.received_at,
+                next_attempt_at=at,
+                finished_at=at,
+                origin=_origin(batch.consumer),
+            )
+            for o in batch.items
+        ]
+        self.queued_items -= len(batch.items)
+        assert batch.consumer is not None
+        await self.recorder.record(
+            outcomes, Finish(batch.consumer, batch.first, batch.last, batch.parked)
+        )
+        self._release_keys(batch)
+        self.lane.stats.dead += len(outcomes)
+
+    def _release_keys(self, batch: Batch) -> None:
+        for owed in batch.items:
+            key = owed.order_key
+            if key is not None:
+                self.keys_busy[key] -= 1
+                if self.keys_busy[key] <= 0:
+                    del self.keys_busy[key]
 
     def _split_probe(self, batch: Batch) -> Batch:
         """A probe is one message; the rest of its batch goes back to the queue's head."""
@@ -430,6 +511,8 @@ class _Run:
             worst = failed[0]
             was = circuit.state
             circuit.failed(now, worst.retry_after_s, worst.status)
+            if was == "probing":
+                self.expire_due = True
             if circuit.state == "open" and was == "closed":
                 log.warning(
                     "delivery_circuit_open",

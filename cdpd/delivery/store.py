@@ -92,6 +92,7 @@ class Owed(msgspec.Struct, frozen=True, gc=False):
     view: MessageView
     order_key: str | None
     from_ledger: bool = False
+    received_at: str = ""  # new messages only: when a retry window would start
 
 
 class Outcome(msgspec.Struct, frozen=True, gc=False):
@@ -226,7 +227,7 @@ class DeliveryStore(Protocol):
 # -- SQL -------------------------------------------------------------------------------------
 
 NEW_MESSAGES = """
-SELECT seq, message_id, payload, {key} FROM messages
+SELECT seq, message_id, payload, {key}, received_at FROM messages
 WHERE seq > ? AND seq <= ? AND {condition}
 ORDER BY seq LIMIT ?
 """
@@ -260,12 +261,13 @@ UPDATE deliveries SET state = ?9, attempts = attempts + 1, last_attempt_at = ?6,
     last_status = ?7, last_error = ?8, finished_at = ?13
 WHERE destination = ?1 AND seq = ?2 AND (?3 IS NOT NULL OR ?4 IS NULL OR ?5 OR ?10 OR ?11 OR ?12)
 """
-# ?10 is the attempt's duration; the parameters are one tuple for both statements.
+# ?10 is the attempt's duration; the parameters are one tuple for both statements. A message
+# given up unsent (attempt 0) has no attempt to record.
 RECORD_ATTEMPT = """
 INSERT INTO attempts (delivery_id, destination, message_id, attempt, started_at, duration_ms,
     status, error, outcome)
 SELECT id, ?1, ?3, ?5, ?6, ?10, ?7, ?8, ?9 FROM deliveries WHERE destination = ?1 AND seq = ?2
-    AND (?13 IS NULL OR ?13 IS NOT NULL)
+    AND ?5 > 0 AND (?13 IS NULL OR ?13 IS NOT NULL)
 """
 PARK = """
 INSERT INTO deliveries (destination, seq, message_id, order_key, state, created_at,
@@ -346,9 +348,9 @@ class SqliteDeliveryStore:
 
         async def retry(conn: aiosqlite.Connection) -> int:
             cursor = await conn.execute(
-                "UPDATE deliveries SET next_attempt_at = ? WHERE destination = ?"
-                " AND state IN ('pending', 'retrying') AND next_attempt_at > ?",
-                (at, destination, at),
+                "UPDATE deliveries SET next_attempt_at = min(next_attempt_at, ?)"
+                " WHERE destination = ? AND state IN ('pending', 'retrying')",
+                (at, destination),
             )
             return int(cursor.rowcount)
 
@@ -464,7 +466,10 @@ class SqliteLaneReader:
         rows = await self._conn.execute_fetchall(
             self._new_sql, [after_seq, up_to_seq, *self._params, limit]
         )
-        return [Owed(MessageView(seq, mid, payload), key) for seq, mid, payload, key in rows]
+        return [
+            Owed(MessageView(seq, mid, payload), key, received_at=at)
+            for seq, mid, payload, key, at in rows
+        ]
 
     async def due(self, now_at: str, limit: int) -> list[Owed]:
         rows = await self._conn.execute_fetchall(
@@ -505,11 +510,14 @@ class SqliteLaneReader:
         condition, params = _replay_condition(self._rule, job)
         key = ORDER_KEY if self._rule.ordered else "NULL"
         rows = await self._conn.execute_fetchall(
-            f"SELECT seq, message_id, payload, {key} FROM messages WHERE seq > ? AND seq <= ?"
-            f" AND {condition} ORDER BY seq LIMIT ?",
+            f"SELECT seq, message_id, payload, {key}, received_at FROM messages"
+            f" WHERE seq > ? AND seq <= ? AND {condition} ORDER BY seq LIMIT ?",
             [after_seq, job.last_seq, *params, limit],
         )
-        return [Owed(MessageView(seq, mid, payload), key) for seq, mid, payload, key in rows]
+        return [
+            Owed(MessageView(seq, mid, payload), key, received_at=at)
+            for seq, mid, payload, key, at in rows
+        ]
 
     async def positions(self) -> dict[str, Position]:
         return await consumers.positions(self._conn)

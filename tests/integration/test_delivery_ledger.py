@@ -58,6 +58,35 @@ async def test_a_dead_destination_gets_probes_not_an_attempt_per_message(
     assert {state for _, state, _, _ in deliveries(data_dir)} == {"delivered"}
 
 
+async def test_an_open_circuit_still_gives_up_after_the_retry_window(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    clock = FakeClock()
+    retry = "[delivery.retry]\nretry_window_s = 60\nmin_attempts = 1\n"
+    async with Sink(default=status(503)) as sink:
+        config = make_config(retry + hook("hook", sink.url, batch_size=10, concurrency=2))
+        async with running(config, clock=clock) as server:
+            lane = server.delivery.lanes["hook"]
+            await send(http, server, [track(n, user=f"u{n}") for n in range(100)])
+            await sink.wait_for(lambda s: s.arrived >= 5)
+            for _ in range(40):  # two minutes: past the window, for every message
+                clock.advance(3)
+                await asyncio.sleep(0.02)
+            dead = "SELECT count(*) FROM deliveries WHERE state = 'dead'"
+            async with asyncio.timeout(10):
+                while query(data_dir, dead) != [(100,)]:
+                    clock.advance(3)
+                    await asyncio.sleep(0.02)
+            assert lane.circuit.state != "closed"
+            assert sink.arrived < 30  # probes, not an attempt per message
+    states = {state for _, state, _, _ in deliveries(data_dir)}
+    assert states == {"dead"}
+    assert (
+        "unreachable for the whole retry window"
+        in (query(data_dir, "SELECT last_error FROM deliveries ORDER BY seq DESC LIMIT 1")[0][0])
+    )
+
+
 async def test_retry_after_pauses_the_whole_lane(
     make_config: MakeConfig, http: aiohttp.ClientSession
 ) -> None:
