@@ -50,7 +50,8 @@ async def test_kill_9_during_delivery_loses_nothing(tmp_path: Path, data_dir: Pa
         assert request.headers["X-Cdpd-Message-Id"] == message["messageId"]
 
 
-LANES = {"a": (4, 10), "b": (2, 1), "c": (3, 25)}  # name: (concurrency, batch_size)
+# name: (concurrency, batch_size, requests a second: each lane takes about 10 s for all)
+LANES = {"a": (4, 10, 6), "b": (2, 1, 60), "c": (3, 25, 2)}
 BACKLOG = 600
 
 
@@ -64,8 +65,8 @@ async def test_kill_9_with_a_backlog_and_several_destinations_resends_only_what_
         # Rate limits keep every lane in the middle of its backlog when the daemon is killed.
         entries = "".join(
             f'[[destinations]]\nname = "{name}"\ntype = "webhook"\nurl = "{sinks[name].url}"\n'
-            f"concurrency = {concurrency}\nbatch_size = {batch}\nrate_limit_per_s = 40\n"
-            for name, (concurrency, batch) in LANES.items()
+            f"concurrency = {concurrency}\nbatch_size = {batch}\nrate_limit_per_s = {rate}\n"
+            for name, (concurrency, batch, rate) in LANES.items()
         )
         config = config_file(tmp_path, data_dir, entries)
         daemon = await spawn_cdpd(config)
@@ -84,7 +85,7 @@ async def test_kill_9_with_a_backlog_and_several_destinations_resends_only_what_
         for sink in sinks.values():
             await sink.__aexit__(None, None, None)
 
-    for name, (concurrency, batch) in LANES.items():
+    for name, (concurrency, batch, _) in LANES.items():
         delivered = Counter(sinks[name].message_ids)
         assert set(delivered) == {f"m{n}" for n in range(BACKLOG)}, name
         duplicates = [m for m, count in delivered.items() if count > 1]
