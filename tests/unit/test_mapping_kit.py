@@ -2,7 +2,7 @@ from typing import Any
 
 import pytest
 
-from cdpd.mapping.kit import ABSENT, evaluate, lookup, validate
+from cdpd.mapping.kit import ABSENT, MappingError, evaluate, lookup, validate
 
 ORDER: dict[str, Any] = {
     "type": "track",
@@ -34,9 +34,13 @@ ORDER: dict[str, Any] = {
             {"@template": "{{event}} by {{traits.first_name}}{{traits.last}}"},
             "Order Completed by Ada",
         ),
-        ({"@literal": {"@path": "x"}}, {"@path": "x"}),
+        ({"@literal": {"a": {"@path": "$.userId"}}}, {"a": "u1"}),  # Segment maps inside too
+        ({"@literal": False}, False),
         ({"@if": {"exists": {"@path": "$.userId"}, "then": "known", "else": "anonymous"}}, "known"),
-        ({"@if": {"blank": {"@path": "$.properties.coupon"}, "then": "none"}}, "none"),
+        # Segment's "blank": then when the value is there and not blank, else otherwise
+        ({"@if": {"blank": {"@path": "$.properties.coupon"}, "then": 1, "else": 2}}, 2),
+        ({"@if": {"blank": {"@path": "$.event"}, "then": 1, "else": 2}}, 1),
+        ({"@if": {"blank": {"@path": "$.properties.coupon"}, "then": "none"}}, ABSENT),
         ({"@if": {"exists": {"@path": "$.properties.coupon"}, "then": 1}}, ABSENT),
         ({"@case": {"operator": "upper", "value": {"@path": "$.type"}}}, "TRACK"),
         (
@@ -78,7 +82,7 @@ ORDER: dict[str, Any] = {
                 "kept": None,
                 "n": [1, {"@path": "$.nope"}],
             },
-            {"id": "m1", "kept": None, "n": [1]},
+            {"id": "m1", "kept": None, "n": [1, None]},  # as JSON.stringify writes undefined
         ),
     ],
 )
@@ -91,30 +95,41 @@ def test_evaluate(mapping: Any, expected: Any) -> None:
     assert validate(mapping) == []
 
 
-def test_lookup_stops_at_anything_that_is_not_a_container() -> None:
-    assert lookup(ORDER, "$.event.length") is ABSENT
+def test_lookup_walks_as_javascript_does() -> None:
+    assert lookup(ORDER, "$.event.length") == len("Order Completed")
     assert lookup(ORDER, "$.properties.products[5]") is ABSENT
+    assert lookup(ORDER, "$.properties.coupon.code") is None  # null && ... is null
+    assert lookup(ORDER, "$.properties['order_id']") == "o-1"
 
 
 @pytest.mark.parametrize(
     ("mapping", "problem"),
     [
         ({"@pth": "$.x"}, "mapping: unknown directive @pth"),
-        ({"@path": "$.x", "extra": 1}, "mapping: a directive (@path) must be the only key"),
-        ({"a": {"@path": 3}}, "mapping.a.@path: expected a path"),
+        ({"@path": "$.x", "extra": 1}, "mapping: should only have one @-prefixed key"),
+        ({"a": {"@path": 3}}, "mapping.a.@path: should be a string or a mapping directive"),
         (
             {"@case": {"operator": "title", "value": "x"}},
-            "mapping.@case.operator: expected one of lower, upper",
+            "mapping.@case.operator: should be one of lower, upper",
         ),
-        ({"@if": {"then": 1}}, "mapping.@if: expected an object with exists or blank"),
-        ({"@replace": {"value": "x"}}, "mapping.@replace: missing pattern"),
-        ({"@arrayPath": ["$.p"]}, "mapping.@arrayPath: expected [path, shape]"),
+        ({"@if": {"then": 1}}, "mapping.@if: requires an 'exists' key or a 'blank' key"),
+        ({"@replace": {"value": "x"}}, "mapping.@replace: should have field 'pattern'"),
+        ({"@replace": {"value": "x", "pattern": "x" * 11}}, "mapping.@replace.pattern: should be"),
+        ({"@arrayPath": "$.p"}, "mapping.@arrayPath: should be an array"),
         (
             {"@json": {"mode": "encode", "value": {"@nope": 1}}},
             "mapping.@json.value: unknown directive @nope",
         ),
-        ({"list": [{"@template": 1}]}, "mapping.list[0].@template: expected a text"),
+        ({"@merge": {"objects": [{}]}}, "mapping.@merge: should have field 'direction'"),
+        ({"@flatten": {"value": {}}}, "mapping.@flatten: should have field 'separator'"),
+        ({"@liquid": "{% for x in y %}{% endfor %}"}, 'mapping.@liquid: tag "for" is disabled'),
     ],
 )
 def test_validate_names_the_place(mapping: Any, problem: str) -> None:
     assert any(p.startswith(problem) for p in validate(mapping)), validate(mapping)
+
+
+def test_lists_are_checked_when_mapped_as_segment_does() -> None:
+    assert validate({"list": [{"@template": 1}]}) == []
+    with pytest.raises(MappingError, match="@template: expected string"):
+        evaluate({"list": [{"@template": 1}]}, ORDER)

@@ -1,0 +1,164 @@
+"""JavaScript value semantics that Segment's mapping-kit relies on, so that mappings give the
+answers they give at Segment: how a value becomes text (`String(v)`), truthiness, loose
+comparison with `""`, `JSON.stringify`, lodash-style `get`, and `String.prototype.replace`'s
+replacement patterns. `ABSENT` stands for JavaScript's `undefined`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import msgspec
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+ABSENT: Any = _Absent()
+
+# Segment's get(): split on ".", and on "[" / "]" next to a quote or a digit.
+_GET_SPLIT = re.compile(r"\[(?=\"|'|\d)|\.|(?<=[\"'\d])\]+")
+_INDEX = re.compile(r"0|[1-9]\d*")
+_REPLACEMENT = re.compile(r"\$([$&`']|\d{1,2})")
+
+
+def get(value: Any, path: str) -> Any:
+    """Segment's `get(obj, path)`: `foo.bar[0].baz`, `a['b']`; `""` or `"."` is the value
+    itself. As in JavaScript, walking on from a falsy value (null, 0, "", false) gives that
+    value, and walking into anything without the key gives ABSENT."""
+    if path in ("", "."):
+        return value
+    keys = [key.replace('"', "").replace("'", "") for key in _GET_SPLIT.split(path) if key]
+    for key in keys:
+        if not truthy(value):
+            return value
+        value = member(value, key)
+    return value
+
+
+def member(value: Any, key: str) -> Any:
+    """`value[key]` for JSON values (ABSENT when there is no such member)."""
+    if isinstance(value, dict):
+        return value.get(key, ABSENT)
+    if isinstance(value, (list, str)):
+        if key == "length":
+            return len(value)
+        if _INDEX.fullmatch(key) and int(key) < len(value):
+            return value[int(key)]
+    return ABSENT
+
+
+def truthy(value: Any) -> bool:
+    if value is ABSENT or value is None or value is False:
+        return False
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value != 0 and not math.isnan(value)
+    if isinstance(value, str):
+        return value != ""
+    return True
+
+
+def loosely_empty(value: Any) -> bool:
+    """`value == ''` in JavaScript (for a value that is neither undefined nor null)."""
+    if isinstance(value, bool):
+        return value is False
+    if isinstance(value, (int, float)):
+        return value == 0
+    if isinstance(value, (str, list)):
+        return string(value) == ""
+    return False
+
+
+def number_text(value: float) -> str:
+    """A number as JavaScript writes it: 1.0 is "1", 1e21 is "1e+21"."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int) and abs(value) < 10**21:
+        return str(value)
+    number = float(value)
+    if math.isnan(number):
+        return "NaN"
+    if math.isinf(number):
+        return "Infinity" if number > 0 else "-Infinity"
+    if number.is_integer() and abs(number) < 1e21:
+        return str(int(number))
+    text = repr(number)
+    if "e" in text:
+        mantissa, exponent = text.split("e")
+        sign = "-" if exponent.startswith("-") else "+"
+        mantissa = mantissa.removesuffix(".0")
+        return f"{mantissa}e{sign}{exponent.lstrip('+-').lstrip('0') or '0'}"
+    return text
+
+
+def string(value: Any) -> str:
+    """`String(value)` in JavaScript."""
+    if value is ABSENT:
+        return "undefined"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bool, int, float)):
+        return number_text(value)
+    if isinstance(value, list):
+        return ",".join("" if item is None or item is ABSENT else string(item) for item in value)
+    return "[object Object]"
+
+
+def to_json(value: Any) -> Any:
+    """The JSON value JSON.stringify would write: undefined members dropped, undefined array
+    items written as null, integral floats as integers."""
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items() if v is not ABSENT}
+    if isinstance(value, list):
+        return [None if v is ABSENT else to_json(v) for v in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def stringify(value: Any) -> Any:
+    """`JSON.stringify(value)`: ABSENT for undefined, else compact JSON text."""
+    if value is ABSENT:
+        return ABSENT
+    return msgspec.json.encode(to_json(value)).decode()
+
+
+def parse_json(text: str) -> Any:
+    """`JSON.parse(text)`; ValueError when it is not JSON."""
+    try:
+        return msgspec.json.decode(text.strip(" \t\n\r").encode())
+    except msgspec.DecodeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def replace(value: str, pattern: re.Pattern[str], replacement: str, count: int) -> str:
+    """`value.replace(regexp, replacement)`: `$$`, `$&`, `` $` `` and `$'` are expanded as
+    JavaScript does (the pattern has no groups, so `$1` stays as it is)."""
+
+    def expand(found: re.Match[str]) -> str:
+        def one(token: re.Match[str]) -> str:
+            kind = token.group(1)
+            if kind == "$":
+                return "$"
+            if kind == "&":
+                return found.group(0)
+            if kind == "`":
+                return value[: found.start()]
+            if kind == "'":
+                return value[found.end() :]
+            return token.group(0)
+
+        return _REPLACEMENT.sub(one, replacement)
+
+    return pattern.sub(expand, value, count=count)
