@@ -35,7 +35,13 @@ PAGE = {"type": "page", "anonymousId": "a1", "name": "Home", "properties": {"tot
         ("anonymousId != null", False, True),
         ('contains(event, "Order")', True, False),
         ('match(context.page.path, "/checkout*")', True, False),
-        ('!match(context.page.path, "/checkout*")', False, True),
+        ('!match(context.page.path, "/checkout*")', False, False),  # PAGE has no path: false
+        ('!contains(context.page.path, "admin")', True, False),
+        ("properties.n != 4", True, False),  # a number: "12" is not one
+        ('properties.total != "12"', True, False),
+        ("event = 3", False, False),  # event is compared as text: the event named "3"
+        ('type = "track" and event = "x" or type = "page"', True, True),  # or, for all three
+        ('properties.total > "100"', True, False),
         ('not (type = "track" and properties.total > 200)', True, True),
         ('match(name, "H?me")', False, False),  # only * is a wildcard
         ('(type = "page") and (name = "Home" or name = "About")', False, True),
@@ -55,7 +61,7 @@ def test_matches(condition: str, order: bool, page: bool) -> None:
         ('type = "track" and', "at the end"),
         ('type == "track"', "column 7"),
         ('event = "Order" or (type = "track"', "expected ')'"),
-        ("contains(event, 3)", "takes a string"),
+        ("contains(event, )", "takes a string at column 17"),
         ("type = track", "expected a value"),
         ('type = "track" #', "unexpected character '#' at column 16"),
         ('and = "x"', "expected a field name at column 1"),
