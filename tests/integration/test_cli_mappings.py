@@ -1,0 +1,103 @@
+"""`cdpd mappings test`: Segment's "test mapping" on a real config file; nothing is sent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cdpd import cli
+
+CONFIG = """
+[storage]
+data_dir = "{data}"
+
+[[sources]]
+name = "web"
+write_key = "wk_web"
+
+[[destinations]]
+name = "orders-hook"
+type = "webhook"
+url = "https://hooks.example.com/orders?token=abc"
+secret = "s3cret"
+
+[[destinations.actions]]
+name = "big-orders"
+subscribe = 'type = "track" and event = "Order Completed" and properties.total > 100'
+[destinations.actions.mapping]
+[destinations.actions.mapping.data]
+order = {{ "@path" = "$.properties.order_id" }}
+who = {{ "@liquid" = "{{{{ userId | upcase }}}}" }}
+
+[[destinations.actions]]
+name = "pages"
+subscribe = 'type = "page"'
+
+[[destinations.actions]]
+name = "broken"
+subscribe = 'type = "track"'
+[destinations.actions.mapping]
+data = {{ n = {{ "@path" = {{ "@path" = "$.properties.total" }} }} }}
+"""
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "cdpd.toml"
+    path.write_text(CONFIG.format(data=tmp_path / "var"))
+    return path
+
+
+def test_shows_triggered_actions_and_their_requests(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    message = tmp_path / "message.json"
+    message.write_text(
+        json.dumps(
+            {
+                "type": "track",
+                "event": "Order Completed",
+                "userId": "u1",
+                "messageId": "m-1",
+                "properties": {"total": 150, "order_id": "o-9"},
+            }
+        )
+    )
+    assert _test("orders-hook", "--message", str(message), config=config) == 0
+    report = json.loads(capsys.readouterr().out)
+    big, pages, broken = report["actions"]
+    assert big["triggered"]
+    assert big["fields"] == {"data": {"order": "o-9", "who": "U1"}}
+    (request,) = big["requests"]
+    assert request["method"] == "POST"
+    assert request["url"] == "https://hooks.example.com/orders?token=***"
+    assert request["body"] == {"order": "o-9", "who": "U1"}
+    assert request["headers"]["Idempotency-Key"] == "m-1"
+    assert request["headers"]["X-Cdpd-Signature"] == "***"
+    assert pages == {
+        "action": "pages", "kind": "send", "subscribe": 'type = "page"', "triggered": False,
+        "fields": None, "problem": None, "requests": None,
+    }  # fmt: skip
+    assert broken["triggered"]
+    assert broken["requests"] is None
+    assert broken["problem"] == "broken: mapping failed: @path: expected string, got number"
+
+
+def test_the_sample_message_and_errors(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _test("orders-hook", config=config) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [a["triggered"] for a in report["actions"]] == [False, False, True]
+    assert _test("nope", config=config) == 2
+    assert "no destination is named 'nope'" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1]")
+    assert _test("orders-hook", "--message", str(bad), config=config) == 2
+    assert "expected a JSON object" in capsys.readouterr().err
+
+
+def _test(*args: str, config: Path) -> int:
+    return cli.main(["mappings", "test", *args, "--config", str(config)])
