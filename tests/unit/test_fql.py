@@ -73,8 +73,12 @@ def test_errors_say_where(condition: str, says: str) -> None:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-5, 5) | st.sampled_from(["a", "ab", "b*", "A"]),
-    lambda inner: st.dictionaries(st.sampled_from(["x", "y"]), inner, max_size=2),
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 5)
+    | st.floats(-5, 5, allow_nan=False)
+    | st.sampled_from(["a", "ab", "b*", "A", "", "3", "true", "null", "é*", "a b"]),
+    lambda inner: st.dictionaries(st.sampled_from(["x", "y", "a b"]), inner, max_size=2),
     max_leaves=4,
 )
 conditions = st.sampled_from(
@@ -82,12 +86,19 @@ conditions = st.sampled_from(
         'x = "a"', "x = 1", "x != 1", "x > 0", "x <= -1", "x = null", "x != null", "x = true",
         'contains(x, "a")', 'match(x, "a*")', 'match(x, "b*")', "x.y = 2", 'x.y != "ab"',
         'not (x = "a" or y > 2)', 'x = "a" and y = null', "x.x.y >= 0",
+        '!contains(x, "a")', '!match(x, "*b")', 'match(x, "ab")', 'contains(x, "")',
+        'match(x, "*")', '!match(x, "a*")', "x != true", 'x != "3"', 'x > "2"', "x < 2.5",
+        'x.a\\ b = "a"', 'x = "a" and y = "b" or x = 1', 'x = 1 or y = 2 and x != null',
+        "type = 3", 'type != "a"', "event = true", "event = null", "name = null",
+        'name != "a"', "userId = true", "userId != null", "userId != 3", 'contains(event, 3)',
+        '!match(name, "é*")', "properties.x != 0",
     ]
 )  # fmt: skip
+roots = st.sampled_from(["x", "y", "type", "event", "name", "userId", "properties"])
 
 
-@settings(max_examples=300, deadline=None)
-@given(message=st.dictionaries(st.sampled_from(["x", "y"]), json_values), condition=conditions)
+@settings(max_examples=500, deadline=None)
+@given(message=st.dictionaries(roots, json_values), condition=conditions)
 def test_python_and_sql_agree(message: dict[str, Any], condition: str) -> None:
     assert matches(parse(condition), message) == _sql_matches(condition, message)
 
