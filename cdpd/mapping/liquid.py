@@ -11,9 +11,12 @@ import time
 from typing import Any, ClassVar
 
 import liquid
+from liquid.builtin.output import Output, OutputNode
 from liquid.exceptions import LiquidError, LiquidSyntaxError
+from liquid.stringify import to_liquid_string
 from liquid.tag import Tag
 
+from cdpd.mapping import js
 from cdpd.mapping.errors import MappingError
 
 MAX_TEMPLATE_CHARS = 1000
@@ -59,6 +62,34 @@ def _disabled_filter(name: str) -> Any:
     return refuse
 
 
+def text(value: Any) -> str:
+    """A value as liquidjs outputs it: lists joined without a separator, numbers as
+    JavaScript writes them, objects as `[object Object]`."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return "".join(text(item) for item in value)
+    if isinstance(value, (bool, int, float)):
+        return js.number_text(value)
+    if isinstance(value, dict):
+        return "[object Object]"
+    return to_liquid_string(value, autoescape=False)
+
+
+class _OutputNode(OutputNode):
+    def render_to_output(self, context: Any, buffer: Any) -> int:
+        return int(buffer.write(text(self.expression.evaluate(context))))
+
+    async def render_to_output_async(self, context: Any, buffer: Any) -> int:
+        return int(buffer.write(text(await self.expression.evaluate_async(context))))
+
+
+class _Output(Output):
+    node_class = _OutputNode
+
+
 class _Environment(liquid.Environment):
     output_stream_limit = MAX_OUTPUT_CHARS
     context_depth_limit = 30
@@ -67,6 +98,7 @@ class _Environment(liquid.Environment):
 
 def _environment() -> _Environment:
     env = _Environment(strict_filters=False)  # liquidjs passes a value through unknown filters
+    env.add_tag(_Output)
     for name in DISABLED_TAGS:
         env.tags.pop(name, None)
         env.add_tag(type(f"Disabled_{name}", (_DisabledTag,), {"name": name}))

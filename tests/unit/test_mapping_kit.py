@@ -133,3 +133,30 @@ def test_lists_are_checked_when_mapped_as_segment_does() -> None:
     assert validate({"list": [{"@template": 1}]}) == []
     with pytest.raises(MappingError, match="@template: expected string"):
         evaluate({"list": [{"@template": 1}]}, ORDER)
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("{{ properties }}", "[object Object]"),  # liquidjs writes objects so
+        ("{{ properties.products | size }}", "2"),
+        ("{{ properties.total | plus: 2.5 }}", "30"),  # numbers as JavaScript writes them
+        ("{{ traits.first_name | downcase | append: '!' }}", "ada!"),
+        ("{{ nothing }}|{{ properties.coupon }}", "|"),
+        ("{{ event | nosuch }}", "Order Completed"),  # liquidjs ignores unknown filters
+        ("", ""),
+    ],
+)
+def test_liquid(template: str, expected: str) -> None:
+    assert evaluate({"@liquid": template}, ORDER) == expected
+
+
+def test_liquid_refuses_what_segment_refuses() -> None:
+    with pytest.raises(MappingError, match=r'^filter "sort" is disabled'):
+        evaluate({"@liquid": "{{ properties.products | sort }}"}, ORDER)
+    assert validate({"@liquid": "x" * 1001}) == [
+        "mapping.@liquid: liquid template values are limited to 1000 characters"
+    ]
+    assert validate({"@liquid": "{% tablerow p in x %}{% endtablerow %}"}) == [
+        'mapping.@liquid: tag "tablerow" is disabled'
+    ]
