@@ -132,6 +132,8 @@ def render(template: str, message: dict[str, Any]) -> str:
         raise
     except LiquidError as exc:
         raise MappingError(_message(exc)) from None
+    except (ArithmeticError, TypeError, ValueError, RecursionError) as exc:  # from a filter
+        raise MappingError(f"liquid template failed: {exc}") from None
     if time.monotonic() - started > RENDER_LIMIT_S:
         raise MappingError(f"liquid template took longer than {RENDER_LIMIT_S * 1000:.0f} ms")
     return str(text)
