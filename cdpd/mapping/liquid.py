@@ -6,6 +6,7 @@ none of the filters in DISABLED_FILTERS.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import time
 from typing import Any, ClassVar
@@ -13,10 +14,9 @@ from typing import Any, ClassVar
 import liquid
 from liquid.builtin.output import Output, OutputNode
 from liquid.exceptions import LiquidError, LiquidSyntaxError
-from liquid.stringify import to_liquid_string
 from liquid.tag import Tag
 
-from cdpd.mapping import js
+from cdpd.mapping import liquid_filters
 from cdpd.mapping.errors import MappingError
 
 MAX_TEMPLATE_CHARS = 1000
@@ -62,28 +62,12 @@ def _disabled_filter(name: str) -> Any:
     return refuse
 
 
-def text(value: Any) -> str:
-    """A value as liquidjs outputs it: lists joined without a separator, numbers as
-    JavaScript writes them, objects as `[object Object]`."""
-    if isinstance(value, str):
-        return value
-    if value is None:
-        return ""
-    if isinstance(value, list):
-        return "".join(text(item) for item in value)
-    if isinstance(value, (bool, int, float)):
-        return js.number_text(value)
-    if isinstance(value, dict):
-        return "[object Object]"
-    return to_liquid_string(value, autoescape=False)
-
-
 class _OutputNode(OutputNode):
     def render_to_output(self, context: Any, buffer: Any) -> int:
-        return int(buffer.write(text(self.expression.evaluate(context))))
+        return int(buffer.write(liquid_filters.text(self.expression.evaluate(context))))
 
     async def render_to_output_async(self, context: Any, buffer: Any) -> int:
-        return int(buffer.write(text(await self.expression.evaluate_async(context))))
+        return int(buffer.write(liquid_filters.text(await self.expression.evaluate_async(context))))
 
 
 class _Output(Output):
@@ -99,12 +83,26 @@ class _Environment(liquid.Environment):
 def _environment() -> _Environment:
     env = _Environment(strict_filters=False)  # liquidjs passes a value through unknown filters
     env.add_tag(_Output)
+    env.filters.update(liquid_filters.FILTERS)
+    env.filters["date"] = _dates_from_numbers(env.filters["date"])
     for name in DISABLED_TAGS:
         env.tags.pop(name, None)
         env.add_tag(type(f"Disabled_{name}", (_DisabledTag,), {"name": name}))
     for name in DISABLED_FILTERS:
         env.filters[name] = _disabled_filter(name)
     return env
+
+
+def _dates_from_numbers(date: Any) -> Any:
+    """liquidjs reads a number given to `date` as seconds since 1970 (in UTC, as Segment runs)."""
+
+    @functools.wraps(date)
+    def dated(value: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(value, float):
+            value = datetime.datetime.fromtimestamp(value, datetime.UTC)
+        return date(value, *args, **kwargs)
+
+    return dated
 
 
 _ENV = _environment()
@@ -127,7 +125,7 @@ def render(template: str, message: dict[str, Any]) -> str:
     parsed = _parse(template)
     started = time.monotonic()
     try:
-        text = parsed.render(**message)
+        text = parsed.render(**liquid_filters.dress(message))
     except MappingError:
         raise
     except LiquidError as exc:

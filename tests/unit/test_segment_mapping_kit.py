@@ -69,3 +69,20 @@ def _kinds(value: Any) -> Any:
     if isinstance(value, list):
         return [_kinds(inner) for inner in value]
     return type(value).__name__.replace("int", "number").replace("float", "number")
+
+
+def _liquid_cases() -> list[Any]:
+    document = json.loads((DATA / "liquid-engine.json").read_text())
+    return [
+        pytest.param(document["payload"], case, id=case["template"][:80])
+        for case in document["cases"]
+    ]
+
+
+@pytest.mark.parametrize(("payload", "case"), _liquid_cases())
+def test_liquid_renders_as_segments_engine(payload: dict[str, Any], case: dict[str, Any]) -> None:
+    if case.get("raises"):
+        with pytest.raises(kit.MappingError):
+            kit.transform({"@liquid": case["template"]}, payload)
+    else:
+        assert kit.transform({"@liquid": case["template"]}, payload) == case["output"]
