@@ -117,13 +117,38 @@ def to_json(value: Any) -> Any:
     """The JSON value JSON.stringify would write: undefined members dropped, undefined array
     items written as null, integral floats as integers."""
     if isinstance(value, dict):
-        return {k: to_json(v) for k, v in value.items() if v is not ABSENT}
+        return {k: to_json(value[k]) for k in _key_order(value) if value[k] is not ABSENT}
     if isinstance(value, list):
         return [None if v is ABSENT else to_json(v) for v in value]
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    return value
+
+
+def _key_order(value: dict[str, Any]) -> list[str]:
+    """The order JavaScript keeps an object's keys in: array indexes ("0", "7") first, in
+    numeric order, then the others as they were added."""
+    keys = list(value)
+    indexes = [k for k in keys if isinstance(k, str) and _INDEX.fullmatch(k) and int(k) < 2**32 - 1]
+    if not indexes:
+        return keys
+    named = [k for k in keys if k not in set(indexes)]
+    return sorted(indexes, key=int) + named
+
+
+def entries(value: dict[str, Any]) -> list[tuple[str, Any]]:
+    """`Object.entries(value)`: its members in JavaScript's key order."""
+    return [(key, value[key]) for key in _key_order(value)]
+
+
+def remove_undefined(value: Any) -> Any:
+    """mapping-kit's removeUndefined: ABSENT members of objects go, ABSENT list items stay."""
+    if isinstance(value, dict):
+        return {k: remove_undefined(v) for k, v in value.items() if v is not ABSENT}
+    if isinstance(value, list):
+        return [remove_undefined(v) for v in value]
     return value
 
 

@@ -57,14 +57,20 @@ ROOT_DIRECTIVE_KEY = "__segment_internal_directive"
 
 def transform(mapping: Any, data: Any) -> Any:
     """Segment's `transform(mapping, data)`: check the mapping, then map `data` (an object);
-    MappingError when mapping-kit would throw. The result has no ABSENT left in it."""
+    MappingError when mapping-kit would throw. The result is JSON (ABSENT when there is none)."""
+    return js.to_json(_mapped(mapping, data))
+
+
+def _mapped(mapping: Any, data: Any) -> Any:
+    """transform() as mapping-kit returns it: ABSENT members of objects removed, ABSENT items
+    of lists kept (JSON.stringify writes them as null only when the result is sent)."""
     if not isinstance(data, dict):
         raise MappingError(f"data must be an object, got {_type(data)}")
     mapping = root_form(mapping)
     problems = validate(mapping, "mapping")
     if problems:
         raise MappingError("; ".join(problems))
-    return js.to_json(evaluate(mapping, data))
+    return js.remove_undefined(_resolve(mapping, data))
 
 
 def root_form(mapping: Any) -> Any:
@@ -83,8 +89,14 @@ def root_form(mapping: Any) -> Any:
 
 
 def evaluate(mapping: Any, root: Any) -> Any:
-    """The value `mapping` gives for `root`; ABSENT when there is none. MappingError when
-    mapping-kit would throw for this message (a directive's argument of the wrong kind)."""
+    """The value `mapping` gives for `root`, as JSON (ABSENT when there is none). MappingError
+    when mapping-kit would throw for this message (a directive's argument of the wrong kind)."""
+    return js.to_json(_resolve(mapping, root))
+
+
+def _resolve(mapping: Any, root: Any) -> Any:
+    """mapping-kit's resolve(): ABSENT (undefined) stays where it is, as in JavaScript (an
+    @merge of {"x": undefined} clears x), until the result is written as JSON."""
     if isinstance(mapping, dict):
         if is_directive(mapping):
             name = next(key for key in mapping if key.startswith("@"))
@@ -92,21 +104,19 @@ def evaluate(mapping: Any, root: Any) -> Any:
             if directive is None:
                 raise MappingError(f"{name} is not a valid directive")
             return directive(mapping[name], root)
-        mapped = {key: evaluate(value, root) for key, value in mapping.items()}
-        return {key: value for key, value in mapped.items() if value is not ABSENT}
+        return {key: _resolve(value, root) for key, value in mapping.items()}
     if isinstance(mapping, list):
-        return [None if v is ABSENT else v for v in (evaluate(item, root) for item in mapping)]
+        return [_resolve(item, root) for item in mapping]
     return mapping
 
 
 def to_fields(value: Any) -> dict[str, Any]:
-    """An action's mapped fields as the JSON that is sent (ABSENT: no fields)."""
+    """An action's mapped fields, from what `evaluate` gives (ABSENT: no fields)."""
     if value is ABSENT:
         return {}
     if not isinstance(value, dict):
         raise MappingError(f"the mapping gives {_type(value)}, not an object of fields")
-    fields: dict[str, Any] = js.to_json(value)
-    return fields
+    return value
 
 
 def lookup(root: Any, path: str) -> Any:
@@ -135,7 +145,7 @@ def _object(argument: Any, name: str) -> dict[str, Any]:
 
 
 def _string_argument(name: str, argument: Any, root: Any) -> str:
-    value = evaluate(argument, root)
+    value = _resolve(argument, root)
     if not isinstance(value, str):
         raise MappingError(f"{name}: expected string, got {_type(value)}")
     return value
@@ -173,16 +183,16 @@ def _if(argument: Any, root: Any) -> Any:
     if not js.truthy(exists) and not js.truthy(blank):
         raise MappingError('@if requires an "exists" key or a "blank" key')
     if exists is not ABSENT:
-        value = evaluate(exists, root)
+        value = _resolve(exists, root)
         holds = value is not ABSENT and value is not None
     else:
         # Segment's rule: "then" when the value is there and not blank.
-        value = evaluate(blank, root)
+        value = _resolve(blank, root)
         holds = value is not ABSENT and value is not None and not js.loosely_empty(value)
     if holds and options.get("then", ABSENT) is not ABSENT:
-        return evaluate(options["then"], root)
+        return _resolve(options["then"], root)
     if not holds and js.truthy(options.get("else", ABSENT)):
-        return evaluate(options["else"], root)
+        return _resolve(options["else"], root)
     return ABSENT
 
 
@@ -192,7 +202,7 @@ def _case(argument: Any, root: Any) -> Any:
         raise MappingError('@case requires a "operator" key')
     if not js.truthy(options.get("value", ABSENT)):
         return ABSENT
-    value = evaluate(options["value"], root)
+    value = _resolve(options["value"], root)
     if not isinstance(value, str):
         return value
     if options["operator"] == "lower":
@@ -212,7 +222,7 @@ def _replace(argument: Any, root: Any) -> Any:
     is_global = _default(options.get("global", ABSENT), True)
     if not js.truthy(options.get("value", ABSENT)):
         return ABSENT
-    value = evaluate(options["value"], root)
+    value = _resolve(options["value"], root)
     if isinstance(value, (bool, int, float)):
         value = js.string(value)
     if not (
@@ -254,9 +264,9 @@ def _array_path(argument: Any, root: Any) -> Any:
         raise MappingError(f"@arrayPath expected array, got {_type(argument)}")
     source = argument[0] if argument else ABSENT
     shape = argument[1] if len(argument) > 1 else ABSENT
-    items = lookup(root, source) if isinstance(source, str) else evaluate(source, root)
+    items = lookup(root, source) if isinstance(source, str) else _resolve(source, root)
     if isinstance(items, (dict, list)) and isinstance(shape, dict) and shape:
-        return [evaluate(shape, item) for item in (items if isinstance(items, list) else [items])]
+        return [_resolve(shape, item) for item in (items if isinstance(items, list) else [items])]
     return items
 
 
@@ -266,7 +276,7 @@ def _json(argument: Any, root: Any) -> Any:
         raise MappingError('@json requires a "mode" key')
     if not js.truthy(options.get("value", ABSENT)):
         raise MappingError('@json requires a "value" key')
-    value = evaluate(options["value"], root)
+    value = _resolve(options["value"], root)
     if options["mode"] == "encode":
         return js.stringify(value)
     if options["mode"] != "decode":
@@ -283,13 +293,13 @@ def _merge(argument: Any, root: Any) -> Any:
     options = _object(argument, "@merge")
     if not js.truthy(options.get("direction", ABSENT)):
         raise MappingError('@merge requires a "direction" key')
-    direction = evaluate(options["direction"], root)
+    direction = _resolve(options["direction"], root)
     objects = options.get("objects", ABSENT)
     if not js.truthy(objects):
         raise MappingError('@merge requires a "objects" key')
     if not isinstance(objects, list):
         raise MappingError(f"@merge: expected opts.array, got {_type(objects)}")
-    resolved = [evaluate(item, root) for item in objects]
+    resolved = [_resolve(item, root) for item in objects]
     if direction == "left":
         resolved.reverse()
     merged: dict[str, Any] = {}
@@ -305,10 +315,10 @@ def _flatten(argument: Any, root: Any) -> Any:
     options = _object(argument, "@flatten")
     if not js.truthy(options.get("separator", ABSENT)):
         raise MappingError('@flatten requires a "separator" key')
-    separator = evaluate(options["separator"], root)
+    separator = _resolve(options["separator"], root)
     if not isinstance(separator, str):
         raise MappingError("@flatten requires a string separator")
-    value = evaluate(options.get("value", ABSENT), root)
+    value = _resolve(options.get("value", ABSENT), root)
     return flatten(value, "", separator, js.truthy(options.get("omitArrays", ABSENT)))
 
 
@@ -316,7 +326,7 @@ def flatten(value: Any, prefix: str, separator: str, omit_arrays: bool) -> dict[
     """mapping-kit's flattenObject: nested objects (and arrays, unless omitted) become one
     object with joined keys; anything else is `{prefix: value}`."""
     if isinstance(value, dict) or (isinstance(value, list) and not omit_arrays):
-        entries = value.items() if isinstance(value, dict) else enumerate(value)
+        entries = js.entries(value) if isinstance(value, dict) else enumerate(value)
         flat: dict[str, Any] = {}
         for key, inner in entries:
             flat.update(
@@ -339,18 +349,18 @@ def _transform(argument: Any, root: Any) -> Any:
         raise MappingError('@transform requires a "apply" key')
     if not isinstance(options["apply"], dict):
         raise MappingError('@transform "apply" key should be an object')
-    return evaluate(options["mapping"], transform(options["apply"], root))
+    return _resolve(options["mapping"], _mapped(options["apply"], root))
 
 
 def _exclude_when_null(argument: Any, root: Any) -> Any:
-    value = evaluate(argument, root)
+    value = _resolve(argument, root)
     return ABSENT if value is None else _without_nulls(value)
 
 
 def _without_nulls(value: Any) -> Any:
     if not isinstance(value, dict):
         return value
-    return {key: _without_nulls(inner) for key, inner in value.items() if inner is not None}
+    return {key: ABSENT if inner is None else _without_nulls(inner) for key, inner in value.items()}
 
 
 def _liquid(argument: Any, root: Any) -> Any:
@@ -362,7 +372,7 @@ def _liquid(argument: Any, root: Any) -> Any:
 _DIRECTIVES: dict[str, Callable[[Any, Any], Any]] = {
     "@path": _path,
     "@template": _template,
-    "@literal": evaluate,
+    "@literal": _resolve,
     "@if": _if,
     "@case": _case,
     "@replace": _replace,

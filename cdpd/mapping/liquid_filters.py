@@ -30,9 +30,9 @@ class JsArray(list[Any]):
 def dress(value: Any) -> Any:
     """A decoded JSON value with objects, arrays and integral numbers as liquidjs sees them."""
     if isinstance(value, dict):
-        return JsObject((key, dress(inner)) for key, inner in value.items())
+        return JsObject((k, dress(v)) for k, v in value.items() if v is not js.ABSENT)
     if isinstance(value, list):
-        return JsArray(dress(inner) for inner in value)
+        return JsArray(None if v is js.ABSENT else dress(v) for v in value)
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)
     return value

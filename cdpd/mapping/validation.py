@@ -1,5 +1,7 @@
-"""Checks a mapping before it is used, by the rules of Segment's `mapping-kit/validate.ts`, plus
-the argument errors that mapping-kit only finds while mapping (they would fail every message).
+"""Checks a mapping before it is used, by the rules of Segment's `mapping-kit/validate.ts` and
+no others: what Segment accepts, cdpd accepts. Errors that mapping-kit finds only while mapping
+(an `@merge` without a direction, a disabled Liquid tag) fail each message that reaches them,
+as at Segment; `cdpd mappings test` shows them.
 
 Each problem names its place: `where` (say `destination 'x', actions[0].mapping`) followed by
 the keys leading to it, then Segment's wording: `... .mapping.data.@replace.pattern: should be a
@@ -10,8 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-
-from cdpd.mapping import js, liquid
 
 MAX_PATTERN_LENGTH = 10
 MAX_REPLACEMENT_LENGTH = 10
@@ -134,13 +134,8 @@ def _one_of(*allowed: str) -> Check:
     return check
 
 
-def _fields(
-    required: dict[str, Check],
-    optional: dict[str, Check] | None = None,
-    truthy: tuple[str, ...] = (),
-) -> Check:
-    """An object with these fields (others are allowed, as in Segment). The `truthy` ones
-    must not be empty either: mapping-kit fails on them while mapping."""
+def _fields(required: dict[str, Check], optional: dict[str, Check] | None = None) -> Check:
+    """An object with these fields; all its members are also checked as mappings."""
 
     def check(value: Any, where: str) -> list[str]:
         kind = _kind(value)
@@ -148,52 +143,18 @@ def _fields(
             return [f"{where}: should be an object but it is {_a(kind)}"]
         problems = []
         for key, field_check in required.items():
-            if key not in value or (key in truthy and not js.truthy(value[key])):
+            if key not in value:
                 problems.append(f"{where}: should have field {key!r} but it doesn't")
             else:
                 problems += field_check(value[key], f"{where}.{key}")
         for key, field_check in (optional or {}).items():
             if key in value:
                 problems += field_check(value[key], f"{where}.{key}")
-        return problems
+        # Segment first checks the whole argument object as a mapping, every member of it.
+        general = [p for key, inner in value.items() for p in validate(inner, f"{where}.{key}")]
+        return list(dict.fromkeys(general + problems))
 
     return check
-
-
-def _short(high: int) -> Check:
-    """pattern2 and replacement2: Segment uses them only when they are strings."""
-
-    def check(value: Any, where: str) -> list[str]:
-        if isinstance(value, str) and len(value) > high:
-            return [f"{where}: should be a string of length {high} or less"]
-        return []
-
-    return check
-
-
-def _exactly(*allowed: str) -> Check:
-    def check(value: Any, where: str) -> list[str]:
-        problems = _string(value, where)
-        if problems or value in allowed:
-            return problems
-        return [f"{where}: should be one of {', '.join(allowed)} but it is {value!r}"]
-
-    return check
-
-
-def _check_if(value: Any, where: str) -> list[str]:
-    problems = _fields(
-        {},
-        {
-            "exists": _raw_or_directive,
-            "blank": _raw_or_directive,
-            "then": _raw_or_directive,
-            "else": _raw_or_directive,
-        },
-    )(value, where)
-    if not problems and not (js.truthy(value.get("exists")) or js.truthy(value.get("blank"))):
-        problems.append(f"{where}: requires an 'exists' key or a 'blank' key")
-    return problems
 
 
 def _check_array_path(value: Any, where: str) -> list[str]:
@@ -206,9 +167,7 @@ def _check_array_path(value: Any, where: str) -> list[str]:
 
 
 def _check_merge(value: Any, where: str) -> list[str]:
-    problems = _fields(
-        {"direction": _one_of("left", "right"), "objects": _array}, {}, ("direction",)
-    )(value, where)
+    problems = _fields({"objects": _array}, {"direction": _one_of("left", "right")})(value, where)
     objects = value.get("objects") if isinstance(value, dict) else None
     if isinstance(objects, list):
         for index, item in enumerate(objects):
@@ -221,45 +180,27 @@ def _array(value: Any, where: str) -> list[str]:
     return [] if kind == "array" else [f"{where}: should be an array but it is {_a(kind)}"]
 
 
-def _check_liquid(value: Any, where: str) -> list[str]:
-    problems = _string(value, where)
-    if problems:
-        return problems
-    problem = liquid.check(value)
-    return [f"{where}: {problem}"] if problem else []
-
-
 _CHECKS: dict[str, Check] = {
-    "@if": _check_if,
-    "@case": _fields(
-        {"operator": _exactly("lower", "upper")}, {"value": _string_or_directive}, ("operator",)
+    "@if": _fields(
+        {}, {"exists": _raw_or_directive, "then": _raw_or_directive, "else": _raw_or_directive}
     ),
+    "@case": _fields({}, {"operator": _string, "value": _string_or_directive}),
     "@replace": _fields(
-        {
-            "pattern": _length(1, MAX_PATTERN_LENGTH),
-            "value": _string_or_directive,
-        },
+        {"pattern": _length(1, MAX_PATTERN_LENGTH), "value": _string_or_directive},
         {
             "replacement": _length(0, MAX_REPLACEMENT_LENGTH),
-            "pattern2": _short(MAX_PATTERN_LENGTH),
-            "replacement2": _short(MAX_REPLACEMENT_LENGTH),
             "ignorecase": _boolean,
             "global": _boolean,
         },
-        ("pattern",),
     ),
     "@arrayPath": _check_array_path,
     "@path": _string_or_directive,
-    "@json": _fields(
-        {"mode": _one_of("encode", "decode"), "value": _raw_or_directive}, {}, ("mode", "value")
-    ),
-    "@flatten": _fields({"separator": _string, "value": _raw_or_directive}, {}, ("separator",)),
+    "@json": _fields({"value": _raw_or_directive, "mode": _one_of("encode", "decode")}),
+    "@flatten": _fields({"value": _raw_or_directive}, {"separator": _string}),
     "@merge": _check_merge,
     "@template": _string_or_directive,
     "@literal": _raw_or_directive,
-    "@transform": _fields(
-        {"apply": _object_or_directive, "mapping": _object_or_directive}, {}, ("apply", "mapping")
-    ),
+    "@transform": _fields({"apply": _object_or_directive, "mapping": _object_or_directive}),
     "@excludeWhenNull": _raw_or_directive,
-    "@liquid": _check_liquid,
+    "@liquid": _string,
 }

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from cdpd.mapping import kit
@@ -86,3 +87,23 @@ def test_liquid_renders_as_segments_engine(payload: dict[str, Any], case: dict[s
             kit.transform({"@liquid": case["template"]}, payload)
     else:
         assert kit.transform({"@liquid": case["template"]}, payload) == case["output"]
+
+
+def _random_cases() -> list[Any]:
+    document = json.loads((DATA / "mapping-kit-random.json").read_text())
+    return [
+        pytest.param(case, id=f"random #{index}") for index, case in enumerate(document["cases"])
+    ]
+
+
+@pytest.mark.parametrize("case", _random_cases())
+def test_random_mapping_as_segments_code_maps_it(case: dict[str, Any]) -> None:
+    if case.get("raises"):
+        with pytest.raises(kit.MappingError):
+            kit.transform(case["mapping"], case["payload"])
+        return
+    output = kit.transform(case["mapping"], case["payload"])
+    if case.get("absent"):
+        assert output is kit.ABSENT
+    else:  # the same JSON, byte for byte (JavaScript's key order included)
+        assert msgspec.json.encode(output) == msgspec.json.encode(case["output"])
