@@ -180,9 +180,9 @@ _ORDERINGS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": opera
 
 
 def js_number(value: Value) -> float:
-    """JavaScript's Number(value) for an FQL value."""
+    """Number(v) for the value Segment's parser keeps: `null` stays the word "null" (NaN)."""
     if value is None:
-        return 0.0
+        return math.nan
     if isinstance(value, bool):
         return 1.0 if value else 0.0
     if isinstance(value, (int, float)):
@@ -190,14 +190,9 @@ def js_number(value: Value) -> float:
     text = value.strip()
     if text == "":
         return 0.0
-    try:
-        return (
-            float(text)
-            if re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?", text, re.I)
-            else math.nan
-        )
-    except ValueError:
-        return math.nan
+    if re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?", text, re.IGNORECASE):
+        return float(text)
+    return math.nan
 
 
 def js_text(value: Value) -> str:
@@ -215,6 +210,8 @@ def comparison(path: tuple[str, ...], op: str, value: Value) -> Compare:
     """The comparison Segment's parser makes of `path op value` (see the module docstring)."""
     root = path[0]
     if op in ("<", "<=", ">", ">="):
+        if root in _TEXT_FIELDS:  # Segment keeps their values as text: true is "true", NaN
+            value = js_text(value)
         return Compare(path, op, js_number(value))  # type: ignore[arg-type]
     equal = op == "="
     if root in ("type", "event") or (root in _TEXT_FIELDS and value is not None):

@@ -96,3 +96,17 @@ def _sql_matches(node: fql.Node, text: str, messages: list[dict[str, Any]]) -> l
             seq for (seq,) in conn.execute(f"SELECT seq FROM messages WHERE {condition}", params)
         }
     return [seq in chosen for seq in range(len(messages))]
+
+
+RANDOM = json.loads(
+    (
+        Path(__file__).parent.parent / "data" / "segment" / "destination-subscriptions-random.json"
+    ).read_text()
+)
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(case, id=case["fql"][:90]) for case in RANDOM["cases"]]
+)
+def test_random_subscriptions_as_segments_code_answers(case: dict[str, Any]) -> None:
+    _agree(case["fql"], [(probe["message"], probe["matches"]) for probe in case["probes"]])
