@@ -6,6 +6,7 @@ replacement patterns. `ABSENT` stands for JavaScript's `undefined`.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any
@@ -33,14 +34,22 @@ def get(value: Any, path: str) -> Any:
     """Segment's `get(obj, path)`: `foo.bar[0].baz`, `a['b']`; `""` or `"."` is the value
     itself. As in JavaScript, walking on from a falsy value (null, 0, "", false) gives that
     value, and walking into anything without the key gives ABSENT."""
-    if path in ("", "."):
-        return value
-    keys = [key.replace('"', "").replace("'", "") for key in _GET_SPLIT.split(path) if key]
-    for key in keys:
-        if not truthy(value):
+    for key in path_keys(path):
+        if isinstance(value, dict):  # the common case first: an object is never falsy
+            value = value.get(key, ABSENT)
+        elif not truthy(value):
             return value
-        value = member(value, key)
+        else:
+            value = member(value, key)
     return value
+
+
+@functools.lru_cache(maxsize=4096)
+def path_keys(path: str) -> tuple[str, ...]:
+    """The keys a path walks (mappings name few paths, each used for every message)."""
+    if path in ("", "."):
+        return ()
+    return tuple(k.replace('"', "").replace("'", "") for k in _GET_SPLIT.split(path) if k)
 
 
 def member(value: Any, key: str) -> Any:

@@ -27,6 +27,7 @@ become the `mapping` of the directive held there.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -98,8 +99,13 @@ def _resolve(mapping: Any, root: Any) -> Any:
     """mapping-kit's resolve(): ABSENT (undefined) stays where it is, as in JavaScript (an
     @merge of {"x": undefined} clears x), until the result is written as JSON."""
     if isinstance(mapping, dict):
-        if is_directive(mapping):
-            name = next(key for key in mapping if key.startswith("@"))
+        if len(mapping) == 1:  # the common case: one key, a directive or not
+            name = next(iter(mapping))
+            directive_here = isinstance(name, str) and name.startswith("@")
+        else:
+            directive_here = is_directive(mapping)
+            name = next((key for key in mapping if key.startswith("@")), "")
+        if directive_here:
             directive = _DIRECTIVES.get(name)
             if directive is None:
                 raise MappingError(f"{name} is not a valid directive")
@@ -121,7 +127,12 @@ def to_fields(value: Any) -> dict[str, Any]:
 
 def lookup(root: Any, path: str) -> Any:
     """The value at a path like `$.properties.products[0].sku` (Segment's `@path`)."""
-    return js.get(root, path.replace("$.", "", 1))
+    return js.get(root, _strip_root(path))
+
+
+@functools.lru_cache(maxsize=4096)
+def _strip_root(path: str) -> str:
+    return path.replace("$.", "", 1)
 
 
 def _type(value: Any) -> str:
@@ -155,6 +166,8 @@ def _string_argument(name: str, argument: Any, root: Any) -> str:
 
 
 def _path(argument: Any, root: Any) -> Any:
+    if isinstance(argument, str):
+        return lookup(root, argument)
     return lookup(root, _string_argument("@path", argument, root))
 
 
