@@ -52,6 +52,7 @@ class ActionReport(msgspec.Struct, frozen=True):
     fields: dict[str, Any] | None = None
     problem: str | None = None  # why it would not be sent (never retried)
     requests: list[Request] | None = None  # None: a destination that does not send HTTP
+    refused: str | None = None  # the destination's own reason not to send it (never retried)
 
 
 class Report(msgspec.Struct, frozen=True):
@@ -77,14 +78,22 @@ async def rehearse(config: Destination, message: dict[str, Any]) -> Report:
         fields = dict(item.fields)
         for name in item.whole_fields:
             fields[name] = msgspec.json.decode(actions.mapped_json(item, name))
-        requests = None
+        requests, refused = None, None
         if sender is not None and item.problem is None:
             recorder = _Recorder()
-            await sender.send(cast(aiohttp.ClientSession, recorder), [item])
+            results = await sender.send(cast(aiohttp.ClientSession, recorder), [item])
             requests = recorder.requests
+            refused = next((r.error for r in results if r.invalid), None)
         reports.append(
             ActionReport(
-                action.name, action.kind, action.subscribe, True, fields, item.problem, requests
+                action.name,
+                action.kind,
+                action.subscribe,
+                True,
+                fields,
+                item.problem,
+                requests,
+                refused,
             )
         )
     return Report(config.name, kind.name, reports)

@@ -40,6 +40,12 @@ name = "broken"
 subscribe = 'type = "track"'
 [destinations.actions.mapping]
 data = {{ n = {{ "@path" = {{ "@path" = "$.properties.total" }} }} }}
+
+[[destinations]]
+name = "mp"
+type = "mixpanel"
+project_token = "tok-1"
+api_secret = "secret-1"
 """
 
 
@@ -78,7 +84,7 @@ def test_shows_triggered_actions_and_their_requests(
     assert request["headers"]["X-Cdpd-Signature"] == "***"
     assert pages == {
         "action": "pages", "kind": "send", "subscribe": 'type = "page"', "triggered": False,
-        "fields": None, "problem": None, "requests": None,
+        "fields": None, "problem": None, "requests": None, "refused": None,
     }  # fmt: skip
     assert broken["triggered"]
     assert broken["requests"] is None
@@ -101,3 +107,19 @@ def test_the_sample_message_and_errors(
 
 def _test(*args: str, config: Path) -> int:
     return cli.main(["mappings", "test", *args, "--config", str(config)])
+
+
+def test_an_api_destination_with_its_presets(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _test("mp", config=config) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["type"] == "mixpanel"
+    (purchase,) = [a for a in report["actions"] if a["triggered"]]
+    (request,) = purchase["requests"]
+    assert request["url"].startswith("https://api.mixpanel.com/import")
+    assert request["headers"]["Authorization"] == "***"
+    assert "secret-1" not in json.dumps(report)
+    (event,) = request["body"]
+    assert event["event"] == "Order Completed"
+    assert event["properties"]["$insert_id"] == "test-message-1"
