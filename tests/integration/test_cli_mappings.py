@@ -123,3 +123,32 @@ def test_an_api_destination_with_its_presets(
     (event,) = request["body"]
     assert event["event"] == "Order Completed"
     assert event["properties"]["$insert_id"] == "test-message-1"
+
+
+ROOTED = """
+[[destinations]]
+name = "flat"
+type = "webhook"
+url = "https://hooks.example.com/flat"
+
+[[destinations.actions]]
+name = "flat"
+subscribe = 'type = "track"'
+[destinations.actions.mapping]
+data = { "@path" = "$.properties" }
+[destinations.actions.mapping.__segment_internal_directive."@transform".apply.properties."@flatten"]
+value = { "@path" = "$.properties" }
+separator = "_"
+"""
+
+
+def test_the_root_level_directive(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config.write_text(config.read_text() + ROOTED)
+    message = tmp_path / "message.json"
+    message.write_text('{"type": "track", "event": "E", "properties": {"a": {"b": 1}, "c": [2]}}')
+    assert _test("flat", "--message", str(message), config=config) == 0
+    (action,) = json.loads(capsys.readouterr().out)["actions"]
+    assert action["fields"] == {"data": {"a_b": 1, "c_0": 2}}
+    assert action["requests"][0]["body"] == {"a_b": 1, "c_0": 2}
