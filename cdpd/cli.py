@@ -122,10 +122,16 @@ def _serve(cfg: config.Config) -> int:
 
 def _check_config(cfg: config.Config, path: str) -> int:
     from cdpd.destinations import registry
+    from cdpd.mapping import kit
 
     try:
         for destination in cfg.destinations:
             registry.build(destination)
+            for action in registry.actions_of(destination):
+                where = f"destination {destination.name!r}, action {action.name!r}.mapping"
+                for warning in kit.warnings(action.mapping, where):
+                    print(f"cdpd: warning: {path}: {warning} (each message it maps fails)",
+                          file=sys.stderr)  # fmt: skip
     except config.ConfigError as exc:
         print(f"cdpd: config error: {path}: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -40,6 +40,7 @@ from cdpd.mapping.validation import (
     MAX_REPLACEMENT_LENGTH,
     is_directive,
     validate,
+    warnings,
 )
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "to_fields",
     "transform",
     "validate",
+    "warnings",
 ]
 
 ROOT_DIRECTIVE_KEY = "__segment_internal_directive"

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from cdpd.mapping import js, liquid
+
 MAX_PATTERN_LENGTH = 10
 MAX_REPLACEMENT_LENGTH = 10
 DIRECTIVES = (
@@ -203,4 +205,67 @@ _CHECKS: dict[str, Check] = {
     "@transform": _fields({"apply": _object_or_directive, "mapping": _object_or_directive}),
     "@excludeWhenNull": _raw_or_directive,
     "@liquid": _string,
+}
+
+
+def warnings(mapping: Any, where: str = "mapping") -> list[str]:
+    """Directives that Segment's rules accept but that fail every message reaching them (an
+    `@merge` without a direction, a disabled Liquid tag): worth a word at config load."""
+    found: list[str] = []
+    _warn(mapping, where, found)
+    return found
+
+
+def _warn(mapping: Any, where: str, found: list[str]) -> None:
+    if isinstance(mapping, list):
+        for index, item in enumerate(mapping):
+            _warn(item, f"{where}[{index}]", found)
+        return
+    if not isinstance(mapping, dict):
+        return
+    for key, value in mapping.items():
+        place = f"{where}.{key}"
+        problem = _LATENT.get(key, lambda _: None)(value) if is_directive(mapping) else None
+        if problem:
+            found.append(f"{place}: {problem}")
+        _warn(value, place, found)
+
+
+def _needs(*keys: str) -> Callable[[Any], str | None]:
+    def check(argument: Any) -> str | None:
+        if not isinstance(argument, dict):
+            return None
+        missing = [key for key in keys if not js.truthy(argument.get(key, js.ABSENT))]
+        return f"needs {' and '.join(repr(k) for k in missing)}" if missing else None
+
+    return check
+
+
+def _latent_if(argument: Any) -> str | None:
+    if isinstance(argument, dict) and not (
+        js.truthy(argument.get("exists", js.ABSENT)) or js.truthy(argument.get("blank", js.ABSENT))
+    ):
+        return "needs 'exists' or 'blank'"
+    return None
+
+
+def _latent_case(argument: Any) -> str | None:
+    if isinstance(argument, dict) and argument.get("operator") not in ("lower", "upper"):
+        return "operator should be 'lower' or 'upper'"
+    return None
+
+
+def _latent_liquid(template: Any) -> str | None:
+    return liquid.check(template) if isinstance(template, str) else None
+
+
+_LATENT: dict[str, Callable[[Any], str | None]] = {
+    "@if": _latent_if,
+    "@case": _latent_case,
+    "@merge": _needs("direction", "objects"),
+    "@flatten": _needs("separator"),
+    "@json": _needs("mode", "value"),
+    "@transform": _needs("apply", "mapping"),
+    "@replace": _needs("pattern"),
+    "@liquid": _latent_liquid,
 }

@@ -152,3 +152,19 @@ def test_the_root_level_directive(
     (action,) = json.loads(capsys.readouterr().out)["actions"]
     assert action["fields"] == {"data": {"a_b": 1, "c_0": 2}}
     assert action["requests"][0]["body"] == {"a_b": 1, "c_0": 2}
+
+
+def test_check_config_warns_of_mappings_that_fail_every_message(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config.write_text(
+        config.read_text()
+        + '\n[[destinations]]\nname = "w"\ntype = "webhook"\nurl = "https://x.example"\n'
+        '[[destinations.actions]]\nname = "w"\nsubscribe = \'type = "track"\'\n'
+        '[destinations.actions.mapping]\ndata = { "@merge" = { objects = [] } }\n'
+    )
+    assert cli.main(["check-config", "--config", str(config)]) == 0
+    assert (
+        "destination 'w', action 'w'.mapping.data.@merge: needs 'direction'"
+        in capsys.readouterr().err
+    )

@@ -3,6 +3,7 @@ from typing import Any
 import pytest
 
 from cdpd.mapping.kit import ABSENT, MappingError, evaluate, lookup, validate
+from cdpd.mapping.kit import warnings as kit_warnings
 
 ORDER: dict[str, Any] = {
     "type": "track",
@@ -180,3 +181,18 @@ def test_undefined_is_kept_until_the_end_as_in_javascript() -> None:
     assert evaluate({"@json": {"mode": "encode", "value": {"b": 1, "1": 2, "0": 3}}}, ORDER) == (
         '{"0":3,"1":2,"b":1}'  # JavaScript's key order
     )
+
+
+def test_warnings_name_what_fails_every_message() -> None:
+    mapping = {
+        "a": {"@merge": {"objects": []}},
+        "b": [{"@liquid": "{% for x in y %}{% endfor %}"}],
+        "c": {"@if": {"then": 1}},
+        "fine": {"@merge": {"direction": "left", "objects": []}},
+    }
+    assert validate(mapping) == []
+    assert kit_warnings(mapping) == [
+        "mapping.a.@merge: needs 'direction'",
+        'mapping.b[0].@liquid: tag "for" is disabled',
+        "mapping.c.@if: needs 'exists' or 'blank'",
+    ]
