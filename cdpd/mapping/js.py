@@ -86,7 +86,8 @@ def loosely_empty(value: Any) -> bool:
 
 
 def number_text(value: float) -> str:
-    """A number as JavaScript writes it: 1.0 is "1", 1e21 is "1e+21"."""
+    """A number as JavaScript writes it: 1.0 is "1", 1e21 is "1e+21", 1.2e20 is
+    "120000000000000000000", 1e-7 is "1e-7" (the shortest digits that read back the same)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int) and abs(value) < 10**21:
@@ -96,15 +97,25 @@ def number_text(value: float) -> str:
         return "NaN"
     if math.isinf(number):
         return "Infinity" if number > 0 else "-Infinity"
-    if number.is_integer() and abs(number) < 1e21:
-        return str(int(number))
-    text = repr(number)
-    if "e" in text:
-        mantissa, exponent = text.split("e")
-        sign = "-" if exponent.startswith("-") else "+"
-        mantissa = mantissa.removesuffix(".0")
-        return f"{mantissa}e{sign}{exponent.lstrip('+-').lstrip('0') or '0'}"
-    return text
+    if number == 0:
+        return "0"
+    sign = "-" if number < 0 else ""
+    mantissa, _, exponent_text = repr(abs(number)).partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    digits = (whole + fraction.rstrip("0")).lstrip("0") or "0"
+    # the decimal exponent n of 0.d1d2... x 10^n, as ECMAScript's Number::toString defines it
+    point = len(whole) + int(exponent_text or 0) if whole != "0" else int(exponent_text or 0)
+    if whole == "0":
+        point -= len(fraction) - len(fraction.lstrip("0"))
+    if len(digits) <= point <= 21:
+        return sign + digits + "0" * (point - len(digits))
+    if 0 < point <= 21:
+        return sign + digits[:point] + "." + digits[point:]
+    if -6 < point <= 0:
+        return sign + "0." + "0" * -point + digits
+    exponent = point - 1
+    head = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+    return f"{sign}{head}e{'+' if exponent > 0 else '-'}{abs(exponent)}"
 
 
 def string(value: Any) -> str:
@@ -162,10 +173,22 @@ def remove_undefined(value: Any) -> Any:
 
 
 def stringify(value: Any) -> Any:
-    """`JSON.stringify(value)`: ABSENT for undefined, else compact JSON text."""
+    """`JSON.stringify(value)`: ABSENT for undefined, else compact JSON text with numbers as
+    JavaScript writes them."""
     if value is ABSENT:
         return ABSENT
-    return msgspec.json.encode(to_json(value)).decode()
+    return _json_text(to_json(value))
+
+
+def _json_text(value: Any) -> str:
+    if isinstance(value, dict):
+        members = (f"{_json_text(str(k))}:{_json_text(v)}" for k, v in value.items())
+        return "{" + ",".join(members) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_json_text(item) for item in value) + "]"
+    if isinstance(value, float):
+        return number_text(value) if math.isfinite(value) else "null"
+    return msgspec.json.encode(value).decode()
 
 
 def parse_json(text: str) -> Any:

@@ -196,3 +196,21 @@ def test_warnings_name_what_fails_every_message() -> None:
         'mapping.b[0].@liquid: tag "for" is disabled',
         "mapping.c.@if: needs 'exists' or 'blank'",
     ]
+
+
+@pytest.mark.parametrize(
+    ("number", "text"),
+    [
+        (1e21, "1e+21"),
+        (1.5e21, "1.5e+21"),
+        (1e-7, "1e-7"),
+        (123456789012345680000.0, "123456789012345680000"),
+        (2.5e-5, "0.000025"),
+        (100.0, "100"),
+        (-0.000001, "-0.000001"),
+        (1.7976931348623157e308, "1.7976931348623157e+308"),
+    ],
+)
+def test_numbers_are_written_as_javascript_writes_them(number: float, text: str) -> None:
+    assert evaluate({"@template": "{{n}}"}, {"n": number}) == text
+    assert evaluate({"@json": {"mode": "encode", "value": {"@path": "$.n"}}}, {"n": number}) == text
