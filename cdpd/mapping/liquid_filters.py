@@ -91,9 +91,9 @@ def _result(value: float) -> float | int:
 
 
 def _json(value: Any, space: Any = 0) -> str:
-    encoded = msgspec.json.encode(js.to_json(_plain(value)))
+    text: str = js.stringify(_plain(value))
     indent = int(number(space)) if number(space) == number(space) else 0
-    return (msgspec.json.format(encoded, indent=indent) if indent > 0 else encoded).decode()
+    return msgspec.json.format(text, indent=indent) if indent > 0 else text
 
 
 def _plain(value: Any) -> Any:
