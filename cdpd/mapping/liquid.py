@@ -16,7 +16,7 @@ from liquid.builtin.output import Output, OutputNode
 from liquid.exceptions import LiquidError, LiquidSyntaxError
 from liquid.tag import Tag
 
-from cdpd.mapping import liquid_filters
+from cdpd.mapping import liquid_filters, liquid_strings
 from cdpd.mapping.errors import MappingError
 
 MAX_TEMPLATE_CHARS = 1000
@@ -84,6 +84,7 @@ def _environment() -> _Environment:
     env = _Environment(strict_filters=False)  # liquidjs passes a value through unknown filters
     env.add_tag(_Output)
     env.filters.update(liquid_filters.FILTERS)
+    env.filters.update(liquid_strings.FILTERS)
     env.filters["date"] = _dates_from_numbers(env.filters["date"])
     for name in DISABLED_TAGS:
         env.tags.pop(name, None)

@@ -73,11 +73,14 @@ def _kinds(value: Any) -> Any:
 
 
 def _liquid_cases() -> list[Any]:
-    document = json.loads((DATA / "liquid-engine.json").read_text())
-    return [
-        pytest.param(document["payload"], case, id=case["template"][:80])
-        for case in document["cases"]
-    ]
+    params = []
+    for name in ("liquid-engine.json", "liquid-random.json"):
+        document = json.loads((DATA / name).read_text())
+        params += [
+            pytest.param(document["payload"], case, id=f"{name}: {case['template'][:80]}")
+            for case in document["cases"]
+        ]
+    return params
 
 
 @pytest.mark.parametrize(("payload", "case"), _liquid_cases())

@@ -1,6 +1,7 @@
 """Writes the data files computed by running Segment's code (see README.md): liquid-engine.json
 from WORK/liq_in.json and WORK/liq_out.json, mapping-kit-random.json from WORK/gen.json and
-destination-subscriptions-random.json from WORK/fqlgen.json."""
+destination-subscriptions-random.json from WORK/fqlgen.json, liquid-random.json from
+WORK/liqgen.json."""
 
 import json
 import os
@@ -77,6 +78,29 @@ def subscriptions_random() -> None:
     _write("destination-subscriptions-random.json", text)
 
 
+def liquid_random() -> None:
+    made = json.loads((WORK / "liqgen.json").read_text())
+    cases = []
+    for result in made["results"]:
+        if "error" in result:
+            cases.append({"template": result["template"], "raises": True})
+        else:
+            cases.append({"template": result["template"], "output": result["output"]})
+    document = {
+        "upstream": SRC + "packages/core/src/mapping-kit/liquid-directive.ts with liquidjs"
+        " 10.27.2, TZ=UTC",
+        "comment": "Not upstream test cases: random chains of Liquid filters (tools/liqfuzz.py),"
+        " each rendered by Segment's own liquid-directive.ts. Left out of the generator: a text"
+        " start or length for slice, and a number as where's key (liquidjs's JavaScript"
+        " coercions there are not copied).",
+        "payload": made["payload"],
+        "cases": cases,
+        "not_applicable": [],
+    }
+    text = json.dumps(document, ensure_ascii=False).replace(', {"template"', ',\n {"template"')
+    _write("liquid-random.json", text)
+
+
 def _write(name: str, text: str) -> None:
     (DATA / name).write_text(text + "\n")
 
@@ -85,3 +109,4 @@ if __name__ == "__main__":
     liquid()
     mapping_kit_random()
     subscriptions_random()
+    liquid_random()
