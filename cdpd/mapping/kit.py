@@ -32,7 +32,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from cdpd.mapping import js, liquid
+from cdpd.mapping import js, liquid, placeholders
 from cdpd.mapping.errors import MappingError
 from cdpd.mapping.js import ABSENT
 from cdpd.mapping.validation import (
@@ -174,22 +174,7 @@ def _path(argument: Any, root: Any) -> Any:
 
 
 def _template(argument: Any, root: Any) -> str:
-    return render(_string_argument("@template", argument, root), root)
-
-
-_TRIPLE = re.compile(r"\{\{\{([^}]+)\}\}\}")
-_DOUBLE = re.compile(r"\{\{([^}]+)\}\}")
-
-
-def render(template: str, data: Any) -> str:
-    """mapping-kit's placeholders: `{{path}}` and `{{{path}}}` (the same: nothing is escaped),
-    a missing or null value as empty text, any other as JavaScript's String() writes it."""
-
-    def fill(slot: re.Match[str]) -> str:
-        value = js.get(data, slot.group(1).strip())
-        return "" if value is ABSENT or value is None else js.string(value)
-
-    return _DOUBLE.sub(fill, _TRIPLE.sub(fill, template))
+    return placeholders.render(_string_argument("@template", argument, root), root)
 
 
 def _if(argument: Any, root: Any) -> Any:
