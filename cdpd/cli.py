@@ -47,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _deliveries(cfg, args)
     if command == "replay":
         return _replay(cfg, args)
+    if command == "mappings":
+        return _mappings(cfg, args)
     if command == "warehouse":
         if argv is None:  # the real program: warnings and errors as JSON lines on stderr
             logs.configure("warning", sys.stderr.buffer)
@@ -100,6 +102,20 @@ def _parser() -> argparse.ArgumentParser:
         "destinations", parents=[common], help="the destination catalog: settings, actions"
     )
     catalog.add_argument("--json", action="store_true", help="print one JSON document")
+    mappings = commands.add_parser(
+        "mappings", parents=[common], help="try a destination's subscriptions and mappings"
+    )
+    mappings_commands = mappings.add_subparsers(dest="mappings_command", required=True)
+    m_test = mappings_commands.add_parser(
+        "test",
+        parents=[common],
+        help="which actions a message triggers and the requests they would send (none is sent)",
+    )
+    m_test.add_argument("destination", help="the destination's name in the config")
+    m_test.add_argument(
+        "--message",
+        help="a JSON file holding one message ('-': standard input; default: a sample track)",
+    )
     warehouse_commands.add_parser(commands, common)
     return parser
 
@@ -117,10 +133,16 @@ def _serve(cfg: config.Config) -> int:
 
 def _check_config(cfg: config.Config, path: str) -> int:
     from cdpd.destinations import registry
+    from cdpd.mapping import kit
 
     try:
         for destination in cfg.destinations:
             registry.build(destination)
+            for action in registry.actions_of(destination):
+                where = f"destination {destination.name!r}, action {action.name!r}.mapping"
+                for warning in kit.warnings(action.mapping, where):
+                    print(f"cdpd: warning: {path}: {warning} (each message it maps fails)",
+                          file=sys.stderr)  # fmt: skip
     except config.ConfigError as exc:
         print(f"cdpd: config error: {path}: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -155,6 +177,33 @@ def _destinations(args: argparse.Namespace) -> int:
         print(msgspec.json.encode(describe.describe()).decode())
     else:
         print(describe.text())
+    return EXIT_OK
+
+
+def _mappings(cfg: config.Config, args: argparse.Namespace) -> int:
+    from cdpd.destinations import rehearsal
+
+    destination = next((d for d in cfg.destinations if d.name == args.destination), None)
+    if destination is None:
+        print(f"cdpd: no destination is named {args.destination!r}", file=sys.stderr)
+        return EXIT_USAGE
+    message: Any = rehearsal.SAMPLE_MESSAGE
+    if args.message is not None:
+        try:
+            text = sys.stdin.read() if args.message == "-" else Path(args.message).read_text()
+            message = msgspec.json.decode(text)
+        except (OSError, UnicodeDecodeError, msgspec.DecodeError) as exc:
+            print(f"cdpd: --message {args.message}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if not isinstance(message, dict):
+            print(f"cdpd: --message {args.message}: expected a JSON object", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        report = asyncio.run(rehearsal.rehearse(destination, message))
+    except config.ConfigError as exc:
+        print(f"cdpd: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(msgspec.json.format(msgspec.json.encode(report), indent=2).decode())
     return EXIT_OK
 
 

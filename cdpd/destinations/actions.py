@@ -157,7 +157,11 @@ def worst(results: Sequence[Result]) -> Result:
 
 
 def _prepare_one(action: Action, item: MessageView, message: dict[str, Any]) -> Prepared:
-    fields = kit.evaluate(action.mapping, message)
+    try:
+        fields = kit.to_fields(kit.evaluate(action.mapping, message))
+    except kit.MappingError as exc:  # Segment fails such an event too; retrying cannot help
+        failed = f"{action.name}: mapping failed: {exc}"
+        return Prepared(item, action.name, action.kind, {}, message, failed, action.whole_fields)
     missing = [name for name in action.required if name not in fields]
     problem = (
         f"{action.name}: no value for required field {', '.join(missing)}" if missing else None
@@ -179,13 +183,19 @@ def _build_one(
     except fql.FqlError as exc:
         problems.append(f"{place}.subscribe: {exc}")
         return None
-    unknown = [key for key in action.mapping if key not in kind.fields]
+    unknown = [
+        key for key in action.mapping if key not in kind.fields and key != kit.ROOT_DIRECTIVE_KEY
+    ]
     for key in unknown:
         fields = ", ".join(kind.fields)
         problems.append(f"{place}.mapping.{key}: {kind_name} has no field {key} (fields: {fields})")
-    problems += kit.validate(action.mapping, f"{place}.mapping")
     mapping = {name: f.default for name, f in kind.fields.items() if f.default is not None}
     mapping.update(action.mapping)
+    try:
+        mapping = kit.root_form(mapping)
+        problems += kit.validate(kit.root_form(action.mapping), f"{place}.mapping")
+    except kit.MappingError as exc:
+        problems.append(f"{place}.mapping: {exc}")
     return Action(
         name=action.name,
         kind=kind_name,

@@ -92,7 +92,11 @@ class Names:
         self._templates: dict[str, str | None] = {}
         for action in actions:
             mapped = action.mapping.get(setting)
-            if isinstance(mapped, dict) and set(mapped) == {"@template"}:
+            if (
+                isinstance(mapped, dict)
+                and set(mapped) == {"@template"}
+                and isinstance(mapped["@template"], str)
+            ):
                 where = f"actions ({action.name}).mapping.{setting}"
                 self._templates[action.name] = _checked_template(
                     destination, where, mapped["@template"], check
