@@ -63,6 +63,16 @@ class Discard(msgspec.Struct, frozen=True, gc=False):
     received_at: str | None
 
 
+class UnreadableMessage(msgspec.Struct, frozen=True):
+    """The outbox columns of a message whose payload cannot be decoded."""
+
+    message_id: str
+    type: str
+    event: str | None
+    received_at: str
+    payload: str
+
+
 class MappedBatch(msgspec.Struct):
     """Messages turned into rows: `rows[(schema, table)][id]` is the row for that id."""
 
@@ -70,6 +80,8 @@ class MappedBatch(msgspec.Struct):
     discards: list[Discard]
     dropped: Counter[tuple[str, str, str]]  # (schema, table, column) -> reserved-name drops
     long_names: dict[str, str]  # a snake-cased name over the length limit -> what it became
+    # Whether some message holds text with U+0000, which no warehouse column takes (see `plan`).
+    nul_text: bool = False
 
 
 @functools.lru_cache(maxsize=65536)
@@ -129,6 +141,29 @@ class Mapper:
         elif kind == "alias":
             standard["previous_id"] = message.get("previousId")
             self._insert(schema, "aliases", standard)
+
+    def add_unreadable(self, source: str, stored: UnreadableMessage, error: str) -> None:
+        """A message whose stored JSON cannot be decoded (a number out of range, stored by an
+        older cdpd): the whole of it goes to the discards table, in the table it was for."""
+        schema = _schema(source)
+        if not schema:
+            return
+        table = {"track": "tracks", "identify": "identifies", "group": "groups"}.get(
+            stored.type, stored.type + "s"
+        )
+        if stored.type == "track":
+            table = _event_table(stored.event or "") or table
+        self._batch.discards.append(
+            Discard(
+                schema=schema,
+                table=table,
+                row_id=stored.message_id,
+                column="",
+                value=stored.payload,
+                reason=f"unreadable_message: {error}",
+                received_at=stored.received_at,
+            )
+        )
 
     def _standard_columns(self, message: dict[str, Any], row_id: str) -> Row:
         row: Row = {"id": row_id}

@@ -1,0 +1,141 @@
+"""One bad message fails only itself: a real cdpd takes messages over HTTP, delivers them to a
+webhook and loads them into SQLite and PostgreSQL (every warehouse test runs against both).
+
+Text holding U+0000 is stored and delivered as sent; in the warehouses (PostgreSQL cannot store
+it) the value goes to the discards table. A number no 64-bit type holds is rejected at ingest; one
+that an older cdpd stored is a discard in the warehouses, never a stuck position."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+
+from cdpd import config as cdpd_config
+from cdpd.app import Running, running
+from cdpd.warehouse.position import prunable_seq
+from tests.helpers import WRITE_KEY, WarehouseProbe, basic_auth, outbox_path, query, rejects
+from tests.integration.test_delivery import delivered, hook
+from tests.sink import Sink
+
+S = "website"
+AUTH = {"Authorization": basic_auth(WRITE_KEY)}
+# A batch as a client sends it: `\u0000` escapes, a number out of range, good messages.
+BATCH = (
+    b'{"batch":['
+    b'{"type":"track","userId":"u1","event":"Order Completed","messageId":"nul",'
+    b'"properties":{"note":"a\\u0000b","total":5}},'
+    b'{"type":"track","userId":"u1","event":"Order Completed","messageId":"big",'
+    b'"properties":{"total":1e400}},'
+    b'{"type":"track","userId":"u1","event":"Order Completed","messageId":"digits",'
+    b'"properties":{"total":' + b"9" * 5000 + b"}},"
+    b'{"type":"identify","userId":"u\\u0000x","messageId":"who","traits":{"plan":"pro"}},'
+    b'{"type":"track","userId":"u1","event":"Order Completed","messageId":"good",'
+    b'"properties":{"note":"fine","total":7}}]}'
+)
+
+
+async def post(server: Running, body: bytes) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{server.url}/v1/batch", data=body, headers=AUTH) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+
+
+# -- destinations ------------------------------------------------------------------------------
+
+
+async def test_nul_text_is_delivered_and_out_of_range_numbers_are_rejected(
+    make_config: Callable[..., cdpd_config.Config], data_dir: Path
+) -> None:
+    async with Sink() as sink:
+        async with running(make_config(hook("hook", sink.url))) as server:
+            await post(server, BATCH)
+            await delivered(server.delivery.lanes["hook"], 3)
+        received = {m["messageId"]: m for m in sink.messages}
+    assert sorted(received) == ["good", "nul", "who"]
+    assert received["nul"]["properties"]["note"] == "a\x00b"
+    assert received["who"]["userId"] == "u\x00x"
+    assert [(code, message_id) for code, _, message_id in rejects(data_dir)] == [
+        ("number_out_of_range", "big"),
+        ("number_out_of_range", "digits"),
+    ]
+
+
+# -- warehouses --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def config(
+    make_config: Callable[..., cdpd_config.Config], warehouse: WarehouseProbe
+) -> cdpd_config.Config:
+    return make_config(warehouse.toml)
+
+
+@pytest.fixture
+async def daemon(config: cdpd_config.Config) -> AsyncIterator[Running]:
+    async with running(config) as server:
+        await server.warehouses.wait_for_syncs("wh", 1)  # the start-up sync (nothing to load)
+        yield server
+
+
+async def discards(warehouse: WarehouseProbe) -> list[tuple[Any, ...]]:
+    return await warehouse.fetch(
+        "SELECT table_name, row_id, column_name, column_value, reason "
+        f"FROM {warehouse.name(S, 'cdpd_discards')} ORDER BY table_name, row_id, column_name"
+    )
+
+
+async def test_nul_text_is_a_discard_and_the_warehouse_goes_on(
+    daemon: Running, config: cdpd_config.Config, warehouse: WarehouseProbe, data_dir: Path
+) -> None:
+    await post(daemon, BATCH)
+    report = await daemon.warehouses.sync_now("wh")
+    assert (report.status, report.error, report.messages) == ("success", None, 3)
+    rows = await warehouse.rows(S, "order_completed", "id, note, total")
+    assert rows == [
+        {"id": "good", "note": "fine", "total": 7},
+        {"id": "nul", "note": None, "total": 5},
+    ]
+    assert await warehouse.rows(S, "identifies", "id, plan") == [{"id": "who", "plan": "pro"}]
+    assert await warehouse.tables(S) >= {"identifies", "order_completed", "cdpd_discards"}
+    assert "users" not in await warehouse.tables(S)  # its only row had no storable id
+    *values, (table, row_id, column, whole_row, reason) = await discards(warehouse)
+    assert values == [
+        ("identifies", "who", "user_id", '"u\\u0000x"', "unstorable_text: U+0000"),
+        ("order_completed", "nul", "note", '"a\\u0000b"', "unstorable_text: U+0000"),
+    ]
+    assert (table, row_id, column) == ("users", '"u\\u0000x"', "id")
+    assert reason == "unstorable_text: U+0000 in the id; the row is not loaded"
+    assert msgspec.json.decode(whole_row)["plan"] == "pro"
+    assert msgspec.json.decode(whole_row)["id"] == "u\x00x"
+    assert await prunable_seq(config) == 3
+
+
+async def test_a_stored_number_out_of_range_is_a_discard_not_a_stuck_position(
+    daemon: Running, config: cdpd_config.Config, warehouse: WarehouseProbe, data_dir: Path
+) -> None:
+    good = b'{"type":"track","userId":"u1","event":"Order Completed","messageId":"%s"}'
+    await post(daemon, b'{"batch":[' + b",".join(good % m for m in (b"m1", b"m2", b"m3")) + b"]}")
+    # What an older cdpd accepted and stored: numbers that no decoder reads back.
+    (payload,) = query(data_dir, "SELECT payload FROM messages WHERE message_id = 'm2'")[0]
+    broken = payload.replace('"event"', '"properties":{"total":1e400},"event"')
+    _update_payload(data_dir, "m2", broken)
+    report = await daemon.warehouses.sync_now("wh")
+    assert (report.status, report.messages) == ("success", 3)
+    assert [r["id"] for r in await warehouse.rows(S, "order_completed", "id")] == ["m1", "m3"]
+    ((table, row_id, column, value, reason),) = await discards(warehouse)
+    assert (table, row_id, column, value) == ("order_completed", "m2", "", broken)
+    assert reason == "unreadable_message: Number out of range - at `$[...][...]`"
+    assert await prunable_seq(config) == 3
+
+
+def _update_payload(data_dir: Path, message_id: str, payload: str) -> None:
+    with sqlite3.connect(outbox_path(data_dir)) as conn:
+        conn.execute("UPDATE messages SET payload = ? WHERE message_id = ?", (payload, message_id))
