@@ -139,3 +139,33 @@ async def test_a_stored_number_out_of_range_is_a_discard_not_a_stuck_position(
 def _update_payload(data_dir: Path, message_id: str, payload: str) -> None:
     with sqlite3.connect(outbox_path(data_dir)) as conn:
         conn.execute("UPDATE messages SET payload = ? WHERE message_id = ?", (payload, message_id))
+
+
+async def test_colliding_column_names_keep_one_winner_and_discard_the_rest(
+    daemon: Running, warehouse: WarehouseProbe
+) -> None:
+    orders = [
+        (b"m1", b'{"Order Id":"a1","orderId":"b1","ORDER_ID":"c1"}'),
+        (b"m2", b'{"orderId":"b2","ORDER_ID":"c2","Order Id":"a2"}'),
+        (b"m3", b'{"order_id":"d3","Order Id":"a3"}'),
+    ]
+    items = [
+        b'{"type":"track","userId":"u1","event":"Order Completed","messageId":"%s","properties":%s}'
+        % order
+        for order in orders
+    ]
+    await post(daemon, b'{"batch":[' + b",".join(items) + b"]}")
+    report = await daemon.warehouses.sync_now("wh")
+    assert (report.status, report.discards) == ("success", 5)
+    assert await warehouse.rows(S, "order_completed", "id, order_id") == [
+        {"id": "m1", "order_id": "c1"},
+        {"id": "m2", "order_id": "c2"},
+        {"id": "m3", "order_id": "d3"},
+    ]
+    assert await discards(warehouse) == [
+        ("order_completed", "m1", "Order Id", '"a1"', "name_collision: order_id holds ORDER_ID"),
+        ("order_completed", "m1", "orderId", '"b1"', "name_collision: order_id holds ORDER_ID"),
+        ("order_completed", "m2", "Order Id", '"a2"', "name_collision: order_id holds ORDER_ID"),
+        ("order_completed", "m2", "orderId", '"b2"', "name_collision: order_id holds ORDER_ID"),
+        ("order_completed", "m3", "Order Id", '"a3"', "name_collision: order_id holds order_id"),
+    ]

@@ -133,6 +133,50 @@ def test_unnamed_events_and_columns_go_to_discards() -> None:
 
 
 @pytest.mark.parametrize(
+    "properties",
+    [
+        {"Order Id": "a", "orderId": "b", "ORDER_ID": "c"},
+        {"orderId": "b", "ORDER_ID": "c", "Order Id": "a"},
+        {"ORDER_ID": "c", "Order Id": "a", "orderId": "b"},
+    ],
+)
+def test_colliding_names_keep_one_winner_whatever_the_key_order(properties: Any) -> None:
+    batch = mapped(track("m1", properties=properties))
+    assert batch.rows[("website", "order_completed")]["m1"]["order_id"] == "c"
+    assert sorted((d.column, d.value, d.reason) for d in batch.discards) == [
+        ("Order Id", '"a"', "name_collision: order_id holds ORDER_ID"),
+        ("orderId", '"b"', "name_collision: order_id holds ORDER_ID"),
+    ]
+    assert not batch.dropped
+
+
+def test_the_key_written_as_its_column_wins_then_the_least_nested() -> None:
+    properties = {
+        "addressCity": "b",
+        "address": {"city": "c", "zip": [1, 2]},
+        "address_city": "a",
+        "Address Zip": "z",
+    }
+    batch = mapped(track("m1", properties=properties))
+    row = batch.rows[("website", "order_completed")]["m1"]
+    assert (row["address_city"], row["address_zip"]) == ("a", "[1,2]")
+    assert sorted((d.column, d.value, d.reason) for d in batch.discards) == [
+        ("Address Zip", '"z"', "name_collision: address_zip holds address.zip"),
+        ("address.city", '"c"', "name_collision: address_city holds address_city"),
+        ("addressCity", '"b"', "name_collision: address_city holds address_city"),
+    ]
+
+
+def test_a_property_named_like_a_context_column_leaves_the_context_value() -> None:
+    message = track("m1", context={"ip": "1.2.3.4"}, properties={"contextIp": "5.6.7.8"})
+    batch = mapped(message)
+    assert batch.rows[("website", "order_completed")]["m1"]["context_ip"] == "1.2.3.4"
+    assert [(d.column, d.value, d.reason) for d in batch.discards] == [
+        ("contextIp", '"5.6.7.8"', "name_collision: context_ip holds the context's value")
+    ]
+
+
+@pytest.mark.parametrize(
     ("value", "column_type"),
     [
         (True, ColumnType.BOOLEAN),
