@@ -319,3 +319,26 @@ def test_the_catalog_after_a_plan_has_its_new_tables_and_columns() -> None:
     assert catalog[("website", "order_completed")] == {"id": ColumnType.STRING}  # not changed
     again = plan_load(batch, after, max_columns=100, encode_timestamp=utc_text)
     assert all(not table.new_columns for table in again.tables)
+
+
+def test_text_with_nul_becomes_a_discard_with_escaped_names() -> None:
+    batch = mapped(
+        track("m1", properties={"\x00": "x", "note": "a\x00b", "ok": "fine"}, event="E\x00"),
+        {"type": "identify", "messageId": "i1", "userId": "u\x00", "traits": {"plan": "pro"}},
+    )
+    batch.nul_text = True  # what `batches.prepare` finds in the stored JSON
+    plan = plan_load(batch, {}, max_columns=100, encode_timestamp=utc_text)
+    tables = {t.table: dict(zip(t.columns, t.values, strict=True)) for t in plan.tables}
+    assert "users" not in tables
+    assert tables["e"]["ok"] == ["fine"]
+    assert "note" not in tables["e"]
+    assert "event_text" not in tables["tracks"]
+    assert sorted((d.table, d.row_id, d.column, d.reason) for d in plan.discards) == [
+        ("e", "m1", "\\u0000", "no_column_name"),
+        ("e", "m1", "event_text", "unstorable_text: U+0000"),
+        ("e", "m1", "note", "unstorable_text: U+0000"),
+        ("identifies", "i1", "user_id", "unstorable_text: U+0000"),
+        ("tracks", "m1", "event_text", "unstorable_text: U+0000"),
+        ("users", '"u\\u0000"', "id", "unstorable_text: U+0000 in the id; the row is not loaded"),
+    ]
+    assert all("\x00" not in d.value for d in plan.discards)
