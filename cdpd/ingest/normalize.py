@@ -168,7 +168,6 @@ def _check_numbers(top: RawObject) -> None:
         try:
             decoded = _value_decoder.decode(value)
         except msgspec.ValidationError:  # a float out of range, or an integer of many digits
-            decoded = None
             bad: int | str | None = "a number out of range"
         else:
             bad = _integer_out_of_range(decoded)

@@ -39,6 +39,15 @@ RESERVED_COLUMNS = {
     "users": _OBJECT,
     "accounts": _OBJECT,
 }
+# The table of each message type (a track also has a row in its event's table).
+KIND_TABLES = {
+    "track": "tracks",
+    "identify": "identifies",
+    "group": "groups",
+    "page": "pages",
+    "screen": "screens",
+    "alias": "aliases",
+}
 EVENT_RESERVED_COLUMNS = frozenset({*_COMMON, "event", "event_text"})  # tracks and event tables
 _STANDARD_FIELDS = (
     ("anonymous_id", "anonymousId"),
@@ -129,8 +138,9 @@ class Mapper:
         if not schema or not isinstance(row_id, str):
             return
         standard = self._standard_columns(message, row_id)
-        self._flatten_into(standard, message.get("context"), "context_", (schema, "tracks"))
         kind = message.get("type")
+        context_table = KIND_TABLES.get(str(kind), "tracks")  # where a context value is discarded
+        self._flatten_into(standard, message.get("context"), "context_", (schema, context_table))
         if kind == "track":
             self._track(schema, message, standard)
         elif kind == "identify":
@@ -151,9 +161,7 @@ class Mapper:
         schema = _schema(source)
         if not schema:
             return
-        table = {"track": "tracks", "identify": "identifies", "group": "groups"}.get(
-            stored.type, stored.type + "s"
-        )
+        table = KIND_TABLES.get(stored.type, "tracks")
         if stored.type == "track":
             table = _event_table(stored.event or "") or table
         self._batch.discards.append(

@@ -342,3 +342,16 @@ def test_text_with_nul_becomes_a_discard_with_escaped_names() -> None:
         ("users", '"u\\u0000"', "id", "unstorable_text: U+0000 in the id; the row is not loaded"),
     ]
     assert all("\x00" not in d.value for d in plan.discards)
+
+
+def test_context_keys_that_share_a_column_are_discarded_in_the_message_table() -> None:
+    context = {"userAgent": "b", "user_agent": "a"}
+    batch = mapped({"type": "identify", "messageId": "i1", "userId": "u1", "context": context})
+    assert batch.rows[("website", "identifies")]["i1"]["context_user_agent"] == "a"
+    assert [(d.table, d.column, d.reason) for d in batch.discards] == [
+        (
+            "identifies",
+            "context.userAgent",
+            "name_collision: context_user_agent holds context.user_agent",
+        )
+    ]
