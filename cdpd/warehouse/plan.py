@@ -123,7 +123,7 @@ def _without_nul(key: TableKey, rows: list[Row], discards: list[Discard]) -> lis
                 )
             )
         else:
-            row = dict(row)  # rows of one message share nothing, but keep the batch's as it was
+            row = dict(row)  # a copy: the mapped batch stays as it was
             for column in bad:
                 discards.append(
                     Discard(
