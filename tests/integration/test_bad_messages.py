@@ -7,6 +7,7 @@ that an older cdpd stored is a discard in the warehouses, never a stuck position
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -19,9 +20,17 @@ import pytest
 from cdpd import config as cdpd_config
 from cdpd.app import Running, running
 from cdpd.warehouse.position import prunable_seq
-from tests.helpers import WRITE_KEY, WarehouseProbe, basic_auth, outbox_path, query, rejects
+from tests.helpers import (
+    WRITE_KEY,
+    FakeClock,
+    WarehouseProbe,
+    basic_auth,
+    outbox_path,
+    query,
+    rejects,
+)
 from tests.integration.test_delivery import delivered, hook
-from tests.sink import Sink
+from tests.sink import Sink, status
 
 S = "website"
 AUTH = {"Authorization": basic_auth(WRITE_KEY)}
@@ -48,6 +57,15 @@ async def post(server: Running, body: bytes) -> None:
         assert resp.status == 200, await resp.text()
 
 
+ID_ACTION = """
+[[destinations.actions]]
+name = "ids"
+subscribe = 'type = "track"'
+[destinations.actions.mapping]
+data = { id = { "@path" = "$.messageId" } }
+"""
+
+
 # -- destinations ------------------------------------------------------------------------------
 
 
@@ -66,6 +84,44 @@ async def test_nul_text_is_delivered_and_out_of_range_numbers_are_rejected(
         ("number_out_of_range", "big"),
         ("number_out_of_range", "digits"),
     ]
+
+
+async def test_a_stored_message_that_cannot_be_decoded_is_dead_and_its_batch_goes_on(
+    make_config: Callable[..., cdpd_config.Config], data_dir: Path
+) -> None:
+    good = b'{"type":"track","userId":"u1","event":"E","messageId":"%s"}'
+    async with Sink(default=status(503)) as sink:
+        config = make_config(hook("hook", sink.url) + ID_ACTION)  # a mapping decodes the message
+        async with running(config, clock=FakeClock()) as server:
+            await post(
+                server, b'{"batch":[' + b",".join(good % m for m in (b"m1", b"m2", b"m3")) + b"]}"
+            )
+            await settled(server.delivery.lanes["hook"], attempts=3)
+        # What an older cdpd accepted and stored: a number that no decoder reads back.
+        (payload,) = query(data_dir, "SELECT payload FROM messages WHERE message_id = 'm2'")[0]
+        _update_payload(data_dir, "m2", payload.replace('"event"', '"n":1e400,"event"'))
+        sink.default = status(200)
+        clock = FakeClock()
+        async with running(config, clock=clock) as server:
+            lane = server.delivery.lanes["hook"]
+            clock.advance(3600)  # past every first backoff: the three are due together
+            await settled(lane, attempts=3)
+    assert sorted(m["id"] for m in sink.messages) == ["m1", "m3"]
+    assert query(data_dir, "SELECT message_id, state, last_error FROM deliveries ORDER BY seq") == [
+        ("m1", "delivered", None),
+        (
+            "m2",
+            "dead",
+            "the stored message cannot be decoded: Number out of range - at `$[...]`"
+            " (the destination cannot take it as it is)",
+        ),
+        ("m3", "delivered", None),
+    ]
+
+
+async def settled(lane: Any, *, attempts: int) -> None:
+    async with asyncio.timeout(10), lane.stats.recorded:
+        await lane.stats.recorded.wait_for(lambda: lane.stats.attempts >= attempts)
 
 
 # -- warehouses --------------------------------------------------------------------------------
