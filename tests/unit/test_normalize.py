@@ -211,6 +211,17 @@ def test_invalid_json_is_rejected() -> None:
     assert result.code == "invalid_json"
 
 
+def test_a_lone_surrogate_is_invalid_json_and_nul_text_is_kept() -> None:
+    raw = b'{"userId":"u1","event":"E","properties":{"s":"\\ud800"}}'
+    result = normalize(raw, facts(), path_type="track", max_bytes=1000)
+    assert isinstance(result, Rejection)
+    assert result.code == "invalid_json"
+    raw = b'{"userId":"u1","event":"E","properties":{"s":"a\\u0000b","pair":"\\ud83d\\ude00"}}'
+    result = normalize(raw, facts(), path_type="track", max_bytes=1000)
+    assert isinstance(result, OutboxRow)
+    assert '"s":"a\\u0000b"' in result.payload
+
+
 def test_envelope_context_and_integrations_are_merged_under_the_message() -> None:
     env_context = msgspec.json.decode(
         b'{"library": {"name": "env"}, "locale": "en"}', type=dict[str, msgspec.Raw]
