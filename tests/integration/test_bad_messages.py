@@ -3,7 +3,9 @@ webhook and loads them into SQLite and PostgreSQL (every warehouse test runs aga
 
 Text holding U+0000 is stored and delivered as sent; in the warehouses (PostgreSQL cannot store
 it) the value goes to the discards table. A number no 64-bit type holds is rejected at ingest; one
-that an older cdpd stored is a discard in the warehouses, never a stuck position."""
+that an older cdpd stored is dead for a destination that decodes it (the rest of its batch goes
+on) and a discard in the warehouses, never a stuck position. Keys that share a column keep one
+documented winner; the others are discards too."""
 
 from __future__ import annotations
 
