@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import msgspec
 import pytest
 
@@ -23,6 +25,7 @@ from cdpd import config as cdpd_config
 from cdpd.app import Running, running
 from cdpd.warehouse.position import prunable_seq
 from tests.helpers import (
+    POSTGRES_ADMIN_DSN,
     WRITE_KEY,
     FakeClock,
     WarehouseProbe,
@@ -227,3 +230,42 @@ async def test_colliding_column_names_keep_one_winner_and_discard_the_rest(
         ("order_completed", "m2", "orderId", '"b2"', "name_collision: order_id holds ORDER_ID"),
         ("order_completed", "m3", "Order Id", '"a3"', "name_collision: order_id holds order_id"),
     ]
+
+
+@pytest.fixture
+def latin1_dsn(postgres_test_dsn: str) -> Iterator[str]:
+    """A database whose encoding is LATIN1: it refuses text such as `日本`."""
+    name = postgres_test_dsn.rsplit("/", 1)[1] + "_latin1"
+    admin(
+        f"CREATE DATABASE \"{name}\" ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C'"
+        " TEMPLATE template0"
+    )
+    yield postgres_test_dsn.rsplit("/", 1)[0] + f"/{name}"
+    admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def admin(sql: str) -> None:
+    async def run() -> None:
+        conn = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    with ThreadPoolExecutor(1) as pool:  # this fixture may be set up inside a test's loop
+        pool.submit(lambda: asyncio.run(run())).result()
+
+
+async def test_a_postgresql_database_that_is_not_utf8_is_refused_as_a_whole(
+    make_config: Callable[..., cdpd_config.Config], latin1_dsn: str
+) -> None:
+    toml = f'[[warehouses]]\nname = "wh"\ntype = "postgres"\ndsn = "{latin1_dsn}"\n'
+    async with running(make_config(toml)) as server:
+        text = "日本".encode()  # LATIN1 has no such characters
+        await post(server, b'{"batch":[{"type":"track","userId":"u1","event":"%s"}]}' % text)
+        report = await server.warehouses.sync_now("wh")
+    assert report.status == "failure"
+    assert report.error == (
+        "UnusableWarehouse: the database's encoding is LATIN1; cdpd loads only into UTF8"
+        " databases (CREATE DATABASE ... ENCODING 'UTF8')"
+    )
