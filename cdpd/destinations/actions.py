@@ -5,7 +5,8 @@ with fields that have default mappings, and presets: the actions a destination g
 config names none. A configured action picks a kind, subscribes with FQL and may remap fields.
 
 At delivery time `prepare` decodes each claimed message once, finds the actions whose
-subscription matches and evaluates their mappings; the destination sends the prepared items
+subscription matches and evaluates their mappings (a message that cannot be decoded is that
+delivery's problem alone: it is dead, the others go on); the destination sends the prepared items
 and returns one Result each, and `combine` turns those into one result per delivery.
 """
 
@@ -120,7 +121,12 @@ def prepare(actions: Sequence[Action], batch: Sequence[MessageView]) -> list[Pre
                 Prepared(item, only.name, only.kind, {}, None, whole_fields=only.whole_fields)
             )
             continue
-        message = _decoder.decode(item.payload)
+        try:
+            message = _decoder.decode(item.payload)
+        except msgspec.DecodeError as exc:  # stored by an older cdpd: `1e400`, say
+            if actions:
+                prepared.append(_unreadable(actions[0], item, exc))
+            continue
         for action in actions:
             if fql.matches(action.subscription, message):
                 prepared.append(_prepare_one(action, item, message))
@@ -154,6 +160,12 @@ def worst(results: Sequence[Result]) -> Result:
     failures = [r for r in results if not policy.is_success(r.status) or r.invalid]
     retryable = [r for r in failures if not r.invalid and policy.is_retryable(r.status)]
     return (retryable or failures or results)[0]
+
+
+def _unreadable(action: Action, item: MessageView, exc: msgspec.DecodeError) -> Prepared:
+    """A stored message that cannot be decoded: that delivery alone is dead, with the reason."""
+    problem = f"the stored message cannot be decoded: {exc}"
+    return Prepared(item, action.name, action.kind, {}, None, problem, action.whole_fields)
 
 
 def _prepare_one(action: Action, item: MessageView, message: dict[str, Any]) -> Prepared:

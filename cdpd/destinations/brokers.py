@@ -167,7 +167,10 @@ def message_of(item: Prepared) -> dict[str, Any]:
     """The decoded message (an action that sends it whole was given none)."""
     if item.message is not None:
         return item.message
-    decoded = _decoder.decode(item.delivery.payload)
+    try:
+        decoded = _decoder.decode(item.delivery.payload)
+    except msgspec.DecodeError:  # a number out of range, stored by an older cdpd
+        return {}  # its name is made without the message's values; the payload goes as stored
     return decoded if isinstance(decoded, dict) else {}
 
 

@@ -269,3 +269,22 @@ async def test_a_message_without_a_person_is_dead_and_never_sent(
             " (the destination cannot take it as it is)",
         )
     ]
+
+
+async def test_dot_segment_ids_stay_in_their_own_path(
+    make_config: MakeConfig, http: aiohttp.ClientSession
+) -> None:
+    messages = [
+        {"type": "identify", "userId": "..", "messageId": "i1", "traits": {"plan": "pro"}},
+        {"type": "track", "userId": ".", "event": "Signed Up", "messageId": "t1"},
+        {"type": "track", "userId": "..", "event": "Signed Up", "messageId": "t2"},
+    ]
+    async with CustomerIoTrack() as api:
+        await deliver(make_config, http, customerio(api.url), messages, settled=3)
+    # An HTTP client resolves `.` and `..` segments (`/customers/../events` is `/events`):
+    # the ids arrive as themselves, escaped, at the person's own path.
+    assert sorted((c.method, c.path, c.status) for c in api.calls) == [
+        ("POST", "/api/v1/customers/../events", 200),
+        ("POST", "/api/v1/customers/./events", 200),
+        ("PUT", "/api/v1/customers/..", 200),
+    ]
