@@ -1,4 +1,5 @@
-"""Admin HTTP endpoints (bearer token) and /metrics: where deliveries stand, and replay."""
+"""Admin HTTP endpoints (bearer token) and /metrics: where deliveries stand, replay, and the
+restarts of background services."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from cdpd.delivery.lane import LaneStats
 from cdpd.delivery.service import Delivery
 from cdpd.ingest.errors import ApiError
 from cdpd.metrics import CONTENT_TYPE, Metrics
-from cdpd.model.timestamps import format_ms, parse_ms
+from cdpd.model.timestamps import format_ms, now_ms, parse_ms
 from cdpd.outbox.writer import OutboxWriter
 
 
@@ -24,6 +25,10 @@ class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     since: str | None = None
     until: str | None = None
     source: str | None = None
+
+
+class RetryRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    destination: str
 
 
 class Admin:
@@ -47,7 +52,10 @@ class Admin:
         return [
             web.get("/admin/deliveries", self.deliveries),
             web.get("/admin/deliveries/dead", self.dead),
+            web.get("/admin/services", self.services),
             web.post("/admin/replay", self.replay),
+            web.post("/admin/deliveries/retry", self.retry),
+            web.get("/admin/deliveries/messages/{message_id}", self.show),
             web.get("/metrics", self.metrics),
         ]
 
@@ -61,6 +69,12 @@ class Admin:
         limit = _int(request.query.get("limit", "100"), "limit")
         return _json({"dead": await report.dead(self._reader, destination, limit)})
 
+    async def services(self, request: web.Request) -> web.Response:
+        """Each supervised background service and how often it has been restarted."""
+        self._authorize(request)
+        counts = sorted(self._metrics.restarts.counts.items())
+        return _json({"services": [{"name": name, "restarts": n} for name, n in counts]})
+
     async def replay(self, request: web.Request) -> web.Response:
         self._authorize(request)
         try:
@@ -71,17 +85,42 @@ class Admin:
         if not destination.enabled:
             raise ApiError(409, "destination_disabled", f"{destination.name} is disabled")
         if asked.dead:
-            count = await replay.replay_dead(self._writer.transact, destination)
+            count = await replay.replay_dead(self._delivery.store, destination)
         elif asked.since:
             since, until = _time(asked.since, "since"), _time(asked.until, "until", default=True)
             count = await replay.replay_range(
-                self._writer.transact, destination, since, until, asked.source
+                self._delivery.store, destination, since, until, asked.source
             )
         else:
             raise ApiError(400, "invalid_request", "say what to replay: dead = true, or since")
         if destination.name in self._delivery.lanes:
             self._delivery.lanes[destination.name].wake()
         return _json({"destination": destination.name, "queued": count})
+
+    async def retry(self, request: web.Request) -> web.Response:
+        """Every waiting retry of a destination is due now (it is back, say)."""
+        self._authorize(request)
+        try:
+            asked = msgspec.json.decode(await request.read(), type=RetryRequest)
+        except msgspec.MsgspecError as exc:
+            raise ApiError(400, "invalid_request", f"not a retry request: {exc}") from None
+        destination = self._destination(asked.destination)
+        count = await self._delivery.store.retry_now(destination.name, format_ms(now_ms()))
+        lane = self._delivery.lanes.get(destination.name)
+        if lane is not None:
+            lane.circuit.succeeded()  # try it at once rather than at the next probe
+            lane.wake()
+        return _json({"destination": destination.name, "due_now": count})
+
+    async def show(self, request: web.Request) -> web.Response:
+        """Where one message stands with each destination."""
+        self._authorize(request)
+        message_id = request.match_info["message_id"]
+        rules = list(self._delivery.rules.values())
+        found = await self._delivery.store.show(message_id, rules)
+        if not found:
+            raise ApiError(404, "unknown_message", f"no message {message_id!r} in the outbox")
+        return _json({"message_id": message_id, "deliveries": found})
 
     async def metrics(self, request: web.Request) -> web.Response:
         body = self._metrics.render(await report.states(self._reader, self._names, delivered=False))
@@ -128,6 +167,7 @@ def _live(entry: report.DestinationReport, stats: LaneStats) -> None:
     entry.latency_p95_ms = stats.percentile_ms(0.95)
     entry.errors_by_status = dict(stats.errors_by_status)
     entry.unhealthy = stats.unhealthy
+    entry.circuit = stats.circuit
     if stats.last_error_at is not None and stats.last_error_message_id is not None:
         entry.last_error = report.LastError(
             stats.last_error_at,

@@ -1,8 +1,10 @@
 """Assembly: open the outbox, start the background tasks, serve HTTP, and undo it all in order.
 
-Shutdown is an ordered drain: stop accepting connections, let in-flight requests finish (their
-messages are committed), let the writer commit what is pending, stop the background tasks, and
-close the outbox last.
+Every background task runs under `cdpd.supervise`: an unexpected exception is logged and the
+task restarts after a pause; it never ends the daemon. Shutdown is an ordered drain: stop
+accepting connections, let in-flight requests finish (their messages are committed), let the
+warehouse syncs commit their batch and delivery finish its attempts, let the writer commit what
+is pending, stop the space watch, and close the outbox last.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import asyncio
 import functools
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +31,10 @@ from cdpd.delivery.service import Delivery
 from cdpd.ingest.routes import Ingest
 from cdpd.logs import LineWriter
 from cdpd.metrics import Metrics
-from cdpd.outbox import schema
+from cdpd.outbox import schema, space
 from cdpd.outbox.space import SpaceWatch
 from cdpd.outbox.writer import OutboxWriter
+from cdpd.supervise import Restarts, supervise
 from cdpd.systemd import Notifier
 from cdpd.warehouse.position import prunable_seq
 from cdpd.warehouse.scheduler import Scheduler
@@ -48,6 +51,7 @@ class Running:
     writer: OutboxWriter
     delivery: Delivery
     warehouses: Scheduler
+    restarts: Restarts
 
     @property
     def ingest(self) -> Ingest:
@@ -60,10 +64,15 @@ async def running(
     *,
     clock_s: Callable[[], float] = time.monotonic,
     clock: Clock | None = None,
+    free_bytes: Callable[[Path], int] = space.free_bytes,
 ) -> AsyncIterator[Running]:
     """Serve `config` until the block exits. The clocks are replaceable so tests control time:
-    `clock_s` for the outbox's refusal timer, `clock` for delivery (backoffs, retention)."""
+    `clock_s` for the outbox's refusal timer, `clock` for the background services (delivery
+    backoffs and retention, the space watch's timer, warehouse intervals, restart pauses).
+    `free_bytes` measures the disk under the outbox."""
     storage = config.storage
+    clock = clock or SystemClock()
+    restarts = Restarts()
     async with schema.connect(
         storage.outbox_path, synchronous=storage.synchronous, max_bytes=storage.max_outbox_bytes
     ) as conn:
@@ -75,15 +84,17 @@ async def running(
             clock_s=clock_s,
         )
         await writer.start()
-        space = SpaceWatch(
+        space_watch = SpaceWatch(
             writer,
             Path(storage.data_dir),
             min_free_bytes=storage.min_free_disk_bytes,
             retry_after_s=storage.full_retry_after_s,
+            measure=free_bytes,
+            clock=clock,
         )
-        await space.check()
-        metrics = Metrics()
-        warehouses = Scheduler(config)
+        await space_watch.check()
+        metrics = Metrics(restarts)
+        warehouses = Scheduler(config, clock=clock)
         async with (
             schema.connect(storage.outbox_path, readonly=True) as reader,
             _outbound_session() as session,
@@ -92,18 +103,32 @@ async def running(
                 config,
                 writer,
                 session,
-                clock or SystemClock(),
+                clock,
                 observer=metrics.delivery_observer,
                 warehouse_position=functools.partial(prunable_seq, config),
+                restarts=restarts,
             )
             stages = cdpd_web.Stages(writer, reader, delivery, metrics)
+            # One stop event per phase of the drain, set in the order of the `finally` below.
+            warehouses_stop, space_stop = asyncio.Event(), asyncio.Event()
+            supervised = functools.partial(supervise, clock=clock, restarts=restarts)
             async with asyncio.TaskGroup() as tasks:
-                writer_task = tasks.create_task(writer.run(), name="outbox-writer")
-                space_task = tasks.create_task(space.run(), name="free-space-watch")
+                writer_task = tasks.create_task(
+                    supervised("outbox-writer", _writer_service(writer), asyncio.Event()),
+                    name="outbox-writer",
+                )
+                tasks.create_task(
+                    supervised("space-watch", space_watch.run, space_stop), name="space-watch"
+                )
                 await delivery.start()
+                # Not under `supervise` here: `Delivery.run` closes its destinations' clients
+                # when it ends, so running it again would not be a restart. Its parts are
+                # restarted inside `cdpd.delivery`.
                 delivery_task = tasks.create_task(delivery.run(), name="delivery")
-                for warehouse in warehouses.warehouses:
-                    tasks.create_task(warehouses.run(warehouse), name=f"warehouse-{warehouse.name}")
+                for schedule in warehouses.schedules():
+                    tasks.create_task(
+                        supervised(schedule.name, schedule.run, warehouses_stop), name=schedule.name
+                    )
                 try:
                     async with _serving_http(config, stages) as (url, app):
                         yield Running(
@@ -112,14 +137,26 @@ async def running(
                             writer=writer,
                             delivery=delivery,
                             warehouses=warehouses,
+                            restarts=restarts,
                         )
                 finally:
-                    warehouses.stop()  # a sync commits the batch it is in; the TaskGroup waits
+                    warehouses_stop.set()  # a sync commits the batch it is in; the TaskGroup waits
                     delivery.stop()  # lanes finish their attempts, unfinished claims go back
                     await delivery_task
                     writer.close()  # commits what is still pending, then its task ends
                     await writer_task
-                    space_task.cancel()
+                    space_stop.set()
+
+
+def _writer_service(writer: OutboxWriter) -> Callable[[asyncio.Event], Awaitable[None]]:
+    """The writer as a service. Its stop is `close()`, not an event: closing must commit what
+    is pending, so a restart pause is never cut short (the supervisor gets an event that is
+    never set, and ends when `run` returns after `close()`)."""
+
+    async def run(_: asyncio.Event) -> None:
+        await writer.run()
+
+    return run
 
 
 @asynccontextmanager
@@ -173,16 +210,15 @@ async def serve(config: Config, log_writer: LineWriter | None = None) -> int:
     async with running(config) as server:
         log.info("listening", url=server.url, outbox=str(config.storage.outbox_path))
         notifier.ready()
+        supervised = functools.partial(supervise, clock=SystemClock(), restarts=server.restarts)
         async with asyncio.TaskGroup() as tasks:
             if notifier.watchdog_interval_s:
                 # Pinged from the event loop, so a stuck loop gets the service restarted.
-                tasks.create_task(
-                    _every(notifier.watchdog_interval_s, notifier.watchdog, stop), name="watchdog"
-                )
+                ping = functools.partial(_every, notifier.watchdog_interval_s, notifier.watchdog)
+                tasks.create_task(supervised("watchdog", ping, stop), name="watchdog")
             if log_writer is not None:
-                tasks.create_task(
-                    _every(logs.FLUSH_INTERVAL_S, log_writer.flush, stop), name="log-flush"
-                )
+                flush = functools.partial(_every, logs.FLUSH_INTERVAL_S, log_writer.flush)
+                tasks.create_task(supervised("log-flush", flush, stop), name="log-flush")
             await stop.wait()
         log.info("stopping")
         notifier.stopping()

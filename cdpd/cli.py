@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +18,7 @@ import msgspec
 
 from cdpd import __version__, config, logs
 from cdpd.delivery import replay, report
+from cdpd.delivery.store import DeliveryStatus, SqliteDeliveryStore
 from cdpd.model.timestamps import format_ms, now_ms, parse_ms
 from cdpd.outbox import reader, schema
 from cdpd.warehouse import commands as warehouse_commands
@@ -45,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _deliveries(cfg, args)
     if command == "replay":
         return _replay(cfg, args)
+    if command == "mappings":
+        return _mappings(cfg, args)
     if command == "warehouse":
         if argv is None:  # the real program: warnings and errors as JSON lines on stderr
             logs.configure("warning", sys.stderr.buffer)
@@ -76,6 +80,15 @@ def _parser() -> argparse.ArgumentParser:
     d_dead = deliveries_commands.add_parser("dead", parents=[common], help="dead deliveries")
     d_dead.add_argument("--destination", help="only this destination")
     d_dead.add_argument("-n", type=int, default=50, help="how many (default 50)")
+    d_show = deliveries_commands.add_parser(
+        "show", parents=[common], help="where one message stands with each destination"
+    )
+    d_show.add_argument("message_id", help="the message's messageId")
+    d_show.add_argument("--json", action="store_true", help="print JSON lines")
+    d_retry = deliveries_commands.add_parser(
+        "retry", parents=[common], help="make every waiting retry of a destination due now"
+    )
+    d_retry.add_argument("--destination", required=True)
     replay = commands.add_parser(
         "replay", parents=[common], help="deliver dead deliveries or archived messages again"
     )
@@ -89,6 +102,20 @@ def _parser() -> argparse.ArgumentParser:
         "destinations", parents=[common], help="the destination catalog: settings, actions"
     )
     catalog.add_argument("--json", action="store_true", help="print one JSON document")
+    mappings = commands.add_parser(
+        "mappings", parents=[common], help="try a destination's subscriptions and mappings"
+    )
+    mappings_commands = mappings.add_subparsers(dest="mappings_command", required=True)
+    m_test = mappings_commands.add_parser(
+        "test",
+        parents=[common],
+        help="which actions a message triggers and the requests they would send (none is sent)",
+    )
+    m_test.add_argument("destination", help="the destination's name in the config")
+    m_test.add_argument(
+        "--message",
+        help="a JSON file holding one message ('-': standard input; default: a sample track)",
+    )
     warehouse_commands.add_parser(commands, common)
     return parser
 
@@ -106,10 +133,16 @@ def _serve(cfg: config.Config) -> int:
 
 def _check_config(cfg: config.Config, path: str) -> int:
     from cdpd.destinations import registry
+    from cdpd.mapping import kit
 
     try:
         for destination in cfg.destinations:
             registry.build(destination)
+            for action in registry.actions_of(destination):
+                where = f"destination {destination.name!r}, action {action.name!r}.mapping"
+                for warning in kit.warnings(action.mapping, where):
+                    print(f"cdpd: warning: {path}: {warning} (each message it maps fails)",
+                          file=sys.stderr)  # fmt: skip
     except config.ConfigError as exc:
         print(f"cdpd: config error: {path}: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -147,6 +180,33 @@ def _destinations(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _mappings(cfg: config.Config, args: argparse.Namespace) -> int:
+    from cdpd.destinations import rehearsal
+
+    destination = next((d for d in cfg.destinations if d.name == args.destination), None)
+    if destination is None:
+        print(f"cdpd: no destination is named {args.destination!r}", file=sys.stderr)
+        return EXIT_USAGE
+    message: Any = rehearsal.SAMPLE_MESSAGE
+    if args.message is not None:
+        try:
+            text = sys.stdin.read() if args.message == "-" else Path(args.message).read_text()
+            message = msgspec.json.decode(text)
+        except (OSError, UnicodeDecodeError, msgspec.DecodeError) as exc:
+            print(f"cdpd: --message {args.message}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if not isinstance(message, dict):
+            print(f"cdpd: --message {args.message}: expected a JSON object", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        report = asyncio.run(rehearsal.rehearse(destination, message))
+    except config.ConfigError as exc:
+        print(f"cdpd: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(msgspec.json.format(msgspec.json.encode(report), indent=2).decode())
+    return EXIT_OK
+
+
 def _deliveries(cfg: config.Config, args: argparse.Namespace) -> int:
     path = cfg.storage.outbox_path
     if not path.exists():
@@ -157,6 +217,10 @@ def _deliveries(cfg: config.Config, args: argparse.Namespace) -> int:
         reports = asyncio.run(_read(path, lambda conn: report.destinations(conn, names)))
         print(msgspec.json.encode(reports).decode() if args.json else _format_reports(reports))
         return EXIT_OK
+    if args.deliveries_command == "show":
+        return _show(cfg, args)
+    if args.deliveries_command == "retry":
+        return _retry(cfg, args)
     dead = asyncio.run(_read(path, lambda conn: report.dead(conn, args.destination, args.n)))
     for entry in dead:
         print(msgspec.json.encode(entry).decode())
@@ -195,14 +259,63 @@ async def _replay_in_outbox(
     until: str,
     args: argparse.Namespace,
 ) -> int:
+    async with _store(path) as store:
+        if since is None:
+            return await replay.replay_dead(store, destination)
+        return await replay.replay_range(store, destination, since, until, args.source)
+
+
+@contextlib.asynccontextmanager
+async def _store(path: Path) -> AsyncIterator[SqliteDeliveryStore]:
+    """The delivery store on the outbox file, writing through a connection of the CLI's own."""
     async with schema.connect(path) as conn:
 
         def transact(operation: Any) -> Any:
             return replay.in_transaction(conn, operation)
 
-        if since is None:
-            return await replay.replay_dead(transact, destination)
-        return await replay.replay_range(transact, destination, since, until, args.source)
+        yield SqliteDeliveryStore(transact, path)
+
+
+def _show(cfg: config.Config, args: argparse.Namespace) -> int:
+    from cdpd.delivery.service import routing_rule
+
+    rules = [routing_rule(d) for d in cfg.destinations]
+
+    async def show() -> list[DeliveryStatus]:
+        async with _store(cfg.storage.outbox_path) as store:
+            return await store.show(args.message_id, rules)
+
+    found = asyncio.run(show())
+    if not found:
+        print(f"cdpd: no message {args.message_id!r} in the outbox", file=sys.stderr)
+        return EXIT_FAILURE
+    for status in found:
+        if args.json:
+            print(msgspec.json.encode(status).decode())
+            continue
+        line = f"{status.destination:<20} seq {status.seq:<8} {status.state}"
+        if status.attempts:
+            line += f", {status.attempts} attempts"
+        if status.next_attempt_at:
+            line += f", next at {status.next_attempt_at}"
+        if status.last_error:
+            line += f", last error: {status.last_error}"
+        print(line)
+    return EXIT_OK
+
+
+def _retry(cfg: config.Config, args: argparse.Namespace) -> int:
+    if not any(d.name == args.destination for d in cfg.destinations):
+        print(f"cdpd: no destination is named {args.destination!r}", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def retry() -> int:
+        async with _store(cfg.storage.outbox_path) as store:
+            return await store.retry_now(args.destination, format_ms(now_ms()))
+
+    count = asyncio.run(retry())
+    print(f"{count} waiting deliveries of {args.destination} are due now")
+    return EXIT_OK
 
 
 async def _read(path: Path, query: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
@@ -246,6 +359,14 @@ def _format_stats(stats: reader.OutboxStats) -> str:
     lines += [f"{r.source or '-':<24} {r.reason_code:<24} {r.rejects:>10}" for r in stats.rejects]
     if not stats.rejects:
         lines.append("(no rejected messages)")
+    lines += ["", f"{'consumer':<32} {'position':>10} {'behind':>10} {'seconds':>10}"]
+    lines += [
+        f"{c.name:<32} {c.seq:>10} {c.messages_behind:>10} {c.seconds_behind:>10.1f}"
+        + ("  (paused)" if c.paused else "")
+        for c in stats.consumers
+    ]
+    if not stats.consumers:
+        lines.append("(no consumers)")
     return "\n".join(lines)
 
 

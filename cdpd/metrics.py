@@ -1,4 +1,5 @@
-"""Prometheus metrics: ingest counters and delivery state, one registry per application."""
+"""Prometheus metrics: ingest counters, delivery state and service restarts, one registry per
+application."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from prometheus_client.registry import Collector
 
 from cdpd.delivery.report import DestinationReport
 from cdpd.delivery.store import STATES
+from cdpd.supervise import Restarts
 
 if TYPE_CHECKING:
     from cdpd.delivery.service import Delivery
@@ -21,7 +23,8 @@ LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, restarts: Restarts | None = None) -> None:
+        self.restarts = restarts or Restarts()
         self.registry = CollectorRegistry(auto_describe=False)
         self._latency = Histogram(
             "cdpd_delivery_request_seconds",
@@ -30,7 +33,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
-        self._collector = _Collector()
+        self._collector = _Collector(self.restarts)
         self.registry.register(self._collector)
 
     def delivery_observer(self, destination: str) -> Callable[[float], None]:
@@ -48,7 +51,8 @@ class Metrics:
 
 
 class _Collector(Collector):
-    def __init__(self) -> None:
+    def __init__(self, restarts: Restarts) -> None:
+        self.restarts = restarts
         self.ingest: Ingest | None = None
         self.delivery: Delivery | None = None
         self.reports: list[DestinationReport] = []
@@ -59,6 +63,7 @@ class _Collector(Collector):
         if self.delivery is not None:
             yield from _lane_metrics(self.delivery)
         yield from _outbox_metrics(self.reports)
+        yield _restart_metrics(self.restarts)
 
 
 def _ingest_metrics(ingest: Ingest) -> Iterator[Metric]:
@@ -91,8 +96,14 @@ def _lane_metrics(delivery: Delivery) -> Iterator[Metric]:
     unhealthy = GaugeMetricFamily(
         "cdpd_delivery_unhealthy", "1 after a 401 or 403 until a success", labels=["destination"]
     )
+    circuit = GaugeMetricFamily(
+        "cdpd_delivery_circuit_open",
+        "1 while the lane's circuit is open or probing (the destination keeps failing)",
+        labels=["destination"],
+    )
     for name, lane in delivery.lanes.items():
         stats = lane.stats
+        circuit.add_metric([name], int(lane.circuit.state != "closed"))
         for outcome, count in (
             ("delivered", stats.delivered),
             ("retrying", stats.retried),
@@ -103,7 +114,7 @@ def _lane_metrics(delivery: Delivery) -> Iterator[Metric]:
             errors.add_metric([name, status], count)
         in_flight.add_metric([name], stats.in_flight)
         unhealthy.add_metric([name], int(stats.unhealthy))
-    yield from (outcomes, errors, in_flight, unhealthy)
+    yield from (outcomes, errors, in_flight, unhealthy, circuit)
 
 
 def _outbox_metrics(reports: list[DestinationReport]) -> Iterator[Metric]:
@@ -118,3 +129,22 @@ def _outbox_metrics(reports: list[DestinationReport]) -> Iterator[Metric]:
                 continue
             deliveries.add_metric([report.destination, state], getattr(report, state))
     yield deliveries
+    backlog = GaugeMetricFamily(
+        "cdpd_delivery_backlog",
+        "Messages past the destination lane's position (not reached yet)",
+        labels=["destination"],
+    )
+    for report in reports:
+        backlog.add_metric([report.destination], report.backlog)
+    yield backlog
+
+
+def _restart_metrics(restarts: Restarts) -> Metric:
+    family = CounterMetricFamily(
+        "cdpd_service_restarts",
+        "Restarts of background services after an unexpected exception (log: service_failed)",
+        labels=["service"],
+    )
+    for service, count in sorted(restarts.counts.items()):
+        family.add_metric([service], count)
+    return family

@@ -1,9 +1,10 @@
 """One rule for every background service: run it; if it fails, log and run it again, later.
 
 A service is anything with `run(stop)` that works until `stop` is set and then returns. An
-unexpected exception is logged with its traceback and the service starts again after a pause
-that doubles from `initial_s` up to `max_s` (and starts over once a run has lasted `healthy_s`),
-so a fault in one background task never takes the daemon down and never spins.
+unexpected exception is logged (event `service_failed`, with its traceback) and the service
+starts again after a pause that doubles from `initial_s` up to `max_s` (and starts over once a
+run has lasted `healthy_s`), so a fault in one background task never takes the daemon down and
+never spins. Setting `stop` ends the pause at once; cancellation is never caught.
 """
 
 from __future__ import annotations
@@ -39,16 +40,26 @@ class Backoff(msgspec.Struct, frozen=True):
 
 
 class Restarts:
-    """How often each supervised service has been restarted (for /metrics and tests)."""
+    """How often each supervised service has been restarted (for /metrics and tests).
+
+    A service is listed, at 0, from the moment it is first supervised."""
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
         self.changed = asyncio.Condition()
 
+    def watch(self, name: str) -> None:
+        self.counts.setdefault(name, 0)
+
     async def count(self, name: str) -> None:
         self.counts[name] = self.counts.get(name, 0) + 1
         async with self.changed:
             self.changed.notify_all()
+
+    async def wait_for(self, name: str, count: int) -> None:
+        """Wait until `name` has been restarted at least `count` times."""
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.counts.get(name, 0) >= count)
 
 
 async def supervise(
@@ -61,8 +72,12 @@ async def supervise(
     restarts: Restarts | None = None,
     monotonic: Callable[[], float] = time.monotonic,
 ) -> None:
-    """Run `run(stop)` until it returns or `stop` is set, restarting it after a failure."""
+    """Run `run(stop)` until it returns or `stop` is set, restarting it after a failure.
+
+    A failure while `stop` is set is logged but not restarted: the service was ending anyway."""
     backoff = backoff or Backoff()
+    if restarts is not None:
+        restarts.watch(name)
     restart = 0
     while not stop.is_set():
         started = monotonic()
@@ -72,6 +87,9 @@ async def supervise(
         except Exception:
             if monotonic() - started >= backoff.healthy_s:
                 restart = 0
+            if stop.is_set():
+                log.exception("service_failed", service=name, restart_in_s=None)
+                return
             restart += 1
             pause_s = backoff.pause_s(restart)
             log.exception("service_failed", service=name, restart_in_s=pause_s, restarts=restart)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import os
 import signal
 import socket
@@ -284,3 +285,33 @@ class WarehouseProbe:
             await conn.execute(sql)
         finally:
             await conn.close()
+
+
+def delivery_statuses(data_dir: Path, destination: str) -> list[Any]:
+    """Where each message owed to `destination` stands, as the delivery store says (the config
+    is the one the test wrote beside the data folder)."""
+    from cdpd import config as cdpd_config
+    from cdpd.delivery.service import routing_rule
+    from cdpd.delivery.store import RoutingRule, SqliteDeliveryStore
+
+    path = data_dir.parent / "cdpd.toml"
+    configured = cdpd_config.load(path).destinations if path.exists() else []
+    found = [routing_rule(d) for d in configured if d.name == destination]
+    rule = found[0] if found else RoutingRule(destination, catalog_name=destination)
+
+    async def read() -> list[Any]:
+        async def unused(_: Any) -> Any:
+            raise AssertionError("reading only")
+
+        store = SqliteDeliveryStore(unused, outbox_path(data_dir))
+        return await store.statuses(rule)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, read()).result()
+
+
+def destination_names(data_dir: Path) -> list[str]:
+    from cdpd import config as cdpd_config
+
+    path = data_dir.parent / "cdpd.toml"
+    return [d.name for d in cdpd_config.load(path).destinations] if path.exists() else []

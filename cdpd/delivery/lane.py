@@ -1,13 +1,15 @@
-"""One destination's lane: claims its due deliveries, sends them, records every attempt.
+"""One destination's lane: a consumer of the outbox that sends what its destination is owed.
 
-Each lane has its own concurrency cap, rate limit, batch size and timeout, and its own tasks, so
-a slow or dead destination only ever fills its own lane.
+The lane reads new messages past its position (filtered by the destination's routing rule),
+due retries from the ledger, and the messages of replay jobs; `concurrency` workers send them
+in batches of `batch_size`, under the lane's rate limit and circuit breaker; a recorder stores
+outcomes and moves positions. A message delivered on its first attempt costs no row: the
+lane's position passes it (one update per recording, for many batches).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import random
 import time
 from collections import Counter, deque
@@ -18,75 +20,47 @@ import msgspec
 import structlog
 
 from cdpd.clock import Clock
-from cdpd.delivery import policy, store
-from cdpd.delivery.store import Claimed, Outcome
+from cdpd.delivery import policy
+from cdpd.delivery.circuit import Circuit
+from cdpd.delivery.recorder import Finish, Recorder
+from cdpd.delivery.stats import LaneStats, RateLimit
+from cdpd.delivery.store import (
+    DeliveryStore,
+    LaneReader,
+    Outcome,
+    Owed,
+    Parked,
+    ReplayJob,
+    RoutingRule,
+    lane_consumer,
+    replay_consumer,
+)
 from cdpd.destinations import actions
 from cdpd.destinations.actions import Action
 from cdpd.destinations.base import Destination as Sender
 from cdpd.destinations.base import Result
 from cdpd.destinations.settings import Destination, RetryConfig
+from cdpd.model.rows import MessageView
 from cdpd.model.timestamps import format_ms, parse_ms
-from cdpd.outbox.writer import OutboxWriter
+from cdpd.outbox.consumers import Progress
 
 log = structlog.get_logger()
 
-LATENCY_SAMPLES = 2048
 PREFETCH_MIN = 100
 PREFETCH_MAX = 2000
-RECORD_BACKOFF_MAX_S = 30.0
 FAILURE_LOG_EVERY_S = 10.0
 
-
-class LaneStats:
-    """What the lane has seen since the daemon started (the outbox holds the durable counts)."""
-
-    def __init__(self) -> None:
-        self.in_flight = 0
-        self.attempts = 0
-        self.delivered = 0
-        self.retried = 0
-        self.dead = 0
-        self.errors_by_status: Counter[str] = Counter()
-        self.latencies_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
-        self.last_error: str | None = None
-        self.last_error_status: int | None = None
-        self.last_error_message_id: str | None = None
-        self.last_error_at: str | None = None
-        self.unhealthy = False
-        # Notified after every recorded attempt, for whoever watches the lane (tests do).
-        self.recorded = asyncio.Condition()
-
-    def percentile_ms(self, fraction: float) -> float | None:
-        if not self.latencies_ms:
-            return None
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+__all__ = ["Lane", "LaneStats", "RateLimit"]
 
 
-class RateLimit:
-    """A token bucket of `per_s` requests a second (0: no limit), on the lane's clock."""
+class Batch(msgspec.Struct, gc=False):
+    """Messages sent in one request, and the range of their consumer's seqs they finish."""
 
-    def __init__(self, per_s: float, clock: Clock) -> None:
-        self._per_s = per_s
-        self._clock = clock
-        self._tokens = max(1.0, per_s)
-        self._updated_ms = clock.now_ms()
-
-    async def acquire(self, interrupt: asyncio.Event) -> None:
-        """Wait for a token, or until `interrupt` is set."""
-        if self._per_s <= 0:
-            return
-        while True:
-            now = self._clock.now_ms()
-            self._tokens = min(
-                max(1.0, self._per_s), self._tokens + (now - self._updated_ms) / 1000 * self._per_s
-            )
-            self._updated_ms = now
-            if self._tokens >= 1:
-                self._tokens -= 1
-                return
-            if await self._clock.wait(interrupt, (1 - self._tokens) / self._per_s):
-                return
+    items: list[Owed]
+    consumer: str | None  # None: ledger retries (their rows say where they stand)
+    first: int = 0
+    last: int = -1
+    parked: list[Parked] = msgspec.field(default_factory=list)
 
 
 class Lane:
@@ -96,7 +70,9 @@ class Lane:
         sender: Sender,
         *,
         actions: list[Action],
-        writer: OutboxWriter,
+        store: DeliveryStore,
+        rule: RoutingRule,
+        end_seq: Callable[[], int],
         session: aiohttp.ClientSession,
         clock: Clock,
         retry: RetryConfig,
@@ -109,351 +85,617 @@ class Lane:
         self._config = config
         self._sender = sender
         self._actions = actions
-        self._writer = writer
+        self._store = store
+        self._rule = rule
+        self._end_seq = end_seq
         self._session = session
         self._clock = clock
         self._retry = retry
         self._poll_interval_s = poll_interval_s
         self._rand = rand
         self._observe = observe  # request durations, in seconds, for /metrics
+        self._ordered = config.ordering == "user"
         self._limit = RateLimit(config.rate_limit_per_s, clock)
-        self._batch = config.batch_size
+        self._batch_size = config.batch_size
         self._prefetch = min(
             PREFETCH_MAX, max(PREFETCH_MIN, 2 * config.concurrency * config.batch_size)
         )
-        self._stopping = False
-        self._stopped = asyncio.Event()
-        self._work = asyncio.Event()
-        self._fresh_run_state()
+        self.circuit = Circuit()
+        self._work = asyncio.Event()  # new messages, replay or retry: look again
+        self._stop = asyncio.Event()
+        self._run: _Run | None = None
         self._logged_error: str | None = None
         self._logged_at = 0.0
         self._unlogged = 0
 
-    def _fresh_run_state(self) -> None:
-        self._recorder = _Recorder(self._writer, self._clock, self.name)
-        self._queue: deque[Claimed] = deque()
-        self._items = asyncio.Event()  # the queue has deliveries to send
-        self._low = asyncio.Event()  # the queue is below half: claim more
-        self._low.set()
-
     @property
     def stopping(self) -> bool:
-        return self._stopping
+        return self._stop.is_set()
+
+    @property
+    def work(self) -> asyncio.Event:
+        """Set it when the lane may have new work (the writer does after each commit)."""
+        return self._work
 
     def wake(self) -> None:
-        """New deliveries may be due (the router made some, or replay re-queued some)."""
         self._work.set()
 
     def stop(self) -> None:
-        """Claim nothing more; attempts in flight finish."""
-        self._stopping = True
-        for event in (self._stopped, self._work, self._items, self._low):
+        """Start nothing more; attempts in flight finish."""
+        self._stop.set()
+        self._work.set()
+        if self._run is not None:
+            self._run.wake_all()
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Until stopped: fill a queue of batches a few rounds ahead, send them with
+        `concurrency` workers, record outcomes. After a failure it may be run again: it starts
+        over from the positions stored. `lane.stop()` stops it (the delivery service calls it
+        for every lane when its own `stop` is set)."""
+        if (stop is not None and stop.is_set()) or self.stopping:
+            return
+        reader = await self._store.reader(self._rule)
+        try:
+            self._run = _Run(self, reader)
+            await self._run.run()
+        finally:
+            self._run = None
+            await reader.close()
+
+
+class _Run:
+    """One run of a lane: its queue, positions and in-flight bookkeeping."""
+
+    def __init__(self, lane: Lane, reader: LaneReader) -> None:
+        self.lane = lane
+        self.reader = reader
+        self.progress: dict[str, Progress] = {}
+        self.recorder = Recorder(lane._store, lane._clock, lane.name, self.progress)
+        self.queue: deque[Batch] = deque()
+        self.queued_items = 0
+        self.items = asyncio.Event()  # the queue has batches
+        self.room = asyncio.Event()  # the queue is below half: read more
+        self.room.set()
+        self.read_to: dict[str, int] = {}
+        self.jobs: dict[str, ReplayJob] = {}
+        self.ledger_busy: set[int] = set()  # ledger seqs queued or in flight
+        self.keys_busy: Counter[str] = Counter()  # users with a message queued or in flight
+        self.keys_waiting: Counter[str] = Counter()  # users with unfinished ledger rows
+        self.probe: asyncio.Event = asyncio.Event()
+        self.retry_all = False  # the destination is back: make every waiting retry due
+        self.expire_due = False  # a probe failed: give up what waited its whole retry window
+
+    def wake_all(self) -> None:
+        for event in (self.items, self.room, self.probe):
             event.set()
 
     async def run(self) -> None:
-        """`concurrency` workers send what a filler claims ahead of them (a few rounds'
-        worth, topped up below half), and a recorder stores their outcomes. May be run again
-        after it failed."""
-        self._fresh_run_state()
+        lane = self.lane
+        positions = await self.reader.positions()
+        own = lane_consumer(lane.name)
+        start = positions.get(own)
+        self.progress[own] = Progress(start.seq, start.done_ranges) if start else Progress(0)
+        self.read_to[own] = self.progress[own].seq
+        if lane._ordered:
+            self.keys_waiting = await self.reader.unfinished_keys()
         async with asyncio.TaskGroup() as recording:
-            recording.create_task(self._recorder.run(), name=f"record-{self.name}")
+            recording.create_task(self.recorder.run(), name=f"record-{lane.name}")
             try:
                 async with asyncio.TaskGroup() as workers:
-                    for number in range(self._config.concurrency):
-                        workers.create_task(self._send_loop(), name=f"{self.name}-{number}")
+                    for number in range(lane._config.concurrency):
+                        workers.create_task(self._send_loop(), name=f"{lane.name}-{number}")
                     await self._fill_until_stopped()
             finally:
-                self._recorder.close()  # after the last attempt has handed in its outcome
-        unsent = [item.id for item in self._queue]
-        self._queue.clear()
-        if unsent:
-            try:
-                await self._writer.transact(functools.partial(store.release, ids=unsent))
-            except Exception:  # they go back at the next start instead
-                log.exception("delivery_release_failed", destination=self.name)
+                self.recorder.close()
+
+    # -- reading ahead ----------------------------------------------------------------------
 
     async def _fill_until_stopped(self) -> None:
-        while not self._stopping:
-            await self._low.wait()
-            if self._stopping:
+        lane = self.lane
+        while not lane.stopping:
+            await self.room.wait()
+            if lane.stopping:
                 return
+            lane._work.clear()
             try:
-                claimed = await self._claim(self._prefetch - len(self._queue))
-            except Exception:  # the outbox failed this time (say, locked or full): later
-                log.exception("delivery_claim_failed", destination=self.name)
-                claimed = []
-            if claimed:
-                self._queue.extend(claimed)
-                self._items.set()
-                if len(self._queue) >= self._prefetch // 2:
-                    self._low.clear()
-            else:
+                found = await self._fill(lane._prefetch - self.queued_items)
+            except Exception:  # the outbox failed this time (say, locked): later
+                log.exception("delivery_read_failed", destination=lane.name)
+                found = False
+            if not found:
                 await self._wait_for_work()
 
-    async def _send_loop(self) -> None:
-        while True:
-            await self._items.wait()
-            if self._stopping:
-                return
-            batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._batch))]
-            if not self._queue:
-                self._items.clear()
-            if len(self._queue) < self._prefetch // 2:
-                self._low.set()
-            if not batch:
-                continue
-            await self._limit.acquire(self._stopped)
-            if self._stopping:
-                self._queue.extendleft(reversed(batch))  # released with the rest
-                return
-            await self._attempt(batch)
+    async def _fill(self, room: int) -> bool:
+        """Queue up to `room` messages: due retries first, then replay jobs, then new
+        messages. Returns whether anything was queued or finished."""
+        lane = self.lane
+        if room <= 0:
+            self.room.clear()
+            return True
+        now_at = format_ms(lane._clock.now_ms())
+        if self.retry_all:  # the destination is back: what waits for a retry goes now
+            self.retry_all = False
+            await lane._store.retry_now(lane.name, now_at)
+        found = False
+        due = [o for o in await self.reader.due(now_at, room) if o.view.seq not in self.ledger_busy]
+        if lane._ordered:
+            due = self._one_per_user(due)
+        for start in range(0, len(due), lane._batch_size):
+            self._enqueue(Batch(due[start : start + lane._batch_size], None))
+            found = True
+        room -= len(due)
+        if room > 0:
+            found = await self._fill_replays(room) or found
+        room = lane._prefetch - self.queued_items
+        if room > 0:
+            found = await self._fill_stream(lane_consumer(lane.name), room) or found
+        return found
 
-    async def _claim(self, limit: int) -> list[Claimed]:
-        claim = functools.partial(
-            store.claim,
-            destination=self.name,
-            now_at=format_ms(self._clock.now_ms()),
-            limit=limit,
-            ordered=self._config.ordering == "user",
-        )
-        return await self._writer.transact(claim)
+    def _one_per_user(self, due: list[Owed]) -> list[Owed]:
+        chosen, seen = [], set()
+        for owed in due:
+            key = owed.order_key
+            if key is not None and (key in seen or self.keys_busy[key]):
+                continue
+            if key is not None:
+                seen.add(key)
+            chosen.append(owed)
+        return chosen
+
+    async def _fill_replays(self, room: int) -> bool:
+        jobs = await self.reader.replay_jobs()
+        found = False
+        for job in jobs:
+            name = replay_consumer(job.id)
+            if name not in self.jobs:
+                positions = await self.reader.positions()
+                start = positions.get(name)
+                if start is None:
+                    continue
+                self.jobs[name] = job
+                self.progress[name] = Progress(start.seq, start.done_ranges)
+                self.read_to[name] = self.progress[name].seq
+            if self.read_to[name] >= job.last_seq:
+                continue
+            found = await self._fill_stream(name, room, job) or found
+            room = self.lane._prefetch - self.queued_items
+            if room <= 0:
+                break
+        return found
+
+    async def _fill_stream(self, name: str, room: int, job: ReplayJob | None = None) -> bool:
+        """Read past the consumer's read position; the batches made cover the whole range
+        read (messages the destination is not owed included), so finishing them all moves
+        the position over it."""
+        after = self.read_to[name]
+        up_to = self.lane._end_seq() if job is None else job.last_seq
+        if up_to <= after:
+            return False
+        if job is None:
+            owed = await self.reader.new_messages(after, up_to, room)
+        else:
+            owed = await self.reader.replay_messages(job, after, room)
+        scanned = up_to if len(owed) < room else owed[-1].view.seq
+        progress = self.progress[name]
+        if progress.done:
+            owed = [o for o in owed if not progress.is_done(o.view.seq)]
+        self.read_to[name] = scanned
+        batches = self._batches(name, owed, after, scanned)
+        for batch in batches:
+            if batch.items:
+                self._enqueue(batch)
+            else:
+                self.recorder.finish(Finish(name, batch.first, batch.last, batch.parked))
+        return True
+
+    def _batches(self, name: str, owed: list[Owed], after: int, scanned: int) -> list[Batch]:
+        size = self.lane._batch_size
+        batches: list[Batch] = []
+        current = Batch([], name, after + 1)
+        for item in owed:
+            key = item.order_key
+            if key is not None and (self.keys_busy[key] or self.keys_waiting[key]):
+                # An earlier message of this user is unfinished: this one waits in the ledger.
+                current.parked.append(Parked(item.view.seq, item.view.message_id, key))
+                self.keys_waiting[key] += 1
+            else:
+                current.items.append(item)
+                if key is not None:
+                    self.keys_busy[key] += 1
+            if len(current.items) >= size:
+                current.last = item.view.seq
+                batches.append(current)
+                current = Batch([], name, item.view.seq + 1)
+        current.last = scanned
+        if current.items or current.parked or current.first <= current.last:
+            batches.append(current)
+        return batches
+
+    def _enqueue(self, batch: Batch) -> None:
+        if batch.consumer is None:
+            self.ledger_busy.update(o.view.seq for o in batch.items)
+            for owed in batch.items:
+                if owed.order_key is not None:
+                    self.keys_busy[owed.order_key] += 1
+        self.queue.append(batch)
+        self.queued_items += len(batch.items)
+        self.items.set()
+        if self.queued_items >= self.lane._prefetch // 2:
+            self.room.clear()
 
     async def _wait_for_work(self) -> None:
-        """Until woken, the next delivery is due, or the poll interval has passed."""
+        """Until woken, the next retry is due, or the poll interval has passed."""
+        lane = self.lane
         try:
-            due_at = await self._writer.transact(
-                functools.partial(
-                    store.next_due_at,
-                    destination=self.name,
-                    ordered=self._config.ordering == "user",
-                )
-            )
+            due_at = await self.reader.next_due_at()
         except Exception:
-            log.exception("delivery_claim_failed", destination=self.name)
+            log.exception("delivery_read_failed", destination=lane.name)
             due_at = None
-        timeout_s = self._poll_interval_s
-        if due_at is not None:
-            timeout_s = min(timeout_s, max(0.0, (parse_ms(due_at) - self._clock.now_ms()) / 1000))
-        await self._clock.wait(self._work, timeout_s)
-        self._work.clear()
+        timeout_s = lane._poll_interval_s
+        if due_at is not None and parse_ms(due_at) > lane._clock.now_ms():
+            # (rows due already are in flight, or wait behind a user's earlier message: a
+            # recording wakes the lane)
+            timeout_s = min(timeout_s, (parse_ms(due_at) - lane._clock.now_ms()) / 1000)
+        await lane._clock.wait(lane._work, timeout_s)
 
-    async def _attempt(self, batch: list[Claimed]) -> None:
-        self.stats.in_flight += len(batch)
+    # -- sending ----------------------------------------------------------------------------
+
+    async def _send_loop(self) -> None:
+        lane = self.lane
+        while True:
+            await self.items.wait()
+            if lane.stopping:
+                return
+            if not await self._may_send():
+                continue
+            if not self.queue:
+                self.items.clear()
+                continue
+            batch = self.queue.popleft()
+            if not self.queue:
+                self.items.clear()
+            probing = lane.circuit.state == "open"
+            if probing:
+                lane.circuit.start_probe()
+                batch = self._split_probe(batch)
+            self.queued_items -= len(batch.items)
+            if self.queued_items < lane._prefetch // 2:
+                self.room.set()
+            await lane._limit.acquire(lane._stop)
+            await self._attempt(batch)
+
+    async def _may_send(self) -> bool:
+        """Wait while the circuit is open (until its probe) or the lane is paused."""
+        lane = self.lane
+        circuit = lane.circuit
+        now = lane._clock.now_ms()
+        if circuit.may_send(now) or circuit.may_probe(now):
+            return True
+        if self.expire_due:
+            self.expire_due = False
+            await self._expire()
+            return False
+        if circuit.state == "probing":  # another worker probes: wait for its verdict
+            self.probe.clear()
+            await lane._clock.wait(self.probe, lane._poll_interval_s)
+            return False
+        lane.stats.circuit = circuit.state
+        await lane._clock.wait(lane._stop, circuit.wait_ms(now) / 1000)
+        return False
+
+    async def _expire(self) -> None:
+        """While the circuit stays open, the retry window still runs: what has waited all of
+        it is given up (dead, with the reason), so nothing is held forever. Waiting retries
+        count from their first attempt, messages never attempted from their arrival."""
+        lane = self.lane
+        now = lane._clock.now_ms()
+        cutoff = format_ms(now - round(lane._retry.retry_window_s * 1000))
         try:
-            started_ms = self._clock.now_ms()
-            began = time.perf_counter()
-            results = await self._send(batch)
-            duration_ms = (time.perf_counter() - began) * 1000
-            if self._observe is not None:
-                self._observe(duration_ms / 1000)
-            outcomes = self._outcomes(batch, results, started_ms, duration_ms)
-            await self._recorder.record(outcomes)
-            if self._config.ordering == "user":
-                # A user's later messages wait while this batch is in flight, and the filler
-                # found nothing due meanwhile: now that it is recorded, they may be.
-                self._work.set()
-            self._count(outcomes, duration_ms)
-            async with self.stats.recorded:
-                self.stats.recorded.notify_all()
-        finally:
-            self.stats.in_flight -= len(batch)
+            expired = await lane._store.expire(lane.name, lane._rule, cutoff, format_ms(now))
+        except Exception:
+            log.exception("delivery_expire_failed", destination=lane.name)
+            return
+        kept: deque[Batch] = deque()
+        given_up = 0
+        while self.queue:
+            batch = self.queue.popleft()
+            if batch.consumer is None and all(
+                (o.view.first_attempt_at or "") < cutoff for o in batch.items
+            ):  # their ledger rows were just given up
+                self.ledger_busy.difference_update(o.view.seq for o in batch.items)
+                self._release_keys(batch)
+                self.queued_items -= len(batch.items)
+            elif batch.consumer is not None and all(o.received_at < cutoff for o in batch.items):
+                await self._give_up(batch, now)
+                given_up += len(batch.items)
+            else:
+                kept.append(batch)
+        self.queue = kept
+        lane.stats.dead += expired
+        if expired or given_up:
+            log.warning(
+                "delivery_expired",
+                destination=lane.name,
+                retries=expired,
+                unsent=given_up,
+                reason="the destination stayed unreachable for the whole retry window",
+            )
+            self.room.set()
 
-    async def _send(self, batch: list[Claimed]) -> list[Result]:
-        """Prepare each delivery for its actions, send, and make one result per delivery. A
+    async def _give_up(self, batch: Batch, now_ms: int) -> None:
+        at = format_ms(now_ms)
+        error = "never sent: the destination stayed unreachable for the whole retry window"
+        outcomes = [
+            Outcome(
+                seq=o.view.seq,
+                message_id=o.view.message_id,
+                order_key=o.order_key,
+                attempt=0,
+                started_at=at,
+                duration_ms=0.0,
+                status=None,
+                error=error,
+                state="dead",
+                first_attempt_at=o.received_at,
+                next_attempt_at=at,
+                finished_at=at,
+                origin=_origin(batch.consumer),
+            )
+            for o in batch.items
+        ]
+        self.queued_items -= len(batch.items)
+        assert batch.consumer is not None
+        await self.recorder.record(
+            outcomes, Finish(batch.consumer, batch.first, batch.last, batch.parked)
+        )
+        self._release_keys(batch)
+        self.lane.stats.dead += len(outcomes)
+
+    def _release_keys(self, batch: Batch) -> None:
+        for owed in batch.items:
+            key = owed.order_key
+            if key is not None:
+                self.keys_busy[key] -= 1
+                if self.keys_busy[key] <= 0:
+                    del self.keys_busy[key]
+
+    def _split_probe(self, batch: Batch) -> Batch:
+        """A probe is one message; the rest of its batch goes back to the queue's head."""
+        if len(batch.items) <= 1:
+            return batch
+        first, rest = batch.items[0], batch.items[1:]
+        if batch.consumer is None:
+            self.queue.appendleft(Batch(rest, None))
+            self.items.set()
+            return Batch([first], None)
+        probe = Batch([first], batch.consumer, batch.first, first.view.seq)
+        self.queue.appendleft(
+            Batch(rest, batch.consumer, first.view.seq + 1, batch.last, batch.parked)
+        )
+        self.items.set()
+        return probe
+
+    async def _attempt(self, batch: Batch) -> None:
+        lane = self.lane
+        stats = lane.stats
+        stats.in_flight += len(batch.items)
+        try:
+            started_ms = lane._clock.now_ms()
+            began = time.perf_counter()
+            results = await self._send([o.view for o in batch.items])
+            duration_ms = (time.perf_counter() - began) * 1000
+            if lane._observe is not None:
+                lane._observe(duration_ms / 1000)
+            origin = _origin(batch.consumer)
+            outcomes = self._outcomes(batch.items, results, started_ms, duration_ms, origin)
+            self._judge_destination(results)
+            finish = None
+            if batch.consumer is not None:
+                finish = Finish(batch.consumer, batch.first, batch.last, batch.parked)
+            await self.recorder.record(outcomes, finish)
+            self._settle(batch, outcomes)
+            self._count(outcomes, duration_ms)
+            async with stats.recorded:
+                stats.recorded.notify_all()
+        finally:
+            stats.in_flight -= len(batch.items)
+
+    def _judge_destination(self, results: Sequence[Result]) -> None:
+        """Feed the circuit: the request failed as a whole when every result is a retryable
+        failure (a connection error, a timeout, 408, 429, 5xx)."""
+        lane = self.lane
+        circuit = lane.circuit
+        now = lane._clock.now_ms()
+        failed = [r for r in results if not r.invalid and not r.skipped and _retryable(r)]
+        if results and len(failed) == len(results):
+            worst = failed[0]
+            was = circuit.state
+            circuit.failed(now, worst.retry_after_s, worst.status)
+            if was == "probing":
+                self.expire_due = True
+            if circuit.state == "open" and was == "closed":
+                log.warning(
+                    "delivery_circuit_open",
+                    destination=lane.name,
+                    failures_in_a_row=circuit.failures_in_a_row,
+                    probe_in_s=circuit.probe_interval_s(),
+                )
+        elif circuit.succeeded():
+            log.info("delivery_circuit_closed", destination=lane.name)
+            self.retry_all = True
+            lane._work.set()
+        lane.stats.circuit = circuit.state
+        self.probe.set()
+
+    def _settle(self, batch: Batch, outcomes: list[Outcome]) -> None:
+        """The batch is recorded: its users and ledger rows are free again."""
+        for owed, outcome in zip(batch.items, outcomes, strict=True):
+            key = owed.order_key
+            if batch.consumer is None:
+                self.ledger_busy.discard(owed.view.seq)
+            if key is None:
+                continue
+            self.keys_busy[key] -= 1
+            if self.keys_busy[key] <= 0:
+                del self.keys_busy[key]
+            was_waiting = owed.from_ledger
+            waits = outcome.state == "retrying"
+            self.keys_waiting[key] += int(waits) - int(was_waiting)
+            if self.keys_waiting[key] <= 0:
+                del self.keys_waiting[key]
+        if batch.consumer is not None and batch.consumer in self.jobs:
+            job = self.jobs[batch.consumer]
+            if self.progress[batch.consumer].seq >= job.last_seq:
+                self.recorder.finish_job(job.id)
+                del self.jobs[batch.consumer]
+        if self.lane._ordered or batch.consumer is None:
+            self.lane._work.set()  # a user's next message, or a retry, may go now
+
+    async def _send(self, batch: list[MessageView]) -> list[Result]:
+        """Prepare each message for its actions, send, and make one result per message. A
         failure of cdpd's own (a bug in a mapping, say) is retried like a network error."""
         try:
-            return await self._prepare_and_send(batch)
+            prepared = actions.prepare(self.lane._actions, batch)
+            ready = [item for item in prepared if item.problem is None]
+            sent = iter(await self.lane._sender.send(self.lane._session, ready) if ready else [])
+            results = [
+                next(sent) if item.problem is None else Result(None, item.problem, invalid=True)
+                for item in prepared
+            ]
+            return actions.combine(batch, prepared, results)
         except Exception as exc:
-            log.exception("delivery_send_failed", destination=self.name)
+            log.exception("delivery_send_failed", destination=self.lane.name)
             return [Result(None, f"cdpd failed to send it: {type(exc).__name__}: {exc}")] * len(
                 batch
             )
 
-    async def _prepare_and_send(self, batch: list[Claimed]) -> list[Result]:
-        prepared = actions.prepare(self._actions, batch)
-        ready = [item for item in prepared if item.problem is None]
-        sent = iter(await self._sender.send(self._session, ready) if ready else [])
-        results = [
-            next(sent) if item.problem is None else Result(None, item.problem, invalid=True)
-            for item in prepared
-        ]
-        return actions.combine(batch, prepared, results)
-
     def _outcomes(
         self,
-        batch: Sequence[Claimed],
+        batch: Sequence[Owed],
         results: Sequence[Result],
         started_ms: int,
         duration_ms: float,
+        origin: str,
     ) -> list[Outcome]:
-        """One outcome per delivery. Items of a batch that share their history and result
+        """One outcome per message. Messages of a batch that share their history and result
         share the verdict too (and so retry together), so it is decided once."""
-        now_ms = self._clock.now_ms()
+        now_ms = self.lane._clock.now_ms()
         started_at = format_ms(started_ms)
         duration_ms = round(duration_ms, 3)
-        verdicts: dict[tuple[int, str | None, int], _Verdict] = {}
+        verdicts: dict[tuple[int, str | None, int], tuple[str, str | None, str, str, str | None]]
+        verdicts = {}
         outcomes = []
-        for item, result in zip(batch, results, strict=True):
-            key = (item.attempts, item.first_attempt_at, id(result))
+        for owed, result in zip(batch, results, strict=True):
+            view = owed.view
+            key = (view.attempts, view.first_attempt_at, id(result))
             verdict = verdicts.get(key)
             if verdict is None:
-                verdict = verdicts[key] = self._verdict(item, result, started_at, now_ms)
+                verdict = verdicts[key] = self._verdict(owed, result, started_at, now_ms)
+            state, error, first_at, next_at, finished_at = verdict
             outcomes.append(
                 Outcome(
-                    delivery_id=item.id,
-                    destination=self.name,
-                    message_id=item.message_id,
-                    attempt=item.attempts + 1,
+                    seq=view.seq,
+                    message_id=view.message_id,
+                    order_key=owed.order_key,
+                    attempt=view.attempts + 1,
                     started_at=started_at,
                     duration_ms=duration_ms,
                     status=result.status,
-                    error=verdict.error,
-                    state=verdict.state,
-                    first_attempt_at=verdict.first_attempt_at,
-                    next_attempt_at=verdict.next_attempt_at,
-                    finished_at=verdict.finished_at,
+                    error=error,
+                    state=state,
+                    first_attempt_at=first_at,
+                    next_attempt_at=next_at,
+                    finished_at=finished_at,
+                    origin=origin,
                 )
             )
         return outcomes
 
-    def _verdict(self, item: Claimed, result: Result, started_at: str, now_ms: int) -> _Verdict:
-        first_at = item.first_attempt_at or started_at
+    def _verdict(
+        self, owed: Owed, result: Result, started_at: str, now_ms: int
+    ) -> tuple[str, str | None, str, str, str | None]:
+        view = owed.view
+        first_at = view.first_attempt_at or started_at
         if result.skipped:
             decision = policy.Decision("delivered", None, "nothing to send")
         elif result.invalid:
             decision = policy.Decision("dead", None, "the destination cannot take it as it is")
         else:
             decision = policy.decide(
-                self._retry,
+                self.lane._retry,
                 status=result.status,
-                attempt=item.attempts + 1,
+                attempt=view.attempts + 1,
                 first_attempt_ms=parse_ms(first_at),
                 now_ms=now_ms,
                 retry_after_s=result.retry_after_s,
-                rand=self._rand,
+                rand=self.lane._rand,
             )
         now_at = format_ms(now_ms)
-        return _Verdict(
-            state=decision.verdict,
-            error=result.error if result.skipped else _error(result, decision),
-            first_attempt_at=first_at,
-            next_attempt_at=format_ms(decision.next_attempt_ms or now_ms),
-            finished_at=None if decision.verdict == "retrying" else now_at,
+        return (
+            decision.verdict,
+            result.error if result.skipped else _error(result, decision),
+            first_at,
+            format_ms(decision.next_attempt_ms or now_ms),
+            None if decision.verdict == "retrying" else now_at,
         )
 
     def _count(self, outcomes: list[Outcome], duration_ms: float) -> None:
-        stats = self.stats
+        stats = self.lane.stats
         stats.attempts += 1
         stats.latencies_ms.append(duration_ms)
+        failed = None
+        failures = 0
         for outcome in outcomes:
             if outcome.state == "delivered":
                 stats.delivered += 1
                 stats.unhealthy = False
                 continue
+            failures += 1
+            failed = outcome
             stats.errors_by_status[str(outcome.status or "network")] += 1
-            stats.last_error = outcome.error
-            stats.last_error_status = outcome.status
-            stats.last_error_message_id = outcome.message_id
-            stats.last_error_at = outcome.started_at
             if policy.marks_unhealthy(outcome.status):
                 stats.unhealthy = True
             if outcome.state == "dead":
                 stats.dead += 1
             else:
                 stats.retried += 1
-        failed = [outcome for outcome in outcomes if outcome.state != "delivered"]
-        if failed:
-            self._log_failure(failed[0], len(failed))
+        if failed is not None:
+            stats.last_error = failed.error
+            stats.last_error_status = failed.status
+            stats.last_error_message_id = failed.message_id
+            stats.last_error_at = failed.started_at
+            self._log_failure(failed, failures)
 
     def _log_failure(self, outcome: Outcome, count: int) -> None:
         """One line per failure, but at most one per FAILURE_LOG_EVERY_S per lane while the
         error stays the same (a dead destination would otherwise flood the log)."""
+        lane = self.lane
         now = time.monotonic()
-        same = outcome.error == self._logged_error
-        if same and now - self._logged_at < FAILURE_LOG_EVERY_S:
-            self._unlogged += count
+        same = outcome.error == lane._logged_error
+        if same and now - lane._logged_at < FAILURE_LOG_EVERY_S:
+            lane._unlogged += count
             return
         log.warning(
             "delivery_failed",
-            destination=self.name,
+            destination=lane.name,
             status=outcome.status,
             error=outcome.error,
             outcome=outcome.state,
             message_id=outcome.message_id,
             failed=count,
-            similar_since_last_line=self._unlogged,
+            similar_since_last_line=lane._unlogged,
         )
-        self._logged_error, self._logged_at, self._unlogged = outcome.error, now, 0
+        lane._logged_error, lane._logged_at, lane._unlogged = outcome.error, now, 0
 
 
-class _Verdict(msgspec.Struct, frozen=True, gc=False):
-    state: str
-    error: str | None
-    first_attempt_at: str
-    next_attempt_at: str
-    finished_at: str | None
+def _origin(consumer: str | None) -> str:
+    if consumer is None:
+        return "ledger"
+    return "replay" if consumer.startswith("replay:") else "stream"
 
 
-class _Recorder:
-    """Stores outcomes for a lane's attempts, all that have finished meanwhile in one
-    operation. An outcome is stored before its attempt frees its concurrency slot, so a
-    delivery is never attempted again before its last attempt is on disk."""
-
-    def __init__(self, writer: OutboxWriter, clock: Clock, destination: str) -> None:
-        self._writer = writer
-        self._clock = clock
-        self._destination = destination
-        self._pending: list[tuple[list[Outcome], asyncio.Future[None]]] = []
-        self._wake = asyncio.Event()
-        self._stop = asyncio.Event()
-        self._closed = False
-
-    async def record(self, outcomes: list[Outcome]) -> None:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((outcomes, done))
-        self._wake.set()
-        await done
-
-    def close(self) -> None:
-        self._closed = True
-        self._stop.set()
-        self._wake.set()
-
-    async def run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if self._pending:
-                await self._flush()
-            elif self._closed:
-                return
-
-    async def _flush(self) -> None:
-        """Store the pending outcomes, trying again (with a growing pause) for as long as the
-        outbox refuses: the attempts wait, so nothing is sent twice meanwhile. Only a stop
-        gives up; the deliveries are then still in flight and go back at the next start."""
-        group, self._pending = self._pending, []
-        outcomes = [outcome for batch, _ in group for outcome in batch]
-        pause_s = 0.5
-        while True:
-            try:
-                await self._writer.transact(functools.partial(store.record, outcomes=outcomes))
-                break
-            except Exception as exc:  # e.g. a full or locked disk
-                log.error(
-                    "delivery_record_failed",
-                    destination=self._destination,
-                    error=str(exc),
-                    outcomes=len(outcomes),
-                )
-                if self._closed:
-                    break
-                await self._clock.wait(self._stop, pause_s)
-                pause_s = min(RECORD_BACKOFF_MAX_S, pause_s * 2)
-        for _, done in group:
-            if not done.done():
-                done.set_result(None)
-        self._wake.set()  # look again: more may have arrived during the write
+def _retryable(result: Result) -> bool:
+    return not policy.is_success(result.status) and policy.is_retryable(result.status)
 
 
 def _error(result: Result, decision: policy.Decision) -> str | None:

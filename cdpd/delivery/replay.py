@@ -1,73 +1,41 @@
-"""Replay: dead deliveries back to pending, or archived messages owed again to a destination
-(how a new destination is back-filled). Used by `cdpd replay` (on the outbox file directly) and
-by the admin endpoint (through the running daemon's writer). Work goes in chunks, each its own
-short transaction, so a big replay never holds the outbox's write lock for long."""
+"""Replay: dead deliveries back to pending, or archived messages sent again to a destination
+(how a new destination is back-filled: a replay job with a position of its own, which the
+destination's lane reads beside its live messages). Used by `cdpd replay` (on the outbox file
+directly) and by the admin endpoint (through the running daemon's writer)."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import aiosqlite
 
 from cdpd.config import ConfigError, Destination
-from cdpd.delivery import store
 from cdpd.delivery.service import routing_rule
+from cdpd.delivery.store import DeliveryStore
 from cdpd.model.timestamps import format_ms, now_ms
 
 T = TypeVar("T")
 
 
-class Transact(Protocol):
-    """Runs an operation in a transaction: the daemon's writer, or the CLI's own connection."""
-
-    def __call__(
-        self, operation: Callable[[aiosqlite.Connection], Awaitable[T]]
-    ) -> Awaitable[T]: ...
-
-
-async def replay_dead(transact: Transact, destination: Destination) -> int:
+async def replay_dead(store: DeliveryStore, destination: Destination) -> int:
     _check_enabled(destination)
-    total = 0
-    while True:
-        count = await transact(
-            functools.partial(
-                store.replay_dead, destination=destination.name, now_at=format_ms(now_ms())
-            )
-        )
-        total += count
-        if count < store.REPLAY_CHUNK:
-            return total
+    return await store.replay_dead(destination.name, format_ms(now_ms()))
 
 
 async def replay_range(
-    transact: Transact,
+    store: DeliveryStore,
     destination: Destination,
     since_at: str,
     until_at: str,
     source: str | None,
 ) -> int:
-    """Owe `destination` every eligible message received in [since_at, until_at)."""
+    """Send `destination` again every eligible message received in [since_at, until_at) (the
+    ones its lane has not reached yet it sends anyway); returns how many the job will send."""
     _check_enabled(destination)
     rule = routing_rule(destination)
-    first, last = await transact(
-        functools.partial(store.seq_bounds, since_at=since_at, until_at=until_at)
-    )
-    total = 0
-    for start in range(first, last + 1, store.REPLAY_CHUNK):
-        seq_range = (start, min(last, start + store.REPLAY_CHUNK - 1))
-        total += await transact(
-            functools.partial(
-                store.replay_range,
-                rule=rule,
-                seq_range=seq_range,
-                received_range=(since_at, until_at),
-                source=source,
-                now_at=format_ms(now_ms()),
-            )
-        )
-    return total
+    _, count = await store.replay_range(rule, since_at, until_at, source, format_ms(now_ms()))
+    return count
 
 
 def _check_enabled(destination: Destination) -> None:

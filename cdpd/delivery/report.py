@@ -10,6 +10,7 @@ import msgspec
 
 from cdpd.delivery import policy
 from cdpd.model.timestamps import format_ms, now_ms
+from cdpd.outbox import consumers
 
 LATENCY_WINDOW_S = 3600
 ERROR_WINDOW_S = 24 * 3600
@@ -35,6 +36,8 @@ class DestinationReport(msgspec.Struct):
     errors_by_status: dict[str, int] = msgspec.field(default_factory=dict)
     last_error: LastError | None = None
     unhealthy: bool = False  # the latest attempt was refused with 401 or 403
+    circuit: str = "closed"  # the lane's circuit breaker (admin only: closed, open, probing)
+    backlog: int = 0  # messages its lane has not reached yet
 
 
 class DeadDelivery(msgspec.Struct, frozen=True):
@@ -73,6 +76,10 @@ async def states(
     sql = _COUNT_ALL if delivered else _COUNT_UNFINISHED
     for name, state, count in await _rows(conn, sql):
         setattr(reports.setdefault(name, DestinationReport(name)), state, count)
+    for lag in await consumers.lags(conn):
+        name = lag.name.removeprefix("delivery:")
+        if lag.kind == "delivery" and name in reports and not lag.paused:
+            reports[name].backlog = lag.messages_behind
     return list(reports.values())
 
 

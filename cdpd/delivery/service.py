@@ -1,12 +1,11 @@
-"""Delivery as a whole: the router, a lane per destination and the pruner, built from the
-config, run as one group of tasks and stopped in order."""
+"""Delivery as a whole: a lane per destination (each a consumer of the outbox) and the pruner,
+built from the config, run as one group of supervised tasks and stopped in order."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
+from pathlib import Path
 from typing import cast
 
 import aiohttp
@@ -14,20 +13,19 @@ import structlog
 
 from cdpd.clock import Clock
 from cdpd.config import Config, Destination
-from cdpd.delivery import store
 from cdpd.delivery.lane import Lane
 from cdpd.delivery.retention import Pruner
-from cdpd.delivery.router import Router
-from cdpd.delivery.store import RoutingRule
+from cdpd.delivery.store import DeliveryStore, RoutingRule, SqliteDeliveryStore
 from cdpd.destinations import actions, registry
 from cdpd.destinations.actions import Action
 from cdpd.destinations.base import Background, Closable
-from cdpd.destinations.base import Destination as Sender
+from cdpd.model.timestamps import format_ms
 from cdpd.outbox.writer import OutboxWriter
+from cdpd.supervise import Backoff, Restarts, supervise
 
 log = structlog.get_logger()
 
-LANE_RESTART_DELAY_S = 1.0
+LANE_BACKOFF = Backoff(initial_s=1.0, max_s=30.0)
 
 
 class Delivery:
@@ -39,19 +37,27 @@ class Delivery:
         clock: Clock,
         observer: Callable[[str], Callable[[float], None]] | None = None,
         warehouse_position: Callable[[], Awaitable[int | None]] | None = None,
+        restarts: Restarts | None = None,
     ) -> None:
         self._config = config.delivery
         self._writer = writer
         self._clock = clock
+        self.store: DeliveryStore = SqliteDeliveryStore(
+            writer.transact, Path(config.storage.outbox_path)
+        )
         enabled = [d for d in config.destinations if d.enabled]
+        self._disabled = [d.name for d in config.destinations if not d.enabled]
         senders = {d.name: registry.build(d, clock) for d in enabled}
         self.senders = senders
+        self.rules = {d.name: routing_rule(d, senders[d.name].actions) for d in enabled}
         self.lanes = {
             d.name: Lane(
                 d,
                 senders[d.name],
                 actions=senders[d.name].actions,
-                writer=writer,
+                store=self.store,
+                rule=self.rules[d.name],
+                end_seq=lambda: writer.last_seq,
                 session=session,
                 clock=clock,
                 retry=d.retry or config.delivery.retry,
@@ -60,14 +66,8 @@ class Delivery:
             )
             for d in enabled
         }
-        self.router = Router(
-            writer,
-            [routing_rule(d, senders[d.name].actions) for d in enabled],
-            [d.name for d in config.destinations if not d.enabled],
-            self.lanes,
-            clock=clock,
-            poll_interval_s=config.delivery.poll_interval_s,
-        )
+        for lane in self.lanes.values():
+            writer.on_messages(lane.work)
         self.pruner = Pruner(
             writer,
             config.delivery,
@@ -75,27 +75,40 @@ class Delivery:
             dedup_window_s=config.storage.dedup_window_s,
             warehouse_position=warehouse_position,
         )
+        self.restarts = restarts or Restarts()
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
-        """Recover from the last stop and set routing positions; before `run`, once the outbox
-        writer runs, and before ingest opens (a new destination starts from that point)."""
-        await self.router.start()
+        """Recover from the last stop and set positions; before `run`, once the outbox writer
+        runs, and before ingest opens (a new destination starts from that point)."""
+        await self.store.start(
+            list(self.lanes),
+            self._disabled,
+            self._writer.last_seq,
+            format_ms(self._clock.now_ms()),
+        )
 
     async def run(self) -> None:
-        """Route, deliver and prune until `stop()`; then let attempts in flight finish (up to
-        the drain timeout) and put whatever is still claimed back to pending."""
+        """Deliver and prune until `stop()`; then let attempts in flight finish (up to the
+        drain timeout). Every task is supervised: one that fails (a bug, not a destination's
+        error, which its lane records) is logged and started again, from the positions
+        stored, so one lane's fault stops neither the others nor the daemon."""
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self.router.run(self._stop), name="router")
-                tasks.create_task(self.pruner.run(self._stop), name="pruner")
+                tasks.create_task(self._supervised("pruner", self.pruner.run), name="pruner")
                 for sender in self.senders.values():
                     if hasattr(sender, "run"):
                         tasks.create_task(
-                            _background(sender, self._stop), name=f"background-{sender.name}"
+                            self._supervised(
+                                f"background:{sender.name}", cast(Background, sender).run
+                            ),
+                            name=f"background-{sender.name}",
                         )
                 lanes = [
-                    tasks.create_task(self._keep_running(lane), name=f"lane-{lane.name}")
+                    tasks.create_task(
+                        self._supervised(f"delivery:{lane.name}", lane.run),
+                        name=f"lane-{lane.name}",
+                    )
                     for lane in self.lanes.values()
                 ]
                 await self._stop.wait()
@@ -104,29 +117,11 @@ class Delivery:
                 await self._drain(lanes)
         finally:
             await self._close_senders()
-            with suppress(Exception):
-                released = await self._writer.transact(store.release_all)
-                if released:
-                    log.info("deliveries_released", count=released, reason="shutdown")
 
-    async def _keep_running(self, lane: Lane) -> None:
-        """Run the lane; should it fail (a bug, not a destination's error, which the lane
-        records), put its claimed deliveries back and start it again, so one lane's fault
-        neither stops the others nor leaves its deliveries stuck in flight."""
-        while True:
-            try:
-                await lane.run()
-                return
-            except Exception:
-                log.exception("delivery_lane_failed", destination=lane.name)
-            if lane.stopping:
-                return
-            with suppress(Exception):
-                await self._writer.transact(
-                    functools.partial(store.release_destination, destination=lane.name)
-                )
-            if await self._clock.wait(self._stop, LANE_RESTART_DELAY_S):
-                return
+    async def _supervised(self, name: str, run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+        await supervise(
+            name, run, self._stop, clock=self._clock, backoff=LANE_BACKOFF, restarts=self.restarts
+        )
 
     async def _close_senders(self) -> None:
         for sender in self.senders.values():
@@ -138,7 +133,8 @@ class Delivery:
 
     def stop(self) -> None:
         self._stop.set()
-        self.router.wake()
+        for lane in self.lanes.values():
+            lane.stop()
 
     async def _drain(self, lanes: list[asyncio.Task[None]]) -> None:
         if not lanes:
@@ -152,14 +148,6 @@ class Delivery:
             )
             for task in unfinished:
                 task.cancel()
-
-
-async def _background(sender: Sender, stop: asyncio.Event) -> None:
-    """A destination's work between sends; its failure is logged, and stops nothing else."""
-    try:
-        await cast(Background, sender).run(stop)
-    except Exception:
-        log.exception("destination_background_failed", destination=sender.name)
 
 
 def routing_rule(destination: Destination, subscribed: list[Action] | None = None) -> RoutingRule:

@@ -1,35 +1,49 @@
-"""Deliveries and attempts in the outbox: every state change, in one place.
+"""The delivery store: the seam delivery talks to, in messages and outcomes, not SQL.
 
-States: `pending` (owed, never tried) -> `in_flight` (claimed by its lane) -> `delivered`, or
-`retrying` (waiting for `next_attempt_at`) and back to `in_flight`, or `dead` (given up; replay
-puts it back to `pending`). In-flight deliveries found at start-up were cut short by a crash and
-return to `pending`/`retrying` without counting an attempt.
+`DeliveryStore` is what a backend implements; `SqliteDeliveryStore` keeps it in the outbox:
 
-The functions that change state take the writer's connection and run inside a writer operation
-(`OutboxWriter.transact`); they never commit.
+- each destination's lane is a consumer (`consumers`, named `delivery:NAME`) whose position
+  passes every message it has finished: a message delivered on its first attempt leaves no row;
+- `deliveries` is the ledger of exceptions: a message that failed (`retrying` with its next
+  attempt, `dead` with its last error, `delivered` once a later attempt succeeds), one held back
+  behind an earlier failure of the same user (`pending`, with `ordering = "user"`), or one put
+  back by replay (`pending`). `attempts` holds the attempts of ledger rows;
+- a replay of archived messages is a job in `replays` with a consumer of its own
+  (`replay:ID`), read beside the live stream.
+
+Writes go through the outbox writer (`transact`), reads through read-only connections.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import aiosqlite
 import msgspec
 
-from cdpd.model.timestamps import format_ms, parse_ms
+from cdpd.model.rows import MessageView
+from cdpd.outbox import consumers
+from cdpd.outbox.consumers import Position, Progress
 
-PENDING, IN_FLIGHT, RETRYING, DELIVERED, DEAD = (
-    "pending",
-    "in_flight",
-    "retrying",
-    "delivered",
-    "dead",
-)
-STATES = (PENDING, IN_FLIGHT, RETRYING, DELIVERED, DEAD)
+T = TypeVar("T")
+Transact = Callable[[Callable[[aiosqlite.Connection], Awaitable[T]]], Awaitable[T]]
+
+PENDING, RETRYING, DELIVERED, DEAD = "pending", "retrying", "delivered", "dead"
+STATES = (PENDING, "in_flight", RETRYING, DELIVERED, DEAD)
+UNFINISHED = (PENDING, RETRYING)
 PRUNE_CHUNK = 1000
-IDS_PER_STATEMENT = 500  # well under SQLite's limit of bound parameters
-REPLAY_CHUNK = 10_000  # messages or deliveries per replay transaction
+REPLAY_CHUNK = 10_000
+
+
+def lane_consumer(destination: str) -> str:
+    return f"delivery:{destination}"
+
+
+def replay_consumer(job_id: int) -> str:
+    return f"replay:{job_id}"
 
 
 class RoutingRule(msgspec.Struct, frozen=True):
@@ -38,7 +52,7 @@ class RoutingRule(msgspec.Struct, frozen=True):
     destination: str
     catalog_name: str
     subscription: tuple[str, list[Any]] = ("1", [])  # SQL: some action subscribes to it
-    ordered: bool = False  # per-user ordering: only then do deliveries carry an order key
+    ordered: bool = False  # per-user ordering
     sources: tuple[str, ...] | None = None
     types: tuple[str, ...] | None = None
     events: tuple[str, ...] | None = None
@@ -71,293 +85,607 @@ class RoutingRule(msgspec.Struct, frozen=True):
             params += self.exclude_events
         return " AND ".join(clauses), params
 
-    def order_key(self) -> str:
-        return "coalesce(user_id, anonymous_id)" if self.ordered else "NULL"
 
+class Owed(msgspec.Struct, frozen=True, gc=False):
+    """A message read for a lane: what it sends, and the user it is ordered by."""
 
-class Claimed(msgspec.Struct, frozen=True, gc=False):
-    id: int
-    seq: int
-    message_id: str
-    attempts: int
-    first_attempt_at: str | None
-    payload: str
+    view: MessageView
+    order_key: str | None
+    from_ledger: bool = False
+    received_at: str = ""  # new messages only: when a retry window would start
 
 
 class Outcome(msgspec.Struct, frozen=True, gc=False):
-    """The result of one attempt at one delivery, as it is recorded (the field order is the
-    order of the placeholders in _RECORD_DELIVERY and _RECORD_ATTEMPT)."""
+    """The result of one attempt at one message for one destination, as it is recorded."""
 
-    delivery_id: int
-    destination: str
+    seq: int
     message_id: str
+    order_key: str | None
     attempt: int
     started_at: str
     duration_ms: float
     status: int | None
     error: str | None
-    state: str  # delivered, retrying or dead; the attempt's outcome
+    state: str  # delivered, retrying or dead
     first_attempt_at: str
     next_attempt_at: str
     finished_at: str | None
+    origin: str  # stream (new messages), ledger (a retry) or replay (a replay job)
 
 
-# -- routing -------------------------------------------------------------------------------------
+class Parked(msgspec.Struct, frozen=True, gc=False):
+    """A message held back, unsent, behind an earlier unfinished one of the same user."""
+
+    seq: int
+    message_id: str
+    order_key: str
 
 
-async def routing_positions(conn: aiosqlite.Connection) -> dict[str, int]:
-    rows = await _rows(conn, "SELECT destination, routed_seq FROM delivery_routing")
-    return {name: int(seq) for name, seq in rows}
+class ReplayJob(msgspec.Struct, frozen=True):
+    id: int
+    destination: str
+    first_seq: int
+    last_seq: int
+    since_at: str
+    until_at: str
+    source: str | None
 
 
-async def start_routing(conn: aiosqlite.Connection, destination: str, from_seq: int) -> None:
-    """A destination seen for the first time is owed messages from now on (replay back-fills)."""
-    await conn.execute(
-        "INSERT INTO delivery_routing (destination, routed_seq) VALUES (?, ?) "
-        "ON CONFLICT (destination) DO NOTHING",
-        (destination, from_seq),
+class DeadDelivery(msgspec.Struct, frozen=True):
+    destination: str
+    seq: int
+    message_id: str
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    finished_at: str | None
+
+
+class AttemptRow(msgspec.Struct, frozen=True):
+    attempt: int
+    started_at: str
+    duration_ms: float
+    status: int | None
+    error: str | None
+    outcome: str
+
+
+class DeliveryStatus(msgspec.Struct, frozen=True):
+    """Where one message stands with one destination (`cdpd deliveries show`)."""
+
+    destination: str
+    seq: int
+    message_id: str
+    state: str  # delivered, pending, retrying, dead, not_reached, not_owed
+    attempts: int = 0
+    next_attempt_at: str | None = None
+    last_status: int | None = None
+    last_error: str | None = None
+    history: list[AttemptRow] = msgspec.field(default_factory=list)
+
+
+class Recording(msgspec.Struct, frozen=True):
+    """What a lane stores in one operation: outcomes, parked messages, and its consumers'
+    progress (the lane's and any replay job's), so the position moves with its effects."""
+
+    destination: str
+    outcomes: Sequence[Outcome] = ()
+    parked: Sequence[Parked] = ()
+    progress: dict[str, tuple[int, list[tuple[int, int]]]] = msgspec.field(default_factory=dict)
+    finished_jobs: Sequence[int] = ()
+    at: str = ""
+
+
+class LaneReader(Protocol):
+    """A lane's read side: new messages past a position, due ledger rows, replay jobs."""
+
+    async def new_messages(self, after_seq: int, up_to_seq: int, limit: int) -> list[Owed]: ...
+
+    async def due(self, now_at: str, limit: int) -> list[Owed]: ...
+
+    async def next_due_at(self) -> str | None: ...
+
+    async def unfinished_keys(self) -> Counter[str]: ...
+
+    async def replay_jobs(self) -> list[ReplayJob]: ...
+
+    async def replay_messages(self, job: ReplayJob, after_seq: int, limit: int) -> list[Owed]: ...
+
+    async def positions(self) -> dict[str, Position]: ...
+
+    async def close(self) -> None: ...
+
+
+class DeliveryStore(Protocol):
+    """What delivery needs of its storage; the SQLite outbox is one backend."""
+
+    async def start(
+        self, enabled: Sequence[str], disabled: Sequence[str], end_seq: int, at: str
+    ) -> dict[str, Position]: ...
+
+    async def reader(self, rule: RoutingRule) -> LaneReader: ...
+
+    async def record(self, recording: Recording) -> None: ...
+
+    async def expire(self, destination: str, rule: RoutingRule, before_at: str, at: str) -> int: ...
+
+    async def retry_now(self, destination: str, at: str) -> int: ...
+
+    async def replay_dead(self, destination: str, at: str) -> int: ...
+
+    async def replay_range(
+        self, rule: RoutingRule, since_at: str, until_at: str, source: str | None, at: str
+    ) -> tuple[int, int]: ...
+
+    async def counts(self) -> dict[str, dict[str, int]]: ...
+
+    async def dead(self, destination: str | None, limit: int) -> list[DeadDelivery]: ...
+
+    async def show(self, message_id: str, rules: Sequence[RoutingRule]) -> list[DeliveryStatus]: ...
+
+
+# -- SQL -------------------------------------------------------------------------------------
+
+NEW_MESSAGES = """
+SELECT seq, message_id, payload, {key}, received_at FROM messages
+WHERE seq > ? AND seq <= ? AND {condition}
+ORDER BY seq LIMIT ?
+"""
+ORDER_KEY = "coalesce(user_id, anonymous_id)"
+DUE = """
+SELECT d.seq, d.message_id, m.payload, d.attempts, d.first_attempt_at, d.order_key
+FROM deliveries AS d JOIN messages AS m ON m.seq = d.seq
+WHERE d.destination = ? AND d.state IN ('pending', 'retrying') AND d.next_attempt_at <= ?
+{ordered}
+ORDER BY d.next_attempt_at, d.seq
+LIMIT ?
+"""
+# Only the oldest unfinished message of each user may go out.
+OLDEST_OF_USER = """
+AND (d.order_key IS NULL OR NOT EXISTS (
+    SELECT 1 FROM deliveries AS e
+    WHERE e.destination = d.destination AND e.order_key = d.order_key AND e.seq < d.seq
+      AND e.state IN ('pending', 'retrying') AND e.order_key IS NOT NULL
+))
+"""
+RECORD_FAILURE = """
+INSERT INTO deliveries (destination, seq, message_id, order_key, state, attempts, created_at,
+    next_attempt_at, first_attempt_at, last_attempt_at, last_status, last_error, finished_at)
+VALUES (?1, ?2, ?3, ?4, ?9, ?5, ?6, ?12, ?11, ?6, ?7, ?8, ?13)
+ON CONFLICT (destination, seq) DO UPDATE SET state = ?9, attempts = ?5, next_attempt_at = ?12,
+    first_attempt_at = ?11, last_attempt_at = ?6, last_status = ?7, last_error = ?8,
+    finished_at = ?13
+"""
+RECORD_REPLAYED = """
+UPDATE deliveries SET state = ?9, attempts = attempts + 1, last_attempt_at = ?6,
+    last_status = ?7, last_error = ?8, finished_at = ?13
+WHERE destination = ?1 AND seq = ?2 AND (?3 IS NOT NULL OR ?4 IS NULL OR ?5 OR ?10 OR ?11 OR ?12)
+"""
+# ?10 is the attempt's duration; the parameters are one tuple for both statements. A message
+# given up unsent (attempt 0) has no attempt to record.
+RECORD_ATTEMPT = """
+INSERT INTO attempts (delivery_id, destination, message_id, attempt, started_at, duration_ms,
+    status, error, outcome)
+SELECT id, ?1, ?3, ?5, ?6, ?10, ?7, ?8, ?9 FROM deliveries WHERE destination = ?1 AND seq = ?2
+    AND ?5 > 0 AND (?13 IS NULL OR ?13 IS NOT NULL)
+"""
+PARK = """
+INSERT INTO deliveries (destination, seq, message_id, order_key, state, created_at,
+    next_attempt_at)
+VALUES (?, ?, ?, ?, 'pending', ?, ?)
+ON CONFLICT (destination, seq) DO NOTHING
+"""
+
+
+class SqliteDeliveryStore:
+    """DeliveryStore on the SQLite outbox: writes through `transact` (the daemon's writer, or
+    the CLI's own connection), reads through read-only connections on `path`."""
+
+    def __init__(self, transact: Transact[Any], path: Path) -> None:
+        self._transact = transact
+        self._path = path
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    async def start(
+        self, enabled: Sequence[str], disabled: Sequence[str], end_seq: int, at: str
+    ) -> dict[str, Position]:
+        """Destinations seen for the first time (or enabled again) start at the outbox's end;
+        the consumers of destinations no longer configured are forgotten and their unfinished
+        ledger rows become dead, as are a disabled destination's (replay them later)."""
+
+        async def start(conn: aiosqlite.Connection) -> dict[str, Position]:
+            known = await consumers.positions(conn)
+            for name in enabled:
+                position = known.get(lane_consumer(name))
+                if position is None or position.paused:
+                    await consumers.put(
+                        conn, Position(lane_consumer(name), "delivery", end_seq, [], False, at)
+                    )
+            for name in disabled:
+                await consumers.put(
+                    conn, Position(lane_consumer(name), "delivery", end_seq, [], True, at)
+                )
+            configured = {lane_consumer(n) for n in [*enabled, *disabled]}
+            gone = [p.name for p in known.values() if p.kind == "delivery"]
+            await consumers.forget(conn, [name for name in gone if name not in configured])
+            await _give_up(conn, enabled, disabled, at)
+            return await consumers.positions(conn)
+
+        result: dict[str, Position] = await self._transact(start)
+        return result
+
+    async def reader(self, rule: RoutingRule) -> SqliteLaneReader:
+        return SqliteLaneReader(await consumers.open_reader(self._path), rule)
+
+    # -- a lane's writes --------------------------------------------------------------------
+
+    async def record(self, recording: Recording) -> None:
+        async def record(conn: aiosqlite.Connection) -> None:
+            await _record(conn, recording)
+
+        await self._transact(record)
+
+    async def expire(self, destination: str, rule: RoutingRule, before_at: str, at: str) -> int:
+        """Give up (dead) the ledger rows first tried before `before_at`: the destination has
+        been unreachable for their whole retry window."""
+
+        async def expire(conn: aiosqlite.Connection) -> int:
+            cursor = await conn.execute(
+                "UPDATE deliveries SET state = 'dead', finished_at = ?, last_error ="
+                " coalesce(last_error, 'unsent') || ' (the destination stayed unreachable for the"
+                " whole retry window)' WHERE destination = ? AND state IN ('pending', 'retrying')"
+                " AND coalesce(first_attempt_at, created_at) < ?",
+                (at, destination, before_at),
+            )
+            return int(cursor.rowcount)
+
+        count: int = await self._transact(expire)
+        return count
+
+    async def retry_now(self, destination: str, at: str) -> int:
+        """Make every waiting ledger row of the destination due now."""
+
+        async def retry(conn: aiosqlite.Connection) -> int:
+            cursor = await conn.execute(
+                "UPDATE deliveries SET next_attempt_at = min(next_attempt_at, ?)"
+                " WHERE destination = ? AND state IN ('pending', 'retrying')",
+                (at, destination),
+            )
+            return int(cursor.rowcount)
+
+        count: int = await self._transact(retry)
+        return count
+
+    # -- replay -----------------------------------------------------------------------------
+
+    async def replay_dead(self, destination: str, at: str) -> int:
+        """Dead ledger rows back to pending, in chunks; the retry window starts again at their
+        next attempt (attempt numbers carry on)."""
+        total = 0
+        while True:
+
+            async def chunk(conn: aiosqlite.Connection) -> int:
+                cursor = await conn.execute(
+                    "UPDATE deliveries SET state = 'pending', next_attempt_at = ?,"
+                    " first_attempt_at = NULL, finished_at = NULL WHERE id IN (SELECT id FROM"
+                    " deliveries WHERE destination = ? AND state = 'dead' LIMIT ?)",
+                    (at, destination, REPLAY_CHUNK),
+                )
+                return int(cursor.rowcount)
+
+            count: int = await self._transact(chunk)
+            total += count
+            if count < REPLAY_CHUNK:
+                return total
+
+    async def replay_range(
+        self, rule: RoutingRule, since_at: str, until_at: str, source: str | None, at: str
+    ) -> tuple[int, int]:
+        """A replay job for the eligible messages received in [since_at, until_at) that the
+        destination's lane has already passed (the lane sends the rest itself); returns the
+        job's id and how many messages it will send."""
+
+        async def create(conn: aiosqlite.Connection) -> tuple[int, int]:
+            first, last = await seq_bounds(conn, since_at, until_at)
+            lane = (await consumers.positions(conn)).get(lane_consumer(rule.destination))
+            if lane is not None:
+                last = min(last, lane.seq)
+            cursor = await conn.execute(
+                "INSERT INTO replays (destination, first_seq, last_seq, since_at, until_at,"
+                " source, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (rule.destination, first, last, since_at, until_at, source, at),
+            )
+            job_id = int(cursor.lastrowid or 0)
+            await consumers.put(
+                conn, Position(replay_consumer(job_id), "replay", first - 1, [], False, at)
+            )
+            job = ReplayJob(job_id, rule.destination, first, last, since_at, until_at, source)
+            condition, params = _replay_condition(rule, job)
+            rows: Any = await conn.execute_fetchall(
+                f"SELECT count(*) FROM messages WHERE seq >= ? AND seq <= ? AND {condition}",
+                [first, last, *params],
+            )
+            return job_id, int(next(iter(rows))[0])
+
+        result: tuple[int, int] = await self._transact(create)
+        return result
+
+    # -- what people ask --------------------------------------------------------------------
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        async with _reading(self._path) as conn:
+            rows = await conn.execute_fetchall(
+                "SELECT destination, state, count(*) FROM deliveries GROUP BY destination, state"
+            )
+        found: dict[str, dict[str, int]] = {}
+        for destination, state, count in rows:
+            found.setdefault(destination, dict.fromkeys(STATES, 0))[state] = count
+        return found
+
+    async def dead(self, destination: str | None, limit: int) -> list[DeadDelivery]:
+        async with _reading(self._path) as conn:
+            rows = await conn.execute_fetchall(
+                "SELECT destination, seq, message_id, attempts, last_status, last_error,"
+                " finished_at FROM deliveries WHERE state = 'dead'"
+                " AND (? IS NULL OR destination = ?) ORDER BY finished_at DESC, id DESC LIMIT ?",
+                (destination, destination, limit),
+            )
+        return [DeadDelivery(*row) for row in rows]
+
+    async def show(self, message_id: str, rules: Sequence[RoutingRule]) -> list[DeliveryStatus]:
+        async with _reading(self._path) as conn:
+            return await _show(conn, message_id, rules)
+
+    async def statuses(self, rule: RoutingRule, limit: int = 10_000) -> list[DeliveryStatus]:
+        """Where each of the destination's messages stands (the oldest `limit` in the outbox
+        it is owed or has a ledger row for), in seq order."""
+        async with _reading(self._path) as conn:
+            condition, params = rule.where()
+            rows = await conn.execute_fetchall(
+                f"SELECT message_id FROM messages WHERE ({condition}) OR seq IN (SELECT seq FROM"
+                " deliveries WHERE destination = ?) ORDER BY seq LIMIT ?",
+                [*params, rule.destination, limit],
+            )
+            found: list[DeliveryStatus] = []
+            for message_id in dict.fromkeys(row[0] for row in rows):
+                found += [s for s in await _show(conn, message_id, [rule]) if s.state != "not_owed"]
+        return sorted(found, key=lambda s: s.seq)
+
+
+class SqliteLaneReader:
+    def __init__(self, conn: aiosqlite.Connection, rule: RoutingRule) -> None:
+        self._conn = conn
+        self._rule = rule
+        condition, self._params = rule.where()
+        key = ORDER_KEY if rule.ordered else "NULL"
+        self._new_sql = NEW_MESSAGES.format(key=key, condition=condition)
+        self._due_sql = DUE.format(ordered=OLDEST_OF_USER if rule.ordered else "")
+
+    async def new_messages(self, after_seq: int, up_to_seq: int, limit: int) -> list[Owed]:
+        rows = await self._conn.execute_fetchall(
+            self._new_sql, [after_seq, up_to_seq, *self._params, limit]
+        )
+        return [
+            Owed(MessageView(seq, mid, payload), key, received_at=at)
+            for seq, mid, payload, key, at in rows
+        ]
+
+    async def due(self, now_at: str, limit: int) -> list[Owed]:
+        rows = await self._conn.execute_fetchall(
+            self._due_sql, (self._rule.destination, now_at, limit)
+        )
+        return [
+            Owed(MessageView(seq, mid, payload, attempts, first_at), key, from_ledger=True)
+            for seq, mid, payload, attempts, first_at, key in rows
+        ]
+
+    async def next_due_at(self) -> str | None:
+        rows: Any = await self._conn.execute_fetchall(
+            "SELECT min(d.next_attempt_at) FROM deliveries AS d"
+            " WHERE d.destination = ? AND d.state IN ('pending', 'retrying')"
+            + (OLDEST_OF_USER if self._rule.ordered else ""),
+            (self._rule.destination,),
+        )
+        value = next(iter(rows))[0] if rows else None
+        return None if value is None else str(value)
+
+    async def unfinished_keys(self) -> Counter[str]:
+        rows = await self._conn.execute_fetchall(
+            "SELECT order_key, count(*) FROM deliveries WHERE destination = ?"
+            " AND state IN ('pending', 'retrying') AND order_key IS NOT NULL GROUP BY order_key",
+            (self._rule.destination,),
+        )
+        return Counter({key: count for key, count in rows})
+
+    async def replay_jobs(self) -> list[ReplayJob]:
+        rows = await self._conn.execute_fetchall(
+            "SELECT id, destination, first_seq, last_seq, since_at, until_at, source FROM replays"
+            " WHERE destination = ? AND finished_at IS NULL ORDER BY id",
+            (self._rule.destination,),
+        )
+        return [ReplayJob(*row) for row in rows]
+
+    async def replay_messages(self, job: ReplayJob, after_seq: int, limit: int) -> list[Owed]:
+        condition, params = _replay_condition(self._rule, job)
+        key = ORDER_KEY if self._rule.ordered else "NULL"
+        rows = await self._conn.execute_fetchall(
+            f"SELECT seq, message_id, payload, {key}, received_at FROM messages"
+            f" WHERE seq > ? AND seq <= ? AND {condition} ORDER BY seq LIMIT ?",
+            [after_seq, job.last_seq, *params, limit],
+        )
+        return [
+            Owed(MessageView(seq, mid, payload), key, received_at=at)
+            for seq, mid, payload, key, at in rows
+        ]
+
+    async def positions(self) -> dict[str, Position]:
+        return await consumers.positions(self._conn)
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+
+def _replay_condition(rule: RoutingRule, job: ReplayJob) -> tuple[str, list[Any]]:
+    """Eligible, received in the job's window, from its source, and not waiting in the ledger
+    already (those are sent by the lane's retries)."""
+    condition, params = rule.where()
+    condition += (
+        " AND received_at >= ? AND received_at < ? AND NOT EXISTS (SELECT 1 FROM deliveries"
+        " AS d WHERE d.destination = ? AND d.seq = messages.seq"
+        " AND d.state IN ('pending', 'retrying'))"
     )
+    params += [job.since_at, job.until_at, rule.destination]
+    if job.source is not None:
+        condition += " AND source = ?"
+        params.append(job.source)
+    return condition, params
 
 
-async def forget_others(
-    conn: aiosqlite.Connection, enabled: Sequence[str], disabled: Sequence[str], now_at: str
-) -> int:
-    """Destinations no longer in the config lose their routing position (one added again
-    starts from then). Unfinished deliveries of destinations removed or disabled become dead,
-    so they neither hold back retention nor vanish without a trace (replay them once the
-    destination is back). Returns how many deliveries were given up."""
+async def _record(conn: aiosqlite.Connection, recording: Recording) -> None:
+    destination = recording.destination
+    if recording.outcomes:
+        rows = [
+            (
+                destination,
+                o.seq,
+                o.message_id,
+                o.order_key,
+                o.attempt,
+                o.started_at,
+                o.status,
+                o.error,
+                o.state,
+                o.duration_ms,
+                o.first_attempt_at,
+                o.next_attempt_at,
+                o.finished_at,
+            )
+            for o in recording.outcomes
+            if o.state != DELIVERED or o.origin != "stream"
+        ]
+        # A replayed message delivered changes a row it has (dead, say) but makes none.
+        upserts = [r for r, o in zip(rows, _recorded(recording), strict=True) if o != "replayed"]
+        updates = [r for r, o in zip(rows, _recorded(recording), strict=True) if o == "replayed"]
+        if upserts:
+            await conn.executemany(RECORD_FAILURE, upserts)
+        if updates:
+            await conn.executemany(RECORD_REPLAYED, updates)
+        if rows:
+            await conn.executemany(RECORD_ATTEMPT, rows)
+    if recording.parked:
+        await conn.executemany(
+            PARK,
+            [
+                (destination, p.seq, p.message_id, p.order_key, recording.at, recording.at)
+                for p in recording.parked
+            ],
+        )
+    for name, (seq, done) in recording.progress.items():
+        await consumers.save(conn, name, Progress(seq, done), recording.at)
+    for job_id in recording.finished_jobs:
+        await conn.execute(
+            "UPDATE replays SET finished_at = ? WHERE id = ?", (recording.at, job_id)
+        )
+        await consumers.forget(conn, [replay_consumer(job_id)])
+
+
+def _recorded(recording: Recording) -> list[str]:
+    """How each outcome that leaves a row is stored, in order."""
+    return [
+        "replayed" if o.state == DELIVERED and o.origin == "replay" else "upsert"
+        for o in recording.outcomes
+        if o.state != DELIVERED or o.origin != "stream"
+    ]
+
+
+async def _give_up(
+    conn: aiosqlite.Connection, enabled: Sequence[str], disabled: Sequence[str], at: str
+) -> None:
     configured = [*enabled, *disabled]
     others = f"destination NOT IN ({_marks(configured)})" if configured else "1"
-    await conn.execute(f"DELETE FROM delivery_routing WHERE {others}", configured)
-    given_up = 0
     for why, condition, params in (
         ("the destination is no longer configured", others, configured),
         ("the destination is disabled", f"destination IN ({_marks(disabled)})", list(disabled)),
     ):
         if params or why.endswith("configured"):
-            cursor = await conn.execute(
+            await conn.execute(
                 "UPDATE deliveries SET state = 'dead', finished_at = ?, last_error = ?"
                 f" WHERE state IN ('pending', 'retrying', 'in_flight') AND {condition}",
-                [now_at, why, *params],
+                [at, why, *params],
             )
-            given_up += int(cursor.rowcount)
-    return given_up
-
-
-async def route(
-    conn: aiosqlite.Connection, rule: RoutingRule, after_seq: int, up_to_seq: int, now_at: str
-) -> int:
-    """Create the deliveries owed for messages in (after_seq, up_to_seq] and move the
-    destination's routing position; returns how many were created."""
-    condition, params = rule.where()
-    cursor = await conn.execute(
-        "INSERT INTO deliveries (destination, seq, message_id, order_key, state, created_at,"
-        " next_attempt_at)"
-        f" SELECT ?, seq, message_id, {rule.order_key()}, 'pending', ?, ?"
-        f" FROM messages WHERE seq > ? AND seq <= ? AND {condition}"
-        " ON CONFLICT (destination, seq) DO NOTHING",
-        [rule.destination, now_at, now_at, after_seq, up_to_seq, *params],
+    # Replay jobs of destinations no longer configured, or disabled, end too.
+    await conn.execute(
+        f"UPDATE replays SET finished_at = ? WHERE finished_at IS NULL AND ({others}"
+        f" OR destination IN ({_marks(disabled)}))",
+        [at, *configured, *disabled],
     )
     await conn.execute(
-        "UPDATE delivery_routing SET routed_seq = ? WHERE destination = ?",
-        (up_to_seq, rule.destination),
-    )
-    return int(cursor.rowcount)
-
-
-async def skip_routing(conn: aiosqlite.Connection, destination: str, up_to_seq: int) -> None:
-    """A disabled destination is owed nothing sent while it is disabled."""
-    await conn.execute(
-        "UPDATE delivery_routing SET routed_seq = ? WHERE destination = ?", (up_to_seq, destination)
+        "DELETE FROM consumers WHERE kind = 'replay' AND substr(name, 8) IN"
+        " (SELECT CAST(id AS TEXT) FROM replays WHERE finished_at IS NOT NULL)"
     )
 
 
-# -- a lane's work -------------------------------------------------------------------------------
-
-_CLAIM = """
-SELECT d.id, d.seq, d.message_id, d.attempts, d.first_attempt_at, m.payload
-FROM deliveries AS d JOIN messages AS m ON m.seq = d.seq
-WHERE d.destination = ? AND d.state IN ('pending', 'retrying') AND d.next_attempt_at <= ?
-{ordered}
-ORDER BY d.next_attempt_at, d.id
-LIMIT ?
-"""
-# Only the oldest unfinished delivery of each user (order key) may go out.
-_ORDERED = """
-AND (d.order_key IS NULL OR NOT EXISTS (
-    SELECT 1 FROM deliveries AS e
-    WHERE e.destination = d.destination AND e.order_key = d.order_key AND e.id < d.id
-      AND e.state IN ('pending', 'retrying', 'in_flight') AND e.order_key IS NOT NULL
-))
-"""
-
-
-async def claim(
-    conn: aiosqlite.Connection, destination: str, now_at: str, limit: int, *, ordered: bool
-) -> list[Claimed]:
-    """Mark up to `limit` due deliveries in flight and return them with their payloads."""
-    sql = _CLAIM.format(ordered=_ORDERED if ordered else "")
-    rows = await _rows(conn, sql, (destination, now_at, limit))
-    claimed = [Claimed(*row) for row in rows]
-    for start in range(0, len(claimed), IDS_PER_STATEMENT):
-        ids = [c.id for c in claimed[start : start + IDS_PER_STATEMENT]]
-        await conn.execute(
-            f"UPDATE deliveries SET state = 'in_flight' WHERE id IN ({_marks(ids)})", ids
+async def _show(
+    conn: aiosqlite.Connection, message_id: str, rules: Sequence[RoutingRule]
+) -> list[DeliveryStatus]:
+    messages = list(
+        await conn.execute_fetchall(
+            "SELECT seq FROM messages WHERE message_id = ? ORDER BY seq", (message_id,)
         )
-    return claimed
-
-
-# Both statements take an Outcome's fields in their order (numbered placeholders), so the
-# parameters are its tuple as it is: the first nine make an attempts row.
-_RECORD_DELIVERY = (
-    "UPDATE deliveries SET state = ?9, attempts = ?4, first_attempt_at = ?10,"
-    " last_attempt_at = ?5, next_attempt_at = ?11, last_status = ?7, last_error = ?8,"
-    " finished_at = ?12 WHERE id = ?1"
-)
-_RECORD_ATTEMPT = (
-    "INSERT INTO attempts (delivery_id, destination, message_id, attempt, started_at,"
-    " duration_ms, status, error, outcome) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-)
-
-
-async def record(conn: aiosqlite.Connection, outcomes: Sequence[Outcome]) -> None:
-    """Store the outcome of attempts: the delivery's new state and one attempts row each."""
-    rows = [msgspec.structs.astuple(outcome) for outcome in outcomes]
-    await conn.executemany(_RECORD_DELIVERY, rows)
-    await conn.executemany(_RECORD_ATTEMPT, [row[:9] for row in rows])
-
-
-_RELEASE = (
-    "UPDATE deliveries SET state = CASE WHEN attempts > 0 THEN 'retrying' ELSE 'pending' END"
-    " WHERE state = 'in_flight'"
-)
-
-
-async def release(conn: aiosqlite.Connection, ids: Sequence[int]) -> None:
-    """Claimed deliveries that were not attempted go back, without counting an attempt."""
-    for start in range(0, len(ids), IDS_PER_STATEMENT):
-        chunk = list(ids[start : start + IDS_PER_STATEMENT])
-        await conn.execute(f"{_RELEASE} AND id IN ({_marks(chunk)})", chunk)
-
-
-async def release_destination(conn: aiosqlite.Connection, destination: str) -> int:
-    """Everything a lane had claimed goes back (the lane has stopped attempting)."""
-    cursor = await conn.execute(f"{_RELEASE} AND destination = ?", (destination,))
-    return int(cursor.rowcount)
-
-
-async def release_all(conn: aiosqlite.Connection) -> int:
-    """At start-up: whatever was in flight when the process stopped goes back."""
-    cursor = await conn.execute(_RELEASE)
-    return int(cursor.rowcount)
-
-
-async def next_due_at(
-    conn: aiosqlite.Connection, destination: str, *, ordered: bool = False
-) -> str | None:
-    """When the next delivery the lane could claim is due (with ordering, only the oldest of
-    each user's counts: the others wait for it, not for their own time)."""
-    rows = await _rows(
-        conn,
-        "SELECT min(d.next_attempt_at) FROM deliveries AS d"
-        " WHERE d.destination = ? AND d.state IN ('pending', 'retrying')"
-        + (_ORDERED if ordered else ""),
-        (destination,),
     )
-    return rows[0][0] if rows else None
-
-
-# -- retention -----------------------------------------------------------------------------------
-
-
-async def prune_finished(conn: aiosqlite.Connection, state: str, before_at: str) -> int:
-    """Delete up to PRUNE_CHUNK deliveries finished (`delivered` or `dead`) before `before_at`,
-    with their attempts; returns how many."""
-    rows = await _rows(
-        conn,
-        "SELECT id FROM deliveries WHERE state = ? AND finished_at < ? LIMIT ?",
-        (state, before_at, PRUNE_CHUNK),
-    )
-    ids = [row[0] for row in rows]
-    if ids:
-        await conn.execute(f"DELETE FROM attempts WHERE delivery_id IN ({_marks(ids)})", ids)
-        await conn.execute(f"DELETE FROM deliveries WHERE id IN ({_marks(ids)})", ids)
-    return len(ids)
-
-
-async def oldest_needed_seq(conn: aiosqlite.Connection) -> int | None:
-    """The lowest seq some delivery or routing position still needs (None: none does); the
-    partial index deliveries_needed_seq answers it without a scan."""
-    rows = await _rows(
-        conn,
-        "SELECT min(seq) FROM (SELECT min(seq) AS seq FROM deliveries"
-        " WHERE state IN ('pending', 'in_flight', 'retrying', 'dead')"
-        " UNION ALL SELECT min(routed_seq) + 1 FROM delivery_routing)",
-    )
-    value = rows[0][0] if rows else None
-    return None if value is None else int(value)
-
-
-async def prune_messages(conn: aiosqlite.Connection, below_seq: int, before_at: str) -> int:
-    """Delete up to PRUNE_CHUNK messages older than `before_at` and below `below_seq`."""
-    cursor = await conn.execute(
-        "DELETE FROM messages WHERE seq IN (SELECT seq FROM messages"
-        " WHERE seq < ? AND received_at < ? ORDER BY seq LIMIT ?)",
-        (below_seq, before_at, PRUNE_CHUNK),
-    )
-    return int(cursor.rowcount)
-
-
-async def prune_rejects(conn: aiosqlite.Connection, before_at: str) -> int:
-    cursor = await conn.execute(
-        "DELETE FROM rejects WHERE id IN (SELECT id FROM rejects WHERE received_at < ?"
-        " ORDER BY id LIMIT ?)",
-        (before_at, PRUNE_CHUNK),
-    )
-    return int(cursor.rowcount)
-
-
-# -- replay --------------------------------------------------------------------------------------
-
-
-async def replay_dead(conn: aiosqlite.Connection, destination: str, now_at: str) -> int:
-    """Put up to REPLAY_CHUNK dead deliveries back to pending; the retry window starts again
-    at their next attempt (attempt numbers carry on)."""
-    cursor = await conn.execute(
-        "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, first_attempt_at = NULL,"
-        " finished_at = NULL WHERE id IN (SELECT id FROM deliveries"
-        " WHERE destination = ? AND state = 'dead' LIMIT ?)",
-        (now_at, destination, REPLAY_CHUNK),
-    )
-    return int(cursor.rowcount)
-
-
-async def replay_range(
-    conn: aiosqlite.Connection,
-    rule: RoutingRule,
-    seq_range: tuple[int, int],
-    received_range: tuple[str, str],
-    source: str | None,
-    now_at: str,
-) -> int:
-    """Owe the destination again every eligible archived message received in the range
-    (already delivered or dead ones included; unfinished ones are left as they are)."""
-    condition, params = rule.where()
-    if source is not None:
-        condition += " AND source = ?"
-        params.append(source)
-    cursor = await conn.execute(
-        "INSERT INTO deliveries (destination, seq, message_id, order_key, state, created_at,"
-        " next_attempt_at)"
-        f" SELECT ?, seq, message_id, {rule.order_key()}, 'pending', ?, ?"
-        " FROM messages WHERE seq >= ? AND seq <= ? AND received_at >= ? AND received_at < ?"
-        f" AND {condition}"
-        " ON CONFLICT (destination, seq) DO UPDATE SET state = 'pending',"
-        " next_attempt_at = excluded.next_attempt_at, first_attempt_at = NULL,"
-        " finished_at = NULL WHERE state IN ('delivered', 'dead')",
-        [rule.destination, now_at, now_at, *seq_range, *received_range, *params],
-    )
-    return int(cursor.rowcount)
+    ledger = {
+        (row[0], row[1]): row
+        for row in await conn.execute_fetchall(
+            "SELECT destination, seq, id, state, attempts, next_attempt_at, last_status,"
+            " last_error FROM deliveries WHERE message_id = ?",
+            (message_id,),
+        )
+    }
+    known = await consumers.positions(conn)
+    found = []
+    for rule in rules:
+        for (seq,) in messages:
+            row = ledger.get((rule.destination, seq))
+            if row is not None:
+                _, _, delivery_id, state, attempts, next_at, status, error = row
+                history = [
+                    AttemptRow(*a)
+                    for a in await conn.execute_fetchall(
+                        "SELECT attempt, started_at, duration_ms, status, error, outcome"
+                        " FROM attempts WHERE delivery_id = ? ORDER BY id",
+                        (delivery_id,),
+                    )
+                ]
+                found.append(
+                    DeliveryStatus(
+                        rule.destination,
+                        seq,
+                        message_id,
+                        state,
+                        attempts,
+                        next_at if state in UNFINISHED else None,
+                        status,
+                        error,
+                        history,
+                    )
+                )
+                continue
+            condition, params = rule.where()
+            owed = await conn.execute_fetchall(
+                f"SELECT 1 FROM messages WHERE seq = ? AND {condition}", [seq, *params]
+            )
+            position = known.get(lane_consumer(rule.destination))
+            passed = position is not None and Progress(position.seq, position.done_ranges).is_done(
+                seq
+            )
+            if not list(owed):
+                found.append(DeliveryStatus(rule.destination, seq, message_id, "not_owed"))
+            elif passed:  # passed without a ledger row: delivered on its first attempt
+                found.append(DeliveryStatus(rule.destination, seq, message_id, DELIVERED, 1))
+            else:
+                found.append(DeliveryStatus(rule.destination, seq, message_id, "not_reached"))
+    return found
 
 
 async def seq_bounds(conn: aiosqlite.Connection, since_at: str, until_at: str) -> tuple[int, int]:
@@ -366,21 +694,25 @@ async def seq_bounds(conn: aiosqlite.Connection, since_at: str, until_at: str) -
     received_at grows with seq except across commits that overlapped by a few milliseconds (or
     a clock stepped back), so the range is found by bisection on seq and widened by an hour;
     callers still filter on received_at exactly."""
-    rows = await _rows(conn, "SELECT min(seq), max(seq) FROM messages")
-    low, high = rows[0] if rows else (None, None)
+    rows: Any = await conn.execute_fetchall("SELECT min(seq), max(seq) FROM messages")
+    low, high = next(iter(rows)) if rows else (None, None)
     if low is None or high is None:
-        return (0, -1)
-    margin = REPLAY_MARGIN_MINUTES
-    start = await _first_seq_at_or_after(conn, low, high, _shift_minutes(since_at, -margin))
-    end = await _first_seq_at_or_after(conn, low, high, _shift_minutes(until_at, +margin))
+        return (1, 0)
+    start = await _first_seq_at_or_after(conn, low, high, _shift_minutes(since_at, -MARGIN_MIN))
+    end = await _first_seq_at_or_after(conn, low, high, _shift_minutes(until_at, +MARGIN_MIN))
     return (start, end)
+
+
+MARGIN_MIN = 60
 
 
 async def _first_seq_at_or_after(conn: aiosqlite.Connection, low: int, high: int, at: str) -> int:
     while low < high:
         middle = (low + high) // 2
-        rows = await _rows(
-            conn, "SELECT received_at FROM messages WHERE seq >= ? ORDER BY seq LIMIT 1", (middle,)
+        rows = list(
+            await conn.execute_fetchall(
+                "SELECT received_at FROM messages WHERE seq >= ? ORDER BY seq LIMIT 1", (middle,)
+            )
         )
         if rows and rows[0][0] < at:
             low = middle + 1
@@ -389,31 +721,27 @@ async def _first_seq_at_or_after(conn: aiosqlite.Connection, low: int, high: int
     return high
 
 
-REPLAY_MARGIN_MINUTES = 60
-
-
-LATEST_MS = parse_ms("9999-12-31T23:59:59.999Z")
-
-
 def _shift_minutes(at: str, minutes: int) -> str:
-    return format_ms(min(LATEST_MS, max(0, parse_ms(at) + minutes * 60_000)))
+    from cdpd.model.timestamps import format_ms, parse_ms
+
+    latest = parse_ms("9999-12-31T23:59:59.999Z")
+    return format_ms(min(latest, max(0, parse_ms(at) + minutes * 60_000)))
 
 
-# -- what people ask -----------------------------------------------------------------------------
+class _reading:
+    """A short-lived read-only connection."""
 
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._conn: aiosqlite.Connection | None = None
 
-async def counts_by_state(conn: aiosqlite.Connection) -> dict[str, dict[str, int]]:
-    rows = await _rows(
-        conn, "SELECT destination, state, count(*) FROM deliveries GROUP BY destination, state"
-    )
-    counts: dict[str, dict[str, int]] = {}
-    for destination, state, count in rows:
-        counts.setdefault(destination, dict.fromkeys(STATES, 0))[state] = count
-    return counts
+    async def __aenter__(self) -> aiosqlite.Connection:
+        self._conn = await consumers.open_reader(self._path)
+        return self._conn
 
-
-async def _rows(conn: aiosqlite.Connection, sql: str, params: Any = ()) -> list[Any]:
-    return list(await conn.execute_fetchall(sql, params))
+    async def __aexit__(self, *_: object) -> None:
+        if self._conn is not None:
+            await self._conn.close()
 
 
 def _integration_path(name: str) -> str:

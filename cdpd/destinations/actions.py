@@ -5,7 +5,8 @@ with fields that have default mappings, and presets: the actions a destination g
 config names none. A configured action picks a kind, subscribes with FQL and may remap fields.
 
 At delivery time `prepare` decodes each claimed message once, finds the actions whose
-subscription matches and evaluates their mappings; the destination sends the prepared items
+subscription matches and evaluates their mappings (a message that cannot be decoded is that
+delivery's problem alone: it is dead, the others go on); the destination sends the prepared items
 and returns one Result each, and `combine` turns those into one result per delivery.
 """
 
@@ -17,11 +18,11 @@ from typing import Any
 import msgspec
 
 from cdpd.delivery import policy
-from cdpd.delivery.store import Claimed
 from cdpd.destinations.base import Result
 from cdpd.destinations.settings import ActionConfig
 from cdpd.destinations.settings import Destination as DestinationConfig
 from cdpd.mapping import fql, kit
+from cdpd.model.rows import MessageView
 from cdpd.settings import ConfigError
 
 WHOLE_MESSAGE: dict[str, Any] = {"@path": "$."}
@@ -67,7 +68,7 @@ class Action(msgspec.Struct, frozen=True):
 class Prepared(msgspec.Struct, frozen=True, gc=False):
     """One action's part of one delivery: the fields to send, or why they cannot be sent."""
 
-    delivery: Claimed
+    delivery: MessageView
     action: str
     kind: str
     fields: dict[str, Any]
@@ -109,7 +110,7 @@ def subscription_sql(actions: Sequence[Action]) -> tuple[str, list[Any]]:
     return "(" + " OR ".join(sql for sql, _ in parts) + ")", [p for _, ps in parts for p in ps]
 
 
-def prepare(actions: Sequence[Action], batch: Sequence[Claimed]) -> list[Prepared]:
+def prepare(actions: Sequence[Action], batch: Sequence[MessageView]) -> list[Prepared]:
     """What each delivery's matching actions send (decoding each message once)."""
     prepared: list[Prepared] = []
     for item in batch:
@@ -120,7 +121,12 @@ def prepare(actions: Sequence[Action], batch: Sequence[Claimed]) -> list[Prepare
                 Prepared(item, only.name, only.kind, {}, None, whole_fields=only.whole_fields)
             )
             continue
-        message = _decoder.decode(item.payload)
+        try:
+            message = _decoder.decode(item.payload)
+        except msgspec.DecodeError as exc:  # stored by an older cdpd: `1e400`, say
+            if actions:
+                prepared.append(_unreadable(actions[0], item, exc))
+            continue
         for action in actions:
             if fql.matches(action.subscription, message):
                 prepared.append(_prepare_one(action, item, message))
@@ -136,7 +142,7 @@ def mapped_json(item: Prepared, field: str) -> bytes:
 
 
 def combine(
-    batch: Sequence[Claimed], prepared: Sequence[Prepared], results: Sequence[Result]
+    batch: Sequence[MessageView], prepared: Sequence[Prepared], results: Sequence[Result]
 ) -> list[Result]:
     """One result per delivery: a retryable failure of any of its actions retries the whole
     delivery; otherwise a permanent failure makes it dead; otherwise it is delivered."""
@@ -156,8 +162,18 @@ def worst(results: Sequence[Result]) -> Result:
     return (retryable or failures or results)[0]
 
 
-def _prepare_one(action: Action, item: Claimed, message: dict[str, Any]) -> Prepared:
-    fields = kit.evaluate(action.mapping, message)
+def _unreadable(action: Action, item: MessageView, exc: msgspec.DecodeError) -> Prepared:
+    """A stored message that cannot be decoded: that delivery alone is dead, with the reason."""
+    problem = f"the stored message cannot be decoded: {exc}"
+    return Prepared(item, action.name, action.kind, {}, None, problem, action.whole_fields)
+
+
+def _prepare_one(action: Action, item: MessageView, message: dict[str, Any]) -> Prepared:
+    try:
+        fields = kit.to_fields(kit.evaluate(action.mapping, message))
+    except kit.MappingError as exc:  # Segment fails such an event too; retrying cannot help
+        failed = f"{action.name}: mapping failed: {exc}"
+        return Prepared(item, action.name, action.kind, {}, message, failed, action.whole_fields)
     missing = [name for name in action.required if name not in fields]
     problem = (
         f"{action.name}: no value for required field {', '.join(missing)}" if missing else None
@@ -179,13 +195,19 @@ def _build_one(
     except fql.FqlError as exc:
         problems.append(f"{place}.subscribe: {exc}")
         return None
-    unknown = [key for key in action.mapping if key not in kind.fields]
+    unknown = [
+        key for key in action.mapping if key not in kind.fields and key != kit.ROOT_DIRECTIVE_KEY
+    ]
     for key in unknown:
         fields = ", ".join(kind.fields)
         problems.append(f"{place}.mapping.{key}: {kind_name} has no field {key} (fields: {fields})")
-    problems += kit.validate(action.mapping, f"{place}.mapping")
     mapping = {name: f.default for name, f in kind.fields.items() if f.default is not None}
     mapping.update(action.mapping)
+    try:
+        mapping = kit.root_form(mapping)
+        problems += kit.validate(kit.root_form(action.mapping), f"{place}.mapping")
+    except kit.MappingError as exc:
+        problems.append(f"{place}.mapping: {exc}")
     return Action(
         name=action.name,
         kind=kind_name,

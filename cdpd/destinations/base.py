@@ -57,6 +57,15 @@ class Closable(Protocol):
     async def close(self) -> None: ...
 
 
+def header_problem(name: str, value: str) -> str | None:
+    """Why `value` cannot be sent in the header `name` (a control character, which HTTP and
+    NATS headers cannot carry), or None. Such an item is invalid at once, never retried."""
+    for char in value:
+        if ord(char) < 32 or ord(char) == 127:
+            return f"{name} holds the control character U+{ord(char):04X}"
+    return None
+
+
 def retry_after_s(header: str | None) -> float | None:
     """Retry-After as seconds: a number, or an HTTP date."""
     if not header:

@@ -92,7 +92,11 @@ class Names:
         self._templates: dict[str, str | None] = {}
         for action in actions:
             mapped = action.mapping.get(setting)
-            if isinstance(mapped, dict) and set(mapped) == {"@template"}:
+            if (
+                isinstance(mapped, dict)
+                and set(mapped) == {"@template"}
+                and isinstance(mapped["@template"], str)
+            ):
                 where = f"actions ({action.name}).mapping.{setting}"
                 self._templates[action.name] = _checked_template(
                     destination, where, mapped["@template"], check
@@ -163,7 +167,10 @@ def message_of(item: Prepared) -> dict[str, Any]:
     """The decoded message (an action that sends it whole was given none)."""
     if item.message is not None:
         return item.message
-    decoded = _decoder.decode(item.delivery.payload)
+    try:
+        decoded = _decoder.decode(item.delivery.payload)
+    except msgspec.DecodeError:  # a number out of range, stored by an older cdpd
+        return {}  # its name is made without the message's values; the payload goes as stored
     return decoded if isinstance(decoded, dict) else {}
 
 

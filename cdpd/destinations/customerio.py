@@ -26,6 +26,7 @@ from urllib.parse import quote
 
 import aiohttp
 import msgspec
+from yarl import URL
 
 from cdpd import __version__
 from cdpd.destinations import customerio_values as values
@@ -177,7 +178,7 @@ class CustomerIo:
                 f"destination {config.name!r}: needs site_id (or site_id_env) and api_key "
                 "(or api_key_env)"
             )
-        self._base = config.api_url.rstrip("/")
+        self._base = URL(config.api_url)
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
         token = base64.b64encode(f"{site_id}:{api_key}".encode()).decode()
         self._secrets = [api_key, token]
@@ -194,10 +195,12 @@ class CustomerIo:
         made = request_for(item.kind, item.fields)
         if isinstance(made, str):
             return Result(None, f"{item.action}: {made}", invalid=True)
+        # The path is sent as made (`encoded`): a client would resolve `%2E%2E` as `..`.
+        url = self._base.with_path(self._base.raw_path.rstrip("/") + made.path, encoded=True)
         answer = await http.request(
             session,
             made.method,
-            self._base + made.path,
+            url,
             body=_encoder.encode(made.body),
             headers=self._headers,
             limit=self._timeout,
@@ -235,7 +238,7 @@ def _identify_person(fields: dict[str, Any]) -> Request | str:
         attributes = values.convert_timestamps(attributes)
     elif "created_at" in attributes:
         attributes["created_at"] = values.unix_s(attributes["created_at"])
-    return Request("PUT", f"/api/v1/customers/{quote(person, safe='')}", attributes)
+    return Request("PUT", f"/api/v1/customers/{_segment(person)}", attributes)
 
 
 def _event(fields: dict[str, Any], event_type: str | None) -> Request | str:
@@ -257,7 +260,7 @@ def _event(fields: dict[str, Any], event_type: str | None) -> Request | str:
         body["id"] = values.event_ulid(event_id, fields.get("timestamp"))
     person = _text(fields.get("id"))
     if person is not None:
-        return Request("POST", f"/api/v1/customers/{quote(person, safe='')}/events", body)
+        return Request("POST", f"/api/v1/customers/{_segment(person)}/events", body)
     anonymous = _text(fields.get("anonymous_id"))
     if anonymous is None:
         return "no person id and no anonymous id"
@@ -311,6 +314,13 @@ def _merge(fields: dict[str, Any]) -> Request | str:
         return "the primary and secondary person are the same"
     body = {"primary": values.identifiers(primary), "secondary": values.identifiers(secondary)}
     return Request("POST", "/api/v1/merge_customers", body)
+
+
+def _segment(value: str) -> str:
+    """An id as one path segment: every reserved character escaped, and `.` and `..`, which
+    would mean "this" and "the parent" path, as `%2E` and `%2E%2E`."""
+    quoted = quote(value, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
 
 
 def _attributes(value: Any) -> dict[str, Any]:

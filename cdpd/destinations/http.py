@@ -10,6 +10,7 @@ from urllib.parse import quote, quote_plus
 
 import aiohttp
 import msgspec
+from yarl import URL
 
 from cdpd.destinations.base import MAX_ERROR_CHARS, Result, error_text, retry_after_s
 from cdpd.model.timestamps import now_ms, parse_ms
@@ -56,7 +57,7 @@ class Answer(msgspec.Struct, frozen=True, gc=False):
 async def request(
     session: aiohttp.ClientSession,
     method: str,
-    url: str,
+    url: str | URL,
     *,
     body: bytes,
     headers: Mapping[str, str],

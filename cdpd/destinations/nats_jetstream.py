@@ -25,7 +25,7 @@ from yarl import URL
 
 from cdpd.destinations import brokers
 from cdpd.destinations.actions import Action, Prepared, mapped_json
-from cdpd.destinations.base import MAX_ERROR_CHARS, Result, secret
+from cdpd.destinations.base import MAX_ERROR_CHARS, Result, header_problem, secret
 from cdpd.destinations.brokers import ACCEPTED, REFUSED, UNAVAILABLE
 from cdpd.destinations.settings import NatsDestination
 from cdpd.settings import ConfigError
@@ -119,6 +119,9 @@ class NatsJetStream:
     async def _publish(self, js: nats.js.JetStreamContext, item: Prepared) -> Result:
         subject, problem = self._names.render(item, brokers.message_of(item))
         if subject is None:
+            return Result(None, problem, invalid=True)
+        problem = header_problem("messageId", item.delivery.message_id)
+        if problem:  # stored before ingest refused such ids
             return Result(None, problem, invalid=True)
         body = mapped_json(item, "payload")
         headers = {"Nats-Msg-Id": item.delivery.message_id}

@@ -31,7 +31,7 @@ from cdpd.destinations.actions import (
     Preset,
     mapped_json,
 )
-from cdpd.destinations.base import Result, secret
+from cdpd.destinations.base import Result, header_problem, secret
 from cdpd.destinations.settings import WebhookDestination
 
 KINDS = {
@@ -69,6 +69,9 @@ class Webhook:
         return list(await asyncio.gather(*(self._send_one(session, item) for item in items)))
 
     async def _send_one(self, session: aiohttp.ClientSession, item: Prepared) -> Result:
+        problem = header_problem("messageId", item.delivery.message_id)
+        if problem:  # stored before ingest refused such ids
+            return Result(None, problem, invalid=True)
         headers = dict(self._headers)
         headers["X-Cdpd-Message-Id"] = headers["Idempotency-Key"] = item.delivery.message_id
         return await self._post(session, mapped_json(item, "data"), headers)

@@ -7,6 +7,7 @@ cdpd does not change are copied as the raw bytes that arrived, never re-encoded.
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -18,10 +19,29 @@ from cdpd.model.timestamps import format_ms, to_epoch_ms
 
 MAX_MESSAGE_ID_CHARS = 100
 TRUE = msgspec.Raw(b"true")
+# Numbers every consumer can read: integers of 64 bits (signed or unsigned), other numbers
+# within a double's range.
+MIN_INTEGER, MAX_INTEGER = -(2**63), 2**64 - 1
+# C0 and C1 control characters and DEL: never valid in an HTTP header, where messageIds go.
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
+# A number out of range has 19 digits in a row, or an exponent of 3 digits. To look for them in
+# a few fast passes, each byte becomes its class: `0` a digit, `e` one of `eE+-`, ` ` white
+# space or `,:[]{}` (what may end a number), `a` anything else (so `191e810c` in an id is
+# `000e000a`, no exponent). Text can match too: a match only calls for a closer look.
+_NUMBER_BYTES = bytes(
+    b"0"[0] if 48 <= b <= 57
+    else b"e"[0] if b in b"eE+-"
+    else b" "[0] if b in b" \t\r\n,:[]{}"
+    else b"a"[0]
+    for b in range(256)
+)  # fmt: skip
+# 19 digits; an exponent of 3 digits or more, which ends a number (then comes ` ` or `0`).
+_LONG_DIGITS, _EXPONENT, _EXPONENT_GOES_ON = b"0" * 19, b"e000", frozenset(b" 0")
 
 _encoder = msgspec.json.Encoder()
 _top_level_decoder = msgspec.json.Decoder(RawObject)
 _fields_decoder = msgspec.json.Decoder(MessageFields)
+_value_decoder = msgspec.json.Decoder()
 
 
 class RequestFacts(msgspec.Struct, frozen=True, gc=False):
@@ -67,7 +87,7 @@ def normalize(
     try:
         top = _top_level_decoder.decode(raw)
         fields = _fields_decoder.decode(raw)
-        return _normalized_row(top, fields, facts, path_type)
+        return _normalized_row(raw, top, fields, facts, path_type)
     except msgspec.ValidationError as exc:
         where, reason = _field_error(exc)
         return _reject("invalid_field" if where else "invalid_message", reason, raw)
@@ -82,6 +102,7 @@ def normalize(
 
 
 def _normalized_row(
+    raw: bytes | msgspec.Raw,
     top: RawObject,
     fields: MessageFields,
     facts: RequestFacts,
@@ -101,6 +122,14 @@ def _normalized_row(
             "message_id_too_long",
             f"messageId is {len(message_id)} characters; the limit is {MAX_MESSAGE_ID_CHARS}",
         )
+    control = _CONTROL_CHARACTER.search(message_id)
+    if control:
+        raise Invalid(
+            "invalid_message_id",
+            f"messageId holds the control character U+{ord(control.group()):04X}",
+        )
+    if _may_hold_numbers_out_of_range(raw):
+        _check_numbers(top)
 
     if NULL in top.values():
         out: dict[str, Any] = {k: v for k, v in top.items() if v != NULL}
@@ -123,6 +152,48 @@ def _normalized_row(
         received_at=facts.received_at,
         payload=_encoder.encode(out).decode(),
     )
+
+
+def _may_hold_numbers_out_of_range(raw: bytes | msgspec.Raw) -> bool:
+    """Never False for a message holding a number out of range."""
+    classes = bytes(raw).translate(_NUMBER_BYTES)
+    at = classes.find(_EXPONENT)
+    while at >= 0:  # rare: most messages have no `e000`, an id such as `...191e810c` one or two
+        if classes[at + 4 : at + 5] and classes[at + 4] in _EXPONENT_GOES_ON:
+            return True
+        at = classes.find(_EXPONENT, at + 4)
+    return _LONG_DIGITS in classes
+
+
+def _check_numbers(top: RawObject) -> None:
+    """Raise `number_out_of_range`, naming the top-level field, for a number no 64-bit type
+    holds: an integer outside MIN_INTEGER..MAX_INTEGER, or a number beyond a double's range
+    (`1e400`). Destinations and warehouses could not read the message back."""
+    for key, value in top.items():
+        try:
+            decoded = _value_decoder.decode(value)
+        except msgspec.ValidationError:  # a float out of range, or an integer of many digits
+            bad: int | str | None = "a number out of range"
+        else:
+            bad = _integer_out_of_range(decoded)
+        if bad is not None:
+            shown = bad if isinstance(bad, str) else f"the integer {str(bad)[:30]}"
+            raise Invalid(
+                "number_out_of_range",
+                f"{key}: holds {shown}; numbers must be 64-bit integers or doubles",
+            )
+
+
+def _integer_out_of_range(value: Any) -> int | None:
+    kind = type(value)
+    if kind is int:
+        return None if MIN_INTEGER <= value <= MAX_INTEGER else value
+    children = value.values() if kind is dict else value if kind is list else ()
+    for child in children:
+        found = _integer_out_of_range(child)
+        if found is not None:
+            return found
+    return None
 
 
 def _field_error(exc: msgspec.ValidationError) -> tuple[str, str]:

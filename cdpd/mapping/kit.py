@@ -1,222 +1,378 @@
-"""Field mappings with Segment's mapping-kit directives: the shape an action sends.
+"""Field mappings with Segment's mapping-kit directives: the shape an action sends, computed
+exactly as `@segment/actions-core` computes it (`packages/core/src/mapping-kit/index.ts`).
 
 A mapping is JSON: plain values stand for themselves, objects and lists are mapped member by
 member, and an object with a single `@directive` key computes a value from the message:
 
-    {"@path": "$.properties.total"}                       a value at a path (`$.` is optional)
-    {"@template": "Order {{properties.order_id}}"}          text with values filled in
-    {"@literal": {"@path": "not a directive"}}              a value taken as it is
-    {"@if": {"exists": M, "then": M, "else": M}}            also {"blank": M, ...}
-    {"@case": {"operator": "lower", "value": M}}            or "upper"
+    {"@path": "$.properties.total"}                    a value at a path (`$.` is optional)
+    {"@template": "Order {{properties.order_id}}"}       text with values filled in
+    {"@literal": M}                                      M mapped (directives inside too)
+    {"@if": {"exists": M, "then": M, "else": M}}         or "blank": M (then: M is not blank)
+    {"@case": {"operator": "lower", "value": M}}         or "upper"
     {"@replace": {"value": M, "pattern": "-", "replacement": "_", "global": true,
-                  "ignorecase": false}}                     the pattern is plain text
+                  "ignorecase": false, "pattern2": "x", "replacement2": "y"}}
     {"@arrayPath": ["$.properties.products", {"sku": {"@path": "$.sku"}}]}
-                                                            each item of an array, reshaped
-                                                            (paths inside are the item's)
-    {"@json": {"mode": "encode", "value": M}}               or "decode"
-    {"@merge": {"objects": [M, M], "direction": "right"}}   later objects win ("left": earlier)
-    {"@flatten": {"value": M, "separator": "."}}            nested keys joined
-    {"@excludeWhenNull": M}                                 the key is left out when null
+    {"@json": {"mode": "encode", "value": M}}            or "decode"
+    {"@merge": {"objects": [M, M], "direction": "right"}}
+    {"@flatten": {"value": M, "separator": ".", "omitArrays": false}}
+    {"@transform": {"apply": {...}, "mapping": {...}}}   map the message, then map that
+    {"@excludeWhenNull": M}                              the key left out when M is null
+    {"@liquid": "Hello {{ traits.name | capitalize }}"}  a Liquid template (see liquid.py)
 
-A path that leads nowhere gives no value, and a key whose value is none is left out.
+A value that is "undefined" in mapping-kit is ABSENT here, and a key whose value is ABSENT is
+left out (an ABSENT list item becomes null, as JSON.stringify writes it). A mapping whose keys
+include `__segment_internal_directive` is Segment's root-level directive form: the other keys
+become the `mapping` of the directive held there.
 """
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-import msgspec
+from cdpd.mapping import js, liquid, placeholders
+from cdpd.mapping.errors import MappingError
+from cdpd.mapping.js import ABSENT
+from cdpd.mapping.validation import (
+    MAX_PATTERN_LENGTH,
+    MAX_REPLACEMENT_LENGTH,
+    is_directive,
+    validate,
+    warnings,
+)
 
-_PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
-_TEMPLATE_SLOT = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
+__all__ = [
+    "ABSENT",
+    "MappingError",
+    "evaluate",
+    "lookup",
+    "root_form",
+    "to_fields",
+    "transform",
+    "validate",
+    "warnings",
+]
+
+ROOT_DIRECTIVE_KEY = "__segment_internal_directive"
 
 
-class _Absent:
-    def __repr__(self) -> str:
-        return "ABSENT"
+def transform(mapping: Any, data: Any) -> Any:
+    """Segment's `transform(mapping, data)`: check the mapping, then map `data` (an object);
+    MappingError when mapping-kit would throw. The result is JSON (ABSENT when there is none)."""
+    return js.to_json(_mapped(mapping, data))
 
 
-ABSENT: Any = _Absent()
+def _mapped(mapping: Any, data: Any) -> Any:
+    """transform() as mapping-kit returns it: ABSENT members of objects removed, ABSENT items
+    of lists kept (JSON.stringify writes them as null only when the result is sent)."""
+    if not isinstance(data, dict):
+        raise MappingError(f"data must be an object, got {_type(data)}")
+    mapping = root_form(mapping)
+    problems = validate(mapping, "mapping")
+    if problems:
+        raise MappingError("; ".join(problems))
+    return js.remove_undefined(_resolve(mapping, data))
+
+
+def root_form(mapping: Any) -> Any:
+    """The mapping to evaluate: Segment's root-level directive form made into one directive
+    whose `mapping` is every other key; any other mapping as it is."""
+    if not isinstance(mapping, dict) or ROOT_DIRECTIVE_KEY not in mapping:
+        return mapping
+    root = mapping[ROOT_DIRECTIVE_KEY]
+    if not isinstance(root, dict) or len(root) != 1:
+        raise MappingError("The root mapping must only have a single directive object")
+    ((name, argument),) = root.items()
+    if not isinstance(argument, dict):
+        raise MappingError("The root directive must be an object")
+    others = {key: value for key, value in mapping.items() if key != ROOT_DIRECTIVE_KEY}
+    return {name: {**argument, "mapping": others}}
 
 
 def evaluate(mapping: Any, root: Any) -> Any:
-    """The value `mapping` gives for `root` (a decoded message); ABSENT when there is none."""
+    """The value `mapping` gives for `root`, as JSON (ABSENT when there is none). MappingError
+    when mapping-kit would throw for this message (a directive's argument of the wrong kind)."""
+    return js.to_json(_resolve(mapping, root))
+
+
+def _resolve(mapping: Any, root: Any) -> Any:
+    """mapping-kit's resolve(): ABSENT (undefined) stays where it is, as in JavaScript (an
+    @merge of {"x": undefined} clears x), until the result is written as JSON."""
     if isinstance(mapping, dict):
-        directive = _directive(mapping)
-        if directive is not None:
-            return _DIRECTIVES[directive](mapping[directive], root)
-        mapped = {key: evaluate(value, root) for key, value in mapping.items()}
-        return {key: value for key, value in mapped.items() if value is not ABSENT}
+        if len(mapping) == 1:  # the common case: one key, a directive or not
+            name = next(iter(mapping))
+            directive_here = isinstance(name, str) and name.startswith("@")
+        else:
+            directive_here = is_directive(mapping)
+            name = next((key for key in mapping if key.startswith("@")), "")
+        if directive_here:
+            directive = _DIRECTIVES.get(name)
+            if directive is None:
+                raise MappingError(f"{name} is not a valid directive")
+            return directive(mapping[name], root)
+        return {key: _resolve(value, root) for key, value in mapping.items()}
     if isinstance(mapping, list):
-        return [item for item in (evaluate(v, root) for v in mapping) if item is not ABSENT]
+        return [_resolve(item, root) for item in mapping]
     return mapping
 
 
-def validate(mapping: Any, where: str = "mapping") -> list[str]:
-    """What is wrong with `mapping`, each problem named by its place (`where` is its name)."""
-    if isinstance(mapping, list):
-        return [
-            p for index, item in enumerate(mapping) for p in validate(item, f"{where}[{index}]")
-        ]
-    if not isinstance(mapping, dict):
-        return []
-    directives = [key for key in mapping if isinstance(key, str) and key.startswith("@")]
-    if not directives:
-        return [p for key, value in mapping.items() for p in validate(value, f"{where}.{key}")]
-    if len(mapping) > 1:
-        return [f"{where}: a directive ({directives[0]}) must be the only key of its object"]
-    (name,) = directives
-    if name not in _CHECKS:
-        known = ", ".join(sorted(_CHECKS))
-        return [f"{where}: unknown directive {name} (known: {known})"]
-    return _CHECKS[name](mapping[name], f"{where}.{name}")
-
-
-def lookup(root: Any, path: str) -> Any:
-    """The value at a path like `$.properties.products[0].sku`; ABSENT when there is none."""
-    value = root
-    for key, index in _PATH_PART.findall(_strip_root(path)):
-        if key:
-            if not isinstance(value, dict) or key not in value:
-                return ABSENT
-            value = value[key]
-        else:
-            position = int(index)
-            if not isinstance(value, list) or position >= len(value):
-                return ABSENT
-            value = value[position]
+def to_fields(value: Any) -> dict[str, Any]:
+    """An action's mapped fields, from what `evaluate` gives (ABSENT: no fields)."""
+    if value is ABSENT:
+        return {}
+    if not isinstance(value, dict):
+        raise MappingError(f"the mapping gives {_type(value)}, not an object of fields")
     return value
 
 
+def lookup(root: Any, path: str) -> Any:
+    """The value at a path like `$.properties.products[0].sku` (Segment's `@path`)."""
+    return js.get(root, _strip_root(path))
+
+
+@functools.lru_cache(maxsize=4096)
 def _strip_root(path: str) -> str:
-    if path in ("$", "$."):
-        return ""
-    return path[2:] if path.startswith("$.") else path
+    return path.replace("$.", "", 1)
 
 
-def _directive(mapping: dict[str, Any]) -> str | None:
-    if len(mapping) == 1:
-        (key,) = mapping
-        if isinstance(key, str) and key.startswith("@"):
-            return key
-    return None
-
-
-def _text(value: Any) -> str:
-    if value is ABSENT or value is None:
-        return ""
+def _type(value: Any) -> str:
+    if value is ABSENT:
+        return "undefined"
+    if value is None:
+        return "null"
     if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (dict, list)):
-        return msgspec.json.encode(value).decode()
-    return str(value)
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
 
 
-def _is_blank(value: Any) -> bool:
-    return value is ABSENT or value is None or value == ""
+def _object(argument: Any, name: str) -> dict[str, Any]:
+    if not isinstance(argument, dict):
+        raise MappingError(f"{name} requires an object")
+    return argument
 
 
-# -- evaluation ----------------------------------------------------------------------------------
+def _string_argument(name: str, argument: Any, root: Any) -> str:
+    value = _resolve(argument, root)
+    if not isinstance(value, str):
+        raise MappingError(f"{name}: expected string, got {_type(value)}")
+    return value
+
+
+# -- the directives ------------------------------------------------------------------------------
 
 
 def _path(argument: Any, root: Any) -> Any:
-    return lookup(root, argument)
+    if isinstance(argument, str):
+        return lookup(root, argument)
+    return lookup(root, _string_argument("@path", argument, root))
 
 
-def _template(argument: str, root: Any) -> str:
-    return _TEMPLATE_SLOT.sub(lambda slot: _text(lookup(root, slot.group(1))), argument)
+def _template(argument: Any, root: Any) -> str:
+    return placeholders.render(_string_argument("@template", argument, root), root)
 
 
-def _if(argument: dict[str, Any], root: Any) -> Any:
-    if "exists" in argument:
-        value = evaluate(argument["exists"], root)
+def _if(argument: Any, root: Any) -> Any:
+    options = _object(argument, "@if")
+    exists, blank = options.get("exists", ABSENT), options.get("blank", ABSENT)
+    if not js.truthy(exists) and not js.truthy(blank):
+        raise MappingError('@if requires an "exists" key or a "blank" key')
+    if exists is not ABSENT:
+        value = _resolve(exists, root)
         holds = value is not ABSENT and value is not None
     else:
-        holds = _is_blank(evaluate(argument["blank"], root))
-    branch = "then" if holds else "else"
-    return evaluate(argument[branch], root) if branch in argument else ABSENT
+        # Segment's rule: "then" when the value is there and not blank.
+        value = _resolve(blank, root)
+        holds = value is not ABSENT and value is not None and not js.loosely_empty(value)
+    if holds and options.get("then", ABSENT) is not ABSENT:
+        return _resolve(options["then"], root)
+    if not holds and js.truthy(options.get("else", ABSENT)):
+        return _resolve(options["else"], root)
+    return ABSENT
 
 
-def _case(argument: dict[str, Any], root: Any) -> Any:
-    value = evaluate(argument["value"], root)
+def _case(argument: Any, root: Any) -> Any:
+    options = _object(argument, "@case")
+    if not js.truthy(options.get("operator", ABSENT)):
+        raise MappingError('@case requires a "operator" key')
+    if not js.truthy(options.get("value", ABSENT)):
+        return ABSENT
+    value = _resolve(options["value"], root)
     if not isinstance(value, str):
         return value
-    return value.lower() if argument["operator"] == "lower" else value.upper()
+    if options["operator"] == "lower":
+        return value.lower()
+    if options["operator"] == "upper":
+        return value.upper()
+    raise MappingError('operator key should have a value of "lower" or "upper"')
 
 
-def _replace(argument: dict[str, Any], root: Any) -> Any:
-    value = evaluate(argument["value"], root)
-    if not isinstance(value, str):
-        return value
-    flags = re.IGNORECASE if argument.get("ignorecase", False) else 0
-    pattern = re.compile(re.escape(argument["pattern"]), flags)
-    replacement = str(argument.get("replacement", ""))
-    count = 0 if argument.get("global", True) else 1
-    return pattern.sub(lambda _: replacement, value, count=count)
-
-
-def _array_path(argument: list[Any], root: Any) -> Any:
-    source, shape = argument
-    items = evaluate(source, root) if isinstance(source, dict) else lookup(root, source)
-    if not isinstance(items, list):
+def _replace(argument: Any, root: Any) -> Any:
+    options = _object(argument, "@replace")
+    pattern = options.get("pattern", ABSENT)
+    if not js.truthy(pattern):
+        raise MappingError('@replace requires a "pattern" key')
+    replacement = _default(options.get("replacement", ABSENT), "")
+    ignorecase = _default(options.get("ignorecase", ABSENT), False)
+    is_global = _default(options.get("global", ABSENT), True)
+    if not js.truthy(options.get("value", ABSENT)):
         return ABSENT
-    return [evaluate(shape, item) for item in items]
+    value = _resolve(options["value"], root)
+    if isinstance(value, (bool, int, float)):
+        value = js.string(value)
+    if not (
+        isinstance(value, str)
+        and isinstance(pattern, str)
+        and isinstance(replacement, str)
+        and isinstance(ignorecase, bool)
+        and isinstance(is_global, bool)
+    ):
+        return ""
+    value = _replace_once(value, pattern, replacement, ignorecase, is_global)
+    pattern2 = options.get("pattern2", ABSENT)
+    if js.truthy(pattern2):
+        replacement2 = _default(options.get("replacement2", ABSENT), "")
+        if isinstance(pattern2, str) and isinstance(replacement2, str):
+            value = _replace_once(value, pattern2, replacement2, ignorecase, is_global)
+    return value
 
 
-def _json(argument: dict[str, Any], root: Any) -> Any:
-    value = evaluate(argument["value"], root)
-    if value is ABSENT:
+def _default(value: Any, default: Any) -> Any:
+    return default if value is ABSENT or value is None else value
+
+
+def _replace_once(value: str, pattern: str, replacement: str, ignorecase: bool, every: bool) -> str:
+    if len(pattern) > MAX_PATTERN_LENGTH:
+        raise MappingError(
+            f'@replace requires a "pattern" less than {MAX_PATTERN_LENGTH} characters'
+        )
+    if len(replacement) > MAX_REPLACEMENT_LENGTH:
+        raise MappingError(
+            f'@replace requires a "replacement" less than {MAX_REPLACEMENT_LENGTH} characters'
+        )
+    compiled = re.compile(re.escape(pattern), re.IGNORECASE if ignorecase else 0)
+    return js.replace(value, compiled, replacement, 0 if every else 1)
+
+
+def _array_path(argument: Any, root: Any) -> Any:
+    if not isinstance(argument, list):
+        raise MappingError(f"@arrayPath expected array, got {_type(argument)}")
+    source = argument[0] if argument else ABSENT
+    shape = argument[1] if len(argument) > 1 else ABSENT
+    items = lookup(root, source) if isinstance(source, str) else _resolve(source, root)
+    if isinstance(items, (dict, list)) and isinstance(shape, dict) and shape:
+        return [_resolve(shape, item) for item in (items if isinstance(items, list) else [items])]
+    return items
+
+
+def _json(argument: Any, root: Any) -> Any:
+    options = _object(argument, "@json")
+    if not js.truthy(options.get("mode", ABSENT)):
+        raise MappingError('@json requires a "mode" key')
+    if not js.truthy(options.get("value", ABSENT)):
+        raise MappingError('@json requires a "value" key')
+    value = _resolve(options["value"], root)
+    if options["mode"] == "encode":
+        return js.stringify(value)
+    if options["mode"] != "decode":
         return ABSENT
-    if argument["mode"] == "encode":
-        return msgspec.json.encode(value).decode()
     if not isinstance(value, str):
         return value
     try:
-        return msgspec.json.decode(value)
-    except msgspec.DecodeError:
-        return ABSENT
+        return js.parse_json(value)
+    except ValueError:
+        return value
 
 
-def _merge(argument: dict[str, Any], root: Any) -> Any:
-    objects = [evaluate(item, root) for item in argument["objects"]]
-    objects = [item for item in objects if isinstance(item, dict)]
-    if argument.get("direction", "right") == "left":
-        objects.reverse()
+def _merge(argument: Any, root: Any) -> Any:
+    options = _object(argument, "@merge")
+    if not js.truthy(options.get("direction", ABSENT)):
+        raise MappingError('@merge requires a "direction" key')
+    direction = _resolve(options["direction"], root)
+    objects = options.get("objects", ABSENT)
+    if not js.truthy(objects):
+        raise MappingError('@merge requires a "objects" key')
+    if not isinstance(objects, list):
+        raise MappingError(f"@merge: expected opts.array, got {_type(objects)}")
+    resolved = [_resolve(item, root) for item in objects]
+    if direction == "left":
+        resolved.reverse()
     merged: dict[str, Any] = {}
-    for item in objects:
-        merged.update(item)
+    for item in resolved:  # Object.assign: strings and arrays give their items by index
+        if isinstance(item, dict):
+            merged.update(item)
+        elif isinstance(item, (list, str)):
+            merged.update((str(index), value) for index, value in enumerate(item))
     return merged
 
 
-def _flatten(argument: dict[str, Any], root: Any) -> Any:
-    value = evaluate(argument["value"], root)
-    if not isinstance(value, dict):
-        return value
-    separator = str(argument.get("separator", "."))
-    flat: dict[str, Any] = {}
+def _flatten(argument: Any, root: Any) -> Any:
+    options = _object(argument, "@flatten")
+    if not js.truthy(options.get("separator", ABSENT)):
+        raise MappingError('@flatten requires a "separator" key')
+    separator = _resolve(options["separator"], root)
+    if not isinstance(separator, str):
+        raise MappingError("@flatten requires a string separator")
+    value = _resolve(options.get("value", ABSENT), root)
+    return flatten(value, "", separator, js.truthy(options.get("omitArrays", ABSENT)))
 
-    def walk(prefix: str, item: Any) -> None:
-        if isinstance(item, dict) and item:
-            for key, inner in item.items():
-                walk(f"{prefix}{separator}{key}" if prefix else str(key), inner)
-        else:
-            flat[prefix] = item
 
-    walk("", value)
-    return flat
+def flatten(value: Any, prefix: str, separator: str, omit_arrays: bool) -> dict[str, Any]:
+    """mapping-kit's flattenObject: nested objects (and arrays, unless omitted) become one
+    object with joined keys; anything else is `{prefix: value}`."""
+    if isinstance(value, dict) or (isinstance(value, list) and not omit_arrays):
+        entries = js.entries(value) if isinstance(value, dict) else enumerate(value)
+        flat: dict[str, Any] = {}
+        for key, inner in entries:
+            flat.update(
+                flatten(
+                    inner,
+                    f"{prefix}{separator}{key}" if prefix else str(key),
+                    separator,
+                    omit_arrays,
+                )
+            )
+        return flat
+    return {prefix: value}
+
+
+def _transform(argument: Any, root: Any) -> Any:
+    options = _object(argument, "@transform")
+    if not js.truthy(options.get("mapping", ABSENT)):
+        raise MappingError('@transform requires a "mapping" key')
+    if not js.truthy(options.get("apply", ABSENT)):
+        raise MappingError('@transform requires a "apply" key')
+    if not isinstance(options["apply"], dict):
+        raise MappingError('@transform "apply" key should be an object')
+    return _resolve(options["mapping"], _mapped(options["apply"], root))
 
 
 def _exclude_when_null(argument: Any, root: Any) -> Any:
-    value = evaluate(argument, root)
-    return ABSENT if value is None else value
+    value = _resolve(argument, root)
+    return ABSENT if value is None else _without_nulls(value)
+
+
+def _without_nulls(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    return {key: ABSENT if inner is None else _without_nulls(inner) for key, inner in value.items()}
+
+
+def _liquid(argument: Any, root: Any) -> Any:
+    if not isinstance(argument, str):
+        raise MappingError("liquid template value must be a string")
+    return liquid.render(argument, root)
 
 
 _DIRECTIVES: dict[str, Callable[[Any, Any], Any]] = {
     "@path": _path,
     "@template": _template,
-    "@literal": lambda argument, _: argument,
+    "@literal": _resolve,
     "@if": _if,
     "@case": _case,
     "@replace": _replace,
@@ -224,108 +380,7 @@ _DIRECTIVES: dict[str, Callable[[Any, Any], Any]] = {
     "@json": _json,
     "@merge": _merge,
     "@flatten": _flatten,
+    "@transform": _transform,
     "@excludeWhenNull": _exclude_when_null,
-}
-
-
-# -- validation ----------------------------------------------------------------------------------
-
-
-def _expect(kind: type | tuple[type, ...], description: str) -> Callable[[Any, str], list[str]]:
-    def check(argument: Any, where: str) -> list[str]:
-        return [] if isinstance(argument, kind) else [f"{where}: expected {description}"]
-
-    return check
-
-
-def _object_with(
-    required: Mapping[str, str], optional: Mapping[str, str] = {}, mapped: tuple[str, ...] = ()
-) -> Callable[[Any, str], list[str]]:
-    """An argument object with these keys; `mapped` keys hold mappings that are checked too."""
-
-    def check(argument: Any, where: str) -> list[str]:
-        if not isinstance(argument, dict):
-            return [f"{where}: expected an object with {', '.join(required)}"]
-        problems = [
-            f"{where}: missing {key} ({what})"
-            for key, what in required.items()
-            if key not in argument
-        ]
-        known = set(required) | set(optional)
-        problems += [f"{where}: unknown key {key}" for key in argument if key not in known]
-        problems += [
-            p
-            for key in mapped
-            if key in argument
-            for p in validate(argument[key], f"{where}.{key}")
-        ]
-        return problems
-
-    return check
-
-
-def _check_if(argument: Any, where: str) -> list[str]:
-    if not isinstance(argument, dict) or ("exists" in argument) == ("blank" in argument):
-        return [f"{where}: expected an object with exists or blank, and then and/or else"]
-    check = _object_with(
-        {}, {"exists": "", "blank": "", "then": "", "else": ""}, ("exists", "blank", "then", "else")
-    )
-    return check(argument, where)
-
-
-def _check_choice(key: str, choices: tuple[str, ...]) -> Callable[[Any, str], list[str]]:
-    def check(argument: Any, where: str) -> list[str]:
-        if isinstance(argument, dict) and argument.get(key) not in choices:
-            return [f"{where}.{key}: expected one of {', '.join(choices)}"]
-        return []
-
-    return check
-
-
-def _all(*checks: Callable[[Any, str], list[str]]) -> Callable[[Any, str], list[str]]:
-    return lambda argument, where: [p for check in checks for p in check(argument, where)]
-
-
-def _check_array_path(argument: Any, where: str) -> list[str]:
-    if not isinstance(argument, list) or len(argument) != 2:
-        return [f"{where}: expected [path, shape]"]
-    source, shape = argument
-    if not isinstance(source, (str, dict)):
-        return [f"{where}[0]: expected a path"]
-    return validate(source, f"{where}[0]") + validate(shape, f"{where}[1]")
-
-
-def _check_merge(argument: Any, where: str) -> list[str]:
-    problems = _object_with({"objects": "a list of mappings"}, {"direction": ""})(argument, where)
-    if problems:
-        return problems
-    if not isinstance(argument["objects"], list):
-        return [f"{where}.objects: expected a list of mappings"]
-    return _check_choice("direction", ("left", "right"))(
-        {"direction": argument.get("direction", "right")}, where
-    ) + validate(argument["objects"], f"{where}.objects")
-
-
-_CHECKS: dict[str, Callable[[Any, str], list[str]]] = {
-    "@path": _expect(str, "a path such as $.properties.total"),
-    "@template": _expect(str, "a text with {{path}} slots"),
-    "@literal": lambda argument, where: [],
-    "@if": _check_if,
-    "@case": _all(
-        _object_with({"operator": "lower or upper", "value": "a mapping"}, mapped=("value",)),
-        _check_choice("operator", ("lower", "upper")),
-    ),
-    "@replace": _object_with(
-        {"value": "a mapping", "pattern": "the text to replace"},
-        {"replacement": "", "global": "", "ignorecase": ""},
-        ("value",),
-    ),
-    "@arrayPath": _check_array_path,
-    "@json": _all(
-        _object_with({"mode": "encode or decode", "value": "a mapping"}, mapped=("value",)),
-        _check_choice("mode", ("encode", "decode")),
-    ),
-    "@merge": _check_merge,
-    "@flatten": _object_with({"value": "a mapping"}, {"separator": ""}, ("value",)),
-    "@excludeWhenNull": lambda argument, where: validate(argument, where),
+    "@liquid": _liquid,
 }

@@ -28,3 +28,19 @@ class RejectRow(msgspec.Struct, frozen=True, gc=False):
     reason: str
     message_id: str | None
     payload: str
+
+
+class MessageView(msgspec.Struct, frozen=True, gc=False):
+    """One message as a destination sees it: what to send, and its history with that
+    destination (attempts made before this one)."""
+
+    seq: int
+    message_id: str
+    payload: str  # the stored JSON, byte for byte
+    attempts: int = 0
+    first_attempt_at: str | None = None
+
+    @property
+    def id(self) -> int:
+        """Identifies the delivery within its destination (the message's seq)."""
+        return self.seq

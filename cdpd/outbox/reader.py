@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from cdpd.outbox import schema
+from cdpd.outbox import consumers, schema
 from cdpd.outbox.space import outbox_bytes
 
 
@@ -31,6 +31,7 @@ class OutboxStats(msgspec.Struct, frozen=True):
     last_received_at: str | None
     by_type: list[TypeCount]
     rejects: list[RejectCount]
+    consumers: list[consumers.ConsumerLag] = []
 
 
 class StoredMessage(msgspec.Struct, frozen=True):
@@ -64,6 +65,7 @@ async def stats(path: Path) -> OutboxStats:
         by_type = [TypeCount(*row) for row in await conn.execute_fetchall(COUNT_BY_TYPE)]
         rejects = [RejectCount(*row) for row in await conn.execute_fetchall(COUNT_REJECTS)]
         ((count, first, last),) = await conn.execute_fetchall(TIME_RANGE)
+        lags = await consumers.lags(conn)
     return OutboxStats(
         path=str(path),
         file_bytes=outbox_bytes(path),
@@ -72,6 +74,7 @@ async def stats(path: Path) -> OutboxStats:
         last_received_at=last,
         by_type=by_type,
         rejects=rejects,
+        consumers=lags,
     )
 
 
@@ -93,5 +96,14 @@ def _stored_message(row: Any) -> StoredMessage:
         user_id=user_id,
         anonymous_id=anonymous_id,
         received_at=received_at,
-        payload=msgspec.json.decode(payload),
+        payload=_payload(payload),
     )
+
+
+def _payload(text: str) -> Any:
+    """The stored JSON, decoded; as it is stored when it cannot be (a number out of range that
+    an older cdpd accepted): it is still JSON, which encoding the message copies."""
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return msgspec.Raw(text.encode())

@@ -84,6 +84,40 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX attempts_delivery ON attempts (delivery_id);
     CREATE INDEX attempts_recent ON attempts (destination, started_at);
     """,
+    # Consumers with positions; deliveries become a ledger of exceptions: a message delivered
+    # on its first attempt leaves no row (its lane's position passed it), only failures do.
+    """
+    CREATE TABLE consumers (
+        name        TEXT PRIMARY KEY,
+        kind        TEXT NOT NULL,
+        seq         INTEGER NOT NULL,
+        done_ranges TEXT NOT NULL DEFAULT '[]',
+        paused      INTEGER NOT NULL DEFAULT 0,
+        updated_at  TEXT NOT NULL
+    );
+    INSERT INTO consumers (name, kind, seq, updated_at)
+        SELECT 'delivery:' || destination, 'delivery', routed_seq,
+               strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+        FROM delivery_routing;
+    DROP TABLE delivery_routing;
+    UPDATE deliveries SET state = CASE WHEN attempts > 0 THEN 'retrying' ELSE 'pending' END
+        WHERE state = 'in_flight';
+    DELETE FROM attempts WHERE delivery_id IN (
+        SELECT id FROM deliveries WHERE state = 'delivered' AND attempts <= 1);
+    DELETE FROM deliveries WHERE state = 'delivered' AND attempts <= 1;
+    CREATE INDEX deliveries_message_id ON deliveries (message_id);
+    CREATE TABLE replays (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        destination TEXT NOT NULL,
+        first_seq   INTEGER NOT NULL,
+        last_seq    INTEGER NOT NULL,
+        since_at    TEXT NOT NULL,
+        until_at    TEXT NOT NULL,
+        source      TEXT,
+        created_at  TEXT NOT NULL,
+        finished_at TEXT
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

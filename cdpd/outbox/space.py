@@ -1,6 +1,8 @@
 """Watching the disk under the outbox so that cdpd answers 503 before the disk is full.
 
-The check runs on a timer, never on the request path; when space returns, writes resume.
+The check runs on a timer, never on the request path; when space returns, writes resume. The
+watch is a supervised service (`run(stop)`): a failing measurement is logged and the watch
+restarts, while the refusal it last decided stays in force.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import structlog
 
+from cdpd.clock import Clock, SystemClock
 from cdpd.outbox.writer import OutboxUnavailable, OutboxWriter
 
 log = structlog.get_logger()
@@ -45,12 +48,16 @@ class SpaceWatch:
         min_free_bytes: int,
         retry_after_s: int,
         measure: Callable[[Path], int] = free_bytes,
+        clock: Clock | None = None,
+        interval_s: float = CHECK_INTERVAL_S,
     ) -> None:
         self._writer = writer
         self._data_dir = data_dir
         self._min_free_bytes = min_free_bytes
         self._retry_after_s = retry_after_s
         self._measure = measure
+        self._clock = clock or SystemClock()
+        self._interval_s = interval_s
         self.refusing = False
 
     async def check(self) -> None:
@@ -74,7 +81,9 @@ class SpaceWatch:
             log.info("disk_space_recovered", free_bytes=free)
             self._writer.refuse(None)
 
-    async def run(self, interval_s: float = CHECK_INTERVAL_S) -> None:
+    async def run(self, stop: asyncio.Event) -> None:
+        """Check now and every `interval_s` until `stop` is set."""
         while True:
-            await asyncio.sleep(interval_s)
             await self.check()
+            if await self._clock.wait(stop, self._interval_s):
+                return

@@ -171,7 +171,16 @@ class OutboxWriter:
     # -- the writer task ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Commit cycles until `close()` is called and everything pending is written."""
+        """Commit cycles until `close()` is called and everything pending is written.
+
+        A cycle answers its own failures (SQLite errors, a failing operation) to the requests it
+        took, so an exception ends `run` only through a bug. Then the requests of the cycle it
+        hit are answered with an error and the rest stay queued: the supervisor's next `run`
+        commits them. After `close()` (or a cancellation) the queue is answered "shutting down"
+        and a later `run` returns at once."""
+        if self._stopped:
+            return
+        ending = True
         try:
             while True:
                 await self._wakeup.wait()
@@ -180,10 +189,15 @@ class OutboxWriter:
                     await self._cycle()
                 if self._closing:
                     return
+        except Exception:
+            ending = self._closing  # otherwise a restarted run takes up what is queued
+            self._wakeup.set()
+            raise
         finally:
-            self._closing = True
-            self._stopped = True
-            self._abandon_pending()
+            if ending:
+                self._closing = True
+                self._stopped = True
+                self._abandon_pending()
 
     def close(self) -> None:
         """Refuse new writes; `run` returns after committing what is already pending."""
@@ -218,6 +232,19 @@ class OutboxWriter:
 
     async def _cycle(self) -> None:
         group, ops = self._take_group(), self._take_ops()
+        try:
+            await self._commit(group, ops)
+        except BaseException:
+            # A bug or a cancellation: the requests this cycle took are not left waiting.
+            error = OutboxUnavailable(
+                "outbox_error", "the outbox writer failed; nothing was stored", 1
+            )
+            for done in [item.done for item in group] + [op.done for op in ops]:
+                if not done.done():
+                    done.set_exception(error)
+            raise
+
+    async def _commit(self, group: list[_Pending], ops: list[_Op]) -> None:
         rows = _first_of_each_id(group)
         rejects = [reject for item in group for reject in item.rejects]
         try:
@@ -276,7 +303,7 @@ class OutboxWriter:
         try:
             async with self._conn.execute(SELECT_IDS_AFTER, (seq_before,)) as cursor:
                 stored_ids = {row[0] for row in await cursor.fetchall()}
-        except sqlite3.Error:
+        except Exception:
             # The rows are committed: acknowledge them even if the counts cannot be split.
             log.exception("outbox_duplicate_count_failed")
             return [0] * len(group)

@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from cdpd.warehouse.mapping import Mapper
+from cdpd.warehouse.mapping import Mapper, UnreadableMessage
 from cdpd.warehouse.naming import schema_name
 from cdpd.warehouse.plan import Catalog, LoadPlan, plan_load
 from cdpd.warehouse.values import utc_text
@@ -39,6 +39,9 @@ log = structlog.get_logger("cdpd.warehouse")
 
 READ_BATCH = """
 SELECT seq, source, payload FROM messages WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?
+"""
+READ_UNREADABLE = """
+SELECT message_id, type, event, received_at, payload FROM messages WHERE seq = ?
 """
 READ_SOURCES = """
 SELECT DISTINCT source FROM (
@@ -78,7 +81,7 @@ class Batch(msgspec.Struct):
     schemas: frozenset[str]
     planned_for: Catalog
     plan: LoadPlan
-    unreadable: list[int]  # seqs whose payload is not JSON
+    unreadable: list[int]  # seqs whose payload cannot be decoded (each one is a discard)
     dropped: Counter[tuple[str, str, str]]  # see MappedBatch
     long_names: dict[str, str]
 
@@ -92,16 +95,21 @@ def prepare(job: Job) -> Batch | None:
     if not rows:
         return None
     mapper = Mapper(loaded_at=utc_text(datetime.now(UTC)))
-    unreadable = []
+    unreadable: dict[int, tuple[str, str]] = {}
     for seq, source, payload in rows:
         try:
             message = _decoder.decode(payload)
-        except msgspec.DecodeError:
-            unreadable.append(seq)
+        except msgspec.DecodeError as exc:
+            unreadable[seq] = (source, str(exc))
             continue
         if type(message) is dict:
             mapper.add(source, message)
+    if unreadable:
+        _discard_unreadable(reading.outbox, unreadable, mapper)
     mapped = mapper.batch()
+    # In stored JSON a U+0000 can only be the escape `\u0000` (this finds `\\u0000` too,
+    # which is harmless: it only makes `plan` look for the character).
+    mapped.nul_text = any("\\u0000" in payload for _, _, payload in rows)
     schemas = frozenset(map(schema_name, {source for _, source, _ in rows}))
     catalog = {key: columns for key, columns in job.catalog.items() if key[0] in schemas}
     plan = plan_load(
@@ -118,10 +126,21 @@ def prepare(job: Job) -> Batch | None:
         schemas=schemas,
         planned_for=catalog,
         plan=plan,
-        unreadable=unreadable,
+        unreadable=sorted(unreadable),
         dropped=mapped.dropped,
         long_names=mapped.long_names,
     )
+
+
+def _discard_unreadable(
+    outbox_path: Path, unreadable: dict[int, tuple[str, str]], mapper: Mapper
+) -> None:
+    """Each message of `unreadable` (seq -> source, error) as a discard of its own."""
+    with _outbox(outbox_path) as outbox:
+        for seq, (source, error) in unreadable.items():
+            found = outbox.execute(READ_UNREADABLE, (seq,)).fetchone()
+            if found is not None:
+                mapper.add_unreadable(source, UnreadableMessage(*found), error)
 
 
 def next_schemas(reading: Reading, after_seq: int) -> frozenset[str]:

@@ -29,6 +29,7 @@ from cdpd.warehouse.batches import Batch, BatchReader, Reading, worker_pool
 from cdpd.warehouse.plan import catalog_after
 from cdpd.warehouse.report import SyncReport
 from cdpd.warehouse.sinks import Sink, open_sink
+from cdpd.warehouse.sinks.errors import UnusableWarehouse
 from cdpd.warehouse.values import utc_text
 
 log = structlog.get_logger("cdpd.warehouse")
@@ -53,7 +54,14 @@ class NoOutbox(Exception):
 
 
 # What a sync reports as its error rather than raising: the databases and the files.
-SYNC_ERRORS = (OSError, aiosqlite.Error, asyncpg.PostgresError, asyncpg.InterfaceError, NoOutbox)
+SYNC_ERRORS = (
+    OSError,
+    aiosqlite.Error,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    NoOutbox,
+    UnusableWarehouse,
+)
 
 
 async def sync(

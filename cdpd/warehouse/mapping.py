@@ -3,15 +3,18 @@
 A message becomes rows of plain JSON scalars keyed by column name: the standard columns, then
 `context` flattened as `context_*`, then properties or traits flattened unprefixed (nested
 objects joined with `_`, the whole path snake-cased); arrays become JSON text and nulls make no
-column. A property or trait whose column is already taken by a standard or context column is
-dropped, as Segment does, and counted. `users` and `accounts` rows are merged per id (a later
-message's non-null values win); every other table keeps the first row per id.
+column. A property or trait named like a standard column is dropped, as Segment does, and
+counted; keys that share a column keep one value (`_collision_rank`), and the others, like a
+property that would replace a context column, go to the discards. `users` and `accounts`
+rows are merged per id (a later message's non-null values win); every other table keeps the
+first row per id.
 """
 
 from __future__ import annotations
 
 import functools
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -35,6 +38,15 @@ RESERVED_COLUMNS = {
     "aliases": frozenset({*_COMMON, "previous_id"}),
     "users": _OBJECT,
     "accounts": _OBJECT,
+}
+# The table of each message type (a track also has a row in its event's table).
+KIND_TABLES = {
+    "track": "tracks",
+    "identify": "identifies",
+    "group": "groups",
+    "page": "pages",
+    "screen": "screens",
+    "alias": "aliases",
 }
 EVENT_RESERVED_COLUMNS = frozenset({*_COMMON, "event", "event_text"})  # tracks and event tables
 _STANDARD_FIELDS = (
@@ -63,6 +75,16 @@ class Discard(msgspec.Struct, frozen=True, gc=False):
     received_at: str | None
 
 
+class UnreadableMessage(msgspec.Struct, frozen=True):
+    """The outbox columns of a message whose payload cannot be decoded."""
+
+    message_id: str
+    type: str
+    event: str | None
+    received_at: str
+    payload: str
+
+
 class MappedBatch(msgspec.Struct):
     """Messages turned into rows: `rows[(schema, table)][id]` is the row for that id."""
 
@@ -70,6 +92,8 @@ class MappedBatch(msgspec.Struct):
     discards: list[Discard]
     dropped: Counter[tuple[str, str, str]]  # (schema, table, column) -> reserved-name drops
     long_names: dict[str, str]  # a snake-cased name over the length limit -> what it became
+    # Whether some message holds text with U+0000, which no warehouse column takes (see `plan`).
+    nul_text: bool = False
 
 
 @functools.lru_cache(maxsize=65536)
@@ -114,8 +138,9 @@ class Mapper:
         if not schema or not isinstance(row_id, str):
             return
         standard = self._standard_columns(message, row_id)
-        self._flatten_into(standard, message.get("context"), "context_", (schema, "tracks"))
         kind = message.get("type")
+        context_table = KIND_TABLES.get(str(kind), "tracks")  # where a context value is discarded
+        self._flatten_into(standard, message.get("context"), "context_", (schema, context_table))
         if kind == "track":
             self._track(schema, message, standard)
         elif kind == "identify":
@@ -129,6 +154,27 @@ class Mapper:
         elif kind == "alias":
             standard["previous_id"] = message.get("previousId")
             self._insert(schema, "aliases", standard)
+
+    def add_unreadable(self, source: str, stored: UnreadableMessage, error: str) -> None:
+        """A message whose stored JSON cannot be decoded (a number out of range, stored by an
+        older cdpd): the whole of it goes to the discards table, in the table it was for."""
+        schema = _schema(source)
+        if not schema:
+            return
+        table = KIND_TABLES.get(stored.type, "tracks")
+        if stored.type == "track":
+            table = _event_table(stored.event or "") or table
+        self._batch.discards.append(
+            Discard(
+                schema=schema,
+                table=table,
+                row_id=stored.message_id,
+                column="",
+                value=stored.payload,
+                reason=f"unreadable_message: {error}",
+                received_at=stored.received_at,
+            )
+        )
 
     def _standard_columns(self, message: dict[str, Any], row_id: str) -> Row:
         row: Row = {"id": row_id}
@@ -190,13 +236,27 @@ class Mapper:
         else:
             existing.update(row)
 
-    def _flatten_into(
-        self, row: Row, obj: Any, prefix: str, where: TableKey, depth: int = 0
-    ) -> None:
-        """Add `obj`'s leaves to `row` as columns; a column `row` already has, or one reserved
-        for the table, is not replaced."""
+    def _flatten_into(self, row: Row, obj: Any, prefix: str, where: TableKey) -> None:
+        """Add `obj`'s leaves to `row` as columns. A column reserved for the table is not
+        replaced (the value is dropped, and counted); keys of `obj` that share a column, or take
+        one `row` already has, keep one value by `_collision_rank` and discard the others."""
         if type(obj) is not dict:
             return
+        columns_before = len(row)
+        collided: set[str] = set()
+        self._add_leaves(row, obj, prefix, where, 0, collided)
+        for column in collided:
+            self._settle(row, obj, prefix, where, column, columns_before)
+
+    def _add_leaves(
+        self,
+        row: Row,
+        obj: dict[str, Any],
+        prefix: str,
+        where: TableKey,
+        depth: int,
+        collided: set[str],
+    ) -> None:
         reserved = RESERVED_COLUMNS.get(where[1], EVENT_RESERVED_COLUMNS)
         names = self._names.get(prefix)
         if names is None:
@@ -206,7 +266,7 @@ class Mapper:
                 continue
             kind = type(value)
             if kind is dict and depth < MAX_FLATTEN_DEPTH:
-                self._flatten_into(row, value, prefix + key + "_", where, depth + 1)
+                self._add_leaves(row, value, prefix + key + "_", where, depth + 1, collided)
                 continue
             named = names.get(key)
             if named is None:
@@ -214,14 +274,44 @@ class Mapper:
             column, long_name = named
             if not column:
                 self._discard(where[0], where[1], row, prefix + key, value, "no_column_name")
-            elif column in row or column in reserved:
+            elif column in reserved:
                 self._batch.dropped[(where[0], where[1], column)] += 1
+            elif column in row:
+                collided.add(column)
             else:
                 if kind is list or kind is dict:
                     value = _encoder.encode(value).decode()
                 row[column] = value
                 if long_name is not None:
                     self._batch.long_names[long_name] = column
+
+    def _settle(
+        self, row: Row, obj: dict[str, Any], prefix: str, where: TableKey, column: str, before: int
+    ) -> None:
+        """Keep one value for a column that several keys of `obj` map to: a column `row` had
+        before (a `context_*` one, for a property) keeps its value; otherwise the key ranked
+        first by `_collision_rank` wins. The other values go to the discards table."""
+        shown = "context." if prefix else ""  # a key as people write it: `address.city`
+        leaves = sorted(
+            (_collision_rank(column, path, segments), shown + ".".join(segments), value)
+            for path, segments, value in _leaves_of(obj, prefix, column, self._column_of)
+        )
+        if list(row).index(column) < before:
+            winner = "the context's value"  # properties and traits come after context
+            losers = leaves
+        else:
+            (_, winner, value), *losers = leaves
+            row[column] = _encoder.encode(value).decode() if type(value) in (list, dict) else value
+        for _, path, value in losers:
+            reason = f"name_collision: {column} holds {winner}"
+            self._discard(where[0], where[1], row, path, value, reason)
+
+    def _column_of(self, prefix: str, key: str) -> str:
+        names = self._names.setdefault(prefix, {})
+        named = names.get(key)
+        if named is None:
+            named = names[key] = _column(prefix + key)
+        return named[0]
 
     def _discard(
         self, schema: str, table: str, row: Row, column: str, value: Any, reason: str
@@ -237,6 +327,34 @@ class Mapper:
                 received_at=row.get("received_at"),
             )
         )
+
+
+def _leaves_of(
+    obj: dict[str, Any],
+    prefix: str,
+    column: str,
+    column_of: Callable[[str, str], str],
+    segments: tuple[str, ...] = (),
+) -> list[tuple[str, tuple[str, ...], Any]]:
+    """The leaves of `obj` (as `_add_leaves` walks it) whose column is `column`: each one's
+    path (`prefix` plus its keys joined with `_`), its keys, and its value."""
+    found = []
+    for key, value in obj.items():
+        if value is None:
+            continue
+        path = (*segments, key)
+        if type(value) is dict and len(segments) < MAX_FLATTEN_DEPTH:
+            found += _leaves_of(value, prefix + key + "_", column, column_of, path)
+        elif column_of(prefix, key) == column:
+            found.append((prefix + key, path, value))
+    return found
+
+
+def _collision_rank(column: str, path: str, segments: tuple[str, ...]) -> tuple[Any, ...]:
+    """Which of several keys sharing a column keeps it, first ranked first: the key written
+    exactly as its column (`order_id`), then the least nested, then the first path in
+    code-point order (`ORDER_ID` before `Order Id` before `orderId`), then the first keys."""
+    return (path != column, len(segments), path, segments)
 
 
 def _set(row: Row, column: str, value: Any) -> None:

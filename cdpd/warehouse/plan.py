@@ -30,6 +30,10 @@ from cdpd.warehouse.values import (
 
 Catalog = dict[TableKey, dict[str, ColumnType]]
 
+NUL = "\x00"
+UNSTORABLE_TEXT = "unstorable_text: U+0000"
+UNSTORABLE_ROW = "unstorable_text: U+0000 in the id; the row is not loaded"
+
 FIXED_TYPES = {
     "id": ColumnType.STRING,
     "anonymous_id": ColumnType.STRING,
@@ -79,8 +83,14 @@ def plan_load(
     convert = converters(encode_timestamp)
     stamps = _Timestamps(encode_timestamp)
     plan = LoadPlan(tables=[], discards=list(batch.discards), refused_columns={})
+    if batch.nul_text:
+        plan.discards = [_storable_discard(d) for d in plan.discards]
     for key, rows_by_id in batch.rows.items():
         rows = list(rows_by_id.values())
+        if batch.nul_text:
+            rows = _without_nul(key, rows, plan.discards)
+            if not rows:
+                continue
         existing = catalog.get(key, {})
         table_plan, refused = _plan_table(key, rows, existing, max_columns)
         table_plan.values = _values(table_plan, rows, convert, stamps, plan.discards)
@@ -89,6 +99,64 @@ def plan_load(
         if refused:
             plan.refused_columns[key] = sorted(refused)
     return plan
+
+
+def _without_nul(key: TableKey, rows: list[Row], discards: list[Discard]) -> list[Row]:
+    """The rows with no text holding U+0000, which PostgreSQL cannot store (one rule for both
+    warehouses, so that they hold the same rows). Such a value becomes no value, and goes to
+    the discards table; a row whose id holds one is not loaded, and goes there whole."""
+    kept = []
+    for row in rows:
+        bad = [c for c, v in row.items() if type(v) is str and NUL in v]
+        if not bad:
+            kept.append(row)
+        elif "id" in bad:
+            discards.append(
+                Discard(
+                    schema=key[0],
+                    table=key[1],
+                    row_id=_json(row["id"]),
+                    column="id",
+                    value=_json(row),
+                    reason=UNSTORABLE_ROW,
+                    received_at=_storable(row.get("received_at")),
+                )
+            )
+        else:
+            row = dict(row)  # a copy: the mapped batch stays as it was
+            for column in bad:
+                discards.append(
+                    Discard(
+                        schema=key[0],
+                        table=key[1],
+                        row_id=row["id"],
+                        column=column,
+                        value=_json(row.pop(column)),
+                        reason=UNSTORABLE_TEXT,
+                        received_at=_storable(row.get("received_at")),
+                    )
+                )
+            kept.append(row)
+    return kept
+
+
+def _storable_discard(discard: Discard) -> Discard:
+    """A discard whose names (a property key, say) hold no U+0000: escaped as in JSON."""
+    return msgspec.structs.replace(
+        discard,
+        row_id=_storable(discard.row_id),
+        column=_storable(discard.column),
+        reason=_storable(discard.reason),
+        received_at=_storable(discard.received_at),
+    )
+
+
+def _storable(text: str | None) -> str | None:
+    return text.replace(NUL, "\\u0000") if text is not None and NUL in text else text
+
+
+def _json(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
 
 
 def catalog_after(catalog: Catalog, plan: LoadPlan) -> Catalog:

@@ -1,8 +1,10 @@
-"""The periodic sync of each configured warehouse, run as tasks of the daemon's TaskGroup.
+"""The periodic sync of each configured warehouse, one supervised service (`run(stop)`) each.
 
 A warehouse is synced when the daemon starts if its last recorded sync is older than
-`interval_s` (or there is none), then every `interval_s`. Stopping lets a sync finish the batch
-it is in (that batch commits) and ends the task; a cancelled sync rolls its batch back.
+`interval_s` (or there is none), then every `interval_s`. Setting `stop` lets a sync finish the
+batch it is in (that batch commits) and ends the service; a cancelled sync rolls its batch back.
+A failed sync is recorded as a failure report; anything else that fails restarts the schedule
+(under `cdpd.supervise`), which then waits for the next sync that is due.
 """
 
 from __future__ import annotations
@@ -10,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from contextlib import suppress
 from datetime import datetime
 
 import structlog
 
+from cdpd.clock import Clock, SystemClock
 from cdpd.config import Config, Warehouse
 from cdpd.warehouse import loader
 from cdpd.warehouse.report import SyncReport
@@ -24,10 +26,16 @@ log = structlog.get_logger("cdpd.warehouse")
 
 
 class Scheduler:
-    def __init__(self, config: Config, *, clock_s: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock_s: Callable[[], float] = time.time,
+        clock: Clock | None = None,
+    ) -> None:
         self._config = config
         self._clock_s = clock_s
-        self._stop = asyncio.Event()
+        self._clock = clock or SystemClock()
         self._locks = {w.name: asyncio.Lock() for w in config.warehouses}
         self._completed = {w.name: asyncio.Condition() for w in config.warehouses}
         self.reports: dict[str, list[SyncReport]] = {w.name: [] for w in config.warehouses}
@@ -36,22 +44,25 @@ class Scheduler:
     def warehouses(self) -> list[Warehouse]:
         return list(self._config.warehouses)
 
-    def stop(self) -> None:
-        self._stop.set()
+    def schedules(self) -> list[Schedule]:
+        """One service per configured warehouse."""
+        return [Schedule(self, warehouse) for warehouse in self._config.warehouses]
 
-    async def run(self, warehouse: Warehouse) -> None:
-        """Sync `warehouse` on its interval until `stop()`."""
+    async def run(self, warehouse: Warehouse, stop: asyncio.Event) -> None:
+        """Sync `warehouse` on its interval until `stop` is set."""
         delay_s = await self._first_delay_s(warehouse)
-        while not await self._stopped_within(delay_s):
-            await self.sync_now(warehouse.name)
+        while not await self._clock.wait(stop, delay_s):
+            await self.sync_now(warehouse.name, stop)
             delay_s = warehouse.interval_s
 
-    async def sync_now(self, name: str) -> SyncReport:
-        """One sync of the named warehouse; syncs of one warehouse in this process take turns."""
+    async def sync_now(self, name: str, stop: asyncio.Event | None = None) -> SyncReport:
+        """One sync of the named warehouse; syncs of one warehouse in this process take turns.
+        Setting `stop` ends the sync after the batch it is in."""
         warehouse = next(w for w in self._config.warehouses if w.name == name)
+        should_stop = stop.is_set if stop is not None else _never
         async with self._locks[name]:
             try:
-                report = await loader.sync(self._config, warehouse, should_stop=self._stop.is_set)
+                report = await loader.sync(self._config, warehouse, should_stop=should_stop)
             except Exception:
                 log.exception("warehouse_sync_crashed", warehouse=name)
                 report = SyncReport(warehouse=name, status="failure", started_at="", error="crash")
@@ -79,8 +90,21 @@ class Scheduler:
         age_s = self._clock_s() - finished.timestamp()
         return max(0.0, warehouse.interval_s - age_s)
 
-    async def _stopped_within(self, delay_s: float) -> bool:
-        if delay_s > 0:
-            with suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay_s)
-        return self._stop.is_set()
+
+class Schedule:
+    """One warehouse's periodic sync, as a service for `cdpd.supervise`."""
+
+    def __init__(self, scheduler: Scheduler, warehouse: Warehouse) -> None:
+        self._scheduler = scheduler
+        self.warehouse = warehouse
+
+    @property
+    def name(self) -> str:
+        return f"warehouse-{self.warehouse.name}"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._scheduler.run(self.warehouse, stop)
+
+
+def _never() -> bool:
+    return False

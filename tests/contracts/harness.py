@@ -17,7 +17,13 @@ import pytest
 from cdpd import cli
 from cdpd.app import running
 from cdpd.delivery.lane import Lane
-from tests.helpers import FakeClock, config_text, query
+from tests.helpers import (
+    FakeClock,
+    config_text,
+    delivery_statuses,
+    destination_names,
+    query,
+)
 from tests.integration.test_delivery import MakeConfig, recorded, send
 
 
@@ -92,8 +98,11 @@ async def settled(lane: Lane, count: int) -> None:
 
 def states(data_dir: Path) -> dict[str, tuple[Any, ...]]:
     """Each delivery's (state, last status, last error), by message id."""
-    rows = query(data_dir, "SELECT message_id, state, last_status, last_error FROM deliveries")
-    return {row[0]: row[1:] for row in rows}
+    return {
+        s.message_id: (s.state, s.last_status, s.last_error)
+        for name in destination_names(data_dir)
+        for s in delivery_statuses(data_dir, name)
+    }
 
 
 def attempts(data_dir: Path) -> list[tuple[Any, ...]]:

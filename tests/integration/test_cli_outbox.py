@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -10,8 +12,9 @@ import msgspec
 import pytest
 
 from cdpd import cli
-from cdpd.app import Running
-from tests.helpers import WRITE_KEY, basic_auth
+from cdpd.app import Running, running
+from cdpd.config import Config
+from tests.helpers import WRITE_KEY, basic_auth, outbox_path
 
 
 async def fill(cdpd: Running, http: aiohttp.ClientSession) -> None:
@@ -65,3 +68,22 @@ def test_no_outbox_yet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     config.write_text(f'[storage]\ndata_dir = "{tmp_path / "nothing"}"\n')
     assert cli.main(["outbox", "stats", "--config", str(config)]) == 1
     assert "there is no outbox" in capsys.readouterr().err
+
+
+async def test_tail_shows_a_stored_message_that_cannot_be_decoded(
+    make_config: Callable[..., Config],
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+    data_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with running(make_config()) as server:
+        await fill(server, http)
+    # What an older cdpd accepted: a number that no decoder reads back (ingest now rejects it).
+    broken = '{"type":"page","anonymousId":"a1","properties":{"n":1e400},"messageId":"m-3"}'
+    with sqlite3.connect(outbox_path(data_dir)) as conn:
+        conn.execute("UPDATE messages SET payload = ? WHERE message_id = 'm-3'", (broken,))
+    command = ["outbox", "tail", "-n", "1", "--config", str(tmp_path / "cdpd.toml")]
+    assert await asyncio.to_thread(cli.main, command) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert line.endswith(f',"payload":{broken}}}')

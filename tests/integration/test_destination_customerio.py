@@ -194,7 +194,7 @@ async def test_a_refused_event_is_dead_with_customerios_reason(
     assert sorted(deliveries(data_dir, "cio")) == sorted(
         [
             (spec.ORDER_COMPLETED["messageId"], "dead", 1, 400),
-            (spec.IDENTIFY["messageId"], "delivered", 1, 200),
+            (spec.IDENTIFY["messageId"], "delivered", 1, None),
         ]
     )
     errors = query(data_dir, "SELECT last_error FROM deliveries WHERE state = 'dead'")
@@ -268,4 +268,23 @@ async def test_a_message_without_a_person_is_dead_and_never_sent(
             "Create or Update Person: no value for required field id"
             " (the destination cannot take it as it is)",
         )
+    ]
+
+
+async def test_dot_segment_ids_stay_in_their_own_path(
+    make_config: MakeConfig, http: aiohttp.ClientSession
+) -> None:
+    messages = [
+        {"type": "identify", "userId": "..", "messageId": "i1", "traits": {"plan": "pro"}},
+        {"type": "track", "userId": ".", "event": "Signed Up", "messageId": "t1"},
+        {"type": "track", "userId": "..", "event": "Signed Up", "messageId": "t2"},
+    ]
+    async with CustomerIoTrack() as api:
+        await deliver(make_config, http, customerio(api.url), messages, settled=3)
+    # An HTTP client resolves `.` and `..` segments (`/customers/../events` is `/events`):
+    # the ids arrive as themselves, escaped, at the person's own path.
+    assert sorted((c.method, c.path, c.status) for c in api.calls) == [
+        ("POST", "/api/v1/customers/../events", 200),
+        ("POST", "/api/v1/customers/./events", 200),
+        ("PUT", "/api/v1/customers/..", 200),
     ]

@@ -91,7 +91,7 @@ async def test_each_spec_example_reaches_the_bound_queue_as_a_persistent_json_me
         assert message.body.decode() == payloads[example["messageId"]]
         assert message.content_type == "application/json"
         assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
-    assert {(status, error) for _, status, error, _ in attempts(data_dir)} == {(200, None)}
+    assert attempts(data_dir) == []  # delivered on the first attempt: nothing in the ledger
 
 
 async def test_an_action_maps_the_payload_and_the_routing_key(
@@ -145,7 +145,7 @@ async def test_a_nack_is_retried_until_the_queue_takes_it(
         assert [m.message_id for m in await drain(queue)] == ["m1"]
         clock.advance(300)
         await delivered(lane, 2)
-    assert attempts(data_dir)[1][2] == (
+    assert attempts(data_dir)[0][2] == (
         f"RabbitMQ: the broker nacked the message (exchange {name!r}, routing key 'track'):"
         " a queue refused it or the broker failed to store it"
     )

@@ -49,7 +49,7 @@ async def test_each_spec_example_is_an_entry_of_its_types_stream(
             {"message": payloads[message_id], "messageId": message_id, "type": kind}
         ]
     assert {state for _, state, _, _ in deliveries(data_dir, "redis")} == {"delivered"}
-    assert {(status, error) for _, status, error, _ in attempts(data_dir)} == {(200, None)}
+    assert attempts(data_dir) == []  # delivered on the first attempt: nothing in the ledger
     await client.delete(*(f"{prefix}:{kind}" for kind in spec_examples.ALL))
 
 
@@ -134,7 +134,7 @@ async def test_a_key_of_another_type_is_refused_and_the_rest_delivered(
     entry = destination(url, prefix + ":{{event}}", "concurrency = 1\nbatch_size = 2\n")
     messages = [track(1, event="Taken"), track(2, event="Free")]
     await deliver(entry, messages, wait=settled)
-    assert deliveries(data_dir, "redis") == [("m1", "dead", 1, 400), ("m2", "delivered", 1, 200)]
+    assert deliveries(data_dir, "redis") == [("m1", "dead", 1, 400), ("m2", "delivered", 1, None)]
     ((error,),) = _errors(data_dir, "m1")
     assert error.startswith("Redis: ResponseError: WRONGTYPE")
     assert len(await entries(client, f"{prefix}:Free")) == 1

@@ -37,8 +37,8 @@ async def test_spec_examples_become_slack_messages(
     assert {call.headers["Content-Type"] for call in hook.calls} == {"application/json"}
     # Slack's presets take identify and track: the page, screen, group and alias are not routed.
     assert deliveries(data_dir, "slack") == [
-        (spec.IDENTIFY["messageId"], "delivered", 1, 200),
-        (spec.ORDER_COMPLETED["messageId"], "delivered", 1, 200),
+        (spec.IDENTIFY["messageId"], "delivered", 1, None),
+        (spec.ORDER_COMPLETED["messageId"], "delivered", 1, None),
     ]
 
 

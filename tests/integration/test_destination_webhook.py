@@ -13,7 +13,11 @@ import msgspec
 
 from cdpd import __version__
 from cdpd.app import running
+from cdpd.destinations import actions, webhook
+from cdpd.destinations.base import Result
+from cdpd.destinations.settings import WebhookDestination
 from cdpd.destinations.webhook import sign
+from cdpd.model.rows import MessageView
 from tests.helpers import query, stored_payloads
 from tests.integration.test_delivery import MakeConfig, delivered, deliveries, hook, recorded, send
 from tests.sink import Sink, status
@@ -113,3 +117,23 @@ async def test_a_receiver_that_is_gone_makes_them_dead_with_its_answer(
     assert {row[1:] for row in deliveries(data_dir)} == {("dead", 1, 410)}
     errors = {row[0] for row in query(data_dir, "SELECT error FROM attempts")}
     assert errors == {"HTTP 410: hook deleted (status 410 is not retried)"}
+
+
+async def test_a_stored_message_id_with_a_control_character_is_dead_at_once() -> None:
+    """Ingest refuses such ids now (`invalid_message_id`); one an older cdpd stored cannot go in
+    the Idempotency-Key header, so it is invalid at once rather than retried for hours."""
+    config = WebhookDestination(name="hook", url="http://127.0.0.1:1/unused")
+    built = actions.build(config, webhook.KINDS, webhook.PRESETS)
+    payload = '{"type":"track","userId":"u1","event":"E","messageId":"%s"}'
+    batch = [
+        MessageView(seq=1, message_id="m\r\n1", payload=payload % "m\\r\\n1"),
+        MessageView(seq=2, message_id="m2", payload=payload % "m2"),
+    ]  # fmt: skip
+    async with Sink() as sink, aiohttp.ClientSession() as session:
+        destination = webhook.Webhook(msgspec.structs.replace(config, url=sink.url), built)
+        results = await destination.send(session, actions.prepare(built, batch))
+    assert results == [
+        Result(None, "messageId holds the control character U+000D", invalid=True),
+        Result(200),
+    ]
+    assert [m["messageId"] for m in sink.messages] == ["m2"]

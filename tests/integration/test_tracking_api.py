@@ -406,6 +406,36 @@ async def test_bad_messages_are_rejected_and_the_rest_accepted(
     assert cdpd.ingest.rejected["missing_event"] == 1
 
 
+async def test_unreadable_numbers_and_header_breaking_ids_reject_only_their_message(
+    cdpd: Running, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    body = (
+        b'{"batch":[{"type":"track","userId":"u","event":"E","messageId":"big",'
+        b'"properties":{"total":1e400}},'
+        b'{"type":"track","userId":"u","event":"E","messageId":"long",'
+        b'"properties":{"n":' + b"7" * 5000 + b"}},"
+        b'{"type":"track","userId":"u","event":"E","messageId":"m\\r\\nX-Evil: 1"},'
+        b'{"type":"track","userId":"u","event":"E","messageId":"good",'
+        b'"properties":{"n":18446744073709551615,"nul":"a\\u0000b"}}]}'
+    )
+    status, payload, _ = await post(http, f"{cdpd.url}/v1/batch", body)
+    assert (status, payload) == (200, {"success": True})
+    assert query(data_dir, "SELECT message_id FROM messages") == [("good",)]
+    assert rejects(data_dir) == [
+        (
+            "number_out_of_range",
+            "properties: holds a number out of range; numbers must be 64-bit integers or doubles",
+            "big",
+        ),
+        (
+            "number_out_of_range",
+            "properties: holds a number out of range; numbers must be 64-bit integers or doubles",
+            "long",
+        ),
+        ("invalid_message_id", "messageId holds the control character U+000D", "m\r\nX-Evil: 1"),
+    ]
+
+
 async def test_envelope_fields_of_the_wrong_type_are_ignored_not_fatal(
     cdpd: Running, http: aiohttp.ClientSession, data_dir: Path
 ) -> None:

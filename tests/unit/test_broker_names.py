@@ -7,14 +7,14 @@ import msgspec
 import pytest
 
 from cdpd import cli
-from cdpd.delivery.store import Claimed
 from cdpd.destinations import actions as actions_module
 from cdpd.destinations import brokers, mqtt, nats_jetstream, rabbitmq, redis_streams
 from cdpd.destinations.actions import Prepared
 from cdpd.destinations.settings import RabbitMQDestination
 from cdpd.mapping import kit
+from cdpd.model.rows import MessageView
 
-CLAIMED = Claimed(id=1, seq=1, message_id="m1", attempts=0, first_attempt_at=None, payload="{}")
+CLAIMED = MessageView(seq=1, message_id="m1", payload="{}")
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,13 @@ PAGE = {"type": "page", "anonymousId": "a1", "name": "Home", "properties": {"tot
         ("anonymousId != null", False, True),
         ('contains(event, "Order")', True, False),
         ('match(context.page.path, "/checkout*")', True, False),
-        ('!match(context.page.path, "/checkout*")', False, True),
+        ('!match(context.page.path, "/checkout*")', False, False),  # PAGE has no path: false
+        ('!contains(context.page.path, "admin")', True, False),
+        ("properties.n != 4", True, False),  # a number: "12" is not one
+        ('properties.total != "12"', True, False),
+        ("event = 3", False, False),  # event is compared as text: the event named "3"
+        ('type = "track" and event = "x" or type = "page"', True, True),  # or, for all three
+        ('properties.total > "100"', True, False),
         ('not (type = "track" and properties.total > 200)', True, True),
         ('match(name, "H?me")', False, False),  # only * is a wildcard
         ('(type = "page") and (name = "Home" or name = "About")', False, True),
@@ -55,7 +61,7 @@ def test_matches(condition: str, order: bool, page: bool) -> None:
         ('type = "track" and', "at the end"),
         ('type == "track"', "column 7"),
         ('event = "Order" or (type = "track"', "expected ')'"),
-        ("contains(event, 3)", "takes a string"),
+        ("contains(event, )", "takes a string at column 17"),
         ("type = track", "expected a value"),
         ('type = "track" #', "unexpected character '#' at column 16"),
         ('and = "x"', "expected a field name at column 1"),
@@ -67,8 +73,12 @@ def test_errors_say_where(condition: str, says: str) -> None:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-5, 5) | st.sampled_from(["a", "ab", "b*", "A"]),
-    lambda inner: st.dictionaries(st.sampled_from(["x", "y"]), inner, max_size=2),
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 5)
+    | st.floats(-5, 5, allow_nan=False)
+    | st.sampled_from(["a", "ab", "b*", "A", "", "3", "true", "null", "é*", "a b"]),
+    lambda inner: st.dictionaries(st.sampled_from(["x", "y", "a b"]), inner, max_size=2),
     max_leaves=4,
 )
 conditions = st.sampled_from(
@@ -76,12 +86,19 @@ conditions = st.sampled_from(
         'x = "a"', "x = 1", "x != 1", "x > 0", "x <= -1", "x = null", "x != null", "x = true",
         'contains(x, "a")', 'match(x, "a*")', 'match(x, "b*")', "x.y = 2", 'x.y != "ab"',
         'not (x = "a" or y > 2)', 'x = "a" and y = null', "x.x.y >= 0",
+        '!contains(x, "a")', '!match(x, "*b")', 'match(x, "ab")', 'contains(x, "")',
+        'match(x, "*")', '!match(x, "a*")', "x != true", 'x != "3"', 'x > "2"', "x < 2.5",
+        'x.a\\ b = "a"', 'x = "a" and y = "b" or x = 1', 'x = 1 or y = 2 and x != null',
+        "type = 3", 'type != "a"', "event = true", "event = null", "name = null",
+        'name != "a"', "userId = true", "userId != null", "userId != 3", 'contains(event, 3)',
+        '!match(name, "é*")', "properties.x != 0",
     ]
 )  # fmt: skip
+roots = st.sampled_from(["x", "y", "type", "event", "name", "userId", "properties"])
 
 
-@settings(max_examples=300, deadline=None)
-@given(message=st.dictionaries(st.sampled_from(["x", "y"]), json_values), condition=conditions)
+@settings(max_examples=500, deadline=None)
+@given(message=st.dictionaries(roots, json_values), condition=conditions)
 def test_python_and_sql_agree(message: dict[str, Any], condition: str) -> None:
     assert matches(parse(condition), message) == _sql_matches(condition, message)
 

@@ -97,6 +97,52 @@ def test_message_id_over_100_characters_is_rejected() -> None:
     assert result.code == "message_id_too_long"
 
 
+@pytest.mark.parametrize("message_id", ["m\n1", "m\r\nX-Evil: 1", "m\x00", "\x7f", "m\x85"])
+def test_message_id_with_a_control_character_is_rejected(message_id: str) -> None:
+    result = rejected({"userId": "u1", "event": "E", "messageId": message_id})
+    assert result.code == "invalid_message_id"
+    assert result.reason.startswith("messageId holds the control character U+")
+
+
+@pytest.mark.parametrize(
+    ("raw_value", "shown"),
+    [
+        (b"1e400", "a number out of range"),
+        (b"-1.8e308", "a number out of range"),
+        (b"1E+0400", "a number out of range"),
+        (b"[0,\n  2.5e999\n]", "a number out of range"),
+        (b"1" * 5000, "a number out of range"),
+        (b"18446744073709551616", "the integer 18446744073709551616"),
+        (b'[1, {"deep": -9223372036854775809}]', "the integer -9223372036854775809"),
+    ],
+)
+def test_a_number_out_of_range_is_rejected(raw_value: bytes, shown: str) -> None:
+    raw = b'{"userId":"u1","event":"E","messageId":"m-1","properties":{"n":' + raw_value + b"}}"
+    result = normalize(raw, facts(), path_type="track", max_bytes=32 * 1024)
+    assert isinstance(result, Rejection), result
+    assert (result.code, result.message_id) == ("number_out_of_range", "m-1")
+    assert result.reason == f"properties: holds {shown}; numbers must be 64-bit integers or doubles"
+
+
+@pytest.mark.parametrize(
+    "raw_value",
+    [
+        b"18446744073709551615",
+        b"-9223372036854775808",
+        b"1.7976931348623157e308",
+        b"1e-400",
+        b'"12345678901234567890123 e999"',
+        b'"507f191e810c19729de860ea"',
+        b"-2.5e-4000",
+    ],
+)
+def test_numbers_in_range_and_look_alike_text_are_kept(raw_value: bytes) -> None:
+    raw = b'{"userId":"u1","event":"E","properties":{"n":' + raw_value + b"}}"
+    result = normalize(raw, facts(), path_type="track", max_bytes=32 * 1024)
+    assert isinstance(result, OutboxRow), result
+    assert raw_value in result.payload.encode()
+
+
 def test_nulls_are_absent_and_the_write_key_is_stripped() -> None:
     out = accepted(
         {"userId": "u1", "anonymousId": None, "event": "E", "writeKey": "wk", "category": None},
@@ -163,6 +209,17 @@ def test_invalid_json_is_rejected() -> None:
     result = normalize(b'{"userId": ', facts(), path_type="track", max_bytes=1000)
     assert isinstance(result, Rejection)
     assert result.code == "invalid_json"
+
+
+def test_a_lone_surrogate_is_invalid_json_and_nul_text_is_kept() -> None:
+    raw = b'{"userId":"u1","event":"E","properties":{"s":"\\ud800"}}'
+    result = normalize(raw, facts(), path_type="track", max_bytes=1000)
+    assert isinstance(result, Rejection)
+    assert result.code == "invalid_json"
+    raw = b'{"userId":"u1","event":"E","properties":{"s":"a\\u0000b","pair":"\\ud83d\\ude00"}}'
+    result = normalize(raw, facts(), path_type="track", max_bytes=1000)
+    assert isinstance(result, OutboxRow)
+    assert '"s":"a\\u0000b"' in result.payload
 
 
 def test_envelope_context_and_integrations_are_merged_under_the_message() -> None:

@@ -133,6 +133,50 @@ def test_unnamed_events_and_columns_go_to_discards() -> None:
 
 
 @pytest.mark.parametrize(
+    "properties",
+    [
+        {"Order Id": "a", "orderId": "b", "ORDER_ID": "c"},
+        {"orderId": "b", "ORDER_ID": "c", "Order Id": "a"},
+        {"ORDER_ID": "c", "Order Id": "a", "orderId": "b"},
+    ],
+)
+def test_colliding_names_keep_one_winner_whatever_the_key_order(properties: Any) -> None:
+    batch = mapped(track("m1", properties=properties))
+    assert batch.rows[("website", "order_completed")]["m1"]["order_id"] == "c"
+    assert sorted((d.column, d.value, d.reason) for d in batch.discards) == [
+        ("Order Id", '"a"', "name_collision: order_id holds ORDER_ID"),
+        ("orderId", '"b"', "name_collision: order_id holds ORDER_ID"),
+    ]
+    assert not batch.dropped
+
+
+def test_the_key_written_as_its_column_wins_then_the_least_nested() -> None:
+    properties = {
+        "addressCity": "b",
+        "address": {"city": "c", "zip": [1, 2]},
+        "address_city": "a",
+        "Address Zip": "z",
+    }
+    batch = mapped(track("m1", properties=properties))
+    row = batch.rows[("website", "order_completed")]["m1"]
+    assert (row["address_city"], row["address_zip"]) == ("a", "[1,2]")
+    assert sorted((d.column, d.value, d.reason) for d in batch.discards) == [
+        ("Address Zip", '"z"', "name_collision: address_zip holds address.zip"),
+        ("address.city", '"c"', "name_collision: address_city holds address_city"),
+        ("addressCity", '"b"', "name_collision: address_city holds address_city"),
+    ]
+
+
+def test_a_property_named_like_a_context_column_leaves_the_context_value() -> None:
+    message = track("m1", context={"ip": "1.2.3.4"}, properties={"contextIp": "5.6.7.8"})
+    batch = mapped(message)
+    assert batch.rows[("website", "order_completed")]["m1"]["context_ip"] == "1.2.3.4"
+    assert [(d.column, d.value, d.reason) for d in batch.discards] == [
+        ("contextIp", '"5.6.7.8"', "name_collision: context_ip holds the context's value")
+    ]
+
+
+@pytest.mark.parametrize(
     ("value", "column_type"),
     [
         (True, ColumnType.BOOLEAN),
@@ -275,3 +319,39 @@ def test_the_catalog_after_a_plan_has_its_new_tables_and_columns() -> None:
     assert catalog[("website", "order_completed")] == {"id": ColumnType.STRING}  # not changed
     again = plan_load(batch, after, max_columns=100, encode_timestamp=utc_text)
     assert all(not table.new_columns for table in again.tables)
+
+
+def test_text_with_nul_becomes_a_discard_with_escaped_names() -> None:
+    batch = mapped(
+        track("m1", properties={"\x00": "x", "note": "a\x00b", "ok": "fine"}, event="E\x00"),
+        {"type": "identify", "messageId": "i1", "userId": "u\x00", "traits": {"plan": "pro"}},
+    )
+    batch.nul_text = True  # what `batches.prepare` finds in the stored JSON
+    plan = plan_load(batch, {}, max_columns=100, encode_timestamp=utc_text)
+    tables = {t.table: dict(zip(t.columns, t.values, strict=True)) for t in plan.tables}
+    assert "users" not in tables
+    assert tables["e"]["ok"] == ["fine"]
+    assert "note" not in tables["e"]
+    assert "event_text" not in tables["tracks"]
+    assert sorted((d.table, d.row_id, d.column, d.reason) for d in plan.discards) == [
+        ("e", "m1", "\\u0000", "no_column_name"),
+        ("e", "m1", "event_text", "unstorable_text: U+0000"),
+        ("e", "m1", "note", "unstorable_text: U+0000"),
+        ("identifies", "i1", "user_id", "unstorable_text: U+0000"),
+        ("tracks", "m1", "event_text", "unstorable_text: U+0000"),
+        ("users", '"u\\u0000"', "id", "unstorable_text: U+0000 in the id; the row is not loaded"),
+    ]
+    assert all("\x00" not in d.value for d in plan.discards)
+
+
+def test_context_keys_that_share_a_column_are_discarded_in_the_message_table() -> None:
+    context = {"userAgent": "b", "user_agent": "a"}
+    batch = mapped({"type": "identify", "messageId": "i1", "userId": "u1", "context": context})
+    assert batch.rows[("website", "identifies")]["i1"]["context_user_agent"] == "a"
+    assert [(d.table, d.column, d.reason) for d in batch.discards] == [
+        (
+            "identifies",
+            "context.userAgent",
+            "name_collision: context_user_agent holds context.user_agent",
+        )
+    ]

@@ -31,6 +31,7 @@ from cdpd.warehouse.mapping import Discard, TableKey
 from cdpd.warehouse.naming import DISCARDS_TABLE, quote
 from cdpd.warehouse.plan import Catalog, LoadPlan, TablePlan
 from cdpd.warehouse.report import SyncReport, TableRows
+from cdpd.warehouse.sinks.errors import UnusableWarehouse
 from cdpd.warehouse.values import ColumnType
 
 LOAD_LOCK_KEY = 0x63647064_77680001  # "cdpdwh" + 1: one lock for every cdpd load in a database
@@ -95,6 +96,13 @@ def redacted(dsn: str) -> str:
 async def open_sink(dsn: str, warehouse: str) -> AsyncIterator[PostgresSink]:
     conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
     try:
+        encoding = await conn.fetchval("SHOW server_encoding")
+        if encoding != "UTF8":
+            # Any text could be refused then, and not one message but the warehouse is at fault.
+            raise UnusableWarehouse(
+                f"the database's encoding is {encoding}; cdpd loads only into UTF8 databases"
+                " (CREATE DATABASE ... ENCODING 'UTF8')"
+            )
         await conn.set_type_codec(
             "timestamptz",
             schema="pg_catalog",
