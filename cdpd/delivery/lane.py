@@ -487,14 +487,26 @@ class _Run:
             if lane._observe is not None:
                 lane._observe(duration_ms / 1000)
             origin = _origin(batch.consumer)
-            outcomes = self._outcomes(batch.items, results, started_ms, duration_ms, origin)
-            self._judge_destination(results)
+            distinct = list({id(r): r for r in results}.values())
+            if origin == "stream" and all(_delivered(r) for r in distinct):
+                # The common case: new messages delivered on their first attempt leave no
+                # row, only a position that moves: nothing to decide one by one.
+                outcomes = None
+            else:
+                outcomes = self._outcomes(batch.items, results, started_ms, duration_ms, origin)
+            self._judge_destination(distinct)
             finish = None
             if batch.consumer is not None:
                 finish = Finish(batch.consumer, batch.first, batch.last, batch.parked)
-            await self.recorder.record(outcomes, finish)
+            await self.recorder.record(outcomes or (), finish)
             self._settle(batch, outcomes)
-            self._count(outcomes, duration_ms)
+            if outcomes is None:
+                stats.attempts += 1
+                stats.latencies_ms.append(duration_ms)
+                stats.delivered += len(batch.items)
+                stats.unhealthy = False
+            else:
+                self._count(outcomes, duration_ms)
             async with stats.recorded:
                 stats.recorded.notify_all()
         finally:
@@ -527,9 +539,13 @@ class _Run:
         lane.stats.circuit = circuit.state
         self.probe.set()
 
-    def _settle(self, batch: Batch, outcomes: list[Outcome]) -> None:
-        """The batch is recorded: its users and ledger rows are free again."""
-        for owed, outcome in zip(batch.items, outcomes, strict=True):
+    def _settle(self, batch: Batch, outcomes: list[Outcome] | None) -> None:
+        """The batch is recorded: its users and ledger rows are free again (`outcomes` None:
+        every message was delivered)."""
+        if outcomes is None and not self.lane._ordered and batch.consumer is not None:
+            self._finish_job_if_done(batch)
+            return
+        for index, owed in enumerate(batch.items):
             key = owed.order_key
             if batch.consumer is None:
                 self.ledger_busy.discard(owed.view.seq)
@@ -539,17 +555,20 @@ class _Run:
             if self.keys_busy[key] <= 0:
                 del self.keys_busy[key]
             was_waiting = owed.from_ledger
-            waits = outcome.state == "retrying"
+            waits = outcomes is not None and outcomes[index].state == "retrying"
             self.keys_waiting[key] += int(waits) - int(was_waiting)
             if self.keys_waiting[key] <= 0:
                 del self.keys_waiting[key]
+        self._finish_job_if_done(batch)
+        if self.lane._ordered or batch.consumer is None:
+            self.lane._work.set()  # a user's next message, or a retry, may go now
+
+    def _finish_job_if_done(self, batch: Batch) -> None:
         if batch.consumer is not None and batch.consumer in self.jobs:
             job = self.jobs[batch.consumer]
             if self.progress[batch.consumer].seq >= job.last_seq:
                 self.recorder.finish_job(job.id)
                 del self.jobs[batch.consumer]
-        if self.lane._ordered or batch.consumer is None:
-            self.lane._work.set()  # a user's next message, or a retry, may go now
 
     async def _send(self, batch: list[MessageView]) -> list[Result]:
         """Prepare each message for its actions, send, and make one result per message. A
@@ -692,6 +711,10 @@ def _origin(consumer: str | None) -> str:
     if consumer is None:
         return "ledger"
     return "replay" if consumer.startswith("replay:") else "stream"
+
+
+def _delivered(result: Result) -> bool:
+    return result.skipped or (policy.is_success(result.status) and not result.invalid)
 
 
 def _retryable(result: Result) -> bool:

@@ -65,7 +65,9 @@ class RoutingRule(msgspec.Struct, frozen=True):
         else for its catalog name, else `All`, else true; only an explicit `false` disables
         (an object means enabled, with options)."""
         clauses = [
-            "coalesce(payload ->> ?, payload ->> ?, payload ->> '$.integrations.All', 1) != 0",
+            # Only a `false` can disable: a message without one anywhere needs no JSON parsed.
+            "(instr(payload, 'false') = 0 OR coalesce(payload ->> ?, payload ->> ?,"
+            " payload ->> '$.integrations.All', 1) != 0)",
             self.subscription[0],
         ]
         params: list[Any] = [

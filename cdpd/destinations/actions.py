@@ -146,6 +146,10 @@ def combine(
 ) -> list[Result]:
     """One result per delivery: a retryable failure of any of its actions retries the whole
     delivery; otherwise a permanent failure makes it dead; otherwise it is delivered."""
+    if len(prepared) == len(batch) and all(
+        item.delivery is delivery for item, delivery in zip(prepared, batch, strict=True)
+    ):  # one action per delivery (a whole-message webhook, say): its result is the result
+        return list(results)
     by_delivery: dict[int, list[Result]] = {}
     for item, result in zip(prepared, results, strict=True):
         by_delivery.setdefault(item.delivery.id, []).append(result)

@@ -37,6 +37,12 @@ def json_path(path: tuple[str, ...]) -> str:
 
 
 def _compare(column: str, node: Compare) -> tuple[str, list[Any]]:
+    if column == "payload" and node.path == ("type",) and node.op == "string_equals":
+        # The outbox's `type` column holds the message's type (ingest stores only messages
+        # whose type is one of Segment's six, as text): no JSON to parse for the commonest test.
+        return "(type = ?)", [node.value]
+    if column == "payload" and node.path == ("type",) and node.op == "string_not_equals":
+        return "(type <> ?)", [node.value]
     path = json_path(node.path)
     kind = f"json_type({column}, ?)"
     value = f"({column} ->> ?)"

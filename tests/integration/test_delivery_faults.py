@@ -117,16 +117,16 @@ async def test_a_lane_that_fails_is_restarted_with_its_deliveries_put_back(
     data_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real_outcomes = lane_run._Run._outcomes
+    real_judge = lane_run._Run._judge_destination
     failed = asyncio.Event()
 
-    def outcomes_failing_once(self: lane_run._Run, *args: Any, **kwargs: Any) -> Any:
+    def judge_failing_once(self: lane_run._Run, *args: Any, **kwargs: Any) -> Any:
         if not failed.is_set():
             failed.set()
             raise RuntimeError("a bug in the lane")
-        return real_outcomes(self, *args, **kwargs)
+        return real_judge(self, *args, **kwargs)
 
-    monkeypatch.setattr(lane_run._Run, "_outcomes", outcomes_failing_once)
+    monkeypatch.setattr(lane_run._Run, "_judge_destination", judge_failing_once)
     async with (
         Sink() as sink,
         Sink() as other,

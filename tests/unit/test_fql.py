@@ -106,8 +106,14 @@ def test_python_and_sql_agree(message: dict[str, Any], condition: str) -> None:
 def _sql_matches(condition: str, message: dict[str, Any]) -> bool:
     sql, params = to_sql(parse(condition))
     with sqlite3.connect(":memory:") as conn:
+        # `type` stands for the outbox's column, which holds the message's type as text.
+        kind = message.get("type")
         ((result,),) = conn.execute(
-            f"SELECT {sql} FROM (SELECT ? AS payload)",
-            [*params, msgspec.json.encode(message).decode()],
+            f"SELECT {sql} FROM (SELECT ? AS payload, ? AS type)",
+            [
+                *params,
+                msgspec.json.encode(message).decode(),
+                kind if isinstance(kind, str) else "\0",
+            ],
         ).fetchall()
     return bool(result)

@@ -78,6 +78,11 @@ def _agree(text: str, cases: list[tuple[dict[str, Any], bool]]) -> None:
     ]
 
 
+def _type_column(message: Any) -> str:
+    kind = message.get("type") if isinstance(message, dict) else None
+    return kind if isinstance(kind, str) else "\0"
+
+
 def _sql_matches(node: fql.Node, text: str, messages: list[dict[str, Any]]) -> list[bool]:
     action = Action(
         name="a", kind="send", subscribe=text, subscription=node, mapping={}, required=(),
@@ -89,8 +94,13 @@ def _sql_matches(node: fql.Node, text: str, messages: list[dict[str, Any]]) -> l
             conn.executescript(migration)
         conn.executemany(
             "INSERT INTO messages (seq, message_id, source, type, received_at, payload)"
-            " VALUES (?, ?, 'web', 'track', '2026-01-01T00:00:00.000Z', ?)",
-            [(seq, f"m{seq}", msgspec.json.encode(m).decode()) for seq, m in enumerate(messages)],
+            " VALUES (?, ?, 'web', ?, '2026-01-01T00:00:00.000Z', ?)",
+            # The type column holds the message's type, as ingest stores it (NUL for a message
+            # without a text type, which ingest never stores).
+            [
+                (seq, f"m{seq}", _type_column(m), msgspec.json.encode(m).decode())
+                for seq, m in enumerate(messages)
+            ],
         )
         chosen = {
             seq for (seq,) in conn.execute(f"SELECT seq FROM messages WHERE {condition}", params)
