@@ -10,15 +10,16 @@ needs (the outbox's job, see delivery/retention.py).
 
 from __future__ import annotations
 
+import asyncio
 import bisect
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 import msgspec
 
-from cdpd.model.timestamps import now_ms, parse_ms
+from cdpd.model.timestamps import format_ms, now_ms, parse_ms
 
 Range = tuple[int, int]  # first and last seq, both included
 
@@ -175,3 +176,114 @@ async def open_reader(path: Path) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
     await conn.execute("PRAGMA busy_timeout = 5000")
     return conn
+
+
+class Message(msgspec.Struct, frozen=True, gc=False):
+    """A stored message as a consumer reads it (the columns of `messages`)."""
+
+    seq: int
+    message_id: str
+    source: str
+    type: str
+    event: str | None
+    user_id: str | None
+    anonymous_id: str | None
+    received_at: str
+    payload: str
+
+
+READ_AFTER = """
+SELECT seq, message_id, source, type, event, user_id, anonymous_id, received_at, payload
+FROM messages WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?
+"""
+
+
+class Consumer:
+    """A stage that reads the outbox in order past a durable position and moves it in the same
+    transaction as its own effects: identity resolution, audiences, anything that processes
+    messages a batch at a time.
+
+        consumer = Consumer("identity", "identity", path, writer.transact, lambda: writer.last_seq)
+        writer.on_messages(consumer.new_messages)
+        await consumer.start(from_seq=0)
+        while not stop.is_set():
+            batch = await consumer.read(1000)
+            if batch:
+                await consumer.advance(batch[-1].seq, apply_effects)  # one transaction
+            else:
+                await consumer.wait(stop, poll_s=1.0)
+    """
+
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        path: Path,
+        transact: Callable[[Callable[[aiosqlite.Connection], Awaitable[Any]]], Awaitable[Any]],
+        end_seq: Callable[[], int],
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self._path = path
+        self._transact = transact
+        self._end_seq = end_seq
+        self.new_messages = asyncio.Event()  # the writer sets it after each commit
+        self.seq = 0
+        self._reader: aiosqlite.Connection | None = None
+
+    async def start(self, from_seq: int = 0) -> int:
+        """Create the consumer at `from_seq` the first time; returns its stored position."""
+
+        async def start(conn: aiosqlite.Connection) -> int:
+            known = (await positions(conn)).get(self.name)
+            if known is None:
+                at = format_ms(now_ms())
+                await put(conn, Position(self.name, self.kind, from_seq, [], False, at))
+                return from_seq
+            return known.seq
+
+        self.seq = await self._transact(start)
+        if self._reader is None:
+            self._reader = await open_reader(self._path)
+        return self.seq
+
+    async def read(self, limit: int) -> list[Message]:
+        """The next `limit` messages past the position (committed ones only)."""
+        assert self._reader is not None, "start() first"
+        rows = await self._reader.execute_fetchall(READ_AFTER, (self.seq, self._end_seq(), limit))
+        return [Message(*row) for row in rows]
+
+    async def advance(
+        self,
+        to_seq: int,
+        effects: Callable[[aiosqlite.Connection], Awaitable[Any]] | None = None,
+    ) -> None:
+        """Apply `effects` and move the position to `to_seq` in one transaction."""
+
+        async def advance(conn: aiosqlite.Connection) -> None:
+            if effects is not None:
+                await effects(conn)
+            await save(conn, self.name, Progress(to_seq), format_ms(now_ms()))
+
+        await self._transact(advance)
+        self.seq = to_seq
+
+    async def wait(self, stop: asyncio.Event, poll_s: float) -> None:
+        """Until new messages commit, `stop` is set, or `poll_s` passes."""
+        if self._end_seq() > self.seq:
+            return
+        self.new_messages.clear()
+        waits = {
+            asyncio.ensure_future(self.new_messages.wait()),
+            asyncio.ensure_future(stop.wait()),
+        }
+        try:
+            await asyncio.wait(waits, timeout=poll_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
