@@ -488,9 +488,13 @@ class _Run:
                 lane._observe(duration_ms / 1000)
             origin = _origin(batch.consumer)
             distinct = list({id(r): r for r in results}.values())
-            if origin == "stream" and all(_delivered(r) for r in distinct):
-                # The common case: new messages delivered on their first attempt leave no
-                # row, only a position that moves: nothing to decide one by one.
+            if (
+                origin != "ledger"
+                and all(_delivered(r) for r in distinct)
+                and not any(o.has_row for o in batch.items)
+            ):
+                # The common case: messages without a ledger row delivered on their first
+                # attempt leave none, only a position that moves: nothing to decide one by one.
                 outcomes = None
             else:
                 outcomes = self._outcomes(batch.items, results, started_ms, duration_ms, origin)

@@ -95,6 +95,7 @@ class Owed(msgspec.Struct, frozen=True, gc=False):
     order_key: str | None
     from_ledger: bool = False
     received_at: str = ""  # new messages only: when a retry window would start
+    has_row: bool = False  # a replayed message that has a ledger row (dead, say) to update
 
 
 class Outcome(msgspec.Struct, frozen=True, gc=False):
@@ -512,13 +513,14 @@ class SqliteLaneReader:
         condition, params = _replay_condition(self._rule, job)
         key = ORDER_KEY if self._rule.ordered else "NULL"
         rows = await self._conn.execute_fetchall(
-            f"SELECT seq, message_id, payload, {key}, received_at FROM messages"
+            f"SELECT seq, message_id, payload, {key}, received_at, EXISTS (SELECT 1 FROM"
+            " deliveries AS d WHERE d.destination = ? AND d.seq = messages.seq) FROM messages"
             f" WHERE seq > ? AND seq <= ? AND {condition} ORDER BY seq LIMIT ?",
-            [after_seq, job.last_seq, *params, limit],
+            [self._rule.destination, after_seq, job.last_seq, *params, limit],
         )
         return [
-            Owed(MessageView(seq, mid, payload), key, received_at=at)
-            for seq, mid, payload, key, at in rows
+            Owed(MessageView(seq, mid, payload), key, received_at=at, has_row=bool(row))
+            for seq, mid, payload, key, at, row in rows
         ]
 
     async def positions(self) -> dict[str, Position]:

@@ -186,3 +186,25 @@ async def test_deliveries_show_says_where_a_message_stands(
     assert "1 waiting deliveries of bad are due now" in capsys.readouterr().out
     assert await run_cli("outbox", "stats", "--config", config_path) == 0
     assert "delivery:good" in capsys.readouterr().out
+
+
+async def test_a_replayed_dead_message_that_gets_through_is_delivered_in_the_ledger(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    async with Sink(default=status(400)) as sink:
+        config = make_config(ADMIN + hook("hook", sink.url))
+        async with running(config) as server:
+            lane = server.delivery.lanes["hook"]
+            await send(http, server, [track(1), track(2)])
+            await recorded(lane, 2)
+            assert [s[1] for s in deliveries(data_dir)] == ["dead", "dead"]
+            sink.default = status(200)
+            replay = {"destination": "hook", "since": "2000-01-01T00:00:00Z"}
+            async with http.post(f"{server.url}/admin/replay", json=replay, headers=BEARER) as resp:
+                assert (await resp.json())["queued"] == 2
+            await delivered(lane, 2)
+            await asyncio.sleep(0.1)
+    assert [s[:3] for s in deliveries(data_dir)] == [
+        ("m1", "delivered", 2),
+        ("m2", "delivered", 2),
+    ]
