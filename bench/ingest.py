@@ -6,7 +6,11 @@ with its own messageId. Prints events/s, p50/p99 acknowledgement latency, peak R
 cdpd's throughput as a ratio of the bare server's, then checks that cdpd stored every event it
 acknowledged.
 
-    python bench/ingest.py [--duration 10] [--reps 1] [--connections 64]
+    python bench/ingest.py [--duration 10] [--reps 1] [--connections 64] [--baseline DIR]
+
+`--baseline DIR` also measures the cdpd in DIR (e.g. `git worktree add /tmp/main main`), in the
+same run and interleaved with the others, so that a change is compared before and after on the
+same machine state.
 
 Needs wrk (`apt-get install wrk`).
 """
@@ -53,6 +57,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--synchronous", choices=["normal", "full"], default="normal")
     parser.add_argument("--only", choices=["single", "batch100"], help="run one load only")
+    parser.add_argument("--baseline", type=Path, help="a checkout of cdpd to compare against")
     parser.add_argument(
         "--server-cpus", default="0", help="cores the servers may use (taskset list; wrk uses 1)"
     )
@@ -65,27 +70,31 @@ def main() -> int:
         for mode, batch in (("single", 1), ("batch100", 100)):
             if args.only and mode != args.only:
                 continue
-            for server in ("bare", "cdpd"):
+            for server in servers(args):
                 result = measure(server, mode, batch, args)
                 runs.setdefault((server, mode), []).append(result)
-    print_table(runs)
+    print_table(runs, servers(args))
     return 0
+
+
+def servers(args: argparse.Namespace) -> tuple[str, ...]:
+    return ("bare", "base", "cdpd") if args.baseline else ("bare", "cdpd")
 
 
 def measure(server: str, mode: str, batch: int, args: argparse.Namespace) -> Result:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="cdpd-bench-") as tmp:
-        proc = start_server(server, port, Path(tmp), args.synchronous, args.server_cpus)
+        proc = start_server(server, port, Path(tmp), args)
         try:
             path = "/v1/track" if batch == 1 else "/v1/batch"
             run_wrk(port, path, batch, args.warmup, args.connections)
-            before = stored_events(Path(tmp)) if server == "cdpd" else 0
+            before = stored_events(Path(tmp)) if server != "bare" else 0
             output = run_wrk(port, path, batch, args.duration, args.connections)
             rss_mb = peak_rss_mb(proc.pid)
         finally:
             stop(proc)
         result = parse_wrk(output, server, mode, batch, rss_mb)
-        if server == "cdpd":
+        if server != "bare":
             stored = stored_events(Path(tmp)) - before
             acked = acknowledged_requests(output) * batch
             result.stored_ok = "yes" if stored >= acked else f"NO ({stored} < {acked})"
@@ -98,24 +107,27 @@ def measure(server: str, mode: str, batch: int, args: argparse.Namespace) -> Res
 
 
 def start_server(
-    server: str, port: int, tmp: Path, synchronous: str, cpus: str
+    server: str, port: int, tmp: Path, args: argparse.Namespace
 ) -> subprocess.Popen[bytes]:
+    """`bare`, `cdpd` (this checkout) or `base` (the checkout given as --baseline)."""
+    cwd = args.baseline if server == "base" else HERE.parent
     if server == "bare":
         command = [sys.executable, str(HERE / "bare_server.py"), "--port", str(port)]
     else:
         config = tmp / "cdpd.toml"
         config.write_text(
             f'[server]\nlisten = "127.0.0.1:{port}"\n'
-            f'[storage]\ndata_dir = "{tmp / "var"}"\nsynchronous = "{synchronous}"\n'
+            f'[storage]\ndata_dir = "{tmp / "var"}"\nsynchronous = "{args.synchronous}"\n'
             f"min_free_disk_bytes = 0\n"
             f'[[sources]]\nname = "bench"\nwrite_key = "{WRITE_KEY}"\n'
         )
         command = [sys.executable, "-m", "cdpd", "serve", "--config", str(config)]
     proc = subprocess.Popen(
-        ["taskset", "-c", cpus, *command],
+        ["taskset", "-c", args.server_cpus, *command],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        cwd=HERE.parent,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(cwd)},
     )
     wait_for_port(port, proc)
     return proc
@@ -187,7 +199,7 @@ def peak_rss_mb(pid: int) -> float:
     return kb / 1024
 
 
-def print_table(runs: dict[tuple[str, str], list[Result]]) -> None:
+def print_table(runs: dict[tuple[str, str], list[Result]], names: tuple[str, ...]) -> None:
     print()
     print(
         "| server | load | events/s | req/s | p50 ms | p99 ms | peak RSS MB | errors "
@@ -198,7 +210,7 @@ def print_table(runs: dict[tuple[str, str], list[Result]]) -> None:
         if ("bare", mode) not in runs:
             continue
         bare = statistics.median(r.events_per_s for r in runs[("bare", mode)])
-        for server in ("bare", "cdpd"):
+        for server in names:
             results = runs[(server, mode)]
             eps = statistics.median(r.events_per_s for r in results)
             print(
