@@ -59,6 +59,11 @@ def main() -> int:
     parser.add_argument("--only", choices=["single", "batch100"], help="run one load only")
     parser.add_argument("--baseline", type=Path, help="a checkout of cdpd to compare against")
     parser.add_argument(
+        "--config",
+        default="",
+        help='TOML added to cdpd\'s config, e.g. "[logging]\\naccess_log = false"',
+    )
+    parser.add_argument(
         "--server-cpus", default="0", help="cores the servers may use (taskset list; wrk uses 1)"
     )
     args = parser.parse_args()
@@ -120,6 +125,7 @@ def start_server(
             f'[storage]\ndata_dir = "{tmp / "var"}"\nsynchronous = "{args.synchronous}"\n'
             f"min_free_disk_bytes = 0\n"
             f'[[sources]]\nname = "bench"\nwrite_key = "{WRITE_KEY}"\n'
+            + args.config.replace("\\n", "\n")
         )
         command = [sys.executable, "-m", "cdpd", "serve", "--config", str(config)]
     proc = subprocess.Popen(
