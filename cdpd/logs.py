@@ -27,6 +27,7 @@ _LEVELS = {
 FLUSH_INTERVAL_S = 0.2
 LIBRARY_EVENT_MAX = 8192
 _encoder = msgspec.json.Encoder(enc_hook=str)
+LINE_TYPES = (bytes, str, bytearray)  # what a final processor may return as the whole line
 
 
 class LineWriter:
@@ -80,7 +81,7 @@ class AccessLog(structlog.BoundLoggerBase):
                 event = processor(self._logger, "info", event)
         except structlog.DropEvent:
             return
-        if isinstance(event, bytes | str | bytearray):
+        if isinstance(event, LINE_TYPES):
             self._logger.info(event)
         elif isinstance(event, tuple):
             self._logger.info(*event[0], **event[1])
