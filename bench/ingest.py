@@ -2,11 +2,17 @@
 
 Starts each server pinned to core 0 and loads it with wrk (64 connections, 2 threads, on core 1):
 single-event `POST /v1/track` and 100-event `POST /v1/batch` with ~800-byte track events, each
-with its own messageId. Prints events/s, p50/p99 acknowledgement latency, peak RSS (VmHWM) and
-cdpd's throughput as a ratio of the bare server's, then checks that cdpd stored every event it
-acknowledged.
+with its own messageId. Prints events/s, p50/p99 acknowledgement latency, peak RSS (VmHWM), the
+server's CPU time per event (every thread, user and system) and cdpd's throughput and CPU time as
+ratios of the bare server's, then checks that cdpd stored every event it acknowledged. Ratios are
+the median of each repetition's own ratio (cdpd against the bare run just before it). On a
+shared machine the CPU time per event moves much less than the rate does.
 
-    python bench/ingest.py [--duration 10] [--reps 1] [--connections 64]
+    python bench/ingest.py [--duration 10] [--reps 1] [--connections 64] [--baseline DIR]
+
+`--baseline DIR` also measures the cdpd in DIR (e.g. `git worktree add /tmp/main main`), in the
+same run and interleaved with the others, so that a change is compared before and after on the
+same machine state.
 
 Needs wrk (`apt-get install wrk`).
 """
@@ -42,6 +48,7 @@ class Result:
     p99_ms: float
     errors: int
     rss_mb: float
+    cpu_us_per_event: float = float("nan")
     stored_ok: str = "-"
 
 
@@ -53,6 +60,12 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--synchronous", choices=["normal", "full"], default="normal")
     parser.add_argument("--only", choices=["single", "batch100"], help="run one load only")
+    parser.add_argument("--baseline", type=Path, help="a checkout of cdpd to compare against")
+    parser.add_argument(
+        "--config",
+        default="",
+        help='TOML added to cdpd\'s config, e.g. "[logging]\\naccess_log = false"',
+    )
     parser.add_argument(
         "--server-cpus", default="0", help="cores the servers may use (taskset list; wrk uses 1)"
     )
@@ -65,57 +78,70 @@ def main() -> int:
         for mode, batch in (("single", 1), ("batch100", 100)):
             if args.only and mode != args.only:
                 continue
-            for server in ("bare", "cdpd"):
+            for server in servers(args):
                 result = measure(server, mode, batch, args)
                 runs.setdefault((server, mode), []).append(result)
-    print_table(runs)
+    print_table(runs, servers(args))
     return 0
+
+
+def servers(args: argparse.Namespace) -> tuple[str, ...]:
+    return ("bare", "base", "cdpd") if args.baseline else ("bare", "cdpd")
 
 
 def measure(server: str, mode: str, batch: int, args: argparse.Namespace) -> Result:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="cdpd-bench-") as tmp:
-        proc = start_server(server, port, Path(tmp), args.synchronous, args.server_cpus)
+        proc = start_server(server, port, Path(tmp), args)
         try:
             path = "/v1/track" if batch == 1 else "/v1/batch"
             run_wrk(port, path, batch, args.warmup, args.connections)
-            before = stored_events(Path(tmp)) if server == "cdpd" else 0
+            before = stored_events(Path(tmp)) if server != "bare" else 0
+            cpu_before_s = cpu_s(proc.pid)
             output = run_wrk(port, path, batch, args.duration, args.connections)
+            cpu_used_s = cpu_s(proc.pid) - cpu_before_s
             rss_mb = peak_rss_mb(proc.pid)
         finally:
             stop(proc)
         result = parse_wrk(output, server, mode, batch, rss_mb)
-        if server == "cdpd":
+        acked_events = acknowledged_requests(output) * batch
+        result.cpu_us_per_event = cpu_used_s * 1e6 / max(1, acked_events)
+        if server != "bare":
             stored = stored_events(Path(tmp)) - before
             acked = acknowledged_requests(output) * batch
             result.stored_ok = "yes" if stored >= acked else f"NO ({stored} < {acked})"
     print(
         f"{server:>5} {mode:<9} {result.events_per_s:>10,.0f} events/s  "
-        f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  rss {rss_mb:5.1f} MB",
+        f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  rss {rss_mb:5.1f} MB  "
+        f"cpu {result.cpu_us_per_event:6.1f} us/event",
         file=sys.stderr,
     )
     return result
 
 
 def start_server(
-    server: str, port: int, tmp: Path, synchronous: str, cpus: str
+    server: str, port: int, tmp: Path, args: argparse.Namespace
 ) -> subprocess.Popen[bytes]:
+    """`bare`, `cdpd` (this checkout) or `base` (the checkout given as --baseline)."""
+    cwd = args.baseline if server == "base" else HERE.parent
     if server == "bare":
         command = [sys.executable, str(HERE / "bare_server.py"), "--port", str(port)]
     else:
         config = tmp / "cdpd.toml"
         config.write_text(
             f'[server]\nlisten = "127.0.0.1:{port}"\n'
-            f'[storage]\ndata_dir = "{tmp / "var"}"\nsynchronous = "{synchronous}"\n'
+            f'[storage]\ndata_dir = "{tmp / "var"}"\nsynchronous = "{args.synchronous}"\n'
             f"min_free_disk_bytes = 0\n"
             f'[[sources]]\nname = "bench"\nwrite_key = "{WRITE_KEY}"\n'
+            + args.config.replace("\\n", "\n")
         )
         command = [sys.executable, "-m", "cdpd", "serve", "--config", str(config)]
     proc = subprocess.Popen(
-        ["taskset", "-c", cpus, *command],
+        ["taskset", "-c", args.server_cpus, *command],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        cwd=HERE.parent,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(cwd)},
     )
     wait_for_port(port, proc)
     return proc
@@ -180,6 +206,13 @@ def stored_events(tmp: Path) -> int:
         return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
 
 
+def cpu_s(pid: int) -> float:
+    """User plus system CPU time of every thread of the process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float:
     # taskset execs the server, so the pid is the server's own.
     status = Path(f"/proc/{pid}/status").read_text()
@@ -187,28 +220,33 @@ def peak_rss_mb(pid: int) -> float:
     return kb / 1024
 
 
-def print_table(runs: dict[tuple[str, str], list[Result]]) -> None:
+def print_table(runs: dict[tuple[str, str], list[Result]], names: tuple[str, ...]) -> None:
     print()
     print(
         "| server | load | events/s | req/s | p50 ms | p99 ms | peak RSS MB | errors "
-        "| cdpd/bare | all acked stored |"
+        "| CPU µs/event | /bare by rate | /bare by CPU | all acked stored |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for mode in ("single", "batch100"):
         if ("bare", mode) not in runs:
             continue
-        bare = statistics.median(r.events_per_s for r in runs[("bare", mode)])
-        for server in ("bare", "cdpd"):
+        bare = runs[("bare", mode)]
+        for server in names:
             results = runs[(server, mode)]
-            eps = statistics.median(r.events_per_s for r in results)
+            by_rate = [r.events_per_s / b.events_per_s for r, b in zip(results, bare, strict=True)]
+            by_cpu = [
+                b.cpu_us_per_event / r.cpu_us_per_event for r, b in zip(results, bare, strict=True)
+            ]
             print(
-                f"| {server} | {mode} | {eps:,.0f} "
+                f"| {server} | {mode} | {statistics.median(r.events_per_s for r in results):,.0f} "
                 f"| {statistics.median(r.requests_per_s for r in results):,.0f} "
                 f"| {statistics.median(r.p50_ms for r in results):.2f} "
                 f"| {statistics.median(r.p99_ms for r in results):.2f} "
                 f"| {max(r.rss_mb for r in results):.0f} "
                 f"| {sum(r.errors for r in results)} "
-                f"| {eps / bare:.2f} "
+                f"| {statistics.median(r.cpu_us_per_event for r in results):.1f} "
+                f"| {statistics.median(by_rate):.2f} "
+                f"| {statistics.median(by_cpu):.2f} "
                 f"| {', '.join(sorted({r.stored_ok for r in results}))} |"
             )
 

@@ -8,7 +8,10 @@ time, ~800-byte events, each with its own messageId). Counts include every threa
 writer too). Instructions are not time (cache misses are not counted), so read the ratio next
 to bench/ingest.py's.
 
-    python bench/instructions.py [--requests 2000]
+    python bench/instructions.py [--requests 2000] [--batch 100] [--baseline DIR]
+
+`--batch N` posts N events per `POST /v1/batch` instead (counts are then per event as well);
+`--baseline DIR` also counts the cdpd checkout in DIR, for a before/after comparison.
 
 Needs valgrind (`apt-get install valgrind`).
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import glob
+import os
 import re
 import shutil
 import subprocess
@@ -36,19 +40,32 @@ CONCURRENCY = 16
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=1, help="events per request")
+    parser.add_argument("--baseline", type=Path, help="a checkout of cdpd to count as well")
+    parser.add_argument(
+        "--config",
+        default="",
+        help='TOML added to cdpd\'s config, e.g. "[logging]\\naccess_log = false"',
+    )
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         print("valgrind is not installed: apt-get install valgrind", file=sys.stderr)
         return 2
-    counts = {server: measure(server, args.requests) for server in ("bare", "cdpd")}
-    print("| server | instructions per request | bare/cdpd |")
-    print("|---|---|---|")
+    names = ("bare", "base", "cdpd") if args.baseline else ("bare", "cdpd")
+    counts = {server: measure(server, args) for server in names}
+    print(f"| server | instructions per request | per event ({args.batch}/request) | bare/cdpd |")
+    print("|---|---|---|---|")
     for server, count in counts.items():
-        print(f"| {server} | {count:,.0f} | {counts['bare'] / count:.2f} |")
+        print(
+            f"| {server} | {count:,.0f} | {count / args.batch:,.0f} "
+            f"| {counts['bare'] / count:.2f} |"
+        )
     return 0
 
 
-def measure(server: str, requests: int) -> float:
+def measure(server: str, args: argparse.Namespace) -> float:
+    requests = args.requests
+    cwd = args.baseline if server == "base" else HERE.parent
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="cdpd-instr-") as tmp:
         out = Path(tmp) / "callgrind.out"
@@ -61,16 +78,21 @@ def measure(server: str, requests: int) -> float:
                 f'[server]\nlisten = "127.0.0.1:{port}"\n'
                 f'[storage]\ndata_dir = "{Path(tmp) / "var"}"\nmin_free_disk_bytes = 0\n'
                 f'[[sources]]\nname = "bench"\nwrite_key = "{WRITE_KEY}"\n'
+                + args.config.replace("\\n", "\n")
             )
             command += ["-m", "cdpd", "serve", "--config", str(config)]
         proc = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=HERE.parent
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=cwd,
+            env={**os.environ, "PYTHONPATH": str(cwd)},
         )
         try:
             wait_for_port(port, proc, timeout_s=120)
-            asyncio.run(send(port, 200, "warm"))
+            asyncio.run(send(port, 200, "warm", args.batch))
             control(proc.pid, "-z")
-            asyncio.run(send(port, requests, "counted"))
+            asyncio.run(send(port, requests, "counted", args.batch))
             control(proc.pid, "-d")
         finally:
             proc.terminate()
@@ -86,13 +108,17 @@ def control(pid: int, flag: str) -> None:
     subprocess.run(["callgrind_control", flag, str(pid)], check=True, capture_output=True)
 
 
-async def send(port: int, count: int, prefix: str) -> None:
-    url = f"http://127.0.0.1:{port}/v1/track"
+async def send(port: int, count: int, prefix: str, batch: int) -> None:
+    url = f"http://127.0.0.1:{port}/v1/{'track' if batch == 1 else 'batch'}"
     limit = asyncio.Semaphore(CONCURRENCY)
     async with aiohttp.ClientSession() as http:
 
         async def one(n: int) -> None:
-            body = (EVENT % (n % 1000, prefix, n)).encode()
+            if batch == 1:
+                body = (EVENT % (n % 1000, prefix, n)).encode()
+            else:
+                items = ",".join(EVENT % (i % 1000, prefix, n * batch + i) for i in range(batch))
+                body = f'{{"sentAt":"2026-11-28T10:00:00.500Z","batch":[{items}]}}'.encode()
             async with limit, http.post(url, data=body, headers=AUTH) as resp:
                 assert resp.status == 200, resp.status
 

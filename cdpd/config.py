@@ -77,7 +77,8 @@ class StorageConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 
 class LoggingConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
-    access_log: bool = True
+    # true: a line per request; "errors": only for answers that are not 2xx; false: none.
+    access_log: bool | Literal["errors"] = True
 
 
 class Source(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -94,7 +94,7 @@ def build(config: Config, stages: Stages, drain: Drain) -> web.Application:
     app[WRITER] = stages.writer
     app[DRAIN] = drain
     access = logs.access_log(config.logging.level) if config.logging.access_log else None
-    wrap = _RequestWrapper(drain, access)
+    wrap = _RequestWrapper(drain, access, errors_only=config.logging.access_log == "errors")
     routes = [*ingest.routes(), *admin.routes(), web.get("/health", health)]
     app.add_routes(web.RouteDef(r.method, r.path, wrap(r.handler), r.kwargs) for r in routes)
     app.router.add_route("*", "/{tail:.*}", wrap(_Unrouted(routes)))
@@ -135,9 +135,11 @@ class _Unrouted:
 
 
 class _RequestWrapper:
-    def __init__(self, drain: Drain, access: logs.AccessLog | None) -> None:
+    def __init__(self, drain: Drain, access: logs.AccessLog | None, *, errors_only: bool) -> None:
         self._drain = drain
         self._access = access
+        # Answers below this status are not logged: 300 logs only errors, 0 logs every one.
+        self._min_logged_status = 300 if errors_only else 0
         self._prefix = os.urandom(4).hex()
         self._counter = itertools.count(1)
 
@@ -146,6 +148,7 @@ class _RequestWrapper:
         prefix = self._prefix
         counter = self._counter
         drain = self._drain
+        min_logged_status = self._min_logged_status
 
         @functools.wraps(handler)
         async def wrapped(request: web.Request) -> web.StreamResponse:
@@ -171,7 +174,7 @@ class _RequestWrapper:
             if drain.closing:
                 response.force_close()  # one last answer per kept-alive connection
             response.headers["X-Request-Id"] = request_id
-            if access is not None:
+            if access is not None and response.status >= min_logged_status:
                 fields["method"] = request.method
                 fields["path"] = request.path
                 fields["status"] = response.status

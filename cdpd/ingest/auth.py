@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 
 from cdpd.config import Source
 from cdpd.ingest.errors import ApiError
@@ -18,15 +19,30 @@ MAX_REMEMBERED_HEADERS = 1024
 class WriteKeys:
     def __init__(self, sources: list[Source]) -> None:
         self._by_key = {source.write_key: source for source in sources}
-        # Clients send the same Authorization header on every request: remember its key.
-        # (A malformed header raises before it is remembered.)
+        # Clients send the same Authorization header on every request: remember its key, and
+        # the enabled source it names. (A malformed header raises before it is remembered.)
         self._key_by_header: dict[str, str | None] = {}
+        self._source_by_header: dict[str, Source] = {}
 
-    def source_for(self, authorization: str | None, body_key: object) -> Source:
-        """The source a request belongs to, or a 401/403 ApiError that says why not."""
+    def source_for(
+        self,
+        authorization: str | None,
+        body_key: object,
+        item_key: Callable[[], object] | None = None,
+    ) -> Source:
+        """The source a request belongs to, or a 401/403 ApiError that says why not. The key
+        is the Basic user name, else `body_key`, else what `item_key()` finds (called only
+        then, as it may have to decode a message)."""
+        if authorization:
+            source = self._source_by_header.get(authorization)
+            if source is not None:
+                return source
         key = self._key_from_header(authorization) if authorization else None
         if key is None:
             key = body_key if isinstance(body_key, str) and body_key else None
+        if key is None and item_key is not None:
+            found = item_key()
+            key = found if isinstance(found, str) and found else None
         if key is None:
             raise ApiError(
                 401,
@@ -39,6 +55,10 @@ class WriteKeys:
             raise ApiError(401, "invalid_write_key", "the write key is not known to this cdpd")
         if not source.enabled:
             raise ApiError(403, "source_disabled", f"the source {source.name!r} is disabled")
+        if authorization and self._key_by_header.get(authorization) == key:
+            if len(self._source_by_header) >= MAX_REMEMBERED_HEADERS:
+                self._source_by_header.clear()
+            self._source_by_header[authorization] = source
         return source
 
     def _key_from_header(self, authorization: str) -> str | None:

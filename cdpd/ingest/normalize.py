@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from cdpd.model.rows import OutboxRow
-from cdpd.model.spec import MESSAGE_TYPES, NULL, MessageFields, RawObject
+from cdpd.model.spec import MESSAGE_TYPES, NULL, MessageFields, MessageHead, RawObject
 from cdpd.model.timestamps import format_ms, to_epoch_ms
 
 MAX_MESSAGE_ID_CHARS = 100
@@ -40,8 +40,10 @@ _LONG_DIGITS, _EXPONENT, _EXPONENT_GOES_ON = b"0" * 19, b"e000", frozenset(b" 0"
 
 _encoder = msgspec.json.Encoder()
 _top_level_decoder = msgspec.json.Decoder(RawObject)
+_head_decoder = msgspec.json.Decoder(MessageHead)
 _fields_decoder = msgspec.json.Decoder(MessageFields)
 _value_decoder = msgspec.json.Decoder()
+_object_decoder = msgspec.json.Decoder(RawObject)
 
 
 class RequestFacts(msgspec.Struct, frozen=True, gc=False):
@@ -76,17 +78,24 @@ class Invalid(Exception):
 
 
 def normalize(
-    raw: bytes | msgspec.Raw, facts: RequestFacts, *, path_type: str | None, max_bytes: int
+    raw: bytes | msgspec.Raw,
+    facts: RequestFacts,
+    *,
+    path_type: str | None,
+    max_bytes: int,
+    top: RawObject | None = None,
 ) -> OutboxRow | Rejection:
     """Check and normalise one message given as JSON bytes; `path_type` is the type the URL
-    names (single-message paths), None for batch items, which must name their own."""
+    names (single-message paths), None for batch items, which must name their own. `top` is the
+    message already decoded as a `RawObject`, when the caller had to decode it anyway."""
     if len(raw) > max_bytes:
         return _reject(
             "event_too_large", f"the message is {len(raw)} bytes; the limit is {max_bytes}", raw
         )
     try:
-        top = _top_level_decoder.decode(raw)
-        fields = _fields_decoder.decode(raw)
+        if top is None:
+            top = _top_level_decoder.decode(raw)
+        fields = _head(raw)
         return _normalized_row(raw, top, fields, facts, path_type)
     except msgspec.ValidationError as exc:
         where, reason = _field_error(exc)
@@ -101,10 +110,20 @@ def normalize(
         return _reject(exc.code, exc.reason, raw, _text(fields.messageId))
 
 
+def _head(raw: bytes | msgspec.Raw) -> MessageHead:
+    """The typed fields. When one is not of its type, the error is the one decoding as
+    `MessageFields` raises."""
+    try:
+        return _head_decoder.decode(raw)
+    except msgspec.ValidationError:
+        _fields_decoder.decode(raw)
+        raise
+
+
 def _normalized_row(
     raw: bytes | msgspec.Raw,
     top: RawObject,
-    fields: MessageFields,
+    fields: MessageHead,
     facts: RequestFacts,
     path_type: str | None,
 ) -> OutboxRow:
@@ -140,7 +159,7 @@ def _normalized_row(
     out["messageId"] = message_id
     _ids_as_text(out, fields)
     _set_timestamps(out, fields, facts)
-    _merge_request_objects(out, fields, facts)
+    _merge_request_objects(out, top, facts)
 
     return OutboxRow(
         message_id=message_id,
@@ -216,7 +235,7 @@ def _text(value: str | int | None) -> str | None:
 
 
 def _check_required(
-    kind: str, fields: MessageFields, user_id: str | None, anonymous_id: str | None
+    kind: str, fields: MessageHead, user_id: str | None, anonymous_id: str | None
 ) -> None:
     if user_id is None and anonymous_id is None:
         raise Invalid("no_user_anon_id", "the message needs a userId or an anonymousId")
@@ -228,7 +247,7 @@ def _check_required(
         raise Invalid("missing_previous_id", "an alias message needs a previousId")
 
 
-def _ids_as_text(out: dict[str, Any], fields: MessageFields) -> None:
+def _ids_as_text(out: dict[str, Any], fields: MessageHead) -> None:
     """Numeric ids become strings and empty ones are dropped; string ids stay as received."""
     if (
         fields.userId != ""
@@ -251,7 +270,7 @@ def _ids_as_text(out: dict[str, Any], fields: MessageFields) -> None:
             out[key] = str(value)
 
 
-def _set_timestamps(out: dict[str, Any], fields: MessageFields, facts: RequestFacts) -> None:
+def _set_timestamps(out: dict[str, Any], fields: MessageHead, facts: RequestFacts) -> None:
     """Segment's clock-skew correction: timestamp = receivedAt - (sentAt - originalTimestamp).
 
     `originalTimestamp` and `sentAt` keep the sender's text; `receivedAt` and the corrected
@@ -279,18 +298,29 @@ def _set_timestamps(out: dict[str, Any], fields: MessageFields, facts: RequestFa
         raise Invalid("invalid_field", f"timestamp: {exc}") from None
 
 
-def _merge_request_objects(out: dict[str, Any], fields: MessageFields, facts: RequestFacts) -> None:
+def _merge_request_objects(out: dict[str, Any], top: RawObject, facts: RequestFacts) -> None:
     """Merge the batch envelope's context and integrations under the message's own keys, and
     fill context.ip where Segment does: browser paths, or when context.direct is true."""
-    context: dict[str, Any] | None = fields.context
+    if not (facts.context or facts.integrations or facts.client_ip):
+        return  # the common case: nothing to merge, no address to fill in
+    own: dict[str, Any] | None = _object(top.get("context", NULL))
+    context = own
     if facts.context:
         context = {**facts.context, **(context or {})}
     if _should_fill_ip(facts, context):
         context = {**(context or {}), "ip": facts.client_ip}
-    if context is not fields.context:
+    if context is not own:
         out["context"] = context
     if facts.integrations:
-        out["integrations"] = {**facts.integrations, **(fields.integrations or {})}
+        out["integrations"] = {
+            **facts.integrations,
+            **(_object(top.get("integrations", NULL)) or {}),
+        }
+
+
+def _object(raw: msgspec.Raw) -> RawObject | None:
+    """A nested object (already checked to be one) as a mapping of raw values; None for none."""
+    return None if raw == NULL else _object_decoder.decode(raw)
 
 
 def _should_fill_ip(facts: RequestFacts, context: dict[str, Any] | None) -> bool:

@@ -49,6 +49,7 @@ SHORT_PATHS = {
 }
 
 _single_decoder = msgspec.json.Decoder(SingleEnvelope)
+_message_decoder = msgspec.json.Decoder(RawObject)
 _batch_decoder = msgspec.json.Decoder(BatchEnvelope)
 _text_decoder = msgspec.json.Decoder(str)
 _time_decoder = msgspec.json.Decoder(datetime)
@@ -97,11 +98,13 @@ class Ingest:
         self._writer.check_accepting()
         body = await read_limited(request, self._server.max_request_bytes)
         received_ms = now_ms()
-        envelope = _decode(_single_decoder, body, request)
-        body_key = _lenient(envelope.writeKey, _text_decoder, "writeKey", [])
+        message: RawObject = _decode(_message_decoder, body, request)  # decoded once, here
+        body_key = _lenient(message.get("writeKey", NULL), _text_decoder, "writeKey", [])
         source = self._keys.source_for(request.headers.get("Authorization"), body_key)
         facts = self._facts(request, body, source, received_ms, browser=browser)
-        result = normalize(body, facts, path_type=kind, max_bytes=self._server.max_event_bytes)
+        result = normalize(
+            body, facts, path_type=kind, max_bytes=self._server.max_event_bytes, top=message
+        )
         return await self._store(request, facts, [result])
 
     async def batch(self, request: web.Request, *, browser: bool) -> web.Response:
@@ -112,7 +115,9 @@ class Ingest:
         ignored: list[str] = []  # envelope fields of the wrong type: each message is kept
         body_key = _lenient(envelope.writeKey, _text_decoder, "writeKey", ignored)
         source = self._keys.source_for(
-            request.headers.get("Authorization"), body_key or _item_write_key(envelope.batch)
+            request.headers.get("Authorization"),
+            body_key,
+            functools.partial(_item_write_key, envelope.batch),
         )
         facts = self._facts(
             request,

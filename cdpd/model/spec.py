@@ -1,10 +1,12 @@
 """Segment Spec messages as they arrive: the typed view used to validate them.
 
 A message is decoded twice, both cheaply: as a mapping of top-level keys to raw JSON values, so
-that fields the Spec does not name pass through byte for byte, and as `MessageFields`, the typed
-view of the fields cdpd reads. Decoding into `MessageFields` is the check that each of those
-fields has the right type. Nested objects stay raw (`dict[str, Raw]`): their shape is checked,
-their contents are the sender's business.
+that fields the Spec does not name pass through byte for byte, and as `MessageHead`, the typed
+view of the fields cdpd reads. Decoding into `MessageHead` is the check that each of those
+fields has the right type. Nested objects are only checked to be objects: their contents are
+the sender's business. `MessageFields` is the same view with the nested objects decoded one level
+(`dict[str, Raw]`); it is only used to word the error when a message fails the check, so that the
+words stay those cdpd has always stored.
 """
 
 from __future__ import annotations
@@ -42,6 +44,32 @@ class MessageFields(msgspec.Struct, kw_only=True):
     traits: RawObject | None = None
     context: RawObject | None = None
     integrations: RawObject | None = None
+
+
+class AnyObject(msgspec.Struct, gc=False):
+    """Any JSON object: decoding one checks its shape and skips its contents."""
+
+
+class MessageHead(msgspec.Struct, kw_only=True, gc=False):
+    """`MessageFields` with the nested objects only checked to be objects (their contents are in
+    the top-level `RawObject`)."""
+
+    type: MessageType | None = None
+    messageId: str | None = None
+    userId: Id | None = None
+    anonymousId: Id | None = None
+    event: str | None = None
+    name: str | None = None
+    category: str | None = None
+    groupId: Id | None = None
+    previousId: Id | None = None
+    timestamp: datetime | None = None
+    originalTimestamp: datetime | None = None
+    sentAt: datetime | None = None
+    properties: AnyObject | None = None
+    traits: AnyObject | None = None
+    context: AnyObject | None = None
+    integrations: AnyObject | None = None
 
 
 class BatchEnvelope(msgspec.Struct, kw_only=True):

@@ -10,7 +10,6 @@ import time
 from datetime import UTC, datetime, timedelta
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_MS = timedelta(milliseconds=1)
 MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 # Formatting runs for every message, so its two halves are looked up rather than built: the
 # milliseconds from a table, the date and time from a memo of recent seconds.
@@ -27,7 +26,10 @@ def to_epoch_ms(moment: datetime) -> int:
     """Milliseconds since the epoch; a datetime without an offset is taken as UTC."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return (moment - EPOCH) // _ONE_MS
+    # The same as `(moment - EPOCH) // timedelta(milliseconds=1)` (a timedelta's seconds and
+    # microseconds are never negative), in plain integers: this runs for every message.
+    delta = moment - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
 def parse_ms(text: str) -> int:

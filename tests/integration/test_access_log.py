@@ -53,3 +53,20 @@ async def test_access_log_can_be_turned_off(
         ):
             assert resp.status == 200
     assert [line for line in captured if line["event"] == "request"] == []
+
+
+async def test_access_log_of_errors_only(
+    make_config: Callable[..., Config], http: aiohttp.ClientSession
+) -> None:
+    event = {"userId": "u1", "event": "Signed Up"}
+    headers = {"Authorization": basic_auth(WRITE_KEY)}
+    with capture_logs() as captured:
+        async with running(make_config('[logging]\naccess_log = "errors"\n')) as server:
+            async with http.post(f"{server.url}/v1/track", json=event, headers=headers) as resp:
+                assert resp.status == 200
+            async with http.post(f"{server.url}/v1/track", json=event) as resp:
+                assert resp.status == 401
+    lines = [line for line in captured if line["event"] == "request"]
+    assert [(line["path"], line["status"], line["error"]) for line in lines] == [
+        ("/v1/track", 401, "missing_write_key")
+    ]

@@ -192,6 +192,25 @@ def test_wrong_type_reason_names_the_field() -> None:
     assert result.reason == "properties: expected `object | null`, got `str`"
 
 
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        ({"traits": 3, "userId": True}, "traits: expected `object | null`, got `int`"),
+        ({"userId": True, "traits": 3}, "userId: expected `int | str | null`, got `bool`"),
+        (
+            {"userId": "u1", "context": [], "event": 1},
+            "context: expected `object | null`, got `array`",
+        ),
+        (
+            {"userId": "u1", "integrations": {}, "event": 1},
+            "event: expected `str | null`, got `int`",
+        ),
+    ],
+)
+def test_the_first_field_at_fault_is_named(message: dict[str, Any], reason: str) -> None:
+    assert rejected(message).reason == reason
+
+
 def test_rejection_keeps_the_raw_message_and_its_id() -> None:
     result = rejected({"userId": "u1", "messageId": "m-9"})
     assert result.message_id == "m-9"

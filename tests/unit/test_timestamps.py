@@ -1,6 +1,8 @@
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cdpd.model.timestamps import format_ms, to_epoch_ms
 
@@ -23,3 +25,9 @@ def test_epoch_ms_honours_offsets_and_reads_naive_times_as_utc() -> None:
     naive = utc.replace(tzinfo=None)
     assert to_epoch_ms(utc) == to_epoch_ms(plus_two) == to_epoch_ms(naive)
     assert format_ms(to_epoch_ms(plus_two)) == "2026-01-01T10:00:00.123Z"
+
+
+@given(st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=-7, minutes=-30))])))
+def test_epoch_ms_is_the_floor_of_the_time_since_the_epoch(moment: datetime) -> None:
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    assert to_epoch_ms(moment) == (moment - epoch) // timedelta(milliseconds=1)
