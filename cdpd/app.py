@@ -31,7 +31,7 @@ from cdpd.delivery.service import Delivery
 from cdpd.ingest.routes import Ingest
 from cdpd.logs import LineWriter
 from cdpd.metrics import Metrics
-from cdpd.outbox import schema, space
+from cdpd.outbox import consumers, schema, space
 from cdpd.outbox.space import SpaceWatch
 from cdpd.outbox.writer import OutboxWriter
 from cdpd.supervise import Restarts, supervise
@@ -56,6 +56,12 @@ class Running:
     @property
     def ingest(self) -> Ingest:
         return self.app[cdpd_web.INGEST]
+
+
+async def _mirror_warehouse(writer: OutboxWriter, name: str, seq: int) -> None:
+    await writer.transact(
+        functools.partial(consumers.mirror, name=f"warehouse:{name}", kind="warehouse", seq=seq)
+    )
 
 
 @asynccontextmanager
@@ -94,7 +100,9 @@ async def running(
         )
         await space_watch.check()
         metrics = Metrics(restarts)
-        warehouses = Scheduler(config, clock=clock)
+        warehouses = Scheduler(
+            config, clock=clock, on_position=functools.partial(_mirror_warehouse, writer)
+        )
         async with (
             schema.connect(storage.outbox_path, readonly=True) as reader,
             _outbound_session() as session,
@@ -121,6 +129,13 @@ async def running(
                     supervised("space-watch", space_watch.run, space_stop), name="space-watch"
                 )
                 await delivery.start()
+                await writer.transact(  # warehouses no longer configured hold nothing back
+                    functools.partial(
+                        consumers.keep_only,
+                        kind="warehouse",
+                        names=[f"warehouse:{w.name}" for w in config.warehouses],
+                    )
+                )
                 # Not under `supervise` here: `Delivery.run` closes its destinations' clients
                 # when it ends, so running it again would not be a restart. Its parts are
                 # restarted inside `cdpd.delivery`.

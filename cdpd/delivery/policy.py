@@ -26,34 +26,34 @@ from typing import Literal
 import msgspec
 
 from cdpd.destinations.settings import RetryConfig
+from cdpd.model.statuses import (  # re-exported: the policy's status classes
+    NOT_RETRIED_5XX,
+    RETRIED_4XX,
+    UNHEALTHY,
+    is_retryable,
+    is_success,
+    marks_unhealthy,
+)
+
+__all__ = [
+    "NOT_RETRIED_5XX",
+    "RETRIED_4XX",
+    "UNHEALTHY",
+    "Decision",
+    "backoff_s",
+    "decide",
+    "is_retryable",
+    "is_success",
+    "marks_unhealthy",
+]
 
 Verdict = Literal["delivered", "retrying", "dead"]
-NOT_RETRIED_5XX = frozenset({501, 505})
-RETRIED_4XX = frozenset({408, 429})
-UNHEALTHY = frozenset({401, 403})
 
 
 class Decision(msgspec.Struct, frozen=True):
     verdict: Verdict
     next_attempt_ms: int | None  # when to try again (retrying only)
     reason: str
-
-
-def is_success(status: int | None) -> bool:
-    return status is not None and 200 <= status < 300
-
-
-def is_retryable(status: int | None) -> bool:
-    """None stands for a timeout or a connection error."""
-    if status is None:
-        return True
-    if 500 <= status <= 599:
-        return status not in NOT_RETRIED_5XX
-    return status in RETRIED_4XX
-
-
-def marks_unhealthy(status: int | None) -> bool:
-    return status in UNHEALTHY
 
 
 def backoff_s(policy: RetryConfig, attempt: int, rand: Callable[[], float]) -> float:

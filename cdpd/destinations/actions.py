@@ -17,11 +17,11 @@ from typing import Any
 
 import msgspec
 
-from cdpd.delivery import policy
 from cdpd.destinations.base import Result
 from cdpd.destinations.settings import ActionConfig
 from cdpd.destinations.settings import Destination as DestinationConfig
 from cdpd.mapping import fql, kit
+from cdpd.model import statuses
 from cdpd.model.rows import MessageView
 from cdpd.settings import ConfigError
 
@@ -161,8 +161,8 @@ def worst(results: Sequence[Result]) -> Result:
     needed): a retryable failure first (it is tried again), else a permanent one, else success."""
     if not results:
         return Result(None, "skipped: none of its actions subscribes to it", skipped=True)
-    failures = [r for r in results if not policy.is_success(r.status) or r.invalid]
-    retryable = [r for r in failures if not r.invalid and policy.is_retryable(r.status)]
+    failures = [r for r in results if not statuses.is_success(r.status) or r.invalid]
+    retryable = [r for r in failures if not r.invalid and statuses.is_retryable(r.status)]
     return (retryable or failures or results)[0]
 
 

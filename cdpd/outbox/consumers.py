@@ -139,6 +139,18 @@ async def forget(conn: aiosqlite.Connection, names: Sequence[str]) -> None:
     await conn.executemany("DELETE FROM consumers WHERE name = ?", [(n,) for n in names])
 
 
+async def keep_only(conn: aiosqlite.Connection, kind: str, names: Sequence[str]) -> None:
+    """Forget the consumers of `kind` not named (stages no longer configured)."""
+    known = [p.name for p in (await positions(conn)).values() if p.kind == kind]
+    await forget(conn, [name for name in known if name not in names])
+
+
+async def mirror(conn: aiosqlite.Connection, name: str, kind: str, seq: int) -> None:
+    """Record the position of a consumer that keeps its own elsewhere (a warehouse keeps its
+    in the warehouse, beside the rows it covers): for retention and for people to read."""
+    await put(conn, Position(name, kind, seq, [], False, format_ms(now_ms())))
+
+
 async def oldest_needed_seq(conn: aiosqlite.Connection) -> int | None:
     """The lowest seq a running consumer has not finished (None: no consumer)."""
     rows = await conn.execute_fetchall("SELECT min(seq) + 1 FROM consumers WHERE paused = 0")

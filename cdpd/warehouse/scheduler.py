@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 import structlog
@@ -32,8 +32,11 @@ class Scheduler:
         *,
         clock_s: Callable[[], float] = time.time,
         clock: Clock | None = None,
+        on_position: Callable[[str, int], Awaitable[None]] | None = None,
     ) -> None:
         self._config = config
+        # Told each warehouse's position after a sync (the outbox lists it among its consumers).
+        self._on_position = on_position
         self._clock_s = clock_s
         self._clock = clock or SystemClock()
         self._locks = {w.name: asyncio.Lock() for w in config.warehouses}
@@ -66,6 +69,11 @@ class Scheduler:
             except Exception:
                 log.exception("warehouse_sync_crashed", warehouse=name)
                 report = SyncReport(warehouse=name, status="failure", started_at="", error="crash")
+        if self._on_position is not None and report.position is not None:
+            try:
+                await self._on_position(name, report.position)
+            except Exception:  # the mirror is for people to read; the warehouse holds the truth
+                log.warning("warehouse_position_not_mirrored", warehouse=name, exc_info=True)
         async with self._completed[name]:
             self.reports[name].append(report)
             self._completed[name].notify_all()

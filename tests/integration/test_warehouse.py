@@ -19,13 +19,21 @@ from structlog.testing import capture_logs
 from cdpd import cli
 from cdpd import config as cdpd_config
 from cdpd.app import Running, running
+from cdpd.outbox import reader
 from cdpd.warehouse import batches, loader
 from cdpd.warehouse.batches import worker_pool
 from cdpd.warehouse.loader import BatchResult
 from cdpd.warehouse.naming import DISCARDS_TABLE
 from cdpd.warehouse.position import prunable_seq
 from cdpd.warehouse.report import SyncReport
-from tests.helpers import OTHER_WRITE_KEY, WRITE_KEY, WarehouseProbe, basic_auth, query
+from tests.helpers import (
+    OTHER_WRITE_KEY,
+    WRITE_KEY,
+    WarehouseProbe,
+    basic_auth,
+    outbox_path,
+    query,
+)
 
 S = "website"  # the schema of the test source "website"
 
@@ -576,3 +584,14 @@ async def test_periodic_sync_and_load_position(
         reports = await server.warehouses.wait_for_syncs("wh", 3)
     assert sum(r.messages for r in reports) == 2
     assert await prunable_seq(config) == 2
+
+
+async def test_the_outbox_lists_each_warehouse_among_its_consumers(
+    daemon: Running, data_dir: Path
+) -> None:
+    await send(daemon, *[track(f"m{n}") for n in range(5)])
+    await sync(daemon)
+    lags = {lag.name: lag for lag in (await reader.stats(outbox_path(data_dir))).consumers}
+    assert lags["warehouse:wh"].kind == "warehouse"
+    assert lags["warehouse:wh"].seq == 5
+    assert lags["warehouse:wh"].messages_behind == 0
