@@ -26,6 +26,7 @@ from cdpd import web as cdpd_web
 from cdpd.clock import Clock, SystemClock
 from cdpd.config import Config
 from cdpd.delivery.service import Delivery
+from cdpd.governance.stage import Governance
 from cdpd.ingest.routes import Ingest
 from cdpd.logs import LineWriter
 from cdpd.metrics import Metrics
@@ -64,6 +65,7 @@ async def running(
     """Serve `config` until the block exits. The clocks are replaceable so tests control time:
     `clock_s` for the outbox's refusal timer, `clock` for delivery (backoffs, retention)."""
     storage = config.storage
+    governance = Governance(config)  # tracking plans load (or fail) before anything starts
     async with schema.connect(
         storage.outbox_path, synchronous=storage.synchronous, max_bytes=storage.max_outbox_bytes
     ) as conn:
@@ -96,7 +98,7 @@ async def running(
                 observer=metrics.delivery_observer,
                 warehouse_position=functools.partial(prunable_seq, config),
             )
-            stages = cdpd_web.Stages(writer, reader, delivery, metrics)
+            stages = cdpd_web.Stages(writer, reader, delivery, metrics, governance)
             async with asyncio.TaskGroup() as tasks:
                 writer_task = tasks.create_task(writer.run(), name="outbox-writer")
                 space_task = tasks.create_task(space.run(), name="free-space-watch")

@@ -17,6 +17,7 @@ import msgspec
 
 from cdpd import __version__, config, logs
 from cdpd.delivery import replay, report
+from cdpd.governance import commands as governance_commands
 from cdpd.model.timestamps import format_ms, now_ms, parse_ms
 from cdpd.outbox import reader, schema
 from cdpd.warehouse import commands as warehouse_commands
@@ -45,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _deliveries(cfg, args)
     if command == "replay":
         return _replay(cfg, args)
+    if command in governance_commands.COMMANDS:
+        return governance_commands.run(cfg, args)
     if command == "warehouse":
         if argv is None:  # the real program: warnings and errors as JSON lines on stderr
             logs.configure("warning", sys.stderr.buffer)
@@ -90,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     catalog.add_argument("--json", action="store_true", help="print one JSON document")
     warehouse_commands.add_parser(commands, common)
+    governance_commands.add_parsers(commands, common)
     return parser
 
 
@@ -106,10 +110,12 @@ def _serve(cfg: config.Config) -> int:
 
 def _check_config(cfg: config.Config, path: str) -> int:
     from cdpd.destinations import registry
+    from cdpd.governance import plans
 
     try:
         for destination in cfg.destinations:
             registry.build(destination)
+        plans.load_all(cfg.tracking_plans)
     except config.ConfigError as exc:
         print(f"cdpd: config error: {path}: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -16,6 +16,7 @@ import msgspec
 from aiohttp import web
 
 from cdpd.config import Config, Source
+from cdpd.governance.stage import Governance
 from cdpd.ingest import cors
 from cdpd.ingest.auth import WriteKeys
 from cdpd.ingest.body import read_limited
@@ -61,10 +62,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class Ingest:
     """Request handlers for the Tracking API, bound to one config and one outbox writer."""
 
-    def __init__(self, config: Config, writer: OutboxWriter) -> None:
+    def __init__(
+        self, config: Config, writer: OutboxWriter, governance: Governance | None = None
+    ) -> None:
         self._server = config.server
         self._writer = writer
         self._keys = WriteKeys(config.sources)
+        self.governance = governance or Governance(config)
         self.accepted = 0
         self.duplicates = 0
         self.rejected: dict[str, int] = {}
@@ -207,11 +211,14 @@ class Ingest:
     async def _store(
         self, request: web.Request, facts: RequestFacts, results: Sequence[OutboxRow | Rejection]
     ) -> web.Response:
-        rows = [r for r in results if type(r) is OutboxRow]
-        rejects = [_reject_row(r, facts) for r in results if type(r) is Rejection]
+        governed = self.governance.apply(facts.source, [r for r in results if type(r) is OutboxRow])
+        rows = governed.rows
+        rejects = [
+            _reject_row(r, facts) for r in (*results, *governed.rejections) if type(r) is Rejection
+        ]
         stored = duplicates = 0
-        if rows or rejects:
-            outcome = await self._writer.append(rows, rejects, facts.received_at_ms)
+        if rows or rejects or governed.extra:
+            outcome = await self._writer.append(rows, rejects, facts.received_at_ms, governed.extra)
             stored, duplicates = outcome.stored, outcome.duplicates
         self._count(stored, duplicates, rejects)
         fields = request[LOG_FIELDS]

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import aiosqlite
 
+from cdpd.governance import store as governance_store
+
 # Each entry moves the schema from version N to N + 1 (PRAGMA user_version).
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -84,6 +86,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX attempts_delivery ON attempts (delivery_id);
     CREATE INDEX attempts_recent ON attempts (destination, started_at);
     """,
+    governance_store.MIGRATION,  # violations, blocked_messages, schema_fields
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

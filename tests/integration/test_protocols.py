@@ -1,0 +1,170 @@
+"""Protocols over real HTTP: the verdict in the stored message, the violations and
+blocked_messages tables, forwarding, and `cdpd plans check`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from cdpd import cli
+from cdpd import config as cdpd_config
+from cdpd.app import Running, running
+from tests.governance_plans import governed_config, write_plan
+from tests.helpers import basic_auth, query, stored_payloads
+
+AUTH = {"Authorization": basic_auth("wk_test")}
+Start = Callable[..., Any]
+
+
+@pytest.fixture
+def plan_path(tmp_path: Path) -> Path:
+    return write_plan(tmp_path / "plan.json")
+
+
+@pytest.fixture
+def start(tmp_path: Path, data_dir: Path, plan_path: Path) -> Start:
+    @asynccontextmanager
+    async def start(website: str = "", extra: str = "") -> AsyncIterator[Running]:
+        path = tmp_path / "cdpd.toml"
+        path.write_text(governed_config(data_dir, plan_path, website, extra))
+        async with running(cdpd_config.load(path)) as server:
+            yield server
+
+    return start
+
+
+async def post(http: aiohttp.ClientSession, server: Running, path: str, body: object) -> None:
+    async with http.post(f"{server.url}{path}", json=body, headers=AUTH) as response:
+        assert response.status == 200
+        assert await response.json() == {"success": True}
+
+
+async def test_the_verdict_is_stored_in_the_message_and_the_violations_table(
+    start: Start, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    async with start() as server:
+        await post(
+            http,
+            server,
+            "/v1/track",
+            {"userId": "u", "event": "Order Completed", "properties": {"revenue": "12"}},
+        )
+        await post(
+            http,
+            server,
+            "/v1/track",
+            {"userId": "u", "event": "Order Completed", "properties": {"order_id": "o"}},
+        )
+    bad, clean = stored_payloads(data_dir)
+    assert bad["context"]["protocols"]["violations"] == [
+        {
+            "type": "Required",
+            "field": "properties.order_id",
+            "description": "properties.order_id is required",
+        },
+        {
+            "type": "Invalid Type",
+            "field": "properties.revenue",
+            "description": "Invalid type. Expected: number, given: string",
+        },
+    ]
+    assert "protocols" not in clean.get("context", {})
+    rows = query(
+        data_dir,
+        "SELECT source, tracking_plan, message_id, type, event, violation_type, field, blocked"
+        " FROM violations ORDER BY id",
+    )
+    assert rows == [
+        ("website", "main", bad["messageId"], "track", "Order Completed", "Required",
+         "properties.order_id", 0),
+        ("website", "main", bad["messageId"], "track", "Order Completed", "Invalid Type",
+         "properties.revenue", 0),
+    ]  # fmt: skip
+
+
+async def test_a_blocked_message_gets_200_and_is_kept_apart(
+    start: Start, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    settings = "[sources.protocols.track]\nallowUnplannedEvents = false\n"
+    async with start(settings) as server:
+        await post(
+            http,
+            server,
+            "/v1/batch",
+            {
+                "batch": [
+                    {"type": "track", "userId": "u", "event": "Spam", "messageId": "m-spam"},
+                    {"type": "track", "userId": "u", "event": "Signed Up", "messageId": "m-ok"},
+                ]
+            },
+        )
+        assert server.ingest.accepted == 1
+        assert server.ingest.governance.blocked == {"website": 1}
+    assert [p["messageId"] for p in stored_payloads(data_dir)] == ["m-ok"]
+    ((message_id, reason_code, payload),) = query(
+        data_dir, "SELECT message_id, reason_code, payload FROM blocked_messages"
+    )
+    assert (message_id, reason_code) == ("m-spam", "unplanned_event")
+    assert '"Unplanned Event"' in payload
+    assert query(data_dir, "SELECT blocked FROM violations") == [(1,)]
+
+
+async def test_inline_tables_and_sub_tables_are_the_same(
+    start: Start, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    settings = "protocols = { track = { allowUnplannedEventProperties = false } }\n"
+    async with start(settings) as server:
+        await post(
+            http,
+            server,
+            "/v1/track",
+            {"userId": "u", "event": "Signed Up", "properties": {"x": 1}},
+        )
+    (stored,) = stored_payloads(data_dir)
+    assert stored["properties"] == {}
+    assert stored["context"]["protocols"]["omitted"] == ["x"]
+
+
+async def test_forwarded_violations_arrive_in_the_named_source(
+    start: Start, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    settings = '[sources.protocols]\nforwardingViolationsTo = "violations"\n'
+    async with start(settings) as server:
+        await post(
+            http, server, "/v1/track", {"userId": "u", "event": "Order Completed", "properties": {}}
+        )
+    rows = query(data_dir, "SELECT source, event, user_id FROM messages ORDER BY seq")
+    assert rows == [
+        ("website", "Order Completed", "u"),
+        ("violations", "Violation Generated", "schema-violations"),
+    ]
+
+
+def test_plans_check(
+    tmp_path: Path, data_dir: Path, plan_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "cdpd.toml"
+    path.write_text(governed_config(data_dir, plan_path))
+    assert cli.main(["--config", str(path), "plans", "check"]) == 0
+    assert "main: ok (4 rules, 2 track events; sources: website)" in capsys.readouterr().out
+    plan_path.write_text('{"rules": [{"type": "TRACK", "key": "A", "jsonSchema": {"type": 1}}]}')
+    assert cli.main(["--config", str(path), "plans", "check"]) == 2
+    error = capsys.readouterr().err
+    assert "tracking plan 'main'" in error
+    assert "rules[0] (TRACK 'A'): jsonSchema is not a valid JSON Schema" in error
+    assert cli.main(["--config", str(path), "check-config"]) == 2
+
+
+async def test_a_plan_that_does_not_load_stops_the_start(tmp_path: Path, data_dir: Path) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_text('{"rules": [{"type": "TRACK"}]}')
+    path = tmp_path / "cdpd.toml"
+    path.write_text(governed_config(data_dir, plan))
+    with pytest.raises(cdpd_config.ConfigError, match="a TRACK rule needs a `key`"):
+        async with running(cdpd_config.load(path)):
+            pass
