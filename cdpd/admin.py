@@ -12,6 +12,7 @@ from cdpd.config import Config, Destination
 from cdpd.delivery import replay, report
 from cdpd.delivery.lane import LaneStats
 from cdpd.delivery.service import Delivery
+from cdpd.governance import store as governance_store
 from cdpd.ingest.errors import ApiError
 from cdpd.metrics import CONTENT_TYPE, Metrics
 from cdpd.model.timestamps import format_ms, parse_ms
@@ -48,6 +49,7 @@ class Admin:
             web.get("/admin/deliveries", self.deliveries),
             web.get("/admin/deliveries/dead", self.dead),
             web.post("/admin/replay", self.replay),
+            web.get("/admin/violations", self.violations),
             web.get("/metrics", self.metrics),
         ]
 
@@ -82,6 +84,19 @@ class Admin:
         if destination.name in self._delivery.lanes:
             self._delivery.lanes[destination.name].wake()
         return _json({"destination": destination.name, "queued": count})
+
+    async def violations(self, request: web.Request) -> web.Response:
+        """Violations grouped by source, event and field: counts, first and last seen and a
+        sample message id (`cdpd violations` reads the same)."""
+        self._authorize(request)
+        since = request.query.get("since")
+        found = await governance_store.summarize_violations(
+            self._reader,
+            source=request.query.get("source"),
+            event=request.query.get("event"),
+            since=_time(since, "since") if since else None,
+        )
+        return _json({"violations": found})
 
     async def metrics(self, request: web.Request) -> web.Response:
         body = self._metrics.render(await report.states(self._reader, self._names, delivered=False))

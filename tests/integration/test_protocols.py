@@ -3,6 +3,7 @@ blocked_messages tables, forwarding, and `cdpd plans check`."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -168,3 +169,57 @@ async def test_a_plan_that_does_not_load_stops_the_start(tmp_path: Path, data_di
     with pytest.raises(cdpd_config.ConfigError, match="a TRACK rule needs a `key`"):
         async with running(cdpd_config.load(path)):
             pass
+
+
+async def test_violations_are_listed_by_the_cli_the_admin_endpoint_and_metrics(
+    start: Start,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = "[sources.protocols.track]\nallowEventOnViolations = false\n"
+    async with start(settings, '[admin]\ntoken = "t"\n') as server:
+        for n in range(3):
+            body = {"userId": "u", "event": "Order Completed", "messageId": f"m-{n}"}
+            await post(http, server, "/v1/track", {**body, "properties": {"order_id": n}})
+        await post(http, server, "/v1/track", {"userId": "u", "event": "Signed Up"})
+        admin = {"Authorization": "Bearer t"}
+        async with http.get(
+            f"{server.url}/admin/violations?source=website", headers=admin
+        ) as response:
+            assert response.status == 200
+            (entry,) = (await response.json())["violations"]
+        async with http.get(f"{server.url}/metrics") as response:
+            metrics = await response.text()
+        assert server.ingest.accepted == 1
+    assert entry["event"] == "Order Completed"
+    assert entry["field"] == "properties.order_id"
+    assert entry["count"] == 3
+    assert entry["sample_message_id"] in {"m-0", "m-1", "m-2"}
+    assert entry["first_seen"] <= entry["last_seen"]
+    assert 'cdpd_protocols_violations_total{source="website"} 3.0' in metrics
+    assert 'cdpd_protocols_blocked_total{source="website"} 3.0' in metrics
+    assert 'cdpd_ingest_messages_total{outcome="accepted"} 1.0' in metrics
+    config_path = str(tmp_path / "cdpd.toml")
+    assert (
+        await asyncio.to_thread(
+            cli.main, ["--config", config_path, "violations", "--event", "Order Completed"]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "properties.order_id" in out
+    assert "Invalid type. Expected: string, given: integer" in out
+    assert (
+        await asyncio.to_thread(
+            cli.main, ["--config", config_path, "violations", "--since", "2999-01-01"]
+        )
+        == 0
+    )
+    assert capsys.readouterr().out == ""
+    assert (
+        await asyncio.to_thread(
+            cli.main, ["--config", config_path, "violations", "--since", "soon"]
+        )
+        == 2
+    )
