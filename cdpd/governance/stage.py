@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from cdpd.config import Config, Source
+from cdpd.governance import browser, store
 from cdpd.governance import plans as plan_files
-from cdpd.governance import store
 from cdpd.governance.chain import Block, Chain, Findings, Message, Processor
 from cdpd.governance.protocols import Protocols
 from cdpd.governance.schema_observer import BlockedEvents, SchemaObserver
@@ -56,6 +57,7 @@ class Governance:
         self._config = config
         self.plans = plan_files.load_all(config.tracking_plans)
         self._chains = build_chains(config, self.plans)
+        self._sources = {source.name: source for source in config.sources}
         self.violations: dict[str, int] = {}
         self.blocked: dict[str, int] = {}
         self.reloads = 0
@@ -65,6 +67,14 @@ class Governance:
         plans = plan_files.load_all(self._config.tracking_plans)
         self._chains, self.plans = build_chains(self._config, plans), plans
         self.reloads += 1
+
+    def track_plan(self, source: str) -> dict[str, Any] | None:
+        """The `plan.track` map for the source's settings document (None: the default)."""
+        found = self._sources.get(source)
+        if found is None or (found.tracking_plan is None and not found.blocked_events):
+            return None
+        plan = self.plans.get(found.tracking_plan) if found.tracking_plan else None
+        return browser.track_plan(found, plan)
 
     def apply(self, source: str, rows: Sequence[OutboxRow]) -> Governed:
         chain = self._chains.get(source)

@@ -152,7 +152,9 @@ class Ingest:
         request[LOG_FIELDS]["source"] = source.name
         allow = cors.response_headers(request.headers.get("Origin"))
         return web.json_response(
-            settings_document(write_key, self._public_url(request)),
+            settings_document(
+                write_key, self._public_url(request), self.governance.track_plan(source.name)
+            ),
             headers={
                 "Cache-Control": "max-age=60",
                 **(allow or {"Access-Control-Allow-Origin": "*"}),

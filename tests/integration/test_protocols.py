@@ -223,3 +223,23 @@ async def test_violations_are_listed_by_the_cli_the_admin_endpoint_and_metrics(
         )
         == 2
     )
+
+
+async def test_the_settings_document_publishes_plan_track(
+    start: Start, http: aiohttp.ClientSession
+) -> None:
+    settings = (
+        'blocked_events = ["Spam"]\n[sources.protocols.track]\nallowUnplannedEvents = false\n'
+    )
+    async with start(settings) as server:
+        async with http.get(f"{server.url}/v1/projects/wk_test/settings") as response:
+            track = (await response.json())["plan"]["track"]
+        async with http.get(f"{server.url}/v1/projects/wk_violations/settings") as response:
+            default = (await response.json())["plan"]["track"]
+    assert track == {
+        "__default": {"enabled": False, "integrations": {}},
+        "Order Completed": {"enabled": True, "integrations": {}},
+        "Signed Up": {"enabled": True, "integrations": {}},
+        "Spam": {"enabled": False, "integrations": {}},
+    }
+    assert default == {"__default": {"enabled": True, "integrations": {}}}
