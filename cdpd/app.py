@@ -24,7 +24,7 @@ from aiohttp import web
 from cdpd import logs
 from cdpd import web as cdpd_web
 from cdpd.clock import Clock, SystemClock
-from cdpd.config import Config
+from cdpd.config import Config, ConfigError
 from cdpd.delivery.service import Delivery
 from cdpd.governance.stage import Governance
 from cdpd.ingest.routes import Ingest
@@ -173,6 +173,9 @@ async def serve(config: Config, log_writer: LineWriter | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     async with running(config) as server:
+        # SIGHUP (systemctl reload) reads the tracking plans again; the rest of the config
+        # needs a restart.
+        loop.add_signal_handler(signal.SIGHUP, reload_plans, server)
         log.info("listening", url=server.url, outbox=str(config.storage.outbox_path))
         notifier.ready()
         async with asyncio.TaskGroup() as tasks:
@@ -192,6 +195,18 @@ async def serve(config: Config, log_writer: LineWriter | None = None) -> int:
     if log_writer is not None:
         log_writer.flush()
     return 0
+
+
+def reload_plans(server: Running) -> None:
+    """Swap in freshly loaded tracking plans; when one does not load, keep those in force.
+    Runs on the event loop between requests, so each request is checked by one set."""
+    governance = server.ingest.governance
+    try:
+        governance.reload()
+    except ConfigError as exc:
+        log.error("tracking_plans_reload_failed", error=str(exc))
+        return
+    log.info("tracking_plans_reloaded", plans=sorted(governance.plans))
 
 
 async def _every(interval_s: float, action: Callable[[], None], stop: asyncio.Event) -> None:
