@@ -7,6 +7,8 @@ cdpd's throughput as a ratio of the bare server's, then checks that cdpd stored 
 acknowledged.
 
     python bench/ingest.py [--duration 10] [--reps 1] [--connections 64]
+    python bench/ingest.py --plan   # cdpd with a 50-event tracking plan, all checks on, as a
+                                    # ratio of the same cdpd without a plan
 
 Needs wrk (`apt-get install wrk`).
 """
@@ -14,6 +16,7 @@ Needs wrk (`apt-get install wrk`).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -54,6 +57,11 @@ def main() -> int:
     parser.add_argument("--synchronous", choices=["normal", "full"], default="normal")
     parser.add_argument("--only", choices=["single", "batch100"], help="run one load only")
     parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="compare cdpd with a 50-event tracking plan (all checks on) to cdpd without one",
+    )
+    parser.add_argument(
         "--server-cpus", default="0", help="cores the servers may use (taskset list; wrk uses 1)"
     )
     args = parser.parse_args()
@@ -61,14 +69,15 @@ def main() -> int:
         print("wrk is not installed: apt-get install wrk", file=sys.stderr)
         return 2
     runs: dict[tuple[str, str], list[Result]] = {}
+    servers = ("cdpd", "cdpd+plan") if args.plan else ("bare", "cdpd")
     for _ in range(args.reps):
         for mode, batch in (("single", 1), ("batch100", 100)):
             if args.only and mode != args.only:
                 continue
-            for server in ("bare", "cdpd"):
+            for server in servers:
                 result = measure(server, mode, batch, args)
                 runs.setdefault((server, mode), []).append(result)
-    print_table(runs)
+    print_table(runs, servers)
     return 0
 
 
@@ -79,13 +88,13 @@ def measure(server: str, mode: str, batch: int, args: argparse.Namespace) -> Res
         try:
             path = "/v1/track" if batch == 1 else "/v1/batch"
             run_wrk(port, path, batch, args.warmup, args.connections)
-            before = stored_events(Path(tmp)) if server == "cdpd" else 0
+            before = stored_events(Path(tmp)) if server != "bare" else 0
             output = run_wrk(port, path, batch, args.duration, args.connections)
             rss_mb = peak_rss_mb(proc.pid)
         finally:
             stop(proc)
         result = parse_wrk(output, server, mode, batch, rss_mb)
-        if server == "cdpd":
+        if server != "bare":
             stored = stored_events(Path(tmp)) - before
             acked = acknowledged_requests(output) * batch
             result.stored_ok = "yes" if stored >= acked else f"NO ({stored} < {acked})"
@@ -108,7 +117,9 @@ def start_server(
             f'[server]\nlisten = "127.0.0.1:{port}"\n'
             f'[storage]\ndata_dir = "{tmp / "var"}"\nsynchronous = "{synchronous}"\n'
             f"min_free_disk_bytes = 0\n"
-            f'[[sources]]\nname = "bench"\nwrite_key = "{WRITE_KEY}"\n'
+            + (plan_config(tmp) if server == "cdpd+plan" else "")
+            + f'[[sources]]\nname = "bench"\nwrite_key = "{WRITE_KEY}"\n'
+            + (PLAN_SETTINGS if server == "cdpd+plan" else "")
         )
         command = [sys.executable, "-m", "cdpd", "serve", "--config", str(config)]
     proc = subprocess.Popen(
@@ -119,6 +130,77 @@ def start_server(
     )
     wait_for_port(port, proc)
     return proc
+
+
+# Every check on: unplanned events blocked, unplanned properties omitted, violations block.
+PLAN_SETTINGS = """tracking_plan = "bench"
+[sources.protocols.track]
+allowUnplannedEvents = false
+allowUnplannedEventProperties = false
+allowEventOnViolations = false
+allowPropertiesOnViolations = false
+commonEventOnViolations = "BLOCK"
+"""
+
+
+def plan_config(tmp: Path) -> str:
+    """A 50-event plan in Segment's rule format (post.lua's event is one of them, and meets
+    its rule and the common rule), and the config entry naming it."""
+    product = {
+        "type": "object",
+        "properties": {
+            "product_id": {"type": "string"},
+            "sku": {"type": "string"},
+            "name": {"type": "string"},
+            "price": {"type": "number"},
+            "quantity": {"type": "integer"},
+            "category": {"type": "string"},
+        },
+        "required": ["product_id"],
+    }
+    properties = {
+        "order_id": {"type": "string"},
+        "total": {"type": "number"},
+        "revenue": {"type": "number"},
+        "shipping": {"type": "number"},
+        "tax": {"type": "number"},
+        "currency": {"type": "string", "enum": ["USD", "EUR", "GBP"]},
+        "products": {"type": "array", "items": product},
+    }
+    events = ["Order Completed"] + [f"Bench Event {n}" for n in range(49)]
+    rules: list[dict[str, object]] = [
+        {
+            "type": "TRACK",
+            "key": event,
+            "version": 1,
+            "jsonSchema": {
+                "$schema": "http://json-schema.org/draft-07/schema#",
+                "type": "object",
+                "properties": {
+                    "properties": {
+                        "type": "object",
+                        "properties": properties,
+                        "required": ["order_id", "total"],
+                    }
+                },
+                "required": ["properties"],
+            },
+        }
+        for event in events
+    ]
+    rules.append(
+        {
+            "type": "COMMON",
+            "version": 1,
+            "jsonSchema": {
+                "type": "object",
+                "properties": {"context": {"type": "object", "required": ["library"]}},
+            },
+        }
+    )
+    path = tmp / "plan.json"
+    path.write_text(json.dumps({"rules": rules}))
+    return f'[[tracking_plans]]\nname = "bench"\npath = "{path}"\n'
 
 
 def run_wrk(port: int, path: str, batch: int, duration_s: int, connections: int) -> str:
@@ -187,18 +269,18 @@ def peak_rss_mb(pid: int) -> float:
     return kb / 1024
 
 
-def print_table(runs: dict[tuple[str, str], list[Result]]) -> None:
+def print_table(runs: dict[tuple[str, str], list[Result]], servers: tuple[str, str]) -> None:
     print()
     print(
         "| server | load | events/s | req/s | p50 ms | p99 ms | peak RSS MB | errors "
-        "| cdpd/bare | all acked stored |"
+        f"| {servers[1]}/{servers[0]} | all acked stored |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for mode in ("single", "batch100"):
-        if ("bare", mode) not in runs:
+        if (servers[0], mode) not in runs:
             continue
-        bare = statistics.median(r.events_per_s for r in runs[("bare", mode)])
-        for server in ("bare", "cdpd"):
+        bare = statistics.median(r.events_per_s for r in runs[(servers[0], mode)])
+        for server in servers:
             results = runs[(server, mode)]
             eps = statistics.median(r.events_per_s for r in results)
             print(

@@ -73,6 +73,9 @@ class Reject(msgspec.Struct, frozen=True, gc=False):
 Verdict = Block | Reject | None
 
 
+Shape = tuple[str, str, str, str, tuple[str, ...], tuple[str, ...]]
+
+
 class ViolationRow(msgspec.Struct, frozen=True, gc=False):
     """One row of the `violations` table, in its column order."""
 
@@ -93,17 +96,22 @@ class Findings:
     """What the processors of one request found, besides their verdicts."""
 
     violations: list[ViolationRow] = field(default_factory=list)
-    # (source, type, event, field, value_type) -> [count, first_seen, last_seen]
-    observations: dict[tuple[str, str, str, str, str], list[Any]] = field(default_factory=dict)
+    # (source, type, event, section, names, value types) -> how many messages had that shape
+    shapes: dict[Shape, int] = field(default_factory=dict)
+    seen_at: str = ""  # when the request's messages were received
     forwarded: list[OutboxRow] = field(default_factory=list)
 
-    def observe(self, key: tuple[str, str, str, str, str], seen_at: str) -> None:
-        found = self.observations.get(key)
-        if found is None:
-            self.observations[key] = [1, seen_at, seen_at]
-        else:
-            found[0] += 1
-            found[2] = seen_at
+    def fields(self) -> dict[tuple[str, str, str, str, str], int]:
+        """The shapes as counts per (source, type, event, field, value type); field "" (with
+        value type "") counts the event itself."""
+        counts: dict[tuple[str, str, str, str, str], int] = {}
+        for (source, kind, event, section, names, types), count in self.shapes.items():
+            key = (source, kind, event, "", "")
+            counts[key] = counts.get(key, 0) + count
+            for name, value_type in zip(names, types, strict=True):
+                key = (source, kind, event, f"{section}.{name}", value_type)
+                counts[key] = counts.get(key, 0) + count
+        return counts
 
 
 class Processor(Protocol):

@@ -111,7 +111,7 @@ class Protocols:
     ) -> Block | None:
         section = rule.section or "properties"
         values = body.get(section)
-        if isinstance(values, dict):
+        if isinstance(values, dict) and not rule.planned.issuperset(values):
             for name in values:
                 if name not in rule.planned:
                     field = f"{section}.{name}"

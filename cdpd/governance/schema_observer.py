@@ -1,60 +1,53 @@
 """The source schema (Segment's Schema tab): every event, property and trait a source sends,
 with the types seen, counted at ingestion. Also Segment's per-source "block event".
 
-Observing is cheap: only the top-level keys of `properties` and `traits` are read, each value
-typed by its first JSON byte, without decoding the message.
+Observing is cheap: a message is counted under its shape (event, names and their types),
+and a request's shapes are turned into per-field counts once, when its rows are written.
+Only top-level properties (track, page, screen) and traits (identify, group) are observed.
 """
 
 from __future__ import annotations
 
-import msgspec
+from typing import Any
 
 from cdpd.governance.chain import Block, Findings, Message, Verdict
 
-# A value's JSON type by its first byte (numbers are told apart below).
-_FIRST_BYTE_TYPES = {ord('"'): "string", ord("{"): "object", ord("["): "array"}
-_FIRST_BYTE_TYPES |= {ord("t"): "boolean", ord("f"): "boolean", ord("n"): "null"}
+# JSON Schema type names of decoded JSON values (msgspec decodes 1.0 as a float: a number).
+VALUE_TYPES: dict[type, str] = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+    list: "array",
+    dict: "object",
+}
+TRAIT_MESSAGES = frozenset({"identify", "group"})
 
 
-class _Shape(msgspec.Struct):
-    properties: dict[str, msgspec.Raw] | None = None
-    traits: dict[str, msgspec.Raw] | None = None
-
-
-_shape_decoder = msgspec.json.Decoder(_Shape)
-
-
-def value_type(raw: bytes | msgspec.Raw) -> str:
-    """The JSON Schema type of a raw JSON value; numbers written with a fraction or an
-    exponent are `number`, others `integer`."""
-    data = bytes(raw)
-    found = _FIRST_BYTE_TYPES.get(data[0]) if data else None
-    if found is not None:
-        return found
-    return "number" if any(c in data for c in b".eE") else "integer"
+def value_type(value: Any) -> str:
+    return VALUE_TYPES[type(value)]
 
 
 class SchemaObserver:
-    """Counts (type, event, field, value type) for every message; field "" is the event."""
+    """Counts each message under (source, type, event, section, names, value types)."""
 
     def __init__(self, source: str) -> None:
         self._source = source
 
     def __call__(self, message: Message, findings: Findings) -> Verdict:
         row = message.row
-        event = row.event or ""
-        source, kind, seen = self._source, row.type, row.received_at
-        findings.observe((source, kind, event, "", ""), seen)
-        try:
-            shape = _shape_decoder.decode(row.payload)
-        except msgspec.ValidationError:
-            return None  # properties or traits that are not objects: nothing to observe
-        for section, values in (("properties", shape.properties), ("traits", shape.traits)):
-            if values:
-                for name, raw in values.items():
-                    findings.observe(
-                        (source, kind, event, f"{section}.{name}", value_type(raw)), seen
-                    )
+        section = "traits" if row.type in TRAIT_MESSAGES else "properties"
+        values = message.body.get(section)
+        if isinstance(values, dict) and values:
+            names = tuple(values)
+            types = tuple(map(VALUE_TYPES.__getitem__, map(type, values.values())))
+        else:
+            names = types = ()
+        key = (self._source, row.type, row.event or "", section, names, types)
+        shapes = findings.shapes
+        shapes[key] = shapes.get(key, 0) + 1
+        findings.seen_at = row.received_at
         return None
 
 

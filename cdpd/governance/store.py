@@ -98,10 +98,12 @@ def extra_rows(
         extra.append((INSERT_VIOLATION, [astuple(v) for v in findings.violations]))
     if blocked:
         extra.append((INSERT_BLOCKED, blocked))
-    if findings.observations:
-        extra.append(
-            (UPSERT_SCHEMA, [(*key, *counts) for key, counts in findings.observations.items()])
-        )
+    if findings.shapes:
+        seen = findings.seen_at
+        rows: list[tuple[object, ...]] = [
+            (*key, count, seen, seen) for key, count in findings.fields().items()
+        ]
+        extra.append((UPSERT_SCHEMA, rows))
     return extra
 
 
