@@ -69,8 +69,13 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (source, type, event, field, value_type) DO UPDATE
 SET count = count + excluded.count, last_seen = max(last_seen, excluded.last_seen)
 """
-BLOCKED_RETENTION_S = 30 * 24 * 3600
-PRUNE_BLOCKED = "DELETE FROM blocked_messages WHERE received_at < ?"
+RETENTION_S = 30 * 24 * 3600  # blocked messages and violations, as Segment keeps them
+PRUNE = {
+    "blocked_messages": "DELETE FROM blocked_messages WHERE id IN"
+    " (SELECT id FROM blocked_messages WHERE received_at < ? ORDER BY id LIMIT ?)",
+    "violations": "DELETE FROM violations WHERE id IN"
+    " (SELECT id FROM violations WHERE received_at < ? ORDER BY id LIMIT ?)",
+}
 
 astuple = msgspec.structs.astuple
 

@@ -15,8 +15,9 @@ import pytest
 from cdpd import cli
 from cdpd import config as cdpd_config
 from cdpd.app import Running, running
+from cdpd.governance.retention import GovernancePruner
 from tests.governance_plans import governed_config, write_plan
-from tests.helpers import basic_auth, query, stored_payloads
+from tests.helpers import FakeClock, basic_auth, query, stored_payloads
 
 AUTH = {"Authorization": basic_auth("wk_test")}
 Start = Callable[..., Any]
@@ -243,3 +244,20 @@ async def test_the_settings_document_publishes_plan_track(
         "Spam": {"enabled": False, "integrations": {}},
     }
     assert default == {"__default": {"enabled": True, "integrations": {}}}
+
+
+async def test_blocked_messages_and_violations_are_kept_30_days(
+    tmp_path: Path, data_dir: Path, plan_path: Path, http: aiohttp.ClientSession
+) -> None:
+    path = tmp_path / "cdpd.toml"
+    settings = "[sources.protocols.track]\nallowUnplannedEvents = false\n"
+    path.write_text(governed_config(data_dir, plan_path, settings))
+    clock = FakeClock()
+    async with running(cdpd_config.load(path), clock=clock) as server:
+        await post(http, server, "/v1/track", {"userId": "u", "event": "Spam"})
+        assert query(data_dir, "SELECT count(*) FROM blocked_messages") == [(1,)]
+        pruner = GovernancePruner(server.writer, clock, interval_s=60)
+        clock.advance(29 * 24 * 3600)
+        assert await pruner.prune_once() == {"blocked_messages": 0, "violations": 0}
+        clock.advance(2 * 24 * 3600)
+        assert await pruner.prune_once() == {"blocked_messages": 1, "violations": 1}
