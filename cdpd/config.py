@@ -120,6 +120,28 @@ class Source(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     observe_schema: bool = True
 
 
+class PropertyRename(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A property (or trait) path, dotted up to 4 levels, and where it goes instead."""
+
+    oldName: Annotated[str, msgspec.Meta(min_length=1)]
+    newName: Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class Transformation(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A Protocols transformation, under the Public API's names: for the messages of `source`
+    that match `if` (FQL), rename the event and rename or move properties (traits for identify
+    and group). Without `destination` it changes what is stored (before destination filters);
+    with one, only what that destination receives."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    source: str
+    destination: str | None = None
+    enabled: bool = True
+    if_: Annotated[str, msgspec.Meta(min_length=1)] = msgspec.field(name="if")
+    newEventName: str | None = None
+    propertyRenames: list[PropertyRename] = msgspec.field(default_factory=list)
+
+
 class TrackingPlan(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A tracking plan file: Segment's rule format (`{"rules": [...]}`) or Typewriter's
     plan.json; a relative path is taken from the working directory."""
@@ -191,6 +213,7 @@ class Config(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     destinations: list[Destination] = msgspec.field(default_factory=list)
     warehouses: list[Warehouse] = msgspec.field(default_factory=list)
     tracking_plans: list[TrackingPlan] = msgspec.field(default_factory=list)
+    transformations: list[Transformation] = msgspec.field(default_factory=list)
 
 
 def default_path() -> str:
@@ -342,6 +365,24 @@ def _check_protocols(config: Config) -> list[str]:
                 problems.append(
                     f"sources[{index}].protocols.{key}: a source cannot forward to itself"
                 )
+    return problems + _check_transformations(config, sources)
+
+
+def _check_transformations(config: Config, sources: set[str]) -> list[str]:
+    from cdpd.governance.transformations import check  # pure; imported late, as naming above
+
+    problems = []
+    for index, transformation in enumerate(config.transformations):
+        where = f"transformations[{index}]"
+        if transformation.source not in sources:
+            problems.append(f"{where}.source: no source is named {transformation.source!r}")
+        if transformation.destination is not None:
+            # Delivery does not apply them yet (its claims do not carry the message's source).
+            problems.append(
+                f"{where}.destination: destination-scoped transformations are not supported"
+                " yet; leave it out for a source-scoped one"
+            )
+        problems += [f"{where}.{problem}" for problem in check(transformation)]
     return problems
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cdpd.config import Config, Source
-from cdpd.governance import browser, store
+from cdpd.governance import browser, store, transformations
 from cdpd.governance import plans as plan_files
 from cdpd.governance.chain import Block, Chain, Findings, Message, Processor
 from cdpd.governance.protocols import Protocols
@@ -34,6 +34,9 @@ def build_chains(config: Config, plans: dict[str, plan_files.Plan]) -> dict[str,
     chains = {}
     for source in config.sources:
         processors = _processors(source, plans)
+        scoped = transformations.source_scoped(config.transformations, source.name)
+        if scoped:
+            processors.append(transformations.SourceTransformations(scoped))
         if processors:
             chains[source.name] = Chain(tuple(processors))
     return chains

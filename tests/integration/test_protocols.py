@@ -261,3 +261,28 @@ async def test_blocked_messages_and_violations_are_kept_30_days(
         assert await pruner.prune_once() == {"blocked_messages": 0, "violations": 0}
         clock.advance(2 * 24 * 3600)
         assert await pruner.prune_once() == {"blocked_messages": 1, "violations": 1}
+
+
+async def test_source_transformations_change_what_is_stored(
+    start: Start, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    extra = (
+        '[[transformations]]\nname = "legacy names"\nsource = "website"\n'
+        'if = \'event = "order_completed"\'\nnewEventName = "Order Completed"\n'
+        'propertyRenames = [{ oldName = "id", newName = "order_id" }]\n'
+    )
+    async with start(extra=extra) as server:
+        await post(
+            http,
+            server,
+            "/v1/track",
+            {"userId": "u", "event": "order_completed", "properties": {"id": "o1"}},
+        )
+    (stored,) = stored_payloads(data_dir)
+    assert stored["event"] == "Order Completed"
+    assert stored["properties"] == {"order_id": "o1"}
+    assert query(data_dir, "SELECT event FROM messages") == [("Order Completed",)]
+    # Protocols checked the message as it was sent (before the transformation).
+    assert stored["context"]["protocols"]["violations"][0]["description"] == (
+        "Event order_completed is not planned"
+    )
