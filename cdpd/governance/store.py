@@ -13,6 +13,7 @@ import msgspec
 from cdpd.governance.chain import Block, Findings, Message
 
 # Appended to the outbox's MIGRATIONS; self-contained, so its number may change at a merge.
+# A message sent again (a client's retry) adds no second violation or blocked row.
 MIGRATION = """
 CREATE TABLE violations (
     id             INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -28,6 +29,7 @@ CREATE TABLE violations (
     blocked        INTEGER NOT NULL
 );
 CREATE INDEX violations_received ON violations (received_at);
+CREATE UNIQUE INDEX violations_once ON violations (message_id, field, violation_type, description);
 CREATE TABLE blocked_messages (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     received_at TEXT NOT NULL,
@@ -40,6 +42,7 @@ CREATE TABLE blocked_messages (
     payload     TEXT NOT NULL
 );
 CREATE INDEX blocked_messages_received ON blocked_messages (received_at);
+CREATE UNIQUE INDEX blocked_messages_once ON blocked_messages (message_id, source);
 CREATE TABLE schema_fields (
     source     TEXT NOT NULL,
     type       TEXT NOT NULL,
@@ -54,13 +57,13 @@ CREATE TABLE schema_fields (
 """
 
 INSERT_VIOLATION = """
-INSERT INTO violations (received_at, source, tracking_plan, message_id, type, event,
-                        violation_type, field, description, blocked)
+INSERT OR IGNORE INTO violations (received_at, source, tracking_plan, message_id, type, event,
+                                  violation_type, field, description, blocked)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 INSERT_BLOCKED = """
-INSERT INTO blocked_messages (received_at, source, message_id, type, event, reason_code, reason,
-                              payload)
+INSERT OR IGNORE INTO blocked_messages (received_at, source, message_id, type, event,
+                                        reason_code, reason, payload)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 """
 UPSERT_SCHEMA = """

@@ -286,3 +286,21 @@ async def test_source_transformations_change_what_is_stored(
     assert stored["context"]["protocols"]["violations"][0]["description"] == (
         "Event order_completed is not planned"
     )
+
+
+async def test_a_retried_message_is_recorded_once(
+    start: Start, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    settings = "[sources.protocols.track]\nallowUnplannedEvents = false\n"
+    body = {"userId": "u", "event": "Order Completed", "messageId": "m-1", "properties": {}}
+    blocked = {"userId": "u", "event": "Spam", "messageId": "m-2"}
+    async with start(settings) as server:
+        for _ in range(2):
+            await post(http, server, "/v1/track", body)
+            await post(http, server, "/v1/track", blocked)
+    assert query(data_dir, "SELECT count(*) FROM messages") == [(1,)]
+    assert query(data_dir, "SELECT message_id, count(*) FROM violations GROUP BY 1") == [
+        ("m-1", 1),
+        ("m-2", 1),
+    ]
+    assert query(data_dir, "SELECT count(*) FROM blocked_messages") == [(1,)]
