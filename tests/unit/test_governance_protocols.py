@@ -282,3 +282,62 @@ def test_forwarding_makes_one_violation_generated_event_per_violation(plan: plan
         "violationField",
         "violationType",
     }
+
+
+def test_common_violations_can_omit_the_failing_properties_or_traits(tmp_path: Path) -> None:
+    common = {
+        "type": "COMMON",
+        "jsonSchema": {
+            "properties": {
+                "properties": {"properties": {"email": {"type": "string"}}},
+                "traits": {"properties": {"email": {"type": "string"}}},
+            }
+        },
+    }
+    plan = plans.load("main", write_plan(tmp_path / "p.json", {"rules": [common]}))
+    settings = SourceProtocols(
+        track=TrackProtocols(commonEventOnViolations="OMIT_PROPERTIES"),
+        group=TraitProtocols(commonEventOnViolations="OMIT_TRAITS"),
+    )
+    verdict, out, _ = run(plan, {"event": "Any", "properties": {"email": 1, "n": 2}}, settings)
+    assert verdict is None
+    assert out["properties"] == {"n": 2}
+    assert out["context"]["protocols"]["omitted_on_violation"] == ["email"]
+    body = {"type": "group", "groupId": "g", "traits": {"email": 1, "n": 2}}
+    verdict, out, _ = run(plan, body, settings)
+    assert out["traits"] == {"n": 2}
+    # Identify keeps the default (ALLOW): recorded, nothing omitted.
+    verdict, out, _ = run(plan, {"type": "identify", "traits": {"email": 1}}, settings)
+    assert out["traits"] == {"email": 1}
+    assert out["context"]["protocols"]["violations"][0]["field"] == "traits.email"
+
+
+def test_group_settings_apply_to_group_calls(tmp_path: Path) -> None:
+    rule = {
+        "type": "GROUP",
+        "jsonSchema": {"properties": {"traits": {"properties": {"name": {"type": "string"}}}}},
+    }
+    plan = plans.load("main", write_plan(tmp_path / "p.json", {"rules": [rule]}))
+    settings = SourceProtocols(group=TraitProtocols(allowUnplannedTraits=False))
+    body = {"type": "group", "groupId": "g", "traits": {"name": "Initech", "size": 3}}
+    _, out, _ = run(plan, body, settings)
+    assert out["traits"] == {"name": "Initech"}
+    assert out["context"]["protocols"]["omitted"] == ["size"]
+
+
+def test_blocked_messages_can_be_forwarded_to_another_source(plan: plans.Plan) -> None:
+    settings = SourceProtocols(
+        track=TrackProtocols(allowUnplannedEvents=False), forwardingBlockedEventsTo="quarantine"
+    )
+    verdict, _, findings = run(plan, {"event": "Nope", "messageId": "m-5"}, settings)
+    assert isinstance(verdict, Block)
+    (forwarded,) = findings.forwarded
+    assert (forwarded.source, forwarded.message_id, forwarded.event) == (
+        "quarantine",
+        "m-5",
+        "Nope",
+    )
+    assert (
+        msgspec.json.decode(forwarded.payload)["context"]["protocols"]["violations"][0]["type"]
+        == "Unplanned Event"
+    )
