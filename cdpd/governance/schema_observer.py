@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from cdpd.governance.chain import Block, Findings, Message, Verdict
 
 # JSON Schema type names of decoded JSON values (msgspec decodes 1.0 as a float: a number).
@@ -29,16 +31,33 @@ def value_type(value: Any) -> str:
     return VALUE_TYPES[type(value)]
 
 
-class SchemaObserver:
-    """Counts each message under (source, type, event, section, names, value types)."""
+class _Sections(msgspec.Struct):
+    """Only what the observer reads: decoding it skips context and the rest."""
 
-    def __init__(self, source: str) -> None:
+    properties: Any = None
+    traits: Any = None
+
+
+_sections_decoder = msgspec.json.Decoder(_Sections)
+
+
+class SchemaObserver:
+    """Counts each message under (source, type, event, section, names, value types).
+
+    `shares_body`: a later processor decodes the whole message anyway (a plan's check), so
+    the observer reads that decoded body; otherwise it decodes only the two sections."""
+
+    def __init__(self, source: str, *, shares_body: bool = False) -> None:
         self._source = source
+        self._shares_body = shares_body
 
     def __call__(self, message: Message, findings: Findings) -> Verdict:
         row = message.row
         section = "traits" if row.type in TRAIT_MESSAGES else "properties"
-        values = message.body.get(section)
+        if self._shares_body:
+            values = message.body.get(section)
+        else:
+            values = getattr(_sections_decoder.decode(row.payload), section)
         if isinstance(values, dict) and values:
             names = tuple(values)
             types = tuple(map(VALUE_TYPES.__getitem__, map(type, values.values())))

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cdpd.config import Config, Source
+from cdpd.config import Config, Source, Transformation
 from cdpd.governance import browser, store, transformations
 from cdpd.governance import plans as plan_files
 from cdpd.governance.chain import Block, Chain, Findings, Message, Processor
@@ -33,23 +33,27 @@ class Governed:
 def build_chains(config: Config, plans: dict[str, plan_files.Plan]) -> dict[str, Chain]:
     chains = {}
     for source in config.sources:
-        processors = _processors(source, plans)
         scoped = transformations.source_scoped(config.transformations, source.name)
-        if scoped:
-            processors.append(transformations.SourceTransformations(scoped))
+        processors = _processors(source, plans, scoped)
         if processors:
             chains[source.name] = Chain(tuple(processors))
     return chains
 
 
-def _processors(source: Source, plans: dict[str, plan_files.Plan]) -> list[Processor]:
+def _processors(
+    source: Source, plans: dict[str, plan_files.Plan], scoped: list[Transformation]
+) -> list[Processor]:
+    """The chain's order: observe what arrived, block by name, check the plan, transform."""
     processors: list[Processor] = []
+    decodes_body = source.tracking_plan is not None or bool(scoped)
     if source.observe_schema:
-        processors.append(SchemaObserver(source.name))
+        processors.append(SchemaObserver(source.name, shares_body=decodes_body))
     if source.blocked_events:
         processors.append(BlockedEvents(source.blocked_events))
     if source.tracking_plan is not None:
         processors.append(Protocols(source.name, plans[source.tracking_plan], source.protocols))
+    if scoped:
+        processors.append(transformations.SourceTransformations(scoped))
     return processors
 
 
