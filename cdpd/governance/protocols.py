@@ -22,6 +22,7 @@ from cdpd.model.rows import OutboxRow
 
 _encode = msgspec.json.Encoder().encode
 FORWARD_NAMESPACE = uuid.UUID("8d5a3f0e-4a53-4a7e-9c43-7d1f0c6c3b61")
+TRAIT_KINDS = frozenset({"identify", "group"})
 # Page and screen calls without a PAGE/SCREEN rule of their own are checked as these events.
 VIEWED_EVENTS = {"page": "Page Viewed", "screen": "Screen Viewed"}
 
@@ -37,6 +38,8 @@ class Protocols:
         kind = message.row.type
         body = message.body
         version = _event_version(body)
+        if self._clean(kind, body, version):
+            return None
         verdict = _Verdict()
         if kind in ("track", "page", "screen"):
             blocked = self._check_event(kind, body, version, verdict, self._settings.track)
@@ -57,6 +60,26 @@ class Protocols:
                 msgspec.structs.replace(message.row, source=target, payload=message.payload())
             )
         return blocked
+
+    def _clean(self, kind: str, body: dict[str, Any], version: object) -> bool:
+        """The common case, decided with the fewest steps: a message with a rule, only planned
+        names and valid values, that meets the common schema (or an unplanned page or screen)."""
+        if kind in TRAIT_KINDS:
+            rule = self._plan.rule(kind.upper(), None, version)
+        elif kind == "alias":
+            rule = None
+        else:
+            rule = self._event_rule(kind, body, version)
+            if rule is None and kind == "track":
+                return False
+        if rule is not None:
+            values = body.get(rule.section or "properties")
+            if isinstance(values, dict) and not rule.planned.issuperset(values):
+                return False
+            if not rule.validator.is_valid(body):
+                return False
+        common = self._common
+        return common is None or bool(common.validator.is_valid(body))
 
     # -- the checks ------------------------------------------------------------------------------
 
