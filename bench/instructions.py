@@ -9,6 +9,9 @@ writer too). Instructions are not time (cache misses are not counted), so read t
 to bench/ingest.py's.
 
     python bench/instructions.py [--requests 2000]
+    python bench/instructions.py --plan [--batch 100]   # cdpd with a 50-event tracking plan
+        (bench/ingest.py's, all checks on) against cdpd without one, and without the schema
+        observer; --batch posts that many events per request to /v1/batch
 
 Needs valgrind (`apt-get install valgrind`).
 """
@@ -26,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 import aiohttp
-from ingest import HERE, WRITE_KEY, free_port, wait_for_port
+from ingest import HERE, PLAN_SETTINGS, WRITE_KEY, free_port, plan_config, wait_for_port
 
 EVENT = re.search(r"local event = '(.*)'\n", (HERE / "post.lua").read_text()).group(1)  # type: ignore[union-attr]
 AUTH = {"Authorization": "Basic d2tfYmVuY2g6"}  # wk_bench:
@@ -36,10 +39,20 @@ CONCURRENCY = 16
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--plan", action="store_true", help="cdpd with and without a plan")
+    parser.add_argument("--batch", type=int, default=1, help="events per request (--plan)")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         print("valgrind is not installed: apt-get install valgrind", file=sys.stderr)
         return 2
+    if args.plan:
+        servers = ("cdpd", "cdpd-no-schema", "cdpd+plan")
+        counts = {s: measure(s, args.requests, args.batch) / args.batch for s in servers}
+        print(f"| server | instructions per event ({args.batch} per request) | cdpd/server |")
+        print("|---|---|---|")
+        for server, count in counts.items():
+            print(f"| {server} | {count:,.0f} | {counts['cdpd'] / count:.2f} |")
+        return 0
     counts = {server: measure(server, args.requests) for server in ("bare", "cdpd")}
     print("| server | instructions per request | bare/cdpd |")
     print("|---|---|---|")
@@ -48,7 +61,17 @@ def main() -> int:
     return 0
 
 
-def measure(server: str, requests: int) -> float:
+def _source(server: str, tmp: Path) -> str:
+    """The bench source: with the plan (cdpd+plan), without the schema observer, or plain."""
+    source = f'[[sources]]\nname = "bench"\nwrite_key = "{WRITE_KEY}"\n'
+    if server == "cdpd+plan":
+        return plan_config(tmp) + source + PLAN_SETTINGS
+    if server == "cdpd-no-schema":
+        return source + "observe_schema = false\n"
+    return source
+
+
+def measure(server: str, requests: int, batch: int = 1) -> float:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="cdpd-instr-") as tmp:
         out = Path(tmp) / "callgrind.out"
@@ -60,7 +83,7 @@ def measure(server: str, requests: int) -> float:
             config.write_text(
                 f'[server]\nlisten = "127.0.0.1:{port}"\n'
                 f'[storage]\ndata_dir = "{Path(tmp) / "var"}"\nmin_free_disk_bytes = 0\n'
-                f'[[sources]]\nname = "bench"\nwrite_key = "{WRITE_KEY}"\n'
+                + _source(server, Path(tmp))
             )
             command += ["-m", "cdpd", "serve", "--config", str(config)]
         proc = subprocess.Popen(
@@ -68,9 +91,9 @@ def measure(server: str, requests: int) -> float:
         )
         try:
             wait_for_port(port, proc, timeout_s=120)
-            asyncio.run(send(port, 200, "warm"))
+            asyncio.run(send(port, 200, "warm", batch))
             control(proc.pid, "-z")
-            asyncio.run(send(port, requests, "counted"))
+            asyncio.run(send(port, requests, "counted", batch))
             control(proc.pid, "-d")
         finally:
             proc.terminate()
@@ -86,13 +109,19 @@ def control(pid: int, flag: str) -> None:
     subprocess.run(["callgrind_control", flag, str(pid)], check=True, capture_output=True)
 
 
-async def send(port: int, count: int, prefix: str) -> None:
-    url = f"http://127.0.0.1:{port}/v1/track"
+async def send(port: int, count: int, prefix: str, batch: int = 1) -> None:
+    url = f"http://127.0.0.1:{port}/v1/{'track' if batch == 1 else 'batch'}"
     limit = asyncio.Semaphore(CONCURRENCY)
     async with aiohttp.ClientSession() as http:
 
         async def one(n: int) -> None:
-            body = (EVENT % (n % 1000, prefix, n)).encode()
+            if batch == 1:
+                body = (EVENT % (n % 1000, prefix, n)).encode()
+            else:
+                items = ",".join(
+                    EVENT % (k % 1000, prefix, k) for k in range(n * batch, (n + 1) * batch)
+                )
+                body = ('{"batch":[' + items + "]}").encode()
             async with limit, http.post(url, data=body, headers=AUTH) as resp:
                 assert resp.status == 200, resp.status
 

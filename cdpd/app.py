@@ -26,7 +26,7 @@ from cdpd import web as cdpd_web
 from cdpd.clock import Clock, SystemClock
 from cdpd.config import Config, ConfigError
 from cdpd.delivery.service import Delivery
-from cdpd.governance.retention import GovernancePruner
+from cdpd.governance.service import GovernanceService
 from cdpd.governance.stage import Governance
 from cdpd.ingest.routes import Ingest
 from cdpd.logs import LineWriter
@@ -105,11 +105,16 @@ async def running(
                 space_task = tasks.create_task(space.run(), name="free-space-watch")
                 await delivery.start()
                 delivery_task = tasks.create_task(delivery.run(), name="delivery")
-                pruner = GovernancePruner(
-                    writer, clock or SystemClock(), interval_s=config.delivery.prune_interval_s
+                governance_work = GovernanceService(
+                    writer,
+                    governance,
+                    clock or SystemClock(),
+                    prune_interval_s=config.delivery.prune_interval_s,
                 )
-                pruner_stop = asyncio.Event()
-                pruner_task = tasks.create_task(pruner.run(pruner_stop), name="governance-pruner")
+                governance_stop = asyncio.Event()
+                governance_task = tasks.create_task(
+                    governance_work.run(governance_stop), name="governance"
+                )
                 for warehouse in warehouses.warehouses:
                     tasks.create_task(warehouses.run(warehouse), name=f"warehouse-{warehouse.name}")
                 try:
@@ -125,8 +130,8 @@ async def running(
                     warehouses.stop()  # a sync commits the batch it is in; the TaskGroup waits
                     delivery.stop()  # lanes finish their attempts, unfinished claims go back
                     await delivery_task
-                    pruner_stop.set()
-                    await pruner_task
+                    governance_stop.set()  # writes the last schema counts
+                    await governance_task
                     writer.close()  # commits what is still pending, then its task ends
                     await writer_task
                     space_task.cancel()

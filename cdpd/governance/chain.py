@@ -101,18 +101,6 @@ class Findings:
     seen_at: str = ""  # when the request's messages were received
     forwarded: list[OutboxRow] = field(default_factory=list)
 
-    def fields(self) -> dict[tuple[str, str, str, str, str], int]:
-        """The shapes as counts per (source, type, event, field, value type); field "" (with
-        value type "") counts the event itself."""
-        counts: dict[tuple[str, str, str, str, str], int] = {}
-        for (source, kind, event, section, names, types), count in self.shapes.items():
-            key = (source, kind, event, "", "")
-            counts[key] = counts.get(key, 0) + count
-            for name, value_type in zip(names, types, strict=True):
-                key = (source, kind, event, f"{section}.{name}", value_type)
-                counts[key] = counts.get(key, 0) + count
-        return counts
-
 
 class Processor(Protocol):
     def __call__(self, message: Message, findings: Findings, /) -> Verdict: ...

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 
 import aiosqlite
@@ -19,18 +18,11 @@ PRUNE_CHUNK = 1000
 
 
 class GovernancePruner:
-    def __init__(self, writer: OutboxWriter, clock: Clock, *, interval_s: float) -> None:
+    """Run by governance/service.py every `delivery.prune_interval_s`."""
+
+    def __init__(self, writer: OutboxWriter, clock: Clock) -> None:
         self._writer = writer
         self._clock = clock
-        self._interval_s = interval_s
-
-    async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.prune_once()
-            except Exception:  # the outbox refused this time: the next pass catches up
-                log.exception("governance_prune_failed")
-            await self._clock.wait(stop, self._interval_s)
 
     async def prune_once(self) -> dict[str, int]:
         before = format_ms(self._clock.now_ms() - store.RETENTION_S * 1000)

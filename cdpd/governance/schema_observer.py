@@ -1,9 +1,12 @@
 """The source schema (Segment's Schema tab): every event, property and trait a source sends,
 with the types seen, counted at ingestion. Also Segment's per-source "block event".
 
-Observing is cheap: a message is counted under its shape (event, names and their types),
-and a request's shapes are turned into per-field counts once, when its rows are written.
-Only top-level properties (track, page, screen) and traits (identify, group) are observed.
+Observing is cheap: a message is counted under its shape (event, names and their types); the
+shapes of every request are summed in memory (`SchemaCounts`) and written as per-field counts
+about once a second, in one writer operation (governance/service.py), so they add no statement
+to the group commit of each request. A crash loses at most the last second of counts (never a
+message). Only top-level properties (track, page, screen) and traits (identify, group) are
+observed.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from cdpd.governance.chain import Block, Findings, Message, Verdict
+from cdpd.governance.chain import Block, Findings, Message, Shape, Verdict
 
 # JSON Schema type names of decoded JSON values (msgspec decodes 1.0 as a float: a number).
 VALUE_TYPES: dict[type, str] = {
@@ -81,3 +84,44 @@ class BlockedEvents:
         if row.type == "track" and row.event in self._names:
             return Block("blocked_event", f"the source blocks {row.event!r}")
         return None
+
+
+FieldKey = tuple[str, str, str, str, str]  # source, type, event, field, value type
+
+
+class SchemaCounts:
+    """The shapes counted since the last write, with when they were first and last seen."""
+
+    def __init__(self) -> None:
+        self._pending: dict[Shape, list[Any]] = {}
+
+    def add(self, shapes: dict[Shape, int], seen_at: str) -> None:
+        pending = self._pending
+        for key, count in shapes.items():
+            entry = pending.get(key)
+            if entry is None:
+                pending[key] = [count, seen_at, seen_at]
+            else:
+                entry[0] += count
+                entry[2] = max(entry[2], seen_at)
+
+    def take_rows(self) -> list[tuple[object, ...]]:
+        """schema_fields rows for what was counted (then forgotten): per (source, type, event,
+        field, value type) a count, first and last seen; field "" counts the event itself."""
+        pending, self._pending = self._pending, {}
+        fields: dict[FieldKey, list[Any]] = {}
+        for (source, kind, event, section, names, types), (count, first, last) in pending.items():
+            keys: list[FieldKey] = [(source, kind, event, "", "")]
+            keys += [
+                (source, kind, event, f"{section}.{name}", value_type)
+                for name, value_type in zip(names, types, strict=True)
+            ]
+            for key in keys:
+                entry = fields.get(key)
+                if entry is None:
+                    fields[key] = [count, first, last]
+                else:
+                    entry[0] += count
+                    entry[1] = min(entry[1], first)
+                    entry[2] = max(entry[2], last)
+        return [(*key, *counts) for key, counts in fields.items()]

@@ -16,7 +16,7 @@ from cdpd.governance import browser, store, transformations
 from cdpd.governance import plans as plan_files
 from cdpd.governance.chain import Block, Chain, Findings, Message, Processor
 from cdpd.governance.protocols import Protocols
-from cdpd.governance.schema_observer import BlockedEvents, SchemaObserver
+from cdpd.governance.schema_observer import BlockedEvents, SchemaCounts, SchemaObserver
 from cdpd.ingest.normalize import Rejection
 from cdpd.model.rows import OutboxRow
 
@@ -65,6 +65,7 @@ class Governance:
         self.plans = plan_files.load_all(config.tracking_plans)
         self._chains = build_chains(config, self.plans)
         self._sources = {source.name: source for source in config.sources}
+        self.schema = SchemaCounts()  # written by governance/service.py
         self.violations: dict[str, int] = {}
         self.blocked: dict[str, int] = {}
         self.reloads = 0
@@ -102,6 +103,8 @@ class Governance:
                 rejections.append(
                     Rejection(verdict.code, verdict.reason, row.message_id, message.payload())
                 )
+        if findings.shapes:
+            self.schema.add(findings.shapes, findings.seen_at)
         if findings.violations:
             self.violations[source] = self.violations.get(source, 0) + len(findings.violations)
         if blocked:

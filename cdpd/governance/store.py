@@ -106,13 +106,12 @@ def extra_rows(
         extra.append((INSERT_VIOLATION, [astuple(v) for v in findings.violations]))
     if blocked:
         extra.append((INSERT_BLOCKED, blocked))
-    if findings.shapes:
-        seen = findings.seen_at
-        rows: list[tuple[object, ...]] = [
-            (*key, count, seen, seen) for key, count in findings.fields().items()
-        ]
-        extra.append((UPSERT_SCHEMA, rows))
     return extra
+
+
+async def upsert_schema(rows: list[tuple[object, ...]], conn: aiosqlite.Connection) -> int:
+    await conn.executemany(UPSERT_SCHEMA, rows)
+    return len(rows)
 
 
 # -- reading -----------------------------------------------------------------------------------

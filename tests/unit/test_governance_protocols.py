@@ -12,6 +12,7 @@ from cdpd.config import SourceProtocols, TrackProtocols, TraitProtocols
 from cdpd.governance import plans
 from cdpd.governance.chain import Block, Findings, Message
 from cdpd.governance.protocols import Protocols
+from cdpd.governance.schema_observer import SchemaCounts
 from cdpd.model.rows import OutboxRow
 from tests.governance_plans import COMMON_DEVICE, PLAN, write_plan
 
@@ -341,3 +342,20 @@ def test_blocked_messages_can_be_forwarded_to_another_source(plan: plans.Plan) -
         msgspec.json.decode(forwarded.payload)["context"]["protocols"]["violations"][0]["type"]
         == "Unplanned Event"
     )
+
+
+def test_schema_counts_sum_shapes_into_fields() -> None:
+    counts = SchemaCounts()
+    shape = ("web", "track", "Order", "properties", ("total",), ("integer",))
+    other = ("web", "track", "Order", "properties", ("total", "coupon"), ("number", "null"))
+    counts.add({shape: 2}, "2026-12-06T10:00:00.000Z")
+    counts.add({other: 1, shape: 1}, "2026-12-06T11:00:00.000Z")
+    rows = {row[:5]: row[5:] for row in counts.take_rows()}
+    first, last = "2026-12-06T10:00:00.000Z", "2026-12-06T11:00:00.000Z"
+    assert rows == {
+        ("web", "track", "Order", "", ""): (4, first, last),
+        ("web", "track", "Order", "properties.total", "integer"): (3, first, last),
+        ("web", "track", "Order", "properties.total", "number"): (1, last, last),
+        ("web", "track", "Order", "properties.coupon", "null"): (1, last, last),
+    }
+    assert counts.take_rows() == []
