@@ -94,3 +94,25 @@ def test_unreadable_and_shapeless_files(tmp_path: Path) -> None:
 
 def test_the_shared_plan_is_what_the_tests_think() -> None:
     assert len(PLAN["rules"]) == 4
+
+
+def test_each_rule_is_checked_by_its_own_draft(tmp_path: Path) -> None:
+    """draft-04 writes an exclusive maximum as a boolean next to `maximum`; later drafts as a
+    number of its own."""
+    draft4 = {
+        "$schema": "http://json-schema.org/draft-04/schema#",
+        "properties": {
+            "properties": {"properties": {"n": {"maximum": 5, "exclusiveMaximum": True}}}
+        },
+    }
+    draft7 = {"properties": {"properties": {"properties": {"n": {"exclusiveMaximum": 5}}}}}
+    rules = [
+        {"type": "TRACK", "key": "Four", "jsonSchema": draft4},
+        {"type": "TRACK", "key": "Seven", "jsonSchema": draft7},
+    ]
+    plan = plans.load("main", write_plan(tmp_path / "plan.json", {"rules": rules}))
+    for key in ("Four", "Seven"):
+        rule = plan.rule("TRACK", key)
+        assert rule is not None
+        assert rule.validator.is_valid({"properties": {"n": 4}})
+        assert not rule.validator.is_valid({"properties": {"n": 5}})
