@@ -89,6 +89,11 @@ class Governance:
         if chain is None or not rows:
             return Governed(list(rows))
         findings = Findings()
+        only = chain.processors[0] if len(chain.processors) == 1 else None
+        if type(only) is SchemaObserver:  # the default chain: observing changes nothing
+            only.observe_rows(rows, findings)
+            self.schema.add(findings.shapes, findings.seen_at)
+            return Governed(list(rows))
         kept: list[OutboxRow] = []
         rejections: list[Rejection] = []
         blocked: list[tuple[object, ...]] = []
