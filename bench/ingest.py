@@ -9,6 +9,7 @@ the median of each repetition's own ratio (cdpd against the bare run just before
 shared machine the CPU time per event moves much less than the rate does.
 
     python bench/ingest.py [--duration 10] [--reps 1] [--connections 64] [--baseline DIR]
+    python bench/ingest.py --plan   # also cdpd with a 50-event tracking plan, all checks on
 
 `--baseline DIR` also measures the cdpd in DIR (e.g. `git worktree add /tmp/main main`), in the
 same run and interleaved with the others, so that a change is compared before and after on the
@@ -20,6 +21,7 @@ Needs wrk (`apt-get install wrk`).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -62,6 +64,11 @@ def main() -> int:
     parser.add_argument("--only", choices=["single", "batch100"], help="run one load only")
     parser.add_argument("--baseline", type=Path, help="a checkout of cdpd to compare against")
     parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="also cdpd with a 50-event tracking plan, all checks on (compare it with cdpd)",
+    )
+    parser.add_argument(
         "--config",
         default="",
         help='TOML added to cdpd\'s config, e.g. "[logging]\\naccess_log = false"',
@@ -86,6 +93,8 @@ def main() -> int:
 
 
 def servers(args: argparse.Namespace) -> tuple[str, ...]:
+    if args.plan:
+        return ("bare", "cdpd", "cdpd+plan")
     return ("bare", "base", "cdpd") if args.baseline else ("bare", "cdpd")
 
 
@@ -133,6 +142,7 @@ def start_server(
             f'[storage]\ndata_dir = "{tmp / "var"}"\nsynchronous = "{args.synchronous}"\n'
             f"min_free_disk_bytes = 0\n"
             f'[[sources]]\nname = "bench"\nwrite_key = "{WRITE_KEY}"\n'
+            + (PLAN_SETTINGS + plan_config(tmp) if server == "cdpd+plan" else "")
             + args.config.replace("\\n", "\n")
         )
         command = [sys.executable, "-m", "cdpd", "serve", "--config", str(config)]
@@ -145,6 +155,77 @@ def start_server(
     )
     wait_for_port(port, proc)
     return proc
+
+
+# Every check on: unplanned events blocked, unplanned properties omitted, violations block.
+PLAN_SETTINGS = """tracking_plan = "bench"
+[sources.protocols.track]
+allowUnplannedEvents = false
+allowUnplannedEventProperties = false
+allowEventOnViolations = false
+allowPropertiesOnViolations = false
+commonEventOnViolations = "BLOCK"
+"""
+
+
+def plan_config(tmp: Path) -> str:
+    """A 50-event plan in Segment's rule format (post.lua's event is one of them, and meets
+    its rule and the common rule), and the config entry naming it."""
+    product = {
+        "type": "object",
+        "properties": {
+            "product_id": {"type": "string"},
+            "sku": {"type": "string"},
+            "name": {"type": "string"},
+            "price": {"type": "number"},
+            "quantity": {"type": "integer"},
+            "category": {"type": "string"},
+        },
+        "required": ["product_id"],
+    }
+    properties = {
+        "order_id": {"type": "string"},
+        "total": {"type": "number"},
+        "revenue": {"type": "number"},
+        "shipping": {"type": "number"},
+        "tax": {"type": "number"},
+        "currency": {"type": "string", "enum": ["USD", "EUR", "GBP"]},
+        "products": {"type": "array", "items": product},
+    }
+    events = ["Order Completed"] + [f"Bench Event {n}" for n in range(49)]
+    rules: list[dict[str, object]] = [
+        {
+            "type": "TRACK",
+            "key": event,
+            "version": 1,
+            "jsonSchema": {
+                "$schema": "http://json-schema.org/draft-07/schema#",
+                "type": "object",
+                "properties": {
+                    "properties": {
+                        "type": "object",
+                        "properties": properties,
+                        "required": ["order_id", "total"],
+                    }
+                },
+                "required": ["properties"],
+            },
+        }
+        for event in events
+    ]
+    rules.append(
+        {
+            "type": "COMMON",
+            "version": 1,
+            "jsonSchema": {
+                "type": "object",
+                "properties": {"context": {"type": "object", "required": ["library"]}},
+            },
+        }
+    )
+    path = tmp / "plan.json"
+    path.write_text(json.dumps({"rules": rules}))
+    return f'[[tracking_plans]]\nname = "bench"\npath = "{path}"\n'
 
 
 def run_wrk(port: int, path: str, batch: int, duration_s: int, connections: int) -> str:

@@ -8,6 +8,7 @@ time, ~800-byte events, each with its own messageId). Counts include every threa
 writer too). Instructions are not time (cache misses are not counted), so read the ratio next
 to bench/ingest.py's.
 
+    python bench/instructions.py --plan [--batch 100]   # also cdpd with a 50-event plan
     python bench/instructions.py [--requests 2000] [--batch 100] [--baseline DIR]
 
 `--batch N` posts N events per `POST /v1/batch` instead (counts are then per event as well);
@@ -30,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 import aiohttp
-from ingest import HERE, WRITE_KEY, free_port, wait_for_port
+from ingest import HERE, PLAN_SETTINGS, WRITE_KEY, free_port, plan_config, wait_for_port
 
 EVENT = re.search(r"local event = '(.*)'\n", (HERE / "post.lua").read_text()).group(1)  # type: ignore[union-attr]
 AUTH = {"Authorization": "Basic d2tfYmVuY2g6"}  # wk_bench:
@@ -43,6 +44,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=1, help="events per request")
     parser.add_argument("--baseline", type=Path, help="a checkout of cdpd to count as well")
     parser.add_argument(
+        "--plan", action="store_true", help="also cdpd with a 50-event tracking plan, all checks on"
+    )
+    parser.add_argument(
         "--config",
         default="",
         help='TOML added to cdpd\'s config, e.g. "[logging]\\naccess_log = false"',
@@ -52,6 +56,8 @@ def main() -> int:
         print("valgrind is not installed: apt-get install valgrind", file=sys.stderr)
         return 2
     names = ("bare", "base", "cdpd") if args.baseline else ("bare", "cdpd")
+    if args.plan:
+        names = ("bare", "cdpd", "cdpd+plan")
     counts = {server: measure(server, args) for server in names}
     print(f"| server | instructions per request | per event ({args.batch}/request) | bare/cdpd |")
     print("|---|---|---|---|")
@@ -78,6 +84,7 @@ def measure(server: str, args: argparse.Namespace) -> float:
                 f'[server]\nlisten = "127.0.0.1:{port}"\n'
                 f'[storage]\ndata_dir = "{Path(tmp) / "var"}"\nmin_free_disk_bytes = 0\n'
                 f'[[sources]]\nname = "bench"\nwrite_key = "{WRITE_KEY}"\n'
+                + (PLAN_SETTINGS + plan_config(Path(tmp)) if server == "cdpd+plan" else "")
                 + args.config.replace("\\n", "\n")
             )
             command += ["-m", "cdpd", "serve", "--config", str(config)]

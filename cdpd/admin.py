@@ -13,6 +13,7 @@ from cdpd.config import Config, Destination
 from cdpd.delivery import replay, report
 from cdpd.delivery.lane import LaneStats
 from cdpd.delivery.service import Delivery
+from cdpd.governance import store as governance_store
 from cdpd.ingest.errors import ApiError
 from cdpd.metrics import CONTENT_TYPE, Metrics
 from cdpd.model.timestamps import format_ms, now_ms, parse_ms
@@ -56,6 +57,7 @@ class Admin:
             web.post("/admin/replay", self.replay),
             web.post("/admin/deliveries/retry", self.retry),
             web.get("/admin/deliveries/messages/{message_id}", self.show),
+            web.get("/admin/violations", self.violations),
             web.get("/metrics", self.metrics),
         ]
 
@@ -121,6 +123,19 @@ class Admin:
         if not found:
             raise ApiError(404, "unknown_message", f"no message {message_id!r} in the outbox")
         return _json({"message_id": message_id, "deliveries": found})
+
+    async def violations(self, request: web.Request) -> web.Response:
+        """Violations grouped by source, event and field: counts, first and last seen and a
+        sample message id (`cdpd violations` reads the same)."""
+        self._authorize(request)
+        since = request.query.get("since")
+        found = await governance_store.summarize_violations(
+            self._reader,
+            source=request.query.get("source"),
+            event=request.query.get("event"),
+            since=_time(since, "since") if since else None,
+        )
+        return _json({"violations": found})
 
     async def metrics(self, request: web.Request) -> web.Response:
         body = self._metrics.render(await report.states(self._reader, self._names, delivered=False))

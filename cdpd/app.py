@@ -26,8 +26,10 @@ from aiohttp import web
 from cdpd import logs
 from cdpd import web as cdpd_web
 from cdpd.clock import Clock, SystemClock
-from cdpd.config import Config
+from cdpd.config import Config, ConfigError
 from cdpd.delivery.service import Delivery
+from cdpd.governance.service import GovernanceService
+from cdpd.governance.stage import Governance
 from cdpd.ingest.routes import Ingest
 from cdpd.logs import LineWriter
 from cdpd.metrics import Metrics
@@ -79,6 +81,7 @@ async def running(
     storage = config.storage
     clock = clock or SystemClock()
     restarts = Restarts()
+    governance = Governance(config)  # tracking plans load (or fail) before anything starts
     async with schema.connect(
         storage.outbox_path, synchronous=storage.synchronous, max_bytes=storage.max_outbox_bytes
     ) as conn:
@@ -116,10 +119,10 @@ async def running(
                 warehouse_position=functools.partial(prunable_seq, config),
                 restarts=restarts,
             )
-            stages = cdpd_web.Stages(writer, reader, delivery, metrics)
             # One stop event per phase of the drain, set in the order of the `finally` below.
             warehouses_stop, space_stop = asyncio.Event(), asyncio.Event()
             supervised = functools.partial(supervise, clock=clock, restarts=restarts)
+            stages = cdpd_web.Stages(writer, reader, delivery, metrics, governance)
             async with asyncio.TaskGroup() as tasks:
                 writer_task = tasks.create_task(
                     supervised("outbox-writer", _writer_service(writer), asyncio.Event()),
@@ -144,6 +147,17 @@ async def running(
                     tasks.create_task(
                         supervised(schedule.name, schedule.run, warehouses_stop), name=schedule.name
                     )
+                governance_work = GovernanceService(
+                    writer,
+                    governance,
+                    clock,
+                    prune_interval_s=config.delivery.prune_interval_s,
+                )
+                governance_stop = asyncio.Event()
+                governance_task = tasks.create_task(
+                    supervised("governance", governance_work.run, governance_stop),
+                    name="governance",
+                )
                 try:
                     async with _serving_http(config, stages) as (url, app):
                         yield Running(
@@ -158,6 +172,8 @@ async def running(
                     warehouses_stop.set()  # a sync commits the batch it is in; the TaskGroup waits
                     delivery.stop()  # lanes finish their attempts, unfinished claims go back
                     await delivery_task
+                    governance_stop.set()  # writes the last schema counts
+                    await governance_task
                     writer.close()  # commits what is still pending, then its task ends
                     await writer_task
                     space_stop.set()
@@ -223,6 +239,9 @@ async def serve(config: Config, log_writer: LineWriter | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     async with running(config) as server:
+        # SIGHUP (systemctl reload) reads the tracking plans again; the rest of the config
+        # needs a restart.
+        loop.add_signal_handler(signal.SIGHUP, reload_plans, server)
         log.info("listening", url=server.url, outbox=str(config.storage.outbox_path))
         notifier.ready()
         supervised = functools.partial(supervise, clock=SystemClock(), restarts=server.restarts)
@@ -241,6 +260,18 @@ async def serve(config: Config, log_writer: LineWriter | None = None) -> int:
     if log_writer is not None:
         log_writer.flush()
     return 0
+
+
+def reload_plans(server: Running) -> None:
+    """Swap in freshly loaded tracking plans; when one does not load, keep those in force.
+    Runs on the event loop between requests, so each request is checked by one set."""
+    governance = server.ingest.governance
+    try:
+        governance.reload()
+    except ConfigError as exc:
+        log.error("tracking_plans_reload_failed", error=str(exc))
+        return
+    log.info("tracking_plans_reloaded", plans=sorted(governance.plans))
 
 
 async def _every(interval_s: float, action: Callable[[], None], stop: asyncio.Event) -> None:

@@ -19,6 +19,7 @@ import msgspec
 from cdpd import __version__, config, logs
 from cdpd.delivery import replay, report
 from cdpd.delivery.store import DeliveryStatus, SqliteDeliveryStore
+from cdpd.governance import commands as governance_commands
 from cdpd.model.timestamps import format_ms, now_ms, parse_ms
 from cdpd.outbox import reader, schema
 from cdpd.warehouse import commands as warehouse_commands
@@ -49,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _replay(cfg, args)
     if command == "mappings":
         return _mappings(cfg, args)
+    if command in governance_commands.COMMANDS:
+        return governance_commands.run(cfg, args)
     if command == "warehouse":
         if argv is None:  # the real program: warnings and errors as JSON lines on stderr
             logs.configure("warning", sys.stderr.buffer)
@@ -117,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a JSON file holding one message ('-': standard input; default: a sample track)",
     )
     warehouse_commands.add_parser(commands, common)
+    governance_commands.add_parsers(commands, common)
     return parser
 
 
@@ -133,6 +137,7 @@ def _serve(cfg: config.Config) -> int:
 
 def _check_config(cfg: config.Config, path: str) -> int:
     from cdpd.destinations import registry
+    from cdpd.governance import plans
     from cdpd.mapping import kit
 
     try:
@@ -143,6 +148,7 @@ def _check_config(cfg: config.Config, path: str) -> int:
                 for warning in kit.warnings(action.mapping, where):
                     print(f"cdpd: warning: {path}: {warning} (each message it maps fails)",
                           file=sys.stderr)  # fmt: skip
+        plans.load_all(cfg.tracking_plans)
     except config.ConfigError as exc:
         print(f"cdpd: config error: {path}: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -81,10 +81,74 @@ class LoggingConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     access_log: bool | Literal["errors"] = True
 
 
+class TrackProtocols(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Segment's track enforcement settings, under Segment's names; all allow by default."""
+
+    allowUnplannedEvents: bool = True
+    allowUnplannedEventProperties: bool = True
+    allowEventOnViolations: bool = True
+    allowPropertiesOnViolations: bool = True
+    commonEventOnViolations: Literal["ALLOW", "OMIT_PROPERTIES", "BLOCK"] = "ALLOW"
+
+
+class TraitProtocols(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Segment's identify (and group) enforcement settings; all allow by default."""
+
+    allowUnplannedTraits: bool = True
+    allowTraitsOnViolations: bool = True
+    commonEventOnViolations: Literal["ALLOW", "OMIT_TRAITS", "BLOCK"] = "ALLOW"
+
+
+class SourceProtocols(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    track: TrackProtocols = msgspec.field(default_factory=TrackProtocols)
+    identify: TraitProtocols = msgspec.field(default_factory=TraitProtocols)
+    group: TraitProtocols = msgspec.field(default_factory=TraitProtocols)
+    # Source names (cdpd has no source ids): where violations and blocked events go.
+    forwardingViolationsTo: str | None = None
+    forwardingBlockedEventsTo: str | None = None
+
+
 class Source(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     name: Name
     write_key: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     enabled: bool = True
+    # The name of a [[tracking_plans]] entry whose rules this source's messages are checked by.
+    tracking_plan: str | None = None
+    protocols: SourceProtocols = msgspec.field(default_factory=SourceProtocols)
+    # Track event names dropped at ingestion, plan or no plan (Segment's "block event").
+    blocked_events: list[str] = msgspec.field(default_factory=list)
+    # Record every event, property and trait seen (the source schema).
+    observe_schema: bool = True
+
+
+class PropertyRename(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A property (or trait) path, dotted up to 4 levels, and where it goes instead."""
+
+    oldName: Annotated[str, msgspec.Meta(min_length=1)]
+    newName: Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class Transformation(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A Protocols transformation, under the Public API's names: for the messages of `source`
+    that match `if` (FQL), rename the event and rename or move properties (traits for identify
+    and group). Without `destination` it changes what is stored (before destination filters);
+    with one, only what that destination receives."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    source: str
+    destination: str | None = None
+    enabled: bool = True
+    if_: Annotated[str, msgspec.Meta(min_length=1)] = msgspec.field(name="if")
+    newEventName: str | None = None
+    propertyRenames: list[PropertyRename] = msgspec.field(default_factory=list)
+
+
+class TrackingPlan(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A tracking plan file: Segment's rule format (`{"rules": [...]}`) or Typewriter's
+    plan.json; a relative path is taken from the working directory."""
+
+    name: Name
+    path: str
 
 
 class DeliveryConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -149,6 +213,8 @@ class Config(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     sources: list[Source] = msgspec.field(default_factory=list)
     destinations: list[Destination] = msgspec.field(default_factory=list)
     warehouses: list[Warehouse] = msgspec.field(default_factory=list)
+    tracking_plans: list[TrackingPlan] = msgspec.field(default_factory=list)
+    transformations: list[Transformation] = msgspec.field(default_factory=list)
 
 
 def default_path() -> str:
@@ -276,7 +342,49 @@ def _cross_check(config: Config) -> list[str]:
                     f"destinations[{index}].sources: no source is named {name!r} "
                     f"(known: {', '.join(sorted(source_names)) or 'none'})"
                 )
-    return problems + _check_warehouses(config)
+    return problems + _check_warehouses(config) + _check_protocols(config)
+
+
+def _check_protocols(config: Config) -> list[str]:
+    problems = _duplicates("tracking_plans", "name", [p.name for p in config.tracking_plans])
+    plans = {p.name for p in config.tracking_plans}
+    sources = {s.name for s in config.sources}
+    for index, source in enumerate(config.sources):
+        if source.tracking_plan is not None and source.tracking_plan not in plans:
+            problems.append(
+                f"sources[{index}].tracking_plan: no tracking plan is named "
+                f"{source.tracking_plan!r} (known: {', '.join(sorted(plans)) or 'none'})"
+            )
+        protocols = source.protocols
+        for key in ("forwardingViolationsTo", "forwardingBlockedEventsTo"):
+            target = getattr(protocols, key)
+            if target is None:
+                continue
+            if target not in sources:
+                problems.append(f"sources[{index}].protocols.{key}: no source is named {target!r}")
+            elif target == source.name:
+                problems.append(
+                    f"sources[{index}].protocols.{key}: a source cannot forward to itself"
+                )
+    return problems + _check_transformations(config, sources)
+
+
+def _check_transformations(config: Config, sources: set[str]) -> list[str]:
+    from cdpd.governance.transformations import check  # pure; imported late, as naming above
+
+    problems = []
+    for index, transformation in enumerate(config.transformations):
+        where = f"transformations[{index}]"
+        if transformation.source not in sources:
+            problems.append(f"{where}.source: no source is named {transformation.source!r}")
+        if transformation.destination is not None:
+            # Delivery does not apply them yet (its claims do not carry the message's source).
+            problems.append(
+                f"{where}.destination: destination-scoped transformations are not supported"
+                " yet; leave it out for a source-scoped one"
+            )
+        problems += [f"{where}.{problem}" for problem in check(transformation)]
+    return problems
 
 
 def warehouse_path(config: Config, warehouse: SqliteWarehouse) -> Path:
@@ -340,6 +448,12 @@ def _split_listen(listen: str) -> tuple[str, int]:
 
 
 def _resolve_paths(config: Config, base: Path) -> Config:
+    plans = [
+        p if Path(p.path).is_absolute() else msgspec.structs.replace(p, path=str(base / p.path))
+        for p in config.tracking_plans
+    ]
+    if plans != config.tracking_plans:
+        config = msgspec.structs.replace(config, tracking_plans=plans)
     warehouses = [_resolve_warehouse_path(w, base) for w in config.warehouses]
     if warehouses != config.warehouses:
         config = msgspec.structs.replace(config, warehouses=warehouses)

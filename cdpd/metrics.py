@@ -79,6 +79,19 @@ def _ingest_metrics(ingest: Ingest) -> Iterator[Metric]:
     for reason, count in sorted(ingest.rejected.items()):
         rejected.add_metric([reason], count)
     yield rejected
+    governance = ingest.governance
+    violations = CounterMetricFamily(
+        "cdpd_protocols_violations", "Tracking plan violations found", labels=["source"]
+    )
+    for source, count in sorted(governance.violations.items()):
+        violations.add_metric([source], count)
+    yield violations
+    blocked = CounterMetricFamily(
+        "cdpd_protocols_blocked", "Messages blocked by governance", labels=["source"]
+    )
+    for source, count in sorted(governance.blocked.items()):
+        blocked.add_metric([source], count)
+    yield blocked
 
 
 def _lane_metrics(delivery: Delivery) -> Iterator[Metric]:

@@ -23,6 +23,7 @@ from cdpd import logs
 from cdpd.admin import Admin
 from cdpd.config import Config
 from cdpd.delivery.service import Delivery
+from cdpd.governance.stage import Governance
 from cdpd.ingest import cors
 from cdpd.ingest.errors import ApiError
 from cdpd.ingest.routes import LOG_FIELDS, Ingest
@@ -83,10 +84,11 @@ class Stages(NamedTuple):
     reader: aiosqlite.Connection
     delivery: Delivery
     metrics: Metrics
+    governance: Governance | None = None
 
 
 def build(config: Config, stages: Stages, drain: Drain) -> web.Application:
-    ingest = Ingest(config, stages.writer)
+    ingest = Ingest(config, stages.writer, stages.governance)
     admin = Admin(config, stages.writer, stages.reader, stages.delivery, stages.metrics)
     stages.metrics.attach(ingest, stages.delivery)
     app = web.Application(client_max_size=config.server.max_request_bytes)

@@ -16,6 +16,7 @@ import msgspec
 from aiohttp import web
 
 from cdpd.config import Config, Source
+from cdpd.governance.stage import Governance
 from cdpd.ingest import cors
 from cdpd.ingest.auth import WriteKeys
 from cdpd.ingest.body import read_limited
@@ -62,10 +63,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class Ingest:
     """Request handlers for the Tracking API, bound to one config and one outbox writer."""
 
-    def __init__(self, config: Config, writer: OutboxWriter) -> None:
+    def __init__(
+        self, config: Config, writer: OutboxWriter, governance: Governance | None = None
+    ) -> None:
         self._server = config.server
         self._writer = writer
         self._keys = WriteKeys(config.sources)
+        self.governance = governance or Governance(config)
         self.accepted = 0
         self.duplicates = 0
         self.rejected: dict[str, int] = {}
@@ -153,7 +157,9 @@ class Ingest:
         request[LOG_FIELDS]["source"] = source.name
         allow = cors.response_headers(request.headers.get("Origin"))
         return web.json_response(
-            settings_document(write_key, self._public_url(request)),
+            settings_document(
+                write_key, self._public_url(request), self.governance.track_plan(source.name)
+            ),
             headers={
                 "Cache-Control": "max-age=60",
                 **(allow or {"Access-Control-Allow-Origin": "*"}),
@@ -212,11 +218,14 @@ class Ingest:
     async def _store(
         self, request: web.Request, facts: RequestFacts, results: Sequence[OutboxRow | Rejection]
     ) -> web.Response:
-        rows = [r for r in results if type(r) is OutboxRow]
-        rejects = [_reject_row(r, facts) for r in results if type(r) is Rejection]
+        governed = self.governance.apply(facts.source, [r for r in results if type(r) is OutboxRow])
+        rows = governed.rows
+        rejects = [
+            _reject_row(r, facts) for r in (*results, *governed.rejections) if type(r) is Rejection
+        ]
         stored = duplicates = 0
-        if rows or rejects:
-            outcome = await self._writer.append(rows, rejects, facts.received_at_ms)
+        if rows or rejects or governed.extra:
+            outcome = await self._writer.append(rows, rejects, facts.received_at_ms, governed.extra)
             stored, duplicates = outcome.stored, outcome.duplicates
         self._count(stored, duplicates, rejects)
         fields = request[LOG_FIELDS]

@@ -11,7 +11,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 
-def settings_document(write_key: str, base_url: str) -> dict[str, Any]:
+def settings_document(
+    write_key: str, base_url: str, track_plan: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """`track_plan` is the source's `plan.track` map (governance/browser.py); analytics.js
+    keeps events it marks `enabled: false` from device-mode integrations."""
     parts = urlsplit(base_url)
     api_host = f"{parts.netloc}{parts.path.rstrip('/')}/v1"
     return {
@@ -27,7 +31,7 @@ def settings_document(write_key: str, base_url: str) -> dict[str, Any]:
             }
         },
         "plan": {
-            "track": {"__default": {"enabled": True, "integrations": {}}},
+            "track": track_plan or {"__default": {"enabled": True, "integrations": {}}},
             "identify": {"__default": {"enabled": True}},
             "group": {"__default": {"enabled": True}},
         },

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import aiosqlite
 
+from cdpd.governance import store as governance_store
+
 # Each entry moves the schema from version N to N + 1 (PRAGMA user_version).
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -118,6 +120,7 @@ MIGRATIONS: tuple[str, ...] = (
         finished_at TEXT
     );
     """,
+    governance_store.MIGRATION,  # violations, blocked_messages, schema_fields
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -69,11 +69,17 @@ class OutboxUnavailable(Exception):
         self.retry_after_s = retry_after_s
 
 
+# Further rows a request appends with its messages, as (INSERT statement, rows) pairs: e.g.
+# governance's violations. They are written in the messages' transaction.
+ExtraRows = Sequence[tuple[str, Sequence[Sequence[object]]]]
+
+
 class _Pending(msgspec.Struct, frozen=True):
     rows: Sequence[OutboxRow]
     rejects: Sequence[RejectRow]
     dedup_cutoff: str
     done: asyncio.Future[AppendResult]
+    extra: ExtraRows = ()
 
 
 class _Op(msgspec.Struct, frozen=True):
@@ -141,12 +147,17 @@ class OutboxWriter:
             )
 
     async def append(
-        self, rows: Sequence[OutboxRow], rejects: Sequence[RejectRow], received_at_ms: int
+        self,
+        rows: Sequence[OutboxRow],
+        rejects: Sequence[RejectRow],
+        received_at_ms: int,
+        extra: ExtraRows = (),
     ) -> AppendResult:
-        """Store the rows durably; returns once they are committed."""
+        """Store the rows (and `extra`) durably; returns once they are committed."""
         self.check_accepting()
         done: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(rows, rejects, self._dedup_cutoff(received_at_ms), done))
+        cutoff = self._dedup_cutoff(received_at_ms)
+        self._pending.append(_Pending(rows, rejects, cutoff, done, extra))
         self._wakeup.set()
         return await done
 
@@ -247,8 +258,9 @@ class OutboxWriter:
     async def _commit(self, group: list[_Pending], ops: list[_Op]) -> None:
         rows = _first_of_each_id(group)
         rejects = [reject for item in group for reject in item.rejects]
+        extra = [statement for item in group for statement in item.extra]
         try:
-            inserted, results = await self._write(rows, rejects, ops)
+            inserted, results = await self._write(rows, rejects, ops, extra)
         except Exception as exc:  # SQLite errors, and any bug in an operation: nothing committed
             await self._fail(group, ops, exc)
             return
@@ -267,7 +279,7 @@ class OutboxWriter:
                 listener.set()
 
     async def _write(
-        self, rows: list[object], rejects: list[RejectRow], ops: list[_Op]
+        self, rows: list[object], rejects: list[RejectRow], ops: list[_Op], extra: ExtraRows = ()
     ) -> tuple[int, list[Any]]:
         """One transaction: `rows` is flat, nine values per row. Returns how many message rows
         were new and each operation's result. A cycle that is a single statement needs no BEGIN
@@ -277,7 +289,7 @@ class OutboxWriter:
             (_insert_sql(len(params) // ROW_VALUES), params)
             for params in (rows[start : start + chunk] for start in range(0, len(rows), chunk))
         ]
-        if len(statements) == 1 and not rejects and not ops:
+        if len(statements) == 1 and not rejects and not ops and not extra:
             cursor = await self._conn.execute(*statements[0])
             return int(cursor.rowcount), []
         await self._conn.execute("BEGIN IMMEDIATE")
@@ -287,6 +299,8 @@ class OutboxWriter:
             inserted += cursor.rowcount
         if rejects:
             await self._conn.executemany(INSERT_REJECT, [astuple(r) for r in rejects])
+        for sql, extra_rows in extra:
+            await self._conn.executemany(sql, extra_rows)
         results = [await op.run(self._conn) for op in ops]
         await self._conn.execute("COMMIT")
         return inserted, results

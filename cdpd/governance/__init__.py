@@ -1,0 +1,1 @@
+"""Governance: the chain of pure processors between normalisation and the outbox append."""
