@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +32,6 @@ from ingest import (
     parse_wrk,
     peak_rss_mb,
     run_wrk,
-    start_server,
     stop,
     wait_for_port,
 )
@@ -106,24 +106,28 @@ async def cdpd_run(args: argparse.Namespace) -> tuple[float, float, list[int], f
 
 async def bare_run(args: argparse.Namespace) -> float:
     port = free_port()
-    with tempfile.TemporaryDirectory(prefix="cdpd-sustained-bare-") as tmp:
-        proc = start_server("bare", port, Path(tmp), "normal", "0")
-        try:
-            output = await asyncio.to_thread(
-                run_wrk, port, "/v1/track", 1, args.duration, args.connections
-            )
-        finally:
-            stop(proc)
+    command = [sys.executable, str(HERE / "bare_server.py"), "--port", str(port)]
+    proc = await asyncio.to_thread(_start_command, command, port)
+    try:
+        output = await asyncio.to_thread(
+            run_wrk, port, "/v1/track", 1, args.duration, args.connections
+        )
+    finally:
+        stop(proc)
     rate = parse_wrk(output, "bare", "single", 1, 0.0).events_per_s
     print(f"bare: {rate:,.0f} events/s", file=sys.stderr)
     return rate
 
 
-def _start(config: Path, port: int) -> object:
-    import subprocess
+def _start(config: Path, port: int) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "cdpd", "serve", "--config", str(config)]
+    return _start_command(command, port)
 
+
+def _start_command(command: list[str], port: int) -> subprocess.Popen[bytes]:
+    """Start a server pinned to core 0 (the load generator runs on core 1)."""
     proc = subprocess.Popen(
-        ["taskset", "-c", "0", sys.executable, "-m", "cdpd", "serve", "--config", str(config)],
+        ["taskset", "-c", "0", *command],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         cwd=HERE.parent,
