@@ -377,11 +377,13 @@ def _check_transformations(config: Config, sources: set[str]) -> list[str]:
         where = f"transformations[{index}]"
         if transformation.source not in sources:
             problems.append(f"{where}.source: no source is named {transformation.source!r}")
-        if transformation.destination is not None:
-            # Delivery does not apply them yet (its claims do not carry the message's source).
+        destinations = {d.name for d in config.destinations}
+        if (
+            transformation.destination is not None
+            and transformation.destination not in destinations
+        ):
             problems.append(
-                f"{where}.destination: destination-scoped transformations are not supported"
-                " yet; leave it out for a source-scoped one"
+                f"{where}.destination: no destination is named {transformation.destination!r}"
             )
         problems += [f"{where}.{problem}" for problem in check(transformation)]
     return problems

@@ -79,8 +79,11 @@ class Lane:
         poll_interval_s: float,
         observe: Callable[[float], None] | None = None,
         rand: Callable[[], float] = random.random,
+        transform: Callable[[str, str], str] | None = None,
     ) -> None:
         self.name = config.name
+        # Destination-scoped transformations: (source, stored payload) -> the payload it gets.
+        self._transform = transform
         self.stats = LaneStats()
         self._config = config
         self._sender = sender
@@ -578,6 +581,8 @@ class _Run:
         """Prepare each message for its actions, send, and make one result per message. A
         failure of cdpd's own (a bug in a mapping, say) is retried like a network error."""
         try:
+            if self.lane._transform is not None:
+                batch = [self._transformed(view) for view in batch]
             prepared = actions.prepare(self.lane._actions, batch)
             ready = [item for item in prepared if item.problem is None]
             sent = iter(await self.lane._sender.send(self.lane._session, ready) if ready else [])
@@ -591,6 +596,16 @@ class _Run:
             return [Result(None, f"cdpd failed to send it: {type(exc).__name__}: {exc}")] * len(
                 batch
             )
+
+    def _transformed(self, view: MessageView) -> MessageView:
+        """The destination's own copy, after its transformations (a payload that does not
+        decode goes as it is: preparing it then says why it cannot be sent)."""
+        assert self.lane._transform is not None
+        try:
+            payload = self.lane._transform(view.source, view.payload)
+        except msgspec.DecodeError:
+            return view
+        return view if payload is view.payload else msgspec.structs.replace(view, payload=payload)
 
     def _outcomes(
         self,

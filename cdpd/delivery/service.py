@@ -63,6 +63,7 @@ class Delivery:
                 retry=d.retry or config.delivery.retry,
                 poll_interval_s=config.delivery.poll_interval_s,
                 observe=observer(d.name) if observer else None,
+                transform=_transform(config, d.name),
             )
             for d in enabled
         }
@@ -148,6 +149,15 @@ class Delivery:
             )
             for task in unfinished:
                 task.cancel()
+
+
+def _transform(config: Config, destination: str) -> Callable[[str, str], str] | None:
+    """The destination's Protocols transformations, applied to its copy of each message (after
+    its filters, as Segment applies destination-scoped ones); None when it has none."""
+    from cdpd.governance.transformations import destination_scoped
+
+    found = destination_scoped(config.transformations, destination)
+    return found.payload if found else None
 
 
 def routing_rule(destination: Destination, subscribed: list[Action] | None = None) -> RoutingRule:

@@ -230,13 +230,13 @@ class DeliveryStore(Protocol):
 # -- SQL -------------------------------------------------------------------------------------
 
 NEW_MESSAGES = """
-SELECT seq, message_id, payload, {key}, received_at FROM messages
+SELECT seq, message_id, payload, {key}, received_at, source FROM messages
 WHERE seq > ? AND seq <= ? AND {condition}
 ORDER BY seq LIMIT ?
 """
 ORDER_KEY = "coalesce(user_id, anonymous_id)"
 DUE = """
-SELECT d.seq, d.message_id, m.payload, d.attempts, d.first_attempt_at, d.order_key
+SELECT d.seq, d.message_id, m.payload, d.attempts, d.first_attempt_at, d.order_key, m.source
 FROM deliveries AS d JOIN messages AS m ON m.seq = d.seq
 WHERE d.destination = ? AND d.state IN ('pending', 'retrying') AND d.next_attempt_at <= ?
 {ordered}
@@ -470,8 +470,8 @@ class SqliteLaneReader:
             self._new_sql, [after_seq, up_to_seq, *self._params, limit]
         )
         return [
-            Owed(MessageView(seq, mid, payload), key, received_at=at)
-            for seq, mid, payload, key, at in rows
+            Owed(MessageView(seq, mid, payload, source=source), key, received_at=at)
+            for seq, mid, payload, key, at, source in rows
         ]
 
     async def due(self, now_at: str, limit: int) -> list[Owed]:
@@ -479,8 +479,8 @@ class SqliteLaneReader:
             self._due_sql, (self._rule.destination, now_at, limit)
         )
         return [
-            Owed(MessageView(seq, mid, payload, attempts, first_at), key, from_ledger=True)
-            for seq, mid, payload, attempts, first_at, key in rows
+            Owed(MessageView(seq, mid, payload, attempts, first_at, source), key, from_ledger=True)
+            for seq, mid, payload, attempts, first_at, key, source in rows
         ]
 
     async def next_due_at(self) -> str | None:
@@ -513,14 +513,19 @@ class SqliteLaneReader:
         condition, params = _replay_condition(self._rule, job)
         key = ORDER_KEY if self._rule.ordered else "NULL"
         rows = await self._conn.execute_fetchall(
-            f"SELECT seq, message_id, payload, {key}, received_at, EXISTS (SELECT 1 FROM"
+            f"SELECT seq, message_id, payload, {key}, received_at, source, EXISTS (SELECT 1 FROM"
             " deliveries AS d WHERE d.destination = ? AND d.seq = messages.seq) FROM messages"
             f" WHERE seq > ? AND seq <= ? AND {condition} ORDER BY seq LIMIT ?",
             [self._rule.destination, after_seq, job.last_seq, *params, limit],
         )
         return [
-            Owed(MessageView(seq, mid, payload), key, received_at=at, has_row=bool(row))
-            for seq, mid, payload, key, at, row in rows
+            Owed(
+                MessageView(seq, mid, payload, source=source),
+                key,
+                received_at=at,
+                has_row=bool(row),
+            )
+            for seq, mid, payload, key, at, source, row in rows
         ]
 
     async def positions(self) -> dict[str, Position]:

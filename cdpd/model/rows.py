@@ -39,6 +39,7 @@ class MessageView(msgspec.Struct, frozen=True, gc=False):
     payload: str  # the stored JSON, byte for byte
     attempts: int = 0
     first_attempt_at: str | None = None
+    source: str = ""  # the source it was sent to
 
     @property
     def id(self) -> int:

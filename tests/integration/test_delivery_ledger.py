@@ -208,3 +208,27 @@ async def test_a_replayed_dead_message_that_gets_through_is_delivered_in_the_led
         ("m1", "delivered", 2),
         ("m2", "delivered", 2),
     ]
+
+
+async def test_a_destination_scoped_transformation_changes_only_that_destinations_copy(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    transformation = (
+        '[[transformations]]\nname = "legacy"\nsource = "website"\ndestination = "renamed"\n'
+        'if = \'event = "Order Completed"\'\nnewEventName = "order_completed"\n'
+        'propertyRenames = [{ oldName = "total", newName = "amount" }]\n'
+    )
+    async with Sink() as renamed, Sink() as plain:
+        config = make_config(
+            hook("renamed", renamed.url) + hook("plain", plain.url) + transformation
+        )
+        async with running(config) as server:
+            await send(http, server, [track(1, properties={"total": 5}), track(2, event="Other")])
+            await delivered(server.delivery.lanes["renamed"], 2)
+            await delivered(server.delivery.lanes["plain"], 2)
+    by_id = {m["messageId"]: m for m in renamed.messages}
+    assert (by_id["m1"]["event"], by_id["m1"]["properties"]) == ("order_completed", {"amount": 5})
+    assert by_id["m2"]["event"] == "Other"  # its condition does not match
+    assert {m["event"] for m in plain.messages} == {"Order Completed", "Other"}
+    stored = query(data_dir, "SELECT event FROM messages ORDER BY seq")
+    assert stored == [("Order Completed",), ("Other",)]  # what is stored is unchanged

@@ -114,5 +114,5 @@ def test_config_validates_transformations() -> None:
     assert parse(good).transformations[0].if_ == 'event = "a"'
     with pytest.raises(ConfigError, match=r"transformations\[0\]\.source: no source"):
         parse(good.replace('source = "website"', 'source = "nope"'))
-    with pytest.raises(ConfigError, match="destination-scoped transformations are not supported"):
+    with pytest.raises(ConfigError, match=r"transformations\[0\]\.destination: no destination"):
         parse(good + 'destination = "hook"\n')
