@@ -335,10 +335,14 @@ class _Run:
             log.exception("delivery_read_failed", destination=lane.name)
             due_at = None
         timeout_s = lane._poll_interval_s
-        if due_at is not None and parse_ms(due_at) > lane._clock.now_ms():
-            # (rows due already are in flight, or wait behind a user's earlier message: a
-            # recording wakes the lane)
-            timeout_s = min(timeout_s, (parse_ms(due_at) - lane._clock.now_ms()) / 1000)
+        if due_at is not None:
+            due_in_s = (parse_ms(due_at) - lane._clock.now_ms()) / 1000
+            if due_in_s > 0:
+                timeout_s = min(timeout_s, due_in_s)
+            elif not (self.ledger_busy or self.keys_busy):
+                return  # due now (the clock moved while we read): read again
+            # else: what is due is in flight or waits behind a user's earlier message, and a
+            # recording wakes the lane
         await lane._clock.wait(lane._work, timeout_s)
 
     # -- sending ----------------------------------------------------------------------------

@@ -43,7 +43,7 @@ class Delivery:
         self._writer = writer
         self._clock = clock
         self.store: DeliveryStore = SqliteDeliveryStore(
-            writer.transact, Path(config.storage.outbox_path)
+            writer.transact, Path(config.storage.outbox_path), writer.execute
         )
         enabled = [d for d in config.destinations if d.enabled]
         self._disabled = [d.name for d in config.destinations if not d.enabled]

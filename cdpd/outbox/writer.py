@@ -85,6 +85,7 @@ class _Pending(msgspec.Struct, frozen=True):
 class _Op(msgspec.Struct, frozen=True):
     run: Operation[Any]
     done: asyncio.Future[Any]
+    statement: tuple[str, Sequence[object]] | None = None  # an operation that is one statement
 
 
 class OutboxWriter:
@@ -172,6 +173,20 @@ class OutboxWriter:
         self._ops.append(_Op(operation, done))
         self._wakeup.set()
         return await done
+
+    async def execute(self, sql: str, params: Sequence[object]) -> None:
+        """`transact` for one statement: a cycle that holds only it commits in a single hop to
+        the SQLite thread (a lane's position moving, say)."""
+
+        async def run(conn: aiosqlite.Connection) -> None:
+            await conn.execute(sql, params)
+
+        if self._stopped:
+            raise OutboxUnavailable("shutting_down", "the outbox writer has stopped", 1)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._ops.append(_Op(run, done, (sql, params)))
+        self._wakeup.set()
+        await done
 
     # -- what the space monitor calls -----------------------------------------------------------
 
@@ -292,6 +307,9 @@ class OutboxWriter:
         if len(statements) == 1 and not rejects and not ops and not extra:
             cursor = await self._conn.execute(*statements[0])
             return int(cursor.rowcount), []
+        if not statements and not rejects and not extra and len(ops) == 1 and ops[0].statement:
+            await self._conn.execute(*ops[0].statement)
+            return 0, [None]
         await self._conn.execute("BEGIN IMMEDIATE")
         inserted = 0
         for sql, params in statements:
