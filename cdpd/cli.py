@@ -331,14 +331,15 @@ async def _read(path: Path, query: Callable[[aiosqlite.Connection], Awaitable[T]
 
 def _format_reports(reports: list[report.DestinationReport]) -> str:
     lines = [
-        f"{'destination':<20} {'delivered':>9} {'pending':>8} {'in flight':>9} {'retrying':>8}"
-        f" {'dead':>6} {'p50 ms':>8} {'p95 ms':>8}  errors (24 h)"
+        f"{'destination':<20} {'behind':>9} {'pending':>8} {'retrying':>9} {'dead':>6}"
+        f" {'retried ok':>10}"
+        f" {'p50 ms':>8} {'p95 ms':>8}  errors (24 h)"
     ]
     for r in reports:
         errors = ", ".join(f"{status}: {count}" for status, count in r.errors_by_status.items())
         lines.append(
-            f"{r.destination:<20} {r.delivered:>9} {r.pending:>8} {r.in_flight:>9}"
-            f" {r.retrying:>8} {r.dead:>6} {_ms(r.latency_p50_ms):>8} {_ms(r.latency_p95_ms):>8}"
+            f"{r.destination:<20} {r.backlog:>9} {r.pending:>8} {r.retrying:>9} {r.dead:>6}"
+            f" {r.delivered:>10} {_ms(r.latency_p50_ms):>8} {_ms(r.latency_p95_ms):>8}"
             f"  {errors or '-'}{'  UNHEALTHY (401/403)' if r.unhealthy else ''}"
         )
         if r.last_error is not None:
