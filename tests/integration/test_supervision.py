@@ -92,14 +92,15 @@ async def test_a_failing_warehouse_schedule_restarts_and_syncs_once_repaired(
     )
     async with running(config) as server:
         await server.warehouses.wait_for_syncs("wh", 1)
-    with sqlite3.connect(path) as conn:  # a sync report that no longer decodes
+    # (the daemon's pruner reads the warehouse's position too: wait out its short lock)
+    with sqlite3.connect(path, timeout=60) as conn:  # a sync report that no longer decodes
         conn.execute("UPDATE _cdpd_syncs SET report = '{\"warehouse\": 1}'")
     clock = FakeClock()
     with capture_logs() as logs:
         async with running(config, clock=clock) as server:
             await server.restarts.wait_for("warehouse-wh", 1)
             assert await track(http, server.url, "m1") == 200
-            with sqlite3.connect(path) as conn:
+            with sqlite3.connect(path, timeout=60) as conn:
                 conn.execute("DELETE FROM _cdpd_syncs")
             clock.advance(0.5)  # the restarted schedule finds no sync and syncs at once
             (report,) = await server.warehouses.wait_for_syncs("wh", 1)
