@@ -25,6 +25,7 @@ import aiosqlite
 import msgspec
 
 from cdpd.model.rows import MessageView
+from cdpd.model.timestamps import format_ms, parse_ms
 from cdpd.outbox import consumers
 from cdpd.outbox.consumers import Position, Progress
 
@@ -571,35 +572,23 @@ def _replay_condition(rule: RoutingRule, job: ReplayJob) -> tuple[str, list[Any]
 
 async def _record(conn: aiosqlite.Connection, recording: Recording) -> None:
     destination = recording.destination
-    if recording.outcomes:
-        rows = [
-            (
-                destination,
-                o.seq,
-                o.message_id,
-                o.order_key,
-                o.attempt,
-                o.started_at,
-                o.status,
-                o.error,
-                o.state,
-                o.duration_ms,
-                o.first_attempt_at,
-                o.next_attempt_at,
-                o.finished_at,
-            )
-            for o in recording.outcomes
-            if o.state != DELIVERED or o.origin != "stream"
-        ]
+    upserts: list[tuple[object, ...]] = []
+    updates: list[tuple[object, ...]] = []
+    for o in recording.outcomes:
+        if o.state == DELIVERED and o.origin == "stream":
+            continue  # delivered on its first attempt: the position says it all
+        row = (
+            destination, o.seq, o.message_id, o.order_key, o.attempt, o.started_at, o.status,
+            o.error, o.state, o.duration_ms, o.first_attempt_at, o.next_attempt_at, o.finished_at,
+        )  # fmt: skip
         # A replayed message delivered changes a row it has (dead, say) but makes none.
-        upserts = [r for r, o in zip(rows, _recorded(recording), strict=True) if o != "replayed"]
-        updates = [r for r, o in zip(rows, _recorded(recording), strict=True) if o == "replayed"]
-        if upserts:
-            await conn.executemany(RECORD_FAILURE, upserts)
-        if updates:
-            await conn.executemany(RECORD_REPLAYED, updates)
-        if rows:
-            await conn.executemany(RECORD_ATTEMPT, rows)
+        (updates if o.state == DELIVERED and o.origin == "replay" else upserts).append(row)
+    if upserts:
+        await conn.executemany(RECORD_FAILURE, upserts)
+    if updates:
+        await conn.executemany(RECORD_REPLAYED, updates)
+    if upserts or updates:
+        await conn.executemany(RECORD_ATTEMPT, upserts + updates)
     if recording.parked:
         await conn.executemany(
             PARK,
@@ -615,15 +604,6 @@ async def _record(conn: aiosqlite.Connection, recording: Recording) -> None:
             "UPDATE replays SET finished_at = ? WHERE id = ?", (recording.at, job_id)
         )
         await consumers.forget(conn, [replay_consumer(job_id)])
-
-
-def _recorded(recording: Recording) -> list[str]:
-    """How each outcome that leaves a row is stored, in order."""
-    return [
-        "replayed" if o.state == DELIVERED and o.origin == "replay" else "upsert"
-        for o in recording.outcomes
-        if o.state != DELIVERED or o.origin != "stream"
-    ]
 
 
 async def _give_up(
@@ -748,11 +728,11 @@ async def _first_seq_at_or_after(conn: aiosqlite.Connection, low: int, high: int
     return high
 
 
-def _shift_minutes(at: str, minutes: int) -> str:
-    from cdpd.model.timestamps import format_ms, parse_ms
+LATEST_MS = parse_ms("9999-12-31T23:59:59.999Z")
 
-    latest = parse_ms("9999-12-31T23:59:59.999Z")
-    return format_ms(min(latest, max(0, parse_ms(at) + minutes * 60_000)))
+
+def _shift_minutes(at: str, minutes: int) -> str:
+    return format_ms(min(LATEST_MS, max(0, parse_ms(at) + minutes * 60_000)))
 
 
 class _reading:
