@@ -1,0 +1,143 @@
+"""Reading the flow counts for a page: totals and series over a window, latency percentiles,
+and the error groups of a destination with their samples. Every query reads the per-minute
+aggregates (or the attempts ledger, which holds failures only) through its primary key or an
+index; none reads `messages` except by messageId, for the three samples of an error."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiosqlite
+
+from cdpd.console.flow import LATENCY_BOUNDS_MS, minute_of
+from cdpd.model.timestamps import format_ms, now_ms
+
+WINDOWS_S = {"10m": 600, "1h": 3600, "24h": 86400, "7d": 7 * 86400}
+DEFAULT_WINDOW = "24h"
+# Points on a chart per window: minutes for the short ones, hours, then 4-hour steps.
+BUCKET_S = {"10m": 60, "1h": 60, "24h": 3600, "7d": 4 * 3600}
+SAMPLES_PER_ERROR = 3
+
+
+def window(name: str | None) -> str:
+    return name if name in WINDOWS_S else DEFAULT_WINDOW
+
+
+def since_minute(name: str, at_ms: int | None = None) -> str:
+    at_ms = now_ms() if at_ms is None else at_ms
+    return minute_of(format_ms(at_ms - WINDOWS_S[name] * 1000 + 60_000))
+
+
+async def totals(
+    conn: aiosqlite.Connection, scope: str, names: list[str], since: str
+) -> Counter[tuple[str, str]]:
+    """(metric, reason) -> count for the names, from `since` (a minute) on."""
+    found: Counter[tuple[str, str]] = Counter()
+    for name in names:
+        for metric, reason, count in await conn.execute_fetchall(
+            "SELECT metric, reason, sum(count) FROM flow_counts"
+            " WHERE scope = ? AND name = ? AND minute >= ? GROUP BY metric, reason",
+            (scope, name, since),
+        ):
+            found[metric, reason] += count
+    return found
+
+
+async def series(
+    conn: aiosqlite.Connection, scope: str, name: str, metrics: list[str], window_name: str
+) -> dict[str, Any]:
+    """Per-bucket counts for a chart: {"t": [epoch seconds], metric: [counts]}."""
+    bucket_s = BUCKET_S[window_name]
+    end_s = now_ms() // 1000 // bucket_s * bucket_s
+    start_s = end_s - WINDOWS_S[window_name] // bucket_s * bucket_s + bucket_s
+    times = list(range(start_s, end_s + 1, bucket_s))
+    values = {metric: [0] * len(times) for metric in metrics}
+    marks = ",".join("?" * len(metrics))
+    rows = await conn.execute_fetchall(
+        "SELECT minute, metric, sum(count) FROM flow_counts WHERE scope = ? AND name = ?"
+        f" AND minute >= ? AND metric IN ({marks}) GROUP BY minute, metric",
+        (scope, name, minute_of(format_ms(start_s * 1000)), *metrics),
+    )
+    for minute, metric, count in rows:
+        at_s = _epoch_s(minute)
+        index = (at_s - start_s) // bucket_s
+        if 0 <= index < len(times):
+            values[metric][index] += count
+    return {"t": times, **values}
+
+
+def _epoch_s(minute: str) -> int:
+    from datetime import datetime
+
+    return int(datetime.fromisoformat(minute.replace("Z", "+00:00")).timestamp())
+
+
+async def p95_ms(conn: aiosqlite.Connection, destination: str, since: str) -> int | None:
+    """The upper bound of the latency bucket holding the 95th percentile request."""
+    rows = await conn.execute_fetchall(
+        "SELECT bucket_ms, sum(count) FROM flow_latency WHERE destination = ? AND minute >= ?"
+        " GROUP BY bucket_ms ORDER BY bucket_ms",
+        (destination, since),
+    )
+    total = sum(count for _, count in rows)
+    if not total:
+        return None
+    seen = 0
+    for bucket, count in rows:
+        seen += count
+        if seen >= 0.95 * total:
+            return int(bucket)
+    return LATENCY_BOUNDS_MS[-1]
+
+
+@dataclass
+class ErrorGroup:
+    status: int | None
+    error: str
+    count: int
+    last_at: str
+    message_ids: list[str] = field(default_factory=list)
+
+
+async def errors(
+    conn: aiosqlite.Connection, destination: str, since_ms: int, limit: int = 10
+) -> list[ErrorGroup]:
+    """Failed attempts grouped by status and error text, most frequent first, with up to three
+    message ids each (read through the attempts' (destination, started_at) index)."""
+    groups = [
+        ErrorGroup(status, error or "", count, last_at)
+        for status, error, count, last_at in await conn.execute_fetchall(
+            "SELECT status, error, count(*), max(started_at) FROM attempts"
+            " WHERE destination = ? AND started_at >= ? AND outcome != 'delivered'"
+            " GROUP BY status, error ORDER BY 3 DESC LIMIT ?",
+            (destination, format_ms(since_ms), limit),
+        )
+    ]
+    for group in groups:
+        rows = await conn.execute_fetchall(
+            "SELECT DISTINCT message_id FROM attempts WHERE destination = ? AND started_at >= ?"
+            " AND outcome != 'delivered' AND status IS ? AND error IS ?"
+            " ORDER BY started_at DESC LIMIT ?",
+            (
+                destination,
+                format_ms(since_ms),
+                group.status,
+                group.error or None,
+                SAMPLES_PER_ERROR,
+            ),
+        )
+        group.message_ids = [message_id for (message_id,) in rows]
+    return groups
+
+
+async def payload(conn: aiosqlite.Connection, message_id: str, sources: list[str]) -> str | None:
+    """A stored message by messageId, if it came from one of `sources`."""
+    rows = await conn.execute_fetchall(
+        "SELECT source, payload FROM messages WHERE message_id = ? ORDER BY seq DESC", (message_id,)
+    )
+    for source, text in rows:
+        if source in sources:
+            return str(text)
+    return None
