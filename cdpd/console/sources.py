@@ -14,7 +14,6 @@ from cdpd.config import Source
 from cdpd.console import overview
 from cdpd.console.access import Principal
 from cdpd.console.snippet import snippet
-from cdpd.console.web import Refused
 from cdpd.governance import store as governance_store
 from cdpd.model.timestamps import format_ms, now_ms
 
@@ -123,7 +122,7 @@ class SourcePages:
                     ]
                     await response.write(b"".join(_event(row) for row in chunk))
                     await asyncio.sleep(SEND_INTERVAL_S)
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:  # the person left
             pass
         finally:
             parts.tap.unwatch(watcher)
@@ -164,5 +163,3 @@ def _event(row: Any) -> bytes:
     )
     return f"event: message\ndata: {data}\n\n".encode()
 
-
-__all__ = ["Refused", "routes"]
