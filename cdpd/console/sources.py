@@ -162,4 +162,3 @@ def _event(row: Any) -> bytes:
         separators=(",", ":"),
     )
     return f"event: message\ndata: {data}\n\n".encode()
-
