@@ -164,6 +164,15 @@ def fill(path: Path, count: int) -> None:
             dead.append((name, seq, f"m{seq}", "dead", 5, at, at, 500, "HTTP 500 (gave up)", at))
     db.executemany("INSERT INTO flow_counts VALUES (?, ?, ?, ?, ?, ?)", rows)
     db.executemany("INSERT INTO flow_latency VALUES (?, ?, ?, ?)", latency)
+    # the hourly rollups, as cdpd writes them alongside
+    db.execute(
+        "INSERT INTO flow_counts_hourly SELECT scope, name, substr(minute, 1, 13) || 'Z',"
+        " metric, reason, sum(count) FROM flow_counts GROUP BY 1, 2, 3, 4, 5"
+    )
+    db.execute(
+        "INSERT INTO flow_latency_hourly SELECT destination, substr(minute, 1, 13) || 'Z',"
+        " bucket_ms, sum(count) FROM flow_latency GROUP BY 1, 2, 3"
+    )
     db.executemany(
         "INSERT INTO attempts (delivery_id, destination, message_id, attempt, started_at,"
         " duration_ms, status, error, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

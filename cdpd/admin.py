@@ -135,6 +135,8 @@ class Admin:
         """Where one message stands with each destination."""
         scope = await self._authorize(request)
         message_id = request.match_info["message_id"]
+        if scope is not None and not await self._from_sources(message_id, scope.sources):
+            raise ApiError(404, "unknown_message", f"no message {message_id!r} in the outbox")
         rules = [r for r in self._delivery.rules.values() if _sees(scope, r.destination)]
         found = [
             status
@@ -144,6 +146,12 @@ class Admin:
         if not found:
             raise ApiError(404, "unknown_message", f"no message {message_id!r} in the outbox")
         return _json({"message_id": message_id, "deliveries": found})
+
+    async def _from_sources(self, message_id: str, sources: frozenset[str]) -> bool:
+        rows = await self._reader.execute_fetchall(
+            "SELECT source FROM messages WHERE message_id = ?", (message_id,)
+        )
+        return any(source in sources for (source,) in rows)
 
     async def violations(self, request: web.Request) -> web.Response:
         """Violations grouped by source, event and field: counts, first and last seen and a

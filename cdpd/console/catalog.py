@@ -8,6 +8,7 @@ file, atomically, for that reload to pick up.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -39,10 +40,13 @@ def is_secret(name: str) -> bool:
     return bool(SECRET_NAME.search(name)) and not name.endswith("_env")
 
 
+@functools.cache
 def types() -> list[describe.TypeInfo]:
+    """The catalog (fixed for the life of the process)."""
     return describe.describe()
 
 
+@functools.cache
 def form(type_name: str) -> list[FormField]:
     """The form fields of a destination type, from its catalog description."""
     info = next((t for t in types() if t.type == type_name), None)

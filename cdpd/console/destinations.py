@@ -65,9 +65,9 @@ class DestinationPages:
         parts = self.console.parts
         reader = parts.reader
         window = overview.window(request.query.get("window"))
-        since = overview.since_minute(window)
-        own = await overview.totals(reader, "destination", [destination.name], since)
-        upstream = await overview.totals(reader, "source", self._sources_of(destination), since)
+        period = overview.span(window)
+        own = await overview.totals(reader, "destination", [destination.name], period)
+        upstream = await overview.totals(reader, "source", self._sources_of(destination), period)
         states = {
             r.destination: r
             for r in await report.states(reader, [destination.name], delivered=False)
@@ -102,7 +102,7 @@ class DestinationPages:
                 "filtered": sorted(
                     ((r, c) for (m, r), c in own.items() if m == "filtered"), key=lambda i: -i[1]
                 ),
-                "p95_ms": await overview.p95_ms(reader, destination.name, since),
+                "p95_ms": await overview.p95_ms(reader, destination.name, period),
                 "backlog": states.backlog,
                 "circuit": lane.circuit.state if lane is not None else "not running",
                 "errors": errors,

@@ -42,21 +42,38 @@ LATENCY_BOUNDS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_
 
 Key = tuple[str, str, str, str, str]  # scope, name, minute, metric, reason
 
-UPSERT_COUNT = (
-    "INSERT INTO flow_counts (scope, name, minute, metric, reason, count)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (scope, name, minute, metric, reason)"
-    " DO UPDATE SET count = count + excluded.count"
-)
-UPSERT_LATENCY = (
-    "INSERT INTO flow_latency (destination, minute, bucket_ms, count) VALUES (?, ?, ?, ?)"
-    " ON CONFLICT (destination, minute, bucket_ms) DO UPDATE SET count = count + excluded.count"
-)
+
+def _upsert_count(table: str, period: str) -> str:
+    return (
+        f"INSERT INTO {table} (scope, name, {period}, metric, reason, count)"
+        " VALUES (?, ?, ?, ?, ?, ?)"
+        f" ON CONFLICT (scope, name, {period}, metric, reason)"
+        " DO UPDATE SET count = count + excluded.count"
+    )
+
+
+def _upsert_latency(table: str, period: str) -> str:
+    return (
+        f"INSERT INTO {table} (destination, {period}, bucket_ms, count) VALUES (?, ?, ?, ?)"
+        f" ON CONFLICT (destination, {period}, bucket_ms)"
+        " DO UPDATE SET count = count + excluded.count"
+    )
+
+
+UPSERT_COUNT = _upsert_count("flow_counts", "minute")
+UPSERT_COUNT_HOURLY = _upsert_count("flow_counts_hourly", "hour")
+UPSERT_LATENCY = _upsert_latency("flow_latency", "minute")
+UPSERT_LATENCY_HOURLY = _upsert_latency("flow_latency_hourly", "hour")
 
 
 def minute_of(at: str) -> str:
     """`2026-01-02T03:04:05.678Z` -> `2026-01-02T03:04Z`."""
     return at[:16] + "Z"
+
+
+def hour_of(at: str) -> str:
+    """`2026-01-02T03:04:05.678Z` (or a minute) -> `2026-01-02T03Z`."""
+    return at[:13] + "Z"
 
 
 def current_minute() -> str:
@@ -223,8 +240,20 @@ async def _write(
 ) -> None:
     if counts:
         await conn.executemany(UPSERT_COUNT, [(*key, count) for key, count in counts.items()])
+        hourly: Counter[Key] = Counter()
+        for (scope, name, minute, metric, reason), count in counts.items():
+            hourly[scope, name, hour_of(minute), metric, reason] += count
+        await conn.executemany(
+            UPSERT_COUNT_HOURLY, [(*key, count) for key, count in hourly.items()]
+        )
     if latency:
         await conn.executemany(UPSERT_LATENCY, [(*key, count) for key, count in latency.items()])
+        hourly_latency: Counter[tuple[str, str, int]] = Counter()
+        for (destination, minute, bucket), count in latency.items():
+            hourly_latency[destination, hour_of(minute), bucket] += count
+        await conn.executemany(
+            UPSERT_LATENCY_HOURLY, [(*key, count) for key, count in hourly_latency.items()]
+        )
     if cursors:
         await conn.executemany(
             "INSERT INTO flow_cursors (name, last_id) VALUES (?, ?)"
@@ -237,3 +266,5 @@ async def _prune(conn: aiosqlite.Connection) -> None:
     oldest = minute_of(format_ms(now_ms() - KEEP_DAYS * 24 * 3600 * 1000))
     await conn.execute("DELETE FROM flow_counts WHERE minute < ?", (oldest,))
     await conn.execute("DELETE FROM flow_latency WHERE minute < ?", (oldest,))
+    await conn.execute("DELETE FROM flow_counts_hourly WHERE hour < ?", (hour_of(oldest),))
+    await conn.execute("DELETE FROM flow_latency_hourly WHERE hour < ?", (hour_of(oldest),))

@@ -1,45 +1,63 @@
 """Reading the flow counts for a page: totals and series over a window, latency percentiles,
-and the error groups of a destination with their samples. Every query reads the per-minute
-aggregates (or the attempts ledger, which holds failures only) through its primary key or an
-index; none reads `messages` except by messageId, for the three samples of an error."""
+and the error groups of a destination with their samples. Every query reads the aggregates (per
+minute for 10 min and 1 h, per hour for 24 h and 7 days) or the attempts ledger (failures
+only) through a primary key or an index; none reads `messages` except by messageId, for the
+three samples of an error. Table and column names in the SQL come from `Span`, never from a
+request."""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import aiosqlite
 
-from cdpd.console.flow import LATENCY_BOUNDS_MS, minute_of
+from cdpd.console.flow import LATENCY_BOUNDS_MS, hour_of, minute_of
 from cdpd.model.timestamps import format_ms, now_ms
 
 WINDOWS_S = {"10m": 600, "1h": 3600, "24h": 86400, "7d": 7 * 86400}
 DEFAULT_WINDOW = "24h"
 # Points on a chart per window: minutes for the short ones, hours, then 4-hour steps.
 BUCKET_S = {"10m": 60, "1h": 60, "24h": 3600, "7d": 4 * 3600}
+HOURLY = {"24h", "7d"}  # read from the hourly tables: whole hours, the current one included
 SAMPLES_PER_ERROR = 3
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where a window's counts are read: the per-minute or the per-hour tables, from `since`."""
+
+    counts: str
+    latency: str
+    column: str
+    since: str
 
 
 def window(name: str | None) -> str:
     return name if name in WINDOWS_S else DEFAULT_WINDOW
 
 
-def since_minute(name: str, at_ms: int | None = None) -> str:
+def span(name: str, at_ms: int | None = None) -> Span:
     at_ms = now_ms() if at_ms is None else at_ms
-    return minute_of(format_ms(at_ms - WINDOWS_S[name] * 1000 + 60_000))
+    if name in HOURLY:
+        start = format_ms(at_ms - WINDOWS_S[name] * 1000 + 3_600_000)
+        return Span("flow_counts_hourly", "flow_latency_hourly", "hour", hour_of(start))
+    start = format_ms(at_ms - WINDOWS_S[name] * 1000 + 60_000)
+    return Span("flow_counts", "flow_latency", "minute", minute_of(start))
 
 
 async def totals(
-    conn: aiosqlite.Connection, scope: str, names: list[str], since: str
+    conn: aiosqlite.Connection, scope: str, names: list[str], period: Span
 ) -> Counter[tuple[str, str]]:
-    """(metric, reason) -> count for the names, from `since` (a minute) on."""
+    """(metric, reason) -> count for the names over the window."""
     found: Counter[tuple[str, str]] = Counter()
     for name in names:
         for metric, reason, count in await conn.execute_fetchall(
-            "SELECT metric, reason, sum(count) FROM flow_counts"
-            " WHERE scope = ? AND name = ? AND minute >= ? GROUP BY metric, reason",
-            (scope, name, since),
+            f"SELECT metric, reason, sum(count) FROM {period.counts}"
+            f" WHERE scope = ? AND name = ? AND {period.column} >= ? GROUP BY metric, reason",
+            (scope, name, period.since),
         ):
             found[metric, reason] += count
     return found
@@ -54,32 +72,40 @@ async def series(
     start_s = end_s - WINDOWS_S[window_name] // bucket_s * bucket_s + bucket_s
     times = list(range(start_s, end_s + 1, bucket_s))
     values = {metric: [0] * len(times) for metric in metrics}
+    period = span(window_name)
     marks = ",".join("?" * len(metrics))
     rows = await conn.execute_fetchall(
-        "SELECT minute, metric, sum(count) FROM flow_counts WHERE scope = ? AND name = ?"
-        f" AND minute >= ? AND metric IN ({marks}) GROUP BY minute, metric",
-        (scope, name, minute_of(format_ms(start_s * 1000)), *metrics),
+        f"SELECT {period.column}, metric, sum(count) FROM {period.counts}"
+        f" WHERE scope = ? AND name = ? AND {period.column} >= ? AND metric IN ({marks})"
+        f" GROUP BY {period.column}, metric",
+        (scope, name, min(period.since, _key(period, start_s)), *metrics),
     )
-    for minute, metric, count in rows:
-        at_s = _epoch_s(minute)
-        index = (at_s - start_s) // bucket_s
+    for at, metric, count in rows:
+        index = (_epoch_s(at) - start_s) // bucket_s
         if 0 <= index < len(times):
             values[metric][index] += count
     return {"t": times, **values}
 
 
-def _epoch_s(minute: str) -> int:
-    from datetime import datetime
+def _key(period: Span, epoch_s: int) -> str:
+    at = format_ms(epoch_s * 1000)
+    return hour_of(at) if period.column == "hour" else minute_of(at)
 
-    return int(datetime.fromisoformat(minute.replace("Z", "+00:00")).timestamp())
+
+def _epoch_s(key: str) -> int:
+    """A minute (`2026-01-02T03:04Z`) or an hour (`2026-01-02T03Z`) in epoch seconds."""
+    text = key.rstrip("Z")
+    if len(text) == 13:
+        text += ":00"
+    return int(datetime.fromisoformat(text + "+00:00").timestamp())
 
 
-async def p95_ms(conn: aiosqlite.Connection, destination: str, since: str) -> int | None:
+async def p95_ms(conn: aiosqlite.Connection, destination: str, period: Span) -> int | None:
     """The upper bound of the latency bucket holding the 95th percentile request."""
     rows = await conn.execute_fetchall(
-        "SELECT bucket_ms, sum(count) FROM flow_latency WHERE destination = ? AND minute >= ?"
-        " GROUP BY bucket_ms ORDER BY bucket_ms",
-        (destination, since),
+        f"SELECT bucket_ms, sum(count) FROM {period.latency}"
+        f" WHERE destination = ? AND {period.column} >= ? GROUP BY bucket_ms ORDER BY bucket_ms",
+        (destination, period.since),
     )
     total = sum(count for _, count in rows)
     if not total:

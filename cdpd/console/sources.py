@@ -56,8 +56,8 @@ class SourcePages:
         workspace, source = self._source(request, principal)
         reader = self.console.parts.reader
         window = overview.window(request.query.get("window"))
-        since = overview.since_minute(window)
-        totals = await overview.totals(reader, "source", [source.name], since)
+        period = overview.span(window)
+        totals = await overview.totals(reader, "source", [source.name], period)
         chart = await overview.series(
             reader, "source", source.name, ["received", "rejected", "blocked"], window
         )

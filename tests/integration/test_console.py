@@ -255,6 +255,15 @@ async def test_workspace_tokens_on_the_admin_api(
                 0
             ] == 404
             assert (await call("GET", "/admin/services", member))[0] == 403
+            async with http.post(
+                f"{server.url}/v1/track",
+                json={"event": "Hi", "userId": "u", "messageId": "backend-1"},
+                headers={"Authorization": basic_auth(OTHER_WRITE_KEY)},
+            ) as resp:
+                assert resp.status == 200
+            show = "/admin/deliveries/messages/backend-1"
+            assert (await call("GET", show, ADMIN_TOKEN))[0] == 200
+            assert (await call("GET", show, member))[0] == 404  # backend is globex's
             assert (await call("GET", "/admin/deliveries", "cdpd_not-a-token"))[0] == 401
 
 
@@ -392,3 +401,46 @@ async def test_the_bundle_s_chunks_are_served(cdpd: Running, http: aiohttp.Clien
                 "immutable" in resp.headers["Cache-Control"]
                 or "max-age" in resp.headers["Cache-Control"]
             )
+
+
+async def test_a_warehouse_page_shows_its_syncs_and_syncs_now(
+    make_config: MakeConfig, http: aiohttp.ClientSession, tmp_path: Any
+) -> None:
+    async with Sink() as sink:
+        warehouse = (
+            f'[[warehouses]]\nname = "wh"\ntype = "sqlite"\npath = "{tmp_path / "wh.sqlite3"}"\n'
+            "interval_s = 3600\n"
+        )
+        toml = workspaces_toml(sink.url).replace(
+            'destinations = ["hook_a"]\n', 'destinations = ["hook_a"]\nwarehouses = ["wh"]\n'
+        )
+        config = make_config(toml + warehouse)
+        await add_person(config, "ada", {"acme": "member"})
+        await add_person(config, "rob", {"acme": "read-only"})
+        async with running(config) as server:
+            async with http.post(
+                f"{server.url}/v1/track",
+                json={"event": "Signed Up", "userId": "u1"},
+                headers={"Authorization": basic_auth(WRITE_KEY)},
+            ) as resp:
+                assert resp.status == 200
+            async with (
+                signed_in(server.url, "rob") as (client, csrf),
+                client.post("/console/w/acme/warehouses/wh/sync", data={"csrf": csrf}) as resp,
+            ):
+                assert resp.status == 403
+            async with signed_in(server.url, "ada") as (client, csrf):
+                async with client.post(
+                    "/console/w/acme/warehouses/wh/sync",
+                    data={"csrf": csrf},
+                    allow_redirects=False,
+                ) as resp:
+                    assert resp.status == 303
+                    location = resp.headers["Location"]
+                # the sync at start-up may have loaded the message already
+                assert re.search(r"sync%20success%3A%20[01]%20messages", location)
+                async with client.get(location) as resp:
+                    page = await resp.text()
+                assert re.search(r"sync success: [01] messages", page)
+                assert re.search(r"<td>success</td><td class=\"num\">1</td>", page)
+                assert "website.tracks: 1" in page or "tracks: 1" in page
