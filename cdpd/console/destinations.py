@@ -14,14 +14,12 @@ from cdpd.config import ConfigError, Destination
 from cdpd.console import catalog, overview
 from cdpd.console.access import Principal
 from cdpd.console.web import Refused, redirect
-from cdpd.delivery import replay, report
+from cdpd.delivery import replay
 from cdpd.destinations import rehearsal
 from cdpd.model.timestamps import format_ms, now_ms
 
 if TYPE_CHECKING:
     from cdpd.console.web import Console
-
-DEAD_SHOWN = 50
 
 
 def routes(console: Console) -> list[web.RouteDef]:
@@ -68,10 +66,7 @@ class DestinationPages:
         period = overview.span(window)
         own = await overview.totals(reader, "destination", [destination.name], period)
         upstream = await overview.totals(reader, "source", self._sources_of(destination), period)
-        states = {
-            r.destination: r
-            for r in await report.states(reader, [destination.name], delivered=False)
-        }[destination.name]
+        ledger = await overview.ledger(reader, destination.name)
         lane = parts.delivery.lanes.get(destination.name)
         since_ms = now_ms() - overview.WINDOWS_S[window] * 1000
         errors = await overview.errors(reader, destination.name, since_ms)
@@ -83,7 +78,7 @@ class DestinationPages:
             "failed_on_ingest": sum(c for (m, _), c in upstream.items() if m == "rejected"),
             "filtered_at_source": sum(c for (m, _), c in upstream.items() if m == "blocked"),
             "filtered_at_destination": sum(c for (m, _), c in own.items() if m == "filtered"),
-            "pending_retry": states.retrying + states.pending,
+            "pending_retry": ledger.pending_retry,
             "failed": own["failed", ""],
             "delivered": own["delivered", ""],
             "retried": own["retried", ""],
@@ -103,11 +98,12 @@ class DestinationPages:
                     ((r, c) for (m, r), c in own.items() if m == "filtered"), key=lambda i: -i[1]
                 ),
                 "p95_ms": await overview.p95_ms(reader, destination.name, period),
-                "backlog": states.backlog,
+                "backlog": ledger.behind,
                 "circuit": lane.circuit.state if lane is not None else "not running",
                 "errors": errors,
-                "dead": await report.dead(reader, destination.name, DEAD_SHOWN),
-                "dead_total": states.dead,
+                "dead": ledger.dead,
+                "dead_total": ledger.dead_count,
+                "dead_counted": overview.DEAD_COUNTED,
                 "settings": catalog.masked(destination),
                 "chart": json.dumps(chart),
                 "may_operate": principal.may(workspace.name, "member"),

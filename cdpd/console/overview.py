@@ -15,6 +15,7 @@ from typing import Any
 import aiosqlite
 
 from cdpd.console.flow import LATENCY_BOUNDS_MS, hour_of, minute_of
+from cdpd.delivery import report
 from cdpd.model.timestamps import format_ms, now_ms
 
 WINDOWS_S = {"10m": 600, "1h": 3600, "24h": 86400, "7d": 7 * 86400}
@@ -23,6 +24,11 @@ DEFAULT_WINDOW = "24h"
 BUCKET_S = {"10m": 60, "1h": 60, "24h": 3600, "7d": 4 * 3600}
 HOURLY = {"24h", "7d"}  # read from the hourly tables: whole hours, the current one included
 SAMPLES_PER_ERROR = 3
+# The error table groups at most this many of the window's latest failed attempts, and the dead
+# letters are counted up to DEAD_COUNTED: a destination failing for a week stays quick to show.
+ERRORS_READ = 2000
+DEAD_COUNTED = 1000
+DEAD_SHOWN = 50
 
 
 @dataclass(frozen=True)
@@ -135,10 +141,12 @@ async def errors(
     groups = [
         ErrorGroup(status, error or "", count, last_at)
         for status, error, count, last_at in await conn.execute_fetchall(
-            "SELECT status, error, count(*), max(started_at) FROM attempts"
+            "SELECT status, error, count(*), max(started_at) FROM ("
+            " SELECT status, error, started_at FROM attempts"
             " WHERE destination = ? AND started_at >= ? AND outcome != 'delivered'"
+            " ORDER BY started_at DESC LIMIT ?)"
             " GROUP BY status, error ORDER BY 3 DESC LIMIT ?",
-            (destination, format_ms(since_ms), limit),
+            (destination, format_ms(since_ms), ERRORS_READ, limit),
         )
     ]
     for group in groups:
@@ -167,3 +175,50 @@ async def payload(conn: aiosqlite.Connection, message_id: str, sources: list[str
         if source in sources:
             return str(text)
     return None
+
+
+@dataclass
+class Ledger:
+    """A destination's exceptions as they stand: waiting retries, dead letters (the newest
+    DEAD_SHOWN, counted up to DEAD_COUNTED), and how far its lane is behind the outbox."""
+
+    pending_retry: int
+    dead_count: int
+    dead: list[report.DeadDelivery]
+    behind: int
+
+
+async def ledger(conn: aiosqlite.Connection, destination: str) -> Ledger:
+    """Read through the ledger's (destination, ...) indexes; never counts `messages`."""
+    pending = await _one(
+        conn,
+        "SELECT count(*) FROM deliveries"
+        " WHERE destination = ? AND state IN ('pending', 'retrying')",
+        (destination,),
+    )
+    dead_count = await _one(
+        conn,
+        "SELECT count(*) FROM (SELECT 1 FROM deliveries WHERE destination = ? AND state = 'dead'"
+        " LIMIT ?)",
+        (destination, DEAD_COUNTED),
+    )
+    dead = [
+        report.DeadDelivery(*row)
+        for row in await conn.execute_fetchall(
+            "SELECT id, destination, message_id, attempts, last_status, last_error, finished_at"
+            " FROM deliveries WHERE destination = ? AND state = 'dead' ORDER BY seq DESC LIMIT ?",
+            (destination, DEAD_SHOWN),
+        )
+    ]
+    end = await _one(conn, "SELECT coalesce(max(seq), 0) FROM messages", ())
+    position = await _one(
+        conn,
+        "SELECT coalesce(max(seq), 0) FROM consumers WHERE name = ?",
+        (f"delivery:{destination}",),
+    )
+    return Ledger(pending, dead_count, dead, max(0, end - position))
+
+
+async def _one(conn: aiosqlite.Connection, sql: str, params: tuple[Any, ...]) -> int:
+    rows = await conn.execute_fetchall(sql, params)
+    return int(next(iter(rows))[0])
