@@ -118,6 +118,8 @@ class Flow:
         try:
             while True:
                 await self.step(reader)
+                while self.consumer.seq < self._writer.last_seq - MAX_SEQS_PER_STEP:
+                    await self.step(reader)  # far behind (after a restart, say): catch up
                 if time.monotonic() - pruned_at > PRUNE_EVERY_S:
                     await self._writer.transact(_prune)
                     pruned_at = time.monotonic()

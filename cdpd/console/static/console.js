@@ -7,10 +7,11 @@ document.addEventListener("htmx:configRequest", (event) => {
   if (main && main.dataset.csrf) event.detail.headers["X-CSRF-Token"] = main.dataset.csrf;
 });
 
-function drawCharts() {
+function drawCharts(root) {
   if (typeof uPlot === "undefined") return;
   const colours = ["#0550ae", "#bc4c00", "#a40e26"];
-  for (const el of document.querySelectorAll("[data-chart]")) {
+  for (const el of root.querySelectorAll("[data-chart]:not([data-drawn])")) {
+    el.dataset.drawn = "1";
     const data = JSON.parse(el.dataset.chart);
     const names = el.dataset.series.split(",");
     const opts = {
@@ -94,7 +95,10 @@ function startDebugger(section) {
   connect();
 }
 
+// The overview refreshes itself (htmx, every 10 s): draw the chart of the new copy.
+document.addEventListener("htmx:afterSettle", () => drawCharts(document));
+
 document.addEventListener("DOMContentLoaded", () => {
-  drawCharts();
+  drawCharts(document);
   for (const section of document.querySelectorAll("[data-stream]")) startDebugger(section);
 });
