@@ -444,3 +444,41 @@ async def test_a_warehouse_page_shows_its_syncs_and_syncs_now(
                 assert re.search(r"sync success: [01] messages", page)
                 assert re.search(r"<td>success</td><td class=\"num\">1</td>", page)
                 assert "website.tracks: 1" in page or "tracks: 1" in page
+
+
+async def test_filter_reasons_are_counted_and_the_counts_survive_a_restart(
+    make_config: MakeConfig, http: aiohttp.ClientSession
+) -> None:
+    async with Sink() as sink:
+        toml = workspaces_toml(sink.url).replace(
+            'sources = ["website"]\n[[destinations]]',
+            'sources = ["website"]\ntypes = ["track"]\nexclude_events = ["Noise"]\n'
+            "[[destinations]]",
+        )
+        config = make_config(toml)
+        await add_person(config, "ada", {"acme": "owner"})
+        batch = [
+            {"type": "track", "event": "Kept", "userId": "u1"},
+            {"type": "track", "event": "Noise", "userId": "u1"},
+            {"type": "identify", "userId": "u1"},
+            {"type": "track", "event": "Off", "userId": "u1", "integrations": {"All": False}},
+        ]
+        page = "/console/w/acme/destinations/hook_a?window=1h"
+        async with running(config) as server, signed_in(server.url, "ada") as (client, _):
+            async with http.post(
+                f"{server.url}/v1/batch",
+                json={"batch": batch},
+                headers={"Authorization": basic_auth(WRITE_KEY)},
+            ) as resp:
+                assert resp.status == 200
+            counts = await _counts_when(client, page, "filtered_at_destination", 3)
+            assert counts["received"] == 4
+            async with client.get(page) as resp:
+                text = await resp.text()
+            assert 'data-filtered="filters">2<' in text
+            assert 'data-filtered="integrations object">1<' in text
+        async with running(config) as server, signed_in(server.url, "ada") as (client, _):
+            counts = await _counts_when(client, page, "delivered", 1)
+            assert counts["received"] == 4
+            assert counts["filtered_at_destination"] == 3
+        assert len(sink.received) == 1

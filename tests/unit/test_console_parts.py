@@ -11,8 +11,10 @@ import pytest
 from cdpd import config as cdpd_config
 from cdpd.config import ConfigError
 from cdpd.console import access, catalog
+from cdpd.console.debugger import PER_REQUEST, Tap
 from cdpd.console.flow import minute_of
 from cdpd.console.snippet import snippet
+from cdpd.model.rows import OutboxRow
 
 
 def test_every_catalog_type_has_a_form() -> None:
@@ -142,3 +144,26 @@ def test_a_workspace_lists_only_what_exists_and_nothing_twice() -> None:
         )
     with pytest.raises(ConfigError, match="is used twice"):
         cdpd_config.parse(_config('[[workspaces]]\nname = "a"\n[[workspaces]]\nname = "a"\n'))
+
+
+def _row(n: int) -> OutboxRow:
+    return OutboxRow(f"m{n}", "web", "track", "E", "u", None, "2026-01-01T00:00:00.000Z", "{}")
+
+
+def test_the_tap_costs_nothing_unwatched_and_keeps_a_bounded_sample() -> None:
+    tap = Tap()
+    assert not tap.watched
+    tap.offer("web", [_row(1)])  # nobody watches: nothing is kept anywhere
+    watcher = tap.watch("web", capacity=30)
+    other = tap.watch("app", capacity=30)
+    assert tap.watched
+    tap.offer("web", [_row(n) for n in range(100)])
+    assert [r.message_id for r in watcher.messages] == [f"m{n}" for n in range(PER_REQUEST)]
+    assert not other.messages
+    tap.offer("web", [_row(n) for n in range(100, 200)])
+    assert len(watcher.messages) == 30  # the oldest went first
+    assert watcher.messages[-1].message_id == f"m{100 + PER_REQUEST - 1}"
+    assert watcher.offered == 200
+    tap.unwatch(watcher)
+    tap.unwatch(other)
+    assert not tap.watched
