@@ -10,6 +10,7 @@ shared machine the CPU time per event moves much less than the rate does.
 
     python bench/ingest.py [--duration 10] [--reps 1] [--connections 64] [--baseline DIR]
     python bench/ingest.py --plan   # also cdpd with a 50-event tracking plan, all checks on
+    python bench/ingest.py --watch  # also cdpd with a person watching the console's debugger
 
 `--baseline DIR` also measures the cdpd in DIR (e.g. `git worktree add /tmp/main main`), in the
 same run and interleaved with the others, so that a change is compared before and after on the
@@ -21,6 +22,7 @@ Needs wrk (`apt-get install wrk`).
 from __future__ import annotations
 
 import argparse
+import http.cookiejar
 import json
 import os
 import re
@@ -31,7 +33,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +74,11 @@ def main() -> int:
         help="also cdpd with a 50-event tracking plan, all checks on (compare it with cdpd)",
     )
     parser.add_argument(
+        "--watch",
+        action="store_true",
+        help="also cdpd with the source's live debugger open (compare it with cdpd)",
+    )
+    parser.add_argument(
         "--config",
         default="",
         help='TOML added to cdpd\'s config, e.g. "[logging]\\naccess_log = false"',
@@ -93,9 +103,12 @@ def main() -> int:
 
 
 def servers(args: argparse.Namespace) -> tuple[str, ...]:
+    names = ("bare", "base", "cdpd") if args.baseline else ("bare", "cdpd")
     if args.plan:
-        return ("bare", "cdpd", "cdpd+plan")
-    return ("bare", "base", "cdpd") if args.baseline else ("bare", "cdpd")
+        names += ("cdpd+plan",)
+    if args.watch:
+        names += ("cdpd+watch",)
+    return names
 
 
 def measure(server: str, mode: str, batch: int, args: argparse.Namespace) -> Result:
@@ -119,6 +132,8 @@ def measure(server: str, mode: str, batch: int, args: argparse.Namespace) -> Res
             stored = stored_events(Path(tmp)) - before
             acked = acknowledged_requests(output) * batch
             result.stored_ok = "yes" if stored >= acked else f"NO ({stored} < {acked})"
+    if server == "cdpd+watch":
+        print(f"  the watcher received {len(WATCHED)} debugger events", file=sys.stderr)
     print(
         f"{server:>5} {mode:<9} {result.events_per_s:>10,.0f} events/s  "
         f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  rss {rss_mb:5.1f} MB  "
@@ -143,6 +158,7 @@ def start_server(
             f"min_free_disk_bytes = 0\n"
             f'[[sources]]\nname = "bench"\nwrite_key = "{WRITE_KEY}"\n'
             + (PLAN_SETTINGS + plan_config(tmp) if server == "cdpd+plan" else "")
+            + (WATCHED_WORKSPACE if server == "cdpd+watch" else "")
             + args.config.replace("\\n", "\n")
         )
         command = [sys.executable, "-m", "cdpd", "serve", "--config", str(config)]
@@ -154,7 +170,44 @@ def start_server(
         env={**os.environ, "PYTHONPATH": str(cwd)},
     )
     wait_for_port(port, proc)
+    if server == "cdpd+watch":
+        watch_debugger(port, tmp / "cdpd.toml", cwd)
     return proc
+
+
+WATCHED_WORKSPACE = '[[workspaces]]\nname = "bench"\nsources = ["bench"]\n'
+WATCHER_PASSWORD = "bench-password"  # noqa: S105 (a throwaway person in a temporary dir)
+
+
+def watch_debugger(port: int, config: Path, cwd: Path) -> None:
+    """Add a person, sign in, and read the source's debugger stream on a thread until the
+    server stops (the thread ends with the connection)."""
+    subprocess.run(
+        [sys.executable, "-m", "cdpd", "users", "add", "watcher", "--workspace", "bench",
+         "--role", "read-only", "--password-stdin", "--config", str(config)],
+        input=WATCHER_PASSWORD.encode(), check=True, cwd=cwd, capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(cwd)},
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    cookies = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(cookies))
+    form = urllib.parse.urlencode({"name": "watcher", "password": WATCHER_PASSWORD}).encode()
+    opener.open(f"{base}/console/signin", form, timeout=10).read()
+    stream = opener.open(f"{base}/console/w/bench/sources/bench/debugger", timeout=30)
+    WATCHED.clear()
+
+    def read() -> None:
+        try:
+            for line in stream:
+                if line.startswith(b"data: "):
+                    WATCHED.append(1)
+        except OSError:
+            pass
+
+    threading.Thread(target=read, daemon=True).start()
+
+
+WATCHED: list[int] = []  # one entry per debugger event the watcher received
 
 
 # Every check on: unplanned events blocked, unplanned properties omitted, violations block.

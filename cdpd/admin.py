@@ -4,12 +4,15 @@ restarts of background services."""
 from __future__ import annotations
 
 import hmac
+from collections.abc import Awaitable, Callable
 
 import aiosqlite
 import msgspec
 from aiohttp import web
 
 from cdpd.config import Config, Destination
+from cdpd.console import access
+from cdpd.console.access import Scope
 from cdpd.delivery import replay, report
 from cdpd.delivery.lane import LaneStats
 from cdpd.delivery.service import Delivery
@@ -32,7 +35,14 @@ class RetryRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     destination: str
 
 
+TokenLookup = Callable[[str], Awaitable[tuple[str, str] | None]]
+
+
 class Admin:
+    """The admin token sees and does everything; a workspace's API token (`cdpd tokens`) sees
+    only that workspace's sources and destinations, and changes them only as a member or
+    owner. Anything outside its workspace answers as if it did not exist."""
+
     def __init__(
         self,
         config: Config,
@@ -40,8 +50,11 @@ class Admin:
         reader: aiosqlite.Connection,
         delivery: Delivery,
         metrics: Metrics,
+        tokens: TokenLookup | None = None,
     ) -> None:
+        self._config = config
         self._token = config.admin.resolved_token()
+        self._tokens = tokens
         self._destinations = {d.name: d for d in config.destinations}
         self._names = list(self._destinations)
         self._writer = writer
@@ -62,28 +75,32 @@ class Admin:
         ]
 
     async def deliveries(self, request: web.Request) -> web.Response:
-        self._authorize(request)
-        return _json({"destinations": await self._reports()})
+        scope = await self._authorize(request)
+        reports = [r for r in await self._reports() if _sees(scope, r.destination)]
+        return _json({"destinations": reports})
 
     async def dead(self, request: web.Request) -> web.Response:
-        self._authorize(request)
+        scope = await self._authorize(request)
         destination = request.query.get("destination")
+        if destination is not None and not _sees(scope, destination):
+            raise _unknown_destination(destination)
         limit = _int(request.query.get("limit", "100"), "limit")
-        return _json({"dead": await report.dead(self._reader, destination, limit)})
+        found = await report.dead(self._reader, destination, limit if scope is None else 10**6)
+        return _json({"dead": [d for d in found if _sees(scope, d.destination)][:limit]})
 
     async def services(self, request: web.Request) -> web.Response:
         """Each supervised background service and how often it has been restarted."""
-        self._authorize(request)
+        await self._authorize(request, ADMIN_ONLY)
         counts = sorted(self._metrics.restarts.counts.items())
         return _json({"services": [{"name": name, "restarts": n} for name, n in counts]})
 
     async def replay(self, request: web.Request) -> web.Response:
-        self._authorize(request)
+        scope = await self._authorize(request, "member")
         try:
             asked = msgspec.json.decode(await request.read(), type=ReplayRequest)
         except msgspec.MsgspecError as exc:
             raise ApiError(400, "invalid_request", f"not a replay request: {exc}") from None
-        destination = self._destination(asked.destination)
+        destination = self._destination(asked.destination, scope)
         if not destination.enabled:
             raise ApiError(409, "destination_disabled", f"{destination.name} is disabled")
         if asked.dead:
@@ -101,12 +118,12 @@ class Admin:
 
     async def retry(self, request: web.Request) -> web.Response:
         """Every waiting retry of a destination is due now (it is back, say)."""
-        self._authorize(request)
+        scope = await self._authorize(request, "member")
         try:
             asked = msgspec.json.decode(await request.read(), type=RetryRequest)
         except msgspec.MsgspecError as exc:
             raise ApiError(400, "invalid_request", f"not a retry request: {exc}") from None
-        destination = self._destination(asked.destination)
+        destination = self._destination(asked.destination, scope)
         count = await self._delivery.store.retry_now(destination.name, format_ms(now_ms()))
         lane = self._delivery.lanes.get(destination.name)
         if lane is not None:
@@ -116,25 +133,40 @@ class Admin:
 
     async def show(self, request: web.Request) -> web.Response:
         """Where one message stands with each destination."""
-        self._authorize(request)
+        scope = await self._authorize(request)
         message_id = request.match_info["message_id"]
-        rules = list(self._delivery.rules.values())
-        found = await self._delivery.store.show(message_id, rules)
+        if scope is not None and not await self._from_sources(message_id, scope.sources):
+            raise ApiError(404, "unknown_message", f"no message {message_id!r} in the outbox")
+        rules = [r for r in self._delivery.rules.values() if _sees(scope, r.destination)]
+        found = [
+            status
+            for status in await self._delivery.store.show(message_id, rules)
+            if _sees(scope, status.destination)
+        ]
         if not found:
             raise ApiError(404, "unknown_message", f"no message {message_id!r} in the outbox")
         return _json({"message_id": message_id, "deliveries": found})
 
+    async def _from_sources(self, message_id: str, sources: frozenset[str]) -> bool:
+        rows = await self._reader.execute_fetchall(
+            "SELECT source FROM messages WHERE message_id = ?", (message_id,)
+        )
+        return any(source in sources for (source,) in rows)
+
     async def violations(self, request: web.Request) -> web.Response:
         """Violations grouped by source, event and field: counts, first and last seen and a
         sample message id (`cdpd violations` reads the same)."""
-        self._authorize(request)
+        scope = await self._authorize(request)
         since = request.query.get("since")
+        source = request.query.get("source")
         found = await governance_store.summarize_violations(
             self._reader,
-            source=request.query.get("source"),
+            source=source,
             event=request.query.get("event"),
             since=_time(since, "since") if since else None,
         )
+        if scope is not None:
+            found = [v for v in found if v.source in scope.sources]
         return _json({"violations": found})
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -152,28 +184,56 @@ class Admin:
                 _live(entry, lane.stats)
         return reports
 
-    def _authorize(self, request: web.Request) -> None:
+    async def _authorize(self, request: web.Request, needed: str = "read-only") -> Scope | None:
+        """None for the admin token (everything); a workspace token's scope when its role is
+        at least `needed`; else 401 or 403."""
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        token = given.strip()
+        if scheme.lower() == "bearer" and token:
+            if self._token is not None and hmac.compare_digest(
+                token.encode("utf-8", errors="replace"), self._token.encode()
+            ):
+                return None
+            scoped = await self._tokens(token) if self._tokens is not None else None
+            if scoped is not None:
+                workspace, role = scoped
+                if needed == ADMIN_ONLY or access.rank(role) < access.rank(needed):
+                    raise ApiError(
+                        403,
+                        "forbidden",
+                        f"this token is {role} of workspace {workspace!r};"
+                        f" this needs {needed if needed != ADMIN_ONLY else 'the admin token'}",
+                    )
+                return Scope.of(self._config, [workspace])
         if self._token is None:
             raise ApiError(
-                401, "admin_disabled", "admin endpoints are off: set [admin] token or token_env"
-            )
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        token = given.strip().encode("utf-8", errors="replace")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token, self._token.encode()):
-            raise ApiError(
                 401,
-                "invalid_admin_token",
-                "send the admin token as Authorization: Bearer <token>",
-                {"WWW-Authenticate": "Bearer"},
+                "admin_disabled",
+                "admin endpoints are off: set [admin] token or token_env, or send a workspace"
+                " API token (cdpd tokens create)",
             )
+        raise ApiError(
+            401,
+            "invalid_admin_token",
+            "send the admin token or a workspace API token as Authorization: Bearer <token>",
+            {"WWW-Authenticate": "Bearer"},
+        )
 
-    def _destination(self, name: str) -> Destination:
-        try:
-            return self._destinations[name]
-        except KeyError:
-            raise ApiError(
-                404, "unknown_destination", f"no destination is named {name!r}"
-            ) from None
+    def _destination(self, name: str, scope: Scope | None) -> Destination:
+        if name not in self._destinations or not _sees(scope, name):
+            raise _unknown_destination(name)
+        return self._destinations[name]
+
+
+ADMIN_ONLY = "admin"
+
+
+def _sees(scope: Scope | None, destination: str) -> bool:
+    return scope is None or destination in scope.destinations
+
+
+def _unknown_destination(name: str) -> ApiError:
+    return ApiError(404, "unknown_destination", f"no destination is named {name!r}")
 
 
 def _live(entry: report.DestinationReport, stats: LaneStats) -> None:

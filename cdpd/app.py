@@ -27,6 +27,8 @@ from cdpd import logs
 from cdpd import web as cdpd_web
 from cdpd.clock import Clock, SystemClock
 from cdpd.config import Config, ConfigError
+from cdpd.console import state as console_state
+from cdpd.console.flow import Flow
 from cdpd.delivery.service import Delivery
 from cdpd.governance.service import GovernanceService
 from cdpd.governance.stage import Governance
@@ -103,11 +105,13 @@ async def running(
         )
         await space_watch.check()
         metrics = Metrics(restarts)
+        flow = Flow(config, writer, clock)
         warehouses = Scheduler(
             config, clock=clock, on_position=functools.partial(_mirror_warehouse, writer)
         )
         async with (
             schema.connect(storage.outbox_path, readonly=True) as reader,
+            console_state.connect(config.console.state_path(storage.data_dir)) as console,
             _outbound_session() as session,
         ):
             delivery = Delivery(
@@ -115,14 +119,16 @@ async def running(
                 writer,
                 session,
                 clock,
-                observer=metrics.delivery_observer,
+                observer=functools.partial(_observers, metrics, flow),
                 warehouse_position=functools.partial(prunable_seq, config),
                 restarts=restarts,
             )
             # One stop event per phase of the drain, set in the order of the `finally` below.
             warehouses_stop, space_stop = asyncio.Event(), asyncio.Event()
             supervised = functools.partial(supervise, clock=clock, restarts=restarts)
-            stages = cdpd_web.Stages(writer, reader, delivery, metrics, governance)
+            stages = cdpd_web.Stages(
+                writer, reader, delivery, metrics, governance, console, warehouses
+            )
             async with asyncio.TaskGroup() as tasks:
                 writer_task = tasks.create_task(
                     supervised("outbox-writer", _writer_service(writer), asyncio.Event()),
@@ -132,6 +138,11 @@ async def running(
                     supervised("space-watch", space_watch.run, space_stop), name="space-watch"
                 )
                 await delivery.start()
+                flow.lanes = delivery.lanes
+                flow_stop = asyncio.Event()
+                flow_task = tasks.create_task(
+                    supervised("console-flow", flow.run, flow_stop), name="console-flow"
+                )
                 await writer.transact(  # warehouses no longer configured hold nothing back
                     functools.partial(
                         consumers.keep_only,
@@ -172,11 +183,24 @@ async def running(
                     warehouses_stop.set()  # a sync commits the batch it is in; the TaskGroup waits
                     delivery.stop()  # lanes finish their attempts, unfinished claims go back
                     await delivery_task
+                    flow_stop.set()  # counts what delivery did last
+                    await flow_task
                     governance_stop.set()  # writes the last schema counts
                     await governance_task
                     writer.close()  # commits what is still pending, then its task ends
                     await writer_task
                     space_stop.set()
+
+
+def _observers(metrics: Metrics, flow: Flow, destination: str) -> Callable[[float], None]:
+    """A lane's request durations go to /metrics and to the console's latency counts."""
+    to_metrics, to_flow = metrics.delivery_observer(destination), flow.observer(destination)
+
+    def observe(duration_s: float) -> None:
+        to_metrics(duration_s)
+        to_flow(duration_s)
+
+    return observe
 
 
 def _writer_service(writer: OutboxWriter) -> Callable[[asyncio.Event], Awaitable[None]]:

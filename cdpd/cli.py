@@ -17,6 +17,7 @@ import aiosqlite
 import msgspec
 
 from cdpd import __version__, config, logs
+from cdpd.console import commands as console_commands
 from cdpd.delivery import replay, report
 from cdpd.delivery.store import DeliveryStatus, SqliteDeliveryStore
 from cdpd.governance import commands as governance_commands
@@ -50,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _replay(cfg, args)
     if command == "mappings":
         return _mappings(cfg, args)
+    if command in console_commands.COMMANDS:
+        return console_commands.run(cfg, args)
     if command in governance_commands.COMMANDS:
         return governance_commands.run(cfg, args)
     if command == "warehouse":
@@ -121,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     warehouse_commands.add_parser(commands, common)
     governance_commands.add_parsers(commands, common)
+    console_commands.add_parsers(commands, common)
     return parser
 
 

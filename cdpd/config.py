@@ -180,6 +180,36 @@ class AdminConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=True
         return None
 
 
+class Workspace(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Sources, destinations and warehouses administered together; people and API tokens get
+    a role per workspace (see `cdpd users` and `cdpd tokens`)."""
+
+    name: Name
+    title: str | None = None
+    sources: list[str] = msgspec.field(default_factory=list)
+    destinations: list[str] = msgspec.field(default_factory=list)
+    warehouses: list[str] = msgspec.field(default_factory=list)
+
+
+class ConsoleConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The web console at /console/ and the workspace model's state file."""
+
+    enabled: bool = True
+    # People, roles, tokens and sessions; default <data_dir>/console.sqlite3.
+    path: str | None = None
+    # "auto": the session cookie is Secure when server.public_url (or the request) is https.
+    secure_cookies: bool | Literal["auto"] = "auto"
+    session_ttl_s: PositiveInt = 12 * 3600
+    # Failed sign-ins allowed per name and per client address within the window, then 429.
+    signin_max_failures: PositiveInt = 5
+    signin_window_s: PositiveInt = 15 * 60
+    # Messages the live debugger keeps per watcher (Segment's debugger shows 500).
+    debugger_capacity: PositiveInt = 500
+
+    def state_path(self, data_dir: str) -> Path:
+        return Path(self.path) if self.path else Path(data_dir) / "console.sqlite3"
+
+
 class _Warehouse(Section, tag_field="type", frozen=True, forbid_unknown_fields=True, kw_only=True):
     name: Name
     interval_s: PositiveFloat = 900.0
@@ -215,6 +245,8 @@ class Config(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     warehouses: list[Warehouse] = msgspec.field(default_factory=list)
     tracking_plans: list[TrackingPlan] = msgspec.field(default_factory=list)
     transformations: list[Transformation] = msgspec.field(default_factory=list)
+    workspaces: list[Workspace] = msgspec.field(default_factory=list)
+    console: ConsoleConfig = msgspec.field(default_factory=ConsoleConfig)
 
 
 def default_path() -> str:
@@ -342,7 +374,33 @@ def _cross_check(config: Config) -> list[str]:
                     f"destinations[{index}].sources: no source is named {name!r} "
                     f"(known: {', '.join(sorted(source_names)) or 'none'})"
                 )
-    return problems + _check_warehouses(config) + _check_protocols(config)
+    return (
+        problems + _check_warehouses(config) + _check_protocols(config) + _check_workspaces(config)
+    )
+
+
+def _check_workspaces(config: Config) -> list[str]:
+    """Every name a workspace lists exists, and belongs to that workspace alone."""
+    problems = _duplicates("workspaces", "name", [w.name for w in config.workspaces])
+    known = {
+        "sources": {s.name for s in config.sources},
+        "destinations": {d.name for d in config.destinations},
+        "warehouses": {w.name for w in config.warehouses},
+    }
+    owner: dict[tuple[str, str], str] = {}
+    for index, workspace in enumerate(config.workspaces):
+        for section, names in known.items():
+            for name in getattr(workspace, section):
+                where = f"workspaces[{index}].{section}"
+                if name not in names:
+                    problems.append(f"{where}: no {section[:-1]} is named {name!r}")
+                elif (section, name) in owner:
+                    problems.append(
+                        f"{where}: {name!r} already belongs to workspace {owner[section, name]!r}"
+                    )
+                else:
+                    owner[section, name] = workspace.name
+    return problems
 
 
 def _check_protocols(config: Config) -> list[str]:

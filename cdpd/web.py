@@ -22,13 +22,18 @@ from aiohttp import web
 from cdpd import logs
 from cdpd.admin import Admin
 from cdpd.config import Config
+from cdpd.console import state as console_state
+from cdpd.console.debugger import Tap
+from cdpd.console.web import Console
+from cdpd.console.web import Parts as ConsoleParts
 from cdpd.delivery.service import Delivery
 from cdpd.governance.stage import Governance
-from cdpd.ingest import cors
+from cdpd.ingest import bundle, cors
 from cdpd.ingest.errors import ApiError
 from cdpd.ingest.routes import LOG_FIELDS, Ingest
 from cdpd.metrics import Metrics
 from cdpd.outbox.writer import OutboxUnavailable, OutboxWriter
+from cdpd.warehouse.scheduler import Scheduler
 
 log = structlog.get_logger()
 
@@ -78,18 +83,25 @@ DRAIN = web.AppKey("drain", Drain)
 
 
 class Stages(NamedTuple):
-    """What the HTTP side reaches: the outbox writer and reader, delivery, metrics."""
+    """What the HTTP side reaches: the outbox writer and reader, delivery, metrics, and for
+    the console its state file and the warehouse scheduler."""
 
     writer: OutboxWriter
     reader: aiosqlite.Connection
     delivery: Delivery
     metrics: Metrics
     governance: Governance | None = None
+    console_state: aiosqlite.Connection | None = None
+    warehouses: Scheduler | None = None
 
 
 def build(config: Config, stages: Stages, drain: Drain) -> web.Application:
-    ingest = Ingest(config, stages.writer, stages.governance)
-    admin = Admin(config, stages.writer, stages.reader, stages.delivery, stages.metrics)
+    tap = Tap()
+    ingest = Ingest(config, stages.writer, stages.governance, tap)
+    tokens = None
+    if stages.console_state is not None:
+        tokens = functools.partial(console_state.token_scope, stages.console_state)
+    admin = Admin(config, stages.writer, stages.reader, stages.delivery, stages.metrics, tokens)
     stages.metrics.attach(ingest, stages.delivery)
     app = web.Application(client_max_size=config.server.max_request_bytes)
     app[INGEST] = ingest
@@ -97,7 +109,23 @@ def build(config: Config, stages: Stages, drain: Drain) -> web.Application:
     app[DRAIN] = drain
     access = logs.access_log(config.logging.level) if config.logging.access_log else None
     wrap = _RequestWrapper(drain, access, errors_only=config.logging.access_log == "errors")
-    routes = [*ingest.routes(), *admin.routes(), web.get("/health", health)]
+    routes = [
+        *ingest.routes(),
+        *admin.routes(),
+        *bundle.routes(ingest.known_write_key),
+        web.get("/health", health),
+    ]
+    if config.console.enabled and stages.console_state is not None:
+        parts = ConsoleParts(
+            config,
+            stages.console_state,
+            stages.reader,
+            stages.delivery,
+            stages.warehouses,
+            tap,
+            lambda: drain.closing,
+        )
+        routes += Console(parts).routes()
     app.add_routes(web.RouteDef(r.method, r.path, wrap(r.handler), r.kwargs) for r in routes)
     app.router.add_route("*", "/{tail:.*}", wrap(_Unrouted(routes)))
     return app

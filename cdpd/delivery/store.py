@@ -65,28 +65,47 @@ class RoutingRule(msgspec.Struct, frozen=True):
         `integrations` follows analytics.js: the value for the destination's configured name,
         else for its catalog name, else `All`, else true; only an explicit `false` disables
         (an object means enabled, with options)."""
-        clauses = [
-            # Only a `false` can disable: a message without one anywhere needs no JSON parsed.
-            "(instr(payload, 'false') = 0 OR coalesce(payload ->> ?, payload ->> ?,"
-            " payload ->> '$.integrations.All', 1) != 0)",
-            self.subscription[0],
-        ]
-        params: list[Any] = [
-            _integration_path(self.destination),
-            _integration_path(self.catalog_name),
-            *self.subscription[1],
-        ]
-        for column, values in (("source", self.sources), ("type", self.types)):
-            if values is not None:
-                clauses.append(f"{column} IN ({_marks(values)})")
-                params += values
-        if self.events is not None:
-            clauses.append(f"(type != 'track' OR event IN ({_marks(self.events)}))")
-            params += self.events
-        if self.exclude_events:
-            clauses.append(f"(type != 'track' OR event NOT IN ({_marks(self.exclude_events)}))")
-            params += self.exclude_events
+        clauses, params = [], []
+        for _, clause, values in self.parts():
+            clauses.append(clause)
+            params += values
         return " AND ".join(clauses), params
+
+    def parts(self) -> list[tuple[str, str, list[Any]]]:
+        """The conditions of `where`, each with what filters a message out when it is false:
+        the integrations object, the subscriptions, the sources, the type and event filters
+        (the console counts messages filtered at the destination by these reasons)."""
+        parts: list[tuple[str, str, list[Any]]] = [
+            (
+                "integrations object",
+                # Only a `false` can disable: a message without one anywhere needs no JSON.
+                "(instr(payload, 'false') = 0 OR coalesce(payload ->> ?, payload ->> ?,"
+                " payload ->> '$.integrations.All', 1) != 0)",
+                [_integration_path(self.destination), _integration_path(self.catalog_name)],
+            ),
+            ("subscription", self.subscription[0], list(self.subscription[1])),
+        ]
+        if self.sources is not None:
+            parts.append(("sources", f"source IN ({_marks(self.sources)})", list(self.sources)))
+        if self.types is not None:
+            parts.append(("filters", f"type IN ({_marks(self.types)})", list(self.types)))
+        if self.events is not None:
+            parts.append(
+                (
+                    "filters",
+                    f"(type != 'track' OR event IN ({_marks(self.events)}))",
+                    list(self.events),
+                )
+            )
+        if self.exclude_events:
+            parts.append(
+                (
+                    "filters",
+                    f"(type != 'track' OR event NOT IN ({_marks(self.exclude_events)}))",
+                    list(self.exclude_events),
+                )
+            )
+        return parts
 
 
 class Owed(msgspec.Struct, frozen=True, gc=False):

@@ -16,6 +16,7 @@ import msgspec
 from aiohttp import web
 
 from cdpd.config import Config, Source
+from cdpd.console.debugger import Tap
 from cdpd.governance.stage import Governance
 from cdpd.ingest import cors
 from cdpd.ingest.auth import WriteKeys
@@ -64,10 +65,15 @@ class Ingest:
     """Request handlers for the Tracking API, bound to one config and one outbox writer."""
 
     def __init__(
-        self, config: Config, writer: OutboxWriter, governance: Governance | None = None
+        self,
+        config: Config,
+        writer: OutboxWriter,
+        governance: Governance | None = None,
+        tap: Tap | None = None,
     ) -> None:
         self._server = config.server
         self._writer = writer
+        self.tap = tap or Tap()  # the console's live debugger watches through it
         self._keys = WriteKeys(config.sources)
         self.governance = governance or Governance(config)
         self.accepted = 0
@@ -89,6 +95,9 @@ class Ingest:
             web.route("OPTIONS", "/v1/{tail:.*}", self.preflight),
         ]
         return routes
+
+    def known_write_key(self, write_key: str) -> bool:
+        return self._keys.enabled_source(write_key) is not None
 
     def _single_handler(self, kind: str, *, browser: bool) -> Handler:
         return functools.partial(self.single, kind=kind, browser=browser)
@@ -227,6 +236,8 @@ class Ingest:
         if rows or rejects or governed.extra:
             outcome = await self._writer.append(rows, rejects, facts.received_at_ms, governed.extra)
             stored, duplicates = outcome.stored, outcome.duplicates
+            if self.tap.watched:
+                self.tap.offer(facts.source, rows)
         self._count(stored, duplicates, rejects)
         fields = request[LOG_FIELDS]
         fields["source"] = facts.source

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiosqlite
 
+from cdpd.console import tables as console_tables
 from cdpd.governance import store as governance_store
 
 # Each entry moves the schema from version N to N + 1 (PRAGMA user_version).
@@ -121,6 +122,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
     governance_store.MIGRATION,  # violations, blocked_messages, schema_fields
+    console_tables.MIGRATION,  # flow_counts, flow_latency, flow_cursors
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -182,7 +184,7 @@ async def migrate(conn: aiosqlite.Connection) -> None:
     for number in range(version, SCHEMA_VERSION):
         await conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _statements(MIGRATIONS[number]):
+            for statement in statements(MIGRATIONS[number]):
                 await conn.execute(statement)
             await conn.execute(f"PRAGMA user_version = {number + 1}")
             await conn.execute("COMMIT")
@@ -191,7 +193,7 @@ async def migrate(conn: aiosqlite.Connection) -> None:
             raise
 
 
-def _statements(script: str) -> list[str]:
+def statements(script: str) -> list[str]:
     """Split a migration into statements (sqlite3.complete_statement knows where each ends)."""
     statements, current = [], ""
     for line in script.splitlines(keepends=True):

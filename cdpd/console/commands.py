@@ -1,0 +1,140 @@
+"""`cdpd users` and `cdpd tokens`: people, their roles, and API tokens, in the console's state
+file. A password is read from the terminal (or one line of standard input with
+--password-stdin); a token is printed once and only its hash is kept."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+from typing import Any
+
+import msgspec
+
+from cdpd.config import Config
+from cdpd.console import access, state
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+COMMANDS = ("users", "tokens")
+MIN_PASSWORD_CHARS = 10
+
+
+def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
+    users = commands.add_parser("users", parents=[common], help="people who sign in to the console")
+    u = users.add_subparsers(dest="users_command", required=True)
+    add = u.add_parser("add", parents=[common], help="add a person with a role in a workspace")
+    add.add_argument("name")
+    _role_arguments(add)
+    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    grant = u.add_parser("grant", parents=[common], help="give a person a role in a workspace")
+    grant.add_argument("name")
+    _role_arguments(grant)
+    passwd = u.add_parser("passwd", parents=[common], help="change a person's password")
+    passwd.add_argument("name")
+    passwd.add_argument("--password-stdin", action="store_true")
+    remove = u.add_parser("remove", parents=[common], help="remove a person and their sessions")
+    remove.add_argument("name")
+    u.add_parser("list", parents=[common], help="people and their roles")
+    tokens = commands.add_parser("tokens", parents=[common], help="API tokens for a workspace")
+    t = tokens.add_subparsers(dest="tokens_command", required=True)
+    create = t.add_parser("create", parents=[common], help="create a token (printed once)")
+    create.add_argument("--name", required=True, help="what the token is for")
+    _role_arguments(create)
+    t.add_parser("list", parents=[common], help="tokens (never their values)")
+    revoke = t.add_parser("revoke", parents=[common], help="revoke a token by its id")
+    revoke.add_argument("id", type=int)
+
+
+def _role_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workspace", required=True)
+    parser.add_argument("--role", required=True, choices=access.ROLES)
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    workspace = getattr(args, "workspace", None)
+    if workspace is not None and workspace not in {w.name for w in cfg.workspaces}:
+        known = ", ".join(w.name for w in cfg.workspaces) or "none"
+        return _fail(f"no workspace is named {workspace!r} (known: {known})", EXIT_USAGE)
+    path = cfg.console.state_path(cfg.storage.data_dir)
+    if args.command == "users":
+        return asyncio.run(_users(path, args))
+    return asyncio.run(_tokens(path, args))
+
+
+async def _users(path: Any, args: argparse.Namespace) -> int:
+    command = args.users_command
+    password_hash = None
+    if command in ("add", "passwd"):
+        password = _read_password(args.password_stdin)
+        if password is None:
+            return EXIT_USAGE
+        password_hash = access.hash_password(password)
+    async with state.connect(path) as conn:
+        if command == "add":
+            assert password_hash is not None
+            if await state.person(conn, args.name) is not None:
+                return _fail(f"{args.name!r} already exists (cdpd users grant gives a role)")
+            await conn.execute("BEGIN IMMEDIATE")
+            await state.add_person(conn, args.name, password_hash)
+            await state.set_role(conn, args.name, args.workspace, args.role)
+            await conn.execute("COMMIT")
+            print(f"{args.name} added: {args.role} of {args.workspace}")
+        elif command == "grant":
+            if await state.person(conn, args.name) is None:
+                return _fail(f"there is no person named {args.name!r}")
+            await state.set_role(conn, args.name, args.workspace, args.role)
+            print(f"{args.name} is now {args.role} of {args.workspace}")
+        elif command == "passwd":
+            assert password_hash is not None
+            if not await state.set_password(conn, args.name, password_hash):
+                return _fail(f"there is no person named {args.name!r}")
+            print(f"password of {args.name} changed; their sessions have ended")
+        elif command == "remove":
+            if not await state.remove_person(conn, args.name):
+                return _fail(f"there is no person named {args.name!r}")
+            print(f"{args.name} removed")
+        else:
+            for person in await state.people(conn):
+                roles = ", ".join(f"{r} of {w}" for w, r in sorted(person.roles.items()))
+                print(f"{person.name:<24} {roles or '(no workspace)'}")
+    return EXIT_OK
+
+
+async def _tokens(path: Any, args: argparse.Namespace) -> int:
+    async with state.connect(path) as conn:
+        if args.tokens_command == "create":
+            token = access.new_token()
+            token_id = await state.add_token(conn, args.name, args.workspace, args.role, token)
+            print(token)
+            print(
+                f"token {token_id} ({args.role} of {args.workspace}); it is shown only now",
+                file=sys.stderr,
+            )
+        elif args.tokens_command == "list":
+            for found in await state.tokens(conn):
+                print(msgspec.json.encode(found).decode())
+        elif not await state.revoke_token(conn, args.id):
+            return _fail(f"no live token has id {args.id}")
+        else:
+            print(f"token {args.id} revoked")
+    return EXIT_OK
+
+
+def _read_password(from_stdin: bool) -> str | None:
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            _fail("the passwords differ", EXIT_USAGE)
+            return None
+    if len(password) < MIN_PASSWORD_CHARS:
+        _fail(f"a password needs at least {MIN_PASSWORD_CHARS} characters", EXIT_USAGE)
+        return None
+    return password
+
+
+def _fail(message: str, code: int = EXIT_FAILURE) -> int:
+    print(f"cdpd: {message}", file=sys.stderr)
+    return code

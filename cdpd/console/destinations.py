@@ -1,0 +1,264 @@
+"""Destination pages: Segment's Delivery Overview (received, filtered at source, filtered at
+the destination with the reason, pending retry, failed, delivered, p95 latency, over 10 min /
+1 h / 24 h / 7 days), the error table with samples of what was sent, the request made and the
+response, dead letters with a replay button, the circuit state; and the catalog."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from cdpd.config import ConfigError, Destination
+from cdpd.console import catalog, overview
+from cdpd.console.access import Principal
+from cdpd.console.web import Refused, redirect
+from cdpd.delivery import replay
+from cdpd.destinations import rehearsal
+from cdpd.model.timestamps import format_ms, now_ms
+
+if TYPE_CHECKING:
+    from cdpd.console.web import Console
+
+
+def routes(console: Console) -> list[web.RouteDef]:
+    pages = DestinationPages(console)
+    base = "/console/w/{workspace}/destinations/{destination}"
+    return [
+        web.get(base, console.page(pages.destination)),
+        web.get(base + "/errors/{index}", console.page(pages.error_samples)),
+        web.post(base + "/replay", console.page(pages.replay_dead, change=True)),
+        web.post(base + "/retry", console.page(pages.retry, change=True)),
+        web.get("/console/w/{workspace}/catalog", console.page(pages.catalog)),
+        web.get("/console/w/{workspace}/catalog/{type}", console.page(pages.catalog_form)),
+        web.post(
+            "/console/w/{workspace}/catalog/{type}", console.page(pages.catalog_check, change=True)
+        ),
+    ]
+
+
+class DestinationPages:
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def _destination(
+        self, request: web.Request, principal: Principal, needed: str = "read-only"
+    ) -> tuple[Any, Destination]:
+        console = self.console
+        workspace = console.workspace_for(request, principal, needed)
+        name = request.match_info["destination"]
+        console.member_of(workspace, "destinations", name)
+        destination = next(d for d in console.config.destinations if d.name == name)
+        return workspace, destination
+
+    def _sources_of(self, destination: Destination) -> list[str]:
+        names = [s.name for s in self.console.config.sources]
+        if destination.sources is None:
+            return names
+        return [n for n in names if n in destination.sources]
+
+    async def destination(self, request: web.Request, principal: Principal) -> web.StreamResponse:
+        workspace, destination = self._destination(request, principal)
+        parts = self.console.parts
+        reader = parts.reader
+        window = overview.window(request.query.get("window"))
+        period = overview.span(window)
+        own = await overview.totals(reader, "destination", [destination.name], period)
+        upstream = await overview.totals(reader, "source", self._sources_of(destination), period)
+        ledger = await overview.ledger(reader, destination.name)
+        lane = parts.delivery.lanes.get(destination.name)
+        since_ms = now_ms() - overview.WINDOWS_S[window] * 1000
+        errors = await overview.errors(reader, destination.name, since_ms)
+        chart = await overview.series(
+            reader, "destination", destination.name, ["delivered", "retried", "failed"], window
+        )
+        counts = {
+            "received": own["received", ""],
+            "failed_on_ingest": sum(c for (m, _), c in upstream.items() if m == "rejected"),
+            "filtered_at_source": sum(c for (m, _), c in upstream.items() if m == "blocked"),
+            "filtered_at_destination": sum(c for (m, _), c in own.items() if m == "filtered"),
+            "pending_retry": ledger.pending_retry,
+            "failed": own["failed", ""],
+            "delivered": own["delivered", ""],
+            "retried": own["retried", ""],
+        }
+        return self.console.render(
+            request,
+            "destination.html",
+            {
+                "title": destination.name,
+                "workspace": workspace,
+                "destination": destination,
+                "type": type(destination).__name__,
+                "window": window,
+                "windows": list(overview.WINDOWS_S),
+                "counts": counts,
+                "filtered": sorted(
+                    ((r, c) for (m, r), c in own.items() if m == "filtered"), key=lambda i: -i[1]
+                ),
+                "p95_ms": await overview.p95_ms(reader, destination.name, period),
+                "backlog": ledger.behind,
+                "circuit": lane.circuit.state if lane is not None else "not running",
+                "errors": errors,
+                "dead": ledger.dead,
+                "dead_total": ledger.dead_count,
+                "dead_counted": overview.DEAD_COUNTED,
+                "settings": catalog.masked(destination),
+                "chart": json.dumps(chart),
+                "may_operate": principal.may(workspace.name, "member"),
+                "notice": request.query.get("notice"),
+            },
+            principal=principal,
+        )
+
+    async def error_samples(self, request: web.Request, principal: Principal) -> web.StreamResponse:
+        """An error's samples: what was sent, the request made (rebuilt by the same code that
+        sends), and the response (status and the error the destination answered)."""
+        workspace, destination = self._destination(request, principal)
+        reader = self.console.parts.reader
+        window = overview.window(request.query.get("window"))
+        since_ms = now_ms() - overview.WINDOWS_S[window] * 1000
+        errors = await overview.errors(reader, destination.name, since_ms)
+        index = request.match_info["index"]
+        if not index.isdigit() or int(index) >= len(errors):
+            raise Refused(404, "That error is no longer in this window.")
+        group = errors[int(index)]
+        samples = []
+        for message_id in group.message_ids:
+            sent = await overview.payload(reader, message_id, self._sources_of(destination))
+            if sent is None:
+                continue
+            samples.append(
+                {
+                    "message_id": message_id,
+                    "sent": _pretty(sent),
+                    "request": await _request(destination, sent),
+                    "response": f"{group.status or 'no response'}: {group.error}",
+                }
+            )
+        return self.console.render(
+            request,
+            "error_samples.html",
+            {
+                "title": f"{destination.name}: error samples",
+                "workspace": workspace,
+                "destination": destination,
+                "group": group,
+                "samples": samples,
+                "window": window,
+            },
+            principal=principal,
+        )
+
+    async def replay_dead(self, request: web.Request, principal: Principal) -> web.StreamResponse:
+        workspace, destination = self._destination(request, principal, "member")
+        if not destination.enabled:
+            raise Refused(409, f"{destination.name} is disabled; enable it before replaying.")
+        delivery = self.console.parts.delivery
+        count = await replay.replay_dead(delivery.store, destination)
+        lane = delivery.lanes.get(destination.name)
+        if lane is not None:
+            lane.wake()
+        return _back(workspace.name, destination.name, f"{count} dead letters queued again")
+
+    async def retry(self, request: web.Request, principal: Principal) -> web.StreamResponse:
+        workspace, destination = self._destination(request, principal, "member")
+        delivery = self.console.parts.delivery
+        count = await delivery.store.retry_now(destination.name, format_ms(now_ms()))
+        lane = delivery.lanes.get(destination.name)
+        if lane is not None:
+            lane.circuit.succeeded()
+            lane.wake()
+        return _back(workspace.name, destination.name, f"{count} waiting retries are due now")
+
+    async def catalog(self, request: web.Request, principal: Principal) -> web.StreamResponse:
+        workspace = self.console.workspace_for(request, principal)
+        return self.console.render(
+            request,
+            "catalog.html",
+            {"title": "Catalog", "workspace": workspace, "types": catalog.types()},
+            principal=principal,
+        )
+
+    async def catalog_form(self, request: web.Request, principal: Principal) -> web.StreamResponse:
+        workspace = self.console.workspace_for(request, principal)
+        return self._form_page(request, principal, workspace, {}, None, None)
+
+    async def catalog_check(self, request: web.Request, principal: Principal) -> web.StreamResponse:
+        workspace = self.console.workspace_for(request, principal, "owner")
+        submitted = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+        type_name = request.match_info["type"]
+        try:
+            settings = catalog.read_form(type_name, submitted.get("name", ""), submitted)
+            catalog.check(self.console.config, settings)
+        except ConfigError as exc:
+            return self._form_page(request, principal, workspace, submitted, str(exc), None, 422)
+        return self._form_page(
+            request, principal, workspace, submitted, None, catalog.fragment(settings)
+        )
+
+    def _form_page(
+        self,
+        request: web.Request,
+        principal: Principal,
+        workspace: Any,
+        submitted: dict[str, str],
+        error: str | None,
+        fragment: str | None,
+        status: int = 200,
+    ) -> web.Response:
+        type_name = request.match_info["type"]
+        try:
+            fields = catalog.form(type_name)
+        except KeyError:
+            raise Refused(404, f"The catalog has no destination type {type_name!r}.") from None
+        info = next(t for t in catalog.types() if t.type == type_name)
+        return self.console.render(
+            request,
+            "catalog_form.html",
+            {
+                "title": f"Add {info.catalog_name}",
+                "workspace": workspace,
+                "info": info,
+                "fields": fields,
+                "submitted": submitted,
+                "error": error,
+                "fragment": fragment,
+                "may_change": principal.may(workspace.name, "owner"),
+            },
+            status=status,
+            principal=principal,
+        )
+
+
+def _back(workspace: str, destination: str, notice: str) -> web.StreamResponse:
+    from urllib.parse import quote
+
+    return redirect(f"/console/w/{workspace}/destinations/{destination}?notice={quote(notice)}")
+
+
+def _pretty(text: str) -> str:
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except ValueError:
+        return text
+
+
+async def _request(destination: Destination, payload: str) -> str:
+    try:
+        message = json.loads(payload)
+        rehearsed = await rehearsal.rehearse(destination, message)
+    except (ValueError, ConfigError) as exc:
+        return f"(cannot be rebuilt: {exc})"
+    requests = [
+        r for action in rehearsed.actions for r in (action.requests or []) if action.triggered
+    ]
+    if not requests:
+        return "(no HTTP request: this destination is not sent over HTTP)"
+    shown = []
+    for r in requests:
+        headers = "\n".join(f"{k}: {v}" for k, v in r.headers.items())
+        body = r.body if isinstance(r.body, str) else json.dumps(r.body, indent=2)
+        shown.append(f"{r.method} {r.url}\n{headers}\n\n{body}")
+    return "\n\n".join(shown)
