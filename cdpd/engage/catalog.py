@@ -1,0 +1,226 @@
+"""The compiled set of computed traits and audiences: each query compiled once, ordered so a
+definition is evaluated after the definitions it reads through trait(), with their streams
+merged. Evaluating a profile gives every definition's value; `diff` turns two evaluations
+into entries, exits and new trait values.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from cdpd.engage.plan import TOTAL_BUCKET, Ctx, Plan, Stream, compile_query
+from cdpd.engage.state import AccountState, ProfileState
+from cdpd.engage.syntax import QueryError
+
+Kind = Literal["audience", "computed_trait"]
+# Identifiers that make a profile known (Segment's "Include Anonymous Users" off).
+KNOWN_IDENTIFIERS = ("user_id", "email", "android.idfa", "ios.idfa")
+HOUR_MS = 3_600_000
+
+
+class DefinitionError(ValueError):
+    """A definition that cannot be compiled; `key` says which, `error` where in its query."""
+
+    def __init__(self, key: str, message: str, error: QueryError | None = None) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.error = error
+
+
+class Source(msgspec.Struct, frozen=True, kw_only=True):
+    """What a definition says, as configured."""
+
+    key: str
+    kind: Kind
+    query: str
+    include_anonymous: bool = False
+    since_ms: int | None = None  # not historical: count only events from this time on
+
+
+class Definition(msgspec.Struct, frozen=True):
+    source: Source
+    plan: Plan
+
+    @property
+    def key(self) -> str:
+        return self.source.key
+
+
+class Change(msgspec.Struct, frozen=True):
+    key: str
+    kind: Kind
+    change: Literal["entered", "exited", "computed"]
+    value: Any
+    previous: Any = None
+
+
+class Catalog(msgspec.Struct, frozen=True):
+    definitions: tuple[Definition, ...]  # in evaluation order
+    streams: dict[str, Stream]
+    by_event: dict[str, tuple[Stream, ...]]
+
+    @property
+    def user_definitions(self) -> tuple[Definition, ...]:
+        return tuple(d for d in self.definitions if not d.plan.account)
+
+    @property
+    def account_definitions(self) -> tuple[Definition, ...]:
+        return tuple(d for d in self.definitions if d.plan.account)
+
+    def get(self, key: str) -> Definition | None:
+        return next((d for d in self.definitions if d.key == key), None)
+
+
+def compile_definition(source: Source) -> Definition:
+    try:
+        plan = compile_query(source.query, since_ms=source.since_ms)
+    except QueryError as exc:
+        raise DefinitionError(source.key, exc.render(source.query), exc) from exc
+    if source.kind == "audience" and plan.result != "boolean":
+        raise DefinitionError(
+            source.key, "an audience query must end in a condition, such as count() >= 1"
+        )
+    if source.kind == "computed_trait" and plan.result == "boolean":
+        raise DefinitionError(
+            source.key, "a computed trait's query must end in a value, such as count()"
+        )
+    if source.kind == "computed_trait" and plan.account:
+        raise DefinitionError(source.key, "ANY and ALL are for account audiences")
+    return Definition(source, plan)
+
+
+def build(sources: list[Source]) -> Catalog:
+    """Compile every definition; raises DefinitionError for the first that is wrong."""
+    definitions = {s.key: compile_definition(s) for s in sources}
+    if len(definitions) != len(sources):
+        seen: set[str] = set()
+        for s in sources:
+            if s.key in seen:
+                raise DefinitionError(s.key, "the key is used twice")
+            seen.add(s.key)
+    ordered = _dependency_order(definitions)
+    streams: dict[str, Stream] = {}
+    for definition in ordered:
+        for stream in definition.plan.streams:
+            known = streams.get(stream.spec.id)
+            if known is not None:
+                horizons = (known.horizon_hours, stream.horizon_hours)
+                wider = None if None in horizons else max(h or 0 for h in horizons)
+                stream = msgspec.structs.replace(known, horizon_hours=wider)
+            streams[stream.spec.id] = stream
+    by_event: dict[str, list[Stream]] = {}
+    for stream in streams.values():
+        by_event.setdefault(stream.spec.event, []).append(stream)
+    return Catalog(
+        definitions=tuple(ordered),
+        streams=streams,
+        by_event={event: tuple(items) for event, items in by_event.items()},
+    )
+
+
+def _dependency_order(definitions: dict[str, Definition]) -> list[Definition]:
+    ordered: list[Definition] = []
+    state: dict[str, str] = {}
+
+    def visit(key: str, path: list[str]) -> None:
+        if state.get(key) == "done":
+            return
+        if state.get(key) == "visiting":
+            cycle = " -> ".join([*path[path.index(key) :], key])
+            raise DefinitionError(key, f"definitions read each other in a cycle: {cycle}")
+        state[key] = "visiting"
+        for ref in sorted(definitions[key].plan.trait_refs):
+            if ref in definitions and ref != key:
+                visit(ref, [*path, key])
+            elif ref == key:
+                raise DefinitionError(key, "a definition cannot read its own trait()")
+        state[key] = "done"
+        ordered.append(definitions[key])
+
+    for key in definitions:
+        visit(key, [])
+    return ordered
+
+
+def is_known(state: ProfileState) -> bool:
+    return any(state.identifiers.get(kind) for kind in KNOWN_IDENTIFIERS)
+
+
+def evaluate(catalog: Catalog, state: ProfileState, now_ms: int) -> dict[str, Any]:
+    """Every user-level definition's value for a profile at `now_ms`: a boolean membership
+    per audience (false for anonymous profiles unless it includes them), a value (or None)
+    per computed trait."""
+    values: dict[str, Any] = {}
+    ctx = Ctx(state, now_ms, values)
+    known = None
+    for definition in catalog.definitions:
+        if definition.plan.account:
+            continue
+        value = definition.plan.evaluate(ctx)
+        if definition.source.kind == "audience":
+            if value and not definition.source.include_anonymous:
+                known = is_known(state) if known is None else known
+                value = known
+            value = bool(value)
+        values[definition.key] = value
+    return values
+
+
+def evaluate_account(
+    catalog: Catalog, account: AccountState, members: list[ProfileState], now_ms: int
+) -> dict[str, bool]:
+    """Account audiences for one account: ANY/ALL look at its users (with their values)."""
+    member_ctxs = [Ctx(member, now_ms, dict(member.values)) for member in members]
+    ctx = Ctx(account, now_ms, {}, members=member_ctxs)
+    values: dict[str, bool] = {}
+    for definition in catalog.account_definitions:
+        values[definition.key] = bool(definition.plan.evaluate(ctx))
+        ctx.values[definition.key] = values[definition.key]
+    return values
+
+
+def diff(catalog: Catalog, before: dict[str, Any], after: dict[str, Any]) -> list[Change]:
+    """What changed between two evaluations: audience entries and exits, and computed trait
+    values that are new or different (a trait that was never set and is still unset is no
+    change)."""
+    changes = []
+    for definition in catalog.definitions:
+        key = definition.key
+        if key not in after:
+            continue
+        old, new = before.get(key), after[key]
+        if definition.source.kind == "audience":
+            if bool(new) != bool(old):
+                changes.append(
+                    Change(key, "audience", "entered" if new else "exited", bool(new), bool(old))
+                )
+        elif new != old or (key not in before and new is not None):
+            if new is None and old is None:
+                continue
+            changes.append(Change(key, "computed_trait", "computed", new, old))
+    return changes
+
+
+def next_recheck_ms(catalog: Catalog, state: ProfileState, now_ms: int) -> int | None:
+    """The next moment a value could change with no new message: a bucket entering or
+    leaving a window, or the next hour for plans that compare dates with `now`."""
+    now_hour = now_ms // HOUR_MS
+    best: int | None = None
+    for definition in catalog.definitions:
+        plan = definition.plan
+        if plan.time_relative:
+            best = _earlier(best, now_hour + 1)
+        for stream_id, lo, hi in plan.windows:
+            for hour in state.streams.get(stream_id, ()):
+                if hour == TOTAL_BUCKET:
+                    continue
+                for edge in (hour + lo, None if hi is None else hour + hi):
+                    if edge is not None and edge > now_hour:
+                        best = _earlier(best, edge)
+    return None if best is None else best * HOUR_MS
+
+
+def _earlier(a: int | None, b: int) -> int:
+    return b if a is None else min(a, b)
