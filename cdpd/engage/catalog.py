@@ -183,8 +183,9 @@ def evaluate_account(
 
 def diff(catalog: Catalog, before: dict[str, Any], after: dict[str, Any]) -> list[Change]:
     """What changed between two evaluations: audience entries and exits, and computed trait
-    values that are new or different (a trait that was never set and is still unset is no
-    change)."""
+    values that are new or different. A trait evaluated for the first time with an empty
+    value (absent, 0 or an empty list: a profile without such events) is no change, so new
+    profiles do not each send a zero."""
     changes = []
     for definition in catalog.definitions:
         key = definition.key
@@ -196,11 +197,15 @@ def diff(catalog: Catalog, before: dict[str, Any], after: dict[str, Any]) -> lis
                 changes.append(
                     Change(key, "audience", "entered" if new else "exited", bool(new), bool(old))
                 )
-        elif new != old or (key not in before and new is not None):
-            if new is None and old is None:
-                continue
+        elif key not in before and _empty(new):
+            continue
+        elif new != old or key not in before:
             changes.append(Change(key, "computed_trait", "computed", new, old))
     return changes
+
+
+def _empty(value: Any) -> bool:
+    return value is None or (value == 0 and not isinstance(value, bool)) or value == []
 
 
 def next_recheck_ms(catalog: Catalog, state: ProfileState, now_ms: int) -> int | None:

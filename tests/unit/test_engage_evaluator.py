@@ -418,7 +418,9 @@ def test_diff_reports_entries_exits_and_changed_values() -> None:
         ("avg", "event('x').avg(property('v'))"),
     )
     first = catalog.diff(cat, {}, {"aud_x": False, "n": 0, "avg": None})
-    assert first == [Change("n", "computed_trait", "computed", 0, None)]
+    assert first == []  # a new profile's empty values are not sent
+    assert catalog.diff(cat, {"n": 0}, {"n": 0}) == []
+    assert catalog.diff(cat, {}, {"n": 2}) == [Change("n", "computed_trait", "computed", 2, None)]
     changes = catalog.diff(
         cat, {"aud_x": False, "n": 0, "avg": None}, {"aud_x": True, "n": 1, "avg": 3.0}
     )
