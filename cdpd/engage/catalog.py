@@ -60,6 +60,8 @@ class Catalog(msgspec.Struct, frozen=True):
     definitions: tuple[Definition, ...]  # in evaluation order
     streams: dict[str, Stream]
     by_event: dict[str, tuple[Stream, ...]]
+    # (key, evaluate, is an audience, includes anonymous profiles) per user-level definition
+    user_steps: tuple[tuple[str, Any, bool, bool], ...] = ()
 
     @property
     def user_definitions(self) -> tuple[Definition, ...]:
@@ -114,6 +116,11 @@ def build(sources: list[Source]) -> Catalog:
     for stream in streams.values():
         by_event.setdefault(stream.spec.event, []).append(stream)
     return Catalog(
+        user_steps=tuple(
+            (d.key, d.plan.evaluate, d.source.kind == "audience", d.source.include_anonymous)
+            for d in ordered
+            if not d.plan.account
+        ),
         definitions=tuple(ordered),
         streams=streams,
         by_event={event: tuple(items) for event, items in by_event.items()},
@@ -155,16 +162,14 @@ def evaluate(catalog: Catalog, state: ProfileState, now_ms: int) -> dict[str, An
     values: dict[str, Any] = {}
     ctx = Ctx(state, now_ms, values)
     known = None
-    for definition in catalog.definitions:
-        if definition.plan.account:
-            continue
-        value = definition.plan.evaluate(ctx)
-        if definition.source.kind == "audience":
-            if value and not definition.source.include_anonymous:
+    for key, evaluate_plan, audience, include_anonymous in catalog.user_steps:
+        value = evaluate_plan(ctx)
+        if audience:
+            if value and not include_anonymous:
                 known = is_known(state) if known is None else known
                 value = known
             value = bool(value)
-        values[definition.key] = value
+        values[key] = value
     return values
 
 

@@ -355,12 +355,55 @@ def _comparator(receiver: Fn, node: Call, env: _Env) -> Fn:
         args.extend(_comparator_args(node.name, kind, arg, env))
     if node.name in TIME_RELATIVE:
         env.time_relative = True
-    if not args:
-        return lambda ctx: function(receiver(ctx), [], ctx.now_ms)
+    constants = _constant_args(node, kind)
+    if constants is not None:
+        return _constant_comparator(node.name, function, receiver, constants)
     if len(args) == 1:
         only = args[0]
         return lambda ctx: function(receiver(ctx), [only(ctx)], ctx.now_ms)
     return lambda ctx: function(receiver(ctx), [arg(ctx) for arg in args], ctx.now_ms)
+
+
+def _constant_args(node: Call, kind: str) -> list[Any] | None:
+    """The arguments when all are written out (the usual case), so they are built once."""
+    values: list[Any] = []
+    for arg in node.args:
+        if isinstance(arg, Duration) and kind == "duration":
+            values.append(arg.hours)
+        elif isinstance(arg, Literal):
+            values.append(arg.value)
+        elif isinstance(arg, ValueList) and all(isinstance(i, Literal) for i in arg.items):
+            values += [i.value for i in arg.items if isinstance(i, Literal)]
+        else:
+            return None
+    return values
+
+
+_NUMERIC_ORDER: dict[str, Callable[[float, float], bool]] = {
+    "greater_than": lambda a, b: a > b,
+    "at_least": lambda a, b: a >= b,
+    "less_than": lambda a, b: a < b,
+    "at_most": lambda a, b: a <= b,
+}
+
+
+def _constant_comparator(
+    name: str, function: Callable[[Any, list[Any], int], bool], receiver: Fn, constants: list[Any]
+) -> Fn:
+    bound = constants[0] if constants else None
+    order = _NUMERIC_ORDER.get(name)
+    if order is not None and type(bound) in (int, float):
+        limit = float(bound)  # type: ignore[arg-type]
+
+        # A number against a written number: most audience conditions (count() >= 2).
+        def numeric(ctx: Ctx) -> bool:
+            value = receiver(ctx)
+            if type(value) in (int, float):
+                return order(value, limit)
+            return function(value, constants, ctx.now_ms)
+
+        return numeric
+    return lambda ctx: function(receiver(ctx), constants, ctx.now_ms)
 
 
 def _comparator_args(name: str, kind: str, arg: Node, env: _Env) -> list[Fn]:
@@ -593,37 +636,28 @@ def _aggregate(spec: StreamSpec, vector: _Vector, steps: Fn | None) -> Fn:
     reducer, stream = spec.reducer, spec.id
     window, relative = vector.window, vector.relative
     lo, hi = window if window is not None else (0, None)
+    top = hi if hi is not None else 2**62
+    empty = fold(reducer, ())
+    counting = reducer.kind == "count"
 
     def value(ctx: Ctx) -> Any:
         buckets = ctx.state.streams.get(stream)
         if not buckets:
-            return fold(reducer, ())
+            return empty
         if window is None and steps is None:
             return fold(reducer, buckets.values())
         if relative:
             anchor = ctx.parent_hour
-            selected = [
-                b
-                for h, b in buckets.items()
-                if lo <= h - anchor and (hi is None or h - anchor < hi)
-            ]
+            selected = [b for h, b in buckets.items() if lo <= h - anchor < top]
+        elif steps is not None:
+            anchor = ctx.now_hour
+            pairs = [(h, b) for h, b in buckets.items() if lo <= anchor - h < top]
+            selected = _steps_hold(ctx, pairs, steps)
         else:
             anchor = ctx.now_hour
-            selected = (
-                [
-                    (h, b)
-                    for h, b in buckets.items()
-                    if lo <= anchor - h and (hi is None or anchor - h < hi)
-                ]
-                if steps is not None
-                else [
-                    b
-                    for h, b in buckets.items()
-                    if lo <= anchor - h and (hi is None or anchor - h < hi)
-                ]
-            )
-            if steps is not None:
-                selected = _steps_hold(ctx, selected, steps)
+            selected = [b for h, b in buckets.items() if lo <= anchor - h < top]
+        if counting:
+            return sum(selected)
         return fold(reducer, selected)
 
     return value

@@ -12,7 +12,7 @@ import msgspec
 
 from cdpd.engage.catalog import Catalog
 from cdpd.engage.plan import Ctx, Plan
-from cdpd.engage.store import decode_account, decode_profile
+from cdpd.engage.tables import decode_account, decode_profile
 
 
 class Preview(msgspec.Struct, frozen=True):

@@ -34,6 +34,11 @@ def lookup(data: Any, path: tuple[str, ...]) -> Any:
 
 def number(value: Any) -> float | None:
     """The value as a number, when it is one or a string that reads as one (never a boolean)."""
+    kind = type(value)
+    if kind is int:
+        return float(value)
+    if kind is float:
+        return value if math.isfinite(value) else None
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int | float):
