@@ -7,12 +7,43 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from cdpd.engage.catalog import Catalog
 from cdpd.engage.plan import Ctx, Plan
 from cdpd.engage.tables import decode_account, decode_profile
+
+
+class _Profile(msgspec.Struct):
+    """The parts of a stored state a preview reads; the buckets of each stream stay encoded
+    until a plan asks for that stream (most previews read one or two of many)."""
+
+    traits: dict[str, Any] = {}
+    values: dict[str, Any] = {}
+    streams: dict[str, msgspec.Raw] = {}
+
+
+class _TraitsOnly(msgspec.Struct):
+    traits: dict[str, Any] = {}
+    values: dict[str, Any] = {}
+
+
+_decode_buckets = msgspec.msgpack.Decoder(dict[int, Any]).decode
+
+
+class _Streams:
+    """`state.streams` as a plan reads it: `get(stream_id)` decodes that stream on demand."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: dict[str, msgspec.Raw]) -> None:
+        self.raw = raw
+
+    def get(self, stream_id: str) -> dict[int, Any] | None:
+        raw = self.raw.get(stream_id)
+        return None if raw is None else _decode_buckets(raw)
 
 
 class Preview(msgspec.Struct, frozen=True):
@@ -40,13 +71,23 @@ def preview(path: str | Path, plan: Plan, kept: Catalog, now_ms: int) -> Preview
         matching = profiles = 0
         evaluate = plan.evaluate
         ctx = Ctx(None, now_ms)
-        for (blob,) in conn.execute("SELECT state FROM engage_profiles"):
-            state = decode_profile(blob)
-            ctx.state = state
-            ctx.values = state.values
-            profiles += 1
-            if evaluate(ctx):
-                matching += 1
+        if plan.streams:
+            decode = msgspec.msgpack.Decoder(_Profile).decode
+            for (blob,) in conn.execute("SELECT state FROM engage_profiles"):
+                state = decode(blob)
+                state.streams = _Streams(state.streams)  # type: ignore[assignment]
+                ctx.state = state
+                ctx.values = state.values
+                profiles += 1
+                matching += bool(evaluate(ctx))
+        else:
+            decode_traits = msgspec.msgpack.Decoder(_TraitsOnly).decode
+            for (blob,) in conn.execute("SELECT state FROM engage_profiles"):
+                traits_only = decode_traits(blob)
+                ctx.state = traits_only
+                ctx.values = traits_only.values
+                profiles += 1
+                matching += bool(evaluate(ctx))
         return Preview(matching=matching, profiles=profiles, unkept_events=unkept)
     finally:
         conn.close()
