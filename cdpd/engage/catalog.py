@@ -10,7 +10,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from cdpd.engage.plan import TOTAL_BUCKET, Ctx, Plan, Stream, compile_query
+from cdpd.engage.evaluation import TOTAL_BUCKET, Ctx, Plan, Stream
+from cdpd.engage.plan import compile_query
 from cdpd.engage.state import AccountState, ProfileState
 from cdpd.engage.syntax import QueryError
 

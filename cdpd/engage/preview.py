@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from cdpd.engage.catalog import Catalog
-from cdpd.engage.plan import Ctx, Plan
+from cdpd.engage.evaluation import Ctx, Plan
 from cdpd.engage.tables import decode_account, decode_profile
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from cdpd.engage.plan import TOTAL_BUCKET, Ctx, Stream
+from cdpd.engage.evaluation import TOTAL_BUCKET, Ctx, Stream
 from cdpd.engage.reducers import add, combine
 from cdpd.engage.values import lookup, moment_ms
 
