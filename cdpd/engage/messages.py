@@ -183,3 +183,27 @@ def first_sync(kind: Kind, key: str, values: dict[str, Any]) -> dict[str, Change
         elif kind == "computed_trait" and value is not None:
             changes[profile_id] = Change(key, kind, "computed", value, None)
     return changes
+
+
+def for_change(
+    change: Change,
+    identifiers: dict[str, list[str]],
+    connections: list[Connection],
+    *,
+    profile_id: str,
+    space_id: str,
+    change_id: str,
+    now_ms: int,
+) -> list[dict[str, Any]]:
+    """Every message one recorded change sends: per connected destination, per identity
+    (every combination for an exit), an Identify and/or a Track."""
+    exit = change.change == "exited"
+    people = identities(identifiers, exit=exit, profile_id=profile_id)
+    return [
+        message
+        for connection in connections
+        for identity in people
+        for message in build(
+            change, identity, connection, space_id=space_id, change_id=change_id, now_ms=now_ms
+        )
+    ]

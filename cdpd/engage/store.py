@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from cdpd.engage import catalog as catalogs
 from cdpd.engage.catalog import Catalog
+from cdpd.engage.inputs import Input, ProfileMessage, ProfilesMerged
 from cdpd.engage.state import ProfileState
 from cdpd.engage.tables import Collection, Recorded, Summary, Tables, create
 
@@ -91,6 +92,26 @@ class EngageStore:
         """Messages in order, in one transaction; each profile is evaluated once, after its
         last message of the batch."""
         return await self._run(self._tables.apply_many, list(inputs), now_ms)
+
+    async def process(self, inputs: list[Input], now_ms: int) -> list[Recorded]:
+        """The identity stage's output in order: runs of messages are applied as one batch,
+        merges and deletions between them in their place."""
+        recorded: list[Recorded] = []
+        run: list[tuple[str, dict[str, Any], str]] = []
+        for item in inputs:
+            if isinstance(item, ProfileMessage):
+                run.append((item.profile_id, item.message, item.source))
+                continue
+            if run:
+                recorded += await self.apply_many(run, now_ms)
+                run = []
+            if isinstance(item, ProfilesMerged):
+                recorded += await self.merge(item.from_profile, item.into_profile, now_ms)
+            else:
+                await self.forget(item.profile_id)
+        if run:
+            recorded += await self.apply_many(run, now_ms)
+        return recorded
 
     async def merge(self, from_profile: str, into_profile: str, now_ms: int) -> list[Recorded]:
         """Two profiles became one: `into_profile` keeps both states and `from_profile` goes.

@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from cdpd.engage import catalog
 from cdpd.engage.catalog import Change, Source
+from cdpd.engage.inputs import ProfileDeleted, ProfileMessage, ProfilesMerged
 from cdpd.engage.plan import compile_query
 from cdpd.engage.preview import preview
 from cdpd.engage.store import EngageStore
@@ -156,8 +158,6 @@ async def test_a_definition_without_history_counts_from_its_creation(tmp_path: P
 
 
 def msgspec_replace(source: Source, **changes: Any) -> Source:
-    import msgspec
-
     return msgspec.structs.replace(source, **changes)
 
 
@@ -207,3 +207,30 @@ async def test_preview_counts_without_saving(store: EngageStore) -> None:
     assert accounts.profiles == 0
     assert await store.summary("recent_buyers") is not None
     assert (await store.summary("recent_buyers")).size == 7  # type: ignore[union-attr]
+
+
+async def test_process_takes_the_identity_stages_output_in_order(store: EngageStore) -> None:
+    recorded = await store.process(
+        [
+            ProfileMessage("p1", track("Order Completed", T0)),
+            ProfileMessage("p2", track("Order Completed", T0, user="u2")),
+            ProfilesMerged(from_profile="p2", into_profile="p1"),
+            ProfileMessage("p1", track("Order Completed", T0)),
+            ProfileMessage("p3", track("Order Completed", T0, user="u3")),
+            ProfileDeleted("p3"),
+        ],
+        T0,
+    )
+    assert [(r.id, r.change.key, r.change.value) for r in recorded] == [
+        ("p1", "recent_buyers", True),
+        ("p1", "order_count", 1),
+        ("p2", "recent_buyers", True),
+        ("p2", "order_count", 1),
+        ("p1", "order_count", 2),
+        ("p1", "order_count", 3),
+        ("p3", "recent_buyers", True),
+        ("p3", "order_count", 1),
+    ]
+    assert await store.values("p1") == {"recent_buyers": True, "order_count": 3}
+    assert await store.profile("p3") is None
+    assert await store.profile("p2") is None

@@ -143,3 +143,31 @@ def test_first_sync_sends_every_member_and_value_but_no_exit() -> None:
     trait = messages.first_sync("computed_trait", "n", {"p1": 3, "p2": None, "p3": 0})
     assert set(trait) == {"p1", "p3"}
     assert trait["p3"] == Change("n", "computed_trait", "computed", 0, None)
+
+
+def test_for_change_fans_out_over_destinations_and_identities() -> None:
+    identifiers = {"user_id": ["u1"], "anonymous_id": ["a1", "a2"], "email": ["x@e.com"]}
+    connections = [Connection(destination="A"), Connection(destination="B", send_track=True)]
+    entered = messages.for_change(
+        ENTERED,
+        identifiers,
+        connections,
+        profile_id="p1",
+        space_id="main",
+        change_id="7",
+        now_ms=NOW,
+    )
+    assert [
+        (m["type"], next(iter(k for k in m["integrations"] if k != "All"))) for m in entered
+    ] == [("identify", "A"), ("identify", "B"), ("track", "B")]
+    exited = messages.for_change(
+        EXITED,
+        identifiers,
+        connections,
+        profile_id="p1",
+        space_id="main",
+        change_id="8",
+        now_ms=NOW,
+    )
+    assert len(exited) == 2 * 3  # two anonymous ids, three messages each
+    assert len({m["messageId"] for m in exited}) == 6
