@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from cdpd.engage.evaluation import TOTAL_BUCKET, Ctx, Plan, Stream
+from cdpd.engage.evaluation import Ctx, Plan, Stream
 from cdpd.engage.plan import compile_query
 from cdpd.engage.state import AccountState, ProfileState
 from cdpd.engage.syntax import QueryError
@@ -57,12 +57,34 @@ class Change(msgspec.Struct, frozen=True):
     previous: Any = None
 
 
+class Step(msgspec.Struct, frozen=True):
+    """One user-level definition as evaluation needs it, with what its value depends on."""
+
+    key: str
+    evaluate: Any
+    audience: bool
+    include_anonymous: bool
+    events: frozenset[str]  # events its streams keep (funnel steps included)
+    reads_traits: bool  # reads a profile trait that is not another definition
+    reads: frozenset[str]  # other definitions it reads
+
+
+class Touched(msgspec.Struct):
+    """What a batch of messages changed on a profile: only definitions that depend on it
+    need evaluating again (time-driven changes are found by rechecks)."""
+
+    events: set[str] = msgspec.field(default_factory=set)
+    traits: bool = False
+    identifiers: bool = False
+
+
 class Catalog(msgspec.Struct, frozen=True):
     definitions: tuple[Definition, ...]  # in evaluation order
     streams: dict[str, Stream]
     by_event: dict[str, tuple[Stream, ...]]
-    # (key, evaluate, is an audience, includes anonymous profiles) per user-level definition
-    user_steps: tuple[tuple[str, Any, bool, bool], ...] = ()
+    user_steps: tuple[Step, ...] = ()  # the user-level definitions, in evaluation order
+    windows: dict[str, tuple[tuple[int, int | None], ...]] = {}  # (lo, hi) hours per stream
+    time_relative: bool = False  # some plan compares dates with now
 
     @property
     def user_definitions(self) -> tuple[Definition, ...]:
@@ -117,14 +139,33 @@ def build(sources: list[Source]) -> Catalog:
     for stream in streams.values():
         by_event.setdefault(stream.spec.event, []).append(stream)
     return Catalog(
-        user_steps=tuple(
-            (d.key, d.plan.evaluate, d.source.kind == "audience", d.source.include_anonymous)
-            for d in ordered
-            if not d.plan.account
-        ),
+        user_steps=tuple(_step(d, set(definitions)) for d in ordered if not d.plan.account),
+        windows=_windows(ordered),
+        time_relative=any(d.plan.time_relative for d in ordered),
         definitions=tuple(ordered),
         streams=streams,
         by_event={event: tuple(items) for event, items in by_event.items()},
+    )
+
+
+def _windows(definitions: list[Definition]) -> dict[str, tuple[tuple[int, int | None], ...]]:
+    windows: dict[str, set[tuple[int, int | None]]] = {}
+    for definition in definitions:
+        for stream_id, lo, hi in definition.plan.windows:
+            windows.setdefault(stream_id, set()).add((lo, hi))
+    return {stream_id: tuple(sorted(w, key=str)) for stream_id, w in windows.items()}
+
+
+def _step(definition: Definition, keys: set[str]) -> Step:
+    plan = definition.plan
+    return Step(
+        key=definition.key,
+        evaluate=plan.evaluate,
+        audience=definition.source.kind == "audience",
+        include_anonymous=definition.source.include_anonymous,
+        events=frozenset(stream.spec.event for stream in plan.streams),
+        reads_traits=bool(plan.trait_refs - keys),
+        reads=frozenset(plan.trait_refs & keys),
     )
 
 
@@ -156,21 +197,40 @@ def is_known(state: ProfileState) -> bool:
     return any(state.identifiers.get(kind) for kind in KNOWN_IDENTIFIERS)
 
 
-def evaluate(catalog: Catalog, state: ProfileState, now_ms: int) -> dict[str, Any]:
+def evaluate(
+    catalog: Catalog, state: ProfileState, now_ms: int, touched: Touched | None = None
+) -> dict[str, Any]:
     """Every user-level definition's value for a profile at `now_ms`: a boolean membership
     per audience (false for anonymous profiles unless it includes them), a value (or None)
-    per computed trait."""
+    per computed trait. With `touched`, a definition whose inputs did not change keeps its
+    last value (`state.values`) instead of being evaluated again."""
+    previous = state.values
+    if touched is not None and touched.identifiers:
+        touched = None  # who counts as known may have changed: every audience
     values: dict[str, Any] = {}
     ctx = Ctx(state, now_ms, values)
+    changed: set[str] = set()
     known = None
-    for key, evaluate_plan, audience, include_anonymous in catalog.user_steps:
-        value = evaluate_plan(ctx)
-        if audience:
-            if value and not include_anonymous:
+    for step in catalog.user_steps:
+        key = step.key
+        if (
+            touched is not None
+            and key in previous
+            and not (step.events & touched.events)
+            and not (step.reads_traits and touched.traits)
+            and not (step.reads & changed)
+        ):
+            values[key] = previous[key]
+            continue
+        value = step.evaluate(ctx)
+        if step.audience:
+            if value and not step.include_anonymous:
                 known = is_known(state) if known is None else known
                 value = known
             value = bool(value)
         values[key] = value
+        if previous.get(key) != value:
+            changed.add(key)
     return values
 
 
@@ -218,18 +278,13 @@ def next_recheck_ms(catalog: Catalog, state: ProfileState, now_ms: int) -> int |
     """The next moment a value could change with no new message: a bucket entering or
     leaving a window, or the next hour for plans that compare dates with `now`."""
     now_hour = now_ms // HOUR_MS
-    best: int | None = None
-    for definition in catalog.definitions:
-        plan = definition.plan
-        if plan.time_relative:
-            best = _earlier(best, now_hour + 1)
-        for stream_id, lo, hi in plan.windows:
-            for hour in state.streams.get(stream_id, ()):
-                if hour == TOTAL_BUCKET:
-                    continue
+    best: int | None = now_hour + 1 if catalog.time_relative else None
+    for stream_id, windows in catalog.windows.items():
+        for hour in state.streams.get(stream_id, ()):
+            for lo, hi in windows:
                 for edge in (hour + lo, None if hi is None else hour + hi):
-                    if edge is not None and edge > now_hour:
-                        best = _earlier(best, edge)
+                    if edge is not None and edge > now_hour and (best is None or edge < best):
+                        best = edge
     return None if best is None else best * HOUR_MS
 
 

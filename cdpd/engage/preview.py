@@ -1,7 +1,9 @@
 """`cdpd audiences preview`: how many profiles (or accounts) a query matches now, saving
-nothing. The query is compiled like a definition and evaluated over every stored state, read
-through its own read-only connection; event chains that no configured definition keeps have no
-aggregates yet, so they count as no events, and the answer says which they were."""
+nothing. The query is compiled like a definition and evaluated over every stored profile,
+read through its own read-only connection. A query on traits reads only `engage_profiles`;
+one on events also reads `engage_buckets`, decoding only the streams the query uses. Event
+chains that no configured definition keeps have no buckets yet, so they count as no events,
+and the answer says which they were."""
 
 from __future__ import annotations
 
@@ -13,24 +15,31 @@ import msgspec
 
 from cdpd.engage.catalog import Catalog
 from cdpd.engage.evaluation import Ctx, Plan
-from cdpd.engage.tables import decode_account, decode_profile
+from cdpd.engage.tables import MEMBER_STATES, decode_account, decode_profile
 
 
-class _Profile(msgspec.Struct):
-    """The parts of a stored state a preview reads; the buckets of each stream stay encoded
-    until a plan asks for that stream (most previews read one or two of many)."""
-
-    traits: dict[str, Any] = {}
-    values: dict[str, Any] = {}
-    streams: dict[str, msgspec.Raw] = {}
+class Preview(msgspec.Struct, frozen=True):
+    matching: int
+    profiles: int  # profiles evaluated (accounts, for an account audience)
+    # Event chains of the query that no configured definition keeps: counted as no events.
+    unkept_events: tuple[str, ...]
 
 
-class _TraitsOnly(msgspec.Struct):
-    traits: dict[str, Any] = {}
-    values: dict[str, Any] = {}
+class _Profile(msgspec.Struct, array_like=True):
+    """A stored `Head` as a plan reads it, with room for its streams."""
+
+    traits: dict[str, Any]
+    trait_times_ms: dict[str, int]
+    identifiers: dict[str, list[str]]
+    groups: list[str]
+    values: dict[str, Any]
+    streams: Any = None
 
 
+_decode_profile_head = msgspec.msgpack.Decoder(_Profile).decode
+_decode_streams = msgspec.msgpack.Decoder(dict[str, msgspec.Raw]).decode
 _decode_buckets = msgspec.msgpack.Decoder(dict[int, Any]).decode
+_NO_STREAMS: dict[str, msgspec.Raw] = {}
 
 
 class _Streams:
@@ -46,17 +55,8 @@ class _Streams:
         return None if raw is None else _decode_buckets(raw)
 
 
-class Preview(msgspec.Struct, frozen=True):
-    matching: int
-    profiles: int  # profiles evaluated (accounts, for an account audience)
-    # Event chains of the query that no configured definition keeps: counted as no events.
-    unkept_events: tuple[str, ...]
-
-
 def preview(path: str | Path, plan: Plan, kept: Catalog, now_ms: int) -> Preview:
-    """How many profiles match a query now, saving nothing: the plan is evaluated over every
-    stored profile's state (with the values of the configured definitions it may read).
-    Synchronous and read-only; run it in a thread from async code."""
+    """Synchronous and read-only; run it in a thread from async code."""
     unkept = tuple(
         sorted(
             f"event({s.spec.event!r})" + (f".where({s.spec.where})" if s.spec.where else "")
@@ -68,29 +68,39 @@ def preview(path: str | Path, plan: Plan, kept: Catalog, now_ms: int) -> Preview
     try:
         if plan.account:
             return _preview_accounts(conn, plan, now_ms, unkept)
-        matching = profiles = 0
-        evaluate = plan.evaluate
-        ctx = Ctx(None, now_ms)
-        if plan.streams:
-            decode = msgspec.msgpack.Decoder(_Profile).decode
-            for (blob,) in conn.execute("SELECT state FROM engage_profiles"):
-                state = decode(blob)
-                state.streams = _Streams(state.streams)  # type: ignore[assignment]
-                ctx.state = state
-                ctx.values = state.values
-                profiles += 1
-                matching += bool(evaluate(ctx))
-        else:
-            decode_traits = msgspec.msgpack.Decoder(_TraitsOnly).decode
-            for (blob,) in conn.execute("SELECT state FROM engage_profiles"):
-                traits_only = decode_traits(blob)
-                ctx.state = traits_only
-                ctx.values = traits_only.values
-                profiles += 1
-                matching += bool(evaluate(ctx))
+        matching, profiles = _count(conn, plan, now_ms)
         return Preview(matching=matching, profiles=profiles, unkept_events=unkept)
     finally:
         conn.close()
+
+
+def _count(conn: sqlite3.Connection, plan: Plan, now_ms: int) -> tuple[int, int]:
+    evaluate = plan.evaluate
+    ctx = Ctx(None, now_ms)
+    matching = profiles = 0
+    if not plan.streams:
+        for (blob,) in conn.execute("SELECT state FROM engage_profiles"):
+            head = _decode_profile_head(blob)
+            ctx.state = head
+            ctx.values = head.values
+            profiles += 1
+            if evaluate(ctx):
+                matching += 1
+        return matching, profiles
+    streams = _Streams(_NO_STREAMS)
+    for blob, buckets in conn.execute(
+        "SELECT p.state, b.buckets FROM engage_profiles p "
+        "LEFT JOIN engage_buckets b USING (profile_id)"
+    ):
+        head = _decode_profile_head(blob)
+        streams.raw = _decode_streams(buckets) if buckets else _NO_STREAMS
+        head.streams = streams
+        ctx.state = head
+        ctx.values = head.values
+        profiles += 1
+        if evaluate(ctx):
+            matching += 1
+    return matching, profiles
 
 
 def _preview_accounts(
@@ -101,12 +111,8 @@ def _preview_accounts(
         members = [
             Ctx(state, now_ms, state.values)
             for state in (
-                decode_profile(row[0])
-                for row in conn.execute(
-                    "SELECT p.state FROM engage_links l JOIN engage_profiles p USING (profile_id)"
-                    " WHERE l.group_id = ?",
-                    (group_id,),
-                )
+                decode_profile(head, buckets)
+                for head, buckets in conn.execute(MEMBER_STATES, (group_id,))
             )
         ]
         account = decode_account(blob)

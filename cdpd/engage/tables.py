@@ -5,7 +5,9 @@ time, so a batch costs one hop between threads whatever its size.
 Tables (README.md, "Engage", documents them; schema version 1 in `PRAGMA user_version`):
 
     engage_definitions  key, kind, query, created_at_ms, computed_at_ms
-    engage_profiles     profile_id, state (msgpack), recheck_at_ms, updated_at_ms
+    engage_profiles     profile_id, state (msgpack: traits, identifiers, accounts, values),
+                        recheck_at_ms, updated_at_ms
+    engage_buckets      profile_id, buckets (msgpack: hour buckets per stream)
     engage_accounts     group_id, state (msgpack), updated_at_ms
     engage_links        group_id, profile_id: which profiles belong to an account
     engage_values       collection, key, id, value (JSON), since_ms: current audience
@@ -27,8 +29,16 @@ from typing import Any, Literal
 import msgspec
 
 from cdpd.engage import catalog as catalogs
-from cdpd.engage.catalog import Catalog, Change
-from cdpd.engage.state import AccountState, ProfileState, apply, merge, set_traits, timestamp_ms
+from cdpd.engage.catalog import Catalog, Change, Touched
+from cdpd.engage.state import (
+    AccountState,
+    ProfileState,
+    apply,
+    event_of,
+    merge,
+    set_traits,
+    timestamp_ms,
+)
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -47,6 +57,10 @@ CREATE TABLE engage_profiles (
 );
 CREATE INDEX engage_profiles_recheck ON engage_profiles (recheck_at_ms)
     WHERE recheck_at_ms IS NOT NULL;
+CREATE TABLE engage_buckets (
+    profile_id TEXT PRIMARY KEY,
+    buckets    BLOB NOT NULL
+);
 CREATE TABLE engage_accounts (
     group_id      TEXT PRIMARY KEY,
     state         BLOB NOT NULL,
@@ -82,8 +96,42 @@ CREATE INDEX engage_changes_key ON engage_changes (key, seq);
 Collection = Literal["users", "accounts"]
 
 _encode_state = msgspec.msgpack.Encoder().encode
-decode_profile = msgspec.msgpack.Decoder(ProfileState).decode
 decode_account = msgspec.msgpack.Decoder(AccountState).decode
+
+
+class Head(msgspec.Struct, array_like=True):
+    """A profile's state without its buckets: small, so queries on traits read little. The
+    buckets are a row of `engage_buckets`, written only when they change."""
+
+    traits: dict[str, Any]
+    trait_times_ms: dict[str, int]
+    identifiers: dict[str, list[str]]
+    groups: list[str]
+    values: dict[str, Any]
+
+
+decode_head = msgspec.msgpack.Decoder(Head).decode
+_decode_buckets = msgspec.msgpack.Decoder(dict[str, dict[int, Any]]).decode
+
+
+def encode_head(state: ProfileState) -> bytes:
+    return _encode_state(
+        Head(state.traits, state.trait_times_ms, state.identifiers, state.groups, state.values)
+    )
+
+
+def decode_profile(state: bytes, buckets: bytes | None) -> ProfileState:
+    head = decode_head(state)
+    return ProfileState(
+        traits=head.traits,
+        trait_times_ms=head.trait_times_ms,
+        identifiers=head.identifiers,
+        groups=head.groups,
+        values=head.values,
+        streams=_decode_buckets(buckets) if buckets else {},
+    )
+
+
 _json = msgspec.json.Encoder(order="sorted").encode
 
 
@@ -130,9 +178,18 @@ CHANGE_INSERT = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 LINK_INSERT = "INSERT OR IGNORE INTO engage_links (group_id, profile_id) VALUES (?, ?)"
+BUCKETS_UPSERT = (
+    "INSERT INTO engage_buckets (profile_id, buckets) VALUES (?, ?) "
+    "ON CONFLICT (profile_id) DO UPDATE SET buckets = excluded.buckets"
+)
+BUCKETS_DELETE = "DELETE FROM engage_buckets WHERE profile_id = ?"
+PROFILE_STATES = (
+    "SELECT p.profile_id, p.state, b.buckets FROM engage_profiles p "
+    "LEFT JOIN engage_buckets b USING (profile_id)"
+)
 MEMBER_STATES = (
-    "SELECT p.state FROM engage_links l JOIN engage_profiles p USING (profile_id) "
-    "WHERE l.group_id = ?"
+    "SELECT p.state, b.buckets FROM engage_links l JOIN engage_profiles p USING (profile_id) "
+    "LEFT JOIN engage_buckets b USING (profile_id) WHERE l.group_id = ?"
 )
 _LOAD_CHUNK = 500
 _MISSING = object()
@@ -156,6 +213,8 @@ class Tables:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self.catalog: Catalog = catalogs.build([])
+        # The buckets as read in this transaction, so unchanged ones are not written again.
+        self._loaded_buckets: dict[str, bytes | None] = {}
 
     def register(self, sources: Iterable[catalogs.Source], now_ms: int) -> dict[str, int]:
         with _transaction(self.conn):
@@ -173,12 +232,15 @@ class Tables:
         with _transaction(self.conn):
             states = self._load_profiles({profile_id for profile_id, _, _ in inputs})
             before = {profile_id: dict(state.values) for profile_id, state in states.items()}
+            touched = {profile_id: Touched() for profile_id in states}
             accounts: set[str] = set()
             links = []
             for profile_id, message, source in inputs:
                 state = states[profile_id]
                 groups = len(state.groups)
+                identifiers = sum(len(v) for v in state.identifiers.values())
                 apply(state, message, self.catalog.by_event, now_ms, source=source)
+                _note(touched[profile_id], message, state, identifiers)
                 if message.get("type") == "group" and state.groups:
                     group_id = str(message.get("groupId"))
                     if group_id in state.groups:
@@ -186,7 +248,7 @@ class Tables:
                 links += [(group_id, profile_id) for group_id in state.groups[groups:]]
                 accounts.update(state.groups)
             self.conn.executemany(LINK_INSERT, links)
-            changes = self._evaluate_profiles(states, before, now_ms)
+            changes = self._evaluate_profiles(states, before, now_ms, touched)
             for group_id in sorted(accounts):
                 changes += self._evaluate_account(group_id, now_ms)
             return self._record(changes, now_ms)
@@ -251,9 +313,9 @@ class Tables:
 
     def profile(self, profile_id: str) -> ProfileState | None:
         row = self.conn.execute(
-            "SELECT state FROM engage_profiles WHERE profile_id = ?", (profile_id,)
+            f"{PROFILE_STATES} WHERE p.profile_id = ?", (profile_id,)
         ).fetchone()
-        return None if row is None else decode_profile(row[0])
+        return None if row is None else decode_profile(row[1], row[2])
 
     def values(self, row_id: str, collection: Collection) -> dict[str, Any]:
         rows = self.conn.execute(
@@ -322,31 +384,46 @@ class Tables:
     def _load_profiles(self, profile_ids: set[str]) -> dict[str, ProfileState]:
         wanted = sorted(profile_ids)
         states: dict[str, ProfileState] = {}
+        self._loaded_buckets = {}
         for start in range(0, len(wanted), _LOAD_CHUNK):
             chunk = wanted[start : start + _LOAD_CHUNK]
             marks = ",".join("?" * len(chunk))
-            for profile_id, blob in self.conn.execute(
-                f"SELECT profile_id, state FROM engage_profiles WHERE profile_id IN ({marks})",
-                chunk,
+            for profile_id, state, buckets in self.conn.execute(
+                f"{PROFILE_STATES} WHERE p.profile_id IN ({marks})", chunk
             ):
-                states[profile_id] = decode_profile(blob)
+                states[profile_id] = decode_profile(state, buckets)
+                self._loaded_buckets[profile_id] = buckets
         return {profile_id: states.get(profile_id) or ProfileState() for profile_id in wanted}
 
     def _evaluate_profiles(
-        self, states: dict[str, ProfileState], before: dict[str, dict[str, Any]], now_ms: int
+        self,
+        states: dict[str, ProfileState],
+        before: dict[str, dict[str, Any]],
+        now_ms: int,
+        touched: dict[str, Touched] | None = None,
     ) -> list[tuple[Collection, str, Change]]:
         changes: list[tuple[Collection, str, Change]] = []
-        rows = []
+        rows, buckets_rows, emptied = [], [], []
         for profile_id, state in states.items():
-            after = catalogs.evaluate(self.catalog, state, now_ms)
+            after = catalogs.evaluate(
+                self.catalog, state, now_ms, touched.get(profile_id) if touched else None
+            )
             changes += [
                 ("users", profile_id, c)
                 for c in catalogs.diff(self.catalog, before[profile_id], after)
             ]
             state.values = after
             recheck = catalogs.next_recheck_ms(self.catalog, state, now_ms)
-            rows.append((profile_id, _encode_state(state), recheck, now_ms))
+            rows.append((profile_id, encode_head(state), recheck, now_ms))
+            buckets = _encode_state(state.streams) if state.streams else None
+            if buckets != self._loaded_buckets.pop(profile_id, None):
+                if buckets is None:
+                    emptied.append((profile_id,))
+                else:
+                    buckets_rows.append((profile_id, buckets))
         self.conn.executemany(PROFILE_UPSERT, rows)
+        self.conn.executemany(BUCKETS_UPSERT, buckets_rows)
+        self.conn.executemany(BUCKETS_DELETE, emptied)
         return changes
 
     def _update_account(self, group_id: str, message: dict[str, Any], now_ms: int) -> None:
@@ -364,7 +441,10 @@ class Tables:
         if not self.catalog.account_definitions:
             return []
         account = self._load_account(group_id)
-        members = [decode_profile(row[0]) for row in self.conn.execute(MEMBER_STATES, (group_id,))]
+        members = [
+            decode_profile(state, buckets)
+            for state, buckets in self.conn.execute(MEMBER_STATES, (group_id,))
+        ]
         after = catalogs.evaluate_account(self.catalog, account, members, now_ms)
         changes = catalogs.diff(self.catalog, account.values, after)
         account.values = dict(after)
@@ -425,10 +505,21 @@ class Tables:
     def _delete_profile(self, profile_id: str) -> None:
         for sql in (
             "DELETE FROM engage_profiles WHERE profile_id = ?",
+            "DELETE FROM engage_buckets WHERE profile_id = ?",
             "DELETE FROM engage_links WHERE profile_id = ?",
             "DELETE FROM engage_values WHERE collection = 'users' AND id = ?",
         ):
             self.conn.execute(sql, (profile_id,))
+
+
+def _note(touched: Touched, message: dict[str, Any], state: ProfileState, ids: int) -> None:
+    event, _ = event_of(message)
+    if event is not None:
+        touched.events.add(event)
+    if message.get("type") == "identify" and message.get("traits"):
+        touched.traits = True
+    if sum(len(v) for v in state.identifiers.values()) != ids:
+        touched.identifiers = True
 
 
 @contextmanager

@@ -440,3 +440,24 @@ def test_time_relative_comparators_recheck_every_hour() -> None:
     assert catalog.next_recheck_ms(cat, ProfileState(), T0) == (T0 // HOUR + 1) * HOUR
     static = build(("aud_static", "trait('a') = 1"))
     assert catalog.next_recheck_ms(static, ProfileState(), T0) is None
+
+
+def test_only_definitions_whose_inputs_changed_are_evaluated_again() -> None:
+    cat = build(
+        ("orders", "event('Order Completed').count()"),
+        ("aud_buyer", "trait('orders') >= 1"),
+        ("views", "event('Product Viewed').count()"),
+        ("aud_pro", "trait('plan') = 'pro'"),
+    )
+    state = feed(cat, [track("Order Completed", T0), track("Product Viewed", T0)])
+    state.values = catalog.evaluate(cat, state, T0)
+    # Stale on purpose: a definition that is not evaluated again keeps this value.
+    state.values["views"] = 99
+    state.values["aud_pro"] = True
+    apply(state, track("Order Completed", T0), cat.by_event, T0)
+    touched = catalog.Touched(events={"Order Completed"})
+    values = catalog.evaluate(cat, state, T0, touched)
+    assert values == {"orders": 2, "aud_buyer": True, "views": 99, "aud_pro": True}
+    assert catalog.evaluate(cat, state, T0, catalog.Touched(traits=True))["aud_pro"] is False
+    everything = catalog.evaluate(cat, state, T0, catalog.Touched(identifiers=True))
+    assert everything["views"] == 1
