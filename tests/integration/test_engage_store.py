@@ -173,6 +173,7 @@ async def test_the_tables_are_documented_names(store: EngageStore) -> None:
             "engage_profiles",
             "engage_accounts",
             "engage_links",
+            "engage_buckets",
             "engage_values",
             "engage_changes",
         } <= tables
