@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cdpd.engage import catalog as catalogs
+from cdpd.engage import syncs
 from cdpd.engage.catalog import Catalog
 from cdpd.engage.inputs import Input, ProfileMessage, ProfilesMerged
 from cdpd.engage.state import ProfileState
@@ -129,6 +130,36 @@ class EngageStore:
     async def recompute_all(self, now_ms: int, *, batch: int = 1000) -> list[Recorded]:
         """Evaluate every profile (new definitions, the batch schedule)."""
         return await self._run(self._tables.recompute_all, now_ms, batch)
+
+    async def sync_due(self, key: str, destination: str, *, limit: int = 1000) -> syncs.Due:
+        """What to send next of a definition to one destination (a page of its first sync,
+        or the changes after the last sync); `mark_synced` records it as handed on."""
+        definition = self.catalog.get(key)
+        if definition is None:
+            raise KeyError(key)
+        return await self._run(
+            syncs.due, self._tables.conn, key, definition.source.kind, destination, limit
+        )
+
+    async def mark_synced(
+        self, key: str, destination: str, position: tuple[int, str | None], now_ms: int
+    ) -> None:
+        await self._run(self._in_transaction, syncs.mark, key, destination, position, now_ms)
+
+    async def resync(self, key: str, destination: str) -> bool:
+        """The next sync of the definition to the destination sends every member again."""
+        return await self._run(self._in_transaction, syncs.forget, key, destination)
+
+    def _in_transaction(self, function: Callable[..., T], *args: Any) -> T:
+        conn = self._tables.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = function(conn, *args)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
 
     async def profile(self, profile_id: str) -> ProfileState | None:
         return await self._run(self._tables.profile, profile_id)

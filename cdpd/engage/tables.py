@@ -14,6 +14,7 @@ Tables (README.md, "Engage", documents them; schema version 1 in `PRAGMA user_ve
                         members (value true) and computed trait values
     engage_changes      seq, collection, key, id, change, value, previous, at_ms: every
                         entry, exit and new value, in order (what is sent to destinations)
+    engage_syncs        see syncs.py
 
 One connection writes; each operation is one transaction, so a crash leaves a profile's state,
 values and changes consistent with each other.
@@ -202,7 +203,11 @@ def create(conn: sqlite3.Connection, path: str) -> None:
     conn.execute("PRAGMA busy_timeout = 5000")
     (version,) = conn.execute("PRAGMA user_version").fetchone()
     if version == 0:
-        conn.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+        from cdpd.engage.syncs import SCHEMA as SYNCS  # syncs.py reads these tables
+
+        conn.executescript(
+            f"BEGIN; {SCHEMA} {SYNCS} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+        )
     elif version != SCHEMA_VERSION:
         raise RuntimeError(f"{path}: Engage schema version {version} is newer than this cdpd")
 

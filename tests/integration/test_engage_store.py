@@ -235,3 +235,47 @@ async def test_process_takes_the_identity_stages_output_in_order(store: EngageSt
     assert await store.values("p1") == {"recent_buyers": True, "order_count": 3}
     assert await store.profile("p3") is None
     assert await store.profile("p2") is None
+
+
+async def test_first_sync_sends_every_member_then_only_changes(store: EngageStore) -> None:
+    for n in range(5):
+        await store.apply(f"p{n}", track("Order Completed", T0, user=f"u{n}"), T0)
+    first = await store.sync_due("recent_buyers", "hook", limit=3)
+    assert first.first_sync
+    assert [(i.profile_id, i.change.change) for i in first.items] == [
+        ("p0", "entered"),
+        ("p1", "entered"),
+        ("p2", "entered"),
+    ]
+    assert first.items[0].identifiers == {"user_id": ["u0"]}
+    await store.mark_synced("recent_buyers", "hook", first.position, T0)
+    rest = await store.sync_due("recent_buyers", "hook", limit=3)
+    assert rest.first_sync
+    assert [i.profile_id for i in rest.items] == ["p3", "p4"]
+    await store.mark_synced("recent_buyers", "hook", rest.position, T0)
+    assert (await store.sync_due("recent_buyers", "hook")).items == []
+    # Later syncs: only what changed since.
+    await store.apply("p5", track("Order Completed", T0, user="u5"), T0)
+    await store.recheck_due(T0 + 8 * DAY)
+    later = await store.sync_due("recent_buyers", "hook")
+    assert not later.first_sync
+    assert [(i.profile_id, i.change.change) for i in later.items] == [
+        ("p5", "entered"),
+        *[(f"p{n}", "exited") for n in range(6)],
+    ]
+    assert later.items[0].change_id.isdigit()
+    # Another destination starts with its own first sync; a resync starts over.
+    other = await store.sync_due("recent_buyers", "other")
+    assert other.first_sync
+    assert other.items == []  # nobody is a member any more
+    assert await store.resync("recent_buyers", "hook") is True
+    assert await store.resync("recent_buyers", "never") is False
+    assert (await store.sync_due("recent_buyers", "hook")).first_sync
+
+
+async def test_first_sync_of_a_computed_trait_sends_values(store: EngageStore) -> None:
+    await store.apply("p1", track("Order Completed", T0), T0)
+    await store.apply("p1", track("Order Completed", T0), T0)
+    due = await store.sync_due("order_count", "hook")
+    assert [(i.change.change, i.change.value) for i in due.items] == [("computed", 2)]
+    assert due.items[0].change_id.startswith("first-")
