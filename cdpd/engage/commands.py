@@ -41,6 +41,11 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     show.add_argument("key")
     show.add_argument("-n", type=int, default=20, help="how many latest changes (default 20)")
     show.add_argument("--json", action="store_true", help="print one JSON object")
+    resync = sub.add_parser(
+        "resync", parents=[common], help="send every member (or value) to a destination again"
+    )
+    resync.add_argument("key")
+    resync.add_argument("--destination", required=True)
 
 
 def run(cfg: config.Config, args: argparse.Namespace) -> int:
@@ -50,9 +55,31 @@ def run(cfg: config.Config, args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"cdpd: there is no Engage store at {path} yet", file=sys.stderr)
         return EXIT_FAILURE
-    return asyncio.run(
-        _list(cfg, path, args) if args.audiences_command == "list" else _show(cfg, path, args)
-    )
+    if args.audiences_command == "resync":
+        return asyncio.run(_resync(cfg, path, args))
+    if args.audiences_command == "list":
+        return asyncio.run(_list(cfg, path, args))
+    return asyncio.run(_show(cfg, path, args))
+
+
+async def _resync(cfg: config.Config, path: Path, args: argparse.Namespace) -> int:
+    connected = {(a.key, d.name) for a in cfg.audiences for d in a.destinations}
+    connected |= {(t.key, d.name) for t in cfg.computed_traits for d in t.destinations}
+    if (args.key, args.destination) not in connected:
+        print(
+            f"cdpd: {args.key!r} is not sent to a destination named {args.destination!r} "
+            "in the config",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    store = await EngageStore.open(path)
+    try:
+        known = await store.resync(args.key, args.destination)
+    finally:
+        await store.close()
+    state = "" if known else " (it had not been synced yet)"
+    print(f"{args.key} -> {args.destination}: the next sync sends every member again{state}")
+    return EXIT_OK
 
 
 def _preview(cfg: config.Config, path: Path, args: argparse.Namespace) -> int:

@@ -129,3 +129,38 @@ def test_list_and_show(config_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "size 2, entries 2, exits 0" in out
     assert " users p0 entered true" in out
     assert cli.main(["audiences", "show", "nope", "--config", str(config_path)]) == 1
+
+
+def test_resync_starts_a_first_sync_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "cdpd.toml"
+    path.write_text(
+        CONFIG.format(data_dir=tmp_path / "var")
+        + '[[audiences.destinations]]\nname = "hook"\n'
+        + '[[destinations]]\nname = "hook"\ntype = "webhook"\nurl = "http://127.0.0.1:9/x"\n'
+    )
+    asyncio.run(fill(path, buyers=2, others=0))
+
+    async def sync_once() -> bool:
+        cfg = config.load(path)
+        store = await EngageStore.open(config.engage_path(cfg))
+        try:
+            store.use(catalog.build(definition_sources(cfg.audiences, cfg.computed_traits)))
+            due = await store.sync_due("buyers", "hook")
+            await store.mark_synced("buyers", "hook", due.position, now_ms())
+            return (await store.sync_due("buyers", "hook")).first_sync
+        finally:
+            await store.close()
+
+    assert asyncio.run(sync_once()) is False
+    assert (
+        cli.main(["audiences", "resync", "buyers", "--destination", "hook", "--config", str(path)])
+        == 0
+    )
+    assert "the next sync sends every member again" in capsys.readouterr().out
+    assert (
+        cli.main(["audiences", "resync", "buyers", "--destination", "nope", "--config", str(path)])
+        == 2
+    )
+    assert "is not sent to a destination named 'nope'" in capsys.readouterr().err
