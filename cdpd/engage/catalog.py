@@ -85,6 +85,7 @@ class Catalog(msgspec.Struct, frozen=True):
     user_steps: tuple[Step, ...] = ()  # the user-level definitions, in evaluation order
     windows: dict[str, tuple[tuple[int, int | None], ...]] = {}  # (lo, hi) hours per stream
     time_relative: bool = False  # some plan compares dates with now
+    kinds: tuple[tuple[str, Kind], ...] = ()  # (key, kind) in evaluation order
 
     @property
     def user_definitions(self) -> tuple[Definition, ...]:
@@ -142,6 +143,7 @@ def build(sources: list[Source]) -> Catalog:
         user_steps=tuple(_step(d, set(definitions)) for d in ordered if not d.plan.account),
         windows=_windows(ordered),
         time_relative=any(d.plan.time_relative for d in ordered),
+        kinds=tuple((d.key, d.source.kind) for d in ordered),
         definitions=tuple(ordered),
         streams=streams,
         by_event={event: tuple(items) for event, items in by_event.items()},
@@ -253,21 +255,22 @@ def diff(catalog: Catalog, before: dict[str, Any], after: dict[str, Any]) -> lis
     value (absent, 0 or an empty list: a profile without such events) is no change, so new
     profiles do not each send a zero."""
     changes = []
-    for definition in catalog.definitions:
-        key = definition.key
-        if key not in after:
+    for key, kind in catalog.kinds:
+        new = after.get(key, _ABSENT)
+        if new is _ABSENT:
             continue
-        old, new = before.get(key), after[key]
-        if definition.source.kind == "audience":
+        old = before.get(key)
+        if kind == "audience":
             if bool(new) != bool(old):
                 changes.append(
                     Change(key, "audience", "entered" if new else "exited", bool(new), bool(old))
                 )
-        elif key not in before and _empty(new):
-            continue
-        elif new != old or key not in before:
+        elif (new != old) if key in before else not _empty(new):
             changes.append(Change(key, "computed_trait", "computed", new, old))
     return changes
+
+
+_ABSENT = object()
 
 
 def _empty(value: Any) -> bool:
