@@ -1,9 +1,10 @@
 """`cdpd audiences preview`: how many profiles (or accounts) a query matches now, saving
 nothing. The query is compiled like a definition and evaluated over every stored profile,
-read through its own read-only connection. A query on traits reads only `engage_profiles`;
-one on events also reads `engage_buckets`, decoding only the streams the query uses. Event
-chains that no configured definition keeps have no buckets yet, so they count as no events,
-and the answer says which they were."""
+through its own read-only connection, reading only what it needs: a query on traits decodes
+each profile's traits and values; a query on events reads the `engage_buckets` rows of its
+streams only, and when it reads no trait, only the profiles that have such rows (every other
+profile gives the same answer, computed once). Event chains that no configured definition
+keeps have no buckets yet, so they count as no events, and the answer says which they were."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import msgspec
 
 from cdpd.engage.catalog import Catalog
 from cdpd.engage.evaluation import Ctx, Plan
-from cdpd.engage.tables import MEMBER_STATES, decode_account, decode_profile
+from cdpd.engage.tables import MEMBERS, decode_account, decode_buckets, decode_profile
 
 
 class Preview(msgspec.Struct, frozen=True):
@@ -25,34 +26,29 @@ class Preview(msgspec.Struct, frozen=True):
     unkept_events: tuple[str, ...]
 
 
-class _Profile(msgspec.Struct, array_like=True):
-    """A stored `Head` as a plan reads it, with room for its streams."""
+class _Traits(msgspec.Struct, array_like=True):
+    """The first two fields of a stored `Head`, with room for the streams a plan reads."""
 
     traits: dict[str, Any]
-    trait_times_ms: dict[str, int]
-    identifiers: dict[str, list[str]]
-    groups: list[str]
     values: dict[str, Any]
     streams: Any = None
 
 
-_decode_profile_head = msgspec.msgpack.Decoder(_Profile).decode
-_decode_streams = msgspec.msgpack.Decoder(dict[str, msgspec.Raw]).decode
-_decode_buckets = msgspec.msgpack.Decoder(dict[int, Any]).decode
-_NO_STREAMS: dict[str, msgspec.Raw] = {}
+_decode_traits = msgspec.msgpack.Decoder(_Traits).decode
 
 
 class _Streams:
-    """`state.streams` as a plan reads it: `get(stream_id)` decodes that stream on demand."""
+    """`state.streams` as a plan reads it: each stream's row, decoded on demand."""
 
-    __slots__ = ("raw",)
+    __slots__ = ("profile_id", "rows")
 
-    def __init__(self, raw: dict[str, msgspec.Raw]) -> None:
-        self.raw = raw
+    def __init__(self, rows: dict[str, dict[str, bytes]]) -> None:
+        self.rows = rows
+        self.profile_id = ""
 
     def get(self, stream_id: str) -> dict[int, Any] | None:
-        raw = self.raw.get(stream_id)
-        return None if raw is None else _decode_buckets(raw)
+        blob = self.rows[stream_id].get(self.profile_id)
+        return None if blob is None else decode_buckets(blob)
 
 
 def preview(path: str | Path, plan: Plan, kept: Catalog, now_ms: int) -> Preview:
@@ -68,35 +64,57 @@ def preview(path: str | Path, plan: Plan, kept: Catalog, now_ms: int) -> Preview
     try:
         if plan.account:
             return _preview_accounts(conn, plan, now_ms, unkept)
-        matching, profiles = _count(conn, plan, now_ms)
+        if plan.streams and not plan.trait_refs:
+            matching, profiles = _count_events_only(conn, plan, now_ms)
+        else:
+            matching, profiles = _count_every_profile(conn, plan, now_ms)
         return Preview(matching=matching, profiles=profiles, unkept_events=unkept)
     finally:
         conn.close()
 
 
-def _count(conn: sqlite3.Connection, plan: Plan, now_ms: int) -> tuple[int, int]:
+def _stream_rows(conn: sqlite3.Connection, plan: Plan) -> dict[str, dict[str, bytes]]:
+    return {
+        stream.spec.id: dict(
+            conn.execute(
+                "SELECT profile_id, buckets FROM engage_buckets WHERE stream_id = ?",
+                (stream.spec.id,),
+            )
+        )
+        for stream in plan.streams
+    }
+
+
+def _count_events_only(conn: sqlite3.Connection, plan: Plan, now_ms: int) -> tuple[int, int]:
+    rows = _stream_rows(conn, plan)
+    streams = _Streams(rows)
+    state = _Traits({}, {}, streams)
+    ctx = Ctx(state, now_ms, state.values)
+    (profiles,) = conn.execute("SELECT count(*) FROM engage_profiles").fetchone()
+    with_events = set().union(*rows.values())
     evaluate = plan.evaluate
+    matching = 0
+    for profile_id in with_events:
+        streams.profile_id = profile_id
+        if evaluate(ctx):
+            matching += 1
+    streams.profile_id = ""  # no rows: the answer of every profile without these events
+    if profiles > len(with_events) and evaluate(ctx):
+        matching += profiles - len(with_events)
+    return matching, profiles
+
+
+def _count_every_profile(conn: sqlite3.Connection, plan: Plan, now_ms: int) -> tuple[int, int]:
+    streams = _Streams(_stream_rows(conn, plan))
     ctx = Ctx(None, now_ms)
+    evaluate = plan.evaluate
     matching = profiles = 0
-    if not plan.streams:
-        for (blob,) in conn.execute("SELECT state FROM engage_profiles"):
-            head = _decode_profile_head(blob)
-            ctx.state = head
-            ctx.values = head.values
-            profiles += 1
-            if evaluate(ctx):
-                matching += 1
-        return matching, profiles
-    streams = _Streams(_NO_STREAMS)
-    for blob, buckets in conn.execute(
-        "SELECT p.state, b.buckets FROM engage_profiles p "
-        "LEFT JOIN engage_buckets b USING (profile_id)"
-    ):
-        head = _decode_profile_head(blob)
-        streams.raw = _decode_streams(buckets) if buckets else _NO_STREAMS
-        head.streams = streams
-        ctx.state = head
-        ctx.values = head.values
+    for profile_id, blob in conn.execute("SELECT profile_id, state FROM engage_profiles"):
+        state = _decode_traits(blob)
+        streams.profile_id = profile_id
+        state.streams = streams
+        ctx.state = state
+        ctx.values = state.values
         profiles += 1
         if evaluate(ctx):
             matching += 1
@@ -108,13 +126,20 @@ def _preview_accounts(
 ) -> Preview:
     matching = accounts = 0
     for group_id, blob in conn.execute("SELECT group_id, state FROM engage_accounts").fetchall():
-        members = [
-            Ctx(state, now_ms, state.values)
-            for state in (
-                decode_profile(head, buckets)
-                for head, buckets in conn.execute(MEMBER_STATES, (group_id,))
-            )
-        ]
+        members = []
+        for (profile_id,) in conn.execute(MEMBERS, (group_id,)).fetchall():
+            row = conn.execute(
+                "SELECT state FROM engage_profiles WHERE profile_id = ?", (profile_id,)
+            ).fetchone()
+            if row is None:
+                continue
+            member = decode_profile(row[0])
+            for stream_id, buckets in conn.execute(
+                "SELECT stream_id, buckets FROM engage_buckets WHERE profile_id = ?",
+                (profile_id,),
+            ):
+                member.streams[stream_id] = decode_buckets(buckets)
+            members.append(Ctx(member, now_ms, member.values))
         account = decode_account(blob)
         accounts += 1
         if plan.evaluate(Ctx(account, now_ms, account.values, members=members)):

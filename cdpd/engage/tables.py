@@ -7,7 +7,7 @@ Tables (README.md, "Engage", documents them; schema version 1 in `PRAGMA user_ve
     engage_definitions  key, kind, query, created_at_ms, computed_at_ms
     engage_profiles     profile_id, state (msgpack: traits, identifiers, accounts, values),
                         recheck_at_ms, updated_at_ms
-    engage_buckets      profile_id, buckets (msgpack: hour buckets per stream)
+    engage_buckets      stream_id, profile_id, buckets (msgpack: a stream's hour buckets)
     engage_accounts     group_id, state (msgpack), updated_at_ms
     engage_links        group_id, profile_id: which profiles belong to an account
     engage_values       collection, key, id, value (JSON), since_ms: current audience
@@ -59,9 +59,12 @@ CREATE TABLE engage_profiles (
 CREATE INDEX engage_profiles_recheck ON engage_profiles (recheck_at_ms)
     WHERE recheck_at_ms IS NOT NULL;
 CREATE TABLE engage_buckets (
-    profile_id TEXT PRIMARY KEY,
-    buckets    BLOB NOT NULL
-);
+    stream_id  TEXT NOT NULL,
+    profile_id TEXT NOT NULL,
+    buckets    BLOB NOT NULL,
+    PRIMARY KEY (stream_id, profile_id)
+) WITHOUT ROWID;
+CREATE INDEX engage_buckets_profile ON engage_buckets (profile_id);
 CREATE TABLE engage_accounts (
     group_id      TEXT PRIMARY KEY,
     state         BLOB NOT NULL,
@@ -101,27 +104,29 @@ decode_account = msgspec.msgpack.Decoder(AccountState).decode
 
 
 class Head(msgspec.Struct, array_like=True):
-    """A profile's state without its buckets: small, so queries on traits read little. The
-    buckets are a row of `engage_buckets`, written only when they change."""
+    """A profile's state without its buckets, traits and values first: a query on traits
+    decodes just those two. The buckets are rows of `engage_buckets`, one per stream,
+    written only when they change."""
 
     traits: dict[str, Any]
+    values: dict[str, Any]
     trait_times_ms: dict[str, int]
     identifiers: dict[str, list[str]]
     groups: list[str]
-    values: dict[str, Any]
 
 
 decode_head = msgspec.msgpack.Decoder(Head).decode
-_decode_buckets = msgspec.msgpack.Decoder(dict[str, dict[int, Any]]).decode
+decode_buckets = msgspec.msgpack.Decoder(dict[int, Any]).decode
 
 
 def encode_head(state: ProfileState) -> bytes:
     return _encode_state(
-        Head(state.traits, state.trait_times_ms, state.identifiers, state.groups, state.values)
+        Head(state.traits, state.values, state.trait_times_ms, state.identifiers, state.groups)
     )
 
 
-def decode_profile(state: bytes, buckets: bytes | None) -> ProfileState:
+def decode_profile(state: bytes) -> ProfileState:
+    """A profile's state without its buckets (`Tables` adds them)."""
     head = decode_head(state)
     return ProfileState(
         traits=head.traits,
@@ -129,7 +134,6 @@ def decode_profile(state: bytes, buckets: bytes | None) -> ProfileState:
         identifiers=head.identifiers,
         groups=head.groups,
         values=head.values,
-        streams=_decode_buckets(buckets) if buckets else {},
     )
 
 
@@ -180,18 +184,11 @@ CHANGE_INSERT = (
 )
 LINK_INSERT = "INSERT OR IGNORE INTO engage_links (group_id, profile_id) VALUES (?, ?)"
 BUCKETS_UPSERT = (
-    "INSERT INTO engage_buckets (profile_id, buckets) VALUES (?, ?) "
-    "ON CONFLICT (profile_id) DO UPDATE SET buckets = excluded.buckets"
+    "INSERT INTO engage_buckets (stream_id, profile_id, buckets) VALUES (?, ?, ?) "
+    "ON CONFLICT (stream_id, profile_id) DO UPDATE SET buckets = excluded.buckets"
 )
-BUCKETS_DELETE = "DELETE FROM engage_buckets WHERE profile_id = ?"
-PROFILE_STATES = (
-    "SELECT p.profile_id, p.state, b.buckets FROM engage_profiles p "
-    "LEFT JOIN engage_buckets b USING (profile_id)"
-)
-MEMBER_STATES = (
-    "SELECT p.state, b.buckets FROM engage_links l JOIN engage_profiles p USING (profile_id) "
-    "LEFT JOIN engage_buckets b USING (profile_id) WHERE l.group_id = ?"
-)
+BUCKETS_DELETE = "DELETE FROM engage_buckets WHERE stream_id = ? AND profile_id = ?"
+MEMBERS = "SELECT profile_id FROM engage_links WHERE group_id = ?"
 _LOAD_CHUNK = 500
 _MISSING = object()
 
@@ -219,7 +216,7 @@ class Tables:
         self.conn = conn
         self.catalog: Catalog = catalogs.build([])
         # The buckets as read in this transaction, so unchanged ones are not written again.
-        self._loaded_buckets: dict[str, bytes | None] = {}
+        self._loaded_buckets: dict[tuple[str, str], bytes | None] = {}
 
     def register(self, sources: Iterable[catalogs.Source], now_ms: int) -> dict[str, int]:
         with _transaction(self.conn):
@@ -317,10 +314,10 @@ class Tables:
         return recorded
 
     def profile(self, profile_id: str) -> ProfileState | None:
-        row = self.conn.execute(
-            f"{PROFILE_STATES} WHERE p.profile_id = ?", (profile_id,)
+        exists = self.conn.execute(
+            "SELECT 1 FROM engage_profiles WHERE profile_id = ?", (profile_id,)
         ).fetchone()
-        return None if row is None else decode_profile(row[1], row[2])
+        return None if exists is None else self._load_profiles({profile_id})[profile_id]
 
     def values(self, row_id: str, collection: Collection) -> dict[str, Any]:
         rows = self.conn.execute(
@@ -387,17 +384,27 @@ class Tables:
             return self._record(self._evaluate_profiles(states, before, now_ms), now_ms)
 
     def _load_profiles(self, profile_ids: set[str]) -> dict[str, ProfileState]:
+        """The profiles' states (a new one for an unknown id), remembering their buckets as
+        read so that `_evaluate_profiles` writes only those that changed."""
         wanted = sorted(profile_ids)
         states: dict[str, ProfileState] = {}
         self._loaded_buckets = {}
         for start in range(0, len(wanted), _LOAD_CHUNK):
             chunk = wanted[start : start + _LOAD_CHUNK]
             marks = ",".join("?" * len(chunk))
-            for profile_id, state, buckets in self.conn.execute(
-                f"{PROFILE_STATES} WHERE p.profile_id IN ({marks})", chunk
+            for profile_id, state in self.conn.execute(
+                f"SELECT profile_id, state FROM engage_profiles WHERE profile_id IN ({marks})",
+                chunk,
             ):
-                states[profile_id] = decode_profile(state, buckets)
-                self._loaded_buckets[profile_id] = buckets
+                states[profile_id] = decode_profile(state)
+            for profile_id, stream_id, buckets in self.conn.execute(
+                "SELECT profile_id, stream_id, buckets FROM engage_buckets "
+                f"WHERE profile_id IN ({marks})",
+                chunk,
+            ):
+                profile = states.setdefault(profile_id, ProfileState())
+                profile.streams[stream_id] = decode_buckets(buckets)
+                self._loaded_buckets[(profile_id, stream_id)] = buckets
         return {profile_id: states.get(profile_id) or ProfileState() for profile_id in wanted}
 
     def _evaluate_profiles(
@@ -420,12 +427,15 @@ class Tables:
             state.values = after
             recheck = catalogs.next_recheck_ms(self.catalog, state, now_ms)
             rows.append((profile_id, encode_head(state), recheck, now_ms))
-            buckets = _encode_state(state.streams) if state.streams else None
-            if buckets != self._loaded_buckets.pop(profile_id, None):
-                if buckets is None:
-                    emptied.append((profile_id,))
-                else:
-                    buckets_rows.append((profile_id, buckets))
+            for stream_id, stream in state.streams.items():
+                buckets = _encode_state(stream) if stream else None
+                if buckets != self._loaded_buckets.pop((profile_id, stream_id), None):
+                    if buckets is None:
+                        emptied.append((stream_id, profile_id))
+                    else:
+                        buckets_rows.append((stream_id, profile_id, buckets))
+        emptied += [(stream_id, profile_id) for profile_id, stream_id in self._loaded_buckets]
+        self._loaded_buckets = {}
         self.conn.executemany(PROFILE_UPSERT, rows)
         self.conn.executemany(BUCKETS_UPSERT, buckets_rows)
         self.conn.executemany(BUCKETS_DELETE, emptied)
@@ -446,10 +456,10 @@ class Tables:
         if not self.catalog.account_definitions:
             return []
         account = self._load_account(group_id)
-        members = [
-            decode_profile(state, buckets)
-            for state, buckets in self.conn.execute(MEMBER_STATES, (group_id,))
-        ]
+        member_ids = {row[0] for row in self.conn.execute(MEMBERS, (group_id,))}
+        saved = self._loaded_buckets
+        members = list(self._load_profiles(member_ids).values())
+        self._loaded_buckets = saved
         after = catalogs.evaluate_account(self.catalog, account, members, now_ms)
         changes = catalogs.diff(self.catalog, account.values, after)
         account.values = dict(after)

@@ -192,22 +192,25 @@ async def test_preview_counts_without_saving(store: EngageStore) -> None:
     for n in range(10):
         await store.apply(f"p{n}", track("Order Completed", T0 - n * DAY, user=f"u{n}"), T0)
     await store.apply("p0", {"type": "identify", "userId": "u0", "traits": {"plan": "pro"}}, T0)
+    await store.apply("p10", {"type": "identify", "userId": "u10", "traits": {"plan": "pro"}}, T0)
     kept = store.catalog
-    result = preview(
-        store.path, compile_query("event('Order Completed').within(7 days).count() >= 1"), kept, T0
-    )
-    assert (result.matching, result.profiles, result.unkept_events) == (7, 10, ())
-    result = preview(
-        store.path, compile_query("trait('order_count') >= 1 AND trait('plan') = 'pro'"), kept, T0
-    )
-    assert result.matching == 1
-    unkept = preview(store.path, compile_query("event('Signed Up').count() >= 1"), kept, T0)
-    assert unkept.matching == 0
-    assert unkept.unkept_events == ("event('Signed Up')",)
-    accounts = preview(store.path, compile_query("ANY trait('plan') = 'pro'"), kept, T0)
-    assert accounts.profiles == 0
-    assert await store.summary("recent_buyers") is not None
-    assert (await store.summary("recent_buyers")).size == 7  # type: ignore[union-attr]
+
+    def count(query: str) -> tuple[int, int, tuple[str, ...]]:
+        result = preview(store.path, compile_query(query), kept, T0)
+        return result.matching, result.profiles, result.unkept_events
+
+    recent = "event('Order Completed').within(7 days).count() >= 1"
+    assert count(recent) == (7, 11, ())
+    # Profiles without any such event (p10) are counted by one evaluation.
+    assert count(f"NOT {recent}") == (4, 11, ())
+    assert count(f"{recent} AND trait('plan') = 'pro'") == (1, 11, ())
+    assert count("trait('order_count') >= 1 AND trait('plan') = 'pro'") == (1, 11, ())
+    assert count("event('Signed Up').count() >= 1") == (0, 11, ("event('Signed Up')",))
+    assert count("event('Signed Up').count() = 0") == (11, 11, ("event('Signed Up')",))
+    assert count("ANY trait('plan') = 'pro'") == (0, 0, ())
+    summary = await store.summary("recent_buyers")
+    assert summary is not None
+    assert summary.size == 7  # nothing was saved by the previews
 
 
 async def test_process_takes_the_identity_stages_output_in_order(store: EngageStore) -> None:
