@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from cdpd.engage.reducers import Reducer, fold
+from cdpd.engage.values import number
 
 TOTAL_BUCKET = -1  # the one bucket of a stream that no window reads
 
@@ -107,6 +108,15 @@ def constant_comparator(
             return function(value, constants, ctx.now_ms)
 
         return numeric
+    if name == "equals" and type(bound) is str and number(bound) is None:
+        # Text against written text that is not a number: equal strings or the general rule.
+        def text_equals(ctx: Ctx) -> bool:
+            value = receiver(ctx)
+            if type(value) is str:
+                return value == bound
+            return function(value, constants, ctx.now_ms)
+
+        return text_equals
     return lambda ctx: function(receiver(ctx), constants, ctx.now_ms)
 
 

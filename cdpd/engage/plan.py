@@ -149,6 +149,11 @@ def _scalar(node: Node, env: _Env) -> Fn:
 
 def _junction(node: Junction, env: _Env) -> Fn:
     parts = tuple(_boolean(item, env) for item in node.items)
+    if len(parts) == 2:
+        first, second = parts
+        if node.op == "AND":
+            return lambda ctx: bool(first(ctx) and second(ctx))
+        return lambda ctx: bool(first(ctx) or second(ctx))
     if node.op == "AND":
         return lambda ctx: all(part(ctx) for part in parts)
     return lambda ctx: any(part(ctx) for part in parts)
@@ -239,6 +244,13 @@ def _extractor(node: Call, env: _Env) -> tuple[str, Any]:
 
 def _trait(path: tuple[str, ...]) -> Fn:
     head = path[0]
+    if len(path) == 1:
+
+        def top_level(ctx: Ctx) -> Any:
+            values = ctx.values
+            return values[head] if head in values else ctx.state.traits.get(head)
+
+        return top_level
 
     def trait(ctx: Ctx) -> Any:
         if head in ctx.values:
