@@ -95,8 +95,8 @@ def apply(
 
 def _feed(state: ProfileState, stream: Stream, ctx: Ctx, at_ms: int, source: str) -> None:
     spec = stream.spec
-    if spec.since_ms is not None and at_ms < spec.since_ms:
-        return
+    if at_ms < 0 or (spec.since_ms is not None and at_ms < spec.since_ms):
+        return  # Segment ingests no event before 1970
     if source in spec.exclude_sources or (
         spec.include_sources and source not in spec.include_sources
     ):
