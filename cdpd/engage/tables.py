@@ -217,6 +217,7 @@ class Tables:
         self.catalog: Catalog = catalogs.build([])
         # The buckets as read in this transaction, so unchanged ones are not written again.
         self._loaded_buckets: dict[tuple[str, str], bytes | None] = {}
+        self._loaded_heads: dict[str, tuple[bytes, int | None]] = {}
 
     def register(self, sources: Iterable[catalogs.Source], now_ms: int) -> dict[str, int]:
         with _transaction(self.conn):
@@ -389,14 +390,17 @@ class Tables:
         wanted = sorted(profile_ids)
         states: dict[str, ProfileState] = {}
         self._loaded_buckets = {}
+        self._loaded_heads = {}
         for start in range(0, len(wanted), _LOAD_CHUNK):
             chunk = wanted[start : start + _LOAD_CHUNK]
             marks = ",".join("?" * len(chunk))
-            for profile_id, state in self.conn.execute(
-                f"SELECT profile_id, state FROM engage_profiles WHERE profile_id IN ({marks})",
+            for profile_id, state, recheck in self.conn.execute(
+                "SELECT profile_id, state, recheck_at_ms FROM engage_profiles "
+                f"WHERE profile_id IN ({marks})",
                 chunk,
             ):
                 states[profile_id] = decode_profile(state)
+                self._loaded_heads[profile_id] = (state, recheck)
             for profile_id, stream_id, buckets in self.conn.execute(
                 "SELECT profile_id, stream_id, buckets FROM engage_buckets "
                 f"WHERE profile_id IN ({marks})",
@@ -426,7 +430,9 @@ class Tables:
             ]
             state.values = after
             recheck = catalogs.next_recheck_ms(self.catalog, state, now_ms)
-            rows.append((profile_id, encode_head(state), recheck, now_ms))
+            head = encode_head(state)
+            if self._loaded_heads.get(profile_id) != (head, recheck):
+                rows.append((profile_id, head, recheck, now_ms))
             for stream_id, stream in state.streams.items():
                 buckets = _encode_state(stream) if stream else None
                 if buckets != self._loaded_buckets.pop((profile_id, stream_id), None):
@@ -457,9 +463,9 @@ class Tables:
             return []
         account = self._load_account(group_id)
         member_ids = {row[0] for row in self.conn.execute(MEMBERS, (group_id,))}
-        saved = self._loaded_buckets
+        saved = self._loaded_buckets, self._loaded_heads
         members = list(self._load_profiles(member_ids).values())
-        self._loaded_buckets = saved
+        self._loaded_buckets, self._loaded_heads = saved
         after = catalogs.evaluate_account(self.catalog, account, members, now_ms)
         changes = catalogs.diff(self.catalog, account.values, after)
         account.values = dict(after)
