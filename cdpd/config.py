@@ -346,9 +346,7 @@ def _cross_check(config: Config) -> list[str]:
                     f"destinations[{index}].sources: no source is named {name!r} "
                     f"(known: {', '.join(sorted(source_names)) or 'none'})"
                 )
-    return (
-        problems + _check_warehouses(config) + _check_protocols(config) + _check_engage(config)
-    )
+    return problems + _check_warehouses(config) + _check_protocols(config) + _check_engage(config)
 
 
 def _check_engage(config: Config) -> list[str]:
