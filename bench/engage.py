@@ -166,27 +166,38 @@ def main() -> None:
     inputs = messages(args.profiles, max(args.messages, args.profiles), now)
     sources = definitions()
     with tempfile.TemporaryDirectory() as tmp:
-        bare_s = asyncio.run(apply_all(Path(tmp, "none.sqlite3"), [], inputs, now))
-        live_s = asyncio.run(apply_all(Path(tmp, "live.sqlite3"), sources, inputs, now))
+        bare_s, bare_cpu = asyncio.run(apply_all(Path(tmp, "none.sqlite3"), [], inputs, now))
+        live_s, live_cpu = asyncio.run(apply_all(Path(tmp, "live.sqlite3"), sources, inputs, now))
+        n = len(inputs)
         print(
-            f"profiles {args.profiles}, messages {len(inputs)}, "
+            f"profiles {args.profiles}, messages {n}, "
             f"{len(AUDIENCES)} audiences + {len(TRAITS)} computed traits"
         )
-        print(f"apply, no definitions:  {len(inputs) / bare_s:9.0f} messages/s")
-        print(f"apply, all 30 live:     {len(inputs) / live_s:9.0f} messages/s")
-        print(f"ratio live / none:      {bare_s / live_s:9.2f}")
+        print(
+            f"apply, no definitions:  {n / bare_s:9.0f} messages/s  "
+            f"{bare_cpu / n * 1e6:6.0f} us CPU/message"
+        )
+        print(
+            f"apply, all 30 live:     {n / live_s:9.0f} messages/s  "
+            f"{live_cpu / n * 1e6:6.0f} us CPU/message"
+        )
+        print(f"ratio live / none:      {bare_s / live_s:9.2f} (CPU: {bare_cpu / live_cpu:.2f})")
         kept = catalog.build(sources)
         path = Path(tmp, "live.sqlite3")
         for query in PREVIEWS:
             plan = compile_query(query)
-            times, result = [], None
+            times: list[float] = []
+            cpus: list[float] = []
+            result = None
             for _ in range(3):
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), time.process_time()
                 result = preview(path, plan, kept, now)
                 times.append(time.perf_counter() - started)
+                cpus.append(time.process_time() - cpu)
             assert result is not None
             print(
-                f"preview {statistics.median(times) * 1000:7.0f} ms  "
+                f"preview {statistics.median(times) * 1000:6.0f} ms "
+                f"({statistics.median(cpus) * 1000:4.0f} ms CPU)  "
                 f"{result.matching:6d}/{result.profiles} match  {query}"
             )
     print(f"peak RSS:               {peak_rss_mb():9.0f} MB")
