@@ -117,6 +117,19 @@ def constant_comparator(
             return function(value, constants, ctx.now_ms)
 
         return text_equals
+    if name in ("one_of", "none_of") and all(
+        type(c) is str and number(c) is None for c in constants
+    ):
+        # Text against a written list of words: a set lookup, or the general rule.
+        words, wanted = frozenset(constants), name == "one_of"
+
+        def text_in(ctx: Ctx) -> bool:
+            value = receiver(ctx)
+            if type(value) is str:
+                return (value in words) is wanted
+            return function(value, constants, ctx.now_ms)
+
+        return text_in
     return lambda ctx: function(receiver(ctx), constants, ctx.now_ms)
 
 
