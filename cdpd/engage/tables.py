@@ -62,9 +62,9 @@ CREATE TABLE engage_buckets (
     stream_id  TEXT NOT NULL,
     profile_id TEXT NOT NULL,
     buckets    BLOB NOT NULL,
-    PRIMARY KEY (stream_id, profile_id)
+    PRIMARY KEY (profile_id, stream_id)
 ) WITHOUT ROWID;
-CREATE INDEX engage_buckets_profile ON engage_buckets (profile_id);
+CREATE INDEX engage_buckets_stream ON engage_buckets (stream_id);
 CREATE TABLE engage_accounts (
     group_id      TEXT PRIMARY KEY,
     state         BLOB NOT NULL,
@@ -185,7 +185,7 @@ CHANGE_INSERT = (
 LINK_INSERT = "INSERT OR IGNORE INTO engage_links (group_id, profile_id) VALUES (?, ?)"
 BUCKETS_UPSERT = (
     "INSERT INTO engage_buckets (stream_id, profile_id, buckets) VALUES (?, ?, ?) "
-    "ON CONFLICT (stream_id, profile_id) DO UPDATE SET buckets = excluded.buckets"
+    "ON CONFLICT (profile_id, stream_id) DO UPDATE SET buckets = excluded.buckets"
 )
 BUCKETS_DELETE = "DELETE FROM engage_buckets WHERE stream_id = ? AND profile_id = ?"
 MEMBERS = "SELECT profile_id FROM engage_links WHERE group_id = ?"
