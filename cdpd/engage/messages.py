@@ -101,9 +101,13 @@ def build(
     and/or a Track, as the connection says. `change_id` names the change (a store sequence)."""
     messages = []
     if connection.send_identify:
-        messages.append(_identify(change, identity, connection, space_id, change_id, now_ms))
+        identify = _base("identify", change, identity, connection, space_id, change_id, now_ms)
+        identify["traits"] = _identify_traits(change, identity)
+        messages.append(identify)
     if connection.send_track:
-        messages.append(_track(change, identity, connection, space_id, change_id, now_ms))
+        track = _base("track", change, identity, connection, space_id, change_id, now_ms)
+        _add_track_fields(track, change, identity, connection)
+        messages.append(track)
     return messages
 
 
@@ -131,37 +135,19 @@ def _base(
     return message
 
 
-def _identify(
-    change: Change,
-    identity: Identity,
-    connection: Connection,
-    space_id: str,
-    change_id: str,
-    now_ms: int,
-) -> dict[str, Any]:
-    message = _base("identify", change, identity, connection, space_id, change_id, now_ms)
+def _identify_traits(change: Change, identity: Identity) -> dict[str, Any]:
     traits: dict[str, Any] = {change.key: change.value}
     if identity.email is not None:
         traits["email"] = identity.email
-    message["traits"] = traits
-    return message
+    return traits
 
 
-def _track(
-    change: Change,
-    identity: Identity,
-    connection: Connection,
-    space_id: str,
-    change_id: str,
-    now_ms: int,
-) -> dict[str, Any]:
-    message = _base("track", change, identity, connection, space_id, change_id, now_ms)
+def _add_track_fields(
+    message: dict[str, Any], change: Change, identity: Identity, connection: Connection
+) -> None:
     if change.kind == "audience":
-        event = (
-            connection.audience_entered_event
-            if change.change == "entered"
-            else connection.audience_exited_event
-        )
+        entered = change.change == "entered"
+        event = connection.audience_entered_event if entered else connection.audience_exited_event
         properties = {"audience_key": change.key, change.key: change.value}
     else:
         event = connection.trait_computed_event
@@ -170,7 +156,6 @@ def _track(
     message["properties"] = properties
     if identity.email is not None:
         message["context"]["traits"] = {"email": identity.email}
-    return message
 
 
 def first_sync(kind: Kind, key: str, values: dict[str, Any]) -> dict[str, Change]:
