@@ -203,9 +203,10 @@ def evaluate(
     catalog: Catalog, state: ProfileState, now_ms: int, touched: Touched | None = None
 ) -> dict[str, Any]:
     """Every user-level definition's value for a profile at `now_ms`: a boolean membership
-    per audience (false for anonymous profiles unless it includes them), a value (or None)
-    per computed trait. With `touched`, a definition whose inputs did not change keeps its
-    last value (`state.values`) instead of being evaluated again."""
+    per audience, a value (or None) per computed trait; false or None for an anonymous
+    profile unless the definition includes anonymous profiles. With `touched`, a definition
+    whose inputs did not change keeps its last value (`state.values`) instead of being
+    evaluated again."""
     previous = state.values
     if touched is not None and touched.identifiers:
         touched = None  # who counts as known may have changed: every audience
@@ -225,10 +226,11 @@ def evaluate(
             values[key] = previous[key]
             continue
         value = step.evaluate(ctx)
+        if not step.include_anonymous and value is not None and value is not False:
+            known = is_known(state) if known is None else known
+            if not known:
+                value = False if step.audience else None
         if step.audience:
-            if value and not step.include_anonymous:
-                known = is_known(state) if known is None else known
-                value = known
             value = bool(value)
         values[key] = value
         if previous.get(key) != value:

@@ -322,6 +322,13 @@ def test_anonymous_profiles_are_members_only_when_included() -> None:
     assert value(cat, state, "aud_x") is True
 
 
+def test_computed_traits_of_anonymous_profiles_only_when_included() -> None:
+    anonymous = {**track("x", T0), "userId": None, "anonymousId": "a1"}
+    for include, expected in [(False, None), (True, 1)]:
+        cat = build(("n", "event('x').count()"), anonymous=include)
+        assert value(cat, feed(cat, [anonymous]), "n") == expected
+
+
 def test_not_historical_counts_only_events_from_creation() -> None:
     cat = build(("aud_new", "event('x').count() >= 1"), since_ms=T0)
     state = feed(cat, [track("x", T0 - HOUR)])
