@@ -34,7 +34,16 @@ class _Traits(msgspec.Struct, array_like=True):
     streams: Any = None
 
 
+class _TraitsOnly(msgspec.Struct, array_like=True):
+    """The first field of a stored `Head`: for a query that reads no definition's value."""
+
+    traits: dict[str, Any]
+    values: dict[str, Any] = {}
+    streams: Any = None
+
+
 _decode_traits = msgspec.msgpack.Decoder(_Traits).decode
+_decode_traits_only = msgspec.msgpack.Decoder(_TraitsOnly).decode
 
 
 class _Streams:
@@ -67,7 +76,8 @@ def preview(path: str | Path, plan: Plan, kept: Catalog, now_ms: int) -> Preview
         if plan.streams and not plan.trait_refs:
             matching, profiles = _count_events_only(conn, plan, now_ms)
         else:
-            matching, profiles = _count_every_profile(conn, plan, now_ms)
+            reads_values = any(kept.get(key) is not None for key in plan.trait_refs)
+            matching, profiles = _count_every_profile(conn, plan, now_ms, reads_values)
         return Preview(matching=matching, profiles=profiles, unkept_events=unkept)
     finally:
         conn.close()
@@ -104,13 +114,16 @@ def _count_events_only(conn: sqlite3.Connection, plan: Plan, now_ms: int) -> tup
     return matching, profiles
 
 
-def _count_every_profile(conn: sqlite3.Connection, plan: Plan, now_ms: int) -> tuple[int, int]:
+def _count_every_profile(
+    conn: sqlite3.Connection, plan: Plan, now_ms: int, reads_values: bool
+) -> tuple[int, int]:
     streams = _Streams(_stream_rows(conn, plan))
     ctx = Ctx(None, now_ms)
     evaluate = plan.evaluate
+    decode = _decode_traits if reads_values else _decode_traits_only
     matching = profiles = 0
     for profile_id, blob in conn.execute("SELECT profile_id, state FROM engage_profiles"):
-        state = _decode_traits(blob)
+        state = decode(blob)
         streams.profile_id = profile_id
         state.streams = streams
         ctx.state = state
