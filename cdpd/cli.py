@@ -20,6 +20,7 @@ from cdpd import __version__, config, logs
 from cdpd.console import commands as console_commands
 from cdpd.delivery import replay, report
 from cdpd.delivery.store import DeliveryStatus, SqliteDeliveryStore
+from cdpd.engage import commands as engage_commands
 from cdpd.governance import commands as governance_commands
 from cdpd.model.timestamps import format_ms, now_ms, parse_ms
 from cdpd.outbox import reader, schema
@@ -55,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return console_commands.run(cfg, args)
     if command in governance_commands.COMMANDS:
         return governance_commands.run(cfg, args)
+    if command in engage_commands.COMMANDS:
+        return engage_commands.run(cfg, args)
     if command == "warehouse":
         if argv is None:  # the real program: warnings and errors as JSON lines on stderr
             logs.configure("warning", sys.stderr.buffer)
@@ -125,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     warehouse_commands.add_parser(commands, common)
     governance_commands.add_parsers(commands, common)
     console_commands.add_parsers(commands, common)
+    engage_commands.add_parsers(commands, common)
     return parser
 
 

@@ -11,6 +11,7 @@ import msgspec
 import msgspec.inspect
 
 from cdpd.destinations.settings import Destination, FileDestination, RetryConfig
+from cdpd.engage.settings import AudienceConfig, ComputedTraitConfig, EngageConfig
 from cdpd.settings import (
     ConfigError,
     Name,
@@ -247,6 +248,9 @@ class Config(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     transformations: list[Transformation] = msgspec.field(default_factory=list)
     workspaces: list[Workspace] = msgspec.field(default_factory=list)
     console: ConsoleConfig = msgspec.field(default_factory=ConsoleConfig)
+    engage: EngageConfig = msgspec.field(default_factory=EngageConfig)
+    audiences: list[AudienceConfig] = msgspec.field(default_factory=list)
+    computed_traits: list[ComputedTraitConfig] = msgspec.field(default_factory=list)
 
 
 def default_path() -> str:
@@ -375,7 +379,11 @@ def _cross_check(config: Config) -> list[str]:
                     f"(known: {', '.join(sorted(source_names)) or 'none'})"
                 )
     return (
-        problems + _check_warehouses(config) + _check_protocols(config) + _check_workspaces(config)
+        problems
+        + _check_warehouses(config)
+        + _check_protocols(config)
+        + _check_workspaces(config)
+        + _check_engage(config)
     )
 
 
@@ -401,6 +409,20 @@ def _check_workspaces(config: Config) -> list[str]:
                 else:
                     owner[section, name] = workspace.name
     return problems
+
+
+def _check_engage(config: Config) -> list[str]:
+    from cdpd.engage.settings import check  # compiles every query; imported late, as above
+
+    destinations = {d.name for d in config.destinations}
+    return check(config.audiences, config.computed_traits, destinations)
+
+
+def engage_path(config: Config) -> Path:
+    """Engage's own SQLite file: `[engage] path`, else `<data_dir>/engage.sqlite3`."""
+    if config.engage.path is not None:
+        return Path(config.engage.path)
+    return Path(config.storage.data_dir) / "engage.sqlite3"
 
 
 def _check_protocols(config: Config) -> list[str]:
