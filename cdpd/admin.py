@@ -152,6 +152,10 @@ class Admin:
                 _live(entry, lane.stats)
         return reports
 
+    def authorize(self, request: web.Request) -> None:
+        """Raise a 401 ApiError unless the request carries the admin bearer token."""
+        self._authorize(request)
+
     def _authorize(self, request: web.Request) -> None:
         if self._token is None:
             raise ApiError(

@@ -29,6 +29,8 @@ from cdpd.ingest.errors import ApiError
 from cdpd.ingest.routes import LOG_FIELDS, Ingest
 from cdpd.metrics import Metrics
 from cdpd.outbox.writer import OutboxUnavailable, OutboxWriter
+from cdpd.privacy.regulations_api import RegulationsApi
+from cdpd.privacy.regulations_service import RegulationService
 
 log = structlog.get_logger()
 
@@ -85,6 +87,7 @@ class Stages(NamedTuple):
     delivery: Delivery
     metrics: Metrics
     governance: Governance | None = None
+    regulations: RegulationService | None = None
 
 
 def build(config: Config, stages: Stages, drain: Drain) -> web.Application:
@@ -98,6 +101,11 @@ def build(config: Config, stages: Stages, drain: Drain) -> web.Application:
     access = logs.access_log(config.logging.level) if config.logging.access_log else None
     wrap = _RequestWrapper(drain, access, errors_only=config.logging.access_log == "errors")
     routes = [*ingest.routes(), *admin.routes(), web.get("/health", health)]
+    if stages.regulations is not None:
+        regulations = RegulationsApi(
+            config, stages.writer, stages.reader, stages.regulations, admin.authorize
+        )
+        routes += regulations.routes()
     app.add_routes(web.RouteDef(r.method, r.path, wrap(r.handler), r.kwargs) for r in routes)
     app.router.add_route("*", "/{tail:.*}", wrap(_Unrouted(routes)))
     return app

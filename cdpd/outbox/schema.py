@@ -14,6 +14,7 @@ from pathlib import Path
 import aiosqlite
 
 from cdpd.governance import store as governance_store
+from cdpd.privacy import regulations_store
 
 # Each entry moves the schema from version N to N + 1 (PRAGMA user_version).
 MIGRATIONS: tuple[str, ...] = (
@@ -121,6 +122,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
     governance_store.MIGRATION,  # violations, blocked_messages, schema_fields
+    regulations_store.MIGRATION,  # regulations, regulation_subjects, regulation_targets, ...
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from typing import Any, Protocol
@@ -43,6 +43,11 @@ class Sink(Protocol):
     async def recent_syncs(self, limit: int) -> list[SyncReport]: ...
 
     async def table_rows(self) -> list[TableRows]: ...
+
+    async def erase_users(self, user_ids: Sequence[str], schemas: Collection[str] | None) -> int:
+        """A regulation's deletion, in a load transaction: the users' rows from every table
+        of `schemas` (None: all), `users` included; returns how many rows went."""
+        ...
 
 
 def target(config: Config, warehouse: Warehouse) -> str:

@@ -1,0 +1,245 @@
+"""Regulations end to end: a real cdpd, its admin API, its outbox and a real SQLite or
+PostgreSQL warehouse; each regulation type, and the proof that a deleted user is gone."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from cdpd import config as cdpd_config
+from cdpd.app import running
+from tests.helpers import WRITE_KEY, WarehouseProbe, basic_auth, query
+from tests.integration.test_delivery import hook, recorded, send
+from tests.regulations import (
+    ADMIN,
+    AUTH,
+    outbox_mentions,
+    regulate,
+    regulation,
+    settled,
+    warehouse_mentions,
+)
+from tests.sink import Sink, status
+
+MakeConfig = Callable[..., cdpd_config.Config]
+GONE = "user-gone-7f3a"
+KEPT = "user-kept-2b9c"
+SHOP = '[[sources]]\nname = "shop"\nwrite_key = "wk_shop"\nblocked_events = ["Banned"]\n'
+
+
+def track(message_id: str, user: str, event: str = "Order Completed") -> dict[str, Any]:
+    return {"type": "track", "messageId": message_id, "userId": user, "event": event}
+
+
+def identify(message_id: str, user: str) -> dict[str, Any]:
+    return {"type": "identify", "messageId": message_id, "userId": user, "traits": {"plan": "pro"}}
+
+
+def everything_of(user: str, tag: str) -> list[dict[str, Any]]:
+    """A track, an identify and a message rejected as invalid (no event name)."""
+    return [
+        track(f"{tag}-t-{user}", user),
+        identify(f"{tag}-i-{user}", user),
+        {"type": "track", "messageId": f"{tag}-bad-{user}", "userId": user},
+    ]
+
+
+async def test_the_endpoints_need_the_admin_token(
+    make_config: MakeConfig, http: aiohttp.ClientSession
+) -> None:
+    async with running(make_config(ADMIN)) as server:
+        for method, path in (
+            ("POST", "/regulations"),
+            ("GET", "/regulations"),
+            ("GET", "/regulations/abc"),
+            ("GET", "/suppressions"),
+        ):
+            async with http.request(method, f"{server.url}{path}", json={}) as response:
+                assert response.status == 401
+                assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"regulationType": "FORGET", "subjectType": "USER_ID", "subjectIds": ["u"]}, "FORGET"),
+        ({"regulationType": "SUPPRESS_ONLY", "subjectType": "USER_ID", "subjectIds": []}, "1"),
+        (
+            {
+                "regulationType": "SUPPRESS_ONLY",
+                "subjectType": "USER_ID",
+                "subjectIds": ["u"] * 5001,
+            },
+            "5000",
+        ),
+        ({"regulationType": "SUPPRESS_ONLY", "subjectType": "EMAIL", "subjectIds": ["u"]}, "EMAIL"),
+        ({"regulationType": "SUPPRESS_ONLY", "subjectIds": ["u"]}, "subjectType"),
+        ({"regulationType": "SUPPRESS_ONLY", "subjectType": "USER_ID", "subjectIds": [""]}, "1"),
+    ],
+)
+async def test_bad_requests_say_what_is_wrong(
+    make_config: MakeConfig, http: aiohttp.ClientSession, body: dict[str, Any], says: str
+) -> None:
+    async with running(make_config(ADMIN)) as server:
+        async with http.post(f"{server.url}/regulations", json=body, headers=AUTH) as response:
+            answer = await response.json()
+        assert response.status == 400
+        assert answer["code"] == "invalid_request"
+        assert says in answer["message"]
+        async with http.post(
+            f"{server.url}/regulations/sources/nowhere",
+            json={"regulationType": "SUPPRESS_ONLY", "subjectType": "USER_ID", "subjectIds": ["u"]},
+            headers=AUTH,
+        ) as response:
+            assert response.status == 404
+        async with http.get(f"{server.url}/regulations/nope", headers=AUTH) as response:
+            assert response.status == 404
+        async with http.get(f"{server.url}/health") as response:
+            assert response.status == 200
+
+
+async def test_suppression_answers_counts_and_stores_nothing(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    async with running(make_config(ADMIN + SHOP)) as server:
+        regulation_id = await regulate(http, server, "SUPPRESS_ONLY", GONE)
+        found = await regulation(http, server, regulation_id)
+        assert found["overallStatus"] == "FINISHED"
+        assert found["regulationType"] == "SUPPRESS_ONLY"
+        assert found["targets"] == []
+        await send(http, server, everything_of(GONE, "a") + everything_of(KEPT, "a"))
+        await send(http, server, [track("a-blocked", GONE, "Banned")], key="wk_shop")
+        async with http.post(
+            f"{server.url}/v1/track",
+            json=track("a-single", GONE),
+            headers={"Authorization": basic_auth(WRITE_KEY)},
+        ) as response:
+            assert response.status == 200
+            assert await response.json() == {"success": True}
+        assert server.ingest.governance.suppressions.suppressed == {"website": 4, "shop": 1}
+        async with http.get(f"{server.url}/metrics") as response:
+            assert 'cdpd_privacy_suppressed_total{source="website"} 4.0' in await response.text()
+        async with http.get(f"{server.url}/suppressions", headers=AUTH) as response:
+            listed = (await response.json())["data"]["suppressions"]
+        assert [(s["userId"], s["sourceId"], s["regulateId"]) for s in listed] == [
+            (GONE, None, regulation_id)
+        ]
+    assert outbox_mentions(data_dir, GONE) == {}
+    assert outbox_mentions(data_dir, KEPT) == {"messages": 2, "rejects": 1}
+
+
+async def test_unsuppress_lifts_it_and_the_source_scope_holds(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    async with running(make_config(ADMIN + SHOP)) as server:
+        await regulate(http, server, "SUPPRESS_ONLY", GONE, source="shop")
+        await send(http, server, [track("b-1", GONE)])  # website: not suppressed
+        await send(http, server, [track("b-2", GONE)], key="wk_shop")
+        # A source's UNSUPPRESS does not lift the workspace's suppression.
+        await regulate(http, server, "SUPPRESS_ONLY", GONE)
+        await regulate(http, server, "UNSUPPRESS", GONE, source="website")
+        await send(http, server, [track("b-3", GONE)])
+        await regulate(http, server, "UNSUPPRESS", GONE)
+        await send(http, server, [track("b-4", GONE)], key="wk_shop")
+        async with http.get(f"{server.url}/suppressions", headers=AUTH) as response:
+            assert (await response.json())["data"]["suppressions"] == []
+    stored = query(data_dir, "SELECT message_id FROM messages ORDER BY seq")
+    assert stored == [("b-1",), ("b-4",)]
+
+
+async def test_suppressions_survive_a_restart(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    config = make_config(ADMIN)
+    async with running(config) as server:
+        await regulate(http, server, "SUPPRESS_ONLY", GONE)
+    async with running(config) as server:
+        await send(http, server, [track("c-1", GONE), track("c-2", KEPT)])
+    assert query(data_dir, "SELECT message_id FROM messages") == [("c-2",)]
+
+
+async def test_suppress_with_delete_leaves_nothing_of_the_user(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    data_dir: Path,
+    warehouse: WarehouseProbe,
+) -> None:
+    async with Sink() as sink:
+        sink.by_message[f"d-t-{GONE}"] = deque([status(500)] * 50)
+        config = make_config(ADMIN + SHOP + warehouse.toml + hook("hook", sink.url))
+        async with running(config) as server:
+            await send(http, server, everything_of(GONE, "d") + everything_of(KEPT, "d"))
+            await send(http, server, [track("d-blocked", GONE, "Banned")], key="wk_shop")
+            await server.warehouses.sync_now("wh")
+            assert await warehouse_mentions(warehouse, GONE)
+            (lane,) = server.delivery.lanes.values()
+            await recorded(lane, 4)  # the user's track failed: a retrying ledger row
+            assert outbox_mentions(data_dir, GONE).keys() >= {
+                "messages",
+                "rejects",
+                "blocked_messages",
+                "deliveries",
+                "attempts",
+            }
+
+            regulation_id = await regulate(http, server, "SUPPRESS_WITH_DELETE", GONE)
+            await send(http, server, everything_of(GONE, "e"))  # suppressed: never stored
+            found = await settled(http, server, regulation_id)
+            await server.warehouses.sync_now("wh")  # a later sync brings nothing back
+
+        assert found["overallStatus"] == "FINISHED", found
+        targets = {t["target"]: t for t in found["targets"]}
+        assert set(targets) == {"outbox", "warehouse:wh", "destination:hook"}
+        assert all(t["status"] == "FINISHED" for t in targets.values())
+        assert targets["outbox"]["rowsRemoved"] >= 4
+        assert targets["warehouse:wh"]["rowsRemoved"] >= 3  # tracks, its event table, users...
+        assert targets["destination:hook"]["rowsRemoved"] == 1
+        deletes = [m for m in sink.messages if m.get("type") == "delete"]
+        assert [m["userId"] for m in deletes] == [GONE]
+        assert outbox_mentions(data_dir, GONE) == {}
+        assert await warehouse_mentions(warehouse, GONE) == {}
+        assert await warehouse_mentions(warehouse, KEPT)
+        assert outbox_mentions(data_dir, KEPT)
+
+
+@pytest.mark.parametrize(
+    ("kind", "suppressed", "deleted", "forwarded"),
+    [
+        ("SUPPRESS_WITH_DELETE_INTERNAL", True, True, False),
+        ("DELETE_INTERNAL", False, True, False),
+        ("DELETE_ONLY", False, True, True),
+        ("DELETE_ARCHIVE_ONLY", False, False, False),
+    ],
+)
+async def test_each_type_does_what_it_says(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    data_dir: Path,
+    warehouse: WarehouseProbe,
+    kind: str,
+    suppressed: bool,
+    deleted: bool,
+    forwarded: bool,
+) -> None:
+    async with Sink() as sink:
+        config = make_config(ADMIN + warehouse.toml + hook("hook", sink.url))
+        async with running(config) as server:
+            await send(http, server, [track("f-1", GONE), track("f-2", KEPT)])
+            await server.warehouses.sync_now("wh")
+            regulation_id = await regulate(http, server, kind, GONE)
+            found = await settled(http, server, regulation_id)
+            await send(http, server, [track("f-3", GONE)])
+        assert found["overallStatus"] == "FINISHED", found
+        expected = {"outbox"} | ({"warehouse:wh"} if deleted else set())
+        expected |= {"destination:hook"} if forwarded else set()
+        assert {t["target"] for t in found["targets"]} == expected
+        stored = {row[0] for row in query(data_dir, "SELECT message_id FROM messages")}
+        assert stored == {"f-2"} | (set() if suppressed else {"f-3"})
+        in_warehouse = await warehouse_mentions(warehouse, GONE)
+        assert bool(in_warehouse) is not deleted
+        assert any(m.get("type") == "delete" for m in sink.messages) is forwarded
