@@ -18,6 +18,7 @@ status decides, by the delivery retry policy, whether the target is tried again)
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from collections.abc import Sequence
@@ -75,6 +76,10 @@ async def forward(
     raise ValueError(f"{destination.__struct_config__.tag} has no user deletion API")
 
 
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
 def _failed(done: int, answer: http.Answer) -> Sent:
     failure = answer.failure()
     return Sent(done, failure.status, failure.error, failure.retry_after_s)
@@ -94,7 +99,7 @@ async def _amplitude(
     secret_key = required_secret(
         config.name, config.secret_key, config.secret_key_env, "secret_key"
     )
-    auth = aiohttp.BasicAuth(key, secret_key).encode()
+    auth = _basic(key, secret_key)
     done = 0
     for chunk in _chunks(user_ids, AMPLITUDE_MAX_IDS):
         body = _encoder.encode(
@@ -144,7 +149,7 @@ async def _mixpanel(
             "service_account_secret",
         )
         user = config.service_account_username or ""
-        headers["Authorization"] = aiohttp.BasicAuth(user, account).encode()
+        headers["Authorization"] = _basic(user, account)
         hidden.append(account)
     done = 0
     for chunk in _chunks(user_ids, MIXPANEL_MAX_IDS):
@@ -174,7 +179,7 @@ async def _customerio(
     site_id = required_secret(config.name, config.site_id, config.site_id_env, "site_id")
     api_key = required_secret(config.name, config.api_key, config.api_key_env, "api_key")
     headers = {
-        "Authorization": aiohttp.BasicAuth(site_id, api_key).encode(),
+        "Authorization": _basic(site_id, api_key),
         "User-Agent": _AGENT,
     }
     base = config.api_url.rstrip("/")
