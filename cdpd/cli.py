@@ -22,6 +22,7 @@ from cdpd.delivery.store import DeliveryStatus, SqliteDeliveryStore
 from cdpd.governance import commands as governance_commands
 from cdpd.model.timestamps import format_ms, now_ms, parse_ms
 from cdpd.outbox import reader, schema
+from cdpd.privacy import regulations_commands
 from cdpd.warehouse import commands as warehouse_commands
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -50,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _replay(cfg, args)
     if command == "mappings":
         return _mappings(cfg, args)
+    if command == regulations_commands.COMMAND:
+        return regulations_commands.run(cfg, args)
     if command in governance_commands.COMMANDS:
         return governance_commands.run(cfg, args)
     if command == "warehouse":
@@ -121,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     warehouse_commands.add_parser(commands, common)
     governance_commands.add_parsers(commands, common)
+    regulations_commands.add_parser(commands, common)
     return parser
 
 

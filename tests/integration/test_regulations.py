@@ -3,6 +3,9 @@ PostgreSQL warehouse; each regulation type, and the proof that a deleted user is
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from cdpd import cli
 from cdpd import config as cdpd_config
 from cdpd.app import running
 from tests.helpers import WRITE_KEY, WarehouseProbe, basic_auth, query
@@ -243,3 +247,61 @@ async def test_each_type_does_what_it_says(
         in_warehouse = await warehouse_mentions(warehouse, GONE)
         assert bool(in_warehouse) is not deleted
         assert any(m.get("type") == "delete" for m in sink.messages) is forwarded
+
+
+async def test_the_cli_creates_lists_and_shows(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    data_dir: Path,
+    tmp_path: Path,
+    warehouse: WarehouseProbe,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config_path = str(tmp_path / "cdpd.toml")
+    async with running(make_config(ADMIN + warehouse.toml)) as server:
+        await send(http, server, [track("h-1", GONE), track("h-2", KEPT)])
+        await server.warehouses.sync_now("wh")
+        args = ["regulations", "create", "SUPPRESS_WITH_DELETE", GONE, "--config", config_path]
+        capsys.readouterr()
+        assert await asyncio.to_thread(cli.main, args) == 0
+        # The daemon's log shares standard output here: the id is its last 24 hex digits.
+        regulation_id = re.findall("[0-9a-f]{24}", capsys.readouterr().out)[-1]
+        found = await settled(http, server, regulation_id)
+        await send(http, server, [track("h-3", GONE)])  # taken up: suppressed
+    assert found["overallStatus"] == "FINISHED", found
+    assert query(data_dir, "SELECT message_id FROM messages") == [("h-2",)]
+    assert await warehouse_mentions(warehouse, GONE) == {}
+
+    assert (
+        await asyncio.to_thread(
+            cli.main, ["regulations", "show", regulation_id, "--config", config_path]
+        )
+        == 0
+    )
+    shown = capsys.readouterr().out
+    assert "status      FINISHED" in shown
+    assert re.search(r"outbox\s+FINISHED\s+1\s+1", shown), shown
+    assert re.search(r"warehouse:wh\s+FINISHED\s+[1-9]", shown), shown
+    assert (
+        await asyncio.to_thread(
+            cli.main, ["regulations", "list", "--json", "--config", config_path]
+        )
+        == 0
+    )
+    (listed,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (listed["id"], listed["overallStatus"], listed["subjectCount"]) == (
+        regulation_id,
+        "FINISHED",
+        1,
+    )
+    assert (
+        await asyncio.to_thread(cli.main, ["regulations", "show", "nope", "--config", config_path])
+        == 1
+    )
+    assert (
+        await asyncio.to_thread(
+            cli.main, ["regulations", "create", "SUPPRESS_ONLY", "--config", config_path]
+        )
+        == 2
+    )
+    assert "subjectIds" in capsys.readouterr().err
