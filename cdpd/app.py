@@ -132,6 +132,7 @@ async def running(
                 governance.suppressions,
                 warehouses,
                 {name: s for name, s in delivery.senders.items() if isinstance(s, File)},
+                delivery.erased,
                 session,
                 clock,
             )

@@ -67,8 +67,10 @@ class Delivery:
             )
             for d in enabled
         }
+        self.erased: set[int] = set()  # seqs a regulation deleted (see Lane.erased)
         for lane in self.lanes.values():
             writer.on_messages(lane.work)
+            lane.erased = self.erased
         self.pruner = Pruner(
             writer,
             config.delivery,

@@ -83,11 +83,18 @@ class Erased(NamedTuple):
 
 
 async def erase_outbox(
-    writer: OutboxWriter, path: Path, user_ids: Sequence[str], source: str | None
+    writer: OutboxWriter,
+    path: Path,
+    user_ids: Sequence[str],
+    source: str | None,
+    unsent: set[int],
 ) -> Erased:
+    """`unsent` gets the seqs of the messages deleted, before they go: delivery lanes do not
+    send what they read of them before the deletion."""
     await writer.append([], [], now_ms())  # the fence: what was queued before is committed
     async with schema.connect(path, readonly=True) as conn:
         found = await find_in_outbox(conn, user_ids, source)
+    unsent.update(found.seqs)
     rows: int = await writer.transact(functools.partial(_delete, found=found))
     return Erased(rows, found.message_ids)
 

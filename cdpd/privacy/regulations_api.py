@@ -90,6 +90,9 @@ class RegulationsApi:
         new = new_regulation(self._config, asked, source, now_ms())
         await self._writer.transact(functools.partial(regulations_store.insert, new=new))
         await self._service.refresh()  # its suppressions are in force before the answer
+        # A fence: what ingest queued before they were is committed before the answer, so
+        # nothing of a suppressed user is stored after it.
+        await self._writer.append([], [], now_ms())
         return _json({"data": {"regulateId": new.id}})
 
     async def show(self, request: web.Request) -> web.Response:

@@ -67,6 +67,7 @@ class RegulationService:
         suppressions: Suppressions,
         warehouses: Scheduler,
         files: dict[str, File],
+        unsent: set[int],
         session: aiohttp.ClientSession,
         clock: Clock,
     ) -> None:
@@ -77,6 +78,7 @@ class RegulationService:
         self._suppressions = suppressions
         self._warehouses = warehouses
         self._files = files
+        self._unsent = unsent  # Delivery.erased
         self._session = session
         self._clock = clock
         self._idle = SystemClock()
@@ -179,7 +181,9 @@ class RegulationService:
 
     async def _work(self, due: DueTarget, users: Sequence[str]) -> int:
         if due.kind == OUTBOX:
-            erased = await deletion.erase_outbox(self._writer, self._path, users, due.source)
+            erased = await deletion.erase_outbox(
+                self._writer, self._path, users, due.source, self._unsent
+            )
             self._erased[due.regulation_id] = erased.message_ids
             return erased.rows
         name = due.target.partition(":")[2]
