@@ -10,6 +10,7 @@ shared machine the CPU time per event moves much less than the rate does.
 
     python bench/ingest.py [--duration 10] [--reps 1] [--connections 64] [--baseline DIR]
     python bench/ingest.py --plan   # also cdpd with a 50-event tracking plan, all checks on
+    python bench/ingest.py --privacy  # also cdpd with 1,000 users suppressed (not the load's)
 
 `--baseline DIR` also measures the cdpd in DIR (e.g. `git worktree add /tmp/main main`), in the
 same run and interleaved with the others, so that a change is compared before and after on the
@@ -69,6 +70,11 @@ def main() -> int:
         help="also cdpd with a 50-event tracking plan, all checks on (compare it with cdpd)",
     )
     parser.add_argument(
+        "--privacy",
+        action="store_true",
+        help="also cdpd with a 1,000-user suppression list (compare it with cdpd)",
+    )
+    parser.add_argument(
         "--config",
         default="",
         help='TOML added to cdpd\'s config, e.g. "[logging]\\naccess_log = false"',
@@ -95,6 +101,8 @@ def main() -> int:
 def servers(args: argparse.Namespace) -> tuple[str, ...]:
     if args.plan:
         return ("bare", "cdpd", "cdpd+plan")
+    if args.privacy:
+        return ("bare", "cdpd", "cdpd+privacy")
     return ("bare", "base", "cdpd") if args.baseline else ("bare", "cdpd")
 
 
@@ -146,6 +154,8 @@ def start_server(
             + args.config.replace("\\n", "\n")
         )
         command = [sys.executable, "-m", "cdpd", "serve", "--config", str(config)]
+        if server == "cdpd+privacy":
+            suppress_users(config, tmp, cwd)
     proc = subprocess.Popen(
         ["taskset", "-c", args.server_cpus, *command],
         stdout=subprocess.DEVNULL,
@@ -155,6 +165,26 @@ def start_server(
     )
     wait_for_port(port, proc)
     return proc
+
+
+SUPPRESSED_USERS = 1000
+
+
+def suppress_users(config: Path, tmp: Path, cwd: Path) -> None:
+    """A workspace suppression of 1,000 users that the load does not send as (it sends as
+    user-0 ... user-999): every message pays the check, none is dropped."""
+    users = tmp / "suppressed.txt"
+    users.write_text("".join(f"suppressed-{n}\n" for n in range(SUPPRESSED_USERS)))
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "cdpd", "regulations", "create", "SUPPRESS_ONLY"),
+            *("--from-file", str(users), "--config", str(config)),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(cwd)},
+    )
 
 
 # Every check on: unplanned events blocked, unplanned properties omitted, violations block.
@@ -329,6 +359,20 @@ def print_table(runs: dict[tuple[str, str], list[Result]], names: tuple[str, ...
                 f"| {statistics.median(by_rate):.2f} "
                 f"| {statistics.median(by_cpu):.2f} "
                 f"| {', '.join(sorted({r.stored_ok for r in results}))} |"
+            )
+    for mode in ("single", "batch100"):
+        if ("cdpd+privacy", mode) in runs:
+            ratios = [
+                p.events_per_s / c.events_per_s
+                for p, c in zip(runs[("cdpd+privacy", mode)], runs[("cdpd", mode)], strict=True)
+            ]
+            cpu = [
+                c.cpu_us_per_event / p.cpu_us_per_event
+                for p, c in zip(runs[("cdpd+privacy", mode)], runs[("cdpd", mode)], strict=True)
+            ]
+            print(
+                f"\ncdpd+privacy / cdpd, {mode}: {statistics.median(ratios):.2f}x by rate,"
+                f" {statistics.median(cpu):.2f}x by CPU time per event"
             )
 
 
