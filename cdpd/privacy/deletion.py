@@ -39,17 +39,17 @@ from cdpd.warehouse.naming import schema_name
 from cdpd.warehouse.scheduler import Scheduler
 from cdpd.warehouse.sinks import open_sink
 
-# ?1 is a JSON array of the user ids, ?2 a source or NULL (every source).
+# {users} is a list of parameters, one per user id (bound as they are: an id may hold any
+# character), then the source or NULL (every source).
 FIND = {
     "messages": "SELECT seq, message_id FROM messages"
-    " WHERE user_id IN (SELECT value FROM json_each(?1)) AND (?2 IS NULL OR source = ?2)",
+    " WHERE user_id IN ({users}) AND (?1 IS NULL OR source = ?1)",
     "rejects": "SELECT id, message_id FROM rejects WHERE json_valid(payload)"
-    " AND CAST(payload ->> '$.userId' AS TEXT) IN (SELECT value FROM json_each(?1))"
-    " AND (?2 IS NULL OR source = ?2)",
+    " AND CAST(payload ->> '$.userId' AS TEXT) IN ({users}) AND (?1 IS NULL OR source = ?1)",
     "blocked_messages": "SELECT id, message_id FROM blocked_messages WHERE json_valid(payload)"
-    " AND CAST(payload ->> '$.userId' AS TEXT) IN (SELECT value FROM json_each(?1))"
-    " AND (?2 IS NULL OR source = ?2)",
+    " AND CAST(payload ->> '$.userId' AS TEXT) IN ({users}) AND (?1 IS NULL OR source = ?1)",
 }
+USERS_PER_STATEMENT = 500
 FIND_VIOLATIONS = (
     "SELECT id FROM violations WHERE message_id IN (SELECT value FROM json_each(?1))"
     " AND (?2 IS NULL OR source = ?2)"
@@ -102,13 +102,16 @@ async def erase_outbox(
 async def find_in_outbox(
     conn: aiosqlite.Connection, user_ids: Sequence[str], source: str | None
 ) -> Found:
-    users = _encode(list(user_ids)).decode()
-    keys: dict[str, list[int]] = {}
+    keys: dict[str, list[int]] = {table: [] for table in FIND}
     message_ids: set[str] = set()
-    for table, sql in FIND.items():
-        rows: list[Any] = list(await conn.execute_fetchall(sql, (users, source)))
-        keys[table] = [row[0] for row in rows]
-        message_ids.update(row[1] for row in rows if row[1] is not None)
+    for start in range(0, len(user_ids), USERS_PER_STATEMENT):
+        chunk = list(user_ids[start : start + USERS_PER_STATEMENT])
+        marks = ", ".join(f"?{n}" for n in range(2, len(chunk) + 2))
+        for table, sql in FIND.items():
+            found = await conn.execute_fetchall(sql.format(users=marks), [source, *chunk])
+            rows: list[Any] = list(found)
+            keys[table] += [row[0] for row in rows]
+            message_ids.update(row[1] for row in rows if row[1] is not None)
     violations: list[Any] = list(
         await conn.execute_fetchall(
             FIND_VIOLATIONS, (_encode(sorted(message_ids)).decode(), source)

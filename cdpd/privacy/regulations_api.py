@@ -18,6 +18,7 @@ import msgspec
 from aiohttp import web
 
 from cdpd.config import Config
+from cdpd.ingest.body import read_limited
 from cdpd.ingest.errors import ApiError
 from cdpd.model.timestamps import format_ms, now_ms
 from cdpd.outbox.writer import OutboxWriter
@@ -33,6 +34,7 @@ from cdpd.privacy.regulations_service import RegulationService
 from cdpd.privacy.regulations_store import NewRegulation
 
 MAX_PAGE = 200
+MAX_REQUEST_BYTES = 4 * 1024 * 1024  # Segment's limit for a regulation request
 _encoder = msgspec.json.Encoder()
 
 
@@ -86,7 +88,7 @@ class RegulationsApi:
     async def create(self, request: web.Request) -> web.Response:
         self._authorize(request)
         source = self._source(request)
-        asked = decode_request(await request.read())
+        asked = decode_request(await read_limited(request, MAX_REQUEST_BYTES))
         new = new_regulation(self._config, asked, source, now_ms())
         await self._writer.transact(functools.partial(regulations_store.insert, new=new))
         await self._service.refresh()  # its suppressions are in force before the answer

@@ -17,6 +17,7 @@ import pytest
 from cdpd import cli
 from cdpd import config as cdpd_config
 from cdpd.app import running
+from tests.governance_plans import governed_config, write_plan
 from tests.helpers import WRITE_KEY, WarehouseProbe, basic_auth, query
 from tests.integration.test_delivery import hook, recorded, send
 from tests.regulations import (
@@ -305,3 +306,69 @@ async def test_the_cli_creates_lists_and_shows(
         == 2
     )
     assert "subjectIds" in capsys.readouterr().err
+
+
+async def test_violations_of_the_users_messages_go_with_them(
+    http: aiohttp.ClientSession, data_dir: Path, tmp_path: Path
+) -> None:
+    plan = write_plan(tmp_path / "plan.json")
+    path = tmp_path / "cdpd.toml"
+    path.write_text(governed_config(data_dir, plan, extra=ADMIN))
+    async with running(cdpd_config.load(path)) as server:
+        bad = [
+            {**track(f"v-{user}", user), "properties": {"revenue": "lots"}} for user in (GONE, KEPT)
+        ]
+        await send(http, server, bad)
+        assert {row[0] for row in query(data_dir, "SELECT message_id FROM violations")} == {
+            f"v-{GONE}",
+            f"v-{KEPT}",
+        }
+        regulation_id = await regulate(http, server, "DELETE_INTERNAL", GONE)
+        found = await settled(http, server, regulation_id)
+    assert found["overallStatus"] == "FINISHED"
+    assert outbox_mentions(data_dir, GONE) == {}
+    assert {row[0] for row in query(data_dir, "SELECT message_id FROM violations")} == {f"v-{KEPT}"}
+
+
+async def test_a_source_scoped_deletion_keeps_the_other_sources(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    data_dir: Path,
+    warehouse: WarehouseProbe,
+) -> None:
+    async with running(make_config(ADMIN + SHOP + warehouse.toml)) as server:
+        await send(http, server, [track("s-1", GONE)])
+        await send(http, server, [track("s-2", GONE)], key="wk_shop")
+        await server.warehouses.sync_now("wh")
+        regulation_id = await regulate(http, server, "DELETE_INTERNAL", GONE, source="shop")
+        found = await settled(http, server, regulation_id)
+    assert found["overallStatus"] == "FINISHED", found
+    assert found["sourceId"] == "shop"
+    assert query(data_dir, "SELECT message_id FROM messages") == [("s-1",)]
+    assert set(await warehouse_mentions(warehouse, GONE)) == (
+        {"website__tracks", "website__order_completed"}
+        if warehouse.kind == "sqlite"
+        else {"website.tracks", "website.order_completed"}
+    )
+
+
+async def test_five_thousand_hostile_ids_in_one_request(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    hostile = ["'; DROP TABLE messages; --", 'a"b', "ü\u0000x", "%s", "*", "x" * 120]
+    users = hostile + [f"{'y' * 100}-{n}" for n in range(5000 - len(hostile))]
+    async with running(make_config(ADMIN)) as server:
+        await send(http, server, [track(f"x-{n}", user) for n, user in enumerate(hostile)])
+        regulation_id = await regulate(http, server, "SUPPRESS_WITH_DELETE_INTERNAL", *users)
+        found = await settled(http, server, regulation_id)
+        await send(http, server, [track("x-after", "*"), track("x-kept", KEPT)])
+        async with http.get(
+            f"{server.url}/suppressions?pagination.count=200", headers=AUTH
+        ) as response:
+            page = (await response.json())["data"]
+    assert found["overallStatus"] == "FINISHED"
+    assert found["subjectCount"] == 5000
+    assert {t["target"]: t["rowsRemoved"] for t in found["targets"]} == {"outbox": len(hostile)}
+    assert query(data_dir, "SELECT message_id FROM messages") == [("x-kept",)]
+    assert len(page["suppressions"]) == 200
+    assert page["pagination"]["next"] is not None

@@ -122,9 +122,16 @@ class SqliteSink:
     async def erase_users(self, user_ids: Sequence[str], schemas: Collection[str] | None) -> int:
         """Delete the users' rows (by `user_id`, `users` by `id`) from every table of
         `schemas` (None: all), with the discards of the rows deleted; returns how many."""
-        users = msgspec.json.encode(list(user_ids)).decode()
         removed = 0
         async with self.load():
+            # Each id its own parameter, bound as it is (an id may hold any character).
+            await self._conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS _cdpd_erased (user_id TEXT PRIMARY KEY)"
+            )
+            await self._conn.execute("DELETE FROM _cdpd_erased")
+            await self._conn.executemany(
+                "INSERT OR IGNORE INTO _cdpd_erased VALUES (?)", [(u,) for u in user_ids]
+            )
             tables: dict[str, set[str]] = {}
             for name, column, _ in await self._conn.execute_fetchall(SELECT_COLUMNS):
                 tables.setdefault(name, set()).add(column)
@@ -139,18 +146,16 @@ class SqliteSink:
                 key = "id" if table == "users" else "user_id" if "user_id" in columns else None
                 if key is None:
                     continue
-                matching = f"CAST({quote(key)} AS TEXT) IN (SELECT value FROM json_each(?))"
+                matching = f"CAST({quote(key)} AS TEXT) IN (SELECT user_id FROM _cdpd_erased)"
                 discards = table_name(schema, DISCARDS_TABLE)
                 if discards in tables:
                     cursor = await self._conn.execute(
                         f"DELETE FROM {quote(discards)} WHERE table_name = ? AND row_id IN"
                         f" (SELECT id FROM {quote(name)} WHERE {matching})",
-                        (table, users),
+                        (table,),
                     )
                     removed += max(cursor.rowcount, 0)
-                cursor = await self._conn.execute(
-                    f"DELETE FROM {quote(name)} WHERE {matching}", (users,)
-                )
+                cursor = await self._conn.execute(f"DELETE FROM {quote(name)} WHERE {matching}")
                 removed += max(cursor.rowcount, 0)
         return removed
 
