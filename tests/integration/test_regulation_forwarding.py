@@ -19,8 +19,9 @@ from tests.contracts.customerio import API_KEY, SITE_ID, CustomerIoTrack
 from tests.contracts.harness import destination
 from tests.contracts.mixpanel_deletion import PATH as MIXPANEL_PATH
 from tests.contracts.mixpanel_deletion import MixpanelDeletionContract
-from tests.integration.test_delivery import delivered, send
-from tests.regulations import ADMIN, regulate, settled
+from tests.integration.test_delivery import delivered, hook, send
+from tests.regulations import ADMIN, regulate, regulation, settled
+from tests.sink import Sink, status
 
 MakeConfig = Callable[..., cdpd_config.Config]
 FAST_RETRY = "retry = { backoff_min_s = 0.05, backoff_max_s = 0.1 }\n"
@@ -204,3 +205,22 @@ async def test_local_files_are_rewritten_without_the_user(
     assert not any("user-gone" in line for line in after)
     assert sum("user-kept" in line for line in after) == 13
     assert not [p for p in folder.iterdir() if p.name.endswith(".erasing")]
+
+
+async def test_a_regulation_carries_on_after_a_restart(
+    make_config: MakeConfig, http: aiohttp.ClientSession
+) -> None:
+    async with Sink(default=status(503)) as sink:
+        config = make_config(ADMIN + hook("hook", sink.url) + FAST_RETRY)
+        async with running(config) as server:
+            regulation_id = await regulate(http, server, "DELETE_ONLY", "user-1")
+            await sink.wait_for_requests(2)
+            before = await regulation(http, server, regulation_id)
+        assert before["overallStatus"] == "RUNNING"
+        sink.default = status(200)
+        async with running(config) as server:
+            found = await settled(http, server, regulation_id)
+    assert found["overallStatus"] == "FINISHED", found
+    target = {t["target"]: t for t in found["targets"]}["destination:hook"]
+    assert target["attempts"] >= 3
+    assert [m["userId"] for m in sink.messages] == ["user-1"]
