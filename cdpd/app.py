@@ -133,6 +133,7 @@ async def running(
                 warehouses,
                 {name: s for name, s in delivery.senders.items() if isinstance(s, File)},
                 delivery.erased,
+                delivery.in_flight,
                 session,
                 clock,
             )

@@ -81,6 +81,11 @@ class Delivery:
         self.restarts = restarts or Restarts()
         self._stop = asyncio.Event()
 
+    def in_flight(self, destination: str) -> int:
+        """How many messages the destination's lane is sending now (0 without a lane)."""
+        lane = self.lanes.get(destination)
+        return lane.stats.in_flight if lane is not None else 0
+
     async def start(self) -> None:
         """Recover from the last stop and set positions; before `run`, once the outbox writer
         runs, and before ingest opens (a new destination starts from that point)."""

@@ -45,6 +45,7 @@ from cdpd.warehouse.scheduler import Scheduler
 log = structlog.get_logger("cdpd.privacy")
 
 POLL_INTERVAL_S = 0.5  # how soon a regulation written by another process takes effect
+QUIET_POLL_S = 0.05
 
 
 class TargetFailed(Exception):
@@ -68,6 +69,7 @@ class RegulationService:
         warehouses: Scheduler,
         files: dict[str, File],
         unsent: set[int],
+        sending: Callable[[str], int],
         session: aiohttp.ClientSession,
         clock: Clock,
     ) -> None:
@@ -79,6 +81,7 @@ class RegulationService:
         self._warehouses = warehouses
         self._files = files
         self._unsent = unsent  # Delivery.erased
+        self._sending = sending  # how many messages a destination's lane has in flight
         self._session = session
         self._clock = clock
         self._idle = SystemClock()
@@ -203,12 +206,22 @@ class RegulationService:
             )
             return await deletion.erase_file(destination, self._files.get(name), drop)
         assert due.kind == DESTINATION
+        await self._quiet(name, destination.timeout_s)
         sent = await regulations_vendors.forward(
             self._session, destination, users, due.regulation_id
         )
         if not sent.ok:
             raise TargetFailed(sent.error or "failed", sent.status, sent.retry_after_s)
         return sent.users
+
+    async def _quiet(self, name: str, timeout_s: float) -> None:
+        """Wait (at most the destination's request timeout) for the lane's requests in flight
+        to end: one begun before the outbox deletion may carry the user, and the vendor must
+        have it before it is asked to delete."""
+        deadline_s = asyncio.get_running_loop().time() + timeout_s
+        # A poll: a lane counts what it has in flight but signals no change of the count.
+        while self._sending(name) and asyncio.get_running_loop().time() < deadline_s:  # noqa: ASYNC110
+            await asyncio.sleep(QUIET_POLL_S)
 
     async def _failed(
         self, due: DueTarget, failed: TargetFailed, started_ms: int, bound: structlog.BoundLogger

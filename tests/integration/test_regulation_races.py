@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from tests.regulations import (
     settled,
     warehouse_mentions,
 )
-from tests.sink import Sink
+from tests.sink import Sink, hold
 
 MakeConfig = Callable[..., cdpd_config.Config]
 GONE = "user-gone-51d0"
@@ -156,3 +157,21 @@ async def test_deletion_racing_a_replay_sends_nothing_more_and_replays_nothing(
     assert len(sent_to_gone) == gone_at_finish - 1  # the forwarded delete message is the -1
     assert len(sent_to_gone) < 300  # the replay was cut short
     assert outbox_mentions(data_dir, GONE) == {}
+
+
+async def test_a_destination_is_asked_to_delete_after_its_requests_in_flight(
+    make_config: MakeConfig, http: aiohttp.ClientSession
+) -> None:
+    release = asyncio.Event()
+    async with Sink() as sink:
+        sink.by_message[f"q-0-{GONE}"] = deque([hold(release)])
+        async with running(make_config(ADMIN + hook("hook", sink.url))) as server:
+            await send(http, server, tracks(GONE, "q", 1))
+            await sink.wait_for_requests(1)  # held: the lane has it in flight
+            regulation_id = await regulate(http, server, "DELETE_ONLY", GONE)
+            await asyncio.sleep(0.5)
+            assert sink.arrived == 1  # the delete waits for the request in flight
+            release.set()
+            found = await settled(http, server, regulation_id)
+    assert found["overallStatus"] == "FINISHED", found
+    assert [m["type"] for m in sink.messages] == ["track", "delete"]
