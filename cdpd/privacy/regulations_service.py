@@ -119,6 +119,7 @@ class RegulationService:
             self._wake.clear()
             await self.refresh()
             delay_s = await self._work_due(stop)
+            await self._forget_passed()
             async with self.worked:
                 self.passes += 1
                 self.worked.notify_all()
@@ -148,6 +149,17 @@ class RegulationService:
         if next_at is None:
             return POLL_INTERVAL_S
         return max(0.0, (parse_ms(next_at) - self._clock.now_ms()) / 1000)
+
+    async def _forget_passed(self) -> None:
+        """Deleted seqs every lane has passed need no skipping any more (a lane re-reads
+        retries and replays from the outbox, where they are gone)."""
+        if not self._unsent:
+            return
+        passed = await regulations_store.lanes_passed(self._reader)
+        if passed is None:  # no lane runs
+            self._unsent.clear()
+        else:
+            self._unsent.difference_update([seq for seq in self._unsent if seq <= passed])
 
     async def _outbox_status(self, regulation_id: str) -> str | None:
         return await regulations_store.target_status(self._reader, regulation_id, OUTBOX)

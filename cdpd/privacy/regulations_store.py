@@ -209,6 +209,16 @@ async def next_due_at(conn: aiosqlite.Connection) -> str | None:
     return rows[0][0] if rows else None
 
 
+async def lanes_passed(conn: aiosqlite.Connection) -> int | None:
+    """The seq every running delivery lane and replay job has finished (None: none runs)."""
+    rows: list[Any] = list(
+        await conn.execute_fetchall(
+            "SELECT min(seq) FROM consumers WHERE kind IN ('delivery', 'replay') AND NOT paused"
+        )
+    )
+    return rows[0][0] if rows and rows[0][0] is not None else None
+
+
 async def subjects(conn: aiosqlite.Connection, regulation_id: str) -> list[str]:
     rows: list[Any] = list(
         await conn.execute_fetchall(
