@@ -367,9 +367,9 @@ async def listing(
             where.append(f"{column} = ?")
             params.append(value)
     if after_id is not None:
-        where.append("id < ?")
+        where.append("seq < (SELECT seq FROM regulations WHERE id = ?)")
         params.append(after_id)
-    sql = SELECT_REGULATION + f" WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"
+    sql = SELECT_REGULATION + f" WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?"
     rows: list[Any] = list(await conn.execute_fetchall(sql, [*params, count]))
     return [RegulationView(*row) for row in rows]
 

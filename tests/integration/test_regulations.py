@@ -34,6 +34,7 @@ from tests.sink import Sink, status
 MakeConfig = Callable[..., cdpd_config.Config]
 GONE = "user-gone-7f3a"
 KEPT = "user-kept-2b9c"
+S = "website"  # the warehouse schema of the source "website"
 SHOP = '[[sources]]\nname = "shop"\nwrite_key = "wk_shop"\nblocked_events = ["Banned"]\n'
 
 
@@ -213,12 +214,14 @@ async def test_suppress_with_delete_leaves_nothing_of_the_user(
 
 
 @pytest.mark.parametrize(
-    ("kind", "suppressed", "deleted", "forwarded"),
+    ("kind", "targets", "stored"),
     [
-        ("SUPPRESS_WITH_DELETE_INTERNAL", True, True, False),
-        ("DELETE_INTERNAL", False, True, False),
-        ("DELETE_ONLY", False, True, True),
-        ("DELETE_ARCHIVE_ONLY", False, False, False),
+        ("SUPPRESS_ONLY", set(), {"f-1", "f-2"}),
+        ("UNSUPPRESS", set(), {"f-1", "f-2", "f-3"}),
+        ("SUPPRESS_WITH_DELETE_INTERNAL", {"outbox", "warehouse:wh"}, {"f-2"}),
+        ("DELETE_INTERNAL", {"outbox", "warehouse:wh"}, {"f-2", "f-3"}),
+        ("DELETE_ONLY", {"outbox", "warehouse:wh", "destination:hook"}, {"f-2", "f-3"}),
+        ("DELETE_ARCHIVE_ONLY", {"outbox"}, {"f-2", "f-3"}),
     ],
 )
 async def test_each_type_does_what_it_says(
@@ -227,9 +230,8 @@ async def test_each_type_does_what_it_says(
     data_dir: Path,
     warehouse: WarehouseProbe,
     kind: str,
-    suppressed: bool,
-    deleted: bool,
-    forwarded: bool,
+    targets: set[str],
+    stored: set[str],
 ) -> None:
     async with Sink() as sink:
         config = make_config(ADMIN + warehouse.toml + hook("hook", sink.url))
@@ -239,15 +241,18 @@ async def test_each_type_does_what_it_says(
             regulation_id = await regulate(http, server, kind, GONE)
             found = await settled(http, server, regulation_id)
             await send(http, server, [track("f-3", GONE)])
-        assert found["overallStatus"] == "FINISHED", found
-        expected = {"outbox"} | ({"warehouse:wh"} if deleted else set())
-        expected |= {"destination:hook"} if forwarded else set()
-        assert {t["target"] for t in found["targets"]} == expected
-        stored = {row[0] for row in query(data_dir, "SELECT message_id FROM messages")}
-        assert stored == {"f-2"} | (set() if suppressed else {"f-3"})
-        in_warehouse = await warehouse_mentions(warehouse, GONE)
-        assert bool(in_warehouse) is not deleted
-        assert any(m.get("type") == "delete" for m in sink.messages) is forwarded
+            await server.warehouses.sync_now("wh")
+    assert found["overallStatus"] == "FINISHED", found
+    assert {t["target"] for t in found["targets"]} == targets
+    in_outbox = {row[0] for row in query(data_dir, "SELECT message_id FROM messages")}
+    assert in_outbox == stored
+    loaded = {
+        row[0] for row in await warehouse.fetch(f"SELECT id FROM {warehouse.name(S, 'tracks')}")
+    }
+    # The archive-only deletion leaves the warehouse as it was.
+    assert loaded == (stored | {"f-1"} if kind == "DELETE_ARCHIVE_ONLY" else stored)
+    forwarded = [m for m in sink.messages if m.get("type") == "delete"]
+    assert [m["userId"] for m in forwarded] == ([GONE] if "destination:hook" in targets else [])
 
 
 async def test_the_cli_creates_lists_and_shows(
@@ -372,3 +377,29 @@ async def test_five_thousand_hostile_ids_in_one_request(
     assert query(data_dir, "SELECT message_id FROM messages") == [("x-kept",)]
     assert len(page["suppressions"]) == 200
     assert page["pagination"]["next"] is not None
+
+
+async def test_listing_filters_and_pages(
+    make_config: MakeConfig, http: aiohttp.ClientSession
+) -> None:
+    async with running(make_config(ADMIN + SHOP)) as server:
+        made = [await regulate(http, server, "SUPPRESS_ONLY", f"u{n}") for n in range(3)]
+        made.append(await regulate(http, server, "SUPPRESS_ONLY", "u9", source="shop"))
+
+        async def listed(query: str) -> Any:
+            async with http.get(f"{server.url}/regulations{query}", headers=AUTH) as response:
+                assert response.status == 200, await response.text()
+                return (await response.json())["data"]
+
+        first = await listed("?pagination.count=2")
+        assert [r["id"] for r in first["regulations"]] == made[::-1][:2]
+        cursor = first["pagination"]["next"]
+        rest = await listed(f"?pagination.count=2&pagination.cursor={cursor}")
+        assert [r["id"] for r in rest["regulations"]] == made[::-1][2:]
+        assert [r["id"] for r in (await listed("/sources/shop"))["regulations"]] == [made[3]]
+        assert [r["id"] for r in (await listed("?sourceId=shop"))["regulations"]] == [made[3]]
+        assert len((await listed("?status=FINISHED"))["regulations"]) == 4
+        assert (await listed("?status=RUNNING"))["regulations"] == []
+        for bad in ("?status=DONE", "?pagination.count=0", "?pagination.count=x"):
+            async with http.get(f"{server.url}/regulations{bad}", headers=AUTH) as response:
+                assert response.status == 400
