@@ -159,8 +159,8 @@ async def erase_warehouse(
         return await sink.erase_users(user_ids, schemas)
 
 
-def warehouse_named(config: Config, name: str) -> Warehouse:
-    return next(w for w in config.warehouses if w.name == name)
+def warehouse_named(config: Config, name: str) -> Warehouse | None:
+    return next((w for w in config.warehouses if w.name == name), None)
 
 
 # -- local files -------------------------------------------------------------------------------

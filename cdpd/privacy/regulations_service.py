@@ -179,6 +179,10 @@ class RegulationService:
             return await self._failed(
                 due, TargetFailed(f"{type(exc).__name__}: {exc}"), started_ms, bound
             )
+        except Exception as exc:  # a fault of cdpd's own: recorded and retried, never a loop
+            bound.exception("regulation_target_crashed")
+            crashed = TargetFailed(f"cdpd failed on it: {type(exc).__name__}: {exc}")
+            return await self._failed(due, crashed, started_ms, bound)
         at = format_ms(self._clock.now_ms())
         update = TargetUpdate(
             due.regulation_id,
@@ -204,14 +208,15 @@ class RegulationService:
         name = due.target.partition(":")[2]
         if due.kind == WAREHOUSE:
             warehouse = deletion.warehouse_named(self._config, name)
+            if warehouse is None:
+                raise _permanent(f"no warehouse is named {name!r} any more")
             return await deletion.erase_warehouse(
                 self._config, warehouse, self._warehouses, users, due.source
             )
         destination = self._destinations.get(name)
-        if destination is None:
-            raise TargetFailed(f"no destination is named {name!r} any more")
-        if due.kind == FILE:
-            assert isinstance(destination, FileDestination)
+        if destination is None or (due.kind == FILE) != isinstance(destination, FileDestination):
+            raise _permanent(f"no {due.kind} destination is named {name!r} any more")
+        if isinstance(destination, FileDestination):
             drop = deletion.line_filter(
                 users if due.source is None else (),
                 self._erased.get(due.regulation_id, ()),

@@ -403,3 +403,22 @@ async def test_listing_filters_and_pages(
         for bad in ("?status=DONE", "?pagination.count=0", "?pagination.count=x"):
             async with http.get(f"{server.url}/regulations{bad}", headers=AUTH) as response:
                 assert response.status == 400
+
+
+async def test_a_target_no_longer_configured_fails_with_the_reason(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+    warehouse: WarehouseProbe,
+) -> None:
+    config_path = str(tmp_path / "cdpd.toml")
+    make_config(ADMIN + warehouse.toml)  # the config the regulation is planned with
+    args = ["regulations", "create", "DELETE_INTERNAL", GONE, "--config", config_path]
+    assert await asyncio.to_thread(cli.main, args) == 0
+    (regulation_id,) = [row[0] for row in query(tmp_path / "var", "SELECT id FROM regulations")]
+    async with running(make_config(ADMIN)) as server:  # the warehouse is gone from it
+        found = await settled(http, server, regulation_id)
+    assert found["overallStatus"] == "FAILED"
+    target = {t["target"]: t for t in found["targets"]}["warehouse:wh"]
+    assert target["status"] == "FAILED"
+    assert "no warehouse is named 'wh'" in target["lastError"]
