@@ -192,6 +192,7 @@ async def running(
                         )
                 finally:
                     regulations_stop.set()  # the target in hand is finished and recorded
+                    regulations.wake()
                     await regulations_task
                     warehouses_stop.set()  # a sync commits the batch it is in; the TaskGroup waits
                     delivery.stop()  # lanes finish their attempts, unfinished claims go back

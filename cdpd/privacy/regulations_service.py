@@ -215,7 +215,8 @@ class RegulationService:
             )
         destination = self._destinations.get(name)
         if destination is None or (due.kind == FILE) != isinstance(destination, FileDestination):
-            raise _permanent(f"no {due.kind} destination is named {name!r} any more")
+            what = "file destination" if due.kind == FILE else "destination"
+            raise _permanent(f"no {what} is named {name!r} any more")
         if isinstance(destination, FileDestination):
             drop = deletion.line_filter(
                 users if due.source is None else (),
@@ -301,6 +302,8 @@ class RegulationService:
             regulations_store.record, update=update
         )
         status: str = await self._writer.transact(record)  # type: ignore[arg-type]
+        if status != RUNNING:
+            self._erased.pop(update.regulation_id, None)
         return status
 
     def _policy(self, due: DueTarget) -> RetryConfig:
