@@ -34,7 +34,7 @@ from cdpd.destinations.filelog import LogFile
 from cdpd.destinations.settings import FileDestination
 from cdpd.model.timestamps import now_ms
 from cdpd.outbox import schema
-from cdpd.outbox.writer import OutboxWriter
+from cdpd.outbox.writer import OutboxUnavailable, OutboxWriter
 from cdpd.warehouse.naming import schema_name
 from cdpd.warehouse.scheduler import Scheduler
 from cdpd.warehouse.sinks import open_sink
@@ -91,12 +91,26 @@ async def erase_outbox(
 ) -> Erased:
     """`unsent` gets the seqs of the messages deleted, before they go: delivery lanes do not
     send what they read of them before the deletion."""
-    await writer.append([], [], now_ms())  # the fence: what was queued before is committed
+    await fence(writer)
     async with schema.connect(path, readonly=True) as conn:
         found = await find_in_outbox(conn, user_ids, source)
     unsent.update(found.seqs)
     rows: int = await writer.transact(functools.partial(_delete, found=found))
     return Erased(rows, found.message_ids)
+
+
+async def fence(writer: OutboxWriter) -> None:
+    """Return once everything ingest queued before is committed: an empty append, as the
+    writer commits appends in order. When the writer refuses appends (a full disk), an empty
+    operation instead: it commits after what the writer holds, perhaps not all of it."""
+    try:
+        await writer.append([], [], now_ms())
+    except OutboxUnavailable:
+        await writer.transact(_nothing)
+
+
+async def _nothing(_: aiosqlite.Connection) -> None:
+    return None
 
 
 async def find_in_outbox(

@@ -22,7 +22,7 @@ from cdpd.ingest.body import read_limited
 from cdpd.ingest.errors import ApiError
 from cdpd.model.timestamps import format_ms, now_ms
 from cdpd.outbox.writer import OutboxWriter
-from cdpd.privacy import regulations_store
+from cdpd.privacy import deletion, regulations_store
 from cdpd.privacy.regulations import (
     STATUSES,
     RegulationRequest,
@@ -94,7 +94,7 @@ class RegulationsApi:
         await self._service.refresh()  # its suppressions are in force before the answer
         # A fence: what ingest queued before they were is committed before the answer, so
         # nothing of a suppressed user is stored after it.
-        await self._writer.append([], [], now_ms())
+        await deletion.fence(self._writer)
         return _json({"data": {"regulateId": new.id}})
 
     async def show(self, request: web.Request) -> web.Response:
