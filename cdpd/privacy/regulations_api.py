@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import aiosqlite
 import msgspec
+import structlog
 from aiohttp import web
 
 from cdpd.config import Config
@@ -33,6 +34,7 @@ from cdpd.privacy.regulations import (
 from cdpd.privacy.regulations_service import RegulationService
 from cdpd.privacy.regulations_store import NewRegulation
 
+log = structlog.get_logger("cdpd.privacy")
 MAX_PAGE = 200
 MAX_REQUEST_BYTES = 4 * 1024 * 1024  # Segment's limit for a regulation request
 _encoder = msgspec.json.Encoder()
@@ -91,6 +93,14 @@ class RegulationsApi:
         asked = decode_request(await read_limited(request, MAX_REQUEST_BYTES))
         new = new_regulation(self._config, asked, source, now_ms())
         await self._writer.transact(functools.partial(regulations_store.insert, new=new))
+        log.info(  # never the user ids: the log is not a place to keep them
+            "regulation_created",
+            regulation=new.id,
+            regulation_type=new.regulation_type,
+            subjects=len(new.subject_ids),
+            source=new.source,
+            targets=[t.name for t in new.targets],
+        )
         await self._service.refresh()  # its suppressions are in force before the answer
         # A fence: what ingest queued before they were is committed before the answer, so
         # nothing of a suppressed user is stored after it.

@@ -106,6 +106,11 @@ class RegulationService:
                 return
             self._suppressions.replace(await regulations_store.suppressions(self._reader))
             after, self._seen_seq = self._seen_seq, last
+            log.info(
+                "regulations_taken_up",
+                regulations=last - max(after, 0),
+                suppressed_users=len(self._suppressions),
+            )
             await self._writer.transact(
                 functools.partial(regulations_store.start_new, after_seq=after)
             )

@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from cdpd import cli
 from cdpd import config as cdpd_config
@@ -422,3 +423,23 @@ async def test_a_target_no_longer_configured_fails_with_the_reason(
     target = {t["target"]: t for t in found["targets"]}["warehouse:wh"]
     assert target["status"] == "FAILED"
     assert "no warehouse is named 'wh'" in target["lastError"]
+
+
+async def test_the_log_tells_what_happened_without_the_user_ids(
+    make_config: MakeConfig, http: aiohttp.ClientSession
+) -> None:
+    async with running(make_config(ADMIN)) as server:
+        with capture_logs() as logs:
+            regulation_id = await regulate(http, server, "SUPPRESS_WITH_DELETE", GONE, KEPT)
+            await settled(http, server, regulation_id)
+    events = {entry["event"]: entry for entry in logs}
+    created = events["regulation_created"]
+    assert (created["regulation"], created["subjects"], created["targets"]) == (
+        regulation_id,
+        2,
+        ["outbox"],
+    )
+    assert events["regulations_taken_up"]["suppressed_users"] == 2
+    assert events["regulation_target_finished"]["overall"] == "FINISHED"
+    assert GONE not in repr(logs)
+    assert KEPT not in repr(logs)
