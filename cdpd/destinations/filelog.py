@@ -161,6 +161,16 @@ class LogFile:
             removed += _rewrite(path, drop, packed=path.suffix == ".gz")
         return removed
 
+    def count(self, holds: Callable[[bytes], bool]) -> int:
+        """How many lines of the current and rotated files `holds` picks."""
+        paths = ([self.path] if self.path.exists() else []) + [p for _, p in self.rotated()]
+        found = 0
+        for path in paths:
+            opener: Callable[..., IO[bytes]] = gzip.open if path.suffix == ".gz" else open  # type: ignore[assignment]
+            with opener(path, "rb") as lines:
+                found += sum(1 for line in lines if holds(line))
+        return found
+
     # -- rotated files -------------------------------------------------------------------------
 
     def rotated(self) -> list[tuple[int, Path]]:

@@ -1,4 +1,4 @@
-"""`cdpd regulations create|list|show`: argument parsing and output; the work is in the
+"""`cdpd regulations create|list|show|verify`: argument parsing and output; the work is in the
 regulation modules.
 
 `create` writes the regulation into the outbox with a connection of its own, as the admin API
@@ -21,7 +21,7 @@ from cdpd.delivery.replay import in_transaction
 from cdpd.ingest.errors import ApiError
 from cdpd.model.timestamps import now_ms
 from cdpd.outbox import schema
-from cdpd.privacy import regulations_store
+from cdpd.privacy import regulations_proof, regulations_store
 from cdpd.privacy.regulations import REGULATION_TYPES, STATUSES
 from cdpd.privacy.regulations_api import decode_request, new_regulation
 from cdpd.privacy.regulations_store import RegulationView
@@ -50,6 +50,12 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     show = sub.add_parser("show", parents=[common], help="a regulation and each of its targets")
     show.add_argument("regulation_id")
     show.add_argument("--json", action="store_true", help="print one JSON object")
+    verify = sub.add_parser(
+        "verify",
+        parents=[common],
+        help="search every store for the regulation's users: exit 0 when none holds them",
+    )
+    verify.add_argument("regulation_id")
 
 
 def run(cfg: config.Config, args: argparse.Namespace) -> int:
@@ -62,6 +68,8 @@ def run(cfg: config.Config, args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     if command == "list":
         return _list(path, args)
+    if command == "verify":
+        return _verify(cfg, path, args)
     return _show(path, args)
 
 
@@ -135,3 +143,30 @@ def _show(path: Path, args: argparse.Namespace) -> int:
             f" {target.attempts:>8}  {target.lastError or ''}"
         )
     return EXIT_OK
+
+
+def _verify(cfg: config.Config, path: Path, args: argparse.Namespace) -> int:
+    async def search() -> tuple[bool, dict[str, Any]]:
+        async with schema.connect(path, readonly=True) as conn:
+            if await regulations_store.show(conn, args.regulation_id) is None:
+                return False, {}
+            users = await regulations_store.subjects(conn, args.regulation_id)
+            outbox = await regulations_proof.outbox_mentions(conn, users)
+        warehouses = await regulations_proof.warehouse_mentions(cfg, users)
+        files = await asyncio.to_thread(regulations_proof.file_mentions, cfg, users)
+        return True, {"outbox": outbox, "warehouses": warehouses, "files": files}
+
+    known, found = asyncio.run(search())
+    if not known:
+        print(f"cdpd: no regulation has the id {args.regulation_id!r}", file=sys.stderr)
+        return EXIT_FAILURE
+    held = [f"outbox {table}: {n} rows" for table, n in found["outbox"].items()]
+    for warehouse, tables in found["warehouses"].items():
+        held += [f"warehouse {warehouse} {table}: {n} rows" for table, n in tables.items()]
+    held += [f"file {name}: {n} lines" for name, n in found["files"].items() if n]
+    stores = 1 + len(found["warehouses"]) + len(found["files"])
+    if not held:
+        print(f"none of the regulation's users is held anywhere ({stores} stores searched)")
+        return EXIT_OK
+    print("\n".join(held))
+    return EXIT_FAILURE

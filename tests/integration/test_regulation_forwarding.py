@@ -13,6 +13,7 @@ import aiohttp
 
 from cdpd import config as cdpd_config
 from cdpd.app import running
+from cdpd.privacy.regulations_proof import file_mentions
 from tests.contracts.amplitude_deletion import AmplitudeDeletionContract
 from tests.contracts.base import Scripted
 from tests.contracts.customerio import API_KEY, SITE_ID, CustomerIoTrack
@@ -205,6 +206,8 @@ async def test_local_files_are_rewritten_without_the_user(
     assert not any("user-gone" in line for line in after)
     assert sum("user-kept" in line for line in after) == 13
     assert not [p for p in folder.iterdir() if p.name.endswith(".erasing")]
+    assert file_mentions(make_config(ADMIN + entry), ["user-gone"]) == {"archive": 0}
+    assert file_mentions(make_config(ADMIN + entry), ["user-kept"]) == {"archive": 13}
 
 
 async def test_a_regulation_carries_on_after_a_restart(

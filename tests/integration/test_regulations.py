@@ -305,6 +305,20 @@ async def test_the_cli_creates_lists_and_shows(
         await asyncio.to_thread(cli.main, ["regulations", "show", "nope", "--config", config_path])
         == 1
     )
+    verify = ["regulations", "verify", regulation_id, "--config", config_path]
+    assert await asyncio.to_thread(cli.main, verify) == 0
+    assert "none of the regulation's users is held anywhere (2 stores searched)" in (
+        capsys.readouterr().out
+    )
+    # A suppression alone deletes nothing: verify finds what is held of the kept user.
+    async with running(make_config(ADMIN + warehouse.toml)) as server:
+        kept_regulation = await regulate(http, server, "SUPPRESS_ONLY", KEPT)
+    capsys.readouterr()
+    verify = ["regulations", "verify", kept_regulation, "--config", config_path]
+    assert await asyncio.to_thread(cli.main, verify) == 1
+    held = capsys.readouterr().out
+    assert "outbox messages: 1 rows" in held
+    assert "warehouse wh" in held
     assert (
         await asyncio.to_thread(
             cli.main, ["regulations", "create", "SUPPRESS_ONLY", "--config", config_path]

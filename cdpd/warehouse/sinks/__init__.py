@@ -49,6 +49,10 @@ class Sink(Protocol):
         of `schemas` (None: all), `users` included; returns how many rows went."""
         ...
 
+    async def find_users(self, user_ids: Sequence[str]) -> dict[str, int]:
+        """Rows of each table holding one of the users' ids in any column."""
+        ...
+
 
 def target(config: Config, warehouse: Warehouse) -> str:
     """Where a warehouse is, for people: the SQLite path, or the DSN without a password."""

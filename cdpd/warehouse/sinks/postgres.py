@@ -88,6 +88,13 @@ SELECT_USER_KEYED = """SELECT table_schema, table_name,
       AND (table_schema, table_name) IN (SELECT table_schema, table_name
           FROM information_schema.tables WHERE table_type = 'BASE TABLE')
     ORDER BY 1, 2"""
+SELECT_ALL_COLUMNS = """SELECT c.table_schema, c.table_name, c.column_name
+    FROM information_schema.columns AS c JOIN information_schema.tables AS t
+      ON t.table_schema = c.table_schema AND t.table_name = c.table_name
+    WHERE t.table_type = 'BASE TABLE'
+      AND c.table_schema NOT IN ('pg_catalog', 'information_schema')
+      AND c.table_schema NOT LIKE 'pg\\_%'
+    ORDER BY c.table_schema, c.table_name, c.ordinal_position"""
 INSERT_SYNC = "INSERT INTO _cdpd.syncs (warehouse, report) VALUES ($1, $2::jsonb)"
 SELECT_SYNCS = "SELECT report::text FROM _cdpd.syncs WHERE warehouse = $1 ORDER BY id DESC LIMIT $2"
 STAGE = "CREATE TEMPORARY TABLE {stage} ({columns}) ON COMMIT DROP"
@@ -216,6 +223,21 @@ class PostgresSink:
                 )
                 removed += _count(status)
         return removed
+
+    async def find_users(self, user_ids: Sequence[str]) -> dict[str, int]:
+        """Rows of each table with one of the users' ids in any column (a deletion's proof)."""
+        columns: dict[tuple[str, str], list[str]] = {}
+        for schema, table, column in await self._conn.fetch(SELECT_ALL_COLUMNS):
+            columns.setdefault((schema, table), []).append(column)
+        found = {}
+        for (schema, table), names in sorted(columns.items()):
+            condition = " OR ".join(f"{quote(c)}::text = ANY($1::text[])" for c in names)
+            count = await self._conn.fetchval(
+                f"SELECT count(*) FROM {_name(schema, table)} WHERE {condition}", list(user_ids)
+            )
+            if count:
+                found[f"{schema}.{table}"] = int(count)
+        return found
 
     async def _has_discards(self, schema: str) -> bool:
         found = await self._conn.fetchval(

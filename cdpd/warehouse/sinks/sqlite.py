@@ -159,6 +159,30 @@ class SqliteSink:
                 removed += max(cursor.rowcount, 0)
         return removed
 
+    async def find_users(self, user_ids: Sequence[str]) -> dict[str, int]:
+        """Rows of each table with one of the users' ids in any column (a deletion's proof)."""
+        await self._conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS _cdpd_sought (id TEXT PRIMARY KEY)"
+        )
+        await self._conn.execute("DELETE FROM _cdpd_sought")
+        await self._conn.executemany(
+            "INSERT OR IGNORE INTO _cdpd_sought VALUES (?)", [(u,) for u in user_ids]
+        )
+        tables: dict[str, list[str]] = {}
+        for name, column, _ in await self._conn.execute_fetchall(SELECT_COLUMNS):
+            tables.setdefault(name, []).append(column)
+        found = {}
+        for name, columns in sorted(tables.items()):
+            condition = " OR ".join(
+                f"CAST({quote(c)} AS TEXT) IN (SELECT id FROM _cdpd_sought)" for c in columns
+            )
+            ((count,),) = await self._conn.execute_fetchall(
+                f"SELECT count(*) FROM {quote(name)} WHERE {condition}"
+            )
+            if count:
+                found[name] = int(count)
+        return found
+
 
 class SqliteLoad:
     def __init__(self, conn: aiosqlite.Connection, warehouse: str) -> None:
