@@ -457,3 +457,25 @@ async def test_the_log_tells_what_happened_without_the_user_ids(
     assert events["regulation_target_finished"]["overall"] == "FINISHED"
     assert GONE not in repr(logs)
     assert KEPT not in repr(logs)
+
+
+async def test_object_ids_are_recorded_as_not_supported(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    body = {
+        "regulationType": "SUPPRESS_WITH_DELETE",
+        "subjectType": "OBJECT_ID",
+        "subjectIds": [GONE],
+    }
+    async with running(make_config(ADMIN)) as server:
+        async with http.post(f"{server.url}/regulations", json=body, headers=AUTH) as response:
+            assert response.status == 200
+            regulation_id = (await response.json())["data"]["regulateId"]
+        found = await regulation(http, server, regulation_id)
+        await send(http, server, [track("o-1", GONE)])
+    assert (found["overallStatus"], found["subjectType"], found["targets"]) == (
+        "NOT_SUPPORTED",
+        "OBJECT_ID",
+        [],
+    )
+    assert query(data_dir, "SELECT message_id FROM messages") == [("o-1",)]
