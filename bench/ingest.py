@@ -11,6 +11,7 @@ shared machine the CPU time per event moves much less than the rate does.
     python bench/ingest.py [--duration 10] [--reps 1] [--connections 64] [--baseline DIR]
     python bench/ingest.py --plan   # also cdpd with a 50-event tracking plan, all checks on
     python bench/ingest.py --watch  # also cdpd with a person watching the console's debugger
+    python bench/ingest.py --privacy  # also cdpd with 1,000 users suppressed (not the load's)
 
 `--baseline DIR` also measures the cdpd in DIR (e.g. `git worktree add /tmp/main main`), in the
 same run and interleaved with the others, so that a change is compared before and after on the
@@ -79,6 +80,11 @@ def main() -> int:
         help="also cdpd with the source's live debugger open (compare it with cdpd)",
     )
     parser.add_argument(
+        "--privacy",
+        action="store_true",
+        help="also cdpd with a 1,000-user suppression list (compare it with cdpd)",
+    )
+    parser.add_argument(
         "--config",
         default="",
         help='TOML added to cdpd\'s config, e.g. "[logging]\\naccess_log = false"',
@@ -108,6 +114,8 @@ def servers(args: argparse.Namespace) -> tuple[str, ...]:
         names += ("cdpd+plan",)
     if args.watch:
         names += ("cdpd+watch",)
+    if args.privacy:
+        names += ("cdpd+privacy",)
     return names
 
 
@@ -162,6 +170,8 @@ def start_server(
             + args.config.replace("\\n", "\n")
         )
         command = [sys.executable, "-m", "cdpd", "serve", "--config", str(config)]
+        if server == "cdpd+privacy":
+            suppress_users(config, tmp, cwd)
     proc = subprocess.Popen(
         ["taskset", "-c", args.server_cpus, *command],
         stdout=subprocess.DEVNULL,
@@ -208,6 +218,24 @@ def watch_debugger(port: int, config: Path, cwd: Path) -> None:
 
 
 WATCHED: list[int] = []  # one entry per debugger event the watcher received
+SUPPRESSED_USERS = 1000
+
+
+def suppress_users(config: Path, tmp: Path, cwd: Path) -> None:
+    """A workspace suppression of 1,000 users that the load does not send as (it sends as
+    user-0 ... user-999): every message pays the check, none is dropped."""
+    users = tmp / "suppressed.txt"
+    users.write_text("".join(f"suppressed-{n}\n" for n in range(SUPPRESSED_USERS)))
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "cdpd", "regulations", "create", "SUPPRESS_ONLY"),
+            *("--from-file", str(users), "--config", str(config)),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(cwd)},
+    )
 
 
 # Every check on: unplanned events blocked, unplanned properties omitted, violations block.
@@ -382,6 +410,20 @@ def print_table(runs: dict[tuple[str, str], list[Result]], names: tuple[str, ...
                 f"| {statistics.median(by_rate):.2f} "
                 f"| {statistics.median(by_cpu):.2f} "
                 f"| {', '.join(sorted({r.stored_ok for r in results}))} |"
+            )
+    for mode in ("single", "batch100"):
+        if ("cdpd+privacy", mode) in runs:
+            ratios = [
+                p.events_per_s / c.events_per_s
+                for p, c in zip(runs[("cdpd+privacy", mode)], runs[("cdpd", mode)], strict=True)
+            ]
+            cpu = [
+                c.cpu_us_per_event / p.cpu_us_per_event
+                for p, c in zip(runs[("cdpd+privacy", mode)], runs[("cdpd", mode)], strict=True)
+            ]
+            print(
+                f"\ncdpd+privacy / cdpd, {mode}: {statistics.median(ratios):.2f}x by rate,"
+                f" {statistics.median(cpu):.2f}x by CPU time per event"
             )
 
 

@@ -9,6 +9,7 @@ writer too). Instructions are not time (cache misses are not counted), so read t
 to bench/ingest.py's.
 
     python bench/instructions.py --plan [--batch 100]   # also cdpd with a 50-event plan
+    python bench/instructions.py --privacy [--batch 100]  # also cdpd, 1,000 users suppressed
     python bench/instructions.py [--requests 2000] [--batch 100] [--baseline DIR]
 
 `--batch N` posts N events per `POST /v1/batch` instead (counts are then per event as well);
@@ -31,7 +32,15 @@ import tempfile
 from pathlib import Path
 
 import aiohttp
-from ingest import HERE, PLAN_SETTINGS, WRITE_KEY, free_port, plan_config, wait_for_port
+from ingest import (
+    HERE,
+    PLAN_SETTINGS,
+    WRITE_KEY,
+    free_port,
+    plan_config,
+    suppress_users,
+    wait_for_port,
+)
 
 EVENT = re.search(r"local event = '(.*)'\n", (HERE / "post.lua").read_text()).group(1)  # type: ignore[union-attr]
 AUTH = {"Authorization": "Basic d2tfYmVuY2g6"}  # wk_bench:
@@ -47,6 +56,9 @@ def main() -> int:
         "--plan", action="store_true", help="also cdpd with a 50-event tracking plan, all checks on"
     )
     parser.add_argument(
+        "--privacy", action="store_true", help="also cdpd with a 1,000-user suppression list"
+    )
+    parser.add_argument(
         "--config",
         default="",
         help='TOML added to cdpd\'s config, e.g. "[logging]\\naccess_log = false"',
@@ -58,6 +70,8 @@ def main() -> int:
     names = ("bare", "base", "cdpd") if args.baseline else ("bare", "cdpd")
     if args.plan:
         names = ("bare", "cdpd", "cdpd+plan")
+    if args.privacy:
+        names = ("bare", "cdpd", "cdpd+privacy")
     counts = {server: measure(server, args) for server in names}
     print(f"| server | instructions per request | per event ({args.batch}/request) | bare/cdpd |")
     print("|---|---|---|---|")
@@ -88,6 +102,8 @@ def measure(server: str, args: argparse.Namespace) -> float:
                 + args.config.replace("\\n", "\n")
             )
             command += ["-m", "cdpd", "serve", "--config", str(config)]
+            if server == "cdpd+privacy":
+                suppress_users(config, Path(tmp), cwd)
         proc = subprocess.Popen(
             command,
             stdout=subprocess.DEVNULL,

@@ -184,6 +184,10 @@ class Admin:
                 _live(entry, lane.stats)
         return reports
 
+    async def authorize(self, request: web.Request) -> None:
+        """Raise a 401 or 403 ApiError unless the request carries the admin bearer token."""
+        await self._authorize(request, ADMIN_ONLY)
+
     async def _authorize(self, request: web.Request, needed: str = "read-only") -> Scope | None:
         """None for the admin token (everything); a workspace token's scope when its role is
         at least `needed`; else 401 or 403."""

@@ -30,6 +30,7 @@ from cdpd.config import Config, ConfigError
 from cdpd.console import state as console_state
 from cdpd.console.flow import Flow
 from cdpd.delivery.service import Delivery
+from cdpd.destinations.file import File
 from cdpd.governance.service import GovernanceService
 from cdpd.governance.stage import Governance
 from cdpd.ingest.routes import Ingest
@@ -38,6 +39,7 @@ from cdpd.metrics import Metrics
 from cdpd.outbox import consumers, schema, space
 from cdpd.outbox.space import SpaceWatch
 from cdpd.outbox.writer import OutboxWriter
+from cdpd.privacy.regulations_service import RegulationService
 from cdpd.supervise import Restarts, supervise
 from cdpd.systemd import Notifier
 from cdpd.warehouse.position import prunable_seq
@@ -56,6 +58,7 @@ class Running:
     delivery: Delivery
     warehouses: Scheduler
     restarts: Restarts
+    regulations: RegulationService
 
     @property
     def ingest(self) -> Ingest:
@@ -126,8 +129,20 @@ async def running(
             # One stop event per phase of the drain, set in the order of the `finally` below.
             warehouses_stop, space_stop = asyncio.Event(), asyncio.Event()
             supervised = functools.partial(supervise, clock=clock, restarts=restarts)
+            regulations = RegulationService(
+                config,
+                writer,
+                reader,
+                governance.suppressions,
+                warehouses,
+                {name: s for name, s in delivery.senders.items() if isinstance(s, File)},
+                delivery.erased,
+                delivery.in_flight,
+                session,
+                clock,
+            )
             stages = cdpd_web.Stages(
-                writer, reader, delivery, metrics, governance, console, warehouses
+                writer, reader, delivery, metrics, governance, console, warehouses, regulations
             )
             async with asyncio.TaskGroup() as tasks:
                 writer_task = tasks.create_task(
@@ -158,6 +173,12 @@ async def running(
                     tasks.create_task(
                         supervised(schedule.name, schedule.run, warehouses_stop), name=schedule.name
                     )
+                await regulations.start()  # suppressions in force before ingest opens
+                regulations_stop = asyncio.Event()
+                regulations_task = tasks.create_task(
+                    supervised("regulations", regulations.run, regulations_stop),
+                    name="regulations",
+                )
                 governance_work = GovernanceService(
                     writer,
                     governance,
@@ -178,8 +199,12 @@ async def running(
                             delivery=delivery,
                             warehouses=warehouses,
                             restarts=restarts,
+                            regulations=regulations,
                         )
                 finally:
+                    regulations_stop.set()  # the target in hand is finished and recorded
+                    regulations.wake()
+                    await regulations_task
                     warehouses_stop.set()  # a sync commits the batch it is in; the TaskGroup waits
                     delivery.stop()  # lanes finish their attempts, unfinished claims go back
                     await delivery_task

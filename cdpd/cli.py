@@ -24,6 +24,7 @@ from cdpd.engage import commands as engage_commands
 from cdpd.governance import commands as governance_commands
 from cdpd.model.timestamps import format_ms, now_ms, parse_ms
 from cdpd.outbox import reader, schema
+from cdpd.privacy import regulations_commands
 from cdpd.warehouse import commands as warehouse_commands
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -54,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _mappings(cfg, args)
     if command in console_commands.COMMANDS:
         return console_commands.run(cfg, args)
+    if command == regulations_commands.COMMAND:
+        return regulations_commands.run(cfg, args)
     if command in governance_commands.COMMANDS:
         return governance_commands.run(cfg, args)
     if command in engage_commands.COMMANDS:
@@ -129,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     governance_commands.add_parsers(commands, common)
     console_commands.add_parsers(commands, common)
     engage_commands.add_parsers(commands, common)
+    regulations_commands.add_parser(commands, common)
     return parser
 
 

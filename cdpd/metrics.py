@@ -92,6 +92,14 @@ def _ingest_metrics(ingest: Ingest) -> Iterator[Metric]:
     for source, count in sorted(governance.blocked.items()):
         blocked.add_metric([source], count)
     yield blocked
+    suppressed = CounterMetricFamily(
+        "cdpd_privacy_suppressed",
+        "Messages of suppressed users, answered and not stored",
+        labels=["source"],
+    )
+    for source, count in sorted(governance.suppressions.suppressed.items()):
+        suppressed.add_metric([source], count)
+    yield suppressed
 
 
 def _lane_metrics(delivery: Delivery) -> Iterator[Metric]:

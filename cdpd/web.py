@@ -33,6 +33,8 @@ from cdpd.ingest.errors import ApiError
 from cdpd.ingest.routes import LOG_FIELDS, Ingest
 from cdpd.metrics import Metrics
 from cdpd.outbox.writer import OutboxUnavailable, OutboxWriter
+from cdpd.privacy.regulations_api import RegulationsApi
+from cdpd.privacy.regulations_service import RegulationService
 from cdpd.warehouse.scheduler import Scheduler
 
 log = structlog.get_logger()
@@ -93,6 +95,7 @@ class Stages(NamedTuple):
     governance: Governance | None = None
     console_state: aiosqlite.Connection | None = None
     warehouses: Scheduler | None = None
+    regulations: RegulationService | None = None
 
 
 def build(config: Config, stages: Stages, drain: Drain) -> web.Application:
@@ -126,6 +129,11 @@ def build(config: Config, stages: Stages, drain: Drain) -> web.Application:
             lambda: drain.closing,
         )
         routes += Console(parts).routes()
+    if stages.regulations is not None:
+        regulations = RegulationsApi(
+            config, stages.writer, stages.reader, stages.regulations, admin.authorize
+        )
+        routes += regulations.routes()
     app.add_routes(web.RouteDef(r.method, r.path, wrap(r.handler), r.kwargs) for r in routes)
     app.router.add_route("*", "/{tail:.*}", wrap(_Unrouted(routes)))
     return app

@@ -47,6 +47,7 @@ from cdpd.outbox.consumers import Progress
 log = structlog.get_logger()
 
 PREFETCH_MIN = 100
+ERASED = Result(None, "skipped: deleted by a regulation", skipped=True)
 PREFETCH_MAX = 2000
 FAILURE_LOG_EVERY_S = 10.0
 
@@ -84,6 +85,9 @@ class Lane:
         self.name = config.name
         # Destination-scoped transformations: (source, stored payload) -> the payload it gets.
         self._transform = transform
+        # Seqs of messages a regulation deleted: read before the deletion, they are not sent
+        # (Delivery shares one set among its lanes).
+        self.erased: set[int] = set()
         self.stats = LaneStats()
         self._config = config
         self._sender = sender
@@ -582,6 +586,14 @@ class _Run:
                 del self.jobs[batch.consumer]
 
     async def _send(self, batch: list[MessageView]) -> list[Result]:
+        erased = self.lane.erased
+        if erased and any(view.seq in erased for view in batch):
+            kept = [view for view in batch if view.seq not in erased]
+            sent = iter(await self._send_views(kept) if kept else [])
+            return [ERASED if view.seq in erased else next(sent) for view in batch]
+        return await self._send_views(batch)
+
+    async def _send_views(self, batch: list[MessageView]) -> list[Result]:
         """Prepare each message for its actions, send, and make one result per message. A
         failure of cdpd's own (a bug in a mapping, say) is retried like a network error."""
         try:

@@ -67,8 +67,10 @@ class Delivery:
             )
             for d in enabled
         }
+        self.erased: set[int] = set()  # seqs a regulation deleted (see Lane.erased)
         for lane in self.lanes.values():
             writer.on_messages(lane.work)
+            lane.erased = self.erased
         self.pruner = Pruner(
             writer,
             config.delivery,
@@ -78,6 +80,11 @@ class Delivery:
         )
         self.restarts = restarts or Restarts()
         self._stop = asyncio.Event()
+
+    def in_flight(self, destination: str) -> int:
+        """How many messages the destination's lane is sending now (0 without a lane)."""
+        lane = self.lanes.get(destination)
+        return lane.stats.in_flight if lane is not None else 0
 
     async def start(self) -> None:
         """Recover from the last stop and set positions; before `run`, once the outbox writer

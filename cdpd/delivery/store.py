@@ -274,7 +274,8 @@ AND (d.order_key IS NULL OR NOT EXISTS (
 RECORD_FAILURE = """
 INSERT INTO deliveries (destination, seq, message_id, order_key, state, attempts, created_at,
     next_attempt_at, first_attempt_at, last_attempt_at, last_status, last_error, finished_at)
-VALUES (?1, ?2, ?3, ?4, ?9, ?5, ?6, ?12, ?11, ?6, ?7, ?8, ?13)
+SELECT ?1, ?2, ?3, ?4, ?9, ?5, ?6, ?12, ?11, ?6, ?7, ?8, ?13
+WHERE EXISTS (SELECT 1 FROM messages WHERE seq = ?2)
 ON CONFLICT (destination, seq) DO UPDATE SET state = ?9, attempts = ?5, next_attempt_at = ?12,
     first_attempt_at = ?11, last_attempt_at = ?6, last_status = ?7, last_error = ?8,
     finished_at = ?13
@@ -284,6 +285,7 @@ UPDATE deliveries SET state = ?9, attempts = attempts + 1, last_attempt_at = ?6,
     last_status = ?7, last_error = ?8, finished_at = ?13
 WHERE destination = ?1 AND seq = ?2 AND (?3 IS NOT NULL OR ?4 IS NULL OR ?5 OR ?10 OR ?11 OR ?12)
 """
+# A message deleted meanwhile (a regulation) gets no ledger row, and so no attempt row.
 # ?10 is the attempt's duration; the parameters are one tuple for both statements. A message
 # given up unsent (attempt 0) has no attempt to record.
 RECORD_ATTEMPT = """
@@ -295,7 +297,7 @@ SELECT id, ?1, ?3, ?5, ?6, ?10, ?7, ?8, ?9 FROM deliveries WHERE destination = ?
 PARK = """
 INSERT INTO deliveries (destination, seq, message_id, order_key, state, created_at,
     next_attempt_at)
-VALUES (?, ?, ?, ?, 'pending', ?, ?)
+SELECT ?1, ?2, ?3, ?4, 'pending', ?5, ?6 WHERE EXISTS (SELECT 1 FROM messages WHERE seq = ?2)
 ON CONFLICT (destination, seq) DO NOTHING
 """
 

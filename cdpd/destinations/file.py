@@ -199,6 +199,12 @@ class File:
                 for path in await _in_thread(self._file.prune, self._keep):
                     log.info("file_pruned", destination=self.name, file=str(path))
 
+    async def erase(self, drop: Callable[[bytes], bool]) -> int:
+        """Rewrite the current and the rotated files without the lines `drop` picks (a
+        regulation's deletion), between two writes; returns how many lines went."""
+        async with self._writing, self._packing:
+            return await _in_thread(self._file.erase, drop)
+
     async def close(self) -> None:
         """Close the file; compress what was rotated since `run` stopped. Idempotent."""
         async with self._writing:

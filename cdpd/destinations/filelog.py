@@ -15,15 +15,18 @@ import gzip
 import os
 import re
 import shutil
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from stat import S_ISREG
+from typing import IO
 
 import structlog
 
 log = structlog.get_logger()
 
 GZIP_TEMP_SUFFIX = ".tmp"
+ERASE_TEMP_SUFFIX = ".erasing"
 _COPY_CHUNK_BYTES = 1024 * 1024
 
 
@@ -146,6 +149,28 @@ class LogFile:
         if not existed and self._fsync:
             fsync_directory(directory)
 
+    def erase(self, drop: Callable[[bytes], bool]) -> int:
+        """Rewrite the current file and every rotated one without the lines `drop` picks, each
+        atomically (a temporary file renamed over it); returns how many lines went. The next
+        append opens the rewritten file."""
+        self.close()
+        removed = 0
+        if self.path.exists():
+            removed += _rewrite(self.path, drop, packed=False)
+        for _, path in self.rotated():
+            removed += _rewrite(path, drop, packed=path.suffix == ".gz")
+        return removed
+
+    def count(self, holds: Callable[[bytes], bool]) -> int:
+        """How many lines of the current and rotated files `holds` picks."""
+        paths = ([self.path] if self.path.exists() else []) + [p for _, p in self.rotated()]
+        found = 0
+        for path in paths:
+            opener: Callable[..., IO[bytes]] = gzip.open if path.suffix == ".gz" else open  # type: ignore[assignment]
+            with opener(path, "rb") as lines:
+                found += sum(1 for line in lines if holds(line))
+        return found
+
     # -- rotated files -------------------------------------------------------------------------
 
     def rotated(self) -> list[tuple[int, Path]]:
@@ -207,6 +232,26 @@ class LogFile:
             target = self.path.with_name(name)
             if not target.exists() and not target.with_name(name + ".gz").exists():
                 return target
+
+
+def _rewrite(path: Path, drop: Callable[[bytes], bool], *, packed: bool) -> int:
+    opener: Callable[..., IO[bytes]] = gzip.open if packed else open  # type: ignore[assignment]
+    temporary = path.with_name(path.name + ERASE_TEMP_SUFFIX)
+    removed = 0
+    with opener(path, "rb") as source, opener(temporary, "wb") as target:
+        for line in source:
+            if drop(line):
+                removed += 1
+            else:
+                target.write(line)
+    if not removed:
+        temporary.unlink()
+        return 0
+    with open(temporary, "rb+") as written:
+        os.fsync(written.fileno())
+    os.replace(temporary, path)
+    fsync_directory(path.parent)
+    return removed
 
 
 def _cut_torn_tail(fd: int, size: int, path: Path) -> int:

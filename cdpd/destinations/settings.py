@@ -89,6 +89,13 @@ class MixpanelDestination(
     project_id: str | None = None
     # https://api-eu.mixpanel.com (EU residency), https://api-in.mixpanel.com (India).
     api_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")] = "https://api.mixpanel.com"
+    # Regulations: the GDPR API's OAuth token (else the service account), and where it is
+    # (EU residency: https://eu.mixpanel.com/api/app/data-deletions/v3.0/).
+    gdpr_token: str | None = None
+    gdpr_token_env: str | None = None
+    deletion_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")] = (
+        "https://mixpanel.com/api/app/data-deletions/v3.0/"
+    )
     # /import?strict=1: Mixpanel validates each event and names the ones it rejects.
     strict: bool = True
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=2000)] = 500
@@ -107,6 +114,13 @@ class AmplitudeDestination(
     )
     identify_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")] = (
         "https://api2.amplitude.com/identify"
+    )
+    # Regulations: the user deletion API takes the API key with the secret key (Basic auth).
+    # EU residency: https://analytics.eu.amplitude.com/api/2/deletions/users.
+    secret_key: str | None = None
+    secret_key_env: str | None = None
+    deletion_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")] = (
+        "https://amplitude.com/api/2/deletions/users"
     )
     # Amplitude rejects user and device ids shorter than this (its default: 5).
     min_id_length: Annotated[int, msgspec.Meta(ge=1)] | None = None

@@ -19,6 +19,7 @@ from cdpd.governance.protocols import Protocols
 from cdpd.governance.schema_observer import BlockedEvents, SchemaCounts, SchemaObserver
 from cdpd.ingest.normalize import Rejection
 from cdpd.model.rows import OutboxRow
+from cdpd.privacy.suppression import Suppressions
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class Governance:
         self.plans = plan_files.load_all(config.tracking_plans)
         self._chains = build_chains(config, self.plans)
         self._sources = {source.name: source for source in config.sources}
+        self.suppressions = Suppressions()  # kept in force by privacy/regulations_service.py
         self.schema = SchemaCounts()  # written by governance/service.py
         self.violations: dict[str, int] = {}
         self.blocked: dict[str, int] = {}
@@ -85,6 +87,7 @@ class Governance:
         return browser.track_plan(found, plan)
 
     def apply(self, source: str, rows: Sequence[OutboxRow]) -> Governed:
+        rows = self.suppressions.admit(source, rows)  # first: nothing of theirs is observed
         chain = self._chains.get(source)
         if chain is None or not rows:
             return Governed(list(rows))

@@ -227,11 +227,12 @@ class Ingest:
     async def _store(
         self, request: web.Request, facts: RequestFacts, results: Sequence[OutboxRow | Rejection]
     ) -> web.Response:
-        governed = self.governance.apply(facts.source, [r for r in results if type(r) is OutboxRow])
+        governance = self.governance
+        governed = governance.apply(facts.source, [r for r in results if type(r) is OutboxRow])
         rows = governed.rows
-        rejects = [
-            _reject_row(r, facts) for r in (*results, *governed.rejections) if type(r) is Rejection
-        ]
+        rejections = [r for r in (*results, *governed.rejections) if type(r) is Rejection]
+        admitted = governance.suppressions.admit_rejections(facts.source, rejections)
+        rejects = [_reject_row(r, facts) for r in admitted]
         stored = duplicates = 0
         if rows or rejects or governed.extra:
             outcome = await self._writer.append(rows, rejects, facts.received_at_ms, governed.extra)

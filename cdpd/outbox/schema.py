@@ -15,6 +15,7 @@ import aiosqlite
 
 from cdpd.console import tables as console_tables
 from cdpd.governance import store as governance_store
+from cdpd.privacy import regulations_store
 
 # Each entry moves the schema from version N to N + 1 (PRAGMA user_version).
 MIGRATIONS: tuple[str, ...] = (
@@ -123,6 +124,7 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     governance_store.MIGRATION,  # violations, blocked_messages, schema_fields
     console_tables.MIGRATION,  # flow_counts, flow_latency, flow_cursors
+    regulations_store.MIGRATION,  # regulations, regulation_subjects, regulation_targets, ...
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime
 
 import structlog
@@ -78,6 +79,13 @@ class Scheduler:
             self.reports[name].append(report)
             self._completed[name].notify_all()
         return report
+
+    @asynccontextmanager
+    async def between_syncs(self, name: str) -> AsyncIterator[None]:
+        """Hold this process's syncs of the named warehouse off (a sync in progress finishes
+        first): a deletion runs here, so no sync can load what it read before."""
+        async with self._locks[name]:
+            yield
 
     async def wait_for_syncs(self, name: str, count: int) -> list[SyncReport]:
         """Wait until `count` syncs of the named warehouse have finished in this process."""

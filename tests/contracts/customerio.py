@@ -4,7 +4,8 @@ errors as `400 {"meta":{"error": ...}}` with the documented messages and limits 
 and attribute names up to 150 bytes, at most 300 attributes, values up to 1,000 bytes, event
 names up to 100 bytes, event data an object up to 100,000 bytes, timestamps in Unix seconds,
 event ids (for deduplication) that are ULIDs);
-v2 errors as `400 {"errors":[{"reason", "field", "message"}]}`; 200 `{}` on success."""
+v2 errors as `400 {"errors":[{"reason", "field", "message"}]}`; 200 `{}` on success.
+`DELETE /api/v1/customers/{identifier}` deletes a person (a regulation's deletion)."""
 
 from __future__ import annotations
 
@@ -46,10 +47,13 @@ class CustomerIoTrack(ContractServer):
     def __init__(self, site_id: str = SITE_ID, api_key: str = API_KEY) -> None:
         super().__init__()
         self._authorization = "Basic " + base64.b64encode(f"{site_id}:{api_key}".encode()).decode()
+        self.deleted: list[str] = []  # identifiers of deleted people, in order
 
     async def handle(self, request: web.Request, body: bytes) -> web.Response:
         if request.headers.get("Authorization") != self._authorization:
             return _v1_error("Unauthorized request", 401)
+        if request.method == "DELETE":
+            return self._delete(request)
         try:
             payload = msgspec.json.decode(body)
         except msgspec.DecodeError:
@@ -70,6 +74,19 @@ class CustomerIoTrack(ContractServer):
         if (request.method, request.path) == ("POST", "/api/v2/entity"):
             return self._entity(payload)
         return web.json_response({"meta": {"error": "not found"}}, status=404)
+
+    def _delete(self, request: web.Request) -> web.Response:
+        """`DELETE /api/v1/customers/{identifier}`: the person and their data; 200 `{}` (also
+        for a person never identified)."""
+        raw = request.raw_path.split("?", 1)[0].strip("/").split("/")
+        parts = [unquote(part) for part in raw]
+        if parts[:3] != ["api", "v1", "customers"] or len(parts) != 4:
+            return web.json_response({"meta": {"error": "not found"}}, status=404)
+        problem = _identifier(parts[3])
+        if problem:
+            return _v1_error(problem)
+        self.deleted.append(parts[3])
+        return _ok()
 
     def _identify(self, person: str, attributes: dict[str, Any]) -> web.Response:
         problem = _identifier(person) or _attribute_problem(attributes)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from typing import Any, Protocol
@@ -43,6 +43,15 @@ class Sink(Protocol):
     async def recent_syncs(self, limit: int) -> list[SyncReport]: ...
 
     async def table_rows(self) -> list[TableRows]: ...
+
+    async def erase_users(self, user_ids: Sequence[str], schemas: Collection[str] | None) -> int:
+        """A regulation's deletion, in a load transaction: the users' rows from every table
+        of `schemas` (None: all), `users` included; returns how many rows went."""
+        ...
+
+    async def find_users(self, user_ids: Sequence[str]) -> dict[str, int]:
+        """Rows of each table holding one of the users' ids in any column."""
+        ...
 
 
 def target(config: Config, warehouse: Warehouse) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from itertools import compress
@@ -78,6 +78,23 @@ SELECT_TABLES = """SELECT table_schema, table_name FROM information_schema.table
       AND table_schema NOT IN ('pg_catalog', 'information_schema', '_cdpd')
       AND table_schema NOT LIKE 'pg\\_%'
     ORDER BY 1, 2"""
+# The tables holding user ids: `users` by its id, the others by their user_id column.
+SELECT_USER_KEYED = """SELECT table_schema, table_name,
+        CASE WHEN table_name = 'users' THEN 'id' ELSE 'user_id' END
+    FROM information_schema.columns
+    WHERE column_name = CASE WHEN table_name = 'users' THEN 'id' ELSE 'user_id' END
+      AND table_schema NOT IN ('pg_catalog', 'information_schema', '_cdpd')
+      AND table_schema NOT LIKE 'pg\\_%'
+      AND (table_schema, table_name) IN (SELECT table_schema, table_name
+          FROM information_schema.tables WHERE table_type = 'BASE TABLE')
+    ORDER BY 1, 2"""
+SELECT_ALL_COLUMNS = """SELECT c.table_schema, c.table_name, c.column_name
+    FROM information_schema.columns AS c JOIN information_schema.tables AS t
+      ON t.table_schema = c.table_schema AND t.table_name = c.table_name
+    WHERE t.table_type = 'BASE TABLE'
+      AND c.table_schema NOT IN ('pg_catalog', 'information_schema')
+      AND c.table_schema NOT LIKE 'pg\\_%'
+    ORDER BY c.table_schema, c.table_name, c.ordinal_position"""
 INSERT_SYNC = "INSERT INTO _cdpd.syncs (warehouse, report) VALUES ($1, $2::jsonb)"
 SELECT_SYNCS = "SELECT report::text FROM _cdpd.syncs WHERE warehouse = $1 ORDER BY id DESC LIMIT $2"
 STAGE = "CREATE TEMPORARY TABLE {stage} ({columns}) ON COMMIT DROP"
@@ -182,6 +199,56 @@ class PostgresSink:
             rows = await self._conn.fetchval(f"SELECT count(*) FROM {_name(schema, table)}")
             counts.append(TableRows(schema=schema, table=table, rows=rows))
         return counts
+
+    async def erase_users(self, user_ids: Sequence[str], schemas: Collection[str] | None) -> int:
+        """Delete the users' rows (by `user_id`, `users` by `id`) from every table of
+        `schemas` (None: all), with the discards of the rows deleted; returns how many."""
+        removed = 0
+        async with self.load():
+            for schema, table, key in await self._conn.fetch(SELECT_USER_KEYED):
+                if table == DISCARDS_TABLE or (schemas is not None and schema not in schemas):
+                    continue
+                matching = f"{quote(key)}::text = ANY($1::text[])"
+                if await self._has_discards(schema):
+                    status = await self._conn.execute(
+                        f"DELETE FROM {_name(schema, DISCARDS_TABLE)} WHERE table_name = $2"
+                        f" AND row_id IN (SELECT id::text FROM {_name(schema, table)}"
+                        f" WHERE {matching})",
+                        list(user_ids),
+                        table,
+                    )
+                    removed += _count(status)
+                status = await self._conn.execute(
+                    f"DELETE FROM {_name(schema, table)} WHERE {matching}", list(user_ids)
+                )
+                removed += _count(status)
+        return removed
+
+    async def find_users(self, user_ids: Sequence[str]) -> dict[str, int]:
+        """Rows of each table with one of the users' ids in any column (a deletion's proof)."""
+        columns: dict[tuple[str, str], list[str]] = {}
+        for schema, table, column in await self._conn.fetch(SELECT_ALL_COLUMNS):
+            columns.setdefault((schema, table), []).append(column)
+        found = {}
+        for (schema, table), names in sorted(columns.items()):
+            condition = " OR ".join(f"{quote(c)}::text = ANY($1::text[])" for c in names)
+            count = await self._conn.fetchval(
+                f"SELECT count(*) FROM {_name(schema, table)} WHERE {condition}", list(user_ids)
+            )
+            if count:
+                found[f"{schema}.{table}"] = int(count)
+        return found
+
+    async def _has_discards(self, schema: str) -> bool:
+        found = await self._conn.fetchval(
+            "SELECT to_regclass($1) IS NOT NULL", _name(schema, DISCARDS_TABLE)
+        )
+        return bool(found)
+
+
+def _count(status: str) -> int:
+    """The row count of a command's status (`DELETE 3`)."""
+    return int(status.rsplit(" ", 1)[-1])
 
 
 def _name(schema: str, table: str) -> str:

@@ -9,7 +9,7 @@ always parameters. Declared column types: TEXT, BIGINT, DOUBLE, BOOLEAN (0/1) an
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -118,6 +118,70 @@ class SqliteSink:
             ((rows,),) = await self._conn.execute_fetchall(f"SELECT count(*) FROM {quote(name)}")
             counts.append(TableRows(schema=schema, table=table, rows=rows))
         return counts
+
+    async def erase_users(self, user_ids: Sequence[str], schemas: Collection[str] | None) -> int:
+        """Delete the users' rows (by `user_id`, `users` by `id`) from every table of
+        `schemas` (None: all), with the discards of the rows deleted; returns how many."""
+        removed = 0
+        async with self.load():
+            # Each id its own parameter, bound as it is (an id may hold any character).
+            await self._conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS _cdpd_erased (user_id TEXT PRIMARY KEY)"
+            )
+            await self._conn.execute("DELETE FROM _cdpd_erased")
+            await self._conn.executemany(
+                "INSERT OR IGNORE INTO _cdpd_erased VALUES (?)", [(u,) for u in user_ids]
+            )
+            tables: dict[str, set[str]] = {}
+            for name, column, _ in await self._conn.execute_fetchall(SELECT_COLUMNS):
+                tables.setdefault(name, set()).add(column)
+            for name, columns in sorted(tables.items()):
+                schema, sep, table = name.partition(SCHEMA_SEPARATOR)
+                if (
+                    not sep
+                    or table == DISCARDS_TABLE
+                    or (schemas is not None and schema not in schemas)
+                ):
+                    continue
+                key = "id" if table == "users" else "user_id" if "user_id" in columns else None
+                if key is None:
+                    continue
+                matching = f"CAST({quote(key)} AS TEXT) IN (SELECT user_id FROM _cdpd_erased)"
+                discards = table_name(schema, DISCARDS_TABLE)
+                if discards in tables:
+                    cursor = await self._conn.execute(
+                        f"DELETE FROM {quote(discards)} WHERE table_name = ? AND row_id IN"
+                        f" (SELECT id FROM {quote(name)} WHERE {matching})",
+                        (table,),
+                    )
+                    removed += max(cursor.rowcount, 0)
+                cursor = await self._conn.execute(f"DELETE FROM {quote(name)} WHERE {matching}")
+                removed += max(cursor.rowcount, 0)
+        return removed
+
+    async def find_users(self, user_ids: Sequence[str]) -> dict[str, int]:
+        """Rows of each table with one of the users' ids in any column (a deletion's proof)."""
+        await self._conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS _cdpd_sought (id TEXT PRIMARY KEY)"
+        )
+        await self._conn.execute("DELETE FROM _cdpd_sought")
+        await self._conn.executemany(
+            "INSERT OR IGNORE INTO _cdpd_sought VALUES (?)", [(u,) for u in user_ids]
+        )
+        tables: dict[str, list[str]] = {}
+        for name, column, _ in await self._conn.execute_fetchall(SELECT_COLUMNS):
+            tables.setdefault(name, []).append(column)
+        found = {}
+        for name, columns in sorted(tables.items()):
+            condition = " OR ".join(
+                f"CAST({quote(c)} AS TEXT) IN (SELECT id FROM _cdpd_sought)" for c in columns
+            )
+            ((count,),) = await self._conn.execute_fetchall(
+                f"SELECT count(*) FROM {quote(name)} WHERE {condition}"
+            )
+            if count:
+                found[name] = int(count)
+        return found
 
 
 class SqliteLoad:

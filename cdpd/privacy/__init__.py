@@ -1,0 +1,1 @@
+"""Privacy: personal data found in messages, where it may go, and regulations (suppress, delete)."""

@@ -1,0 +1,67 @@
+"""The proof that users are gone (`cdpd regulations verify ID`): every store searched for their
+ids. In the outbox, every column of every table but the records of regulations, and the
+`userId` of every payload; in each warehouse, every column of every table; in each local file
+destination, every line's `userId`. What is found is counted per table (or file).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from cdpd.config import Config
+from cdpd.destinations.filelog import LogFile
+from cdpd.destinations.settings import FileDestination
+from cdpd.privacy.deletion import USERS_PER_STATEMENT, line_filter
+from cdpd.warehouse.naming import quote
+from cdpd.warehouse.sinks import open_sink
+
+RECORDS = ("regulations", "regulation_subjects", "regulation_targets", "suppressions")
+TABLES = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%'"
+
+
+async def outbox_mentions(conn: aiosqlite.Connection, user_ids: Sequence[str]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    tables: list[Any] = list(await conn.execute_fetchall(TABLES))
+    for (table,) in tables:
+        if table in RECORDS:
+            continue
+        columns = [
+            row[1] for row in await conn.execute_fetchall(f"PRAGMA table_info({quote(table)})")
+        ]
+        count = 0
+        for start in range(0, len(user_ids), USERS_PER_STATEMENT):
+            chunk = list(user_ids[start : start + USERS_PER_STATEMENT])
+            marks = ", ".join(f"?{n}" for n in range(1, len(chunk) + 1))
+            clauses = [f"CAST({quote(c)} AS TEXT) IN ({marks})" for c in columns]
+            if "payload" in columns:
+                clauses.append(
+                    f"(json_valid(payload) AND CAST(payload ->> '$.userId' AS TEXT) IN ({marks}))"
+                )
+            sql = f"SELECT count(*) FROM {quote(table)} WHERE {' OR '.join(clauses)}"  # noqa: S608 - names quoted, values bound
+            ((rows,),) = await conn.execute_fetchall(sql, chunk)
+            count += int(rows)
+        if count:
+            found[table] = count
+    return found
+
+
+async def warehouse_mentions(config: Config, user_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+    found = {}
+    for warehouse in config.warehouses:
+        async with open_sink(config, warehouse) as sink:
+            found[warehouse.name] = await sink.find_users(user_ids)
+    return found
+
+
+def file_mentions(config: Config, user_ids: Sequence[str]) -> dict[str, int]:
+    """Lines holding the users, per file destination (its current and rotated files)."""
+    holds = line_filter(user_ids, ())
+    found = {}
+    for destination in config.destinations:
+        if isinstance(destination, FileDestination):
+            found[destination.name] = LogFile(Path(destination.path), fsync=False).count(holds)
+    return found

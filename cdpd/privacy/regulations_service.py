@@ -1,0 +1,326 @@
+"""The regulation worker: keeps the suppressions in force and works each regulation's targets.
+
+A service (`run(stop)`, under `cdpd.supervise`). It notices regulations written by the admin
+API (which calls `refresh` before it answers) or by `cdpd regulations create` from another
+process (polled every `POLL_INTERVAL_S`), puts their suppressions in force, then works their
+targets in order: the outbox, then every warehouse and local file, then the destinations.
+A target that fails is tried again as a delivery is (the delivery retry policy: backoff with
+jitter, Retry-After honoured, given up after the retry window) and its attempts, last status
+and error are kept in `regulation_targets`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import aiohttp
+import aiosqlite
+import structlog
+
+from cdpd.clock import Clock, SystemClock
+from cdpd.config import Config, ConfigError
+from cdpd.delivery.policy import decide
+from cdpd.destinations.file import File
+from cdpd.destinations.settings import Destination, FileDestination, RetryConfig
+from cdpd.model.timestamps import format_ms, parse_ms
+from cdpd.outbox.writer import OutboxWriter
+from cdpd.privacy import deletion, regulations_store, regulations_vendors
+from cdpd.privacy.regulations import (
+    DESTINATION,
+    FAILED,
+    FILE,
+    FINISHED,
+    OUTBOX,
+    RUNNING,
+    WAREHOUSE,
+)
+from cdpd.privacy.regulations_store import DueTarget, TargetUpdate
+from cdpd.privacy.suppression import Suppressions
+from cdpd.warehouse.loader import SYNC_ERRORS
+from cdpd.warehouse.scheduler import Scheduler
+
+log = structlog.get_logger("cdpd.privacy")
+
+POLL_INTERVAL_S = 0.5  # how soon a regulation written by another process takes effect
+QUIET_POLL_S = 0.05
+
+
+class TargetFailed(Exception):
+    def __init__(
+        self, error: str, status: int | None = None, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(error)
+        self.error = error
+        self.status = status
+        self.retry_after_s = retry_after_s
+        self.permanent = False
+
+
+class RegulationService:
+    def __init__(
+        self,
+        config: Config,
+        writer: OutboxWriter,
+        reader: aiosqlite.Connection,
+        suppressions: Suppressions,
+        warehouses: Scheduler,
+        files: dict[str, File],
+        unsent: set[int],
+        sending: Callable[[str], int],
+        session: aiohttp.ClientSession,
+        clock: Clock,
+    ) -> None:
+        self._config = config
+        self._path = Path(config.storage.outbox_path)
+        self._writer = writer
+        self._reader = reader  # read-only, shared with the admin API
+        self._suppressions = suppressions
+        self._warehouses = warehouses
+        self._files = files
+        self._unsent = unsent  # Delivery.erased
+        self._sending = sending  # how many messages a destination's lane has in flight
+        self._session = session
+        self._clock = clock
+        self._idle = SystemClock()
+        self._destinations = {d.name: d for d in config.destinations}
+        self._seen_seq = -1
+        self._refreshing = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._erased: dict[str, set[str]] = {}  # message ids the outbox step removed
+        self.passes = 0
+        self.worked = asyncio.Condition()  # notified after each pass (tests wait on it)
+
+    async def start(self) -> None:
+        """Put the stored suppressions in force; before ingest opens."""
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        """Take up regulations written since the last look: their suppressions are in force
+        when this returns."""
+        async with self._refreshing:
+            last = await regulations_store.last_seq(self._reader)
+            if last == self._seen_seq:
+                return
+            self._suppressions.replace(await regulations_store.suppressions(self._reader))
+            after, self._seen_seq = self._seen_seq, last
+            log.info(
+                "regulations_taken_up",
+                regulations=last - max(after, 0),
+                suppressed_users=len(self._suppressions),
+            )
+            await self._writer.transact(
+                functools.partial(regulations_store.start_new, after_seq=after)
+            )
+            self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self._wake.clear()
+            await self.refresh()
+            delay_s = await self._work_due(stop)
+            await self._forget_passed()
+            async with self.worked:
+                self.passes += 1
+                self.worked.notify_all()
+            # Real time, not `clock`: a poll, which must not wake with a test's fake clock.
+            await self._idle.wait(self._wake, min(POLL_INTERVAL_S, delay_s))
+            if stop.is_set():
+                return
+
+    async def _work_due(self, stop: asyncio.Event) -> float:
+        """Attempt every due target; the seconds until the next one is due."""
+        due = await regulations_store.due(self._reader, format_ms(self._clock.now_ms()))
+        outbox_done: dict[str, str] = {}
+        for target in due:
+            if stop.is_set():
+                break
+            if target.kind == OUTBOX:
+                outbox_done[target.regulation_id] = await self._attempt(target)
+                continue
+            before = outbox_done.get(target.regulation_id) or await self._outbox_status(
+                target.regulation_id
+            )
+            if before == FAILED:
+                await self._give_up(target, "the outbox deletion failed, so this was not tried")
+            elif before in (FINISHED, None):
+                await self._attempt(target)
+        next_at = await regulations_store.next_due_at(self._reader)
+        if next_at is None:
+            return POLL_INTERVAL_S
+        return max(0.0, (parse_ms(next_at) - self._clock.now_ms()) / 1000)
+
+    async def _forget_passed(self) -> None:
+        """Deleted seqs every lane has passed need no skipping any more (a lane re-reads
+        retries and replays from the outbox, where they are gone)."""
+        if not self._unsent:
+            return
+        passed = await regulations_store.lanes_passed(self._reader)
+        if passed is None:  # no lane runs
+            self._unsent.clear()
+        else:
+            self._unsent.difference_update([seq for seq in self._unsent if seq <= passed])
+
+    async def _outbox_status(self, regulation_id: str) -> str | None:
+        return await regulations_store.target_status(self._reader, regulation_id, OUTBOX)
+
+    async def _attempt(self, due: DueTarget) -> str:
+        """One attempt at one target; returns the target's status after it."""
+        users = await regulations_store.subjects(self._reader, due.regulation_id)
+        started_ms = self._clock.now_ms()
+        bound = log.bind(regulation=due.regulation_id, target=due.target)
+        try:
+            rows = await self._work(due, users)
+        except TargetFailed as failed:
+            return await self._failed(due, failed, started_ms, bound)
+        except ConfigError as exc:
+            return await self._failed(due, _permanent(str(exc)), started_ms, bound)
+        except SYNC_ERRORS as exc:
+            return await self._failed(
+                due, TargetFailed(f"{type(exc).__name__}: {exc}"), started_ms, bound
+            )
+        except Exception as exc:  # a fault of cdpd's own: recorded and retried, never a loop
+            bound.exception("regulation_target_crashed")
+            crashed = TargetFailed(f"cdpd failed on it: {type(exc).__name__}: {exc}")
+            return await self._failed(due, crashed, started_ms, bound)
+        at = format_ms(self._clock.now_ms())
+        update = TargetUpdate(
+            due.regulation_id,
+            due.target,
+            FINISHED,
+            due.attempts + 1,
+            due.first_attempt_at or format_ms(started_ms),
+            at,
+            rows_removed=rows,
+            finished_at=at,
+        )
+        overall = await self._record(update)
+        bound.info("regulation_target_finished", rows_removed=rows, overall=overall)
+        return FINISHED
+
+    async def _work(self, due: DueTarget, users: Sequence[str]) -> int:
+        if due.kind == OUTBOX:
+            erased = await deletion.erase_outbox(
+                self._writer, self._path, users, due.source, self._unsent
+            )
+            self._erased[due.regulation_id] = erased.message_ids
+            return erased.rows
+        name = due.target.partition(":")[2]
+        if due.kind == WAREHOUSE:
+            warehouse = deletion.warehouse_named(self._config, name)
+            if warehouse is None:
+                raise _permanent(f"no warehouse is named {name!r} any more")
+            return await deletion.erase_warehouse(
+                self._config, warehouse, self._warehouses, users, due.source
+            )
+        destination = self._destinations.get(name)
+        if destination is None or (due.kind == FILE) != isinstance(destination, FileDestination):
+            what = "file destination" if due.kind == FILE else "destination"
+            raise _permanent(f"no {what} is named {name!r} any more")
+        if isinstance(destination, FileDestination):
+            drop = deletion.line_filter(
+                users if due.source is None else (),
+                self._erased.get(due.regulation_id, ()),
+            )
+            return await deletion.erase_file(destination, self._files.get(name), drop)
+        assert due.kind == DESTINATION
+        await self._quiet(name, destination.timeout_s)
+        sent = await regulations_vendors.forward(
+            self._session, destination, users, due.regulation_id
+        )
+        if not sent.ok:
+            raise TargetFailed(sent.error or "failed", sent.status, sent.retry_after_s)
+        return sent.users
+
+    async def _quiet(self, name: str, timeout_s: float) -> None:
+        """Wait (at most the destination's request timeout) for the lane's requests in flight
+        to end: one begun before the outbox deletion may carry the user, and the vendor must
+        have it before it is asked to delete."""
+        deadline_s = asyncio.get_running_loop().time() + timeout_s
+        # A poll: a lane counts what it has in flight but signals no change of the count.
+        while self._sending(name) and asyncio.get_running_loop().time() < deadline_s:  # noqa: ASYNC110
+            await asyncio.sleep(QUIET_POLL_S)
+
+    async def _failed(
+        self, due: DueTarget, failed: TargetFailed, started_ms: int, bound: structlog.BoundLogger
+    ) -> str:
+        first_ms = parse_ms(due.first_attempt_at) if due.first_attempt_at else started_ms
+        now = self._clock.now_ms()
+        attempt = due.attempts + 1
+        if failed.permanent:
+            verdict, next_ms = "dead", None
+        else:
+            decision = decide(
+                self._policy(due),
+                status=failed.status,
+                attempt=attempt,
+                first_attempt_ms=first_ms,
+                now_ms=now,
+                retry_after_s=failed.retry_after_s,
+            )
+            verdict, next_ms = decision.verdict, decision.next_attempt_ms
+        status = FAILED if verdict == "dead" else RUNNING
+        at = format_ms(now)
+        update = TargetUpdate(
+            due.regulation_id,
+            due.target,
+            status,
+            attempt,
+            format_ms(first_ms),
+            format_ms(next_ms) if next_ms is not None else at,
+            last_status=failed.status,
+            last_error=failed.error[:500],
+            finished_at=at if status == FAILED else None,
+        )
+        overall = await self._record(update)
+        bound.warning(
+            "regulation_target_failed",
+            status=failed.status,
+            error=failed.error,
+            attempt=attempt,
+            gave_up=status == FAILED,
+            overall=overall,
+        )
+        return status
+
+    async def _give_up(self, due: DueTarget, reason: str) -> None:
+        at = format_ms(self._clock.now_ms())
+        update = TargetUpdate(
+            due.regulation_id,
+            due.target,
+            FAILED,
+            due.attempts,
+            due.first_attempt_at or at,
+            at,
+            last_error=reason,
+            finished_at=at,
+        )
+        await self._record(update)
+
+    async def _record(self, update: TargetUpdate) -> str:
+        record: Callable[[aiosqlite.Connection], object] = functools.partial(
+            regulations_store.record, update=update
+        )
+        status: str = await self._writer.transact(record)  # type: ignore[arg-type]
+        if status != RUNNING:
+            self._erased.pop(update.regulation_id, None)
+        return status
+
+    def _policy(self, due: DueTarget) -> RetryConfig:
+        if due.kind == DESTINATION:
+            destination: Destination | None = self._destinations.get(due.target.partition(":")[2])
+            if destination is not None and destination.retry is not None:
+                return destination.retry
+        return self._config.delivery.retry
+
+
+def _permanent(error: str) -> TargetFailed:
+    """A failure no retry mends (a credential missing from the environment, say)."""
+    failed = TargetFailed(error)
+    failed.permanent = True
+    return failed
