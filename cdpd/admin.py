@@ -49,6 +49,13 @@ class Admin:
         self._delivery = delivery
         self._metrics = metrics
 
+    def reconfigure(self, config: Config, delivery: Delivery) -> None:
+        """The destinations (and token) of a reloaded config, and the delivery built for it."""
+        self._token = config.admin.resolved_token()
+        self._destinations = {d.name: d for d in config.destinations}
+        self._names = list(self._destinations)
+        self._delivery = delivery
+
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/admin/deliveries", self.deliveries),

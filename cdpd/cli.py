@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     command: str = args.command
     if command == "serve":
-        return _serve(cfg)
+        return _serve(cfg, args.config)
     if command == "check-config":
         return _check_config(cfg, args.config)
     if command == "outbox":
@@ -124,15 +124,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _serve(cfg: config.Config) -> int:
+def _serve(cfg: config.Config, path: str) -> int:
     from cdpd import app  # imported here so that the inspection commands start fast
+    from cdpd.startup import StartupError
 
     log_writer = logs.configure(cfg.logging.level)
     try:
-        return app.run(cfg, log_writer)
+        return app.run(cfg, log_writer, path)
     except config.ConfigError as exc:
         print(f"cdpd: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StartupError as exc:
+        log_writer.flush()
+        print(f"cdpd: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def _check_config(cfg: config.Config, path: str) -> int:

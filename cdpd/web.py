@@ -34,6 +34,7 @@ log = structlog.get_logger()
 
 INGEST = web.AppKey("ingest", Ingest)
 WRITER = web.AppKey("writer", OutboxWriter)
+ADMIN = web.AppKey("admin", Admin)
 MAX_CLIENT_REQUEST_ID_CHARS = 200
 START_GRACE_S = 0.2
 
@@ -94,6 +95,7 @@ def build(config: Config, stages: Stages, drain: Drain) -> web.Application:
     app = web.Application(client_max_size=config.server.max_request_bytes)
     app[INGEST] = ingest
     app[WRITER] = stages.writer
+    app[ADMIN] = admin
     app[DRAIN] = drain
     access = logs.access_log(config.logging.level) if config.logging.access_log else None
     wrap = _RequestWrapper(drain, access, errors_only=config.logging.access_log == "errors")

@@ -117,6 +117,8 @@ class Delivery:
                     lane.stop()
                 await self._drain(lanes)
         finally:
+            for lane in self.lanes.values():
+                self._writer.off_messages(lane.work)
             await self._close_senders()
 
     async def _supervised(self, name: str, run: Callable[[asyncio.Event], Awaitable[None]]) -> None:

@@ -74,6 +74,10 @@ class Ingest:
         self.duplicates = 0
         self.rejected: dict[str, int] = {}
 
+    def reconfigure(self, config: Config) -> None:
+        """Sources and write keys of a reloaded config; the next request sees them."""
+        self._keys = WriteKeys(config.sources)
+
     def routes(self) -> list[web.RouteDef]:
         routes = []
         for path, kind in SINGLE_PATHS.items():
