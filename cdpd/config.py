@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 import msgspec
 import msgspec.inspect
 
+from cdpd import confd
 from cdpd.destinations.settings import Destination, FileDestination, RetryConfig
 from cdpd.settings import (
     ConfigError,
@@ -215,6 +216,8 @@ class Config(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     warehouses: list[Warehouse] = msgspec.field(default_factory=list)
     tracking_plans: list[TrackingPlan] = msgspec.field(default_factory=list)
     transformations: list[Transformation] = msgspec.field(default_factory=list)
+    # A directory of TOML fragments adding entries to the lists above (cdpd/confd.py).
+    include: str | None = None
 
 
 def default_path() -> str:
@@ -228,8 +231,19 @@ def load(path: str | os.PathLike[str]) -> Config:
         text = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from exc
-    config = parse(text, origin=str(path))
+    document = confd.merged(text, path)
+    if document.get("include") is None:
+        config = parse(text, origin=str(path))
+    else:
+        config = _checked(_convert(document, str(path)), str(path))
     return _resolve_paths(config, Path.cwd())
+
+
+def _convert(document: dict[str, object], origin: str) -> Config:
+    try:
+        return msgspec.convert(document, type=Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{origin}: {_explain(str(exc))}") from exc
 
 
 def parse(text: bytes | str, *, origin: str = "<config>") -> Config:
@@ -239,6 +253,10 @@ def parse(text: bytes | str, *, origin: str = "<config>") -> Config:
         raise ConfigError(f"{origin}: {_explain(str(exc))}") from exc
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{origin}: not valid TOML: {exc}") from exc
+    return _checked(config, origin)
+
+
+def _checked(config: Config, origin: str) -> Config:
     problems = _cross_check(config)
     if problems:
         raise ConfigError(f"{origin}: " + "; ".join(problems))

@@ -22,7 +22,9 @@ PER_REQUEST = 50
 async def _reloads_logged(daemon: Daemon, count: int) -> None:
     """Wait until the daemon has logged `count` reloads (polling its log, no fixed delay)."""
     for _ in range(600):
-        done = [line for line in daemon.log_lines if line.get("event", "").startswith("config_reload")]
+        done = [
+            line for line in daemon.log_lines if line.get("event", "").startswith("config_reload")
+        ]
         if len(done) >= count:
             return
         await asyncio.sleep(0.05)
@@ -73,7 +75,9 @@ async def test_sighup_reloads_plans_under_load_and_loses_nothing(
             await _post(http, daemon.url, "Refund Issued", 2, 1)
     finally:
         assert await daemon.stop() == 0
-    events = [line["event"] for line in daemon.log_lines if line["event"].startswith("config_reload")]
+    events = [
+        line["event"] for line in daemon.log_lines if line["event"].startswith("config_reload")
+    ]
     assert events == ["config_reloaded"] * 3 + [
         "config_reload_failed",
         "config_reloaded",
