@@ -13,6 +13,8 @@ import msgspec.inspect
 from cdpd import confd
 from cdpd.destinations.settings import Destination, FileDestination, RetryConfig
 from cdpd.settings import (
+    NAME_PATTERN,
+    NAME_RULE,
     ConfigError,
     Name,
     NonNegativeInt,
@@ -270,6 +272,8 @@ def _explain(message: str) -> str:
     if not sep:
         return message
     where = where.rstrip("`").lstrip(".")
+    if text == f"Expected `str` matching regex '{NAME_PATTERN}'":
+        text = f"not a valid name: {NAME_RULE}"
     if text.startswith(("Invalid enum value", "Invalid value")):
         allowed = _allowed_values(where)
         if allowed:

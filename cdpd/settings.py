@@ -11,7 +11,13 @@ PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 MessageType = Literal["identify", "track", "page", "screen", "group", "alias"]
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
+NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+# What NAME_PATTERN means, for error messages and the README.
+NAME_RULE = (
+    "a name is 1 to 100 characters, each a letter (a-z, A-Z), a digit, '_', '.' or '-'; "
+    "no spaces (write \"big-orders\", not \"big orders\")"
+)
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=NAME_PATTERN)]
 
 
 class ConfigError(Exception):

@@ -12,7 +12,9 @@ def test_the_example_config_loads() -> None:
     config = load(EXAMPLE)
     assert config.server.listen == "127.0.0.1:8088"
     assert [s.name for s in config.sources] == ["website", "backend"]
-    assert config.destinations[0].url == "http://127.0.0.1:9000/events"
+    assert [(d.name, type(d).__name__) for d in config.destinations] == [
+        ("events-archive", "FileDestination")
+    ]
     assert Path(config.storage.data_dir).is_absolute()
 
 
