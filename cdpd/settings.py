@@ -15,7 +15,7 @@ NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 # What NAME_PATTERN means, for error messages and the README.
 NAME_RULE = (
     "a name is 1 to 100 characters, each a letter (a-z, A-Z), a digit, '_', '.' or '-'; "
-    "no spaces (write \"big-orders\", not \"big orders\")"
+    'no spaces (write "big-orders", not "big orders")'
 )
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=NAME_PATTERN)]
 

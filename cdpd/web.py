@@ -169,7 +169,9 @@ class _RequestWrapper:
                 headers = {"Retry-After": str(exc.retry_after_s)}
                 response = _error_response(request, 503, exc.code, exc.message, headers)
             except Exception:
-                log.exception("request_failed", **fields, method=request.method, path=request.path)
+                log.exception(
+                    "request_failed", **fields, method=request.method, path=_logged_path(request)
+                )
                 response = _error_response(
                     request, 500, "internal_error", "cdpd failed on this request; see its log", {}
                 )
@@ -180,13 +182,26 @@ class _RequestWrapper:
             response.headers["X-Request-Id"] = request_id
             if access is not None and response.status >= min_logged_status:
                 fields["method"] = request.method
-                fields["path"] = request.path
+                fields["path"] = _logged_path(request)
                 fields["status"] = response.status
                 fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
                 access.request(fields)
             return response
 
         return wrapped
+
+
+def _logged_path(request: web.Request) -> str:
+    """The path, with a write key in it (the settings document's path) cut to its start."""
+    write_key = request.match_info.get("write_key")
+    if not write_key:
+        return request.path
+    return request.path.replace(write_key, masked(write_key))
+
+
+def masked(secret: str) -> str:
+    """Enough of a write key to tell keys apart in a log, not enough to use it."""
+    return secret[:4] + "..." if len(secret) >= 12 else "..."
 
 
 def _client_request_id(request: web.Request) -> str | None:

@@ -165,10 +165,17 @@ class Ingest:
                 write_key, self._public_url(request), self.governance.track_plan(source.name)
             ),
             headers={
-                "Cache-Control": "max-age=60",
+                **self._caching(),
                 **(allow or {"Access-Control-Allow-Origin": "*"}),
             },
         )
+
+    def _caching(self) -> dict[str, str]:
+        """Without `public_url` the document names the Host the client sent, so no shared cache
+        may keep it (a forged Host would be served to everyone); with it, any cache may."""
+        if self._server.public_url:
+            return {"Cache-Control": "public, max-age=60"}
+        return {"Cache-Control": "private, max-age=60", "Vary": "Host, Origin"}
 
     def _public_url(self, request: web.Request) -> str:
         """The configured public URL, else the scheme and host the client used to get here."""
