@@ -33,6 +33,9 @@ class ServerConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     # Base URL that browsers reach this daemon at; the analytics.js settings document points there.
     public_url: str | None = None
     max_request_bytes: PositiveInt = 512_000
+    # /v1/batch and /v1/import: RudderStack's SDKs fill a batch to 4 MiB, then add one more
+    # message (up to max_event_bytes): room for that.
+    max_batch_request_bytes: PositiveInt = 4 * 1024 * 1024 + 64 * 1024
     max_event_bytes: PositiveInt = 32 * 1024
     max_batch_events: PositiveInt = 2500
     # Take the client address for context.ip from X-Forwarded-For (only behind a trusted proxy).

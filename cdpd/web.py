@@ -92,7 +92,9 @@ def build(config: Config, stages: Stages, drain: Drain) -> web.Application:
     ingest = Ingest(config, stages.writer, stages.governance)
     admin = Admin(config, stages.writer, stages.reader, stages.delivery, stages.metrics)
     stages.metrics.attach(ingest, stages.delivery)
-    app = web.Application(client_max_size=config.server.max_request_bytes)
+    app = web.Application(
+        client_max_size=max(config.server.max_request_bytes, config.server.max_batch_request_bytes)
+    )
     app[INGEST] = ingest
     app[WRITER] = stages.writer
     app[ADMIN] = admin

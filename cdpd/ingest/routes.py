@@ -117,7 +117,7 @@ class Ingest:
 
     async def batch(self, request: web.Request, *, browser: bool) -> web.Response:
         self._writer.check_accepting()
-        body = await read_limited(request, self._server.max_request_bytes)
+        body = await read_limited(request, self._batch_limit_bytes(browser))
         received_ms = now_ms()
         envelope = _decode(_batch_decoder, body, request)
         ignored: list[str] = []  # envelope fields of the wrong type: each message is kept
@@ -147,6 +147,14 @@ class Ingest:
         ]
         results += [_over_batch_limit(raw, limit) for raw in envelope.batch[limit:]]
         return await self._store(request, facts, results)
+
+    def _batch_limit_bytes(self, browser: bool) -> int:
+        """The browser's batch path keeps the request limit; the server-side batch paths take
+        what RudderStack's gateway takes, so its SDKs' largest batches are not lost."""
+        server = self._server
+        if browser:
+            return server.max_request_bytes
+        return max(server.max_request_bytes, server.max_batch_request_bytes)
 
     async def telemetry(self, request: web.Request) -> web.Response:
         """analytics.js metrics (`/v1/m`): read and dropped, as they describe the library itself."""
