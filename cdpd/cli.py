@@ -147,7 +147,8 @@ def _check_config(cfg: config.Config, path: str) -> int:
 
     try:
         for destination in cfg.destinations:
-            registry.build(destination)
+            if destination.enabled:  # a disabled destination needs no credentials yet
+                registry.build(destination)
             for action in registry.actions_of(destination):
                 where = f"destination {destination.name!r}, action {action.name!r}.mapping"
                 for warning in kit.warnings(action.mapping, where):

@@ -21,6 +21,7 @@ from cdpd.settings import (
     PositiveFloat,
     PositiveInt,
     Section,
+    env_secret,
 )
 
 DEFAULT_CONFIG_PATH = "/etc/cdpd/cdpd.toml"
@@ -182,7 +183,7 @@ class AdminConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=True
         if self.token:
             return self.token
         if self.token_env:
-            return os.environ.get(self.token_env) or None
+            return env_secret(self.token_env)
         return None
 
 

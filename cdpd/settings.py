@@ -3,6 +3,8 @@ the constrained types sections share."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
@@ -26,3 +28,20 @@ class ConfigError(Exception):
 
 class Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     pass
+
+
+def env_secret(name: str) -> str | None:
+    """The secret an `*_env` key names: the environment variable (systemd's `Environment=` or
+    `EnvironmentFile=`), else the systemd credential of that name (`LoadCredential=NAME:...`,
+    read from `$CREDENTIALS_DIRECTORY`, with a trailing newline dropped); None when neither."""
+    value = os.environ.get(name)
+    if value:
+        return value
+    folder = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not folder or "/" in name or name in (".", ".."):
+        return None
+    try:
+        text = (Path(folder) / name).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text.removesuffix("\n").removesuffix("\r") or None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import os
 import time
 from collections.abc import Sequence
 from datetime import UTC
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 import aiohttp
 import msgspec
 
-from cdpd.settings import ConfigError
+from cdpd.settings import ConfigError, env_secret
 
 if TYPE_CHECKING:
     from cdpd.destinations.actions import Action, Prepared
@@ -94,10 +93,11 @@ def secret(destination: str, value: str | None, env: str | None, what: str) -> s
     if value:
         return value
     if env:
-        found = os.environ.get(env)
+        found = env_secret(env)
         if not found:
             raise ConfigError(
                 f"destination {destination!r}: {what}_env names {env}, which is not set"
+                " (neither an environment variable nor a systemd credential)"
             )
         return found
     return None
