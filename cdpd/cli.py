@@ -21,6 +21,7 @@ from cdpd.delivery import replay, report
 from cdpd.delivery.store import DeliveryStatus, SqliteDeliveryStore
 from cdpd.governance import commands as governance_commands
 from cdpd.model.timestamps import format_ms, now_ms, parse_ms
+from cdpd.outbox import commands as outbox_commands_cli
 from cdpd.outbox import reader, schema
 from cdpd.warehouse import commands as warehouse_commands
 
@@ -44,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(cfg, args.config)
     if command == "outbox":
         return _outbox(cfg, args)
+    if command == "rejects":
+        return outbox_commands_cli.rejects(cfg, args)
     if command == "deliveries":
         return _deliveries(cfg, args)
     if command == "replay":
@@ -74,8 +77,11 @@ def _parser() -> argparse.ArgumentParser:
     outbox_commands = outbox.add_subparsers(dest="outbox_command", required=True)
     stats = outbox_commands.add_parser("stats", parents=[common], help="counts and file size")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
-    tail = outbox_commands.add_parser("tail", parents=[common], help="the most recent messages")
-    tail.add_argument("-n", type=int, default=10, help="how many messages (default 10)")
+    tail = outbox_commands.add_parser(
+        "tail", parents=[common], help="the most recent messages, as JSON lines (-f: and new ones)"
+    )
+    outbox_commands_cli.add_tail_arguments(tail)
+    outbox_commands_cli.add_rejects_parser(commands, common)
     deliveries = commands.add_parser("deliveries", parents=[common], help="where deliveries stand")
     deliveries_commands = deliveries.add_subparsers(dest="deliveries_command", required=True)
     d_stats = deliveries_commands.add_parser("stats", parents=[common], help="per destination")
@@ -174,12 +180,7 @@ def _outbox(cfg: config.Config, args: argparse.Namespace) -> int:
         stats = asyncio.run(reader.stats(path))
         print(msgspec.json.encode(stats).decode() if args.json else _format_stats(stats))
         return EXIT_OK
-    if args.n < 1:
-        print("cdpd: -n must be at least 1", file=sys.stderr)
-        return EXIT_USAGE
-    for message in asyncio.run(reader.tail(path, args.n)):
-        print(msgspec.json.encode(message).decode())
-    return EXIT_OK
+    return outbox_commands_cli.tail(cfg, args)
 
 
 def _destinations(args: argparse.Namespace) -> int:
