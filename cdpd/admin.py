@@ -17,6 +17,7 @@ from cdpd.governance import store as governance_store
 from cdpd.ingest.errors import ApiError
 from cdpd.metrics import CONTENT_TYPE, Metrics
 from cdpd.model.timestamps import format_ms, now_ms, parse_ms
+from cdpd.outbox import consumers
 from cdpd.outbox.writer import OutboxWriter
 
 
@@ -145,7 +146,8 @@ class Admin:
         return _json({"violations": found})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        body = self._metrics.render(await report.states(self._reader, self._names, delivered=False))
+        states = await report.states(self._reader, self._names, delivered=False)
+        body = self._metrics.render(states, await consumers.lags(self._reader))
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def _reports(self) -> list[report.DestinationReport]:

@@ -15,7 +15,7 @@ import functools
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +57,7 @@ class Running:
     writer: OutboxWriter
     consumers: Consumers
     restarts: Restarts
+    admin_url: str | None = None  # with `[admin] listen`: where /admin and /metrics are
 
     @property
     def ingest(self) -> Ingest:
@@ -101,6 +102,7 @@ async def running(
     with (
         data_dir_lock(Path(storage.data_dir)),
         contextlib.closing(startup.bind(config.server)) as sock,
+        _admin_socket(config) as admin_sock,
     ):
         async with schema.connect(
             storage.outbox_path, synchronous=storage.synchronous, max_bytes=storage.max_outbox_bytes
@@ -122,7 +124,9 @@ async def running(
                 clock=clock,
             )
             await space_watch.check()
-            metrics = Metrics(restarts)
+            metrics = Metrics(
+                restarts, data_dir=Path(storage.data_dir), outbox_path=storage.outbox_path
+            )
             async with (
                 schema.connect(storage.outbox_path, readonly=True) as reader,
                 _outbound_session() as session,
@@ -162,14 +166,20 @@ async def running(
                 )
                 stages = cdpd_web.Stages(writer, reader, pipeline.delivery, metrics, governance)
                 try:
-                    async with _serving_http(config, stages, sock) as (url, app):
+                    async with _serving_http(config, stages, sock, admin_sock) as (
+                        url,
+                        app,
+                        admin_url,
+                    ):
                         pipeline.edges = Edges(app[cdpd_web.INGEST], app[cdpd_web.ADMIN], metrics)
+                        metrics.attach(app[cdpd_web.INGEST], pipeline.delivery, pipeline.warehouses)
                         yield Running(
                             url=url,
                             app=app,
                             writer=writer,
                             consumers=pipeline,
                             restarts=restarts,
+                            admin_url=admin_url,
                         )
                 finally:
                     # The drain, in order: a warehouse sync commits the batch it is in while
@@ -203,10 +213,35 @@ async def _outbound_session() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+@contextlib.contextmanager
+def _admin_socket(config: Config) -> Iterator[socket.socket | None]:
+    """The admin listener's socket, when `[admin] listen` asks for one."""
+    if config.admin.listen is None:
+        yield None
+        return
+    with contextlib.closing(startup.bind(config.server, config.admin.listen)) as sock:
+        yield sock
+
+
+@asynccontextmanager
+async def _serving_admin(app: web.Application, sock: socket.socket) -> AsyncIterator[str]:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        site = web.SockSite(runner, sock)
+        await site.start()
+        yield _url(runner)
+    finally:
+        await runner.cleanup()
+
+
 @asynccontextmanager
 async def _serving_http(
-    config: Config, stages: cdpd_web.Stages, sock: socket.socket
-) -> AsyncIterator[tuple[str, web.Application]]:
+    config: Config,
+    stages: cdpd_web.Stages,
+    sock: socket.socket,
+    admin_sock: socket.socket | None = None,
+) -> AsyncIterator[tuple[str, web.Application, str | None]]:
     drain = cdpd_web.Drain()
     app = cdpd_web.build(config, stages, drain)
     runner = web.AppRunner(
@@ -220,7 +255,14 @@ async def _serving_http(
         site = web.SockSite(runner, sock)
         await site.start()
         try:
-            yield _url(runner), app
+            async with contextlib.AsyncExitStack() as admin:
+                admin_url = None
+                if admin_sock is not None:
+                    admin_app = app[cdpd_web.ADMIN_APP]
+                    admin_url = await admin.enter_async_context(
+                        _serving_admin(admin_app, admin_sock)
+                    )
+                yield _url(runner), app, admin_url
         finally:
             await site.stop()  # no new connections
             open_connections = len(runner.server.connections) if runner.server else 0
@@ -294,6 +336,7 @@ def _log_start(server: Running) -> None:
         destinations=[d.name for d in config.destinations if d.enabled],
         warehouses=[w.name for w in config.warehouses],
         admin_api="on" if admin_on else "off",
+        admin_url=server.admin_url or server.url,
     )
     if not admin_on:
         log.warning(

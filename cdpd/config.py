@@ -178,6 +178,8 @@ class AdminConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=True
 
     token: str | None = None
     token_env: str | None = None
+    # HOST:PORT of a separate listener for /admin and /metrics (then not on server.listen).
+    listen: str | None = None
 
     def resolved_token(self) -> str | None:
         if self.token:
@@ -339,6 +341,11 @@ def _cross_check(config: Config) -> list[str]:
         _split_listen(config.server.listen)
     except ValueError as exc:
         problems.append(f"server.listen: {exc}")
+    if config.admin.listen is not None:
+        try:
+            _split_listen(config.admin.listen)
+        except ValueError as exc:
+            problems.append(f"admin.listen: {exc}")
     if config.server.public_url is not None and not config.server.public_url.startswith(
         ("http://", "https://")
     ):

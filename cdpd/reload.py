@@ -186,7 +186,7 @@ class Consumers:
             await self.start_delivery()
         if self.edges is not None:
             self.edges.admin.reconfigure(config, self.delivery)
-            self.edges.metrics.attach(self.edges.ingest, self.delivery)
+            self.edges.metrics.attach(self.edges.ingest, self.delivery, self.warehouses)
         self.reloads += 1
         return changed
 

@@ -76,6 +76,7 @@ class Drain:
 
 
 DRAIN = web.AppKey("drain", Drain)
+ADMIN_APP = web.AppKey("admin_app", web.Application)
 
 
 class Stages(NamedTuple):
@@ -89,19 +90,41 @@ class Stages(NamedTuple):
 
 
 def build(config: Config, stages: Stages, drain: Drain) -> web.Application:
+    """The public application; with `[admin] listen` the admin API and /metrics are left out of
+    it and served by a second application (`app[ADMIN_APP]`) on that address."""
     ingest = Ingest(config, stages.writer, stages.governance)
     admin = Admin(config, stages.writer, stages.reader, stages.delivery, stages.metrics)
     stages.metrics.attach(ingest, stages.delivery)
+    access = logs.access_log(config.logging.level) if config.logging.access_log else None
+    wrap = _RequestWrapper(
+        drain,
+        access,
+        errors_only=config.logging.access_log == "errors",
+        answers=stages.metrics.answers,
+    )
+    health_route = web.get("/health", health)
+    public = [*ingest.routes(), health_route]
+    if config.admin.listen is None:
+        public += admin.routes()
+    app = _application(config, public, wrap)
+    app[INGEST] = ingest
+    app[WRITER] = stages.writer
+    app[DRAIN] = drain
+    app[ADMIN] = admin
+    if config.admin.listen is not None:
+        admin_app = _application(config, [*admin.routes(), health_route], wrap)
+        admin_app[WRITER] = stages.writer
+        admin_app[DRAIN] = drain
+        app[ADMIN_APP] = admin_app
+    return app
+
+
+def _application(
+    config: Config, routes: list[web.RouteDef], wrap: _RequestWrapper
+) -> web.Application:
     app = web.Application(
         client_max_size=max(config.server.max_request_bytes, config.server.max_batch_request_bytes)
     )
-    app[INGEST] = ingest
-    app[WRITER] = stages.writer
-    app[ADMIN] = admin
-    app[DRAIN] = drain
-    access = logs.access_log(config.logging.level) if config.logging.access_log else None
-    wrap = _RequestWrapper(drain, access, errors_only=config.logging.access_log == "errors")
-    routes = [*ingest.routes(), *admin.routes(), web.get("/health", health)]
     app.add_routes(web.RouteDef(r.method, r.path, wrap(r.handler), r.kwargs) for r in routes)
     app.router.add_route("*", "/{tail:.*}", wrap(_Unrouted(routes)))
     return app
@@ -141,8 +164,16 @@ class _Unrouted:
 
 
 class _RequestWrapper:
-    def __init__(self, drain: Drain, access: logs.AccessLog | None, *, errors_only: bool) -> None:
+    def __init__(
+        self,
+        drain: Drain,
+        access: logs.AccessLog | None,
+        *,
+        errors_only: bool,
+        answers: dict[int, int] | None = None,
+    ) -> None:
         self._drain = drain
+        self._answers = answers if answers is not None else {}
         self._access = access
         # Answers below this status are not logged: 300 logs only errors, 0 logs every one.
         self._min_logged_status = 300 if errors_only else 0
@@ -155,6 +186,7 @@ class _RequestWrapper:
         counter = self._counter
         drain = self._drain
         min_logged_status = self._min_logged_status
+        answers = self._answers
 
         @functools.wraps(handler)
         async def wrapped(request: web.Request) -> web.StreamResponse:
@@ -182,6 +214,8 @@ class _RequestWrapper:
             if drain.closing:
                 response.force_close()  # one last answer per kept-alive connection
             response.headers["X-Request-Id"] = request_id
+            status = response.status
+            answers[status] = answers.get(status, 0) + 1
             if access is not None and response.status >= min_logged_status:
                 fields["method"] = request.method
                 fields["path"] = _logged_path(request)
