@@ -163,6 +163,10 @@ class Consumers:
         config = msgspec.structs.replace(
             new_config, **{section: getattr(old, section) for section in RESTART_SECTIONS}
         )
+        if config.admin.listen != old.admin.listen:  # a socket, as server.listen
+            log.warning("config_reload_needs_restart", section="admin.listen")
+            admin = msgspec.structs.replace(config.admin, listen=old.admin.listen)
+            config = msgspec.structs.replace(config, admin=admin)
         changed = [
             field
             for field in config.__struct_fields__
