@@ -20,7 +20,7 @@ from cdpd import __version__, config, logs
 from cdpd.delivery import replay, report
 from cdpd.delivery.store import DeliveryStatus, SqliteDeliveryStore
 from cdpd.governance import commands as governance_commands
-from cdpd.model.timestamps import format_ms, now_ms, parse_ms
+from cdpd.model.timestamps import format_ms, now_ms, parse_when_ms
 from cdpd.outbox import commands as outbox_commands_cli
 from cdpd.outbox import reader, schema
 from cdpd.warehouse import commands as warehouse_commands
@@ -89,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     d_dead = deliveries_commands.add_parser("dead", parents=[common], help="dead deliveries")
     d_dead.add_argument("--destination", help="only this destination")
     d_dead.add_argument("-n", type=int, default=50, help="how many (default 50)")
+    d_dead.add_argument("--json", action="store_true", help="print JSON lines")
     d_show = deliveries_commands.add_parser(
         "show", parents=[common], help="where one message stands with each destination"
     )
@@ -97,15 +98,18 @@ def _parser() -> argparse.ArgumentParser:
     d_retry = deliveries_commands.add_parser(
         "retry", parents=[common], help="make every waiting retry of a destination due now"
     )
-    d_retry.add_argument("--destination", required=True)
+    d_retry.add_argument("--destination", required=True, help="the destination's name")
     replay = commands.add_parser(
         "replay", parents=[common], help="deliver dead deliveries or archived messages again"
     )
-    replay.add_argument("--destination", required=True)
+    replay.add_argument("--destination", required=True, help="the destination's name")
     which = replay.add_mutually_exclusive_group(required=True)
     which.add_argument("--dead", action="store_true", help="re-queue its dead deliveries")
-    which.add_argument("--since", help="re-deliver messages received from this time (ISO-8601)")
-    replay.add_argument("--until", help="... up to this time (default: now)")
+    which.add_argument(
+        "--since",
+        help="re-deliver messages received from this time (ISO-8601, or ago: 15m, 2h, 7d)",
+    )
+    replay.add_argument("--until", help="... up to this time (default: now; same forms)")
     replay.add_argument("--source", help="only messages from this source")
     catalog = commands.add_parser(
         "destinations", parents=[common], help="the destination catalog: settings, actions"
@@ -236,10 +240,21 @@ def _deliveries(cfg: config.Config, args: argparse.Namespace) -> int:
         return _retry(cfg, args)
     dead = asyncio.run(_read(path, lambda conn: report.dead(conn, args.destination, args.n)))
     for entry in dead:
-        print(msgspec.json.encode(entry).decode())
+        print(msgspec.json.encode(entry).decode() if args.json else _dead_line(entry))
     if not dead:
         print("(no dead deliveries)", file=sys.stderr)
     return EXIT_OK
+
+
+def _dead_line(entry: report.DeadDelivery) -> str:
+    return (
+        f"{entry.finished_at or '-'}  {entry.destination:<20} {entry.message_id:<36} "
+        f"{_plural(entry.attempts, 'attempt')}  {entry.last_error or '-'}"
+    )
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def _replay(cfg: config.Config, args: argparse.Namespace) -> int:
@@ -247,11 +262,16 @@ def _replay(cfg: config.Config, args: argparse.Namespace) -> int:
     if destination is None:
         print(f"cdpd: no destination is named {args.destination!r}", file=sys.stderr)
         return EXIT_USAGE
+    now = now_ms()
     try:
-        since = format_ms(parse_ms(args.since)) if args.since else None
-        until = format_ms(parse_ms(args.until)) if args.until else format_ms(now_ms())
+        since_ms = parse_when_ms(args.since, now) if args.since else None
+        until_ms = parse_when_ms(args.until, now) if args.until else now
+        since, until = format_ms(since_ms) if since_ms is not None else None, format_ms(until_ms)
     except ValueError as exc:
-        print(f"cdpd: --since/--until: expected an ISO-8601 time ({exc})", file=sys.stderr)
+        print(f"cdpd: --since/--until: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if since_ms is not None and since_ms >= until_ms:
+        print(f"cdpd: --since ({since}) must be before --until ({until})", file=sys.stderr)
         return EXIT_USAGE
     try:
         count = asyncio.run(

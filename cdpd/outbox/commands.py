@@ -28,6 +28,9 @@ def add_tail_arguments(tail: argparse.ArgumentParser) -> None:
     tail.add_argument("--type", help="only messages of this type (track, identify, ...)")
     tail.add_argument("--event", help="only track messages of this event (or pages of this name)")
     tail.add_argument("--user", help="only messages of this userId or anonymousId")
+    tail.add_argument(
+        "--json", action="store_true", help="JSON lines (tail's only form; accepted everywhere)"
+    )
 
 
 def add_rejects_parser(

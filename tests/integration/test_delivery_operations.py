@@ -48,7 +48,7 @@ async def test_dead_deliveries_are_listed_and_replayed(
         lane = server.delivery.lanes["hook"]
         await send(http, server, [track(1), track(2)])
         await recorded(lane, 2)
-        assert await run_cli("deliveries", "dead", "--config", config_path) == 0
+        assert await run_cli("deliveries", "dead", "--json", "--config", config_path) == 0
         dead = [msgspec.json.decode(line) for line in _json_lines(capsys)]
         assert {d["message_id"] for d in dead} == {"m1", "m2"}
         assert dead[0]["last_error"] == "HTTP 400: bad field (status 400 is not retried)"
