@@ -695,7 +695,7 @@ class _Run:
             failures += 1
             failed = outcome
             stats.errors_by_status[str(outcome.status or "network")] += 1
-            if policy.marks_unhealthy(outcome.status):
+            if policy.marks_unhealthy(outcome.status, outcome.error):
                 stats.unhealthy = True
             if outcome.state == "dead":
                 stats.dead += 1

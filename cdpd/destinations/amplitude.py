@@ -32,7 +32,7 @@ from cdpd import __version__
 from cdpd.destinations import http
 from cdpd.destinations.actions import Action, Prepared, worst
 from cdpd.destinations.amplitude_actions import KINDS, PRESETS
-from cdpd.destinations.base import Result, required_secret
+from cdpd.destinations.base import Result, credentials_refused, required_secret
 from cdpd.destinations.settings import AmplitudeDestination
 
 __all__ = ["KINDS", "PRESETS", "Amplitude"]
@@ -172,11 +172,19 @@ class Amplitude:
 
     def _failure(self, answer: http.Answer) -> Result:
         failure = answer.failure()
+        if answer.status in (400, 401, 403) and _refuses_the_key(answer):
+            return credentials_refused(failure)
         if answer.status == 429 and failure.retry_after_s is None:
             return Result(429, failure.error, THROTTLED_WAIT_S)
         if answer.status == 413:  # an event too large on its own
             return Result(413, failure.error, invalid=True)
         return failure
+
+
+def _refuses_the_key(answer: http.Answer) -> bool:
+    """Amplitude's answer to a wrong or missing API key: a 400 whose error names the key."""
+    said = _summary(answer.json()) or answer.body[:200].decode("utf-8", errors="replace")
+    return "api key" in said.lower() or "api_key" in said.lower()
 
 
 def _rejected(answer: object) -> dict[int, str]:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 import aiohttp
 import msgspec
 
+from cdpd.model.statuses import CREDENTIALS_REFUSED
 from cdpd.settings import ConfigError, env_secret
 
 if TYPE_CHECKING:
@@ -30,6 +31,14 @@ class Result(msgspec.Struct, frozen=True, gc=False):
     retry_after_s: float | None = None
     invalid: bool = False
     skipped: bool = False
+
+
+def credentials_refused(result: Result) -> Result:
+    """`result`, its error marked as the destination refusing cdpd's credentials (delivery then
+    marks the destination unhealthy, as after a 401)."""
+    return msgspec.structs.replace(
+        result, error=CREDENTIALS_REFUSED + (result.error or f"HTTP {result.status}")
+    )
 
 
 class Destination(Protocol):

@@ -190,10 +190,14 @@ async def test_a_bad_api_key_is_dead_and_never_shown(
     messages = [track(1, user="user-12345"), spec.IDENTIFY]
     async with AmplitudeContract() as contract:
         entry = amplitude(contract.url, api_key="wrong-key-123")
-        await deliver(make_config, http, entry, messages, settled=2)
+        async with posting(make_config, http, entry, messages) as lane:
+            await settled(lane, 2)
+            assert lane.stats.unhealthy  # Amplitude's 400 "Invalid API key" is its 401
     found = states(data_dir)
     assert found["m1"][:2] == ("dead", 400)
-    assert found["m1"][2].startswith('HTTP 400: {"code":400,"error":"Invalid API key: ***"}')
+    assert found["m1"][2].startswith(
+        'credentials refused: HTTP 400: {"code":400,"error":"Invalid API key: ***"}'
+    )
     assert found[spec.IDENTIFY["messageId"]][:2] == ("dead", 400)
     assert all("wrong-key-123" not in error for _, _, error in found.values())
 
