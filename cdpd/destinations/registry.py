@@ -159,6 +159,7 @@ TYPES: tuple[DestinationType, ...] = (
         kinds=ga4.KINDS,
         presets=ga4.PRESETS,
         make=ga4.Ga4,
+        clocked=True,
     ),
 )
 _BY_SETTINGS = {t.settings: t for t in TYPES}
