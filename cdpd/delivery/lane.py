@@ -529,7 +529,11 @@ class _Run:
         lane = self.lane
         circuit = lane.circuit
         now = lane._clock.now_ms()
-        failed = [r for r in results if not r.invalid and not r.skipped and _retryable(r)]
+        failed = [
+            r
+            for r in results
+            if not r.invalid and not r.skipped and r.parked_until_ms is None and _retryable(r)
+        ]
         if results and len(failed) == len(results):
             worst = failed[0]
             was = circuit.state
@@ -662,6 +666,12 @@ class _Run:
             decision = policy.Decision("delivered", None, "nothing to send")
         elif result.invalid:
             decision = policy.Decision("dead", None, "the destination cannot take it as it is")
+        elif result.parked_until_ms is not None and result.parked_until_ms > now_ms:
+            decision = policy.Decision(
+                "retrying", result.parked_until_ms, "parked until the destination's quota resets"
+            )
+            # The retry window counts from when the destination takes messages again.
+            first_at = format_ms(result.parked_until_ms)
         else:
             decision = policy.decide(
                 self.lane._retry,

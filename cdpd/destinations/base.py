@@ -31,6 +31,9 @@ class Result(msgspec.Struct, frozen=True, gc=False):
     retry_after_s: float | None = None
     invalid: bool = False
     skipped: bool = False
+    # The destination takes this item only after this time (a daily quota that resets): it
+    # waits until then, and its retry window starts again then (the wait is not a failure).
+    parked_until_ms: int | None = None
 
 
 def credentials_refused(result: Result) -> Result:

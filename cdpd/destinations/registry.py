@@ -82,6 +82,7 @@ TYPES: tuple[DestinationType, ...] = (
         kinds=amplitude.KINDS,
         presets=amplitude.PRESETS,
         make=amplitude.Amplitude,
+        clocked=True,
     ),
     DestinationType(
         name="slack",
