@@ -21,6 +21,7 @@ import structlog
 
 from cdpd.clock import Clock
 from cdpd.delivery import policy
+from cdpd.delivery.action_outcomes import ActionOutcomes
 from cdpd.delivery.circuit import Circuit
 from cdpd.delivery.recorder import Finish, Recorder
 from cdpd.delivery.stats import LaneStats, RateLimit
@@ -53,6 +54,38 @@ FAILURE_LOG_EVERY_S = 10.0
 __all__ = ["Lane", "LaneStats", "RateLimit"]
 
 
+async def _not_yet_delivered(
+    outcomes: ActionOutcomes, batch: Sequence[MessageView], prepared: list[actions.Prepared]
+) -> list[actions.Prepared]:
+    """The prepared actions of a retried delivery, less those that succeeded before."""
+    done = await outcomes.done([view.seq for view in batch if view.attempts > 0])
+    if not done:
+        return prepared
+    return [p for p in prepared if p.action not in done.get(p.delivery.seq, ())]
+
+
+async def _remember_delivered(
+    outcomes: ActionOutcomes,
+    batch: Sequence[MessageView],
+    prepared: Sequence[actions.Prepared],
+    results: Sequence[Result],
+    combined: Sequence[Result],
+    lane: Lane,
+) -> None:
+    """Of deliveries to be retried, the actions that succeeded this time."""
+    retried = {
+        view.seq
+        for view, result in zip(batch, combined, strict=True)
+        if not result.invalid and not result.skipped and _retryable(result)
+    }
+    succeeded = [
+        (item.delivery.seq, item.action)
+        for item, result in zip(prepared, results, strict=True)
+        if item.delivery.seq in retried and policy.is_success(result.status) and not result.invalid
+    ]
+    await outcomes.remember(succeeded, format_ms(lane._clock.now_ms()))
+
+
 class Batch(msgspec.Struct, gc=False):
     """Messages sent in one request, and the range of their consumer's seqs they finish."""
 
@@ -80,8 +113,11 @@ class Lane:
         observe: Callable[[float], None] | None = None,
         rand: Callable[[], float] = random.random,
         transform: Callable[[str, str], str] | None = None,
+        action_outcomes: ActionOutcomes | None = None,
     ) -> None:
         self.name = config.name
+        # With several actions: which of a waiting delivery's actions already succeeded.
+        self._action_outcomes = action_outcomes
         # Destination-scoped transformations: (source, stored payload) -> the payload it gets.
         self._transform = transform
         self.stats = LaneStats()
@@ -592,13 +628,19 @@ class _Run:
             if self.lane._transform is not None:
                 batch = [self._transformed(view) for view in batch]
             prepared = actions.prepare(self.lane._actions, batch)
+            outcomes = self.lane._action_outcomes
+            if outcomes is not None:
+                prepared = await _not_yet_delivered(outcomes, batch, prepared)
             ready = [item for item in prepared if item.problem is None]
             sent = iter(await self.lane._sender.send(self.lane._session, ready) if ready else [])
             results = [
                 next(sent) if item.problem is None else Result(None, item.problem, invalid=True)
                 for item in prepared
             ]
-            return actions.combine(batch, prepared, results)
+            combined = actions.combine(batch, prepared, results)
+            if outcomes is not None:
+                await _remember_delivered(outcomes, batch, prepared, results, combined, self.lane)
+            return combined
         except Exception as exc:
             log.exception("delivery_send_failed", destination=self.lane.name)
             return [Result(None, f"cdpd failed to send it: {type(exc).__name__}: {exc}")] * len(

@@ -13,6 +13,7 @@ import structlog
 
 from cdpd.clock import Clock
 from cdpd.config import Config, Destination
+from cdpd.delivery.action_outcomes import ActionOutcomes
 from cdpd.delivery.lane import Lane
 from cdpd.delivery.retention import Pruner
 from cdpd.delivery.store import DeliveryStore, RoutingRule, SqliteDeliveryStore
@@ -64,6 +65,9 @@ class Delivery:
                 poll_interval_s=config.delivery.poll_interval_s,
                 observe=observer(d.name) if observer else None,
                 transform=_transform(config, d.name),
+                action_outcomes=(
+                    ActionOutcomes(writer, d.name) if len(senders[d.name].actions) > 1 else None
+                ),
             )
             for d in enabled
         }

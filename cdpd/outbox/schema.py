@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiosqlite
 
+from cdpd.delivery import action_outcomes
 from cdpd.governance import store as governance_store
 
 # Each entry moves the schema from version N to N + 1 (PRAGMA user_version).
@@ -121,6 +122,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
     governance_store.MIGRATION,  # violations, blocked_messages, schema_fields
+    action_outcomes.MIGRATION,  # delivered_actions
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -200,6 +200,7 @@ async def test_retention_prunes_delivered_rows_and_old_messages(
             await delivered(server.delivery.lanes["hook"], 2)
             pruner = server.delivery.pruner
             nothing = {"delivered": 0, "dead": 0, "messages": 0, "rejects": 0}
+            nothing["delivered_actions"] = 0
             assert await pruner.prune_once() == nothing
             clock.advance(61)
             # Delivered on their first attempts: no ledger rows to prune.
