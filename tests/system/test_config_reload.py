@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from cdpd import __version__
 from tests.helpers import Daemon, basic_auth, config_text, spawn_cdpd
 
 
@@ -53,6 +54,12 @@ async def test_sighup_puts_a_conf_d_fragment_in_force(tmp_path: Path, data_dir: 
     conf_d.mkdir()
     archive = tmp_path / "archive.ndjson"
     daemon = await spawn_cdpd(config)
+    started = next(line for line in daemon.log_lines if line["event"] == "listening")
+    assert started["version"] == __version__
+    assert started["sources"] == ["website", "backend"]  # the enabled ones
+    assert (started["destinations"], started["warehouses"]) == ([], [])
+    assert started["admin_api"] == "off"
+    await _logged(daemon, "admin_api_off", 1)
     try:
         async with aiohttp.ClientSession() as http:
             assert await _post(http, daemon.url, "wk_test", range(0, 10)) == 200
