@@ -107,6 +107,6 @@ async def test_a_reload_replaces_the_warehouses(
         assert server.warehouses.warehouses == []
         assert await server.reload(_config(tmp_path, data_dir, warehouse)) == ["warehouses"]
         await send(http, server, [track(1)])
-        report = await server.warehouses.sync_now("wh2")
+        report = await server.warehouses.sync_now("wh2")  # (its schedule may have synced too)
         assert report.status == "success"
-        assert report.messages == 1
+        assert report.position == 1
