@@ -253,8 +253,9 @@ def _dead_line(entry: report.DeadDelivery) -> str:
     )
 
 
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" + ("" if count == 1 else "s")
+def _plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """`1 attempt`, `2 attempts`; `nouns` for an irregular plural."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
 
 
 def _replay(cfg: config.Config, args: argparse.Namespace) -> int:
@@ -280,8 +281,8 @@ def _replay(cfg: config.Config, args: argparse.Namespace) -> int:
     except config.ConfigError as exc:
         print(f"cdpd: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    what = "dead deliveries" if args.dead else "messages"
-    print(f"{count} {what} queued for {destination.name}")
+    what = _plural(count, "dead delivery", "dead deliveries") if args.dead else None
+    print(f"{what or _plural(count, 'message')} queued for {destination.name}")
     return EXIT_OK
 
 
@@ -347,7 +348,8 @@ def _retry(cfg: config.Config, args: argparse.Namespace) -> int:
             return await store.retry_now(args.destination, format_ms(now_ms()))
 
     count = asyncio.run(retry())
-    print(f"{count} waiting deliveries of {args.destination} are due now")
+    waiting = _plural(count, "waiting delivery", "waiting deliveries")
+    print(f"{waiting} of {args.destination} {'is' if count == 1 else 'are'} due now")
     return EXIT_OK
 
 
