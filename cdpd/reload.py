@@ -5,10 +5,12 @@ reload`, and later the web console writing conf.d/ files all call it).
 A reload builds everything the new config needs first (tracking plans, destinations and their
 credentials); when any of that fails it raises ConfigError and nothing changes. Then it swaps:
 sources and write keys at once (the next request sees them); the warehouse schedules after their
-sync in progress commits its batch; delivery by an ordered stop (attempts in flight finish,
-unfinished claims go back to pending) and a start from the stored positions, so no delivery is
-lost or sent twice. The outbox writer and the HTTP server keep running throughout, so ingest
-never pauses. `server`, `storage` and `logging` take effect at the next restart (logged).
+sync in progress commits its batch; delivery by an ordered stop (attempts in flight finish, up to
+`delivery.drain_timeout_s` as at shutdown; unfinished claims go back to pending) and a start from
+the stored positions, so no delivery is lost or sent twice. The lanes' counters since start (in
+/metrics) begin again with the new lanes. The outbox writer and the HTTP server keep running
+throughout, so ingest never pauses. `server`, `storage`, `logging` and `admin.listen` take
+effect at the next restart (logged).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import structlog
 
 from cdpd.admin import Admin
 from cdpd.clock import Clock
-from cdpd.config import Config
+from cdpd.config import Config, ConfigError
 from cdpd.delivery.service import Delivery
 from cdpd.governance.stage import Governance
 from cdpd.ingest.routes import Ingest
@@ -200,7 +202,6 @@ def reload_from(
 ) -> Callable[[], Awaitable[None]]:
     """The SIGHUP handler's work: read the config file again and put it in force, logging the
     outcome; a file that does not load or validate is refused and the old config kept."""
-    from cdpd.config import ConfigError
 
     async def run() -> None:
         try:
