@@ -45,12 +45,20 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        self._observed: set[str] = set()
         self._collector = _Collector(self.restarts, self.answers, data_dir, outbox_path)
         self.registry.register(self._collector)
 
     def delivery_observer(self, destination: str) -> Callable[[float], None]:
         """Where a lane reports each request's duration, in seconds."""
+        self._observed.add(destination)
         return self._latency.labels(destination).observe
+
+    def keep_destinations(self, names: set[str]) -> None:
+        """Forget the latencies of destinations a reload removed (they leave /metrics)."""
+        for gone in self._observed - names:
+            self._latency.remove(gone)
+        self._observed &= names
 
     def attach(
         self, ingest: Ingest, delivery: Delivery, warehouses: Scheduler | None = None

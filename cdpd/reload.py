@@ -193,6 +193,7 @@ class Consumers:
         if self.edges is not None:
             self.edges.admin.reconfigure(config, self.delivery)
             self.edges.metrics.attach(self.edges.ingest, self.delivery, self.warehouses)
+            self.edges.metrics.keep_destinations(set(self.delivery.lanes))
         self.reloads += 1
         return changed
 

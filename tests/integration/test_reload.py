@@ -110,3 +110,25 @@ async def test_a_reload_replaces_the_warehouses(
         report = await server.warehouses.sync_now("wh2")  # (its schedule may have synced too)
         assert report.status == "success"
         assert report.position == 1
+
+
+async def test_a_removed_destination_leaves_the_stats(
+    make_config: MakeConfig, http: aiohttp.ClientSession, tmp_path: Path, data_dir: Path
+) -> None:
+    admin = '[admin]\ntoken = "reload-admin-token"\n'
+    bearer = {"Authorization": "Bearer reload-admin-token"}
+    async with (
+        Sink() as first,
+        Sink() as second,
+        running(
+            make_config(admin + hook("first", first.url) + hook("second", second.url))
+        ) as server,
+    ):
+        assert sorted(server.delivery.lanes) == ["first", "second"]
+        await server.reload(_config(tmp_path, data_dir, admin + hook("first", first.url)))
+        assert list(server.delivery.lanes) == ["first"]
+        async with http.get(f"{server.url}/admin/deliveries", headers=bearer) as response:
+            names = [d["destination"] for d in (await response.json())["destinations"]]
+        assert names == ["first"]
+        async with http.get(f"{server.url}/metrics") as response:
+            assert 'destination="second"' not in await response.text()
