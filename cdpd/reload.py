@@ -5,8 +5,8 @@ reload`, and later the web console writing conf.d/ files all call it).
 A reload builds everything the new config needs first (tracking plans, destinations and their
 credentials); when any of that fails it raises ConfigError and nothing changes. Then it swaps:
 sources and write keys at once (the next request sees them); the warehouse schedules after their
-sync in progress commits its batch; delivery by an ordered stop (attempts in flight finish, up to
-`delivery.drain_timeout_s` as at shutdown; unfinished claims go back to pending) and a start from
+sync in progress commits its batch; delivery by an ordered stop (attempts in flight finish, each
+within its destination's `timeout_s`; unfinished claims go back to pending) and a start from
 the stored positions, so no delivery is lost or sent twice. The lanes' counters since start (in
 /metrics) begin again with the new lanes. The outbox writer and the HTTP server keep running
 throughout, so ingest never pauses. `server`, `storage`, `logging` and `admin.listen` take
@@ -117,9 +117,9 @@ class Consumers:
         # so running it again would not be a restart. Its parts are restarted inside it.
         self._delivery_task = self._tasks.create_task(self.delivery.run(), name="delivery")
 
-    async def stop_delivery(self) -> None:
+    async def stop_delivery(self, *, let_attempts_finish: bool = False) -> None:
         """Lanes finish their attempts, unfinished claims go back to pending."""
-        self.delivery.stop()
+        self.delivery.stop(let_attempts_finish=let_attempts_finish)
         if self._delivery_task is not None:
             await self._delivery_task
             self._delivery_task = None
@@ -187,7 +187,7 @@ class Consumers:
             self.warehouses = self._scheduler(config)
             await self.start_warehouses()
         if new_delivery is not None:
-            await self.stop_delivery()
+            await self.stop_delivery(let_attempts_finish=True)
             self.delivery = new_delivery
             await self.start_delivery()
         if self.edges is not None:

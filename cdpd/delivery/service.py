@@ -41,6 +41,11 @@ class Delivery:
         restarts: Restarts | None = None,
     ) -> None:
         self._config = config.delivery
+        self._drain_timeout_s = config.delivery.drain_timeout_s
+        # The longest a request of any destination may take (a reload lets attempts finish).
+        self._attempt_timeout_s = max(
+            (d.timeout_s for d in config.destinations if d.enabled), default=0.0
+        )
         self._writer = writer
         self._clock = clock
         self.store: DeliveryStore = SqliteDeliveryStore(
@@ -138,7 +143,11 @@ class Delivery:
                 except Exception:
                     log.exception("destination_close_failed", destination=sender.name)
 
-    def stop(self) -> None:
+    def stop(self, *, let_attempts_finish: bool = False) -> None:
+        """Stop delivering. Attempts in flight get `drain_timeout_s` (SIGTERM's budget), or
+        with `let_attempts_finish` (a reload) as long as their own request timeout needs."""
+        if let_attempts_finish:
+            self._drain_timeout_s = max(self._drain_timeout_s, self._attempt_timeout_s + 1)
         self._stop.set()
         for lane in self.lanes.values():
             lane.stop()
@@ -146,12 +155,12 @@ class Delivery:
     async def _drain(self, lanes: list[asyncio.Task[None]]) -> None:
         if not lanes:
             return
-        _, unfinished = await asyncio.wait(lanes, timeout=self._config.drain_timeout_s)
+        _, unfinished = await asyncio.wait(lanes, timeout=self._drain_timeout_s)
         if unfinished:
             log.warning(
                 "delivery_drain_timeout",
                 lanes=len(unfinished),
-                timeout_s=self._config.drain_timeout_s,
+                timeout_s=self._drain_timeout_s,
             )
             for task in unfinished:
                 task.cancel()

@@ -58,16 +58,18 @@ async def test_an_attempt_in_flight_finishes_and_is_not_sent_again(
     make_config: MakeConfig, http: aiohttp.ClientSession, tmp_path: Path, data_dir: Path
 ) -> None:
     release = asyncio.Event()
+    # SIGTERM would give attempts in flight 0.2 s; a reload lets them take their timeout.
+    drain = "[delivery]\ndrain_timeout_s = 0.2\n"
     async with (
         Sink(default=hold(release)) as sink,
-        running(make_config(hook("hook", sink.url, concurrency=1))) as server,
+        running(make_config(drain + hook("hook", sink.url, concurrency=1))) as server,
     ):
         await send(http, server, [track(1)])
         await sink.wait_for(lambda s: s.arrived >= 1)
-        new = _config(tmp_path, data_dir, hook("hook", sink.url, concurrency=2))
+        new = _config(tmp_path, data_dir, drain + hook("hook", sink.url, concurrency=2))
         reload = asyncio.create_task(server.reload(new))
-        await asyncio.sleep(0.2)
-        assert not reload.done()  # waits for the attempt in flight
+        await asyncio.sleep(0.6)
+        assert not reload.done()  # waits for the attempt in flight, past the drain timeout
         release.set()
         assert await reload == ["destinations"]
         await send(http, server, [track(2)])
