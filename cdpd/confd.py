@@ -9,6 +9,7 @@ single-valued sections (`[server]`, `[storage]`, ...) stay in one place.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,19 @@ from cdpd.settings import ConfigError
 LIST_SECTIONS = ("sources", "destinations", "warehouses", "tracking_plans", "transformations")
 
 
-def merged(text: bytes, path: Path) -> dict[str, Any]:
-    """The main file's TOML, with its `include` directory's fragments appended."""
+Origins = dict[str, list[str | None]]  # per list section, each entry's fragment (None: main)
+
+
+def merged(text: bytes, path: Path) -> tuple[dict[str, Any], Origins]:
+    """The main file's TOML, with its `include` directory's fragments appended, and where each
+    entry of the lists came from."""
     document = _toml(text, str(path))
+    origins: Origins = {
+        key: [None] * len(value) for key, value in document.items() if isinstance(value, list)
+    }
     include = document.get("include")
     if include is None:
-        return document
+        return document, origins
     if not isinstance(include, str) or not include:
         raise ConfigError(f'{path}: include: expected a directory name, e.g. "conf.d"')
     folder = path.parent / include
@@ -38,7 +46,25 @@ def merged(text: bytes, path: Path) -> dict[str, Any]:
                     + ", ".join(f"[[{name}]]" for name in LIST_SECTIONS)
                 )
             document.setdefault(key, []).extend(value)
-    return document
+            shown = f"{include.rstrip('/')}/{fragment_path.name}"
+            origins.setdefault(key, []).extend([shown] * len(value))
+    return document, origins
+
+
+_ENTRY = re.compile(r"\b(" + "|".join(LIST_SECTIONS) + r")\[(\d+)\]")
+
+
+def name_fragments(message: str, origins: Origins) -> str:
+    """An error message with each entry that came from a fragment followed by the fragment's
+    name: `destinations[3] (conf.d/20-hooks.toml).url: ...`."""
+
+    def named(match: re.Match[str]) -> str:
+        entries = origins.get(match.group(1), [])
+        index = int(match.group(2))
+        source = entries[index] if index < len(entries) else None
+        return f"{match.group(0)} (in {source})" if source else match.group(0)
+
+    return _ENTRY.sub(named, message)
 
 
 def _read(path: Path) -> bytes:

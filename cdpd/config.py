@@ -239,11 +239,14 @@ def load(path: str | os.PathLike[str]) -> Config:
         text = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from exc
-    document = confd.merged(text, path)
+    document, origins = confd.merged(text, path)
     if document.get("include") is None:
         config = parse(text, origin=str(path))
     else:
-        config = _checked(_convert(document, str(path)), str(path))
+        try:
+            config = _checked(_convert(document, str(path)), str(path))
+        except ConfigError as exc:
+            raise ConfigError(confd.name_fragments(str(exc), origins)) from exc
     return _resolve_paths(config, Path.cwd())
 
 
