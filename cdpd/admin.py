@@ -20,6 +20,7 @@ from cdpd.governance import store as governance_store
 from cdpd.ingest.errors import ApiError
 from cdpd.metrics import CONTENT_TYPE, Metrics
 from cdpd.model.timestamps import format_ms, now_ms, parse_ms
+from cdpd.outbox import consumers
 from cdpd.outbox.writer import OutboxWriter
 
 
@@ -61,6 +62,13 @@ class Admin:
         self._reader = reader
         self._delivery = delivery
         self._metrics = metrics
+
+    def reconfigure(self, config: Config, delivery: Delivery) -> None:
+        """The destinations (and token) of a reloaded config, and the delivery built for it."""
+        self._token = config.admin.resolved_token()
+        self._destinations = {d.name: d for d in config.destinations}
+        self._names = list(self._destinations)
+        self._delivery = delivery
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -170,7 +178,8 @@ class Admin:
         return _json({"violations": found})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        body = self._metrics.render(await report.states(self._reader, self._names, delivered=False))
+        states = await report.states(self._reader, self._names, delivered=False)
+        body = self._metrics.render(states, await consumers.lags(self._reader))
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def _reports(self) -> list[report.DestinationReport]:

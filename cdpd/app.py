@@ -10,10 +10,12 @@ is pending, stop the space watch, and close the outbox last.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import signal
+import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,26 +25,27 @@ import structlog
 import uvloop
 from aiohttp import web
 
-from cdpd import logs
+from cdpd import __version__, logs, startup
 from cdpd import web as cdpd_web
 from cdpd.clock import Clock, SystemClock
-from cdpd.config import Config, ConfigError
+from cdpd.config import Config
+from cdpd.config import load as load_config
 from cdpd.console import state as console_state
 from cdpd.console.flow import Flow
 from cdpd.delivery.service import Delivery
-from cdpd.destinations.file import File
 from cdpd.governance.service import GovernanceService
 from cdpd.governance.stage import Governance
 from cdpd.ingest.routes import Ingest
 from cdpd.logs import LineWriter
 from cdpd.metrics import Metrics
-from cdpd.outbox import consumers, schema, space
+from cdpd.outbox import schema, space
+from cdpd.outbox.lock import data_dir_lock
 from cdpd.outbox.space import SpaceWatch
 from cdpd.outbox.writer import OutboxWriter
 from cdpd.privacy.regulations_service import RegulationService
+from cdpd.reload import Consumers, Edges, reload_from
 from cdpd.supervise import Restarts, supervise
 from cdpd.systemd import Notifier
-from cdpd.warehouse.position import prunable_seq
 from cdpd.warehouse.scheduler import Scheduler
 
 log = structlog.get_logger()
@@ -55,20 +58,31 @@ class Running:
     url: str
     app: web.Application
     writer: OutboxWriter
-    delivery: Delivery
-    warehouses: Scheduler
+    consumers: Consumers
     restarts: Restarts
     regulations: RegulationService
+    admin_url: str | None = None  # with `[admin] listen`: where /admin and /metrics are
 
     @property
     def ingest(self) -> Ingest:
         return self.app[cdpd_web.INGEST]
 
+    @property
+    def delivery(self) -> Delivery:
+        return self.consumers.delivery
 
-async def _mirror_warehouse(writer: OutboxWriter, name: str, seq: int) -> None:
-    await writer.transact(
-        functools.partial(consumers.mirror, name=f"warehouse:{name}", kind="warehouse", seq=seq)
-    )
+    @property
+    def warehouses(self) -> Scheduler:
+        return self.consumers.warehouses
+
+    @property
+    def config(self) -> Config:
+        return self.consumers.config
+
+    async def reload(self, new_config: Config) -> list[str]:
+        """Put `new_config` in force without a restart (see `cdpd.reload`); raises ConfigError
+        and keeps the config in force when it cannot be."""
+        return await self.consumers.reload(new_config)
 
 
 @asynccontextmanager
@@ -82,97 +96,83 @@ async def running(
     """Serve `config` until the block exits. The clocks are replaceable so tests control time:
     `clock_s` for the outbox's refusal timer, `clock` for the background services (delivery
     backoffs and retention, the space watch's timer, warehouse intervals, restart pauses).
-    `free_bytes` measures the disk under the outbox."""
+    `free_bytes` measures the disk under the outbox. Raises StartupError (one line to show)
+    when another cdpd holds the data folder or the port cannot be bound; both are checked
+    before the outbox is opened."""
     storage = config.storage
     clock = clock or SystemClock()
     restarts = Restarts()
     governance = Governance(config)  # tracking plans load (or fail) before anything starts
-    async with schema.connect(
-        storage.outbox_path, synchronous=storage.synchronous, max_bytes=storage.max_outbox_bytes
-    ) as conn:
-        writer = OutboxWriter(
-            conn,
-            commit_max_rows=storage.commit_max_rows,
-            dedup_window_s=storage.dedup_window_s,
-            full_retry_after_s=storage.full_retry_after_s,
-            clock_s=clock_s,
-        )
-        await writer.start()
-        space_watch = SpaceWatch(
-            writer,
-            Path(storage.data_dir),
-            min_free_bytes=storage.min_free_disk_bytes,
-            retry_after_s=storage.full_retry_after_s,
-            measure=free_bytes,
-            clock=clock,
-        )
-        await space_watch.check()
-        metrics = Metrics(restarts)
-        flow = Flow(config, writer, clock)
-        warehouses = Scheduler(
-            config, clock=clock, on_position=functools.partial(_mirror_warehouse, writer)
-        )
-        async with (
-            schema.connect(storage.outbox_path, readonly=True) as reader,
-            console_state.connect(config.console.state_path(storage.data_dir)) as console,
-            _outbound_session() as session,
-        ):
-            delivery = Delivery(
-                config,
+    with (
+        data_dir_lock(Path(storage.data_dir)),
+        contextlib.closing(startup.bind(config.server)) as sock,
+        _admin_socket(config) as admin_sock,
+    ):
+        async with schema.connect(
+            storage.outbox_path, synchronous=storage.synchronous, max_bytes=storage.max_outbox_bytes
+        ) as conn:
+            writer = OutboxWriter(
+                conn,
+                commit_max_rows=storage.commit_max_rows,
+                dedup_window_s=storage.dedup_window_s,
+                full_retry_after_s=storage.full_retry_after_s,
+                clock_s=clock_s,
+            )
+            await writer.start()
+            space_watch = SpaceWatch(
                 writer,
-                session,
-                clock,
-                observer=functools.partial(_observers, metrics, flow),
-                warehouse_position=functools.partial(prunable_seq, config),
-                restarts=restarts,
+                Path(storage.data_dir),
+                min_free_bytes=storage.min_free_disk_bytes,
+                retry_after_s=storage.full_retry_after_s,
+                measure=free_bytes,
+                clock=clock,
             )
-            # One stop event per phase of the drain, set in the order of the `finally` below.
-            warehouses_stop, space_stop = asyncio.Event(), asyncio.Event()
-            supervised = functools.partial(supervise, clock=clock, restarts=restarts)
-            regulations = RegulationService(
-                config,
-                writer,
-                reader,
-                governance.suppressions,
-                warehouses,
-                {name: s for name, s in delivery.senders.items() if isinstance(s, File)},
-                delivery.erased,
-                delivery.in_flight,
-                session,
-                clock,
+            await space_watch.check()
+            metrics = Metrics(
+                restarts, data_dir=Path(storage.data_dir), outbox_path=storage.outbox_path
             )
-            stages = cdpd_web.Stages(
-                writer, reader, delivery, metrics, governance, console, warehouses, regulations
-            )
-            async with asyncio.TaskGroup() as tasks:
+            flow = Flow(config, writer, clock)
+            async with (
+                schema.connect(storage.outbox_path, readonly=True) as reader,
+                console_state.connect(config.console.state_path(storage.data_dir)) as console,
+                _outbound_session() as session,
+                asyncio.TaskGroup() as tasks,
+            ):
+                supervised = functools.partial(supervise, clock=clock, restarts=restarts)
                 writer_task = tasks.create_task(
                     supervised("outbox-writer", _writer_service(writer), asyncio.Event()),
                     name="outbox-writer",
                 )
+                space_stop = asyncio.Event()
                 tasks.create_task(
                     supervised("space-watch", space_watch.run, space_stop), name="space-watch"
                 )
-                await delivery.start()
-                flow.lanes = delivery.lanes
+                pipeline = Consumers(
+                    config,
+                    tasks=tasks,
+                    writer=writer,
+                    session=session,
+                    clock=clock,
+                    metrics=metrics,
+                    restarts=restarts,
+                    governance=governance,
+                    flow=flow,
+                )
+                await pipeline.start_delivery()
                 flow_stop = asyncio.Event()
                 flow_task = tasks.create_task(
                     supervised("console-flow", flow.run, flow_stop), name="console-flow"
                 )
-                await writer.transact(  # warehouses no longer configured hold nothing back
-                    functools.partial(
-                        consumers.keep_only,
-                        kind="warehouse",
-                        names=[f"warehouse:{w.name}" for w in config.warehouses],
-                    )
+                await pipeline.start_warehouses()
+                regulations = RegulationService(
+                    writer,
+                    reader,
+                    governance.suppressions,
+                    pipeline,
+                    session,
+                    clock,
+                    outbox_path=storage.outbox_path,
                 )
-                # Not under `supervise` here: `Delivery.run` closes its destinations' clients
-                # when it ends, so running it again would not be a restart. Its parts are
-                # restarted inside `cdpd.delivery`.
-                delivery_task = tasks.create_task(delivery.run(), name="delivery")
-                for schedule in warehouses.schedules():
-                    tasks.create_task(
-                        supervised(schedule.name, schedule.run, warehouses_stop), name=schedule.name
-                    )
                 await regulations.start()  # suppressions in force before ingest opens
                 regulations_stop = asyncio.Event()
                 regulations_task = tasks.create_task(
@@ -190,42 +190,49 @@ async def running(
                     supervised("governance", governance_work.run, governance_stop),
                     name="governance",
                 )
+                stages = cdpd_web.Stages(
+                    writer,
+                    reader,
+                    pipeline.delivery,
+                    metrics,
+                    governance,
+                    console,
+                    pipeline,
+                    regulations,
+                )
                 try:
-                    async with _serving_http(config, stages) as (url, app):
+                    async with _serving_http(config, stages, sock, admin_sock) as (
+                        url,
+                        app,
+                        admin_url,
+                    ):
+                        pipeline.edges = Edges(app[cdpd_web.INGEST], app[cdpd_web.ADMIN], metrics)
+                        metrics.attach(app[cdpd_web.INGEST], pipeline.delivery, pipeline.warehouses)
                         yield Running(
                             url=url,
                             app=app,
                             writer=writer,
-                            delivery=delivery,
-                            warehouses=warehouses,
+                            consumers=pipeline,
                             restarts=restarts,
+                            admin_url=admin_url,
                             regulations=regulations,
                         )
                 finally:
                     regulations_stop.set()  # the target in hand is finished and recorded
                     regulations.wake()
                     await regulations_task
-                    warehouses_stop.set()  # a sync commits the batch it is in; the TaskGroup waits
-                    delivery.stop()  # lanes finish their attempts, unfinished claims go back
-                    await delivery_task
-                    flow_stop.set()  # counts what delivery did last
+                    # The drain, in order: a warehouse sync commits the batch it is in while
+                    # lanes finish their attempts (unfinished claims go back)...
+                    pipeline.signal_warehouses_stop()
+                    await pipeline.stop_delivery()
+                    await pipeline.stop_warehouses()
+                    flow_stop.set()  # ... the console counts what delivery did last ...
                     await flow_task
-                    governance_stop.set()  # writes the last schema counts
+                    governance_stop.set()  # ... the last schema counts are written ...
                     await governance_task
-                    writer.close()  # commits what is still pending, then its task ends
+                    writer.close()  # ... and the writer commits what is still pending.
                     await writer_task
                     space_stop.set()
-
-
-def _observers(metrics: Metrics, flow: Flow, destination: str) -> Callable[[float], None]:
-    """A lane's request durations go to /metrics and to the console's latency counts."""
-    to_metrics, to_flow = metrics.delivery_observer(destination), flow.observer(destination)
-
-    def observe(duration_s: float) -> None:
-        to_metrics(duration_s)
-        to_flow(duration_s)
-
-    return observe
 
 
 def _writer_service(writer: OutboxWriter) -> Callable[[asyncio.Event], Awaitable[None]]:
@@ -247,10 +254,35 @@ async def _outbound_session() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+@contextlib.contextmanager
+def _admin_socket(config: Config) -> Iterator[socket.socket | None]:
+    """The admin listener's socket, when `[admin] listen` asks for one."""
+    if config.admin.listen is None:
+        yield None
+        return
+    with contextlib.closing(startup.bind(config.server, config.admin.listen)) as sock:
+        yield sock
+
+
+@asynccontextmanager
+async def _serving_admin(app: web.Application, sock: socket.socket) -> AsyncIterator[str]:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        site = web.SockSite(runner, sock)
+        await site.start()
+        yield _url(runner)
+    finally:
+        await runner.cleanup()
+
+
 @asynccontextmanager
 async def _serving_http(
-    config: Config, stages: cdpd_web.Stages
-) -> AsyncIterator[tuple[str, web.Application]]:
+    config: Config,
+    stages: cdpd_web.Stages,
+    sock: socket.socket,
+    admin_sock: socket.socket | None = None,
+) -> AsyncIterator[tuple[str, web.Application, str | None]]:
     drain = cdpd_web.Drain()
     app = cdpd_web.build(config, stages, drain)
     runner = web.AppRunner(
@@ -261,10 +293,17 @@ async def _serving_http(
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.server.host, config.server.port)
+        site = web.SockSite(runner, sock)
         await site.start()
         try:
-            yield _url(runner), app
+            async with contextlib.AsyncExitStack() as admin:
+                admin_url = None
+                if admin_sock is not None:
+                    admin_app = app[cdpd_web.ADMIN_APP]
+                    admin_url = await admin.enter_async_context(
+                        _serving_admin(admin_app, admin_sock)
+                    )
+                yield _url(runner), app, admin_url
         finally:
             await site.stop()  # no new connections
             open_connections = len(runner.server.connections) if runner.server else 0
@@ -280,21 +319,26 @@ def _url(runner: web.AppRunner) -> str:
     return f"http://{host}:{port}"
 
 
-async def serve(config: Config, log_writer: LineWriter | None = None) -> int:
-    """Run until SIGTERM or SIGINT; returns the process exit code."""
+async def serve(
+    config: Config, log_writer: LineWriter | None = None, config_path: str | None = None
+) -> int:
+    """Run until SIGTERM or SIGINT; SIGHUP reads `config_path` again and reloads the whole
+    configuration. Returns the process exit code."""
     notifier = Notifier()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     async with running(config) as server:
-        # SIGHUP (systemctl reload) reads the tracking plans again; the rest of the config
-        # needs a restart.
-        loop.add_signal_handler(signal.SIGHUP, reload_plans, server)
-        log.info("listening", url=server.url, outbox=str(config.storage.outbox_path))
+        _log_start(server)
         notifier.ready()
         supervised = functools.partial(supervise, clock=SystemClock(), restarts=server.restarts)
         async with asyncio.TaskGroup() as tasks:
+            if config_path is not None:
+                reload = reload_from(functools.partial(load_config, config_path), server.reload)
+                loop.add_signal_handler(
+                    signal.SIGHUP, lambda: tasks.create_task(_reload(reload, notifier))
+                )
             if notifier.watchdog_interval_s:
                 # Pinged from the event loop, so a stuck loop gets the service restarted.
                 ping = functools.partial(_every, notifier.watchdog_interval_s, notifier.watchdog)
@@ -303,6 +347,7 @@ async def serve(config: Config, log_writer: LineWriter | None = None) -> int:
                 flush = functools.partial(_every, logs.FLUSH_INTERVAL_S, log_writer.flush)
                 tasks.create_task(supervised("log-flush", flush, stop), name="log-flush")
             await stop.wait()
+            loop.remove_signal_handler(signal.SIGHUP)
         log.info("stopping")
         notifier.stopping()
     log.info("stopped")
@@ -311,16 +356,34 @@ async def serve(config: Config, log_writer: LineWriter | None = None) -> int:
     return 0
 
 
-def reload_plans(server: Running) -> None:
-    """Swap in freshly loaded tracking plans; when one does not load, keep those in force.
-    Runs on the event loop between requests, so each request is checked by one set."""
-    governance = server.ingest.governance
+async def _reload(reload: Callable[[], Awaitable[None]], notifier: Notifier) -> None:
+    notifier.reloading()
     try:
-        governance.reload()
-    except ConfigError as exc:
-        log.error("tracking_plans_reload_failed", error=str(exc))
-        return
-    log.info("tracking_plans_reloaded", plans=sorted(governance.plans))
+        await reload()
+    finally:
+        notifier.ready()
+
+
+def _log_start(server: Running) -> None:
+    """The start-up line: what this daemon is and serves."""
+    config = server.config
+    admin_on = config.admin.resolved_token() is not None
+    log.info(
+        "listening",
+        url=server.url,
+        version=__version__,
+        outbox=str(config.storage.outbox_path),
+        sources=[s.name for s in config.sources if s.enabled],
+        destinations=[d.name for d in config.destinations if d.enabled],
+        warehouses=[w.name for w in config.warehouses],
+        admin_api="on" if admin_on else "off",
+        admin_url=server.admin_url or server.url,
+    )
+    if not admin_on:
+        log.warning(
+            "admin_api_off",
+            reason="no admin token: set [admin] token_env (or a systemd credential)",
+        )
 
 
 async def _every(interval_s: float, action: Callable[[], None], stop: asyncio.Event) -> None:
@@ -331,6 +394,8 @@ async def _every(interval_s: float, action: Callable[[], None], stop: asyncio.Ev
             await asyncio.wait_for(stop.wait(), interval_s)
 
 
-def run(config: Config, log_writer: LineWriter | None = None) -> int:
+def run(
+    config: Config, log_writer: LineWriter | None = None, config_path: str | None = None
+) -> int:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(serve(config, log_writer))
+        return runner.run(serve(config, log_writer, config_path))

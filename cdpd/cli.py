@@ -22,7 +22,8 @@ from cdpd.delivery import replay, report
 from cdpd.delivery.store import DeliveryStatus, SqliteDeliveryStore
 from cdpd.engage import commands as engage_commands
 from cdpd.governance import commands as governance_commands
-from cdpd.model.timestamps import format_ms, now_ms, parse_ms
+from cdpd.model.timestamps import format_ms, now_ms, parse_when_ms
+from cdpd.outbox import commands as outbox_commands_cli
 from cdpd.outbox import reader, schema
 from cdpd.privacy import regulations_commands
 from cdpd.warehouse import commands as warehouse_commands
@@ -42,11 +43,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     command: str = args.command
     if command == "serve":
-        return _serve(cfg)
+        return _serve(cfg, args.config)
     if command == "check-config":
         return _check_config(cfg, args.config)
     if command == "outbox":
         return _outbox(cfg, args)
+    if command == "rejects":
+        return outbox_commands_cli.rejects(cfg, args)
     if command == "deliveries":
         return _deliveries(cfg, args)
     if command == "replay":
@@ -83,8 +86,11 @@ def _parser() -> argparse.ArgumentParser:
     outbox_commands = outbox.add_subparsers(dest="outbox_command", required=True)
     stats = outbox_commands.add_parser("stats", parents=[common], help="counts and file size")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
-    tail = outbox_commands.add_parser("tail", parents=[common], help="the most recent messages")
-    tail.add_argument("-n", type=int, default=10, help="how many messages (default 10)")
+    tail = outbox_commands.add_parser(
+        "tail", parents=[common], help="the most recent messages, as JSON lines (-f: and new ones)"
+    )
+    outbox_commands_cli.add_tail_arguments(tail)
+    outbox_commands_cli.add_rejects_parser(commands, common)
     deliveries = commands.add_parser("deliveries", parents=[common], help="where deliveries stand")
     deliveries_commands = deliveries.add_subparsers(dest="deliveries_command", required=True)
     d_stats = deliveries_commands.add_parser("stats", parents=[common], help="per destination")
@@ -92,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     d_dead = deliveries_commands.add_parser("dead", parents=[common], help="dead deliveries")
     d_dead.add_argument("--destination", help="only this destination")
     d_dead.add_argument("-n", type=int, default=50, help="how many (default 50)")
+    d_dead.add_argument("--json", action="store_true", help="print JSON lines")
     d_show = deliveries_commands.add_parser(
         "show", parents=[common], help="where one message stands with each destination"
     )
@@ -100,15 +107,18 @@ def _parser() -> argparse.ArgumentParser:
     d_retry = deliveries_commands.add_parser(
         "retry", parents=[common], help="make every waiting retry of a destination due now"
     )
-    d_retry.add_argument("--destination", required=True)
+    d_retry.add_argument("--destination", required=True, help="the destination's name")
     replay = commands.add_parser(
         "replay", parents=[common], help="deliver dead deliveries or archived messages again"
     )
-    replay.add_argument("--destination", required=True)
+    replay.add_argument("--destination", required=True, help="the destination's name")
     which = replay.add_mutually_exclusive_group(required=True)
     which.add_argument("--dead", action="store_true", help="re-queue its dead deliveries")
-    which.add_argument("--since", help="re-deliver messages received from this time (ISO-8601)")
-    replay.add_argument("--until", help="... up to this time (default: now)")
+    which.add_argument(
+        "--since",
+        help="re-deliver messages received from this time (ISO-8601, or ago: 15m, 2h, 7d)",
+    )
+    replay.add_argument("--until", help="... up to this time (default: now; same forms)")
     replay.add_argument("--source", help="only messages from this source")
     catalog = commands.add_parser(
         "destinations", parents=[common], help="the destination catalog: settings, actions"
@@ -136,15 +146,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _serve(cfg: config.Config) -> int:
+def _serve(cfg: config.Config, path: str) -> int:
     from cdpd import app  # imported here so that the inspection commands start fast
+    from cdpd.startup import StartupError
 
     log_writer = logs.configure(cfg.logging.level)
     try:
-        return app.run(cfg, log_writer)
+        return app.run(cfg, log_writer, path)
     except config.ConfigError as exc:
         print(f"cdpd: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StartupError as exc:
+        log_writer.flush()
+        print(f"cdpd: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def _check_config(cfg: config.Config, path: str) -> int:
@@ -154,7 +169,8 @@ def _check_config(cfg: config.Config, path: str) -> int:
 
     try:
         for destination in cfg.destinations:
-            registry.build(destination)
+            if destination.enabled:  # a disabled destination needs no credentials yet
+                registry.build(destination)
             for action in registry.actions_of(destination):
                 where = f"destination {destination.name!r}, action {action.name!r}.mapping"
                 for warning in kit.warnings(action.mapping, where):
@@ -180,12 +196,7 @@ def _outbox(cfg: config.Config, args: argparse.Namespace) -> int:
         stats = asyncio.run(reader.stats(path))
         print(msgspec.json.encode(stats).decode() if args.json else _format_stats(stats))
         return EXIT_OK
-    if args.n < 1:
-        print("cdpd: -n must be at least 1", file=sys.stderr)
-        return EXIT_USAGE
-    for message in asyncio.run(reader.tail(path, args.n)):
-        print(msgspec.json.encode(message).decode())
-    return EXIT_OK
+    return outbox_commands_cli.tail(cfg, args)
 
 
 def _destinations(args: argparse.Namespace) -> int:
@@ -241,10 +252,22 @@ def _deliveries(cfg: config.Config, args: argparse.Namespace) -> int:
         return _retry(cfg, args)
     dead = asyncio.run(_read(path, lambda conn: report.dead(conn, args.destination, args.n)))
     for entry in dead:
-        print(msgspec.json.encode(entry).decode())
+        print(msgspec.json.encode(entry).decode() if args.json else _dead_line(entry))
     if not dead:
         print("(no dead deliveries)", file=sys.stderr)
     return EXIT_OK
+
+
+def _dead_line(entry: report.DeadDelivery) -> str:
+    return (
+        f"{entry.finished_at or '-'}  {entry.destination:<20} {entry.message_id:<36} "
+        f"{_plural(entry.attempts, 'attempt')}  {entry.last_error or '-'}"
+    )
+
+
+def _plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """`1 attempt`, `2 attempts`; `nouns` for an irregular plural."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
 
 
 def _replay(cfg: config.Config, args: argparse.Namespace) -> int:
@@ -252,11 +275,16 @@ def _replay(cfg: config.Config, args: argparse.Namespace) -> int:
     if destination is None:
         print(f"cdpd: no destination is named {args.destination!r}", file=sys.stderr)
         return EXIT_USAGE
+    now = now_ms()
     try:
-        since = format_ms(parse_ms(args.since)) if args.since else None
-        until = format_ms(parse_ms(args.until)) if args.until else format_ms(now_ms())
+        since_ms = parse_when_ms(args.since, now) if args.since else None
+        until_ms = parse_when_ms(args.until, now) if args.until else now
+        since, until = format_ms(since_ms) if since_ms is not None else None, format_ms(until_ms)
     except ValueError as exc:
-        print(f"cdpd: --since/--until: expected an ISO-8601 time ({exc})", file=sys.stderr)
+        print(f"cdpd: --since/--until: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if since_ms is not None and since_ms >= until_ms:
+        print(f"cdpd: --since ({since}) must be before --until ({until})", file=sys.stderr)
         return EXIT_USAGE
     try:
         count = asyncio.run(
@@ -265,8 +293,8 @@ def _replay(cfg: config.Config, args: argparse.Namespace) -> int:
     except config.ConfigError as exc:
         print(f"cdpd: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    what = "dead deliveries" if args.dead else "messages"
-    print(f"{count} {what} queued for {destination.name}")
+    what = _plural(count, "dead delivery", "dead deliveries") if args.dead else None
+    print(f"{what or _plural(count, 'message')} queued for {destination.name}")
     return EXIT_OK
 
 
@@ -332,7 +360,8 @@ def _retry(cfg: config.Config, args: argparse.Namespace) -> int:
             return await store.retry_now(args.destination, format_ms(now_ms()))
 
     count = asyncio.run(retry())
-    print(f"{count} waiting deliveries of {args.destination} are due now")
+    waiting = _plural(count, "waiting delivery", "waiting deliveries")
+    print(f"{waiting} of {args.destination} {'is' if count == 1 else 'are'} due now")
     return EXIT_OK
 
 

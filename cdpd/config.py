@@ -10,15 +10,19 @@ from typing import Annotated, Literal
 import msgspec
 import msgspec.inspect
 
+from cdpd import confd
 from cdpd.destinations.settings import Destination, FileDestination, RetryConfig
 from cdpd.engage.settings import AudienceConfig, ComputedTraitConfig, EngageConfig
 from cdpd.settings import (
+    NAME_PATTERN,
+    NAME_RULE,
     ConfigError,
     Name,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     Section,
+    env_secret,
 )
 
 DEFAULT_CONFIG_PATH = "/etc/cdpd/cdpd.toml"
@@ -31,6 +35,9 @@ class ServerConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     # Base URL that browsers reach this daemon at; the analytics.js settings document points there.
     public_url: str | None = None
     max_request_bytes: PositiveInt = 512_000
+    # /v1/batch and /v1/import: RudderStack's SDKs fill a batch to 4 MiB, then add one more
+    # message (up to max_event_bytes): room for that.
+    max_batch_request_bytes: PositiveInt = 4 * 1024 * 1024 + 64 * 1024
     max_event_bytes: PositiveInt = 32 * 1024
     max_batch_events: PositiveInt = 2500
     # Take the client address for context.ip from X-Forwarded-For (only behind a trusted proxy).
@@ -172,12 +179,14 @@ class AdminConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=True
 
     token: str | None = None
     token_env: str | None = None
+    # HOST:PORT of a separate listener for /admin and /metrics (then not on server.listen).
+    listen: str | None = None
 
     def resolved_token(self) -> str | None:
         if self.token:
             return self.token
         if self.token_env:
-            return os.environ.get(self.token_env) or None
+            return env_secret(self.token_env)
         return None
 
 
@@ -251,6 +260,8 @@ class Config(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     engage: EngageConfig = msgspec.field(default_factory=EngageConfig)
     audiences: list[AudienceConfig] = msgspec.field(default_factory=list)
     computed_traits: list[ComputedTraitConfig] = msgspec.field(default_factory=list)
+    # A directory of TOML fragments adding entries to the lists above (cdpd/confd.py).
+    include: str | None = None
 
 
 def default_path() -> str:
@@ -264,8 +275,22 @@ def load(path: str | os.PathLike[str]) -> Config:
         text = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from exc
-    config = parse(text, origin=str(path))
+    document, origins = confd.merged(text, path)
+    if document.get("include") is None:
+        config = parse(text, origin=str(path))
+    else:
+        try:
+            config = _checked(_convert(document, str(path)), str(path))
+        except ConfigError as exc:
+            raise ConfigError(confd.name_fragments(str(exc), origins)) from exc
     return _resolve_paths(config, Path.cwd())
+
+
+def _convert(document: dict[str, object], origin: str) -> Config:
+    try:
+        return msgspec.convert(document, type=Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{origin}: {_explain(str(exc))}") from exc
 
 
 def parse(text: bytes | str, *, origin: str = "<config>") -> Config:
@@ -275,6 +300,10 @@ def parse(text: bytes | str, *, origin: str = "<config>") -> Config:
         raise ConfigError(f"{origin}: {_explain(str(exc))}") from exc
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{origin}: not valid TOML: {exc}") from exc
+    return _checked(config, origin)
+
+
+def _checked(config: Config, origin: str) -> Config:
     problems = _cross_check(config)
     if problems:
         raise ConfigError(f"{origin}: " + "; ".join(problems))
@@ -288,6 +317,8 @@ def _explain(message: str) -> str:
     if not sep:
         return message
     where = where.rstrip("`").lstrip(".")
+    if text == f"Expected `str` matching regex '{NAME_PATTERN}'":
+        text = f"not a valid name: {NAME_RULE}"
     if text.startswith(("Invalid enum value", "Invalid value")):
         allowed = _allowed_values(where)
         if allowed:
@@ -349,6 +380,11 @@ def _cross_check(config: Config) -> list[str]:
         _split_listen(config.server.listen)
     except ValueError as exc:
         problems.append(f"server.listen: {exc}")
+    if config.admin.listen is not None:
+        try:
+            _split_listen(config.admin.listen)
+        except ValueError as exc:
+            problems.append(f"admin.listen: {exc}")
     if config.server.public_url is not None and not config.server.public_url.startswith(
         ("http://", "https://")
     ):

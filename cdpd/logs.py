@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import Any, BinaryIO
 
 import msgspec
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from cdpd.model.timestamps import format_ms, now_ms
 
@@ -26,6 +29,9 @@ _LEVELS = {
 }
 FLUSH_INTERVAL_S = 0.2
 LIBRARY_EVENT_MAX = 8192
+# What aiohttp logs (with a traceback) about requests it cannot parse: bad client input.
+BAD_CLIENT_INPUT = (HttpProcessingError, RequestPayloadError)
+BAD_CLIENT_INPUT_LOG_EVERY_S = 10.0
 _encoder = msgspec.json.Encoder(enc_hook=str)
 LINE_TYPES = (bytes, str, bytearray)  # what a final processor may return as the whole line
 
@@ -102,8 +108,16 @@ class FromLogging(logging.Handler):
     level counts as the standard one below it), its message as the event (at most
     LIBRARY_EVENT_MAX characters, well under journald's line limit) and its logger's name."""
 
+    def __init__(self, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self._bad_input_logged_at = -BAD_CLIENT_INPUT_LOG_EVERY_S
+        self._bad_input_unlogged = 0
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            if record.exc_info and isinstance(record.exc_info[1], BAD_CLIENT_INPUT):
+                self._bad_client_input(record.exc_info[1])
+                return
             fields: dict[str, Any] = {"logger": record.name}
             if record.exc_info:
                 fields["exc_info"] = record.exc_info
@@ -112,6 +126,21 @@ class FromLogging(logging.Handler):
             structlog.get_logger().log(level, event, **fields)
         except Exception:
             self.handleError(record)
+
+    def _bad_client_input(self, exc: BaseException) -> None:
+        """A request aiohttp could not parse (a garbage request line, a bad Content-Length, a
+        body that does not decode): the client's fault, so a warning without a traceback, at
+        most one every BAD_CLIENT_INPUT_LOG_EVERY_S (the rest counted in the next one)."""
+        now = time.monotonic()
+        error = " ".join(str(exc).split())[:500]
+        if now - self._bad_input_logged_at < BAD_CLIENT_INPUT_LOG_EVERY_S:
+            self._bad_input_unlogged += 1
+            structlog.get_logger().debug("bad_client_input", error=error)
+            return
+        structlog.get_logger().warning(
+            "bad_client_input", error=error, similar_since_last_line=self._bad_input_unlogged
+        )
+        self._bad_input_logged_at, self._bad_input_unlogged = now, 0
 
 
 def configure(level: str = "info", stream: BinaryIO | None = None) -> LineWriter:

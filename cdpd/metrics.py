@@ -4,27 +4,39 @@ application."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from cdpd import metrics_more
 from cdpd.delivery.report import DestinationReport
 from cdpd.delivery.store import STATES
+from cdpd.outbox.consumers import ConsumerLag
 from cdpd.supervise import Restarts
 
 if TYPE_CHECKING:
     from cdpd.delivery.service import Delivery
     from cdpd.ingest.routes import Ingest
+    from cdpd.warehouse.scheduler import Scheduler
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class Metrics:
-    def __init__(self, restarts: Restarts | None = None) -> None:
+    def __init__(
+        self,
+        restarts: Restarts | None = None,
+        *,
+        data_dir: Path | None = None,
+        outbox_path: Path | None = None,
+    ) -> None:
         self.restarts = restarts or Restarts()
+        # HTTP answers by status, counted by the request wrapper (cdpd/web.py).
+        self.answers: dict[int, int] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self._latency = Histogram(
             "cdpd_delivery_request_seconds",
@@ -33,29 +45,55 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
-        self._collector = _Collector(self.restarts)
+        self._observed: set[str] = set()
+        self._collector = _Collector(self.restarts, self.answers, data_dir, outbox_path)
         self.registry.register(self._collector)
 
     def delivery_observer(self, destination: str) -> Callable[[float], None]:
         """Where a lane reports each request's duration, in seconds."""
+        self._observed.add(destination)
         return self._latency.labels(destination).observe
 
-    def attach(self, ingest: Ingest, delivery: Delivery) -> None:
+    def keep_destinations(self, names: set[str]) -> None:
+        """Forget the latencies of destinations a reload removed (they leave /metrics)."""
+        for gone in self._observed - names:
+            self._latency.remove(gone)
+        self._observed &= names
+
+    def attach(
+        self, ingest: Ingest, delivery: Delivery, warehouses: Scheduler | None = None
+    ) -> None:
         self._collector.ingest = ingest
         self._collector.delivery = delivery
+        if warehouses is not None:
+            self._collector.warehouses = warehouses
 
-    def render(self, reports: list[DestinationReport]) -> bytes:
-        """The text exposition, with outbox counts read just before."""
+    def render(
+        self, reports: list[DestinationReport], lags: list[ConsumerLag] | None = None
+    ) -> bytes:
+        """The text exposition, with outbox counts and consumer lags read just before."""
         self._collector.reports = reports
+        self._collector.lags = lags or []
         return generate_latest(self.registry)
 
 
 class _Collector(Collector):
-    def __init__(self, restarts: Restarts) -> None:
+    def __init__(
+        self,
+        restarts: Restarts,
+        answers: dict[int, int],
+        data_dir: Path | None,
+        outbox_path: Path | None,
+    ) -> None:
         self.restarts = restarts
+        self.answers = answers
+        self.data_dir = data_dir
+        self.outbox_path = outbox_path
         self.ingest: Ingest | None = None
         self.delivery: Delivery | None = None
+        self.warehouses: Scheduler | None = None
         self.reports: list[DestinationReport] = []
+        self.lags: list[ConsumerLag] = []
 
     def collect(self) -> Iterator[Metric]:
         if self.ingest is not None:
@@ -64,6 +102,10 @@ class _Collector(Collector):
             yield from _lane_metrics(self.delivery)
         yield from _outbox_metrics(self.reports)
         yield _restart_metrics(self.restarts)
+        yield metrics_more.http_answers(self.answers)
+        if self.data_dir is not None and self.outbox_path is not None:
+            yield from metrics_more.storage(self.data_dir, self.outbox_path)
+        yield from metrics_more.warehouses(self.warehouses, self.lags)
 
 
 def _ingest_metrics(ingest: Ingest) -> Iterator[Metric]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Mapping
 
 import structlog
@@ -24,6 +25,10 @@ class Notifier:
     @property
     def enabled(self) -> bool:
         return bool(self._address)
+
+    def reloading(self) -> None:
+        # systemd matches the reload to this message by the monotonic time it carries.
+        self._send(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
 
     def ready(self) -> None:
         self._send("READY=1\nSTATUS=accepting messages")

@@ -13,7 +13,7 @@ import itertools
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import aiosqlite
 import structlog
@@ -35,12 +35,15 @@ from cdpd.metrics import Metrics
 from cdpd.outbox.writer import OutboxUnavailable, OutboxWriter
 from cdpd.privacy.regulations_api import RegulationsApi
 from cdpd.privacy.regulations_service import RegulationService
-from cdpd.warehouse.scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from cdpd.reload import Consumers
 
 log = structlog.get_logger()
 
 INGEST = web.AppKey("ingest", Ingest)
 WRITER = web.AppKey("writer", OutboxWriter)
+ADMIN = web.AppKey("admin", Admin)
 MAX_CLIENT_REQUEST_ID_CHARS = 200
 START_GRACE_S = 0.2
 
@@ -82,6 +85,7 @@ class Drain:
 
 
 DRAIN = web.AppKey("drain", Drain)
+ADMIN_APP = web.AppKey("admin_app", web.Application)
 
 
 class Stages(NamedTuple):
@@ -94,11 +98,14 @@ class Stages(NamedTuple):
     metrics: Metrics
     governance: Governance | None = None
     console_state: aiosqlite.Connection | None = None
-    warehouses: Scheduler | None = None
+    pipeline: Consumers | None = None  # the delivery and warehouses in force (they reload)
     regulations: RegulationService | None = None
 
 
 def build(config: Config, stages: Stages, drain: Drain) -> web.Application:
+    """The public application; with `[admin] listen` the admin API, the regulation API, the
+    console and /metrics are left out of it and served by a second application
+    (`app[ADMIN_APP]`) on that address."""
     tap = Tap()
     ingest = Ingest(config, stages.writer, stages.governance, tap)
     tokens = None
@@ -106,34 +113,55 @@ def build(config: Config, stages: Stages, drain: Drain) -> web.Application:
         tokens = functools.partial(console_state.token_scope, stages.console_state)
     admin = Admin(config, stages.writer, stages.reader, stages.delivery, stages.metrics, tokens)
     stages.metrics.attach(ingest, stages.delivery)
-    app = web.Application(client_max_size=config.server.max_request_bytes)
+    access = logs.access_log(config.logging.level) if config.logging.access_log else None
+    wrap = _RequestWrapper(
+        drain,
+        access,
+        errors_only=config.logging.access_log == "errors",
+        answers=stages.metrics.answers,
+    )
+    health_route = web.get("/health", health)
+    public = [*ingest.routes(), *bundle.routes(ingest.known_write_key), health_route]
+    operator = _operator_routes(config, stages, admin, tap, drain)
+    if config.admin.listen is None:
+        public += operator
+    app = _application(config, public, wrap)
     app[INGEST] = ingest
     app[WRITER] = stages.writer
     app[DRAIN] = drain
-    access = logs.access_log(config.logging.level) if config.logging.access_log else None
-    wrap = _RequestWrapper(drain, access, errors_only=config.logging.access_log == "errors")
-    routes = [
-        *ingest.routes(),
-        *admin.routes(),
-        *bundle.routes(ingest.known_write_key),
-        web.get("/health", health),
-    ]
-    if config.console.enabled and stages.console_state is not None:
-        parts = ConsoleParts(
-            config,
-            stages.console_state,
-            stages.reader,
-            stages.delivery,
-            stages.warehouses,
-            tap,
-            lambda: drain.closing,
-        )
-        routes += Console(parts).routes()
+    app[ADMIN] = admin
+    if config.admin.listen is not None:
+        admin_app = _application(config, [*operator, health_route], wrap)
+        admin_app[WRITER] = stages.writer
+        admin_app[DRAIN] = drain
+        app[ADMIN_APP] = admin_app
+    return app
+
+
+def _operator_routes(
+    config: Config, stages: Stages, admin: Admin, tap: Tap, drain: Drain
+) -> list[web.RouteDef]:
+    """The admin API, the regulation API and the console: what operators use."""
+    routes = admin.routes()
     if stages.regulations is not None:
         regulations = RegulationsApi(
             config, stages.writer, stages.reader, stages.regulations, admin.authorize
         )
         routes += regulations.routes()
+    if config.console.enabled and stages.console_state is not None and stages.pipeline is not None:
+        parts = ConsoleParts(
+            stages.pipeline, stages.console_state, stages.reader, tap, lambda: drain.closing
+        )
+        routes += Console(parts).routes()
+    return routes
+
+
+def _application(
+    config: Config, routes: list[web.RouteDef], wrap: _RequestWrapper
+) -> web.Application:
+    app = web.Application(
+        client_max_size=max(config.server.max_request_bytes, config.server.max_batch_request_bytes)
+    )
     app.add_routes(web.RouteDef(r.method, r.path, wrap(r.handler), r.kwargs) for r in routes)
     app.router.add_route("*", "/{tail:.*}", wrap(_Unrouted(routes)))
     return app
@@ -173,8 +201,16 @@ class _Unrouted:
 
 
 class _RequestWrapper:
-    def __init__(self, drain: Drain, access: logs.AccessLog | None, *, errors_only: bool) -> None:
+    def __init__(
+        self,
+        drain: Drain,
+        access: logs.AccessLog | None,
+        *,
+        errors_only: bool,
+        answers: dict[int, int] | None = None,
+    ) -> None:
         self._drain = drain
+        self._answers = answers if answers is not None else {}
         self._access = access
         # Answers below this status are not logged: 300 logs only errors, 0 logs every one.
         self._min_logged_status = 300 if errors_only else 0
@@ -187,6 +223,7 @@ class _RequestWrapper:
         counter = self._counter
         drain = self._drain
         min_logged_status = self._min_logged_status
+        answers = self._answers
 
         @functools.wraps(handler)
         async def wrapped(request: web.Request) -> web.StreamResponse:
@@ -203,7 +240,9 @@ class _RequestWrapper:
                 headers = {"Retry-After": str(exc.retry_after_s)}
                 response = _error_response(request, 503, exc.code, exc.message, headers)
             except Exception:
-                log.exception("request_failed", **fields, method=request.method, path=request.path)
+                log.exception(
+                    "request_failed", **fields, method=request.method, path=_logged_path(request)
+                )
                 response = _error_response(
                     request, 500, "internal_error", "cdpd failed on this request; see its log", {}
                 )
@@ -212,15 +251,30 @@ class _RequestWrapper:
             if drain.closing:
                 response.force_close()  # one last answer per kept-alive connection
             response.headers["X-Request-Id"] = request_id
+            status = response.status
+            answers[status] = answers.get(status, 0) + 1
             if access is not None and response.status >= min_logged_status:
                 fields["method"] = request.method
-                fields["path"] = request.path
+                fields["path"] = _logged_path(request)
                 fields["status"] = response.status
                 fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
                 access.request(fields)
             return response
 
         return wrapped
+
+
+def _logged_path(request: web.Request) -> str:
+    """The path, with a write key in it (the settings document's path) cut to its start."""
+    write_key = request.match_info.get("write_key")
+    if not write_key:
+        return request.path
+    return request.path.replace(write_key, masked(write_key))
+
+
+def masked(secret: str) -> str:
+    """Enough of a write key to tell keys apart in a log, not enough to use it."""
+    return secret[:4] + "..." if len(secret) >= 12 else "..."
 
 
 def _client_request_id(request: web.Request) -> str | None:

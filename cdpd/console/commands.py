@@ -24,31 +24,37 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     users = commands.add_parser("users", parents=[common], help="people who sign in to the console")
     u = users.add_subparsers(dest="users_command", required=True)
     add = u.add_parser("add", parents=[common], help="add a person with a role in a workspace")
-    add.add_argument("name")
+    add.add_argument("name", help="the name the person signs in with")
     _role_arguments(add)
     add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     grant = u.add_parser("grant", parents=[common], help="give a person a role in a workspace")
-    grant.add_argument("name")
+    grant.add_argument("name", help="the person")
     _role_arguments(grant)
     passwd = u.add_parser("passwd", parents=[common], help="change a person's password")
-    passwd.add_argument("name")
-    passwd.add_argument("--password-stdin", action="store_true")
+    passwd.add_argument("name", help="the person")
+    passwd.add_argument(
+        "--password-stdin", action="store_true", help="read the new password from standard input"
+    )
     remove = u.add_parser("remove", parents=[common], help="remove a person and their sessions")
-    remove.add_argument("name")
-    u.add_parser("list", parents=[common], help="people and their roles")
+    remove.add_argument("name", help="the person")
+    people = u.add_parser("list", parents=[common], help="people and their roles")
+    people.add_argument("--json", action="store_true", help="a JSON array instead of a table")
     tokens = commands.add_parser("tokens", parents=[common], help="API tokens for a workspace")
     t = tokens.add_subparsers(dest="tokens_command", required=True)
     create = t.add_parser("create", parents=[common], help="create a token (printed once)")
     create.add_argument("--name", required=True, help="what the token is for")
     _role_arguments(create)
-    t.add_parser("list", parents=[common], help="tokens (never their values)")
+    listing = t.add_parser("list", parents=[common], help="tokens (never their values)")
+    listing.add_argument("--json", action="store_true", help="a JSON array instead of a table")
     revoke = t.add_parser("revoke", parents=[common], help="revoke a token by its id")
-    revoke.add_argument("id", type=int)
+    revoke.add_argument("id", type=int, help="the token's id (cdpd tokens list)")
 
 
 def _role_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workspace", required=True)
-    parser.add_argument("--role", required=True, choices=access.ROLES)
+    parser.add_argument("--workspace", required=True, help="a [[workspaces]] name")
+    parser.add_argument(
+        "--role", required=True, choices=access.ROLES, help="what the role may do in the workspace"
+    )
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
@@ -95,7 +101,11 @@ async def _users(path: Any, args: argparse.Namespace) -> int:
                 return _fail(f"there is no person named {args.name!r}")
             print(f"{args.name} removed")
         else:
-            for person in await state.people(conn):
+            people = await state.people(conn)
+            if args.json:
+                listed = [{"name": p.name, "roles": p.roles} for p in people]
+                print(msgspec.json.encode(listed).decode())
+            for person in [] if args.json else people:
                 roles = ", ".join(f"{r} of {w}" for w, r in sorted(person.roles.items()))
                 print(f"{person.name:<24} {roles or '(no workspace)'}")
     return EXIT_OK
@@ -112,8 +122,15 @@ async def _tokens(path: Any, args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         elif args.tokens_command == "list":
-            for found in await state.tokens(conn):
+            found = await state.tokens(conn)
+            if args.json:
                 print(msgspec.json.encode(found).decode())
+            for token in [] if args.json else found:
+                revoked = f"revoked {token.revoked_at}" if token.revoked_at else "live"
+                print(
+                    f"{token.id:<5} {token.name:<20} {token.role} of {token.workspace:<16} "
+                    f"{token.prefix}...  created {token.created_at}  {revoked}"
+                )
         elif not await state.revoke_token(conn, args.id):
             return _fail(f"no live token has id {args.id}")
         else:

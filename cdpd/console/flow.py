@@ -98,6 +98,16 @@ class Flow:
         )
         writer.on_messages(self.consumer.new_messages)
 
+    def follow(self, config: Config, lanes: dict[str, Lane]) -> None:
+        """Count for the destinations of `config` and these lanes (a reload replaces both). The
+        new lanes' counters start at zero; what old lanes did in their last second is lost."""
+        self._config = config
+        self._filters = [_destination_filter(d) for d in config.destinations]
+        self.lanes = lanes
+        self._lane_seen = {
+            (name, metric): 0 for name in lanes for metric in ("delivered", "retried", "failed")
+        }
+
     def observer(self, destination: str) -> Callable[[float], None]:
         """Where a lane reports each request's duration, in seconds."""
         return functools.partial(self._observe, destination)

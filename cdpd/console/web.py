@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiosqlite
@@ -31,6 +31,9 @@ from cdpd.console.access import Principal, SigninLimit
 from cdpd.console.debugger import Tap
 from cdpd.delivery.service import Delivery
 from cdpd.warehouse.scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from cdpd.reload import Consumers
 
 log = structlog.get_logger()
 
@@ -59,15 +62,26 @@ class Refused(Exception):
 
 @dataclass(frozen=True)
 class Parts:
-    """What the console reads and operates on."""
+    """What the console reads and operates on. The config, delivery and warehouses are read
+    from the pipeline at each use: a reload replaces them."""
 
-    config: Config
+    pipeline: Consumers
     state: aiosqlite.Connection
     reader: aiosqlite.Connection
-    delivery: Delivery
-    warehouses: Scheduler | None
     tap: Tap
     closing: Callable[[], bool]
+
+    @property
+    def config(self) -> Config:
+        return self.pipeline.config
+
+    @property
+    def delivery(self) -> Delivery:
+        return self.pipeline.delivery
+
+    @property
+    def warehouses(self) -> Scheduler:
+        return self.pipeline.warehouses
 
 
 Page = Callable[[web.Request, Principal], Awaitable[web.StreamResponse]]
@@ -76,7 +90,6 @@ Page = Callable[[web.Request, Principal], Awaitable[web.StreamResponse]]
 class Console:
     def __init__(self, parts: Parts) -> None:
         self.parts = parts
-        self.config = parts.config
         console = parts.config.console
         self.limit = SigninLimit(console.signin_max_failures, console.signin_window_s)
         self.templates = jinja2.Environment(
@@ -86,6 +99,10 @@ class Console:
         )
         self.templates.filters["kind"] = _kind
         self._static = resources.files("cdpd.console") / "static"
+
+    @property
+    def config(self) -> Config:
+        return self.parts.config
 
     def routes(self) -> list[web.RouteDef]:
         from cdpd.console import destinations, sources, warehouses

@@ -21,6 +21,7 @@ import structlog
 
 from cdpd.clock import Clock
 from cdpd.delivery import policy
+from cdpd.delivery.action_outcomes import ActionOutcomes
 from cdpd.delivery.circuit import Circuit
 from cdpd.delivery.recorder import Finish, Recorder
 from cdpd.delivery.stats import LaneStats, RateLimit
@@ -54,6 +55,38 @@ FAILURE_LOG_EVERY_S = 10.0
 __all__ = ["Lane", "LaneStats", "RateLimit"]
 
 
+async def _not_yet_delivered(
+    outcomes: ActionOutcomes, batch: Sequence[MessageView], prepared: list[actions.Prepared]
+) -> list[actions.Prepared]:
+    """The prepared actions of a retried delivery, less those that succeeded before."""
+    done = await outcomes.done([view.seq for view in batch if view.attempts > 0])
+    if not done:
+        return prepared
+    return [p for p in prepared if p.action not in done.get(p.delivery.seq, ())]
+
+
+async def _remember_delivered(
+    outcomes: ActionOutcomes,
+    batch: Sequence[MessageView],
+    prepared: Sequence[actions.Prepared],
+    results: Sequence[Result],
+    combined: Sequence[Result],
+    lane: Lane,
+) -> None:
+    """Of deliveries to be retried, the actions that succeeded this time."""
+    retried = {
+        view.seq
+        for view, result in zip(batch, combined, strict=True)
+        if not result.invalid and not result.skipped and _retryable(result)
+    }
+    succeeded = [
+        (item.delivery.seq, item.action)
+        for item, result in zip(prepared, results, strict=True)
+        if item.delivery.seq in retried and policy.is_success(result.status) and not result.invalid
+    ]
+    await outcomes.remember(succeeded, format_ms(lane._clock.now_ms()))
+
+
 class Batch(msgspec.Struct, gc=False):
     """Messages sent in one request, and the range of their consumer's seqs they finish."""
 
@@ -81,8 +114,11 @@ class Lane:
         observe: Callable[[float], None] | None = None,
         rand: Callable[[], float] = random.random,
         transform: Callable[[str, str], str] | None = None,
+        action_outcomes: ActionOutcomes | None = None,
     ) -> None:
         self.name = config.name
+        # With several actions: which of a waiting delivery's actions already succeeded.
+        self._action_outcomes = action_outcomes
         # Destination-scoped transformations: (source, stored payload) -> the payload it gets.
         self._transform = transform
         # Seqs of messages a regulation deleted: read before the deletion, they are not sent
@@ -533,7 +569,11 @@ class _Run:
         lane = self.lane
         circuit = lane.circuit
         now = lane._clock.now_ms()
-        failed = [r for r in results if not r.invalid and not r.skipped and _retryable(r)]
+        failed = [
+            r
+            for r in results
+            if not r.invalid and not r.skipped and r.parked_until_ms is None and _retryable(r)
+        ]
         if results and len(failed) == len(results):
             worst = failed[0]
             was = circuit.state
@@ -600,13 +640,19 @@ class _Run:
             if self.lane._transform is not None:
                 batch = [self._transformed(view) for view in batch]
             prepared = actions.prepare(self.lane._actions, batch)
+            outcomes = self.lane._action_outcomes
+            if outcomes is not None:
+                prepared = await _not_yet_delivered(outcomes, batch, prepared)
             ready = [item for item in prepared if item.problem is None]
             sent = iter(await self.lane._sender.send(self.lane._session, ready) if ready else [])
             results = [
                 next(sent) if item.problem is None else Result(None, item.problem, invalid=True)
                 for item in prepared
             ]
-            return actions.combine(batch, prepared, results)
+            combined = actions.combine(batch, prepared, results)
+            if outcomes is not None:
+                await _remember_delivered(outcomes, batch, prepared, results, combined, self.lane)
+            return combined
         except Exception as exc:
             log.exception("delivery_send_failed", destination=self.lane.name)
             return [Result(None, f"cdpd failed to send it: {type(exc).__name__}: {exc}")] * len(
@@ -674,6 +720,12 @@ class _Run:
             decision = policy.Decision("delivered", None, "nothing to send")
         elif result.invalid:
             decision = policy.Decision("dead", None, "the destination cannot take it as it is")
+        elif result.parked_until_ms is not None and result.parked_until_ms > now_ms:
+            decision = policy.Decision(
+                "retrying", result.parked_until_ms, "parked until the destination's quota resets"
+            )
+            # The retry window counts from when the destination takes messages again.
+            first_at = format_ms(result.parked_until_ms)
         else:
             decision = policy.decide(
                 self.lane._retry,
@@ -707,7 +759,7 @@ class _Run:
             failures += 1
             failed = outcome
             stats.errors_by_status[str(outcome.status or "network")] += 1
-            if policy.marks_unhealthy(outcome.status):
+            if policy.marks_unhealthy(outcome.status, outcome.error):
                 stats.unhealthy = True
             if outcome.state == "dead":
                 stats.dead += 1

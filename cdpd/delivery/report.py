@@ -107,7 +107,7 @@ async def history(conn: aiosqlite.Connection, reports: list[DestinationReport], 
             " WHERE destination = ? AND started_at >= ? ORDER BY started_at",
             (name, errors_since),
         ):
-            entry.unhealthy = policy.marks_unhealthy(status)  # the latest attempt decides
+            entry.unhealthy = policy.marks_unhealthy(status, error)  # the latest attempt decides
             if outcome != "delivered":
                 key = str(status or "network")
                 entry.errors_by_status[key] = entry.errors_by_status.get(key, 0) + 1

@@ -18,6 +18,7 @@ import structlog
 
 from cdpd.clock import Clock
 from cdpd.config import DeliveryConfig
+from cdpd.delivery import action_outcomes
 from cdpd.model.timestamps import format_ms
 from cdpd.outbox import consumers
 from cdpd.outbox.writer import OutboxWriter
@@ -75,6 +76,12 @@ class Pruner:
             ),
             "rejects": await self._drain(
                 functools.partial(prune_rejects, before_at=archive_before)
+            ),
+            "delivered_actions": await self._writer.transact(
+                functools.partial(
+                    action_outcomes.prune,
+                    before_at=format_ms(now_ms - action_outcomes.KEEP_AT_LEAST_S * 1000),
+                )
             ),
         }
         if any(deleted.values()):

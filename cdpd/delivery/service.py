@@ -13,6 +13,7 @@ import structlog
 
 from cdpd.clock import Clock
 from cdpd.config import Config, Destination
+from cdpd.delivery.action_outcomes import ActionOutcomes
 from cdpd.delivery.lane import Lane
 from cdpd.delivery.retention import Pruner
 from cdpd.delivery.store import DeliveryStore, RoutingRule, SqliteDeliveryStore
@@ -40,6 +41,11 @@ class Delivery:
         restarts: Restarts | None = None,
     ) -> None:
         self._config = config.delivery
+        self._drain_timeout_s = config.delivery.drain_timeout_s
+        # The longest a request of any destination may take (a reload lets attempts finish).
+        self._attempt_timeout_s = max(
+            (d.timeout_s for d in config.destinations if d.enabled), default=0.0
+        )
         self._writer = writer
         self._clock = clock
         self.store: DeliveryStore = SqliteDeliveryStore(
@@ -64,6 +70,9 @@ class Delivery:
                 poll_interval_s=config.delivery.poll_interval_s,
                 observe=observer(d.name) if observer else None,
                 transform=_transform(config, d.name),
+                action_outcomes=(
+                    ActionOutcomes(writer, d.name) if len(senders[d.name].actions) > 1 else None
+                ),
             )
             for d in enabled
         }
@@ -124,6 +133,8 @@ class Delivery:
                     lane.stop()
                 await self._drain(lanes)
         finally:
+            for lane in self.lanes.values():
+                self._writer.off_messages(lane.work)
             await self._close_senders()
 
     async def _supervised(self, name: str, run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
@@ -139,7 +150,11 @@ class Delivery:
                 except Exception:
                     log.exception("destination_close_failed", destination=sender.name)
 
-    def stop(self) -> None:
+    def stop(self, *, let_attempts_finish: bool = False) -> None:
+        """Stop delivering. Attempts in flight get `drain_timeout_s` (SIGTERM's budget), or
+        with `let_attempts_finish` (a reload) as long as their own request timeout needs."""
+        if let_attempts_finish:
+            self._drain_timeout_s = max(self._drain_timeout_s, self._attempt_timeout_s + 1)
         self._stop.set()
         for lane in self.lanes.values():
             lane.stop()
@@ -147,12 +162,12 @@ class Delivery:
     async def _drain(self, lanes: list[asyncio.Task[None]]) -> None:
         if not lanes:
             return
-        _, unfinished = await asyncio.wait(lanes, timeout=self._config.drain_timeout_s)
+        _, unfinished = await asyncio.wait(lanes, timeout=self._drain_timeout_s)
         if unfinished:
             log.warning(
                 "delivery_drain_timeout",
                 lanes=len(unfinished),
-                timeout_s=self._config.drain_timeout_s,
+                timeout_s=self._drain_timeout_s,
             )
             for task in unfinished:
                 task.cancel()

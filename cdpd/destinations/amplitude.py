@@ -14,8 +14,10 @@ its own SDKs) and `silenced_events`. Those are dead, each with its reason, and t
 sent again at once without them, until Amplitude takes them or answers otherwise; so one bad
 event never holds back or kills its batch. A 400 that names no event (a bad API key) fails the
 request's events. A 413 (of either API) is split in halves and sent again; 429 (throttled
-users or devices, a daily quota) and 5xx are retried, after `Retry-After` or, for a 429
-without it, 30 seconds (Amplitude measures rates over 30 s).
+users or devices) and 5xx are retried, after `Retry-After` or, for a 429 without it, 30
+seconds (Amplitude measures rates over 30 s). A 429 naming users or devices over their daily
+quota parks their events until the quota resets (midnight UTC), without using up their retry
+window; the request's other events are retried as after any 429.
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ import aiohttp
 import msgspec
 
 from cdpd import __version__
+from cdpd.clock import Clock, SystemClock
 from cdpd.destinations import http
 from cdpd.destinations.actions import Action, Prepared, worst
 from cdpd.destinations.amplitude_actions import KINDS, PRESETS
-from cdpd.destinations.base import Result, required_secret
+from cdpd.destinations.base import Result, credentials_refused, required_secret
 from cdpd.destinations.settings import AmplitudeDestination
+from cdpd.model.timestamps import format_ms
 
 __all__ = ["KINDS", "PRESETS", "Amplitude"]
 
@@ -49,12 +53,16 @@ _CONTROL = frozenset(
 )  # fmt: skip
 _encoder = msgspec.json.Encoder()
 
+DAY_MS = 86_400_000
 Entry = tuple[int, bytes]  # (item position, the event or identification as JSON)
 
 
 class Amplitude:
-    def __init__(self, config: AmplitudeDestination, actions: list[Action]) -> None:
+    def __init__(
+        self, config: AmplitudeDestination, actions: list[Action], clock: Clock | None = None
+    ) -> None:
         self.name = config.name
+        self._clock = clock or SystemClock()
         self.actions = actions
         key = required_secret(config.name, config.api_key, config.api_key_env, "api_key")
         self._key = key
@@ -134,6 +142,9 @@ class Amplitude:
             # Only positions of this request count (so each resend is smaller, and this ends).
             rejected = {p: why for p, why in rejected.items() if 0 <= p < len(pending)}
             if not rejected:
+                over_quota = _over_daily_quota(answer) if answer.status == 429 else None
+                if over_quota is not None:
+                    return outcome + self._park(answer, pending, over_quota)
                 return outcome + [(index, self._failure(answer)) for index, _ in pending]
             summary = _summary(answer.json())
             for position, reason in rejected.items():
@@ -170,13 +181,62 @@ class Amplitude:
             return first + second
         return [(index, self._failure(answer)) for index, _ in run]
 
+    def _park(
+        self, answer: http.Answer, pending: list[Entry], over_quota: set[str]
+    ) -> list[tuple[int, Result]]:
+        """A 429 naming users or devices over their daily quota: their events wait until the
+        quota resets (midnight UTC); the request's other events are retried as after any 429."""
+        reset_ms = next_utc_midnight_ms(self._clock.now_ms())
+        parked = Result(
+            429,
+            f"HTTP 429: over Amplitude's daily quota; parked until {format_ms(reset_ms)}",
+            parked_until_ms=reset_ms,
+        )
+        found = []
+        for index, record in pending:
+            ids = _ids_of(record)
+            found.append((index, parked if ids & over_quota else self._failure(answer)))
+        return found
+
     def _failure(self, answer: http.Answer) -> Result:
         failure = answer.failure()
+        if answer.status in (400, 401, 403) and _refuses_the_key(answer):
+            return credentials_refused(failure)
         if answer.status == 429 and failure.retry_after_s is None:
             return Result(429, failure.error, THROTTLED_WAIT_S)
         if answer.status == 413:  # an event too large on its own
             return Result(413, failure.error, invalid=True)
         return failure
+
+
+def _over_daily_quota(answer: http.Answer) -> set[str] | None:
+    """The user and device ids a 429 says are over their daily quota; None when it names none
+    (a throttle of events per second, retried after Amplitude's 30-second window)."""
+    said = answer.json()
+    if not isinstance(said, dict):
+        return None
+    ids: set[str] = set()
+    for key in ("exceeded_daily_quota_users", "exceeded_daily_quota_devices"):
+        named = said.get(key)
+        if isinstance(named, dict):
+            ids |= {str(name) for name in named}
+    return ids or None
+
+
+def _ids_of(record: bytes) -> set[str]:
+    event = msgspec.json.decode(record)
+    return {str(event[key]) for key in ("user_id", "device_id") if event.get(key)}
+
+
+def next_utc_midnight_ms(now_ms: int) -> int:
+    """When Amplitude's daily quotas reset after `now_ms`."""
+    return (now_ms // DAY_MS + 1) * DAY_MS
+
+
+def _refuses_the_key(answer: http.Answer) -> bool:
+    """Amplitude's answer to a wrong or missing API key: a 400 whose error names the key."""
+    said = _summary(answer.json()) or answer.body[:200].decode("utf-8", errors="replace")
+    return "api key" in said.lower() or "api_key" in said.lower()
 
 
 def _rejected(answer: object) -> dict[int, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import os
 import time
 from collections.abc import Sequence
 from datetime import UTC
@@ -13,7 +12,8 @@ from typing import TYPE_CHECKING, Protocol
 import aiohttp
 import msgspec
 
-from cdpd.settings import ConfigError
+from cdpd.model.statuses import CREDENTIALS_REFUSED
+from cdpd.settings import ConfigError, env_secret
 
 if TYPE_CHECKING:
     from cdpd.destinations.actions import Action, Prepared
@@ -31,6 +31,17 @@ class Result(msgspec.Struct, frozen=True, gc=False):
     retry_after_s: float | None = None
     invalid: bool = False
     skipped: bool = False
+    # The destination takes this item only after this time (a daily quota that resets): it
+    # waits until then, and its retry window starts again then (the wait is not a failure).
+    parked_until_ms: int | None = None
+
+
+def credentials_refused(result: Result) -> Result:
+    """`result`, its error marked as the destination refusing cdpd's credentials (delivery then
+    marks the destination unhealthy, as after a 401)."""
+    return msgspec.structs.replace(
+        result, error=CREDENTIALS_REFUSED + (result.error or f"HTTP {result.status}")
+    )
 
 
 class Destination(Protocol):
@@ -94,10 +105,11 @@ def secret(destination: str, value: str | None, env: str | None, what: str) -> s
     if value:
         return value
     if env:
-        found = os.environ.get(env)
+        found = env_secret(env)
         if not found:
             raise ConfigError(
                 f"destination {destination!r}: {what}_env names {env}, which is not set"
+                " (neither an environment variable nor a systemd credential)"
             )
         return found
     return None

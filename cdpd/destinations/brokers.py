@@ -39,6 +39,7 @@ from cdpd.destinations.actions import (
 )
 from cdpd.destinations.base import MAX_ERROR_CHARS, Result
 from cdpd.mapping import kit
+from cdpd.model.statuses import CREDENTIALS_REFUSED
 from cdpd.settings import ConfigError
 
 ACCEPTED = 200
@@ -175,8 +176,29 @@ def message_of(item: Prepared) -> dict[str, Any]:
 
 
 def failed(exc: BaseException, what: str = "") -> Result:
-    """A connection failure or a timeout: retried."""
+    """A connection failure or a timeout: retried (with backoff). Refused credentials are
+    retried too (a fixed secret and a reload bring them back) but mark the lane unhealthy."""
+    if refuses_credentials(exc):
+        return Result(None, CREDENTIALS_REFUSED + problem(exc, what))
     return Result(None, problem(exc, what))
+
+
+# What the broker clients raise, or say, when the broker refuses the credentials: redis-py's
+# AuthenticationError (WRONGPASS, NOAUTH), aio-pika's ProbableAuthenticationError and
+# ACCESS_REFUSED, nats-py's AuthorizationError, MQTT's CONNACK "not authorized" / "bad user
+# name or password".
+_AUTH_CLASSES = ("AuthenticationError", "AuthorizationError", "ProbableAuthenticationError")
+_AUTH_WORDS = re.compile(
+    r"WRONGPASS|NOAUTH|ACCESS_REFUSED|authorization violation|not authori[sz]ed|"
+    r"bad user ?name or password|authentication failed|invalid username",
+    re.IGNORECASE,
+)
+
+
+def refuses_credentials(exc: BaseException) -> bool:
+    if any(kind.__name__ in _AUTH_CLASSES for kind in type(exc).__mro__):
+        return True
+    return bool(_AUTH_WORDS.search(f"{exc!r} {exc}"))
 
 
 def problem(exc: BaseException, what: str = "") -> str:

@@ -28,6 +28,7 @@ import aiohttp
 import msgspec
 
 from cdpd import __version__
+from cdpd.clock import Clock, SystemClock
 from cdpd.destinations import ga4_rules as rules
 from cdpd.destinations import http
 from cdpd.destinations.actions import Action, ActionKind, Field, Prepared, Preset
@@ -196,8 +197,11 @@ class Event(msgspec.Struct, frozen=True):
 
 
 class Ga4:
-    def __init__(self, config: Ga4Destination, actions: list[Action]) -> None:
+    def __init__(
+        self, config: Ga4Destination, actions: list[Action], clock: Clock | None = None
+    ) -> None:
         self.name = config.name
+        self._clock = clock or SystemClock()
         self.actions = actions
         api_secret = required_secret(
             config.name, config.api_secret, config.api_secret_env, "api_secret"
@@ -212,9 +216,10 @@ class Ga4:
     async def send(self, session: aiohttp.ClientSession, items: Sequence[Prepared]) -> list[Result]:
         results: list[Result | None] = [None] * len(items)
         made: list[tuple[int, Event]] = []
+        now_ms = self._clock.now_ms()
         for index, item in enumerate(items):
             try:
-                made.append((index, event_of(item.kind, item.fields)))
+                made.append((index, event_of(item.kind, item.fields, now_ms)))
             except rules.Invalid as exc:
                 results[index] = Result(None, f"{item.action}: {exc}", invalid=True)
         requests = [chunk for group in _by_client(made) for chunk in _chunks(group)]
@@ -258,7 +263,7 @@ class Ga4:
         )
 
 
-def event_of(kind: str, fields: dict[str, Any]) -> Event:
+def event_of(kind: str, fields: dict[str, Any], now_ms: int | None = None) -> Event:
     """The GA4 event an action's fields make, or rules.Invalid."""
     client_id = fields.get("client_id")
     if not isinstance(client_id, str | int) or isinstance(client_id, bool) or client_id == "":
@@ -281,7 +286,14 @@ def event_of(kind: str, fields: dict[str, Any]) -> Event:
         raise rules.Invalid("a value without a currency")
     event: dict[str, Any] = {"name": name, "params": rules.params(raw)}
     micros = timestamp_micros(fields.get("timestamp_micros"))
-    if micros is not None:
+    # An event older than GA4 takes goes without its time, as Segment sends it: GA4 records
+    # it when it arrives instead of dropping it without a word.
+    too_old = (
+        micros is not None
+        and now_ms is not None
+        and rules.backdated_too_far(micros // 1000, now_ms)
+    )
+    if micros is not None and not too_old:
         event["timestamp_micros"] = micros
     properties = fields.get("user_properties")
     made = rules.user_properties(properties) if isinstance(properties, dict) else {}

@@ -64,6 +64,16 @@ class Invalid(Exception):
     """An event GA4 would drop and cdpd cannot mend; the message says why."""
 
 
+# GA4 takes events backdated up to 72 hours (Measurement Protocol); older ones it answers 2xx
+# and silently drops.
+MAX_BACKDATING_MS = 72 * 3600 * 1000
+
+
+def backdated_too_far(timestamp_ms: int, now_ms: int) -> bool:
+    """Whether GA4 would drop an event with this time (it answers 2xx and loses it)."""
+    return now_ms - timestamp_ms > MAX_BACKDATING_MS
+
+
 def snake(name: str, *, lowercase: bool) -> str:
     """A name with only letters, digits and `_`, as GA4 takes them."""
     mended = _NOT_NAME.sub("_", name.strip()).strip("_")

@@ -32,7 +32,7 @@ import msgspec
 from cdpd import __version__
 from cdpd.destinations import http
 from cdpd.destinations.actions import Action, Prepared, worst
-from cdpd.destinations.base import Result, required_secret, secret
+from cdpd.destinations.base import Result, credentials_refused, required_secret, secret
 from cdpd.destinations.mixpanel_actions import KINDS, PRESETS
 from cdpd.destinations.settings import MixpanelDestination
 from cdpd.settings import ConfigError
@@ -248,6 +248,8 @@ class Mixpanel:
                 said = f"Mixpanel /{endpoint}: {verdict.get('error') or 'rejected'}"
                 error = http.redact(said, self._secrets)  # scrubbed, then cut
                 result = Result(answer.status, error, invalid=True)
+                if "token" in str(verdict.get("error")).lower():  # the project token refused
+                    result = credentials_refused(result)
         return [(index, result) for index, _ in run]
 
 

@@ -82,6 +82,7 @@ TYPES: tuple[DestinationType, ...] = (
         kinds=amplitude.KINDS,
         presets=amplitude.PRESETS,
         make=amplitude.Amplitude,
+        clocked=True,
     ),
     DestinationType(
         name="slack",
@@ -159,6 +160,7 @@ TYPES: tuple[DestinationType, ...] = (
         kinds=ga4.KINDS,
         presets=ga4.PRESETS,
         make=ga4.Ga4,
+        clocked=True,
     ),
 )
 _BY_SETTINGS = {t.settings: t for t in TYPES}

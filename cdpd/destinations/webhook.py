@@ -33,6 +33,7 @@ from cdpd.destinations.actions import (
 )
 from cdpd.destinations.base import Result, header_problem, secret
 from cdpd.destinations.settings import WebhookDestination
+from cdpd.destinations.webhook_secrets import webhook_secrets
 
 KINDS = {
     "send": ActionKind(
@@ -53,6 +54,11 @@ class Webhook:
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
         key = secret(config.name, config.secret, config.secret_env, "secret")
         self._secret = key.encode() if key else None
+        # Quoted back by no error text: the signing secret, credential headers and URL parts.
+        self._secrets = (
+            *webhook_secrets(config.name, config.url, config.headers),
+            *([key] if key else []),
+        )
         self._headers = {
             "Content-Type": "application/json",
             "User-Agent": f"cdpd/{__version__}",
@@ -84,7 +90,13 @@ class Webhook:
             headers["X-Cdpd-Timestamp"] = timestamp
             headers["X-Cdpd-Signature"] = "v1=" + sign(self._secret, timestamp, body)
         answer = await http.request(
-            session, "POST", self._url, body=body, headers=headers, limit=self._timeout
+            session,
+            "POST",
+            self._url,
+            body=body,
+            headers=headers,
+            limit=self._timeout,
+            secrets=self._secrets,
         )
         return answer.result
 

@@ -38,14 +38,14 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     listing = sub.add_parser("list", parents=[common], help="every definition, size and changes")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     show = sub.add_parser("show", parents=[common], help="one definition and its latest changes")
-    show.add_argument("key")
+    show.add_argument("key", help="an audience's or computed trait's key")
     show.add_argument("-n", type=int, default=20, help="how many latest changes (default 20)")
     show.add_argument("--json", action="store_true", help="print one JSON object")
     resync = sub.add_parser(
         "resync", parents=[common], help="send every member (or value) to a destination again"
     )
-    resync.add_argument("key")
-    resync.add_argument("--destination", required=True)
+    resync.add_argument("key", help="an audience's or computed trait's key")
+    resync.add_argument("--destination", required=True, help="one of its destinations")
 
 
 def run(cfg: config.Config, args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ import msgspec
 
 from cdpd import config
 from cdpd.governance import infer, plans, store
-from cdpd.model.timestamps import format_ms, parse_ms
+from cdpd.model.timestamps import format_ms, now_ms, parse_when_ms
 from cdpd.outbox import schema
 
 T = TypeVar("T")
@@ -31,18 +31,20 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     infer = plan_commands.add_parser(
         "infer", parents=[common], help="print a starter plan (rule format) from a source's schema"
     )
-    infer.add_argument("source")
+    infer.add_argument("source", help="the source's name in the config")
     violations = commands.add_parser(
         "violations", parents=[common], help="tracking plan violations, grouped"
     )
     violations.add_argument("--source", help="only this source")
     violations.add_argument("--event", help="only this event (track) or name (page, screen)")
-    violations.add_argument("--since", help="only those received from this time (ISO-8601)")
+    violations.add_argument(
+        "--since", help="only those received from this time (ISO-8601, or ago: 15m, 2h, 7d)"
+    )
     violations.add_argument("--json", action="store_true", help="one JSON object per line")
     schema = commands.add_parser(
         "schema", parents=[common], help="the events, properties and traits a source sent"
     )
-    schema.add_argument("source")
+    schema.add_argument("source", help="the source's name in the config")
     schema.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
@@ -64,9 +66,9 @@ def run(cfg: config.Config, args: argparse.Namespace) -> int:
 
 def _violations(path: Path, args: argparse.Namespace) -> int:
     try:
-        since = format_ms(parse_ms(args.since)) if args.since else None
+        since = format_ms(parse_when_ms(args.since, now_ms())) if args.since else None
     except ValueError as exc:
-        print(f"cdpd: --since: expected an ISO-8601 time ({exc})", file=sys.stderr)
+        print(f"cdpd: --since: {exc}", file=sys.stderr)
         return EXIT_USAGE
     found = asyncio.run(
         _read(

@@ -78,6 +78,20 @@ class Governance:
         self._chains, self.plans = build_chains(self._config, plans), plans
         self.reloads += 1
 
+    def prepare(self, config: Config) -> tuple[dict[str, plan_files.Plan], dict[str, Chain]]:
+        """The plans and chains of a config about to be put in force (raises PlanError)."""
+        plans = plan_files.load_all(config.tracking_plans)
+        return plans, build_chains(config, plans)
+
+    def put_in_force(
+        self, config: Config, prepared: tuple[dict[str, plan_files.Plan], dict[str, Chain]]
+    ) -> None:
+        """Swap in what `prepare` built, whole; the counts since start are kept."""
+        self.plans, self._chains = prepared
+        self._config = config
+        self._sources = {source.name: source for source in config.sources}
+        self.reloads += 1
+
     def track_plan(self, source: str) -> dict[str, Any] | None:
         """The `plan.track` map for the source's settings document (None: the default)."""
         found = self._sources.get(source)

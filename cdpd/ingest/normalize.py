@@ -160,6 +160,8 @@ def _normalized_row(
     _ids_as_text(out, fields)
     _set_timestamps(out, fields, facts)
     _merge_request_objects(out, top, facts)
+    if kind in _TRAIT_TYPES and "traits" not in out:
+        _traits_from_context(out)
 
     return OutboxRow(
         message_id=message_id,
@@ -316,6 +318,25 @@ def _merge_request_objects(out: dict[str, Any], top: RawObject, facts: RequestFa
             **facts.integrations,
             **(_object(top.get("integrations", NULL)) or {}),
         }
+
+
+_TRAIT_TYPES = frozenset(("identify", "group"))
+
+
+def _traits_from_context(out: dict[str, Any]) -> None:
+    """RudderStack's SDKs send identify traits only as `context.traits`: when a message has no
+    `traits`, those are its traits (copied, so the warehouse and every destination read them
+    where Segment's put them)."""
+    context = out.get("context")
+    if isinstance(context, msgspec.Raw):
+        if b'"traits"' not in bytes(context):
+            return
+        context = _object(context)
+    if not isinstance(context, dict):
+        return
+    traits = context.get("traits", NULL)
+    if isinstance(traits, msgspec.Raw) and bytes(traits).lstrip().startswith(b"{"):
+        out["traits"] = traits
 
 
 def _object(raw: msgspec.Raw) -> RawObject | None:

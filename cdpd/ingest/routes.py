@@ -80,6 +80,10 @@ class Ingest:
         self.duplicates = 0
         self.rejected: dict[str, int] = {}
 
+    def reconfigure(self, config: Config) -> None:
+        """Sources and write keys of a reloaded config; the next request sees them."""
+        self._keys = WriteKeys(config.sources)
+
     def routes(self) -> list[web.RouteDef]:
         routes = []
         for path, kind in SINGLE_PATHS.items():
@@ -122,7 +126,7 @@ class Ingest:
 
     async def batch(self, request: web.Request, *, browser: bool) -> web.Response:
         self._writer.check_accepting()
-        body = await read_limited(request, self._server.max_request_bytes)
+        body = await read_limited(request, self._batch_limit_bytes(browser))
         received_ms = now_ms()
         envelope = _decode(_batch_decoder, body, request)
         ignored: list[str] = []  # envelope fields of the wrong type: each message is kept
@@ -153,6 +157,14 @@ class Ingest:
         results += [_over_batch_limit(raw, limit) for raw in envelope.batch[limit:]]
         return await self._store(request, facts, results)
 
+    def _batch_limit_bytes(self, browser: bool) -> int:
+        """The browser's batch path keeps the request limit; the server-side batch paths take
+        what RudderStack's gateway takes, so its SDKs' largest batches are not lost."""
+        server = self._server
+        if browser:
+            return server.max_request_bytes
+        return max(server.max_request_bytes, server.max_batch_request_bytes)
+
     async def telemetry(self, request: web.Request) -> web.Response:
         """analytics.js metrics (`/v1/m`): read and dropped, as they describe the library itself."""
         await read_limited(request, self._server.max_request_bytes)
@@ -170,10 +182,17 @@ class Ingest:
                 write_key, self._public_url(request), self.governance.track_plan(source.name)
             ),
             headers={
-                "Cache-Control": "max-age=60",
+                **self._caching(),
                 **(allow or {"Access-Control-Allow-Origin": "*"}),
             },
         )
+
+    def _caching(self) -> dict[str, str]:
+        """Without `public_url` the document names the Host the client sent, so no shared cache
+        may keep it (a forged Host would be served to everyone); with it, any cache may."""
+        if self._server.public_url:
+            return {"Cache-Control": "public, max-age=60"}
+        return {"Cache-Control": "private, max-age=60", "Vary": "Host, Origin"}
 
     def _public_url(self, request: web.Request) -> str:
         """The configured public URL, else the scheme and host the client used to get here."""

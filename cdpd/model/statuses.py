@@ -7,6 +7,9 @@ from __future__ import annotations
 NOT_RETRIED_5XX = frozenset({501, 505})
 RETRIED_4XX = frozenset({408, 429})
 UNHEALTHY = frozenset({401, 403})
+# How an error text starts when the destination refused cdpd's credentials in its own way (an
+# API's 400 "Invalid API key", a broker's authentication error): unhealthy, as a 401 is.
+CREDENTIALS_REFUSED = "credentials refused: "
 
 
 def is_success(status: int | None) -> bool:
@@ -21,5 +24,6 @@ def is_retryable(status: int | None) -> bool:
     return status in RETRIED_4XX
 
 
-def marks_unhealthy(status: int | None) -> bool:
-    return status in UNHEALTHY
+def marks_unhealthy(status: int | None, error: str | None = None) -> bool:
+    """A 401 or 403, or an error text saying the credentials were refused."""
+    return status in UNHEALTHY or (error is not None and error.startswith(CREDENTIALS_REFUSED))

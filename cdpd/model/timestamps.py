@@ -6,6 +6,7 @@ parse one shape.
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -35,6 +36,27 @@ def to_epoch_ms(moment: datetime) -> int:
 def parse_ms(text: str) -> int:
     """Milliseconds since the epoch of an ISO-8601 time (UTC when it has no offset)."""
     return to_epoch_ms(datetime.fromisoformat(text))
+
+
+_AGO = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)")
+_UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+def parse_when_ms(text: str, at_ms: int) -> int:
+    """A time given on a command line: ISO-8601 (UTC when it has no offset), `now`, or a
+    duration before `at_ms` such as `90s`, `15m`, `2h`, `7d`, `1w` (also with ` ago`)."""
+    words = text.strip().lower().removesuffix(" ago").strip()
+    if words == "now":
+        return at_ms
+    ago = _AGO.fullmatch(words)
+    if ago:
+        return at_ms - round(float(ago.group(1)) * _UNIT_MS[ago.group(2)])
+    try:
+        return parse_ms(text)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither an ISO-8601 time nor a duration ago such as 15m, 2h or 7d"
+        ) from None
 
 
 def format_ms(epoch_ms: int) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import aiosqlite
 
 from cdpd.console import tables as console_tables
+from cdpd.delivery import action_outcomes
 from cdpd.governance import store as governance_store
 from cdpd.privacy import regulations_store
 
@@ -125,6 +126,7 @@ MIGRATIONS: tuple[str, ...] = (
     governance_store.MIGRATION,  # violations, blocked_messages, schema_fields
     console_tables.MIGRATION,  # flow_counts, flow_latency, flow_cursors
     regulations_store.MIGRATION,  # regulations, regulation_subjects, regulation_targets, ...
+    action_outcomes.MIGRATION,  # delivered_actions
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -132,6 +132,11 @@ class OutboxWriter:
         """Set `event` after every commit that stored new messages."""
         self._listeners.append(event)
 
+    def off_messages(self, event: asyncio.Event) -> None:
+        """Stop setting `event` (a lane that a reload replaced)."""
+        if event in self._listeners:
+            self._listeners.remove(event)
+
     # -- what request handlers call -------------------------------------------------------------
 
     def check_accepting(self) -> None:

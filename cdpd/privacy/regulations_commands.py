@@ -37,25 +37,25 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="regulations_command", required=True)
     create = sub.add_parser("create", parents=[common], help="create a regulation")
     create.add_argument("type", choices=REGULATION_TYPES, metavar="TYPE", help="e.g. SUPPRESS_ONLY")
-    create.add_argument("user_ids", nargs="*", metavar="USER_ID")
+    create.add_argument("user_ids", nargs="*", metavar="USER_ID", help="the users' userId values")
     create.add_argument(
         "--from-file", help="user ids, one a line ('-': standard input), besides those given"
     )
     create.add_argument("--source", help="only this source (default: every source)")
     listing = sub.add_parser("list", parents=[common], help="regulations, newest first")
-    listing.add_argument("--status", choices=STATUSES)
+    listing.add_argument("--status", choices=STATUSES, help="only regulations in this status")
     listing.add_argument("--source", help="only this source's regulations")
     listing.add_argument("-n", type=int, default=50, help="how many (default 50)")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     show = sub.add_parser("show", parents=[common], help="a regulation and each of its targets")
-    show.add_argument("regulation_id")
+    show.add_argument("regulation_id", help="the regulation's id")
     show.add_argument("--json", action="store_true", help="print one JSON object")
     verify = sub.add_parser(
         "verify",
         parents=[common],
         help="search every store for the regulation's users: exit 0 when none holds them",
     )
-    verify.add_argument("regulation_id")
+    verify.add_argument("regulation_id", help="the regulation's id")
 
 
 def run(cfg: config.Config, args: argparse.Namespace) -> int:

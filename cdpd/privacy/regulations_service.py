@@ -15,13 +15,14 @@ import asyncio
 import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 import aiosqlite
 import structlog
 
 from cdpd.clock import Clock, SystemClock
-from cdpd.config import Config, ConfigError
+from cdpd.config import ConfigError
 from cdpd.delivery.policy import decide
 from cdpd.destinations.file import File
 from cdpd.destinations.settings import Destination, FileDestination, RetryConfig
@@ -40,7 +41,10 @@ from cdpd.privacy.regulations import (
 from cdpd.privacy.regulations_store import DueTarget, TargetUpdate
 from cdpd.privacy.suppression import Suppressions
 from cdpd.warehouse.loader import SYNC_ERRORS
-from cdpd.warehouse.scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from cdpd.delivery.service import Delivery
+    from cdpd.reload import Consumers
 
 log = structlog.get_logger("cdpd.privacy")
 
@@ -62,36 +66,32 @@ class TargetFailed(Exception):
 class RegulationService:
     def __init__(
         self,
-        config: Config,
         writer: OutboxWriter,
         reader: aiosqlite.Connection,
         suppressions: Suppressions,
-        warehouses: Scheduler,
-        files: dict[str, File],
-        unsent: set[int],
-        sending: Callable[[str], int],
+        pipeline: Consumers,
         session: aiohttp.ClientSession,
         clock: Clock,
+        *,
+        outbox_path: str | Path,
     ) -> None:
-        self._config = config
-        self._path = Path(config.storage.outbox_path)
+        self._path = Path(outbox_path)
         self._writer = writer
         self._reader = reader  # read-only, shared with the admin API
         self._suppressions = suppressions
-        self._warehouses = warehouses
-        self._files = files
-        self._unsent = unsent  # Delivery.erased
-        self._sending = sending  # how many messages a destination's lane has in flight
+        self._pipeline = pipeline  # the config, delivery and warehouses in force (they reload)
         self._session = session
         self._clock = clock
         self._idle = SystemClock()
-        self._destinations = {d.name: d for d in config.destinations}
         self._seen_seq = -1
         self._refreshing = asyncio.Lock()
         self._wake = asyncio.Event()
         self._erased: dict[str, set[str]] = {}  # message ids the outbox step removed
         self.passes = 0
         self.worked = asyncio.Condition()  # notified after each pass (tests wait on it)
+
+    def _destination(self, name: str) -> Destination | None:
+        return next((d for d in self._pipeline.config.destinations if d.name == name), None)
 
     async def start(self) -> None:
         """Put the stored suppressions in force; before ingest opens."""
@@ -158,13 +158,14 @@ class RegulationService:
     async def _forget_passed(self) -> None:
         """Deleted seqs every lane has passed need no skipping any more (a lane re-reads
         retries and replays from the outbox, where they are gone)."""
-        if not self._unsent:
+        erased = self._pipeline.delivery.erased
+        if not erased:
             return
         passed = await regulations_store.lanes_passed(self._reader)
         if passed is None:  # no lane runs
-            self._unsent.clear()
+            erased.clear()
         else:
-            self._unsent.difference_update([seq for seq in self._unsent if seq <= passed])
+            erased.difference_update([seq for seq in erased if seq <= passed])
 
     async def _outbox_status(self, regulation_id: str) -> str | None:
         return await regulations_store.target_status(self._reader, regulation_id, OUTBOX)
@@ -206,19 +207,19 @@ class RegulationService:
     async def _work(self, due: DueTarget, users: Sequence[str]) -> int:
         if due.kind == OUTBOX:
             erased = await deletion.erase_outbox(
-                self._writer, self._path, users, due.source, self._unsent
+                self._writer, self._path, users, due.source, self._pipeline.delivery.erased
             )
             self._erased[due.regulation_id] = erased.message_ids
             return erased.rows
         name = due.target.partition(":")[2]
         if due.kind == WAREHOUSE:
-            warehouse = deletion.warehouse_named(self._config, name)
+            warehouse = deletion.warehouse_named(self._pipeline.config, name)
             if warehouse is None:
                 raise _permanent(f"no warehouse is named {name!r} any more")
             return await deletion.erase_warehouse(
-                self._config, warehouse, self._warehouses, users, due.source
+                self._pipeline.config, warehouse, self._pipeline.warehouses, users, due.source
             )
-        destination = self._destinations.get(name)
+        destination = self._destination(name)
         if destination is None or (due.kind == FILE) != isinstance(destination, FileDestination):
             what = "file destination" if due.kind == FILE else "destination"
             raise _permanent(f"no {what} is named {name!r} any more")
@@ -227,7 +228,9 @@ class RegulationService:
                 users if due.source is None else (),
                 self._erased.get(due.regulation_id, ()),
             )
-            return await deletion.erase_file(destination, self._files.get(name), drop)
+            return await deletion.erase_file(
+                destination, _files(self._pipeline.delivery).get(name), drop
+            )
         assert due.kind == DESTINATION
         await self._quiet(name, destination.timeout_s)
         sent = await regulations_vendors.forward(
@@ -241,9 +244,10 @@ class RegulationService:
         """Wait (at most the destination's request timeout) for the lane's requests in flight
         to end: one begun before the outbox deletion may carry the user, and the vendor must
         have it before it is asked to delete."""
-        deadline_s = asyncio.get_running_loop().time() + timeout_s
+        loop, delivery = asyncio.get_running_loop(), self._pipeline.delivery
+        deadline_s = loop.time() + timeout_s
         # A poll: a lane counts what it has in flight but signals no change of the count.
-        while self._sending(name) and asyncio.get_running_loop().time() < deadline_s:  # noqa: ASYNC110
+        while delivery.in_flight(name) and loop.time() < deadline_s:  # noqa: ASYNC110
             await asyncio.sleep(QUIET_POLL_S)
 
     async def _failed(
@@ -313,10 +317,10 @@ class RegulationService:
 
     def _policy(self, due: DueTarget) -> RetryConfig:
         if due.kind == DESTINATION:
-            destination: Destination | None = self._destinations.get(due.target.partition(":")[2])
+            destination: Destination | None = self._destination(due.target.partition(":")[2])
             if destination is not None and destination.retry is not None:
                 return destination.retry
-        return self._config.delivery.retry
+        return self._pipeline.config.delivery.retry
 
 
 def _permanent(error: str) -> TargetFailed:
@@ -324,3 +328,8 @@ def _permanent(error: str) -> TargetFailed:
     failed = TargetFailed(error)
     failed.permanent = True
     return failed
+
+
+def _files(delivery: Delivery) -> dict[str, File]:
+    """The file destinations' senders, whose files a deletion rewrites."""
+    return {name: sender for name, sender in delivery.senders.items() if isinstance(sender, File)}

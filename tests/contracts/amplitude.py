@@ -8,8 +8,10 @@ HTTP V2 API, Batch and retry HTTP V2 API requests, Identify API, common API erro
   the request a 400 naming it in `events_with_invalid_fields` / `events_with_missing_fields` /
   `events_with_invalid_id_lengths` (an id too short: a field Amplitude's own SDKs read,
   though its reference leaves it out) / `silenced_events`, and nothing of that request is
-  kept. An event of a throttled user makes it a 429 with `throttled_users` and
-  `throttled_events`, nothing kept. Otherwise 200 with `events_ingested`.
+  kept. An event of a user over the daily quota makes it a 429 with
+  `exceeded_daily_quota_users`, nothing kept (the quota resets at midnight UTC). An event of a
+  throttled user makes it a 429 with `throttled_users` and `throttled_events`, nothing kept.
+  Otherwise 200 with `events_ingested`.
 - `POST /identify`, form `api_key` and `identification` (an object or an array, each with a
   `user_id` or `device_id`): 200 `success`, or a 400 with a text reason; a 413 over
   `max_identify_bytes` (Amplitude documents no limit: a test sets one).
@@ -43,6 +45,8 @@ class AmplitudeContract(ContractServer):
         self.max_identify_bytes = max_identify_bytes
         self.silenced_devices: set[str] = set()
         self.throttled_users: set[str] = set()
+        # Users over their daily event quota: a 429 naming them in exceeded_daily_quota_users.
+        self.over_quota_users: set[str] = set()
         self.events: dict[str, dict[str, Any]] = {}  # by insert_id
         self.identifications: list[dict[str, Any]] = []
 
@@ -102,6 +106,27 @@ class AmplitudeContract(ContractServer):
                 answer["silenced_devices"] = sorted(self.silenced_devices)
                 answer["silenced_events"] = silenced
             return json_response(400, answer)
+        over_quota = sorted(
+            {
+                e["user_id"]
+                for e in events
+                if isinstance(e, dict) and e.get("user_id") in self.over_quota_users
+            }
+        )
+        if over_quota:
+            return json_response(
+                429,
+                {
+                    "code": 429,
+                    "error": "Too many requests for some devices and users",
+                    "eps_threshold": 30,
+                    "throttled_devices": {},
+                    "throttled_users": {},
+                    "throttled_events": [],
+                    "exceeded_daily_quota_users": {user: 500_001 for user in over_quota},
+                    "exceeded_daily_quota_devices": {},
+                },
+            )
         if throttled:
             users = {events[i]["user_id"]: 0 for i in throttled}
             for i in throttled:

@@ -13,11 +13,13 @@ characters, no `ga_`/`google_`/`firebase_` prefix, no reserved event name; at mo
 parameters an event; parameter values strings (up to 100 characters, `page_location` 1,000,
 `page_referrer` 420, `page_title` 300) or numbers, lists only as `items`, items with an
 `item_id` or `item_name`; user property names up to 24 characters and values up to 36; a
-body under 130 kB; currencies that are ISO 4217 codes."""
+body under 130 kB; currencies that are ISO 4217 codes; `timestamp_micros` at most 72 hours in
+the past."""
 
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import msgspec
@@ -40,6 +42,7 @@ _RESERVED = {
     "notification_receive", "notification_send", "os_update", "screen_view", "session_start",
     "user_engagement",
 }  # fmt: skip
+MAX_BACKDATING_MICROS = 72 * 3600 * 1_000_000
 _LONG = {"page_location": 1000, "page_referrer": 420, "page_title": 300}
 _CURRENCIES = {"USD", "EUR", "GBP", "JPY", "CAD", "AUD", "CHF", "SEK", "NOK", "DKK", "BRL"}
 
@@ -111,6 +114,10 @@ def _event(index: int, event: Any) -> list[dict[str, str]]:
     if name in _RESERVED:
         text = f"Event at index: [{index}] has name [{name}] which is reserved."
         return [_message(f"{where}.name", text, "NAME_RESERVED")]
+    micros = event.get("timestamp_micros")
+    if isinstance(micros, int) and time.time() * 1_000_000 - micros > MAX_BACKDATING_MICROS:
+        text = "timestamp_micros is more than 72 hours in the past."
+        return [_message(f"{where}.timestamp_micros", text, "VALUE_OUT_OF_BOUNDS")]
     params = event.get("params", {})
     if len(params) > 25:
         return [_message(f"{where}.params", "More than 25 parameters.", "EXCEEDED_MAX_ENTITIES")]

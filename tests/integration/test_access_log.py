@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import aiohttp
+import msgspec
 from structlog.testing import capture_logs
 
 from cdpd.app import running
@@ -70,3 +71,42 @@ async def test_access_log_of_errors_only(
     assert [(line["path"], line["status"], line["error"]) for line in lines] == [
         ("/v1/track", 401, "missing_write_key")
     ]
+
+
+async def test_the_settings_path_logs_no_write_key_in_full(
+    make_config: Callable[..., Config], http: aiohttp.ClientSession
+) -> None:
+    config = make_config('[[sources]]\nname = "browser"\nwrite_key = "wk_browser_0123456789"\n')
+    with capture_logs() as captured:
+        async with running(config) as server:
+            for key in ("wk_browser_0123456789", "wk_unknown_9876543210"):
+                async with http.get(f"{server.url}/v1/projects/{key}/settings") as resp:
+                    assert resp.status in (200, 404)
+    paths = [line["path"] for line in captured if line["event"] == "request"]
+    assert paths == ["/v1/projects/wk_b.../settings", "/v1/projects/wk_u.../settings"]
+    assert not [line for line in captured if "0123456789" in repr(line)]
+
+
+async def test_a_settings_document_naming_the_request_host_is_kept_from_shared_caches(
+    make_config: Callable[..., Config], http: aiohttp.ClientSession
+) -> None:
+    """Without `public_url` the document holds the Host header the client sent: a forged one,
+    stored by a shared cache, would send every browser's events elsewhere."""
+    async with running(make_config()) as server:
+        forged = {"Host": "attacker.example"}
+        url = f"{server.url}/v1/projects/{WRITE_KEY}/settings"
+        async with http.get(url, headers=forged) as resp:
+            body = await resp.json()
+            assert body["integrations"]["Segment.io"]["apiHost"] == "attacker.example/v1"
+            assert resp.headers["Cache-Control"] == "private, max-age=60"
+            assert "Host" in resp.headers["Vary"]
+    config = make_config()
+    public = msgspec.structs.replace(
+        config, server=msgspec.structs.replace(config.server, public_url="https://cdp.example")
+    )
+    async with running(public) as server:
+        url = f"{server.url}/v1/projects/{WRITE_KEY}/settings"
+        async with http.get(url, headers={"Host": "attacker.example"}) as resp:
+            body = await resp.json()
+            assert body["integrations"]["Segment.io"]["apiHost"] == "cdp.example/v1"
+            assert resp.headers["Cache-Control"] == "public, max-age=60"

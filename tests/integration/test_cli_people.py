@@ -99,7 +99,13 @@ async def test_tokens_are_shown_once_stored_hashed_and_revocable(
     token = capsys.readouterr().out.strip()
     assert token.startswith("cdpd_")
     assert await asyncio.to_thread(run, tmp_path, monkeypatch, ["tokens", "list"]) == 0
-    listed = msgspec.json.decode(capsys.readouterr().out)
+    table = capsys.readouterr().out
+    assert token not in table
+    assert "member of acme" in table
+    assert f"{token[:12]}..." in table
+    listing = ["tokens", "list", "--json"]
+    assert await asyncio.to_thread(run, tmp_path, monkeypatch, listing) == 0
+    [listed] = msgspec.json.decode(capsys.readouterr().out)
     assert token not in str(listed)
     assert listed["workspace"] == "acme"
     assert listed["prefix"] == token[:12]

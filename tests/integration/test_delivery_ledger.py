@@ -184,7 +184,7 @@ async def test_deliveries_show_says_where_a_message_stands(
     assert (
         await run_cli("deliveries", "retry", "--destination", "bad", "--config", config_path) == 0
     )
-    assert "1 waiting deliveries of bad are due now" in capsys.readouterr().out
+    assert "1 waiting delivery of bad is due now" in capsys.readouterr().out
     assert await run_cli("outbox", "stats", "--config", config_path) == 0
     assert "delivery:good" in capsys.readouterr().out
 

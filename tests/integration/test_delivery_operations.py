@@ -48,7 +48,7 @@ async def test_dead_deliveries_are_listed_and_replayed(
         lane = server.delivery.lanes["hook"]
         await send(http, server, [track(1), track(2)])
         await recorded(lane, 2)
-        assert await run_cli("deliveries", "dead", "--config", config_path) == 0
+        assert await run_cli("deliveries", "dead", "--json", "--config", config_path) == 0
         dead = [msgspec.json.decode(line) for line in _json_lines(capsys)]
         assert {d["message_id"] for d in dead} == {"m1", "m2"}
         assert dead[0]["last_error"] == "HTTP 400: bad field (status 400 is not retried)"
@@ -200,6 +200,7 @@ async def test_retention_prunes_delivered_rows_and_old_messages(
             await delivered(server.delivery.lanes["hook"], 2)
             pruner = server.delivery.pruner
             nothing = {"delivered": 0, "dead": 0, "messages": 0, "rejects": 0}
+            nothing["delivered_actions"] = 0
             assert await pruner.prune_once() == nothing
             clock.advance(61)
             # Delivered on their first attempts: no ledger rows to prune.

@@ -13,7 +13,7 @@ import msgspec
 import pytest
 
 from cdpd.app import running
-from cdpd.model.timestamps import parse_ms
+from cdpd.model.timestamps import format_ms, parse_ms
 from tests import spec_examples as spec
 from tests.contracts.amplitude import AmplitudeContract
 from tests.contracts.harness import (
@@ -190,10 +190,14 @@ async def test_a_bad_api_key_is_dead_and_never_shown(
     messages = [track(1, user="user-12345"), spec.IDENTIFY]
     async with AmplitudeContract() as contract:
         entry = amplitude(contract.url, api_key="wrong-key-123")
-        await deliver(make_config, http, entry, messages, settled=2)
+        async with posting(make_config, http, entry, messages) as lane:
+            await settled(lane, 2)
+            assert lane.stats.unhealthy  # Amplitude's 400 "Invalid API key" is its 401
     found = states(data_dir)
     assert found["m1"][:2] == ("dead", 400)
-    assert found["m1"][2].startswith('HTTP 400: {"code":400,"error":"Invalid API key: ***"}')
+    assert found["m1"][2].startswith(
+        'credentials refused: HTTP 400: {"code":400,"error":"Invalid API key: ***"}'
+    )
     assert found[spec.IDENTIFY["messageId"]][:2] == ("dead", 400)
     assert all("wrong-key-123" not in error for _, _, error in found.values())
 
@@ -217,6 +221,38 @@ async def test_throttled_users_are_retried_after_amplitudes_window(
             await settled(lane, 1)
     assert [status for status, _ in uploads(contract)] == [429, 200]
     assert len(contract.events) == 3  # the order and its two products
+
+
+async def test_a_user_over_the_daily_quota_is_parked_until_it_resets(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    """Amplitude's 429 naming a user over the daily quota: that user's event waits until
+    midnight UTC (not retried every 30 s, not dead after the retry window); another user's
+    event in the same request is retried as after any 429."""
+    clock = FakeClock()
+    busy, calm = track(1, user="busy-user-1"), track(2, user="calm-user-2")
+    async with AmplitudeContract() as contract:
+        contract.over_quota_users.add("busy-user-1")
+        entry = amplitude(contract.url)
+        async with posting(make_config, http, entry, [busy, calm], clock) as lane:
+            await recorded(lane, 1)
+            rows = dict(
+                (m, (s, n))
+                for m, s, n in query(
+                    data_dir, "SELECT message_id, state, next_attempt_at FROM deliveries"
+                )
+            )
+            midnight = (clock.now_ms() // 86_400_000 + 1) * 86_400_000
+            assert rows["m1"] == ("retrying", format_ms(midnight))
+            assert rows["m2"][0] == "retrying"
+            assert parse_ms(rows["m2"][1]) < midnight  # 30 s, not the quota's wait
+            clock.advance(31)  # the calm user's retry: the busy one stays parked
+            await settled(lane, 1)
+            assert lane.stats.dead == 0
+            contract.over_quota_users.clear()  # a new day
+            clock.advance((midnight - clock.now_ms()) / 1000 + 1)
+            await settled(lane, 2)
+    assert {e["user_id"] for e in contract.events.values()} == {"busy-user-1", "calm-user-2"}
 
 
 async def test_413_splits_the_batch_and_only_an_event_too_large_alone_fails(

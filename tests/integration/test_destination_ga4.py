@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from cdpd.app import running
+from cdpd.model.timestamps import format_ms, now_ms
 from tests import spec_examples as spec
 from tests.contracts.base import Scripted
 from tests.contracts.ga4 import API_SECRET, MEASUREMENT_ID, Ga4Collect
@@ -62,6 +63,7 @@ async def test_spec_examples_become_measurement_protocol_requests(
         await send(http, server, [spec.PAGE, spec.GROUP, spec.ALIAS])
         await delivered(lane, 2)
     order = spec.ORDER_COMPLETED
+    # The examples' times (2015) are older than GA4's 72 hours: sent without them.
     assert api.collected == [
         {
             "client_id": ANONYMOUS,
@@ -95,7 +97,6 @@ async def test_spec_examples_become_measurement_protocol_requests(
                             },
                         ],
                     },
-                    "timestamp_micros": micros(order["timestamp"]),
                 }
             ],
         },
@@ -110,7 +111,6 @@ async def test_spec_examples_become_measurement_protocol_requests(
                         "page_location": "https://shop.example.com/checkout",
                         "page_title": "Checkout",
                     },
-                    "timestamp_micros": micros(spec.PAGE["timestamp"]),
                 }
             ],
         },
@@ -164,7 +164,6 @@ plan = "premium"
                         "address_city": "SF",
                         "address_zip": "94107",
                     },
-                    "timestamp_micros": micros("2026-12-01T10:00:00.000Z"),
                 }
             ],
         }
@@ -213,6 +212,25 @@ async def test_events_that_cannot_be_mended_are_dead_with_the_reason(
     assert rows["m1"].endswith(f": {reason} (the destination cannot take it as it is)")
     assert "m2" not in rows  # delivered on its first attempt: no ledger row
     assert [event["name"] for body in api.collected for event in body["events"]] == ["fine_event"]
+    assert api.dropped == []
+
+
+async def test_events_older_than_72_hours_go_without_their_time(
+    make_config: MakeConfig, http: aiohttp.ClientSession
+) -> None:
+    """GA4 drops an event backdated more than 72 hours (with a 2xx): cdpd sends it without
+    `timestamp_micros`, so GA4 records it when it arrives; a recent one keeps its time."""
+    recent = format_ms(now_ms() - 3600_000)
+    old = format_ms(now_ms() - 73 * 3600_000)
+    messages = [
+        {**track("m1", "Recent Event"), "timestamp": recent},
+        {**track("m2", "Old Event"), "timestamp": old},
+    ]
+    async with Ga4Collect() as api:
+        await deliver(make_config, http, ga4(api.url), messages, delivered=2)
+    events = {e["name"]: e for body in api.collected for e in body["events"]}
+    assert events["recent_event"]["timestamp_micros"] == micros(recent)
+    assert "timestamp_micros" not in events["old_event"]
     assert api.dropped == []
 
 

@@ -304,6 +304,23 @@ async def test_bad_credentials_are_dead_and_mark_the_destination_unhealthy(
     assert SECRET not in error
 
 
+async def test_a_refused_project_token_marks_the_destination_unhealthy(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    """Mixpanel's form endpoints answer a wrong token with 200 and `status: 0`: dead, and
+    unhealthy."""
+    async with MixpanelContract() as contract:
+        entry = mixpanel(contract.url, project_token="not-the-token")
+        async with posting(make_config, http, entry, [spec.IDENTIFY]) as lane:
+            await recorded(lane, 1)
+            assert lane.stats.unhealthy
+    ((state, _, error),) = states(data_dir).values()
+    assert state == "dead"
+    assert error.startswith("credentials refused: Mixpanel /")
+    assert "token, missing or empty" in error
+    assert "not-the-token" not in error
+
+
 async def test_429_waits_for_retry_after_then_delivers(
     make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
 ) -> None:

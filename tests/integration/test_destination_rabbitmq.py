@@ -178,10 +178,13 @@ async def test_wrong_credentials_are_retried_and_never_shown(
     monkeypatch.setenv("CDPD_TEST_RABBIT_PASSWORD", "not-the-password")
     extra = 'password_env = "CDPD_TEST_RABBIT_PASSWORD"\n'
     entry = destination(url, unique("cdpd-test-"), extra)
-    await deliver(entry, [track(1)], wait=recorded)
+    async with deliver.posting(entry, [track(1)]) as (_, lane):
+        await recorded(lane, 1)
+        assert lane.stats.unhealthy  # and retried with backoff, not dead
     # The first attempt (another may follow before shutdown: the backoff has full jitter).
     (_, status, error, outcome) = attempts(data_dir)[0]
     assert (status, outcome) == (None, "retrying")
+    assert error.startswith("credentials refused: ")
     assert "ACCESS_REFUSED" in error or "authentication" in error.lower()
     assert "not-the-password" not in error
 

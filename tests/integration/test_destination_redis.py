@@ -221,7 +221,7 @@ async def test_a_wrong_password_is_retried_and_never_shown(
     # The first attempt (another may follow before shutdown: the backoff has full jitter).
     (_, status, error, outcome) = attempts(data_dir)[0]
     assert (status, outcome) == (None, "retrying")
-    assert error.startswith("Redis: AuthenticationError: ")
+    assert error.startswith("credentials refused: Redis: AuthenticationError: ")
     assert "wrong-pw" not in error
     assert "right-pw" not in error
 

@@ -192,3 +192,63 @@ async def test_no_destination_shows_its_credentials(
         if form in text
     ]
     assert shown == []
+
+
+HOOK_TOKEN = "hook-bearer-Gz51k"
+HOOK_QUERY_TOKEN = "hook-query-Mq72j"
+HOOK_PASSWORD = "hook-password-Np63i"
+
+
+@pytest.mark.parametrize("auth", ["header", "url"])
+async def test_an_echoing_webhook_shows_no_credential_anywhere(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    data_dir: Path,
+    refusing_api: str,
+    auth: str,
+) -> None:
+    """The webhook's Authorization header, the password in its URL and a `?token=` query value
+    are scrubbed from attempts, the ledger, the log and the admin API."""
+    scheme, address = refusing_api.split("://")
+    if auth == "header":
+        url = f"{refusing_api}/hook?token={HOOK_QUERY_TOKEN}&team=growth"
+        headers = f'headers = {{ Authorization = "Bearer {HOOK_TOKEN}", X-Team = "growth" }}\n'
+    else:
+        url = f"{scheme}://hookuser:{HOOK_PASSWORD}@{address}/hook"
+        url += f"?token={HOOK_QUERY_TOKEN}&team=growth"
+        headers = ""
+    admin = '[admin]\ntoken = "admin-token-for-the-test"\n'
+    hook = f'[[destinations]]\nname = "hook"\ntype = "webhook"\nurl = "{url}"\n{headers}'
+    with capture_logs() as logged:
+        async with running(make_config(admin + hook)) as server:
+            await send(http, server, [track(1)])
+            await recorded(server.delivery.lanes["hook"], 1)
+            async with http.get(
+                f"{server.url}/admin/deliveries",
+                headers={"Authorization": "Bearer admin-token-for-the-test"},
+            ) as response:
+                admin_text = await response.text()
+    attempts = [error for (error,) in query(data_dir, "SELECT error FROM attempts") if error]
+    ledger = [e for (e,) in query(data_dir, "SELECT last_error FROM deliveries") if e]
+    assert attempts  # it failed, and said why (the receiver's answer, scrubbed)
+    assert "growth" in attempts[0]  # what is not a credential is kept
+    secrets = {HOOK_TOKEN, HOOK_QUERY_TOKEN, HOOK_PASSWORD}
+    secrets |= {base64.b64encode(f"hookuser:{HOOK_PASSWORD}".encode()).decode()}
+    texts = attempts + ledger + [admin_text] + [repr(line) for line in logged]
+    assert [(s, t) for t in texts for s in secrets if s in t] == []
+
+
+def test_credentials_in_the_url_and_an_authorization_header_is_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cdpd import cli
+
+    path = tmp_path / "cdpd.toml"
+    path.write_text(
+        '[[destinations]]\nname = "hook"\ntype = "webhook"\n'
+        'url = "https://u:p@hooks.example.com/in"\nheaders = { Authorization = "Bearer x" }\n'
+    )
+    assert cli.main(["check-config", "--config", str(path)]) == cli.EXIT_USAGE
+    assert "url has credentials (user:password@) and headers has an Authorization header" in (
+        capsys.readouterr().err
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -314,16 +315,26 @@ async def test_malformed_requests_are_400_and_store_nothing(
 
 async def test_oversize_request_is_400(cdpd: Running, http: aiohttp.ClientSession) -> None:
     body = {"batch": [track(n, properties={"pad": "x" * 1000}) for n in range(600)]}
-    status, payload, _ = await post(http, f"{cdpd.url}/v1/batch", body)
+    status, payload, _ = await post(http, f"{cdpd.url}/v1/b", body)  # the browser's batch path
     assert status == 400
     assert payload["code"] == "request_too_large"
     assert "512000 bytes" in payload["message"]
+    # /v1/batch takes RudderStack's 4 MiB batches (and one more message), not more.
+    status, _, _ = await post(http, f"{cdpd.url}/v1/batch", body)
+    assert status == 200
+    body = {"batch": [track(n, properties={"pad": "x" * 1000}) for n in range(4400)]}
+    data = io.BytesIO(msgspec.json.encode(body))  # (aiohttp warns about large raw bytes)
+    async with http.post(f"{cdpd.url}/v1/batch", data=data, headers=AUTH) as resp:
+        assert resp.status == 400
+        payload = await resp.json()
+    assert payload["code"] == "request_too_large"
+    assert "4259840 bytes" in payload["message"]
 
 
 async def test_oversize_chunked_request_is_400(cdpd: Running, http: aiohttp.ClientSession) -> None:
     async def endless() -> AsyncIterator[bytes]:
         yield b'{"batch": ['
-        for n in range(2000):
+        for n in range(9000):  # past /v1/batch's 4 MiB
             yield msgspec.json.encode(track(n, properties={"pad": "x" * 500})) + b","
 
     async with http.post(f"{cdpd.url}/v1/batch", data=endless(), headers=AUTH) as resp:
@@ -334,7 +345,8 @@ async def test_oversize_chunked_request_is_400(cdpd: Running, http: aiohttp.Clie
 async def test_gzip_bomb_is_400_without_inflating_it(
     cdpd: Running, http: aiohttp.ClientSession
 ) -> None:
-    # 200 MB of zeros compress to about 200 KB; cdpd must stop at 500 KB of output.
+    # 200 MB of zeros compress to about 200 KB; cdpd must stop at its limit (/v1/batch: 4 MiB
+    # and one message) of output.
     compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
     block = b"0" * (1 << 20)
     bomb = b"".join(compressor.compress(block) for _ in range(200)) + compressor.flush()

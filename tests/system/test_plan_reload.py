@@ -1,4 +1,5 @@
-"""SIGHUP reloads the tracking plans of a running `cdpd serve` without losing a message."""
+"""SIGHUP reloads the configuration (here its tracking plans) of a running `cdpd serve`
+without losing a message."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ PER_REQUEST = 50
 async def _reloads_logged(daemon: Daemon, count: int) -> None:
     """Wait until the daemon has logged `count` reloads (polling its log, no fixed delay)."""
     for _ in range(600):
-        done = [line for line in daemon.log_lines if line.get("event", "").startswith("tracking_")]
+        done = [
+            line for line in daemon.log_lines if line.get("event", "").startswith("config_reload")
+        ]
         if len(done) >= count:
             return
         await asyncio.sleep(0.05)
@@ -72,10 +75,12 @@ async def test_sighup_reloads_plans_under_load_and_loses_nothing(
             await _post(http, daemon.url, "Refund Issued", 2, 1)
     finally:
         assert await daemon.stop() == 0
-    events = [line["event"] for line in daemon.log_lines if line["event"].startswith("tracking_")]
-    assert events == ["tracking_plans_reloaded"] * 3 + [
-        "tracking_plans_reload_failed",
-        "tracking_plans_reloaded",
+    events = [
+        line["event"] for line in daemon.log_lines if line["event"].startswith("config_reload")
+    ]
+    assert events == ["config_reloaded"] * 3 + [
+        "config_reload_failed",
+        "config_reloaded",
     ]
     stored = query(data_dir, "SELECT event, count(*) FROM messages GROUP BY event ORDER BY event")
     assert stored == [("Order Completed", REQUESTS * PER_REQUEST), ("Refund Issued", 1)]

@@ -68,12 +68,12 @@ def test_the_example_configs_commented_destinations_are_accepted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     text = (ROOT / "conf" / "cdpd.toml").read_text()
-    commented = text[text.index("# [[destinations]]") :]
-    blocks = commented[: commented.index("\n\n")].splitlines()
-    toml = "\n".join(line.removeprefix("#").removeprefix(" ") for line in blocks)
+    paragraphs = [p for p in text.split("\n\n") if "# [[destinations]]" in p]
+    lines = [line for p in paragraphs for line in p[p.index("# [[destinations]]") :].splitlines()]
+    toml = "\n".join(line.removeprefix("#").removeprefix(" ") for line in lines)
     for name in re.findall(r'_env = "([A-Z0-9_]+)"', toml):
         monkeypatch.setenv(name, "x" * 32)
     config = cdpd_config.parse(toml, origin="conf/cdpd.toml")
-    assert [d.name for d in config.destinations] == ["product-analytics", "events-archive"]
+    assert [d.name for d in config.destinations] == ["events-hook", "product-analytics"]
     for destination in config.destinations:
         registry.build(destination)

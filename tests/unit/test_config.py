@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ def test_the_example_config_loads() -> None:
     config = load(EXAMPLE)
     assert config.server.listen == "127.0.0.1:8088"
     assert [s.name for s in config.sources] == ["website", "backend"]
-    assert config.destinations[0].url == "http://127.0.0.1:9000/events"
+    assert [(d.name, type(d).__name__) for d in config.destinations] == [
+        ("events-archive", "FileDestination")
+    ]
     assert Path(config.storage.data_dir).is_absolute()
 
 
@@ -134,3 +137,55 @@ def test_warehouse_errors_name_the_key(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse(text, origin="cdpd.toml")
     assert message in str(caught.value)
+
+
+def _with_conf_d(tmp_path: Path, fragments: dict[str, str]) -> Path:
+    main = tmp_path / "cdpd.toml"
+    main.write_text('include = "conf.d"\n[[sources]]\nname = "web"\nwrite_key = "wk_web"\n')
+    (tmp_path / "conf.d").mkdir()
+    for name, text in fragments.items():
+        (tmp_path / "conf.d" / name).write_text(text)
+    return main
+
+
+def test_a_conf_d_directory_adds_entries_in_name_order(tmp_path: Path) -> None:
+    main = _with_conf_d(
+        tmp_path,
+        {
+            "20-files.toml": (
+                f'[[destinations]]\nname = "f"\ntype = "file"\npath = "{tmp_path}/f"\n'
+            ),
+            "10-app.toml": '[[sources]]\nname = "app"\nwrite_key = "wk_app"\n',
+            "notes.txt": "[server]\n",  # not a .toml file: ignored
+        },
+    )
+    config = load(main)
+    assert [s.name for s in config.sources] == ["web", "app"]
+    assert [d.name for d in config.destinations] == ["f"]
+
+
+@pytest.mark.parametrize(
+    ("fragment", "message"),
+    [
+        ('[server]\nlisten = "x:1"\n', "50-bad.toml: server: an included file may only add"),
+        (
+            '[[sources]]\nname = "web"\nwrite_key = "k2"\n',
+            "sources[1] (in conf.d/50-bad.toml).name: 'web' is used twice",
+        ),
+        ("[[sources]]\nname = 3\n", "sources[1] (in conf.d/50-bad.toml).name: Expected `str`"),
+        ("[[sources\n", "50-bad.toml: not valid TOML"),
+    ],
+)
+def test_a_bad_fragment_is_a_config_error_naming_it(
+    tmp_path: Path, fragment: str, message: str
+) -> None:
+    main = _with_conf_d(tmp_path, {"50-bad.toml": fragment})
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(main)
+
+
+def test_a_missing_include_directory_is_an_error(tmp_path: Path) -> None:
+    main = tmp_path / "cdpd.toml"
+    main.write_text('include = "conf.d"\n')
+    with pytest.raises(ConfigError, match=r"include: .* is not a directory"):
+        load(main)

@@ -284,3 +284,20 @@ def test_row_columns() -> None:
         None,
         "a1",
     )
+
+
+def test_context_traits_are_the_traits_of_an_identify_without_traits() -> None:
+    """RudderStack's SDKs send identify traits only as context.traits."""
+    sent = {"userId": "u1", "context": {"traits": {"plan": "pro"}, "library": {"name": "x"}}}
+    out = accepted(sent, "identify")
+    assert out["traits"] == {"plan": "pro"}
+    assert out["context"]["traits"] == {"plan": "pro"}
+    group = accepted({**sent, "groupId": "g1"}, "group")
+    assert group["traits"] == {"plan": "pro"}
+    own = accepted({**sent, "traits": {"plan": "team"}}, "identify")
+    assert own["traits"] == {"plan": "team"}  # a message's own traits win
+    track = accepted({**sent, "event": "E"}, "track")
+    assert "traits" not in track  # context.traits of a track stays context
+    envelope_context = {"traits": msgspec.Raw(b'{"plan": "x"}')}
+    envelope = accepted({"userId": "u1"}, "identify", context=envelope_context)
+    assert envelope["traits"] == {"plan": "x"}  # the batch envelope's context counts too
