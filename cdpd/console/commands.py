@@ -125,11 +125,11 @@ async def _tokens(path: Any, args: argparse.Namespace) -> int:
             found = await state.tokens(conn)
             if args.json:
                 print(msgspec.json.encode(found).decode())
-            for token in [] if args.json else found:
-                revoked = f"revoked {token.revoked_at}" if token.revoked_at else "live"
+            for live in [] if args.json else found:
+                revoked = f"revoked {live.revoked_at}" if live.revoked_at else "live"
                 print(
-                    f"{token.id:<5} {token.name:<20} {token.role} of {token.workspace:<16} "
-                    f"{token.prefix}...  created {token.created_at}  {revoked}"
+                    f"{live.id:<5} {live.name:<20} {live.role} of {live.workspace:<16} "
+                    f"{live.prefix}...  created {live.created_at}  {revoked}"
                 )
         elif not await state.revoke_token(conn, args.id):
             return _fail(f"no live token has id {args.id}")
