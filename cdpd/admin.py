@@ -19,6 +19,9 @@ from cdpd.metrics import CONTENT_TYPE, Metrics
 from cdpd.model.timestamps import format_ms, now_ms, parse_ms
 from cdpd.outbox.writer import OutboxWriter
 
+MAX_LIMIT = 10_000  # rows in one listing
+MAX_PARAMETER_CHARS = 1000  # names, ids and times are far shorter
+
 
 class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     destination: str
@@ -67,8 +70,8 @@ class Admin:
 
     async def dead(self, request: web.Request) -> web.Response:
         self._authorize(request)
-        destination = request.query.get("destination")
-        limit = _int(request.query.get("limit", "100"), "limit")
+        destination = _text(request.query.get("destination"), "destination")
+        limit = _limit(request.query.get("limit", "100"))
         return _json({"dead": await report.dead(self._reader, destination, limit)})
 
     async def services(self, request: web.Request) -> web.Response:
@@ -117,7 +120,7 @@ class Admin:
     async def show(self, request: web.Request) -> web.Response:
         """Where one message stands with each destination."""
         self._authorize(request)
-        message_id = request.match_info["message_id"]
+        message_id = _text(request.match_info["message_id"], "message_id") or ""
         rules = list(self._delivery.rules.values())
         found = await self._delivery.store.show(message_id, rules)
         if not found:
@@ -131,8 +134,8 @@ class Admin:
         since = request.query.get("since")
         found = await governance_store.summarize_violations(
             self._reader,
-            source=request.query.get("source"),
-            event=request.query.get("event"),
+            source=_text(request.query.get("source"), "source"),
+            event=_text(request.query.get("event"), "event"),
             since=_time(since, "since") if since else None,
         )
         return _json({"violations": found})
@@ -199,10 +202,22 @@ def _json(body: object) -> web.Response:
     return web.Response(body=_encoder.encode(body), content_type="application/json")
 
 
-def _int(text: str, name: str) -> int:
-    if not text.isdigit():
-        raise ApiError(400, "invalid_request", f"{name} must be a whole number")
+def _limit(text: str) -> int:
+    """A listing's `limit`: ASCII digits only (`str.isdigit` takes "²", which `int` refuses)
+    and within what one answer may hold."""
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_LIMIT):
+        raise ApiError(
+            400, "invalid_request", f"limit must be a whole number from 1 to {MAX_LIMIT}"
+        )
     return int(text)
+
+
+def _text(text: str | None, name: str) -> str | None:
+    if text is not None and len(text) > MAX_PARAMETER_CHARS:
+        raise ApiError(
+            400, "invalid_request", f"{name} is longer than {MAX_PARAMETER_CHARS} characters"
+        )
+    return text
 
 
 def _time(text: str | None, name: str, *, default: bool = False) -> str:
