@@ -89,6 +89,7 @@ async def running(
             conn,
             commit_max_rows=storage.commit_max_rows,
             dedup_window_s=storage.dedup_window_s,
+            dedup_scope=storage.dedup_scope,
             full_retry_after_s=storage.full_retry_after_s,
             clock_s=clock_s,
         )

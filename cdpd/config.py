@@ -66,6 +66,10 @@ class StorageConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     max_outbox_bytes: NonNegativeInt = 0
     min_free_disk_bytes: NonNegativeInt = 256 * 1024 * 1024
     dedup_window_s: NonNegativeInt = 24 * 3600
+    # "source": a messageId is a duplicate only of one stored by the same source, so no source
+    # (a public browser write key) can suppress another's messages by guessing their ids.
+    # "global": of one stored by any source, as Segment deduplicates.
+    dedup_scope: Literal["source", "global"] = "source"
     commit_max_rows: PositiveInt = 1000
     # How long to answer 503 after the outbox was found full before trying to write again.
     full_retry_after_s: PositiveInt = 5
