@@ -32,6 +32,9 @@ class ServerConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     max_request_bytes: PositiveInt = 512_000
     max_event_bytes: PositiveInt = 32 * 1024
     max_batch_events: PositiveInt = 2500
+    # Rejected messages of one request kept one by one in `rejects`; the rest of that request's
+    # rejections are one summary row (reason_code "more_rejected") counting them by reason.
+    max_rejects_per_request: PositiveInt = 100
     # Take the client address for context.ip from X-Forwarded-For (only behind a trusted proxy).
     trust_forwarded_for: bool = False
     shutdown_timeout_s: PositiveFloat = 30.0

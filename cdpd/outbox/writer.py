@@ -120,6 +120,7 @@ class OutboxWriter:
         self._cutoff_second = -1
         self._cutoff = NO_DEDUP_CUTOFF
         self._listeners: list[asyncio.Event] = []
+        self._admit: Callable[[int], OutboxUnavailable | None] | None = None
         self.commits = 0
         self.committed_rows = 0
 
@@ -196,6 +197,11 @@ class OutboxWriter:
 
     # -- what the space monitor calls -----------------------------------------------------------
 
+    def guard_space(self, admit: Callable[[int], OutboxUnavailable | None]) -> None:
+        """Before each commit that stores requests' rows, ask `admit(bytes_about_to_be_written)`;
+        a refusal it returns answers that commit's requests (later stages' writes still go)."""
+        self._admit = admit
+
     def refuse(self, reason: OutboxUnavailable | None) -> None:
         """Refuse (or, with None, accept again) new writes, e.g. while the disk is nearly full."""
         self._refusal = reason
@@ -257,13 +263,28 @@ class OutboxWriter:
             rows += len(item.rows)
         return group
 
+    def _admitted(self, group: list[_Pending]) -> list[_Pending]:
+        """The group, or none of it when the space guard refuses what it would write."""
+        if not group or self._admit is None:
+            return group
+        size = sum(_bytes_of(item) for item in group)
+        refusal = self._admit(size)
+        if refusal is None:
+            return group
+        for item in group:
+            if not item.done.done():
+                item.done.set_exception(refusal)
+        return []
+
     def _take_ops(self) -> list[_Op]:
         ops = list(self._ops)
         self._ops.clear()
         return ops
 
     async def _cycle(self) -> None:
-        group, ops = self._take_group(), self._take_ops()
+        group, ops = self._admitted(self._take_group()), self._take_ops()
+        if not group and not ops:
+            return
         try:
             await self._commit(group, ops)
         except BaseException:
@@ -417,6 +438,13 @@ def _first_of_each_id(group: list[_Pending], *, by_source: bool) -> list[object]
             params += astuple(row)
             params.append(item.dedup_cutoff)
     return params
+
+
+def _bytes_of(item: _Pending) -> int:
+    """Roughly what a request adds to the outbox: its payloads (the rest of a row is small)."""
+    return sum(len(row.payload) for row in item.rows) + sum(
+        len(reject.payload) + len(reject.reason) for reject in item.rejects
+    )
 
 
 @functools.lru_cache(maxsize=2 * ROWS_PER_STATEMENT)

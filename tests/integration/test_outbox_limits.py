@@ -3,6 +3,7 @@ and takes messages again once there is room."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -127,3 +128,35 @@ def _refusal(writer: OutboxWriter) -> Any:
     except OutboxUnavailable as exc:
         return exc.code
     return None
+
+
+async def test_free_space_is_measured_before_each_commit(
+    make_config: Callable[..., Config], http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    """Between two timer checks a burst cannot run the disk past the floor: each commit
+    measures the disk and counts what it would write."""
+    floor = 10 * 1024 * 1024
+    free = {"bytes": floor + 50 * 1024 * 1024}
+
+    def measure(_: Path) -> int:
+        return free["bytes"]
+
+    config = make_config("")
+    storage = msgspec.structs.replace(config.storage, min_free_disk_bytes=floor)
+    config = msgspec.structs.replace(config, storage=storage)
+    async with running(config, free_bytes=measure) as server:
+        url = f"{server.url}/v1/batch"
+        async with http.post(url, data=batch_of(0, 50), headers=AUTH) as resp:
+            assert resp.status == 200
+        free["bytes"] = floor + 10 * 1024  # above the floor, but not by 50 messages' worth
+        async with http.post(url, data=batch_of(100, 50), headers=AUTH) as resp:
+            assert resp.status == 503
+            assert (await resp.json())["code"] == "disk_full"
+        for _ in range(50):  # the timer sees the floor is not crossed and takes writes again
+            async with http.get(f"{server.url}/health") as resp:
+                if resp.status == 200:
+                    break
+            await asyncio.sleep(0.1)
+        async with http.post(url, data=batch_of(200, 1), headers=AUTH) as resp:
+            assert resp.status == 200
+    assert query(data_dir, "SELECT count(*) FROM messages") == [(51,)]
