@@ -23,7 +23,7 @@ import structlog
 import uvloop
 from aiohttp import web
 
-from cdpd import logs
+from cdpd import connections, logs
 from cdpd import web as cdpd_web
 from cdpd.clock import Clock, SystemClock
 from cdpd.config import Config, ConfigError
@@ -203,30 +203,45 @@ async def _outbound_session() -> AsyncIterator[aiohttp.ClientSession]:
 async def _serving_http(
     config: Config, stages: cdpd_web.Stages
 ) -> AsyncIterator[tuple[str, web.Application]]:
+    server_config = config.server
     drain = cdpd_web.Drain()
     app = cdpd_web.build(config, stages, drain)
     runner = web.AppRunner(
         app,
         access_log=None,
         handle_signals=False,
-        shutdown_timeout=config.server.shutdown_timeout_s,
+        shutdown_timeout=server_config.shutdown_timeout_s,
+        **connections.handler_args(
+            server_config.max_headers,
+            server_config.max_header_bytes,
+            server_config.keepalive_timeout_s,
+        ),
     )
+    guard = connections.ConnectionGuard(
+        max_connections=server_config.max_connections,
+        max_header_bytes=server_config.max_header_bytes,
+        header_timeout_s=server_config.header_timeout_s,
+    )
+    app[cdpd_web.CONNECTIONS] = guard
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.server.host, config.server.port)
-        await site.start()
+        assert runner.server is not None
+        listener = await asyncio.get_running_loop().create_server(
+            guard.factory(runner.server), server_config.host, server_config.port
+        )
         try:
-            yield _url(runner), app
+            yield _url(listener), app
         finally:
-            await site.stop()  # no new connections
+            listener.close()  # no new connections
             open_connections = len(runner.server.connections) if runner.server else 0
-            await drain.finish(config.server.shutdown_timeout_s, open_connections)
+            await drain.finish(server_config.shutdown_timeout_s, open_connections)
     finally:
         await runner.cleanup()  # closes the now idle connections
+        guard.close()
 
 
-def _url(runner: web.AppRunner) -> str:
-    host, port = runner.addresses[0][:2]
+def _url(listener: asyncio.Server) -> str:
+    host, port = listener.sockets[0].getsockname()[:2]
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{port}"

@@ -38,6 +38,14 @@ class ServerConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     # Take the client address for context.ip from X-Forwarded-For (only behind a trusted proxy).
     trust_forwarded_for: bool = False
     shutdown_timeout_s: PositiveFloat = 30.0
+    # Client limits (see cdpd/connections.py): open connections; a request head's total size,
+    # header count and time from its first byte to its end; the body's time; idle keep-alive.
+    max_connections: PositiveInt = 2000
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024
+    max_headers: PositiveInt = 100
+    header_timeout_s: PositiveFloat = 10.0
+    body_timeout_s: PositiveFloat = 60.0
+    keepalive_timeout_s: PositiveFloat = 15.0
     cors_max_age_s: NonNegativeInt = 900
 
     @property

@@ -22,6 +22,7 @@ from aiohttp import web
 from cdpd import logs
 from cdpd.admin import Admin
 from cdpd.config import Config
+from cdpd.connections import ConnectionGuard
 from cdpd.delivery.service import Delivery
 from cdpd.governance.stage import Governance
 from cdpd.ingest import cors
@@ -34,6 +35,7 @@ log = structlog.get_logger()
 
 INGEST = web.AppKey("ingest", Ingest)
 WRITER = web.AppKey("writer", OutboxWriter)
+CONNECTIONS = web.AppKey("connections", ConnectionGuard)
 MAX_CLIENT_REQUEST_ID_CHARS = 200
 START_GRACE_S = 0.2
 
@@ -151,6 +153,8 @@ class _RequestWrapper:
         counter = self._counter
         drain = self._drain
         min_logged_status = self._min_logged_status
+        request_started = ConnectionGuard.request_started
+        request_finished = ConnectionGuard.request_finished
 
         @functools.wraps(handler)
         async def wrapped(request: web.Request) -> web.StreamResponse:
@@ -159,6 +163,7 @@ class _RequestWrapper:
             fields: dict[str, Any] = {"request_id": request_id}
             request[LOG_FIELDS] = fields
             drain.enter()
+            request_started(request)
             try:
                 response = await handler(request)
             except ApiError as exc:
@@ -173,6 +178,7 @@ class _RequestWrapper:
                 )
             finally:
                 drain.leave()
+                request_finished(request)
             if drain.closing:
                 response.force_close()  # one last answer per kept-alive connection
             response.headers["X-Request-Id"] = request_id

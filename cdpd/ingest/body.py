@@ -14,7 +14,22 @@ from aiohttp.http_exceptions import PayloadEncodingError
 from cdpd.ingest.errors import ApiError
 
 
-async def read_limited(request: web.Request, limit_bytes: int) -> bytes:
+async def read_limited(request: web.Request, limit_bytes: int, timeout_s: float) -> bytes:
+    """The body, read within `timeout_s` (a client trickling it in is answered 408 and its
+    connection closed once answered)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read(request, limit_bytes)
+    except TimeoutError:
+        request.protocol.close()  # the rest of the body is not read; nothing can follow it
+        raise ApiError(
+            408,
+            "request_timeout",
+            f"the request body did not arrive within {timeout_s:g} s (server.body_timeout_s)",
+        ) from None
+
+
+async def _read(request: web.Request, limit_bytes: int) -> bytes:
     declared = request.content_length
     plain = "Content-Encoding" not in request.headers
     if plain and declared is not None:

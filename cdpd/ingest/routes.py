@@ -101,7 +101,9 @@ class Ingest:
 
     async def single(self, request: web.Request, *, kind: str, browser: bool) -> web.Response:
         self._writer.check_accepting()
-        body = await read_limited(request, self._server.max_request_bytes)
+        body = await read_limited(
+            request, self._server.max_request_bytes, self._server.body_timeout_s
+        )
         received_ms = now_ms()
         message: RawObject = _decode(_message_decoder, body, request)  # decoded once, here
         body_key = _lenient(message.get("writeKey", NULL), _text_decoder, "writeKey", [])
@@ -114,7 +116,9 @@ class Ingest:
 
     async def batch(self, request: web.Request, *, browser: bool) -> web.Response:
         self._writer.check_accepting()
-        body = await read_limited(request, self._server.max_request_bytes)
+        body = await read_limited(
+            request, self._server.max_request_bytes, self._server.body_timeout_s
+        )
         received_ms = now_ms()
         envelope = _decode(_batch_decoder, body, request)
         ignored: list[str] = []  # envelope fields of the wrong type: each message is kept
@@ -147,7 +151,7 @@ class Ingest:
 
     async def telemetry(self, request: web.Request) -> web.Response:
         """analytics.js metrics (`/v1/m`): read and dropped, as they describe the library itself."""
-        await read_limited(request, self._server.max_request_bytes)
+        await read_limited(request, self._server.max_request_bytes, self._server.body_timeout_s)
         return self._success(request)
 
     async def settings(self, request: web.Request) -> web.Response:

@@ -1,7 +1,7 @@
 """Watching the disk under the outbox so that cdpd answers 503 before the disk is full.
 
-The check runs on a timer and before each commit of requests' rows (one statvfs, on the
-writer's cycle); when space returns, writes resume. The
+The disk is measured on a timer; between two measurements, each commit of requests' rows counts
+what it writes against the space measured; when space returns, writes resume. The
 watch is a supervised service (`run(stop)`): a failing measurement is logged and the watch
 restarts, while the refusal it last decided stays in force.
 """
@@ -62,19 +62,24 @@ class SpaceWatch:
         self._interval_s = interval_s
         self.refusing = False
         self._refusal: OutboxUnavailable | None = None
+        self._measured_free = 0
+        self._written_since = 0
         writer.guard_space(self.admit)
 
     async def check(self) -> None:
-        self._decide(await asyncio.to_thread(self._measure, self._data_dir))
+        free = await asyncio.to_thread(self._measure, self._data_dir)
+        self._measured_free, self._written_since = free, 0
+        self._decide(free)
 
     def admit(self, size_bytes: int) -> OutboxUnavailable | None:
-        """Asked by the writer before each commit of requests' rows: measured there and then
-        (one statvfs), so a burst between two timer checks cannot run the disk past the floor.
-        What the commit would write counts `WRITE_FACTOR` times (WAL, then the database)."""
+        """Asked by the writer before each commit of requests' rows: the free space of the last
+        measurement less what has been committed since, so a burst between two measurements
+        cannot run the disk past the floor. What a commit writes counts `WRITE_FACTOR` times
+        (the WAL, then the database file)."""
         if not self._min_free_bytes:
             return None
-        free = self._measure(self._data_dir) - size_bytes * WRITE_FACTOR
-        return self._decide(free)
+        self._written_since += size_bytes * WRITE_FACTOR
+        return self._decide(self._measured_free - self._written_since)
 
     def _decide(self, free: int) -> OutboxUnavailable | None:
         low = free < self._min_free_bytes
