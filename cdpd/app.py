@@ -36,6 +36,7 @@ from cdpd.metrics import Metrics
 from cdpd.outbox import consumers, schema, space
 from cdpd.outbox.space import SpaceWatch
 from cdpd.outbox.writer import OutboxWriter
+from cdpd.shutdown import ShutdownBudget
 from cdpd.supervise import Restarts, supervise
 from cdpd.systemd import Notifier
 from cdpd.warehouse.position import prunable_seq
@@ -122,6 +123,10 @@ async def running(
             )
             # One stop event per phase of the drain, set in the order of the `finally` below.
             warehouses_stop, space_stop = asyncio.Event(), asyncio.Event()
+            budget = ShutdownBudget(
+                config.server.shutdown_timeout_s,
+                delivery_drain_s=config.delivery.drain_timeout_s,
+            )
             supervised = functools.partial(supervise, clock=clock, restarts=restarts)
             stages = cdpd_web.Stages(writer, reader, delivery, metrics, governance)
             async with asyncio.TaskGroup() as tasks:
@@ -144,10 +149,12 @@ async def running(
                 # when it ends, so running it again would not be a restart. Its parts are
                 # restarted inside `cdpd.delivery`.
                 delivery_task = tasks.create_task(delivery.run(), name="delivery")
-                for schedule in warehouses.schedules():
+                syncs = [
                     tasks.create_task(
                         supervised(schedule.name, schedule.run, warehouses_stop), name=schedule.name
                     )
+                    for schedule in warehouses.schedules()
+                ]
                 governance_work = GovernanceService(
                     writer,
                     governance,
@@ -160,7 +167,7 @@ async def running(
                     name="governance",
                 )
                 try:
-                    async with _serving_http(config, stages) as (url, app):
+                    async with _serving_http(config, stages, budget) as (url, app):
                         yield Running(
                             url=url,
                             app=app,
@@ -170,11 +177,14 @@ async def running(
                             restarts=restarts,
                         )
                 finally:
-                    warehouses_stop.set()  # a sync commits the batch it is in; the TaskGroup waits
-                    delivery.stop()  # lanes finish their attempts, unfinished claims go back
+                    budget.start()
+                    warehouses_stop.set()  # a sync commits the batch it is in
+                    # lanes finish their attempts, unfinished claims go back
+                    delivery.stop(budget.delivery_drain_s())
                     await delivery_task
                     governance_stop.set()  # writes the last schema counts
                     await governance_task
+                    await _wait_or_cancel(syncs, budget.warehouses_s())
                     writer.close()  # commits what is still pending, then its task ends
                     await writer_task
                     space_stop.set()
@@ -199,9 +209,22 @@ async def _outbound_session() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+async def _wait_or_cancel(tasks: list[asyncio.Task[None]], timeout_s: float) -> None:
+    """Wait for `tasks` at most `timeout_s`, then cancel the rest (a cancelled warehouse sync
+    rolls its batch back; the next start loads it again)."""
+    if not tasks:
+        return
+    _, unfinished = await asyncio.wait(tasks, timeout=timeout_s)
+    for task in unfinished:
+        log.warning("shutdown_timeout_cancelled", task=task.get_name(), timeout_s=timeout_s)
+        task.cancel()
+    if unfinished:
+        await asyncio.wait(unfinished)
+
+
 @asynccontextmanager
 async def _serving_http(
-    config: Config, stages: cdpd_web.Stages
+    config: Config, stages: cdpd_web.Stages, budget: ShutdownBudget
 ) -> AsyncIterator[tuple[str, web.Application]]:
     server_config = config.server
     drain = cdpd_web.Drain()
@@ -210,7 +233,7 @@ async def _serving_http(
         app,
         access_log=None,
         handle_signals=False,
-        shutdown_timeout=server_config.shutdown_timeout_s,
+        shutdown_timeout=budget.close_s,  # after the drain below: idle connections only
         **connections.handler_args(
             server_config.max_headers,
             server_config.max_header_bytes,
@@ -232,9 +255,10 @@ async def _serving_http(
         try:
             yield _url(listener), app
         finally:
+            budget.start()
             listener.close()  # no new connections
             open_connections = len(runner.server.connections) if runner.server else 0
-            await drain.finish(server_config.shutdown_timeout_s, open_connections)
+            await drain.finish(budget.requests_s(), open_connections)
     finally:
         await runner.cleanup()  # closes the now idle connections
         guard.close()

@@ -66,12 +66,13 @@ class Drain:
         """Wait, at most `timeout_s`, for the requests being handled; from now on each answer
         closes its connection."""
         self.closing = True
-        if open_connections:
+        grace_s = min(START_GRACE_S, timeout_s) if open_connections else 0.0
+        if grace_s:
             # A request that had reached an open connection but not been read yet gets a
             # moment to start, so that it is waited for too rather than cut off.
-            await asyncio.sleep(min(START_GRACE_S, timeout_s))
+            await asyncio.sleep(grace_s)
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            await asyncio.wait_for(self._idle.wait(), timeout_s - grace_s)
         except TimeoutError:
             log.warning("drain_timeout", requests_unfinished=self.active, timeout_s=timeout_s)
 

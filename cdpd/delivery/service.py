@@ -78,6 +78,7 @@ class Delivery:
         )
         self.restarts = restarts or Restarts()
         self._stop = asyncio.Event()
+        self._drain_timeout_s = self._config.drain_timeout_s
 
     async def start(self) -> None:
         """Recover from the last stop and set positions; before `run`, once the outbox writer
@@ -132,7 +133,10 @@ class Delivery:
                 except Exception:
                     log.exception("destination_close_failed", destination=sender.name)
 
-    def stop(self) -> None:
+    def stop(self, drain_timeout_s: float | None = None) -> None:
+        """Stop; attempts in flight get `drain_timeout_s` (at most the configured one)."""
+        if drain_timeout_s is not None:
+            self._drain_timeout_s = min(self._drain_timeout_s, max(drain_timeout_s, 0.0))
         self._stop.set()
         for lane in self.lanes.values():
             lane.stop()
@@ -140,12 +144,12 @@ class Delivery:
     async def _drain(self, lanes: list[asyncio.Task[None]]) -> None:
         if not lanes:
             return
-        _, unfinished = await asyncio.wait(lanes, timeout=self._config.drain_timeout_s)
+        _, unfinished = await asyncio.wait(lanes, timeout=self._drain_timeout_s)
         if unfinished:
             log.warning(
                 "delivery_drain_timeout",
                 lanes=len(unfinished),
-                timeout_s=self._config.drain_timeout_s,
+                timeout_s=self._drain_timeout_s,
             )
             for task in unfinished:
                 task.cancel()
