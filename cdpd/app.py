@@ -128,7 +128,7 @@ async def running(
                 delivery_drain_s=config.delivery.drain_timeout_s,
             )
             supervised = functools.partial(supervise, clock=clock, restarts=restarts)
-            stages = cdpd_web.Stages(writer, reader, delivery, metrics, governance)
+            stages = cdpd_web.Stages(writer, reader, delivery, metrics, governance, warehouses)
             async with asyncio.TaskGroup() as tasks:
                 writer_task = tasks.create_task(
                     supervised("outbox-writer", _writer_service(writer), asyncio.Event()),

@@ -30,12 +30,14 @@ from cdpd.ingest.errors import ApiError
 from cdpd.ingest.routes import LOG_FIELDS, Ingest
 from cdpd.metrics import Metrics
 from cdpd.outbox.writer import OutboxUnavailable, OutboxWriter
+from cdpd.warehouse.scheduler import Scheduler
 
 log = structlog.get_logger()
 
 INGEST = web.AppKey("ingest", Ingest)
 WRITER = web.AppKey("writer", OutboxWriter)
 CONNECTIONS = web.AppKey("connections", ConnectionGuard)
+WAREHOUSES = web.AppKey("warehouses", Scheduler)
 MAX_CLIENT_REQUEST_ID_CHARS = 200
 START_GRACE_S = 0.2
 
@@ -88,6 +90,7 @@ class Stages(NamedTuple):
     delivery: Delivery
     metrics: Metrics
     governance: Governance | None = None
+    warehouses: Scheduler | None = None
 
 
 def build(config: Config, stages: Stages, drain: Drain) -> web.Application:
@@ -98,6 +101,8 @@ def build(config: Config, stages: Stages, drain: Drain) -> web.Application:
     app[INGEST] = ingest
     app[WRITER] = stages.writer
     app[DRAIN] = drain
+    if stages.warehouses is not None:
+        app[WAREHOUSES] = stages.warehouses
     access = logs.access_log(config.logging.level) if config.logging.access_log else None
     wrap = _RequestWrapper(drain, access, errors_only=config.logging.access_log == "errors")
     routes = [*ingest.routes(), *admin.routes(), web.get("/health", health)]
@@ -113,6 +118,14 @@ async def health(request: web.Request) -> web.Response:
         request.app[WRITER].check_accepting()
     except OutboxUnavailable as exc:
         return web.json_response({"status": exc.code, "message": exc.message}, status=503)
+    warehouses = request.app.get(WAREHOUSES)
+    if warehouses is not None and warehouses.gaps:
+        # Ingest works (200), but something stored is not reaching where it should.
+        problems = [
+            {"code": gap.code, "warehouse": name, "message": gap.message}
+            for name, gap in sorted(warehouses.gaps.items())
+        ]
+        return web.json_response({"status": "degraded", "problems": problems})
     return web.json_response({"status": "ok"})
 
 
