@@ -29,6 +29,7 @@ from aiohttp import web
 log = structlog.get_logger()
 
 LOG_INTERVAL_S = 10.0
+LINGER_S = 2.0
 HEAD_END = b"\r\n\r\n"
 
 _STATUS_TEXT = {
@@ -304,4 +305,8 @@ def handler_args(max_headers: int, max_header_bytes: int, keepalive_timeout_s: f
         "max_field_size": line,
         "max_line_size": line,
         "keepalive_timeout": keepalive_timeout_s,
+        # After an answer given before the whole body was read (too large, too slow), what
+        # is left of it is read and dropped for at most this long, so that the client sees
+        # the answer rather than a reset; aiohttp's default is 10 s.
+        "lingering_time": LINGER_S,
     }

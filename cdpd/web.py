@@ -182,6 +182,8 @@ class _RequestWrapper:
                 response = await handler(request)
             except ApiError as exc:
                 response = _error_response(request, exc.status, exc.code, exc.message, exc.headers)
+                if exc.close:
+                    response.force_close()
             except OutboxUnavailable as exc:
                 headers = {"Retry-After": str(exc.retry_after_s)}
                 response = _error_response(request, 503, exc.code, exc.message, headers)

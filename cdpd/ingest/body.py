@@ -21,11 +21,11 @@ async def read_limited(request: web.Request, limit_bytes: int, timeout_s: float)
         async with asyncio.timeout(timeout_s):
             return await _read(request, limit_bytes)
     except TimeoutError:
-        request.protocol.close()  # the rest of the body is not read; nothing can follow it
         raise ApiError(
             408,
             "request_timeout",
             f"the request body did not arrive within {timeout_s:g} s (server.body_timeout_s)",
+            close=True,  # the rest of the body is not read, so nothing can follow it
         ) from None
 
 
