@@ -37,16 +37,33 @@ async def _loaded(warehouse: WarehouseProbe) -> list[str]:
     return sorted(row[0] for row in rows)
 
 
-def _lose_the_wal(data_dir: Path, copy: Path) -> None:
-    """Put back the database file as it was (`copy`, taken while the last commits were only in
-    the WAL), without its WAL: what a lost or corrupted WAL leaves."""
+WAL_HEADER_BYTES = 32
+
+
+def _crash_image(data_dir: Path, into: Path) -> None:
+    """Copy the outbox file and its WAL as they are now (the last commits only in the WAL)."""
+    path = outbox_path(data_dir)
+    into.mkdir()
+    for name in (path.name, path.name + "-wal"):
+        shutil.copyfile(path.with_name(name), into / name)
+
+
+def _restore_with_a_bad_wal(data_dir: Path, image: Path, wal: str) -> None:
+    """Put the crash image back with its WAL lost, or with every frame after the WAL's header
+    overwritten (SQLite drops frames whose checksums do not match: the commits are gone)."""
     path = outbox_path(data_dir)
     for suffix in ("-wal", "-shm"):
         path.with_name(path.name + suffix).unlink(missing_ok=True)
-    shutil.copyfile(copy, path)
+    shutil.copyfile(image / path.name, path)
+    if wal == "corrupted":
+        frames = (image / (path.name + "-wal")).read_bytes()
+        garbled = frames[:WAL_HEADER_BYTES] + b"\x5a" * (len(frames) - WAL_HEADER_BYTES)
+        path.with_name(path.name + "-wal").write_bytes(garbled)
 
 
-async def test_a_lost_wal_is_detected_refused_and_recovered(
+@pytest.mark.parametrize("wal", ["lost", "corrupted"])
+async def test_a_lost_or_corrupted_wal_is_detected_refused_and_recovered(
+    wal: str,
     make_config: Callable[..., cdpd_config.Config],
     http: aiohttp.ClientSession,
     warehouse: WarehouseProbe,
@@ -59,12 +76,12 @@ async def test_a_lost_wal_is_detected_refused_and_recovered(
     async with running(config) as server:  # m1..m3 loaded, then closed: in the database file
         await _send(http, server.url, range(1, 4))
         assert (await server.warehouses.sync_now("wh")).position == 3
-    copy = tmp_path / "outbox-before.sqlite3"
+    image = tmp_path / "crash"
     async with running(config) as server:  # m4..m6 loaded; their commits only in the WAL
         await _send(http, server.url, range(4, 7))
         assert (await server.warehouses.sync_now("wh")).position == 6
-        await asyncio.to_thread(shutil.copyfile, outbox_path(data_dir), copy)
-    _lose_the_wal(data_dir, copy)
+        await asyncio.to_thread(_crash_image, data_dir, image)
+    _restore_with_a_bad_wal(data_dir, image, wal)
 
     with capture_logs() as logs:
         async with running(config) as server:
