@@ -255,34 +255,36 @@ class Guarded(asyncio.Protocol):
         return (self.head_started_s or 0.0) < (other.head_started_s or 0.0)
 
     def cut(self, reason: str) -> None:
-        """Answer `reason`'s status (unless no request has begun: a client reusing an idle
-        connection would take an answer it did not ask for) and close."""
+        """Answer `reason`'s status and close. An idle connection closed to make room gets no
+        answer: a client reusing it would take an answer to a request it has not sent."""
         transport = self._transport
         if transport is None or transport.is_closing():
             return
         self._guard.note_cut(reason)
         self._stop_timer()
-        if self.head_started_s is not None or not self.waiting:
+        if reason != "connection_limit" or self.head_started_s is not None:
             transport.write(_answer(reason))
         transport.close()
 
     def _watch_head(self, data: bytes) -> bool:
-        """Count a request head's bytes; False when the connection was cut for them."""
+        """Count a request head's bytes; False when the connection was cut for them. A head
+        that arrives whole in one read (the usual case) costs one search and no timer."""
+        tail = self._tail
+        window = tail + data if tail else data
+        end = window.find(HEAD_END)
+        size = self._head_bytes + (len(data) if end < 0 else end + 4 - len(tail))
+        if size > self._guard.max_header_bytes:
+            self.cut("headers_too_large")
+            return False
+        if end >= 0:
+            self.busy()  # the handler says so too; a head without one (a 400) is answered
+            return True
         if self.head_started_s is None:
             self.head_started_s = time.monotonic()
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self._guard.header_timeout_s, self.cut, "header_timeout")
-        window = self._tail + data
-        end = window.find(HEAD_END)
-        size = self._head_bytes + (len(data) if end < 0 else end + 4 - len(self._tail))
-        if size > self._guard.max_header_bytes:
-            self.cut("headers_too_large")
-            return False
-        if end < 0:
-            self._head_bytes = size
-            self._tail = window[-3:]
-        else:
-            self.busy()  # the handler says so too; a head without one (a 400) is answered
+        self._head_bytes = size
+        self._tail = window[-3:]
         return True
 
     def _reset_head(self) -> None:

@@ -17,6 +17,8 @@ from cdpd.ingest.errors import ApiError
 async def read_limited(request: web.Request, limit_bytes: int, timeout_s: float) -> bytes:
     """The body, read within `timeout_s` (a client trickling it in is answered 408 and its
     connection closed once answered)."""
+    if request.content.is_eof():  # all of it is here already: no timer to set and cancel
+        return await _read(request, limit_bytes)
     try:
         async with asyncio.timeout(timeout_s):
             return await _read(request, limit_bytes)
