@@ -23,6 +23,9 @@ from cdpd.model.timestamps import format_ms, now_ms, parse_ms
 from cdpd.outbox import consumers
 from cdpd.outbox.writer import OutboxWriter
 
+MAX_LIMIT = 10_000  # rows in one listing
+MAX_PARAMETER_CHARS = 1000  # names, ids and times are far shorter
+
 
 class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     destination: str
@@ -89,10 +92,10 @@ class Admin:
 
     async def dead(self, request: web.Request) -> web.Response:
         scope = await self._authorize(request)
-        destination = request.query.get("destination")
+        destination = _text(request.query.get("destination"), "destination")
         if destination is not None and not _sees(scope, destination):
             raise _unknown_destination(destination)
-        limit = _int(request.query.get("limit", "100"), "limit")
+        limit = _limit(request.query.get("limit", "100"))
         found = await report.dead(self._reader, destination, limit if scope is None else 10**6)
         return _json({"dead": [d for d in found if _sees(scope, d.destination)][:limit]})
 
@@ -142,7 +145,7 @@ class Admin:
     async def show(self, request: web.Request) -> web.Response:
         """Where one message stands with each destination."""
         scope = await self._authorize(request)
-        message_id = request.match_info["message_id"]
+        message_id = _text(request.match_info["message_id"], "message_id") or ""
         if scope is not None and not await self._from_sources(message_id, scope.sources):
             raise ApiError(404, "unknown_message", f"no message {message_id!r} in the outbox")
         rules = [r for r in self._delivery.rules.values() if _sees(scope, r.destination)]
@@ -166,11 +169,11 @@ class Admin:
         sample message id (`cdpd violations` reads the same)."""
         scope = await self._authorize(request)
         since = request.query.get("since")
-        source = request.query.get("source")
+        source = _text(request.query.get("source"), "source")
         found = await governance_store.summarize_violations(
             self._reader,
             source=source,
-            event=request.query.get("event"),
+            event=_text(request.query.get("event"), "event"),
             since=_time(since, "since") if since else None,
         )
         if scope is not None:
@@ -272,10 +275,22 @@ def _json(body: object) -> web.Response:
     return web.Response(body=_encoder.encode(body), content_type="application/json")
 
 
-def _int(text: str, name: str) -> int:
-    if not text.isdigit():
-        raise ApiError(400, "invalid_request", f"{name} must be a whole number")
+def _limit(text: str) -> int:
+    """A listing's `limit`: ASCII digits only (`str.isdigit` takes "²", which `int` refuses)
+    and within what one answer may hold."""
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_LIMIT):
+        raise ApiError(
+            400, "invalid_request", f"limit must be a whole number from 1 to {MAX_LIMIT}"
+        )
     return int(text)
+
+
+def _text(text: str | None, name: str) -> str | None:
+    if text is not None and len(text) > MAX_PARAMETER_CHARS:
+        raise ApiError(
+            400, "invalid_request", f"{name} is longer than {MAX_PARAMETER_CHARS} characters"
+        )
+    return text
 
 
 def _time(text: str | None, name: str, *, default: bool = False) -> str:

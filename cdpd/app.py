@@ -25,7 +25,7 @@ import structlog
 import uvloop
 from aiohttp import web
 
-from cdpd import __version__, logs, startup
+from cdpd import __version__, connections, logs, startup
 from cdpd import web as cdpd_web
 from cdpd.clock import Clock, SystemClock
 from cdpd.config import Config
@@ -44,6 +44,7 @@ from cdpd.outbox.space import SpaceWatch
 from cdpd.outbox.writer import OutboxWriter
 from cdpd.privacy.regulations_service import RegulationService
 from cdpd.reload import Consumers, Edges, reload_from
+from cdpd.shutdown import ShutdownBudget
 from cdpd.supervise import Restarts, supervise
 from cdpd.systemd import Notifier
 from cdpd.warehouse.scheduler import Scheduler
@@ -115,6 +116,7 @@ async def running(
                 conn,
                 commit_max_rows=storage.commit_max_rows,
                 dedup_window_s=storage.dedup_window_s,
+                dedup_scope=storage.dedup_scope,
                 full_retry_after_s=storage.full_retry_after_s,
                 clock_s=clock_s,
             )
@@ -132,6 +134,9 @@ async def running(
                 restarts, data_dir=Path(storage.data_dir), outbox_path=storage.outbox_path
             )
             flow = Flow(config, writer, clock)
+            budget = ShutdownBudget(
+                config.server.shutdown_timeout_s, delivery_drain_s=config.delivery.drain_timeout_s
+            )
             async with (
                 schema.connect(storage.outbox_path, readonly=True) as reader,
                 console_state.connect(config.console.state_path(storage.data_dir)) as console,
@@ -201,7 +206,7 @@ async def running(
                     regulations,
                 )
                 try:
-                    async with _serving_http(config, stages, sock, admin_sock) as (
+                    async with _serving_http(config, stages, budget, sock, admin_sock) as (
                         url,
                         app,
                         admin_url,
@@ -218,18 +223,19 @@ async def running(
                             regulations=regulations,
                         )
                 finally:
+                    budget.start()
                     regulations_stop.set()  # the target in hand is finished and recorded
                     regulations.wake()
                     await regulations_task
                     # The drain, in order: a warehouse sync commits the batch it is in while
                     # lanes finish their attempts (unfinished claims go back)...
                     pipeline.signal_warehouses_stop()
-                    await pipeline.stop_delivery()
-                    await pipeline.stop_warehouses()
+                    await pipeline.stop_delivery(budget.delivery_drain_s())
                     flow_stop.set()  # ... the console counts what delivery did last ...
                     await flow_task
                     governance_stop.set()  # ... the last schema counts are written ...
                     await governance_task
+                    await pipeline.stop_warehouses(budget.warehouses_s())
                     writer.close()  # ... and the writer commits what is still pending.
                     await writer_task
                     space_stop.set()
@@ -271,7 +277,7 @@ async def _serving_admin(app: web.Application, sock: socket.socket) -> AsyncIter
     try:
         site = web.SockSite(runner, sock)
         await site.start()
-        yield _url(runner)
+        yield _url(sock.getsockname())
     finally:
         await runner.cleanup()
 
@@ -280,21 +286,36 @@ async def _serving_admin(app: web.Application, sock: socket.socket) -> AsyncIter
 async def _serving_http(
     config: Config,
     stages: cdpd_web.Stages,
+    budget: ShutdownBudget,
     sock: socket.socket,
     admin_sock: socket.socket | None = None,
 ) -> AsyncIterator[tuple[str, web.Application, str | None]]:
+    server_config = config.server
     drain = cdpd_web.Drain()
     app = cdpd_web.build(config, stages, drain)
     runner = web.AppRunner(
         app,
         access_log=None,
         handle_signals=False,
-        shutdown_timeout=config.server.shutdown_timeout_s,
+        shutdown_timeout=budget.close_s,  # after the drain below: idle connections only
+        **connections.handler_args(
+            server_config.max_headers,
+            server_config.max_header_bytes,
+            server_config.keepalive_timeout_s,
+        ),
     )
+    guard = connections.ConnectionGuard(
+        max_connections=server_config.max_connections,
+        max_header_bytes=server_config.max_header_bytes,
+        header_timeout_s=server_config.header_timeout_s,
+    )
+    app[cdpd_web.CONNECTIONS] = guard
     await runner.setup()
     try:
-        site = web.SockSite(runner, sock)
-        await site.start()
+        assert runner.server is not None
+        listener = await asyncio.get_running_loop().create_server(
+            guard.factory(runner.server), sock=sock
+        )
         try:
             async with contextlib.AsyncExitStack() as admin:
                 admin_url = None
@@ -303,17 +324,19 @@ async def _serving_http(
                     admin_url = await admin.enter_async_context(
                         _serving_admin(admin_app, admin_sock)
                     )
-                yield _url(runner), app, admin_url
+                yield _url(listener.sockets[0].getsockname()), app, admin_url
         finally:
-            await site.stop()  # no new connections
+            budget.start()
+            listener.close()  # no new connections
             open_connections = len(runner.server.connections) if runner.server else 0
-            await drain.finish(config.server.shutdown_timeout_s, open_connections)
+            await drain.finish(budget.requests_s(), open_connections)
     finally:
         await runner.cleanup()  # closes the now idle connections
+        guard.close()
 
 
-def _url(runner: web.AppRunner) -> str:
-    host, port = runner.addresses[0][:2]
+def _url(address: tuple[str, int]) -> str:
+    host, port = address[:2]
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{port}"

@@ -194,6 +194,7 @@ def _outbox(cfg: config.Config, args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     if args.outbox_command == "stats":
         stats = asyncio.run(reader.stats(path))
+        stats = msgspec.structs.replace(stats, sequence_gaps=asyncio.run(_sequence_gaps(cfg)))
         print(msgspec.json.encode(stats).decode() if args.json else _format_stats(stats))
         return EXIT_OK
     return outbox_commands_cli.tail(cfg, args)
@@ -393,11 +394,27 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+async def _sequence_gaps(cfg: config.Config) -> list[Any]:
+    """The warehouses ahead of the outbox (those that cannot be reached are not checked)."""
+    from cdpd.warehouse import loader
+
+    gaps = []
+    for warehouse in cfg.warehouses:
+        try:
+            gap = await loader.sequence_gap(cfg, warehouse)
+        except loader.SYNC_ERRORS:
+            continue
+        if gap is not None:
+            gaps.append(gap)
+    return gaps
+
+
 def _format_stats(stats: reader.OutboxStats) -> str:
-    lines = [
+    lines = [f"PROBLEM   {gap.message}" for gap in stats.sequence_gaps]
+    lines += [
         f"outbox    {stats.path}",
         f"size      {_human_bytes(stats.file_bytes)} ({stats.file_bytes} bytes, with the WAL)",
-        f"messages  {stats.messages}",
+        f"messages  {stats.messages} (last seq {stats.last_seq})",
         f"received  {stats.first_received_at or '-'} .. {stats.last_received_at or '-'}",
         "",
         f"{'source':<24} {'type':<10} {'messages':>10}",

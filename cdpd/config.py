@@ -40,9 +40,20 @@ class ServerConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     max_batch_request_bytes: PositiveInt = 4 * 1024 * 1024 + 64 * 1024
     max_event_bytes: PositiveInt = 32 * 1024
     max_batch_events: PositiveInt = 2500
+    # Rejected messages of one request kept one by one in `rejects`; the rest of that request's
+    # rejections are one summary row (reason_code "more_rejected") counting them by reason.
+    max_rejects_per_request: PositiveInt = 100
     # Take the client address for context.ip from X-Forwarded-For (only behind a trusted proxy).
     trust_forwarded_for: bool = False
     shutdown_timeout_s: PositiveFloat = 30.0
+    # Client limits (see cdpd/connections.py): open connections; a request head's total size,
+    # header count and time from its first byte to its end; the body's time; idle keep-alive.
+    max_connections: PositiveInt = 2000
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024
+    max_headers: PositiveInt = 100
+    header_timeout_s: PositiveFloat = 10.0
+    body_timeout_s: PositiveFloat = 60.0
+    keepalive_timeout_s: PositiveFloat = 15.0
     cors_max_age_s: NonNegativeInt = 900
 
     @property
@@ -74,6 +85,10 @@ class StorageConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     max_outbox_bytes: NonNegativeInt = 0
     min_free_disk_bytes: NonNegativeInt = 256 * 1024 * 1024
     dedup_window_s: NonNegativeInt = 24 * 3600
+    # "source": a messageId is a duplicate only of one stored by the same source, so no source
+    # (a public browser write key) can suppress another's messages by guessing their ids.
+    # "global": of one stored by any source, as Segment deduplicates.
+    dedup_scope: Literal["source", "global"] = "source"
     commit_max_rows: PositiveInt = 1000
     # How long to answer 503 after the outbox was found full before trying to write again.
     full_retry_after_s: PositiveInt = 5

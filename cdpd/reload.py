@@ -135,9 +135,12 @@ class Consumers:
         # so running it again would not be a restart. Its parts are restarted inside it.
         self._delivery_task = self._tasks.create_task(self.delivery.run(), name="delivery")
 
-    async def stop_delivery(self, *, let_attempts_finish: bool = False) -> None:
-        """Lanes finish their attempts, unfinished claims go back to pending."""
-        self.delivery.stop(let_attempts_finish=let_attempts_finish)
+    async def stop_delivery(
+        self, drain_timeout_s: float | None = None, *, let_attempts_finish: bool = False
+    ) -> None:
+        """Lanes finish their attempts (within `drain_timeout_s` at shutdown), unfinished
+        claims go back to pending."""
+        self.delivery.stop(drain_timeout_s, let_attempts_finish=let_attempts_finish)
         if self._delivery_task is not None:
             await self._delivery_task
             self._delivery_task = None
@@ -160,12 +163,19 @@ class Consumers:
     def signal_warehouses_stop(self) -> None:
         self._warehouses_stop.set()
 
-    async def stop_warehouses(self) -> None:
-        """A sync in progress commits the batch it is in."""
+    async def stop_warehouses(self, timeout_s: float | None = None) -> None:
+        """A sync in progress commits the batch it is in; one still running after `timeout_s`
+        (SIGTERM's budget) is cancelled, rolls its batch back, and loads it again next time."""
         self._warehouses_stop.set()
-        if self._warehouse_tasks:
-            await asyncio.wait(self._warehouse_tasks)
-        self._warehouse_tasks = []
+        tasks, self._warehouse_tasks = self._warehouse_tasks, []
+        if not tasks:
+            return
+        _, unfinished = await asyncio.wait(tasks, timeout=timeout_s)
+        for task in unfinished:
+            log.warning("shutdown_timeout_cancelled", task=task.get_name(), timeout_s=timeout_s)
+            task.cancel()
+        if unfinished:
+            await asyncio.wait(unfinished)
 
     # -- reloading ---------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from aiohttp import web
 from cdpd import logs
 from cdpd.admin import Admin
 from cdpd.config import Config
+from cdpd.connections import ConnectionGuard
 from cdpd.console import state as console_state
 from cdpd.console.debugger import Tap
 from cdpd.console.web import Console
@@ -35,6 +36,7 @@ from cdpd.metrics import Metrics
 from cdpd.outbox.writer import OutboxUnavailable, OutboxWriter
 from cdpd.privacy.regulations_api import RegulationsApi
 from cdpd.privacy.regulations_service import RegulationService
+from cdpd.warehouse.scheduler import Scheduler
 
 if TYPE_CHECKING:
     from cdpd.reload import Consumers
@@ -44,6 +46,9 @@ log = structlog.get_logger()
 INGEST = web.AppKey("ingest", Ingest)
 WRITER = web.AppKey("writer", OutboxWriter)
 ADMIN = web.AppKey("admin", Admin)
+CONNECTIONS = web.AppKey("connections", ConnectionGuard)
+# The warehouses in force, for /health (a reload replaces them).
+WAREHOUSES = web.AppKey[Callable[[], Scheduler | None]]("warehouses")
 MAX_CLIENT_REQUEST_ID_CHARS = 200
 START_GRACE_S = 0.2
 
@@ -74,12 +79,13 @@ class Drain:
         """Wait, at most `timeout_s`, for the requests being handled; from now on each answer
         closes its connection."""
         self.closing = True
-        if open_connections:
+        grace_s = min(START_GRACE_S, timeout_s) if open_connections else 0.0
+        if grace_s:
             # A request that had reached an open connection but not been read yet gets a
             # moment to start, so that it is waited for too rather than cut off.
-            await asyncio.sleep(min(START_GRACE_S, timeout_s))
+            await asyncio.sleep(grace_s)
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            await asyncio.wait_for(self._idle.wait(), timeout_s - grace_s)
         except TimeoutError:
             log.warning("drain_timeout", requests_unfinished=self.active, timeout_s=timeout_s)
 
@@ -130,10 +136,13 @@ def build(config: Config, stages: Stages, drain: Drain) -> web.Application:
     app[WRITER] = stages.writer
     app[DRAIN] = drain
     app[ADMIN] = admin
+    pipeline = stages.pipeline
+    app[WAREHOUSES] = lambda: pipeline.warehouses if pipeline is not None else None
     if config.admin.listen is not None:
         admin_app = _application(config, [*operator, health_route], wrap)
         admin_app[WRITER] = stages.writer
         admin_app[DRAIN] = drain
+        admin_app[WAREHOUSES] = app[WAREHOUSES]
         app[ADMIN_APP] = admin_app
     return app
 
@@ -174,6 +183,15 @@ async def health(request: web.Request) -> web.Response:
         request.app[WRITER].check_accepting()
     except OutboxUnavailable as exc:
         return web.json_response({"status": exc.code, "message": exc.message}, status=503)
+    in_force = request.app.get(WAREHOUSES)
+    warehouses = in_force() if in_force is not None else None
+    if warehouses is not None and warehouses.gaps:
+        # Ingest works (200), but something stored is not reaching where it should.
+        problems = [
+            {"code": gap.code, "warehouse": name, "message": gap.message}
+            for name, gap in sorted(warehouses.gaps.items())
+        ]
+        return web.json_response({"status": "degraded", "problems": problems})
     return web.json_response({"status": "ok"})
 
 
@@ -224,6 +242,8 @@ class _RequestWrapper:
         drain = self._drain
         min_logged_status = self._min_logged_status
         answers = self._answers
+        request_started = ConnectionGuard.request_started
+        request_finished = ConnectionGuard.request_finished
 
         @functools.wraps(handler)
         async def wrapped(request: web.Request) -> web.StreamResponse:
@@ -232,10 +252,13 @@ class _RequestWrapper:
             fields: dict[str, Any] = {"request_id": request_id}
             request[LOG_FIELDS] = fields
             drain.enter()
+            request_started(request)
             try:
                 response = await handler(request)
             except ApiError as exc:
                 response = _error_response(request, exc.status, exc.code, exc.message, exc.headers)
+                if exc.close:
+                    response.force_close()
             except OutboxUnavailable as exc:
                 headers = {"Retry-After": str(exc.retry_after_s)}
                 response = _error_response(request, 503, exc.code, exc.message, headers)
@@ -248,6 +271,7 @@ class _RequestWrapper:
                 )
             finally:
                 drain.leave()
+                request_finished(request)
             if drain.closing:
                 response.force_close()  # one last answer per kept-alive connection
             response.headers["X-Request-Id"] = request_id

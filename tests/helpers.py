@@ -10,7 +10,7 @@ import signal
 import socket
 import sqlite3
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,9 +99,13 @@ class Daemon:
         return code
 
 
-async def spawn_cdpd(config_path: Path, env: Mapping[str, str] | None = None) -> Daemon:
-    """Start `python -m cdpd serve` and return once it logs the URL it listens on."""
+async def spawn_cdpd(
+    config_path: Path, env: Mapping[str, str] | None = None, prefix: Sequence[str] = ()
+) -> Daemon:
+    """Start `python -m cdpd serve` (after `prefix`, a command that runs it) and return once it
+    logs the URL it listens on."""
     proc = await asyncio.create_subprocess_exec(
+        *prefix,
         sys.executable,
         "-m",
         "cdpd",

@@ -89,6 +89,7 @@ class Delivery:
         )
         self.restarts = restarts or Restarts()
         self._stop = asyncio.Event()
+        self._drain_timeout_s = self._config.drain_timeout_s
 
     def in_flight(self, destination: str) -> int:
         """How many messages the destination's lane is sending now (0 without a lane)."""
@@ -150,9 +151,14 @@ class Delivery:
                 except Exception:
                     log.exception("destination_close_failed", destination=sender.name)
 
-    def stop(self, *, let_attempts_finish: bool = False) -> None:
-        """Stop delivering. Attempts in flight get `drain_timeout_s` (SIGTERM's budget), or
-        with `let_attempts_finish` (a reload) as long as their own request timeout needs."""
+    def stop(
+        self, drain_timeout_s: float | None = None, *, let_attempts_finish: bool = False
+    ) -> None:
+        """Stop delivering. Attempts in flight get `drain_timeout_s` (at most the configured
+        one: SIGTERM's budget), or with `let_attempts_finish` (a reload) as long as their own
+        request timeout needs."""
+        if drain_timeout_s is not None:
+            self._drain_timeout_s = min(self._drain_timeout_s, max(drain_timeout_s, 0.0))
         if let_attempts_finish:
             self._drain_timeout_s = max(self._drain_timeout_s, self._attempt_timeout_s + 1)
         self._stop.set()

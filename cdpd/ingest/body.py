@@ -14,7 +14,24 @@ from aiohttp.http_exceptions import PayloadEncodingError
 from cdpd.ingest.errors import ApiError
 
 
-async def read_limited(request: web.Request, limit_bytes: int) -> bytes:
+async def read_limited(request: web.Request, limit_bytes: int, timeout_s: float) -> bytes:
+    """The body, read within `timeout_s` (a client trickling it in is answered 408 and its
+    connection closed once answered)."""
+    if request.content.is_eof():  # all of it is here already: no timer to set and cancel
+        return await _read(request, limit_bytes)
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read(request, limit_bytes)
+    except TimeoutError:
+        raise ApiError(
+            408,
+            "request_timeout",
+            f"the request body did not arrive within {timeout_s:g} s (server.body_timeout_s)",
+            close=True,  # the rest of the body is not read, so nothing can follow it
+        ) from None
+
+
+async def _read(request: web.Request, limit_bytes: int) -> bytes:
     declared = request.content_length
     plain = "Content-Encoding" not in request.headers
     if plain and declared is not None:

@@ -7,10 +7,18 @@ class ApiError(Exception):
     """Answered as `{"code": ..., "message": ...}`: analytics-python needs both keys."""
 
     def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        *,
+        close: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers or {}
+        # Close the connection after the answer (what is left of the request cannot be read).
+        self.close = close

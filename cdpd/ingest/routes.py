@@ -23,8 +23,9 @@ from cdpd.ingest.auth import WriteKeys
 from cdpd.ingest.body import read_limited
 from cdpd.ingest.errors import ApiError
 from cdpd.ingest.normalize import Rejection, RequestFacts, normalize
+from cdpd.ingest.rejects import reject_rows
 from cdpd.ingest.settings import settings_document
-from cdpd.model.rows import OutboxRow, RejectRow
+from cdpd.model.rows import OutboxRow
 from cdpd.model.spec import NULL, BatchEnvelope, RawObject, SingleEnvelope
 from cdpd.model.timestamps import format_ms, now_ms, to_epoch_ms
 from cdpd.outbox.writer import OutboxWriter
@@ -113,7 +114,9 @@ class Ingest:
 
     async def single(self, request: web.Request, *, kind: str, browser: bool) -> web.Response:
         self._writer.check_accepting()
-        body = await read_limited(request, self._server.max_request_bytes)
+        body = await read_limited(
+            request, self._server.max_request_bytes, self._server.body_timeout_s
+        )
         received_ms = now_ms()
         message: RawObject = _decode(_message_decoder, body, request)  # decoded once, here
         body_key = _lenient(message.get("writeKey", NULL), _text_decoder, "writeKey", [])
@@ -126,7 +129,9 @@ class Ingest:
 
     async def batch(self, request: web.Request, *, browser: bool) -> web.Response:
         self._writer.check_accepting()
-        body = await read_limited(request, self._batch_limit_bytes(browser))
+        body = await read_limited(
+            request, self._batch_limit_bytes(browser), self._server.body_timeout_s
+        )
         received_ms = now_ms()
         envelope = _decode(_batch_decoder, body, request)
         ignored: list[str] = []  # envelope fields of the wrong type: each message is kept
@@ -167,7 +172,7 @@ class Ingest:
 
     async def telemetry(self, request: web.Request) -> web.Response:
         """analytics.js metrics (`/v1/m`): read and dropped, as they describe the library itself."""
-        await read_limited(request, self._server.max_request_bytes)
+        await read_limited(request, self._server.max_request_bytes, self._server.body_timeout_s)
         return self._success(request)
 
     async def settings(self, request: web.Request) -> web.Response:
@@ -251,28 +256,28 @@ class Ingest:
         rows = governed.rows
         rejections = [r for r in (*results, *governed.rejections) if type(r) is Rejection]
         admitted = governance.suppressions.admit_rejections(facts.source, rejections)
-        rejects = [_reject_row(r, facts) for r in admitted]
+        rejects = reject_rows(admitted, facts, self._server.max_rejects_per_request)
         stored = duplicates = 0
         if rows or rejects or governed.extra:
             outcome = await self._writer.append(rows, rejects, facts.received_at_ms, governed.extra)
             stored, duplicates = outcome.stored, outcome.duplicates
             if self.tap.watched:
                 self.tap.offer(facts.source, rows)
-        self._count(stored, duplicates, rejects)
+        self._count(stored, duplicates, admitted)
         fields = request[LOG_FIELDS]
         fields["source"] = facts.source
         fields["accepted"] = stored
         fields["duplicates"] = duplicates
-        fields["rejected"] = len(rejects)
-        if rejects:
-            fields["reject_reasons"] = sorted({r.reason_code for r in rejects})
+        fields["rejected"] = len(rejections)
+        if rejections:
+            fields["reject_reasons"] = sorted({r.code for r in rejections})
         return self._success(request)
 
-    def _count(self, stored: int, duplicates: int, rejects: list[RejectRow]) -> None:
+    def _count(self, stored: int, duplicates: int, rejections: Sequence[Rejection]) -> None:
         self.accepted += stored
         self.duplicates += duplicates
-        for reject in rejects:
-            self.rejected[reject.reason_code] = self.rejected.get(reject.reason_code, 0) + 1
+        for rejection in rejections:
+            self.rejected[rejection.code] = self.rejected.get(rejection.code, 0) + 1
 
     @staticmethod
     def _success(request: web.Request) -> web.Response:
@@ -344,16 +349,4 @@ def _over_batch_limit(raw: msgspec.Raw, limit: int) -> Rejection:
         reason=f"a batch may hold at most {limit} messages; this one is past that",
         message_id=None,
         payload=bytes(raw).decode("utf-8", errors="replace"),
-    )
-
-
-def _reject_row(rejection: Rejection, facts: RequestFacts) -> RejectRow:
-    return RejectRow(
-        received_at=facts.received_at,
-        source=facts.source,
-        request_id=facts.request_id,
-        reason_code=rejection.code,
-        reason=rejection.reason,
-        message_id=rejection.message_id,
-        payload=rejection.payload,
     )

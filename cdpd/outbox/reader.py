@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from cdpd.outbox import consumers, schema
+from cdpd.outbox import consumers, continuity, schema
 from cdpd.outbox.space import outbox_bytes
 
 
@@ -34,6 +34,9 @@ class OutboxStats(msgspec.Struct, frozen=True):
     by_type: list[TypeCount]
     rejects: list[RejectCount]
     consumers: list[consumers.ConsumerLag] = []
+    last_seq: int = 0  # the highest seq ever given (it never goes down, even when pruned)
+    # Warehouses ahead of the outbox (filled in by the CLI, which reads the warehouses).
+    sequence_gaps: list[continuity.SequenceGap] = []
 
 
 class StoredMessage(msgspec.Struct, frozen=True):
@@ -87,6 +90,7 @@ async def stats(path: Path) -> OutboxStats:
         rejects = [RejectCount(*row) for row in await conn.execute_fetchall(COUNT_REJECTS)]
         ((count, first, last),) = await conn.execute_fetchall(TIME_RANGE)
         lags = await consumers.lags(conn)
+        last_seq = await continuity.high_water(conn)
     return OutboxStats(
         path=str(path),
         file_bytes=outbox_bytes(path),
@@ -96,6 +100,7 @@ async def stats(path: Path) -> OutboxStats:
         by_type=by_type,
         rejects=rejects,
         consumers=lags,
+        last_seq=last_seq,
     )
 
 

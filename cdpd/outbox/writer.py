@@ -16,7 +16,7 @@ import functools
 import sqlite3
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import aiosqlite
 import msgspec
@@ -28,27 +28,31 @@ from cdpd.model.timestamps import format_ms
 log = structlog.get_logger()
 
 T = TypeVar("T")
+DedupScope = Literal["source", "global"]
 Operation = Callable[[aiosqlite.Connection], Awaitable[T]]
 
 # Rows go in as one multi-row statement per chunk rather than one statement per row: the
 # sqlite3 module releases and retakes the GIL around every statement step, and under load each
 # retake waits for the event loop thread to yield it. A message is a duplicate when the same
-# messageId was stored at or after its row's cutoff (column9).
+# messageId was stored at or after its row's cutoff (column9): by the same source
+# (dedup_scope "source"), or by any source ("global", Segment's rule).
 INSERT_MESSAGES = """
 INSERT INTO messages (message_id, source, type, event, user_id, anonymous_id, received_at, payload)
 SELECT column1, column2, column3, column4, column5, column6, column7, column8
 FROM (VALUES {values})
 WHERE NOT EXISTS (
-    SELECT 1 FROM messages AS m WHERE m.message_id = column1 AND m.received_at >= column9
+    SELECT 1 FROM messages AS m
+    WHERE m.message_id = column1 AND m.received_at >= column9 {same_source}
 )
 """
+SAME_SOURCE = {"source": "AND m.source = column2", "global": ""}
 ROWS_PER_STATEMENT = 500
 ROW_VALUES = 9  # the eight columns and the dedup cutoff
 INSERT_REJECT = """
 INSERT INTO rejects (received_at, source, request_id, reason_code, reason, message_id, payload)
 VALUES (?, ?, ?, ?, ?, ?, ?)
 """
-SELECT_IDS_AFTER = "SELECT message_id FROM messages WHERE seq > ?"
+SELECT_IDS_AFTER = "SELECT message_id, source FROM messages WHERE seq > ?"
 SELECT_LAST_SEQ = "SELECT seq FROM sqlite_sequence WHERE name = 'messages'"
 NO_DEDUP_CUTOFF = "9999"  # sorts after every timestamp: nothing counts as a duplicate
 astuple = msgspec.structs.astuple
@@ -97,8 +101,10 @@ class OutboxWriter:
         dedup_window_s: int,
         full_retry_after_s: int,
         clock_s: Callable[[], float],
+        dedup_scope: DedupScope = "source",
     ) -> None:
         self._conn = conn
+        self._dedup_scope = dedup_scope
         self._commit_max_rows = commit_max_rows
         self._dedup_window_ms = dedup_window_s * 1000
         self._full_retry_after_s = full_retry_after_s
@@ -114,6 +120,7 @@ class OutboxWriter:
         self._cutoff_second = -1
         self._cutoff = NO_DEDUP_CUTOFF
         self._listeners: list[asyncio.Event] = []
+        self._admit: Callable[[int], OutboxUnavailable | None] | None = None
         self.commits = 0
         self.committed_rows = 0
 
@@ -195,6 +202,11 @@ class OutboxWriter:
 
     # -- what the space monitor calls -----------------------------------------------------------
 
+    def guard_space(self, admit: Callable[[int], OutboxUnavailable | None]) -> None:
+        """Before each commit that stores requests' rows, ask `admit(bytes_about_to_be_written)`;
+        a refusal it returns answers that commit's requests (later stages' writes still go)."""
+        self._admit = admit
+
     def refuse(self, reason: OutboxUnavailable | None) -> None:
         """Refuse (or, with None, accept again) new writes, e.g. while the disk is nearly full."""
         self._refusal = reason
@@ -256,13 +268,28 @@ class OutboxWriter:
             rows += len(item.rows)
         return group
 
+    def _admitted(self, group: list[_Pending]) -> list[_Pending]:
+        """The group, or none of it when the space guard refuses what it would write."""
+        if not group or self._admit is None:
+            return group
+        size = sum(_bytes_of(item) for item in group)
+        refusal = self._admit(size)
+        if refusal is None:
+            return group
+        for item in group:
+            if not item.done.done():
+                item.done.set_exception(refusal)
+        return []
+
     def _take_ops(self) -> list[_Op]:
         ops = list(self._ops)
         self._ops.clear()
         return ops
 
     async def _cycle(self) -> None:
-        group, ops = self._take_group(), self._take_ops()
+        group, ops = self._admitted(self._take_group()), self._take_ops()
+        if not group and not ops:
+            return
         try:
             await self._commit(group, ops)
         except BaseException:
@@ -276,7 +303,7 @@ class OutboxWriter:
             raise
 
     async def _commit(self, group: list[_Pending], ops: list[_Op]) -> None:
-        rows = _first_of_each_id(group)
+        rows = _first_of_each_id(group, by_source=self._dedup_scope == "source")
         rejects = [reject for item in group for reject in item.rejects]
         extra = [statement for item in group for statement in item.extra]
         try:
@@ -306,7 +333,7 @@ class OutboxWriter:
         and COMMIT (the connection is in autocommit mode): one hop to the SQLite thread."""
         chunk = ROWS_PER_STATEMENT * ROW_VALUES
         statements = [
-            (_insert_sql(len(params) // ROW_VALUES), params)
+            (_insert_sql(len(params) // ROW_VALUES, self._dedup_scope), params)
             for params in (rows[start : start + chunk] for start in range(0, len(rows), chunk))
         ]
         if len(statements) == 1 and not rejects and not ops and not extra:
@@ -339,7 +366,7 @@ class OutboxWriter:
             return [0] * len(group)
         try:
             async with self._conn.execute(SELECT_IDS_AFTER, (seq_before,)) as cursor:
-                stored_ids = {row[0] for row in await cursor.fetchall()}
+                stored_ids = {(row[0], row[1]) for row in await cursor.fetchall()}
         except Exception:
             # The rows are committed: acknowledge them even if the counts cannot be split.
             log.exception("outbox_duplicate_count_failed")
@@ -348,8 +375,8 @@ class OutboxWriter:
         for item in group:
             dup_count = 0
             for row in item.rows:
-                if row.message_id in stored_ids:
-                    stored_ids.discard(row.message_id)
+                if (row.message_id, row.source) in stored_ids:
+                    stored_ids.discard((row.message_id, row.source))
                 else:
                     dup_count += 1
             counts.append(dup_count)
@@ -400,27 +427,35 @@ class OutboxWriter:
         return self._cutoff
 
 
-def _first_of_each_id(group: list[_Pending]) -> list[object]:
+def _first_of_each_id(group: list[_Pending], *, by_source: bool) -> list[object]:
     """The group's rows as flat statement parameters, keeping only the first row of each
-    messageId (later ones in the same group are duplicates of it), unless deduplication is
-    off."""
-    seen: set[str] = set()
+    messageId (of each source's, `by_source`; later ones in the same group are duplicates of
+    it), unless deduplication is off."""
+    seen: set[tuple[str, str]] = set()
     params: list[object] = []
     for item in group:
         dedup = item.dedup_cutoff != NO_DEDUP_CUTOFF
         for row in item.rows:
-            if dedup and row.message_id in seen:
+            key = (row.message_id, row.source if by_source else "")
+            if dedup and key in seen:
                 continue
-            seen.add(row.message_id)
+            seen.add(key)
             params += astuple(row)
             params.append(item.dedup_cutoff)
     return params
 
 
-@functools.lru_cache(maxsize=ROWS_PER_STATEMENT)
-def _insert_sql(row_count: int) -> str:
+def _bytes_of(item: _Pending) -> int:
+    """Roughly what a request adds to the outbox: its payloads (the rest of a row is small)."""
+    return sum(len(row.payload) for row in item.rows) + sum(
+        len(reject.payload) + len(reject.reason) for reject in item.rejects
+    )
+
+
+@functools.lru_cache(maxsize=2 * ROWS_PER_STATEMENT)
+def _insert_sql(row_count: int, scope: DedupScope) -> str:
     values = ",".join(["(?,?,?,?,?,?,?,?,?)"] * row_count)
-    return INSERT_MESSAGES.format(values=values)
+    return INSERT_MESSAGES.format(values=values, same_source=SAME_SOURCE[scope])
 
 
 def _is_full(exc: sqlite3.Error) -> bool:

@@ -70,8 +70,7 @@ class RegulationsApi:
         service: RegulationService,
         authorize: Callable[[web.Request], Awaitable[None]],
     ) -> None:
-        self._config = config
-        self._sources = {s.name for s in config.sources}
+        self._server = config.server  # the request limits (a reload does not change them)
         self._writer = writer
         self._reader = reader
         self._service = service
@@ -90,8 +89,10 @@ class RegulationsApi:
     async def create(self, request: web.Request) -> web.Response:
         await self._authorize(request)
         source = self._source(request)
-        asked = decode_request(await read_limited(request, MAX_REQUEST_BYTES))
-        new = new_regulation(self._config, asked, source, now_ms())
+        asked = decode_request(
+            await read_limited(request, MAX_REQUEST_BYTES, self._server.body_timeout_s)
+        )
+        new = new_regulation(self._service.config, asked, source, now_ms())
         await self._writer.transact(functools.partial(regulations_store.insert, new=new))
         log.info(  # never the user ids: the log is not a place to keep them
             "regulation_created",
@@ -155,7 +156,7 @@ class RegulationsApi:
 
     def _source(self, request: web.Request) -> str | None:
         source = request.match_info.get("source")
-        if source is not None and source not in self._sources:
+        if source is not None and source not in {s.name for s in self._service.config.sources}:
             raise ApiError(404, "unknown_source", f"no source is named {source!r}")
         return source
 

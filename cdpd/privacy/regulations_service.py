@@ -22,7 +22,7 @@ import aiosqlite
 import structlog
 
 from cdpd.clock import Clock, SystemClock
-from cdpd.config import ConfigError
+from cdpd.config import Config, ConfigError
 from cdpd.delivery.policy import decide
 from cdpd.destinations.file import File
 from cdpd.destinations.settings import Destination, FileDestination, RetryConfig
@@ -89,6 +89,11 @@ class RegulationService:
         self._erased: dict[str, set[str]] = {}  # message ids the outbox step removed
         self.passes = 0
         self.worked = asyncio.Condition()  # notified after each pass (tests wait on it)
+
+    @property
+    def config(self) -> Config:
+        """The config in force (a reload replaces it)."""
+        return self._pipeline.config
 
     def _destination(self, name: str) -> Destination | None:
         return next((d for d in self._pipeline.config.destinations if d.name == name), None)

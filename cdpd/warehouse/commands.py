@@ -1,4 +1,4 @@
-"""`cdpd warehouse sync NAME` and `cdpd warehouse status`: their arguments and their output.
+"""`cdpd warehouse sync NAME`, `status` and `rewind NAME`: their arguments and their output.
 
 cli.py hands these over; the work happens in loader and the sinks.
 """
@@ -12,6 +12,8 @@ import sys
 import msgspec
 
 from cdpd.config import Config, Warehouse
+from cdpd.outbox import continuity
+from cdpd.outbox import schema as outbox_schema
 from cdpd.warehouse import loader
 from cdpd.warehouse.report import SyncReport, WarehouseStatus
 from cdpd.warehouse.sinks import open_sink, target
@@ -31,11 +33,24 @@ def add_parser(
         "status", parents=[common], help="last syncs, rows per table, errors"
     )
     status.add_argument("--json", action="store_true", help="print one JSON object per warehouse")
+    rewind = warehouse_commands.add_parser(
+        "rewind",
+        parents=[common],
+        help="move a warehouse's position back, after the outbox lost its last commits",
+    )
+    rewind.add_argument("name", help="the warehouse's name in the config")
+    rewind.add_argument(
+        "--to",
+        type=int,
+        help="the seq to load after (default: the warehouse's position as the outbox recorded it)",
+    )
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     if args.warehouse_command == "sync":
         return _sync(cfg, args.name)
+    if args.warehouse_command == "rewind":
+        return _rewind(cfg, args.name, args.to)
     return _status(cfg, json=args.json)
 
 
@@ -48,6 +63,53 @@ def _sync(cfg: Config, name: str) -> int:
     report = asyncio.run(loader.sync(cfg, warehouse))
     print(_format_report(report, target(cfg, warehouse)))
     return EXIT_OK if report.status == "success" else EXIT_FAILURE
+
+
+class RewindRefused(Exception):
+    pass
+
+
+def _rewind(cfg: Config, name: str, to: int | None) -> int:
+    warehouse = _find(cfg, name)
+    if warehouse is None:
+        known = ", ".join(w.name for w in cfg.warehouses) or "none"
+        print(f"cdpd: no warehouse is named {name!r} (known: {known})", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        before, after = asyncio.run(_move_back(cfg, warehouse, to))
+    except RewindRefused as exc:
+        print(f"cdpd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except loader.SYNC_ERRORS as exc:
+        print(f"cdpd: {name}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(
+        f"{name}: position {before} -> {after}; its next sync loads the outbox's messages after "
+        f"seq {after} (rows it already holds are merged by id)"
+    )
+    return EXIT_OK
+
+
+async def _move_back(cfg: Config, warehouse: Warehouse, to: int | None) -> tuple[int, int]:
+    """Set the warehouse's position to `to` (default: the one the outbox recorded for it);
+    never forward, never past the outbox's end."""
+    path = cfg.storage.outbox_path
+    if not path.exists():
+        raise RewindRefused(f"there is no outbox at {path}")
+    async with outbox_schema.connect(path, readonly=True) as outbox:
+        end = await continuity.high_water(outbox)
+        recorded = await continuity.recorded_position(outbox, warehouse.name)
+    target = min(recorded, end) if to is None else to
+    if not 0 <= target <= end:
+        raise RewindRefused(f"--to must be from 0 to the outbox's last seq ({end}), not {target}")
+    async with open_sink(cfg, warehouse) as sink, sink.load() as load:
+        before = await load.position()
+        if target > before:
+            raise RewindRefused(
+                f"{warehouse.name} is at seq {before}; rewinding only moves back (to {target}?)"
+            )
+        await load.set_position(target)
+    return before, target
 
 
 def _status(cfg: Config, *, json: bool) -> int:

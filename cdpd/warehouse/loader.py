@@ -24,6 +24,7 @@ import msgspec
 import structlog
 
 from cdpd.config import Config, Warehouse
+from cdpd.outbox import continuity
 from cdpd.outbox import schema as outbox_schema
 from cdpd.warehouse.batches import Batch, BatchReader, Reading, worker_pool
 from cdpd.warehouse.plan import catalog_after
@@ -61,6 +62,7 @@ SYNC_ERRORS = (
     asyncpg.InterfaceError,
     NoOutbox,
     UnusableWarehouse,
+    continuity.OutboxBehind,
 )
 
 
@@ -98,12 +100,16 @@ async def _load_all(
     on_batch: BatchHook | None,
     worker: bool | None,
 ) -> None:
-    report.position = await sink.position()
+    position = await sink.position()
     try:
         path = config.storage.outbox_path
         if not await asyncio.to_thread(path.exists):
             raise NoOutbox(f"there is no outbox at {path} yet")
         async with outbox_schema.connect(path, readonly=True) as outbox:
+            gap = await continuity.gap(outbox, warehouse.name, position)
+            if gap is not None:
+                raise continuity.OutboxBehind(gap)
+            report.position = position
             end_seq = await _last_seq(outbox)
         pool = worker_pool(end_seq - report.position, batch_messages, worker)
         reading = Reading(
@@ -195,6 +201,16 @@ def _fail(report: SyncReport, exc: BaseException, bound: Any) -> None:
     report.status = "partial" if report.messages else "failure"
     report.error = f"{type(exc).__name__}: {exc}"
     report.finished_at = report.finished_at or _now_text()
+    if isinstance(exc, continuity.OutboxBehind):
+        gap = exc.gap
+        bound.error(
+            gap.code,
+            warehouse_position=gap.warehouse_position,
+            outbox_seq=gap.outbox_seq,
+            rewind_to=gap.rewind_to,
+            message=gap.message,
+        )
+        return
     bound.error("warehouse_sync_failed", error=report.error, loaded_messages=report.messages)
 
 
@@ -212,6 +228,17 @@ async def _last_seq(outbox: aiosqlite.Connection) -> int:
 
 def _now_text() -> str:
     return utc_text(datetime.now(UTC))
+
+
+async def sequence_gap(config: Config, warehouse: Warehouse) -> continuity.SequenceGap | None:
+    """Whether `warehouse` is ahead of the outbox (None also when there is no outbox yet)."""
+    async with open_sink(config, warehouse) as sink:
+        position = await sink.position()
+    path = config.storage.outbox_path
+    if not await asyncio.to_thread(path.exists):
+        return None
+    async with outbox_schema.connect(path, readonly=True) as outbox:
+        return await continuity.gap(outbox, warehouse.name, position)
 
 
 async def outbox_last_seq(path: Path) -> int | None:

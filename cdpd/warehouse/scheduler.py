@@ -19,6 +19,7 @@ import structlog
 
 from cdpd.clock import Clock, SystemClock
 from cdpd.config import Config, Warehouse
+from cdpd.outbox.continuity import SequenceGap
 from cdpd.warehouse import loader
 from cdpd.warehouse.report import SyncReport
 from cdpd.warehouse.sinks import open_sink
@@ -43,6 +44,8 @@ class Scheduler:
         self._locks = {w.name: asyncio.Lock() for w in config.warehouses}
         self._completed = {w.name: asyncio.Condition() for w in config.warehouses}
         self.reports: dict[str, list[SyncReport]] = {w.name: [] for w in config.warehouses}
+        # Warehouses found ahead of the outbox: nothing is loaded into them until rewound.
+        self.gaps: dict[str, SequenceGap] = {}
 
     @property
     def warehouses(self) -> list[Warehouse]:
@@ -54,6 +57,7 @@ class Scheduler:
 
     async def run(self, warehouse: Warehouse, stop: asyncio.Event) -> None:
         """Sync `warehouse` on its interval until `stop` is set."""
+        await self.check_sequence(warehouse)
         delay_s = await self._first_delay_s(warehouse)
         while not await self._clock.wait(stop, delay_s):
             await self.sync_now(warehouse.name, stop)
@@ -66,7 +70,13 @@ class Scheduler:
         should_stop = stop.is_set if stop is not None else _never
         async with self._locks[name]:
             try:
-                report = await loader.sync(self._config, warehouse, should_stop=should_stop)
+                gap = await self.check_sequence(warehouse)
+                if gap is not None:
+                    report = SyncReport(
+                        warehouse=name, status="failure", started_at="", error=gap.message
+                    )
+                else:
+                    report = await loader.sync(self._config, warehouse, should_stop=should_stop)
             except Exception:
                 log.exception("warehouse_sync_crashed", warehouse=name)
                 report = SyncReport(warehouse=name, status="failure", started_at="", error="crash")
@@ -86,6 +96,28 @@ class Scheduler:
         first): a deletion runs here, so no sync can load what it read before."""
         async with self._locks[name]:
             yield
+
+    async def check_sequence(self, warehouse: Warehouse) -> SequenceGap | None:
+        """Whether `warehouse` is ahead of the outbox (at start-up and before each sync); an
+        unreachable warehouse is checked again before its sync."""
+        try:
+            gap = await loader.sequence_gap(self._config, warehouse)
+        except loader.SYNC_ERRORS as exc:
+            log.warning("warehouse_unreachable", warehouse=warehouse.name, error=str(exc))
+            return self.gaps.get(warehouse.name)
+        if gap is None:
+            self.gaps.pop(warehouse.name, None)
+            return None
+        self.gaps[warehouse.name] = gap
+        log.error(
+            gap.code,
+            warehouse=warehouse.name,
+            warehouse_position=gap.warehouse_position,
+            outbox_seq=gap.outbox_seq,
+            rewind_to=gap.rewind_to,
+            message=gap.message,
+        )
+        return gap
 
     async def wait_for_syncs(self, name: str, count: int) -> list[SyncReport]:
         """Wait until `count` syncs of the named warehouse have finished in this process."""

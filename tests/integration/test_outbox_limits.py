@@ -3,6 +3,7 @@ and takes messages again once there is room."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from cdpd.outbox import schema
 from cdpd.outbox.space import SpaceWatch
 from cdpd.outbox.writer import OutboxUnavailable, OutboxWriter
 from tests.helpers import WRITE_KEY, basic_auth, outbox_path, query
+from tests.helpers import FakeClock as TimerClock
 
 AUTH = {"Authorization": basic_auth(WRITE_KEY)}
 
@@ -127,3 +129,36 @@ def _refusal(writer: OutboxWriter) -> Any:
     except OutboxUnavailable as exc:
         return exc.code
     return None
+
+
+async def test_free_space_is_counted_down_at_each_commit(
+    make_config: Callable[..., Config], http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    """Between two measurements of the disk, a burst cannot run it past the floor: each commit
+    counts what it writes against the space last measured."""
+    floor = 10 * 1024 * 1024
+    free = {"bytes": floor + 100 * 1024}  # above the floor, but not by two batches' worth
+
+    def measure(_: Path) -> int:
+        return free["bytes"]
+
+    config = make_config("")
+    storage = msgspec.structs.replace(config.storage, min_free_disk_bytes=floor)
+    config = msgspec.structs.replace(config, storage=storage)
+    clock = TimerClock()
+    async with running(config, free_bytes=measure, clock=clock) as server:
+        url = f"{server.url}/v1/batch"
+        async with http.post(url, data=batch_of(0, 50), headers=AUTH) as resp:
+            assert resp.status == 200
+        async with http.post(url, data=batch_of(100, 50), headers=AUTH) as resp:
+            assert resp.status == 503
+            assert (await resp.json())["code"] == "disk_full"
+        clock.advance(1.0)  # the next measurement: the disk (here) still has the same room
+        for _ in range(50):
+            async with http.get(f"{server.url}/health") as resp:
+                if resp.status == 200:
+                    break
+            await asyncio.sleep(0.02)
+        async with http.post(url, data=batch_of(200, 1), headers=AUTH) as resp:
+            assert resp.status == 200
+    assert query(data_dir, "SELECT count(*) FROM messages") == [(51,)]
