@@ -93,6 +93,8 @@ async def running(
             clock_s=clock_s,
         )
         await writer.start()
+        # Controls apply from the first message; the writer's task does not run yet.
+        await governance.privacy.load_inventory(conn)
         space_watch = SpaceWatch(
             writer,
             Path(storage.data_dir),
@@ -118,6 +120,7 @@ async def running(
                 observer=metrics.delivery_observer,
                 warehouse_position=functools.partial(prunable_seq, config),
                 restarts=restarts,
+                privacy=governance.privacy,
             )
             # One stop event per phase of the drain, set in the order of the `finally` below.
             warehouses_stop, space_stop = asyncio.Event(), asyncio.Event()

@@ -11,6 +11,7 @@ import msgspec
 import msgspec.inspect
 
 from cdpd.destinations.settings import Destination, FileDestination, RetryConfig
+from cdpd.privacy.settings import PrivacyConfig
 from cdpd.settings import (
     ConfigError,
     Name,
@@ -215,6 +216,7 @@ class Config(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     warehouses: list[Warehouse] = msgspec.field(default_factory=list)
     tracking_plans: list[TrackingPlan] = msgspec.field(default_factory=list)
     transformations: list[Transformation] = msgspec.field(default_factory=list)
+    privacy: PrivacyConfig = msgspec.field(default_factory=PrivacyConfig)
 
 
 def default_path() -> str:
@@ -262,7 +264,7 @@ def _explain(message: str) -> str:
 def _allowed_values(where: str) -> list[str]:
     """The literal values (or destination types) the config accepts at a key path."""
     info: msgspec.inspect.Type = msgspec.inspect.type_info(Config)
-    for part in re.split(r"\.|\[\d+\]", where):
+    for part in re.split(r"\.|\[\d+\]|\[\.\.\.\]", where):
         if not part:
             continue
         info = _unwrap(info)
@@ -292,10 +294,12 @@ def _allowed_values(where: str) -> list[str]:
 
 
 def _unwrap(info: msgspec.inspect.Type) -> msgspec.inspect.Type:
-    """Look through lists and optional values to the type of one value."""
+    """Look through lists, tables of names and optional values to the type of one value."""
     while True:
         if isinstance(info, msgspec.inspect.ListType):
             info = info.item_type
+        elif isinstance(info, msgspec.inspect.DictType):
+            info = info.value_type
         elif isinstance(info, msgspec.inspect.UnionType) and any(
             isinstance(t, msgspec.inspect.NoneType) for t in info.types
         ):
@@ -342,7 +346,18 @@ def _cross_check(config: Config) -> list[str]:
                     f"destinations[{index}].sources: no source is named {name!r} "
                     f"(known: {', '.join(sorted(source_names)) or 'none'})"
                 )
-    return problems + _check_warehouses(config) + _check_protocols(config)
+    return problems + _check_warehouses(config) + _check_protocols(config) + _check_privacy(config)
+
+
+def _check_privacy(config: Config) -> list[str]:
+    from cdpd.privacy.settings import check  # pure; imported late, as naming below
+
+    return check(
+        config.privacy,
+        {s.name for s in config.sources},
+        {d.name for d in config.destinations},
+        {w.name for w in config.warehouses},
+    )
 
 
 def _check_protocols(config: Config) -> list[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import aiosqlite
 
 from cdpd.governance import store as governance_store
+from cdpd.privacy import store as privacy_store
 
 # Each entry moves the schema from version N to N + 1 (PRAGMA user_version).
 MIGRATIONS: tuple[str, ...] = (
@@ -121,6 +122,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
     governance_store.MIGRATION,  # violations, blocked_messages, schema_fields
+    privacy_store.MIGRATION,  # privacy_inbox, privacy_inventory
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,1 @@
+"""The Privacy Portal: find personal data in what sources send, and control where it goes."""
