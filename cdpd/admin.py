@@ -152,6 +152,10 @@ class Admin:
                 _live(entry, lane.stats)
         return reports
 
+    def authorize(self, request: web.Request) -> None:
+        """Raise 401 unless the request carries the admin token (other admin routes use it)."""
+        self._authorize(request)
+
     def _authorize(self, request: web.Request) -> None:
         if self._token is None:
             raise ApiError(

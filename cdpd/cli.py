@@ -22,6 +22,7 @@ from cdpd.delivery.store import DeliveryStatus, SqliteDeliveryStore
 from cdpd.governance import commands as governance_commands
 from cdpd.model.timestamps import format_ms, now_ms, parse_ms
 from cdpd.outbox import reader, schema
+from cdpd.privacy import commands as privacy_commands
 from cdpd.warehouse import commands as warehouse_commands
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -52,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _mappings(cfg, args)
     if command in governance_commands.COMMANDS:
         return governance_commands.run(cfg, args)
+    if command == "privacy":
+        return privacy_commands.run(cfg, args)
     if command == "warehouse":
         if argv is None:  # the real program: warnings and errors as JSON lines on stderr
             logs.configure("warning", sys.stderr.buffer)
@@ -121,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     warehouse_commands.add_parser(commands, common)
     governance_commands.add_parsers(commands, common)
+    privacy_commands.add_parser(commands, common)
     return parser
 
 

@@ -29,6 +29,7 @@ from cdpd.ingest.errors import ApiError
 from cdpd.ingest.routes import LOG_FIELDS, Ingest
 from cdpd.metrics import Metrics
 from cdpd.outbox.writer import OutboxUnavailable, OutboxWriter
+from cdpd.privacy.endpoints import PrivacyEndpoints
 
 log = structlog.get_logger()
 
@@ -90,6 +91,9 @@ class Stages(NamedTuple):
 def build(config: Config, stages: Stages, drain: Drain) -> web.Application:
     ingest = Ingest(config, stages.writer, stages.governance)
     admin = Admin(config, stages.writer, stages.reader, stages.delivery, stages.metrics)
+    privacy = PrivacyEndpoints(
+        ingest.governance.privacy, stages.writer, stages.reader, admin.authorize
+    )
     stages.metrics.attach(ingest, stages.delivery)
     app = web.Application(client_max_size=config.server.max_request_bytes)
     app[INGEST] = ingest
@@ -97,7 +101,12 @@ def build(config: Config, stages: Stages, drain: Drain) -> web.Application:
     app[DRAIN] = drain
     access = logs.access_log(config.logging.level) if config.logging.access_log else None
     wrap = _RequestWrapper(drain, access, errors_only=config.logging.access_log == "errors")
-    routes = [*ingest.routes(), *admin.routes(), web.get("/health", health)]
+    routes = [
+        *ingest.routes(),
+        *admin.routes(),
+        *privacy.routes(),
+        web.get("/health", health),
+    ]
     app.add_routes(web.RouteDef(r.method, r.path, wrap(r.handler), r.kwargs) for r in routes)
     app.router.add_route("*", "/{tail:.*}", wrap(_Unrouted(routes)))
     return app

@@ -283,11 +283,12 @@ class Matchers:
         )
 
     def for_field(self, path: str, key_path: list[str], value: Any) -> Suggestion | None:
-        """The strongest of: the field's key, its parents' keys (`card.number` under
+        """The strongest of: the field's key, its parents' keys (`number` under
         `credit_card`), its value."""
-        found = [self.for_value(value)]
-        if path not in NOT_PERSONAL:
-            found += [self.for_key(key) for key in key_path]
+        found = (
+            [self.for_key(key) for key in reversed(key_path)] if path not in NOT_PERSONAL else []
+        )
+        found.append(self.for_value(value))  # last: on a tie, the key's name says more
         return _strongest(s for s in found if s is not None)
 
 
