@@ -10,6 +10,7 @@ shared machine the CPU time per event moves much less than the rate does.
 
     python bench/ingest.py [--duration 10] [--reps 1] [--connections 64] [--baseline DIR]
     python bench/ingest.py --plan   # also cdpd with a 50-event tracking plan, all checks on
+    python bench/ingest.py --privacy  # cdpd with privacy detection off, and on (default matchers)
 
 `--baseline DIR` also measures the cdpd in DIR (e.g. `git worktree add /tmp/main main`), in the
 same run and interleaved with the others, so that a change is compared before and after on the
@@ -69,6 +70,11 @@ def main() -> int:
         help="also cdpd with a 50-event tracking plan, all checks on (compare it with cdpd)",
     )
     parser.add_argument(
+        "--privacy",
+        action="store_true",
+        help="cdpd with privacy detection off, then on with the default matchers (compare them)",
+    )
+    parser.add_argument(
         "--config",
         default="",
         help='TOML added to cdpd\'s config, e.g. "[logging]\\naccess_log = false"',
@@ -89,12 +95,28 @@ def main() -> int:
                 result = measure(server, mode, batch, args)
                 runs.setdefault((server, mode), []).append(result)
     print_table(runs, servers(args))
+    if args.privacy:
+        print_ratio(runs, "cdpd+privacy", "cdpd")
     return 0
+
+
+def print_ratio(runs: dict[tuple[str, str], list[Result]], server: str, against: str) -> None:
+    """`server`'s events/s over `against`'s, per load: the median of each repetition's ratio."""
+    print()
+    for mode in ("single", "batch100"):
+        if (server, mode) not in runs:
+            continue
+        pairs = list(zip(runs[(server, mode)], runs[(against, mode)], strict=True))
+        by_rate = statistics.median(r.events_per_s / b.events_per_s for r, b in pairs)
+        by_cpu = statistics.median(b.cpu_us_per_event / r.cpu_us_per_event for r, b in pairs)
+        print(f"{server} / {against}, {mode}: {by_rate:.2f}x by rate, {by_cpu:.2f}x by CPU")
 
 
 def servers(args: argparse.Namespace) -> tuple[str, ...]:
     if args.plan:
         return ("bare", "cdpd", "cdpd+plan")
+    if args.privacy:
+        return ("bare", "cdpd", "cdpd+privacy")
     return ("bare", "base", "cdpd") if args.baseline else ("bare", "cdpd")
 
 
@@ -143,6 +165,7 @@ def start_server(
             f"min_free_disk_bytes = 0\n"
             f'[[sources]]\nname = "bench"\nwrite_key = "{WRITE_KEY}"\n'
             + (PLAN_SETTINGS + plan_config(tmp) if server == "cdpd+plan" else "")
+            + privacy_config(server, args)
             + args.config.replace("\\n", "\n")
         )
         command = [sys.executable, "-m", "cdpd", "serve", "--config", str(config)]
@@ -155,6 +178,14 @@ def start_server(
     )
     wait_for_port(port, proc)
     return proc
+
+
+def privacy_config(server: str, args: argparse.Namespace) -> str:
+    """Under --privacy, `cdpd` runs without detection and `cdpd+privacy` with the default
+    matchers (every new field of properties, traits and context matched, the inbox written)."""
+    if not args.privacy:
+        return ""
+    return "[privacy]\ndetect = " + ("true" if server == "cdpd+privacy" else "false") + "\n"
 
 
 # Every check on: unplanned events blocked, unplanned properties omitted, violations block.

@@ -60,7 +60,7 @@ def _processors(
     decodes_body = source.tracking_plan is not None or bool(scoped) or blocked_fields is not None
     if source.observe_schema:
         processors.append(SchemaObserver(source.name, shares_body=decodes_body))
-    detector = privacy.detector(source.name, shares_body=decodes_body)
+    detector = privacy.detector(source.name)
     if detector is not None:
         processors.append(detector)
     if source.blocked_events:

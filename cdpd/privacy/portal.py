@@ -26,16 +26,14 @@ class Portal:
         self.matchers = Matchers(config) if config.detect else None
         self._detectors: dict[str, FieldDetector] = {}
 
-    def detector(self, source: str, *, shares_body: bool) -> FieldDetector | None:
+    def detector(self, source: str) -> FieldDetector | None:
         """The source's detector; one per source for the daemon's life (a plan reload
         rebuilds the chains but keeps what was seen)."""
         if self.matchers is None:
             return None
         found = self._detectors.get(source)
         if found is None:
-            found = self._detectors[source] = FieldDetector(
-                source, self.matchers, shares_body=shares_body
-            )
+            found = self._detectors[source] = FieldDetector(source, self.matchers)
         return found
 
     def blocked_fields(self, source: str) -> BlockedFields | None:
