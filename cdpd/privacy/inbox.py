@@ -25,6 +25,9 @@ from cdpd.privacy.matchers import Matchers, Suggestion, mask
 SECTIONS = ("properties", "traits", "context")
 UNSETTLED_SIGHTINGS = 100  # after this many, a shape with empty fields stops being re-read
 MAX_SHAPES = 1000  # per object: past it (keys that are data), fields are looked up one by one
+# Per object: keys past it (ids used as keys, say) are not recorded, so memory and the inbox
+# stay bounded whatever a source sends.
+MAX_FIELDS = 1000
 
 Raw = msgspec.Raw
 Values = dict[str, Raw]
@@ -136,6 +139,8 @@ class FieldDetector:
         children = node.children
         for key, raw in values.items():
             field = children.get(key)
+            if field is None and len(children) >= MAX_FIELDS:
+                continue
             if field is None or not field.valued:
                 value = _value_decoder.decode(raw)
                 if field is None:

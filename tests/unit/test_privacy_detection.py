@@ -12,6 +12,7 @@ import msgspec
 from cdpd import config as cdpd_config
 from cdpd.governance.chain import Findings
 from cdpd.model.rows import OutboxRow
+from cdpd.privacy import inbox
 from cdpd.privacy.controls import Inventory, LiveControls, compile_controls, field_problem
 from cdpd.privacy.inbox import FieldDetector
 from cdpd.privacy.matchers import Matchers
@@ -135,3 +136,12 @@ def test_field_paths_and_scan_classes() -> None:
     assert class_of("properties.b", classes) is None
     body = {"properties": {"a": 1, "b": {"c": 2}}, "context": {"traits": {"e": "x"}}}
     assert inspect(body, classes) == (["context.traits.e"], ["properties.b.c"])
+
+
+def test_keys_that_are_data_stay_bounded() -> None:
+    detector = FieldDetector("web", Matchers(cdpd_config.parse("").privacy))
+    many = [
+        row({"type": "track", "properties": {f"k{i}": i}}) for i in range(inbox.MAX_FIELDS + 50)
+    ]
+    detector.observe_rows(many, Findings())
+    assert len(detector.take_rows()) == inbox.MAX_FIELDS
