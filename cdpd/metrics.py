@@ -17,6 +17,7 @@ from cdpd.supervise import Restarts
 if TYPE_CHECKING:
     from cdpd.delivery.service import Delivery
     from cdpd.ingest.routes import Ingest
+    from cdpd.privacy.portal import Portal
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -92,6 +93,31 @@ def _ingest_metrics(ingest: Ingest) -> Iterator[Metric]:
     for source, count in sorted(governance.blocked.items()):
         blocked.add_metric([source], count)
     yield blocked
+    yield from _privacy_metrics(governance.privacy)
+
+
+def _privacy_metrics(privacy: Portal) -> Iterator[Metric]:
+    seen = GaugeMetricFamily(
+        "cdpd_privacy_fields_seen", "Field paths privacy detection knows", labels=["source"]
+    )
+    for source, count in sorted(privacy.fields_seen().items()):
+        seen.add_metric([source], count)
+    yield seen
+    classified = GaugeMetricFamily(
+        "cdpd_privacy_inventory_fields", "Classified fields, by class", labels=["class"]
+    )
+    for class_ in ("red", "yellow", "green"):
+        count = sum(1 for found in privacy.inventory.classes.values() if found == class_)
+        classified.add_metric([class_], count)
+    yield classified
+    removed = CounterMetricFamily(
+        "cdpd_privacy_fields_removed",
+        "Messages a source's privacy control removed fields from",
+        labels=["source"],
+    )
+    for source, count in sorted(privacy.fields_removed.items()):
+        removed.add_metric([source], count)
+    yield removed
 
 
 def _lane_metrics(delivery: Delivery) -> Iterator[Metric]:

@@ -139,11 +139,16 @@ class BlockedFields:
     """The chain's processor for a source's standard control: removes the inventory's fields
     of the blocked classes; the message flows on without them."""
 
-    def __init__(self, inventory: Inventory, classes: Sequence[str]) -> None:
+    def __init__(
+        self, inventory: Inventory, classes: Sequence[str], counts: dict[str, int], source: str
+    ) -> None:
         self._controls = LiveControls(inventory, dict.fromkeys(classes, "block"))
+        self._counts = counts  # messages that lost fields, per source (for /metrics)
+        self._source = source
 
     def __call__(self, message: Message, findings: Findings) -> Verdict:
         controls = self._controls.current()
         if controls and controls.apply(message.body):
             message.changed()
+            self._counts[self._source] = self._counts.get(self._source, 0) + 1
         return None

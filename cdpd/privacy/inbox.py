@@ -92,6 +92,7 @@ class FieldDetector:
         self._source = source
         self._matchers = matchers
         self._roots = {section: _Field(section, "") for section in SECTIONS}
+        self.field_count = 0
 
     def __call__(self, message: Message, findings: Findings) -> Verdict:
         self._observe(message.row)  # as received: this runs before anything changes it
@@ -145,6 +146,7 @@ class FieldDetector:
                 value = _value_decoder.decode(raw)
                 if field is None:
                     field = children[key] = _Field(f"{node.path}.{key}", seen_at)
+                    self.field_count += 1
                     self._match(field, value)
                 elif value is not None and value != "":
                     self._match(field, value)

@@ -25,6 +25,7 @@ class Portal:
         self.salt = config.resolved_salt()
         self.matchers = Matchers(config) if config.detect else None
         self._detectors: dict[str, FieldDetector] = {}
+        self.fields_removed: dict[str, int] = {}  # per source: messages a control took from
 
     def detector(self, source: str) -> FieldDetector | None:
         """The source's detector; one per source for the daemon's life (a plan reload
@@ -40,13 +41,17 @@ class Portal:
         controls = self.config.sources.get(source)
         if controls is None or not controls.block:
             return None
-        return BlockedFields(self.inventory, controls.block)
+        return BlockedFields(self.inventory, controls.block, self.fields_removed, source)
 
     def destination_controls(self, destination: str) -> LiveControls | None:
         actions = self.config.destinations.get(destination)
         if actions is None:
             return None
         return LiveControls(self.inventory, actions.by_class(), self.salt)
+
+    def fields_seen(self) -> dict[str, int]:
+        """Per source, how many field paths detection knows."""
+        return {source: d.field_count for source, d in self._detectors.items()}
 
     def take_inbox_rows(self) -> list[tuple[object, ...]]:
         return [row for detector in self._detectors.values() for row in detector.take_rows()]

@@ -198,6 +198,11 @@ async def test_a_source_blocks_the_red_fields_of_its_inventory(
         )  # the daemon reads what the CLI wrote
         await send(http, server, [{**MESSAGES[0], "messageId": "m1c"}])
         await send(http, server, [{**MESSAGES[0], "messageId": "m1d"}], key="wk_other")
+        async with http.get(f"{server.url}/metrics") as resp:
+            metrics = await resp.text()
+    assert 'cdpd_privacy_fields_removed_total{source="website"} 2.0' in metrics
+    assert 'cdpd_privacy_inventory_fields{class="red"} 2.0' in metrics
+    assert 'cdpd_privacy_fields_seen{source="backend"}' in metrics
     stored = {p["messageId"]: p["properties"] for p in stored_payloads(data_dir)}
     assert stored["m1"]["payment"] == CARD
     assert "payment" not in stored["m1b"]
@@ -323,3 +328,35 @@ async def test_scan_reports_messages_with_red_or_unclassified_fields(
     )
     assert capsys.readouterr().out == ""
     assert await asyncio.to_thread(cdpd_cli, tmp_path, "privacy", "scan", "--since", "x") == 2
+
+
+async def test_controls_apply_when_delivered_so_a_replay_follows_the_inventory(
+    make_config: MakeConfig, http: aiohttp.ClientSession
+) -> None:
+    """A field classified after the message was stored is hashed in a replay's copy, after
+    the destination's own transformation moved it."""
+    transformation = (
+        '[[transformations]]\nname = "move"\nsource = "website"\ndestination = "marketing"\n'
+        "if = 'event = \"Order Completed\"'\n"
+        'propertyRenames = [{oldName = "email", newName = "contact_email"}]\n'
+    )
+    async with Sink() as sink:
+        config = make_config(
+            ADMIN
+            + hook("marketing", sink.url)
+            + transformation
+            + '[privacy.destinations.marketing]\nred = "hash"\n'
+        )
+        async with running(config) as server:
+            lane = server.delivery.lanes["marketing"]
+            await send(http, server, [MESSAGES[0]])
+            await delivered(lane, 1)
+            await classify(http, server.url, "properties.contact_email", "red")
+            replay = {"destination": "marketing", "since": "2000-01-01T00:00:00Z"}
+            async with http.post(f"{server.url}/admin/replay", json=replay, headers=BEARER) as resp:
+                assert (await resp.json())["queued"] == 1
+            await delivered(lane, 2)
+    first, again = sink.messages
+    assert first["properties"]["contact_email"] == "jane@example.com"
+    assert again["properties"]["contact_email"] == sha256("jane@example.com")
+    assert "email" not in again["properties"]
