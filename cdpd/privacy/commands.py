@@ -34,6 +34,7 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     inbox.add_argument("--source", help="only this source")
     inbox.add_argument("--all", action="store_true", help="classified fields too")
+    inbox.add_argument("--since", help="only fields last seen from this time (ISO-8601)")
     inbox.add_argument("--json", action="store_true", help="one JSON object per line")
     classify = privacy.add_parser(
         "classify", parents=[common], help="put a field in the inventory (none: take it out)"
@@ -82,8 +83,16 @@ def _classify(path: Path, field: str, class_: str) -> int:
 
 
 def _inbox(path: Path, args: argparse.Namespace) -> int:
+    try:
+        since = format_ms(parse_ms(args.since)) if args.since else None
+    except ValueError as exc:
+        print(f"cdpd: --since: expected an ISO-8601 time ({exc})", file=sys.stderr)
+        return EXIT_USAGE
     found = asyncio.run(
-        _read(path, lambda c: store.inbox(c, source=args.source, include_classified=args.all))
+        _read(
+            path,
+            lambda c: store.inbox(c, source=args.source, include_classified=args.all, since=since),
+        )
     )
     if args.json:
         for entry in found:

@@ -12,7 +12,7 @@ import msgspec
 from aiohttp import web
 
 from cdpd.ingest.errors import ApiError
-from cdpd.model.timestamps import format_ms, now_ms
+from cdpd.model.timestamps import format_ms, now_ms, parse_ms
 from cdpd.outbox.writer import OutboxWriter
 from cdpd.privacy import store
 from cdpd.privacy.controls import field_problem
@@ -46,12 +46,20 @@ class PrivacyEndpoints:
         ]
 
     async def inbox(self, request: web.Request) -> web.Response:
-        """Fields seen and not classified yet (`all=true`: classified ones too)."""
+        """Fields seen and not classified yet (`all=true`: classified ones too; `since`:
+        last seen from then)."""
         self._authorize(request)
+        since = request.query.get("since")
+        if since is not None:
+            try:
+                since = format_ms(parse_ms(since))
+            except ValueError:
+                raise ApiError(400, "invalid_request", "since: expected an ISO-8601 time") from None
         found = await store.inbox(
             self._reader,
             source=request.query.get("source"),
             include_classified=request.query.get("all") == "true",
+            since=since,
         )
         return _json({"fields": found})
 

@@ -97,14 +97,21 @@ async def read_classes(conn: aiosqlite.Connection) -> dict[str, str]:
 
 
 async def inbox(
-    conn: aiosqlite.Connection, *, source: str | None = None, include_classified: bool = False
+    conn: aiosqlite.Connection,
+    *,
+    source: str | None = None,
+    include_classified: bool = False,
+    since: str | None = None,
 ) -> list[InboxField]:
-    """The fields seen, strongest suggestion first; without `include_classified`, only those
-    nobody classified yet (Segment's Inbox)."""
+    """The fields seen (last seen from `since`), strongest suggestion first; without
+    `include_classified`, only those nobody classified yet (Segment's Inbox)."""
     where, params = ["1 = 1"], []
     if source is not None:
         where.append("i.source = ?")
         params.append(source)
+    if since is not None:
+        where.append("i.last_seen >= ?")
+        params.append(since)
     if not include_classified:
         where.append("v.field IS NULL")
     sql = f"""

@@ -144,6 +144,21 @@ async def test_classify_round_trip_through_cli_and_admin(
     assert "properties.email" not in capsys.readouterr().out  # classified: out of the inbox
     assert await asyncio.to_thread(cdpd_cli, tmp_path, "privacy", "inbox", "--all") == 0
     assert "[classified yellow]" in capsys.readouterr().out
+    last_week = "2026-11-29T00:00:00Z"
+    assert (
+        await asyncio.to_thread(
+            cdpd_cli, tmp_path, "privacy", "inbox", "--since", last_week, "--json"
+        )
+        == 0
+    )
+    assert len(capsys.readouterr().out.splitlines()) == len(inbox) - 2  # two are classified
+    assert (
+        await asyncio.to_thread(
+            cdpd_cli, tmp_path, "privacy", "inbox", "--since", "2999-01-01T00:00:00Z", "--json"
+        )
+        == 0
+    )
+    assert capsys.readouterr().out == ""
 
     async with running(make_config(ADMIN)) as server:
         base = f"{server.url}/admin/privacy"
@@ -167,6 +182,10 @@ async def test_classify_round_trip_through_cli_and_admin(
                 assert "message" in await resp.json()
         async with http.get(f"{base}/inbox?source=website", headers=BEARER) as resp:
             inbox_fields = {f["field"] for f in (await resp.json())["fields"]}
+        async with http.get(f"{base}/inbox?since=2999-01-01T00:00:00Z", headers=BEARER) as resp:
+            assert (await resp.json())["fields"] == []
+        async with http.get(f"{base}/inbox?since=yesterday", headers=BEARER) as resp:
+            assert resp.status == 400
         assert "properties.email" in inbox_fields  # taken out of the inventory: back in
         assert "traits.name" not in inbox_fields
     assert sorted(query(data_dir, "SELECT field, class, classified_by FROM privacy_inventory")) == [
