@@ -18,6 +18,7 @@ import pytest
 from cdpd import cli
 from cdpd import config as cdpd_config
 from cdpd.app import running
+from cdpd.warehouse import loader
 from tests.helpers import WarehouseProbe, query, stored_payloads
 from tests.integration.test_delivery import delivered, hook, send
 from tests.sink import Sink
@@ -379,3 +380,20 @@ async def test_controls_apply_when_delivered_so_a_replay_follows_the_inventory(
     assert first["properties"]["contact_email"] == "jane@example.com"
     assert again["properties"]["contact_email"] == sha256("jane@example.com")
     assert "email" not in again["properties"]
+
+
+async def test_warehouse_controls_reach_a_syncs_worker_process(
+    make_config: MakeConfig, http: aiohttp.ClientSession, warehouse: WarehouseProbe
+) -> None:
+    async with running(make_config(ADMIN)) as server:  # no warehouse: the sync below loads
+        await classify(http, server.url, "properties.email", "yellow")
+        messages = [{**MESSAGES[0], "messageId": f"m{n:02}"} for n in range(20)]
+        await send(http, server, messages)
+    config = make_config(warehouse.toml + '[privacy.warehouses.wh]\nyellow = "hash"\n')
+    (wh,) = config.warehouses
+    report = await loader.sync(config, wh, batch_messages=5, worker=True)  # `cdpd warehouse sync`
+    assert (report.status, report.messages) == ("success", 20)
+    emails = await warehouse.fetch(
+        f"SELECT DISTINCT email FROM {warehouse.name('website', 'order_completed')}"
+    )
+    assert emails == [(sha256("jane@example.com"),)]
