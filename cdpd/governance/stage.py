@@ -58,10 +58,10 @@ def _processors(
     processors: list[Processor] = []
     blocked_fields = privacy.blocked_fields(source.name)
     decodes_body = source.tracking_plan is not None or bool(scoped) or blocked_fields is not None
-    if source.observe_schema:
-        processors.append(SchemaObserver(source.name, shares_body=decodes_body))
     detector = privacy.detector(source.name)
-    if detector is not None:
+    if source.observe_schema:  # decodes the message once for both, and feeds detection
+        processors.append(SchemaObserver(source.name, shares_body=decodes_body, fields=detector))
+    elif detector is not None:
         processors.append(detector)
     if source.blocked_events:
         processors.append(BlockedEvents(source.blocked_events))

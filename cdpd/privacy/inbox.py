@@ -92,11 +92,27 @@ class FieldDetector:
         self._source = source
         self._matchers = matchers
         self._roots = {section: _Field(section, "") for section in SECTIONS}
+        self._properties, self._traits, self._context = self._roots.values()
         self.field_count = 0
 
     def __call__(self, message: Message, findings: Findings) -> Verdict:
         self._observe(message.row)  # as received: this runs before anything changes it
         return None
+
+    def observe_decoded(
+        self, seen_at: str, properties: Any, traits: Any, context: Raw | dict[str, Any] | None
+    ) -> None:
+        """What the source schema's observer decoded anyway (properties and traits as values,
+        context raw or as values), so the message is decoded once for both."""
+        if type(properties) is dict and properties:
+            self._visit_values(self._properties, properties, seen_at)
+        if type(traits) is dict and traits:
+            self._visit_values(self._traits, traits, seen_at)
+        if isinstance(context, Raw):
+            if context:
+                self._visit_raw(self._context, context, seen_at)
+        elif type(context) is dict and context:
+            self._visit_values(self._context, context, seen_at)
 
     def observe_rows(self, rows: Sequence[OutboxRow], findings: Findings) -> None:
         for row in rows:
@@ -107,13 +123,13 @@ class FieldDetector:
             sections = _sections_decoder.decode(row.payload)
         except msgspec.ValidationError:  # a section that is not an object: nothing to see
             return
-        seen_at, roots = row.received_at, self._roots
+        seen_at = row.received_at
         if sections.properties:
-            self._visit(roots["properties"], sections.properties, seen_at)
+            self._visit(self._properties, sections.properties, seen_at)
         if sections.traits:
-            self._visit(roots["traits"], sections.traits, seen_at)
+            self._visit(self._traits, sections.traits, seen_at)
         if sections.context:
-            self._visit(roots["context"], sections.context, seen_at)
+            self._visit(self._context, sections.context, seen_at)
 
     def _visit(self, node: _Field, values: Values, seen_at: str) -> _Shape:
         shape = node.shapes.get(tuple(values))
@@ -121,21 +137,38 @@ class FieldDetector:
             shape = self._learn(node, values, seen_at)
         shape.last_seen = seen_at
         for key, field in shape.objects:
-            raw = values[key]
-            last = field.last_object
-            if last is not None and raw == last[0]:  # the same object as last time
-                _touch(last[1], seen_at)
-                continue
-            try:
-                nested = _object_decoder.decode(raw)
-            except msgspec.ValidationError:  # not an object this time
-                continue
-            if nested:
-                field.last_object = (raw, self._visit(field, nested, seen_at))
+            self._visit_raw(field, values[key], seen_at)
         return shape
 
-    def _learn(self, node: _Field, values: Values, seen_at: str) -> _Shape:
-        """Look at each field of an object; remember its shape (unless it has too many)."""
+    def _visit_raw(self, field: _Field, raw: Raw, seen_at: str) -> None:
+        """An object field's raw value: not decoded when it repeats the last one."""
+        last = field.last_object
+        if last is not None and raw == last[0]:
+            _touch(last[1], seen_at)
+            return
+        try:
+            nested = _object_decoder.decode(raw)
+        except msgspec.ValidationError:  # not an object this time
+            return
+        if nested:
+            field.last_object = (raw, self._visit(field, nested, seen_at))
+
+    def _visit_values(self, node: _Field, values: dict[str, Any], seen_at: str) -> None:
+        """`_visit` for an object already decoded."""
+        shape = node.shapes.get(tuple(values))
+        if shape is None or shape.unsettled:
+            shape = self._learn(node, values, seen_at, decoded=True)
+        shape.last_seen = seen_at
+        for key, field in shape.objects:
+            nested = values[key]
+            if type(nested) is dict and nested:
+                self._visit_values(field, nested, seen_at)
+
+    def _learn(
+        self, node: _Field, values: dict[str, Any], seen_at: str, *, decoded: bool = False
+    ) -> _Shape:
+        """Look at each field of an object; remember its shape (unless it has too many).
+        `decoded`: the values are Python values, not raw JSON."""
         fields, objects = [], []
         children = node.children
         for key, raw in values.items():
@@ -143,7 +176,7 @@ class FieldDetector:
             if field is None and len(children) >= MAX_FIELDS:
                 continue
             if field is None or not field.valued:
-                value = _value_decoder.decode(raw)
+                value = raw if decoded else _value_decoder.decode(raw)
                 if field is None:
                     field = children[key] = _Field(f"{node.path}.{key}", seen_at)
                     self.field_count += 1
@@ -152,7 +185,7 @@ class FieldDetector:
                     self._match(field, value)
             field.last_seen = seen_at
             fields.append(field)
-            if _is_object(raw):
+            if (type(raw) is dict) if decoded else _is_object(raw):
                 objects.append((key, field))
         shape = _Shape(fields, objects)
         known = node.shapes.get(tuple(values))
@@ -206,6 +239,8 @@ class FieldDetector:
 def _touch(shape: _Shape, seen_at: str) -> None:
     """A repeated object was seen again: so were its shape and its objects' shapes."""
     shape.last_seen = seen_at
+    if not shape.objects:
+        return
     for _, field in shape.objects:
         if field.last_object is not None:
             _touch(field.last_object[1], seen_at)

@@ -145,3 +145,22 @@ def test_keys_that_are_data_stay_bounded() -> None:
     ]
     detector.observe_rows(many, Findings())
     assert len(detector.take_rows()) == inbox.MAX_FIELDS
+
+
+def test_the_schema_observer_feeds_detection_from_its_own_decode() -> None:
+    from cdpd.governance.chain import Message
+    from cdpd.governance.schema_observer import SchemaObserver
+
+    for shares_body in (False, True):  # decoded raw, or the whole body a plan decoded
+        detector = FieldDetector("web", Matchers(cdpd_config.parse("").privacy))
+        observer = SchemaObserver("web", shares_body=shares_body, fields=detector)
+        findings = Findings()
+        for at in ("2026-12-06T10:00:00.000Z", "2026-12-06T11:00:00.000Z"):
+            observer(Message(row(message("a@b.co"), at)), findings)
+        identify = {"type": "identify", "traits": {"phone": "+44 20 7946 0958"}, "context": None}
+        observer(Message(row(identify)), findings)
+        found = rows_by_field(detector)
+        assert found["properties.email"][2] == "yellow"
+        assert found["traits.phone"][2:5] == ("yellow", "phone", "key")
+        assert found["context.library.name"][6] == "2026-12-06T11:00:00.000Z"  # last seen
+        assert sum(findings.shapes.values()) == 3  # and the schema is counted as before
