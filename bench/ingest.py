@@ -11,7 +11,7 @@ shared machine the CPU time per event moves much less than the rate does.
     python bench/ingest.py [--duration 10] [--reps 1] [--connections 64] [--baseline DIR]
     python bench/ingest.py --plan   # also cdpd with a 50-event tracking plan, all checks on
     python bench/ingest.py --watch  # also cdpd with a person watching the console's debugger
-    python bench/ingest.py --privacy  # also cdpd with 1,000 users suppressed (not the load's)
+    python bench/ingest.py --privacy  # privacy off, then on: matchers, 1,000 users suppressed
 
 `--baseline DIR` also measures the cdpd in DIR (e.g. `git worktree add /tmp/main main`), in the
 same run and interleaved with the others, so that a change is compared before and after on the
@@ -82,7 +82,8 @@ def main() -> int:
     parser.add_argument(
         "--privacy",
         action="store_true",
-        help="also cdpd with a 1,000-user suppression list (compare it with cdpd)",
+        help="cdpd with privacy detection off, then on with the default matchers and a 1,000-user"
+        " suppression list (compare them)",
     )
     parser.add_argument(
         "--config",
@@ -105,7 +106,21 @@ def main() -> int:
                 result = measure(server, mode, batch, args)
                 runs.setdefault((server, mode), []).append(result)
     print_table(runs, servers(args))
+    if args.privacy:
+        print_ratio(runs, "cdpd+privacy", "cdpd")
     return 0
+
+
+def print_ratio(runs: dict[tuple[str, str], list[Result]], server: str, against: str) -> None:
+    """`server`'s events/s over `against`'s, per load: the median of each repetition's ratio."""
+    print()
+    for mode in ("single", "batch100"):
+        if (server, mode) not in runs:
+            continue
+        pairs = list(zip(runs[(server, mode)], runs[(against, mode)], strict=True))
+        by_rate = statistics.median(r.events_per_s / b.events_per_s for r, b in pairs)
+        by_cpu = statistics.median(b.cpu_us_per_event / r.cpu_us_per_event for r, b in pairs)
+        print(f"{server} / {against}, {mode}: {by_rate:.2f}x by rate, {by_cpu:.2f}x by CPU")
 
 
 def servers(args: argparse.Namespace) -> tuple[str, ...]:
@@ -167,6 +182,7 @@ def start_server(
             f'[[sources]]\nname = "bench"\nwrite_key = "{WRITE_KEY}"\n'
             + (PLAN_SETTINGS + plan_config(tmp) if server == "cdpd+plan" else "")
             + (WATCHED_WORKSPACE if server == "cdpd+watch" else "")
+            + privacy_config(server, args)
             + args.config.replace("\\n", "\n")
         )
         command = [sys.executable, "-m", "cdpd", "serve", "--config", str(config)]
@@ -219,6 +235,14 @@ def watch_debugger(port: int, config: Path, cwd: Path) -> None:
 
 WATCHED: list[int] = []  # one entry per debugger event the watcher received
 SUPPRESSED_USERS = 1000
+
+
+def privacy_config(server: str, args: argparse.Namespace) -> str:
+    """Under --privacy, `cdpd` runs without detection and `cdpd+privacy` with the default
+    matchers (every new field of properties, traits and context matched, the inbox written)."""
+    if not args.privacy:
+        return ""
+    return "[privacy]\ndetect = " + ("true" if server == "cdpd+privacy" else "false") + "\n"
 
 
 def suppress_users(config: Path, tmp: Path, cwd: Path) -> None:

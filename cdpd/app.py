@@ -121,6 +121,8 @@ async def running(
                 clock_s=clock_s,
             )
             await writer.start()
+            # Controls apply from the first message; the writer's task does not run yet.
+            await governance.privacy.load_inventory(conn)
             space_watch = SpaceWatch(
                 writer,
                 Path(storage.data_dir),

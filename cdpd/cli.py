@@ -25,6 +25,7 @@ from cdpd.governance import commands as governance_commands
 from cdpd.model.timestamps import format_ms, now_ms, parse_when_ms
 from cdpd.outbox import commands as outbox_commands_cli
 from cdpd.outbox import reader, schema
+from cdpd.privacy import commands as privacy_commands
 from cdpd.privacy import regulations_commands
 from cdpd.warehouse import commands as warehouse_commands
 
@@ -64,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return governance_commands.run(cfg, args)
     if command in engage_commands.COMMANDS:
         return engage_commands.run(cfg, args)
+    if command == "privacy":
+        return privacy_commands.run(cfg, args)
     if command == "warehouse":
         if argv is None:  # the real program: warnings and errors as JSON lines on stderr
             logs.configure("warning", sys.stderr.buffer)
@@ -143,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     console_commands.add_parsers(commands, common)
     engage_commands.add_parsers(commands, common)
     regulations_commands.add_parser(commands, common)
+    privacy_commands.add_parser(commands, common)
     return parser
 
 

@@ -13,6 +13,7 @@ import msgspec.inspect
 from cdpd import confd
 from cdpd.destinations.settings import Destination, FileDestination, RetryConfig
 from cdpd.engage.settings import AudienceConfig, ComputedTraitConfig, EngageConfig
+from cdpd.privacy.settings import PrivacyConfig
 from cdpd.settings import (
     NAME_PATTERN,
     NAME_RULE,
@@ -277,6 +278,7 @@ class Config(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     computed_traits: list[ComputedTraitConfig] = msgspec.field(default_factory=list)
     # A directory of TOML fragments adding entries to the lists above (cdpd/confd.py).
     include: str | None = None
+    privacy: PrivacyConfig = msgspec.field(default_factory=PrivacyConfig)
 
 
 def default_path() -> str:
@@ -344,7 +346,7 @@ def _explain(message: str) -> str:
 def _allowed_values(where: str) -> list[str]:
     """The literal values (or destination types) the config accepts at a key path."""
     info: msgspec.inspect.Type = msgspec.inspect.type_info(Config)
-    for part in re.split(r"\.|\[\d+\]", where):
+    for part in re.split(r"\.|\[\d+\]|\[\.\.\.\]", where):
         if not part:
             continue
         info = _unwrap(info)
@@ -374,10 +376,12 @@ def _allowed_values(where: str) -> list[str]:
 
 
 def _unwrap(info: msgspec.inspect.Type) -> msgspec.inspect.Type:
-    """Look through lists and optional values to the type of one value."""
+    """Look through lists, tables of names and optional values to the type of one value."""
     while True:
         if isinstance(info, msgspec.inspect.ListType):
             info = info.item_type
+        elif isinstance(info, msgspec.inspect.DictType):
+            info = info.value_type
         elif isinstance(info, msgspec.inspect.UnionType) and any(
             isinstance(t, msgspec.inspect.NoneType) for t in info.types
         ):
@@ -435,6 +439,7 @@ def _cross_check(config: Config) -> list[str]:
         + _check_protocols(config)
         + _check_workspaces(config)
         + _check_engage(config)
+        + _check_privacy(config)
     )
 
 
@@ -474,6 +479,17 @@ def engage_path(config: Config) -> Path:
     if config.engage.path is not None:
         return Path(config.engage.path)
     return Path(config.storage.data_dir) / "engage.sqlite3"
+
+
+def _check_privacy(config: Config) -> list[str]:
+    from cdpd.privacy.settings import check  # pure; imported late, as naming below
+
+    return check(
+        config.privacy,
+        {s.name for s in config.sources},
+        {d.name for d in config.destinations},
+        {w.name for w in config.warehouses},
+    )
 
 
 def _check_protocols(config: Config) -> list[str]:

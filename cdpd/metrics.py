@@ -20,6 +20,7 @@ from cdpd.supervise import Restarts
 if TYPE_CHECKING:
     from cdpd.delivery.service import Delivery
     from cdpd.ingest.routes import Ingest
+    from cdpd.privacy.portal import Portal
     from cdpd.warehouse.scheduler import Scheduler
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -142,6 +143,31 @@ def _ingest_metrics(ingest: Ingest) -> Iterator[Metric]:
     for source, count in sorted(governance.suppressions.suppressed.items()):
         suppressed.add_metric([source], count)
     yield suppressed
+    yield from _privacy_metrics(governance.privacy)
+
+
+def _privacy_metrics(privacy: Portal) -> Iterator[Metric]:
+    seen = GaugeMetricFamily(
+        "cdpd_privacy_fields_seen", "Field paths privacy detection knows", labels=["source"]
+    )
+    for source, count in sorted(privacy.fields_seen().items()):
+        seen.add_metric([source], count)
+    yield seen
+    classified = GaugeMetricFamily(
+        "cdpd_privacy_inventory_fields", "Classified fields, by class", labels=["class"]
+    )
+    for class_ in ("red", "yellow", "green"):
+        count = sum(1 for found in privacy.inventory.classes.values() if found == class_)
+        classified.add_metric([class_], count)
+    yield classified
+    removed = CounterMetricFamily(
+        "cdpd_privacy_fields_removed",
+        "Messages a source's privacy control removed fields from",
+        labels=["source"],
+    )
+    for source, count in sorted(privacy.fields_removed.items()):
+        removed.add_metric([source], count)
+    yield removed
 
 
 def _lane_metrics(delivery: Delivery) -> Iterator[Metric]:

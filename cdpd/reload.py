@@ -34,6 +34,7 @@ from cdpd.ingest.routes import Ingest
 from cdpd.metrics import Metrics
 from cdpd.outbox import consumers
 from cdpd.outbox.writer import OutboxWriter
+from cdpd.privacy.portal import Portal
 from cdpd.supervise import Restarts, supervise
 from cdpd.warehouse.position import prunable_seq
 from cdpd.warehouse.scheduler import Scheduler
@@ -43,7 +44,7 @@ log = structlog.get_logger()
 # Sections a running daemon cannot change: the socket, the outbox file, the log set-up.
 RESTART_SECTIONS = ("server", "storage", "logging")
 # What delivery is built from; when none of it changed a reload leaves delivery running.
-DELIVERY_SECTIONS = ("destinations", "transformations", "delivery", "warehouses")
+DELIVERY_SECTIONS = ("destinations", "transformations", "delivery", "warehouses", "privacy")
 
 
 @dataclass
@@ -92,7 +93,7 @@ class Consumers:
 
     # -- building ----------------------------------------------------------------------------
 
-    def _delivery(self, config: Config) -> Delivery:
+    def _delivery(self, config: Config, privacy: Portal | None = None) -> Delivery:
         return Delivery(
             config,
             self._writer,
@@ -101,6 +102,7 @@ class Consumers:
             observer=self._observer,
             warehouse_position=functools.partial(prunable_seq, config),
             restarts=self._restarts,
+            privacy=privacy or self._governance.privacy,
         )
 
     def _observer(self, destination: str) -> Callable[[float], None]:
@@ -204,13 +206,15 @@ class Consumers:
         ]
         prepared = self._governance.prepare(config)  # plan files: may raise ConfigError
         new_delivery = (
-            self._delivery(config) if any(s in changed for s in DELIVERY_SECTIONS) else None
+            self._delivery(config, prepared.privacy)
+            if any(s in changed for s in DELIVERY_SECTIONS)
+            else None
         )  # credentials resolved here: may raise ConfigError
         self._governance.put_in_force(config, prepared)
         self.config = config
         if self.edges is not None:
             self.edges.ingest.reconfigure(config)
-        if "warehouses" in changed:
+        if "warehouses" in changed or "privacy" in changed:  # controls apply at load
             await self.stop_warehouses()
             self.warehouses = self._scheduler(config)
             await self.start_warehouses()

@@ -34,6 +34,7 @@ from cdpd.ingest.errors import ApiError
 from cdpd.ingest.routes import LOG_FIELDS, Ingest
 from cdpd.metrics import Metrics
 from cdpd.outbox.writer import OutboxUnavailable, OutboxWriter
+from cdpd.privacy.endpoints import PrivacyEndpoints
 from cdpd.privacy.regulations_api import RegulationsApi
 from cdpd.privacy.regulations_service import RegulationService
 from cdpd.warehouse.scheduler import Scheduler
@@ -152,6 +153,12 @@ def _operator_routes(
 ) -> list[web.RouteDef]:
     """The admin API, the regulation API and the console: what operators use."""
     routes = admin.routes()
+    privacy = (
+        PrivacyEndpoints(stages.governance.privacy, stages.writer, stages.reader, admin.authorize)
+        if stages.governance is not None
+        else None
+    )
+    routes += privacy.routes() if privacy is not None else []
     if stages.regulations is not None:
         regulations = RegulationsApi(
             config, stages.writer, stages.reader, stages.regulations, admin.authorize

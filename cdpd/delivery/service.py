@@ -22,6 +22,7 @@ from cdpd.destinations.actions import Action
 from cdpd.destinations.base import Background, Closable
 from cdpd.model.timestamps import format_ms
 from cdpd.outbox.writer import OutboxWriter
+from cdpd.privacy.portal import Portal
 from cdpd.supervise import Backoff, Restarts, supervise
 
 log = structlog.get_logger()
@@ -39,6 +40,7 @@ class Delivery:
         observer: Callable[[str], Callable[[float], None]] | None = None,
         warehouse_position: Callable[[], Awaitable[int | None]] | None = None,
         restarts: Restarts | None = None,
+        privacy: Portal | None = None,
     ) -> None:
         self._config = config.delivery
         self._drain_timeout_s = config.delivery.drain_timeout_s
@@ -69,7 +71,7 @@ class Delivery:
                 retry=d.retry or config.delivery.retry,
                 poll_interval_s=config.delivery.poll_interval_s,
                 observe=observer(d.name) if observer else None,
-                transform=_transform(config, d.name),
+                transform=_transform(config, d.name, privacy),
                 action_outcomes=(
                     ActionOutcomes(writer, d.name) if len(senders[d.name].actions) > 1 else None
                 ),
@@ -179,13 +181,21 @@ class Delivery:
                 task.cancel()
 
 
-def _transform(config: Config, destination: str) -> Callable[[str, str], str] | None:
-    """The destination's Protocols transformations, applied to its copy of each message (after
-    its filters, as Segment applies destination-scoped ones); None when it has none."""
+def _transform(
+    config: Config, destination: str, privacy: Portal | None
+) -> Callable[[str, str], str] | None:
+    """The destination's Protocols transformations, then its privacy controls, applied to its
+    copy of each message (after its filters, as Segment applies destination-scoped ones);
+    None when it has neither."""
     from cdpd.governance.transformations import destination_scoped
 
-    found = destination_scoped(config.transformations, destination)
-    return found.payload if found else None
+    transformations = destination_scoped(config.transformations, destination) or None
+    controls = privacy.destination_controls(destination) if privacy is not None else None
+    if transformations is None or controls is None:
+        found = transformations or controls
+        return found.payload if found is not None else None
+    first, then = transformations.payload, controls.payload
+    return lambda source, payload: then(source, first(source, payload))
 
 
 def routing_rule(destination: Destination, subscribed: list[Action] | None = None) -> RoutingRule:

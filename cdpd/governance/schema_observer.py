@@ -18,6 +18,7 @@ import msgspec
 
 from cdpd.governance.chain import Block, Findings, Message, Shape, Verdict
 from cdpd.model.rows import OutboxRow
+from cdpd.privacy.inbox import FieldDetector
 
 # JSON Schema type names of decoded JSON values (msgspec decodes 1.0 as a float: a number).
 VALUE_TYPES: dict[type, str] = {
@@ -37,10 +38,12 @@ def value_type(value: Any) -> str:
 
 
 class _Sections(msgspec.Struct):
-    """Only what the observer reads: decoding it skips context and the rest."""
+    """Only what the observer reads: decoding it skips the rest; context is kept raw (not
+    decoded) for privacy detection."""
 
     properties: Any = None
     traits: Any = None
+    context: msgspec.Raw = msgspec.Raw()  # empty when absent
 
 
 _sections_decoder = msgspec.json.Decoder(_Sections)
@@ -52,17 +55,31 @@ class SchemaObserver:
     `shares_body`: a later processor decodes the whole message anyway (a plan's check), so
     the observer reads that decoded body; otherwise it decodes only the two sections."""
 
-    def __init__(self, source: str, *, shares_body: bool = False) -> None:
+    def __init__(
+        self, source: str, *, shares_body: bool = False, fields: FieldDetector | None = None
+    ) -> None:
         self._source = source
         self._shares_body = shares_body
+        self._fields = fields  # privacy detection, fed what is decoded here
 
     def __call__(self, message: Message, findings: Findings) -> Verdict:
         row = message.row
         section = "traits" if row.type in TRAIT_MESSAGES else "properties"
+        fields = self._fields
         if self._shares_body:
-            values = message.body.get(section)
+            body = message.body
+            values = body.get(section)
+            if fields is not None:
+                fields.observe_decoded(
+                    row.received_at, body.get("properties"), body.get("traits"), body.get("context")
+                )
         else:
-            values = getattr(_sections_decoder.decode(row.payload), section)
+            decoded = _sections_decoder.decode(row.payload)
+            values = getattr(decoded, section)
+            if fields is not None:
+                fields.observe_decoded(
+                    row.received_at, decoded.properties, decoded.traits, decoded.context
+                )
         self._count(row, section, values, findings.shapes)
         findings.seen_at = row.received_at
         return None
@@ -72,9 +89,15 @@ class SchemaObserver:
         message objects, one loop (the source schema is on by default, so this is the common
         case)."""
         decode, shapes, count = _sections_decoder.decode, findings.shapes, self._count
+        fields = self._fields
         for row in rows:
             section = "traits" if row.type in TRAIT_MESSAGES else "properties"
-            count(row, section, getattr(decode(row.payload), section), shapes)
+            decoded = decode(row.payload)
+            count(row, section, getattr(decoded, section), shapes)
+            if fields is not None:
+                fields.observe_decoded(
+                    row.received_at, decoded.properties, decoded.traits, decoded.context
+                )
         if rows:
             findings.seen_at = rows[-1].received_at
 

@@ -13,6 +13,7 @@ from cdpd.governance import store
 from cdpd.governance.retention import GovernancePruner
 from cdpd.governance.stage import Governance
 from cdpd.outbox.writer import OutboxWriter
+from cdpd.privacy import store as privacy_store
 
 log = structlog.get_logger()
 SCHEMA_FLUSH_INTERVAL_S = 1.0
@@ -50,12 +51,22 @@ class GovernanceService:
         await self.flush()
 
     async def flush(self) -> int:
-        """Write the schema counts gathered since the last flush; returns the rows written."""
-        rows = self._governance.schema.take_rows()
-        if not rows:
-            return 0
+        """Write the schema counts and the privacy inbox's fields gathered since the last
+        flush, and read the privacy inventory again; returns the rows written."""
+        written = 0
+        privacy = self._governance.privacy
+        for name, rows, upsert in (
+            ("schema_counts", self._governance.schema.take_rows(), store.upsert_schema),
+            ("privacy_inbox", privacy.take_inbox_rows(), privacy_store.upsert_inbox),
+        ):
+            if not rows:
+                continue
+            try:
+                written += await self._writer.transact(functools.partial(upsert, rows))
+            except Exception:  # bookkeeping only: losing it must not stop ingest
+                log.exception(f"{name}_write_failed", rows=len(rows))
         try:
-            return await self._writer.transact(functools.partial(store.upsert_schema, rows))
-        except Exception:  # counts only: losing them must not stop ingest
-            log.exception("schema_counts_write_failed", rows=len(rows))
-            return 0
+            await self._writer.transact(privacy.load_inventory)
+        except Exception:  # the inventory in force stays; the next pass tries again
+            log.exception("privacy_inventory_read_failed")
+        return written

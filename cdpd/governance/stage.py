@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from cdpd.config import Config, Source, Transformation
 from cdpd.governance import browser, store, transformations
@@ -19,7 +19,19 @@ from cdpd.governance.protocols import Protocols
 from cdpd.governance.schema_observer import BlockedEvents, SchemaCounts, SchemaObserver
 from cdpd.ingest.normalize import Rejection
 from cdpd.model.rows import OutboxRow
+from cdpd.privacy.inbox import FieldDetector
+from cdpd.privacy.portal import Portal
 from cdpd.privacy.suppression import Suppressions
+
+OBSERVERS = (SchemaObserver, FieldDetector)
+
+
+class Prepared(NamedTuple):
+    """What a config about to be put in force needs, built before anything changes."""
+
+    plans: dict[str, plan_files.Plan]
+    chains: dict[str, Chain]
+    privacy: Portal
 
 
 @dataclass(frozen=True)
@@ -31,31 +43,53 @@ class Governed:
     extra: list[tuple[str, list[tuple[object, ...]]]] = field(default_factory=list)
 
 
-def build_chains(config: Config, plans: dict[str, plan_files.Plan]) -> dict[str, Chain]:
+def build_chains(
+    config: Config, plans: dict[str, plan_files.Plan], privacy: Portal | None = None
+) -> dict[str, Chain]:
+    privacy = privacy or Portal(config.privacy)
     chains = {}
     for source in config.sources:
         scoped = transformations.source_scoped(config.transformations, source.name)
-        processors = _processors(source, plans, scoped)
+        processors = _processors(source, plans, scoped, privacy)
         if processors:
             chains[source.name] = Chain(tuple(processors))
     return chains
 
 
 def _processors(
-    source: Source, plans: dict[str, plan_files.Plan], scoped: list[Transformation]
+    source: Source,
+    plans: dict[str, plan_files.Plan],
+    scoped: list[Transformation],
+    privacy: Portal,
 ) -> list[Processor]:
-    """The chain's order: observe what arrived, block by name, check the plan, transform."""
+    """The chain's order: observe what arrived (schema, personal data), block by name, remove
+    the fields of blocked classes, check the plan, transform."""
     processors: list[Processor] = []
-    decodes_body = source.tracking_plan is not None or bool(scoped)
-    if source.observe_schema:
-        processors.append(SchemaObserver(source.name, shares_body=decodes_body))
+    blocked_fields = privacy.blocked_fields(source.name)
+    decodes_body = source.tracking_plan is not None or bool(scoped) or blocked_fields is not None
+    detector = privacy.detector(source.name)
+    if source.observe_schema:  # decodes the message once for both, and feeds detection
+        processors.append(SchemaObserver(source.name, shares_body=decodes_body, fields=detector))
+    elif detector is not None:
+        processors.append(detector)
     if source.blocked_events:
         processors.append(BlockedEvents(source.blocked_events))
+    if blocked_fields is not None:
+        processors.append(blocked_fields)
     if source.tracking_plan is not None:
         processors.append(Protocols(source.name, plans[source.tracking_plan], source.protocols))
     if scoped:
         processors.append(transformations.SourceTransformations(scoped))
     return processors
+
+
+def _observing_only(chains: dict[str, Chain]) -> frozenset[str]:
+    """The sources whose chain only observes."""
+    return frozenset(
+        name
+        for name, chain in chains.items()
+        if all(type(processor) in OBSERVERS for processor in chain.processors)
+    )
 
 
 class Governance:
@@ -64,7 +98,9 @@ class Governance:
     def __init__(self, config: Config) -> None:
         self._config = config
         self.plans = plan_files.load_all(config.tracking_plans)
-        self._chains = build_chains(config, self.plans)
+        self.privacy = Portal(config.privacy)
+        self._chains = build_chains(config, self.plans, self.privacy)
+        self._observing = _observing_only(self._chains)
         self._sources = {source.name: source for source in config.sources}
         self.suppressions = Suppressions()  # kept in force by privacy/regulations_service.py
         self.schema = SchemaCounts()  # written by governance/service.py
@@ -75,19 +111,21 @@ class Governance:
     def reload(self) -> None:
         """Read the plan files again; on an error (PlanError) the chains in force stay."""
         plans = plan_files.load_all(self._config.tracking_plans)
-        self._chains, self.plans = build_chains(self._config, plans), plans
+        self._chains, self.plans = build_chains(self._config, plans, self.privacy), plans
+        self._observing = _observing_only(self._chains)
         self.reloads += 1
 
-    def prepare(self, config: Config) -> tuple[dict[str, plan_files.Plan], dict[str, Chain]]:
-        """The plans and chains of a config about to be put in force (raises PlanError)."""
+    def prepare(self, config: Config) -> Prepared:
+        """The plans, privacy portal and chains of a config about to be put in force (raises
+        PlanError, or ConfigError for a privacy salt that cannot be read)."""
         plans = plan_files.load_all(config.tracking_plans)
-        return plans, build_chains(config, plans)
+        privacy = self.privacy.with_config(config.privacy)
+        return Prepared(plans, build_chains(config, plans, privacy), privacy)
 
-    def put_in_force(
-        self, config: Config, prepared: tuple[dict[str, plan_files.Plan], dict[str, Chain]]
-    ) -> None:
+    def put_in_force(self, config: Config, prepared: Prepared) -> None:
         """Swap in what `prepare` built, whole; the counts since start are kept."""
-        self.plans, self._chains = prepared
+        self.plans, self._chains, self.privacy = prepared
+        self._observing = _observing_only(self._chains)
         self._config = config
         self._sources = {source.name: source for source in config.sources}
         self.reloads += 1
@@ -106,10 +144,12 @@ class Governance:
         if chain is None or not rows:
             return Governed(list(rows))
         findings = Findings()
-        only = chain.processors[0] if len(chain.processors) == 1 else None
-        if type(only) is SchemaObserver:  # the default chain: observing changes nothing
-            only.observe_rows(rows, findings)
-            self.schema.add(findings.shapes, findings.seen_at)
+        if source in self._observing:
+            # The default chain: observing changes nothing, so no message objects.
+            for observer in chain.processors:
+                observer.observe_rows(rows, findings)  # type: ignore[attr-defined]
+            if findings.shapes:
+                self.schema.add(findings.shapes, findings.seen_at)
             return Governed(list(rows))
         kept: list[OutboxRow] = []
         rejections: list[Rejection] = []

@@ -17,6 +17,7 @@ from cdpd.console import tables as console_tables
 from cdpd.delivery import action_outcomes
 from cdpd.governance import store as governance_store
 from cdpd.privacy import regulations_store
+from cdpd.privacy import store as privacy_store
 
 # Each entry moves the schema from version N to N + 1 (PRAGMA user_version).
 MIGRATIONS: tuple[str, ...] = (
@@ -127,6 +128,7 @@ MIGRATIONS: tuple[str, ...] = (
     console_tables.MIGRATION,  # flow_counts, flow_latency, flow_cursors
     regulations_store.MIGRATION,  # regulations, regulation_subjects, regulation_targets, ...
     action_outcomes.MIGRATION,  # delivered_actions
+    privacy_store.MIGRATION,  # privacy_inbox, privacy_inventory
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

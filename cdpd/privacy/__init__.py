@@ -1,1 +1,1 @@
-"""Privacy: personal data found in messages, where it may go, and regulations (suppress, delete)."""
+"""The Privacy Portal: find personal data in what sources send, and control where it goes."""

@@ -30,6 +30,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from cdpd.privacy.controls import PathControls
 from cdpd.warehouse.mapping import Mapper, UnreadableMessage
 from cdpd.warehouse.naming import schema_name
 from cdpd.warehouse.plan import Catalog, LoadPlan, plan_load
@@ -60,6 +61,8 @@ class Reading(msgspec.Struct, frozen=True):
     size: int
     max_columns: int
     encode_timestamp: Callable[[datetime], Any]  # a module-level function: it goes to a worker
+    # The warehouse's privacy controls over the inventory as the sync found it.
+    controls: PathControls | None = None
 
 
 class Job(msgspec.Struct, frozen=True):
@@ -96,6 +99,7 @@ def prepare(job: Job) -> Batch | None:
         return None
     mapper = Mapper(loaded_at=utc_text(datetime.now(UTC)))
     unreadable: dict[int, tuple[str, str]] = {}
+    controls = reading.controls
     for seq, source, payload in rows:
         try:
             message = _decoder.decode(payload)
@@ -103,6 +107,8 @@ def prepare(job: Job) -> Batch | None:
             unreadable[seq] = (source, str(exc))
             continue
         if type(message) is dict:
+            if controls is not None:
+                controls.apply(message)
             mapper.add(source, message)
     if unreadable:
         _discard_unreadable(reading.outbox, unreadable, mapper)

@@ -26,6 +26,8 @@ import structlog
 from cdpd.config import Config, Warehouse
 from cdpd.outbox import continuity
 from cdpd.outbox import schema as outbox_schema
+from cdpd.privacy import store as privacy_store
+from cdpd.privacy.portal import warehouse_controls
 from cdpd.warehouse.batches import Batch, BatchReader, Reading, worker_pool
 from cdpd.warehouse.plan import catalog_after
 from cdpd.warehouse.report import SyncReport
@@ -111,6 +113,7 @@ async def _load_all(
                 raise continuity.OutboxBehind(gap)
             report.position = position
             end_seq = await _last_seq(outbox)
+            classes = await privacy_store.read_classes(outbox)
         pool = worker_pool(end_seq - report.position, batch_messages, worker)
         reading = Reading(
             outbox=path,
@@ -118,6 +121,7 @@ async def _load_all(
             size=batch_messages,
             max_columns=warehouse.max_columns,
             encode_timestamp=sink.encode_timestamp,
+            controls=warehouse_controls(config.privacy, warehouse.name, classes),
         )
         reader = BatchReader(reading, pool)
         try:

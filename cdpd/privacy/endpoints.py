@@ -1,0 +1,91 @@
+"""Admin endpoints of the privacy portal (bearer token): the inbox, the inventory, and
+classifying a field, which takes effect at once for every control."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+import aiosqlite
+import msgspec
+from aiohttp import web
+
+from cdpd.ingest.errors import ApiError
+from cdpd.model.timestamps import format_ms, now_ms, parse_ms
+from cdpd.outbox.writer import OutboxWriter
+from cdpd.privacy import store
+from cdpd.privacy.controls import field_problem
+from cdpd.privacy.portal import Portal
+
+
+class ClassifyRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    field: str
+    # None takes the field out of the inventory.
+    class_: Literal["red", "yellow", "green"] | None = msgspec.field(name="class")
+
+
+class PrivacyEndpoints:
+    def __init__(
+        self,
+        portal: Portal,
+        writer: OutboxWriter,
+        reader: aiosqlite.Connection,
+        authorize: Callable[[web.Request], Awaitable[None]],
+    ) -> None:
+        self._portal = portal
+        self._writer = writer
+        self._reader = reader
+        self._authorize = authorize
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/admin/privacy/inbox", self.inbox),
+            web.get("/admin/privacy/inventory", self.inventory),
+            web.post("/admin/privacy/classify", self.classify),
+        ]
+
+    async def inbox(self, request: web.Request) -> web.Response:
+        """Fields seen and not classified yet (`all=true`: classified ones too; `since`:
+        last seen from then)."""
+        await self._authorize(request)
+        since = request.query.get("since")
+        if since is not None:
+            try:
+                since = format_ms(parse_ms(since))
+            except ValueError:
+                raise ApiError(400, "invalid_request", "since: expected an ISO-8601 time") from None
+        found = await store.inbox(
+            self._reader,
+            source=request.query.get("source"),
+            include_classified=request.query.get("all") == "true",
+            since=since,
+        )
+        return _json({"fields": found})
+
+    async def inventory(self, request: web.Request) -> web.Response:
+        await self._authorize(request)
+        return _json({"fields": await store.inventory(self._reader)})
+
+    async def classify(self, request: web.Request) -> web.Response:
+        await self._authorize(request)
+        try:
+            asked = msgspec.json.decode(await request.read(), type=ClassifyRequest)
+        except msgspec.MsgspecError as exc:
+            raise ApiError(400, "invalid_request", f"not a classify request: {exc}") from None
+        problem = field_problem(asked.field)
+        if problem is not None:
+            raise ApiError(400, "invalid_field", problem)
+        at = format_ms(now_ms())
+        await self._writer.transact(
+            functools.partial(store.classify, asked.field, asked.class_, at, "admin api")
+        )
+        self._portal.inventory.classify(asked.field, asked.class_)
+        return _json({"field": asked.field, "class": asked.class_})
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def _json(body: object) -> web.Response:
+    return web.Response(body=_encoder.encode(body), content_type="application/json")
