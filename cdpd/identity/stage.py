@@ -1,0 +1,176 @@
+"""The identity stage: reads the outbox in order and resolves every message into profiles.
+
+It is an outbox consumer (`cdpd.outbox.consumers.Consumer`) whose durable position lives in its
+own store, beside the profiles it covers, and moves in the same transaction as them: a kill -9
+loses at most an uncommitted batch, which is read again (nothing is resolved twice, nothing is
+skipped). The position is mirrored into the outbox's `consumers` table (kind `identity`) for
+retention, `cdpd outbox stats` and `/metrics`. The in-memory graph is loaded from the store
+at each start, so a restart after a failure resumes from what was committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import msgspec
+import structlog
+
+from cdpd.config import Config, identity_path
+from cdpd.identity import store
+from cdpd.identity.graph import Graph, Resolution
+from cdpd.identity.identifiers import Identifier, Rules
+from cdpd.identity.resolve import resolve
+from cdpd.model.timestamps import parse_ms
+from cdpd.outbox import consumers
+from cdpd.outbox.consumers import Consumer, Message
+
+log = structlog.get_logger("cdpd.identity")
+
+CONSUMER_NAME = "identity"
+CHUNK_MESSAGES = 100  # resolved between yields to the event loop (keeps API latency low)
+MIRROR_INTERVAL_S = 1.0
+_payload = msgspec.json.Decoder(dict[str, Any])
+
+
+class IdentityError(Exception):
+    """A request the identity store refuses (the Profile API turns it into a 400)."""
+
+
+def resolve_messages(graph: Graph, rules: Rules, messages: Sequence[Message]) -> list[Resolution]:
+    """Resolve and apply `messages` in order (pure apart from `graph`)."""
+    done = []
+    for message in messages:
+        resolution = resolve(
+            graph,
+            _payload.decode(message.payload),
+            rules,
+            seq=message.seq,
+            message_id=message.message_id,
+            source=message.source,
+            at_ms=parse_ms(message.received_at),
+        )
+        graph.apply(resolution)
+        done.append(resolution)
+    return done
+
+
+class IdentityStage:
+    """Owns the identity store's only write connection and the graph in memory."""
+
+    def __init__(
+        self,
+        config: Config,
+        conn: aiosqlite.Connection,
+        consumer: Consumer,
+        mirror: Callable[[int], Any],
+    ) -> None:
+        assert config.identity is not None
+        self.rules = Rules(config.identity)
+        self.batch_messages = config.identity.batch_messages
+        self._conn = conn
+        self.consumer = consumer
+        self._mirror = mirror
+        self._mirrored = -1
+        self._mirrored_at = 0.0
+        self.graph = Graph()
+        self.lock = asyncio.Lock()  # one change at a time: batches, forgets, deletions
+        self.resolved = 0
+        self.caught_up = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with self.lock:
+            self.graph = await store.load_graph(self._conn)
+            seq = await store.position(self._conn)
+        await self.consumer.start(from_seq=seq)
+        self.consumer.seq = seq  # the store's own position is the truth
+        try:
+            while not stop.is_set():
+                if not await self.step():
+                    self.caught_up.set()
+                    await self._mirror_position(force=True)
+                    await self.consumer.wait(stop, poll_s=1.0)
+        finally:
+            await self.consumer.close()
+
+    async def step(self) -> bool:
+        """Resolve the next batch; False when there was nothing to read."""
+        batch = await self.consumer.read(self.batch_messages)
+        if not batch:
+            return False
+        self.caught_up.clear()
+        async with self.lock:
+            resolutions = []
+            for chunk in _chunks(batch, CHUNK_MESSAGES):
+                resolutions += resolve_messages(self.graph, self.rules, chunk)
+                await asyncio.sleep(0)
+            await store.save_batch(self._conn, self.graph, resolutions, batch[-1].seq)
+        self.consumer.seq = batch[-1].seq
+        self.resolved += len(batch)
+        await self._mirror_position(force=False)
+        return True
+
+    async def _mirror_position(self, *, force: bool) -> None:
+        seq = self.consumer.seq
+        now = time.monotonic()
+        if seq == self._mirrored or (not force and now - self._mirrored_at < MIRROR_INTERVAL_S):
+            return
+        await self._mirror(seq)
+        self._mirrored, self._mirrored_at = seq, now
+
+    # -- what the Profile API and the privacy stage call ---------------------------------------
+
+    async def forget_user(self, user_id: str) -> list[str]:
+        """Delete the profile holding `user_id` (and every profile merged into it) with its
+        identifiers, traits, links and merge history; returns the profile ids deleted (empty
+        when no profile has the id). The entry point for deletion regulations."""
+        return await self.forget(("user_id", user_id))
+
+    async def forget(self, identifier: Identifier, collection: str = "users") -> list[str]:
+        async with self.lock:
+            owner = self.graph.owner(collection, identifier)
+            if owner is None:
+                return []
+            gone = self.graph.remove(self.graph.canonical(owner))
+            await store.delete_profiles(self._conn, gone)
+        log.info("profile_forgotten", type=identifier[0], profiles=len(gone))
+        return gone
+
+    async def delete_identifier(self, pid: str, identifier: Identifier) -> None:
+        """Segment's Delete Profile Identifier: never a profile's last `user_id`, never a
+        `group_id` (raises IdentityError)."""
+        async with self.lock:
+            profile = self.graph.profiles[self.graph.canonical(pid)]
+            kind = identifier[0]
+            if kind == "group_id":
+                raise IdentityError("group_id identifiers cannot be deleted")
+            if identifier not in profile.identifiers:
+                raise IdentityError(f"the profile has no {kind} {identifier[1]!r}")
+            if kind == "user_id" and profile.count("user_id", None) <= 1:
+                raise IdentityError("the last user_id of a profile cannot be deleted")
+            self.graph.drop_identifier(profile.id, profile.collection, identifier)
+            await store.delete_identifier(self._conn, profile.collection, identifier)
+
+
+def _chunks(items: Sequence[Message], size: int) -> Iterator[Sequence[Message]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@asynccontextmanager
+async def opened(
+    config: Config, outbox_path: Path, transact: Any, end_seq: Callable[[], int]
+) -> Any:
+    """The identity stage with its store open, closed on exit."""
+    async with store.connect(identity_path(config)) as conn:
+        consumer = Consumer(CONSUMER_NAME, CONSUMER_NAME, outbox_path, transact, end_seq)
+
+        async def mirror(seq: int) -> None:
+            await transact(lambda c: consumers.mirror(c, CONSUMER_NAME, CONSUMER_NAME, seq))
+
+        yield IdentityStage(config, conn, consumer, mirror)
