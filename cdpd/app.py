@@ -30,6 +30,8 @@ from cdpd.config import Config, ConfigError
 from cdpd.delivery.service import Delivery
 from cdpd.governance.service import GovernanceService
 from cdpd.governance.stage import Governance
+from cdpd.identity import stage as identity_stage
+from cdpd.identity.stage import IdentityStage
 from cdpd.ingest.routes import Ingest
 from cdpd.logs import LineWriter
 from cdpd.metrics import Metrics
@@ -54,6 +56,7 @@ class Running:
     delivery: Delivery
     warehouses: Scheduler
     restarts: Restarts
+    identity: IdentityStage | None = None
 
     @property
     def ingest(self) -> Ingest:
@@ -109,6 +112,7 @@ async def running(
         async with (
             schema.connect(storage.outbox_path, readonly=True) as reader,
             _outbound_session() as session,
+            _identity(config, writer) as identity,
         ):
             delivery = Delivery(
                 config,
@@ -122,7 +126,7 @@ async def running(
             # One stop event per phase of the drain, set in the order of the `finally` below.
             warehouses_stop, space_stop = asyncio.Event(), asyncio.Event()
             supervised = functools.partial(supervise, clock=clock, restarts=restarts)
-            stages = cdpd_web.Stages(writer, reader, delivery, metrics, governance)
+            stages = cdpd_web.Stages(writer, reader, delivery, metrics, governance, identity)
             async with asyncio.TaskGroup() as tasks:
                 writer_task = tasks.create_task(
                     supervised("outbox-writer", _writer_service(writer), asyncio.Event()),
@@ -139,6 +143,19 @@ async def running(
                         names=[f"warehouse:{w.name}" for w in config.warehouses],
                     )
                 )
+                await writer.transact(  # without [identity], its position holds nothing back
+                    functools.partial(
+                        consumers.keep_only,
+                        kind=identity_stage.CONSUMER_NAME,
+                        names=[identity_stage.CONSUMER_NAME] if identity else [],
+                    )
+                )
+                identity_stop = asyncio.Event()
+                identity_task = None
+                if identity is not None:
+                    identity_task = tasks.create_task(
+                        supervised("identity", identity.run, identity_stop), name="identity"
+                    )
                 # Not under `supervise` here: `Delivery.run` closes its destinations' clients
                 # when it ends, so running it again would not be a restart. Its parts are
                 # restarted inside `cdpd.delivery`.
@@ -167,6 +184,7 @@ async def running(
                             delivery=delivery,
                             warehouses=warehouses,
                             restarts=restarts,
+                            identity=identity,
                         )
                 finally:
                     warehouses_stop.set()  # a sync commits the batch it is in; the TaskGroup waits
@@ -174,9 +192,25 @@ async def running(
                     await delivery_task
                     governance_stop.set()  # writes the last schema counts
                     await governance_task
+                    identity_stop.set()  # commits the batch it is resolving
+                    if identity_task is not None:
+                        await identity_task
                     writer.close()  # commits what is still pending, then its task ends
                     await writer_task
                     space_stop.set()
+
+
+@asynccontextmanager
+async def _identity(config: Config, writer: OutboxWriter) -> AsyncIterator[IdentityStage | None]:
+    """The identity stage when `[identity]` is configured, woken by every commit."""
+    if config.identity is None:
+        yield None
+        return
+    async with identity_stage.opened(
+        config, config.storage.outbox_path, writer.transact, lambda: writer.last_seq
+    ) as identity:
+        writer.on_messages(identity.consumer.new_messages)
+        yield identity
 
 
 def _writer_service(writer: OutboxWriter) -> Callable[[asyncio.Event], Awaitable[None]]:

@@ -16,6 +16,7 @@ from cdpd.supervise import Restarts
 
 if TYPE_CHECKING:
     from cdpd.delivery.service import Delivery
+    from cdpd.identity.stage import IdentityStage
     from cdpd.ingest.routes import Ingest
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -40,9 +41,12 @@ class Metrics:
         """Where a lane reports each request's duration, in seconds."""
         return self._latency.labels(destination).observe
 
-    def attach(self, ingest: Ingest, delivery: Delivery) -> None:
+    def attach(
+        self, ingest: Ingest, delivery: Delivery, identity: IdentityStage | None = None
+    ) -> None:
         self._collector.ingest = ingest
         self._collector.delivery = delivery
+        self._collector.identity = identity
 
     def render(self, reports: list[DestinationReport]) -> bytes:
         """The text exposition, with outbox counts read just before."""
@@ -55,6 +59,7 @@ class _Collector(Collector):
         self.restarts = restarts
         self.ingest: Ingest | None = None
         self.delivery: Delivery | None = None
+        self.identity: IdentityStage | None = None
         self.reports: list[DestinationReport] = []
 
     def collect(self) -> Iterator[Metric]:
@@ -63,6 +68,8 @@ class _Collector(Collector):
         if self.delivery is not None:
             yield from _lane_metrics(self.delivery)
         yield from _outbox_metrics(self.reports)
+        if self.identity is not None:
+            yield from _identity_metrics(self.identity)
         yield _restart_metrics(self.restarts)
 
 
@@ -150,6 +157,27 @@ def _outbox_metrics(reports: list[DestinationReport]) -> Iterator[Metric]:
     for report in reports:
         backlog.add_metric([report.destination], report.backlog)
     yield backlog
+
+
+def _identity_metrics(identity: IdentityStage) -> Iterator[Metric]:
+    lag = GaugeMetricFamily(
+        "cdpd_identity_lag_messages", "Messages in the outbox not resolved into profiles yet"
+    )
+    lag.add_metric([], identity.lag_messages)
+    yield lag
+    resolved = CounterMetricFamily(
+        "cdpd_identity_resolved", "Messages resolved into profiles since start"
+    )
+    resolved.add_metric([], identity.resolved)
+    yield resolved
+    profiles = GaugeMetricFamily(
+        "cdpd_identity_profiles",
+        "Profiles (not merged into another), by collection",
+        labels=["collection"],
+    )
+    for collection, count in sorted(identity.profile_counts().items()):
+        profiles.add_metric([collection], count)
+    yield profiles
 
 
 def _restart_metrics(restarts: Restarts) -> Metric:

@@ -24,6 +24,8 @@ from cdpd.admin import Admin
 from cdpd.config import Config
 from cdpd.delivery.service import Delivery
 from cdpd.governance.stage import Governance
+from cdpd.identity.api import ProfileApi
+from cdpd.identity.stage import IdentityStage
 from cdpd.ingest import cors
 from cdpd.ingest.errors import ApiError
 from cdpd.ingest.routes import LOG_FIELDS, Ingest
@@ -85,12 +87,13 @@ class Stages(NamedTuple):
     delivery: Delivery
     metrics: Metrics
     governance: Governance | None = None
+    identity: IdentityStage | None = None
 
 
 def build(config: Config, stages: Stages, drain: Drain) -> web.Application:
     ingest = Ingest(config, stages.writer, stages.governance)
     admin = Admin(config, stages.writer, stages.reader, stages.delivery, stages.metrics)
-    stages.metrics.attach(ingest, stages.delivery)
+    stages.metrics.attach(ingest, stages.delivery, stages.identity)
     app = web.Application(client_max_size=config.server.max_request_bytes)
     app[INGEST] = ingest
     app[WRITER] = stages.writer
@@ -98,6 +101,8 @@ def build(config: Config, stages: Stages, drain: Drain) -> web.Application:
     access = logs.access_log(config.logging.level) if config.logging.access_log else None
     wrap = _RequestWrapper(drain, access, errors_only=config.logging.access_log == "errors")
     routes = [*ingest.routes(), *admin.routes(), web.get("/health", health)]
+    if stages.identity is not None and config.identity is not None:
+        routes += ProfileApi(config.identity, stages.identity).routes()
     app.add_routes(web.RouteDef(r.method, r.path, wrap(r.handler), r.kwargs) for r in routes)
     app.router.add_route("*", "/{tail:.*}", wrap(_Unrouted(routes)))
     return app

@@ -22,7 +22,7 @@ import msgspec
 import structlog
 
 from cdpd.config import Config, identity_path
-from cdpd.identity import store
+from cdpd.identity import reads, store
 from cdpd.identity.graph import Graph, Resolution
 from cdpd.identity.identifiers import Identifier, Rules
 from cdpd.identity.resolve import resolve
@@ -69,19 +69,23 @@ class IdentityStage:
         conn: aiosqlite.Connection,
         consumer: Consumer,
         mirror: Callable[[int], Any],
+        end_seq: Callable[[], int],
+        reader: aiosqlite.Connection | None = None,
     ) -> None:
         assert config.identity is not None
         self.rules = Rules(config.identity)
         self.batch_messages = config.identity.batch_messages
         self._conn = conn
+        self.reader = reader  # read-only, for the Profile API and the CLI
         self.consumer = consumer
         self._mirror = mirror
         self._mirrored = -1
         self._mirrored_at = 0.0
         self.graph = Graph()
+        self._end_seq = end_seq
         self.lock = asyncio.Lock()  # one change at a time: batches, forgets, deletions
         self.resolved = 0
-        self.caught_up = asyncio.Event()
+        self._progress = asyncio.Condition()
 
     async def run(self, stop: asyncio.Event) -> None:
         async with self.lock:
@@ -92,18 +96,28 @@ class IdentityStage:
         try:
             while not stop.is_set():
                 if not await self.step():
-                    self.caught_up.set()
                     await self._mirror_position(force=True)
                     await self.consumer.wait(stop, poll_s=1.0)
         finally:
             await self.consumer.close()
+
+    @property
+    def lag_messages(self) -> int:
+        """Messages committed to the outbox and not resolved yet."""
+        return max(0, self._end_seq() - self.consumer.seq)
+
+    def profile_counts(self) -> dict[str, int]:
+        counts = {"users": 0, "accounts": 0}
+        for profile in self.graph.profiles.values():
+            if profile.merged_into is None:
+                counts[profile.collection] += 1
+        return counts
 
     async def step(self) -> bool:
         """Resolve the next batch; False when there was nothing to read."""
         batch = await self.consumer.read(self.batch_messages)
         if not batch:
             return False
-        self.caught_up.clear()
         async with self.lock:
             resolutions = []
             for chunk in _chunks(batch, CHUNK_MESSAGES):
@@ -112,6 +126,8 @@ class IdentityStage:
             await store.save_batch(self._conn, self.graph, resolutions, batch[-1].seq)
         self.consumer.seq = batch[-1].seq
         self.resolved += len(batch)
+        async with self._progress:
+            self._progress.notify_all()
         await self._mirror_position(force=False)
         return True
 
@@ -122,6 +138,11 @@ class IdentityStage:
             return
         await self._mirror(seq)
         self._mirrored, self._mirrored_at = seq, now
+
+    async def wait_resolved(self, seq: int) -> None:
+        """Until every message up to `seq` is resolved (and committed)."""
+        async with self._progress:
+            await self._progress.wait_for(lambda: self.consumer.seq >= seq)
 
     # -- what the Profile API and the privacy stage call ---------------------------------------
 
@@ -173,4 +194,6 @@ async def opened(
         async def mirror(seq: int) -> None:
             await transact(lambda c: consumers.mirror(c, CONSUMER_NAME, CONSUMER_NAME, seq))
 
-        yield IdentityStage(config, conn, consumer, mirror)
+        async with store.connect(identity_path(config), readonly=True) as reader:
+            await reads.attach_outbox(reader, outbox_path)
+            yield IdentityStage(config, conn, consumer, mirror, end_seq, reader)
