@@ -93,6 +93,7 @@ class IdentityStage:
             seq = await store.position(self._conn)
         await self.consumer.start(from_seq=seq)
         self.consumer.seq = seq  # the store's own position is the truth
+        await self._progressed()
         try:
             while not stop.is_set():
                 if not await self.step():
@@ -126,8 +127,7 @@ class IdentityStage:
             await store.save_batch(self._conn, self.graph, resolutions, batch[-1].seq)
         self.consumer.seq = batch[-1].seq
         self.resolved += len(batch)
-        async with self._progress:
-            self._progress.notify_all()
+        await self._progressed()
         await self._mirror_position(force=False)
         return True
 
@@ -138,6 +138,10 @@ class IdentityStage:
             return
         await self._mirror(seq)
         self._mirrored, self._mirrored_at = seq, now
+
+    async def _progressed(self) -> None:
+        async with self._progress:
+            self._progress.notify_all()
 
     async def wait_resolved(self, seq: int) -> None:
         """Until every message up to `seq` is resolved (and committed)."""
