@@ -11,11 +11,13 @@ at each start, so a restart after a failure resumes from what was committed.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import msgspec
@@ -32,6 +34,7 @@ from cdpd.outbox.consumers import Consumer, Message
 
 log = structlog.get_logger("cdpd.identity")
 
+T = TypeVar("T")
 CONSUMER_NAME = "identity"
 CHUNK_MESSAGES = 100  # resolved between yields to the event loop (keeps API latency low)
 MIRROR_INTERVAL_S = 1.0
@@ -66,7 +69,7 @@ class IdentityStage:
     def __init__(
         self,
         config: Config,
-        conn: aiosqlite.Connection,
+        conn: sqlite3.Connection,
         consumer: Consumer,
         mirror: Callable[[int], Any],
         end_seq: Callable[[], int],
@@ -76,6 +79,9 @@ class IdentityStage:
         self.rules = Rules(config.identity)
         self.batch_messages = config.identity.batch_messages
         self._conn = conn
+        # The store's one writer thread: every write is a blocking call run there, a whole
+        # batch per hop, never on the event loop.
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="identity-writer")
         self.reader = reader  # read-only, for the Profile API and the CLI
         self.consumer = consumer
         self._mirror = mirror
@@ -89,8 +95,8 @@ class IdentityStage:
 
     async def run(self, stop: asyncio.Event) -> None:
         async with self.lock:
-            self.graph = await store.load_graph(self._conn)
-            seq = await store.position(self._conn)
+            self.graph = await self._write(store.load_graph, self._conn)
+            seq = await self._write(store.position, self._conn)
         await self.consumer.start(from_seq=seq)
         self.consumer.seq = seq  # the store's own position is the truth
         await self._progressed()
@@ -124,7 +130,7 @@ class IdentityStage:
             for chunk in _chunks(batch, CHUNK_MESSAGES):
                 resolutions += resolve_messages(self.graph, self.rules, chunk)
                 await asyncio.sleep(0)
-            await store.save_batch(self._conn, self.graph, resolutions, batch[-1].seq)
+            await self._write(store.save_batch, self._conn, self.graph, resolutions, batch[-1].seq)
         self.consumer.seq = batch[-1].seq
         self.resolved += len(batch)
         await self._progressed()
@@ -138,6 +144,12 @@ class IdentityStage:
             return
         await self._mirror(seq)
         self._mirrored, self._mirrored_at = seq, now
+
+    async def _write(self, call: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._writer, call, *args)
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)
 
     async def _progressed(self) -> None:
         async with self._progress:
@@ -162,7 +174,7 @@ class IdentityStage:
             if owner is None:
                 return []
             gone = self.graph.remove(self.graph.canonical(owner))
-            await store.delete_profiles(self._conn, gone)
+            await self._write(store.delete_profiles, self._conn, gone)
         log.info("profile_forgotten", type=identifier[0], profiles=len(gone))
         return gone
 
@@ -179,7 +191,7 @@ class IdentityStage:
             if kind == "user_id" and profile.count("user_id", None) <= 1:
                 raise IdentityError("the last user_id of a profile cannot be deleted")
             self.graph.drop_identifier(profile.id, profile.collection, identifier)
-            await store.delete_identifier(self._conn, profile.collection, identifier)
+            await self._write(store.delete_identifier, self._conn, profile.collection, identifier)
 
 
 def _chunks(items: Sequence[Message], size: int) -> Iterator[Sequence[Message]]:
@@ -192,12 +204,16 @@ async def opened(
     config: Config, outbox_path: Path, transact: Any, end_seq: Callable[[], int]
 ) -> Any:
     """The identity stage with its store open, closed on exit."""
-    async with store.connect(identity_path(config)) as conn:
+    with store.connect(identity_path(config)) as conn:
         consumer = Consumer(CONSUMER_NAME, CONSUMER_NAME, outbox_path, transact, end_seq)
 
         async def mirror(seq: int) -> None:
             await transact(lambda c: consumers.mirror(c, CONSUMER_NAME, CONSUMER_NAME, seq))
 
-        async with store.connect(identity_path(config), readonly=True) as reader:
+        async with store.connect_reader(identity_path(config)) as reader:
             await reads.attach_outbox(reader, outbox_path)
-            yield IdentityStage(config, conn, consumer, mirror, end_seq, reader)
+            stage = IdentityStage(config, conn, consumer, mirror, end_seq, reader)
+            try:
+                yield stage
+            finally:
+                stage.close()

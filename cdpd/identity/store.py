@@ -19,8 +19,9 @@ A later consumer (Engage) reads `resolutions` and `merges` incrementally by `seq
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ from cdpd.identity.graph import Graph, Profile, Resolution, Seen, Trait
 from cdpd.model.timestamps import format_ms, parse_ms
 
 SCHEMA_VERSION = 1
+CACHE_KIB = 64 * 1024
+CHECKPOINT_PAGES = 10_000
 SCHEMA = """
 CREATE TABLE profiles (
     profile_id       TEXT PRIMARY KEY,
@@ -87,7 +90,7 @@ CREATE TABLE resolutions (
     blocked     TEXT
 );
 CREATE INDEX resolutions_profile ON resolutions (profile_id, seq);
-CREATE INDEX resolutions_account ON resolutions (account_id, seq);
+CREATE INDEX resolutions_account ON resolutions (account_id, seq) WHERE account_id IS NOT NULL;
 CREATE TABLE merges (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
     seq             INTEGER NOT NULL,
@@ -115,45 +118,67 @@ class SchemaMismatch(Exception):
     """The identity store was written by a different cdpd."""
 
 
+@contextmanager
+def connect(path: Path) -> Iterator[sqlite3.Connection]:
+    """Open (creating it the first time) the identity store for writing. Its calls are
+    blocking: the stage runs them on its own writer thread, a whole batch per hop."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        # Batches touch pages all over the indexes: a larger cache, and checkpoints every
+        # ~40 MB of WAL rather than every 4 MB, keep a commit from rereading and fsyncing them.
+        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES}")
+        _create(conn)
+        yield conn
+    finally:
+        conn.close()
+
+
 @asynccontextmanager
-async def connect(path: Path, *, readonly: bool = False) -> AsyncIterator[aiosqlite.Connection]:
-    """Open (creating it the first time) the identity store."""
-    if readonly:
-        conn = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = await aiosqlite.connect(path, isolation_level=None)
+async def connect_reader(path: Path) -> AsyncIterator[aiosqlite.Connection]:
+    """A read-only connection (its own thread) for the Profile API and the CLI."""
+    conn = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
     try:
         await conn.execute("PRAGMA busy_timeout = 5000")
-        if not readonly:
-            await conn.execute("PRAGMA journal_mode = WAL")
-            await conn.execute("PRAGMA synchronous = NORMAL")
-            await _create(conn)
         yield conn
     finally:
         await conn.close()
 
 
-async def _create(conn: aiosqlite.Connection) -> None:
-    version = next(iter(await conn.execute_fetchall("PRAGMA user_version")))[0]
+def _create(conn: sqlite3.Connection) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version == SCHEMA_VERSION:
         return
     if version != 0:
         raise SchemaMismatch(f"identity store schema {version}; this cdpd knows {SCHEMA_VERSION}")
-    await conn.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+    conn.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
 
 
-async def position(conn: aiosqlite.Connection) -> int:
-    rows = await conn.execute_fetchall("SELECT seq FROM position WHERE name = 'outbox'")
-    return int(next(iter(rows))[0])
+def position(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT seq FROM position WHERE name = 'outbox'").fetchone()[0])
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 # -- loading the graph -------------------------------------------------------------------------
 
 
-async def load_graph(conn: aiosqlite.Connection) -> Graph:
+def load_graph(conn: sqlite3.Connection) -> Graph:
     graph = Graph()
-    for row in await conn.execute_fetchall(
+    for row in conn.execute(
         "SELECT profile_id, collection, canonical_id, created_at, created_seq, first_message_id,"
         " first_source_id, updated_at, last_message_id, last_source_id, merges FROM profiles"
     ):
@@ -181,7 +206,7 @@ async def load_graph(conn: aiosqlite.Connection) -> Graph:
         seq,
         message_id,
         source,
-    ) in await conn.execute_fetchall(
+    ) in conn.execute(
         "SELECT collection, type, value, profile_id, created_at, seq, message_id, source_id"
         " FROM external_ids"
     ):
@@ -189,12 +214,12 @@ async def load_graph(conn: aiosqlite.Connection) -> Graph:
             parse_ms(created), seq, message_id, source
         )
         graph.owners[(collection, (kind, value))] = pid
-    for pid, name, value, source, updated, seq in await conn.execute_fetchall(
+    for pid, name, value, source, updated, seq in conn.execute(
         "SELECT profile_id, name, value, source_id, updated_at, seq FROM traits"
     ):
         parsed = None if value is None else _decode.decode(value)
         graph.profiles[pid].traits[name] = Trait(parsed, source, parse_ms(updated), seq)
-    for pid, account in await conn.execute_fetchall("SELECT profile_id, account_id FROM links"):
+    for pid, account in conn.execute("SELECT profile_id, account_id FROM links"):
         graph.profiles[pid].links.add(account)
         graph.profiles[account].links.add(pid)
     return graph
@@ -203,25 +228,20 @@ async def load_graph(conn: aiosqlite.Connection) -> Graph:
 # -- persisting a batch ------------------------------------------------------------------------
 
 
-async def save_batch(
-    conn: aiosqlite.Connection, graph: Graph, resolutions: list[Resolution], to_seq: int
+def save_batch(
+    conn: sqlite3.Connection, graph: Graph, resolutions: list[Resolution], to_seq: int
 ) -> None:
     """Write what `resolutions` (already applied to `graph`) changed, and move the position to
     `to_seq`, in one transaction. Merges are replayed in order; everything else is written
     from the graph's final state, so a batch costs a few statements whatever its size."""
-    await conn.execute("BEGIN IMMEDIATE")
-    try:
-        await _save(conn, graph, resolutions)
-        await conn.execute("UPDATE position SET seq = ? WHERE name = 'outbox'", (to_seq,))
-        await conn.execute("COMMIT")
-    except BaseException:
-        await conn.execute("ROLLBACK")
-        raise
+    with _transaction(conn):
+        _save(conn, graph, resolutions)
+        conn.execute("UPDATE position SET seq = ? WHERE name = 'outbox'", (to_seq,))
 
 
-async def _save(conn: aiosqlite.Connection, graph: Graph, resolutions: list[Resolution]) -> None:
+def _save(conn: sqlite3.Connection, graph: Graph, resolutions: list[Resolution]) -> None:
     created, touched, retraited, attached, linked = [], set(), set(), [], set()
-    merges = []
+    merges: list[tuple[Resolution, str, str, str]] = []
     for r in resolutions:
         for outcome in (r.user, r.account):
             if outcome is None:
@@ -235,37 +255,26 @@ async def _save(conn: aiosqlite.Connection, graph: Graph, resolutions: list[Reso
             merges += [(r, outcome.collection, m, outcome.profile_id) for m in outcome.merged]
         if r.user is not None and r.account is not None:
             linked.add((r.user.profile_id, r.account.profile_id, r.seq))
-    await conn.executemany(
+    conn.executemany(
         "INSERT INTO profiles (profile_id, collection, canonical_id, created_at, created_seq,"
         " first_message_id, first_source_id, updated_at, last_message_id, last_source_id)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
-            (
-                pid,
-                c,
-                pid,
-                format_ms(r.at_ms),
-                r.seq,
-                r.message_id,
-                r.source,
-                format_ms(r.at_ms),
-                r.message_id,
-                r.source,
-            )
+            (pid, c, pid, at, r.seq, r.message_id, r.source, at, r.message_id, r.source)
             for r, pid, c in created
+            for at in [format_ms(r.at_ms)]
         ],
     )
-    for r, collection, merged, into in merges:
-        await _save_merge(conn, r, collection, merged, into)
-    await _save_identifiers(conn, graph, attached)
-    await _save_profiles(conn, graph, touched)
-    await _save_traits(conn, graph, retraited)
-    await conn.executemany(
+    _save_merges(conn, merges)
+    _save_identifiers(conn, graph, attached)
+    _save_profiles(conn, graph, touched)
+    _save_traits(conn, graph, retraited)
+    conn.executemany(
         "INSERT INTO links (profile_id, account_id, seq) VALUES (?, ?, ?)"
         " ON CONFLICT (profile_id, account_id) DO UPDATE SET seq = min(seq, excluded.seq)",
         sorted((graph.canonical(u), graph.canonical(a), seq) for u, a, seq in linked),
     )
-    await conn.executemany(
+    conn.executemany(
         "INSERT OR REPLACE INTO resolutions (seq, message_id, source_id, type, received_at,"
         " profile_id, account_id, created, demoted, blocked) VALUES (?,?,?,?,?,?,?,?,?,?)",
         [_resolution_row(r) for r in resolutions],
@@ -294,36 +303,45 @@ def _resolution_row(r: Resolution) -> tuple[Any, ...]:
     )
 
 
-async def _save_merge(
-    conn: aiosqlite.Connection, r: Resolution, collection: str, merged: str, into: str
-) -> None:
-    await conn.execute(
-        "UPDATE external_ids SET profile_id = ? WHERE profile_id = ?", (into, merged)
-    )
-    await conn.execute(
-        "UPDATE profiles SET canonical_id = ? WHERE canonical_id = ?", (into, merged)
-    )
-    await conn.execute("DELETE FROM traits WHERE profile_id = ?", (merged,))
-    column, other = ("profile_id", "account_id")
-    if collection == "accounts":
-        column, other = other, column
+_LINKS_TO = {
     # A link keeps the seq of the first message that linked the two, whichever side it was on.
-    await conn.execute(
+    column: (
         f"INSERT INTO links ({column}, {other}, seq) SELECT ?, {other}, seq FROM links"  # noqa: S608
         f" WHERE {column} = ? ORDER BY seq"
         " ON CONFLICT (profile_id, account_id) DO UPDATE SET seq = min(seq, excluded.seq)",
-        (into, merged),
+        f"DELETE FROM links WHERE {column} = ?",  # noqa: S608
     )
-    await conn.execute(f"DELETE FROM links WHERE {column} = ?", (merged,))  # noqa: S608
-    await conn.execute(
+    for column, other in (("profile_id", "account_id"), ("account_id", "profile_id"))
+}
+
+
+def _save_merges(conn: sqlite3.Connection, merges: list[tuple[Resolution, str, str, str]]) -> None:
+    """Each statement runs once per merge, in merge order. Each reads only its own table, so
+    running every merge through one statement before the next is the same as merging one at a
+    time."""
+    if not merges:
+        return
+    pairs = [(into, merged) for _, _, merged, into in merges]
+    conn.executemany("UPDATE external_ids SET profile_id = ? WHERE profile_id = ?", pairs)
+    conn.executemany("UPDATE profiles SET canonical_id = ? WHERE canonical_id = ?", pairs)
+    conn.executemany("DELETE FROM traits WHERE profile_id = ?", [(m,) for _, m in pairs])
+    for collection, column in (("users", "profile_id"), ("accounts", "account_id")):
+        moved = [(into, m) for _, c, m, into in merges if c == collection]
+        copy, delete = _LINKS_TO[column]
+        conn.executemany(copy, moved)
+        conn.executemany(delete, [(m,) for _, m in moved])
+    conn.executemany(
         "INSERT INTO merges (seq, message_id, source_id, collection, profile_id,"
         " into_profile_id, merged_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (r.seq, r.message_id, r.source, collection, merged, into, format_ms(r.at_ms)),
+        [
+            (r.seq, r.message_id, r.source, collection, merged, into, format_ms(r.at_ms))
+            for r, collection, merged, into in merges
+        ],
     )
 
 
-async def _save_identifiers(
-    conn: aiosqlite.Connection, graph: Graph, attached: Iterable[tuple[str, tuple[str, str]]]
+def _save_identifiers(
+    conn: sqlite3.Connection, graph: Graph, attached: Iterable[tuple[str, tuple[str, str]]]
 ) -> None:
     rows = []
     for collection, ident in attached:
@@ -342,27 +360,27 @@ async def _save_identifiers(
                 seen.source,
             )
         )
-    await conn.executemany(
+    conn.executemany(
         "INSERT OR REPLACE INTO external_ids (collection, type, value, profile_id, created_at,"
         " seq, message_id, source_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         rows,
     )
 
 
-async def _save_profiles(conn: aiosqlite.Connection, graph: Graph, touched: set[str]) -> None:
+def _save_profiles(conn: sqlite3.Connection, graph: Graph, touched: set[str]) -> None:
     rows = []
     for pid in touched:
         p = graph.profiles.get(pid)
         if p is not None:
             rows.append((format_ms(p.updated_ms), p.last_message_id, p.last_source, p.merges, pid))
-    await conn.executemany(
+    conn.executemany(
         "UPDATE profiles SET updated_at = ?, last_message_id = ?, last_source_id = ?, merges = ?"
         " WHERE profile_id = ?",
         rows,
     )
 
 
-async def _save_traits(conn: aiosqlite.Connection, graph: Graph, pids: set[str]) -> None:
+def _save_traits(conn: sqlite3.Connection, graph: Graph, pids: set[str]) -> None:
     rows = []
     for pid in pids:
         profile = graph.profiles.get(pid)
@@ -371,7 +389,7 @@ async def _save_traits(conn: aiosqlite.Connection, graph: Graph, pids: set[str])
         for name, t in profile.traits.items():
             value = None if t.value is None else _json.encode(t.value).decode()
             rows.append((pid, name, value, t.source, format_ms(t.updated_ms), t.seq))
-    await conn.executemany(
+    conn.executemany(
         "INSERT OR REPLACE INTO traits (profile_id, name, value, source_id, updated_at, seq)"
         " VALUES (?, ?, ?, ?, ?, ?)",
         rows,
@@ -381,12 +399,11 @@ async def _save_traits(conn: aiosqlite.Connection, graph: Graph, pids: set[str])
 # -- removing ----------------------------------------------------------------------------------
 
 
-async def delete_profiles(conn: aiosqlite.Connection, pids: list[str]) -> None:
+def delete_profiles(conn: sqlite3.Connection, pids: list[str]) -> None:
     """Delete every trace of the given profiles (their resolutions and merges included), in
     one transaction."""
     params = [(pid,) for pid in pids]
-    await conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _transaction(conn):
         for sql in (
             "DELETE FROM profiles WHERE profile_id = ?",
             "DELETE FROM external_ids WHERE profile_id = ?",
@@ -398,17 +415,13 @@ async def delete_profiles(conn: aiosqlite.Connection, pids: list[str]) -> None:
             "DELETE FROM merges WHERE profile_id = ?",
             "DELETE FROM merges WHERE into_profile_id = ?",
         ):
-            await conn.executemany(sql, params)
-        await conn.execute("COMMIT")
-    except BaseException:
-        await conn.execute("ROLLBACK")
-        raise
+            conn.executemany(sql, params)
 
 
-async def delete_identifier(
-    conn: aiosqlite.Connection, collection: str, identifier: tuple[str, str]
+def delete_identifier(
+    conn: sqlite3.Connection, collection: str, identifier: tuple[str, str]
 ) -> None:
-    await conn.execute(
+    conn.execute(
         "DELETE FROM external_ids WHERE collection = ? AND type = ? AND value = ?",
         (collection, *identifier),
     )

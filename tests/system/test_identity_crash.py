@@ -62,7 +62,7 @@ async def post_until_killed(url: str) -> None:
                 return  # killed
 
 
-async def resolve_in_one_pass(data_dir: Path, path: Path) -> None:
+def resolve_in_one_pass(data_dir: Path, path: Path) -> None:
     with sqlite3.connect(data_dir / "outbox.sqlite3") as conn:
         rows = conn.execute(
             "SELECT seq, message_id, source, type, event, user_id, anonymous_id, received_at,"
@@ -71,9 +71,9 @@ async def resolve_in_one_pass(data_dir: Path, path: Path) -> None:
     messages = [Message(*row) for row in rows]
     rules = Rules(parse(IDENTITY).identity)
     graph = Graph()
-    async with store.connect(path) as conn:
+    with store.connect(path) as conn:
         resolutions = resolve_messages(graph, rules, messages)
-        await store.save_batch(conn, graph, resolutions, messages[-1].seq)
+        store.save_batch(conn, graph, resolutions, messages[-1].seq)
 
 
 async def test_kill_9_during_resolution_resolves_everything_once(
@@ -98,5 +98,5 @@ async def test_kill_9_during_resolution_resolves_everything_once(
         seqs = [row[0] for row in conn.execute("SELECT seq FROM resolutions ORDER BY seq")]
     assert seqs == list(range(1, stored + 1))  # none skipped
     reference = tmp_path / "reference.sqlite3"
-    await resolve_in_one_pass(data_dir, reference)
+    resolve_in_one_pass(data_dir, reference)
     assert dump(data_dir / "identity.sqlite3") == dump(reference)  # none resolved twice

@@ -3,7 +3,6 @@ the identity store ends the same, and a graph loaded back from it is the graph i
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -86,17 +85,17 @@ def messages_of(drawn: list[tuple[dict[str, Any], int]]) -> list[Message]:
     return found
 
 
-async def resolve_in_batches(path: Path, messages: list[Message], cuts: set[int]) -> Graph:
+def resolve_in_batches(path: Path, messages: list[Message], cuts: set[int]) -> Graph:
     """Resolve in batches ending at each cut; at every cut the stage "restarts": the graph is
     loaded back from the store, as after a crash."""
     graph, start = None, 0
     for end in [*sorted(c for c in cuts if 0 < c < len(messages)), len(messages)]:
-        async with store.connect(path) as conn:
-            graph = await store.load_graph(conn)
-            assert await store.position(conn) == start
+        with store.connect(path) as conn:
+            graph = store.load_graph(conn)
+            assert store.position(conn) == start
             batch = messages[start:end]
             resolutions = resolve_messages(graph, RULES, batch)
-            await store.save_batch(conn, graph, resolutions, end)
+            store.save_batch(conn, graph, resolutions, end)
         start = end
     assert graph is not None
     return graph
@@ -135,16 +134,13 @@ def test_batch_boundaries_and_restarts_change_nothing(
     messages = messages_of(drawn)
     with tempfile.TemporaryDirectory() as tmp:
         one, many = Path(tmp) / "one.sqlite3", Path(tmp) / "many.sqlite3"
-        single = asyncio.run(resolve_in_batches(one, messages, set()))
-        batched = asyncio.run(resolve_in_batches(many, messages, cuts))
+        single = resolve_in_batches(one, messages, set())
+        batched = resolve_in_batches(many, messages, cuts)
         assert dump(one) == dump(many)
         assert graph_summary(single) == graph_summary(batched)
 
-        async def reload() -> Graph:
-            async with store.connect(one) as conn:
-                return await store.load_graph(conn)
-
-        assert graph_summary(asyncio.run(reload())) == graph_summary(single)
+        with store.connect(one) as conn:
+            assert graph_summary(store.load_graph(conn)) == graph_summary(single)
 
 
 @settings(max_examples=60, deadline=None)
