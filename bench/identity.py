@@ -168,7 +168,7 @@ async def time_backlog(http: aiohttp.ClientSession, base: str, total: int) -> fl
             assert first_at is not None
             assert first_count is not None
             return (count - first_count) / (now - first_at)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
 
 
 def start_cdpd(config_path: Path, port: int) -> subprocess.Popen[bytes]:

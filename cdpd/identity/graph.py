@@ -112,6 +112,12 @@ class Graph:
     def __init__(self) -> None:
         self.profiles: dict[str, Profile] = {}
         self.owners: dict[tuple[str, Identifier], str] = {}
+        self.live = {"users": 0, "accounts": 0}  # profiles not merged into another
+
+    def add(self, profile: Profile) -> None:
+        self.profiles[profile.id] = profile
+        if profile.merged_into is None:
+            self.live[profile.collection] += 1
 
     def canonical(self, pid: str) -> str:
         while (into := self.profiles[pid].merged_into) is not None:
@@ -136,16 +142,18 @@ class Graph:
     def _apply(self, resolution: Resolution, outcome: Outcome) -> None:
         at_ms, seq = resolution.at_ms, resolution.seq
         if outcome.created:
-            self.profiles[outcome.profile_id] = Profile(
-                id=outcome.profile_id,
-                collection=outcome.collection,
-                created_ms=at_ms,
-                created_seq=seq,
-                first_message_id=resolution.message_id,
-                first_source=resolution.source,
-                updated_ms=at_ms,
-                last_message_id=resolution.message_id,
-                last_source=resolution.source,
+            self.add(
+                Profile(
+                    id=outcome.profile_id,
+                    collection=outcome.collection,
+                    created_ms=at_ms,
+                    created_seq=seq,
+                    first_message_id=resolution.message_id,
+                    first_source=resolution.source,
+                    updated_ms=at_ms,
+                    last_message_id=resolution.message_id,
+                    last_source=resolution.source,
+                )
             )
         target = self.profiles[outcome.profile_id]
         for merged in outcome.merged:
@@ -176,6 +184,7 @@ class Graph:
         target.merges += source.merges + 1
         source.identifiers, source.traits, source.links = {}, {}, set()
         source.merged_into = target.id
+        self.live[source.collection] -= 1
 
     def remove(self, pid: str) -> list[str]:
         """Forget a canonical profile and every profile merged into it; returns their ids."""
@@ -187,6 +196,7 @@ class Graph:
             self.profiles[linked].links.discard(pid)
         for p in gone:
             del self.profiles[p]
+        self.live[profile.collection] -= 1
         return gone
 
     def drop_identifier(self, pid: str, collection: str, identifier: Identifier) -> None:

@@ -91,14 +91,16 @@ class IdentityStage:
         self._end_seq = end_seq
         self.lock = asyncio.Lock()  # one change at a time: batches, forgets, deletions
         self.resolved = 0
+        self.committed_seq = 0  # everything up to here is resolved and in the store
         self._progress = asyncio.Condition()
+        self._pending: tuple[asyncio.Future[None], int, int] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         async with self.lock:
             self.graph = await self._write(store.load_graph, self._conn)
             seq = await self._write(store.position, self._conn)
         await self.consumer.start(from_seq=seq)
-        self.consumer.seq = seq  # the store's own position is the truth
+        self.consumer.seq = self.committed_seq = seq  # the store's own position is the truth
         await self._progressed()
         try:
             while not stop.is_set():
@@ -106,39 +108,54 @@ class IdentityStage:
                     await self._mirror_position(force=True)
                     await self.consumer.wait(stop, poll_s=1.0)
         finally:
-            await self.consumer.close()
+            try:
+                await self._committed()  # the batch being written is committed before stopping
+            finally:
+                await self.consumer.close()
 
     @property
     def lag_messages(self) -> int:
         """Messages committed to the outbox and not resolved yet."""
-        return max(0, self._end_seq() - self.consumer.seq)
+        return max(0, self._end_seq() - self.committed_seq)
 
     def profile_counts(self) -> dict[str, int]:
-        counts = {"users": 0, "accounts": 0}
-        for profile in self.graph.profiles.values():
-            if profile.merged_into is None:
-                counts[profile.collection] += 1
-        return counts
+        return dict(self.graph.live)
 
     async def step(self) -> bool:
-        """Resolve the next batch; False when there was nothing to read."""
+        """Resolve the next batch and hand it to the writer thread, which writes it while the
+        following batch is resolved; False when there was nothing to read."""
         batch = await self.consumer.read(self.batch_messages)
         if not batch:
+            await self._committed()
             return False
         async with self.lock:
             resolutions = []
             for chunk in _chunks(batch, CHUNK_MESSAGES):
                 resolutions += resolve_messages(self.graph, self.rules, chunk)
                 await asyncio.sleep(0)
-            await self._write(store.save_batch, self._conn, self.graph, resolutions, batch[-1].seq)
-        self.consumer.seq = batch[-1].seq
-        self.resolved += len(batch)
-        await self._progressed()
-        await self._mirror_position(force=False)
+            planned = store.plan(self.graph, resolutions, batch[-1].seq)
+        await self._committed()  # one batch in flight at most
+        written = asyncio.get_running_loop().run_in_executor(
+            self._writer, store.write, self._conn, planned
+        )
+        self._pending = (written, batch[-1].seq, len(batch))
+        self.consumer.seq = batch[-1].seq  # where reading continues
         return True
 
+    async def _committed(self) -> None:
+        """Wait for the batch being written, if any; then it counts as resolved."""
+        if self._pending is None:
+            return
+        written, seq, count = self._pending
+        self._pending = None
+        await written
+        self.committed_seq = seq
+        self.resolved += count
+        await self._progressed()
+        await self._mirror_position(force=False)
+
     async def _mirror_position(self, *, force: bool) -> None:
-        seq = self.consumer.seq
+        seq = self.committed_seq
         now = time.monotonic()
         if seq == self._mirrored or (not force and now - self._mirrored_at < MIRROR_INTERVAL_S):
             return
@@ -158,7 +175,7 @@ class IdentityStage:
     async def wait_resolved(self, seq: int) -> None:
         """Until every message up to `seq` is resolved (and committed)."""
         async with self._progress:
-            await self._progress.wait_for(lambda: self.consumer.seq >= seq)
+            await self._progress.wait_for(lambda: self.committed_seq >= seq)
 
     # -- what the Profile API and the privacy stage call ---------------------------------------
 

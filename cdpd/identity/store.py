@@ -184,18 +184,20 @@ def load_graph(conn: sqlite3.Connection) -> Graph:
     ):
         pid, collection, canonical, created, created_seq, first_id, first_source = row[:7]
         updated, last_id, last_source, merges = row[7:]
-        graph.profiles[pid] = Profile(
-            id=pid,
-            collection=collection,
-            created_ms=parse_ms(created),
-            created_seq=created_seq,
-            first_message_id=first_id,
-            first_source=first_source,
-            updated_ms=parse_ms(updated),
-            last_message_id=last_id,
-            last_source=last_source,
-            merges=merges,
-            merged_into=None if canonical == pid else canonical,
+        graph.add(
+            Profile(
+                id=pid,
+                collection=collection,
+                created_ms=parse_ms(created),
+                created_seq=created_seq,
+                first_message_id=first_id,
+                first_source=first_source,
+                updated_ms=parse_ms(updated),
+                last_message_id=last_id,
+                last_source=last_source,
+                merges=merges,
+                merged_into=None if canonical == pid else canonical,
+            )
         )
     for (
         collection,
@@ -228,18 +230,33 @@ def load_graph(conn: sqlite3.Connection) -> Graph:
 # -- persisting a batch ------------------------------------------------------------------------
 
 
+class Batch(msgspec.Struct, frozen=True):
+    """The statements that persist one batch, in order, with their rows: planned from the graph
+    on the event loop, written on the writer thread while the next batch is resolved."""
+
+    statements: list[tuple[str, list[tuple[Any, ...]]]]
+    to_seq: int
+
+
 def save_batch(
     conn: sqlite3.Connection, graph: Graph, resolutions: list[Resolution], to_seq: int
 ) -> None:
-    """Write what `resolutions` (already applied to `graph`) changed, and move the position to
-    `to_seq`, in one transaction. Merges are replayed in order; everything else is written
-    from the graph's final state, so a batch costs a few statements whatever its size."""
+    write(conn, plan(graph, resolutions, to_seq))
+
+
+def write(conn: sqlite3.Connection, batch: Batch) -> None:
+    """Run a planned batch and move the position to its end, in one transaction."""
     with _transaction(conn):
-        _save(conn, graph, resolutions)
-        conn.execute("UPDATE position SET seq = ? WHERE name = 'outbox'", (to_seq,))
+        for sql, rows in batch.statements:
+            if rows:
+                conn.executemany(sql, rows)
+        conn.execute("UPDATE position SET seq = ? WHERE name = 'outbox'", (batch.to_seq,))
 
 
-def _save(conn: sqlite3.Connection, graph: Graph, resolutions: list[Resolution]) -> None:
+def plan(graph: Graph, resolutions: list[Resolution], to_seq: int) -> Batch:
+    """What `resolutions` (already applied to `graph`) changed, as statements. Merges are
+    replayed in order; everything else is written from the graph's final state, so a batch
+    costs a few statements whatever its size."""
     created, touched, retraited, attached, linked = [], set(), set(), [], set()
     merges: list[tuple[Resolution, str, str, str]] = []
     for r in resolutions:
@@ -255,30 +272,33 @@ def _save(conn: sqlite3.Connection, graph: Graph, resolutions: list[Resolution])
             merges += [(r, outcome.collection, m, outcome.profile_id) for m in outcome.merged]
         if r.user is not None and r.account is not None:
             linked.add((r.user.profile_id, r.account.profile_id, r.seq))
-    conn.executemany(
-        "INSERT INTO profiles (profile_id, collection, canonical_id, created_at, created_seq,"
-        " first_message_id, first_source_id, updated_at, last_message_id, last_source_id)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (pid, c, pid, at, r.seq, r.message_id, r.source, at, r.message_id, r.source)
-            for r, pid, c in created
-            for at in [format_ms(r.at_ms)]
-        ],
-    )
-    _save_merges(conn, merges)
-    _save_identifiers(conn, graph, attached)
-    _save_profiles(conn, graph, touched)
-    _save_traits(conn, graph, retraited)
-    conn.executemany(
-        "INSERT INTO links (profile_id, account_id, seq) VALUES (?, ?, ?)"
-        " ON CONFLICT (profile_id, account_id) DO UPDATE SET seq = min(seq, excluded.seq)",
-        sorted((graph.canonical(u), graph.canonical(a), seq) for u, a, seq in linked),
-    )
-    conn.executemany(
-        "INSERT OR REPLACE INTO resolutions (seq, message_id, source_id, type, received_at,"
-        " profile_id, account_id, created, demoted, blocked) VALUES (?,?,?,?,?,?,?,?,?,?)",
-        [_resolution_row(r) for r in resolutions],
-    )
+    statements: list[tuple[str, list[tuple[Any, ...]]]] = [
+        (
+            "INSERT INTO profiles (profile_id, collection, canonical_id, created_at, created_seq,"
+            " first_message_id, first_source_id, updated_at, last_message_id, last_source_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (pid, c, pid, at, r.seq, r.message_id, r.source, at, r.message_id, r.source)
+                for r, pid, c in created
+                for at in [format_ms(r.at_ms)]
+            ],
+        ),
+        *_merge_statements(merges),
+        _identifier_rows(graph, attached),
+        _profile_rows(graph, touched),
+        _trait_rows(graph, retraited),
+        (
+            "INSERT INTO links (profile_id, account_id, seq) VALUES (?, ?, ?)"
+            " ON CONFLICT (profile_id, account_id) DO UPDATE SET seq = min(seq, excluded.seq)",
+            sorted((graph.canonical(u), graph.canonical(a), seq) for u, a, seq in linked),
+        ),
+        (
+            "INSERT OR REPLACE INTO resolutions (seq, message_id, source_id, type, received_at,"
+            " profile_id, account_id, created, demoted, blocked) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [_resolution_row(r) for r in resolutions],
+        ),
+    ]
+    return Batch(statements, to_seq)
 
 
 def _resolution_row(r: Resolution) -> tuple[Any, ...]:
@@ -315,35 +335,40 @@ _LINKS_TO = {
 }
 
 
-def _save_merges(conn: sqlite3.Connection, merges: list[tuple[Resolution, str, str, str]]) -> None:
+Statement = tuple[str, list[tuple[Any, ...]]]
+
+
+def _merge_statements(merges: list[tuple[Resolution, str, str, str]]) -> list[Statement]:
     """Each statement runs once per merge, in merge order. Each reads only its own table, so
     running every merge through one statement before the next is the same as merging one at a
     time."""
     if not merges:
-        return
-    pairs = [(into, merged) for _, _, merged, into in merges]
-    conn.executemany("UPDATE external_ids SET profile_id = ? WHERE profile_id = ?", pairs)
-    conn.executemany("UPDATE profiles SET canonical_id = ? WHERE canonical_id = ?", pairs)
-    conn.executemany("DELETE FROM traits WHERE profile_id = ?", [(m,) for _, m in pairs])
+        return []
+    pairs: list[tuple[Any, ...]] = [(into, merged) for _, _, merged, into in merges]
+    statements: list[Statement] = [
+        ("UPDATE external_ids SET profile_id = ? WHERE profile_id = ?", pairs),
+        ("UPDATE profiles SET canonical_id = ? WHERE canonical_id = ?", pairs),
+        ("DELETE FROM traits WHERE profile_id = ?", [(m,) for _, m in pairs]),
+    ]
     for collection, column in (("users", "profile_id"), ("accounts", "account_id")):
-        moved = [(into, m) for _, c, m, into in merges if c == collection]
+        moved: list[tuple[Any, ...]] = [(into, m) for _, c, m, into in merges if c == collection]
         copy, delete = _LINKS_TO[column]
-        conn.executemany(copy, moved)
-        conn.executemany(delete, [(m,) for _, m in moved])
-    conn.executemany(
-        "INSERT INTO merges (seq, message_id, source_id, collection, profile_id,"
-        " into_profile_id, merged_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [
-            (r.seq, r.message_id, r.source, collection, merged, into, format_ms(r.at_ms))
-            for r, collection, merged, into in merges
-        ],
+        statements += [(copy, moved), (delete, [(m,) for _, m in moved])]
+    statements.append(
+        (
+            "INSERT INTO merges (seq, message_id, source_id, collection, profile_id,"
+            " into_profile_id, merged_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (r.seq, r.message_id, r.source, collection, merged, into, format_ms(r.at_ms))
+                for r, collection, merged, into in merges
+            ],
+        )
     )
+    return statements
 
 
-def _save_identifiers(
-    conn: sqlite3.Connection, graph: Graph, attached: Iterable[tuple[str, tuple[str, str]]]
-) -> None:
-    rows = []
+def _identifier_rows(graph: Graph, attached: Iterable[tuple[str, tuple[str, str]]]) -> Statement:
+    rows: list[tuple[Any, ...]] = []
     for collection, ident in attached:
         owner = graph.owner(collection, ident)
         if owner is None:  # removed again within the batch
@@ -360,28 +385,28 @@ def _save_identifiers(
                 seen.source,
             )
         )
-    conn.executemany(
+    return (
         "INSERT OR REPLACE INTO external_ids (collection, type, value, profile_id, created_at,"
         " seq, message_id, source_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         rows,
     )
 
 
-def _save_profiles(conn: sqlite3.Connection, graph: Graph, touched: set[str]) -> None:
-    rows = []
+def _profile_rows(graph: Graph, touched: set[str]) -> Statement:
+    rows: list[tuple[Any, ...]] = []
     for pid in touched:
         p = graph.profiles.get(pid)
         if p is not None:
             rows.append((format_ms(p.updated_ms), p.last_message_id, p.last_source, p.merges, pid))
-    conn.executemany(
+    return (
         "UPDATE profiles SET updated_at = ?, last_message_id = ?, last_source_id = ?, merges = ?"
         " WHERE profile_id = ?",
         rows,
     )
 
 
-def _save_traits(conn: sqlite3.Connection, graph: Graph, pids: set[str]) -> None:
-    rows = []
+def _trait_rows(graph: Graph, pids: set[str]) -> Statement:
+    rows: list[tuple[Any, ...]] = []
     for pid in pids:
         profile = graph.profiles.get(pid)
         if profile is None or profile.merged_into is not None:
@@ -389,7 +414,7 @@ def _save_traits(conn: sqlite3.Connection, graph: Graph, pids: set[str]) -> None
         for name, t in profile.traits.items():
             value = None if t.value is None else _json.encode(t.value).decode()
             rows.append((pid, name, value, t.source, format_ms(t.updated_ms), t.seq))
-    conn.executemany(
+    return (
         "INSERT OR REPLACE INTO traits (profile_id, name, value, source_id, updated_at, seq)"
         " VALUES (?, ?, ?, ?, ?, ?)",
         rows,

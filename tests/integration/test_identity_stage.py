@@ -45,7 +45,7 @@ async def test_a_backlog_from_before_identity_was_configured_is_resolved(
     async with running(make_config(IDENTITY)) as server:
         await resolved(server)
         assert server.identity is not None
-        assert server.identity.consumer.seq == 300
+        assert server.identity.committed_seq == 300
         assert server.identity.profile_counts() == {"users": 50, "accounts": 0}
     assert identity_rows(data_dir, "SELECT seq FROM position") == [(300,)]
     assert identity_rows(data_dir, "SELECT count(*) FROM resolutions") == [(300,)]

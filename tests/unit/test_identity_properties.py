@@ -160,3 +160,17 @@ def test_no_identifier_is_owned_twice_and_user_ids_stay_within_their_limit(
         if profile.merged_into is not None:
             assert not profile.identifiers
             assert not profile.traits
+
+
+@settings(max_examples=30, deadline=None)
+@given(journeys)
+def test_live_profile_counts_match_the_profiles(drawn: list[tuple[dict[str, Any], int]]) -> None:
+    graph = Graph()
+    resolve_messages(graph, RULES, messages_of(drawn))
+    for collection in ("users", "accounts"):
+        live = [
+            p
+            for p in graph.profiles.values()
+            if p.collection == collection and p.merged_into is None
+        ]
+        assert graph.live[collection] == len(live)
