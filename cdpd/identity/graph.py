@@ -18,19 +18,16 @@ from cdpd.identity.identifiers import Collection, Identifier
 ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 ID_CHARS = 27
 PREFIXES = {"users": "use_", "accounts": "acc_"}
+_BASE62 = bytes(ord(ID_ALPHABET[byte % 62]) for byte in range(256))  # byte -> character
 
 
 def profile_id(collection: str, seq: int, first: Identifier) -> str:
     """A persistent id in Segment's shape (`use_` + 27 base62 characters), derived from the
     message that created the profile, so that resolving the same messages again (a replay, an
     unmerge, a restart) gives the same ids."""
-    digest = hashlib.blake2b(f"{collection}\0{seq}\0{first[0]}\0{first[1]}".encode()).digest()
-    number = int.from_bytes(digest, "big")
-    chars = []
-    for _ in range(ID_CHARS):
-        number, digit = divmod(number, 62)
-        chars.append(ID_ALPHABET[digit])
-    return PREFIXES[collection] + "".join(chars)
+    key = f"{collection}\0{seq}\0{first[0]}\0{first[1]}".encode()
+    digest = hashlib.blake2b(key, digest_size=ID_CHARS).digest()
+    return PREFIXES[collection] + digest.translate(_BASE62).decode()
 
 
 class Seen(msgspec.Struct, frozen=True):

@@ -12,7 +12,7 @@ identifiers. Pure functions only.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import msgspec
@@ -50,13 +50,16 @@ class TypeRule(msgspec.Struct, frozen=True):
     blocked_patterns: tuple[re.Pattern[str], ...]
     key: str | None = None
     collection: Collection = "users"
+    keys: tuple[str, ...] = ()  # `key` as given, in snake_case and in camelCase
 
     @property
     def window_ms(self) -> int | None:
         return WINDOW_MS[self.window]
 
     def blocks(self, value: str) -> bool:
-        return value in self.blocked_values or any(p.search(value) for p in self.blocked_patterns)
+        if value in self.blocked_values:
+            return True
+        return any(p.search(value) for p in self.blocked_patterns)
 
     @property
     def rank(self) -> tuple[int, str]:
@@ -95,6 +98,7 @@ class Rules:
                 ),
                 key=settings.key,
                 collection=settings.collection,
+                keys=_spellings(settings.key) if settings.key else (),
             )
             self._rules[settings.type] = rule
             if settings.key is not None:
@@ -123,6 +127,10 @@ def _default_rule(kind: str) -> TypeRule:
         blocked_patterns=_compile(list(SUGGESTED_BLOCKED_PATTERNS)),
         collection="accounts" if kind == "group_id" else "users",
     )
+
+
+def _spellings(key: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys((key, _snake(key), _camel(key))))
 
 
 def _compile(patterns: list[str]) -> tuple[re.Pattern[str], ...]:
@@ -168,61 +176,85 @@ def extract(payload: Mapping[str, Any], rules: Rules) -> Extracted:
             blocked[key] = None
         else:
             found[key] = None
-    return Extracted(
-        users=[ident for collection, ident in found if collection == "users"],
-        accounts=[ident for collection, ident in found if collection == "accounts"],
-        blocked=list(blocked),
-    )
+    users: list[Identifier] = []
+    accounts: list[Identifier] = []
+    for collection, identifier in found:
+        (users if collection == "users" else accounts).append(identifier)
+    return Extracted(users=users, accounts=accounts, blocked=list(blocked))
 
 
-def _candidates(payload: Mapping[str, Any], rules: Rules) -> Iterator[tuple[str, str, Any]]:
-    yield "users", "user_id", payload.get("userId")
-    yield "users", "anonymous_id", payload.get("anonymousId")
-    traits = _object(payload.get("traits"))
-    context = _object(payload.get("context"))
+_NONE: Mapping[str, Any] = {}
+
+
+def _candidates(payload: Mapping[str, Any], rules: Rules) -> list[tuple[str, str, Any]]:
+    """(collection, type, raw value) for every place an identifier may be; runs for every
+    message, so the common places are read directly and absent values skipped at once."""
+    found = []
+    get = payload.get
+    if (user_id := get("userId")) is not None:
+        found.append(("users", "user_id", user_id))
+    if (anonymous_id := get("anonymousId")) is not None:
+        found.append(("users", "anonymous_id", anonymous_id))
+    kind = get("type")
+    traits = _object(get("traits"))
+    context = _object(get("context"))
     context_traits = _object(context.get("traits"))
-    properties = _object(payload.get("properties"))
-    if payload.get("type") == "group":
-        yield "accounts", "group_id", payload.get("groupId")
-    else:
-        yield "users", "email", traits.get("email")
-    yield "users", "email", context_traits.get("email")
-    yield from _device_ids(_object(context.get("device")))
-    google = _object(_object(payload.get("integrations")).get("Google Analytics"))
-    google = google or _object(_object(context.get("integrations")).get("Google Analytics"))
-    yield "users", "ga_client_id", google.get("clientId")
-    for rule in rules.custom_keys:
-        assert rule.key is not None
-        for key in (rule.key, _snake(rule.key), _camel(rule.key)):
-            source = traits if payload.get("type") in ("identify", "group") else properties
-            for bag in (source, context_traits):
-                if key in bag:
-                    yield rule.collection, rule.type, bag[key]
+    if kind == "group":
+        found.append(("accounts", "group_id", get("groupId")))
+    elif (email := traits.get("email")) is not None:
+        found.append(("users", "email", email))
+    if (email := context_traits.get("email")) is not None:
+        found.append(("users", "email", email))
+    device = context.get("device")
+    if device:
+        found += _device_ids(_object(device))
+    integrations = get("integrations") or context.get("integrations")
+    if integrations:
+        google = _object(_object(integrations).get("Google Analytics"))
+        if (client_id := google.get("clientId")) is not None:
+            found.append(("users", "ga_client_id", client_id))
+    if rules.custom_keys:
+        bags = (
+            traits if kind in ("identify", "group") else _object(get("properties")),
+            context_traits,
+        )
+        for rule in rules.custom_keys:
+            found += [
+                (rule.collection, rule.type, bag[key])
+                for key in rule.keys
+                for bag in bags
+                if key in bag
+            ]
     external = context.get("externalIds")
     if isinstance(external, list):
         for item in external:
-            yield from _external_id(item)
+            found += _external_id(item)
+    return found
 
 
-def _device_ids(device: Mapping[str, Any]) -> Iterator[tuple[str, str, Any]]:
+def _device_ids(device: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
     platform = device.get("type")
     if platform not in DEVICE_TYPES:
-        return
-    yield "users", f"{platform}.id", device.get("id")
+        return []
+    found = [
+        ("users", f"{platform}.id", device.get("id")),
+        ("users", f"{platform}.push_token", device.get("token")),
+    ]
     if device.get("adTrackingEnabled") is True:
-        yield "users", f"{platform}.idfa", device.get("advertisingId")
-    yield "users", f"{platform}.push_token", device.get("token")
+        found.append(("users", f"{platform}.idfa", device.get("advertisingId")))
+    return found
 
 
-def _external_id(item: Any) -> Iterator[tuple[str, str, Any]]:
+def _external_id(item: Any) -> list[tuple[str, str, Any]]:
     """`{id, type, collection, encoding}`: all four are required, as Segment requires."""
     if not isinstance(item, dict) or not all(
         isinstance(item.get(k), str) for k in ("id", "type", "collection", "encoding")
     ):
-        return
+        return []
     kind = item["type"].lower()
     if item["collection"] in ("users", "accounts") and re.fullmatch(r"[a-z0-9_.]{1,100}", kind):
-        yield item["collection"], kind, item["id"]
+        return [(item["collection"], kind, item["id"])]
+    return []
 
 
 def _as_value(raw: Any) -> str | None:

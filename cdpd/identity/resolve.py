@@ -80,6 +80,11 @@ def _resolve_in(
     seq: int,
     at_ms: int,
 ) -> Outcome | None:
+    if not identifiers:
+        return None
+    owners = {graph.owner(collection, c) for c in identifiers}
+    if len(owners) == 1 and None not in owners:  # the common case: a known profile, as is
+        return Outcome(collection, owners.pop() or "", False, (), (), (), dict(traits))
     candidates = sorted(identifiers, key=rules.rank)
     demoted: list[Identifier] = []
     while candidates:
@@ -129,7 +134,10 @@ def _breaks_limits(
     total = sum(len(p.identifiers) for p in profiles) + len(new)
     if total > MAX_IDENTIFIERS and total > max((len(p.identifiers) for p in profiles), default=0):
         return True
-    for kind in {t for t, _ in new} | {t for p in profiles for t, _ in p.identifiers}:
+    kinds = {t for t, _ in new}
+    if len(profiles) > 1:  # a merge: every type of every profile counts
+        kinds.update(t for p in profiles for t, _ in p.identifiers)
+    for kind in kinds:  # (one profile: only the new identifiers' types can grow)
         rule = rules[kind]
         since = None if rule.window_ms is None else at_ms - rule.window_ms
         held = [p.count(kind, since) for p in profiles]

@@ -47,7 +47,7 @@ CREATE TABLE profiles (
     last_message_id  TEXT NOT NULL,
     last_source_id   TEXT NOT NULL,
     merges           INTEGER NOT NULL DEFAULT 0
-);
+) WITHOUT ROWID;
 CREATE INDEX profiles_canonical ON profiles (canonical_id);
 CREATE TABLE external_ids (
     collection  TEXT NOT NULL,
@@ -59,7 +59,7 @@ CREATE TABLE external_ids (
     message_id  TEXT NOT NULL,
     source_id   TEXT NOT NULL,
     PRIMARY KEY (collection, type, value)
-);
+) WITHOUT ROWID;
 CREATE INDEX external_ids_profile ON external_ids (profile_id);
 CREATE TABLE traits (
     profile_id TEXT NOT NULL,
@@ -69,13 +69,13 @@ CREATE TABLE traits (
     updated_at TEXT NOT NULL,
     seq        INTEGER NOT NULL,
     PRIMARY KEY (profile_id, name)
-);
+) WITHOUT ROWID;
 CREATE TABLE links (
     profile_id TEXT NOT NULL,
     account_id TEXT NOT NULL,
     seq        INTEGER NOT NULL,
     PRIMARY KEY (profile_id, account_id)
-);
+) WITHOUT ROWID;
 CREATE INDEX links_account ON links (account_id);
 CREATE TABLE resolutions (
     seq         INTEGER PRIMARY KEY,
