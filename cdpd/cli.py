@@ -20,6 +20,7 @@ from cdpd import __version__, config, logs
 from cdpd.delivery import replay, report
 from cdpd.delivery.store import DeliveryStatus, SqliteDeliveryStore
 from cdpd.governance import commands as governance_commands
+from cdpd.identity import commands as identity_commands
 from cdpd.model.timestamps import format_ms, now_ms, parse_ms
 from cdpd.outbox import reader, schema
 from cdpd.warehouse import commands as warehouse_commands
@@ -50,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _replay(cfg, args)
     if command == "mappings":
         return _mappings(cfg, args)
+    if command == "profiles":
+        return identity_commands.run(cfg, args)
     if command in governance_commands.COMMANDS:
         return governance_commands.run(cfg, args)
     if command == "warehouse":
@@ -120,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a JSON file holding one message ('-': standard input; default: a sample track)",
     )
     warehouse_commands.add_parser(commands, common)
+    identity_commands.add_parser(commands, common)
     governance_commands.add_parsers(commands, common)
     return parser
 

@@ -179,3 +179,65 @@ async def merges(conn: aiosqlite.Connection, pid: str) -> list[MergeRow]:
         (pid,),
     )
     return [MergeRow(*row) for row in rows]
+
+
+class Resolved(msgspec.Struct, frozen=True):
+    """A message resolved to a profile, with what was demoted or blocked on the way."""
+
+    seq: int
+    message_id: str
+    source_id: str
+    type: str
+    received_at: str
+    created: bool
+    demoted: list[dict[str, str]] | None
+    blocked: list[dict[str, str]] | None
+
+
+async def resolved(conn: aiosqlite.Connection, pid: str, *, limit: int) -> list[Resolved]:
+    """The profile's most recent resolutions, newest first."""
+    column = "account_id" if pid.startswith("acc_") else "profile_id"
+    rows = await conn.execute_fetchall(
+        "SELECT seq, message_id, source_id, type, received_at, created, demoted, blocked"  # noqa: S608
+        f" FROM resolutions WHERE {column} IN"
+        " (SELECT profile_id FROM profiles WHERE canonical_id = ?) ORDER BY seq DESC LIMIT ?",
+        (pid, limit),
+    )
+    return [
+        Resolved(
+            seq,
+            message_id,
+            source,
+            kind,
+            at,
+            bool(created),
+            None if demoted is None else _decode.decode(demoted),
+            None if blocked is None else _decode.decode(blocked),
+        )
+        for seq, message_id, source, kind, at, created, demoted, blocked in rows
+    ]
+
+
+async def demotions(conn: aiosqlite.Connection, pid: str) -> list[Resolved]:
+    """The profile's messages that had identifiers demoted, oldest first."""
+    rows = await conn.execute_fetchall(
+        "SELECT seq, message_id, source_id, type, received_at, created, demoted, blocked"
+        " FROM resolutions WHERE profile_id IN"
+        " (SELECT profile_id FROM profiles WHERE canonical_id = ?) AND demoted IS NOT NULL"
+        " ORDER BY seq",
+        (pid,),
+    )
+    return [
+        Resolved(
+            s, m, src, k, at, bool(c), _decode.decode(d), None if b is None else _decode.decode(b)
+        )
+        for s, m, src, k, at, c, d, b in rows
+    ]
+
+
+async def payload(conn: aiosqlite.Connection, seq: int) -> str | None:
+    """A message's payload, if the outbox still holds it."""
+    rows = list(
+        await conn.execute_fetchall("SELECT payload FROM outbox.messages WHERE seq = ?", (seq,))
+    )
+    return str(rows[0][0]) if rows else None
