@@ -4,6 +4,7 @@ restarts of background services."""
 from __future__ import annotations
 
 import hmac
+from typing import Literal
 
 import aiosqlite
 import msgspec
@@ -14,6 +15,7 @@ from cdpd.delivery import replay, report
 from cdpd.delivery.lane import LaneStats
 from cdpd.delivery.service import Delivery
 from cdpd.governance import store as governance_store
+from cdpd.identity.stage import IdentityError, IdentityStage
 from cdpd.ingest.errors import ApiError
 from cdpd.metrics import CONTENT_TYPE, Metrics
 from cdpd.model.timestamps import format_ms, now_ms, parse_ms
@@ -32,6 +34,11 @@ class RetryRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     destination: str
 
 
+class UnmergeRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    identifier: str  # TYPE:VALUE
+    collection: Literal["users", "accounts"] = "users"
+
+
 class Admin:
     def __init__(
         self,
@@ -40,6 +47,7 @@ class Admin:
         reader: aiosqlite.Connection,
         delivery: Delivery,
         metrics: Metrics,
+        identity: IdentityStage | None = None,
     ) -> None:
         self._token = config.admin.resolved_token()
         self._destinations = {d.name: d for d in config.destinations}
@@ -48,6 +56,7 @@ class Admin:
         self._reader = reader
         self._delivery = delivery
         self._metrics = metrics
+        self._identity = identity
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -58,6 +67,7 @@ class Admin:
             web.post("/admin/deliveries/retry", self.retry),
             web.get("/admin/deliveries/messages/{message_id}", self.show),
             web.get("/admin/violations", self.violations),
+            web.post("/admin/profiles/unmerge", self.unmerge),
             web.get("/metrics", self.metrics),
         ]
 
@@ -113,6 +123,24 @@ class Admin:
             lane.circuit.succeeded()  # try it at once rather than at the next probe
             lane.wake()
         return _json({"destination": destination.name, "due_now": count})
+
+    async def unmerge(self, request: web.Request) -> web.Response:
+        """Split an identifier off its profile (`cdpd profiles unmerge` posts here)."""
+        self._authorize(request)
+        if self._identity is None:
+            raise ApiError(404, "identity_off", "identity resolution is not configured")
+        try:
+            asked = msgspec.json.decode(await request.read(), type=UnmergeRequest)
+        except msgspec.MsgspecError as exc:
+            raise ApiError(400, "invalid_request", f"not an unmerge request: {exc}") from None
+        kind, sep, value = asked.identifier.partition(":")
+        if not sep or not kind or not value:
+            raise ApiError(400, "invalid_request", "identifier: expected TYPE:VALUE")
+        try:
+            profiles = await self._identity.unmerge((kind, value), asked.collection)
+        except IdentityError as exc:
+            raise ApiError(409, "cannot_unmerge", str(exc)) from None
+        return _json({"identifier": asked.identifier, "profiles": profiles})
 
     async def show(self, request: web.Request) -> web.Response:
         """Where one message stands with each destination."""

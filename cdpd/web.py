@@ -92,7 +92,9 @@ class Stages(NamedTuple):
 
 def build(config: Config, stages: Stages, drain: Drain) -> web.Application:
     ingest = Ingest(config, stages.writer, stages.governance)
-    admin = Admin(config, stages.writer, stages.reader, stages.delivery, stages.metrics)
+    admin = Admin(
+        config, stages.writer, stages.reader, stages.delivery, stages.metrics, stages.identity
+    )
     stages.metrics.attach(ingest, stages.delivery, stages.identity)
     app = web.Application(client_max_size=config.server.max_request_bytes)
     app[INGEST] = ingest

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import urllib.error
+import urllib.request
 from typing import Any
 
 import aiosqlite
@@ -19,6 +21,7 @@ from cdpd.identity import reads, store
 from cdpd.identity.identifiers import Rules, extract
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+UNMERGE_TIMEOUT_S = 120
 _payload = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -37,6 +40,14 @@ def add_parser(
         command.add_argument("--json", action="store_true", help="print one JSON object")
     show = profile_commands.choices["show"]
     show.add_argument("-n", type=int, default=10, help="recent events to list (default 10)")
+    unmerge = profile_commands.add_parser(
+        "unmerge",
+        parents=[common],
+        help="split an identifier off its profile (asks the running daemon)",
+    )
+    unmerge.add_argument("identifier", help="TYPE:VALUE of the identifier to split off")
+    unmerge.add_argument("--accounts", action="store_true", help="an account identifier")
+    unmerge.add_argument("--url", help="the daemon's base URL (default: from [server])")
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
@@ -47,6 +58,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     if not sep or not kind or not value:
         print(f"cdpd: expected TYPE:VALUE, got {args.identifier!r}", file=sys.stderr)
         return EXIT_USAGE
+    if args.profiles_command == "unmerge":
+        return _unmerge(cfg, args)
     if not identity_path(cfg).exists():
         print(f"cdpd: no identity store at {identity_path(cfg)}", file=sys.stderr)
         return EXIT_FAILURE
@@ -57,6 +70,36 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         print(f"cdpd: no profile has {kind}:{value}", file=sys.stderr)
         return EXIT_FAILURE
     print(msgspec.json.encode(found).decode() if args.json else _format(found))
+    return EXIT_OK
+
+
+def _unmerge(cfg: Config, args: argparse.Namespace) -> int:
+    """The daemon owns the identity graph, so the unmerge happens there (admin endpoint)."""
+    token = cfg.admin.resolved_token()
+    if token is None:
+        print("cdpd: unmerge needs the admin token ([admin] token or token_env)", file=sys.stderr)
+        return EXIT_USAGE
+    collection = "accounts" if args.accounts else "users"
+    body = msgspec.json.encode({"identifier": args.identifier, "collection": collection})
+    request = urllib.request.Request(  # noqa: S310 (the daemon's own http(s) URL)
+        (args.url or cfg.server.base_url).rstrip("/") + "/admin/profiles/unmerge",
+        data=body,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=UNMERGE_TIMEOUT_S) as response:  # noqa: S310
+            answer = msgspec.json.decode(response.read())
+    except urllib.error.HTTPError as exc:
+        detail = msgspec.json.decode(exc.read() or b"{}")
+        print(f"cdpd: unmerge refused: {detail.get('message', exc.reason)}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:
+        print(f"cdpd: cannot reach the daemon: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"{args.identifier} split off; its former identifiers are now in:")
+    for profile in answer["profiles"]:
+        print(f"  {profile}")
     return EXIT_OK
 
 

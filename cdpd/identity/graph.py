@@ -110,6 +110,8 @@ class Graph:
         self.profiles: dict[str, Profile] = {}
         self.owners: dict[tuple[str, Identifier], str] = {}
         self.live = {"users": 0, "accounts": 0}  # profiles not merged into another
+        # Identifiers split off by an unmerge: their profile never merges with another again.
+        self.separated: set[tuple[str, Identifier]] = set()
 
     def add(self, profile: Profile) -> None:
         self.profiles[profile.id] = profile
@@ -160,7 +162,10 @@ class Graph:
             target.identifiers[identifier] = seen
             self.owners[(outcome.collection, identifier)] = target.id
         for name, value in outcome.traits.items():
-            target.traits[name] = Trait(value, resolution.source, at_ms, seq)
+            trait = Trait(value, resolution.source, at_ms, seq)
+            mine = target.traits.get(name)
+            if mine is None or trait.precedence >= mine.precedence:  # (a replay is older)
+                target.traits[name] = trait
         target.updated_ms = max(target.updated_ms, at_ms)
         target.last_message_id = resolution.message_id
         target.last_source = resolution.source

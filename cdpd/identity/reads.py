@@ -241,3 +241,22 @@ async def payload(conn: aiosqlite.Connection, seq: int) -> str | None:
         await conn.execute_fetchall("SELECT payload FROM outbox.messages WHERE seq = ?", (seq,))
     )
     return str(rows[0][0]) if rows else None
+
+
+async def replayable(
+    conn: aiosqlite.Connection, pids: list[str]
+) -> tuple[list[tuple[Any, ...]], int]:
+    """The outbox rows of every message resolved to `pids`, in order, and how many messages
+    were resolved to them (more than the rows: the outbox no longer holds some)."""
+    marks = ", ".join("?" * len(pids))
+    rows = await conn.execute_fetchall(
+        "SELECT m.seq, m.message_id, m.source, m.type, m.event, m.user_id, m.anonymous_id,"  # noqa: S608
+        f" m.received_at, m.payload FROM resolutions r JOIN outbox.messages m ON m.seq = r.seq"
+        f" WHERE r.profile_id IN ({marks}) ORDER BY r.seq",
+        pids,
+    )
+    counted = await conn.execute_fetchall(
+        f"SELECT count(*) FROM resolutions WHERE profile_id IN ({marks})",  # noqa: S608
+        pids,
+    )
+    return [tuple(row) for row in rows], int(next(iter(counted))[0])

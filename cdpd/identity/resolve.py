@@ -9,7 +9,8 @@ important first (`Rules.rank`):
    broken when, for some type, the profile-to-be holds more values first seen within the
    type's window than its limit allows *and* more than any of the matched profiles already
    held (so rules tightened later do not stop existing profiles from receiving events), or when
-   it would pass the hard limits (100 merges, 1,000 identifiers).
+   it would pass the hard limits (100 merges, 1,000 identifiers), or an identifier split off by
+   an unmerge would join another profile's identifiers (by a merge, or by being attached).
 3. No profile: create one (its id derived from the message). One: attach. Several: merge them
    into the oldest (lowest creating seq) and attach.
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cdpd.identity.graph import Graph, Outcome, Resolution, profile_id
+from cdpd.identity.graph import Graph, Outcome, Profile, Resolution, profile_id
 from cdpd.identity.identifiers import Collection, Identifier, Rules, extract
 
 MAX_MERGES = 100
@@ -117,6 +118,18 @@ def _matched(graph: Graph, collection: str, candidates: list[Identifier]) -> lis
     return [p.id for p in sorted(profiles, key=lambda p: (p.created_seq, p.id))]
 
 
+def _joins_separated(
+    graph: Graph, collection: str, profiles: list[Profile], new: list[Identifier]
+) -> bool:
+    """Whether a split-off identifier would join identifiers of another profile: by a merge of
+    the profile holding it, or by being attached to an existing profile."""
+    if len(profiles) > 1:
+        held = (i for p in profiles for i in p.identifiers)
+        if any((collection, i) in graph.separated for i in held):
+            return True
+    return bool(profiles) and any((collection, i) in graph.separated for i in new)
+
+
 def _breaks_limits(
     graph: Graph,
     collection: str,
@@ -130,6 +143,8 @@ def _breaks_limits(
     if not new and len(profiles) <= 1:
         return False  # nothing changes on the profile
     if len(profiles) > 1 and sum(p.merges for p in profiles) + len(profiles) - 1 > MAX_MERGES:
+        return True
+    if graph.separated and _joins_separated(graph, collection, profiles, new):
         return True
     total = sum(len(p.identifiers) for p in profiles) + len(new)
     if total > MAX_IDENTIFIERS and total > max((len(p.identifiers) for p in profiles), default=0):

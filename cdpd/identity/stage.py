@@ -28,7 +28,7 @@ from cdpd.identity import reads, store
 from cdpd.identity.graph import Graph, Resolution
 from cdpd.identity.identifiers import Identifier, Rules
 from cdpd.identity.resolve import resolve
-from cdpd.model.timestamps import parse_ms
+from cdpd.model.timestamps import format_ms, now_ms, parse_ms
 from cdpd.outbox import consumers
 from cdpd.outbox.consumers import Consumer, Message
 
@@ -194,6 +194,38 @@ class IdentityStage:
             await self._write(store.delete_profiles, self._conn, gone)
         log.info("profile_forgotten", type=identifier[0], profiles=len(gone))
         return gone
+
+    async def unmerge(self, identifier: Identifier, collection: str = "users") -> list[str]:
+        """Split `identifier` off its profile: the profile is rebuilt by resolving its messages
+        again, in order, with `identifier` never allowed to merge with another profile (now or
+        later). Returns the canonical profiles its former identifiers now belong to. Refused
+        (IdentityError) when the outbox no longer holds every message of the profile."""
+        async with self.lock:
+            await self._committed()
+            owner = self.graph.owner(collection, identifier)
+            if owner is None:
+                raise IdentityError(f"no profile has {identifier[0]}:{identifier[1]}")
+            pid = self.graph.canonical(owner)
+            members = [p for p in self.graph.profiles if self.graph.canonical(p) == pid]
+            assert self.reader is not None
+            rows, resolved = await reads.replayable(self.reader, members)
+            if len(rows) < resolved:
+                raise IdentityError(
+                    f"{resolved - len(rows)} messages of this profile are no longer in the"
+                    " outbox, so it cannot be rebuilt"
+                )
+            identifiers = list(self.graph.profiles[pid].identifiers)
+            self.graph.separated.add((collection, identifier))
+            gone = self.graph.remove(pid)
+            replayed = resolve_messages(self.graph, self.rules, [Message(*r) for r in rows])
+            planned = store.plan(self.graph, replayed, self.committed_seq)
+            first = store.unmerge_statements(gone, (collection, identifier), format_ms(now_ms()))
+            await self._write(
+                store.write, self._conn, store.Batch(first + planned.statements, planned.to_seq)
+            )
+        log.info("profile_unmerged", type=identifier[0], messages=len(rows))
+        owners = {self.graph.owner(collection, i) for i in identifiers} - {None}
+        return sorted({self.graph.canonical(o) for o in owners if o is not None})
 
     async def delete_identifier(self, pid: str, identifier: Identifier) -> None:
         """Segment's Delete Profile Identifier: never a profile's last `user_id`, never a

@@ -103,6 +103,13 @@ CREATE TABLE merges (
 );
 CREATE INDEX merges_into ON merges (into_profile_id);
 CREATE INDEX merges_seq ON merges (seq);
+CREATE TABLE separations (
+    collection TEXT NOT NULL,
+    type       TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (collection, type, value)
+) WITHOUT ROWID;
 CREATE TABLE position (
     name TEXT PRIMARY KEY,
     seq  INTEGER NOT NULL
@@ -221,6 +228,8 @@ def load_graph(conn: sqlite3.Connection) -> Graph:
     ):
         parsed = None if value is None else _decode.decode(value)
         graph.profiles[pid].traits[name] = Trait(parsed, source, parse_ms(updated), seq)
+    for collection, kind, value in conn.execute("SELECT collection, type, value FROM separations"):
+        graph.separated.add((collection, (kind, value)))
     for pid, account in conn.execute("SELECT profile_id, account_id FROM links"):
         graph.profiles[pid].links.add(account)
         graph.profiles[account].links.add(pid)
@@ -441,6 +450,28 @@ def delete_profiles(conn: sqlite3.Connection, pids: list[str]) -> None:
             "DELETE FROM merges WHERE into_profile_id = ?",
         ):
             conn.executemany(sql, params)
+
+
+def unmerge_statements(
+    gone: list[str], separated: tuple[str, tuple[str, str]], at: str
+) -> list[Statement]:
+    """Forget the profiles being rebuilt (their resolutions are written again by the replay)
+    and record the identifier split off."""
+    params: list[tuple[Any, ...]] = [(pid,) for pid in gone]
+    collection, (kind, value) = separated
+    return [
+        ("DELETE FROM profiles WHERE profile_id = ?", params),
+        ("DELETE FROM external_ids WHERE profile_id = ?", params),
+        ("DELETE FROM traits WHERE profile_id = ?", params),
+        ("DELETE FROM links WHERE profile_id = ?", params),
+        ("DELETE FROM merges WHERE profile_id = ?", params),
+        ("DELETE FROM merges WHERE into_profile_id = ?", params),
+        (
+            "INSERT OR IGNORE INTO separations (collection, type, value, created_at)"
+            " VALUES (?, ?, ?, ?)",
+            [(collection, kind, value, at)],
+        ),
+    ]
 
 
 def delete_identifier(

@@ -8,6 +8,7 @@ import asyncio
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -137,3 +138,92 @@ async def test_forget_user_leaves_no_profile_behind(
         await resolved(again)
         assert again.identity.graph.owner("users", ("user_id", "user-1")) is None
         assert again.identity.profile_counts()["users"] == 1
+
+
+ADMIN = '[admin]\ntoken = "adm"\n'
+
+
+async def unmerge(http: aiohttp.ClientSession, server: Running, identifier: str) -> Any:
+    async with http.post(
+        f"{server.url}/admin/profiles/unmerge",
+        json={"identifier": identifier},
+        headers={"Authorization": "Bearer adm"},
+    ) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_unmerge_splits_a_wrongly_merged_profile_and_keeps_it_apart(
+    make_config: MakeConfig, http: aiohttp.ClientSession
+) -> None:
+    async with running(make_config(IDENTITY + ADMIN)) as server:
+        await send(
+            http,
+            server,
+            *JOURNEY,
+            {"type": "screen", "anonymousId": "phone-1", "name": "Home", "messageId": "s1",
+             "traits": {}},
+            {"type": "identify", "anonymousId": "phone-1", "userId": "user-1",
+             "traits": {"device": "phone"}, "messageId": "i3"},
+        )  # fmt: skip
+        identity = server.identity
+        assert identity is not None
+        merged = identity.graph.owner("users", ("user_id", "user-1"))
+        assert merged == identity.graph.owner("users", ("anonymous_id", "phone-1"))
+        status, answer = await unmerge(http, server, "anonymous_id:phone-1")
+        assert status == 200, answer
+        assert len(answer["profiles"]) == 2
+        user = identity.graph.owner("users", ("user_id", "user-1"))
+        phone = identity.graph.owner("users", ("anonymous_id", "phone-1"))
+        assert user != phone
+        assert user == identity.graph.owner("users", ("anonymous_id", "anon-1"))
+        _, traits, _ = await get(http, server, "users/profiles/user_id:user-1/traits")
+        assert traits["traits"]["plan"] == "pro"
+        assert traits["traits"]["device"] == "phone"  # i3 carried user_id: it stays with user-1
+        _, events, _ = await get(http, server, "users/profiles/anonymous_id:phone-1/events")
+        assert [e["message_id"] for e in events["data"]] == ["s1"]
+        # The same evidence later does not merge them again.
+        await send(
+            http, server, {"type": "track", "anonymousId": "phone-1", "userId": "user-1",
+                           "event": "Again", "messageId": "t9"},
+        )  # fmt: skip
+        assert identity.graph.owner("users", ("anonymous_id", "phone-1")) == phone
+        assert identity.graph.canonical(phone) == phone
+        status, _ = await unmerge(http, server, "anonymous_id:nobody")
+        assert status == 409
+    async with running(make_config(IDENTITY + ADMIN)) as again:  # the split is durable
+        assert again.identity is not None
+        await resolved(again)
+        graph = again.identity.graph
+        assert graph.owner("users", ("anonymous_id", "phone-1")) == phone
+        assert graph.owner("users", ("user_id", "user-1")) == user
+
+
+async def test_unmerge_from_the_cli(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with running(make_config(IDENTITY + ADMIN)) as server:
+        await send(
+            http,
+            server,
+            {"type": "identify", "anonymousId": "a1", "traits": {"email": "team@x.io"},
+             "messageId": "m1"},
+            {"type": "identify", "userId": "alice", "anonymousId": "a1", "messageId": "m2"},
+            {"type": "track", "anonymousId": "b1", "context": {"traits": {"email": "team@x.io"}},
+             "event": "Shared login", "messageId": "m3"},
+            {"type": "track", "anonymousId": "b1", "event": "Bob alone", "messageId": "m4"},
+        )  # fmt: skip
+        identity = server.identity
+        assert identity is not None
+        alice = identity.graph.owner("users", ("user_id", "alice"))
+        assert identity.graph.owner("users", ("anonymous_id", "b1")) == alice
+        argv = ["profiles", "unmerge", "anonymous_id:b1", "--url", server.url]
+        argv += ["--config", str(tmp_path / "cdpd.toml")]
+        assert await asyncio.to_thread(cli.main, argv) == 0
+        assert "anonymous_id:b1 split off" in capsys.readouterr().out
+        bob = identity.graph.owner("users", ("anonymous_id", "b1"))
+        assert bob not in (None, alice)
+        _, events, _ = await get(http, server, "users/profiles/anonymous_id:b1/events")
+        assert [e["message_id"] for e in events["data"]] == ["m4"]
