@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import sqlite3
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -317,3 +320,30 @@ async def test_delete_profile_identifier(http: aiohttp.ClientSession, server: Ru
     async with http.post(f"{url}/external_ids/delete", data=b"{", headers=auth()) as resp:
         assert resp.status == 400
         assert (await resp.json())["error"]["code"] == "invalid_request_error"
+
+
+async def test_events_history_is_limited_to_the_configured_days(
+    http: aiohttp.ClientSession, make_config: Callable[..., cdpd_config.Config], data_dir: Any
+) -> None:
+    async with running(make_config(IDENTITY)) as first:
+        await send(http, first, JOURNEY[0])
+    old = (datetime.now(UTC) - timedelta(days=15)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    payload = json.dumps({"type": "track", "anonymousId": "anon-1", "event": "Old",
+                          "messageId": "old"})  # fmt: skip
+    with sqlite3.connect(data_dir / "outbox.sqlite3") as conn:
+        conn.execute(
+            "INSERT INTO messages (message_id, source, type, event, user_id, anonymous_id,"
+            " received_at, payload)"
+            " VALUES ('old', 'website', 'track', 'Old', NULL, 'anon-1', ?, ?)",
+            (old, payload),
+        )
+    async with running(make_config(IDENTITY)) as server:
+        await resolved(server)
+        _, body, _ = await get(http, server, "users/profiles/anonymous_id:anon-1/events")
+        assert [e["message_id"] for e in body["data"]] == ["p1"]
+        early = "users/profiles/anonymous_id:anon-1/events?start=2000-01-01T00:00:00Z"
+        _, body, _ = await get(http, server, early)
+        assert [e["message_id"] for e in body["data"]] == ["p1"]  # start cannot reach past it
+    async with running(make_config(IDENTITY + "events_history_days = 30\n")) as longer:
+        _, body, _ = await get(http, longer, "users/profiles/anonymous_id:anon-1/events")
+        assert [e["message_id"] for e in body["data"]] == ["old", "p1"]
