@@ -38,7 +38,6 @@ from cdpd.model.timestamps import format_ms, now_ms
 from cdpd.outbox import schema
 
 HERE = Path(__file__).resolve().parent
-SERVER_CPU = "0"
 TOKEN = "bench_token"  # noqa: S105
 AUTH = {"Authorization": "Basic " + base64.b64encode(f"{TOKEN}:".encode()).decode()}
 WRITE_AUTH = {"Authorization": "Basic d2tfYmVuY2g6"}  # wk_bench:
@@ -56,7 +55,8 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=50_000)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--api-rate", type=int, default=500)
-    parser.add_argument("--ingest-rate", type=int, default=1000)
+    parser.add_argument("--ingest-rate", type=int, default=1000, help="0: no ingest in phase 3")
+    parser.add_argument("--server-cpus", default="0", help="cores cdpd may use (taskset list)")
     args = parser.parse_args()
     return uvloop.run(run(args))
 
@@ -171,9 +171,9 @@ async def time_backlog(http: aiohttp.ClientSession, base: str, total: int) -> fl
         await asyncio.sleep(0.5)
 
 
-def start_cdpd(config_path: Path, port: int) -> subprocess.Popen[bytes]:
+def start_cdpd(config_path: Path, port: int, cpus: str) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        ["taskset", "-c", SERVER_CPU, sys.executable, "-m", "cdpd", "serve", "--config",
+        ["taskset", "-c", cpus, sys.executable, "-m", "cdpd", "serve", "--config",
          str(config_path)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=HERE.parent,
     )  # fmt: skip
@@ -187,6 +187,21 @@ async def caught_up(http: aiohttp.ClientSession, base: str) -> None:
             if (await resolved_count(http, base))[1] == 0:
                 return
             await asyncio.sleep(0.2)
+
+
+async def one_at_a_time(http: aiohttp.ClientSession, base: str, known: list[str]) -> list[float]:
+    """Traits lookups one after another, nothing else running: the service time."""
+    rng = random.Random(5)
+    latencies = []
+    for _ in range(1000):
+        url = (
+            f"{base}/v1/spaces/bench/collections/users/profiles/user_id:{rng.choice(known)}/traits"
+        )
+        began = time.perf_counter()
+        async with http.get(url, headers=AUTH) as resp:
+            await resp.read()
+        latencies.append((time.perf_counter() - began) * 1000)
+    return latencies
 
 
 async def api_under_ingest(
@@ -209,6 +224,8 @@ async def api_under_ingest(
         latencies.append((time.perf_counter() - began) * 1000)
 
     async def ingest() -> None:
+        if not args.ingest_rate:
+            return
         batch_size = 50
         interval = batch_size / args.ingest_rate
         n = 0
@@ -245,7 +262,7 @@ async def run(args: argparse.Namespace) -> int:
         tmp = Path(tmp_name)
         await fill(tmp / "var" / "outbox.sqlite3", messages)
         port = free_port()
-        proc = start_cdpd(config(tmp, port), port)
+        proc = start_cdpd(config(tmp, port), port, args.server_cpus)
         try:
             base = f"http://127.0.0.1:{port}"
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as http:
@@ -256,10 +273,12 @@ async def run(args: argparse.Namespace) -> int:
                 print(f"ingested {ingest_rate:,.0f} single events/s", file=sys.stderr)
                 await caught_up(http, base)  # before phase 3
                 known = sorted({str(m["userId"]) for m in messages if m["type"] == "identify"})
+                alone = await one_at_a_time(http, base, known)
                 latencies, failures = await api_under_ingest(http, base, args, known)
         finally:
             stop(proc)
     cuts = statistics.quantiles(latencies, n=100)
+    single = statistics.quantiles(alone, n=100)
     print("| backlog | users | resolved/s | single-event ingest/s | ratio |")
     print("|---|---|---|---|---|")
     print(
@@ -269,6 +288,10 @@ async def run(args: argparse.Namespace) -> int:
     print()
     print("| traits req/s | ingest events/s | lookups | p50 ms | p99 ms | max ms | non-200 |")
     print("|---|---|---|---|---|---|---|")
+    print(
+        f"| one at a time | 0 | {len(alone):,} | {single[49]:.2f} | {single[98]:.2f} "
+        f"| {max(alone):.2f} | - |"
+    )
     print(
         f"| {args.api_rate} | {args.ingest_rate} | {len(latencies):,} | {cuts[49]:.2f} "
         f"| {cuts[98]:.2f} | {max(latencies):.2f} | {failures} |"

@@ -120,19 +120,39 @@ class ProfileApi:
                 "not_found",
                 f"Unknown resource {resource!r}; expected one of: {', '.join(readers)}.",
             )
-        pid = await self._profile(request)
+        if resource == "traits":  # the hot path (personalisation): from the graph in memory
+            pid = self._profile_in_memory(request)
+        else:
+            pid = await self._profile(request)
         return web.json_response(await readers[resource](request, pid))
 
     async def _profile(self, request: web.Request) -> str:
-        collection = request.match_info["collection"]
-        if collection not in ("users", "accounts"):
-            raise ProfileApiError(404, "not_found", f"Unknown collection {collection!r}.")
-        kind, value = _identifier(request.match_info["identifier"])
-        conn = self._reader()
-        pid = await reads.find(conn, collection, kind, value)
+        collection, kind, value = _collection_and_identifier(request)
+        pid = await reads.find(self._reader(), collection, kind, value)
         if pid is None:
             raise ProfileApiError(404, "not_found", NOT_FOUND)
         return pid
+
+    def _profile_in_memory(self, request: web.Request) -> str:
+        collection, kind, value = _collection_and_identifier(request)
+        graph = self._identity.graph
+        owner = graph.owner(collection, (kind, value))
+        if owner is None:
+            raise ProfileApiError(404, "not_found", NOT_FOUND)
+        return graph.canonical(owner)
+
+    def _memory_traits(self, pid: str, after: str, names: list[str] | None) -> list[reads.TraitRow]:
+        """The profile's traits as the resolver holds them (at most the batch being written
+        ahead of the store), without a hop to the database thread."""
+        profile = self._identity.graph.profiles.get(pid)
+        if profile is None:
+            return []
+        wanted = None if names is None else set(names)
+        return [
+            reads.TraitRow(name, trait.value, trait.source, format_ms(trait.updated_ms))
+            for name, trait in sorted(profile.traits.items())
+            if name > after and trait.value is not None and (wanted is None or name in wanted)
+        ]
 
     def _reader(self) -> Any:
         assert self._identity.reader is not None
@@ -149,9 +169,7 @@ class ProfileApi:
             )
         rows: list[reads.TraitRow] = []
         if trait_class is None:  # audiences and computed traits are Engage's (none yet)
-            rows = await reads.traits(
-                self._reader(), pid, after=query.get("next", ""), names=_list(query, "include")
-            )
+            rows = self._memory_traits(pid, query.get("next", ""), _list(query, "include"))
         page, more = rows[:limit], len(rows) > limit
         traits = {
             row.name: (
@@ -320,6 +338,13 @@ def _basic_username(header: str) -> bytes | None:
         return None
     username = decoded.partition(b":")[0]
     return username or None
+
+
+def _collection_and_identifier(request: web.Request) -> tuple[str, str, str]:
+    collection = request.match_info["collection"]
+    if collection not in ("users", "accounts"):
+        raise ProfileApiError(404, "not_found", f"Unknown collection {collection!r}.")
+    return (collection, *_identifier(request.match_info["identifier"]))
 
 
 def _identifier(text: str) -> tuple[str, str]:

@@ -36,7 +36,7 @@ log = structlog.get_logger("cdpd.identity")
 
 T = TypeVar("T")
 CONSUMER_NAME = "identity"
-CHUNK_MESSAGES = 100  # resolved between yields to the event loop (keeps API latency low)
+CHUNK_MESSAGES = 20  # resolved between yields to the event loop (about a millisecond)
 MIRROR_INTERVAL_S = 1.0
 _payload = msgspec.json.Decoder(dict[str, Any])
 
