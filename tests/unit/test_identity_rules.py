@@ -10,7 +10,7 @@ import pytest
 from cdpd.config import parse
 from cdpd.identity.graph import Graph, Resolution
 from cdpd.identity.identifiers import Rules, extract
-from cdpd.identity.resolve import MAX_MERGES, resolve
+from cdpd.identity.resolve import MAX_IDENTIFIERS, MAX_MERGES, resolve
 
 DAY_MS = 86_400_000
 START_MS = 1_780_000_000_000
@@ -345,3 +345,56 @@ def test_messages_without_identifiers_resolve_to_nothing() -> None:
 def test_group_ids_longer_than_500_characters_are_not_identifiers() -> None:
     found = extract({"type": "group", "groupId": "g" * 501}, rules_from())
     assert found.accounts == []
+
+
+def test_a_separated_identifier_is_never_merged_nor_attached_to_another_profile() -> None:
+    world = World()
+    world.send(type="identify", userId="u1", anonymousId="a1")
+    world.send(anonymousId="kiosk")
+    world.graph.separated.add(("users", ("anonymous_id", "kiosk")))
+    merge = world.send(type="identify", userId="u1", anonymousId="kiosk")
+    assert merge.user is not None
+    assert merge.user.merged == ()
+    assert merge.user.demoted == (("anonymous_id", "kiosk"),)
+    assert world.profile_of("anonymous_id", "kiosk") != world.profile_of("user_id", "u1")
+    world.graph.separated.add(("users", ("anonymous_id", "fresh")))
+    attach = world.send(type="identify", userId="u1", anonymousId="fresh")
+    assert attach.user is not None
+    assert attach.user.demoted == (("anonymous_id", "fresh"),)
+    alone = world.send(anonymousId="fresh", context={"traits": {"email": "k@x.io"}})
+    assert alone.user is not None
+    assert alone.user.created  # its own profile, which may grow
+    assert set(world.identifiers("anonymous_id", "fresh")) == {
+        ("anonymous_id", "fresh"),
+        ("email", "k@x.io"),
+    }
+
+
+def test_a_replayed_older_trait_does_not_overwrite_a_newer_one() -> None:
+    world = World()
+    late = world.send(type="identify", userId="u1", traits={"plan": "pro"})
+    older = resolve(
+        world.graph,
+        {"type": "identify", "userId": "u1", "traits": {"plan": "free"}},
+        world.rules,
+        seq=0,
+        message_id="m0",
+        source="web",
+        at_ms=START_MS - 1000,
+    )
+    world.graph.apply(older)
+    assert late.user is not None
+    assert world.traits("user_id", "u1") == {"plan": "pro"}
+
+
+def test_past_the_identifier_limit_no_mapping_is_added_but_events_resolve() -> None:
+    toml = '[[identity.identifiers]]\ntype = "anonymous_id"\nlimit = 5000\nwindow = "ever"\n'
+    world = World(rules_from(toml))
+    for n in range(MAX_IDENTIFIERS - 1):
+        world.send(userId="u1", anonymousId=f"a{n}")
+    assert len(world.identifiers("user_id", "u1")) == MAX_IDENTIFIERS
+    r = world.send(userId="u1", anonymousId="one-too-many", event="Still resolves")
+    assert r.user is not None
+    assert r.user.profile_id == world.profile_of("user_id", "u1")
+    assert r.user.demoted == (("anonymous_id", "one-too-many"),)
+    assert len(world.identifiers("user_id", "u1")) == MAX_IDENTIFIERS
