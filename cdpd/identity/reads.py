@@ -260,3 +260,46 @@ async def replayable(
         pids,
     )
     return [tuple(row) for row in rows], int(next(iter(counted))[0])
+
+
+# -- the record later stages follow (Engage) ----------------------------------------------------
+
+
+class ResolutionRecord(msgspec.Struct, frozen=True):
+    """One message as resolution left it: the profiles at the time and where they live now."""
+
+    seq: int
+    message_id: str
+    type: str
+    profile_id: str | None
+    canonical_id: str | None
+    account_id: str | None
+
+
+async def resolved_through(conn: aiosqlite.Connection) -> int:
+    """Every message up to this seq has its resolution (and merges) in the store."""
+    rows = await conn.execute_fetchall("SELECT seq FROM position WHERE name = 'outbox'")
+    return int(next(iter(rows))[0])
+
+
+async def resolutions_after(
+    conn: aiosqlite.Connection, after_seq: int, limit: int
+) -> list[ResolutionRecord]:
+    """The next `limit` resolutions past `after_seq`, in order (a follower's incremental read)."""
+    rows = await conn.execute_fetchall(
+        "SELECT r.seq, r.message_id, r.type, r.profile_id, p.canonical_id, r.account_id"
+        " FROM resolutions r LEFT JOIN profiles p ON p.profile_id = r.profile_id"
+        " WHERE r.seq > ? ORDER BY r.seq LIMIT ?",
+        (after_seq, limit),
+    )
+    return [ResolutionRecord(*row) for row in rows]
+
+
+async def merges_after(conn: aiosqlite.Connection, after_seq: int) -> list[MergeRow]:
+    """Merges triggered by messages past `after_seq`, in order."""
+    rows = await conn.execute_fetchall(
+        "SELECT seq, message_id, source_id, profile_id, into_profile_id, merged_at FROM merges"
+        " WHERE seq > ? ORDER BY seq, id",
+        (after_seq,),
+    )
+    return [MergeRow(*row) for row in rows]

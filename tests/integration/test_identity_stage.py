@@ -17,6 +17,7 @@ import pytest
 from cdpd import cli
 from cdpd import config as cdpd_config
 from cdpd.app import Running, running
+from cdpd.identity import reads
 from tests.helpers import WRITE_KEY, basic_auth, query
 from tests.integration.test_profile_api import IDENTITY, JOURNEY, get, resolved, send
 
@@ -227,3 +228,33 @@ async def test_unmerge_from_the_cli(
         assert bob not in (None, alice)
         _, events, _ = await get(http, server, "users/profiles/anonymous_id:b1/events")
         assert [e["message_id"] for e in events["data"]] == ["m4"]
+
+
+async def test_the_ordered_record_a_follower_reads(
+    make_config: MakeConfig, http: aiohttp.ClientSession
+) -> None:
+    async with running(make_config(IDENTITY)) as server:
+        await send(
+            http,
+            server,
+            {"type": "page", "anonymousId": "a1", "name": "Home", "messageId": "p"},
+            {"type": "identify", "userId": "u1", "messageId": "i"},
+            {"type": "track", "userId": "u1", "anonymousId": "a1", "event": "E", "messageId": "t"},
+            {"type": "track", "event": "E", "anonymousId": "null", "messageId": "n"},
+        )
+        assert server.identity is not None
+        conn = server.identity.reader
+        assert conn is not None
+        assert await reads.resolved_through(conn) == 4
+        first = await reads.resolutions_after(conn, 0, 2)
+        assert [r.message_id for r in first] == ["p", "i"]
+        rest = await reads.resolutions_after(conn, first[-1].seq, 10)
+        assert [r.message_id for r in rest] == ["t", "n"]
+        anonymous, known = first
+        assert known.profile_id != anonymous.profile_id  # at the time
+        assert known.canonical_id == anonymous.profile_id  # now: merged into the older one
+        assert rest[1].profile_id is None  # no identifier ("null" is blocked)
+        (merge,) = await reads.merges_after(conn, 0)
+        assert (merge.message_id, merge.profile_id) == ("t", known.profile_id)
+        assert merge.into_profile_id == anonymous.profile_id
+        assert await reads.merges_after(conn, merge.seq) == []
