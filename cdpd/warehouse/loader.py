@@ -12,6 +12,7 @@ advanced. A sync loads up to the outbox's last message when it started.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -82,6 +83,8 @@ async def sync(
             await _load_all(
                 config, warehouse, sink, report, batch_messages, should_stop, on_batch, worker
             )
+            if config.identity is not None and report.status != "failure":
+                await _load_profiles(config, warehouse, sink, report)
             await _record(sink, report, bound)
     except SYNC_ERRORS as exc:
         _fail(report, exc, bound)
@@ -152,6 +155,18 @@ async def _load_batch(sink: Sink, reader: BatchReader, warehouse: str) -> BatchR
     )
     _log_batch(warehouse, result, batch, time.perf_counter() - started_s)
     return result
+
+
+async def _load_profiles(
+    config: Config, warehouse: Warehouse, sink: Sink, report: SyncReport
+) -> None:
+    """Profiles Sync, after the events (see cdpd.identity.profiles_sync)."""
+    from cdpd.identity import profiles_sync  # the identity stage's tables, read-only
+
+    try:
+        report.rows.update(await profiles_sync.load(config, sink, warehouse.max_columns))
+    except (*SYNC_ERRORS, sqlite3.Error) as exc:
+        _fail(report, exc, log.bind(warehouse=warehouse.name))
 
 
 def _log_batch(warehouse: str, result: BatchResult, batch: Batch, duration_s: float) -> None:
