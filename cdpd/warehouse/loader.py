@@ -12,6 +12,7 @@ advanced. A sync loads up to the outbox's last message when it started.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -24,7 +25,7 @@ import asyncpg
 import msgspec
 import structlog
 
-from cdpd.config import Config, Warehouse
+from cdpd.config import Config, Warehouse, identity_path
 from cdpd.outbox import schema as outbox_schema
 from cdpd.warehouse.batches import Batch, BatchReader, Reading, worker_pool
 from cdpd.warehouse.plan import catalog_after
@@ -108,6 +109,9 @@ async def _load_all(
             raise NoOutbox(f"there is no outbox at {path} yet")
         async with outbox_schema.connect(path, readonly=True) as outbox:
             end_seq = await _last_seq(outbox)
+        identity = identity_path(config) if config.identity is not None else None
+        if identity is not None:  # events wait for their segment_id: load what is resolved
+            end_seq = min(end_seq, await asyncio.to_thread(_resolved_through, identity))
         pool = worker_pool(end_seq - report.position, batch_messages, worker)
         reading = Reading(
             outbox=path,
@@ -115,6 +119,7 @@ async def _load_all(
             size=batch_messages,
             max_columns=warehouse.max_columns,
             encode_timestamp=sink.encode_timestamp,
+            identity=identity,
         )
         reader = BatchReader(reading, pool)
         try:
@@ -155,6 +160,15 @@ async def _load_batch(sink: Sink, reader: BatchReader, warehouse: str) -> BatchR
     )
     _log_batch(warehouse, result, batch, time.perf_counter() - started_s)
     return result
+
+
+def _resolved_through(identity: Path) -> int:
+    """How far identity resolution has come (0 before its store exists)."""
+    if not identity.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(f"file:{identity}?mode=ro", uri=True)) as conn:
+        row = conn.execute("SELECT seq FROM position WHERE name = 'outbox'").fetchone()
+    return int(row[0]) if row else 0
 
 
 async def _load_profiles(

@@ -72,3 +72,25 @@ async def test_profiles_sync_tables(
         ("name", None),  # removed by a null
     }
     assert await warehouse.count(SCHEMA, "profile_traits_updates") == 3
+
+
+async def test_event_tables_carry_the_segment_id_at_event_time(
+    make_config: Callable[..., cdpd_config.Config],
+    http: aiohttp.ClientSession,
+    warehouse: WarehouseProbe,
+) -> None:
+    async with running(make_config(IDENTITY + warehouse.toml)) as server:
+        await send(http, server, *JOURNEY, *MERGE)
+        identity = server.identity
+        assert identity is not None
+        user = identity.graph.owner("users", ("user_id", "user-1"))
+        report = await server.warehouses.sync_now("wh")
+        assert report.status == "success", report.error
+    (page,) = await warehouse.rows("website", "pages", "id, segment_id")
+    assert page == {"id": "p1", "segment_id": user}
+    (track,) = await warehouse.rows("website", "tracks", "id, segment_id")
+    assert track["segment_id"] == user
+    (screen,) = await warehouse.rows("website", "screens", "id, segment_id")
+    assert screen["segment_id"] not in (None, user)  # the phone's own profile, merged since
+    merged = await warehouse.rows(SCHEMA, "profile_merges", "segment_id, canonical_segment_id")
+    assert {"segment_id": screen["segment_id"], "canonical_segment_id": user} in merged
