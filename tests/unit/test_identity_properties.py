@@ -113,7 +113,7 @@ def graph_summary(graph: Graph) -> Any:
     return sorted(
         (
             p.id,
-            p.merged_into,
+            graph.canonical(p.id),  # (the store flattens chains of merges)
             p.merges,
             sorted(p.identifiers.items()),
             sorted((k, msgspec.json.encode(t.value), t.seq) for k, t in p.traits.items()),
