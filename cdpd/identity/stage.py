@@ -134,11 +134,13 @@ class IdentityStage:
                 resolutions += resolve_messages(self.graph, self.rules, chunk)
                 await asyncio.sleep(0)
             planned = store.plan(self.graph, resolutions, batch[-1].seq)
-        await self._committed()  # one batch in flight at most
-        written = asyncio.get_running_loop().run_in_executor(
-            self._writer, store.write, self._conn, planned
-        )
-        self._pending = (written, batch[-1].seq, len(batch))
+            await self._committed()  # one batch in flight at most
+            # Handed over under the lock: a forget or unmerge that changes the graph after
+            # this batch also writes after it (the writer thread runs its work in order).
+            written = asyncio.get_running_loop().run_in_executor(
+                self._writer, store.write, self._conn, planned
+            )
+            self._pending = (written, batch[-1].seq, len(batch))
         self.consumer.seq = batch[-1].seq  # where reading continues
         return True
 
