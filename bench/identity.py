@@ -32,7 +32,7 @@ from pathlib import Path
 import aiohttp
 import msgspec
 import uvloop
-from ingest import free_port, run_wrk, stop, wait_for_port
+from ingest import cpu_s, free_port, run_wrk, stop, wait_for_port
 
 from cdpd.model.timestamps import format_ms, now_ms
 from cdpd.outbox import schema
@@ -157,17 +157,22 @@ async def resolved_count(http: aiohttp.ClientSession, base: str) -> tuple[int, i
     return int(float(resolved.group(1))), int(float(lag.group(1)))
 
 
-async def time_backlog(http: aiohttp.ClientSession, base: str, total: int) -> float:
-    first_at = first_count = None
+async def time_backlog(
+    http: aiohttp.ClientSession, base: str, total: int, pid: int
+) -> tuple[float, float]:
+    """Messages resolved per second, and cdpd's CPU time per message (µs, every thread)."""
+    first_at = first_count = first_cpu = None
     while True:
         count, _ = await resolved_count(http, base)
         now = time.perf_counter()
         if count and first_at is None:
-            first_at, first_count = now, count
+            first_at, first_count, first_cpu = now, count, cpu_s(pid)
         if count >= total:
             assert first_at is not None
             assert first_count is not None
-            return (count - first_count) / (now - first_at)
+            assert first_cpu is not None
+            done = count - first_count
+            return done / (now - first_at), (cpu_s(pid) - first_cpu) / done * 1e6
         await asyncio.sleep(0.5)
 
 
@@ -266,10 +271,15 @@ async def run(args: argparse.Namespace) -> int:
         try:
             base = f"http://127.0.0.1:{port}"
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as http:
-                resolve_rate = await time_backlog(http, base, len(messages))
+                resolve_rate, resolve_cpu_us = await time_backlog(
+                    http, base, len(messages), proc.pid
+                )
                 print(f"resolved {resolve_rate:,.0f} messages/s", file=sys.stderr)
+                cpu_before = cpu_s(proc.pid)
                 wrk = await asyncio.to_thread(run_wrk, port, "/v1/track", 1, args.seconds, 64)
                 ingest_rate = float(re.search(r"Requests/sec:\s+([\d.]+)", wrk).group(1))  # type: ignore[union-attr]
+                # (the events ingested are also resolved meanwhile: both costs are in this)
+                ingest_cpu_us = (cpu_s(proc.pid) - cpu_before) / (ingest_rate * args.seconds) * 1e6
                 print(f"ingested {ingest_rate:,.0f} single events/s", file=sys.stderr)
                 await caught_up(http, base)  # before phase 3
                 known = sorted({str(m["userId"]) for m in messages if m["type"] == "identify"})
@@ -279,11 +289,14 @@ async def run(args: argparse.Namespace) -> int:
             stop(proc)
     cuts = statistics.quantiles(latencies, n=100)
     single = statistics.quantiles(alone, n=100)
-    print("| backlog | users | resolved/s | single-event ingest/s | ratio |")
-    print("|---|---|---|---|---|")
+    print(
+        "| backlog | users | resolved/s | single-event ingest/s | ratio "
+        "| CPU µs/message resolved | CPU µs/event ingested (and resolved) |"
+    )
+    print("|---|---|---|---|---|---|---|")
     print(
         f"| {len(messages):,} | {args.users:,} | {resolve_rate:,.0f} | {ingest_rate:,.0f} "
-        f"| {resolve_rate / ingest_rate:.1f}x |"
+        f"| {resolve_rate / ingest_rate:.1f}x | {resolve_cpu_us:.0f} | {ingest_cpu_us:.0f} |"
     )
     print()
     print("| traits req/s | ingest events/s | lookups | p50 ms | p99 ms | max ms | non-200 |")

@@ -30,8 +30,9 @@ def profile_id(collection: str, seq: int, first: Identifier) -> str:
     return PREFIXES[collection] + digest.translate(_BASE62).decode()
 
 
-class Seen(msgspec.Struct, frozen=True):
-    """When and where an identifier was first seen on its profile."""
+class Seen(msgspec.Struct, frozen=True, gc=False):
+    """When and where an identifier was first seen on its profile. (Seen and Trait hold no
+    cycles, so the garbage collector need not walk the graph's hundreds of thousands of them.)"""
 
     at_ms: int
     seq: int
@@ -39,7 +40,7 @@ class Seen(msgspec.Struct, frozen=True):
     source: str
 
 
-class Trait(msgspec.Struct, frozen=True):
+class Trait(msgspec.Struct, frozen=True, gc=False):
     """A trait's latest value (None: removed by a `null`, kept so an older value from a merged
     profile cannot come back) and where it came from."""
 
