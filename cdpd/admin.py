@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
+from typing import Literal
 
 import aiosqlite
 import msgspec
@@ -17,6 +18,7 @@ from cdpd.delivery import replay, report
 from cdpd.delivery.lane import LaneStats
 from cdpd.delivery.service import Delivery
 from cdpd.governance import store as governance_store
+from cdpd.identity.stage import IdentityError, IdentityStage
 from cdpd.ingest.errors import ApiError
 from cdpd.metrics import CONTENT_TYPE, Metrics
 from cdpd.model.timestamps import format_ms, now_ms, parse_ms
@@ -42,6 +44,11 @@ class RetryRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 TokenLookup = Callable[[str], Awaitable[tuple[str, str] | None]]
 
 
+class UnmergeRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    identifier: str  # TYPE:VALUE
+    collection: Literal["users", "accounts"] = "users"
+
+
 class Admin:
     """The admin token sees and does everything; a workspace's API token (`cdpd tokens`) sees
     only that workspace's sources and destinations, and changes them only as a member or
@@ -55,6 +62,7 @@ class Admin:
         delivery: Delivery,
         metrics: Metrics,
         tokens: TokenLookup | None = None,
+        identity: IdentityStage | None = None,
     ) -> None:
         self._config = config
         self._token = config.admin.resolved_token()
@@ -65,6 +73,7 @@ class Admin:
         self._reader = reader
         self._delivery = delivery
         self._metrics = metrics
+        self._identity = identity
 
     def reconfigure(self, config: Config, delivery: Delivery) -> None:
         """The destinations (and token) of a reloaded config, and the delivery built for it."""
@@ -82,6 +91,7 @@ class Admin:
             web.post("/admin/deliveries/retry", self.retry),
             web.get("/admin/deliveries/messages/{message_id}", self.show),
             web.get("/admin/violations", self.violations),
+            web.post("/admin/profiles/unmerge", self.unmerge),
             web.get("/metrics", self.metrics),
         ]
 
@@ -141,6 +151,24 @@ class Admin:
             lane.circuit.succeeded()  # try it at once rather than at the next probe
             lane.wake()
         return _json({"destination": destination.name, "due_now": count})
+
+    async def unmerge(self, request: web.Request) -> web.Response:
+        """Split an identifier off its profile (`cdpd profiles unmerge` posts here)."""
+        await self._authorize(request, ADMIN_ONLY)
+        if self._identity is None:
+            raise ApiError(404, "identity_off", "identity resolution is not configured")
+        try:
+            asked = msgspec.json.decode(await request.read(), type=UnmergeRequest)
+        except msgspec.MsgspecError as exc:
+            raise ApiError(400, "invalid_request", f"not an unmerge request: {exc}") from None
+        kind, sep, value = asked.identifier.partition(":")
+        if not sep or not kind or not value:
+            raise ApiError(400, "invalid_request", "identifier: expected TYPE:VALUE")
+        try:
+            profiles = await self._identity.unmerge((kind, value), asked.collection)
+        except IdentityError as exc:
+            raise ApiError(409, "cannot_unmerge", str(exc)) from None
+        return _json({"identifier": asked.identifier, "profiles": profiles})
 
     async def show(self, request: web.Request) -> web.Response:
         """Where one message stands with each destination."""

@@ -35,10 +35,12 @@ from cdpd.console.flow import Flow
 from cdpd.delivery.service import Delivery
 from cdpd.governance.service import GovernanceService
 from cdpd.governance.stage import Governance
+from cdpd.identity import stage as identity_stage
+from cdpd.identity.stage import IdentityStage
 from cdpd.ingest.routes import Ingest
 from cdpd.logs import LineWriter
 from cdpd.metrics import Metrics
-from cdpd.outbox import schema, space
+from cdpd.outbox import consumers, schema, space
 from cdpd.outbox.lock import data_dir_lock
 from cdpd.outbox.space import SpaceWatch
 from cdpd.outbox.writer import OutboxWriter
@@ -63,6 +65,7 @@ class Running:
     restarts: Restarts
     regulations: RegulationService
     admin_url: str | None = None  # with `[admin] listen`: where /admin and /metrics are
+    identity: IdentityStage | None = None
 
     @property
     def ingest(self) -> Ingest:
@@ -143,6 +146,7 @@ async def running(
                 schema.connect(storage.outbox_path, readonly=True) as reader,
                 console_state.connect(config.console.state_path(storage.data_dir)) as console,
                 _outbound_session() as session,
+                _identity(config, writer) as identity,
                 asyncio.TaskGroup() as tasks,
             ):
                 supervised = functools.partial(supervise, clock=clock, restarts=restarts)
@@ -186,6 +190,19 @@ async def running(
                     supervised("regulations", regulations.run, regulations_stop),
                     name="regulations",
                 )
+                await writer.transact(  # without [identity], its position holds nothing back
+                    functools.partial(
+                        consumers.keep_only,
+                        kind=identity_stage.CONSUMER_NAME,
+                        names=[identity_stage.CONSUMER_NAME] if identity else [],
+                    )
+                )
+                identity_stop = asyncio.Event()
+                identity_task = None
+                if identity is not None:
+                    identity_task = tasks.create_task(
+                        supervised("identity", identity.run, identity_stop), name="identity"
+                    )
                 governance_work = GovernanceService(
                     writer,
                     governance,
@@ -206,6 +223,7 @@ async def running(
                     console,
                     pipeline,
                     regulations,
+                    identity,
                 )
                 try:
                     async with _serving_http(config, stages, budget, sock, admin_sock) as (
@@ -223,6 +241,7 @@ async def running(
                             restarts=restarts,
                             admin_url=admin_url,
                             regulations=regulations,
+                            identity=identity,
                         )
                 finally:
                     budget.start()
@@ -238,9 +257,25 @@ async def running(
                     governance_stop.set()  # ... the last schema counts are written ...
                     await governance_task
                     await pipeline.stop_warehouses(budget.warehouses_s())
+                    identity_stop.set()  # ... identity commits the batch it is resolving ...
+                    if identity_task is not None:
+                        await identity_task
                     writer.close()  # ... and the writer commits what is still pending.
                     await writer_task
                     space_stop.set()
+
+
+@asynccontextmanager
+async def _identity(config: Config, writer: OutboxWriter) -> AsyncIterator[IdentityStage | None]:
+    """The identity stage when `[identity]` is configured, woken by every commit."""
+    if config.identity is None:
+        yield None
+        return
+    async with identity_stage.opened(
+        config, config.storage.outbox_path, writer.transact, lambda: writer.last_seq
+    ) as identity:
+        writer.on_messages(identity.consumer.new_messages)
+        yield identity
 
 
 def _writer_service(writer: OutboxWriter) -> Callable[[asyncio.Event], Awaitable[None]]:

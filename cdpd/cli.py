@@ -22,6 +22,7 @@ from cdpd.delivery import replay, report
 from cdpd.delivery.store import DeliveryStatus, SqliteDeliveryStore
 from cdpd.engage import commands as engage_commands
 from cdpd.governance import commands as governance_commands
+from cdpd.identity import commands as identity_commands
 from cdpd.model.timestamps import format_ms, now_ms, parse_when_ms
 from cdpd.outbox import commands as outbox_commands_cli
 from cdpd.outbox import reader, schema
@@ -61,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return console_commands.run(cfg, args)
     if command == regulations_commands.COMMAND:
         return regulations_commands.run(cfg, args)
+    if command == "profiles":
+        return identity_commands.run(cfg, args)
     if command in governance_commands.COMMANDS:
         return governance_commands.run(cfg, args)
     if command in engage_commands.COMMANDS:
@@ -142,6 +145,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a JSON file holding one message ('-': standard input; default: a sample track)",
     )
     warehouse_commands.add_parser(commands, common)
+    identity_commands.add_parser(commands, common)
     governance_commands.add_parsers(commands, common)
     console_commands.add_parsers(commands, common)
     engage_commands.add_parsers(commands, common)

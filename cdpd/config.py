@@ -259,6 +259,60 @@ class PostgresWarehouse(
 
 Warehouse = SqliteWarehouse | PostgresWarehouse
 
+IdentifierType = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_.]{1,100}$")]
+
+
+class IdentifierSettings(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Segment's identity resolution settings for one identifier type (a default type or a
+    custom one). Unset keys keep Segment's defaults (see cdpd.identity.identifiers)."""
+
+    type: IdentifierType
+    # How many values of the type one profile may hold, within `window`.
+    limit: PositiveInt | None = None
+    window: Literal["ever", "weekly", "monthly", "annually"] | None = None
+    # Lower is more important; unpinned types rank after email, alphabetically.
+    priority: PositiveInt | None = None
+    # Values never promoted to identifiers (they stay in the payload): exact values, regexes.
+    blocked_values: list[str] = msgspec.field(default_factory=list)
+    blocked_patterns: list[str] = msgspec.field(default_factory=list)
+    # Segment's suggested blocked values (`^[0-]*$`, `-1`, `null`, `anonymous`).
+    block_suggested: bool = True
+    # A custom type: the trait or property key it is read from (camelCase or snake_case).
+    key: str | None = None
+    collection: Literal["users", "accounts"] = "users"
+
+
+class IdentityConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Unify: identity resolution into profiles, read through Segment's Profile API."""
+
+    # The space id in Profile API URLs (/v1/spaces/{space}/...).
+    space: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,100}$")]
+    # Profile API access tokens (Basic auth username); or named by an environment variable
+    # holding a comma-separated list.
+    access_tokens: list[str] = msgspec.field(default_factory=list)
+    access_tokens_env: str | None = None
+    identifiers: list[IdentifierSettings] = msgspec.field(default_factory=list)
+    events_history_days: PositiveInt = 14
+    # Requests per second per space before 429 rate_limit_error (Segment: 100); 0 = no limit.
+    rate_limit_per_s: NonNegativeInt = 0
+    # The identity store, a SQLite file of its own; default <data_dir>/identity.sqlite3.
+    path: str | None = None
+    batch_messages: PositiveInt = 2000
+
+    def resolved_tokens(self) -> list[str]:
+        tokens = list(self.access_tokens)
+        if self.access_tokens_env:
+            raw = os.environ.get(self.access_tokens_env, "")
+            tokens += [token.strip() for token in raw.split(",") if token.strip()]
+        return tokens
+
+
+def identity_path(config: Config) -> Path:
+    """Where the identity store lives: `identity.path`, else `<data_dir>/identity.sqlite3`."""
+    if config.identity is not None and config.identity.path is not None:
+        return Path(config.identity.path)
+    return Path(config.storage.data_dir) / "identity.sqlite3"
+
 
 class Config(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
@@ -279,6 +333,7 @@ class Config(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     # A directory of TOML fragments adding entries to the lists above (cdpd/confd.py).
     include: str | None = None
     privacy: PrivacyConfig = msgspec.field(default_factory=PrivacyConfig)
+    identity: IdentityConfig | None = None
 
 
 def default_path() -> str:
@@ -440,6 +495,7 @@ def _cross_check(config: Config) -> list[str]:
         + _check_workspaces(config)
         + _check_engage(config)
         + _check_privacy(config)
+        + _check_identity(config)
     )
 
 
@@ -490,6 +546,19 @@ def _check_privacy(config: Config) -> list[str]:
         {d.name for d in config.destinations},
         {w.name for w in config.warehouses},
     )
+
+
+def _check_identity(config: Config) -> list[str]:
+    if config.identity is None:
+        return []
+    from cdpd.identity.identifiers import check  # pure; imported late, as naming above
+
+    problems = _duplicates(
+        "identity.identifiers", "type", [i.type for i in config.identity.identifiers]
+    )
+    if identity_path(config).resolve() == config.storage.outbox_path.resolve():
+        problems.append("identity.path: the identity store cannot be the outbox")
+    return problems + [f"identity.{problem}" for problem in check(config.identity)]
 
 
 def _check_protocols(config: Config) -> list[str]:
@@ -609,6 +678,10 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     destinations = [_resolve_file_path(d, base) for d in config.destinations]
     if destinations != config.destinations:
         config = msgspec.structs.replace(config, destinations=destinations)
+    identity = config.identity
+    if identity is not None and identity.path is not None and not Path(identity.path).is_absolute():
+        identity = msgspec.structs.replace(identity, path=str((base / identity.path).resolve()))
+        config = msgspec.structs.replace(config, identity=identity)
     data_dir = Path(config.storage.data_dir)
     if data_dir.is_absolute():
         return config

@@ -19,6 +19,7 @@ from cdpd.supervise import Restarts
 
 if TYPE_CHECKING:
     from cdpd.delivery.service import Delivery
+    from cdpd.identity.stage import IdentityStage
     from cdpd.ingest.routes import Ingest
     from cdpd.privacy.portal import Portal
     from cdpd.warehouse.scheduler import Scheduler
@@ -62,12 +63,18 @@ class Metrics:
         self._observed &= names
 
     def attach(
-        self, ingest: Ingest, delivery: Delivery, warehouses: Scheduler | None = None
+        self,
+        ingest: Ingest,
+        delivery: Delivery,
+        warehouses: Scheduler | None = None,
+        identity: IdentityStage | None = None,
     ) -> None:
         self._collector.ingest = ingest
         self._collector.delivery = delivery
         if warehouses is not None:
             self._collector.warehouses = warehouses
+        if identity is not None:
+            self._collector.identity = identity
 
     def render(
         self, reports: list[DestinationReport], lags: list[ConsumerLag] | None = None
@@ -93,6 +100,7 @@ class _Collector(Collector):
         self.ingest: Ingest | None = None
         self.delivery: Delivery | None = None
         self.warehouses: Scheduler | None = None
+        self.identity: IdentityStage | None = None
         self.reports: list[DestinationReport] = []
         self.lags: list[ConsumerLag] = []
 
@@ -102,6 +110,8 @@ class _Collector(Collector):
         if self.delivery is not None:
             yield from _lane_metrics(self.delivery)
         yield from _outbox_metrics(self.reports)
+        if self.identity is not None:
+            yield from _identity_metrics(self.identity)
         yield _restart_metrics(self.restarts)
         yield metrics_more.http_answers(self.answers)
         if self.data_dir is not None and self.outbox_path is not None:
@@ -226,6 +236,27 @@ def _outbox_metrics(reports: list[DestinationReport]) -> Iterator[Metric]:
     for report in reports:
         backlog.add_metric([report.destination], report.backlog)
     yield backlog
+
+
+def _identity_metrics(identity: IdentityStage) -> Iterator[Metric]:
+    lag = GaugeMetricFamily(
+        "cdpd_identity_lag_messages", "Messages in the outbox not resolved into profiles yet"
+    )
+    lag.add_metric([], identity.lag_messages)
+    yield lag
+    resolved = CounterMetricFamily(
+        "cdpd_identity_resolved", "Messages resolved into profiles since start"
+    )
+    resolved.add_metric([], identity.resolved)
+    yield resolved
+    profiles = GaugeMetricFamily(
+        "cdpd_identity_profiles",
+        "Profiles (not merged into another), by collection",
+        labels=["collection"],
+    )
+    for collection, count in sorted(identity.profile_counts().items()):
+        profiles.add_metric([collection], count)
+    yield profiles
 
 
 def _restart_metrics(restarts: Restarts) -> Metric:

@@ -42,7 +42,7 @@ from cdpd.warehouse.scheduler import Scheduler
 log = structlog.get_logger()
 
 # Sections a running daemon cannot change: the socket, the outbox file, the log set-up.
-RESTART_SECTIONS = ("server", "storage", "logging")
+RESTART_SECTIONS = ("server", "storage", "logging", "identity")
 # What delivery is built from; when none of it changed a reload leaves delivery running.
 DELIVERY_SECTIONS = ("destinations", "transformations", "delivery", "warehouses", "privacy")
 

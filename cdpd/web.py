@@ -29,6 +29,8 @@ from cdpd.console.web import Console
 from cdpd.console.web import Parts as ConsoleParts
 from cdpd.delivery.service import Delivery
 from cdpd.governance.stage import Governance
+from cdpd.identity.api import ProfileApi
+from cdpd.identity.stage import IdentityStage
 from cdpd.ingest import bundle, cors
 from cdpd.ingest.errors import ApiError
 from cdpd.ingest.routes import LOG_FIELDS, Ingest
@@ -107,6 +109,7 @@ class Stages(NamedTuple):
     console_state: aiosqlite.Connection | None = None
     pipeline: Consumers | None = None  # the delivery and warehouses in force (they reload)
     regulations: RegulationService | None = None
+    identity: IdentityStage | None = None
 
 
 def build(config: Config, stages: Stages, drain: Drain) -> web.Application:
@@ -118,8 +121,16 @@ def build(config: Config, stages: Stages, drain: Drain) -> web.Application:
     tokens = None
     if stages.console_state is not None:
         tokens = functools.partial(console_state.token_scope, stages.console_state)
-    admin = Admin(config, stages.writer, stages.reader, stages.delivery, stages.metrics, tokens)
-    stages.metrics.attach(ingest, stages.delivery)
+    admin = Admin(
+        config,
+        stages.writer,
+        stages.reader,
+        stages.delivery,
+        stages.metrics,
+        tokens,
+        identity=stages.identity,
+    )
+    stages.metrics.attach(ingest, stages.delivery, identity=stages.identity)
     access = logs.access_log(config.logging.level) if config.logging.access_log else None
     wrap = _RequestWrapper(
         drain,
@@ -129,6 +140,8 @@ def build(config: Config, stages: Stages, drain: Drain) -> web.Application:
     )
     health_route = web.get("/health", health)
     public = [*ingest.routes(), *bundle.routes(ingest.known_write_key), health_route]
+    if stages.identity is not None and config.identity is not None:  # Basic auth of its own
+        public += ProfileApi(config.identity, stages.identity).routes()
     operator = _operator_routes(config, stages, admin, tap, drain)
     if config.admin.listen is None:
         public += operator

@@ -63,6 +63,8 @@ class Reading(msgspec.Struct, frozen=True):
     encode_timestamp: Callable[[datetime], Any]  # a module-level function: it goes to a worker
     # The warehouse's privacy controls over the inventory as the sync found it.
     controls: PathControls | None = None
+    # With [identity]: the identity store, whose profile ids become each row's `segment_id`.
+    identity: Path | None = None
 
 
 class Job(msgspec.Struct, frozen=True):
@@ -98,6 +100,7 @@ def prepare(job: Job) -> Batch | None:
     if not rows:
         return None
     mapper = Mapper(loaded_at=utc_text(datetime.now(UTC)))
+    segment_ids = _segment_ids(reading.identity, rows[0][0], rows[-1][0])
     unreadable: dict[int, tuple[str, str]] = {}
     controls = reading.controls
     for seq, source, payload in rows:
@@ -109,7 +112,7 @@ def prepare(job: Job) -> Batch | None:
         if type(message) is dict:
             if controls is not None:
                 controls.apply(message)
-            mapper.add(source, message)
+            mapper.add(source, message, segment_ids.get(seq))
     if unreadable:
         _discard_unreadable(reading.outbox, unreadable, mapper)
     mapped = mapper.batch()
@@ -156,6 +159,19 @@ def next_schemas(reading: Reading, after_seq: int) -> frozenset[str]:
             READ_SOURCES, (after_seq, reading.end_seq, reading.size)
         ).fetchall()
     return frozenset(schema_name(source) for (source,) in sources)
+
+
+def _segment_ids(identity: Path | None, first_seq: int, last_seq: int) -> dict[int, str]:
+    """The profile each message was resolved to, at the time (Segment's `segment_id`)."""
+    if identity is None:
+        return {}
+    with _outbox(identity) as store:
+        rows = store.execute(
+            "SELECT seq, profile_id FROM resolutions WHERE seq BETWEEN ? AND ?"
+            " AND profile_id IS NOT NULL",
+            (first_seq, last_seq),
+        ).fetchall()
+    return dict(rows)
 
 
 def _outbox(path: Path) -> closing[sqlite3.Connection]:

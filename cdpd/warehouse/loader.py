@@ -12,6 +12,8 @@ advanced. A sync loads up to the outbox's last message when it started.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -23,7 +25,7 @@ import asyncpg
 import msgspec
 import structlog
 
-from cdpd.config import Config, Warehouse
+from cdpd.config import Config, Warehouse, identity_path
 from cdpd.outbox import continuity
 from cdpd.outbox import schema as outbox_schema
 from cdpd.privacy import store as privacy_store
@@ -86,6 +88,8 @@ async def sync(
             await _load_all(
                 config, warehouse, sink, report, batch_messages, should_stop, on_batch, worker
             )
+            if config.identity is not None and report.status != "failure":
+                await _load_profiles(config, warehouse, sink, report)
             await _record(sink, report, bound)
     except SYNC_ERRORS as exc:
         _fail(report, exc, bound)
@@ -114,6 +118,9 @@ async def _load_all(
             report.position = position
             end_seq = await _last_seq(outbox)
             classes = await privacy_store.read_classes(outbox)
+        identity = identity_path(config) if config.identity is not None else None
+        if identity is not None:  # events wait for their segment_id: load what is resolved
+            end_seq = min(end_seq, await asyncio.to_thread(_resolved_through, identity))
         pool = worker_pool(end_seq - report.position, batch_messages, worker)
         reading = Reading(
             outbox=path,
@@ -122,6 +129,7 @@ async def _load_all(
             max_columns=warehouse.max_columns,
             encode_timestamp=sink.encode_timestamp,
             controls=warehouse_controls(config.privacy, warehouse.name, classes),
+            identity=identity,
         )
         reader = BatchReader(reading, pool)
         try:
@@ -162,6 +170,27 @@ async def _load_batch(sink: Sink, reader: BatchReader, warehouse: str) -> BatchR
     )
     _log_batch(warehouse, result, batch, time.perf_counter() - started_s)
     return result
+
+
+def _resolved_through(identity: Path) -> int:
+    """How far identity resolution has come (0 before its store exists)."""
+    if not identity.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(f"file:{identity}?mode=ro", uri=True)) as conn:
+        row = conn.execute("SELECT seq FROM position WHERE name = 'outbox'").fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _load_profiles(
+    config: Config, warehouse: Warehouse, sink: Sink, report: SyncReport
+) -> None:
+    """Profiles Sync, after the events (see cdpd.identity.profiles_sync)."""
+    from cdpd.identity import profiles_sync  # the identity stage's tables, read-only
+
+    try:
+        report.rows.update(await profiles_sync.load(config, sink, warehouse.max_columns))
+    except (*SYNC_ERRORS, sqlite3.Error) as exc:
+        _fail(report, exc, log.bind(warehouse=warehouse.name))
 
 
 def _log_batch(warehouse: str, result: BatchResult, batch: Batch, duration_s: float) -> None:

@@ -132,12 +132,14 @@ class Mapper:
     def batch(self) -> MappedBatch:
         return self._batch
 
-    def add(self, source: str, message: dict[str, Any]) -> None:
+    def add(self, source: str, message: dict[str, Any], segment_id: str | None = None) -> None:
         schema = _schema(source)
         row_id = message.get("messageId")
         if not schema or not isinstance(row_id, str):
             return
         standard = self._standard_columns(message, row_id)
+        if segment_id is not None:  # the profile identity resolution gave it ([identity])
+            standard["segment_id"] = segment_id
         kind = message.get("type")
         context_table = KIND_TABLES.get(str(kind), "tracks")  # where a context value is discarded
         self._flatten_into(standard, message.get("context"), "context_", (schema, context_table))

@@ -189,3 +189,47 @@ def test_a_missing_include_directory_is_an_error(tmp_path: Path) -> None:
     main.write_text('include = "conf.d"\n')
     with pytest.raises(ConfigError, match=r"include: .* is not a directory"):
         load(main)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[identity]\nspace = "s"\n', "identity.access_tokens: give at least one"),
+        ('[identity]\nspace = "s s"\naccess_tokens = ["t"]\n', "identity.space"),
+        (
+            '[identity]\nspace = "s"\naccess_tokens = ["t"]\n'
+            '[[identity.identifiers]]\ntype = "email"\nblocked_patterns = ["("]\n',
+            "identity.identifiers[0].blocked_patterns: '(' is not a regex",
+        ),
+        (
+            '[identity]\nspace = "s"\naccess_tokens = ["t"]\n'
+            '[[identity.identifiers]]\ntype = "email"\n[[identity.identifiers]]\ntype = "email"\n',
+            "identity.identifiers[1].type: 'email' is used twice",
+        ),
+        (
+            '[identity]\nspace = "s"\naccess_tokens = ["t"]\n'
+            '[[identity.identifiers]]\ntype = "Email"\n',
+            "identity.identifiers[0].type",
+        ),
+        (
+            '[identity]\nspace = "s"\naccess_tokens = ["t"]\n'
+            '[[identity.identifiers]]\ntype = "email"\nwindow = "daily"\n',
+            "expected one of: annually, ever, monthly, weekly",
+        ),
+    ],
+)
+def test_identity_errors_name_the_key(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=None) as raised:
+        parse(text)
+    assert message in str(raised.value)
+
+
+def test_identity_defaults_and_tokens_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PROFILE_TOKENS", "a, b")
+    config = parse('[identity]\nspace = "s"\naccess_tokens_env = "PROFILE_TOKENS"\n')
+    assert config.identity is not None
+    assert config.identity.resolved_tokens() == ["a", "b"]
+    assert config.identity.events_history_days == 14
+    assert config.identity.rate_limit_per_s == 0
