@@ -83,15 +83,21 @@ async def checkpointer(outbox: Path) -> AsyncIterator[Checkpoint]:
         await conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_BUSY_TIMEOUT_MS}")
         page_size = await _pragma_int(conn, "PRAGMA page_size")
 
+        failing = False
+
         async def checkpoint(truncate: bool) -> int:
+            nonlocal failing
             try:
                 # PASSIVE first: TRUNCATE would wait for readers before copying anything.
                 owed = await _checkpoint(conn, "PASSIVE") * page_size
                 if truncate and not owed:
                     await _checkpoint(conn, "TRUNCATE")
             except sqlite3.Error as exc:
-                log.warning("checkpoint_failed", error=str(exc))
+                if not failing:  # once per run of failures, not every second of a full disk
+                    log.warning("checkpoint_failed", error=str(exc))
+                failing = True
                 return _wal_bytes(outbox)
+            failing = False
             return owed
 
         yield checkpoint
