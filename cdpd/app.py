@@ -112,9 +112,14 @@ async def running(
         contextlib.closing(startup.bind(config.server)) as sock,
         _admin_socket(config) as admin_sock,
     ):
-        async with schema.connect(
-            storage.outbox_path, synchronous=storage.synchronous, max_bytes=storage.max_outbox_bytes
-        ) as conn:
+        async with (
+            schema.connect(
+                storage.outbox_path,
+                synchronous=storage.synchronous,
+                max_bytes=storage.max_outbox_bytes,
+            ) as conn,
+            space.checkpointer(storage.outbox_path) as checkpoint,
+        ):
             writer = OutboxWriter(
                 conn,
                 commit_max_rows=storage.commit_max_rows,
@@ -124,6 +129,7 @@ async def running(
                 clock_s=clock_s,
             )
             await writer.start()
+            await space.bound_the_wal(conn, storage.min_free_disk_bytes)
             # Controls apply from the first message; the writer's task does not run yet.
             await governance.privacy.load_inventory(conn)
             space_watch = SpaceWatch(
@@ -132,6 +138,7 @@ async def running(
                 min_free_bytes=storage.min_free_disk_bytes,
                 retry_after_s=storage.full_retry_after_s,
                 measure=free_bytes,
+                checkpoint=checkpoint,
                 clock=clock,
             )
             await space_watch.check()

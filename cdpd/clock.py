@@ -16,6 +16,11 @@ class Clock(Protocol):
         """Wait until `event` is set (True) or `timeout_s` has passed (False)."""
         ...
 
+    async def wait_until(self, event: asyncio.Event, at_ms: int) -> bool:
+        """Wait until `event` is set (True) or the clock reaches `at_ms` (False). A deadline
+        computed from an earlier `now_ms()` stays that deadline however late the wait starts."""
+        ...
+
 
 class SystemClock:
     def now_ms(self) -> int:
@@ -29,3 +34,6 @@ class SystemClock:
                 await event.wait()
                 return True
         return False
+
+    async def wait_until(self, event: asyncio.Event, at_ms: int) -> bool:
+        return await self.wait(event, (at_ms - self.now_ms()) / 1000)

@@ -93,7 +93,9 @@ async def supervise(
             restart += 1
             pause_s = backoff.pause_s(restart)
             log.exception("service_failed", service=name, restart_in_s=pause_s, restarts=restart)
+        # The pause starts at the failure, not whenever the count below lets this task run on.
+        resume_at_ms = clock.now_ms() + round(pause_s * 1000)
         if restarts is not None:
             await restarts.count(name)
-        if await clock.wait(stop, pause_s):
+        if await clock.wait_until(stop, resume_at_ms):
             return

@@ -163,10 +163,13 @@ class FakeClock:
         return self._now_ms
 
     async def wait(self, event: asyncio.Event, timeout_s: float) -> bool:
+        return await self.wait_until(event, self._now_ms + round(timeout_s * 1000))
+
+    async def wait_until(self, event: asyncio.Event, at_ms: int) -> bool:
         if event.is_set():
             return True
         timer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._timers.append((self._now_ms + round(timeout_s * 1000), timer))
+        self._timers.append((at_ms, timer))
         self._fire()
         waiting = asyncio.ensure_future(event.wait())
         try:

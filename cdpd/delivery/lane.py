@@ -374,16 +374,18 @@ class _Run:
         except Exception:
             log.exception("delivery_read_failed", destination=lane.name)
             due_at = None
-        timeout_s = lane._poll_interval_s
+        now = lane._clock.now_ms()
+        wake_at = now + round(lane._poll_interval_s * 1000)
         if due_at is not None:
-            due_in_s = (parse_ms(due_at) - lane._clock.now_ms()) / 1000
-            if due_in_s > 0:
-                timeout_s = min(timeout_s, due_in_s)
+            due_ms = parse_ms(due_at)
+            if due_ms > now:
+                wake_at = min(wake_at, due_ms)
             elif not (self.ledger_busy or self.keys_busy):
                 return  # due now (the clock moved while we read): read again
             # else: what is due is in flight or waits behind a user's earlier message, and a
             # recording wakes the lane
-        await lane._clock.wait(lane._work, timeout_s)
+        # A deadline, not a timeout: time that passes before the wait starts still counts.
+        await lane._clock.wait_until(lane._work, wake_at)
 
     # -- sending ----------------------------------------------------------------------------
 

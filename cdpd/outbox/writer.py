@@ -208,8 +208,11 @@ class OutboxWriter:
         self._admit = admit
 
     def refuse(self, reason: OutboxUnavailable | None) -> None:
-        """Refuse (or, with None, accept again) new writes, e.g. while the disk is nearly full."""
+        """Refuse (or, with None, accept again) new writes, e.g. while the disk is nearly full.
+        Accepting again also ends the pause after SQLite said "full": space was measured since."""
         self._refusal = reason
+        if reason is None:
+            self._full_until_s = 0.0
 
     # -- the writer task ------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import msgspec
 
 from cdpd.app import running
 from cdpd.config import Config
-from cdpd.outbox import schema
+from cdpd.outbox import schema, space
 from cdpd.outbox.space import SpaceWatch
 from cdpd.outbox.writer import OutboxUnavailable, OutboxWriter
 from tests.helpers import WRITE_KEY, basic_auth, outbox_path, query
@@ -121,6 +121,49 @@ async def test_space_watch_refuses_and_recovers(tmp_path: Path) -> None:
         free["bytes"] = 1000
         await watch.check()
         assert _refusal(writer) is None
+
+
+async def test_what_the_wal_owes_the_database_file_counts_as_used_until_checkpointed(
+    tmp_path: Path,
+) -> None:
+    """A reader on older pages (a lane's read-only connection) keeps a checkpoint from copying
+    the WAL into the database file; the file will grow by that much once it can, so the space
+    watch counts it as used until then. While refusing, the WAL file is emptied too."""
+    path = tmp_path / "outbox.sqlite3"
+    floor = 1024 * 1024
+    free = {"bytes": floor + 64 * 1024}
+    async with (
+        schema.connect(path) as conn,
+        space.checkpointer(path) as checkpoint,
+    ):
+        await space.bound_the_wal(conn, floor)
+        async with conn.execute("PRAGMA wal_autocheckpoint") as cursor:
+            assert await cursor.fetchone() == (64,)  # a quarter of the floor, in 4 KiB pages
+        writer = OutboxWriter(
+            conn, commit_max_rows=10, dedup_window_s=0, full_retry_after_s=3, clock_s=lambda: 0.0
+        )
+        watch = SpaceWatch(
+            writer,
+            tmp_path,
+            min_free_bytes=floor,
+            retry_after_s=3,
+            measure=lambda _: free["bytes"],
+            checkpoint=checkpoint,
+        )
+        reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM messages").fetchall()  # holds its snapshot
+            await conn.execute("CREATE TABLE filler (data BLOB)")
+            await conn.execute("INSERT INTO filler VALUES (zeroblob(200000))")
+            await watch.check()
+            assert _refusal(writer) == "disk_full"  # 200 kB owed, 64 kB above the floor
+            reader.execute("COMMIT")
+        finally:
+            reader.close()
+        await watch.check()  # copies the pages, and empties the WAL while refusing
+        assert _refusal(writer) is None
+        assert path.with_name("outbox.sqlite3-wal").stat().st_size == 0
 
 
 def _refusal(writer: OutboxWriter) -> Any:

@@ -47,10 +47,7 @@ async def test_sigterm_takes_at_most_shutdown_timeout_s_in_all(
         writer.write(head + body)
         await writer.drain()
         assert (await reader.readline()).startswith(b"HTTP/1.1 200")
-        for _ in range(100):
-            if sink.arrived:
-                break
-            await asyncio.sleep(0.05)
+        await sink.wait_for_requests(1)
         assert sink.arrived == 1
         writer.write(head.replace(b"Content-Length: ", b"Content-Length: 1") + body[:5])
         await writer.drain()

@@ -4,6 +4,7 @@ must not fill it."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import shutil
 import subprocess
@@ -117,3 +118,121 @@ def _query(pid: int, path: Path, sql: str) -> list[list[object]]:
     )
     rows: list[list[object]] = msgspec.json.decode(done.stdout)
     return rows
+
+
+MARGIN_BYTES = 64 * 1024
+FILL = """
+import os, sys
+fd, chunk = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT), b"x" * 4096
+while True:
+    try:
+        os.write(fd, chunk)
+    except OSError:
+        break
+os.close(fd)
+"""
+SPARE = """
+import sys
+with open(sys.argv[1], "wb") as spare:
+    spare.write(b"s" * int(sys.argv[2]))
+"""
+FREE_UP_TO = """
+import os, sys
+spare, ballast, wanted = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def free():
+    stats = os.statvfs(os.path.dirname(ballast))
+    return stats.f_bavail * stats.f_frsize
+os.unlink(spare)
+with open(ballast, "ab") as more:
+    more.write(b"x" * max(0, free() - wanted))
+print(free())
+"""
+
+
+async def test_after_a_full_disk_freeing_the_floor_is_enough_to_ingest_again(
+    tmp_path: Path, disk: Path
+) -> None:
+    prefix = _namespace_prefix(disk)
+    data_dir = disk / "var"
+    config = tmp_path / "cdpd.toml"
+    config.write_text(
+        config_text(data_dir).replace(
+            "min_free_disk_bytes = 0", f"min_free_disk_bytes = {FLOOR_BYTES}"
+        )
+    )
+    daemon = await spawn_cdpd(config, prefix=prefix)
+    pid = daemon.proc.pid
+    spare, ballast = str(disk / "spare"), str(disk / "ballast")
+    _in_namespace(pid, SPARE, spare, str(2 * FLOOR_BYTES))  # to free later, on a full disk
+    acked: list[str] = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            status = await _fill_until_refused(http, daemon.url, acked)
+            assert status == 503
+            assert len(acked) > 100
+            _in_namespace(pid, FILL, ballast)  # something else takes the rest of the disk
+            assert await _track(http, daemon.url, "while-full") == 503
+            free = int(
+                _in_namespace(pid, FREE_UP_TO, spare, ballast, str(FLOOR_BYTES + MARGIN_BYTES))
+            )
+            assert FLOOR_BYTES < free <= FLOOR_BYTES + MARGIN_BYTES + 4096
+            recovered = await _track_until_accepted(http, daemon.url, "after-freeing")
+            assert recovered, "ingest stayed at 503 after freeing the floor's worth of space"
+            acked.append("after-freeing")
+        stored = _query(pid, data_dir / "outbox.sqlite3", "SELECT message_id FROM messages")
+    finally:
+        assert await daemon.stop() == 0
+    assert {row[0] for row in stored} >= set(acked)
+
+
+async def _track(http: aiohttp.ClientSession, url: str, message_id: str) -> int:
+    track = {"userId": "u1", "event": "Disk", "messageId": message_id}
+    async with http.post(f"{url}/v1/track", json=track, headers=AUTH) as resp:
+        return resp.status
+
+
+async def _fill_until_refused(http: aiohttp.ClientSession, url: str, acked: list[str]) -> int:
+    padding = "p" * 2000
+    for batch_number in range(10_000):
+        ids = [f"m{batch_number}-{i}" for i in range(20)]
+        batch = [
+            {
+                "type": "track",
+                "userId": "u1",
+                "event": "Fill",
+                "messageId": message_id,
+                "properties": {"padding": padding},
+            }
+            for message_id in ids
+        ]
+        async with http.post(f"{url}/v1/batch", json={"batch": batch}, headers=AUTH) as resp:
+            if resp.status != 200:
+                return resp.status
+        acked.extend(ids)
+    return 200
+
+
+async def _track_until_accepted(http: aiohttp.ClientSession, url: str, message_id: str) -> bool:
+    for _ in range(50):  # the space watch measures every second
+        if await _track(http, url, message_id) == 200:
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+def _in_namespace(pid: int, script: str, *args: str) -> str:
+    done = subprocess.run(
+        [
+            shutil.which("nsenter") or "nsenter",
+            f"--target={pid}",
+            "--user",
+            "--mount",
+            sys.executable,
+            "-c",
+            script,
+            *args,
+        ],
+        capture_output=True,
+        check=True,
+    )
+    return done.stdout.decode()
