@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -45,8 +45,18 @@ class IdentityError(Exception):
     """A request the identity store refuses (the Profile API turns it into a 400)."""
 
 
-def resolve_messages(graph: Graph, rules: Rules, messages: Sequence[Message]) -> list[Resolution]:
-    """Resolve and apply `messages` in order (pure apart from `graph`)."""
+def no_one_suppressed(_source: str) -> frozenset[str]:
+    return frozenset()
+
+
+def resolve_messages(
+    graph: Graph,
+    rules: Rules,
+    messages: Sequence[Message],
+    suppressed: Callable[[str], frozenset[str]] = no_one_suppressed,
+) -> list[Resolution]:
+    """Resolve and apply `messages` in order (pure apart from `graph`); `suppressed` gives the
+    user ids suppressed for a source."""
     done = []
     for message in messages:
         resolution = resolve(
@@ -57,6 +67,7 @@ def resolve_messages(graph: Graph, rules: Rules, messages: Sequence[Message]) ->
             message_id=message.message_id,
             source=message.source,
             at_ms=parse_ms(message.received_at),
+            suppressed=suppressed(message.source),
         )
         graph.apply(resolution)
         done.append(resolution)
@@ -74,6 +85,7 @@ class IdentityStage:
         mirror: Callable[[int], Any],
         end_seq: Callable[[], int],
         reader: aiosqlite.Connection | None = None,
+        suppressed: Callable[[str], frozenset[str]] = no_one_suppressed,
     ) -> None:
         assert config.identity is not None
         self.rules = Rules(config.identity)
@@ -94,6 +106,10 @@ class IdentityStage:
         self.committed_seq = 0  # everything up to here is resolved and in the store
         self._progress = asyncio.Condition()
         self._pending: tuple[asyncio.Future[None], int, int] | None = None
+        self._suppressed = suppressed
+        # Seqs a regulation deleted from the outbox: a batch read before the deletion does not
+        # resolve them (it would bring back a profile the regulation forgets).
+        self._erased: set[int] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         async with self.lock:
@@ -130,8 +146,8 @@ class IdentityStage:
             return False
         async with self.lock:
             resolutions = []
-            for chunk in _chunks(batch, CHUNK_MESSAGES):
-                resolutions += resolve_messages(self.graph, self.rules, chunk)
+            for chunk in _chunks(self._not_erased(batch), CHUNK_MESSAGES):
+                resolutions += resolve_messages(self.graph, self.rules, chunk, self._suppressed)
                 await asyncio.sleep(0)
             planned = store.plan(self.graph, resolutions, batch[-1].seq)
             await self._committed()  # one batch in flight at most
@@ -143,6 +159,18 @@ class IdentityStage:
             self._pending = (written, batch[-1].seq, len(batch))
         self.consumer.seq = batch[-1].seq  # where reading continues
         return True
+
+    def _not_erased(self, batch: Sequence[Message]) -> Sequence[Message]:
+        if not self._erased:
+            return batch
+        kept = [m for m in batch if m.seq not in self._erased]
+        self._erased.difference_update(s for s in list(self._erased) if s <= batch[-1].seq)
+        return kept
+
+    def erased(self, seqs: Collection[int]) -> None:
+        """The outbox no longer holds these messages: never resolve them (called before they
+        are deleted, so that a batch already read skips them too)."""
+        self._erased.update(s for s in seqs if s > self.committed_seq)
 
     async def _committed(self) -> None:
         """Wait for the batch being written, if any; then it counts as resolved."""
@@ -181,21 +209,35 @@ class IdentityStage:
 
     # -- what the Profile API and the privacy stage call ---------------------------------------
 
+    async def forget_users(self, user_ids: Sequence[str]) -> int:
+        """A deletion regulation's target: forget the profile of each user; returns the rows
+        removed from the store."""
+        removed = 0
+        for user_id in user_ids:
+            removed += (await self._forget(("user_id", user_id), "users"))[1]
+        return removed
+
     async def forget_user(self, user_id: str) -> list[str]:
         """Delete the profile holding `user_id` (and every profile merged into it) with its
-        identifiers, traits, links and merge history; returns the profile ids deleted (empty
-        when no profile has the id). The entry point for deletion regulations."""
+        identifiers, traits, links, resolutions and merge history; returns the profile ids
+        deleted (empty when no profile has the id)."""
         return await self.forget(("user_id", user_id))
 
     async def forget(self, identifier: Identifier, collection: str = "users") -> list[str]:
+        return (await self._forget(identifier, collection))[0]
+
+    async def _forget(self, identifier: Identifier, collection: str) -> tuple[list[str], int]:
         async with self.lock:
             owner = self.graph.owner(collection, identifier)
             if owner is None:
-                return []
-            gone = self.graph.remove(self.graph.canonical(owner))
-            await self._write(store.delete_profiles, self._conn, gone)
-        log.info("profile_forgotten", type=identifier[0], profiles=len(gone))
-        return gone
+                return [], 0
+            pid = self.graph.canonical(owner)
+            kept_apart = {(collection, i) for i in self.graph.profiles[pid].identifiers}
+            gone = self.graph.remove(pid)
+            self.graph.separated -= kept_apart  # an unmerge's record of them goes too
+            removed = await self._write(store.delete_profiles, self._conn, gone)
+        log.info("profile_forgotten", type=identifier[0], profiles=len(gone), rows=removed)
+        return gone, removed
 
     async def unmerge(self, identifier: Identifier, collection: str = "users") -> list[str]:
         """Split `identifier` off its profile: the profile is rebuilt by resolving its messages
@@ -252,7 +294,11 @@ def _chunks(items: Sequence[Message], size: int) -> Iterator[Sequence[Message]]:
 
 @asynccontextmanager
 async def opened(
-    config: Config, outbox_path: Path, transact: Any, end_seq: Callable[[], int]
+    config: Config,
+    outbox_path: Path,
+    transact: Any,
+    end_seq: Callable[[], int],
+    suppressed: Callable[[str], frozenset[str]] = no_one_suppressed,
 ) -> Any:
     """The identity stage with its store open, closed on exit."""
     with store.connect(identity_path(config)) as conn:
@@ -263,7 +309,7 @@ async def opened(
 
         async with store.connect_reader(identity_path(config)) as reader:
             await reads.attach_outbox(reader, outbox_path)
-            stage = IdentityStage(config, conn, consumer, mirror, end_seq, reader)
+            stage = IdentityStage(config, conn, consumer, mirror, end_seq, reader, suppressed)
             try:
                 yield stage
             finally:
