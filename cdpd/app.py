@@ -184,6 +184,7 @@ async def running(
                     clock,
                     outbox_path=storage.outbox_path,
                     identity=identity,
+                    privacy=lambda: governance.privacy,
                 )
                 await regulations.start()  # suppressions in force before ingest opens
                 regulations_stop = asyncio.Event()

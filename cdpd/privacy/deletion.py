@@ -89,14 +89,19 @@ async def erase_outbox(
     user_ids: Sequence[str],
     source: str | None,
     unsent: Callable[[list[int]], object],
+    forget_samples: Callable[[Callable[[str], bool]], object] | None = None,
 ) -> Erased:
     """`unsent` is told the seqs of the messages deleted, before they go: delivery lanes do
-    not send, nor identity resolve, what they read of them before the deletion."""
+    not send, nor identity resolve, what they read of them before the deletion.
+    `forget_samples` clears the privacy inbox's samples in memory that show a user, just before
+    the table's are (a flush that took them earlier commits before the clearing)."""
     await fence(writer)
     async with schema.connect(path, readonly=True) as conn:
         found = await find_in_outbox(conn, user_ids, source)
     unsent(found.seqs)
     rows: int = await writer.transact(functools.partial(_delete, found=found))
+    if forget_samples is not None:
+        forget_samples(sample_shows(user_ids))
     await writer.transact(functools.partial(_clear_samples, user_ids=user_ids, source=source))
     return Erased(rows, found.message_ids)
 
@@ -163,6 +168,13 @@ CLEAR_SAMPLES = (
     " AND (sample IN (SELECT value FROM json_each(?1))"
     " OR EXISTS (SELECT 1 FROM json_each(?2) WHERE instr(sample, value) > 0))"
 )
+
+
+def sample_shows(user_ids: Sequence[str]) -> Callable[[str], bool]:
+    """True for a sample that is a user id's masked form or holds the id itself."""
+    masks = frozenset(mask(user_id) for user_id in user_ids)
+    ids = tuple(user_ids)
+    return lambda sample: sample in masks or any(user_id in sample for user_id in ids)
 
 
 async def _clear_samples(

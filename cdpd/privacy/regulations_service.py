@@ -49,6 +49,7 @@ from cdpd.warehouse.loader import SYNC_ERRORS
 if TYPE_CHECKING:
     from cdpd.delivery.service import Delivery
     from cdpd.identity.stage import IdentityStage
+    from cdpd.privacy.portal import Portal
     from cdpd.reload import Consumers
 
 log = structlog.get_logger("cdpd.privacy")
@@ -80,9 +81,11 @@ class RegulationService:
         *,
         outbox_path: str | Path,
         identity: IdentityStage | None = None,
+        privacy: Callable[[], Portal] | None = None,
     ) -> None:
         self._path = Path(outbox_path)
         self._identity = identity
+        self._privacy = privacy  # the Privacy Portal in force (a reload replaces it)
         self._writer = writer
         self._reader = reader  # read-only, shared with the admin API
         self._suppressions = suppressions
@@ -236,7 +239,7 @@ class RegulationService:
     async def _work(self, due: DueTarget, users: Sequence[str]) -> int:
         if due.kind == OUTBOX:
             erased = await deletion.erase_outbox(
-                self._writer, self._path, users, due.source, self._unsent
+                self._writer, self._path, users, due.source, self._unsent, self._forget_samples
             )
             self._erased[due.regulation_id] = erased.message_ids
             return erased.rows
@@ -272,6 +275,10 @@ class RegulationService:
         if not sent.ok:
             raise TargetFailed(sent.error or "failed", sent.status, sent.retry_after_s)
         return sent.users
+
+    def _forget_samples(self, shows: Callable[[str], bool]) -> None:
+        if self._privacy is not None:
+            self._privacy().clear_samples(shows)
 
     def _unsent(self, seqs: list[int]) -> None:
         """Messages about to be deleted from the outbox: not to be sent or resolved."""

@@ -18,7 +18,7 @@ from cdpd import cli
 from cdpd import config as cdpd_config
 from cdpd.app import Running, running
 from cdpd.identity.profiles_sync import SCHEMA
-from tests.helpers import WRITE_KEY, WarehouseProbe, basic_auth
+from tests.helpers import WRITE_KEY, WarehouseProbe, basic_auth, query
 from tests.integration.test_profile_api import IDENTITY, resolved
 from tests.regulations import ADMIN, outbox_mentions, regulate, settled, warehouse_mentions
 
@@ -261,3 +261,38 @@ async def test_a_suppressed_user_gets_no_profile(
         assert owner(server, KEPT) is not None
     assert identity_mentions(data_dir, GONE) == {}
     assert identity_mentions(data_dir, KEPT)
+
+
+async def test_a_deletion_clears_the_inbox_samples_that_show_the_user(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    """Samples are masked, but an id of punctuation survives masking: the deletion clears
+    every sample that is the id's masked form or holds the id (written or not yet)."""
+    bare, short = "--__--", "u-7"  # masked: "--__--" (unchanged), "*-*"
+    async with running(make_config(ADMIN)) as server:
+        await post(
+            http,
+            server,
+            [
+                {"type": "track", "event": "E", "userId": bare, "properties": {"ref": bare}},
+                {"type": "track", "event": "E", "userId": KEPT, "properties": {"kept": KEPT}},
+            ],
+        )
+        async with asyncio.timeout(20):  # the inbox is written by a periodic flush
+            # A poll: the flush signals nothing a test could wait on.
+            while not outbox_mentions(data_dir, bare).get("privacy_inbox"):  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        await post(
+            http,
+            server,
+            [{"type": "identify", "userId": short, "traits": {"nickname": short}}],
+        )
+        regulation_id = await regulate(http, server, "DELETE_INTERNAL", bare, short)
+        found = await settled(http, server, regulation_id)
+        assert found["overallStatus"] == "FINISHED", found
+    samples = dict(query(data_dir, "SELECT field, sample FROM privacy_inbox"))
+    assert samples["properties.ref"] is None
+    assert "traits.nickname" in samples
+    assert samples["traits.nickname"] is None
+    assert samples["properties.kept"] not in (None, KEPT)  # masked, and kept
+    assert outbox_mentions(data_dir, bare) == {}
