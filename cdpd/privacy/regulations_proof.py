@@ -25,6 +25,10 @@ from cdpd.warehouse.naming import quote
 from cdpd.warehouse.sinks import open_sink
 
 RECORDS = ("regulations", "regulation_subjects", "regulation_targets", "suppressions")
+BLOB_HOLDS = (
+    "(typeof({column}) = 'blob' AND EXISTS (SELECT 1 FROM json_each({ids})"
+    " WHERE instr({column}, CAST(value AS BLOB)) > 0))"
+)
 TABLES = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%'"
 
 
@@ -38,14 +42,19 @@ async def store_mentions(path: Path, user_ids: Sequence[str]) -> dict[str, int] 
         return None
     as_json = [msgspec.json.encode(user_id).decode() for user_id in user_ids]
     async with aiosqlite.connect(f"{path.as_uri()}?mode=ro", uri=True) as conn:
-        return await sqlite_mentions(conn, [*user_ids, *as_json], skip=())
+        return await sqlite_mentions(conn, [*user_ids, *as_json], skip=(), in_blobs=True)
 
 
 async def sqlite_mentions(
-    conn: aiosqlite.Connection, user_ids: Sequence[str], skip: Sequence[str]
+    conn: aiosqlite.Connection,
+    user_ids: Sequence[str],
+    skip: Sequence[str],
+    *,
+    in_blobs: bool = False,
 ) -> dict[str, int]:
     """Rows of each table (but `skip`) holding one of `user_ids` in a column, or as the
-    `userId` of a `payload`."""
+    `userId` of a `payload`; with `in_blobs`, also anywhere in a BLOB (Engage's msgpack
+    states hold strings as they are)."""
     found: dict[str, int] = {}
     tables: list[Any] = list(await conn.execute_fetchall(TABLES))
     for (table,) in tables:
@@ -59,12 +68,16 @@ async def sqlite_mentions(
             chunk = list(user_ids[start : start + USERS_PER_STATEMENT])
             marks = ", ".join(f"?{n}" for n in range(1, len(chunk) + 1))
             clauses = [f"CAST({quote(c)} AS TEXT) IN ({marks})" for c in columns]
+            if in_blobs:
+                ids = f"?{len(chunk) + 1}"  # the chunk as a JSON array
+                clauses += [BLOB_HOLDS.format(column=quote(c), ids=ids) for c in columns]
             if "payload" in columns:
                 clauses.append(
                     f"(json_valid(payload) AND CAST(payload ->> '$.userId' AS TEXT) IN ({marks}))"
                 )
             sql = f"SELECT count(*) FROM {quote(table)} WHERE {' OR '.join(clauses)}"  # noqa: S608 - names quoted, values bound
-            ((rows,),) = await conn.execute_fetchall(sql, chunk)
+            params = [*chunk, msgspec.json.encode(chunk).decode()] if in_blobs else chunk
+            ((rows,),) = await conn.execute_fetchall(sql, params)
             count += int(rows)
         if count:
             found[table] = count

@@ -6,6 +6,7 @@ verify` searches the identity and Engage stores too."""
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,12 @@ import pytest
 from cdpd import cli
 from cdpd import config as cdpd_config
 from cdpd.app import Running, running
+from cdpd.engage import catalog
+from cdpd.engage.catalog import Source
+from cdpd.engage.inputs import ProfileMessage
+from cdpd.engage.store import EngageStore
 from cdpd.identity.profiles_sync import SCHEMA
+from cdpd.model.timestamps import format_ms, now_ms
 from tests.helpers import WRITE_KEY, WarehouseProbe, basic_auth, query
 from tests.integration.test_profile_api import IDENTITY, resolved
 from tests.regulations import ADMIN, outbox_mentions, regulate, settled, warehouse_mentions
@@ -296,3 +302,33 @@ async def test_a_deletion_clears_the_inbox_samples_that_show_the_user(
     assert samples["traits.nickname"] is None
     assert samples["properties.kept"] not in (None, KEPT)  # masked, and kept
     assert outbox_mentions(data_dir, bare) == {}
+
+
+async def test_verify_searches_the_identity_and_engage_stores(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    data_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A suppression alone deletes nothing: verify finds the profile in identity.sqlite3 and
+    the user's messages in engage.sqlite3 (Engage's store, written here directly)."""
+    async with running(make_config(ADMIN + IDENTITY)) as server:
+        await post(http, server, journey(GONE, "v"))
+        await resolved(server)
+        regulation_id = await regulate(http, server, "SUPPRESS_ONLY", GONE)
+    engage = await EngageStore.open(data_dir / "engage.sqlite3")
+    try:
+        sources = [Source(key="buyers", kind="audience", query="event('E').count() >= 1")]
+        await engage.register(sources, now_ms())
+        engage.use(catalog.build(sources))
+        message = {"type": "track", "event": "E", "userId": GONE, "timestamp": format_ms(now_ms())}
+        await engage.process([ProfileMessage("p-gone", message)], now_ms())
+    finally:
+        await engage.close()
+    capsys.readouterr()
+    verify = ["regulations", "verify", regulation_id, "--config", str(tmp_path / "cdpd.toml")]
+    assert await asyncio.to_thread(cli.main, verify) == 1
+    held = capsys.readouterr().out
+    assert re.search(r"^identity external_ids: 1 rows$", held, re.MULTILINE), held
+    assert re.search(r"^engage \w+: \d+ rows$", held, re.MULTILINE), held
