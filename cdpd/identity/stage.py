@@ -38,6 +38,7 @@ T = TypeVar("T")
 CONSUMER_NAME = "identity"
 CHUNK_MESSAGES = 20  # resolved between yields to the event loop (about a millisecond)
 MIRROR_INTERVAL_S = 1.0
+LOAD_WAIT_S = 60.0
 _payload = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -107,6 +108,7 @@ class IdentityStage:
         self._progress = asyncio.Condition()
         self._pending: tuple[asyncio.Future[None], int, int] | None = None
         self._suppressed = suppressed
+        self._loaded = asyncio.Event()  # the graph is read from the store (forgets wait)
         # Seqs a regulation deleted from the outbox: a batch read before the deletion does not
         # resolve them (it would bring back a profile the regulation forgets).
         self._erased: set[int] = set()
@@ -115,6 +117,7 @@ class IdentityStage:
         async with self.lock:
             self.graph = await self._write(store.load_graph, self._conn)
             seq = await self._write(store.position, self._conn)
+            self._loaded.set()
         await self.consumer.start(from_seq=seq)
         self.consumer.seq = self.committed_seq = seq  # the store's own position is the truth
         await self._progressed()
@@ -227,6 +230,11 @@ class IdentityStage:
         return (await self._forget(identifier, collection))[0]
 
     async def _forget(self, identifier: Identifier, collection: str) -> tuple[list[str], int]:
+        # A regulation taken up at start must not look in a graph not loaded yet (it would
+        # find no profile and call the deletion done); a stage that never loads fails it, to
+        # be tried again.
+        async with asyncio.timeout(LOAD_WAIT_S):
+            await self._loaded.wait()
         async with self.lock:
             owner = self.graph.owner(collection, identifier)
             if owner is None:

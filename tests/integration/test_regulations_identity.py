@@ -332,3 +332,31 @@ async def test_verify_searches_the_identity_and_engage_stores(
     held = capsys.readouterr().out
     assert re.search(r"^identity external_ids: 1 rows$", held, re.MULTILINE), held
     assert re.search(r"^engage \w+: \d+ rows$", held, re.MULTILINE), held
+
+
+async def test_a_regulation_taken_up_at_start_forgets_the_stored_profile(
+    make_config: MakeConfig,
+    http: aiohttp.ClientSession,
+    data_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Created while the daemon is down: at start the regulation's identity step waits for
+    the graph to be loaded from the store instead of finding nothing in an empty one."""
+    config = make_config(ADMIN + IDENTITY)
+    async with running(config) as server:
+        await post(http, server, journey(GONE, "s") + journey(KEPT, "s"))
+        await resolved(server)
+    config_path = str(tmp_path / "cdpd.toml")
+    capsys.readouterr()
+    create = ["regulations", "create", "DELETE_INTERNAL", GONE, "--config", config_path]
+    assert await asyncio.to_thread(cli.main, create) == 0
+    regulation_id = re.findall("[0-9a-f]{24}", capsys.readouterr().out)[-1]
+    async with running(config) as server:
+        found = await settled(http, server, regulation_id)
+        assert owner(server, GONE) is None
+        assert owner(server, KEPT) is not None
+    assert found["overallStatus"] == "FINISHED", found
+    (identity,) = [t for t in found["targets"] if t["target"] == "identity"]
+    assert identity["rowsRemoved"] > 0
+    assert identity_mentions(data_dir, GONE, f"{GONE}@example.com") == {}
