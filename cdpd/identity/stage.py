@@ -213,12 +213,9 @@ class IdentityStage:
     # -- what the Profile API and the privacy stage call ---------------------------------------
 
     async def forget_users(self, user_ids: Sequence[str]) -> int:
-        """A deletion regulation's target: forget the profile of each user; returns the rows
-        removed from the store."""
-        removed = 0
-        for user_id in user_ids:
-            removed += (await self._forget(("user_id", user_id), "users"))[1]
-        return removed
+        """A deletion regulation's target: forget the profile of each user, in one write;
+        returns the rows removed from the store."""
+        return (await self._forget([("user_id", u) for u in user_ids], "users"))[1]
 
     async def forget_user(self, user_id: str) -> list[str]:
         """Delete the profile holding `user_id` (and every profile merged into it) with its
@@ -227,25 +224,31 @@ class IdentityStage:
         return await self.forget(("user_id", user_id))
 
     async def forget(self, identifier: Identifier, collection: str = "users") -> list[str]:
-        return (await self._forget(identifier, collection))[0]
+        return (await self._forget([identifier], collection))[0]
 
-    async def _forget(self, identifier: Identifier, collection: str) -> tuple[list[str], int]:
+    async def _forget(
+        self, identifiers: Sequence[Identifier], collection: str
+    ) -> tuple[list[str], int]:
         # A regulation taken up at start must not look in a graph not loaded yet (it would
         # find no profile and call the deletion done); a stage that never loads fails it, to
         # be tried again.
         async with asyncio.timeout(LOAD_WAIT_S):
             await self._loaded.wait()
         async with self.lock:
-            owner = self.graph.owner(collection, identifier)
-            if owner is None:
+            gone = self._remove(identifiers, collection)
+            if not gone:
                 return [], 0
-            pid = self.graph.canonical(owner)
-            kept_apart = {(collection, i) for i in self.graph.profiles[pid].identifiers}
-            gone = self.graph.remove(pid)
-            self.graph.separated -= kept_apart  # an unmerge's record of them goes too
             removed = await self._write(store.delete_profiles, self._conn, gone)
-        log.info("profile_forgotten", type=identifier[0], profiles=len(gone), rows=removed)
+        log.info("profile_forgotten", profiles=len(gone), rows=removed)
         return gone, removed
+
+    def _remove(self, identifiers: Sequence[Identifier], collection: str) -> list[str]:
+        """Take the profiles owning `identifiers` out of the graph; the profile ids gone."""
+        owners = {self.graph.owner(collection, i) for i in identifiers} - {None}
+        pids = {self.graph.canonical(o) for o in owners if o is not None}
+        for pid in pids:  # an unmerge's record of their identifiers goes too
+            self.graph.separated -= {(collection, i) for i in self.graph.profiles[pid].identifiers}
+        return self.graph.remove_all(pids)
 
     async def unmerge(self, identifier: Identifier, collection: str = "users") -> list[str]:
         """Split `identifier` off its profile: the profile is rebuilt by resolving its messages

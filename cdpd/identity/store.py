@@ -449,10 +449,17 @@ def delete_profiles(conn: sqlite3.Connection, pids: list[str]) -> int:
             "DELETE FROM links WHERE account_id = ?",
             "DELETE FROM resolutions WHERE profile_id = ?",
             "UPDATE resolutions SET account_id = NULL WHERE account_id = ?",
-            "DELETE FROM merges WHERE profile_id = ?",
             "DELETE FROM merges WHERE into_profile_id = ?",
         ):
             removed += max(conn.executemany(sql, params).rowcount, 0)
+        # No index on merges.profile_id: one scan for them all.
+        removed += max(
+            conn.execute(
+                "DELETE FROM merges WHERE profile_id IN (SELECT value FROM json_each(?))",
+                (_json.encode(pids).decode(),),
+            ).rowcount,
+            0,
+        )
     return removed
 
 
