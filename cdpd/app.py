@@ -153,7 +153,7 @@ async def running(
                 schema.connect(storage.outbox_path, readonly=True) as reader,
                 console_state.connect(config.console.state_path(storage.data_dir)) as console,
                 _outbound_session() as session,
-                _identity(config, writer) as identity,
+                _identity(config, writer, governance.suppressions.of) as identity,
                 asyncio.TaskGroup() as tasks,
             ):
                 supervised = functools.partial(supervise, clock=clock, restarts=restarts)
@@ -190,6 +190,8 @@ async def running(
                     session,
                     clock,
                     outbox_path=storage.outbox_path,
+                    identity=identity,
+                    privacy=lambda: governance.privacy,
                 )
                 await regulations.start()  # suppressions in force before ingest opens
                 regulations_stop = asyncio.Event()
@@ -273,13 +275,16 @@ async def running(
 
 
 @asynccontextmanager
-async def _identity(config: Config, writer: OutboxWriter) -> AsyncIterator[IdentityStage | None]:
-    """The identity stage when `[identity]` is configured, woken by every commit."""
+async def _identity(
+    config: Config, writer: OutboxWriter, suppressed: Callable[[str], frozenset[str]]
+) -> AsyncIterator[IdentityStage | None]:
+    """The identity stage when `[identity]` is configured, woken by every commit; the users
+    suppressed for a source get no profile."""
     if config.identity is None:
         yield None
         return
     async with identity_stage.opened(
-        config, config.storage.outbox_path, writer.transact, lambda: writer.last_seq
+        config, config.storage.outbox_path, writer.transact, lambda: writer.last_seq, suppressed
     ) as identity:
         writer.on_messages(identity.consumer.new_messages)
         yield identity

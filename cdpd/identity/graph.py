@@ -9,6 +9,7 @@ profile they were merged into, so an old `segment_id` still finds its canonical 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -191,16 +192,25 @@ class Graph:
 
     def remove(self, pid: str) -> list[str]:
         """Forget a canonical profile and every profile merged into it; returns their ids."""
-        gone = [p for p in self.profiles if self.canonical(p) == pid]
+        return self.remove_all([pid])
+
+    def remove_all(self, pids: Iterable[str]) -> list[str]:
+        """`remove` for many canonical profiles, with one pass over the graph."""
+        wanted = set(pids)
+        gone = [p for p in self.profiles if self.canonical(p) in wanted]
+        for pid in wanted:
+            self._drop_canonical(pid)
+        for p in gone:
+            del self.profiles[p]
+        return gone
+
+    def _drop_canonical(self, pid: str) -> None:
         profile = self.profiles[pid]
         for identifier in profile.identifiers:
             self.owners.pop((profile.collection, identifier), None)
         for linked in profile.links:
             self.profiles[linked].links.discard(pid)
-        for p in gone:
-            del self.profiles[p]
         self.live[profile.collection] -= 1
-        return gone
 
     def drop_identifier(self, pid: str, collection: str, identifier: Identifier) -> None:
         self.profiles[pid].identifiers.pop(identifier, None)

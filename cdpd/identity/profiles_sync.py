@@ -22,10 +22,11 @@ import aiosqlite
 from cdpd.config import Config, identity_path
 from cdpd.identity import store
 from cdpd.warehouse.mapping import MappedBatch, Row, TableKey
+from cdpd.warehouse.naming import PROFILES_SCHEMA
 from cdpd.warehouse.plan import plan_load
 from cdpd.warehouse.sinks import Sink
 
-SCHEMA = "cdpd_profiles"
+SCHEMA = PROFILES_SCHEMA
 MATERIALISED = frozenset({"profile_merges", "user_identifiers", "user_traits"})
 
 

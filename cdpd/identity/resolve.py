@@ -16,18 +16,20 @@ important first (`Rules.rank`):
 
 This is Segment's demotion algorithm ("drop the lowest-priority identifier and retry the
 lookup"), which is also what stops a shared `anonymous_id` or `team@company.com` from fusing two
-`user_id`s into a blob user. Traits of identify (users) and group (accounts) calls are set on
-the resolved profile, `null` removing one. Alias carries no identifier of its own beyond
+`user_id`s into a blob user. Suppressed users (a regulation's) get no profile: a message of one
+resolves to nothing, and an identifier naming one in another's message is left out unrecorded.
+Traits of identify (users) and group (accounts) calls are set on the resolved profile, `null`
+removing one. Alias carries no identifier of its own beyond
 `userId`/`anonymousId` (`previousId` is not read): alias never merges profiles.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from typing import Any
 
 from cdpd.identity.graph import Graph, Outcome, Profile, Resolution, profile_id
-from cdpd.identity.identifiers import Collection, Identifier, Rules, extract
+from cdpd.identity.identifiers import Collection, Extracted, Identifier, Rules, extract
 
 MAX_MERGES = 100
 MAX_IDENTIFIERS = 1000
@@ -43,10 +45,12 @@ def resolve(
     message_id: str,
     source: str,
     at_ms: int,
+    suppressed: Set[str] = frozenset(),
 ) -> Resolution:
     """What `payload` (stored at `seq`, received at `at_ms`) does to `graph`; the graph is
-    not changed (apply the result with `graph.apply`)."""
-    found = extract(payload, rules)
+    not changed (apply the result with `graph.apply`). `suppressed`: the user ids that must
+    not reach a profile."""
+    found = _without(extract(payload, rules), payload, suppressed)
     kind = str(payload.get("type", ""))
     traits = payload.get("traits")
     outcomes: dict[str, Outcome | None] = {}
@@ -68,6 +72,22 @@ def resolve(
         user=outcomes["users"],
         account=outcomes["accounts"],
         blocked=tuple(found.blocked),
+    )
+
+
+def _without(found: Extracted, payload: Mapping[str, Any], suppressed: Set[str]) -> Extracted:
+    """`found` without the identifiers whose value is a suppressed user id (any type: an
+    external id, an account named after them); nothing at all for a suppressed user's message.
+    Not recorded as blocked: a record would hold the id."""
+    if not suppressed:
+        return found
+    user_id = payload.get("userId")
+    if user_id is not None and str(user_id) in suppressed:
+        return Extracted(users=[], accounts=[], blocked=[])
+    return Extracted(
+        users=[i for i in found.users if i[1] not in suppressed],
+        accounts=[i for i in found.accounts if i[1] not in suppressed],
+        blocked=[b for b in found.blocked if b[1][1] not in suppressed],
     )
 
 

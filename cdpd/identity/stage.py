@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -38,6 +38,7 @@ T = TypeVar("T")
 CONSUMER_NAME = "identity"
 CHUNK_MESSAGES = 20  # resolved between yields to the event loop (about a millisecond)
 MIRROR_INTERVAL_S = 1.0
+LOAD_WAIT_S = 60.0
 _payload = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -45,8 +46,18 @@ class IdentityError(Exception):
     """A request the identity store refuses (the Profile API turns it into a 400)."""
 
 
-def resolve_messages(graph: Graph, rules: Rules, messages: Sequence[Message]) -> list[Resolution]:
-    """Resolve and apply `messages` in order (pure apart from `graph`)."""
+def no_one_suppressed(_source: str) -> frozenset[str]:
+    return frozenset()
+
+
+def resolve_messages(
+    graph: Graph,
+    rules: Rules,
+    messages: Sequence[Message],
+    suppressed: Callable[[str], frozenset[str]] = no_one_suppressed,
+) -> list[Resolution]:
+    """Resolve and apply `messages` in order (pure apart from `graph`); `suppressed` gives the
+    user ids suppressed for a source."""
     done = []
     for message in messages:
         resolution = resolve(
@@ -57,6 +68,7 @@ def resolve_messages(graph: Graph, rules: Rules, messages: Sequence[Message]) ->
             message_id=message.message_id,
             source=message.source,
             at_ms=parse_ms(message.received_at),
+            suppressed=suppressed(message.source),
         )
         graph.apply(resolution)
         done.append(resolution)
@@ -74,6 +86,7 @@ class IdentityStage:
         mirror: Callable[[int], Any],
         end_seq: Callable[[], int],
         reader: aiosqlite.Connection | None = None,
+        suppressed: Callable[[str], frozenset[str]] = no_one_suppressed,
     ) -> None:
         assert config.identity is not None
         self.rules = Rules(config.identity)
@@ -94,11 +107,17 @@ class IdentityStage:
         self.committed_seq = 0  # everything up to here is resolved and in the store
         self._progress = asyncio.Condition()
         self._pending: tuple[asyncio.Future[None], int, int] | None = None
+        self._suppressed = suppressed
+        self._loaded = asyncio.Event()  # the graph is read from the store (forgets wait)
+        # Seqs a regulation deleted from the outbox: a batch read before the deletion does not
+        # resolve them (it would bring back a profile the regulation forgets).
+        self._erased: set[int] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         async with self.lock:
             self.graph = await self._write(store.load_graph, self._conn)
             seq = await self._write(store.position, self._conn)
+            self._loaded.set()
         await self.consumer.start(from_seq=seq)
         self.consumer.seq = self.committed_seq = seq  # the store's own position is the truth
         await self._progressed()
@@ -130,8 +149,8 @@ class IdentityStage:
             return False
         async with self.lock:
             resolutions = []
-            for chunk in _chunks(batch, CHUNK_MESSAGES):
-                resolutions += resolve_messages(self.graph, self.rules, chunk)
+            for chunk in _chunks(self._not_erased(batch), CHUNK_MESSAGES):
+                resolutions += resolve_messages(self.graph, self.rules, chunk, self._suppressed)
                 await asyncio.sleep(0)
             planned = store.plan(self.graph, resolutions, batch[-1].seq)
             await self._committed()  # one batch in flight at most
@@ -143,6 +162,18 @@ class IdentityStage:
             self._pending = (written, batch[-1].seq, len(batch))
         self.consumer.seq = batch[-1].seq  # where reading continues
         return True
+
+    def _not_erased(self, batch: Sequence[Message]) -> Sequence[Message]:
+        if not self._erased:
+            return batch
+        kept = [m for m in batch if m.seq not in self._erased]
+        self._erased.difference_update(s for s in list(self._erased) if s <= batch[-1].seq)
+        return kept
+
+    def erased(self, seqs: Collection[int]) -> None:
+        """The outbox no longer holds these messages: never resolve them (called before they
+        are deleted, so that a batch already read skips them too)."""
+        self._erased.update(s for s in seqs if s > self.committed_seq)
 
     async def _committed(self) -> None:
         """Wait for the batch being written, if any; then it counts as resolved."""
@@ -181,21 +212,43 @@ class IdentityStage:
 
     # -- what the Profile API and the privacy stage call ---------------------------------------
 
+    async def forget_users(self, user_ids: Sequence[str]) -> int:
+        """A deletion regulation's target: forget the profile of each user, in one write;
+        returns the rows removed from the store."""
+        return (await self._forget([("user_id", u) for u in user_ids], "users"))[1]
+
     async def forget_user(self, user_id: str) -> list[str]:
         """Delete the profile holding `user_id` (and every profile merged into it) with its
-        identifiers, traits, links and merge history; returns the profile ids deleted (empty
-        when no profile has the id). The entry point for deletion regulations."""
+        identifiers, traits, links, resolutions and merge history; returns the profile ids
+        deleted (empty when no profile has the id)."""
         return await self.forget(("user_id", user_id))
 
     async def forget(self, identifier: Identifier, collection: str = "users") -> list[str]:
+        return (await self._forget([identifier], collection))[0]
+
+    async def _forget(
+        self, identifiers: Sequence[Identifier], collection: str
+    ) -> tuple[list[str], int]:
+        # A regulation taken up at start must not look in a graph not loaded yet (it would
+        # find no profile and call the deletion done); a stage that never loads fails it, to
+        # be tried again.
+        async with asyncio.timeout(LOAD_WAIT_S):
+            await self._loaded.wait()
         async with self.lock:
-            owner = self.graph.owner(collection, identifier)
-            if owner is None:
-                return []
-            gone = self.graph.remove(self.graph.canonical(owner))
-            await self._write(store.delete_profiles, self._conn, gone)
-        log.info("profile_forgotten", type=identifier[0], profiles=len(gone))
-        return gone
+            gone = self._remove(identifiers, collection)
+            if not gone:
+                return [], 0
+            removed = await self._write(store.delete_profiles, self._conn, gone)
+        log.info("profile_forgotten", profiles=len(gone), rows=removed)
+        return gone, removed
+
+    def _remove(self, identifiers: Sequence[Identifier], collection: str) -> list[str]:
+        """Take the profiles owning `identifiers` out of the graph; the profile ids gone."""
+        owners = {self.graph.owner(collection, i) for i in identifiers} - {None}
+        pids = {self.graph.canonical(o) for o in owners if o is not None}
+        for pid in pids:  # an unmerge's record of their identifiers goes too
+            self.graph.separated -= {(collection, i) for i in self.graph.profiles[pid].identifiers}
+        return self.graph.remove_all(pids)
 
     async def unmerge(self, identifier: Identifier, collection: str = "users") -> list[str]:
         """Split `identifier` off its profile: the profile is rebuilt by resolving its messages
@@ -252,7 +305,11 @@ def _chunks(items: Sequence[Message], size: int) -> Iterator[Sequence[Message]]:
 
 @asynccontextmanager
 async def opened(
-    config: Config, outbox_path: Path, transact: Any, end_seq: Callable[[], int]
+    config: Config,
+    outbox_path: Path,
+    transact: Any,
+    end_seq: Callable[[], int],
+    suppressed: Callable[[str], frozenset[str]] = no_one_suppressed,
 ) -> Any:
     """The identity stage with its store open, closed on exit."""
     with store.connect(identity_path(config)) as conn:
@@ -263,7 +320,7 @@ async def opened(
 
         async with store.connect_reader(identity_path(config)) as reader:
             await reads.attach_outbox(reader, outbox_path)
-            stage = IdentityStage(config, conn, consumer, mirror, end_seq, reader)
+            stage = IdentityStage(config, conn, consumer, mirror, end_seq, reader, suppressed)
             try:
                 yield stage
             finally:

@@ -433,23 +433,34 @@ def _trait_rows(graph: Graph, pids: set[str]) -> Statement:
 # -- removing ----------------------------------------------------------------------------------
 
 
-def delete_profiles(conn: sqlite3.Connection, pids: list[str]) -> None:
+def delete_profiles(conn: sqlite3.Connection, pids: list[str]) -> int:
     """Delete every trace of the given profiles (their resolutions and merges included), in
-    one transaction."""
+    one transaction; returns the rows removed (or changed)."""
     params = [(pid,) for pid in pids]
+    removed = 0
     with _transaction(conn):
         for sql in (
+            "DELETE FROM separations WHERE (collection, type, value) IN"
+            " (SELECT collection, type, value FROM external_ids WHERE profile_id = ?)",
             "DELETE FROM profiles WHERE profile_id = ?",
             "DELETE FROM external_ids WHERE profile_id = ?",
             "DELETE FROM traits WHERE profile_id = ?",
             "DELETE FROM links WHERE profile_id = ? ",
             "DELETE FROM links WHERE account_id = ?",
-            "UPDATE resolutions SET profile_id = NULL WHERE profile_id = ?",
+            "DELETE FROM resolutions WHERE profile_id = ?",
             "UPDATE resolutions SET account_id = NULL WHERE account_id = ?",
-            "DELETE FROM merges WHERE profile_id = ?",
             "DELETE FROM merges WHERE into_profile_id = ?",
         ):
-            conn.executemany(sql, params)
+            removed += max(conn.executemany(sql, params).rowcount, 0)
+        # No index on merges.profile_id: one scan for them all.
+        removed += max(
+            conn.execute(
+                "DELETE FROM merges WHERE profile_id IN (SELECT value FROM json_each(?))",
+                (_json.encode(pids).decode(),),
+            ).rowcount,
+            0,
+        )
+    return removed
 
 
 def unmerge_statements(

@@ -35,6 +35,7 @@ from cdpd.destinations.settings import FileDestination
 from cdpd.model.timestamps import now_ms
 from cdpd.outbox import schema
 from cdpd.outbox.writer import OutboxUnavailable, OutboxWriter
+from cdpd.privacy.matchers import mask
 from cdpd.warehouse.naming import schema_name
 from cdpd.warehouse.scheduler import Scheduler
 from cdpd.warehouse.sinks import open_sink
@@ -87,15 +88,21 @@ async def erase_outbox(
     path: Path,
     user_ids: Sequence[str],
     source: str | None,
-    unsent: set[int],
+    unsent: Callable[[list[int]], object],
+    forget_samples: Callable[[Callable[[str], bool]], object] | None = None,
 ) -> Erased:
-    """`unsent` gets the seqs of the messages deleted, before they go: delivery lanes do not
-    send what they read of them before the deletion."""
+    """`unsent` is told the seqs of the messages deleted, before they go: delivery lanes do
+    not send, nor identity resolve, what they read of them before the deletion.
+    `forget_samples` clears the privacy inbox's samples in memory that show a user, just before
+    the table's are (a flush that took them earlier commits before the clearing)."""
     await fence(writer)
     async with schema.connect(path, readonly=True) as conn:
         found = await find_in_outbox(conn, user_ids, source)
-    unsent.update(found.seqs)
+    unsent(found.seqs)
     rows: int = await writer.transact(functools.partial(_delete, found=found))
+    if forget_samples is not None:
+        forget_samples(sample_shows(user_ids))
+    await writer.transact(functools.partial(_clear_samples, user_ids=user_ids, source=source))
     return Erased(rows, found.message_ids)
 
 
@@ -150,6 +157,33 @@ async def _delete(conn: aiosqlite.Connection, found: Found) -> int:
         cursor = await conn.execute(sql, _params(sql, params))
         removed += max(cursor.rowcount, 0)
     return removed
+
+
+# A sample is masked (`cdpd.privacy.matchers.mask`: letters and digits starred but the first
+# and last), so it shows an id only when the id is mostly punctuation: a sample that is an id's
+# masked form, or holds the id itself, is cleared.
+CLEAR_SAMPLES = (
+    "UPDATE privacy_inbox SET sample = NULL WHERE sample IS NOT NULL"
+    " AND (?3 IS NULL OR source = ?3)"
+    " AND (sample IN (SELECT value FROM json_each(?1))"
+    " OR EXISTS (SELECT 1 FROM json_each(?2) WHERE instr(sample, value) > 0))"
+)
+
+
+def sample_shows(user_ids: Sequence[str]) -> Callable[[str], bool]:
+    """True for a sample that is a user id's masked form or holds the id itself."""
+    masks = frozenset(mask(user_id) for user_id in user_ids)
+    ids = tuple(user_ids)
+    return lambda sample: sample in masks or any(user_id in sample for user_id in ids)
+
+
+async def _clear_samples(
+    conn: aiosqlite.Connection, user_ids: Sequence[str], source: str | None
+) -> None:
+    masks = [mask(user_id) for user_id in user_ids]
+    await conn.execute(
+        CLEAR_SAMPLES, (_encode(masks).decode(), _encode(list(user_ids)).decode(), source)
+    )
 
 
 def _params(sql: str, params: tuple[str, ...]) -> tuple[str, ...]:

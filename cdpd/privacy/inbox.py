@@ -13,7 +13,7 @@ service takes the rows about once a second (`take_rows`), like the source schema
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -205,6 +205,15 @@ class FieldDetector:
         if found is not None:
             field.suggestion = found
         field.written = ""  # write the row again: it changed
+
+    def clear_samples(self, shows: Callable[[str], bool]) -> None:
+        """Forget every sample `shows` a deleted user in (the rows written are cleared apart)."""
+        pending = list(self._roots.values())
+        while pending:
+            node = pending.pop()
+            pending.extend(node.children.values())
+            if node.sample is not None and shows(node.sample):
+                node.sample = None
 
     def take_rows(self) -> list[tuple[object, ...]]:
         """privacy_inbox rows for the fields new or seen since the last call."""

@@ -3,6 +3,8 @@ live inventory, and the controls built from the config over that inventory."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import aiosqlite
 
 from cdpd.privacy import store
@@ -61,6 +63,10 @@ class Portal:
     def fields_seen(self) -> dict[str, int]:
         """Per source, how many field paths detection knows."""
         return {source: d.field_count for source, d in self._detectors.items()}
+
+    def clear_samples(self, shows: Callable[[str], bool]) -> None:
+        for detector in self._detectors.values():
+            detector.clear_samples(shows)
 
     def take_inbox_rows(self) -> list[tuple[object, ...]]:
         return [row for detector in self._detectors.values() for row in detector.take_rows()]

@@ -49,8 +49,11 @@ STATUSES = (INITIALIZED, INVALID, NOT_SUPPORTED, RUNNING, PARTIAL_SUCCESS, FAILE
 UNFINISHED = (INITIALIZED, RUNNING)
 
 # Target kinds, in the order a regulation works through them: the outbox first, so that what a
-# warehouse sync or a file write reads next no longer holds the user.
-OUTBOX, WAREHOUSE, FILE, DESTINATION = "outbox", "warehouse", "file", "destination"
+# warehouse sync or a file write reads next no longer holds the user; then the identity store,
+# so that a warehouse's Profiles Sync tables are erased after the profile is gone from it.
+OUTBOX, IDENTITY = "outbox", "identity"
+WAREHOUSE, FILE, DESTINATION = "warehouse", "file", "destination"
+FIRST = (OUTBOX, IDENTITY)  # the targets every other one waits for
 WORKSPACE = "*"  # the `source` of a suppression that holds for every source
 
 # Destination types whose vendor API can delete a user, and what cdpd calls there.
@@ -112,6 +115,8 @@ def plan_targets(config: Config, regulation_type: str, source: str | None) -> li
     targets = [Target(OUTBOX, OUTBOX)]
     if effect.archive_only:
         return targets
+    if config.identity is not None and source is None:  # a profile spans every source
+        targets.append(Target(IDENTITY, IDENTITY))
     targets += [Target(f"{WAREHOUSE}:{w.name}", WAREHOUSE) for w in config.warehouses]
     targets += [
         Target(f"{FILE}:{d.name}", FILE)

@@ -152,19 +152,26 @@ def _verify(cfg: config.Config, path: Path, args: argparse.Namespace) -> int:
                 return False, {}
             users = await regulations_store.subjects(conn, args.regulation_id)
             outbox = await regulations_proof.outbox_mentions(conn, users)
+        stages = {
+            "identity": await regulations_proof.store_mentions(config.identity_path(cfg), users),
+            "engage": await regulations_proof.store_mentions(config.engage_path(cfg), users),
+        }
         warehouses = await regulations_proof.warehouse_mentions(cfg, users)
         files = await asyncio.to_thread(regulations_proof.file_mentions, cfg, users)
-        return True, {"outbox": outbox, "warehouses": warehouses, "files": files}
+        return True, {"outbox": outbox, "stages": stages, "warehouses": warehouses, "files": files}
 
     known, found = asyncio.run(search())
     if not known:
         print(f"cdpd: no regulation has the id {args.regulation_id!r}", file=sys.stderr)
         return EXIT_FAILURE
     held = [f"outbox {table}: {n} rows" for table, n in found["outbox"].items()]
+    searched = {name: tables for name, tables in found["stages"].items() if tables is not None}
+    for name, tables in searched.items():
+        held += [f"{name} {table}: {n} rows" for table, n in tables.items()]
     for warehouse, tables in found["warehouses"].items():
         held += [f"warehouse {warehouse} {table}: {n} rows" for table, n in tables.items()]
     held += [f"file {name}: {n} lines" for name, n in found["files"].items() if n]
-    stores = 1 + len(found["warehouses"]) + len(found["files"])
+    stores = 1 + len(searched) + len(found["warehouses"]) + len(found["files"])
     if not held:
         print(f"none of the regulation's users is held anywhere ({stores} stores searched)")
         return EXIT_OK

@@ -3,7 +3,9 @@
 A service (`run(stop)`, under `cdpd.supervise`). It notices regulations written by the admin
 API (which calls `refresh` before it answers) or by `cdpd regulations create` from another
 process (polled every `POLL_INTERVAL_S`), puts their suppressions in force, then works their
-targets in order: the outbox, then every warehouse and local file, then the destinations.
+targets in order: the outbox, then the identity store (the users' profiles), then every
+warehouse (its Profiles Sync tables included) and local file, then the destinations; none of
+these starts before the outbox and identity targets have finished.
 A target that fails is tried again as a delivery is (the delivery retry policy: backoff with
 jitter, Retry-After honoured, given up after the retry window) and its attempts, last status
 and error are kept in `regulation_targets`.
@@ -34,6 +36,8 @@ from cdpd.privacy.regulations import (
     FAILED,
     FILE,
     FINISHED,
+    FIRST,
+    IDENTITY,
     OUTBOX,
     RUNNING,
     WAREHOUSE,
@@ -44,6 +48,8 @@ from cdpd.warehouse.loader import SYNC_ERRORS
 
 if TYPE_CHECKING:
     from cdpd.delivery.service import Delivery
+    from cdpd.identity.stage import IdentityStage
+    from cdpd.privacy.portal import Portal
     from cdpd.reload import Consumers
 
 log = structlog.get_logger("cdpd.privacy")
@@ -74,8 +80,12 @@ class RegulationService:
         clock: Clock,
         *,
         outbox_path: str | Path,
+        identity: IdentityStage | None = None,
+        privacy: Callable[[], Portal] | None = None,
     ) -> None:
         self._path = Path(outbox_path)
+        self._identity = identity
+        self._privacy = privacy  # the Privacy Portal in force (a reload replaces it)
         self._writer = writer
         self._reader = reader  # read-only, shared with the admin API
         self._suppressions = suppressions
@@ -141,20 +151,18 @@ class RegulationService:
     async def _work_due(self, stop: asyncio.Event) -> float:
         """Attempt every due target; the seconds until the next one is due."""
         due = await regulations_store.due(self._reader, format_ms(self._clock.now_ms()))
-        outbox_done: dict[str, str] = {}
+        done: dict[tuple[str, str], str] = {}
         for target in due:
             if stop.is_set():
                 break
-            if target.kind == OUTBOX:
-                outbox_done[target.regulation_id] = await self._attempt(target)
-                continue
-            before = outbox_done.get(target.regulation_id) or await self._outbox_status(
-                target.regulation_id
-            )
-            if before == FAILED:
-                await self._give_up(target, "the outbox deletion failed, so this was not tried")
-            elif before in (FINISHED, None):
-                await self._attempt(target)
+            first = target.kind in FIRST
+            before = FIRST[: FIRST.index(target.kind)] if first else FIRST
+            failed = await self._failed_before(target, before, done)
+            if failed is not None:
+                await self._give_up(target, f"the {failed} deletion failed, so this was not tried")
+                done[target.regulation_id, target.kind] = FAILED
+            elif first or await self._finished_before(target, done):
+                done[target.regulation_id, target.kind] = await self._attempt(target)
         next_at = await regulations_store.next_due_at(self._reader)
         if next_at is None:
             return POLL_INTERVAL_S
@@ -172,8 +180,27 @@ class RegulationService:
         else:
             erased.difference_update([seq for seq in erased if seq <= passed])
 
-    async def _outbox_status(self, regulation_id: str) -> str | None:
-        return await regulations_store.target_status(self._reader, regulation_id, OUTBOX)
+    async def _status(
+        self, regulation_id: str, kind: str, done: dict[tuple[str, str], str]
+    ) -> str | None:
+        """A first target's status (None: the regulation has none of that kind)."""
+        return done.get((regulation_id, kind)) or await regulations_store.target_status(
+            self._reader, regulation_id, kind
+        )
+
+    async def _failed_before(
+        self, target: DueTarget, kinds: Sequence[str], done: dict[tuple[str, str], str]
+    ) -> str | None:
+        for kind in kinds:
+            if await self._status(target.regulation_id, kind, done) == FAILED:
+                return kind
+        return None
+
+    async def _finished_before(self, target: DueTarget, done: dict[tuple[str, str], str]) -> bool:
+        for kind in FIRST:
+            if await self._status(target.regulation_id, kind, done) not in (FINISHED, None):
+                return False
+        return True
 
     async def _attempt(self, due: DueTarget) -> str:
         """One attempt at one target; returns the target's status after it."""
@@ -212,10 +239,14 @@ class RegulationService:
     async def _work(self, due: DueTarget, users: Sequence[str]) -> int:
         if due.kind == OUTBOX:
             erased = await deletion.erase_outbox(
-                self._writer, self._path, users, due.source, self._pipeline.delivery.erased
+                self._writer, self._path, users, due.source, self._unsent, self._forget_samples
             )
             self._erased[due.regulation_id] = erased.message_ids
             return erased.rows
+        if due.kind == IDENTITY:
+            if self._identity is None:
+                raise _permanent("identity resolution is off ([identity] is not configured)")
+            return await self._identity.forget_users(users)
         name = due.target.partition(":")[2]
         if due.kind == WAREHOUSE:
             warehouse = deletion.warehouse_named(self._pipeline.config, name)
@@ -244,6 +275,16 @@ class RegulationService:
         if not sent.ok:
             raise TargetFailed(sent.error or "failed", sent.status, sent.retry_after_s)
         return sent.users
+
+    def _forget_samples(self, shows: Callable[[str], bool]) -> None:
+        if self._privacy is not None:
+            self._privacy().clear_samples(shows)
+
+    def _unsent(self, seqs: list[int]) -> None:
+        """Messages about to be deleted from the outbox: not to be sent or resolved."""
+        self._pipeline.delivery.erased.update(seqs)
+        if self._identity is not None:
+            self._identity.erased(seqs)
 
     async def _quiet(self, name: str, timeout_s: float) -> None:
         """Wait (at most the destination's request timeout) for the lane's requests in flight

@@ -192,7 +192,7 @@ SELECT t.regulation_id, r.regulation_type, r.source, t.target, t.kind, t.attempt
        t.first_attempt_at
 FROM regulation_targets AS t JOIN regulations AS r ON r.id = t.regulation_id
 WHERE t.status IN ('INITIALIZED', 'RUNNING') AND t.next_attempt_at <= ?
-ORDER BY r.seq, t.kind != 'outbox', t.target
+ORDER BY r.seq, t.kind != 'outbox', t.kind != 'identity', t.target
 """
 NEXT_DUE_AT = (
     "SELECT min(next_attempt_at) FROM regulation_targets WHERE status IN ('INITIALIZED', 'RUNNING')"
@@ -344,7 +344,7 @@ async def show(conn: aiosqlite.Connection, regulation_id: str) -> RegulationView
             "SELECT target, kind, status, rows_removed, attempts,"
             " CASE WHEN status IN ('INITIALIZED', 'RUNNING') THEN next_attempt_at END,"
             " last_status, last_error, finished_at FROM regulation_targets"
-            " WHERE regulation_id = ? ORDER BY kind != 'outbox', kind, target",
+            " WHERE regulation_id = ? ORDER BY kind != 'outbox', kind != 'identity', kind, target",
             (regulation_id,),
         )
     )

@@ -163,3 +163,16 @@ def column_name(raw_path: str) -> str:
 def quote(identifier: str) -> str:
     """A double-quoted SQL identifier; a `"` inside is doubled, so any text is only a name."""
     return '"' + identifier.replace('"', '""') + '"'
+
+
+# Profiles Sync (`cdpd.identity.profiles_sync`), as a deletion finds a user's profiles there:
+# the tables naming a profile by one of its `user_id` identifiers (table, profile column, type
+# column, value column), the tables linking a merged profile to its canonical one, and the
+# columns holding a profile id.
+PROFILES_SCHEMA = "cdpd_profiles"
+PROFILE_OF_USER = (
+    ("user_identifiers", "canonical_segment_id", "type", "external_id_value"),
+    ("external_id_mapping_updates", "segment_id", "external_id_type", "external_id_value"),
+)
+MERGED_INTO = ("profile_merges", "id_graph_updates")
+PROFILE_COLUMNS = ("segment_id", "canonical_segment_id")

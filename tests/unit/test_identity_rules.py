@@ -398,3 +398,37 @@ def test_past_the_identifier_limit_no_mapping_is_added_but_events_resolve() -> N
     assert r.user.profile_id == world.profile_of("user_id", "u1")
     assert r.user.demoted == (("anonymous_id", "one-too-many"),)
     assert len(world.identifiers("user_id", "u1")) == MAX_IDENTIFIERS
+
+
+def test_a_suppressed_user_gets_no_profile_and_is_named_on_none() -> None:
+    world = World()
+    suppressed = frozenset({"gone"})
+    seq = next(world.seq)
+    payloads: list[dict[str, Any]] = [
+        {"type": "identify", "userId": "gone", "anonymousId": "a1", "traits": {"plan": "x"}},
+        {"type": "group", "userId": "kept", "groupId": "gone"},
+        {
+            "type": "identify",
+            "userId": "kept",
+            "context": {"externalIds": [{"id": "gone", "type": "user_id"}]},
+        },
+        {"type": "identify", "userId": "kept", "traits": {"email": "gone"}},
+    ]
+    for payload in payloads:
+        resolution = resolve(
+            world.graph,
+            payload,
+            world.rules,
+            seq=seq,
+            message_id=f"m{seq}",
+            source="web",
+            at_ms=world.at_ms,
+            suppressed=suppressed,
+        )
+        assert "gone" not in repr(resolution.blocked)
+        world.graph.apply(resolution)
+        seq = next(world.seq)
+    assert world.profile_of("user_id", "gone") is None
+    assert world.profile_of("anonymous_id", "a1") is None  # the suppressed user's message
+    assert world.profile_of("group_id", "gone", "accounts") is None
+    assert world.identifiers("user_id", "kept") == {("user_id", "kept")}

@@ -160,3 +160,16 @@ def test_the_webhooks_delete_message_is_segments() -> None:
     assert first["messageId"] == again["messageId"]  # a retry is the same message
     assert first["messageId"] != delete_message("u2", "r1", 0)["messageId"]
     assert first["timestamp"] == "1970-01-01T00:00:00.000Z"
+
+
+def test_with_identity_a_workspace_deletion_forgets_the_profile_second() -> None:
+    config = cdpd_config.parse(
+        '[[sources]]\nname = "app"\nwrite_key = "k"\n'
+        '[[warehouses]]\nname = "wh"\ntype = "sqlite"\n'
+        '[identity]\nspace = "s"\naccess_tokens = ["t"]\n'
+    )
+    names = [t.name for t in plan_targets(config, "SUPPRESS_WITH_DELETE", None)]
+    assert names == ["outbox", "identity", "warehouse:wh"]
+    assert "identity" not in [t.name for t in plan_targets(config, "DELETE_INTERNAL", "app")]
+    assert [t.name for t in plan_targets(config, "DELETE_ARCHIVE_ONLY", None)] == ["outbox"]
+    assert plan_targets(config, "SUPPRESS_ONLY", None) == []

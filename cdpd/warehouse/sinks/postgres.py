@@ -28,7 +28,14 @@ import asyncpg
 import msgspec
 
 from cdpd.warehouse.mapping import Discard, TableKey
-from cdpd.warehouse.naming import DISCARDS_TABLE, quote
+from cdpd.warehouse.naming import (
+    DISCARDS_TABLE,
+    MERGED_INTO,
+    PROFILE_COLUMNS,
+    PROFILE_OF_USER,
+    PROFILES_SCHEMA,
+    quote,
+)
 from cdpd.warehouse.plan import Catalog, LoadPlan, TablePlan
 from cdpd.warehouse.report import SyncReport, TableRows
 from cdpd.warehouse.sinks.errors import UnusableWarehouse
@@ -222,6 +229,69 @@ class PostgresSink:
                     f"DELETE FROM {_name(schema, table)} WHERE {matching}", list(user_ids)
                 )
                 removed += _count(status)
+            if schemas is None or PROFILES_SCHEMA in schemas:
+                removed += await self._erase_profiles(user_ids)
+        return removed
+
+    async def _erase_profiles(self, user_ids: Sequence[str]) -> int:
+        """The Profiles Sync rows of the users' profiles (found by their `user_id`
+        identifiers, then every profile merged into them), and every `segment_id` naming
+        one of those profiles set to NULL: nothing leads from an event back to the user."""
+        columns: dict[tuple[str, str], set[str]] = {}
+        for schema, table, column in await self._conn.fetch(SELECT_ALL_COLUMNS):
+            columns.setdefault((schema, table), set()).add(column)
+        profiles: set[str] = set()
+        for table, profile, kind, value in PROFILE_OF_USER:
+            if (PROFILES_SCHEMA, table) in columns:
+                profiles.update(
+                    row[0]
+                    for row in await self._conn.fetch(
+                        f"SELECT {quote(profile)} FROM {_name(PROFILES_SCHEMA, table)}"
+                        f" WHERE {quote(kind)} = 'user_id'"
+                        f" AND {quote(value)}::text = ANY($1::text[])"
+                        f" AND {quote(profile)} IS NOT NULL",
+                        list(user_ids),
+                    )
+                )
+        for table in MERGED_INTO:
+            if (PROFILES_SCHEMA, table) in columns and profiles:
+                profiles.update(
+                    row[0]
+                    for row in await self._conn.fetch(
+                        f"SELECT segment_id FROM {_name(PROFILES_SCHEMA, table)}"
+                        " WHERE canonical_segment_id = ANY($1::text[])"
+                        " AND segment_id IS NOT NULL",
+                        sorted(profiles),
+                    )
+                )
+        if not profiles:
+            return 0
+        removed = 0
+        for (schema, table), names in sorted(columns.items()):
+            keys = [c for c in PROFILE_COLUMNS if c in names]
+            if not keys:
+                continue
+            if schema == PROFILES_SCHEMA:
+                condition = " OR ".join(f"{quote(k)}::text = ANY($1::text[])" for k in keys)
+                if (schema, DISCARDS_TABLE) in columns:
+                    removed += _count(
+                        await self._conn.execute(
+                            f"DELETE FROM {_name(schema, DISCARDS_TABLE)} WHERE table_name = $2"
+                            f" AND row_id IN (SELECT id::text FROM {_name(schema, table)}"
+                            f" WHERE {condition})",
+                            sorted(profiles),
+                            table,
+                        )
+                    )
+                sql = f"DELETE FROM {_name(schema, table)} WHERE {condition}"
+            elif "segment_id" in names:
+                sql = (
+                    f"UPDATE {_name(schema, table)} SET segment_id = NULL"
+                    " WHERE segment_id::text = ANY($1::text[])"
+                )
+            else:
+                continue
+            removed += _count(await self._conn.execute(sql, sorted(profiles)))
         return removed
 
     async def find_users(self, user_ids: Sequence[str]) -> dict[str, int]:

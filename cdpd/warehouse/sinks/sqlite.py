@@ -18,7 +18,14 @@ import aiosqlite
 import msgspec
 
 from cdpd.warehouse.mapping import Discard, TableKey
-from cdpd.warehouse.naming import DISCARDS_TABLE, quote
+from cdpd.warehouse.naming import (
+    DISCARDS_TABLE,
+    MERGED_INTO,
+    PROFILE_COLUMNS,
+    PROFILE_OF_USER,
+    PROFILES_SCHEMA,
+    quote,
+)
 from cdpd.warehouse.plan import Catalog, LoadPlan, TablePlan
 from cdpd.warehouse.report import SyncReport, TableRows
 from cdpd.warehouse.values import ColumnType, utc_text
@@ -157,6 +164,58 @@ class SqliteSink:
                     removed += max(cursor.rowcount, 0)
                 cursor = await self._conn.execute(f"DELETE FROM {quote(name)} WHERE {matching}")
                 removed += max(cursor.rowcount, 0)
+            if schemas is None or PROFILES_SCHEMA in schemas:
+                removed += await self._erase_profiles(tables)
+        return removed
+
+    async def _erase_profiles(self, tables: dict[str, set[str]]) -> int:
+        """The Profiles Sync rows of the users' profiles (found by their `user_id`
+        identifiers, then every profile merged into them), and every `segment_id` naming
+        one of those profiles set to NULL: nothing leads from an event back to the user."""
+        await self._conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS _cdpd_erased_profiles (id TEXT PRIMARY KEY)"
+        )
+        await self._conn.execute("DELETE FROM _cdpd_erased_profiles")
+        erased = "SELECT user_id FROM _cdpd_erased"
+        for table, profile, kind, value in PROFILE_OF_USER:
+            if table_name(PROFILES_SCHEMA, table) in tables:
+                await self._conn.execute(
+                    f"INSERT OR IGNORE INTO _cdpd_erased_profiles SELECT {quote(profile)}"
+                    f" FROM {quote(table_name(PROFILES_SCHEMA, table))}"
+                    f" WHERE {quote(kind)} = 'user_id' AND {quote(value)} IN ({erased})"
+                    f" AND {quote(profile)} IS NOT NULL"
+                )
+        for table in MERGED_INTO:
+            if table_name(PROFILES_SCHEMA, table) in tables:
+                await self._conn.execute(
+                    "INSERT OR IGNORE INTO _cdpd_erased_profiles SELECT segment_id FROM"
+                    f" {quote(table_name(PROFILES_SCHEMA, table))} WHERE canonical_segment_id"
+                    " IN (SELECT id FROM _cdpd_erased_profiles) AND segment_id IS NOT NULL"
+                )
+        removed = 0
+        profiles = "(SELECT id FROM _cdpd_erased_profiles)"
+        for name, columns in sorted(tables.items()):
+            schema, sep, _ = name.partition(SCHEMA_SEPARATOR)
+            keys = [c for c in PROFILE_COLUMNS if c in columns]
+            if not sep or not keys:
+                continue
+            if schema == PROFILES_SCHEMA:
+                condition = " OR ".join(f"{quote(k)} IN {profiles}" for k in keys)
+                discards = table_name(schema, DISCARDS_TABLE)
+                if discards in tables:
+                    cursor = await self._conn.execute(
+                        f"DELETE FROM {quote(discards)} WHERE table_name = ? AND row_id IN"
+                        f" (SELECT id FROM {quote(name)} WHERE {condition})",
+                        (name.partition(SCHEMA_SEPARATOR)[2],),
+                    )
+                    removed += max(cursor.rowcount, 0)
+                sql = f"DELETE FROM {quote(name)} WHERE {condition}"
+            elif "segment_id" in columns:
+                sql = f"UPDATE {quote(name)} SET segment_id = NULL WHERE segment_id IN {profiles}"
+            else:
+                continue
+            cursor = await self._conn.execute(sql)
+            removed += max(cursor.rowcount, 0)
         return removed
 
     async def find_users(self, user_ids: Sequence[str]) -> dict[str, int]:
