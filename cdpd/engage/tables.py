@@ -2,7 +2,7 @@
 store (store.py) runs these on the one thread that owns the write connection, a batch at a
 time, so a batch costs one hop between threads whatever its size.
 
-Tables (README.md, "Engage", documents them; schema version 1 in `PRAGMA user_version`):
+Tables (README.md, "Engage", documents them; schema version 2 in `PRAGMA user_version`):
 
     engage_definitions  key, kind, query, created_at_ms, computed_at_ms
     engage_profiles     profile_id, state (msgpack: traits, identifiers, accounts, values),
@@ -15,6 +15,8 @@ Tables (README.md, "Engage", documents them; schema version 1 in `PRAGMA user_ve
     engage_changes      seq, collection, key, id, change, value, previous, at_ms: every
                         entry, exit and new value, in order (what is sent to destinations)
     engage_syncs        see syncs.py
+    engage_position     name, value: how far the identity stage's records are applied
+                        (moved in the same transaction as what they changed)
 
 One connection writes; each operation is one transaction, so a crash leaves a profile's state,
 values and changes consistent with each other.
@@ -41,7 +43,14 @@ from cdpd.engage.state import (
     timestamp_ms,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version 2: where the daemon's Engage stage stands in the identity stage's records.
+POSITION = """
+CREATE TABLE engage_position (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
 SCHEMA = """
 CREATE TABLE engage_definitions (
     key            TEXT PRIMARY KEY,
@@ -203,10 +212,17 @@ def create(conn: sqlite3.Connection, path: str) -> None:
         from cdpd.engage.syncs import SCHEMA as SYNCS  # syncs.py reads these tables
 
         conn.executescript(
-            f"BEGIN; {SCHEMA} {SYNCS} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            f"BEGIN; {SCHEMA} {SYNCS} {POSITION} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
         )
+    elif version == 1:
+        _add_position(conn)
     elif version != SCHEMA_VERSION:
         raise RuntimeError(f"{path}: Engage schema version {version} is newer than this cdpd")
+
+
+def _add_position(conn: sqlite3.Connection) -> None:
+    """Migration 1 -> 2: `engage_position`."""
+    conn.executescript(f"BEGIN; {POSITION} PRAGMA user_version = 2; COMMIT;")
 
 
 class Tables:
@@ -220,7 +236,7 @@ class Tables:
         self._loaded_heads: dict[str, tuple[bytes, int | None]] = {}
 
     def register(self, sources: Iterable[catalogs.Source], now_ms: int) -> dict[str, int]:
-        with _transaction(self.conn):
+        with transaction(self.conn):
             self.conn.executemany(
                 "INSERT INTO engage_definitions (key, kind, query, created_at_ms) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET query = excluded.query",
@@ -232,7 +248,7 @@ class Tables:
     def apply_many(
         self, inputs: list[tuple[str, dict[str, Any], str]], now_ms: int
     ) -> list[Recorded]:
-        with _transaction(self.conn):
+        with transaction(self.conn):
             states = self._load_profiles({profile_id for profile_id, _, _ in inputs})
             before = {profile_id: dict(state.values) for profile_id, state in states.items()}
             touched = {profile_id: Touched() for profile_id in states}
@@ -259,7 +275,7 @@ class Tables:
     def merge(self, from_profile: str, into_profile: str, now_ms: int) -> list[Recorded]:
         if from_profile == into_profile:
             return []
-        with _transaction(self.conn):
+        with transaction(self.conn):
             states = self._load_profiles({from_profile, into_profile})
             into, other = states[into_profile], states[from_profile]
             merged = merge(into, other, self.catalog.streams)
@@ -280,7 +296,7 @@ class Tables:
             return self._record(changes, now_ms)
 
     def forget(self, profile_id: str) -> None:
-        with _transaction(self.conn):
+        with transaction(self.conn):
             self._delete_profile(profile_id)
 
     def recheck_due(self, now_ms: int, limit: int) -> list[Recorded]:
@@ -310,9 +326,12 @@ class Tables:
                 break
             recorded += self._reevaluate(ids, now_ms)
             last = ids[-1]
-        with _transaction(self.conn):
+        with transaction(self.conn):
             self.conn.execute("UPDATE engage_definitions SET computed_at_ms = ?", (now_ms,))
         return recorded
+
+    def position(self) -> dict[str, int]:
+        return dict(self.conn.execute("SELECT name, value FROM engage_position").fetchall())
 
     def profile(self, profile_id: str) -> ProfileState | None:
         exists = self.conn.execute(
@@ -379,7 +398,7 @@ class Tables:
         )
 
     def _reevaluate(self, profile_ids: list[str], now_ms: int) -> list[Recorded]:
-        with _transaction(self.conn):
+        with transaction(self.conn):
             states = self._load_profiles(set(profile_ids))
             before = {profile_id: dict(state.values) for profile_id, state in states.items()}
             return self._record(self._evaluate_profiles(states, before, now_ms), now_ms)
@@ -544,7 +563,10 @@ def _note(touched: Touched, message: dict[str, Any], state: ProfileState, ids: i
 
 
 @contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    if conn.in_transaction:  # part of a larger one (Tables.process): it commits
+        yield
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield

@@ -94,6 +94,7 @@ class IdentityStage:
         self.committed_seq = 0  # everything up to here is resolved and in the store
         self._progress = asyncio.Condition()
         self._pending: tuple[asyncio.Future[None], int, int] | None = None
+        self.followers: list[asyncio.Event] = []  # set on every commit and forget (Engage)
 
     async def run(self, stop: asyncio.Event) -> None:
         async with self.lock:
@@ -171,6 +172,8 @@ class IdentityStage:
         self._writer.shutdown(wait=True)
 
     async def _progressed(self) -> None:
+        for follower in self.followers:
+            follower.set()
         async with self._progress:
             self._progress.notify_all()
 
@@ -194,6 +197,7 @@ class IdentityStage:
                 return []
             gone = self.graph.remove(self.graph.canonical(owner))
             await self._write(store.delete_profiles, self._conn, gone)
+        await self._progressed()
         log.info("profile_forgotten", type=identifier[0], profiles=len(gone))
         return gone
 
