@@ -309,6 +309,7 @@ async def _engage(
             await identity_reads.attach_outbox(reader, config.storage.outbox_path)
             stage = EngageStage(config, store, reader, writer, clock)
             identity.followers.append(stage.wake)
+            identity.engage_traits = stage.traits_of
             yield stage
     finally:
         await store.close()

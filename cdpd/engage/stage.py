@@ -118,6 +118,18 @@ class EngageStage:
         stored = await self.store.position()
         self.position = Position(stored.get("resolutions", 0), stored.get("forgotten", 0))
 
+    async def traits_of(self, profile_id: str, trait_class: str) -> dict[str, tuple[Any, int]]:
+        """The profile's audiences (`audience`) or computed traits (`computed_trait`), each
+        with when it took its value: the Profile API's `class=` traits."""
+        values = await self.store.values_since(profile_id)
+        catalog = self.store.catalog
+        return {
+            key: held
+            for key, held in values.items()
+            if (definition := catalog.get(key)) is not None
+            and definition.source.kind == trait_class
+        }
+
     async def run(self, stop: asyncio.Event) -> None:
         await self.start()
         next_recheck_ms = 0

@@ -186,6 +186,10 @@ class EngageStore:
     async def values(self, row_id: str, collection: Collection = "users") -> dict[str, Any]:
         return await self._run(self._tables.values, row_id, collection)
 
+    async def values_since(self, profile_id: str) -> dict[str, tuple[Any, int]]:
+        """A profile's memberships and computed values, with when each took its value."""
+        return await self._run(self._tables.values_since, profile_id)
+
     async def changes(self, key: str, *, after_seq: int = 0, limit: int = 1000) -> list[Recorded]:
         return await self._run(self._tables.changes, key, after_seq, limit)
 

@@ -346,6 +346,13 @@ class Tables:
         )
         return {key: msgspec.json.decode(value) for key, value in rows}
 
+    def values_since(self, profile_id: str) -> dict[str, tuple[Any, int]]:
+        rows = self.conn.execute(
+            "SELECT key, value, since_ms FROM engage_values WHERE collection = 'users' AND id = ?",
+            (profile_id,),
+        )
+        return {key: (msgspec.json.decode(value), since) for key, value, since in rows}
+
     def changes(self, key: str, after_seq: int, limit: int) -> list[Recorded]:
         rows = self.conn.execute(
             "SELECT seq, collection, id, change, value, previous FROM engage_changes "

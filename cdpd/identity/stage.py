@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -95,6 +95,10 @@ class IdentityStage:
         self._progress = asyncio.Condition()
         self._pending: tuple[asyncio.Future[None], int, int] | None = None
         self.followers: list[asyncio.Event] = []  # set on every commit and forget (Engage)
+        # Engage's traits of a profile by class (the Profile API's class=audience|computed_trait).
+        self.engage_traits: Callable[[str, str], Awaitable[dict[str, tuple[Any, int]]]] | None = (
+            None
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         async with self.lock:

@@ -4,12 +4,14 @@ profile enters an audience, and the entry reaches a webhook destination in Segme
 from __future__ import annotations
 
 import asyncio
+import base64
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from segment.analytics import Client
 
 from cdpd import config as cdpd_config
@@ -182,3 +184,25 @@ async def wait_until(predicate: Callable[[], bool], timeout_s: float = 10) -> No
     async with asyncio.timeout(timeout_s):
         while not predicate():  # noqa: ASYNC110 (another process's files: nothing to await)
             await asyncio.sleep(0.05)
+
+
+async def test_the_profile_api_lists_audiences_and_computed_traits(
+    make_config: MakeConfig, data_dir: Path, http: aiohttp.ClientSession
+) -> None:
+    async with running(make_config(engage_config("http://127.0.0.1:9/x"))) as server:
+        await asyncio.to_thread(send, server, buy)
+        await wait_until(
+            lambda: engage_db(data_dir, "SELECT count(*) FROM engage_values") == [(2,)]
+        )
+        base = f"{server.url}/v1/spaces/main/collections/users/profiles/user_id:u1/traits"
+        auth = {"Authorization": "Basic " + base64.b64encode(b"tok:").decode()}
+        answers = {}
+        for trait_class in ("audience", "computed_trait"):
+            async with http.get(f"{base}?class={trait_class}", headers=auth) as resp:
+                assert resp.status == 200
+                answers[trait_class] = (await resp.json())["traits"]
+        async with http.get(base, headers=auth) as resp:
+            custom = (await resp.json())["traits"]
+    assert answers == {"audience": {"repeat_buyers": True}, "computed_trait": {"orders": 2}}
+    # The Identify Engage sent through the outbox is resolved like any other message.
+    assert custom == {"email": "jane@example.com", "repeat_buyers": True}
