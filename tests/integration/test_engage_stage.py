@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 from segment.analytics import Client
 
+from cdpd import cli
 from cdpd import config as cdpd_config
 from cdpd.app import Running, running
 from cdpd.engage.messages import computation_id
@@ -206,3 +207,30 @@ async def test_the_profile_api_lists_audiences_and_computed_traits(
     assert answers == {"audience": {"repeat_buyers": True}, "computed_trait": {"orders": 2}}
     # The Identify Engage sent through the outbox is resolved like any other message.
     assert custom == {"email": "jane@example.com", "repeat_buyers": True}
+
+
+async def test_resync_while_running_sends_every_member_again(
+    make_config: MakeConfig, data_dir: Path, tmp_path: Path
+) -> None:
+    async with Sink() as sink, running(make_config(engage_config(sink.url))) as server:
+        await asyncio.to_thread(send, server, buy)
+        await sink.wait_for(lambda s: len(engage_messages(s)) >= 2, timeout_s=10)
+        code = await asyncio.to_thread(
+            cli.main,
+            [
+                "audiences",
+                "resync",
+                "repeat_buyers",
+                "--destination",
+                "crm",
+                "--config",
+                str(tmp_path / "cdpd.toml"),
+            ],
+        )
+        assert code == 0
+        await sink.wait_for(lambda s: len(engage_messages(s)) >= 4, timeout_s=10)
+    first, again = engage_messages(sink)[:2], engage_messages(sink)[2:]
+    # A first sync sends the member as an entry again, under new messageIds.
+    assert sorted(m["type"] for m in again) == ["identify", "track"]
+    assert {m["properties"]["repeat_buyers"] for m in again if m["type"] == "track"} == {True}
+    assert {m["messageId"] for m in first}.isdisjoint(m["messageId"] for m in again)
