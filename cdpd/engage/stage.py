@@ -107,16 +107,54 @@ class EngageStage:
         self.sent = 0
 
     async def start(self) -> None:
-        """Register the definitions (new ones are created now) and compile them."""
-        sources = definition_sources(self.config.audiences, self.config.computed_traits)
-        created = await self.store.register(sources, self._clock.now_ms())
-        self.store.use(
-            build_catalog(
-                definition_sources(self.config.audiences, self.config.computed_traits, created)
-            )
-        )
+        """Register the definitions (new ones are created now), compile them, and backfill
+        new `historical` ones from the archive when the store already holds history. A new
+        historical definition is registered only once its backfill is done, so a backfill
+        cut short by a kill starts again at the next start."""
         stored = await self.store.position()
         self.position = Position(stored.get("resolutions", 0), stored.get("forgotten", 0))
+        now_ms = self._clock.now_ms()
+        sources = definition_sources(self.config.audiences, self.config.computed_traits)
+        known = await self.store.register([], now_ms)
+        historical = {a.key for a in self.config.audiences if a.historical}
+        historical |= {t.key for t in self.config.computed_traits if t.historical}
+        historical -= set(known)
+        if self.position.resolutions == 0:
+            historical = set()  # nothing applied yet: following the record counts everything
+        created = await self.store.register([s for s in sources if s.key not in historical], now_ms)
+        catalog = build_catalog(
+            definition_sources(self.config.audiences, self.config.computed_traits, created)
+        )
+        self.store.use(catalog)
+        if historical:
+            await self.backfill(historical)
+            await self.store.register([s for s in sources if s.key in historical], now_ms)
+
+    async def backfill(self, keys: set[str]) -> None:
+        """Feed the archived messages (those the outbox still holds) up to the position into
+        the streams only these new definitions read."""
+        catalog = self.store.catalog
+        old = {
+            stream.spec.id
+            for definition in catalog.definitions
+            if definition.key not in keys
+            for stream in definition.plan.streams
+        }
+        by_event: dict[str, tuple[Any, ...]] = {}
+        for event, streams in catalog.by_event.items():
+            new = tuple(s for s in streams if s.spec.id not in old)
+            if new:
+                by_event[event] = new
+        after, first, applied = 0, True, 0
+        while after < self.position.resolutions:
+            rows = await reads.messages_after(self._reader, after, READ_MESSAGES)
+            rows = [row for row in rows if row.seq <= self.position.resolutions]
+            if not rows:
+                break
+            inputs = [i for i in self._inputs(rows, [], []) if isinstance(i, ProfileMessage)]
+            await self.store.backfill(inputs, self._clock.now_ms(), by_event, first=first)
+            after, first, applied = rows[-1].seq, False, applied + len(inputs)
+        log.info("engage_backfilled", definitions=sorted(keys), messages=applied)
 
     async def traits_of(self, profile_id: str, trait_class: str) -> dict[str, tuple[Any, int]]:
         """The profile's audiences (`audience`) or computed traits (`computed_trait`), each

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from cdpd.engage import catalog as catalogs
 from cdpd.engage import syncs
 from cdpd.engage.catalog import Catalog
+from cdpd.engage.evaluation import Stream
 from cdpd.engage.inputs import Input, ProfileMessage, ProfilesMerged
 from cdpd.engage.state import ProfileState
 from cdpd.engage.tables import Collection, Recorded, Summary, Tables, create, transaction
@@ -128,6 +129,18 @@ class EngageStore:
                 sorted(position.items()),
             )
         return recorded
+
+    async def backfill(
+        self,
+        inputs: list[ProfileMessage],
+        now_ms: int,
+        by_event: dict[str, tuple[Stream, ...]],
+        *,
+        first: bool,
+    ) -> list[Recorded]:
+        """Archived messages into the streams of new `historical` definitions only."""
+        rows = [(i.profile_id, i.message, i.source) for i in inputs]
+        return await self._run(self._tables.backfill, rows, now_ms, by_event, first)
 
     async def position(self) -> dict[str, int]:
         """Where `process` left off (`engage_position`)."""

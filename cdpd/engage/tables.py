@@ -33,6 +33,7 @@ import msgspec
 
 from cdpd.engage import catalog as catalogs
 from cdpd.engage.catalog import Catalog, Change, Touched
+from cdpd.engage.evaluation import Stream
 from cdpd.engage.state import (
     AccountState,
     ProfileState,
@@ -246,8 +247,14 @@ class Tables:
         return {key: created for key, created in rows}
 
     def apply_many(
-        self, inputs: list[tuple[str, dict[str, Any], str]], now_ms: int
+        self,
+        inputs: list[tuple[str, dict[str, Any], str]],
+        now_ms: int,
+        by_event: dict[str, tuple[Stream, ...]] | None = None,
     ) -> list[Recorded]:
+        """`by_event` narrows which streams the messages feed (a backfill feeds only the
+        streams of new definitions); evaluation always uses the whole catalog."""
+        streams = self.catalog.by_event if by_event is None else by_event
         with transaction(self.conn):
             states = self._load_profiles({profile_id for profile_id, _, _ in inputs})
             before = {profile_id: dict(state.values) for profile_id, state in states.items()}
@@ -258,7 +265,7 @@ class Tables:
                 state = states[profile_id]
                 groups = len(state.groups)
                 identifiers = sum(len(v) for v in state.identifiers.values())
-                apply(state, message, self.catalog.by_event, now_ms, source=source)
+                apply(state, message, streams, now_ms, source=source)
                 _note(touched[profile_id], message, state, identifiers)
                 if message.get("type") == "group" and state.groups:
                     group_id = str(message.get("groupId"))
@@ -329,6 +336,23 @@ class Tables:
         with transaction(self.conn):
             self.conn.execute("UPDATE engage_definitions SET computed_at_ms = ?", (now_ms,))
         return recorded
+
+    def backfill(
+        self,
+        inputs: list[tuple[str, dict[str, Any], str]],
+        now_ms: int,
+        by_event: dict[str, tuple[Stream, ...]],
+        first: bool,
+    ) -> list[Recorded]:
+        """Feed archived messages to new streams only; the first page empties those streams
+        (what an interrupted backfill left), so a backfill can always start again."""
+        with transaction(self.conn):
+            if first:
+                ids = sorted({s.spec.id for items in by_event.values() for s in items})
+                self.conn.executemany(
+                    "DELETE FROM engage_buckets WHERE stream_id = ?", [(i,) for i in ids]
+                )
+            return self.apply_many(inputs, now_ms, by_event)
 
     def position(self) -> dict[str, int]:
         return dict(self.conn.execute("SELECT name, value FROM engage_position").fetchall())

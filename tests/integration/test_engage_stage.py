@@ -234,3 +234,59 @@ async def test_resync_while_running_sends_every_member_again(
     assert sorted(m["type"] for m in again) == ["identify", "track"]
     assert {m["properties"]["repeat_buyers"] for m in again if m["type"] == "track"} == {True}
     assert {m["messageId"] for m in first}.isdisjoint(m["messageId"] for m in again)
+
+
+BASE = """
+[identity]
+space = "main"
+access_tokens = ["tok"]
+
+[[audiences]]
+key = "signed_up"
+query = "event('Signed Up').count() >= 1"
+"""
+ADDED = """
+[[computed_traits]]
+key = "lifetime_orders"
+query = "event('Order Completed').count()"
+historical = true
+
+[[computed_traits]]
+key = "orders_since_added"
+query = "event('Order Completed').count()"
+historical = false
+"""
+
+
+async def test_a_new_historical_definition_is_backfilled_from_the_archive(
+    make_config: MakeConfig, data_dir: Path
+) -> None:
+    async with running(make_config(BASE)) as server:
+        await asyncio.to_thread(send, server, buy)
+        await wait_until(
+            lambda: (
+                engage_db(
+                    data_dir, "SELECT value >= 3 FROM engage_position WHERE name = 'resolutions'"
+                )
+                == [(1,)]
+            )
+        )
+    async with running(make_config(BASE + ADDED)) as server:
+        await wait_until(
+            lambda: (
+                engage_db(data_dir, "SELECT value FROM engage_values WHERE key = 'lifetime_orders'")
+                == [("2",)]
+            )
+        )
+        await asyncio.to_thread(
+            send, server, lambda c: c.track("u1", "Order Completed", {"order_id": "o3"})
+        )
+        await wait_until(
+            lambda: (
+                engage_db(
+                    data_dir,
+                    "SELECT key, value FROM engage_values WHERE key != 'signed_up' ORDER BY key",
+                )
+                == [("lifetime_orders", "3"), ("orders_since_added", "1")]
+            )
+        )
