@@ -8,16 +8,23 @@ store on 100,000 synthetic profiles with 20 audiences and 10 computed traits.
    median time of three runs of each.
 3. Prints the peak RSS of this process (VmHWM).
 
-Not measured yet (needs the identity stage): ingest-to-destination entry latency and the
-sustained rate through the whole daemon.
+4. End to end, a real cdpd in this process (`cdpd.app.running`) with `[identity]` and a
+   webhook destination served by a local sink: the same track/identify messages posted to
+   /v1/batch, once with no definitions and once with the 30 live (one audience sent to the
+   sink); sustained messages/s from the first post until the last stage (Engage, or identity
+   when there is nothing to keep) has applied the last message, and their ratio; then entry
+   latency: Identifies that put a new user into the audience, one at a time, from the ingest
+   ack to the sink's receipt of the entry (p50/p99).
 
     .venv/bin/python bench/engage.py [--profiles 100000] [--messages 200000]
+        [--daemon-profiles 20000] [--daemon-messages 60000] [--entries 200]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import random
 import re
 import statistics
@@ -157,11 +164,135 @@ def peak_rss_mb() -> float:
     return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
 
 
+WRITE_KEY = "wk_bench"
+
+
+def daemon_config(tmp: Path, sink_url: str, *, live: bool) -> Path:
+    text = (
+        '[server]\nlisten = "127.0.0.1:0"\n[logging]\naccess_log = false\nlevel = "warning"\n'
+        f'[storage]\ndata_dir = "{tmp / "var"}"\nmin_free_disk_bytes = 0\n'
+        f'[[sources]]\nname = "web"\nwrite_key = "{WRITE_KEY}"\n'
+        '[identity]\nspace = "bench"\naccess_tokens = ["tok"]\n'
+        '[engage]\nspace_id = "bench"\n'
+        f'[[destinations]]\nname = "sink"\ntype = "webhook"\nurl = "{sink_url}"\n'
+    )
+    if live:
+        for source in definitions():
+            section = "audiences" if source.kind == "audience" else "computed_traits"
+            query = source.query.replace('"', '\\"')
+            text += f'[[{section}]]\nkey = "{source.key}"\nquery = "{query}"\n'
+        text += "[[audiences]]\nkey = \"pro_users\"\nquery = \"trait('plan') = 'pro'\"\n"
+        text += '[[audiences.destinations]]\nname = "sink"\n'
+    path = tmp / "cdpd.toml"
+    path.write_text(text)
+    return path
+
+
+async def through_daemon(
+    tmp: Path, inputs: list[Any], *, live: bool, entries: int
+) -> tuple[float, list[float]]:
+    """Messages/s through the daemon, and entry latencies (s) when `live`."""
+    from aiohttp import ClientSession, web
+
+    from cdpd.app import running
+    from cdpd.config import load
+
+    received: dict[str, float] = {}
+    delivered = [0]
+    arrived = asyncio.Event()
+
+    async def receive(request: web.Request) -> web.Response:
+        body = await request.json()
+        for message in body.get("batch", [body]):
+            delivered[0] += 1
+            if "personas" in message.get("context", {}):
+                received[str(message.get("userId"))] = time.perf_counter()
+                arrived.set()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", receive)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    auth = {"Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()}
+    try:
+        config = load(daemon_config(tmp, f"http://127.0.0.1:{port}/hook", live=live))
+        async with running(config) as server, ClientSession() as http:
+
+            async def post(batch: list[dict[str, Any]]) -> None:
+                async with http.post(
+                    f"{server.url}/v1/batch", json={"batch": batch}, headers=auth
+                ) as resp:
+                    assert resp.status == 200, await resp.text()
+
+            def applied() -> int:
+                if server.engage is not None:
+                    return server.engage.position.resolutions
+                assert server.identity is not None
+                return server.identity.committed_seq
+
+            started = time.perf_counter()
+            batches = [[m for _, m, _ in inputs[i : i + 100]] for i in range(0, len(inputs), 100)]
+            for group in range(0, len(batches), 8):
+                await asyncio.gather(*(post(b) for b in batches[group : group + 8]))
+            last = server.writer.last_seq
+            while applied() < last:  # noqa: ASYNC110 (a position polled, as an operator would)
+                await asyncio.sleep(0.05)
+            rate = len(inputs) / (time.perf_counter() - started)
+            # Latency is measured with the destination's backlog delivered, so it is the
+            # pipeline's own delay rather than a queue's.
+            while delivered[0] < server.writer.last_seq:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            latencies = []
+            for n in range(entries if live else 0):
+                user = f"entry-{n}"
+                identify = {"type": "identify", "userId": user, "traits": {"plan": "pro"}}
+                await post([identify])
+                acked = time.perf_counter()
+                async with asyncio.timeout(30):
+                    while user not in received:
+                        arrived.clear()
+                        await arrived.wait()
+                latencies.append(received[user] - acked)
+            return rate, latencies
+    finally:
+        await runner.cleanup()
+
+
+def end_to_end(args: argparse.Namespace) -> None:
+    now = now_ms()
+    inputs = messages(args.daemon_profiles, args.daemon_messages, now)
+    with tempfile.TemporaryDirectory() as none_dir, tempfile.TemporaryDirectory() as live_dir:
+        bare, _ = asyncio.run(through_daemon(Path(none_dir), inputs, live=False, entries=0))
+        live, latencies = asyncio.run(
+            through_daemon(Path(live_dir), inputs, live=True, entries=args.entries)
+        )
+    print(f"daemon: profiles {args.daemon_profiles}, messages {len(inputs)} posted to /v1/batch")
+    print(f"daemon, no definitions:  {bare:9.0f} messages/s (ingest + identity)")
+    print(f"daemon, 31 live:         {live:9.0f} messages/s (ingest + identity + Engage)")
+    print(f"ratio live / none:       {live / bare:9.2f}")
+    latencies.sort()
+    p50 = latencies[len(latencies) // 2] * 1000
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+    print(f"entry latency, ack -> sink: p50 {p50:.0f} ms, p99 {p99:.0f} ms ({len(latencies)})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profiles", type=int, default=100_000)
     parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--daemon-profiles", type=int, default=20_000)
+    parser.add_argument("--daemon-messages", type=int, default=60_000)
+    parser.add_argument("--entries", type=int, default=200)
+    parser.add_argument("--only-daemon", action="store_true")
     args = parser.parse_args()
+    if args.only_daemon:
+        end_to_end(args)
+        print(f"peak RSS:               {peak_rss_mb():9.0f} MB")
+        return
     now = now_ms()
     inputs = messages(args.profiles, max(args.messages, args.profiles), now)
     sources = definitions()
@@ -200,6 +331,7 @@ def main() -> None:
                 f"({statistics.median(cpus) * 1000:4.0f} ms CPU)  "
                 f"{result.matching:6d}/{result.profiles} match  {query}"
             )
+    end_to_end(args)
     print(f"peak RSS:               {peak_rss_mb():9.0f} MB")
 
 

@@ -28,14 +28,18 @@ from aiohttp import web
 from cdpd import __version__, connections, logs, startup
 from cdpd import web as cdpd_web
 from cdpd.clock import Clock, SystemClock
-from cdpd.config import Config
+from cdpd.config import Config, engage_path, identity_path
 from cdpd.config import load as load_config
 from cdpd.console import state as console_state
 from cdpd.console.flow import Flow
 from cdpd.delivery.service import Delivery
+from cdpd.engage.stage import EngageStage
+from cdpd.engage.store import EngageStore
 from cdpd.governance.service import GovernanceService
 from cdpd.governance.stage import Governance
+from cdpd.identity import reads as identity_reads
 from cdpd.identity import stage as identity_stage
+from cdpd.identity import store as identity_store
 from cdpd.identity.stage import IdentityStage
 from cdpd.ingest.routes import Ingest
 from cdpd.logs import LineWriter
@@ -66,6 +70,7 @@ class Running:
     regulations: RegulationService
     admin_url: str | None = None  # with `[admin] listen`: where /admin and /metrics are
     identity: IdentityStage | None = None
+    engage: EngageStage | None = None
 
     @property
     def ingest(self) -> Ingest:
@@ -154,6 +159,7 @@ async def running(
                 console_state.connect(config.console.state_path(storage.data_dir)) as console,
                 _outbound_session() as session,
                 _identity(config, writer, governance.suppressions.of) as identity,
+                _engage(config, identity, writer, clock) as engage,
                 asyncio.TaskGroup() as tasks,
             ):
                 supervised = functools.partial(supervise, clock=clock, restarts=restarts)
@@ -212,6 +218,12 @@ async def running(
                     identity_task = tasks.create_task(
                         supervised("identity", identity.run, identity_stop), name="identity"
                     )
+                engage_stop = asyncio.Event()
+                engage_task = None
+                if engage is not None:
+                    engage_task = tasks.create_task(
+                        supervised("engage", engage.run, engage_stop), name="engage"
+                    )
                 governance_work = GovernanceService(
                     writer,
                     governance,
@@ -251,6 +263,7 @@ async def running(
                             admin_url=admin_url,
                             regulations=regulations,
                             identity=identity,
+                            engage=engage,
                         )
                 finally:
                     budget.start()
@@ -266,6 +279,10 @@ async def running(
                     governance_stop.set()  # ... the last schema counts are written ...
                     await governance_task
                     await pipeline.stop_warehouses(budget.warehouses_s())
+                    engage_stop.set()  # ... Engage commits what it is applying ...
+                    if engage is not None and engage_task is not None:
+                        engage.wake.set()
+                        await engage_task
                     identity_stop.set()  # ... identity commits the batch it is resolving ...
                     if identity_task is not None:
                         await identity_task
@@ -288,6 +305,26 @@ async def _identity(
     ) as identity:
         writer.on_messages(identity.consumer.new_messages)
         yield identity
+
+
+@asynccontextmanager
+async def _engage(
+    config: Config, identity: IdentityStage | None, writer: OutboxWriter, clock: Clock
+) -> AsyncIterator[EngageStage | None]:
+    """The Engage stage when there are profiles (`[identity]`) and definitions to keep."""
+    if identity is None or not (config.audiences or config.computed_traits):
+        yield None
+        return
+    store = await EngageStore.open(engage_path(config))
+    try:
+        async with identity_store.connect_reader(identity_path(config)) as reader:
+            await identity_reads.attach_outbox(reader, config.storage.outbox_path)
+            stage = EngageStage(config, store, reader, writer, clock)
+            identity.followers.append(stage.wake)
+            identity.engage_traits = stage.traits_of
+            yield stage
+    finally:
+        await store.close()
 
 
 def _writer_service(writer: OutboxWriter) -> Callable[[asyncio.Event], Awaitable[None]]:

@@ -20,9 +20,10 @@ from typing import Any, TypeVar
 from cdpd.engage import catalog as catalogs
 from cdpd.engage import syncs
 from cdpd.engage.catalog import Catalog
+from cdpd.engage.evaluation import Stream
 from cdpd.engage.inputs import Input, ProfileMessage, ProfilesMerged
 from cdpd.engage.state import ProfileState
-from cdpd.engage.tables import Collection, Recorded, Summary, Tables, create
+from cdpd.engage.tables import Collection, Recorded, Summary, Tables, create, transaction
 
 T = TypeVar("T")
 
@@ -94,25 +95,56 @@ class EngageStore:
         last message of the batch."""
         return await self._run(self._tables.apply_many, list(inputs), now_ms)
 
-    async def process(self, inputs: list[Input], now_ms: int) -> list[Recorded]:
+    async def process(
+        self, inputs: list[Input], now_ms: int, *, position: dict[str, int] | None = None
+    ) -> list[Recorded]:
         """The identity stage's output in order: runs of messages are applied as one batch,
-        merges and deletions between them in their place."""
+        merges and deletions between them in their place; all of it, and `position` (into
+        `engage_position`), in one transaction, so a crash never applies anything twice."""
+        return await self._run(self._process, inputs, now_ms, position or {})
+
+    def _process(
+        self, inputs: list[Input], now_ms: int, position: dict[str, int]
+    ) -> list[Recorded]:
+        tables = self._tables
         recorded: list[Recorded] = []
         run: list[tuple[str, dict[str, Any], str]] = []
-        for item in inputs:
-            if isinstance(item, ProfileMessage):
-                run.append((item.profile_id, item.message, item.source))
-                continue
+        with transaction(tables.conn):
+            for item in inputs:
+                if isinstance(item, ProfileMessage):
+                    run.append((item.profile_id, item.message, item.source))
+                    continue
+                if run:
+                    recorded += tables.apply_many(run, now_ms)
+                    run = []
+                if isinstance(item, ProfilesMerged):
+                    recorded += tables.merge(item.from_profile, item.into_profile, now_ms)
+                else:
+                    tables.forget(item.profile_id)
             if run:
-                recorded += await self.apply_many(run, now_ms)
-                run = []
-            if isinstance(item, ProfilesMerged):
-                recorded += await self.merge(item.from_profile, item.into_profile, now_ms)
-            else:
-                await self.forget(item.profile_id)
-        if run:
-            recorded += await self.apply_many(run, now_ms)
+                recorded += tables.apply_many(run, now_ms)
+            tables.conn.executemany(
+                "INSERT INTO engage_position (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                sorted(position.items()),
+            )
         return recorded
+
+    async def backfill(
+        self,
+        inputs: list[ProfileMessage],
+        now_ms: int,
+        by_event: dict[str, tuple[Stream, ...]],
+        *,
+        first: bool,
+    ) -> list[Recorded]:
+        """Archived messages into the streams of new `historical` definitions only."""
+        rows = [(i.profile_id, i.message, i.source) for i in inputs]
+        return await self._run(self._tables.backfill, rows, now_ms, by_event, first)
+
+    async def position(self) -> dict[str, int]:
+        """Where `process` left off (`engage_position`)."""
+        return await self._run(self._tables.position)
 
     async def merge(self, from_profile: str, into_profile: str, now_ms: int) -> list[Recorded]:
         """Two profiles became one: `into_profile` keeps both states and `from_profile` goes.
@@ -166,6 +198,10 @@ class EngageStore:
 
     async def values(self, row_id: str, collection: Collection = "users") -> dict[str, Any]:
         return await self._run(self._tables.values, row_id, collection)
+
+    async def values_since(self, profile_id: str) -> dict[str, tuple[Any, int]]:
+        """A profile's memberships and computed values, with when each took its value."""
+        return await self._run(self._tables.values_since, profile_id)
 
     async def changes(self, key: str, *, after_seq: int = 0, limit: int = 1000) -> list[Recorded]:
         return await self._run(self._tables.changes, key, after_seq, limit)

@@ -2,7 +2,7 @@
 store (store.py) runs these on the one thread that owns the write connection, a batch at a
 time, so a batch costs one hop between threads whatever its size.
 
-Tables (README.md, "Engage", documents them; schema version 1 in `PRAGMA user_version`):
+Tables (README.md, "Engage", documents them; schema version 2 in `PRAGMA user_version`):
 
     engage_definitions  key, kind, query, created_at_ms, computed_at_ms
     engage_profiles     profile_id, state (msgpack: traits, identifiers, accounts, values),
@@ -15,6 +15,8 @@ Tables (README.md, "Engage", documents them; schema version 1 in `PRAGMA user_ve
     engage_changes      seq, collection, key, id, change, value, previous, at_ms: every
                         entry, exit and new value, in order (what is sent to destinations)
     engage_syncs        see syncs.py
+    engage_position     name, value: how far the identity stage's records are applied
+                        (moved in the same transaction as what they changed)
 
 One connection writes; each operation is one transaction, so a crash leaves a profile's state,
 values and changes consistent with each other.
@@ -31,6 +33,7 @@ import msgspec
 
 from cdpd.engage import catalog as catalogs
 from cdpd.engage.catalog import Catalog, Change, Touched
+from cdpd.engage.evaluation import Stream
 from cdpd.engage.state import (
     AccountState,
     ProfileState,
@@ -41,7 +44,14 @@ from cdpd.engage.state import (
     timestamp_ms,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version 2: where the daemon's Engage stage stands in the identity stage's records.
+POSITION = """
+CREATE TABLE engage_position (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
 SCHEMA = """
 CREATE TABLE engage_definitions (
     key            TEXT PRIMARY KEY,
@@ -203,10 +213,17 @@ def create(conn: sqlite3.Connection, path: str) -> None:
         from cdpd.engage.syncs import SCHEMA as SYNCS  # syncs.py reads these tables
 
         conn.executescript(
-            f"BEGIN; {SCHEMA} {SYNCS} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            f"BEGIN; {SCHEMA} {SYNCS} {POSITION} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
         )
+    elif version == 1:
+        _add_position(conn)
     elif version != SCHEMA_VERSION:
         raise RuntimeError(f"{path}: Engage schema version {version} is newer than this cdpd")
+
+
+def _add_position(conn: sqlite3.Connection) -> None:
+    """Migration 1 -> 2: `engage_position`."""
+    conn.executescript(f"BEGIN; {POSITION} PRAGMA user_version = 2; COMMIT;")
 
 
 class Tables:
@@ -220,7 +237,7 @@ class Tables:
         self._loaded_heads: dict[str, tuple[bytes, int | None]] = {}
 
     def register(self, sources: Iterable[catalogs.Source], now_ms: int) -> dict[str, int]:
-        with _transaction(self.conn):
+        with transaction(self.conn):
             self.conn.executemany(
                 "INSERT INTO engage_definitions (key, kind, query, created_at_ms) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET query = excluded.query",
@@ -230,9 +247,15 @@ class Tables:
         return {key: created for key, created in rows}
 
     def apply_many(
-        self, inputs: list[tuple[str, dict[str, Any], str]], now_ms: int
+        self,
+        inputs: list[tuple[str, dict[str, Any], str]],
+        now_ms: int,
+        by_event: dict[str, tuple[Stream, ...]] | None = None,
     ) -> list[Recorded]:
-        with _transaction(self.conn):
+        """`by_event` narrows which streams the messages feed (a backfill feeds only the
+        streams of new definitions); evaluation always uses the whole catalog."""
+        streams = self.catalog.by_event if by_event is None else by_event
+        with transaction(self.conn):
             states = self._load_profiles({profile_id for profile_id, _, _ in inputs})
             before = {profile_id: dict(state.values) for profile_id, state in states.items()}
             touched = {profile_id: Touched() for profile_id in states}
@@ -242,7 +265,7 @@ class Tables:
                 state = states[profile_id]
                 groups = len(state.groups)
                 identifiers = sum(len(v) for v in state.identifiers.values())
-                apply(state, message, self.catalog.by_event, now_ms, source=source)
+                apply(state, message, streams, now_ms, source=source)
                 _note(touched[profile_id], message, state, identifiers)
                 if message.get("type") == "group" and state.groups:
                     group_id = str(message.get("groupId"))
@@ -259,7 +282,7 @@ class Tables:
     def merge(self, from_profile: str, into_profile: str, now_ms: int) -> list[Recorded]:
         if from_profile == into_profile:
             return []
-        with _transaction(self.conn):
+        with transaction(self.conn):
             states = self._load_profiles({from_profile, into_profile})
             into, other = states[into_profile], states[from_profile]
             merged = merge(into, other, self.catalog.streams)
@@ -280,7 +303,7 @@ class Tables:
             return self._record(changes, now_ms)
 
     def forget(self, profile_id: str) -> None:
-        with _transaction(self.conn):
+        with transaction(self.conn):
             self._delete_profile(profile_id)
 
     def recheck_due(self, now_ms: int, limit: int) -> list[Recorded]:
@@ -310,9 +333,29 @@ class Tables:
                 break
             recorded += self._reevaluate(ids, now_ms)
             last = ids[-1]
-        with _transaction(self.conn):
+        with transaction(self.conn):
             self.conn.execute("UPDATE engage_definitions SET computed_at_ms = ?", (now_ms,))
         return recorded
+
+    def backfill(
+        self,
+        inputs: list[tuple[str, dict[str, Any], str]],
+        now_ms: int,
+        by_event: dict[str, tuple[Stream, ...]],
+        first: bool,
+    ) -> list[Recorded]:
+        """Feed archived messages to new streams only; the first page empties those streams
+        (what an interrupted backfill left), so a backfill can always start again."""
+        with transaction(self.conn):
+            if first:
+                ids = sorted({s.spec.id for items in by_event.values() for s in items})
+                self.conn.executemany(
+                    "DELETE FROM engage_buckets WHERE stream_id = ?", [(i,) for i in ids]
+                )
+            return self.apply_many(inputs, now_ms, by_event)
+
+    def position(self) -> dict[str, int]:
+        return dict(self.conn.execute("SELECT name, value FROM engage_position").fetchall())
 
     def profile(self, profile_id: str) -> ProfileState | None:
         exists = self.conn.execute(
@@ -326,6 +369,13 @@ class Tables:
             (collection, row_id),
         )
         return {key: msgspec.json.decode(value) for key, value in rows}
+
+    def values_since(self, profile_id: str) -> dict[str, tuple[Any, int]]:
+        rows = self.conn.execute(
+            "SELECT key, value, since_ms FROM engage_values WHERE collection = 'users' AND id = ?",
+            (profile_id,),
+        )
+        return {key: (msgspec.json.decode(value), since) for key, value, since in rows}
 
     def changes(self, key: str, after_seq: int, limit: int) -> list[Recorded]:
         rows = self.conn.execute(
@@ -379,7 +429,7 @@ class Tables:
         )
 
     def _reevaluate(self, profile_ids: list[str], now_ms: int) -> list[Recorded]:
-        with _transaction(self.conn):
+        with transaction(self.conn):
             states = self._load_profiles(set(profile_ids))
             before = {profile_id: dict(state.values) for profile_id, state in states.items()}
             return self._record(self._evaluate_profiles(states, before, now_ms), now_ms)
@@ -544,7 +594,10 @@ def _note(touched: Touched, message: dict[str, Any], state: ProfileState, ids: i
 
 
 @contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    if conn.in_transaction:  # part of a larger one (Tables.process): it commits
+        yield
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield

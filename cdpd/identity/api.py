@@ -167,9 +167,10 @@ class ProfileApi:
             raise ProfileApiError(
                 400, "validation_error", f"class must be one of: {', '.join(TRAIT_CLASSES)}."
             )
-        rows: list[reads.TraitRow] = []
-        if trait_class is None:  # audiences and computed traits are Engage's (none yet)
+        if trait_class is None:
             rows = self._memory_traits(pid, query.get("next", ""), _list(query, "include"))
+        else:  # audiences and computed traits are Engage's
+            rows = await self._engage_traits(pid, trait_class, query)
         page, more = rows[:limit], len(rows) > limit
         traits = {
             row.name: (
@@ -183,6 +184,17 @@ class ProfileApi:
             "traits": traits,
             "cursor": _cursor(request, limit, more, page[-1].name if more else ""),
         }
+
+    async def _engage_traits(self, pid: str, trait_class: str, query: Any) -> list[reads.TraitRow]:
+        engage = self._identity.engage_traits
+        if engage is None:  # no Engage stage (no definitions): no such traits
+            return []
+        after, names = query.get("next", ""), _list(query, "include")
+        return [
+            reads.TraitRow(key, value, "engage", format_ms(since_ms))
+            for key, (value, since_ms) in sorted((await engage(pid, trait_class)).items())
+            if key > after and (names is None or key in names)
+        ]
 
     async def _external_ids(self, request: web.Request, pid: str) -> dict[str, Any]:
         query = request.query

@@ -303,3 +303,40 @@ async def merges_after(conn: aiosqlite.Connection, after_seq: int) -> list[Merge
         (after_seq,),
     )
     return [MergeRow(*row) for row in rows]
+
+
+class ResolvedMessage(msgspec.Struct, frozen=True):
+    """A resolution with the message itself (from the outbox): what Engage applies."""
+
+    seq: int
+    source: str
+    canonical_id: str | None
+    payload: str | None  # None once the outbox no longer holds the message
+
+
+async def messages_after(
+    conn: aiosqlite.Connection, after_seq: int, limit: int
+) -> list[ResolvedMessage]:
+    """`resolutions_after` with each message's source and payload (the outbox is attached)."""
+    rows = await conn.execute_fetchall(
+        "SELECT r.seq, coalesce(m.source, ''), p.canonical_id, m.payload FROM resolutions r"
+        " LEFT JOIN profiles p ON p.profile_id = r.profile_id"
+        " LEFT JOIN outbox.messages m ON m.seq = r.seq"
+        " WHERE r.seq > ? ORDER BY r.seq LIMIT ?",
+        (after_seq, limit),
+    )
+    return [ResolvedMessage(*row) for row in rows]
+
+
+class ForgottenRow(msgspec.Struct, frozen=True):
+    id: int
+    at_seq: int
+    profile_id: str
+
+
+async def forgotten_after(conn: aiosqlite.Connection, after_id: int) -> list[ForgottenRow]:
+    """Profiles deleted after record `after_id`, in order (`at_seq`: the outbox position then)."""
+    rows = await conn.execute_fetchall(
+        "SELECT id, at_seq, profile_id FROM forgotten WHERE id > ? ORDER BY id", (after_id,)
+    )
+    return [ForgottenRow(*row) for row in rows]

@@ -11,9 +11,10 @@ at each start, so a restart after a failure resumes from what was committed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -89,6 +90,9 @@ class IdentityStage:
         suppressed: Callable[[str], frozenset[str]] = no_one_suppressed,
     ) -> None:
         assert config.identity is not None
+        # Engage follows deletions through the `forgotten` record; without Engage no record is
+        # kept, so a deleted profile's id is held nowhere.
+        self._record_forgotten = bool(config.audiences or config.computed_traits)
         self.rules = Rules(config.identity)
         self.batch_messages = config.identity.batch_messages
         self._conn = conn
@@ -112,6 +116,11 @@ class IdentityStage:
         # Seqs a regulation deleted from the outbox: a batch read before the deletion does not
         # resolve them (it would bring back a profile the regulation forgets).
         self._erased: set[int] = set()
+        self.followers: list[asyncio.Event] = []  # set on every commit and forget (Engage)
+        # Engage's traits of a profile by class (the Profile API's class=audience|computed_trait).
+        self.engage_traits: Callable[[str, str], Awaitable[dict[str, tuple[Any, int]]]] | None = (
+            None
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         async with self.lock:
@@ -202,6 +211,8 @@ class IdentityStage:
         self._writer.shutdown(wait=True)
 
     async def _progressed(self) -> None:
+        for follower in self.followers:
+            follower.set()
         async with self._progress:
             self._progress.notify_all()
 
@@ -238,7 +249,9 @@ class IdentityStage:
             gone = self._remove(identifiers, collection)
             if not gone:
                 return [], 0
-            removed = await self._write(store.delete_profiles, self._conn, gone)
+            forget = functools.partial(store.delete_profiles, record=self._record_forgotten)
+            removed = await self._write(forget, self._conn, gone)
+        await self._progressed()  # Engage follows the record of forgotten profiles
         log.info("profile_forgotten", profiles=len(gone), rows=removed)
         return gone, removed
 

@@ -13,8 +13,10 @@ Tables (documented in README.md, read them with the sqlite3 shell):
 - `merges`: every merge, with the message that triggered it.
 - `position`: how far resolution has read the outbox (moved in the same transaction as the
   rows above).
+- `forgotten`: every profile deleted (a deletion regulation), in order, with the outbox
+  position it happened at, so followers forget it too.
 
-A later consumer (Engage) reads `resolutions` and `merges` incrementally by `seq`.
+A later consumer (Engage) reads `resolutions`, `merges` and `forgotten` incrementally.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ import msgspec
 
 from cdpd.identity.graph import Graph, Profile, Resolution, Seen, Trait
 from cdpd.model.timestamps import format_ms, parse_ms
+from cdpd.model.timestamps import now_ms as _now_ms
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CACHE_KIB = 64 * 1024
 CHECKPOINT_PAGES = 10_000
 SCHEMA = """
@@ -117,6 +120,16 @@ CREATE TABLE position (
 INSERT INTO position (name, seq) VALUES ('outbox', 0);
 """
 
+# Version 2: the record of forgotten profiles (Engage follows it).
+FORGOTTEN = """
+CREATE TABLE forgotten (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_seq       INTEGER NOT NULL,
+    profile_id   TEXT NOT NULL,
+    forgotten_at TEXT NOT NULL
+);
+"""
+
 _json = msgspec.json.Encoder()
 _decode = msgspec.json.Decoder()
 
@@ -160,9 +173,19 @@ def _create(conn: sqlite3.Connection) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version == SCHEMA_VERSION:
         return
+    if version == 1:
+        _add_forgotten(conn)
+        return
     if version != 0:
         raise SchemaMismatch(f"identity store schema {version}; this cdpd knows {SCHEMA_VERSION}")
-    conn.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+    conn.executescript(
+        f"BEGIN; {SCHEMA} {FORGOTTEN} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+    )
+
+
+def _add_forgotten(conn: sqlite3.Connection) -> None:
+    """Migration 1 -> 2: the `forgotten` record."""
+    conn.executescript(f"BEGIN; {FORGOTTEN} PRAGMA user_version = 2; COMMIT;")
 
 
 def position(conn: sqlite3.Connection) -> int:
@@ -433,9 +456,10 @@ def _trait_rows(graph: Graph, pids: set[str]) -> Statement:
 # -- removing ----------------------------------------------------------------------------------
 
 
-def delete_profiles(conn: sqlite3.Connection, pids: list[str]) -> int:
+def delete_profiles(conn: sqlite3.Connection, pids: list[str], *, record: bool = False) -> int:
     """Delete every trace of the given profiles (their resolutions and merges included), in
-    one transaction; returns the rows removed (or changed)."""
+    one transaction; returns the rows removed (or changed). With `record`, their ids go into
+    `forgotten` for Engage to follow (it deletes its state of them too)."""
     params = [(pid,) for pid in pids]
     removed = 0
     with _transaction(conn):
@@ -459,6 +483,13 @@ def delete_profiles(conn: sqlite3.Connection, pids: list[str]) -> int:
                 (_json.encode(pids).decode(),),
             ).rowcount,
             0,
+        )
+        if not record:
+            return removed
+        conn.executemany(
+            "INSERT INTO forgotten (at_seq, profile_id, forgotten_at)"
+            " SELECT seq, ?, ? FROM position WHERE name = 'outbox'",
+            [(pid, format_ms(_now_ms())) for pid in pids],
         )
     return removed
 

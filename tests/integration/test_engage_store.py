@@ -176,8 +176,9 @@ async def test_the_tables_are_documented_names(store: EngageStore) -> None:
             "engage_buckets",
             "engage_values",
             "engage_changes",
+            "engage_position",
         } <= tables
-        assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
         assert conn.execute(
             "SELECT collection, key, id, value FROM engage_values ORDER BY key"
         ).fetchall() == [
