@@ -13,6 +13,7 @@ from aiohttp import web
 from cdpd.config import ConfigError, Destination
 from cdpd.console import catalog, overview
 from cdpd.console.access import Principal
+from cdpd.console.changes import NoConfigFile
 from cdpd.console.web import Refused, redirect
 from cdpd.delivery import replay
 from cdpd.destinations import rehearsal
@@ -30,6 +31,7 @@ def routes(console: Console) -> list[web.RouteDef]:
         web.get(base + "/errors/{index}", console.page(pages.error_samples)),
         web.post(base + "/replay", console.page(pages.replay_dead, change=True)),
         web.post(base + "/retry", console.page(pages.retry, change=True)),
+        web.post(base + "/enabled", console.page(pages.set_enabled, change=True)),
         web.get("/console/w/{workspace}/catalog", console.page(pages.catalog)),
         web.get("/console/w/{workspace}/catalog/{type}", console.page(pages.catalog_form)),
         web.post(
@@ -107,6 +109,8 @@ class DestinationPages:
                 "settings": catalog.masked(destination),
                 "chart": json.dumps(chart),
                 "may_operate": principal.may(workspace.name, "member"),
+                "may_change": principal.may(workspace.name, "owner"),
+                "from_console": parts.changes.fragment_of(destination.name) is not None,
                 "notice": request.query.get("notice"),
             },
             principal=principal,
@@ -172,6 +176,18 @@ class DestinationPages:
             lane.wake()
         return _back(workspace.name, destination.name, f"{count} waiting retries are due now")
 
+    async def set_enabled(self, request: web.Request, principal: Principal) -> web.StreamResponse:
+        """Owners enable or disable a destination the console added; the reload stops or
+        starts its lane from its stored position."""
+        workspace, destination = self._destination(request, principal, "owner")
+        enabled = (await request.post()).get("enabled") == "true"
+        try:
+            await self.console.parts.changes.set_enabled(workspace.name, destination.name, enabled)
+        except (ConfigError, NoConfigFile) as exc:
+            raise Refused(409, str(exc)) from None
+        done = "enabled" if enabled else "disabled"
+        return _back(workspace.name, destination.name, f"{destination.name} is {done}")
+
     async def catalog(self, request: web.Request, principal: Principal) -> web.StreamResponse:
         workspace = self.console.workspace_for(request, principal)
         return self.console.render(
@@ -192,7 +208,10 @@ class DestinationPages:
         try:
             settings = catalog.read_form(type_name, submitted.get("name", ""), submitted)
             catalog.check(self.console.config, settings)
-        except ConfigError as exc:
+            if submitted.get("action") == "add":
+                await self.console.parts.changes.add_destination(workspace.name, settings)
+                return _back(workspace.name, settings["name"], f"{settings['name']} is added")
+        except (ConfigError, NoConfigFile) as exc:
             return self._form_page(request, principal, workspace, submitted, str(exc), None, 422)
         return self._form_page(
             request, principal, workspace, submitted, None, catalog.fragment(settings)
@@ -226,10 +245,18 @@ class DestinationPages:
                 "error": error,
                 "fragment": fragment,
                 "may_change": principal.may(workspace.name, "owner"),
+                "no_config_file": self._no_config_file(),
             },
             status=status,
             principal=principal,
         )
+
+    def _no_config_file(self) -> str | None:
+        try:
+            self.console.parts.changes.conf_dir()
+        except NoConfigFile as exc:
+            return str(exc)
+        return None
 
 
 def _back(workspace: str, destination: str, notice: str) -> web.StreamResponse:

@@ -28,6 +28,7 @@ from aiohttp import web
 from cdpd.config import Config, Workspace
 from cdpd.console import access, state
 from cdpd.console.access import Principal, SigninLimit
+from cdpd.console.changes import ConfigChanges
 from cdpd.console.debugger import Tap
 from cdpd.delivery.service import Delivery
 from cdpd.warehouse.scheduler import Scheduler
@@ -70,6 +71,7 @@ class Parts:
     reader: aiosqlite.Connection
     tap: Tap
     closing: Callable[[], bool]
+    changes: ConfigChanges
 
     @property
     def config(self) -> Config:
