@@ -20,8 +20,9 @@ from segment.analytics import Client
 
 from cdpd.app import Running, running
 from cdpd.config import Config
+from cdpd.config import load as load_config
 from tests.console_support import PASSWORD, add_person, workspaces_toml
-from tests.helpers import WRITE_KEY, query
+from tests.helpers import WRITE_KEY, config_text, query
 from tests.sink import Sink, status
 
 MakeConfig = Callable[..., Config]
@@ -191,6 +192,63 @@ async def test_the_catalog_form_checks_a_webhook_as_check_config_does(
             fragment = page.locator("[data-fragment]")
             await expect(fragment).to_contain_text('name = "new_hook"')
             await expect(fragment).to_contain_text('type = "webhook"')
+
+
+async def test_a_webhook_added_from_the_catalog_delivers_without_a_restart(
+    browser: Browser, tmp_path: Path, data_dir: Path
+) -> None:
+    async with Sink() as sink, Sink() as added:
+        path = tmp_path / "cdpd.toml"
+        (tmp_path / "conf.d").mkdir()
+        path.write_text('include = "conf.d"\n' + config_text(data_dir, workspaces_toml(sink.url)))
+        config = load_config(path)
+        await add_person(config, "ada", {"acme": "owner"})
+        await add_person(config, "rob", {"acme": "read-only"})
+        async with running(config, config_path=path) as server:
+            page = await sign_in(browser, server, "ada")
+            await page.goto(f"{server.url}/console/w/acme/catalog")
+            await page.get_by_role("link", name="Webhook", exact=False).first.click()
+            await page.get_by_label("name (required)").fill("shop_hook")
+            await page.locator("#f-url").fill(added.url)
+            await page.get_by_role("button", name="Add").click()
+            await expect(page.get_by_role("status")).to_contain_text("shop_hook is added")
+            await expect(page.get_by_role("heading", level=1)).to_contain_text("shop_hook")
+            client = Client(WRITE_KEY, host=server.url, upload_interval=0.01)
+            try:
+                await asyncio.to_thread(client.track, "u1", "Order Completed", {"revenue": 7})
+                await asyncio.to_thread(client.flush)
+            finally:
+                await asyncio.to_thread(client.join)
+            await added.wait_for_delivered(1)
+            assert added.messages[0]["event"] == "Order Completed"
+            await page.goto(f"{server.url}/console/w/acme/destinations/shop_hook?window=10m")
+            await _reload_until(page, page.locator('[data-count="delivered"]'), "1")
+            assert await page.locator('[data-count="received"]').inner_text() == "1"
+            await screenshot(page, "console-destination-added", tmp_path)
+            await page.get_by_role("button", name="Disable shop_hook").click()
+            await expect(page.get_by_role("status")).to_contain_text("shop_hook is disabled")
+            await expect(page.get_by_role("button", name="Enable shop_hook")).to_be_visible()
+            assert "shop_hook" not in server.delivery.lanes
+
+            reader = await sign_in(browser, server, "rob")
+            await reader.goto(f"{server.url}/console/w/acme/destinations/shop_hook")
+            assert await reader.get_by_role("button", name="Enable shop_hook").count() == 0
+            csrf = await reader.locator("main").get_attribute("data-csrf")
+            for where, fields in (
+                ("destinations/shop_hook/enabled", {"enabled": "true"}),
+                ("catalog/webhook", {"name": "rob_hook", "url": added.url, "action": "add"}),
+            ):
+                answer = await reader.evaluate(
+                    """async ([path, csrf, fields]) => (await fetch(path, {method: "POST",
+                        headers: {"X-CSRF-Token": csrf}, body: new URLSearchParams(fields)
+                    })).status""",
+                    [f"/console/w/acme/{where}", csrf, fields],
+                )
+                assert answer == 403, where
+            assert sorted(p.name for p in (tmp_path / "conf.d").iterdir()) == [
+                "destination-shop_hook.toml"
+            ]
+        assert len(added.messages) == 1
 
 
 async def test_the_snippet_works_with_nothing_but_cdpd(
