@@ -181,7 +181,12 @@ def _operator_routes(
             config, stages.writer, stages.reader, stages.regulations, admin.authorize
         )
         routes += regulations.routes()
-    if config.console.enabled and stages.console_state is not None and stages.pipeline is not None:
+    if (
+        config.console.enabled
+        and stages.console_state is not None
+        and stages.pipeline is not None
+        and stages.governance is not None
+    ):
         changes = ConfigChanges(stages.config_path, load_config, stages.pipeline.reload)
         parts = ConsoleParts(
             stages.pipeline,
@@ -190,6 +195,9 @@ def _operator_routes(
             tap,
             lambda: drain.closing,
             changes,
+            stages.writer,
+            stages.governance,
+            stages.identity,
         )
         routes += Console(parts).routes()
     return routes

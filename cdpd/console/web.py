@@ -34,6 +34,9 @@ from cdpd.delivery.service import Delivery
 from cdpd.warehouse.scheduler import Scheduler
 
 if TYPE_CHECKING:
+    from cdpd.governance.stage import Governance
+    from cdpd.identity.stage import IdentityStage
+    from cdpd.outbox.writer import OutboxWriter
     from cdpd.reload import Consumers
 
 log = structlog.get_logger()
@@ -72,6 +75,9 @@ class Parts:
     tap: Tap
     closing: Callable[[], bool]
     changes: ConfigChanges
+    writer: OutboxWriter
+    governance: Governance
+    identity: IdentityStage | None = None
 
     @property
     def config(self) -> Config:
@@ -107,7 +113,7 @@ class Console:
         return self.parts.config
 
     def routes(self) -> list[web.RouteDef]:
-        from cdpd.console import destinations, sources, warehouses
+        from cdpd.console import destinations, privacy, profiles, sources, warehouses
 
         routes = [
             web.get("/console", self.home_redirect),
@@ -118,7 +124,7 @@ class Console:
             web.get("/console/static/{name}", self.static),
             web.get("/console/w/{workspace}/", self.page(self.workspace_page)),
         ]
-        for module in (sources, destinations, warehouses):
+        for module in (sources, destinations, warehouses, privacy, profiles):
             routes += module.routes(self)
         return routes
 
@@ -232,6 +238,7 @@ class Console:
                     d for d in self.config.destinations if d.name in workspace.destinations
                 ],
                 "warehouses": workspace.warehouses,
+                "identity": self.parts.identity is not None,
             },
             principal=principal,
         )
