@@ -113,7 +113,14 @@ class Console:
         return self.parts.config
 
     def routes(self) -> list[web.RouteDef]:
-        from cdpd.console import destinations, privacy, profiles, sources, warehouses
+        from cdpd.console import (
+            audiences,
+            destinations,
+            privacy,
+            profiles,
+            sources,
+            warehouses,
+        )
 
         routes = [
             web.get("/console", self.home_redirect),
@@ -124,7 +131,7 @@ class Console:
             web.get("/console/static/{name}", self.static),
             web.get("/console/w/{workspace}/", self.page(self.workspace_page)),
         ]
-        for module in (sources, destinations, warehouses, privacy, profiles):
+        for module in (sources, destinations, warehouses, privacy, profiles, audiences):
             routes += module.routes(self)
         return routes
 
