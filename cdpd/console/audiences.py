@@ -3,8 +3,10 @@ each with its size, its entries and exits (or new values) per day over the last 
 the newest changes. Read from Engage's own file (`engage.sqlite3`), read-only; before Engage
 has written it the pages say so.
 
-Every number comes from an index: the size from `engage_values`'s primary key (collection,
-key, id), the changes from `engage_changes (key, seq)`.
+Changes are only ever appended (`engage_changes.seq` grows), so the per-day counts are kept
+in memory per key and each view reads only the changes after the last one counted (by the
+`(key, seq)` index); the first view after a start reads the key's last 30 days once. The size
+is a count over `engage_values`'s primary key (collection, key, id).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import json
 import sqlite3
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +47,7 @@ def routes(console: Console) -> list[web.RouteDef]:
 class AudiencePages:
     def __init__(self, console: Console) -> None:
         self.console = console
+        self._tallies: dict[tuple[str, str], Tally] = {}
 
     def _definitions(self, keys: list[str]) -> list[tuple[str, str, str]]:
         """(key, kind, query) of the workspace's audiences and computed traits."""
@@ -82,9 +86,11 @@ class AudiencePages:
             "query": definition[2],
             "ready": False,
         }
-        async with _engage(engage_path(self.console.config)) as conn:
+        path = engage_path(self.console.config)
+        async with _engage(path) as conn:
             if conn is not None:
-                days = await _per_day(conn, key)
+                tally = self._tallies.setdefault((str(path), key), Tally())
+                days = await tally.per_day(conn, key)
                 context.update(
                     ready=True,
                     size=await _size(conn, key),
@@ -118,17 +124,32 @@ async def _size(conn: aiosqlite.Connection, key: str) -> int:
     return int(next(iter(rows))[0])
 
 
-async def _per_day(conn: aiosqlite.Connection, key: str) -> list[dict[str, Any]]:
-    """Entries, exits and new values per UTC day, the last DAYS_SHOWN days, newest first."""
-    since = (now_ms() // DAY_MS - DAYS_SHOWN + 1) * DAY_MS
-    rows = await conn.execute_fetchall(
-        "SELECT at_ms / ? AS day, change, count(*) FROM engage_changes"
-        " WHERE key = ? AND at_ms >= ? GROUP BY day, change",
-        (DAY_MS, key, since),
-    )
-    days: dict[int, dict[str, Any]] = {}
-    for day, change, count in rows:
-        entry = days.setdefault(
+@dataclass
+class Tally:
+    """A key's changes per UTC day, counted up to `seq`."""
+
+    seq: int = 0
+    days: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    async def per_day(self, conn: aiosqlite.Connection, key: str) -> list[dict[str, Any]]:
+        """Entries, exits and new values per day, the last DAYS_SHOWN days, newest first."""
+        first_day = now_ms() // DAY_MS - DAYS_SHOWN + 1
+        (last,) = next(iter(await conn.execute_fetchall("SELECT max(seq) FROM engage_changes")))
+        if last is None or last < self.seq:  # a new Engage file: count again
+            self.seq, self.days = 0, {}
+        rows = await conn.execute_fetchall(
+            "SELECT at_ms / ? AS day, change, count(*), max(seq) FROM engage_changes"
+            " WHERE key = ? AND seq > ? AND seq <= ? AND at_ms >= ? GROUP BY day, change",
+            (DAY_MS, key, self.seq, last or 0, first_day * DAY_MS),
+        )
+        for day, change, count, _ in rows:
+            self._day(day)[change] = self._day(day).get(change, 0) + count
+        self.seq = last or 0
+        self.days = {d: v for d, v in self.days.items() if d >= first_day}
+        return [self.days[d] for d in sorted(self.days, reverse=True)]
+
+    def _day(self, day: int) -> dict[str, Any]:
+        return self.days.setdefault(
             day,
             {
                 "t": day * DAY_MS // 1000,
@@ -138,8 +159,6 @@ async def _per_day(conn: aiosqlite.Connection, key: str) -> list[dict[str, Any]]
                 "computed": 0,
             },
         )
-        entry[change] = count
-    return [days[d] for d in sorted(days, reverse=True)]
 
 
 def _chart(days: list[dict[str, Any]]) -> dict[str, list[Any]]:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from cdpd.console.web import Console
 
 CLASSES = ("red", "yellow", "green")
+ROWS_SHOWN = 200  # per table, strongest suggestion first; `cdpd privacy inbox` lists all
 
 
 def routes(console: Console) -> list[web.RouteDef]:
@@ -50,14 +51,18 @@ class PrivacyPages:
         seen = await self._seen(workspace.sources)
         classes = {f.field: f for f in await store.inventory(self.console.parts.reader)}
         fields = sorted({f.field for f in seen})
+        inbox = [f for f in seen if f.class_ is None]
+        inventory = [classes[name] for name in fields if name in classes]
         return self.console.render(
             request,
             "privacy.html",
             {
                 "title": "Privacy",
                 "workspace": workspace,
-                "inbox": [f for f in seen if f.class_ is None],
-                "inventory": [classes[name] for name in fields if name in classes],
+                "inbox": inbox[:ROWS_SHOWN],
+                "inbox_total": len(inbox),
+                "inventory": inventory[:ROWS_SHOWN],
+                "inventory_total": len(inventory),
                 "classes": CLASSES,
                 "may_operate": principal.may(workspace.name, "member"),
                 "notice": request.query.get("notice"),

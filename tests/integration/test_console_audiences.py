@@ -41,7 +41,7 @@ def with_audiences(sink_url: str) -> str:
     )
 
 
-async def fill_engage(path: Path) -> None:
+async def fill_engage(path: Path, users: tuple[str, ...] = ("1", "2", "2")) -> None:
     sources = [
         Source(key="buyers", kind="audience", query=BUYERS),
         Source(key="orders", kind="computed_trait", query=ORDERS),
@@ -54,11 +54,7 @@ async def fill_engage(path: Path) -> None:
         store.use(catalog.build(sources))
         order = {"type": "track", "event": "Order Completed", "timestamp": format_ms(now)}
         await store.process(
-            [
-                ProfileMessage("use_1", {**order, "userId": "u1"}),
-                ProfileMessage("use_2", {**order, "userId": "u2"}),
-                ProfileMessage("use_2", {**order, "userId": "u2"}),
-            ],
+            [ProfileMessage(f"use_{u}", {**order, "userId": f"u{u}"}) for u in users],
             now,
         )
     finally:
@@ -89,11 +85,17 @@ async def test_audience_pages_show_size_changes_and_only_the_workspace_s_own(
             today = format_ms(now_ms())[:10]
             assert f'<tr><td>{today}</td><td class="num">2</td><td class="num">0</td>' in text
             assert "<code>use_1</code></td><td>entered</td>" in text
+            # Counted since the last view: a new member is added to today's entries.
+            await fill_engage(engage_path(config), ("3",))
+            async with client.get("/console/w/acme/audiences/buyers") as resp:
+                text = await resp.text()
+            assert "<strong data-size>3</strong> members" in text
+            assert f'<tr><td>{today}</td><td class="num">3</td><td class="num">0</td>' in text
             async with client.get("/console/w/acme/audiences/orders") as resp:
                 text = await resp.text()
-            # One batch records a profile's final value: use_1's 1 and use_2's 2.
+            # One batch records a profile's final value: use_1's 1, use_2's 2, then use_3's 1.
             row = f'<tr><td>{today}</td><td class="num">0</td><td class="num">0</td>'
-            assert row + '<td class="num">2</td>' in text
+            assert row + '<td class="num">3</td>' in text
             assert "<code>use_2</code></td><td>computed</td><td><code>2</code>" in text
             for path in ("/console/w/acme/audiences/globex_vips", "/console/w/globex/audiences"):
                 async with client.get(path) as resp:
