@@ -162,11 +162,14 @@ class Tally:
 
 
 def _chart(days: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    ordered = list(reversed(days))
+    """Every one of the last DAYS_SHOWN days, zero where nothing changed."""
+    by_t = {d["t"]: d for d in days}
+    today = now_ms() // DAY_MS
+    ts = [(today - back) * DAY_MS // 1000 for back in range(DAYS_SHOWN - 1, -1, -1)]
     return {
-        "t": [d["t"] for d in ordered],
-        "entered": [d["entered"] for d in ordered],
-        "exited": [d["exited"] for d in ordered],
+        "t": ts,
+        "entered": [by_t[t]["entered"] if t in by_t else 0 for t in ts],
+        "exited": [by_t[t]["exited"] if t in by_t else 0 for t in ts],
     }
 
 

@@ -19,10 +19,12 @@ from playwright.async_api import Browser, Page, expect
 from segment.analytics import Client
 
 from cdpd.app import Running, running
-from cdpd.config import Config
+from cdpd.config import Config, engage_path
 from cdpd.config import load as load_config
 from tests.console_support import PASSWORD, add_person, workspaces_toml
 from tests.helpers import WRITE_KEY, config_text, query
+from tests.integration.test_console_audiences import ENGAGE, fill_engage, with_audiences
+from tests.integration.test_console_privacy_profiles import IDENTITY
 from tests.sink import Sink, status
 
 MakeConfig = Callable[..., Config]
@@ -249,6 +251,53 @@ async def test_a_webhook_added_from_the_catalog_delivers_without_a_restart(
                 "destination-shop_hook.toml"
             ]
         assert len(added.messages) == 1
+
+
+async def test_privacy_profiles_and_audiences_pages(
+    make_config: MakeConfig, browser: Browser, tmp_path: Path, data_dir: Path
+) -> None:
+    async with Sink() as sink:
+        config = make_config(IDENTITY + ENGAGE + with_audiences(sink.url))
+        await add_person(config, "mel", {"acme": "member"})
+        async with running(config) as server:
+            client = Client(WRITE_KEY, host=server.url, upload_interval=0.01)
+            try:
+                await asyncio.to_thread(client.page, anonymous_id="anon-1", name="Pricing")
+                await asyncio.to_thread(
+                    client.identify, "user-1", {"email": "ada@example.com"}, anonymous_id="anon-1"
+                )
+                await asyncio.to_thread(client.track, "user-1", "Order Completed", {"total": 9})
+                await asyncio.to_thread(client.flush)
+            finally:
+                await asyncio.to_thread(client.join)
+            assert server.identity is not None
+            await _until(
+                lambda: bool(
+                    query(data_dir, "SELECT 1 FROM privacy_inbox WHERE field = 'traits.email'")
+                )
+            )
+            async with asyncio.timeout(10):
+                await server.identity.wait_resolved(server.writer.last_seq)
+            await fill_engage(engage_path(config))
+            page = await sign_in(browser, server, "mel")
+            await page.get_by_role("link", name="Privacy: inbox and inventory").click()
+            await expect(page.locator("[data-inbox]")).to_contain_text("traits.email")
+            await page.get_by_role("button", name="Red: traits.email").click()
+            await expect(page.get_by_role("status")).to_contain_text("traits.email is red")
+            await expect(page.locator("[data-inventory]")).to_contain_text("traits.email")
+            await screenshot(page, "console-privacy", tmp_path)
+            await page.goto(f"{server.url}/console/w/acme/")
+            await page.get_by_role("link", name="Profile explorer").click()
+            await page.get_by_label("Identifier (TYPE:VALUE)").fill("email:ada@example.com")
+            await page.get_by_role("button", name="Look up").click()
+            await expect(page.locator("[data-identifiers]")).to_contain_text("anon-1")
+            await expect(page.locator("[data-events] li")).to_have_count(3)
+            await screenshot(page, "console-profile", tmp_path)
+            await page.goto(f"{server.url}/console/w/acme/audiences")
+            await page.get_by_role("link", name="buyers").click()
+            await expect(page.locator("[data-size]")).to_have_text("2")
+            await expect(page.locator(".chart canvas")).to_have_count(1)
+            await screenshot(page, "console-audience", tmp_path)
 
 
 async def test_the_snippet_works_with_nothing_but_cdpd(
