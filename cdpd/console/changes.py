@@ -67,14 +67,27 @@ class ConfigChanges:
         conf_dir = self.conf_dir()
         return await self._apply(conf_dir, settings["name"], _text(workspace, settings))
 
-    async def set_enabled(self, workspace: str, destination: str, enabled: bool) -> list[str]:
+    async def replace_destination(self, workspace: str, settings: dict[str, Any]) -> list[str]:
+        """New settings for a destination the console added (its `enabled` kept)."""
         conf_dir = self.conf_dir()
+        path = self._own(conf_dir, settings["name"])
+        previous = tomllib.loads(path.read_text())["destinations"][0]
+        if "enabled" in previous:
+            settings = {**settings, "enabled": previous["enabled"]}
+        return await self._apply(conf_dir, settings["name"], _text(workspace, settings))
+
+    def _own(self, conf_dir: Path, destination: str) -> Path:
         path = conf_dir / f"destination-{destination}.toml"
         if not path.is_file():
             raise ConfigError(
                 f"{destination} is defined in {self.config_path}, not by the console:"
-                " change `enabled` there and reload"
+                " change it there and reload"
             )
+        return path
+
+    async def set_enabled(self, workspace: str, destination: str, enabled: bool) -> list[str]:
+        conf_dir = self.conf_dir()
+        path = self._own(conf_dir, destination)
         document = tomllib.loads(path.read_text())
         settings = dict(document["destinations"][0])
         settings["enabled"] = enabled

@@ -140,6 +140,48 @@ async def test_disabling_stops_delivery_and_enabling_starts_it_again(
         assert [m["messageId"] for m in sink.messages] == ["one", "two", "three"]
 
 
+async def test_an_owner_changes_the_settings_of_an_added_destination_live(
+    tmp_path: Path, data_dir: Path, http: aiohttp.ClientSession
+) -> None:
+    async with Sink() as sink, Sink() as other, Sink() as moved:
+        path = config_with_confd(tmp_path, data_dir, sink.url)
+        await add_person(cdpd_config.load(path), "ada", {"acme": "owner"})
+        async with daemon(path) as server, signed_in(server.url, "ada") as (client, csrf):
+            form = {**add_form(csrf, "hook_new", other.url), "secret": "s3cret"}
+            async with client.post(
+                "/console/w/acme/catalog/webhook", data=form, allow_redirects=False
+            ) as resp:
+                assert resp.status == 303
+            await send(http, server, ["one"])
+            await until(lambda: len(other.messages) == 1)
+            settings = "/console/w/acme/destinations/hook_new/settings"
+            async with client.get(settings) as resp:
+                text = await resp.text()
+            assert f'value="{other.url}"' in text
+            assert "s3cret" not in text  # secrets are never shown
+            async with client.post(
+                settings, data={"csrf": csrf, "url": "not a url", "action": "save"}
+            ) as resp:
+                assert resp.status == 422
+                assert "url: Expected" in await resp.text()
+            async with client.post(
+                settings, data={"csrf": csrf, "url": moved.url, "action": "save"}
+            ) as resp:
+                assert resp.status == 200
+                assert "hook_new&#39;s settings are saved" in await resp.text()
+            written = tomllib.loads((tmp_path / "conf.d" / "destination-hook_new.toml").read_text())
+            assert written["destinations"][0]["url"] == moved.url
+            assert written["destinations"][0]["secret"] == "s3cret"  # left empty: kept
+            await send(http, server, ["two"])
+            await until(lambda: len(moved.messages) == 1)
+            await asyncio.sleep(0.2)
+            # The same lane's position: "one" is not sent again, "two" goes to the new URL.
+            assert [m["messageId"] for m in other.messages] == ["one"]
+            assert [m["messageId"] for m in moved.messages] == ["two"]
+            async with client.get("/console/w/acme/destinations/hook_a/settings") as resp:
+                assert resp.status == 409
+
+
 async def test_invalid_settings_change_nothing(tmp_path: Path, data_dir: Path) -> None:
     async with Sink() as sink:
         path = config_with_confd(tmp_path, data_dir, sink.url)
@@ -177,7 +219,7 @@ async def test_invalid_settings_change_nothing(tmp_path: Path, data_dir: Path) -
                 data={"csrf": csrf, "enabled": "false"},
             ) as resp:
                 assert resp.status == 409
-                assert "change `enabled` there" in await resp.text()
+                assert "change it there" in await resp.text()
 
 
 @pytest.mark.parametrize("role", ["member", "read-only"])
