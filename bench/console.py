@@ -5,7 +5,12 @@ counts and latency buckets for two destinations, failed attempts and dead letter
 real cdpd on it (its lanes already past the messages), signs a person in, and times every
 console page for each window. Prints p50, p95 and max milliseconds per page.
 
-    python bench/console.py [--messages 2000000] [--requests 20]
+The Privacy page gets `--fields` fields in the inbox (a tenth of them classified), and the
+audience pages an Engage store with `--members` members in one audience and as many entries and
+exits over the last 30 days.
+
+    python bench/console.py [--messages 2000000] [--requests 20] [--fields 2000]
+                            [--members 1000000]
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=2_000_000)
     parser.add_argument("--requests", type=int, default=20, help="timed requests per page")
+    parser.add_argument("--fields", type=int, default=2000, help="fields in the privacy inbox")
+    parser.add_argument("--members", type=int, default=1_000_000, help="audience members")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cdpd-console-bench-") as tmp:
         root = Path(tmp)
@@ -47,6 +54,8 @@ def main() -> int:
         create_schema(config)
         started = time.perf_counter()
         fill(root / "var" / "outbox.sqlite3", args.messages)
+        fill_privacy(root / "var" / "outbox.sqlite3", args.fields)
+        fill_engage(root / "var" / "engage.sqlite3", args.members)
         size_mb = (root / "var" / "outbox.sqlite3").stat().st_size / 2**20
         print(
             f"outbox: {args.messages:,} messages, {size_mb:,.0f} MB,"
@@ -82,10 +91,76 @@ def write_config(root: Path, port: int) -> Path:
         "[logging]\naccess_log = false\n"
         '[[sources]]\nname = "web"\nwrite_key = "wk_bench"\n'
         + hooks
-        + '[[workspaces]]\nname = "bench"\nsources = ["web"]\n'
+        + AUDIENCES
+        + '[[workspaces]]\nname = "bench"\nsources = ["web"]\naudiences = ["buyers", "orders"]\n'
         f"destinations = {list(DESTINATIONS)!r}\n".replace("'", '"')
     )
     return config
+
+
+AUDIENCES = (
+    '[[audiences]]\nkey = "buyers"\nquery = "event(\'Order 1\').count() >= 1"\n'
+    '[[computed_traits]]\nkey = "orders"\nquery = "event(\'Order 1\').count()"\n'
+)
+
+
+def fill_privacy(path: Path, fields: int) -> None:
+    db = sqlite3.connect(path)
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    db.executemany(
+        "INSERT INTO privacy_inbox VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            ("web", f"properties.f{i}", "yellow" if i % 3 else None, None, None, now, now, "x")
+            for i in range(fields)
+        ],
+    )
+    db.executemany(
+        "INSERT INTO privacy_inventory VALUES (?, 'yellow', ?, 'bench')",
+        [(f"properties.f{i}", now) for i in range(0, fields, 10)],
+    )
+    db.commit()
+    db.close()
+
+
+def fill_engage(path: Path, members: int) -> None:
+    """Engage's tables as Engage creates them; `members` in `buyers`, each entered once in the
+    last 30 days and half of them exited and entered again; a value of `orders` each."""
+    from cdpd.engage.tables import SCHEMA, SCHEMA_VERSION
+
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    now_ms = int(time.time() * 1000)
+    db.executemany(
+        "INSERT INTO engage_definitions VALUES (?, ?, ?, ?, ?)",
+        [
+            ("buyers", "audience", "q", now_ms, now_ms),
+            ("orders", "computed_trait", "q", now_ms, now_ms),
+        ],
+    )
+    db.executemany(
+        "INSERT INTO engage_values VALUES ('users', ?, ?, ?, ?)",
+        (row for i in range(members) for row in (
+            ("buyers", f"use_{i}", "true", now_ms), ("orders", f"use_{i}", "3", now_ms))),
+    )  # fmt: skip
+    span_ms = 30 * 86_400_000
+
+    def changes() -> object:
+        for i in range(members):
+            at = now_ms - span_ms + i * span_ms // members
+            yield ("buyers", f"use_{i}", "entered", "true", at)
+            yield ("orders", f"use_{i}", "computed", "3", at)
+            if i % 2:
+                yield ("buyers", f"use_{i}", "exited", "false", at + 1)
+                yield ("buyers", f"use_{i}", "entered", "true", at + 2)
+
+    db.executemany(
+        "INSERT INTO engage_changes (collection, key, id, change, value, at_ms)"
+        " VALUES ('users', ?, ?, ?, ?, ?)",
+        changes(),
+    )
+    db.commit()
+    db.close()
 
 
 def run_cli(config: Path, args: list[str], stdin: str = "") -> None:
@@ -203,6 +278,10 @@ def time_pages(base: str, requests: int) -> None:
     pages += [
         "/console/w/bench/sources/web/protocols",
         "/console/w/bench/destinations/hook_a/errors/0?window=7d",
+        "/console/w/bench/privacy",
+        "/console/w/bench/audiences",
+        "/console/w/bench/audiences/buyers",
+        "/console/w/bench/audiences/orders",
     ]
     print("| page | p50 ms | p95 ms | max ms |")
     print("|---|---|---|---|")

@@ -101,13 +101,16 @@ async def running(
     clock_s: Callable[[], float] = time.monotonic,
     clock: Clock | None = None,
     free_bytes: Callable[[Path], int] = space.free_bytes,
+    config_path: str | Path | None = None,
 ) -> AsyncIterator[Running]:
     """Serve `config` until the block exits. The clocks are replaceable so tests control time:
     `clock_s` for the outbox's refusal timer, `clock` for the background services (delivery
     backoffs and retention, the space watch's timer, warehouse intervals, restart pauses).
     `free_bytes` measures the disk under the outbox. Raises StartupError (one line to show)
     when another cdpd holds the data folder or the port cannot be bound; both are checked
-    before the outbox is opened."""
+    before the outbox is opened. `config_path` is the file `config` was loaded from: the
+    console's changes write to its conf.d directory and load it again (without it the console
+    changes nothing)."""
     storage = config.storage
     clock = clock or SystemClock()
     restarts = Restarts()
@@ -245,6 +248,7 @@ async def running(
                     pipeline,
                     regulations,
                     identity,
+                    Path(config_path) if config_path is not None else None,
                 )
                 try:
                     async with _serving_http(config, stages, budget, sock, admin_sock) as (
@@ -438,7 +442,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with running(config) as server:
+    async with running(config, config_path=config_path) as server:
         _log_start(server)
         notifier.ready()
         supervised = functools.partial(supervise, clock=SystemClock(), restarts=server.restarts)

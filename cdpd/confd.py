@@ -2,9 +2,11 @@
 
 Each `*.toml` file in the directory (in name order; a relative directory is taken from the main
 file's folder) may hold only lists of entries: `[[sources]]`, `[[destinations]]`,
-`[[warehouses]]`, `[[tracking_plans]]`, `[[transformations]]`. They are appended to the main
-file's lists, so a tool (or a person) can add a destination by writing one file, and the
-single-valued sections (`[server]`, `[storage]`, ...) stay in one place.
+`[[warehouses]]`, `[[tracking_plans]]`, `[[transformations]]`, `[[workspaces]]`. They are
+appended to the main file's lists, so a tool (or a person) can add a destination by writing one
+file, and the single-valued sections (`[server]`, `[storage]`, ...) stay in one place. A
+`[[workspaces]]` entry naming a workspace defined already adds its sources, destinations and
+warehouses to that workspace (the console adds a destination to its workspace this way).
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ from typing import Any
 
 from cdpd.settings import ConfigError
 
-LIST_SECTIONS = ("sources", "destinations", "warehouses", "tracking_plans", "transformations")
+LIST_SECTIONS = (
+    "sources",
+    "destinations",
+    "warehouses",
+    "tracking_plans",
+    "transformations",
+    "workspaces",
+)
+WORKSPACE_LISTS = ("sources", "destinations", "warehouses")
 
 
 Origins = dict[str, list[str | None]]  # per list section, each entry's fragment (None: main)
@@ -45,10 +55,29 @@ def merged(text: bytes, path: Path) -> tuple[dict[str, Any], Origins]:
                     f"{fragment_path}: {key}: an included file may only add entries to "
                     + ", ".join(f"[[{name}]]" for name in LIST_SECTIONS)
                 )
-            document.setdefault(key, []).extend(value)
             shown = f"{include.rstrip('/')}/{fragment_path.name}"
+            if key == "workspaces":
+                value = _join_workspaces(document.setdefault(key, []), value)
+            document.setdefault(key, []).extend(value)
             origins.setdefault(key, []).extend([shown] * len(value))
     return document, origins
+
+
+def _join_workspaces(known: list[Any], added: list[Any]) -> list[Any]:
+    """Adds the lists of each added entry that names a known workspace to it; returns the
+    entries that name new workspaces."""
+    by_name = {w.get("name"): w for w in known if isinstance(w, dict)}
+    new = []
+    for entry in added:
+        target = by_name.get(entry.get("name")) if isinstance(entry, dict) else None
+        if target is None:
+            new.append(entry)
+            continue
+        for section in WORKSPACE_LISTS:
+            extra = entry.get(section, [])
+            if isinstance(extra, list) and isinstance(target.get(section, []), list):
+                target[section] = [*target.get(section, []), *extra]
+    return new
 
 
 _ENTRY = re.compile(r"\b(" + "|".join(LIST_SECTIONS) + r")\[(\d+)\]")

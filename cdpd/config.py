@@ -215,6 +215,8 @@ class Workspace(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     sources: list[str] = msgspec.field(default_factory=list)
     destinations: list[str] = msgspec.field(default_factory=list)
     warehouses: list[str] = msgspec.field(default_factory=list)
+    # Keys of `[[audiences]]` and `[[computed_traits]]` whose pages the workspace shows.
+    audiences: list[str] = msgspec.field(default_factory=list)
 
 
 class ConsoleConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -506,6 +508,7 @@ def _check_workspaces(config: Config) -> list[str]:
         "sources": {s.name for s in config.sources},
         "destinations": {d.name for d in config.destinations},
         "warehouses": {w.name for w in config.warehouses},
+        "audiences": {a.key for a in config.audiences} | {t.key for t in config.computed_traits},
     }
     owner: dict[tuple[str, str], str] = {}
     for index, workspace in enumerate(config.workspaces):

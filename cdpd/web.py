@@ -13,6 +13,7 @@ import itertools
 import os
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import aiosqlite
@@ -22,8 +23,10 @@ from aiohttp import web
 from cdpd import logs
 from cdpd.admin import Admin
 from cdpd.config import Config
+from cdpd.config import load as load_config
 from cdpd.connections import ConnectionGuard
 from cdpd.console import state as console_state
+from cdpd.console.changes import ConfigChanges
 from cdpd.console.debugger import Tap
 from cdpd.console.web import Console
 from cdpd.console.web import Parts as ConsoleParts
@@ -110,6 +113,7 @@ class Stages(NamedTuple):
     pipeline: Consumers | None = None  # the delivery and warehouses in force (they reload)
     regulations: RegulationService | None = None
     identity: IdentityStage | None = None
+    config_path: Path | None = None  # the main config file, which the console's changes load
 
 
 def build(config: Config, stages: Stages, drain: Drain) -> web.Application:
@@ -177,9 +181,23 @@ def _operator_routes(
             config, stages.writer, stages.reader, stages.regulations, admin.authorize
         )
         routes += regulations.routes()
-    if config.console.enabled and stages.console_state is not None and stages.pipeline is not None:
+    if (
+        config.console.enabled
+        and stages.console_state is not None
+        and stages.pipeline is not None
+        and stages.governance is not None
+    ):
+        changes = ConfigChanges(stages.config_path, load_config, stages.pipeline.reload)
         parts = ConsoleParts(
-            stages.pipeline, stages.console_state, stages.reader, tap, lambda: drain.closing
+            stages.pipeline,
+            stages.console_state,
+            stages.reader,
+            tap,
+            lambda: drain.closing,
+            changes,
+            stages.writer,
+            stages.governance,
+            stages.identity,
         )
         routes += Console(parts).routes()
     return routes

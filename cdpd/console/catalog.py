@@ -125,9 +125,9 @@ def _explain(message: str) -> str:
     return f"{where.rstrip('`').lstrip('.')}: {text}" if sep else message
 
 
-def fragment(settings: dict[str, Any]) -> str:
+def fragment(settings: dict[str, Any], section: str = "destinations") -> str:
     """The TOML for one destination (JSON's strings, numbers and booleans are TOML's too)."""
-    lines = ["[[destinations]]"]
+    lines = [f"[[{section}]]"]
     for key, value in settings.items():
         lines.append(f"{key} = {_toml(value)}")
     return "\n".join(lines) + "\n"

@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from aiohttp import web
 
 from cdpd.config import ConfigError, Destination
 from cdpd.console import catalog, overview
 from cdpd.console.access import Principal
+from cdpd.console.changes import NoConfigFile
 from cdpd.console.web import Refused, redirect
 from cdpd.delivery import replay
 from cdpd.destinations import rehearsal
@@ -30,6 +32,9 @@ def routes(console: Console) -> list[web.RouteDef]:
         web.get(base + "/errors/{index}", console.page(pages.error_samples)),
         web.post(base + "/replay", console.page(pages.replay_dead, change=True)),
         web.post(base + "/retry", console.page(pages.retry, change=True)),
+        web.post(base + "/enabled", console.page(pages.set_enabled, change=True)),
+        web.get(base + "/settings", console.page(pages.settings_form)),
+        web.post(base + "/settings", console.page(pages.settings_save, change=True)),
         web.get("/console/w/{workspace}/catalog", console.page(pages.catalog)),
         web.get("/console/w/{workspace}/catalog/{type}", console.page(pages.catalog_form)),
         web.post(
@@ -107,6 +112,8 @@ class DestinationPages:
                 "settings": catalog.masked(destination),
                 "chart": json.dumps(chart),
                 "may_operate": principal.may(workspace.name, "member"),
+                "may_change": principal.may(workspace.name, "owner"),
+                "from_console": parts.changes.fragment_of(destination.name) is not None,
                 "notice": request.query.get("notice"),
             },
             principal=principal,
@@ -172,6 +179,61 @@ class DestinationPages:
             lane.wake()
         return _back(workspace.name, destination.name, f"{count} waiting retries are due now")
 
+    async def set_enabled(self, request: web.Request, principal: Principal) -> web.StreamResponse:
+        """Owners enable or disable a destination the console added; the reload stops or
+        starts its lane from its stored position."""
+        workspace, destination = self._destination(request, principal, "owner")
+        enabled = (await request.post()).get("enabled") == "true"
+        try:
+            await self.console.parts.changes.set_enabled(workspace.name, destination.name, enabled)
+        except (ConfigError, NoConfigFile) as exc:
+            raise Refused(409, str(exc)) from None
+        done = "enabled" if enabled else "disabled"
+        return _back(workspace.name, destination.name, f"{destination.name} is {done}")
+
+    async def settings_form(self, request: web.Request, principal: Principal) -> web.StreamResponse:
+        workspace, destination = self._destination(request, principal, "owner")
+        if self.console.parts.changes.fragment_of(destination.name) is None:
+            raise Refused(409, f"{destination.name} is defined in the main config file.")
+        return self._form_page(
+            request,
+            principal,
+            workspace,
+            _as_form(destination),
+            None,
+            None,
+            type_name=_kind(destination),
+            editing=True,
+        )
+
+    async def settings_save(self, request: web.Request, principal: Principal) -> web.StreamResponse:
+        """New settings for a destination the console added; a secret left empty is kept."""
+        workspace, destination = self._destination(request, principal, "owner")
+        submitted = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+        type_name = _kind(destination)
+        current = msgspec.to_builtins(destination)
+        for field in catalog.form(type_name):
+            if (
+                field.kind == "password"
+                and not submitted.get(field.name)
+                and current.get(field.name)
+            ):
+                submitted[field.name] = current[field.name]
+        others = [d for d in self.console.config.destinations if d.name != destination.name]
+        try:
+            settings = catalog.read_form(type_name, destination.name, submitted)
+            catalog.check(
+                msgspec.structs.replace(self.console.config, destinations=others), settings
+            )
+            await self.console.parts.changes.replace_destination(workspace.name, settings)
+        except (ConfigError, NoConfigFile) as exc:
+            shown = {**submitted, "name": destination.name}
+            return self._form_page(
+                request, principal, workspace, shown, str(exc), None, 422,
+                type_name=type_name, editing=True,
+            )  # fmt: skip
+        return _back(workspace.name, destination.name, f"{destination.name}'s settings are saved")
+
     async def catalog(self, request: web.Request, principal: Principal) -> web.StreamResponse:
         workspace = self.console.workspace_for(request, principal)
         return self.console.render(
@@ -192,7 +254,10 @@ class DestinationPages:
         try:
             settings = catalog.read_form(type_name, submitted.get("name", ""), submitted)
             catalog.check(self.console.config, settings)
-        except ConfigError as exc:
+            if submitted.get("action") == "add":
+                await self.console.parts.changes.add_destination(workspace.name, settings)
+                return _back(workspace.name, settings["name"], f"{settings['name']} is added")
+        except (ConfigError, NoConfigFile) as exc:
             return self._form_page(request, principal, workspace, submitted, str(exc), None, 422)
         return self._form_page(
             request, principal, workspace, submitted, None, catalog.fragment(settings)
@@ -207,8 +272,11 @@ class DestinationPages:
         error: str | None,
         fragment: str | None,
         status: int = 200,
+        *,
+        type_name: str | None = None,
+        editing: bool = False,
     ) -> web.Response:
-        type_name = request.match_info["type"]
+        type_name = type_name or request.match_info["type"]
         try:
             fields = catalog.form(type_name)
         except KeyError:
@@ -226,10 +294,39 @@ class DestinationPages:
                 "error": error,
                 "fragment": fragment,
                 "may_change": principal.may(workspace.name, "owner"),
+                "no_config_file": self._no_config_file(),
+                "editing": editing,
             },
             status=status,
             principal=principal,
         )
+
+    def _no_config_file(self) -> str | None:
+        try:
+            self.console.parts.changes.conf_dir()
+        except NoConfigFile as exc:
+            return str(exc)
+        return None
+
+
+def _kind(destination: Destination) -> str:
+    return str(type(destination).__struct_config__.tag)
+
+
+def _as_form(destination: Destination) -> dict[str, str]:
+    """A destination's settings as its form shows them (secrets left empty: kept unless typed)."""
+    shown: dict[str, str] = {}
+    for key, value in msgspec.to_builtins(destination).items():
+        if value is None or catalog.is_secret(key):
+            continue
+        if isinstance(value, bool):
+            if value:
+                shown[key] = "on"
+        elif isinstance(value, (dict, list)):
+            shown[key] = json.dumps(value)
+        else:
+            shown[key] = str(value)
+    return shown
 
 
 def _back(workspace: str, destination: str, notice: str) -> web.StreamResponse:

@@ -28,11 +28,15 @@ from aiohttp import web
 from cdpd.config import Config, Workspace
 from cdpd.console import access, state
 from cdpd.console.access import Principal, SigninLimit
+from cdpd.console.changes import ConfigChanges
 from cdpd.console.debugger import Tap
 from cdpd.delivery.service import Delivery
 from cdpd.warehouse.scheduler import Scheduler
 
 if TYPE_CHECKING:
+    from cdpd.governance.stage import Governance
+    from cdpd.identity.stage import IdentityStage
+    from cdpd.outbox.writer import OutboxWriter
     from cdpd.reload import Consumers
 
 log = structlog.get_logger()
@@ -70,6 +74,10 @@ class Parts:
     reader: aiosqlite.Connection
     tap: Tap
     closing: Callable[[], bool]
+    changes: ConfigChanges
+    writer: OutboxWriter
+    governance: Governance
+    identity: IdentityStage | None = None
 
     @property
     def config(self) -> Config:
@@ -105,7 +113,14 @@ class Console:
         return self.parts.config
 
     def routes(self) -> list[web.RouteDef]:
-        from cdpd.console import destinations, sources, warehouses
+        from cdpd.console import (
+            audiences,
+            destinations,
+            privacy,
+            profiles,
+            sources,
+            warehouses,
+        )
 
         routes = [
             web.get("/console", self.home_redirect),
@@ -116,7 +131,7 @@ class Console:
             web.get("/console/static/{name}", self.static),
             web.get("/console/w/{workspace}/", self.page(self.workspace_page)),
         ]
-        for module in (sources, destinations, warehouses):
+        for module in (sources, destinations, warehouses, privacy, profiles, audiences):
             routes += module.routes(self)
         return routes
 
@@ -230,6 +245,7 @@ class Console:
                     d for d in self.config.destinations if d.name in workspace.destinations
                 ],
                 "warehouses": workspace.warehouses,
+                "identity": self.parts.identity is not None,
             },
             principal=principal,
         )

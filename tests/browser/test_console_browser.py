@@ -19,9 +19,12 @@ from playwright.async_api import Browser, Page, expect
 from segment.analytics import Client
 
 from cdpd.app import Running, running
-from cdpd.config import Config
+from cdpd.config import Config, engage_path
+from cdpd.config import load as load_config
 from tests.console_support import PASSWORD, add_person, workspaces_toml
-from tests.helpers import WRITE_KEY, query
+from tests.helpers import WRITE_KEY, config_text, query
+from tests.integration.test_console_audiences import ENGAGE, fill_engage, with_audiences
+from tests.integration.test_console_privacy_profiles import IDENTITY
 from tests.sink import Sink, status
 
 MakeConfig = Callable[..., Config]
@@ -191,6 +194,110 @@ async def test_the_catalog_form_checks_a_webhook_as_check_config_does(
             fragment = page.locator("[data-fragment]")
             await expect(fragment).to_contain_text('name = "new_hook"')
             await expect(fragment).to_contain_text('type = "webhook"')
+
+
+async def test_a_webhook_added_from_the_catalog_delivers_without_a_restart(
+    browser: Browser, tmp_path: Path, data_dir: Path
+) -> None:
+    async with Sink() as sink, Sink() as added:
+        path = tmp_path / "cdpd.toml"
+        (tmp_path / "conf.d").mkdir()
+        path.write_text('include = "conf.d"\n' + config_text(data_dir, workspaces_toml(sink.url)))
+        config = load_config(path)
+        await add_person(config, "ada", {"acme": "owner"})
+        await add_person(config, "rob", {"acme": "read-only"})
+        async with running(config, config_path=path) as server:
+            page = await sign_in(browser, server, "ada")
+            await page.goto(f"{server.url}/console/w/acme/catalog")
+            await page.get_by_role("link", name="Webhook", exact=False).first.click()
+            await page.get_by_label("name (required)").fill("shop_hook")
+            await page.locator("#f-url").fill(added.url)
+            await page.get_by_role("button", name="Add").click()
+            await expect(page.get_by_role("status")).to_contain_text("shop_hook is added")
+            await expect(page.get_by_role("heading", level=1)).to_contain_text("shop_hook")
+            client = Client(WRITE_KEY, host=server.url, upload_interval=0.01)
+            try:
+                await asyncio.to_thread(client.track, "u1", "Order Completed", {"revenue": 7})
+                await asyncio.to_thread(client.flush)
+            finally:
+                await asyncio.to_thread(client.join)
+            await added.wait_for_delivered(1)
+            assert added.messages[0]["event"] == "Order Completed"
+            await page.goto(f"{server.url}/console/w/acme/destinations/shop_hook?window=10m")
+            await _reload_until(page, page.locator('[data-count="delivered"]'), "1")
+            assert await page.locator('[data-count="received"]').inner_text() == "1"
+            await screenshot(page, "console-destination-added", tmp_path)
+            await page.get_by_role("button", name="Disable shop_hook").click()
+            await expect(page.get_by_role("status")).to_contain_text("shop_hook is disabled")
+            await expect(page.get_by_role("button", name="Enable shop_hook")).to_be_visible()
+            assert "shop_hook" not in server.delivery.lanes
+
+            reader = await sign_in(browser, server, "rob")
+            await reader.goto(f"{server.url}/console/w/acme/destinations/shop_hook")
+            assert await reader.get_by_role("button", name="Enable shop_hook").count() == 0
+            csrf = await reader.locator("main").get_attribute("data-csrf")
+            for where, fields in (
+                ("destinations/shop_hook/enabled", {"enabled": "true"}),
+                ("catalog/webhook", {"name": "rob_hook", "url": added.url, "action": "add"}),
+            ):
+                answer = await reader.evaluate(
+                    """async ([path, csrf, fields]) => (await fetch(path, {method: "POST",
+                        headers: {"X-CSRF-Token": csrf}, body: new URLSearchParams(fields)
+                    })).status""",
+                    [f"/console/w/acme/{where}", csrf, fields],
+                )
+                assert answer == 403, where
+            assert sorted(p.name for p in (tmp_path / "conf.d").iterdir()) == [
+                "destination-shop_hook.toml"
+            ]
+        assert len(added.messages) == 1
+
+
+async def test_privacy_profiles_and_audiences_pages(
+    make_config: MakeConfig, browser: Browser, tmp_path: Path, data_dir: Path
+) -> None:
+    async with Sink() as sink:
+        config = make_config(IDENTITY + ENGAGE + with_audiences(sink.url))
+        await add_person(config, "mel", {"acme": "member"})
+        async with running(config) as server:
+            client = Client(WRITE_KEY, host=server.url, upload_interval=0.01)
+            try:
+                await asyncio.to_thread(client.page, anonymous_id="anon-1", name="Pricing")
+                await asyncio.to_thread(
+                    client.identify, "user-1", {"email": "ada@example.com"}, anonymous_id="anon-1"
+                )
+                await asyncio.to_thread(client.track, "user-1", "Order Completed", {"total": 9})
+                await asyncio.to_thread(client.flush)
+            finally:
+                await asyncio.to_thread(client.join)
+            assert server.identity is not None
+            await _until(
+                lambda: bool(
+                    query(data_dir, "SELECT 1 FROM privacy_inbox WHERE field = 'traits.email'")
+                )
+            )
+            async with asyncio.timeout(10):
+                await server.identity.wait_resolved(server.writer.last_seq)
+            await fill_engage(engage_path(config))
+            page = await sign_in(browser, server, "mel")
+            await page.get_by_role("link", name="Privacy: inbox and inventory").click()
+            await expect(page.locator("[data-inbox]")).to_contain_text("traits.email")
+            await page.get_by_role("button", name="Red: traits.email").click()
+            await expect(page.get_by_role("status")).to_contain_text("traits.email is red")
+            await expect(page.locator("[data-inventory]")).to_contain_text("traits.email")
+            await screenshot(page, "console-privacy", tmp_path)
+            await page.goto(f"{server.url}/console/w/acme/")
+            await page.get_by_role("link", name="Profile explorer").click()
+            await page.get_by_label("Identifier (TYPE:VALUE)").fill("email:ada@example.com")
+            await page.get_by_role("button", name="Look up").click()
+            await expect(page.locator("[data-identifiers]")).to_contain_text("anon-1")
+            await expect(page.locator("[data-events] li")).to_have_count(3)
+            await screenshot(page, "console-profile", tmp_path)
+            await page.goto(f"{server.url}/console/w/acme/audiences")
+            await page.get_by_role("link", name="buyers").click()
+            await expect(page.locator("[data-size]")).to_have_text("2")
+            await expect(page.locator(".chart canvas")).to_have_count(1)
+            await screenshot(page, "console-audience", tmp_path)
 
 
 async def test_the_snippet_works_with_nothing_but_cdpd(

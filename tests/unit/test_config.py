@@ -184,6 +184,27 @@ def test_a_bad_fragment_is_a_config_error_naming_it(
         load(main)
 
 
+def test_a_fragment_s_workspace_entry_adds_to_a_known_workspace(tmp_path: Path) -> None:
+    main = tmp_path / "cdpd.toml"
+    main.write_text(
+        'include = "conf.d"\n[[sources]]\nname = "web"\nwrite_key = "wk_web"\n'
+        '[[workspaces]]\nname = "acme"\nsources = ["web"]\n'
+    )
+    (tmp_path / "conf.d").mkdir()
+    hook = f'[[destinations]]\nname = "{{0}}"\ntype = "file"\npath = "{tmp_path}/{{0}}"\n'
+    (tmp_path / "conf.d" / "a.toml").write_text(
+        hook.format("f") + '[[workspaces]]\nname = "acme"\ndestinations = ["f"]\n'
+    )
+    (tmp_path / "conf.d" / "b.toml").write_text(
+        hook.format("g") + '[[workspaces]]\nname = "globex"\ndestinations = ["g"]\n'
+    )
+    config = load(main)
+    assert [(w.name, w.sources, w.destinations) for w in config.workspaces] == [
+        ("acme", ["web"], ["f"]),
+        ("globex", [], ["g"]),
+    ]
+
+
 def test_a_missing_include_directory_is_an_error(tmp_path: Path) -> None:
     main = tmp_path / "cdpd.toml"
     main.write_text('include = "conf.d"\n')
