@@ -108,13 +108,6 @@ class Governance:
         self.blocked: dict[str, int] = {}
         self.reloads = 0
 
-    def reload(self) -> None:
-        """Read the plan files again; on an error (PlanError) the chains in force stay."""
-        plans = plan_files.load_all(self._config.tracking_plans)
-        self._chains, self.plans = build_chains(self._config, plans, self.privacy), plans
-        self._observing = _observing_only(self._chains)
-        self.reloads += 1
-
     def prepare(self, config: Config) -> Prepared:
         """The plans, privacy portal and chains of a config about to be put in force (raises
         PlanError, or ConfigError for a privacy salt that cannot be read)."""
