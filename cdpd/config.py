@@ -77,7 +77,37 @@ class ServerConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
         return f"http://{host}:{self.port}"
 
 
+class JetStreamConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The NATS JetStream cluster that `backend = "jetstream"` keeps messages in (docs/scaling.md).
+    Every node runs with the same values."""
+
+    servers: list[str] = msgspec.field(default_factory=lambda: ["nats://127.0.0.1:4222"])
+    user: str | None = None
+    # Secrets are named, never written here: an environment variable or a systemd credential.
+    password_env: str | None = None
+    token_env: str | None = None
+    creds_file: str | None = None  # a NATS .creds file (JWT and NKey seed)
+    # The stream holding accepted messages; the other streams and buckets are named after it.
+    stream: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")] = "CDPD"
+    replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 3
+    # Messages are published on one of this many subjects, by user: what `ordering = "user"`
+    # keeps in order across nodes. Fixed once the stream exists.
+    partitions: Annotated[int, msgspec.Meta(ge=1, le=256)] = 16
+    max_age_s: PositiveInt = 30 * 24 * 3600
+    connect_timeout_s: PositiveFloat = 5.0
+
+    def password(self) -> str | None:
+        return env_secret(self.password_env) if self.password_env else None
+
+    def token(self) -> str | None:
+        return env_secret(self.token_env) if self.token_env else None
+
+
 class StorageConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # "sqlite": the outbox is a SQLite file in data_dir (one node). "jetstream": accepted messages
+    # live in a NATS JetStream cluster shared by every cdpd node (docs/scaling.md).
+    backend: Literal["sqlite", "jetstream"] = "sqlite"
+    jetstream: JetStreamConfig = msgspec.field(default_factory=JetStreamConfig)
     data_dir: str = "./var"
     # "normal": an acknowledged message survives a crash of the process (kill -9).
     # "full": it also survives power loss, at the cost of one fsync per group commit.

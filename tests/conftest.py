@@ -114,3 +114,15 @@ redis_server = _broker("Redis", 6379)
 nats_server = _broker("NATS", 4222)
 rabbitmq_server = _broker("RabbitMQ", 5672)
 mqtt_server = _broker("Mosquitto", 1883)
+
+
+# -- the JetStream backend ---------------------------------------------------------------------
+
+
+@pytest.fixture
+async def js_cluster(tmp_path: Path) -> AsyncIterator[Any]:
+    """A fresh three-server JetStream cluster on loopback (tests/jetstream_cluster.py)."""
+    from tests.jetstream_cluster import jetstream_cluster
+
+    async with jetstream_cluster(tmp_path / "jetstream") as cluster:
+        yield cluster

@@ -1,0 +1,166 @@
+"""Connecting to the JetStream cluster, and making sure its streams and buckets exist with the
+settings `[storage.jetstream]` asks for (created on first start, checked on every start)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from cdpd.cluster.layout import Layout
+from cdpd.config import JetStreamConfig
+
+# How long JetStream itself remembers a Nats-Msg-Id; the same id is dropped inside it.
+DUPLICATE_WINDOW_S = 120.0
+PARTITIONS_NOTE = "partitions="
+
+
+log = structlog.get_logger("cdpd.cluster")
+
+
+async def _log_error(exc: Exception) -> None:
+    """Connection errors while the client reconnects on its own: a line, not a traceback."""
+    log.warning("jetstream_connection_error", error=repr(exc))
+
+
+class ClusterUnreachable(Exception):
+    """The cluster cannot be reached, or its streams do not match the config (one line)."""
+
+
+@asynccontextmanager
+async def connected(config: JetStreamConfig, name: str = "cdpd") -> AsyncIterator[Client]:
+    """A connection that reconnects on its own for as long as it is held."""
+    client = Client()
+    try:
+        # With unlimited reconnects the first connect would also retry forever: bound it.
+        await asyncio.wait_for(
+            client.connect(
+                servers=config.servers,
+                name=name,
+                user=config.user,
+                password=config.password(),
+                token=config.token(),
+                user_credentials=config.creds_file,
+                connect_timeout=math.ceil(config.connect_timeout_s),
+                max_reconnect_attempts=-1,
+                allow_reconnect=True,
+                error_cb=_log_error,
+            ),
+            timeout=config.connect_timeout_s * (len(config.servers) + 1),
+        )
+    except Exception as exc:  # nats raises several unrelated types for one cause
+        await client.close()
+        servers = ", ".join(config.servers)
+        reason = "timed out" if isinstance(exc, TimeoutError) else repr(exc)
+        raise ClusterUnreachable(f"cannot connect to JetStream at {servers}: {reason}") from exc
+    try:
+        yield client
+    finally:
+        await client.drain()
+
+
+def stream_configs(config: JetStreamConfig, layout: Layout) -> list[StreamConfig]:
+    """Every stream the backend uses: accepted messages, what ingest writes beside them, and
+    dead letters. All are replicated, file-backed and kept for `max_age_s`."""
+    messages = f"cdpd accepted messages; {PARTITIONS_NOTE}{layout.partitions}"
+    return [
+        _stream(config, layout.stream, layout.messages_subjects, messages),
+        _stream(
+            config,
+            layout.aux_stream,
+            layout.aux_subjects,
+            "cdpd rejects, violations and the other rows ingest writes",
+        ),
+        _stream(
+            config, layout.dead_stream, layout.dead_subjects, "cdpd dead letters, by destination"
+        ),
+    ]
+
+
+def _stream(config: JetStreamConfig, name: str, subjects: str, description: str) -> StreamConfig:
+    return StreamConfig(
+        name=name,
+        description=description,
+        subjects=[subjects],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=config.replicas,
+        max_age=float(config.max_age_s),
+        duplicate_window=DUPLICATE_WINDOW_S,
+    )
+
+
+def bucket_configs(config: JetStreamConfig, layout: Layout) -> list[KeyValueConfig]:
+    def bucket(name: str, description: str, ttl: float | None = None) -> KeyValueConfig:
+        return KeyValueConfig(
+            bucket=name,
+            description=description,
+            ttl=ttl,
+            storage=StorageType.FILE,
+            replicas=config.replicas,
+        )
+
+    return [
+        bucket(layout.positions_bucket, "cdpd positions of the stages that run on one node"),
+        bucket(layout.circuits_bucket, "cdpd circuit state per destination"),
+        bucket(layout.rates_bucket, "cdpd rate-limit windows per destination", ttl=60.0),
+    ]
+
+
+async def ensure(js: JetStreamContext, config: JetStreamConfig, layout: Layout) -> None:
+    """Create what is missing; raise ClusterUnreachable when an existing stream disagrees with
+    the config in a way that cannot be changed in place (its subjects or partitions)."""
+    for wanted in stream_configs(config, layout):
+        try:
+            info = await js.stream_info(wanted.name or "")
+        except NotFoundError:
+            await js.add_stream(wanted)
+            continue
+        problems = mismatches(wanted, info.config)
+        if problems:
+            raise ClusterUnreachable(f"stream {wanted.name}: " + "; ".join(problems))
+    for bucket in bucket_configs(config, layout):
+        await js.create_key_value(bucket)
+
+
+def mismatches(wanted: StreamConfig, actual: StreamConfig) -> list[str]:
+    problems = []
+    if sorted(actual.subjects or []) != sorted(wanted.subjects or []):
+        problems.append(f"subjects are {actual.subjects}, the config needs {wanted.subjects}")
+    if actual.num_replicas != wanted.num_replicas:
+        problems.append(
+            f"replicas are {actual.num_replicas}, the config says {wanted.num_replicas}"
+        )
+    partitioned = wanted.description and PARTITIONS_NOTE in wanted.description
+    if partitioned and actual.description != wanted.description:
+        problems.append(
+            f"it was created as '{actual.description}', the config says '{wanted.description}'"
+            " (partitions cannot change once the stream exists)"
+        )
+    return problems
+
+
+async def check(config: JetStreamConfig) -> list[str]:
+    """For `cdpd check-config`: problems with the cluster (unreachable, or streams that do not
+    match); empty when it is reachable and every existing stream matches. Creates nothing."""
+    layout = Layout.of(config)
+    try:
+        async with connected(config, name="cdpd check-config") as client:
+            js = client.jetstream()
+            problems = []
+            for wanted in stream_configs(config, layout):
+                try:
+                    info = await js.stream_info(wanted.name or "")
+                except NotFoundError:
+                    continue  # created by the first node that starts
+                problems += [f"stream {wanted.name}: {p}" for p in mismatches(wanted, info.config)]
+            return problems
+    except ClusterUnreachable as exc:
+        return [str(exc)]

@@ -1,0 +1,168 @@
+"""Where the JetStream backend keeps things: stream, subject, consumer and bucket names, and how
+one accepted message is laid out as a JetStream message. These names are public interface (the
+`nats` CLI shows them; docs/scaling.md lists them); every node derives them from the same config.
+
+A message's body is its stored JSON, byte for byte; its columns (`messages` in the SQLite outbox)
+travel as headers, so a consumer filters without decoding the payload. The stream sequence plays
+the part of the outbox's `seq`.
+"""
+
+from __future__ import annotations
+
+import zlib
+from urllib.parse import quote, unquote
+
+import msgspec
+
+from cdpd.config import JetStreamConfig
+from cdpd.model.rows import OutboxRow
+
+MSG_ID = "Nats-Msg-Id"
+SOURCE = "Cdpd-Source"
+TYPE = "Cdpd-Type"
+EVENT = "Cdpd-Event"
+USER_ID = "Cdpd-User-Id"
+ANONYMOUS_ID = "Cdpd-Anonymous-Id"
+RECEIVED_AT = "Cdpd-Received-At"
+MESSAGE_ID = "Cdpd-Message-Id"
+DESTINATION = "Cdpd-Destination"
+
+# Header values are one line of text: user-provided values (event names, user ids) are
+# percent-encoded outside printable ASCII, and `%` itself.
+_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def _text(value: str) -> str:
+    return quote(value, safe=_SAFE)
+
+
+def token(name: str) -> str:
+    """A config name (letters, digits, `_`, `.`, `-`) as one subject token or consumer name,
+    which cannot hold a `.`; `~` never occurs in a name, so the mapping is reversible."""
+    return name.replace(".", "~")
+
+
+def name_of(token_: str) -> str:
+    return token_.replace("~", ".")
+
+
+class Layout(msgspec.Struct, frozen=True):
+    """The names derived from `[storage.jetstream]`."""
+
+    stream: str = "CDPD"
+    partitions: int = 16
+
+    @classmethod
+    def of(cls, config: JetStreamConfig) -> Layout:
+        return cls(stream=config.stream, partitions=config.partitions)
+
+    @property
+    def prefix(self) -> str:
+        return self.stream.lower()
+
+    # -- accepted messages -----------------------------------------------------------------------
+
+    @property
+    def messages_subjects(self) -> str:
+        return f"{self.prefix}.msg.*"
+
+    def message_subject(self, partition: int) -> str:
+        return f"{self.prefix}.msg.{partition}"
+
+    def partition_of(self, order_key: str | None) -> int:
+        """Messages of one user share a subject, so per-user order holds on every node."""
+        if not order_key:
+            return 0
+        return zlib.crc32(order_key.encode()) % self.partitions
+
+    def subject_for(self, row: OutboxRow) -> str:
+        return self.message_subject(self.partition_of(row.user_id or row.anonymous_id))
+
+    # -- what else ingest writes (rejects, violations, blocked messages, inbox samples...) -------
+
+    @property
+    def aux_stream(self) -> str:
+        return f"{self.stream}_AUX"
+
+    @property
+    def aux_subjects(self) -> str:
+        return f"{self.prefix}.aux.>"
+
+    def aux_subject(self, table: str) -> str:
+        return f"{self.prefix}.aux.{token(table)}"
+
+    # -- delivery ----------------------------------------------------------------------------------
+
+    def delivery_consumer(self, destination: str) -> str:
+        """The durable consumer all nodes' lanes for `destination` share."""
+        return f"delivery_{token(destination)}"
+
+    @property
+    def dead_stream(self) -> str:
+        return f"{self.stream}_DEAD"
+
+    @property
+    def dead_subjects(self) -> str:
+        return f"{self.prefix}.dead.*"
+
+    def dead_subject(self, destination: str) -> str:
+        return f"{self.prefix}.dead.{token(destination)}"
+
+    # -- shared state (key-value buckets) ----------------------------------------------------------
+
+    @property
+    def leases_bucket(self) -> str:
+        return f"{self.stream}_leases"
+
+    @property
+    def positions_bucket(self) -> str:
+        return f"{self.stream}_positions"
+
+    @property
+    def circuits_bucket(self) -> str:
+        return f"{self.stream}_circuits"
+
+    @property
+    def rates_bucket(self) -> str:
+        return f"{self.stream}_rates"
+
+
+def dedup_id(row: OutboxRow, *, by_source: bool) -> str:
+    """`Nats-Msg-Id`: JetStream drops a second message with this id inside its window."""
+    return f"{row.source}:{row.message_id}" if by_source else row.message_id
+
+
+def headers_of(row: OutboxRow, *, by_source: bool) -> dict[str, str]:
+    headers = {
+        MSG_ID: _text(dedup_id(row, by_source=by_source)),
+        MESSAGE_ID: _text(row.message_id),
+        SOURCE: row.source,
+        TYPE: row.type,
+        RECEIVED_AT: row.received_at,
+    }
+    if row.event is not None:
+        headers[EVENT] = _text(row.event)
+    if row.user_id is not None:
+        headers[USER_ID] = _text(row.user_id)
+    if row.anonymous_id is not None:
+        headers[ANONYMOUS_ID] = _text(row.anonymous_id)
+    return headers
+
+
+def row_of(headers: dict[str, str] | None, body: bytes) -> OutboxRow:
+    """The message as ingest stored it, from a JetStream message's headers and body."""
+    h = headers or {}
+    return OutboxRow(
+        message_id=unquote(h.get(MESSAGE_ID, "")),
+        source=h.get(SOURCE, ""),
+        type=h.get(TYPE, ""),
+        event=_optional(h.get(EVENT)),
+        user_id=_optional(h.get(USER_ID)),
+        anonymous_id=_optional(h.get(ANONYMOUS_ID)),
+        received_at=h.get(RECEIVED_AT, ""),
+        payload=body.decode(),
+    )
+
+
+def _optional(value: str | None) -> str | None:
+    return None if value is None else unquote(value)
