@@ -92,6 +92,7 @@ class Flow:
         self._path = config.storage.outbox_path
         self._latency: Counter[tuple[str, str, int]] = Counter()
         self._lane_seen: dict[tuple[str, str], int] = {}
+        self._carried: Counter[Key] = Counter()  # replaced lanes' last counts, not yet written
         self._filters = [_destination_filter(d) for d in config.destinations]
         self.consumer = consumers.Consumer(
             CONSUMER, "console", self._path, writer.transact, lambda: writer.last_seq
@@ -99,8 +100,10 @@ class Flow:
         writer.on_messages(self.consumer.new_messages)
 
     def follow(self, config: Config, lanes: dict[str, Lane]) -> None:
-        """Count for the destinations of `config` and these lanes (a reload replaces both). The
-        new lanes' counters start at zero; what old lanes did in their last second is lost."""
+        """Count for the destinations of `config` and these lanes (a reload replaces both, once
+        the old lanes have stopped). What the old lanes did since the last step is carried into
+        the next one; the new lanes' counters start at zero."""
+        self._carried.update(self._sample_lanes())
         self._config = config
         self._filters = [_destination_filter(d) for d in config.destinations]
         self.lanes = lanes
@@ -149,6 +152,8 @@ class Flow:
             await self._count_messages(reader, after, to_seq, counts)
         cursors = await _count_followed(reader, counts)
         counts.update(self._sample_lanes())
+        counts.update(self._carried)
+        self._carried = Counter()
         latency, self._latency = self._latency, Counter()
         if to_seq <= after and not counts and not latency and not cursors:
             return
