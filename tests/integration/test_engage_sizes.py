@@ -9,7 +9,6 @@ import contextlib
 import sqlite3
 from pathlib import Path
 
-from cdpd.engage.store import EngageStore
 from cdpd.engage.syncs import SCHEMA as SYNCS
 from cdpd.engage.tables import POSITION, SCHEMA
 from tests.integration.test_engage_store import DAY, HOUR, T0, open_store, track
