@@ -4,7 +4,9 @@ million.
 
 SQLite triggers keep both tables, so every statement that writes `engage_values` (an entry, an
 exit, a merge rewriting a profile's values, a forgotten profile's rows deleted) or appends to
-`engage_changes` moves the counts in its own transaction, whichever code path runs it.
+`engage_changes` moves the counts in its own transaction, whichever code path runs it. Write
+`engage_values` with INSERT ... ON CONFLICT DO UPDATE, never INSERT OR REPLACE: the row a
+REPLACE deletes fires no delete trigger, and the size would drift.
 
     engage_sizes        key, size: rows of `engage_values` per definition (an audience's
                         members, users and accounts; a computed trait's profiles with a value)
