@@ -59,8 +59,8 @@ async def apply_all(path: Path, profiles: int, *, triggers: bool) -> float:
 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profiles", type=int, default=20_000)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--profiles", type=int, default=20_000, help="profiles (messages) per run")
+    parser.add_argument("--runs", type=int, default=3, help="alternated runs of each kind")
     args = parser.parse_args()
     timings: dict[bool, list[float]] = {True: [], False: []}
     with tempfile.TemporaryDirectory(prefix="cdpd-engage-sizes-") as tmp:
