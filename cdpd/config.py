@@ -162,10 +162,15 @@ class SourceProtocols(Section, frozen=True, forbid_unknown_fields=True, kw_only=
     forwardingBlockedEventsTo: str | None = None
 
 
+SourceType = Literal["javascript", "server", "mobile", "http"]
+
+
 class Source(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     name: Name
     write_key: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     enabled: bool = True
+    # What sends to it, for the console's setup instructions; it changes nothing in ingest.
+    type: SourceType | None = None
     # The name of a [[tracking_plans]] entry whose rules this source's messages are checked by.
     tracking_plan: str | None = None
     protocols: SourceProtocols = msgspec.field(default_factory=SourceProtocols)

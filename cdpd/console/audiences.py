@@ -3,10 +3,9 @@ each with its size, its entries and exits (or new values) per day over the last 
 the newest changes. Read from Engage's own file (`engage.sqlite3`), read-only; before Engage
 has written it the pages say so.
 
-Changes are only ever appended (`engage_changes.seq` grows), so the per-day counts are kept
-in memory per key and each view reads only the changes after the last one counted (by the
-`(key, seq)` index); the first view after a start reads the key's last 30 days once. The size
-is a count over `engage_values`'s primary key (collection, key, id).
+Sizes and per-day counts are the ones Engage keeps as memberships change (`engage_sizes`,
+`engage_change_days`): a page reads a few rows whatever the audience's size. The newest
+changes come by the `engage_changes (key, seq)` index.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import contextlib
 import json
 import sqlite3
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +23,7 @@ from aiohttp import web
 from cdpd.config import engage_path
 from cdpd.console.access import Principal
 from cdpd.console.web import Refused
-from cdpd.model.timestamps import format_ms, now_ms
+from cdpd.model.timestamps import format_ms, now_ms, parse_ms
 
 if TYPE_CHECKING:
     from cdpd.console.web import Console
@@ -47,7 +45,6 @@ def routes(console: Console) -> list[web.RouteDef]:
 class AudiencePages:
     def __init__(self, console: Console) -> None:
         self.console = console
-        self._tallies: dict[tuple[str, str], Tally] = {}
 
     def _definitions(self, keys: list[str]) -> list[tuple[str, str, str]]:
         """(key, kind, query) of the workspace's audiences and computed traits."""
@@ -89,8 +86,7 @@ class AudiencePages:
         path = engage_path(self.console.config)
         async with _engage(path) as conn:
             if conn is not None:
-                tally = self._tallies.setdefault((str(path), key), Tally())
-                days = await tally.per_day(conn, key)
+                days = await _per_day(conn, key)
                 context.update(
                     ready=True,
                     size=await _size(conn, key),
@@ -117,48 +113,39 @@ async def _engage(path: Path) -> AsyncIterator[aiosqlite.Connection | None]:
 
 
 async def _size(conn: aiosqlite.Connection, key: str) -> int:
-    rows = await conn.execute_fetchall(
-        "SELECT count(*) FROM engage_values WHERE collection IN ('users', 'accounts') AND key = ?",
-        (key,),
-    )
-    return int(next(iter(rows))[0])
-
-
-@dataclass
-class Tally:
-    """A key's changes per UTC day, counted up to `seq`."""
-
-    seq: int = 0
-    days: dict[int, dict[str, Any]] = field(default_factory=dict)
-
-    async def per_day(self, conn: aiosqlite.Connection, key: str) -> list[dict[str, Any]]:
-        """Entries, exits and new values per day, the last DAYS_SHOWN days, newest first."""
-        first_day = now_ms() // DAY_MS - DAYS_SHOWN + 1
-        (last,) = next(iter(await conn.execute_fetchall("SELECT max(seq) FROM engage_changes")))
-        if last is None or last < self.seq:  # a new Engage file: count again
-            self.seq, self.days = 0, {}
+    """Kept by Engage as memberships change (`engage_sizes`); a file Engage has not migrated
+    yet is counted."""
+    try:
+        rows = await conn.execute_fetchall("SELECT size FROM engage_sizes WHERE key = ?", (key,))
+    except sqlite3.OperationalError:  # a version 2 file: no engage_sizes yet
         rows = await conn.execute_fetchall(
-            "SELECT at_ms / ? AS day, change, count(*), max(seq) FROM engage_changes"
-            " WHERE key = ? AND seq > ? AND seq <= ? AND at_ms >= ? GROUP BY day, change",
-            (DAY_MS, key, self.seq, last or 0, first_day * DAY_MS),
+            "SELECT count(*) FROM engage_values WHERE key = ?", (key,)
         )
-        for day, change, count, _ in rows:
-            self._day(day)[change] = self._day(day).get(change, 0) + count
-        self.seq = last or 0
-        self.days = {d: v for d, v in self.days.items() if d >= first_day}
-        return [self.days[d] for d in sorted(self.days, reverse=True)]
+    return int(next(iter(rows), (0,))[0])
 
-    def _day(self, day: int) -> dict[str, Any]:
-        return self.days.setdefault(
-            day,
-            {
-                "t": day * DAY_MS // 1000,
-                "day": format_ms(day * DAY_MS)[:10],
-                "entered": 0,
-                "exited": 0,
-                "computed": 0,
-            },
+
+async def _per_day(conn: aiosqlite.Connection, key: str) -> list[dict[str, Any]]:
+    """Entries, exits and new values per UTC day, the last DAYS_SHOWN days, newest first
+    (`engage_change_days`, kept by Engage as it records changes)."""
+    first_day = format_ms((now_ms() // DAY_MS - DAYS_SHOWN + 1) * DAY_MS)[:10]
+    try:
+        rows = await conn.execute_fetchall(
+            "SELECT day, entered, exited, computed FROM engage_change_days"
+            " WHERE key = ? AND day >= ? ORDER BY day DESC",
+            (key, first_day),
         )
+    except sqlite3.OperationalError:  # a version 2 file: no engage_change_days yet
+        return []
+    return [
+        {
+            "t": parse_ms(f"{day}T00:00:00Z") // 1000,
+            "day": day,
+            "entered": entered,
+            "exited": exited,
+            "computed": computed,
+        }
+        for day, entered, exited, computed in rows
+    ]
 
 
 def _chart(days: list[dict[str, Any]]) -> dict[str, list[Any]]:

@@ -114,13 +114,13 @@ def check(config: Config, settings: dict[str, Any]) -> Destination:
     try:
         destination: Destination = msgspec.convert(settings, type=Destination)
     except msgspec.ValidationError as exc:
-        raise ConfigError(_explain(str(exc))) from None
+        raise ConfigError(explain(str(exc))) from None
     registry.build(destination)
     registry.actions_of(destination)
     return destination
 
 
-def _explain(message: str) -> str:
+def explain(message: str) -> str:
     text, sep, where = message.rpartition(" - at `$")
     return f"{where.rstrip('`').lstrip('.')}: {text}" if sep else message
 
@@ -142,12 +142,12 @@ def _toml(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def write_fragment(conf_dir: Path, name: str, text: str) -> Path:
-    """Write `<conf_dir>/destination-<name>.toml` atomically (a reload never sees half)."""
+def write_fragment(conf_dir: Path, name: str, text: str, kind: str = "destination") -> Path:
+    """Write `<conf_dir>/<kind>-<name>.toml` atomically (a reload never sees half)."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
         raise ConfigError(f"name: {name!r} cannot name a file")
     conf_dir.mkdir(parents=True, exist_ok=True)
-    target = conf_dir / f"destination-{name}.toml"
+    target = conf_dir / f"{kind}-{name}.toml"
     handle, temporary = tempfile.mkstemp(dir=conf_dir, prefix=".tmp-", suffix=".toml")
     try:
         with os.fdopen(handle, "w") as out:

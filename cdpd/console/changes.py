@@ -1,10 +1,12 @@
-"""Changes made from the console: a destination added from the catalog, enabled or disabled.
+"""Changes made from the console: a destination added from the catalog, changed, enabled or
+disabled; a source added, changed, enabled, disabled or removed.
 
 Each change is one TOML fragment in the main config's `include` directory
-(`destination-<name>.toml`, holding the destination and the `[[workspaces]]` entry that puts it
-in its workspace). A change writes its fragment, loads the whole config again as `cdpd
-check-config` does and hands it to the live reload (`Consumers.reload`, SIGHUP's); when either
-refuses, the fragment is put back as it was and nothing changed. One change at a time.
+(`destination-<name>.toml` or `source-<name>.toml`, holding the entry and the `[[workspaces]]`
+entry that puts it in its workspace). A change writes (or removes) its fragment, loads the
+whole config again as `cdpd check-config` does and hands it to the live reload
+(`Consumers.reload`, SIGHUP's); when either refuses, the fragment is put back as it was and
+nothing changed. One change at a time.
 """
 
 from __future__ import annotations
@@ -55,59 +57,98 @@ class ConfigChanges:
             )
         return self.config_path.parent / include
 
-    def fragment_of(self, destination: str) -> Path | None:
-        """The console's fragment holding `destination`, when it is one of the console's."""
+    def fragment_of(self, name: str, kind: str = "destination") -> Path | None:
+        """The console's fragment holding the destination (or source) `name`, when it is one
+        of the console's."""
         try:
-            found = self.conf_dir() / f"destination-{destination}.toml"
+            found = self.conf_dir() / f"{kind}-{name}.toml"
         except NoConfigFile:
             return None
         return found if found.is_file() else None
 
     async def add_destination(self, workspace: str, settings: dict[str, Any]) -> list[str]:
         conf_dir = self.conf_dir()
-        return await self._apply(conf_dir, settings["name"], _text(workspace, settings))
+        text = _text(workspace, settings, "destinations")
+        return await self._apply(conf_dir, "destination", settings["name"], text)
 
     async def replace_destination(self, workspace: str, settings: dict[str, Any]) -> list[str]:
         """New settings for a destination the console added (its `enabled` kept)."""
-        conf_dir = self.conf_dir()
-        path = self._own(conf_dir, settings["name"])
-        previous = tomllib.loads(path.read_text())["destinations"][0]
-        if "enabled" in previous:
-            settings = {**settings, "enabled": previous["enabled"]}
-        return await self._apply(conf_dir, settings["name"], _text(workspace, settings))
+        return await self._replace(workspace, settings, "destination", keep=("enabled",))
 
-    def _own(self, conf_dir: Path, destination: str) -> Path:
-        path = conf_dir / f"destination-{destination}.toml"
+    async def set_enabled(
+        self, workspace: str, name: str, enabled: bool, kind: str = "destination"
+    ) -> list[str]:
+        """Enable or disable a destination (or source) the console added."""
+        conf_dir = self.conf_dir()
+        settings = dict(_entry(self._own(conf_dir, kind, name), kind))
+        settings["enabled"] = enabled
+        text = _text(workspace, settings, f"{kind}s")
+        return await self._apply(conf_dir, kind, name, text)
+
+    async def add_source(self, workspace: str, settings: dict[str, Any]) -> list[str]:
+        conf_dir = self.conf_dir()
+        text = _text(workspace, settings, "sources")
+        return await self._apply(conf_dir, "source", settings["name"], text)
+
+    async def replace_source(self, workspace: str, settings: dict[str, Any]) -> list[str]:
+        """New settings for a source the console added (its write key and `enabled` kept)."""
+        return await self._replace(workspace, settings, "source", keep=("write_key", "enabled"))
+
+    async def remove_source(self, name: str) -> list[str]:
+        """Take a source the console added out of the config (and its workspace)."""
+        conf_dir = self.conf_dir()
+        self._own(conf_dir, "source", name)
+        return await self._apply(conf_dir, "source", name, None)
+
+    async def _replace(
+        self, workspace: str, settings: dict[str, Any], kind: str, keep: tuple[str, ...]
+    ) -> list[str]:
+        conf_dir = self.conf_dir()
+        previous = _entry(self._own(conf_dir, kind, settings["name"]), kind)
+        kept = {key: previous[key] for key in keep if key in previous}
+        text = _text(workspace, {**settings, **kept}, f"{kind}s")
+        return await self._apply(conf_dir, kind, settings["name"], text)
+
+    def _own(self, conf_dir: Path, kind: str, name: str) -> Path:
+        path = conf_dir / f"{kind}-{name}.toml"
         if not path.is_file():
             raise ConfigError(
-                f"{destination} is defined in {self.config_path}, not by the console:"
+                f"{name} is defined in {self.config_path}, not by the console:"
                 " change it there and reload"
             )
         return path
 
-    async def set_enabled(self, workspace: str, destination: str, enabled: bool) -> list[str]:
-        conf_dir = self.conf_dir()
-        path = self._own(conf_dir, destination)
-        document = tomllib.loads(path.read_text())
-        settings = dict(document["destinations"][0])
-        settings["enabled"] = enabled
-        return await self._apply(conf_dir, destination, _text(workspace, settings))
-
-    async def _apply(self, conf_dir: Path, name: str, text: str) -> list[str]:
+    async def _apply(self, conf_dir: Path, kind: str, name: str, text: str | None) -> list[str]:
+        """Write (or, for None, remove) the fragment and put the whole config in force."""
         assert self.config_path is not None  # conf_dir() said so
+        fragment = conf_dir / f"{kind}-{name}.toml"
         async with self._lock:
-            with _restored_on_error(conf_dir / f"destination-{name}.toml"):
-                catalog.write_fragment(conf_dir, name, text)
+            with _restored_on_error(fragment, kind):
+                if text is None:
+                    fragment.unlink()
+                else:
+                    catalog.write_fragment(conf_dir, name, text, kind)
                 new_config = await asyncio.to_thread(self._load, self.config_path)
                 changed: list[str] = await self._reload(new_config)
-        log.info("console_config_changed", fragment=f"destination-{name}.toml", changed=changed)
+        log.info(
+            "console_config_changed",
+            fragment=fragment.name,
+            removed=text is None,
+            changed=changed,
+        )
         return changed
 
 
-def _text(workspace: str, settings: dict[str, Any]) -> str:
-    """The destination, and the `[[workspaces]]` entry that adds it to its workspace."""
-    member = {"name": workspace, "destinations": [settings["name"]]}
-    return catalog.fragment(settings) + "\n" + catalog.fragment(member, "workspaces")
+def _text(workspace: str, settings: dict[str, Any], section: str) -> str:
+    """The entry, and the `[[workspaces]]` entry that adds it to its workspace."""
+    member = {"name": workspace, section: [settings["name"]]}
+    return catalog.fragment(settings, section) + "\n" + catalog.fragment(member, "workspaces")
+
+
+def _entry(path: Path, kind: str) -> dict[str, Any]:
+    """The one destination (or source) a fragment of the console's holds."""
+    entry: dict[str, Any] = tomllib.loads(path.read_text())[f"{kind}s"][0]
+    return entry
 
 
 def _include_of(config_path: Path) -> str | None:
@@ -119,7 +160,7 @@ def _include_of(config_path: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def _restored_on_error(path: Path) -> Iterator[None]:
+def _restored_on_error(path: Path, kind: str) -> Iterator[None]:
     """A failed change leaves the fragment as it was (or absent)."""
     before = path.read_bytes() if path.is_file() else None
     try:
@@ -128,7 +169,6 @@ def _restored_on_error(path: Path) -> Iterator[None]:
         if before is None:
             path.unlink(missing_ok=True)
         else:
-            catalog.write_fragment(
-                path.parent, path.stem.removeprefix("destination-"), before.decode()
-            )
+            name = path.stem.removeprefix(f"{kind}-")
+            catalog.write_fragment(path.parent, name, before.decode(), kind)
         raise

@@ -1,14 +1,15 @@
 """The Privacy page of a workspace: the inbox (fields its sources sent that nobody classified
 yet, with the suggested class and a sample), the inventory of the fields its sources sent, and
-the classify buttons (member). The inventory itself is one per cdpd (a class applies to the
-field wherever it is sent), so a workspace sees and classifies only fields its own sources
-sent; anything else answers 404.
+the classify buttons (member); a page of each at a time, searchable by field name. The
+inventory itself is one per cdpd (a class applies to the field wherever it is sent), so a
+workspace sees and classifies only fields its own sources sent; anything else answers 404.
 """
 
 from __future__ import annotations
 
 import functools
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from cdpd.console.web import Console
 
 CLASSES = ("red", "yellow", "green")
-ROWS_SHOWN = 200  # per table, strongest suggestion first; `cdpd privacy inbox` lists all
+ROWS_SHOWN = 50  # per table and page; `cdpd privacy inbox` and `inventory` list all
 
 
 def routes(console: Console) -> list[web.RouteDef]:
@@ -33,36 +34,46 @@ def routes(console: Console) -> list[web.RouteDef]:
     ]
 
 
+def _page_number(request: web.Request, name: str) -> int:
+    text = request.query.get(name, "1")
+    return int(text) if text.isdigit() and 0 < int(text) < 1_000_000 else 1
+
+
 class PrivacyPages:
     def __init__(self, console: Console) -> None:
         self.console = console
 
-    async def _seen(self, sources: list[str]) -> list[store.InboxField]:
-        """Every field the sources sent, classified or not."""
-        found: list[store.InboxField] = []
-        for source in sources:
-            found += await store.inbox(
-                self.console.parts.reader, source=source, include_classified=True
-            )
-        return found
-
     async def privacy(self, request: web.Request, principal: Principal) -> web.StreamResponse:
+        """A page of each table (the workspace's fields only), filtered by a text in the
+        field's name; the counts are over every matching field."""
         workspace = self.console.workspace_for(request, principal)
-        seen = await self._seen(workspace.sources)
-        classes = {f.field: f for f in await store.inventory(self.console.parts.reader)}
-        fields = sorted({f.field for f in seen})
-        inbox = [f for f in seen if f.class_ is None]
-        inventory = [classes[name] for name in fields if name in classes]
+        reader = self.console.parts.reader
+        containing = request.query.get("q", "")[:200]
+        pages = {
+            "inbox": _page_number(request, "inbox"),
+            "inventory": _page_number(request, "inventory"),
+        }
+        inbox = await store.inbox_page(
+            reader, workspace.sources, containing=containing, limit=ROWS_SHOWN,
+            offset=(pages["inbox"] - 1) * ROWS_SHOWN,
+        )  # fmt: skip
+        inventory = await store.inventory_page(
+            reader, workspace.sources, containing=containing, limit=ROWS_SHOWN,
+            offset=(pages["inventory"] - 1) * ROWS_SHOWN,
+        )  # fmt: skip
         return self.console.render(
             request,
             "privacy.html",
             {
                 "title": "Privacy",
                 "workspace": workspace,
-                "inbox": inbox[:ROWS_SHOWN],
-                "inbox_total": len(inbox),
-                "inventory": inventory[:ROWS_SHOWN],
-                "inventory_total": len(inventory),
+                "inbox": inbox.rows,
+                "inbox_total": inbox.total,
+                "inventory": inventory.rows,
+                "inventory_total": inventory.total,
+                "pages": pages,
+                "rows_shown": ROWS_SHOWN,
+                "q": containing,
                 "classes": CLASSES,
                 "may_operate": principal.may(workspace.name, "member"),
                 "notice": request.query.get("notice"),
@@ -77,7 +88,7 @@ class PrivacyPages:
         chosen = str(form.get("class", ""))
         if chosen not in (*CLASSES, "none"):
             raise Refused(422, f"class: expected one of {', '.join(CLASSES)} or none")
-        if field not in {f.field for f in await self._seen(workspace.sources)}:
+        if not await store.sent_by(self.console.parts.reader, field, workspace.sources):
             raise Refused(404, f"No source of {workspace.name} sent a field {field!r}.")
         class_ = None if chosen == "none" else chosen
         parts = self.console.parts
@@ -86,7 +97,5 @@ class PrivacyPages:
             functools.partial(store.classify, field, class_, format_ms(now_ms()), by)
         )
         parts.governance.privacy.inventory.classify(field, class_)
-        from urllib.parse import quote
-
         notice = f"{field} is {chosen}" if class_ else f"{field} is out of the inventory"
         return redirect(f"/console/w/{workspace.name}/privacy?notice={quote(notice)}")

@@ -6,6 +6,7 @@ the events back to it."""
 from __future__ import annotations
 
 import json
+import shlex
 
 # Segment's snippet 5.2.0, with the CDN host replaced by cdpd's and `_cdn` set so that
 # analytics-next loads its chunks and settings from cdpd too.
@@ -27,3 +28,40 @@ def snippet(base_url: str, write_key: str) -> str:
 
 def _js(value: str) -> str:
     return json.dumps(value).replace("</", "<\\/")
+
+
+SOURCE_TYPES = {
+    "javascript": "Website (analytics.js)",
+    "server": "Server (Python, Node.js, Go, Java, ... libraries)",
+    "mobile": "Mobile app (iOS, Android, React Native)",
+    "http": "HTTP API (any program)",
+}
+
+
+def setup(source_type: str | None, base_url: str, write_key: str) -> str | None:
+    """How a library of the source's type is pointed at this cdpd (None: the website snippet
+    is the setup)."""
+    base = base_url.rstrip("/")
+    host = base.split("://", 1)[-1]
+    key = json.dumps(write_key)
+    if source_type == "server":
+        return (
+            f"# Python (segment-analytics-python)\nimport segment.analytics as analytics\n"
+            f"analytics.write_key = {key}\nanalytics.host = {json.dumps(base)}\n\n"
+            f"// Node.js (@segment/analytics-node)\n"
+            f"const analytics = new Analytics({{ writeKey: {key}, host: {json.dumps(base)} }})"
+        )
+    if source_type == "mobile":
+        return (
+            f"// iOS (analytics-swift)\nAnalytics(configuration: Configuration(writeKey: {key})"
+            f'\n    .apiHost("{host}/v1").cdnHost("{host}/v1"))\n\n'
+            f"// Android (analytics-kotlin)\nAnalytics({key}, applicationContext) {{\n"
+            f'    apiHost = "{host}/v1"\n    cdnHost = "{host}/v1"\n}}'
+        )
+    if source_type == "http":
+        return (
+            f"curl -u {shlex.quote(write_key + ':')} {shlex.quote(base + '/v1/track')} \\\n"
+            "  -H 'Content-Type: application/json' \\\n"
+            """  -d '{"userId": "u1", "event": "Order Completed", "properties": {"revenue": 7}}'"""
+        )
+    return None

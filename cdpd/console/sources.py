@@ -13,7 +13,7 @@ from aiohttp import web
 from cdpd.config import Source
 from cdpd.console import overview
 from cdpd.console.access import Principal
-from cdpd.console.snippet import snippet
+from cdpd.console.snippet import SOURCE_TYPES, setup, snippet
 from cdpd.governance import store as governance_store
 from cdpd.model.timestamps import format_ms, now_ms
 
@@ -81,6 +81,11 @@ class SourcePages:
                 ),
                 "chart": json.dumps(chart),
                 "may_operate": principal.may(workspace.name, "member"),
+                "may_change": principal.may(workspace.name, "owner"),
+                "from_console": self.console.parts.changes.fragment_of(source.name, "source")
+                is not None,
+                "types": SOURCE_TYPES,
+                "notice": request.query.get("notice"),
                 "capacity": self.console.config.console.debugger_capacity,
             },
             principal=principal,
@@ -92,7 +97,12 @@ class SourcePages:
         return self.console.render(
             request,
             "write_key.html",
-            {"source": source, "snippet": snippet(base, source.write_key), "workspace": workspace},
+            {
+                "source": source,
+                "snippet": snippet(base, source.write_key),
+                "setup": setup(source.type, base, source.write_key),
+                "workspace": workspace,
+            },
             principal=principal,
         )
 

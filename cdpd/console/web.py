@@ -118,6 +118,7 @@ class Console:
             destinations,
             privacy,
             profiles,
+            source_changes,
             sources,
             warehouses,
         )
@@ -131,7 +132,8 @@ class Console:
             web.get("/console/static/{name}", self.static),
             web.get("/console/w/{workspace}/", self.page(self.workspace_page)),
         ]
-        for module in (sources, destinations, warehouses, privacy, profiles, audiences):
+        modules = (sources, source_changes, destinations, warehouses, privacy, profiles, audiences)
+        for module in modules:
             routes += module.routes(self)
         return routes
 
@@ -246,6 +248,7 @@ class Console:
                 ],
                 "warehouses": workspace.warehouses,
                 "identity": self.parts.identity is not None,
+                "notice": request.query.get("notice"),
             },
             principal=principal,
         )

@@ -2,7 +2,7 @@
 store (store.py) runs these on the one thread that owns the write connection, a batch at a
 time, so a batch costs one hop between threads whatever its size.
 
-Tables (README.md, "Engage", documents them; schema version 2 in `PRAGMA user_version`):
+Tables (README.md, "Engage", documents them; schema version 3 in `PRAGMA user_version`):
 
     engage_definitions  key, kind, query, created_at_ms, computed_at_ms
     engage_profiles     profile_id, state (msgpack: traits, identifiers, accounts, values),
@@ -17,6 +17,7 @@ Tables (README.md, "Engage", documents them; schema version 2 in `PRAGMA user_ve
     engage_syncs        see syncs.py
     engage_position     name, value: how far the identity stage's records are applied
                         (moved in the same transaction as what they changed)
+    engage_sizes, engage_change_days: see sizes.py (kept by triggers)
 
 One connection writes; each operation is one transaction, so a crash leaves a profile's state,
 values and changes consistent with each other.
@@ -32,6 +33,7 @@ from typing import Any, Literal
 import msgspec
 
 from cdpd.engage import catalog as catalogs
+from cdpd.engage import sizes
 from cdpd.engage.catalog import Catalog, Change, Touched
 from cdpd.engage.evaluation import Stream
 from cdpd.engage.state import (
@@ -44,7 +46,7 @@ from cdpd.engage.state import (
     timestamp_ms,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Version 2: where the daemon's Engage stage stands in the identity stage's records.
 POSITION = """
 CREATE TABLE engage_position (
@@ -204,7 +206,8 @@ _MISSING = object()
 
 
 def create(conn: sqlite3.Connection, path: str) -> None:
-    """Create the tables in a new file; refuse a file of a newer schema."""
+    """Create the tables in a new file, migrate an older one; refuse a file of a newer
+    schema."""
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA busy_timeout = 5000")
@@ -213,10 +216,15 @@ def create(conn: sqlite3.Connection, path: str) -> None:
         from cdpd.engage.syncs import SCHEMA as SYNCS  # syncs.py reads these tables
 
         conn.executescript(
-            f"BEGIN; {SCHEMA} {SYNCS} {POSITION} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            f"BEGIN; {SCHEMA} {SYNCS} {POSITION} {sizes.SCHEMA}"
+            f" PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
         )
-    elif version == 1:
+        return
+    if version == 1:
         _add_position(conn)
+        version = 2
+    if version == 2:
+        sizes.add(conn)
     elif version != SCHEMA_VERSION:
         raise RuntimeError(f"{path}: Engage schema version {version} is newer than this cdpd")
 
@@ -404,17 +412,18 @@ class Tables:
         if row is None:
             return None
         kind, query, created, computed = row
+        # Kept as the memberships change (sizes.py): a few rows, whatever the audience's size.
         (size,) = self.conn.execute(
-            "SELECT count(*) FROM engage_values WHERE key = ?", (key,)
+            "SELECT coalesce(max(size), 0) FROM engage_sizes WHERE key = ?", (key,)
         ).fetchone()
-        counts = {
-            change: (n, at)
-            for change, n, at in self.conn.execute(
-                "SELECT change, count(*), max(at_ms) FROM engage_changes WHERE key = ? "
-                "GROUP BY change",
-                (key,),
-            )
-        }
+        entries, exits, values = self.conn.execute(
+            "SELECT coalesce(sum(entered), 0), coalesce(sum(exited), 0),"
+            " coalesce(sum(computed), 0) FROM engage_change_days WHERE key = ?",
+            (key,),
+        ).fetchone()
+        last = self.conn.execute(
+            "SELECT at_ms FROM engage_changes WHERE key = ? ORDER BY seq DESC LIMIT 1", (key,)
+        ).fetchone()
         return Summary(
             key=key,
             kind=kind,
@@ -422,10 +431,10 @@ class Tables:
             created_at_ms=created,
             computed_at_ms=computed,
             size=size,
-            entries=counts.get("entered", (0, None))[0],
-            exits=counts.get("exited", (0, None))[0],
-            computed=counts.get("computed", (0, None))[0],
-            last_change_at_ms=max((at for _, at in counts.values()), default=None),
+            entries=entries,
+            exits=exits,
+            computed=values,
+            last_change_at_ms=None if last is None else last[0],
         )
 
     def _reevaluate(self, profile_ids: list[str], now_ms: int) -> list[Recorded]:

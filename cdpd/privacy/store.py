@@ -133,3 +133,81 @@ async def inventory(conn: aiosqlite.Connection) -> list[InventoryField]:
     """
     rows: list[Any] = list(await conn.execute_fetchall(sql))
     return [InventoryField(*row) for row in rows]
+
+
+# -- pages of a workspace's fields (the console) ----------------------------------------------
+
+CLASS_ORDER = "CASE {} WHEN 'red' THEN 0 WHEN 'yellow' THEN 1 WHEN 'green' THEN 2 ELSE 3 END"
+
+
+class Page(msgspec.Struct, frozen=True):
+    """One page of rows, and how many rows there are in all."""
+
+    rows: list[Any]
+    total: int
+
+
+def _matching(sources: list[str], containing: str, column: str) -> tuple[str, list[Any]]:
+    """The condition `source IN (...)` (and the text filter) with its parameters."""
+    marks = ",".join("?" * len(sources)) or "NULL"
+    where = f"i.source IN ({marks})"
+    params: list[Any] = list(sources)
+    if containing:
+        escaped = containing.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        where += f" AND {column} LIKE ? ESCAPE '\\'"
+        params.append(f"%{escaped}%")
+    return where, params
+
+
+async def inbox_page(
+    conn: aiosqlite.Connection, sources: list[str], *, containing: str, limit: int, offset: int
+) -> Page:
+    """The sources' fields nobody classified, strongest suggestion first, `limit` from
+    `offset`, and how many there are."""
+    where, params = _matching(sources, containing, "i.field")
+    unclassified = (
+        f"FROM privacy_inbox AS i WHERE {where} AND NOT EXISTS "  # noqa: S608 - values are parameters
+        "(SELECT 1 FROM privacy_inventory AS v WHERE v.field = i.field)"
+    )
+    rows: list[Any] = list(
+        await conn.execute_fetchall(
+            "SELECT i.source, i.field, i.suggested_class, i.matcher, i.matched_on, i.first_seen,"
+            f" i.last_seen, i.sample, NULL {unclassified}"
+            f" ORDER BY {CLASS_ORDER.format('i.suggested_class')}, i.field, i.source"
+            " LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+    )
+    ((total,),) = await conn.execute_fetchall(f"SELECT count(*) {unclassified}", params)
+    return Page([InboxField(*row) for row in rows], int(total))
+
+
+async def inventory_page(
+    conn: aiosqlite.Connection, sources: list[str], *, containing: str, limit: int, offset: int
+) -> Page:
+    """The classified fields the sources sent, red first, `limit` from `offset`, and how many
+    there are."""
+    where, params = _matching(sources, containing, "v.field")
+    sent = (
+        "FROM privacy_inventory AS v WHERE EXISTS "  # noqa: S608 - values are parameters
+        f"(SELECT 1 FROM privacy_inbox AS i WHERE i.field = v.field AND {where})"
+    )
+    rows: list[Any] = list(
+        await conn.execute_fetchall(
+            "SELECT v.field, v.class, v.classified_at, v.classified_by"
+            f" {sent} ORDER BY {CLASS_ORDER.format('v.class')}, v.field LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+    )
+    ((total,),) = await conn.execute_fetchall(f"SELECT count(*) {sent}", params)
+    return Page([InventoryField(*row) for row in rows], int(total))
+
+
+async def sent_by(conn: aiosqlite.Connection, field: str, sources: list[str]) -> bool:
+    """Whether one of the sources sent `field`."""
+    marks = ",".join("?" * len(sources)) or "NULL"
+    rows = await conn.execute_fetchall(
+        f"SELECT 1 FROM privacy_inbox WHERE source IN ({marks}) AND field = ? LIMIT 1",  # noqa: S608
+        [*sources, field],
+    )
+    return bool(list(rows))

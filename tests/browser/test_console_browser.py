@@ -255,6 +255,48 @@ async def test_a_webhook_added_from_the_catalog_delivers_without_a_restart(
         assert len(added.messages) == 1
 
 
+async def test_an_owner_adds_a_source_and_its_messages_appear_in_its_debugger(
+    browser: Browser, tmp_path: Path, data_dir: Path
+) -> None:
+    async with Sink() as sink:
+        path = tmp_path / "cdpd.toml"
+        (tmp_path / "conf.d").mkdir()
+        path.write_text('include = "conf.d"\n' + config_text(data_dir, workspaces_toml(sink.url)))
+        config = load_config(path)
+        await add_person(config, "ada", {"acme": "owner"})
+        async with running(config, config_path=path) as server:
+            page = await sign_in(browser, server, "ada")
+            await page.get_by_role("link", name="Add a source").click()
+            await page.get_by_label("name (required)").fill("shop_server")
+            await page.get_by_label("Server (Python").check()
+            await screenshot(page, "console-source-add", tmp_path)
+            await page.get_by_role("button", name="Add source").click()
+            await expect(page.get_by_role("status")).to_contain_text("shop_server is added")
+            await expect(page.get_by_role("heading", level=1)).to_contain_text("shop_server")
+            await expect(page.locator("[data-status]")).to_have_text("live")
+            await page.get_by_role("link", name="Show write key and snippet").click()
+            key = await page.locator("[data-write-key]").inner_text()
+            assert re.fullmatch(r"[A-Za-z0-9]{32}", key)
+            await expect(page.locator("[data-setup]")).to_contain_text("analytics.host")
+            client = Client(key, host=server.url, upload_interval=0.01)
+            try:
+                await asyncio.to_thread(client.track, "u1", "Server Order", {"total": 12})
+                await asyncio.to_thread(client.flush)
+            finally:
+                await asyncio.to_thread(client.join)
+            events = page.locator("[data-events] li")
+            await expect(events).to_have_count(1, timeout=2000)
+            await expect(events.first.locator("summary")).to_contain_text("Server Order")
+            await screenshot(page, "console-source-added", tmp_path)
+            (row,) = query(data_dir, "SELECT source, event FROM messages WHERE source != 'website'")
+            assert row == ("shop_server", "Server Order")
+            await page.get_by_label("Ingest refuses its write key from now on").check()
+            await page.get_by_role("button", name="Remove shop_server").click()
+            await expect(page.get_by_role("status")).to_contain_text("shop_server is removed")
+            assert "shop_server" not in {s.name for s in server.consumers.config.sources}
+            assert list((tmp_path / "conf.d").iterdir()) == []
+
+
 async def test_privacy_profiles_and_audiences_pages(
     make_config: MakeConfig, browser: Browser, tmp_path: Path, data_dir: Path
 ) -> None:

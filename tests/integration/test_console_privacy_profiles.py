@@ -9,6 +9,7 @@ import re
 import sqlite3
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -190,3 +191,59 @@ async def test_without_identity_there_is_no_profile_explorer(
                 assert "Profile explorer" not in await resp.text()
             async with client.get("/console/w/acme/profiles?lookup=user_id:u1") as resp:
                 assert resp.status == 404
+
+
+async def test_the_privacy_page_shows_a_page_at_a_time_and_finds_fields_by_name(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Any
+) -> None:
+    fields = {f"f{n:03}": n for n in range(120)}
+    async with Sink() as sink:
+        config = make_config(workspaces_toml(sink.url))
+        await add_person(config, "mel", {"acme": "member"})
+        async with running(config) as server:
+            track = {"type": "track", "event": "E", "userId": "u1", "properties": fields}
+            await send(http, server, WRITE_KEY, track)
+            other = {"type": "track", "event": "E", "userId": "u2", "properties": {"f999": 1}}
+            await send(http, server, OTHER_WRITE_KEY, other)
+            await inbox_has(
+                data_dir, {f"properties.{name}" for name in fields} | {"properties.f999"}
+            )
+            async with signed_in(server.url, "mel") as (client, csrf):
+                for name in ("f000", "f001", "f002"):
+                    async with client.post(
+                        "/console/w/acme/privacy/classify",
+                        data={"csrf": csrf, "field": f"properties.{name}", "class": "green"},
+                    ) as resp:
+                        assert resp.status == 200
+
+                async def shown(query_text: str) -> tuple[str, list[str], list[str]]:
+                    async with client.get(f"/console/w/acme/privacy?{query_text}") as resp:
+                        assert resp.status == 200
+                        text = await resp.text()
+                    inbox, inventory = text.split("data-inventory-count", 1)
+                    pattern = r"<tr><td><code>properties\.(f\d+)</code>"
+                    return text, re.findall(pattern, inbox), re.findall(pattern, inventory)
+
+                text, inbox, inventory = await shown("")
+                assert "data-inbox-count>117<" in text  # globex's f999 is not counted
+                assert inbox == [f"f{n:03}" for n in range(3, 53)]
+                assert inventory == ["f000", "f001", "f002"]
+                assert "51–100 of 117" not in text
+                assert "1–50 of 117" in text
+                assert 'href="?q=&amp;inbox=2&amp;inventory=1" rel="next"' in text
+                text, inbox, _ = await shown("inbox=3")
+                assert inbox == [f"f{n:03}" for n in range(103, 120)]
+                assert "101–117 of 117" in text
+                assert 'rel="next"' not in text
+                text, inbox, inventory = await shown("q=f11")
+                assert inbox == [f"f{n}" for n in range(110, 120)]
+                assert inventory == []
+                assert "data-inbox-count>10<" in text
+                _, inbox, inventory = await shown("q=f00")
+                assert inbox == [f"f00{n}" for n in range(3, 10)]
+                assert inventory == ["f000", "f001", "f002"]
+                for literal in ("%", "_", "f999"):  # LIKE's wildcards are plain text here
+                    _, inbox, inventory = await shown(f"q={quote(literal)}")
+                    assert (inbox, inventory) == ([], []), literal
+                text, inbox, _ = await shown("inbox=abc&inventory=-1")  # read as page 1
+                assert inbox[0] == "f003"

@@ -32,4 +32,4 @@ async def test_an_engage_store_of_version_1_gains_its_position(tmp_path: Path) -
     finally:
         await store.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)

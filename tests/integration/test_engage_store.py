@@ -177,8 +177,10 @@ async def test_the_tables_are_documented_names(store: EngageStore) -> None:
             "engage_values",
             "engage_changes",
             "engage_position",
+            "engage_sizes",
+            "engage_change_days",
         } <= tables
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
         assert conn.execute(
             "SELECT collection, key, id, value FROM engage_values ORDER BY key"
         ).fetchall() == [
