@@ -74,8 +74,16 @@ async def changed(conn: aiosqlite.Connection, after: int, limit: int) -> Chunk:
         forgets = after < await _number(conn, LAST_FORGET) <= to_change
     finally:
         await conn.execute("COMMIT")
-    read = sum(len(r) for r in rows.values()) + len(cleared)
-    return Chunk(after, to_change, rows, cleared, read, forgets)
+    return Chunk(after, to_change, rows, cleared, rows_read(rows) + len(cleared), forgets)
+
+
+def rows_read(rows: Rows) -> int:
+    """The identity store rows these rows were made of: a profile, identifier and trait each
+    make two (a raw and a materialised one), a merge one."""
+    merges = sum(
+        1 for key in rows.get((SCHEMA, "id_graph_updates"), {}) if key.startswith("merge:")
+    )
+    return merges + sum(len(rows.get((SCHEMA, table), {})) for table in MATERIALISED)
 
 
 async def unknown_profiles(conn: aiosqlite.Connection, pids: list[str]) -> list[str]:

@@ -97,7 +97,7 @@ async def load_everything(path: Path, sink: Sink, max_columns: int) -> Progress:
         for table in MATERIALISED:
             await loading.delete_rows((SCHEMA, table), None, None)
         written = await _write(loading, sink, rows, [], max_columns)
-    return Progress(rows_read=sum(len(r) for r in rows.values()), written=_named(written))
+    return Progress(rows_read=profiles_rows.rows_read(rows), written=_named(written))
 
 
 async def _drop_forgotten(loading: Load, conn: aiosqlite.Connection) -> None:

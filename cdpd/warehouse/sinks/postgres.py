@@ -198,6 +198,10 @@ class PostgresSink:
         seq = await self._conn.fetchval(SELECT_POSITION, self._warehouse)
         return int(seq or 0)
 
+    async def profiles_position(self) -> int:
+        change_seq = await self._conn.fetchval(SELECT_PROFILES_POSITION, self._warehouse)
+        return int(change_seq or 0)
+
     async def record_sync(self, report: SyncReport) -> None:
         text = msgspec.json.encode(report).decode()
         await self._conn.execute(INSERT_SYNC, self._warehouse, text)

@@ -114,6 +114,10 @@ class SqliteSink:
         rows = list(await self._conn.execute_fetchall(SELECT_POSITION, (self._warehouse,)))
         return int(rows[0][0]) if rows else 0
 
+    async def profiles_position(self) -> int:
+        rows = list(await self._conn.execute_fetchall(SELECT_PROFILES_POSITION, (self._warehouse,)))
+        return int(rows[0][0]) if rows else 0
+
     async def record_sync(self, report: SyncReport) -> None:
         text = msgspec.json.encode(report).decode()
         await self._conn.execute(INSERT_SYNC, (self._warehouse, text))
