@@ -12,7 +12,8 @@ Each sync reads only what changed since the warehouse's Profiles Sync position (
 number of the identity store, see `cdpd.identity.changes`), in chunks of about
 `CHUNK_CHANGES` rows. A chunk is one load transaction: the materialised rows of the profiles
 it clears and of the rows it carries are deleted, its rows written, and the position moved, so
-a crash never loses or doubles a change. A new warehouse starts at change 0 and gets every row.
+a crash never loses or doubles a change. A new warehouse (or one loaded before change numbers)
+starts at change 0: the first chunk empties its materialised tables, and it gets every row.
 """
 
 from __future__ import annotations
@@ -79,7 +80,10 @@ async def load_changes(
                     )
                 if chunk.to_change == after:
                     return progress
-                if chunk.forgets:
+                if chunk.after == 0:  # a first sync: drop what an older cdpd (or store) left
+                    for table in MATERIALISED:
+                        await loading.delete_rows((SCHEMA, table), None, None)
+                elif chunk.forgets:
                     await _drop_forgotten(loading, conn)
                 written = await _write(loading, sink, chunk.rows, chunk.cleared, max_columns)
                 await loading.set_profiles_position(chunk.to_change)

@@ -123,7 +123,7 @@ def downgrade_to_version_2(path: Path) -> None:
         conn.execute("PRAGMA user_version = 2")
 
 
-async def test_a_version_2_store_is_numbered_and_read_in_chunks(
+async def test_a_version_2_store_is_numbered_and_its_first_sync_replaces_the_tables(
     make_config: Callable[..., cdpd_config.Config],
     http: aiohttp.ClientSession,
     tmp_path: Path,
@@ -147,6 +147,13 @@ async def test_a_version_2_store_is_numbered_and_read_in_chunks(
     chunked = cdpd_config.SqliteWarehouse(name="chunked", path=str(tmp_path / "chunked.sqlite3"))
     whole = cdpd_config.SqliteWarehouse(name="whole", path=str(tmp_path / "whole.sqlite3"))
     async with open_sink(config, chunked) as a, open_sink(config, whole) as b:
+        # As an older cdpd left it: the whole store, and a trait of a profile merged since.
+        await load_everything(path, a, chunked.max_columns)
+        with sqlite3.connect(str(chunked.path)) as conn:
+            conn.execute(
+                "INSERT INTO cdpd_profiles__user_traits (id, canonical_segment_id, name, value)"
+                " VALUES ('use_merged:plan', 'use_merged', 'plan', '\"free\"')"
+            )
         progress = await load_changes(path, a, chunked.max_columns, chunk_changes=3)
         await load_everything(path, b, whole.max_columns)
         assert progress.rows_read >= len(numbers)
