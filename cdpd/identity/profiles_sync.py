@@ -69,26 +69,36 @@ async def load_changes(
     async with store.connect_reader(path) as conn:
         while True:
             async with sink.load() as loading:
-                after = await loading.profiles_position()
-                chunk = await profiles_rows.changed(conn, after, chunk_changes)
-                if chunk.after != after:
-                    log.warning(
-                        "profiles_sync_restarted",
-                        position=after,
-                        last_change=chunk.to_change,
-                        reason="the identity store is behind the warehouse: a new store",
-                    )
-                if chunk.to_change == after:
-                    return progress
-                if chunk.after == 0:  # a first sync: drop what an older cdpd (or store) left
-                    for table in MATERIALISED:
-                        await loading.delete_rows((SCHEMA, table), None, None)
-                elif chunk.forgets:
-                    await _drop_forgotten(loading, conn)
-                written = await _write(loading, sink, chunk.rows, chunk.cleared, max_columns)
-                await loading.set_profiles_position(chunk.to_change)
-            progress.rows_read += chunk.rows_read
-            progress.written.update(_named(written))
+                loaded = await _load_chunk(loading, sink, conn, chunk_changes, max_columns)
+            if loaded is None:
+                return progress
+            progress.rows_read += loaded.rows_read
+            progress.written.update(loaded.written)
+
+
+async def _load_chunk(
+    loading: Load, sink: Sink, conn: aiosqlite.Connection, chunk_changes: int, max_columns: int
+) -> Progress | None:
+    """The next chunk past the position, and the position moved past it (None: no change)."""
+    after = await loading.profiles_position()
+    chunk = await profiles_rows.changed(conn, after, chunk_changes)
+    if chunk.after != after:
+        log.warning(
+            "profiles_sync_restarted",
+            position=after,
+            last_change=chunk.to_change,
+            reason="the identity store is behind the warehouse: a new store",
+        )
+    if chunk.to_change == after:
+        return None
+    if chunk.after == 0:  # a first sync: drop what an older cdpd (or store) left
+        for table in MATERIALISED:
+            await loading.delete_rows((SCHEMA, table), None, None)
+    elif chunk.forgets:
+        await _drop_forgotten(loading, conn)
+    written = await _write(loading, sink, chunk.rows, chunk.cleared, max_columns)
+    await loading.set_profiles_position(chunk.to_change)
+    return Progress(rows_read=chunk.rows_read, written=_named(written))
 
 
 async def load_everything(path: Path, sink: Sink, max_columns: int) -> Progress:

@@ -245,6 +245,7 @@ async def test_incremental_sync_loads_what_the_whole_store_loads(
         reference = await stack.enter_async_context(open_sink(config, await made.make("ref")))
 
         async with running(config) as server:
+            await server.warehouses.wait_for_syncs(wh.name, 1)  # the start's, of an empty store
 
             async def sync() -> None:
                 report = await server.warehouses.sync_now(wh.name)
