@@ -19,13 +19,11 @@ from __future__ import annotations
 import sqlite3
 
 VERSION = 3
-CHANGE = "(SELECT seq FROM position WHERE name = 'changes')"
 NEXT_CHANGE = "UPDATE position SET seq = seq + 1 WHERE name = 'changes'"
 FORGOT = (
     "UPDATE position SET seq = (SELECT seq FROM position WHERE name = 'changes')"
     " WHERE name = 'forgets'"
 )
-CHANGED_TABLES = ("profiles", "external_ids", "traits", "merges")
 
 # Version 3. Existing rows are numbered one by one (`backfill`), so that a first sync can read
 # them in chunks like any later change.
