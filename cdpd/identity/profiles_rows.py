@@ -4,7 +4,6 @@ its rows and its last change number agree."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import aiosqlite
@@ -134,8 +133,10 @@ async def _rows(conn: aiosqlite.Connection, span: Range) -> Rows:
     }
 
 
-def _time(text: str) -> datetime:
-    return datetime.fromisoformat(text)
+def _time(text: str) -> str:
+    """The store's time text (`YYYY-MM-DDTHH:MM:SS.mmmZ`), which the plan turns into the
+    warehouse's timestamp."""
+    return text
 
 
 async def _profiles(conn: aiosqlite.Connection, span: Range) -> tuple[dict[str, Row], ...]:

@@ -77,6 +77,9 @@ async def test_profiles_sync_tables(
         ("name", None),  # removed by a null
     }
     assert await warehouse.count(SCHEMA, "profile_traits_updates") == 3
+    for table in ("id_graph_updates", "user_identifiers", "user_traits"):  # times fit
+        assert None not in {r["timestamp"] for r in await warehouse.rows(SCHEMA, table)}
+    assert "cdpd_discards" not in await warehouse.tables(SCHEMA)
 
 
 async def test_event_tables_carry_the_segment_id_at_event_time(

@@ -369,12 +369,23 @@ class PostgresLoad:
         name = _name(*key)
         if not await self._conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name):
             return 0
+        discards = _name(key[0], DISCARDS_TABLE)
+        has_discards = await self._conn.fetchval("SELECT to_regclass($1) IS NOT NULL", discards)
         if column is None or values is None:
+            if has_discards:
+                await self._conn.execute(f"DELETE FROM {discards} WHERE table_name = $1", key[1])
             return _count(await self._conn.execute(f"DELETE FROM {name}"))
         if column != "id":
             index = quote(f"{key[1]}__{column}")
             await self._conn.execute(
                 f"CREATE INDEX IF NOT EXISTS {index} ON {name} ({quote(column)})"
+            )
+        if has_discards:  # a deleted row's discards go with it
+            await self._conn.execute(
+                f"DELETE FROM {discards} WHERE table_name = $1 AND row_id IN"
+                f" (SELECT id::text FROM {name} WHERE {quote(column)} = ANY($2::text[]))",
+                key[1],
+                list(values),
             )
         return _count(
             await self._conn.execute(

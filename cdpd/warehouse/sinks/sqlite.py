@@ -295,13 +295,25 @@ class SqliteLoad:
         name = table_name(*key)
         if not await self._exists(name):
             return 0
+        discards = table_name(key[0], DISCARDS_TABLE)
+        has_discards = await self._exists(discards)
         if column is None or values is None:
+            if has_discards:
+                await self._conn.execute(
+                    f"DELETE FROM {quote(discards)} WHERE table_name = ?", (key[1],)
+                )
             cursor = await self._conn.execute(f"DELETE FROM {quote(name)}")
             return max(cursor.rowcount, 0)
         if column != "id":
             index = quote(f"{name}__{column}")
             await self._conn.execute(
                 f"CREATE INDEX IF NOT EXISTS {index} ON {quote(name)} ({quote(column)})"
+            )
+        if has_discards:  # a deleted row's discards go with it
+            await self._conn.executemany(
+                f"DELETE FROM {quote(discards)} WHERE table_name = ? AND row_id IN"
+                f" (SELECT id FROM {quote(name)} WHERE {quote(column)} = ?)",
+                [(key[1], v) for v in values],
             )
         cursor = await self._conn.executemany(
             f"DELETE FROM {quote(name)} WHERE {quote(column)} = ?", [(v,) for v in values]
