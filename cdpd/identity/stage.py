@@ -308,7 +308,9 @@ class IdentityStage:
             if kind == "user_id" and profile.count("user_id", None) <= 1:
                 raise IdentityError("the last user_id of a profile cannot be deleted")
             self.graph.drop_identifier(profile.id, profile.collection, identifier)
-            await self._write(store.delete_identifier, self._conn, profile.collection, identifier)
+            await self._write(
+                store.delete_identifier, self._conn, profile.id, profile.collection, identifier
+            )
 
 
 def _chunks(items: Sequence[Message], size: int) -> Iterator[Sequence[Message]]:

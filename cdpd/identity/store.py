@@ -15,6 +15,8 @@ Tables (documented in README.md, read them with the sqlite3 shell):
   rows above).
 - `forgotten`: every profile deleted (a deletion regulation), in order, with the outbox
   position it happened at, so followers forget it too.
+- `removals`, and `change_seq` on `profiles`, `external_ids`, `traits` and `merges`: the change
+  numbers Profiles Sync follows (see `cdpd.identity.changes`).
 
 A later consumer (Engage) reads `resolutions`, `merges` and `forgotten` incrementally.
 """
@@ -30,11 +32,12 @@ from typing import Any
 import aiosqlite
 import msgspec
 
+from cdpd.identity import changes
 from cdpd.identity.graph import Graph, Profile, Resolution, Seen, Trait
 from cdpd.model.timestamps import format_ms, parse_ms
 from cdpd.model.timestamps import now_ms as _now_ms
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = changes.VERSION
 CACHE_KIB = 64 * 1024
 CHECKPOINT_PAGES = 10_000
 SCHEMA = """
@@ -171,16 +174,14 @@ async def connect_reader(path: Path) -> AsyncIterator[aiosqlite.Connection]:
 
 def _create(conn: sqlite3.Connection) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version == SCHEMA_VERSION:
-        return
+    if version not in range(SCHEMA_VERSION + 1):
+        raise SchemaMismatch(f"identity store schema {version}; this cdpd knows {SCHEMA_VERSION}")
+    if version == 0:  # a new store is made as version 2, then migrated like an old one
+        conn.executescript(f"BEGIN; {SCHEMA} {FORGOTTEN} PRAGMA user_version = 2; COMMIT;")
     if version == 1:
         _add_forgotten(conn)
-        return
-    if version != 0:
-        raise SchemaMismatch(f"identity store schema {version}; this cdpd knows {SCHEMA_VERSION}")
-    conn.executescript(
-        f"BEGIN; {SCHEMA} {FORGOTTEN} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-    )
+    if version < 3:
+        changes.add_change_numbers(conn)
 
 
 def _add_forgotten(conn: sqlite3.Connection) -> None:
@@ -196,6 +197,7 @@ def position(conn: sqlite3.Connection) -> int:
 def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("BEGIN IMMEDIATE")
     try:
+        conn.execute(changes.NEXT_CHANGE)  # what this transaction writes carries the number
         yield
         conn.execute("COMMIT")
     except BaseException:
@@ -307,8 +309,10 @@ def plan(graph: Graph, resolutions: list[Resolution], to_seq: int) -> Batch:
     statements: list[tuple[str, list[tuple[Any, ...]]]] = [
         (
             "INSERT INTO profiles (profile_id, collection, canonical_id, created_at, created_seq,"
-            " first_message_id, first_source_id, updated_at, last_message_id, last_source_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " first_message_id, first_source_id, updated_at, last_message_id, last_source_id,"
+            " change_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+            "(SELECT seq FROM position WHERE name = 'changes')"
+            ")",
             [
                 (pid, c, pid, at, r.seq, r.message_id, r.source, at, r.message_id, r.source)
                 for r, pid, c in created
@@ -378,9 +382,20 @@ def _merge_statements(merges: list[tuple[Resolution, str, str, str]]) -> list[St
         return []
     pairs: list[tuple[Any, ...]] = [(into, merged) for _, _, merged, into in merges]
     statements: list[Statement] = [
-        ("UPDATE external_ids SET profile_id = ? WHERE profile_id = ?", pairs),
-        ("UPDATE profiles SET canonical_id = ? WHERE canonical_id = ?", pairs),
+        (
+            "UPDATE external_ids SET profile_id = ?, change_seq = "
+            "(SELECT seq FROM position WHERE name = 'changes')"
+            " WHERE profile_id = ?",
+            pairs,
+        ),
+        (
+            "UPDATE profiles SET canonical_id = ?, change_seq = "
+            "(SELECT seq FROM position WHERE name = 'changes')"
+            " WHERE canonical_id = ?",
+            pairs,
+        ),
         ("DELETE FROM traits WHERE profile_id = ?", [(m,) for _, m in pairs]),
+        _removals([m for _, m in pairs]),
     ]
     for collection, column in (("users", "profile_id"), ("accounts", "account_id")):
         moved: list[tuple[Any, ...]] = [(into, m) for _, c, m, into in merges if c == collection]
@@ -389,7 +404,9 @@ def _merge_statements(merges: list[tuple[Resolution, str, str, str]]) -> list[St
     statements.append(
         (
             "INSERT INTO merges (seq, message_id, source_id, collection, profile_id,"
-            " into_profile_id, merged_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            " into_profile_id, merged_at, change_seq) VALUES (?, ?, ?, ?, ?, ?, ?, "
+            "(SELECT seq FROM position WHERE name = 'changes')"
+            ")",
             [
                 (r.seq, r.message_id, r.source, collection, merged, into, format_ms(r.at_ms))
                 for r, collection, merged, into in merges
@@ -419,7 +436,9 @@ def _identifier_rows(graph: Graph, attached: Iterable[tuple[str, tuple[str, str]
         )
     return (
         "INSERT OR REPLACE INTO external_ids (collection, type, value, profile_id, created_at,"
-        " seq, message_id, source_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        " seq, message_id, source_id, change_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
+        "(SELECT seq FROM position WHERE name = 'changes')"
+        ")",
         rows,
     )
 
@@ -446,10 +465,31 @@ def _trait_rows(graph: Graph, pids: set[str]) -> Statement:
         for name, t in profile.traits.items():
             value = None if t.value is None else _json.encode(t.value).decode()
             rows.append((pid, name, value, t.source, format_ms(t.updated_ms), t.seq))
+    return (TRAIT_UPSERT, rows)
+
+
+# A profile's traits are all written whenever one changes; only those that did change take
+# the change number (and are written at all).
+TRAIT_UPSERT = (
+    "INSERT INTO traits (profile_id, name, value, source_id, updated_at, seq, change_seq)"
+    " VALUES (?, ?, ?, ?, ?, ?, "
+    "(SELECT seq FROM position WHERE name = 'changes')"
+    ") ON CONFLICT (profile_id, name) DO UPDATE SET"
+    " value = excluded.value, source_id = excluded.source_id, updated_at = excluded.updated_at,"
+    " seq = excluded.seq, change_seq = excluded.change_seq"
+    " WHERE (value, source_id, updated_at, seq)"
+    " IS NOT (excluded.value, excluded.source_id, excluded.updated_at, excluded.seq)"
+)
+
+
+def _removals(pids: list[str]) -> Statement:
+    """Profiles whose rows this change deletes or writes again (see `cdpd.identity.changes`)."""
     return (
-        "INSERT OR REPLACE INTO traits (profile_id, name, value, source_id, updated_at, seq)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        rows,
+        "INSERT INTO removals (profile_id, change_seq) VALUES (?, "
+        "(SELECT seq FROM position WHERE name = 'changes')"
+        ")"
+        " ON CONFLICT (profile_id) DO UPDATE SET change_seq = excluded.change_seq",
+        [(pid,) for pid in pids],
     )
 
 
@@ -474,6 +514,7 @@ def delete_profiles(conn: sqlite3.Connection, pids: list[str], *, record: bool =
             "DELETE FROM resolutions WHERE profile_id = ?",
             "UPDATE resolutions SET account_id = NULL WHERE account_id = ?",
             "DELETE FROM merges WHERE into_profile_id = ?",
+            "DELETE FROM removals WHERE profile_id = ?",
         ):
             removed += max(conn.executemany(sql, params).rowcount, 0)
         # No index on merges.profile_id: one scan for them all.
@@ -484,6 +525,7 @@ def delete_profiles(conn: sqlite3.Connection, pids: list[str], *, record: bool =
             ).rowcount,
             0,
         )
+        conn.execute(changes.FORGOT)
         if not record:
             return removed
         conn.executemany(
@@ -508,6 +550,7 @@ def unmerge_statements(
         ("DELETE FROM links WHERE profile_id = ?", params),
         ("DELETE FROM merges WHERE profile_id = ?", params),
         ("DELETE FROM merges WHERE into_profile_id = ?", params),
+        _removals(gone),
         (
             "INSERT OR IGNORE INTO separations (collection, type, value, created_at)"
             " VALUES (?, ?, ?, ?)",
@@ -517,9 +560,21 @@ def unmerge_statements(
 
 
 def delete_identifier(
-    conn: sqlite3.Connection, collection: str, identifier: tuple[str, str]
+    conn: sqlite3.Connection, pid: str, collection: str, identifier: tuple[str, str]
 ) -> None:
-    conn.execute(
-        "DELETE FROM external_ids WHERE collection = ? AND type = ? AND value = ?",
-        (collection, *identifier),
-    )
+    """Delete one identifier of canonical profile `pid`. The profile's other rows take the
+    change number too, so that Profiles Sync can clear the profile and write it again."""
+    with _transaction(conn):
+        conn.execute(
+            "DELETE FROM external_ids WHERE collection = ? AND type = ? AND value = ?",
+            (collection, *identifier),
+        )
+        for table in ("profiles", "external_ids", "traits"):
+            conn.execute(
+                f"UPDATE {table} SET change_seq = "  # noqa: S608
+                "(SELECT seq FROM position WHERE name = 'changes')"
+                " WHERE profile_id = ?",
+                (pid,),
+            )
+        sql, rows = _removals([pid])
+        conn.executemany(sql, rows)

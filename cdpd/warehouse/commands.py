@@ -124,7 +124,11 @@ def _status(cfg: Config, *, json: bool) -> int:
 
 async def _statuses(cfg: Config) -> list[WarehouseStatus]:
     last_seq = await loader.outbox_last_seq(cfg.storage.outbox_path)
-    return [await _read_status(cfg, w, last_seq) for w in cfg.warehouses]
+    statuses = [await _read_status(cfg, w, last_seq) for w in cfg.warehouses]
+    last_change = await asyncio.to_thread(loader.identity_last_change, cfg)
+    for status in statuses:
+        status.identity_last_change = last_change
+    return statuses
 
 
 async def _read_status(cfg: Config, warehouse: Warehouse, last_seq: int | None) -> WarehouseStatus:
@@ -137,6 +141,7 @@ async def _read_status(cfg: Config, warehouse: Warehouse, last_seq: int | None) 
     try:
         async with open_sink(cfg, warehouse) as sink:
             status.position = await sink.position()
+            status.profiles_position = await sink.profiles_position()
             status.recent_syncs = await sink.recent_syncs(RECENT_SYNCS)
             status.tables = await sink.table_rows()
     except loader.SYNC_ERRORS as exc:
@@ -169,6 +174,12 @@ def _format_status(status: WarehouseStatus) -> str:
         f"position  {status.position} (outbox last seq {status.outbox_last_seq or '-'}; "
         f"{pending} to load)",
     ]
+    last_change = status.identity_last_change
+    if last_change is not None:
+        lines.append(
+            f"profiles  change {status.profiles_position} (identity store last change "
+            f"{last_change}; {last_change - status.profiles_position} to load)"
+        )
     if status.error:
         lines.append(f"error     {status.error}")
     for sync in status.recent_syncs:

@@ -181,6 +181,16 @@ def _resolved_through(identity: Path) -> int:
     return int(row[0]) if row else 0
 
 
+def identity_last_change(config: Config) -> int | None:
+    """The identity store's last change number (None without identity or its store)."""
+    path = identity_path(config)
+    if config.identity is None or not path.exists():
+        return None
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        row = conn.execute("SELECT seq FROM position WHERE name = 'changes'").fetchone()
+    return int(row[0]) if row else None
+
+
 async def _load_profiles(
     config: Config, warehouse: Warehouse, sink: Sink, report: SyncReport
 ) -> None:

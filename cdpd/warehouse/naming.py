@@ -174,5 +174,7 @@ PROFILE_OF_USER = (
     ("user_identifiers", "canonical_segment_id", "type", "external_id_value"),
     ("external_id_mapping_updates", "segment_id", "external_id_type", "external_id_value"),
 )
-MERGED_INTO = ("profile_merges", "id_graph_updates")
+# Only where each profile lives now: `id_graph_updates` also keeps merges an unmerge undid, and
+# the profile split off is not the user's.
+MERGED_INTO = ("profile_merges",)
 PROFILE_COLUMNS = ("segment_id", "canonical_segment_id")

@@ -37,6 +37,8 @@ class WarehouseStatus(msgspec.Struct, kw_only=True):
     target: str  # the SQLite file, or the DSN without its password
     position: int = 0
     outbox_last_seq: int | None = None
+    profiles_position: int = 0  # the identity store change Profiles Sync has loaded up to
+    identity_last_change: int | None = None  # None: no identity store
     recent_syncs: list[SyncReport] = msgspec.field(default_factory=list)  # newest first
     tables: list[TableRows] = msgspec.field(default_factory=list)
     error: str | None = None  # the warehouse could not be read

@@ -49,7 +49,7 @@ async def test_a_backlog_from_before_identity_was_configured_is_resolved(
         assert server.identity is not None
         assert server.identity.committed_seq == 300
         assert server.identity.profile_counts() == {"users": 50, "accounts": 0}
-    assert identity_rows(data_dir, "SELECT seq FROM position") == [(300,)]
+    assert identity_rows(data_dir, "SELECT seq FROM position WHERE name = 'outbox'") == [(300,)]
     assert identity_rows(data_dir, "SELECT count(*) FROM resolutions") == [(300,)]
     # The position is mirrored into the outbox for retention and stats.
     assert query(data_dir, "SELECT kind, seq FROM consumers WHERE name = 'identity'") == [

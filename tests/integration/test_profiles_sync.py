@@ -3,10 +3,15 @@ profiles the identity stage resolved (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import aiohttp
+import pytest
 
+from cdpd import cli
 from cdpd import config as cdpd_config
 from cdpd.app import running
 from cdpd.identity.profiles_sync import SCHEMA
@@ -72,6 +77,9 @@ async def test_profiles_sync_tables(
         ("name", None),  # removed by a null
     }
     assert await warehouse.count(SCHEMA, "profile_traits_updates") == 3
+    for table in ("id_graph_updates", "user_identifiers", "user_traits"):  # times fit
+        assert None not in {r["timestamp"] for r in await warehouse.rows(SCHEMA, table)}
+    assert "cdpd_discards" not in await warehouse.tables(SCHEMA)
 
 
 async def test_event_tables_carry_the_segment_id_at_event_time(
@@ -94,3 +102,26 @@ async def test_event_tables_carry_the_segment_id_at_event_time(
     assert screen["segment_id"] not in (None, user)  # the phone's own profile, merged since
     merged = await warehouse.rows(SCHEMA, "profile_merges", "segment_id, canonical_segment_id")
     assert {"segment_id": screen["segment_id"], "canonical_segment_id": user} in merged
+
+
+async def test_status_shows_how_far_profiles_sync_has_loaded(
+    make_config: Callable[..., cdpd_config.Config],
+    http: aiohttp.ClientSession,
+    warehouse: WarehouseProbe,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with running(make_config(IDENTITY + warehouse.toml)) as server:
+        await send(http, server, *JOURNEY, *MERGE)
+        report = await server.warehouses.sync_now("wh")
+        assert report.status == "success", report.error
+    config = str(tmp_path / "cdpd.toml")
+    capsys.readouterr()  # the daemon's logs
+    status_json = ["warehouse", "status", "--json", "--config", config]
+    assert await asyncio.to_thread(cli.main, status_json) == 0
+    (status,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert status["profiles_position"] == status["identity_last_change"] > 0
+    assert await asyncio.to_thread(cli.main, ["warehouse", "status", "--config", config]) == 0
+    out = capsys.readouterr().out
+    assert f"profiles  change {status['profiles_position']} (identity store last change" in out
+    assert "; 0 to load)" in out

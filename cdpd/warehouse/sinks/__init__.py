@@ -24,6 +24,23 @@ class Load(Protocol):
 
     async def set_position(self, seq: int) -> None: ...
 
+    async def profiles_position(self) -> int:
+        """The identity store change Profiles Sync has loaded up to (0 before its first)."""
+        ...
+
+    async def set_profiles_position(self, change_seq: int) -> None: ...
+
+    async def distinct_values(self, key: TableKey, column: str) -> list[str]:
+        """The distinct non-null values of a column (none when the table does not exist)."""
+        ...
+
+    async def delete_rows(
+        self, key: TableKey, column: str | None, values: Sequence[str] | None
+    ) -> int:
+        """Delete the rows of a table whose `column` holds one of `values` (None: every row;
+        nothing when the table does not exist yet); the column is indexed the first time."""
+        ...
+
 
 class Sink(Protocol):
     @staticmethod
@@ -37,6 +54,8 @@ class Sink(Protocol):
         ...
 
     async def position(self) -> int: ...
+
+    async def profiles_position(self) -> int: ...
 
     async def record_sync(self, report: SyncReport) -> None: ...
 

@@ -62,6 +62,8 @@ BOOTSTRAP = (
         warehouse text PRIMARY KEY, seq bigint NOT NULL, updated_at timestamptz NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS _cdpd.syncs (
         id bigserial PRIMARY KEY, warehouse text NOT NULL, report jsonb NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS _cdpd.profiles_positions (
+        warehouse text PRIMARY KEY, change_seq bigint NOT NULL, updated_at timestamptz NOT NULL)""",
 )
 DISCARDS_COLUMNS = """(
     table_name text NOT NULL, row_id text NOT NULL, column_name text NOT NULL,
@@ -73,6 +75,10 @@ SELECT_POSITION = "SELECT seq FROM _cdpd.positions WHERE warehouse = $1"
 UPSERT_POSITION = """INSERT INTO _cdpd.positions (warehouse, seq, updated_at)
     VALUES ($1, $2, now())
     ON CONFLICT (warehouse) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at"""
+SELECT_PROFILES_POSITION = "SELECT change_seq FROM _cdpd.profiles_positions WHERE warehouse = $1"
+UPSERT_PROFILES_POSITION = """INSERT INTO _cdpd.profiles_positions (warehouse, change_seq,
+    updated_at) VALUES ($1, $2, now()) ON CONFLICT (warehouse) DO UPDATE
+    SET change_seq = excluded.change_seq, updated_at = excluded.updated_at"""
 SELECT_COLUMNS = """SELECT n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod)
     FROM pg_attribute AS a
     JOIN pg_class AS c ON c.oid = a.attrelid
@@ -191,6 +197,10 @@ class PostgresSink:
     async def position(self) -> int:
         seq = await self._conn.fetchval(SELECT_POSITION, self._warehouse)
         return int(seq or 0)
+
+    async def profiles_position(self) -> int:
+        change_seq = await self._conn.fetchval(SELECT_PROFILES_POSITION, self._warehouse)
+        return int(change_seq or 0)
 
     async def record_sync(self, report: SyncReport) -> None:
         text = msgspec.json.encode(report).decode()
@@ -336,6 +346,52 @@ class PostgresLoad:
 
     async def set_position(self, seq: int) -> None:
         await self._conn.execute(UPSERT_POSITION, self._warehouse, seq)
+
+    async def profiles_position(self) -> int:
+        change_seq = await self._conn.fetchval(SELECT_PROFILES_POSITION, self._warehouse)
+        return int(change_seq or 0)
+
+    async def set_profiles_position(self, change_seq: int) -> None:
+        await self._conn.execute(UPSERT_PROFILES_POSITION, self._warehouse, change_seq)
+
+    async def distinct_values(self, key: TableKey, column: str) -> list[str]:
+        name = _name(*key)
+        if not await self._conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name):
+            return []
+        rows = await self._conn.fetch(
+            f"SELECT DISTINCT {quote(column)}::text FROM {name} WHERE {quote(column)} IS NOT NULL"
+        )
+        return [row[0] for row in rows]
+
+    async def delete_rows(
+        self, key: TableKey, column: str | None, values: Sequence[str] | None
+    ) -> int:
+        name = _name(*key)
+        if not await self._conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name):
+            return 0
+        discards = _name(key[0], DISCARDS_TABLE)
+        has_discards = await self._conn.fetchval("SELECT to_regclass($1) IS NOT NULL", discards)
+        if column is None or values is None:
+            if has_discards:
+                await self._conn.execute(f"DELETE FROM {discards} WHERE table_name = $1", key[1])
+            return _count(await self._conn.execute(f"DELETE FROM {name}"))
+        if column != "id":
+            index = quote(f"{key[1]}__{column}")
+            await self._conn.execute(
+                f"CREATE INDEX IF NOT EXISTS {index} ON {name} ({quote(column)})"
+            )
+        if has_discards:  # a deleted row's discards go with it
+            await self._conn.execute(
+                f"DELETE FROM {discards} WHERE table_name = $1 AND row_id IN"
+                f" (SELECT id::text FROM {name} WHERE {quote(column)} = ANY($2::text[]))",
+                key[1],
+                list(values),
+            )
+        return _count(
+            await self._conn.execute(
+                f"DELETE FROM {name} WHERE {quote(column)} = ANY($1::text[])", list(values)
+            )
+        )
 
     async def catalog(self, schemas: Iterable[str]) -> Catalog:
         catalog: Catalog = {}

@@ -47,6 +47,8 @@ BOOTSTRAP = (
         warehouse TEXT PRIMARY KEY, seq INTEGER NOT NULL, updated_at TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS _cdpd_syncs (
         id INTEGER PRIMARY KEY AUTOINCREMENT, warehouse TEXT NOT NULL, report TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS _cdpd_profiles_positions (
+        warehouse TEXT PRIMARY KEY, change_seq INTEGER NOT NULL, updated_at TEXT NOT NULL)""",
 )
 DISCARDS_COLUMNS = """(
     table_name TEXT NOT NULL, row_id TEXT NOT NULL, column_name TEXT NOT NULL,
@@ -57,6 +59,10 @@ INSERT_DISCARD = """INSERT INTO {table} (table_name, row_id, column_name, column
 SELECT_POSITION = "SELECT seq FROM _cdpd_positions WHERE warehouse = ?"
 UPSERT_POSITION = """INSERT INTO _cdpd_positions (warehouse, seq, updated_at) VALUES (?, ?, ?)
     ON CONFLICT (warehouse) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at"""
+SELECT_PROFILES_POSITION = "SELECT change_seq FROM _cdpd_profiles_positions WHERE warehouse = ?"
+UPSERT_PROFILES_POSITION = """INSERT INTO _cdpd_profiles_positions (warehouse, change_seq,
+    updated_at) VALUES (?, ?, ?) ON CONFLICT (warehouse) DO UPDATE
+    SET change_seq = excluded.change_seq, updated_at = excluded.updated_at"""
 SELECT_COLUMNS = """SELECT m.name, p.name, p.type FROM sqlite_master AS m
     JOIN pragma_table_info(m.name) AS p WHERE m.type = 'table'"""
 SELECT_TABLES = "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
@@ -106,6 +112,10 @@ class SqliteSink:
 
     async def position(self) -> int:
         rows = list(await self._conn.execute_fetchall(SELECT_POSITION, (self._warehouse,)))
+        return int(rows[0][0]) if rows else 0
+
+    async def profiles_position(self) -> int:
+        rows = list(await self._conn.execute_fetchall(SELECT_PROFILES_POSITION, (self._warehouse,)))
         return int(rows[0][0]) if rows else 0
 
     async def record_sync(self, report: SyncReport) -> None:
@@ -255,6 +265,60 @@ class SqliteLoad:
     async def set_position(self, seq: int) -> None:
         now = utc_text(datetime.now(UTC))
         await self._conn.execute(UPSERT_POSITION, (self._warehouse, seq, now))
+
+    async def profiles_position(self) -> int:
+        rows = list(await self._conn.execute_fetchall(SELECT_PROFILES_POSITION, (self._warehouse,)))
+        return int(rows[0][0]) if rows else 0
+
+    async def set_profiles_position(self, change_seq: int) -> None:
+        now = utc_text(datetime.now(UTC))
+        await self._conn.execute(UPSERT_PROFILES_POSITION, (self._warehouse, change_seq, now))
+
+    async def distinct_values(self, key: TableKey, column: str) -> list[str]:
+        name = table_name(*key)
+        if not await self._exists(name):
+            return []
+        rows = await self._conn.execute_fetchall(
+            f"SELECT DISTINCT {quote(column)} FROM {quote(name)} WHERE {quote(column)} IS NOT NULL"
+        )
+        return [str(row[0]) for row in rows]
+
+    async def _exists(self, name: str) -> bool:
+        found = await self._conn.execute_fetchall(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        )
+        return bool(list(found))
+
+    async def delete_rows(
+        self, key: TableKey, column: str | None, values: Sequence[str] | None
+    ) -> int:
+        name = table_name(*key)
+        if not await self._exists(name):
+            return 0
+        discards = table_name(key[0], DISCARDS_TABLE)
+        has_discards = await self._exists(discards)
+        if column is None or values is None:
+            if has_discards:
+                await self._conn.execute(
+                    f"DELETE FROM {quote(discards)} WHERE table_name = ?", (key[1],)
+                )
+            cursor = await self._conn.execute(f"DELETE FROM {quote(name)}")
+            return max(cursor.rowcount, 0)
+        if column != "id":
+            index = quote(f"{name}__{column}")
+            await self._conn.execute(
+                f"CREATE INDEX IF NOT EXISTS {index} ON {quote(name)} ({quote(column)})"
+            )
+        if has_discards:  # a deleted row's discards go with it
+            await self._conn.executemany(
+                f"DELETE FROM {quote(discards)} WHERE table_name = ? AND row_id IN"
+                f" (SELECT id FROM {quote(name)} WHERE {quote(column)} = ?)",
+                [(key[1], v) for v in values],
+            )
+        cursor = await self._conn.executemany(
+            f"DELETE FROM {quote(name)} WHERE {quote(column)} = ?", [(v,) for v in values]
+        )
+        return max(cursor.rowcount, 0)
 
     async def catalog(self, schemas: Iterable[str]) -> Catalog:
         wanted = set(schemas)
