@@ -24,19 +24,26 @@ TRUE = msgspec.Raw(b"true")
 MIN_INTEGER, MAX_INTEGER = -(2**63), 2**64 - 1
 # C0 and C1 control characters and DEL: never valid in an HTTP header, where messageIds go.
 _CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
-# A number out of range has 19 digits in a row, or an exponent of 3 digits. To look for them in
-# a few fast passes, each byte becomes its class: `0` a digit, `e` one of `eE+-`, ` ` white
-# space or `,:[]{}` (what may end a number), `a` anything else (so `191e810c` in an id is
-# `000e000a`, no exponent). Text can match too: a match only calls for a closer look.
+# A number out of range has 19 digits in a row, or an exponent of 3 digits, and like every JSON
+# number it ends where the text around it does: at white space or `,]}`. To look for one in a few
+# fast passes, each byte becomes its class: `0` a digit, `e` one of `eE`, `s` a sign, `.` the
+# point, ` ` white space or `,:[]{}` (what may start or end a number), `a` anything else. Text can
+# match too: a match only calls for a closer look. Ids rarely do: `...191e810c` is `000e000a` and
+# `bench-12345"` is `aeaaas00000a`: neither ends like a number.
 _NUMBER_BYTES = bytes(
     b"0"[0] if 48 <= b <= 57
-    else b"e"[0] if b in b"eE+-"
+    else b"e"[0] if b in b"eE"
+    else b"s"[0] if b in b"+-"
+    else b"."[0] if b == b"."[0]
     else b" "[0] if b in b" \t\r\n,:[]{}"
     else b"a"[0]
     for b in range(256)
 )  # fmt: skip
-# 19 digits; an exponent of 3 digits or more, which ends a number (then comes ` ` or `0`).
-_LONG_DIGITS, _EXPONENT, _EXPONENT_GOES_ON = b"0" * 19, b"e000", frozenset(b" 0")
+_LONG_DIGITS, _EXPONENTS = b"0" * 19, (b"0e000", b"0es000")
+_DIGIT = b"0"[0]
+_ENDS_NUMBER = frozenset(b" ")  # after an exponent's digits
+_ENDS_DIGITS = frozenset(b" .e")  # after an integer part's digits
+_STARTS_NUMBER = frozenset(b" s")  # before an integer part's digits
 
 _encoder = msgspec.json.Encoder()
 _top_level_decoder = msgspec.json.Decoder(RawObject)
@@ -178,12 +185,28 @@ def _normalized_row(
 def _may_hold_numbers_out_of_range(raw: bytes | msgspec.Raw) -> bool:
     """Never False for a message holding a number out of range."""
     classes = bytes(raw).translate(_NUMBER_BYTES)
-    at = classes.find(_EXPONENT)
-    while at >= 0:  # rare: most messages have no `e000`, an id such as `...191e810c` one or two
-        if classes[at + 4 : at + 5] and classes[at + 4] in _EXPONENT_GOES_ON:
+    for exponent in _EXPONENTS:
+        if _digit_run_ending(classes, exponent, _ENDS_NUMBER, starts=None):
             return True
-        at = classes.find(_EXPONENT, at + 4)
-    return _LONG_DIGITS in classes
+    return _digit_run_ending(classes, _LONG_DIGITS, _ENDS_DIGITS, starts=_STARTS_NUMBER)
+
+
+def _digit_run_ending(
+    classes: bytes, pattern: bytes, ends: frozenset[int], *, starts: frozenset[int] | None
+) -> bool:
+    """Whether `pattern` (ending in digits) occurs where the digits run on to a class in
+    `ends` (or the end), and, given `starts`, right after a class in it (or the start)."""
+    at = classes.find(pattern)
+    while at >= 0:  # rare once the classes are told apart: ids seldom end like numbers
+        end = at + len(pattern)
+        while end < len(classes) and classes[end] == _DIGIT:
+            end += 1
+        ended = end == len(classes) or classes[end] in ends
+        started = starts is None or at == 0 or classes[at - 1] in starts
+        if ended and started:
+            return True
+        at = classes.find(pattern, end)
+    return False
 
 
 def _check_numbers(top: RawObject) -> None:
