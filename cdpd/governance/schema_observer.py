@@ -38,23 +38,15 @@ def value_type(value: Any) -> str:
 
 
 class _Sections(msgspec.Struct):
-    """Only what the observer reads: decoding it skips the rest."""
+    """Only what the observer reads: decoding it skips the rest; context is kept raw (not
+    decoded) for privacy detection."""
 
     properties: Any = None
     traits: Any = None
-
-
-class _SectionsAndContext(msgspec.Struct):
-    """With privacy detection, the context as well: decoded whole in the same pass, which
-    costs less than the detector decoding its nested objects one by one from raw JSON."""
-
-    properties: Any = None
-    traits: Any = None
-    context: Any = None
+    context: msgspec.Raw = msgspec.Raw()  # empty when absent
 
 
 _sections_decoder = msgspec.json.Decoder(_Sections)
-_with_context_decoder = msgspec.json.Decoder(_SectionsAndContext)
 
 
 class SchemaObserver:
@@ -81,14 +73,13 @@ class SchemaObserver:
                 fields.observe_decoded(
                     row.received_at, body.get("properties"), body.get("traits"), body.get("context")
                 )
-        elif fields is None:
-            values = getattr(_sections_decoder.decode(row.payload), section)
         else:
-            decoded = _with_context_decoder.decode(row.payload)
+            decoded = _sections_decoder.decode(row.payload)
             values = getattr(decoded, section)
-            fields.observe_decoded(
-                row.received_at, decoded.properties, decoded.traits, decoded.context
-            )
+            if fields is not None:
+                fields.observe_decoded(
+                    row.received_at, decoded.properties, decoded.traits, decoded.context
+                )
         self._count(row, section, values, findings.shapes)
         findings.seen_at = row.received_at
         return None
@@ -97,18 +88,13 @@ class SchemaObserver:
         """The same as calling the observer on each row, for a chain of nothing else: no
         message objects, one loop (the source schema is on by default, so this is the common
         case)."""
-        shapes, count, fields = findings.shapes, self._count, self._fields
-        if fields is None:
-            decode = _sections_decoder.decode
-            for row in rows:
-                section = "traits" if row.type in TRAIT_MESSAGES else "properties"
-                count(row, section, getattr(decode(row.payload), section), shapes)
-        else:
-            decode_all = _with_context_decoder.decode
-            for row in rows:
-                section = "traits" if row.type in TRAIT_MESSAGES else "properties"
-                decoded = decode_all(row.payload)
-                count(row, section, getattr(decoded, section), shapes)
+        decode, shapes, count = _sections_decoder.decode, findings.shapes, self._count
+        fields = self._fields
+        for row in rows:
+            section = "traits" if row.type in TRAIT_MESSAGES else "properties"
+            decoded = decode(row.payload)
+            count(row, section, getattr(decoded, section), shapes)
+            if fields is not None:
                 fields.observe_decoded(
                     row.received_at, decoded.properties, decoded.traits, decoded.context
                 )
