@@ -72,6 +72,8 @@ class Webhook:
             headers["Idempotency-Key"] = batch_key([i.delivery.message_id for i in items])
             result = await self._post(session, body, headers)
             return [result] * len(items)
+        if len(items) == 1:  # one message per request (batch_size 1): no task to gather
+            return [await self._send_one(session, items[0])]
         return list(await asyncio.gather(*(self._send_one(session, item) for item in items)))
 
     async def _send_one(self, session: aiohttp.ClientSession, item: Prepared) -> Result:

@@ -24,19 +24,27 @@ TRUE = msgspec.Raw(b"true")
 MIN_INTEGER, MAX_INTEGER = -(2**63), 2**64 - 1
 # C0 and C1 control characters and DEL: never valid in an HTTP header, where messageIds go.
 _CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
-# A number out of range has 19 digits in a row, or an exponent of 3 digits. To look for them in
-# a few fast passes, each byte becomes its class: `0` a digit, `e` one of `eE+-`, ` ` white
-# space or `,:[]{}` (what may end a number), `a` anything else (so `191e810c` in an id is
-# `000e000a`, no exponent). Text can match too: a match only calls for a closer look.
+# A number out of range has 19 digits in a row, or an exponent of 3 digits, and like every JSON
+# number it ends where the text around it does: at white space or `,]}`. To look for one in a
+# few fast passes, each byte becomes its class: `0` a digit, `e` one of `eE`, `s` a sign, `.`
+# the point, ` ` white space or `,:[]{}` (what may start or end a number), `a` anything else.
+# Text can match too: a match only calls for a closer look. Ids seldom do: `...191e810c` is
+# `000e000a`, and `ajs-next-1701234567890-...` has no `e` before its digits, which end in `-`.
 _NUMBER_BYTES = bytes(
     b"0"[0] if 48 <= b <= 57
-    else b"e"[0] if b in b"eE+-"
+    else b"e"[0] if b in b"eE"
+    else b"s"[0] if b in b"+-"
+    else b"."[0] if b == b"."[0]
     else b" "[0] if b in b" \t\r\n,:[]{}"
     else b"a"[0]
     for b in range(256)
 )  # fmt: skip
-# 19 digits; an exponent of 3 digits or more, which ends a number (then comes ` ` or `0`).
-_LONG_DIGITS, _EXPONENT, _EXPONENT_GOES_ON = b"0" * 19, b"e000", frozenset(b" 0")
+_EXPONENT, _SIGNED_EXPONENT, _LONG_DIGITS = b"e000", b"es000", b"0" * 19
+_DIGIT_EXPONENT, _DIGIT_SIGNED_EXPONENT = b"0e000", b"0es000"  # what a number's exponent is
+_DIGIT = b"0"[0]
+_ENDS_EXPONENT = frozenset(b" ")
+_ENDS_DIGITS = frozenset(b" .e")  # what may follow an integer part's digits
+_STARTS_DIGITS = frozenset(b" s")  # what may come before them
 
 _encoder = msgspec.json.Encoder()
 _top_level_decoder = msgspec.json.Decoder(RawObject)
@@ -176,14 +184,49 @@ def _normalized_row(
 
 
 def _may_hold_numbers_out_of_range(raw: bytes | msgspec.Raw) -> bool:
-    """Never False for a message holding a number out of range."""
+    """Never False for a message holding a number out of range. (One pass in C per pattern;
+    Python looks only at a match, which most messages have none of.)"""
     classes = bytes(raw).translate(_NUMBER_BYTES)
-    at = classes.find(_EXPONENT)
-    while at >= 0:  # rare: most messages have no `e000`, an id such as `...191e810c` one or two
-        if classes[at + 4 : at + 5] and classes[at + 4] in _EXPONENT_GOES_ON:
+    # A pattern is looked for in Python only where the C search found it. The shorter one
+    # first: it is found faster, and most messages fail it already.
+    find = classes.find
+    return (
+        (find(_EXPONENT) >= 0 and find(_DIGIT_EXPONENT) >= 0 and _has_exponent(classes, _EXPONENT))
+        or (
+            find(_SIGNED_EXPONENT) >= 0
+            and find(_DIGIT_SIGNED_EXPONENT) >= 0
+            and _has_exponent(classes, _SIGNED_EXPONENT)
+        )
+        or (find(_LONG_DIGITS) >= 0 and _has_long_digits(classes))
+    )
+
+
+def _has_exponent(classes: bytes, exponent: bytes) -> bool:
+    at = classes.find(exponent)
+    while at >= 0:  # an exponent only after a digit (`cafe-1234` is none)
+        if at > 0 and classes[at - 1] == _DIGIT:
+            end = _digits_end(classes, at + len(exponent))
+            if end == len(classes) or classes[end] in _ENDS_EXPONENT:
+                return True
+        at = classes.find(exponent, at + 1)
+    return False
+
+
+def _has_long_digits(classes: bytes) -> bool:
+    at = classes.find(_LONG_DIGITS)
+    while at >= 0:
+        end = _digits_end(classes, at + len(_LONG_DIGITS))
+        started = at == 0 or classes[at - 1] in _STARTS_DIGITS
+        if started and (end == len(classes) or classes[end] in _ENDS_DIGITS):
             return True
-        at = classes.find(_EXPONENT, at + 4)
-    return _LONG_DIGITS in classes
+        at = classes.find(_LONG_DIGITS, end)
+    return False
+
+
+def _digits_end(classes: bytes, at: int) -> int:
+    while at < len(classes) and classes[at] == _DIGIT:
+        at += 1
+    return at
 
 
 def _check_numbers(top: RawObject) -> None:

@@ -3,7 +3,12 @@ from typing import Any
 import msgspec
 import pytest
 
-from cdpd.ingest.normalize import Rejection, RequestFacts, normalize
+from cdpd.ingest.normalize import (
+    Rejection,
+    RequestFacts,
+    _may_hold_numbers_out_of_range,
+    normalize,
+)
 from cdpd.model.rows import OutboxRow
 from cdpd.model.timestamps import format_ms
 
@@ -141,6 +146,32 @@ def test_numbers_in_range_and_look_alike_text_are_kept(raw_value: bytes) -> None
     result = normalize(raw, facts(), path_type="track", max_bytes=32 * 1024)
     assert isinstance(result, OutboxRow), result
     assert raw_value in result.payload.encode()
+
+
+@pytest.mark.parametrize(
+    "raw_value",
+    [b"1e400", b"-1.8e308", b"1E+0400", b"[0,\n  2.5e999\n]", b"1" * 400 + b".5", b"-" + b"9" * 19],
+)
+def test_the_quick_number_scan_flags_every_number_that_may_be_out_of_range(
+    raw_value: bytes,
+) -> None:
+    assert _may_hold_numbers_out_of_range(b'{"properties":{"n":' + raw_value + b"}}")
+
+
+@pytest.mark.parametrize(
+    "message_id",
+    [
+        b"bench-0badcafe-1234567",
+        b"ajs-next-1701234567890-4f1c2d8e",
+        b"507f191e810c19729de860ea",
+        b"12345678901234567890123",
+        b"4f1c2d8e-9b7a-4e21-8c3d-5a6b7c8d9e0f",
+    ],
+)
+def test_the_quick_number_scan_passes_ids_that_only_look_like_numbers(message_id: bytes) -> None:
+    """Such ids would otherwise send nearly every message to the slow, exact check."""
+    raw = b'{"messageId":"' + message_id + b'","properties":{"total":27.5,"n":-3}}'
+    assert not _may_hold_numbers_out_of_range(raw)
 
 
 def test_nulls_are_absent_and_the_write_key_is_stripped() -> None:
