@@ -109,7 +109,7 @@ class EngageStore:
         tables = self._tables
         recorded: list[Recorded] = []
         run: list[tuple[str, dict[str, Any], str]] = []
-        with transaction(tables.conn, tables.drop_cached):
+        with transaction(tables.conn):
             for item in inputs:
                 if isinstance(item, ProfileMessage):
                     run.append((item.profile_id, item.message, item.source))

@@ -25,10 +25,9 @@ values and changes consistent with each other.
 from __future__ import annotations
 
 import sqlite3
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import msgspec
 
@@ -206,17 +205,6 @@ BUCKETS_UPSERT = (
 BUCKETS_DELETE = "DELETE FROM engage_buckets WHERE stream_id = ? AND profile_id = ?"
 MEMBERS = "SELECT profile_id FROM engage_links WHERE group_id = ?"
 _LOAD_CHUNK = 500
-# Profiles whose state stays decoded between batches (a few KB each).
-CACHED_PROFILES = 10_000
-
-
-class _Cached(NamedTuple):
-    state: ProfileState
-    head: bytes  # as written, with recheck_at_ms
-    recheck_at_ms: int | None
-    buckets: dict[str, bytes]  # by stream id, as written
-
-
 _MISSING = object()
 
 
@@ -248,21 +236,15 @@ def _add_position(conn: sqlite3.Connection) -> None:
 class Tables:
     """Every operation on the tables, each one transaction, for one catalog of definitions."""
 
-    def __init__(self, conn: sqlite3.Connection, *, cached_profiles: int = CACHED_PROFILES) -> None:
+    def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self.catalog: Catalog = catalogs.build([])
         # The buckets as read in this transaction, so unchanged ones are not written again.
         self._loaded_buckets: dict[tuple[str, str], bytes | None] = {}
         self._loaded_heads: dict[str, tuple[bytes, int | None]] = {}
-        # The states last written, most recent last, with what was written of them: a
-        # profile seen again soon is neither read nor decoded again. An entry leaves when
-        # its profile is loaded and comes back when it is written, so it always says what
-        # the file says; a rollback empties it.
-        self._cached: OrderedDict[str, _Cached] = OrderedDict()
-        self.cached_profiles = cached_profiles
 
     def register(self, sources: Iterable[catalogs.Source], now_ms: int) -> dict[str, int]:
-        with transaction(self.conn, self.drop_cached):
+        with transaction(self.conn):
             self.conn.executemany(
                 "INSERT INTO engage_definitions (key, kind, query, created_at_ms) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET query = excluded.query",
@@ -280,7 +262,7 @@ class Tables:
         """`by_event` narrows which streams the messages feed (a backfill feeds only the
         streams of new definitions); evaluation always uses the whole catalog."""
         streams = self.catalog.by_event if by_event is None else by_event
-        with transaction(self.conn, self.drop_cached):
+        with transaction(self.conn):
             states = self._load_profiles({profile_id for profile_id, _, _ in inputs})
             before = {profile_id: state.values for profile_id, state in states.items()}
             touched = {profile_id: Touched() for profile_id in states}
@@ -307,7 +289,7 @@ class Tables:
     def merge(self, from_profile: str, into_profile: str, now_ms: int) -> list[Recorded]:
         if from_profile == into_profile:
             return []
-        with transaction(self.conn, self.drop_cached):
+        with transaction(self.conn):
             states = self._load_profiles({from_profile, into_profile})
             into, other = states[into_profile], states[from_profile]
             merged = merge(into, other, self.catalog.streams)
@@ -328,7 +310,7 @@ class Tables:
             return self._record(changes, now_ms)
 
     def forget(self, profile_id: str) -> None:
-        with transaction(self.conn, self.drop_cached):
+        with transaction(self.conn):
             self._delete_profile(profile_id)
 
     def recheck_due(self, now_ms: int, limit: int) -> list[Recorded]:
@@ -358,7 +340,7 @@ class Tables:
                 break
             recorded += self._reevaluate(ids, now_ms)
             last = ids[-1]
-        with transaction(self.conn, self.drop_cached):
+        with transaction(self.conn):
             self.conn.execute("UPDATE engage_definitions SET computed_at_ms = ?", (now_ms,))
         return recorded
 
@@ -371,13 +353,12 @@ class Tables:
     ) -> list[Recorded]:
         """Feed archived messages to new streams only; the first page empties those streams
         (what an interrupted backfill left), so a backfill can always start again."""
-        with transaction(self.conn, self.drop_cached):
+        with transaction(self.conn):
             if first:
                 ids = sorted({s.spec.id for items in by_event.values() for s in items})
                 self.conn.executemany(
                     "DELETE FROM engage_buckets WHERE stream_id = ?", [(i,) for i in ids]
                 )
-                self.drop_cached()
             return self.apply_many(inputs, now_ms, by_event)
 
     def position(self) -> dict[str, int]:
@@ -455,7 +436,7 @@ class Tables:
         )
 
     def _reevaluate(self, profile_ids: list[str], now_ms: int) -> list[Recorded]:
-        with transaction(self.conn, self.drop_cached):
+        with transaction(self.conn):
             states = self._load_profiles(set(profile_ids))
             before = {profile_id: state.values for profile_id, state in states.items()}
             return self._record(self._evaluate_profiles(states, before, now_ms), now_ms)
@@ -467,18 +448,8 @@ class Tables:
         states: dict[str, ProfileState] = {}
         self._loaded_buckets = {}
         self._loaded_heads = {}
-        unread = []
-        for profile_id in wanted:
-            cached = self._cached.pop(profile_id, None)
-            if cached is None:
-                unread.append(profile_id)
-                continue
-            states[profile_id] = cached.state
-            self._loaded_heads[profile_id] = (cached.head, cached.recheck_at_ms)
-            for stream_id, buckets in cached.buckets.items():
-                self._loaded_buckets[(profile_id, stream_id)] = buckets
-        for start in range(0, len(unread), _LOAD_CHUNK):
-            chunk = unread[start : start + _LOAD_CHUNK]
+        for start in range(0, len(wanted), _LOAD_CHUNK):
+            chunk = wanted[start : start + _LOAD_CHUNK]
             marks = ",".join("?" * len(chunk))
             for profile_id, state, recheck in self.conn.execute(
                 "SELECT profile_id, state, recheck_at_ms FROM engage_profiles "
@@ -522,20 +493,14 @@ class Tables:
             head = encode_head(state)
             if self._loaded_heads.get(profile_id) != (head, recheck):
                 rows.append((profile_id, head, recheck, now_ms))
-            written: dict[str, bytes] = {}
             for stream_id, stream in state.streams.items():
                 buckets = _encode_state(stream) if stream else None
-                if buckets is not None:
-                    written[stream_id] = buckets
                 if buckets != self._loaded_buckets.pop((profile_id, stream_id), None):
                     if buckets is None:
                         emptied.append((stream_id, profile_id))
                     else:
                         buckets_rows.append((stream_id, profile_id, buckets))
-            self._remember(profile_id, _Cached(state, head, recheck, written))
         emptied += [(stream_id, profile_id) for profile_id, stream_id in self._loaded_buckets]
-        for _, profile_id in emptied:
-            self._cached.pop(profile_id, None)  # a stream no definition reads: read it afresh
         self._loaded_buckets = {}
         self.conn.executemany(PROFILE_UPSERT, rows)
         self.conn.executemany(BUCKETS_UPSERT, buckets_rows)
@@ -618,17 +583,7 @@ class Tables:
                     VALUE_UPSERT, ("users", key, profile_id, _json(value).decode(), now_ms)
                 )
 
-    def _remember(self, profile_id: str, cached: _Cached) -> None:
-        self._cached[profile_id] = cached
-        while len(self._cached) > self.cached_profiles:
-            self._cached.popitem(last=False)
-
-    def drop_cached(self) -> None:
-        """Forget every cached state (a rollback, or rows changed behind the cache)."""
-        self._cached.clear()
-
     def _delete_profile(self, profile_id: str) -> None:
-        self._cached.pop(profile_id, None)
         for sql in (
             "DELETE FROM engage_profiles WHERE profile_id = ?",
             "DELETE FROM engage_buckets WHERE profile_id = ?",
@@ -649,9 +604,7 @@ def _note(touched: Touched, message: dict[str, Any], state: ProfileState, ids: i
 
 
 @contextmanager
-def transaction(
-    conn: sqlite3.Connection, on_rollback: Callable[[], None] | None = None
-) -> Iterator[None]:
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
     if conn.in_transaction:  # part of a larger one (Tables.process): it commits
         yield
         return
@@ -660,8 +613,6 @@ def transaction(
         yield
     except BaseException:
         conn.execute("ROLLBACK")
-        if on_rollback is not None:
-            on_rollback()
         raise
     conn.execute("COMMIT")
 
