@@ -293,12 +293,22 @@ def end_to_end(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profiles", type=int, default=100_000)
-    parser.add_argument("--messages", type=int, default=200_000)
-    parser.add_argument("--daemon-profiles", type=int, default=20_000)
-    parser.add_argument("--daemon-messages", type=int, default=60_000)
-    parser.add_argument("--entries", type=int, default=200)
-    parser.add_argument("--only-daemon", action="store_true")
+    parser.add_argument(
+        "--profiles", type=int, default=100_000, help="profiles of the store benchmark"
+    )
+    parser.add_argument(
+        "--messages", type=int, default=200_000, help="messages applied to the store"
+    )
+    parser.add_argument(
+        "--daemon-profiles", type=int, default=20_000, help="profiles of the daemon run"
+    )
+    parser.add_argument(
+        "--daemon-messages", type=int, default=60_000, help="messages posted to the daemon"
+    )
+    parser.add_argument(
+        "--entries", type=int, default=200, help="audience entries timed for latency"
+    )
+    parser.add_argument("--only-daemon", action="store_true", help="run only the daemon end to end")
     args = parser.parse_args()
     if args.only_daemon:
         end_to_end(args)
