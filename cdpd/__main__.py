@@ -1,3 +1,3 @@
-from cdpd.cli import main
+from cdpd.launch import main
 
 raise SystemExit(main())

@@ -19,6 +19,7 @@ Kind = Literal["audience", "computed_trait"]
 # Identifiers that make a profile known (Segment's "Include Anonymous Users" off).
 KNOWN_IDENTIFIERS = ("user_id", "email", "android.idfa", "ios.idfa")
 HOUR_MS = 3_600_000
+MAX_REMEMBERED = 4096  # kinds of change whose affected definitions are kept
 
 
 class DefinitionError(ValueError):
@@ -86,6 +87,9 @@ class Catalog(msgspec.Struct, frozen=True):
     windows: dict[str, tuple[tuple[int, int | None], ...]] = {}  # (lo, hi) hours per stream
     time_relative: bool = False  # some plan compares dates with now
     kinds: tuple[tuple[str, Kind], ...] = ()  # (key, kind) in evaluation order
+    user_keys: frozenset[str] = frozenset()  # the keys of `user_steps`
+    # `_steps_for`'s answers by (events, traits touched); filled as profiles are evaluated
+    affected: dict[tuple[frozenset[str], bool], tuple[tuple[Step, bool], ...]] = {}
 
     @property
     def user_definitions(self) -> tuple[Definition, ...]:
@@ -141,6 +145,8 @@ def build(sources: list[Source]) -> Catalog:
         by_event.setdefault(stream.spec.event, []).append(stream)
     return Catalog(
         user_steps=tuple(_step(d, set(definitions)) for d in ordered if not d.plan.account),
+        user_keys=frozenset(d.key for d in ordered if not d.plan.account),
+        affected={},
         windows=_windows(ordered),
         time_relative=any(d.plan.time_relative for d in ordered),
         kinds=tuple((d.key, d.source.kind) for d in ordered),
@@ -207,23 +213,27 @@ def evaluate(
     profile unless the definition includes anonymous profiles. With `touched`, a definition
     whose inputs did not change keeps its last value (`state.values`) instead of being
     evaluated again."""
+    return evaluate_changes(catalog, state, now_ms, touched)[0]
+
+
+def evaluate_changes(
+    catalog: Catalog, state: ProfileState, now_ms: int, touched: Touched | None = None
+) -> tuple[dict[str, Any], set[str]]:
+    """`evaluate`, and the keys whose value differs from `state.values` (what `diff` needs
+    to look at)."""
     previous = state.values
-    if touched is not None and touched.identifiers:
-        touched = None  # who counts as known may have changed: every audience
-    values: dict[str, Any] = {}
+    if touched is not None and not touched.identifiers and previous.keys() == catalog.user_keys:
+        # Only the definitions reading what changed, and those reading them, may change.
+        values = dict(previous)
+        steps = _steps_for(catalog, touched)
+    else:  # new definitions, or who counts as known may have changed: every one
+        values = {}
+        steps = tuple((step, True) for step in catalog.user_steps)
     ctx = Ctx(state, now_ms, values)
     changed: set[str] = set()
     known = None
-    for step in catalog.user_steps:
-        key = step.key
-        if (
-            touched is not None
-            and key in previous
-            and not (step.events & touched.events)
-            and not (step.reads_traits and touched.traits)
-            and not (step.reads & changed)
-        ):
-            values[key] = previous[key]
+    for step, direct in steps:
+        if not direct and not (step.reads & changed):
             continue
         value = step.evaluate(ctx)
         if not step.include_anonymous and value is not None and value is not False:
@@ -232,10 +242,30 @@ def evaluate(
                 value = False if step.audience else None
         if step.audience:
             value = bool(value)
+        key = step.key
         values[key] = value
         if previous.get(key) != value:
             changed.add(key)
-    return values
+    return values, changed
+
+
+def _steps_for(catalog: Catalog, touched: Touched) -> tuple[tuple[Step, bool], ...]:
+    """The steps a change may affect, in evaluation order, each with whether it reads the
+    change itself (True) or only other definitions (evaluated when one of those changed).
+    Remembered per kind of change: a batch has few distinct ones."""
+    events = frozenset(touched.events)
+    remembered = catalog.affected.get((events, touched.traits))
+    if remembered is not None:
+        return remembered
+    affected = []
+    for step in catalog.user_steps:
+        direct = bool(step.events & events) or (step.reads_traits and touched.traits)
+        if direct or step.reads:
+            affected.append((step, direct))
+    found = tuple(affected)
+    if len(catalog.affected) < MAX_REMEMBERED:
+        catalog.affected[(events, touched.traits)] = found
+    return found
 
 
 def evaluate_account(
@@ -251,13 +281,22 @@ def evaluate_account(
     return values
 
 
-def diff(catalog: Catalog, before: dict[str, Any], after: dict[str, Any]) -> list[Change]:
+def diff(
+    catalog: Catalog,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    keys: set[str] | None = None,
+) -> list[Change]:
     """What changed between two evaluations: audience entries and exits, and computed trait
     values that are new or different. A trait evaluated for the first time with an empty
     value (absent, 0 or an empty list: a profile without such events) is no change, so new
-    profiles do not each send a zero."""
+    profiles do not each send a zero. `keys`: only these can have changed (from
+    `evaluate_changes`)."""
     changes = []
-    for key, kind in catalog.kinds:
+    kinds = catalog.kinds
+    if keys is not None:
+        kinds = tuple(item for item in kinds if item[0] in keys) if keys else ()
+    for key, kind in kinds:
         new = after.get(key, _ABSENT)
         if new is _ABSENT:
             continue

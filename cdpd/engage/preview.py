@@ -26,24 +26,37 @@ class Preview(msgspec.Struct, frozen=True):
     unkept_events: tuple[str, ...]
 
 
-class _Traits(msgspec.Struct, array_like=True):
-    """The first two fields of a stored `Head`, with room for the streams a plan reads."""
+class _Profile:
+    """`ctx.state` as a plan reads it in a preview: one object, refilled for each profile."""
 
-    traits: dict[str, Any]
-    values: dict[str, Any]
-    streams: Any = None
+    __slots__ = ("streams", "traits")
 
-
-class _TraitsOnly(msgspec.Struct, array_like=True):
-    """The first field of a stored `Head`: for a query that reads no definition's value."""
-
-    traits: dict[str, Any]
-    values: dict[str, Any] = {}
-    streams: Any = None
+    def __init__(self, streams: Any) -> None:
+        self.traits: dict[str, Any] = {}
+        self.streams = streams
 
 
-_decode_traits = msgspec.msgpack.Decoder(_Traits).decode
-_decode_traits_only = msgspec.msgpack.Decoder(_TraitsOnly).decode
+def _only(keys: list[str]) -> type[msgspec.Struct]:
+    """A Struct of these keys (any text: field names are renamed to them), absent ones UNSET."""
+    fields = [(f"k{n}", Any, msgspec.UNSET) for n in range(len(keys))]
+    rename = {f"k{n}": key for n, key in enumerate(keys)}
+    return msgspec.defstruct("Only", fields, rename=rename)
+
+
+def _head_reader(trait_keys: list[str], value_keys: list[str]) -> Any:
+    """Decodes a stored head into [traits, values], dicts of the plan's keys only."""
+    traits_type, values_type = _only(trait_keys), _only(value_keys)
+    # A stored head starts with its traits and values; the fields after them are skipped.
+    head = msgspec.defstruct(
+        "Head", [("traits", traits_type), ("values", values_type)], array_like=True
+    )
+    decode = msgspec.msgpack.Decoder(head).decode
+    as_lists = msgspec.to_builtins  # [traits, values], without the UNSET (absent) keys
+
+    def read(blob: bytes) -> list[dict[str, Any]]:
+        return as_lists(decode(blob))  # type: ignore[no-any-return]
+
+    return read
 
 
 class _Streams:
@@ -76,8 +89,8 @@ def preview(path: str | Path, plan: Plan, kept: Catalog, now_ms: int) -> Preview
         if plan.streams and not plan.trait_refs:
             matching, profiles = _count_events_only(conn, plan, now_ms)
         else:
-            reads_values = any(kept.get(key) is not None for key in plan.trait_refs)
-            matching, profiles = _count_every_profile(conn, plan, now_ms, reads_values)
+            value_keys = sorted(key for key in plan.trait_refs if kept.get(key) is not None)
+            matching, profiles = _count_every_profile(conn, plan, now_ms, value_keys)
         return Preview(matching=matching, profiles=profiles, unkept_events=unkept)
     finally:
         conn.close()
@@ -98,8 +111,7 @@ def _stream_rows(conn: sqlite3.Connection, plan: Plan) -> dict[str, dict[str, by
 def _count_events_only(conn: sqlite3.Connection, plan: Plan, now_ms: int) -> tuple[int, int]:
     rows = _stream_rows(conn, plan)
     streams = _Streams(rows)
-    state = _Traits({}, {}, streams)
-    ctx = Ctx(state, now_ms, state.values)
+    ctx = Ctx(_Profile(streams), now_ms)
     (profiles,) = conn.execute("SELECT count(*) FROM engage_profiles").fetchone()
     with_events = set().union(*rows.values())
     evaluate = plan.evaluate
@@ -115,19 +127,17 @@ def _count_events_only(conn: sqlite3.Connection, plan: Plan, now_ms: int) -> tup
 
 
 def _count_every_profile(
-    conn: sqlite3.Connection, plan: Plan, now_ms: int, reads_values: bool
+    conn: sqlite3.Connection, plan: Plan, now_ms: int, value_keys: list[str]
 ) -> tuple[int, int]:
     streams = _Streams(_stream_rows(conn, plan))
-    ctx = Ctx(None, now_ms)
+    state = _Profile(streams)
+    ctx = Ctx(state, now_ms)
     evaluate = plan.evaluate
-    decode = _decode_traits if reads_values else _decode_traits_only
+    read = _head_reader(sorted(plan.trait_refs), value_keys)
     matching = profiles = 0
     for profile_id, blob in conn.execute("SELECT profile_id, state FROM engage_profiles"):
-        state = decode(blob)
+        state.traits, ctx.values = read(blob)
         streams.profile_id = profile_id
-        state.streams = streams
-        ctx.state = state
-        ctx.values = state.values
         profiles += 1
         if evaluate(ctx):
             matching += 1

@@ -100,6 +100,7 @@ class EngageStage:
         self._writer = writer
         self._clock = clock
         self.wake = asyncio.Event()  # set by the identity stage on every commit or forget
+        self._changed = asyncio.Event()  # set after each batch applied: something to send
         self.position = Position()
         self.source = output_source(config.engage.space_id)
         self._connections = connections(config)
@@ -169,7 +170,19 @@ class EngageStage:
         }
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Follow the record and send what changed, side by side: sending waits on the
+        outbox's commits while the next batch is applied. Both end when `stop` is set; a
+        last sync then sends what the last batch changed."""
         await self.start()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._send_while_running(stop), name="engage-send")
+            try:
+                await self._follow_while_running(stop)
+            finally:
+                self._changed.set()  # the sender sees `stop` at once
+        await self.sync()
+
+    async def _follow_while_running(self, stop: asyncio.Event) -> None:
         next_recheck_ms = 0
         while not stop.is_set():
             self.wake.clear()
@@ -177,10 +190,15 @@ class EngageStage:
             if self._clock.now_ms() >= next_recheck_ms:
                 await self.recheck()
                 next_recheck_ms = self._clock.now_ms() + round(RECHECK_INTERVAL_S * 1000)
-            await self.sync()
+            self._changed.set()
             if not busy:
                 await self._clock.wait(self.wake, RECHECK_INTERVAL_S)
-        await self.sync()
+
+    async def _send_while_running(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self._changed.clear()
+            await self.sync()
+            await self._clock.wait(self._changed, RECHECK_INTERVAL_S)
 
     async def follow(self) -> bool:
         """Apply the next batch of the identity stage's record; False when it was caught up."""

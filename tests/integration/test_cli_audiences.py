@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cdpd import cli, config
+from cdpd import cli, config, launch
 from cdpd.engage import catalog
 from cdpd.engage.settings import definition_sources
 from cdpd.engage.store import EngageStore
@@ -164,3 +166,58 @@ def test_resync_starts_a_first_sync_again(
         == 2
     )
     assert "is not sent to a destination named 'nope'" in capsys.readouterr().err
+
+
+def test_the_program_runs_audiences_without_the_rest_of_cdpd(config_path: Path) -> None:
+    """`cdpd audiences ...` answers through the light entry point: the same output as
+    cli.py's, without importing cli.py (every stage and destination client)."""
+    asyncio.run(fill(config_path, buyers=3, others=4))
+    script = (
+        "import sys\n"
+        "from cdpd.launch import main\n"
+        "code = main(sys.argv[1:])\n"
+        "print('cli imported' if 'cdpd.cli' in sys.modules else 'cli not imported')\n"
+        "raise SystemExit(code)\n"
+    )
+    query = "event('Order Completed').within(7 days).count() >= 1"
+    done = subprocess.run(
+        [sys.executable, "-c", script, "--config", str(config_path), "audiences", "preview", query],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("3 of 7 profiles match (")
+    assert done.stdout.rstrip().endswith("cli not imported")
+    bad_query = "event('x').count() >"
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cdpd",
+            "audiences",
+            "preview",
+            bad_query,
+            "--config",
+            str(config_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert "line 1, column 21: expected a function" in bad.stderr
+
+
+def test_other_commands_go_through_cli(config_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "cdpd", "check-config", "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert launch.command_of(["--config", "audiences", "check-config"]) == "check-config"
+    assert launch.command_of(["--config=x.toml", "audiences", "list"]) == "audiences"
+    assert launch.command_of(["--help", "audiences"]) is None
+    assert launch.command_of([]) is None

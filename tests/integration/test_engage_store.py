@@ -13,6 +13,7 @@ import pytest
 
 from cdpd.engage import catalog
 from cdpd.engage.catalog import Change, Source
+from cdpd.engage.evaluation import Ctx
 from cdpd.engage.inputs import ProfileDeleted, ProfileMessage, ProfilesMerged
 from cdpd.engage.plan import compile_query
 from cdpd.engage.preview import preview
@@ -214,6 +215,45 @@ async def test_preview_counts_without_saving(store: EngageStore) -> None:
     summary = await store.summary("recent_buyers")
     assert summary is not None
     assert summary.size == 7  # nothing was saved by the previews
+
+
+async def test_preview_reads_only_the_traits_it_needs_with_the_same_answer(
+    store: EngageStore,
+) -> None:
+    """A preview decodes only the keys a query reads; its answer is what evaluating each
+    profile's whole state gives (nested paths, keys that are not names, a definition's value
+    read through trait(), a missing value)."""
+    traits = [
+        {"plan": "pro", "address": {"city": "Oslo"}, "a key": {"x": 3}},
+        {"plan": "free", "address": {"city": "Rome"}},
+        {"plan": "pro", "a key": {"x": 1}, "order_count": 9},
+        {},
+    ]
+    for n, given in enumerate(traits):
+        message = {"type": "identify", "userId": f"u{n}", "traits": given}
+        await store.apply(f"p{n}", message, T0)
+    await store.apply("p2", track("Order Completed", T0, user="u2"), T0)
+    kept = store.catalog
+    queries = [
+        "trait('address.city') = 'Oslo'",
+        "trait('a key.x') >= 2 OR trait('plan') = 'free'",
+        "trait('order_count') >= 1",
+        "trait('plan').absent()",
+        "NOT trait('address').exists() AND trait('order_count') = 0",
+    ]
+    answers: list[int] = []
+    states = {f"p{n}": await store.profile(f"p{n}") for n in range(len(traits))}
+    for query in queries:
+        plan = compile_query(query)
+        expected = sum(
+            bool(plan.evaluate(Ctx(state, T0, dict(state.values))))
+            for state in states.values()
+            if state is not None
+        )
+        result = preview(store.path, plan, kept, T0)
+        assert (result.matching, result.profiles) == (expected, 4), query
+        answers.append(expected)
+    assert answers == [1, 2, 1, 1, 1]
 
 
 async def test_process_takes_the_identity_stages_output_in_order(store: EngageStore) -> None:
