@@ -97,6 +97,10 @@ class Layout(msgspec.Struct, frozen=True):
         """The durable consumer all nodes' lanes for `destination` share."""
         return f"delivery_{token(destination)}"
 
+    def partition_consumer(self, destination: str, partition: int) -> str:
+        """With `ordering = "user"`: one consumer per partition subject."""
+        return f"{self.delivery_consumer(destination)}_p{partition}"
+
     @property
     def dead_stream(self) -> str:
         return f"{self.stream}_DEAD"
