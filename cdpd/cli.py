@@ -246,6 +246,10 @@ def _mappings(cfg: config.Config, args: argparse.Namespace) -> int:
 
 
 def _deliveries(cfg: config.Config, args: argparse.Namespace) -> int:
+    if cfg.storage.backend == "jetstream":
+        from cdpd.cluster.cli import deliveries
+
+        return deliveries(cfg, args)
     path = cfg.storage.outbox_path
     if not path.exists():
         print(f"cdpd: there is no outbox at {path} yet", file=sys.stderr)
@@ -295,6 +299,10 @@ def _replay(cfg: config.Config, args: argparse.Namespace) -> int:
     if since_ms is not None and since_ms >= until_ms:
         print(f"cdpd: --since ({since}) must be before --until ({until})", file=sys.stderr)
         return EXIT_USAGE
+    if cfg.storage.backend == "jetstream":
+        from cdpd.cluster.cli import replay_dead
+
+        return replay_dead(cfg, destination, args)
     try:
         count = asyncio.run(
             _replay_in_outbox(cfg.storage.outbox_path, destination, since, until, args)

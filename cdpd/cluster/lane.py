@@ -108,16 +108,7 @@ class JetStreamLane:
     # -- consumers --------------------------------------------------------------------------
 
     def consumers(self) -> list[tuple[str, str, int]]:
-        """(durable name, filter subject, max ack pending) of each consumer the lane reads."""
-        name = self._layout.delivery_consumer(self.name)
-        batch = self._config.batch_size
-        if not self._ordered:
-            pending = max(1000, 4 * self._config.concurrency * batch)
-            return [(name, self._layout.messages_subjects, pending)]
-        return [
-            (self._layout.partition_consumer(self.name, p), self._layout.message_subject(p), 1)
-            for p in range(self._layout.partitions)
-        ]
+        return consumer_specs(self._layout, self._config)
 
     async def ensure_consumers(self) -> None:
         """Create the lane's durable consumers; a destination seen for the first time starts
@@ -412,6 +403,18 @@ class JetStreamLane:
             delay_s = max(0.0, ((decision.next_attempt_ms or now) - now) / 1000)
             return Verdict("retrying", delay_s, result.status, error)
         return Verdict(decision.verdict, 0.0, result.status, f"{error} ({decision.reason})")
+
+
+def consumer_specs(layout: Layout, config: Destination) -> list[tuple[str, str, int]]:
+    """(durable name, filter subject, max ack pending) of each consumer a destination's lane
+    reads: one for all partitions, or with `ordering = "user"` one per partition."""
+    if config.ordering != "user":
+        pending = max(1000, 4 * config.concurrency * config.batch_size)
+        return [(layout.delivery_consumer(config.name), layout.messages_subjects, pending)]
+    return [
+        (layout.partition_consumer(config.name, p), layout.message_subject(p), 1)
+        for p in range(layout.partitions)
+    ]
 
 
 def _heads(waiting: list[Owed]) -> list[Owed]:

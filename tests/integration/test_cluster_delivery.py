@@ -14,8 +14,10 @@ from typing import Any
 
 import aiohttp
 import msgspec
+import pytest
 from aiohttp import web
 
+from cdpd import cli
 from cdpd import config as cdpd_config
 from cdpd.clock import SystemClock
 from cdpd.cluster import connect, dead
@@ -301,3 +303,47 @@ def _answers(*answers: Answer) -> Any:
     from collections import deque
 
     return deque(answers)
+
+
+async def run_cli(*args: str) -> int:
+    return await asyncio.to_thread(cli.main, list(args))
+
+
+async def test_the_cli_reports_lists_and_replays_from_the_cluster(
+    js_cluster: JetStreamCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with Sink() as sink:
+        sink.by_message["m2"] = _answers(status(400))
+        text = config_toml(js_cluster, hook("hook", sink.url))
+        path = tmp_path / "cdpd.toml"
+        path.write_text(text)
+        config = cdpd_config.parse(text)
+        async with node(config, "a"), publisher(config) as publish:
+            await publish(track(1), track(2), track(3))
+            await sink.wait_for_delivered(2)
+            await consumer_settled(publish.js, publish.layout, "hook")
+            capsys.readouterr()
+
+            assert await run_cli("deliveries", "stats", "--json", "--config", str(path)) == 0
+            (stats,) = msgspec.json.decode(capsys.readouterr().out)
+            assert (stats["destination"], stats["dead"], stats["pending"]) == ("hook", 1, 0)
+            assert stats["circuit"] == "closed"
+
+            assert await run_cli("deliveries", "dead", "--json", "--config", str(path)) == 0
+            (letter,) = [msgspec.json.decode(line) for line in capsys.readouterr().out.splitlines()]
+            assert (letter["message_id"], letter["last_status"]) == ("m2", 400)
+
+            assert (
+                await run_cli("replay", "--destination", "hook", "--dead", "--config", str(path))
+                == 0
+            )
+            assert "1 dead delivery queued for hook" in capsys.readouterr().out
+            await sink.wait_for(lambda s: "m2" in s.message_ids)
+
+            assert (
+                await run_cli("deliveries", "retry", "--destination", "hook", "--config", str(path))
+                == 0
+            )
+            assert "circuit of hook closed" in capsys.readouterr().out
+            assert await run_cli("deliveries", "show", "m1", "--config", str(path)) == 2
+            assert "not available on the JetStream backend" in capsys.readouterr().err
