@@ -53,7 +53,7 @@ class ClusterDelivery:
         self._js = js
         self._session = session
         self._clock = clock
-        self._node = node or node_name()
+        self.node = node or node_name()
         self._observer = observer
         self.layout = Layout.of(config.storage.jetstream)
         self.restarts = restarts or Restarts()
@@ -80,7 +80,7 @@ class ClusterDelivery:
                 router=Router(routing_rule(d, sender.actions), sender.actions),
                 js=self._js,
                 layout=self.layout,
-                circuit=SharedCircuit(circuits, rates, d.name, self._node, self._clock),
+                circuit=SharedCircuit(circuits, rates, d.name, self.node, self._clock),
                 rate=GlobalRateLimit(rates, d.name, d.rate_limit_per_s, self._clock),
                 session=self._session,
                 clock=self._clock,

@@ -21,10 +21,12 @@ from cdpd import cli
 from cdpd import config as cdpd_config
 from cdpd.clock import SystemClock
 from cdpd.cluster import connect, dead
+from cdpd.cluster.admin import ClusterAdmin
 from cdpd.cluster.delivery import ClusterDelivery
 from cdpd.cluster.layout import Layout, headers_of
 from cdpd.cluster.shared import read_circuit
 from cdpd.config import Config
+from cdpd.ingest.errors import ApiError
 from cdpd.model.rows import OutboxRow
 from cdpd.model.timestamps import format_ms, now_ms
 from tests.jetstream_cluster import JetStreamCluster
@@ -347,3 +349,70 @@ async def test_the_cli_reports_lists_and_replays_from_the_cluster(
             assert "circuit of hook closed" in capsys.readouterr().out
             assert await run_cli("deliveries", "show", "m1", "--config", str(path)) == 2
             assert "not available on the JetStream backend" in capsys.readouterr().err
+
+
+def _answering_errors(handler: Any) -> Any:
+    """ApiError as its JSON answer (what cdpd/web.py's wrapper does for every route)."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            body = {"code": exc.code, "message": exc.message}
+            return web.json_response(body, status=exc.status, headers=exc.headers)
+
+    return wrapped
+
+
+async def test_the_admin_api_and_metrics_show_the_cluster(js_cluster: JetStreamCluster) -> None:
+    async with Sink() as sink:
+        sink.by_message["m2"] = _answers(status(400))
+        config = make_config(
+            js_cluster, hook("hook", sink.url), '[admin]\ntoken = "secret-token"\n'
+        )
+        async with (
+            node(config, "a") as a,
+            node(config, "b") as b,
+            publisher(config) as publish,
+            aiohttp.ClientSession() as http,
+        ):
+            app = web.Application()
+            for route in ClusterAdmin(config, publish.js, b).routes():
+                app.router.add_route(route.method, route.path, _answering_errors(route.handler))
+            runner = web.AppRunner(app)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+            auth = {"Authorization": "Bearer secret-token"}
+            try:
+                await publish(*[track(n) for n in range(1, 6)])
+                await sink.wait_for_delivered(4)
+                await consumer_settled(publish.js, publish.layout, "hook")
+
+                async with http.get(f"{url}/admin/deliveries") as response:
+                    assert response.status == 401
+                async with http.get(f"{url}/admin/deliveries", headers=auth) as response:
+                    (entry,) = (await response.json())["destinations"]
+                # Asked of node b, the dead letter is counted wherever it died.
+                assert (entry["destination"], entry["dead"], entry["pending"]) == ("hook", 1, 0)
+                assert entry["delivered"] == b.lanes["hook"].stats.delivered
+                assert a.lanes["hook"].stats.delivered + b.lanes["hook"].stats.delivered == 4
+                async with http.get(f"{url}/admin/deliveries/dead", headers=auth) as response:
+                    (letter,) = (await response.json())["dead"]
+                assert letter["message_id"] == "m2"
+                async with http.get(f"{url}/metrics") as response:
+                    text = await response.text()
+                assert 'cdpd_deliveries{destination="hook",state="dead"} 1.0' in text
+                assert 'cdpd_delivery_circuit_open{destination="hook"} 0.0' in text
+                replay = {"destination": "hook", "dead": True}
+                async with http.post(f"{url}/admin/replay", json=replay, headers=auth) as response:
+                    assert await response.json() == {"destination": "hook", "queued": 1}
+                await sink.wait_for(lambda s: "m2" in s.message_ids)
+                retry = {"destination": "nope"}
+                async with http.post(
+                    f"{url}/admin/deliveries/retry", json=retry, headers=auth
+                ) as response:
+                    assert response.status == 404
+            finally:
+                await runner.cleanup()
