@@ -158,18 +158,21 @@ class JetStreamLane:
         handle: Callable[[list[Msg]], object],
     ) -> None:
         while not stop.is_set():
-            size = await self._may_take(stop)
+            size, probe = await self._may_take(stop)
             if size == 0:
                 continue
             try:
                 batch = await sub.fetch(size, timeout=FETCH_WAIT_S)
             except TimeoutError:
+                if probe:  # nothing to probe with: the next message may probe
+                    await self._give_back_probe()
                 continue
             await handle(batch)  # type: ignore[misc]
 
-    async def _may_take(self, stop: asyncio.Event) -> int:
-        """How many messages to take now: a batch when the shared circuit is closed, one when
-        this node won the probe, none (after waiting a little) otherwise."""
+    async def _may_take(self, stop: asyncio.Event) -> tuple[int, bool]:
+        """How many messages to take now, and whether they are a probe: a batch when the
+        shared circuit is closed, one when this node won the probe, none (after waiting a
+        little) otherwise."""
         shared = self.shared
         try:
             await shared.refresh()
@@ -177,12 +180,22 @@ class JetStreamLane:
             log.warning("delivery_circuit_unreadable", destination=self.name, error=repr(exc))
         now = self._clock.now_ms()
         if shared.circuit.may_send(now):
-            return 1 if self._ordered else self._config.batch_size
+            return (1 if self._ordered else self._config.batch_size), False
         if shared.circuit.may_probe(now) and await shared.claim_probe():
-            return 1
+            return 1, True
         wait_s = min(max(shared.circuit.wait_ms(now) / 1000, 0.05), 0.5)
         await self._clock.wait(stop, wait_s)
-        return 0
+        return 0, False
+
+    async def _give_back_probe(self) -> None:
+        circuit = self.shared.circuit
+        if circuit.state == "probing":
+            # Due again now, under a new claim key (a claim names its probe time).
+            circuit.state, circuit.probe_at_ms = "open", self._clock.now_ms()
+            try:
+                await self.shared.publish()
+            except Exception as exc:
+                log.warning("delivery_circuit_unwritable", destination=self.name, error=repr(exc))
 
     async def _work(self, queue: asyncio.Queue[list[Msg]], stop: asyncio.Event) -> None:
         while True:
