@@ -416,3 +416,20 @@ async def test_the_admin_api_and_metrics_show_the_cluster(js_cluster: JetStreamC
                     assert response.status == 404
             finally:
                 await runner.cleanup()
+
+
+async def test_a_new_destination_starts_at_the_end_and_a_known_one_keeps_its_place(
+    js_cluster: JetStreamCluster,
+) -> None:
+    async with Sink() as sink:
+        config = make_config(js_cluster, hook("hook", sink.url))
+        async with publisher(config) as publish:
+            await publish(track(1))  # before the destination existed: not owed
+            async with node(config, "a"):
+                await publish(track(2))
+                await sink.wait_for_delivered(1)
+            await publish(track(3))  # while no node runs: waits in the consumer
+            async with node(config, "b"):
+                await sink.wait_for_delivered(2)
+                await consumer_settled(publish.js, publish.layout, "hook")
+        assert sink.message_ids == ["m2", "m3"]
