@@ -11,7 +11,7 @@ import msgspec
 
 from cdpd import config
 from cdpd.cli import EXIT_OK, EXIT_USAGE, _dead_line, _format_reports, _plural
-from cdpd.cluster import commands as cluster
+from cdpd.cluster import delivery_commands as cluster
 
 
 def deliveries(cfg: config.Config, args: argparse.Namespace) -> int:
