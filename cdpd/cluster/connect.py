@@ -11,7 +11,13 @@ from contextlib import asynccontextmanager
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import NotFoundError
 
 from cdpd.cluster.layout import Layout
@@ -95,6 +101,39 @@ def _stream(config: JetStreamConfig, name: str, subjects: str, description: str)
         max_age=float(config.max_age_s),
         duplicate_window=DUPLICATE_WINDOW_S,
     )
+
+
+def dedup_stream_config(config: JetStreamConfig, layout: Layout, window_s: int) -> StreamConfig:
+    """cdpd's dedup window beyond JetStream's own: one marker per message id, on a subject of
+    its own that takes one message (the first) and refuses the next until the marker ages out
+    after `window_s` (`[storage] dedup_window_s`)."""
+    return StreamConfig(
+        name=layout.dedup_stream,
+        description="cdpd message ids seen within the dedup window",
+        subjects=[layout.dedup_subjects],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=config.replicas,
+        max_age=float(window_s),
+        max_msgs_per_subject=1,
+        discard=DiscardPolicy.NEW,
+        discard_new_per_subject=True,
+        duplicate_window=min(DUPLICATE_WINDOW_S, float(window_s)),
+    )
+
+
+async def ensure_dedup(
+    js: JetStreamContext, config: JetStreamConfig, layout: Layout, window_s: int
+) -> None:
+    """Create the dedup stream, or bring its window to `window_s` (the window can change)."""
+    wanted = dedup_stream_config(config, layout, window_s)
+    try:
+        info = await js.stream_info(layout.dedup_stream)
+    except NotFoundError:
+        await js.add_stream(wanted)
+        return
+    if info.config.max_age != wanted.max_age:
+        await js.update_stream(wanted)
 
 
 def bucket_configs(config: JetStreamConfig, layout: Layout) -> list[KeyValueConfig]:
