@@ -30,7 +30,7 @@ from nats.js import JetStreamContext
 from cdpd import connections, logs, startup
 from cdpd import web as cdpd_web
 from cdpd.clock import Clock, SystemClock
-from cdpd.cluster import connect
+from cdpd.cluster import connect, ported
 from cdpd.cluster.connect import ClusterUnreachable
 from cdpd.cluster.ingest import JetStreamAppender
 from cdpd.cluster.layout import Layout
@@ -107,6 +107,11 @@ async def running_node(
 ) -> AsyncIterator[Node]:
     """Serve `config` on the JetStream backend until the block exits. Raises StartupError (one
     line) when the data folder is held, a port cannot be bound or the cluster is unreachable."""
+    unported = ported.unported(config)
+    if unported:
+        raise startup.StartupError(unported[0])
+    for note in ported.not_served(config):
+        log.info("not_served", note=note)
     clock = clock or SystemClock()
     restarts = Restarts()
     jetstream = config.storage.jetstream

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import aiohttp
 import msgspec
+import pytest
 
+from cdpd import cli
 from cdpd.cluster.ingest import JetStreamAppender
 from cdpd.cluster.layout import Layout
 from cdpd.cluster.node import running_node
@@ -20,6 +22,7 @@ from tests.jetstream_cluster import JetStreamCluster
 
 AUTH = {"Authorization": basic_auth(WRITE_KEY)}
 ADMIN_TOKEN = "admin-secret-token"
+IDENTITY = '[identity]\nspace = "main"\naccess_tokens = ["t"]\n'
 
 
 def _config(tmp_path: Path, cluster: JetStreamCluster, **keys: str):  # type: ignore[no-untyped-def]
@@ -139,3 +142,18 @@ async def test_the_admin_api_shows_the_streams_and_health_is_ok(
             text = await r.text()
         assert 'cdpd_cluster_stream_messages{stream="CDPD"} 1.0' in text
         assert 'cdpd_ingest_messages_total{outcome="accepted"} 1.0' in text
+
+
+async def test_check_config_reaches_the_cluster_and_refuses_single_node_stages(
+    tmp_path: Path, js_cluster: JetStreamCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "cdpd.toml"
+    path.write_text(jetstream_text(tmp_path / "var", js_cluster.urls))
+    assert await asyncio.to_thread(cli.main, ["check-config", "--config", str(path)]) == 0
+    assert "JetStream stream CDPD" in capsys.readouterr().out
+    path.write_text(jetstream_text(tmp_path / "var", js_cluster.urls, IDENTITY))
+    assert await asyncio.to_thread(cli.main, ["check-config", "--config", str(path)]) == 2
+    assert "[identity] (identity resolution, profiles) is single-node" in capsys.readouterr().err
+    path.write_text(jetstream_text(tmp_path / "var", ["nats://127.0.0.1:9"]))
+    assert await asyncio.to_thread(cli.main, ["check-config", "--config", str(path)]) == 1
+    assert "cannot connect to JetStream at nats://127.0.0.1:9" in capsys.readouterr().err
