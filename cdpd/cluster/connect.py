@@ -23,6 +23,8 @@ from nats.js.errors import NotFoundError
 from cdpd.cluster.layout import Layout
 from cdpd.config import JetStreamConfig
 
+# Leases expire this long after their holder last renewed them (cdpd/cluster/lease.py).
+LEASE_TTL_S = 5.0
 # How long JetStream itself remembers a Nats-Msg-Id; the same id is dropped inside it.
 DUPLICATE_WINDOW_S = 120.0
 PARTITIONS_NOTE = "partitions="
@@ -150,6 +152,7 @@ def bucket_configs(config: JetStreamConfig, layout: Layout) -> list[KeyValueConf
         bucket(layout.positions_bucket, "cdpd positions of the stages that run on one node"),
         bucket(layout.circuits_bucket, "cdpd circuit state per destination"),
         bucket(layout.rates_bucket, "cdpd rate-limit windows per destination", ttl=60.0),
+        bucket(layout.leases_bucket, "cdpd leases of one-node stages", ttl=LEASE_TTL_S),
     ]
 
 

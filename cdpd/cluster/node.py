@@ -17,10 +17,11 @@ import asyncio
 import contextlib
 import functools
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -64,7 +65,7 @@ class NodeParts:
 
     def supervised(
         self, name: str, run: Callable[[asyncio.Event], Awaitable[None]], stop: asyncio.Event
-    ) -> Awaitable[None]:
+    ) -> Coroutine[Any, Any, None]:
         """`run` under the node's supervisor (restarted with backoff on an unexpected error)."""
         return supervise(name, run, stop, clock=self.clock, restarts=self.restarts)
 
@@ -142,7 +143,7 @@ async def running_node(
                 parts = NodeParts(config, client, js, layout, tasks, clock, restarts, metrics, name)
                 entered = {
                     stage_name: await held.enter_async_context(stage(parts))
-                    for stage_name, stage in stages
+                    for stage_name, stage in [*_built_in_stages(config), *stages]
                 }
                 endpoints = NodeEndpoints(config, js, layout, appender, metrics, client)
                 try:
@@ -164,6 +165,13 @@ async def running_node(
                     budget.start()
                     appender.close()  # requests still in flight get their acks
                     await appender.drained(budget.requests_s())
+
+
+def _built_in_stages(config: Config) -> list[tuple[str, Stage]]:
+    """The stages this module knows; delivery plugs in through `running_node(stages=...)`."""
+    from cdpd.cluster.warehouse import warehouses_stage
+
+    return [("warehouses", warehouses_stage)] if config.warehouses else []
 
 
 @asynccontextmanager

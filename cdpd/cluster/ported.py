@@ -17,8 +17,8 @@ def unported(config: Config) -> list[str]:
         problems.append("audiences and computed traits (Engage) are single-node" + SEE)
     if any(d.enabled for d in config.destinations):
         problems.append("delivery to [[destinations]] does not run on this backend yet" + SEE)
-    if config.warehouses:
-        problems.append("[[warehouses]] do not load from this backend yet" + SEE)
+    if config.privacy.warehouses:
+        problems.append("[privacy.warehouses] controls apply on the SQLite backend only" + SEE)
     return problems
 
 
