@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -118,7 +119,7 @@ async def running_node(
     jetstream = config.storage.jetstream
     layout = Layout.of(jetstream)
     governance = Governance(config)
-    name = node_name or socket.gethostname()
+    name = node_name or f"{socket.gethostname()}:{os.getpid()}"
     with (
         data_dir_lock(Path(config.storage.data_dir)),
         contextlib.closing(startup.bind(config.server)) as sock,
