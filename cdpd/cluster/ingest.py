@@ -73,6 +73,8 @@ class JetStreamAppender:
         self._publisher = publisher
         self._layout = layout
         self._dedup = dedup_window_s > 0
+        # Markers only where JetStream's own window is too short to cover cdpd's.
+        self._markers = dedup_window_s > DUPLICATE_WINDOW_S
         self._by_source = dedup_scope == "source"
         self._ack_timeout_s = ack_timeout_s
         self._retry_after_s = retry_after_s
@@ -150,7 +152,7 @@ class JetStreamAppender:
         self, rows: Sequence[OutboxRow], rejects: Sequence[RejectRow], extra: ExtraRows
     ) -> AppendResult:
         unique = first_of_each_id(rows, by_source=self._by_source) if self._dedup else list(rows)
-        fresh = await self._not_seen_before(unique) if self._dedup else unique
+        fresh = await self._not_seen_before(unique) if self._markers else unique
         publishes = [self._message(row) for row in fresh]
         publishes += self._aux(rejects, extra)
         acks = await self._publish_all(publishes)
@@ -187,8 +189,7 @@ class JetStreamAppender:
         """Every publish out before any ack is awaited; the acks in the publishes' order."""
         futures = []
         try:
-            for subject, body, headers in publishes:
-                futures.append(await self._publisher.publish(subject, body, headers))
+            futures = await self._publisher.publish_all(list(publishes))
             return list(await asyncio.gather(*futures))
         finally:
             for future in futures:

@@ -43,12 +43,17 @@ async def test_a_batch_is_in_the_stream_when_it_is_answered(
     tmp_path: Path, js_cluster: JetStreamCluster, http: aiohttp.ClientSession
 ) -> None:
     async with running_node(_config(tmp_path, js_cluster)) as node:
-        batch = [_track("m-1"), _track("m-2", "u2"), {"type": "track", "messageId": "no-event"}]
+        batch = [
+            _track("m-1"),
+            _track("m-2", "zoë 100%"),
+            {"type": "track", "messageId": "no-event"},
+        ]
         async with http.post(f"{node.url}/v1/batch", json={"batch": batch}, headers=AUTH) as r:
             assert r.status == 200, await r.text()
         rows = await stored_rows(js_cluster.urls)
         assert sorted(row.message_id for row in rows) == ["m-1", "m-2"]
         assert {row.source for row in rows} == {"website"}
+        assert {row.user_id for row in rows} == {"u1", "zoë 100%"}  # headers percent-encoded
         assert {row.event for row in rows} == {"Signed Up"}
         assert msgspec.json.decode(rows[0].payload)["messageId"] in {"m-1", "m-2"}
         rejects = await aux_records(js_cluster.urls, "rejects")
