@@ -17,6 +17,7 @@ import aiosqlite
 import msgspec
 
 from cdpd import __version__, config, logs
+from cdpd.cluster import commands as cluster_commands
 from cdpd.console import commands as console_commands
 from cdpd.delivery import replay, report
 from cdpd.delivery.store import DeliveryStatus, SqliteDeliveryStore
@@ -70,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return engage_commands.run(cfg, args)
     if command == "privacy":
         return privacy_commands.run(cfg, args)
+    if command == cluster_commands.COMMAND:
+        return cluster_commands.run(cfg, args)
     if command == "warehouse":
         if argv is None:  # the real program: warnings and errors as JSON lines on stderr
             logs.configure("warning", sys.stderr.buffer)
@@ -151,6 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     engage_commands.add_parsers(commands, common)
     regulations_commands.add_parser(commands, common)
     privacy_commands.add_parser(commands, common)
+    cluster_commands.add_parser(commands, common)
     return parser
 
 

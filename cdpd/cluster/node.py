@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 from aiohttp import web
@@ -73,6 +73,13 @@ class NodeParts:
 
 # A stage: entered after the streams are made sure of, exited (in reverse) after HTTP drained.
 Stage = Callable[[NodeParts], AbstractAsyncContextManager[object]]
+
+
+@runtime_checkable
+class ServesRoutes(Protocol):
+    """A stage whose entered value has operator endpoints (admin token'd, like /admin/cluster)."""
+
+    def routes(self) -> list[web.RouteDef]: ...
 
 
 @dataclass(frozen=True)
@@ -147,6 +154,12 @@ async def running_node(
                     for stage_name, stage in [*_built_in_stages(config), *stages]
                 }
                 endpoints = NodeEndpoints(config, js, layout, appender, metrics, client)
+                endpoints.stage_routes = [
+                    route
+                    for value in entered.values()
+                    if isinstance(value, ServesRoutes)
+                    for route in value.routes()
+                ]
                 try:
                     async with _serving(
                         config, appender, governance, endpoints, budget, sock, admin_sock

@@ -38,11 +38,13 @@ class NodeEndpoints:
         self._appender = appender
         self._client = client
         self.metrics = metrics
+        self.stage_routes: list[web.RouteDef] = []  # what the node's stages serve (delivery's)
         self._status = status.StatusCollector()
         metrics.registry.register(self._status)
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get("/admin/cluster", self.cluster), web.get("/metrics", self.render)]
+        own = [web.get("/admin/cluster", self.cluster), web.get("/metrics", self.render)]
+        return own + self.stage_routes
 
     async def health(self, drain: Drain, request: web.Request) -> web.Response:
         """503 while shutting down or when the cluster cannot take writes (this node would

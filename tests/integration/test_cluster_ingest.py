@@ -156,6 +156,13 @@ async def test_check_config_reaches_the_cluster_and_refuses_single_node_stages(
     path.write_text(jetstream_text(tmp_path / "var", js_cluster.urls))
     assert await asyncio.to_thread(cli.main, ["check-config", "--config", str(path)]) == 0
     assert "JetStream stream CDPD" in capsys.readouterr().out
+    async with running_node(_config(tmp_path, js_cluster)):  # creates the streams
+        pass
+    capsys.readouterr()  # the node's log lines
+    stats = ["cluster", "stats", "--json", "--config", str(path)]
+    assert await asyncio.to_thread(cli.main, stats) == 0
+    found = msgspec.json.decode(capsys.readouterr().out)
+    assert {s["name"] for s in found["streams"]} >= {"CDPD", "CDPD_AUX", "CDPD_DEDUP"}
     path.write_text(jetstream_text(tmp_path / "var", js_cluster.urls, IDENTITY))
     assert await asyncio.to_thread(cli.main, ["check-config", "--config", str(path)]) == 2
     assert "[identity] (identity resolution, profiles) is single-node" in capsys.readouterr().err
