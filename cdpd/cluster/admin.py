@@ -9,9 +9,9 @@ import hmac
 from collections.abc import Iterator
 
 import msgspec
+import structlog
 from aiohttp import web
 from nats.js import JetStreamContext
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -21,7 +21,8 @@ from cdpd.cluster.delivery import ClusterDelivery
 from cdpd.config import Config, Destination
 from cdpd.delivery.report import DestinationReport
 from cdpd.ingest.errors import ApiError
-from cdpd.metrics import CONTENT_TYPE
+
+log = structlog.get_logger()
 
 CLUSTER_STATES = ("pending", "in_flight", "retrying", "dead")
 
@@ -33,15 +34,23 @@ class ClusterAdmin:
         self._js = js
         self._delivery = delivery
         self._layout = delivery.layout
+        self.collector = DeliveryCollector(delivery)
 
     def routes(self) -> list[web.RouteDef]:
+        """The admin endpoints (a node serves its own /metrics, with `collector` in it)."""
         return [
             web.get("/admin/deliveries", self.deliveries),
             web.get("/admin/deliveries/dead", self.dead),
             web.post("/admin/replay", self.replay),
             web.post("/admin/deliveries/retry", self.retry),
-            web.get("/metrics", self.metrics),
         ]
+
+    async def refresh_metrics(self) -> None:
+        """Read the cluster's figures for the next /metrics (the node calls it per scrape)."""
+        try:
+            self.collector.reports = await self._reports()
+        except Exception as exc:  # the cluster did not answer: the last figures stand
+            log.warning("delivery_metrics_unread", error=repr(exc))
 
     async def deliveries(self, request: web.Request) -> web.Response:
         self._authorize(request)
@@ -88,11 +97,6 @@ class ClusterAdmin:
             lane.shared.circuit.succeeded()
         return _json({"destination": destination.name, "due_now": waiting})
 
-    async def metrics(self, request: web.Request) -> web.Response:
-        registry = CollectorRegistry()
-        registry.register(_DeliveryCollector(await self._reports(), self._delivery))
-        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE})
-
     async def _reports(self) -> list[DestinationReport]:
         return await operations.reports(
             self._js, self._layout, list(self._destinations.values()), self._delivery.lanes
@@ -121,11 +125,12 @@ def _unknown(name: str) -> ApiError:
     return ApiError(404, "unknown_destination", f"no destination is named {name!r}")
 
 
-class _DeliveryCollector(Collector):
-    """The delivery metrics of cdpd/metrics.py, cluster-wide where the cluster knows them."""
+class DeliveryCollector(Collector):
+    """The delivery metrics of cdpd/metrics.py, cluster-wide where the cluster knows them
+    (`reports`, read just before), the node's own figures beside them."""
 
-    def __init__(self, reports: list[DestinationReport], delivery: ClusterDelivery) -> None:
-        self._reports = reports
+    def __init__(self, delivery: ClusterDelivery) -> None:
+        self.reports: list[DestinationReport] = []
         self._delivery = delivery
 
     def collect(self) -> Iterator[Metric]:
@@ -144,7 +149,7 @@ class _DeliveryCollector(Collector):
             "1 while the destination's shared circuit is open or probing",
             labels=["destination"],
         )
-        for entry in self._reports:
+        for entry in self.reports:
             for state in CLUSTER_STATES:
                 deliveries.add_metric([entry.destination, state], getattr(entry, state))
             backlog.add_metric([entry.destination], entry.backlog)

@@ -82,6 +82,13 @@ class ServesRoutes(Protocol):
     def routes(self) -> list[web.RouteDef]: ...
 
 
+@runtime_checkable
+class HasMetrics(Protocol):
+    """A stage whose metrics are read from the cluster before each scrape of /metrics."""
+
+    async def refresh_metrics(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class Node:
     """A serving node: where it listens and what it holds, for the CLI and for tests."""
@@ -160,6 +167,11 @@ async def running_node(
                     if isinstance(value, ServesRoutes)
                     for route in value.routes()
                 ]
+                endpoints.before_render = [
+                    value.refresh_metrics
+                    for value in entered.values()
+                    if isinstance(value, HasMetrics)
+                ]
                 try:
                     async with _serving(
                         config, appender, governance, endpoints, budget, sock, admin_sock
@@ -182,10 +194,16 @@ async def running_node(
 
 
 def _built_in_stages(config: Config) -> list[tuple[str, Stage]]:
-    """The stages this module knows; delivery plugs in through `running_node(stages=...)`."""
+    """The stages this module knows (exited in reverse: delivery drains first)."""
+    from cdpd.cluster.delivery_stage import delivery_stage
     from cdpd.cluster.warehouse import warehouses_stage
 
-    return [("warehouses", warehouses_stage)] if config.warehouses else []
+    stages: list[tuple[str, Stage]] = []
+    if config.warehouses:
+        stages.append(("warehouses", warehouses_stage))
+    if any(d.enabled for d in config.destinations):
+        stages.append(("delivery", delivery_stage))
+    return stages
 
 
 @asynccontextmanager

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from aiohttp import web
@@ -39,6 +40,8 @@ class NodeEndpoints:
         self._client = client
         self.metrics = metrics
         self.stage_routes: list[web.RouteDef] = []  # what the node's stages serve (delivery's)
+        # Stages whose metrics are read from the cluster just before each scrape.
+        self.before_render: list[Callable[[], Awaitable[None]]] = []
         self._status = status.StatusCollector()
         metrics.registry.register(self._status)
 
@@ -66,6 +69,8 @@ class NodeEndpoints:
     async def render(self, request: web.Request) -> web.Response:
         self._status.connected = self._client.is_connected
         self._status.status = await self._read()
+        for refresh in self.before_render:
+            await refresh()
         body = self.metrics.render([])
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 

@@ -15,8 +15,6 @@ def unported(config: Config) -> list[str]:
         problems.append("[identity] (identity resolution, profiles) is single-node" + SEE)
     if config.audiences or config.computed_traits:
         problems.append("audiences and computed traits (Engage) are single-node" + SEE)
-    if any(d.enabled for d in config.destinations):
-        problems.append("delivery to [[destinations]] does not run on this backend yet" + SEE)
     if config.privacy.warehouses:
         problems.append("[privacy.warehouses] controls apply on the SQLite backend only" + SEE)
     return problems
@@ -25,7 +23,7 @@ def unported(config: Config) -> list[str]:
 def not_served(config: Config) -> list[str]:
     """What a node leaves out without harm (said at check-config and at start)."""
     notes = [
-        "the regulation API, the privacy inbox and the delivery admin API are served by the"
+        "the regulation API, the privacy inbox and `cdpd deliveries show` are served by the"
         " SQLite backend only"
     ]
     if config.console.enabled:

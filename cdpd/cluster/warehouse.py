@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from cdpd.clock import Clock
-from cdpd.cluster.layout import Layout, row_of
+from cdpd.cluster.layout import DESTINATION, Layout, row_of
 from cdpd.cluster.lease import RENEW_EVERY_S, Lease, holding
 from cdpd.config import Config, Warehouse
 from cdpd.model.rows import OutboxRow
@@ -75,7 +75,13 @@ async def read_after(
                 messages = await subscription.fetch(count - len(found), timeout=FETCH_TIMEOUT_S)
             except TimeoutError:
                 break
-            found += [(m.metadata.sequence.stream, row_of(m.headers, m.data)) for m in messages]
+            # A message with Cdpd-Destination is a dead letter replayed for that destination
+            # alone (cdpd/cluster/dead.py), already loaded when it was first accepted.
+            found += [
+                (m.metadata.sequence.stream, row_of(m.headers, m.data))
+                for m in messages
+                if DESTINATION not in (m.headers or {})
+            ]
     finally:
         await subscription.unsubscribe()
     return found

@@ -21,14 +21,15 @@ from cdpd import cli
 from cdpd import config as cdpd_config
 from cdpd.clock import SystemClock
 from cdpd.cluster import connect, dead
-from cdpd.cluster.admin import ClusterAdmin
 from cdpd.cluster.delivery import ClusterDelivery
 from cdpd.cluster.layout import Layout, headers_of
+from cdpd.cluster.node import running_node
 from cdpd.cluster.shared import read_circuit
 from cdpd.config import Config
-from cdpd.ingest.errors import ApiError
 from cdpd.model.rows import OutboxRow
 from cdpd.model.timestamps import format_ms, now_ms
+from tests.cluster_support import jetstream_config, jetstream_text
+from tests.helpers import WRITE_KEY, basic_auth
 from tests.jetstream_cluster import JetStreamCluster
 from tests.sink import Answer, Sink, status
 
@@ -351,71 +352,54 @@ async def test_the_cli_reports_lists_and_replays_from_the_cluster(
             assert "not available on the JetStream backend" in capsys.readouterr().err
 
 
-def _answering_errors(handler: Any) -> Any:
-    """ApiError as its JSON answer (what cdpd/web.py's wrapper does for every route)."""
-
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ApiError as exc:
-            body = {"code": exc.code, "message": exc.message}
-            return web.json_response(body, status=exc.status, headers=exc.headers)
-
-    return wrapped
-
-
-async def test_the_admin_api_and_metrics_show_the_cluster(js_cluster: JetStreamCluster) -> None:
+async def test_two_nodes_serve_the_delivery_admin_api_and_metrics(
+    js_cluster: JetStreamCluster, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """Real nodes (ingest and delivery): what one node accepted, either node reports."""
     async with Sink() as sink:
         sink.by_message["m2"] = _answers(status(400))
-        config = make_config(
-            js_cluster, hook("hook", sink.url), '[admin]\ntoken = "secret-token"\n'
-        )
-        async with (
-            node(config, "a") as a,
-            node(config, "b") as b,
-            publisher(config) as publish,
-            aiohttp.ClientSession() as http,
-        ):
-            app = web.Application()
-            for route in ClusterAdmin(config, publish.js, b).routes():
-                app.router.add_route(route.method, route.path, _answering_errors(route.handler))
-            runner = web.AppRunner(app)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-            auth = {"Authorization": "Bearer secret-token"}
-            try:
-                await publish(*[track(n) for n in range(1, 6)])
-                await sink.wait_for_delivered(4)
-                await consumer_settled(publish.js, publish.layout, "hook")
+        extra = '[admin]\ntoken = "secret-token"\n' + hook("hook", sink.url)
+        configs = [
+            jetstream_config(
+                tmp_path / f"{name}.toml",
+                jetstream_text(
+                    tmp_path / name, js_cluster.urls, extra, jetstream="ack_wait_s = 2\n"
+                ),
+            )
+            for name in ("a", "b")
+        ]
+        auth = {"Authorization": "Bearer secret-token"}
+        async with running_node(configs[0]) as a, running_node(configs[1]) as b:
+            batch = {"batch": [track(n) for n in range(1, 6)]}
+            headers = {"Authorization": basic_auth(WRITE_KEY)}
+            async with http.post(f"{a.url}/v1/batch", json=batch, headers=headers) as response:
+                assert response.status == 200
+            await sink.wait_for_delivered(4)
+            layout = Layout.of(configs[0].storage.jetstream)
+            await consumer_settled(a.client.jetstream(), layout, "hook")
 
-                async with http.get(f"{url}/admin/deliveries") as response:
-                    assert response.status == 401
-                async with http.get(f"{url}/admin/deliveries", headers=auth) as response:
-                    (entry,) = (await response.json())["destinations"]
-                # Asked of node b, the dead letter is counted wherever it died.
-                assert (entry["destination"], entry["dead"], entry["pending"]) == ("hook", 1, 0)
-                assert entry["delivered"] == b.lanes["hook"].stats.delivered
-                assert a.lanes["hook"].stats.delivered + b.lanes["hook"].stats.delivered == 4
-                async with http.get(f"{url}/admin/deliveries/dead", headers=auth) as response:
-                    (letter,) = (await response.json())["dead"]
-                assert letter["message_id"] == "m2"
-                async with http.get(f"{url}/metrics") as response:
-                    text = await response.text()
-                assert 'cdpd_deliveries{destination="hook",state="dead"} 1.0' in text
-                assert 'cdpd_delivery_circuit_open{destination="hook"} 0.0' in text
-                replay = {"destination": "hook", "dead": True}
-                async with http.post(f"{url}/admin/replay", json=replay, headers=auth) as response:
-                    assert await response.json() == {"destination": "hook", "queued": 1}
-                await sink.wait_for(lambda s: "m2" in s.message_ids)
-                retry = {"destination": "nope"}
-                async with http.post(
-                    f"{url}/admin/deliveries/retry", json=retry, headers=auth
-                ) as response:
-                    assert response.status == 404
-            finally:
-                await runner.cleanup()
+            async with http.get(f"{b.url}/admin/deliveries") as response:
+                assert response.status == 401
+            async with http.get(f"{b.url}/admin/deliveries", headers=auth) as response:
+                (entry,) = (await response.json())["destinations"]
+            assert (entry["destination"], entry["dead"], entry["pending"]) == ("hook", 1, 0)
+            async with http.get(f"{b.url}/admin/deliveries/dead", headers=auth) as response:
+                (letter,) = (await response.json())["dead"]
+            assert letter["message_id"] == "m2"
+            async with http.get(f"{b.url}/metrics") as response:
+                text = await response.text()
+            assert 'cdpd_deliveries{destination="hook",state="dead"} 1.0' in text
+            assert 'cdpd_delivery_circuit_open{destination="hook"} 0.0' in text
+            replay = {"destination": "hook", "dead": True}
+            async with http.post(f"{b.url}/admin/replay", json=replay, headers=auth) as response:
+                assert await response.json() == {"destination": "hook", "queued": 1}
+            await sink.wait_for(lambda s: "m2" in s.message_ids)
+            retry = {"destination": "nope"}
+            async with http.post(
+                f"{b.url}/admin/deliveries/retry", json=retry, headers=auth
+            ) as response:
+                assert response.status == 404
+        assert sorted(sink.message_ids) == ["m1", "m2", "m3", "m4", "m5"]
 
 
 async def test_a_new_destination_starts_at_the_end_and_a_known_one_keeps_its_place(
