@@ -18,6 +18,10 @@ then a check that the stream (or outbox) holds at least every acknowledged messa
 that extrapolates (docs/scaling.md).
 
     .venv/bin/python bench/cluster.py [--duration 10] [--connections 32] [--setups sqlite,js-1,js-2]
+        [--delivery]
+
+`--delivery` then runs bench/cluster_delivery.py (its own cluster): a backlog delivered to a
+local webhook sink by one and two `cdpd serve` nodes, events/s and CPU per 1,000 messages.
 
 Needs wrk and nats-server (Debian packages wrk, nats-server).
 """
@@ -69,11 +73,18 @@ def main() -> int:
     parser.add_argument(
         "--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}"
     )
+    parser.add_argument(
+        "--delivery", action="store_true", help="then delivery (bench/cluster_delivery.py)"
+    )
     args = parser.parse_args()
     outcomes = [
         run(setup, mode, args) for mode in args.modes.split(",") for setup in args.setups.split(",")
     ]
     print_table(outcomes)
+    if args.delivery:
+        import cluster_delivery
+
+        cluster_delivery.main([])
     return 0
 
 

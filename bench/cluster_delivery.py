@@ -1,6 +1,6 @@
 """Delivery on the JetStream backend: a backlog of N messages in a three-server cluster on
-loopback, delivered by one and then two cdpd delivery nodes (separate processes) to a local
-webhook sink in batches of 100. Prints events/s delivered and the CPU seconds per 1,000
+loopback, delivered by one and then two `cdpd serve` nodes to a local webhook sink in batches
+of 100. Prints events/s delivered and the CPU seconds per 1,000
 messages of the cdpd nodes and of the three JetStream servers, for each run.
 
     .venv/bin/python bench/cluster_delivery.py [--messages 50000] [--batch 100]
@@ -33,7 +33,7 @@ from cdpd.model.timestamps import format_ms, now_ms  # noqa: E402
 from tests.jetstream_cluster import jetstream_cluster  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
-# CDPD_BENCH_PROFILE=DIR: each node runs under cProfile and writes DIR/<node>.prof at its stop.
+# CDPD_BENCH_PROFILE=DIR: nodes run under cProfile and write DIR/node.prof when they stop.
 PROFILE = os.environ.get("CDPD_BENCH_PROFILE")
 LOGS = Path(os.environ.get("CDPD_BENCH_LOG", os.devnull))
 PYTHON = [sys.executable, *(["-m", "cProfile", "-o", f"{PROFILE}/node.prof"] if PROFILE else [])]
@@ -61,29 +61,37 @@ class CountingSink:
             await self.changed.wait()
 
 
-def config_text(servers: list[str], url: str, destination: str, batch: int) -> str:
+def config_text(
+    servers: list[str], url: str, destination: str, batch: int, data_dir: Path | str
+) -> str:
     listed = ", ".join(f'"{s}"' for s in servers)
     return (
-        f'[storage]\nbackend = "jetstream"\n[storage.jetstream]\nservers = [{listed}]\n'
+        f'[server]\nlisten = "127.0.0.1:0"\n'
+        f'[storage]\nbackend = "jetstream"\ndata_dir = "{data_dir}"\n'
+        f"[storage.jetstream]\nservers = [{listed}]\n"
         '[[sources]]\nname = "website"\nwrite_key = "wk"\n'
         f'[[destinations]]\nname = "{destination}"\ntype = "webhook"\nurl = "{url}"\n'
         f"batch_size = {batch}\nconcurrency = 4\n"
     )
 
 
-def start_nodes(config: Path, count: int) -> list[subprocess.Popen[bytes]]:
+def start_nodes(configs: list[Path]) -> list[subprocess.Popen[bytes]]:
+    """`cdpd serve` per config, each returned once it logs that it listens."""
     nodes = [
         subprocess.Popen(
-            [*PYTHON, "-m", "tests.cluster_delivery_node", str(config), f"bench-{i}"],
+            [*PYTHON, "-m", "cdpd", "serve", "--config", str(config)],
             cwd=ROOT,
             stdout=subprocess.PIPE,
         )
-        for i in range(count)
+        for config in configs
     ]
     for node in nodes:
         assert node.stdout is not None
-        if node.stdout.readline() != b"ready\n":
-            raise SystemExit("a delivery node did not start")
+        for line in node.stdout:
+            if b'"listening"' in line:
+                break
+        else:
+            raise SystemExit("a cdpd node did not start")
         # Its log lines follow on the same pipe: read them, or a full pipe stalls the node.
         threading.Thread(target=_keep_log, args=(node.stdout, LOGS), daemon=True).start()
     return nodes
@@ -136,14 +144,20 @@ async def run(args: argparse.Namespace) -> None:
             servers = [p.pid for p in cluster.processes if p is not None]
             print(f"messages={args.messages} batch={args.batch} (3 JetStream servers, R3)")
             for count in args.nodes:
-                config = Path(tmp) / f"nodes{count}.toml"
-                config.write_text(config_text(cluster.urls, url, f"hook{count}", args.batch))
-                stop_nodes(start_nodes(config, count))  # creates the consumer, then stops
+                configs = []
+                for n in range(count):
+                    config = Path(tmp) / f"nodes{count}-{n}.toml"
+                    data_dir = Path(tmp) / f"nodes{count}-{n}"
+                    config.write_text(
+                        config_text(cluster.urls, url, f"hook{count}", args.batch, data_dir)
+                    )
+                    configs.append(config)
+                stop_nodes(start_nodes(configs))  # creates the consumer, then stops
                 await publish(jetstream, args.messages, f"nodes{count}")
                 sink.delivered = 0
                 js_before = sum(cpu_s(pid) for pid in servers)
                 began = time.perf_counter()
-                nodes = start_nodes(config, count)
+                nodes = start_nodes(configs)
                 try:
                     async with asyncio.timeout(args.timeout_s):
                         await sink.wait_for(args.messages)
@@ -170,7 +184,7 @@ async def run(args: argparse.Namespace) -> None:
     await runner.cleanup()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=50_000, help="backlog size")
     parser.add_argument("--batch", type=int, default=100, help="webhook batch_size")
@@ -178,7 +192,7 @@ def main() -> None:
     parser.add_argument(
         "--nodes", type=int, nargs="+", default=[1, 2], help="node counts to run (default 1 2)"
     )
-    asyncio.run(run(parser.parse_args()))
+    asyncio.run(run(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":
