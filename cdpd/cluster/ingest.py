@@ -8,10 +8,12 @@ trips the way the SQLite writer's group commit shares a COMMIT.
 
 Deduplication has two layers. Inside JetStream's own window (`connect.DUPLICATE_WINDOW_S`) the
 `Nats-Msg-Id` header drops a second copy. Beyond it, up to `[storage] dedup_window_s`, the
-dedup stream holds one marker per message id (a subject that takes one message and refuses
-the next): a message whose marker is refused is a duplicate, unless the marker is young enough
-for JetStream's own window to decide, which covers a request that placed its markers and then
-failed before its messages were acknowledged (the client's retry must not be dropped).
+dedup stream holds one marker per message id, on a subject of its own, written only once the
+message was acknowledged: a message whose marker exists is a duplicate. The markers are read
+before the messages are published and written after their acks, so a request that fails
+between the two leaves no marker, and the client's retry is stored (at worst, after a crash
+right after the acks, a retry later than JetStream's window is stored twice: a duplicate,
+never a loss).
 Rejects and the rows governance adds (violations, blocked messages...) go to the aux stream as
 JSON, in the same pipeline.
 """
@@ -20,14 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import msgspec
 import structlog
 from nats.aio.client import Client
-from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 
 from cdpd.cluster.connect import DUPLICATE_WINDOW_S
 from cdpd.cluster.layout import Layout, dedup_id, headers_of
@@ -37,11 +36,9 @@ from cdpd.outbox.writer import AppendResult, ExtraRows, OutboxUnavailable
 
 log = structlog.get_logger("cdpd.cluster")
 
-# A marker younger than this leaves the decision to JetStream's Nats-Msg-Id window; the margin
-# covers clock differences between the servers and the time a publish takes.
-MARKER_TRUST_AFTER_S = DUPLICATE_WINDOW_S - 20.0
 # JetStream's answer when a subject of the dedup stream already holds its one marker.
 MARKER_EXISTS = 10077
+NOT_FOUND = 404
 _INSERT_INTO = re.compile(r"INSERT\s+(?:OR\s+\w+\s+)?INTO\s+(\w+)\s*\(([^)]*)\)", re.I)
 _encode = msgspec.json.encode
 
@@ -58,7 +55,6 @@ class JetStreamAppender:
     def __init__(
         self,
         client: Client,
-        js: JetStreamContext,
         publisher: Publisher,
         layout: Layout,
         *,
@@ -66,19 +62,17 @@ class JetStreamAppender:
         dedup_scope: str = "source",
         ack_timeout_s: float = 5.0,
         retry_after_s: int = 2,
-        clock_s: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
-        self._js = js
         self._publisher = publisher
         self._layout = layout
+        self._get_last = f"$JS.API.STREAM.MSG.GET.{layout.dedup_stream}"
         self._dedup = dedup_window_s > 0
         # Markers only where JetStream's own window is too short to cover cdpd's.
         self._markers = dedup_window_s > DUPLICATE_WINDOW_S
         self._by_source = dedup_scope == "source"
         self._ack_timeout_s = ack_timeout_s
         self._retry_after_s = retry_after_s
-        self._clock_s = clock_s
         self._closing = False
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -152,10 +146,12 @@ class JetStreamAppender:
         self, rows: Sequence[OutboxRow], rejects: Sequence[RejectRow], extra: ExtraRows
     ) -> AppendResult:
         unique = first_of_each_id(rows, by_source=self._by_source) if self._dedup else list(rows)
-        fresh = await self._not_seen_before(unique) if self._markers else unique
+        fresh = await self._without_markers(unique) if self._markers else unique
         publishes = [self._message(row) for row in fresh]
         publishes += self._aux(rejects, extra)
         acks = await self._publish_all(publishes)
+        if self._markers and fresh:
+            await self._mark(fresh)
         stored = sum(1 for ack in acks[: len(fresh)] if not ack.duplicate)
         self.published += stored
         self.duplicates += len(rows) - stored
@@ -195,29 +191,36 @@ class JetStreamAppender:
             for future in futures:
                 future.cancel()  # a wait that ended early leaves nothing waiting
 
-    async def _not_seen_before(self, rows: list[OutboxRow]) -> list[OutboxRow]:
-        """The rows whose id has no marker older than JetStream's own window. Places a marker
-        for each new id in the same pipeline."""
+    async def _without_markers(self, rows: list[OutboxRow]) -> list[OutboxRow]:
+        """The rows whose id has no marker: a marker is written only after its message was
+        acknowledged, so one that exists says the message is stored (read from the stream
+        leader, in one pipeline)."""
         if not rows:
             return rows
-        subjects = [self._layout.dedup_subject(self._dedup_key(row)) for row in rows]
-        acks = await self._sent((subject, b"", None) for subject in subjects)
+        reads = [
+            (self._get_last, msgspec.json.encode({"last_by_subj": subject}), None)
+            for subject in self._marker_subjects(rows)
+        ]
+        answers = await self._sent(reads)
         fresh = []
-        for row, subject, ack in zip(rows, subjects, acks, strict=True):
-            if ack.error is None or await self._marker_is_young(subject, ack):
-                fresh.append(row)
+        for row, answer in zip(rows, answers, strict=True):
+            if answer.error is None:
+                continue  # marked: stored before
+            if answer.error.code != NOT_FOUND:
+                raise Refused(f"the dedup stream did not answer: {answer.error.description}")
+            fresh.append(row)
         return fresh
 
-    async def _marker_is_young(self, subject: str, refused: Ack) -> bool:
-        if refused.error is None or refused.error.err_code != MARKER_EXISTS:
-            raise Refused(f"the dedup stream refused a marker: {refused.error}")
-        try:
-            marker = await self._js.get_last_msg(self._layout.dedup_stream, subject)
-        except NotFoundError:
-            return True  # aged out between the two calls
-        if marker.time is None:
-            return True
-        return self._clock_s() - marker.time.timestamp() < MARKER_TRUST_AFTER_S
+    async def _mark(self, rows: list[OutboxRow]) -> None:
+        """A marker for each message now acknowledged. One that exists already is refused
+        (the subject keeps its first); the message was a duplicate inside JetStream's window."""
+        acks = await self._sent((subject, b"", None) for subject in self._marker_subjects(rows))
+        for ack in acks:
+            if ack.error is not None and ack.error.err_code != MARKER_EXISTS:
+                log.warning("jetstream_marker_not_written", error=ack.error.description)
+
+    def _marker_subjects(self, rows: list[OutboxRow]) -> list[str]:
+        return [self._layout.dedup_subject(self._dedup_key(row)) for row in rows]
 
     def _dedup_key(self, row: OutboxRow) -> str:
         return dedup_id(row, by_source=self._by_source)

@@ -142,7 +142,6 @@ async def running_node(
         async with _cluster(config, layout, name) as (client, js, publisher):
             appender = JetStreamAppender(
                 client,
-                js,
                 publisher,
                 layout,
                 dedup_window_s=config.storage.dedup_window_s,

@@ -78,7 +78,7 @@ class Publisher:
             if headers is None:
                 commands.append(pub_cmd(subject, reply, body))
             else:
-                commands.append(hpub_cmd(subject, reply, _header_block(headers), body))
+                commands.append(hpub_cmd(subject, reply, header_block(headers), body))
         await self._client._send_command(b"".join(commands))  # private: see the docstring
         await self._client._flush_pending()
         return futures
@@ -103,6 +103,6 @@ class Publisher:
             future.set_exception(exc)
 
 
-def _header_block(headers: dict[str, str]) -> bytes:
+def header_block(headers: dict[str, str]) -> bytes:
     lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     return _HEADERS_START + lines.encode() + b"\r\n"

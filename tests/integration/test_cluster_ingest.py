@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import aiohttp
@@ -80,26 +79,23 @@ async def test_beyond_jetstreams_window_the_dedup_markers_decide(
     async with running_node(_config(tmp_path, js_cluster)) as node:
         publisher = Publisher(node.client)
         await publisher.start()
+        layout = Layout()
+        appender = JetStreamAppender(node.client, publisher, layout, dedup_window_s=3600)
+        js = node.client.jetstream()
 
-        def appender(clock_offset_s: float) -> JetStreamAppender:
-            return JetStreamAppender(
-                node.client,
-                node.client.jetstream(),
-                publisher,
-                Layout(),
-                dedup_window_s=3600,
-                clock_s=lambda: time.time() + clock_offset_s,
-            )
+        def row(message_id: str) -> OutboxRow:
+            return OutboxRow(message_id, "website", "track", "E", "u1", None, "2026-01-01", "{}")
 
-        row = OutboxRow("late", "website", "track", "E", "u1", None, "2026-01-01T00:00:00Z", "{}")
-        # A marker placed by a request that failed before its message was acknowledged: a
-        # retry soon after is stored (JetStream's own window decides) ...
-        await node.client.jetstream().publish(Layout().dedup_subject("website:late"), b"")
-        assert (await appender(0).append([row], [], 0)).stored == 1
-        # ... and once the marker is older than that window, it alone says "seen before".
-        again = await appender(1000).append([row], [], 0)
-        assert (again.stored, again.duplicates) == (0, 1)
-        assert [r.message_id for r in await stored_rows(js_cluster.urls)] == ["late"]
+        # A stored message leaves a marker behind it ...
+        assert (await appender.append([row("first")], [], 0)).stored == 1
+        marker = await js.get_last_msg(layout.dedup_stream, layout.dedup_subject("website:first"))
+        assert marker.seq
+        # ... and a marker alone makes a message a duplicate (as it does once JetStream's own
+        # Nats-Msg-Id window has passed): nothing is published.
+        await js.publish(layout.dedup_subject("website:marked"), b"")
+        again = await appender.append([row("marked"), row("first")], [], 0)
+        assert (again.stored, again.duplicates) == (0, 2)
+        assert [r.message_id for r in await stored_rows(js_cluster.urls)] == ["first"]
 
 
 async def test_without_quorum_a_request_is_answered_503_with_retry_after(
