@@ -31,6 +31,7 @@ from cdpd.clock import Clock
 from cdpd.cluster import dead
 from cdpd.cluster.layout import DESTINATION, Layout, row_of
 from cdpd.cluster.routing import Router
+from cdpd.cluster.settle import Verdict, consumer_specs, verdict
 from cdpd.cluster.shared import GlobalRateLimit, SharedCircuit
 from cdpd.delivery import policy
 from cdpd.delivery.stats import LaneStats
@@ -56,13 +57,6 @@ class Owed(msgspec.Struct, gc=False):
     order_key: str | None
     received_ms: int
     attempts: int  # made before this one
-
-
-class Verdict(msgspec.Struct, frozen=True, gc=False):
-    state: str  # delivered, retrying or dead
-    delay_s: float
-    status: int | None
-    error: str | None
 
 
 class JetStreamLane:
@@ -212,7 +206,7 @@ class JetStreamLane:
             return
         results = await self._attempt([o.view for o in owed])
         for item, result in zip(owed, results, strict=True):
-            verdict = self._verdict(item, result)
+            verdict = self._judge(item, result)
             await self._settle(item, verdict)
 
     async def _owed(self, batch: Sequence[Msg]) -> list[Owed]:
@@ -300,7 +294,7 @@ class JetStreamLane:
             else:
                 results = await self._attempt([o.view for o in ready])
                 for item, result in zip(ready, results, strict=True):
-                    verdict = self._verdict(item, result)
+                    verdict = self._judge(item, result)
                     if verdict.state == "retrying":
                         item.attempts += 1
                         first_at = item.view.first_attempt_at or format_ms(now)
@@ -370,6 +364,16 @@ class JetStreamLane:
             return view
         return view if payload is view.payload else msgspec.structs.replace(view, payload=payload)
 
+    def _judge(self, item: Owed, result: Result) -> Verdict:
+        return verdict(
+            result,
+            attempt=item.attempts + 1,
+            received_ms=item.received_ms,
+            now_ms=self._clock.now_ms(),
+            retry=self._retry,
+            rand=self._rand,
+        )
+
     async def _judge_destination(self, results: Sequence[Result]) -> None:
         """Feed the shared circuit: the request failed as a whole when every result is a
         retryable failure; publish it when its state changes."""
@@ -393,41 +397,6 @@ class JetStreamLane:
                 await self.shared.publish()
             except Exception as exc:
                 log.warning("delivery_circuit_unwritable", destination=self.name, error=repr(exc))
-
-    def _verdict(self, item: Owed, result: Result) -> Verdict:
-        now = self._clock.now_ms()
-        if result.skipped or (policy.is_success(result.status) and not result.invalid):
-            return Verdict("delivered", 0.0, result.status, None)
-        error = result.error or f"HTTP {result.status}"
-        if result.invalid:
-            return Verdict("dead", 0.0, result.status, f"{error} (cannot be sent as it is)")
-        if result.parked_until_ms is not None and result.parked_until_ms > now:
-            return Verdict("retrying", (result.parked_until_ms - now) / 1000, result.status, error)
-        decision = policy.decide(
-            self._retry,
-            status=result.status,
-            attempt=item.attempts + 1,
-            first_attempt_ms=item.received_ms,
-            now_ms=now,
-            retry_after_s=result.retry_after_s,
-            rand=self._rand,
-        )
-        if decision.verdict == "retrying":
-            delay_s = max(0.0, ((decision.next_attempt_ms or now) - now) / 1000)
-            return Verdict("retrying", delay_s, result.status, error)
-        return Verdict(decision.verdict, 0.0, result.status, f"{error} ({decision.reason})")
-
-
-def consumer_specs(layout: Layout, config: Destination) -> list[tuple[str, str, int]]:
-    """(durable name, filter subject, max ack pending) of each consumer a destination's lane
-    reads: one for all partitions, or with `ordering = "user"` one per partition."""
-    if config.ordering != "user":
-        pending = max(1000, 4 * config.concurrency * config.batch_size)
-        return [(layout.delivery_consumer(config.name), layout.messages_subjects, pending)]
-    return [
-        (layout.partition_consumer(config.name, p), layout.message_subject(p), 1)
-        for p in range(layout.partitions)
-    ]
 
 
 def _heads(waiting: list[Owed]) -> list[Owed]:

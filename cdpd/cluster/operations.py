@@ -18,8 +18,9 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from cdpd.cluster import dead
-from cdpd.cluster.lane import JetStreamLane, consumer_specs
+from cdpd.cluster.lane import JetStreamLane
 from cdpd.cluster.layout import Layout
+from cdpd.cluster.settle import consumer_specs
 from cdpd.cluster.shared import close_circuit, read_circuit
 from cdpd.delivery import report
 from cdpd.delivery.report import DestinationReport, LastError
