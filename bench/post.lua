@@ -1,5 +1,6 @@
 -- wrk script: POST realistic ~800-byte Segment track events, each with its own messageId.
-math.randomseed(os.time())
+-- CDPD_SEED keeps the ids of wrk processes started in the same second apart.
+math.randomseed(os.time() + tonumber(os.getenv("CDPD_SEED") or "0"))
 -- Set by the caller through the environment: CDPD_PATH (/v1/track or /v1/batch) and
 -- CDPD_BATCH (events per request; 1 posts a bare event).
 local path = os.getenv("CDPD_PATH") or "/v1/track"

@@ -28,6 +28,7 @@ from aiohttp import web
 from cdpd import __version__, connections, logs, startup
 from cdpd import web as cdpd_web
 from cdpd.clock import Clock, SystemClock
+from cdpd.cluster.node import Node, running_node
 from cdpd.config import Config, engage_path, identity_path
 from cdpd.config import load as load_config
 from cdpd.console import state as console_state
@@ -442,7 +443,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with running(config, config_path=config_path) as server:
+    async with _serving_backend(config, config_path) as server:
         _log_start(server)
         notifier.ready()
         supervised = functools.partial(supervise, clock=SystemClock(), restarts=server.restarts)
@@ -469,6 +470,19 @@ async def serve(
     return 0
 
 
+@asynccontextmanager
+async def _serving_backend(
+    config: Config, config_path: str | None
+) -> AsyncIterator[Running | Node]:
+    """The SQLite backend's daemon, or a node of the JetStream backend (cdpd/cluster/node.py)."""
+    if config.storage.backend == "jetstream":
+        async with running_node(config) as node:
+            yield node
+        return
+    async with running(config, config_path=config_path) as server:
+        yield server
+
+
 async def _reload(reload: Callable[[], Awaitable[None]], notifier: Notifier) -> None:
     notifier.reloading()
     try:
@@ -477,15 +491,19 @@ async def _reload(reload: Callable[[], Awaitable[None]], notifier: Notifier) -> 
         notifier.ready()
 
 
-def _log_start(server: Running) -> None:
+def _log_start(server: Running | Node) -> None:
     """The start-up line: what this daemon is and serves."""
     config = server.config
     admin_on = config.admin.resolved_token() is not None
+    jetstream = config.storage.backend == "jetstream"
     log.info(
         "listening",
         url=server.url,
         version=__version__,
-        outbox=str(config.storage.outbox_path),
+        backend=config.storage.backend,
+        outbox=", ".join(config.storage.jetstream.servers)
+        if jetstream
+        else str(config.storage.outbox_path),
         sources=[s.name for s in config.sources if s.enabled],
         destinations=[d.name for d in config.destinations if d.enabled],
         warehouses=[w.name for w in config.warehouses],

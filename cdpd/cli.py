@@ -17,6 +17,7 @@ import aiosqlite
 import msgspec
 
 from cdpd import __version__, config, logs
+from cdpd.cluster import commands as cluster_commands
 from cdpd.console import commands as console_commands
 from cdpd.delivery import replay, report
 from cdpd.delivery.store import DeliveryStatus, SqliteDeliveryStore
@@ -70,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return engage_commands.run(cfg, args)
     if command == "privacy":
         return privacy_commands.run(cfg, args)
+    if command == cluster_commands.COMMAND:
+        return cluster_commands.run(cfg, args)
     if command == "warehouse":
         if argv is None:  # the real program: warnings and errors as JSON lines on stderr
             logs.configure("warning", sys.stderr.buffer)
@@ -151,6 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     engage_commands.add_parsers(commands, common)
     regulations_commands.add_parser(commands, common)
     privacy_commands.add_parser(commands, common)
+    cluster_commands.add_parser(commands, common)
     return parser
 
 
@@ -188,9 +192,35 @@ def _check_config(cfg: config.Config, path: str) -> int:
     except config.ConfigError as exc:
         print(f"cdpd: config error: {path}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if cfg.storage.backend == "jetstream":
+        return _check_cluster(cfg, path)
     print(
         f"{path}: ok ({len(cfg.sources)} sources, {len(cfg.destinations)} destinations, "
         f"outbox {cfg.storage.outbox_path}, listening on {cfg.server.listen})"
+    )
+    return EXIT_OK
+
+
+def _check_cluster(cfg: config.Config, path: str) -> int:
+    """The JetStream backend: only stages it runs, a reachable cluster, matching streams."""
+    from cdpd.cluster import connect, ported
+
+    unported = ported.unported(cfg)
+    for problem in unported:
+        print(f"cdpd: config error: {path}: {problem}", file=sys.stderr)
+    if unported:
+        return EXIT_USAGE
+    for note in ported.not_served(cfg):
+        print(f"cdpd: note: {path}: {note}", file=sys.stderr)
+    problems = asyncio.run(connect.check(cfg.storage.jetstream))
+    for problem in problems:
+        print(f"cdpd: cluster: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_FAILURE
+    jetstream = cfg.storage.jetstream
+    print(
+        f"{path}: ok ({len(cfg.sources)} sources, JetStream stream {jetstream.stream} on "
+        f"{', '.join(jetstream.servers)}, listening on {cfg.server.listen})"
     )
     return EXIT_OK
 
@@ -246,6 +276,10 @@ def _mappings(cfg: config.Config, args: argparse.Namespace) -> int:
 
 
 def _deliveries(cfg: config.Config, args: argparse.Namespace) -> int:
+    if cfg.storage.backend == "jetstream":
+        from cdpd.cluster.cli import deliveries
+
+        return deliveries(cfg, args)
     path = cfg.storage.outbox_path
     if not path.exists():
         print(f"cdpd: there is no outbox at {path} yet", file=sys.stderr)
@@ -295,6 +329,10 @@ def _replay(cfg: config.Config, args: argparse.Namespace) -> int:
     if since_ms is not None and since_ms >= until_ms:
         print(f"cdpd: --since ({since}) must be before --until ({until})", file=sys.stderr)
         return EXIT_USAGE
+    if cfg.storage.backend == "jetstream":
+        from cdpd.cluster.cli import replay_dead
+
+        return replay_dead(cfg, destination, args)
     try:
         count = asyncio.run(
             _replay_in_outbox(cfg.storage.outbox_path, destination, since, until, args)

@@ -95,6 +95,11 @@ class JetStreamConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=
     partitions: Annotated[int, msgspec.Meta(ge=1, le=256)] = 16
     max_age_s: PositiveInt = 30 * 24 * 3600
     connect_timeout_s: PositiveFloat = 5.0
+    # A request waits this long for JetStream's acks before it is answered 503 (Retry-After).
+    ack_timeout_s: PositiveFloat = 5.0
+    # How long a delivery consumer waits for a node's verdict on a message before another node
+    # gets it (a node that died); at least twice a destination's timeout_s is used.
+    ack_wait_s: PositiveFloat = 60.0
 
     def password(self) -> str | None:
         return env_secret(self.password_env) if self.password_env else None

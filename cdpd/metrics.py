@@ -76,6 +76,10 @@ class Metrics:
         if identity is not None:
             self._collector.identity = identity
 
+    def attach_ingest(self, ingest: Ingest) -> None:
+        """Ingest alone: a node of the JetStream backend, whose other stages report their own."""
+        self._collector.ingest = ingest
+
     def render(
         self, reports: list[DestinationReport], lags: list[ConsumerLag] | None = None
     ) -> bytes:

@@ -356,3 +356,8 @@ def _error_response(
     return web.json_response(
         {"code": code, "message": message}, status=status, headers={**headers, **allow}
     )
+
+
+# What the JetStream backend's node (cdpd/cluster/node.py) builds its applications with.
+RequestWrapper = _RequestWrapper
+application = _application

@@ -11,12 +11,20 @@ from contextlib import asynccontextmanager
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import NotFoundError
 
 from cdpd.cluster.layout import Layout
 from cdpd.config import JetStreamConfig
 
+# Leases expire this long after their holder last renewed them (cdpd/cluster/lease.py).
+LEASE_TTL_S = 5.0
 # How long JetStream itself remembers a Nats-Msg-Id; the same id is dropped inside it.
 DUPLICATE_WINDOW_S = 120.0
 PARTITIONS_NOTE = "partitions="
@@ -97,6 +105,39 @@ def _stream(config: JetStreamConfig, name: str, subjects: str, description: str)
     )
 
 
+def dedup_stream_config(config: JetStreamConfig, layout: Layout, window_s: int) -> StreamConfig:
+    """cdpd's dedup window beyond JetStream's own: one marker per message id, on a subject of
+    its own that takes one message (the first) and refuses the next until the marker ages out
+    after `window_s` (`[storage] dedup_window_s`)."""
+    return StreamConfig(
+        name=layout.dedup_stream,
+        description="cdpd message ids seen within the dedup window",
+        subjects=[layout.dedup_subjects],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=config.replicas,
+        max_age=float(window_s),
+        max_msgs_per_subject=1,
+        discard=DiscardPolicy.NEW,
+        discard_new_per_subject=True,
+        duplicate_window=min(DUPLICATE_WINDOW_S, float(window_s)),
+    )
+
+
+async def ensure_dedup(
+    js: JetStreamContext, config: JetStreamConfig, layout: Layout, window_s: int
+) -> None:
+    """Create the dedup stream, or bring its window to `window_s` (the window can change)."""
+    wanted = dedup_stream_config(config, layout, window_s)
+    try:
+        info = await js.stream_info(layout.dedup_stream)
+    except NotFoundError:
+        await js.add_stream(wanted)
+        return
+    if info.config.max_age != wanted.max_age:
+        await js.update_stream(wanted)
+
+
 def bucket_configs(config: JetStreamConfig, layout: Layout) -> list[KeyValueConfig]:
     def bucket(name: str, description: str, ttl: float | None = None) -> KeyValueConfig:
         return KeyValueConfig(
@@ -111,6 +152,7 @@ def bucket_configs(config: JetStreamConfig, layout: Layout) -> list[KeyValueConf
         bucket(layout.positions_bucket, "cdpd positions of the stages that run on one node"),
         bucket(layout.circuits_bucket, "cdpd circuit state per destination"),
         bucket(layout.rates_bucket, "cdpd rate-limit windows per destination", ttl=60.0),
+        bucket(layout.leases_bucket, "cdpd leases of one-node stages", ttl=LEASE_TTL_S),
     ]
 
 

@@ -9,6 +9,7 @@ the part of the outbox's `seq`.
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from urllib.parse import quote, unquote
 
@@ -33,6 +34,8 @@ _SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 
 
 def _text(value: str) -> str:
+    if value.isascii() and value.isprintable() and "%" not in value:
+        return value  # what quote() would return, without its cost (most values)
     return quote(value, safe=_SAFE)
 
 
@@ -91,11 +94,30 @@ class Layout(msgspec.Struct, frozen=True):
     def aux_subject(self, table: str) -> str:
         return f"{self.prefix}.aux.{token(table)}"
 
+    # -- cdpd's dedup window beyond JetStream's (one marker subject per message id) -------------
+
+    @property
+    def dedup_stream(self) -> str:
+        return f"{self.stream}_DEDUP"
+
+    @property
+    def dedup_subjects(self) -> str:
+        return f"{self.prefix}.dedup.*"
+
+    def dedup_subject(self, dedup_key: str) -> str:
+        """A message id may hold any character; its hash is one subject token."""
+        digest = hashlib.blake2b(dedup_key.encode(), digest_size=16).hexdigest()
+        return f"{self.prefix}.dedup.{digest}"
+
     # -- delivery ----------------------------------------------------------------------------------
 
     def delivery_consumer(self, destination: str) -> str:
         """The durable consumer all nodes' lanes for `destination` share."""
         return f"delivery_{token(destination)}"
+
+    def partition_consumer(self, destination: str, partition: int) -> str:
+        """With `ordering = "user"`: one consumer per partition subject."""
+        return f"{self.delivery_consumer(destination)}_p{partition}"
 
     @property
     def dead_stream(self) -> str:

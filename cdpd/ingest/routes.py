@@ -19,6 +19,7 @@ from cdpd.config import Config, Source
 from cdpd.console.debugger import Tap
 from cdpd.governance.stage import Governance
 from cdpd.ingest import cors
+from cdpd.ingest.appender import Appender
 from cdpd.ingest.auth import WriteKeys
 from cdpd.ingest.body import read_limited
 from cdpd.ingest.errors import ApiError
@@ -28,7 +29,6 @@ from cdpd.ingest.settings import settings_document
 from cdpd.model.rows import OutboxRow
 from cdpd.model.spec import NULL, BatchEnvelope, RawObject, SingleEnvelope
 from cdpd.model.timestamps import format_ms, now_ms, to_epoch_ms
-from cdpd.outbox.writer import OutboxWriter
 
 SUCCESS_BODY = b'{"success": true}'
 LOG_FIELDS = web.RequestKey("cdpd_log_fields", dict[str, Any])
@@ -63,12 +63,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Ingest:
-    """Request handlers for the Tracking API, bound to one config and one outbox writer."""
+    """Request handlers for the Tracking API, bound to one config and one appender (the outbox
+    writer, or the JetStream appender)."""
 
     def __init__(
         self,
         config: Config,
-        writer: OutboxWriter,
+        writer: Appender,
         governance: Governance | None = None,
         tap: Tap | None = None,
     ) -> None:

@@ -1,7 +1,23 @@
 """The DeliveryStore contract: what delivery needs of its storage, in messages and outcomes.
 
 Every backend runs this one suite (the `store` fixture is parametrised by backend); the SQLite
-outbox is the first. Messages are appended through the real outbox writer."""
+outbox is the first. Messages are appended through the real outbox writer.
+
+The JetStream backend does not implement `DeliveryStore`: its lanes read durable consumers, which
+keep the positions, and JetStream's redelivery is the retry queue (docs/cluster-delivery.md).
+Each case here has its counterpart in tests/integration/test_cluster_delivery.py, or is
+SQLite-only because it is about rows the cluster does not keep:
+
+- starts at the end / keeps its place: `test_a_new_destination_starts_at_the_end_...`;
+- read in order and filtered: `test_two_nodes_share_the_work_...` and
+  tests/unit/test_cluster_routing.py (the same cases through the SQL and the predicate);
+- failures come back when due: `test_a_retryable_failure_comes_back_...`;
+- a retry keeps its history: SQLite-only (the cluster keeps a delivery count, not attempts);
+- a first-attempt success shows as delivered: SQLite-only (`deliveries show`);
+- finished ranges beyond the position: SQLite-only (a consumer acks messages one by one);
+- parked messages wait for the oldest of their user: `test_a_user_s_messages_arrive_in_order_...`;
+- replay dead: `test_a_retryable_failure_...` (replay jobs by time are SQLite-only for now);
+- expire after the retry window: `test_a_message_is_given_up_after_its_retry_window`."""
 
 from __future__ import annotations
 

@@ -1,0 +1,59 @@
+"""The CLI's delivery commands on the JetStream backend (cdpd/cli.py sends them here when
+`[storage] backend = "jetstream"`): the same output as on SQLite, from the cluster."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import msgspec
+
+from cdpd import config
+from cdpd.cli import EXIT_OK, EXIT_USAGE, _dead_line, _format_reports, _plural
+from cdpd.cluster import delivery_commands as cluster
+
+
+def deliveries(cfg: config.Config, args: argparse.Namespace) -> int:
+    """`cdpd deliveries` on the JetStream backend: the cluster's figures (docs/scaling.md)."""
+    command = args.deliveries_command
+    if command == "stats":
+        reports = asyncio.run(cluster.stats(cfg))
+        print(msgspec.json.encode(reports).decode() if args.json else _format_reports(reports))
+        return EXIT_OK
+    if command == "show":
+        print(
+            "cdpd: deliveries show is not available on the JetStream backend (a stream has no"
+            " index by messageId); see docs/scaling.md",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if command == "retry":
+        destination = next((d for d in cfg.destinations if d.name == args.destination), None)
+        if destination is None:
+            print(f"cdpd: no destination is named {args.destination!r}", file=sys.stderr)
+            return EXIT_USAGE
+        waiting = asyncio.run(cluster.retry(cfg, destination))
+        print(f"circuit of {destination.name} closed; {_plural(waiting, 'message')} unsettled")
+        return EXIT_OK
+    dead = asyncio.run(cluster.dead(cfg, args.destination, args.n))
+    for entry in dead:
+        print(msgspec.json.encode(entry).decode() if args.json else _dead_line(entry))
+    if not dead:
+        print("(no dead deliveries)", file=sys.stderr)
+    return EXIT_OK
+
+
+def replay_dead(
+    cfg: config.Config, destination: config.Destination, args: argparse.Namespace
+) -> int:
+    if not args.dead:
+        print(
+            "cdpd: replay --since is not available on the JetStream backend yet; replay --dead"
+            " is (docs/scaling.md)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    count = asyncio.run(cluster.replay_dead(cfg, destination.name))
+    print(f"{_plural(count, 'dead delivery', 'dead deliveries')} queued for {destination.name}")
+    return EXIT_OK

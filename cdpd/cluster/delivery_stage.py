@@ -1,0 +1,43 @@
+"""Delivery as a stage of a JetStream node (cdpd/cluster/node.py): entered after the streams
+are made sure of, it builds the lanes, creates their consumers and delivers in the node's task
+group; exited after HTTP has drained (SIGTERM), it lets the attempts in flight finish (up to
+`[delivery] drain_timeout_s`; what is cut off is redelivered after `ack_wait`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from cdpd.cluster.admin import ClusterAdmin
+from cdpd.cluster.delivery import ClusterDelivery
+
+if TYPE_CHECKING:
+    from cdpd.cluster.node import NodeParts
+
+
+@asynccontextmanager
+async def delivery_stage(parts: NodeParts) -> AsyncIterator[ClusterAdmin]:
+    """The node's delivery; its value serves the delivery admin endpoints."""
+    async with aiohttp.ClientSession() as session:
+        delivery = ClusterDelivery(
+            parts.config,
+            parts.js,
+            session,
+            parts.clock,
+            node=parts.node_name,
+            restarts=parts.restarts,
+        )
+        await delivery.start()
+        admin = ClusterAdmin(parts.config, parts.js, delivery)
+        parts.metrics.registry.register(admin.collector)
+        stop = asyncio.Event()
+        running = parts.tasks.create_task(delivery.run(stop), name="delivery")
+        try:
+            yield admin
+        finally:
+            stop.set()
+            await running

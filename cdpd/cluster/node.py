@@ -1,0 +1,334 @@
+"""One cdpd node of the JetStream backend: every node runs the same config, takes Tracking API
+requests behind a load balancer and writes them to the shared streams.
+
+Start-up: the data folder's lock (node-local state), the listening sockets, the connection to
+the cluster (bounded; one line when it cannot be reached), the streams and buckets made sure
+of, then HTTP. Shutdown is an ordered drain: stop accepting connections, let the requests in
+flight get their acks, refuse new appends, stop the stages, and close the connection last
+(draining what the client still holds).
+
+The stages that read the streams plug in at `_stages`: each is an async context given the
+node's parts (connection, layout, task group, supervisor) and held while the node serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import structlog
+from aiohttp import web
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from cdpd import connections, logs, startup
+from cdpd import web as cdpd_web
+from cdpd.clock import Clock, SystemClock
+from cdpd.cluster import connect, ported
+from cdpd.cluster.connect import ClusterUnreachable
+from cdpd.cluster.ingest import JetStreamAppender
+from cdpd.cluster.layout import Layout
+from cdpd.cluster.node_web import NodeEndpoints
+from cdpd.cluster.publish import Publisher
+from cdpd.config import Config
+from cdpd.governance.stage import Governance
+from cdpd.ingest import bundle
+from cdpd.ingest.routes import Ingest
+from cdpd.metrics import Metrics
+from cdpd.outbox.lock import data_dir_lock
+from cdpd.shutdown import ShutdownBudget
+from cdpd.supervise import Restarts, supervise
+
+log = structlog.get_logger("cdpd.cluster")
+
+
+@dataclass
+class NodeParts:
+    """What a stage of a node is built from."""
+
+    config: Config
+    client: Client
+    js: JetStreamContext
+    layout: Layout
+    tasks: asyncio.TaskGroup
+    clock: Clock
+    restarts: Restarts
+    metrics: Metrics
+    node_name: str
+
+    def supervised(
+        self, name: str, run: Callable[[asyncio.Event], Awaitable[None]], stop: asyncio.Event
+    ) -> Coroutine[Any, Any, None]:
+        """`run` under the node's supervisor (restarted with backoff on an unexpected error)."""
+        return supervise(name, run, stop, clock=self.clock, restarts=self.restarts)
+
+
+# A stage: entered after the streams are made sure of, exited (in reverse) after HTTP drained.
+Stage = Callable[[NodeParts], AbstractAsyncContextManager[object]]
+
+
+@runtime_checkable
+class ServesRoutes(Protocol):
+    """A stage whose entered value has operator endpoints (admin token'd, like /admin/cluster)."""
+
+    def routes(self) -> list[web.RouteDef]: ...
+
+
+@runtime_checkable
+class HasMetrics(Protocol):
+    """A stage whose metrics are read from the cluster before each scrape of /metrics."""
+
+    async def refresh_metrics(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Node:
+    """A serving node: where it listens and what it holds, for the CLI and for tests."""
+
+    url: str
+    app: web.Application
+    config: Config
+    appender: JetStreamAppender
+    client: Client
+    layout: Layout
+    restarts: Restarts
+    admin_url: str | None = None
+    stages: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def ingest(self) -> Ingest:
+        return self.app[cdpd_web.INGEST]
+
+    async def reload(self, new_config: Config) -> list[str]:
+        """Sources and write keys of `new_config`; the rest needs a restart on this backend."""
+        self.ingest.reconfigure(new_config)
+        return ["sources"]
+
+
+@asynccontextmanager
+async def running_node(
+    config: Config,
+    *,
+    clock: Clock | None = None,
+    stages: Sequence[tuple[str, Stage]] = (),
+    node_name: str | None = None,
+) -> AsyncIterator[Node]:
+    """Serve `config` on the JetStream backend until the block exits. Raises StartupError (one
+    line) when the data folder is held, a port cannot be bound or the cluster is unreachable."""
+    unported = ported.unported(config)
+    if unported:
+        raise startup.StartupError(unported[0])
+    for note in ported.not_served(config):
+        log.info("not_served", note=note)
+    clock = clock or SystemClock()
+    restarts = Restarts()
+    jetstream = config.storage.jetstream
+    layout = Layout.of(jetstream)
+    governance = Governance(config)
+    name = node_name or f"{socket.gethostname()}:{os.getpid()}"
+    with (
+        data_dir_lock(Path(config.storage.data_dir)),
+        contextlib.closing(startup.bind(config.server)) as sock,
+        _admin_socket(config) as admin_sock,
+    ):
+        async with _cluster(config, layout, name) as (client, js, publisher):
+            appender = JetStreamAppender(
+                client,
+                publisher,
+                layout,
+                dedup_window_s=config.storage.dedup_window_s,
+                dedup_scope=config.storage.dedup_scope,
+                ack_timeout_s=jetstream.ack_timeout_s,
+                retry_after_s=config.storage.full_retry_after_s,
+            )
+            metrics = Metrics(restarts)
+            budget = ShutdownBudget(
+                config.server.shutdown_timeout_s, delivery_drain_s=config.delivery.drain_timeout_s
+            )
+            async with asyncio.TaskGroup() as tasks, contextlib.AsyncExitStack() as held:
+                parts = NodeParts(config, client, js, layout, tasks, clock, restarts, metrics, name)
+                entered = {
+                    stage_name: await held.enter_async_context(stage(parts))
+                    for stage_name, stage in [*_built_in_stages(config), *stages]
+                }
+                endpoints = NodeEndpoints(config, js, layout, appender, metrics, client)
+                endpoints.stage_routes = [
+                    route
+                    for value in entered.values()
+                    if isinstance(value, ServesRoutes)
+                    for route in value.routes()
+                ]
+                endpoints.before_render = [
+                    value.refresh_metrics
+                    for value in entered.values()
+                    if isinstance(value, HasMetrics)
+                ]
+                try:
+                    async with _serving(
+                        config, appender, governance, endpoints, budget, sock, admin_sock
+                    ) as (url, app, admin_url):
+                        yield Node(
+                            url=url,
+                            app=app,
+                            config=config,
+                            appender=appender,
+                            client=client,
+                            layout=layout,
+                            restarts=restarts,
+                            admin_url=admin_url,
+                            stages=entered,
+                        )
+                finally:
+                    budget.start()
+                    appender.close()  # requests still in flight get their acks
+                    await appender.drained(budget.requests_s())
+
+
+def _built_in_stages(config: Config) -> list[tuple[str, Stage]]:
+    """The stages this module knows (exited in reverse: delivery drains first)."""
+    from cdpd.cluster.delivery_stage import delivery_stage
+    from cdpd.cluster.warehouse import warehouses_stage
+
+    stages: list[tuple[str, Stage]] = []
+    if config.warehouses:
+        stages.append(("warehouses", warehouses_stage))
+    if any(d.enabled for d in config.destinations):
+        stages.append(("delivery", delivery_stage))
+    return stages
+
+
+@asynccontextmanager
+async def _cluster(
+    config: Config, layout: Layout, node_name: str
+) -> AsyncIterator[tuple[Client, JetStreamContext, Publisher]]:
+    jetstream = config.storage.jetstream
+    try:
+        async with connect.connected(jetstream, name=f"cdpd {node_name}") as client:
+            js = client.jetstream(timeout=jetstream.connect_timeout_s)
+            await connect.ensure(js, jetstream, layout)
+            if config.storage.dedup_window_s > 0:
+                await connect.ensure_dedup(js, jetstream, layout, config.storage.dedup_window_s)
+            publisher = Publisher(client)
+            await publisher.start()
+            yield client, js, publisher
+    except ClusterUnreachable as exc:
+        raise startup.StartupError(str(exc)) from None
+
+
+@asynccontextmanager
+async def _serving(
+    config: Config,
+    appender: JetStreamAppender,
+    governance: Governance,
+    endpoints: NodeEndpoints,
+    budget: ShutdownBudget,
+    sock: socket.socket,
+    admin_sock: socket.socket | None,
+) -> AsyncIterator[tuple[str, web.Application, str | None]]:
+    server = config.server
+    drain = cdpd_web.Drain()
+    app, admin_app = _applications(config, appender, governance, endpoints, drain)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=budget.close_s,
+        **connections.handler_args(
+            server.max_headers, server.max_header_bytes, server.keepalive_timeout_s
+        ),
+    )
+    guard = connections.ConnectionGuard(
+        max_connections=server.max_connections,
+        max_header_bytes=server.max_header_bytes,
+        header_timeout_s=server.header_timeout_s,
+    )
+    app[cdpd_web.CONNECTIONS] = guard
+    await runner.setup()
+    try:
+        assert runner.server is not None
+        listener = await asyncio.get_running_loop().create_server(
+            guard.factory(runner.server), sock=sock
+        )
+        try:
+            async with contextlib.AsyncExitStack() as admin:
+                admin_url = None
+                if admin_sock is not None and admin_app is not None:
+                    admin_url = await admin.enter_async_context(
+                        _serving_admin(admin_app, admin_sock)
+                    )
+                yield _url(listener.sockets[0].getsockname()), app, admin_url
+        finally:
+            budget.start()
+            listener.close()
+            open_connections = len(runner.server.connections) if runner.server else 0
+            await drain.finish(budget.requests_s(), open_connections)
+    finally:
+        await runner.cleanup()
+        guard.close()
+
+
+def _applications(
+    config: Config,
+    appender: JetStreamAppender,
+    governance: Governance,
+    endpoints: NodeEndpoints,
+    drain: cdpd_web.Drain,
+) -> tuple[web.Application, web.Application | None]:
+    """The public application and, with `[admin] listen`, the operator's one."""
+    ingest = Ingest(config, appender, governance)
+    endpoints.metrics.attach_ingest(ingest)
+    access = logs.access_log(config.logging.level) if config.logging.access_log else None
+    wrap = cdpd_web.RequestWrapper(
+        drain,
+        access,
+        errors_only=config.logging.access_log == "errors",
+        answers=endpoints.metrics.answers,
+    )
+    health = web.get("/health", functools.partial(endpoints.health, drain))
+    public = [*ingest.routes(), *bundle.routes(ingest.known_write_key), health]
+    operator = endpoints.routes()
+    if config.admin.listen is None:
+        public += operator
+    app = cdpd_web.application(config, public, wrap)
+    app[cdpd_web.INGEST] = ingest
+    app[cdpd_web.DRAIN] = drain
+    if config.admin.listen is None:
+        return app, None
+    admin_app = cdpd_web.application(config, [*operator, health], wrap)
+    admin_app[cdpd_web.DRAIN] = drain
+    return app, admin_app
+
+
+@contextlib.contextmanager
+def _admin_socket(config: Config) -> Iterator[socket.socket | None]:
+    if config.admin.listen is None:
+        yield None
+        return
+    with contextlib.closing(startup.bind(config.server, config.admin.listen)) as sock:
+        yield sock
+
+
+@asynccontextmanager
+async def _serving_admin(app: web.Application, sock: socket.socket) -> AsyncIterator[str]:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock).start()
+        yield _url(sock.getsockname())
+    finally:
+        await runner.cleanup()
+
+
+def _url(address: tuple[str, int]) -> str:
+    host, port = address[:2]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"

@@ -1,0 +1,79 @@
+"""Which messages a destination is owed, decided in Python from a JetStream message (its
+headers, and its payload only when a rule needs it): exactly what `RoutingRule.where()` decides
+in SQL on the SQLite backend, so a destination gets the same messages on either backend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from cdpd.delivery.store import RoutingRule
+from cdpd.destinations.actions import Action
+from cdpd.mapping import fql
+from cdpd.model.rows import OutboxRow
+
+_decoder = msgspec.json.Decoder()
+
+
+class Router:
+    """`owed(row)`: whether the rule's destination is owed the message."""
+
+    def __init__(self, rule: RoutingRule, actions: Sequence[Action]) -> None:
+        self._rule = rule
+        self._subscriptions = [action.subscription for action in actions]
+        self._names = (rule.destination, rule.catalog_name, "All")
+
+    def owed(self, row: OutboxRow) -> bool:
+        return self.reason(row) is None
+
+    def reason(self, row: OutboxRow) -> str | None:
+        """Why the message is filtered out (the names `RoutingRule.parts` uses), or None."""
+        rule = self._rule
+        if rule.sources is not None and row.source not in rule.sources:
+            return "sources"
+        if rule.types is not None and row.type not in rule.types:
+            return "filters"
+        if row.type == "track" and not _event_passes(row.event, rule):
+            return "filters"
+        try:
+            message = _decoder.decode(row.payload)
+        except msgspec.DecodeError:
+            message = None
+        if not isinstance(message, dict):
+            # SQLite's JSON functions find nothing in it: no subscription matches.
+            return "subscription"
+        if not self._integrations_allow(row.payload, message):
+            return "integrations object"
+        if not any(fql.matches(node, message) for node in self._subscriptions):
+            return "subscription"
+        return None
+
+    def _integrations_allow(self, payload: str, message: dict[str, Any]) -> bool:
+        """The first of the destination's name, its catalog name and `All` that the
+        `integrations` object holds (JSON null counts as absent) decides; `false` (or a 0,
+        which SQLite reads as false) disables. As in SQL, a payload without the text `false`
+        anywhere is never disabled."""
+        if "false" not in payload:
+            return True
+        integrations = message.get("integrations")
+        if not isinstance(integrations, dict):
+            return True
+        for name in self._names:
+            value = integrations.get(name)
+            if value is not None:
+                return not _sqlite_zero(value)
+        return True
+
+
+def _sqlite_zero(value: Any) -> bool:
+    """Whether SQLite's `value ->> path != 0` is false: JSON false, 0 or 0.0."""
+    return isinstance(value, (bool, int, float)) and value == 0
+
+
+def _event_passes(event: str | None, rule: RoutingRule) -> bool:
+    # SQL's `event IN (...)` and `event NOT IN (...)` are both unknown for a NULL event.
+    if rule.events is not None and (event is None or event not in rule.events):
+        return False
+    return not (rule.exclude_events and (event is None or event in rule.exclude_events))

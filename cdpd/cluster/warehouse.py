@@ -1,0 +1,234 @@
+"""Warehouse loads on the JetStream backend: each warehouse is loaded by one node at a time,
+the holder of its lease, from the messages stream.
+
+A batch is loaded the way the SQLite backend's loader does it (`cdpd.warehouse.loader`): inside
+the warehouse's load transaction, which holds the warehouse's own load lock, read the position
+stored in the warehouse (a stream sequence here), take the messages after it, map and plan
+them, write them and advance the position, commit. The position lives in the warehouse and
+moves in the load's transaction, so a new leader continues exactly where the old one stopped,
+and a batch is never loaded twice, not even by a former leader that has not yet noticed it
+lost its lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import msgspec
+import structlog
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from cdpd.clock import Clock
+from cdpd.cluster.layout import DESTINATION, Layout, row_of
+from cdpd.cluster.lease import RENEW_EVERY_S, Lease, holding
+from cdpd.config import Config, Warehouse
+from cdpd.model.rows import OutboxRow
+from cdpd.warehouse.loader import SYNC_ERRORS
+from cdpd.warehouse.mapping import Mapper, UnreadableMessage
+from cdpd.warehouse.naming import schema_name
+from cdpd.warehouse.plan import plan_load
+from cdpd.warehouse.report import SyncReport
+from cdpd.warehouse.sinks import Load, Sink, open_sink
+from cdpd.warehouse.values import utc_text
+
+if TYPE_CHECKING:
+    from cdpd.cluster.node import NodeParts
+
+log = structlog.get_logger("cdpd.warehouse")
+
+BATCH_MESSAGES = 10_000
+FETCH_TIMEOUT_S = 5.0
+_decoder = msgspec.json.Decoder()
+
+
+def lease_key(warehouse: str) -> str:
+    return f"warehouse.{warehouse}"
+
+
+async def read_after(
+    js: JetStreamContext, layout: Layout, after_seq: int, count: int
+) -> list[tuple[int, OutboxRow]]:
+    """Up to `count` messages after stream sequence `after_seq`, in order, with their
+    sequences (an ephemeral consumer that acknowledges nothing)."""
+    if count <= 0:
+        return []
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=after_seq + 1,
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=60.0,
+        mem_storage=True,
+        num_replicas=1,
+    )
+    subscription = await js.pull_subscribe(
+        layout.messages_subjects, stream=layout.stream, config=config
+    )
+    found: list[tuple[int, OutboxRow]] = []
+    try:
+        while len(found) < count:
+            try:
+                messages = await subscription.fetch(count - len(found), timeout=FETCH_TIMEOUT_S)
+            except TimeoutError:
+                break
+            # A message with Cdpd-Destination is a dead letter replayed for that destination
+            # alone (cdpd/cluster/dead.py), already loaded when it was first accepted.
+            found += [
+                (m.metadata.sequence.stream, row_of(m.headers, m.data))
+                for m in messages
+                if DESTINATION not in (m.headers or {})
+            ]
+    finally:
+        await subscription.unsubscribe()
+    return found
+
+
+async def load_batch(
+    js: JetStreamContext, layout: Layout, sink: Sink, warehouse: Warehouse, end_seq: int
+) -> tuple[int, int] | None:
+    """One batch in one warehouse transaction: (messages, last seq), or None when the
+    warehouse has everything up to `end_seq`."""
+    async with sink.load() as load:
+        position = await load.position()
+        count = min(BATCH_MESSAGES, end_seq - position)
+        rows = await read_after(js, layout, position, count)
+        if not rows:
+            return None
+        await _write(load, sink, warehouse, rows)
+        last_seq = rows[-1][0]
+        await load.set_position(last_seq)
+    return len(rows), last_seq
+
+
+async def _write(
+    load: Load, sink: Sink, warehouse: Warehouse, rows: list[tuple[int, OutboxRow]]
+) -> None:
+    mapper = Mapper(loaded_at=utc_text(datetime.now(UTC)))
+    for _, row in rows:
+        try:
+            message = _decoder.decode(row.payload)
+        except msgspec.DecodeError as exc:
+            unreadable = UnreadableMessage(
+                row.message_id, row.type, row.event, row.received_at, row.payload
+            )
+            mapper.add_unreadable(row.source, unreadable, str(exc))
+            continue
+        if type(message) is dict:
+            mapper.add(row.source, message)
+    mapped = mapper.batch()
+    mapped.nul_text = any("\\u0000" in row.payload for _, row in rows)
+    schemas = frozenset(schema_name(row.source) for _, row in rows)
+    plan = plan_load(
+        mapped,
+        await load.catalog(schemas),
+        max_columns=warehouse.max_columns,
+        encode_timestamp=sink.encode_timestamp,
+    )
+    await load.apply(plan)
+
+
+async def sync(
+    config: Config,
+    warehouse: Warehouse,
+    js: JetStreamContext,
+    layout: Layout,
+    should_stop: Callable[[], bool],
+) -> SyncReport:
+    """Load what the stream holds now, batch by batch, until done or `should_stop()`."""
+    report = SyncReport(warehouse=warehouse.name, started_at=utc_text(datetime.now(UTC)))
+    try:
+        end_seq = (await js.stream_info(layout.stream)).state.last_seq
+        async with open_sink(config, warehouse) as sink:
+            report.position = await sink.position()
+            while not should_stop():
+                loaded = await load_batch(js, layout, sink, warehouse, end_seq)
+                if loaded is None:
+                    break
+                messages, report.position = loaded
+                report.messages += messages
+                log.info("warehouse_batch_loaded", warehouse=warehouse.name, last_seq=loaded[1])
+            report.finished_at = utc_text(datetime.now(UTC))
+            await sink.record_sync(report)
+    except (*SYNC_ERRORS, TimeoutError) as exc:
+        report.status = "partial" if report.messages else "failure"
+        report.error = f"{type(exc).__name__}: {exc}"
+        log.error("warehouse_sync_failed", warehouse=warehouse.name, error=report.error)
+    return report
+
+
+class WarehouseLeader:
+    """One warehouse on one node: wait for its lease, then sync every `interval_s` while the
+    lease is held. A service for `cdpd.supervise` (`run(stop)`)."""
+
+    def __init__(
+        self,
+        config: Config,
+        warehouse: Warehouse,
+        js: JetStreamContext,
+        layout: Layout,
+        lease: Lease,
+        clock: Clock,
+    ) -> None:
+        self._config = config
+        self.warehouse = warehouse
+        self._js = js
+        self._layout = layout
+        self.lease = lease
+        self._clock = clock
+        self.reports: list[SyncReport] = []
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            if not await self.lease.acquire():
+                await self._clock.wait(stop, RENEW_EVERY_S)
+                continue
+            async with holding(self.lease, self._clock):
+                await self._lead(stop)
+
+    async def _lead(self, stop: asyncio.Event) -> None:
+        def should_stop() -> bool:
+            return stop.is_set() or not self.lease.held
+
+        while not should_stop():
+            report = await sync(self._config, self.warehouse, self._js, self._layout, should_stop)
+            self.reports.append(report)
+            waited_s = 0.0
+            while waited_s < self.warehouse.interval_s and not should_stop():
+                step_s = min(RENEW_EVERY_S, self.warehouse.interval_s - waited_s)
+                await self._clock.wait(stop, step_s)
+                waited_s += step_s
+
+
+@asynccontextmanager
+async def warehouses_stage(parts: NodeParts) -> AsyncIterator[list[WarehouseLeader]]:
+    """Every configured warehouse's leader service, stopped (their batch committed or rolled
+    back, their leases released) when the block exits."""
+    kv = await parts.js.key_value(parts.layout.leases_bucket)
+    leaders = [
+        WarehouseLeader(
+            parts.config,
+            warehouse,
+            parts.js,
+            parts.layout,
+            Lease(kv, lease_key(warehouse.name), parts.node_name),
+            parts.clock,
+        )
+        for warehouse in parts.config.warehouses
+    ]
+    stop = asyncio.Event()
+    running = [
+        parts.tasks.create_task(
+            parts.supervised(f"warehouse-{leader.warehouse.name}", leader.run, stop),
+            name=f"warehouse-{leader.warehouse.name}",
+        )
+        for leader in leaders
+    ]
+    try:
+        yield leaders
+    finally:
+        stop.set()
+        await asyncio.gather(*running, return_exceptions=True)
