@@ -15,7 +15,7 @@ import functools
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ import structlog
 import uvloop
 from aiohttp import web
 
-from cdpd import __version__, connections, logs, startup
+from cdpd import __version__, listeners, logs, startup
 from cdpd import web as cdpd_web
 from cdpd.clock import Clock, SystemClock
 from cdpd.cluster.node import Node, running_node
@@ -119,7 +119,7 @@ async def running(
     with (
         data_dir_lock(Path(storage.data_dir)),
         contextlib.closing(startup.bind(config.server)) as sock,
-        _admin_socket(config) as admin_sock,
+        listeners.admin_socket(config) as admin_sock,
     ):
         async with (
             schema.connect(
@@ -351,28 +351,6 @@ async def _outbound_session() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-@contextlib.contextmanager
-def _admin_socket(config: Config) -> Iterator[socket.socket | None]:
-    """The admin listener's socket, when `[admin] listen` asks for one."""
-    if config.admin.listen is None:
-        yield None
-        return
-    with contextlib.closing(startup.bind(config.server, config.admin.listen)) as sock:
-        yield sock
-
-
-@asynccontextmanager
-async def _serving_admin(app: web.Application, sock: socket.socket) -> AsyncIterator[str]:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        site = web.SockSite(runner, sock)
-        await site.start()
-        yield _url(sock.getsockname())
-    finally:
-        await runner.cleanup()
-
-
 @asynccontextmanager
 async def _serving_http(
     config: Config,
@@ -381,56 +359,14 @@ async def _serving_http(
     sock: socket.socket,
     admin_sock: socket.socket | None = None,
 ) -> AsyncIterator[tuple[str, web.Application, str | None]]:
-    server_config = config.server
     drain = cdpd_web.Drain()
     app = cdpd_web.build(config, stages, drain)
-    runner = web.AppRunner(
-        app,
-        access_log=None,
-        handle_signals=False,
-        shutdown_timeout=budget.close_s,  # after the drain below: idle connections only
-        **connections.handler_args(
-            server_config.max_headers,
-            server_config.max_header_bytes,
-            server_config.keepalive_timeout_s,
-        ),
-    )
-    guard = connections.ConnectionGuard(
-        max_connections=server_config.max_connections,
-        max_header_bytes=server_config.max_header_bytes,
-        header_timeout_s=server_config.header_timeout_s,
-    )
-    app[cdpd_web.CONNECTIONS] = guard
-    await runner.setup()
-    try:
-        assert runner.server is not None
-        listener = await asyncio.get_running_loop().create_server(
-            guard.factory(runner.server), sock=sock
-        )
-        try:
-            async with contextlib.AsyncExitStack() as admin:
-                admin_url = None
-                if admin_sock is not None:
-                    admin_app = app[cdpd_web.ADMIN_APP]
-                    admin_url = await admin.enter_async_context(
-                        _serving_admin(admin_app, admin_sock)
-                    )
-                yield _url(listener.sockets[0].getsockname()), app, admin_url
-        finally:
-            budget.start()
-            listener.close()  # no new connections
-            open_connections = len(runner.server.connections) if runner.server else 0
-            await drain.finish(budget.requests_s(), open_connections)
-    finally:
-        await runner.cleanup()  # closes the now idle connections
-        guard.close()
-
-
-def _url(address: tuple[str, int]) -> str:
-    host, port = address[:2]
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
+    admin = (app[cdpd_web.ADMIN_APP], admin_sock) if admin_sock is not None else None
+    async with listeners.serving(config.server, app, drain, budget, sock, admin) as (
+        url,
+        admin_url,
+    ):
+        yield url, app, admin_url
 
 
 async def serve(

@@ -18,7 +18,7 @@ import contextlib
 import functools
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +29,7 @@ from aiohttp import web
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from cdpd import connections, logs, startup
+from cdpd import listeners, logs, startup
 from cdpd import web as cdpd_web
 from cdpd.clock import Clock, SystemClock
 from cdpd.cluster import connect, ported
@@ -137,7 +137,7 @@ async def running_node(
     with (
         data_dir_lock(Path(config.storage.data_dir)),
         contextlib.closing(startup.bind(config.server)) as sock,
-        _admin_socket(config) as admin_sock,
+        listeners.admin_socket(config) as admin_sock,
     ):
         async with _cluster(config, layout, name) as (client, js, publisher):
             appender = JetStreamAppender(
@@ -233,46 +233,14 @@ async def _serving(
     sock: socket.socket,
     admin_sock: socket.socket | None,
 ) -> AsyncIterator[tuple[str, web.Application, str | None]]:
-    server = config.server
     drain = cdpd_web.Drain()
     app, admin_app = _applications(config, appender, governance, endpoints, drain)
-    runner = web.AppRunner(
-        app,
-        access_log=None,
-        handle_signals=False,
-        shutdown_timeout=budget.close_s,
-        **connections.handler_args(
-            server.max_headers, server.max_header_bytes, server.keepalive_timeout_s
-        ),
-    )
-    guard = connections.ConnectionGuard(
-        max_connections=server.max_connections,
-        max_header_bytes=server.max_header_bytes,
-        header_timeout_s=server.header_timeout_s,
-    )
-    app[cdpd_web.CONNECTIONS] = guard
-    await runner.setup()
-    try:
-        assert runner.server is not None
-        listener = await asyncio.get_running_loop().create_server(
-            guard.factory(runner.server), sock=sock
-        )
-        try:
-            async with contextlib.AsyncExitStack() as admin:
-                admin_url = None
-                if admin_sock is not None and admin_app is not None:
-                    admin_url = await admin.enter_async_context(
-                        _serving_admin(admin_app, admin_sock)
-                    )
-                yield _url(listener.sockets[0].getsockname()), app, admin_url
-        finally:
-            budget.start()
-            listener.close()
-            open_connections = len(runner.server.connections) if runner.server else 0
-            await drain.finish(budget.requests_s(), open_connections)
-    finally:
-        await runner.cleanup()
-        guard.close()
+    admin = (admin_app, admin_sock) if admin_sock is not None and admin_app is not None else None
+    async with listeners.serving(config.server, app, drain, budget, sock, admin) as (
+        url,
+        admin_url,
+    ):
+        yield url, app, admin_url
 
 
 def _applications(
@@ -305,30 +273,3 @@ def _applications(
     admin_app = cdpd_web.application(config, [*operator, health], wrap)
     admin_app[cdpd_web.DRAIN] = drain
     return app, admin_app
-
-
-@contextlib.contextmanager
-def _admin_socket(config: Config) -> Iterator[socket.socket | None]:
-    if config.admin.listen is None:
-        yield None
-        return
-    with contextlib.closing(startup.bind(config.server, config.admin.listen)) as sock:
-        yield sock
-
-
-@asynccontextmanager
-async def _serving_admin(app: web.Application, sock: socket.socket) -> AsyncIterator[str]:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        await web.SockSite(runner, sock).start()
-        yield _url(sock.getsockname())
-    finally:
-        await runner.cleanup()
-
-
-def _url(address: tuple[str, int]) -> str:
-    host, port = address[:2]
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
