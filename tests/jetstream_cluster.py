@@ -14,6 +14,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from nats.js.api import StreamConfig
 
 CLUSTER_NAME = "cdpd-test"
 
@@ -100,7 +101,8 @@ class JetStreamCluster:
             self.stop(index)
 
     async def ready(self, timeout_s: float = 30.0) -> None:
-        """Until JetStream answers through every running server (a meta leader is elected)."""
+        """Until JetStream answers through every running server (a meta leader is elected) and
+        can place a stream on as many servers as are running (every peer has joined)."""
         deadline = asyncio.get_running_loop().time() + timeout_s
         running = [self.urls[i] for i, p in enumerate(self.processes) if p is not None]
         for url in running:
@@ -116,6 +118,26 @@ class JetStreamCluster:
                     if asyncio.get_running_loop().time() > deadline:
                         raise
                     await asyncio.sleep(0.2)
+        await self._placeable(running, deadline)
+
+    async def _placeable(self, running: list[str], deadline: float) -> None:
+        probe = StreamConfig(
+            name="READY_PROBE", subjects=["ready.probe"], num_replicas=len(running)
+        )
+        client = await nats.connect(running, connect_timeout=1)
+        try:
+            js = client.jetstream()
+            while True:
+                try:
+                    await js.add_stream(probe)
+                    await js.delete_stream("READY_PROBE")
+                    return
+                except Exception:  # "no suitable peers for placement" until all have joined
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+        finally:
+            await client.close()
 
 
 @asynccontextmanager

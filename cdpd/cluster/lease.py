@@ -47,7 +47,9 @@ class Lease:
     async def acquire(self) -> bool:
         try:
             self.revision = await self._kv.create(self.key, self.holder.encode())
-        except KeyWrongLastSequenceError:
+        except (KeyWrongLastSequenceError, KeyNotFoundError):
+            # Held by another; or (not found) it expired between the client's two steps of
+            # `create`, so it is free: the next attempt takes it.
             return False
         self.lost.clear()
         log.info("lease_acquired", lease=self.key, holder=self.holder, revision=self.revision)
