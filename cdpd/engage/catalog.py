@@ -53,7 +53,9 @@ class Definition(msgspec.Struct, frozen=True):
 class Change(msgspec.Struct, frozen=True):
     key: str
     kind: Kind
-    change: Literal["entered", "exited", "computed"]
+    # "joined": a user linked to an account that is already in an account audience; the
+    # user is sent the membership (the account's own entry was sent before).
+    change: Literal["entered", "exited", "computed", "joined"]
     value: Any
     previous: Any = None
 

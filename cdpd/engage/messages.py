@@ -14,6 +14,10 @@ gets one message per value: one per email (in `traits.email` for an Identify,
 combination of user id, anonymous id and email, so no copy of the profile keeps a stale
 membership. The `messageId` is derived from the change, the destination and the identifiers,
 so sending the same change again after a restart produces the same ids (destinations dedupe).
+
+An account audience's change is sent, per connection, as a Group call for the account
+(`groupId`, `traits: {"<audience_key>": true|false}`; `send_group`) and/or as the
+Identify/Track above to each user linked to the account (`send_identify`, `send_track`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class Connection(msgspec.Struct, frozen=True, kw_only=True):
     destination: str
     send_identify: bool = True
     send_track: bool = False
+    send_group: bool = False  # account audiences: a Group call per account
     audience_entered_event: str = "Audience Entered"
     audience_exited_event: str = "Audience Exited"
     trait_computed_event: str = "Trait Computed"
@@ -192,3 +197,65 @@ def for_change(
             change, identity, connection, space_id=space_id, change_id=change_id, now_ms=now_ms
         )
     ]
+
+
+def group(
+    change: Change,
+    group_id: str,
+    connection: Connection,
+    *,
+    space_id: str,
+    change_id: str,
+    now_ms: int,
+) -> dict[str, Any]:
+    """The Group call an account's change sends: the membership as an account trait. It
+    names no user: it is about the account alone."""
+    message: dict[str, Any] = {"type": "group", "messageId": "", "groupId": group_id}
+    message["traits"] = {change.key: change.value}
+    message["context"] = {"personas": personas(change.kind, change.key, space_id)}
+    message["integrations"] = {"All": False, connection.destination: True}
+    message["timestamp"] = format_ms(now_ms)
+    seed = msgspec.json.encode(
+        [change_id, "group", connection.destination, change.key, change.change, group_id]
+    )
+    message["messageId"] = "engage-" + hashlib.blake2b(seed, digest_size=16).hexdigest()
+    return message
+
+
+def for_account_change(
+    change: Change,
+    group_id: str,
+    members: tuple[tuple[str, dict[str, list[str]]], ...],
+    connections: list[Connection],
+    *,
+    space_id: str,
+    change_id: str,
+    now_ms: int,
+) -> list[dict[str, Any]]:
+    """Every message an account's recorded change sends: per connected destination, a Group
+    call (`send_group`), and to each user of the account the Identify and/or Track a user's
+    own change would send (one per identity, every combination for an exit)."""
+    result = []
+    for connection in connections:
+        if connection.send_group:
+            result.append(
+                group(
+                    change,
+                    group_id,
+                    connection,
+                    space_id=space_id,
+                    change_id=change_id,
+                    now_ms=now_ms,
+                )
+            )
+        for profile_id, identifiers in members:
+            result += for_change(
+                change,
+                identifiers,
+                [connection],
+                profile_id=profile_id,
+                space_id=space_id,
+                change_id=change_id,
+                now_ms=now_ms,
+            )
+    return result

@@ -25,8 +25,11 @@ class EngageConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
 
 class AudienceDestination(Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     name: str
+    # Identify / Track per user (for an account audience: per user linked to the account).
     send_identify: bool = True
     send_track: bool = False
+    # Account audiences only: a Group call per account.
+    send_group: bool = False
     audience_entered_event: Annotated[str, msgspec.Meta(min_length=1)] = "Audience Entered"
     audience_exited_event: Annotated[str, msgspec.Meta(min_length=1)] = "Audience Exited"
 
@@ -107,12 +110,14 @@ def check(
     compiled: list[catalog.Source] = []
     for source in definition_sources(audiences, computed_traits):
         try:
-            catalog.compile_definition(source)
+            definition = catalog.compile_definition(source)
         except catalog.DefinitionError as exc:
             detail = str(exc).removeprefix(f"{source.key}: ")
             problems.append(f"{where_of[source.key]}.query: {detail}")
         else:
             compiled.append(source)
+            if not definition.plan.account:
+                problems += _group_sends(where_of[source.key], audiences, source.key)
     if problems:
         return problems
     try:
@@ -120,6 +125,18 @@ def check(
     except catalog.DefinitionError as exc:
         problems.append(f"{where_of[exc.key]}.query: {str(exc).removeprefix(exc.key + ': ')}")
     return problems
+
+
+def _group_sends(where: str, audiences: list[AudienceConfig], key: str) -> list[str]:
+    """`send_group` needs an account audience: a user has no account to send."""
+    return [
+        f"{where}.destinations[{index}].send_group: only an account audience (ANY or ALL) "
+        "sends Group calls"
+        for audience in audiences
+        if audience.key == key
+        for index, destination in enumerate(audience.destinations)
+        if destination.send_group
+    ]
 
 
 def _numbered(

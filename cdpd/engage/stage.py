@@ -59,6 +59,7 @@ def connections(config: Config) -> dict[str, list[messages.Connection]]:
                 destination=d.name,
                 send_identify=d.send_identify,
                 send_track=d.send_track,
+                send_group=d.send_group,
                 audience_entered_event=d.audience_entered_event,
                 audience_exited_event=d.audience_exited_event,
             )
@@ -282,18 +283,38 @@ class EngageStage:
     ) -> list[OutboxRow]:
         received_at = format_ms(now_ms)
         rows = []
-        for message in messages.for_change(
-            item.change,
-            item.identifiers,
-            [connection],
-            profile_id=item.profile_id,
-            space_id=self.config.engage.space_id,
-            change_id=item.change_id,
-            now_ms=now_ms,
-        ):
+        for message in self._messages(item, connection, now_ms):
             message["receivedAt"] = received_at
             rows.append(_outbox_row(message, self.source, received_at))
         return rows
+
+    def _messages(
+        self, item: engage_syncs.Outgoing, connection: messages.Connection, now_ms: int
+    ) -> list[dict[str, Any]]:
+        space_id = self.config.engage.space_id
+        definition = self.store.catalog.get(item.change.key)
+        change = item.change
+        if change.change == "joined":
+            change = msgspec.structs.replace(change, change="entered", previous=False)
+        elif definition is not None and definition.plan.account:
+            return messages.for_account_change(
+                item.change,
+                item.profile_id,
+                item.members,
+                [connection],
+                space_id=space_id,
+                change_id=item.change_id,
+                now_ms=now_ms,
+            )
+        return messages.for_change(
+            change,
+            item.identifiers,
+            [connection],
+            profile_id=item.profile_id,
+            space_id=space_id,
+            change_id=item.change_id,
+            now_ms=now_ms,
+        )
 
 
 def _outbox_row(message: dict[str, Any], source: str, received_at: str) -> OutboxRow:

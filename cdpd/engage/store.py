@@ -169,8 +169,15 @@ class EngageStore:
         definition = self.catalog.get(key)
         if definition is None:
             raise KeyError(key)
+        collection: Collection = "accounts" if definition.plan.account else "users"
         return await self._run(
-            syncs.due, self._tables.conn, key, definition.source.kind, destination, limit
+            syncs.due,
+            self._tables.conn,
+            key,
+            definition.source.kind,
+            destination,
+            limit,
+            collection,
         )
 
     async def mark_synced(

@@ -290,9 +290,29 @@ class Tables:
                 accounts.update(state.groups)
             self.conn.executemany(LINK_INSERT, links)
             changes = self._evaluate_profiles(states, before, now_ms, touched)
+            account_changes = []
             for group_id in sorted(accounts):
-                changes += self._evaluate_account(group_id, now_ms)
+                account_changes += self._evaluate_account(group_id, now_ms)
+            changes += account_changes + self._joined(links, account_changes)
             return self._record(changes, now_ms)
+
+    def _joined(
+        self, links: list[tuple[str, str]], account_changes: list[tuple[Collection, str, Change]]
+    ) -> list[tuple[Collection, str, Change]]:
+        """Users newly linked to an account that was already in an account audience: each
+        gets the membership. An account that entered in this batch is sent to all its users
+        with its entry."""
+        if not self.catalog.account_definitions:
+            return []
+        just_changed = {(group_id, change.key) for _, group_id, change in account_changes}
+        joined: list[tuple[Collection, str, Change]] = []
+        for group_id, profile_id in links:
+            values = self._load_account(group_id).values
+            for definition in self.catalog.account_definitions:
+                key = definition.key
+                if values.get(key) is True and (group_id, key) not in just_changed:
+                    joined.append(("users", profile_id, Change(key, "audience", "joined", True)))
+        return joined
 
     def merge(self, from_profile: str, into_profile: str, now_ms: int) -> list[Recorded]:
         if from_profile == into_profile:
@@ -554,6 +574,8 @@ class Tables:
         removed, kept = [], []
         for r in recorded:
             c = r.change
+            if c.change == "joined":
+                continue  # the membership is the account's, held in its own row
             if (c.kind == "audience" and not c.value) or c.value is None:
                 removed.append((r.collection, c.key, r.id))
             else:

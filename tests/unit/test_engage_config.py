@@ -91,6 +91,16 @@ def _audience(key: str, query: str, extra: str = "") -> str:
             "definitions read each other in a cycle: a -> b -> a",
         ),
         (
+            DESTINATION
+            + _audience(
+                "vips",
+                "trait('plan') = 'pro'",
+                '[[audiences.destinations]]\nname = "hook"\nsend_group = true\n',
+            ),
+            "audiences[0].destinations[0].send_group: only an account audience (ANY or ALL) "
+            "sends Group calls",
+        ),
+        (
             _audience("a", "trait('x') = 1", "sent = true\n"),
             "audiences[0]: Object contains unknown field `sent`",
         ),
@@ -100,6 +110,17 @@ def test_errors_name_the_key_and_point_at_the_character(text: str, message: str)
     with pytest.raises(ConfigError) as caught:
         parse(text, origin="cdpd.toml")
     assert message in str(caught.value)
+
+
+def test_an_account_audience_may_send_group_calls() -> None:
+    text = _audience(
+        "pro_accounts",
+        "ANY trait('plan') = 'pro'",
+        '[[audiences.destinations]]\nname = "hook"\nsend_group = true\nsend_identify = false\n',
+    )
+    (audience,) = parse(DESTINATION + text).audiences
+    (destination,) = audience.destinations
+    assert (destination.send_group, destination.send_identify) == (True, False)
 
 
 def test_check_config_prints_the_caret(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
