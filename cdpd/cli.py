@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import aiosqlite
 import msgspec
 
-from cdpd import __version__, config, logs
+from cdpd import config, launch, logs
 from cdpd.cluster import commands as cluster_commands
 from cdpd.console import commands as console_commands
 from cdpd.delivery import replay, report
@@ -81,13 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    config_help = "TOML config file (default: $CDPD_CONFIG, then /etc/cdpd/cdpd.toml)"
-    # --config may come before or after the subcommand; after it, it wins.
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
-    parser = argparse.ArgumentParser(prog="cdpd", description="customer data platform daemon")
-    parser.add_argument("--config", default=config.default_path(), help=config_help)
-    parser.add_argument("--version", action="version", version=f"cdpd {__version__}")
+    parser, common = launch.base_parser()
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", parents=[common], help="run the daemon")
     commands.add_parser("check-config", parents=[common], help="validate the config and exit")

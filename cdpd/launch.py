@@ -17,6 +17,18 @@ EXIT_USAGE = 2
 LIGHT_COMMANDS = {"audiences": "cdpd.engage.commands"}
 
 
+def base_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The `cdpd` parser with `--config` and `--version`, and the parent every subcommand takes
+    so that `--config` may come before or after it (after it, it wins)."""
+    config_help = "TOML config file (default: $CDPD_CONFIG, then /etc/cdpd/cdpd.toml)"
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
+    parser = argparse.ArgumentParser(prog="cdpd", description="customer data platform daemon")
+    parser.add_argument("--config", default=config.default_path(), help=config_help)
+    parser.add_argument("--version", action="version", version=f"cdpd {__version__}")
+    return parser, common
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     module_name = LIGHT_COMMANDS.get(command_of(words) or "")
@@ -25,12 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return cli.main(argv)
     module = importlib.import_module(module_name)
-    config_help = "TOML config file (default: $CDPD_CONFIG, then /etc/cdpd/cdpd.toml)"
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
-    parser = argparse.ArgumentParser(prog="cdpd", description="customer data platform daemon")
-    parser.add_argument("--config", default=config.default_path(), help=config_help)
-    parser.add_argument("--version", action="version", version=f"cdpd {__version__}")
+    parser, common = base_parser()
     module.add_parsers(parser.add_subparsers(dest="command", required=True), common)
     args = parser.parse_args(words)
     try:

@@ -20,9 +20,9 @@ from cdpd.cluster.layout import Layout
 from cdpd.cluster.routing import Router
 from cdpd.cluster.shared import GlobalRateLimit, SharedCircuit
 from cdpd.config import Config
-from cdpd.delivery.service import _transform, routing_rule
+from cdpd.delivery.service import destination_transform, routing_rule
 from cdpd.destinations import registry
-from cdpd.destinations.base import Background, Closable, Destination
+from cdpd.destinations.base import Background, Destination, close_all
 from cdpd.supervise import Backoff, Restarts, supervise
 
 log = structlog.get_logger()
@@ -86,7 +86,7 @@ class ClusterDelivery:
                 clock=self._clock,
                 retry=d.retry or self._config.delivery.retry,
                 ack_wait_s=self._config.storage.jetstream.ack_wait_s,
-                transform=_transform(self._config, d.name, None),
+                transform=destination_transform(self._config, d.name, None),
                 observe=self._observer(d.name) if self._observer else None,
             )
             await lane.ensure_consumers()
@@ -113,7 +113,7 @@ class ClusterDelivery:
                 lane_stop.set()
                 await self._drain(lanes)
         finally:
-            await self._close_senders()
+            await close_all(self.senders.values())
 
     async def _supervised(
         self, name: str, run: Callable[[asyncio.Event], Awaitable[None]], stop: asyncio.Event
@@ -130,11 +130,3 @@ class ClusterDelivery:
             log.warning("delivery_drain_timeout", lanes=len(unfinished))
             for task in unfinished:
                 task.cancel()
-
-    async def _close_senders(self) -> None:
-        for sender in self.senders.values():
-            if hasattr(sender, "close"):
-                try:
-                    await cast(Closable, sender).close()
-                except Exception:
-                    log.exception("destination_close_failed", destination=sender.name)

@@ -19,7 +19,7 @@ from cdpd.delivery.retention import Pruner
 from cdpd.delivery.store import DeliveryStore, RoutingRule, SqliteDeliveryStore
 from cdpd.destinations import actions, registry
 from cdpd.destinations.actions import Action
-from cdpd.destinations.base import Background, Closable
+from cdpd.destinations.base import Background, close_all
 from cdpd.model.timestamps import format_ms
 from cdpd.outbox.writer import OutboxWriter
 from cdpd.privacy.portal import Portal
@@ -71,7 +71,7 @@ class Delivery:
                 retry=d.retry or config.delivery.retry,
                 poll_interval_s=config.delivery.poll_interval_s,
                 observe=observer(d.name) if observer else None,
-                transform=_transform(config, d.name, privacy),
+                transform=destination_transform(config, d.name, privacy),
                 action_outcomes=(
                     ActionOutcomes(writer, d.name) if len(senders[d.name].actions) > 1 else None
                 ),
@@ -138,20 +138,12 @@ class Delivery:
         finally:
             for lane in self.lanes.values():
                 self._writer.off_messages(lane.work)
-            await self._close_senders()
+            await close_all(self.senders.values())
 
     async def _supervised(self, name: str, run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         await supervise(
             name, run, self._stop, clock=self._clock, backoff=LANE_BACKOFF, restarts=self.restarts
         )
-
-    async def _close_senders(self) -> None:
-        for sender in self.senders.values():
-            if hasattr(sender, "close"):
-                try:
-                    await cast(Closable, sender).close()
-                except Exception:
-                    log.exception("destination_close_failed", destination=sender.name)
 
     def stop(
         self, drain_timeout_s: float | None = None, *, let_attempts_finish: bool = False
@@ -181,7 +173,7 @@ class Delivery:
                 task.cancel()
 
 
-def _transform(
+def destination_transform(
     config: Config, destination: str, privacy: Portal | None
 ) -> Callable[[str, str], str] | None:
     """The destination's Protocols transformations, then its privacy controls, applied to its

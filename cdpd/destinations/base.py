@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import aiohttp
 import msgspec
+import structlog
 
 from cdpd.model.statuses import CREDENTIALS_REFUSED
 from cdpd.settings import ConfigError, env_secret
+
+log = structlog.get_logger()
 
 if TYPE_CHECKING:
     from cdpd.destinations.actions import Action, Prepared
@@ -66,6 +69,17 @@ class Closable(Protocol):
     delivery calls it once, after its lane has stopped and its last attempt has finished."""
 
     async def close(self) -> None: ...
+
+
+async def close_all(senders: Iterable[Destination]) -> None:
+    """Close the destinations that hold connections of their own; one that fails to close is
+    logged and the rest are still closed."""
+    for sender in senders:
+        if hasattr(sender, "close"):
+            try:
+                await cast(Closable, sender).close()
+            except Exception:
+                log.exception("destination_close_failed", destination=sender.name)
 
 
 def header_problem(name: str, value: str) -> str | None:
