@@ -15,6 +15,8 @@ def unported(config: Config) -> list[str]:
         problems.append("[identity] (identity resolution, profiles) is single-node" + SEE)
     if config.audiences or config.computed_traits:
         problems.append("audiences and computed traits (Engage) are single-node" + SEE)
+    if config.privacy.destinations:
+        problems.append("[privacy.destinations] controls apply on the SQLite backend only" + SEE)
     if config.privacy.warehouses:
         problems.append("[privacy.warehouses] controls apply on the SQLite backend only" + SEE)
     return problems
