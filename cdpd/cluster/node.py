@@ -139,7 +139,7 @@ async def running_node(
         contextlib.closing(startup.bind(config.server)) as sock,
         listeners.admin_socket(config) as admin_sock,
     ):
-        async with _cluster(config, layout, name) as (client, js, publisher):
+        async with open_cluster(config, layout, name) as (client, js, publisher):
             appender = JetStreamAppender(
                 client,
                 publisher,
@@ -206,9 +206,11 @@ def _built_in_stages(config: Config) -> list[tuple[str, Stage]]:
 
 
 @asynccontextmanager
-async def _cluster(
+async def open_cluster(
     config: Config, layout: Layout, node_name: str
 ) -> AsyncIterator[tuple[Client, JetStreamContext, Publisher]]:
+    """A connection to the cluster with the streams and buckets in place and a publisher
+    started; StartupError (one line) when the cluster cannot be reached or disagrees."""
     jetstream = config.storage.jetstream
     try:
         async with connect.connected(jetstream, name=f"cdpd {node_name}") as client:
