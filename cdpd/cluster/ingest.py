@@ -31,6 +31,7 @@ from nats.aio.client import Client
 from cdpd.cluster.connect import DUPLICATE_WINDOW_S
 from cdpd.cluster.layout import Layout, dedup_id, headers_of
 from cdpd.cluster.publish import Ack, NoStream, Publisher
+from cdpd.config import Config
 from cdpd.model.rows import OutboxRow, RejectRow
 from cdpd.outbox.writer import AppendResult, ExtraRows, OutboxUnavailable
 
@@ -81,6 +82,27 @@ class JetStreamAppender:
         self.published = 0
         self.duplicates = 0
         self.failures = 0
+
+    @classmethod
+    def of(
+        cls,
+        config: Config,
+        client: Client,
+        publisher: Publisher,
+        layout: Layout,
+        *,
+        ack_timeout_s: float | None = None,
+    ) -> JetStreamAppender:
+        """The appender `config` asks for (its dedup window and scope, its ack timeout)."""
+        return cls(
+            client,
+            publisher,
+            layout,
+            dedup_window_s=config.storage.dedup_window_s,
+            dedup_scope=config.storage.dedup_scope,
+            ack_timeout_s=ack_timeout_s or config.storage.jetstream.ack_timeout_s,
+            retry_after_s=config.storage.full_retry_after_s,
+        )
 
     # -- the writer's interface -----------------------------------------------------------------
 

@@ -140,15 +140,7 @@ async def running_node(
         listeners.admin_socket(config) as admin_sock,
     ):
         async with open_cluster(config, layout, name) as (client, js, publisher):
-            appender = JetStreamAppender(
-                client,
-                publisher,
-                layout,
-                dedup_window_s=config.storage.dedup_window_s,
-                dedup_scope=config.storage.dedup_scope,
-                ack_timeout_s=jetstream.ack_timeout_s,
-                retry_after_s=config.storage.full_retry_after_s,
-            )
+            appender = JetStreamAppender.of(config, client, publisher, layout)
             metrics = Metrics(restarts)
             budget = ShutdownBudget(
                 config.server.shutdown_timeout_s, delivery_drain_s=config.delivery.drain_timeout_s

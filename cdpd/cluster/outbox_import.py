@@ -137,13 +137,8 @@ async def import_export(config: Config, source: IO[bytes]) -> ImportCounts:
             await _delivery_consumers(config, js, layout)
             counts.warehouses = progress.warehouses
             await kv.put(key, msgspec.json.encode(progress))
-        appender = JetStreamAppender(
-            client,
-            publisher,
-            layout,
-            dedup_window_s=config.storage.dedup_window_s,
-            dedup_scope=config.storage.dedup_scope,
-            ack_timeout_s=ACK_TIMEOUT_S,
+        appender = JetStreamAppender.of(
+            config, client, publisher, layout, ack_timeout_s=ACK_TIMEOUT_S
         )
         for batch in _batches(messages(lines), counts, after_seq=progress.last_seq):
             await _publish(appender, batch, header.warehouses, counts)

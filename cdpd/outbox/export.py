@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import aiosqlite
 import msgspec
@@ -50,19 +50,10 @@ class ExportHeader(msgspec.Struct, frozen=True, kw_only=True):
     warehouses: dict[str, int]  # each configured warehouse's position when exported
 
 
-class ExportedMessage(msgspec.Struct, frozen=True, kw_only=True):
+class ExportedMessage(consumers.Message, frozen=True, kw_only=True):
     """One message: the columns of `messages` (the payload as stored, byte for byte) and who
     still owes it."""
 
-    seq: int
-    message_id: str
-    source: str
-    type: str
-    event: str | None
-    user_id: str | None
-    anonymous_id: str | None
-    received_at: str
-    payload: str
     owed_destinations: list[str]
     owed_warehouses: list[str]
 
@@ -107,9 +98,10 @@ class Owing:
         self.warehouses = warehouses
 
     def destinations(self, seq: int, source: str, received_at: str, rows: set[str]) -> list[str]:
-        owed = {name for name, progress in self.lanes.items() if not progress.is_done(seq)}
-        owed |= rows
-        owed |= {
+        owed = [name for name, progress in self.lanes.items() if not progress.is_done(seq)]
+        if not (rows or self.replays):
+            return owed  # the common case, in the lanes' (sorted) order
+        replayed = {
             job.destination
             for job, progress in self.replays
             if seq <= job.last_seq
@@ -117,10 +109,10 @@ class Owing:
             and job.since_at <= received_at < job.until_at
             and (job.source is None or job.source == source)
         }
-        return sorted(owed)
+        return sorted({*owed, *rows, *replayed})
 
     def warehouses_behind(self, seq: int) -> list[str]:
-        return sorted(name for name, position in self.warehouses.items() if position < seq)
+        return [name for name, position in self.warehouses.items() if position < seq]
 
 
 class WarehouseUnreadable(Exception):
@@ -145,7 +137,7 @@ async def _owing(conn: aiosqlite.Connection, warehouses: dict[str, int]) -> Owin
     known = await consumers.positions(conn)
     lanes = {
         p.name.removeprefix(lane_consumer("")): Progress(p.seq, p.done_ranges)
-        for p in known.values()
+        for p in sorted(known.values(), key=lambda p: p.name)
         if p.kind == "delivery" and not p.paused  # a disabled destination starts at the end
     }
     replays = []
@@ -154,10 +146,11 @@ async def _owing(conn: aiosqlite.Connection, warehouses: dict[str, int]) -> Owin
         position = known.get(replay_consumer(job.id))
         start = position.seq if position is not None else job.first_seq - 1
         replays.append((job, Progress(start, position.done_ranges if position else ())))
-    return Owing(lanes, replays, warehouses)
+    return Owing(lanes, replays, dict(sorted(warehouses.items())))
 
 
-async def _messages(conn: aiosqlite.Connection, owing: Owing) -> AsyncIterator[ExportedMessage]:
+async def _chunks(conn: aiosqlite.Connection, owing: Owing) -> AsyncIterator[list[ExportedMessage]]:
+    """Every message, in seq order, a chunk at a time."""
     after_seq = 0
     while True:
         rows = list(await conn.execute_fetchall(MESSAGES_AFTER, (after_seq, CHUNK_MESSAGES)))
@@ -168,33 +161,17 @@ async def _messages(conn: aiosqlite.Connection, owing: Owing) -> AsyncIterator[E
             UNFINISHED_ROWS, (rows[0][0], rows[-1][0])
         ):
             unfinished[seq].add(destination)
-        for (
-            seq,
-            message_id,
-            source,
-            kind,
-            event,
-            user_id,
-            anonymous_id,
-            received_at,
-            payload,
-        ) in rows:
-            yield ExportedMessage(
-                seq=seq,
-                message_id=message_id,
-                source=source,
-                type=kind,
-                event=event,
-                user_id=user_id,
-                anonymous_id=anonymous_id,
-                received_at=received_at,
-                payload=payload,
-                owed_destinations=owing.destinations(
-                    seq, source, received_at, unfinished.get(seq, set())
-                ),
-                owed_warehouses=owing.warehouses_behind(seq),
-            )
+        yield [_exported(row, owing, unfinished.get(row[0], set())) for row in rows]
         after_seq = rows[-1][0]
+
+
+def _exported(row: Any, owing: Owing, unfinished: set[str]) -> ExportedMessage:
+    seq, source, received_at = row[0], row[2], row[7]
+    return ExportedMessage(
+        *row,
+        owed_destinations=owing.destinations(seq, source, received_at, unfinished),
+        owed_warehouses=owing.warehouses_behind(seq),
+    )
 
 
 async def export(
@@ -218,18 +195,14 @@ async def export(
                 destinations=sorted(owing.lanes),
                 warehouses=owing.warehouses,
             )
-            _write_line(out, header)
-            async for message in _messages(conn, owing):
-                counts.owed += message.owed
-                if pending_only and not message.owed:
-                    continue
-                _write_line(out, message)
-                counts.messages += 1
+            out.write(_encoder.encode(header) + b"\n")
+            async for chunk in _chunks(conn, owing):
+                owed = [message for message in chunk if message.owed]
+                counts.owed += len(owed)
+                written = owed if pending_only else chunk
+                out.write(_encoder.encode_lines(written))
+                counts.messages += len(written)
         finally:
             await conn.execute("COMMIT")
     out.flush()
     return counts
-
-
-def _write_line(out: IO[bytes], value: object) -> None:
-    out.write(_encoder.encode(value) + b"\n")

@@ -15,7 +15,7 @@ import msgspec
 import pytest
 from segment.analytics import Client
 
-from tests.cluster_support import jetstream_text, stored_rows
+from tests.cluster_support import jetstream_text, loaded_ids, stored_rows
 from tests.helpers import PROJECT_ROOT, WRITE_KEY, WarehouseProbe, config_text, spawn_cdpd
 from tests.jetstream_cluster import JetStreamCluster
 from tests.sink import Sink, status
@@ -52,19 +52,6 @@ async def _cdpd(*args: str) -> tuple[int, str, str]:
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
-
-
-async def _loaded_ids(warehouse: WarehouseProbe, wanted: set[str]) -> list[str]:
-    ids: list[str] = []
-    for _ in range(600):
-        try:
-            ids = [row[0] for row in await warehouse.fetch('SELECT id FROM "website"."tracks"')]
-        except Exception:  # the table appears with the first load
-            ids = []
-        if wanted <= set(ids):
-            break
-        await asyncio.sleep(0.1)
-    return ids
 
 
 async def test_a_backlog_moves_to_jetstream_and_each_consumer_gets_what_it_was_owed_once(
@@ -135,7 +122,7 @@ async def test_a_backlog_moves_to_jetstream_and_each_consumer_gets_what_it_was_o
             *(f"after-{n}" for n in range(AFTER)),
         }
         await sink.wait_for(lambda s: set(s.message_ids) >= everything, timeout_s=90)
-        loaded = await _loaded_ids(warehouse, everything)
+        loaded = await loaded_ids(warehouse, everything)
         assert await node.stop() == 0
     delivered = Counter(sink.message_ids)
     assert set(delivered) == everything
