@@ -223,3 +223,33 @@ async def test_a_stopped_import_continues_and_nothing_is_stored_twice(
     _export(export, 3, outbox="/srv/other.sqlite3", warehouses={"wh": 2})
     assert await run_cli("outbox", "import", "--input", str(export), "--config", config) == 2
     assert "the stream CDPD already holds messages (last seq 1200)" in capsys.readouterr().err
+
+
+async def test_warehouse_rewind_on_the_jetstream_backend(
+    tmp_path: Path, js_cluster: JetStreamCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    warehouse = f'[[warehouses]]\nname = "wh"\ntype = "sqlite"\npath = "{tmp_path / "wh.db"}"\n'
+    config = _jetstream_config(tmp_path, js_cluster.urls, warehouse=warehouse)
+    export = tmp_path / "export.jsonl"
+    _export(export, 4, warehouses={"wh": 2})
+    assert await run_cli("outbox", "import", "--input", str(export), "--config", config) == 0
+    assert "positions set to the stream's start: wh" in capsys.readouterr().out
+    rewind = ["warehouse", "rewind", "wh", "--config", config]
+
+    assert await run_cli(*rewind) == 2  # no outbox recorded a position to go back to
+    assert "--to is needed on the JetStream backend" in capsys.readouterr().err
+    assert await run_cli(*rewind, "--to", "5") == 2
+    assert "--to must be from 0 to the last seq (4), not 5" in capsys.readouterr().err
+    assert await run_cli(*rewind, "--to", "1") == 2
+    assert "wh is at seq 0; rewinding only moves back" in capsys.readouterr().err
+    assert await run_cli(*rewind, "--to", "0") == 0
+    assert "wh: position 0 -> 0; its next sync loads the messages after seq 0" in (
+        capsys.readouterr().out
+    )
+
+    closed = _jetstream_config(
+        tmp_path, ["nats://127.0.0.1:1"], "connect_timeout_s = 0.5\n", warehouse=warehouse
+    )
+    closed_rewind = ["warehouse", "rewind", "wh", "--to", "0", "--config", closed]
+    assert await run_cli(*closed_rewind) == 1
+    assert "cannot connect to JetStream at nats://127.0.0.1:1" in capsys.readouterr().err
