@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,6 +25,7 @@ import msgspec
 
 from cdpd.config import Config
 from cdpd.delivery.store import ReplayJob, lane_consumer, replay_consumer
+from cdpd.model.timestamps import format_ms, now_ms
 from cdpd.outbox import consumers, continuity, schema
 from cdpd.outbox.consumers import Progress
 from cdpd.warehouse.loader import SYNC_ERRORS
@@ -190,7 +190,7 @@ async def export(
                 version=VERSION,
                 outbox=str(path),
                 last_seq=counts.last_seq,
-                exported_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+                exported_at=format_ms(now_ms()),
                 pending_only=pending_only,
                 destinations=sorted(owing.lanes),
                 warehouses=owing.warehouses,
