@@ -139,16 +139,8 @@ async def running_node(
         contextlib.closing(startup.bind(config.server)) as sock,
         listeners.admin_socket(config) as admin_sock,
     ):
-        async with _cluster(config, layout, name) as (client, js, publisher):
-            appender = JetStreamAppender(
-                client,
-                publisher,
-                layout,
-                dedup_window_s=config.storage.dedup_window_s,
-                dedup_scope=config.storage.dedup_scope,
-                ack_timeout_s=jetstream.ack_timeout_s,
-                retry_after_s=config.storage.full_retry_after_s,
-            )
+        async with open_cluster(config, layout, name) as (client, js, publisher):
+            appender = JetStreamAppender.of(config, client, publisher, layout)
             metrics = Metrics(restarts)
             budget = ShutdownBudget(
                 config.server.shutdown_timeout_s, delivery_drain_s=config.delivery.drain_timeout_s
@@ -206,9 +198,11 @@ def _built_in_stages(config: Config) -> list[tuple[str, Stage]]:
 
 
 @asynccontextmanager
-async def _cluster(
+async def open_cluster(
     config: Config, layout: Layout, node_name: str
 ) -> AsyncIterator[tuple[Client, JetStreamContext, Publisher]]:
+    """A connection to the cluster with the streams and buckets in place and a publisher
+    started; StartupError (one line) when the cluster cannot be reached or disagrees."""
     jetstream = config.storage.jetstream
     try:
         async with connect.connected(jetstream, name=f"cdpd {node_name}") as client:
