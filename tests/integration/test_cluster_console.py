@@ -21,37 +21,22 @@ from segment.analytics.client import Client
 from yarl import URL
 
 from cdpd import cli
-from cdpd.cluster.console_state import people_in_cluster
 from cdpd.cluster.node import Node, running_node
 from cdpd.config import Config
-from cdpd.console import access
 from tests.cluster_support import jetstream_config, jetstream_text
-from tests.console_support import PASSWORD, signed_in, workspaces_toml
-from tests.governance_plans import write_plan
+from tests.console_support import (
+    PASSWORD,
+    add_cluster_person,
+    console_node_config,
+    signed_in,
+    workspaces_toml,
+)
 from tests.helpers import OTHER_WRITE_KEY, WRITE_KEY, basic_auth
 from tests.integration.test_cluster_delivery import until
 from tests.jetstream_cluster import JetStreamCluster
 from tests.sink import Sink, status
 
 WEBSITE = "/console/w/acme/sources/website"
-
-
-def _config(tmp_path: Path, cluster: JetStreamCluster, sink_url: str, node: str) -> Config:
-    plan = write_plan(tmp_path / "plan.json")
-    extra = workspaces_toml(sink_url) + f'[[tracking_plans]]\nname = "main"\npath = "{plan}"\n'
-    text = jetstream_text(tmp_path / node, cluster.urls, extra)
-    text = text.replace(
-        f'write_key = "{WRITE_KEY}"\n', f'write_key = "{WRITE_KEY}"\ntracking_plan = "main"\n', 1
-    )
-    return jetstream_config(tmp_path / f"{node}.toml", text)
-
-
-async def _add_person(config: Config, name: str, roles: dict[str, str]) -> None:
-    async with people_in_cluster(config) as people:
-        (workspace, role), *more = roles.items()
-        assert await people.add_person(name, access.hash_password(PASSWORD), workspace, role)
-        for workspace, role in more:
-            assert await people.set_role(name, workspace, role)
 
 
 @asynccontextmanager
@@ -61,14 +46,26 @@ async def _two_nodes(
     async with AsyncExitStack() as stack:
         nodes = [
             await stack.enter_async_context(
-                running_node(_config(tmp_path, cluster, sink.url, name), node_name=name)
+                running_node(console_node_config(tmp_path, cluster, sink.url, name), node_name=name)
             )
             for name in ("a", "b")
         ]
-        await _add_person(nodes[0].config, "ada", {"acme": "member"})
-        await _add_person(nodes[0].config, "rita", {"acme": "read-only"})
-        await _add_person(nodes[0].config, "gus", {"globex": "owner"})
+        await add_cluster_person(nodes[0].config, "ada", {"acme": "member"})
+        await add_cluster_person(nodes[0].config, "rita", {"acme": "read-only"})
+        await add_cluster_person(nodes[0].config, "gus", {"globex": "owner"})
         yield nodes[0], nodes[1]
+
+
+@asynccontextmanager
+async def _browsing_b(
+    tmp_path: Path, cluster: JetStreamCluster, sink: Sink, name: str
+) -> AsyncIterator[tuple[Node, Node, aiohttp.ClientSession, str]]:
+    """Two nodes, and `name` signed in on the second."""
+    async with (
+        _two_nodes(tmp_path, cluster, sink) as (a, b),
+        signed_in(b.url, name) as (client, csrf),
+    ):
+        yield a, b, client, csrf
 
 
 @pytest.fixture
@@ -103,13 +100,7 @@ async def _debugger_events(
 async def test_the_debugger_on_one_node_shows_what_the_other_accepted(
     tmp_path: Path, js_cluster: JetStreamCluster, sink: Sink
 ) -> None:
-    async with (
-        _two_nodes(tmp_path, js_cluster, sink) as (a, b),
-        signed_in(b.url, "ada") as (
-            client,
-            _,
-        ),
-    ):
+    async with _browsing_b(tmp_path, js_cluster, sink, "ada") as (a, _, client, _):
         await asyncio.to_thread(
             _send_with_the_official_client, a, WRITE_KEY, ["Order Completed", "Cart Viewed"]
         )
@@ -201,13 +192,7 @@ async def test_delivery_overview_shows_the_clusters_dead_letters_and_replays_the
     tmp_path: Path, js_cluster: JetStreamCluster, sink: Sink
 ) -> None:
     sink.default = status(400, body="bad request")  # hook_a gives up at once on a 4xx
-    async with (
-        _two_nodes(tmp_path, js_cluster, sink) as (a, b),
-        signed_in(b.url, "ada") as (
-            client,
-            csrf,
-        ),
-    ):
+    async with _browsing_b(tmp_path, js_cluster, sink, "ada") as (a, b, client, csrf):
         await asyncio.to_thread(_send_with_the_official_client, a, WRITE_KEY, ["Order Completed"])
         page = "/console/w/acme/destinations/hook_a"
 
@@ -239,13 +224,7 @@ async def test_delivery_overview_shows_the_clusters_dead_letters_and_replays_the
 async def test_rejects_and_violations_come_from_the_aux_stream(
     tmp_path: Path, js_cluster: JetStreamCluster, sink: Sink, http: aiohttp.ClientSession
 ) -> None:
-    async with (
-        _two_nodes(tmp_path, js_cluster, sink) as (a, b),
-        signed_in(b.url, "rita") as (
-            client,
-            _,
-        ),
-    ):
+    async with _browsing_b(tmp_path, js_cluster, sink, "rita") as (a, _, client, _):
         auth = {"Authorization": basic_auth(WRITE_KEY)}
         batch = [
             {"type": "track", "userId": "u", "messageId": "no-event"},
@@ -277,13 +256,7 @@ async def _true(value: bool) -> bool:
 async def test_pages_of_stages_not_ported_say_so(
     tmp_path: Path, js_cluster: JetStreamCluster, sink: Sink
 ) -> None:
-    async with (
-        _two_nodes(tmp_path, js_cluster, sink) as (_, b),
-        signed_in(b.url, "ada") as (
-            client,
-            csrf,
-        ),
-    ):
+    async with _browsing_b(tmp_path, js_cluster, sink, "ada") as (_, b, client, csrf):
         for page in ("privacy", "profiles", "audiences"):
             async with client.get(f"/console/w/acme/{page}") as resp:
                 assert resp.status == 200
@@ -318,3 +291,41 @@ async def test_cdpd_users_adds_a_person_every_node_knows(
         )  # fmt: skip
         assert code == 2  # tokens: the admin token only, on this backend
         assert a.url
+
+
+async def test_the_warehouse_page_shows_the_lease_holder_and_the_syncs(
+    tmp_path: Path, js_cluster: JetStreamCluster, sink: Sink, postgres_test_dsn: str
+) -> None:
+    warehouse = (
+        f'[[warehouses]]\nname = "wh"\ntype = "postgres"\ndsn = "{postgres_test_dsn}"\n'
+        "interval_s = 0.2\n"
+    )
+
+    def config(name: str) -> Config:
+        text = jetstream_text(tmp_path / name, js_cluster.urls, workspaces_toml(sink.url))
+        text = text.replace(
+            'destinations = ["hook_a"]\n', 'destinations = ["hook_a"]\nwarehouses = ["wh"]\n', 1
+        )
+        return jetstream_config(tmp_path / f"{name}.toml", text + warehouse)
+
+    async with (
+        running_node(config("a"), node_name="a") as a,
+        running_node(config("b"), node_name="b") as b,
+    ):
+        await add_cluster_person(a.config, "ada", {"acme": "member"})
+        await asyncio.to_thread(_send_with_the_official_client, a, WRITE_KEY, ["Order Completed"])
+        async with signed_in(b.url, "ada") as (client, csrf):
+            page = "/console/w/acme/warehouses/wh"
+
+            async def synced() -> bool:
+                async with client.get(page) as resp:
+                    text = await resp.text()
+                return '<td>success</td><td class="num">1</td>' in text  # the message, loaded
+
+            await until(synced)
+            async with client.get(page) as resp:
+                text = await resp.text()
+            assert re.search(r"<strong data-holder>[ab]</strong>", text), text
+            sync = page + "/sync"
+            assert await _status(client, "post", sync, csrf, b.url) == 409
+            assert await _status(client, "get", "/console/w/globex/warehouses/wh") == 404
