@@ -32,7 +32,7 @@ from nats.js.errors import KeyNotFoundError
 
 from cdpd.cluster import operations
 from cdpd.cluster.browse import browse
-from cdpd.cluster.console_state import KvState, sessions_bucket
+from cdpd.cluster.console_state import KvState, cluster_answers, sessions_bucket
 from cdpd.cluster.layout import DESTINATION, SOURCE, Layout, row_of
 from cdpd.cluster.warehouse import lease_key
 from cdpd.config import Config, Destination
@@ -130,6 +130,7 @@ class ClusterData:
         finally:
             await feed.close()
 
+    @cluster_answers
     async def source_figures(self, source: str, window: str) -> SourceFigures:
         rejected, notes = await self._by_reason("rejects", [source], window)
         blocked, more = await self._by_reason("blocked_messages", [source], window)
@@ -146,6 +147,7 @@ class ClusterData:
             ],
         )
 
+    @cluster_answers
     async def violations(self, source: str, since_ms: int) -> list[ViolationSummary]:
         rows = await self._aux("violations", _since(since_ms))
         return summarize(r for r in rows if r.get("source") == source)
@@ -153,6 +155,7 @@ class ClusterData:
     async def schema(self, source: str) -> list[SchemaField] | None:
         return None  # not observed on this backend yet
 
+    @cluster_answers
     async def destination_figures(
         self, destination: Destination, upstream: list[str], window: str
     ) -> DestinationFigures:
@@ -195,12 +198,15 @@ class ClusterData:
     async def payload(self, message_id: str, sources: list[str]) -> str | None:
         return None  # a stream has no index by messageId
 
+    @cluster_answers
     async def replay_dead(self, destination: Destination) -> int:
         return await operations.replay_dead(self.js, self.layout, destination.name)
 
+    @cluster_answers
     async def retry(self, destination: Destination) -> int:
         return await operations.retry(self.js, self.layout, destination, self.node_name)
 
+    @cluster_answers
     async def warehouse_holder(self, warehouse: str) -> str | None:
         leases = await self.js.key_value(self.layout.leases_bucket)
         try:

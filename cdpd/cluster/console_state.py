@@ -12,10 +12,13 @@ reads, so that a person signs in once and any node behind the load balancer know
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from typing import Any, ParamSpec, TypeVar
 
 import msgspec
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import (
@@ -30,9 +33,27 @@ from cdpd.cluster import connect
 from cdpd.cluster.layout import Layout
 from cdpd.config import Config, JetStreamConfig
 from cdpd.console.state import Person, Session, sha256
+from cdpd.console.web import Refused
 from cdpd.model.timestamps import format_ms, now_ms
 
 PEOPLE = "people."
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def cluster_answers(
+    read: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    """A console read the cluster did not answer is a 503 page saying so, not a failure."""
+
+    @functools.wraps(read)
+    async def answered(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await read(*args, **kwargs)
+        except (nats.errors.Error, TimeoutError, ConnectionError) as exc:
+            raise Refused(503, f"The JetStream cluster did not answer: {exc!r}") from None
+
+    return answered
 
 
 def person_key(name: str) -> str:
@@ -69,6 +90,7 @@ class KvState:
 
     # -- what the console reads and writes ---------------------------------------------------
 
+    @cluster_answers
     async def person(self, name: str) -> Person | None:
         try:
             entry = await self._people.get(person_key(name))
@@ -76,6 +98,7 @@ class KvState:
             return None
         return msgspec.json.decode(entry.value or b"", type=Person) if entry.value else None
 
+    @cluster_answers
     async def session(self, session_id: str) -> Session | None:
         try:
             entry = await self._sessions.get(sha256(session_id))
@@ -86,11 +109,13 @@ class KvState:
         found = msgspec.json.decode(entry.value, type=Session)
         return found if found.expires_at > format_ms(now_ms()) else None
 
+    @cluster_answers
     async def add_session(self, session_id: str, name: str, csrf_token: str, ttl_s: int) -> None:
         expires_at = format_ms(now_ms() + ttl_s * 1000)
         value = msgspec.json.encode(Session(name, csrf_token, expires_at))
         await self._sessions.put(sha256(session_id), value)
 
+    @cluster_answers
     async def end_session(self, session_id: str) -> None:
         await self._sessions.purge(sha256(session_id))
 

@@ -329,3 +329,22 @@ async def test_the_warehouse_page_shows_the_lease_holder_and_the_syncs(
             sync = page + "/sync"
             assert await _status(client, "post", sync, csrf, b.url) == 409
             assert await _status(client, "get", "/console/w/globex/warehouses/wh") == 404
+
+
+async def test_a_page_says_so_when_the_cluster_does_not_answer(
+    tmp_path: Path, js_cluster: JetStreamCluster, sink: Sink
+) -> None:
+    async with _browsing_b(tmp_path, js_cluster, sink, "ada") as (_, _, client, _):
+        js_cluster.stop_all()
+        async with client.get(WEBSITE) as resp:
+            assert resp.status == 503
+            assert "The JetStream cluster did not answer" in await resp.text()
+        for index in range(3):  # back, so that the nodes stop as they do with a cluster
+            js_cluster.start(index)
+        await js_cluster.ready()
+        await until(lambda: _page_status(client, WEBSITE, 200), timeout_s=30)
+
+
+async def _page_status(client: aiohttp.ClientSession, path: str, wanted: int) -> bool:
+    async with client.get(path) as resp:
+        return resp.status == wanted
