@@ -39,6 +39,7 @@ from cdpd.model.timestamps import format_ms, now_ms
 PEOPLE = "people."
 P = ParamSpec("P")
 T = TypeVar("T")
+S = TypeVar("S", bound=msgspec.Struct)
 
 
 def cluster_answers(
@@ -92,22 +93,12 @@ class KvState:
 
     @cluster_answers
     async def person(self, name: str) -> Person | None:
-        try:
-            entry = await self._people.get(person_key(name))
-        except KeyNotFoundError:
-            return None
-        return msgspec.json.decode(entry.value or b"", type=Person) if entry.value else None
+        return await _read(self._people, person_key(name), Person)
 
     @cluster_answers
     async def session(self, session_id: str) -> Session | None:
-        try:
-            entry = await self._sessions.get(sha256(session_id))
-        except KeyNotFoundError:
-            return None
-        if not entry.value:
-            return None
-        found = msgspec.json.decode(entry.value, type=Session)
-        return found if found.expires_at > format_ms(now_ms()) else None
+        found = await _read(self._sessions, sha256(session_id), Session)
+        return found if found and found.expires_at > format_ms(now_ms()) else None
 
     @cluster_answers
     async def add_session(self, session_id: str, name: str, csrf_token: str, ttl_s: int) -> None:
@@ -129,7 +120,7 @@ class KvState:
             keys = await self._people.keys()
         except NoKeysError:
             return []
-        names = [await self._person_at(key) for key in keys if key.startswith(PEOPLE)]
+        names = [await _read(self._people, key, Person) for key in keys if key.startswith(PEOPLE)]
         return sorted((p for p in names if p is not None), key=lambda p: p.name)
 
     async def add_person(self, name: str, password_hash: str, workspace: str, role: str) -> bool:
@@ -167,25 +158,24 @@ class KvState:
     async def _write(self, person: Person) -> None:
         await self._people.put(person_key(person.name), msgspec.json.encode(person))
 
-    async def _person_at(self, key: str) -> Person | None:
-        try:
-            entry = await self._people.get(key)
-        except KeyNotFoundError:
-            return None
-        return msgspec.json.decode(entry.value, type=Person) if entry.value else None
-
     async def _end_sessions_of(self, name: str) -> None:
         try:
             keys = await self._sessions.keys()
         except NoKeysError:
             return
         for key in keys:
-            try:
-                entry = await self._sessions.get(key)
-            except KeyNotFoundError:
-                continue
-            if entry.value and msgspec.json.decode(entry.value, type=Session).person == name:
+            found = await _read(self._sessions, key, Session)
+            if found is not None and found.person == name:
                 await self._sessions.purge(key)
+
+
+async def _read(bucket: KeyValue, key: str, kind: type[S]) -> S | None:
+    """The key's value as a `kind`, or None when there is none (never written, or purged)."""
+    try:
+        entry = await bucket.get(key)
+    except KeyNotFoundError:
+        return None
+    return msgspec.json.decode(entry.value, type=kind) if entry.value else None
 
 
 @asynccontextmanager
