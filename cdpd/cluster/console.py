@@ -70,7 +70,7 @@ class StreamFeed:
         self._layout = layout
         self._source = source
         self._capacity = capacity
-        self._sub: Any = None
+        self._sub: JetStreamContext.PullSubscription | None = None
 
     async def open(self, back: int = TAIL_READ) -> None:
         info = await self._js.stream_info(self._layout.stream)
@@ -93,8 +93,10 @@ class StreamFeed:
             self._sub = None
 
     async def next(self, timeout_s: float) -> list[OutboxRow]:
+        if self._sub is None:
+            raise RuntimeError("the feed is not open")
         try:
-            messages: list[Msg] = await self._sub.fetch(READ_BATCH, timeout=timeout_s)
+            messages = await self._sub.fetch(READ_BATCH, timeout=timeout_s)
         except TimeoutError:
             return []
         rows = [row_of(m.headers, m.data) for m in messages if self._watched(m)]

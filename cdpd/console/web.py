@@ -106,6 +106,7 @@ class Console:
             profiles,
             source_changes,
             sources,
+            unavailable,
             warehouses,
         )
 
@@ -128,26 +129,10 @@ class Console:
         }
         for page, module in elsewhere.items():
             reason = self.parts.data.unavailable.get(page)
-            routes += module.routes(self) if reason is None else self._unavailable(module, reason)
+            routes += (
+                module.routes(self) if reason is None else unavailable.routes(self, module, reason)
+            )
         return routes
-
-    def _unavailable(self, module: Any, reason: str) -> list[web.RouteDef]:
-        """The module's URLs, each answering that this backend does not serve it (with the
-        same access rules: a workspace one has no role in is still 404)."""
-
-        async def shown(request: web.Request, principal: Principal) -> web.StreamResponse:
-            workspace = self.workspace_for(request, principal)
-            if request.method != "GET":
-                raise Refused(409, f"Not available on this backend yet: {reason}")
-            title = module.__name__.rsplit(".", 1)[-1].replace("_", " ").capitalize()
-            context = {"title": title, "workspace": workspace, "reason": reason}
-            return self.render(request, "unavailable.html", context, principal=principal)
-
-        return [
-            web.route(r.method, r.path, self.page(shown, change=r.method != "GET"))
-            for r in module.routes(self)
-            if isinstance(r, web.RouteDef)
-        ]
 
     def changes(self) -> ConfigChanges:
         """The config changes, where the console makes them (409 with the reason elsewhere)."""
