@@ -15,8 +15,9 @@ import aiosqlite
 from cdpd.config import Destination
 from cdpd.console import overview, state
 from cdpd.console.debugger import Tap, Watcher
-from cdpd.console.seams import DestinationFigures, Feed, SourceFigures, Unavailable
+from cdpd.console.seams import DestinationFigures, Feed, SourceFigures
 from cdpd.console.state import Person, Session
+from cdpd.console.web import Refused
 from cdpd.delivery import replay
 from cdpd.delivery.service import Delivery
 from cdpd.governance import store as governance_store
@@ -211,6 +212,6 @@ class LocalData:
     async def sync_now(self, warehouse: str) -> str:
         scheduler = self._warehouses()
         if scheduler is None:
-            raise Unavailable("Warehouse syncs are not running in this process.")
+            raise Refused(503, "Warehouse syncs are not running in this process.")
         result = await scheduler.sync_now(warehouse)
         return f"sync {result.status}: {result.messages} messages"
