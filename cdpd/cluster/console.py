@@ -56,7 +56,7 @@ UNAVAILABLE = {
     seams.PROFILES: ELSEWHERE.format(what="identity resolution ([identity])"),
     seams.AUDIENCES: ELSEWHERE.format(what="Engage (audiences and computed traits)"),
     seams.CONFIG_CHANGES: "every node reads its own config file: change the shared config"
-    " (and conf.d) on every node, then reload them (SIGHUP or `cdpd reload`)",
+    " (and conf.d) on every node, then reload them (SIGHUP, `systemctl reload cdpd`)",
 }
 VIOLATION_GROUP = ("source", "type", "event", "violation_type", "field", "description")
 NOT_KEPT = "Counts per interval are not kept on the JetStream backend; '–' marks them."
