@@ -20,12 +20,19 @@ async def browse(
     limit: int,
     *,
     since: datetime | None = None,
+    from_seq: int | None = None,
 ) -> list[Msg]:
     """Up to `limit` messages of `subject` in stream order, from the first (or the first
-    stored at or after `since`)."""
+    stored at or after `since`, or the first at or after sequence `from_seq`)."""
+    policy = DeliverPolicy.ALL
+    if since is not None:
+        policy = DeliverPolicy.BY_START_TIME
+    elif from_seq is not None:
+        policy = DeliverPolicy.BY_START_SEQUENCE
     config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.ALL if since is None else DeliverPolicy.BY_START_TIME,
+        deliver_policy=policy,
         opt_start_time=since,
+        opt_start_seq=from_seq,
         ack_policy=AckPolicy.NONE,
         inactive_threshold=30.0,
     )

@@ -28,9 +28,9 @@ from aiohttp import web
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 
-from cdpd.cluster import operations
+from cdpd.cluster import dead, operations
 from cdpd.cluster.browse import browse
 from cdpd.cluster.console_state import KvState, cluster_answers, sessions_bucket
 from cdpd.cluster.layout import DESTINATION, SOURCE, Layout, row_of
@@ -39,6 +39,7 @@ from cdpd.config import Config, Destination
 from cdpd.console import overview, seams
 from cdpd.console.seams import DestinationFigures, Feed, SourceFigures, Unavailable
 from cdpd.console.web import Console, Parts
+from cdpd.delivery.report import DeadDelivery
 from cdpd.governance.store import SchemaField, ViolationSummary
 from cdpd.model.rows import OutboxRow
 from cdpd.model.timestamps import now_ms
@@ -164,9 +165,7 @@ class ClusterData:
         (found,) = await operations.reports(self.js, self.layout, [destination])
         rejected, notes = await self._by_reason("rejects", upstream, window)
         blocked, more = await self._by_reason("blocked_messages", upstream, window)
-        dead = await operations.dead_deliveries(
-            self.js, self.layout, destination.name, overview.DEAD_SHOWN
-        )
+        dead = await self._newest_dead(destination.name)
         counts: dict[str, int | None] = {
             "received": None,
             "failed_on_ingest": rejected.total(),
@@ -222,6 +221,24 @@ class ClusterData:
             "on the JetStream backend the node holding the warehouse's lease syncs it every"
             " interval_s; `cdpd warehouse sync` is not run from the console"
         )
+
+    async def _newest_dead(self, destination: str) -> list[DeadDelivery]:
+        """The destination's newest dead letters among the dead stream's last DEAD_COUNTED
+        (every destination's): a bounded read, whatever the number kept."""
+        try:
+            info = await self.js.stream_info(self.layout.dead_stream)
+        except NotFoundError:
+            return []
+        start = max(info.state.first_seq, info.state.last_seq - overview.DEAD_COUNTED + 1, 1)
+        subject = self.layout.dead_subject(destination)
+        found = await browse(
+            self.js, self.layout.dead_stream, subject, overview.DEAD_COUNTED, from_seq=start
+        )
+        newest = list(reversed(found))[: overview.DEAD_SHOWN]
+        return [
+            operations.as_listed(m.metadata.sequence.stream, dead.describe(dict(m.headers or {})))
+            for m in newest
+        ]
 
     async def _aux(self, table: str, since: datetime) -> list[dict[str, Any]]:
         subject = self.layout.aux_subject(table)
