@@ -152,6 +152,16 @@ class Layout(msgspec.Struct, frozen=True):
     def rates_bucket(self) -> str:
         return f"{self.stream}_rates"
 
+    @property
+    def console_bucket(self) -> str:
+        """The console's people (with their roles) and sessions, shared by every node."""
+        return f"{self.stream}_console"
+
+    @property
+    def sessions_bucket(self) -> str:
+        """The console's sessions, kept `[console] session_ttl_s` after their sign-in."""
+        return f"{self.stream}_sessions"
+
 
 def dedup_id(row: OutboxRow, *, by_source: bool) -> str:
     """`Nats-Msg-Id`: JetStream drops a second message with this id inside its window."""

@@ -63,6 +63,7 @@ class NodeParts:
     restarts: Restarts
     metrics: Metrics
     node_name: str
+    closing: Callable[[], bool] = lambda: False  # true once the node drains its requests
 
     def supervised(
         self, name: str, run: Callable[[asyncio.Event], Awaitable[None]], stop: asyncio.Event
@@ -145,8 +146,12 @@ async def running_node(
             budget = ShutdownBudget(
                 config.server.shutdown_timeout_s, delivery_drain_s=config.delivery.drain_timeout_s
             )
+            drain = cdpd_web.Drain()
             async with asyncio.TaskGroup() as tasks, contextlib.AsyncExitStack() as held:
-                parts = NodeParts(config, client, js, layout, tasks, clock, restarts, metrics, name)
+                parts = NodeParts(
+                    config, client, js, layout, tasks, clock, restarts, metrics, name,
+                    closing=lambda: drain.closing,
+                )  # fmt: skip
                 entered = {
                     stage_name: await held.enter_async_context(stage(parts))
                     for stage_name, stage in [*_built_in_stages(config), *stages]
@@ -165,7 +170,7 @@ async def running_node(
                 ]
                 try:
                     async with _serving(
-                        config, appender, governance, endpoints, budget, sock, admin_sock
+                        config, appender, governance, endpoints, drain, budget, sock, admin_sock
                     ) as (url, app, admin_url):
                         yield Node(
                             url=url,
@@ -186,10 +191,13 @@ async def running_node(
 
 def _built_in_stages(config: Config) -> list[tuple[str, Stage]]:
     """The stages this module knows (exited in reverse: delivery drains first)."""
+    from cdpd.cluster.console import console_stage
     from cdpd.cluster.delivery_stage import delivery_stage
     from cdpd.cluster.warehouse import warehouses_stage
 
     stages: list[tuple[str, Stage]] = []
+    if config.console.enabled:
+        stages.append(("console", console_stage))
     if config.warehouses:
         stages.append(("warehouses", warehouses_stage))
     if any(d.enabled for d in config.destinations):
@@ -223,11 +231,11 @@ async def _serving(
     appender: JetStreamAppender,
     governance: Governance,
     endpoints: NodeEndpoints,
+    drain: cdpd_web.Drain,
     budget: ShutdownBudget,
     sock: socket.socket,
     admin_sock: socket.socket | None,
 ) -> AsyncIterator[tuple[str, web.Application, str | None]]:
-    drain = cdpd_web.Drain()
     app, admin_app = _applications(config, appender, governance, endpoints, drain)
     admin = (admin_app, admin_sock) if admin_sock is not None and admin_app is not None else None
     async with listeners.serving(config.server, app, drain, budget, sock, admin) as (
