@@ -64,8 +64,17 @@ class SinkProtocol(asyncio.Protocol):
             self.transport.write(self.OK)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Sink:
     def __init__(self, track_ids: bool = False, expect: int = 0) -> None:
+        self.pid = 0  # the sender's, when its CPU time is counted from first arrival to last
+        self.cpu_at_first = self.cpu_at_last = 0.0
+        self.messages_at_first = 0
         self.requests = 0
         self.messages = 0
         self.expect = expect
@@ -77,12 +86,17 @@ class Sink:
 
     def arrived(self, body: bytes) -> None:
         self.last_at = time.perf_counter()
+        count = body.count(b'"messageId"')
         if not self.requests:
             self.first_at = self.last_at
+            self.messages_at_first = count
+            if self.pid:
+                self.cpu_at_first = cpu_seconds(self.pid)
         self.requests += 1
-        count = body.count(b'"messageId"')
         self.messages += count
-        if self.expect and self.messages >= self.expect:
+        if self.expect and self.messages >= self.expect and not self.complete.is_set():
+            if self.pid:
+                self.cpu_at_last = cpu_seconds(self.pid)
             self.complete.set()
         if self.track_ids:
             now = time.perf_counter()
@@ -110,22 +124,32 @@ def main() -> int:
 async def run(args: argparse.Namespace) -> int:
     rows = []
     for batch_size in (1, 100):
-        cdpd_rate, rss = await cdpd_throughput(args.messages, args.concurrency, batch_size)
-        bare_rate = await bare_throughput(args.messages, args.concurrency, batch_size)
-        rows.append((batch_size, cdpd_rate, bare_rate, rss))
+        cdpd_rate, cdpd_cpu, rss = await cdpd_throughput(
+            args.messages, args.concurrency, batch_size
+        )
+        bare_rate, bare_cpu = await bare_throughput(args.messages, args.concurrency, batch_size)
+        rows.append((batch_size, cdpd_rate, bare_rate, cdpd_cpu, bare_cpu, rss))
     p50, p99, rate = await end_to_end_latency(args.latency_seconds)
-    print("| delivery | cdpd events/s | bare client events/s | cdpd/bare | cdpd peak RSS MB |")
-    print("|---|---|---|---|---|")
-    for batch_size, cdpd_rate, bare_rate, rss in rows:
+    print(
+        "| delivery | cdpd events/s | bare client events/s | cdpd/bare by rate "
+        "| CPU µs/event cdpd | bare | cdpd/bare by CPU | cdpd peak RSS MB |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for batch_size, cdpd_rate, bare_rate, cdpd_cpu, bare_cpu, rss in rows:
         label = "one per request" if batch_size == 1 else f"batches of {batch_size}"
-        ratio = cdpd_rate / bare_rate
-        print(f"| {label} | {cdpd_rate:,.0f} | {bare_rate:,.0f} | {ratio:.2f} | {rss:.0f} |")
+        print(
+            f"| {label} | {cdpd_rate:,.0f} | {bare_rate:,.0f} | {cdpd_rate / bare_rate:.2f} "
+            f"| {cdpd_cpu:.1f} | {bare_cpu:.1f} | {bare_cpu / cdpd_cpu:.2f} | {rss:.0f} |"
+        )
     print()
     print(f"end to end at {rate:,.0f} events/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
     return 0
 
 
-async def cdpd_throughput(count: int, concurrency: int, batch_size: int) -> tuple[float, float]:
+async def cdpd_throughput(
+    count: int, concurrency: int, batch_size: int
+) -> tuple[float, float, float]:
+    """Events/s, CPU µs per event (cdpd's threads together) and peak RSS."""
     sink = Sink(expect=count)
     server = await asyncio.get_running_loop().create_server(
         lambda: SinkProtocol(sink), "127.0.0.1", 0
@@ -142,17 +166,19 @@ async def cdpd_throughput(count: int, concurrency: int, batch_size: int) -> tupl
              "--since", "2000-01-01", "--config", str(with_hook)],
             check=True, capture_output=True, cwd=HERE.parent,
         )  # fmt: skip
-        proc = await _start_cdpd(with_hook, port)
+        proc = await _start_cdpd(with_hook, port, sink)
         await asyncio.wait_for(sink.complete.wait(), 300)
         rss = peak_rss_mb(proc.pid)
         stop(proc)
     server.close()
-    rate = count / (sink.last_at - sink.first_at)  # first to last arrival: startup excluded
-    print(f"cdpd  batch {batch_size:>3}: {rate:,.0f} events/s", file=sys.stderr)
-    return rate, rss
+    # From first to last arrival: start-up excluded.
+    rate = count / (sink.last_at - sink.first_at)
+    cpu_us = (sink.cpu_at_last - sink.cpu_at_first) * 1e6 / (count - sink.messages_at_first)
+    print(f"cdpd  batch {batch_size:>3}: {rate:,.0f} /s, {cpu_us:.1f} µs CPU", file=sys.stderr)
+    return rate, cpu_us, rss
 
 
-async def bare_throughput(count: int, concurrency: int, batch_size: int) -> float:
+async def bare_throughput(count: int, concurrency: int, batch_size: int) -> tuple[float, float]:
     sink = Sink()
     server = await asyncio.get_running_loop().create_server(
         lambda: SinkProtocol(sink), "127.0.0.1", 0
@@ -167,9 +193,9 @@ async def bare_throughput(count: int, concurrency: int, batch_size: int) -> floa
     )  # fmt: skip
     # The sink runs in this process: let it finish reading before the client's figure is used.
     server.close()
-    rate = float(done.stdout.strip() or "nan")
-    print(f"bare  batch {batch_size:>3}: {rate:,.0f} events/s", file=sys.stderr)
-    return rate
+    rate, cpu_us = (float(f) for f in (done.stdout.split() or ["nan", "nan"]))
+    print(f"bare  batch {batch_size:>3}: {rate:,.0f} /s, {cpu_us:.1f} µs CPU", file=sys.stderr)
+    return rate, cpu_us
 
 
 async def end_to_end_latency(seconds: int) -> tuple[float, float, float]:
@@ -252,7 +278,7 @@ def _config(tmp: Path, port: int, destination: tuple[int, int, int] | None) -> P
     return path
 
 
-async def _start_cdpd(config: Path, port: int) -> subprocess.Popen[bytes]:
+async def _start_cdpd(config: Path, port: int, sink: Sink | None = None) -> subprocess.Popen[bytes]:
     command = ["taskset", "-c", SERVER_CPU, sys.executable, "-m", "cdpd", "serve"]
     proc = await asyncio.to_thread(
         functools.partial(
@@ -263,6 +289,8 @@ async def _start_cdpd(config: Path, port: int) -> subprocess.Popen[bytes]:
             cwd=HERE.parent,
         )
     )
+    if sink is not None:
+        sink.pid = proc.pid  # taskset execs cdpd: the pid is cdpd's own
     await asyncio.to_thread(wait_for_port, port, proc)  # the sink in this loop keeps serving
     return proc
 
