@@ -148,6 +148,16 @@ class Layout(msgspec.Struct, frozen=True):
     def rates_bucket(self) -> str:
         return f"{self.stream}_rates"
 
+    @property
+    def inventory_bucket(self) -> str:
+        """The privacy inventory: one key per classified field (cdpd/cluster/privacy_store.py)."""
+        return f"{self.stream}_inventory"
+
+    @property
+    def inbox_bucket(self) -> str:
+        """The privacy inbox: one key per field a source sent."""
+        return f"{self.stream}_inbox"
+
 
 def dedup_id(row: OutboxRow, *, by_source: bool) -> str:
     """`Nats-Msg-Id`: JetStream drops a second message with this id inside its window."""

@@ -44,6 +44,7 @@ from cdpd.ingest import bundle
 from cdpd.ingest.routes import Ingest
 from cdpd.metrics import Metrics
 from cdpd.outbox.lock import data_dir_lock
+from cdpd.privacy.portal import Portal
 from cdpd.shutdown import ShutdownBudget
 from cdpd.supervise import Restarts, supervise
 
@@ -63,6 +64,7 @@ class NodeParts:
     restarts: Restarts
     metrics: Metrics
     node_name: str
+    privacy: Portal  # ingest's: its inventory is the one every stage applies
 
     def supervised(
         self, name: str, run: Callable[[asyncio.Event], Awaitable[None]], stop: asyncio.Event
@@ -154,7 +156,18 @@ async def running_node(
                 config.server.shutdown_timeout_s, delivery_drain_s=config.delivery.drain_timeout_s
             )
             async with asyncio.TaskGroup() as tasks, contextlib.AsyncExitStack() as held:
-                parts = NodeParts(config, client, js, layout, tasks, clock, restarts, metrics, name)
+                parts = NodeParts(
+                    config,
+                    client,
+                    js,
+                    layout,
+                    tasks,
+                    clock,
+                    restarts,
+                    metrics,
+                    name,
+                    governance.privacy,
+                )
                 entered = {
                     stage_name: await held.enter_async_context(stage(parts))
                     for stage_name, stage in [*_built_in_stages(config), *stages]
@@ -193,11 +206,13 @@ async def running_node(
 
 
 def _built_in_stages(config: Config) -> list[tuple[str, Stage]]:
-    """The stages this module knows (exited in reverse: delivery drains first)."""
+    """The stages this module knows (exited in reverse: delivery drains first). Privacy comes
+    first: the inventory is in force before anything is sent or loaded."""
     from cdpd.cluster.delivery_stage import delivery_stage
+    from cdpd.cluster.privacy_stage import privacy_stage
     from cdpd.cluster.warehouse import warehouses_stage
 
-    stages: list[tuple[str, Stage]] = []
+    stages: list[tuple[str, Stage]] = [("privacy", privacy_stage)]
     if config.warehouses:
         stages.append(("warehouses", warehouses_stage))
     if any(d.enabled for d in config.destinations):
