@@ -1,5 +1,5 @@
 """`cdpd privacy inbox|classify|inventory|scan`: argument parsing and output; the work is in
-store.py and scan.py (the cluster's buckets: cdpd/cluster/privacy_commands.py). `classify`
+store.py and scan.py (on the JetStream backend: cdpd/cluster/privacy_commands.py). `classify`
 writes the outbox file directly; a running daemon reads the inventory again within about a
 second (on the JetStream backend, every node follows the bucket)."""
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -91,14 +91,10 @@ def _on_cluster(cfg: config.Config, args: argparse.Namespace, since: str | None)
     from cdpd.cluster import privacy_commands  # the NATS client, only when needed
 
     command = args.privacy_command
-    if command == "scan":
-        print(
-            "cdpd: privacy scan reads the SQLite outbox; it is not available on the JetStream"
-            " backend yet",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
     try:
+        if command == "scan":
+            asyncio.run(_print_scan(privacy_commands.scan(cfg, since), json=args.json))
+            return EXIT_OK
         if command == "classify":
             chosen = None if args.class_ == "none" else args.class_
             asyncio.run(privacy_commands.classify(cfg, args.field, chosen))
@@ -169,24 +165,27 @@ def _print_inventory(found: list[store.InventoryField], *, json: bool) -> int:
 
 
 def _scan(path: Path, args: argparse.Namespace, since: str | None) -> int:
-    async def run_scan() -> int:
+    async def run_scan() -> None:
         async with schema.connect(path, readonly=True) as conn:
-            classes = await store.read_classes(conn)
-            held = {"red": 0, "unclassified": 0, "messages": 0}
-            async for hit in scan(conn, classes, since):
-                held["messages"] += 1
-                held["red"] += bool(hit.red)
-                held["unclassified"] += bool(hit.unclassified)
-                print(msgspec.json.encode(hit).decode() if args.json else _format_hit(hit))
-        print(
-            f"{held['messages']} messages hold red or unclassified fields: {held['red']} red, "
-            f"{held['unclassified']} unclassified",
-            file=sys.stderr,
-        )
-        return held["messages"]
+            await _print_scan(scan(conn, await store.read_classes(conn), since), json=args.json)
 
     asyncio.run(run_scan())
     return EXIT_OK
+
+
+async def _print_scan(hits: AsyncIterator[ScanHit], *, json: bool) -> None:
+    """Each hit, then the counts on stderr."""
+    held = {"red": 0, "unclassified": 0, "messages": 0}
+    async for hit in hits:
+        held["messages"] += 1
+        held["red"] += bool(hit.red)
+        held["unclassified"] += bool(hit.unclassified)
+        print(msgspec.json.encode(hit).decode() if json else _format_hit(hit))
+    print(
+        f"{held['messages']} messages hold red or unclassified fields: {held['red']} red, "
+        f"{held['unclassified']} unclassified",
+        file=sys.stderr,
+    )
 
 
 def _format_hit(hit: ScanHit) -> str:
