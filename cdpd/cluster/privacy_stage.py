@@ -30,7 +30,12 @@ from nats.js.kv import KeyValue
 
 from cdpd.clock import Clock
 from cdpd.cluster.node_web import require_admin
-from cdpd.cluster.privacy_store import ClusterPrivacy, decode_classification, inbox_key
+from cdpd.cluster.privacy_store import (
+    ClusterPrivacy,
+    decode_classification,
+    inbox_key,
+    stop_watching,
+)
 from cdpd.privacy.controls import Inventory
 from cdpd.privacy.endpoints import PrivacyEndpoints
 from cdpd.privacy.portal import Portal
@@ -58,18 +63,19 @@ class InventoryView:
         self._fields: dict[str, str] = {}  # key -> field, for a key deleted by hand
         self.revision = 0  # the bucket's sequence the view has reached
         self.reloads = 0
+        self.watcher: KeyValue.KeyWatcher | None = None  # the watch followed now
         self._advanced = asyncio.Condition()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow the bucket until `stop`; a watch that fell behind is replaced."""
         while not stop.is_set():
             floor = await self._last_seq()
-            watcher = await self._kv.watchall()
+            self.watcher = watcher = await self._kv.watchall()
             try:
                 await self._snapshot(watcher, floor)
                 await self._follow(watcher, stop)
             finally:
-                await watcher.stop()  # type: ignore[no-untyped-call]
+                await stop_watching(watcher)
 
     async def load(self) -> None:
         """Read the whole inventory once (before the stages that apply it start)."""
@@ -78,7 +84,7 @@ class InventoryView:
         try:
             await self._snapshot(watcher, floor)
         finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+            await stop_watching(watcher)
 
     async def applied(self, revision: int, timeout_s: float = APPLIED_WAIT_S) -> bool:
         """Wait until the view has reached `revision`; False when it did not in time."""

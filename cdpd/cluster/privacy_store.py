@@ -19,10 +19,12 @@ behind, never a field lost, since a key is created once and no merge takes a fie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import Iterable
 
 import msgspec
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
@@ -84,6 +86,12 @@ def merge_inbox(old: InboxField, new: InboxField) -> InboxField:
     )
 
 
+async def stop_watching(watcher: KeyValue.KeyWatcher) -> None:
+    """Stop a watch; one already gone (unsubscribed, its connection closed) is stopped."""
+    with contextlib.suppress(nats.errors.Error):
+        await watcher.stop()  # type: ignore[no-untyped-call]
+
+
 async def entries(kv: KeyValue) -> list[KeyValue.Entry]:
     """Every key's latest entry (a watch read up to its end-of-snapshot marker)."""
     watcher = await kv.watchall()
@@ -95,7 +103,7 @@ async def entries(kv: KeyValue) -> list[KeyValue.Entry]:
             if entry.value:
                 found.append(entry)
     finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
+        await stop_watching(watcher)
     return found
 
 
