@@ -19,15 +19,21 @@ import pytest
 from segment.analytics import Client
 
 from cdpd import cli
+from cdpd.clock import SystemClock
+from cdpd.cluster import connect
+from cdpd.cluster.layout import Layout
 from cdpd.cluster.node import Node, running_node
-from cdpd.cluster.privacy_stage import CHECK_EVERY_S, PrivacyStage
-from cdpd.config import Config
+from cdpd.cluster.privacy_stage import CHECK_EVERY_S, InventoryView, PrivacyStage
+from cdpd.cluster.privacy_store import ClusterPrivacy
+from cdpd.config import Config, JetStreamConfig
+from cdpd.privacy.controls import Inventory
 from tests.cluster_support import jetstream_config, jetstream_text
-from tests.helpers import WRITE_KEY, WarehouseProbe
+from tests.helpers import WRITE_KEY, WarehouseProbe, basic_auth
 from tests.jetstream_cluster import JetStreamCluster
 from tests.sink import Sink
 
 ADMIN = '[admin]\ntoken = "adm1n"\n'
+WRITE_AUTH = {"Authorization": basic_auth(WRITE_KEY)}
 BEARER = {"Authorization": "Bearer adm1n"}
 CARD = "4111 1111 1111 1111"
 # A classification stored at T is applied by every node from T + this on (privacy_stage.py).
@@ -93,6 +99,11 @@ def _send(node: Node, user: str, prefix: str, count: int) -> list[str]:
         client.join()
     assert errors == []
     return sent
+
+
+def _json_lines(out: str) -> list[Any]:
+    """The CLI's JSON lines (the nodes in this process log to stdout too)."""
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
 def _config(tmp_path: Path, cluster: JetStreamCluster, name: str, extra: str) -> Config:
@@ -245,9 +256,64 @@ async def test_classifications_from_every_node_and_the_cli_are_all_kept(
         assert (
             await asyncio.to_thread(run, ["--config", path, "privacy", "inventory", "--json"]) == 0
         )
-        listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        listed = _json_lines(capsys.readouterr().out)
         assert {f["field"]: f["class"] for f in listed} == wanted
         assert [f["class"] for f in listed] == sorted(
             (f["class"] for f in listed), key=("red", "yellow", "green").index
         )
         assert {f["classified_by"] for f in listed if f["field"] == "traits.ssn"} == {"cli"}
+
+        # Scan reads the messages stream.
+        identify = {"userId": "u1", "messageId": "m-ssn", "traits": {"ssn": "x", "plan": "pro"}}
+        async with http.post(f"{b.url}/v1/identify", json=identify, headers=WRITE_AUTH) as resp:
+            assert resp.status == 200
+        assert await asyncio.to_thread(run, ["--config", path, "privacy", "scan", "--json"]) == 0
+        (hit,) = _json_lines(capsys.readouterr().out)
+        assert (hit["message_id"], hit["source"], hit["red"]) == (
+            "m-ssn",
+            "website",
+            ["traits.ssn"],
+        )
+        assert "traits.plan" in hit["unclassified"]
+        later = "2999-01-01T00:00:00Z"
+        assert (
+            await asyncio.to_thread(run, ["--config", path, "privacy", "scan", "--since", later])
+            == 0
+        )
+        assert _json_lines(capsys.readouterr().out) == []
+
+
+async def test_a_view_whose_watch_stalls_reads_the_inventory_again_within_the_bound(
+    js_cluster: JetStreamCluster,
+) -> None:
+    config = JetStreamConfig(servers=js_cluster.urls)
+    layout = Layout.of(config)
+    async with connect.connected(config) as client:
+        js = client.jetstream()
+        await connect.ensure(js, config, layout)
+        privacy = await ClusterPrivacy.of(js, layout)
+        await privacy.classify("properties.email", "yellow", "2026-12-07T00:00:00.000Z", "test")
+        view = InventoryView(privacy.inventory_kv, Inventory(), SystemClock())
+        await view.load()
+        assert view.inventory.classes == {"properties.email": "yellow"}
+        stop = asyncio.Event()
+        following = asyncio.create_task(view.run(stop))
+        try:
+            await until(lambda: view.watcher is not None and view.reloads == 2)
+            revision = await privacy.classify("properties.ssn", "red", "2026-12-07T00:00:01Z", "t")
+            assert await view.applied(revision)  # the watch pushed it
+            assert view.inventory.classes["properties.ssn"] == "red"
+
+            assert view.watcher is not None
+            await view.watcher._sub.unsubscribe()  # the watch stalls: nothing comes any more
+            stalled_s = time.monotonic()
+            await privacy.classify("properties.ssn", None, "2026-12-07T00:00:02.000Z", "test")
+            await until(lambda: "properties.ssn" not in view.inventory.classes, APPLIED_WITHIN_S)
+            assert time.monotonic() - stalled_s < APPLIED_WITHIN_S
+            assert view.reloads == 3  # read whole again
+            assert view.inventory.classes == {"properties.email": "yellow"}
+        finally:
+            stop.set()
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
