@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import msgspec
 from aiohttp import web
@@ -75,15 +76,23 @@ class NodeEndpoints:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def _read(self) -> status.ClusterStatus:
-        try:
+        with cluster_answers():
             return await status.read(self._js, self._layout)
-        except Exception as exc:  # nats-py raises several unrelated types for one lost link
-            raise ApiError(
-                503, "cluster_unreachable", f"the JetStream cluster did not answer: {exc!r}"
-            ) from None
 
     def _authorize(self, request: web.Request) -> None:
         require_admin(self._token, request)
+
+
+@contextlib.contextmanager
+def cluster_answers() -> Iterator[None]:
+    """A request the cluster did not answer is a 503, whatever nats-py raised (several
+    unrelated types for one lost link)."""
+    try:
+        yield
+    except Exception as exc:
+        raise ApiError(
+            503, "cluster_unreachable", f"the JetStream cluster did not answer: {exc!r}"
+        ) from None
 
 
 def require_admin(token: str | None, request: web.Request) -> None:

@@ -29,7 +29,7 @@ from aiohttp import web
 from nats.js.kv import KeyValue
 
 from cdpd.clock import Clock
-from cdpd.cluster.node_web import require_admin
+from cdpd.cluster.node_web import cluster_answers, require_admin
 from cdpd.cluster.privacy_store import (
     ClusterPrivacy,
     decode_classification,
@@ -167,15 +167,18 @@ class ClusterPortal:
     async def inbox(
         self, *, source: str | None, include_classified: bool, since: str | None
     ) -> list[InboxField]:
-        return await self._privacy.inbox(
-            source=source, include_classified=include_classified, since=since
-        )
+        with cluster_answers():
+            return await self._privacy.inbox(
+                source=source, include_classified=include_classified, since=since
+            )
 
     async def inventory(self) -> list[InventoryField]:
-        return await self._privacy.inventory()
+        with cluster_answers():
+            return await self._privacy.inventory()
 
     async def classify(self, field: str, class_: str | None, at: str, by: str) -> None:
-        revision = await self._privacy.classify(field, class_, at, by)
+        with cluster_answers():
+            revision = await self._privacy.classify(field, class_, at, by)
         if not await self._view.applied(revision):
             log.warning("privacy_classification_not_yet_applied", field=field, revision=revision)
 
