@@ -11,7 +11,7 @@ import nats
 from cdpd import config as cdpd_config
 from cdpd.cluster.layout import Layout, row_of
 from cdpd.model.rows import OutboxRow
-from tests.helpers import config_text
+from tests.helpers import WarehouseProbe, config_text
 
 
 def jetstream_text(
@@ -66,3 +66,14 @@ async def aux_records(servers: list[str], table: str) -> list[dict[str, Any]]:
         return records
     finally:
         await client.close()
+
+
+async def empty_postgres_warehouse(dsn: str) -> WarehouseProbe:
+    """The PostgreSQL warehouse "wh" (loaded every 0.2 s) in the database `dsn`, emptied."""
+    warehouse = WarehouseProbe(
+        kind="postgres",
+        toml=f'[[warehouses]]\nname = "wh"\ntype = "postgres"\ndsn = "{dsn}"\ninterval_s = 0.2\n',
+        dsn=dsn,
+    )
+    await warehouse.empty()
+    return warehouse

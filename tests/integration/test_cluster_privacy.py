@@ -27,8 +27,8 @@ from cdpd.cluster.privacy_stage import CHECK_EVERY_S, InventoryView, PrivacyStag
 from cdpd.cluster.privacy_store import ClusterPrivacy
 from cdpd.config import Config, JetStreamConfig
 from cdpd.privacy.controls import Inventory
-from tests.cluster_support import jetstream_config, jetstream_text
-from tests.helpers import WRITE_KEY, WarehouseProbe, basic_auth
+from tests.cluster_support import empty_postgres_warehouse, jetstream_config, jetstream_text
+from tests.helpers import WRITE_KEY, basic_auth
 from tests.jetstream_cluster import JetStreamCluster
 from tests.sink import Sink
 
@@ -117,13 +117,7 @@ async def test_a_field_seen_on_one_node_is_classified_on_the_other_and_both_appl
     postgres_test_dsn: str,
     http: aiohttp.ClientSession,
 ) -> None:
-    warehouse = WarehouseProbe(
-        kind="postgres",
-        toml=f'[[warehouses]]\nname = "wh"\ntype = "postgres"\ndsn = "{postgres_test_dsn}"\n'
-        "interval_s = 0.2\n",
-        dsn=postgres_test_dsn,
-    )
-    await warehouse.empty()
+    warehouse = await empty_postgres_warehouse(postgres_test_dsn)
     async with Sink() as sink:
         extra = (
             f'[[destinations]]\nname = "hook"\ntype = "webhook"\nurl = "{sink.url}"\n'
