@@ -100,8 +100,9 @@ class InventoryView:
         behind_at_check = await self._last_seq()
         next_check_ms = self._clock.now_ms() + int(CHECK_EVERY_S * 1000)
         while not stop.is_set():
+            until_check_s = max(0.001, (next_check_ms - self._clock.now_ms()) / 1000)
             try:
-                entry = await watcher.updates(timeout=CHECK_EVERY_S)  # type: ignore[no-untyped-call]
+                entry = await watcher.updates(timeout=until_check_s)  # type: ignore[no-untyped-call]
             except nats.errors.TimeoutError:  # nothing changed meanwhile
                 entry = None
             if entry is not None:
