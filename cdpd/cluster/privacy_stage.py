@@ -49,6 +49,7 @@ log = structlog.get_logger("cdpd.cluster")
 CHECK_EVERY_S = 1.0
 FLUSH_EVERY_S = 1.0
 REFRESH_EVERY_S = 60.0
+LAST_FLUSH_S = 5.0  # at shutdown: what the inbox has not got by then is not written
 # How long a classify request waits for this node's watch to bring the change back.
 APPLIED_WAIT_S = 2.0
 
@@ -192,12 +193,17 @@ class InboxFolder:
         self._portal = portal
         self._clock = clock
         self._pending: dict[str, InboxField] = {}
-        self._written: dict[str, tuple[InboxField, int]] = {}  # key -> (row, when, ms)
+        self._written: dict[str, tuple[InboxField, int]] = {}  # key -> (row, written at ms)
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Until `stop`; then what is pending, unless the cluster keeps the node waiting."""
         while not await self._clock.wait(stop, FLUSH_EVERY_S):
             await self.flush()
-        await self.flush(everything=True)
+        try:
+            async with asyncio.timeout(LAST_FLUSH_S):
+                await self.flush(everything=True)
+        except TimeoutError:
+            log.warning("privacy_inbox_not_written", rows=len(self._pending))
 
     async def flush(self, *, everything: bool = False) -> int:
         """Write the rows due (all pending ones with `everything`); returns how many."""

@@ -23,12 +23,23 @@ from cdpd.clock import SystemClock
 from cdpd.cluster import connect
 from cdpd.cluster.layout import Layout
 from cdpd.cluster.node import Node, running_node
-from cdpd.cluster.privacy_stage import CHECK_EVERY_S, InventoryView, PrivacyStage
+from cdpd.cluster.privacy_stage import (
+    CHECK_EVERY_S,
+    REFRESH_EVERY_S,
+    InboxFolder,
+    InventoryView,
+    PrivacyStage,
+)
 from cdpd.cluster.privacy_store import ClusterPrivacy
 from cdpd.config import Config, JetStreamConfig
+from cdpd.governance.chain import Findings
+from cdpd.model.rows import OutboxRow
 from cdpd.privacy.controls import Inventory
+from cdpd.privacy.portal import Portal
+from cdpd.privacy.settings import PrivacyConfig
+from cdpd.privacy.store import InboxField
 from tests.cluster_support import empty_postgres_warehouse, jetstream_config, jetstream_text
-from tests.helpers import WRITE_KEY, basic_auth
+from tests.helpers import WRITE_KEY, FakeClock, basic_auth
 from tests.jetstream_cluster import JetStreamCluster
 from tests.sink import Sink
 
@@ -311,3 +322,53 @@ async def test_a_view_whose_watch_stalls_reads_the_inventory_again_within_the_bo
             following.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await following
+
+
+def _row(received_at: str, properties: dict[str, Any]) -> OutboxRow:
+    payload = {"type": "track", "event": "E", "userId": "u", "properties": properties}
+    return OutboxRow("m", "website", "track", "E", "u", None, received_at, json.dumps(payload))
+
+
+async def test_nodes_merge_their_sightings_and_write_a_field_seen_again_once_a_minute(
+    js_cluster: JetStreamCluster,
+) -> None:
+    config = JetStreamConfig(servers=js_cluster.urls)
+    layout = Layout.of(config)
+    async with connect.connected(config) as client:
+        js = client.jetstream()
+        await connect.ensure(js, config, layout)
+        privacy = await ClusterPrivacy.of(js, layout)
+        clock = FakeClock()
+        portals = [Portal(PrivacyConfig()), Portal(PrivacyConfig())]  # two nodes' ingest
+        a, b = (InboxFolder(privacy, portal, clock) for portal in portals)
+
+        def see(portal: Portal, received_at: str, properties: dict[str, Any]) -> None:
+            detector = portal.detector("website")
+            assert detector is not None
+            detector.observe_rows([_row(received_at, properties)], Findings())
+
+        async def email() -> InboxField:
+            (found,) = [f for f in await privacy.inbox() if f.field == "properties.email"]
+            return found
+
+        see(portals[0], "2026-12-07T10:00:02.000Z", {"email": None})
+        see(portals[1], "2026-12-07T10:00:01.000Z", {"email": "jane@example.com"})
+        assert await a.flush() == 1
+        assert await b.flush() == 1
+        merged = await email()
+        assert (merged.first_seen, merged.last_seen) == (
+            "2026-12-07T10:00:01.000Z",
+            "2026-12-07T10:00:02.000Z",
+        )
+        assert (merged.suggested_class, merged.sample) == ("yellow", "j***@*******.**m")
+
+        see(portals[0], "2026-12-07T10:00:30.000Z", {"email": None})
+        assert await a.flush() == 0  # only seen again: not yet
+        assert (await email()).last_seen == "2026-12-07T10:00:02.000Z"
+        clock.advance(REFRESH_EVERY_S)
+        assert await a.flush() == 1
+        assert (await email()).last_seen == "2026-12-07T10:00:30.000Z"
+        see(portals[1], "2026-12-07T10:00:40.000Z", {"email": "x@example.com", "ssn": "1"})
+        assert await b.flush(everything=True) == 2  # what is pending, at shutdown
+        assert [f.field for f in await privacy.inbox()] == ["properties.ssn", "properties.email"]
+        assert (await email()).last_seen == "2026-12-07T10:00:40.000Z"
