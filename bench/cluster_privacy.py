@@ -51,7 +51,7 @@ async def run(args: argparse.Namespace) -> None:
                 await connect.ensure(writing.jetstream(), config, layout)
                 writer = await ClusterPrivacy.of(writing.jetstream(), layout)
                 reader = await ClusterPrivacy.of(following.jetstream(), layout)
-                view = InventoryView(reader.inventory_kv, Inventory(), SystemClock())
+                view = InventoryView(reader, Inventory(), SystemClock())
                 await view.load()
                 stop = asyncio.Event()
                 task = asyncio.create_task(view.run(stop))

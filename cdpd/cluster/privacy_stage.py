@@ -57,35 +57,46 @@ APPLIED_WAIT_S = 2.0
 class InventoryView:
     """The node's copy of `CDPD_inventory`, kept in the portal's `Inventory`."""
 
-    def __init__(self, kv: KeyValue, inventory: Inventory, clock: Clock) -> None:
-        self._kv = kv
+    def __init__(self, privacy: ClusterPrivacy, inventory: Inventory, clock: Clock) -> None:
+        self._privacy = privacy
+        self._kv = privacy.inventory_kv
         self.inventory = inventory
         self._clock = clock
-        self._fields: dict[str, str] = {}  # key -> field, for a key deleted by hand
+        # key -> (revision, field) of what the view holds; a watch entry no newer is skipped.
+        self._known: dict[str, tuple[int, str | None]] = {}
         self.revision = 0  # the bucket's sequence the view has reached
         self.reloads = 0
         self.watcher: KeyValue.KeyWatcher | None = None  # the watch followed now
         self._advanced = asyncio.Condition()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Follow the bucket until `stop`; a watch that fell behind is replaced."""
+        """Follow the bucket until `stop`; a watch that fell behind is replaced. Each watch
+        begins before the whole inventory is read again, so no change falls between them."""
         while not stop.is_set():
-            floor = await self._last_seq()
             self.watcher = watcher = await self._kv.watchall()
             try:
-                await self._snapshot(watcher, floor)
+                await self.load()
                 await self._follow(watcher, stop)
             finally:
                 await stop_watching(watcher)
 
     async def load(self) -> None:
-        """Read the whole inventory once (before the stages that apply it start)."""
-        floor = await self._last_seq()
-        watcher = await self._kv.watchall()
-        try:
-            await self._snapshot(watcher, floor)
-        finally:
-            await stop_watching(watcher)
+        """Read the whole inventory and put it in force (before the stages that apply it
+        start, and again whenever a watch begins)."""
+        floor = await self._last_seq()  # the read below holds every change up to it
+        known: dict[str, tuple[int, str | None]] = {}
+        classes: dict[str, str] = {}
+        for entry in await self._privacy.latest_classifications():
+            found = decode_classification(entry.value) if entry.value else None
+            known[entry.key] = (entry.revision, found.field if found else None)
+            if found is not None and found.class_ is not None:
+                classes[found.field] = found.class_
+            floor = max(floor, entry.revision)
+        self._known = known
+        if self.inventory.replace(classes):
+            log.info("privacy_inventory_read", fields=len(classes))
+        self.reloads += 1
+        await self._advance(floor)
 
     async def applied(self, revision: int, timeout_s: float = APPLIED_WAIT_S) -> bool:
         """Wait until the view has reached `revision`; False when it did not in time."""
@@ -118,35 +129,16 @@ class InventoryView:
             behind_at_check = last_seq
             next_check_ms = self._clock.now_ms() + int(CHECK_EVERY_S * 1000)
 
-    async def _snapshot(self, watcher: KeyValue.KeyWatcher, floor: int) -> None:
-        """The watch's first part (each key's latest entry) replaces the view whole; it holds
-        every change up to `floor`, the bucket's last sequence before the watch began."""
-        reached = floor
-        classes: dict[str, str] = {}
-        self._fields = {}
-        async for entry in watcher:
-            if entry is None:
-                break
-            reached = max(reached, entry.revision or 0)
-            found = decode_classification(entry.value) if entry.value else None
-            if found is not None:
-                self._fields[entry.key] = found.field
-                if found.class_ is not None:
-                    classes[found.field] = found.class_
-        if self.inventory.replace(classes):
-            log.info("privacy_inventory_read", fields=len(classes))
-        self.reloads += 1
-        await self._advance(reached)
-
     def _change(self, entry: KeyValue.Entry) -> None:
+        revision = entry.revision or 0
+        known = self._known.get(entry.key)
+        if known is not None and revision <= known[0]:
+            return  # the view holds it, or newer
         found = decode_classification(entry.value) if entry.value else None
-        if found is None:  # deleted by hand (`nats kv del`): the field is not classified
-            field = self._fields.pop(entry.key, None)
-            if field is not None:
-                self.inventory.classify(field, None)
-            return
-        self._fields[entry.key] = found.field
-        self.inventory.classify(found.field, found.class_)
+        field = found.field if found is not None else known[1] if known is not None else None
+        self._known[entry.key] = (revision, field)
+        if field is not None:  # no record: deleted by hand, the field is not classified
+            self.inventory.classify(field, found.class_ if found is not None else None)
 
     async def _advance(self, revision: int) -> None:
         if revision > self.revision:
@@ -261,7 +253,7 @@ class PrivacyStage:
 async def privacy_stage(parts: NodeParts) -> AsyncIterator[PrivacyStage]:
     """Read the inventory, then follow it and fold the inbox until the node stops."""
     privacy = await ClusterPrivacy.of(parts.js, parts.layout)
-    view = InventoryView(privacy.inventory_kv, parts.privacy.inventory, parts.clock)
+    view = InventoryView(privacy, parts.privacy.inventory, parts.clock)
     await view.load()
     folder = InboxFolder(privacy, parts.privacy, parts.clock)
     token = parts.config.admin.resolved_token()

@@ -22,10 +22,12 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import msgspec
 import nats.errors
 from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
@@ -33,6 +35,8 @@ from cdpd.cluster.layout import Layout
 from cdpd.privacy.store import InboxField, InventoryField
 
 CLASS_RANK = {"red": 0, "yellow": 1, "green": 2}
+READ_BATCH = 1000
+READ_TIMEOUT_S = 5.0
 MERGE_ATTEMPTS = 5
 WRITES_AT_ONCE = 64
 
@@ -92,33 +96,64 @@ async def stop_watching(watcher: KeyValue.KeyWatcher) -> None:
         await watcher.stop()  # type: ignore[no-untyped-call]
 
 
-async def entries(kv: KeyValue) -> list[KeyValue.Entry]:
-    """Every key's latest entry (a watch read up to its end-of-snapshot marker)."""
-    watcher = await kv.watchall()
-    found = []
+class Latest(NamedTuple):
+    """A key's latest entry; `value` is empty for a key deleted by hand (`nats kv del`)."""
+
+    key: str
+    value: bytes
+    revision: int
+
+
+async def latest(js: JetStreamContext, bucket: str) -> list[Latest]:
+    """Every key's latest entry, read with a consumer of the bucket's stream that counts what
+    it holds (a watch's end-of-snapshot marker can come before the entries it follows)."""
+    prefix = f"$KV.{bucket}."
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=60.0,
+        mem_storage=True,
+        num_replicas=1,
+    )
+    subscription = await js.pull_subscribe(f"{prefix}>", stream=f"KV_{bucket}", config=config)
+    found: list[Latest] = []
     try:
-        async for entry in watcher:
-            if entry is None:
-                break
-            if entry.value:
-                found.append(entry)
+        remaining = (await subscription.consumer_info()).num_pending or 0
+        while remaining > 0:
+            messages = await subscription.fetch(min(remaining, READ_BATCH), timeout=READ_TIMEOUT_S)
+            found += [
+                Latest(m.subject[len(prefix) :], m.data or b"", m.metadata.sequence.stream)
+                for m in messages
+            ]
+            remaining = messages[-1].metadata.num_pending or 0
     finally:
-        await stop_watching(watcher)
+        with contextlib.suppress(nats.errors.Error):
+            await subscription.unsubscribe()
     return found
 
 
 class ClusterPrivacy:
     """The inventory and inbox as every node and the CLI read and write them."""
 
-    def __init__(self, inventory: KeyValue, inbox: KeyValue) -> None:
+    def __init__(
+        self, js: JetStreamContext, layout: Layout, inventory: KeyValue, inbox: KeyValue
+    ) -> None:
+        self._js = js
+        self._layout = layout
         self.inventory_kv = inventory
         self.inbox_kv = inbox
 
     @classmethod
     async def of(cls, js: JetStreamContext, layout: Layout) -> ClusterPrivacy:
         return cls(
-            await js.key_value(layout.inventory_bucket), await js.key_value(layout.inbox_bucket)
+            js,
+            layout,
+            await js.key_value(layout.inventory_bucket),
+            await js.key_value(layout.inbox_bucket),
         )
+
+    async def latest_classifications(self) -> list[Latest]:
+        return await latest(self._js, self._layout.inventory_bucket)
 
     async def classify(self, field: str, class_: str | None, at: str, by: str) -> int:
         """Put `field` in the inventory with `class_` (None: take it out); the revision."""
@@ -127,7 +162,7 @@ class ClusterPrivacy:
 
     async def classifications(self) -> list[Classification]:
         """Every field's latest record, those taken out of the inventory included."""
-        found = (decode_classification(e.value) for e in await entries(self.inventory_kv))
+        found = (decode_classification(e.value) for e in await self.latest_classifications())
         return [c for c in found if c is not None]
 
     async def inventory(self) -> list[InventoryField]:
@@ -150,9 +185,9 @@ class ClusterPrivacy:
         `include_classified`, only those nobody classified yet."""
         classes = {c.field: c.class_ for c in await self.classifications() if c.class_}
         found = []
-        for entry in await entries(self.inbox_kv):
+        for entry in await latest(self._js, self._layout.inbox_bucket):
             try:
-                seen = _inbox_field.decode(entry.value or b"")
+                seen = _inbox_field.decode(entry.value)
             except msgspec.DecodeError:
                 continue
             if source is not None and seen.source != source:
