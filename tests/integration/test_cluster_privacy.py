@@ -10,7 +10,7 @@ import contextlib
 import inspect
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,17 @@ def _send(node: Node, user: str, prefix: str, count: int) -> list[str]:
         client.join()
     assert errors == []
     return sent
+
+
+@contextlib.asynccontextmanager
+async def _buckets(cluster: JetStreamCluster) -> AsyncIterator[ClusterPrivacy]:
+    """The privacy buckets on a connection of the test's own, as a node has them."""
+    config = JetStreamConfig(servers=cluster.urls)
+    layout = Layout.of(config)
+    async with connect.connected(config) as client:
+        js = client.jetstream()
+        await connect.ensure(js, config, layout)
+        yield await ClusterPrivacy.of(js, layout)
 
 
 def _json_lines(out: str, key: str) -> list[Any]:
@@ -293,12 +304,7 @@ async def test_classifications_from_every_node_and_the_cli_are_all_kept(
 async def test_a_view_whose_watch_stalls_reads_the_inventory_again_within_the_bound(
     js_cluster: JetStreamCluster,
 ) -> None:
-    config = JetStreamConfig(servers=js_cluster.urls)
-    layout = Layout.of(config)
-    async with connect.connected(config) as client:
-        js = client.jetstream()
-        await connect.ensure(js, config, layout)
-        privacy = await ClusterPrivacy.of(js, layout)
+    async with _buckets(js_cluster) as privacy:
         await privacy.classify("properties.email", "yellow", "2026-12-07T00:00:00.000Z", "test")
         view = InventoryView(privacy, Inventory(), SystemClock())
         await view.load()
@@ -334,12 +340,7 @@ def _row(received_at: str, properties: dict[str, Any]) -> OutboxRow:
 async def test_nodes_merge_their_sightings_and_write_a_field_seen_again_once_a_minute(
     js_cluster: JetStreamCluster,
 ) -> None:
-    config = JetStreamConfig(servers=js_cluster.urls)
-    layout = Layout.of(config)
-    async with connect.connected(config) as client:
-        js = client.jetstream()
-        await connect.ensure(js, config, layout)
-        privacy = await ClusterPrivacy.of(js, layout)
+    async with _buckets(js_cluster) as privacy:
         clock = FakeClock()
         portals = [Portal(PrivacyConfig()), Portal(PrivacyConfig())]  # two nodes' ingest
         a, b = (InboxFolder(privacy, portal, clock) for portal in portals)
