@@ -155,6 +155,7 @@ def bucket_configs(config: JetStreamConfig, layout: Layout) -> list[KeyValueConf
         bucket(layout.leases_bucket, "cdpd leases of one-node stages", ttl=LEASE_TTL_S),
         bucket(layout.inventory_bucket, "cdpd privacy inventory: classified fields"),
         bucket(layout.inbox_bucket, "cdpd privacy inbox: fields seen per source"),
+        bucket(layout.console_bucket, "cdpd console people, roles and sessions"),
     ]
 
 

@@ -63,8 +63,11 @@ async def scan(config: Config, since: str | None) -> AsyncIterator[ScanHit]:
         end_seq = (await js.stream_info(layout.stream)).state.last_seq
         after = 0
         while after < end_seq:
-            rows = await read_after(js, layout, after, min(PAGE_ROWS, end_seq - after))
-            if not rows:
+            # Named for no warehouse: every accepted message but the copies replay made.
+            rows, last_seq = await read_after(
+                js, layout, after, min(PAGE_ROWS, end_seq - after), ""
+            )
+            if last_seq <= after:
                 return
             for seq, row in rows:
                 if since is not None and row.received_at < since:
@@ -80,4 +83,4 @@ async def scan(config: Config, since: str | None) -> AsyncIterator[ScanHit]:
                 )
                 if hit is not None:
                     yield hit
-            after = rows[-1][0]
+            after = last_seq

@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from cdpd.clock import Clock
-from cdpd.cluster.layout import DESTINATION, Layout, row_of
+from cdpd.cluster.layout import DESTINATION, LOADED_IN, Layout, names_in, row_of
 from cdpd.cluster.lease import RENEW_EVERY_S, Lease, holding
 from cdpd.config import Config, Warehouse
 from cdpd.model.rows import OutboxRow
@@ -53,12 +53,13 @@ def lease_key(warehouse: str) -> str:
 
 
 async def read_after(
-    js: JetStreamContext, layout: Layout, after_seq: int, count: int
-) -> list[tuple[int, OutboxRow]]:
-    """Up to `count` messages after stream sequence `after_seq`, in order, with their
-    sequences (an ephemeral consumer that acknowledges nothing)."""
+    js: JetStreamContext, layout: Layout, after_seq: int, count: int, warehouse: str
+) -> tuple[list[tuple[int, OutboxRow]], int]:
+    """The messages among the next `count` after stream sequence `after_seq` that `warehouse`
+    has to load, in order, with their sequences, and the last sequence read (an ephemeral
+    consumer that acknowledges nothing)."""
     if count <= 0:
-        return []
+        return [], after_seq
     config = ConsumerConfig(
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
         opt_start_seq=after_seq + 1,
@@ -71,22 +72,34 @@ async def read_after(
         layout.messages_subjects, stream=layout.stream, config=config
     )
     found: list[tuple[int, OutboxRow]] = []
+    read, last_seq = 0, after_seq
     try:
-        while len(found) < count:
+        while read < count:
             try:
-                messages = await subscription.fetch(count - len(found), timeout=FETCH_TIMEOUT_S)
+                messages = await subscription.fetch(count - read, timeout=FETCH_TIMEOUT_S)
             except TimeoutError:
                 break
-            # A message with Cdpd-Destination is a dead letter replayed for that destination
-            # alone (cdpd/cluster/dead.py), already loaded when it was first accepted.
+            read += len(messages)
+            if messages:
+                last_seq = messages[-1].metadata.sequence.stream
             found += [
                 (m.metadata.sequence.stream, row_of(m.headers, m.data))
                 for m in messages
-                if DESTINATION not in (m.headers or {})
+                if _to_load(m.headers or {}, warehouse)
             ]
     finally:
         await subscription.unsubscribe()
-    return found
+    return found, last_seq
+
+
+def _to_load(headers: dict[str, str], warehouse: str) -> bool:
+    """Not a dead letter replayed for one destination (`Cdpd-Destination`, cdpd/cluster/dead.py:
+    loaded when it was first accepted), nor a message imported from a SQLite outbox that this
+    warehouse had loaded from there (`Cdpd-Loaded-In`)."""
+    if DESTINATION in headers:
+        return False
+    loaded_in = headers.get(LOADED_IN)
+    return loaded_in is None or warehouse not in names_in(loaded_in)
 
 
 async def load_batch(
@@ -98,15 +111,16 @@ async def load_batch(
     controls: PathControls | None = None,
 ) -> tuple[int, int] | None:
     """One batch in one warehouse transaction: (messages, last seq), or None when the
-    warehouse has everything up to `end_seq`. `controls`: the warehouse's privacy controls."""
+    warehouse has everything up to `end_seq`. The position passes the messages skipped too.
+    `controls`: the warehouse's privacy controls."""
     async with sink.load() as load:
         position = await load.position()
         count = min(BATCH_MESSAGES, end_seq - position)
-        rows = await read_after(js, layout, position, count)
-        if not rows:
+        rows, last_seq = await read_after(js, layout, position, count, warehouse.name)
+        if last_seq <= position:
             return None
-        await _write(load, sink, warehouse, rows, controls)
-        last_seq = rows[-1][0]
+        if rows:
+            await _write(load, sink, warehouse, rows, controls)
         await load.set_position(last_seq)
     return len(rows), last_seq
 

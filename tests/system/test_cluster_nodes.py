@@ -18,8 +18,8 @@ from segment.analytics import Client
 
 from cdpd.cluster.layout import Layout
 from cdpd.cluster.warehouse import lease_key
-from tests.cluster_support import empty_postgres_warehouse, jetstream_text, stored_rows
-from tests.helpers import WRITE_KEY, Daemon, WarehouseProbe, spawn_cdpd
+from tests.cluster_support import empty_postgres_warehouse, jetstream_text, loaded_ids, stored_rows
+from tests.helpers import WRITE_KEY, Daemon, spawn_cdpd
 from tests.jetstream_cluster import JetStreamCluster
 
 pytestmark = pytest.mark.system
@@ -81,19 +81,6 @@ async def _until(count: int, senders: list[Sender]) -> None:
     raise AssertionError(f"fewer than {count} messages were acknowledged")
 
 
-async def _loaded_ids(warehouse: WarehouseProbe, wanted: set[str]) -> list[str]:
-    ids: list[str] = []
-    for _ in range(600):
-        try:
-            ids = [row[0] for row in await warehouse.fetch('SELECT id FROM "website"."tracks"')]
-        except Exception:  # the table appears with the first load
-            ids = []
-        if wanted <= set(ids):
-            break
-        await asyncio.sleep(0.1)
-    return ids
-
-
 async def test_two_nodes_lose_nothing_acknowledged_when_one_dies_and_a_server_stops(
     tmp_path: Path, js_cluster: JetStreamCluster, postgres_test_dsn: str
 ) -> None:
@@ -125,7 +112,7 @@ async def test_two_nodes_lose_nothing_acknowledged_when_one_dies_and_a_server_st
     survivor = next(n for n in nodes if n is not leader)
     stored = {row.message_id for row in await stored_rows(js_cluster.urls[:2])}
     assert acked <= stored, sorted(acked - stored)[:10]
-    loaded = await _loaded_ids(warehouse, acked)
+    loaded = await loaded_ids(warehouse, acked)
     assert acked <= set(loaded), sorted(acked - set(loaded))[:10]
     assert len(loaded) == len(set(loaded))  # each message loaded once
     assert await survivor.stop() == 0

@@ -19,7 +19,7 @@ def test_privacy_controls_run_on_the_cluster_and_single_node_stages_are_refused(
         Config,
     )
     assert ported.unported(config) == []
-    assert not any("privacy" in note for note in ported.not_served(config))
+    assert not any("privacy inbox" in note for note in ported.not_served(config))
     engage = msgspec.convert({"identity": {"space": "default"}}, Config)
     assert any(p.startswith("[identity]") for p in ported.unported(engage))
     assert ported.unported(Config()) == []
