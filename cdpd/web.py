@@ -40,7 +40,7 @@ from cdpd.ingest.errors import ApiError
 from cdpd.ingest.routes import LOG_FIELDS, Ingest
 from cdpd.metrics import Metrics
 from cdpd.outbox.writer import OutboxUnavailable, OutboxWriter
-from cdpd.privacy.endpoints import PrivacyEndpoints
+from cdpd.privacy.endpoints import OutboxPortal, PrivacyEndpoints
 from cdpd.privacy.regulations_api import RegulationsApi
 from cdpd.privacy.regulations_service import RegulationService
 from cdpd.warehouse.scheduler import Scheduler
@@ -172,7 +172,9 @@ def _operator_routes(
     """The admin API, the regulation API and the console: what operators use."""
     routes = admin.routes()
     privacy = (
-        PrivacyEndpoints(stages.governance.privacy, stages.writer, stages.reader, admin.authorize)
+        PrivacyEndpoints(
+            OutboxPortal(stages.writer, stages.reader, stages.governance.privacy), admin.authorize
+        )
         if stages.governance is not None
         else None
     )

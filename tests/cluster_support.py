@@ -69,6 +69,17 @@ async def aux_records(servers: list[str], table: str) -> list[dict[str, Any]]:
         await client.close()
 
 
+async def empty_postgres_warehouse(dsn: str) -> WarehouseProbe:
+    """The PostgreSQL warehouse "wh" (loaded every 0.2 s) in the database `dsn`, emptied."""
+    warehouse = WarehouseProbe(
+        kind="postgres",
+        toml=f'[[warehouses]]\nname = "wh"\ntype = "postgres"\ndsn = "{dsn}"\ninterval_s = 0.2\n',
+        dsn=dsn,
+    )
+    await warehouse.empty()
+    return warehouse
+
+
 async def loaded_ids(warehouse: WarehouseProbe, wanted: set[str]) -> list[str]:
     """The ids in the warehouse's `website.tracks`, once it holds every id in `wanted` (or
     after a minute)."""

@@ -23,6 +23,7 @@ from cdpd.config import Config
 from cdpd.delivery.service import destination_transform, routing_rule
 from cdpd.destinations import registry
 from cdpd.destinations.base import Background, Destination, close_all
+from cdpd.privacy.portal import Portal
 from cdpd.supervise import Backoff, Restarts, supervise
 
 log = structlog.get_logger()
@@ -48,8 +49,10 @@ class ClusterDelivery:
         node: str | None = None,
         observer: Callable[[str], Callable[[float], None]] | None = None,
         restarts: Restarts | None = None,
+        privacy: Portal | None = None,
     ) -> None:
         self._config = config
+        self._privacy = privacy  # its inventory follows the cluster's (privacy_stage.py)
         self._js = js
         self._session = session
         self._clock = clock
@@ -86,7 +89,7 @@ class ClusterDelivery:
                 clock=self._clock,
                 retry=d.retry or self._config.delivery.retry,
                 ack_wait_s=self._config.storage.jetstream.ack_wait_s,
-                transform=destination_transform(self._config, d.name, None),
+                transform=destination_transform(self._config, d.name, self._privacy),
                 observe=self._observer(d.name) if self._observer else None,
             )
             await lane.ensure_consumers()

@@ -30,6 +30,7 @@ async def delivery_stage(parts: NodeParts) -> AsyncIterator[ClusterAdmin]:
             parts.clock,
             node=parts.node_name,
             restarts=parts.restarts,
+            privacy=parts.privacy,
         )
         await delivery.start()
         admin = ClusterAdmin(parts.config, parts.js, delivery)

@@ -153,6 +153,16 @@ class Layout(msgspec.Struct, frozen=True):
         return f"{self.stream}_rates"
 
     @property
+    def inventory_bucket(self) -> str:
+        """The privacy inventory: one key per classified field (cdpd/cluster/privacy_store.py)."""
+        return f"{self.stream}_inventory"
+
+    @property
+    def inbox_bucket(self) -> str:
+        """The privacy inbox: one key per field a source sent."""
+        return f"{self.stream}_inbox"
+
+    @property
     def console_bucket(self) -> str:
         """The console's people (with their roles) and sessions, shared by every node."""
         return f"{self.stream}_console"

@@ -44,6 +44,7 @@ from cdpd.ingest import bundle
 from cdpd.ingest.routes import Ingest
 from cdpd.metrics import Metrics
 from cdpd.outbox.lock import data_dir_lock
+from cdpd.privacy.portal import Portal
 from cdpd.shutdown import ShutdownBudget
 from cdpd.supervise import Restarts, supervise
 
@@ -63,6 +64,7 @@ class NodeParts:
     restarts: Restarts
     metrics: Metrics
     node_name: str
+    privacy: Portal  # ingest's: its inventory is the one every stage applies
     closing: Callable[[], bool] = lambda: False  # true once the node drains its requests
 
     def supervised(
@@ -150,6 +152,7 @@ async def running_node(
             async with asyncio.TaskGroup() as tasks, contextlib.AsyncExitStack() as held:
                 parts = NodeParts(
                     config, client, js, layout, tasks, clock, restarts, metrics, name,
+                    governance.privacy,
                     closing=lambda: drain.closing,
                 )  # fmt: skip
                 entered = {
@@ -190,12 +193,14 @@ async def running_node(
 
 
 def _built_in_stages(config: Config) -> list[tuple[str, Stage]]:
-    """The stages this module knows (exited in reverse: delivery drains first)."""
+    """The stages this module knows (exited in reverse: delivery drains first). Privacy comes
+    first: the inventory is in force before anything is sent or loaded."""
     from cdpd.cluster.console import console_stage
     from cdpd.cluster.delivery_stage import delivery_stage
+    from cdpd.cluster.privacy_stage import privacy_stage
     from cdpd.cluster.warehouse import warehouses_stage
 
-    stages: list[tuple[str, Stage]] = []
+    stages: list[tuple[str, Stage]] = [("privacy", privacy_stage)]
     if config.console.enabled:
         stages.append(("console", console_stage))
     if config.warehouses:

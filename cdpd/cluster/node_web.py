@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import msgspec
 from aiohttp import web
@@ -75,22 +76,35 @@ class NodeEndpoints:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def _read(self) -> status.ClusterStatus:
-        try:
+        with cluster_answers():
             return await status.read(self._js, self._layout)
-        except Exception as exc:  # nats-py raises several unrelated types for one lost link
-            raise ApiError(
-                503, "cluster_unreachable", f"the JetStream cluster did not answer: {exc!r}"
-            ) from None
 
     def _authorize(self, request: web.Request) -> None:
-        if self._token is None:
-            raise ApiError(
-                401, "admin_disabled", "admin endpoints are off: set [admin] token or token_env"
-            )
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode("utf-8", errors="replace"), self._token.encode()
-        ):
-            raise ApiError(
-                401, "invalid_admin_token", "send the admin token as Authorization: Bearer <token>"
-            )
+        require_admin(self._token, request)
+
+
+@contextlib.contextmanager
+def cluster_answers() -> Iterator[None]:
+    """A request the cluster did not answer is a 503, whatever nats-py raised (several
+    unrelated types for one lost link)."""
+    try:
+        yield
+    except Exception as exc:
+        raise ApiError(
+            503, "cluster_unreachable", f"the JetStream cluster did not answer: {exc!r}"
+        ) from None
+
+
+def require_admin(token: str | None, request: web.Request) -> None:
+    """Raise ApiError (401) unless `request` carries the admin token."""
+    if token is None:
+        raise ApiError(
+            401, "admin_disabled", "admin endpoints are off: set [admin] token or token_env"
+        )
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode("utf-8", errors="replace"), token.encode()
+    ):
+        raise ApiError(
+            401, "invalid_admin_token", "send the admin token as Authorization: Bearer <token>"
+        )

@@ -15,19 +15,12 @@ def unported(config: Config) -> list[str]:
         problems.append("[identity] (identity resolution, profiles) is single-node" + SEE)
     if config.audiences or config.computed_traits:
         problems.append("audiences and computed traits (Engage) are single-node" + SEE)
-    if config.privacy.destinations:
-        problems.append("[privacy.destinations] controls apply on the SQLite backend only" + SEE)
-    if config.privacy.warehouses:
-        problems.append("[privacy.warehouses] controls apply on the SQLite backend only" + SEE)
     return problems
 
 
 def not_served(config: Config) -> list[str]:
     """What a node leaves out without harm (said at check-config and at start)."""
-    notes = [
-        "the regulation API, the privacy inbox and `cdpd deliveries show` are served by the"
-        " SQLite backend only"
-    ]
+    notes = ["the regulation API and `cdpd deliveries show` are served by the SQLite backend only"]
     if config.console.enabled:
         notes.append(
             "the console's privacy, profiles and audiences pages, and its config changes, are"

@@ -13,7 +13,7 @@ lost its lease.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -28,6 +28,8 @@ from cdpd.cluster.layout import DESTINATION, LOADED_IN, Layout, names_in, row_of
 from cdpd.cluster.lease import RENEW_EVERY_S, Lease, holding
 from cdpd.config import Config, Warehouse
 from cdpd.model.rows import OutboxRow
+from cdpd.privacy.controls import Inventory, PathControls
+from cdpd.privacy.portal import warehouse_controls
 from cdpd.warehouse.loader import SYNC_ERRORS
 from cdpd.warehouse.mapping import Mapper, UnreadableMessage
 from cdpd.warehouse.naming import schema_name
@@ -101,10 +103,16 @@ def _to_load(headers: dict[str, str], warehouse: str) -> bool:
 
 
 async def load_batch(
-    js: JetStreamContext, layout: Layout, sink: Sink, warehouse: Warehouse, end_seq: int
+    js: JetStreamContext,
+    layout: Layout,
+    sink: Sink,
+    warehouse: Warehouse,
+    end_seq: int,
+    controls: PathControls | None = None,
 ) -> tuple[int, int] | None:
     """One batch in one warehouse transaction: (messages, last seq), or None when the
-    warehouse has everything up to `end_seq`. The position passes the messages skipped too."""
+    warehouse has everything up to `end_seq`. The position passes the messages skipped too.
+    `controls`: the warehouse's privacy controls."""
     async with sink.load() as load:
         position = await load.position()
         count = min(BATCH_MESSAGES, end_seq - position)
@@ -112,13 +120,17 @@ async def load_batch(
         if last_seq <= position:
             return None
         if rows:
-            await _write(load, sink, warehouse, rows)
+            await _write(load, sink, warehouse, rows, controls)
         await load.set_position(last_seq)
     return len(rows), last_seq
 
 
 async def _write(
-    load: Load, sink: Sink, warehouse: Warehouse, rows: list[tuple[int, OutboxRow]]
+    load: Load,
+    sink: Sink,
+    warehouse: Warehouse,
+    rows: list[tuple[int, OutboxRow]],
+    controls: PathControls | None,
 ) -> None:
     mapper = Mapper(loaded_at=utc_text(datetime.now(UTC)))
     for _, row in rows:
@@ -131,6 +143,8 @@ async def _write(
             mapper.add_unreadable(row.source, unreadable, str(exc))
             continue
         if type(message) is dict:
+            if controls is not None:
+                controls.apply(message)
             mapper.add(row.source, message)
     mapped = mapper.batch()
     mapped.nul_text = any("\\u0000" in row.payload for _, row in rows)
@@ -150,15 +164,18 @@ async def sync(
     js: JetStreamContext,
     layout: Layout,
     should_stop: Callable[[], bool],
+    classes: Mapping[str, str] | None = None,
 ) -> SyncReport:
-    """Load what the stream holds now, batch by batch, until done or `should_stop()`."""
+    """Load what the stream holds now, batch by batch, until done or `should_stop()`, with
+    the warehouse's privacy controls over the inventory `classes` as the sync starts."""
     report = SyncReport(warehouse=warehouse.name, started_at=utc_text(datetime.now(UTC)))
+    controls = warehouse_controls(config.privacy, warehouse.name, dict(classes or {}))
     try:
         end_seq = (await js.stream_info(layout.stream)).state.last_seq
         async with open_sink(config, warehouse) as sink:
             report.position = await sink.position()
             while not should_stop():
-                loaded = await load_batch(js, layout, sink, warehouse, end_seq)
+                loaded = await load_batch(js, layout, sink, warehouse, end_seq, controls)
                 if loaded is None:
                     break
                 messages, report.position = loaded
@@ -185,8 +202,10 @@ class WarehouseLeader:
         layout: Layout,
         lease: Lease,
         clock: Clock,
+        inventory: Inventory | None = None,
     ) -> None:
         self._config = config
+        self._inventory = inventory or Inventory()  # the node's, following the cluster's
         self.warehouse = warehouse
         self._js = js
         self._layout = layout
@@ -207,7 +226,14 @@ class WarehouseLeader:
             return stop.is_set() or not self.lease.held
 
         while not should_stop():
-            report = await sync(self._config, self.warehouse, self._js, self._layout, should_stop)
+            report = await sync(
+                self._config,
+                self.warehouse,
+                self._js,
+                self._layout,
+                should_stop,
+                self._inventory.classes,
+            )
             self.reports.append(report)
             waited_s = 0.0
             while waited_s < self.warehouse.interval_s and not should_stop():
@@ -229,6 +255,7 @@ async def warehouses_stage(parts: NodeParts) -> AsyncIterator[list[WarehouseLead
             parts.layout,
             Lease(kv, lease_key(warehouse.name), parts.node_name),
             parts.clock,
+            parts.privacy.inventory,
         )
         for warehouse in parts.config.warehouses
     ]

@@ -1,13 +1,14 @@
 """`cdpd privacy inbox|classify|inventory|scan`: argument parsing and output; the work is in
-store.py and scan.py. `classify` writes the outbox file directly; a running daemon reads the
-inventory again within about a second."""
+store.py and scan.py (on the JetStream backend: cdpd/cluster/privacy_commands.py). `classify`
+writes the outbox file directly; a running daemon reads the inventory again within about a
+second (on the JetStream backend, every node follows the bucket)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -51,24 +52,68 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(cfg: config.Config, args: argparse.Namespace) -> int:
+    command = args.privacy_command
+    if command == "classify":
+        problem = field_problem(args.field)
+        if problem is not None:
+            print(f"cdpd: {problem}", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        since = format_ms(parse_ms(args.since)) if getattr(args, "since", None) else None
+    except ValueError as exc:
+        print(f"cdpd: --since: expected an ISO-8601 time ({exc})", file=sys.stderr)
+        return EXIT_USAGE
+    if cfg.storage.backend == "jetstream":
+        return _on_cluster(cfg, args, since)
     path = cfg.storage.outbox_path
-    if args.privacy_command == "classify":
+    if command == "classify":
         return _classify(path, args.field, args.class_)
     if not path.exists():
         print(f"cdpd: there is no outbox at {path} yet", file=sys.stderr)
         return EXIT_FAILURE
-    if args.privacy_command == "inbox":
-        return _inbox(path, args)
-    if args.privacy_command == "inventory":
-        return _inventory(path, json=args.json)
-    return _scan(path, args)
+    if command == "inbox":
+        found = asyncio.run(
+            _read(
+                path,
+                lambda c: store.inbox(
+                    c, source=args.source, include_classified=args.all, since=since
+                ),
+            )
+        )
+        return _print_inbox(found, json=args.json)
+    if command == "inventory":
+        return _print_inventory(asyncio.run(_read(path, store.inventory)), json=args.json)
+    return _scan(path, args, since)
+
+
+def _on_cluster(cfg: config.Config, args: argparse.Namespace, since: str | None) -> int:
+    """The same commands against the cluster's buckets (docs/scaling.md)."""
+    from cdpd.cluster import privacy_commands  # the NATS client, only when needed
+
+    command = args.privacy_command
+    try:
+        if command == "scan":
+            asyncio.run(_print_scan(privacy_commands.scan(cfg, since), json=args.json))
+            return EXIT_OK
+        if command == "classify":
+            chosen = None if args.class_ == "none" else args.class_
+            asyncio.run(privacy_commands.classify(cfg, args.field, chosen))
+            print(f"{args.field}: {chosen or 'not classified'}")
+            return EXIT_OK
+        if command == "inbox":
+            found = asyncio.run(
+                privacy_commands.inbox(
+                    cfg, source=args.source, include_classified=args.all, since=since
+                )
+            )
+            return _print_inbox(found, json=args.json)
+        return _print_inventory(asyncio.run(privacy_commands.inventory(cfg)), json=args.json)
+    except privacy_commands.ClusterUnreachable as exc:
+        print(f"cdpd: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def _classify(path: Path, field: str, class_: str) -> int:
-    problem = field_problem(field)
-    if problem is not None:
-        print(f"cdpd: {problem}", file=sys.stderr)
-        return EXIT_USAGE
     chosen = None if class_ == "none" else class_
 
     async def write() -> None:
@@ -82,19 +127,8 @@ def _classify(path: Path, field: str, class_: str) -> int:
     return EXIT_OK
 
 
-def _inbox(path: Path, args: argparse.Namespace) -> int:
-    try:
-        since = format_ms(parse_ms(args.since)) if args.since else None
-    except ValueError as exc:
-        print(f"cdpd: --since: expected an ISO-8601 time ({exc})", file=sys.stderr)
-        return EXIT_USAGE
-    found = asyncio.run(
-        _read(
-            path,
-            lambda c: store.inbox(c, source=args.source, include_classified=args.all, since=since),
-        )
-    )
-    if args.json:
+def _print_inbox(found: list[store.InboxField], *, json: bool) -> int:
+    if json:
         for entry in found:
             print(msgspec.json.encode(entry).decode())
         return EXIT_OK
@@ -116,8 +150,7 @@ def _inbox(path: Path, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _inventory(path: Path, *, json: bool) -> int:
-    found = asyncio.run(_read(path, store.inventory))
+def _print_inventory(found: list[store.InventoryField], *, json: bool) -> int:
     if json:
         for entry in found:
             print(msgspec.json.encode(entry).decode())
@@ -131,31 +164,28 @@ def _inventory(path: Path, *, json: bool) -> int:
     return EXIT_OK
 
 
-def _scan(path: Path, args: argparse.Namespace) -> int:
-    try:
-        since = format_ms(parse_ms(args.since)) if args.since else None
-    except ValueError as exc:
-        print(f"cdpd: --since: expected an ISO-8601 time ({exc})", file=sys.stderr)
-        return EXIT_USAGE
-
-    async def run_scan() -> int:
+def _scan(path: Path, args: argparse.Namespace, since: str | None) -> int:
+    async def run_scan() -> None:
         async with schema.connect(path, readonly=True) as conn:
-            classes = await store.read_classes(conn)
-            held = {"red": 0, "unclassified": 0, "messages": 0}
-            async for hit in scan(conn, classes, since):
-                held["messages"] += 1
-                held["red"] += bool(hit.red)
-                held["unclassified"] += bool(hit.unclassified)
-                print(msgspec.json.encode(hit).decode() if args.json else _format_hit(hit))
-        print(
-            f"{held['messages']} messages hold red or unclassified fields: {held['red']} red, "
-            f"{held['unclassified']} unclassified",
-            file=sys.stderr,
-        )
-        return held["messages"]
+            await _print_scan(scan(conn, await store.read_classes(conn), since), json=args.json)
 
     asyncio.run(run_scan())
     return EXIT_OK
+
+
+async def _print_scan(hits: AsyncIterator[ScanHit], *, json: bool) -> None:
+    """Each hit, then the counts on stderr."""
+    held = {"red": 0, "unclassified": 0, "messages": 0}
+    async for hit in hits:
+        held["messages"] += 1
+        held["red"] += bool(hit.red)
+        held["unclassified"] += bool(hit.unclassified)
+        print(msgspec.json.encode(hit).decode() if json else _format_hit(hit))
+    print(
+        f"{held['messages']} messages hold red or unclassified fields: {held['red']} red, "
+        f"{held['unclassified']} unclassified",
+        file=sys.stderr,
+    )
 
 
 def _format_hit(hit: ScanHit) -> str:

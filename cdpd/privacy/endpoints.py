@@ -1,11 +1,13 @@
 """Admin endpoints of the privacy portal (bearer token): the inbox, the inventory, and
-classifying a field, which takes effect at once for every control."""
+classifying a field, which takes effect at once for every control. The same on both storage
+backends: where the inbox and inventory live is a `PortalStore` (the outbox here, the
+cluster's buckets in cdpd/cluster/privacy_stage.py)."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from typing import Literal
+from typing import Literal, Protocol
 
 import aiosqlite
 import msgspec
@@ -25,17 +27,47 @@ class ClassifyRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     class_: Literal["red", "yellow", "green"] | None = msgspec.field(name="class")
 
 
-class PrivacyEndpoints:
-    def __init__(
-        self,
-        portal: Portal,
-        writer: OutboxWriter,
-        reader: aiosqlite.Connection,
-        authorize: Callable[[web.Request], Awaitable[None]],
-    ) -> None:
-        self._portal = portal
+class PortalStore(Protocol):
+    """Where the inbox and the inventory live."""
+
+    async def inbox(
+        self, *, source: str | None, include_classified: bool, since: str | None
+    ) -> list[store.InboxField]: ...
+
+    async def inventory(self) -> list[store.InventoryField]: ...
+
+    async def classify(self, field: str, class_: str | None, at: str, by: str) -> None:
+        """Stored, and in force on this node, when it returns."""
+
+
+class OutboxPortal:
+    """The inbox and inventory in the outbox; a classification is put in force at once."""
+
+    def __init__(self, writer: OutboxWriter, reader: aiosqlite.Connection, portal: Portal) -> None:
         self._writer = writer
         self._reader = reader
+        self._portal = portal
+
+    async def inbox(
+        self, *, source: str | None, include_classified: bool, since: str | None
+    ) -> list[store.InboxField]:
+        return await store.inbox(
+            self._reader, source=source, include_classified=include_classified, since=since
+        )
+
+    async def inventory(self) -> list[store.InventoryField]:
+        return await store.inventory(self._reader)
+
+    async def classify(self, field: str, class_: str | None, at: str, by: str) -> None:
+        await self._writer.transact(functools.partial(store.classify, field, class_, at, by))
+        self._portal.inventory.classify(field, class_)
+
+
+class PrivacyEndpoints:
+    def __init__(
+        self, portal: PortalStore, authorize: Callable[[web.Request], Awaitable[None]]
+    ) -> None:
+        self._portal = portal
         self._authorize = authorize
 
     def routes(self) -> list[web.RouteDef]:
@@ -55,8 +87,7 @@ class PrivacyEndpoints:
                 since = format_ms(parse_ms(since))
             except ValueError:
                 raise ApiError(400, "invalid_request", "since: expected an ISO-8601 time") from None
-        found = await store.inbox(
-            self._reader,
+        found = await self._portal.inbox(
             source=request.query.get("source"),
             include_classified=request.query.get("all") == "true",
             since=since,
@@ -65,7 +96,7 @@ class PrivacyEndpoints:
 
     async def inventory(self, request: web.Request) -> web.Response:
         await self._authorize(request)
-        return _json({"fields": await store.inventory(self._reader)})
+        return _json({"fields": await self._portal.inventory()})
 
     async def classify(self, request: web.Request) -> web.Response:
         await self._authorize(request)
@@ -76,11 +107,7 @@ class PrivacyEndpoints:
         problem = field_problem(asked.field)
         if problem is not None:
             raise ApiError(400, "invalid_field", problem)
-        at = format_ms(now_ms())
-        await self._writer.transact(
-            functools.partial(store.classify, asked.field, asked.class_, at, "admin api")
-        )
-        self._portal.inventory.classify(asked.field, asked.class_)
+        await self._portal.classify(asked.field, asked.class_, format_ms(now_ms()), "admin api")
         return _json({"field": asked.field, "class": asked.class_})
 
 

@@ -63,6 +63,29 @@ def inspect(body: dict[str, Any], classes: dict[str, str]) -> tuple[list[str], l
     return sorted(red), sorted(unclassified)
 
 
+def hit_of(
+    seq: int,
+    message_id: str,
+    source: str,
+    kind: str,
+    received_at: str,
+    payload: str,
+    *,
+    classes: dict[str, str],
+) -> ScanHit | None:
+    """The message's hit, or None when it holds no red or unclassified field."""
+    try:
+        body = _decode(payload)
+    except msgspec.DecodeError:
+        return None
+    if type(body) is not dict:
+        return None
+    red, unclassified = inspect(body, classes)
+    if red or unclassified:
+        return ScanHit(seq, message_id, source, kind, received_at, red, unclassified)
+    return None
+
+
 async def scan(
     conn: aiosqlite.Connection, classes: dict[str, str], since: str | None = None
 ) -> AsyncIterator[ScanHit]:
@@ -74,14 +97,8 @@ async def scan(
         )
         if not rows:
             return
-        for seq, message_id, source, kind, received_at, payload in rows:
-            try:
-                body = _decode(payload)
-            except msgspec.DecodeError:
-                continue
-            if type(body) is not dict:
-                continue
-            red, unclassified = inspect(body, classes)
-            if red or unclassified:
-                yield ScanHit(seq, message_id, source, kind, received_at, red, unclassified)
+        for row in rows:
+            hit = hit_of(*row, classes=classes)
+            if hit is not None:
+                yield hit
         after = rows[-1][0]

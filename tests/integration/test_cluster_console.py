@@ -23,7 +23,7 @@ from yarl import URL
 from cdpd import cli
 from cdpd.cluster.node import Node, running_node
 from cdpd.config import Config
-from tests.cluster_support import jetstream_config, jetstream_text
+from tests.cluster_support import empty_postgres_warehouse, jetstream_config, jetstream_text
 from tests.console_support import (
     PASSWORD,
     add_cluster_person,
@@ -296,10 +296,7 @@ async def test_cdpd_users_adds_a_person_every_node_knows(
 async def test_the_warehouse_page_shows_the_lease_holder_and_the_syncs(
     tmp_path: Path, js_cluster: JetStreamCluster, sink: Sink, postgres_test_dsn: str
 ) -> None:
-    warehouse = (
-        f'[[warehouses]]\nname = "wh"\ntype = "postgres"\ndsn = "{postgres_test_dsn}"\n'
-        "interval_s = 0.2\n"
-    )
+    warehouse = (await empty_postgres_warehouse(postgres_test_dsn)).toml  # whatever ran before
 
     def config(name: str) -> Config:
         text = jetstream_text(tmp_path / name, js_cluster.urls, workspaces_toml(sink.url))

@@ -18,8 +18,8 @@ from segment.analytics import Client
 
 from cdpd.cluster.layout import Layout
 from cdpd.cluster.warehouse import lease_key
-from tests.cluster_support import jetstream_text, loaded_ids, stored_rows
-from tests.helpers import WRITE_KEY, Daemon, WarehouseProbe, spawn_cdpd
+from tests.cluster_support import empty_postgres_warehouse, jetstream_text, loaded_ids, stored_rows
+from tests.helpers import WRITE_KEY, Daemon, spawn_cdpd
 from tests.jetstream_cluster import JetStreamCluster
 
 pytestmark = pytest.mark.system
@@ -84,13 +84,7 @@ async def _until(count: int, senders: list[Sender]) -> None:
 async def test_two_nodes_lose_nothing_acknowledged_when_one_dies_and_a_server_stops(
     tmp_path: Path, js_cluster: JetStreamCluster, postgres_test_dsn: str
 ) -> None:
-    warehouse = WarehouseProbe(
-        kind="postgres",
-        toml=f'[[warehouses]]\nname = "wh"\ntype = "postgres"\ndsn = "{postgres_test_dsn}"\n'
-        "interval_s = 0.2\n",
-        dsn=postgres_test_dsn,
-    )
-    await warehouse.empty()
+    warehouse = await empty_postgres_warehouse(postgres_test_dsn)
     nodes: list[Daemon] = []
     for name in ("a", "b"):
         path = tmp_path / f"{name}.toml"

@@ -1,4 +1,4 @@
-"""The JetStream backend refuses what it would only half serve, privacy controls included."""
+"""The JetStream backend refuses what it would only half serve, and takes privacy controls."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from cdpd.cluster import ported
 from cdpd.config import Config
 
 
-def test_privacy_controls_the_backend_cannot_apply_are_refused() -> None:
+def test_privacy_controls_run_on_the_cluster_and_single_node_stages_are_refused() -> None:
     config = msgspec.convert(
         {
             "privacy": {
@@ -18,7 +18,8 @@ def test_privacy_controls_the_backend_cannot_apply_are_refused() -> None:
         },
         Config,
     )
-    problems = ported.unported(config)
-    assert any(p.startswith("[privacy.destinations] controls") for p in problems)
-    assert any(p.startswith("[privacy.warehouses] controls") for p in problems)
+    assert ported.unported(config) == []
+    assert not any("privacy inbox" in note for note in ported.not_served(config))
+    engage = msgspec.convert({"identity": {"space": "default"}}, Config)
+    assert any(p.startswith("[identity]") for p in ported.unported(engage))
     assert ported.unported(Config()) == []
