@@ -24,6 +24,8 @@ from tests.integration.test_delivery import hook, recorded, send
 from tests.regulations import (
     ADMIN,
     AUTH,
+    BAD_REQUESTS,
+    ENDPOINTS,
     outbox_mentions,
     regulate,
     regulation,
@@ -60,35 +62,13 @@ async def test_the_endpoints_need_the_admin_token(
     make_config: MakeConfig, http: aiohttp.ClientSession
 ) -> None:
     async with running(make_config(ADMIN)) as server:
-        for method, path in (
-            ("POST", "/regulations"),
-            ("GET", "/regulations"),
-            ("GET", "/regulations/abc"),
-            ("GET", "/suppressions"),
-        ):
+        for method, path in ENDPOINTS:
             async with http.request(method, f"{server.url}{path}", json={}) as response:
                 assert response.status == 401
                 assert response.headers["WWW-Authenticate"] == "Bearer"
 
 
-@pytest.mark.parametrize(
-    ("body", "says"),
-    [
-        ({"regulationType": "FORGET", "subjectType": "USER_ID", "subjectIds": ["u"]}, "FORGET"),
-        ({"regulationType": "SUPPRESS_ONLY", "subjectType": "USER_ID", "subjectIds": []}, "1"),
-        (
-            {
-                "regulationType": "SUPPRESS_ONLY",
-                "subjectType": "USER_ID",
-                "subjectIds": ["u"] * 5001,
-            },
-            "5000",
-        ),
-        ({"regulationType": "SUPPRESS_ONLY", "subjectType": "EMAIL", "subjectIds": ["u"]}, "EMAIL"),
-        ({"regulationType": "SUPPRESS_ONLY", "subjectIds": ["u"]}, "subjectType"),
-        ({"regulationType": "SUPPRESS_ONLY", "subjectType": "USER_ID", "subjectIds": [""]}, "1"),
-    ],
-)
+@pytest.mark.parametrize(("body", "says"), BAD_REQUESTS)
 async def test_bad_requests_say_what_is_wrong(
     make_config: MakeConfig, http: aiohttp.ClientSession, body: dict[str, Any], says: str
 ) -> None:
