@@ -148,6 +148,10 @@ class Layout(msgspec.Struct, frozen=True):
     def rates_bucket(self) -> str:
         return f"{self.stream}_rates"
 
+    @property
+    def regulations_bucket(self) -> str:
+        return f"{self.stream}_regulations"
+
 
 def dedup_id(row: OutboxRow, *, by_source: bool) -> str:
     """`Nats-Msg-Id`: JetStream drops a second message with this id inside its window."""

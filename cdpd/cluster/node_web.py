@@ -83,14 +83,22 @@ class NodeEndpoints:
             ) from None
 
     def _authorize(self, request: web.Request) -> None:
-        if self._token is None:
-            raise ApiError(
-                401, "admin_disabled", "admin endpoints are off: set [admin] token or token_env"
-            )
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode("utf-8", errors="replace"), self._token.encode()
-        ):
-            raise ApiError(
-                401, "invalid_admin_token", "send the admin token as Authorization: Bearer <token>"
-            )
+        require_admin(self._token, request)
+
+
+def require_admin(token: str | None, request: web.Request) -> None:
+    """Raise a 401 ApiError unless the request carries the admin token (`token`)."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if token is None:
+        raise ApiError(
+            401, "admin_disabled", "admin endpoints are off: set [admin] token or token_env"
+        )
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode("utf-8", errors="replace"), token.encode()
+    ):
+        raise ApiError(
+            401,
+            "invalid_admin_token",
+            "send the admin token as Authorization: Bearer <token>",
+            {"WWW-Authenticate": "Bearer"},
+        )
