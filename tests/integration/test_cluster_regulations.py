@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import re
 from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import nats
 import pytest
 from segment.analytics import Client
 
+from cdpd import cli
 from cdpd.cluster.layout import USER_ID, Layout
 from cdpd.cluster.node import Node, running_node
 from cdpd.cluster.regulations_stage import Regulations
@@ -317,3 +320,33 @@ async def test_a_deletion_in_progress_is_continued_by_the_next_lease_holder(
     assert targets["destination:amp"]["attempts"] == 3
     assert amp.deleted == [GONE]
     assert [r.user_id for r in await stored_rows(js_cluster.urls)] == [KEPT]
+
+
+async def test_the_cli_creates_lists_and_shows_regulations_on_the_cluster(
+    tmp_path: Path,
+    js_cluster: JetStreamCluster,
+    http: aiohttp.ClientSession,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with two_nodes(tmp_path, js_cluster) as (a, b):
+        config_path = str(tmp_path / "a.toml")
+        create = ["regulations", "create", "SUPPRESS_ONLY", GONE, "--config", config_path]
+        capsys.readouterr()
+        assert await asyncio.to_thread(cli.main, create) == 0
+        regulation_id = re.findall("[0-9a-f]{24}", capsys.readouterr().out)[-1]
+        suppressions = b.ingest.governance.suppressions
+        async with asyncio.timeout(SUPPRESSION_BOUND_S):
+            while GONE not in suppressions.of("website"):  # noqa: ASYNC110 (a poll)
+                await asyncio.sleep(0.01)
+        assert (await regulation(http, a, regulation_id))["overallStatus"] == "FINISHED"
+        listing = ["regulations", "list", "--json", "--config", config_path]
+        assert await asyncio.to_thread(cli.main, listing) == 0
+        lines = capsys.readouterr().out.splitlines()  # the nodes' logs among them
+        (listed,) = [json.loads(line) for line in lines if line.startswith('{"id"')]
+        assert (listed["id"], listed["regulationType"]) == (regulation_id, "SUPPRESS_ONLY")
+        show = ["regulations", "show", regulation_id, "--config", config_path]
+        assert await asyncio.to_thread(cli.main, show) == 0
+        assert "status      FINISHED" in capsys.readouterr().out
+        verify = ["regulations", "verify", regulation_id, "--config", config_path]
+        assert await asyncio.to_thread(cli.main, verify) == 2
+        assert "not available on the JetStream backend" in capsys.readouterr().err
