@@ -66,6 +66,27 @@ async def regulate(
     return regulation_id
 
 
+async def refused(
+    http: aiohttp.ClientSession, server: Served, body: dict[str, Any], says: str
+) -> None:
+    """`body` is refused with a 400 naming `says`; an unknown source or regulation is a 404
+    and the server stays healthy."""
+    async with http.post(f"{server.url}/regulations", json=body, headers=AUTH) as response:
+        answer = await response.json()
+    assert (response.status, answer["code"]) == (400, "invalid_request"), answer
+    assert says in answer["message"]
+    async with http.post(
+        f"{server.url}/regulations/sources/nowhere",
+        json={"regulationType": "SUPPRESS_ONLY", "subjectType": "USER_ID", "subjectIds": ["u"]},
+        headers=AUTH,
+    ) as response:
+        assert response.status == 404
+    async with http.get(f"{server.url}/regulations/nope", headers=AUTH) as response:
+        assert response.status == 404
+    async with http.get(f"{server.url}/health") as response:
+        assert response.status == 200
+
+
 async def regulation(http: aiohttp.ClientSession, server: Served, regulation_id: str) -> Any:
     async with http.get(f"{server.url}/regulations/{regulation_id}", headers=AUTH) as response:
         assert response.status == 200, await response.text()

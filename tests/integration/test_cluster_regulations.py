@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import nats
 import pytest
 from segment.analytics import Client
 
@@ -25,7 +24,13 @@ from cdpd.cluster.node import Node, running_node
 from cdpd.cluster.regulations_stage import Regulations
 from cdpd.cluster.suppression_feed import SUPPRESSION_BOUND_S
 from cdpd.config import Config
-from tests.cluster_support import aux_records, jetstream_config, jetstream_text, stored_rows
+from tests.cluster_support import (
+    aux_records,
+    jetstream_config,
+    jetstream_text,
+    stored_rows,
+    stream_messages,
+)
 from tests.contracts.amplitude_deletion import AmplitudeDeletionContract
 from tests.contracts.base import Scripted
 from tests.helpers import WRITE_KEY, WarehouseProbe, basic_auth
@@ -38,6 +43,7 @@ from tests.regulations import (
     AUTH,
     BAD_REQUESTS,
     ENDPOINTS,
+    refused,
     regulate,
     regulation,
     settled,
@@ -91,18 +97,7 @@ async def test_any_node_answers_the_regulation_api_as_the_sqlite_backend_does(
                 assert response.status == 401
                 assert response.headers["WWW-Authenticate"] == "Bearer"
         for body, says in BAD_REQUESTS:
-            async with http.post(f"{a.url}/regulations", json=body, headers=AUTH) as response:
-                answer = await response.json()
-            assert (response.status, answer["code"]) == (400, "invalid_request"), answer
-            assert says in answer["message"]
-        async with http.post(
-            f"{a.url}/regulations/sources/nowhere",
-            json={"regulationType": "SUPPRESS_ONLY", "subjectType": "USER_ID", "subjectIds": ["u"]},
-            headers=AUTH,
-        ) as response:
-            assert response.status == 404
-        async with http.get(f"{b.url}/regulations/nope", headers=AUTH) as response:
-            assert response.status == 404
+            await refused(http, a, body, says)
 
         created = []
         for node, kind, source in (
@@ -191,20 +186,8 @@ async def test_a_suppression_made_through_one_node_holds_at_the_other_within_the
 
 async def _dead_letters(servers: list[str]) -> list[dict[str, str]]:
     """The headers of every dead letter."""
-    layout = Layout()
-    client = await nats.connect(servers)
-    try:
-        js = client.jetstream()
-        info = await js.stream_info(layout.dead_stream)
-        found = []
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            if info.state.messages == 0:
-                break
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                found.append(dict((await js.get_msg(layout.dead_stream, seq)).headers or {}))
-        return found
-    finally:
-        await client.close()
+    dead = await stream_messages(servers, Layout().dead_stream)
+    return [dict(message.headers or {}) for message in dead]
 
 
 async def _eventually(check: Any, timeout_s: float = 20) -> None:

@@ -27,6 +27,7 @@ from tests.regulations import (
     BAD_REQUESTS,
     ENDPOINTS,
     outbox_mentions,
+    refused,
     regulate,
     regulation,
     settled,
@@ -73,21 +74,7 @@ async def test_bad_requests_say_what_is_wrong(
     make_config: MakeConfig, http: aiohttp.ClientSession, body: dict[str, Any], says: str
 ) -> None:
     async with running(make_config(ADMIN)) as server:
-        async with http.post(f"{server.url}/regulations", json=body, headers=AUTH) as response:
-            answer = await response.json()
-        assert response.status == 400
-        assert answer["code"] == "invalid_request"
-        assert says in answer["message"]
-        async with http.post(
-            f"{server.url}/regulations/sources/nowhere",
-            json={"regulationType": "SUPPRESS_ONLY", "subjectType": "USER_ID", "subjectIds": ["u"]},
-            headers=AUTH,
-        ) as response:
-            assert response.status == 404
-        async with http.get(f"{server.url}/regulations/nope", headers=AUTH) as response:
-            assert response.status == 404
-        async with http.get(f"{server.url}/health") as response:
-            assert response.status == 200
+        await refused(http, server, body, says)
 
 
 async def test_suppression_answers_counts_and_stores_nothing(
