@@ -154,6 +154,17 @@ async def measure_suppression(
         await feed.in_force([suppression_key(user, "*")], [])
         create_ms.append((created - started) * 1000)
         after_ms.append((time.perf_counter() - created) * 1000)
+    for kind, present, absent in (("SUPPRESS_ONLY", True, False), ("UNSUPPRESS", False, True)):
+        users = [f"big{n}" for n in range(5000)]
+        keys = [suppression_key(user, "*") for user in users]
+        new = NewRegulation(
+            f"{kind.lower()}{args.suppressions:08x}", kind, "USER_ID", users, None, "t", []
+        )
+        started = time.perf_counter()
+        await book.create(new)
+        await feed.in_force(keys if present else [], keys if absent else [])
+        took_s = time.perf_counter() - started
+        print(f"{kind} of 5,000 users, until in force at another node: {took_s:.2f} s")
     stop.set()
     await watching
     print(

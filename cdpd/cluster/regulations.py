@@ -20,7 +20,9 @@ that node's watch delay.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
@@ -47,6 +49,7 @@ from cdpd.privacy.regulations_store import (
 )
 
 CHUNK_BYTES = 256 * 1024  # well under the servers' 1 MB message limit
+WRITES_AT_ONCE = 64
 REGULATION, SUBJECTS, DUE, SUPPRESSION = "regulation", "subjects", "due", "suppression"
 KIND_ORDER = ("outbox", "identity")
 # Waits until this node's suppression watch shows the first keys and not the second.
@@ -135,6 +138,12 @@ def _target_view(t: TargetState) -> TargetView:
         t.last_error,
         t.finished_at,
     )
+
+
+async def _all_of(writes: Sequence[Callable[[], Awaitable[None]]]) -> None:
+    """The writes, `WRITES_AT_ONCE` in flight at a time."""
+    for start in range(0, len(writes), WRITES_AT_ONCE):
+        await asyncio.gather(*(write() for write in writes[start : start + WRITES_AT_ONCE]))
 
 
 def user_hash(user_id: str) -> str:
@@ -256,31 +265,35 @@ class ClusterRegulations:
         suppress = EFFECTS[new.regulation_type].suppress
         if suppress:
             scope = new.source or WORKSPACE
-            keys = []
-            for user in new.subject_ids:
-                value = SuppressionRecord(user, scope, new.id, new.created_at)
-                key = suppression_key(user, scope)
-                keys.append(key)
-                # An existing suppression stays as it was (the first regulation's).
-                with contextlib.suppress(KeyWrongLastSequenceError, KeyNotFoundError):
-                    await self._kv.create(key, self._encoder.encode(value))
-            return keys, []
-        lifted: list[str] = []
+            values = {
+                suppression_key(user, scope): SuppressionRecord(user, scope, new.id, new.created_at)
+                for user in new.subject_ids
+            }
+            await _all_of([functools.partial(self._suppress, k, v) for k, v in values.items()])
+            return list(values), []
         if suppress is False:
-            for user in new.subject_ids:
-                for key in await self._suppression_keys(user, new.source):
-                    with contextlib.suppress(KeyNotFoundError):
-                        await self._kv.delete(key)
-                    lifted.append(key)
-        return [], lifted
+            lifted = await self._suppression_keys(new.subject_ids, new.source)
+            await _all_of([functools.partial(self._lift, key) for key in lifted])
+            return [], lifted
+        return [], []
 
-    async def _suppression_keys(self, user_id: str, source: str | None) -> list[str]:
-        """A workspace UNSUPPRESS lifts the user's suppressions everywhere; a source's, only
-        its own (a workspace suppression wins over it)."""
+    async def _suppress(self, key: str, value: SuppressionRecord) -> None:
+        # An existing suppression stays as it was (the first regulation's).
+        with contextlib.suppress(KeyWrongLastSequenceError, KeyNotFoundError):
+            await self._kv.create(key, self._encoder.encode(value))
+
+    async def _lift(self, key: str) -> None:
+        with contextlib.suppress(KeyNotFoundError):
+            await self._kv.delete(key)
+
+    async def _suppression_keys(self, user_ids: Sequence[str], source: str | None) -> list[str]:
+        """A workspace UNSUPPRESS lifts the users' suppressions everywhere (one read of every
+        suppression key); a source's, only its own (a workspace suppression wins over it)."""
         if source is not None:
-            return [suppression_key(user_id, source)]
-        pattern = f"{SUPPRESSION}.{user_hash(user_id)}.>"
-        return [entry.key async for entry in current(self._kv, pattern, meta_only=True)]
+            return [suppression_key(user, source) for user in user_ids]
+        hashes = {user_hash(user) for user in user_ids}
+        keys = current(self._kv, f"{SUPPRESSION}.>", meta_only=True)
+        return [entry.key async for entry in keys if entry.key.split(".")[1] in hashes]
 
     async def read(self, regulation_id: str) -> tuple[RegulationRecord, int] | None:
         try:
