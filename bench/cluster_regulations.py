@@ -37,7 +37,8 @@ from ingest import cpu_s  # noqa: E402 (bench/ingest.py: /proc helpers)
 
 from cdpd.cluster import connect, erase  # noqa: E402
 from cdpd.cluster.layout import Layout, headers_of  # noqa: E402
-from cdpd.cluster.regulations import ClusterRegulations, suppression_key  # noqa: E402
+from cdpd.cluster.regulation_records import suppression_key  # noqa: E402
+from cdpd.cluster.regulations import ClusterRegulations  # noqa: E402
 from cdpd.cluster.suppression_feed import SuppressionFeed  # noqa: E402
 from cdpd.config import JetStreamConfig, load  # noqa: E402
 from cdpd.model.rows import OutboxRow  # noqa: E402

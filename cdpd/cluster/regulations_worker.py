@@ -29,7 +29,8 @@ from cdpd.clock import Clock
 from cdpd.cluster import erase
 from cdpd.cluster.layout import Layout
 from cdpd.cluster.lease import Lease, lead
-from cdpd.cluster.regulations import ClusterRegulations, RegulationRecord, TargetState, apply
+from cdpd.cluster.regulation_records import RegulationRecord, TargetState, apply
+from cdpd.cluster.regulations import ClusterRegulations
 from cdpd.cluster.suppression_feed import SUPPRESSION_BOUND_S
 from cdpd.config import Config
 from cdpd.destinations.settings import FileDestination

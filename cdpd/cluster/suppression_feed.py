@@ -18,7 +18,7 @@ import nats.errors
 import structlog
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from cdpd.cluster.regulations import SUPPRESSION, SuppressionRecord
+from cdpd.cluster.regulation_records import SUPPRESSION, SuppressionRecord
 from cdpd.ingest.errors import ApiError
 from cdpd.privacy.suppression import Suppressions
 
