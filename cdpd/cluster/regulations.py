@@ -48,6 +48,9 @@ from cdpd.privacy.regulations_store import (
 )
 
 WRITES_AT_ONCE = 64
+# A one-off read's consumer is removed by the servers this long after it stopped (nats-py's
+# default, 5 minutes, would keep one for every 0.5 s poll of the regulations' worker).
+READ_CONSUMER_S = 2.0
 # Waits until this node's suppression watch shows the first keys and not the second.
 InForce = Callable[[Sequence[str], Sequence[str]], Awaitable[None]]
 
@@ -62,7 +65,9 @@ async def current(
     kv: KeyValue, pattern: str, *, meta_only: bool = False
 ) -> AsyncIterator[KeyValue.Entry]:
     """The entries whose keys match `pattern` as they are now (deleted keys left out)."""
-    watcher = await kv.watch(pattern, ignore_deletes=True, meta_only=meta_only)
+    watcher = await kv.watch(
+        pattern, ignore_deletes=True, meta_only=meta_only, inactive_threshold=READ_CONSUMER_S
+    )
     try:
         async for entry in watcher:
             if entry is None:  # the marker: every current entry was given
