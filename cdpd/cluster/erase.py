@@ -28,6 +28,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from cdpd.cluster.layout import MESSAGE_ID, SOURCE, USER_ID, Layout
+from cdpd.privacy.suppression import user_id_of
 
 SCAN_BATCH = 5000
 DELETES_AT_ONCE = 64  # requests in flight at once
@@ -42,12 +43,7 @@ class _AuxRecord(msgspec.Struct):
     payload: str | None = None
 
 
-class _Head(msgspec.Struct):
-    userId: str | int | None = None
-
-
 _aux_decoder = msgspec.json.Decoder(_AuxRecord)
-_head_decoder = msgspec.json.Decoder(_Head)
 
 
 class Found(msgspec.Struct):
@@ -114,7 +110,7 @@ async def _find_aux(
         if msg.subject == violations_subject:
             violations.append((seq, record))
         elif record.payload is not None and _holds(
-            _payload_user(record.payload), record.source, users, source
+            user_id_of(record.payload), record.source, users, source
         ):
             seqs.append(seq)
             if record.message_id is not None:
@@ -132,14 +128,6 @@ def _holds(
     if user_id is None or (source is not None and message_source != source):
         return False
     return user_id in users
-
-
-def _payload_user(payload: str) -> str | None:
-    try:
-        user_id = _head_decoder.decode(payload).userId
-    except (msgspec.MsgspecError, RecursionError):
-        return None
-    return None if user_id is None else str(user_id)
 
 
 async def scan(
