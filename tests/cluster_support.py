@@ -18,12 +18,18 @@ from tests.helpers import config_text
 
 
 def jetstream_text(
-    data_dir: Path, servers: list[str], extra: str = "", *, storage: str = "", jetstream: str = ""
+    data_dir: Path,
+    servers: list[str],
+    extra: str = "",
+    *,
+    storage: str = "",
+    jetstream: str = "",
+    base: str | None = None,
 ) -> str:
-    """A complete config on the JetStream backend (`storage` adds [storage] keys)."""
-    text = config_text(data_dir, extra).replace(
-        "[storage]\n", f'[storage]\nbackend = "jetstream"\n{storage}', 1
-    )
+    """A complete config on the JetStream backend (`storage` adds [storage] keys): `base`, a
+    complete SQLite config, or `tests.helpers.config_text`'s."""
+    base = config_text(data_dir, extra) if base is None else base
+    text = base.replace("[storage]\n", f'[storage]\nbackend = "jetstream"\n{storage}', 1)
     urls = ", ".join(f'"{url}"' for url in servers)
     return text + f"[storage.jetstream]\nservers = [{urls}]\n{jetstream}"
 

@@ -33,6 +33,7 @@ from tests.cluster_support import (
 )
 from tests.contracts.amplitude_deletion import AmplitudeDeletionContract
 from tests.contracts.base import Scripted
+from tests.governance_plans import governed_config, write_plan
 from tests.helpers import WRITE_KEY, WarehouseProbe, basic_auth
 from tests.integration.test_delivery import hook
 from tests.integration.test_regulation_forwarding import amplitude
@@ -333,3 +334,33 @@ async def test_the_cli_creates_lists_and_shows_regulations_on_the_cluster(
         verify = ["regulations", "verify", regulation_id, "--config", config_path]
         assert await asyncio.to_thread(cli.main, verify) == 2
         assert "not available on the JetStream backend" in capsys.readouterr().err
+
+
+async def test_violations_and_blocked_messages_go_with_the_user_and_a_source_scope_holds(
+    tmp_path: Path, js_cluster: JetStreamCluster, http: aiohttp.ClientSession
+) -> None:
+    plan = write_plan(tmp_path / "plan.json")
+    website = 'blocked_events = ["Banned"]\n'
+    base = governed_config(tmp_path / "a", plan, website=website, extra=ADMIN)
+    text = jetstream_text(tmp_path / "a", js_cluster.urls, base=base)
+    async with running_node(jetstream_config(tmp_path / "a.toml", text), node_name="a") as a:
+        bad = [
+            {**track(f"v-{user}", user), "properties": {"revenue": "lots"}} for user in (GONE, KEPT)
+        ]
+        await send(http, a, [*bad, track("v-banned", GONE, "Banned")])
+        other = {"Authorization": basic_auth("wk_violations")}
+        batch = {"batch": [track(f"o-{user}", user) for user in (GONE, KEPT)]}
+        async with http.post(f"{a.url}/v1/batch", json=batch, headers=other) as response:
+            assert response.status == 200
+        violations = await aux_records(js_cluster.urls, "violations")
+        assert {v["message_id"] for v in violations} == {f"v-{GONE}", f"v-{KEPT}"}
+        scoped = await regulate(http, a, "DELETE_INTERNAL", KEPT, source="violations")
+        everywhere = await regulate(http, a, "DELETE_INTERNAL", GONE)
+        for regulation_id in (scoped, everywhere):
+            found = await settled(http, a, regulation_id, timeout_s=30)
+            assert found["overallStatus"] == "FINISHED", found
+    violations = await aux_records(js_cluster.urls, "violations")
+    assert {v["message_id"] for v in violations} == {f"v-{KEPT}"}
+    assert await aux_records(js_cluster.urls, "blocked_messages") == []
+    rows = await stored_rows(js_cluster.urls)
+    assert [(r.message_id, r.source) for r in rows] == [(f"v-{KEPT}", "website")]
