@@ -15,7 +15,7 @@ Keys (docs/scaling.md lists them):
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import msgspec
 
@@ -25,6 +25,7 @@ from cdpd.privacy.regulations import (
     RUNNING,
     UNFINISHED,
     WORKSPACE,
+    overall_status,
 )
 from cdpd.privacy.regulations_store import (
     DueTarget,
@@ -176,9 +177,7 @@ def record_of(new: NewRegulation, subject_chunks: int) -> RegulationRecord:
     )
 
 
-def apply(
-    record: RegulationRecord, update: TargetUpdate, overall: Callable[[list[str]], str]
-) -> None:
+def apply(record: RegulationRecord, update: TargetUpdate) -> None:
     """One attempt's outcome into the record, and the regulation's status from its targets'."""
     for target in record.targets:
         if target.target == update.target:
@@ -190,5 +189,5 @@ def apply(
             target.last_status = update.last_status
             target.last_error = update.last_error
             target.finished_at = update.finished_at
-    record.status = overall([t.status for t in record.targets])
+    record.status = overall_status([t.status for t in record.targets])
     record.finished_at = None if record.status == RUNNING else update.next_attempt_at

@@ -54,7 +54,6 @@ from cdpd.privacy.regulations import (
     OUTBOX,
     UNFINISHED,
     WAREHOUSE,
-    overall_status,
 )
 from cdpd.privacy.regulations_store import TargetUpdate
 
@@ -130,16 +129,17 @@ class RegulationLeader:
     async def _work(
         self, record: RegulationRecord, revision: int, should_stop: Callable[[], bool]
     ) -> None:
-        users = await self._book.subjects(record)
+        users: list[str] | None = None  # read once a target is due
         for target in sorted(record.targets, key=lambda t: t.kind not in FIRST):
             if should_stop():
                 return
             if target.status not in UNFINISHED or target.next_attempt_at > self._now():
                 continue
+            users = users if users is not None else await self._book.subjects(record)
             update = await self._next_state(record, target, users)
             if update is None:
                 continue
-            apply(record, update, overall_status)
+            apply(record, update)
             revision = await self._book.write(record, revision)
             bound = log.bind(regulation=record.id, target=target.target)
             log_outcome(bound, update, record.status)
