@@ -179,6 +179,8 @@ async def test_a_suppression_made_through_one_node_holds_at_the_other_within_the
         rows = await stored_rows(js_cluster.urls)
         assert sorted((r.user_id, r.type) for r in rows) == [(KEPT, "identify"), (KEPT, "track")]
         assert suppressions.suppressed == {"website": 2}
+        async with http.get(f"{b.url}/metrics") as response:
+            assert 'cdpd_privacy_suppressed_total{source="website"} 2.0' in await response.text()
         # A node started afterwards reads the suppressions in force before it takes requests.
         late = node_config(tmp_path, js_cluster, "c")
         async with running_node(late, node_name="c") as c:
