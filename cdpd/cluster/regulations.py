@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
 import msgspec
+import nats.errors
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
@@ -35,6 +36,7 @@ from cdpd.cluster.regulation_records import (
     user_hash,
 )
 from cdpd.config import Config
+from cdpd.ingest.errors import ApiError
 from cdpd.privacy.regulations import (
     EFFECTS,
     NOT_SUPPORTED,
@@ -53,6 +55,17 @@ WRITES_AT_ONCE = 64
 READ_CONSUMER_S = 2.0
 # Waits until this node's suppression watch shows the first keys and not the second.
 InForce = Callable[[Sequence[str], Sequence[str]], Awaitable[None]]
+
+
+@contextlib.contextmanager
+def _answered() -> Iterator[None]:
+    """A request the cluster did not answer is a 503 (the client retries), not a 500."""
+    try:
+        yield
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise ApiError(
+            503, "cluster_unreachable", f"the JetStream cluster did not answer: {exc!r}"
+        ) from None
 
 
 async def _all_of(writes: Sequence[Callable[[], Awaitable[None]]]) -> None:
@@ -91,6 +104,10 @@ class ClusterRegulations:
         return self._config
 
     async def create(self, new: NewRegulation) -> None:
+        with _answered():
+            await self._create(new)
+
+    async def _create(self, new: NewRegulation) -> None:
         parts = chunks(new.subject_ids)
         for number, part in enumerate(parts):
             await self._kv.put(f"{SUBJECTS}.{new.id}.{number}", self._encoder.encode(part))
@@ -147,16 +164,18 @@ class ClusterRegulations:
         return msgspec.json.decode(entry.value or b"", type=RegulationRecord), entry.revision or 0
 
     async def show(self, regulation_id: str) -> RegulationView | None:
-        found = await self.read(regulation_id)
+        with _answered():
+            found = await self.read(regulation_id)
         return None if found is None else found[0].view(with_targets=True)
 
     async def listing(
         self, *, status: str | None, source: str | None, after_id: str | None, count: int
     ) -> list[RegulationView]:
-        records = [
-            msgspec.json.decode(entry.value or b"", type=RegulationRecord)
-            async for entry in current(self._kv, f"{REGULATION}.*")
-        ]
+        with _answered():
+            records = [
+                msgspec.json.decode(entry.value or b"", type=RegulationRecord)
+                async for entry in current(self._kv, f"{REGULATION}.*")
+            ]
         kept = sorted(
             (
                 r
@@ -173,8 +192,10 @@ class ClusterRegulations:
     async def suppression_listing(
         self, *, after_user: str | None, count: int
     ) -> list[SuppressionView]:
+        with _answered():
+            stored = await self.suppressions()
         found = sorted(
-            (s for s in await self.suppressions() if s.user_id > (after_user or "")),
+            (s for s in stored if s.user_id > (after_user or "")),
             key=lambda s: (s.user_id, s.source),
         )
         return [

@@ -366,3 +366,38 @@ async def test_violations_and_blocked_messages_go_with_the_user_and_a_source_sco
     assert await aux_records(js_cluster.urls, "blocked_messages") == []
     rows = await stored_rows(js_cluster.urls)
     assert [(r.message_id, r.source) for r in rows] == [(f"v-{KEPT}", "website")]
+
+
+async def test_without_the_cluster_the_api_answers_503_and_serves_again_after(
+    tmp_path: Path, js_cluster: JetStreamCluster, http: aiohttp.ClientSession
+) -> None:
+    async with running_node(node_config(tmp_path, js_cluster, "a"), node_name="a") as a:
+        regulation_id = await regulate(http, a, "SUPPRESS_ONLY", GONE)
+        js_cluster.stop_all()
+        try:
+            body = {
+                "regulationType": "SUPPRESS_ONLY",
+                "subjectType": "USER_ID",
+                "subjectIds": ["u"],
+            }
+            async with http.post(f"{a.url}/regulations", json=body, headers=AUTH) as response:
+                assert response.status == 503
+                assert (await response.json())["code"] == "cluster_unreachable"
+            async with http.get(f"{a.url}/regulations", headers=AUTH) as response:
+                assert response.status == 503
+        finally:
+            for index in range(len(js_cluster.client_ports)):
+                js_cluster.start(index)
+            await js_cluster.ready()
+        # A client retries until the cluster answers again; ingest still drops the user (the
+        # set in force was kept through the outage).
+        batch = {"batch": [track("z-1", GONE), track("z-2", KEPT)]}
+        write = {"Authorization": basic_auth(WRITE_KEY)}
+        async with asyncio.timeout(60):
+            while True:
+                async with http.post(f"{a.url}/v1/batch", json=batch, headers=write) as r:
+                    if r.status == 200:
+                        break
+                await asyncio.sleep(0.2)
+        assert (await regulation(http, a, regulation_id))["overallStatus"] == "FINISHED"
+    assert [r.user_id for r in await stored_rows(js_cluster.urls)] == [KEPT]
