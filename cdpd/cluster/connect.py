@@ -153,6 +153,8 @@ def bucket_configs(config: JetStreamConfig, layout: Layout) -> list[KeyValueConf
         bucket(layout.circuits_bucket, "cdpd circuit state per destination"),
         bucket(layout.rates_bucket, "cdpd rate-limit windows per destination", ttl=60.0),
         bucket(layout.leases_bucket, "cdpd leases of one-node stages", ttl=LEASE_TTL_S),
+        # Ledger rows last as long as the messages they are about.
+        bucket(layout.ledger_bucket, "cdpd delivery ledger", ttl=float(config.max_age_s)),
     ]
 
 

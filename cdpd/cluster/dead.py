@@ -114,7 +114,8 @@ async def replay(js: JetStreamContext, layout: Layout, destination: str, limit: 
     replayed = 0
     for dead_seq, _, body, headers in await dead_letters(js, layout, destination, limit):
         row = row_of(headers, body)
-        again = {k: v for k, v in headers.items() if not k.startswith("Cdpd-") or k in _ROW}
+        # It keeps the sequence it was accepted with (`Cdpd-Seq`): its ledger row's.
+        again = {k: v for k, v in headers.items() if not k.startswith("Cdpd-") or k in _KEPT}
         again[DESTINATION] = destination
         again[MSG_ID] = f"replay:{destination}:{dead_seq}"
         subject = headers.get(SUBJECT) or layout.subject_for(row)
@@ -124,7 +125,8 @@ async def replay(js: JetStreamContext, layout: Layout, destination: str, limit: 
     return replayed
 
 
-_ROW = {
+_KEPT = {
+    SEQ,
     "Cdpd-Message-Id",
     "Cdpd-Source",
     "Cdpd-Type",

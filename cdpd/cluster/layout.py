@@ -148,6 +148,15 @@ class Layout(msgspec.Struct, frozen=True):
     def rates_bucket(self) -> str:
         return f"{self.stream}_rates"
 
+    @property
+    def ledger_bucket(self) -> str:
+        """Delivery's exception ledger and replay jobs (cdpd/cluster/ledger.py)."""
+        return f"{self.stream}_ledger"
+
+    def replay_consumer(self, destination: str, job_id: int) -> str:
+        """A replay job's own durable consumer, beside the destination's live one."""
+        return f"replay_{token(destination)}_{job_id}"
+
 
 def dedup_id(row: OutboxRow, *, by_source: bool) -> str:
     """`Nats-Msg-Id`: JetStream drops a second message with this id inside its window."""
