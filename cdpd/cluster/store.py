@@ -87,7 +87,7 @@ class JetStreamDeliveryStore:
         self._destinations = {d.name: d for d in destinations}
         self._actions = dict(actions) if actions is not None else {}
         self._clock = clock
-        self._ack_wait_s = ack_wait_s
+        self.ack_wait_s = ack_wait_s
         self._sources = sources  # with dedup by source, a messageId is looked up under each
         self.fetch_wait_s = fetch_wait_s
         self._ledger: Ledger | None = None
@@ -131,7 +131,7 @@ class JetStreamDeliveryStore:
     async def ensure_consumers(self, destination: Destination) -> None:
         """A destination's consumers, created once: the first starts after the stream's last
         message, so a new destination gets the messages accepted from then on."""
-        ack_wait_s = max(self._ack_wait_s, 2 * destination.timeout_s)
+        ack_wait_s = max(self.ack_wait_s, 2 * destination.timeout_s)
         for durable, subject, pending in consumer_specs(self.layout, destination):
             config = ConsumerConfig(
                 durable_name=durable,
@@ -344,14 +344,13 @@ class JetStreamDeliveryStore:
     async def replay_dead(self, destination: str, at: str) -> int:
         """Republish the destination's dead letters for it alone (cdpd/cluster/dead.py); their
         ledger rows become pending again, attempt numbers carrying on."""
-        count = await dead.replay(self._js, self.layout, destination, 10**6)
         ledger = await self.ledger()
         for row in await ledger.rows(destination):
             if row.state == DEAD:
                 row.state, row.next_attempt_at = PENDING, at
                 row.first_attempt_at = row.finished_at = None
                 await ledger.put(row)
-        return count
+        return await dead.replay(self._js, self.layout, destination, 10**6)
 
     async def replay_range(
         self, rule: RoutingRule, since_at: str, until_at: str, source: str | None, at: str
@@ -369,7 +368,7 @@ class JetStreamDeliveryStore:
             durable_name=self.layout.replay_consumer(rule.destination, job_id),
             description=f"cdpd replay {job_id} to {rule.destination}",
             ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self._ack_wait_s,
+            ack_wait=self.ack_wait_s,
             max_deliver=-1,
             filter_subject=self.layout.messages_subjects,
         )
@@ -685,6 +684,8 @@ class JetStreamLaneReader:
         kept = None
         if msg.metadata.num_delivered > 1 or target is not None:
             kept = await (await self._store.ledger()).get(destination, seq)
+        if kept is not None and target is not None:
+            kept.state = PENDING  # a replayed copy is owed again, whatever its row said
         if kept is not None and kept.state == DEAD:
             await self._store._bury(msg, kept)  # given up while JetStream held it
             return
