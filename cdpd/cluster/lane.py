@@ -24,7 +24,9 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import aiohttp
 import msgspec
+import nats.errors
 import structlog
+from nats.js.errors import NotFoundError
 
 from cdpd.clock import Clock
 from cdpd.cluster.settle import Verdict, verdict
@@ -32,7 +34,7 @@ from cdpd.cluster.shared import GlobalRateLimit, SharedCircuit
 from cdpd.cluster.store import JetStreamDeliveryStore, JetStreamLaneReader
 from cdpd.delivery import policy
 from cdpd.delivery.stats import LaneStats
-from cdpd.delivery.store import Outcome, Owed, Recording, RoutingRule
+from cdpd.delivery.store import Outcome, Owed, Recording, ReplayJob, RoutingRule, replay_consumer
 from cdpd.destinations import actions
 from cdpd.destinations.actions import Action
 from cdpd.destinations.base import Destination as Sender
@@ -44,6 +46,7 @@ from cdpd.model.timestamps import format_ms, parse_ms
 log = structlog.get_logger()
 
 HOLD_TICK_S = 0.5
+REPLAY_CHECK_S = 2.0  # how often a lane looks for replay jobs
 EVERY_SEQ = 2**63 - 1
 
 
@@ -97,10 +100,11 @@ class JetStreamLane:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self._store.ensure_consumers(self._config)
-        if not self._ordered:
-            await self._consume(None, stop)
-            return
         async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._replays(stop), name=f"jsd-{self.name}-replays")
+            if not self._ordered:
+                await self._consume(None, stop)
+                return
             for partition in range(self._partitions):
                 tasks.create_task(
                     self._consume(partition, stop), name=f"jsd-{self.name}-p{partition}"
@@ -177,15 +181,52 @@ class JetStreamLane:
                 return
             await self._deliver(batch)
 
+    # -- replay jobs: each read from its own consumer, beside the live messages --------------
+
+    async def _replays(self, stop: asyncio.Event) -> None:
+        """Every node's lane works on the destination's replay jobs (sharing each job's
+        consumer), and ends a job once its consumer has passed the job's last message."""
+        reader = await self._store.reader(self._rule)
+        try:
+            while not stop.is_set():
+                for job in await reader.replay_jobs():
+                    await self._replay(reader, job, stop)
+                await self._clock.wait(stop, REPLAY_CHECK_S)
+        finally:
+            await reader.close()
+
+    async def _replay(
+        self, reader: JetStreamLaneReader, job: ReplayJob, stop: asyncio.Event
+    ) -> None:
+        while not stop.is_set():
+            size, _ = await self._may_take(stop)
+            if size == 0:
+                continue
+            try:
+                batch = await reader.replay_messages(job, 0, size)
+            except (NotFoundError, nats.errors.Error) as exc:  # ended by another node meanwhile
+                log.info("delivery_replay_gone", destination=self.name, job=job.id, error=repr(exc))
+                return
+            if batch:
+                await self._deliver(batch, origin="replay")
+                continue
+            position = (await reader.positions()).get(replay_consumer(job.id))
+            if position is not None and position.seq >= job.last_seq:
+                await self._store.record(
+                    Recording(self.name, finished_jobs=[job.id], at=self._now_at())
+                )
+                log.info("delivery_replay_finished", destination=self.name, job=job.id)
+            return
+
     # -- unordered: record each message's outcome on its verdict -----------------------------
 
-    async def _deliver(self, owed: list[Owed]) -> None:
+    async def _deliver(self, owed: list[Owed], origin: str | None = None) -> None:
         results, attempted = await self._attempt([o.view for o in owed])
         outcomes = []
         for item, result in zip(owed, results, strict=True):
             judged = self._judge(item, result)
             self._count(item, judged)
-            outcomes.append(self._outcome(item, judged, attempted))
+            outcomes.append(self._outcome(item, judged, attempted, origin))
         await self._store.record(Recording(self.name, outcomes, at=self._now_at()))
 
     def _count(self, item: Owed, judged: Verdict) -> None:
@@ -210,7 +251,9 @@ class JetStreamLane:
             error=judged.error,
         )
 
-    def _outcome(self, item: Owed, judged: Verdict, attempted: Attempted) -> Outcome:
+    def _outcome(
+        self, item: Owed, judged: Verdict, attempted: Attempted, origin: str | None = None
+    ) -> Outcome:
         now_ms = self._clock.now_ms()
         view = item.view
         retrying = judged.state == "retrying"
@@ -227,7 +270,7 @@ class JetStreamLane:
             first_attempt_at=view.first_attempt_at or attempted.started_at,
             next_attempt_at=format_ms(now_ms + round(judged.delay_s * 1000)),
             finished_at=None if retrying else format_ms(now_ms),
-            origin="ledger" if item.from_ledger else "stream",
+            origin=origin or ("ledger" if item.from_ledger else "stream"),
         )
 
     def _now_at(self) -> str:

@@ -92,8 +92,9 @@ class JetStreamDeliveryStore:
         self.fetch_wait_s = fetch_wait_s
         self._ledger: Ledger | None = None
         self._held: dict[tuple[str, int], Held] = {}
-        self._enabled: list[str] = []
-        self._disabled: list[str] = []
+        # What `start` is told; until then (a CLI command), what the config says.
+        self._enabled = [d.name for d in destinations if d.enabled]
+        self._disabled = [d.name for d in destinations if not d.enabled]
 
     async def ledger(self) -> Ledger:
         if self._ledger is None:
@@ -617,19 +618,30 @@ class JetStreamLaneReader:
             return []
         found = []
         for msg in batch:
-            seq = msg.metadata.sequence.stream
-            if seq > job.last_seq:
-                continue  # past the job: the lane's own consumer sends it
-            row = row_of(msg.headers, msg.data)
-            replayable = DESTINATION not in (msg.headers or {}) and await _replayable(
-                row, job, self._router, self._store, seq
-            )
-            if seq <= after_seq or not replayable:
-                await msg.ack()
+            owed = await self._replayed(job, msg, after_seq)
+            if owed is None:
+                await msg.ack()  # past the job (the lane's own consumer sends it), or not sent
                 continue
-            self._store.hold(job.destination, seq, Held(msg, replay_consumer(job.id), False))
-            found.append(self._owed(row, seq, None))
+            self._store.hold(
+                job.destination, owed.view.seq, Held(msg, replay_consumer(job.id), False)
+            )
+            found.append(owed)
         return found
+
+    async def _replayed(self, job: ReplayJob, msg: Msg, after_seq: int) -> Owed | None:
+        """What the job sends of `msg`: eligible the first time, and handed back after a
+        failed attempt of the job's (its ledger row then waits for this consumer)."""
+        seq = msg.metadata.sequence.stream
+        if seq > job.last_seq or seq <= after_seq or DESTINATION in (msg.headers or {}):
+            return None
+        row = row_of(msg.headers, msg.data)
+        if msg.metadata.num_delivered > 1:
+            kept = await (await self._store.ledger()).get(job.destination, seq)
+            if kept is not None and kept.state in UNFINISHED:
+                return self._owed(row, seq, kept)
+        if not await _replayable(row, job, self._router, self._store, seq):
+            return None
+        return self._owed(row, seq, None)
 
     async def positions(self) -> dict[str, Position]:
         return await self._store.positions()
