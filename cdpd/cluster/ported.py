@@ -24,10 +24,7 @@ def unported(config: Config) -> list[str]:
 
 def not_served(config: Config) -> list[str]:
     """What a node leaves out without harm (said at check-config and at start)."""
-    notes = [
-        "the regulation API, the privacy inbox and `cdpd deliveries show` are served by the"
-        " SQLite backend only"
-    ]
+    notes = ["the regulation API and the privacy inbox are served by the SQLite backend only"]
     if config.console.enabled:
         notes.append(
             "the console is not served by a JetStream node ([console] enabled = false says so)"

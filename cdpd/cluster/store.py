@@ -568,6 +568,8 @@ class JetStreamLaneReader:
         """Messages JetStream handed back (a retry's delay passed, or a node holding them
         died) in the last read, with their ledger rows; on an ordered rule only the oldest
         unfinished message of each user goes out, the others go back for a while."""
+        if not self._due:
+            return []
         waiting = await self.unfinished_keys() if self._rule.ordered else Counter[str]()
         ready = []
         for owed in self._due:

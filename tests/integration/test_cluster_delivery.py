@@ -26,9 +26,8 @@ from cdpd.cluster.layout import Layout, headers_of
 from cdpd.cluster.node import running_node
 from cdpd.cluster.shared import read_circuit
 from cdpd.config import Config
-from cdpd.model.rows import OutboxRow
 from cdpd.model.timestamps import format_ms, now_ms
-from tests.cluster_support import jetstream_config, jetstream_text
+from tests.cluster_support import jetstream_config, jetstream_text, outbox_row
 from tests.helpers import WRITE_KEY, basic_auth
 from tests.jetstream_cluster import JetStreamCluster
 from tests.sink import Answer, Sink, status
@@ -90,16 +89,7 @@ async def publisher(config: Config) -> AsyncIterator[Any]:
 
         async def publish(*messages: dict[str, Any]) -> None:
             for m in messages:
-                row = OutboxRow(
-                    message_id=m["messageId"],
-                    source="website",
-                    type=m.get("type", "track"),
-                    event=m.get("event"),
-                    user_id=m.get("userId"),
-                    anonymous_id=None,
-                    received_at=format_ms(now_ms()),
-                    payload=msgspec.json.encode(m).decode(),
-                )
+                row = outbox_row(m)
                 await js.publish(
                     layout.subject_for(row),
                     row.payload.encode(),

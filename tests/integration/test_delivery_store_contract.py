@@ -47,6 +47,7 @@ from cdpd.model.rows import OutboxRow
 from cdpd.model.timestamps import format_ms, now_ms
 from cdpd.outbox import schema
 from cdpd.outbox.writer import OutboxWriter
+from tests.cluster_support import outbox_row
 
 AT = "2030-01-01T00:00:00.000Z"
 LATER = "2030-01-01T01:00:00.000Z"
@@ -63,19 +64,7 @@ class Backend:
 
 
 def _rows(messages: tuple[dict[str, Any], ...]) -> list[OutboxRow]:
-    return [
-        OutboxRow(
-            message_id=m["messageId"],
-            source="website",
-            type=m.get("type", "track"),
-            event=m.get("event"),
-            user_id=m.get("userId"),
-            anonymous_id=None,
-            received_at=m.get("receivedAt", format_ms(now_ms())),
-            payload=msgspec.json.encode(m).decode(),
-        )
-        for m in messages
-    ]
+    return [outbox_row(m) for m in messages]
 
 
 @pytest.fixture(params=["sqlite", "jetstream"])
