@@ -65,6 +65,7 @@ class Held(msgspec.Struct, gc=False):
     msg: Msg
     consumer: str  # lane_consumer(...) or replay_consumer(...)
     holding: bool  # an ordered lane retries it in place: keep it, do not nak it
+    reader: int = 0  # id() of the reader that took it: what a closing reader hands back
 
 
 class JetStreamDeliveryStore:
@@ -225,9 +226,9 @@ class JetStreamDeliveryStore:
         if held is not None:
             await held.msg.ack()
 
-    def release(self, consumer: str) -> list[Held]:
+    def release(self, reader: int) -> list[Held]:
         """Forget the messages a closing reader held, for it to hand them back."""
-        keys = [key for key, held in self._held.items() if held.consumer == consumer]
+        keys = [key for key, held in self._held.items() if held.reader == reader]
         return [self._held.pop(key) for key in keys]
 
     # -- recording --------------------------------------------------------------------------
@@ -625,7 +626,9 @@ class JetStreamLaneReader:
                 await msg.ack()  # past the job (the lane's own consumer sends it), or not sent
                 continue
             self._store.hold(
-                job.destination, owed.view.seq, Held(msg, replay_consumer(job.id), False)
+                job.destination,
+                owed.view.seq,
+                Held(msg, replay_consumer(job.id), False, id(self)),
             )
             found.append(owed)
         return found
@@ -650,11 +653,8 @@ class JetStreamLaneReader:
 
     async def close(self) -> None:
         """Hand back at once what this reader took and nobody settled (in order)."""
-        for consumer in [lane_consumer(self._rule.destination)] + [
-            replay_consumer(job_id) for job_id in self._job_subs
-        ]:
-            for held in self._store.release(consumer):
-                await held.msg.nak()
+        for held in self._store.release(id(self)):
+            await held.msg.nak()
         for sub in [*self._subs.values(), *self._job_subs.values()]:
             await sub.unsubscribe()
         self._subs.clear()
@@ -662,8 +662,7 @@ class JetStreamLaneReader:
 
     def keep_alive(self) -> list[Msg]:
         """What this reader holds, for an ordered lane to mark in progress while it retries."""
-        consumer = lane_consumer(self._rule.destination)
-        return [held.msg for held in self._store._held.values() if held.consumer == consumer]
+        return [held.msg for held in self._store._held.values() if held.reader == id(self)]
 
     # -- fetching ---------------------------------------------------------------------------
 
@@ -706,7 +705,8 @@ class JetStreamLaneReader:
         if kept is not None and kept.state == DELIVERED and target is None:
             await msg.ack()  # delivered by a node that died before its ack
             return
-        self._store.hold(destination, seq, Held(msg, lane_consumer(destination), self._holding))
+        held = Held(msg, lane_consumer(destination), self._holding, id(self))
+        self._store.hold(destination, seq, held)
         owed = self._owed(row, seq, kept)
         (self._due if owed.from_ledger else self._new).append(owed)
 
