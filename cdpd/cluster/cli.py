@@ -29,7 +29,8 @@ def deliveries(cfg: config.Config, args: argparse.Namespace) -> int:
             print(f"cdpd: no destination is named {args.destination!r}", file=sys.stderr)
             return EXIT_USAGE
         waiting = asyncio.run(cluster.retry(cfg, destination))
-        print(f"circuit of {destination.name} closed; {_plural(waiting, 'message')} unsettled")
+        waiting_text = _plural(waiting, "waiting delivery", "waiting deliveries")
+        print(f"circuit of {destination.name} closed; {waiting_text} marked due now")
         return EXIT_OK
     dead = asyncio.run(cluster.dead(cfg, args.destination, args.n))
     for entry in dead:
