@@ -37,8 +37,9 @@ def dead_headers(original: dict[str, str] | None, death: Death) -> dict[str, str
     headers = {k: v for k, v in (original or {}).items() if not k.startswith("Nats-")}
     headers.update(
         {
-            # A node that dies between publishing and `term` publishes it again: one copy.
-            MSG_ID: f"dead:{death.destination}:{death.seq}",
+            # A node that dies between publishing and `term` publishes it again: one copy. A
+            # replayed message given up again has made more attempts: a letter of its own.
+            MSG_ID: f"dead:{death.destination}:{death.seq}:{death.attempts}",
             DESTINATION: death.destination,
             ATTEMPTS: str(death.attempts),
             LAST_ERROR: quote(death.last_error or "", safe=" "),

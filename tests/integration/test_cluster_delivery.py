@@ -471,3 +471,31 @@ async def test_replay_by_time_sends_a_window_again_to_one_destination_beside_liv
 
 async def _no_jobs(store: Any) -> bool:
     return not await (await store.ledger()).jobs()
+
+
+async def test_a_replayed_dead_letter_given_up_again_is_a_dead_letter_again(
+    js_cluster: JetStreamCluster,
+) -> None:
+    async with Sink() as sink:
+        sink.by_message["m1"] = _answers(status(400), status(400))
+        config = make_config(js_cluster, hook("hook", sink.url))
+        async with node(config, "a") as a, publisher(config) as publish:
+            await publish(track(1))
+            await until(lambda: dead.dead_letters(publish.js, publish.layout, "hook", 1))
+            assert await a.store.replay_dead("hook", format_ms(now_ms())) == 1
+            await sink.wait_for_requests(2)
+
+            async def dead_again() -> list[Any]:
+                return await a.store.dead("hook", 10)
+
+            await until(dead_again)
+            ((_, death, _, _),) = await dead.dead_letters(publish.js, publish.layout, "hook", 10)
+            assert (death.message_id, death.attempts, death.seq) == ("m1", 2, 1)
+            (status_,) = await a.store.show("m1", [routing_rule_of(config, "hook")])
+            assert (status_.state, [h.status for h in status_.history]) == ("dead", [400, 400])
+
+
+def routing_rule_of(config: Config, name: str) -> Any:
+    from cdpd.delivery.service import routing_rule
+
+    return routing_rule(next(d for d in config.destinations if d.name == name))
