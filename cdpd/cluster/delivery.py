@@ -1,6 +1,6 @@
 """Delivery on the JetStream backend: a lane per enabled destination, each reading the durable
 consumer(s) every node shares and recording its outcomes through the node's delivery store
-(cdpd/cluster/lane.py, cdpd/cluster/store.py), with the destination's circuit and rate limit
+(cdpd/cluster/lane.py, store.py, reader.py), with the destination's circuit and rate limit
 shared through key-value buckets (cdpd/cluster/shared.py). Run as supervised tasks and
 stopped as a drain: attempts in flight finish, then the lanes return."""
 

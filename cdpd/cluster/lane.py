@@ -29,9 +29,10 @@ import structlog
 from nats.js.errors import NotFoundError
 
 from cdpd.clock import Clock
+from cdpd.cluster.reader import JetStreamLaneReader
 from cdpd.cluster.settle import Verdict, verdict
 from cdpd.cluster.shared import GlobalRateLimit, SharedCircuit
-from cdpd.cluster.store import JetStreamDeliveryStore, JetStreamLaneReader
+from cdpd.cluster.store import JetStreamDeliveryStore
 from cdpd.delivery import policy
 from cdpd.delivery.stats import LaneStats
 from cdpd.delivery.store import Outcome, Owed, Recording, ReplayJob, RoutingRule, replay_consumer
