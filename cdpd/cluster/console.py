@@ -33,7 +33,9 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 from cdpd.cluster import dead, operations
 from cdpd.cluster.browse import browse
 from cdpd.cluster.console_state import KvState, cluster_answers, sessions_bucket
+from cdpd.cluster.delivery import delivery_store
 from cdpd.cluster.layout import DESTINATION, SOURCE, Layout, row_of
+from cdpd.cluster.store import JetStreamDeliveryStore
 from cdpd.cluster.warehouse import lease_key
 from cdpd.config import Config, Destination
 from cdpd.console import overview, seams
@@ -42,7 +44,7 @@ from cdpd.console.web import Console, Parts
 from cdpd.delivery.report import DeadDelivery
 from cdpd.governance.store import SchemaField, ViolationSummary
 from cdpd.model.rows import OutboxRow
-from cdpd.model.timestamps import now_ms
+from cdpd.model.timestamps import format_ms, now_ms
 
 if TYPE_CHECKING:
     from cdpd.cluster.node import NodeParts
@@ -119,6 +121,7 @@ class ClusterData:
     js: JetStreamContext
     layout: Layout
     node_name: str
+    store: JetStreamDeliveryStore
 
     @property
     def unavailable(self) -> Mapping[str, str]:
@@ -162,7 +165,7 @@ class ClusterData:
     async def destination_figures(
         self, destination: Destination, upstream: list[str], window: str
     ) -> DestinationFigures:
-        (found,) = await operations.reports(self.js, self.layout, [destination])
+        (found,) = await operations.reports(self.store, self.js, [destination])
         rejected, notes = await self._by_reason("rejects", upstream, window)
         blocked, more = await self._by_reason("blocked_messages", upstream, window)
         dead = await self._newest_dead(destination.name)
@@ -201,11 +204,11 @@ class ClusterData:
 
     @cluster_answers
     async def replay_dead(self, destination: Destination) -> int:
-        return await operations.replay_dead(self.js, self.layout, destination.name)
+        return await self.store.replay_dead(destination.name, format_ms(now_ms()))
 
     @cluster_answers
     async def retry(self, destination: Destination) -> int:
-        return await operations.retry(self.js, self.layout, destination, self.node_name)
+        return await operations.retry(self.store, self.js, destination, self.node_name)
 
     @cluster_answers
     async def warehouse_holder(self, warehouse: str) -> str | None:
@@ -320,7 +323,12 @@ async def console_stage(parts: NodeParts) -> AsyncIterator[ConsoleStage]:
         Parts(
             config_of=_fixed(config),
             state=KvState(people, sessions),
-            data=ClusterData(parts.js, parts.layout, parts.node_name),
+            data=ClusterData(
+                parts.js,
+                parts.layout,
+                parts.node_name,
+                delivery_store(parts.config, parts.js, parts.clock),
+            ),
             closing=parts.closing,
         )
     )
