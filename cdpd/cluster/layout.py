@@ -148,6 +148,11 @@ class Layout(msgspec.Struct, frozen=True):
     def rates_bucket(self) -> str:
         return f"{self.stream}_rates"
 
+    @property
+    def state_bucket(self) -> str:
+        """The object store holding snapshots of the profiles stages' files."""
+        return f"{self.stream}_state"
+
 
 def dedup_id(row: OutboxRow, *, by_source: bool) -> str:
     """`Nats-Msg-Id`: JetStream drops a second message with this id inside its window."""

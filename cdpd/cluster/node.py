@@ -63,6 +63,7 @@ class NodeParts:
     restarts: Restarts
     metrics: Metrics
     node_name: str
+    appender: JetStreamAppender
 
     def supervised(
         self, name: str, run: Callable[[asyncio.Event], Awaitable[None]], stop: asyncio.Event
@@ -154,7 +155,9 @@ async def running_node(
                 config.server.shutdown_timeout_s, delivery_drain_s=config.delivery.drain_timeout_s
             )
             async with asyncio.TaskGroup() as tasks, contextlib.AsyncExitStack() as held:
-                parts = NodeParts(config, client, js, layout, tasks, clock, restarts, metrics, name)
+                parts = NodeParts(
+                    config, client, js, layout, tasks, clock, restarts, metrics, name, appender
+                )
                 entered = {
                     stage_name: await held.enter_async_context(stage(parts))
                     for stage_name, stage in [*_built_in_stages(config), *stages]
@@ -195,9 +198,12 @@ async def running_node(
 def _built_in_stages(config: Config) -> list[tuple[str, Stage]]:
     """The stages this module knows (exited in reverse: delivery drains first)."""
     from cdpd.cluster.delivery_stage import delivery_stage
+    from cdpd.cluster.profiles import profiles_stage
     from cdpd.cluster.warehouse import warehouses_stage
 
     stages: list[tuple[str, Stage]] = []
+    if config.identity is not None:
+        stages.append(("profiles", profiles_stage))
     if config.warehouses:
         stages.append(("warehouses", warehouses_stage))
     if any(d.enabled for d in config.destinations):

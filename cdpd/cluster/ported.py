@@ -11,10 +11,6 @@ SEE = "; see docs/scaling.md, 'What is still single-node'"
 def unported(config: Config) -> list[str]:
     """One line per configured stage that does not run on the JetStream backend yet."""
     problems = []
-    if config.identity is not None:
-        problems.append("[identity] (identity resolution, profiles) is single-node" + SEE)
-    if config.audiences or config.computed_traits:
-        problems.append("audiences and computed traits (Engage) are single-node" + SEE)
     if config.privacy.destinations:
         problems.append("[privacy.destinations] controls apply on the SQLite backend only" + SEE)
     if config.privacy.warehouses:

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING
 import msgspec
 import structlog
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from cdpd.clock import Clock
-from cdpd.cluster.layout import DESTINATION, Layout, row_of
+from cdpd.cluster.layout import Layout
 from cdpd.cluster.lease import RENEW_EVERY_S, Lease, holding
+from cdpd.cluster.ordered import read_after
 from cdpd.config import Config, Warehouse
 from cdpd.model.rows import OutboxRow
 from cdpd.warehouse.loader import SYNC_ERRORS
@@ -42,49 +42,11 @@ if TYPE_CHECKING:
 log = structlog.get_logger("cdpd.warehouse")
 
 BATCH_MESSAGES = 10_000
-FETCH_TIMEOUT_S = 5.0
 _decoder = msgspec.json.Decoder()
 
 
 def lease_key(warehouse: str) -> str:
     return f"warehouse.{warehouse}"
-
-
-async def read_after(
-    js: JetStreamContext, layout: Layout, after_seq: int, count: int
-) -> list[tuple[int, OutboxRow]]:
-    """Up to `count` messages after stream sequence `after_seq`, in order, with their
-    sequences (an ephemeral consumer that acknowledges nothing)."""
-    if count <= 0:
-        return []
-    config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-        opt_start_seq=after_seq + 1,
-        ack_policy=AckPolicy.NONE,
-        inactive_threshold=60.0,
-        mem_storage=True,
-        num_replicas=1,
-    )
-    subscription = await js.pull_subscribe(
-        layout.messages_subjects, stream=layout.stream, config=config
-    )
-    found: list[tuple[int, OutboxRow]] = []
-    try:
-        while len(found) < count:
-            try:
-                messages = await subscription.fetch(count - len(found), timeout=FETCH_TIMEOUT_S)
-            except TimeoutError:
-                break
-            # A message with Cdpd-Destination is a dead letter replayed for that destination
-            # alone (cdpd/cluster/dead.py), already loaded when it was first accepted.
-            found += [
-                (m.metadata.sequence.stream, row_of(m.headers, m.data))
-                for m in messages
-                if DESTINATION not in (m.headers or {})
-            ]
-    finally:
-        await subscription.unsubscribe()
-    return found
 
 
 async def load_batch(

@@ -22,3 +22,14 @@ def test_privacy_controls_the_backend_cannot_apply_are_refused() -> None:
     assert any(p.startswith("[privacy.destinations] controls") for p in problems)
     assert any(p.startswith("[privacy.warehouses] controls") for p in problems)
     assert ported.unported(Config()) == []
+
+
+def test_identity_and_engage_run_on_the_jetstream_backend() -> None:
+    config = msgspec.convert(
+        {
+            "identity": {"space": "main", "access_tokens": ["tok"]},
+            "audiences": [{"key": "buyers", "query": "event('Order').count() >= 1"}],
+        },
+        Config,
+    )
+    assert ported.unported(config) == []
