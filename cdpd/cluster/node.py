@@ -84,6 +84,13 @@ class ServesRoutes(Protocol):
 
 
 @runtime_checkable
+class ServesPublicRoutes(Protocol):
+    """A stage whose entered value has endpoints beside the Tracking API (the Profile API)."""
+
+    def public_routes(self) -> list[web.RouteDef]: ...
+
+
+@runtime_checkable
 class HasMetrics(Protocol):
     """A stage whose metrics are read from the cluster before each scrape of /metrics."""
 
@@ -168,6 +175,12 @@ async def running_node(
                     for value in entered.values()
                     if isinstance(value, ServesRoutes)
                     for route in value.routes()
+                ]
+                endpoints.public_routes = [
+                    route
+                    for value in entered.values()
+                    if isinstance(value, ServesPublicRoutes)
+                    for route in value.public_routes()
                 ]
                 endpoints.before_render = [
                     value.refresh_metrics
@@ -267,7 +280,12 @@ def _applications(
         answers=endpoints.metrics.answers,
     )
     health = web.get("/health", functools.partial(endpoints.health, drain))
-    public = [*ingest.routes(), *bundle.routes(ingest.known_write_key), health]
+    public = [
+        *ingest.routes(),
+        *bundle.routes(ingest.known_write_key),
+        health,
+        *endpoints.public_routes,
+    ]
     operator = endpoints.routes()
     if config.admin.listen is None:
         public += operator

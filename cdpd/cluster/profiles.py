@@ -24,16 +24,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
+from aiohttp import web
 from nats.js.object_store import ObjectStore
 
 from cdpd.cluster import snapshots
 from cdpd.cluster.lease import RENEW_EVERY_S, Lease, holding
 from cdpd.cluster.ordered import MessageCache, StreamConsumer, fresh_cache, position_in
+from cdpd.cluster.profile_reads import READ_POLL_S, NodeProfiles
 from cdpd.cluster.snapshots import SnapshotName
 from cdpd.config import Config, engage_path, identity_path
 from cdpd.engage import stage as engage_stage
 from cdpd.engage.stage import EngageStage
 from cdpd.identity import stage as identity_stage
+from cdpd.identity.api import ProfileApi
 from cdpd.identity.stage import IdentityStage
 
 if TYPE_CHECKING:
@@ -60,7 +63,10 @@ class ProfilesLeader:
     while it is held. A service for `cdpd.supervise` (`run(stop)`)."""
 
     def __init__(self, parts: NodeParts, lease: Lease, store: ObjectStore) -> None:
+        assert parts.config.identity is not None
         self._parts = parts
+        self.profiles = NodeProfiles(parts.config, store)
+        self._api = ProfileApi(parts.config.identity, self.profiles)
         self._config = parts.config
         self.lease = lease
         self._store = store
@@ -71,13 +77,28 @@ class ProfilesLeader:
         self.snapshots_stored = 0
         self._stored_files: tuple[tuple[int, int], ...] = ()  # as they were at the last one
 
+    def public_routes(self) -> list[web.RouteDef]:
+        """The Profile API, answered on every node (see cdpd/cluster/profile_reads.py)."""
+        return self._api.routes()
+
     async def run(self, stop: asyncio.Event) -> None:
+        polled_at = -READ_POLL_S
         while not stop.is_set():
-            if not await self.lease.acquire():
-                await self._parts.clock.wait(stop, RENEW_EVERY_S)
+            if await self.lease.acquire():
+                async with holding(self.lease, self._parts.clock):
+                    await self._lead(stop)
+                polled_at = -READ_POLL_S
                 continue
-            async with holding(self.lease, self._parts.clock):
-                await self._lead(stop)
+            if time.monotonic() - polled_at >= READ_POLL_S:
+                polled_at = time.monotonic()
+                await self._refresh_view()
+            await self._parts.clock.wait(stop, RENEW_EVERY_S)
+
+    async def _refresh_view(self) -> None:
+        try:
+            await self.profiles.refresh()
+        except Exception as exc:  # nats-py raises several unrelated types for one lost link
+            log.warning("profiles_view_failed", error=repr(exc))
 
     async def _lead(self, stop: asyncio.Event) -> None:
         term = self.lease.revision
@@ -85,6 +106,7 @@ class ProfilesLeader:
         await self._restore()
         async with self._stages() as (identity, engage):
             self.identity, self.engage = identity, engage
+            self.profiles.live = identity
             stages_stop = asyncio.Event()
             try:
                 async with asyncio.TaskGroup() as group:
@@ -106,7 +128,7 @@ class ProfilesLeader:
                 if self.lease.held:  # a clean release: the next holder starts from here
                     await self._snapshot(term)
             finally:
-                self.identity = self.engage = None
+                self.identity = self.engage = self.profiles.live = None
 
     async def _snapshot_while_held(self, stop: asyncio.Event, term: int) -> None:
         interval_s = self._config.storage.jetstream.snapshot_interval_s
@@ -223,3 +245,4 @@ async def profiles_stage(parts: NodeParts) -> AsyncIterator[ProfilesLeader]:
     finally:
         stop.set()
         await asyncio.gather(running, return_exceptions=True)
+        await leader.profiles.close()

@@ -5,6 +5,7 @@ stream; a snapshot in the cluster's object store carries its state to the next h
 from __future__ import annotations
 
 import asyncio
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +126,61 @@ async def test_the_holder_resolves_sends_through_the_stream_and_the_next_holder_
     ]
     assert len(engage_ids) == 4  # an Identify and a Track per entry, in the stream once each
     assert len(set(engage_ids)) == 4
+
+
+PROFILE_AUTH = {"Authorization": "Basic " + base64.b64encode(b"tok:").decode()}
+
+
+async def _profile_api(
+    http: aiohttp.ClientSession, node: Node, resource: str, query: str = ""
+) -> tuple[int, Any]:
+    url = f"{node.url}/v1/spaces/main/collections/users/profiles/user_id:u1/{resource}{query}"
+    async with http.get(url, headers=PROFILE_AUTH) as response:
+        return response.status, await response.json()
+
+
+async def test_the_profile_api_answers_on_every_node(
+    tmp_path: Path, js_cluster: JetStreamCluster, http: aiohttp.ClientSession
+) -> None:
+    def config(name: str) -> Config:
+        text = jetstream_text(
+            tmp_path / name,
+            js_cluster.urls,
+            profiles_toml(sink.url),
+            jetstream="snapshot_interval_s = 0.5\n",
+        )
+        return jetstream_config(tmp_path / f"{name}.toml", text)
+
+    async with Sink() as sink, running_node(config("a"), node_name="a") as a:
+        await _until(lambda: _leader(a).identity is not None)
+        async with running_node(config("b"), node_name="b") as b:
+            status, _ = await _profile_api(http, b, "traits")
+            assert status == 404  # nothing resolved anywhere yet
+            identify = {"type": "identify", "userId": "u1", "traits": {"plan": "pro"}}
+            await _send(http, b, [identify, *_orders("u1", "b", 2)])
+            await _until(lambda: len(_entered(sink)) == 1)
+            assert await _traits(http, a) == (200, {"plan": "pro"})
+            for _ in range(200):  # the next snapshot, then b's next poll
+                status, body = await _profile_api(http, b, "traits", "?class=audience")
+                if status == 200 and body["traits"]:
+                    break
+                await asyncio.sleep(0.1)
+            assert (status, body["traits"]) == (200, {"buyers": True})
+            status, traits = await _traits(http, b)
+            assert status == 200
+            assert traits["plan"] == "pro"  # (and Engage's Identify gave it `buyers`)
+            status, body = await _profile_api(http, b, "external_ids")
+            assert status == 200
+            assert {e["type"] for e in body["data"]} == {"user_id"}
+            url = (
+                f"{b.url}/v1/spaces/main/collections/users/profiles/user_id:u1/external_ids/delete"
+            )
+            deletion = {"delete_external_ids": [{"id": "u1", "type": "user_id"}]}
+            async with http.post(url, json=deletion, headers=PROFILE_AUTH) as response:
+                assert response.status == 400
+                assert "holding the profiles lease" in (await response.json())["error"]["message"]
+
+
+async def _traits(http: aiohttp.ClientSession, node: Node) -> tuple[int, Any]:
+    status, body = await _profile_api(http, node, "traits")
+    return status, body.get("traits")
