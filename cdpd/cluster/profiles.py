@@ -27,7 +27,7 @@ import structlog
 from aiohttp import web
 from nats.js.object_store import ObjectStore
 
-from cdpd.cluster import snapshots
+from cdpd.cluster import profiles_sync, snapshots
 from cdpd.cluster.lease import RENEW_EVERY_S, Lease, holding
 from cdpd.cluster.ordered import MessageCache, StreamConsumer, fresh_cache, position_in
 from cdpd.cluster.profile_reads import READ_POLL_S, NodeProfiles
@@ -104,6 +104,8 @@ class ProfilesLeader:
         term = self.lease.revision
         self._stored_files = ()
         await self._restore()
+        identity_file = self._files["identity.sqlite3"]
+        await asyncio.to_thread(profiles_sync.number_changes_from, identity_file, term)
         async with self._stages() as (identity, engage):
             self.identity, self.engage = identity, engage
             self.profiles.live = identity
@@ -119,6 +121,11 @@ class ProfilesLeader:
                             self._parts.supervised("engage", engage.run, stages_stop),
                             name="engage",
                         )
+                    if self._config.warehouses:
+                        group.create_task(
+                            self._parts.supervised("profiles-sync", self._sync, stages_stop),
+                            name="profiles-sync",
+                        )
                     try:
                         await self._snapshot_while_held(stop, term)
                     finally:
@@ -129,6 +136,9 @@ class ProfilesLeader:
                     await self._snapshot(term)
             finally:
                 self.identity = self.engage = self.profiles.live = None
+
+    async def _sync(self, stop: asyncio.Event) -> None:
+        await profiles_sync.sync_while_running(self._config, self._parts.clock, stop)
 
     async def _snapshot_while_held(self, stop: asyncio.Event, term: int) -> None:
         interval_s = self._config.storage.jetstream.snapshot_interval_s

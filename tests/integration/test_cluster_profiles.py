@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,9 @@ from cdpd.cluster.layout import Layout
 from cdpd.cluster.node import Node, running_node
 from cdpd.cluster.profiles import ProfilesLeader
 from cdpd.config import Config
+from cdpd.identity.profiles_sync import SCHEMA
 from tests.cluster_support import jetstream_config, jetstream_text, stored_rows
-from tests.helpers import WRITE_KEY, basic_auth
+from tests.helpers import WRITE_KEY, WarehouseProbe, basic_auth
 from tests.jetstream_cluster import JetStreamCluster
 from tests.sink import Sink
 
@@ -184,3 +186,56 @@ async def test_the_profile_api_answers_on_every_node(
 async def _traits(http: aiohttp.ClientSession, node: Node) -> tuple[int, Any]:
     status, body = await _profile_api(http, node, "traits")
     return status, body.get("traits")
+
+
+async def _synced_users(warehouse: WarehouseProbe, wanted: set[str]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for _ in range(300):
+        with contextlib.suppress(Exception):  # the tables appear with the first sync
+            rows = await warehouse.rows(
+                SCHEMA, "user_identifiers", "canonical_segment_id, type, external_id_value"
+            )
+        if wanted <= {r["external_id_value"] for r in rows if r["type"] == "user_id"}:
+            return rows
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"Profiles Sync did not bring {wanted}: {rows}")
+
+
+async def test_profiles_sync_runs_on_the_holder_and_goes_on_after_a_takeover(
+    tmp_path: Path,
+    js_cluster: JetStreamCluster,
+    postgres_test_dsn: str,
+    http: aiohttp.ClientSession,
+) -> None:
+    warehouse = WarehouseProbe(
+        kind="postgres",
+        toml=f'[[warehouses]]\nname = "wh"\ntype = "postgres"\ndsn = "{postgres_test_dsn}"\n'
+        "interval_s = 0.2\n",
+        dsn=postgres_test_dsn,
+    )
+    await warehouse.empty()
+
+    def config(name: str) -> Config:
+        text = jetstream_text(
+            tmp_path / name,
+            js_cluster.urls,
+            profiles_toml(sink.url) + warehouse.toml,
+            jetstream="snapshot_interval_s = 0.5\n",
+        )
+        return jetstream_config(tmp_path / f"{name}.toml", text)
+
+    merge = [
+        {"type": "page", "anonymousId": "phone-1", "messageId": "p1"},
+        {"type": "identify", "anonymousId": "phone-1", "userId": "u1", "messageId": "i1"},
+    ]
+    async with Sink() as sink:
+        async with running_node(config("a"), node_name="a") as a:
+            await _send(http, a, merge)
+            await _synced_users(warehouse, {"u1"})
+        async with running_node(config("b"), node_name="b") as b:
+            await _send(http, b, [{"type": "identify", "userId": "u2", "messageId": "i2"}])
+            rows = await _synced_users(warehouse, {"u1", "u2"})
+    identifiers = sorted((r["type"], r["external_id_value"]) for r in rows)
+    assert identifiers == [("anonymous_id", "phone-1"), ("user_id", "u1"), ("user_id", "u2")]
+    graph = await warehouse.rows(SCHEMA, "id_graph_updates", "segment_id, canonical_segment_id")
+    assert len(graph) == 2  # two profiles created, each once across both holders
