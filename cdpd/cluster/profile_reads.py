@@ -14,15 +14,21 @@ import asyncio
 import contextlib
 import shutil
 import sqlite3
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 import structlog
+from nats.js.errors import BucketNotFoundError
 from nats.js.object_store import ObjectStore
 
-from cdpd.cluster import snapshots
+from cdpd.cluster import connect, snapshots
+from cdpd.cluster.connect import ClusterUnreachable
+from cdpd.cluster.layout import Layout
 from cdpd.cluster.ordered import MESSAGES_TABLE
 from cdpd.cluster.snapshots import SnapshotName
 from cdpd.config import Config
@@ -59,8 +65,14 @@ class SnapshotView:
 
 
 def _unpacked(tar_path: Path, folder: Path) -> Graph:
-    """Unpack the snapshot into `folder` (with an empty `messages` file for the reader to
-    attach) and load its graph."""
+    """Unpack the snapshot into `folder` and load its graph."""
+    _unpack(tar_path, folder)
+    with contextlib.closing(sqlite3.connect(folder / "identity.sqlite3")) as conn:
+        return identity_store.load_graph(conn)
+
+
+def _unpack(tar_path: Path, folder: Path) -> None:
+    """The snapshot's files in `folder`, with an empty `messages` file for a reader to attach."""
     snapshots.unpack(
         tar_path,
         {
@@ -70,8 +82,6 @@ def _unpacked(tar_path: Path, folder: Path) -> Graph:
     )
     with contextlib.closing(sqlite3.connect(folder / "messages.sqlite3")) as conn:
         conn.execute(MESSAGES_TABLE)
-    with contextlib.closing(sqlite3.connect(folder / "identity.sqlite3")) as conn:
-        return identity_store.load_graph(conn)
 
 
 async def open_view(store: ObjectStore, name: SnapshotName, root: Path) -> SnapshotView:
@@ -152,3 +162,31 @@ class NodeProfiles:
             if view is not None:
                 await view.close()
         self._previous = self.view = None
+
+
+class NoSnapshot(LookupError):
+    """The cluster holds no snapshot of the profiles yet (or cannot be reached)."""
+
+
+@asynccontextmanager
+async def downloaded(config: Config) -> AsyncIterator[tuple[Path, Path]]:
+    """The newest snapshot's identity store and an empty messages file, in a temporary folder
+    (what `cdpd profiles show|explain` reads on a JetStream node)."""
+    jetstream = config.storage.jetstream
+    try:
+        async with connect.connected(jetstream, name="cdpd profiles") as client:
+            js = client.jetstream(timeout=jetstream.connect_timeout_s)
+            try:
+                store = await js.object_store(Layout.of(jetstream).state_bucket)
+            except BucketNotFoundError:
+                raise NoSnapshot("the cluster holds no profiles snapshot yet") from None
+            name = await snapshots.newest(store)
+            if name is None:
+                raise NoSnapshot("the cluster holds no profiles snapshot yet")
+            with tempfile.TemporaryDirectory() as folder:
+                tar_path = Path(folder) / "snapshot.tar"
+                await snapshots.download(store, name, tar_path)
+                await asyncio.to_thread(_unpack, tar_path, Path(folder))
+                yield Path(folder) / "identity.sqlite3", Path(folder) / "messages.sqlite3"
+    except ClusterUnreachable as exc:
+        raise NoSnapshot(str(exc)) from None

@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import nats
+import pytest
 
+from cdpd import cli
 from cdpd.cluster import snapshots
 from cdpd.cluster.layout import Layout
 from cdpd.cluster.node import Node, running_node
@@ -141,8 +144,11 @@ async def _profile_api(
         return response.status, await response.json()
 
 
-async def test_the_profile_api_answers_on_every_node(
-    tmp_path: Path, js_cluster: JetStreamCluster, http: aiohttp.ClientSession
+async def test_the_profile_api_and_the_cli_answer_on_every_node(
+    tmp_path: Path,
+    js_cluster: JetStreamCluster,
+    http: aiohttp.ClientSession,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     def config(name: str) -> Config:
         text = jetstream_text(
@@ -181,6 +187,12 @@ async def test_the_profile_api_answers_on_every_node(
             async with http.post(url, json=deletion, headers=PROFILE_AUTH) as response:
                 assert response.status == 400
                 assert "holding the profiles lease" in (await response.json())["error"]["message"]
+    # `cdpd profiles show` reads the newest snapshot from the cluster
+    argv = ["profiles", "show", "user_id:u1", "--json", "--config", str(tmp_path / "b.toml")]
+    capsys.readouterr()
+    assert await asyncio.to_thread(cli.main, argv) == 0
+    shown = msgspec.json.decode(capsys.readouterr().out)
+    assert {(i["type"], i["id"]) for i in shown["identifiers"]} == {("user_id", "u1")}
 
 
 async def _traits(http: aiohttp.ClientSession, node: Node) -> tuple[int, Any]:
