@@ -24,6 +24,14 @@ def not_served(config: Config) -> list[str]:
         "the regulation API, the privacy inbox and `cdpd deliveries show` are served by the"
         " SQLite backend only"
     ]
+    if config.identity is not None:
+        notes.append(
+            "identity and Engage run on the node holding the profiles lease; the other nodes"
+            " answer the Profile API from the newest snapshot (at most snapshot_interval_s + 5 s"
+            " old) and leave identifier deletions to the holder; the events history holds only"
+            " the messages the holder read since it took the lease; `cdpd profiles unmerge` is"
+            " served by the SQLite backend only"
+        )
     if config.console.enabled:
         notes.append(
             "the console is not served by a JetStream node ([console] enabled = false says so)"
