@@ -14,11 +14,11 @@ again with the same `messageId`s, which the outbox's deduplication drops.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import aiosqlite
 import msgspec
@@ -35,9 +35,10 @@ from cdpd.engage.store import EngageStore
 from cdpd.identity import reads
 from cdpd.identity import store as identity_store
 from cdpd.identity.stage import IdentityStage
-from cdpd.model.rows import OutboxRow, RejectRow
+from cdpd.ingest.appender import Appender
+from cdpd.model.rows import OutboxRow
 from cdpd.model.timestamps import format_ms
-from cdpd.outbox.writer import AppendResult, ExtraRows, OutboxUnavailable
+from cdpd.outbox.writer import OutboxUnavailable
 
 log = structlog.get_logger("cdpd.engage")
 
@@ -81,19 +82,6 @@ def connections(config: Config) -> dict[str, list[messages.Connection]]:
             for d in trait.destinations
         ]
     return result
-
-
-class Appender(Protocol):
-    """Where Engage's messages are stored: the SQLite outbox's writer, or a JetStream node's
-    appender (published to the messages stream, deduplicated by `messageId`)."""
-
-    async def append(
-        self,
-        rows: Sequence[OutboxRow],
-        rejects: Sequence[RejectRow],
-        received_at_ms: int,
-        extra: ExtraRows = (),
-    ) -> AppendResult: ...
 
 
 @dataclass

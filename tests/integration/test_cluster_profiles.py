@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,19 @@ send_track = true
 """
 
 
+def _configs(
+    tmp_path: Path, js_cluster: JetStreamCluster, extra: str, snapshot_interval_s: float = 0.5
+) -> Callable[[str], Config]:
+    """The config of the node named `name` (its own data folder), all on one cluster."""
+
+    def config(name: str) -> Config:
+        jetstream = f"snapshot_interval_s = {snapshot_interval_s}\n"
+        text = jetstream_text(tmp_path / name, js_cluster.urls, extra, jetstream=jetstream)
+        return jetstream_config(tmp_path / f"{name}.toml", text)
+
+    return config
+
+
 def _leader(node: Node) -> ProfilesLeader:
     leader = node.stages["profiles"]
     assert isinstance(leader, ProfilesLeader)
@@ -95,16 +109,8 @@ async def _snapshot_names(urls: list[str]) -> list[snapshots.SnapshotName]:
 async def test_the_holder_resolves_sends_through_the_stream_and_the_next_holder_restores(
     tmp_path: Path, js_cluster: JetStreamCluster, http: aiohttp.ClientSession
 ) -> None:
-    def config(name: str) -> Config:
-        text = jetstream_text(
-            tmp_path / name,
-            js_cluster.urls,
-            profiles_toml(sink.url),
-            jetstream="snapshot_interval_s = 1.0\n",
-        )
-        return jetstream_config(tmp_path / f"{name}.toml", text)
-
     async with Sink() as sink:
+        config = _configs(tmp_path, js_cluster, profiles_toml(sink.url), snapshot_interval_s=1.0)
         async with running_node(config("a"), node_name="a") as a:
             await _send(http, a, [{"type": "identify", "userId": "u1", "anonymousId": "x1"}])
             await _send(http, a, _orders("u1", "a", 2))
@@ -150,49 +156,45 @@ async def test_the_profile_api_and_the_cli_answer_on_every_node(
     http: aiohttp.ClientSession,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    def config(name: str) -> Config:
-        text = jetstream_text(
-            tmp_path / name,
-            js_cluster.urls,
-            profiles_toml(sink.url),
-            jetstream="snapshot_interval_s = 0.5\n",
-        )
-        return jetstream_config(tmp_path / f"{name}.toml", text)
-
-    async with Sink() as sink, running_node(config("a"), node_name="a") as a:
-        await _until(lambda: _leader(a).identity is not None)
-        async with running_node(config("b"), node_name="b") as b:
-            status, _ = await _profile_api(http, b, "traits")
-            assert status == 404  # nothing resolved anywhere yet
-            identify = {"type": "identify", "userId": "u1", "traits": {"plan": "pro"}}
-            await _send(http, b, [identify, *_orders("u1", "b", 2)])
-            await _until(lambda: len(_entered(sink)) == 1)
-            assert await _traits(http, a) == (200, {"plan": "pro"})
-            for _ in range(200):  # the next snapshot, then b's next poll
-                status, body = await _profile_api(http, b, "traits", "?class=audience")
-                if status == 200 and body["traits"]:
-                    break
-                await asyncio.sleep(0.1)
-            assert (status, body["traits"]) == (200, {"buyers": True})
-            status, traits = await _traits(http, b)
-            assert status == 200
-            assert traits["plan"] == "pro"  # (and Engage's Identify gave it `buyers`)
-            status, body = await _profile_api(http, b, "external_ids")
-            assert status == 200
-            assert {e["type"] for e in body["data"]} == {"user_id"}
-            url = (
-                f"{b.url}/v1/spaces/main/collections/users/profiles/user_id:u1/external_ids/delete"
-            )
-            deletion = {"delete_external_ids": [{"id": "u1", "type": "user_id"}]}
-            async with http.post(url, json=deletion, headers=PROFILE_AUTH) as response:
-                assert response.status == 400
-                assert "holding the profiles lease" in (await response.json())["error"]["message"]
+    async with Sink() as sink:
+        config = _configs(tmp_path, js_cluster, profiles_toml(sink.url))
+        async with running_node(config("a"), node_name="a") as a:
+            await _until(lambda: _leader(a).identity is not None)
+            async with running_node(config("b"), node_name="b") as b:
+                status, _ = await _profile_api(http, b, "traits")
+                assert status == 404  # nothing resolved anywhere yet
+                identify = {"type": "identify", "userId": "u1", "traits": {"plan": "pro"}}
+                await _send(http, b, [identify, *_orders("u1", "b", 2)])
+                await _until(lambda: len(_entered(sink)) == 1)
+                assert await _traits(http, a) == (200, {"plan": "pro"})
+                for _ in range(200):  # the next snapshot, then b's next poll
+                    status, body = await _profile_api(http, b, "traits", "?class=audience")
+                    if status == 200 and body["traits"]:
+                        break
+                    await asyncio.sleep(0.1)
+                assert (status, body["traits"]) == (200, {"buyers": True})
+                status, traits = await _traits(http, b)
+                assert status == 200
+                assert traits["plan"] == "pro"  # (and Engage's Identify gave it `buyers`)
+                status, body = await _profile_api(http, b, "external_ids")
+                assert status == 200
+                assert {e["type"] for e in body["data"]} == {"user_id"}
+                status, message = await _delete_user_id(http, b)
+                assert status == 400
+                assert "holding the profiles lease" in message
     # `cdpd profiles show` reads the newest snapshot from the cluster
     argv = ["profiles", "show", "user_id:u1", "--json", "--config", str(tmp_path / "b.toml")]
     capsys.readouterr()
     assert await asyncio.to_thread(cli.main, argv) == 0
     shown = msgspec.json.decode(capsys.readouterr().out)
     assert {(i["type"], i["id"]) for i in shown["identifiers"]} == {("user_id", "u1")}
+
+
+async def _delete_user_id(http: aiohttp.ClientSession, node: Node) -> tuple[int, str]:
+    url = f"{node.url}/v1/spaces/main/collections/users/profiles/user_id:u1/external_ids/delete"
+    deletion = {"delete_external_ids": [{"id": "u1", "type": "user_id"}]}
+    async with http.post(url, json=deletion, headers=PROFILE_AUTH) as response:
+        return response.status, (await response.json())["error"]["message"]
 
 
 async def _traits(http: aiohttp.ClientSession, node: Node) -> tuple[int, Any]:
@@ -227,20 +229,12 @@ async def test_profiles_sync_runs_on_the_holder_and_goes_on_after_a_takeover(
     )
     await warehouse.empty()
 
-    def config(name: str) -> Config:
-        text = jetstream_text(
-            tmp_path / name,
-            js_cluster.urls,
-            profiles_toml(sink.url) + warehouse.toml,
-            jetstream="snapshot_interval_s = 0.5\n",
-        )
-        return jetstream_config(tmp_path / f"{name}.toml", text)
-
     merge = [
         {"type": "page", "anonymousId": "phone-1", "messageId": "p1"},
         {"type": "identify", "anonymousId": "phone-1", "userId": "u1", "messageId": "i1"},
     ]
     async with Sink() as sink:
+        config = _configs(tmp_path, js_cluster, profiles_toml(sink.url) + warehouse.toml)
         async with running_node(config("a"), node_name="a") as a:
             await _send(http, a, merge)
             await _synced_users(warehouse, {"u1"})
