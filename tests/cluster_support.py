@@ -17,7 +17,7 @@ from segment.analytics import Client
 from cdpd import config as cdpd_config
 from cdpd.cluster.layout import Layout, row_of
 from cdpd.model.rows import OutboxRow
-from tests.helpers import WRITE_KEY, config_text
+from tests.helpers import WRITE_KEY, WarehouseProbe, config_text
 
 
 def jetstream_text(
@@ -29,6 +29,39 @@ def jetstream_text(
     )
     urls = ", ".join(f'"{url}"' for url in servers)
     return text + f"[storage.jetstream]\nservers = [{urls}]\n{jetstream}"
+
+
+def profiles_toml(sink_url: str, audiences: dict[str, str]) -> str:
+    """[identity], Engage and a webhook destination `crm` that each audience (key: query)
+    sends its Track calls to."""
+    text = f"""
+[identity]
+space = "main"
+access_tokens = ["tok"]
+
+[engage]
+space_id = "main"
+
+[[destinations]]
+name = "crm"
+type = "webhook"
+url = "{sink_url}"
+"""
+    for key, query in audiences.items():
+        text += f'\n[[audiences]]\nkey = "{key}"\nquery = "{query}"\n'
+        text += '[[audiences.destinations]]\nname = "crm"\nsend_track = true\n'
+    return text
+
+
+async def empty_postgres_warehouse(dsn: str) -> WarehouseProbe:
+    """The PostgreSQL warehouse `wh`, loaded every 0.2 s, emptied."""
+    warehouse = WarehouseProbe(
+        kind="postgres",
+        toml=f'[[warehouses]]\nname = "wh"\ntype = "postgres"\ndsn = "{dsn}"\ninterval_s = 0.2\n',
+        dsn=dsn,
+    )
+    await warehouse.empty()
+    return warehouse
 
 
 def jetstream_config(path: Path, text: str) -> cdpd_config.Config:

@@ -23,7 +23,13 @@ from cdpd.cluster.node import Node, running_node
 from cdpd.cluster.profiles import ProfilesLeader
 from cdpd.config import Config
 from cdpd.identity.profiles_sync import SCHEMA
-from tests.cluster_support import jetstream_config, jetstream_text, stored_rows
+from tests.cluster_support import (
+    empty_postgres_warehouse,
+    jetstream_config,
+    jetstream_text,
+    profiles_toml,
+    stored_rows,
+)
 from tests.helpers import WRITE_KEY, WarehouseProbe, basic_auth
 from tests.jetstream_cluster import JetStreamCluster
 from tests.sink import Sink
@@ -31,27 +37,7 @@ from tests.sink import Sink
 AUTH = {"Authorization": basic_auth(WRITE_KEY)}
 
 
-def profiles_toml(sink_url: str) -> str:
-    return f"""
-[identity]
-space = "main"
-access_tokens = ["tok"]
-
-[engage]
-space_id = "main"
-
-[[destinations]]
-name = "crm"
-type = "webhook"
-url = "{sink_url}"
-
-[[audiences]]
-key = "buyers"
-query = "event('Order').count() >= 2"
-[[audiences.destinations]]
-name = "crm"
-send_track = true
-"""
+BUYERS = {"buyers": "event('Order').count() >= 2"}
 
 
 def _configs(
@@ -110,7 +96,9 @@ async def test_the_holder_resolves_sends_through_the_stream_and_the_next_holder_
     tmp_path: Path, js_cluster: JetStreamCluster, http: aiohttp.ClientSession
 ) -> None:
     async with Sink() as sink:
-        config = _configs(tmp_path, js_cluster, profiles_toml(sink.url), snapshot_interval_s=1.0)
+        config = _configs(
+            tmp_path, js_cluster, profiles_toml(sink.url, BUYERS), snapshot_interval_s=1.0
+        )
         async with running_node(config("a"), node_name="a") as a:
             await _send(http, a, [{"type": "identify", "userId": "u1", "anonymousId": "x1"}])
             await _send(http, a, _orders("u1", "a", 2))
@@ -157,7 +145,7 @@ async def test_the_profile_api_and_the_cli_answer_on_every_node(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     async with Sink() as sink:
-        config = _configs(tmp_path, js_cluster, profiles_toml(sink.url))
+        config = _configs(tmp_path, js_cluster, profiles_toml(sink.url, BUYERS))
         async with running_node(config("a"), node_name="a") as a:
             await _until(lambda: _leader(a).identity is not None)
             async with running_node(config("b"), node_name="b") as b:
@@ -221,20 +209,14 @@ async def test_profiles_sync_runs_on_the_holder_and_goes_on_after_a_takeover(
     postgres_test_dsn: str,
     http: aiohttp.ClientSession,
 ) -> None:
-    warehouse = WarehouseProbe(
-        kind="postgres",
-        toml=f'[[warehouses]]\nname = "wh"\ntype = "postgres"\ndsn = "{postgres_test_dsn}"\n'
-        "interval_s = 0.2\n",
-        dsn=postgres_test_dsn,
-    )
-    await warehouse.empty()
+    warehouse = await empty_postgres_warehouse(postgres_test_dsn)
 
     merge = [
         {"type": "page", "anonymousId": "phone-1", "messageId": "p1"},
         {"type": "identify", "anonymousId": "phone-1", "userId": "u1", "messageId": "i1"},
     ]
     async with Sink() as sink:
-        config = _configs(tmp_path, js_cluster, profiles_toml(sink.url) + warehouse.toml)
+        config = _configs(tmp_path, js_cluster, profiles_toml(sink.url, BUYERS) + warehouse.toml)
         async with running_node(config("a"), node_name="a") as a:
             await _send(http, a, merge)
             await _synced_users(warehouse, {"u1"})

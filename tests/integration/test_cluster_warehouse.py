@@ -16,7 +16,7 @@ from cdpd.cluster.lease import Lease
 from cdpd.cluster.node import Node, running_node
 from cdpd.cluster.warehouse import WarehouseLeader
 from cdpd.config import JetStreamConfig
-from tests.cluster_support import jetstream_config, jetstream_text
+from tests.cluster_support import empty_postgres_warehouse, jetstream_config, jetstream_text
 from tests.helpers import WRITE_KEY, WarehouseProbe, basic_auth
 from tests.jetstream_cluster import JetStreamCluster
 
@@ -91,13 +91,7 @@ async def test_the_lease_holder_loads_and_the_next_one_continues_exactly_where_i
     postgres_test_dsn: str,
     http: aiohttp.ClientSession,
 ) -> None:
-    warehouse = WarehouseProbe(
-        kind="postgres",
-        toml=f'[[warehouses]]\nname = "wh"\ntype = "postgres"\ndsn = "{postgres_test_dsn}"\n'
-        "interval_s = 0.2\n",
-        dsn=postgres_test_dsn,
-    )
-    await warehouse.empty()
+    warehouse = await empty_postgres_warehouse(postgres_test_dsn)
 
     def config(name: str):  # type: ignore[no-untyped-def]
         text = jetstream_text(tmp_path / name, js_cluster.urls, warehouse.toml)

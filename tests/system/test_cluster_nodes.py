@@ -16,6 +16,7 @@ from cdpd.cluster.warehouse import lease_key
 from tests.cluster_support import (
     Sender,
     acked_at_least,
+    empty_postgres_warehouse,
     jetstream_text,
     lease_holder,
     stored_rows,
@@ -49,13 +50,7 @@ async def _loaded_ids(warehouse: WarehouseProbe, wanted: set[str]) -> list[str]:
 async def test_two_nodes_lose_nothing_acknowledged_when_one_dies_and_a_server_stops(
     tmp_path: Path, js_cluster: JetStreamCluster, postgres_test_dsn: str
 ) -> None:
-    warehouse = WarehouseProbe(
-        kind="postgres",
-        toml=f'[[warehouses]]\nname = "wh"\ntype = "postgres"\ndsn = "{postgres_test_dsn}"\n'
-        "interval_s = 0.2\n",
-        dsn=postgres_test_dsn,
-    )
-    await warehouse.empty()
+    warehouse = await empty_postgres_warehouse(postgres_test_dsn)
     nodes: list[Daemon] = []
     for name in ("a", "b"):
         path = tmp_path / f"{name}.toml"

@@ -31,6 +31,7 @@ from tests.cluster_support import (
     acked_at_least,
     jetstream_text,
     lease_holder,
+    profiles_toml,
     stored_messages,
 )
 from tests.helpers import Daemon, spawn_cdpd
@@ -44,34 +45,7 @@ ACKED_AFTER_KILL = 500
 USERS = 20
 
 
-def profiles_toml(sink_url: str) -> str:
-    return f"""
-[identity]
-space = "main"
-access_tokens = ["tok"]
-
-[engage]
-space_id = "main"
-
-[[destinations]]
-name = "crm"
-type = "webhook"
-url = "{sink_url}"
-
-[[audiences]]
-key = "regulars"
-query = "event('Order').count() >= 5"
-[[audiences.destinations]]
-name = "crm"
-send_track = true
-
-[[audiences]]
-key = "loyal"
-query = "event('Order').count() >= 25"
-[[audiences.destinations]]
-name = "crm"
-send_track = true
-"""
+AUDIENCES = {"regulars": "event('Order').count() >= 5", "loyal": "event('Order').count() >= 25"}
 
 
 def _call(client: Client, message_id: str, n: int) -> None:
@@ -146,7 +120,7 @@ async def test_profiles_fail_over_to_the_same_state_and_send_each_entry_once(
                 jetstream_text(
                     tmp_path / name,
                     js_cluster.urls,
-                    profiles_toml(sink.url),
+                    profiles_toml(sink.url, AUDIENCES),
                     jetstream="ack_timeout_s = 2.0\nsnapshot_interval_s = 1.0\n",
                 )
             )
