@@ -15,12 +15,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiosqlite
+import structlog
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from cdpd.cluster.layout import DESTINATION, Layout, row_of
 from cdpd.model.rows import OutboxRow
 from cdpd.outbox.consumers import Message
+
+log = structlog.get_logger("cdpd.cluster")
 
 FETCH_TIMEOUT_S = 5.0
 IDLE_POLL_S = 0.2  # how often a caught-up consumer asks the stream for its last sequence
@@ -113,6 +116,15 @@ class MessageCache:
         await self._conn.executemany(INSERT_MESSAGE, [_fields(m) for m in messages])
         await self._conn.commit()
 
+    async def prune(self, through_seq: int, received_before: str) -> None:
+        """Drop what the stages have applied (up to `through_seq`) and the Profile API's events
+        history no longer shows (received before `received_before`)."""
+        await self._conn.execute(
+            "DELETE FROM messages WHERE seq <= ? AND received_at < ?",
+            (through_seq, received_before),
+        )
+        await self._conn.commit()
+
     async def fill(
         self, js: JetStreamContext, layout: Layout, after_seq: int, through_seq: int
     ) -> None:
@@ -166,7 +178,11 @@ class StreamConsumer:
         return from_seq
 
     async def read(self, limit: int) -> list[Message]:
-        self.end_seq = (await self._js.stream_info(self._layout.stream)).state.last_seq
+        state = (await self._js.stream_info(self._layout.stream)).state
+        self.end_seq = state.last_seq
+        if state.first_seq > self.seq + 1:  # older than max_age_s: the stream dropped them
+            log.warning("messages_expired_unread", after_seq=self.seq, first_seq=state.first_seq)
+            self.seq = state.first_seq - 1
         rows, through = await read_range(
             self._js, self._layout, self.seq, min(limit, self.end_seq - self.seq)
         )

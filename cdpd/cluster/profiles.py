@@ -38,6 +38,7 @@ from cdpd.engage.stage import EngageStage
 from cdpd.identity import stage as identity_stage
 from cdpd.identity.api import ProfileApi
 from cdpd.identity.stage import IdentityStage
+from cdpd.model.timestamps import format_ms
 
 if TYPE_CHECKING:
     from cdpd.cluster.node import NodeParts
@@ -106,7 +107,7 @@ class ProfilesLeader:
         await self._restore()
         identity_file = self._files["identity.sqlite3"]
         await asyncio.to_thread(profiles_sync.number_changes_from, identity_file, term)
-        async with self._stages() as (identity, engage):
+        async with self._stages() as (identity, engage, cache):
             self.identity, self.engage = identity, engage
             self.profiles.live = identity
             stages_stop = asyncio.Event()
@@ -127,7 +128,7 @@ class ProfilesLeader:
                             name="profiles-sync",
                         )
                     try:
-                        await self._snapshot_while_held(stop, term)
+                        await self._snapshot_while_held(stop, term, cache)
                     finally:
                         stages_stop.set()
                         if engage is not None:
@@ -140,7 +141,9 @@ class ProfilesLeader:
     async def _sync(self, stop: asyncio.Event) -> None:
         await profiles_sync.sync_while_running(self._config, self._parts.clock, stop)
 
-    async def _snapshot_while_held(self, stop: asyncio.Event, term: int) -> None:
+    async def _snapshot_while_held(
+        self, stop: asyncio.Event, term: int, cache: MessageCache
+    ) -> None:
         interval_s = self._config.storage.jetstream.snapshot_interval_s
         while True:
             waited_s = 0.0
@@ -151,6 +154,17 @@ class ProfilesLeader:
                 await self._parts.clock.wait(stop, step_s)
                 waited_s += step_s
             await self._snapshot(term)
+            await self._prune(cache)
+
+    async def _prune(self, cache: MessageCache) -> None:
+        identity = self.identity
+        if identity is None or self._config.identity is None:
+            return
+        applied = identity.committed_seq
+        if self.engage is not None:
+            applied = min(applied, self.engage.position.resolutions)
+        days = self._config.identity.events_history_days
+        await cache.prune(applied, format_ms(self._parts.clock.now_ms() - days * 86_400_000))
 
     async def _restore(self) -> None:
         started = time.monotonic()
@@ -205,7 +219,9 @@ class ProfilesLeader:
         return tuple((s.st_mtime_ns, s.st_size) if s else (0, 0) for s in stats)
 
     @asynccontextmanager
-    async def _stages(self) -> AsyncIterator[tuple[IdentityStage, EngageStage | None]]:
+    async def _stages(
+        self,
+    ) -> AsyncIterator[tuple[IdentityStage, EngageStage | None, MessageCache]]:
         parts = self._parts
         identity_seq = position_in(self._files["identity.sqlite3"], snapshots.IDENTITY_POSITION)
         async with fresh_cache(self._data_dir / CACHE_FILE) as cache:
@@ -215,12 +231,12 @@ class ProfilesLeader:
                 self._config, consumer, self._mirror, lambda: consumer.end_seq, cache.path
             ) as identity:
                 if "engage.sqlite3" not in self._files:
-                    yield identity, None
+                    yield identity, None, cache
                     return
                 async with engage_stage.opened(
                     self._config, identity, parts.appender, parts.clock, cache.path
                 ) as engage:
-                    yield identity, engage
+                    yield identity, engage, cache
 
     async def _fill(self, cache: MessageCache, identity_seq: int) -> None:
         """The messages Engage has yet to apply, which the identity stage will not read."""
