@@ -47,6 +47,7 @@ log = structlog.get_logger("cdpd.cluster")
 
 LEASE_KEY = "profiles"
 CACHE_FILE = "stream_messages.sqlite3"
+RELEASE_CHECK_S = 0.2  # how soon the stages stop after the node is told to
 ENGAGE_POSITION = "SELECT value FROM engage_position WHERE name = 'resolutions'"
 
 
@@ -127,9 +128,12 @@ class ProfilesLeader:
                             self._parts.supervised("profiles-sync", self._sync, stages_stop),
                             name="profiles-sync",
                         )
+                    group.create_task(
+                        self._snapshot_while_held(stop, term, cache), name="profiles-snapshots"
+                    )
                     try:
-                        await self._snapshot_while_held(stop, term, cache)
-                    finally:
+                        await self._until_released(stop)
+                    finally:  # stopped at once, even while a snapshot is being uploaded
                         stages_stop.set()
                         if engage is not None:
                             engage.wake.set()
@@ -137,6 +141,11 @@ class ProfilesLeader:
                     await self._snapshot(term)
             finally:
                 self.identity = self.engage = self.profiles.live = None
+
+    async def _until_released(self, stop: asyncio.Event) -> None:
+        """Until the node stops or the lease is lost."""
+        while not stop.is_set() and self.lease.held:
+            await self._parts.clock.wait(self.lease.lost, RELEASE_CHECK_S)
 
     async def _sync(self, stop: asyncio.Event) -> None:
         await profiles_sync.sync_while_running(self._config, self._parts.clock, stop)

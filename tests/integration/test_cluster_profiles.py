@@ -15,12 +15,13 @@ import aiohttp
 import msgspec
 import nats
 import pytest
+from structlog.testing import capture_logs
 
 from cdpd import cli
 from cdpd.cluster import snapshots
 from cdpd.cluster.layout import Layout
 from cdpd.cluster.node import Node, running_node
-from cdpd.cluster.profiles import ProfilesLeader
+from cdpd.cluster.profiles import LEASE_KEY, ProfilesLeader
 from cdpd.config import Config
 from cdpd.identity.profiles_sync import SCHEMA
 from tests.cluster_support import (
@@ -227,3 +228,32 @@ async def test_profiles_sync_runs_on_the_holder_and_goes_on_after_a_takeover(
     assert identifiers == [("anonymous_id", "phone-1"), ("user_id", "u1"), ("user_id", "u2")]
     graph = await warehouse.rows(SCHEMA, "id_graph_updates", "segment_id, canonical_segment_id")
     assert len(graph) == 2  # two profiles created, each once across both holders
+
+
+async def test_a_holder_that_loses_the_lease_stops_and_restores_when_it_holds_it_again(
+    tmp_path: Path, js_cluster: JetStreamCluster, http: aiohttp.ClientSession
+) -> None:
+    with capture_logs() as logs:
+        async with Sink() as sink:
+            config = _configs(tmp_path, js_cluster, profiles_toml(sink.url, BUYERS))
+            async with running_node(config("a"), node_name="a") as a:
+                await _until(lambda: _leader(a).identity is not None)
+                await _send(http, a, _orders("u1", "a", 2))
+                await _until(lambda: len(_entered(sink)) == 1)
+                await _until(lambda: _leader(a).snapshots_stored > 0)
+                client = await nats.connect(js_cluster.urls)
+                try:  # as if another node had taken it over
+                    kv = await client.jetstream().key_value(Layout().leases_bucket)
+                    await kv.purge(LEASE_KEY)
+                finally:
+                    await client.close()
+                await _until(lambda: any(e["event"] == "lease_lost" for e in logs))
+                await _until(lambda: len(_restored(logs)) == 2 and _leader(a).identity is not None)
+                assert _restored(logs)[1]["position"] > 0  # from its own last snapshot
+                await _send(http, a, _orders("u2", "a2", 2))
+                await _until(lambda: len(_entered(sink)) == 2)
+    assert sorted(m["userId"] for m in _entered(sink)) == ["u1", "u2"]
+
+
+def _restored(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in logs if e["event"] == "profiles_restored"]
