@@ -240,7 +240,7 @@ async def test_a_holder_that_loses_the_lease_stops_and_restores_when_it_holds_it
                 await _until(lambda: _leader(a).identity is not None)
                 await _send(http, a, _orders("u1", "a", 2))
                 await _until(lambda: len(_entered(sink)) == 1)
-                await _until(lambda: _leader(a).snapshots_stored > 0)
+                await _snapshot_at(js_cluster.urls, _leader(a).identity.committed_seq)
                 client = await nats.connect(js_cluster.urls)
                 try:  # as if another node had taken it over
                     kv = await client.jetstream().key_value(Layout().leases_bucket)
@@ -249,10 +249,19 @@ async def test_a_holder_that_loses_the_lease_stops_and_restores_when_it_holds_it
                     await client.close()
                 await _until(lambda: any(e["event"] == "lease_lost" for e in logs))
                 await _until(lambda: len(_restored(logs)) == 2 and _leader(a).identity is not None)
-                assert _restored(logs)[1]["position"] > 0  # from its own last snapshot
+                assert _restored(logs)[1]["position"] >= 2  # from its own last snapshot
                 await _send(http, a, _orders("u2", "a2", 2))
                 await _until(lambda: len(_entered(sink)) == 2)
     assert sorted(m["userId"] for m in _entered(sink)) == ["u1", "u2"]
+
+
+async def _snapshot_at(urls: list[str], position: int) -> None:
+    for _ in range(200):
+        names = await _snapshot_names(urls)
+        if names and names[-1].position >= position:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no snapshot at {position}")
 
 
 def _restored(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
