@@ -93,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
         "tail", parents=[common], help="the most recent messages, as JSON lines (-f: and new ones)"
     )
     outbox_commands_cli.add_tail_arguments(tail)
+    outbox_commands_cli.add_move_parsers(outbox_commands, common)
     outbox_commands_cli.add_rejects_parser(commands, common)
     deliveries = commands.add_parser("deliveries", parents=[common], help="where deliveries stand")
     deliveries_commands = deliveries.add_subparsers(dest="deliveries_command", required=True)
@@ -220,6 +221,8 @@ def _check_cluster(cfg: config.Config, path: str) -> int:
 
 
 def _outbox(cfg: config.Config, args: argparse.Namespace) -> int:
+    if args.outbox_command == "import":
+        return outbox_commands_cli.import_(cfg, args)
     path = cfg.storage.outbox_path
     if not path.exists():
         print(f"cdpd: there is no outbox at {path} yet", file=sys.stderr)
@@ -229,6 +232,8 @@ def _outbox(cfg: config.Config, args: argparse.Namespace) -> int:
         stats = msgspec.structs.replace(stats, sequence_gaps=asyncio.run(_sequence_gaps(cfg)))
         print(msgspec.json.encode(stats).decode() if args.json else _format_stats(stats))
         return EXIT_OK
+    if args.outbox_command == "export":
+        return outbox_commands_cli.export(cfg, args)
     return outbox_commands_cli.tail(cfg, args)
 
 

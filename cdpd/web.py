@@ -28,6 +28,7 @@ from cdpd.connections import ConnectionGuard
 from cdpd.console import state as console_state
 from cdpd.console.changes import ConfigChanges
 from cdpd.console.debugger import Tap
+from cdpd.console.local import LocalData, LocalParts, SqliteState
 from cdpd.console.web import Console
 from cdpd.console.web import Parts as ConsoleParts
 from cdpd.delivery.service import Delivery
@@ -187,17 +188,16 @@ def _operator_routes(
         and stages.pipeline is not None
         and stages.governance is not None
     ):
-        changes = ConfigChanges(stages.config_path, load_config, stages.pipeline.reload)
+        pipeline = stages.pipeline
         parts = ConsoleParts(
-            stages.pipeline,
-            stages.console_state,
-            stages.reader,
-            tap,
-            lambda: drain.closing,
-            changes,
-            stages.writer,
-            stages.governance,
-            stages.identity,
+            config_of=lambda: pipeline.config,
+            state=SqliteState(stages.console_state),
+            data=LocalData(
+                stages.reader, tap, lambda: pipeline.delivery, lambda: pipeline.warehouses
+            ),
+            closing=lambda: drain.closing,
+            changes=ConfigChanges(stages.config_path, load_config, pipeline.reload),
+            local=LocalParts(stages.reader, stages.writer, stages.governance, stages.identity),
         )
         routes += Console(parts).routes()
     return routes

@@ -170,3 +170,18 @@ async def aux_records(servers: list[str], table: str) -> list[dict[str, Any]]:
         return records
     finally:
         await client.close()
+
+
+async def loaded_ids(warehouse: WarehouseProbe, wanted: set[str]) -> list[str]:
+    """The ids in the warehouse's `website.tracks`, once it holds every id in `wanted` (or
+    after a minute)."""
+    ids: list[str] = []
+    for _ in range(600):
+        try:
+            ids = [row[0] for row in await warehouse.fetch('SELECT id FROM "website"."tracks"')]
+        except Exception:  # the table appears with the first load
+            ids = []
+        if wanted <= set(ids):
+            break
+        await asyncio.sleep(0.1)
+    return ids

@@ -1,5 +1,6 @@
 """Shared by the console's tests: a config with two workspaces, people added the way
-`cdpd users add` adds them, and a signed-in HTTP client."""
+`cdpd users add` adds them (in the state file, or in the cluster's bucket on the JetStream
+backend), a JetStream node's config, and a signed-in HTTP client."""
 
 from __future__ import annotations
 
@@ -10,8 +11,13 @@ from pathlib import Path
 
 import aiohttp
 
+from cdpd.cluster.console_state import people_in_cluster
 from cdpd.config import Config
 from cdpd.console import access, state
+from tests.cluster_support import jetstream_config, jetstream_text
+from tests.governance_plans import write_plan
+from tests.helpers import WRITE_KEY
+from tests.jetstream_cluster import JetStreamCluster
 
 ADMIN_TOKEN = "admin-token-for-tests"
 PASSWORD = "correct horse battery"
@@ -73,3 +79,26 @@ async def csrf_of(client: aiohttp.ClientSession) -> str:
 
 def data_dir_of(config: Config) -> Path:
     return Path(config.storage.data_dir)
+
+
+def console_node_config(
+    tmp_path: Path, cluster: JetStreamCluster, sink_url: str, node: str
+) -> Config:
+    """Node `node` of a JetStream backend: the two workspaces, source website under the
+    tracking plan "main" (tests/governance_plans.py)."""
+    plan = write_plan(tmp_path / "plan.json")
+    extra = workspaces_toml(sink_url) + f'[[tracking_plans]]\nname = "main"\npath = "{plan}"\n'
+    text = jetstream_text(tmp_path / node, cluster.urls, extra)
+    text = text.replace(
+        f'write_key = "{WRITE_KEY}"\n', f'write_key = "{WRITE_KEY}"\ntracking_plan = "main"\n', 1
+    )
+    return jetstream_config(tmp_path / f"{node}.toml", text)
+
+
+async def add_cluster_person(config: Config, name: str, roles: dict[str, str]) -> None:
+    """A person added as `cdpd users add` adds one on the JetStream backend."""
+    async with people_in_cluster(config) as people:
+        (workspace, role), *more = roles.items()
+        assert await people.add_person(name, access.hash_password(PASSWORD), workspace, role)
+        for workspace, role in more:
+            assert await people.set_role(name, workspace, role)

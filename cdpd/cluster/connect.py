@@ -153,6 +153,7 @@ def bucket_configs(config: JetStreamConfig, layout: Layout) -> list[KeyValueConf
         bucket(layout.circuits_bucket, "cdpd circuit state per destination"),
         bucket(layout.rates_bucket, "cdpd rate-limit windows per destination", ttl=60.0),
         bucket(layout.leases_bucket, "cdpd leases of one-node stages", ttl=LEASE_TTL_S),
+        bucket(layout.console_bucket, "cdpd console people, roles and sessions"),
     ]
 
 

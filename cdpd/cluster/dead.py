@@ -9,9 +9,9 @@ from urllib.parse import quote, unquote
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from cdpd.cluster.browse import browse
 from cdpd.cluster.layout import DESTINATION, MESSAGE_ID, MSG_ID, Layout, name_of, row_of
 from cdpd.delivery.store import DeadDelivery
 
@@ -81,32 +81,11 @@ async def dead_letters(
         return []
     if info.state.messages == 0:
         return []
-    sub = await js.pull_subscribe(
-        subject,
-        stream=layout.dead_stream,
-        config=_browse_config(),
-    )
-    found: list[tuple[int, DeadDelivery, bytes, dict[str, str]]] = []
-    try:
-        while len(found) < limit:
-            try:
-                batch = await sub.fetch(min(256, limit - len(found)), timeout=0.5)
-            except TimeoutError:
-                break
-            for msg in batch:
-                headers = dict(msg.headers or {})
-                found.append((msg.metadata.sequence.stream, describe(headers), msg.data, headers))
-            if batch and batch[-1].metadata.num_pending == 0:
-                break
-    finally:
-        await sub.unsubscribe()
-    return found[:limit]
-
-
-def _browse_config() -> ConsumerConfig:
-    return ConsumerConfig(
-        deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=30.0
-    )
+    found = []
+    for msg in await browse(js, layout.dead_stream, subject, limit):
+        headers = dict(msg.headers or {})
+        found.append((msg.metadata.sequence.stream, describe(headers), msg.data, headers))
+    return found
 
 
 async def replay(js: JetStreamContext, layout: Layout, destination: str, limit: int) -> int:

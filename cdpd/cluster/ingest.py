@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import msgspec
 import structlog
@@ -31,6 +31,7 @@ from nats.aio.client import Client
 from cdpd.cluster.connect import DUPLICATE_WINDOW_S
 from cdpd.cluster.layout import Layout, dedup_id, headers_of
 from cdpd.cluster.publish import Ack, NoStream, Publisher
+from cdpd.config import Config
 from cdpd.model.rows import OutboxRow, RejectRow
 from cdpd.outbox.writer import AppendResult, ExtraRows, OutboxUnavailable
 
@@ -43,6 +44,7 @@ _INSERT_INTO = re.compile(r"INSERT\s+(?:OR\s+\w+\s+)?INTO\s+(\w+)\s*\(([^)]*)\)"
 _encode = msgspec.json.encode
 
 Publish = tuple[str, bytes, dict[str, str] | None]
+MoreHeaders = Callable[[OutboxRow], dict[str, str]]
 
 
 class Refused(Exception):
@@ -81,6 +83,27 @@ class JetStreamAppender:
         self.duplicates = 0
         self.failures = 0
 
+    @classmethod
+    def of(
+        cls,
+        config: Config,
+        client: Client,
+        publisher: Publisher,
+        layout: Layout,
+        *,
+        ack_timeout_s: float | None = None,
+    ) -> JetStreamAppender:
+        """The appender `config` asks for (its dedup window and scope, its ack timeout)."""
+        return cls(
+            client,
+            publisher,
+            layout,
+            dedup_window_s=config.storage.dedup_window_s,
+            dedup_scope=config.storage.dedup_scope,
+            ack_timeout_s=ack_timeout_s or config.storage.jetstream.ack_timeout_s,
+            retry_after_s=config.storage.full_retry_after_s,
+        )
+
     # -- the writer's interface -----------------------------------------------------------------
 
     def check_accepting(self) -> None:
@@ -99,14 +122,19 @@ class JetStreamAppender:
         rejects: Sequence[RejectRow],
         received_at_ms: int,
         extra: ExtraRows = (),
+        *,
+        more_headers: MoreHeaders | None = None,
     ) -> AppendResult:
         """Returns once JetStream acknowledged every message, reject and extra row; raises
-        OutboxUnavailable (a 503 with Retry-After) when it did not within the ack timeout."""
+        OutboxUnavailable (a 503 with Retry-After) when it did not within the ack timeout.
+        `more_headers(row)`: headers a message carries beside its columns."""
         self.check_accepting()
         self._in_flight += 1
         self._idle.clear()
         try:
-            return await asyncio.wait_for(self._append(rows, rejects, extra), self._ack_timeout_s)
+            return await asyncio.wait_for(
+                self._append(rows, rejects, extra, more_headers), self._ack_timeout_s
+            )
         except TimeoutError:
             self.failures += 1
             raise self._unavailable("JetStream did not acknowledge in time") from None
@@ -143,11 +171,15 @@ class JetStreamAppender:
     # -- the work -------------------------------------------------------------------------------
 
     async def _append(
-        self, rows: Sequence[OutboxRow], rejects: Sequence[RejectRow], extra: ExtraRows
+        self,
+        rows: Sequence[OutboxRow],
+        rejects: Sequence[RejectRow],
+        extra: ExtraRows,
+        more_headers: MoreHeaders | None,
     ) -> AppendResult:
         unique = first_of_each_id(rows, by_source=self._by_source) if self._dedup else list(rows)
         fresh = await self._without_markers(unique) if self._markers else unique
-        publishes = [self._message(row) for row in fresh]
+        publishes = [self._message(row, more_headers) for row in fresh]
         publishes += self._aux(rejects, extra)
         acks = await self._publish_all(publishes)
         if self._markers and fresh:
@@ -157,10 +189,12 @@ class JetStreamAppender:
         self.duplicates += len(rows) - stored
         return AppendResult(stored, len(rows) - stored)
 
-    def _message(self, row: OutboxRow) -> Publish:
+    def _message(self, row: OutboxRow, more_headers: MoreHeaders | None) -> Publish:
         headers = headers_of(row, by_source=self._by_source)
         if not self._dedup:
             del headers["Nats-Msg-Id"]
+        if more_headers is not None:
+            headers.update(more_headers(row))
         return self._layout.subject_for(row), row.payload.encode(), headers
 
     def _aux(self, rejects: Sequence[RejectRow], extra: ExtraRows) -> list[Publish]:

@@ -29,7 +29,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from cdpd.clock import Clock
 from cdpd.cluster import dead
-from cdpd.cluster.layout import DESTINATION, Layout, row_of
+from cdpd.cluster.layout import Layout, row_of
 from cdpd.cluster.routing import Router
 from cdpd.cluster.settle import Verdict, consumer_specs, verdict
 from cdpd.cluster.shared import GlobalRateLimit, SharedCircuit
@@ -57,6 +57,31 @@ class Owed(msgspec.Struct, gc=False):
     order_key: str | None
     received_ms: int
     attempts: int  # made before this one
+
+
+def lane_ack_wait_s(config: Destination, ack_wait_s: float) -> float:
+    """At least twice the destination's timeout: an attempt in flight is not handed out again."""
+    return max(ack_wait_s, 2 * config.timeout_s)
+
+
+async def ensure_consumers(
+    js: JetStreamContext, layout: Layout, config: Destination, ack_wait_s: float
+) -> None:
+    """Create a destination's durable consumers; a destination seen for the first time starts
+    with the messages accepted from now on (as on the SQLite backend)."""
+    for durable, subject, pending in consumer_specs(layout, config):
+        consumer = ConsumerConfig(
+            durable_name=durable,
+            description=f"cdpd delivery to {config.name}",
+            deliver_policy=DeliverPolicy.NEW,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ack_wait_s,
+            max_deliver=-1,
+            max_ack_pending=pending,
+            filter_subject=subject,
+            max_waiting=4096,
+        )
+        await js.add_consumer(layout.stream, consumer)
 
 
 class JetStreamLane:
@@ -92,7 +117,7 @@ class JetStreamLane:
         self._session = session
         self._clock = clock
         self._retry = retry
-        self._ack_wait_s = max(ack_wait_s, 2 * config.timeout_s)
+        self._ack_wait_s = lane_ack_wait_s(config, ack_wait_s)
         self._transform = transform
         self._observe = observe
         self._rand = rand
@@ -105,21 +130,7 @@ class JetStreamLane:
         return consumer_specs(self._layout, self._config)
 
     async def ensure_consumers(self) -> None:
-        """Create the lane's durable consumers; a destination seen for the first time starts
-        with the messages accepted from now on (as on the SQLite backend)."""
-        for durable, subject, pending in self.consumers():
-            config = ConsumerConfig(
-                durable_name=durable,
-                description=f"cdpd delivery to {self.name}",
-                deliver_policy=DeliverPolicy.NEW,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=self._ack_wait_s,
-                max_deliver=-1,
-                max_ack_pending=pending,
-                filter_subject=subject,
-                max_waiting=4096,
-            )
-            await self._js.add_consumer(self._layout.stream, config)
+        await ensure_consumers(self._js, self._layout, self._config, self._ack_wait_s)
 
     # -- running ----------------------------------------------------------------------------
 
@@ -215,11 +226,7 @@ class JetStreamLane:
         for msg in batch:
             headers = msg.headers or {}
             row = row_of(headers, msg.data)
-            target = headers.get(DESTINATION)
-            if target is not None and target != self.name:
-                await msg.ack()  # a replay for another destination
-                continue
-            if target is None and not self._router.owed(row):
+            if not self._router.takes(headers, row):
                 await msg.ack()
                 continue
             attempts = msg.metadata.num_delivered - 1

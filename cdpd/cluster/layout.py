@@ -27,6 +27,10 @@ ANONYMOUS_ID = "Cdpd-Anonymous-Id"
 RECEIVED_AT = "Cdpd-Received-At"
 MESSAGE_ID = "Cdpd-Message-Id"
 DESTINATION = "Cdpd-Destination"
+# On a message imported from a SQLite outbox (`cdpd outbox import`): the destinations still owed
+# it there, and the warehouses that had loaded it, as JSON arrays of names.
+OWED_TO = "Cdpd-Owed-To"
+LOADED_IN = "Cdpd-Loaded-In"
 
 # Header values are one line of text: user-provided values (event names, user ids) are
 # percent-encoded outside printable ASCII, and `%` itself.
@@ -153,6 +157,16 @@ class Layout(msgspec.Struct, frozen=True):
         """The object store holding snapshots of the profiles stages' files."""
         return f"{self.stream}_state"
 
+    @property
+    def console_bucket(self) -> str:
+        """The console's people (with their roles) and sessions, shared by every node."""
+        return f"{self.stream}_console"
+
+    @property
+    def sessions_bucket(self) -> str:
+        """The console's sessions, kept `[console] session_ttl_s` after their sign-in."""
+        return f"{self.stream}_sessions"
+
 
 def dedup_id(row: OutboxRow, *, by_source: bool) -> str:
     """`Nats-Msg-Id`: JetStream drops a second message with this id inside its window."""
@@ -174,6 +188,23 @@ def headers_of(row: OutboxRow, *, by_source: bool) -> dict[str, str]:
     if row.anonymous_id is not None:
         headers[ANONYMOUS_ID] = _text(row.anonymous_id)
     return headers
+
+
+def names_header(names: list[str]) -> str:
+    """A list of config names as one header value (names hold no character JSON escapes)."""
+    return msgspec.json.encode(names).decode()
+
+
+def names_in(value: str) -> frozenset[str]:
+    """The names of a `names_header` value; none when it is not one."""
+    try:
+        names = _names.decode(value)
+    except msgspec.DecodeError:
+        return frozenset()
+    return frozenset(names)
+
+
+_names = msgspec.json.Decoder(list[str])
 
 
 def row_of(headers: dict[str, str] | None, body: bytes) -> OutboxRow:

@@ -64,6 +64,7 @@ class NodeParts:
     metrics: Metrics
     node_name: str
     appender: JetStreamAppender
+    closing: Callable[[], bool] = lambda: False  # true once the node drains its requests
 
     def supervised(
         self, name: str, run: Callable[[asyncio.Event], Awaitable[None]], stop: asyncio.Event
@@ -147,24 +148,18 @@ async def running_node(
         contextlib.closing(startup.bind(config.server)) as sock,
         listeners.admin_socket(config) as admin_sock,
     ):
-        async with _cluster(config, layout, name) as (client, js, publisher):
-            appender = JetStreamAppender(
-                client,
-                publisher,
-                layout,
-                dedup_window_s=config.storage.dedup_window_s,
-                dedup_scope=config.storage.dedup_scope,
-                ack_timeout_s=jetstream.ack_timeout_s,
-                retry_after_s=config.storage.full_retry_after_s,
-            )
+        async with open_cluster(config, layout, name) as (client, js, publisher):
+            appender = JetStreamAppender.of(config, client, publisher, layout)
             metrics = Metrics(restarts)
             budget = ShutdownBudget(
                 config.server.shutdown_timeout_s, delivery_drain_s=config.delivery.drain_timeout_s
             )
+            drain = cdpd_web.Drain()
             async with asyncio.TaskGroup() as tasks, contextlib.AsyncExitStack() as held:
                 parts = NodeParts(
-                    config, client, js, layout, tasks, clock, restarts, metrics, name, appender
-                )
+                    config, client, js, layout, tasks, clock, restarts, metrics, name, appender,
+                    closing=lambda: drain.closing,
+                )  # fmt: skip
                 entered = {
                     stage_name: await held.enter_async_context(stage(parts))
                     for stage_name, stage in [*_built_in_stages(config), *stages]
@@ -189,7 +184,7 @@ async def running_node(
                 ]
                 try:
                     async with _serving(
-                        config, appender, governance, endpoints, budget, sock, admin_sock
+                        config, appender, governance, endpoints, drain, budget, sock, admin_sock
                     ) as (url, app, admin_url):
                         yield Node(
                             url=url,
@@ -210,11 +205,14 @@ async def running_node(
 
 def _built_in_stages(config: Config) -> list[tuple[str, Stage]]:
     """The stages this module knows (exited in reverse: delivery drains first)."""
+    from cdpd.cluster.console import console_stage
     from cdpd.cluster.delivery_stage import delivery_stage
     from cdpd.cluster.profiles import profiles_stage
     from cdpd.cluster.warehouse import warehouses_stage
 
     stages: list[tuple[str, Stage]] = []
+    if config.console.enabled:
+        stages.append(("console", console_stage))
     if config.identity is not None:
         stages.append(("profiles", profiles_stage))
     if config.warehouses:
@@ -225,9 +223,11 @@ def _built_in_stages(config: Config) -> list[tuple[str, Stage]]:
 
 
 @asynccontextmanager
-async def _cluster(
+async def open_cluster(
     config: Config, layout: Layout, node_name: str
 ) -> AsyncIterator[tuple[Client, JetStreamContext, Publisher]]:
+    """A connection to the cluster with the streams and buckets in place and a publisher
+    started; StartupError (one line) when the cluster cannot be reached or disagrees."""
     jetstream = config.storage.jetstream
     try:
         async with connect.connected(jetstream, name=f"cdpd {node_name}") as client:
@@ -248,11 +248,11 @@ async def _serving(
     appender: JetStreamAppender,
     governance: Governance,
     endpoints: NodeEndpoints,
+    drain: cdpd_web.Drain,
     budget: ShutdownBudget,
     sock: socket.socket,
     admin_sock: socket.socket | None,
 ) -> AsyncIterator[tuple[str, web.Application, str | None]]:
-    drain = cdpd_web.Drain()
     app, admin_app = _applications(config, appender, governance, endpoints, drain)
     admin = (admin_app, admin_sock) if admin_sock is not None and admin_app is not None else None
     async with listeners.serving(config.server, app, drain, budget, sock, admin) as (

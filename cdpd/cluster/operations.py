@@ -24,6 +24,7 @@ from cdpd.cluster.settle import consumer_specs
 from cdpd.cluster.shared import close_circuit, read_circuit
 from cdpd.delivery import report
 from cdpd.delivery.report import DestinationReport, LastError
+from cdpd.delivery.store import DeadDelivery as DeadLetter
 from cdpd.destinations.settings import Destination
 
 
@@ -79,12 +80,16 @@ async def dead_deliveries(
     letter's sequence in the dead stream)."""
     letters = await dead.dead_letters(js, layout, destination, 10**6)
     newest = sorted(letters, key=lambda letter: letter[0], reverse=True)[:limit]
-    return [
-        report.DeadDelivery(
-            seq, d.destination, d.message_id, d.attempts, d.last_status, d.last_error, d.finished_at
-        )
-        for seq, d, _, _ in newest
-    ]
+    return [as_listed(seq, d) for seq, d, _, _ in newest]
+
+
+def as_listed(seq: int, letter: DeadLetter) -> report.DeadDelivery:
+    """A dead letter as `cdpd deliveries dead` lists it: `id` is its sequence in the dead
+    stream (the letter's own `seq` is the message's, in the messages stream)."""
+    d = letter
+    return report.DeadDelivery(
+        seq, d.destination, d.message_id, d.attempts, d.last_status, d.last_error, d.finished_at
+    )
 
 
 async def replay_dead(js: JetStreamContext, layout: Layout, destination: str) -> int:

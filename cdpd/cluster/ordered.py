@@ -1,5 +1,5 @@
 """Reading the messages stream in stream-sequence order, for the stages that run on one node at
-a time: the warehouse loads (`read_after`) and the identity stage (`StreamConsumer`, the
+a time: the warehouse loads (`read_range`) and the identity stage (`StreamConsumer`, the
 outbox consumer's interface over the stream).
 
 Each read is an ephemeral consumer that starts at a sequence and acknowledges nothing: the
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiosqlite
@@ -29,13 +29,21 @@ FETCH_TIMEOUT_S = 5.0
 IDLE_POLL_S = 0.2  # how often a caught-up consumer asks the stream for its last sequence
 
 
+def not_replayed(headers: dict[str, str]) -> bool:
+    """Not a dead letter replayed for one destination (`Cdpd-Destination`, cdpd/cluster/dead.py):
+    every stage saw it when it was first accepted."""
+    return DESTINATION not in headers
+
+
 async def read_range(
-    js: JetStreamContext, layout: Layout, after_seq: int, count: int
+    js: JetStreamContext,
+    layout: Layout,
+    after_seq: int,
+    count: int,
+    keep: Callable[[dict[str, str]], bool] = not_replayed,
 ) -> tuple[list[tuple[int, OutboxRow]], int]:
-    """The messages with sequences in (`after_seq`, `after_seq + count`], in order, with their
-    sequences, and the last sequence the read went through. Dead letters replayed for one
-    destination (`Cdpd-Destination`, cdpd/cluster/dead.py) are passed over: every stage saw
-    them when they were first accepted."""
+    """The messages with sequences in (`after_seq`, `after_seq + count`] whose headers `keep`
+    accepts, in order, with their sequences, and the last sequence the read went through."""
     if count <= 0:
         return [], after_seq
     config = ConsumerConfig(
@@ -62,19 +70,11 @@ async def read_range(
                 if seq > last:
                     break
                 through = seq
-                if DESTINATION not in (m.headers or {}):
+                if keep(m.headers or {}):
                     found.append((seq, row_of(m.headers, m.data)))
     finally:
         await subscription.unsubscribe()
     return found, through
-
-
-async def read_after(
-    js: JetStreamContext, layout: Layout, after_seq: int, count: int
-) -> list[tuple[int, OutboxRow]]:
-    """Up to `count` messages after stream sequence `after_seq`, in order, with their
-    sequences."""
-    return (await read_range(js, layout, after_seq, count))[0]
 
 
 def message_of(seq: int, row: OutboxRow) -> Message:

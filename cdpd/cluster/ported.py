@@ -34,6 +34,7 @@ def not_served(config: Config) -> list[str]:
         )
     if config.console.enabled:
         notes.append(
-            "the console is not served by a JetStream node ([console] enabled = false says so)"
+            "the console's privacy, profiles and audiences pages, and its config changes, are"
+            " served by the SQLite backend only"
         )
     return notes

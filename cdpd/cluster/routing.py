@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from cdpd.cluster.layout import DESTINATION, OWED_TO, names_in
 from cdpd.delivery.store import RoutingRule
 from cdpd.destinations.actions import Action
 from cdpd.mapping import fql
@@ -27,6 +28,19 @@ class Router:
 
     def owed(self, row: OutboxRow) -> bool:
         return self.reason(row) is None
+
+    def takes(self, headers: dict[str, str], row: OutboxRow) -> bool:
+        """Whether the destination takes a message of the stream: one replayed for a
+        destination (`Cdpd-Destination`) goes to it alone, whatever the rule; one imported from
+        a SQLite outbox (`Cdpd-Owed-To`) only to the destinations still owed it there, by
+        the rule; any other message by the rule."""
+        target = headers.get(DESTINATION)
+        if target is not None:
+            return target == self._rule.destination
+        owed_to = headers.get(OWED_TO)
+        if owed_to is not None and self._rule.destination not in names_in(owed_to):
+            return False
+        return self.owed(row)
 
     def reason(self, row: OutboxRow) -> str | None:
         """Why the message is filtered out (the names `RoutingRule.parts` uses), or None."""

@@ -11,7 +11,9 @@ from nats.js.errors import NotFoundError
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from cdpd.cluster.connect import connected
 from cdpd.cluster.layout import Layout
+from cdpd.config import JetStreamConfig
 
 
 class ConsumerStatus(msgspec.Struct, frozen=True):
@@ -39,6 +41,17 @@ class ClusterStatus(msgspec.Struct, frozen=True):
 
 def stream_names(layout: Layout) -> list[str]:
     return [layout.stream, layout.aux_stream, layout.dead_stream, layout.dedup_stream]
+
+
+async def messages_last_seq(config: JetStreamConfig) -> int:
+    """The last sequence of the messages stream (0 before it exists)."""
+    layout = Layout.of(config)
+    async with connected(config, name="cdpd") as client:
+        try:
+            info = await client.jetstream().stream_info(layout.stream)
+        except NotFoundError:
+            return 0
+    return info.state.last_seq
 
 
 async def read(js: JetStreamContext, layout: Layout) -> ClusterStatus:

@@ -13,6 +13,7 @@ lost its lease.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -23,9 +24,9 @@ import structlog
 from nats.js import JetStreamContext
 
 from cdpd.clock import Clock
-from cdpd.cluster.layout import Layout
+from cdpd.cluster.layout import DESTINATION, LOADED_IN, Layout, names_in
 from cdpd.cluster.lease import RENEW_EVERY_S, Lease, holding
-from cdpd.cluster.ordered import read_after
+from cdpd.cluster.ordered import read_range
 from cdpd.config import Config, Warehouse
 from cdpd.model.rows import OutboxRow
 from cdpd.warehouse.loader import SYNC_ERRORS
@@ -49,19 +50,38 @@ def lease_key(warehouse: str) -> str:
     return f"warehouse.{warehouse}"
 
 
+async def read_after(
+    js: JetStreamContext, layout: Layout, after_seq: int, count: int, warehouse: str
+) -> tuple[list[tuple[int, OutboxRow]], int]:
+    """The messages among the next `count` after stream sequence `after_seq` that `warehouse`
+    has to load, in order, with their sequences, and the last sequence read."""
+    keep = functools.partial(_to_load, warehouse=warehouse)
+    return await read_range(js, layout, after_seq, count, keep)
+
+
+def _to_load(headers: dict[str, str], warehouse: str) -> bool:
+    """Not a dead letter replayed for one destination (`Cdpd-Destination`, cdpd/cluster/dead.py:
+    loaded when it was first accepted), nor a message imported from a SQLite outbox that this
+    warehouse had loaded from there (`Cdpd-Loaded-In`)."""
+    if DESTINATION in headers:
+        return False
+    loaded_in = headers.get(LOADED_IN)
+    return loaded_in is None or warehouse not in names_in(loaded_in)
+
+
 async def load_batch(
     js: JetStreamContext, layout: Layout, sink: Sink, warehouse: Warehouse, end_seq: int
 ) -> tuple[int, int] | None:
     """One batch in one warehouse transaction: (messages, last seq), or None when the
-    warehouse has everything up to `end_seq`."""
+    warehouse has everything up to `end_seq`. The position passes the messages skipped too."""
     async with sink.load() as load:
         position = await load.position()
         count = min(BATCH_MESSAGES, end_seq - position)
-        rows = await read_after(js, layout, position, count)
-        if not rows:
+        rows, last_seq = await read_after(js, layout, position, count, warehouse.name)
+        if last_seq <= position:
             return None
-        await _write(load, sink, warehouse, rows)
-        last_seq = rows[-1][0]
+        if rows:
+            await _write(load, sink, warehouse, rows)
         await load.set_position(last_seq)
     return len(rows), last_seq
 

@@ -8,12 +8,16 @@ import argparse
 import asyncio
 import getpass
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
 
 from cdpd.config import Config
 from cdpd.console import access, state
+from cdpd.console.local import SqliteState
+from cdpd.console.seams import People
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 COMMANDS = ("users", "tokens")
@@ -62,13 +66,31 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     if workspace is not None and workspace not in {w.name for w in cfg.workspaces}:
         known = ", ".join(w.name for w in cfg.workspaces) or "none"
         return _fail(f"no workspace is named {workspace!r} (known: {known})", EXIT_USAGE)
-    path = cfg.console.state_path(cfg.storage.data_dir)
     if args.command == "users":
-        return asyncio.run(_users(path, args))
-    return asyncio.run(_tokens(path, args))
+        return asyncio.run(_users(cfg, args))
+    if cfg.storage.backend == "jetstream":
+        return _fail(
+            "API tokens are not accepted on the JetStream backend: use the admin token"
+            " (docs/scaling.md)",
+            EXIT_USAGE,
+        )
+    return asyncio.run(_tokens(cfg.console.state_path(cfg.storage.data_dir), args))
 
 
-async def _users(path: Any, args: argparse.Namespace) -> int:
+@asynccontextmanager
+async def _people(cfg: Config) -> AsyncIterator[People]:
+    """The console's people where this config keeps them: the state file, or the cluster."""
+    if cfg.storage.backend == "jetstream":
+        from cdpd.cluster.console_state import people_in_cluster
+
+        async with people_in_cluster(cfg) as people:
+            yield people
+        return
+    async with state.connect(cfg.console.state_path(cfg.storage.data_dir)) as conn:
+        yield SqliteState(conn)
+
+
+async def _users(cfg: Config, args: argparse.Namespace) -> int:
     command = args.users_command
     password_hash = None
     if command in ("add", "passwd"):
@@ -76,36 +98,31 @@ async def _users(path: Any, args: argparse.Namespace) -> int:
         if password is None:
             return EXIT_USAGE
         password_hash = access.hash_password(password)
-    async with state.connect(path) as conn:
+    async with _people(cfg) as people:
         if command == "add":
             assert password_hash is not None
-            if await state.person(conn, args.name) is not None:
+            if not await people.add_person(args.name, password_hash, args.workspace, args.role):
                 return _fail(f"{args.name!r} already exists (cdpd users grant gives a role)")
-            await conn.execute("BEGIN IMMEDIATE")
-            await state.add_person(conn, args.name, password_hash)
-            await state.set_role(conn, args.name, args.workspace, args.role)
-            await conn.execute("COMMIT")
             print(f"{args.name} added: {args.role} of {args.workspace}")
         elif command == "grant":
-            if await state.person(conn, args.name) is None:
+            if not await people.set_role(args.name, args.workspace, args.role):
                 return _fail(f"there is no person named {args.name!r}")
-            await state.set_role(conn, args.name, args.workspace, args.role)
             print(f"{args.name} is now {args.role} of {args.workspace}")
         elif command == "passwd":
             assert password_hash is not None
-            if not await state.set_password(conn, args.name, password_hash):
+            if not await people.set_password(args.name, password_hash):
                 return _fail(f"there is no person named {args.name!r}")
             print(f"password of {args.name} changed; their sessions have ended")
         elif command == "remove":
-            if not await state.remove_person(conn, args.name):
+            if not await people.remove_person(args.name):
                 return _fail(f"there is no person named {args.name!r}")
             print(f"{args.name} removed")
         else:
-            people = await state.people(conn)
+            found = await people.people()
             if args.json:
-                listed = [{"name": p.name, "roles": p.roles} for p in people]
+                listed = [{"name": p.name, "roles": p.roles} for p in found]
                 print(msgspec.json.encode(listed).decode())
-            for person in [] if args.json else people:
+            for person in [] if args.json else found:
                 roles = ", ".join(f"{r} of {w}" for w, r in sorted(person.roles.items()))
                 print(f"{person.name:<24} {roles or '(no workspace)'}")
     return EXIT_OK

@@ -16,9 +16,7 @@ from cdpd.console import catalog, overview
 from cdpd.console.access import Principal
 from cdpd.console.changes import NoConfigFile
 from cdpd.console.web import Refused, redirect
-from cdpd.delivery import replay
 from cdpd.destinations import rehearsal
-from cdpd.model.timestamps import format_ms, now_ms
 
 if TYPE_CHECKING:
     from cdpd.console.web import Console
@@ -66,28 +64,10 @@ class DestinationPages:
     async def destination(self, request: web.Request, principal: Principal) -> web.StreamResponse:
         workspace, destination = self._destination(request, principal)
         parts = self.console.parts
-        reader = parts.reader
         window = overview.window(request.query.get("window"))
-        period = overview.span(window)
-        own = await overview.totals(reader, "destination", [destination.name], period)
-        upstream = await overview.totals(reader, "source", self._sources_of(destination), period)
-        ledger = await overview.ledger(reader, destination.name)
-        lane = parts.delivery.lanes.get(destination.name)
-        since_ms = now_ms() - overview.WINDOWS_S[window] * 1000
-        errors = await overview.errors(reader, destination.name, since_ms)
-        chart = await overview.series(
-            reader, "destination", destination.name, ["delivered", "retried", "failed"], window
+        figures = await parts.data.destination_figures(
+            destination, self._sources_of(destination), window
         )
-        counts = {
-            "received": own["received", ""],
-            "failed_on_ingest": sum(c for (m, _), c in upstream.items() if m == "rejected"),
-            "filtered_at_source": sum(c for (m, _), c in upstream.items() if m == "blocked"),
-            "filtered_at_destination": sum(c for (m, _), c in own.items() if m == "filtered"),
-            "pending_retry": ledger.pending_retry,
-            "failed": own["failed", ""],
-            "delivered": own["delivered", ""],
-            "retried": own["retried", ""],
-        }
         return self.console.render(
             request,
             "destination.html",
@@ -98,22 +78,22 @@ class DestinationPages:
                 "type": type(destination).__name__,
                 "window": window,
                 "windows": list(overview.WINDOWS_S),
-                "counts": counts,
-                "filtered": sorted(
-                    ((r, c) for (m, r), c in own.items() if m == "filtered"), key=lambda i: -i[1]
-                ),
-                "p95_ms": await overview.p95_ms(reader, destination.name, period),
-                "backlog": ledger.behind,
-                "circuit": lane.circuit.state if lane is not None else "not running",
-                "errors": errors,
-                "dead": ledger.dead,
-                "dead_total": ledger.dead_count,
+                "counts": figures.counts,
+                "filtered": figures.filtered,
+                "p95_ms": figures.p95_ms,
+                "backlog": figures.backlog,
+                "circuit": figures.circuit,
+                "errors": figures.errors,
+                "dead": figures.dead,
+                "dead_total": figures.dead_total,
                 "dead_counted": overview.DEAD_COUNTED,
+                "notes": figures.notes,
                 "settings": catalog.masked(destination),
-                "chart": json.dumps(chart),
+                "chart": json.dumps(figures.chart) if figures.chart is not None else None,
                 "may_operate": principal.may(workspace.name, "member"),
                 "may_change": principal.may(workspace.name, "owner"),
-                "from_console": parts.changes.fragment_of(destination.name) is not None,
+                "from_console": parts.changes is not None
+                and parts.changes.fragment_of(destination.name) is not None,
                 "notice": request.query.get("notice"),
             },
             principal=principal,
@@ -123,17 +103,17 @@ class DestinationPages:
         """An error's samples: what was sent, the request made (rebuilt by the same code that
         sends), and the response (status and the error the destination answered)."""
         workspace, destination = self._destination(request, principal)
-        reader = self.console.parts.reader
+        data = self.console.parts.data
         window = overview.window(request.query.get("window"))
-        since_ms = now_ms() - overview.WINDOWS_S[window] * 1000
-        errors = await overview.errors(reader, destination.name, since_ms)
+        sources = self._sources_of(destination)
+        errors = (await data.destination_figures(destination, sources, window)).errors
         index = request.match_info["index"]
         if not index.isdigit() or int(index) >= len(errors):
             raise Refused(404, "That error is no longer in this window.")
         group = errors[int(index)]
         samples = []
         for message_id in group.message_ids:
-            sent = await overview.payload(reader, message_id, self._sources_of(destination))
+            sent = await data.payload(message_id, sources)
             if sent is None:
                 continue
             samples.append(
@@ -162,21 +142,12 @@ class DestinationPages:
         workspace, destination = self._destination(request, principal, "member")
         if not destination.enabled:
             raise Refused(409, f"{destination.name} is disabled; enable it before replaying.")
-        delivery = self.console.parts.delivery
-        count = await replay.replay_dead(delivery.store, destination)
-        lane = delivery.lanes.get(destination.name)
-        if lane is not None:
-            lane.wake()
+        count = await self.console.parts.data.replay_dead(destination)
         return _back(workspace.name, destination.name, f"{count} dead letters queued again")
 
     async def retry(self, request: web.Request, principal: Principal) -> web.StreamResponse:
         workspace, destination = self._destination(request, principal, "member")
-        delivery = self.console.parts.delivery
-        count = await delivery.store.retry_now(destination.name, format_ms(now_ms()))
-        lane = delivery.lanes.get(destination.name)
-        if lane is not None:
-            lane.circuit.succeeded()
-            lane.wake()
+        count = await self.console.parts.data.retry(destination)
         return _back(workspace.name, destination.name, f"{count} waiting retries are due now")
 
     async def set_enabled(self, request: web.Request, principal: Principal) -> web.StreamResponse:
@@ -185,7 +156,7 @@ class DestinationPages:
         workspace, destination = self._destination(request, principal, "owner")
         enabled = (await request.post()).get("enabled") == "true"
         try:
-            await self.console.parts.changes.set_enabled(workspace.name, destination.name, enabled)
+            await self.console.changes().set_enabled(workspace.name, destination.name, enabled)
         except (ConfigError, NoConfigFile) as exc:
             raise Refused(409, str(exc)) from None
         done = "enabled" if enabled else "disabled"
@@ -193,7 +164,7 @@ class DestinationPages:
 
     async def settings_form(self, request: web.Request, principal: Principal) -> web.StreamResponse:
         workspace, destination = self._destination(request, principal, "owner")
-        if self.console.parts.changes.fragment_of(destination.name) is None:
+        if self.console.changes().fragment_of(destination.name) is None:
             raise Refused(409, f"{destination.name} is defined in the main config file.")
         return self._form_page(
             request,
@@ -225,7 +196,7 @@ class DestinationPages:
             catalog.check(
                 msgspec.structs.replace(self.console.config, destinations=others), settings
             )
-            await self.console.parts.changes.replace_destination(workspace.name, settings)
+            await self.console.changes().replace_destination(workspace.name, settings)
         except (ConfigError, NoConfigFile) as exc:
             shown = {**submitted, "name": destination.name}
             return self._form_page(
@@ -255,7 +226,7 @@ class DestinationPages:
             settings = catalog.read_form(type_name, submitted.get("name", ""), submitted)
             catalog.check(self.console.config, settings)
             if submitted.get("action") == "add":
-                await self.console.parts.changes.add_destination(workspace.name, settings)
+                await self.console.changes().add_destination(workspace.name, settings)
                 return _back(workspace.name, settings["name"], f"{settings['name']} is added")
         except (ConfigError, NoConfigFile) as exc:
             return self._form_page(request, principal, workspace, submitted, str(exc), None, 422)
@@ -303,7 +274,9 @@ class DestinationPages:
 
     def _no_config_file(self) -> str | None:
         try:
-            self.console.parts.changes.conf_dir()
+            self.console.changes().conf_dir()
+        except Refused as exc:
+            return exc.message
         except NoConfigFile as exc:
             return str(exc)
         return None

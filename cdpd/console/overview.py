@@ -93,6 +93,11 @@ async def series(
     return {"t": times, **values}
 
 
+def by_count(totals: Counter[tuple[str, str]], metric: str) -> list[tuple[str, int]]:
+    """The reasons of one metric with their counts, the most frequent first."""
+    return sorted(((r, c) for (m, r), c in totals.items() if m == metric), key=lambda i: -i[1])
+
+
 def _key(period: Span, epoch_s: int) -> str:
     at = format_ms(epoch_s * 1000)
     return hour_of(at) if period.column == "hour" else minute_of(at)

@@ -47,7 +47,7 @@ class PrivacyPages:
         """A page of each table (the workspace's fields only), filtered by a text in the
         field's name; the counts are over every matching field."""
         workspace = self.console.workspace_for(request, principal)
-        reader = self.console.parts.reader
+        reader = self.console.local().reader
         containing = request.query.get("q", "")[:200]
         pages = {
             "inbox": _page_number(request, "inbox"),
@@ -88,10 +88,10 @@ class PrivacyPages:
         chosen = str(form.get("class", ""))
         if chosen not in (*CLASSES, "none"):
             raise Refused(422, f"class: expected one of {', '.join(CLASSES)} or none")
-        if not await store.sent_by(self.console.parts.reader, field, workspace.sources):
+        parts = self.console.local()
+        if not await store.sent_by(parts.reader, field, workspace.sources):
             raise Refused(404, f"No source of {workspace.name} sent a field {field!r}.")
         class_ = None if chosen == "none" else chosen
-        parts = self.console.parts
         by = f"console:{principal.name}"
         await parts.writer.transact(
             functools.partial(store.classify, field, class_, format_ms(now_ms()), by)

@@ -26,7 +26,8 @@ EVENTS_READ = 200  # the newest of every source, of which the workspace's are sh
 
 
 def routes(console: Console) -> list[web.RouteDef]:
-    if console.parts.identity is None:
+    local = console.parts.local
+    if local is not None and local.identity is None:
         return []  # no profiles without [identity]: no page either
     pages = ProfilePages(console)
     return [web.get("/console/w/{workspace}/profiles", console.page(pages.explorer))]
@@ -38,7 +39,7 @@ class ProfilePages:
 
     async def explorer(self, request: web.Request, principal: Principal) -> web.StreamResponse:
         workspace = self.console.workspace_for(request, principal)
-        identity = self.console.parts.identity
+        identity = self.console.local().identity
         if identity is None or identity.reader is None:  # routed only with [identity]
             raise Refused(404, "Profiles need [identity] in the configuration.")
         lookup = request.query.get("lookup", "").strip()

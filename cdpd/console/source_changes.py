@@ -79,7 +79,7 @@ class SourceChanges:
         settings = {**submitted, "write_key": new_write_key()}
         try:
             check(self.console.config, settings, new=True)
-            await self.console.parts.changes.add_source(workspace.name, settings)
+            await self.console.changes().add_source(workspace.name, settings)
         except (ConfigError, NoConfigFile) as exc:
             return self._form(request, principal, workspace, submitted, str(exc), 422)
         notice = f"{settings['name']} is added: show its write key to send to it"
@@ -91,7 +91,7 @@ class SourceChanges:
         settings = {"name": source.name, "type": chosen, "write_key": source.write_key}
         try:
             check(self.console.config, settings, new=False)
-            await self.console.parts.changes.replace_source(workspace.name, settings)
+            await self.console.changes().replace_source(workspace.name, settings)
         except (ConfigError, NoConfigFile) as exc:
             raise Refused(422, str(exc)) from None
         return _back(workspace.name, source.name, f"{source.name}'s settings are saved")
@@ -100,9 +100,7 @@ class SourceChanges:
         workspace, source = self._own_source(request, principal)
         enabled = (await request.post()).get("enabled") == "true"
         try:
-            await self.console.parts.changes.set_enabled(
-                workspace.name, source.name, enabled, "source"
-            )
+            await self.console.changes().set_enabled(workspace.name, source.name, enabled, "source")
         except (ConfigError, NoConfigFile) as exc:
             raise Refused(409, str(exc)) from None
         done = "enabled" if enabled else "disabled: ingest refuses its write key"
@@ -113,7 +111,7 @@ class SourceChanges:
         if (await request.post()).get("confirm") != "yes":
             raise Refused(422, f"Tick the box to confirm that {source.name} is to be removed.")
         try:
-            await self.console.parts.changes.remove_source(source.name)
+            await self.console.changes().remove_source(source.name)
         except (ConfigError, NoConfigFile) as exc:
             # e.g. a destination's `sources` still names it: the config would not load
             raise Refused(409, str(exc)) from None
@@ -126,7 +124,7 @@ class SourceChanges:
         workspace = console.workspace_for(request, principal, "owner")
         name = request.match_info["source"]
         console.member_of(workspace, "sources", name)
-        if console.parts.changes.fragment_of(name, "source") is None:
+        if console.changes().fragment_of(name, "source") is None:
             raise Refused(
                 409, f"{name} is defined in the main config file: change it there and reload."
             )
@@ -142,7 +140,7 @@ class SourceChanges:
         status: int = 200,
     ) -> web.Response:
         try:
-            self.console.parts.changes.conf_dir()
+            self.console.changes().conf_dir()
             no_config_file = None
         except NoConfigFile as exc:
             no_config_file = str(exc)

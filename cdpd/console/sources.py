@@ -14,8 +14,7 @@ from cdpd.config import Source
 from cdpd.console import overview
 from cdpd.console.access import Principal
 from cdpd.console.snippet import SOURCE_TYPES, setup, snippet
-from cdpd.governance import store as governance_store
-from cdpd.model.timestamps import format_ms, now_ms
+from cdpd.model.timestamps import now_ms
 
 if TYPE_CHECKING:
     from cdpd.console.web import Console
@@ -54,13 +53,9 @@ class SourcePages:
 
     async def source(self, request: web.Request, principal: Principal) -> web.StreamResponse:
         workspace, source = self._source(request, principal)
-        reader = self.console.parts.reader
+        parts = self.console.parts
         window = overview.window(request.query.get("window"))
-        period = overview.span(window)
-        totals = await overview.totals(reader, "source", [source.name], period)
-        chart = await overview.series(
-            reader, "source", source.name, ["received", "rejected", "blocked"], window
-        )
+        figures = await parts.data.source_figures(source.name, window)
         return self.console.render(
             request,
             "source.html",
@@ -70,20 +65,15 @@ class SourcePages:
                 "source": source,
                 "window": window,
                 "windows": list(overview.WINDOWS_S),
-                "received": {r: c for (m, r), c in totals.items() if m == "received"},
-                "rejected": sorted(
-                    ((r, c) for (m, r), c in totals.items() if m == "rejected"),
-                    key=lambda item: -item[1],
-                ),
-                "blocked": sorted(
-                    ((r, c) for (m, r), c in totals.items() if m == "blocked"),
-                    key=lambda item: -item[1],
-                ),
-                "chart": json.dumps(chart),
+                "received": figures.received,
+                "rejected": figures.rejected,
+                "blocked": figures.blocked,
+                "chart": json.dumps(figures.chart) if figures.chart is not None else None,
+                "notes": figures.notes,
                 "may_operate": principal.may(workspace.name, "member"),
                 "may_change": principal.may(workspace.name, "owner"),
-                "from_console": self.console.parts.changes.fragment_of(source.name, "source")
-                is not None,
+                "from_console": parts.changes is not None
+                and parts.changes.fragment_of(source.name, "source") is not None,
                 "types": SOURCE_TYPES,
                 "notice": request.query.get("notice"),
                 "capacity": self.console.config.console.debugger_capacity,
@@ -115,37 +105,30 @@ class SourcePages:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
         )
         await response.prepare(request)
-        watcher = parts.tap.watch(source.name, self.console.config.console.debugger_capacity)
+        capacity = self.console.config.console.debugger_capacity
         try:
-            await response.write(b": watching\n\n")
-            while not parts.closing():
-                try:
-                    await asyncio.wait_for(watcher.ready.wait(), HEARTBEAT_S)
-                except TimeoutError:
-                    await response.write(b": heartbeat\n\n")
-                    continue
-                watcher.ready.clear()
-                while watcher.messages and not parts.closing():
-                    chunk = [
-                        watcher.messages.popleft()
-                        for _ in range(min(SEND_BATCH, len(watcher.messages)))
-                    ]
-                    await response.write(b"".join(_event(row) for row in chunk))
-                    await asyncio.sleep(SEND_INTERVAL_S)
+            async with parts.data.watch(source.name, capacity) as feed:
+                await response.write(b": watching\n\n")
+                while not parts.closing():
+                    rows = await feed.next(HEARTBEAT_S)
+                    if not rows:
+                        await response.write(b": heartbeat\n\n")
+                    for start in range(0, len(rows), SEND_BATCH):
+                        if parts.closing():
+                            break
+                        chunk = rows[start : start + SEND_BATCH]
+                        await response.write(b"".join(_event(row) for row in chunk))
+                        await asyncio.sleep(SEND_INTERVAL_S)
         except ConnectionResetError:  # the person left
             pass
-        finally:
-            parts.tap.unwatch(watcher)
         return response
 
     async def protocols(self, request: web.Request, principal: Principal) -> web.StreamResponse:
         workspace, source = self._source(request, principal)
-        reader = self.console.parts.reader
+        data = self.console.parts.data
         since_ms = now_ms() - overview.WINDOWS_S["7d"] * 1000
-        violations = await governance_store.summarize_violations(
-            reader, source=source.name, event=None, since=format_ms(since_ms)
-        )
-        fields = await governance_store.source_schema(reader, source.name)
+        violations = await data.violations(source.name, since_ms)
+        fields = await data.schema(source.name)
         return self.console.render(
             request,
             "protocols.html",

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from aiohttp import web
 
 from cdpd.console.access import Principal
+from cdpd.console.seams import Unavailable
 from cdpd.console.web import Refused, redirect
 from cdpd.warehouse import loader
 from cdpd.warehouse.sinks import open_sink
@@ -56,6 +58,7 @@ class WarehousePages:
                 "warehouse": warehouse,
                 "syncs": syncs,
                 "error": error,
+                "holder": await self.console.parts.data.warehouse_holder(warehouse.name),
                 "may_operate": principal.may(workspace.name, "member"),
                 "notice": request.query.get("notice"),
             },
@@ -64,12 +67,10 @@ class WarehousePages:
 
     async def sync_now(self, request: web.Request, principal: Principal) -> web.StreamResponse:
         workspace, warehouse = self._warehouse(request, principal, "member")
-        scheduler = self.console.parts.warehouses
-        if scheduler is None:
-            raise Refused(503, "Warehouse syncs are not running in this process.")
-        result = await scheduler.sync_now(warehouse.name)
-        notice = f"sync {result.status}: {result.messages} messages"
-        from urllib.parse import quote
+        try:
+            notice = await self.console.parts.data.sync_now(warehouse.name)
+        except Unavailable as exc:
+            raise Refused(409, str(exc)) from None
 
         return redirect(
             f"/console/w/{workspace.name}/warehouses/{warehouse.name}?notice={quote(notice)}"

@@ -20,24 +20,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import aiosqlite
 import jinja2
 import structlog
 from aiohttp import web
 
 from cdpd.config import Config, Workspace
-from cdpd.console import access, state
+from cdpd.console import access, seams
 from cdpd.console.access import Principal, SigninLimit
 from cdpd.console.changes import ConfigChanges
-from cdpd.console.debugger import Tap
-from cdpd.delivery.service import Delivery
-from cdpd.warehouse.scheduler import Scheduler
+from cdpd.console.seams import ConsoleData, ConsoleState
 
 if TYPE_CHECKING:
-    from cdpd.governance.stage import Governance
-    from cdpd.identity.stage import IdentityStage
-    from cdpd.outbox.writer import OutboxWriter
-    from cdpd.reload import Consumers
+    from cdpd.console.local import LocalParts
 
 log = structlog.get_logger()
 
@@ -66,30 +60,21 @@ class Refused(Exception):
 
 @dataclass(frozen=True)
 class Parts:
-    """What the console reads and operates on. The config, delivery and warehouses are read
-    from the pipeline at each use: a reload replaces them."""
+    """What the console reads and operates on, through its seams (`cdpd.console.seams`). The
+    config is read at each use: a reload replaces it. `changes` is None where the console does
+    not change the config; `local` holds the SQLite outbox's own parts, for the pages only
+    that backend serves."""
 
-    pipeline: Consumers
-    state: aiosqlite.Connection
-    reader: aiosqlite.Connection
-    tap: Tap
+    config_of: Callable[[], Config]
+    state: ConsoleState
+    data: ConsoleData
     closing: Callable[[], bool]
-    changes: ConfigChanges
-    writer: OutboxWriter
-    governance: Governance
-    identity: IdentityStage | None = None
+    changes: ConfigChanges | None = None
+    local: LocalParts | None = None
 
     @property
     def config(self) -> Config:
-        return self.pipeline.config
-
-    @property
-    def delivery(self) -> Delivery:
-        return self.pipeline.delivery
-
-    @property
-    def warehouses(self) -> Scheduler:
-        return self.pipeline.warehouses
+        return self.config_of()
 
 
 Page = Callable[[web.Request, Principal], Awaitable[web.StreamResponse]]
@@ -106,6 +91,7 @@ class Console:
             undefined=jinja2.StrictUndefined,
         )
         self.templates.filters["kind"] = _kind
+        self.templates.filters["figure"] = _figure
         self._static = resources.files("cdpd.console") / "static"
 
     @property
@@ -120,6 +106,7 @@ class Console:
             profiles,
             source_changes,
             sources,
+            unavailable,
             warehouses,
         )
 
@@ -132,10 +119,32 @@ class Console:
             web.get("/console/static/{name}", self.static),
             web.get("/console/w/{workspace}/", self.page(self.workspace_page)),
         ]
-        modules = (sources, source_changes, destinations, warehouses, privacy, profiles, audiences)
-        for module in modules:
+        for module in (sources, destinations, warehouses):
             routes += module.routes(self)
+        elsewhere = {
+            seams.CONFIG_CHANGES: source_changes,
+            seams.PRIVACY: privacy,
+            seams.PROFILES: profiles,
+            seams.AUDIENCES: audiences,
+        }
+        for page, module in elsewhere.items():
+            reason = self.parts.data.unavailable.get(page)
+            routes += (
+                module.routes(self) if reason is None else unavailable.routes(self, module, reason)
+            )
         return routes
+
+    def changes(self) -> ConfigChanges:
+        """The config changes, where the console makes them (409 with the reason elsewhere)."""
+        if self.parts.changes is None:
+            reason = self.parts.data.unavailable.get(seams.CONFIG_CHANGES, "")
+            raise Refused(409, f"The console does not change the config here: {reason}")
+        return self.parts.changes
+
+    def local(self) -> LocalParts:
+        if self.parts.local is None:
+            raise Refused(404, "This page is served by the SQLite backend only.")
+        return self.parts.local
 
     # -- wrapping --------------------------------------------------------------------------
 
@@ -166,10 +175,10 @@ class Console:
         session_id = request.cookies.get(COOKIE)
         if not session_id:
             return None
-        found = await state.session(self.parts.state, session_id)
+        found = await self.parts.state.session(session_id)
         if found is None:
             return None
-        person = await state.person(self.parts.state, found.person)
+        person = await self.parts.state.person(found.person)
         if person is None:
             return None
         return Principal(person.name, person.roles, "person", found.csrf_token)
@@ -247,7 +256,7 @@ class Console:
                     d for d in self.config.destinations if d.name in workspace.destinations
                 ],
                 "warehouses": workspace.warehouses,
-                "identity": self.parts.identity is not None,
+                "identity": self.parts.local is not None and self.parts.local.identity is not None,
                 "notice": request.query.get("notice"),
             },
             principal=principal,
@@ -272,21 +281,21 @@ class Console:
         keys = (f"name:{name}", f"address:{address}")
         if self.limit.blocked(*keys):
             log.warning("console_signin_limited", person=name, address=address)
-            await state.log_signin(self.parts.state, name, address, succeeded=False)
+            await self.parts.state.log_signin(name, address, succeeded=False)
             return self._signin_failed(request, 429, "Too many failed sign-ins; try later.")
-        person = await state.person(self.parts.state, name)
+        person = await self.parts.state.person(name)
         password_hash = person.password_hash if person else access.dummy_hash()
         matches = await asyncio.to_thread(access.verify_password, password_hash, password)
         if person is None or not matches:
             self.limit.failed(*keys)
             log.warning("console_signin_failed", person=name, address=address)
-            await state.log_signin(self.parts.state, name, address, succeeded=False)
+            await self.parts.state.log_signin(name, address, succeeded=False)
             return self._signin_failed(request, 401, "Wrong name or password.")
         self.limit.succeeded(keys[0])
         session_id, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         ttl_s = self.config.console.session_ttl_s
-        await state.add_session(self.parts.state, session_id, name, csrf, ttl_s)
-        await state.log_signin(self.parts.state, name, address, succeeded=True)
+        await self.parts.state.add_session(session_id, name, csrf, ttl_s)
+        await self.parts.state.log_signin(name, address, succeeded=True)
         log.info("console_signin", person=name, address=address)
         response = redirect(_next(request, str(form.get("next", ""))))
         response.set_cookie(
@@ -311,7 +320,7 @@ class Console:
         return response
 
     async def signout(self, request: web.Request, principal: Principal) -> web.StreamResponse:
-        await state.end_session(self.parts.state, request.cookies.get(COOKIE, ""))
+        await self.parts.state.end_session(request.cookies.get(COOKIE, ""))
         response = redirect("/console/signin")
         response.del_cookie(COOKIE, path="/console")
         return response
@@ -334,6 +343,11 @@ class Console:
             content_type=STATIC_TYPES[suffix],
             headers={"Cache-Control": "max-age=3600"},
         )
+
+
+def _figure(count: int | None) -> str:
+    """A count, or a dash where this backend does not keep it."""
+    return "–" if count is None else str(count)
 
 
 def _kind(item: Any) -> str:

@@ -1,6 +1,8 @@
-"""`cdpd outbox tail [-f]` with filters and `cdpd rejects`: their arguments and output.
+"""`cdpd outbox tail [-f]` with filters, `cdpd outbox export|import` and `cdpd rejects`: their
+arguments and output.
 
-cli.py hands these over; the queries are in `cdpd.outbox.reader`.
+cli.py hands these over; the queries are in `cdpd.outbox.reader`, the export in
+`cdpd.outbox.export`, the import in `cdpd.cluster.outbox_import`.
 """
 
 from __future__ import annotations
@@ -9,12 +11,17 @@ import argparse
 import asyncio
 import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 import msgspec
 
 from cdpd.config import Config
 from cdpd.outbox import reader
+
+if TYPE_CHECKING:
+    from cdpd.cluster.outbox_import import ImportCounts
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -31,6 +38,29 @@ def add_tail_arguments(tail: argparse.ArgumentParser) -> None:
     tail.add_argument(
         "--json", action="store_true", help="JSON lines (tail's only form; accepted everywhere)"
     )
+
+
+def add_move_parsers(
+    outbox_commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    export = outbox_commands.add_parser(
+        "export",
+        parents=[common],
+        help="the outbox's messages as JSON lines, with who still owes each (for import)",
+    )
+    export.add_argument("--output", default="-", help="the file to write ('-': standard output)")
+    export.add_argument(
+        "--pending-only",
+        action="store_true",
+        help="only messages some destination or warehouse is still owed",
+    )
+    imported = outbox_commands.add_parser(
+        "import",
+        parents=[common],
+        help="publish an export into the JetStream backend (a config with backend = jetstream)",
+    )
+    imported.add_argument("--input", default="-", help="the export to read ('-': standard input)")
 
 
 def add_rejects_parser(
@@ -67,6 +97,74 @@ async def _tail(path: Path, count: int, only: reader.TailFilter, *, follow: bool
     if follow:
         async for message in reader.follow(path, last, only):
             _print_json(message)
+
+
+def export(cfg: Config, args: argparse.Namespace) -> int:
+    from cdpd.outbox import export as exports
+
+    try:
+        with _opened(args.output, "wb", sys.stdout.buffer) as out:
+            counts = asyncio.run(exports.export(cfg, out, pending_only=args.pending_only))
+    except exports.WarehouseUnreadable as exc:
+        print(f"cdpd: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:
+        print(f"cdpd: --output {args.output}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(
+        f"exported {counts.messages} messages up to seq {counts.last_seq}"
+        f" ({counts.owed} still owed to a destination or warehouse)",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def import_(cfg: Config, args: argparse.Namespace) -> int:
+    if cfg.storage.backend != "jetstream":
+        print(
+            "cdpd: outbox import publishes into the JetStream backend: the config's [storage]"
+            ' backend is not "jetstream"',
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    from cdpd.cluster import outbox_import
+    from cdpd.startup import StartupError
+
+    try:
+        with _opened(args.input, "rb", sys.stdin.buffer) as source:
+            counts = asyncio.run(outbox_import.import_export(cfg, source))
+    except OSError as exc:
+        print(f"cdpd: --input {args.input}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except outbox_import.ImportRefused as exc:
+        print(f"cdpd: --input {args.input}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (StartupError, outbox_import.ImportStopped) as exc:
+        print(f"cdpd: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    for name in counts.not_configured:
+        print(f"cdpd: note: the export's {name} is not in this config", file=sys.stderr)
+    print(_import_line(counts))
+    return EXIT_OK
+
+
+def _import_line(counts: ImportCounts) -> str:
+    line = (
+        f"imported {counts.read} messages: {counts.stored} stored, {counts.duplicates} already"
+        f" in the stream, {counts.skipped} imported by an earlier run"
+    )
+    if counts.warehouses:
+        line += f"; positions set to the stream's start: {', '.join(counts.warehouses)}"
+    return line
+
+
+@contextlib.contextmanager
+def _opened(name: str, mode: str, standard: IO[bytes]) -> Iterator[IO[bytes]]:
+    if name == "-":
+        yield standard
+        return
+    with Path(name).open(mode) as file:
+        yield file
 
 
 def _print_json(value: object) -> None:

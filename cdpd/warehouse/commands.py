@@ -69,6 +69,10 @@ class RewindRefused(Exception):
     pass
 
 
+class Unreachable(Exception):
+    """The JetStream cluster cannot be reached (its message says why)."""
+
+
 def _rewind(cfg: Config, name: str, to: int | None) -> int:
     warehouse = _find(cfg, name)
     if warehouse is None:
@@ -80,11 +84,11 @@ def _rewind(cfg: Config, name: str, to: int | None) -> int:
     except RewindRefused as exc:
         print(f"cdpd: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except loader.SYNC_ERRORS as exc:
+    except (*loader.SYNC_ERRORS, Unreachable) as exc:
         print(f"cdpd: {name}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     print(
-        f"{name}: position {before} -> {after}; its next sync loads the outbox's messages after "
+        f"{name}: position {before} -> {after}; its next sync loads the messages after "
         f"seq {after} (rows it already holds are merged by id)"
     )
     return EXIT_OK
@@ -92,16 +96,17 @@ def _rewind(cfg: Config, name: str, to: int | None) -> int:
 
 async def _move_back(cfg: Config, warehouse: Warehouse, to: int | None) -> tuple[int, int]:
     """Set the warehouse's position to `to` (default: the one the outbox recorded for it);
-    never forward, never past the outbox's end."""
-    path = cfg.storage.outbox_path
-    if not path.exists():
-        raise RewindRefused(f"there is no outbox at {path}")
-    async with outbox_schema.connect(path, readonly=True) as outbox:
-        end = await continuity.high_water(outbox)
-        recorded = await continuity.recorded_position(outbox, warehouse.name)
-    target = min(recorded, end) if to is None else to
+    never forward, never past the end of what it loads from (the outbox, or the messages
+    stream on the JetStream backend)."""
+    end, recorded = await _end_and_recorded(cfg, warehouse)
+    if to is None and recorded is None:
+        raise RewindRefused(
+            "--to is needed on the JetStream backend: a sequence of the messages stream (0: its"
+            " start)"
+        )
+    target = to if to is not None else min(recorded or 0, end)
     if not 0 <= target <= end:
-        raise RewindRefused(f"--to must be from 0 to the outbox's last seq ({end}), not {target}")
+        raise RewindRefused(f"--to must be from 0 to the last seq ({end}), not {target}")
     async with open_sink(cfg, warehouse) as sink, sink.load() as load:
         before = await load.position()
         if target > before:
@@ -110,6 +115,25 @@ async def _move_back(cfg: Config, warehouse: Warehouse, to: int | None) -> tuple
             )
         await load.set_position(target)
     return before, target
+
+
+async def _end_and_recorded(cfg: Config, warehouse: Warehouse) -> tuple[int, int | None]:
+    """The last seq the warehouse can load, and its position as the outbox recorded it (none
+    on the JetStream backend)."""
+    if cfg.storage.backend == "jetstream":
+        from cdpd.cluster.connect import ClusterUnreachable  # the NATS client, only when needed
+        from cdpd.cluster.status import messages_last_seq
+
+        try:
+            return await messages_last_seq(cfg.storage.jetstream), None
+        except ClusterUnreachable as exc:
+            raise Unreachable(str(exc)) from exc
+    path = cfg.storage.outbox_path
+    if not path.exists():
+        raise RewindRefused(f"there is no outbox at {path}")
+    async with outbox_schema.connect(path, readonly=True) as outbox:
+        end = await continuity.high_water(outbox)
+        return end, await continuity.recorded_position(outbox, warehouse.name)
 
 
 def _status(cfg: Config, *, json: bool) -> int:

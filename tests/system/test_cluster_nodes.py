@@ -19,9 +19,10 @@ from tests.cluster_support import (
     empty_postgres_warehouse,
     jetstream_text,
     lease_holder,
+    loaded_ids,
     stored_rows,
 )
-from tests.helpers import Daemon, WarehouseProbe, spawn_cdpd
+from tests.helpers import Daemon, spawn_cdpd
 from tests.jetstream_cluster import JetStreamCluster
 
 pytestmark = pytest.mark.system
@@ -32,19 +33,6 @@ ACKED_AFTER_KILL = 600
 
 def _track_order(client: Client, message_id: str, n: int) -> None:
     client.track(user_id=f"u{n % 50}", event="Order", message_id=message_id, properties={"n": n})
-
-
-async def _loaded_ids(warehouse: WarehouseProbe, wanted: set[str]) -> list[str]:
-    ids: list[str] = []
-    for _ in range(600):
-        try:
-            ids = [row[0] for row in await warehouse.fetch('SELECT id FROM "website"."tracks"')]
-        except Exception:  # the table appears with the first load
-            ids = []
-        if wanted <= set(ids):
-            break
-        await asyncio.sleep(0.1)
-    return ids
 
 
 async def test_two_nodes_lose_nothing_acknowledged_when_one_dies_and_a_server_stops(
@@ -81,7 +69,7 @@ async def test_two_nodes_lose_nothing_acknowledged_when_one_dies_and_a_server_st
     survivor = next(n for n in nodes if n is not leader)
     stored = {row.message_id for row in await stored_rows(js_cluster.urls[:2])}
     assert acked <= stored, sorted(acked - stored)[:10]
-    loaded = await _loaded_ids(warehouse, acked)
+    loaded = await loaded_ids(warehouse, acked)
     assert acked <= set(loaded), sorted(acked - set(loaded))[:10]
     assert len(loaded) == len(set(loaded))  # each message loaded once
     assert await survivor.stop() == 0

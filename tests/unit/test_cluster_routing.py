@@ -115,3 +115,21 @@ def test_the_reason_names_the_filter() -> None:
     assert router.reason(_row(1, MESSAGES[1], "web")) == "filters"
     assert router.reason(_row(2, MESSAGES[7], "web")) == "integrations object"
     assert router.reason(_row(3, MESSAGES[0], "web")) is None
+
+
+def test_a_replayed_or_imported_message_goes_where_its_headers_say() -> None:
+    destination = _destination({"events": ["Signed Up"]})
+    actions = registry.actions_of(destination)
+    router = Router(routing_rule(destination, actions), actions)
+    signed_up, order = _row(1, MESSAGES[0], "web"), _row(2, MESSAGES[1], "web")
+    assert router.takes({}, signed_up)
+    assert not router.takes({}, order)
+    # Replayed for one destination: that one alone, whatever its rule.
+    assert router.takes({"Cdpd-Destination": "hook"}, order)
+    assert not router.takes({"Cdpd-Destination": "other"}, signed_up)
+    # Imported from a SQLite outbox: the destinations still owed it there, by their rule.
+    assert router.takes({"Cdpd-Owed-To": '["other","hook"]'}, signed_up)
+    assert not router.takes({"Cdpd-Owed-To": '["hook"]'}, order)
+    assert not router.takes({"Cdpd-Owed-To": '["other"]'}, signed_up)
+    assert not router.takes({"Cdpd-Owed-To": "[]"}, signed_up)
+    assert not router.takes({"Cdpd-Owed-To": "not a list"}, signed_up)

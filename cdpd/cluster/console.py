@@ -1,0 +1,331 @@
+"""The console on a JetStream node: the same pages, access rules and URLs as on the SQLite
+backend, read from the cluster, so that any node answers the same.
+
+* The live debugger reads the tail of the messages stream (an ephemeral consumer per person
+  watching, from a little before the end) and keeps the messages whose `Cdpd-Source` is the
+  source watched; a watcher that falls far behind skips to the end (the debugger is a sample).
+* Rejects, blocked messages and violations are the rows ingest published to the aux stream,
+  read over the page's window up to `AUX_READ` rows each.
+* A destination's figures are the cluster's: its consumers' backlog, the messages handed out
+  more than once (waiting for a retry), the dead letters, the shared circuit.
+* People and sessions live in buckets (`cdpd.cluster.console_state`).
+
+What the cluster does not keep (counts per minute of what was received and delivered, failed
+attempts, the observed schema) is shown as not kept, never made up; the pages of stages that
+run on the SQLite backend only say so."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from aiohttp import web
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyNotFoundError, NotFoundError
+
+from cdpd.cluster import dead, operations
+from cdpd.cluster.browse import browse
+from cdpd.cluster.console_state import KvState, cluster_answers, sessions_bucket
+from cdpd.cluster.layout import DESTINATION, SOURCE, Layout, row_of
+from cdpd.cluster.warehouse import lease_key
+from cdpd.config import Config, Destination
+from cdpd.console import overview, seams
+from cdpd.console.seams import DestinationFigures, Feed, SourceFigures, Unavailable
+from cdpd.console.web import Console, Parts
+from cdpd.delivery.report import DeadDelivery
+from cdpd.governance.store import SchemaField, ViolationSummary
+from cdpd.model.rows import OutboxRow
+from cdpd.model.timestamps import now_ms
+
+if TYPE_CHECKING:
+    from cdpd.cluster.node import NodeParts
+
+AUX_READ = 10_000  # rows of one aux table read for one page
+TAIL_READ = 500  # the debugger starts this many messages before the stream's end
+READ_BATCH = 256  # messages read from the stream per wait of the debugger
+SKIP_AHEAD = 5_000  # a debugger this far behind the stream's end jumps to it
+ELSEWHERE = "the SQLite backend serves it; on JetStream, {what} is being built"
+UNAVAILABLE = {
+    seams.PRIVACY: ELSEWHERE.format(what="the privacy inventory and inbox"),
+    seams.PROFILES: ELSEWHERE.format(what="identity resolution ([identity])"),
+    seams.AUDIENCES: ELSEWHERE.format(what="Engage (audiences and computed traits)"),
+    seams.CONFIG_CHANGES: "every node reads its own config file: change the shared config"
+    " (and conf.d) on every node, then reload them (SIGHUP, `systemctl reload cdpd`)",
+}
+VIOLATION_GROUP = ("source", "type", "event", "violation_type", "field", "description")
+NOT_KEPT = "Counts per interval are not kept on the JetStream backend; '–' marks them."
+
+
+class StreamFeed:
+    """The debugger's tail of the messages stream for one source and one watcher."""
+
+    def __init__(self, js: JetStreamContext, layout: Layout, source: str, capacity: int) -> None:
+        self._js = js
+        self._layout = layout
+        self._source = source
+        self._capacity = capacity
+        self._sub: JetStreamContext.PullSubscription | None = None
+
+    async def open(self, back: int = TAIL_READ) -> None:
+        info = await self._js.stream_info(self._layout.stream)
+        start = max(info.state.first_seq, info.state.last_seq - back + 1, 1)
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=30.0,
+            mem_storage=True,
+            num_replicas=1,
+        )
+        self._sub = await self._js.pull_subscribe(
+            self._layout.messages_subjects, stream=self._layout.stream, config=config
+        )
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+
+    async def next(self, timeout_s: float) -> list[OutboxRow]:
+        if self._sub is None:
+            raise RuntimeError("the feed is not open")
+        try:
+            messages = await self._sub.fetch(READ_BATCH, timeout=timeout_s)
+        except TimeoutError:
+            return []
+        rows = [row_of(m.headers, m.data) for m in messages if self._watched(m)]
+        if messages and messages[-1].metadata.num_pending > SKIP_AHEAD:
+            await self.close()
+            await self.open(back=1)
+        return rows[-self._capacity :]
+
+    def _watched(self, message: Msg) -> bool:
+        # A message with Cdpd-Destination is a dead letter replayed, not a new one.
+        headers = message.headers or {}
+        return headers.get(SOURCE) == self._source and DESTINATION not in headers
+
+
+@dataclass(frozen=True)
+class ClusterData:
+    """`ConsoleData` over the cluster's streams and buckets."""
+
+    js: JetStreamContext
+    layout: Layout
+    node_name: str
+
+    @property
+    def unavailable(self) -> Mapping[str, str]:
+        return UNAVAILABLE
+
+    @asynccontextmanager
+    async def watch(self, source: str, capacity: int) -> AsyncIterator[Feed]:
+        feed = StreamFeed(self.js, self.layout, source, capacity)
+        await feed.open()
+        try:
+            yield feed
+        finally:
+            await feed.close()
+
+    @cluster_answers
+    async def source_figures(self, source: str, window: str) -> SourceFigures:
+        rejected, notes = await self._by_reason("rejects", [source], window)
+        blocked, more = await self._by_reason("blocked_messages", [source], window)
+        return SourceFigures(
+            received=None,
+            rejected=overview.by_count(rejected, "rejected"),
+            blocked=overview.by_count(blocked, "blocked"),
+            chart=None,
+            notes=[
+                "Messages received are not counted per interval on the JetStream backend;"
+                " rejects and blocked messages are read from the cluster's aux stream.",
+                *notes,
+                *more,
+            ],
+        )
+
+    @cluster_answers
+    async def violations(self, source: str, since_ms: int) -> list[ViolationSummary]:
+        rows = await self._aux("violations", _since(since_ms))
+        return summarize(r for r in rows if r.get("source") == source)
+
+    async def schema(self, source: str) -> list[SchemaField] | None:
+        return None  # not observed on this backend yet
+
+    @cluster_answers
+    async def destination_figures(
+        self, destination: Destination, upstream: list[str], window: str
+    ) -> DestinationFigures:
+        (found,) = await operations.reports(self.js, self.layout, [destination])
+        rejected, notes = await self._by_reason("rejects", upstream, window)
+        blocked, more = await self._by_reason("blocked_messages", upstream, window)
+        dead = await self._newest_dead(destination.name)
+        counts: dict[str, int | None] = {
+            "received": None,
+            "failed_on_ingest": rejected.total(),
+            "filtered_at_source": blocked.total(),
+            "filtered_at_destination": None,
+            "pending_retry": found.retrying,
+            "retried": None,
+            "failed": None,
+            "delivered": None,
+        }
+        return DestinationFigures(
+            counts=counts,
+            filtered=[],
+            p95_ms=None,
+            backlog=found.pending,
+            circuit=found.circuit or "closed",
+            errors=[],
+            dead=dead,
+            dead_total=found.dead,
+            chart=None,
+            notes=[
+                NOT_KEPT,
+                f"Now: {found.pending} not yet handed out, {found.in_flight} being sent or"
+                f" waiting for a retry ({found.retrying} of them retried).",
+                "Failed attempts are not kept on this backend: see the dead letters below.",
+                *notes,
+                *more,
+            ],
+        )
+
+    async def payload(self, message_id: str, sources: list[str]) -> str | None:
+        return None  # a stream has no index by messageId
+
+    @cluster_answers
+    async def replay_dead(self, destination: Destination) -> int:
+        return await operations.replay_dead(self.js, self.layout, destination.name)
+
+    @cluster_answers
+    async def retry(self, destination: Destination) -> int:
+        return await operations.retry(self.js, self.layout, destination, self.node_name)
+
+    @cluster_answers
+    async def warehouse_holder(self, warehouse: str) -> str | None:
+        leases = await self.js.key_value(self.layout.leases_bucket)
+        try:
+            entry = await leases.get(lease_key(warehouse))
+        except KeyNotFoundError:
+            return ""
+        return (entry.value or b"").decode()
+
+    async def sync_now(self, warehouse: str) -> str:
+        raise Unavailable(
+            "on the JetStream backend the node holding the warehouse's lease syncs it every"
+            " interval_s; `cdpd warehouse sync` is not run from the console"
+        )
+
+    async def _newest_dead(self, destination: str) -> list[DeadDelivery]:
+        """The destination's newest dead letters among the dead stream's last DEAD_COUNTED
+        (every destination's): a bounded read, whatever the number kept."""
+        try:
+            info = await self.js.stream_info(self.layout.dead_stream)
+        except NotFoundError:
+            return []
+        start = max(info.state.first_seq, info.state.last_seq - overview.DEAD_COUNTED + 1, 1)
+        subject = self.layout.dead_subject(destination)
+        found = await browse(
+            self.js, self.layout.dead_stream, subject, overview.DEAD_COUNTED, from_seq=start
+        )
+        newest = list(reversed(found))[: overview.DEAD_SHOWN]
+        return [
+            operations.as_listed(m.metadata.sequence.stream, dead.describe(dict(m.headers or {})))
+            for m in newest
+        ]
+
+    async def _aux(self, table: str, since: datetime) -> list[dict[str, Any]]:
+        subject = self.layout.aux_subject(table)
+        found = await browse(self.js, self.layout.aux_stream, subject, AUX_READ, since=since)
+        return [_record(m.data) for m in found]
+
+    async def _by_reason(
+        self, table: str, sources: list[str], window: str
+    ) -> tuple[Counter[tuple[str, str]], list[str]]:
+        """(metric, reason code) -> count of the table's rows of `sources` in the window."""
+        metric = {"rejects": "rejected", "blocked_messages": "blocked"}[table]
+        since_ms = now_ms() - overview.WINDOWS_S[window] * 1000
+        rows = await self._aux(table, _since(since_ms))
+        counts = Counter(
+            (metric, str(r.get("reason_code", ""))) for r in rows if r.get("source") in sources
+        )
+        notes = (
+            [f"Only the first {AUX_READ} {table} of the window are counted."]
+            if len(rows) >= AUX_READ
+            else []
+        )
+        return counts, notes
+
+
+def summarize(rows: Iterable[dict[str, Any]]) -> list[ViolationSummary]:
+    """Violations grouped as the SQLite backend groups them: most frequent first."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        key = tuple(str(row.get(k) or "") for k in VIOLATION_GROUP)
+        groups.setdefault(key, []).append(row)
+    found = [
+        ViolationSummary(
+            source=source,
+            type=type_,
+            event=event or None,
+            violation_type=violation_type,
+            field=field,
+            description=description,
+            count=len(members),
+            first_seen=min(str(m.get("received_at")) for m in members),
+            last_seen=max(str(m.get("received_at")) for m in members),
+            sample_message_id=max(str(m.get("message_id")) for m in members),
+        )
+        for (source, type_, event, violation_type, field, description), members in groups.items()
+    ]
+    return sorted(found, key=lambda v: (-v.count, v.source, v.event or "", v.field))
+
+
+def _record(data: bytes) -> dict[str, Any]:
+    try:
+        found = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _since(at_ms: int) -> datetime:
+    return datetime.fromtimestamp(at_ms / 1000, UTC)
+
+
+class ConsoleStage:
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def routes(self) -> list[web.RouteDef]:
+        return self.console.routes()
+
+
+@asynccontextmanager
+async def console_stage(parts: NodeParts) -> AsyncIterator[ConsoleStage]:
+    """The console's routes, served with the node's operator endpoints."""
+    config = parts.config
+    jetstream = config.storage.jetstream
+    people = await parts.js.key_value(parts.layout.console_bucket)
+    sessions = await sessions_bucket(
+        parts.js, jetstream, parts.layout, config.console.session_ttl_s
+    )
+    console = Console(
+        Parts(
+            config_of=_fixed(config),
+            state=KvState(people, sessions),
+            data=ClusterData(parts.js, parts.layout, parts.node_name),
+            closing=parts.closing,
+        )
+    )
+    yield ConsoleStage(console)
+
+
+def _fixed(config: Config) -> Callable[[], Config]:
+    return lambda: config

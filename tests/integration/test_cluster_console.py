@@ -1,0 +1,350 @@
+"""The console on the JetStream backend: two real nodes on a real three-server cluster, real HTTP,
+people added the way `cdpd users add` adds them. What one node accepted, the other's console
+shows; a session made on one node is good on the other; the access rules are the SQLite
+backend's."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import sys
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+from segment.analytics.client import Client
+from yarl import URL
+
+from cdpd import cli
+from cdpd.cluster.node import Node, running_node
+from cdpd.config import Config
+from tests.cluster_support import jetstream_config, jetstream_text
+from tests.console_support import (
+    PASSWORD,
+    add_cluster_person,
+    console_node_config,
+    signed_in,
+    workspaces_toml,
+)
+from tests.helpers import OTHER_WRITE_KEY, WRITE_KEY, basic_auth
+from tests.integration.test_cluster_delivery import until
+from tests.jetstream_cluster import JetStreamCluster
+from tests.sink import Sink, status
+
+WEBSITE = "/console/w/acme/sources/website"
+
+
+@asynccontextmanager
+async def _two_nodes(
+    tmp_path: Path, cluster: JetStreamCluster, sink: Sink
+) -> AsyncIterator[tuple[Node, Node]]:
+    async with AsyncExitStack() as stack:
+        nodes = [
+            await stack.enter_async_context(
+                running_node(console_node_config(tmp_path, cluster, sink.url, name), node_name=name)
+            )
+            for name in ("a", "b")
+        ]
+        await add_cluster_person(nodes[0].config, "ada", {"acme": "member"})
+        await add_cluster_person(nodes[0].config, "rita", {"acme": "read-only"})
+        await add_cluster_person(nodes[0].config, "gus", {"globex": "owner"})
+        yield nodes[0], nodes[1]
+
+
+@asynccontextmanager
+async def _browsing_b(
+    tmp_path: Path, cluster: JetStreamCluster, sink: Sink, name: str
+) -> AsyncIterator[tuple[Node, Node, aiohttp.ClientSession, str]]:
+    """Two nodes, and `name` signed in on the second."""
+    async with (
+        _two_nodes(tmp_path, cluster, sink) as (a, b),
+        signed_in(b.url, name) as (client, csrf),
+    ):
+        yield a, b, client, csrf
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[Sink]:
+    async with Sink() as running:
+        yield running
+
+
+def _send_with_the_official_client(node: Node, write_key: str, events: list[str]) -> None:
+    client = Client(write_key, host=node.url, sync_mode=True)
+    for n, event in enumerate(events):
+        client.track(user_id=f"u{n}", event=event, properties={"order_id": f"o{n}"})
+    client.flush()
+
+
+async def _debugger_events(
+    client: aiohttp.ClientSession, path: str, wanted: int, timeout_s: float = 15
+) -> list[dict[str, Any]]:
+    """The debugger's `message` events until `wanted` came."""
+    found: list[dict[str, Any]] = []
+    async with asyncio.timeout(timeout_s), client.get(path) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "text/event-stream"
+        async for line in resp.content:
+            if line.startswith(b"data: "):
+                found.append(msgspec.json.decode(line[6:]))
+                if len(found) >= wanted:
+                    return found
+    return found
+
+
+async def test_the_debugger_on_one_node_shows_what_the_other_accepted(
+    tmp_path: Path, js_cluster: JetStreamCluster, sink: Sink
+) -> None:
+    async with _browsing_b(tmp_path, js_cluster, sink, "ada") as (a, _, client, _):
+        await asyncio.to_thread(
+            _send_with_the_official_client, a, WRITE_KEY, ["Order Completed", "Cart Viewed"]
+        )
+        await asyncio.to_thread(_send_with_the_official_client, a, OTHER_WRITE_KEY, ["Other"])
+        found = await _debugger_events(client, WEBSITE + "/debugger", 2)
+        assert sorted(e["event"] for e in found) == ["Cart Viewed", "Order Completed"]
+        assert all(msgspec.json.decode(e["payload"])["type"] == "track" for e in found)
+
+        # ... and it goes on live: what A accepts after the page opened comes too.
+        async def later() -> None:
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(_send_with_the_official_client, a, WRITE_KEY, ["Live One"])
+
+        sending = asyncio.create_task(later())
+        found = await _debugger_events(client, WEBSITE + "/debugger", 3)
+        await sending
+        assert "Live One" in {e["event"] for e in found}
+        assert "Other" not in {e["event"] for e in found}  # the backend source's own
+
+
+async def test_a_session_made_on_one_node_is_good_on_the_other(
+    tmp_path: Path, js_cluster: JetStreamCluster, sink: Sink
+) -> None:
+    async with (
+        _two_nodes(tmp_path, js_cluster, sink) as (a, b),
+        signed_in(a.url, "ada") as (
+            client,
+            csrf,
+        ),
+    ):
+        cookie = client.cookie_jar.filter_cookies(URL(a.url + "/console/"))["cdpd_session"].value
+        headers = {"Cookie": f"cdpd_session={cookie}"}
+        async with aiohttp.ClientSession(b.url, headers=headers) as other:
+            async with other.get(WEBSITE) as resp:
+                assert resp.status == 200
+                assert "Source: website" in await resp.text()
+            async with other.post(
+                "/console/signout", data={"csrf": csrf}, headers={"Origin": b.url},
+                allow_redirects=False,
+            ) as resp:  # fmt: skip
+                assert resp.status == 303
+        async with client.get(WEBSITE, allow_redirects=False) as resp:  # ended on A too
+            assert resp.status == 303
+            assert resp.headers["Location"].startswith("/console/signin")
+
+
+async def test_access_rules_are_the_same_as_on_sqlite(
+    tmp_path: Path, js_cluster: JetStreamCluster, sink: Sink
+) -> None:
+    async with _two_nodes(tmp_path, js_cluster, sink) as (_, b):
+        async with aiohttp.ClientSession(b.url) as anonymous:
+            assert await _status(anonymous, "get", WEBSITE) == 303
+        async with signed_in(b.url, "rita") as (client, csrf):  # read-only of acme
+            assert await _status(client, "get", WEBSITE) == 200
+            assert await _status(client, "get", WEBSITE + "/write-key") == 403
+            replay = "/console/w/acme/destinations/hook_a/replay"
+            assert await _status(client, "post", replay, csrf, b.url) == 403
+            assert await _status(client, "get", "/console/w/globex/") == 404
+            assert await _status(client, "get", "/console/w/acme/sources/backend") == 404
+            assert await _status(client, "get", "/console/w/acme/destinations/hook_b") == 404
+        async with signed_in(b.url, "ada") as (client, csrf):  # member of acme
+            assert await _status(client, "get", WEBSITE + "/write-key") == 200
+            retry = "/console/w/acme/destinations/hook_a/retry"
+            assert await _status(client, "post", retry, csrf, b.url) == 303
+            assert await _status(client, "post", retry, "forged", b.url) == 403
+        async with signed_in(b.url, "gus") as (client, _):  # owner of globex only
+            assert await _status(client, "get", "/console/w/globex/sources/backend") == 200
+            assert await _status(client, "get", WEBSITE) == 404
+        async with aiohttp.ClientSession(b.url) as stranger:
+            form = {"name": "ada", "password": "not the password"}
+            async with stranger.post(
+                "/console/signin", data=form, headers={"Origin": b.url}, allow_redirects=False
+            ) as resp:
+                assert resp.status == 401
+
+
+async def _status(
+    client: aiohttp.ClientSession, method: str, path: str, csrf: str = "", origin: str = ""
+) -> int:
+    if method == "get":
+        async with client.get(path, allow_redirects=False) as resp:
+            return resp.status
+    form = {"csrf": csrf, "enabled": "true"}
+    async with client.post(path, data=form, headers={"Origin": origin}, allow_redirects=False) as r:
+        return r.status
+
+
+async def test_delivery_overview_shows_the_clusters_dead_letters_and_replays_them(
+    tmp_path: Path, js_cluster: JetStreamCluster, sink: Sink
+) -> None:
+    sink.default = status(400, body="bad request")  # hook_a gives up at once on a 4xx
+    async with _browsing_b(tmp_path, js_cluster, sink, "ada") as (a, b, client, csrf):
+        await asyncio.to_thread(_send_with_the_official_client, a, WRITE_KEY, ["Order Completed"])
+        page = "/console/w/acme/destinations/hook_a"
+
+        async def dead_total() -> str:
+            async with client.get(page) as resp:
+                assert resp.status == 200
+                text = await resp.text()
+            found = re.search(r"<span data-dead-total>(\d+)", text)
+            assert found, text
+            return found.group(1)
+
+        await until(lambda: _equal(dead_total(), "1"))
+        async with client.get(page) as resp:
+            text = await resp.text()
+        assert 'data-count="received">–<' in text  # not kept: a dash, never a made-up 0
+        assert "Circuit: <strong data-circuit>" in text
+        assert "bad request" in text  # the dead letter's last error
+        sink.default = status(200)
+        async with client.post(
+            page + "/replay", data={"csrf": csrf}, headers={"Origin": b.url},
+            allow_redirects=False,
+        ) as resp:  # fmt: skip
+            assert resp.status == 303
+            assert "1%20dead%20letters%20queued%20again" in resp.headers["Location"]
+        await until(lambda: _equal(dead_total(), "0"))
+        await until(lambda: _true(any(r.status == 200 for r in sink.received)))
+
+
+async def test_rejects_and_violations_come_from_the_aux_stream(
+    tmp_path: Path, js_cluster: JetStreamCluster, sink: Sink, http: aiohttp.ClientSession
+) -> None:
+    async with _browsing_b(tmp_path, js_cluster, sink, "rita") as (a, _, client, _):
+        auth = {"Authorization": basic_auth(WRITE_KEY)}
+        batch = [
+            {"type": "track", "userId": "u", "messageId": "no-event"},
+            {"type": "track", "userId": "u", "event": "Order Completed", "messageId": "bad",
+             "properties": {"revenue": "12"}},
+        ]  # fmt: skip
+        async with http.post(f"{a.url}/v1/batch", json={"batch": batch}, headers=auth) as resp:
+            assert resp.status == 200
+        async with client.get(WEBSITE + "?window=1h") as resp:
+            text = await resp.text()
+        rejected = re.search(r"Rejected in the last 1h.*?<tbody>(.*?)</tbody>", text, re.S)
+        assert rejected is not None, text
+        assert "missing_event" in rejected.group(1)
+        async with client.get(WEBSITE + "/protocols") as resp:
+            text = await resp.text()
+        assert "properties.order_id is required" in text
+        assert "<code>bad</code>" in text
+        assert "The schema is not observed on this backend yet." in text
+
+
+async def _equal(value: Awaitable[str], wanted: str) -> bool:
+    return await value == wanted
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_pages_of_stages_not_ported_say_so(
+    tmp_path: Path, js_cluster: JetStreamCluster, sink: Sink
+) -> None:
+    async with _browsing_b(tmp_path, js_cluster, sink, "ada") as (_, b, client, csrf):
+        for page in ("privacy", "profiles", "audiences"):
+            async with client.get(f"/console/w/acme/{page}") as resp:
+                assert resp.status == 200
+                assert "Not available on this backend yet" in await resp.text()
+            assert await _status(client, "get", f"/console/w/globex/{page}") == 404
+        classify = "/console/w/acme/privacy/classify"
+        assert await _status(client, "post", classify, csrf, b.url) == 409
+        add = "/console/w/acme/add-source"
+        async with client.get(add) as resp:
+            assert "Not available on this backend yet" in await resp.text()
+
+
+async def test_cdpd_users_adds_a_person_every_node_knows(
+    tmp_path: Path, js_cluster: JetStreamCluster, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _two_nodes(tmp_path, js_cluster, sink) as (a, b):
+        path = str(tmp_path / "a.toml")
+        monkeypatch.setattr(sys, "stdin", io.StringIO(PASSWORD + "\n"))
+        code = await asyncio.to_thread(
+            cli.main,
+            ["users", "add", "zoe", "--workspace", "acme", "--role", "owner",
+             "--password-stdin", "--config", path],
+        )  # fmt: skip
+        assert code == 0
+        async with signed_in(b.url, "zoe") as (client, _):
+            assert await _status(client, "get", WEBSITE) == 200
+        listed = await asyncio.to_thread(cli.main, ["users", "list", "--config", path])
+        assert listed == 0
+        code = await asyncio.to_thread(
+            cli.main, ["tokens", "create", "--name", "x", "--workspace", "acme",
+                       "--role", "owner", "--config", path],
+        )  # fmt: skip
+        assert code == 2  # tokens: the admin token only, on this backend
+        assert a.url
+
+
+async def test_the_warehouse_page_shows_the_lease_holder_and_the_syncs(
+    tmp_path: Path, js_cluster: JetStreamCluster, sink: Sink, postgres_test_dsn: str
+) -> None:
+    warehouse = (
+        f'[[warehouses]]\nname = "wh"\ntype = "postgres"\ndsn = "{postgres_test_dsn}"\n'
+        "interval_s = 0.2\n"
+    )
+
+    def config(name: str) -> Config:
+        text = jetstream_text(tmp_path / name, js_cluster.urls, workspaces_toml(sink.url))
+        text = text.replace(
+            'destinations = ["hook_a"]\n', 'destinations = ["hook_a"]\nwarehouses = ["wh"]\n', 1
+        )
+        return jetstream_config(tmp_path / f"{name}.toml", text + warehouse)
+
+    async with (
+        running_node(config("a"), node_name="a") as a,
+        running_node(config("b"), node_name="b") as b,
+    ):
+        await add_cluster_person(a.config, "ada", {"acme": "member"})
+        await asyncio.to_thread(_send_with_the_official_client, a, WRITE_KEY, ["Order Completed"])
+        async with signed_in(b.url, "ada") as (client, csrf):
+            page = "/console/w/acme/warehouses/wh"
+
+            async def synced() -> bool:
+                async with client.get(page) as resp:
+                    text = await resp.text()
+                return '<td>success</td><td class="num">1</td>' in text  # the message, loaded
+
+            await until(synced)
+            async with client.get(page) as resp:
+                text = await resp.text()
+            assert re.search(r"<strong data-holder>[ab]</strong>", text), text
+            sync = page + "/sync"
+            assert await _status(client, "post", sync, csrf, b.url) == 409
+            assert await _status(client, "get", "/console/w/globex/warehouses/wh") == 404
+
+
+async def test_a_page_says_so_when_the_cluster_does_not_answer(
+    tmp_path: Path, js_cluster: JetStreamCluster, sink: Sink
+) -> None:
+    async with _browsing_b(tmp_path, js_cluster, sink, "ada") as (_, _, client, _):
+        js_cluster.stop_all()
+        async with client.get(WEBSITE) as resp:
+            assert resp.status == 503
+            assert "The JetStream cluster did not answer" in await resp.text()
+        for index in range(3):  # back, so that the nodes stop as they do with a cluster
+            js_cluster.start(index)
+        await js_cluster.ready()
+        await until(lambda: _page_status(client, WEBSITE, 200), timeout_s=30)
+
+
+async def _page_status(client: aiohttp.ClientSession, path: str, wanted: int) -> bool:
+    async with client.get(path) as resp:
+        return resp.status == wanted
