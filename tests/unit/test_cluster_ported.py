@@ -1,4 +1,4 @@
-"""The JetStream backend refuses what it would only half serve, and takes privacy controls."""
+"""The JetStream backend runs every stage: privacy controls, identity and Engage are taken."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from cdpd.cluster import ported
 from cdpd.config import Config
 
 
-def test_privacy_controls_run_on_the_cluster_and_single_node_stages_are_refused() -> None:
+def test_privacy_controls_run_on_the_cluster() -> None:
     config = msgspec.convert(
         {
             "privacy": {
@@ -20,8 +20,6 @@ def test_privacy_controls_run_on_the_cluster_and_single_node_stages_are_refused(
     )
     assert ported.unported(config) == []
     assert not any("privacy inbox" in note for note in ported.not_served(config))
-    engage = msgspec.convert({"identity": {"space": "default"}}, Config)
-    assert any(p.startswith("[identity]") for p in ported.unported(engage))
     assert ported.unported(Config()) == []
 
 
