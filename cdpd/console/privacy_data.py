@@ -6,10 +6,14 @@ listing: each page view reads both buckets' latest entries, which docs/scaling.m
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 
 import aiosqlite
 
 from cdpd.console.seams import PrivacyTables
+from cdpd.console.web import Refused
+from cdpd.ingest.errors import ApiError
 from cdpd.model.timestamps import format_ms, now_ms
 from cdpd.privacy import store
 from cdpd.privacy.endpoints import PortalStore
@@ -55,10 +59,11 @@ class ListedPrivacy:
         self, sources: list[str], containing: str, *, inbox_from: int, inventory_from: int,
         limit: int,
     ) -> PrivacyTables:  # fmt: skip
-        seen, inventory = await asyncio.gather(
-            self._portal.inbox(source=None, include_classified=True, since=None),
-            self._portal.inventory(),
-        )
+        with _answered():
+            seen, inventory = await asyncio.gather(
+                self._portal.inbox(source=None, include_classified=True, since=None),
+                self._portal.inventory(),
+            )
         needle = containing.lower()
         sent = [r for r in seen if r.source in sources and needle in r.field.lower()]
         return PrivacyTables(
@@ -67,11 +72,21 @@ class ListedPrivacy:
         )
 
     async def classify(self, field: str, class_: str | None, sources: list[str], by: str) -> bool:
-        seen = await self._portal.inbox(source=None, include_classified=True, since=None)
-        if not any(r.field == field and r.source in sources for r in seen):
-            return False
-        await self._portal.classify(field, class_, format_ms(now_ms()), by)
+        with _answered():
+            seen = await self._portal.inbox(source=None, include_classified=True, since=None)
+            if not any(r.field == field and r.source in sources for r in seen):
+                return False
+            await self._portal.classify(field, class_, format_ms(now_ms()), by)
         return True
+
+
+@contextlib.contextmanager
+def _answered() -> Iterator[None]:
+    """The store's error (a 503 where the cluster did not answer) as the console's page."""
+    try:
+        yield
+    except ApiError as exc:
+        raise Refused(exc.status, str(exc)) from None
 
 
 def _sent_fields(inventory: list[InventoryField], sent: list[InboxField]) -> list[InventoryField]:
