@@ -2,8 +2,8 @@
 `--fields` fields (a tenth of them classified). A three-server cluster on loopback, the
 buckets filled through the cluster's privacy store, one real node with the console; a person
 signed in times the page (first page, a search, the last page) and a classify button over
-`--requests` requests each. Prints p50, p95 and max milliseconds. The client runs in the
-node's process (its share of each request is small beside the bucket listing).
+`--requests` requests each, and the two buckets' listing alone. Prints p50, p95 and max
+milliseconds. The client runs in the node's process.
 
     .venv/bin/python bench/cluster_console_privacy.py [--fields 2000] [--requests 40]
 """
@@ -66,10 +66,12 @@ async def run(args: argparse.Namespace) -> None:
                 )
                 await add_cluster_person(config, "bench", {"acme": "owner"})
                 async with signed_in(node.url, "bench") as (client, csrf):
-                    await _time_pages(client, csrf, args)
+                    await _time_pages(client, csrf, privacy, args)
 
 
-async def _time_pages(client: aiohttp.ClientSession, csrf: str, args: argparse.Namespace) -> None:
+async def _time_pages(
+    client: aiohttp.ClientSession, csrf: str, privacy: ClusterPrivacy, args: argparse.Namespace
+) -> None:
     last = (args.fields - args.fields // 10 + 49) // 50
     pages = {
         "page 1": "/console/w/acme/privacy",
@@ -88,9 +90,13 @@ async def _time_pages(client: aiohttp.ClientSession, csrf: str, args: argparse.N
             assert resp.status == 200, resp.status  # the redirect, followed: the page again
             await resp.read()
 
+    async def listing() -> None:
+        await asyncio.gather(privacy.inbox(include_classified=True), privacy.inventory())
+
     print(f"| Privacy page, {args.fields} fields | p50 ms | p95 ms | max ms |")
     print("|---|---|---|---|")
-    steps = {name: (lambda p=path: get(p)) for name, path in pages.items()}
+    steps = {"the listing alone (no HTTP, no render)": listing}
+    steps |= {name: (lambda p=path: get(p)) for name, path in pages.items()}
     steps["classify (and the page it redirects to)"] = classify
     for name, step in steps.items():
         took = sorted([await _timed_ms(step()) for _ in range(args.requests + 1)][1:])
