@@ -42,7 +42,7 @@ from cdpd.ingest.routes import LOG_FIELDS, Ingest
 from cdpd.metrics import Metrics
 from cdpd.outbox.writer import OutboxUnavailable, OutboxWriter
 from cdpd.privacy.endpoints import OutboxPortal, PrivacyEndpoints
-from cdpd.privacy.regulations_api import RegulationsApi
+from cdpd.privacy.regulations_api import OutboxRegulations, RegulationsApi
 from cdpd.privacy.regulations_service import RegulationService
 from cdpd.warehouse.scheduler import Scheduler
 
@@ -179,9 +179,8 @@ def _operator_routes(
     )
     routes += PrivacyEndpoints(portal, admin.authorize).routes() if portal is not None else []
     if stages.regulations is not None:
-        regulations = RegulationsApi(
-            config, stages.writer, stages.reader, stages.regulations, admin.authorize
-        )
+        book = OutboxRegulations(stages.writer, stages.reader, stages.regulations)
+        regulations = RegulationsApi(config, book, admin.authorize)
         routes += regulations.routes()
     if (
         config.console.enabled

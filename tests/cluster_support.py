@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import nats
+from nats.js.api import RawStreamMsg
+from nats.js.errors import NotFoundError
 
 from cdpd import config as cdpd_config
 from cdpd.cluster.layout import Layout, row_of
@@ -16,12 +19,18 @@ from tests.helpers import WarehouseProbe, config_text
 
 
 def jetstream_text(
-    data_dir: Path, servers: list[str], extra: str = "", *, storage: str = "", jetstream: str = ""
+    data_dir: Path,
+    servers: list[str],
+    extra: str = "",
+    *,
+    storage: str = "",
+    jetstream: str = "",
+    base: str | None = None,
 ) -> str:
-    """A complete config on the JetStream backend (`storage` adds [storage] keys)."""
-    text = config_text(data_dir, extra).replace(
-        "[storage]\n", f'[storage]\nbackend = "jetstream"\n{storage}', 1
-    )
+    """A complete config on the JetStream backend (`storage` adds [storage] keys): `base`, a
+    complete SQLite config, or `tests.helpers.config_text`'s."""
+    base = config_text(data_dir, extra) if base is None else base
+    text = base.replace("[storage]\n", f'[storage]\nbackend = "jetstream"\n{storage}', 1)
     urls = ", ".join(f'"{url}"' for url in servers)
     return text + f"[storage.jetstream]\nservers = [{urls}]\n{jetstream}"
 
@@ -31,42 +40,41 @@ def jetstream_config(path: Path, text: str) -> cdpd_config.Config:
     return cdpd_config.load(path)
 
 
-async def stored_rows(servers: list[str], layout: Layout | None = None) -> list[OutboxRow]:
-    """Every message in the messages stream, in stream order, read the way an operator would
-    (a direct get per sequence)."""
-    layout = layout or Layout()
+async def stream_messages(servers: list[str], stream: str) -> list[RawStreamMsg]:
+    """Every message a stream holds, in stream order, read the way an operator would (a
+    direct get per sequence; a sequence deleted from the middle is skipped)."""
     client = await nats.connect(servers)
     try:
         js = client.jetstream()
-        info = await js.stream_info(layout.stream)
-        rows = []
+        info = await js.stream_info(stream)
+        found = []
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
             if info.state.messages == 0:
                 break
-            message = await js.get_msg(layout.stream, seq)
-            rows.append(row_of(message.headers, message.data or b""))
-        return rows
+            with contextlib.suppress(NotFoundError):
+                found.append(await js.get_msg(stream, seq))
+        return found
     finally:
         await client.close()
+
+
+async def stored_rows(servers: list[str], layout: Layout | None = None) -> list[OutboxRow]:
+    """Every message in the messages stream, in stream order."""
+    layout = layout or Layout()
+    return [
+        row_of(message.headers, message.data or b"")
+        for message in await stream_messages(servers, layout.stream)
+    ]
 
 
 async def aux_records(servers: list[str], table: str) -> list[dict[str, Any]]:
     """The JSON records on `cdpd.aux.<table>`."""
     layout = Layout()
-    client = await nats.connect(servers)
-    try:
-        js = client.jetstream()
-        info = await js.stream_info(layout.aux_stream)
-        records = []
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            if info.state.messages == 0:
-                break
-            message = await js.get_msg(layout.aux_stream, seq)
-            if message.subject == layout.aux_subject(table):
-                records.append(msgspec.json.decode(message.data or b"{}"))
-        return records
-    finally:
-        await client.close()
+    return [
+        msgspec.json.decode(message.data or b"{}")
+        for message in await stream_messages(servers, layout.aux_stream)
+        if message.subject == layout.aux_subject(table)
+    ]
 
 
 async def empty_postgres_warehouse(dsn: str) -> WarehouseProbe:

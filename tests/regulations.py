@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -22,9 +22,37 @@ SETTLED = ("FINISHED", "PARTIAL_SUCCESS", "FAILED", "NOT_SUPPORTED")
 RECORD_TABLES = ("regulations", "regulation_subjects", "regulation_targets", "suppressions")
 
 
+# Bodies the regulation API refuses with a 400, and what its message names.
+BAD_REQUESTS: list[tuple[dict[str, Any], str]] = [
+    ({"regulationType": "FORGET", "subjectType": "USER_ID", "subjectIds": ["u"]}, "FORGET"),
+    ({"regulationType": "SUPPRESS_ONLY", "subjectType": "USER_ID", "subjectIds": []}, "1"),
+    (
+        {"regulationType": "SUPPRESS_ONLY", "subjectType": "USER_ID", "subjectIds": ["u"] * 5001},
+        "5000",
+    ),
+    ({"regulationType": "SUPPRESS_ONLY", "subjectType": "EMAIL", "subjectIds": ["u"]}, "EMAIL"),
+    ({"regulationType": "SUPPRESS_ONLY", "subjectIds": ["u"]}, "subjectType"),
+    ({"regulationType": "SUPPRESS_ONLY", "subjectType": "USER_ID", "subjectIds": [""]}, "1"),
+]
+# Every endpoint; each needs the admin token.
+ENDPOINTS = (
+    ("POST", "/regulations"),
+    ("GET", "/regulations"),
+    ("GET", "/regulations/abc"),
+    ("GET", "/suppressions"),
+)
+
+
+class Served(Protocol):
+    """A SQLite server (`cdpd.app.Running`) or a JetStream node (`cdpd.cluster.node.Node`)."""
+
+    @property
+    def url(self) -> str: ...
+
+
 async def regulate(
     http: aiohttp.ClientSession,
-    server: Running,
+    server: Served,
     kind: str,
     *users: str,
     source: str | None = None,
@@ -38,21 +66,45 @@ async def regulate(
     return regulation_id
 
 
-async def regulation(http: aiohttp.ClientSession, server: Running, regulation_id: str) -> Any:
+async def refused(
+    http: aiohttp.ClientSession, server: Served, body: dict[str, Any], says: str
+) -> None:
+    """`body` is refused with a 400 naming `says`; an unknown source or regulation is a 404
+    and the server stays healthy."""
+    async with http.post(f"{server.url}/regulations", json=body, headers=AUTH) as response:
+        answer = await response.json()
+    assert (response.status, answer["code"]) == (400, "invalid_request"), answer
+    assert says in answer["message"]
+    async with http.post(
+        f"{server.url}/regulations/sources/nowhere",
+        json={"regulationType": "SUPPRESS_ONLY", "subjectType": "USER_ID", "subjectIds": ["u"]},
+        headers=AUTH,
+    ) as response:
+        assert response.status == 404
+    async with http.get(f"{server.url}/regulations/nope", headers=AUTH) as response:
+        assert response.status == 404
+    async with http.get(f"{server.url}/health") as response:
+        assert response.status == 200
+
+
+async def regulation(http: aiohttp.ClientSession, server: Served, regulation_id: str) -> Any:
     async with http.get(f"{server.url}/regulations/{regulation_id}", headers=AUTH) as response:
         assert response.status == 200, await response.text()
         return (await response.json())["data"]["regulation"]
 
 
 async def settled(
-    http: aiohttp.ClientSession, server: Running, regulation_id: str, timeout_s: float = 15
+    http: aiohttp.ClientSession, server: Served, regulation_id: str, timeout_s: float = 15
 ) -> Any:
-    """The regulation once its overall status is final."""
+    """The regulation once its overall status is final (a JetStream node is polled)."""
     async with asyncio.timeout(timeout_s):
         while True:
             found = await regulation(http, server, regulation_id)
             if found["overallStatus"] in SETTLED:
                 return found
+            if not isinstance(server, Running):
+                await asyncio.sleep(0.05)
+                continue
             async with server.regulations.worked:
                 await server.regulations.worked.wait()
 

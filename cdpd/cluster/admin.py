@@ -5,7 +5,6 @@ SQLite store, which is single-node."""
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterator
 
 import msgspec
@@ -18,6 +17,7 @@ from prometheus_client.registry import Collector
 from cdpd.admin import ReplayRequest, RetryRequest, _json, _limit, _text
 from cdpd.cluster import operations
 from cdpd.cluster.delivery import ClusterDelivery
+from cdpd.cluster.node_web import require_admin
 from cdpd.config import Config, Destination
 from cdpd.delivery.report import DestinationReport
 from cdpd.ingest.errors import ApiError
@@ -103,17 +103,7 @@ class ClusterAdmin:
         )
 
     def _authorize(self, request: web.Request) -> None:
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        token = given.strip().encode("utf-8", errors="replace")
-        if self._token is None:
-            raise ApiError(401, "admin_disabled", "admin endpoints are off: set [admin] token")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token, self._token.encode()):
-            raise ApiError(
-                401,
-                "invalid_admin_token",
-                "send the admin token as Authorization: Bearer <token>",
-                {"WWW-Authenticate": "Bearer"},
-            )
+        require_admin(self._token, request)
 
     def _destination(self, name: str) -> Destination:
         if name not in self._destinations:

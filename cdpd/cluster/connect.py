@@ -156,6 +156,7 @@ def bucket_configs(config: JetStreamConfig, layout: Layout) -> list[KeyValueConf
         bucket(layout.inventory_bucket, "cdpd privacy inventory: classified fields"),
         bucket(layout.inbox_bucket, "cdpd privacy inbox: fields seen per source"),
         bucket(layout.console_bucket, "cdpd console people, roles and sessions"),
+        bucket(layout.regulations_bucket, "cdpd regulations, their progress and suppressions"),
     ]
 
 

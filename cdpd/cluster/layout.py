@@ -172,6 +172,11 @@ class Layout(msgspec.Struct, frozen=True):
         """The console's sessions, kept `[console] session_ttl_s` after their sign-in."""
         return f"{self.stream}_sessions"
 
+    @property
+    def regulations_bucket(self) -> str:
+        """Regulations, their targets' progress and the suppressions in force."""
+        return f"{self.stream}_regulations"
+
 
 def dedup_id(row: OutboxRow, *, by_source: bool) -> str:
     """`Nats-Msg-Id`: JetStream drops a second message with this id inside its window."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -102,3 +102,23 @@ async def holding(lease: Lease, clock: Clock) -> AsyncIterator[Lease]:
                 stop.set()
     finally:
         await lease.release()
+
+
+async def lead(
+    lease: Lease,
+    clock: Clock,
+    stop: asyncio.Event,
+    work: Callable[[Callable[[], bool]], Awaitable[None]],
+) -> None:
+    """Wait for the lease, then run `work(should_stop)` while it is held (`should_stop()`
+    turns True on `stop` or once the lease is lost); after a loss, wait for it again."""
+
+    def should_stop() -> bool:
+        return stop.is_set() or not lease.held
+
+    while not stop.is_set():
+        if not await lease.acquire():
+            await clock.wait(stop, RENEW_EVERY_S)
+            continue
+        async with holding(lease, clock):
+            await work(should_stop)

@@ -66,6 +66,7 @@ class NodeParts:
     metrics: Metrics
     node_name: str
     privacy: Portal  # ingest's: its inventory is the one every stage applies
+    governance: Governance  # its suppressions are fed from the cluster
     closing: Callable[[], bool] = lambda: False  # true once the node drains its requests
     # The inbox and inventory as the privacy stage (entered first) serves them.
     privacy_store: PortalStore | None = None
@@ -160,7 +161,7 @@ async def running_node(
             async with asyncio.TaskGroup() as tasks, contextlib.AsyncExitStack() as held:
                 parts = NodeParts(
                     config, client, js, layout, tasks, clock, restarts, metrics, name,
-                    governance.privacy,
+                    governance.privacy, governance,
                     closing=lambda: drain.closing,
                 )  # fmt: skip
                 entered = {
@@ -206,9 +207,13 @@ def _built_in_stages(config: Config) -> list[tuple[str, Stage]]:
     from cdpd.cluster.console import console_stage
     from cdpd.cluster.delivery_stage import delivery_stage
     from cdpd.cluster.privacy_stage import privacy_stage
+    from cdpd.cluster.regulations_stage import regulations_stage
     from cdpd.cluster.warehouse import warehouses_stage
 
-    stages: list[tuple[str, Stage]] = [("privacy", privacy_stage)]
+    stages: list[tuple[str, Stage]] = [
+        ("privacy", privacy_stage),
+        ("regulations", regulations_stage),
+    ]
     if config.console.enabled:
         stages.append(("console", console_stage))
     if config.warehouses:

@@ -96,15 +96,18 @@ def cluster_answers() -> Iterator[None]:
 
 
 def require_admin(token: str | None, request: web.Request) -> None:
-    """Raise ApiError (401) unless `request` carries the admin token."""
+    """Raise a 401 ApiError unless the request carries the admin token (`token`)."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if token is None:
         raise ApiError(
             401, "admin_disabled", "admin endpoints are off: set [admin] token or token_env"
         )
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         given.strip().encode("utf-8", errors="replace"), token.encode()
     ):
         raise ApiError(
-            401, "invalid_admin_token", "send the admin token as Authorization: Bearer <token>"
+            401,
+            "invalid_admin_token",
+            "send the admin token as Authorization: Bearer <token>",
+            {"WWW-Authenticate": "Bearer"},
         )

@@ -13,6 +13,7 @@ lost its lease.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from cdpd.clock import Clock
 from cdpd.cluster.layout import DESTINATION, LOADED_IN, Layout, names_in, row_of
-from cdpd.cluster.lease import RENEW_EVERY_S, Lease, holding
+from cdpd.cluster.lease import RENEW_EVERY_S, Lease, lead
 from cdpd.config import Config, Warehouse
 from cdpd.model.rows import OutboxRow
 from cdpd.privacy.controls import Inventory, PathControls
@@ -214,17 +215,9 @@ class WarehouseLeader:
         self.reports: list[SyncReport] = []
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            if not await self.lease.acquire():
-                await self._clock.wait(stop, RENEW_EVERY_S)
-                continue
-            async with holding(self.lease, self._clock):
-                await self._lead(stop)
+        await lead(self.lease, self._clock, stop, functools.partial(self._lead, stop))
 
-    async def _lead(self, stop: asyncio.Event) -> None:
-        def should_stop() -> bool:
-            return stop.is_set() or not self.lease.held
-
+    async def _lead(self, stop: asyncio.Event, should_stop: Callable[[], bool]) -> None:
         while not should_stop():
             report = await sync(
                 self._config,

@@ -202,8 +202,16 @@ async def erase_warehouse(
     user_ids: Sequence[str],
     source: str | None,
 ) -> int:
+    async with scheduler.between_syncs(warehouse.name):
+        return await erase_warehouse_users(config, warehouse, user_ids, source)
+
+
+async def erase_warehouse_users(
+    config: Config, warehouse: Warehouse, user_ids: Sequence[str], source: str | None
+) -> int:
+    """In the warehouse's own load transaction: a load by any process or node waits."""
     schemas = None if source is None else {schema_name(source)}
-    async with scheduler.between_syncs(warehouse.name), open_sink(config, warehouse) as sink:
+    async with open_sink(config, warehouse) as sink:
         return await sink.erase_users(user_ids, schemas)
 
 

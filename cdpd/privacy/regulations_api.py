@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import aiosqlite
 import msgspec
@@ -32,7 +33,7 @@ from cdpd.privacy.regulations import (
     unique_subjects,
 )
 from cdpd.privacy.regulations_service import RegulationService
-from cdpd.privacy.regulations_store import NewRegulation
+from cdpd.privacy.regulations_store import NewRegulation, RegulationView, SuppressionView
 
 log = structlog.get_logger("cdpd.privacy")
 MAX_PAGE = 200
@@ -61,19 +62,80 @@ def decode_request(body: bytes) -> RegulationRequest:
         raise ApiError(400, "invalid_request", f"not a regulation request: {exc}") from None
 
 
+class RegulationBook(Protocol):
+    """Where regulations are kept: the outbox (`OutboxRegulations`) or the cluster's
+    regulations bucket (`cdpd.cluster.regulations`)."""
+
+    @property
+    def config(self) -> Config:
+        """The config in force (its sources, what a regulation's targets are planned from)."""
+        ...
+
+    async def create(self, new: NewRegulation) -> None:
+        """Store the regulation; its suppressions are in force on this node when it returns."""
+        ...
+
+    async def show(self, regulation_id: str) -> RegulationView | None: ...
+
+    async def listing(
+        self, *, status: str | None, source: str | None, after_id: str | None, count: int
+    ) -> list[RegulationView]:
+        """Newest first, `count` of them after the cursor `after_id`."""
+        ...
+
+    async def suppression_listing(
+        self, *, after_user: str | None, count: int
+    ) -> list[SuppressionView]: ...
+
+
+class OutboxRegulations:
+    """The regulations of the SQLite backend, in the outbox's tables."""
+
+    def __init__(
+        self, writer: OutboxWriter, reader: aiosqlite.Connection, service: RegulationService
+    ) -> None:
+        self._writer = writer
+        self._reader = reader
+        self._service = service
+
+    @property
+    def config(self) -> Config:
+        return self._service.config
+
+    async def create(self, new: NewRegulation) -> None:
+        await self._writer.transact(functools.partial(regulations_store.insert, new=new))
+        await self._service.refresh()  # its suppressions are in force before the answer
+        # A fence: what ingest queued before they were is committed before the answer, so
+        # nothing of a suppressed user is stored after it.
+        await deletion.fence(self._writer)
+
+    async def show(self, regulation_id: str) -> RegulationView | None:
+        return await regulations_store.show(self._reader, regulation_id)
+
+    async def listing(
+        self, *, status: str | None, source: str | None, after_id: str | None, count: int
+    ) -> list[RegulationView]:
+        return await regulations_store.listing(
+            self._reader, status=status, source=source, after_id=after_id, count=count
+        )
+
+    async def suppression_listing(
+        self, *, after_user: str | None, count: int
+    ) -> list[SuppressionView]:
+        return await regulations_store.suppression_listing(
+            self._reader, after_user=after_user, count=count
+        )
+
+
 class RegulationsApi:
     def __init__(
         self,
         config: Config,
-        writer: OutboxWriter,
-        reader: aiosqlite.Connection,
-        service: RegulationService,
+        book: RegulationBook,
         authorize: Callable[[web.Request], Awaitable[None]],
     ) -> None:
         self._server = config.server  # the request limits (a reload does not change them)
-        self._writer = writer
-        self._reader = reader
-        self._service = service
+        self._book = book
         self._authorize = authorize
 
     def routes(self) -> list[web.RouteDef]:
@@ -92,8 +154,8 @@ class RegulationsApi:
         asked = decode_request(
             await read_limited(request, MAX_REQUEST_BYTES, self._server.body_timeout_s)
         )
-        new = new_regulation(self._service.config, asked, source, now_ms())
-        await self._writer.transact(functools.partial(regulations_store.insert, new=new))
+        new = new_regulation(self._book.config, asked, source, now_ms())
+        await self._book.create(new)
         log.info(  # never the user ids: the log is not a place to keep them
             "regulation_created",
             regulation=new.id,
@@ -102,16 +164,12 @@ class RegulationsApi:
             source=new.source,
             targets=[t.name for t in new.targets],
         )
-        await self._service.refresh()  # its suppressions are in force before the answer
-        # A fence: what ingest queued before they were is committed before the answer, so
-        # nothing of a suppressed user is stored after it.
-        await deletion.fence(self._writer)
         return _json({"data": {"regulateId": new.id}})
 
     async def show(self, request: web.Request) -> web.Response:
         await self._authorize(request)
         regulation_id = request.match_info["regulation_id"]
-        found = await regulations_store.show(self._reader, regulation_id)
+        found = await self._book.show(regulation_id)
         if found is None:
             raise ApiError(404, "unknown_regulation", f"no regulation has the id {regulation_id!r}")
         return _json({"data": {"regulation": found}})
@@ -124,9 +182,7 @@ class RegulationsApi:
         source = self._source(request) or request.query.get("sourceId")
         count = _count(request)
         cursor = request.query.get("pagination.cursor")
-        found = await regulations_store.listing(
-            self._reader, status=status, source=source, after_id=cursor, count=count
-        )
+        found = await self._book.listing(status=status, source=source, after_id=cursor, count=count)
         following = found[-1].id if len(found) == count else None
         return _json(
             {
@@ -141,9 +197,7 @@ class RegulationsApi:
         await self._authorize(request)
         count = _count(request)
         cursor = request.query.get("pagination.cursor")
-        found = await regulations_store.suppression_listing(
-            self._reader, after_user=cursor, count=count
-        )
+        found = await self._book.suppression_listing(after_user=cursor, count=count)
         following = found[-1].userId if len(found) == count else None
         return _json(
             {
@@ -156,7 +210,7 @@ class RegulationsApi:
 
     def _source(self, request: web.Request) -> str | None:
         source = request.match_info.get("source")
-        if source is not None and source not in {s.name for s in self._service.config.sources}:
+        if source is not None and source not in {s.name for s in self._book.config.sources}:
             raise ApiError(404, "unknown_source", f"no source is named {source!r}")
         return source
 

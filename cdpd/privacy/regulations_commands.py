@@ -60,6 +60,8 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
 
 def run(cfg: config.Config, args: argparse.Namespace) -> int:
     command: str = args.regulations_command
+    if cfg.storage.backend == "jetstream":
+        return _on_cluster(cfg, args)
     if command == "create":
         return _create(cfg, args)
     path = cfg.storage.outbox_path
@@ -73,24 +75,64 @@ def run(cfg: config.Config, args: argparse.Namespace) -> int:
     return _show(path, args)
 
 
+def _on_cluster(cfg: config.Config, args: argparse.Namespace) -> int:
+    """The same commands against the cluster's regulations bucket (`verify` searches the
+    SQLite backend's stores, so it is not offered)."""
+    from cdpd.cluster import regulation_commands as cluster
+    from cdpd.cluster.connect import ClusterUnreachable
+
+    command: str = args.regulations_command
+    if command == "verify":
+        print(
+            "cdpd: regulations verify is not available on the JetStream backend;"
+            " `cdpd regulations show` gives each target's outcome (docs/scaling.md)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        if command == "create":
+            new = _new_regulation(cfg, args)
+            if new is None:
+                return EXIT_USAGE
+            asyncio.run(cluster.create(cfg, new))
+            print(new.id)
+            return EXIT_OK
+        if command == "list":
+            found = asyncio.run(cluster.listing(cfg, args.status, args.source, args.n))
+            return _print_list(found, args)
+        return _print_show(asyncio.run(cluster.show(cfg, args.regulation_id)), args)
+    except (cluster.NoRegulations, ClusterUnreachable) as exc:
+        print(f"cdpd: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
 def _create(cfg: config.Config, args: argparse.Namespace) -> int:
+    new = _new_regulation(cfg, args)
+    if new is None:
+        return EXIT_USAGE
+    asyncio.run(_insert(cfg.storage.outbox_path, new))
+    print(new.id)
+    return EXIT_OK
+
+
+def _new_regulation(
+    cfg: config.Config, args: argparse.Namespace
+) -> regulations_store.NewRegulation | None:
+    """The regulation asked for; None (and why, on stderr) when the request is wrong."""
     users = list(args.user_ids)
     if args.from_file:
         text = sys.stdin.read() if args.from_file == "-" else Path(args.from_file).read_text()
         users += [line.strip() for line in text.splitlines() if line.strip()]
     if args.source is not None and args.source not in {s.name for s in cfg.sources}:
         print(f"cdpd: no source is named {args.source!r}", file=sys.stderr)
-        return EXIT_USAGE
+        return None
     body = {"regulationType": args.type, "subjectType": "USER_ID", "subjectIds": users}
     try:
         asked = decode_request(msgspec.json.encode(body))
     except ApiError as exc:
         print(f"cdpd: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
-    new = new_regulation(cfg, asked, args.source, now_ms())
-    asyncio.run(_insert(cfg.storage.outbox_path, new))
-    print(new.id)
-    return EXIT_OK
+        return None
+    return new_regulation(cfg, asked, args.source, now_ms())
 
 
 async def _insert(path: Path, new: regulations_store.NewRegulation) -> None:
@@ -105,7 +147,11 @@ def _list(path: Path, args: argparse.Namespace) -> int:
                 conn, status=args.status, source=args.source, after_id=None, count=args.n
             )
 
-    for found in asyncio.run(read()):
+    return _print_list(asyncio.run(read()), args)
+
+
+def _print_list(regulations: list[RegulationView], args: argparse.Namespace) -> int:
+    for found in regulations:
         if args.json:
             print(msgspec.json.encode(found).decode())
         else:
@@ -122,7 +168,10 @@ def _show(path: Path, args: argparse.Namespace) -> int:
         async with schema.connect(path, readonly=True) as conn:
             return await regulations_store.show(conn, args.regulation_id)
 
-    found = asyncio.run(read())
+    return _print_show(asyncio.run(read()), args)
+
+
+def _print_show(found: RegulationView | None, args: argparse.Namespace) -> int:
     if found is None:
         print(f"cdpd: no regulation has the id {args.regulation_id!r}", file=sys.stderr)
         return EXIT_FAILURE

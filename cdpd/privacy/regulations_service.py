@@ -24,13 +24,20 @@ import aiosqlite
 import structlog
 
 from cdpd.clock import Clock, SystemClock
-from cdpd.config import Config, ConfigError
-from cdpd.delivery.policy import decide
+from cdpd.config import Config
 from cdpd.destinations.file import File
-from cdpd.destinations.settings import Destination, FileDestination, RetryConfig
+from cdpd.destinations.settings import Destination, FileDestination
 from cdpd.model.timestamps import format_ms, parse_ms
 from cdpd.outbox.writer import OutboxWriter
 from cdpd.privacy import deletion, regulations_store, regulations_vendors
+from cdpd.privacy.regulation_attempts import (
+    TargetFailed,
+    attempt,
+    given_up,
+    log_outcome,
+    permanent,
+    retry_policy,
+)
 from cdpd.privacy.regulations import (
     DESTINATION,
     FAILED,
@@ -44,7 +51,6 @@ from cdpd.privacy.regulations import (
 )
 from cdpd.privacy.regulations_store import DueTarget, TargetUpdate
 from cdpd.privacy.suppression import Suppressions
-from cdpd.warehouse.loader import SYNC_ERRORS
 
 if TYPE_CHECKING:
     from cdpd.delivery.service import Delivery
@@ -56,17 +62,6 @@ log = structlog.get_logger("cdpd.privacy")
 
 POLL_INTERVAL_S = 0.5  # how soon a regulation written by another process takes effect
 QUIET_POLL_S = 0.05
-
-
-class TargetFailed(Exception):
-    def __init__(
-        self, error: str, status: int | None = None, retry_after_s: float | None = None
-    ) -> None:
-        super().__init__(error)
-        self.error = error
-        self.status = status
-        self.retry_after_s = retry_after_s
-        self.permanent = False
 
 
 class RegulationService:
@@ -205,36 +200,13 @@ class RegulationService:
     async def _attempt(self, due: DueTarget) -> str:
         """One attempt at one target; returns the target's status after it."""
         users = await regulations_store.subjects(self._reader, due.regulation_id)
-        started_ms = self._clock.now_ms()
         bound = log.bind(regulation=due.regulation_id, target=due.target)
-        try:
-            rows = await self._work(due, users)
-        except TargetFailed as failed:
-            return await self._failed(due, failed, started_ms, bound)
-        except ConfigError as exc:
-            return await self._failed(due, _permanent(str(exc)), started_ms, bound)
-        except SYNC_ERRORS as exc:
-            return await self._failed(
-                due, TargetFailed(f"{type(exc).__name__}: {exc}"), started_ms, bound
-            )
-        except Exception as exc:  # a fault of cdpd's own: recorded and retried, never a loop
-            bound.exception("regulation_target_crashed")
-            crashed = TargetFailed(f"cdpd failed on it: {type(exc).__name__}: {exc}")
-            return await self._failed(due, crashed, started_ms, bound)
-        at = format_ms(self._clock.now_ms())
-        update = TargetUpdate(
-            due.regulation_id,
-            due.target,
-            FINISHED,
-            due.attempts + 1,
-            due.first_attempt_at or format_ms(started_ms),
-            at,
-            rows_removed=rows,
-            finished_at=at,
+        work = functools.partial(self._work, due, users)
+        update = await attempt(
+            due, work, retry_policy(self.config, due.kind, due.target), self._clock, bound
         )
-        overall = await self._record(update)
-        bound.info("regulation_target_finished", rows_removed=rows, overall=overall)
-        return FINISHED
+        log_outcome(bound, update, await self._record(update))
+        return update.status
 
     async def _work(self, due: DueTarget, users: Sequence[str]) -> int:
         if due.kind == OUTBOX:
@@ -245,20 +217,20 @@ class RegulationService:
             return erased.rows
         if due.kind == IDENTITY:
             if self._identity is None:
-                raise _permanent("identity resolution is off ([identity] is not configured)")
+                raise permanent("identity resolution is off ([identity] is not configured)")
             return await self._identity.forget_users(users)
         name = due.target.partition(":")[2]
         if due.kind == WAREHOUSE:
             warehouse = deletion.warehouse_named(self._pipeline.config, name)
             if warehouse is None:
-                raise _permanent(f"no warehouse is named {name!r} any more")
+                raise permanent(f"no warehouse is named {name!r} any more")
             return await deletion.erase_warehouse(
                 self._pipeline.config, warehouse, self._pipeline.warehouses, users, due.source
             )
         destination = self._destination(name)
         if destination is None or (due.kind == FILE) != isinstance(destination, FileDestination):
             what = "file destination" if due.kind == FILE else "destination"
-            raise _permanent(f"no {what} is named {name!r} any more")
+            raise permanent(f"no {what} is named {name!r} any more")
         if isinstance(destination, FileDestination):
             drop = deletion.line_filter(
                 users if due.source is None else (),
@@ -296,61 +268,8 @@ class RegulationService:
         while delivery.in_flight(name) and loop.time() < deadline_s:  # noqa: ASYNC110
             await asyncio.sleep(QUIET_POLL_S)
 
-    async def _failed(
-        self, due: DueTarget, failed: TargetFailed, started_ms: int, bound: structlog.BoundLogger
-    ) -> str:
-        first_ms = parse_ms(due.first_attempt_at) if due.first_attempt_at else started_ms
-        now = self._clock.now_ms()
-        attempt = due.attempts + 1
-        if failed.permanent:
-            verdict, next_ms = "dead", None
-        else:
-            decision = decide(
-                self._policy(due),
-                status=failed.status,
-                attempt=attempt,
-                first_attempt_ms=first_ms,
-                now_ms=now,
-                retry_after_s=failed.retry_after_s,
-            )
-            verdict, next_ms = decision.verdict, decision.next_attempt_ms
-        status = FAILED if verdict == "dead" else RUNNING
-        at = format_ms(now)
-        update = TargetUpdate(
-            due.regulation_id,
-            due.target,
-            status,
-            attempt,
-            format_ms(first_ms),
-            format_ms(next_ms) if next_ms is not None else at,
-            last_status=failed.status,
-            last_error=failed.error[:500],
-            finished_at=at if status == FAILED else None,
-        )
-        overall = await self._record(update)
-        bound.warning(
-            "regulation_target_failed",
-            status=failed.status,
-            error=failed.error,
-            attempt=attempt,
-            gave_up=status == FAILED,
-            overall=overall,
-        )
-        return status
-
     async def _give_up(self, due: DueTarget, reason: str) -> None:
-        at = format_ms(self._clock.now_ms())
-        update = TargetUpdate(
-            due.regulation_id,
-            due.target,
-            FAILED,
-            due.attempts,
-            due.first_attempt_at or at,
-            at,
-            last_error=reason,
-            finished_at=at,
-        )
-        await self._record(update)
+        await self._record(given_up(due, reason, self._clock.now_ms()))
 
     async def _record(self, update: TargetUpdate) -> str:
         record: Callable[[aiosqlite.Connection], object] = functools.partial(
@@ -360,20 +279,6 @@ class RegulationService:
         if status != RUNNING:
             self._erased.pop(update.regulation_id, None)
         return status
-
-    def _policy(self, due: DueTarget) -> RetryConfig:
-        if due.kind == DESTINATION:
-            destination: Destination | None = self._destination(due.target.partition(":")[2])
-            if destination is not None and destination.retry is not None:
-                return destination.retry
-        return self._pipeline.config.delivery.retry
-
-
-def _permanent(error: str) -> TargetFailed:
-    """A failure no retry mends (a credential missing from the environment, say)."""
-    failed = TargetFailed(error)
-    failed.permanent = True
-    return failed
 
 
 def _files(delivery: Delivery) -> dict[str, File]:

@@ -69,13 +69,14 @@ class Suppressions:
         suppressed = self.of(source)
         if not suppressed or not rejections:
             return rejections
-        kept = [r for r in rejections if _user_id(r.payload) not in suppressed]
+        kept = [r for r in rejections if user_id_of(r.payload) not in suppressed]
         if len(kept) != len(rejections):
             self.suppressed[source] = self.suppressed.get(source, 0) + len(rejections) - len(kept)
         return kept
 
 
-def _user_id(payload: str) -> str | None:
+def user_id_of(payload: str) -> str | None:
+    """A message's `userId` as text (a number too), None when absent or unreadable."""
     try:
         user_id = _head_decoder.decode(payload).userId
     except (msgspec.MsgspecError, RecursionError):

@@ -24,7 +24,10 @@ from tests.integration.test_delivery import hook, recorded, send
 from tests.regulations import (
     ADMIN,
     AUTH,
+    BAD_REQUESTS,
+    ENDPOINTS,
     outbox_mentions,
+    refused,
     regulate,
     regulation,
     settled,
@@ -60,54 +63,18 @@ async def test_the_endpoints_need_the_admin_token(
     make_config: MakeConfig, http: aiohttp.ClientSession
 ) -> None:
     async with running(make_config(ADMIN)) as server:
-        for method, path in (
-            ("POST", "/regulations"),
-            ("GET", "/regulations"),
-            ("GET", "/regulations/abc"),
-            ("GET", "/suppressions"),
-        ):
+        for method, path in ENDPOINTS:
             async with http.request(method, f"{server.url}{path}", json={}) as response:
                 assert response.status == 401
                 assert response.headers["WWW-Authenticate"] == "Bearer"
 
 
-@pytest.mark.parametrize(
-    ("body", "says"),
-    [
-        ({"regulationType": "FORGET", "subjectType": "USER_ID", "subjectIds": ["u"]}, "FORGET"),
-        ({"regulationType": "SUPPRESS_ONLY", "subjectType": "USER_ID", "subjectIds": []}, "1"),
-        (
-            {
-                "regulationType": "SUPPRESS_ONLY",
-                "subjectType": "USER_ID",
-                "subjectIds": ["u"] * 5001,
-            },
-            "5000",
-        ),
-        ({"regulationType": "SUPPRESS_ONLY", "subjectType": "EMAIL", "subjectIds": ["u"]}, "EMAIL"),
-        ({"regulationType": "SUPPRESS_ONLY", "subjectIds": ["u"]}, "subjectType"),
-        ({"regulationType": "SUPPRESS_ONLY", "subjectType": "USER_ID", "subjectIds": [""]}, "1"),
-    ],
-)
+@pytest.mark.parametrize(("body", "says"), BAD_REQUESTS)
 async def test_bad_requests_say_what_is_wrong(
     make_config: MakeConfig, http: aiohttp.ClientSession, body: dict[str, Any], says: str
 ) -> None:
     async with running(make_config(ADMIN)) as server:
-        async with http.post(f"{server.url}/regulations", json=body, headers=AUTH) as response:
-            answer = await response.json()
-        assert response.status == 400
-        assert answer["code"] == "invalid_request"
-        assert says in answer["message"]
-        async with http.post(
-            f"{server.url}/regulations/sources/nowhere",
-            json={"regulationType": "SUPPRESS_ONLY", "subjectType": "USER_ID", "subjectIds": ["u"]},
-            headers=AUTH,
-        ) as response:
-            assert response.status == 404
-        async with http.get(f"{server.url}/regulations/nope", headers=AUTH) as response:
-            assert response.status == 404
-        async with http.get(f"{server.url}/health") as response:
-            assert response.status == 200
+        await refused(http, server, body, says)
 
 
 async def test_suppression_answers_counts_and_stores_nothing(

@@ -1,0 +1,213 @@
+"""Regulations' deletions on the JetStream backend, worked by one node at a time: the holder
+of the `regulations` lease (in the leases bucket, as a warehouse's loads are led).
+
+Every `POLL_S` the holder reads the unfinished regulations (`due.<id>` keys) and works their
+due targets in the SQLite backend's order: the `outbox` target (the streams,
+`cdpd.cluster.erase`) first, then the identity store, then every warehouse and destination;
+none of these starts before the first ones have finished, and a failed first one fails them.
+A suppressing regulation's `outbox` target waits `SUPPRESSION_BOUND_S` after its creation, so
+every node drops the user's messages before the streams are scanned.
+
+Each attempt's outcome is written into the regulation's record at the revision read (the
+record is the fencing token: a former holder that has not noticed its loss cannot overwrite
+what the new one wrote), so a new holder continues with the targets not yet finished. A
+target that fails is tried again by the delivery retry policy, as on the SQLite backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable, Sequence
+
+import aiohttp
+import structlog
+from nats.js import JetStreamContext
+from nats.js.errors import KeyWrongLastSequenceError
+
+from cdpd.clock import Clock
+from cdpd.cluster import erase
+from cdpd.cluster.layout import Layout
+from cdpd.cluster.lease import Lease, lead
+from cdpd.cluster.regulation_records import RegulationRecord, TargetState, apply
+from cdpd.cluster.regulations import ClusterRegulations
+from cdpd.cluster.suppression_feed import SUPPRESSION_BOUND_S
+from cdpd.config import Config
+from cdpd.destinations.settings import FileDestination
+from cdpd.model.timestamps import format_ms, parse_ms
+from cdpd.privacy import deletion, regulations_vendors
+from cdpd.privacy.regulation_attempts import (
+    TargetFailed,
+    attempt,
+    given_up,
+    log_outcome,
+    permanent,
+    retry_policy,
+)
+from cdpd.privacy.regulations import (
+    EFFECTS,
+    FAILED,
+    FILE,
+    FIRST,
+    IDENTITY,
+    NOT_SUPPORTED,
+    OUTBOX,
+    UNFINISHED,
+    WAREHOUSE,
+)
+from cdpd.privacy.regulations_store import TargetUpdate
+
+log = structlog.get_logger("cdpd.privacy")
+
+LEASE_KEY = "regulations"
+POLL_S = 0.5
+# Targets the JetStream backend does not reach yet, and why (a regulation with one of them
+# ends PARTIAL_SUCCESS, as one with a destination that cannot delete does).
+IDENTITY_NOT_ERASED = (
+    "the identity store is not erased by regulations on the JetStream backend yet"
+    " (docs/scaling.md, 'What is still single-node')"
+)
+FILE_NOT_ERASED = (
+    "a file destination on the JetStream backend writes one file per node; its lines are not"
+    " erased by regulations (docs/scaling.md)"
+)
+# What erases the users from the identity store, when it runs on the cluster.
+ForgetUsers = Callable[[Sequence[str]], Awaitable[int]]
+
+
+class RegulationLeader:
+    """A service (`run(stop)`): while this node holds the lease, work the due targets."""
+
+    def __init__(
+        self,
+        config: Config,
+        js: JetStreamContext,
+        layout: Layout,
+        book: ClusterRegulations,
+        lease: Lease,
+        clock: Clock,
+        session: aiohttp.ClientSession,
+        *,
+        forget_identity: ForgetUsers | None = None,
+    ) -> None:
+        self._config = config
+        self._js = js
+        self._layout = layout
+        self._book = book
+        self.lease = lease
+        self._clock = clock
+        self._session = session
+        self._forget_identity = forget_identity
+        self.passes = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await lead(self.lease, self._clock, stop, functools.partial(self._lead, stop))
+
+    async def _lead(self, stop: asyncio.Event, should_stop: Callable[[], bool]) -> None:
+        while not should_stop():
+            await self.work_due(should_stop)
+            self.passes += 1
+            await self._clock.wait(stop, POLL_S)
+
+    async def work_due(self, should_stop: Callable[[], bool]) -> None:
+        for regulation_id in await self._book.due_ids():
+            if should_stop():
+                return
+            found = await self._book.read(regulation_id)
+            if found is None:  # `due` is written just before the regulation
+                continue
+            record, revision = found
+            if record.status not in UNFINISHED:
+                await self._book.forget(regulation_id)
+                continue
+            try:
+                await self._work(record, revision, should_stop)
+            except KeyWrongLastSequenceError:
+                log.warning("regulation_written_elsewhere", regulation=regulation_id)
+                return  # another holder wrote it: this node has lost the lease
+
+    async def _work(
+        self, record: RegulationRecord, revision: int, should_stop: Callable[[], bool]
+    ) -> None:
+        users: list[str] | None = None  # read once a target is due
+        for target in sorted(record.targets, key=lambda t: t.kind not in FIRST):
+            if should_stop():
+                return
+            if target.status not in UNFINISHED or target.next_attempt_at > self._now():
+                continue
+            users = users if users is not None else await self._book.subjects(record)
+            update = await self._next_state(record, target, users)
+            if update is None:
+                continue
+            apply(record, update)
+            revision = await self._book.write(record, revision)
+            bound = log.bind(regulation=record.id, target=target.target)
+            log_outcome(bound, update, record.status)
+
+    def _now(self) -> str:
+        return format_ms(self._clock.now_ms())
+
+    async def _next_state(
+        self, record: RegulationRecord, target: TargetState, users: list[str]
+    ) -> TargetUpdate | None:
+        """The target's state after this pass; None while it waits."""
+        due = record.due(target)
+        kinds = FIRST[: FIRST.index(target.kind)] if target.kind in FIRST else FIRST
+        before = [t for t in record.targets if t.kind in kinds]
+        failed = next((t.kind for t in before if t.status == FAILED), None)
+        if failed is not None:
+            reason = f"the {failed} deletion failed, so this was not tried"
+            return given_up(due, reason, self._clock.now_ms())
+        if any(t.status in UNFINISHED for t in before) or self._settling(record, target):
+            return None
+        if target.kind == IDENTITY and self._forget_identity is None:
+            return self._not_supported(record, target, IDENTITY_NOT_ERASED)
+        if target.kind == FILE:
+            return self._not_supported(record, target, FILE_NOT_ERASED)
+        work = functools.partial(self._erase, record, target, users)
+        policy = retry_policy(self._config, target.kind, target.target)
+        bound = log.bind(regulation=record.id, target=target.target)
+        return await attempt(due, work, policy, self._clock, bound)
+
+    def _settling(self, record: RegulationRecord, target: TargetState) -> bool:
+        """A suppressing regulation's streams are scanned once every node drops the user."""
+        if target.kind != OUTBOX or not EFFECTS[record.regulation_type].suppress:
+            return False
+        return self._clock.now_ms() < parse_ms(record.created_at) + SUPPRESSION_BOUND_S * 1000
+
+    def _not_supported(
+        self, record: RegulationRecord, target: TargetState, reason: str
+    ) -> TargetUpdate:
+        at = self._now()
+        return TargetUpdate(
+            record.id,
+            target.target,
+            NOT_SUPPORTED,
+            target.attempts,
+            at,
+            at,
+            last_error=reason,
+            finished_at=at,
+        )
+
+    async def _erase(self, record: RegulationRecord, target: TargetState, users: list[str]) -> int:
+        name = target.target.partition(":")[2]
+        if target.kind == OUTBOX:
+            return await erase.erase_users(self._js, self._layout, users, record.source)
+        if target.kind == IDENTITY:
+            assert self._forget_identity is not None
+            return await self._forget_identity(users)
+        if target.kind == WAREHOUSE:
+            warehouse = deletion.warehouse_named(self._config, name)
+            if warehouse is None:
+                raise permanent(f"no warehouse is named {name!r} any more")
+            return await deletion.erase_warehouse_users(
+                self._config, warehouse, users, record.source
+            )
+        destination = next((d for d in self._config.destinations if d.name == name), None)
+        if destination is None or isinstance(destination, FileDestination):
+            raise permanent(f"no destination is named {name!r} any more")
+        sent = await regulations_vendors.forward(self._session, destination, users, record.id)
+        if not sent.ok:
+            raise TargetFailed(sent.error or "failed", sent.status, sent.retry_after_s)
+        return sent.users
