@@ -328,14 +328,15 @@ def _replay(cfg: config.Config, args: argparse.Namespace) -> int:
     if since_ms is not None and since_ms >= until_ms:
         print(f"cdpd: --since ({since}) must be before --until ({until})", file=sys.stderr)
         return EXIT_USAGE
-    if cfg.storage.backend == "jetstream":
-        from cdpd.cluster.cli import replay_dead
-
-        return replay_dead(cfg, destination, args)
     try:
-        count = asyncio.run(
-            _replay_in_outbox(cfg.storage.outbox_path, destination, since, until, args)
-        )
+        if cfg.storage.backend == "jetstream":
+            from cdpd.cluster.cli import replay_on_cluster
+
+            count = replay_on_cluster(cfg, destination, since, until, args.source)
+        else:
+            count = asyncio.run(
+                _replay_in_outbox(cfg.storage.outbox_path, destination, since, until, args)
+            )
     except config.ConfigError as exc:
         print(f"cdpd: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -377,7 +378,10 @@ def _show(cfg: config.Config, args: argparse.Namespace) -> int:
         async with _store(cfg.storage.outbox_path) as store:
             return await store.show(args.message_id, rules)
 
-    found = asyncio.run(show())
+    return _print_statuses(asyncio.run(show()), args)
+
+
+def _print_statuses(found: list[DeliveryStatus], args: argparse.Namespace) -> int:
     if not found:
         print(f"cdpd: no message {args.message_id!r} in the outbox", file=sys.stderr)
         return EXIT_FAILURE

@@ -15,7 +15,23 @@ from nats.js.errors import NotFoundError
 from cdpd import config as cdpd_config
 from cdpd.cluster.layout import Layout, row_of
 from cdpd.model.rows import OutboxRow
+from cdpd.model.timestamps import format_ms, now_ms
 from tests.helpers import WarehouseProbe, config_text
+
+
+def outbox_row(message: dict[str, Any]) -> OutboxRow:
+    """A Segment message from source `website` as ingest stores it (`receivedAt`: now unless
+    the message says)."""
+    return OutboxRow(
+        message_id=message["messageId"],
+        source="website",
+        type=message.get("type", "track"),
+        event=message.get("event"),
+        user_id=message.get("userId"),
+        anonymous_id=None,
+        received_at=message.get("receivedAt", format_ms(now_ms())),
+        payload=msgspec.json.encode(message).decode(),
+    )
 
 
 def jetstream_text(

@@ -14,12 +14,14 @@ from nats.js import JetStreamContext
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from cdpd.admin import ReplayRequest, RetryRequest, _json, _limit, _text
+from cdpd.admin import ReplayRequest, RetryRequest, _json, _limit, _text, _time
 from cdpd.cluster import operations
 from cdpd.cluster.delivery import ClusterDelivery
 from cdpd.cluster.node_web import require_admin
 from cdpd.config import Config, Destination
+from cdpd.delivery import replay
 from cdpd.delivery.report import DestinationReport
+from cdpd.delivery.service import routing_rule
 from cdpd.ingest.errors import ApiError
 
 log = structlog.get_logger()
@@ -43,6 +45,7 @@ class ClusterAdmin:
             web.get("/admin/deliveries/dead", self.dead),
             web.post("/admin/replay", self.replay),
             web.post("/admin/deliveries/retry", self.retry),
+            web.get("/admin/deliveries/messages/{message_id}", self.show),
         ]
 
     async def refresh_metrics(self) -> None:
@@ -74,14 +77,25 @@ class ClusterAdmin:
         destination = self._destination(asked.destination)
         if not destination.enabled:
             raise ApiError(409, "destination_disabled", f"{destination.name} is disabled")
-        if not asked.dead:
-            raise ApiError(
-                400,
-                "invalid_request",
-                "the JetStream backend replays dead deliveries only: dead = true",
-            )
-        count = await operations.replay_dead(self._js, self._layout, destination.name)
+        store = self._delivery.store
+        if asked.dead:
+            count = await replay.replay_dead(store, destination)
+        elif asked.since:
+            since, until = _time(asked.since, "since"), _time(asked.until, "until", default=True)
+            count = await replay.replay_range(store, destination, since, until, asked.source)
+        else:
+            raise ApiError(400, "invalid_request", "say what to replay: dead = true, or since")
         return _json({"destination": destination.name, "queued": count})
+
+    async def show(self, request: web.Request) -> web.Response:
+        """Where one message stands with each destination (found by its dedup marker)."""
+        self._authorize(request)
+        message_id = _text(request.match_info["message_id"], "message_id") or ""
+        rules = [routing_rule(d) for d in self._destinations.values()]
+        found = await self._delivery.store.show(message_id, rules)
+        if not found:
+            raise ApiError(404, "unknown_message", f"no message {message_id!r} in the cluster")
+        return _json({"message_id": message_id, "deliveries": found})
 
     async def retry(self, request: web.Request) -> web.Response:
         self._authorize(request)
@@ -91,7 +105,7 @@ class ClusterAdmin:
             raise ApiError(400, "invalid_request", f"not a retry request: {exc}") from None
         destination = self._destination(asked.destination)
         node = self._delivery.node
-        waiting = await operations.retry(self._js, self._layout, destination, node)
+        waiting = await operations.retry(self._delivery.store, self._js, destination, node)
         lane = self._delivery.lanes.get(destination.name)
         if lane is not None:
             lane.shared.circuit.succeeded()
@@ -99,7 +113,7 @@ class ClusterAdmin:
 
     async def _reports(self) -> list[DestinationReport]:
         return await operations.reports(
-            self._js, self._layout, list(self._destinations.values()), self._delivery.lanes
+            self._delivery.store, self._js, list(self._destinations.values()), self._delivery.lanes
         )
 
     def _authorize(self, request: web.Request) -> None:

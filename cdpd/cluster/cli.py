@@ -10,7 +10,7 @@ import sys
 import msgspec
 
 from cdpd import config
-from cdpd.cli import EXIT_OK, EXIT_USAGE, _dead_line, _format_reports, _plural
+from cdpd.cli import EXIT_OK, EXIT_USAGE, _dead_line, _format_reports, _plural, _print_statuses
 from cdpd.cluster import delivery_commands as cluster
 
 
@@ -22,19 +22,15 @@ def deliveries(cfg: config.Config, args: argparse.Namespace) -> int:
         print(msgspec.json.encode(reports).decode() if args.json else _format_reports(reports))
         return EXIT_OK
     if command == "show":
-        print(
-            "cdpd: deliveries show is not available on the JetStream backend (a stream has no"
-            " index by messageId); see docs/scaling.md",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+        return _print_statuses(asyncio.run(cluster.show(cfg, args.message_id)), args)
     if command == "retry":
         destination = next((d for d in cfg.destinations if d.name == args.destination), None)
         if destination is None:
             print(f"cdpd: no destination is named {args.destination!r}", file=sys.stderr)
             return EXIT_USAGE
         waiting = asyncio.run(cluster.retry(cfg, destination))
-        print(f"circuit of {destination.name} closed; {_plural(waiting, 'message')} unsettled")
+        waiting_text = _plural(waiting, "waiting delivery", "waiting deliveries")
+        print(f"circuit of {destination.name} closed; {waiting_text} marked due now")
         return EXIT_OK
     dead = asyncio.run(cluster.dead(cfg, args.destination, args.n))
     for entry in dead:
@@ -44,16 +40,15 @@ def deliveries(cfg: config.Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def replay_dead(
-    cfg: config.Config, destination: config.Destination, args: argparse.Namespace
+def replay_on_cluster(
+    cfg: config.Config,
+    destination: config.Destination,
+    since: str | None,
+    until: str,
+    source: str | None,
 ) -> int:
-    if not args.dead:
-        print(
-            "cdpd: replay --since is not available on the JetStream backend yet; replay --dead"
-            " is (docs/scaling.md)",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
-    count = asyncio.run(cluster.replay_dead(cfg, destination.name))
-    print(f"{_plural(count, 'dead delivery', 'dead deliveries')} queued for {destination.name}")
-    return EXIT_OK
+    """`cdpd replay` on the JetStream backend: dead letters back (no `since`), or a replay job
+    for the messages received in [since, until); how many were queued."""
+    if since is None:
+        return asyncio.run(cluster.replay_dead(cfg, destination))
+    return asyncio.run(cluster.replay_range(cfg, destination, since, until, source))

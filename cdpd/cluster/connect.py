@@ -157,6 +157,8 @@ def bucket_configs(config: JetStreamConfig, layout: Layout) -> list[KeyValueConf
         bucket(layout.inbox_bucket, "cdpd privacy inbox: fields seen per source"),
         bucket(layout.console_bucket, "cdpd console people, roles and sessions"),
         bucket(layout.regulations_bucket, "cdpd regulations, their progress and suppressions"),
+        # Ledger rows last as long as the messages they are about.
+        bucket(layout.ledger_bucket, "cdpd delivery ledger", ttl=float(config.max_age_s)),
     ]
 
 

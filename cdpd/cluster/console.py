@@ -35,7 +35,9 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 from cdpd.cluster import dead, operations
 from cdpd.cluster.browse import browse
 from cdpd.cluster.console_state import KvState, cluster_answers, sessions_bucket
+from cdpd.cluster.delivery import delivery_store
 from cdpd.cluster.layout import DESTINATION, SOURCE, Layout, row_of
+from cdpd.cluster.store import JetStreamDeliveryStore
 from cdpd.cluster.warehouse import lease_key
 from cdpd.config import Config, Destination
 from cdpd.console import overview, seams
@@ -51,7 +53,7 @@ from cdpd.console.web import Console, Parts
 from cdpd.delivery.report import DeadDelivery
 from cdpd.governance.store import SchemaField, ViolationSummary
 from cdpd.model.rows import OutboxRow
-from cdpd.model.timestamps import now_ms
+from cdpd.model.timestamps import format_ms, now_ms
 
 if TYPE_CHECKING:
     from cdpd.cluster.node import NodeParts
@@ -127,6 +129,7 @@ class ClusterData:
     js: JetStreamContext
     layout: Layout
     node_name: str
+    store: JetStreamDeliveryStore
     privacy: PrivacyData
 
     @property
@@ -171,7 +174,7 @@ class ClusterData:
     async def destination_figures(
         self, destination: Destination, upstream: list[str], window: str
     ) -> DestinationFigures:
-        (found,) = await operations.reports(self.js, self.layout, [destination])
+        (found,) = await operations.reports(self.store, self.js, [destination])
         rejected, notes = await self._by_reason("rejects", upstream, window)
         blocked, more = await self._by_reason("blocked_messages", upstream, window)
         dead = await self._newest_dead(destination.name)
@@ -210,11 +213,11 @@ class ClusterData:
 
     @cluster_answers
     async def replay_dead(self, destination: Destination) -> int:
-        return await operations.replay_dead(self.js, self.layout, destination.name)
+        return await self.store.replay_dead(destination.name, format_ms(now_ms()))
 
     @cluster_answers
     async def retry(self, destination: Destination) -> int:
-        return await operations.retry(self.js, self.layout, destination, self.node_name)
+        return await operations.retry(self.store, self.js, destination, self.node_name)
 
     @cluster_answers
     async def warehouse_holder(self, warehouse: str) -> str | None:
@@ -330,7 +333,11 @@ async def console_stage(parts: NodeParts) -> AsyncIterator[ConsoleStage]:
             config_of=_fixed(config),
             state=KvState(people, sessions),
             data=ClusterData(
-                parts.js, parts.layout, parts.node_name, ListedPrivacy(parts.portal())
+                parts.js,
+                parts.layout,
+                parts.node_name,
+                delivery_store(parts.config, parts.js, parts.clock),
+                ListedPrivacy(parts.portal()),
             ),
             closing=parts.closing,
         )

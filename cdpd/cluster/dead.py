@@ -37,8 +37,9 @@ def dead_headers(original: dict[str, str] | None, death: Death) -> dict[str, str
     headers = {k: v for k, v in (original or {}).items() if not k.startswith("Nats-")}
     headers.update(
         {
-            # A node that dies between publishing and `term` publishes it again: one copy.
-            MSG_ID: f"dead:{death.destination}:{death.seq}",
+            # A node that dies between publishing and `term` publishes it again: one copy. A
+            # replayed message given up again has made more attempts: a letter of its own.
+            MSG_ID: f"dead:{death.destination}:{death.seq}:{death.attempts}",
             DESTINATION: death.destination,
             ATTEMPTS: str(death.attempts),
             LAST_ERROR: quote(death.last_error or "", safe=" "),
@@ -93,7 +94,8 @@ async def replay(js: JetStreamContext, layout: Layout, destination: str, limit: 
     replayed = 0
     for dead_seq, _, body, headers in await dead_letters(js, layout, destination, limit):
         row = row_of(headers, body)
-        again = {k: v for k, v in headers.items() if not k.startswith("Cdpd-") or k in _ROW}
+        # It keeps the sequence it was accepted with (`Cdpd-Seq`): its ledger row's.
+        again = {k: v for k, v in headers.items() if not k.startswith("Cdpd-") or k in _KEPT}
         again[DESTINATION] = destination
         again[MSG_ID] = f"replay:{destination}:{dead_seq}"
         subject = headers.get(SUBJECT) or layout.subject_for(row)
@@ -103,7 +105,8 @@ async def replay(js: JetStreamContext, layout: Layout, destination: str, limit: 
     return replayed
 
 
-_ROW = {
+_KEPT = {
+    SEQ,
     "Cdpd-Message-Id",
     "Cdpd-Source",
     "Cdpd-Type",

@@ -1,6 +1,7 @@
 """Delivery on the JetStream backend: a lane per enabled destination, each reading the durable
-consumer(s) every node shares (cdpd/cluster/lane.py), with the destination's circuit and rate
-limit shared through key-value buckets (cdpd/cluster/shared.py). Run as supervised tasks and
+consumer(s) every node shares and recording its outcomes through the node's delivery store
+(cdpd/cluster/lane.py, store.py, reader.py), with the destination's circuit and rate limit
+shared through key-value buckets (cdpd/cluster/shared.py). Run as supervised tasks and
 stopped as a drain: attempts in flight finish, then the lanes return."""
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from nats.js import JetStreamContext
 from cdpd.clock import Clock
 from cdpd.cluster.lane import JetStreamLane
 from cdpd.cluster.layout import Layout
-from cdpd.cluster.routing import Router
 from cdpd.cluster.shared import GlobalRateLimit, SharedCircuit
+from cdpd.cluster.store import JetStreamDeliveryStore
 from cdpd.config import Config
 from cdpd.delivery.service import destination_transform, routing_rule
 from cdpd.destinations import registry
 from cdpd.destinations.base import Background, Destination, close_all
+from cdpd.model.timestamps import format_ms
 from cdpd.privacy.portal import Portal
 from cdpd.supervise import Backoff, Restarts, supervise
 
@@ -62,6 +64,7 @@ class ClusterDelivery:
         self.restarts = restarts or Restarts()
         self.senders: dict[str, Destination] = {}
         self.lanes: dict[str, JetStreamLane] = {}
+        self.store = delivery_store(config, js, clock)
         self._drain_timeout_s = config.delivery.drain_timeout_s
 
     def in_flight(self, destination: str) -> int:
@@ -69,31 +72,33 @@ class ClusterDelivery:
         return lane.stats.in_flight if lane is not None else 0
 
     async def start(self) -> None:
-        """Build a lane per enabled destination and create its durable consumers; before
-        ingest opens, so a new destination starts with what is accepted from then on."""
+        """Build a lane per enabled destination and start the store (which creates the
+        durable consumers); before ingest opens, so a new destination starts with what is
+        accepted from then on."""
         circuits = await self._js.key_value(self.layout.circuits_bucket)
         rates = await self._js.key_value(self.layout.rates_bucket)
-        for d in (d for d in self._config.destinations if d.enabled):
+        enabled = [d for d in self._config.destinations if d.enabled]
+        for d in enabled:
             sender = registry.build(d, self._clock)
             self.senders[d.name] = sender
-            lane = JetStreamLane(
+            self.lanes[d.name] = JetStreamLane(
                 d,
                 sender,
                 actions=sender.actions,
-                router=Router(routing_rule(d, sender.actions), sender.actions),
-                js=self._js,
-                layout=self.layout,
+                rule=routing_rule(d, sender.actions),
+                store=self.store,
                 circuit=SharedCircuit(circuits, rates, d.name, self.node, self._clock),
                 rate=GlobalRateLimit(rates, d.name, d.rate_limit_per_s, self._clock),
                 session=self._session,
                 clock=self._clock,
                 retry=d.retry or self._config.delivery.retry,
-                ack_wait_s=self._config.storage.jetstream.ack_wait_s,
+                partitions=self.layout.partitions,
                 transform=destination_transform(self._config, d.name, self._privacy),
                 observe=self._observer(d.name) if self._observer else None,
             )
-            await lane.ensure_consumers()
-            self.lanes[d.name] = lane
+        disabled = [d.name for d in self._config.destinations if not d.enabled]
+        at = format_ms(self._clock.now_ms())
+        await self.store.start([d.name for d in enabled], disabled, 0, at)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set, then let the attempts in flight finish (up to the
@@ -133,3 +138,17 @@ class ClusterDelivery:
             log.warning("delivery_drain_timeout", lanes=len(unfinished))
             for task in unfinished:
                 task.cancel()
+
+
+def delivery_store(config: Config, js: JetStreamContext, clock: Clock) -> JetStreamDeliveryStore:
+    """The delivery store on the cluster, for a node's lanes or for one CLI command."""
+    jetstream = config.storage.jetstream
+    by_source = config.storage.dedup_scope == "source"
+    return JetStreamDeliveryStore(
+        js,
+        Layout.of(jetstream),
+        config.destinations,
+        clock=clock,
+        ack_wait_s=jetstream.ack_wait_s,
+        sources=[s.name for s in config.sources] if by_source else [],
+    )

@@ -183,7 +183,7 @@ class JetStreamAppender:
         publishes += self._aux(rejects, extra)
         acks = await self._publish_all(publishes)
         if self._markers and fresh:
-            await self._mark(fresh)
+            await self._mark(fresh, [ack.seq for ack in acks[: len(fresh)]])
         stored = sum(1 for ack in acks[: len(fresh)] if not ack.duplicate)
         self.published += stored
         self.duplicates += len(rows) - stored
@@ -245,10 +245,14 @@ class JetStreamAppender:
             fresh.append(row)
         return fresh
 
-    async def _mark(self, rows: list[OutboxRow]) -> None:
-        """A marker for each message now acknowledged. One that exists already is refused
+    async def _mark(self, rows: list[OutboxRow], seqs: list[int]) -> None:
+        """A marker for each message now acknowledged, holding its stream sequence (how
+        `cdpd deliveries show` finds a message by its id). One that exists already is refused
         (the subject keeps its first); the message was a duplicate inside JetStream's window."""
-        acks = await self._sent((subject, b"", None) for subject in self._marker_subjects(rows))
+        subjects = self._marker_subjects(rows)
+        acks = await self._sent(
+            (subject, str(seq).encode(), None) for subject, seq in zip(subjects, seqs, strict=True)
+        )
         for ack in acks:
             if ack.error is not None and ack.error.err_code != MARKER_EXISTS:
                 log.warning("jetstream_marker_not_written", error=ack.error.description)

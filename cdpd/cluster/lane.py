@@ -1,13 +1,15 @@
-"""One destination's lane on the JetStream backend: it takes batches from the destination's
-durable consumer, shared by every node, and settles each message only after the destination's
-verdict: delivered (or filtered out) is acked, a retryable failure is nak'ed with the retry
-policy's delay (`delivery/policy.py`; the attempt number is JetStream's delivery count), and a
-message given up is published to the dead-letter stream and terminated. A node that dies
-leaves its unacked messages to be redelivered to another node after `ack_wait`.
+"""One destination's lane on the JetStream backend: it reads batches from the destination's
+durable consumer, shared by every node, through the delivery store (cdpd/cluster/store.py), and
+records each message's outcome there only after the destination's verdict: delivered is acked,
+a retryable failure is nak'ed with the retry policy's delay (`delivery/policy.py`), a message
+given up is published to the dead-letter stream and terminated; what is not a first-attempt
+success gets its row in the ledger, with its attempts. A node that dies leaves its unacked
+messages to be redelivered to another node after `ack_wait`.
 
 `ordering = "user"` uses one consumer per partition subject (a user's messages all share one)
 with `max_ack_pending = 1`: one message of a partition is out at a time, cluster-wide, and a
-failed one is retried in place by the node holding it (`_hold`), so nothing later of that
+failed one is retried in place by the node holding it (`_hold`; each failed attempt still goes
+to the ledger), so nothing later of that
 partition overtakes it on any node. The price is per-partition throughput (one request per
 message per partition at a time; raise `partitions` for more parallelism). A larger
 `max_ack_pending` would not do: two nodes' pull requests can split a partition's next messages
@@ -18,23 +20,22 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import aiohttp
 import msgspec
+import nats.errors
 import structlog
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from cdpd.clock import Clock
-from cdpd.cluster import dead
-from cdpd.cluster.layout import Layout, row_of
-from cdpd.cluster.routing import Router
-from cdpd.cluster.settle import Verdict, consumer_specs, verdict
+from cdpd.cluster.reader import JetStreamLaneReader
+from cdpd.cluster.settle import Verdict, verdict
 from cdpd.cluster.shared import GlobalRateLimit, SharedCircuit
+from cdpd.cluster.store import JetStreamDeliveryStore
 from cdpd.delivery import policy
 from cdpd.delivery.stats import LaneStats
+from cdpd.delivery.store import Outcome, Owed, Recording, ReplayJob, RoutingRule, replay_consumer
 from cdpd.destinations import actions
 from cdpd.destinations.actions import Action
 from cdpd.destinations.base import Destination as Sender
@@ -45,43 +46,16 @@ from cdpd.model.timestamps import format_ms, parse_ms
 
 log = structlog.get_logger()
 
-FETCH_WAIT_S = 1.0
 HOLD_TICK_S = 0.5
+REPLAY_CHECK_S = 2.0  # how often a lane looks for replay jobs
+EVERY_SEQ = 2**63 - 1
 
 
-class Owed(msgspec.Struct, gc=False):
-    """A fetched message the destination is owed."""
+class Attempted(msgspec.Struct, frozen=True, gc=False):
+    """When an attempt started and how long it took, for its outcome's row."""
 
-    msg: Msg
-    view: MessageView
-    order_key: str | None
-    received_ms: int
-    attempts: int  # made before this one
-
-
-def lane_ack_wait_s(config: Destination, ack_wait_s: float) -> float:
-    """At least twice the destination's timeout: an attempt in flight is not handed out again."""
-    return max(ack_wait_s, 2 * config.timeout_s)
-
-
-async def ensure_consumers(
-    js: JetStreamContext, layout: Layout, config: Destination, ack_wait_s: float
-) -> None:
-    """Create a destination's durable consumers; a destination seen for the first time starts
-    with the messages accepted from now on (as on the SQLite backend)."""
-    for durable, subject, pending in consumer_specs(layout, config):
-        consumer = ConsumerConfig(
-            durable_name=durable,
-            description=f"cdpd delivery to {config.name}",
-            deliver_policy=DeliverPolicy.NEW,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=ack_wait_s,
-            max_deliver=-1,
-            max_ack_pending=pending,
-            filter_subject=subject,
-            max_waiting=4096,
-        )
-        await js.add_consumer(layout.stream, consumer)
+    started_at: str
+    duration_ms: float
 
 
 class JetStreamLane:
@@ -91,15 +65,14 @@ class JetStreamLane:
         sender: Sender,
         *,
         actions: list[Action],
-        router: Router,
-        js: JetStreamContext,
-        layout: Layout,
+        rule: RoutingRule,
+        store: JetStreamDeliveryStore,
         circuit: SharedCircuit,
         rate: GlobalRateLimit,
         session: aiohttp.ClientSession,
         clock: Clock,
         retry: RetryConfig,
-        ack_wait_s: float,
+        partitions: int,
         transform: Callable[[str, str], str] | None = None,
         observe: Callable[[float], None] | None = None,
         rand: Callable[[], float] = random.random,
@@ -110,69 +83,69 @@ class JetStreamLane:
         self._config = config
         self._sender = sender
         self._actions = actions
-        self._router = router
-        self._js = js
-        self._layout = layout
+        self._rule = rule
+        self._store = store
         self._rate = rate
         self._session = session
         self._clock = clock
         self._retry = retry
-        self._ack_wait_s = lane_ack_wait_s(config, ack_wait_s)
+        self._partitions = partitions
+        self._ack_wait_s = max(store.ack_wait_s, 2 * config.timeout_s)
         self._transform = transform
         self._observe = observe
         self._rand = rand
         self._ordered = config.ordering == "user"
         self._sending = asyncio.Semaphore(config.concurrency)
 
-    # -- consumers --------------------------------------------------------------------------
-
-    def consumers(self) -> list[tuple[str, str, int]]:
-        return consumer_specs(self._layout, self._config)
-
-    async def ensure_consumers(self) -> None:
-        await ensure_consumers(self._js, self._layout, self._config, self._ack_wait_s)
-
     # -- running ----------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.ensure_consumers()
+        await self._store.ensure_consumers(self._config)
         async with asyncio.TaskGroup() as tasks:
-            for durable, subject, _ in self.consumers():
-                tasks.create_task(self._consume(durable, subject, stop), name=f"jsd-{durable}")
+            tasks.create_task(self._replays(stop), name=f"jsd-{self.name}-replays")
+            if not self._ordered:
+                await self._consume(None, stop)
+                return
+            for partition in range(self._partitions):
+                tasks.create_task(
+                    self._consume(partition, stop), name=f"jsd-{self.name}-p{partition}"
+                )
 
-    async def _consume(self, durable: str, subject: str, stop: asyncio.Event) -> None:
-        sub = await self._js.pull_subscribe(subject, durable=durable, stream=self._layout.stream)
+    async def _consume(self, partition: int | None, stop: asyncio.Event) -> None:
+        reader = await self._store.reader(self._rule, partition, holding=self._ordered)
         try:
             if self._ordered:
-                await self._fetch_loop(sub, stop, lambda batch: self._hold(batch, stop))
+                await self._fetch_loop(reader, stop, lambda batch: self._hold(reader, batch, stop))
             else:
                 async with asyncio.TaskGroup() as workers:
-                    queue: asyncio.Queue[list[Msg]] = asyncio.Queue(self._config.concurrency)
+                    queue: asyncio.Queue[list[Owed]] = asyncio.Queue(self._config.concurrency)
                     for _ in range(self._config.concurrency):
                         workers.create_task(self._work(queue, stop))
-                    await self._fetch_loop(sub, stop, queue.put)
+                    await self._fetch_loop(reader, stop, queue.put)
                     for _ in range(self._config.concurrency):
                         await queue.put([])  # each worker stops after what it holds
         finally:
-            await sub.unsubscribe()
+            await reader.close()  # what it holds unsettled goes back at once
 
     async def _fetch_loop(
         self,
-        sub: JetStreamContext.PullSubscription,
+        reader: JetStreamLaneReader,
         stop: asyncio.Event,
-        handle: Callable[[list[Msg]], object],
+        handle: Callable[[list[Owed]], Awaitable[None]],
     ) -> None:
         while not stop.is_set():
             size, probe = await self._may_take(stop)
             if size == 0:
                 continue
-            try:
-                batch = await sub.fetch(size, timeout=FETCH_WAIT_S)
-            except TimeoutError:
+            # Messages handed back first; reading new ones waits when there are none.
+            batch = await reader.due(format_ms(self._clock.now_ms()), size)
+            if not batch:
+                batch = await reader.new_messages(0, EVERY_SEQ, size)
+            if not batch:
                 if probe:  # nothing to probe with: the next message may probe
                     await self._give_back_probe()
                 continue
-            await handle(batch)  # type: ignore[misc]
+            await handle(batch)
 
     async def _may_take(self, stop: asyncio.Event) -> tuple[int, bool]:
         """How many messages to take now, and whether they are a probe: a batch when the
@@ -202,134 +175,151 @@ class JetStreamLane:
             except Exception as exc:
                 log.warning("delivery_circuit_unwritable", destination=self.name, error=repr(exc))
 
-    async def _work(self, queue: asyncio.Queue[list[Msg]], stop: asyncio.Event) -> None:
+    async def _work(self, queue: asyncio.Queue[list[Owed]], stop: asyncio.Event) -> None:
         while True:
             batch = await queue.get()
             if not batch:
                 return
             await self._deliver(batch)
 
-    # -- unordered: settle each message on its verdict ---------------------------------------
+    # -- replay jobs: each read from its own consumer, beside the live messages --------------
 
-    async def _deliver(self, batch: list[Msg]) -> None:
-        owed = await self._owed(batch)
-        if not owed:
-            return
-        results = await self._attempt([o.view for o in owed])
-        for item, result in zip(owed, results, strict=True):
-            verdict = self._judge(item, result)
-            await self._settle(item, verdict)
+    async def _replays(self, stop: asyncio.Event) -> None:
+        """Every node's lane works on the destination's replay jobs (sharing each job's
+        consumer), and ends a job once its consumer has passed the job's last message."""
+        reader = await self._store.reader(self._rule)
+        try:
+            while not stop.is_set():
+                for job in await reader.replay_jobs():
+                    await self._replay(reader, job, stop)
+                await self._clock.wait(stop, REPLAY_CHECK_S)
+        finally:
+            await reader.close()
 
-    async def _owed(self, batch: Sequence[Msg]) -> list[Owed]:
-        """The messages of `batch` owed to the destination; the others are acked at once."""
-        owed = []
-        for msg in batch:
-            headers = msg.headers or {}
-            row = row_of(headers, msg.data)
-            if not self._router.takes(headers, row):
-                await msg.ack()
+    async def _replay(
+        self, reader: JetStreamLaneReader, job: ReplayJob, stop: asyncio.Event
+    ) -> None:
+        while not stop.is_set():
+            size, _ = await self._may_take(stop)
+            if size == 0:
                 continue
-            attempts = msg.metadata.num_delivered - 1
-            view = MessageView(
-                msg.metadata.sequence.stream,
-                row.message_id,
-                row.payload,
-                attempts,
-                row.received_at if attempts else None,
-                row.source,
-            )
-            received_ms = parse_ms(row.received_at) if row.received_at else self._clock.now_ms()
-            owed.append(Owed(msg, view, row.user_id or row.anonymous_id, received_ms, attempts))
-        return owed
+            try:
+                batch = await reader.replay_messages(job, 0, size)
+            except (NotFoundError, nats.errors.Error) as exc:  # ended by another node meanwhile
+                log.info("delivery_replay_gone", destination=self.name, job=job.id, error=repr(exc))
+                return
+            if batch:
+                await self._deliver(batch, origin="replay")
+                continue
+            position = (await reader.positions()).get(replay_consumer(job.id))
+            if position is not None and position.seq >= job.last_seq:
+                await self._store.record(
+                    Recording(self.name, finished_jobs=[job.id], at=self._now_at())
+                )
+                log.info("delivery_replay_finished", destination=self.name, job=job.id)
+            return
 
-    async def _settle(self, item: Owed, verdict: Verdict) -> None:
+    # -- unordered: record each message's outcome on its verdict -----------------------------
+
+    async def _deliver(self, owed: list[Owed], origin: str | None = None) -> None:
+        results, attempted = await self._attempt([o.view for o in owed])
+        outcomes = []
+        for item, result in zip(owed, results, strict=True):
+            judged = self._judge(item, result)
+            self._count(item, judged)
+            outcomes.append(self._outcome(item, judged, attempted, origin))
+        await self._store.record(Recording(self.name, outcomes, at=self._now_at()))
+
+    def _count(self, item: Owed, judged: Verdict) -> None:
         stats = self.stats
-        if verdict.state == "delivered":
-            await item.msg.ack()
+        if judged.state == "delivered":
             stats.delivered += 1
             return
-        stats.errors_by_status[str(verdict.status or "network")] += 1
-        stats.last_error, stats.last_error_status = verdict.error, verdict.status
+        stats.errors_by_status[str(judged.status or "network")] += 1
+        stats.last_error, stats.last_error_status = judged.error, judged.status
         stats.last_error_message_id = item.view.message_id
-        stats.last_error_at = format_ms(self._clock.now_ms())
-        if verdict.state == "retrying":
-            await item.msg.nak(delay=verdict.delay_s)
+        stats.last_error_at = self._now_at()
+        if judged.state == "retrying":
             stats.retried += 1
             return
-        await self._bury(item, verdict)
-
-    async def _bury(self, item: Owed, verdict: Verdict) -> None:
-        death = dead.Death(
-            self.name,
-            item.view.seq,
-            item.msg.subject,
-            item.attempts + 1,
-            verdict.status,
-            verdict.error,
-            format_ms(self._clock.now_ms()),
-        )
-        headers = dead.dead_headers(item.msg.headers, death)
-        await dead.bury(self._js, self._layout, item.msg.data, headers)
-        await item.msg.term()
-        self.stats.dead += 1
+        stats.dead += 1
         log.warning(
             "delivery_dead",
             destination=self.name,
             message_id=item.view.message_id,
-            attempts=death.attempts,
-            status=verdict.status,
-            error=verdict.error,
+            attempts=item.view.attempts + 1,
+            status=judged.status,
+            error=judged.error,
         )
+
+    def _outcome(
+        self, item: Owed, judged: Verdict, attempted: Attempted, origin: str | None = None
+    ) -> Outcome:
+        now_ms = self._clock.now_ms()
+        view = item.view
+        retrying = judged.state == "retrying"
+        return Outcome(
+            seq=view.seq,
+            message_id=view.message_id,
+            order_key=item.order_key,
+            attempt=view.attempts + 1,
+            started_at=attempted.started_at,
+            duration_ms=attempted.duration_ms,
+            status=judged.status,
+            error=judged.error,
+            state=judged.state,
+            first_attempt_at=view.first_attempt_at or attempted.started_at,
+            next_attempt_at=format_ms(now_ms + round(judged.delay_s * 1000)),
+            finished_at=None if retrying else format_ms(now_ms),
+            origin=origin or ("ledger" if item.from_ledger else "stream"),
+        )
+
+    def _now_at(self) -> str:
+        return format_ms(self._clock.now_ms())
 
     # -- ordered: hold a partition's batch until every message in it is final ------------------
 
-    async def _hold(self, batch: list[Msg], stop: asyncio.Event) -> None:
+    async def _hold(
+        self, reader: JetStreamLaneReader, batch: list[Owed], stop: asyncio.Event
+    ) -> None:
         """Each user's messages go one at a time, in order; a retryable failure waits its
         delay here (the batch kept alive with `in_progress`) while other users' messages go on.
         Nothing is acked before the whole batch is final, so no node can take a later message
         of this partition meanwhile (the consumer's `max_ack_pending` is the batch). Stopping,
-        the final ones are acked and the rest nak'ed: redelivered first, in order."""
-        waiting = await self._owed(batch)
-        due_ms = {id(item): 0 for item in waiting}
+        the rest is nak'ed when the reader closes: redelivered first, in order."""
+        waiting = list(batch)
+        due_ms = {item.view.seq: 0 for item in waiting}
         kept_alive = time.monotonic()
         while waiting and not stop.is_set():
             now = self._clock.now_ms()
-            heads = _heads(waiting)
-            ready = [item for item in heads if due_ms[id(item)] <= now]
+            ready = [item for item in _heads(waiting) if due_ms[item.view.seq] <= now]
             if not ready:
                 await self._clock.wait(stop, HOLD_TICK_S)
             else:
-                results = await self._attempt([o.view for o in ready])
+                results, attempted = await self._attempt([o.view for o in ready])
+                outcomes = []
                 for item, result in zip(ready, results, strict=True):
-                    verdict = self._judge(item, result)
-                    if verdict.state == "retrying":
-                        item.attempts += 1
-                        first_at = item.view.first_attempt_at or format_ms(now)
-                        item.view = msgspec.structs.replace(
-                            item.view, attempts=item.attempts, first_attempt_at=first_at
-                        )
-                        due_ms[id(item)] = now + round(verdict.delay_s * 1000)
-                        self.stats.retried += 1
-                        continue
+                    judged = self._judge(item, result)
+                    self._count(item, judged)
+                    outcomes.append(self._outcome(item, judged, attempted))
                     waiting.remove(item)
-                    if verdict.state == "dead":
-                        await self._bury(item, verdict)
-                    else:
-                        self.stats.delivered += 1
+                    if judged.state == "retrying":
+                        again = _again(item, outcomes[-1])
+                        waiting.insert(_position(waiting, again), again)
+                        due_ms[item.view.seq] = now + round(judged.delay_s * 1000)
+                await self._store.record(Recording(self.name, outcomes, at=self._now_at()))
             if time.monotonic() - kept_alive > self._ack_wait_s / 3:
                 kept_alive = time.monotonic()
-                for msg in batch:
+                for msg in reader.keep_alive():
                     await msg.in_progress()
-        unfinished = {id(item.msg) for item in waiting}
-        for msg in batch:
-            await (msg.nak() if id(msg) in unfinished else msg.ack())
 
     # -- one attempt ------------------------------------------------------------------------
 
-    async def _attempt(self, views: list[MessageView]) -> list[Result]:
+    async def _attempt(self, views: list[MessageView]) -> tuple[list[Result], Attempted]:
         async with self._sending:
             await self._rate.acquire(asyncio.Event())
             self.stats.in_flight += len(views)
+            started_at = self._now_at()
             began = time.perf_counter()
             try:
                 results = await self._send(views)
@@ -341,7 +331,7 @@ class JetStreamLane:
         if self._observe is not None:
             self._observe(duration_s)
         await self._judge_destination(results)
-        return results
+        return results, Attempted(started_at, duration_s * 1000)
 
     async def _send(self, views: list[MessageView]) -> list[Result]:
         """Prepare each message for its actions and send them; a failure of cdpd's own is
@@ -372,10 +362,11 @@ class JetStreamLane:
         return view if payload is view.payload else msgspec.structs.replace(view, payload=payload)
 
     def _judge(self, item: Owed, result: Result) -> Verdict:
+        received_at = item.received_at
         return verdict(
             result,
-            attempt=item.attempts + 1,
-            received_ms=item.received_ms,
+            attempt=item.view.attempts + 1,
+            received_ms=parse_ms(received_at) if received_at else self._clock.now_ms(),
             now_ms=self._clock.now_ms(),
             retry=self._retry,
             rand=self._rand,
@@ -404,6 +395,19 @@ class JetStreamLane:
                 await self.shared.publish()
             except Exception as exc:
                 log.warning("delivery_circuit_unwritable", destination=self.name, error=repr(exc))
+
+
+def _again(item: Owed, outcome: Outcome) -> Owed:
+    """The message as its next attempt sees it: one attempt more, in the ledger now."""
+    view = msgspec.structs.replace(
+        item.view, attempts=outcome.attempt, first_attempt_at=outcome.first_attempt_at
+    )
+    return msgspec.structs.replace(item, view=view, from_ledger=True)
+
+
+def _position(waiting: list[Owed], item: Owed) -> int:
+    """Where `item` goes back in seq order."""
+    return sum(1 for other in waiting if other.view.seq < item.view.seq)
 
 
 def _heads(waiting: list[Owed]) -> list[Owed]:

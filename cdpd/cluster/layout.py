@@ -177,6 +177,15 @@ class Layout(msgspec.Struct, frozen=True):
         """Regulations, their targets' progress and the suppressions in force."""
         return f"{self.stream}_regulations"
 
+    @property
+    def ledger_bucket(self) -> str:
+        """Delivery's exception ledger and replay jobs (cdpd/cluster/ledger.py)."""
+        return f"{self.stream}_ledger"
+
+    def replay_consumer(self, destination: str, job_id: int) -> str:
+        """A replay job's own durable consumer, beside the destination's live one."""
+        return f"replay_{token(destination)}_{job_id}"
+
 
 def dedup_id(row: OutboxRow, *, by_source: bool) -> str:
     """`Nats-Msg-Id`: JetStream drops a second message with this id inside its window."""

@@ -1,14 +1,15 @@
 """What operators ask of delivery on the JetStream backend, answered cluster-wide from any node:
 the per-destination report (`cdpd deliveries stats`, `/admin/deliveries`, `/metrics`) from the
-consumers' state and the dead stream's per-subject counts, dead letters, their replay, and
-`retry` (close the shared circuit so every node sends at once).
+consumers' state, the ledger (`CDPD_ledger`) and the dead stream's per-subject counts, dead
+letters, and `retry` (close the shared circuit so every node sends at once). Replay and
+`deliveries show` are the delivery store's (cdpd/cluster/store.py).
 
 The report's fields keep their SQLite meaning where the cluster has one: `pending` and
 `backlog` are messages the destination's consumers have not handed out yet (messages it is not
 owed included: routing happens in the lanes), `in_flight` the messages handed out and not yet
-settled (being sent, or waiting for a retry's delay), `retrying` the messages handed out more
-than once, `dead` the dead letters kept. `delivered`, latencies and errors are the answering
-node's own figures since it started."""
+settled (being sent, or waiting for a retry's delay), `retrying` the messages whose last
+attempt failed and that wait for the next (their ledger rows), `dead` the dead letters kept.
+`delivered`, latencies and errors are the answering node's own figures since it started."""
 
 from __future__ import annotations
 
@@ -22,19 +23,23 @@ from cdpd.cluster.lane import JetStreamLane
 from cdpd.cluster.layout import Layout
 from cdpd.cluster.settle import consumer_specs
 from cdpd.cluster.shared import close_circuit, read_circuit
+from cdpd.cluster.store import JetStreamDeliveryStore
 from cdpd.delivery import report
 from cdpd.delivery.report import DestinationReport, LastError
 from cdpd.delivery.store import DeadDelivery as DeadLetter
 from cdpd.destinations.settings import Destination
+from cdpd.model.timestamps import format_ms, now_ms
 
 
 async def reports(
+    store: JetStreamDeliveryStore,
     js: JetStreamContext,
-    layout: Layout,
     destinations: Sequence[Destination],
     lanes: Mapping[str, JetStreamLane] | None = None,
 ) -> list[DestinationReport]:
+    layout = store.layout
     dead_counts = await dead.counts(js, layout)
+    ledger = await store.counts()
     circuits = await js.key_value(layout.circuits_bucket)
     found = []
     for destination in destinations:
@@ -46,7 +51,7 @@ async def reports(
                 continue  # no node has started with this destination yet
             entry.pending += info.num_pending or 0
             entry.in_flight += info.num_ack_pending or 0
-            entry.retrying += info.num_redelivered or 0
+        entry.retrying = ledger.get(destination.name, {}).get("retrying", 0)
         entry.backlog = entry.pending
         entry.circuit = (await read_circuit(circuits, destination.name)).state
         lane = (lanes or {}).get(destination.name)
@@ -92,18 +97,11 @@ def as_listed(seq: int, letter: DeadLetter) -> report.DeadDelivery:
     )
 
 
-async def replay_dead(js: JetStreamContext, layout: Layout, destination: str) -> int:
-    return await dead.replay(js, layout, destination, 10**6)
-
-
-async def retry(js: JetStreamContext, layout: Layout, destination: Destination, node: str) -> int:
+async def retry(
+    store: JetStreamDeliveryStore, js: JetStreamContext, destination: Destination, node: str
+) -> int:
     """Close the destination's shared circuit (every node's lane sends again at once); how
-    many messages wait unsettled. A retry's delay, once JetStream holds it, is not shortened."""
-    await close_circuit(await js.key_value(layout.circuits_bucket), destination.name, node)
-    waiting = 0
-    for durable, _, _ in consumer_specs(layout, destination):
-        try:
-            waiting += (await js.consumer_info(layout.stream, durable)).num_ack_pending or 0
-        except NotFoundError:
-            continue
-    return waiting
+    many messages wait for a retry (their ledger rows now say due). A retry's delay, once
+    JetStream holds it, is not shortened."""
+    await close_circuit(await js.key_value(store.layout.circuits_bucket), destination.name, node)
+    return await store.retry_now(destination.name, format_ms(now_ms()))

@@ -29,8 +29,9 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from cdpd.clock import SystemClock
+from cdpd.cluster.delivery import delivery_store
 from cdpd.cluster.ingest import JetStreamAppender
-from cdpd.cluster.lane import ensure_consumers, lane_ack_wait_s
 from cdpd.cluster.layout import LOADED_IN, OWED_TO, Layout, names_header
 from cdpd.cluster.node import open_cluster
 from cdpd.config import Config
@@ -191,12 +192,10 @@ async def _first_run(
 async def _delivery_consumers(config: Config, js: JetStreamContext, layout: Layout) -> None:
     """Every enabled destination's consumers, created before the first message is published so
     that they start before it (a consumer created later starts after what the stream holds)."""
-    ack_wait_s = config.storage.jetstream.ack_wait_s
+    store = delivery_store(config, js, SystemClock())
     for destination in config.destinations:
         if destination.enabled:
-            await ensure_consumers(
-                js, layout, destination, lane_ack_wait_s(destination, ack_wait_s)
-            )
+            await store.ensure_consumers(destination)
 
 
 def _batches(

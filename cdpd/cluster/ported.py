@@ -20,7 +20,7 @@ def unported(config: Config) -> list[str]:
 
 def not_served(config: Config) -> list[str]:
     """What a node leaves out without harm (said at check-config and at start)."""
-    notes = ["`cdpd deliveries show` is served by the SQLite backend only"]
+    notes: list[str] = []
     if config.console.enabled:
         notes.append(
             "the console's privacy, profiles and audiences pages, and its config changes, are"

@@ -200,7 +200,12 @@ class Recording(msgspec.Struct, frozen=True):
 
 
 class LaneReader(Protocol):
-    """A lane's read side: new messages past a position, due ledger rows, replay jobs."""
+    """A lane's read side: new messages past a position, due ledger rows, replay jobs.
+
+    A backend whose consumer keeps the position itself (JetStream: a durable consumer shared
+    by every node) hands out its next messages from `new_messages` (the bounds only filter),
+    and from `due` the messages it handed back after their delay, as the last read found them;
+    what a lane reads it settles through `DeliveryStore.record`."""
 
     async def new_messages(self, after_seq: int, up_to_seq: int, limit: int) -> list[Owed]: ...
 
@@ -220,7 +225,8 @@ class LaneReader(Protocol):
 
 
 class DeliveryStore(Protocol):
-    """What delivery needs of its storage; the SQLite outbox is one backend."""
+    """What delivery needs of its storage; the SQLite outbox is one backend, the JetStream
+    cluster the other (cdpd/cluster/store.py)."""
 
     async def start(
         self, enabled: Sequence[str], disabled: Sequence[str], end_seq: int, at: str

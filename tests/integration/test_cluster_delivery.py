@@ -21,14 +21,13 @@ from cdpd import cli
 from cdpd import config as cdpd_config
 from cdpd.clock import SystemClock
 from cdpd.cluster import connect, dead
-from cdpd.cluster.delivery import ClusterDelivery
+from cdpd.cluster.delivery import ClusterDelivery, delivery_store
 from cdpd.cluster.layout import Layout, headers_of
 from cdpd.cluster.node import running_node
 from cdpd.cluster.shared import read_circuit
 from cdpd.config import Config
-from cdpd.model.rows import OutboxRow
 from cdpd.model.timestamps import format_ms, now_ms
-from tests.cluster_support import jetstream_config, jetstream_text
+from tests.cluster_support import jetstream_config, jetstream_text, outbox_row
 from tests.helpers import WRITE_KEY, basic_auth
 from tests.jetstream_cluster import JetStreamCluster
 from tests.sink import Answer, Sink, status
@@ -90,16 +89,7 @@ async def publisher(config: Config) -> AsyncIterator[Any]:
 
         async def publish(*messages: dict[str, Any]) -> None:
             for m in messages:
-                row = OutboxRow(
-                    message_id=m["messageId"],
-                    source="website",
-                    type=m.get("type", "track"),
-                    event=m.get("event"),
-                    user_id=m.get("userId"),
-                    anonymous_id=None,
-                    received_at=format_ms(now_ms()),
-                    payload=msgspec.json.encode(m).decode(),
-                )
+                row = outbox_row(m)
                 await js.publish(
                     layout.subject_for(row),
                     row.payload.encode(),
@@ -348,8 +338,19 @@ async def test_the_cli_reports_lists_and_replays_from_the_cluster(
                 == 0
             )
             assert "circuit of hook closed" in capsys.readouterr().out
-            assert await run_cli("deliveries", "show", "m1", "--config", str(path)) == 2
-            assert "not available on the JetStream backend" in capsys.readouterr().err
+
+            # m2 was given up, replayed and delivered: its ledger row has both attempts.
+            async def shown_delivered() -> bool:
+                capsys.readouterr()
+                code = await run_cli("deliveries", "show", "m2", "--json", "--config", str(path))
+                out = capsys.readouterr().out
+                return code == 0 and '"state":"delivered"' in out and (shown.append(out) or True)
+
+            shown: list[str] = []
+            await until(shown_delivered)
+            found = msgspec.json.decode(shown[-1])
+            assert (found["destination"], found["attempts"]) == ("hook", 2)
+            assert [a["status"] for a in found["history"]] == [400, 200]
 
 
 async def test_two_nodes_serve_the_delivery_admin_api_and_metrics(
@@ -394,6 +395,18 @@ async def test_two_nodes_serve_the_delivery_admin_api_and_metrics(
             async with http.post(f"{b.url}/admin/replay", json=replay, headers=auth) as response:
                 assert await response.json() == {"destination": "hook", "queued": 1}
             await sink.wait_for(lambda s: "m2" in s.message_ids)
+
+            # Found by its dedup marker: delivered on the first attempt, or after a replay.
+            async def shown_delivered(node_url: str, message_id: str, attempts: int) -> bool:
+                url = f"{node_url}/admin/deliveries/messages/{message_id}"
+                async with http.get(url, headers=auth) as response:
+                    (found,) = (await response.json())["deliveries"]
+                return bool(found["state"] == "delivered" and found["attempts"] == attempts)
+
+            await until(lambda: shown_delivered(b.url, "m1", 1))
+            await until(lambda: shown_delivered(a.url, "m2", 2))
+            async with http.get(f"{b.url}/admin/deliveries/messages/m9", headers=auth) as response:
+                assert response.status == 404
             retry = {"destination": "nope"}
             async with http.post(
                 f"{b.url}/admin/deliveries/retry", json=retry, headers=auth
@@ -417,3 +430,70 @@ async def test_a_new_destination_starts_at_the_end_and_a_known_one_keeps_its_pla
                 await sink.wait_for_delivered(2)
                 await consumer_settled(publish.js, publish.layout, "hook")
         assert sink.message_ids == ["m2", "m3"]
+
+
+async def test_replay_by_time_sends_a_window_again_to_one_destination_beside_live_traffic(
+    js_cluster: JetStreamCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with Sink() as sink, Sink() as other:
+        text = config_toml(js_cluster, hook("hook", sink.url) + hook("other", other.url))
+        path = tmp_path / "cdpd.toml"
+        path.write_text(text)
+        config = cdpd_config.parse(text)
+        async with node(config, "a"), node(config, "b"), publisher(config) as publish:
+            since = format_ms(now_ms() - 1000)
+            await publish(track(1), track(2))
+            await sink.wait_for_delivered(2)
+            await other.wait_for_delivered(2)
+            await consumer_settled(publish.js, publish.layout, "hook")
+            until_at = format_ms(now_ms() + 1)
+            capsys.readouterr()
+            args = ["replay", "--destination", "hook", "--since", since, "--until", until_at]
+            assert await run_cli(*args, "--config", str(path)) == 0
+            assert "2 messages queued for hook" in capsys.readouterr().out
+            await publish(track(3))  # live traffic goes on beside the job
+            await sink.wait_for(lambda s: Counter(s.message_ids) == {"m1": 2, "m2": 2, "m3": 1})
+            await other.wait_for_delivered(3)
+
+            store = delivery_store(config, publish.js, SystemClock())
+            await until(lambda: _no_jobs(store))
+            assert sorted(other.message_ids) == ["m1", "m2", "m3"]  # the job was hook's alone
+            # A window with nothing in it queues nothing.
+            args = ["replay", "--destination", "hook", "--since", "2001-01-01T00:00:00Z"]
+            assert (
+                await run_cli(*args, "--until", "2001-01-02T00:00:00Z", "--config", str(path)) == 0
+            )
+            assert "0 messages queued for hook" in capsys.readouterr().out
+        assert Counter(sink.message_ids) == {"m1": 2, "m2": 2, "m3": 1}
+
+
+async def _no_jobs(store: Any) -> bool:
+    return not await (await store.ledger()).jobs()
+
+
+async def test_a_replayed_dead_letter_given_up_again_is_a_dead_letter_again(
+    js_cluster: JetStreamCluster,
+) -> None:
+    async with Sink() as sink:
+        sink.by_message["m1"] = _answers(status(400), status(400))
+        config = make_config(js_cluster, hook("hook", sink.url))
+        async with node(config, "a") as a, publisher(config) as publish:
+            await publish(track(1))
+            await until(lambda: dead.dead_letters(publish.js, publish.layout, "hook", 1))
+            assert await a.store.replay_dead("hook", format_ms(now_ms())) == 1
+            await sink.wait_for_requests(2)
+
+            async def dead_again() -> list[Any]:
+                return await a.store.dead("hook", 10)
+
+            await until(dead_again)
+            ((_, death, _, _),) = await dead.dead_letters(publish.js, publish.layout, "hook", 10)
+            assert (death.message_id, death.attempts, death.seq) == ("m1", 2, 1)
+            (status_,) = await a.store.show("m1", [routing_rule_of(config, "hook")])
+            assert (status_.state, [h.status for h in status_.history]) == ("dead", [400, 400])
+
+
+def routing_rule_of(config: Config, name: str) -> Any:
+    from cdpd.delivery.service import routing_rule
+
+    return routing_rule(next(d for d in config.destinations if d.name == name))
