@@ -29,18 +29,16 @@ from cdpd import __version__, listeners, logs, startup
 from cdpd import web as cdpd_web
 from cdpd.clock import Clock, SystemClock
 from cdpd.cluster.node import Node, running_node
-from cdpd.config import Config, engage_path, identity_path
+from cdpd.config import Config
 from cdpd.config import load as load_config
 from cdpd.console import state as console_state
 from cdpd.console.flow import Flow
 from cdpd.delivery.service import Delivery
+from cdpd.engage import stage as engage_stage
 from cdpd.engage.stage import EngageStage
-from cdpd.engage.store import EngageStore
 from cdpd.governance.service import GovernanceService
 from cdpd.governance.stage import Governance
-from cdpd.identity import reads as identity_reads
 from cdpd.identity import stage as identity_stage
-from cdpd.identity import store as identity_store
 from cdpd.identity.stage import IdentityStage
 from cdpd.ingest.routes import Ingest
 from cdpd.logs import LineWriter
@@ -320,16 +318,10 @@ async def _engage(
     if identity is None or not (config.audiences or config.computed_traits):
         yield None
         return
-    store = await EngageStore.open(engage_path(config))
-    try:
-        async with identity_store.connect_reader(identity_path(config)) as reader:
-            await identity_reads.attach_outbox(reader, config.storage.outbox_path)
-            stage = EngageStage(config, store, reader, writer, clock)
-            identity.followers.append(stage.wake)
-            identity.engage_traits = stage.traits_of
-            yield stage
-    finally:
-        await store.close()
+    async with engage_stage.opened(
+        config, identity, writer, clock, config.storage.outbox_path
+    ) as engage:
+        yield engage
 
 
 def _writer_service(writer: OutboxWriter) -> Callable[[asyncio.Event], Awaitable[None]]:

@@ -100,6 +100,10 @@ class JetStreamConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=
     # How long a delivery consumer waits for a node's verdict on a message before another node
     # gets it (a node that died); at least twice a destination's timeout_s is used.
     ack_wait_s: PositiveFloat = 60.0
+    # How often the node holding the profiles lease stores a snapshot of the identity and
+    # Engage files in the cluster (what a node taking over restores, and what the other nodes
+    # answer the Profile API from).
+    snapshot_interval_s: PositiveFloat = 30.0
 
     def password(self) -> str | None:
         return env_secret(self.password_env) if self.password_env else None
@@ -538,7 +542,29 @@ def _cross_check(config: Config) -> list[str]:
         + _check_engage(config)
         + _check_privacy(config)
         + _check_identity(config)
+        + _check_snapshots(config)
     )
+
+
+# JetStream drops a second copy of a message id for this long (its streams' duplicate window).
+JETSTREAM_DEDUP_WINDOW_S = 120
+
+
+def _check_snapshots(config: Config) -> list[str]:
+    """A node taking the profiles lease over sends Engage's messages again from the last
+    snapshot: they must still be inside a dedup window to be dropped."""
+    storage = config.storage
+    if storage.backend != "jetstream" or config.identity is None:
+        return []
+    interval_s = storage.jetstream.snapshot_interval_s
+    window_s = max(JETSTREAM_DEDUP_WINDOW_S, storage.dedup_window_s)
+    if storage.dedup_window_s == 0 or interval_s >= window_s:
+        return [
+            f"storage.jetstream.snapshot_interval_s: {interval_s:g} s must be below the dedup"
+            f" window ({window_s} s; storage.dedup_window_s = {storage.dedup_window_s}), or"
+            " Engage's messages sent again after a failover would not be dropped as duplicates"
+        ]
+    return []
 
 
 def _check_workspaces(config: Config) -> list[str]:

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import nats
 from nats.js.api import RawStreamMsg
-from nats.js.errors import NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
+from segment.analytics import Client
 
 from cdpd import config as cdpd_config
 from cdpd.cluster.layout import Layout, row_of
 from cdpd.model.rows import OutboxRow
 from cdpd.model.timestamps import format_ms, now_ms
-from tests.helpers import WarehouseProbe, config_text
+from tests.helpers import WRITE_KEY, WarehouseProbe, config_text
 
 
 def outbox_row(message: dict[str, Any]) -> OutboxRow:
@@ -51,6 +54,28 @@ def jetstream_text(
     return text + f"[storage.jetstream]\nservers = [{urls}]\n{jetstream}"
 
 
+def profiles_toml(sink_url: str, audiences: dict[str, str]) -> str:
+    """[identity], Engage and a webhook destination `crm` that each audience (key: query)
+    sends its Track calls to."""
+    text = f"""
+[identity]
+space = "main"
+access_tokens = ["tok"]
+
+[engage]
+space_id = "main"
+
+[[destinations]]
+name = "crm"
+type = "webhook"
+url = "{sink_url}"
+"""
+    for key, query in audiences.items():
+        text += f'\n[[audiences]]\nkey = "{key}"\nquery = "{query}"\n'
+        text += '[[audiences.destinations]]\nname = "crm"\nsend_track = true\n'
+    return text
+
+
 def jetstream_config(path: Path, text: str) -> cdpd_config.Config:
     path.write_text(text)
     return cdpd_config.load(path)
@@ -81,6 +106,75 @@ async def stored_rows(servers: list[str], layout: Layout | None = None) -> list[
         row_of(message.headers, message.data or b"")
         for message in await stream_messages(servers, layout.stream)
     ]
+
+
+async def stored_messages(
+    servers: list[str], layout: Layout | None = None
+) -> list[tuple[int, OutboxRow]]:
+    """`stored_rows` with each message's stream sequence."""
+    layout = layout or Layout()
+    return [
+        (message.seq, row_of(message.headers, message.data or b""))
+        for message in await stream_messages(servers, layout.stream)
+    ]
+
+
+Call = Callable[[Client, str, int], None]
+
+
+class Sender:
+    """One client sending calls one by one (sync mode: each call is one request and returns
+    only after its 200). A failed call moves it to the other node, as a load balancer would.
+    `call(client, message_id, n)` makes the n-th call."""
+
+    def __init__(
+        self, name: str, urls: list[str], call: Callable[[Client, str, int], None]
+    ) -> None:
+        self.name = name
+        self.urls = urls
+        self.call = call
+        self.acked: list[str] = []
+        self.failed: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        client = Client(WRITE_KEY, host=self.urls[0], sync_mode=True, timeout=5, max_retries=0)
+        n = 0
+        while not self.stop.is_set():
+            message_id = f"{self.name}-{n}"
+            n += 1
+            try:
+                self.call(client, message_id, n)
+            except Exception:
+                self.failed.append(message_id)
+                self.urls.reverse()
+                client.host = self.urls[0]
+                continue
+            self.acked.append(message_id)
+
+
+async def acked_at_least(count: int, senders: list[Sender]) -> None:
+    for _ in range(1200):
+        if sum(len(s.acked) for s in senders) >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"fewer than {count} messages were acknowledged")
+
+
+async def lease_holder(urls: list[str], key: str) -> str:
+    """The holder named in lease `key`, once some node took it."""
+    client = await nats.connect(urls)
+    try:
+        kv = await client.jetstream().key_value(Layout().leases_bucket)
+        for _ in range(300):
+            with contextlib.suppress(KeyNotFoundError):  # not taken yet
+                entry = await kv.get(key)
+                if entry.value:
+                    return entry.value.decode()
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"no node took the lease {key}")
+    finally:
+        await client.close()
 
 
 async def aux_records(servers: list[str], table: str) -> list[dict[str, Any]]:

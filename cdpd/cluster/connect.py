@@ -21,12 +21,12 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 from cdpd.cluster.layout import Layout
-from cdpd.config import JetStreamConfig
+from cdpd.config import JETSTREAM_DEDUP_WINDOW_S, JetStreamConfig
 
 # Leases expire this long after their holder last renewed them (cdpd/cluster/lease.py).
 LEASE_TTL_S = 5.0
 # How long JetStream itself remembers a Nats-Msg-Id; the same id is dropped inside it.
-DUPLICATE_WINDOW_S = 120.0
+DUPLICATE_WINDOW_S = float(JETSTREAM_DEDUP_WINDOW_S)
 PARTITIONS_NOTE = "partitions="
 
 

@@ -163,6 +163,11 @@ class Layout(msgspec.Struct, frozen=True):
         return f"{self.stream}_inbox"
 
     @property
+    def state_bucket(self) -> str:
+        """The object store holding snapshots of the profiles stages' files."""
+        return f"{self.stream}_state"
+
+    @property
     def console_bucket(self) -> str:
         """The console's people (with their roles) and sessions, shared by every node."""
         return f"{self.stream}_console"

@@ -64,6 +64,16 @@ class Lease:
             return False
         return True
 
+    async def confirmed(self) -> bool:
+        """Read from the cluster: the key is still at our last write (nobody took it over)."""
+        if not self.held:
+            return False
+        try:
+            entry = await self._kv.get(self.key)
+        except KeyNotFoundError:
+            return False
+        return entry.revision == self.revision and entry.value == self.holder.encode()
+
     async def release(self) -> None:
         if self.revision and not self.lost.is_set():
             with contextlib.suppress(KeyWrongLastSequenceError, KeyNotFoundError):

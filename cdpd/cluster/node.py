@@ -67,6 +67,7 @@ class NodeParts:
     node_name: str
     privacy: Portal  # ingest's: its inventory is the one every stage applies
     governance: Governance  # its suppressions are fed from the cluster
+    appender: JetStreamAppender
     closing: Callable[[], bool] = lambda: False  # true once the node drains its requests
     # The inbox and inventory as the privacy stage (entered first) serves them.
     privacy_store: PortalStore | None = None
@@ -92,6 +93,13 @@ class ServesRoutes(Protocol):
     """A stage whose entered value has operator endpoints (admin token'd, like /admin/cluster)."""
 
     def routes(self) -> list[web.RouteDef]: ...
+
+
+@runtime_checkable
+class ServesPublicRoutes(Protocol):
+    """A stage whose entered value has endpoints beside the Tracking API (the Profile API)."""
+
+    def public_routes(self) -> list[web.RouteDef]: ...
 
 
 @runtime_checkable
@@ -161,7 +169,7 @@ async def running_node(
             async with asyncio.TaskGroup() as tasks, contextlib.AsyncExitStack() as held:
                 parts = NodeParts(
                     config, client, js, layout, tasks, clock, restarts, metrics, name,
-                    governance.privacy, governance,
+                    governance.privacy, governance, appender,
                     closing=lambda: drain.closing,
                 )  # fmt: skip
                 entered = {
@@ -174,6 +182,12 @@ async def running_node(
                     for value in entered.values()
                     if isinstance(value, ServesRoutes)
                     for route in value.routes()
+                ]
+                endpoints.public_routes = [
+                    route
+                    for value in entered.values()
+                    if isinstance(value, ServesPublicRoutes)
+                    for route in value.public_routes()
                 ]
                 endpoints.before_render = [
                     value.refresh_metrics
@@ -207,6 +221,7 @@ def _built_in_stages(config: Config) -> list[tuple[str, Stage]]:
     from cdpd.cluster.console import console_stage
     from cdpd.cluster.delivery_stage import delivery_stage
     from cdpd.cluster.privacy_stage import privacy_stage
+    from cdpd.cluster.profiles import profiles_stage
     from cdpd.cluster.regulations_stage import regulations_stage
     from cdpd.cluster.warehouse import warehouses_stage
 
@@ -216,6 +231,8 @@ def _built_in_stages(config: Config) -> list[tuple[str, Stage]]:
     ]
     if config.console.enabled:
         stages.append(("console", console_stage))
+    if config.identity is not None:
+        stages.append(("profiles", profiles_stage))
     if config.warehouses:
         stages.append(("warehouses", warehouses_stage))
     if any(d.enabled for d in config.destinations):
@@ -281,7 +298,12 @@ def _applications(
         answers=endpoints.metrics.answers,
     )
     health = web.get("/health", functools.partial(endpoints.health, drain))
-    public = [*ingest.routes(), *bundle.routes(ingest.known_write_key), health]
+    public = [
+        *ingest.routes(),
+        *bundle.routes(ingest.known_write_key),
+        health,
+        *endpoints.public_routes,
+    ]
     operator = endpoints.routes()
     if config.admin.listen is None:
         public += operator

@@ -41,6 +41,7 @@ class NodeEndpoints:
         self._client = client
         self.metrics = metrics
         self.stage_routes: list[web.RouteDef] = []  # what the node's stages serve (delivery's)
+        self.public_routes: list[web.RouteDef] = []  # ... beside the Tracking API (profiles')
         # Stages whose metrics are read from the cluster just before each scrape.
         self.before_render: list[Callable[[], Awaitable[None]]] = []
         self._status = status.StatusCollector()

@@ -9,18 +9,22 @@ SEE = "; see docs/scaling.md, 'What is still single-node'"
 
 
 def unported(config: Config) -> list[str]:
-    """One line per configured stage that does not run on the JetStream backend yet."""
-    problems = []
-    if config.identity is not None:
-        problems.append("[identity] (identity resolution, profiles) is single-node" + SEE)
-    if config.audiences or config.computed_traits:
-        problems.append("audiences and computed traits (Engage) are single-node" + SEE)
-    return problems
+    """One line per configured stage that does not run on the JetStream backend yet: none
+    today, every stage runs on a cluster (what differs is in `not_served`)."""
+    return []
 
 
 def not_served(config: Config) -> list[str]:
     """What a node leaves out without harm (said at check-config and at start)."""
     notes: list[str] = []
+    if config.identity is not None:
+        notes.append(
+            "identity and Engage run on the node holding the profiles lease; the other nodes"
+            " answer the Profile API from the newest snapshot (at most snapshot_interval_s + 5 s"
+            " old) and leave identifier deletions to the holder; the events history holds only"
+            " the messages the holder read since it took the lease; `cdpd profiles unmerge` is"
+            " served by the SQLite backend only"
+        )
     if config.console.enabled:
         notes.append(
             "the console's privacy, profiles and audiences pages, and its config changes, are"

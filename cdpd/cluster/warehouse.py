@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING
 import msgspec
 import structlog
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from cdpd.clock import Clock
-from cdpd.cluster.layout import DESTINATION, LOADED_IN, Layout, names_in, row_of
+from cdpd.cluster.layout import DESTINATION, LOADED_IN, Layout, names_in
 from cdpd.cluster.lease import RENEW_EVERY_S, Lease, lead
+from cdpd.cluster.ordered import read_range
 from cdpd.config import Config, Warehouse
 from cdpd.model.rows import OutboxRow
 from cdpd.privacy.controls import Inventory, PathControls
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("cdpd.warehouse")
 
 BATCH_MESSAGES = 10_000
-FETCH_TIMEOUT_S = 5.0
 _decoder = msgspec.json.Decoder()
 
 
@@ -57,40 +56,9 @@ async def read_after(
     js: JetStreamContext, layout: Layout, after_seq: int, count: int, warehouse: str
 ) -> tuple[list[tuple[int, OutboxRow]], int]:
     """The messages among the next `count` after stream sequence `after_seq` that `warehouse`
-    has to load, in order, with their sequences, and the last sequence read (an ephemeral
-    consumer that acknowledges nothing)."""
-    if count <= 0:
-        return [], after_seq
-    config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-        opt_start_seq=after_seq + 1,
-        ack_policy=AckPolicy.NONE,
-        inactive_threshold=60.0,
-        mem_storage=True,
-        num_replicas=1,
-    )
-    subscription = await js.pull_subscribe(
-        layout.messages_subjects, stream=layout.stream, config=config
-    )
-    found: list[tuple[int, OutboxRow]] = []
-    read, last_seq = 0, after_seq
-    try:
-        while read < count:
-            try:
-                messages = await subscription.fetch(count - read, timeout=FETCH_TIMEOUT_S)
-            except TimeoutError:
-                break
-            read += len(messages)
-            if messages:
-                last_seq = messages[-1].metadata.sequence.stream
-            found += [
-                (m.metadata.sequence.stream, row_of(m.headers, m.data))
-                for m in messages
-                if _to_load(m.headers or {}, warehouse)
-            ]
-    finally:
-        await subscription.unsubscribe()
-    return found, last_seq
+    has to load, in order, with their sequences, and the last sequence read."""
+    keep = functools.partial(_to_load, warehouse=warehouse)
+    return await read_range(js, layout, after_seq, count, keep)
 
 
 def _to_load(headers: dict[str, str], warehouse: str) -> bool:

@@ -14,7 +14,10 @@ again with the same `messageId`s, which the outbox's deduplication drops.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiosqlite
@@ -22,7 +25,7 @@ import msgspec
 import structlog
 
 from cdpd.clock import Clock
-from cdpd.config import Config
+from cdpd.config import Config, engage_path, identity_path
 from cdpd.engage import messages
 from cdpd.engage import syncs as engage_syncs
 from cdpd.engage.catalog import build as build_catalog
@@ -30,9 +33,12 @@ from cdpd.engage.inputs import Input, ProfileDeleted, ProfileMessage, ProfilesMe
 from cdpd.engage.settings import definition_sources
 from cdpd.engage.store import EngageStore
 from cdpd.identity import reads
+from cdpd.identity import store as identity_store
+from cdpd.identity.stage import IdentityStage
+from cdpd.ingest.appender import Appender
 from cdpd.model.rows import OutboxRow
 from cdpd.model.timestamps import format_ms
-from cdpd.outbox.writer import OutboxUnavailable, OutboxWriter
+from cdpd.outbox.writer import OutboxUnavailable
 
 log = structlog.get_logger("cdpd.engage")
 
@@ -92,7 +98,7 @@ class EngageStage:
         config: Config,
         store: EngageStore,
         identity_reader: aiosqlite.Connection,
-        writer: OutboxWriter,
+        writer: Appender,
         clock: Clock,
     ) -> None:
         self.config = config
@@ -315,6 +321,24 @@ class EngageStage:
             change_id=item.change_id,
             now_ms=now_ms,
         )
+
+
+@asynccontextmanager
+async def opened(
+    config: Config, identity: IdentityStage, writer: Appender, clock: Clock, messages_path: Path
+) -> AsyncIterator[EngageStage]:
+    """The Engage stage following `identity`, its store open; `messages_path` holds the
+    messages' payloads in the outbox's `messages` layout."""
+    store = await EngageStore.open(engage_path(config))
+    try:
+        async with identity_store.connect_reader(identity_path(config)) as reader:
+            await reads.attach_outbox(reader, messages_path)
+            stage = EngageStage(config, store, reader, writer, clock)
+            identity.followers.append(stage.wake)
+            identity.engage_traits = stage.traits_of
+            yield stage
+    finally:
+        await store.close()
 
 
 def _outbox_row(message: dict[str, Any], source: str, received_at: str) -> OutboxRow:

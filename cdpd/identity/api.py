@@ -18,16 +18,18 @@ import hmac
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
+import aiosqlite
 import msgspec
 from aiohttp import web
 
 from cdpd.config import IdentityConfig
 from cdpd.identity import reads
-from cdpd.identity.identifiers import extract
-from cdpd.identity.stage import IdentityError, IdentityStage
+from cdpd.identity.graph import Graph
+from cdpd.identity.identifiers import Identifier, Rules, extract
+from cdpd.identity.stage import IdentityError
 from cdpd.ingest.routes import LOG_FIELDS
 from cdpd.model.timestamps import format_ms, now_ms, to_epoch_ms
 
@@ -44,10 +46,29 @@ class ProfileApiError(Exception):
 
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
+EngageTraits = Callable[[str, str], Awaitable[dict[str, tuple[Any, int]]]]
+
+
+class ProfileSource(Protocol):
+    """What the API reads profiles from: the identity stage, or (on a JetStream node that does
+    not hold the profiles lease) a snapshot of its store."""
+
+    rules: Rules
+
+    @property
+    def graph(self) -> Graph: ...
+
+    @property
+    def reader(self) -> aiosqlite.Connection | None: ...
+
+    @property
+    def engage_traits(self) -> EngageTraits | None: ...
+
+    async def delete_identifier(self, pid: str, identifier: Identifier) -> None: ...
 
 
 class ProfileApi:
-    def __init__(self, config: IdentityConfig, identity: IdentityStage) -> None:
+    def __init__(self, config: IdentityConfig, identity: ProfileSource) -> None:
         self._config = config
         self._identity = identity
         self._tokens = [token.encode() for token in config.resolved_tokens()]

@@ -11,6 +11,9 @@ import asyncio
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiosqlite
@@ -60,12 +63,16 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.profiles_command == "unmerge":
         return _unmerge(cfg, args)
-    if not identity_path(cfg).exists():
+    if cfg.storage.backend == "sqlite" and not identity_path(cfg).exists():
         print(f"cdpd: no identity store at {identity_path(cfg)}", file=sys.stderr)
         return EXIT_FAILURE
     collection = "accounts" if args.accounts or kind == "group_id" else "users"
     work = _show if args.profiles_command == "show" else _explain
-    found = asyncio.run(_with_store(cfg, work, collection, kind, value, args))
+    try:
+        found = asyncio.run(_with_store(cfg, work, collection, kind, value, args))
+    except LookupError as exc:
+        print(f"cdpd: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     if found is None:
         print(f"cdpd: no profile has {kind}:{value}", file=sys.stderr)
         return EXIT_FAILURE
@@ -106,13 +113,29 @@ def _unmerge(cfg: Config, args: argparse.Namespace) -> int:
 async def _with_store(
     cfg: Config, work: Any, collection: str, kind: str, value: str, args: argparse.Namespace
 ) -> dict[str, Any] | None:
-    async with store.connect_reader(identity_path(cfg)) as conn:
-        await reads.attach_outbox(conn, cfg.storage.outbox_path)
+    async with (
+        _store_files(cfg) as (identity_file, messages_file),
+        store.connect_reader(identity_file) as conn,
+    ):
+        await reads.attach_outbox(conn, messages_file)
         pid = await reads.find(conn, collection, kind, value)
         if pid is None:
             return None
         result: dict[str, Any] = await work(cfg, conn, pid, args)
         return result
+
+
+@asynccontextmanager
+async def _store_files(cfg: Config) -> AsyncIterator[tuple[Path, Path]]:
+    """The identity store and the messages it resolved: this machine's, or on the JetStream
+    backend the newest snapshot in the cluster (no message payloads: no recent events)."""
+    if cfg.storage.backend == "sqlite":
+        yield identity_path(cfg), cfg.storage.outbox_path
+        return
+    from cdpd.cluster.profile_reads import downloaded  # the cluster's client, only here
+
+    async with downloaded(cfg) as files:
+        yield files
 
 
 async def _show(

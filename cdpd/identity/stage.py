@@ -31,7 +31,7 @@ from cdpd.identity.identifiers import Identifier, Rules
 from cdpd.identity.resolve import resolve
 from cdpd.model.timestamps import format_ms, now_ms, parse_ms
 from cdpd.outbox import consumers
-from cdpd.outbox.consumers import Consumer, Message
+from cdpd.outbox.consumers import Consumer, Message, OrderedReader
 
 log = structlog.get_logger("cdpd.identity")
 
@@ -83,7 +83,7 @@ class IdentityStage:
         self,
         config: Config,
         conn: sqlite3.Connection,
-        consumer: Consumer,
+        consumer: OrderedReader,
         mirror: Callable[[int], Any],
         end_seq: Callable[[], int],
         reader: aiosqlite.Connection | None = None,
@@ -326,15 +326,30 @@ async def opened(
     end_seq: Callable[[], int],
     suppressed: Callable[[str], frozenset[str]] = no_one_suppressed,
 ) -> Any:
-    """The identity stage with its store open, closed on exit."""
+    """The identity stage with its store open, reading the SQLite outbox; closed on exit."""
+    consumer = Consumer(CONSUMER_NAME, CONSUMER_NAME, outbox_path, transact, end_seq)
+
+    async def mirror(seq: int) -> None:
+        await transact(lambda c: consumers.mirror(c, CONSUMER_NAME, CONSUMER_NAME, seq))
+
+    async with opened_on(config, consumer, mirror, end_seq, outbox_path, suppressed) as stage:
+        yield stage
+
+
+@asynccontextmanager
+async def opened_on(
+    config: Config,
+    consumer: OrderedReader,
+    mirror: Callable[[int], Any],
+    end_seq: Callable[[], int],
+    messages_path: Path,
+    suppressed: Callable[[str], frozenset[str]] = no_one_suppressed,
+) -> Any:
+    """The identity stage with its store open, reading from `consumer` (the outbox's interface);
+    `messages_path` holds the messages' payloads in the outbox's `messages` layout."""
     with store.connect(identity_path(config)) as conn:
-        consumer = Consumer(CONSUMER_NAME, CONSUMER_NAME, outbox_path, transact, end_seq)
-
-        async def mirror(seq: int) -> None:
-            await transact(lambda c: consumers.mirror(c, CONSUMER_NAME, CONSUMER_NAME, seq))
-
         async with store.connect_reader(identity_path(config)) as reader:
-            await reads.attach_outbox(reader, outbox_path)
+            await reads.attach_outbox(reader, messages_path)
             stage = IdentityStage(config, conn, consumer, mirror, end_seq, reader, suppressed)
             try:
                 yield stage

@@ -14,7 +14,7 @@ import asyncio
 import bisect
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiosqlite
 import msgspec
@@ -208,6 +208,22 @@ READ_AFTER = """
 SELECT seq, message_id, source, type, event, user_id, anonymous_id, received_at, payload
 FROM messages WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?
 """
+
+
+class OrderedReader(Protocol):
+    """What a stage that processes messages in order reads them through: `Consumer` on the
+    SQLite outbox, `cdpd.cluster.ordered.StreamConsumer` on the JetStream backend."""
+
+    seq: int
+    new_messages: asyncio.Event
+
+    async def start(self, from_seq: int = 0) -> int: ...
+
+    async def read(self, limit: int) -> list[Message]: ...
+
+    async def wait(self, stop: asyncio.Event, poll_s: float) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class Consumer:

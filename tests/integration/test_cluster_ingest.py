@@ -145,7 +145,7 @@ async def test_the_admin_api_shows_the_streams_and_health_is_ok(
         assert 'cdpd_ingest_messages_total{outcome="accepted"} 1.0' in text
 
 
-async def test_check_config_reaches_the_cluster_and_refuses_single_node_stages(
+async def test_check_config_reaches_the_cluster_and_refuses_what_a_node_cannot_serve(
     tmp_path: Path, js_cluster: JetStreamCluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "cdpd.toml"
@@ -160,8 +160,14 @@ async def test_check_config_reaches_the_cluster_and_refuses_single_node_stages(
     found = msgspec.json.decode(capsys.readouterr().out)
     assert {s["name"] for s in found["streams"]} >= {"CDPD", "CDPD_AUX", "CDPD_DEDUP"}
     path.write_text(jetstream_text(tmp_path / "var", js_cluster.urls, IDENTITY))
+    assert await asyncio.to_thread(cli.main, ["check-config", "--config", str(path)]) == 0
+    assert "node holding the profiles lease" in capsys.readouterr().err  # a note, not a refusal
+    no_dedup = jetstream_text(
+        tmp_path / "var", js_cluster.urls, IDENTITY, storage="dedup_window_s = 0\n"
+    )
+    path.write_text(no_dedup)
     assert await asyncio.to_thread(cli.main, ["check-config", "--config", str(path)]) == 2
-    assert "[identity] (identity resolution, profiles) is single-node" in capsys.readouterr().err
+    assert "snapshot_interval_s" in capsys.readouterr().err
     path.write_text(jetstream_text(tmp_path / "var", ["nats://127.0.0.1:9"]))
     assert await asyncio.to_thread(cli.main, ["check-config", "--config", str(path)]) == 1
     assert "cannot connect to JetStream at nats://127.0.0.1:9" in capsys.readouterr().err

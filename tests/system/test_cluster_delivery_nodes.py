@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,8 +15,8 @@ import pytest
 from aiohttp import web
 from segment.analytics import Client
 
-from tests.cluster_support import jetstream_text
-from tests.helpers import WRITE_KEY, Daemon, spawn_cdpd
+from tests.cluster_support import Sender, jetstream_text
+from tests.helpers import Daemon, spawn_cdpd
 from tests.jetstream_cluster import JetStreamCluster
 from tests.sink import Sink, status
 
@@ -26,29 +25,8 @@ pytestmark = pytest.mark.system
 BATCH_SIZE, CONCURRENCY = 10, 2
 
 
-class Sender:
-    """One client sending track calls one by one (sync mode: each returns after its 200); a
-    failed call moves it to the other node, as a load balancer would."""
-
-    def __init__(self, name: str, urls: list[str]) -> None:
-        self.name = name
-        self.urls = urls
-        self.acked: list[str] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        client = Client(WRITE_KEY, host=self.urls[0], sync_mode=True, timeout=5, max_retries=0)
-        n = 0
-        while not self.stop.is_set():
-            message_id = f"{self.name}-{n}"
-            n += 1
-            try:
-                client.track(user_id=f"u{n % 50}", event="Order", message_id=message_id)
-            except Exception:
-                self.urls.reverse()
-                client.host = self.urls[0]
-                continue
-            self.acked.append(message_id)
+def _track(client: Client, message_id: str, n: int) -> None:
+    client.track(user_id=f"u{n % 50}", event="Order", message_id=message_id)
 
 
 def _hook(url: str, **options: object) -> str:
@@ -81,8 +59,8 @@ async def test_every_acknowledged_message_is_delivered_when_a_node_dies(
         hook = _hook(sink.url, batch_size=BATCH_SIZE, concurrency=CONCURRENCY)
         nodes = await _nodes(tmp_path, js_cluster, hook)
         senders = [
-            Sender("a", [nodes[0].url, nodes[1].url]),
-            Sender("b", [nodes[1].url, nodes[0].url]),
+            Sender("a", [nodes[0].url, nodes[1].url], _track),
+            Sender("b", [nodes[1].url, nodes[0].url], _track),
         ]
         threads = [asyncio.create_task(asyncio.to_thread(s.run)) for s in senders]
         try:
@@ -116,7 +94,7 @@ async def test_a_rate_limit_holds_across_two_serving_nodes(
     async with Sink(default=counted) as sink:
         nodes = await _nodes(tmp_path, js_cluster, _hook(sink.url, rate_limit_per_s=5))
         try:
-            senders = [Sender("a", [nodes[0].url]), Sender("b", [nodes[1].url])]
+            senders = [Sender("a", [nodes[0].url], _track), Sender("b", [nodes[1].url], _track)]
             threads = [asyncio.create_task(asyncio.to_thread(s.run)) for s in senders]
             await _until(lambda: sum(len(s.acked) for s in senders) >= 30)
             for sender in senders:

@@ -6,20 +6,23 @@ warehouse exactly once, by the node that took the lease over."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
-import threading
 from pathlib import Path
 
-import nats
 import pytest
-from nats.js.errors import KeyNotFoundError
 from segment.analytics import Client
 
-from cdpd.cluster.layout import Layout
 from cdpd.cluster.warehouse import lease_key
-from tests.cluster_support import empty_postgres_warehouse, jetstream_text, loaded_ids, stored_rows
-from tests.helpers import WRITE_KEY, Daemon, spawn_cdpd
+from tests.cluster_support import (
+    Sender,
+    acked_at_least,
+    empty_postgres_warehouse,
+    jetstream_text,
+    lease_holder,
+    loaded_ids,
+    stored_rows,
+)
+from tests.helpers import Daemon, spawn_cdpd
 from tests.jetstream_cluster import JetStreamCluster
 
 pytestmark = pytest.mark.system
@@ -28,57 +31,8 @@ ACKED_BEFORE_KILL = 300
 ACKED_AFTER_KILL = 600
 
 
-class Sender:
-    """One client sending track calls one by one (sync mode: each call is one request and
-    returns only after its 200). A failed call moves it to the other node, as a load balancer
-    would."""
-
-    def __init__(self, name: str, urls: list[str]) -> None:
-        self.name = name
-        self.urls = urls
-        self.acked: list[str] = []
-        self.failed: list[str] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        client = Client(WRITE_KEY, host=self.urls[0], sync_mode=True, timeout=5, max_retries=0)
-        n = 0
-        while not self.stop.is_set():
-            message_id = f"{self.name}-{n}"
-            n += 1
-            try:
-                client.track(
-                    user_id=f"u{n % 50}", event="Order", message_id=message_id, properties={"n": n}
-                )
-            except Exception:
-                self.failed.append(message_id)
-                self.urls.reverse()
-                client.host = self.urls[0]
-                continue
-            self.acked.append(message_id)
-
-
-async def _lease_holder(urls: list[str]) -> str:
-    client = await nats.connect(urls)
-    try:
-        kv = await client.jetstream().key_value(Layout().leases_bucket)
-        for _ in range(300):
-            with contextlib.suppress(KeyNotFoundError):  # not taken yet
-                entry = await kv.get(lease_key("wh"))
-                if entry.value:
-                    return entry.value.decode()
-            await asyncio.sleep(0.1)
-        raise AssertionError("no node took the warehouse lease")
-    finally:
-        await client.close()
-
-
-async def _until(count: int, senders: list[Sender]) -> None:
-    for _ in range(1200):
-        if sum(len(s.acked) for s in senders) >= count:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"fewer than {count} messages were acknowledged")
+def _track_order(client: Client, message_id: str, n: int) -> None:
+    client.track(user_id=f"u{n % 50}", event="Order", message_id=message_id, properties={"n": n})
 
 
 async def test_two_nodes_lose_nothing_acknowledged_when_one_dies_and_a_server_stops(
@@ -94,16 +48,19 @@ async def test_two_nodes_lose_nothing_acknowledged_when_one_dies_and_a_server_st
             )
         )
         nodes.append(await spawn_cdpd(path))
-    senders = [Sender("a", [nodes[0].url, nodes[1].url]), Sender("b", [nodes[1].url, nodes[0].url])]
+    senders = [
+        Sender("a", [nodes[0].url, nodes[1].url], _track_order),
+        Sender("b", [nodes[1].url, nodes[0].url], _track_order),
+    ]
     threads = [asyncio.create_task(asyncio.to_thread(s.run)) for s in senders]
     try:
-        holder = await _lease_holder(js_cluster.urls)
-        await _until(ACKED_BEFORE_KILL, senders)
+        holder = await lease_holder(js_cluster.urls, lease_key("wh"))
+        await acked_at_least(ACKED_BEFORE_KILL, senders)
         leader = next(n for n in nodes if holder.endswith(f":{n.proc.pid}"))
         leader.proc.send_signal(signal.SIGKILL)
         await leader.proc.wait()
         js_cluster.stop(2)
-        await _until(ACKED_BEFORE_KILL + ACKED_AFTER_KILL, senders)
+        await acked_at_least(ACKED_BEFORE_KILL + ACKED_AFTER_KILL, senders)
     finally:
         for sender in senders:
             sender.stop.set()

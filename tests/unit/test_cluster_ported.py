@@ -23,3 +23,14 @@ def test_privacy_controls_run_on_the_cluster_and_single_node_stages_are_refused(
     engage = msgspec.convert({"identity": {"space": "default"}}, Config)
     assert any(p.startswith("[identity]") for p in ported.unported(engage))
     assert ported.unported(Config()) == []
+
+
+def test_identity_and_engage_run_on_the_jetstream_backend() -> None:
+    config = msgspec.convert(
+        {
+            "identity": {"space": "main", "access_tokens": ["tok"]},
+            "audiences": [{"key": "buyers", "query": "event('Order').count() >= 1"}],
+        },
+        Config,
+    )
+    assert ported.unported(config) == []
