@@ -29,6 +29,7 @@ from cdpd.console import state as console_state
 from cdpd.console.changes import ConfigChanges
 from cdpd.console.debugger import Tap
 from cdpd.console.local import LocalData, LocalParts, SqliteState
+from cdpd.console.privacy_data import OutboxPrivacy
 from cdpd.console.web import Console
 from cdpd.console.web import Parts as ConsoleParts
 from cdpd.delivery.service import Delivery
@@ -171,14 +172,12 @@ def _operator_routes(
 ) -> list[web.RouteDef]:
     """The admin API, the regulation API and the console: what operators use."""
     routes = admin.routes()
-    privacy = (
-        PrivacyEndpoints(
-            OutboxPortal(stages.writer, stages.reader, stages.governance.privacy), admin.authorize
-        )
+    portal = (
+        OutboxPortal(stages.writer, stages.reader, stages.governance.privacy)
         if stages.governance is not None
         else None
     )
-    routes += privacy.routes() if privacy is not None else []
+    routes += PrivacyEndpoints(portal, admin.authorize).routes() if portal is not None else []
     if stages.regulations is not None:
         book = OutboxRegulations(stages.writer, stages.reader, stages.regulations)
         regulations = RegulationsApi(config, book, admin.authorize)
@@ -188,13 +187,18 @@ def _operator_routes(
         and stages.console_state is not None
         and stages.pipeline is not None
         and stages.governance is not None
+        and portal is not None
     ):
         pipeline = stages.pipeline
         parts = ConsoleParts(
             config_of=lambda: pipeline.config,
             state=SqliteState(stages.console_state),
             data=LocalData(
-                stages.reader, tap, lambda: pipeline.delivery, lambda: pipeline.warehouses
+                stages.reader,
+                tap,
+                lambda: pipeline.delivery,
+                lambda: pipeline.warehouses,
+                OutboxPrivacy(stages.reader, portal),
             ),
             closing=lambda: drain.closing,
             changes=ConfigChanges(stages.config_path, load_config, pipeline.reload),

@@ -9,6 +9,8 @@ backend, read from the cluster, so that any node answers the same.
 * A destination's figures are the cluster's: its consumers' backlog, the messages handed out
   more than once (waiting for a retry), the dead letters, the shared circuit.
 * People and sessions live in buckets (`cdpd.cluster.console_state`).
+* The Privacy page reads and classifies through the node's privacy store (the
+  `CDPD_inventory` and `CDPD_inbox` buckets), paging in Python over their listing.
 
 What the cluster does not keep (counts per minute of what was received and delivered, failed
 attempts, the observed schema) is shown as not kept, never made up; the pages of stages that
@@ -39,7 +41,14 @@ from cdpd.cluster.store import JetStreamDeliveryStore
 from cdpd.cluster.warehouse import lease_key
 from cdpd.config import Config, Destination
 from cdpd.console import overview, seams
-from cdpd.console.seams import DestinationFigures, Feed, SourceFigures, Unavailable
+from cdpd.console.privacy_data import ListedPrivacy
+from cdpd.console.seams import (
+    DestinationFigures,
+    Feed,
+    PrivacyData,
+    SourceFigures,
+    Unavailable,
+)
 from cdpd.console.web import Console, Parts
 from cdpd.delivery.report import DeadDelivery
 from cdpd.governance.store import SchemaField, ViolationSummary
@@ -55,7 +64,6 @@ READ_BATCH = 256  # messages read from the stream per wait of the debugger
 SKIP_AHEAD = 5_000  # a debugger this far behind the stream's end jumps to it
 ELSEWHERE = "the SQLite backend serves it; on JetStream, {what} is being built"
 UNAVAILABLE = {
-    seams.PRIVACY: ELSEWHERE.format(what="the privacy inventory and inbox"),
     seams.PROFILES: ELSEWHERE.format(what="identity resolution ([identity])"),
     seams.AUDIENCES: ELSEWHERE.format(what="Engage (audiences and computed traits)"),
     seams.CONFIG_CHANGES: "every node reads its own config file: change the shared config"
@@ -122,6 +130,7 @@ class ClusterData:
     layout: Layout
     node_name: str
     store: JetStreamDeliveryStore
+    privacy: PrivacyData
 
     @property
     def unavailable(self) -> Mapping[str, str]:
@@ -328,6 +337,7 @@ async def console_stage(parts: NodeParts) -> AsyncIterator[ConsoleStage]:
                 parts.layout,
                 parts.node_name,
                 delivery_store(parts.config, parts.js, parts.clock),
+                ListedPrivacy(parts.portal()),
             ),
             closing=parts.closing,
         )

@@ -44,6 +44,7 @@ from cdpd.ingest import bundle
 from cdpd.ingest.routes import Ingest
 from cdpd.metrics import Metrics
 from cdpd.outbox.lock import data_dir_lock
+from cdpd.privacy.endpoints import PortalStore
 from cdpd.privacy.portal import Portal
 from cdpd.shutdown import ShutdownBudget
 from cdpd.supervise import Restarts, supervise
@@ -68,6 +69,13 @@ class NodeParts:
     governance: Governance  # its suppressions are fed from the cluster
     appender: JetStreamAppender
     closing: Callable[[], bool] = lambda: False  # true once the node drains its requests
+    # The inbox and inventory as the privacy stage (entered first) serves them.
+    privacy_store: PortalStore | None = None
+
+    def portal(self) -> PortalStore:
+        if self.privacy_store is None:
+            raise RuntimeError("the privacy stage has not started")
+        return self.privacy_store
 
     def supervised(
         self, name: str, run: Callable[[asyncio.Event], Awaitable[None]], stop: asyncio.Event

@@ -261,7 +261,8 @@ async def privacy_stage(parts: NodeParts) -> AsyncIterator[PrivacyStage]:
     async def authorize(request: web.Request) -> None:
         require_admin(token, request)
 
-    endpoints = PrivacyEndpoints(ClusterPortal(privacy, view), authorize)
+    parts.privacy_store = ClusterPortal(privacy, view)
+    endpoints = PrivacyEndpoints(parts.privacy_store, authorize)
     stop = asyncio.Event()
     following = parts.tasks.create_task(
         parts.supervised("privacy-inventory", view.run, stop), name="privacy-inventory"

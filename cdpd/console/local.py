@@ -15,7 +15,7 @@ import aiosqlite
 from cdpd.config import Destination
 from cdpd.console import overview, state
 from cdpd.console.debugger import Tap, Watcher
-from cdpd.console.seams import DestinationFigures, Feed, SourceFigures
+from cdpd.console.seams import DestinationFigures, Feed, PrivacyData, SourceFigures
 from cdpd.console.state import Person, Session
 from cdpd.console.web import Refused
 from cdpd.delivery import replay
@@ -80,7 +80,7 @@ class SqliteState:
 
 @dataclass(frozen=True)
 class LocalParts:
-    """What only the SQLite backend's pages use (privacy, profiles): the outbox itself."""
+    """What only the SQLite backend's pages use (profiles): the outbox itself."""
 
     reader: aiosqlite.Connection
     writer: OutboxWriter
@@ -117,8 +117,10 @@ class LocalData:
         tap: Tap,
         delivery: Callable[[], Delivery],
         warehouses: Callable[[], Scheduler | None],
+        privacy: PrivacyData,
     ) -> None:
         self.reader = reader
+        self.privacy = privacy
         self.tap = tap
         self._delivery = delivery
         self._warehouses = warehouses

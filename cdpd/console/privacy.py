@@ -7,7 +7,6 @@ workspace sees and classifies only fields its own sources sent; anything else an
 
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -15,8 +14,6 @@ from aiohttp import web
 
 from cdpd.console.access import Principal
 from cdpd.console.web import Refused, redirect
-from cdpd.model.timestamps import format_ms, now_ms
-from cdpd.privacy import store
 
 if TYPE_CHECKING:
     from cdpd.console.web import Console
@@ -47,20 +44,17 @@ class PrivacyPages:
         """A page of each table (the workspace's fields only), filtered by a text in the
         field's name; the counts are over every matching field."""
         workspace = self.console.workspace_for(request, principal)
-        reader = self.console.local().reader
         containing = request.query.get("q", "")[:200]
         pages = {
             "inbox": _page_number(request, "inbox"),
             "inventory": _page_number(request, "inventory"),
         }
-        inbox = await store.inbox_page(
-            reader, workspace.sources, containing=containing, limit=ROWS_SHOWN,
-            offset=(pages["inbox"] - 1) * ROWS_SHOWN,
+        tables = await self.console.parts.data.privacy.tables(
+            workspace.sources, containing, limit=ROWS_SHOWN,
+            inbox_from=(pages["inbox"] - 1) * ROWS_SHOWN,
+            inventory_from=(pages["inventory"] - 1) * ROWS_SHOWN,
         )  # fmt: skip
-        inventory = await store.inventory_page(
-            reader, workspace.sources, containing=containing, limit=ROWS_SHOWN,
-            offset=(pages["inventory"] - 1) * ROWS_SHOWN,
-        )  # fmt: skip
+        inbox, inventory = tables.inbox, tables.inventory
         return self.console.render(
             request,
             "privacy.html",
@@ -88,14 +82,11 @@ class PrivacyPages:
         chosen = str(form.get("class", ""))
         if chosen not in (*CLASSES, "none"):
             raise Refused(422, f"class: expected one of {', '.join(CLASSES)} or none")
-        parts = self.console.local()
-        if not await store.sent_by(parts.reader, field, workspace.sources):
-            raise Refused(404, f"No source of {workspace.name} sent a field {field!r}.")
         class_ = None if chosen == "none" else chosen
-        by = f"console:{principal.name}"
-        await parts.writer.transact(
-            functools.partial(store.classify, field, class_, format_ms(now_ms()), by)
-        )
-        parts.governance.privacy.inventory.classify(field, class_)
+        privacy = self.console.parts.data.privacy
+        if not await privacy.classify(
+            field, class_, workspace.sources, f"console:{principal.name}"
+        ):
+            raise Refused(404, f"No source of {workspace.name} sent a field {field!r}.")
         notice = f"{field} is {chosen}" if class_ else f"{field} is out of the inventory"
         return redirect(f"/console/w/{workspace.name}/privacy?notice={quote(notice)}")

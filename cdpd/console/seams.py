@@ -1,9 +1,9 @@
 """What the console reads and keeps, as two typed seams, so that its pages are the same on both
 storage backends: `ConsoleState` (people, their roles and sessions) and `ConsoleData` (what the
 pages show: the live debugger, the figures of a source and of a destination, violations, the
-operations a member may ask for). The SQLite backend implements them over its files
-(`cdpd.console.local`); the JetStream backend over the cluster's streams and buckets
-(`cdpd.cluster.console`)."""
+operations a member may ask for, the privacy inbox and inventory). The SQLite backend implements
+them over its files (`cdpd.console.local`); the JetStream backend over the cluster's streams and
+buckets (`cdpd.cluster.console`)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ from cdpd.console.state import Person, Session
 from cdpd.delivery.report import DeadDelivery
 from cdpd.governance.store import SchemaField, ViolationSummary
 from cdpd.model.rows import OutboxRow
+from cdpd.privacy.store import Page
 
 # Pages a backend does not serve yet, by the module that serves them on the other one.
-PRIVACY, PROFILES, AUDIENCES, CONFIG_CHANGES = "privacy", "profiles", "audiences", "changes"
+PROFILES, AUDIENCES, CONFIG_CHANGES = "profiles", "audiences", "changes"
 
 
 class Unavailable(Exception):
@@ -101,11 +102,40 @@ class DestinationFigures(msgspec.Struct, frozen=True):
     notes: list[str] = []
 
 
+class PrivacyTables(msgspec.Struct, frozen=True):
+    """A page of the inbox (`InboxField`s) and one of the inventory (`InventoryField`s)."""
+
+    inbox: Page
+    inventory: Page
+
+
+class PrivacyData(Protocol):
+    """The Privacy page's reads and its classify button, over the fields some of `sources`
+    (a workspace's) sent."""
+
+    async def tables(
+        self, sources: list[str], containing: str, *, inbox_from: int, inventory_from: int,
+        limit: int,
+    ) -> PrivacyTables:  # fmt: skip
+        """`limit` rows of the inbox (unclassified, strongest suggestion first) and of the
+        inventory (red first) from the given offsets, fields whose name contains `containing`
+        (ASCII letters in either case); each page's total counts every matching field."""
+        ...
+
+    async def classify(self, field: str, class_: str | None, sources: list[str], by: str) -> bool:
+        """Classify `field` (None: take it out of the inventory), in force on this node when
+        it returns; False, and nothing changed, when none of `sources` sent it."""
+        ...
+
+
 class ConsoleData(Protocol):
     @property
     def unavailable(self) -> Mapping[str, str]:
-        """The pages this backend does not serve (PRIVACY, PROFILES...), each with the reason."""
+        """The pages this backend does not serve (PROFILES...), each with the reason."""
         ...
+
+    @property
+    def privacy(self) -> PrivacyData: ...
 
     def watch(self, source: str, capacity: int) -> AbstractAsyncContextManager[Feed]: ...
 

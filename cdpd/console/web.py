@@ -119,11 +119,10 @@ class Console:
             web.get("/console/static/{name}", self.static),
             web.get("/console/w/{workspace}/", self.page(self.workspace_page)),
         ]
-        for module in (sources, destinations, warehouses):
+        for module in (sources, destinations, warehouses, privacy):
             routes += module.routes(self)
         elsewhere = {
             seams.CONFIG_CHANGES: source_changes,
-            seams.PRIVACY: privacy,
             seams.PROFILES: profiles,
             seams.AUDIENCES: audiences,
         }

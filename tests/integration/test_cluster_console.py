@@ -25,6 +25,7 @@ from cdpd.cluster.node import Node, running_node
 from cdpd.config import Config
 from tests.cluster_support import empty_postgres_warehouse, jetstream_config, jetstream_text
 from tests.console_support import (
+    ADMIN_TOKEN,
     PASSWORD,
     add_cluster_person,
     console_node_config,
@@ -257,16 +258,15 @@ async def test_pages_of_stages_not_ported_say_so(
     tmp_path: Path, js_cluster: JetStreamCluster, sink: Sink
 ) -> None:
     async with _browsing_b(tmp_path, js_cluster, sink, "ada") as (_, b, client, csrf):
-        for page in ("privacy", "profiles", "audiences"):
+        for page in ("profiles", "audiences"):
             async with client.get(f"/console/w/acme/{page}") as resp:
                 assert resp.status == 200
                 assert "Not available on this backend yet" in await resp.text()
             assert await _status(client, "get", f"/console/w/globex/{page}") == 404
-        classify = "/console/w/acme/privacy/classify"
-        assert await _status(client, "post", classify, csrf, b.url) == 409
         add = "/console/w/acme/add-source"
         async with client.get(add) as resp:
             assert "Not available on this backend yet" in await resp.text()
+        assert await _status(client, "post", add, csrf, b.url) == 409
 
 
 async def test_cdpd_users_adds_a_person_every_node_knows(
@@ -345,3 +345,119 @@ async def test_a_page_says_so_when_the_cluster_does_not_answer(
 async def _page_status(client: aiohttp.ClientSession, path: str, wanted: int) -> bool:
     async with client.get(path) as resp:
         return resp.status == wanted
+
+
+PRIVACY = "/console/w/acme/privacy"
+
+
+def _track_with_the_official_client(node: Node, write_key: str, properties: dict[str, Any]) -> None:
+    client = Client(write_key, host=node.url, sync_mode=True)
+    client.track(user_id="u1", event="Signed Up", properties=properties)
+    client.flush()
+
+
+async def _privacy_page(client: aiohttp.ClientSession, query: str = "") -> tuple[str, str, str]:
+    """The page, its inbox part and its inventory part."""
+    async with client.get(f"{PRIVACY}?{query}") as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    inbox, inventory = text.split("data-inventory-count", 1)
+    return text, inbox, inventory
+
+
+async def _classify(
+    client: aiohttp.ClientSession, origin: str, csrf: str, field: str, class_: str,
+    workspace: str = "acme",
+) -> aiohttp.ClientResponse:  # fmt: skip
+    async with client.post(
+        f"/console/w/{workspace}/privacy/classify",
+        data={"csrf": csrf, "field": field, "class": class_},
+        headers={"Origin": origin}, allow_redirects=False,
+    ) as resp:  # fmt: skip
+        await resp.read()
+        return resp
+
+
+async def test_the_privacy_page_on_one_node_classifies_what_the_other_saw(
+    tmp_path: Path, js_cluster: JetStreamCluster, sink: Sink, http: aiohttp.ClientSession
+) -> None:
+    async with _browsing_b(tmp_path, js_cluster, sink, "ada") as (a, b, client, csrf):
+        await asyncio.to_thread(
+            _track_with_the_official_client, a, WRITE_KEY, {"email": "ada@example.com"}
+        )
+        await asyncio.to_thread(
+            _track_with_the_official_client, a, OTHER_WRITE_KEY, {"ssn_x": "078-05-1120"}
+        )
+
+        async def inbox_shows_email() -> bool:
+            return "properties.email" in (await _privacy_page(client))[1]
+
+        await until(inbox_shows_email)
+        _, inbox, _ = await _privacy_page(client)
+        assert 'aria-label="Red: properties.email"' in inbox  # a member's buttons
+        assert "properties.ssn_x" not in inbox  # globex's source sent it
+        resp = await _classify(client, b.url, csrf, "properties.email", "red")
+        assert resp.status == 303
+        assert "properties.email%20is%20red" in resp.headers["Location"]
+        _, inbox, inventory = await _privacy_page(client)
+        assert "properties.email" not in inbox
+        assert re.search(r"properties\.email</code></td><td data-class>red", inventory)
+        # Refused, nothing changed: another workspace's field, an unknown class.
+        assert (await _classify(client, b.url, csrf, "properties.ssn_x", "red")).status == 404
+        assert (await _classify(client, b.url, csrf, "properties.email", "purple")).status == 422
+
+        async with signed_in(a.url, "ada") as (on_a, _):
+            _, _, inventory = await _privacy_page(on_a)
+            assert re.search(r"properties\.email</code></td><td data-class>red", inventory)
+        bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with http.get(f"{a.url}/admin/privacy/inventory", headers=bearer) as got:
+            assert got.status == 200
+            fields = (await got.json())["fields"]
+        assert [(f["field"], f["class"], f["classified_by"]) for f in fields] == [
+            ("properties.email", "red", "console:ada")
+        ]
+
+        async with signed_in(b.url, "rita") as (read_only, rita_csrf):
+            _, inbox, inventory = await _privacy_page(read_only)
+            assert "properties.email" in inventory
+            assert "Red: properties.email" not in inventory  # no buttons for read-only
+            resp = await _classify(read_only, b.url, rita_csrf, "properties.email", "green")
+            assert resp.status == 403
+        async with signed_in(b.url, "gus") as (other, gus_csrf):  # owner of globex only
+            assert await _status(other, "get", PRIVACY) == 404
+            resp = await _classify(other, b.url, gus_csrf, "properties.email", "green", "globex")
+            assert resp.status == 404  # acme's field
+        async with http.get(f"{b.url}/admin/privacy/inventory", headers=bearer) as got:
+            assert [f["class"] for f in (await got.json())["fields"]] == ["red"]
+
+
+async def test_the_privacy_page_pages_and_finds_fields_by_name_on_a_cluster(
+    tmp_path: Path, js_cluster: JetStreamCluster, sink: Sink
+) -> None:
+    fields = {f"f{n:03}": n for n in range(60)}
+    async with _browsing_b(tmp_path, js_cluster, sink, "ada") as (a, b, client, csrf):
+        await asyncio.to_thread(_track_with_the_official_client, a, WRITE_KEY, fields)
+
+        async def all_arrived() -> bool:
+            return "data-inbox-count>60<" in (await _privacy_page(client, "q=properties.f"))[0]
+
+        await until(all_arrived)
+        assert (await _classify(client, b.url, csrf, "properties.f000", "green")).status == 303
+        pattern = r"<tr><td><code>properties\.(f\d+)</code>"
+
+        text, inbox, inventory = await _privacy_page(client, "q=properties.f")
+        assert "data-inbox-count>59<" in text
+        assert re.findall(pattern, inbox) == [f"f{n:03}" for n in range(1, 51)]
+        assert re.findall(pattern, inventory) == ["f000"]
+        assert "1–50 of 59" in text
+        assert 'href="?q=properties.f&amp;inbox=2&amp;inventory=1" rel="next"' in text
+        text, inbox, _ = await _privacy_page(client, "q=properties.f&inbox=2")
+        assert re.findall(pattern, inbox) == [f"f{n:03}" for n in range(51, 60)]
+        assert "51–59 of 59" in text
+        assert 'rel="next"' not in text
+        text, inbox, inventory = await _privacy_page(client, "q=F05")  # either case
+        assert re.findall(pattern, inbox) == [f"f{n:03}" for n in range(50, 60)]
+        assert re.findall(pattern, inventory) == []
+        _, inbox, inventory = await _privacy_page(client, "q=f000")
+        assert re.findall(pattern, inbox) == []
+        assert re.findall(pattern, inventory) == ["f000"]
