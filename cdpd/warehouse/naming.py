@@ -177,4 +177,9 @@ PROFILE_OF_USER = (
 # Only where each profile lives now: `id_graph_updates` also keeps merges an unmerge undid, and
 # the profile split off is not the user's.
 MERGED_INTO = ("profile_merges",)
+# ...but a Profiles Sync that ran between the identity store's deletion and the warehouse's
+# drops the deleted profiles' `profile_merges` rows: a merge recorded in `id_graph_updates`
+# into an erased profile counts too when `profile_merges` places that profile nowhere else.
+MERGE_HISTORY = "id_graph_updates"
+MERGE_CHAIN_MAX = 16  # merged into a profile that was merged into another, and so on
 PROFILE_COLUMNS = ("segment_id", "canonical_segment_id")

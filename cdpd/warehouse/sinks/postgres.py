@@ -30,6 +30,8 @@ import msgspec
 from cdpd.warehouse.mapping import Discard, TableKey
 from cdpd.warehouse.naming import (
     DISCARDS_TABLE,
+    MERGE_CHAIN_MAX,
+    MERGE_HISTORY,
     MERGED_INTO,
     PROFILE_COLUMNS,
     PROFILE_OF_USER,
@@ -243,6 +245,38 @@ class PostgresSink:
                 removed += await self._erase_profiles(user_ids)
         return removed
 
+    async def _merged_history(
+        self, profiles: set[str], columns: dict[tuple[str, str], set[str]]
+    ) -> set[str]:
+        """The profiles `id_graph_updates` records as merged into one of `profiles`, unless
+        `profile_merges` places them elsewhere now (an unmerge split them off)."""
+        if (PROFILES_SCHEMA, MERGE_HISTORY) not in columns:
+            return set()
+        placed = (PROFILES_SCHEMA, "profile_merges") in columns
+        found: set[str] = set()
+        for _ in range(MERGE_CHAIN_MAX):
+            erased = sorted(profiles | found)
+            elsewhere = (
+                f" AND NOT EXISTS (SELECT 1 FROM {_name(PROFILES_SCHEMA, 'profile_merges')} AS m"
+                " WHERE m.segment_id = g.segment_id"
+                " AND NOT (m.canonical_segment_id::text = ANY($1::text[])))"
+                if placed
+                else ""
+            )
+            more = {
+                row[0]
+                for row in await self._conn.fetch(
+                    f"SELECT g.segment_id FROM {_name(PROFILES_SCHEMA, MERGE_HISTORY)} AS g"
+                    " WHERE g.canonical_segment_id::text = ANY($1::text[])"
+                    " AND g.segment_id IS NOT NULL" + elsewhere,
+                    erased,
+                )
+            } - set(erased)
+            if not more:
+                break
+            found |= more
+        return found
+
     async def _erase_profiles(self, user_ids: Sequence[str]) -> int:
         """The Profiles Sync rows of the users' profiles (found by their `user_id`
         identifiers, then every profile merged into them), and every `segment_id` naming
@@ -276,6 +310,7 @@ class PostgresSink:
                 )
         if not profiles:
             return 0
+        profiles |= await self._merged_history(profiles, columns)
         removed = 0
         for (schema, table), names in sorted(columns.items()):
             keys = [c for c in PROFILE_COLUMNS if c in names]

@@ -20,6 +20,8 @@ import msgspec
 from cdpd.warehouse.mapping import Discard, TableKey
 from cdpd.warehouse.naming import (
     DISCARDS_TABLE,
+    MERGE_CHAIN_MAX,
+    MERGE_HISTORY,
     MERGED_INTO,
     PROFILE_COLUMNS,
     PROFILE_OF_USER,
@@ -202,6 +204,7 @@ class SqliteSink:
                     f" {quote(table_name(PROFILES_SCHEMA, table))} WHERE canonical_segment_id"
                     " IN (SELECT id FROM _cdpd_erased_profiles) AND segment_id IS NOT NULL"
                 )
+        await self._erase_merged_history(tables)
         removed = 0
         profiles = "(SELECT id FROM _cdpd_erased_profiles)"
         for name, columns in sorted(tables.items()):
@@ -227,6 +230,28 @@ class SqliteSink:
             cursor = await self._conn.execute(sql)
             removed += max(cursor.rowcount, 0)
         return removed
+
+    async def _erase_merged_history(self, tables: dict[str, set[str]]) -> None:
+        """Add the profiles `id_graph_updates` records as merged into an erased one, unless
+        `profile_merges` places them elsewhere now (an unmerge split them off)."""
+        history = table_name(PROFILES_SCHEMA, MERGE_HISTORY)
+        merges = table_name(PROFILES_SCHEMA, "profile_merges")
+        if history not in tables:
+            return
+        elsewhere = (
+            f" AND NOT EXISTS (SELECT 1 FROM {quote(merges)} AS m WHERE m.segment_id = g.segment_id"
+            " AND m.canonical_segment_id NOT IN (SELECT id FROM _cdpd_erased_profiles))"
+            if merges in tables
+            else ""
+        )
+        for _ in range(MERGE_CHAIN_MAX):
+            cursor = await self._conn.execute(
+                f"INSERT OR IGNORE INTO _cdpd_erased_profiles SELECT g.segment_id"
+                f" FROM {quote(history)} AS g WHERE g.canonical_segment_id IN"
+                " (SELECT id FROM _cdpd_erased_profiles) AND g.segment_id IS NOT NULL" + elsewhere
+            )
+            if cursor.rowcount <= 0:
+                return
 
     async def find_users(self, user_ids: Sequence[str]) -> dict[str, int]:
         """Rows of each table with one of the users' ids in any column (a deletion's proof)."""
