@@ -3,9 +3,10 @@ keeps serving."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -93,14 +94,14 @@ async def test_a_failing_warehouse_schedule_restarts_and_syncs_once_repaired(
     async with running(config) as server:
         await server.warehouses.wait_for_syncs("wh", 1)
     # (the daemon's pruner reads the warehouse's position too: wait out its short lock)
-    with sqlite3.connect(path, timeout=60) as conn:  # a sync report that no longer decodes
+    with _writing(path) as conn:  # a sync report that no longer decodes
         conn.execute("UPDATE _cdpd_syncs SET report = '{\"warehouse\": 1}'")
     clock = FakeClock()
     with capture_logs() as logs:
         async with running(config, clock=clock) as server:
             await server.restarts.wait_for("warehouse-wh", 1)
             assert await track(http, server.url, "m1") == 200
-            with sqlite3.connect(path, timeout=60) as conn:
+            with _writing(path) as conn:
                 conn.execute("DELETE FROM _cdpd_syncs")
             clock.advance(0.5)  # the restarted schedule finds no sync and syncs at once
             (report,) = await server.warehouses.wait_for_syncs("wh", 1)
@@ -108,3 +109,17 @@ async def test_a_failing_warehouse_schedule_restarts_and_syncs_once_repaired(
     assert report.messages == 1
     (failed,) = [e for e in logs if e["event"] == "service_failed"]
     assert failed["service"] == "warehouse-wh"
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[sqlite3.Connection]:
+    """A write transaction taken up front (BEGIN IMMEDIATE), so that it waits for the daemon's
+    load to commit: a deferred one that read first is refused at once ("database is locked")
+    when a load commits in between, whatever the timeout."""
+    conn = sqlite3.connect(path, timeout=60, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield conn
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
