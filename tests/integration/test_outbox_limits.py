@@ -4,6 +4,7 @@ and takes messages again once there is room."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -78,9 +79,9 @@ async def test_full_outbox_answers_503_keeps_data_and_recovers(
 
         # Room returns (as pruning would make it) and time passes: writes resume.
         # The daemon's own writers (pruner, checkpoint) may hold the write lock for a moment
-        # on a busy machine: wait for it rather than fail on "database is locked".
-        with sqlite3.connect(outbox_path(data_dir), timeout=60) as conn:
-            conn.execute("DELETE FROM messages WHERE seq <= ?", (acked // 2,))
+        # on a busy machine: wait for it in a thread, so that the daemon's event loop (this
+        # test's loop) goes on and can finish what holds the lock.
+        await asyncio.to_thread(_delete_up_to, outbox_path(data_dir), acked // 2)
         clock.now_s += 8
         async with http.post(url, data=batch_of(10**6, 10), headers=AUTH) as resp:
             assert resp.status == 200
@@ -207,3 +208,8 @@ async def test_free_space_is_counted_down_at_each_commit(
         async with http.post(url, data=batch_of(200, 1), headers=AUTH) as resp:
             assert resp.status == 200
     assert query(data_dir, "SELECT count(*) FROM messages") == [(51,)]
+
+
+def _delete_up_to(path: Path, seq: int) -> None:
+    with contextlib.closing(sqlite3.connect(path, timeout=60)) as conn, conn:
+        conn.execute("DELETE FROM messages WHERE seq <= ?", (seq,))
