@@ -119,13 +119,9 @@ class Console:
             web.get("/console/static/{name}", self.static),
             web.get("/console/w/{workspace}/", self.page(self.workspace_page)),
         ]
-        for module in (sources, destinations, warehouses, privacy):
+        for module in (sources, destinations, warehouses, privacy, profiles, audiences):
             routes += module.routes(self)
-        elsewhere = {
-            seams.CONFIG_CHANGES: source_changes,
-            seams.PROFILES: profiles,
-            seams.AUDIENCES: audiences,
-        }
+        elsewhere = {seams.CONFIG_CHANGES: source_changes}
         for page, module in elsewhere.items():
             reason = self.parts.data.unavailable.get(page)
             routes += (
@@ -255,7 +251,7 @@ class Console:
                     d for d in self.config.destinations if d.name in workspace.destinations
                 ],
                 "warehouses": workspace.warehouses,
-                "identity": self.parts.local is not None and self.parts.local.identity is not None,
+                "identity": self.parts.data.profiles.resolved,
                 "notice": request.query.get("notice"),
             },
             principal=principal,
