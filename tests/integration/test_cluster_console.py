@@ -476,9 +476,10 @@ async def test_a_page_says_so_when_the_cluster_does_not_answer(
 ) -> None:
     async with _browsing_b(tmp_path, js_cluster, sink, "ada") as (_, _, client, _):
         js_cluster.stop_all()
-        async with client.get(WEBSITE) as resp:
-            assert resp.status == 503
-            assert "The JetStream cluster did not answer" in await resp.text()
+        for page in (WEBSITE, "/console/w/acme/audiences"):
+            async with client.get(page) as resp:
+                assert resp.status == 503
+                assert "The JetStream cluster did not answer" in await resp.text()
         for index in range(3):  # back, so that the nodes stop as they do with a cluster
             js_cluster.start(index)
         await js_cluster.ready()
