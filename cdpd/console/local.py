@@ -87,7 +87,8 @@ class SqliteState:
 
 @dataclass(frozen=True)
 class LocalParts:
-    """What only the SQLite backend's pages use (profiles): the outbox itself."""
+    """The SQLite outbox's own parts, for a page only that backend serves (none today: the
+    profiles pages read through `ProfileStores`)."""
 
     reader: aiosqlite.Connection
     writer: OutboxWriter
