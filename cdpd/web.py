@@ -28,7 +28,7 @@ from cdpd.connections import ConnectionGuard
 from cdpd.console import state as console_state
 from cdpd.console.changes import ConfigChanges
 from cdpd.console.debugger import Tap
-from cdpd.console.local import LocalData, LocalParts, LocalProfiles, SqliteState
+from cdpd.console.local import LocalData, LocalProfiles, SqliteState
 from cdpd.console.privacy_data import OutboxPrivacy
 from cdpd.console.web import Console
 from cdpd.console.web import Parts as ConsoleParts
@@ -203,7 +203,6 @@ def _operator_routes(
             ),
             closing=lambda: drain.closing,
             changes=ConfigChanges(stages.config_path, load_config, pipeline.reload),
-            local=LocalParts(stages.reader, stages.writer, stages.governance, stages.identity),
         )
         routes += Console(parts).routes()
     return routes

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import aiosqlite
 
@@ -28,12 +27,10 @@ from cdpd.console.web import Refused
 from cdpd.delivery import replay
 from cdpd.delivery.service import Delivery
 from cdpd.governance import store as governance_store
-from cdpd.governance.stage import Governance
 from cdpd.governance.store import SchemaField, ViolationSummary
 from cdpd.identity.stage import IdentityStage
 from cdpd.model.rows import OutboxRow
 from cdpd.model.timestamps import format_ms, now_ms
-from cdpd.outbox.writer import OutboxWriter
 from cdpd.warehouse.scheduler import Scheduler
 
 
@@ -83,17 +80,6 @@ class SqliteState:
 
     async def remove_person(self, name: str) -> bool:
         return await state.remove_person(self.conn, name)
-
-
-@dataclass(frozen=True)
-class LocalParts:
-    """The SQLite outbox's own parts, for a page only that backend serves (none today: the
-    profiles pages read through `ProfileStores`)."""
-
-    reader: aiosqlite.Connection
-    writer: OutboxWriter
-    governance: Governance
-    identity: IdentityStage | None = None
 
 
 class _TapFeed:
