@@ -28,7 +28,7 @@ from cdpd.connections import ConnectionGuard
 from cdpd.console import state as console_state
 from cdpd.console.changes import ConfigChanges
 from cdpd.console.debugger import Tap
-from cdpd.console.local import LocalData, LocalParts, SqliteState
+from cdpd.console.local import LocalData, LocalProfiles, SqliteState
 from cdpd.console.privacy_data import OutboxPrivacy
 from cdpd.console.web import Console
 from cdpd.console.web import Parts as ConsoleParts
@@ -199,10 +199,10 @@ def _operator_routes(
                 lambda: pipeline.delivery,
                 lambda: pipeline.warehouses,
                 OutboxPrivacy(stages.reader, portal),
+                LocalProfiles(stages.identity, lambda: pipeline.config),
             ),
             closing=lambda: drain.closing,
             changes=ConfigChanges(stages.config_path, load_config, pipeline.reload),
-            local=LocalParts(stages.reader, stages.writer, stages.governance, stages.identity),
         )
         routes += Console(parts).routes()
     return routes

@@ -11,10 +11,13 @@ backend, read from the cluster, so that any node answers the same.
 * People and sessions live in buckets (`cdpd.cluster.console_state`).
 * The Privacy page reads and classifies through the node's privacy store (the
   `CDPD_inventory` and `CDPD_inbox` buckets), paging in Python over their listing.
+* The Profiles and Audiences pages read where the node's Profile API reads
+  (`cdpd.cluster.console_profiles`): the live stores on the profiles lease holder, the newest
+  snapshot elsewhere.
 
 What the cluster does not keep (counts per minute of what was received and delivered, failed
-attempts, the observed schema) is shown as not kept, never made up; the pages of stages that
-run on the SQLite backend only say so."""
+attempts, the observed schema, a snapshot's events history) is shown as not kept, never made
+up; the config changes, made on the SQLite backend only, say so."""
 
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from cdpd.cluster import dead, operations
 from cdpd.cluster.browse import browse
+from cdpd.cluster.console_profiles import NodeProfileStores
 from cdpd.cluster.console_state import KvState, cluster_answers, sessions_bucket
 from cdpd.cluster.delivery import delivery_store
 from cdpd.cluster.layout import DESTINATION, SOURCE, Layout, row_of
@@ -46,6 +50,7 @@ from cdpd.console.seams import (
     DestinationFigures,
     Feed,
     PrivacyData,
+    ProfileStores,
     SourceFigures,
     Unavailable,
 )
@@ -62,10 +67,7 @@ AUX_READ = 10_000  # rows of one aux table read for one page
 TAIL_READ = 500  # the debugger starts this many messages before the stream's end
 READ_BATCH = 256  # messages read from the stream per wait of the debugger
 SKIP_AHEAD = 5_000  # a debugger this far behind the stream's end jumps to it
-ELSEWHERE = "the SQLite backend serves it; on JetStream, {what} is being built"
 UNAVAILABLE = {
-    seams.PROFILES: ELSEWHERE.format(what="identity resolution ([identity])"),
-    seams.AUDIENCES: ELSEWHERE.format(what="Engage (audiences and computed traits)"),
     seams.CONFIG_CHANGES: "every node reads its own config file: change the shared config"
     " (and conf.d) on every node, then reload them (SIGHUP, `systemctl reload cdpd`)",
 }
@@ -131,6 +133,7 @@ class ClusterData:
     node_name: str
     store: JetStreamDeliveryStore
     privacy: PrivacyData
+    profiles: ProfileStores
 
     @property
     def unavailable(self) -> Mapping[str, str]:
@@ -338,6 +341,7 @@ async def console_stage(parts: NodeParts) -> AsyncIterator[ConsoleStage]:
                 parts.node_name,
                 delivery_store(parts.config, parts.js, parts.clock),
                 ListedPrivacy(parts.portal()),
+                NodeProfileStores(config, parts.profiles),
             ),
             closing=parts.closing,
         )

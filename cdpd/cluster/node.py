@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import structlog
 from aiohttp import web
@@ -49,6 +49,9 @@ from cdpd.privacy.portal import Portal
 from cdpd.shutdown import ShutdownBudget
 from cdpd.supervise import Restarts, supervise
 
+if TYPE_CHECKING:
+    from cdpd.cluster.profile_reads import NodeProfiles
+
 log = structlog.get_logger("cdpd.cluster")
 
 
@@ -71,6 +74,8 @@ class NodeParts:
     closing: Callable[[], bool] = lambda: False  # true once the node drains its requests
     # The inbox and inventory as the privacy stage (entered first) serves them.
     privacy_store: PortalStore | None = None
+    # What the Profile API reads, once the profiles stage (entered before the console) started.
+    profiles: NodeProfiles | None = None
 
     def portal(self) -> PortalStore:
         if self.privacy_store is None:
@@ -229,10 +234,10 @@ def _built_in_stages(config: Config) -> list[tuple[str, Stage]]:
         ("privacy", privacy_stage),
         ("regulations", regulations_stage),
     ]
-    if config.console.enabled:
-        stages.append(("console", console_stage))
     if config.identity is not None:
         stages.append(("profiles", profiles_stage))
+    if config.console.enabled:
+        stages.append(("console", console_stage))  # reads the profiles stage's NodeProfiles
     if config.warehouses:
         stages.append(("warehouses", warehouses_stage))
     if any(d.enabled for d in config.destinations):

@@ -27,7 +27,12 @@ def not_served(config: Config) -> list[str]:
         )
     if config.console.enabled:
         notes.append(
-            "the console's privacy, profiles and audiences pages, and its config changes, are"
-            " served by the SQLite backend only"
+            "the console's config changes are made on the SQLite backend only (change the"
+            " shared config on every node and reload them); counts per interval are not kept"
         )
+        if config.identity is not None:
+            notes.append(
+                "the console's profiles and audiences pages on a node not holding the profiles"
+                " lease read the newest snapshot, with no events history"
+            )
     return notes

@@ -271,6 +271,7 @@ async def profiles_stage(parts: NodeParts) -> AsyncIterator[ProfilesLeader]:
         parts.js, parts.layout, parts.config.storage.jetstream.replicas
     )
     leader = ProfilesLeader(parts, Lease(kv, LEASE_KEY, parts.node_name), store)
+    parts.profiles = leader.profiles
     stop = asyncio.Event()
     running = parts.tasks.create_task(
         parts.supervised("profiles", leader.run, stop), name="profiles"

@@ -8,25 +8,29 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import aiosqlite
 
-from cdpd.config import Destination
+from cdpd.config import Config, Destination, engage_path
 from cdpd.console import overview, state
 from cdpd.console.debugger import Tap, Watcher
-from cdpd.console.seams import DestinationFigures, Feed, PrivacyData, SourceFigures
+from cdpd.console.seams import (
+    DestinationFigures,
+    Feed,
+    PrivacyData,
+    ProfileFiles,
+    ProfileStores,
+    SourceFigures,
+)
 from cdpd.console.state import Person, Session
 from cdpd.console.web import Refused
 from cdpd.delivery import replay
 from cdpd.delivery.service import Delivery
 from cdpd.governance import store as governance_store
-from cdpd.governance.stage import Governance
 from cdpd.governance.store import SchemaField, ViolationSummary
 from cdpd.identity.stage import IdentityStage
 from cdpd.model.rows import OutboxRow
 from cdpd.model.timestamps import format_ms, now_ms
-from cdpd.outbox.writer import OutboxWriter
 from cdpd.warehouse.scheduler import Scheduler
 
 
@@ -78,16 +82,6 @@ class SqliteState:
         return await state.remove_person(self.conn, name)
 
 
-@dataclass(frozen=True)
-class LocalParts:
-    """What only the SQLite backend's pages use (profiles): the outbox itself."""
-
-    reader: aiosqlite.Connection
-    writer: OutboxWriter
-    governance: Governance
-    identity: IdentityStage | None = None
-
-
 class _TapFeed:
     def __init__(self, watcher: Watcher) -> None:
         self.watcher = watcher
@@ -105,6 +99,23 @@ class _TapFeed:
         return taken
 
 
+class LocalProfiles:
+    """`ProfileStores` of this process: its identity stage's reader and Engage's file (the
+    config read at each use: a reload replaces it)."""
+
+    def __init__(self, identity: IdentityStage | None, config_of: Callable[[], Config]) -> None:
+        self._identity = identity
+        self._config_of = config_of
+
+    @property
+    def resolved(self) -> bool:
+        return self._identity is not None
+
+    def files(self) -> ProfileFiles:
+        reader = self._identity.reader if self._identity is not None else None
+        return ProfileFiles(reader, engage_path(self._config_of()))
+
+
 class LocalData:
     """`ConsoleData` over the outbox and the pipeline of this process. The delivery and the
     warehouses are read at each use: a reload replaces them."""
@@ -118,9 +129,11 @@ class LocalData:
         delivery: Callable[[], Delivery],
         warehouses: Callable[[], Scheduler | None],
         privacy: PrivacyData,
+        profiles: ProfileStores,
     ) -> None:
         self.reader = reader
         self.privacy = privacy
+        self.profiles = profiles
         self.tap = tap
         self._delivery = delivery
         self._warehouses = warehouses

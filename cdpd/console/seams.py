@@ -1,16 +1,19 @@
 """What the console reads and keeps, as two typed seams, so that its pages are the same on both
 storage backends: `ConsoleState` (people, their roles and sessions) and `ConsoleData` (what the
 pages show: the live debugger, the figures of a source and of a destination, violations, the
-operations a member may ask for, the privacy inbox and inventory). The SQLite backend implements
-them over its files (`cdpd.console.local`); the JetStream backend over the cluster's streams and
-buckets (`cdpd.cluster.console`)."""
+operations a member may ask for, the privacy inbox and inventory, where profiles and Engage's
+figures are read). The SQLite backend implements them over its files (`cdpd.console.local`);
+the JetStream backend over the cluster's streams and buckets (`cdpd.cluster.console`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
+import aiosqlite
 import msgspec
 
 from cdpd.config import Destination
@@ -21,8 +24,8 @@ from cdpd.governance.store import SchemaField, ViolationSummary
 from cdpd.model.rows import OutboxRow
 from cdpd.privacy.store import Page
 
-# Pages a backend does not serve yet, by the module that serves them on the other one.
-PROFILES, AUDIENCES, CONFIG_CHANGES = "profiles", "audiences", "changes"
+# Pages a backend does not serve, by the module that serves them on the other one.
+CONFIG_CHANGES = "changes"
 
 
 class Unavailable(Exception):
@@ -128,14 +131,52 @@ class PrivacyData(Protocol):
         ...
 
 
+class AudienceFigures(msgspec.Struct, frozen=True):
+    """An audience's or computed trait's page: its size, its entries, exits and new values per
+    UTC day (newest first) and its newest changes."""
+
+    size: int
+    days: list[dict[str, Any]]
+    newest: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ProfileFiles:
+    """Where one page reads profiles and Engage's figures on this node, as its Profile API
+    does: the identity store (a read-only connection, message payloads attached; None while
+    there is nothing to read yet, `missing` saying why) and Engage's file (None: none here).
+    `events_kept` is False where this node does not keep the events history; `notes` say
+    where the figures come from."""
+
+    identity: aiosqlite.Connection | None
+    engage: Path | None
+    events_kept: bool = True
+    notes: tuple[str, ...] = ()
+    missing: str = "Profiles need [identity] in the configuration."
+
+
+class ProfileStores(Protocol):
+    @property
+    def resolved(self) -> bool:
+        """Whether this node resolves profiles (`[identity]`): no Profiles page without."""
+        ...
+
+    def files(self) -> ProfileFiles:
+        """Where a page reads now (taken once per page, so that it reads one state)."""
+        ...
+
+
 class ConsoleData(Protocol):
     @property
     def unavailable(self) -> Mapping[str, str]:
-        """The pages this backend does not serve (PROFILES...), each with the reason."""
+        """The pages this backend does not serve (CONFIG_CHANGES...), each with the reason."""
         ...
 
     @property
     def privacy(self) -> PrivacyData: ...
+
+    @property
+    def profiles(self) -> ProfileStores: ...
 
     def watch(self, source: str, capacity: int) -> AbstractAsyncContextManager[Feed]: ...
 

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import jinja2
@@ -29,9 +29,6 @@ from cdpd.console import access, seams
 from cdpd.console.access import Principal, SigninLimit
 from cdpd.console.changes import ConfigChanges
 from cdpd.console.seams import ConsoleData, ConsoleState
-
-if TYPE_CHECKING:
-    from cdpd.console.local import LocalParts
 
 log = structlog.get_logger()
 
@@ -62,15 +59,13 @@ class Refused(Exception):
 class Parts:
     """What the console reads and operates on, through its seams (`cdpd.console.seams`). The
     config is read at each use: a reload replaces it. `changes` is None where the console does
-    not change the config; `local` holds the SQLite outbox's own parts, for the pages only
-    that backend serves."""
+    not change the config."""
 
     config_of: Callable[[], Config]
     state: ConsoleState
     data: ConsoleData
     closing: Callable[[], bool]
     changes: ConfigChanges | None = None
-    local: LocalParts | None = None
 
     @property
     def config(self) -> Config:
@@ -119,13 +114,9 @@ class Console:
             web.get("/console/static/{name}", self.static),
             web.get("/console/w/{workspace}/", self.page(self.workspace_page)),
         ]
-        for module in (sources, destinations, warehouses, privacy):
+        for module in (sources, destinations, warehouses, privacy, profiles, audiences):
             routes += module.routes(self)
-        elsewhere = {
-            seams.CONFIG_CHANGES: source_changes,
-            seams.PROFILES: profiles,
-            seams.AUDIENCES: audiences,
-        }
+        elsewhere = {seams.CONFIG_CHANGES: source_changes}
         for page, module in elsewhere.items():
             reason = self.parts.data.unavailable.get(page)
             routes += (
@@ -139,11 +130,6 @@ class Console:
             reason = self.parts.data.unavailable.get(seams.CONFIG_CHANGES, "")
             raise Refused(409, f"The console does not change the config here: {reason}")
         return self.parts.changes
-
-    def local(self) -> LocalParts:
-        if self.parts.local is None:
-            raise Refused(404, "This page is served by the SQLite backend only.")
-        return self.parts.local
 
     # -- wrapping --------------------------------------------------------------------------
 
@@ -255,7 +241,7 @@ class Console:
                     d for d in self.config.destinations if d.name in workspace.destinations
                 ],
                 "warehouses": workspace.warehouses,
-                "identity": self.parts.local is not None and self.parts.local.identity is not None,
+                "identity": self.parts.data.profiles.resolved,
                 "notice": request.query.get("notice"),
             },
             principal=principal,

@@ -6,6 +6,7 @@ backend's."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import re
 import sys
@@ -22,8 +23,14 @@ from yarl import URL
 
 from cdpd import cli
 from cdpd.cluster.node import Node, running_node
+from cdpd.cluster.profiles import ProfilesLeader
 from cdpd.config import Config
-from tests.cluster_support import empty_postgres_warehouse, jetstream_config, jetstream_text
+from tests.cluster_support import (
+    empty_postgres_warehouse,
+    jetstream_config,
+    jetstream_text,
+    profiles_toml,
+)
 from tests.console_support import (
     ADMIN_TOKEN,
     PASSWORD,
@@ -254,19 +261,155 @@ async def _true(value: bool) -> bool:
     return value
 
 
-async def test_pages_of_stages_not_ported_say_so(
+BUYERS = "/console/w/acme/audiences/buyers"
+
+
+def _profiles_node_config(
+    tmp_path: Path, cluster: JetStreamCluster, sink: Sink, name: str
+) -> Config:
+    """A console node with [identity] and Engage: acme shows the audience `buyers`."""
+    text = jetstream_text(
+        tmp_path / name,
+        cluster.urls,
+        workspaces_toml(sink.url)
+        + profiles_toml(sink.url, {"buyers": "event('Order').count() >= 2"}),
+    )
+    text = text.replace(
+        'destinations = ["hook_a"]\n', 'destinations = ["hook_a"]\naudiences = ["buyers"]\n', 1
+    )
+    return jetstream_config(tmp_path / f"{name}.toml", text)
+
+
+def _send_a_buyer_merged_from_an_anonymous_visit(node: Node) -> None:
+    """u1 orders twice; x1 views a cart; then u1 signs in as x1: a merge. The backend source
+    (globex's) gives u1 a trait acme must not see."""
+    client = Client(WRITE_KEY, host=node.url, sync_mode=True)
+    client.track(user_id="u1", event="Order")
+    client.track(user_id="u1", event="Order")
+    client.track(anonymous_id="x1", event="Cart Viewed")
+    client.identify(user_id="u1", anonymous_id="x1", traits={"plan": "pro"})
+    client.flush()
+    other = Client(OTHER_WRITE_KEY, host=node.url, sync_mode=True)
+    other.identify(user_id="u1", traits={"secret": "globex's"})
+    other.flush()
+
+
+async def _page(client: aiohttp.ClientSession, path: str, wanted: int = 200) -> str:
+    async with client.get(path) as resp:
+        text = await resp.text()
+        assert resp.status == wanted, text
+        return text
+
+
+async def _profile_page(client: aiohttp.ClientSession) -> str:
+    return await _page(client, "/console/w/acme/profiles?lookup=user_id:u1")
+
+
+async def _shows_the_buyer(client: aiohttp.ClientSession) -> bool:
+    async with client.get("/console/w/acme/profiles?lookup=user_id:u1") as resp:
+        text = await resp.text()
+    return resp.status == 200 and "No merges." not in text and "plan" in text
+
+
+def _holds_the_lease(node: Node) -> bool:
+    leader = node.stages["profiles"]
+    assert isinstance(leader, ProfilesLeader)
+    return leader.identity is not None
+
+
+def _assert_the_profile(text: str) -> None:
+    identifiers = re.search(r"<table data-identifiers>(.*?)</table>", text, re.S)
+    assert identifiers is not None, text
+    pattern = r"<td>(user_id|anonymous_id)</td><td><code>(\w+)</code>"
+    found = sorted(re.findall(pattern, identifiers.group(1)))
+    assert found == [("anonymous_id", "x1"), ("user_id", "u1")], identifiers.group(1)
+    assert "<td>plan</td><td><code>&#34;pro&#34;</code></td><td>website</td>" in text
+    assert "secret" not in text  # the backend source's trait: globex's
+    assert re.search(r"<code>\w+</code> merged into <code>\w+</code> at", text), text
+
+
+async def _assert_the_audience(client: aiohttp.ClientSession) -> None:
+    listing = await _page(client, "/console/w/acme/audiences")
+    assert 'data-size="buyers">1<' in listing
+    text = await _page(client, BUYERS)
+    assert "<strong data-size>1</strong> members" in text
+    days = re.search(r"<table data-days>.*?<tbody>(.*?)</tbody>", text, re.S)
+    assert days is not None, text
+    assert re.fullmatch(
+        r'<tr><td>\d{4}-\d\d-\d\d</td><td class="num">1</td><td class="num">0</td>'
+        r'<td class="num">0</td></tr>\s*',
+        days.group(1),
+    ), days.group(1)
+    newest = re.search(r"<table data-newest>.*?<tbody>(.*?)</tbody>", text, re.S)
+    assert newest is not None
+    assert "<td>entered</td>" in newest.group(1)
+
+
+async def test_the_profiles_and_audiences_pages_on_the_lease_holder_and_on_another_node(
     tmp_path: Path, js_cluster: JetStreamCluster, sink: Sink
 ) -> None:
-    async with _browsing_b(tmp_path, js_cluster, sink, "ada") as (_, b, client, csrf):
-        for page in ("profiles", "audiences"):
-            async with client.get(f"/console/w/acme/{page}") as resp:
-                assert resp.status == 200
-                assert "Not available on this backend yet" in await resp.text()
-            assert await _status(client, "get", f"/console/w/globex/{page}") == 404
-        add = "/console/w/acme/add-source"
-        async with client.get(add) as resp:
-            assert "Not available on this backend yet" in await resp.text()
-        assert await _status(client, "post", add, csrf, b.url) == 409
+    """a holds the profiles lease; b, with no snapshot yet, says so; a lets the lease go (with
+    a last snapshot) and b takes it over, restoring it; a, back, reads that snapshot."""
+    config = functools.partial(_profiles_node_config, tmp_path, js_cluster, sink)
+    async with AsyncExitStack() as first:
+        a = await first.enter_async_context(running_node(config("a"), node_name="a"))
+        await until(lambda: _true(_holds_the_lease(a)))
+        await add_cluster_person(a.config, "ada", {"acme": "member"})
+        await add_cluster_person(a.config, "gus", {"globex": "owner"})
+        async with running_node(config("b"), node_name="b") as b:
+            async with signed_in(b.url, "ada") as (on_b, csrf):
+                text = await _page(on_b, "/console/w/acme/profiles")
+                assert "No snapshot of the profiles has reached this node yet" in text
+                text = await _page(on_b, "/console/w/acme/profiles?lookup=user_id:u1", 404)
+                assert "No snapshot of the profiles has reached this node yet" in text
+                text = await _page(on_b, "/console/w/acme/audiences")
+                assert "No snapshot of the profiles has reached this node yet" in text
+                assert 'data-size="buyers">-<' in text  # not a made-up 0
+                add = "/console/w/acme/add-source"  # still not made from the console here
+                assert "Not available on this backend yet" in await _page(on_b, add)
+                assert await _status(on_b, "post", add, csrf, b.url) == 409
+            async with signed_in(b.url, "gus") as (other, _):
+                for page in ("profiles", "audiences", "audiences/buyers"):
+                    assert await _status(other, "get", f"/console/w/acme/{page}") == 404
+
+            await asyncio.to_thread(_send_a_buyer_merged_from_an_anonymous_visit, a)
+            async with signed_in(a.url, "ada") as (on_a, _):
+                await until(lambda: _shows_the_buyer(on_a))
+                text = await _profile_page(on_a)
+                _assert_the_profile(text)
+                assert "holds the profiles lease" in text
+                events = re.search(r"<ul class=\"events\" data-events>(.*?)</ul>", text, re.S)
+                assert events is not None, text
+                assert "track Order" in events.group(1)
+                assert "track Cart Viewed" in events.group(1)
+                assert "&#34;anonymousId&#34;: &#34;x1&#34;" in text  # the merge's message
+                await until(lambda: _audience_size(on_a, "1"))
+                await _assert_the_audience(on_a)
+
+            await first.aclose()  # a lets the lease go after a last snapshot
+            await until(lambda: _true(_holds_the_lease(b)))
+            async with signed_in(b.url, "ada") as (on_b, _):
+                text = await _profile_page(on_b)  # b's live store, restored
+                _assert_the_profile(text)
+                await _assert_the_audience(on_b)
+
+            async with (
+                running_node(config("a"), node_name="a") as a,
+                signed_in(a.url, "ada") as (on_a, _),
+            ):
+                assert not _holds_the_lease(a)
+                await until(lambda: _shows_the_buyer(on_a))  # a's view of the snapshot
+                text = await _profile_page(on_a)
+                _assert_the_profile(text)
+                assert "reads the newest snapshot of the profiles" in text
+                assert "data-events-not-kept>–:" in text  # not kept here: a dash, no list
+                assert "data-events>" not in text
+                assert "–: the message is kept by the node holding the profiles lease" in text
+                await _assert_the_audience(on_a)
+
+
+async def _audience_size(client: aiohttp.ClientSession, wanted: str) -> bool:
+    return f'data-size="buyers">{wanted}<' in await _page(client, "/console/w/acme/audiences")
 
 
 async def test_cdpd_users_adds_a_person_every_node_knows(
@@ -333,9 +476,10 @@ async def test_a_page_says_so_when_the_cluster_does_not_answer(
 ) -> None:
     async with _browsing_b(tmp_path, js_cluster, sink, "ada") as (_, _, client, _):
         js_cluster.stop_all()
-        async with client.get(WEBSITE) as resp:
-            assert resp.status == 503
-            assert "The JetStream cluster did not answer" in await resp.text()
+        for page in (WEBSITE, "/console/w/acme/audiences"):
+            async with client.get(page) as resp:
+                assert resp.status == 503
+                assert "The JetStream cluster did not answer" in await resp.text()
         for index in range(3):  # back, so that the nodes stop as they do with a cluster
             js_cluster.start(index)
         await js_cluster.ready()

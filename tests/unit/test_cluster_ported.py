@@ -32,3 +32,6 @@ def test_identity_and_engage_run_on_the_jetstream_backend() -> None:
         Config,
     )
     assert ported.unported(config) == []
+    notes = ported.not_served(config)
+    assert not any("privacy" in note for note in notes)  # the console's Privacy page is served
+    assert any("profiles and audiences pages" in note and "snapshot" in note for note in notes)
