@@ -49,7 +49,15 @@ class ProfileAdmin:
         if not sep or not kind or not value:
             raise ApiError(400, "invalid_request", "identifier: expected TYPE:VALUE")
         with cluster_answers():
-            await self._holder()
+            holder = await self._holder()
+        if holder is None:
+            raise ApiError(
+                503,
+                "no_profiles_holder",
+                "no node holds the profiles lease (identity resolution runs on its holder);"
+                " try again once a node has taken it",
+            )
+        with cluster_answers():
             outcome = await self._commands.ask(
                 UNMERGE, UNMERGE_WAIT_S, identifier=(kind, value), collection=asked.collection
             )
@@ -60,19 +68,13 @@ class ProfileAdmin:
             raise ApiError(409, "cannot_unmerge", outcome.error or "refused")
         raise ApiError(503, "profiles_holder_busy", _unanswered(outcome))
 
-    async def _holder(self) -> str:
+    async def _holder(self) -> str | None:
+        """The node holding the profiles lease, if any."""
         try:
             entry = await self._leases.get(self._lease_key)
-        except KeyNotFoundError:
-            entry = None
-        if entry is None or not entry.value:
-            raise ApiError(
-                503,
-                "no_profiles_holder",
-                "no node holds the profiles lease (identity resolution runs on its holder);"
-                " try again once a node has taken it",
-            )
-        return entry.value.decode()
+        except KeyNotFoundError:  # deleted (released) or expired too
+            return None
+        return entry.value.decode() if entry.value else None
 
 
 def _unanswered(outcome: Outcome) -> str:

@@ -46,7 +46,7 @@ log = structlog.get_logger("cdpd.cluster")
 
 POSITION_NAME = "commands"
 COMMANDS_POSITION = "SELECT seq FROM position WHERE name = 'commands'"  # POSITION_NAME
-POLL_S = 0.1  # how soon a new command is seen
+POLL_S = 0.2  # how soon a new command is seen (as a caught-up identity stage polls)
 HELD_POLL_S = 0.2  # how often a held identity stage looks again
 SNAPSHOT_RETRY_S = 1.0
 StoreSnapshot = Callable[[], Awaitable[SnapshotName | None]]

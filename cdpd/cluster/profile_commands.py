@@ -85,7 +85,7 @@ async def take(kv: KeyValue, command_id: str) -> bool:
     try:
         await kv.create(command_id, encode(Outcome(state=TAKEN)))
         return True
-    except KeyWrongLastSequenceError:
+    except (KeyWrongLastSequenceError, KeyNotFoundError):  # (not found: see cluster/lease.py)
         found = await outcome_of(kv, command_id)
         return found is None or found.state != WITHDRAWN
 
@@ -141,5 +141,5 @@ class ProfileCommands:
         try:
             await kv.create(command_id, encode(Outcome(state=WITHDRAWN)))
             return Outcome(state=WITHDRAWN)
-        except KeyWrongLastSequenceError:  # the holder took it meanwhile
+        except (KeyWrongLastSequenceError, KeyNotFoundError):  # the holder took it meanwhile
             return await outcome_of(kv, command_id) or Outcome(state=TAKEN)
