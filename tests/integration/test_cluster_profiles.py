@@ -22,6 +22,7 @@ from cdpd import cli
 from cdpd.cluster import snapshots
 from cdpd.cluster.layout import Layout
 from cdpd.cluster.node import Node, running_node
+from cdpd.cluster.profile_commands import DONE, FORGET, ProfileCommands
 from cdpd.cluster.profiles import LEASE_KEY, ProfilesLeader
 from cdpd.config import Config
 from cdpd.identity.profiles_sync import SCHEMA
@@ -365,14 +366,29 @@ async def test_a_regulation_and_an_unmerge_asked_of_a_follower_are_carried_out_b
                 for name, files in after.items():
                     assert not any(GONE_USER.encode() in f for f in files), name
                 assert _leader(a).commands.carried_out == 3  # type: ignore[union-attr]
-        # a stopped: b takes over from the newest snapshot, without the user, split apart
-        async with running_node(config("b"), node_name="b") as b:
-            await _until(lambda: _leader(b).identity is not None)
-            await _send(http, b, _orders("other", "o", 1))
-            identity = _leader(b).identity
-            assert identity is not None
-            await _until(lambda: identity.graph.owner("users", ("user_id", "other")) is not None)
-            assert identity.graph.owner("users", ("user_id", GONE_USER)) is None
-            phone = identity.graph.owner("users", ("anonymous_id", "phone-1"))
-            assert phone is not None
-            assert phone != identity.graph.owner("users", ("user_id", "kept"))
+        # No node holds the lease: a command asked now is carried out by the next holder,
+        # which restores the newest snapshot (without the user, the unmerge in it).
+        client = await nats.connect(js_cluster.urls)
+        try:
+            commands = ProfileCommands(client.jetstream(), Layout())
+            asked = asyncio.create_task(commands.ask(FORGET, 30.0, users=["kept"]))
+            await _until_commands(client, 4)
+            async with running_node(config("b"), node_name="b") as b:
+                outcome = await asked
+                assert (outcome.state, outcome.rows > 0) == (DONE, True), outcome
+                identity = _leader(b).identity
+                assert identity is not None
+                assert identity.graph.owner("users", ("user_id", GONE_USER)) is None
+                assert identity.graph.owner("users", ("anonymous_id", "anon-1")) is None
+                assert identity.graph.owner("users", ("anonymous_id", "phone-1")) is not None
+        finally:
+            await client.close()
+
+
+async def _until_commands(client: nats.NATS, count: int) -> None:
+    for _ in range(200):
+        info = await client.jetstream().stream_info(Layout().commands_stream)
+        if info.state.last_seq >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"fewer than {count} commands in the stream")
