@@ -11,6 +11,8 @@ lease stops both stages at once; nothing they wrote since the last snapshot is k
 the stages are deterministic consumers of an ordered log: the next holder restores the
 snapshot and reads the stream again from the position inside it, to the same state. Engage's
 messages sent again meanwhile carry the same `messageId`s and are dropped as duplicates.
+What any node asks of the holder (a regulation's deletion, an unmerge) it carries out at its
+place in the stream (`cdpd.cluster.profile_command_runner`).
 """
 
 from __future__ import annotations

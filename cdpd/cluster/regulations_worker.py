@@ -3,7 +3,8 @@ of the `regulations` lease (in the leases bucket, as a warehouse's loads are led
 
 Every `POLL_S` the holder reads the unfinished regulations (`due.<id>` keys) and works their
 due targets in the SQLite backend's order: the `outbox` target (the streams,
-`cdpd.cluster.erase`) first, then the identity store, then every warehouse and destination;
+`cdpd.cluster.erase`) first, then the identity store (asked of the profiles lease holder,
+`cdpd.cluster.profile_commands`), then every warehouse and destination;
 none of these starts before the first ones have finished, and a failed first one fails them.
 A suppressing regulation's `outbox` target waits `SUPPRESSION_BOUND_S` after its creation, so
 every node drops the user's messages before the streams are scanned.
