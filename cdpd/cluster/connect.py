@@ -89,6 +89,12 @@ def stream_configs(config: JetStreamConfig, layout: Layout) -> list[StreamConfig
         _stream(
             config, layout.dead_stream, layout.dead_subjects, "cdpd dead letters, by destination"
         ),
+        _stream(
+            config,
+            layout.commands_stream,
+            layout.profile_commands_subject,
+            "cdpd commands to the profiles lease holder",
+        ),
     ]
 
 
@@ -159,6 +165,12 @@ def bucket_configs(config: JetStreamConfig, layout: Layout) -> list[KeyValueConf
         bucket(layout.regulations_bucket, "cdpd regulations, their progress and suppressions"),
         # Ledger rows last as long as the messages they are about.
         bucket(layout.ledger_bucket, "cdpd delivery ledger", ttl=float(config.max_age_s)),
+        # An outcome lasts as long as its command in the commands stream.
+        bucket(
+            layout.outcomes_bucket,
+            "cdpd outcomes of the profiles lease holder's commands",
+            ttl=float(config.max_age_s),
+        ),
     ]
 
 

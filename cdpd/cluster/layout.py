@@ -134,6 +134,21 @@ class Layout(msgspec.Struct, frozen=True):
     def dead_subject(self, destination: str) -> str:
         return f"{self.prefix}.dead.{token(destination)}"
 
+    # -- commands to the profiles lease holder (unmerges, regulations' deletions) ---------------
+
+    @property
+    def commands_stream(self) -> str:
+        return f"{self.stream}_COMMANDS"
+
+    @property
+    def profile_commands_subject(self) -> str:
+        return f"{self.prefix}.cmd.profiles"
+
+    @property
+    def outcomes_bucket(self) -> str:
+        """What the profiles lease holder made of each command, by command id."""
+        return f"{self.stream}_outcomes"
+
     # -- shared state (key-value buckets) ----------------------------------------------------------
 
     @property

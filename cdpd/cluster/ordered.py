@@ -43,7 +43,9 @@ async def read_range(
     keep: Callable[[dict[str, str]], bool] = not_replayed,
 ) -> tuple[list[tuple[int, OutboxRow]], int]:
     """The messages with sequences in (`after_seq`, `after_seq + count`] whose headers `keep`
-    accepts, in order, with their sequences, and the last sequence the read went through."""
+    accepts, in order, with their sequences, and the last sequence the read went through.
+    `after_seq + count` is at most the stream's last sequence (sequences missing below it were
+    deleted, not yet to come)."""
     if count <= 0:
         return [], after_seq
     config = ConsumerConfig(
@@ -60,6 +62,8 @@ async def read_range(
     found: list[tuple[int, OutboxRow]] = []
     through, last = after_seq, after_seq + count
     try:
+        if (await subscription.consumer_info()).num_pending == 0:
+            return found, last  # the range's messages were all deleted
         while through < last:
             try:
                 messages = await subscription.fetch(last - through, timeout=FETCH_TIMEOUT_S)
@@ -68,10 +72,12 @@ async def read_range(
             for m in messages:
                 seq = m.metadata.sequence.stream
                 if seq > last:
-                    break
+                    return found, last  # the sequences before it were deleted
                 through = seq
                 if keep(m.headers or {}):
                     found.append((seq, row_of(m.headers, m.data)))
+                if m.metadata.num_pending == 0:
+                    return found, last  # nothing after it yet: the rest was deleted
     finally:
         await subscription.unsubscribe()
     return found, through
@@ -114,6 +120,13 @@ class MessageCache:
         if not messages:
             return
         await self._conn.executemany(INSERT_MESSAGE, [_fields(m) for m in messages])
+        await self._conn.commit()
+
+    async def forget_users(self, user_ids: list[str]) -> None:
+        """Drop the users' messages (a regulation's deletion: the stream no longer holds them)."""
+        await self._conn.executemany(
+            "DELETE FROM messages WHERE user_id = ?", [(user_id,) for user_id in user_ids]
+        )
         await self._conn.commit()
 
     async def prune(self, through_seq: int, received_before: str) -> None:

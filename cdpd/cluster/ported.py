@@ -22,8 +22,8 @@ def not_served(config: Config) -> list[str]:
             "identity and Engage run on the node holding the profiles lease; the other nodes"
             " answer the Profile API from the newest snapshot (at most snapshot_interval_s + 5 s"
             " old) and leave identifier deletions to the holder; the events history holds only"
-            " the messages the holder read since it took the lease; `cdpd profiles unmerge` is"
-            " served by the SQLite backend only"
+            " the messages the holder read since it took the lease; unmerges and regulations'"
+            " deletions are carried out by the holder"
         )
     if config.console.enabled:
         notes.append(

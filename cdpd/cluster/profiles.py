@@ -11,11 +11,14 @@ lease stops both stages at once; nothing they wrote since the last snapshot is k
 the stages are deterministic consumers of an ordered log: the next holder restores the
 snapshot and reads the stream again from the position inside it, to the same state. Engage's
 messages sent again meanwhile carry the same `messageId`s and are dropped as duplicates.
+What any node asks of the holder (a regulation's deletion, an unmerge) it carries out at its
+place in the stream (`cdpd.cluster.profile_command_runner`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -30,6 +33,9 @@ from nats.js.object_store import ObjectStore
 from cdpd.cluster import profiles_sync, snapshots
 from cdpd.cluster.lease import RENEW_EVERY_S, Lease, holding
 from cdpd.cluster.ordered import MessageCache, StreamConsumer, fresh_cache, position_in
+from cdpd.cluster.profile_admin import ProfileAdmin
+from cdpd.cluster.profile_command_runner import CommandRunner, HeldReader, PendingCommands
+from cdpd.cluster.profile_commands import ProfileCommands
 from cdpd.cluster.profile_reads import READ_POLL_S, NodeProfiles
 from cdpd.cluster.snapshots import SnapshotName
 from cdpd.config import Config, engage_path, identity_path
@@ -64,11 +70,14 @@ class ProfilesLeader:
     """The profiles stages on one node: wait for the lease, then restore, run and snapshot
     while it is held. A service for `cdpd.supervise` (`run(stop)`)."""
 
-    def __init__(self, parts: NodeParts, lease: Lease, store: ObjectStore) -> None:
+    def __init__(
+        self, parts: NodeParts, lease: Lease, store: ObjectStore, admin: ProfileAdmin
+    ) -> None:
         assert parts.config.identity is not None
         self._parts = parts
         self.profiles = NodeProfiles(parts.config, store)
         self._api = ProfileApi(parts.config.identity, self.profiles)
+        self._admin = admin
         self._config = parts.config
         self.lease = lease
         self._store = store
@@ -76,12 +85,19 @@ class ProfilesLeader:
         self._data_dir = Path(parts.config.storage.data_dir)
         self.identity: IdentityStage | None = None  # while the lease is held
         self.engage: EngageStage | None = None
+        self.commands: CommandRunner | None = None
         self.snapshots_stored = 0
         self._stored_files: tuple[tuple[int, int], ...] = ()  # as they were at the last one
+        self._stored_name: SnapshotName | None = None
+        self._snapshotting = asyncio.Lock()  # the timer's and a command's, one at a time
 
     def public_routes(self) -> list[web.RouteDef]:
         """The Profile API, answered on every node (see cdpd/cluster/profile_reads.py)."""
         return self._api.routes()
+
+    def routes(self) -> list[web.RouteDef]:
+        """The admin API's unmerge, on every node (carried out by the lease holder)."""
+        return self._admin.routes()
 
     async def run(self, stop: asyncio.Event) -> None:
         polled_at = -READ_POLL_S
@@ -104,12 +120,12 @@ class ProfilesLeader:
 
     async def _lead(self, stop: asyncio.Event) -> None:
         term = self.lease.revision
-        self._stored_files = ()
+        self._stored_files, self._stored_name = (), None
         await self._restore()
         identity_file = self._files["identity.sqlite3"]
         await asyncio.to_thread(profiles_sync.number_changes_from, identity_file, term)
-        async with self._stages() as (identity, engage, cache):
-            self.identity, self.engage = identity, engage
+        async with self._stages(term) as (identity, engage, cache, commands):
+            self.identity, self.engage, self.commands = identity, engage, commands
             self.profiles.live = identity
             stages_stop = asyncio.Event()
             try:
@@ -129,6 +145,10 @@ class ProfilesLeader:
                             name="profiles-sync",
                         )
                     group.create_task(
+                        self._parts.supervised("profile-commands", commands.run, stages_stop),
+                        name="profile-commands",
+                    )
+                    group.create_task(
                         self._snapshot_while_held(stop, term, cache), name="profiles-snapshots"
                     )
                     try:
@@ -140,7 +160,7 @@ class ProfilesLeader:
                 if self.lease.held:  # a clean release: the next holder starts from here
                     await self._snapshot(term)
             finally:
-                self.identity = self.engage = self.profiles.live = None
+                self.identity = self.engage = self.profiles.live = self.commands = None
 
     async def _until_released(self, stop: asyncio.Event) -> None:
         """Until the node stops or the lease is lost."""
@@ -191,28 +211,37 @@ class ProfilesLeader:
             seconds=round(time.monotonic() - started, 3),
         )
 
-    async def _snapshot(self, term: int) -> None:
-        """Copy the files, and store the copy unless the lease was lost meanwhile."""
+    async def _snapshot(self, term: int, *, vacuum: bool = False) -> SnapshotName | None:
+        """Copy the files, and store the copy unless the lease was lost meanwhile; the
+        snapshot holding what is committed now (None when none could be stored). With
+        `vacuum` (after a command: a deletion), the copies keep nothing deleted in free pages,
+        and a snapshot is stored even if nothing was committed since the last one."""
+        async with self._snapshotting:
+            return await self._store_snapshot(term, vacuum)
+
+    async def _store_snapshot(self, term: int, vacuum: bool) -> SnapshotName | None:
         started = time.monotonic()
         files = self._file_states()
-        if files == self._stored_files:
-            return  # nothing committed since the last snapshot
+        if files == self._stored_files and not vacuum:
+            return self._stored_name  # nothing committed since the last snapshot
         try:
             with tempfile.TemporaryDirectory(dir=self._data_dir) as folder:
                 tar_path = Path(folder) / "snapshot.tar"
-                position = await asyncio.to_thread(snapshots.copy_files, self._files, tar_path)
+                position = await asyncio.to_thread(
+                    snapshots.copy_files, self._files, tar_path, vacuum=vacuum
+                )
                 copied_s = time.monotonic() - started
                 if not await self.lease.confirmed():
                     log.warning("profiles_snapshot_dropped", reason="the lease is not ours")
-                    return
-                name = SnapshotName(term, position)
+                    return None
+                name = SnapshotName(term, position).after(self._stored_name)
                 size = await snapshots.upload(self._store, name, tar_path)
             await snapshots.prune(self._store)
         except Exception as exc:  # nats-py raises several unrelated types for one lost link
             log.warning("profiles_snapshot_failed", error=repr(exc))
-            return
+            return None
         self.snapshots_stored += 1
-        self._stored_files = files
+        self._stored_files, self._stored_name = files, name
         log.info(
             "profiles_snapshot_stored",
             snapshot=name.object,
@@ -220,6 +249,7 @@ class ProfilesLeader:
             copy_seconds=round(copied_s, 3),
             seconds=round(time.monotonic() - started, 3),
         )
+        return name
 
     def _file_states(self) -> tuple[tuple[int, int], ...]:
         """Modification time and size of each file and its WAL: every commit changes one."""
@@ -229,23 +259,49 @@ class ProfilesLeader:
 
     @asynccontextmanager
     async def _stages(
-        self,
-    ) -> AsyncIterator[tuple[IdentityStage, EngageStage | None, MessageCache]]:
+        self, term: int
+    ) -> AsyncIterator[tuple[IdentityStage, EngageStage | None, MessageCache, CommandRunner]]:
         parts = self._parts
-        identity_seq = position_in(self._files["identity.sqlite3"], snapshots.IDENTITY_POSITION)
+        identity_file = self._files["identity.sqlite3"]
+        identity_seq = position_in(identity_file, snapshots.IDENTITY_POSITION)
+        pending = PendingCommands(parts.js, parts.layout, identity_file)
+        await pending.fetch()  # before the identity stage reads past the first one's place
         async with fresh_cache(self._data_dir / CACHE_FILE) as cache:
             await self._fill(cache, identity_seq)
             consumer = StreamConsumer(parts.js, parts.layout, cache)
-            async with identity_stage.opened_on(
-                self._config, consumer, self._mirror, lambda: consumer.end_seq, cache.path
-            ) as identity:
-                if "engage.sqlite3" not in self._files:
-                    yield identity, None, cache
-                    return
-                async with engage_stage.opened(
-                    self._config, identity, parts.appender, parts.clock, cache.path
-                ) as engage:
-                    yield identity, engage, cache
+            async with (
+                identity_stage.opened_on(
+                    self._config,
+                    HeldReader(consumer, pending),
+                    self._mirror,
+                    lambda: consumer.end_seq,
+                    cache.path,
+                ) as identity,
+                self._engage(identity, cache.path) as engage,
+            ):
+                commands = CommandRunner(
+                    parts.js,
+                    parts.layout,
+                    pending,
+                    (identity, engage, cache),
+                    self._store,
+                    functools.partial(self._snapshot, term, vacuum=True),
+                    parts.clock,
+                )
+                yield identity, engage, cache, commands
+
+    @asynccontextmanager
+    async def _engage(
+        self, identity: IdentityStage, cache_path: Path
+    ) -> AsyncIterator[EngageStage | None]:
+        if "engage.sqlite3" not in self._files:
+            yield None
+            return
+        parts = self._parts
+        async with engage_stage.opened(
+            self._config, identity, parts.appender, parts.clock, cache_path
+        ) as engage:
+            yield engage
 
     async def _fill(self, cache: MessageCache, identity_seq: int) -> None:
         """The messages Engage has yet to apply, which the identity stage will not read."""
@@ -270,7 +326,13 @@ async def profiles_stage(parts: NodeParts) -> AsyncIterator[ProfilesLeader]:
     store = await snapshots.state_store(
         parts.js, parts.layout, parts.config.storage.jetstream.replicas
     )
-    leader = ProfilesLeader(parts, Lease(kv, LEASE_KEY, parts.node_name), store)
+    admin = ProfileAdmin(
+        parts.config.admin.resolved_token(),
+        ProfileCommands(parts.js, parts.layout),
+        kv,
+        LEASE_KEY,
+    )
+    leader = ProfilesLeader(parts, Lease(kv, LEASE_KEY, parts.node_name), store, admin)
     parts.profiles = leader.profiles
     stop = asyncio.Event()
     running = parts.tasks.create_task(

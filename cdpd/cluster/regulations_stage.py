@@ -16,6 +16,7 @@ from aiohttp import web
 from cdpd import startup
 from cdpd.cluster.lease import Lease
 from cdpd.cluster.node_web import require_admin
+from cdpd.cluster.profile_commands import ProfileCommands
 from cdpd.cluster.regulations import ClusterRegulations
 from cdpd.cluster.regulations_worker import LEASE_KEY, RegulationLeader
 from cdpd.cluster.suppression_feed import SuppressionFeed
@@ -62,6 +63,7 @@ async def regulations_stage(parts: NodeParts) -> AsyncIterator[Regulations]:
             Lease(leases, LEASE_KEY, parts.node_name),
             parts.clock,
             session,
+            ProfileCommands(parts.js, parts.layout),
         )
         running = [
             parts.tasks.create_task(

@@ -3,7 +3,8 @@ of the `regulations` lease (in the leases bucket, as a warehouse's loads are led
 
 Every `POLL_S` the holder reads the unfinished regulations (`due.<id>` keys) and works their
 due targets in the SQLite backend's order: the `outbox` target (the streams,
-`cdpd.cluster.erase`) first, then the identity store, then every warehouse and destination;
+`cdpd.cluster.erase`) first, then the identity store (asked of the profiles lease holder,
+`cdpd.cluster.profile_commands`), then every warehouse and destination;
 none of these starts before the first ones have finished, and a failed first one fails them.
 A suppressing regulation's `outbox` target waits `SUPPRESSION_BOUND_S` after its creation, so
 every node drops the user's messages before the streams are scanned.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable
 
 import aiohttp
 import structlog
@@ -29,6 +30,7 @@ from cdpd.clock import Clock
 from cdpd.cluster import erase
 from cdpd.cluster.layout import Layout
 from cdpd.cluster.lease import Lease, lead
+from cdpd.cluster.profile_commands import DONE, FORGET, TAKEN, WITHDRAWN, ProfileCommands
 from cdpd.cluster.regulation_records import RegulationRecord, TargetState, apply
 from cdpd.cluster.regulations import ClusterRegulations
 from cdpd.cluster.suppression_feed import SUPPRESSION_BOUND_S
@@ -61,18 +63,15 @@ log = structlog.get_logger("cdpd.privacy")
 
 LEASE_KEY = "regulations"
 POLL_S = 0.5
-# Targets the JetStream backend does not reach yet, and why (a regulation with one of them
-# ends PARTIAL_SUCCESS, as one with a destination that cannot delete does).
-IDENTITY_NOT_ERASED = (
-    "the identity store is not erased by regulations on the JetStream backend yet"
-    " (docs/scaling.md, 'What is still single-node')"
-)
+# How long one attempt at the identity target waits for the profiles lease holder: its stage
+# may have the stream to catch up on first, and a snapshot to store after.
+FORGET_WAIT_S = 60.0
+# A target the JetStream backend does not reach, and why (a regulation with one ends
+# PARTIAL_SUCCESS, as one with a destination that cannot delete does).
 FILE_NOT_ERASED = (
     "a file destination on the JetStream backend writes one file per node; its lines are not"
     " erased by regulations (docs/scaling.md)"
 )
-# What erases the users from the identity store, when it runs on the cluster.
-ForgetUsers = Callable[[Sequence[str]], Awaitable[int]]
 
 
 class RegulationLeader:
@@ -87,8 +86,7 @@ class RegulationLeader:
         lease: Lease,
         clock: Clock,
         session: aiohttp.ClientSession,
-        *,
-        forget_identity: ForgetUsers | None = None,
+        profile_commands: ProfileCommands,
     ) -> None:
         self._config = config
         self._js = js
@@ -97,7 +95,7 @@ class RegulationLeader:
         self.lease = lease
         self._clock = clock
         self._session = session
-        self._forget_identity = forget_identity
+        self._profile_commands = profile_commands
         self.passes = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -160,8 +158,6 @@ class RegulationLeader:
             return given_up(due, reason, self._clock.now_ms())
         if any(t.status in UNFINISHED for t in before) or self._settling(record, target):
             return None
-        if target.kind == IDENTITY and self._forget_identity is None:
-            return self._not_supported(record, target, IDENTITY_NOT_ERASED)
         if target.kind == FILE:
             return self._not_supported(record, target, FILE_NOT_ERASED)
         work = functools.partial(self._erase, record, target, users)
@@ -190,13 +186,33 @@ class RegulationLeader:
             finished_at=at,
         )
 
+    async def _forget(self, record: RegulationRecord, target: TargetState, users: list[str]) -> int:
+        """Asked of the profiles lease holder, which answers once a snapshot without the
+        users' profiles is stored (and the older ones deleted). One command per attempt: a
+        later attempt does not wait on an earlier one's outcome."""
+        if self._config.identity is None:
+            raise permanent("identity resolution is off ([identity] is not configured)")
+        outcome = await self._profile_commands.ask(
+            FORGET, FORGET_WAIT_S, command_id=f"forget.{record.id}.{target.attempts}", users=users
+        )
+        if outcome.state == DONE:
+            return outcome.rows
+        if outcome.state == WITHDRAWN:
+            raise TargetFailed(
+                f"no profiles lease holder took the deletion within {FORGET_WAIT_S:g} s"
+            )
+        if outcome.state == TAKEN:
+            raise TargetFailed(
+                f"the profiles lease holder did not finish the deletion within {FORGET_WAIT_S:g} s"
+            )
+        raise TargetFailed(outcome.error or outcome.state)
+
     async def _erase(self, record: RegulationRecord, target: TargetState, users: list[str]) -> int:
         name = target.target.partition(":")[2]
         if target.kind == OUTBOX:
             return await erase.erase_users(self._js, self._layout, users, record.source)
         if target.kind == IDENTITY:
-            assert self._forget_identity is not None
-            return await self._forget_identity(users)
+            return await self._forget(record, target, users)
         if target.kind == WAREHOUSE:
             warehouse = deletion.warehouse_named(self._config, name)
             if warehouse is None:

@@ -1,12 +1,14 @@
 """Snapshots of the profiles stages' SQLite files (the identity store and Engage's) in the
 cluster's object store (`<STREAM>_state`), one object per snapshot: a tar of both files.
 
-An object is named `profiles.<term>.<position>`: the term is the revision of the profiles
-lease when its holder acquired it (it grows with every acquisition), the position the identity
-store's own (the last stream sequence it resolved). The newest snapshot is the one with the
-highest term, then the highest position. So a former holder that has not noticed yet that it
-lost the lease, and uploads late, can never make a node that takes the lease over restore
-older state than the newer holder stored: the newer holder's term is higher.
+An object is named `profiles.<term>.<position>[.<revision>]`: the term is the revision of the
+profiles lease when its holder acquired it (it grows with every acquisition), the position the
+identity store's own (the last stream sequence it resolved), the revision counts the
+snapshots stored again at one position (Engage's later changes, a command's). The newest
+snapshot is the one with the highest term, then position, then revision. So a former holder
+that has not noticed yet that it lost the lease, and uploads late, can never make a node that
+takes the lease over restore older state than the newer holder stored: the newer holder's
+term is higher.
 """
 
 from __future__ import annotations
@@ -42,24 +44,37 @@ IDENTITY_POSITION = "SELECT seq FROM position WHERE name = 'outbox'"
 class SnapshotName(msgspec.Struct, frozen=True, order=True):
     term: int
     position: int
+    # Counts the snapshots a holder stored at one position (Engage's later changes, a
+    # command's): each is newer than the one before, so every node sees it is.
+    revision: int = 0
 
     @property
     def object(self) -> str:
-        return f"{PREFIX}.{self.term:020d}.{self.position:020d}"
+        name = f"{PREFIX}.{self.term:020d}.{self.position:020d}"
+        return name if self.revision == 0 else f"{name}.{self.revision:010d}"
 
     @classmethod
     def parse(cls, name: str) -> SnapshotName | None:
         parts = name.split(".")
-        if len(parts) != 3 or parts[0] != PREFIX or not all(p.isdigit() for p in parts[1:]):
+        if len(parts) not in (3, 4) or parts[0] != PREFIX:
             return None
-        return cls(int(parts[1]), int(parts[2]))
+        if not all(p.isdigit() for p in parts[1:]):
+            return None
+        return cls(*(int(p) for p in parts[1:]))
+
+    def after(self, stored: SnapshotName | None) -> SnapshotName:
+        """This name, or the next revision of `stored` when it names the same place."""
+        if stored is None or (stored.term, stored.position) != (self.term, self.position):
+            return self
+        return SnapshotName(self.term, self.position, stored.revision + 1)
 
 
-def copy_files(files: Mapping[str, Path], tar_path: Path) -> int:
+def copy_files(files: Mapping[str, Path], tar_path: Path, *, vacuum: bool = False) -> int:
     """Copy each SQLite file with SQLite's online backup (one read transaction each: a
     committed state) in the mapping's order, into a tar at `tar_path`; returns the identity
     store's position in the copy. Engage's file comes first: it follows the identity store,
-    so copied before it, it is never ahead of it."""
+    so copied before it, it is never ahead of it. With `vacuum`, each copy is rebuilt before
+    it is packed: the backup copies free pages as they are, with what was deleted in them."""
     with (
         tempfile.TemporaryDirectory(dir=tar_path.parent) as folder,
         tarfile.open(tar_path, "w") as tar,
@@ -73,6 +88,8 @@ def copy_files(files: Mapping[str, Path], tar_path: Path) -> int:
                 contextlib.closing(sqlite3.connect(copy)) as target,
             ):
                 source.backup(target)
+                if vacuum:
+                    target.execute("VACUUM")
             tar.add(copy, arcname=name)
         return position_in(Path(folder) / "identity.sqlite3", IDENTITY_POSITION)
 
@@ -137,3 +154,11 @@ async def prune(store: ObjectStore, keep: int = KEEP) -> None:
     for name in (await names(store))[:-keep]:
         with contextlib.suppress(NotFoundError):
             await store.delete(name.object)
+
+
+async def prune_before(store: ObjectStore, kept: SnapshotName) -> None:
+    """Delete every snapshot older than `kept` (they hold what a deletion erased)."""
+    for name in await names(store):
+        if name < kept:
+            with contextlib.suppress(NotFoundError):
+                await store.delete(name.object)

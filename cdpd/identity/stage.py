@@ -295,6 +295,11 @@ class IdentityStage:
         owners = {self.graph.owner(collection, i) for i in identifiers} - {None}
         return sorted({self.graph.canonical(o) for o in owners if o is not None})
 
+    async def record_position(self, name: str, seq: int) -> None:
+        """Keep another position beside the profiles, written after every change before it."""
+        async with self.lock:
+            await self._write(store.set_position, self._conn, name, seq)
+
     async def delete_identifier(self, pid: str, identifier: Identifier) -> None:
         """Segment's Delete Profile Identifier: never a profile's last `user_id`, never a
         `group_id` (raises IdentityError)."""

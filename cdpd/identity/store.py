@@ -193,6 +193,12 @@ def position(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT seq FROM position WHERE name = 'outbox'").fetchone()[0])
 
 
+def set_position(conn: sqlite3.Connection, name: str, seq: int) -> None:
+    """A position kept beside the profiles (of a log other than the outbox); no profile
+    changes, so it takes no change number (one statement: autocommitted)."""
+    conn.execute("INSERT OR REPLACE INTO position (name, seq) VALUES (?, ?)", (name, seq))
+
+
 @contextmanager
 def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("BEGIN IMMEDIATE")

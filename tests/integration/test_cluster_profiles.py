@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from cdpd import cli
 from cdpd.cluster import snapshots
 from cdpd.cluster.layout import Layout
 from cdpd.cluster.node import Node, running_node
+from cdpd.cluster.profile_commands import DONE, FORGET, ProfileCommands
 from cdpd.cluster.profiles import LEASE_KEY, ProfilesLeader
 from cdpd.config import Config
 from cdpd.identity.profiles_sync import SCHEMA
@@ -33,6 +35,8 @@ from tests.cluster_support import (
 )
 from tests.helpers import WRITE_KEY, WarehouseProbe, basic_auth
 from tests.jetstream_cluster import JetStreamCluster
+from tests.regulations import ADMIN, regulate, settled
+from tests.regulations import AUTH as AUTH_ADMIN
 from tests.sink import Sink
 
 AUTH = {"Authorization": basic_auth(WRITE_KEY)}
@@ -266,3 +270,125 @@ async def _snapshot_at(urls: list[str], position: int) -> None:
 
 def _restored(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in logs if e["event"] == "profiles_restored"]
+
+
+GONE_USER = "erase-me-7"
+
+
+async def _profile_status(http: aiohttp.ClientSession, node: Node, identifier: str) -> int:
+    url = f"{node.url}/v1/spaces/main/collections/users/profiles/{identifier}/traits"
+    async with http.get(url, headers=PROFILE_AUTH) as response:
+        return response.status
+
+
+async def _until_profile(
+    http: aiohttp.ClientSession, node: Node, identifier: str, status: int
+) -> None:
+    """Until `node` answers `status` for the profile; a follower reads the newest snapshot at
+    each try (what its poll does every READ_POLL_S)."""
+    profiles = _leader(node).profiles
+    for _ in range(200):
+        if profiles.live is None:
+            await profiles.refresh()
+        if await _profile_status(http, node, identifier) == status:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{identifier} on {node.url} never answered {status}")
+
+
+async def _unmerge(http: aiohttp.ClientSession, node: Node, identifier: str) -> tuple[int, Any]:
+    async with http.post(
+        f"{node.url}/admin/profiles/unmerge", json={"identifier": identifier}, headers=AUTH_ADMIN
+    ) as response:
+        return response.status, await response.json()
+
+
+async def _snapshot_files(urls: list[str], folder: Path) -> dict[str, list[bytes]]:
+    """Every snapshot in the object store, by name: the bytes of each file in it."""
+    client = await nats.connect(urls)
+    found: dict[str, list[bytes]] = {}
+    try:
+        store = await client.jetstream().object_store(Layout().state_bucket)
+        for name in await snapshots.names(store):
+            tar_path = folder / f"{name.object}.tar"
+            await snapshots.download(store, name, tar_path)
+            with tarfile.open(tar_path) as tar:
+                members = [tar.extractfile(m) for m in tar.getmembers()]
+                found[name.object] = [m.read() for m in members if m is not None]
+    finally:
+        await client.close()
+    return found
+
+
+async def test_a_regulation_and_an_unmerge_asked_of_a_follower_are_carried_out_by_the_holder(
+    tmp_path: Path, js_cluster: JetStreamCluster, http: aiohttp.ClientSession
+) -> None:
+    async with Sink() as sink:
+        config = _configs(tmp_path, js_cluster, ADMIN + profiles_toml(sink.url, BUYERS))
+        async with running_node(config("a"), node_name="a") as a:
+            await _until(lambda: _leader(a).identity is not None)
+            async with running_node(config("b"), node_name="b") as b:
+                identify = {"type": "identify", "userId": GONE_USER, "traits": {"plan": "pro"}}
+                merged = [
+                    {"type": "identify", "userId": "kept", "anonymousId": "anon-1",
+                     "messageId": "i0"},
+                    {"type": "screen", "anonymousId": "phone-1", "name": "Home", "messageId": "s1"},
+                    {"type": "identify", "anonymousId": "phone-1", "userId": "kept",
+                     "messageId": "i1"},
+                ]  # fmt: skip
+                await _send(http, b, [identify, *_orders(GONE_USER, "g", 2), *merged])
+                await _until(lambda: len(_entered(sink)) == 1)  # Engage holds the user too
+                await _until_profile(http, b, f"user_id:{GONE_USER}", 200)
+                before = await _snapshot_files(js_cluster.urls, tmp_path)
+                assert any(GONE_USER.encode() in f for files in before.values() for f in files)
+
+                status, answer = await _unmerge(http, b, "anonymous_id:phone-1")
+                assert status == 200, answer
+                assert answer["identifier"] == "anonymous_id:phone-1"
+                assert len(answer["profiles"]) == 2
+                graph = _leader(a).identity.graph  # type: ignore[union-attr]
+                phone = graph.owner("users", ("anonymous_id", "phone-1"))
+                assert phone != graph.owner("users", ("user_id", "kept"))
+                status, answer = await _unmerge(http, b, "anonymous_id:nobody")
+                assert (status, answer["code"]) == (409, "cannot_unmerge")
+                status, _ = await _unmerge(http, b, "no-colon")
+                assert status == 400
+
+                regulation_id = await regulate(http, b, "DELETE_INTERNAL", GONE_USER)
+                done = await settled(http, b, regulation_id, timeout_s=30)
+                targets = {t["target"]: t["status"] for t in done["targets"]}
+                assert targets == {"outbox": "FINISHED", "identity": "FINISHED"}, done
+                assert done["overallStatus"] == "FINISHED"
+                await _until_profile(http, a, f"user_id:{GONE_USER}", 404)
+                await _until_profile(http, b, f"user_id:{GONE_USER}", 404)
+                after = await _snapshot_files(js_cluster.urls, tmp_path)
+                assert after
+                for name, files in after.items():
+                    assert not any(GONE_USER.encode() in f for f in files), name
+                assert _leader(a).commands.carried_out == 3  # type: ignore[union-attr]
+        # No node holds the lease: a command asked now is carried out by the next holder,
+        # which restores the newest snapshot (without the user, the unmerge in it).
+        client = await nats.connect(js_cluster.urls)
+        try:
+            commands = ProfileCommands(client.jetstream(), Layout())
+            asked = asyncio.create_task(commands.ask(FORGET, 30.0, users=["kept"]))
+            await _until_commands(client, 4)
+            async with running_node(config("b"), node_name="b") as b:
+                outcome = await asked
+                assert (outcome.state, outcome.rows > 0) == (DONE, True), outcome
+                identity = _leader(b).identity
+                assert identity is not None
+                assert identity.graph.owner("users", ("user_id", GONE_USER)) is None
+                assert identity.graph.owner("users", ("anonymous_id", "anon-1")) is None
+                assert identity.graph.owner("users", ("anonymous_id", "phone-1")) is not None
+        finally:
+            await client.close()
+
+
+async def _until_commands(client: nats.NATS, count: int) -> None:
+    for _ in range(200):
+        info = await client.jetstream().stream_info(Layout().commands_stream)
+        if info.state.last_seq >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"fewer than {count} commands in the stream")

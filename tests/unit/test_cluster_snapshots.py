@@ -1,6 +1,6 @@
-"""Snapshots of the profiles state: names order by term then position, a copy is a committed
-state of each file, restoring replaces what was there, and the config keeps the snapshot
-interval inside the dedup window."""
+"""Snapshots of the profiles state: names order by term, position then revision, a copy is a
+committed state of each file, restoring replaces what was there, and the config keeps the
+snapshot interval inside the dedup window."""
 
 from __future__ import annotations
 
@@ -24,6 +24,11 @@ def test_names_order_by_term_then_position_and_parse_back() -> None:
     assert newer[0].object == "profiles.00000000000000000004.00000000000000000010"
     assert SnapshotName.parse("profiles.4") is None
     assert SnapshotName.parse("other.1.2") is None
+    again = newer[1].after(newer[1])  # stored again at the same position: a newer revision
+    assert again > newer[1]
+    assert again.after(again) > again
+    assert SnapshotName.parse(again.object) == again
+    assert newer[1].after(newer[0]) == newer[1]
 
 
 def _store(path: Path, seq: int) -> sqlite3.Connection:
