@@ -142,7 +142,7 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 async def settled(lane: Lane, count: int) -> None:
     """Wait until `count` outcomes (delivered, retrying or dead) have been recorded."""
     stats = lane.stats
-    async with asyncio.timeout(10), stats.recorded:
+    async with asyncio.timeout(30), stats.recorded:
         await stats.recorded.wait_for(lambda: stats.delivered + stats.dead + stats.retried >= count)
 
 

@@ -94,7 +94,7 @@ async def regulation(http: aiohttp.ClientSession, server: Served, regulation_id:
 
 
 async def settled(
-    http: aiohttp.ClientSession, server: Served, regulation_id: str, timeout_s: float = 15
+    http: aiohttp.ClientSession, server: Served, regulation_id: str, timeout_s: float = 60
 ) -> Any:
     """The regulation once its overall status is final (a JetStream node is polled)."""
     async with asyncio.timeout(timeout_s):

@@ -77,15 +77,15 @@ class Sink:
     def message_ids(self) -> list[str]:
         return [m["messageId"] for m in self.messages]
 
-    async def wait_for(self, predicate: Callable[[Sink], bool], timeout_s: float = 10) -> None:
+    async def wait_for(self, predicate: Callable[[Sink], bool], timeout_s: float = 30) -> None:
         async with asyncio.timeout(timeout_s), self._changed:
             await self._changed.wait_for(lambda: predicate(self))
 
-    async def wait_for_requests(self, count: int, timeout_s: float = 10) -> None:
+    async def wait_for_requests(self, count: int, timeout_s: float = 30) -> None:
         """Until `count` requests have arrived (whether answered yet or not)."""
         await self.wait_for(lambda sink: sink.arrived >= count, timeout_s)
 
-    async def wait_for_delivered(self, count: int, timeout_s: float = 10) -> None:
+    async def wait_for_delivered(self, count: int, timeout_s: float = 30) -> None:
         await self.wait_for(lambda sink: len(sink.messages) >= count, timeout_s)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:

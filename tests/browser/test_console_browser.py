@@ -320,7 +320,7 @@ async def test_privacy_profiles_and_audiences_pages(
                     query(data_dir, "SELECT 1 FROM privacy_inbox WHERE field = 'traits.email'")
                 )
             )
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(30):
                 await server.identity.wait_resolved(server.writer.last_seq)
             # The daemon's Engage stage makes user-1 (one Order Completed) a buyer.
             await _until(lambda: _buyers(engage_path(config)) == 1)
@@ -404,7 +404,7 @@ def _buyers(path: Path) -> int:
     return int(row[0])
 
 
-async def _until(condition: Callable[[], bool], timeout_s: float = 10) -> None:
+async def _until(condition: Callable[[], bool], timeout_s: float = 30) -> None:
     """Poll what another process or server changes (no event to wait on from here)."""
     async with asyncio.timeout(timeout_s):
         while not condition():  # noqa: ASYNC110
@@ -412,7 +412,7 @@ async def _until(condition: Callable[[], bool], timeout_s: float = 10) -> None:
 
 
 async def _reload_until(page: Page, locator: object, text: str) -> None:
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(30):
         while await locator.inner_text() != text:  # type: ignore[attr-defined]
             await asyncio.sleep(0.3)
             await page.reload()

@@ -83,11 +83,11 @@ class ContractServer:
     def on(self, path: str) -> list[Call]:
         return [call for call in self.calls if call.path == path]
 
-    async def wait_for(self, predicate: Callable[[Self], bool], timeout_s: float = 10) -> None:
+    async def wait_for(self, predicate: Callable[[Self], bool], timeout_s: float = 30) -> None:
         async with asyncio.timeout(timeout_s), self._changed:
             await self._changed.wait_for(lambda: predicate(self))
 
-    async def wait_for_calls(self, count: int, timeout_s: float = 10) -> None:
+    async def wait_for_calls(self, count: int, timeout_s: float = 30) -> None:
         await self.wait_for(lambda server: len(server.calls) >= count, timeout_s)
 
     def routes(self) -> dict[str, Handler]:

@@ -59,7 +59,7 @@ async def deliver(
     recorded: int = 0,
     delivered: int = 0,
     settled: int = 0,
-    timeout_s: float = 10,
+    timeout_s: float = 30,
 ) -> None:
     """Post `messages` through a cdpd (see `posting`) and stop it once its lane has recorded
     `recorded` attempts, `delivered` deliveries and `settled` deliveries delivered or dead."""
@@ -92,7 +92,7 @@ async def deliver_on_retry(
 
 async def settled(lane: Lane, count: int) -> None:
     """Until `count` deliveries are delivered or dead."""
-    async with asyncio.timeout(10), lane.stats.recorded:
+    async with asyncio.timeout(30), lane.stats.recorded:
         await lane.stats.recorded.wait_for(lambda: lane.stats.delivered + lane.stats.dead >= count)
 
 

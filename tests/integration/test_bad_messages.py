@@ -125,7 +125,7 @@ async def test_a_stored_message_that_cannot_be_decoded_is_dead_and_its_batch_goe
 
 
 async def settled(lane: Any, *, attempts: int) -> None:
-    async with asyncio.timeout(10), lane.stats.recorded:
+    async with asyncio.timeout(30), lane.stats.recorded:
         await lane.stats.recorded.wait_for(lambda: lane.stats.attempts >= attempts)
 
 

@@ -90,7 +90,7 @@ def _send_with_the_official_client(node: Node, write_key: str, events: list[str]
 
 
 async def _debugger_events(
-    client: aiohttp.ClientSession, path: str, wanted: int, timeout_s: float = 15
+    client: aiohttp.ClientSession, path: str, wanted: int, timeout_s: float = 60
 ) -> list[dict[str, Any]]:
     """The debugger's `message` events until `wanted` came."""
     found: list[dict[str, Any]] = []

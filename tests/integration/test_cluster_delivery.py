@@ -101,7 +101,7 @@ async def publisher(config: Config) -> AsyncIterator[Any]:
         yield publish
 
 
-async def until(check: Callable[[], Awaitable[object]], timeout_s: float = 15) -> None:
+async def until(check: Callable[[], Awaitable[object]], timeout_s: float = 60) -> None:
     """Until `check()` gives something true (polled: the cluster has no event for it)."""
     async with asyncio.timeout(timeout_s):
         while not await check():  # noqa: ASYNC110
@@ -149,7 +149,7 @@ async def test_a_retryable_failure_comes_back_and_a_permanent_one_is_dead(
         )
         async with node(config, "a") as a, publisher(config) as publish:
             await publish(track(1), track(2), track(3))
-            await sink.wait_for(lambda s: {"m1", "m3"} <= set(s.message_ids), timeout_s=15)
+            await sink.wait_for(lambda s: {"m1", "m3"} <= set(s.message_ids), timeout_s=60)
             await other.wait_for_delivered(3)
             await consumer_settled(publish.js, publish.layout, "hook")
             letters = await dead.dead_letters(publish.js, publish.layout, "hook", 10)
@@ -162,7 +162,7 @@ async def test_a_retryable_failure_comes_back_and_a_permanent_one_is_dead(
 
             # Replay: the dead letter goes back to `hook` alone.
             assert await dead.replay(publish.js, publish.layout, "hook", 10) == 1
-            await sink.wait_for(lambda s: "m2" in s.message_ids, timeout_s=10)
+            await sink.wait_for(lambda s: "m2" in s.message_ids, timeout_s=60)
             await consumer_settled(publish.js, publish.layout, "other")
             await consumer_settled(publish.js, publish.layout, "hook")
             assert sorted(other.message_ids) == ["m1", "m2", "m3"]
@@ -278,7 +278,7 @@ async def test_a_node_killed_mid_batch_leaves_its_messages_to_another(
                 assert process.stdout is not None
                 assert await asyncio.wait_for(process.stdout.readline(), 20) == b"ready\n"
                 await publish(*[track(n) for n in range(50)])
-                await stuck_sink.wait_for_requests(2, timeout_s=10)
+                await stuck_sink.wait_for_requests(2, timeout_s=60)
             finally:
                 process.kill()  # kill -9: nothing it holds is acked
                 await process.wait()

@@ -57,7 +57,7 @@ def _view(node: Node) -> PrivacyStage:
     return stage
 
 
-async def until(check: Callable[[], Awaitable[object] | object], timeout_s: float = 20) -> Any:
+async def until(check: Callable[[], Awaitable[object] | object], timeout_s: float = 60) -> Any:
     """The first true value `check()` gives or resolves to (polled: the cluster has no event
     for it)."""
     async with asyncio.timeout(timeout_s):

@@ -80,7 +80,7 @@ def _entered(sink: Sink) -> list[dict[str, Any]]:
     return [m for m in sink.messages if m.get("event") == "Audience Entered"]
 
 
-async def _until(predicate: Any, timeout_s: float = 20.0) -> None:
+async def _until(predicate: Any, timeout_s: float = 60.0) -> None:
     for _ in range(round(timeout_s / 0.05)):
         if predicate():
             return

@@ -193,7 +193,7 @@ async def _dead_letters(servers: list[str]) -> list[dict[str, str]]:
     return [dict(message.headers or {}) for message in dead]
 
 
-async def _eventually(check: Any, timeout_s: float = 20) -> None:
+async def _eventually(check: Any, timeout_s: float = 60) -> None:
     async with asyncio.timeout(timeout_s):
         while not await check():  # noqa: ASYNC110 (a poll of the cluster)
             await asyncio.sleep(0.1)

@@ -323,7 +323,7 @@ async def test_the_overview_counts_what_flows(
 async def _counts_when(
     client: aiohttp.ClientSession, path: str, name: str, at_least: int
 ) -> dict[str, int]:
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(30):
         while True:
             async with client.get(path) as resp:
                 page = await resp.text()

@@ -47,7 +47,7 @@ async def send(http: aiohttp.ClientSession, server: Running, events: list[str]) 
         assert resp.status == 200, await resp.text()
 
 
-async def until(condition: Callable[[], bool], timeout_s: float = 10) -> None:
+async def until(condition: Callable[[], bool], timeout_s: float = 30) -> None:
     async with asyncio.timeout(timeout_s):
         while not condition():  # noqa: ASYNC110 (two sinks; no one event to wait on)
             await asyncio.sleep(0.02)

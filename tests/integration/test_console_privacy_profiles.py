@@ -34,7 +34,7 @@ async def send(
 
 
 async def inbox_has(data_dir: Any, fields: set[str]) -> None:
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(30):
         while True:
             try:
                 seen = {r[0] for r in query(data_dir, "SELECT field FROM privacy_inbox")}
@@ -149,7 +149,7 @@ async def test_the_profile_explorer_shows_what_the_workspace_s_sources_contribut
                 {"type": "identify", "userId": "user-9", "traits": {"x": 1}, "messageId": "b1"},
             )
             assert server.identity is not None
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(30):
                 await server.identity.wait_resolved(server.writer.last_seq)
             async with signed_in(server.url, "rob") as (client, _):
                 async with client.get("/console/w/acme/") as resp:

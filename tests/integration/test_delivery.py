@@ -74,11 +74,11 @@ async def send(
 
 async def recorded(lane: Lane, attempts: int) -> None:
     """Wait until the lane has recorded `attempts` attempts."""
-    async with asyncio.timeout(10), lane.stats.recorded:
+    async with asyncio.timeout(30), lane.stats.recorded:
         await lane.stats.recorded.wait_for(lambda: lane.stats.attempts >= attempts)
 
 
-async def delivered(lane: Lane, count: int, timeout_s: float = 10) -> None:
+async def delivered(lane: Lane, count: int, timeout_s: float = 30) -> None:
     """Wait until the lane has recorded `count` deliveries."""
     async with asyncio.timeout(timeout_s), lane.stats.recorded:
         await lane.stats.recorded.wait_for(lambda: lane.stats.delivered >= count)

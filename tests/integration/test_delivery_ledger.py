@@ -73,7 +73,7 @@ async def test_an_open_circuit_still_gives_up_after_the_retry_window(
                 clock.advance(3)
                 await asyncio.sleep(0.02)
             dead = "SELECT count(*) FROM deliveries WHERE state = 'dead'"
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(30):
                 while query(data_dir, dead) != [(100,)]:
                     clock.advance(3)
                     await asyncio.sleep(0.02)

@@ -193,7 +193,7 @@ def now_at(plus_s: float = 0) -> str:
     return format_ms(now_ms() + round(plus_s * 1000))
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 5.0) -> Any:
+async def eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 30) -> Any:
     """What `check` returns once it is truthy: JetStream applies acks and hands messages back
     asynchronously (SQLite at once)."""
     deadline = time.monotonic() + timeout_s

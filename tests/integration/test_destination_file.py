@@ -56,7 +56,7 @@ def names(directory: Path) -> list[str]:
     return sorted(entry.name for entry in directory.iterdir())
 
 
-async def upkept(server: Running, condition: Callable[[], bool], timeout_s: float = 10) -> None:
+async def upkept(server: Running, condition: Callable[[], bool], timeout_s: float = 30) -> None:
     """Wait until the files are as `condition` wants them after a round of the destination's
     upkeep (rotation by age, compression, pruning: background work)."""
     sender = server.delivery.senders["events"]

@@ -47,7 +47,7 @@ async def subscriber(
 
 async def receive(client: aiomqtt.Client, count: int) -> list[aiomqtt.Message]:
     received: list[aiomqtt.Message] = []
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(30):
         async for message in client.messages:
             received.append(message)
             if len(received) == count:

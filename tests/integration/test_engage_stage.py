@@ -181,7 +181,7 @@ async def test_a_forgotten_profile_is_forgotten_by_engage(
         assert engage_db(data_dir, "SELECT count(*) FROM engage_values") == [(0,)]
 
 
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = 10) -> None:
+async def wait_until(predicate: Callable[[], bool], timeout_s: float = 30) -> None:
     async with asyncio.timeout(timeout_s):
         while not predicate():  # noqa: ASYNC110 (another process's files: nothing to await)
             await asyncio.sleep(0.05)

@@ -100,7 +100,7 @@ async def test_a_commit_wakes_it_and_retention_keeps_what_it_has_not_passed(
     waiting = asyncio.create_task(reader.wait(stop, poll_s=30))
     await asyncio.sleep(0)
     await append(writer, "m1", "m2")
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(30):
         await waiting
     assert await writer.transact(oldest_needed_seq) == 1
     await reader.advance(2)

@@ -231,7 +231,7 @@ async def test_a_source_blocks_the_red_fields_of_its_inventory(
     assert stored["m1d"]["payment"] == CARD  # another source without the control
 
 
-async def _until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+async def _until(condition: Callable[[], bool], timeout_s: float = 30) -> None:
     """Poll: the change comes from another process's write, read on the daemon's next pass."""
     async with asyncio.timeout(timeout_s):
         while not condition():  # noqa: ASYNC110 - no event to wait on

@@ -50,7 +50,7 @@ async def send(http: aiohttp.ClientSession, server: Running, *messages: dict[str
 async def resolved(server: Running) -> None:
     identity = server.identity
     assert identity is not None
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(30):
         await identity.wait_resolved(server.writer.last_seq)
 
 
