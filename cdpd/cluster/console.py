@@ -11,6 +11,8 @@ backend, read from the cluster, so that any node answers the same.
 * People and sessions live in buckets (`cdpd.cluster.console_state`).
 * The Privacy page reads and classifies through the node's privacy store (the
   `CDPD_inventory` and `CDPD_inbox` buckets), paging in Python over their listing.
+* A warehouse's *sync now* asks the holder of its lease to sync at once and waits for the
+  report (`cdpd.cluster.warehouse_sync`).
 * The Profiles and Audiences pages read where the node's Profile API reads
   (`cdpd.cluster.console_profiles`): the live stores on the profiles lease holder, the newest
   snapshot elsewhere.

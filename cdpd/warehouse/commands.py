@@ -71,12 +71,14 @@ def _sync(cfg: Config, name: str) -> int:
 
 def _sync_on_cluster(cfg: Config, warehouse: Warehouse) -> int:
     """Asked of the node holding the warehouse's lease, which prints the same report."""
-    from cdpd.cluster.connect import ClusterUnreachable  # the NATS client, only when needed
+    from nats.errors import Error as NatsError  # the NATS client, only when needed
+
+    from cdpd.cluster.connect import ClusterUnreachable
     from cdpd.cluster.warehouse_sync import SyncUnavailable, ask_cluster, describe
 
     try:
         answer = asyncio.run(ask_cluster(cfg, warehouse.name, CLUSTER_WAIT_S))
-    except (ClusterUnreachable, SyncUnavailable) as exc:
+    except (ClusterUnreachable, SyncUnavailable, NatsError) as exc:
         print(f"cdpd: {warehouse.name}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     if answer.report is None:
