@@ -198,7 +198,8 @@ class WarehouseLeader:
     async def _lead(self, stop: asyncio.Event, should_stop: Callable[[], bool]) -> None:
         async with asyncio.TaskGroup() as answers, self._answering(answers, should_stop):
             while not should_stop():
-                await self._sync(should_stop)
+                async with self._syncing:
+                    await self._sync(should_stop)
                 waited_s = 0.0
                 while waited_s < self.warehouse.interval_s and not should_stop():
                     step_s = min(RENEW_EVERY_S, self.warehouse.interval_s - waited_s)
@@ -206,15 +207,15 @@ class WarehouseLeader:
                     waited_s += step_s
 
     async def _sync(self, should_stop: Callable[[], bool]) -> SyncReport:
-        async with self._syncing:
-            report = await sync(
-                self._config,
-                self.warehouse,
-                self._js,
-                self._layout,
-                should_stop,
-                self._inventory.classes,
-            )
+        """One sync; its caller holds `_syncing`."""
+        report = await sync(
+            self._config,
+            self.warehouse,
+            self._js,
+            self._layout,
+            should_stop,
+            self._inventory.classes,
+        )
         self.reports.append(report)
         return report
 
@@ -255,9 +256,10 @@ class WarehouseLeader:
         if self._syncing.locked():
             await self._tell(msg.reply, SyncAnswer(state=ALREADY_SYNCING, node=node))
             return
-        await self._tell(msg.reply, SyncAnswer(state=STARTED, node=node))
-        log.info("warehouse_sync_asked", warehouse=self.warehouse.name)
-        report = await self._sync(should_stop)
+        async with self._syncing:  # taken before any await: the next request finds it taken
+            await self._tell(msg.reply, SyncAnswer(state=STARTED, node=node))
+            log.info("warehouse_sync_asked", warehouse=self.warehouse.name)
+            report = await self._sync(should_stop)
         await self._tell(msg.reply, SyncAnswer(state=SYNCED, node=node, report=report))
 
     async def _tell(self, reply: str, answer: SyncAnswer) -> None:
