@@ -11,6 +11,8 @@ backend, read from the cluster, so that any node answers the same.
 * People and sessions live in buckets (`cdpd.cluster.console_state`).
 * The Privacy page reads and classifies through the node's privacy store (the
   `CDPD_inventory` and `CDPD_inbox` buckets), paging in Python over their listing.
+* A warehouse's *sync now* asks the holder of its lease to sync at once and waits for the
+  report (`cdpd.cluster.warehouse_sync`).
 * The Profiles and Audiences pages read where the node's Profile API reads
   (`cdpd.cluster.console_profiles`): the live stores on the profiles lease holder, the newest
   snapshot elsewhere.
@@ -43,6 +45,7 @@ from cdpd.cluster.delivery import delivery_store
 from cdpd.cluster.layout import DESTINATION, SOURCE, Layout, row_of
 from cdpd.cluster.store import JetStreamDeliveryStore
 from cdpd.cluster.warehouse import lease_key
+from cdpd.cluster.warehouse_sync import SyncUnavailable, WarehouseSyncs, describe
 from cdpd.config import Config, Destination
 from cdpd.console import overview, seams
 from cdpd.console.privacy_data import ListedPrivacy
@@ -52,9 +55,8 @@ from cdpd.console.seams import (
     PrivacyData,
     ProfileStores,
     SourceFigures,
-    Unavailable,
 )
-from cdpd.console.web import Console, Parts
+from cdpd.console.web import Console, Parts, Refused
 from cdpd.delivery.report import DeadDelivery
 from cdpd.governance.store import SchemaField, ViolationSummary
 from cdpd.model.rows import OutboxRow
@@ -72,6 +74,7 @@ UNAVAILABLE = {
     " (and conf.d) on every node, then reload them (SIGHUP, `systemctl reload cdpd`)",
 }
 VIOLATION_GROUP = ("source", "type", "event", "violation_type", "field", "description")
+SYNC_WAIT_S = 30.0  # how long the page waits for the holder's report of a sync asked from it
 NOT_KEPT = "Counts per interval are not kept on the JetStream backend; '–' marks them."
 
 
@@ -134,6 +137,7 @@ class ClusterData:
     store: JetStreamDeliveryStore
     privacy: PrivacyData
     profiles: ProfileStores
+    syncs: WarehouseSyncs  # asks the lease holders to sync now
 
     @property
     def unavailable(self) -> Mapping[str, str]:
@@ -231,11 +235,13 @@ class ClusterData:
             return ""
         return (entry.value or b"").decode()
 
+    @cluster_answers
     async def sync_now(self, warehouse: str) -> str:
-        raise Unavailable(
-            "on the JetStream backend the node holding the warehouse's lease syncs it every"
-            " interval_s; `cdpd warehouse sync` is not run from the console"
-        )
+        try:
+            answer = await self.syncs.ask(warehouse, SYNC_WAIT_S)
+        except SyncUnavailable as exc:
+            raise Refused(503, f"Not synced: {exc}.") from None
+        return describe(answer, SYNC_WAIT_S)
 
     async def _newest_dead(self, destination: str) -> list[DeadDelivery]:
         """The destination's newest dead letters among the dead stream's last DEAD_COUNTED
@@ -342,6 +348,7 @@ async def console_stage(parts: NodeParts) -> AsyncIterator[ConsoleStage]:
                 delivery_store(parts.config, parts.js, parts.clock),
                 ListedPrivacy(parts.portal()),
                 NodeProfileStores(config, parts.profiles),
+                WarehouseSyncs(parts.client, parts.js, parts.layout),
             ),
             closing=parts.closing,
         )

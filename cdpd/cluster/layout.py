@@ -144,6 +144,10 @@ class Layout(msgspec.Struct, frozen=True):
     def profile_commands_subject(self) -> str:
         return f"{self.prefix}.cmd.profiles"
 
+    def warehouse_sync_subject(self, warehouse: str) -> str:
+        """Core NATS, no stream: a request to the warehouse's lease holder to sync it now."""
+        return f"{self.prefix}.sync.{token(warehouse)}"
+
     @property
     def outcomes_bucket(self) -> str:
         """What the profiles lease holder made of each command, by command id."""
@@ -205,6 +209,11 @@ class Layout(msgspec.Struct, frozen=True):
     def replay_consumer(self, destination: str, job_id: int) -> str:
         """A replay job's own durable consumer, beside the destination's live one."""
         return f"replay_{token(destination)}_{job_id}"
+
+
+def warehouse_lease_key(warehouse: str) -> str:
+    """The warehouse's key in the leases bucket."""
+    return f"warehouse.{warehouse}"
 
 
 def dedup_id(row: OutboxRow, *, by_source: bool) -> str:

@@ -13,6 +13,7 @@ lost its lease.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -21,12 +22,17 @@ from typing import TYPE_CHECKING
 
 import msgspec
 import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
 from cdpd.clock import Clock
-from cdpd.cluster.layout import DESTINATION, LOADED_IN, Layout, names_in
+from cdpd.cluster.layout import DESTINATION, LOADED_IN, Layout, names_in, warehouse_lease_key
 from cdpd.cluster.lease import RENEW_EVERY_S, Lease, lead
 from cdpd.cluster.ordered import read_range
+from cdpd.cluster.warehouse_sync import ALREADY_SYNCING, STARTED, SYNCED, SyncAnswer
+from cdpd.cluster.warehouse_sync import encode as encode_answer
 from cdpd.config import Config, Warehouse
 from cdpd.model.rows import OutboxRow
 from cdpd.privacy.controls import Inventory, PathControls
@@ -49,7 +55,7 @@ _decoder = msgspec.json.Decoder()
 
 
 def lease_key(warehouse: str) -> str:
-    return f"warehouse.{warehouse}"
+    return warehouse_lease_key(warehouse)
 
 
 async def read_after(
@@ -161,7 +167,8 @@ async def sync(
 
 class WarehouseLeader:
     """One warehouse on one node: wait for its lease, then sync every `interval_s` while the
-    lease is held. A service for `cdpd.supervise` (`run(stop)`)."""
+    lease is held, and whenever a node asks (`cdpd.cluster.warehouse_sync`); one sync at a
+    time. A service for `cdpd.supervise` (`run(stop)`)."""
 
     def __init__(
         self,
@@ -172,6 +179,7 @@ class WarehouseLeader:
         lease: Lease,
         clock: Clock,
         inventory: Inventory | None = None,
+        client: Client | None = None,  # with it, the leader answers requests to sync now
     ) -> None:
         self._config = config
         self._inventory = inventory or Inventory()  # the node's, following the cluster's
@@ -180,27 +188,88 @@ class WarehouseLeader:
         self._layout = layout
         self.lease = lease
         self._clock = clock
+        self._client = client
+        self._syncing = asyncio.Lock()
         self.reports: list[SyncReport] = []
 
     async def run(self, stop: asyncio.Event) -> None:
         await lead(self.lease, self._clock, stop, functools.partial(self._lead, stop))
 
     async def _lead(self, stop: asyncio.Event, should_stop: Callable[[], bool]) -> None:
-        while not should_stop():
-            report = await sync(
-                self._config,
-                self.warehouse,
-                self._js,
-                self._layout,
-                should_stop,
-                self._inventory.classes,
+        async with asyncio.TaskGroup() as answers, self._answering(answers, should_stop):
+            while not should_stop():
+                async with self._syncing:
+                    await self._sync(should_stop)
+                waited_s = 0.0
+                while waited_s < self.warehouse.interval_s and not should_stop():
+                    step_s = min(RENEW_EVERY_S, self.warehouse.interval_s - waited_s)
+                    await self._clock.wait(stop, step_s)
+                    waited_s += step_s
+
+    async def _sync(self, should_stop: Callable[[], bool]) -> SyncReport:
+        """One sync; its caller holds `_syncing`."""
+        report = await sync(
+            self._config,
+            self.warehouse,
+            self._js,
+            self._layout,
+            should_stop,
+            self._inventory.classes,
+        )
+        self.reports.append(report)
+        return report
+
+    @asynccontextmanager
+    async def _answering(
+        self, answers: asyncio.TaskGroup, should_stop: Callable[[], bool]
+    ) -> AsyncIterator[None]:
+        """While the block runs, requests to sync now are answered, each in a task of
+        `answers` (so a request during a sync finds it running)."""
+        if self._client is None:
+            yield
+            return
+
+        async def asked(msg: Msg) -> None:
+            answers.create_task(self._answer(msg, should_stop))
+
+        subject = self._layout.warehouse_sync_subject(self.warehouse.name)
+        requests = await self._client.subscribe(subject, cb=asked)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(NatsError):  # a closed connection listens to nothing
+                await requests.unsubscribe()
+
+    async def _answer(self, msg: Msg, should_stop: Callable[[], bool]) -> None:
+        """Sync now if this node still holds the lease (read back from the cluster) and no
+        sync runs; a node that lost it stays silent, leaving the answer to the holder."""
+        try:
+            holding = await self.lease.confirmed()
+        except (NatsError, TimeoutError) as exc:
+            log.warning(
+                "warehouse_sync_not_answered", warehouse=self.warehouse.name, error=repr(exc)
             )
-            self.reports.append(report)
-            waited_s = 0.0
-            while waited_s < self.warehouse.interval_s and not should_stop():
-                step_s = min(RENEW_EVERY_S, self.warehouse.interval_s - waited_s)
-                await self._clock.wait(stop, step_s)
-                waited_s += step_s
+            return
+        if not msg.reply or should_stop() or not holding:
+            return
+        node = self.lease.holder
+        if self._syncing.locked():
+            await self._tell(msg.reply, SyncAnswer(state=ALREADY_SYNCING, node=node))
+            return
+        async with self._syncing:  # taken before any await: the next request finds it taken
+            await self._tell(msg.reply, SyncAnswer(state=STARTED, node=node))
+            log.info("warehouse_sync_asked", warehouse=self.warehouse.name)
+            report = await self._sync(should_stop)
+        await self._tell(msg.reply, SyncAnswer(state=SYNCED, node=node, report=report))
+
+    async def _tell(self, reply: str, answer: SyncAnswer) -> None:
+        assert self._client is not None
+        try:
+            await self._client.publish(reply, encode_answer(answer))
+        except NatsError as exc:  # the asker waits no longer than its bound anyway
+            log.warning(
+                "warehouse_sync_answer_lost", warehouse=self.warehouse.name, error=repr(exc)
+            )
 
 
 @asynccontextmanager
@@ -217,6 +286,7 @@ async def warehouses_stage(parts: NodeParts) -> AsyncIterator[list[WarehouseLead
             Lease(kv, lease_key(warehouse.name), parts.node_name),
             parts.clock,
             parts.privacy.inventory,
+            parts.client,
         )
         for warehouse in parts.config.warehouses
     ]

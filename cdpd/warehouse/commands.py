@@ -1,6 +1,7 @@
 """`cdpd warehouse sync NAME`, `status` and `rewind NAME`: their arguments and their output.
 
-cli.py hands these over; the work happens in loader and the sinks.
+cli.py hands these over; the work happens in loader and the sinks (on the JetStream backend,
+a sync is asked of the node holding the warehouse's lease: `cdpd.cluster.warehouse_sync`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from cdpd.warehouse.sinks import open_sink, target
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 RECENT_SYNCS = 5
+CLUSTER_WAIT_S = 600.0  # for the lease holder's report; the sync goes on past it
 
 
 def add_parser(
@@ -60,9 +62,30 @@ def _sync(cfg: Config, name: str) -> int:
         known = ", ".join(w.name for w in cfg.warehouses) or "none"
         print(f"cdpd: no warehouse is named {name!r} (known: {known})", file=sys.stderr)
         return EXIT_USAGE
+    if cfg.storage.backend == "jetstream":
+        return _sync_on_cluster(cfg, warehouse)
     report = asyncio.run(loader.sync(cfg, warehouse))
     print(_format_report(report, target(cfg, warehouse)))
     return EXIT_OK if report.status == "success" else EXIT_FAILURE
+
+
+def _sync_on_cluster(cfg: Config, warehouse: Warehouse) -> int:
+    """Asked of the node holding the warehouse's lease, which prints the same report."""
+    from nats.errors import Error as NatsError  # the NATS client, only when needed
+
+    from cdpd.cluster.connect import ClusterUnreachable
+    from cdpd.cluster.warehouse_sync import SyncUnavailable, ask_cluster, describe
+
+    try:
+        answer = asyncio.run(ask_cluster(cfg, warehouse.name, CLUSTER_WAIT_S))
+    except (ClusterUnreachable, SyncUnavailable, NatsError) as exc:
+        print(f"cdpd: {warehouse.name}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if answer.report is None:
+        print(f"cdpd: {warehouse.name}: {describe(answer, CLUSTER_WAIT_S)}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(_format_report(answer.report, f"{target(cfg, warehouse)}, by node {answer.node}"))
+    return EXIT_OK if answer.report.status == "success" else EXIT_FAILURE
 
 
 class RewindRefused(Exception):

@@ -24,6 +24,7 @@ from yarl import URL
 from cdpd import cli
 from cdpd.cluster.node import Node, running_node
 from cdpd.cluster.profiles import ProfilesLeader
+from cdpd.cluster.warehouse import WarehouseLeader
 from cdpd.config import Config
 from tests.cluster_support import (
     empty_postgres_warehouse,
@@ -436,10 +437,15 @@ async def test_cdpd_users_adds_a_person_every_node_knows(
         assert a.url
 
 
-async def test_the_warehouse_page_shows_the_lease_holder_and_the_syncs(
-    tmp_path: Path, js_cluster: JetStreamCluster, sink: Sink, postgres_test_dsn: str
+async def test_the_warehouse_page_shows_the_lease_holder_and_the_syncs_and_syncs_now(
+    tmp_path: Path,
+    js_cluster: JetStreamCluster,
+    sink: Sink,
+    postgres_test_dsn: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     warehouse = (await empty_postgres_warehouse(postgres_test_dsn)).toml  # whatever ran before
+    warehouse = warehouse.replace("interval_s = 0.2", "interval_s = 3600")  # loads: asked ones
 
     def config(name: str) -> Config:
         text = jetstream_text(tmp_path / name, js_cluster.urls, workspaces_toml(sink.url))
@@ -448,27 +454,49 @@ async def test_the_warehouse_page_shows_the_lease_holder_and_the_syncs(
         )
         return jetstream_config(tmp_path / f"{name}.toml", text + warehouse)
 
-    async with (
-        running_node(config("a"), node_name="a") as a,
-        running_node(config("b"), node_name="b") as b,
-    ):
-        await add_cluster_person(a.config, "ada", {"acme": "member"})
-        await asyncio.to_thread(_send_with_the_official_client, a, WRITE_KEY, ["Order Completed"])
-        async with signed_in(b.url, "ada") as (client, csrf):
-            page = "/console/w/acme/warehouses/wh"
-
-            async def synced() -> bool:
+    async with running_node(config("a"), node_name="a") as a:
+        leaders = a.stages["warehouses"]
+        assert isinstance(leaders, list)
+        holder: WarehouseLeader = leaders[0]
+        await until(lambda: _first_sync(holder))  # a holds the lease, and synced at once
+        async with running_node(config("b"), node_name="b") as b:
+            await add_cluster_person(a.config, "ada", {"acme": "member"})
+            await asyncio.to_thread(_send_with_the_official_client, b, WRITE_KEY, ["Order"])
+            async with signed_in(b.url, "ada") as (client, csrf):
+                page = "/console/w/acme/warehouses/wh"
                 async with client.get(page) as resp:
                     text = await resp.text()
-                return '<td>success</td><td class="num">1</td>' in text  # the message, loaded
+                assert "<strong data-holder>a</strong>" in text, text
+                assert '<td>success</td><td class="num">1</td>' not in text  # an hour away
+                form = {"csrf": csrf}
+                origin = {"Origin": b.url}
+                async with client.post(page + "/sync", data=form, headers=origin) as resp:
+                    assert resp.status == 200  # the page, after the redirect
+                    text = await resp.text()
+                assert "sync success: 1 messages (node a)" in text, text  # the notice
+                assert '<td>success</td><td class="num">1</td>' in text  # the sync, listed
+                assert [r.messages for r in holder.reports] == [0, 1]  # a loaded, asked by b
+                async with (
+                    holder._syncing,  # a sync running on a, as far as a can tell
+                    client.post(page + "/sync", data=form, headers=origin) as resp,
+                ):
+                    text = await resp.text()
+                assert "a sync is already running on node a" in text, text
+                assert len(holder.reports) == 2  # not queued: never two syncs at once
+                assert await _status(client, "get", "/console/w/globex/warehouses/wh") == 404
+            assert await _cli_sync(tmp_path / "b.toml") == 0
+            assert "success, 0 messages loaded" in capsys.readouterr().out
+            assert len(holder.reports) == 3
+    assert await _cli_sync(tmp_path / "b.toml") == 1
+    assert "no node holds the lease of warehouse wh" in capsys.readouterr().err
 
-            await until(synced)
-            async with client.get(page) as resp:
-                text = await resp.text()
-            assert re.search(r"<strong data-holder>[ab]</strong>", text), text
-            sync = page + "/sync"
-            assert await _status(client, "post", sync, csrf, b.url) == 409
-            assert await _status(client, "get", "/console/w/globex/warehouses/wh") == 404
+
+async def _cli_sync(config: Path) -> int:
+    return await asyncio.to_thread(cli.main, ["warehouse", "sync", "wh", "--config", str(config)])
+
+
+async def _first_sync(leader: WarehouseLeader) -> bool:
+    return bool(leader.reports)
 
 
 async def test_a_page_says_so_when_the_cluster_does_not_answer(
