@@ -20,7 +20,9 @@ from cdpd.cluster.layout import Layout
 
 FETCH_MAX = 256
 FETCH_TIMEOUT_S = 0.5
-FIRST_WINDOW = 1024  # `newest` reads this many sequences back first, twice as many each time
+# `newest` reads `count` sequences back first (at least FIRST_WINDOW), then twice as many each
+# time up to LAST_WINDOW: most often every message is kept, and a rare one costs few reads.
+FIRST_WINDOW = 128
 LAST_WINDOW = 16_384
 
 
@@ -94,9 +96,10 @@ async def newest(
 ) -> list[Msg]:
     """The last `count` messages of `subject` between two sequences that `keep` keeps, oldest
     first. A consumer cannot read backwards: windows of sequences are read from the end back,
-    each twice as long as the one before (up to LAST_WINDOW), each a bounded `browse`."""
+    the first `count` long, each twice as long as the one before (up to LAST_WINDOW), each a
+    bounded `browse`."""
     found: list[Msg] = []
-    end, window = last_seq, FIRST_WINDOW
+    end, window = last_seq, max(count, FIRST_WINDOW)
     while count and end >= max(first_seq, 1) and len(found) < count:
         start = max(first_seq, end - window + 1, 1)
         batch = await browse(js, stream, subject, end - start + 1, from_seq=start, up_to_seq=end)
