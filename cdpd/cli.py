@@ -52,6 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "outbox":
         return _outbox(cfg, args)
     if command == "rejects":
+        if cfg.storage.backend == "jetstream":
+            from cdpd.cluster import outbox_cli
+
+            return outbox_cli.rejects(cfg, args)
         return outbox_commands_cli.rejects(cfg, args)
     if command == "deliveries":
         return _deliveries(cfg, args)
@@ -223,6 +227,10 @@ def _check_cluster(cfg: config.Config, path: str) -> int:
 def _outbox(cfg: config.Config, args: argparse.Namespace) -> int:
     if args.outbox_command == "import":
         return outbox_commands_cli.import_(cfg, args)
+    if cfg.storage.backend == "jetstream" and args.outbox_command in {"stats", "tail"}:
+        from cdpd.cluster import outbox_cli
+
+        return outbox_cli.outbox(cfg, args)
     path = cfg.storage.outbox_path
     if not path.exists():
         print(f"cdpd: there is no outbox at {path} yet", file=sys.stderr)

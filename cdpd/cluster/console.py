@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 from aiohttp import web
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -38,7 +37,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from cdpd.cluster import dead, operations
-from cdpd.cluster.browse import browse
+from cdpd.cluster.browse import aux_records, browse
 from cdpd.cluster.console_profiles import NodeProfileStores
 from cdpd.cluster.console_state import KvState, cluster_answers, sessions_bucket
 from cdpd.cluster.delivery import delivery_store
@@ -262,9 +261,8 @@ class ClusterData:
         ]
 
     async def _aux(self, table: str, since: datetime) -> list[dict[str, Any]]:
-        subject = self.layout.aux_subject(table)
-        found = await browse(self.js, self.layout.aux_stream, subject, AUX_READ, since=since)
-        return [_record(m.data) for m in found]
+        found = await aux_records(self.js, self.layout, table, AUX_READ, since=since)
+        return [record for _, record in found]
 
     async def _by_reason(
         self, table: str, sources: list[str], window: str
@@ -306,14 +304,6 @@ def summarize(rows: Iterable[dict[str, Any]]) -> list[ViolationSummary]:
         for (source, type_, event, violation_type, field, description), members in groups.items()
     ]
     return sorted(found, key=lambda v: (-v.count, v.source, v.event or "", v.field))
-
-
-def _record(data: bytes) -> dict[str, Any]:
-    try:
-        found = msgspec.json.decode(data)
-    except msgspec.DecodeError:
-        return {}
-    return found if isinstance(found, dict) else {}
 
 
 def _since(at_ms: int) -> datetime:

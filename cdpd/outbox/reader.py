@@ -156,11 +156,11 @@ def _stored_message(row: Any) -> StoredMessage:
         user_id=user_id,
         anonymous_id=anonymous_id,
         received_at=received_at,
-        payload=_payload(payload),
+        payload=stored_payload(payload),
     )
 
 
-def _payload(text: str) -> Any:
+def stored_payload(text: str) -> Any:
     """The stored JSON, decoded; as it is stored when it cannot be (a number out of range that
     an older cdpd accepted): it is still JSON, which encoding the message copies."""
     try:
