@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -211,3 +212,20 @@ async def loaded_ids(warehouse: WarehouseProbe, wanted: set[str]) -> list[str]:
             break
         await asyncio.sleep(0.1)
     return ids
+
+
+def assert_one_limit(arrivals: list[float], per_s: int) -> None:
+    """Requests that arrived at these wall-clock times were let go by one limit of `per_s` a
+    second shared by every node (windows are whole seconds), not one per node.
+
+    A request may arrive seconds after the window that let it go on a busy machine, so one
+    second may hold more than `per_s`; but arrivals only lag their windows, so by the end of
+    each second no more can have arrived than `per_s` per window since the first (counted
+    from the second before the first arrival, which may have lagged too). With a limit per
+    node, two nodes would pass 4 times `per_s` by the end of the second second, against 3 times."""
+    per_second = Counter(int(at) for at in arrivals)
+    first = min(per_second)
+    arrived = 0
+    for second in range(first, max(per_second) + 1):
+        arrived += per_second[second]
+        assert arrived <= per_s * (second - first + 2), per_second
