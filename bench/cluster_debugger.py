@@ -16,14 +16,17 @@ import asyncio
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+
+from stream_backlog import publish_rows  # noqa: E402
 
 from cdpd.cluster import connect  # noqa: E402
 from cdpd.cluster.console import SKIP_AHEAD, StreamFeed  # noqa: E402
-from cdpd.cluster.layout import Layout, headers_of  # noqa: E402
+from cdpd.cluster.layout import Layout  # noqa: E402
 from cdpd.config import JetStreamConfig  # noqa: E402
 from cdpd.model.rows import OutboxRow  # noqa: E402
 from tests.jetstream_cluster import jetstream_cluster  # noqa: E402
@@ -32,21 +35,12 @@ PAYLOAD = '{"type":"track","event":"Order Completed","properties":{"x":"' + "x" 
 CAPACITY = 500
 
 
-async def publish(js: object, layout: Layout, count: int) -> None:
-    for start in range(0, count, 500):
-        acks = []
-        for n in range(start, min(count, start + 500)):
-            source = "web" if n % 2 == 0 else "backend"
-            row = OutboxRow(f"m{n}", source, "track", "Order Completed", f"u{n % 97}", None,
-                            "2026-12-07T00:00:00.000Z", PAYLOAD)  # fmt: skip
-            acks.append(
-                js.publish(  # type: ignore[attr-defined]
-                    layout.subject_for(row),
-                    PAYLOAD.encode(),
-                    headers=headers_of(row, by_source=True),
-                )
-            )
-        await asyncio.gather(*acks)
+def backlog(count: int) -> Iterator[OutboxRow]:
+    """Half of it from the watched source `web`."""
+    for n in range(count):
+        source = "web" if n % 2 == 0 else "backend"
+        yield OutboxRow(f"m{n}", source, "track", "Order Completed", f"u{n % 97}", None,
+                        "2026-12-07T00:00:00.000Z", PAYLOAD)  # fmt: skip
 
 
 async def measure(urls: list[str], count: int) -> tuple[int, float, float]:
@@ -56,7 +50,7 @@ async def measure(urls: list[str], count: int) -> tuple[int, float, float]:
     async with connect.connected(config) as client:
         js = client.jetstream()
         await connect.ensure(js, config, layout)
-        await publish(js, layout, count)
+        await publish_rows(js, layout, backlog(count), by_source=True)
         feed = StreamFeed(js, layout, "web", count)  # keep them all: count what was seen
         await feed.open(back=min(count, SKIP_AHEAD))
         read = min(count, SKIP_AHEAD)

@@ -23,10 +23,12 @@ import msgspec
 from aiohttp import web
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
+
+from stream_backlog import publish_rows  # noqa: E402
 
 from cdpd.cluster import connect  # noqa: E402
-from cdpd.cluster.layout import Layout, headers_of  # noqa: E402
+from cdpd.cluster.layout import Layout  # noqa: E402
 from cdpd.config import JetStreamConfig  # noqa: E402
 from cdpd.model.rows import OutboxRow  # noqa: E402
 from cdpd.model.timestamps import format_ms, now_ms  # noqa: E402
@@ -112,20 +114,15 @@ def stop_nodes(nodes: list[subprocess.Popen[bytes]]) -> None:
 
 async def publish(jetstream: JetStreamConfig, count: int, run: str) -> None:
     """`count` messages with ids unique to `run` (JetStream drops a repeated id in its window)."""
-    layout = Layout.of(jetstream)
-    payload = b'{"type":"track","event":"Bench","properties":{"n":1}}'
+    payload = '{"type":"track","event":"Bench","properties":{"n":1}}'
+    rows = (
+        OutboxRow(f"{run}-{n}", "website", "track", "Bench", f"u{n % 997}", None, at, payload)
+        for n in range(count)
+        for at in [format_ms(now_ms())]
+    )
     async with connect.connected(jetstream, name="bench") as client:
         js = client.jetstream()
-        for start in range(0, count, 1000):
-            for n in range(start, min(count, start + 1000)):
-                row = OutboxRow(
-                    f"{run}-{n}", "website", "track", "Bench", f"u{n % 997}", None,
-                    format_ms(now_ms()), payload.decode(),
-                )  # fmt: skip
-                await js.publish_async(
-                    layout.subject_for(row), payload, headers=headers_of(row, by_source=True)
-                )
-            await js.publish_async_completed()
+        await publish_rows(js, Layout.of(jetstream), rows, by_source=True, at_once=1000)
 
 
 async def run(args: argparse.Namespace) -> None:

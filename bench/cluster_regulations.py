@@ -34,9 +34,10 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from ingest import cpu_s  # noqa: E402 (bench/ingest.py: /proc helpers)
+from stream_backlog import publish_rows  # noqa: E402
 
 from cdpd.cluster import connect, erase  # noqa: E402
-from cdpd.cluster.layout import Layout, headers_of  # noqa: E402
+from cdpd.cluster.layout import Layout  # noqa: E402
 from cdpd.cluster.regulation_records import suppression_key  # noqa: E402
 from cdpd.cluster.regulations import ClusterRegulations  # noqa: E402
 from cdpd.cluster.suppression_feed import SuppressionFeed  # noqa: E402
@@ -45,8 +46,6 @@ from cdpd.model.rows import OutboxRow  # noqa: E402
 from cdpd.privacy.regulations_store import NewRegulation  # noqa: E402
 from cdpd.privacy.suppression import Suppressions  # noqa: E402
 from tests.jetstream_cluster import jetstream_cluster  # noqa: E402
-
-PUBLISH_AT_ONCE = 500
 
 
 def main() -> int:
@@ -81,21 +80,11 @@ async def run(args: argparse.Namespace) -> None:
 async def publish(js: nats.js.JetStreamContext, layout: Layout, count: int, per_user: int) -> None:
     started = time.perf_counter()
     body = "x" * 300
-    for start in range(0, count, PUBLISH_AT_ONCE):
-        rows = [
-            OutboxRow(f"m{n}", "web", "track", "Order", f"u{n // per_user}", None, "t", body)
-            for n in range(start, min(count, start + PUBLISH_AT_ONCE))
-        ]
-        await asyncio.gather(
-            *(
-                js.publish(
-                    layout.subject_for(r),
-                    r.payload.encode(),
-                    headers=headers_of(r, by_source=False),
-                )
-                for r in rows
-            )
-        )
+    rows = (
+        OutboxRow(f"m{n}", "web", "track", "Order", f"u{n // per_user}", None, "t", body)
+        for n in range(count)
+    )
+    await publish_rows(js, layout, rows, by_source=False)
     print(f"published {count:,} messages in {time.perf_counter() - started:.1f} s")
 
 

@@ -19,7 +19,7 @@ from cdpd.delivery.lane import LaneStats
 from cdpd.delivery.service import Delivery
 from cdpd.governance import store as governance_store
 from cdpd.identity.stage import IdentityError, IdentityStage
-from cdpd.ingest.errors import ApiError
+from cdpd.ingest.errors import ApiError, decoded_request
 from cdpd.metrics import CONTENT_TYPE, Metrics
 from cdpd.model.timestamps import format_ms, now_ms, parse_ms
 from cdpd.outbox import consumers
@@ -117,10 +117,7 @@ class Admin:
 
     async def replay(self, request: web.Request) -> web.Response:
         scope = await self._authorize(request, "member")
-        try:
-            asked = msgspec.json.decode(await request.read(), type=ReplayRequest)
-        except msgspec.MsgspecError as exc:
-            raise ApiError(400, "invalid_request", f"not a replay request: {exc}") from None
+        asked = decoded_request(await request.read(), ReplayRequest, "replay")
         destination = self._destination(asked.destination, scope)
         if not destination.enabled:
             raise ApiError(409, "destination_disabled", f"{destination.name} is disabled")
@@ -140,10 +137,7 @@ class Admin:
     async def retry(self, request: web.Request) -> web.Response:
         """Every waiting retry of a destination is due now (it is back, say)."""
         scope = await self._authorize(request, "member")
-        try:
-            asked = msgspec.json.decode(await request.read(), type=RetryRequest)
-        except msgspec.MsgspecError as exc:
-            raise ApiError(400, "invalid_request", f"not a retry request: {exc}") from None
+        asked = decoded_request(await request.read(), RetryRequest, "retry")
         destination = self._destination(asked.destination, scope)
         count = await self._delivery.store.retry_now(destination.name, format_ms(now_ms()))
         lane = self._delivery.lanes.get(destination.name)

@@ -20,7 +20,7 @@ from cdpd import config as cdpd_config
 from cdpd.cluster.layout import Layout, row_of
 from cdpd.model.rows import OutboxRow
 from cdpd.model.timestamps import format_ms, now_ms
-from tests.helpers import WRITE_KEY, WarehouseProbe, config_text
+from tests.helpers import WRITE_KEY, WarehouseProbe, audience_toml, config_text, engage_toml
 
 
 def outbox_row(message: dict[str, Any]) -> OutboxRow:
@@ -58,23 +58,8 @@ def jetstream_text(
 def profiles_toml(sink_url: str, audiences: dict[str, str]) -> str:
     """[identity], Engage and a webhook destination `crm` that each audience (key: query)
     sends its Track calls to."""
-    text = f"""
-[identity]
-space = "main"
-access_tokens = ["tok"]
-
-[engage]
-space_id = "main"
-
-[[destinations]]
-name = "crm"
-type = "webhook"
-url = "{sink_url}"
-"""
-    for key, query in audiences.items():
-        text += f'\n[[audiences]]\nkey = "{key}"\nquery = "{query}"\n'
-        text += '[[audiences.destinations]]\nname = "crm"\nsend_track = true\n'
-    return text
+    tracked = (audience_toml(key, query, send_track=True) for key, query in audiences.items())
+    return engage_toml(sink_url) + "".join(tracked)
 
 
 def jetstream_config(path: Path, text: str) -> cdpd_config.Config:

@@ -55,6 +55,33 @@ def config_text(data_dir: Path, extra: str = "", *, listen: str = "127.0.0.1:0")
     )
 
 
+def engage_toml(sink_url: str) -> str:
+    """[identity] (space `main`, access token `tok`), Engage, and a webhook destination `crm`
+    at `sink_url` for audiences to send to."""
+    return f"""
+[identity]
+space = "main"
+access_tokens = ["tok"]
+
+[engage]
+space_id = "main"
+
+[[destinations]]
+name = "crm"
+type = "webhook"
+url = "{sink_url}"
+"""
+
+
+def audience_toml(key: str, query: str, **sends: bool) -> str:
+    """An audience that sends to `crm`; `sends` says what (send_track=True, ...)."""
+    flags = "".join(f"{name} = {str(on).lower()}\n" for name, on in sends.items())
+    return (
+        f'\n[[audiences]]\nkey = "{key}"\nquery = "{query}"\n'
+        f'[[audiences.destinations]]\nname = "crm"\n{flags}'
+    )
+
+
 def config_file(tmp_path: Path, data_dir: Path, extra: str = "") -> Path:
     """Write a complete config (see `config_text`) to tmp_path/cdpd.toml and return its path."""
     path = tmp_path / "cdpd.toml"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import msgspec
 import structlog
 from aiohttp import web
 from nats.js import JetStreamContext
@@ -22,7 +21,7 @@ from cdpd.config import Config, Destination
 from cdpd.delivery import replay
 from cdpd.delivery.report import DestinationReport
 from cdpd.delivery.service import routing_rule
-from cdpd.ingest.errors import ApiError
+from cdpd.ingest.errors import ApiError, decoded_request
 
 log = structlog.get_logger()
 
@@ -70,10 +69,7 @@ class ClusterAdmin:
 
     async def replay(self, request: web.Request) -> web.Response:
         self._authorize(request)
-        try:
-            asked = msgspec.json.decode(await request.read(), type=ReplayRequest)
-        except msgspec.MsgspecError as exc:
-            raise ApiError(400, "invalid_request", f"not a replay request: {exc}") from None
+        asked = decoded_request(await request.read(), ReplayRequest, "replay")
         destination = self._destination(asked.destination)
         if not destination.enabled:
             raise ApiError(409, "destination_disabled", f"{destination.name} is disabled")
@@ -99,10 +95,7 @@ class ClusterAdmin:
 
     async def retry(self, request: web.Request) -> web.Response:
         self._authorize(request)
-        try:
-            asked = msgspec.json.decode(await request.read(), type=RetryRequest)
-        except msgspec.MsgspecError as exc:
-            raise ApiError(400, "invalid_request", f"not a retry request: {exc}") from None
+        asked = decoded_request(await request.read(), RetryRequest, "retry")
         destination = self._destination(asked.destination)
         node = self._delivery.node
         waiting = await operations.retry(self._delivery.store, self._js, destination, node)

@@ -40,7 +40,6 @@ from cdpd.cluster import dead, operations
 from cdpd.cluster.browse import aux_records, browse
 from cdpd.cluster.console_profiles import NodeProfileStores
 from cdpd.cluster.console_state import KvState, cluster_answers, sessions_bucket
-from cdpd.cluster.delivery import delivery_store
 from cdpd.cluster.layout import DESTINATION, SOURCE, Layout, row_of
 from cdpd.cluster.store import JetStreamDeliveryStore
 from cdpd.cluster.warehouse import lease_key
@@ -335,7 +334,7 @@ async def console_stage(parts: NodeParts) -> AsyncIterator[ConsoleStage]:
                 parts.js,
                 parts.layout,
                 parts.node_name,
-                delivery_store(parts.config, parts.js, parts.clock),
+                parts.delivery_store,
                 ListedPrivacy(parts.portal()),
                 NodeProfileStores(config, parts.profiles),
                 WarehouseSyncs(parts.client, parts.js, parts.layout),

@@ -52,6 +52,7 @@ class ClusterDelivery:
         observer: Callable[[str], Callable[[float], None]] | None = None,
         restarts: Restarts | None = None,
         privacy: Portal | None = None,
+        store: JetStreamDeliveryStore | None = None,  # a node's (NodeParts.delivery_store)
     ) -> None:
         self._config = config
         self._privacy = privacy  # its inventory follows the cluster's (privacy_stage.py)
@@ -64,7 +65,7 @@ class ClusterDelivery:
         self.restarts = restarts or Restarts()
         self.senders: dict[str, Destination] = {}
         self.lanes: dict[str, JetStreamLane] = {}
-        self.store = delivery_store(config, js, clock)
+        self.store = store or delivery_store(config, js, clock)
         self._drain_timeout_s = config.delivery.drain_timeout_s
 
     def in_flight(self, destination: str) -> int:

@@ -31,6 +31,7 @@ async def delivery_stage(parts: NodeParts) -> AsyncIterator[ClusterAdmin]:
             node=parts.node_name,
             restarts=parts.restarts,
             privacy=parts.privacy,
+            store=parts.delivery_store,
         )
         await delivery.start()
         admin = ClusterAdmin(parts.config, parts.js, delivery)

@@ -51,6 +51,7 @@ from cdpd.supervise import Restarts, supervise
 
 if TYPE_CHECKING:
     from cdpd.cluster.profile_reads import NodeProfiles
+    from cdpd.cluster.store import JetStreamDeliveryStore
 
 log = structlog.get_logger("cdpd.cluster")
 
@@ -68,7 +69,6 @@ class NodeParts:
     restarts: Restarts
     metrics: Metrics
     node_name: str
-    privacy: Portal  # ingest's: its inventory is the one every stage applies
     governance: Governance  # its suppressions are fed from the cluster
     appender: JetStreamAppender
     closing: Callable[[], bool] = lambda: False  # true once the node drains its requests
@@ -76,6 +76,19 @@ class NodeParts:
     privacy_store: PortalStore | None = None
     # What the Profile API reads, once the profiles stage (entered before the console) started.
     profiles: NodeProfiles | None = None
+
+    @property
+    def privacy(self) -> Portal:
+        """Ingest's privacy controls: their inventory is the one every stage applies."""
+        return self.governance.privacy
+
+    @functools.cached_property
+    def delivery_store(self) -> JetStreamDeliveryStore:
+        """The node's one delivery store: its lanes record through it, the console reads and
+        replays through it."""
+        from cdpd.cluster.delivery import delivery_store
+
+        return delivery_store(self.config, self.js, self.clock)
 
     def portal(self) -> PortalStore:
         if self.privacy_store is None:
@@ -148,9 +161,6 @@ async def running_node(
 ) -> AsyncIterator[Node]:
     """Serve `config` on the JetStream backend until the block exits. Raises StartupError (one
     line) when the data folder is held, a port cannot be bound or the cluster is unreachable."""
-    unported = ported.unported(config)
-    if unported:
-        raise startup.StartupError(unported[0])
     for note in ported.not_served(config):
         log.info("not_served", note=note)
     clock = clock or SystemClock()
@@ -174,7 +184,7 @@ async def running_node(
             async with asyncio.TaskGroup() as tasks, contextlib.AsyncExitStack() as held:
                 parts = NodeParts(
                     config, client, js, layout, tasks, clock, restarts, metrics, name,
-                    governance.privacy, governance, appender,
+                    governance, appender,
                     closing=lambda: drain.closing,
                 )  # fmt: skip
                 entered = {

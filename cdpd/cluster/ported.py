@@ -1,17 +1,9 @@
-"""Which parts of a config the JetStream backend runs yet. A config asking for a stage that is
-still single-node is refused (by `cdpd check-config` and at start), never half-served."""
+"""What a JetStream node leaves out of a config it runs (every stage runs on the cluster; what
+differs from the SQLite backend is said at `cdpd check-config` and at start)."""
 
 from __future__ import annotations
 
 from cdpd.config import Config
-
-SEE = "; see docs/scaling.md, 'What is still single-node'"
-
-
-def unported(config: Config) -> list[str]:
-    """One line per configured stage that does not run on the JetStream backend yet: none
-    today, every stage runs on a cluster (what differs is in `not_served`)."""
-    return []
 
 
 def not_served(config: Config) -> list[str]:

@@ -45,6 +45,7 @@ from cdpd.engage.state import (
     set_traits,
     timestamp_ms,
 )
+from cdpd.identity.store import SECURE_DELETE
 
 SCHEMA_VERSION = 3
 # A batch touches profiles all over the tables and their indexes: a cache that holds the hot
@@ -215,6 +216,7 @@ def create(conn: sqlite3.Connection, path: str) -> None:
     schema."""
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute(SECURE_DELETE)  # a forgotten profile's rows leave no bytes behind
     conn.execute("PRAGMA busy_timeout = 5000")
     conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
     conn.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES}")

@@ -40,6 +40,10 @@ from cdpd.model.timestamps import now_ms as _now_ms
 SCHEMA_VERSION = changes.VERSION
 CACHE_KIB = 64 * 1024
 CHECKPOINT_PAGES = 10_000
+# A regulation's deletion must not leave the user's rows in the file's free space: ON zeroes
+# what is deleted, pages freed whole included (FAST would leave those on the freelist). Many
+# builds (Debian's) default to ON; this says it for those that do not.
+SECURE_DELETE = "PRAGMA secure_delete = ON"
 SCHEMA = """
 CREATE TABLE profiles (
     profile_id       TEXT PRIMARY KEY,
@@ -151,6 +155,7 @@ def connect(path: Path) -> Iterator[sqlite3.Connection]:
         conn.execute("PRAGMA busy_timeout = 5000")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(SECURE_DELETE)
         # Batches touch pages all over the indexes: a larger cache, and checkpoints every
         # ~40 MB of WAL rather than every 4 MB, keep a commit from rereading and fsyncing them.
         conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")

@@ -13,7 +13,7 @@ import aiosqlite
 import msgspec
 from aiohttp import web
 
-from cdpd.ingest.errors import ApiError
+from cdpd.ingest.errors import ApiError, decoded_request
 from cdpd.model.timestamps import format_ms, now_ms, parse_ms
 from cdpd.outbox.writer import OutboxWriter
 from cdpd.privacy import store
@@ -100,10 +100,7 @@ class PrivacyEndpoints:
 
     async def classify(self, request: web.Request) -> web.Response:
         await self._authorize(request)
-        try:
-            asked = msgspec.json.decode(await request.read(), type=ClassifyRequest)
-        except msgspec.MsgspecError as exc:
-            raise ApiError(400, "invalid_request", f"not a classify request: {exc}") from None
+        asked = decoded_request(await request.read(), ClassifyRequest, "classify")
         problem = field_problem(asked.field)
         if problem is not None:
             raise ApiError(400, "invalid_field", problem)

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from cdpd.config import Config
 from cdpd.ingest.body import read_limited
-from cdpd.ingest.errors import ApiError
+from cdpd.ingest.errors import ApiError, decoded_request
 from cdpd.model.timestamps import format_ms, now_ms
 from cdpd.outbox.writer import OutboxWriter
 from cdpd.privacy import deletion, regulations_store
@@ -56,10 +56,7 @@ def new_regulation(
 
 
 def decode_request(body: bytes) -> RegulationRequest:
-    try:
-        return msgspec.json.decode(body, type=RegulationRequest)
-    except msgspec.MsgspecError as exc:
-        raise ApiError(400, "invalid_request", f"not a regulation request: {exc}") from None
+    return decoded_request(body, RegulationRequest, "regulation")
 
 
 class RegulationBook(Protocol):

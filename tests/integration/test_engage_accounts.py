@@ -15,6 +15,7 @@ from cdpd import cli
 from cdpd import config as cdpd_config
 from cdpd.app import running
 from cdpd.engage.messages import computation_id
+from tests.helpers import audience_toml, engage_toml
 from tests.integration.test_engage_stage import engage_messages, send
 from tests.sink import Sink
 
@@ -22,28 +23,14 @@ MakeConfig = Callable[..., cdpd_config.Config]
 
 
 def accounts_config(url: str, *, send_track: bool = False) -> str:
-    return f"""
-[identity]
-space = "main"
-access_tokens = ["tok"]
-
-[engage]
-space_id = "main"
-
-[[destinations]]
-name = "crm"
-type = "webhook"
-url = "{url}"
-
-[[audiences]]
-key = "pro_accounts"
-query = "ANY trait('plan') = 'pro'"
-[[audiences.destinations]]
-name = "crm"
-send_group = true
-send_identify = true
-send_track = {"true" if send_track else "false"}
-"""
+    pro = audience_toml(
+        "pro_accounts",
+        "ANY trait('plan') = 'pro'",
+        send_group=True,
+        send_identify=True,
+        send_track=send_track,
+    )
+    return engage_toml(url) + pro
 
 
 PERSONAS = {

@@ -18,38 +18,28 @@ from cdpd import cli
 from cdpd import config as cdpd_config
 from cdpd.app import Running, running
 from cdpd.engage.messages import computation_id
-from tests.helpers import WRITE_KEY, FakeClock, query
+from tests.helpers import WRITE_KEY, FakeClock, audience_toml, engage_toml, query
 from tests.sink import Sink
 
 MakeConfig = Callable[..., cdpd_config.Config]
 
 
 def engage_config(url: str) -> str:
-    return f"""
-[identity]
-space = "main"
-access_tokens = ["tok"]
-
-[engage]
-space_id = "main"
-
-[[destinations]]
-name = "crm"
-type = "webhook"
-url = "{url}"
-
-[[audiences]]
-key = "repeat_buyers"
-query = "event('Order Completed').within(1 hours).count() >= 2"
-[[audiences.destinations]]
-name = "crm"
-send_identify = true
-send_track = true
-
+    repeat = audience_toml(
+        "repeat_buyers",
+        "event('Order Completed').within(1 hours).count() >= 2",
+        send_identify=True,
+        send_track=True,
+    )
+    return (
+        engage_toml(url)
+        + repeat
+        + """
 [[computed_traits]]
 key = "orders"
 query = "event('Order Completed').within(1 hours).count()"
 """
+    )
 
 
 def send(server: Running, calls: Callable[[Client], None]) -> None:

@@ -6,6 +6,7 @@ verify` searches the identity and Engage stores too."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sqlite3
 from collections.abc import Callable
@@ -168,6 +169,35 @@ async def test_suppress_with_delete_forgets_the_profile_everywhere(
     show = ["regulations", "show", regulation_id, "--config", config_path]
     assert await asyncio.to_thread(cli.main, show) == 0
     assert "identity" in capsys.readouterr().out
+
+
+def checkpointed(path: Path) -> tuple[bytes, bytes]:
+    """The bytes of a SQLite file and of its WAL once the WAL is checkpointed (TRUNCATE: what
+    the WAL held is in the file, and the WAL is empty until the next write)."""
+    with contextlib.closing(sqlite3.connect(path, timeout=10)) as conn:
+        ((busy, _, _),) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert busy == 0
+    wal = Path(f"{path}-wal")
+    return path.read_bytes(), wal.read_bytes() if wal.exists() else b""
+
+
+async def test_a_deleted_user_s_bytes_are_gone_from_the_identity_files_after_a_checkpoint(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    """SQLite leaves deleted rows' bytes in the file until their space is reused; the
+    identity store zeroes them (secure_delete), so once the WAL is checkpointed neither file
+    holds the user's identifiers."""
+    async with running(make_config(ADMIN + IDENTITY)) as server:
+        await post(http, server, journey(GONE, "f") + journey(KEPT, "f"))
+        await resolved(server)
+        regulation_id = await regulate(http, server, "DELETE_INTERNAL", GONE)
+        found = await settled(http, server, regulation_id)
+        assert found["overallStatus"] == "FINISHED", found
+        stored, stored_wal = await asyncio.to_thread(checkpointed, data_dir / "identity.sqlite3")
+    assert stored.find(KEPT.encode()) >= 0  # what is kept is found where it is
+    for gone in (GONE, f"{GONE}@example.com"):
+        assert stored.find(gone.encode()) == -1, gone  # find(): a failure shows no whole file
+        assert stored_wal.find(gone.encode()) == -1, gone
 
 
 async def test_unresolved_messages_do_not_bring_the_profile_back(
