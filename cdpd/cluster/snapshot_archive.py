@@ -17,8 +17,9 @@ from typing import BinaryIO
 
 import zstandard
 
-# Level 1-3 is zstd's fast range; SQLite pages compress several times over at level 3 already,
-# and higher levels cost the holder's CPU more than they save in upload time.
+# Level 1-3 is zstd's fast range. Level 3 packs a third more slowly than level 1 here but 17%
+# smaller: less to upload, to keep three times over, and to download on a failover. One
+# thread: the second core is the stages'.
 LEVEL = 3
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # every zstd frame starts with it (RFC 8878, 3.1.1)
 STREAM_BUFFER_BYTES = 1024 * 1024
@@ -32,6 +33,7 @@ def pack(files: Mapping[str, Path], archive_path: Path) -> None:
         compressor.stream_writer(raw, write_size=STREAM_BUFFER_BYTES, closefd=False) as packed,
         tarfile.open(fileobj=packed, mode="w|", bufsize=STREAM_BUFFER_BYTES) as tar,
     ):
+        _copy_in_large_pieces(tar)
         for name, path in files.items():
             tar.add(path, arcname=name)
 
@@ -58,8 +60,15 @@ def _tar_of(archive_path: Path) -> Iterator[tarfile.TarFile]:
         _decompressed(raw) as stream,
         tarfile.open(fileobj=stream, mode="r|", bufsize=STREAM_BUFFER_BYTES) as tar,
     ):
+        _copy_in_large_pieces(tar)
         yield tar
 
 
 def _decompressed(raw: BinaryIO) -> zstandard.ZstdDecompressionReader:
     return zstandard.ZstdDecompressor().stream_reader(raw, read_size=STREAM_BUFFER_BYTES)
+
+
+def _copy_in_large_pieces(tar: tarfile.TarFile) -> None:
+    """tarfile copies a member in 16 KiB pieces by default, each one a call into the codec:
+    packing took four times as long as with 1 MiB pieces."""
+    tar.copybufsize = STREAM_BUFFER_BYTES  # type: ignore[attr-defined]  # typeshed omits it
