@@ -3,7 +3,7 @@ with zstd as it is written (a stream: neither the tar nor a file is ever whole i
 
 Snapshots stored before compression are plain tars. A reader tells the two apart by the
 archive's first bytes (zstd's frame magic number; a tar starts with a member's name), so a node
-restores whichever it finds during a rolling upgrade. Both functions block: call them in a
+restores whichever it finds during a rolling upgrade. Each function here blocks: call it in a
 thread.
 """
 
