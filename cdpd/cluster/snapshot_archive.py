@@ -17,10 +17,10 @@ from typing import BinaryIO
 
 import zstandard
 
-# Level 1-3 is zstd's fast range. Level 3 packs a third more slowly than level 1 here but 17%
-# smaller: less to upload, to keep three times over, and to download on a failover. One
-# thread: the second core is the stages'.
-LEVEL = 3
+# zstd's fastest level. At 100,000 profiles (bench/profiles_snapshot.py) level 3 packed 11%
+# smaller but took the holder 4.3-5.3 s to copy against 2.3-4.0 s, and restored no faster.
+# One thread: the other core is the stages'.
+LEVEL = 1
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # every zstd frame starts with it (RFC 8878, 3.1.1)
 STREAM_BUFFER_BYTES = 1024 * 1024
 
