@@ -43,12 +43,12 @@ PAGES = ("/console/w/acme/audiences", "/console/w/acme/audiences/buyers")
 
 
 def _snapshot(folder: Path, members: int) -> Path:
-    """A tar of an empty identity store and an Engage file with `members` members."""
+    """A snapshot of an empty identity store and an Engage file with `members` members."""
     files = {"engage.sqlite3": folder / "engage.sqlite3", "identity.sqlite3": folder / "id.db"}
     fill_engage(files["engage.sqlite3"], members)
     with identity_store.connect(files["identity.sqlite3"]):
         pass  # its schema
-    tar_path = folder / "snapshot.tar"
+    tar_path = folder / "snapshot.tar.zst"
     snapshots.copy_files(files, tar_path)
     return tar_path
 

@@ -5,10 +5,12 @@ files costs at --profiles profiles, on a three-server JetStream cluster started 
    traits) and --tracks-per-profile tracks, resolved by the identity stage's own code into a
    fresh identity.sqlite3 (batches of 2,000, as the stage writes them), and applied to a fresh
    engage.sqlite3 with 4 audiences and 2 computed traits.
-2. Times a snapshot as the lease holder takes it (online backup of both files into a tar,
-   `cdpd.cluster.snapshots.copy_files`), its upload to the `CDPD_state` object store, its
-   download and its unpacking (what a node taking over, or answering the Profile API from a
-   snapshot, does), and prints the sizes.
+2. Times a snapshot as the lease holder takes it (online backup of both files into a
+   zstd-compressed tar, `cdpd.cluster.snapshots.copy_files`), its upload to the `CDPD_state`
+   object store, its download and its unpacking (what a node taking over, or answering the
+   Profile API from a snapshot, does), and prints the sizes and how far the process's resident
+   memory rose above where it stood before each step (sampled every 20 ms): the archive is
+   streamed, never whole in memory.
 
     .venv/bin/python bench/profiles_snapshot.py [--profiles 100000] [--tracks-per-profile 2]
 """
@@ -17,10 +19,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +135,30 @@ async def build_engage(path: Path, graph: Graph, messages: list[Message]) -> Non
         await engage.close()
 
 
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@contextmanager
+def rss_rise(rises: dict[str, int], step: str) -> Iterator[None]:
+    """Record in `rises[step]` the most resident memory rose above its level at the start."""
+    start, peak, done = _rss_bytes(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], _rss_bytes() - start)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield
+    finally:
+        done.set()
+        sampler.join()
+        rises[step] = max(peak[0], _rss_bytes() - start)
+
+
 async def through_the_cluster(folder: Path, files: dict[str, Path]) -> None:
     cluster = JetStreamCluster(folder / "jetstream")
     try:
@@ -139,22 +169,27 @@ async def through_the_cluster(folder: Path, files: dict[str, Path]) -> None:
         try:
             js = client.jetstream(timeout=60)
             bucket = await snapshots.state_store(js, Layout(), replicas=3)
-            tar_path = folder / "snapshot.tar"
+            archive_path = folder / "snapshot.tar.zst"
+            rises: dict[str, int] = {}
             started = time.perf_counter()
-            position = await asyncio.to_thread(snapshots.copy_files, files, tar_path)
+            with rss_rise(rises, "copy"):
+                position = await asyncio.to_thread(snapshots.copy_files, files, archive_path)
             copied_s = time.perf_counter() - started
             name = snapshots.SnapshotName(1, position)
             started = time.perf_counter()
-            size = await snapshots.upload(bucket, name, tar_path)
+            with rss_rise(rises, "upload"):
+                size = await snapshots.upload(bucket, name, archive_path)
             uploaded_s = time.perf_counter() - started
             restored = folder / "restored"
             restored.mkdir()
             started = time.perf_counter()
-            await snapshots.download(bucket, name, restored / "snapshot.tar")
+            with rss_rise(rises, "download"):
+                await snapshots.download(bucket, name, restored / "snapshot")
             downloaded_s = time.perf_counter() - started
             targets = {key: restored / key for key in files}
             started = time.perf_counter()
-            await asyncio.to_thread(snapshots.unpack, restored / "snapshot.tar", targets)
+            with rss_rise(rises, "unpack"):
+                await asyncio.to_thread(snapshots.unpack, restored / "snapshot", targets)
             unpacked_s = time.perf_counter() - started
         finally:
             await client.close()
@@ -162,11 +197,15 @@ async def through_the_cluster(folder: Path, files: dict[str, Path]) -> None:
         cluster.stop_all()
     for key, path in files.items():
         print(f"{key}: {path.stat().st_size / 1e6:.1f} MB")
-    print(f"snapshot (tar of both): {size / 1e6:.1f} MB, identity position {position}")
-    print(f"copy (online backup + tar): {copied_s:.2f} s")
+    files_bytes = sum(path.stat().st_size for path in files.values())
+    print(f"snapshot (tar of both, zstd): {size / 1e6:.1f} MB", end="")
+    print(f" ({files_bytes / size:.1f}x smaller), identity position {position}")
+    print(f"copy (online backup + tar + zstd): {copied_s:.2f} s")
     print(f"upload to the object store (R3): {uploaded_s:.2f} s")
     print(f"download: {downloaded_s:.2f} s; unpack: {unpacked_s:.2f} s")
     print(f"restore (download + unpack): {downloaded_s + unpacked_s:.2f} s")
+    rise = ", ".join(f"{step} +{rss / 1e6:.0f} MB" for step, rss in rises.items())
+    print(f"resident memory rise: {rise}")
 
 
 def main() -> int:

@@ -64,17 +64,17 @@ class SnapshotView:
         await asyncio.to_thread(shutil.rmtree, self.folder, True)
 
 
-def _unpacked(tar_path: Path, folder: Path) -> Graph:
+def _unpacked(archive_path: Path, folder: Path) -> Graph:
     """Unpack the snapshot into `folder` and load its graph."""
-    _unpack(tar_path, folder)
+    _unpack(archive_path, folder)
     with contextlib.closing(sqlite3.connect(folder / "identity.sqlite3")) as conn:
         return identity_store.load_graph(conn)
 
 
-def _unpack(tar_path: Path, folder: Path) -> None:
+def _unpack(archive_path: Path, folder: Path) -> None:
     """The snapshot's files in `folder`, with an empty `messages` file for a reader to attach."""
     snapshots.unpack(
-        tar_path,
+        archive_path,
         {
             "identity.sqlite3": folder / "identity.sqlite3",
             "engage.sqlite3": folder / "engage.sqlite3",
@@ -88,10 +88,10 @@ async def open_view(store: ObjectStore, name: SnapshotName, root: Path) -> Snaps
     folder = root / name.object
     await asyncio.to_thread(shutil.rmtree, folder, True)
     folder.mkdir(parents=True)
-    tar_path = folder / "snapshot.tar"
-    await snapshots.download(store, name, tar_path)
-    graph = await asyncio.to_thread(_unpacked, tar_path, folder)
-    tar_path.unlink()
+    archive_path = folder / "snapshot"
+    await snapshots.download(store, name, archive_path)
+    graph = await asyncio.to_thread(_unpacked, archive_path, folder)
+    archive_path.unlink()
     reader = await aiosqlite.connect(f"file:{folder / 'identity.sqlite3'}?mode=ro", uri=True)
     await reads.attach_outbox(reader, folder / "messages.sqlite3")
     engage_file = folder / "engage.sqlite3"
@@ -184,9 +184,9 @@ async def downloaded(config: Config) -> AsyncIterator[tuple[Path, Path]]:
             if name is None:
                 raise NoSnapshot("the cluster holds no profiles snapshot yet")
             with tempfile.TemporaryDirectory() as folder:
-                tar_path = Path(folder) / "snapshot.tar"
-                await snapshots.download(store, name, tar_path)
-                await asyncio.to_thread(_unpack, tar_path, Path(folder))
+                archive_path = Path(folder) / "snapshot"
+                await snapshots.download(store, name, archive_path)
+                await asyncio.to_thread(_unpack, archive_path, Path(folder))
                 yield Path(folder) / "identity.sqlite3", Path(folder) / "messages.sqlite3"
     except ClusterUnreachable as exc:
         raise NoSnapshot(str(exc)) from None

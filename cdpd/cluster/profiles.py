@@ -199,11 +199,11 @@ class ProfilesLeader:
         started = time.monotonic()
         name = await snapshots.newest(self._store)
         with tempfile.TemporaryDirectory(dir=self._data_dir) as folder:
-            tar_path = None
+            archive_path = None
             if name is not None:
-                tar_path = Path(folder) / "snapshot.tar"
-                await snapshots.download(self._store, name, tar_path)
-            await asyncio.to_thread(snapshots.unpack, tar_path, self._files)
+                archive_path = Path(folder) / "snapshot"
+                await snapshots.download(self._store, name, archive_path)
+            await asyncio.to_thread(snapshots.unpack, archive_path, self._files)
         log.info(
             "profiles_restored",
             term=None if name is None else name.term,
@@ -226,16 +226,16 @@ class ProfilesLeader:
             return self._stored_name  # nothing committed since the last snapshot
         try:
             with tempfile.TemporaryDirectory(dir=self._data_dir) as folder:
-                tar_path = Path(folder) / "snapshot.tar"
+                archive_path = Path(folder) / "snapshot.tar.zst"
                 position = await asyncio.to_thread(
-                    snapshots.copy_files, self._files, tar_path, vacuum=vacuum
+                    snapshots.copy_files, self._files, archive_path, vacuum=vacuum
                 )
                 copied_s = time.monotonic() - started
                 if not await self.lease.confirmed():
                     log.warning("profiles_snapshot_dropped", reason="the lease is not ours")
                     return None
                 name = SnapshotName(term, position).after(self._stored_name)
-                size = await snapshots.upload(self._store, name, tar_path)
+                size = await snapshots.upload(self._store, name, archive_path)
             await snapshots.prune(self._store)
         except Exception as exc:  # nats-py raises several unrelated types for one lost link
             log.warning("profiles_snapshot_failed", error=repr(exc))

@@ -1,5 +1,6 @@
 """Snapshots of the profiles stages' SQLite files (the identity store and Engage's) in the
-cluster's object store (`<STREAM>_state`), one object per snapshot: a tar of both files.
+cluster's object store (`<STREAM>_state`), one object per snapshot: a zstd-compressed tar of
+both files (`snapshot_archive`; older snapshots, plain tars, are still read).
 
 An object is named `profiles.<term>.<position>[.<revision>]`: the term is the revision of the
 profiles lease when its holder acquired it (it grows with every acquisition), the position the
@@ -16,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import tarfile
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +28,7 @@ from nats.js.api import ObjectMeta, ObjectMetaOptions, ObjectStoreConfig, Storag
 from nats.js.errors import NotFoundError
 from nats.js.object_store import ObjectStore
 
+from cdpd.cluster import snapshot_archive
 from cdpd.cluster.layout import Layout
 from cdpd.cluster.ordered import position_in
 
@@ -38,6 +39,7 @@ KEEP = 3  # snapshots kept; older ones are deleted after each upload
 # faster (the library's default is 128 KiB). Below nats-server's default max_payload (1 MiB).
 CHUNK_BYTES = 512 * 1024
 PREFIX = "profiles"
+ARCHIVE_DESCRIPTION = "tar.zst"  # for operators (`nats object info`); readers look at the bytes
 IDENTITY_POSITION = "SELECT seq FROM position WHERE name = 'outbox'"
 
 
@@ -69,20 +71,19 @@ class SnapshotName(msgspec.Struct, frozen=True, order=True):
         return SnapshotName(self.term, self.position, stored.revision + 1)
 
 
-def copy_files(files: Mapping[str, Path], tar_path: Path, *, vacuum: bool = False) -> int:
+def copy_files(files: Mapping[str, Path], archive_path: Path, *, vacuum: bool = False) -> int:
     """Copy each SQLite file with SQLite's online backup (one read transaction each: a
-    committed state) in the mapping's order, into a tar at `tar_path`; returns the identity
-    store's position in the copy. Engage's file comes first: it follows the identity store,
-    so copied before it, it is never ahead of it. With `vacuum`, each copy is rebuilt before
-    it is packed: the backup copies free pages as they are, with what was deleted in them."""
-    with (
-        tempfile.TemporaryDirectory(dir=tar_path.parent) as folder,
-        tarfile.open(tar_path, "w") as tar,
-    ):
+    committed state) in the mapping's order, and pack the copies into a compressed archive at
+    `archive_path` (`snapshot_archive`); returns the identity store's position in the copy.
+    Engage's file comes first: it follows the identity store, so copied before it, it is never
+    ahead of it. With `vacuum`, each copy is rebuilt before it is packed: the backup copies
+    free pages as they are, with what was deleted in them."""
+    with tempfile.TemporaryDirectory(dir=archive_path.parent) as folder:
+        copies = {}
         for name, path in files.items():
             if not path.exists():
                 continue
-            copy = Path(folder) / name
+            copy = copies[name] = Path(folder) / name
             with (
                 contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as source,
                 contextlib.closing(sqlite3.connect(copy)) as target,
@@ -90,17 +91,17 @@ def copy_files(files: Mapping[str, Path], tar_path: Path, *, vacuum: bool = Fals
                 source.backup(target)
                 if vacuum:
                     target.execute("VACUUM")
-            tar.add(copy, arcname=name)
+        snapshot_archive.pack(copies, archive_path)
         return position_in(Path(folder) / "identity.sqlite3", IDENTITY_POSITION)
 
 
-def unpack(tar_path: Path | None, files: Mapping[str, Path]) -> None:
-    """Put each file of the snapshot in place (what was there before goes, with its WAL);
-    with no snapshot, every file goes: the stages start empty."""
+def unpack(archive_path: Path | None, files: Mapping[str, Path]) -> None:
+    """Put each file of the snapshot (compressed or, stored before, a plain tar) in place (what
+    was there before goes, with its WAL); with no snapshot, every file goes: the stages start
+    empty."""
     with tempfile.TemporaryDirectory(dir=next(iter(files.values())).parent) as folder:
-        if tar_path is not None:
-            with tarfile.open(tar_path) as tar:
-                tar.extractall(folder, filter="data")
+        if archive_path is not None:
+            snapshot_archive.extract(archive_path, Path(folder))
         for name, path in files.items():
             for stale in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
                 stale.unlink(missing_ok=True)
@@ -136,16 +137,21 @@ async def newest(store: ObjectStore) -> SnapshotName | None:
     return found[-1] if found else None
 
 
-async def upload(store: ObjectStore, name: SnapshotName, tar_path: Path) -> int:
-    """Store the tar as one object (its chunks are read off the event loop); returns its size."""
-    meta = ObjectMeta(name=name.object, options=ObjectMetaOptions(max_chunk_size=CHUNK_BYTES))
-    with tar_path.open("rb") as data:
+async def upload(store: ObjectStore, name: SnapshotName, archive_path: Path) -> int:
+    """Store the archive as one object (its chunks are read off the event loop); returns its
+    size."""
+    meta = ObjectMeta(
+        name=name.object,
+        description=ARCHIVE_DESCRIPTION,
+        options=ObjectMetaOptions(max_chunk_size=CHUNK_BYTES),
+    )
+    with archive_path.open("rb") as data:
         info = await store.put(name.object, data, meta=meta)
     return int(info.size or 0)
 
 
-async def download(store: ObjectStore, name: SnapshotName, tar_path: Path) -> None:
-    with tar_path.open("wb") as out:
+async def download(store: ObjectStore, name: SnapshotName, archive_path: Path) -> None:
+    with archive_path.open("wb") as out:
         await store.get(name.object, writeinto=out)
 
 

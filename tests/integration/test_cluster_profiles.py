@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from cdpd import cli
-from cdpd.cluster import snapshots
+from cdpd.cluster import snapshot_archive, snapshots
 from cdpd.cluster.layout import Layout
 from cdpd.cluster.node import Node, running_node
 from cdpd.cluster.profile_commands import DONE, FORGET, ProfileCommands
@@ -310,11 +309,12 @@ async def _snapshot_files(urls: list[str], folder: Path) -> dict[str, list[bytes
     try:
         store = await client.jetstream().object_store(Layout().state_bucket)
         for name in await snapshots.names(store):
-            tar_path = folder / f"{name.object}.tar"
-            await snapshots.download(store, name, tar_path)
-            with tarfile.open(tar_path) as tar:
-                members = [tar.extractfile(m) for m in tar.getmembers()]
-                found[name.object] = [m.read() for m in members if m is not None]
+            archive_path = folder / f"{name.object}.tar.zst"
+            await snapshots.download(store, name, archive_path)
+            assert snapshot_archive.is_compressed(archive_path)
+            unpacked = folder / name.object
+            snapshot_archive.extract(archive_path, unpacked)
+            found[name.object] = [path.read_bytes() for path in sorted(unpacked.iterdir())]
     finally:
         await client.close()
     return found

@@ -1,18 +1,20 @@
 """Snapshots of the profiles state: names order by term, position then revision, a copy is a
-committed state of each file, restoring replaces what was there, and the config keeps the
+committed state of each file packed compressed, restoring replaces what was there (from a
+compressed snapshot or one stored before compression, a plain tar), and the config keeps the
 snapshot interval inside the dedup window."""
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
+import tarfile
 from pathlib import Path
 
 import msgspec
 import pytest
 
 from cdpd import config as cdpd_config
-from cdpd.cluster import snapshots
+from cdpd.cluster import snapshot_archive, snapshots
 from cdpd.cluster.snapshots import SnapshotName
 
 
@@ -44,14 +46,15 @@ def test_a_copy_restores_in_place_of_what_was_there(tmp_path: Path) -> None:
     live = {"engage.sqlite3": tmp_path / "engage.sqlite3"}
     live["identity.sqlite3"] = tmp_path / "identity.sqlite3"
     writers = [_store(live["identity.sqlite3"], 42), _store(live["engage.sqlite3"], 40)]
-    tar_path = tmp_path / "snapshot.tar"
-    assert snapshots.copy_files(live, tar_path) == 42
+    archive_path = tmp_path / "snapshot.tar.zst"
+    assert snapshots.copy_files(live, archive_path) == 42
+    assert snapshot_archive.is_compressed(archive_path)
     elsewhere = tmp_path / "node-b"
     elsewhere.mkdir()
     restored = {name: elsewhere / name for name in live}
     _store(restored["identity.sqlite3"], 7).close()  # stale state of an earlier term
     (elsewhere / "identity.sqlite3-wal").write_bytes(b"")  # as a killed process leaves it
-    snapshots.unpack(tar_path, restored)
+    snapshots.unpack(archive_path, restored)
     assert not (elsewhere / "identity.sqlite3-wal").exists()  # the stale WAL went too
     with contextlib.closing(sqlite3.connect(restored["identity.sqlite3"])) as conn:
         assert conn.execute("SELECT seq FROM position").fetchone() == (42,)
@@ -59,6 +62,68 @@ def test_a_copy_restores_in_place_of_what_was_there(tmp_path: Path) -> None:
     assert not any(path.exists() for path in restored.values())
     for writer in writers:
         writer.close()
+
+
+def _filled_store(path: Path, rows: int) -> None:
+    """A store of `rows` rows of repetitive text, as profiles' traits are."""
+    _store(path, rows).close()
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("CREATE TABLE traits (id INTEGER PRIMARY KEY, value TEXT)")
+        conn.executemany(
+            "INSERT INTO traits (value) VALUES (?)",
+            ((f'{{"email": "user{n}@example.com", "plan": "pro"}}',) for n in range(rows)),
+        )
+
+
+def _rows(path: Path) -> list[tuple[object, ...]]:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return conn.execute("SELECT id, value FROM traits ORDER BY id").fetchall()
+
+
+def test_the_archive_is_compressed_and_restores_every_row(tmp_path: Path) -> None:
+    live = {"engage.sqlite3": tmp_path / "engage.sqlite3"}
+    live["identity.sqlite3"] = tmp_path / "identity.sqlite3"
+    for path in live.values():
+        _filled_store(path, 20_000)
+    archive_path = tmp_path / "snapshot.tar.zst"
+    assert snapshots.copy_files(live, archive_path) == 20_000
+    files_bytes = sum(path.stat().st_size for path in live.values())
+    assert archive_path.stat().st_size * 3 < files_bytes
+    restored_dir = tmp_path / "restored"
+    snapshot_archive.extract(archive_path, restored_dir)
+    for name, path in live.items():
+        assert _rows(restored_dir / name) == _rows(path)
+
+
+def test_a_snapshot_stored_before_compression_still_restores(tmp_path: Path) -> None:
+    files = {"identity.sqlite3": tmp_path / "identity.sqlite3"}
+    _filled_store(files["identity.sqlite3"], 500)
+    old_archive = tmp_path / "snapshot.tar"
+    with tarfile.open(old_archive, "w") as tar:  # as the holder stored it before
+        tar.add(files["identity.sqlite3"], arcname="identity.sqlite3")
+    assert not snapshot_archive.is_compressed(old_archive)
+    elsewhere = tmp_path / "node-b"
+    elsewhere.mkdir()
+    restored = {"identity.sqlite3": elsewhere / "identity.sqlite3"}
+    snapshots.unpack(old_archive, restored)
+    assert _rows(restored["identity.sqlite3"]) == _rows(files["identity.sqlite3"])
+
+
+def test_a_damaged_archive_is_refused_not_half_restored(tmp_path: Path) -> None:
+    live = {"identity.sqlite3": tmp_path / "identity.sqlite3"}
+    _filled_store(live["identity.sqlite3"], 5_000)
+    archive_path = tmp_path / "snapshot.tar.zst"
+    snapshots.copy_files(live, archive_path)
+    whole = archive_path.read_bytes()
+    archive_path.write_bytes(whole[: len(whole) // 2])
+    elsewhere = tmp_path / "node-b"
+    elsewhere.mkdir()
+    restored = {"identity.sqlite3": elsewhere / "identity.sqlite3"}
+    _store(restored["identity.sqlite3"], 7).close()
+    with pytest.raises((tarfile.TarError, OSError)):
+        snapshots.unpack(archive_path, restored)
+    with contextlib.closing(sqlite3.connect(restored["identity.sqlite3"])) as conn:
+        assert conn.execute("SELECT seq FROM position").fetchone() == (7,)
 
 
 def _config(storage: dict[str, object]) -> cdpd_config.Config:
