@@ -49,6 +49,18 @@ class UnmergeRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     collection: Literal["users", "accounts"] = "users"
 
 
+def unmerge_request(body: bytes) -> tuple[UnmergeRequest, str, str]:
+    """The request, and its identifier's type and value; 400 `invalid_request` saying why not."""
+    try:
+        asked = msgspec.json.decode(body, type=UnmergeRequest)
+    except msgspec.MsgspecError as exc:
+        raise ApiError(400, "invalid_request", f"not an unmerge request: {exc}") from None
+    kind, sep, value = asked.identifier.partition(":")
+    if not sep or not kind or not value:
+        raise ApiError(400, "invalid_request", "identifier: expected TYPE:VALUE")
+    return asked, kind, value
+
+
 class Admin:
     """The admin token sees and does everything; a workspace's API token (`cdpd tokens`) sees
     only that workspace's sources and destinations, and changes them only as a member or
@@ -151,13 +163,7 @@ class Admin:
         await self._authorize(request, ADMIN_ONLY)
         if self._identity is None:
             raise ApiError(404, "identity_off", "identity resolution is not configured")
-        try:
-            asked = msgspec.json.decode(await request.read(), type=UnmergeRequest)
-        except msgspec.MsgspecError as exc:
-            raise ApiError(400, "invalid_request", f"not an unmerge request: {exc}") from None
-        kind, sep, value = asked.identifier.partition(":")
-        if not sep or not kind or not value:
-            raise ApiError(400, "invalid_request", "identifier: expected TYPE:VALUE")
+        asked, kind, value = unmerge_request(await request.read())
         try:
             profiles = await self._identity.unmerge((kind, value), asked.collection)
         except IdentityError as exc:

@@ -10,7 +10,7 @@ from aiohttp import web
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from cdpd.admin import UnmergeRequest
+from cdpd.admin import unmerge_request
 from cdpd.cluster.node_web import cluster_answers, require_admin
 from cdpd.cluster.profile_commands import (
     DONE,
@@ -41,13 +41,7 @@ class ProfileAdmin:
     async def unmerge(self, request: web.Request) -> web.Response:
         """Split an identifier off its profile, on the holder of the profiles lease."""
         require_admin(self._token, request)
-        try:
-            asked = msgspec.json.decode(await request.read(), type=UnmergeRequest)
-        except msgspec.MsgspecError as exc:
-            raise ApiError(400, "invalid_request", f"not an unmerge request: {exc}") from None
-        kind, sep, value = asked.identifier.partition(":")
-        if not sep or not kind or not value:
-            raise ApiError(400, "invalid_request", "identifier: expected TYPE:VALUE")
+        asked, kind, value = unmerge_request(await request.read())
         with cluster_answers():
             holder = await self._holder()
         if holder is None:
