@@ -20,6 +20,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from cdpd.cluster.layout import DESTINATION, Layout, row_of
+from cdpd.model.pragmas import SECURE_DELETE
 from cdpd.model.rows import OutboxRow
 from cdpd.outbox.consumers import Message
 
@@ -162,6 +163,7 @@ async def fresh_cache(path: Path) -> AsyncIterator[MessageCache]:
     try:
         await conn.execute("PRAGMA journal_mode = WAL")
         await conn.execute("PRAGMA synchronous = OFF")  # rebuilt from the stream after a crash
+        await conn.execute(SECURE_DELETE)  # a regulation's deletions leave no bytes behind
         await conn.execute(MESSAGES_TABLE)
         await conn.commit()
         yield MessageCache(conn, path)

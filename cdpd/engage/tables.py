@@ -45,7 +45,7 @@ from cdpd.engage.state import (
     set_traits,
     timestamp_ms,
 )
-from cdpd.identity.store import SECURE_DELETE
+from cdpd.model.pragmas import SECURE_DELETE
 
 SCHEMA_VERSION = 3
 # A batch touches profiles all over the tables and their indexes: a cache that holds the hot

@@ -34,16 +34,13 @@ import msgspec
 
 from cdpd.identity import changes
 from cdpd.identity.graph import Graph, Profile, Resolution, Seen, Trait
+from cdpd.model.pragmas import SECURE_DELETE
 from cdpd.model.timestamps import format_ms, parse_ms
 from cdpd.model.timestamps import now_ms as _now_ms
 
 SCHEMA_VERSION = changes.VERSION
 CACHE_KIB = 64 * 1024
 CHECKPOINT_PAGES = 10_000
-# A regulation's deletion must not leave the user's rows in the file's free space: ON zeroes
-# what is deleted, pages freed whole included (FAST would leave those on the freelist). Many
-# builds (Debian's) default to ON; this says it for those that do not.
-SECURE_DELETE = "PRAGMA secure_delete = ON"
 SCHEMA = """
 CREATE TABLE profiles (
     profile_id       TEXT PRIMARY KEY,

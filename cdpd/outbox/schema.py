@@ -16,6 +16,7 @@ import aiosqlite
 from cdpd.console import tables as console_tables
 from cdpd.delivery import action_outcomes
 from cdpd.governance import store as governance_store
+from cdpd.model.pragmas import SECURE_DELETE
 from cdpd.privacy import regulations_store
 from cdpd.privacy import store as privacy_store
 
@@ -171,6 +172,7 @@ async def _configure_writer(
     await conn.execute("PRAGMA journal_mode = WAL")
     await conn.execute(f"PRAGMA synchronous = {_synchronous_pragma(synchronous)}")
     await conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT_BYTES}")
+    await conn.execute(SECURE_DELETE)  # a regulation's deletions leave no bytes behind
     if max_bytes:
         page_size = await _pragma_int(conn, "page_size")
         await conn.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page_size)}")

@@ -25,7 +25,7 @@ from cdpd.engage.inputs import ProfileMessage
 from cdpd.engage.store import EngageStore
 from cdpd.identity.profiles_sync import SCHEMA
 from cdpd.model.timestamps import format_ms, now_ms
-from tests.helpers import WRITE_KEY, WarehouseProbe, basic_auth, query
+from tests.helpers import WRITE_KEY, WarehouseProbe, basic_auth, outbox_path, query
 from tests.integration.test_profile_api import IDENTITY, resolved
 from tests.regulations import ADMIN, outbox_mentions, regulate, settled, warehouse_mentions
 
@@ -181,23 +181,29 @@ def checkpointed(path: Path) -> tuple[bytes, bytes]:
     return path.read_bytes(), wal.read_bytes() if wal.exists() else b""
 
 
-async def test_a_deleted_user_s_bytes_are_gone_from_the_identity_files_after_a_checkpoint(
+async def test_a_deleted_user_s_bytes_are_gone_from_the_identity_and_outbox_files(
     make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
 ) -> None:
     """SQLite leaves deleted rows' bytes in the file until their space is reused; the
-    identity store zeroes them (secure_delete), so once the WAL is checkpointed neither file
-    holds the user's identifiers."""
+    identity store and the outbox zero them (secure_delete), so once the WAL is checkpointed
+    neither file holds the user's identifiers."""
     async with running(make_config(ADMIN + IDENTITY)) as server:
         await post(http, server, journey(GONE, "f") + journey(KEPT, "f"))
         await resolved(server)
         regulation_id = await regulate(http, server, "DELETE_INTERNAL", GONE)
         found = await settled(http, server, regulation_id)
         assert found["overallStatus"] == "FINISHED", found
-        stored, stored_wal = await asyncio.to_thread(checkpointed, data_dir / "identity.sqlite3")
-    assert stored.find(KEPT.encode()) >= 0  # what is kept is found where it is
-    for gone in (GONE, f"{GONE}@example.com"):
-        assert stored.find(gone.encode()) == -1, gone  # find(): a failure shows no whole file
-        assert stored_wal.find(gone.encode()) == -1, gone
+        identity = await asyncio.to_thread(checkpointed, data_dir / "identity.sqlite3")
+    outbox = checkpointed(outbox_path(data_dir))  # the daemon's readers are gone: a whole one
+    # The outbox keeps the user id in the regulation's own record (the API shows it), so
+    # there the user's messages are looked for by their email.
+    wanted_gone = {"identity": (GONE, f"{GONE}@example.com"), "outbox": (f"{GONE}@example.com",)}
+    for name, (stored, stored_wal) in {"identity": identity, "outbox": outbox}.items():
+        assert stored.find(KEPT.encode()) >= 0, name  # what is kept is found where it is
+        for gone in wanted_gone[name]:
+            # find(): a failure shows no whole file
+            assert stored.find(gone.encode()) == -1, (name, gone)
+            assert stored_wal.find(gone.encode()) == -1, (name, gone)
 
 
 async def test_unresolved_messages_do_not_bring_the_profile_back(

@@ -17,6 +17,7 @@ from pathlib import Path
 import aiosqlite
 import msgspec
 
+from cdpd.model.pragmas import SECURE_DELETE
 from cdpd.warehouse.mapping import Discard, TableKey
 from cdpd.warehouse.naming import (
     DISCARDS_TABLE,
@@ -84,6 +85,7 @@ async def open_sink(path: Path, warehouse: str) -> AsyncIterator[SqliteSink]:
         await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         await conn.execute("PRAGMA journal_mode = WAL")
         await conn.execute("PRAGMA synchronous = NORMAL")
+        await conn.execute(SECURE_DELETE)  # a regulation's deletions leave no bytes behind
         sink = SqliteSink(conn, warehouse)
         async with sink.load():
             for statement in BOOTSTRAP:
