@@ -128,7 +128,7 @@ async def measure_suppression(
 ) -> None:
     path = tmp / "cdpd.toml"
     path.write_text('[[sources]]\nname = "web"\nwrite_key = "wk"\n')
-    book = ClusterRegulations(load(path), await js.key_value(layout.regulations_bucket), _none)
+    book = ClusterRegulations(load(path), js, await js.key_value(layout.regulations_bucket), _none)
     suppressions = Suppressions()
     feed = SuppressionFeed(await other.key_value(layout.regulations_bucket), suppressions)
     stop = asyncio.Event()

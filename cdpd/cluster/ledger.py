@@ -13,9 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import msgspec
+from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from cdpd.cluster.buckets import current
 from cdpd.delivery.store import AttemptRow, DeliveryStatus, ReplayJob
 
 ROW, JOB = "row", "job"
@@ -70,7 +72,9 @@ _encode = msgspec.json.encode
 class Ledger:
     """The ledger's rows and replay jobs in one bucket."""
 
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, js: JetStreamContext, bucket: str, kv: KeyValue) -> None:
+        self._js = js
+        self._bucket = bucket
         self._kv = kv
 
     async def get(self, destination: str, seq: int) -> LedgerRow | None:
@@ -102,16 +106,4 @@ class Ledger:
 
     async def _values(self, pattern: str) -> list[bytes]:
         """The latest value of each key matching `pattern` (deleted keys left out)."""
-        watcher = await self._kv.watch(pattern, ignore_deletes=True)
-        values = []
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                if entry.value:
-                    values.append(entry.value)
-                if entry.delta == 0:
-                    break
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
-        return values
+        return [e.value for e in await current(self._js, self._bucket, pattern) if e.value]

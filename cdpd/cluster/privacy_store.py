@@ -22,21 +22,18 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import Iterable
-from typing import NamedTuple
 
 import msgspec
 import nats.errors
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from cdpd.cluster.buckets import Latest, latest
 from cdpd.cluster.layout import Layout
 from cdpd.privacy.store import InboxField, InventoryField
 
 CLASS_RANK = {"red": 0, "yellow": 1, "green": 2}
-READ_BATCH = 1000
-READ_TIMEOUT_S = 5.0
 MERGE_ATTEMPTS = 5
 WRITES_AT_ONCE = 64
 
@@ -94,42 +91,6 @@ async def stop_watching(watcher: KeyValue.KeyWatcher) -> None:
     """Stop a watch; one already gone (unsubscribed, its connection closed) is stopped."""
     with contextlib.suppress(nats.errors.Error):
         await watcher.stop()  # type: ignore[no-untyped-call]
-
-
-class Latest(NamedTuple):
-    """A key's latest entry; `value` is empty for a key deleted by hand (`nats kv del`)."""
-
-    key: str
-    value: bytes
-    revision: int
-
-
-async def latest(js: JetStreamContext, bucket: str) -> list[Latest]:
-    """Every key's latest entry, read with a consumer of the bucket's stream that counts what
-    it holds (a watch's end-of-snapshot marker can come before the entries it follows)."""
-    prefix = f"$KV.{bucket}."
-    config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-        ack_policy=AckPolicy.NONE,
-        inactive_threshold=60.0,
-        mem_storage=True,
-        num_replicas=1,
-    )
-    subscription = await js.pull_subscribe(f"{prefix}>", stream=f"KV_{bucket}", config=config)
-    found: list[Latest] = []
-    try:
-        remaining = (await subscription.consumer_info()).num_pending or 0
-        while remaining > 0:
-            messages = await subscription.fetch(min(remaining, READ_BATCH), timeout=READ_TIMEOUT_S)
-            found += [
-                Latest(m.subject[len(prefix) :], m.data or b"", m.metadata.sequence.stream)
-                for m in messages
-            ]
-            remaining = messages[-1].metadata.num_pending or 0
-    finally:
-        with contextlib.suppress(nats.errors.Error):
-            await subscription.unsubscribe()
-    return found
 
 
 class ClusterPrivacy:

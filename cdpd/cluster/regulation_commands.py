@@ -30,13 +30,14 @@ async def _book(config: Config) -> AsyncIterator[ClusterRegulations]:
     jetstream = config.storage.jetstream
     bucket = Layout.of(jetstream).regulations_bucket
     async with connected(jetstream, name="cdpd regulations") as client:
+        js = client.jetstream()
         try:
-            kv = await client.jetstream().key_value(bucket)
+            kv = await js.key_value(bucket)
         except BucketNotFoundError:
             raise NoRegulations(
                 f"the cluster has no bucket {bucket} yet: start a node (cdpd serve) first"
             ) from None
-        yield ClusterRegulations(config, kv, _nodes_take_it_up)
+        yield ClusterRegulations(config, js, kv, _nodes_take_it_up)
 
 
 async def create(config: Config, new: NewRegulation) -> None:

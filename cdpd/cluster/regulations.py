@@ -16,13 +16,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import msgspec
 import nats.errors
+from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from cdpd.cluster.buckets import Latest, current
+from cdpd.cluster.layout import Layout
 from cdpd.cluster.regulation_records import (
     DUE,
     REGULATION,
@@ -52,7 +55,6 @@ from cdpd.privacy.regulations_store import (
 WRITES_AT_ONCE = 64
 # A one-off read's consumer is removed by the servers this long after it stopped (nats-py's
 # default, 5 minutes, would keep one for every 0.5 s poll of the regulations' worker).
-READ_CONSUMER_S = 2.0
 # Waits until this node's suppression watch shows the first keys and not the second.
 InForce = Callable[[Sequence[str], Sequence[str]], Awaitable[None]]
 
@@ -74,27 +76,15 @@ async def _all_of(writes: Sequence[Callable[[], Awaitable[None]]]) -> None:
         await asyncio.gather(*(write() for write in writes[start : start + WRITES_AT_ONCE]))
 
 
-async def current(
-    kv: KeyValue, pattern: str, *, meta_only: bool = False
-) -> AsyncIterator[KeyValue.Entry]:
-    """The entries whose keys match `pattern` as they are now (deleted keys left out)."""
-    watcher = await kv.watch(
-        pattern, ignore_deletes=True, meta_only=meta_only, inactive_threshold=READ_CONSUMER_S
-    )
-    try:
-        async for entry in watcher:
-            if entry is None:  # the marker: every current entry was given
-                return
-            yield entry
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
-
-
 class ClusterRegulations:
     """The regulation API's book on the JetStream backend (`RegulationBook`)."""
 
-    def __init__(self, config: Config, kv: KeyValue, in_force: InForce) -> None:
+    def __init__(
+        self, config: Config, js: JetStreamContext, kv: KeyValue, in_force: InForce
+    ) -> None:
         self._config = config
+        self._js = js
+        self._bucket = Layout.of(config.storage.jetstream).regulations_bucket
         self._kv = kv
         self._in_force = in_force
         self._encoder = msgspec.json.Encoder()
@@ -102,6 +92,9 @@ class ClusterRegulations:
     @property
     def config(self) -> Config:
         return self._config
+
+    async def _current(self, pattern: str, *, meta_only: bool = False) -> list[Latest]:
+        return await current(self._js, self._bucket, pattern, meta_only=meta_only)
 
     async def create(self, new: NewRegulation) -> None:
         with _answered():
@@ -153,8 +146,8 @@ class ClusterRegulations:
         if source is not None:
             return [suppression_key(user, source) for user in user_ids]
         hashes = {user_hash(user) for user in user_ids}
-        keys = current(self._kv, f"{SUPPRESSION}.>", meta_only=True)
-        return [entry.key async for entry in keys if entry.key.split(".")[1] in hashes]
+        keys = await self._current(f"{SUPPRESSION}.>", meta_only=True)
+        return [entry.key for entry in keys if entry.key.split(".")[1] in hashes]
 
     async def read(self, regulation_id: str) -> tuple[RegulationRecord, int] | None:
         try:
@@ -174,7 +167,7 @@ class ClusterRegulations:
         with _answered():
             records = [
                 msgspec.json.decode(entry.value or b"", type=RegulationRecord)
-                async for entry in current(self._kv, f"{REGULATION}.*")
+                for entry in await self._current(f"{REGULATION}.*")
             ]
         kept = sorted(
             (
@@ -211,14 +204,14 @@ class ClusterRegulations:
     async def suppressions(self) -> list[SuppressionRecord]:
         return [
             msgspec.json.decode(entry.value or b"", type=SuppressionRecord)
-            async for entry in current(self._kv, f"{SUPPRESSION}.>")
+            for entry in await self._current(f"{SUPPRESSION}.>")
         ]
 
     # -- the worker's ----------------------------------------------------------------------------
 
     async def due_ids(self) -> list[str]:
         """Unfinished regulations, oldest first."""
-        keys = [entry.key async for entry in current(self._kv, f"{DUE}.*", meta_only=True)]
+        keys = [entry.key for entry in await self._current(f"{DUE}.*", meta_only=True)]
         return sorted(key.partition(".")[2] for key in keys)
 
     async def subjects(self, record: RegulationRecord) -> list[str]:

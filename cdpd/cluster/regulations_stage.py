@@ -46,7 +46,7 @@ async def regulations_stage(parts: NodeParts) -> AsyncIterator[Regulations]:
     """Enters once the stored suppressions are in force here (before ingest opens)."""
     kv = await parts.js.key_value(parts.layout.regulations_bucket)
     feed = SuppressionFeed(kv, parts.governance.suppressions)
-    book = ClusterRegulations(parts.config, kv, feed.in_force)
+    book = ClusterRegulations(parts.config, parts.js, kv, feed.in_force)
     token = parts.config.admin.resolved_token()
 
     async def authorize(request: web.Request) -> None:

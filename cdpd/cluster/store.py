@@ -88,7 +88,8 @@ class JetStreamDeliveryStore:
 
     async def ledger(self) -> Ledger:
         if self._ledger is None:
-            self._ledger = Ledger(await self._js.key_value(self.layout.ledger_bucket))
+            bucket = self.layout.ledger_bucket
+            self._ledger = Ledger(self._js, bucket, await self._js.key_value(bucket))
         return self._ledger
 
     def _now(self) -> str:
