@@ -100,9 +100,10 @@ class JetStreamCluster:
         for index in range(len(self.processes)):
             self.stop(index)
 
-    async def ready(self, timeout_s: float = 30.0) -> None:
+    async def ready(self, timeout_s: float = 90.0) -> None:
         """Until JetStream answers through every running server (a meta leader is elected) and
-        can place a stream on as many servers as are running (every peer has joined)."""
+        can place a stream on as many servers as are running (every peer has joined). Three
+        servers restarted together on a busy machine may take most of a minute to elect one."""
         deadline = asyncio.get_running_loop().time() + timeout_s
         running = [self.urls[i] for i, p in enumerate(self.processes) if p is not None]
         for url in running:

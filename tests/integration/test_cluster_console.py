@@ -511,7 +511,7 @@ async def test_a_page_says_so_when_the_cluster_does_not_answer(
         for index in range(3):  # back, so that the nodes stop as they do with a cluster
             js_cluster.start(index)
         await js_cluster.ready()
-        await until(lambda: _page_status(client, WEBSITE, 200), timeout_s=30)
+        await until(lambda: _page_status(client, WEBSITE, 200))
 
 
 async def _page_status(client: aiohttp.ClientSession, path: str, wanted: int) -> bool:
