@@ -34,7 +34,7 @@ from aiohttp import web
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from cdpd.cluster import dead, operations
 from cdpd.cluster.browse import aux_records, browse
@@ -42,7 +42,7 @@ from cdpd.cluster.console_profiles import NodeProfileStores
 from cdpd.cluster.console_state import KvState, cluster_answers, sessions_bucket
 from cdpd.cluster.layout import DESTINATION, SOURCE, Layout, row_of
 from cdpd.cluster.store import JetStreamDeliveryStore
-from cdpd.cluster.warehouse import lease_key
+from cdpd.cluster.warehouse_status import lease_holder
 from cdpd.cluster.warehouse_sync import SyncUnavailable, WarehouseSyncs, describe
 from cdpd.config import Config, Destination
 from cdpd.console import overview, seams
@@ -226,12 +226,7 @@ class ClusterData:
 
     @cluster_answers
     async def warehouse_holder(self, warehouse: str) -> str | None:
-        leases = await self.js.key_value(self.layout.leases_bucket)
-        try:
-            entry = await leases.get(lease_key(warehouse))
-        except KeyNotFoundError:
-            return ""
-        return (entry.value or b"").decode()
+        return await lease_holder(self.js, self.layout, warehouse) or ""  # "": no node now
 
     @cluster_answers
     async def sync_now(self, warehouse: str) -> str:

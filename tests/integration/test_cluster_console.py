@@ -462,6 +462,10 @@ async def test_the_warehouse_page_shows_the_lease_holder_and_the_syncs_and_syncs
         async with running_node(config("b"), node_name="b") as b:
             await add_cluster_person(a.config, "ada", {"acme": "member"})
             await asyncio.to_thread(_send_with_the_official_client, b, WRITE_KEY, ["Order"])
+            assert await _cli_status(tmp_path / "b.toml") == 0  # one message behind, on a
+            out = capsys.readouterr().out
+            assert "position  0 (outbox last seq 1; 1 to load)" in out, out
+            assert "lease     held by node a, which loads it" in out, out
             async with signed_in(b.url, "ada") as (client, csrf):
                 page = "/console/w/acme/warehouses/wh"
                 async with client.get(page) as resp:
@@ -487,12 +491,31 @@ async def test_the_warehouse_page_shows_the_lease_holder_and_the_syncs_and_syncs
             assert await _cli_sync(tmp_path / "b.toml") == 0
             assert "success, 0 messages loaded" in capsys.readouterr().out
             assert len(holder.reports) == 3
+            assert await _cli_status(tmp_path / "b.toml", "--json") == 0
+            status = msgspec.json.decode(capsys.readouterr().out)
+            assert (status["position"], status["outbox_last_seq"], status["holder"]) == (1, 1, "a")
     assert await _cli_sync(tmp_path / "b.toml") == 1
     assert "no node holds the lease of warehouse wh" in capsys.readouterr().err
+    assert await _cli_status(tmp_path / "b.toml") == 0
+    assert "lease     held by no node now" in capsys.readouterr().out
+
+    closed = tmp_path / "closed.toml"
+    servers = 'servers = ["nats://127.0.0.1:1"]\nconnect_timeout_s = 0.5'
+    closed.write_text(re.sub(r"servers = \[.*\]", servers, (tmp_path / "b.toml").read_text()))
+    assert await _cli_status(closed) == 1
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    assert err.startswith("cdpd: cannot connect to JetStream at nats://127.0.0.1:1"), err
+    assert err.count("\n") == 1, err  # one line, no traceback
 
 
 async def _cli_sync(config: Path) -> int:
     return await asyncio.to_thread(cli.main, ["warehouse", "sync", "wh", "--config", str(config)])
+
+
+async def _cli_status(config: Path, *options: str) -> int:
+    command = ["warehouse", "status", *options, "--config", str(config)]
+    return await asyncio.to_thread(cli.main, command)
 
 
 async def _first_sync(leader: WarehouseLeader) -> bool:
