@@ -2,8 +2,9 @@
 backend, read from the cluster, so that any node answers the same.
 
 * The live debugger reads the tail of the messages stream (an ephemeral consumer per person
-  watching, from a little before the end) and keeps the messages whose `Cdpd-Source` is the
-  source watched; a watcher that falls far behind skips to the end (the debugger is a sample).
+  watching, from a little before the end, deleted as the person leaves) and keeps the messages
+  whose `Cdpd-Source` is the source watched; a watcher that falls far behind skips to the end
+  (the debugger is a sample).
 * Rejects, blocked messages and violations are the rows ingest published to the aux stream,
   read over the page's window up to `AUX_READ` rows each.
 * A destination's figures are the cluster's: its consumers' backlog, the messages handed out
@@ -23,6 +24,7 @@ up; the config changes, made on the SQLite backend only, say so."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -30,19 +32,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from aiohttp import web
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from cdpd.cluster import dead, operations
-from cdpd.cluster.browse import aux_records, browse
+from cdpd.cluster.browse import aux_records, browse, forget
 from cdpd.cluster.console_profiles import NodeProfileStores
 from cdpd.cluster.console_state import KvState, cluster_answers, sessions_bucket
 from cdpd.cluster.layout import DESTINATION, SOURCE, Layout, row_of
 from cdpd.cluster.store import JetStreamDeliveryStore
-from cdpd.cluster.warehouse import lease_key
+from cdpd.cluster.warehouse_status import lease_holder
 from cdpd.cluster.warehouse_sync import SyncUnavailable, WarehouseSyncs, describe
 from cdpd.config import Config, Destination
 from cdpd.console import overview, seams
@@ -63,10 +67,13 @@ from cdpd.model.timestamps import format_ms, now_ms
 if TYPE_CHECKING:
     from cdpd.cluster.node import NodeParts
 
+log = structlog.get_logger("cdpd.console")
+
 AUX_READ = 10_000  # rows of one aux table read for one page
 TAIL_READ = 500  # the debugger starts this many messages before the stream's end
 READ_BATCH = 256  # messages read from the stream per wait of the debugger
 SKIP_AHEAD = 5_000  # a debugger this far behind the stream's end jumps to it
+FORGET_S = 2.0  # deleting a watcher's consumer as it leaves waits no longer than this
 UNAVAILABLE = {
     seams.CONFIG_CHANGES: "every node reads its own config file: change the shared config"
     " (and conf.d) on every node, then reload them (SIGHUP, `systemctl reload cdpd`)",
@@ -102,9 +109,16 @@ class StreamFeed:
         )
 
     async def close(self) -> None:
-        if self._sub is not None:
-            await self._sub.unsubscribe()
-            self._sub = None
+        """Stop reading and delete the consumer now (within FORGET_S), not after its 30 s of
+        inactivity; a cluster that is gone leaves it to that threshold, without an error."""
+        sub, self._sub = self._sub, None
+        if sub is None:
+            return
+        try:
+            async with asyncio.timeout(FORGET_S):
+                await forget(self._js, self._layout.stream, sub)
+        except (NatsError, TimeoutError) as exc:
+            log.info("debugger_consumer_left", source=self._source, error=repr(exc))
 
     async def next(self, timeout_s: float) -> list[OutboxRow]:
         if self._sub is None:
@@ -226,12 +240,7 @@ class ClusterData:
 
     @cluster_answers
     async def warehouse_holder(self, warehouse: str) -> str | None:
-        leases = await self.js.key_value(self.layout.leases_bucket)
-        try:
-            entry = await leases.get(lease_key(warehouse))
-        except KeyNotFoundError:
-            return ""
-        return (entry.value or b"").decode()
+        return await lease_holder(self.js, self.layout, warehouse) or ""  # "": no node now
 
     @cluster_answers
     async def sync_now(self, warehouse: str) -> str:

@@ -45,12 +45,16 @@ def stream_names(layout: Layout) -> list[str]:
 
 async def messages_last_seq(config: JetStreamConfig) -> int:
     """The last sequence of the messages stream (0 before it exists)."""
-    layout = Layout.of(config)
     async with connected(config, name="cdpd") as client:
-        try:
-            info = await client.jetstream().stream_info(layout.stream)
-        except NotFoundError:
-            return 0
+        return await stream_last_seq(client.jetstream(), Layout.of(config))
+
+
+async def stream_last_seq(js: JetStreamContext, layout: Layout) -> int:
+    """The last sequence of the messages stream (0 before it exists)."""
+    try:
+        info = await js.stream_info(layout.stream)
+    except NotFoundError:
+        return 0
     return info.state.last_seq
 
 

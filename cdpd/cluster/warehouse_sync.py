@@ -21,10 +21,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
 
 from cdpd.cluster.connect import connected
-from cdpd.cluster.layout import Layout, warehouse_lease_key
+from cdpd.cluster.layout import Layout
+from cdpd.cluster.warehouse_status import lease_holder
 from cdpd.config import Config
 from cdpd.warehouse.report import SyncReport
 
@@ -81,7 +81,7 @@ class WarehouseSyncs:
         try:
             msg = await answers.next_msg(timeout=ANSWER_S)
         except NatsTimeout:
-            holder = await self.holder(warehouse) or "no node"
+            holder = await lease_holder(self._js, self._layout, warehouse) or "no node"
             raise SyncUnavailable(
                 f"{holder} (holding the lease of warehouse {warehouse}) did not answer within"
                 f" {ANSWER_S:g} s; its next sync is at most interval_s away"
@@ -98,15 +98,6 @@ class WarehouseSyncs:
             return _answer.decode(msg.data)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise SyncUnavailable(f"the lease holder's answer is unreadable: {exc}") from None
-
-    async def holder(self, warehouse: str) -> str | None:
-        """The node named in the warehouse's lease, if any."""
-        leases = await self._js.key_value(self._layout.leases_bucket)
-        try:
-            entry = await leases.get(warehouse_lease_key(warehouse))
-        except KeyNotFoundError:
-            return None
-        return (entry.value or b"").decode() or None
 
 
 def describe(answer: SyncAnswer, wait_s: float) -> str:

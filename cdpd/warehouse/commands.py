@@ -1,7 +1,8 @@
 """`cdpd warehouse sync NAME`, `status` and `rewind NAME`: their arguments and their output.
 
 cli.py hands these over; the work happens in loader and the sinks (on the JetStream backend,
-a sync is asked of the node holding the warehouse's lease: `cdpd.cluster.warehouse_sync`).
+a sync is asked of the node holding the warehouse's lease: `cdpd.cluster.warehouse_sync`, and
+the status reads the stream's end and the lease holders: `cdpd.cluster.warehouse_status`).
 """
 
 from __future__ import annotations
@@ -163,19 +164,46 @@ def _status(cfg: Config, *, json: bool) -> int:
     if not cfg.warehouses:
         print("cdpd: no warehouses are configured", file=sys.stderr)
         return EXIT_FAILURE
-    statuses = asyncio.run(_statuses(cfg))
+    try:
+        statuses = asyncio.run(_statuses(cfg))
+    except Unreachable as exc:
+        print(f"cdpd: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     for status in statuses:
         print(msgspec.json.encode(status).decode() if json else _format_status(status))
     return EXIT_OK if all(s.error is None for s in statuses) else EXIT_FAILURE
 
 
 async def _statuses(cfg: Config) -> list[WarehouseStatus]:
-    last_seq = await loader.outbox_last_seq(cfg.storage.outbox_path)
+    last_seq: int | None
+    holders: dict[str, str | None] | None  # on the JetStream backend
+    if cfg.storage.backend == "jetstream":
+        last_seq, holders = await _cluster_places(cfg)
+    else:
+        last_seq, holders = await loader.outbox_last_seq(cfg.storage.outbox_path), None
     statuses = [await _read_status(cfg, w, last_seq) for w in cfg.warehouses]
     last_change = await asyncio.to_thread(loader.identity_last_change, cfg)
     for status in statuses:
         status.identity_last_change = last_change
+        if holders is not None:
+            status.holder = holders.get(status.warehouse)
     return statuses
+
+
+async def _cluster_places(cfg: Config) -> tuple[int, dict[str, str | None]]:
+    """The messages stream's last seq and each warehouse's lease holder. Raises Unreachable."""
+    from nats.errors import Error as NatsError  # the NATS client, only when needed
+
+    from cdpd.cluster.connect import ClusterUnreachable
+    from cdpd.cluster.warehouse_status import read_places
+
+    try:
+        places = await read_places(cfg.storage.jetstream, (w.name for w in cfg.warehouses))
+    except ClusterUnreachable as exc:
+        raise Unreachable(str(exc)) from exc
+    except (NatsError, TimeoutError) as exc:
+        raise Unreachable(f"the JetStream cluster did not answer: {exc!r}") from exc
+    return places.last_seq, places.holders
 
 
 async def _read_status(cfg: Config, warehouse: Warehouse, last_seq: int | None) -> WarehouseStatus:
@@ -227,6 +255,8 @@ def _format_status(status: WarehouseStatus) -> str:
             f"profiles  change {status.profiles_position} (identity store last change "
             f"{last_change}; {last_change - status.profiles_position} to load)"
         )
+    if status.holder is not msgspec.UNSET:
+        lines.append(f"lease     {_held_by(status.holder)}")
     if status.error:
         lines.append(f"error     {status.error}")
     for sync in status.recent_syncs:
@@ -236,3 +266,9 @@ def _format_status(status: WarehouseStatus) -> str:
         lines.append("sync      (none yet)")
     lines += [f"  {t.schema}.{t.table:<44} {t.rows:>10} rows" for t in status.tables]
     return "\n".join(lines) + "\n"
+
+
+def _held_by(holder: str | None) -> str:
+    if holder is None:
+        return "held by no node now (a node takes it within seconds of starting)"
+    return f"held by node {holder}, which loads it"

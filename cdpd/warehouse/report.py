@@ -42,3 +42,5 @@ class WarehouseStatus(msgspec.Struct, kw_only=True):
     recent_syncs: list[SyncReport] = msgspec.field(default_factory=list)  # newest first
     tables: list[TableRows] = msgspec.field(default_factory=list)
     error: str | None = None  # the warehouse could not be read
+    # On the JetStream backend, the node holding the warehouse's lease (None: no node now).
+    holder: str | msgspec.UnsetType | None = msgspec.UNSET

@@ -17,11 +17,14 @@ from typing import Any
 
 import aiohttp
 import msgspec
+import nats
 import pytest
 from segment.analytics.client import Client
 from yarl import URL
 
 from cdpd import cli
+from cdpd.cluster.console import ConsoleStage
+from cdpd.cluster.layout import Layout
 from cdpd.cluster.node import Node, running_node
 from cdpd.cluster.profiles import ProfilesLeader
 from cdpd.cluster.warehouse import WarehouseLeader
@@ -119,8 +122,10 @@ async def test_the_debugger_on_one_node_shows_what_the_other_accepted(
         assert all(msgspec.json.decode(e["payload"])["type"] == "track" for e in found)
 
         # ... and it goes on live: what A accepts after the page opened comes too.
+        left_before = await _debugger_consumers(js_cluster.urls)  # the first watcher's, if any
+
         async def later() -> None:
-            await asyncio.sleep(1.0)
+            await until(lambda: _new_debugger_consumer(js_cluster.urls, left_before))
             await asyncio.to_thread(_send_with_the_official_client, a, WRITE_KEY, ["Live One"])
 
         sending = asyncio.create_task(later())
@@ -128,6 +133,26 @@ async def test_the_debugger_on_one_node_shows_what_the_other_accepted(
         await sending
         assert "Live One" in {e["event"] for e in found}
         assert "Other" not in {e["event"] for e in found}  # the backend source's own
+        # The watchers left: their consumers are deleted, not left for their 30 s of inactivity.
+        await until(lambda: _no_debugger_consumer(js_cluster.urls), timeout_s=15)
+
+
+async def _debugger_consumers(urls: list[str]) -> set[str]:
+    """The messages stream's ephemeral consumers (only the debugger makes them here)."""
+    client = await nats.connect(urls)
+    try:
+        found = await client.jetstream().consumers_info(Layout().stream)
+        return {c.name for c in found if not c.config.durable_name}
+    finally:
+        await client.close()
+
+
+async def _new_debugger_consumer(urls: list[str], before: set[str]) -> bool:
+    return bool(await _debugger_consumers(urls) - before)
+
+
+async def _no_debugger_consumer(urls: list[str]) -> bool:
+    return not await _debugger_consumers(urls)
 
 
 async def test_a_session_made_on_one_node_is_good_on_the_other(
@@ -462,6 +487,10 @@ async def test_the_warehouse_page_shows_the_lease_holder_and_the_syncs_and_syncs
         async with running_node(config("b"), node_name="b") as b:
             await add_cluster_person(a.config, "ada", {"acme": "member"})
             await asyncio.to_thread(_send_with_the_official_client, b, WRITE_KEY, ["Order"])
+            assert await _cli_status(tmp_path / "b.toml") == 0  # one message behind, on a
+            out = capsys.readouterr().out
+            assert "position  0 (outbox last seq 1; 1 to load)" in out, out
+            assert "lease     held by node a, which loads it" in out, out
             async with signed_in(b.url, "ada") as (client, csrf):
                 page = "/console/w/acme/warehouses/wh"
                 async with client.get(page) as resp:
@@ -487,12 +516,31 @@ async def test_the_warehouse_page_shows_the_lease_holder_and_the_syncs_and_syncs
             assert await _cli_sync(tmp_path / "b.toml") == 0
             assert "success, 0 messages loaded" in capsys.readouterr().out
             assert len(holder.reports) == 3
+            assert await _cli_status(tmp_path / "b.toml", "--json") == 0
+            status = msgspec.json.decode(capsys.readouterr().out)
+            assert (status["position"], status["outbox_last_seq"], status["holder"]) == (1, 1, "a")
     assert await _cli_sync(tmp_path / "b.toml") == 1
     assert "no node holds the lease of warehouse wh" in capsys.readouterr().err
+    assert await _cli_status(tmp_path / "b.toml") == 0
+    assert "lease     held by no node now" in capsys.readouterr().out
+
+    closed = tmp_path / "closed.toml"
+    servers = 'servers = ["nats://127.0.0.1:1"]\nconnect_timeout_s = 0.5'
+    closed.write_text(re.sub(r"servers = \[.*\]", servers, (tmp_path / "b.toml").read_text()))
+    assert await _cli_status(closed) == 1
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    assert err.startswith("cdpd: cannot connect to JetStream at nats://127.0.0.1:1"), err
+    assert err.count("\n") == 1, err  # one line, no traceback
 
 
 async def _cli_sync(config: Path) -> int:
     return await asyncio.to_thread(cli.main, ["warehouse", "sync", "wh", "--config", str(config)])
+
+
+async def _cli_status(config: Path, *options: str) -> int:
+    command = ["warehouse", "status", *options, "--config", str(config)]
+    return await asyncio.to_thread(cli.main, command)
 
 
 async def _first_sync(leader: WarehouseLeader) -> bool:
@@ -502,8 +550,11 @@ async def _first_sync(leader: WarehouseLeader) -> bool:
 async def test_a_page_says_so_when_the_cluster_does_not_answer(
     tmp_path: Path, js_cluster: JetStreamCluster, sink: Sink
 ) -> None:
-    async with _browsing_b(tmp_path, js_cluster, sink, "ada") as (_, _, client, _):
-        js_cluster.stop_all()
+    async with _browsing_b(tmp_path, js_cluster, sink, "ada") as (_, b, client, _):
+        stage = b.stages["console"]
+        assert isinstance(stage, ConsoleStage)
+        async with asyncio.timeout(10), stage.console.parts.data.watch("website", 10):
+            js_cluster.stop_all()  # a watcher leaving then leaves without an error
         for page in (WEBSITE, "/console/w/acme/audiences"):
             async with client.get(page) as resp:
                 assert resp.status == 503

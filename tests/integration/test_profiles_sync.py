@@ -121,6 +121,7 @@ async def test_status_shows_how_far_profiles_sync_has_loaded(
     assert await asyncio.to_thread(cli.main, status_json) == 0
     (status,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert status["profiles_position"] == status["identity_last_change"] > 0
+    assert "holder" not in status  # a JetStream node's only
     assert await asyncio.to_thread(cli.main, ["warehouse", "status", "--config", config]) == 0
     out = capsys.readouterr().out
     assert f"profiles  change {status['profiles_position']} (identity store last change" in out

@@ -570,6 +570,7 @@ async def test_cli_sync_and_status(
     assert await asyncio.to_thread(cli.main, ["warehouse", "status", "--config", config]) == 0
     out = capsys.readouterr().out
     assert "position  2 (outbox last seq 2; 0 to load)" in out
+    assert "lease" not in out  # one process loads every warehouse
     assert "website.tracks" in out
     assert await asyncio.to_thread(cli.main, ["warehouse", "sync", "nope", "--config", config]) == 2
 
