@@ -26,6 +26,28 @@ FIRST_WINDOW = 128
 LAST_WINDOW = 16_384
 
 
+def reading(
+    policy: DeliverPolicy,
+    *,
+    start_seq: int | None = None,
+    start_time: datetime | None = None,
+    headers_only: bool | None = None,
+    inactive_s: float = 30.0,
+) -> ConsumerConfig:
+    """An ephemeral consumer that leaves no trace: in memory, one replica, acknowledging
+    nothing, removed by the server `inactive_s` after its last use."""
+    return ConsumerConfig(
+        deliver_policy=policy,
+        opt_start_seq=start_seq,
+        opt_start_time=start_time,
+        headers_only=headers_only,
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=inactive_s,
+        mem_storage=True,
+        num_replicas=1,
+    )
+
+
 async def browse(
     js: JetStreamContext,
     stream: str,
@@ -44,15 +66,7 @@ async def browse(
         policy = DeliverPolicy.BY_START_TIME
     elif from_seq is not None:
         policy = DeliverPolicy.BY_START_SEQUENCE
-    config = ConsumerConfig(
-        deliver_policy=policy,
-        opt_start_time=since,
-        opt_start_seq=from_seq,
-        ack_policy=AckPolicy.NONE,
-        inactive_threshold=30.0,
-        mem_storage=True,
-        num_replicas=1,
-    )
+    config = reading(policy, start_seq=from_seq, start_time=since)
     sub = await js.pull_subscribe(subject, stream=stream, config=config)
     found: list[Msg] = []
     try:

@@ -13,7 +13,9 @@ from typing import NamedTuple
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import DeliverPolicy
+
+from cdpd.cluster.browse import reading
 
 READ_BATCH = 1000
 READ_TIMEOUT_S = 5.0
@@ -35,13 +37,8 @@ async def latest(
     """The latest entry of every key of `bucket` matching `pattern` (deleted keys included,
     flagged); with `meta_only`, without their values."""
     prefix = f"$KV.{bucket}."
-    config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-        ack_policy=AckPolicy.NONE,
-        inactive_threshold=60.0,
-        mem_storage=True,
-        num_replicas=1,
-        headers_only=meta_only or None,
+    config = reading(
+        DeliverPolicy.LAST_PER_SUBJECT, headers_only=meta_only or None, inactive_s=60.0
     )
     subscription = await js.pull_subscribe(
         f"{prefix}{pattern}", stream=f"KV_{bucket}", config=config

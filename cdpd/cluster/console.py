@@ -37,11 +37,11 @@ from aiohttp import web
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from cdpd.cluster import dead, operations
-from cdpd.cluster.browse import aux_records, browse, forget
+from cdpd.cluster.browse import aux_records, browse, forget, reading
 from cdpd.cluster.console_profiles import NodeProfileStores
 from cdpd.cluster.console_state import KvState, cluster_answers, sessions_bucket
 from cdpd.cluster.layout import DESTINATION, SOURCE, Layout, row_of
@@ -96,14 +96,7 @@ class StreamFeed:
     async def open(self, back: int = TAIL_READ) -> None:
         info = await self._js.stream_info(self._layout.stream)
         start = max(info.state.first_seq, info.state.last_seq - back + 1, 1)
-        config = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=start,
-            ack_policy=AckPolicy.NONE,
-            inactive_threshold=30.0,
-            mem_storage=True,
-            num_replicas=1,
-        )
+        config = reading(DeliverPolicy.BY_START_SEQUENCE, start_seq=start)
         self._sub = await self._js.pull_subscribe(
             self._layout.messages_subjects, stream=self._layout.stream, config=config
         )

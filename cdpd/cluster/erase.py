@@ -24,9 +24,10 @@ from urllib.parse import unquote
 import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from cdpd.cluster.browse import reading
 from cdpd.cluster.layout import MESSAGE_ID, SOURCE, USER_ID, Layout
 from cdpd.privacy.suppression import user_id_of
 
@@ -138,14 +139,7 @@ async def scan(
     info = await js.stream_info(stream)
     if info.state.messages == 0:
         return
-    config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.ALL,
-        ack_policy=AckPolicy.NONE,
-        headers_only=headers_only,
-        inactive_threshold=60.0,
-        mem_storage=True,
-        num_replicas=1,
-    )
+    config = reading(DeliverPolicy.ALL, headers_only=headers_only, inactive_s=60.0)
     subscription = await js.pull_subscribe(subjects, stream=stream, config=config)
     try:
         while True:

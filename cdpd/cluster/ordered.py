@@ -17,8 +17,9 @@ from pathlib import Path
 import aiosqlite
 import structlog
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import DeliverPolicy
 
+from cdpd.cluster.browse import reading
 from cdpd.cluster.layout import DESTINATION, Layout, row_of
 from cdpd.model.pragmas import SECURE_DELETE
 from cdpd.model.rows import OutboxRow
@@ -49,14 +50,7 @@ async def read_range(
     deleted, not yet to come)."""
     if count <= 0:
         return [], after_seq
-    config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-        opt_start_seq=after_seq + 1,
-        ack_policy=AckPolicy.NONE,
-        inactive_threshold=60.0,
-        mem_storage=True,
-        num_replicas=1,
-    )
+    config = reading(DeliverPolicy.BY_START_SEQUENCE, start_seq=after_seq + 1, inactive_s=60.0)
     subscription = await js.pull_subscribe(
         layout.messages_subjects, stream=layout.stream, config=config
     )

@@ -15,11 +15,11 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamState
+from nats.js.api import DeliverPolicy, StreamState
 from nats.js.errors import NotFoundError
 
 from cdpd.cluster import status
-from cdpd.cluster.browse import FETCH_MAX, aux_records, forget, newest, record_of
+from cdpd.cluster.browse import FETCH_MAX, aux_records, forget, newest, reading, record_of
 from cdpd.cluster.layout import DESTINATION, RECEIVED_AT, Layout, row_of
 from cdpd.model.rows import OutboxRow
 from cdpd.outbox.reader import RejectCount, StoredMessage, StoredReject, TailFilter, stored_payload
@@ -113,14 +113,7 @@ async def follow(
 ) -> AsyncIterator[StoredMessage]:
     """Messages stored after `after_seq` that pass `only`, as they are stored, until the caller
     stops iterating (its consumer goes with it)."""
-    config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-        opt_start_seq=after_seq + 1,
-        ack_policy=AckPolicy.NONE,
-        inactive_threshold=30.0,
-        mem_storage=True,
-        num_replicas=1,
-    )
+    config = reading(DeliverPolicy.BY_START_SEQUENCE, start_seq=after_seq + 1)
     sub = await js.pull_subscribe(layout.messages_subjects, stream=layout.stream, config=config)
     try:
         while True:
