@@ -331,7 +331,7 @@ async def console_stage(parts: NodeParts) -> AsyncIterator[ConsoleStage]:
     console = Console(
         Parts(
             config_of=_fixed(config),
-            state=KvState(people, sessions),
+            state=KvState(parts.js, parts.layout, people, sessions),
             data=ClusterData(
                 parts.js,
                 parts.layout,

@@ -25,11 +25,11 @@ from nats.js.errors import (
     BadRequestError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
-    NoKeysError,
 )
 from nats.js.kv import KeyValue
 
 from cdpd.cluster import connect
+from cdpd.cluster.buckets import current
 from cdpd.cluster.layout import Layout
 from cdpd.config import Config, JetStreamConfig
 from cdpd.console.state import Person, Session, sha256
@@ -85,7 +85,11 @@ async def sessions_bucket(
 class KvState:
     """`ConsoleState` over the buckets, and what `cdpd users` changes in them."""
 
-    def __init__(self, people: KeyValue, sessions: KeyValue) -> None:
+    def __init__(
+        self, js: JetStreamContext, layout: Layout, people: KeyValue, sessions: KeyValue
+    ) -> None:
+        self._js = js
+        self._layout = layout
         self._people = people
         self._sessions = sessions
 
@@ -116,12 +120,9 @@ class KvState:
     # -- what `cdpd users` does ----------------------------------------------------------------
 
     async def people(self) -> list[Person]:
-        try:
-            keys = await self._people.keys()
-        except NoKeysError:
-            return []
-        names = [await _read(self._people, key, Person) for key in keys if key.startswith(PEOPLE)]
-        return sorted((p for p in names if p is not None), key=lambda p: p.name)
+        stored = await current(self._js, self._layout.console_bucket, f"{PEOPLE}>")
+        people = [_decoded(entry.value, Person) for entry in stored]
+        return sorted((p for p in people if p is not None), key=lambda p: p.name)
 
     async def add_person(self, name: str, password_hash: str, workspace: str, role: str) -> bool:
         """False when the name is taken."""
@@ -159,14 +160,10 @@ class KvState:
         await self._people.put(person_key(person.name), msgspec.json.encode(person))
 
     async def _end_sessions_of(self, name: str) -> None:
-        try:
-            keys = await self._sessions.keys()
-        except NoKeysError:
-            return
-        for key in keys:
-            found = await _read(self._sessions, key, Session)
+        for entry in await current(self._js, self._layout.sessions_bucket):
+            found = _decoded(entry.value, Session)
             if found is not None and found.person == name:
-                await self._sessions.purge(key)
+                await self._sessions.purge(entry.key)
 
 
 async def _read(bucket: KeyValue, key: str, kind: type[S]) -> S | None:
@@ -175,7 +172,11 @@ async def _read(bucket: KeyValue, key: str, kind: type[S]) -> S | None:
         entry = await bucket.get(key)
     except KeyNotFoundError:
         return None
-    return msgspec.json.decode(entry.value, type=kind) if entry.value else None
+    return _decoded(entry.value, kind)
+
+
+def _decoded(value: bytes | None, kind: type[S]) -> S | None:
+    return msgspec.json.decode(value, type=kind) if value else None
 
 
 @asynccontextmanager
@@ -188,4 +189,4 @@ async def people_in_cluster(config: Config) -> AsyncIterator[KvState]:
         await connect.ensure(js, jetstream, layout)
         people = await js.key_value(layout.console_bucket)
         sessions = await sessions_bucket(js, jetstream, layout, config.console.session_ttl_s)
-        yield KvState(people, sessions)
+        yield KvState(js, layout, people, sessions)
