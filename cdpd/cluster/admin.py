@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 from cdpd.admin import ReplayRequest, RetryRequest, _json, _limit, _text, _time
 from cdpd.cluster import operations
 from cdpd.cluster.delivery import ClusterDelivery
-from cdpd.cluster.node_web import require_admin
+from cdpd.cluster.node_web import cluster_answers, require_admin
 from cdpd.config import Config, Destination
 from cdpd.delivery import replay
 from cdpd.delivery.report import DestinationReport
@@ -56,7 +56,8 @@ class ClusterAdmin:
 
     async def deliveries(self, request: web.Request) -> web.Response:
         self._authorize(request)
-        return _json({"destinations": await self._reports()})
+        with cluster_answers():
+            return _json({"destinations": await self._reports()})
 
     async def dead(self, request: web.Request) -> web.Response:
         self._authorize(request)
@@ -64,7 +65,8 @@ class ClusterAdmin:
         if destination is not None and destination not in self._destinations:
             raise _unknown(destination)
         limit = _limit(request.query.get("limit", "100"))
-        found = await operations.dead_deliveries(self._js, self._layout, destination, limit)
+        with cluster_answers():
+            found = await operations.dead_deliveries(self._js, self._layout, destination, limit)
         return _json({"dead": found})
 
     async def replay(self, request: web.Request) -> web.Response:
@@ -75,10 +77,12 @@ class ClusterAdmin:
             raise ApiError(409, "destination_disabled", f"{destination.name} is disabled")
         store = self._delivery.store
         if asked.dead:
-            count = await replay.replay_dead(store, destination)
+            with cluster_answers():
+                count = await replay.replay_dead(store, destination)
         elif asked.since:
             since, until = _time(asked.since, "since"), _time(asked.until, "until", default=True)
-            count = await replay.replay_range(store, destination, since, until, asked.source)
+            with cluster_answers():
+                count = await replay.replay_range(store, destination, since, until, asked.source)
         else:
             raise ApiError(400, "invalid_request", "say what to replay: dead = true, or since")
         return _json({"destination": destination.name, "queued": count})
@@ -88,7 +92,8 @@ class ClusterAdmin:
         self._authorize(request)
         message_id = _text(request.match_info["message_id"], "message_id") or ""
         rules = [routing_rule(d) for d in self._destinations.values()]
-        found = await self._delivery.store.show(message_id, rules)
+        with cluster_answers():
+            found = await self._delivery.store.show(message_id, rules)
         if not found:
             raise ApiError(404, "unknown_message", f"no message {message_id!r} in the cluster")
         return _json({"message_id": message_id, "deliveries": found})
@@ -98,7 +103,8 @@ class ClusterAdmin:
         asked = decoded_request(await request.read(), RetryRequest, "retry")
         destination = self._destination(asked.destination)
         node = self._delivery.node
-        waiting = await operations.retry(self._delivery.store, self._js, destination, node)
+        with cluster_answers():
+            waiting = await operations.retry(self._delivery.store, self._js, destination, node)
         lane = self._delivery.lanes.get(destination.name)
         if lane is not None:
             lane.shared.circuit.succeeded()

@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
-from cdpd.cluster.browse import reading
+from cdpd.cluster.browse import forget, reading
 
 READ_BATCH = 1000
 READ_TIMEOUT_S = 5.0
@@ -40,20 +40,33 @@ async def latest(
     config = reading(
         DeliverPolicy.LAST_PER_SUBJECT, headers_only=meta_only or None, inactive_s=60.0
     )
-    subscription = await js.pull_subscribe(
-        f"{prefix}{pattern}", stream=f"KV_{bucket}", config=config
-    )
+    stream = f"KV_{bucket}"
+    subscription = await js.pull_subscribe(f"{prefix}{pattern}", stream=stream, config=config)
     found: list[Latest] = []
     try:
-        remaining = (await subscription.consumer_info()).num_pending or 0
+        remaining = await _pending(subscription)
         while remaining > 0:
-            messages = await subscription.fetch(min(remaining, READ_BATCH), timeout=READ_TIMEOUT_S)
+            try:
+                messages = await subscription.fetch(
+                    min(remaining, READ_BATCH), timeout=READ_TIMEOUT_S
+                )
+            except nats.errors.TimeoutError:
+                # Entries counted may have expired (a TTL) or been purged since: none is
+                # coming when none is pending any more.
+                remaining = await _pending(subscription)
+                if remaining > 0:
+                    raise
+                break
             found += [_entry(m, prefix) for m in messages]
             remaining = messages[-1].metadata.num_pending or 0
     finally:
         with contextlib.suppress(nats.errors.Error):
-            await subscription.unsubscribe()
+            await forget(js, stream, subscription)  # called every poll: leave no consumer
     return found
+
+
+async def _pending(subscription: JetStreamContext.PullSubscription) -> int:
+    return (await subscription.consumer_info()).num_pending or 0
 
 
 async def current(

@@ -87,9 +87,11 @@ class NodeEndpoints:
 @contextlib.contextmanager
 def cluster_answers() -> Iterator[None]:
     """A request the cluster did not answer is a 503, whatever nats-py raised (several
-    unrelated types for one lost link)."""
+    unrelated types for one lost link); an answer already made (ApiError) goes through."""
     try:
         yield
+    except ApiError:
+        raise
     except Exception as exc:
         raise ApiError(
             503, "cluster_unreachable", f"the JetStream cluster did not answer: {exc!r}"
