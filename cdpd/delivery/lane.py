@@ -260,7 +260,10 @@ class _Run:
             self.retry_all = False
             await lane._store.retry_now(lane.name, now_at)
         found = False
-        due = [o for o in await self.reader.due(now_at, room) if o.view.seq not in self.ledger_busy]
+        # A row in flight when the read starts may settle before it returns: the read still
+        # shows it due as it was, so it is left to the next read.
+        in_flight = set(self.ledger_busy)
+        due = [o for o in await self.reader.due(now_at, room) if o.view.seq not in in_flight]
         if lane._ordered:
             due = self._one_per_user(due)
         for start in range(0, len(due), lane._batch_size):

@@ -252,6 +252,38 @@ async def test_dead_only_after_the_window_and_three_attempts(
     assert len(sink.received) == attempts
 
 
+async def test_a_retry_read_while_that_retry_is_in_flight_does_not_send_it_twice(
+    make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
+) -> None:
+    """The lane reads due retries while one is in flight; that read sees the row as it was
+    before the attempt's outcome was committed. Held until the attempt has settled, it must
+    still not send the message a second time."""
+    clock = FakeClock()
+    async with (
+        Sink(default=status(502)) as sink,
+        running(make_config(hook("hook", sink.url)), clock=clock) as server,
+    ):
+        lane = server.delivery.lanes["hook"]
+        await send(http, server, [track(1)])
+        await recorded(lane, 1)
+        assert lane._run is not None
+        reader = lane._run.reader
+        read_due = reader.due
+
+        async def due_read_before_a_settle(now_at: str, limit: int) -> Any:
+            rows = await read_due(now_at, limit)
+            await asyncio.sleep(0.3)  # the attempt in flight settles meanwhile
+            return rows
+
+        reader.due = due_read_before_a_settle  # type: ignore[method-assign]
+        clock.advance(600)
+        await recorded(lane, 2)
+        await asyncio.sleep(1)  # a duplicate would have gone out by now
+        reader.due = read_due  # type: ignore[method-assign]
+    assert len(sink.received) == 2
+    assert deliveries(data_dir) == [("m1", "retrying", 2, 502)]
+
+
 async def test_timeouts_and_refused_connections_are_retried(
     make_config: MakeConfig, http: aiohttp.ClientSession, data_dir: Path
 ) -> None:
