@@ -27,10 +27,18 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
 
 from cdpd.clock import Clock
-from cdpd.cluster import erase
+from cdpd.cluster import erase, file_writers
+from cdpd.cluster.file_writers import FileWriter
 from cdpd.cluster.layout import Layout
 from cdpd.cluster.lease import Lease, lead
-from cdpd.cluster.profile_commands import DONE, FORGET, TAKEN, WITHDRAWN, ProfileCommands
+from cdpd.cluster.profile_commands import (
+    DONE,
+    FORGET,
+    TAKEN,
+    WITHDRAWN,
+    Outcome,
+    ProfileCommands,
+)
 from cdpd.cluster.regulation_records import RegulationRecord, TargetState, apply
 from cdpd.cluster.regulations import ClusterRegulations
 from cdpd.cluster.suppression_feed import SUPPRESSION_BOUND_S
@@ -50,10 +58,12 @@ from cdpd.privacy.regulations import (
     EFFECTS,
     FAILED,
     FILE,
+    FINISHED,
     FIRST,
     IDENTITY,
     NOT_SUPPORTED,
     OUTBOX,
+    RUNNING,
     UNFINISHED,
     WAREHOUSE,
 )
@@ -68,9 +78,9 @@ POLL_S = 0.5
 FORGET_WAIT_S = 60.0
 # A target the JetStream backend does not reach, and why (a regulation with one ends
 # PARTIAL_SUCCESS, as one with a destination that cannot delete does).
-FILE_NOT_ERASED = (
-    "a file destination on the JetStream backend writes one file per node; its lines are not"
-    " erased by regulations (docs/scaling.md)"
+FILE_OF_A_SOURCE_NOT_ERASED = (
+    "a file destination on the JetStream backend is erased of a user's lines for a regulation"
+    " of every source, not of one source (docs/scaling.md)"
 )
 
 
@@ -140,7 +150,10 @@ class RegulationLeader:
             apply(record, update)
             revision = await self._book.write(record, revision)
             bound = log.bind(regulation=record.id, target=target.target)
-            log_outcome(bound, update, record.status)
+            if update.status == RUNNING and target.kind == FILE:
+                bound.info("regulation_target_waiting", waiting_for=update.last_error)
+            else:
+                log_outcome(bound, update, record.status)
 
     def _now(self) -> str:
         return format_ms(self._clock.now_ms())
@@ -159,11 +172,50 @@ class RegulationLeader:
         if any(t.status in UNFINISHED for t in before) or self._settling(record, target):
             return None
         if target.kind == FILE:
-            return self._not_supported(record, target, FILE_NOT_ERASED)
+            if record.source is not None:
+                return self._not_supported(record, target, FILE_OF_A_SOURCE_NOT_ERASED)
+            return await self._files_state(record, target)
         work = functools.partial(self._erase, record, target, users)
         policy = retry_policy(self._config, target.kind, target.target)
         bound = log.bind(regulation=record.id, target=target.target)
         return await attempt(due, work, policy, self._clock, bound)
+
+    async def _files_state(
+        self, record: RegulationRecord, target: TargetState
+    ) -> TargetUpdate | None:
+        """FINISHED once every node that writes the file, and was seen within `node_gone_s`,
+        has erased its own (`cdpd.cluster.file_erasure`); until then RUNNING, saying whom it
+        waits for (None while that is what the target already says)."""
+        name = target.target.partition(":")[2]
+        gone_after_ms = round(self._config.storage.jetstream.node_gone_s * 1000)
+        now_ms = self._clock.now_ms()
+        writers = await file_writers.writers(self._js, self._layout, name)
+        waited = [w for w in writers if now_ms - w.seen_at_ms <= gone_after_ms]
+        gone = [w for w in writers if w not in waited]
+        outcomes = await self._js.key_value(self._layout.outcomes_bucket)
+        erased = [await file_writers.erased(outcomes, record.id, name, w.node_id) for w in waited]
+        owed = [(w, e) for w, e in zip(waited, erased, strict=True) if e is None or e.state != DONE]
+        at = self._now()
+        first_at = target.first_attempt_at or at
+        if owed:
+            note = waiting_note(owed)
+            if note == target.last_error:
+                return None
+            return TargetUpdate(
+                record.id, target.target, RUNNING, target.attempts, first_at, at, last_error=note
+            )
+        rows = sum(e.rows for e in erased if e is not None)
+        return TargetUpdate(
+            record.id,
+            target.target,
+            FINISHED,
+            target.attempts + 1,
+            first_at,
+            at,
+            rows_removed=rows,
+            last_error=gone_note(gone, self._config.storage.jetstream.node_gone_s),
+            finished_at=at,
+        )
 
     def _settling(self, record: RegulationRecord, target: TargetState) -> bool:
         """A suppressing regulation's streams are scanned once every node drops the user."""
@@ -227,3 +279,22 @@ class RegulationLeader:
         if not sent.ok:
             raise TargetFailed(sent.error or "failed", sent.status, sent.retry_after_s)
         return sent.users
+
+
+def waiting_note(owed: list[tuple[FileWriter, Outcome | None]]) -> str:
+    """Whom a file target waits for, and the error a node met, if any."""
+    nodes = ", ".join(
+        w.node_id + (f" ({e.error})" if e is not None and e.error else "") for w, e in owed
+    )
+    return f"waiting for {len(owed)} node(s) to erase their file: {nodes}"
+
+
+def gone_note(gone: list[FileWriter], gone_s: float) -> str | None:
+    """Which nodes a finished file target did not wait for (unseen for `node_gone_s`)."""
+    if not gone:
+        return None
+    nodes = ", ".join(f"{w.node_id} (last seen {format_ms(w.seen_at_ms)})" for w in gone)
+    return (
+        f"not erased by {len(gone)} node(s) unseen for more than node_gone_s = {gone_s:g} s"
+        f" (they erase when they return): {nodes}"
+    )
