@@ -187,8 +187,11 @@ class RegulationLeader:
         has erased its own (`cdpd.cluster.file_erasure`); until then RUNNING, saying whom it
         waits for (None while that is what the target already says)."""
         name = target.target.partition(":")[2]
-        gone_after_ms = round(self._config.storage.jetstream.node_gone_s * 1000)
         now_ms = self._clock.now_ms()
+        files = (d for d in self._config.destinations if isinstance(d, FileDestination))
+        if not any(d.name == name for d in files):
+            return given_up(record.due(target), f"no file destination is named {name!r}", now_ms)
+        gone_after_ms = round(self._config.storage.jetstream.node_gone_s * 1000)
         writers = await file_writers.writers(self._js, self._layout, name)
         waited = [w for w in writers if now_ms - w.seen_at_ms <= gone_after_ms]
         gone = [w for w in writers if w not in waited]
