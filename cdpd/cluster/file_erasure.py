@@ -18,7 +18,7 @@ finished since it was last seen, and logs `file_erased_late`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -126,8 +126,8 @@ class FileErasure:
     async def _erase_for(self, record: RegulationRecord, statuses: Sequence[str]) -> bool:
         """Erase for the record's file targets of ours in `statuses` not yet erased here;
         True when any was."""
-        if record.source is not None or not _first_finished(record):
-            return False  # a source's file target is not worked here (regulations_worker.py)
+        if not _first_finished(record):
+            return False
         erased_any = False
         for target in record.targets:
             name = target.target.partition(":")[2]
@@ -147,8 +147,7 @@ class FileErasure:
         return done is None or done.state != DONE
 
     async def _erase(self, record: RegulationRecord, name: str) -> None:
-        users = await self._regulations().subjects(record)
-        drop = deletion.line_filter(users, ())
+        drop = await self._line_filter(record)
         bound = log.bind(regulation=record.id, destination=name, node_id=self.node_id)
         async with self._erasing:
             try:
@@ -165,6 +164,14 @@ class FileErasure:
         else:
             self._failed_at_ms.pop(key, None)
         await self._outcomes.put(key, encode(outcome))
+
+    async def _line_filter(self, record: RegulationRecord) -> Callable[[bytes], bool]:
+        """The users' lines; for a source's regulation, those of the messages its `outbox`
+        target erased (a line does not say its source), as on the SQLite backend."""
+        book = self._regulations()
+        if record.source is None:
+            return deletion.line_filter(await book.subjects(record), ())
+        return deletion.line_filter((), await book.erased(record.id))
 
     def _regulations(self) -> ClusterRegulations:
         if self._book is None:

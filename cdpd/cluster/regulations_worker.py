@@ -4,7 +4,8 @@ of the `regulations` lease (in the leases bucket, as a warehouse's loads are led
 Every `POLL_S` the holder reads the unfinished regulations (`due.<id>` keys) and works their
 due targets in the SQLite backend's order: the `outbox` target (the streams,
 `cdpd.cluster.erase`) first, then the identity store (asked of the profiles lease holder,
-`cdpd.cluster.profile_commands`), then every warehouse and destination;
+`cdpd.cluster.profile_commands`), then every warehouse, file and destination (a file target
+finishes once every node has erased its own file: `cdpd.cluster.file_erasure`);
 none of these starts before the first ones have finished, and a failed first one fails them.
 A suppressing regulation's `outbox` target waits `SUPPRESSION_BOUND_S` after its creation, so
 every node drops the user's messages before the streams are scanned.
@@ -61,7 +62,6 @@ from cdpd.privacy.regulations import (
     FINISHED,
     FIRST,
     IDENTITY,
-    NOT_SUPPORTED,
     OUTBOX,
     RUNNING,
     UNFINISHED,
@@ -76,12 +76,6 @@ POLL_S = 0.5
 # How long one attempt at the identity target waits for the profiles lease holder: its stage
 # may have the stream to catch up on first, and a snapshot to store after.
 FORGET_WAIT_S = 60.0
-# A target the JetStream backend does not reach, and why (a regulation with one ends
-# PARTIAL_SUCCESS, as one with a destination that cannot delete does).
-FILE_OF_A_SOURCE_NOT_ERASED = (
-    "a file destination on the JetStream backend is erased of a user's lines for a regulation"
-    " of every source, not of one source (docs/scaling.md)"
-)
 
 
 class RegulationLeader:
@@ -172,8 +166,6 @@ class RegulationLeader:
         if any(t.status in UNFINISHED for t in before) or self._settling(record, target):
             return None
         if target.kind == FILE:
-            if record.source is not None:
-                return self._not_supported(record, target, FILE_OF_A_SOURCE_NOT_ERASED)
             return await self._files_state(record, target)
         work = functools.partial(self._erase, record, target, users)
         policy = retry_policy(self._config, target.kind, target.target)
@@ -226,21 +218,6 @@ class RegulationLeader:
             return False
         return self._clock.now_ms() < parse_ms(record.created_at) + SUPPRESSION_BOUND_S * 1000
 
-    def _not_supported(
-        self, record: RegulationRecord, target: TargetState, reason: str
-    ) -> TargetUpdate:
-        at = self._now()
-        return TargetUpdate(
-            record.id,
-            target.target,
-            NOT_SUPPORTED,
-            target.attempts,
-            at,
-            at,
-            last_error=reason,
-            finished_at=at,
-        )
-
     async def _forget(self, record: RegulationRecord, target: TargetState, users: list[str]) -> int:
         """Asked of the profiles lease holder, which answers once a snapshot without the
         users' profiles is stored (and the older ones deleted). One command per attempt: a
@@ -265,7 +242,10 @@ class RegulationLeader:
     async def _erase(self, record: RegulationRecord, target: TargetState, users: list[str]) -> int:
         name = target.target.partition(":")[2]
         if target.kind == OUTBOX:
-            return await erase.erase_users(self._js, self._layout, users, record.source)
+            found_ids = None
+            if record.source is not None and any(t.kind == FILE for t in record.targets):
+                found_ids = functools.partial(self._book.keep_erased, record.id, target.attempts)
+            return await erase.erase_users(self._js, self._layout, users, record.source, found_ids)
         if target.kind == IDENTITY:
             return await self._forget(record, target, users)
         if target.kind == WAREHOUSE:

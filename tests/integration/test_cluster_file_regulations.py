@@ -1,7 +1,8 @@
 """A regulation's `file:<name>` target on the JetStream backend: every node erases the users'
 lines from its own file, a node that is down erases when it starts again and the target waits
 for it, a node gone for good is not waited for (and the target says so), and a suppressing
-regulation leaves no line of the user written after it (a real three-server cluster, two cdpd
+regulation leaves no line of the user written after it, and a source's regulation erases only
+that source's lines (a real three-server cluster, two cdpd
 nodes each writing its own file, real HTTP)."""
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from cdpd.cluster.layout import Layout
 from cdpd.cluster.node import Node, running_node
 from cdpd.config import Config
 from cdpd.model.timestamps import now_ms
+from tests.helpers import basic_auth
 from tests.integration.test_cluster_regulations import node_config, send
 from tests.integration.test_regulations import GONE, KEPT, track
 from tests.jetstream_cluster import JetStreamCluster
@@ -133,7 +135,7 @@ async def both(config: dict[str, Config]) -> AsyncIterator[tuple[Node, Node]]:
         yield a, b
 
 
-async def test_after_a_suppressing_deletion_no_file_holds_a_line_of_the_user(
+async def test_no_file_holds_the_user_after_a_suppression_and_a_source_scope_holds(
     tmp_path: Path, js_cluster: JetStreamCluster, http: aiohttp.ClientSession
 ) -> None:
     config, paths = configs(tmp_path, js_cluster)
@@ -155,4 +157,18 @@ async def test_after_a_suppressing_deletion_no_file_holds_a_line_of_the_user(
         await send(http, b, [track("u-1", GONE), track("u-2", KEPT)])
         await send(http, a, [track("u-3", GONE), track("u-4", KEPT)])
         await until(lambda: lines() == [KEPT] * 7)
-    assert file_target(found)["rowsRemoved"] >= 4
+        assert file_target(found)["rowsRemoved"] >= 4
+
+        # A source's regulation erases the lines of that source's messages only.
+        shop = {"Authorization": basic_auth("wk_shop")}
+        batch = {"batch": [track(f"shop-{n}", KEPT) for n in range(3)]}
+        async with http.post(f"{b.url}/v1/batch", json=batch, headers=shop) as response:
+            assert response.status == 200
+        await until(lambda: lines() == [KEPT] * 10)
+        scoped = await settled(
+            http, a, await regulate(http, a, "DELETE_INTERNAL", KEPT, source="shop")
+        )
+        assert scoped["overallStatus"] == "FINISHED", scoped
+        assert file_target(scoped)["rowsRemoved"] == 3
+        assert lines() == [KEPT] * 7
+        assert not any("shop-" in (paths[n].read_text() if paths[n].exists() else "") for n in "ab")
