@@ -68,6 +68,7 @@ class FileErasure:
         self._erasing = asyncio.Lock()  # one erasure at a time, and none while they change
         self._book: ClusterRegulations | None = None
         self._failed_at_ms: dict[str, int] = {}  # by outcome key
+        self._done: set[str] = set()  # outcome keys this node wrote `done` (not read again)
 
     async def start(self) -> None:
         """Heartbeat, then erase what is due (and, back after `node_gone_s`, what finished
@@ -109,10 +110,17 @@ class FileErasure:
 
     async def erase_due(self) -> None:
         book = self._regulations()
-        for regulation_id in await book.due_ids():
+        due = await book.due_ids()
+        self._forget_settled(frozenset(due))
+        for regulation_id in due:
             found = await book.read(regulation_id)
             if found is not None:
                 await self._erase_for(found[0], UNFINISHED)
+
+    def _forget_settled(self, due: frozenset[str]) -> None:
+        """What this node remembers of regulations no longer due."""
+        self._done = {key for key in self._done if key.split(".")[1] in due}
+        self._failed_at_ms = {k: v for k, v in self._failed_at_ms.items() if k.split(".")[1] in due}
 
     async def _erase_missed(self, seen_at_ms: int) -> None:
         """Regulations finished while this node was counted gone: erased late, and said so."""
@@ -140,11 +148,16 @@ class FileErasure:
 
     async def _owed(self, regulation_id: str, name: str) -> bool:
         key = file_writers.erased_key(regulation_id, name, self.node_id)
+        if key in self._done:
+            return False
         failed_at_ms = self._failed_at_ms.get(key)
         if failed_at_ms is not None and self._clock_ms() - failed_at_ms < RETRY_FAILED_S * 1000:
             return False
         done = await file_writers.erased(self._outcomes, regulation_id, name, self.node_id)
-        return done is None or done.state != DONE
+        if done is not None and done.state == DONE:
+            self._done.add(key)
+            return False
+        return True
 
     async def _erase(self, record: RegulationRecord, name: str) -> None:
         drop = await self._line_filter(record)
@@ -159,11 +172,12 @@ class FileErasure:
                 outcome = Outcome(state=DONE, rows=rows)
                 bound.info("file_erased", lines_removed=rows)
         key = file_writers.erased_key(record.id, name, self.node_id)
+        await self._outcomes.put(key, encode(outcome))
         if outcome.state == FAILED:
             self._failed_at_ms[key] = self._clock_ms()
         else:
             self._failed_at_ms.pop(key, None)
-        await self._outcomes.put(key, encode(outcome))
+            self._done.add(key)
 
     async def _line_filter(self, record: RegulationRecord) -> Callable[[bytes], bool]:
         """The users' lines; for a source's regulation, those of the messages its `outbox`

@@ -101,6 +101,7 @@ class RegulationLeader:
         self._session = session
         self._profile_commands = profile_commands
         self.passes = 0
+        self._writers: dict[str, list[FileWriter]] = {}  # by file destination, this pass
 
     async def run(self, stop: asyncio.Event) -> None:
         await lead(self.lease, self._clock, stop, functools.partial(self._lead, stop))
@@ -112,6 +113,7 @@ class RegulationLeader:
             await self._clock.wait(stop, POLL_S)
 
     async def work_due(self, should_stop: Callable[[], bool]) -> None:
+        self._writers = {}  # read once a pass, whatever the regulations waiting on them
         for regulation_id in await self._book.due_ids():
             if should_stop():
                 return
@@ -184,7 +186,9 @@ class RegulationLeader:
         if not any(d.name == name for d in files):
             return given_up(record.due(target), f"no file destination is named {name!r}", now_ms)
         gone_after_ms = round(self._config.storage.jetstream.node_gone_s * 1000)
-        writers = await file_writers.writers(self._js, self._layout, name)
+        if name not in self._writers:
+            self._writers[name] = await file_writers.writers(self._js, self._layout, name)
+        writers = self._writers[name]
         waited = [w for w in writers if now_ms - w.seen_at_ms <= gone_after_ms]
         gone = [w for w in writers if w not in waited]
         outcomes = await self._js.key_value(self._layout.outcomes_bucket)
