@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import msgspec
 import nats
+from structlog.testing import capture_logs
 
 from cdpd.cluster.file_erasure import FileErasure
 from cdpd.cluster.file_writers import FileWriter, writer_key
@@ -65,18 +66,18 @@ def file_target(found: dict[str, Any]) -> dict[str, Any]:
     return target
 
 
-async def a_writer_that_left(servers: list[str]) -> None:
+async def a_writer_that_left(servers: list[str], node_id: str = LEFT_FOR_GOOD) -> None:
     """A node that wrote the file and was last seen eight days ago (`node_gone_s` is 7)."""
     client = await nats.connect(servers=servers)
     try:
         positions = await client.jetstream().key_value(Layout().positions_bucket)
         gone = FileWriter(
-            node_id=LEFT_FOR_GOOD,
+            node_id=node_id,
             node="old-host:1",
             destinations=["archive"],
             seen_at_ms=now_ms() - 8 * DAY_MS,
         )
-        await positions.put(writer_key(LEFT_FOR_GOOD), msgspec.json.encode(gone))
+        await positions.put(writer_key(node_id), msgspec.json.encode(gone))
     finally:
         await client.close()
 
@@ -172,3 +173,26 @@ async def test_no_file_holds_the_user_after_a_suppression_and_a_source_scope_hol
         assert file_target(scoped)["rowsRemoved"] == 3
         assert lines() == [KEPT] * 7
         assert not any("shop-" in (paths[n].read_text() if paths[n].exists() else "") for n in "ab")
+
+
+async def test_a_node_back_after_node_gone_s_was_not_waited_for_and_erases_on_its_return(
+    tmp_path: Path, js_cluster: JetStreamCluster, http: aiohttp.ClientSession
+) -> None:
+    config, paths = configs(tmp_path, js_cluster)
+    async with running_node(config["a"], node_name="a") as a:
+        await send(http, a, [track("a-1", GONE), track("a-2", KEPT)])
+        await until(lambda: users_in(paths["a"]) == [GONE, KEPT])
+        a_id = erasure_of(a).node_id
+    await a_writer_that_left(js_cluster.urls, a_id)  # as if a had been away for eight days
+    async with running_node(config["b"], node_name="b") as b:
+        found = await settled(http, b, await regulate(http, b, "DELETE_INTERNAL", GONE))
+        assert found["overallStatus"] == "FINISHED", found
+        target = file_target(found)
+        assert target["rowsRemoved"] == 0
+        assert a_id in target["lastError"]
+        assert "unseen for more than node_gone_s" in target["lastError"]
+        assert users_in(paths["a"]) == [GONE, KEPT]
+    with capture_logs() as logs:
+        async with running_node(config["a"], node_name="a"):
+            assert users_in(paths["a"]) == [KEPT]
+    assert [e["regulation"] for e in logs if e["event"] == "file_erased_late"] == [found["id"]]
