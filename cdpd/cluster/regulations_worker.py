@@ -26,6 +26,7 @@ import aiohttp
 import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
 
 from cdpd.clock import Clock
 from cdpd.cluster import erase, file_writers
@@ -102,6 +103,7 @@ class RegulationLeader:
         self._profile_commands = profile_commands
         self.passes = 0
         self._writers: dict[str, list[FileWriter]] = {}  # by file destination, this pass
+        self._outcomes: KeyValue | None = None  # the bucket, once a file target needs it
 
     async def run(self, stop: asyncio.Event) -> None:
         await lead(self.lease, self._clock, stop, functools.partial(self._lead, stop))
@@ -191,8 +193,11 @@ class RegulationLeader:
         writers = self._writers[name]
         waited = [w for w in writers if now_ms - w.seen_at_ms <= gone_after_ms]
         gone = [w for w in writers if w not in waited]
-        outcomes = await self._js.key_value(self._layout.outcomes_bucket)
-        erased = [await file_writers.erased(outcomes, record.id, name, w.node_id) for w in waited]
+        if self._outcomes is None:
+            self._outcomes = await self._js.key_value(self._layout.outcomes_bucket)
+        erased = [
+            await file_writers.erased(self._outcomes, record.id, name, w.node_id) for w in waited
+        ]
         owed = [(w, e) for w, e in zip(waited, erased, strict=True) if e is None or e.state != DONE]
         at = self._now()
         first_at = target.first_attempt_at or at
