@@ -187,17 +187,8 @@ class RegulationLeader:
         files = (d for d in self._config.destinations if isinstance(d, FileDestination))
         if not any(d.name == name for d in files):
             return given_up(record.due(target), f"no file destination is named {name!r}", now_ms)
-        gone_after_ms = round(self._config.storage.jetstream.node_gone_s * 1000)
-        if name not in self._writers:
-            self._writers[name] = await file_writers.writers(self._js, self._layout, name)
-        writers = self._writers[name]
-        waited = [w for w in writers if now_ms - w.seen_at_ms <= gone_after_ms]
-        gone = [w for w in writers if w not in waited]
-        if self._outcomes is None:
-            self._outcomes = await self._js.key_value(self._layout.outcomes_bucket)
-        erased = [
-            await file_writers.erased(self._outcomes, record.id, name, w.node_id) for w in waited
-        ]
+        waited, gone = await self._writers_of(name, now_ms)
+        erased = await self._erasures(record.id, name, waited)
         owed = [(w, e) for w, e in zip(waited, erased, strict=True) if e is None or e.state != DONE]
         at = self._now()
         first_at = target.first_attempt_at or at
@@ -220,6 +211,26 @@ class RegulationLeader:
             last_error=gone_note(gone, self._config.storage.jetstream.node_gone_s),
             finished_at=at,
         )
+
+    async def _writers_of(
+        self, name: str, now_ms: int
+    ) -> tuple[list[FileWriter], list[FileWriter]]:
+        """The nodes that write the file: those waited for, and those gone (unseen for
+        `node_gone_s`)."""
+        if name not in self._writers:
+            self._writers[name] = await file_writers.writers(self._js, self._layout, name)
+        gone_after_ms = round(self._config.storage.jetstream.node_gone_s * 1000)
+        waited = [w for w in self._writers[name] if now_ms - w.seen_at_ms <= gone_after_ms]
+        return waited, [w for w in self._writers[name] if w not in waited]
+
+    async def _erasures(
+        self, regulation_id: str, name: str, writers: list[FileWriter]
+    ) -> list[Outcome | None]:
+        """What each node wrote of its erasure for the regulation (None: nothing yet)."""
+        if self._outcomes is None:
+            self._outcomes = await self._js.key_value(self._layout.outcomes_bucket)
+        bucket = self._outcomes
+        return [await file_writers.erased(bucket, regulation_id, name, w.node_id) for w in writers]
 
     def _settling(self, record: RegulationRecord, target: TargetState) -> bool:
         """A suppressing regulation's streams are scanned once every node drops the user."""
