@@ -14,6 +14,7 @@ import aiohttp
 
 from cdpd.cluster.admin import ClusterAdmin
 from cdpd.cluster.delivery import ClusterDelivery
+from cdpd.destinations.file import File
 
 if TYPE_CHECKING:
     from cdpd.cluster.node import NodeParts
@@ -34,6 +35,9 @@ async def delivery_stage(parts: NodeParts) -> AsyncIterator[ClusterAdmin]:
             store=parts.delivery_store,
         )
         await delivery.start()
+        if parts.file_erasure is not None:
+            files = {n: s for n, s in delivery.senders.items() if isinstance(s, File)}
+            await parts.file_erasure.attach(files)
         admin = ClusterAdmin(parts.config, parts.js, delivery)
         parts.metrics.registry.register(admin.collector)
         stop = asyncio.Event()

@@ -39,6 +39,7 @@ from cdpd.cluster.layout import Layout
 from cdpd.cluster.node_web import NodeEndpoints
 from cdpd.cluster.publish import Publisher
 from cdpd.config import Config
+from cdpd.destinations.settings import FileDestination
 from cdpd.governance.stage import Governance
 from cdpd.ingest import bundle
 from cdpd.ingest.routes import Ingest
@@ -50,6 +51,7 @@ from cdpd.shutdown import ShutdownBudget
 from cdpd.supervise import Restarts, supervise
 
 if TYPE_CHECKING:
+    from cdpd.cluster.file_erasure import FileErasure
     from cdpd.cluster.profile_reads import NodeProfiles
     from cdpd.cluster.store import JetStreamDeliveryStore
 
@@ -76,6 +78,9 @@ class NodeParts:
     privacy_store: PortalStore | None = None
     # What the Profile API reads, once the profiles stage (entered before the console) started.
     profiles: NodeProfiles | None = None
+    # The erasure of regulations' users from this node's files, once its stage (entered before
+    # delivery, which hands it the file senders) started.
+    file_erasure: FileErasure | None = None
 
     @property
     def privacy(self) -> Portal:
@@ -235,6 +240,7 @@ def _built_in_stages(config: Config) -> list[tuple[str, Stage]]:
     first: the inventory is in force before anything is sent or loaded."""
     from cdpd.cluster.console import console_stage
     from cdpd.cluster.delivery_stage import delivery_stage
+    from cdpd.cluster.file_erasure import file_erasure_stage
     from cdpd.cluster.privacy_stage import privacy_stage
     from cdpd.cluster.profiles import profiles_stage
     from cdpd.cluster.regulations_stage import regulations_stage
@@ -250,6 +256,8 @@ def _built_in_stages(config: Config) -> list[tuple[str, Stage]]:
         stages.append(("console", console_stage))  # reads the profiles stage's NodeProfiles
     if config.warehouses:
         stages.append(("warehouses", warehouses_stage))
+    if any(isinstance(d, FileDestination) for d in config.destinations):
+        stages.append(("file_erasure", file_erasure_stage))  # before a lane writes
     if any(d.enabled for d in config.destinations):
         stages.append(("delivery", delivery_stage))
     return stages
