@@ -8,7 +8,8 @@ backend, read from the cluster, so that any node answers the same.
 * Rejects, blocked messages and violations are the rows ingest published to the aux stream,
   read over the page's window up to `AUX_READ` rows each.
 * A destination's figures are the cluster's: its consumers' backlog, the messages handed out
-  more than once (waiting for a retry), the dead letters, the shared circuit.
+  more than once (waiting for a retry), the dead letters, the shared circuit, and the counts
+  per interval every node writes (`cdpd.cluster.flow_counts`), summed over the window.
 * People and sessions live in buckets (`cdpd.cluster.console_state`).
 * The Privacy page reads and classifies through the node's privacy store (the
   `CDPD_inventory` and `CDPD_inbox` buckets), paging in Python over their listing.
@@ -18,7 +19,7 @@ backend, read from the cluster, so that any node answers the same.
   (`cdpd.cluster.console_profiles`): the live stores on the profiles lease holder, the newest
   snapshot elsewhere.
 
-What the cluster does not keep (counts per minute of what was received and delivered, failed
+What the cluster does not keep (a source's counts per minute of what it received, failed
 attempts, the observed schema, a snapshot's events history) is shown as not kept, never made
 up; the config changes, made on the SQLite backend only, say so."""
 
@@ -44,6 +45,7 @@ from cdpd.cluster import dead, operations
 from cdpd.cluster.browse import aux_records, browse, forget, reading
 from cdpd.cluster.console_profiles import NodeProfileStores
 from cdpd.cluster.console_state import KvState, cluster_answers, sessions_bucket
+from cdpd.cluster.flow_reads import window_counts
 from cdpd.cluster.layout import DESTINATION, SOURCE, Layout, row_of
 from cdpd.cluster.store import JetStreamDeliveryStore
 from cdpd.cluster.warehouse_status import lease_holder
@@ -80,7 +82,11 @@ UNAVAILABLE = {
 }
 VIOLATION_GROUP = ("source", "type", "event", "violation_type", "field", "description")
 SYNC_WAIT_S = 30.0  # how long the page waits for the holder's report of a sync asked from it
-NOT_KEPT = "Counts per interval are not kept on the JetStream backend; '–' marks them."
+COUNTED_BY_NODES = (
+    "Counts per interval are every node's, written by each every few seconds: the last"
+    " seconds of a node that stopped abruptly are missing."
+)
+CHARTED = ("delivered", "retried", "failed")
 
 
 class StreamFeed:
@@ -190,31 +196,39 @@ class ClusterData:
         rejected, notes = await self._by_reason("rejects", upstream, window)
         blocked, more = await self._by_reason("blocked_messages", upstream, window)
         dead = await self._newest_dead(destination.name)
+        flow = await window_counts(self.js, self.layout, "destination", destination.name, window)
+        own = flow.totals
         counts: dict[str, int | None] = {
-            "received": None,
+            "received": own["received", ""],
             "failed_on_ingest": rejected.total(),
             "filtered_at_source": blocked.total(),
-            "filtered_at_destination": None,
+            "filtered_at_destination": sum(c for (m, _), c in own.items() if m == "filtered"),
             "pending_retry": found.retrying,
-            "retried": None,
-            "failed": None,
-            "delivered": None,
+            "retried": own["retried", ""],
+            "failed": own["failed", ""],
+            "delivered": own["delivered", ""],
         }
+        points = [(at, metric, count) for (at, metric), count in flow.points.items()]
         return DestinationFigures(
             counts=counts,
-            filtered=[],
-            p95_ms=None,
+            filtered=overview.by_count(own, "filtered"),
+            p95_ms=flow.p95_ms(),
             backlog=found.pending,
             circuit=found.circuit or "closed",
             errors=[],
             dead=dead,
             dead_total=found.dead,
-            chart=None,
+            chart=overview.chart(points, list(CHARTED), window),
             notes=[
-                NOT_KEPT,
+                COUNTED_BY_NODES,
                 f"Now: {found.pending} not yet handed out, {found.in_flight} being sent or"
                 f" waiting for a retry ({found.retrying} of them retried).",
                 "Failed attempts are not kept on this backend: see the dead letters below.",
+                *(
+                    [f"Only the first {flow.records} records of the window are counted."]
+                    if flow.truncated
+                    else []
+                ),
                 *notes,
                 *more,
             ],
