@@ -64,11 +64,13 @@ async def window_counts(
             record = _decoder.decode(message.data)
         except msgspec.DecodeError:
             continue  # not one of ours: nothing to count
-        _add(counts, record, period.since, first)
+        add_record(counts, record, period.since, first)
     return counts
 
 
-def _add(counts: WindowCounts, record: FlowRecord, since: str, chart_from: str) -> None:
+def add_record(counts: WindowCounts, record: FlowRecord, since: str, chart_from: str) -> None:
+    """Add one node's record: its counts from `since` (a minute or hour) to the totals and the
+    latency, from `chart_from` to the chart's points."""
     for at, metric, reason, count in record.counts:
         if at >= since:
             counts.totals[metric, reason] += count
