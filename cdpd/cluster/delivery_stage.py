@@ -1,8 +1,8 @@
 """Delivery as a stage of a JetStream node (cdpd/cluster/node.py): entered after the streams
 are made sure of, it builds the lanes, creates their consumers and delivers in the node's task
 group; exited after HTTP has drained (SIGTERM), it lets the attempts in flight finish (up to
-`[delivery] drain_timeout_s`; what is cut off is redelivered after `ack_wait`). Beside it, the
-node's counts per interval for the console (cdpd/cluster/flow_counts.py)."""
+`[delivery] drain_timeout_s`; what is cut off is redelivered after `ack_wait`). Its lanes feed
+the node's counts per interval for the console (cdpd/cluster/flow_counts.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import aiohttp
 
 from cdpd.cluster.admin import ClusterAdmin
 from cdpd.cluster.delivery import ClusterDelivery
-from cdpd.cluster.flow_counts import FlowRecorder
 
 if TYPE_CHECKING:
     from cdpd.cluster.node import NodeParts
@@ -25,7 +24,7 @@ if TYPE_CHECKING:
 async def delivery_stage(parts: NodeParts) -> AsyncIterator[ClusterAdmin]:
     """The node's delivery, and its counts per interval written to the cluster (flushed once
     more after the lanes drained); its value serves the delivery admin endpoints."""
-    flow = FlowRecorder(parts.js, parts.layout, parts.node_name, parts.clock)
+    flow = parts.flow
     parts.delivery_store.routed = flow.routed
     async with aiohttp.ClientSession() as session:
         delivery = ClusterDelivery(
@@ -43,15 +42,10 @@ async def delivery_stage(parts: NodeParts) -> AsyncIterator[ClusterAdmin]:
         flow.follow(delivery.lanes)
         admin = ClusterAdmin(parts.config, parts.js, delivery)
         parts.metrics.registry.register(admin.collector)
-        stop, flow_stop = asyncio.Event(), asyncio.Event()
+        stop = asyncio.Event()
         running = parts.tasks.create_task(delivery.run(stop), name="delivery")
-        counting = parts.tasks.create_task(
-            parts.supervised("flow_counts", flow.run, flow_stop), name="flow-counts"
-        )
         try:
             yield admin
         finally:
             stop.set()
             await running
-            flow_stop.set()
-            await counting

@@ -1,21 +1,23 @@
-"""A node's counts per interval for the console's Delivery Overview on the JetStream backend:
-what the SQLite backend keeps in `flow_counts` and `flow_latency` (console/flow.py), kept in
-memory as the node delivers and written to the `<stream>_METRICS` stream every
-FLUSH_INTERVAL_S.
+"""A node's counts per interval for the console's source pages and Delivery Overview on the
+JetStream backend: what the SQLite backend keeps in `flow_counts` and `flow_latency`
+(console/flow.py), kept in memory as the node works and written to the `<stream>_METRICS`
+stream every FLUSH_INTERVAL_S.
 
-Per destination: messages received (of its sources, by their `received_at` minute) and
-filtered at the destination (by reason), counted as its consumer hands them to this node for
-the first time; delivered, retried and failed, sampled from the lanes' counters; request
-durations in the latency buckets of `LATENCY_BOUNDS_MS` (a histogram: nodes' buckets add up,
-percentiles would not).
+Per source: messages received by type, counted as this node's ingest stores them. Per
+destination: messages received (of its sources, by their `received_at` minute) and filtered
+at the destination (by reason), counted as its consumer hands them to this node for the first
+time; delivered, retried and failed, sampled from the lanes' counters; request durations in the
+latency buckets of `LATENCY_BOUNDS_MS` (a histogram: nodes' buckets add up, percentiles would
+not).
 
-Each node writes, per destination, one record per minute and one per hour it counted in, each
-on a subject of its own (`<prefix>.metrics.destination.<name>.m|h.<instance>.<period>`) that
-keeps its latest value only: a record holds everything the node counted while that minute (or
-hour) lasted, so each flush rewrites it whole. A flush written twice (a retried publish, an
-answer lost) counts once, and a reader sums every node's records of a window without knowing
-which flush came last. `instance` is new at each start, so a restarted node never overwrites
-what it wrote before. A node killed loses what it counted since its last flush."""
+Each node writes, per source and destination, one record per minute and one per hour it
+counted in, each on a subject of its own
+(`<prefix>.metrics.<scope>.<name>.m|h.<instance>.<period>`) that keeps its latest value only: a
+record holds everything the node counted while that minute (or hour) lasted, so each flush
+rewrites it whole. A flush written twice (a retried publish, an answer lost) counts once, and a
+reader sums every node's records of a window without knowing which flush came last.
+`instance` is new at each start, so a restarted node never overwrites what it wrote before. A
+node killed loses what it counted since its last flush."""
 
 from __future__ import annotations
 
@@ -114,7 +116,8 @@ class Period:
 
 
 class FlowRecorder:
-    """Counts what this node's lanes do (`routed`, `observer`, the lanes' counters) and writes
+    """Counts what this node stores (`accepted`) and what its lanes do (`routed`, `observer`,
+    the lanes' counters) and writes
     its records every FLUSH_INTERVAL_S (`run(stop)`, supervised; a last flush as it stops)."""
 
     def __init__(self, js: JetStreamContext, layout: Layout, node: str, clock: Clock) -> None:
@@ -141,6 +144,10 @@ class FlowRecorder:
         self._counts[SCOPE, destination, minute, "received", ""] += 1
         if reason is not None:
             self._counts[SCOPE, destination, minute, "filtered", reason] += 1
+
+    def accepted(self, source: str, received_at: str, type_: str) -> None:
+        """A message this node stored in the stream (not a duplicate), by type."""
+        self._counts["source", source, minute_of(received_at), "received", type_] += 1
 
     def observer(self, destination: str) -> Callable[[float], None]:
         """Where a lane reports each request's duration, in seconds."""

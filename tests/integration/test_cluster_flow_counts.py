@@ -1,10 +1,12 @@
-"""The Delivery Overview's counts per interval on the JetStream backend: two real nodes on a
-real three-server cluster each count what their lanes did, and either node's page shows the
-sum for the window, as the SQLite backend's page does."""
+"""The console's counts per interval on the JetStream backend: two real nodes on a real
+three-server cluster each count what their ingest stored and their lanes did, and either
+node's source page and Delivery Overview show the sum for the window, as the SQLite backend's
+pages do."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections import deque
 from collections.abc import AsyncIterator
@@ -25,6 +27,7 @@ from tests.jetstream_cluster import JetStreamCluster
 from tests.sink import Sink, status
 
 PAGE = "/console/w/acme/destinations/hook_a"
+SOURCE = "/console/w/acme/sources/website"
 COUNTED = ("received", "filtered_at_destination", "retried", "failed", "delivered")
 
 
@@ -97,7 +100,7 @@ async def _until_shown(
     raise AssertionError(f"{path} shows {found}, not {wanted}")
 
 
-async def test_either_nodes_delivery_overview_shows_every_nodes_counts_summed(
+async def test_either_nodes_pages_show_every_nodes_counts_summed(
     tmp_path: Path, js_cluster: JetStreamCluster, sink: Sink, http: aiohttp.ClientSession
 ) -> None:
     sink.by_message = {"bad-a": deque([status(400)]), "bad-b": deque([status(400)])}
@@ -127,6 +130,15 @@ async def test_either_nodes_delivery_overview_shows_every_nodes_counts_summed(
                         path = f"{PAGE}?window={window}"
                         shown = await _until_shown(client, path, wanted)
                         assert shown["p95"].startswith("≤ ")
+                        # The source's page: what each node's ingest stored, by type.
+                        source = f"{SOURCE}?window={window}"
+                        await until(functools.partial(_received_tracks, client, source, "7"))
+
+
+async def _received_tracks(client: aiohttp.ClientSession, path: str, wanted: str) -> bool:
+    async with client.get(path) as resp:
+        text = await resp.text()
+    return f'<td>track</td><td class="num">{wanted}</td>' in text and "data-chart" in text
 
 
 async def _true(value: bool) -> bool:
