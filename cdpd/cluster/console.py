@@ -21,8 +21,8 @@ backend, read from the cluster, so that any node answers the same.
   snapshot elsewhere.
 
 What the cluster does not keep (failed attempts, the observed schema, a snapshot's events
-history) is shown as not kept, never made
-up; the config changes, made on the SQLite backend only, say so."""
+history) is shown as not kept, never made up; the config changes, made on the SQLite backend
+only, say so."""
 
 from __future__ import annotations
 

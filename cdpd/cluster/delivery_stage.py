@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
 @asynccontextmanager
 async def delivery_stage(parts: NodeParts) -> AsyncIterator[ClusterAdmin]:
-    """The node's delivery, and its counts per interval written to the cluster (flushed once
-    more after the lanes drained); its value serves the delivery admin endpoints."""
+    """The node's delivery, its lanes counted by the node's `FlowRecorder` (which flushes once
+    more after every stage stopped); its value serves the delivery admin endpoints."""
     flow = parts.flow
     parts.delivery_store.routed = flow.routed
     async with aiohttp.ClientSession() as session:
