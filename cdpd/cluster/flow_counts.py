@@ -43,7 +43,7 @@ from cdpd.model.timestamps import format_ms
 log = structlog.get_logger("cdpd.cluster")
 
 FLUSH_INTERVAL_S = 2.0
-PUBLISH_TIMEOUT_S = 5.0
+PUBLISH_TIMEOUT_S = 2.0  # a flush as the node stops waits no longer for an unreachable cluster
 # Records not yet written (the cluster unreachable) kept at most, the oldest dropped first.
 UNSENT_KEPT = 10_000
 SCOPE = "destination"
