@@ -34,6 +34,7 @@ from cdpd import web as cdpd_web
 from cdpd.clock import Clock, SystemClock
 from cdpd.cluster import connect, ported
 from cdpd.cluster.connect import ClusterUnreachable
+from cdpd.cluster.flow_counts import FlowRecorder
 from cdpd.cluster.ingest import JetStreamAppender
 from cdpd.cluster.layout import Layout
 from cdpd.cluster.node_web import NodeEndpoints
@@ -73,6 +74,7 @@ class NodeParts:
     node_name: str
     governance: Governance  # its suppressions are fed from the cluster
     appender: JetStreamAppender
+    flow: FlowRecorder  # the node's counts per interval (what it stores, what its lanes do)
     closing: Callable[[], bool] = lambda: False  # true once the node drains its requests
     # The inbox and inventory as the privacy stage (entered first) serves them.
     privacy_store: PortalStore | None = None
@@ -186,12 +188,20 @@ async def running_node(
                 config.server.shutdown_timeout_s, delivery_drain_s=config.delivery.drain_timeout_s
             )
             drain = cdpd_web.Drain()
+            flow = FlowRecorder(js, layout, name, clock)
+            appender.accepted = flow.accepted
             async with asyncio.TaskGroup() as tasks, contextlib.AsyncExitStack() as held:
                 parts = NodeParts(
                     config, client, js, layout, tasks, clock, restarts, metrics, name,
-                    governance, appender,
+                    governance, appender, flow,
                     closing=lambda: drain.closing,
                 )  # fmt: skip
+                # Its last flush once every stage (delivery's lanes last) has stopped.
+                flow_stop = asyncio.Event()
+                held.callback(flow_stop.set)
+                tasks.create_task(
+                    parts.supervised("flow_counts", flow.run, flow_stop), name="flow-counts"
+                )
                 entered = {
                     stage_name: await held.enter_async_context(stage(parts))
                     for stage_name, stage in [*_built_in_stages(config), *stages]

@@ -20,7 +20,8 @@ def not_served(config: Config) -> list[str]:
     if config.console.enabled:
         notes.append(
             "the console's config changes are made on the SQLite backend only (change the"
-            " shared config on every node and reload them); counts per interval are not kept"
+            " shared config on every node and reload them); failed attempts with their samples"
+            " and a source's observed schema are not kept"
         )
         if config.identity is not None:
             notes.append(
