@@ -28,6 +28,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
+from nats.js.errors import APIError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
@@ -131,6 +132,10 @@ class PendingCommands:
         """Wait for the next command: True once it is added."""
         try:
             [message] = await sub.fetch(1, timeout=wait_s)
+        except APIError as exc:  # the pull answered with an error: the consumer was deleted
+            log.info("profile_commands_consumer_lost", error=repr(exc))
+            await self.close()
+            return False
         except TimeoutError:
             state = (await self._js.stream_info(self._layout.commands_stream)).state
             if state.last_seq > self._seen_seq:
