@@ -8,8 +8,8 @@ holder replaying the command after a failover applies it at the same place among
 Its outcome goes into the outcomes bucket (`<STREAM>_outcomes`) under the command's id, once
 the holder has stored a snapshot holding its effect; the asker waits for it there, on a watch
 of that one key (an ordered consumer: the outcome is pushed as it is written, no polling),
-reading the key itself every `OUTCOME_CHECK_S` too (a cluster that stopped answering shows
-then as an error, as it did before the wait began).
+reading the key itself every `OUTCOME_CHECK_S` too, so that a cluster that stops answering
+during the wait shows as an error within that time rather than at the wait's end.
 
 The states of an outcome: `taken` (the holder is carrying it out), then `done`, `refused`
 (the identity store will not do it: an unmerge that cannot be), `failed` (to be asked
