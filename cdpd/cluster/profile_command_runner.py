@@ -132,7 +132,9 @@ class PendingCommands:
         """Wait for the next command: True once it is added."""
         try:
             [message] = await sub.fetch(1, timeout=wait_s)
-        except APIError as exc:  # the pull answered with an error: the consumer was deleted
+        except APIError as exc:
+            # An error status: start again. (nats-py takes a deleted consumer's 409 for a
+            # timeout: the stream's check below finds what it missed.)
             log.info("profile_commands_consumer_lost", error=repr(exc))
             await self.close()
             return False
