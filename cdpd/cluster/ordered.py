@@ -19,7 +19,7 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
-from cdpd.cluster.browse import reading
+from cdpd.cluster.browse import forget, reading
 from cdpd.cluster.layout import DESTINATION, Layout, row_of
 from cdpd.model.pragmas import SECURE_DELETE
 from cdpd.model.rows import OutboxRow
@@ -28,7 +28,7 @@ from cdpd.outbox.consumers import Message
 log = structlog.get_logger("cdpd.cluster")
 
 FETCH_TIMEOUT_S = 5.0
-IDLE_POLL_S = 0.2  # how often a caught-up consumer asks the stream for its last sequence
+IDLE_WAIT_S = 5.0  # a caught-up consumer's long fetch: how long the server holds it open
 
 
 def not_replayed(headers: dict[str, str]) -> bool:
@@ -172,7 +172,11 @@ def _fields(message: Message) -> tuple[object, ...]:
 class StreamConsumer:
     """`cdpd.outbox.consumers.Consumer`'s interface over the messages stream, for the identity
     stage: reads in stream-sequence order past `seq` (which the stage sets from its store's
-    own position, the truth), and copies what it reads into the node's `MessageCache`."""
+    own position, the truth), and copies what it reads into the node's `MessageCache`.
+
+    Caught up, it waits on a long fetch (up to `IDLE_WAIT_S`) of a headers-only consumer that
+    starts past the stream's last sequence as last read: the server answers it as soon as a
+    message is stored, so an idle stage asks the cluster nothing in between."""
 
     def __init__(self, js: JetStreamContext, layout: Layout, cache: MessageCache) -> None:
         self._js = js
@@ -180,7 +184,9 @@ class StreamConsumer:
         self._cache = cache
         self.seq = 0
         self.end_seq = 0  # the stream's last sequence, as last asked
-        self.new_messages = asyncio.Event()  # the stream is polled; kept for the interface
+        self.new_messages = asyncio.Event()  # unused (see `wait`); kept for the interface
+        self._waiter: JetStreamContext.PullSubscription | None = None
+        self._waiter_from = 0  # the sequence the waiter delivers from
 
     async def start(self, from_seq: int = 0) -> int:
         self.seq = from_seq
@@ -202,13 +208,57 @@ class StreamConsumer:
         return messages
 
     async def wait(self, stop: asyncio.Event, poll_s: float) -> None:
+        """Until a message is stored past the last one read, `stop` is set, or `IDLE_WAIT_S`
+        passes (`poll_s` is for consumers that poll)."""
         if self.end_seq > self.seq:
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), min(poll_s, IDLE_POLL_S))
+        waits = {
+            asyncio.ensure_future(self._until_stored()),
+            asyncio.ensure_future(stop.wait()),
+        }
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+        for task in done:
+            task.result()
+
+    async def _until_stored(self) -> None:
+        wanted_from = self.end_seq + 1
+        if self._waiter is not None and self._waiter_from != wanted_from:
+            await self._drop_waiter()
+        if self._waiter is None:
+            config = reading(
+                DeliverPolicy.BY_START_SEQUENCE,
+                start_seq=wanted_from,
+                headers_only=True,
+                inactive_s=60.0,
+            )
+            self._waiter = await self._js.pull_subscribe(
+                self._layout.messages_subjects, stream=self._layout.stream, config=config
+            )
+            self._waiter_from = wanted_from
+        try:
+            [message] = await self._waiter.fetch(1, timeout=IDLE_WAIT_S)
+        except TimeoutError:
+            return  # nothing stored: the same waiter serves the next wait
+        except Exception:
+            await self._drop_waiter()  # deleted under it, or a lost link: a new one next time
+            raise
+        self._waiter_from = message.metadata.sequence.stream + 1
+
+    async def _drop_waiter(self) -> None:
+        if self._waiter is None:
+            return
+        waiter, self._waiter = self._waiter, None
+        try:
+            await forget(self._js, self._layout.stream, waiter)
+        except Exception as exc:  # nats-py raises several unrelated types for one lost link
+            log.warning("stream_waiter_left", error=repr(exc))
 
     async def close(self) -> None:
-        return None
+        await self._drop_waiter()
 
 
 def position_in(path: Path, sql: str) -> int:

@@ -7,6 +7,13 @@ deletion, every older snapshot goes: they hold the erased profiles), and write i
 A holder that stops before the snapshot leaves the command past the stored position: the next
 holder restores the snapshot, resolves the stream again up to the same `after_seq` and carries
 it out again (forgetting twice removes nothing the second time).
+
+The commands are read through an ephemeral consumer of the holder's own (in memory, acknowledging
+nothing: the position is the identity store's), started past that position when the holder
+takes the lease. An idle holder waits on one long fetch of up to `COMMAND_WAIT_S`, which the
+server answers as soon as a command is stored; when one ends empty, the stream's last sequence
+shows whether the consumer missed a command (lost with a server, or stored just as the fetch
+ended), and a new consumer then starts past the last command seen.
 """
 
 from __future__ import annotations
@@ -18,13 +25,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import structlog
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.api import DeliverPolicy
+from nats.js.errors import APIError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from cdpd.clock import Clock
 from cdpd.cluster import snapshots
+from cdpd.cluster.browse import forget, reading
 from cdpd.cluster.layout import Layout
 from cdpd.cluster.ordered import MessageCache, StreamConsumer, position_in
 from cdpd.cluster.profile_commands import (
@@ -46,7 +56,10 @@ log = structlog.get_logger("cdpd.cluster")
 
 POSITION_NAME = "commands"
 COMMANDS_POSITION = "SELECT seq FROM position WHERE name = 'commands'"  # POSITION_NAME
-POLL_S = 0.2  # how soon a new command is seen (as a caught-up identity stage polls)
+POLL_S = 0.2  # how often a command waiting for the identity stage looks again
+COMMAND_WAIT_S = 5.0  # an idle holder's fetch: how long the server holds it open
+FETCH_TIMEOUT_S = 5.0  # for commands the consumer said it holds
+CONSUMER_INACTIVE_S = 60.0  # a holder gone without deleting its consumer leaves it this long
 HELD_POLL_S = 0.2  # how often a held identity stage looks again
 SNAPSHOT_RETRY_S = 1.0
 StoreSnapshot = Callable[[], Awaitable[SnapshotName | None]]
@@ -59,6 +72,8 @@ class PendingCommands:
         self._js = js
         self._layout = layout
         self._seen_seq = position_in(identity_file, COMMANDS_POSITION)
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._stored = 0  # commands stored past the last one seen, as the consumer last said
         self.queue: deque[tuple[int, ProfileCommand]] = deque()
         self.released = asyncio.Event()  # set after each command carried out
 
@@ -66,19 +81,82 @@ class PendingCommands:
         """Where the identity stage stops reading until the next command is carried out."""
         return self.queue[0][1].after_seq if self.queue else None
 
-    async def fetch(self) -> None:
-        """Add the commands written since the last look."""
-        stream = self._layout.commands_stream
-        state = (await self._js.stream_info(stream)).state
-        for seq in range(max(self._seen_seq + 1, state.first_seq), state.last_seq + 1):
-            with contextlib.suppress(NotFoundError):  # expired meanwhile
-                found = await self._js.get_msg(stream, seq)
-                command = command_of(found.data or b"")
-                if command is None:
-                    log.warning("profile_command_unreadable", seq=seq)
-                    continue
-                self.queue.append((seq, command))
-        self._seen_seq = max(self._seen_seq, state.last_seq)
+    async def fetch(self, wait_s: float = 0.0) -> None:
+        """Add the commands stored since the last look; with none stored, wait up to `wait_s`
+        for the next one."""
+        try:
+            await self._fetch(wait_s)
+        except Exception:
+            await self.close()  # whatever went wrong, the next look starts a consumer again
+            raise
+
+    async def _fetch(self, wait_s: float) -> None:
+        sub = self._sub or await self._open()
+        if not self._stored and (wait_s <= 0 or not await self._next(sub, wait_s)):
+            return
+        while self._stored:
+            try:
+                batch = await sub.fetch(self._stored, timeout=FETCH_TIMEOUT_S)
+            except TimeoutError:  # fewer than it said (expired meanwhile): start again
+                await self.close()
+                return
+            for message in batch:
+                self._add(message)
+
+    async def close(self) -> None:
+        """Delete the consumer (else the server does, `CONSUMER_INACTIVE_S` after its use)."""
+        if self._sub is None:
+            return
+        sub, self._sub, self._stored = self._sub, None, 0
+        try:
+            await forget(self._js, self._layout.commands_stream, sub)
+        except Exception as exc:  # nats-py raises several unrelated types for one lost link
+            log.warning("profile_commands_consumer_left", error=repr(exc))
+
+    async def _open(self) -> JetStreamContext.PullSubscription:
+        """A consumer from just past the last command seen."""
+        config = reading(
+            DeliverPolicy.BY_START_SEQUENCE,
+            start_seq=self._seen_seq + 1,
+            inactive_s=CONSUMER_INACTIVE_S,
+        )
+        self._sub = await self._js.pull_subscribe(
+            self._layout.profile_commands_subject,
+            stream=self._layout.commands_stream,
+            config=config,
+        )
+        self._stored = (await self._sub.consumer_info()).num_pending or 0
+        return self._sub
+
+    async def _next(self, sub: JetStreamContext.PullSubscription, wait_s: float) -> bool:
+        """Wait for the next command: True once it is added."""
+        try:
+            [message] = await sub.fetch(1, timeout=wait_s)
+        except APIError as exc:
+            # An error status: start again. (nats-py takes a deleted consumer's 409 for a
+            # timeout: the stream's check below finds what it missed.)
+            log.info("profile_commands_consumer_lost", error=repr(exc))
+            await self.close()
+            return False
+        except TimeoutError:
+            state = (await self._js.stream_info(self._layout.commands_stream)).state
+            if state.last_seq > self._seen_seq:
+                await self.close()  # the consumer missed it: the next look starts again
+            return False
+        self._add(message)
+        return True
+
+    def _add(self, message: Msg) -> None:
+        seq = message.metadata.sequence.stream
+        self._stored = message.metadata.num_pending
+        if seq <= self._seen_seq:
+            return
+        self._seen_seq = seq
+        command = command_of(message.data or b"")
+        if command is None:
+            log.warning("profile_command_unreadable", seq=seq)
+            return
+        self.queue.append((seq, command))
 
 
 class HeldReader:
@@ -148,9 +226,8 @@ class CommandRunner:
     async def run(self, stop: asyncio.Event) -> None:
         kv = await self._js.key_value(self._layout.outcomes_bucket)
         while not stop.is_set():
-            await self._pending.fetch()
             if not self._pending.queue:
-                await self._clock.wait(stop, POLL_S)
+                await self._next_commands(stop)
                 continue
             seq, command = self._pending.queue[0]
             if not await self._reached(command.after_seq):
@@ -159,6 +236,20 @@ class CommandRunner:
                 return  # stopped before its snapshot: the next holder carries it out
             self._pending.queue.popleft()
             self._pending.released.set()
+
+    async def _next_commands(self, stop: asyncio.Event) -> None:
+        """Until a command is stored, `COMMAND_WAIT_S` pass, or the stages stop."""
+        waits = {
+            asyncio.ensure_future(self._pending.fetch(COMMAND_WAIT_S)),
+            asyncio.ensure_future(stop.wait()),
+        }
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+        for task in done:
+            task.result()  # a fetch's error goes to the supervisor
 
     async def _reached(self, after_seq: int) -> bool:
         with contextlib.suppress(TimeoutError):

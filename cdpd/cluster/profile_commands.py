@@ -6,7 +6,10 @@ stream's last sequence when it was asked (`after_seq`): the holder applies it on
 stage has resolved up to there, and holds the stage at that sequence until it has, so a later
 holder replaying the command after a failover applies it at the same place among the messages.
 Its outcome goes into the outcomes bucket (`<STREAM>_outcomes`) under the command's id, once
-the holder has stored a snapshot holding its effect; the asker waits for it there.
+the holder has stored a snapshot holding its effect; the asker waits for it there, on a watch
+of that one key (an ordered consumer: the outcome is pushed as it is written, no polling),
+reading the key itself every `OUTCOME_CHECK_S` too, so that a cluster that stops answering
+during the wait shows as an error within that time rather than at the wait's end.
 
 The states of an outcome: `taken` (the holder is carrying it out), then `done`, `refused`
 (the identity store will not do it: an unmerge that cannot be), `failed` (to be asked
@@ -17,9 +20,9 @@ no holder carries it out then (the key's create decides which of the two came fi
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Final, Literal
 
 import msgspec
@@ -37,7 +40,9 @@ REFUSED: Final = "refused"
 FAILED: Final = "failed"
 WITHDRAWN: Final = "withdrawn"
 FINAL = frozenset({DONE, REFUSED, FAILED, WITHDRAWN})
-OUTCOME_POLL_S = 0.05
+OUTCOME_CHECK_S = 5.0
+# The server removes a watch's consumer this long after its asker left (or vanished).
+WATCH_INACTIVE_S = 5.0
 
 
 class ProfileCommand(msgspec.Struct, frozen=True, kw_only=True):
@@ -132,14 +137,37 @@ class ProfileCommands:
         return await self._outcome(kv, command_id, wait_s)
 
     async def _outcome(self, kv: KeyValue, command_id: str, wait_s: float) -> Outcome:
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            found = await outcome_of(kv, command_id)
-            if found is not None and found.state in FINAL:
-                return found
-            await asyncio.sleep(OUTCOME_POLL_S)
+        found = await _final_outcome(kv, command_id, wait_s)
+        if found is not None:
+            return found
         try:
             await kv.create(command_id, encode(Outcome(state=WITHDRAWN)))
             return Outcome(state=WITHDRAWN)
         except (KeyWrongLastSequenceError, KeyNotFoundError):  # the holder took it meanwhile
             return await outcome_of(kv, command_id) or Outcome(state=TAKEN)
+
+
+@contextlib.asynccontextmanager
+async def _watching(kv: KeyValue, key: str) -> AsyncIterator[KeyValue.KeyWatcher]:
+    watcher = await kv.watch(key, inactive_threshold=WATCH_INACTIVE_S)
+    try:
+        yield watcher
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
+
+
+async def _final_outcome(kv: KeyValue, command_id: str, wait_s: float) -> Outcome | None:
+    """The command's final outcome as soon as it is written; None if not within `wait_s`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    async with _watching(kv, command_id) as watcher:
+        while (left_s := deadline - loop.time()) > 0:
+            try:
+                entry = await watcher.updates(timeout=min(left_s, OUTCOME_CHECK_S))  # type: ignore[no-untyped-call]
+            except TimeoutError:
+                found = await outcome_of(kv, command_id)  # raises when the cluster is gone
+            else:
+                found = _outcome.decode(entry.value) if entry and entry.value else None
+            if found is not None and found.state in FINAL:
+                return found
+    return None

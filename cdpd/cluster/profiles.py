@@ -265,30 +265,33 @@ class ProfilesLeader:
         identity_file = self._files["identity.sqlite3"]
         identity_seq = position_in(identity_file, snapshots.IDENTITY_POSITION)
         pending = PendingCommands(parts.js, parts.layout, identity_file)
-        await pending.fetch()  # before the identity stage reads past the first one's place
-        async with fresh_cache(self._data_dir / CACHE_FILE) as cache:
-            await self._fill(cache, identity_seq)
-            consumer = StreamConsumer(parts.js, parts.layout, cache)
-            async with (
-                identity_stage.opened_on(
-                    self._config,
-                    HeldReader(consumer, pending),
-                    self._mirror,
-                    lambda: consumer.end_seq,
-                    cache.path,
-                ) as identity,
-                self._engage(identity, cache.path) as engage,
-            ):
-                commands = CommandRunner(
-                    parts.js,
-                    parts.layout,
-                    pending,
-                    (identity, engage, cache),
-                    self._store,
-                    functools.partial(self._snapshot, term, vacuum=True),
-                    parts.clock,
-                )
-                yield identity, engage, cache, commands
+        try:
+            await pending.fetch()  # before the identity stage reads past the first one's place
+            async with fresh_cache(self._data_dir / CACHE_FILE) as cache:
+                await self._fill(cache, identity_seq)
+                consumer = StreamConsumer(parts.js, parts.layout, cache)
+                async with (
+                    identity_stage.opened_on(
+                        self._config,
+                        HeldReader(consumer, pending),
+                        self._mirror,
+                        lambda: consumer.end_seq,
+                        cache.path,
+                    ) as identity,
+                    self._engage(identity, cache.path) as engage,
+                ):
+                    commands = CommandRunner(
+                        parts.js,
+                        parts.layout,
+                        pending,
+                        (identity, engage, cache),
+                        self._store,
+                        functools.partial(self._snapshot, term, vacuum=True),
+                        parts.clock,
+                    )
+                    yield identity, engage, cache, commands
+        finally:
+            await pending.close()
 
     @asynccontextmanager
     async def _engage(

@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
 import msgspec
 import nats.errors
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
@@ -54,6 +56,7 @@ from cdpd.privacy.regulations_store import (
 )
 
 WRITES_AT_ONCE = 64
+DUE_WATCH_INACTIVE_S = 5.0  # a former worker's watch is removed this long after it left
 # A one-off read's consumer is removed by the servers this long after it stopped (nats-py's
 # default, 5 minutes, would keep one for every 0.5 s poll of the regulations' worker).
 # Waits until this node's suppression watch shows the first keys and not the second.
@@ -214,6 +217,29 @@ class ClusterRegulations:
         """Unfinished regulations, oldest first."""
         keys = [entry.key for entry in await self._current(f"{DUE}.*", meta_only=True)]
         return sorted(key.partition(".")[2] for key in keys)
+
+    @contextlib.asynccontextmanager
+    async def due_changes(self) -> AsyncIterator[asyncio.Event]:
+        """An event set at each change of a `due` key from now on (a regulation created,
+        or settled): an ordered consumer of the keys' subjects, which the server pushes to."""
+        changed = asyncio.Event()
+
+        async def seen(_: Msg) -> None:
+            changed.set()
+
+        sub = await self._js.subscribe(
+            f"$KV.{self._bucket}.{DUE}.*",
+            stream=f"KV_{self._bucket}",
+            cb=seen,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW,
+            headers_only=True,
+            inactive_threshold=DUE_WATCH_INACTIVE_S,
+        )
+        try:
+            yield changed
+        finally:
+            await sub.unsubscribe()
 
     async def subjects(self, record: RegulationRecord) -> list[str]:
         users: list[str] = []

@@ -1,19 +1,24 @@
 """Regulations' deletions on the JetStream backend, worked by one node at a time: the holder
 of the `regulations` lease (in the leases bucket, as a warehouse's loads are led).
 
-Every `POLL_S` the holder reads the unfinished regulations (`due.<id>` keys) and works their
-due targets in the SQLite backend's order: the `outbox` target (the streams,
-`cdpd.cluster.erase`) first, then the identity store (asked of the profiles lease holder,
-`cdpd.cluster.profile_commands`), then every warehouse, file and destination (a file target
-finishes once every node has erased its own file: `cdpd.cluster.file_erasure`);
-none of these starts before the first ones have finished, and a failed first one fails them.
-A suppressing regulation's `outbox` target waits `SUPPRESSION_BOUND_S` after its creation, so
-every node drops the user's messages before the streams are scanned.
+The holder reads the unfinished regulations (`due.<id>` keys) and works their due targets in
+the SQLite backend's order: the `outbox` target (the streams, `cdpd.cluster.erase`) first,
+then the identity store (asked of the profiles lease holder, `cdpd.cluster.profile_commands`),
+then every warehouse, file and destination (a file target finishes once every node has erased
+its own file: `cdpd.cluster.file_erasure`); none of these starts before the first ones have
+finished, and a failed first one fails them. A suppressing regulation's `outbox` target waits
+`SUPPRESSION_BOUND_S` after its creation, so every node drops the user's messages before the
+streams are scanned.
 
 Each attempt's outcome is written into the regulation's record at the revision read (the
 record is the fencing token: a former holder that has not noticed its loss cannot overwrite
 what the new one wrote), so a new holder continues with the targets not yet finished. A
 target that fails is tried again by the delivery retry policy, as on the SQLite backend.
+
+Between passes the holder waits, without asking the cluster anything, until a `due` key
+changes (a watch: a regulation created through any node), the earliest unfinished target
+comes due (its retry, or the end of its suppression's settling), or `IDLE_PASS_S` passes (what
+a lost watch could miss); never less than `POLL_S` after the last pass.
 """
 
 from __future__ import annotations
@@ -73,7 +78,8 @@ from cdpd.privacy.regulations_store import TargetUpdate
 log = structlog.get_logger("cdpd.privacy")
 
 LEASE_KEY = "regulations"
-POLL_S = 0.5
+POLL_S = 0.5  # the shortest wait between two passes
+IDLE_PASS_S = 10.0  # the longest
 # How long one attempt at the identity target waits for the profiles lease holder: its stage
 # may have the stream to catch up on first, and a snapshot to store after.
 FORGET_WAIT_S = 60.0
@@ -109,18 +115,41 @@ class RegulationLeader:
         await lead(self.lease, self._clock, stop, functools.partial(self._lead, stop))
 
     async def _lead(self, stop: asyncio.Event, should_stop: Callable[[], bool]) -> None:
-        while not should_stop():
-            await self.work_due(should_stop)
-            self.passes += 1
-            await self._clock.wait(stop, POLL_S)
+        async with self._book.due_changes() as changed:
+            while not should_stop():
+                changed.clear()  # a change from now on is worked in the next pass
+                next_at_ms = await self.work_due(should_stop)
+                self.passes += 1
+                await self._until_next_pass(stop, changed, next_at_ms)
 
-    async def work_due(self, should_stop: Callable[[], bool]) -> None:
+    async def _until_next_pass(
+        self, stop: asyncio.Event, changed: asyncio.Event, next_at_ms: int
+    ) -> None:
+        now_ms = self._clock.now_ms()
+        wait_s = min(max((next_at_ms - now_ms) / 1000, POLL_S), IDLE_PASS_S)
+        if await self._clock.wait(stop, POLL_S):
+            return
+        waits = {
+            asyncio.ensure_future(changed.wait()),
+            asyncio.ensure_future(stop.wait()),
+            asyncio.ensure_future(self.lease.lost.wait()),
+        }
+        try:
+            await asyncio.wait(waits, timeout=wait_s - POLL_S, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+
+    async def work_due(self, should_stop: Callable[[], bool]) -> int:
+        """One pass over the unfinished regulations; when the next pass is due (ms)."""
+        next_at_ms = self._clock.now_ms() + int(IDLE_PASS_S * 1000)
         self._writers = {}  # read once a pass, whatever the regulations waiting on them
         for regulation_id in await self._book.due_ids():
             if should_stop():
-                return
+                break
             found = await self._book.read(regulation_id)
             if found is None:  # `due` is written just before the regulation
+                next_at_ms = self._clock.now_ms()
                 continue
             record, revision = found
             if record.status not in UNFINISHED:
@@ -130,7 +159,18 @@ class RegulationLeader:
                 await self._work(record, revision, should_stop)
             except KeyWrongLastSequenceError:
                 log.warning("regulation_written_elsewhere", regulation=regulation_id)
-                return  # another holder wrote it: this node has lost the lease
+                break  # another holder wrote it: this node has lost the lease
+            next_at_ms = min(next_at_ms, self._next_due_ms(record))
+        return next_at_ms
+
+    def _next_due_ms(self, record: RegulationRecord) -> int:
+        """When the regulation's earliest unfinished target is next worth a look."""
+        due = [
+            max(parse_ms(t.next_attempt_at), self._settled_at_ms(record, t))
+            for t in record.targets
+            if t.status in UNFINISHED
+        ]
+        return min(due, default=self._clock.now_ms() + int(IDLE_PASS_S * 1000))
 
     async def _work(
         self, record: RegulationRecord, revision: int, should_stop: Callable[[], bool]
@@ -234,9 +274,12 @@ class RegulationLeader:
 
     def _settling(self, record: RegulationRecord, target: TargetState) -> bool:
         """A suppressing regulation's streams are scanned once every node drops the user."""
+        return self._clock.now_ms() < self._settled_at_ms(record, target)
+
+    def _settled_at_ms(self, record: RegulationRecord, target: TargetState) -> int:
         if target.kind != OUTBOX or not EFFECTS[record.regulation_type].suppress:
-            return False
-        return self._clock.now_ms() < parse_ms(record.created_at) + SUPPRESSION_BOUND_S * 1000
+            return 0
+        return parse_ms(record.created_at) + int(SUPPRESSION_BOUND_S * 1000)
 
     async def _forget(self, record: RegulationRecord, target: TargetState, users: list[str]) -> int:
         """Asked of the profiles lease holder, which answers once a snapshot without the
