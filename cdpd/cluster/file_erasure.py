@@ -6,7 +6,8 @@ once every node that writes the file has.
 A node works a regulation's file target once its `outbox` and `identity` targets have finished
 (the users' messages are gone from the streams, and a suppressing regulation's suppression has
 been in force everywhere for `SUPPRESSION_BOUND_S`), so a line written after its erasure comes
-from no stored message of the users. It looks every `POLL_S` at the unfinished regulations.
+from no stored message of the users. It reads the unfinished regulations every `POLL_S` while
+one waits on it, else when one is made or settled (a watch of the `due` keys).
 
 At start, before its lanes write anything, a node heartbeats (the worker waits for it from
 then on) and erases for every regulation due meanwhile: a node that was down when a
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("cdpd.privacy")
 
 POLL_S = 1.0
+RECHECK_S = 30.0
 RETRY_FAILED_S = 30.0  # after a failed erasure (a full disk, say), before the next try
 
 
@@ -88,13 +90,22 @@ class FileErasure:
             self._running = dict(running)
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Heartbeat every `HEARTBEAT_S`; read the due regulations every `POLL_S` while this
+        node owes one of them an erasure, else when a `due` key changes (or every
+        `RECHECK_S`, should the watch have missed one)."""
         clock = self._parts.clock
-        beaten_ms = clock.now_ms()
-        while not await clock.wait(stop, POLL_S):
-            if clock.now_ms() - beaten_ms >= file_writers.HEARTBEAT_S * 1000:
-                await self.heartbeat()
-                beaten_ms = clock.now_ms()
-            await self.erase_due()
+        beaten_ms = read_ms = clock.now_ms()
+        owing = True
+        async with self._regulations().due_changes() as changed:
+            while not await clock.wait(stop, POLL_S):
+                now_ms = clock.now_ms()
+                if now_ms - beaten_ms >= file_writers.HEARTBEAT_S * 1000:
+                    await self.heartbeat()
+                    beaten_ms = now_ms
+                if owing or changed.is_set() or now_ms - read_ms >= RECHECK_S * 1000:
+                    changed.clear()
+                    owing = await self.erase_due()
+                    read_ms = now_ms
 
     async def heartbeat(self) -> None:
         seen = FileWriter(
@@ -108,14 +119,36 @@ class FileErasure:
     def _clock_ms(self) -> int:
         return self._parts.clock.now_ms()
 
-    async def erase_due(self) -> None:
+    async def erase_due(self) -> bool:
+        """Erase for the due regulations; whether one still waits on this node (its first
+        targets are unfinished, or its erasure here failed)."""
         book = self._regulations()
         due = await book.due_ids()
         self._forget_settled(frozenset(due))
+        owing = False
         for regulation_id in due:
             found = await book.read(regulation_id)
-            if found is not None:
-                await self._erase_for(found[0], UNFINISHED)
+            if found is None:  # `due` is written just before the regulation
+                owing = True
+                continue
+            await self._erase_for(found[0], UNFINISHED)
+            owing = owing or self._still_owed(found[0])
+        return owing
+
+    def _still_owed(self, record: RegulationRecord) -> bool:
+        return any(
+            file_writers.erased_key(record.id, name, self.node_id) not in self._done
+            for name in self._file_targets(record, UNFINISHED)
+        )
+
+    def _file_targets(self, record: RegulationRecord, statuses: Sequence[str]) -> list[str]:
+        """The record's file targets in `statuses` that name this node's file destinations."""
+        names = [t.target.partition(":")[2] if t.kind == FILE else "" for t in record.targets]
+        return [
+            name
+            for target, name in zip(record.targets, names, strict=True)
+            if target.status in statuses and name in self._files
+        ]
 
     def _forget_settled(self, due: frozenset[str]) -> None:
         """What this node remembers of regulations no longer due."""
@@ -137,10 +170,7 @@ class FileErasure:
         if not _first_finished(record):
             return False
         erased_any = False
-        for target in record.targets:
-            name = target.target.partition(":")[2]
-            if target.kind != FILE or target.status not in statuses or name not in self._files:
-                continue
+        for name in self._file_targets(record, statuses):
             if await self._owed(record.id, name):
                 await self._erase(record, name)
                 erased_any = True
