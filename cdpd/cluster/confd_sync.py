@@ -50,6 +50,7 @@ MARKER_PREFIX = "# cdpd: from the cluster's "
 FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.toml")
 FOLLOW_BATCH = 100
 FOLLOW_WAIT_S = 1.0  # a fetch waits this long for a change, then asks again (stop is seen)
+IDLE_CHECK = 10  # fetches that found nothing before the consumer is checked to exist
 APPLIED_WAIT_S = 30.0  # how long a console change waits for this node to put it in force
 
 
@@ -158,11 +159,18 @@ class ConfdSync:
             f"$KV.{self.bucket}.>", stream=self.stream, config=config
         )
         try:
+            idle = 0
             while not stop.is_set():
                 try:
                     messages = await sub.fetch(FOLLOW_BATCH, timeout=FOLLOW_WAIT_S)
                 except (TimeoutError, NatsTimeoutError):
+                    idle += 1
+                    if idle % IDLE_CHECK == 0:
+                        # A consumer lost with its server (or past its inactivity after a long
+                        # disconnection) would wait forever: NotFoundError restarts the follow.
+                        await sub.consumer_info()
                     continue
+                idle = 0
                 if messages:
                     await self._follow(apply, messages)
         finally:

@@ -144,6 +144,16 @@ async def test_a_source_added_on_one_node_is_served_by_every_node(
         c = await stack.enter_async_context(_node(paths["c"], "c"))
         assert await _ingest_status(http, c, key) == 200
         assert await _ingest_status(http, c, HAND_KEY) == 200
+        # A key naming c's hand-written file: the others take it, c keeps its own file.
+        status, _ = await _post(on_a, a, ADD, csrf_a, name="legacy", type="server")
+        assert status == 303
+        legacy_key = _write_key_of(paths["a"].parent / "conf.d" / "source-legacy.toml")
+        await until(lambda: _serves(b, "legacy"))
+        assert await _ingest_status(http, b, legacy_key) == 200
+        await until(lambda: _applied_on(c, a))
+        assert (paths["c"].parent / "conf.d" / "source-legacy.toml").read_text() == HAND_WRITTEN
+        assert await _ingest_status(http, c, legacy_key) == 401
+        assert await _ingest_status(http, c, HAND_KEY) == 200
 
         status, text = await _post(on_b, b, SHOP + "/enabled", csrf_b, enabled="false")
         assert status == 303, text
@@ -158,11 +168,18 @@ async def test_a_source_added_on_one_node_is_served_by_every_node(
         assert (paths["c"].parent / "conf.d" / "source-legacy.toml").read_text() == HAND_WRITTEN
         assert await _ingest_status(http, c, HAND_KEY) == 200
 
-        # The bucket kept each change: added, disabled, removed.
+        # The bucket kept each change: added, disabled, removed; c never took b's legacy.
         versions = await _history(js_cluster, "source-shop_app.toml")
         assert len(versions) == 3
         assert b"enabled = false" in versions[1]
         assert versions[2] == b""
+
+
+async def _applied_on(node: Node, origin: Node) -> bool:
+    """Whether `node`'s conf.d has reached what `origin`'s has."""
+    assert node.confd is not None
+    assert origin.confd is not None
+    return node.confd.revision >= origin.confd.revision
 
 
 async def _serves(node: Node, source: str) -> bool:
