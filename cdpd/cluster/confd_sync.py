@@ -120,6 +120,7 @@ class ConfdSync:
         self.conf_dir = conf_dir
         self.lock = asyncio.Lock()
         self.revision = 0  # the bucket's sequence conf.d has reached
+        self.revisions: dict[str, int] = {}  # each key's revision conf.d holds (deletes too)
         self._advanced = asyncio.Condition()
 
     @property
@@ -140,6 +141,7 @@ class ConfdSync:
             gone = [path for path in self._owned_files() if path.name not in keys]
             before = contents([*(self.conf_dir / e.key for e in entries), *gone])
             changed = {e.key for e in entries if self._put(e.key, _value(e))}
+            self.revisions = {e.key: e.revision for e in entries}
             for path in gone:
                 path.unlink(missing_ok=True)
                 changed.add(path.name)
@@ -195,6 +197,8 @@ class ConfdSync:
             before = contents(dict.fromkeys(touched))
             for key, value in changes:
                 self._put(key, value)
+            for message in messages:
+                self.revisions[message.subject[len(prefix) :]] = message.metadata.sequence.stream
         revision = messages[-1].metadata.sequence.stream
         await self._reload_or_log(apply, before, revision)
         await self._advance(revision)

@@ -21,6 +21,8 @@ from typing import Any
 
 import structlog
 from nats.js import JetStreamContext
+from nats.js.api import Header
+from nats.js.errors import APIError
 
 from cdpd.cluster.confd_sync import ConfdSync, owned, put_back_after, write_atomically
 from cdpd.cluster.reloading import NodeConfig
@@ -29,6 +31,8 @@ from cdpd.console.changes import ConfigChanges
 
 log = structlog.get_logger("cdpd.console")
 
+EXPECTED_LAST_SUBJECT_SEQUENCE = Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value
+WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's error codes for a stale expected revision
 DESTINATIONS_AT_RESTART = (
     "destinations are built when a node starts on the JetStream backend: add or change them in"
     " the shared config (and conf.d) of every node, then restart the nodes one at a time"
@@ -74,8 +78,13 @@ class ClusterChanges(ConfigChanges):
 
     async def _apply(self, conf_dir: Path, kind: str, name: str, text: str | None) -> list[str]:
         key = f"{kind}-{name}.toml"
+        async with self._lock:
+            return await self._checked_and_stored(conf_dir / key, text)
+
+    async def _checked_and_stored(self, path: Path, text: str | None) -> list[str]:
+        key = path.name
         async with self._sync.lock:
-            changed = await self._check(conf_dir / key, text)
+            changed = await self._check(path, text)
         revision = await self._store(key, text)
         if not await self._sync.applied(revision):
             raise ConfigError(
@@ -105,10 +114,23 @@ class ClusterChanges(ConfigChanges):
         return config
 
     async def _store(self, key: str, text: str | None) -> int:
-        """The bucket's new revision of `key` (a delete marker for None)."""
-        subject = f"$KV.{self._sync.bucket}.{key}"
+        """The bucket's new revision of `key` (a delete marker for None), stored only over the
+        revision this node checked the change against: a change made meanwhile on another
+        node is not overwritten unseen."""
+        headers = {EXPECTED_LAST_SUBJECT_SEQUENCE: str(self._sync.revisions.get(key, 0))}
         if text is None:
-            ack = await self._js.publish(subject, b"", headers={"KV-Operation": "DEL"})
-        else:
-            ack = await self._js.publish(subject, text.encode())
+            headers["KV-Operation"] = "DEL"
+        try:
+            ack = await self._js.publish(
+                f"$KV.{self._sync.bucket}.{key}",
+                b"" if text is None else text.encode(),
+                headers=headers,
+            )
+        except APIError as exc:
+            if exc.err_code not in WRONG_LAST_SEQUENCE:
+                raise
+            raise ConfigError(
+                f"{key} was changed on another node meanwhile: look again (its change reaches"
+                " this node within seconds) and make yours again"
+            ) from None
         return int(ack.seq)
