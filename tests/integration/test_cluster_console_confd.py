@@ -160,6 +160,19 @@ async def test_a_source_added_on_one_node_is_served_by_every_node(
         await until(lambda: _status_is(http, a, key, 403))
         await until(lambda: _status_is(http, c, key, 403))
 
+        # A removal a's config refuses (a's own file names the source) is refused on a.
+        naming = paths["a"].parent / "conf.d" / "hook-shop.toml"
+        naming.write_text(
+            f'[[destinations]]\nname = "hook_shop"\ntype = "webhook"\nurl = "{sink.url}/s"\n'
+            'sources = ["shop_app"]\n'
+        )
+        status, text = await _post(on_a, a, SHOP + "/remove", csrf_a, confirm="yes")
+        assert status == 409
+        assert "no source is named &#39;shop_app&#39;" in text
+        assert len(await _history(js_cluster, "source-shop_app.toml")) == 2
+        assert owned(on_disk)
+        naming.unlink()
+
         status, text = await _post(on_a, a, SHOP + "/remove", csrf_a, confirm="yes")
         assert status == 303, text
         for node in (a, b, c):
@@ -188,3 +201,33 @@ async def _serves(node: Node, source: str) -> bool:
 
 async def _status_is(http: aiohttp.ClientSession, node: Node, key: str, wanted: int) -> bool:
     return await _ingest_status(http, node, key) == wanted
+
+
+async def test_a_node_whose_own_files_refuse_the_buckets_keeps_its_config(
+    tmp_path: Path, js_cluster: JetStreamCluster, sink: Sink, http: aiohttp.ClientSession
+) -> None:
+    """c defines shop_app by hand: the bucket's shop_app would be a duplicate there, so c puts
+    its conf.d back as it was, at start and at the next change, and keeps serving its own."""
+    paths = {n: _config_path(tmp_path, js_cluster, sink.url, n) for n in ("a", "c")}
+    mine = paths["c"].parent / "conf.d" / "10-mine.toml"
+    mine.write_text(HAND_WRITTEN.replace('"legacy"', '"shop_app"'))
+    theirs = paths["c"].parent / "conf.d" / "source-shop_app.toml"
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(_node(paths["a"], "a"))
+        await add_cluster_person(a.config, "olga", {"acme": "owner"})
+        on_a, csrf_a = await stack.enter_async_context(signed_in(a.url, "olga"))
+        status, _ = await _post(on_a, a, ADD, csrf_a, name="shop_app", type="server")
+        assert status == 303
+        key = _write_key_of(paths["a"].parent / "conf.d" / "source-shop_app.toml")
+
+        c = await stack.enter_async_context(_node(paths["c"], "c"))
+        assert not theirs.exists()
+        assert await _ingest_status(http, c, HAND_KEY) == 200
+        assert await _ingest_status(http, c, key) == 401
+
+        status, _ = await _post(on_a, a, SHOP + "/enabled", csrf_a, enabled="false")
+        assert status == 303
+        await until(lambda: _applied_on(c, a))
+        assert not theirs.exists()
+        assert await _ingest_status(http, c, HAND_KEY) == 200
+        assert await _ingest_status(http, a, key) == 403
