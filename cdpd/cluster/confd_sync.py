@@ -139,7 +139,8 @@ class ConfdSync:
         keys = {e.key for e in entries if not e.deleted}
         async with self.lock:
             gone = [path for path in self._owned_files() if path.name not in keys]
-            before = contents([*(self.conf_dir / e.key for e in entries), *gone])
+            named = [self.conf_dir / e.key for e in entries if FILE_NAME.fullmatch(e.key)]
+            before = contents([*named, *gone])
             changed = {e.key for e in entries if self._put(e.key, _value(e))}
             self.revisions = {e.key: e.revision for e in entries}
             for path in gone:
