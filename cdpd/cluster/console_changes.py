@@ -25,6 +25,7 @@ from nats.js.api import Header
 from nats.js.errors import APIError
 
 from cdpd.cluster.confd_sync import ConfdSync, owned, put_back_after, write_atomically
+from cdpd.cluster.console_state import cluster_answers
 from cdpd.cluster.reloading import NodeConfig
 from cdpd.config import Config, ConfigError
 from cdpd.console.changes import ConfigChanges
@@ -85,7 +86,8 @@ class ClusterChanges(ConfigChanges):
         key = path.name
         async with self._sync.lock:
             changed = await self._check(path, text)
-        revision = await self._store(key, text)
+            checked_against = self._sync.revisions.get(key, 0)
+        revision = await self._store(key, text, checked_against)
         if not await self._sync.applied(revision):
             raise ConfigError(
                 f"{key} is stored in the cluster but this node has not put it in force yet:"
@@ -113,11 +115,12 @@ class ClusterChanges(ConfigChanges):
             config, _ = self._node_config.check(self._load(self.config_path))
         return config
 
-    async def _store(self, key: str, text: str | None) -> int:
+    @cluster_answers
+    async def _store(self, key: str, text: str | None, checked_against: int) -> int:
         """The bucket's new revision of `key` (a delete marker for None), stored only over the
         revision this node checked the change against: a change made meanwhile on another
         node is not overwritten unseen."""
-        headers = {EXPECTED_LAST_SUBJECT_SEQUENCE: str(self._sync.revisions.get(key, 0))}
+        headers = {EXPECTED_LAST_SUBJECT_SEQUENCE: str(checked_against)}
         if text is None:
             headers["KV-Operation"] = "DEL"
         try:
