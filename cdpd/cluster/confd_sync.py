@@ -50,7 +50,7 @@ MARKER_PREFIX = "# cdpd: from the cluster's "
 FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.toml")
 FOLLOW_BATCH = 100
 FOLLOW_WAIT_S = 1.0  # a fetch waits this long for a change, then asks again (stop is seen)
-IDLE_CHECK = 10  # fetches that found nothing before the consumer is checked to exist
+IDLE_CHECK = 5  # fetches that found nothing before the consumer is checked to exist
 APPLIED_WAIT_S = 30.0  # how long a console change waits for this node to put it in force
 
 

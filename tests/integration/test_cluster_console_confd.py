@@ -10,6 +10,7 @@ import tomllib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import nats
@@ -231,3 +232,39 @@ async def test_a_node_whose_own_files_refuse_the_buckets_keeps_its_config(
         assert not theirs.exists()
         assert await _ingest_status(http, c, HAND_KEY) == 200
         assert await _ingest_status(http, a, key) == 403
+
+
+LATE_KEY = "latekey000000000000000000000000a"
+
+
+async def test_a_node_whose_follow_lost_its_consumer_reads_the_bucket_again(
+    tmp_path: Path, js_cluster: JetStreamCluster, sink: Sink, http: aiohttp.ClientSession
+) -> None:
+    """The server holding a's follow (an in-memory consumer of one replica) dies; a change
+    stored meanwhile reaches a once its follow has started again from a read of the bucket."""
+    path = _config_path(tmp_path, js_cluster, sink.url, "a")
+    async with _node(path, "a") as a:
+        client = await nats.connect(js_cluster.urls)
+        try:
+            js = client.jetstream()
+            stream = f"KV_{Layout().confd_bucket}"
+            (follow,) = await js.consumers_info(stream)
+            assert follow.cluster is not None
+            assert follow.cluster.leader is not None
+            js_cluster.kill(int(follow.cluster.leader.removeprefix("n")))
+            late = f'[[sources]]\nname = "late"\ntype = "server"\nwrite_key = "{LATE_KEY}"\n'
+            await until(lambda: _stored(js, "source-late.toml", late))
+        finally:
+            await client.close()
+        await until(lambda: _status_is(http, a, LATE_KEY, 200))
+        assert owned(path.parent / "conf.d" / "source-late.toml")
+
+
+async def _stored(js: Any, key: str, text: str) -> bool:
+    """Whether the put went through (the cluster may be electing leaders just now)."""
+    try:
+        bucket = await js.key_value(Layout().confd_bucket)
+        await bucket.put(key, text.encode())
+    except (nats.errors.Error, TimeoutError):
+        return False
+    return True
