@@ -220,6 +220,14 @@ async def test_a_node_whose_own_files_refuse_the_buckets_keeps_its_config(
         status, _ = await _post(on_a, a, ADD, csrf_a, name="shop_app", type="server")
         assert status == 303
         key = _write_key_of(paths["a"].parent / "conf.d" / "source-shop_app.toml")
+        # Destinations are built at a node's start on this backend: the form says so.
+        status, text = await _post(
+            on_a, a, "/console/w/acme/catalog/webhook", csrf_a,
+            name="hook_new", url=f"{sink.url}/new", action="add",
+        )  # fmt: skip
+        assert status == 422
+        assert "destinations are built when a node starts" in text
+        assert await _history(js_cluster, "destination-hook_new.toml") == []
 
         c = await stack.enter_async_context(_node(paths["c"], "c"))
         assert not theirs.exists()
