@@ -104,6 +104,10 @@ class JetStreamConfig(Section, frozen=True, forbid_unknown_fields=True, kw_only=
     # Engage files in the cluster (what a node taking over restores, and what the other nodes
     # answer the Profile API from).
     snapshot_interval_s: PositiveFloat = 30.0
+    # A regulation's file target waits for every node that writes the file to erase its own,
+    # those down included, but not for one unseen this long (it left the cluster for good);
+    # far above the nodes' 5 s heartbeat.
+    node_gone_s: Annotated[float, msgspec.Meta(ge=60.0)] = 7 * 24 * 3600.0
 
     def password(self) -> str | None:
         return env_secret(self.password_env) if self.password_env else None

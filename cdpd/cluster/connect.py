@@ -74,6 +74,9 @@ async def connected(config: JetStreamConfig, name: str = "cdpd") -> AsyncIterato
         await client.drain()
 
 
+METRICS_KEEP_S = 8 * 24 * 3600  # as the SQLite backend's flow counts (console/flow.py)
+
+
 def stream_configs(config: JetStreamConfig, layout: Layout) -> list[StreamConfig]:
     """Every stream the backend uses: accepted messages, what ingest writes beside them, and
     dead letters. All are replicated, file-backed and kept for `max_age_s`."""
@@ -95,7 +98,25 @@ def stream_configs(config: JetStreamConfig, layout: Layout) -> list[StreamConfig
             layout.profile_commands_subject,
             "cdpd commands to the profiles lease holder",
         ),
+        metrics_stream_config(config, layout),
     ]
+
+
+def metrics_stream_config(config: JetStreamConfig, layout: Layout) -> StreamConfig:
+    """Each node's counts per minute and per hour (cdpd/cluster/flow_counts.py): a subject per
+    node, name and period holding that record's latest value only, kept as long as the SQLite
+    backend keeps its counts."""
+    return StreamConfig(
+        name=layout.metrics_stream,
+        description="cdpd counts per interval, per node",
+        subjects=[layout.metrics_subjects],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=config.replicas,
+        max_age=float(METRICS_KEEP_S),
+        max_msgs_per_subject=1,
+        duplicate_window=DUPLICATE_WINDOW_S,
+    )
 
 
 def _stream(config: JetStreamConfig, name: str, subjects: str, description: str) -> StreamConfig:

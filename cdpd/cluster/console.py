@@ -8,7 +8,9 @@ backend, read from the cluster, so that any node answers the same.
 * Rejects, blocked messages and violations are the rows ingest published to the aux stream,
   read over the page's window up to `AUX_READ` rows each.
 * A destination's figures are the cluster's: its consumers' backlog, the messages handed out
-  more than once (waiting for a retry), the dead letters, the shared circuit.
+  more than once (waiting for a retry), the dead letters, the shared circuit, and the counts
+  per interval every node writes (`cdpd.cluster.flow_counts`), summed over the window, as
+  are a source's messages received by type.
 * People and sessions live in buckets (`cdpd.cluster.console_state`).
 * The Privacy page reads and classifies through the node's privacy store (the
   `CDPD_inventory` and `CDPD_inbox` buckets), paging in Python over their listing.
@@ -21,9 +23,8 @@ backend, read from the cluster, so that any node answers the same.
   (`cdpd.cluster.console_profiles`): the live stores on the profiles lease holder, the newest
   snapshot elsewhere.
 
-What the cluster does not keep (counts per minute of what was received and delivered, failed
-attempts, the observed schema, a snapshot's events history) is shown as not kept, never made
-up."""
+What the cluster does not keep (failed attempts, the observed schema, a snapshot's events
+history) is shown as not kept, never made up."""
 
 from __future__ import annotations
 
@@ -48,12 +49,14 @@ from cdpd.cluster.browse import aux_records, browse, forget, reading
 from cdpd.cluster.console_changes import ClusterChanges
 from cdpd.cluster.console_profiles import NodeProfileStores
 from cdpd.cluster.console_state import KvState, cluster_answers, sessions_bucket
+from cdpd.cluster.flow_reads import WindowCounts, window_counts
 from cdpd.cluster.layout import DESTINATION, SOURCE, Layout, row_of
 from cdpd.cluster.store import JetStreamDeliveryStore
 from cdpd.cluster.warehouse_status import lease_holder
 from cdpd.cluster.warehouse_sync import SyncUnavailable, WarehouseSyncs, describe
 from cdpd.config import Destination, load
 from cdpd.console import overview, seams
+from cdpd.console.flow import hour_of, minute_of
 from cdpd.console.privacy_data import ListedPrivacy
 from cdpd.console.seams import (
     DestinationFigures,
@@ -85,7 +88,11 @@ NO_CONFD = {
 }
 VIOLATION_GROUP = ("source", "type", "event", "violation_type", "field", "description")
 SYNC_WAIT_S = 30.0  # how long the page waits for the holder's report of a sync asked from it
-NOT_KEPT = "Counts per interval are not kept on the JetStream backend; '–' marks them."
+COUNTED_BY_NODES = (
+    "Counts per interval are every node's, written by each every few seconds: the last"
+    " seconds of a node that stopped abruptly are missing."
+)
+CHARTED = ("delivered", "retried", "failed")
 
 
 class StreamFeed:
@@ -163,14 +170,23 @@ class ClusterData:
     async def source_figures(self, source: str, window: str) -> SourceFigures:
         rejected, notes = await self._by_reason("rejects", [source], window)
         blocked, more = await self._by_reason("blocked_messages", [source], window)
+        flow = await window_counts(self.js, self.layout, "source", source, window)
+        points = Counter({(at, m): c for (at, m), c in flow.points.items() if m == "received"})
+        for counted in (rejected, blocked):
+            points.update(counted.points)
         return SourceFigures(
-            received=None,
-            rejected=overview.by_count(rejected, "rejected"),
-            blocked=overview.by_count(blocked, "blocked"),
-            chart=None,
+            received={kind: c for (m, kind), c in flow.totals.items() if m == "received"},
+            rejected=overview.by_count(rejected.totals, "rejected"),
+            blocked=overview.by_count(blocked.totals, "blocked"),
+            chart=overview.chart(
+                [(at, m, c) for (at, m), c in points.items()],
+                ["received", "rejected", "blocked"],
+                window,
+            ),
             notes=[
-                "Messages received are not counted per interval on the JetStream backend;"
-                " rejects and blocked messages are read from the cluster's aux stream.",
+                COUNTED_BY_NODES,
+                "Rejects and blocked messages are read from the cluster's aux stream.",
+                *_truncated(flow),
                 *notes,
                 *more,
             ],
@@ -191,32 +207,37 @@ class ClusterData:
         (found,) = await operations.reports(self.store, self.js, [destination])
         rejected, notes = await self._by_reason("rejects", upstream, window)
         blocked, more = await self._by_reason("blocked_messages", upstream, window)
+        rejected_total, blocked_total = rejected.totals.total(), blocked.totals.total()
         dead = await self._newest_dead(destination.name)
+        flow = await window_counts(self.js, self.layout, "destination", destination.name, window)
+        own = flow.totals
         counts: dict[str, int | None] = {
-            "received": None,
-            "failed_on_ingest": rejected.total(),
-            "filtered_at_source": blocked.total(),
-            "filtered_at_destination": None,
+            "received": own["received", ""],
+            "failed_on_ingest": rejected_total,
+            "filtered_at_source": blocked_total,
+            "filtered_at_destination": sum(c for (m, _), c in own.items() if m == "filtered"),
             "pending_retry": found.retrying,
-            "retried": None,
-            "failed": None,
-            "delivered": None,
+            "retried": own["retried", ""],
+            "failed": own["failed", ""],
+            "delivered": own["delivered", ""],
         }
+        points = [(at, metric, count) for (at, metric), count in flow.points.items()]
         return DestinationFigures(
             counts=counts,
-            filtered=[],
-            p95_ms=None,
+            filtered=overview.by_count(own, "filtered"),
+            p95_ms=flow.p95_ms(),
             backlog=found.pending,
             circuit=found.circuit or "closed",
             errors=[],
             dead=dead,
             dead_total=found.dead,
-            chart=None,
+            chart=overview.chart(points, list(CHARTED), window),
             notes=[
-                NOT_KEPT,
+                COUNTED_BY_NODES,
                 f"Now: {found.pending} not yet handed out, {found.in_flight} being sent or"
                 f" waiting for a retry ({found.retrying} of them retried).",
                 "Failed attempts are not kept on this backend: see the dead letters below.",
+                *_truncated(flow),
                 *notes,
                 *more,
             ],
@@ -269,20 +290,36 @@ class ClusterData:
 
     async def _by_reason(
         self, table: str, sources: list[str], window: str
-    ) -> tuple[Counter[tuple[str, str]], list[str]]:
-        """(metric, reason code) -> count of the table's rows of `sources` in the window."""
+    ) -> tuple[AuxCounts, list[str]]:
+        """The table's rows of `sources` in the window: (metric, reason code) -> count, and
+        (minute or hour, metric) -> count for a chart."""
         metric = {"rejects": "rejected", "blocked_messages": "blocked"}[table]
         since_ms = now_ms() - overview.WINDOWS_S[window] * 1000
-        rows = await self._aux(table, _since(since_ms))
-        counts = Counter(
-            (metric, str(r.get("reason_code", ""))) for r in rows if r.get("source") in sources
+        read = await self._aux(table, _since(since_ms))
+        rows = [r for r in read if r.get("source") in sources]
+        period_of = hour_of if window in overview.HOURLY else minute_of
+        counts = AuxCounts(
+            Counter((metric, str(r.get("reason_code", ""))) for r in rows),
+            Counter((period_of(str(r.get("received_at", ""))), metric) for r in rows),
         )
         notes = (
             [f"Only the first {AUX_READ} {table} of the window are counted."]
-            if len(rows) >= AUX_READ
+            if len(read) >= AUX_READ
             else []
         )
         return counts, notes
+
+
+@dataclass(frozen=True)
+class AuxCounts:
+    totals: Counter[tuple[str, str]]  # (metric, reason code) -> rows
+    points: Counter[tuple[str, str]]  # (minute or hour, metric) -> rows
+
+
+def _truncated(flow: WindowCounts) -> list[str]:
+    if not flow.truncated:
+        return []
+    return [f"Only the first {flow.records} records of counts of the window are counted."]
 
 
 def summarize(rows: Iterable[dict[str, Any]]) -> list[ViolationSummary]:

@@ -18,7 +18,7 @@ docs/scaling.md for the measured rate.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from urllib.parse import unquote
 
 import msgspec
@@ -55,11 +55,18 @@ class Found(msgspec.Struct):
 
 
 async def erase_users(
-    js: JetStreamContext, layout: Layout, user_ids: Collection[str], source: str | None
+    js: JetStreamContext,
+    layout: Layout,
+    user_ids: Collection[str],
+    source: str | None,
+    found_ids: Callable[[set[str]], Awaitable[None]] | None = None,
 ) -> int:
     """Delete the users' messages, dead letters, rejects, blocked messages and violations;
-    returns how many stream messages went."""
+    returns how many stream messages went. `found_ids` is given their message ids before
+    anything is deleted (what a source's regulation erases from the nodes' files)."""
     found = await find_users(js, layout, frozenset(user_ids), source)
+    if found_ids is not None:
+        await found_ids(found.message_ids)
     removed = 0
     for stream in (layout.aux_stream, layout.dead_stream, layout.stream):
         seqs = found.seqs.get(stream, [])

@@ -82,6 +82,8 @@ class JetStreamAppender:
         self.published = 0
         self.duplicates = 0
         self.failures = 0
+        # Told of each message stored: (source, received_at, type); a node's counts per interval.
+        self.accepted: Callable[[str, str, str], None] = _not_counted
 
     @classmethod
     def of(
@@ -184,7 +186,11 @@ class JetStreamAppender:
         acks = await self._publish_all(publishes)
         if self._markers and fresh:
             await self._mark(fresh, [ack.seq for ack in acks[: len(fresh)]])
-        stored = sum(1 for ack in acks[: len(fresh)] if not ack.duplicate)
+        stored = 0
+        for row, ack in zip(fresh, acks, strict=False):
+            if not ack.duplicate:
+                stored += 1
+                self.accepted(row.source, row.received_at, row.type)
         self.published += stored
         self.duplicates += len(rows) - stored
         return AppendResult(stored, len(rows) - stored)
@@ -288,3 +294,7 @@ def table_and_columns(statement: str) -> tuple[str, list[str]]:
     if match is None:
         raise ValueError(f"not an INSERT with named columns: {statement[:60]!r}")
     return match.group(1), [c.strip() for c in match.group(2).split(",")]
+
+
+def _not_counted(source: str, received_at: str, type_: str) -> None:
+    """Where nothing counts what is stored (an appender of a CLI command)."""

@@ -134,6 +134,27 @@ class Layout(msgspec.Struct, frozen=True):
     def dead_subject(self, destination: str) -> str:
         return f"{self.prefix}.dead.{token(destination)}"
 
+    # -- the console's counts per interval, each node's per minute and per hour (flow_counts.py) --
+
+    @property
+    def metrics_stream(self) -> str:
+        return f"{self.stream}_METRICS"
+
+    @property
+    def metrics_subjects(self) -> str:
+        return f"{self.prefix}.metrics.>"
+
+    def metrics_subject(
+        self, scope: str, name: str, granularity: str, instance: str, period: str
+    ) -> str:
+        """One node's (`instance`) record of what it counted for a destination (`scope`
+        "destination") while the minute or hour `period` (`granularity` "m" or "h") lasted."""
+        return f"{self.metrics_filter(scope, name, granularity)[:-1]}{instance}.{period}"
+
+    def metrics_filter(self, scope: str, name: str, granularity: str) -> str:
+        """Every node's records of one name at one granularity."""
+        return f"{self.prefix}.metrics.{scope}.{token(name)}.{granularity}.>"
+
     # -- commands to the profiles lease holder (unmerges, regulations' deletions) ---------------
 
     @property

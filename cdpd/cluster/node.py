@@ -35,12 +35,14 @@ from cdpd.clock import Clock, SystemClock
 from cdpd.cluster import confd_sync, connect, ported
 from cdpd.cluster.confd_sync import ConfdSync
 from cdpd.cluster.connect import ClusterUnreachable
+from cdpd.cluster.flow_counts import FlowRecorder
 from cdpd.cluster.ingest import JetStreamAppender
 from cdpd.cluster.layout import Layout
 from cdpd.cluster.node_web import NodeEndpoints
 from cdpd.cluster.publish import Publisher
 from cdpd.cluster.reloading import NodeConfig
 from cdpd.config import Config
+from cdpd.destinations.settings import FileDestination
 from cdpd.governance.stage import Governance
 from cdpd.ingest import bundle
 from cdpd.ingest.routes import Ingest
@@ -52,6 +54,7 @@ from cdpd.shutdown import ShutdownBudget
 from cdpd.supervise import Restarts, supervise
 
 if TYPE_CHECKING:
+    from cdpd.cluster.file_erasure import FileErasure
     from cdpd.cluster.profile_reads import NodeProfiles
     from cdpd.cluster.store import JetStreamDeliveryStore
 
@@ -73,6 +76,7 @@ class NodeParts:
     node_name: str
     governance: Governance  # its suppressions are fed from the cluster
     appender: JetStreamAppender
+    flow: FlowRecorder  # the node's counts per interval (what it stores, what its lanes do)
     in_force: NodeConfig  # the config in force (a reload replaces it)
     closing: Callable[[], bool] = lambda: False  # true once the node drains its requests
     # conf.d kept as the cluster's CDPD_confd bucket says (None: no config file or no include).
@@ -82,6 +86,9 @@ class NodeParts:
     privacy_store: PortalStore | None = None
     # What the Profile API reads, once the profiles stage (entered before the console) started.
     profiles: NodeProfiles | None = None
+    # The erasure of regulations' users from this node's files, once its stage (entered before
+    # delivery, which hands it the file senders) started.
+    file_erasure: FileErasure | None = None
 
     @property
     def privacy(self) -> Portal:
@@ -194,12 +201,20 @@ async def running_node(
                 config.server.shutdown_timeout_s, delivery_drain_s=config.delivery.drain_timeout_s
             )
             drain = cdpd_web.Drain()
+            flow = FlowRecorder(js, layout, name, clock)
+            appender.accepted = flow.accepted
             async with asyncio.TaskGroup() as tasks, contextlib.AsyncExitStack() as held:
                 parts = NodeParts(
                     config, client, js, layout, tasks, clock, restarts, metrics, name,
-                    governance, appender, in_force,
+                    governance, appender, flow, in_force,
                     closing=lambda: drain.closing, confd=confd, config_path=path,
                 )  # fmt: skip
+                # Its last flush once every stage (delivery's lanes last) has stopped.
+                flow_stop = asyncio.Event()
+                held.callback(flow_stop.set)
+                tasks.create_task(
+                    parts.supervised("flow_counts", flow.run, flow_stop), name="flow-counts"
+                )
                 entered = {
                     stage_name: await held.enter_async_context(stage(parts))
                     for stage_name, stage in [*_built_in_stages(config, confd), *stages]
@@ -251,6 +266,7 @@ def _built_in_stages(config: Config, confd: ConfdSync | None) -> list[tuple[str,
     before it: a change stored meanwhile is not missed."""
     from cdpd.cluster.console import console_stage
     from cdpd.cluster.delivery_stage import delivery_stage
+    from cdpd.cluster.file_erasure import file_erasure_stage
     from cdpd.cluster.privacy_stage import privacy_stage
     from cdpd.cluster.profiles import profiles_stage
     from cdpd.cluster.regulations_stage import regulations_stage
@@ -267,6 +283,8 @@ def _built_in_stages(config: Config, confd: ConfdSync | None) -> list[tuple[str,
         stages.append(("console", console_stage))  # reads the profiles stage's NodeProfiles
     if config.warehouses:
         stages.append(("warehouses", warehouses_stage))
+    if any(isinstance(d, FileDestination) for d in config.destinations):
+        stages.append(("file_erasure", file_erasure_stage))  # before a lane writes
     if any(d.enabled for d in config.destinations):
         stages.append(("delivery", delivery_stage))
     return stages

@@ -21,7 +21,8 @@ def not_served(config: Config) -> list[str]:
         notes.append(
             "the console's config changes go through the cluster's confd bucket to every"
             " node's conf.d (a node started with a config file and an include); destinations"
-            " change at a restart; counts per interval are not kept"
+            " change at a restart; failed attempts with their samples and a source's observed"
+            " schema are not kept"
         )
         if config.identity is not None:
             notes.append(

@@ -13,7 +13,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from cdpd.cluster import dead
-from cdpd.cluster.layout import DESTINATION, row_of
+from cdpd.cluster.layout import DESTINATION, OWED_TO, row_of
 from cdpd.cluster.ledger import LedgerRow
 from cdpd.cluster.routing import Router
 from cdpd.delivery.store import (
@@ -214,9 +214,10 @@ class JetStreamLaneReader:
         row = row_of(headers, msg.data)
         destination = self._rule.destination
         target = headers.get(DESTINATION)
-        if (target is not None and target != destination) or (
-            target is None and not self._router.takes(headers, row)
-        ):
+        refused = self._router.refusal(headers, row)
+        if msg.metadata.num_delivered == 1 and target is None and OWED_TO not in headers:
+            self._store.routed(destination, row.received_at, refused)  # counted once
+        if refused is not None:
             await msg.ack()  # not for this destination (a replay for another, or filtered)
             return
         # A replayed dead letter keeps its ledger row under the sequence it was accepted with.

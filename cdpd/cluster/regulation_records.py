@@ -7,6 +7,9 @@ Keys (docs/scaling.md lists them):
   regulation lease's holder changes it after it is created, at the revision it read;
 - `subjects.<id>.<n>`: its user ids, in chunks of at most `CHUNK_BYTES` of JSON;
 - `due.<id>`: present while the regulation is unfinished (the worker's list of work);
+- `erased.<id>.<attempt>.<n>`: a source's regulation with file targets: the message ids its
+  `outbox` target found in the streams at that attempt (what each node erases from its files,
+  as lines do not say their source), in chunks like the subjects;
 - `suppression.<user hash>.workspace` and `suppression.<user hash>.source.<source>`: one
   suppression in force (JSON: user id, source, regulation, created at); the user's id hashed,
   as a key cannot hold every character an id may.
@@ -37,6 +40,7 @@ from cdpd.privacy.regulations_store import (
 
 CHUNK_BYTES = 256 * 1024  # well under the servers' 1 MB message limit
 REGULATION, SUBJECTS, DUE, SUPPRESSION = "regulation", "subjects", "due", "suppression"
+ERASED = "erased"
 KIND_ORDER = ("outbox", "identity")  # shown first, as the SQLite backend shows them
 
 

@@ -28,6 +28,7 @@ from cdpd.cluster.buckets import Latest, current
 from cdpd.cluster.layout import Layout
 from cdpd.cluster.regulation_records import (
     DUE,
+    ERASED,
     REGULATION,
     SUBJECTS,
     SUPPRESSION,
@@ -220,6 +221,19 @@ class ClusterRegulations:
             entry = await self._kv.get(f"{SUBJECTS}.{record.id}.{number}")
             users += msgspec.json.decode(entry.value or b"[]", type=list[str])
         return users
+
+    async def keep_erased(self, regulation_id: str, attempt: int, message_ids: set[str]) -> None:
+        """The message ids one attempt of the `outbox` target found (before it deletes them)."""
+        for number, part in enumerate(chunks(sorted(message_ids))):
+            key = f"{ERASED}.{regulation_id}.{attempt}.{number}"
+            await self._kv.put(key, self._encoder.encode(part))
+
+    async def erased(self, regulation_id: str) -> set[str]:
+        """Every message id the regulation's `outbox` attempts found."""
+        found: set[str] = set()
+        for entry in await self._current(f"{ERASED}.{regulation_id}.>"):
+            found.update(msgspec.json.decode(entry.value or b"[]", type=list[str]))
+        return found
 
     async def write(self, record: RegulationRecord, revision: int) -> int:
         """Store `record` at `revision` (raises KeyWrongLastSequenceError when anyone else

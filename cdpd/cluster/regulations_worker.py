@@ -4,7 +4,8 @@ of the `regulations` lease (in the leases bucket, as a warehouse's loads are led
 Every `POLL_S` the holder reads the unfinished regulations (`due.<id>` keys) and works their
 due targets in the SQLite backend's order: the `outbox` target (the streams,
 `cdpd.cluster.erase`) first, then the identity store (asked of the profiles lease holder,
-`cdpd.cluster.profile_commands`), then every warehouse and destination;
+`cdpd.cluster.profile_commands`), then every warehouse, file and destination (a file target
+finishes once every node has erased its own file: `cdpd.cluster.file_erasure`);
 none of these starts before the first ones have finished, and a failed first one fails them.
 A suppressing regulation's `outbox` target waits `SUPPRESSION_BOUND_S` after its creation, so
 every node drops the user's messages before the streams are scanned.
@@ -25,12 +26,21 @@ import aiohttp
 import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
 
 from cdpd.clock import Clock
-from cdpd.cluster import erase
+from cdpd.cluster import erase, file_writers
+from cdpd.cluster.file_writers import FileWriter
 from cdpd.cluster.layout import Layout
 from cdpd.cluster.lease import Lease, lead
-from cdpd.cluster.profile_commands import DONE, FORGET, TAKEN, WITHDRAWN, ProfileCommands
+from cdpd.cluster.profile_commands import (
+    DONE,
+    FORGET,
+    TAKEN,
+    WITHDRAWN,
+    Outcome,
+    ProfileCommands,
+)
 from cdpd.cluster.regulation_records import RegulationRecord, TargetState, apply
 from cdpd.cluster.regulations import ClusterRegulations
 from cdpd.cluster.suppression_feed import SUPPRESSION_BOUND_S
@@ -50,10 +60,11 @@ from cdpd.privacy.regulations import (
     EFFECTS,
     FAILED,
     FILE,
+    FINISHED,
     FIRST,
     IDENTITY,
-    NOT_SUPPORTED,
     OUTBOX,
+    RUNNING,
     UNFINISHED,
     WAREHOUSE,
 )
@@ -66,12 +77,6 @@ POLL_S = 0.5
 # How long one attempt at the identity target waits for the profiles lease holder: its stage
 # may have the stream to catch up on first, and a snapshot to store after.
 FORGET_WAIT_S = 60.0
-# A target the JetStream backend does not reach, and why (a regulation with one ends
-# PARTIAL_SUCCESS, as one with a destination that cannot delete does).
-FILE_NOT_ERASED = (
-    "a file destination on the JetStream backend writes one file per node; its lines are not"
-    " erased by regulations (docs/scaling.md)"
-)
 
 
 class RegulationLeader:
@@ -97,6 +102,8 @@ class RegulationLeader:
         self._session = session
         self._profile_commands = profile_commands
         self.passes = 0
+        self._writers: dict[str, list[FileWriter]] = {}  # by file destination, this pass
+        self._outcomes: KeyValue | None = None  # the bucket, once a file target needs it
 
     async def run(self, stop: asyncio.Event) -> None:
         await lead(self.lease, self._clock, stop, functools.partial(self._lead, stop))
@@ -108,6 +115,7 @@ class RegulationLeader:
             await self._clock.wait(stop, POLL_S)
 
     async def work_due(self, should_stop: Callable[[], bool]) -> None:
+        self._writers = {}  # read once a pass, whatever the regulations waiting on them
         for regulation_id in await self._book.due_ids():
             if should_stop():
                 return
@@ -140,7 +148,10 @@ class RegulationLeader:
             apply(record, update)
             revision = await self._book.write(record, revision)
             bound = log.bind(regulation=record.id, target=target.target)
-            log_outcome(bound, update, record.status)
+            if update.status == RUNNING and target.kind == FILE:
+                bound.info("regulation_target_waiting", waiting_for=update.last_error)
+            else:
+                log_outcome(bound, update, record.status)
 
     def _now(self) -> str:
         return format_ms(self._clock.now_ms())
@@ -159,32 +170,73 @@ class RegulationLeader:
         if any(t.status in UNFINISHED for t in before) or self._settling(record, target):
             return None
         if target.kind == FILE:
-            return self._not_supported(record, target, FILE_NOT_ERASED)
+            return await self._files_state(record, target)
         work = functools.partial(self._erase, record, target, users)
         policy = retry_policy(self._config, target.kind, target.target)
         bound = log.bind(regulation=record.id, target=target.target)
         return await attempt(due, work, policy, self._clock, bound)
+
+    async def _files_state(
+        self, record: RegulationRecord, target: TargetState
+    ) -> TargetUpdate | None:
+        """FINISHED once every node that writes the file, and was seen within `node_gone_s`,
+        has erased its own (`cdpd.cluster.file_erasure`); until then RUNNING, saying whom it
+        waits for (None while that is what the target already says)."""
+        name = target.target.partition(":")[2]
+        now_ms = self._clock.now_ms()
+        files = (d for d in self._config.destinations if isinstance(d, FileDestination))
+        if not any(d.name == name for d in files):
+            return given_up(record.due(target), f"no file destination is named {name!r}", now_ms)
+        waited, gone = await self._writers_of(name, now_ms)
+        erased = await self._erasures(record.id, name, waited)
+        owed = [(w, e) for w, e in zip(waited, erased, strict=True) if e is None or e.state != DONE]
+        at = self._now()
+        first_at = target.first_attempt_at or at
+        if owed:
+            note = waiting_note(owed)
+            if note == target.last_error:
+                return None
+            return TargetUpdate(
+                record.id, target.target, RUNNING, target.attempts, first_at, at, last_error=note
+            )
+        rows = sum(e.rows for e in erased if e is not None)
+        return TargetUpdate(
+            record.id,
+            target.target,
+            FINISHED,
+            target.attempts + 1,
+            first_at,
+            at,
+            rows_removed=rows,
+            last_error=gone_note(gone, self._config.storage.jetstream.node_gone_s),
+            finished_at=at,
+        )
+
+    async def _writers_of(
+        self, name: str, now_ms: int
+    ) -> tuple[list[FileWriter], list[FileWriter]]:
+        """The nodes that write the file: those waited for, and those gone (unseen for
+        `node_gone_s`)."""
+        if name not in self._writers:
+            self._writers[name] = await file_writers.writers(self._js, self._layout, name)
+        gone_after_ms = round(self._config.storage.jetstream.node_gone_s * 1000)
+        waited = [w for w in self._writers[name] if now_ms - w.seen_at_ms <= gone_after_ms]
+        return waited, [w for w in self._writers[name] if w not in waited]
+
+    async def _erasures(
+        self, regulation_id: str, name: str, writers: list[FileWriter]
+    ) -> list[Outcome | None]:
+        """What each node wrote of its erasure for the regulation (None: nothing yet)."""
+        if self._outcomes is None:
+            self._outcomes = await self._js.key_value(self._layout.outcomes_bucket)
+        bucket = self._outcomes
+        return [await file_writers.erased(bucket, regulation_id, name, w.node_id) for w in writers]
 
     def _settling(self, record: RegulationRecord, target: TargetState) -> bool:
         """A suppressing regulation's streams are scanned once every node drops the user."""
         if target.kind != OUTBOX or not EFFECTS[record.regulation_type].suppress:
             return False
         return self._clock.now_ms() < parse_ms(record.created_at) + SUPPRESSION_BOUND_S * 1000
-
-    def _not_supported(
-        self, record: RegulationRecord, target: TargetState, reason: str
-    ) -> TargetUpdate:
-        at = self._now()
-        return TargetUpdate(
-            record.id,
-            target.target,
-            NOT_SUPPORTED,
-            target.attempts,
-            at,
-            at,
-            last_error=reason,
-            finished_at=at,
-        )
 
     async def _forget(self, record: RegulationRecord, target: TargetState, users: list[str]) -> int:
         """Asked of the profiles lease holder, which answers once a snapshot without the
@@ -210,7 +262,10 @@ class RegulationLeader:
     async def _erase(self, record: RegulationRecord, target: TargetState, users: list[str]) -> int:
         name = target.target.partition(":")[2]
         if target.kind == OUTBOX:
-            return await erase.erase_users(self._js, self._layout, users, record.source)
+            found_ids = None
+            if record.source is not None and any(t.kind == FILE for t in record.targets):
+                found_ids = functools.partial(self._book.keep_erased, record.id, target.attempts)
+            return await erase.erase_users(self._js, self._layout, users, record.source, found_ids)
         if target.kind == IDENTITY:
             return await self._forget(record, target, users)
         if target.kind == WAREHOUSE:
@@ -227,3 +282,22 @@ class RegulationLeader:
         if not sent.ok:
             raise TargetFailed(sent.error or "failed", sent.status, sent.retry_after_s)
         return sent.users
+
+
+def waiting_note(owed: list[tuple[FileWriter, Outcome | None]]) -> str:
+    """Whom a file target waits for, and the error a node met, if any."""
+    nodes = ", ".join(
+        w.node_id + (f" ({e.error})" if e is not None and e.error else "") for w, e in owed
+    )
+    return f"waiting for {len(owed)} node(s) to erase their file: {nodes}"
+
+
+def gone_note(gone: list[FileWriter], gone_s: float) -> str | None:
+    """Which nodes a finished file target did not wait for (unseen for `node_gone_s`)."""
+    if not gone:
+        return None
+    nodes = ", ".join(f"{w.node_id} (last seen {format_ms(w.seen_at_ms)})" for w in gone)
+    return (
+        f"not erased by {len(gone)} node(s) unseen for more than node_gone_s = {gone_s:g} s"
+        f" (they erase when they return): {nodes}"
+    )

@@ -16,6 +16,8 @@ from cdpd.mapping import fql
 from cdpd.model.rows import OutboxRow
 
 _decoder = msgspec.json.Decoder()
+REPLAYED_ELSEWHERE = "replayed for another destination"
+NOT_OWED = "not owed since the import"
 
 
 class Router:
@@ -34,13 +36,18 @@ class Router:
         destination (`Cdpd-Destination`) goes to it alone, whatever the rule; one imported from
         a SQLite outbox (`Cdpd-Owed-To`) only to the destinations still owed it there, by
         the rule; any other message by the rule."""
+        return self.refusal(headers, row) is None
+
+    def refusal(self, headers: dict[str, str], row: OutboxRow) -> str | None:
+        """Why the destination does not take a message of the stream (None: it takes it): the
+        rule's reason (`reason`), or REPLAYED_ELSEWHERE, or NOT_OWED for one imported."""
         target = headers.get(DESTINATION)
         if target is not None:
-            return target == self._rule.destination
+            return None if target == self._rule.destination else REPLAYED_ELSEWHERE
         owed_to = headers.get(OWED_TO)
         if owed_to is not None and self._rule.destination not in names_in(owed_to):
-            return False
-        return self.owed(row)
+            return NOT_OWED
+        return self.reason(row)
 
     def reason(self, row: OutboxRow) -> str | None:
         """Why the message is filtered out (the names `RoutingRule.parts` uses), or None."""

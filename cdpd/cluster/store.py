@@ -15,7 +15,7 @@ Names are public (docs/cluster-delivery.md)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -85,6 +85,9 @@ class JetStreamDeliveryStore:
         # What `start` is told; until then (a CLI command), what the config says.
         self._enabled = [d.name for d in destinations if d.enabled]
         self._disabled = [d.name for d in destinations if not d.enabled]
+        # Told of each message a lane's consumer hands out the first time: (destination,
+        # received_at, why it is filtered out or None); a node's counts per interval.
+        self.routed: Callable[[str, str, str | None], None] = _not_counted
 
     async def ledger(self) -> Ledger:
         if self._ledger is None:
@@ -504,3 +507,7 @@ def _updated(row: LedgerRow | None, destination: str, o: Outcome, at: str) -> Le
             AttemptRow(o.attempt, o.started_at, o.duration_ms, o.status, o.error, o.state)
         )
     return row
+
+
+def _not_counted(destination: str, received_at: str, reason: str | None) -> None:
+    """Where nothing counts what the lanes are handed (a CLI command's store)."""

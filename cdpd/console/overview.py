@@ -8,6 +8,7 @@ request."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -73,22 +74,38 @@ async def series(
     conn: aiosqlite.Connection, scope: str, name: str, metrics: list[str], window_name: str
 ) -> dict[str, Any]:
     """Per-bucket counts for a chart: {"t": [epoch seconds], metric: [counts]}."""
-    bucket_s = BUCKET_S[window_name]
-    end_s = now_ms() // 1000 // bucket_s * bucket_s
-    start_s = end_s - WINDOWS_S[window_name] // bucket_s * bucket_s + bucket_s
-    times = list(range(start_s, end_s + 1, bucket_s))
-    values = {metric: [0] * len(times) for metric in metrics}
+    start_s = chart_start_s(window_name)
     period = span(window_name)
     marks = ",".join("?" * len(metrics))
     rows = await conn.execute_fetchall(
         f"SELECT {period.column}, metric, sum(count) FROM {period.counts}"
         f" WHERE scope = ? AND name = ? AND {period.column} >= ? AND metric IN ({marks})"
         f" GROUP BY {period.column}, metric",
-        (scope, name, min(period.since, _key(period, start_s)), *metrics),
+        (scope, name, min(period.since, chart_key(period, start_s)), *metrics),
     )
+    return chart(((str(at), str(m), int(c)) for at, m, c in rows), metrics, window_name)
+
+
+def chart_start_s(window_name: str, at_ms: int | None = None) -> int:
+    """The epoch second of a window's chart's first point."""
+    bucket_s = BUCKET_S[window_name]
+    end_s = (now_ms() if at_ms is None else at_ms) // 1000 // bucket_s * bucket_s
+    return end_s - WINDOWS_S[window_name] // bucket_s * bucket_s + bucket_s
+
+
+def chart(
+    rows: Iterable[tuple[str, str, int]], metrics: list[str], window_name: str,
+    at_ms: int | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The chart of (minute or hour, metric, count) rows: {"t": [epoch seconds], metric:
+    [counts]}, a point per BUCKET_S of the window ending now."""
+    bucket_s = BUCKET_S[window_name]
+    start_s = chart_start_s(window_name, at_ms)
+    times = list(range(start_s, start_s + WINDOWS_S[window_name], bucket_s))
+    values = {metric: [0] * len(times) for metric in metrics}
     for at, metric, count in rows:
-        index = (_epoch_s(at) - start_s) // bucket_s
-        if 0 <= index < len(times):
+        index = (epoch_s(at) - start_s) // bucket_s
+        if metric in values and 0 <= index < len(times):
             values[metric][index] += count
     return {"t": times, **values}
 
@@ -98,12 +115,13 @@ def by_count(totals: Counter[tuple[str, str]], metric: str) -> list[tuple[str, i
     return sorted(((r, c) for (m, r), c in totals.items() if m == metric), key=lambda i: -i[1])
 
 
-def _key(period: Span, epoch_s: int) -> str:
-    at = format_ms(epoch_s * 1000)
+def chart_key(period: Span, at_s: int) -> str:
+    """The minute or hour (as the period's tables key them) of an epoch second."""
+    at = format_ms(at_s * 1000)
     return hour_of(at) if period.column == "hour" else minute_of(at)
 
 
-def _epoch_s(key: str) -> int:
+def epoch_s(key: str) -> int:
     """A minute (`2026-01-02T03:04Z`) or an hour (`2026-01-02T03Z`) in epoch seconds."""
     text = key.rstrip("Z")
     if len(text) == 13:
@@ -118,6 +136,13 @@ async def p95_ms(conn: aiosqlite.Connection, destination: str, period: Span) -> 
         f" WHERE destination = ? AND {period.column} >= ? GROUP BY bucket_ms ORDER BY bucket_ms",
         (destination, period.since),
     )
+    return p95_of((int(bucket), int(count)) for bucket, count in rows)
+
+
+def p95_of(rows: Iterable[tuple[int, int]]) -> int | None:
+    """The upper bound of the latency bucket holding the 95th percentile request, from
+    (bucket upper bound, count) rows in ascending order of bucket."""
+    rows = list(rows)
     total = sum(count for _, count in rows)
     if not total:
         return None
