@@ -404,7 +404,7 @@ async def _serving_backend(
 ) -> AsyncIterator[Running | Node]:
     """The SQLite backend's daemon, or a node of the JetStream backend (cdpd/cluster/node.py)."""
     if config.storage.backend == "jetstream":
-        async with running_node(config) as node:
+        async with running_node(config, config_path=config_path) as node:
             yield node
         return
     async with running(config, config_path=config_path) as server:

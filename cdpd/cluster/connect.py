@@ -166,11 +166,14 @@ async def ensure_dedup(
 
 
 def bucket_configs(config: JetStreamConfig, layout: Layout) -> list[KeyValueConfig]:
-    def bucket(name: str, description: str, ttl: float | None = None) -> KeyValueConfig:
+    def bucket(
+        name: str, description: str, ttl: float | None = None, history: int = 1
+    ) -> KeyValueConfig:
         return KeyValueConfig(
             bucket=name,
             description=description,
             ttl=ttl,
+            history=history,
             storage=StorageType.FILE,
             replicas=config.replicas,
         )
@@ -184,6 +187,7 @@ def bucket_configs(config: JetStreamConfig, layout: Layout) -> list[KeyValueConf
         bucket(layout.inbox_bucket, "cdpd privacy inbox: fields seen per source"),
         bucket(layout.console_bucket, "cdpd console people, roles and sessions"),
         bucket(layout.regulations_bucket, "cdpd regulations, their progress and suppressions"),
+        bucket(layout.confd_bucket, "cdpd conf.d files changed from the console", history=64),
         # Ledger rows last as long as the messages they are about.
         bucket(layout.ledger_bucket, "cdpd delivery ledger", ttl=float(config.max_age_s)),
         # An outcome lasts as long as its command in the commands stream.

@@ -16,19 +16,21 @@ backend, read from the cluster, so that any node answers the same.
   `CDPD_inventory` and `CDPD_inbox` buckets), paging in Python over their listing.
 * A warehouse's *sync now* asks the holder of its lease to sync at once and waits for the
   report (`cdpd.cluster.warehouse_sync`).
+* Config changes (a source added, changed, disabled, enabled or removed) are checked on the
+  node where they are made and stored in the `CDPD_confd` bucket, which every node follows
+  into its conf.d (`cdpd.cluster.console_changes`, `cdpd.cluster.confd_sync`).
 * The Profiles and Audiences pages read where the node's Profile API reads
   (`cdpd.cluster.console_profiles`): the live stores on the profiles lease holder, the newest
   snapshot elsewhere.
 
 What the cluster does not keep (failed attempts, the observed schema, a snapshot's events
-history) is shown as not kept, never made up; the config changes, made on the SQLite backend
-only, say so."""
+history) is shown as not kept, never made up."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,6 +46,7 @@ from nats.js.errors import NotFoundError
 
 from cdpd.cluster import dead, operations
 from cdpd.cluster.browse import aux_records, browse, forget, reading
+from cdpd.cluster.console_changes import ClusterChanges
 from cdpd.cluster.console_profiles import NodeProfileStores
 from cdpd.cluster.console_state import KvState, cluster_answers, sessions_bucket
 from cdpd.cluster.flow_reads import WindowCounts, window_counts
@@ -51,7 +54,7 @@ from cdpd.cluster.layout import DESTINATION, SOURCE, Layout, row_of
 from cdpd.cluster.store import JetStreamDeliveryStore
 from cdpd.cluster.warehouse_status import lease_holder
 from cdpd.cluster.warehouse_sync import SyncUnavailable, WarehouseSyncs, describe
-from cdpd.config import Config, Destination
+from cdpd.config import Destination, load
 from cdpd.console import overview, seams
 from cdpd.console.flow import hour_of, minute_of
 from cdpd.console.privacy_data import ListedPrivacy
@@ -78,9 +81,10 @@ TAIL_READ = 500  # the debugger starts this many messages before the stream's en
 READ_BATCH = 256  # messages read from the stream per wait of the debugger
 SKIP_AHEAD = 5_000  # a debugger this far behind the stream's end jumps to it
 FORGET_S = 2.0  # deleting a watcher's consumer as it leaves waits no longer than this
-UNAVAILABLE = {
-    seams.CONFIG_CHANGES: "every node reads its own config file: change the shared config"
-    " (and conf.d) on every node, then reload them (SIGHUP, `systemctl reload cdpd`)",
+NO_CONFD = {
+    seams.CONFIG_CHANGES: "this node was started without a config file with an include"
+    ' directory (include = "conf.d"): change the shared config on every node, then reload them'
+    " (SIGHUP, `systemctl reload cdpd`)",
 }
 VIOLATION_GROUP = ("source", "type", "event", "violation_type", "field", "description")
 SYNC_WAIT_S = 30.0  # how long the page waits for the holder's report of a sync asked from it
@@ -151,10 +155,7 @@ class ClusterData:
     privacy: PrivacyData
     profiles: ProfileStores
     syncs: WarehouseSyncs  # asks the lease holders to sync now
-
-    @property
-    def unavailable(self) -> Mapping[str, str]:
-        return UNAVAILABLE
+    unavailable: Mapping[str, str]  # NO_CONFD where conf.d does not follow the cluster
 
     @asynccontextmanager
     async def watch(self, source: str, capacity: int) -> AsyncIterator[Feed]:
@@ -366,9 +367,15 @@ async def console_stage(parts: NodeParts) -> AsyncIterator[ConsoleStage]:
     sessions = await sessions_bucket(
         parts.js, jetstream, parts.layout, config.console.session_ttl_s
     )
+    in_force = parts.in_force
+    changes = (
+        ClusterChanges(parts.config_path, load, in_force, parts.confd, parts.js)
+        if parts.confd is not None and parts.config_path is not None
+        else None
+    )
     console = Console(
         Parts(
-            config_of=_fixed(config),
+            config_of=lambda: in_force.config,
             state=KvState(parts.js, parts.layout, people, sessions),
             data=ClusterData(
                 parts.js,
@@ -378,12 +385,10 @@ async def console_stage(parts: NodeParts) -> AsyncIterator[ConsoleStage]:
                 ListedPrivacy(parts.portal()),
                 NodeProfileStores(config, parts.profiles),
                 WarehouseSyncs(parts.client, parts.js, parts.layout),
+                {} if changes is not None else NO_CONFD,
             ),
             closing=parts.closing,
+            changes=changes,
         )
     )
     yield ConsoleStage(console)
-
-
-def _fixed(config: Config) -> Callable[[], Config]:
-    return lambda: config

@@ -218,6 +218,11 @@ class Layout(msgspec.Struct, frozen=True):
         return f"{self.stream}_sessions"
 
     @property
+    def confd_bucket(self) -> str:
+        """The console's config changes: one key per conf.d file name, its TOML as the value."""
+        return f"{self.stream}_confd"
+
+    @property
     def regulations_bucket(self) -> str:
         """Regulations, their targets' progress and the suppressions in force."""
         return f"{self.stream}_regulations"

@@ -32,13 +32,15 @@ from nats.js import JetStreamContext
 from cdpd import listeners, logs, startup
 from cdpd import web as cdpd_web
 from cdpd.clock import Clock, SystemClock
-from cdpd.cluster import connect, ported
+from cdpd.cluster import confd_sync, connect, ported
+from cdpd.cluster.confd_sync import ConfdSync
 from cdpd.cluster.connect import ClusterUnreachable
 from cdpd.cluster.flow_counts import FlowRecorder
 from cdpd.cluster.ingest import JetStreamAppender
 from cdpd.cluster.layout import Layout
 from cdpd.cluster.node_web import NodeEndpoints
 from cdpd.cluster.publish import Publisher
+from cdpd.cluster.reloading import NodeConfig
 from cdpd.config import Config
 from cdpd.destinations.settings import FileDestination
 from cdpd.governance.stage import Governance
@@ -75,7 +77,11 @@ class NodeParts:
     governance: Governance  # its suppressions are fed from the cluster
     appender: JetStreamAppender
     flow: FlowRecorder  # the node's counts per interval (what it stores, what its lanes do)
+    in_force: NodeConfig  # the config in force (a reload replaces it)
     closing: Callable[[], bool] = lambda: False  # true once the node drains its requests
+    # conf.d kept as the cluster's CDPD_confd bucket says (None: no config file or no include).
+    confd: ConfdSync | None = None
+    config_path: Path | None = None
     # The inbox and inventory as the privacy stage (entered first) serves them.
     privacy_store: PortalStore | None = None
     # What the Profile API reads, once the profiles stage (entered before the console) started.
@@ -145,17 +151,18 @@ class Node:
     client: Client
     layout: Layout
     restarts: Restarts
+    in_force: NodeConfig
     admin_url: str | None = None
     stages: dict[str, object] = field(default_factory=dict)
+    confd: ConfdSync | None = None
 
     @property
     def ingest(self) -> Ingest:
         return self.app[cdpd_web.INGEST]
 
     async def reload(self, new_config: Config) -> list[str]:
-        """Sources and write keys of `new_config`; the rest needs a restart on this backend."""
-        self.ingest.reconfigure(new_config)
-        return ["sources"]
+        """What a reload puts in force on this backend (`cdpd.cluster.reloading`)."""
+        return await self.in_force.reload(new_config)
 
 
 @asynccontextmanager
@@ -165,16 +172,19 @@ async def running_node(
     clock: Clock | None = None,
     stages: Sequence[tuple[str, Stage]] = (),
     node_name: str | None = None,
+    config_path: str | os.PathLike[str] | None = None,
 ) -> AsyncIterator[Node]:
     """Serve `config` on the JetStream backend until the block exits. Raises StartupError (one
-    line) when the data folder is held, a port cannot be bound or the cluster is unreachable."""
+    line) when the data folder is held, a port cannot be bound or the cluster is unreachable.
+    With `config_path` (the file `config` was loaded from) and its `include`, conf.d follows
+    the cluster's CDPD_confd bucket, brought up to date before anything is built."""
     for note in ported.not_served(config):
         log.info("not_served", note=note)
     clock = clock or SystemClock()
     restarts = Restarts()
     jetstream = config.storage.jetstream
     layout = Layout.of(jetstream)
-    governance = Governance(config)
+    path = Path(config_path) if config_path is not None else None
     name = node_name or f"{socket.gethostname()}:{os.getpid()}"
     with (
         data_dir_lock(Path(config.storage.data_dir)),
@@ -182,6 +192,9 @@ async def running_node(
         listeners.admin_socket(config) as admin_sock,
     ):
         async with open_cluster(config, layout, name) as (client, js, publisher):
+            config, confd = await confd_sync.following(js, layout, path, config)
+            governance = Governance(config)
+            in_force = NodeConfig(config, governance)
             appender = JetStreamAppender.of(config, client, publisher, layout)
             metrics = Metrics(restarts)
             budget = ShutdownBudget(
@@ -193,8 +206,8 @@ async def running_node(
             async with asyncio.TaskGroup() as tasks, contextlib.AsyncExitStack() as held:
                 parts = NodeParts(
                     config, client, js, layout, tasks, clock, restarts, metrics, name,
-                    governance, appender, flow,
-                    closing=lambda: drain.closing,
+                    governance, appender, flow, in_force,
+                    closing=lambda: drain.closing, confd=confd, config_path=path,
                 )  # fmt: skip
                 # Its last flush once every stage (delivery's lanes last) has stopped.
                 flow_stop = asyncio.Event()
@@ -204,7 +217,7 @@ async def running_node(
                 )
                 entered = {
                     stage_name: await held.enter_async_context(stage(parts))
-                    for stage_name, stage in [*_built_in_stages(config), *stages]
+                    for stage_name, stage in [*_built_in_stages(config, confd), *stages]
                 }
                 endpoints = NodeEndpoints(config, js, layout, appender, metrics, client)
                 endpoints.stage_routes = [
@@ -226,7 +239,7 @@ async def running_node(
                 ]
                 try:
                     async with _serving(
-                        config, appender, governance, endpoints, drain, budget, sock, admin_sock
+                        in_force, appender, endpoints, drain, budget, sock, admin_sock
                     ) as (url, app, admin_url):
                         yield Node(
                             url=url,
@@ -236,8 +249,10 @@ async def running_node(
                             client=client,
                             layout=layout,
                             restarts=restarts,
+                            in_force=in_force,
                             admin_url=admin_url,
                             stages=entered,
+                            confd=confd,
                         )
                 finally:
                     budget.start()
@@ -245,9 +260,10 @@ async def running_node(
                     await appender.drained(budget.requests_s())
 
 
-def _built_in_stages(config: Config) -> list[tuple[str, Stage]]:
+def _built_in_stages(config: Config, confd: ConfdSync | None) -> list[tuple[str, Stage]]:
     """The stages this module knows (exited in reverse: delivery drains first). Privacy comes
-    first: the inventory is in force before anything is sent or loaded."""
+    first: the inventory is in force before anything is sent or loaded. conf.d's follow comes
+    before it: a change stored meanwhile is not missed."""
     from cdpd.cluster.console import console_stage
     from cdpd.cluster.delivery_stage import delivery_stage
     from cdpd.cluster.file_erasure import file_erasure_stage
@@ -256,7 +272,8 @@ def _built_in_stages(config: Config) -> list[tuple[str, Stage]]:
     from cdpd.cluster.regulations_stage import regulations_stage
     from cdpd.cluster.warehouse import warehouses_stage
 
-    stages: list[tuple[str, Stage]] = [
+    stages: list[tuple[str, Stage]] = [("confd", confd_sync.confd_stage)] if confd else []
+    stages += [
         ("privacy", privacy_stage),
         ("regulations", regulations_stage),
     ]
@@ -295,16 +312,17 @@ async def open_cluster(
 
 @asynccontextmanager
 async def _serving(
-    config: Config,
+    in_force: NodeConfig,
     appender: JetStreamAppender,
-    governance: Governance,
     endpoints: NodeEndpoints,
     drain: cdpd_web.Drain,
     budget: ShutdownBudget,
     sock: socket.socket,
     admin_sock: socket.socket | None,
 ) -> AsyncIterator[tuple[str, web.Application, str | None]]:
-    app, admin_app = _applications(config, appender, governance, endpoints, drain)
+    config = in_force.config
+    app, admin_app = _applications(config, appender, in_force.governance, endpoints, drain)
+    in_force.ingest = app[cdpd_web.INGEST]
     admin = (admin_app, admin_sock) if admin_sock is not None and admin_app is not None else None
     async with listeners.serving(config.server, app, drain, budget, sock, admin) as (
         url,

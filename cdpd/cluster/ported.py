@@ -19,9 +19,10 @@ def not_served(config: Config) -> list[str]:
         )
     if config.console.enabled:
         notes.append(
-            "the console's config changes are made on the SQLite backend only (change the"
-            " shared config on every node and reload them); failed attempts with their samples"
-            " and a source's observed schema are not kept"
+            "the console's config changes go through the cluster's confd bucket to every"
+            " node's conf.d (a node started with a config file and an include); destinations"
+            " change at a restart; failed attempts with their samples and a source's observed"
+            " schema are not kept"
         )
         if config.identity is not None:
             notes.append(
