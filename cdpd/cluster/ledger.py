@@ -6,21 +6,31 @@ Keys are `row.<destination>.<seq>` (a `.` in a destination's name becomes `=`: k
 separated by dots), values a `LedgerRow` as JSON with the attempts made. A row says `retrying`
 while JetStream holds the message for its redelivery, `pending` for a message put back by
 replay, and `delivered` or `dead` once it is final; final rows expire with the bucket's age.
-Replay jobs are `job.<destination>.<id>` in the same bucket."""
+Replay jobs are `job.<destination>.<id>` in the same bucket.
+
+Whoever else changes rows (`cdpd deliveries retry`, `cdpd replay --dead`, a lane giving up
+what waited its whole retry window) may race with the node settling the message, so it
+changes a row only over the revision it read (`Ledger.change`): a copy read before an
+outcome was written never overwrites that outcome."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from cdpd.cluster.buckets import current
 from cdpd.delivery.store import AttemptRow, DeliveryStatus, ReplayJob
 
 ROW, JOB = "row", "job"
+CHANGE_ATTEMPTS = 5  # reads of a row that others keep writing, before a change gives up
+
+
+class LedgerBusy(RuntimeError):
+    """A row changed under every one of `CHANGE_ATTEMPTS` tries to change it."""
 
 
 class LedgerRow(msgspec.Struct, kw_only=True):
@@ -89,9 +99,38 @@ class Ledger:
 
     async def rows(self, destination: str | None = None) -> list[LedgerRow]:
         """Every row of `destination` (of every destination: None), in seq order."""
+        return [row for row, _ in await self.listed(destination)]
+
+    async def listed(self, destination: str | None = None) -> list[tuple[LedgerRow, int]]:
+        """Every row of `destination` (of every destination: None) with its revision, in seq
+        order."""
         pattern = f"{ROW}.{key_token(destination)}.*" if destination else f"{ROW}.>"
-        found = [_row_decoder.decode(value) for value in await self._values(pattern)]
-        return sorted(found, key=lambda row: (row.destination, row.seq))
+        entries = await current(self._js, self._bucket, pattern)
+        found = [(_row_decoder.decode(e.value), e.revision) for e in entries if e.value]
+        return sorted(found, key=lambda pair: (pair[0].destination, pair[0].seq))
+
+    async def change(
+        self, row: LedgerRow, revision: int, edit: Callable[[LedgerRow], bool]
+    ) -> bool:
+        """Store `edit`'s change of a row read at `revision`. When the row was written since
+        (its message settled, say), `edit` is applied to the row as it is now instead. False
+        when `edit` leaves the row alone (it returns False) or the row is gone."""
+        key = row_key(row.destination, row.seq)
+        for _ in range(CHANGE_ATTEMPTS):
+            if not edit(row):
+                return False
+            try:
+                await self._kv.update(key, _encode(row), last=revision)
+                return True
+            except KeyWrongLastSequenceError:
+                try:
+                    entry = await self._kv.get(key)
+                except KeyNotFoundError:
+                    return False
+                if not entry.value or entry.revision is None:
+                    return False
+                row, revision = _row_decoder.decode(entry.value), entry.revision
+        raise LedgerBusy(f"the ledger row {key} changed under {CHANGE_ATTEMPTS} tries to change it")
 
     async def put_job(self, job: ReplayJob) -> None:
         await self._kv.put(job_key(job.destination, job.id), _encode(job))

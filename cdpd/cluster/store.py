@@ -111,10 +111,11 @@ class JetStreamDeliveryStore:
             await self.ensure_consumers(self._destinations[name])
         ledger = await self.ledger()
         gone = set(disabled)
-        for row in await ledger.rows():
-            if row.state in UNFINISHED and (row.destination in gone or not self._configured(row)):
+        for row, revision in await ledger.listed():
+            if row.destination in gone or not self._configured(row):
                 why = "the destination is disabled" if row.destination in gone else None
-                await self._give_up(row, why or "the destination is no longer configured", at)
+                give_up = _giving_up(why or "the destination is no longer configured", at)
+                await ledger.change(row, revision, give_up)
         for job in await ledger.jobs():
             if job.destination not in enabled:
                 await self._end_job(job)
@@ -305,33 +306,37 @@ class JetStreamDeliveryStore:
                 del self._held[(name, held_seq)]
                 await held.msg.ack()
 
-    async def _give_up(self, row: LedgerRow, why: str, at: str) -> None:
-        """Dead in the ledger; the message itself is buried when JetStream hands it back."""
-        row.state, row.finished_at, row.next_attempt_at = DEAD, at, None
-        row.last_error = why
-        await (await self.ledger()).put(row)
-
     async def expire(self, destination: str, rule: RoutingRule, before_at: str, at: str) -> int:
         """Give up the ledger rows first tried before `before_at`: the destination has been
-        unreachable for their whole retry window."""
+        unreachable for their whole retry window. (Dead in the ledger; the message itself is
+        buried when JetStream hands it back.)"""
+
+        def expired(row: LedgerRow) -> bool:
+            if (row.first_attempt_at or row.created_at) >= before_at:
+                return False
+            why = f"{row.last_error or 'unsent'} (the destination stayed unreachable for the"
+            return _giving_up(why + " whole retry window)", at)(row)
+
+        ledger = await self.ledger()
         count = 0
-        for row in await (await self.ledger()).rows(destination):
-            if row.state in UNFINISHED and (row.first_attempt_at or row.created_at) < before_at:
-                why = f"{row.last_error or 'unsent'} (the destination stayed unreachable for the"
-                await self._give_up(row, why + " whole retry window)", at)
-                count += 1
+        for row, revision in await ledger.listed(destination):
+            count += await ledger.change(row, revision, expired)
         return count
 
     async def retry_now(self, destination: str, at: str) -> int:
         """Every waiting row of the destination says due now. JetStream still hands a message
         back at the delay it was given; what a closed circuit changes is that lanes send."""
+
+        def due_now(row: LedgerRow) -> bool:
+            if row.state not in UNFINISHED:
+                return False
+            row.next_attempt_at = min(row.next_attempt_at or at, at)
+            return True
+
         ledger = await self.ledger()
         count = 0
-        for row in await ledger.rows(destination):
-            if row.state in UNFINISHED:
-                row.next_attempt_at = min(row.next_attempt_at or at, at)
-                await ledger.put(row)
-                count += 1
+        for row, revision in await ledger.listed(destination):
+            count += await ledger.change(row, revision, due_now)
         return count
 
     # -- replay -----------------------------------------------------------------------------
@@ -339,12 +344,17 @@ class JetStreamDeliveryStore:
     async def replay_dead(self, destination: str, at: str) -> int:
         """Republish the destination's dead letters for it alone (cdpd/cluster/dead.py); their
         ledger rows become pending again, attempt numbers carrying on."""
+
+        def owed_again(row: LedgerRow) -> bool:
+            if row.state != DEAD:
+                return False
+            row.state, row.next_attempt_at = PENDING, at
+            row.first_attempt_at = row.finished_at = None
+            return True
+
         ledger = await self.ledger()
-        for row in await ledger.rows(destination):
-            if row.state == DEAD:
-                row.state, row.next_attempt_at = PENDING, at
-                row.first_attempt_at = row.finished_at = None
-                await ledger.put(row)
+        for row, revision in await ledger.listed(destination):
+            await ledger.change(row, revision, owed_again)
         return await dead.replay(self._js, self.layout, destination, 10**6)
 
     async def replay_range(
@@ -511,3 +521,16 @@ def _updated(row: LedgerRow | None, destination: str, o: Outcome, at: str) -> Le
 
 def _not_counted(destination: str, received_at: str, reason: str | None) -> None:
     """Where nothing counts what the lanes are handed (a CLI command's store)."""
+
+
+def _giving_up(why: str, at: str) -> Callable[[LedgerRow], bool]:
+    """An edit making an unfinished row dead, saying why."""
+
+    def give_up(row: LedgerRow) -> bool:
+        if row.state not in UNFINISHED:
+            return False
+        row.state, row.finished_at, row.next_attempt_at = DEAD, at, None
+        row.last_error = why
+        return True
+
+    return give_up

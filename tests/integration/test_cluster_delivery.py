@@ -23,6 +23,7 @@ from cdpd.clock import SystemClock
 from cdpd.cluster import connect, dead
 from cdpd.cluster.delivery import ClusterDelivery, delivery_store
 from cdpd.cluster.layout import Layout, headers_of
+from cdpd.cluster.ledger import Ledger, LedgerRow
 from cdpd.cluster.node import running_node
 from cdpd.cluster.shared import read_circuit
 from cdpd.config import Config
@@ -348,6 +349,43 @@ async def test_the_cli_reports_lists_and_replays_from_the_cluster(
             found = msgspec.json.decode(shown[-1])
             assert (found["destination"], found["attempts"]) == ("hook", 2)
             assert [a["status"] for a in found["history"]] == [400, 200]
+
+
+async def test_a_ledger_change_read_before_an_outcome_does_not_overwrite_it(
+    js_cluster: JetStreamCluster,
+) -> None:
+    """`cdpd deliveries retry` (or a replay, or a lane giving up) reads a row, the node holding
+    the message settles it, then the change is written: it must not put the row back."""
+    config = make_config(js_cluster, hook("hook", "http://127.0.0.1:9/"))
+    async with node(config, "a"), publisher(config) as publish:
+        bucket = publish.layout.ledger_bucket
+        ledger = Ledger(publish.js, bucket, await publish.js.key_value(bucket))
+        at = format_ms(now_ms())
+        waiting = LedgerRow(
+            destination="hook", seq=7, message_id="m7", order_key=None, state="retrying",
+            attempts=1, created_at=at, next_attempt_at="2100-01-01T00:00:00.000Z",
+        )  # fmt: skip
+        await ledger.put(waiting)
+        ((read, revision),) = await ledger.listed("hook")
+        await ledger.put(msgspec.structs.replace(waiting, state="delivered", attempts=2))
+
+        def due_now(row: LedgerRow) -> bool:
+            if row.state not in ("pending", "retrying"):
+                return False
+            row.next_attempt_at = at
+            return True
+
+        assert await ledger.change(read, revision, due_now) is False
+        settled = await ledger.get("hook", 7)
+        assert settled is not None
+        assert (settled.state, settled.attempts) == ("delivered", 2)
+
+        await ledger.put(waiting)
+        ((read, revision),) = await ledger.listed("hook")
+        assert await ledger.change(read, revision, due_now) is True
+        changed = await ledger.get("hook", 7)
+        assert changed is not None
+        assert (changed.state, changed.next_attempt_at) == ("retrying", at)
 
 
 async def test_two_nodes_serve_the_delivery_admin_api_and_metrics(
