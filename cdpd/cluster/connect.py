@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 
+import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -28,6 +30,9 @@ LEASE_TTL_S = 5.0
 # How long JetStream itself remembers a Nats-Msg-Id; the same id is dropped inside it.
 DUPLICATE_WINDOW_S = float(JETSTREAM_DEDUP_WINDOW_S)
 PARTITIONS_NOTE = "partitions="
+# How many times a request making sure of a stream or bucket is made before the cluster is
+# taken as not answering (each waits `connect_timeout_s`).
+ENSURE_ATTEMPTS = 4
 
 
 log = structlog.get_logger("cdpd.cluster")
@@ -135,13 +140,17 @@ async def ensure_dedup(
 ) -> None:
     """Create the dedup stream, or bring its window to `window_s` (the window can change)."""
     wanted = dedup_stream_config(config, layout, window_s)
-    try:
-        info = await js.stream_info(layout.dedup_stream)
-    except NotFoundError:
-        await js.add_stream(wanted)
-        return
-    if info.config.max_age != wanted.max_age:
-        await js.update_stream(wanted)
+
+    async def make_sure() -> None:
+        try:
+            info = await js.stream_info(layout.dedup_stream)
+        except NotFoundError:
+            await js.add_stream(wanted)
+            return
+        if info.config.max_age != wanted.max_age:
+            await js.update_stream(wanted)
+
+    await _answered(make_sure, f"stream {layout.dedup_stream}")
 
 
 def bucket_configs(config: JetStreamConfig, layout: Layout) -> list[KeyValueConfig]:
@@ -178,16 +187,36 @@ async def ensure(js: JetStreamContext, config: JetStreamConfig, layout: Layout) 
     """Create what is missing; raise ClusterUnreachable when an existing stream disagrees with
     the config in a way that cannot be changed in place (its subjects or partitions)."""
     for wanted in stream_configs(config, layout):
-        try:
-            info = await js.stream_info(wanted.name or "")
-        except NotFoundError:
-            await js.add_stream(wanted)
-            continue
-        problems = mismatches(wanted, info.config)
-        if problems:
-            raise ClusterUnreachable(f"stream {wanted.name}: " + "; ".join(problems))
+        await _answered(partial(_ensure_stream, js, wanted), f"stream {wanted.name}")
     for bucket in bucket_configs(config, layout):
-        await js.create_key_value(bucket)
+        await _answered(partial(js.create_key_value, bucket), f"bucket {bucket.bucket}")
+
+
+async def _ensure_stream(js: JetStreamContext, wanted: StreamConfig) -> None:
+    try:
+        info = await js.stream_info(wanted.name or "")
+    except NotFoundError:
+        await js.add_stream(wanted)
+        return
+    problems = mismatches(wanted, info.config)
+    if problems:
+        raise ClusterUnreachable(f"stream {wanted.name}: " + "; ".join(problems))
+
+
+async def _answered(request: Callable[[], Awaitable[object]], what: str) -> None:
+    """Make `request`, again when it times out: a cluster just started or busy electing the
+    leader of a new stream can take longer than one request's timeout, and making sure of a
+    stream or bucket is the same request however often it is made (one that timed out may
+    have created it). ClusterUnreachable when it never answers."""
+    for attempt in range(1, ENSURE_ATTEMPTS + 1):
+        try:
+            await request()
+            return
+        except nats.errors.TimeoutError:
+            log.warning("jetstream_request_timed_out", making_sure_of=what, attempt=attempt)
+    raise ClusterUnreachable(
+        f"JetStream did not answer making sure of {what} ({ENSURE_ATTEMPTS} requests timed out)"
+    )
 
 
 def mismatches(wanted: StreamConfig, actual: StreamConfig) -> list[str]:
