@@ -8,6 +8,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import TypeVar
 
 import nats.errors
 import structlog
@@ -33,6 +34,8 @@ PARTITIONS_NOTE = "partitions="
 # How many times a request making sure of a stream or bucket is made before the cluster is
 # taken as not answering (each waits `connect_timeout_s`).
 ENSURE_ATTEMPTS = 4
+
+T = TypeVar("T")
 
 
 log = structlog.get_logger("cdpd.cluster")
@@ -150,7 +153,7 @@ async def ensure_dedup(
         if info.config.max_age != wanted.max_age:
             await js.update_stream(wanted)
 
-    await _answered(make_sure, f"stream {layout.dedup_stream}")
+    await made_sure(make_sure, f"stream {layout.dedup_stream}")
 
 
 def bucket_configs(config: JetStreamConfig, layout: Layout) -> list[KeyValueConfig]:
@@ -187,9 +190,9 @@ async def ensure(js: JetStreamContext, config: JetStreamConfig, layout: Layout) 
     """Create what is missing; raise ClusterUnreachable when an existing stream disagrees with
     the config in a way that cannot be changed in place (its subjects or partitions)."""
     for wanted in stream_configs(config, layout):
-        await _answered(partial(_ensure_stream, js, wanted), f"stream {wanted.name}")
+        await made_sure(partial(_ensure_stream, js, wanted), f"stream {wanted.name}")
     for bucket in bucket_configs(config, layout):
-        await _answered(partial(js.create_key_value, bucket), f"bucket {bucket.bucket}")
+        await made_sure(partial(js.create_key_value, bucket), f"bucket {bucket.bucket}")
 
 
 async def _ensure_stream(js: JetStreamContext, wanted: StreamConfig) -> None:
@@ -203,15 +206,14 @@ async def _ensure_stream(js: JetStreamContext, wanted: StreamConfig) -> None:
         raise ClusterUnreachable(f"stream {wanted.name}: " + "; ".join(problems))
 
 
-async def _answered(request: Callable[[], Awaitable[object]], what: str) -> None:
+async def made_sure(request: Callable[[], Awaitable[T]], what: str) -> T:
     """Make `request`, again when it times out: a cluster just started or busy electing the
     leader of a new stream can take longer than one request's timeout, and making sure of a
     stream or bucket is the same request however often it is made (one that timed out may
     have created it). ClusterUnreachable when it never answers."""
     for attempt in range(1, ENSURE_ATTEMPTS + 1):
         try:
-            await request()
-            return
+            return await request()
         except nats.errors.TimeoutError:
             log.warning("jetstream_request_timed_out", making_sure_of=what, attempt=attempt)
     raise ClusterUnreachable(

@@ -8,6 +8,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from cdpd.cluster import connect
+from cdpd.cluster.console_state import sessions_bucket
 from cdpd.cluster.layout import Layout, headers_of, row_of
 from cdpd.config import JetStreamConfig
 from cdpd.model.rows import OutboxRow
@@ -59,6 +60,11 @@ async def test_a_request_the_cluster_does_not_answer_in_time_is_made_again(
         assert (await js.stream_info(layout.stream)).config.num_replicas == 3
         bucket = await js.key_value(first_bucket.bucket)
         assert (await bucket.status()).stream_info.config.num_replicas == 3
+        # The console's sessions bucket is made sure of as its stage starts, the same way.
+        with pytest.raises(connect.ClusterUnreachable, match=layout.sessions_bucket):
+            await sessions_bucket(impatient, config, layout, 3600)
+        sessions = await sessions_bucket(js, config, layout, 3600)
+        assert (await sessions.status()).stream_info.config.max_age == 3600
 
 
 async def test_an_unreachable_cluster_is_one_line() -> None:
