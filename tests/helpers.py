@@ -99,6 +99,13 @@ def query(data_dir: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[
         return conn.execute(sql, params).fetchall()
 
 
+async def change_beside(data_dir: Path, sql: str, params: tuple[Any, ...] = ()) -> None:
+    """Change the outbox beside a daemon running in this process. From a thread: waiting on
+    the event loop for the write lock would stop the daemon's own transaction that holds it
+    (a consumer's, between two of its statements) until sqlite3 gives up, 5 s later."""
+    await asyncio.to_thread(query, data_dir, sql, params)
+
+
 def stored_payloads(data_dir: Path) -> list[dict[str, Any]]:
     rows = query(data_dir, "SELECT payload FROM messages ORDER BY seq")
     return [msgspec.json.decode(row[0]) for row in rows]

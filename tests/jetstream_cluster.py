@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -33,14 +34,34 @@ def require_nats_server() -> str:
 
 
 def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
+    """Ports nothing listens on, below the kernel's ephemeral range: a port the kernel gave
+    out to bind(0) is free only until a nats-server binds it, and meanwhile any outgoing
+    connection of another test may take it as its own. Drawn from the system's randomness,
+    which no test seeds."""
+    low, high = _outside_ephemeral_range()
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = low + secrets.randbelow(high - low)
+        if port not in chosen and _bindable(port):
+            chosen.append(port)
+    return chosen
+
+
+def _outside_ephemeral_range() -> tuple[int, int]:
     try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+        first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first = 32768
+    return (20000, first) if first > 21000 else (first // 2, first)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 class JetStreamCluster:
@@ -116,10 +137,19 @@ class JetStreamCluster:
                     finally:
                         await client.close()
                 except Exception:
+                    self._check_running()
                     if asyncio.get_running_loop().time() > deadline:
                         raise
                     await asyncio.sleep(0.2)
         await self._placeable(running, deadline)
+
+    def _check_running(self) -> None:
+        """A server that exited (its port taken, say) will not answer: say so at once."""
+        for index, process in enumerate(self.processes):
+            if process is not None and process.poll() is not None:
+                log = self.root / f"n{index}.log"
+                tail = log.read_text()[-2000:] if log.exists() else ""
+                raise RuntimeError(f"nats-server n{index} exited ({process.returncode}): {tail}")
 
     async def _placeable(self, running: list[str], deadline: float) -> None:
         probe = StreamConfig(

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
+from typing import TypeVar
 
+import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -28,6 +31,11 @@ LEASE_TTL_S = 5.0
 # How long JetStream itself remembers a Nats-Msg-Id; the same id is dropped inside it.
 DUPLICATE_WINDOW_S = float(JETSTREAM_DEDUP_WINDOW_S)
 PARTITIONS_NOTE = "partitions="
+# How many times a request making sure of a stream or bucket is made before the cluster is
+# taken as not answering (each waits `connect_timeout_s`).
+ENSURE_ATTEMPTS = 4
+
+T = TypeVar("T")
 
 
 log = structlog.get_logger("cdpd.cluster")
@@ -156,13 +164,17 @@ async def ensure_dedup(
 ) -> None:
     """Create the dedup stream, or bring its window to `window_s` (the window can change)."""
     wanted = dedup_stream_config(config, layout, window_s)
-    try:
-        info = await js.stream_info(layout.dedup_stream)
-    except NotFoundError:
-        await js.add_stream(wanted)
-        return
-    if info.config.max_age != wanted.max_age:
-        await js.update_stream(wanted)
+
+    async def make_sure() -> None:
+        try:
+            info = await js.stream_info(layout.dedup_stream)
+        except NotFoundError:
+            await js.add_stream(wanted)
+            return
+        if info.config.max_age != wanted.max_age:
+            await js.update_stream(wanted)
+
+    await made_sure(make_sure, f"stream {layout.dedup_stream}")
 
 
 def bucket_configs(config: JetStreamConfig, layout: Layout) -> list[KeyValueConfig]:
@@ -203,16 +215,35 @@ async def ensure(js: JetStreamContext, config: JetStreamConfig, layout: Layout) 
     """Create what is missing; raise ClusterUnreachable when an existing stream disagrees with
     the config in a way that cannot be changed in place (its subjects or partitions)."""
     for wanted in stream_configs(config, layout):
-        try:
-            info = await js.stream_info(wanted.name or "")
-        except NotFoundError:
-            await js.add_stream(wanted)
-            continue
-        problems = mismatches(wanted, info.config)
-        if problems:
-            raise ClusterUnreachable(f"stream {wanted.name}: " + "; ".join(problems))
+        await made_sure(partial(_ensure_stream, js, wanted), f"stream {wanted.name}")
     for bucket in bucket_configs(config, layout):
-        await js.create_key_value(bucket)
+        await made_sure(partial(js.create_key_value, bucket), f"bucket {bucket.bucket}")
+
+
+async def _ensure_stream(js: JetStreamContext, wanted: StreamConfig) -> None:
+    try:
+        info = await js.stream_info(wanted.name or "")
+    except NotFoundError:
+        await js.add_stream(wanted)
+        return
+    problems = mismatches(wanted, info.config)
+    if problems:
+        raise ClusterUnreachable(f"stream {wanted.name}: " + "; ".join(problems))
+
+
+async def made_sure(request: Callable[[], Awaitable[T]], what: str) -> T:
+    """Make `request`, again when it times out: a cluster just started or busy electing the
+    leader of a new stream can take longer than one request's timeout, and making sure of a
+    stream or bucket is the same request however often it is made (one that timed out may
+    have created it). ClusterUnreachable when it never answers."""
+    for attempt in range(1, ENSURE_ATTEMPTS + 1):
+        try:
+            return await request()
+        except nats.errors.TimeoutError:
+            log.warning("jetstream_request_timed_out", making_sure_of=what, attempt=attempt)
+    raise ClusterUnreachable(
+        f"JetStream did not answer making sure of {what} ({ENSURE_ATTEMPTS} requests timed out)"
+    )
 
 
 def mismatches(wanted: StreamConfig, actual: StreamConfig) -> list[str]:

@@ -73,13 +73,17 @@ async def sessions_bucket(
         storage=StorageType.FILE,
         replicas=config.replicas,
     )
-    try:
-        return await js.create_key_value(wanted)
-    except BadRequestError:  # it exists with another lifetime: the config's wins
-        info = await js.stream_info(f"KV_{layout.sessions_bucket}")
-        info.config.max_age = float(ttl_s)
-        await js.update_stream(info.config)
-        return await js.key_value(layout.sessions_bucket)
+
+    async def make_sure() -> KeyValue:
+        try:
+            return await js.create_key_value(wanted)
+        except BadRequestError:  # it exists with another lifetime: the config's wins
+            info = await js.stream_info(f"KV_{layout.sessions_bucket}")
+            info.config.max_age = float(ttl_s)
+            await js.update_stream(info.config)
+            return await js.key_value(layout.sessions_bucket)
+
+    return await connect.made_sure(make_sure, f"bucket {layout.sessions_bucket}")
 
 
 class KvState:

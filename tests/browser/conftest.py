@@ -9,7 +9,7 @@ import shutil
 from collections.abc import AsyncIterator
 
 import pytest
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser, async_playwright, expect
 
 
 def chromium_path() -> str:
@@ -24,6 +24,9 @@ def chromium_path() -> str:
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
+    # What a page shows waits on the daemon's background work and on a browser sharing a busy
+    # machine: each expectation returns as soon as it holds, so a long bound costs nothing.
+    expect.set_options(timeout=30_000)
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(executable_path=chromium_path())
         try:

@@ -34,7 +34,7 @@ async def test_the_debugger_of_one_node_shows_a_message_sent_to_the_other(
             await asyncio.to_thread(client.track, "u1", "Order Completed", {"order_id": "o1"})
             await asyncio.to_thread(client.flush)
             events = page.locator("[data-events] li")
-            await expect(events).to_have_count(1, timeout=5000)
+            await expect(events).to_have_count(1)
         finally:
             await asyncio.to_thread(client.join)
         await expect(events.first.locator("summary")).to_contain_text("Order Completed")

@@ -10,7 +10,6 @@ documented winner; the others are discards too."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,7 +29,7 @@ from tests.helpers import (
     FakeClock,
     WarehouseProbe,
     basic_auth,
-    outbox_path,
+    change_beside,
     query,
     rejects,
 )
@@ -104,7 +103,7 @@ async def test_a_stored_message_that_cannot_be_decoded_is_dead_and_its_batch_goe
             await settled(server.delivery.lanes["hook"], attempts=3)
         # What an older cdpd accepted and stored: a number that no decoder reads back.
         (payload,) = query(data_dir, "SELECT payload FROM messages WHERE message_id = 'm2'")[0]
-        _update_payload(data_dir, "m2", payload.replace('"event"', '"n":1e400,"event"'))
+        await _update_payload(data_dir, "m2", payload.replace('"event"', '"n":1e400,"event"'))
         sink.default = status(200)
         clock = FakeClock()
         async with running(config, clock=clock) as server:
@@ -187,7 +186,7 @@ async def test_a_stored_number_out_of_range_is_a_discard_not_a_stuck_position(
     # What an older cdpd accepted and stored: numbers that no decoder reads back.
     (payload,) = query(data_dir, "SELECT payload FROM messages WHERE message_id = 'm2'")[0]
     broken = payload.replace('"event"', '"properties":{"total":1e400},"event"')
-    _update_payload(data_dir, "m2", broken)
+    await _update_payload(data_dir, "m2", broken)
     report = await daemon.warehouses.sync_now("wh")
     assert (report.status, report.messages) == ("success", 3)
     assert [r["id"] for r in await warehouse.rows(S, "order_completed", "id")] == ["m1", "m3"]
@@ -197,9 +196,9 @@ async def test_a_stored_number_out_of_range_is_a_discard_not_a_stuck_position(
     assert await prunable_seq(config) == 3
 
 
-def _update_payload(data_dir: Path, message_id: str, payload: str) -> None:
-    with sqlite3.connect(outbox_path(data_dir)) as conn:
-        conn.execute("UPDATE messages SET payload = ? WHERE message_id = ?", (payload, message_id))
+async def _update_payload(data_dir: Path, message_id: str, payload: str) -> None:
+    sql = "UPDATE messages SET payload = ? WHERE message_id = ?"
+    await change_beside(data_dir, sql, (payload, message_id))  # a daemon may be running
 
 
 async def test_colliding_column_names_keep_one_winner_and_discard_the_rest(

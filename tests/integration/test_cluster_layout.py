@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import msgspec
+import nats.errors
 import pytest
+from structlog.testing import capture_logs
 
 from cdpd.cluster import connect
+from cdpd.cluster.console_state import sessions_bucket
 from cdpd.cluster.layout import Layout, headers_of, row_of
 from cdpd.config import JetStreamConfig
 from cdpd.model.rows import OutboxRow
@@ -30,6 +33,38 @@ async def test_streams_are_created_replicated_and_checked(js_cluster: JetStreamC
     other = _config(js_cluster, partitions=8)
     problems = await connect.check(other)
     assert any("partitions cannot change" in p for p in problems), problems
+
+
+async def test_a_request_the_cluster_does_not_answer_in_time_is_made_again(
+    js_cluster: JetStreamCluster,
+) -> None:
+    """A slow cluster gets several chances, then a one-line error; and what a request that
+    timed out did is found as it should be by the next."""
+    config = _config(js_cluster)
+    layout = Layout.of(config)
+    async with connect.connected(config) as client:
+        impatient = client.jetstream(timeout=0.000_001)  # no answer can come in time
+        with capture_logs() as logs, pytest.raises(connect.ClusterUnreachable) as raised:
+            await connect.ensure(impatient, config, layout)
+        assert str(raised.value) == (
+            f"JetStream did not answer making sure of stream {layout.stream} "
+            f"({connect.ENSURE_ATTEMPTS} requests timed out)"
+        )
+        timed_out = [e["attempt"] for e in logs if e["event"] == "jetstream_request_timed_out"]
+        assert timed_out == list(range(1, connect.ENSURE_ATTEMPTS + 1))
+        first_bucket = connect.bucket_configs(config, layout)[0]
+        with pytest.raises(nats.errors.TimeoutError):
+            await impatient.create_key_value(first_bucket)  # sent, its answer not awaited
+        js = client.jetstream()
+        await connect.ensure(js, config, layout)
+        assert (await js.stream_info(layout.stream)).config.num_replicas == 3
+        bucket = await js.key_value(first_bucket.bucket)
+        assert (await bucket.status()).stream_info.config.num_replicas == 3
+        # The console's sessions bucket is made sure of as its stage starts, the same way.
+        with pytest.raises(connect.ClusterUnreachable, match=layout.sessions_bucket):
+            await sessions_bucket(impatient, config, layout, 3600)
+        sessions = await sessions_bucket(js, config, layout, 3600)
+        assert (await sessions.status()).stream_info.config.max_age == 3600
 
 
 async def test_an_unreachable_cluster_is_one_line() -> None:

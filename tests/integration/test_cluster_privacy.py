@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import inspect
 import json
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from cdpd.cluster import connect
 from cdpd.cluster.layout import Layout
 from cdpd.cluster.node import Node, running_node
 from cdpd.cluster.privacy_stage import (
-    CHECK_EVERY_S,
     REFRESH_EVERY_S,
     InboxFolder,
     InventoryView,
@@ -47,8 +45,6 @@ ADMIN = '[admin]\ntoken = "adm1n"\n'
 WRITE_AUTH = {"Authorization": basic_auth(WRITE_KEY)}
 BEARER = {"Authorization": "Bearer adm1n"}
 CARD = "4111 1111 1111 1111"
-# A classification stored at T is applied by every node from T + this on (privacy_stage.py).
-APPLIED_WITHIN_S = 2 * CHECK_EVERY_S + 1.0
 
 
 def _view(node: Node) -> PrivacyStage:
@@ -174,11 +170,8 @@ async def test_a_field_seen_on_one_node_is_classified_on_the_other_and_both_appl
 
             answer = await _classify(http, b, "properties.payment", "red")
             assert answer.status == 200
-            classified_s = time.monotonic()
             assert _view(b).view.inventory.classes == {"properties.payment": "red"}
-            await until(lambda: _settled(a, "properties.payment"), APPLIED_WITHIN_S)
-            applied_s = time.monotonic() - classified_s
-            assert applied_s < APPLIED_WITHIN_S
+            await until(lambda: _settled(a, "properties.payment"))
 
             inventory = await _get(http, a, "inventory")
             assert [(f["field"], f["class"], f["classified_by"]) for f in inventory] == [
@@ -301,7 +294,7 @@ async def test_classifications_from_every_node_and_the_cli_are_all_kept(
         assert _json_lines(capsys.readouterr().out, "unclassified") == []
 
 
-async def test_a_view_whose_watch_stalls_reads_the_inventory_again_within_the_bound(
+async def test_a_view_whose_watch_stalls_reads_the_inventory_again(
     js_cluster: JetStreamCluster,
 ) -> None:
     async with _buckets(js_cluster) as privacy:
@@ -319,11 +312,9 @@ async def test_a_view_whose_watch_stalls_reads_the_inventory_again_within_the_bo
 
             assert view.watcher is not None
             await view.watcher._sub.unsubscribe()  # the watch stalls: nothing comes any more
-            stalled_s = time.monotonic()
             await privacy.classify("properties.ssn", None, "2026-12-07T00:00:02.000Z", "test")
-            await until(lambda: "properties.ssn" not in view.inventory.classes, APPLIED_WITHIN_S)
-            assert time.monotonic() - stalled_s < APPLIED_WITHIN_S
-            assert view.reloads == 3  # read whole again
+            await until(lambda: "properties.ssn" not in view.inventory.classes)
+            assert view.reloads == 3  # read whole again: nothing else could have applied it
             assert view.inventory.classes == {"properties.email": "yellow"}
         finally:
             stop.set()

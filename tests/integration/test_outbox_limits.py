@@ -200,11 +200,12 @@ async def test_free_space_is_counted_down_at_each_commit(
             assert resp.status == 503
             assert (await resp.json())["code"] == "disk_full"
         clock.advance(1.0)  # the next measurement: the disk (here) still has the same room
-        for _ in range(50):
-            async with http.get(f"{server.url}/health") as resp:
-                if resp.status == 200:
-                    break
-            await asyncio.sleep(0.02)
+        async with asyncio.timeout(30):
+            while True:
+                async with http.get(f"{server.url}/health") as resp:
+                    if resp.status == 200:
+                        break
+                await asyncio.sleep(0.02)
         async with http.post(url, data=batch_of(200, 1), headers=AUTH) as resp:
             assert resp.status == 200
     assert query(data_dir, "SELECT count(*) FROM messages") == [(51,)]

@@ -40,16 +40,24 @@ def tracks(user: str, tag: str, count: int) -> list[dict[str, Any]]:
 
 
 async def _keep_sending(
-    http: aiohttp.ClientSession, server: Running, tag: str, stop: asyncio.Event
-) -> int:
-    sent = 0
+    http: aiohttp.ClientSession, server: Running, tag: str, stop: asyncio.Event, rounds: list[int]
+) -> None:
+    """Batches of both users' messages until `stop`; `rounds[0]` counts the answered ones."""
     for round_ in itertools.count():
         if stop.is_set():
-            return sent
+            return
         batch = tracks(GONE, f"{tag}-{round_}", 20) + tracks(KEPT, f"{tag}-{round_}", 5)
         await send(http, server, batch)
-        sent += 1
-    return sent
+        rounds[0] += 1
+
+
+async def _each_goes_on(counts: list[list[int]], more: int) -> None:
+    """Until each counter has gone `more` past where it is now: the race is run however slow
+    the machine is."""
+    wanted = [count[0] + more for count in counts]
+    async with asyncio.timeout(60):
+        while any(count[0] < at for count, at in zip(counts, wanted, strict=True)):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
 
 
 async def test_nothing_of_a_user_is_stored_after_the_suppression_answers(
@@ -57,16 +65,17 @@ async def test_nothing_of_a_user_is_stored_after_the_suppression_answers(
 ) -> None:
     async with running(make_config(ADMIN)) as server:
         stop = asyncio.Event()
+        rounds = [[0] for _ in range(6)]
         clients = [
-            asyncio.create_task(_keep_sending(http, server, f"c{n}", stop)) for n in range(6)
+            asyncio.create_task(_keep_sending(http, server, f"c{n}", stop, rounds[n]))
+            for n in range(6)
         ]
-        await asyncio.sleep(0.3)
+        await _each_goes_on(rounds, 1)
         await regulate(http, server, "SUPPRESS_ONLY", GONE)
         ((answered_seq,),) = query(data_dir, "SELECT max(seq) FROM messages")
-        await asyncio.sleep(0.3)
+        await _each_goes_on(rounds, 2)  # each client sent whole batches after the answer
         stop.set()
-        rounds = await asyncio.gather(*clients)
-    assert sum(rounds) > 12
+        await asyncio.gather(*clients)
     ((before,),) = query(
         data_dir,
         "SELECT count(*) FROM messages WHERE user_id = ? AND seq <= ?",
@@ -95,25 +104,25 @@ async def test_suppress_with_delete_under_concurrent_ingest_leaves_nothing(
 ) -> None:
     async with running(make_config(ADMIN + warehouse.toml)) as server:
         stop = asyncio.Event()
+        rounds = [[0] for _ in range(4)]
         clients = [
-            asyncio.create_task(_keep_sending(http, server, f"c{n}", stop)) for n in range(4)
+            asyncio.create_task(_keep_sending(http, server, f"c{n}", stop, rounds[n]))
+            for n in range(4)
         ]
+        syncs = [0]
 
-        async def keep_syncing() -> int:
-            syncs = 0
+        async def keep_syncing() -> None:
             while not stop.is_set():
                 await server.warehouses.sync_now("wh")
-                syncs += 1
-            return syncs
+                syncs[0] += 1
 
         syncing = asyncio.create_task(keep_syncing())
-        await asyncio.sleep(0.4)
+        await _each_goes_on([*rounds, syncs], 1)
         regulation_id = await regulate(http, server, "SUPPRESS_WITH_DELETE", GONE)
         found = await settled(http, server, regulation_id)
-        await asyncio.sleep(0.3)
+        await _each_goes_on([*rounds, syncs], 1)  # sent and synced after it finished
         stop.set()
-        await asyncio.gather(*clients)
-        assert await syncing > 1
+        await asyncio.gather(*clients, syncing)
         await server.warehouses.sync_now("wh")
     assert found["overallStatus"] == "FINISHED", found
     assert outbox_mentions(data_dir, GONE) == {}

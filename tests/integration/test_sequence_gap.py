@@ -86,10 +86,9 @@ async def test_a_lost_or_corrupted_wal_is_detected_refused_and_recovered(
     with capture_logs() as logs:
         async with running(config) as server:
             await server.warehouses.wait_for_syncs("wh", 0)
-            for _ in range(100):  # the start-up check runs as the schedule starts
-                if server.warehouses.gaps:
-                    break
-                await asyncio.sleep(0.02)
+            async with asyncio.timeout(30):  # the start-up check runs as the schedule starts
+                while not server.warehouses.gaps:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
             await _send(http, server.url, range(7, 9))  # seqs 4 and 5: the warehouse passed them
             report = await server.warehouses.sync_now("wh")
             async with http.get(f"{server.url}/health") as resp:

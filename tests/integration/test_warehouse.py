@@ -31,8 +31,8 @@ from tests.helpers import (
     WRITE_KEY,
     WarehouseProbe,
     basic_auth,
+    change_beside,
     outbox_path,
-    query,
 )
 
 S = "website"  # the schema of the test source "website"
@@ -212,7 +212,7 @@ async def test_resync_and_duplicates_load_nothing_twice(
     assert (first.messages, again.messages) == (20, 0)
     # The same messageId again after the dedup window is stored twice in the outbox; the
     # warehouse keeps one row.
-    query(data_dir, "UPDATE messages SET received_at = '2000-01-01T00:00:00.000Z'")
+    await change_beside(data_dir, "UPDATE messages SET received_at = '2000-01-01T00:00:00.000Z'")
     await send(daemon, track("m1"))
     assert (await sync(daemon)).messages == 1
     assert await warehouse.count(S, "tracks") == 20
@@ -230,7 +230,7 @@ async def test_a_batch_of_loaded_and_new_ids_adds_only_the_new_rows(
     )
     await sync(daemon)
     # Past the dedup window: m1 and m2 come again, with other values and a new column.
-    query(data_dir, "UPDATE messages SET received_at = '2000-01-01T00:00:00.000Z'")
+    await change_beside(data_dir, "UPDATE messages SET received_at = '2000-01-01T00:00:00.000Z'")
     await send(
         daemon,
         *[track(f"m{n}", properties={"n": n + 100, "extra": "x"}) for n in range(1, 5)],

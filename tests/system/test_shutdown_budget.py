@@ -20,7 +20,10 @@ from tests.sink import Sink, hold
 pytestmark = pytest.mark.system
 
 SHUTDOWN_TIMEOUT_S = 3.0
-EXIT_SLACK_S = 1.5  # the interpreter's own exit
+# The interpreter's own exit, and the work between the waits, can take seconds on a busy
+# machine. What must stay apart is the budget kept from phases waiting one after the other:
+# two of them take two budgets or more (the hung delivery alone would drain for 30 s).
+EXIT_SLACK_S = SHUTDOWN_TIMEOUT_S
 
 
 async def test_sigterm_takes_at_most_shutdown_timeout_s_in_all(
