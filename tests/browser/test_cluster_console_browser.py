@@ -38,4 +38,5 @@ async def test_the_debugger_of_one_node_shows_a_message_sent_to_the_other(
         finally:
             await asyncio.to_thread(client.join)
         await expect(events.first.locator("summary")).to_contain_text("Order Completed")
-        await expect(page.locator("[data-note]").first).to_contain_text("Counts per interval are every node")
+        note = page.locator("[data-note]").first
+        await expect(note).to_contain_text("Counts per interval are every node")
