@@ -24,6 +24,7 @@ from cdpd.cluster.layout import DESTINATION, Layout, row_of
 from cdpd.model.pragmas import SECURE_DELETE
 from cdpd.model.rows import OutboxRow
 from cdpd.outbox.consumers import Message
+from cdpd.waits import first_of
 
 log = structlog.get_logger("cdpd.cluster")
 
@@ -212,17 +213,7 @@ class StreamConsumer:
         passes (`poll_s` is for consumers that poll)."""
         if self.end_seq > self.seq:
             return
-        waits = {
-            asyncio.ensure_future(self._until_stored()),
-            asyncio.ensure_future(stop.wait()),
-        }
-        try:
-            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in waits:
-                task.cancel()
-        for task in done:
-            task.result()
+        await first_of(self._until_stored(), stop.wait())
 
     async def _until_stored(self) -> None:
         wanted_from = self.end_seq + 1

@@ -51,6 +51,7 @@ from cdpd.cluster.snapshots import SnapshotName
 from cdpd.engage.stage import EngageStage
 from cdpd.identity.stage import IdentityError, IdentityStage
 from cdpd.outbox.consumers import Message
+from cdpd.waits import first_of
 
 log = structlog.get_logger("cdpd.cluster")
 
@@ -239,17 +240,7 @@ class CommandRunner:
 
     async def _next_commands(self, stop: asyncio.Event) -> None:
         """Until a command is stored, `COMMAND_WAIT_S` pass, or the stages stop."""
-        waits = {
-            asyncio.ensure_future(self._pending.fetch(COMMAND_WAIT_S)),
-            asyncio.ensure_future(stop.wait()),
-        }
-        try:
-            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in waits:
-                task.cancel()
-        for task in done:
-            task.result()  # a fetch's error goes to the supervisor
+        await first_of(self._pending.fetch(COMMAND_WAIT_S), stop.wait())  # errors: supervisor
 
     async def _reached(self, after_seq: int) -> bool:
         with contextlib.suppress(TimeoutError):

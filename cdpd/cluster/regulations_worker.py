@@ -74,6 +74,7 @@ from cdpd.privacy.regulations import (
     WAREHOUSE,
 )
 from cdpd.privacy.regulations_store import TargetUpdate
+from cdpd.waits import first_of
 
 log = structlog.get_logger("cdpd.privacy")
 
@@ -129,16 +130,9 @@ class RegulationLeader:
         wait_s = min(max((next_at_ms - now_ms) / 1000, POLL_S), IDLE_PASS_S)
         if await self._clock.wait(stop, POLL_S):
             return
-        waits = {
-            asyncio.ensure_future(changed.wait()),
-            asyncio.ensure_future(stop.wait()),
-            asyncio.ensure_future(self.lease.lost.wait()),
-        }
-        try:
-            await asyncio.wait(waits, timeout=wait_s - POLL_S, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in waits:
-                task.cancel()
+        await first_of(
+            changed.wait(), stop.wait(), self.lease.lost.wait(), timeout_s=wait_s - POLL_S
+        )
 
     async def work_due(self, should_stop: Callable[[], bool]) -> int:
         """One pass over the unfinished regulations; when the next pass is due (ms)."""

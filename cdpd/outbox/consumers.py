@@ -20,6 +20,7 @@ import aiosqlite
 import msgspec
 
 from cdpd.model.timestamps import format_ms, now_ms, parse_ms
+from cdpd.waits import first_of
 
 Range = tuple[int, int]  # first and last seq, both included
 
@@ -301,15 +302,7 @@ class Consumer:
         if self._end_seq() > self.seq:
             return
         self.new_messages.clear()
-        waits = {
-            asyncio.ensure_future(self.new_messages.wait()),
-            asyncio.ensure_future(stop.wait()),
-        }
-        try:
-            await asyncio.wait(waits, timeout=poll_s, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in waits:
-                task.cancel()
+        await first_of(self.new_messages.wait(), stop.wait(), timeout_s=poll_s)
 
     async def close(self) -> None:
         if self._reader is not None:
