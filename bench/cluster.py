@@ -30,12 +30,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import contextlib
 import os
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +52,7 @@ from tests.jetstream_cluster import JetStreamCluster  # noqa: E402
 
 SETUPS = ("sqlite", "js-1", "js-1-nodedup", "js-2")
 MODES = {"batch100": 100, "single": 1}
+QUICK_S = 0.1  # a ready node answers one event within this
 
 
 @dataclass
@@ -113,6 +118,8 @@ def measure(
     procs = [start_cdpd(setup, port, root / f"node{i}", cluster) for i, port in enumerate(ports)]
     nats_pids = [p.pid for p in cluster.processes if p is not None] if cluster else []
     try:
+        for port in ports:
+            until_answering_quickly(port)
         load(ports, path, batch, args.warmup, args.connections)
         before = stored(setup, root, cluster)
         cdpd_before = sum(wrk_bench.cpu_s(p.pid) for p in procs)
@@ -169,6 +176,30 @@ def start_cdpd(
     )
     wrk_bench.wait_for_port(port, proc, timeout_s=30.0)
     return proc
+
+
+def until_answering_quickly(port: int, timeout_s: float = 60.0) -> None:
+    """Until a node answers one event within `QUICK_S` five times in a row: on a cluster just
+    started, its first requests wait seconds for the streams' leaders to be elected, which a
+    short warm-up would leave in the measured run."""
+    body = b'{"userId": "u0", "event": "Ready Check"}'
+    auth = "Basic " + base64.b64encode(f"{wrk_bench.WRITE_KEY}:".encode()).decode()
+    quick, deadline = 0, time.monotonic() + timeout_s
+    while quick < 5 and time.monotonic() < deadline:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/track",
+            body,
+            {"Content-Type": "application/json", "Authorization": auth},
+        )
+        started, fast = time.monotonic(), False
+        with (
+            contextlib.suppress(OSError),  # refused, or an error status: not ready yet
+            urllib.request.urlopen(request, timeout=30) as answer,  # noqa: S310 (http, loopback)
+        ):
+            fast = answer.status == 200 and time.monotonic() - started < QUICK_S
+        quick = quick + 1 if fast else 0
+    if quick < 5:
+        sys.exit(f"the node on port {port} did not answer quickly within {timeout_s:.0f} s")
 
 
 def load(ports: list[int], path: str, batch: int, duration_s: int, connections: int) -> list[str]:
