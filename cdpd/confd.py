@@ -11,7 +11,9 @@ warehouses to that workspace (the console adds a destination to its workspace th
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -108,3 +110,19 @@ def _toml(text: bytes, origin: str) -> dict[str, Any]:
         return tomllib.loads(text.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{origin}: not valid TOML: {exc}") from exc
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace `path` whole: a reload never reads half a file (the
+    temporary file does not end in `.toml`, so no reload reads it either)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

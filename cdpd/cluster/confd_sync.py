@@ -21,9 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
 import re
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -38,6 +36,7 @@ from nats.js.api import DeliverPolicy
 from cdpd.cluster import buckets
 from cdpd.cluster.browse import forget, reading
 from cdpd.cluster.layout import Layout
+from cdpd.confd import write_atomically
 from cdpd.config import Config, ConfigError, load
 
 if TYPE_CHECKING:
@@ -65,21 +64,6 @@ def owned(path: Path) -> bool:
             return handle.readline().decode(errors="replace").startswith(MARKER_PREFIX)
     except OSError:
         return False
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Replace `path` whole: a reload never reads half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def contents(paths: Iterable[Path]) -> list[tuple[Path, bytes | None]]:

@@ -4,6 +4,7 @@ settings `[storage.jetstream]` asks for (created on first start, checked on ever
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -114,17 +115,13 @@ def metrics_stream_config(config: JetStreamConfig, layout: Layout) -> StreamConf
     """Each node's counts per minute and per hour (cdpd/cluster/flow_counts.py): a subject per
     node, name and period holding that record's latest value only, kept as long as the SQLite
     backend keeps its counts."""
-    return StreamConfig(
-        name=layout.metrics_stream,
-        description="cdpd counts per interval, per node",
-        subjects=[layout.metrics_subjects],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        num_replicas=config.replicas,
-        max_age=float(METRICS_KEEP_S),
-        max_msgs_per_subject=1,
-        duplicate_window=DUPLICATE_WINDOW_S,
+    streamed = _stream(
+        config,
+        layout.metrics_stream,
+        layout.metrics_subjects,
+        "cdpd counts per interval, per node",
     )
+    return dataclasses.replace(streamed, max_age=float(METRICS_KEEP_S), max_msgs_per_subject=1)
 
 
 def _stream(config: JetStreamConfig, name: str, subjects: str, description: str) -> StreamConfig:

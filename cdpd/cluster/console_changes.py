@@ -24,9 +24,10 @@ from nats.js import JetStreamContext
 from nats.js.api import Header
 from nats.js.errors import APIError
 
-from cdpd.cluster.confd_sync import ConfdSync, owned, put_back_after, write_atomically
+from cdpd.cluster.confd_sync import ConfdSync, owned, put_back_after
 from cdpd.cluster.console_state import cluster_answers
 from cdpd.cluster.reloading import NodeConfig
+from cdpd.confd import write_atomically
 from cdpd.config import Config, ConfigError
 from cdpd.console.changes import ConfigChanges
 

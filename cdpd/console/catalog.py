@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from cdpd.confd import write_atomically
 from cdpd.config import Config, ConfigError, Destination
 from cdpd.destinations import describe, registry
 
@@ -146,18 +145,8 @@ def write_fragment(conf_dir: Path, name: str, text: str, kind: str = "destinatio
     """Write `<conf_dir>/<kind>-<name>.toml` atomically (a reload never sees half)."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
         raise ConfigError(f"name: {name!r} cannot name a file")
-    conf_dir.mkdir(parents=True, exist_ok=True)
     target = conf_dir / f"{kind}-{name}.toml"
-    handle, temporary = tempfile.mkstemp(dir=conf_dir, prefix=".tmp-", suffix=".toml")
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomically(target, text)
     return target
 
 
